@@ -1,0 +1,94 @@
+"""Journey ticks as Prefect flows.
+
+Every journey YAML becomes a flow named `journey-<name>` (a `with_options` copy of
+`journey_tick`), run as a subflow of `tick-all`: a new YAML file shows up in the UI on the
+next tick with no Python and no prefect.yaml edit. Tasks are the stages, never contacts:
+enroll → exit/convert → advance → deliver (in parallel partitions) → report.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.runtime import logical_now, runtime_for
+from nurture.runtime.advance import advance
+from nurture.runtime.context import TickReport
+from nurture.runtime.deliver import deliver, reconcile_stuck
+from nurture.runtime.tick import prepare, stage_enroll, stage_exit_convert
+
+
+@task(name="enroll", retries=2, retry_delay_seconds=5)
+def enroll_task(project: Optional[str], journey: str, now: datetime) -> int:
+    rt = runtime_for(project)
+    prepare(rt, journey, now)
+    return stage_enroll(rt, journey, now)
+
+
+@task(name="exit-convert", retries=2, retry_delay_seconds=5)
+def exit_convert_task(project: Optional[str], journey: str, now: datetime) -> tuple[int, int]:
+    return stage_exit_convert(runtime_for(project), journey, now)
+
+
+@task(name="advance", retries=2, retry_delay_seconds=5)
+def advance_task(project: Optional[str], journey: str, now: datetime) -> dict:
+    rt = runtime_for(project)
+    return dict(advance(rt, rt.plan(journey), now))
+
+
+@task(name="deliver", retries=2, retry_delay_seconds=10)
+def deliver_task(project: Optional[str], journey: str, now: datetime, partition: int, partitions: int) -> dict:
+    rt = runtime_for(project)
+    if partition == 0:
+        reconcile_stuck(rt, now)
+    return dict(deliver(rt, now, journey, partition, partitions))
+
+
+def artifact_key(journey: str) -> str:
+    return "journey-" + journey.replace("_", "-").lower()
+
+
+@task(name="report")
+def report_task(journey: str, now: datetime, enrolled: int, converted: int, exited: int,
+                outcomes: list[dict]) -> dict:
+    report = TickReport(journey, now.isoformat())
+    report.stages.update({"enrolled": enrolled, "converted": converted, "exited": exited})
+    for part in outcomes:
+        report.outcomes.update(part)
+    table = report.table()
+    create_table_artifact(key=artifact_key(journey), table=table or [{"step": "-", "outcome": "nothing due", "reason": "", "count": 0}],
+                          description=f"Tick of {journey} at {now.isoformat()}: enrolled {enrolled}, "
+                                      f"converted {converted}, exited {exited}")
+    get_run_logger().info("%s at %s: enrolled %d, converted %d, exited %d, %d outcome rows",
+                          journey, now.isoformat(), enrolled, converted, exited, len(table))
+    return {"journey": journey, "now": now.isoformat(), "enrolled": enrolled, "converted": converted,
+            "exited": exited, "outcomes": table}
+
+
+@flow(name="journey-tick", log_prints=True)
+def journey_tick(journey: str, project: Optional[str] = None, now: Optional[datetime] = None,
+                 partitions: int = 1) -> dict:
+    clock = logical_now(now)
+    enrolled = enroll_task(project, journey, clock)
+    converted, exited = exit_convert_task(project, journey, clock)
+    advanced = advance_task(project, journey, clock)
+    futures = [deliver_task.submit(project, journey, clock, i, partitions) for i in range(partitions)]
+    delivered = [f.result() for f in futures]
+    return report_task(journey, clock, enrolled, converted, exited, [advanced, *delivered])
+
+
+def journey_flow(name: str):
+    """The flow of one journey, named `journey-<name>`."""
+    return journey_tick.with_options(name=f"journey-{name}")
+
+
+@flow(name="tick-all", log_prints=True)
+def tick_all(project: Optional[str] = None, now: Optional[datetime] = None, journey: Optional[str] = None,
+             partitions: int = 1) -> list[dict]:
+    """One tick of every journey (or one): what the 5-minute deployment runs."""
+    clock = logical_now(now)
+    rt = runtime_for(project)
+    names = [journey] if journey else sorted(rt.project.journeys)
+    return [journey_flow(name)(journey=name, project=project, now=clock, partitions=partitions) for name in names]

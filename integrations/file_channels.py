@@ -1,0 +1,95 @@
+"""The embedded-default channels: e-mail as `.eml` files and SMS as JSONL lines under
+`<project>/.nurture/outbox/`. Good for the demo, for previews, and as a record when no
+provider is configured. Writes are atomic (temp file + rename), which makes
+`was_delivered` exact: after a crash, a message whose file exists was delivered."""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional, Sequence
+
+from nurture.registry import Channel, DeliveryResult, IntegrationContext, OutgoingMessage
+from nurture.rendering.email_message import build_email_bytes
+
+
+class FileEmailChannel(Channel):
+    name = "email.file"
+    channel = "email"
+
+    def __init__(self, outbox: Path, from_email: str, from_name: str):
+        self.outbox = outbox
+        self.from_email = from_email
+        self.from_name = from_name
+        self._dirs: set[Path] = set()
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "FileEmailChannel":
+        return cls(context.data_dir / "outbox" / "email",
+                   context.setting("NURTURE_FROM_EMAIL", "hello@example.com") or "hello@example.com",
+                   context.setting("NURTURE_FROM_NAME", "Nurture") or "")
+
+    def path_for(self, message_pk: int, journey: str) -> Path:
+        return self.outbox / journey / f"{message_pk:09d}.eml"
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        results = []
+        now = datetime.now(timezone.utc)
+        for m in messages:
+            path = self.path_for(m.message_pk, m.journey)
+            if path.parent not in self._dirs:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._dirs.add(path.parent)
+            data = build_email_bytes(message_id=m.rfc_message_id, from_addr=self.from_email,
+                                     from_name=self.from_name, to_addr=m.to, to_name=m.to_name,
+                                     subject=m.subject, html=m.html, text=m.text,
+                                     date=m.created_at or now, extra_headers=m.headers)
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+            results.append(DeliveryResult(m.message_pk, "sent", provider_id=str(path.name)))
+        return results
+
+    def was_delivered(self, message_pk: int, rfc_message_id: str) -> Optional[bool]:
+        return any(self.outbox.glob(f"*/{message_pk:09d}.eml"))
+
+
+class FileSmsChannel(Channel):
+    name = "sms.file"
+    channel = "sms"
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "FileSmsChannel":
+        return cls(context.data_dir / "outbox" / "sms.jsonl")
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps({"message_id": m.message_pk, "to": m.to, "body": m.text,
+                             "journey": m.journey, "step": m.step_id,
+                             "at": (m.created_at or datetime.now(timezone.utc)).isoformat()},
+                            ensure_ascii=False) for m in messages]
+        if lines:
+            # One write of whole lines, flushed and synced: a crash leaves complete lines only
+            # (a torn last line is ignored by was_delivered).
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write("\n".join(lines) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        return [DeliveryResult(m.message_pk, "sent", provider_id=f"sms-{m.message_pk}") for m in messages]
+
+    def was_delivered(self, message_pk: int, rfc_message_id: str) -> Optional[bool]:
+        if not self.path.exists():
+            return False
+        with open(self.path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    if json.loads(line).get("message_id") == message_pk:
+                        return True
+                except ValueError:
+                    continue
+        return False

@@ -1,0 +1,62 @@
+"""The `nurture` command: the composition root that wires engine, flows and integrations.
+
+Verbs live in modules of this package, each with a `register(app)`; a user error ends with a
+clear message and a non-zero exit code, never a traceback (NURTURE_DEBUG=1 shows one for bugs).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from nurture.cli.common import CliError, console, err_console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Nurture: marketing journeys in YAML, compiled into Prefect flows.")
+
+VERB_MODULES = ("project_verbs", "data_verbs", "run_verbs", "sync_verbs", "web_verbs", "report_verbs")
+
+
+@app.callback()
+def _root(project: str = typer.Option(None, "--project", "-p", help="Project directory (default: current directory)",
+                                      envvar="NURTURE_PROJECT")) -> None:
+    if project:
+        os.environ["NURTURE_PROJECT"] = os.path.abspath(project)
+
+
+for _name in VERB_MODULES:
+    try:
+        _module = importlib.import_module(f"nurture.cli.{_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"nurture.cli.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except CliError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(exc.code)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code or 0)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and real bugs
+        import click
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if os.environ.get("NURTURE_DEBUG"):
+            raise
+        err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc}\n"
+                          "(this is a bug in Nurture; run with NURTURE_DEBUG=1 for the traceback)", highlight=False)
+        sys.exit(70)

@@ -1,0 +1,57 @@
+"""Shared CLI plumbing: consoles, errors, opening the project and store, the logical clock."""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+
+from nurture.settings import database_url, project_root
+from nurture.spec.project import ProjectSpec, load_project
+from nurture.store.db import Store, open_store
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def root() -> Path:
+    return project_root(os.environ.get("NURTURE_PROJECT"))
+
+
+def open_project(*, strict: bool = True, only: Optional[str] = None) -> ProjectSpec:
+    spec = load_project(root(), only=only)
+    if strict and spec.errors:
+        for error in spec.errors:
+            err_console.print(str(error), highlight=False, markup=False)
+        raise CliError(f"{len(spec.errors)} error(s) in the project; nothing was run")
+    return spec
+
+
+def store() -> Store:
+    url = database_url(root())
+    try:
+        return open_store(url)
+    except Exception as exc:
+        raise CliError(f"cannot open the database {url.split('@')[-1]}: {type(exc).__name__}: {exc}") from None
+
+
+def parse_now(value: Optional[str]) -> Optional[datetime]:
+    if value is None:
+        return None
+    from nurture.ingest import parse_timestamp
+    try:
+        return parse_timestamp(value)
+    except ValueError as exc:
+        raise CliError(f"--now: {exc}") from None
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,119 @@
+"""Data in and out: `import contacts`, `track`, `consent grant|revoke`, `messages`."""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nurture.cli.common import CliError, console, err_console, open_project, parse_now, store, utc_now
+
+import_app = typer.Typer(help="Import data from files.", no_args_is_help=True)
+consent_app = typer.Typer(help="Record consent changes in the ledger.", no_args_is_help=True)
+
+
+class ConsentChannel(str, Enum):
+    email = "email"
+    sms = "sms"
+    ads = "ads"
+
+
+class Purpose(str, Enum):
+    marketing = "marketing"
+    transactional = "transactional"
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise CliError(f"{path}: no such file")
+    return path
+
+
+def _report_errors(errors, total_good: int) -> None:
+    for error in errors[:200]:
+        err_console.print(str(error), markup=False)
+    if len(errors) > 200:
+        err_console.print(f"… and {len(errors) - 200} more")
+
+
+@import_app.command("contacts")
+def import_contacts_cmd(file: Path = typer.Argument(..., help="CSV or JSONL file")) -> None:
+    """Upsert contacts by e-mail; unknown columns become attributes; consent_email /
+    consent_sms / consent_ads go to the consent ledger with the import as source."""
+    from nurture.ingest import import_contacts
+    spec = open_project(strict=False)
+    result = import_contacts(store(), _existing(file), policy_version=spec.policies.version)
+    _report_errors(result.errors, result.created + result.updated)
+    console.print(f"imported {file.name}: {result.created} created, {result.updated} updated, "
+                  f"{result.consents} consent record(s), {len(result.errors)} bad row(s) skipped")
+    if result.errors:
+        raise typer.Exit(1)
+
+
+def track(file: Path = typer.Argument(..., help='JSONL: {"event_id","email","event","properties","timestamp"}')) -> None:
+    """Track events (idempotent by event_id: a file can be sent twice)."""
+    from nurture.ingest import track_file
+    result = track_file(store(), _existing(file))
+    _report_errors(result.errors, result.inserted)
+    console.print(f"tracked {file.name}: {result.inserted} new event(s), {result.duplicates} already known, "
+                  f"{len(result.errors)} bad line(s) skipped")
+    if result.errors:
+        raise typer.Exit(1)
+
+
+def _consent(email: str, status: str, channel: ConsentChannel, purpose: Purpose, at: Optional[str]) -> None:
+    from nurture.consent_ledger import UnknownContact, contact_id_by_email, record_consent
+    spec = open_project(strict=False)
+    when = parse_now(at) or utc_now()
+    with store().engine.begin() as conn:
+        try:
+            cid = contact_id_by_email(conn, email)
+        except UnknownContact as exc:
+            raise CliError(str(exc)) from None
+        record_consent(conn, cid, channel.value, status, purpose=purpose.value, source="cli", at=when,
+                       policy_version=spec.policies.version, confirmed=status == "granted")
+    console.print(f"{email}: {channel.value}/{purpose.value} consent {status} at {when.isoformat()}")
+
+
+@consent_app.command("grant")
+def consent_grant(email: str, channel: ConsentChannel = typer.Option(..., "--channel"),
+                  purpose: Purpose = typer.Option(Purpose.marketing, "--purpose"),
+                  at: Optional[str] = typer.Option(None, "--at", help="ISO time (default: now)")) -> None:
+    """Record a granted (and confirmed) consent."""
+    _consent(email, "granted", channel, purpose, at)
+
+
+@consent_app.command("revoke")
+def consent_revoke(email: str, channel: ConsentChannel = typer.Option(..., "--channel"),
+                   purpose: Purpose = typer.Option(Purpose.marketing, "--purpose"),
+                   at: Optional[str] = typer.Option(None, "--at", help="ISO time (default: now)")) -> None:
+    """Record a revoked consent: it holds from the next send on."""
+    _consent(email, "revoked", channel, purpose, at)
+
+
+def messages(journey: Optional[str] = typer.Option(None, "--journey"),
+             as_json: bool = typer.Option(False, "--json", help="Print a JSON array (for scripts)"),
+             limit: Optional[int] = typer.Option(None, "--limit")) -> None:
+    """The message log: contact, journey, step, channel, status, reason, due_at, sent_at."""
+    from rich.table import Table
+
+    from nurture.messages import message_log
+    rows = message_log(store(), journey, limit)
+    if as_json:
+        keys = ("contact", "journey", "step", "channel", "status", "reason", "due_at", "sent_at")
+        print(json.dumps([{k: r[k] for k in keys} for r in rows], indent=1))
+        return
+    table = Table("contact", "journey", "step", "channel", "status", "reason", "due_at", "sent_at")
+    for r in rows:
+        table.add_row(r["contact"] or "", r["journey"], r["step"], r["channel"], r["status"], r["reason"] or "",
+                      (r["due_at"] or "")[:16], (r["sent_at"] or "")[:16])
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(import_app, name="import")
+    app.command()(track)
+    app.add_typer(consent_app, name="consent")
+    app.command()(messages)

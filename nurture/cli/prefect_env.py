@@ -1,0 +1,25 @@
+"""Prefect settings for the CLI, applied before Prefect is imported.
+
+Without a server configured (PREFECT_API_URL), Prefect starts a temporary local server.
+Its first start migrates a database and can take longer than Prefect's 20 s default, and
+its telemetry heartbeat races the shutdown and prints "database is locked" tracebacks at
+exit — so the CLI gives the start more time and turns telemetry off. Users' own settings
+(environment or profile) always win over these defaults.
+"""
+from __future__ import annotations
+
+import os
+
+DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_LOG_PRINTS": "false",
+}
+
+
+def configure(verbose: bool = False) -> None:
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if verbose:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"

@@ -1,0 +1,65 @@
+"""`nurture validate` and `nurture preview`."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Optional
+
+import typer
+
+from nurture.cli.common import CliError, console, err_console, open_project, store
+from nurture.rendering.email_message import sms_segments
+from nurture.rendering.templates import RenderError
+
+
+def validate() -> None:
+    """Check every journey, policies.yaml, segments.yaml and the templates they use."""
+    started = time.perf_counter()
+    spec = open_project(strict=False)
+    for error in spec.errors:
+        console.print(str(error), markup=False)
+    took = time.perf_counter() - started
+    if spec.errors:
+        err_console.print(f"{len(spec.errors)} error(s) in {len(spec.journeys)} valid journey(s) + invalid files")
+        raise typer.Exit(1)
+    console.print(f"ok: {len(spec.journeys)} journey(s), {len(spec.segments)} segment(s) valid ({took:.2f}s)")
+
+
+def preview(journey: str = typer.Argument(..., help="Journey name"),
+            step: Optional[str] = typer.Option(None, "--step", help="Only this send step"),
+            contact: Optional[str] = typer.Option(None, "--contact", help="E-mail of a contact to render for"),
+            event: Optional[str] = typer.Option(None, "--event", help="Trigger event properties as JSON"),
+            html: bool = typer.Option(False, "--html", help="Print the HTML part too")) -> None:
+    """Render what a contact would receive from a journey's send steps."""
+    from nurture.preview import PreviewError, preview_journey
+    spec = open_project(only=journey)
+    props = None
+    if event:
+        try:
+            props = json.loads(event)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--event is not JSON: {exc.msg}") from None
+        if not isinstance(props, dict):
+            raise CliError("--event must be a JSON object")
+    try:
+        previews = preview_journey(spec, store(), journey, step_id=step, email=contact, event_properties=props)
+    except PreviewError as exc:
+        raise CliError(str(exc)) from None
+    except RenderError as exc:
+        raise CliError(f"template error: {exc}") from None
+    for p in previews:
+        console.rule(f"{journey} / {p.step_id} ({p.channel}) → {p.to}")
+        if p.channel == "email":
+            console.print(f"Subject: {p.subject}", markup=False)
+            console.print(p.text, markup=False)
+            if html:
+                console.print(p.html, markup=False)
+        else:
+            encoding, segments = sms_segments(p.text)
+            console.print(p.text, markup=False)
+            console.print(f"[dim]{len(p.text)} characters, {encoding}, {segments} segment(s)[/dim]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(validate)
+    app.command()(preview)

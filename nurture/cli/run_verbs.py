@@ -1,0 +1,80 @@
+"""`nurture run`, `nurture serve` and `nurture demo`: the verbs that start Prefect flows."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+from nurture.cli import prefect_env
+from nurture.cli.common import CliError, console, err_console, open_project, parse_now, root
+
+TICK_SECONDS = 300
+
+
+def _flows():
+    prefect_env.configure(verbose=bool(os.environ.get("NURTURE_VERBOSE")))
+    from flows import journey as journey_flows
+    return journey_flows
+
+
+def run_ticks(journey: Optional[str], now, quiet: bool = False) -> list[dict]:
+    flows = _flows()
+    from flows.runtime import ProjectInvalid
+    try:
+        results = flows.tick_all(project=str(root()), now=now, journey=journey)
+    except ProjectInvalid as exc:
+        raise CliError(str(exc)) from None
+    if not quiet:
+        print_tick_summary(results)
+    return results
+
+
+def print_tick_summary(results: list[dict]) -> None:
+    from rich.table import Table
+    for result in results:
+        table = Table(title=f"journey-{result['journey']} @ {result['now'][:16]}  "
+                            f"(enrolled {result['enrolled']}, converted {result['converted']}, exited {result['exited']})",
+                      title_justify="left")
+        for col in ("step", "outcome", "reason", "count"):
+            table.add_column(col)
+        for row in result["outcomes"]:
+            table.add_row(row["step"], row["outcome"], row["reason"], str(row["count"]))
+        console.print(table)
+
+
+def run(journey: Optional[str] = typer.Option(None, "--journey", help="Only this journey"),
+        now: Optional[str] = typer.Option(None, "--now", help="Logical clock of the tick (ISO 8601)")) -> None:
+    """One tick of every (or one) journey, as Prefect flow runs."""
+    open_project(only=journey)
+    run_ticks(journey, parse_now(now))
+
+
+def serve(interval: int = typer.Option(TICK_SECONDS, "--interval", help="Seconds between journey ticks")) -> None:
+    """Run the journey ticks (and, where configured, nightly syncs) on their schedules,
+    without a work pool: `prefect.yaml` declares the same schedules for workers."""
+    open_project()
+    flows = _flows()
+    from prefect import serve as prefect_serve
+    deployments = [flows.tick_all.to_deployment(name="tick-all", interval=interval,
+                                                parameters={"project": str(root())})]
+    try:
+        from flows import segment_sync
+        deployments.append(segment_sync.sync_deployment(str(root())))
+    except ImportError:
+        pass
+    console.print(f"serving {len(deployments)} deployment(s); journey ticks every {interval}s. Ctrl-C stops.")
+    prefect_serve(*deployments)
+
+
+def demo(seed: int = typer.Option(7, "--seed", help="Seed of the synthetic story")) -> None:
+    """The whole story on the embedded default: a handful of contacts, one journey, simulated
+    days as Prefect flow runs, then the message log and the outbox."""
+    from nurture.demo import run_demo
+    run_demo(root(), seed=seed, run_ticks=lambda now: run_ticks(None, now, quiet=True), console=console)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(run)
+    app.command()(serve)
+    app.command()(demo)

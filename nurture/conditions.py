@@ -1,0 +1,170 @@
+"""The condition language compiled to SQLAlchemy boolean expressions.
+
+A condition is evaluated in the database for a whole batch (`WHERE <expr>` over contacts or
+enrollments joined to contacts), never contact by contact in Python. The same compiler
+serves journey triggers, exits, branches and segments; `ConditionScope` says what the
+expression may refer to (the enrollment, the trigger event) and the logical clock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping, Optional
+
+from sqlalchemy import (ColumnElement, and_, exists, false, func, not_, or_, select, true)
+
+from nurture.spec.models import Comparison, Condition, CountCmp
+from nurture.store.models import Consent, Contact, Enrollment, Event
+
+CONTACT_COLUMNS = {"email", "phone", "first_name", "last_name", "timezone", "country", "locale",
+                   "lifecycle_stage", "score", "created_at", "updated_at"}
+
+contact_t = Contact.__table__
+event_t = Event.__table__
+consent_t = Consent.__table__
+enrollment_t = Enrollment.__table__
+
+
+@dataclass
+class ConditionScope:
+    now: datetime
+    segments: Mapping[str, Any] = field(default_factory=dict)  # name -> Segment (with .when)
+    in_enrollment: bool = False  # expressions may use enrollment_t columns
+    trigger_event: Any = None  # an Event table (alias) whose row is the trigger, when enrolling
+    _depth: int = 0
+
+
+def _typed(column: Any, sample: Any) -> Any:
+    """A JSON attribute as the SQL type its comparison value has."""
+    if isinstance(sample, bool):
+        return column.as_boolean()
+    if isinstance(sample, (int, float)):
+        return column.as_float()
+    return column.as_string()
+
+
+def _sample(ops: Mapping[str, Any]) -> Any:
+    for key in ("eq", "ne", "gt", "gte", "lt", "lte"):
+        if ops.get(key) is not None:
+            return ops[key]
+    for key in ("in", "not_in"):
+        values = [v for v in ops.get(key) or [] if v is not None]
+        if values:
+            return values[0]
+    return ops.get("contains", "")
+
+
+def compare(column_for: Any, cmp: Comparison, *, is_json: bool) -> ColumnElement:
+    ops = cmp.operators()
+    col = _typed(column_for, _sample(ops)) if is_json else column_for
+    raw_present = (column_for.as_string().isnot(None) if is_json else column_for.isnot(None))
+    parts: list[ColumnElement] = []
+    for op, value in ops.items():
+        if op == "eq":
+            parts.append(col.is_(None) if value is None else col == value)
+        elif op == "ne":
+            parts.append(col.isnot(None) if value is None else or_(col.is_(None), col != value))
+        elif op == "gt":
+            parts.append(col > value)
+        elif op == "gte":
+            parts.append(col >= value)
+        elif op == "lt":
+            parts.append(col < value)
+        elif op == "lte":
+            parts.append(col <= value)
+        elif op == "in":
+            parts.append(col.in_([v for v in value if v is not None]))
+        elif op == "not_in":
+            parts.append(or_(col.is_(None), col.not_in([v for v in value if v is not None])))
+        elif op == "exists":
+            parts.append(raw_present if value else not_(raw_present))
+        elif op == "contains":
+            parts.append(col.contains(value))
+    return and_(*parts) if parts else true()
+
+
+def _attribute(name: str, cmp: Comparison) -> ColumnElement:
+    if name in CONTACT_COLUMNS:
+        return compare(contact_t.c[name], cmp, is_json=False)
+    return compare(contact_t.c.attributes[name], cmp, is_json=True)
+
+
+def properties_match(props_col: Any, where: Mapping[str, Comparison]) -> ColumnElement:
+    return and_(*[compare(props_col[key], cmp, is_json=True) for key, cmp in where.items()])
+
+
+def _count(expr: Any, cmp: CountCmp) -> ColumnElement:
+    parts = []
+    for op, value in cmp.model_dump(exclude_none=True).items():
+        parts.append({"gte": expr >= value, "gt": expr > value, "lte": expr <= value,
+                      "lt": expr < value, "eq": expr == value}[op])
+    return and_(*parts)
+
+
+def _event(cond: Condition, scope: ConditionScope) -> ColumnElement:
+    ev = event_t.alias("ev_cond")
+    filters = [ev.c.contact_id == contact_t.c.id, ev.c.name == cond.event, ev.c.occurred_at <= scope.now]
+    if cond.within is not None:
+        filters.append(ev.c.occurred_at >= scope.now - cond.within)
+    since = cond.since or ("enrollment" if scope.in_enrollment and cond.within is None else "ever")
+    if since == "enrollment" and scope.in_enrollment:
+        filters.append(ev.c.occurred_at >= enrollment_t.c.entered_at)
+        filters.append(or_(enrollment_t.c.trigger_event_pk.is_(None), ev.c.id != enrollment_t.c.trigger_event_pk))
+    if cond.where:
+        filters.append(properties_match(ev.c.properties, cond.where))
+    if cond.count is not None:
+        counted = select(func.count()).select_from(ev).where(*filters).scalar_subquery()
+        return _count(counted, cond.count)
+    return exists(select(ev.c.id).where(*filters))
+
+
+def latest_consent_status(channel: str, purpose: str, now: datetime, contact_id: Any = None) -> Any:
+    c = consent_t.alias("consent_now")
+    return (select(c.c.status)
+            .where(c.c.contact_id == (contact_t.c.id if contact_id is None else contact_id),
+                   c.c.channel == channel, c.c.purpose == purpose, c.c.recorded_at <= now)
+            .order_by(c.c.recorded_at.desc(), c.c.id.desc()).limit(1).scalar_subquery())
+
+
+def _property(cond: Condition, scope: ConditionScope) -> ColumnElement:
+    if scope.trigger_event is not None:
+        return properties_match(scope.trigger_event.c.properties, cond.property)
+    if not scope.in_enrollment:
+        return false()
+    ev = event_t.alias("trigger_ev")
+    return exists(select(ev.c.id).where(ev.c.id == enrollment_t.c.trigger_event_pk,
+                                        properties_match(ev.c.properties, cond.property)))
+
+
+def compile_condition(cond: Condition, scope: ConditionScope) -> ColumnElement:
+    parts: list[ColumnElement] = []
+    if cond.all is not None:
+        parts.append(and_(*[compile_condition(c, scope) for c in cond.all]))
+    if cond.any is not None:
+        parts.append(or_(*[compile_condition(c, scope) for c in cond.any]))
+    if cond.not_ is not None:
+        parts.append(not_(compile_condition(cond.not_, scope)))
+    if cond.attribute is not None:
+        parts.extend(_attribute(name, cmp) for name, cmp in cond.attribute.items())
+    if cond.property is not None:
+        parts.append(_property(cond, scope))
+    if cond.event is not None:
+        parts.append(_event(cond, scope))
+    if cond.score is not None:
+        parts.append(compare(contact_t.c.score, cond.score, is_json=False))
+    if cond.consent is not None:
+        status = latest_consent_status(cond.consent.channel, cond.consent.purpose, scope.now)
+        parts.append(status == cond.consent.status)
+    if cond.segment is not None:
+        segment = scope.segments.get(cond.segment)
+        if segment is None or scope._depth > 8:
+            raise ValueError(f"unknown or recursive segment '{cond.segment}'")
+        inner = ConditionScope(scope.now, scope.segments, False, None, scope._depth + 1)
+        parts.append(compile_condition(segment.when, inner))
+    return and_(*parts) if len(parts) != 1 else parts[0]
+
+
+def compile_any(conds: list[Condition], scope: ConditionScope) -> Optional[ColumnElement]:
+    if not conds:
+        return None
+    return or_(*[compile_condition(c, scope) for c in conds])

@@ -1,0 +1,47 @@
+"""Consent at send time: the latest ledger row per (contact, channel, purpose), read in one
+query for a whole batch — never a value cached from enrollment time."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Iterable, Optional
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from nurture.store.models import Consent
+
+consent_t = Consent.__table__
+
+
+def current_consent(conn: Connection, contact_ids: Iterable[int], channel: str, purpose: str,
+                    now: datetime) -> dict[int, tuple[str, Optional[datetime]]]:
+    """contact id → (status, confirmed_at) of the latest row recorded at or before `now`."""
+    ids = list(contact_ids)
+    latest: dict[int, tuple[str, Optional[datetime]]] = {}
+    for chunk_start in range(0, len(ids), 5000):
+        chunk = ids[chunk_start:chunk_start + 5000]
+        rows = conn.execute(
+            select(consent_t.c.contact_id, consent_t.c.status, consent_t.c.confirmed_at)
+            .where(consent_t.c.contact_id.in_(chunk), consent_t.c.channel == channel,
+                   consent_t.c.purpose == purpose, consent_t.c.recorded_at <= now)
+            .order_by(consent_t.c.contact_id, consent_t.c.recorded_at, consent_t.c.id))
+        for contact_id, status, confirmed_at in rows:
+            latest[contact_id] = (status, confirmed_at)
+    return latest
+
+
+def consent_refusal(state: Optional[tuple[str, Optional[datetime]]], purpose: str,
+                    double_opt_in: bool) -> Optional[str]:
+    """The reason code a send is refused for, or None when consent allows it."""
+    if purpose == "transactional":
+        return "consent_revoked" if state and state[0] == "revoked" else None
+    if state is None:
+        return "no_consent"
+    status, confirmed_at = state
+    if status == "revoked":
+        return "consent_revoked"
+    if status == "pending":
+        return "consent_pending"
+    if double_opt_in and confirmed_at is None:
+        return "not_double_opted_in"
+    return None

@@ -1,0 +1,46 @@
+"""Suppressions (unsubscribed, bounced, complained, SMS-stopped, manual), by contact or by
+address, looked up for a whole batch in one query."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Optional
+
+from sqlalchemy import or_, select
+from sqlalchemy.engine import Connection
+
+from nurture.store.models import Suppression
+
+suppression_t = Suppression.__table__
+# An unsubscribe ends marketing; bounces, complaints and STOP end every message.
+MARKETING_ONLY = {"unsubscribed"}
+
+
+def suppressions_for(conn: Connection, contact_ids: Iterable[int], addresses: Iterable[str]
+                     ) -> tuple[dict[int, list[tuple[Optional[str], str]]], dict[str, list[tuple[Optional[str], str]]]]:
+    by_contact: dict[int, list] = defaultdict(list)
+    by_address: dict[str, list] = defaultdict(list)
+    ids, addrs = list(contact_ids), [a.lower() for a in addresses if a]
+    for start in range(0, max(len(ids), len(addrs)), 2000):
+        id_chunk, addr_chunk = ids[start:start + 2000], addrs[start:start + 2000]
+        if not id_chunk and not addr_chunk:
+            break
+        rows = conn.execute(select(suppression_t.c.contact_id, suppression_t.c.address,
+                                   suppression_t.c.channel, suppression_t.c.reason)
+                            .where(or_(suppression_t.c.contact_id.in_(id_chunk),
+                                       suppression_t.c.address.in_(addr_chunk))))
+        for contact_id, address, channel, reason in rows:
+            if contact_id is not None:
+                by_contact[contact_id].append((channel, reason))
+            if address:
+                by_address[address.lower()].append((channel, reason))
+    return by_contact, by_address
+
+
+def suppression_reason(entries: Iterable[tuple[Optional[str], str]], channel: str, purpose: str) -> Optional[str]:
+    for entry_channel, reason in entries:
+        if entry_channel not in (None, channel):
+            continue
+        if purpose == "transactional" and reason in MARKETING_ONLY:
+            continue
+        return reason
+    return None

@@ -1,0 +1,32 @@
+"""The message log: every outcome of every send step, newest first."""
+from __future__ import annotations
+
+from typing import Optional
+
+from sqlalchemy import select
+
+from nurture.conditions import contact_t
+from nurture.store.db import Store
+from nurture.store.models import Message
+
+message_t = Message.__table__
+
+
+def message_log(store: Store, journey: Optional[str] = None, limit: Optional[int] = None) -> list[dict]:
+    stmt = (select(message_t.c.id, contact_t.c.email, message_t.c.journey, message_t.c.step_id, message_t.c.channel,
+                   message_t.c.status, message_t.c.reason, message_t.c.due_at, message_t.c.sent_at,
+                   message_t.c.subject, message_t.c.address)
+            .select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id))
+            .order_by(message_t.c.id))
+    if journey:
+        stmt = stmt.where(message_t.c.journey == journey)
+    if limit:
+        stmt = stmt.limit(limit)
+    with store.engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+        conn.rollback()
+    return [{"id": r.id, "contact": r.email, "journey": r.journey, "step": r.step_id, "channel": r.channel,
+             "status": r.status, "reason": r.reason,
+             "due_at": r.due_at.isoformat() if r.due_at else None,
+             "sent_at": r.sent_at.isoformat() if r.sent_at else None,
+             "to": r.address, "subject": r.subject} for r in rows]

@@ -1,0 +1,147 @@
+"""Integrations: the roles a plug-in can play and the registry that finds them by name.
+
+An integration is a class with a `name`, a `role` and a `from_env(context)` constructor. The
+engine only knows these types; built-ins and third-party packages register through the
+`nurture.integrations` entry-point group (or `register()` in tests), so adding an ESP, CRM or
+ad platform never touches the engine.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Sequence
+
+ENTRY_POINT_GROUP = "nurture.integrations"
+
+
+class IntegrationError(Exception):
+    """A configuration problem a user can fix (missing credentials, unknown backend)."""
+
+
+@dataclass(frozen=True)
+class IntegrationContext:
+    project_dir: Path
+    data_dir: Path  # <project>/.nurture
+    env: dict[str, str] = field(default_factory=dict)
+
+    def setting(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        return self.env.get(name, default)
+
+
+@dataclass
+class OutgoingMessage:
+    """One rendered message handed to a channel."""
+    message_pk: int
+    rfc_message_id: str
+    contact_id: int
+    channel: str
+    journey: str
+    step_id: str
+    purpose: str
+    to: str
+    to_name: str = ""
+    subject: str = ""
+    html: str = ""
+    text: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    created_at: Optional[datetime] = None
+    locale: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What happened to one message. `status`: sent | retry (temporary, try again on a later
+    tick) | failed (permanent). `suppress` names a suppression reason to record
+    (hard_bounce, complaint, sms_stop) for the recipient's address."""
+    message_pk: int
+    status: str
+    provider_id: Optional[str] = None
+    reason: Optional[str] = None
+    suppress: Optional[str] = None
+
+
+class Integration(abc.ABC):
+    name: ClassVar[str]
+    role: ClassVar[str]
+
+    @classmethod
+    @abc.abstractmethod
+    def from_env(cls, context: IntegrationContext) -> "Integration":
+        ...
+
+    def close(self) -> None:  # pragma: no cover - default no-op
+        pass
+
+
+class Channel(Integration):
+    """Delivers a batch of rendered messages of one channel (email | sms)."""
+    role: ClassVar[str] = "channel"
+    channel: ClassVar[str]
+
+    @abc.abstractmethod
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        """Deliver; one result per message, in any order. Must not raise for per-message
+        problems (a bounced address is a result, not an exception)."""
+
+    def was_delivered(self, message_pk: int, rfc_message_id: str) -> Optional[bool]:
+        """After a crash between delivering and recording: True/False if the channel can tell
+        for sure, None if it cannot (the message is then recorded as failed, never resent)."""
+        return None
+
+
+class CrmDestination(Integration):
+    role: ClassVar[str] = "crm"
+
+
+class AudienceDestination(Integration):
+    role: ClassVar[str] = "audience"
+
+
+_registry: dict[str, type[Integration]] = {}
+_loaded = False
+
+
+def register(cls: type[Integration]) -> type[Integration]:
+    _registry[cls.name] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _registry:
+            continue
+        try:
+            _registry[ep.name] = ep.load()
+        except Exception as exc:  # a broken third-party plug-in must not break the engine
+            _registry.setdefault(f"!{ep.name}", type("Broken", (), {"error": str(exc)}))
+
+
+def available(role: Optional[str] = None) -> dict[str, type[Integration]]:
+    _load_entry_points()
+    return {n: c for n, c in _registry.items()
+            if not n.startswith("!") and (role is None or getattr(c, "role", None) == role)}
+
+
+def lookup(name: str, role: Optional[str] = None) -> type[Integration]:
+    found = available(role)
+    if name not in found:
+        from nurture.spec.errors import did_you_mean
+        hint = did_you_mean(name, found)
+        raise IntegrationError(f"no {role or 'integration'} named '{name}'"
+                               + (f" ({hint})" if hint else "") + f"; known: {', '.join(sorted(found)) or 'none'}")
+    return found[name]
+
+
+def channel_for(channel: str, context: IntegrationContext) -> Channel:
+    """The configured channel integration: NURTURE_EMAIL_BACKEND / NURTURE_SMS_BACKEND
+    (default `file`) selects `email.<backend>` / `sms.<backend>`."""
+    backend = context.setting(f"NURTURE_{channel.upper()}_BACKEND", "file")
+    cls = lookup(f"{channel}.{backend}", "channel")
+    return cls.from_env(context)  # type: ignore[return-value]

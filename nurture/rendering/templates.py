@@ -1,0 +1,166 @@
+"""The template library of a project: `templates/email/<name>.html` (+ optional `.txt`),
+`templates/sms/<name>.txt`, `templates/layouts/`.
+
+Sandboxed Jinja2, StrictUndefined (a typo in a variable is an error, not an empty greeting),
+autoescape for HTML, `None` rendered as empty. HTML sources are CSS-inlined once per file
+(see inline_css), so per recipient only Jinja runs.
+"""
+from __future__ import annotations
+
+import html as html_lib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from jinja2 import (FileSystemLoader, StrictUndefined, Template, TemplateNotFound,
+                    TemplateSyntaxError, UndefinedError)
+from jinja2.sandbox import SandboxedEnvironment
+
+from nurture.rendering.inline_css import inline_template_source, stylesheet_of
+from nurture.spec.errors import SpecError, did_you_mean
+
+
+def _finalize(value: Any) -> Any:
+    return "" if value is None else value
+
+
+class _InliningLoader(FileSystemLoader):
+    """Serves .html sources with their CSS already inlined (cached per file and mtime)."""
+
+    def __init__(self, root: Path):
+        super().__init__(str(root))
+        self.root = root
+        self._cache: dict[str, tuple[float, str]] = {}
+
+    def _layout_css(self) -> str:
+        layouts = self.root / "layouts"
+        if not layouts.is_dir():
+            return ""
+        return "\n".join(stylesheet_of(p.read_text(encoding="utf-8")) for p in sorted(layouts.glob("*.html")))
+
+    def get_source(self, environment, template):
+        source, filename, uptodate = super().get_source(environment, template)
+        if not template.endswith(".html"):
+            return source, filename, uptodate
+        mtime = Path(filename).stat().st_mtime
+        cached = self._cache.get(template)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, inline_template_source(source, self._layout_css()))
+            self._cache[template] = cached
+        return cached[1], filename, uptodate
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    html: str
+    text: str
+    preheader: str = ""
+
+
+_TAGS = re.compile(r"<(script|style|head)[^>]*>.*?</\1>|<[^>]+>", re.S | re.I)
+_BLOCK_END = re.compile(r"</(p|div|tr|h[1-6]|li|table)>|<br\s*/?>", re.I)
+_LINK = re.compile(r"<a\s[^>]*href=\"([^\"]+)\"[^>]*>(.*?)</a>", re.S | re.I)
+_SPACES = re.compile(r"[ \t]+")
+_BLANKS = re.compile(r"\n\s*\n\s*\n+")
+
+
+def html_to_text(html: str) -> str:
+    """A readable plain-text part for templates that ship no .txt of their own."""
+    text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})", html)
+    text = _BLOCK_END.sub("\n", text)
+    text = html_lib.unescape(_TAGS.sub("", text))
+    lines = [_SPACES.sub(" ", line).strip() for line in text.splitlines()]
+    return _BLANKS.sub("\n\n", "\n".join(lines)).strip() + "\n"
+
+
+class TemplateLibrary:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        common = dict(undefined=StrictUndefined, finalize=_finalize, trim_blocks=True, lstrip_blocks=True)
+        self.html_env = SandboxedEnvironment(loader=_InliningLoader(self.root), autoescape=True, **common)
+        self.text_env = SandboxedEnvironment(loader=FileSystemLoader(str(self.root)), autoescape=False,
+                                             keep_trailing_newline=True, **common)
+        self._strings: dict[str, Template] = {}
+
+    # -- lookup
+    def html_path(self, name: str) -> Path:
+        return self.root / "email" / f"{name}.html"
+
+    def email_text_path(self, name: str) -> Path:
+        return self.root / "email" / f"{name}.txt"
+
+    def sms_path(self, name: str) -> Path:
+        return self.root / "sms" / f"{name}.txt"
+
+    def names(self, channel: str) -> list[str]:
+        base = self.root / ("email" if channel == "email" else "sms")
+        suffix = ".html" if channel == "email" else ".txt"
+        return sorted(str(p.relative_to(base))[: -len(suffix)] for p in base.rglob(f"*{suffix}")) if base.is_dir() else []
+
+    def string(self, source: str) -> Template:
+        template = self._strings.get(source)
+        if template is None:
+            template = self.text_env.from_string(source)
+            self._strings[source] = template
+        return template
+
+    # -- validation
+    def check(self, channel: str, name: str, where: tuple[str, int, int]) -> list[SpecError]:
+        """Errors for a template reference: missing file (with a suggestion) or bad Jinja."""
+        path = self.html_path(name) if channel == "email" else self.sms_path(name)
+        file, line, col = where
+        if not path.is_file():
+            hint = did_you_mean(name, self.names(channel))
+            return [SpecError(file, line, col, f"template '{name}' not found: expected {self._rel(path)}", hint)]
+        errors = []
+        files = [(self.html_env, path)] if channel == "email" else [(self.text_env, path)]
+        if channel == "email" and self.email_text_path(name).is_file():
+            files.append((self.text_env, self.email_text_path(name)))
+        for env, p in files:
+            try:
+                env.get_template(str(p.relative_to(self.root)))
+            except TemplateSyntaxError as exc:
+                errors.append(SpecError(self._rel(Path(exc.filename or p)), exc.lineno or 1, 1,
+                                        f"template syntax error: {exc.message}"))
+            except TemplateNotFound as exc:
+                errors.append(SpecError(self._rel(p), 1, 1, f"template not found: {exc.name}"))
+        return errors
+
+    def check_string(self, source: str, where: tuple[str, int, int]) -> list[SpecError]:
+        try:
+            self.text_env.from_string(source)
+        except TemplateSyntaxError as exc:
+            return [SpecError(where[0], where[1], where[2], f"template syntax error: {exc.message}")]
+        return []
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root.parent))
+        except ValueError:
+            return str(path)
+
+    # -- rendering
+    def email(self, name: str) -> tuple[Template, Optional[Template]]:
+        html = self.html_env.get_template(f"email/{name}.html")
+        text = self.text_env.get_template(f"email/{name}.txt") if self.email_text_path(name).is_file() else None
+        return html, text
+
+    def sms(self, name: str) -> Template:
+        return self.text_env.get_template(f"sms/{name}.txt")
+
+    def render_email(self, name: str, subject: str, context: dict[str, Any],
+                     preheader: Optional[str] = None) -> RenderedEmail:
+        html_t, text_t = self.email(name)
+        html = html_t.render(context)
+        text = text_t.render(context) if text_t is not None else html_to_text(html)
+        rendered_subject = " ".join(self.string(subject).render(context).split())
+        pre = self.string(preheader).render(context) if preheader else ""
+        return RenderedEmail(rendered_subject, html, text, pre)
+
+    def render_sms(self, name: str, context: dict[str, Any]) -> str:
+        return self.sms(name).render(context).strip()
+
+
+RenderError = (UndefinedError, TemplateSyntaxError, TemplateNotFound)

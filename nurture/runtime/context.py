@@ -1,0 +1,95 @@
+"""What a tick runs with: the store, the validated project, channels, and the counters a
+tick reports."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from nurture.compiler import Plan, compile_journey
+from nurture.guards.frequency_cap import Cap
+from nurture.guards.quiet_hours import QuietWindow
+from nurture.rendering.templates import TemplateLibrary
+from nurture.registry import Channel, IntegrationContext, channel_for
+from nurture.spec.project import ProjectSpec
+from nurture.store.db import Store
+
+
+@dataclass
+class TickReport:
+    journey: str
+    now: str = ""
+    stages: Counter = field(default_factory=Counter)  # enrolled, exited, converted, migrated …
+    outcomes: Counter = field(default_factory=Counter)  # (step id, status, reason) → count
+
+    def merge(self, other: "TickReport") -> "TickReport":
+        self.stages.update(other.stages)
+        self.outcomes.update(other.outcomes)
+        return self
+
+    def table(self) -> list[dict]:
+        return [{"step": step, "outcome": status, "reason": reason or "", "count": n}
+                for (step, status, reason), n in sorted(self.outcomes.items(), key=lambda kv: tuple(str(x) for x in kv[0]))]
+
+
+@dataclass
+class Runtime:
+    store: Store
+    project: ProjectSpec
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    batch_size: int = 5000
+    channel_factory: Optional[Callable[[str], Channel]] = None
+    _plans: dict[str, Plan] = field(default_factory=dict)
+    _channels: dict[str, Channel] = field(default_factory=dict)
+    _templates: Optional[TemplateLibrary] = None
+
+    @property
+    def templates(self) -> TemplateLibrary:
+        if self._templates is None:
+            self._templates = TemplateLibrary(self.project.root / "templates")
+        return self._templates
+
+    @property
+    def data_dir(self) -> Path:
+        from nurture.settings import data_dir
+        override = self.env.get("NURTURE_DATA_DIR")
+        return Path(override).resolve() if override else data_dir(self.project.root)
+
+    def plan(self, journey: str) -> Plan:
+        if journey not in self._plans:
+            self._plans[journey] = compile_journey(self.project.journeys[journey])
+        return self._plans[journey]
+
+    def channel(self, name: str) -> Channel:
+        if name not in self._channels:
+            if self.channel_factory is not None:
+                self._channels[name] = self.channel_factory(name)
+            else:
+                ctx = IntegrationContext(self.project.root, self.data_dir, self.env)
+                self._channels[name] = channel_for(name, ctx)
+        return self._channels[name]
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    # -- policy views
+    def quiet_window(self, plan: Plan, channel: str) -> Optional[QuietWindow]:
+        qh = plan.journey.quiet_hours or self.project.policies.quiet_hours.get(channel)
+        return QuietWindow.parse(qh.start, qh.end) if qh else None
+
+    def caps(self, plan: Plan) -> list[Cap]:
+        caps = [Cap(c.channel, c.max, c.per) for c in self.project.policies.frequency_caps]
+        caps += [Cap(c.channel, c.max, c.per) for c in plan.journey.frequency_cap]
+        return caps
+
+    @property
+    def public_url(self) -> str:
+        return self.env.get("NURTURE_PUBLIC_URL", "http://localhost:8000").rstrip("/")
+
+    @property
+    def secret_key(self) -> str:
+        return self.env.get("NURTURE_SECRET_KEY", "nurture-development-secret-change-me")

@@ -1,0 +1,206 @@
+"""Delivery: queued outbox rows are claimed in batches, rendered and handed to their channel;
+each result is recorded on its row.
+
+Crash safety (the guarantee stated in the README): a row is marked `sending` and committed
+*before* the channel is called, and marked `sent` after. A crash in between leaves it
+`sending`; it is never picked up as `queued` again. `reconcile_stuck` later asks the channel
+whether it was delivered (the file channels know exactly) and records sent, re-queues it only
+if the channel is sure it was not delivered, or records `failed` / `delivery_unknown`.
+Delivery is therefore at most once per (enrollment, step).
+"""
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+from sqlalchemy import bindparam, select
+
+from nurture.conditions import contact_t, enrollment_t, event_t
+from nurture.registry import DeliveryResult, OutgoingMessage
+from nurture.rendering.templates import RenderError
+from nurture.runtime.context import Runtime
+from nurture.runtime.sql import chunks
+from nurture.store.models import Message, Suppression
+from nurture.tokens import make_token
+
+message_t = Message.__table__
+suppression_t = Suppression.__table__
+MAX_ATTEMPTS = 5
+STUCK_AFTER = timedelta(minutes=15)
+
+_record = (message_t.update().where(message_t.c.id == bindparam("mid"))
+           .values(status=bindparam("st"), reason=bindparam("rs"), sent_at=bindparam("sat"),
+                   provider_id=bindparam("pid"), subject=bindparam("subj"), due_at=bindparam("due"),
+                   claim=None))
+
+
+def _claim(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int) -> tuple[str, list[int]]:
+    token = uuid.uuid4().hex
+    with rt.store.engine.begin() as conn:
+        filters = [message_t.c.status == "queued", message_t.c.due_at <= now]
+        if journey:
+            filters.append(message_t.c.journey == journey)
+        if partitions > 1:
+            filters.append(message_t.c.id % partitions == partition)
+        stmt = select(message_t.c.id).where(*filters).order_by(message_t.c.id).limit(rt.batch_size)
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        ids = [r[0] for r in conn.execute(stmt)]
+        for part in chunks(ids):
+            conn.execute(message_t.update().where(message_t.c.id.in_(part), message_t.c.status == "queued")
+                         .values(status="sending", claim=token, attempts=message_t.c.attempts + 1))
+    return token, ids
+
+
+def _contact_view(row: Any) -> dict:
+    attributes = dict(row.attributes or {})
+    view = {**attributes, "id": row.contact_id, "email": row.email, "phone": row.phone,
+            "first_name": row.first_name, "last_name": row.last_name, "country": row.country,
+            "locale": row.locale, "timezone": row.timezone, "lifecycle_stage": row.lifecycle_stage,
+            "score": row.score, "attributes": attributes}
+    return view
+
+
+def rfc_message_id(message_pk: int, journey: str, from_email: str) -> str:
+    domain = from_email.rpartition("@")[2] or "nurture.local"
+    return f"<nurture.{message_pk}.{journey.replace('_', '-')}@{domain}>"
+
+
+def _links(rt: Runtime, contact_id: int, purpose: str, channel: str) -> dict:
+    base = rt.public_url
+    unsubscribe = make_token(rt.secret_key, "unsubscribe", contact_id, purpose, channel)
+    return {"unsubscribe": f"{base}/u/{unsubscribe}", "preferences": f"{base}/u/{unsubscribe}",
+            "home": base}
+
+
+def _load(rt: Runtime, ids: list[int]) -> list[Any]:
+    rows: list[Any] = []
+    with rt.store.engine.connect() as conn:
+        for part in chunks(ids):
+            rows.extend(conn.execute(
+                select(message_t.c.id, message_t.c.journey, message_t.c.step_id, message_t.c.channel,
+                       message_t.c.purpose, message_t.c.template, message_t.c.address, message_t.c.created_at,
+                       message_t.c.due_at,
+                       message_t.c.attempts, message_t.c.contact_id, contact_t.c.email, contact_t.c.phone,
+                       contact_t.c.first_name, contact_t.c.last_name, contact_t.c.country, contact_t.c.locale,
+                       contact_t.c.timezone, contact_t.c.lifecycle_stage, contact_t.c.score, contact_t.c.attributes,
+                       event_t.c.name.label("event_name"), event_t.c.properties.label("event_properties"),
+                       event_t.c.occurred_at.label("event_at"))
+                .select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id)
+                             .outerjoin(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id)
+                             .outerjoin(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk))
+                .where(message_t.c.id.in_(part))).all())
+        conn.rollback()
+    return rows
+
+
+def _render(rt: Runtime, row: Any, from_email: str) -> OutgoingMessage:
+    plan = rt.plan(row.journey)
+    step = plan.nodes[row.step_id].step.send
+    props = dict(row.event_properties or {})
+    context = {
+        "contact": _contact_view(row),
+        "event": {**props, "name": row.event_name, "properties": props, "occurred_at": row.event_at},
+        "journey": {"name": row.journey, "description": plan.journey.description},
+        "step": {"id": row.step_id},
+        "links": _links(rt, row.contact_id, row.purpose, row.channel),
+    }
+    library = rt.templates
+    msg = OutgoingMessage(message_pk=row.id, rfc_message_id=rfc_message_id(row.id, row.journey, from_email),
+                          contact_id=row.contact_id, channel=row.channel, journey=row.journey,
+                          step_id=row.step_id, purpose=row.purpose, to=row.address or "",
+                          created_at=row.created_at, locale=row.locale)
+    if row.channel == "email":
+        rendered = library.render_email(step.template, step.subject or "", context, step.preheader)
+        msg.subject, msg.html, msg.text = rendered.subject, rendered.html, rendered.text
+        msg.to_name = " ".join(p for p in (row.first_name, row.last_name) if p)
+        if row.purpose == "marketing":
+            unsubscribe = context["links"]["unsubscribe"]
+            msg.headers = {"List-Unsubscribe": f"<{unsubscribe}>, <mailto:unsubscribe@{from_email.rpartition('@')[2]}?subject=unsubscribe>",
+                           "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    else:
+        msg.text = library.render_sms(step.template, context)
+    return msg
+
+
+def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition: int = 0,
+            partitions: int = 1) -> Counter:
+    report: Counter = Counter()
+    from_email = rt.env.get("NURTURE_FROM_EMAIL", "hello@example.com")
+    while True:
+        token, ids = _claim(rt, now, journey, partition, partitions)
+        if not ids:
+            return report
+        rows = _load(rt, ids)
+        updates: list[dict] = []
+        suppressions: list[dict] = []
+        by_channel: dict[str, list[OutgoingMessage]] = {}
+        meta: dict[int, Any] = {}
+        for row in rows:
+            meta[row.id] = row
+            try:
+                by_channel.setdefault(row.channel, []).append(_render(rt, row, from_email))
+            except RenderError as exc:
+                updates.append(_update(row, "failed", f"render_error: {exc}", None, None, now))
+        for channel, messages in by_channel.items():
+            subjects = {m.message_pk: m.subject or None for m in messages}
+            try:
+                results = rt.channel(channel).send_batch(messages)
+            except Exception as exc:  # the provider as a whole failed: every message retries
+                results = [DeliveryResult(m.message_pk, "retry", reason=f"channel_error: {type(exc).__name__}: {exc}")
+                           for m in messages]
+            seen = set()
+            for result in results:
+                seen.add(result.message_pk)
+                row = meta[result.message_pk]
+                status = result.status
+                if status == "retry" and row.attempts >= MAX_ATTEMPTS:
+                    status = "failed"
+                updates.append(_update(row, status, result.reason, result.provider_id,
+                                       subjects.get(result.message_pk), now))
+                if result.suppress:
+                    suppressions.append(dict(contact_id=row.contact_id, address=(row.address or "").lower() or None,
+                                             channel=row.channel, reason=result.suppress, created_at=now))
+            for m in messages:  # a channel that forgot a message: never silently dropped
+                if m.message_pk not in seen:
+                    updates.append(_update(meta[m.message_pk], "retry", "no_result_from_channel", None, None, now))
+        with rt.store.engine.begin() as conn:
+            for u in updates:
+                report[(meta[u["mid"]].step_id, u.pop("outcome"), u["rs"])] += 1
+            conn.execute(_record, updates)
+            if suppressions:
+                conn.execute(suppression_t.insert(), suppressions)
+
+
+def _update(row: Any, status: str, reason: Optional[str], provider_id: Optional[str],
+            subject: Optional[str], now: datetime) -> dict:
+    if status == "retry":
+        backoff = timedelta(minutes=5 * 2 ** max(0, row.attempts - 1))
+        return {"mid": row.id, "st": "queued", "rs": reason, "sat": None, "pid": None, "subj": subject,
+                "due": now + backoff, "outcome": "retry"}
+    return {"mid": row.id, "st": status, "rs": reason, "sat": now if status == "sent" else None,
+            "pid": provider_id, "subj": subject, "due": row.due_at, "outcome": status}
+
+
+def reconcile_stuck(rt: Runtime, now: datetime) -> Counter:
+    """Rows left `sending` by a crashed worker: ask the channel what really happened."""
+    report: Counter = Counter()
+    with rt.store.engine.begin() as conn:
+        stuck = conn.execute(select(message_t.c.id, message_t.c.journey, message_t.c.channel)
+                             .where(message_t.c.status == "sending", message_t.c.created_at <= now - STUCK_AFTER)).all()
+        if not stuck:
+            return report
+        from_email = rt.env.get("NURTURE_FROM_EMAIL", "hello@example.com")
+        for mid, journey, channel in stuck:
+            verdict = rt.channel(channel).was_delivered(mid, rfc_message_id(mid, journey, from_email))
+            if verdict is True:
+                values = dict(status="sent", reason="reconciled", sent_at=now, claim=None)
+            elif verdict is False:
+                values = dict(status="queued", reason="requeued_after_crash", claim=None)
+            else:
+                values = dict(status="failed", reason="delivery_unknown", claim=None)
+            conn.execute(message_t.update().where(message_t.c.id == mid, message_t.c.status == "sending").values(**values))
+            report[values["status"]] += 1
+    return report

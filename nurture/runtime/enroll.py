@@ -1,0 +1,85 @@
+"""Enrollment: trigger events read through a per-journey cursor, filtered by `where` in SQL,
+subject to the re-entry rule; holdout assigned stably per contact and journey."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import func, select
+
+from nurture.compiler import Plan
+from nurture.conditions import ConditionScope, compile_condition, contact_t, event_t
+from nurture.runtime.context import Runtime
+from nurture.runtime.timing import arrival_due
+from nurture.runtime.sql import chunks, for_update
+from nurture.runtime.stable_random import in_holdout
+from nurture.store.models import Enrollment, JourneyCursor
+
+enrollment_t = Enrollment.__table__
+cursor_t = JourneyCursor.__table__
+
+
+def _cursor(conn: Any, journey: str, now: datetime) -> int:
+    row = conn.execute(for_update(select(cursor_t.c.last_event_pk).where(cursor_t.c.journey == journey), conn)).first()
+    if row is None:
+        conn.execute(cursor_t.insert().values(journey=journey, last_event_pk=0, updated_at=now))
+        return 0
+    return row[0]
+
+
+def _may_enter(reentry: Any, history: list[tuple[str, datetime]], at: datetime) -> bool:
+    if any(status == "active" for status, _ in history):
+        return False  # never twice at once in the same journey
+    if not history or reentry == "always":
+        return True
+    if reentry == "never":
+        return False
+    last_entry = max(entered for _, entered in history)
+    return at - last_entry >= reentry
+
+
+def enroll(rt: Runtime, plan: Plan, now: datetime) -> int:
+    journey = plan.journey
+    trigger = journey.trigger
+    with rt.store.engine.begin() as conn:
+        cursor = _cursor(conn, plan.name, now)
+        base = [event_t.c.name == trigger.event, event_t.c.id > cursor]
+        first_future = conn.execute(select(func.min(event_t.c.id)).where(*base, event_t.c.occurred_at > now)).scalar()
+        upper = (first_future - 1) if first_future is not None else conn.execute(select(func.max(event_t.c.id)).where(*base)).scalar()
+        if upper is None or upper <= cursor:
+            return 0
+        filters = [*base, event_t.c.id <= upper, event_t.c.occurred_at >= now - trigger.lookback]
+        if trigger.where is not None:
+            scope = ConditionScope(now, rt.project.segments, in_enrollment=False, trigger_event=event_t)
+            filters.append(compile_condition(trigger.where, scope))
+        rows = conn.execute(select(event_t.c.id, event_t.c.contact_id, event_t.c.occurred_at, contact_t.c.timezone)
+                            .select_from(event_t.join(contact_t, contact_t.c.id == event_t.c.contact_id))
+                            .where(*filters).order_by(event_t.c.id)).all()
+        # The earliest qualifying event per contact is the one that enrolls.
+        first_by_contact: dict[int, tuple[int, datetime, Optional[str]]] = {}
+        for event_pk, contact_id, occurred_at, tz in rows:
+            first_by_contact.setdefault(contact_id, (event_pk, occurred_at, tz))
+        history: dict[int, list[tuple[str, datetime]]] = {}
+        ids = list(first_by_contact)
+        for part in chunks(ids):
+            for contact_id, status, entered_at in conn.execute(
+                    select(enrollment_t.c.contact_id, enrollment_t.c.status, enrollment_t.c.entered_at)
+                    .where(enrollment_t.c.journey == plan.name, enrollment_t.c.contact_id.in_(part))):
+                history.setdefault(contact_id, []).append((status, entered_at))
+        new_rows = []
+        first = plan.nodes[plan.first]
+        default_tz = rt.project.policies.timezone
+        for contact_id, (event_pk, occurred_at, tz) in first_by_contact.items():
+            if not _may_enter(journey.reentry, history.get(contact_id, []), occurred_at):
+                continue
+            new_rows.append(dict(contact_id=contact_id, journey=plan.name, version=plan.version,
+                                 step_id=plan.first, next_due_at=arrival_due(first, occurred_at, tz, default_tz),
+                                 step_entered_at=occurred_at,
+                                 status="active", holdout=in_holdout(plan.name, contact_id, journey.holdout),
+                                 entered_at=occurred_at, trigger_event_pk=event_pk, revenue=0.0,
+                                 defer_count=0, state={}))
+        for part in chunks(new_rows, 5000):
+            conn.execute(enrollment_t.insert(), list(part))
+        conn.execute(cursor_t.update().where(cursor_t.c.journey == plan.name)
+                     .values(last_event_pk=upper, updated_at=now))
+        return len(new_rows)

@@ -1,0 +1,73 @@
+"""Leaving a journey early: `exit_when` conditions (checked at the start of every tick, in
+SQL over all active enrollments) and the `goal` (conversion and revenue within a window,
+recorded for messaged and holdout contacts alike, so lift can be measured)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import bindparam, select
+
+from nurture.compiler import Plan
+from nurture.conditions import (ConditionScope, compile_any, contact_t, enrollment_t, event_t,
+                                properties_match)
+from nurture.runtime.context import Runtime
+from nurture.runtime.sql import chunks
+
+
+def record_conversions(rt: Runtime, plan: Plan, now: datetime) -> int:
+    goal = plan.journey.goal
+    if goal is None:
+        return 0
+    with rt.store.engine.begin() as conn:
+        filters = [enrollment_t.c.journey == plan.name, enrollment_t.c.converted_at.is_(None),
+                   enrollment_t.c.entered_at >= now - goal.within,
+                   event_t.c.contact_id == enrollment_t.c.contact_id, event_t.c.name == goal.event,
+                   event_t.c.occurred_at >= enrollment_t.c.entered_at, event_t.c.occurred_at <= now,
+                   (enrollment_t.c.trigger_event_pk.is_(None)) | (event_t.c.id != enrollment_t.c.trigger_event_pk)]
+        if goal.where:
+            filters.append(properties_match(event_t.c.properties, goal.where))
+        rows = conn.execute(select(enrollment_t.c.id, enrollment_t.c.entered_at, enrollment_t.c.status,
+                                   event_t.c.occurred_at, event_t.c.properties)
+                            .where(*filters).order_by(enrollment_t.c.id, event_t.c.occurred_at)).all()
+        first: dict[int, tuple] = {}
+        for enrollment_id, entered_at, status, occurred_at, props in rows:
+            if occurred_at - entered_at <= goal.within:
+                first.setdefault(enrollment_id, (status, occurred_at, props or {}))
+        updates = []
+        for enrollment_id, (status, occurred_at, props) in first.items():
+            try:
+                revenue = float(props.get("value", 0) or 0)
+            except (TypeError, ValueError):
+                revenue = 0.0
+            leaves = status in ("active", "completed")
+            updates.append({"eid": enrollment_id, "converted_at": occurred_at, "revenue": revenue,
+                            "status": "converted" if leaves else status})
+        if updates:
+            conn.execute(enrollment_t.update().where(enrollment_t.c.id == bindparam("eid"))
+                         .values(converted_at=bindparam("converted_at"),
+                                 revenue=bindparam("revenue"),
+                                 status=bindparam("status")), updates)
+            # A converted contact leaves the journey: no more messages about a finished purchase.
+            ids = [u["eid"] for u in updates if u["status"] == "converted"]
+            for part in chunks(ids):
+                conn.execute(enrollment_t.update()
+                             .where(enrollment_t.c.id.in_(part), enrollment_t.c.step_id.isnot(None))
+                             .values(step_id=None, next_due_at=None, left_at=now, exit_reason="goal"))
+        return len(updates)
+
+
+def apply_exits(rt: Runtime, plan: Plan, now: datetime) -> int:
+    scope = ConditionScope(now, rt.project.segments, in_enrollment=True)
+    condition = compile_any(list(plan.journey.exit_when), scope)
+    if condition is None:
+        return 0
+    with rt.store.engine.begin() as conn:
+        ids = [r[0] for r in conn.execute(
+            select(enrollment_t.c.id)
+            .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
+            .where(enrollment_t.c.journey == plan.name, enrollment_t.c.status == "active", condition))]
+        for part in chunks(ids):
+            conn.execute(enrollment_t.update().where(enrollment_t.c.id.in_(part), enrollment_t.c.status == "active")
+                         .values(status="exited", step_id=None, next_due_at=None, left_at=now,
+                                 exit_reason="exit_when"))
+        return len(ids)

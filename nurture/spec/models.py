@@ -1,0 +1,367 @@
+"""Pydantic models of the journey, policy and condition language (the public YAML contract).
+
+Models validate shape and values; cross-references (templates, segments, unique step ids)
+are checked in `spec.validate`, where every error of a run is collected with its location.
+"""
+from __future__ import annotations
+
+import re
+from datetime import time, timedelta
+from typing import Any, Literal, Optional, Union
+from zoneinfo import ZoneInfo, available_timezones
+
+from pydantic import (BaseModel, ConfigDict, Field, field_validator, model_validator)
+
+from nurture.durations import parse_duration
+
+CHANNELS = ("email", "sms")
+CONSENT_CHANNELS = ("email", "sms", "ads")
+PURPOSES = ("marketing", "transactional")
+_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+_HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    return parse_duration(value)
+
+
+def _hhmm(value: Any) -> str:
+    if not isinstance(value, str) or not _HHMM.match(value):
+        raise ValueError(f"'{value}' is not a time of day: write it as \"HH:MM\", e.g. \"08:00\"")
+    return value
+
+
+def hhmm_to_time(value: str) -> time:
+    h, m = value.split(":")
+    return time(int(h), int(m))
+
+
+def check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except Exception:
+        from nurture.spec.errors import did_you_mean
+        hint = did_you_mean(value, available_timezones())
+        raise ValueError(f"unknown time zone '{value}'" + (f" ({hint})" if hint else "")) from None
+    return value
+
+
+# ---------------------------------------------------------------- conditions
+
+Scalar = Union[bool, int, float, str, None]
+
+
+class Comparison(Strict):
+    eq: Scalar = None
+    ne: Scalar = None
+    gt: Union[int, float, str, None] = None
+    gte: Union[int, float, str, None] = None
+    lt: Union[int, float, str, None] = None
+    lte: Union[int, float, str, None] = None
+    in_: Optional[list[Scalar]] = Field(default=None, alias="in")
+    not_in: Optional[list[Scalar]] = None
+    exists: Optional[bool] = None
+    contains: Optional[str] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `cart_value: 20` means `cart_value: {eq: 20}`; `tags: [a, b]` means `in`.
+        if isinstance(value, list):
+            return {"in": value}
+        if not isinstance(value, dict):
+            return {"eq": value}
+        if not value:
+            raise ValueError("a comparison needs an operator: eq, ne, gt, gte, lt, lte, in, not_in, exists, contains")
+        return value
+
+    def operators(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(by_alias=True, exclude_unset=True).items()}
+
+
+class CountCmp(Strict):
+    gte: Optional[int] = None
+    gt: Optional[int] = None
+    lte: Optional[int] = None
+    lt: Optional[int] = None
+    eq: Optional[int] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"gte": value} if isinstance(value, int) else value
+
+
+class ConsentCond(Strict):
+    channel: Literal["email", "sms", "ads"]
+    purpose: Literal["marketing", "transactional"] = "marketing"
+    status: Literal["granted", "revoked", "pending"] = "granted"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"channel": value} if isinstance(value, str) else value
+
+
+class Condition(Strict):
+    """One node of the condition language; several kinds in one mapping are all required."""
+    all: Optional[list["Condition"]] = None
+    any: Optional[list["Condition"]] = None
+    not_: Optional["Condition"] = Field(default=None, alias="not")
+    attribute: Optional[dict[str, Comparison]] = None
+    property: Optional[dict[str, Comparison]] = None
+    event: Optional[str] = None
+    within: Optional[timedelta] = None
+    since: Optional[Literal["enrollment", "ever"]] = None
+    count: Optional[CountCmp] = None
+    where: Optional[dict[str, Comparison]] = None
+    score: Optional[Comparison] = None
+    consent: Optional[ConsentCond] = None
+    segment: Optional[str] = None
+
+    _within = field_validator("within", mode="before")(lambda cls, v: None if v is None else _duration(v))
+
+    @model_validator(mode="after")
+    def _shape(self) -> "Condition":
+        kinds = [k for k in ("all", "any", "not_", "attribute", "property", "event", "score",
+                             "consent", "segment") if getattr(self, k) is not None]
+        if not kinds:
+            raise ValueError("a condition needs one of: all, any, not, attribute, property, event, "
+                             "score, consent, segment")
+        if self.event is None and any(getattr(self, k) is not None
+                                      for k in ("within", "since", "count", "where")):
+            raise ValueError("within, since, count and where belong to an 'event' condition")
+        for group in ("all", "any"):
+            if getattr(self, group) == []:
+                raise ValueError(f"'{group}' needs at least one condition")
+        return self
+
+
+# ---------------------------------------------------------------- steps
+
+
+class SendSpec(Strict):
+    channel: Literal["email", "sms"]
+    template: str
+    subject: Optional[str] = None
+    purpose: Literal["marketing", "transactional"] = "marketing"
+    preheader: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _subject(self) -> "SendSpec":
+        if self.channel == "email" and not self.subject:
+            raise ValueError("an e-mail send needs a subject")
+        if self.channel == "sms" and self.subject:
+            raise ValueError("an SMS has no subject")
+        return self
+
+
+class WaitUntil(Strict):
+    time: str
+    weekdays: Optional[list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]]] = None
+
+    _t = field_validator("time", mode="before")(lambda cls, v: _hhmm(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"time": value} if isinstance(value, str) else value
+
+
+class Branch(Strict):
+    when: Condition
+    then: list["Step"] = Field(default_factory=list)
+    else_: list["Step"] = Field(default_factory=list, alias="else")
+
+
+class WaitFor(Strict):
+    event: str
+    within: timedelta
+    where: Optional[dict[str, Comparison]] = None
+    then: list["Step"] = Field(default_factory=list)
+    timeout: list["Step"] = Field(default_factory=list)
+
+    _within = field_validator("within", mode="before")(lambda cls, v: _duration(v))
+
+
+class SplitArm(Strict):
+    name: str
+    weight: float = Field(gt=0)
+    steps: list["Step"] = Field(default_factory=list)
+
+
+class Update(Strict):
+    attributes: Optional[dict[str, Scalar]] = None
+    lifecycle_stage: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _something(self) -> "Update":
+        if not self.attributes and not self.lifecycle_stage:
+            raise ValueError("an update sets 'attributes' or 'lifecycle_stage'")
+        return self
+
+
+class Exit(Strict):
+    reason: str = "exit_step"
+
+
+STEP_KINDS = ("wait", "wait_until", "send", "branch", "wait_for", "split", "update", "handover", "exit")
+
+
+class Step(Strict):
+    id: str
+    wait: Optional[timedelta] = None
+    wait_until: Optional[WaitUntil] = None
+    send: Optional[SendSpec] = None
+    branch: Optional[Branch] = None
+    wait_for: Optional[WaitFor] = None
+    split: Optional[list[SplitArm]] = None
+    update: Optional[Update] = None
+    handover: Optional[dict[str, Any]] = None
+    exit: Optional[Exit] = None
+
+    _wait = field_validator("wait", mode="before")(lambda cls, v: None if v is None else _duration(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exit_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "exit" in value and value["exit"] in (None, True):
+            value = {**value, "exit": {}}
+        if isinstance(value, dict) and isinstance(value.get("exit"), str):
+            value = {**value, "exit": {"reason": value["exit"]}}
+        return value
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError(f"step id '{value}' must be lowercase letters, digits and _ (start with a letter)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Step":
+        kinds = [k for k in STEP_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"a step has exactly one of: {', '.join(STEP_KINDS)}"
+                             + (f" (found {', '.join(kinds)})" if kinds else ""))
+        if self.split is not None and not self.split:
+            raise ValueError("a split needs at least one arm")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in STEP_KINDS if getattr(self, k) is not None)
+
+
+# ---------------------------------------------------------------- journey
+
+
+class Trigger(Strict):
+    event: str
+    where: Optional[Condition] = None
+    lookback: timedelta = timedelta(days=1)
+
+    _lookback = field_validator("lookback", mode="before")(lambda cls, v: _duration(v))
+
+
+class Goal(Strict):
+    event: str
+    within: timedelta
+    where: Optional[dict[str, Comparison]] = None
+
+    _within = field_validator("within", mode="before")(lambda cls, v: _duration(v))
+
+
+class QuietHours(Strict):
+    start: str
+    end: str
+
+    _s = field_validator("start", "end", mode="before")(lambda cls, v: _hhmm(v))
+
+
+class FrequencyCap(Strict):
+    channel: Literal["email", "sms", "any"] = "any"
+    max: int = Field(ge=0)
+    per: timedelta
+
+    _per = field_validator("per", mode="before")(lambda cls, v: _duration(v))
+
+
+def _reentry(value: Any) -> Union[str, timedelta]:
+    if value in ("never", "always"):
+        return value
+    try:
+        return _duration(value)
+    except ValueError:
+        raise ValueError(f"reentry is 'never', 'always' or a duration such as 7d, not '{value}'") from None
+
+
+def _percent(value: Any) -> float:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        value = float(value.strip()[:-1]) / 100
+    value = float(value)
+    if not 0 <= value < 1:
+        raise ValueError("holdout is a share below 100%, e.g. 10%")
+    return value
+
+
+class Journey(Strict):
+    name: str
+    description: str = ""
+    trigger: Trigger
+    reentry: Union[Literal["never", "always"], timedelta] = "never"
+    exit_when: list[Condition] = Field(default_factory=list)
+    goal: Optional[Goal] = None
+    holdout: float = 0.0
+    quiet_hours: Optional[QuietHours] = None
+    frequency_cap: list[FrequencyCap] = Field(default_factory=list)
+    steps: list[Step]
+
+    _r = field_validator("reentry", mode="before")(lambda cls, v: _reentry(v))
+    _h = field_validator("holdout", mode="before")(lambda cls, v: _percent(v))
+
+    @field_validator("steps")
+    @classmethod
+    def _some_steps(cls, value: list[Step]) -> list[Step]:
+        if not value:
+            raise ValueError("a journey needs at least one step")
+        return value
+
+
+# ---------------------------------------------------------------- policies
+
+
+class Policies(Strict):
+    version: str = "1"
+    timezone: str = "UTC"
+    quiet_hours: dict[Literal["email", "sms"], QuietHours] = Field(default_factory=lambda: {
+        "email": QuietHours(start="21:00", end="08:00"),
+        "sms": QuietHours(start="20:00", end="09:00"),
+    })
+    frequency_caps: list[FrequencyCap] = Field(default_factory=lambda: [
+        FrequencyCap(channel="email", max=3, per=timedelta(days=7)),
+        FrequencyCap(channel="sms", max=2, per=timedelta(days=7)),
+        FrequencyCap(channel="any", max=4, per=timedelta(days=7)),
+    ])
+    on_cap: Literal["defer", "skip"] = "defer"
+    double_opt_in: dict[Literal["email", "sms"], list[Literal["marketing", "transactional"]]] = \
+        Field(default_factory=lambda: {"email": ["marketing"]})
+    pending_consent_expires: timedelta = timedelta(days=30)
+    unit_costs: dict[Literal["email", "sms"], float] = Field(default_factory=lambda: {"email": 0.001, "sms": 0.05})
+
+    _tz = field_validator("timezone")(lambda cls, v: check_timezone(v))
+    _exp = field_validator("pending_consent_expires", mode="before")(lambda cls, v: _duration(v))
+
+    def needs_double_opt_in(self, channel: str, purpose: str) -> bool:
+        return purpose in self.double_opt_in.get(channel, [])
+
+
+for _model in (Condition, Branch, WaitFor, SplitArm, Step):
+    _model.model_rebuild()

@@ -1,0 +1,293 @@
+"""Loading and validating a whole project: every journey, policies.yaml, segments.yaml and
+the templates they reference. Every error of the run is collected, each with its location.
+
+validate → compile → run: this module is the first stage and knows nothing of the database.
+"""
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from pydantic import BaseModel, ValidationError
+
+from nurture.spec.errors import SpecError, did_you_mean
+from nurture.spec.models import Condition, Journey, Policies, Step
+from nurture.spec.segments import Segment, SegmentsFile
+from nurture.spec.yaml_loader import Locations, load_located
+from nurture.rendering.templates import TemplateLibrary
+
+SPECIAL_FILES = {"policies", "segments", "scoring"}
+
+
+@dataclass
+class ProjectSpec:
+    root: Path
+    policies: Policies
+    journeys: dict[str, Journey] = field(default_factory=dict)
+    segments: dict[str, Segment] = field(default_factory=dict)
+    locations: dict[str, Locations] = field(default_factory=dict)
+    errors: list[SpecError] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # raw data of other files (scoring.yaml)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def journeys_dir(self) -> Path:
+        return self.root / "journeys"
+
+    @property
+    def templates(self) -> TemplateLibrary:
+        return TemplateLibrary(self.root / "templates")
+
+
+# ---------------------------------------------------------------- pydantic errors → SpecError
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The model classes an annotation may hold (through Optional, list, dict, Union)."""
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        return [annotation]
+    out: list[Any] = []
+    for arg in typing.get_args(annotation):
+        out.extend(_unwrap(arg))
+    return out
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names (and aliases) of the model that the mapping at `loc` is validated by."""
+    current: list[Any] = [model]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        nxt: list[Any] = []
+        for cls in current:
+            if isinstance(cls, type) and issubclass(cls, BaseModel):
+                for name, info in cls.model_fields.items():
+                    if part in (name, info.alias):
+                        nxt.extend(_unwrap(info.annotation))
+            elif cls is dict or typing.get_origin(cls) is dict:
+                nxt.append(cls)
+        # dict values (e.g. attribute name → Comparison) are addressed by arbitrary keys
+        for cls in current:
+            if isinstance(cls, type) and issubclass(cls, BaseModel):
+                continue
+        current = [c for c in nxt if c is not type(None)] or current
+    keys: list[str] = []
+    for cls in current:
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            for name, info in cls.model_fields.items():
+                keys.append(info.alias or name)
+    return keys
+
+
+def _clean_loc(loc: tuple, locs: Locations) -> tuple:
+    path: tuple = ()
+    for part in loc:
+        candidate = path + (part,)
+        if candidate in locs.values or candidate in locs.keys:
+            path = candidate
+    return path
+
+
+def pydantic_errors(exc: ValidationError, locs: Locations, model: type[BaseModel],
+                    prefix: tuple = ()) -> list[SpecError]:
+    errors: list[SpecError] = []
+    for err in exc.errors():
+        raw_loc = prefix + tuple(err["loc"])
+        loc = _clean_loc(raw_loc, locs)
+        kind = err["type"]
+        message = err["msg"].removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            key = raw_loc[-1]
+            hint = did_you_mean(key, _allowed_keys(model, tuple(p for p in loc[len(prefix):-1])))
+            errors.append(locs.error(loc, f"unknown key '{key}'", hint, key=True))
+        elif kind == "missing":
+            errors.append(locs.error(loc, f"missing required key '{raw_loc[-1]}'"))
+        elif kind in ("literal_error", "enum"):
+            expected = err.get("ctx", {}).get("expected", "")
+            options = [o.strip(" '") for o in expected.replace(" or ", ",").split(",") if o.strip()]
+            hint = did_you_mean(err.get("input"), options)
+            errors.append(locs.error(loc, f"'{err.get('input')}' is not allowed here: expected {expected}", hint))
+        else:
+            errors.append(locs.error(loc, message))
+    # One root cause can surface through several union branches: report it once.
+    return sorted(set(errors))
+
+
+# ---------------------------------------------------------------- walking the spec
+
+
+def iter_steps(steps: list[Step], path: tuple) -> Iterator[tuple[Step, tuple]]:
+    for i, step in enumerate(steps):
+        here = path + (i,)
+        yield step, here
+        if step.branch:
+            yield from iter_steps(step.branch.then, here + ("branch", "then"))
+            yield from iter_steps(step.branch.else_, here + ("branch", "else"))
+        if step.wait_for:
+            yield from iter_steps(step.wait_for.then, here + ("wait_for", "then"))
+            yield from iter_steps(step.wait_for.timeout, here + ("wait_for", "timeout"))
+        if step.split:
+            for a, arm in enumerate(step.split):
+                yield from iter_steps(arm.steps, here + ("split", a, "steps"))
+
+
+def iter_conditions(cond: Optional[Condition], path: tuple) -> Iterator[tuple[Condition, tuple]]:
+    if cond is None:
+        return
+    yield cond, path
+    for group in ("all", "any"):
+        for i, child in enumerate(getattr(cond, group) or []):
+            yield from iter_conditions(child, path + (group, i))
+    if cond.not_ is not None:
+        yield from iter_conditions(cond.not_, path + ("not",))
+
+
+def journey_conditions(journey: Journey) -> Iterator[tuple[Condition, tuple]]:
+    if journey.trigger.where:
+        yield from iter_conditions(journey.trigger.where, ("trigger", "where"))
+    for i, cond in enumerate(journey.exit_when):
+        yield from iter_conditions(cond, ("exit_when", i))
+    for step, path in iter_steps(journey.steps, ("steps",)):
+        if step.branch:
+            yield from iter_conditions(step.branch.when, path + ("branch", "when"))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _load_file(path: Path, display: str) -> tuple[Any, Locations, list[SpecError]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        return None, Locations(display), [SpecError(display, 1, 1, f"not UTF-8 text: {exc.reason}")]
+    return load_located(text, display)
+
+
+def _display(root: Path, path: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def load_policies(root: Path, errors: list[SpecError], locations: dict[str, Locations]) -> Policies:
+    path = root / "journeys" / "policies.yaml"
+    if not path.is_file():
+        return Policies()
+    data, locs, errs = _load_file(path, _display(root, path))
+    locations["policies"] = locs
+    errors.extend(errs)
+    if errs:
+        return Policies()
+    try:
+        return Policies.model_validate(data or {})
+    except ValidationError as exc:
+        errors.extend(pydantic_errors(exc, locs, Policies))
+        return Policies()
+
+
+def load_segments(root: Path, errors: list[SpecError], locations: dict[str, Locations]) -> dict[str, Segment]:
+    path = root / "journeys" / "segments.yaml"
+    if not path.is_file():
+        return {}
+    data, locs, errs = _load_file(path, _display(root, path))
+    locations["segments"] = locs
+    errors.extend(errs)
+    if errs:
+        return {}
+    try:
+        parsed = SegmentsFile.model_validate(data or {})
+    except ValidationError as exc:
+        errors.extend(pydantic_errors(exc, locs, SegmentsFile))
+        return {}
+    return {s.name: s for s in parsed.segments}
+
+
+def _check_journey(name: str, journey: Journey, locs: Locations, project: ProjectSpec,
+                   library: TemplateLibrary) -> list[SpecError]:
+    errors: list[SpecError] = []
+    if journey.name != name:
+        errors.append(locs.error(("name",), f"name '{journey.name}' must equal the file name '{name}'"))
+    seen: dict[str, tuple] = {}
+    for step, path in iter_steps(journey.steps, ("steps",)):
+        if step.id in seen:
+            errors.append(locs.error(path + ("id",), f"step id '{step.id}' is used twice (ids must be unique)"))
+        seen[step.id] = path
+        if step.send:
+            where = (locs.file, *locs.of(path + ("send", "template")))
+            errors.extend(library.check(step.send.channel, step.send.template, where))
+            for key in ("subject", "preheader"):
+                source = getattr(step.send, key)
+                if source:
+                    errors.extend(library.check_string(source, (locs.file, *locs.of(path + ("send", key)))))
+        if step.handover is not None:
+            errors.append(locs.error(path + ("handover",),
+                                     "the 'handover' step needs lead scoring (journeys/scoring.yaml), "
+                                     "which this version does not ship yet"))
+        if step.split:
+            names = [arm.name for arm in step.split]
+            if len(set(names)) != len(names):
+                errors.append(locs.error(path + ("split",), "split arm names must be unique"))
+    for cond, path in journey_conditions(journey):
+        if cond.segment is not None and cond.segment not in project.segments:
+            hint = did_you_mean(cond.segment, project.segments)
+            errors.append(locs.error(path + ("segment",), f"unknown segment '{cond.segment}'", hint))
+        if cond.property is not None and path[:2] not in (("trigger", "where"),) and not journey.trigger.event:
+            errors.append(locs.error(path + ("property",), "'property' needs an event trigger"))
+    for i, cap in enumerate(journey.frequency_cap):
+        for policy_cap in project.policies.frequency_caps:
+            if policy_cap.channel == cap.channel and policy_cap.per == cap.per and cap.max > policy_cap.max:
+                errors.append(locs.error(("frequency_cap", i, "max"),
+                                         f"frequency_cap may only tighten policies.yaml "
+                                         f"({cap.channel}: at most {policy_cap.max} per {policy_cap.per})"))
+    return errors
+
+
+def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
+    """Load and validate the project at `root`; `only` limits journeys to one name."""
+    root = Path(root).resolve()
+    errors: list[SpecError] = []
+    locations: dict[str, Locations] = {}
+    journeys_dir = root / "journeys"
+    if not journeys_dir.is_dir():
+        errors.append(SpecError(str(root), 1, 1, "no journeys/ folder here: run from a project "
+                                "directory or pass --project DIR"))
+        return ProjectSpec(root, Policies(), errors=errors)
+    policies = load_policies(root, errors, locations)
+    project = ProjectSpec(root, policies, locations=locations, errors=errors)
+    project.segments = load_segments(root, errors, locations)
+    library = project.templates
+    for path in sorted(journeys_dir.glob("*.y*ml")):
+        name = path.stem
+        if name in SPECIAL_FILES or (only and name != only):
+            continue
+        if path.suffix not in (".yaml", ".yml"):
+            continue
+        data, locs, errs = _load_file(path, _display(root, path))
+        locations[name] = locs
+        errors.extend(errs)
+        if errs:
+            continue
+        if not isinstance(data, dict):
+            errors.append(locs.error((), "a journey file holds a mapping (name, trigger, steps, …)"))
+            continue
+        try:
+            journey = Journey.model_validate(data)
+        except ValidationError as exc:
+            errors.extend(pydantic_errors(exc, locs, Journey))
+            continue
+        errors.extend(_check_journey(name, journey, locs, project, library))
+        project.journeys[name] = journey
+    for name, segment in project.segments.items():
+        pass  # segment destinations are validated by the sync layer against its registry
+    if only and only not in project.journeys and not any(e.path.endswith(f"{only}.yaml") for e in errors):
+        hint = did_you_mean(only, [p.stem for p in journeys_dir.glob("*.yaml") if p.stem not in SPECIAL_FILES])
+        errors.append(SpecError(str(journeys_dir.relative_to(root)), 1, 1, f"no journey named '{only}'", hint))
+    project.errors = sorted(set(errors))
+    return project

@@ -1,0 +1,140 @@
+"""The tables of Nurture: contacts, their events and consent ledger, suppressions,
+journey enrollments and the message outbox/audit log.
+
+All datetimes are timezone-aware UTC (SQLModel's UTCDateTime stores them as UTC on both
+backends); local time exists only inside the guards and rendering.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def _json_column() -> Any:
+    return Field(default_factory=dict, sa_column=Column(JSON, nullable=False, default=dict))
+
+
+class Contact(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    email: Optional[str] = Field(default=None, unique=True, index=True)
+    phone: Optional[str] = Field(default=None, index=True)
+    first_name: Optional[str] = None
+    last_name: Optional[str] = None
+    timezone: Optional[str] = None
+    country: Optional[str] = None
+    locale: Optional[str] = None
+    lifecycle_stage: str = Field(default="lead")
+    score: float = Field(default=0.0)
+    attributes: dict = _json_column()
+    created_at: datetime
+    updated_at: datetime
+
+
+class Event(SQLModel, table=True):
+    __table_args__ = (Index("ix_event_contact_name_time", "contact_id", "name", "occurred_at"),
+                      Index("ix_event_name_id", "name", "id"))
+    id: Optional[int] = Field(default=None, primary_key=True)
+    event_id: str = Field(unique=True)
+    contact_id: int = Field(foreign_key="contact.id")
+    name: str
+    properties: dict = _json_column()
+    occurred_at: datetime
+    received_at: datetime
+
+
+class Consent(SQLModel, table=True):
+    """Append-only ledger; the current state of (contact, channel, purpose) is its latest row."""
+    __table_args__ = (Index("ix_consent_lookup", "contact_id", "channel", "purpose", "recorded_at"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contact.id")
+    channel: str  # email | sms | ads
+    purpose: str = "marketing"  # marketing | transactional
+    status: str  # granted | revoked | pending
+    source: str
+    policy_version: str = ""
+    recorded_at: datetime
+    confirmed_at: Optional[datetime] = None
+
+
+class Suppression(SQLModel, table=True):
+    __table_args__ = (Index("ix_suppression_contact", "contact_id"),
+                      Index("ix_suppression_address", "address"))
+    id: Optional[int] = Field(default=None, primary_key=True)
+    contact_id: Optional[int] = Field(default=None, foreign_key="contact.id")
+    address: Optional[str] = None  # lowercased e-mail or E.164 phone
+    channel: Optional[str] = None  # None: every channel
+    reason: str  # unsubscribed | hard_bounce | complaint | sms_stop | manual
+    created_at: datetime
+
+
+class JourneyVersion(SQLModel, table=True):
+    """Every compiled version of a journey that ever ran: how in-flight contacts are
+    migrated when a live journey is edited."""
+    __table_args__ = (UniqueConstraint("journey", "version"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    journey: str = Field(index=True)
+    version: str
+    step_order: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    spec: dict = _json_column()
+    created_at: datetime
+
+
+class JourneyCursor(SQLModel, table=True):
+    """How far the trigger of a journey has read the event table (by event.id)."""
+    journey: str = Field(primary_key=True)
+    last_event_pk: int = 0
+    updated_at: datetime
+
+
+class Enrollment(SQLModel, table=True):
+    __table_args__ = (Index("ix_enrollment_due", "journey", "status", "step_id", "next_due_at"),
+                      Index("ix_enrollment_contact", "contact_id", "journey"))
+    id: Optional[int] = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contact.id")
+    journey: str
+    version: str
+    step_id: Optional[str] = None  # None once the journey is left
+    next_due_at: Optional[datetime] = None
+    step_entered_at: Optional[datetime] = None
+    status: str = "active"  # active | completed | exited | converted
+    holdout: bool = False
+    entered_at: datetime
+    left_at: Optional[datetime] = None
+    exit_reason: Optional[str] = None
+    trigger_event_pk: Optional[int] = None
+    converted_at: Optional[datetime] = None
+    revenue: float = 0.0
+    defer_count: int = 0
+    state: dict = _json_column()  # split arms chosen etc.
+
+
+class Message(SQLModel, table=True):
+    """Outbox and audit log in one. `attempt_key` is 'send' for the one delivery of a step
+    (so a retry can never send twice) and 'defer:N' for the record of each deferral."""
+    __table_args__ = (UniqueConstraint("enrollment_id", "step_id", "attempt_key", name="uq_message_attempt"),
+                      Index("ix_message_cap", "contact_id", "counted_at"),
+                      Index("ix_message_status", "status", "channel"),
+                      Index("ix_message_journey", "journey", "step_id"))
+    id: Optional[int] = Field(default=None, primary_key=True)
+    enrollment_id: Optional[int] = Field(default=None, foreign_key="enrollment.id")
+    contact_id: int = Field(foreign_key="contact.id")
+    journey: str
+    step_id: str
+    attempt_key: str = "send"
+    channel: str
+    purpose: str = "marketing"
+    template: str
+    subject: Optional[str] = None
+    address: Optional[str] = None
+    status: str  # queued | sending | sent | deferred | suppressed | skipped | failed | holdout
+    reason: Optional[str] = None
+    due_at: datetime
+    counted_at: Optional[datetime] = None  # when it started counting against frequency caps
+    sent_at: Optional[datetime] = None
+    provider_id: Optional[str] = None
+    claim: Optional[str] = None
+    attempts: int = 0
+    created_at: datetime

@@ -1,0 +1,143 @@
+"""Shared fixtures: real databases (a SQLite file; a PostgreSQL started by pgserver), project
+folders written from strings, and a runtime over them."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import textwrap
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from nurture.runtime import Runtime
+from nurture.spec.project import load_project
+from nurture.store.db import Store, open_store
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=timezone.utc)
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A real PostgreSQL for this test session (per xdist worker), started from pip's pgserver."""
+    pgserver = pytest.importorskip("pgserver")
+    # pgserver's socket path must stay short (unix socket limit ~100 bytes)
+    data = Path(tempfile.mkdtemp(prefix="nurpg"))
+    server = pgserver.get_server(str(data), cleanup_mode="stop")
+    uri = server.get_uri()  # postgresql://postgres:@/postgres?host=/tmp/...
+    yield uri
+    try:
+        server.cleanup()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _fresh_pg_database(server_url: str) -> str:
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = create_engine(server_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    base, _, query = server_url.partition("?")
+    base = base.rsplit("/", 1)[0]
+    return f"{base}/{name}?{query}".replace("postgresql://", "postgresql+psycopg://")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path) -> str:
+    """A fresh, empty database URL: a SQLite file, and a new database on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'nurture.db'}"
+    return _fresh_pg_database(request.getfixturevalue("pg_server_url"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'nurture.db'}"
+
+
+@pytest.fixture
+def store(db_url) -> Iterator[Store]:
+    s = open_store(db_url)
+    yield s
+    s.dispose()
+
+
+# ---------------------------------------------------------------- projects
+
+DEFAULT_POLICIES = """
+version: "test-1"
+timezone: UTC
+quiet_hours:
+  email: {start: "21:00", end: "08:00"}
+  sms: {start: "20:00", end: "09:00"}
+frequency_caps:
+  - {channel: email, max: 3, per: 7d}
+  - {channel: sms, max: 2, per: 7d}
+  - {channel: any, max: 4, per: 7d}
+on_cap: defer
+double_opt_in: {email: [marketing]}
+"""
+
+DEFAULT_TEMPLATES = {
+    "email/hello.html": "<html><head><style>p {color: #333}</style></head><body><p>Hello {{ contact.first_name }}</p>"
+                        "<a href=\"{{ links.unsubscribe }}\">unsubscribe</a></body></html>",
+    "email/other.html": "<p>Other for {{ contact.email }}</p>",
+    "sms/hello.txt": "Hi {{ contact.first_name }}! Reply STOP to opt out.",
+}
+
+
+def write_project(root: Path, journeys: dict[str, str], *, policies: Optional[str] = DEFAULT_POLICIES,
+                  templates: Optional[dict[str, str]] = None, segments: Optional[str] = None) -> Path:
+    (root / "journeys").mkdir(parents=True, exist_ok=True)
+    (root / "templates").mkdir(parents=True, exist_ok=True)
+    for name, body in journeys.items():
+        (root / "journeys" / f"{name}.yaml").write_text(textwrap.dedent(body).lstrip(), encoding="utf-8")
+    if policies is not None:
+        (root / "journeys" / "policies.yaml").write_text(textwrap.dedent(policies).lstrip(), encoding="utf-8")
+    if segments is not None:
+        (root / "journeys" / "segments.yaml").write_text(textwrap.dedent(segments).lstrip(), encoding="utf-8")
+    for rel, body in {**DEFAULT_TEMPLATES, **(templates or {})}.items():
+        path = root / "templates" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body, encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def make_project(tmp_path):
+    def _make(journeys: dict[str, str], **kwargs) -> Path:
+        return write_project(tmp_path / "project", journeys, **kwargs)
+    return _make
+
+
+@pytest.fixture
+def make_runtime(make_project, store):
+    """make_runtime({'name': yaml}) -> Runtime over a fresh project and the parametrized store."""
+    runtimes: list[Runtime] = []
+
+    def _make(journeys: dict[str, str], **kwargs) -> Runtime:
+        root = make_project(journeys, **kwargs)
+        spec = load_project(root)
+        assert not spec.errors, [str(e) for e in spec.errors]
+        env = {"NURTURE_DATA_DIR": str(root / ".nurture"), "NURTURE_FROM_EMAIL": "shop@example.com"}
+        rt = Runtime(store, spec, env=env)
+        runtimes.append(rt)
+        return rt
+
+    yield _make
+    for rt in runtimes:
+        rt.close()
