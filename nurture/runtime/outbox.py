@@ -29,6 +29,9 @@ from nurture.store.models import Message
 
 message_t = Message.__table__
 COUNTING = ("queued", "sending", "sent")
+# Contact attribute listing the topics (journey `topic:`) a contact opted out of in the
+# preference center; marketing sends of those journeys are suppressed.
+TOPICS_OPTED_OUT = "topics_opted_out"
 
 _defer = (enrollment_t.update().where(enrollment_t.c.id == bindparam("eid"))
           .values(next_due_at=bindparam("due"), defer_count=bindparam("defers")))
@@ -60,7 +63,8 @@ def guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_i
     policies = rt.project.policies
     rows = conn.execute(
         select(enrollment_t.c.id, enrollment_t.c.contact_id, enrollment_t.c.next_due_at, enrollment_t.c.holdout,
-               enrollment_t.c.defer_count, contact_t.c.email, contact_t.c.phone, contact_t.c.timezone)
+               enrollment_t.c.defer_count, contact_t.c.email, contact_t.c.phone, contact_t.c.timezone,
+               contact_t.c.attributes)
         .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
         .where(enrollment_t.c.id.in_(enrollment_ids))).all()
     contact_ids = [r.contact_id for r in rows]
@@ -92,6 +96,9 @@ def guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_i
             else:
                 reason = suppression_reason(by_contact.get(r.contact_id, ()) + by_address.get((address or "").lower(), []),
                                             channel, purpose) if (r.contact_id in by_contact or (address or "").lower() in by_address) else None
+                if not reason and marketing and plan.journey.topic and \
+                        plan.journey.topic in ((r.attributes or {}).get(TOPICS_OPTED_OUT) or ()):
+                    reason = "topic_opt_out"
                 if reason:
                     status = "suppressed"
                 else:

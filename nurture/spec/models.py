@@ -315,6 +315,7 @@ def _percent(value: Any) -> float:
 class Journey(Strict):
     name: str
     description: str = ""
+    topic: Optional[str] = None  # preference-center topic; contacts who opted out of it are not messaged
     trigger: Trigger
     reentry: Union[Literal["never", "always"], timedelta] = "never"
     exit_when: list[Condition] = Field(default_factory=list)
