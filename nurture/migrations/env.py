@@ -3,6 +3,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import nurture.store.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import nurture.segments.models  # noqa: F401  (segment_membership, sync_run)
 
 target_metadata = SQLModel.metadata
 config = context.config
