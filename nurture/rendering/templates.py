@@ -120,6 +120,9 @@ class TemplateLibrary:
             files.append((self.text_env, self.email_text_path(name)))
         for env, p in files:
             try:
+                # Parse the file as written first: CSS inlining reflows the document, so an
+                # error found only in the inlined source would point at the wrong line.
+                env.parse(p.read_text(encoding="utf-8"), str(p.relative_to(self.root)), str(p))
                 env.get_template(str(p.relative_to(self.root)))
             except TemplateSyntaxError as exc:
                 errors.append(SpecError(self._rel(Path(exc.filename or p)), exc.lineno or 1, 1,

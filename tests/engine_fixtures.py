@@ -1,0 +1,102 @@
+"""Shared helpers of the engine specification tests: writing contacts, events, consent and
+suppressions straight into a real store, and reading back the message log and enrollments.
+
+They use the store's own tables (SQLAlchemy Core), the same way the engine does, so a test
+sets up exactly the rows it talks about and nothing else.
+"""
+from __future__ import annotations
+
+import textwrap
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import select
+
+from nurture.consent_ledger import record_consent, suppress
+from nurture.store.db import Store
+from nurture.store.models import Contact, Enrollment, Event, Message
+
+contact_t = Contact.__table__
+event_t = Event.__table__
+message_t = Message.__table__
+enrollment_t = Enrollment.__table__
+
+EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def journey_yaml(name: str, steps: str, *, trigger: str = "{event: signup}", extra: str = "") -> str:
+    """A journey file: `steps` and `extra` are YAML blocks written without indentation."""
+    extra = textwrap.dedent(extra).strip()
+    return (f"name: {name}\ntrigger: {trigger}\n" + (extra + "\n" if extra else "") + "steps:\n"
+            + textwrap.indent(textwrap.dedent(steps).strip(), "  ") + "\n")
+
+
+def add_contact(store: Store, email: Optional[str], *, at: datetime = EPOCH, **fields: Any) -> int:
+    row = {"email": email.lower() if email else None, "phone": None, "first_name": None, "last_name": None,
+           "timezone": None, "country": None, "locale": None, "lifecycle_stage": "lead", "score": 0.0,
+           "attributes": {}, "created_at": at, "updated_at": at, **fields}
+    with store.engine.begin() as conn:
+        return conn.execute(contact_t.insert().values(**row)).inserted_primary_key[0]
+
+
+def add_event(store: Store, contact_id: int, name: str, at: datetime, properties: Optional[dict] = None,
+              event_id: Optional[str] = None) -> int:
+    with store.engine.begin() as conn:
+        return conn.execute(event_t.insert().values(
+            event_id=event_id or uuid.uuid4().hex, contact_id=contact_id, name=name,
+            properties=properties or {}, occurred_at=at, received_at=at)).inserted_primary_key[0]
+
+
+def set_consent(store: Store, contact_id: int, channel: str = "email", status: str = "granted", *,
+                at: datetime = EPOCH, purpose: str = "marketing", confirmed: bool = True) -> None:
+    with store.engine.begin() as conn:
+        record_consent(conn, contact_id, channel, status, purpose=purpose, source="test", at=at,
+                       confirmed=confirmed)
+
+
+def add_suppression(store: Store, reason: str, *, contact_id: Optional[int] = None,
+                    address: Optional[str] = None, channel: Optional[str] = None, at: datetime = EPOCH) -> None:
+    with store.engine.begin() as conn:
+        suppress(conn, reason=reason, at=at, contact_id=contact_id, address=address, channel=channel)
+
+
+def subscriber(store: Store, email: str, *, channels: tuple[str, ...] = ("email",), **fields: Any) -> int:
+    """A contact with confirmed marketing consent on `channels` (the usual happy path)."""
+    cid = add_contact(store, email, **fields)
+    for channel in channels:
+        set_consent(store, cid, channel)
+    return cid
+
+
+def messages(store: Store, **where: Any) -> list[Any]:
+    """Message rows (ordered by id), optionally filtered by column values."""
+    stmt = select(message_t).order_by(message_t.c.id)
+    for column, value in where.items():
+        stmt = stmt.where(message_t.c[column] == value)
+    with store.engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+        conn.rollback()
+    return rows
+
+
+def enrollments(store: Store, **where: Any) -> list[Any]:
+    stmt = select(enrollment_t).order_by(enrollment_t.c.id)
+    for column, value in where.items():
+        stmt = stmt.where(enrollment_t.c[column] == value)
+    with store.engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+        conn.rollback()
+    return rows
+
+
+def contact_row(store: Store, contact_id: int) -> Any:
+    with store.engine.connect() as conn:
+        row = conn.execute(select(contact_t).where(contact_t.c.id == contact_id)).one()
+        conn.rollback()
+    return row
+
+
+def outcomes(store: Store, **where: Any) -> list[tuple[str, str, Optional[str]]]:
+    """(step id, status, reason) per message row: the audit log in a comparable form."""
+    return [(m.step_id, m.status, m.reason) for m in messages(store, **where)]

@@ -1,0 +1,185 @@
+"""Specification: `nurture validate` answers invalid YAML with every error of the run, each as
+`path:line:col: message`, with a did-you-mean hint for near-miss keys and names; built-in
+policies apply when journeys/policies.yaml is absent."""
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+
+from nurture.spec.models import Policies
+from nurture.spec.project import load_project
+from tests.engine_fixtures import journey_yaml
+
+LOCATED = re.compile(r"^[^:]+:\d+:\d+: .+")
+
+
+def errors_of(make_project, journeys, **kwargs) -> list[str]:
+    spec = load_project(make_project(journeys, **kwargs))
+    rendered = [str(e) for e in spec.errors]
+    assert all(LOCATED.match(e) for e in rendered), rendered
+    return rendered
+
+
+SEND = "- id: hello\n  send: {channel: email, template: hello, subject: Hi}"
+
+
+def test_a_valid_project_has_no_errors(make_project):
+    assert errors_of(make_project, {"welcome": journey_yaml("welcome", SEND)}) == []
+
+
+@pytest.mark.parametrize("yaml_text, expected", [
+    # near-miss key at the top level
+    ("name: j\ntrigger: {event: signup}\nexit_whn:\n  - event: purchase\nsteps:\n  - {id: a, wait: 1h}\n",
+     "journeys/j.yaml:3:1: unknown key 'exit_whn' (did you mean 'exit_when'?)"),
+    # near-miss step kind
+    ("name: j\ntrigger: {event: signup}\nsteps:\n  - id: a\n    wiat: 1h\n",
+     "journeys/j.yaml:5:5: unknown key 'wiat' (did you mean 'wait'?)"),
+    # near-miss channel name, located at the value
+    ("name: j\ntrigger: {event: signup}\nsteps:\n  - id: a\n    send: {channel: emial, template: hello, subject: x}\n",
+     "journeys/j.yaml:5:21: 'emial' is not allowed here: expected 'email' or 'sms' (did you mean 'email'?)"),
+    # near-miss key inside a nested model (trigger)
+    ("name: j\ntrigger: {event: signup, wehre: {score: 1}}\nsteps:\n  - {id: a, wait: 1h}\n",
+     "journeys/j.yaml:2:26: unknown key 'wehre' (did you mean 'where'?)"),
+    # YAML syntax error, located where the parser gave up
+    ("name: j\ntrigger: {event: signup\nsteps: []\n",
+     "journeys/j.yaml:3:6: YAML syntax error: expected ',' or '}', but got ':'"),
+    # duplicate key
+    ("name: j\nname: j\ntrigger: {event: signup}\nsteps:\n  - {id: a, wait: 1h}\n",
+     "journeys/j.yaml:2:1: duplicate key 'name'"),
+    # name must equal the file stem
+    ("name: other\ntrigger: {event: signup}\nsteps:\n  - {id: a, wait: 1h}\n",
+     "journeys/j.yaml:1:7: name 'other' must equal the file name 'j'"),
+    # a bad duration names the format
+    ("name: j\ntrigger: {event: signup}\nsteps:\n  - {id: a, wait: 1x}\n",
+     "journeys/j.yaml:4:19: '1x' is not a duration: write e.g. 30m, 2h, 3d or 1w"),
+    # missing required key
+    ("name: j\nsteps:\n  - {id: a, wait: 1h}\n",
+     "journeys/j.yaml:1:1: missing required key 'trigger'"),
+])
+def test_journey_error_is_reported_at_its_line_and_column(make_project, yaml_text, expected):
+    assert expected in errors_of(make_project, {"j": yaml_text})
+
+
+def test_cross_references_are_checked_with_suggestions(make_project):
+    steps = """
+    - id: one
+      send: {channel: email, template: helo, subject: x}
+    - id: two
+      branch:
+        when: {segment: vipp}
+        then: [{id: one, wait: 1h}]
+    - id: three
+      send: {channel: sms, template: hello}
+    """
+    errors = errors_of(make_project, {"j": journey_yaml("j", steps)},
+                       segments="segments:\n  - name: vip\n    when: {score: {gte: 50}}\n")
+    assert errors == [
+        "journeys/j.yaml:5:38: template 'helo' not found: expected templates/email/helo.html (did you mean 'hello'?)",
+        "journeys/j.yaml:8:23: unknown segment 'vipp' (did you mean 'vip'?)",
+        "journeys/j.yaml:9:19: step id 'one' is used twice (ids must be unique)",
+    ]
+
+
+def test_every_error_of_every_file_is_reported_in_one_run(make_project):
+    journeys = {
+        "a": "name: a\ntrigger: {event: signup}\nexit_whn: []\nsteps:\n  - {id: x, wait: 1h}\n",
+        "b": "name: b\ntrigger: {event: signup\n",
+        "c": journey_yaml("c", "- id: s\n  send: {channel: email, template: nope, subject: x}"),
+    }
+    errors = errors_of(make_project, journeys, policies="on_cap: defr\n")
+    files = sorted({e.split(":")[0] for e in errors})
+    assert files == ["journeys/a.yaml", "journeys/b.yaml", "journeys/c.yaml", "journeys/policies.yaml"]
+
+
+def test_a_jinja_syntax_error_is_located_in_the_template_file(make_project):
+    templates = {"email/broken.html": "<p>Hi</p>\n<p>{{ contact.first_name }</p>\n<p>bye</p>\n"}
+    journey = journey_yaml("j", "- id: s\n  send: {channel: email, template: broken, subject: x}")
+    errors = errors_of(make_project, {"j": journey}, templates=templates)
+    assert errors == ["templates/email/broken.html:2:1: template syntax error: unexpected '}'"]
+
+
+def test_a_jinja_syntax_error_in_a_styled_document_keeps_its_line(make_project):
+    # CSS inlining rewrites the document; the error must still point at the line the marketer wrote.
+    source = ("<html>\n<head>\n<style>p {color: red}</style>\n</head>\n<body>\n<p>ok</p>\n"
+              "<p>{{ contact.first_name }</p>\n</body>\n</html>\n")
+    journey = journey_yaml("j", "- id: s\n  send: {channel: email, template: doc, subject: x}")
+    errors = errors_of(make_project, {"j": journey}, templates={"email/doc.html": source})
+    assert errors == ["templates/email/doc.html:7:1: template syntax error: unexpected '}'"]
+
+
+def test_a_jinja_syntax_error_in_a_subject_is_located_in_the_journey(make_project):
+    journey = journey_yaml("j", '- id: s\n  send: {channel: email, template: hello, subject: "{{ x "}')
+    errors = errors_of(make_project, {"j": journey})
+    assert len(errors) == 1 and errors[0].startswith("journeys/j.yaml:5:")
+    assert "template syntax error" in errors[0]
+
+
+def test_a_journey_frequency_cap_may_not_loosen_the_policy(make_project):
+    journey = journey_yaml("j", SEND, extra="frequency_cap: [{channel: email, max: 5, per: 7d}]")
+    errors = errors_of(make_project, {"j": journey})
+    assert len(errors) == 1
+    assert errors[0].startswith("journeys/j.yaml:3:39: frequency_cap may only tighten policies.yaml")
+    tighter = journey_yaml("j", SEND, extra="frequency_cap: [{channel: email, max: 1, per: 7d}]")
+    assert errors_of(make_project, {"j": tighter}) == []
+
+
+def test_policies_errors_are_located_with_suggestions(make_project):
+    policies = ("timezone: Europe/Berln\non_cap: defr\nquiet_hour: {}\n"
+                "frequency_caps: [{channel: email, max: -1, per: 7d}]\n"
+                "double_opt_in: {emial: [marketing]}\n")
+    errors = errors_of(make_project, {"j": journey_yaml("j", SEND)}, policies=policies)
+    assert errors == [
+        "journeys/policies.yaml:1:11: unknown time zone 'Europe/Berln' (did you mean 'Europe/Berlin'?)",
+        "journeys/policies.yaml:2:9: 'defr' is not allowed here: expected 'defer' or 'skip' (did you mean 'defer'?)",
+        "journeys/policies.yaml:3:1: unknown key 'quiet_hour' (did you mean 'quiet_hours'?)",
+        "journeys/policies.yaml:4:40: Input should be greater than or equal to 0",
+        # the channel key is reported at its value
+        "journeys/policies.yaml:5:24: 'emial' is not allowed here: expected 'email' or 'sms' (did you mean 'email'?)",
+    ]
+
+
+def test_quiet_hours_need_a_time_of_day(make_project):
+    errors = errors_of(make_project, {"j": journey_yaml("j", SEND)},
+                       policies='quiet_hours:\n  email: {start: "25:00", end: "08:00"}\n')
+    assert errors == ["journeys/policies.yaml:2:18: '25:00' is not a time of day: write it as \"HH:MM\", e.g. \"08:00\""]
+
+
+def test_built_in_policies_apply_when_policies_yaml_is_absent(make_project):
+    spec = load_project(make_project({"j": journey_yaml("j", SEND)}, policies=None))
+    assert spec.errors == []
+    assert spec.policies == Policies()
+    assert spec.policies.timezone == "UTC"
+    assert spec.policies.on_cap == "defer"
+    assert (spec.policies.quiet_hours["email"].start, spec.policies.quiet_hours["email"].end) == ("21:00", "08:00")
+    assert [(c.channel, c.max, c.per) for c in spec.policies.frequency_caps] == [
+        ("email", 3, timedelta(days=7)), ("sms", 2, timedelta(days=7)), ("any", 4, timedelta(days=7))]
+    assert spec.policies.needs_double_opt_in("email", "marketing")
+    assert not spec.policies.needs_double_opt_in("sms", "marketing")
+
+
+def test_policies_yaml_values_override_the_defaults(make_project):
+    policies = 'timezone: Europe/Berlin\non_cap: skip\ndouble_opt_in: {sms: [marketing]}\n'
+    spec = load_project(make_project({"j": journey_yaml("j", SEND)}, policies=policies))
+    assert spec.errors == []
+    assert (spec.policies.timezone, spec.policies.on_cap) == ("Europe/Berlin", "skip")
+    assert spec.policies.needs_double_opt_in("sms", "marketing")
+    assert not spec.policies.needs_double_opt_in("email", "marketing")
+
+
+def test_fifty_journeys_validate(make_project):
+    journeys = {f"j{i:02d}": journey_yaml(f"j{i:02d}", """
+        - id: wait_1h
+          wait: 1h
+        - id: hello
+          send: {channel: email, template: hello, subject: "Hi {{ contact.first_name }}"}
+        - id: check
+          branch:
+            when: {attribute: {plan: pro}}
+            then: [{id: pro, send: {channel: sms, template: hello}}]
+            else: [{id: basic, send: {channel: email, template: other, subject: Other}}]
+        """) for i in range(50)}
+    spec = load_project(make_project(journeys))
+    assert spec.errors == []
+    assert len(spec.journeys) == 50
