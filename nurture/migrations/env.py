@@ -4,6 +4,7 @@ from sqlmodel import SQLModel
 
 import nurture.store.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 import nurture.segments.models  # noqa: F401  (segment_membership, sync_run)
+import nurture.scoring.models, nurture.catalog  # noqa: F401,E401  (handover, product)
 
 target_metadata = SQLModel.metadata
 config = context.config

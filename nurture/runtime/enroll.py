@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 
 from nurture.compiler import Plan
 from nurture.conditions import ConditionScope, compile_condition, contact_t, event_t
@@ -38,9 +38,38 @@ def _may_enter(reentry: Any, history: list[tuple[str, datetime]], at: datetime) 
     return at - last_entry >= reentry
 
 
+def enroll_matching(rt: Runtime, plan: Plan, now: datetime) -> int:
+    """A segment/`when` trigger: every contact matching the condition now enters (one
+    INSERT … SELECT), unless active in the journey or barred by the re-entry rule."""
+    journey = plan.journey
+    scope = ConditionScope(now, rt.project.segments, in_enrollment=False)
+    previous = enrollment_t.alias("previous")
+    barred = [previous.c.contact_id == contact_t.c.id, previous.c.journey == plan.name]
+    if journey.reentry == "always":
+        barred.append(previous.c.status == "active")
+    elif journey.reentry != "never":
+        barred.append((previous.c.status == "active") | (previous.c.entered_at > now - journey.reentry))
+    first = plan.nodes[plan.first]
+    default_tz = rt.project.policies.timezone
+    with rt.store.engine.begin() as conn:
+        rows = conn.execute(select(contact_t.c.id, contact_t.c.timezone).where(
+            compile_condition(journey.trigger.condition(), scope),
+            ~exists(select(previous.c.id).where(*barred))).order_by(contact_t.c.id)).all()
+        new_rows = [dict(contact_id=cid, journey=plan.name, version=plan.version, step_id=plan.first,
+                         next_due_at=arrival_due(first, now, tz, default_tz), step_entered_at=now,
+                         status="active", holdout=in_holdout(plan.name, cid, journey.holdout),
+                         entered_at=now, trigger_event_pk=None, revenue=0.0, defer_count=0, state={})
+                    for cid, tz in rows]
+        for part in chunks(new_rows, 5000):
+            conn.execute(enrollment_t.insert(), list(part))
+        return len(new_rows)
+
+
 def enroll(rt: Runtime, plan: Plan, now: datetime) -> int:
     journey = plan.journey
     trigger = journey.trigger
+    if trigger.event is None:
+        return enroll_matching(rt, plan, now)
     with rt.store.engine.begin() as conn:
         cursor = _cursor(conn, plan.name, now)
         base = [event_t.c.name == trigger.event, event_t.c.id > cursor]

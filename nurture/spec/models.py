@@ -264,11 +264,32 @@ class Step(Strict):
 
 
 class Trigger(Strict):
-    event: str
+    """Enroll on an `event`, or (no event) when a contact is in a `segment` / matches `when`:
+    a condition trigger is evaluated in SQL over all contacts on every tick."""
+    event: Optional[str] = None
+    segment: Optional[str] = None
+    when: Optional[Condition] = None
     where: Optional[Condition] = None
     lookback: timedelta = timedelta(days=1)
 
     _lookback = field_validator("lookback", mode="before")(lambda cls, v: _duration(v))
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Trigger":
+        kinds = [k for k in ("event", "segment", "when") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a trigger has exactly one of: event, segment, when"
+                             + (f" (found {', '.join(kinds)})" if kinds else ""))
+        return self
+
+    def condition(self) -> Optional[Condition]:
+        """The contact condition of a segment/when trigger (with `where`), None for events."""
+        if self.event is not None:
+            return None
+        parts = [Condition(segment=self.segment) if self.segment else self.when]
+        if self.where is not None:
+            parts.append(self.where)
+        return parts[0] if len(parts) == 1 else Condition.model_validate({"all": parts})
 
 
 class Goal(Strict):
@@ -364,5 +385,5 @@ class Policies(Strict):
         return purpose in self.double_opt_in.get(channel, [])
 
 
-for _model in (Condition, Branch, WaitFor, SplitArm, Step):
+for _model in (Condition, Branch, WaitFor, SplitArm, Step, Trigger):
     _model.model_rebuild()

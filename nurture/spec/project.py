@@ -151,6 +151,10 @@ def iter_conditions(cond: Optional[Condition], path: tuple) -> Iterator[tuple[Co
 def journey_conditions(journey: Journey) -> Iterator[tuple[Condition, tuple]]:
     if journey.trigger.where:
         yield from iter_conditions(journey.trigger.where, ("trigger", "where"))
+    if journey.trigger.when:
+        yield from iter_conditions(journey.trigger.when, ("trigger", "when"))
+    if journey.trigger.segment:
+        yield from iter_conditions(Condition(segment=journey.trigger.segment), ("trigger",))
     for i, cond in enumerate(journey.exit_when):
         yield from iter_conditions(cond, ("exit_when", i))
     for step, path in iter_steps(journey.steps, ("steps",)):
@@ -227,9 +231,8 @@ def _check_journey(name: str, journey: Journey, locs: Locations, project: Projec
                 if source:
                     errors.extend(library.check_string(source, (locs.file, *locs.of(path + ("send", key)))))
         if step.handover is not None:
-            errors.append(locs.error(path + ("handover",),
-                                     "the 'handover' step needs lead scoring (journeys/scoring.yaml), "
-                                     "which this version does not ship yet"))
+            from nurture.scoring.spec import check_handover
+            errors.extend(check_handover(step.handover, locs, path + ("handover",)))
         if step.split:
             names = [arm.name for arm in step.split]
             if len(set(names)) != len(names):
@@ -262,6 +265,13 @@ def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
     policies = load_policies(root, errors, locations)
     project = ProjectSpec(root, policies, locations=locations, errors=errors)
     project.segments = load_segments(root, errors, locations)
+    if (journeys_dir / "scoring.yaml").is_file():
+        from nurture.scoring.spec import load_scoring
+        scoring, locations["scoring"], scoring_errors = load_scoring(
+            journeys_dir / "scoring.yaml", _display(root, journeys_dir / "scoring.yaml"))
+        errors.extend(scoring_errors)
+        if scoring is not None:
+            project.extra["scoring"] = scoring
     library = project.templates
     for path in sorted(journeys_dir.glob("*.y*ml")):
         name = path.stem
