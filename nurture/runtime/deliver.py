@@ -18,7 +18,9 @@ from typing import Any, Optional
 from sqlalchemy import bindparam, select
 
 from nurture.conditions import contact_t, enrollment_t, event_t
+from nurture.double_opt_in import SYSTEM_JOURNEYS, render_system_email
 from nurture.registry import DeliveryResult, OutgoingMessage
+from nurture.rendering.links import tag_html, tag_text, utm_query
 from nurture.rendering.templates import RenderError
 from nurture.runtime.context import Runtime
 from nurture.runtime.sql import chunks
@@ -68,6 +70,11 @@ def rfc_message_id(message_pk: int, journey: str, from_email: str) -> str:
     return f"<nurture.{message_pk}.{journey.replace('_', '-')}@{domain}>"
 
 
+def own_page_prefixes(rt: Runtime) -> tuple[str, ...]:
+    """Nurture's own recipient pages: signed links that UTM tagging must leave alone."""
+    return (f"{rt.public_url}/u/", f"{rt.public_url}/confirm/")
+
+
 def _links(rt: Runtime, contact_id: int, purpose: str, channel: str) -> dict:
     base = rt.public_url
     unsubscribe = make_token(rt.secret_key, "unsubscribe", contact_id, purpose, channel)
@@ -96,9 +103,21 @@ def _load(rt: Runtime, ids: list[int]) -> list[Any]:
     return rows
 
 
-def _render(rt: Runtime, row: Any, from_email: str) -> OutgoingMessage:
+def _prepared(rt: Runtime, journey: str, step_id: str, cache: dict) -> Any:
+    key = (journey, step_id)
+    if key not in cache:
+        send = rt.plan(journey).nodes[step_id].step.send
+        if send.channel == "email":
+            cache[key] = rt.templates.prepare_email(send.template, send.subject or "", send.preheader)
+        else:
+            cache[key] = rt.templates.sms(send.template)
+    return cache[key]
+
+
+def _render(rt: Runtime, row: Any, from_email: str, cache: Optional[dict] = None) -> OutgoingMessage:
+    if row.journey in SYSTEM_JOURNEYS:  # transactional system mail (double opt-in): no journey plan
+        return render_system_email(rt, row, _contact_view(row), rfc_message_id(row.id, row.journey, from_email))
     plan = rt.plan(row.journey)
-    step = plan.nodes[row.step_id].step.send
     props = dict(row.event_properties or {})
     context = {
         "contact": _contact_view(row),
@@ -107,21 +126,23 @@ def _render(rt: Runtime, row: Any, from_email: str) -> OutgoingMessage:
         "step": {"id": row.step_id},
         "links": _links(rt, row.contact_id, row.purpose, row.channel),
     }
-    library = rt.templates
+    prepared = _prepared(rt, row.journey, row.step_id, {} if cache is None else cache)
+    utm, own_pages = utm_query(row.channel, row.journey, row.step_id), own_page_prefixes(rt)
     msg = OutgoingMessage(message_pk=row.id, rfc_message_id=rfc_message_id(row.id, row.journey, from_email),
                           contact_id=row.contact_id, channel=row.channel, journey=row.journey,
                           step_id=row.step_id, purpose=row.purpose, to=row.address or "",
                           created_at=row.created_at, locale=row.locale)
     if row.channel == "email":
-        rendered = library.render_email(step.template, step.subject or "", context, step.preheader)
-        msg.subject, msg.html, msg.text = rendered.subject, rendered.html, rendered.text
+        rendered = prepared.render(context)
+        msg.subject = rendered.subject
+        msg.html, msg.text = tag_html(rendered.html, utm, own_pages), tag_text(rendered.text, utm, own_pages)
         msg.to_name = " ".join(p for p in (row.first_name, row.last_name) if p)
         if row.purpose == "marketing":
             unsubscribe = context["links"]["unsubscribe"]
             msg.headers = {"List-Unsubscribe": f"<{unsubscribe}>, <mailto:unsubscribe@{from_email.rpartition('@')[2]}?subject=unsubscribe>",
                            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     else:
-        msg.text = library.render_sms(step.template, context)
+        msg.text = tag_text(prepared.render(context).strip(), utm, own_pages)
     return msg
 
 
@@ -129,6 +150,7 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
             partitions: int = 1) -> Counter:
     report: Counter = Counter()
     from_email = rt.env.get("NURTURE_FROM_EMAIL", "hello@example.com")
+    prepared: dict = {}
     while True:
         token, ids = _claim(rt, now, journey, partition, partitions)
         if not ids:
@@ -141,7 +163,7 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
         for row in rows:
             meta[row.id] = row
             try:
-                by_channel.setdefault(row.channel, []).append(_render(rt, row, from_email))
+                by_channel.setdefault(row.channel, []).append(_render(rt, row, from_email, prepared))
             except RenderError as exc:
                 updates.append(_update(row, "failed", f"render_error: {exc}", None, None, now))
         for channel, messages in by_channel.items():

@@ -1,0 +1,153 @@
+"""`sms.twilio`: SMS through Twilio's Programmable Messaging REST API
+(`NURTURE_SMS_BACKEND=twilio`).
+
+One `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` per message (form fields `To`,
+`From` or `MessagingServiceSid`, `Body`, optional `StatusCallback`; HTTP basic auth with the
+account SID and auth token), over one HTTP connection pool per batch. Results per message:
+- 201 with a Message resource: `sent`, provider id = the message SID (`SM…`);
+- error 21610 (recipient replied STOP): `failed` + an `sms_stop` suppression;
+- errors 21211 / 21614 (invalid number, not SMS-capable): `failed`, reason `unreachable`;
+- 429 and 5xx (and network errors): retried here with exponential backoff (the sleep is
+  injectable so tests are fast), then a `retry` result (the engine tries again later);
+- any other 4xx: `failed` with Twilio's error code.
+
+Numbers are normalized to E.164 with `phonenumbers` before the call. Settings:
+NURTURE_TWILIO_ACCOUNT_SID, NURTURE_TWILIO_AUTH_TOKEN, NURTURE_TWILIO_FROM or
+NURTURE_TWILIO_MESSAGING_SERVICE_SID, NURTURE_TWILIO_STATUS_CALLBACK (default:
+NURTURE_PUBLIC_URL + /webhooks/twilio when a public URL is set), NURTURE_TWILIO_BASE_URL
+(default https://api.twilio.com; tests point it at a local fake). The auth token never appears
+in a result or error message.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import httpx
+import phonenumbers
+from pydantic import SecretStr
+
+from nurture.registry import Channel, DeliveryResult, IntegrationContext, IntegrationError, OutgoingMessage
+
+DEFAULT_BASE_URL = "https://api.twilio.com"
+STOPPED = {21610}
+UNREACHABLE = {21211, 21614}
+RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class TwilioSettings:
+    account_sid: str
+    auth_token: SecretStr
+    from_number: Optional[str]
+    messaging_service_sid: Optional[str]
+    status_callback: Optional[str]
+    base_url: str = DEFAULT_BASE_URL
+    default_region: Optional[str] = None
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "TwilioSettings":
+        sid = context.setting("NURTURE_TWILIO_ACCOUNT_SID")
+        token = context.setting("NURTURE_TWILIO_AUTH_TOKEN")
+        if not sid or not token:
+            raise IntegrationError("NURTURE_SMS_BACKEND=twilio needs NURTURE_TWILIO_ACCOUNT_SID and NURTURE_TWILIO_AUTH_TOKEN")
+        sender = context.setting("NURTURE_TWILIO_FROM") or None
+        service = context.setting("NURTURE_TWILIO_MESSAGING_SERVICE_SID") or None
+        if not sender and not service:
+            raise IntegrationError("NURTURE_SMS_BACKEND=twilio needs NURTURE_TWILIO_FROM (a Twilio number or sender id) "
+                                   "or NURTURE_TWILIO_MESSAGING_SERVICE_SID")
+        public = (context.setting("NURTURE_PUBLIC_URL") or "").rstrip("/")
+        callback = context.setting("NURTURE_TWILIO_STATUS_CALLBACK") or (f"{public}/webhooks/twilio" if public else None)
+        return cls(account_sid=sid, auth_token=SecretStr(token), from_number=sender, messaging_service_sid=service,
+                   status_callback=callback,
+                   base_url=(context.setting("NURTURE_TWILIO_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),
+                   default_region=context.setting("NURTURE_DEFAULT_COUNTRY") or None)
+
+
+def to_e164(number: str, region: Optional[str] = None) -> Optional[str]:
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+class TwilioSmsChannel(Channel):
+    name = "sms.twilio"
+    channel = "sms"
+
+    def __init__(self, settings: TwilioSettings, *, attempts: int = 4, backoff: float = 0.5,
+                 sleep: Callable[[float], None] = time.sleep, timeout: float = 15.0):
+        self.settings = settings
+        self.attempts = attempts
+        self.backoff = backoff
+        self.sleep = sleep
+        self.timeout = timeout
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "TwilioSmsChannel":
+        return cls(TwilioSettings.from_env(context))
+
+    @property
+    def messages_url(self) -> str:
+        return f"{self.settings.base_url}/2010-04-01/Accounts/{self.settings.account_sid}/Messages.json"
+
+    def form(self, to: str, body: str) -> dict[str, str]:
+        s = self.settings
+        fields = {"To": to, "Body": body}
+        if s.messaging_service_sid:
+            fields["MessagingServiceSid"] = s.messaging_service_sid
+        else:
+            fields["From"] = s.from_number or ""
+        if s.status_callback:
+            fields["StatusCallback"] = s.status_callback
+        return fields
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        auth = (self.settings.account_sid, self.settings.auth_token.get_secret_value())
+        with httpx.Client(auth=auth, timeout=self.timeout, headers={"Accept": "application/json"}) as client:
+            return [self._send_one(client, m) for m in messages]
+
+    def _send_one(self, client: httpx.Client, m: OutgoingMessage) -> DeliveryResult:
+        to = to_e164(m.to, self.settings.default_region) if m.to else None
+        if to is None:
+            return DeliveryResult(m.message_pk, "failed", reason="unreachable: not a valid phone number")
+        last = "unknown"
+        for attempt in range(self.attempts):
+            if attempt:
+                self.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                response = client.post(self.messages_url, data=self.form(to, m.text))
+            except httpx.HTTPError as exc:
+                last = f"twilio_network_error: {type(exc).__name__}"
+                continue
+            if response.status_code in RETRYABLE_STATUS:
+                last = f"twilio_http_{response.status_code}"
+                retry_after = response.headers.get("Retry-After", "")
+                if retry_after.isdigit() and attempt + 1 < self.attempts:
+                    self.sleep(min(float(retry_after), 30.0))
+                continue
+            return self._result(m, response)
+        return DeliveryResult(m.message_pk, "retry", reason=last)
+
+    def _result(self, m: OutgoingMessage, response: httpx.Response) -> DeliveryResult:
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {}
+        if response.status_code in (200, 201) and payload.get("sid"):
+            return DeliveryResult(m.message_pk, "sent", provider_id=payload["sid"])
+        code = payload.get("code")
+        message = " ".join(str(payload.get("message") or "").split())[:200]
+        if code in STOPPED:
+            return DeliveryResult(m.message_pk, "failed", reason=f"twilio_{code}: recipient unsubscribed (STOP)",
+                                  suppress="sms_stop")
+        if code in UNREACHABLE:
+            return DeliveryResult(m.message_pk, "failed", reason=f"unreachable: twilio_{code}: {message}")
+        if response.status_code in (401, 403):
+            # Wrong credentials fail every message alike: keep them queued until fixed.
+            return DeliveryResult(m.message_pk, "retry", reason=f"twilio_auth_failed: twilio_{code or response.status_code}")
+        return DeliveryResult(m.message_pk, "failed", reason=f"twilio_{code or response.status_code}: {message}")

@@ -1,0 +1,237 @@
+"""The recipient pages and webhooks as a FastAPI app (served by `nurture web`).
+
+Routes:
+- `GET  /u/{token}`              preference center (+ an unsubscribe button), no JavaScript;
+- `POST /u/{token}`              RFC 8058 one-click unsubscribe: 200, no redirect, no cookie;
+- `POST /u/{token}/preferences`  save the preference-center form;
+- `GET  /confirm/{token}`        double opt-in confirmation;
+- `POST /events`                 tracking webhook (Bearer NURTURE_INGEST_TOKEN), as `nurture track`;
+- `POST /webhooks/twilio`        inbound STOP/START and status callbacks (X-Twilio-Signature);
+- `POST /webhooks/bounces`       generic bounce/complaint JSON (Bearer NURTURE_WEBHOOK_TOKEN,
+                                 or NURTURE_INGEST_TOKEN when that is unset);
+- `GET  /healthz`.
+
+Tokens are verified with NURTURE_SECRET_KEY; a tampered or expired one gets a 400 page and
+changes nothing. Bodies over NURTURE_WEB_MAX_BODY bytes (default 1 MiB) get 413. Missing
+credentials get 401, wrong ones 403. Secrets are never echoed.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qsl
+
+from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sqlalchemy import select
+
+from nurture.double_opt_in import SYSTEM_JOURNEY, confirm_opt_in, opt_ins_from_events
+from nurture.ingest import track_records
+from nurture.runtime.context import Runtime
+from nurture.spec.project import ProjectSpec
+from nurture.store.db import Store
+from nurture.store.models import Event
+from nurture.tokens import verify_token
+from nurture.web import pages
+from nurture.web.preferences import apply_preferences, load_preferences, unsubscribe
+from nurture.web.webhooks import (apply_bounces, bounce_events, twilio_inbound, twilio_signature_valid,
+                                  twilio_status)
+
+DEFAULT_MAX_BODY = 1024 * 1024
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+event_t = Event.__table__
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over `limit` bytes with 413, by Content-Length
+    up front and by counting when the body is streamed without one."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await JSONResponse({"error": f"request body over {self.limit} bytes"}, status_code=413)(scope, receive, send)
+                return
+        seen = 0
+
+        async def counting_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, f"request body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _bearer(request: Request, expected: Optional[str]) -> None:
+    if not expected:
+        raise HTTPException(403, "this endpoint is disabled: no token is configured on the server")
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise HTTPException(403, "wrong token")
+
+
+async def _json(request: Request) -> Any:
+    body = await request.body()
+    try:
+        return json.loads(body or b"null")
+    except ValueError as exc:
+        raise HTTPException(400, f"body is not valid JSON ({exc})") from None
+
+
+def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
+               clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> FastAPI:
+    rt = Runtime(store, project, env=env)
+    secret = rt.secret_key
+    public_url = rt.public_url
+    policy_version = project.policies.version
+    app = FastAPI(title="Nurture recipient pages", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.runtime = rt
+
+    def bad_link(text: str) -> HTMLResponse:
+        return HTMLResponse(pages.message_page("This link does not work", text, problem=True), status_code=400)
+
+    def claims_or_none(token: str, action: str):
+        return verify_token(secret, token, action)
+
+    def deliver_system_mail() -> None:
+        from nurture.runtime.deliver import deliver
+        deliver(rt, clock(), SYSTEM_JOURNEY)
+
+    # ------------------------------------------------------------ unsubscribe + preferences
+    @app.get("/u/{token}", response_class=HTMLResponse)
+    def preference_center(token: str) -> Response:
+        claims = claims_or_none(token, "unsubscribe")
+        if claims is None:
+            return bad_link("The link is damaged or has expired. Use the link in a newer e-mail from us.")
+        with store.engine.connect() as conn:
+            prefs = load_preferences(conn, project, claims.contact_id)
+        if prefs is None:
+            return bad_link("We have no record of this address any more.")
+        return HTMLResponse(pages.preferences_page(prefs, base_url=public_url, token=token, channel=claims.channel))
+
+    @app.post("/u/{token}", response_class=HTMLResponse)
+    async def one_click_unsubscribe(token: str, request: Request) -> Response:
+        claims = claims_or_none(token, "unsubscribe")
+        if claims is None:
+            return bad_link("The link is damaged or has expired; nothing was changed.")
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
+        source = "list-unsubscribe:one-click" if form.get("List-Unsubscribe") == "One-Click" else "web:unsubscribe"
+        with store.engine.begin() as conn:
+            unsubscribe(conn, claims.contact_id, claims.channel, source=source, now=clock(), policy_version=policy_version)
+            prefs = load_preferences(conn, project, claims.contact_id)
+        if prefs is None:
+            return bad_link("We have no record of this address any more.")
+        notice = f"You are unsubscribed from marketing {pages.CHANNEL_NAMES.get(claims.channel, claims.channel)}."
+        return HTMLResponse(pages.preferences_page(prefs, base_url=public_url, token=token, channel=claims.channel,
+                                                   notice=notice))
+
+    @app.post("/u/{token}/preferences", response_class=HTMLResponse)
+    async def save_preferences(token: str, request: Request) -> Response:
+        claims = claims_or_none(token, "unsubscribe")
+        if claims is None:
+            return bad_link("The link is damaged or has expired; nothing was changed.")
+        pairs = parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+        channels = {v for k, v in pairs if k == "channel"}
+        topics = {v for k, v in pairs if k == "topic"}
+        with store.engine.begin() as conn:
+            changes = apply_preferences(conn, project, claims.contact_id, channels, topics,
+                                        source="web:preference_center", now=clock())
+            prefs = load_preferences(conn, project, claims.contact_id)
+        if prefs is None:
+            return bad_link("We have no record of this address any more.")
+        notice = "Your preferences are saved." if changes else "Nothing changed; your preferences are as before."
+        return HTMLResponse(pages.preferences_page(prefs, base_url=public_url, token=token, channel=claims.channel,
+                                                   notice=notice))
+
+    # ------------------------------------------------------------ double opt-in
+    @app.get("/confirm/{token}", response_class=HTMLResponse)
+    def confirm(token: str) -> Response:
+        claims = claims_or_none(token, "confirm")
+        if claims is None:
+            return bad_link("The confirmation link is damaged or has expired. Sign up again to get a new one.")
+        with store.engine.begin() as conn:
+            outcome = confirm_opt_in(conn, project.policies, claims, now=clock())
+        if outcome == "confirmed":
+            return HTMLResponse(pages.message_page("Subscription confirmed", "Thank you: your subscription is confirmed."))
+        if outcome == "already_confirmed":
+            return HTMLResponse(pages.message_page("Already confirmed", "Your subscription was already confirmed."))
+        if outcome == "expired":
+            return bad_link("This confirmation request has expired. Sign up again to get a new link.")
+        return bad_link("There is no subscription waiting for confirmation for this address; nothing was changed.")
+
+    # ------------------------------------------------------------ tracking webhook
+    @app.post("/events")
+    async def events(request: Request, background: BackgroundTasks) -> Response:
+        _bearer(request, env.get("NURTURE_INGEST_TOKEN"))
+        payload = await _json(request)
+        if isinstance(payload, dict) and isinstance(payload.get("events"), list):
+            payload = payload["events"]
+        records = payload if isinstance(payload, list) else [payload]
+        if not records or not all(isinstance(r, dict) for r in records):
+            raise HTTPException(400, "body must be an event object, a list of them, or {\"events\": [...]}")
+        now = clock()
+        submitted = [str(r.get("event_id")) for r in records if r.get("event_id") not in (None, "")]
+        with store.engine.connect() as conn:
+            known = {r[0] for r in conn.execute(select(event_t.c.event_id).where(event_t.c.event_id.in_(submitted)))} \
+                if submitted else set()
+        result = track_records(store, list(enumerate(records, 1)), source="request", now=now)
+        new_ids = [e for e in dict.fromkeys(submitted) if e not in known]
+        with store.engine.begin() as conn:
+            opt_ins = opt_ins_from_events(conn, project.policies, new_ids, now=now)
+        if opt_ins.get("pending"):
+            background.add_task(deliver_system_mail)
+        body = {"inserted": result.inserted, "duplicates": result.duplicates, "opt_ins": dict(opt_ins),
+                "errors": [{"record": e.line, "field": e.field, "message": e.message} for e in result.errors]}
+        status = 422 if result.errors and not (result.inserted or result.duplicates) else 200
+        return JSONResponse(body, status_code=status)
+
+    # ------------------------------------------------------------ provider webhooks
+    @app.post("/webhooks/twilio")
+    async def twilio(request: Request) -> Response:
+        auth_token = env.get("NURTURE_TWILIO_AUTH_TOKEN")
+        if not auth_token:
+            raise HTTPException(403, "this endpoint is disabled: NURTURE_TWILIO_AUTH_TOKEN is not set")
+        signature = request.headers.get("x-twilio-signature")
+        if not signature:
+            raise HTTPException(401, "missing X-Twilio-Signature")
+        params = parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+        url = public_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if not twilio_signature_valid(auth_token, url, params, signature):
+            raise HTTPException(403, "X-Twilio-Signature does not match")
+        fields = dict(params)
+        with store.engine.begin() as conn:
+            if "Body" in fields and (fields.get("SmsStatus") or fields.get("MessageStatus") or "received") == "received":
+                twilio_inbound(conn, fields, now=clock(), policy_version=policy_version)
+            else:
+                twilio_status(conn, fields, now=clock())
+        return Response(EMPTY_TWIML, media_type="text/xml")
+
+    @app.post("/webhooks/bounces")
+    async def bounces(request: Request) -> Response:
+        _bearer(request, env.get("NURTURE_WEBHOOK_TOKEN") or env.get("NURTURE_INGEST_TOKEN"))
+        events_, errors = bounce_events(await _json(request))
+        with store.engine.begin() as conn:
+            counts = apply_bounces(conn, events_, now=clock(), policy_version=policy_version)
+        return JSONResponse({"applied": dict(counts), "errors": errors}, status_code=422 if errors else 200)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True}
+
+    app.add_middleware(BodyLimit, limit=int(env.get("NURTURE_WEB_MAX_BODY") or DEFAULT_MAX_BODY))
+    return app

@@ -1,0 +1,130 @@
+"""What a recipient can change about themselves: unsubscribe (one click) and the preference
+center (marketing by channel, and topics — the `topic:` of journeys).
+
+Plain functions over a database connection, so the web pages, the webhooks and tests share
+them. Every consent change is a ledger row with source, policy version and time; an e-mail
+unsubscribe also writes a `suppression` row (reason `unsubscribed`, channel email). The send
+pipeline re-reads both at send time, so a change takes effect before the next send.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import delete, select
+
+from nurture.consent_ledger import record_consent, suppress
+from nurture.double_opt_in import current_state
+from nurture.runtime.outbox import TOPICS_OPTED_OUT
+from nurture.spec.project import ProjectSpec
+from nurture.store.models import Contact, Suppression
+
+contact_t = Contact.__table__
+suppression_t = Suppression.__table__
+CHANNELS = ("email", "sms")
+
+
+@dataclass
+class Preferences:
+    """The state the preference center shows (and the form posts back)."""
+    contact_id: int
+    email: Optional[str]
+    phone: Optional[str]
+    channels: dict[str, bool] = field(default_factory=dict)  # marketing wanted, per channel
+    topics: dict[str, bool] = field(default_factory=dict)  # topic → still wanted
+    sms_stopped: bool = False
+
+
+def topics_of(project: ProjectSpec) -> list[str]:
+    return sorted({j.topic for j in project.journeys.values() if getattr(j, "topic", None)})
+
+
+def load_preferences(conn: Any, project: ProjectSpec, contact_id: int) -> Optional[Preferences]:
+    row = conn.execute(select(contact_t.c.email, contact_t.c.phone, contact_t.c.attributes)
+                       .where(contact_t.c.id == contact_id)).first()
+    if row is None:
+        return None
+    email, phone, attributes = row
+    prefs = Preferences(contact_id, email, phone)
+    reasons = {(ch, reason) for ch, reason in conn.execute(
+        select(suppression_t.c.channel, suppression_t.c.reason).where(suppression_t.c.contact_id == contact_id))}
+    for channel in CHANNELS:
+        state = current_state(conn, contact_id, channel, "marketing")
+        unsubscribed = (channel, "unsubscribed") in reasons or (None, "unsubscribed") in reasons
+        prefs.channels[channel] = bool(state and state.status in ("granted", "pending")) and not unsubscribed
+    prefs.sms_stopped = ("sms", "sms_stop") in reasons or (None, "sms_stop") in reasons
+    opted_out = set((attributes or {}).get(TOPICS_OPTED_OUT) or ())
+    prefs.topics = {topic: topic not in opted_out for topic in topics_of(project)}
+    return prefs
+
+
+def unsubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: datetime, policy_version: str) -> bool:
+    """Revoke marketing consent for the channel (+ an `unsubscribed` suppression for e-mail).
+    Idempotent: returns False when the contact was already unsubscribed."""
+    exists = conn.execute(select(contact_t.c.id).where(contact_t.c.id == contact_id)).scalar()
+    if exists is None:
+        return False
+    state = current_state(conn, contact_id, channel, "marketing")
+    already_suppressed = conn.execute(select(suppression_t.c.id).where(
+        suppression_t.c.contact_id == contact_id, suppression_t.c.channel == channel,
+        suppression_t.c.reason == "unsubscribed").limit(1)).first() is not None
+    changed = False
+    if state is None or state.status != "revoked":
+        record_consent(conn, contact_id, channel, "revoked", purpose="marketing", source=source, at=now,
+                       policy_version=policy_version)
+        changed = True
+    if channel == "email" and not already_suppressed:
+        address = conn.execute(select(contact_t.c.email).where(contact_t.c.id == contact_id)).scalar()
+        suppress(conn, reason="unsubscribed", at=now, contact_id=contact_id, address=address, channel="email")
+        changed = True
+    return changed
+
+
+def resubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: datetime, policy_version: str) -> bool:
+    """Grant marketing consent again from the preference center. The signed link proves
+    control of the mailbox it was sent to, so e-mail consent is recorded as confirmed.
+    An SMS STOP is only lifted by the START keyword from the phone itself."""
+    state = current_state(conn, contact_id, channel, "marketing")
+    unsubscribed = conn.execute(select(suppression_t.c.id).where(
+        suppression_t.c.contact_id == contact_id, suppression_t.c.channel == channel,
+        suppression_t.c.reason == "unsubscribed").limit(1)).first() is not None
+    if state and state.status == "granted" and not unsubscribed:
+        return False
+    record_consent(conn, contact_id, channel, "granted", purpose="marketing", source=source, at=now,
+                   policy_version=policy_version, confirmed=channel == "email")
+    conn.execute(delete(suppression_t).where(suppression_t.c.contact_id == contact_id,
+                                             suppression_t.c.channel == channel,
+                                             suppression_t.c.reason == "unsubscribed"))
+    return True
+
+
+def apply_preferences(conn: Any, project: ProjectSpec, contact_id: int, wanted_channels: set[str],
+                      wanted_topics: set[str], *, source: str, now: datetime) -> list[str]:
+    """Bring the contact to the submitted state; returns a list of what changed."""
+    current = load_preferences(conn, project, contact_id)
+    if current is None:
+        return []
+    version = project.policies.version
+    changes: list[str] = []
+    for channel in CHANNELS:
+        if channel == "sms" and not current.phone:
+            continue
+        want = channel in wanted_channels
+        if want and not current.channels[channel]:
+            if resubscribe(conn, contact_id, channel, source=source, now=now, policy_version=version):
+                changes.append(f"{channel}: subscribed")
+        elif not want and current.channels[channel]:
+            if unsubscribe(conn, contact_id, channel, source=source, now=now, policy_version=version):
+                changes.append(f"{channel}: unsubscribed")
+    known = set(current.topics)
+    opted_out = sorted(known - wanted_topics)
+    before = sorted(t for t, wanted in current.topics.items() if not wanted)
+    if opted_out != before:
+        attributes = dict(conn.execute(select(contact_t.c.attributes).where(contact_t.c.id == contact_id)).scalar() or {})
+        # Keep opt-outs of topics no journey declares any more: they are still the contact's wish.
+        kept = [t for t in (attributes.get(TOPICS_OPTED_OUT) or ()) if t not in known]
+        attributes[TOPICS_OPTED_OUT] = sorted(set(kept) | set(opted_out))
+        conn.execute(contact_t.update().where(contact_t.c.id == contact_id).values(attributes=attributes, updated_at=now))
+        changes.extend(f"topic {t}: {'off' if t in opted_out else 'on'}" for t in sorted(set(opted_out) ^ set(before)))
+    return changes

@@ -1,0 +1,172 @@
+"""Provider webhooks: Twilio (inbound STOP/START keywords and message status callbacks,
+authenticated by `X-Twilio-Signature`) and a generic JSON bounce/complaint webhook.
+
+Twilio's signature (documented under "Webhooks security"): take the full URL Twilio
+requested (scheme, host, path and query), append every POST parameter sorted by name as
+name followed by value (repeated names: each distinct value, sorted), HMAC-SHA1 the result
+with the account's auth token and base64 it. Nurture rebuilds the URL from NURTURE_PUBLIC_URL,
+because behind a proxy the URL the server sees is not the one Twilio signed.
+
+Bounce webhook format (POST /webhooks/bounces, `Authorization: Bearer <token>`): a JSON
+object or a list of objects, or `{"events": [...]}`, each
+`{"type": "bounce" | "complaint", "email": "...", "bounce_type": "hard" | "soft",
+"message_id": "<...>", "timestamp": "ISO 8601"}` — `bounce_type` defaults to hard.
+Hard bounces suppress the address (`hard_bounce`), complaints suppress it (`complaint`) and
+revoke e-mail marketing consent; soft bounces are counted and ignored (the SMTP channel
+already retries 4xx answers).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections import Counter
+from datetime import datetime
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from sqlalchemy import delete, select
+
+from nurture.consent_ledger import record_consent, suppress
+from nurture.ingest import normalize_email, parse_timestamp
+from nurture.store.models import Contact, Message, Suppression
+
+contact_t = Contact.__table__
+message_t = Message.__table__
+suppression_t = Suppression.__table__
+
+# Twilio's default opt-out / opt-in keywords (Advanced Opt-Out defaults), matched on the
+# whole message body, case-insensitively.
+STOP_KEYWORDS = {"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"}
+START_KEYWORDS = {"START", "YES", "UNSTOP"}
+# Status-callback error codes that mean the number will never take an SMS.
+UNREACHABLE_CODES = {"30005", "30006", "21211", "21614"}
+STOPPED_CODES = {"21610"}
+
+
+def twilio_signature(auth_token: str, url: str, params: Sequence[tuple[str, str]] | Mapping[str, str]) -> str:
+    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
+    values: dict[str, set[str]] = {}
+    for name, value in pairs:
+        values.setdefault(name, set()).add(value)
+    data = url + "".join(name + value for name in sorted(values) for value in sorted(values[name]))
+    return base64.b64encode(hmac.new(auth_token.encode(), data.encode("utf-8"), hashlib.sha1).digest()).decode()
+
+
+def twilio_signature_valid(auth_token: str, url: str, params: Sequence[tuple[str, str]], signature: Optional[str]) -> bool:
+    if not signature:
+        return False
+    return hmac.compare_digest(twilio_signature(auth_token, url, params), signature)
+
+
+def _contacts_by_phone(conn: Any, phone: str) -> list[int]:
+    return [r[0] for r in conn.execute(select(contact_t.c.id).where(contact_t.c.phone == phone))]
+
+
+def twilio_inbound(conn: Any, params: Mapping[str, str], *, now: datetime, policy_version: str) -> str:
+    """An inbound SMS. Returns `stop`, `start` or `ignored`."""
+    keyword = " ".join((params.get("Body") or "").split()).upper()
+    phone = (params.get("From") or "").strip()
+    if not phone:
+        return "ignored"
+    contacts = _contacts_by_phone(conn, phone)
+    if keyword in STOP_KEYWORDS:
+        for cid in contacts:
+            record_consent(conn, cid, "sms", "revoked", purpose="marketing", source=f"twilio:{keyword}",
+                           at=now, policy_version=policy_version)
+        already = conn.execute(select(suppression_t.c.id).where(suppression_t.c.address == phone,
+                                                                suppression_t.c.reason == "sms_stop")).first()
+        if already is None:
+            suppress(conn, reason="sms_stop", at=now, contact_id=contacts[0] if len(contacts) == 1 else None,
+                     address=phone, channel="sms")
+        return "stop"
+    if keyword in START_KEYWORDS:
+        for cid in contacts:
+            # Sent from the phone itself: as confirmed as an SMS opt-in gets.
+            record_consent(conn, cid, "sms", "granted", purpose="marketing", source=f"twilio:{keyword}",
+                           at=now, policy_version=policy_version, confirmed=True)
+        conn.execute(delete(suppression_t).where(suppression_t.c.address == phone, suppression_t.c.reason == "sms_stop"))
+        return "start"
+    return "ignored"
+
+
+def twilio_status(conn: Any, params: Mapping[str, str], *, now: datetime) -> str:
+    """A status callback for a message we sent (matched by MessageSid = provider id)."""
+    sid = params.get("MessageSid") or params.get("SmsSid") or ""
+    status = (params.get("MessageStatus") or params.get("SmsStatus") or "").lower()
+    row = conn.execute(select(message_t.c.id, message_t.c.contact_id, message_t.c.address)
+                       .where(message_t.c.provider_id == sid, message_t.c.channel == "sms")).first() if sid else None
+    if row is None:
+        return "unknown_message"
+    if status in ("failed", "undelivered"):
+        code = (params.get("ErrorCode") or "").strip()
+        conn.execute(message_t.update().where(message_t.c.id == row.id)
+                     .values(status="failed", reason=f"twilio_{status}" + (f": {code}" if code else "")))
+        if code in STOPPED_CODES:
+            suppress(conn, reason="sms_stop", at=now, contact_id=row.contact_id, address=row.address, channel="sms")
+        elif code in UNREACHABLE_CODES:
+            suppress(conn, reason="hard_bounce", at=now, contact_id=row.contact_id, address=row.address, channel="sms")
+        return status
+    if status == "delivered":
+        conn.execute(message_t.update().where(message_t.c.id == row.id, message_t.c.status == "sent")
+                     .values(reason="delivered"))
+    return status or "no_status"
+
+
+def bounce_events(payload: Any) -> tuple[list[dict], list[str]]:
+    """Validate the generic bounce payload: (clean events, errors by position)."""
+    if isinstance(payload, dict) and isinstance(payload.get("events"), list):
+        items = payload["events"]
+    elif isinstance(payload, list):
+        items = payload
+    elif isinstance(payload, dict):
+        items = [payload]
+    else:
+        return [], ["body must be a JSON object, a list of objects, or {\"events\": [...]}"]
+    clean, errors = [], []
+    for i, item in enumerate(items):
+        where = f"events[{i}]"
+        if not isinstance(item, dict):
+            errors.append(f"{where}: must be an object")
+            continue
+        kind = str(item.get("type", "")).lower()
+        if kind not in ("bounce", "complaint"):
+            errors.append(f"{where}.type: must be 'bounce' or 'complaint'")
+            continue
+        try:
+            email = normalize_email(str(item.get("email") or ""))
+        except ValueError as exc:
+            errors.append(f"{where}.email: {exc}")
+            continue
+        bounce_type = str(item.get("bounce_type") or "hard").lower()
+        if kind == "bounce" and bounce_type not in ("hard", "soft"):
+            errors.append(f"{where}.bounce_type: must be 'hard' or 'soft'")
+            continue
+        at = None
+        if item.get("timestamp") not in (None, ""):
+            try:
+                at = parse_timestamp(item["timestamp"])
+            except ValueError as exc:
+                errors.append(f"{where}.timestamp: {exc}")
+                continue
+        clean.append({"type": kind, "email": email, "bounce_type": bounce_type, "at": at})
+    return clean, errors
+
+
+def apply_bounces(conn: Any, events: Iterable[dict], *, now: datetime, policy_version: str) -> Counter:
+    counts: Counter = Counter()
+    for event in events:
+        if event["type"] == "bounce" and event["bounce_type"] == "soft":
+            counts["soft_bounce_ignored"] += 1
+            continue
+        reason = "hard_bounce" if event["type"] == "bounce" else "complaint"
+        at = event["at"] or now
+        cid = conn.execute(select(contact_t.c.id).where(contact_t.c.email == event["email"])).scalar()
+        known = conn.execute(select(suppression_t.c.id).where(suppression_t.c.address == event["email"],
+                                                              suppression_t.c.reason == reason)).first()
+        if known is None:
+            suppress(conn, reason=reason, at=at, contact_id=cid, address=event["email"], channel="email")
+        if reason == "complaint" and cid is not None:
+            record_consent(conn, cid, "email", "revoked", purpose="marketing", source="webhook:complaint",
+                           at=at, policy_version=policy_version)
+        counts[reason] += 1
+    return counts
