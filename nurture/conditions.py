@@ -143,7 +143,9 @@ def compile_condition(cond: Condition, scope: ConditionScope) -> ColumnElement:
     if cond.any is not None:
         parts.append(or_(*[compile_condition(c, scope) for c in cond.any]))
     if cond.not_ is not None:
-        parts.append(not_(compile_condition(cond.not_, scope)))
+        # Two-valued logic: a missing attribute makes the inner test NULL (unknown), and
+        # NOT NULL would exclude the contact; "not a pro" must include contacts with no plan.
+        parts.append(not_(func.coalesce(compile_condition(cond.not_, scope), false())))
     if cond.attribute is not None:
         parts.extend(_attribute(name, cmp) for name, cmp in cond.attribute.items())
     if cond.property is not None:

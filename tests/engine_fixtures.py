@@ -9,8 +9,9 @@ from __future__ import annotations
 import textwrap
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
+import pytest
 from sqlalchemy import select
 
 from nurture.consent_ledger import record_consent, suppress
@@ -23,6 +24,20 @@ message_t = Message.__table__
 enrollment_t = Enrollment.__table__
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def module_store(request, tmp_path_factory) -> Iterator[Store]:
+    """One store per backend for a whole test module whose tests only read shared rows."""
+    from nurture.store.db import open_store
+    from tests.conftest import _fresh_pg_database
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'nurture.db'}"
+    else:
+        url = _fresh_pg_database(request.getfixturevalue("pg_server_url"))
+    s = open_store(url)
+    yield s
+    s.dispose()
 
 
 def journey_yaml(name: str, steps: str, *, trigger: str = "{event: signup}", extra: str = "") -> str:
