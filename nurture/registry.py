@@ -92,12 +92,77 @@ class Channel(Integration):
         return None
 
 
-class CrmDestination(Integration):
+@dataclass(frozen=True)
+class SyncMember:
+    """One contact as a sync destination sees it: raw identifiers from the contact table
+    (normalizing and hashing them is the destination's job) and, for a removal, the
+    `payload` the destination acknowledged when the contact was added."""
+    contact_id: int
+    email: Optional[str] = None
+    phone: Optional[str] = None
+    first_name: Optional[str] = None
+    last_name: Optional[str] = None
+    country: Optional[str] = None
+    payload: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MemberResult:
+    """What the destination did with one member. `payload` (adds) is what to remember for
+    a later removal: hashed identifiers, a CRM record id."""
+    contact_id: int
+    ok: bool
+    payload: dict = field(default_factory=dict)
+    reason: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class SyncBatch:
+    """Where a request stands in one upload (Meta's `session`): 1-based `seq`, `last` flag."""
+    session_id: int
+    seq: int = 1
+    last: bool = True
+    estimated_total: int = 0
+
+
+class SyncDestination(Integration):
+    """Common shape of CRM and audience destinations: a segment's members are added and
+    removed in batches of at most `max_batch`; results come back per member and never as
+    an exception for a per-record or provider failure (those are results with ok=False)."""
+    required_keys: ClassVar[tuple[str, ...]] = ()  # keys a segments.yaml entry must set
+    optional_keys: ClassVar[tuple[str, ...]] = ()
+    identifier_columns: ClassVar[tuple[str, ...]] = ("email",)  # a member needs one of them
+    max_batch: ClassVar[int] = 1000
+    needs_ads_consent: ClassVar[bool] = False
+    requests_sent: int = 0  # provider requests made (retries included), for sync_run
+
+    @classmethod
+    def target_key(cls, target: dict[str, Any]) -> str:
+        """A stable name of one audience/list, e.g. `meta:123`: the membership state's key."""
+        return ":".join([cls.name, *(str(target[k]) for k in cls.required_keys)])
+
+    @abc.abstractmethod
+    def identifiers(self, member: SyncMember) -> Optional[dict]:
+        """The normalized (hashed, for ad platforms) identifiers this destination sends for
+        `member`, or None when it has none usable. Pure: its digest detects changes."""
+
+    @abc.abstractmethod
+    def add(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:
+        ...
+
+    @abc.abstractmethod
+    def remove(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:
+        ...
+
+
+class CrmDestination(SyncDestination):
     role: ClassVar[str] = "crm"
 
 
-class AudienceDestination(Integration):
+class AudienceDestination(SyncDestination):
+    """An ad platform's audience: only contacts whose latest `ads` consent is granted."""
     role: ClassVar[str] = "audience"
+    needs_ads_consent: ClassVar[bool] = True
 
 
 _registry: dict[str, type[Integration]] = {}

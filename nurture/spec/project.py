@@ -294,8 +294,9 @@ def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
             continue
         errors.extend(_check_journey(name, journey, locs, project, library))
         project.journeys[name] = journey
-    for name, segment in project.segments.items():
-        pass  # segment destinations are validated by the sync layer against its registry
+    if project.segments:  # destinations against the registry, their keys, segment references
+        from nurture.segments.validation import check_segments
+        errors.extend(check_segments(project.segments, locations["segments"]))
     if only and only not in project.journeys and not any(e.path.endswith(f"{only}.yaml") for e in errors):
         hint = did_you_mean(only, [p.stem for p in journeys_dir.glob("*.yaml") if p.stem not in SPECIAL_FILES])
         errors.append(SpecError(str(journeys_dir.relative_to(root)), 1, 1, f"no journey named '{only}'", hint))

@@ -1,0 +1,85 @@
+"""Hashed CSV files per audience (`csv`): the embedded default destination, ready for a
+manual upload to an ad platform's customer-list screen, with no credentials at all.
+
+Every acknowledged batch is one file, written atomically (temp file + rename) under
+`<data dir>/audiences/<audience>/`: `<run>-<seq>-add.csv` or `<run>-<seq>-remove.csv`, with
+the header `email,phone,fn,ln,country` and values normalized and SHA-256 hashed the Meta
+way (the format Meta's customer-list upload and most platforms accept).
+segments.yaml: `{destination: csv, audience: newsletter_fans}`.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from nurture.registry import AudienceDestination, IntegrationContext, MemberResult, SyncBatch, SyncMember
+from nurture.segments import identifiers
+
+HEADER = ["email", "phone", "fn", "ln", "country"]
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class CsvAudienceDestination(AudienceDestination):
+    name = "csv"
+    required_keys = ("audience",)
+    identifier_columns = ("email", "phone")
+    max_batch = 10_000
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.requests_sent = 0  # files written
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "CsvAudienceDestination":
+        return cls(Path(context.setting("NURTURE_CSV_AUDIENCE_DIR") or context.data_dir / "audiences"))
+
+    def identifiers(self, member: SyncMember) -> Optional[dict]:
+        row = [identifiers.hashed(identifiers.email(member.email)),
+               identifiers.hashed(identifiers.meta_phone(member.phone, member.country)),
+               identifiers.hashed(identifiers.meta_name(member.first_name)),
+               identifiers.hashed(identifiers.meta_name(member.last_name)),
+               identifiers.hashed(identifiers.meta_country(member.country))]
+        if not (row[0] or row[1]):
+            return None
+        return {"row": [v or "" for v in row]}
+
+    def path_for(self, target: dict[str, Any], batch: SyncBatch, action: str) -> Path:
+        audience = _SAFE.sub("_", str(target["audience"])).strip("._") or "audience"
+        return self.folder / audience / f"{batch.session_id:019d}-{batch.seq:05d}-{action}.csv"
+
+    def _write(self, path: Path, rows: list[list[str]]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(HEADER)
+        writer.writerows(rows)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(buffer.getvalue())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        self.requests_sent += 1
+
+    def add(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:
+        results, rows = [], []
+        for member in members:
+            ident = self.identifiers(member)
+            if ident is None:
+                results.append(MemberResult(member.contact_id, False, reason="no e-mail or phone"))
+            else:
+                rows.append(ident["row"])
+                results.append(MemberResult(member.contact_id, True, ident))
+        if rows:
+            self._write(self.path_for(target, batch, "add"), rows)
+        return results
+
+    def remove(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:
+        rows = [list(m.payload["row"]) for m in members if m.payload.get("row")]
+        if rows:
+            self._write(self.path_for(target, batch, "remove"), rows)
+        return [MemberResult(m.contact_id, True) for m in members]

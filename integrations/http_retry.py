@@ -1,0 +1,135 @@
+"""One provider request with the throttle slot, retries and backoff every HTTP destination
+shares.
+
+`ProviderClient.call()` takes a slot (`nurture.segments.throttle`), sends, and asks the
+destination's `classify(response)` what the answer means: done, retry (after the
+provider's Retry-After when it says so, else exponential backoff), or failed. Transport
+errors and timeouts are retried too. After the last attempt the call returns a failed
+`Attempt` with a reason — never raises — so the caller records it per member. `sleep` is
+injectable: tests never really wait. Reasons never contain credentials (no headers, no
+request bodies, no URLs with tokens).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import httpx
+
+from nurture.segments.throttle import take_slot
+
+DONE, RETRY, FAIL = "done", "retry", "fail"
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 120.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def delay(self, attempt: int, hint: Optional[float]) -> float:
+        if hint is not None:
+            return min(max(hint, 0.0), self.max_delay)
+        return min(self.base_delay * (2 ** (attempt - 1)), self.max_delay)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> "RetryPolicy":
+        return cls(max_attempts=int(env.get("NURTURE_SYNC_MAX_ATTEMPTS", 5)),
+                   base_delay=float(env.get("NURTURE_SYNC_BACKOFF_SECONDS", 1.0)))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # done | retry | fail
+    reason: str = ""
+    delay: Optional[float] = None  # the provider's own wait hint, in seconds
+
+
+@dataclass
+class Attempt:
+    ok: bool
+    response: Optional[httpx.Response] = None
+    reason: str = ""
+    attempts: int = 0
+    waits: list[float] = field(default_factory=list)
+
+    def json(self) -> Any:
+        try:
+            return self.response.json() if self.response is not None else None
+        except ValueError:
+            return None
+
+
+def retry_after(response: httpx.Response) -> Optional[float]:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def default_classify(response: httpx.Response) -> Verdict:
+    code = response.status_code
+    if 200 <= code < 300:
+        return Verdict(DONE)
+    if code == 429:
+        return Verdict(RETRY, "HTTP 429 rate limited", retry_after(response))
+    if code >= 500:
+        return Verdict(RETRY, f"HTTP {code} server error", retry_after(response))
+    return Verdict(FAIL, f"HTTP {code}: {short_body(response)}")
+
+
+def short_body(response: httpx.Response, limit: int = 300) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return text[:limit]
+
+
+class ProviderClient:
+    """An httpx client for one provider, with its throttle name, policy and counters."""
+
+    def __init__(self, provider: str, base_url: str, *, headers: Optional[dict[str, str]] = None,
+                 policy: Optional[RetryPolicy] = None, timeout: float = 30.0,
+                 classify: Callable[[httpx.Response], Verdict] = default_classify):
+        self.provider = provider
+        self.policy = policy or RetryPolicy()
+        self.classify = classify
+        self.requests = 0
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers or {}, timeout=timeout)
+
+    def call(self, method: str, url: str, **kwargs: Any) -> Attempt:
+        attempt = Attempt(ok=False)
+        for n in range(1, self.policy.max_attempts + 1):
+            attempt.attempts = n
+            take_slot(self.provider)
+            self.requests += 1
+            try:
+                response = self.http.request(method, url, **kwargs)
+            except httpx.TransportError as exc:  # connection refused/reset, timeouts
+                verdict = Verdict(RETRY, f"{type(exc).__name__} talking to {self.provider}")
+                response = None
+            else:
+                verdict = self.classify(response)
+            attempt.response = response
+            attempt.reason = verdict.reason
+            if verdict.kind == DONE:
+                attempt.ok = True
+                return attempt
+            if verdict.kind == FAIL or n == self.policy.max_attempts:
+                break
+            wait = self.policy.delay(n, verdict.delay)
+            attempt.waits.append(wait)
+            self.policy.sleep(wait)
+        if attempt.attempts > 1 or attempt.reason.startswith(("HTTP 429", "HTTP 5")):
+            attempt.reason = f"{attempt.reason} (gave up after {attempt.attempts} attempts)"
+        return attempt
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,86 @@
+"""LinkedIn Matched Audiences (DMP segment users) as a segment destination (`linkedin`).
+
+`POST /rest/dmpSegments/{id}/users` with `X-RestLi-Method: BATCH_CREATE`,
+`X-Restli-Protocol-Version: 2.0.0` and a `LinkedIn-Version` (YYYYMM) header; the body's
+`elements` are `{action: ADD|REMOVE, userIds: [{idType: SHA256_EMAIL, idValue}]}` and the
+answer has one `{status}` per element, in order (201/200 = done). 429 and 5xx are retried
+with backoff. Batches hold at most 5,000 elements.
+
+Settings: NURTURE_LINKEDIN_ACCESS_TOKEN (rw_dmp_segments), NURTURE_LINKEDIN_BASE_URL (default
+https://api.linkedin.com), NURTURE_LINKEDIN_VERSION (default 202610).
+segments.yaml: `{destination: linkedin, dmp_segment_id: "987654321"}`.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from integrations.http_retry import ProviderClient, RetryPolicy
+from nurture.registry import (AudienceDestination, IntegrationContext, IntegrationError, MemberResult, SyncBatch,
+                              SyncMember)
+from nurture.segments import identifiers
+
+
+class LinkedInDestination(AudienceDestination):
+    name = "linkedin"
+    required_keys = ("dmp_segment_id",)
+    identifier_columns = ("email",)
+    max_batch = 5_000
+
+    def __init__(self, access_token: str, base_url: str = "https://api.linkedin.com", version: str = "202610",
+                 policy: Optional[RetryPolicy] = None):
+        self.client = ProviderClient(self.name, base_url, policy=policy, timeout=120, headers={
+            "Authorization": f"Bearer {access_token}", "LinkedIn-Version": version,
+            "X-Restli-Protocol-Version": "2.0.0", "X-RestLi-Method": "BATCH_CREATE"})
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "LinkedInDestination":
+        token = context.setting("NURTURE_LINKEDIN_ACCESS_TOKEN")
+        if not token:
+            raise IntegrationError("linkedin: set NURTURE_LINKEDIN_ACCESS_TOKEN (scope rw_dmp_segments)")
+        return cls(token, context.setting("NURTURE_LINKEDIN_BASE_URL") or "https://api.linkedin.com",
+                   context.setting("NURTURE_LINKEDIN_VERSION") or "202610", RetryPolicy.from_env(context.env))
+
+    @property
+    def requests_sent(self) -> int:  # type: ignore[override]
+        return self.client.requests
+
+    def identifiers(self, member: SyncMember) -> Optional[dict]:
+        value = identifiers.hashed(identifiers.email(member.email))
+        return {"SHA256_EMAIL": value} if value else None
+
+    def _send(self, action: str, target: dict[str, Any], rows: list[tuple[SyncMember, dict]]) -> list[MemberResult]:
+        elements = [{"action": action, "userIds": [{"idType": "SHA256_EMAIL", "idValue": ident["SHA256_EMAIL"]}]}
+                    for _, ident in rows]
+        answer = self.client.call("POST", f"/rest/dmpSegments/{target['dmp_segment_id']}/users",
+                                  json={"elements": elements})
+        if not answer.ok:
+            return [MemberResult(m.contact_id, False, reason=answer.reason) for m, _ in rows]
+        statuses = (answer.json() or {}).get("elements") or []
+        results = []
+        for i, (member, ident) in enumerate(rows):
+            status = statuses[i].get("status") if i < len(statuses) and isinstance(statuses[i], dict) else None
+            ok = isinstance(status, int) and 200 <= status < 300
+            reason = None if ok else f"LinkedIn element status {status}: " + str(
+                (statuses[i].get("error") or {}).get("message", "") if i < len(statuses) else "missing")[:200]
+            results.append(MemberResult(member.contact_id, ok, ident if ok else {}, reason=reason))
+        return results
+
+    def add(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:
+        assert len(members) <= self.max_batch
+        rows, results = [], []
+        for member in members:
+            ident = self.identifiers(member)
+            if ident is None:
+                results.append(MemberResult(member.contact_id, False, reason="no valid e-mail"))
+            else:
+                rows.append((member, ident))
+        return results + (self._send("ADD", target, rows) if rows else [])
+
+    def remove(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:
+        assert len(members) <= self.max_batch
+        rows = [(m, dict(m.payload)) for m in members if m.payload.get("SHA256_EMAIL")]
+        results = [MemberResult(m.contact_id, True) for m in members if not m.payload.get("SHA256_EMAIL")]
+        return results + (self._send("REMOVE", target, rows) if rows else [])
+
+    def close(self) -> None:
+        self.client.close()

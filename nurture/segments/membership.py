@@ -1,0 +1,56 @@
+"""Who belongs in a segment for one destination, as one SQL expression over `contact`.
+
+The segment's condition (the journeys' condition language, compiled by
+`nurture.conditions`) AND what the destination needs: an identifier it can match on, no
+suppression that covers it (any-channel suppressions for every destination, `ads` ones for
+ad audiences) and — for ad audiences — the latest `ads` consent granted. Evaluated in the
+database for all contacts at once; a revoked consent or a new suppression simply makes the
+contact fall out of the expression, and the diff removes it downstream.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Mapping
+
+from sqlalchemy import ColumnElement, and_, exists, not_, or_, select
+
+from nurture.conditions import ConditionScope, compile_condition, contact_t, latest_consent_status
+from nurture.store.models import Suppression
+
+suppression_t = Suppression.__table__
+
+
+def not_suppressed(*, ads: bool, now: datetime) -> ColumnElement:
+    """No suppression of the contact (by id, e-mail or phone) for every channel — or, for ad
+    audiences, for the `ads` channel."""
+    parts = []
+    for column, match in (("contact_id", contact_t.c.id), ("address", contact_t.c.email),
+                          ("address", contact_t.c.phone)):
+        s = suppression_t.alias(f"supp_{len(parts)}")
+        channel = or_(s.c.channel.is_(None), s.c.channel == "ads") if ads else s.c.channel.is_(None)
+        parts.append(not_(exists(select(s.c.id).where(s.c[column] == match, channel, s.c.created_at <= now))))
+    return and_(*parts)
+
+
+def has_identifier(columns: tuple[str, ...]) -> ColumnElement:
+    return or_(*[contact_t.c[name].isnot(None) for name in columns])
+
+
+def ads_consent_granted(now: datetime) -> ColumnElement:
+    return latest_consent_status("ads", "marketing", now) == "granted"
+
+
+def desired(segment: Any, segments: Mapping[str, Any], destination: Any, now: datetime) -> ColumnElement:
+    """The contacts `destination` (an integration class) should hold for `segment` at `now`."""
+    parts = [compile_condition(segment.when, ConditionScope(now, segments)),
+             has_identifier(destination.identifier_columns),
+             not_suppressed(ads=destination.needs_ads_consent, now=now)]
+    if destination.needs_ads_consent:
+        parts.append(ads_consent_granted(now))
+    return and_(*parts)
+
+
+def members(conn: Any, segment: Any, segments: Mapping[str, Any], destination: Any, now: datetime) -> list[int]:
+    """Contact ids in the segment for `destination` (for previews and tests; the sync diffs)."""
+    query = select(contact_t.c.id).where(desired(segment, segments, destination, now)).order_by(contact_t.c.id)
+    return list(conn.execute(query).scalars())

@@ -1,0 +1,316 @@
+"""The diff sync of segments to their destinations.
+
+Per (segment, destination) — a *target*, keyed like `meta:123` — the state to diff against
+is `segment_membership`: what the destination acknowledged. One run:
+1. diff in SQL: contacts in the segment (nurture.segments.membership) with no acknowledged
+   row, or whose contact row changed since it was acknowledged → candidate adds; rows of
+   contacts no longer in the segment → removes. Python touches only these changes.
+2. a changed contact whose identifiers hash the same is just re-stamped; one whose
+   identifiers changed is removed (old payload) and added again (new payload).
+3. removes, then adds, in batches of the destination's limit; after each batch, in one
+   short transaction, acknowledged rows are deleted/upserted. A member the destination
+   failed stays as it was, so the next run retries exactly it; a crash between a request
+   and its acknowledgement re-sends that batch next run (adds and removes are idempotent at
+   every provider), so nothing is lost and nothing doubles.
+4. a `sync_run` row: members, added, removed, updated, failed, requests, duration, errors.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+
+from nurture.conditions import contact_t
+from nurture.registry import (IntegrationContext, IntegrationError, SyncBatch, SyncDestination, SyncMember,
+                              lookup)
+from nurture.segments.membership import desired
+from nurture.segments.models import SegmentMembership, SyncRun
+from nurture.spec.project import ProjectSpec
+from nurture.store.db import Store
+
+membership_t = SegmentMembership.__table__
+sync_run_t = SyncRun.__table__
+SYNC_ROLES = ("crm", "audience")
+
+
+class UnknownSegment(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class SyncTarget:
+    segment: str
+    destination: str
+    target: dict
+    key: str
+
+
+@dataclass
+class TargetReport:
+    segment: str
+    destination: str
+    target: str
+    status: str = "ok"
+    members: int = 0
+    added: int = 0
+    removed: int = 0
+    updated: int = 0
+    failed: int = 0
+    requests: int = 0
+    duration_ms: int = 0
+    errors: list = field(default_factory=list)  # [{"reason", "count"}]
+
+    def row(self) -> dict:
+        data = asdict(self)
+        data["errors"] = "; ".join(f"{e['reason']} (x{e['count']})" for e in self.errors)
+        return data
+
+
+def destination_class(name: str) -> type[SyncDestination]:
+    for role in SYNC_ROLES:
+        try:
+            return lookup(name, role)  # type: ignore[return-value]
+        except IntegrationError:
+            continue
+    return lookup(name, "audience")  # type: ignore[return-value]  # raises with the hint
+
+
+def targets(project: ProjectSpec, segment: Optional[str] = None) -> list[SyncTarget]:
+    if segment is not None and segment not in project.segments:
+        from nurture.spec.errors import did_you_mean
+        hint = did_you_mean(segment, project.segments)
+        raise UnknownSegment(f"no segment named '{segment}'" + (f" ({hint})" if hint else "")
+                             + f"; known: {', '.join(sorted(project.segments)) or 'none'}")
+    out = []
+    for name, spec in project.segments.items():
+        if segment is not None and name != segment:
+            continue
+        for dest in spec.destinations:
+            target = {k: (str(v) if not isinstance(v, str) else v) for k, v in (dest.model_extra or {}).items()}
+            cls = destination_class(dest.destination)
+            out.append(SyncTarget(name, dest.destination, target, cls.target_key(target)))
+    return out
+
+
+def fingerprint(identifiers: Optional[dict]) -> str:
+    return hashlib.sha256(json.dumps(identifiers, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+def _member(row: Any) -> SyncMember:
+    return SyncMember(row.id, row.email, row.phone, row.first_name, row.last_name, row.country)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[tuple[int, bool, Sequence[Any]]]:
+    n = max(1, -(-len(items) // size))
+    for i in range(n):
+        yield i + 1, i == n - 1, items[i * size:(i + 1) * size]
+
+
+@dataclass
+class Diff:
+    adds: list[tuple[SyncMember, datetime, str]] = field(default_factory=list)  # member, version, fingerprint
+    removes: list[SyncMember] = field(default_factory=list)  # payload = as acknowledged
+    updates: list[tuple[SyncMember, SyncMember, datetime, str]] = field(default_factory=list)  # old, new, v, fp
+    touches: list[dict] = field(default_factory=list)  # {"mid", "v"}
+    unusable: list[int] = field(default_factory=list)  # in the segment, no identifier this destination takes
+
+
+def compute_diff(store: Store, project: ProjectSpec, ref: SyncTarget, destination: SyncDestination,
+                 now: datetime) -> Diff:
+    """The changes to push, computed in the database; memory grows with the changes only."""
+    m = membership_t
+    want = desired(project.segments[ref.segment], project.segments, type(destination), now)
+    joined = contact_t.outerjoin(m, and_(m.c.contact_id == contact_t.c.id, m.c.segment == ref.segment,
+                                         m.c.target == ref.key))
+    adds_q = (select(contact_t.c.id, contact_t.c.email, contact_t.c.phone, contact_t.c.first_name,
+                     contact_t.c.last_name, contact_t.c.country, contact_t.c.updated_at,
+                     m.c.id.label("mid"), m.c.fingerprint, m.c.payload)
+              .select_from(joined)
+              .where(want, or_(m.c.id.is_(None), m.c.contact_version != contact_t.c.updated_at))
+              .order_by(contact_t.c.id))
+    still = exists(select(contact_t.c.id).where(contact_t.c.id == m.c.contact_id, want))
+    removes_q = (select(m.c.contact_id, m.c.payload)
+                 .where(m.c.segment == ref.segment, m.c.target == ref.key, ~still)
+                 .order_by(m.c.contact_id))
+    diff = Diff()
+    with store.engine.connect() as conn:
+        add_rows = conn.execute(adds_q).all()
+        remove_rows = conn.execute(removes_q).all()
+        conn.rollback()
+    for row in add_rows:
+        member = _member(row)
+        ident = destination.identifiers(member)
+        if ident is None:
+            if row.mid is None:
+                diff.unusable.append(row.id)
+            else:  # it lost its last usable identifier: it must leave the audience
+                diff.removes.append(SyncMember(row.id, payload=dict(row.payload or {})))
+            continue
+        fp = fingerprint(ident)
+        if row.mid is None:
+            diff.adds.append((member, row.updated_at, fp))
+        elif fp == row.fingerprint:
+            diff.touches.append({"mid": row.mid, "v": row.updated_at})
+        else:
+            diff.updates.append((SyncMember(row.id, payload=dict(row.payload or {})), member, row.updated_at, fp))
+    diff.removes.extend(SyncMember(r.contact_id, payload=dict(r.payload or {})) for r in remove_rows)
+    return diff
+
+
+def _upsert(conn: Any, rows: list[dict]) -> None:
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(membership_t)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["segment", "target", "contact_id"],
+        set_={k: stmt.excluded[k] for k in ("contact_version", "fingerprint", "payload", "acked_at")})
+    conn.execute(stmt, rows)
+
+
+def _forget(conn: Any, ref: SyncTarget, contact_ids: list[int]) -> None:
+    if contact_ids:
+        conn.execute(membership_t.delete().where(membership_t.c.segment == ref.segment,
+                                                 membership_t.c.target == ref.key,
+                                                 membership_t.c.contact_id.in_(contact_ids)))
+
+
+def _wall() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def sync_target(store: Store, project: ProjectSpec, ref: SyncTarget, destination: SyncDestination,
+                now: datetime, *, session_id: Optional[int] = None) -> TargetReport:
+    started = time.perf_counter()
+    report = TargetReport(ref.segment, ref.destination, ref.key)
+    requests_before = destination.requests_sent
+    reasons: Counter = Counter()
+    with store.engine.begin() as conn:
+        conn.execute(update(sync_run_t).where(sync_run_t.c.segment == ref.segment, sync_run_t.c.target == ref.key,
+                                              sync_run_t.c.status == "running").values(status="interrupted"))
+        run_id = conn.execute(sync_run_t.insert().values(
+            segment=ref.segment, target=ref.key, destination=ref.destination, started_at=_wall(),
+            status="running", members=0, added=0, removed=0, updated=0, failed=0, requests=0, duration_ms=0,
+            errors=[])).inserted_primary_key[0]
+
+    diff = compute_diff(store, project, ref, destination, now)
+    session = session_id if session_id is not None else random.getrandbits(62)
+    succeeded = 0
+
+    if diff.touches:
+        with store.engine.begin() as conn:
+            conn.execute(update(membership_t).where(membership_t.c.id == bindparam("mid"))
+                         .values(contact_version=bindparam("v")), diff.touches)
+    for cid in diff.unusable:
+        reasons["no identifier this destination can match"] += 1
+    report.failed += len(diff.unusable)
+
+    # Removals first (incl. the old identifiers of updated contacts), then additions.
+    updated_ids = {old.contact_id for old, _, _, _ in diff.updates}
+    to_remove = diff.removes + [old for old, _, _, _ in diff.updates]
+    removed_ok: set[int] = set()
+    for seq, last, chunk in _chunks(to_remove, destination.max_batch):
+        if not chunk:
+            break
+        results = destination.remove(ref.target, chunk, SyncBatch(session, seq, last, len(to_remove)))
+        ok = [r.contact_id for r in results if r.ok]
+        with store.engine.begin() as conn:
+            _forget(conn, ref, ok)
+        removed_ok.update(ok)
+        for r in results:
+            if not r.ok:
+                reasons[r.reason or "failed"] += 1
+                report.failed += 1
+    report.removed = len(removed_ok - updated_ids)
+
+    to_add = diff.adds + [(new, v, fp) for old, new, v, fp in diff.updates if old.contact_id in removed_ok]
+    meta = {m.contact_id: (v, fp) for m, v, fp in to_add}
+    added_ids: set[int] = set()
+    for seq, last, chunk in _chunks([m for m, _, _ in to_add], destination.max_batch):
+        if not chunk:
+            break
+        results = destination.add(ref.target, chunk, SyncBatch(session + 1, seq, last, len(to_add)))
+        acked = _wall()
+        rows = []
+        for r in results:
+            if r.ok:
+                version, fp = meta[r.contact_id]
+                rows.append({"segment": ref.segment, "target": ref.key, "contact_id": r.contact_id,
+                             "contact_version": version, "fingerprint": fp, "payload": r.payload,
+                             "acked_at": acked})
+                added_ids.add(r.contact_id)
+            else:
+                reasons[r.reason or "failed"] += 1
+                report.failed += 1
+        with store.engine.begin() as conn:
+            _upsert(conn, rows)
+    report.added = len(added_ids - updated_ids)
+    report.updated = len(added_ids & updated_ids)
+    succeeded = len(added_ids) + len(removed_ok)
+
+    with store.engine.connect() as conn:
+        report.members = conn.execute(select(func.count()).select_from(membership_t).where(
+            membership_t.c.segment == ref.segment, membership_t.c.target == ref.key)).scalar_one()
+        conn.rollback()
+    report.requests = destination.requests_sent - requests_before
+    report.duration_ms = int((time.perf_counter() - started) * 1000)
+    report.errors = [{"reason": reason, "count": n} for reason, n in reasons.most_common(20)]
+    report.status = "ok" if not report.failed else ("partial" if succeeded or diff.touches else "failed")
+    _finish(store, run_id, report)
+    return report
+
+
+def _finish(store: Store, run_id: int, report: TargetReport) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(update(sync_run_t).where(sync_run_t.c.id == run_id).values(
+            finished_at=_wall(), status=report.status, members=report.members, added=report.added,
+            removed=report.removed, updated=report.updated, failed=report.failed, requests=report.requests,
+            duration_ms=report.duration_ms, errors=report.errors))
+
+
+def _record_failure(store: Store, ref: SyncTarget, reason: str) -> TargetReport:
+    report = TargetReport(ref.segment, ref.destination, ref.key, status="failed",
+                          errors=[{"reason": reason, "count": 1}])
+    with store.engine.begin() as conn:
+        run_id = conn.execute(sync_run_t.insert().values(
+            segment=ref.segment, target=ref.key, destination=ref.destination, started_at=_wall(),
+            status="failed", members=0, added=0, removed=0, updated=0, failed=0, requests=0, duration_ms=0,
+            errors=[])).inserted_primary_key[0]
+    _finish(store, run_id, report)
+    return report
+
+
+Factory = Callable[[str, IntegrationContext], SyncDestination]
+
+
+def default_factory(name: str, context: IntegrationContext) -> SyncDestination:
+    return destination_class(name).from_env(context)  # type: ignore[return-value]
+
+
+def sync_one(store: Store, project: ProjectSpec, ref: SyncTarget, now: datetime, context: IntegrationContext,
+             factory: Optional[Factory] = None) -> TargetReport:
+    """Sync one target; a destination that cannot even start (missing credentials) is a
+    failed sync_run with its reason, never an exception that stops the other targets."""
+    try:
+        destination = (factory or default_factory)(ref.destination, context)
+    except IntegrationError as exc:
+        return _record_failure(store, ref, str(exc))
+    try:
+        return sync_target(store, project, ref, destination, now)
+    finally:
+        destination.close()
+
+
+def sync_segments(store: Store, project: ProjectSpec, now: datetime, context: IntegrationContext, *,
+                  segment: Optional[str] = None, factory: Optional[Factory] = None) -> list[TargetReport]:
+    return [sync_one(store, project, ref, now, context, factory) for ref in targets(project, segment)]
