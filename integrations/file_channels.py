@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import datetime, timezone
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -22,7 +23,7 @@ class FileEmailChannel(Channel):
         self.outbox = outbox
         self.from_email = from_email
         self.from_name = from_name
-        self._dirs: set[Path] = set()
+        self._dirs: set[str] = set()
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "FileEmailChannel":
@@ -36,20 +37,23 @@ class FileEmailChannel(Channel):
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
         results = []
         now = datetime.now(timezone.utc)
+        outbox = str(self.outbox)
+        date = format_datetime(now)  # the Date header is the time of sending, once per batch
         for m in messages:
-            path = self.path_for(m.message_pk, m.journey)
-            if path.parent not in self._dirs:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._dirs.add(path.parent)
+            folder = os.path.join(outbox, m.journey)
+            if folder not in self._dirs:
+                os.makedirs(folder, exist_ok=True)
+                self._dirs.add(folder)
+            path = os.path.join(folder, f"{m.message_pk:09d}.eml")
             data = build_email_bytes(message_id=m.rfc_message_id, from_addr=self.from_email,
                                      from_name=self.from_name, to_addr=m.to, to_name=m.to_name,
                                      subject=m.subject, html=m.html, text=m.text,
-                                     date=m.created_at or now, extra_headers=m.headers)
-            tmp = path.with_suffix(".tmp")
+                                     date=date, extra_headers=m.headers)
+            tmp = path[:-4] + ".tmp"
             with open(tmp, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, path)
-            results.append(DeliveryResult(m.message_pk, "sent", provider_id=str(path.name)))
+            results.append(DeliveryResult(m.message_pk, "sent", provider_id=os.path.basename(path)))
         return results
 
     def was_delivered(self, message_pk: int, rfc_message_id: str) -> Optional[bool]:

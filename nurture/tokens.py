@@ -34,7 +34,7 @@ def _unb64(text: str) -> bytes:
 def make_token(secret: str, action: str, contact_id: int, purpose: str = "marketing",
                channel: str = "email", ttl: int = DEFAULT_TTL, now: Optional[float] = None) -> str:
     expires = int((now if now is not None else time.time()) + ttl)
-    body = _b64(json.dumps([action, contact_id, purpose, channel, expires], separators=(",", ":")).encode())
+    body = _b64(json.dumps([action, int(contact_id), purpose, channel, expires], separators=(",", ":")).encode())
     sig = _b64(hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest()[:18])
     return f"{body}.{sig}"
 

@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Iterable, Optional
 
 from sqlalchemy import select
+
+from nurture.runtime.sql import ids_in
 from sqlalchemy.engine import Connection
 
 from nurture.store.models import Consent
@@ -22,7 +24,7 @@ def current_consent(conn: Connection, contact_ids: Iterable[int], channel: str, 
         chunk = ids[chunk_start:chunk_start + 5000]
         rows = conn.execute(
             select(consent_t.c.contact_id, consent_t.c.status, consent_t.c.confirmed_at)
-            .where(consent_t.c.contact_id.in_(chunk), consent_t.c.channel == channel,
+            .where(ids_in(consent_t.c.contact_id, chunk), consent_t.c.channel == channel,
                    consent_t.c.purpose == purpose, consent_t.c.recorded_at <= now)
             .order_by(consent_t.c.contact_id, consent_t.c.recorded_at, consent_t.c.id))
         for contact_id, status, confirmed_at in rows:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from email.header import Header
 from email.utils import format_datetime, formataddr
 from typing import Mapping, Optional
 
@@ -18,10 +17,42 @@ _GSM7 = set("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%
 _GSM7_EXT = set("^{}\\[~]|€\f")
 
 
-def encode_header(value: str) -> str:
-    if value.isascii() and len(value) < 70 and "\n" not in value:
+def fold_ascii(value: str, used: int = 0) -> str:
+    """RFC 5322 folding of an ASCII header value at spaces (lines stay under 78 characters
+    where the words allow it; a long URL is never split, as RFC 5322 permits)."""
+    if used + len(value) <= 76:
         return value
-    return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
+    lines, current = [], ""
+    for word in value.split(" "):
+        candidate = f"{current} {word}" if current else word
+        if current and used + len(candidate) > 76:
+            lines.append(current)
+            current, used = word, 1
+        else:
+            current = candidate
+    lines.append(current)
+    return "\r\n ".join(lines)
+
+
+def encode_words(value: str) -> str:
+    """RFC 2047 'B' encoded-words, each at most 75 characters, split on character boundaries."""
+    words, chunk = [], b""
+    for ch in value:
+        encoded = ch.encode("utf-8")
+        if len(chunk) + len(encoded) > 45:  # 45 bytes → 60 base64 characters + 12 of framing
+            words.append(chunk)
+            chunk = b""
+        chunk += encoded
+    if chunk:
+        words.append(chunk)
+    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w).decode()}?=" for w in words)
+
+
+def encode_header(value: str, name_length: int = 9) -> str:
+    value = " ".join(value.split())  # no raw line breaks in a header
+    if value.isascii():
+        return fold_ascii(value, name_length + 2)
+    return encode_words(value)
 
 
 def _b64(text: str) -> bytes:
@@ -29,19 +60,19 @@ def _b64(text: str) -> bytes:
 
 
 def build_email_bytes(*, message_id: str, from_addr: str, from_name: str, to_addr: str, to_name: str,
-                      subject: str, html: str, text: str, date: datetime,
+                      subject: str, html: str, text: str, date: datetime | str,
                       extra_headers: Optional[Mapping[str, str]] = None) -> bytes:
     boundary = "=_nurture_" + message_id.strip("<>").split("@")[0].replace(".", "_")
     headers = [
         f"From: {formataddr((from_name, from_addr))}" if from_name else f"From: {from_addr}",
         f"To: {formataddr((to_name, to_addr))}" if to_name else f"To: {to_addr}",
-        f"Subject: {encode_header(subject)}",
-        f"Date: {format_datetime(date)}",
+        f"Subject: {encode_header(subject, 7)}",
+        f"Date: {date if isinstance(date, str) else format_datetime(date)}",
         f"Message-ID: {message_id}",
         "MIME-Version: 1.0",
     ]
     for name, value in (extra_headers or {}).items():
-        headers.append(f"{name}: {encode_header(value)}")
+        headers.append(f"{name}: {encode_header(value, len(name))}")
     headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     head = "\r\n".join(headers).encode("utf-8")
     part_head = ("--" + boundary + "\r\nContent-Type: text/{kind}; charset=\"utf-8\"\r\n"

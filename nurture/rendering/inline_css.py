@@ -2,8 +2,8 @@
 
 premailer costs ~1.4 ms per document; doing it per recipient would cap a tick at a few
 hundred messages a second. Instead each template file is inlined once: Jinja tags are swapped
-for inert placeholders (an HTML comment between elements, a bare token inside a tag), premailer
-runs over the result, and the tags are put back. Templates that extend a layout are fragments;
+for inert placeholder tokens (libxml2 keeps text tokens in place, even between table rows and
+inside <title>), premailer runs over the result, and the tags are put back. Templates that extend a layout are fragments;
 they are inlined with the layout's CSS, so `{% extends %}` keeps working.
 """
 from __future__ import annotations
@@ -18,7 +18,9 @@ _TOKEN = re.compile(r"<!--NJ(\d+)NJ-->|NJ(\d+)NJ")
 _FRAGMENT = re.compile(r'<div data-nurture-fragment="1">(.*)</div>\s*</body>', re.S)
 
 
-def _protect(source: str) -> tuple[str, list[str]]:
+def protect_jinja(source: str, comments: bool = False) -> tuple[str, list[str]]:
+    """Swap Jinja tags for inert placeholders: an HTML comment between elements (when
+    `comments`), a bare token inside a start tag or everywhere else."""
     tags: list[str] = []
     out: list[str] = []
     pos = 0
@@ -29,13 +31,13 @@ def _protect(source: str) -> tuple[str, list[str]]:
         head = "".join(out)
         in_tag = head.rfind("<") > head.rfind(">")
         tags.append(match.group(0))
-        out.append(f"NJ{len(tags) - 1}NJ" if in_tag else f"<!--NJ{len(tags) - 1}NJ-->")
+        out.append(f"NJ{len(tags) - 1}NJ" if in_tag or not comments else f"<!--NJ{len(tags) - 1}NJ-->")
         pos = match.end()
     out.append(source[pos:])
     return "".join(out), tags
 
 
-def _restore(html: str, tags: list[str]) -> str:
+def restore_jinja(html: str, tags: list[str]) -> str:
     return _TOKEN.sub(lambda m: tags[int(m.group(1) or m.group(2))], html)
 
 
@@ -45,7 +47,7 @@ def stylesheet_of(source: str) -> str:
 
 def inline_template_source(source: str, extra_css: str = "") -> str:
     """Inline CSS into a Jinja HTML template source, keeping every Jinja tag intact."""
-    protected, tags = _protect(source)
+    protected, tags = protect_jinja(source)
     is_document = "<html" in protected.lower()
     if not is_document:
         if not extra_css.strip() or "<" not in protected:
@@ -61,4 +63,4 @@ def inline_template_source(source: str, extra_css: str = "") -> str:
         transformed = match.group(1) if match else transformed
     elif source.lstrip().lower().startswith("<!doctype") and not transformed.lstrip().lower().startswith("<!doctype"):
         transformed = "<!DOCTYPE html>\n" + transformed
-    return _restore(transformed, tags)
+    return restore_jinja(transformed, tags)

@@ -15,9 +15,10 @@ from typing import Any, Optional
 
 from jinja2 import (FileSystemLoader, StrictUndefined, Template, TemplateNotFound,
                     TemplateSyntaxError, UndefinedError)
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
-from nurture.rendering.inline_css import inline_template_source, stylesheet_of
+from nurture.rendering.inline_css import inline_template_source, protect_jinja, restore_jinja, stylesheet_of
 from nurture.spec.errors import SpecError, did_you_mean
 
 
@@ -46,7 +47,31 @@ class _InliningLoader(FileSystemLoader):
         mtime = Path(filename).stat().st_mtime
         cached = self._cache.get(template)
         if cached is None or cached[0] != mtime:
-            cached = (mtime, inline_template_source(source, self._layout_css()))
+            is_document = "<html" in source.lower()
+            cached = (mtime, inline_template_source(source, "" if is_document else self._layout_css()))
+            self._cache[template] = cached
+        return cached[1], filename, uptodate
+
+
+class _TextFromHtmlLoader(FileSystemLoader):
+    """Serves every .html template converted to a plain-text template (Jinja tags kept), so a
+    template without its own .txt gets a text part by rendering, not by converting each
+    recipient's HTML."""
+
+    def __init__(self, root: Path):
+        super().__init__(str(root))
+        self._cache: dict[str, tuple[float, str]] = {}
+
+    def get_source(self, environment, template):
+        source, filename, uptodate = super().get_source(environment, template)
+        if not template.endswith(".html"):
+            return source, filename, uptodate
+        mtime = Path(filename).stat().st_mtime
+        cached = self._cache.get(template)
+        if cached is None or cached[0] != mtime:
+            protected, tags = protect_jinja(source, comments=False)
+            text = restore_jinja(html_to_text(protected, keep_title=False), tags)
+            cached = (mtime, text)
             self._cache[template] = cached
         return cached[1], filename, uptodate
 
@@ -59,6 +84,7 @@ class RenderedEmail:
     preheader: str = ""
 
 
+_TITLE = re.compile(r"<title[^>]*>.*?</title>", re.S | re.I)
 _TAGS = re.compile(r"<(script|style|head)[^>]*>.*?</\1>|<[^>]+>", re.S | re.I)
 _BLOCK_END = re.compile(r"</(p|div|tr|h[1-6]|li|table)>|<br\s*/?>", re.I)
 _LINK = re.compile(r"<a\s[^>]*href=\"([^\"]+)\"[^>]*>(.*?)</a>", re.S | re.I)
@@ -66,8 +92,10 @@ _SPACES = re.compile(r"[ \t]+")
 _BLANKS = re.compile(r"\n\s*\n\s*\n+")
 
 
-def html_to_text(html: str) -> str:
+def html_to_text(html: str, keep_title: bool = True) -> str:
     """A readable plain-text part for templates that ship no .txt of their own."""
+    if not keep_title:
+        html = _TITLE.sub("", html)
     text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})", html)
     text = _BLOCK_END.sub("\n", text)
     text = html_lib.unescape(_TAGS.sub("", text))
@@ -82,6 +110,8 @@ class TemplateLibrary:
         self.html_env = SandboxedEnvironment(loader=_InliningLoader(self.root), autoescape=True, **common)
         self.text_env = SandboxedEnvironment(loader=FileSystemLoader(str(self.root)), autoescape=False,
                                              keep_trailing_newline=True, **common)
+        self.derived_text_env = SandboxedEnvironment(loader=_TextFromHtmlLoader(self.root), autoescape=False,
+                                                     **common)
         self._strings: dict[str, Template] = {}
 
     # -- lookup
@@ -147,23 +177,42 @@ class TemplateLibrary:
     # -- rendering
     def email(self, name: str) -> tuple[Template, Optional[Template]]:
         html = self.html_env.get_template(f"email/{name}.html")
-        text = self.text_env.get_template(f"email/{name}.txt") if self.email_text_path(name).is_file() else None
+        if self.email_text_path(name).is_file():
+            text = self.text_env.get_template(f"email/{name}.txt")
+        else:
+            text = self.derived_text_env.get_template(f"email/{name}.html")
         return html, text
 
     def sms(self, name: str) -> Template:
         return self.text_env.get_template(f"sms/{name}.txt")
 
+    def prepare_email(self, name: str, subject: str, preheader: Optional[str] = None) -> "PreparedEmail":
+        """Everything about a send step that is the same for every recipient, looked up and
+        compiled once; `render(context)` then only runs Jinja."""
+        html_t, text_t = self.email(name)
+        return PreparedEmail(html_t, text_t, self.string(subject), self.string(preheader) if preheader else None)
+
     def render_email(self, name: str, subject: str, context: dict[str, Any],
                      preheader: Optional[str] = None) -> RenderedEmail:
-        html_t, text_t = self.email(name)
-        html = html_t.render(context)
-        text = text_t.render(context) if text_t is not None else html_to_text(html)
-        rendered_subject = " ".join(self.string(subject).render(context).split())
-        pre = self.string(preheader).render(context) if preheader else ""
-        return RenderedEmail(rendered_subject, html, text, pre)
+        return self.prepare_email(name, subject, preheader).render(context)
 
     def render_sms(self, name: str, context: dict[str, Any]) -> str:
         return self.sms(name).render(context).strip()
 
 
-RenderError = (UndefinedError, TemplateSyntaxError, TemplateNotFound)
+@dataclass(frozen=True)
+class PreparedEmail:
+    html: Template
+    text: Optional[Template]
+    subject: Template
+    preheader: Optional[Template]
+
+    def render(self, context: dict[str, Any]) -> RenderedEmail:
+        html = self.html.render(context)
+        text = _BLANKS.sub("\n\n", self.text.render(context)).strip() + "\n" if self.text is not None else html_to_text(html)
+        subject = " ".join(self.subject.render(context).split())
+        pre = self.preheader.render(context) if self.preheader is not None else ""
+        return RenderedEmail(subject, html, text, pre)
+
+
+RenderError = (UndefinedError, TemplateSyntaxError, TemplateNotFound, SecurityError, TypeError, ValueError)

@@ -23,7 +23,7 @@ from nurture.registry import DeliveryResult, OutgoingMessage
 from nurture.rendering.links import tag_html, tag_text, utm_query
 from nurture.rendering.templates import RenderError
 from nurture.runtime.context import Runtime
-from nurture.runtime.sql import chunks
+from nurture.runtime.sql import ids_in, chunks
 from nurture.store.models import Message, Suppression
 from nurture.tokens import make_token
 
@@ -51,7 +51,7 @@ def _claim(rt: Runtime, now: datetime, journey: Optional[str], partition: int, p
             stmt = stmt.with_for_update(skip_locked=True)
         ids = [r[0] for r in conn.execute(stmt)]
         for part in chunks(ids):
-            conn.execute(message_t.update().where(message_t.c.id.in_(part), message_t.c.status == "queued")
+            conn.execute(message_t.update().where(ids_in(message_t.c.id, part), message_t.c.status == "queued")
                          .values(status="sending", claim=token, attempts=message_t.c.attempts + 1))
     return token, ids
 
@@ -98,7 +98,7 @@ def _load(rt: Runtime, ids: list[int]) -> list[Any]:
                 .select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id)
                              .outerjoin(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id)
                              .outerjoin(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk))
-                .where(message_t.c.id.in_(part))).all())
+                .where(ids_in(message_t.c.id, part))).all())
         conn.rollback()
     return rows
 

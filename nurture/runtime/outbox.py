@@ -24,7 +24,7 @@ from nurture.guards.quiet_hours import next_allowed_send, zone
 from nurture.guards.reachability import unreachable_reason
 from nurture.guards.suppression import suppression_reason, suppressions_for
 from nurture.runtime.context import Runtime
-from nurture.runtime.sql import chunks, insert_ignore
+from nurture.runtime.sql import ids_in, chunks, insert_ignore
 from nurture.store.models import Message
 
 message_t = Message.__table__
@@ -42,7 +42,7 @@ def cap_history(conn: Any, contact_ids: list[int], since: datetime) -> dict[int,
     for part in chunks(contact_ids):
         for contact_id, channel, counted_at in conn.execute(
                 select(message_t.c.contact_id, message_t.c.channel, message_t.c.counted_at)
-                .where(message_t.c.contact_id.in_(part), message_t.c.counted_at > since,
+                .where(ids_in(message_t.c.contact_id, part), message_t.c.counted_at > since,
                        message_t.c.status.in_(COUNTING), message_t.c.purpose == "marketing")):
             history[contact_id].append((channel, counted_at))
     return history
@@ -52,7 +52,7 @@ def lock_contacts(conn: Any, contact_ids: list[int]) -> None:
     if conn.dialect.name != "postgresql":
         return
     for part in chunks(sorted(set(contact_ids))):
-        conn.execute(select(contact_t.c.id).where(contact_t.c.id.in_(part)).order_by(contact_t.c.id)
+        conn.execute(select(contact_t.c.id).where(ids_in(contact_t.c.id, part)).order_by(contact_t.c.id)
                      .with_for_update()).all()
 
 
@@ -66,7 +66,7 @@ def guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_i
                enrollment_t.c.defer_count, contact_t.c.email, contact_t.c.phone, contact_t.c.timezone,
                contact_t.c.attributes)
         .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
-        .where(enrollment_t.c.id.in_(enrollment_ids))).all()
+        .where(ids_in(enrollment_t.c.id, enrollment_ids))).all()
     contact_ids = [r.contact_id for r in rows]
     lock_contacts(conn, contact_ids)
 
