@@ -8,17 +8,53 @@ now; if none does, it has finished the journey (completed).
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 
 from nurture.compiler import Plan, compile_journey
+from nurture.durations import format_duration
 from nurture.runtime.context import Runtime
 from nurture.spec.models import Journey
 from nurture.store.models import Enrollment, JourneyVersion
 
 enrollment_t = Enrollment.__table__
 version_t = JourneyVersion.__table__
+
+
+_DURATION_KEYS = {"wait", "within", "lookback", "per", "reentry"}
+
+
+def _yaml_form(value: object) -> object:
+    """The spec as a journey file would say it: durations as `1d`, unset keys left out, so a
+    recorded version validates again as a Journey."""
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, dict):
+        return {k: _yaml_form(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_yaml_form(v) for v in value]
+    return value
+
+
+def _from_record(value: object, key: str = "") -> object:
+    """Read a recorded spec, also one recorded as a full JSON dump (ISO 8601 durations, every
+    unset key as null) by earlier versions of this module."""
+    if isinstance(value, dict):
+        return {k: _from_record(v, k) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_from_record(v) for v in value]
+    if key in _DURATION_KEYS and isinstance(value, str) and value.startswith("P"):
+        return format_duration(TypeAdapter(timedelta).validate_python(value))
+    return value
+
+
+def load_recorded(spec: dict) -> Journey:
+    try:
+        return Journey.model_validate(spec)
+    except ValidationError:
+        return Journey.model_validate(_from_record(spec))
 
 
 def record_version(rt: Runtime, plan: Plan, now: datetime) -> None:
@@ -29,7 +65,7 @@ def record_version(rt: Runtime, plan: Plan, now: datetime) -> None:
             from nurture.runtime.sql import insert_ignore
             insert_ignore(conn, version_t, [dict(journey=plan.name, version=plan.version,
                                                  step_order=list(plan.order),
-                                                 spec=plan.journey.model_dump(mode="json", by_alias=True),
+                                                 spec=_yaml_form(plan.journey.model_dump(by_alias=True, exclude_unset=True)),
                                                  created_at=now)], ("journey", "version"))
 
 
@@ -43,7 +79,7 @@ def migrate_enrollments(rt: Runtime, plan: Plan, now: datetime) -> int:
         for old in old_versions:
             spec = conn.execute(select(version_t.c.spec).where(version_t.c.journey == plan.name,
                                                                version_t.c.version == old)).scalar()
-            old_plan = compile_journey(Journey.model_validate(spec)) if spec else None
+            old_plan = compile_journey(load_recorded(spec)) if spec else None
             steps = [r[0] for r in conn.execute(
                 select(enrollment_t.c.step_id).distinct()
                 .where(enrollment_t.c.journey == plan.name, enrollment_t.c.version == old,

@@ -1,0 +1,194 @@
+"""Specification: the compiler turns a journey spec into an immutable plan — a content-hash
+version and a step graph with stable ids — and a live edit moves in-flight contacts by the
+documented rule (nurture/runtime/versions.py): continue at the same step id when it still
+exists, keeping the scheduled time; otherwise go to the first following step of the old
+version that still exists, arriving now; completed when none is left."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from nurture.compiler import compile_journey
+from nurture.runtime import run_tick
+from nurture.spec.project import load_project
+from tests.conftest import utc
+from tests.engine_fixtures import add_event, enrollments, journey_yaml, messages, subscriber
+
+STEPS = """
+- id: wait_1h
+  wait: 1h
+- id: check
+  branch:
+    when: {attribute: {plan: pro}}
+    then:
+      - {id: pro_mail, send: {channel: email, template: hello, subject: Pro}}
+    else:
+      - {id: wait_basic, wait: 1d}
+      - {id: basic_mail, send: {channel: email, template: other, subject: Basic}}
+- id: ab
+  split:
+    - {name: a, weight: 1, steps: [{id: arm_a, wait: 1h}]}
+    - {name: b, weight: 1}
+- id: done
+  update: {lifecycle_stage: nurtured}
+"""
+
+
+def plan_of(make_project, text: str, name: str = "j"):
+    spec = load_project(make_project({name: text}))
+    assert spec.errors == [], [str(e) for e in spec.errors]
+    return compile_journey(spec.journeys[name])
+
+
+def test_version_is_stable_across_loads(make_project):
+    assert plan_of(make_project, journey_yaml("j", STEPS)).version == plan_of(make_project, journey_yaml("j", STEPS)).version
+
+
+def test_version_ignores_comments_and_layout(make_project):
+    reformatted = "# a comment\n" + journey_yaml("j", STEPS).replace("{id: pro_mail,", "{ id: pro_mail,")
+    assert plan_of(make_project, reformatted).version == plan_of(make_project, journey_yaml("j", STEPS)).version
+
+
+def test_version_changes_with_an_edit(make_project):
+    edited = journey_yaml("j", STEPS.replace("wait: 1h", "wait: 2h", 1))
+    assert plan_of(make_project, edited).version != plan_of(make_project, journey_yaml("j", STEPS)).version
+
+
+def test_step_graph_links_every_step_to_its_successor(make_project):
+    plan = plan_of(make_project, journey_yaml("j", STEPS))
+    assert plan.first == "wait_1h"
+    graph = {n.id: (n.kind, n.next, n.then_first, n.else_first) for n in plan.nodes.values()}
+    assert graph == {
+        "wait_1h": ("wait", "check", None, None),
+        "check": ("branch", "ab", "pro_mail", "wait_basic"),
+        "pro_mail": ("send", "ab", None, None),
+        "wait_basic": ("wait", "basic_mail", None, None),
+        "basic_mail": ("send", "ab", None, None),
+        "ab": ("split", "done", None, None),
+        "arm_a": ("wait", "done", None, None),
+        "done": ("update", None, None, None),
+    }
+    assert plan.nodes["ab"].arms == (("a", 1.0, "arm_a"), ("b", 1.0, "done"))
+
+
+def test_plan_order_is_topological(make_project):
+    plan = plan_of(make_project, journey_yaml("j", STEPS))
+    position = {step_id: i for i, step_id in enumerate(plan.order)}
+    for node in plan.nodes.values():
+        targets = [node.next, node.then_first, node.else_first, *(arm[2] for arm in node.arms)]
+        assert all(position[t] > position[node.id] for t in targets if t is not None), node.id
+
+
+def test_plan_is_immutable(make_project):
+    plan = plan_of(make_project, journey_yaml("j", STEPS))
+    with pytest.raises(Exception):
+        plan.version = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        plan.nodes["x"] = plan.nodes["done"]  # type: ignore[index]
+
+
+# ---------------------------------------------------------------- live edits
+
+V1 = """
+- id: wait_1d
+  wait: 1d
+- id: reminder
+  send: {channel: email, template: hello, subject: Reminder}
+- id: wait_2d
+  wait: 2d
+- id: last_call
+  send: {channel: email, template: other, subject: Last call}
+"""
+T0 = utc(2026, 3, 2, 10, 0)
+
+
+def start_in_v1(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", V1)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    run_tick(rt, "j", T0 + timedelta(minutes=5))
+    (e,) = enrollments(store)
+    assert (e.step_id, e.next_due_at) == ("wait_1d", T0 + timedelta(days=1))
+    return rt, e
+
+
+def test_an_edit_pins_nothing_until_the_next_tick_and_keeps_the_step_and_its_time(make_runtime, store):
+    _, before = start_in_v1(make_runtime, store)
+    # the edit adds a step at the end; ann's step still exists
+    rt2 = make_runtime({"j": journey_yaml("j", V1 + "- id: thanks\n  update: {lifecycle_stage: customer}\n")})
+    assert rt2.plan("j").version != before.version
+    report = run_tick(rt2, "j", T0 + timedelta(hours=2))
+    (after,) = enrollments(store)
+    assert report.stages["migrated"] == 1
+    assert (after.step_id, after.next_due_at, after.version) == ("wait_1d", before.next_due_at, rt2.plan("j").version)
+
+
+def test_a_contact_whose_step_was_removed_moves_to_the_next_surviving_step_arriving_now(make_runtime, store):
+    start_in_v1(make_runtime, store)
+    # wait_1d and reminder are removed; the first following step that survives is wait_2d
+    v2 = V1.split("- id: wait_2d")[1]
+    rt2 = make_runtime({"j": journey_yaml("j", "- id: wait_2d" + v2)})
+    now = T0 + timedelta(hours=2)
+    run_tick(rt2, "j", now)
+    (after,) = enrollments(store)
+    assert (after.step_id, after.status) == ("wait_2d", "active")
+    assert after.next_due_at == now + timedelta(days=2)  # arrived now, waits its 2 days from now
+    assert messages(store) == []  # the removed reminder is not sent
+
+
+def test_a_contact_whose_step_and_all_later_steps_were_removed_has_completed(make_runtime, store):
+    start_in_v1(make_runtime, store)
+    rt2 = make_runtime({"j": journey_yaml("j", "- id: brand_new\n  wait: 1h\n")})
+    run_tick(rt2, "j", T0 + timedelta(hours=2))
+    (after,) = enrollments(store)
+    assert (after.status, after.step_id, after.exit_reason) == ("completed", None, "step_removed")
+
+
+def test_a_contact_continuing_after_an_edit_follows_the_new_version(make_runtime, store):
+    start_in_v1(make_runtime, store)
+    v2 = V1.replace("template: hello, subject: Reminder", "template: other, subject: New reminder")
+    rt2 = make_runtime({"j": journey_yaml("j", v2)})
+    run_tick(rt2, "j", T0 + timedelta(days=1, minutes=1))
+    (m,) = messages(store)
+    assert (m.step_id, m.template, m.subject, m.status) == ("reminder", "other", "New reminder", "sent")
+
+
+RICH = journey_yaml("j", STEPS + """
+- id: morning
+  wait_until: {time: "09:30", weekdays: [mon, wed]}
+- id: wait_buy
+  wait_for:
+    event: purchase
+    within: 3d
+    where: {value: {gte: 10}}
+    then: [{id: bye, exit: bought}]
+    timeout: [{id: nudge, send: {channel: sms, template: hello}}]
+""", trigger="{event: signup, where: {property: {plan: {in: [pro, basic]}}}, lookback: 2h}", extra="""
+reentry: 7d
+exit_when:
+  - {event: purchase, since: enrollment}
+  - {not: {attribute: {country: {eq: null}}}}
+goal: {event: purchase, within: 72h}
+holdout: 10%
+frequency_cap: [{channel: email, max: 1, per: 1d}]
+""")
+
+
+def test_a_recorded_version_loads_back_as_the_same_journey(make_runtime, store):
+    from sqlalchemy import select
+
+    from nurture.runtime.versions import load_recorded, version_t
+    rt = make_runtime({"j": RICH})
+    run_tick(rt, "j", T0)
+    with store.engine.connect() as conn:
+        (spec,) = conn.execute(select(version_t.c.spec).where(version_t.c.journey == "j")).scalars().all()
+    assert compile_journey(load_recorded(spec)).version == rt.plan("j").version
+
+
+def test_a_version_recorded_as_a_full_json_dump_still_loads(make_project):
+    """Databases written before the YAML-form record hold ISO 8601 durations and nulls."""
+    from nurture.runtime.versions import load_recorded
+    plan = plan_of(make_project, journey_yaml("j", STEPS, extra="reentry: 7d\ngoal: {event: purchase, within: 72h}"))
+    legacy = plan.journey.model_dump(mode="json", by_alias=True)
+    assert compile_journey(load_recorded(legacy)).version == plan.version
