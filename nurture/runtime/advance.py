@@ -21,7 +21,7 @@ from nurture.conditions import ConditionScope, compile_condition, contact_t, enr
 from nurture.runtime.context import Runtime
 from nurture.runtime.timing import arrival_due
 from nurture.runtime.outbox import guard_and_queue
-from nurture.runtime.sql import chunks, for_update
+from nurture.runtime.sql import ids_in, chunks, for_update
 from nurture.runtime.stable_random import pick_arm
 
 # (enrollment id, contact id, contact time zone, logical time)
@@ -106,7 +106,7 @@ def _process_node(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Co
                     matched.update(r[0] for r in conn.execute(
                         select(enrollment_t.c.id)
                         .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
-                        .where(enrollment_t.c.id.in_(part), cond)))
+                        .where(ids_in(enrollment_t.c.id, part), cond)))
                 then_rows = [r for r in rows if r[0] in matched]
                 else_rows = [r for r in rows if r[0] not in matched]
                 move(conn, rt, plan, then_rows, node.then_first, now)
@@ -127,6 +127,9 @@ def _process_node(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Co
                 _apply_update(conn, node, [r[1] for r in rows], now)
                 move(conn, rt, plan, rows, node.next, now)
                 report[(node.id, "updated", None)] += len(rows)
+            elif kind == "handover":
+                from nurture.scoring.handover import hand_over
+                hand_over(conn, rt, plan, node, rows, now, report)
             elif kind == "exit":
                 conn.execute(enrollment_t.update().where(enrollment_t.c.id == bindparam("eid")).values(
                     status="exited", step_id=None, next_due_at=None, left_at=bindparam("at"),
@@ -141,10 +144,10 @@ def _apply_update(conn: Any, node: Node, contact_ids: list[int], now: datetime) 
     spec = node.step.update
     for part in chunks(sorted(set(contact_ids))):
         if spec.lifecycle_stage:
-            conn.execute(contact_t.update().where(contact_t.c.id.in_(part))
+            conn.execute(contact_t.update().where(ids_in(contact_t.c.id, part))
                          .values(lifecycle_stage=spec.lifecycle_stage, updated_at=now))
         if spec.attributes:
-            rows = conn.execute(select(contact_t.c.id, contact_t.c.attributes).where(contact_t.c.id.in_(part))).all()
+            rows = conn.execute(select(contact_t.c.id, contact_t.c.attributes).where(ids_in(contact_t.c.id, part))).all()
             conn.execute(contact_t.update().where(contact_t.c.id == bindparam("cid"))
                          .values(attributes=bindparam("attrs"), updated_at=bindparam("at")),
                          [{"cid": cid, "attrs": {**(attrs or {}), **spec.attributes}, "at": now}

@@ -1,0 +1,85 @@
+"""The scoring stage: every contact's score recomputed in one UPDATE, then the lifecycle
+transitions, each one UPDATE — set-based, no Python loop over contacts.
+
+score = Σ fit points of the rules a contact matches
+      + Σ over its events in the window: points × 0.5 ^ (age / half_life)
+
+so an event's points halve every half-life. SQLite computes `power()` with its built-in math
+functions (3.35+); where a build lacks them, an equivalent Python function is registered on
+the connection before the statement runs. PostgreSQL has `power()`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, case, cast, func, literal, select, Float
+from sqlalchemy.exc import OperationalError
+
+from nurture.conditions import ConditionScope, compile_condition, contact_t, event_t, properties_match
+from nurture.scoring.spec import STAGES, ScoringSpec
+from nurture.store.db import Store
+
+
+@dataclass
+class ScoringResult:
+    contacts: int = 0
+    promoted: dict[str, int] = field(default_factory=dict)  # stage → contacts moved into it
+
+
+def _age_days(conn: Any, occurred: Any, now: datetime) -> Any:
+    if conn.dialect.name == "postgresql":
+        return func.extract("epoch", literal(now) - occurred) / 86400.0
+    return func.julianday(literal(now.replace(tzinfo=None).isoformat(sep=" "))) - func.julianday(occurred)
+
+
+def _ensure_power(conn: Any) -> None:
+    if conn.dialect.name != "sqlite":
+        return
+    try:
+        conn.exec_driver_sql("SELECT power(0.5, 2)").scalar()
+    except OperationalError:  # SQLite built without math functions
+        conn.connection.driver_connection.create_function("power", 2, math.pow, deterministic=True)
+
+
+def score_expression(conn: Any, spec: ScoringSpec, scope: ConditionScope) -> Any:
+    """The SQL expression of a contact's new score (over `contact_t`)."""
+    fit = sum((case((compile_condition(rule.when, scope), rule.points), else_=0.0) for rule in spec.fit),
+              literal(0.0))
+    rules = spec.behaviour.events
+    if not rules:
+        return fit
+    points = case(*[(and_(event_t.c.name == name, *([properties_match(event_t.c.properties, rule.where)]
+                                                     if rule.where else [])), rule.points)
+                    for name, rule in rules.items()], else_=0.0)
+    half_life_days = spec.behaviour.half_life.total_seconds() / 86400.0
+    decay = func.power(0.5, _age_days(conn, event_t.c.occurred_at, scope.now) / half_life_days)
+    behaviour = (select(func.coalesce(func.sum(points * decay), 0.0))
+                 .where(event_t.c.contact_id == contact_t.c.id, event_t.c.name.in_(list(rules)),
+                        event_t.c.occurred_at <= scope.now,
+                        event_t.c.occurred_at > scope.now - spec.behaviour.window)
+                 .scalar_subquery())
+    return fit + cast(behaviour, Float)
+
+
+def score_contacts(store: Store, spec: ScoringSpec, now: datetime, segments: Any = None) -> ScoringResult:
+    """Recompute every score, then move contacts forward through the lifecycle."""
+    scope = ConditionScope(now, segments or {}, in_enrollment=False)
+    result = ScoringResult()
+    with store.engine.begin() as conn:
+        _ensure_power(conn)
+        result.contacts = conn.execute(contact_t.update().values(score=score_expression(conn, spec, scope))).rowcount
+        transitions = [("mql", contact_t.c.score >= spec.mql_threshold)]
+        if spec.lifecycle.sql is not None:
+            transitions.append(("sql", compile_condition(spec.lifecycle.sql, scope)))
+        if spec.lifecycle.customer is not None:
+            transitions.append(("customer", compile_condition(spec.lifecycle.customer, scope)))
+        for stage, condition in transitions:
+            earlier = list(STAGES[:STAGES.index(stage)])
+            moved = conn.execute(contact_t.update()
+                                 .where(func.coalesce(contact_t.c.lifecycle_stage, "lead").in_(earlier), condition)
+                                 .values(lifecycle_stage=stage, updated_at=now)).rowcount
+            result.promoted[stage] = moved
+    return result
