@@ -1,0 +1,257 @@
+"""E-mail over SMTP, end to end: a journey tick delivers through `email.smtp` to a real SMTP
+server (aiosmtpd) on 127.0.0.1, and what arrives is parsed header by header. The server can
+answer 4xx / 5xx for chosen recipients (retry with backoff; hard bounce → suppression), and
+speak STARTTLS + AUTH or implicit TLS with a certificate made for the test."""
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import socket
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+from sqlalchemy import select
+
+from nurture.runtime.deliver import rfc_message_id
+from nurture.runtime.tick import run_tick
+from nurture.store.models import Suppression
+from nurture.tokens import verify_token
+from tests.conftest import utc
+from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber
+
+NOW = utc(2026, 3, 2, 12, 0)
+SECRET = "smtp-test-secret-0123456789"
+PUBLIC = "https://mail.shop.example"
+PASSWORD = "s3cret-Pa55word-for-relay"
+PROMO = journey_yaml("promo", """
+- id: hello
+  send: {channel: email, template: promo, subject: "Hello {{ contact.first_name }} – news inside"}
+""")
+PROMO_HTML = ('{% extends "layouts/base.html" %}{% block content %}<h1>Hi {{ contact.first_name }}</h1>'
+              '<p><a class="button" href="https://shop.example/new?ref=mail">See what is new</a></p>{% endblock %}')
+BASE_LAYOUT = (Path(__file__).resolve().parent.parent / "templates" / "layouts" / "base.html").read_text()
+
+
+@dataclass
+class Recorder:
+    """aiosmtpd handler: records each accepted message and the connection it came on;
+    `replies` maps a recipient to the reply RCPT TO gets instead of 250."""
+    replies: dict[str, str] = field(default_factory=dict)
+    received: list[tuple[str, list[str], bytes, tuple]] = field(default_factory=list)
+    logins_seen: list[str] = field(default_factory=list)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.replies:
+            return self.replies[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content, session.peer))
+        return "250 2.0.0 Accepted"
+
+    def authenticate(self, server, session, envelope, mechanism, auth_data):
+        login = auth_data.login.decode()
+        self.logins_seen.append(login)
+        return AuthResult(success=login == "relay-user" and auth_data.password.decode() == PASSWORD, handled=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (the client trusts it via NURTURE_SMTP_CA_FILE)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.fixture
+def smtp_server():
+    started: list[Controller] = []
+
+    def start(recorder: Recorder, **kwargs) -> int:
+        port = _free_port()
+        controller = Controller(recorder, hostname="127.0.0.1", port=port, **kwargs)
+        controller.start()
+        started.append(controller)
+        return port
+
+    yield start
+    for controller in started:
+        controller.stop()
+
+
+def _runtime(make_runtime, port: int, **env: str):
+    rt = make_runtime({"promo": PROMO}, templates={"email/promo.html": PROMO_HTML, "layouts/base.html": BASE_LAYOUT})
+    rt.env.update({"NURTURE_EMAIL_BACKEND": "smtp", "NURTURE_SMTP_HOST": "127.0.0.1", "NURTURE_SMTP_PORT": str(port),
+                   "NURTURE_SMTP_SECURITY": "none", "NURTURE_FROM_EMAIL": "news@shop.example",
+                   "NURTURE_FROM_NAME": "Shöp News", "NURTURE_SECRET_KEY": SECRET, "NURTURE_PUBLIC_URL": PUBLIC, **env})
+    return rt
+
+
+def _signups(store, *emails: str) -> dict[str, int]:
+    ids = {}
+    for i, address in enumerate(emails):
+        ids[address] = subscriber(store, address, first_name=f"Ann{i}")
+        add_event(store, ids[address], "signup", NOW - dt.timedelta(minutes=5))
+    return ids
+
+
+def _header_urls(value: str) -> list[str]:
+    return [part.strip().strip("<>") for part in " ".join(value.split()).split(",")]
+
+
+def test_marketing_email_arrives_complete_and_one_connection_serves_the_batch(make_runtime, store, smtp_server):
+    recorder = Recorder()
+    rt = _runtime(make_runtime, smtp_server(recorder))
+    ids = _signups(store, "ann0@example.com", "bob@example.com", "cy@example.com")
+
+    run_tick(rt, "promo", NOW)
+
+    rows = {m.address: m for m in messages(store, journey="promo")}
+    assert {a: (m.status, m.reason) for a, m in rows.items()} == {a: ("sent", None) for a in ids}
+    assert len(recorder.received) == 3
+    assert len({peer for *_, peer in recorder.received}) == 1  # one SMTP connection for the batch
+    for mail_from, rcpt_tos, raw, _ in recorder.received:
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        to = rcpt_tos[0]
+        row = rows[to]
+        assert mail_from == "news@shop.example"
+        assert msg["From"].addresses[0].addr_spec == "news@shop.example"
+        assert msg["From"].addresses[0].display_name == "Shöp News"
+        assert msg["To"].addresses[0].addr_spec == to
+        assert str(msg["Subject"]).startswith("Hello Ann") and "– news inside" in str(msg["Subject"])
+        assert msg["Message-ID"] == rfc_message_id(row.id, "promo", "news@shop.example") == row.provider_id
+        assert msg["Date"] is not None and msg["MIME-Version"] == "1.0"
+        # RFC 8058 one-click + RFC 2369 mailto
+        https_url, mailto = _header_urls(str(msg["List-Unsubscribe"]))
+        assert https_url.startswith(f"{PUBLIC}/u/") and mailto.startswith("mailto:unsubscribe@shop.example")
+        claims = verify_token(SECRET, https_url.rsplit("/", 1)[1], "unsubscribe")
+        assert claims is not None and claims.contact_id == ids[to] and claims.purpose == "marketing"
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        # multipart/alternative: text first, then HTML
+        assert msg.get_content_type() == "multipart/alternative"
+        parts = [p.get_content_type() for p in msg.iter_parts()]
+        assert parts == ["text/plain", "text/html"]
+        html = msg.get_body(("html",)).get_content()
+        text = msg.get_body(("plain",)).get_content()
+        assert f'href="{https_url}"' in html and ">Unsubscribe</a>" in html  # visible, untagged
+        link = next(u for u in (h.split('"')[0] for h in html.split('href="')[1:]) if "shop.example/new" in u)
+        query = parse_qs(urlsplit(link.replace("&amp;", "&")).query)
+        assert query == {"ref": ["mail"], "utm_source": ["nurture"], "utm_medium": ["email"],
+                         "utm_campaign": ["promo"], "utm_content": ["hello"]}
+        assert "utm_campaign=promo" in text and https_url in text
+
+
+def test_4xx_is_retried_on_a_later_tick_and_5xx_becomes_a_hard_bounce_suppression(make_runtime, store, smtp_server):
+    recorder = Recorder(replies={"busy@example.com": "451 4.2.1 Mailbox busy, try later",
+                                 "gone@example.com": "550 5.1.1 No such user"})
+    rt = _runtime(make_runtime, smtp_server(recorder))
+    ids = _signups(store, "busy@example.com", "gone@example.com", "fine@example.com")
+
+    run_tick(rt, "promo", NOW)
+
+    rows = {m.address: m for m in messages(store, journey="promo")}
+    assert (rows["fine@example.com"].status, rows["fine@example.com"].reason) == ("sent", None)
+    busy = rows["busy@example.com"]
+    assert busy.status == "queued" and busy.due_at > NOW and busy.reason.startswith("smtp_rcpt_deferred: 451")
+    gone = rows["gone@example.com"]
+    assert gone.status == "failed" and gone.reason.startswith("smtp_rcpt_rejected: 550 5.1.1")
+    with store.engine.connect() as conn:
+        sup = conn.execute(select(Suppression.__table__)).all()
+    assert [(s.contact_id, s.address, s.channel, s.reason) for s in sup] == \
+        [(ids["gone@example.com"], "gone@example.com", "email", "hard_bounce")]
+    assert [r[1] for r in recorder.received] == [["fine@example.com"]]
+
+    # The mailbox recovers; the retry goes out once its backoff has passed, exactly once.
+    del recorder.replies["busy@example.com"]
+    run_tick(rt, "promo", NOW + dt.timedelta(minutes=1))
+    assert messages(store, address="busy@example.com")[0].status == "queued"
+    run_tick(rt, "promo", busy.due_at)
+    assert messages(store, address="busy@example.com")[0].status == "sent"
+    assert [r[1] for r in recorder.received] == [["fine@example.com"], ["busy@example.com"]]
+
+
+def test_starttls_with_login_delivers_and_a_wrong_password_never_leaks(make_runtime, store, smtp_server, tmp_path):
+    cert, key = _certificate(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    recorder = Recorder()
+    port = smtp_server(recorder, tls_context=tls, require_starttls=True, auth_required=True,
+                       authenticator=recorder.authenticate)
+    rt = _runtime(make_runtime, port, NURTURE_SMTP_SECURITY="starttls", NURTURE_SMTP_CA_FILE=str(cert),
+                  NURTURE_SMTP_USERNAME="relay-user", NURTURE_SMTP_PASSWORD="wrong-" + PASSWORD)
+    _signups(store, "tls@example.com")
+
+    run_tick(rt, "promo", NOW)
+    row = messages(store, journey="promo")[0]
+    assert row.status == "queued" and row.reason.startswith("smtp_auth_failed: 535")
+    assert PASSWORD not in row.reason and recorder.received == [] and set(recorder.logins_seen) == {"relay-user"}
+
+    rt.close()  # new credentials: a new channel
+    rt.env["NURTURE_SMTP_PASSWORD"] = PASSWORD
+    run_tick(rt, "promo", row.due_at)
+    assert messages(store, journey="promo")[0].status == "sent"
+    assert [r[1] for r in recorder.received] == [["tls@example.com"]]
+
+
+def test_implicit_tls_on_the_submissions_port_style(make_runtime, store, smtp_server, tmp_path):
+    cert, key = _certificate(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    recorder = Recorder()
+    port = smtp_server(recorder, ssl_context=tls)
+    rt = _runtime(make_runtime, port, NURTURE_SMTP_SECURITY="ssl", NURTURE_SMTP_CA_FILE=str(cert))
+    _signups(store, "implicit@example.com")
+    run_tick(rt, "promo", NOW)
+    assert messages(store, journey="promo")[0].status == "sent"
+    assert len(recorder.received) == 1
+
+
+def test_unreachable_server_keeps_every_message_queued_for_a_later_tick(make_runtime, store):
+    rt = _runtime(make_runtime, _free_port())  # nothing listens there
+    _signups(store, "a@example.com", "b@example.com")
+    run_tick(rt, "promo", NOW)
+    rows = messages(store, journey="promo")
+    assert [(r.status, r.reason) for r in rows] == [("queued", "smtp_connect_failed: ConnectionRefusedError")] * 2
+
+
+@pytest.mark.parametrize("env, problem", [
+    ({"NURTURE_SMTP_HOST": ""}, "NURTURE_SMTP_HOST"),
+    ({"NURTURE_SMTP_SECURITY": "tls13"}, "NURTURE_SMTP_SECURITY must be one of none, starttls, ssl"),
+    ({"NURTURE_SMTP_USERNAME": "u"}, "set both NURTURE_SMTP_USERNAME and NURTURE_SMTP_PASSWORD"),
+    ({"NURTURE_FROM_EMAIL": ""}, "NURTURE_FROM_EMAIL"),
+])
+def test_misconfiguration_is_a_clear_error_naming_the_setting(tmp_path, env, problem):
+    from nurture.registry import IntegrationContext, IntegrationError, channel_for
+    base = {"NURTURE_EMAIL_BACKEND": "smtp", "NURTURE_SMTP_HOST": "127.0.0.1", "NURTURE_FROM_EMAIL": "a@b.example"}
+    with pytest.raises(IntegrationError, match=problem):
+        channel_for("email", IntegrationContext(tmp_path, tmp_path, {**base, **env}))
