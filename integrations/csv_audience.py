@@ -2,7 +2,7 @@
 manual upload to an ad platform's customer-list screen, with no credentials at all.
 
 Every acknowledged batch is one file, written atomically (temp file + rename) under
-`<data dir>/audiences/<audience>/`: `<run>-<seq>-add.csv` or `<run>-<seq>-remove.csv`, with
+`<data dir>/audiences/<audience>/`: `<time_ns>-<seq>-add.csv` or `…-remove.csv` (names sort in writing order), with
 the header `email,phone,fn,ln,country` and values normalized and SHA-256 hashed the Meta
 way (the format Meta's customer-list upload and most platforms accept).
 segments.yaml: `{destination: csv, audience: newsletter_fans}`.
@@ -13,6 +13,7 @@ import csv
 import io
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -49,7 +50,8 @@ class CsvAudienceDestination(AudienceDestination):
 
     def path_for(self, target: dict[str, Any], batch: SyncBatch, action: str) -> Path:
         audience = _SAFE.sub("_", str(target["audience"])).strip("._") or "audience"
-        return self.folder / audience / f"{batch.session_id:019d}-{batch.seq:05d}-{action}.csv"
+        # names sort in the order the files were written: replaying them rebuilds the audience
+        return self.folder / audience / f"{time.time_ns():020d}-{batch.seq:05d}-{action}.csv"
 
     def _write(self, path: Path, rows: list[list[str]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

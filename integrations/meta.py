@@ -55,6 +55,7 @@ class MetaDestination(AudienceDestination):
                  policy: Optional[RetryPolicy] = None):
         self.access_token = access_token
         self.version = version.strip("/")
+        self._accepted: dict[int, int] = {}  # session id -> batch_seq of its last accepted batch
         self.client = ProviderClient(self.name, base_url, policy=policy, classify=classify, timeout=120)
 
     @classmethod
@@ -81,13 +82,17 @@ class MetaDestination(AudienceDestination):
 
     def _send(self, method: str, target: dict[str, Any], rows: list[tuple[SyncMember, list[str]]],
               batch: SyncBatch) -> list[MemberResult]:
-        session = {"session_id": batch.session_id, "batch_seq": batch.seq, "last_batch_flag": batch.last,
+        # batch_seq counts the batches Meta accepted in this session: a batch that failed for
+        # good was never part of it, so the next one takes its number.
+        seq = self._accepted.get(batch.session_id, 0) + 1
+        session = {"session_id": batch.session_id, "batch_seq": seq, "last_batch_flag": batch.last,
                    "estimated_num_total": batch.estimated_total or len(rows)}
         form = {"payload": json.dumps({"schema": SCHEMA, "data": [row for _, row in rows]}),
                 "session": json.dumps(session), "access_token": self.access_token}
         answer = self.client.call(method, f"/{self.version}/{target['audience_id']}/users", data=form)
         if not answer.ok:
             return [MemberResult(m.contact_id, False, reason=answer.reason) for m, _ in rows]
+        self._accepted[batch.session_id] = seq
         body = answer.json() or {}
         invalid = body.get("invalid_entry_samples") or {}
         results = []
