@@ -36,9 +36,15 @@ for _name in VERB_MODULES:
     _module.register(app)
 
 
+def _is_usage_error(exc: Exception) -> bool:
+    """Click's own exceptions (typer vendors a copy of click in recent versions)."""
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__) and hasattr(exc, "show")
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except CliError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(exc.code)
@@ -51,8 +57,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # click usage errors and real bugs
-        import click
-        if isinstance(exc, click.ClickException):
+        if _is_usage_error(exc):
             exc.show()
             sys.exit(exc.exit_code)
         if os.environ.get("NURTURE_DEBUG"):

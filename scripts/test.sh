@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs on a fresh machine (Python 3.11 + pip, root) and run it.
+# PostgreSQL comes from the `pgserver` package, SMTP from `aiosmtpd`, fake providers are started
+# by the tests on 127.0.0.1; headless Chromium (Debian packages) for the browser test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install --disable-pip-version-check -q -e '.[test]'
+if [ -f scripts/install-browser.sh ]; then
+  bash scripts/install-browser.sh
+fi
+exec python -m pytest -n 2 --dist loadgroup -p no:cacheprovider "$@"

@@ -1,0 +1,138 @@
+"""The `nurture` command as users script it: exit codes, messages, and never a traceback."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_project
+
+JOURNEY = """
+name: cart_nudge
+trigger: {event: add_to_cart, where: {property: {cart_value: {gte: 20}}}}
+steps:
+  - id: reminder
+    send: {channel: email, template: hello, subject: "Your cart, {{ contact.first_name }}"}
+  - id: text
+    send: {channel: sms, template: hello}
+"""
+
+
+def nurture(root: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NURTURE_PROJECT": str(root), "NURTURE_DATABASE_URL": f"sqlite:///{root / '.nurture' / 'cli.db'}",
+           "NURTURE_DATA_DIR": str(root / ".nurture"), "COLUMNS": "200"}
+    env.pop("NURTURE_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-c", "from nurture.cli import main; main()", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    return write_project(tmp_path / "shop", {"cart_nudge": JOURNEY})
+
+
+def test_validate_accepts_a_good_project(project):
+    out = nurture(project, "validate", check=True)
+    assert "ok: 1 journey(s)" in out.stdout
+
+
+def test_validate_reports_every_error_with_location_and_exits_1(project):
+    (project / "journeys" / "broken.yaml").write_text(
+        "name: broken\ntrigger: {event: signup}\nexit_whn: []\nsteps:\n  - id: a\n    send: {channel: emial, template: hello}\n")
+    (project / "journeys" / "bad_syntax.yaml").write_text("name: bad_syntax\nsteps: [\n")
+    out = nurture(project, "validate")
+    assert out.returncode == 1
+    text = out.stdout
+    assert "journeys/broken.yaml:3:1: unknown key 'exit_whn' (did you mean 'exit_when'?)" in text
+    assert "journeys/broken.yaml:6:21: 'emial' is not allowed here" in text and "did you mean 'email'?" in text
+    assert "journeys/bad_syntax.yaml:3:1: YAML syntax error" in text
+
+
+def test_import_names_bad_rows_by_line_and_field_and_keeps_the_good_ones(project, tmp_path):
+    csv = tmp_path / "contacts.csv"
+    csv.write_text("email,first_name,phone,country,consent_email,plan\n"
+                   "ana@example.com,Ana,+4915112345678,DE,granted,pro\n"
+                   "not-an-email,Bob,,,,\n"
+                   "cy@example.com,Cy,12345,DE,maybe,free\n"
+                   "dee@example.com,Dee,,,pending,team\n")
+    out = nurture(project, "import", "contacts", str(csv))
+    assert out.returncode == 1
+    assert "contacts.csv:3: email:" in out.stderr
+    assert "contacts.csv:4: phone:" in out.stderr and "contacts.csv:4: consent_email:" in out.stderr
+    assert "2 created" in out.stdout
+    again = nurture(project, "import", "contacts", str(csv))
+    assert "0 created, 2 updated" in again.stdout
+
+
+def test_track_is_idempotent_and_names_bad_lines(project, tmp_path):
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join([
+        json.dumps({"event_id": "e1", "email": "ana@example.com", "event": "add_to_cart",
+                    "properties": {"cart_value": 40}, "timestamp": "2026-11-20T10:00:00Z"}),
+        "{not json",
+        json.dumps({"event_id": "e2", "email": "ana@example.com", "event": "add_to_cart", "timestamp": "yesterday"}),
+    ]) + "\n")
+    first = nurture(project, "track", str(events))
+    assert first.returncode == 1
+    assert "events.jsonl:2: line: not valid JSON" in first.stderr
+    assert "events.jsonl:3: timestamp:" in first.stderr
+    assert "1 new event(s)" in first.stdout
+    second = nurture(project, "track", str(events))
+    assert "0 new event(s), 1 already known" in second.stdout
+
+
+def test_consent_unknown_contact_and_bad_channel_are_clear_errors(project):
+    out = nurture(project, "consent", "grant", "ghost@example.com", "--channel", "email")
+    assert out.returncode == 1 and "no contact with e-mail ghost@example.com" in out.stderr
+    out = nurture(project, "consent", "grant", "ghost@example.com", "--channel", "fax")
+    assert out.returncode == 2 and "fax" in out.stderr
+
+
+def test_run_ticks_through_prefect_and_messages_json_shows_every_outcome(project, tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("email,first_name,consent_email\nana@example.com,Ana,granted\nbo@example.com,Bo,revoked\n")
+    nurture(project, "import", "contacts", str(csv), check=True)
+    nurture(project, "consent", "grant", "ana@example.com", "--channel", "email", "--at", "2026-11-01T00:00:00Z", check=True)
+    nurture(project, "consent", "revoke", "bo@example.com", "--channel", "email", "--at", "2026-11-01T00:00:00Z", check=True)
+    events = tmp_path / "e.jsonl"
+    events.write_text("".join(json.dumps({"event_id": f"c{i}", "email": e, "event": "add_to_cart",
+                                          "properties": {"cart_value": 50}, "timestamp": "2026-11-20T10:00:00Z"}) + "\n"
+                              for i, e in enumerate(["ana@example.com", "bo@example.com"])))
+    nurture(project, "track", str(events), check=True)
+    run = nurture(project, "run", "--now", "2026-11-20T10:05:00Z", check=True)
+    assert "journey-cart_nudge" in run.stdout
+    log = json.loads(nurture(project, "messages", "--json", check=True).stdout)
+    outcomes = {(m["contact"], m["step"]): (m["status"], m["reason"]) for m in log}
+    assert outcomes[("ana@example.com", "reminder")] == ("sent", None)
+    assert outcomes[("bo@example.com", "reminder")] == ("suppressed", "consent_revoked")
+    assert outcomes[("ana@example.com", "text")] == ("skipped", "no_phone") or outcomes[("ana@example.com", "text")][0] == "suppressed"
+    assert set(log[0]) == {"contact", "journey", "step", "channel", "status", "reason", "due_at", "sent_at"}
+    assert list((project / ".nurture" / "outbox" / "email" / "cart_nudge").glob("*.eml"))
+
+
+def test_run_with_a_bad_clock_or_unknown_journey_says_so(project):
+    out = nurture(project, "run", "--now", "tomorrow-ish")
+    assert out.returncode == 1 and "--now:" in out.stderr
+    out = nurture(project, "run", "--journey", "cart_nuge")
+    assert out.returncode == 1 and "did you mean 'cart_nudge'?" in (out.stdout + out.stderr)
+
+
+def test_preview_renders_email_and_counts_sms_segments(project):
+    out = nurture(project, "preview", "cart_nudge", check=True)
+    assert "Subject: Your cart, Alex" in out.stdout
+    assert "GSM-7, 1 segment(s)" in out.stdout
+
+
+def test_outside_a_project_the_error_says_where_to_run(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = nurture(empty, "validate")
+    assert out.returncode == 1 and "no journeys/ folder" in out.stdout + out.stderr

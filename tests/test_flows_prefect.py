@@ -1,0 +1,120 @@
+"""Journey flows under Prefect's test harness: a real journey compiled into `journey-<name>`
+flow runs, stages as tasks, the logical clock, and the table artifact per run."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from nurture.consent_ledger import record_consent
+from nurture.ingest import track_records
+from nurture.store.db import open_store
+from tests.conftest import utc, write_project
+
+pytestmark = [pytest.mark.prefect, pytest.mark.xdist_group("prefect")]
+
+JOURNEY = """
+name: welcome_series
+trigger: {event: signup}
+steps:
+  - id: hello
+    send: {channel: email, template: hello, subject: "Welcome, {{ contact.first_name }}"}
+  - id: pause
+    wait: 1d
+  - id: nudge
+    send: {channel: email, template: other, subject: "Still there?"}
+"""
+SECOND = """
+name: sms_only
+trigger: {event: signup}
+steps:
+  - id: text
+    send: {channel: sms, template: hello}
+"""
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root = write_project(tmp_path / "proj", {"welcome_series": JOURNEY, "sms_only": SECOND})
+    url = f"sqlite:///{root / '.nurture' / 'nurture.db'}"
+    monkeypatch.setenv("NURTURE_DATABASE_URL", url)
+    monkeypatch.setenv("NURTURE_DATA_DIR", str(root / ".nurture"))
+    store = open_store(url)
+    t0 = utc(2026, 11, 16, 10)
+    track_records(store, [(i, {"event_id": f"s{i}", "email": f"p{i}@example.com", "event": "signup",
+                               "properties": {}, "timestamp": t0.isoformat()}) for i in range(3)], now=t0)
+    with store.engine.begin() as conn:
+        for cid in (1, 2, 3):
+            record_consent(conn, cid, "email", "granted", source="test", at=t0 - timedelta(days=1), confirmed=True)
+    yield root, store, t0
+    from flows.runtime import forget_runtimes
+    forget_runtimes()
+    store.dispose()
+
+
+def test_tick_all_runs_each_journey_as_its_own_flow_with_stage_tasks_and_an_artifact(harness, project):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    from flows.journey import tick_all
+    root, store, t0 = project
+    results = tick_all(project=str(root), now=t0 + timedelta(minutes=5))
+    by_journey = {r["journey"]: r for r in results}
+    assert set(by_journey) == {"welcome_series", "sms_only"}
+    assert by_journey["welcome_series"]["enrolled"] == 3
+    sent = [r for r in by_journey["welcome_series"]["outcomes"] if r["step"] == "hello" and r["outcome"] == "sent"]
+    assert sent and sent[0]["count"] == 3
+    # No phone numbers: the SMS journey records every outcome instead of dropping it.
+    sms = {(r["outcome"], r["reason"]): r["count"] for r in by_journey["sms_only"]["outcomes"]}
+    assert sms == {("suppressed", "no_consent"): 3}
+
+    import anyio
+
+    async def inspect():
+        async with get_client() as client:
+            flows = await client.read_flows(flow_filter=FlowFilter(name=FlowFilterName(any_=["journey-welcome-series", "journey-welcome_series"])))
+            runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[f.name for f in flows])))
+            task_runs = await client.read_task_runs()
+            artifacts = await client.read_artifacts()
+            return flows, runs, task_runs, artifacts
+    flows, runs, task_runs, artifacts = anyio.run(inspect)
+    assert [f.name for f in flows] == ["journey-welcome_series"]
+    assert len(runs) == 1 and runs[0].state.is_completed()
+    names = {t.name.rsplit("-", 1)[0] for t in task_runs if t.flow_run_id == runs[0].id}
+    assert {"enroll", "exit-convert", "advance", "deliver", "report"} <= names
+    # Tasks are stages, never contacts: 3 contacts, 5 task runs.
+    assert len([t for t in task_runs if t.flow_run_id == runs[0].id]) == 5
+    table = [a for a in artifacts if a.key == "journey-welcome-series"]
+    assert table and table[0].type == "table"
+    rows = json.loads(table[0].data) if isinstance(table[0].data, str) else table[0].data
+    assert {"step": "hello", "outcome": "sent", "reason": "", "count": 3} in rows
+
+
+def test_logical_clock_is_the_scheduled_start_time_when_no_now_is_given(harness, project):
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    from flows.journey import journey_flow
+    root, store, t0 = project
+    # The first tick (via --now) sends 'hello'; a tick scheduled one day later sends 'nudge'.
+    journey_flow("welcome_series")(journey="welcome_series", project=str(root), now=t0 + timedelta(minutes=5))
+    import anyio
+    from prefect.flow_engine import run_flow
+    flow = journey_flow("welcome_series")
+
+    async def scheduled_run():
+        async with get_client() as client:
+            return await client.create_flow_run(flow, parameters={"journey": "welcome_series", "project": str(root)},
+                                                state=Scheduled(scheduled_time=t0 + timedelta(days=1, minutes=5)))
+    flow_run = anyio.run(scheduled_run)
+    result = run_flow(flow, flow_run=flow_run, parameters={"journey": "welcome_series", "project": str(root)})
+    assert result["now"].startswith((t0 + timedelta(days=1, minutes=5)).isoformat()[:16])
+    assert {"step": "nudge", "outcome": "sent", "reason": "", "count": 3} in result["outcomes"]
