@@ -88,7 +88,7 @@ def destination_for(rt: Any) -> Any:
     if not name:
         return FileHandover(rt.data_dir / "handover" / "handovers.jsonl")
     cls = lookup(name, "crm")
-    if not hasattr(cls, "hand_over"):
+    if not callable(getattr(cls, "hand_over", None)):
         raise IntegrationError(f"the CRM integration '{name}' cannot take handovers (it has no hand_over method)")
     return cls.from_env(IntegrationContext(rt.project.root, rt.data_dir, rt.env))
 

@@ -1,0 +1,161 @@
+"""The `handover` step: an MQL goes to sales once, with stage, score and an SLA-bound task —
+to the JSONL file by default, to a CRM integration when configured — failures are recorded
+and retried, and the report counts who was contacted within the SLA."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Sequence
+
+import pytest
+
+from nurture import registry
+from nurture.registry import CrmDestination
+from nurture.runtime import run_tick
+from nurture.scoring.handover import HandoverRecord, HandoverResult, handover_t, retry_pending
+from nurture.reporting.report import handover_stats
+from nurture.spec.project import load_project
+from tests.conftest import utc
+from tests.engine_fixtures import add_event, contact_row, journey_yaml, messages, subscriber
+
+T0 = utc(2026, 11, 16, 10)  # a Monday, 10:00 UTC: outside quiet hours
+
+MQL_JOURNEY = journey_yaml("mql", """
+    - id: to_sales
+      handover: {sla: 24h, owner: ana@sales.example, note: "hot lead"}
+    - id: hello
+      send: {channel: email, template: hello, subject: "Hi"}
+""", trigger="{event: demo_request}")
+
+
+def _handovers(store):
+    with store.engine.connect() as conn:
+        rows = conn.execute(handover_t.select().order_by(handover_t.c.id)).all()
+        conn.rollback()
+    return rows
+
+
+def test_handover_writes_the_mql_with_stage_score_and_sla_task_once(make_runtime, store):
+    rt = make_runtime({"mql": MQL_JOURNEY})
+    cid = subscriber(store, "lena@acme.example", first_name="Lena", last_name="Berg", score=72.5,
+                     attributes={"company": "Acme GmbH"})
+    add_event(store, cid, "demo_request", T0)
+    run_tick(rt, "mql", T0 + timedelta(minutes=5))
+    run_tick(rt, "mql", T0 + timedelta(minutes=10))  # a second tick hands over nothing again
+
+    [h] = _handovers(store)
+    assert (h.contact_id, h.stage, h.score, h.status, h.destination, h.owner) == (cid, "mql", 72.5, "delivered", "file",
+                                                                                  "ana@sales.example")
+    assert h.sla_due_at == T0 + timedelta(hours=24)  # the step was due when the event happened
+    assert contact_row(store, cid).lifecycle_stage == "mql"
+    lines = (rt.data_dir / "handover" / "handovers.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["contact"] == {"email": "lena@acme.example", "first_name": "Lena", "last_name": "Berg",
+                                 "phone": None, "company": "Acme GmbH", "lifecycle_stage": "mql", "score": 72.5}
+    assert record["task"] == {"title": "Contact MQL Lena Berg (score 72)", "due_at": "2026-11-17T10:00:00+00:00",
+                              "owner": "ana@sales.example", "note": "hot lead"}
+    assert [m.status for m in messages(store)] == ["sent"]  # the journey goes on after the handover
+
+
+def test_handover_never_lowers_a_later_stage(make_runtime, store):
+    rt = make_runtime({"mql": MQL_JOURNEY})
+    cid = subscriber(store, "sam@corp.example", lifecycle_stage="sql", score=80)
+    add_event(store, cid, "demo_request", T0)
+    run_tick(rt, "mql", T0 + timedelta(minutes=5))
+    assert contact_row(store, cid).lifecycle_stage == "sql"
+
+
+class FlakyCrm(CrmDestination):
+    """A CRM plug-in that takes handovers: the first call fails as a provider outage would."""
+    name = "flaky_crm"
+    calls: list[list[str]] = []
+
+    @classmethod
+    def from_env(cls, context):
+        return cls()
+
+    def identifiers(self, member):  # pragma: no cover - the segment-sync half is not used here
+        return None
+
+    def add(self, target, members, batch):  # pragma: no cover
+        return []
+
+    def remove(self, target, members, batch):  # pragma: no cover
+        return []
+
+    def hand_over(self, records: Sequence[HandoverRecord]) -> list[HandoverResult]:
+        FlakyCrm.calls.append([r.email for r in records])
+        if len(FlakyCrm.calls) == 1:
+            raise ConnectionError("HubSpot answered 503")
+        return [HandoverResult(r.handover_id, True, external_id=f"crm-{r.handover_id}") for r in records]
+
+
+class SegmentOnlyCrm(FlakyCrm):
+    name = "segment_only_crm"
+    hand_over = None  # type: ignore[assignment]
+
+
+@pytest.fixture
+def crm_plugins():
+    FlakyCrm.calls = []
+    registry.register(FlakyCrm)
+    registry.register(SegmentOnlyCrm)
+    yield
+    registry._registry.pop("flaky_crm", None)
+    registry._registry.pop("segment_only_crm", None)
+
+
+def test_a_failed_crm_handover_is_recorded_and_retried(make_runtime, store, crm_plugins):
+    rt = make_runtime({"mql": MQL_JOURNEY})
+    rt.env["NURTURE_HANDOVER_CRM"] = "flaky_crm"
+    cid = subscriber(store, "kim@firm.example", score=65)
+    add_event(store, cid, "demo_request", T0)
+    run_tick(rt, "mql", T0 + timedelta(minutes=5))
+    [h] = _handovers(store)
+    assert (h.status, h.destination, h.attempts) == ("pending", "flaky_crm", 1)
+    assert "HubSpot answered 503" in h.reason
+    retry_pending(rt, T0 + timedelta(hours=1))
+    [h] = _handovers(store)
+    assert (h.status, h.external_id, h.attempts) == ("delivered", f"crm-{h.id}", 2)
+    assert FlakyCrm.calls == [["kim@firm.example"], ["kim@firm.example"]]
+
+
+def test_a_crm_that_cannot_take_handovers_is_a_recorded_failure(make_runtime, store, crm_plugins):
+    rt = make_runtime({"mql": MQL_JOURNEY})
+    rt.env["NURTURE_HANDOVER_CRM"] = "segment_only_crm"
+    cid = subscriber(store, "jo@firm.example", score=65)
+    add_event(store, cid, "demo_request", T0)
+    run_tick(rt, "mql", T0 + timedelta(minutes=5))
+    [h] = _handovers(store)
+    assert h.status == "pending" and "cannot take handovers" in h.reason
+
+
+def test_report_counts_mqls_contacted_within_the_sla(make_runtime, store):
+    rt = make_runtime({"mql": MQL_JOURNEY})
+    ids = {}
+    for name in ("fast", "late", "never", "fresh"):
+        ids[name] = subscriber(store, f"{name}@lead.example", score=70)
+    for name in ("fast", "late", "never"):
+        add_event(store, ids[name], "demo_request", T0)
+    add_event(store, ids["fresh"], "demo_request", T0 + timedelta(hours=20))
+    run_tick(rt, "mql", T0 + timedelta(minutes=5))
+    run_tick(rt, "mql", T0 + timedelta(hours=20, minutes=5))
+    add_event(store, ids["fast"], "sales_contacted", T0 + timedelta(hours=3))
+    add_event(store, ids["late"], "sales_contacted", T0 + timedelta(hours=30))
+    add_event(store, ids["never"], "sales_contacted", T0 - timedelta(days=3))  # before the handover: not counted
+    with store.engine.connect() as conn:
+        stats = handover_stats(conn, T0 + timedelta(hours=36))
+    assert (stats.total, stats.delivered, stats.contacted_within_sla, stats.contacted_late, stats.overdue,
+            stats.open_within_sla) == (4, 4, 1, 1, 1, 1)
+
+
+def test_handover_keys_are_validated_with_locations(make_project):
+    bad = journey_yaml("mql", """
+        - id: to_sales
+          handover: {sla: tomorrow, ownr: ana}
+    """)
+    spec = load_project(make_project({"mql": bad}))
+    messages_ = [str(e) for e in spec.errors]
+    assert "journeys/mql.yaml:5:21: 'tomorrow' is not a duration: write e.g. 30m, 2h, 3d or 1w" in messages_
+    assert "journeys/mql.yaml:5:31: unknown key 'ownr' (did you mean 'owner'?)" in messages_
