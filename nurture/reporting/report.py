@@ -171,14 +171,13 @@ def _steps(conn: Any, reports: dict[str, JourneyReport], project: ProjectSpec, c
             if node.kind == "send":
                 steps[(name, sid)] = StepReport(sid, node.step.send.channel)
                 order[(name, sid)] = i
-    rows = conn.execute(select(message_t.c.journey, message_t.c.step_id, message_t.c.channel,
-                               message_t.c.attempt_key == "send", message_t.c.status, message_t.c.reason, func.count())
-                        .where(message_t.c.enrollment_id.isnot(None))
-                        .group_by(message_t.c.journey, message_t.c.step_id, message_t.c.channel,
-                                  message_t.c.attempt_key == "send", message_t.c.status, message_t.c.reason)).all()
-    for journey, step, channel, final, status, reason, n in rows:
+    group = (message_t.c.journey, message_t.c.step_id, message_t.c.channel, message_t.c.attempt_key,
+             message_t.c.status, message_t.c.reason)
+    rows = conn.execute(select(*group, func.count()).where(message_t.c.enrollment_id.isnot(None)).group_by(*group)).all()
+    for journey, step, channel, attempt_key, status, reason, n in rows:
         if journey not in reports:
             continue
+        final = attempt_key == "send"  # 'defer:N' rows record deferrals
         s = steps.setdefault((journey, step), StepReport(step, channel))
         order.setdefault((journey, step), 10_000)
         reason = reason or "-"
