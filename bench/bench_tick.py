@@ -27,7 +27,7 @@ from nurture.conditions import contact_t, enrollment_t  # noqa: E402
 from nurture.consent_ledger import consent_t  # noqa: E402
 from nurture.runtime import Runtime  # noqa: E402
 from nurture.runtime.advance import advance  # noqa: E402
-from nurture.runtime.deliver import deliver  # noqa: E402
+from nurture.runtime.parallel import deliver_parallel  # noqa: E402
 from nurture.runtime.tick import run_tick  # noqa: E402
 from nurture.spec.project import load_project  # noqa: E402
 from nurture.store.db import open_store  # noqa: E402
@@ -84,16 +84,16 @@ def make(tmp: Path, n: int, due: bool) -> Runtime:
     return rt
 
 
-def bench_send(tmp: Path, n: int) -> dict:
-    rt = make(tmp, n, due=True)
+def bench_send(tmp: Path, n: int, workers: int) -> dict:
+    rt = make(tmp / f"w{workers}", n, due=True)
     started = time.perf_counter()
     advanced = advance(rt, rt.plan("promo"), NOW)
     mid = time.perf_counter()
-    delivered = deliver(rt, NOW, "promo")
+    delivered = deliver_parallel(rt, NOW, "promo", workers)
     end = time.perf_counter()
     sent = sum(v for (step, status, _), v in delivered.items() if status == "sent")
     files = sum(1 for _ in (rt.data_dir / "outbox" / "email" / "promo").iterdir())
-    return {"contacts": n, "sent": sent, "eml_files": files, "seconds": round(end - started, 2),
+    return {"contacts": n, "delivery_processes": workers, "sent": sent, "eml_files": files, "seconds": round(end - started, 2),
             "advance_seconds": round(mid - started, 2), "deliver_seconds": round(end - mid, 2),
             "messages_per_second": round(sent / (end - started)), "target_messages_per_second": 5000,
             "queued": sum(v for (s, status, _), v in advanced.items() if status == "queued")}
@@ -146,7 +146,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="nurture-bench-"))
     try:
         result = {"validate": bench_validate(tmp), "idle_tick": bench_idle(tmp, args.contacts),
-                  "send_tick": bench_send(tmp, args.contacts)}
+                  "send_tick_1_process": bench_send(tmp, args.contacts, 1),
+                  "send_tick_2_processes": bench_send(tmp, args.contacts, 2)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result, indent=2))

@@ -8,6 +8,7 @@ from nurture.runtime.advance import advance
 from nurture.runtime.context import Runtime, TickReport
 from nurture.runtime.deliver import deliver, reconcile_stuck
 from nurture.runtime.enroll import enroll
+from nurture.runtime.parallel import deliver_parallel
 from nurture.runtime.outcomes import apply_exits, record_conversions
 from nurture.runtime.versions import migrate_enrollments, record_version
 
@@ -37,7 +38,7 @@ def stage_exit_convert(rt: Runtime, journey: str, now: datetime) -> tuple[int, i
     return converted, exited
 
 
-def run_tick(rt: Runtime, journey: str, now: Optional[datetime] = None) -> TickReport:
+def run_tick(rt: Runtime, journey: str, now: Optional[datetime] = None, workers: int = 1) -> TickReport:
     """enroll → exit/convert → advance (guards + outbox) → deliver; returns the counts."""
     now = as_utc(now)
     report = prepare(rt, journey, now)
@@ -47,5 +48,5 @@ def run_tick(rt: Runtime, journey: str, now: Optional[datetime] = None) -> TickR
     report.stages["exited"] += exited
     report.outcomes.update(advance(rt, rt.plan(journey), now))
     reconcile_stuck(rt, now)
-    report.outcomes.update(deliver(rt, now, journey))
+    report.outcomes.update(deliver_parallel(rt, now, journey, workers) if workers > 1 else deliver(rt, now, journey))
     return report
