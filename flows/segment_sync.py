@@ -1,0 +1,81 @@
+"""The nightly segment sync as a Prefect flow: one task per (segment, destination), then a
+table artifact of what each one did.
+
+The engine (nurture.segments.sync) diffs and pushes; this flow only sequences, installs
+the per-provider throttle (a slot of the global concurrency limit `nurture-<provider>`
+for every provider request, when a Prefect server is configured) and reports.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+from flows.runtime import logical_now, runtime_for
+from nurture.registry import IntegrationContext
+from nurture.segments import throttle
+from nurture.segments.sync import SyncTarget, sync_one, targets
+
+ARTIFACT_KEY = "segment-sync"
+
+
+def prefect_rate_limit(provider: str) -> None:
+    """Take one slot of `nurture-<provider>` (a limit with slot decay, see docs/segments.md);
+    a limit that does not exist is not waited for."""
+    from prefect.concurrency.sync import rate_limit
+    rate_limit(throttle.limit_name(provider), occupy=1, strict=False)
+
+
+def _server_configured() -> bool:
+    from prefect.settings import PREFECT_API_URL
+    return bool(PREFECT_API_URL.value())
+
+
+@task(name="sync-target", retries=1, retry_delay_seconds=30)
+def sync_target_task(project: Optional[str], ref: SyncTarget, now: datetime) -> dict:
+    rt = runtime_for(project)
+    context = IntegrationContext(rt.project.root, rt.data_dir, rt.env)
+    previous = throttle.install(prefect_rate_limit) if _server_configured() else None
+    try:
+        report = sync_one(rt.store, rt.project, ref, now, context)
+    finally:
+        if _server_configured():
+            throttle.install(previous)
+    return report.row()
+
+
+@task(name="report")
+def report_task(rows: list[dict], now: datetime) -> list[dict]:
+    table = rows or [{"segment": "-", "destination": "-", "target": "-", "status": "nothing to sync"}]
+    added = sum(r.get("added", 0) for r in rows)
+    removed = sum(r.get("removed", 0) for r in rows)
+    failed = sum(r.get("failed", 0) for r in rows)
+    create_table_artifact(key=ARTIFACT_KEY, table=table,
+                          description=f"Segment sync at {now.isoformat()}: {len(rows)} target(s), "
+                                      f"added {added}, removed {removed}, failed {failed}")
+    get_run_logger().info("segment sync at %s: %d target(s), added %d, removed %d, failed %d",
+                          now.isoformat(), len(rows), added, removed, failed)
+    return rows
+
+
+@flow(name="segment-sync", log_prints=True)
+def segment_sync(project: Optional[str] = None, now: Optional[datetime] = None,
+                 segment: Optional[str] = None) -> list[dict]:
+    """Diff-sync every segment (or one) to each of its destinations."""
+    clock = logical_now(now)
+    rt = runtime_for(project)
+    refs = targets(rt.project, segment)
+    rows = [sync_target_task(project, ref, clock) for ref in refs]
+    return report_task(rows, clock)
+
+
+def sync_deployment(project: str):
+    """The nightly deployment `nurture serve` runs: 02:00 in NURTURE_SYNC_TIMEZONE
+    (default Europe/Berlin)."""
+    from prefect.schedules import Cron
+    tz = os.environ.get("NURTURE_SYNC_TIMEZONE", "Europe/Berlin")
+    return segment_sync.to_deployment(name="segment-sync", schedule=Cron("0 2 * * *", timezone=tz),
+                                      parameters={"project": project})

@@ -1,0 +1,57 @@
+"""`nurture sync`: the segment sync to every configured destination, as a Prefect flow run."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+from nurture.cli import prefect_env
+from nurture.cli.common import CliError, console, open_project, parse_now, root
+
+
+def print_sync_summary(rows: list[dict]) -> None:
+    from rich.table import Table
+    table = Table(title="segment sync", title_justify="left")
+    columns = ("segment", "target", "status", "members", "added", "removed", "updated", "failed", "requests", "ms")
+    for col in columns:
+        table.add_column(col, no_wrap=col in ("status",))
+    for row in rows:
+        table.add_row(*[str(row.get("duration_ms" if col == "ms" else col, "")) for col in columns])
+    console.print(table)
+    for row in rows:
+        if row.get("errors"):
+            console.print(f"{row['segment']} → {row['target']}: {row['errors']}", markup=False)
+
+
+def sync(segment: Optional[str] = typer.Option(None, "--segment", help="Only this segment"),
+         now: Optional[str] = typer.Option(None, "--now", help="Logical clock of the sync (ISO 8601)")) -> None:
+    """Segment sync to every configured destination: only what changed since the last
+    acknowledged state; failed records are retried by the next run."""
+    spec = open_project()
+    from nurture.segments.sync import UnknownSegment, targets
+    try:
+        refs = targets(spec, segment)
+    except UnknownSegment as exc:
+        raise CliError(str(exc)) from None
+    if not refs:
+        console.print("no segment has a destination: nothing to sync (see journeys/segments.yaml)")
+        return
+    clock = parse_now(now)
+    prefect_env.configure(verbose=bool(os.environ.get("NURTURE_VERBOSE")))
+    from flows.runtime import ProjectInvalid
+    from flows.segment_sync import segment_sync
+    try:
+        rows = segment_sync(project=str(root()), now=clock, segment=segment)
+    except ProjectInvalid as exc:
+        raise CliError(str(exc)) from None
+    print_sync_summary(rows)
+    failed = sum(int(r.get("failed", 0)) for r in rows)
+    broken = [r for r in rows if r.get("status") == "failed"]
+    if failed or broken:
+        raise CliError(f"{failed} record(s) failed in {len(broken) or 'some'} target(s); they stay "
+                       "unacknowledged and the next sync retries exactly them")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(sync)
