@@ -438,3 +438,18 @@ def test_a_crash_after_the_provider_took_a_batch_loses_and_doubles_nothing(h):
     with h.store.engine.connect() as conn:
         statuses = [r[0] for r in conn.execute(select(sync_run_t.c.status).order_by(sync_run_t.c.id))]
     assert statuses == ["interrupted", "ok"]
+
+
+def test_every_provider_request_takes_a_throttle_slot_first(h):
+    from nurture.segments import throttle
+    http_only(h)
+    h.max_batch = 2
+    people(h, 5)
+    h.server.fail_next(1, Reply(503, {"error": {"code": 503, "message": "down", "status": "UNAVAILABLE"}}))
+    slots: list[str] = []
+    previous = throttle.install(slots.append)
+    try:
+        h.sync()
+    finally:
+        throttle.install(previous)
+    assert slots == [h.case.name] * len(h.server.requests)  # retries included
