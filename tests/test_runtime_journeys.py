@@ -1,0 +1,375 @@
+"""Specification: the runtime without Prefect — `run_tick(rt, journey, now)` enrolls from trigger
+events, exits, converts, and moves contacts through every step kind — on SQLite and PostgreSQL.
+
+Policies are the test defaults (UTC, e-mail quiet 21:00–08:00); ticks run at 10:00 UTC so
+quiet hours stay out of the way unless a test is about them."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from nurture.runtime import run_tick
+from nurture.runtime.stable_random import in_holdout, pick_arm
+from tests.conftest import utc
+from tests.engine_fixtures import (add_event, contact_row, enrollments, journey_yaml, messages, outcomes,
+                                   subscriber)
+
+T0 = utc(2026, 3, 4, 10, 0)  # a Wednesday
+HELLO = "- id: hello\n  send: {channel: email, template: hello, subject: Hello}"
+
+
+def tick(rt, at, journey="j"):
+    return run_tick(rt, journey, at)
+
+
+# ---------------------------------------------------------------- trigger
+
+
+def test_event_trigger_enrolls_only_events_matching_where(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", HELLO, trigger="{event: add_to_cart, where: {property: {cart_value: {gte: 20}}}}")})
+    small, big = subscriber(store, "small@example.com"), subscriber(store, "big@example.com")
+    add_event(store, small, "add_to_cart", T0, {"cart_value": 10})
+    add_event(store, big, "add_to_cart", T0, {"cart_value": 50})
+    add_event(store, small, "page_view", T0, {"cart_value": 99})  # another event name
+    tick(rt, T0 + timedelta(minutes=1))
+    assert [e.contact_id for e in enrollments(store)] == [big]
+    assert [m.contact_id for m in messages(store, status="sent")] == [big]
+
+
+def test_trigger_where_may_combine_event_properties_and_contact_attributes(make_runtime, store):
+    trigger = "{event: signup, where: {all: [{property: {source: ads}}, {attribute: {country: DE}}]}}"
+    rt = make_runtime({"j": journey_yaml("j", HELLO, trigger=trigger)})
+    de, us = subscriber(store, "de@example.com", country="DE"), subscriber(store, "us@example.com", country="US")
+    for cid in (de, us):
+        add_event(store, cid, "signup", T0, {"source": "ads"})
+    tick(rt, T0 + timedelta(minutes=1))
+    assert [e.contact_id for e in enrollments(store)] == [de]
+
+
+def test_events_older_than_the_trigger_lookback_do_not_enroll(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", HELLO, trigger="{event: signup, lookback: 2h}")})
+    old, fresh = subscriber(store, "old@example.com"), subscriber(store, "fresh@example.com")
+    add_event(store, old, "signup", T0 - timedelta(hours=3))
+    add_event(store, fresh, "signup", T0 - timedelta(hours=1))
+    tick(rt, T0)
+    assert [e.contact_id for e in enrollments(store)] == [fresh]
+
+
+def test_an_event_from_the_future_enrolls_once_its_time_has_come(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", HELLO)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0 + timedelta(hours=1))
+    tick(rt, T0)
+    assert enrollments(store) == []
+    tick(rt, T0 + timedelta(hours=1, minutes=5))
+    assert [(e.contact_id, e.entered_at) for e in enrollments(store)] == [(cid, T0 + timedelta(hours=1))]
+
+
+def test_a_tick_reads_each_trigger_event_once(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", HELLO, extra="reentry: always")})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    tick(rt, T0 + timedelta(minutes=2))
+    assert len(enrollments(store)) == 1
+    assert len(messages(store)) == 1
+
+
+# ---------------------------------------------------------------- reentry
+
+
+@pytest.mark.parametrize("reentry, second_event_after, entries", [
+    ("never", timedelta(days=30), 1),
+    ("always", timedelta(hours=1), 2),
+    ("7d", timedelta(days=3), 1),
+    ("7d", timedelta(days=8), 2),
+])
+def test_reentry_rule(make_runtime, store, reentry, second_event_after, entries):
+    rt = make_runtime({"j": journey_yaml("j", HELLO, extra=f"reentry: {reentry}")})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    add_event(store, cid, "signup", T0 + second_event_after)
+    tick(rt, T0 + second_event_after + timedelta(minutes=1))
+    assert len(enrollments(store, contact_id=cid)) == entries
+
+
+def test_no_contact_is_in_the_same_journey_twice_at_once(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 3d}\n" + HELLO, extra="reentry: always")})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    add_event(store, cid, "signup", T0 + timedelta(minutes=1))
+    tick(rt, T0 + timedelta(minutes=2))
+    add_event(store, cid, "signup", T0 + timedelta(hours=1))
+    tick(rt, T0 + timedelta(hours=1, minutes=2))
+    assert len(enrollments(store)) == 1
+
+
+# ---------------------------------------------------------------- exit_when and goal
+
+
+def test_exit_when_an_event_is_performed_after_enrollment(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 1d}\n" + HELLO, extra="exit_when:\n  - event: purchase")})
+    buyer, browser = subscriber(store, "buyer@example.com"), subscriber(store, "browser@example.com")
+    add_event(store, browser, "purchase", T0 - timedelta(days=5))  # before enrollment: no exit
+    for cid in (buyer, browser):
+        add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    add_event(store, buyer, "purchase", T0 + timedelta(hours=5))
+    tick(rt, T0 + timedelta(days=1, minutes=1))
+    by_contact = {e.contact_id: (e.status, e.exit_reason) for e in enrollments(store)}
+    assert by_contact == {buyer: ("exited", "exit_when"), browser: ("completed", None)}
+    assert [m.contact_id for m in messages(store)] == [browser]
+
+
+def test_exit_when_an_attribute_condition_holds(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 1d}\n" + HELLO,
+                                         extra="exit_when:\n  - attribute: {lifecycle_stage: customer}")})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    with store.engine.begin() as conn:
+        from tests.engine_fixtures import contact_t
+        conn.execute(contact_t.update().values(lifecycle_stage="customer"))
+    tick(rt, T0 + timedelta(days=1, minutes=1))
+    assert [(e.status, e.exit_reason) for e in enrollments(store)] == [("exited", "exit_when")]
+    assert messages(store) == []
+
+
+GOAL = "goal: {event: purchase, within: 72h}"
+
+
+def test_goal_records_conversion_and_revenue_within_the_window(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO, extra=GOAL)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    bought = T0 + timedelta(days=2)
+    add_event(store, cid, "purchase", bought, {"value": 49.5})
+    add_event(store, cid, "purchase", bought + timedelta(hours=1), {"value": 1000})  # only the first counts
+    tick(rt, bought + timedelta(hours=2))
+    (e,) = enrollments(store)
+    assert (e.status, e.converted_at, e.revenue, e.step_id, e.exit_reason) == ("converted", bought, 49.5, None, "goal")
+    tick(rt, T0 + timedelta(days=6))
+    assert messages(store) == []  # a converted contact gets no more messages
+
+
+def test_a_purchase_after_the_goal_window_is_not_a_conversion(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO, extra=GOAL)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    for hours in (24, 48, 71):
+        tick(rt, T0 + timedelta(hours=hours))
+    add_event(store, cid, "purchase", T0 + timedelta(hours=73), {"value": 80})
+    tick(rt, T0 + timedelta(hours=74))
+    (e,) = enrollments(store)
+    assert (e.status, e.converted_at, e.revenue) == ("active", None, 0.0)
+
+
+def test_the_trigger_event_itself_is_not_the_conversion(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO, trigger="{event: purchase}",
+                                         extra="goal: {event: purchase, within: 30d}")})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "purchase", T0, {"value": 10})
+    tick(rt, T0 + timedelta(minutes=1))
+    assert [e.status for e in enrollments(store)] == ["active"]
+
+
+@pytest.mark.xfail(strict=True, reason="record_conversions only looks at enrollments entered within the goal "
+                                       "window before *now*: a conversion inside the window that a tick first "
+                                       "sees after the window closed (late-tracked event, paused schedule) is lost")
+def test_a_conversion_inside_the_window_counts_even_when_seen_by_a_later_tick(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 10d}\n" + HELLO, extra=GOAL)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    add_event(store, cid, "purchase", T0 + timedelta(days=1), {"value": 20})
+    tick(rt, T0 + timedelta(days=4))
+    assert [(e.status, e.revenue) for e in enrollments(store)] == [("converted", 20.0)]
+
+
+# ---------------------------------------------------------------- holdout
+
+
+def test_holdout_is_stable_per_contact_and_journey_and_never_messaged(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", HELLO, extra="holdout: 30%\n" + GOAL)})
+    ids = [subscriber(store, f"c{i}@example.com") for i in range(40)]
+    for cid in ids:
+        add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    held = {e.contact_id for e in enrollments(store) if e.holdout}
+    assert held == {cid for cid in ids if in_holdout("j", cid, 0.3)}
+    assert 0 < len(held) < len(ids)
+    assert {cid for cid in ids if in_holdout("other_journey", cid, 0.3)} != held  # per journey
+    by_status = {(m.contact_id in held, m.status, m.reason) for m in messages(store)}
+    assert by_status == {(True, "holdout", "holdout"), (False, "sent", None)}
+    outbox = rt.data_dir / "outbox" / "email" / "j"
+    assert len(list(outbox.glob("*.eml"))) == len(ids) - len(held)
+    # holdout contacts still convert, so lift can be measured
+    some_held = sorted(held)[0]
+    add_event(store, some_held, "purchase", T0 + timedelta(hours=2), {"value": 5})
+    tick(rt, T0 + timedelta(hours=3))
+    assert [e.status for e in enrollments(store, contact_id=some_held)] == ["converted"]
+
+
+# ---------------------------------------------------------------- step kinds
+
+
+def test_wait_counts_from_the_event_not_from_the_tick(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", "- {id: wait_1h, wait: 1h}\n" + HELLO)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0 + timedelta(minutes=2))
+    tick(rt, T0 + timedelta(minutes=30))
+    assert messages(store) == []
+    (e,) = enrollments(store)
+    assert (e.step_id, e.next_due_at) == ("wait_1h", T0 + timedelta(hours=1, minutes=2))
+    tick(rt, T0 + timedelta(hours=1, minutes=1))
+    assert messages(store) == []
+    tick(rt, T0 + timedelta(hours=1, minutes=3))
+    assert outcomes(store) == [("hello", "sent", None)]
+
+
+WAIT_UNTIL = '- id: monday\n  wait_until: {time: "09:00", weekdays: [mon]}\n' + HELLO
+
+
+@pytest.mark.parametrize("tz, expected_due", [
+    # Wednesday → Monday 9:00 local; New York has switched to EDT (UTC-4) on Sunday 8 March 2026
+    ("America/New_York", utc(2026, 3, 9, 13, 0)),
+    ("Asia/Kathmandu", utc(2026, 3, 9, 3, 15)),  # UTC+05:45
+    ("Europe/Berlin", utc(2026, 3, 9, 8, 0)),  # CET, UTC+1
+    (None, utc(2026, 3, 9, 9, 0)),  # no zone: the policy time zone (UTC)
+])
+def test_wait_until_is_a_local_time_of_day_on_allowed_weekdays(make_runtime, store, tz, expected_due):
+    rt = make_runtime({"j": journey_yaml("j", WAIT_UNTIL)})
+    cid = subscriber(store, "ann@example.com", timezone=tz)
+    add_event(store, cid, "signup", T0 + timedelta(hours=5))
+    tick(rt, T0 + timedelta(hours=5, minutes=1))
+    (e,) = enrollments(store)
+    assert (e.step_id, e.next_due_at) == ("monday", expected_due)
+    tick(rt, expected_due - timedelta(minutes=1))
+    assert messages(store) == []
+    tick(rt, expected_due + timedelta(minutes=1))
+    assert outcomes(store) == [("hello", "sent", None)]
+
+
+def test_wait_until_today_when_the_time_is_still_ahead(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", '- id: evening\n  wait_until: "18:30"\n' + HELLO)})
+    cid = subscriber(store, "ann@example.com", timezone="Asia/Kolkata")  # UTC+05:30
+    add_event(store, cid, "signup", utc(2026, 3, 4, 3, 0))  # 08:30 in Kolkata
+    tick(rt, utc(2026, 3, 4, 3, 1))
+    assert [e.next_due_at for e in enrollments(store)] == [utc(2026, 3, 4, 13, 0)]
+
+
+BRANCH = """
+- id: check
+  branch:
+    when: {attribute: {plan: pro}}
+    then: [{id: pro_mail, send: {channel: email, template: hello, subject: Pro}}]
+    else: [{id: basic_mail, send: {channel: email, template: other, subject: Basic}}]
+- id: after
+  update: {attributes: {seen_branch: true}}
+"""
+
+
+def test_branch_sends_each_contact_down_its_path_and_both_paths_rejoin(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", BRANCH)})
+    pro = subscriber(store, "pro@example.com", attributes={"plan": "pro"})
+    basic = subscriber(store, "basic@example.com", attributes={"plan": "basic"})
+    none = subscriber(store, "none@example.com")
+    for cid in (pro, basic, none):
+        add_event(store, cid, "signup", T0)
+    report = tick(rt, T0 + timedelta(minutes=1))
+    assert {(m.contact_id, m.step_id) for m in messages(store)} == {(pro, "pro_mail"), (basic, "basic_mail"),
+                                                                   (none, "basic_mail")}
+    assert report.outcomes[("check", "then", None)] == 1 and report.outcomes[("check", "else", None)] == 2
+    assert all(contact_row(store, cid).attributes["seen_branch"] is True for cid in (pro, basic, none))
+    assert {e.status for e in enrollments(store)} == {"completed"}
+
+
+WAIT_FOR = """
+- id: wait_buy
+  wait_for:
+    event: purchase
+    within: 2d
+    where: {value: {gte: 10}}
+    then: [{id: thanks, send: {channel: email, template: hello, subject: Thanks}}]
+    timeout: [{id: nudge, send: {channel: email, template: other, subject: "Still there?"}}]
+"""
+
+
+def test_wait_for_takes_the_then_path_when_the_event_arrives(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", WAIT_FOR)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "purchase", T0 - timedelta(hours=1), {"value": 50})  # before the step: ignored
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    assert enrollments(store)[0].step_id == "wait_buy"
+    add_event(store, cid, "purchase", T0 + timedelta(hours=3), {"value": 5})  # too small for `where`
+    tick(rt, T0 + timedelta(hours=4))
+    assert messages(store) == []
+    add_event(store, cid, "purchase", T0 + timedelta(hours=5), {"value": 15})
+    tick(rt, T0 + timedelta(hours=6))
+    assert outcomes(store) == [("thanks", "sent", None)]
+
+
+def test_wait_for_takes_the_timeout_path_when_the_event_never_comes(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", WAIT_FOR)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    tick(rt, T0 + timedelta(days=1, hours=23))
+    assert messages(store) == []
+    tick(rt, T0 + timedelta(days=2, minutes=1))
+    assert outcomes(store) == [("nudge", "sent", None)]
+
+
+SPLIT = """
+- id: ab
+  split:
+    - {name: a, weight: 3, steps: [{id: mail_a, send: {channel: email, template: hello, subject: A}}]}
+    - {name: b, weight: 1, steps: [{id: mail_b, send: {channel: email, template: other, subject: B}}]}
+"""
+
+
+def test_split_follows_the_weights_and_is_stable_per_contact(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", SPLIT)})
+    ids = [subscriber(store, f"c{i}@example.com") for i in range(120)]
+    for cid in ids:
+        add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    arm_of = {m.contact_id: m.step_id for m in messages(store)}
+    arms = rt.plan("j").nodes["ab"].arms
+    assert arm_of == {cid: "mail_" + pick_arm("j", "ab", cid, arms)[0] for cid in ids}
+    share_a = sum(1 for s in arm_of.values() if s == "mail_a") / len(ids)
+    assert 0.6 < share_a < 0.9  # weight 3:1
+
+
+def test_update_sets_attributes_and_lifecycle_stage(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", "- id: mark\n  update: {attributes: {welcomed: true, tier: 2}, lifecycle_stage: mql}")})
+    cid = subscriber(store, "ann@example.com", attributes={"plan": "pro"})
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    row = contact_row(store, cid)
+    assert (row.lifecycle_stage, row.attributes) == ("mql", {"plan": "pro", "welcomed": True, "tier": 2})
+
+
+def test_exit_step_leaves_the_journey_with_its_reason(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", "- id: stop\n  exit: not_a_fit\n" + HELLO)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    assert [(e.status, e.exit_reason, e.step_id) for e in enrollments(store)] == [("exited", "not_a_fit", None)]
+    assert messages(store) == []
+
+
+def test_one_tick_carries_a_contact_through_every_instant_step(make_runtime, store):
+    steps = "- {id: tag, update: {lifecycle_stage: engaged}}\n" + HELLO + "\n- {id: tag2, update: {attributes: {done: true}}}"
+    rt = make_runtime({"j": journey_yaml("j", steps)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    assert [e.status for e in enrollments(store)] == ["completed"]
+    assert contact_row(store, cid).attributes == {"done": True}
+    assert outcomes(store) == [("hello", "sent", None)]
