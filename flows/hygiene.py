@@ -1,0 +1,30 @@
+"""The `hygiene` flow: periodic consent housekeeping — double opt-in reminders (one, after
+24 h), expiry of pending consents after `policies.pending_consent_expires`, and delivery of
+queued system mail (confirmations) — as one Prefect task around
+`nurture.double_opt_in.hygiene`, with a table artifact of what it did."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+from flows.runtime import logical_now, runtime_for
+from nurture.double_opt_in import hygiene as run_hygiene
+
+
+@task(name="consent-hygiene", retries=2, retry_delay_seconds=10)
+def hygiene_task(project: Optional[str], now: datetime) -> dict:
+    return dict(run_hygiene(runtime_for(project), now))
+
+
+@flow(name="hygiene", log_prints=True)
+def hygiene(project: Optional[str] = None, now: Optional[datetime] = None) -> dict:
+    clock = logical_now(now)
+    counts = hygiene_task(project, clock)
+    create_table_artifact(key="hygiene", table=[{"what": k, "count": v} for k, v in sorted(counts.items())]
+                          or [{"what": "nothing to do", "count": 0}],
+                          description=f"Consent hygiene at {clock.isoformat()}")
+    get_run_logger().info("hygiene at %s: %s", clock.isoformat(), ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    return counts

@@ -1,0 +1,185 @@
+"""Double opt-in: a signup records consent `pending` and sends a transactional confirmation;
+marketing waits for the confirm link; one reminder after 24 h; pending consent expires after
+the policy's days; every change is a ledger row with source, policy version and time."""
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+import re
+import time
+
+import pytest
+from sqlalchemy import select
+
+from nurture.double_opt_in import SYSTEM_JOURNEY, confirm_opt_in, hygiene, request_opt_in
+from nurture.runtime.tick import run_tick
+from nurture.store.models import Consent
+from nurture.tokens import verify_token
+from tests.conftest import DEFAULT_POLICIES, utc
+from tests.engine_fixtures import add_contact, messages
+from tests.test_web_site import SECRET, SYSTEM_TEMPLATES, running_site
+from tests.test_web_unsubscribe import NEWS
+
+T0 = utc(2026, 3, 2, 12, 0)
+INGEST = "ingest-token-for-tests-42"
+consent_t = Consent.__table__
+
+
+def _ledger(store, contact_id):
+    with store.engine.connect() as conn:
+        return conn.execute(select(consent_t.c.status, consent_t.c.source, consent_t.c.policy_version,
+                                   consent_t.c.recorded_at, consent_t.c.confirmed_at)
+                            .where(consent_t.c.contact_id == contact_id).order_by(consent_t.c.id)).all()
+
+
+def _emls(rt, journey=SYSTEM_JOURNEY):
+    return sorted((rt.data_dir / "outbox" / "email" / journey).glob("*.eml"))
+
+
+def _wait_for(predicate, seconds: float = 15.0):
+    """The confirmation is delivered in a background task after the response: poll for it."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "background delivery did not happen"
+        time.sleep(0.05)
+
+
+def test_signup_through_events_confirms_by_email_before_any_marketing(make_runtime):
+    rt = make_runtime({"news": NEWS}, templates=SYSTEM_TEMPLATES)
+    with running_site(rt, T0, NURTURE_INGEST_TOKEN=INGEST) as site:
+        signup = {"event_id": "form-1", "email": "Ann@Example.com", "event": "signup",
+                  "properties": {"form": "footer"}, "timestamp": T0.isoformat()}
+        response = site.http.post("/events", json=signup, headers={"Authorization": f"Bearer {INGEST}"})
+        assert response.status_code == 200
+        assert response.json() == {"inserted": 1, "duplicates": 0, "opt_ins": {"pending": 1}, "errors": []}
+        _wait_for(lambda: [m.status for m in messages(site.store, journey=SYSTEM_JOURNEY)] == ["sent"])
+
+        [row] = messages(site.store, journey=SYSTEM_JOURNEY)
+        assert (row.enrollment_id, row.step_id, row.purpose, row.channel) == (None, "confirm", "transactional", "email")
+        [(status, source, version, at, confirmed)] = _ledger(site.store, row.contact_id)
+        assert (status, source, version, at, confirmed) == ("pending", "web:/events:signup", "test-1", T0, None)
+        [eml] = _emls(rt)
+        msg = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+        assert msg["Subject"] == "Please confirm your subscription" and msg["List-Unsubscribe"] is None
+        html = msg.get_body(("html",)).get_content()
+        confirm = re.search(r'href="([^"]*/confirm/[^"]+)"', html).group(1)
+        assert confirm.startswith(site.url + "/confirm/") and confirm in msg.get_body(("plain",)).get_content()
+        claims = verify_token(SECRET, confirm.rsplit("/", 1)[1], "confirm")
+        assert (claims.contact_id, claims.purpose, claims.channel) == (row.contact_id, "marketing", "email")
+
+        # The journey triggered by the signup may not market yet.
+        run_tick(rt, "news", T0 + dt.timedelta(minutes=5))
+        assert [(m.step_id, m.status, m.reason) for m in messages(site.store, journey="news")] == \
+            [("first", "suppressed", "consent_pending")]
+
+        site.at(T0 + dt.timedelta(hours=3))
+        page = site.http.get(confirm)
+        assert page.status_code == 200 and "your subscription is confirmed" in page.text
+        assert _ledger(site.store, row.contact_id)[-1] == ("granted", "double_opt_in:confirm", "test-1",
+                                                          T0 + dt.timedelta(hours=3), T0 + dt.timedelta(hours=3))
+        assert "already confirmed" in site.http.get(confirm).text  # idempotent
+        assert len(_ledger(site.store, row.contact_id)) == 2
+
+        run_tick(rt, "news", T0 + dt.timedelta(days=1, minutes=5))
+        assert [(m.step_id, m.status) for m in messages(site.store, journey="news")] == \
+            [("first", "suppressed"), ("second", "sent")]
+
+        # The same form post again (a retried webhook) sends nothing new.
+        again = site.http.post("/events", json=signup, headers={"Authorization": f"Bearer {INGEST}"})
+        assert again.json()["duplicates"] == 1 and again.json()["opt_ins"] == {}
+        assert len(messages(site.store, journey=SYSTEM_JOURNEY)) == 1
+
+
+def test_one_reminder_after_24h_then_expiry_after_the_policy_days(make_runtime, store):
+    rt = make_runtime({}, templates=SYSTEM_TEMPLATES)
+    cid = add_contact(store, "late@example.com", first_name="Lee")
+    with store.engine.begin() as conn:
+        assert request_opt_in(conn, rt.project.policies, cid, source="test:signup", now=T0) == "pending"
+    assert hygiene(rt, T0 + dt.timedelta(hours=1))["confirm:sent"] == 1
+    assert hygiene(rt, T0 + dt.timedelta(hours=23))["reminders_queued"] == 0
+
+    report = hygiene(rt, T0 + dt.timedelta(hours=25))
+    assert (report["reminders_queued"], report["reminder:sent"]) == (1, 1)
+    assert hygiene(rt, T0 + dt.timedelta(hours=49))["reminders_queued"] == 0  # only one reminder
+    reminder = email.message_from_bytes(_emls(rt)[-1].read_bytes(), policy=email.policy.default)
+    assert reminder["Subject"] == "Reminder: please confirm your subscription"
+    assert [(m.step_id, m.attempt_key, m.status) for m in messages(store, journey=SYSTEM_JOURNEY)] == \
+        [("confirm", messages(store)[0].attempt_key, "sent"), ("reminder", messages(store)[0].attempt_key, "sent")]
+
+    assert hygiene(rt, T0 + dt.timedelta(days=29, hours=23))["expired"] == 0
+    assert hygiene(rt, T0 + dt.timedelta(days=30))["expired"] == 1
+    assert _ledger(store, cid)[-1] == ("revoked", "double_opt_in:expired", "test-1", T0 + dt.timedelta(days=30), None)
+    assert hygiene(rt, T0 + dt.timedelta(days=31))["expired"] == 0
+
+    from nurture.tokens import TokenClaims
+    with store.engine.begin() as conn:
+        late = confirm_opt_in(conn, rt.project.policies, TokenClaims("confirm", cid, "marketing", 0, "email"),
+                              now=T0 + dt.timedelta(days=31))
+    assert late == "not_pending" and _ledger(store, cid)[-1][0] == "revoked"
+
+
+def test_a_confirm_link_followed_after_expiry_but_before_hygiene_changes_nothing(make_runtime):
+    rt = make_runtime({}, templates=SYSTEM_TEMPLATES)
+    cid = add_contact(rt.store, "slow@example.com")
+    with rt.store.engine.begin() as conn:
+        request_opt_in(conn, rt.project.policies, cid, source="test:signup", now=T0)
+    from nurture.double_opt_in import confirm_link
+    with running_site(rt, T0 + dt.timedelta(days=31)) as site:
+        link = confirm_link(rt, cid)
+        page = site.http.get(link)
+        assert page.status_code == 400 and "expired" in page.text
+        tampered = site.http.get(link[:-3] + "abc")
+        assert tampered.status_code == 400 and "damaged" in tampered.text
+    assert [r[0] for r in _ledger(rt.store, cid)] == ["pending"]
+
+
+def test_without_double_opt_in_in_the_policies_a_signup_is_granted_at_once(make_runtime, store):
+    policies = DEFAULT_POLICIES.replace("double_opt_in: {email: [marketing]}", "double_opt_in: {}")
+    rt = make_runtime({}, policies=policies, templates=SYSTEM_TEMPLATES)
+    cid = add_contact(store, "quick@example.com")
+    with store.engine.begin() as conn:
+        assert request_opt_in(conn, rt.project.policies, cid, source="test:signup", now=T0) == "granted"
+        assert request_opt_in(conn, rt.project.policies, cid, source="test:signup", now=T0) == "already_granted"
+    assert [r[:2] for r in _ledger(store, cid)] == [("granted", "test:signup")]
+    assert messages(store) == []
+
+
+def test_a_second_signup_while_pending_sends_no_second_confirmation(make_runtime, store):
+    rt = make_runtime({}, templates=SYSTEM_TEMPLATES)
+    cid = add_contact(store, "twice@example.com")
+    with store.engine.begin() as conn:
+        first = request_opt_in(conn, rt.project.policies, cid, source="test:signup", now=T0)
+        second = request_opt_in(conn, rt.project.policies, cid, source="test:signup", now=T0 + dt.timedelta(hours=2))
+    assert (first, second) == ("pending", "already_pending")
+    assert len(messages(store, journey=SYSTEM_JOURNEY)) == 1
+
+
+@pytest.mark.prefect
+@pytest.mark.xdist_group("prefect")
+def test_the_hygiene_flow_runs_the_same_work_under_prefect(tmp_path, monkeypatch):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.hygiene import hygiene as hygiene_flow
+    from flows.runtime import forget_runtimes
+    from nurture.store.db import open_store
+    from tests.conftest import write_project
+    root = write_project(tmp_path / "proj", {}, templates=SYSTEM_TEMPLATES)
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    monkeypatch.setenv("NURTURE_DATABASE_URL", url)
+    monkeypatch.setenv("NURTURE_DATA_DIR", str(root / ".nurture"))
+    store = open_store(url)
+    cid = add_contact(store, "flow@example.com")
+    from nurture.spec.project import load_project
+    with store.engine.begin() as conn:
+        request_opt_in(conn, load_project(root).policies, cid, source="test:signup", now=T0)
+    try:
+        with prefect_test_harness(server_startup_timeout=180):
+            first = hygiene_flow(project=str(root), now=T0 + dt.timedelta(hours=25))
+            later = hygiene_flow(project=str(root), now=T0 + dt.timedelta(days=30))
+    finally:
+        forget_runtimes()
+    assert (first["confirm:sent"], first["reminders_queued"], first["reminder:sent"]) == (1, 1, 1)
+    assert later["expired"] == 1
+    assert [r[0] for r in _ledger(store, cid)] == ["pending", "revoked"]
+    store.dispose()
