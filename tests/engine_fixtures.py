@@ -16,12 +16,13 @@ from sqlalchemy import select
 
 from nurture.consent_ledger import record_consent, suppress
 from nurture.store.db import Store
-from nurture.store.models import Contact, Enrollment, Event, Message
+from nurture.store.models import Contact, Enrollment, Event, Message, Suppression
 
 contact_t = Contact.__table__
 event_t = Event.__table__
 message_t = Message.__table__
 enrollment_t = Enrollment.__table__
+suppression_t = Suppression.__table__
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
