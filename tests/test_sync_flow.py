@@ -1,0 +1,148 @@
+"""The segment sync as operators run it: the `segment-sync` flow (a task per target, a
+table artifact, the nightly deployment) and `nurture sync` (exit codes, messages, never a
+traceback)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from nurture.conditions import contact_t
+from nurture.consent_ledger import record_consent
+from nurture.store.db import open_store
+from tests.conftest import utc, write_project
+
+NOW = utc(2026, 11, 21, 1, 0)
+SEGMENTS = """
+segments:
+  - name: vip
+    when: {attribute: {vip: true}}
+    destinations:
+      - {destination: csv, audience: vip}
+      - {destination: hubspot, list_id: "45"}
+  - name: everyone
+    when: {attribute: {vip: {exists: true}}}
+"""
+
+
+def seed(root: Path) -> str:
+    url = f"sqlite:///{root / '.nurture' / 'nurture.db'}"
+    store = open_store(url)
+    with store.engine.begin() as conn:
+        for i, vip in enumerate((True, True, False)):
+            cid = conn.execute(contact_t.insert().values(
+                email=f"c{i}@example.com", lifecycle_stage="lead", score=0.0, attributes={"vip": vip},
+                created_at=NOW - timedelta(days=9), updated_at=NOW - timedelta(days=9))).inserted_primary_key[0]
+            record_consent(conn, cid, "ads", "granted", source="test", at=NOW - timedelta(days=9))
+    store.dispose()
+    return url
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root = write_project(tmp_path / "shop", {}, segments=SEGMENTS)
+    url = seed(root)
+    monkeypatch.setenv("NURTURE_DATABASE_URL", url)
+    monkeypatch.setenv("NURTURE_DATA_DIR", str(root / ".nurture"))
+    monkeypatch.delenv("NURTURE_HUBSPOT_TOKEN", raising=False)
+    yield root
+    from flows.runtime import forget_runtimes
+    forget_runtimes()
+
+
+@pytest.mark.prefect
+@pytest.mark.xdist_group("prefect")
+def test_segment_sync_flow_runs_a_task_per_target_and_leaves_a_table_artifact(project):
+    import anyio
+    from prefect import get_client
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.segment_sync import segment_sync
+    with prefect_test_harness(server_startup_timeout=180):
+        rows = segment_sync(project=str(project), now=NOW)
+
+        async def inspect():
+            async with get_client() as client:
+                return await client.read_flow_runs(), await client.read_task_runs(), await client.read_artifacts()
+        runs, task_runs, artifacts = anyio.run(inspect)
+    by_target = {r["target"]: r for r in rows}
+    assert by_target["csv:vip"]["added"] == 2 and by_target["csv:vip"]["status"] == "ok"
+    assert by_target["hubspot:45"]["status"] == "failed"  # no token: recorded, not raised
+    assert "NURTURE_HUBSPOT_TOKEN" in by_target["hubspot:45"]["errors"]
+    assert [r.name.startswith("sync-target") for r in task_runs].count(True) == 2  # tasks are targets, not contacts
+    table = [a for a in artifacts if a.key == "segment-sync"]
+    assert table and table[0].type == "table"
+    data = json.loads(table[0].data) if isinstance(table[0].data, str) else table[0].data
+    assert {(r["target"], r["status"], r["added"]) for r in data} == {("csv:vip", "ok", 2), ("hubspot:45", "failed", 0)}
+
+
+def test_the_nightly_deployment_runs_at_two_in_the_configured_timezone(monkeypatch):
+    from flows.segment_sync import sync_deployment
+    monkeypatch.setenv("NURTURE_SYNC_TIMEZONE", "America/New_York")
+    deployment = sync_deployment("/srv/shop")
+    (schedule,) = deployment.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "America/New_York")
+    assert deployment.name == "segment-sync" and deployment.parameters == {"project": "/srv/shop"}
+    monkeypatch.delenv("NURTURE_SYNC_TIMEZONE")
+    assert sync_deployment("/srv/shop").schedules[0].schedule.timezone == "Europe/Berlin"
+
+
+def test_prefect_yaml_declares_the_nightly_segment_sync():
+    import yaml
+    from tests.conftest import REPO
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    (dep,) = [d for d in spec["deployments"] if d["name"] == "segment-sync"]
+    assert dep["entrypoint"] == "flows/segment_sync.py:segment_sync"
+    assert dep["schedules"][0] == {"cron": "0 2 * * *", "timezone": "Europe/Berlin"}
+
+
+def nurture(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NURTURE_PROJECT": str(root), "NURTURE_DATA_DIR": str(root / ".nurture"),
+           "NURTURE_DATABASE_URL": f"sqlite:///{root / '.nurture' / 'nurture.db'}", "COLUMNS": "200",
+           # a local port that refuses at once: nothing ever leaves 127.0.0.1
+           "NURTURE_HUBSPOT_TOKEN": "pat-na1-secret-value", "NURTURE_HUBSPOT_BASE_URL": "http://127.0.0.1:9",
+           "NURTURE_SYNC_MAX_ATTEMPTS": "1"}
+    env.pop("NURTURE_DEBUG", None)
+    proc = subprocess.run([sys.executable, "-c", "from nurture.cli import main; main()", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    return proc
+
+
+def test_nurture_sync_with_an_unknown_segment_says_which_ones_exist(tmp_path):
+    root = write_project(tmp_path / "shop", {}, segments=SEGMENTS)
+    proc = nurture(root, "sync", "--segment", "vpi")
+    assert proc.returncode == 1
+    assert "no segment named 'vpi' (did you mean 'vip'?); known: everyone, vip" in proc.stderr
+
+
+def test_nurture_sync_refuses_an_invalid_segments_file_with_locations(tmp_path):
+    root = write_project(tmp_path / "shop", {}, segments="""
+        segments:
+          - name: vip
+            when: {attribute: {vip: true}}
+            destinations:
+              - {destination: metaa, audience_id: "1"}
+        """)
+    proc = nurture(root, "sync")
+    assert proc.returncode == 1
+    assert "journeys/segments.yaml:5:23: unknown destination 'metaa' (did you mean 'meta'?)" in proc.stderr
+
+
+@pytest.mark.prefect
+@pytest.mark.xdist_group("prefect")
+def test_nurture_sync_runs_the_flow_writes_the_csv_and_fails_loudly_on_failed_records(tmp_path):
+    root = write_project(tmp_path / "shop", {}, segments=SEGMENTS)
+    seed(root)
+    proc = nurture(root, "sync", "--now", "2026-11-21T01:00:00Z")
+    assert "csv:vip" in proc.stdout and "ok" in proc.stdout
+    files = sorted((root / ".nurture" / "audiences" / "vip").glob("*-add.csv"))
+    assert len(files) == 1 and len(files[0].read_text().splitlines()) == 3  # header + 2 members
+    assert proc.returncode == 1 and "retries exactly them" in proc.stderr
+    assert "ConnectError talking to hubspot" in proc.stdout
+    assert "pat-na1-secret-value" not in proc.stdout + proc.stderr
