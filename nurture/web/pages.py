@@ -58,7 +58,6 @@ _PREFERENCES = """{% extends "base.html" %}
 <p>Preferences for <strong>{{ prefs.email or prefs.phone }}</strong>.</p>
 {% if prefs.channels.get(channel) %}
 <form method="post" action="{{ action_unsubscribe }}">
-  <input type="hidden" name="List-Unsubscribe" value="One-Click">
   <p><button type="submit" id="unsubscribe">Unsubscribe from all marketing {{ channel_names[channel] }}</button></p>
 </form>
 {% endif %}
