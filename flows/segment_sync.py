@@ -34,10 +34,34 @@ def _server_configured() -> bool:
     return bool(PREFECT_API_URL.value())
 
 
+SECRET_SETTINGS = ("NURTURE_HUBSPOT_TOKEN", "NURTURE_META_ACCESS_TOKEN", "NURTURE_GOOGLE_ACCESS_TOKEN",
+                   "NURTURE_LINKEDIN_ACCESS_TOKEN")
+
+
+def secret_block_name(setting: str) -> str:
+    """NURTURE_META_ACCESS_TOKEN → `nurture-meta-access-token` (a Prefect Secret block)."""
+    return setting.lower().replace("_", "-")
+
+
+def with_secret_blocks(env: dict[str, str], destination: str) -> dict[str, str]:
+    """The destination's credentials not set in the environment are read from Prefect
+    Secret blocks."""
+    out = dict(env)
+    for setting in SECRET_SETTINGS:
+        if out.get(setting) or not setting.startswith(f"NURTURE_{destination.upper()}_"):
+            continue
+        try:
+            from prefect.blocks.system import Secret
+            out[setting] = str(Secret.load(secret_block_name(setting)).get())
+        except Exception:  # no such block (or no server): the destination reports what is missing
+            continue
+    return out
+
+
 @task(name="sync-target", retries=1, retry_delay_seconds=30)
 def sync_target_task(project: Optional[str], ref: SyncTarget, now: datetime) -> dict:
     rt = runtime_for(project)
-    context = IntegrationContext(rt.project.root, rt.data_dir, rt.env)
+    context = IntegrationContext(rt.project.root, rt.data_dir, with_secret_blocks(rt.env, ref.destination))
     previous = throttle.install(prefect_rate_limit) if _server_configured() else None
     try:
         report = sync_one(rt.store, rt.project, ref, now, context)
