@@ -11,7 +11,7 @@ from nurture.compiler import Plan
 from nurture.conditions import ConditionScope, compile_condition, contact_t, event_t
 from nurture.runtime.context import Runtime
 from nurture.runtime.timing import arrival_due
-from nurture.runtime.sql import chunks, for_update
+from nurture.runtime.sql import chunks, for_update, insert_ignore
 from nurture.runtime.stable_random import in_holdout
 from nurture.store.models import Enrollment, JourneyCursor
 
@@ -20,11 +20,10 @@ cursor_t = JourneyCursor.__table__
 
 
 def _cursor(conn: Any, journey: str, now: datetime) -> int:
-    row = conn.execute(for_update(select(cursor_t.c.last_event_pk).where(cursor_t.c.journey == journey), conn)).first()
-    if row is None:
-        conn.execute(cursor_t.insert().values(journey=journey, last_event_pk=0, updated_at=now))
-        return 0
-    return row[0]
+    # Insert-or-ignore, then lock: two workers enrolling a new journey at once must not both
+    # insert its cursor (the second would fail on the primary key); the lock serializes them.
+    insert_ignore(conn, cursor_t, [dict(journey=journey, last_event_pk=0, updated_at=now)], ("journey",))
+    return conn.execute(for_update(select(cursor_t.c.last_event_pk).where(cursor_t.c.journey == journey), conn)).scalar_one()
 
 
 def _may_enter(reentry: Any, history: list[tuple[str, datetime]], at: datetime) -> bool:
