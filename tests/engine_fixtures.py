@@ -16,13 +16,14 @@ from sqlalchemy import select
 
 from nurture.consent_ledger import record_consent, suppress
 from nurture.store.db import Store
-from nurture.store.models import Contact, Enrollment, Event, Message, Suppression
+from nurture.store.models import Consent, Contact, Enrollment, Event, Message, Suppression
 
 contact_t = Contact.__table__
 event_t = Event.__table__
 message_t = Message.__table__
 enrollment_t = Enrollment.__table__
 suppression_t = Suppression.__table__
+consent_t = Consent.__table__
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -116,3 +117,22 @@ def contact_row(store: Store, contact_id: int) -> Any:
 def outcomes(store: Store, **where: Any) -> list[tuple[str, str, Optional[str]]]:
     """(step id, status, reason) per message row: the audit log in a comparable form."""
     return [(m.step_id, m.status, m.reason) for m in messages(store, **where)]
+
+
+def add_subscribers(store: Store, count: int, *, event: Optional[str] = None, at: datetime = EPOCH,
+                    channel: str = "email") -> list[int]:
+    """`count` contacts c<i>@example.com with confirmed consent on `channel` (and each an `event`
+    at `at`), written in one transaction: the bulk setup of the batch and concurrency tests."""
+    emails = [f"c{i}@example.com" for i in range(count)]
+    with store.engine.begin() as conn:
+        conn.execute(contact_t.insert(), [{"email": e, "lifecycle_stage": "lead", "score": 0.0, "attributes": {},
+                                           "created_at": EPOCH, "updated_at": EPOCH} for e in emails])
+        ids = [r[0] for r in conn.execute(select(contact_t.c.id).where(contact_t.c.email.in_(emails))
+                                          .order_by(contact_t.c.id))]
+        conn.execute(consent_t.insert(), [dict(contact_id=cid, channel=channel, purpose="marketing", status="granted",
+                                               source="test", policy_version="", recorded_at=EPOCH,
+                                               confirmed_at=EPOCH) for cid in ids])
+        if event:
+            conn.execute(event_t.insert(), [dict(event_id=uuid.uuid4().hex, contact_id=cid, name=event,
+                                                 properties={}, occurred_at=at, received_at=at) for cid in ids])
+    return ids

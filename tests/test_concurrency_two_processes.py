@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import utc
-from tests.engine_fixtures import add_event, journey_yaml, message_t, messages, subscriber
+from tests.engine_fixtures import add_subscribers, journey_yaml, message_t, messages
 
 T0 = utc(2026, 3, 4, 10, 0)
 CONTACTS = 150
@@ -69,10 +69,7 @@ def run_two_processes(root, db_url, first: list[str], second: list[str]) -> None
 @pytest.fixture
 def audience(make_project, store):
     root = make_project(JOURNEYS, policies=POLICIES)
-    ids = [subscriber(store, f"c{i}@example.com") for i in range(CONTACTS)]
-    for cid in ids:
-        add_event(store, cid, "signup", T0)
-    return root, ids
+    return root, add_subscribers(store, CONTACTS, event="signup", at=T0)
 
 
 def sent_per_contact(store) -> Counter:
