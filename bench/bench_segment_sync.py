@@ -27,7 +27,6 @@ from sqlalchemy import bindparam, func, select, update  # noqa: E402
 from integrations.http_retry import RetryPolicy  # noqa: E402
 from integrations.meta import MetaDestination  # noqa: E402
 from nurture.conditions import contact_t  # noqa: E402
-from nurture.segments.models import SegmentMembership  # noqa: E402
 from nurture.segments.sync import compute_diff, sync_target, targets  # noqa: E402
 from nurture.spec.project import load_project  # noqa: E402
 from nurture.store.db import open_store  # noqa: E402

@@ -6,7 +6,6 @@ the provider protocols have their own conformance suite."""
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, select, update

@@ -4,7 +4,6 @@ carry the X-HubSpot-RateLimit-* headers."""
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 from tests.fakes.http_server import FakeProvider, Reply, Request
 
