@@ -1,0 +1,149 @@
+"""Specification: a crash between "delivered" and "recorded" never leads to a resend.
+
+A message is marked `sending` (committed) before its channel is called. A worker that dies
+after that leaves it `sending`: later ticks do not deliver it again, and once it has been stuck
+for a while `reconcile_stuck` asks the channel — the file channels know exactly — and records it
+sent, re-queues it only when the channel is sure it was not delivered, and records it failed
+(`delivery_unknown`) when the channel cannot tell. The crash is simulated by a channel that
+raises a BaseException (as a killed process would stop), so no `except Exception` records it."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Sequence
+
+import pytest
+
+from integrations.file_channels import FileEmailChannel, FileSmsChannel
+from nurture.registry import Channel, DeliveryResult, IntegrationContext, OutgoingMessage
+from nurture.runtime import run_tick
+from nurture.runtime.deliver import STUCK_AFTER, reconcile_stuck
+from tests.conftest import utc
+from tests.engine_fixtures import add_event, journey_yaml, messages, outcomes, subscriber
+
+T0 = utc(2026, 3, 4, 10, 0)
+
+
+class Crash(BaseException):
+    """The process dies here."""
+
+
+class CrashingChannel(Channel):
+    """Wraps a real channel; crashes before or after it delivers, `crashes` times."""
+    name = "test.crashing"
+    channel = "email"
+
+    def __init__(self, inner: Channel, *, after_delivery: bool, crashes: int = 1):
+        self.inner, self.after_delivery, self.crashes = inner, after_delivery, crashes
+        self.delivered: list[int] = []
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "CrashingChannel":  # pragma: no cover - built directly
+        raise NotImplementedError
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        if self.crashes and not self.after_delivery:
+            self.crashes -= 1
+            raise Crash()
+        results = self.inner.send_batch(messages)
+        self.delivered.extend(m.message_pk for m in messages)
+        if self.crashes:
+            self.crashes -= 1
+            raise Crash()
+        return results
+
+    def was_delivered(self, message_pk: int, rfc_message_id: str):
+        return self.inner.was_delivered(message_pk, rfc_message_id)
+
+
+class BlindChannel(Channel):
+    """A provider that cannot say after the fact whether a message went out."""
+    name = "test.blind"
+    channel = "email"
+
+    def __init__(self):
+        self.delivered: list[int] = []
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "BlindChannel":  # pragma: no cover - built directly
+        raise NotImplementedError
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        self.delivered.extend(m.message_pk for m in messages)
+        raise Crash()
+
+
+def context(rt) -> IntegrationContext:
+    return IntegrationContext(rt.project.root, rt.data_dir, rt.env)
+
+
+def crashed_runtime(make_runtime, store, channel: str = "email", *, after_delivery: bool):
+    step = ("- id: hello\n  send: {channel: email, template: hello, subject: Hello}" if channel == "email"
+            else "- id: hello\n  send: {channel: sms, template: hello}")
+    rt = make_runtime({"j": journey_yaml("j", step)})
+    inner = (FileEmailChannel if channel == "email" else FileSmsChannel).from_env(context(rt))
+    crashing = CrashingChannel(inner, after_delivery=after_delivery)
+    rt.channel_factory = lambda name: crashing
+    cid = subscriber(store, "ann@example.com", channels=(channel,), phone="+4915112345678")
+    add_event(store, cid, "signup", T0)
+    with pytest.raises(Crash):
+        run_tick(rt, "j", T0 + timedelta(minutes=1))
+    rt._channels.clear()  # the next tick is a fresh worker process
+    return rt, crashing
+
+
+def eml_files(rt):
+    return sorted((rt.data_dir / "outbox" / "email").rglob("*.eml"))
+
+
+def test_a_message_left_sending_by_a_crash_is_not_resent_by_the_next_tick(make_runtime, store):
+    rt, crashing = crashed_runtime(make_runtime, store, after_delivery=True)
+    assert outcomes(store) == [("hello", "sending", None)]
+    assert len(eml_files(rt)) == 1
+    run_tick(rt, "j", T0 + timedelta(minutes=2))
+    run_tick(rt, "j", T0 + timedelta(minutes=10))
+    assert outcomes(store) == [("hello", "sending", None)]
+    assert len(eml_files(rt)) == 1 and crashing.delivered == [messages(store)[0].id]
+
+
+def test_reconcile_records_sent_when_the_file_channel_has_the_eml(make_runtime, store):
+    rt, crashing = crashed_runtime(make_runtime, store, after_delivery=True)
+    later = T0 + timedelta(minutes=1) + STUCK_AFTER
+    run_tick(rt, "j", later)
+    (m,) = messages(store)
+    assert (m.status, m.reason, m.sent_at) == ("sent", "reconciled", later)
+    assert len(eml_files(rt)) == 1  # delivered exactly once
+
+
+def test_reconcile_requeues_when_the_channel_is_sure_it_was_not_delivered(make_runtime, store):
+    rt, crashing = crashed_runtime(make_runtime, store, after_delivery=False)
+    assert eml_files(rt) == [] and crashing.delivered == []
+    later = T0 + timedelta(minutes=1) + STUCK_AFTER
+    report = reconcile_stuck(rt, later)
+    assert report == {"queued": 1}
+    assert outcomes(store) == [("hello", "queued", "requeued_after_crash")]
+    run_tick(rt, "j", later)
+    assert outcomes(store) == [("hello", "sent", None)]
+    assert len(eml_files(rt)) == 1
+
+
+def test_reconcile_records_failed_delivery_unknown_when_the_channel_cannot_tell(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", "- id: hello\n  send: {channel: email, template: hello, subject: Hi}")})
+    blind = BlindChannel()
+    rt.channel_factory = lambda name: blind
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    with pytest.raises(Crash):
+        run_tick(rt, "j", T0 + timedelta(minutes=1))
+    run_tick(rt, "j", T0 + timedelta(minutes=1) + STUCK_AFTER)
+    assert outcomes(store) == [("hello", "failed", "delivery_unknown")]
+    run_tick(rt, "j", T0 + timedelta(hours=2))
+    assert len(blind.delivered) == 1  # never sent a second time
+
+
+def test_an_sms_delivered_before_the_crash_is_found_in_the_jsonl_and_recorded_sent(make_runtime, store):
+    rt, _ = crashed_runtime(make_runtime, store, channel="sms", after_delivery=True)
+    run_tick(rt, "j", T0 + timedelta(minutes=1) + STUCK_AFTER)
+    assert outcomes(store) == [("hello", "sent", "reconciled")]
+    lines = (rt.data_dir / "outbox" / "sms.jsonl").read_text().splitlines()
+    assert [json.loads(line)["to"] for line in lines] == ["+4915112345678"]
