@@ -14,7 +14,7 @@ from integrations.csv_audience import CsvAudienceDestination
 from integrations.hubspot import HubSpotDestination
 from nurture.conditions import contact_t
 from nurture.consent_ledger import record_consent, suppress
-from nurture.registry import IntegrationContext
+from nurture.registry import IntegrationContext, IntegrationError
 from nurture.segments.membership import members
 from nurture.segments.models import SegmentMembership, SyncRun
 from nurture.segments.sync import _upsert, sync_segments
@@ -156,3 +156,31 @@ def test_acknowledging_the_same_member_twice_keeps_one_row(store):
         rows = conn.execute(select(membership_t.c.fingerprint, membership_t.c.contact_version)).all()
         conn.rollback()
     assert rows == [("b", NOW + DAY)]
+
+
+def test_a_plugin_bug_fails_its_target_loudly_and_the_others_still_sync(store, world):
+    project, ids, context, folder = world
+
+    class BrokenCsv(CsvAudienceDestination):
+        def add(self, target, members, batch):
+            raise RuntimeError("plug-in bug")
+
+    def factory(name, ctx):
+        if name == "csv":
+            cls = CsvAudienceDestination if factory.fixed else BrokenCsv
+            return cls(ctx.data_dir / "audiences")
+        raise IntegrationError("meta: not configured in this test")
+    factory.fixed = False
+    reports = sync_segments(store, project, NOW, context, factory=factory)
+    by = {(r.segment, r.destination): r for r in reports}
+    assert by["buyers", "csv"].status == "failed"
+    assert by["buyers", "csv"].errors == [{"reason": "RuntimeError in csv: plug-in bug", "count": 1}]
+    assert by["big_buyers", "csv"].status == "failed" and by["buyers", "meta"].status == "failed"
+    factory.fixed = True
+    fixed = {(r.segment, r.destination): r for r in sync_segments(store, project, NOW, context, factory=factory)}
+    assert (fixed["buyers", "csv"].added, fixed["big_buyers", "csv"].added) == (3, 2)
+    with store.engine.connect() as conn:
+        statuses = [r[0] for r in conn.execute(select(sync_run_t.c.status).where(
+            sync_run_t.c.target == "csv:buyers").order_by(sync_run_t.c.id))]
+        conn.rollback()
+    assert statuses == ["interrupted", "failed", "ok"]

@@ -307,6 +307,12 @@ def sync_one(store: Store, project: ProjectSpec, ref: SyncTarget, now: datetime,
         return _record_failure(store, ref, str(exc))
     try:
         return sync_target(store, project, ref, destination, now)
+    except Exception as exc:  # a bug in a plug-in: this target fails loudly, the others still run
+        with store.engine.begin() as conn:
+            conn.execute(update(sync_run_t).where(sync_run_t.c.segment == ref.segment,
+                                                  sync_run_t.c.target == ref.key,
+                                                  sync_run_t.c.status == "running").values(status="interrupted"))
+        return _record_failure(store, ref, f"{type(exc).__name__} in {ref.destination}: {exc}"[:300])
     finally:
         destination.close()
 
