@@ -6,7 +6,7 @@ Meta server from tests/fakes (real HTTP on 127.0.0.1), so `requests` are real re
 Day 0 uploads the whole segment; day 1 changes 1 % of the contacts (enter, leave, revoke ads
 consent, change e-mail); a third run with no changes shows the floor.
 
-    python bench/bench_segment_sync.py [--contacts 1000000] [--url sqlite:////tmp/seg.db]
+    python bench/bench_segment_sync.py [--contacts 1000000] [--url URL | --postgres]
 """
 from __future__ import annotations
 
@@ -106,10 +106,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--contacts", type=int, default=1_000_000)
     parser.add_argument("--url", default=None)
+    parser.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL (pgserver)")
     args = parser.parse_args()
     rng = random.Random(4)
     work = Path(tempfile.mkdtemp(prefix="nurbench"))
     url = args.url or f"sqlite:///{work / 'bench.db'}"
+    if args.postgres:
+        import pgserver
+        pg = pgserver.get_server(str(work / "pg"), cleanup_mode="stop")
+        url = pg.get_uri().replace("postgresql://", "postgresql+psycopg://")
     store = open_store(url)
     root = write_project(work / "project", {}, segments=SEGMENTS)
     project = load_project(root)
