@@ -34,14 +34,17 @@ def fold_ascii(value: str, used: int = 0) -> str:
     return "\r\n ".join(lines)
 
 
-def encode_words(value: str) -> str:
-    """RFC 2047 'B' encoded-words, each at most 75 characters, split on character boundaries."""
+def encode_words(value: str, used: int = 0) -> str:
+    """RFC 2047 'B' encoded-words, each at most 75 characters, split on character boundaries;
+    no line longer than 76 characters (RFC 2047 §2), the first one sharing its line with the
+    `used` characters of the header name."""
     words, chunk = [], b""
+    limit = max(3, (76 - 12 - used) // 4 * 3)  # 12 characters of =?utf-8?b? ?= framing
     for ch in value:
         encoded = ch.encode("utf-8")
-        if len(chunk) + len(encoded) > 45:  # 45 bytes → 60 base64 characters + 12 of framing
+        if chunk and len(chunk) + len(encoded) > limit:
             words.append(chunk)
-            chunk = b""
+            chunk, limit = b"", 45  # continuation lines: " " + 60 base64 characters + framing
         chunk += encoded
     if chunk:
         words.append(chunk)
@@ -52,7 +55,7 @@ def encode_header(value: str, name_length: int = 9) -> str:
     value = " ".join(value.split())  # no raw line breaks in a header
     if value.isascii():
         return fold_ascii(value, name_length + 2)
-    return encode_words(value)
+    return encode_words(value, name_length + 2)
 
 
 def _b64(text: str) -> bytes:
