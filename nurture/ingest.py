@@ -160,6 +160,9 @@ def _coerce(value: Any) -> Any:
     lowered = value.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
+    digits = value.lstrip("-")
+    if len(digits) > 1 and digits[0] == "0" and digits[1].isdigit():
+        return value  # 01234 is an identifier (ZIP code, customer number), not the number 1234
     try:
         return int(value) if value.lstrip("-").isdigit() else float(value) if _is_float(value) else value
     except ValueError:

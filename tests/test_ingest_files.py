@@ -1,0 +1,176 @@
+"""Specification: bringing data in. Contacts from CSV or JSONL — upsert by e-mail, unknown
+columns to attributes (numbers coerced), consent columns to the ledger with the import as
+source, a bad row named by line and field while the good rows are kept; events from JSONL —
+idempotent by event_id, bad lines named. On SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from nurture.ingest import import_contacts, track_file
+from tests.conftest import utc
+from tests.engine_fixtures import consent_t, contact_t, event_t
+
+NOW = utc(2026, 3, 4, 10, 0)
+
+
+def rows(store, table, order=None):
+    with store.engine.connect() as conn:
+        result = conn.execute(select(table).order_by(order if order is not None else table.c.id)).all()
+        conn.rollback()
+    return result
+
+
+def contacts_by_email(store) -> dict:
+    return {r.email: r for r in rows(store, contact_t)}
+
+
+CSV = """email,first_name,phone,country,timezone,plan,seats,ratio,vip,zip,consent_email,consent_sms
+ann@example.com,Ann,+49 151 12345678,de,Europe/Berlin,pro,12,0.5,true,01234,granted,pending
+not-an-address,Bob,,,,basic,3,,,,granted,
+cy@example.com,Cy,12345,US,,basic,3,,,,,
+dee@example.com,Dee,,FR,Mars/Olympus,,,,,,,
+eve@example.com,Eve,,,,,,,,,maybe,
+Fay@Example.com,Fay,,GB,Europe/London,,,,false,,revoked,
+"""
+
+
+def test_csv_import_keeps_the_good_rows_and_names_each_bad_row_by_line_and_field(store, tmp_path):
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV, encoding="utf-8")
+    result = import_contacts(store, path, now=NOW)
+    errors = [str(e) for e in result.errors]
+    assert [e.split(": ")[0:2] for e in errors] == [
+        ["contacts.csv:3", "email"],
+        ["contacts.csv:4", "phone"],
+        ["contacts.csv:5", "timezone"],
+        ["contacts.csv:6", "consent_email"],
+    ]
+    assert "'maybe' is not one of granted, revoked, pending" in errors[3]
+    assert (result.created, result.updated) == (2, 0)
+    assert sorted(contacts_by_email(store)) == ["ann@example.com", "fay@example.com"]
+
+
+def test_import_normalizes_fields_and_sends_unknown_columns_to_typed_attributes(store, tmp_path):
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV, encoding="utf-8")
+    import_contacts(store, path, now=NOW)
+    ann = contacts_by_email(store)["ann@example.com"]
+    assert (ann.first_name, ann.phone, ann.country, ann.timezone) == ("Ann", "+4915112345678", "DE", "Europe/Berlin")
+    assert ann.attributes["plan"] == "pro"
+    assert ann.attributes["seats"] == 12 and isinstance(ann.attributes["seats"], int)
+    assert ann.attributes["ratio"] == 0.5
+    assert ann.attributes["vip"] is True
+    assert contacts_by_email(store)["fay@example.com"].attributes == {"vip": False}
+
+
+def test_a_number_with_a_leading_zero_stays_text(store, tmp_path):
+    """A ZIP code or customer number like 01234 is an identifier, not the number 1234."""
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV, encoding="utf-8")
+    import_contacts(store, path, now=NOW)
+    assert contacts_by_email(store)["ann@example.com"].attributes["zip"] == "01234"
+
+
+def test_consent_columns_go_to_the_ledger_with_the_import_as_source(store, tmp_path):
+    path = tmp_path / "contacts.csv"
+    path.write_text(CSV, encoding="utf-8")
+    result = import_contacts(store, path, now=NOW)
+    ids = {r.email: r.id for r in rows(store, contact_t)}
+    ledger = {(r.contact_id, r.channel): (r.status, r.source, r.confirmed_at) for r in rows(store, consent_t)}
+    assert ledger == {
+        (ids["ann@example.com"], "email"): ("granted", "import:contacts.csv", NOW),
+        (ids["ann@example.com"], "sms"): ("pending", "import:contacts.csv", None),
+        (ids["fay@example.com"], "email"): ("revoked", "import:contacts.csv", None),
+    }
+    assert result.consents == 3
+
+
+def test_import_upserts_by_email_and_merges_attributes(store, tmp_path):
+    first = tmp_path / "first.csv"
+    first.write_text("email,first_name,plan,seats\nann@example.com,Ann,pro,12\n", encoding="utf-8")
+    import_contacts(store, first, now=NOW)
+    second = tmp_path / "second.jsonl"
+    second.write_text(json.dumps({"email": "ANN@Example.com", "last_name": "Lee", "seats": 20, "industry": "retail"})
+                      + "\n" + json.dumps({"email": "bob@example.com", "first_name": "Bob"}) + "\n", encoding="utf-8")
+    result = import_contacts(store, second, now=NOW + timedelta(days=1))
+    assert (result.created, result.updated, result.errors) == (1, 1, [])
+    people = contacts_by_email(store)
+    assert sorted(people) == ["ann@example.com", "bob@example.com"]
+    ann = people["ann@example.com"]
+    assert (ann.first_name, ann.last_name) == ("Ann", "Lee")  # columns missing from the file are kept
+    assert ann.attributes == {"plan": "pro", "seats": 20, "industry": "retail"}
+    assert ann.updated_at == NOW + timedelta(days=1) and ann.created_at == NOW
+
+
+def test_jsonl_import_names_bad_lines(store, tmp_path):
+    path = tmp_path / "contacts.jsonl"
+    path.write_text('{"email": "ann@example.com"}\n{"email": "bob@example.com",\n["not", "an", "object"]\n'
+                    '{"first_name": "NoMail"}\n', encoding="utf-8")
+    result = import_contacts(store, path, now=NOW)
+    errors = [str(e) for e in result.errors]
+    assert errors[0].startswith("contacts.jsonl:2: line: not valid JSON")
+    assert errors[1] == "contacts.jsonl:3: line: each line must be a JSON object"
+    assert errors[2] == "contacts.jsonl:4: email: required (contacts are matched by e-mail)"
+    assert list(contacts_by_email(store)) == ["ann@example.com"]
+
+
+EVENTS = [
+    {"event_id": "e1", "email": "ann@example.com", "event": "signup", "properties": {"source": "ads"},
+     "timestamp": "2026-03-04T09:00:00Z"},
+    {"event_id": "e2", "email": "new@example.com", "event": "add_to_cart", "properties": {"cart_value": 42.5},
+     "timestamp": "2026-03-04T11:30:00+02:00"},
+    {"event_id": "e3", "email": "ann@example.com", "event": "purchase", "timestamp": 1772618400},
+]
+
+
+def write_events(tmp_path, extra_lines: str = "") -> object:
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(e) for e in EVENTS) + "\n" + extra_lines, encoding="utf-8")
+    return path
+
+
+def test_track_inserts_events_and_creates_unknown_contacts(store, tmp_path):
+    result = track_file(store, write_events(tmp_path), now=NOW)
+    assert (result.inserted, result.duplicates, result.errors) == (3, 0, [])
+    ids = {r.email: r.id for r in rows(store, contact_t)}
+    assert sorted(ids) == ["ann@example.com", "new@example.com"]
+    events = {r.event_id: r for r in rows(store, event_t)}
+    assert events["e1"].contact_id == ids["ann@example.com"] and events["e1"].properties == {"source": "ads"}
+    assert events["e2"].occurred_at == utc(2026, 3, 4, 9, 30)  # offsets become UTC
+    assert events["e3"].occurred_at == utc(2026, 3, 4, 10, 0)  # epoch seconds
+    assert events["e3"].properties == {}
+
+
+def test_tracking_the_same_file_twice_adds_nothing(store, tmp_path):
+    path = write_events(tmp_path)
+    track_file(store, path, now=NOW)
+    again = track_file(store, path, now=NOW + timedelta(hours=1))
+    assert (again.inserted, again.duplicates) == (0, 3)
+    assert len(rows(store, event_t)) == 3
+
+
+def test_a_repeated_event_id_within_one_file_is_stored_once(store, tmp_path):
+    path = write_events(tmp_path, json.dumps(EVENTS[0]) + "\n")
+    result = track_file(store, path, now=NOW)
+    assert (result.inserted, result.duplicates) == (3, 1)
+
+
+def test_track_names_bad_lines_and_fields_and_keeps_the_good_events(store, tmp_path):
+    bad = ('{"event_id": "e4", "email": "ann@example.com", "event": "x"\n'
+           '{"event_id": "e5", "email": "ann@example.com", "timestamp": "2026-03-04T10:00:00Z"}\n'
+           '{"event_id": "e6", "email": "ann@example.com", "event": "x", "timestamp": "yesterday"}\n'
+           '{"event_id": "e7", "email": "ann@example.com", "event": "x", "timestamp": "2026-03-04T10:00:00Z", '
+           '"properties": [1, 2]}\n')
+    result = track_file(store, write_events(tmp_path, bad), now=NOW)
+    errors = [str(e) for e in result.errors]
+    assert errors[0].startswith("events.jsonl:4: line: not valid JSON")
+    assert errors[1:] == [
+        "events.jsonl:5: event: required",
+        "events.jsonl:6: timestamp: 'yesterday' is not an ISO 8601 timestamp",
+        "events.jsonl:7: properties: must be a JSON object",
+    ]
+    assert result.inserted == 3
+    assert sorted(r.event_id for r in rows(store, event_t)) == ["e1", "e2", "e3"]
