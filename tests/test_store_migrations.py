@@ -1,0 +1,134 @@
+"""Specification: the store. Alembic migrations create the schema on an empty database, are
+applied automatically on first use, are idempotent on re-open, and upgrade an older database
+without losing its rows — on SQLite and PostgreSQL. SQLite runs in WAL mode with a busy
+timeout and takes the write lock at the start of every transaction."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, select, text
+
+from nurture.store.db import MIGRATIONS, make_engine, migrate, open_store, table_names
+from tests.engine_fixtures import EPOCH, add_contact, contact_t
+
+CORE_TABLES = {"contact", "event", "consent", "suppression", "enrollment", "message", "journeyversion",
+               "journeycursor", "alembic_version"}
+
+
+def head_revision() -> str:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def current_revision(engine) -> str:
+    with engine.connect() as conn:
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        conn.rollback()
+    return revision
+
+
+def test_first_use_creates_the_whole_schema_on_an_empty_database(db_url):
+    store = open_store(db_url)
+    try:
+        assert CORE_TABLES <= set(table_names(store))
+        assert current_revision(store.engine) == head_revision()
+        columns = {c["name"] for c in inspect(store.engine).get_columns("message")}
+        assert {"enrollment_id", "step_id", "attempt_key", "status", "reason", "due_at", "sent_at",
+                "provider_id", "counted_at"} <= columns
+        uniques = inspect(store.engine).get_unique_constraints("message")
+        assert {"enrollment_id", "step_id", "attempt_key"} in [set(u["column_names"]) for u in uniques]
+    finally:
+        store.dispose()
+
+
+def test_migrating_again_is_a_no_op_that_keeps_the_data(store):
+    cid = add_contact(store, "ann@example.com")
+    before = set(table_names(store))
+    migrate(store.engine)  # a second process opening the same database
+    migrate(store.engine)
+    assert set(table_names(store)) == before
+    with store.engine.connect() as conn:
+        assert conn.execute(select(contact_t.c.email).where(contact_t.c.id == cid)).scalar_one() == "ann@example.com"
+        conn.rollback()
+
+
+def test_an_older_database_is_upgraded_without_losing_rows(db_url):
+    from alembic import command
+    engine = make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with engine.begin() as conn:
+        conn.execute(contact_t.insert().values(email="old@example.com", lifecycle_stage="lead", score=3.0,
+                                               attributes={"plan": "pro"}, created_at=EPOCH, updated_at=EPOCH))
+    assert current_revision(engine) == "0001"
+    engine.dispose()
+    store = open_store(db_url)
+    try:
+        assert current_revision(store.engine) == head_revision()
+        with store.engine.connect() as conn:
+            row = conn.execute(select(contact_t).where(contact_t.c.email == "old@example.com")).one()
+            conn.rollback()
+        assert (row.score, row.attributes, row.created_at) == (3.0, {"plan": "pro"}, EPOCH)
+    finally:
+        store.dispose()
+
+
+def test_datetimes_come_back_timezone_aware_utc(store):
+    cid = add_contact(store, "ann@example.com")
+    with store.engine.connect() as conn:
+        created = conn.execute(select(contact_t.c.created_at).where(contact_t.c.id == cid)).scalar_one()
+        conn.rollback()
+    assert created == EPOCH and created.utcoffset().total_seconds() == 0
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url):
+    store = open_store(sqlite_url)
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+            conn.rollback()
+    finally:
+        store.dispose()
+
+
+def test_a_sqlite_transaction_takes_the_write_lock_when_it_begins(sqlite_url, tmp_path):
+    """BEGIN IMMEDIATE: two ticks serialize at their start instead of failing half-way."""
+    store = open_store(sqlite_url)
+    other = sqlite3.connect(tmp_path / "nurture.db", timeout=0, isolation_level=None)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(select(contact_t.c.id)).all()  # only a read so far
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")  # released at commit
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        store.dispose()
+
+
+def test_open_store_creates_the_folder_of_a_sqlite_file(tmp_path):
+    path = tmp_path / "project" / ".nurture" / "nurture.db"
+    store = open_store(f"sqlite:///{path}")
+    try:
+        assert path.is_file() and not store.is_postgres
+    finally:
+        store.dispose()
+
+
+def test_postgres_urls_as_people_paste_them_use_psycopg(pg_server_url):
+    from tests.conftest import _fresh_pg_database
+    pasted = _fresh_pg_database(pg_server_url).replace("postgresql+psycopg://", "postgres://")
+    store = open_store(pasted)
+    try:
+        assert store.is_postgres and store.engine.dialect.driver == "psycopg"
+    finally:
+        store.dispose()
