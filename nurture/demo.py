@@ -1,121 +1,148 @@
-"""`nurture demo`: a small, deterministic story on the embedded default.
+"""`nurture demo`: the whole story on the embedded default, no servers needed.
 
-Eight shoppers in six time zones with mixed consent leave carts; the project's
-cart_abandonment journey runs over three simulated days as Prefect flow runs (one tick per
-scheduled moment); the story ends with the message log and the outbox. Runs in its own data
-directory (`.nurture/demo/`), which it wipes first, so it can be run again and again.
+A synthetic company (nurture.demo_data: ~5,000 B2C and B2B contacts in many time zones, mixed
+consent, a catalog, 30 days of events) meets the project's six journeys. The simulated month
+runs as Prefect flow runs — one `tick-all` per simulated 42 hours (a flow run costs about a
+second per journey; the shipped journeys' triggers look back two days, so nothing is missed
+between ticks), with the events up to each tick ingested first, lead scores recomputed, and
+the world's reactions (opens, clicks, purchases, unsubscribes, sales calls) fed back. Segments sync weekly to the CSV fallback. At the end: the HTML report, the
+outbox, and a short summary of where to look.
+
+Runs in its own data directory (`.nurture/demo/`), wiped first: run it again and again; the
+same seed gives the same company.
 """
 from __future__ import annotations
 
 import os
-import random
 import shutil
+import time
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
 
-from nurture.consent_ledger import record_consent, suppress
-from nurture.ingest import track_records
-from nurture.messages import message_log
-from nurture.store.db import open_store
-from nurture.store.models import Contact
+from nurture.demo_data import generate, react
+from nurture.registry import IntegrationContext
+from nurture.reporting import build_report
+from nurture.reporting.format import money, pct
+from nurture.reporting.html_page import render_html
+from nurture.scoring.compute import score_contacts
+from nurture.spec.project import load_project
+from nurture.store.db import migrate, open_store
 
-START = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)  # a Monday
-TICKS = [timedelta(minutes=5), timedelta(hours=1, minutes=5), timedelta(hours=3), timedelta(hours=13),
-         timedelta(hours=25, minutes=5), timedelta(hours=26, minutes=10), timedelta(hours=49), timedelta(hours=73)]
-
-# name, e-mail, time zone, country, phone, email consent, sms consent, cart value, story note
-PEOPLE = [
-    ("Ana", "Schmidt", "ana@example.com", "Europe/Berlin", "DE", "+4915112345678", "granted", "granted", 149, "big cart: an e-mail, a day later an SMS"),
-    ("Hiro", "Tanaka", "hiro@example.com", "Asia/Tokyo", "JP", "+819012345678", "granted", "granted", 210, "big cart in Tokyo"),
-    ("Ben", "Carter", "ben@example.com", "America/New_York", "US", None, "granted", None, 45, "due at 05:00 in New York: deferred to 08:00 local"),
-    ("Chitra", "Rai", "chitra@example.com", "Asia/Kathmandu", "NP", None, "granted", None, 80, "buys after the reminder: converts, leaves the journey"),
-    ("Ines", "Costa", "ines@example.com", "Europe/Lisbon", "PT", None, "granted", None, 55, "an ordinary cart in Lisbon"),
-    ("Dmitri", "Volkov", "dmitri@example.com", "Europe/Berlin", "DE", None, "granted", None, 60, "revokes e-mail consent before the send"),
-    ("Jonas", "Meier", "jonas@example.com", "Europe/Zurich", "CH", None, "granted", None, 75, "an ordinary cart in Zurich"),
-    ("Kemal", "Yilmaz", "kemal@example.com", "Europe/Istanbul", "TR", None, "granted", None, 65, "an ordinary cart in Istanbul"),
-    ("Eva", "Lind", "eva@example.com", "Europe/Stockholm", "SE", None, "pending", None, 70, "never confirmed her double opt-in"),
-    ("Farid", "Haddad", "farid@example.com", "Asia/Dubai", "AE", None, "granted", None, 90, "his address bounced before"),
-    ("Grace", "Okafor", "grace@example.com", "Africa/Lagos", "NG", None, "granted", None, 12, "cart under 20: not enrolled"),
-]
+JOURNEYS = ("welcome", "browse_abandonment", "cart_abandonment", "b2b_nurture", "post_purchase", "win_back")
+START = datetime(2026, 10, 5, 6, 0, tzinfo=timezone.utc)  # a Monday
+DAYS = 30
+CONTACTS = 5000
+TICK = timedelta(hours=42)  # the tick's UTC hour rotates, so every time zone gets daytime ticks
+SYNC_EVERY = timedelta(days=7)
 
 
-def seed_story(url: str, seed: int) -> None:
-    rng = random.Random(seed)
-    store = open_store(url)
-    before = START - timedelta(days=30)
-    contact_t = Contact.__table__
-    with store.engine.begin() as conn:
-        for first, last, email, tz, country, phone, consent_email, consent_sms, _, _ in PEOPLE:
-            cid = conn.execute(contact_t.insert().values(
-                email=email, phone=phone, first_name=first, last_name=last, timezone=tz, country=country,
-                locale="de" if country == "DE" else "en", lifecycle_stage="lead", score=0.0,
-                attributes={"source": "demo"}, created_at=before, updated_at=before)).inserted_primary_key[0]
-            record_consent(conn, cid, "email", consent_email, source="demo-signup", at=before,
-                           policy_version="demo", confirmed=consent_email == "granted")
-            if consent_sms:
-                record_consent(conn, cid, "sms", consent_sms, source="demo-signup", at=before,
-                               policy_version="demo", confirmed=True)
-            if email == "dmitri@example.com":
-                record_consent(conn, cid, "email", "revoked", source="demo-preference-center",
-                               at=START + timedelta(minutes=30), policy_version="demo")
-            if email == "farid@example.com":
-                suppress(conn, reason="hard_bounce", at=before, contact_id=cid, address=email, channel="email")
-    events = []
-    for i, person in enumerate(PEOPLE):
-        email, value = person[2], person[8]
-        at = START - timedelta(minutes=rng.randint(1, 4))
-        events.append((i, {"event_id": f"demo-cart-{i}", "email": email, "event": "add_to_cart",
-                           "properties": {"cart_value": value, "item_count": rng.randint(1, 4)},
-                           "timestamp": at.isoformat()}))
-    events.append((99, {"event_id": "demo-purchase-chitra", "email": "chitra@example.com", "event": "purchase",
-                        "properties": {"value": 80.0}, "timestamp": (START + timedelta(hours=4)).isoformat()}))
-    track_records(store, events, source="demo", now=START)
-    store.dispose()
+def _fail(message: str) -> None:
+    from nurture.cli.common import CliError
+    raise CliError(message)
 
 
-def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[dict]], console: Console) -> None:
-    if not (project / "journeys" / "cart_abandonment.yaml").is_file():
-        from nurture.cli.common import CliError
-        raise CliError(f"{project} has no journeys/cart_abandonment.yaml: run the demo from the Nurture checkout "
-                       "(or pass --project)")
+def _sync(store, spec, root: Path, demo_dir: Path, now: datetime) -> list:
+    try:
+        from nurture.segments.sync import sync_segments
+    except ImportError:  # pragma: no cover - segments ship with Nurture
+        return []
+    context = IntegrationContext(root, demo_dir, dict(os.environ))
+    return sync_segments(store, spec, now, context)
+
+
+def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[dict]], console: Console,
+             contacts: int = CONTACTS, days: int = DAYS) -> None:
+    missing = [j for j in JOURNEYS if not (project / "journeys" / f"{j}.yaml").is_file()]
+    if missing:
+        _fail(f"{project} lacks journeys/{missing[0]}.yaml: run the demo from the Nurture checkout (or pass --project)")
+    spec = load_project(project)
+    if spec.errors:
+        _fail("the project has errors:\n" + "\n".join(str(e) for e in spec.errors))
     demo_dir = project / ".nurture" / "demo"
     shutil.rmtree(demo_dir, ignore_errors=True)
     demo_dir.mkdir(parents=True)
     url = f"sqlite:///{demo_dir / 'nurture.db'}"
     os.environ["NURTURE_DATA_DIR"] = str(demo_dir)
     os.environ["NURTURE_DATABASE_URL"] = url
-    console.print(f"[bold]Nurture demo[/bold]: {len(PEOPLE)} shoppers, journey cart_abandonment, "
-                  f"{len(TICKS)} ticks over three days from {START:%Y-%m-%d %H:%M} UTC\n")
-    from nurture.runtime.stable_random import in_holdout
-    for number, (first, last, email, tz, *_rest, note) in enumerate(PEOPLE, 1):
-        if in_holdout("cart_abandonment", number, 0.10) and not note.startswith("cart under"):
-            note = "in the 10% holdout: enrolled, never messaged (the control group for lift)"
-        console.print(f"  {first + ' ' + last:<15} {tz:<18} {note}")
-    seed_story(url, seed)
-    console.print("\nRunning the ticks as Prefect flow runs (the first start of Prefect takes a few seconds)…")
-    for offset in TICKS:
-        now = START + offset
-        results = run_ticks(now)
-        done = sum(r["count"] for res in results for r in res["outcomes"] if r["outcome"] in ("sent", "queued"))
-        console.print(f"  tick {now:%a %H:%M} UTC: {sum(res['enrolled'] for res in results)} enrolled, "
-                      f"{sum(res['converted'] for res in results)} converted, "
-                      f"{sum(res['exited'] for res in results)} exited, {done} message event(s)")
+    started = time.monotonic()
     store = open_store(url)
-    rows = message_log(store)
-    console.print("\n[bold]Message log[/bold] (every outcome of every send step):")
-    console.print(f"  {'contact':<20} {'step':<10} {'channel':<7} {'status':<10} {'reason':<20} {'due (UTC)':<12} sent (UTC)")
-    for r in rows:
-        console.print(f"  {r['contact']:<20} {r['step']:<10} {r['channel']:<7} {r['status']:<10} {r['reason'] or '':<20} "
-                      f"{(r['due_at'] or '')[5:16].replace('T', ' '):<12} {(r['sent_at'] or '')[5:16].replace('T', ' ')}",
-                      markup=False)
-    outbox = demo_dir / "outbox"
-    files = sorted(p for p in outbox.rglob("*") if p.is_file())
-    console.print(f"[bold]Outbox[/bold] ({outbox}):")
-    for path in files:
-        console.print(f"  {path.relative_to(outbox)}  ({path.stat().st_size} bytes)")
-    console.print(f"\nOpen an .eml file in any mail client; `nurture --project {project} messages --json` "
-                  f"with NURTURE_DATABASE_URL={url} shows the log for scripts.")
+    migrate(store.engine)  # the file was just wiped: a store opened before in this process must not skip this
+    end = START + timedelta(days=days)
+    console.print(f"[bold]Nurture demo[/bold] (seed {seed}): a synthetic shop with a B2B arm, "
+                  f"{START:%Y-%m-%d} to {end:%Y-%m-%d}, the six journeys of {project / 'journeys'}\n")
+    company = generate(store, seed=seed, start=START, days=days, contacts=contacts)
+    b2b = sum(p.b2b for p in company.people)
+    zones = len({p.tz for p in company.people})
+    german = sum(p.locale == "de" for p in company.people)
+    signups = sum(p.signup_at is not None for p in company.people)
+    upcoming = Counter(record["event"] for at, _, record in company.events if at > START)
+    console.print(f"  {len(company.people):,} contacts: {len(company.people) - b2b:,} shoppers, {b2b:,} B2B leads; "
+                  f"{zones} time zones; {german:,} write German; {signups:,} will sign up (double opt-in)")
+    console.print("  consent: most granted, some pending / revoked / none, a few bounced addresses; "
+                  "a purchase history with lapsed customers")
+    console.print("  the month ahead: " + ", ".join(f"{n:,} {name}" for name, n in upcoming.most_common(8)))
+    console.print(f"\nRunning the month as Prefect flow runs: one tick-all every {TICK.total_seconds() / 3600:.0f} "
+                  "simulated hours (the first start of Prefect takes a few seconds)…")
+    scoring = spec.extra.get("scoring")
+    now, next_sync = START, START + SYNC_EVERY
+    sent_total: Counter = Counter()
+    reactions: Counter = Counter()
+    while now <= end:
+        company.ingest_until(store, now)
+        if scoring is not None:  # the hourly `scoring` flow's work, once per simulated tick
+            score_contacts(store, scoring, now, spec.segments)
+        results = run_ticks(now)
+        sent = Counter()
+        for result in results:
+            for row in result["outcomes"]:
+                if row["outcome"] == "sent":
+                    sent[result["journey"]] += row["count"]
+        sent_total.update(sent)
+        reactions.update(react(company, store, now))
+        console.print(f"  {now:%a %d %b %H:%M} UTC: {sum(r['enrolled'] for r in results):>4} enrolled, "
+                      f"{sum(sent.values()):>4} sent, {sum(r['converted'] for r in results):>4} converted")
+        if now >= next_sync:
+            _sync(store, spec, project, demo_dir, now)
+            next_sync += SYNC_EVERY
+        now += TICK
+    company.ingest_until(store, end)
+    synced = _sync(store, spec, project, demo_dir, end)
+    report = build_report(store, spec, end)
+    html_path = demo_dir / "report.html"
+    html_path.write_text(render_html(report, title=f"Nurture demo report (seed {seed})"), encoding="utf-8")
+    _summary(console, report, sent_total, reactions, synced, demo_dir, project, url, time.monotonic() - started)
     store.dispose()
+
+
+def _summary(console: Console, report, sent_total: Counter, reactions: Counter, synced: list, demo_dir: Path,
+             project: Path, url: str, seconds: float) -> None:
+    console.print(f"\n[bold]What the month earned[/bold] (lift = messaged − holdout conversion rate, 95% CI):")
+    console.print(f"  {'journey':<20}{'entered':>8}{'sent':>7}{'conv.':>7}{'rate':>8}  {'lift (points)':<22}{'revenue':>14}")
+    for r in report.journeys:
+        l = r.lift
+        lift = (f"{l.difference * 100:+.1f} [{l.low * 100:+.1f}, {l.high * 100:+.1f}]"
+                if l is not None and l.low is not None else "no holdout")
+        console.print(f"  {r.name:<20}{r.entered:>8}{sum(r.sent.values()):>7}{r.converted:>7}"
+                      f"{pct(r.conversion_rate):>8}  {lift:<22}{money(r.revenue):>14}", markup=False)
+    h = report.handovers
+    console.print(f"  sales handovers: {h.total} MQLs, {h.contacted_within_sla} contacted within the SLA, "
+                  f"{h.contacted_late} late, {h.overdue} overdue")
+    console.print(f"  the world answered: {reactions['open']:,} opens, {reactions['click']:,} clicks, "
+                  f"{reactions['purchase']:,} purchases after a message, {reactions['unsubscribe']} unsubscribes, "
+                  f"{reactions['bounce']} bounces")
+    outbox = demo_dir / "outbox"
+    emails = sum(1 for _ in (outbox / "email").rglob("*.eml")) if (outbox / "email").is_dir() else 0
+    sms = sum(1 for _ in open(outbox / "sms.jsonl", encoding="utf-8")) if (outbox / "sms.jsonl").is_file() else 0
+    console.print(f"\n[bold]Where to look[/bold] (finished in {seconds:.0f} s):")
+    console.print(f"  report      {demo_dir / 'report.html'}  (one file, opens offline)")
+    console.print(f"  outbox      {outbox / 'email'}/<journey>/*.eml ({emails:,} e-mails), {outbox / 'sms.jsonl'} ({sms} SMS)")
+    if synced:
+        console.print(f"  audiences   {demo_dir / 'audiences'}/ (hashed CSV files, synced weekly; the last sync: "
+                      + ", ".join(f"{t.segment} {t.added + t.updated}+/{t.removed}-" for t in synced) + ")")
+    console.print(f"  handovers   {demo_dir / 'handover' / 'handovers.jsonl'}")
+    console.print(f"  more        NURTURE_DATABASE_URL={url} nurture --project {project} report  "
+                  "(or: messages --json, preview welcome --contact …)", markup=False)

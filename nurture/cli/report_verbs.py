@@ -33,6 +33,45 @@ def _report_json(report) -> dict:
     }
 
 
+def print_report(result) -> None:
+    """The terminal view: one line per journey and per step (reasons in detail: --json, --html)."""
+    from rich.console import Console
+    from rich.table import Table
+    from nurture.reporting.format import money, pct
+    out = Console(highlight=False, soft_wrap=True, width=max(console.width, 120))  # tables need the room
+
+    def pts(value):
+        return f"{value * 100:+.1f}"
+    table = Table(title="Journeys (lift: messaged − holdout conversion rate, points, 95% CI)", title_justify="left")
+    for col in ("journey", "entered", "conv.", "rate", "lift", "revenue", "cost", "ROI"):
+        table.add_column(col, justify="left" if col == "journey" else "right")
+    for r in result.journeys:
+        l = r.lift
+        lift_text = (f"{pts(l.difference)} [{pts(l.low)},{pts(l.high)}]" if l is not None and l.low is not None
+                     else "no holdout")
+        table.add_row(r.name, str(r.entered), str(r.converted), pct(r.conversion_rate), lift_text,
+                      money(r.revenue), money(r.cost), "n/a" if r.roi is None else f"{r.roi:,.0f}×")
+    out.print(table)
+    steps = Table(title="Steps", title_justify="left")
+    for col in ("journey", "step", "sent", "deferred", "suppressed", "skipped", "conv.", "revenue"):
+        steps.add_column(col, justify="left" if col in ("journey", "step") else "right")
+    for r in result.journeys:
+        for s in r.steps:
+            steps.add_row(r.name, s.step, str(s.sent), str(sum(s.deferred.values())), str(sum(s.suppressed.values())),
+                          str(sum(s.skipped.values())), str(s.conversions), money(s.revenue))
+    out.print(steps)
+    attribution = Table(title="Attribution of revenue", title_justify="left")
+    for col in ("journey", "step", "last touch", "first touch", "40/20/40"):
+        attribution.add_column(col, justify="left" if col in ("journey", "step") else "right")
+    for a in result.attribution:
+        attribution.add_row(a.journey, a.step, money(a.revenue["last_touch"]), money(a.revenue["first_touch"]),
+                            money(a.revenue["position_based"]))
+    out.print(attribution)
+    h = result.handovers
+    console.print(f"Sales handovers: {h.total} MQL(s) handed over, {h.contacted_within_sla} contacted within the SLA, "
+                  f"{h.contacted_late} late, {h.overdue} overdue, {h.open_within_sla} open")
+
+
 def report(html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here"),
            as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
            journey: Optional[str] = typer.Option(None, "--journey", help="Only this journey"),
@@ -40,7 +79,6 @@ def report(html: Optional[Path] = typer.Option(None, "--html", help="Also write 
     """Per journey and step: funnel, conversions, revenue, lift against the holdout, cost, ROI,
     attribution and sales handovers."""
     from nurture.reporting import build_report
-    from nurture.reporting.format import money, pct, signed_points
     spec = open_project(only=journey)
     result = build_report(store(), spec, parse_now(now) or utc_now(), journeys=[journey] if journey else None)
     if html is not None:
@@ -53,38 +91,7 @@ def report(html: Optional[Path] = typer.Option(None, "--html", help="Also write 
     if as_json:
         print(json.dumps(_report_json(result), indent=2, default=str))
         return
-    from rich.table import Table
-    table = Table(title="Journeys", title_justify="left")
-    for col in ("journey", "entered", "holdout", "conv.", "rate", "lift (95% CI)", "revenue", "cost", "ROI",
-                "rev/recipient", "unsub", "bounce"):
-        table.add_column(col, justify="left" if col == "journey" else "right")
-    for r in result.journeys:
-        l = r.lift
-        lift_text = (f"{signed_points(l.difference)} ({signed_points(l.low)}…{signed_points(l.high)})"
-                     if l is not None and l.low is not None else "no holdout")
-        table.add_row(r.name, str(r.entered), str(r.holdout), str(r.converted), pct(r.conversion_rate), lift_text,
-                      money(r.revenue), money(r.cost), "n/a" if r.roi is None else f"{r.roi:,.1f}×",
-                      money(r.revenue_per_recipient), pct(r.unsubscribe_rate), pct(r.bounce_rate))
-    console.print(table)
-    steps = Table(title="Steps", title_justify="left")
-    for col in ("journey", "step", "ch", "reached", "sent", "deferred", "suppressed", "skipped", "conv.", "revenue"):
-        steps.add_column(col)
-    for r in result.journeys:
-        for s in r.steps:
-            fmt = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "-"  # noqa: E731
-            steps.add_row(r.name, s.step, s.channel, str(s.reached), str(s.sent), fmt(s.deferred),
-                          fmt(s.suppressed), fmt(s.skipped), str(s.conversions), money(s.revenue))
-    console.print(steps)
-    attribution = Table(title="Attribution (revenue)", title_justify="left")
-    for col in ("journey", "step", "last touch", "first touch", "position 40/20/40"):
-        attribution.add_column(col)
-    for a in result.attribution:
-        attribution.add_row(a.journey, a.step, money(a.revenue["last_touch"]), money(a.revenue["first_touch"]),
-                            money(a.revenue["position_based"]))
-    console.print(attribution)
-    h = result.handovers
-    console.print(f"Sales handovers: {h.total} MQL(s) handed over, {h.contacted_within_sla} contacted within the SLA, "
-                  f"{h.contacted_late} late, {h.overdue} overdue, {h.open_within_sla} open")
+    print_report(result)
     if html is not None:
         console.print(f"HTML report: {html}")
 
