@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -108,6 +110,19 @@ CASES = [
 
 # ---------------------------------------------------------------- the harness
 
+_template: list[Path] = []
+
+
+def migrated_template() -> Path:
+    """A SQLite file with the current schema, made once per test process."""
+    if not _template:
+        path = Path(tempfile.mkdtemp(prefix="nurconf")) / "template.db"
+        store = open_store(f"sqlite:///{path}")
+        store.dispose()
+        _template.append(path)
+    return _template[0]
+
+
 
 class Harness:
     """One destination case, a project with one segment `vip` syncing to it, a SQLite store."""
@@ -126,7 +141,9 @@ class Harness:
             """)
         self.project = load_project(root)
         assert not self.project.errors, [str(e) for e in self.project.errors]
-        self.store = open_store(f"sqlite:///{tmp_path / 'nurture.db'}")
+        db = tmp_path / "nurture.db"
+        shutil.copy(migrated_template(), db)  # migrating a fresh file per test would dominate the suite
+        self.store = open_store(f"sqlite:///{db}", auto_migrate=False)
         self.env = {**case.env(self.server), "NURTURE_SYNC_MAX_ATTEMPTS": "3"}
         self.context = IntegrationContext(root, tmp_path / ".nurture", self.env)
         self.waits: list[float] = []
@@ -197,9 +214,15 @@ def http_only(h: Harness) -> None:
 
 
 def people(h: Harness, n: int, *, prefix: str = "p") -> list[str]:
+    """n VIP contacts with ads consent granted, inserted in one transaction."""
     emails = [f"{prefix}{i:03d}@example.com" for i in range(n)]
-    for e in emails:
-        h.contact(e)
+    at = NOW - timedelta(days=30)
+    with h.store.engine.begin() as conn:
+        for e in emails:
+            cid = conn.execute(contact_t.insert().values(
+                email=e, lifecycle_stage="customer", score=0.0, attributes={"vip": True}, created_at=at,
+                updated_at=at)).inserted_primary_key[0]
+            record_consent(conn, cid, "ads", "granted", source="test", at=at)
     return emails
 
 
