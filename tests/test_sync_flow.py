@@ -57,28 +57,45 @@ def project(tmp_path, monkeypatch):
 
 @pytest.mark.prefect
 @pytest.mark.xdist_group("prefect")
-def test_segment_sync_flow_runs_a_task_per_target_and_leaves_a_table_artifact(project):
+def test_segment_sync_flow_runs_a_task_per_target_takes_rate_limit_slots_and_leaves_a_table_artifact(
+        project, monkeypatch):
     import anyio
     from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.segment_sync import segment_sync
-    with prefect_test_harness(server_startup_timeout=180):
-        rows = segment_sync(project=str(project), now=NOW)
+    from tests.fakes.hubspot import FakeHubSpot
+    hubspot = FakeHubSpot("pat-test").start()
+    monkeypatch.setenv("NURTURE_HUBSPOT_TOKEN", "pat-test")
+    monkeypatch.setenv("NURTURE_HUBSPOT_BASE_URL", hubspot.url)
+    try:
+        with prefect_test_harness(server_startup_timeout=180):
+            async def create_limit():
+                async with get_client() as client:  # decays so slowly that the slots taken stay visible
+                    await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
+                        name="nurture-hubspot", limit=100, slot_decay_per_second=0.001))
+            anyio.run(create_limit)
+            rows = segment_sync(project=str(project), now=NOW)
 
-        async def inspect():
-            async with get_client() as client:
-                return await client.read_flow_runs(), await client.read_task_runs(), await client.read_artifacts()
-        runs, task_runs, artifacts = anyio.run(inspect)
+            async def inspect():
+                async with get_client() as client:
+                    return (await client.read_task_runs(), await client.read_artifacts(),
+                            await client.read_global_concurrency_limit_by_name("nurture-hubspot"))
+            task_runs, artifacts, limit = anyio.run(inspect)
+    finally:
+        hubspot.stop()
     by_target = {r["target"]: r for r in rows}
-    assert by_target["csv:vip"]["added"] == 2 and by_target["csv:vip"]["status"] == "ok"
-    assert by_target["hubspot:45"]["status"] == "failed"  # no token: recorded, not raised
-    assert "NURTURE_HUBSPOT_TOKEN" in by_target["hubspot:45"]["errors"]
+    assert (by_target["csv:vip"]["added"], by_target["csv:vip"]["status"]) == (2, "ok")
+    assert (by_target["hubspot:45"]["added"], by_target["hubspot:45"]["requests"]) == (2, 2)  # upsert + list add
+    assert hubspot.members("45") == {"c0@example.com", "c1@example.com"}
+    assert limit.active_slots == 2  # one slot of nurture-hubspot per provider request
     assert [r.name.startswith("sync-target") for r in task_runs].count(True) == 2  # tasks are targets, not contacts
     table = [a for a in artifacts if a.key == "segment-sync"]
     assert table and table[0].type == "table"
     data = json.loads(table[0].data) if isinstance(table[0].data, str) else table[0].data
-    assert {(r["target"], r["status"], r["added"]) for r in data} == {("csv:vip", "ok", 2), ("hubspot:45", "failed", 0)}
+    assert {(r["target"], r["status"], r["added"]) for r in data} == {("csv:vip", "ok", 2), ("hubspot:45", "ok", 2)}
+    assert "pat-test" not in json.dumps(data)
 
 
 def test_the_nightly_deployment_runs_at_two_in_the_configured_timezone(monkeypatch):
