@@ -8,4 +8,4 @@ python -m pip install --disable-pip-version-check -q -e '.[test]'
 if [ -f scripts/install-browser.sh ]; then
   bash scripts/install-browser.sh
 fi
-exec python -m pytest -n 2 --dist loadgroup -p no:cacheprovider "$@"
+exec python -m pytest -n 2 --dist loadgroup -p no:cacheprovider -p no:benchmark "$@"

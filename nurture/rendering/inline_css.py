@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 
-import premailer
-
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 _STYLE = re.compile(r"<style[^>]*>(.*?)</style>", re.S | re.I)
 _TOKEN = re.compile(r"<!--NJ(\d+)NJ-->|NJ(\d+)NJ")
@@ -47,6 +45,8 @@ def stylesheet_of(source: str) -> str:
 
 def inline_template_source(source: str, extra_css: str = "") -> str:
     """Inline CSS into a Jinja HTML template source, keeping every Jinja tag intact."""
+    import premailer  # heavy (cssutils, requests): only loaded when a template is compiled
+
     protected, tags = protect_jinja(source)
     is_document = "<html" in protected.lower()
     if not is_document:
