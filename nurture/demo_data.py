@@ -69,7 +69,7 @@ PRODUCTS = [
 ]
 # what a received message makes a contact do (besides opening/clicking): probability of a
 # purchase within a few days, per journey — the effect the holdout measures
-PURCHASE_AFTER = {"cart_abandonment": 0.16, "browse_abandonment": 0.04, "welcome": 0.02, "win_back": 0.03,
+PURCHASE_AFTER = {"cart_abandonment": 0.22, "browse_abandonment": 0.05, "welcome": 0.04, "win_back": 0.05,
                   "post_purchase": 0.02}
 OPEN, CLICK, UNSUBSCRIBE, BOUNCE = 0.38, 0.09, 0.004, 0.003
 
@@ -256,7 +256,7 @@ def _history_and_funnels(company: Company, rng: random.Random) -> None:
                 t = at + timedelta(minutes=12)
                 company._event(t, email, "add_to_cart", sku=cart[0][0][0], category=cart[0][0][2],
                                cart_value=value, item_count=sum(q for _, q in cart))
-                if rng.random() < 0.42:  # checks out right away
+                if rng.random() < 0.30:  # checks out right away
                     company._event(t + timedelta(minutes=4), email, "start_checkout", cart_value=value)
                     if rng.random() < 0.8:
                         _purchase(company, rng, t + timedelta(minutes=9), email, cart[0][0], cart[0][1])
@@ -313,7 +313,7 @@ def react(company: Company, store: Store, now: datetime) -> dict[str, int]:
                 company._later(sent_at + timedelta(hours=rng.uniform(2, 60)), m.email, "demo_request", source="email")
             if rng.random() < PURCHASE_AFTER.get(m.journey, 0.0):
                 product = rng.choice(PRODUCTS)
-                company._later(sent_at + timedelta(hours=rng.uniform(0.5, 40)), m.email, "purchase",
+                company._later(sent_at + timedelta(hours=rng.uniform(0.5, 12)), m.email, "purchase",
                                order_id=f"M-{m.id}", value=round(product[3] * rng.randint(1, 2), 2), sku=product[0],
                                product_name=product[1], category=product[2], campaign=m.journey,
                                **({"consumption_days": product[4]} if product[4] else {}))
