@@ -28,6 +28,42 @@ consent_t = Consent.__table__
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
+@pytest.fixture(scope="session")
+def _empty_databases(pg_server_url, tmp_path_factory) -> dict:
+    """A migrated SQLite file to copy and one migrated PostgreSQL database to empty, per session."""
+    from sqlalchemy import MetaData
+
+    from nurture.store.db import make_engine, open_store
+    from tests.conftest import _fresh_pg_database
+    template = tmp_path_factory.mktemp("template") / "nurture.db"
+    open_store(f"sqlite:///{template}").dispose()  # closing the last connection checkpoints the WAL
+    pg_url = _fresh_pg_database(pg_server_url)
+    open_store(pg_url).dispose()
+    pg_engine = make_engine(pg_url)
+    metadata = MetaData()
+    metadata.reflect(pg_engine)
+    tables = [t for t in reversed(metadata.sorted_tables) if t.name != "alembic_version"]
+    yield {"sqlite": template, "postgres": pg_url, "pg_engine": pg_engine, "tables": tables}
+    pg_engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path, _empty_databases) -> str:
+    """An empty, migrated database: a copy of a migrated SQLite file, and the session's
+    PostgreSQL database with every row deleted. To the engine this is a fresh database; it
+    costs milliseconds instead of a CREATE DATABASE and a migration per test (the store tests
+    keep conftest's truly fresh databases to test the migrations themselves)."""
+    import shutil
+    if request.param == "sqlite":
+        path = tmp_path / "nurture.db"
+        shutil.copyfile(_empty_databases["sqlite"], path)
+        return f"sqlite:///{path}"
+    with _empty_databases["pg_engine"].begin() as conn:
+        for table in _empty_databases["tables"]:
+            conn.execute(table.delete())
+    return _empty_databases["postgres"]
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def module_store(request, tmp_path_factory) -> Iterator[Store]:
     """One store per backend for a whole test module whose tests only read shared rows."""

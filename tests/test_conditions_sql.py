@@ -12,6 +12,7 @@ from nurture.conditions import ConditionScope, compile_condition, contact_t, enr
 from nurture.spec.models import Condition
 from nurture.spec.segments import Segment
 from tests.conftest import utc
+from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_contact, add_event, module_store, set_consent  # noqa: F401
 
 NOW = utc(2026, 3, 10, 12, 0)

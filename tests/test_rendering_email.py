@@ -14,6 +14,7 @@ import pytest
 from nurture.runtime import run_tick
 from nurture.runtime.deliver import rfc_message_id
 from tests.conftest import utc
+from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, journey_yaml, messages, outcomes, subscriber
 
 T0 = utc(2026, 3, 4, 10, 0)

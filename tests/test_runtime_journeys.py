@@ -12,6 +12,7 @@ import pytest
 from nurture.runtime import run_tick
 from nurture.runtime.stable_random import in_holdout, pick_arm
 from tests.conftest import utc
+from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import (add_event, contact_row, enrollments, journey_yaml, messages, outcomes,
                                    subscriber)
 
