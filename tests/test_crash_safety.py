@@ -148,3 +148,26 @@ def test_an_sms_delivered_before_the_crash_is_found_in_the_jsonl_and_recorded_se
     assert outcomes(store) == [("hello", "sent", "reconciled")]
     lines = (rt.data_dir / "outbox" / "sms.jsonl").read_text().splitlines()
     assert [json.loads(line)["to"] for line in lines] == ["+4915112345678"]
+
+
+@pytest.mark.xfail(strict=True, reason="reconcile_stuck treats a row as stuck by its created_at, not by when it was "
+                                       "claimed: a message queued long ago (retries with backoff, a large backlog) "
+                                       "that worker A has just claimed is re-queued by worker B's tick and sent by "
+                                       "B while A is still delivering it — a double send. Needs a claimed_at column "
+                                       "(migration) and `claimed_at <= now - STUCK_AFTER`.")
+def test_a_message_a_live_worker_has_just_claimed_is_not_requeued_by_another_worker(make_runtime, store):
+    from nurture.runtime.deliver import _claim
+    from tests.engine_fixtures import message_t
+    worker_a = make_runtime({"j": journey_yaml("j", "- id: hello\n  send: {channel: email, template: hello, subject: Hi}")})
+    worker_b = make_runtime({"j": journey_yaml("j", "- id: hello\n  send: {channel: email, template: hello, subject: Hi}")})
+    cid = subscriber(store, "ann@example.com")
+    now = T0 + timedelta(minutes=40)
+    with store.engine.begin() as conn:  # queued at T0, due again now after two retries
+        conn.execute(message_t.insert().values(contact_id=cid, journey="j", step_id="hello", attempt_key="send",
+                                               channel="email", template="hello", address="ann@example.com",
+                                               status="queued", due_at=now, created_at=T0, attempts=2))
+    _, claimed = _claim(worker_a, now, None, 0, 1)  # worker A is about to call its channel
+    assert len(claimed) == 1
+    run_tick(worker_b, "j", now)  # worker B ticks at the same moment
+    assert outcomes(store) == [("hello", "sending", None)]
+    assert eml_files(worker_b) == []
