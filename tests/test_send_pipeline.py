@@ -91,6 +91,24 @@ def test_sms_marketing_needs_no_double_opt_in_by_default_policy(make_runtime, st
     assert (rt.data_dir / "outbox" / "sms.jsonl").read_text().count("+4915112345678") == 1
 
 
+def test_double_opt_in_follows_the_policy_per_channel(make_runtime, store):
+    rt = make_runtime(one_send(channel="sms"), policies="double_opt_in: {sms: [marketing]}\n")
+    cid = add_contact(store, "ann@example.com", phone="+4915112345678")
+    set_consent(store, cid, "sms", "granted", confirmed=False)
+    enter(store, cid)
+    run_tick(rt, "j", T0 + timedelta(minutes=1))
+    assert outcomes(store) == [("hello", "suppressed", "not_double_opted_in")]
+
+
+def test_consent_recorded_after_the_logical_now_does_not_count_yet(make_runtime, store):
+    rt = make_runtime(one_send())
+    cid = add_contact(store, "ann@example.com")
+    set_consent(store, cid, "email", "granted", at=T0 + timedelta(hours=1))
+    enter(store, cid)
+    run_tick(rt, "j", T0 + timedelta(minutes=1))
+    assert outcomes(store) == [("hello", "suppressed", "no_consent")]
+
+
 def test_transactional_is_exempt_from_marketing_consent_caps_and_quiet_hours(make_runtime, store):
     rt = make_runtime(one_send(purpose="transactional"))
     cid = add_contact(store, "ann@example.com")
@@ -170,6 +188,16 @@ def test_a_message_due_in_quiet_hours_is_deferred_to_the_end_of_the_window_in_th
     run_tick(rt, "j", opens_at + timedelta(minutes=1))
     assert outcomes(store) == [("hello", "deferred", "quiet_hours"), ("hello", "sent", None)]
     assert len(eml_files(rt)) == 1
+
+
+def test_sms_has_its_own_quiet_hours(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", send_step("mail") + "\n" + send_step("text", "sms"))})
+    cid = subscriber(store, "ann@example.com", channels=("email", "sms"), phone="+4915112345678")
+    at = utc(2026, 3, 4, 20, 30)  # after 20:00 (SMS quiet), before 21:00 (e-mail quiet), UTC policy
+    enter(store, cid, at=at)
+    run_tick(rt, "j", at + timedelta(minutes=1))
+    assert [(m.step_id, m.status, m.reason, m.due_at) for m in messages(store)] == [
+        ("mail", "sent", None, at), ("text", "deferred", "quiet_hours", utc(2026, 3, 5, 9, 0))]
 
 
 def test_a_contact_without_a_zone_gets_the_policy_zone(make_runtime, store):
