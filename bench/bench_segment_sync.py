@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -111,6 +112,7 @@ def main() -> None:
     rng = random.Random(4)
     work = Path(tempfile.mkdtemp(prefix="nurbench"))
     url = args.url or f"sqlite:///{work / 'bench.db'}"
+    pg = None
     if args.postgres:
         import pgserver
         pg = pgserver.get_server(str(work / "pg"), cleanup_mode="stop")
@@ -135,6 +137,9 @@ def main() -> None:
                       "day2_no_changes": idle, "fake_meta_audience_size": audience,
                       "acknowledged_rows": day1["members_after"]}, indent=2))
     store.dispose()
+    if pg is not None:
+        pg.cleanup()
+    shutil.rmtree(work, ignore_errors=True)  # the 1M-contact database is ~0.5 GB
 
 
 if __name__ == "__main__":
