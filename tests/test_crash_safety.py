@@ -150,11 +150,6 @@ def test_an_sms_delivered_before_the_crash_is_found_in_the_jsonl_and_recorded_se
     assert [json.loads(line)["to"] for line in lines] == ["+4915112345678"]
 
 
-@pytest.mark.xfail(strict=True, reason="reconcile_stuck treats a row as stuck by its created_at, not by when it was "
-                                       "claimed: a message queued long ago (retries with backoff, a large backlog) "
-                                       "that worker A has just claimed is re-queued by worker B's tick and sent by "
-                                       "B while A is still delivering it — a double send. Needs a claimed_at column "
-                                       "(migration) and `claimed_at <= now - STUCK_AFTER`.")
 def test_a_message_a_live_worker_has_just_claimed_is_not_requeued_by_another_worker(make_runtime, store):
     from nurture.runtime.deliver import _claim
     from tests.engine_fixtures import message_t

@@ -67,10 +67,6 @@ def test_an_event_from_the_future_enrolls_once_its_time_has_come(make_runtime, s
     assert [(e.contact_id, e.entered_at) for e in enrollments(store)] == [(cid, T0 + timedelta(hours=1))]
 
 
-@pytest.mark.xfail(strict=True, reason="enroll() stops its cursor before the first trigger event whose occurred_at "
-                                       "is after now (head-of-line blocking): one future-dated event holds back every "
-                                       "later-inserted event of that trigger, for all contacts, until its time comes — "
-                                       "and by then the held-back events may have fallen out of the lookback")
 def test_an_event_from_the_future_does_not_hold_back_other_contacts(make_runtime, store):
     rt = make_runtime({"j": journey_yaml("j", HELLO)})
     early, now_ = subscriber(store, "early@example.com"), subscriber(store, "now@example.com")
@@ -191,9 +187,6 @@ def test_the_trigger_event_itself_is_not_the_conversion(make_runtime, store):
     assert [e.status for e in enrollments(store)] == ["active"]
 
 
-@pytest.mark.xfail(strict=True, reason="record_conversions only looks at enrollments entered within the goal "
-                                       "window before *now*: a conversion inside the window that a tick first "
-                                       "sees after the window closed (late-tracked event, paused schedule) is lost")
 def test_a_conversion_inside_the_window_counts_even_when_seen_by_a_later_tick(make_runtime, store):
     rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 10d}\n" + HELLO, extra=GOAL)})
     cid = subscriber(store, "ann@example.com")

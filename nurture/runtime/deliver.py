@@ -15,7 +15,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import and_, bindparam, or_, select
 
 from nurture.conditions import contact_t, enrollment_t, event_t
 from nurture.double_opt_in import SYSTEM_JOURNEYS, render_system_email
@@ -52,7 +52,7 @@ def _claim(rt: Runtime, now: datetime, journey: Optional[str], partition: int, p
         ids = [r[0] for r in conn.execute(stmt)]
         for part in chunks(ids):
             conn.execute(message_t.update().where(ids_in(message_t.c.id, part), message_t.c.status == "queued")
-                         .values(status="sending", claim=token, attempts=message_t.c.attempts + 1))
+                         .values(status="sending", claim=token, claimed_at=now, attempts=message_t.c.attempts + 1))
     return token, ids
 
 
@@ -211,7 +211,10 @@ def reconcile_stuck(rt: Runtime, now: datetime) -> Counter:
     report: Counter = Counter()
     with rt.store.engine.begin() as conn:
         stuck = conn.execute(select(message_t.c.id, message_t.c.journey, message_t.c.channel)
-                             .where(message_t.c.status == "sending", message_t.c.created_at <= now - STUCK_AFTER)).all()
+                             .where(message_t.c.status == "sending",
+                                    or_(message_t.c.claimed_at <= now - STUCK_AFTER,
+                                        and_(message_t.c.claimed_at.is_(None),  # claimed before migration 0004
+                                             message_t.c.created_at <= now - STUCK_AFTER)))).all()
         if not stuck:
             return report
         from_email = rt.env.get("NURTURE_FROM_EMAIL", "hello@example.com")

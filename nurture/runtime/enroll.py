@@ -5,18 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import and_, exists, func, or_, select
 
 from nurture.compiler import Plan
 from nurture.conditions import ConditionScope, compile_condition, contact_t, event_t
 from nurture.runtime.context import Runtime
 from nurture.runtime.timing import arrival_due
-from nurture.runtime.sql import chunks, for_update, insert_ignore
+from nurture.runtime.sql import chunks, for_update, ids_in, insert_ignore
 from nurture.runtime.stable_random import in_holdout
-from nurture.store.models import Enrollment, JourneyCursor
+from nurture.store.models import Enrollment, JourneyCursor, JourneyPendingTrigger
 
 enrollment_t = Enrollment.__table__
 cursor_t = JourneyCursor.__table__
+pending_t = JourneyPendingTrigger.__table__
 
 
 def _cursor(conn: Any, journey: str, now: datetime) -> int:
@@ -72,17 +73,28 @@ def enroll(rt: Runtime, plan: Plan, now: datetime) -> int:
     with rt.store.engine.begin() as conn:
         cursor = _cursor(conn, plan.name, now)
         base = [event_t.c.name == trigger.event, event_t.c.id > cursor]
-        first_future = conn.execute(select(func.min(event_t.c.id)).where(*base, event_t.c.occurred_at > now)).scalar()
-        upper = (first_future - 1) if first_future is not None else conn.execute(select(func.max(event_t.c.id)).where(*base)).scalar()
-        if upper is None or upper <= cursor:
+        upper = conn.execute(select(func.max(event_t.c.id)).where(*base)).scalar() or cursor
+        window = [*base, event_t.c.id <= upper]
+        # Events dated after this tick's clock (clock skew, scheduled events) wait in
+        # journeypendingtrigger instead of holding the cursor back for everyone else.
+        future = [dict(journey=plan.name, event_pk=pk, occurred_at=at) for pk, at in conn.execute(
+            select(event_t.c.id, event_t.c.occurred_at).where(*window, event_t.c.occurred_at > now))]
+        insert_ignore(conn, pending_t, future, ("journey", "event_pk"))
+        ripe = [pk for (pk,) in conn.execute(select(pending_t.c.event_pk).where(
+            pending_t.c.journey == plan.name, pending_t.c.occurred_at <= now))]
+        for part in chunks(ripe):
+            conn.execute(pending_t.delete().where(pending_t.c.journey == plan.name, ids_in(pending_t.c.event_pk, part)))
+        if upper == cursor and not ripe:
             return 0
-        filters = [*base, event_t.c.id <= upper, event_t.c.occurred_at >= now - trigger.lookback]
+        in_window = and_(*window, event_t.c.occurred_at <= now)
+        filters = [event_t.c.name == trigger.event, event_t.c.occurred_at >= now - trigger.lookback,
+                   or_(in_window, ids_in(event_t.c.id, ripe)) if ripe else in_window]
         if trigger.where is not None:
             scope = ConditionScope(now, rt.project.segments, in_enrollment=False, trigger_event=event_t)
             filters.append(compile_condition(trigger.where, scope))
         rows = conn.execute(select(event_t.c.id, event_t.c.contact_id, event_t.c.occurred_at, contact_t.c.timezone)
                             .select_from(event_t.join(contact_t, contact_t.c.id == event_t.c.contact_id))
-                            .where(*filters).order_by(event_t.c.id)).all()
+                            .where(*filters).order_by(event_t.c.occurred_at, event_t.c.id)).all()
         # The earliest qualifying event per contact is the one that enrolls.
         first_by_contact: dict[int, tuple[int, datetime, Optional[str]]] = {}
         for event_pk, contact_id, occurred_at, tz in rows:

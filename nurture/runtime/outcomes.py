@@ -3,7 +3,7 @@ SQL over all active enrollments) and the `goal` (conversion and revenue within a
 recorded for messaged and holdout contacts alike, so lift can be measured)."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, select
 
@@ -14,13 +14,18 @@ from nurture.runtime.context import Runtime
 from nurture.runtime.sql import chunks
 
 
+LATE_CONVERSIONS = timedelta(days=30)
+
+
 def record_conversions(rt: Runtime, plan: Plan, now: datetime) -> int:
     goal = plan.journey.goal
     if goal is None:
         return 0
     with rt.store.engine.begin() as conn:
         filters = [enrollment_t.c.journey == plan.name, enrollment_t.c.converted_at.is_(None),
-                   enrollment_t.c.entered_at >= now - goal.within,
+                   # Windows that closed recently are looked at too: a purchase tracked late (or a
+                   # paused schedule) still counts if it happened inside the window.
+                   enrollment_t.c.entered_at >= now - goal.within - LATE_CONVERSIONS,
                    event_t.c.contact_id == enrollment_t.c.contact_id, event_t.c.name == goal.event,
                    event_t.c.occurred_at >= enrollment_t.c.entered_at, event_t.c.occurred_at <= now,
                    (enrollment_t.c.trigger_event_pk.is_(None)) | (event_t.c.id != enrollment_t.c.trigger_event_pk)]

@@ -252,6 +252,42 @@ def _check_journey(name: str, journey: Journey, locs: Locations, project: Projec
     return errors
 
 
+def _raw_steps(steps: Any, path: tuple) -> Iterator[tuple[dict, tuple]]:
+    if not isinstance(steps, list):
+        return
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict):
+            continue
+        here = path + (i,)
+        yield step, here
+        for kind, keys in (("branch", ("then", "else")), ("wait_for", ("then", "timeout"))):
+            body = step.get(kind)
+            if isinstance(body, dict):
+                for key in keys:
+                    yield from _raw_steps(body.get(key), here + (kind, key))
+        if isinstance(step.get("split"), list):
+            for a, arm in enumerate(step["split"]):
+                if isinstance(arm, dict):
+                    yield from _raw_steps(arm.get("steps"), here + ("split", a, "steps"))
+
+
+def _raw_cross_checks(data: Any, locs: Locations, library: TemplateLibrary) -> list[SpecError]:
+    """Template references and step-id uniqueness of a journey that failed schema validation."""
+    errors: list[SpecError] = []
+    seen: set[str] = set()
+    for step, path in _raw_steps(data.get("steps") if isinstance(data, dict) else None, ("steps",)):
+        sid = step.get("id")
+        if isinstance(sid, str):
+            if sid in seen:
+                errors.append(locs.error(path + ("id",), f"step id '{sid}' is used twice (ids must be unique)"))
+            seen.add(sid)
+        send = step.get("send")
+        if isinstance(send, dict) and send.get("channel") in ("email", "sms") and isinstance(send.get("template"), str):
+            where = (locs.file, *locs.of(path + ("send", "template")))
+            errors.extend(library.check(send["channel"], send["template"], where))
+    return errors
+
+
 def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
     """Load and validate the project at `root`; `only` limits journeys to one name."""
     root = Path(root).resolve()
@@ -291,6 +327,9 @@ def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
             journey = Journey.model_validate(data)
         except ValidationError as exc:
             errors.extend(pydantic_errors(exc, locs, Journey))
+            # The rest of the file is still checked as far as its shape allows, so one typo
+            # does not hide a missing template or a duplicate step id.
+            errors.extend(_raw_cross_checks(data, locs, library))
             continue
         errors.extend(_check_journey(name, journey, locs, project, library))
         project.journeys[name] = journey

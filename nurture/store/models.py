@@ -89,6 +89,14 @@ class JourneyCursor(SQLModel, table=True):
     updated_at: datetime
 
 
+class JourneyPendingTrigger(SQLModel, table=True):
+    """Trigger events the cursor passed while they were still in the future (clock skew,
+    scheduled events): they enroll once their time has come, without holding others back."""
+    journey: str = Field(primary_key=True)
+    event_pk: int = Field(primary_key=True)
+    occurred_at: datetime
+
+
 class Enrollment(SQLModel, table=True):
     __table_args__ = (Index("ix_enrollment_due", "journey", "status", "step_id", "next_due_at"),
                       Index("ix_enrollment_contact", "contact_id", "journey"))
@@ -136,5 +144,6 @@ class Message(SQLModel, table=True):
     sent_at: Optional[datetime] = None
     provider_id: Optional[str] = None
     claim: Optional[str] = None
+    claimed_at: Optional[datetime] = None  # when a worker took it for delivery (crash detection)
     attempts: int = 0
     created_at: datetime
