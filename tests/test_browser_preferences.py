@@ -56,6 +56,17 @@ def browser(tmp_path):
     driver.quit()
 
 
+def _submit(browser, button_id: str) -> None:
+    """Click a submit button and wait until the page it posts to has replaced this one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+    page = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(By.ID, button_id).click()
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")
+
+
 def _ledger(store, contact_id):
     with store.engine.connect() as conn:
         return [(r.channel, r.status, r.source) for r in conn.execute(
@@ -84,7 +95,7 @@ def test_a_recipient_changes_preferences_and_unsubscribes_in_headless_chromium(m
         tips.click()  # a click on the label toggles its checkbox
         sms.click()
         assert not tips_box.is_selected()
-        browser.find_element(By.ID, "save").click()
+        _submit(browser, "save")
 
         notice = browser.find_element(By.ID, "notice")
         assert notice.text == "Your preferences are saved." and notice.get_attribute("role") == "status"
@@ -93,7 +104,7 @@ def test_a_recipient_changes_preferences_and_unsubscribes_in_headless_chromium(m
         assert not browser.find_element(By.ID, "channel-sms").is_selected()
         assert browser.find_element(By.ID, "channel-email").is_selected()
 
-        browser.find_element(By.ID, "unsubscribe").click()
+        _submit(browser, "unsubscribe")
         assert "You are unsubscribed from marketing e-mail." in browser.find_element(By.ID, "notice").text
         assert _ledger(site.store, cid)[-1] == ("email", "revoked", "web:unsubscribe")
         with site.store.engine.connect() as conn:
