@@ -17,7 +17,7 @@ table{border-collapse:collapse;width:100%;font-size:13px}th,td{text-align:right;
 th:first-child,td:first-child{text-align:left}th{background:#f9fafb;font-weight:600}
 .muted{color:#6b7280;font-size:13px}.kpis{display:flex;flex-wrap:wrap;gap:12px;margin:8px 0}
 .kpi{background:#f9fafb;border-radius:6px;padding:10px 14px;min-width:120px}.kpi b{display:block;font-size:18px}
-.pos{color:#047857}.neg{color:#b91c1c}
+.two td:nth-child(2),.two th:nth-child(2){text-align:left}.pos{color:#047857}.neg{color:#b91c1c}
 """
 
 
@@ -62,10 +62,10 @@ def _daily_svg(report: Report) -> str:
     return "".join(parts)
 
 
-def _table(headers: list[str], rows: list[list[object]]) -> str:
+def _table(headers: list[str], rows: list[list[object]], cls: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _journey(r: JourneyReport) -> str:
@@ -104,7 +104,7 @@ def render_html(report: Report, title: str = "Nurture report") -> str:
          "position €"],
         [[a.journey, a.step, f"{a.conversions['last_touch']:.1f}", f"{a.conversions['first_touch']:.1f}",
           f"{a.conversions['position_based']:.1f}", money(a.revenue["last_touch"]), money(a.revenue["first_touch"]),
-          money(a.revenue["position_based"])] for a in report.attribution])
+          money(a.revenue["position_based"])] for a in report.attribution], cls="two")
     h = report.handovers
     handover = _table(["handed over", "delivered", "pending", "failed", "contacted within SLA", "contacted late",
                        "open (SLA running)", "overdue"],

@@ -27,6 +27,7 @@ from typing import Any, Optional
 from sqlalchemy import case, exists, func, or_, select
 
 from nurture.conditions import consent_t, enrollment_t, event_t
+from nurture.durations import format_duration
 from nurture.reporting.attribution import MODELS, attribute, attribute_counts
 from nurture.reporting.lift import Lift, lift
 from nurture.scoring.models import Handover
@@ -321,7 +322,7 @@ def build_report(store: Store, project: ProjectSpec, now: Optional[datetime] = N
     reports: dict[str, JourneyReport] = {}
     for name in names:
         spec = project.journeys.get(name)
-        goal = f"{spec.goal.event} within {spec.goal.within}" if spec is not None and spec.goal else ""
+        goal = f"{spec.goal.event} within {format_duration(spec.goal.within)}" if spec is not None and spec.goal else ""
         reports[name] = JourneyReport(name, spec.description.strip() if spec else "", goal)
     with store.engine.connect() as conn:
         _enrollments(conn, reports)
