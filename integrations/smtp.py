@@ -154,16 +154,18 @@ class SmtpChannel(Channel):
             refused = client.sendmail(s.from_email, [m.to], data)
         except smtplib.SMTPRecipientsRefused as exc:
             code, message = next(iter(exc.recipients.values()))
-            if 400 <= code < 500:
-                return DeliveryResult(m.message_pk, "retry", reason=f"smtp_rcpt_deferred: {_reply(code, message)}"), True
+            if 400 <= code < 500:  # 421: the server is closing the connection (smtplib closed it)
+                return DeliveryResult(m.message_pk, "retry", reason=f"smtp_rcpt_deferred: {_reply(code, message)}"), code != 421
             return DeliveryResult(m.message_pk, "failed", reason=f"smtp_rcpt_rejected: {_reply(code, message)}",
                                   suppress="hard_bounce"), True
         except smtplib.SMTPSenderRefused as exc:
             status = "retry" if 400 <= exc.smtp_code < 500 else "failed"
-            return DeliveryResult(m.message_pk, status, reason=f"smtp_sender_refused: {_reply(exc.smtp_code, exc.smtp_error)}"), True
+            return (DeliveryResult(m.message_pk, status, reason=f"smtp_sender_refused: {_reply(exc.smtp_code, exc.smtp_error)}"),
+                    exc.smtp_code != 421)
         except smtplib.SMTPDataError as exc:
             status = "retry" if 400 <= exc.smtp_code < 500 else "failed"
-            return DeliveryResult(m.message_pk, status, reason=f"smtp_data_refused: {_reply(exc.smtp_code, exc.smtp_error)}"), True
+            return (DeliveryResult(m.message_pk, status, reason=f"smtp_data_refused: {_reply(exc.smtp_code, exc.smtp_error)}"),
+                    exc.smtp_code != 421)
         except (smtplib.SMTPServerDisconnected, socket.timeout, OSError) as exc:
             return DeliveryResult(m.message_pk, "retry", reason=f"smtp_connection_lost: {type(exc).__name__}"), False
         except smtplib.SMTPException as exc:

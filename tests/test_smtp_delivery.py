@@ -173,14 +173,18 @@ def test_marketing_email_arrives_complete_and_one_connection_serves_the_batch(ma
 
 def test_4xx_is_retried_on_a_later_tick_and_5xx_becomes_a_hard_bounce_suppression(make_runtime, store, smtp_server):
     recorder = Recorder(replies={"busy@example.com": "451 4.2.1 Mailbox busy, try later",
-                                 "gone@example.com": "550 5.1.1 No such user"})
+                                 "gone@example.com": "550 5.1.1 No such user",
+                                 "closing@example.com": "421 4.3.2 Service shutting down"})
     rt = _runtime(make_runtime, smtp_server(recorder))
-    ids = _signups(store, "busy@example.com", "gone@example.com", "fine@example.com")
+    ids = _signups(store, "busy@example.com", "gone@example.com", "closing@example.com", "fine@example.com")
 
     run_tick(rt, "promo", NOW)
 
     rows = {m.address: m for m in messages(store, journey="promo")}
     assert (rows["fine@example.com"].status, rows["fine@example.com"].reason) == ("sent", None)
+    # 421 closes the connection: that message waits, the next one goes out on a new connection.
+    closing = rows["closing@example.com"]
+    assert closing.status == "queued" and closing.reason.startswith("smtp_rcpt_deferred: 421")
     busy = rows["busy@example.com"]
     assert busy.status == "queued" and busy.due_at > NOW and busy.reason.startswith("smtp_rcpt_deferred: 451")
     gone = rows["gone@example.com"]
