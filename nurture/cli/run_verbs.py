@@ -50,19 +50,22 @@ def run(journey: Optional[str] = typer.Option(None, "--journey", help="Only this
     run_ticks(journey, parse_now(now))
 
 
+def served_deployments(project: str, interval: int = TICK_SECONDS) -> list:
+    """The schedules `nurture serve` runs — the same ones prefect.yaml declares for workers."""
+    from flows import hygiene, journey, scoring, segment_sync
+    return [journey.tick_all.to_deployment(name="tick-all", interval=interval, parameters={"project": project}),
+            segment_sync.sync_deployment(project),
+            scoring.scoring.to_deployment(name="scoring", interval=3600, parameters={"project": project}),
+            hygiene.hygiene.to_deployment(name="hygiene", interval=900, parameters={"project": project})]
+
+
 def serve(interval: int = typer.Option(TICK_SECONDS, "--interval", help="Seconds between journey ticks")) -> None:
     """Run the journey ticks (and, where configured, nightly syncs) on their schedules,
     without a work pool: `prefect.yaml` declares the same schedules for workers."""
     open_project()
-    flows = _flows()
+    _flows()
     from prefect import serve as prefect_serve
-    deployments = [flows.tick_all.to_deployment(name="tick-all", interval=interval,
-                                                parameters={"project": str(root())})]
-    try:
-        from flows import segment_sync
-        deployments.append(segment_sync.sync_deployment(str(root())))
-    except ImportError:
-        pass
+    deployments = served_deployments(str(root()), interval)
     console.print(f"serving {len(deployments)} deployment(s); journey ticks every {interval}s. Ctrl-C stops.")
     prefect_serve(*deployments)
 

@@ -1,0 +1,35 @@
+"""prefect.yaml and `nurture serve` declare the same schedules, and every entrypoint is a flow."""
+from __future__ import annotations
+
+import yaml
+from prefect.flows import Flow, load_flow_from_entrypoint
+
+from tests.conftest import REPO
+
+
+def _declared() -> dict:
+    return {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+
+
+def test_every_prefect_yaml_entrypoint_loads_as_a_flow_on_the_process_pool():
+    for name, deployment in _declared().items():
+        flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
+        assert isinstance(flow, Flow), name
+        assert deployment["work_pool"]["name"] == "nurture"
+        assert deployment["schedules"], name
+
+
+def test_journey_ticks_every_five_minutes_and_segment_sync_nightly_in_berlin():
+    declared = _declared()
+    assert declared["tick-all"]["schedules"] == [{"interval": 300}]
+    assert declared["segment-sync"]["schedules"] == [{"cron": "0 2 * * *", "timezone": "Europe/Berlin"}]
+
+
+def test_nurture_serve_serves_the_schedules_prefect_yaml_declares(tmp_path):
+    from nurture.cli.run_verbs import served_deployments
+    served = {d.name: d for d in served_deployments(str(tmp_path))}
+    assert set(served) == set(_declared())
+    assert served["tick-all"].schedules[0].schedule.interval.total_seconds() == 300
+    cron = served["segment-sync"].schedules[0].schedule
+    assert (cron.cron, cron.timezone) == ("0 2 * * *", "Europe/Berlin")
+    assert all(d.parameters == {"project": str(tmp_path)} for d in served.values())
