@@ -177,3 +177,32 @@ def test_journey_summary_for_the_prefect_artifact(cart_report, store):
     assert "| 2 | 25.0% | 50.0% | -25.0 pts" in markdown
     assert [(r["step"], r["sent"], r["deferred"], r["conversions"]) for r in rows] == [
         ("reminder", 6, "quiet_hours 1", 2), ("sms_nudge", 2, "-", 2)]
+
+
+# ---------------------------------------------------------------- the command
+
+
+def _nurture(tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    env = {**os.environ, "NURTURE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    return subprocess.run([sys.executable, "-c", "from nurture.cli import main; main()", "--project", str(REPO), *args],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+
+
+def test_cli_report_prints_tables_writes_html_and_json(tmp_path):
+    import json
+    run = _nurture(tmp_path, "report", "--html", str(tmp_path / "out" / "report.html"))
+    assert run.returncode == 0, run.stderr
+    assert "cart_abandonment" in run.stdout and "Sales handovers: 0 MQL(s)" in run.stdout
+    assert (tmp_path / "out" / "report.html").read_text().startswith("<!DOCTYPE html>")
+    run = _nurture(tmp_path, "report", "--json", "--journey", "welcome")
+    data = json.loads(run.stdout)
+    assert [j["journey"] for j in data["journeys"]] == ["welcome"]
+    assert data["journeys"][0]["steps"][0]["step"] == "welcome_value"
+    run = _nurture(tmp_path, "report", "--journey", "welcom")
+    assert run.returncode == 1 and "did you mean 'welcome'" in run.stderr and "Traceback" not in run.stderr
+    run = _nurture(tmp_path, "score", "--now", "2026-11-20T12:00:00Z")
+    assert run.returncode == 0 and "scored 0 contact(s)" in run.stdout
