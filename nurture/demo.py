@@ -120,7 +120,7 @@ def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[d
 
 def _summary(console: Console, report, sent_total: Counter, reactions: Counter, synced: list, demo_dir: Path,
              project: Path, url: str, seconds: float) -> None:
-    console.print(f"\n[bold]What the month earned[/bold] (lift = messaged − holdout conversion rate, 95% CI):")
+    console.print("\n[bold]What the month earned[/bold] (lift = messaged − holdout conversion rate, 95% CI):")
     console.print(f"  {'journey':<20}{'entered':>8}{'sent':>7}{'conv.':>7}{'rate':>8}  {'lift (points)':<22}{'revenue':>14}")
     for r in report.journeys:
         l = r.lift

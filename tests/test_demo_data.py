@@ -8,7 +8,6 @@ import os
 import shutil
 from collections import Counter
 
-import pytest
 from rich.console import Console
 from sqlalchemy import func, select
 

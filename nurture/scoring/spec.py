@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -115,6 +115,3 @@ def load_scoring(path: Path, display: str) -> tuple[Optional[ScoringSpec], Locat
         return ScoringSpec.model_validate(data or {}), locs, []
     except ValidationError as exc:
         return None, locs, pydantic_errors(exc, locs, ScoringSpec)
-
-
-Rule = Union[FitRule, BehaviourRule]
