@@ -120,7 +120,7 @@ def test_a_journey_frequency_cap_may_not_loosen_the_policy(make_project):
     journey = journey_yaml("j", SEND, extra="frequency_cap: [{channel: email, max: 5, per: 7d}]")
     errors = errors_of(make_project, {"j": journey})
     assert len(errors) == 1
-    assert errors[0].startswith("journeys/j.yaml:3:39: frequency_cap may only tighten policies.yaml")
+    assert errors == ["journeys/j.yaml:3:39: frequency_cap may only tighten policies.yaml (email: at most 3 per 1w)"]
     tighter = journey_yaml("j", SEND, extra="frequency_cap: [{channel: email, max: 1, per: 7d}]")
     assert errors_of(make_project, {"j": tighter}) == []
 

@@ -12,6 +12,7 @@ from typing import Any, Iterator, Optional
 
 from pydantic import BaseModel, ValidationError
 
+from nurture.durations import format_duration
 from nurture.spec.errors import SpecError, did_you_mean
 from nurture.spec.models import Condition, Journey, Policies, Step
 from nurture.spec.segments import Segment, SegmentsFile
@@ -248,7 +249,7 @@ def _check_journey(name: str, journey: Journey, locs: Locations, project: Projec
             if policy_cap.channel == cap.channel and policy_cap.per == cap.per and cap.max > policy_cap.max:
                 errors.append(locs.error(("frequency_cap", i, "max"),
                                          f"frequency_cap may only tighten policies.yaml "
-                                         f"({cap.channel}: at most {policy_cap.max} per {policy_cap.per})"))
+                                         f"({cap.channel}: at most {policy_cap.max} per {format_duration(policy_cap.per)})"))
     return errors
 
 
