@@ -51,7 +51,7 @@ def artifact_key(journey: str) -> str:
 
 
 @task(name="report")
-def report_task(journey: str, now: datetime, enrolled: int, converted: int, exited: int,
+def report_task(project: Optional[str], journey: str, now: datetime, enrolled: int, converted: int, exited: int,
                 outcomes: list[dict]) -> dict:
     report = TickReport(journey, now.isoformat())
     report.stages.update({"enrolled": enrolled, "converted": converted, "exited": exited})
@@ -61,6 +61,14 @@ def report_task(journey: str, now: datetime, enrolled: int, converted: int, exit
     create_table_artifact(key=artifact_key(journey), table=table or [{"step": "-", "outcome": "nothing due", "reason": "", "count": 0}],
                           description=f"Tick of {journey} at {now.isoformat()}: enrolled {enrolled}, "
                                       f"converted {converted}, exited {exited}")
+    # What the journey has earned so far, for the operator in the UI (the `nurture report` figures).
+    from nurture.reporting.summary import journey_summary
+    rt = runtime_for(project)
+    markdown, rows = journey_summary(rt.store, rt.project, journey, now)
+    create_markdown_artifact(key=f"{artifact_key(journey)}-summary", markdown=markdown,
+                             description=f"{journey}: funnel, conversions, revenue, lift, ROI")
+    create_table_artifact(key=f"{artifact_key(journey)}-steps", table=rows or [{"step": "-"}],
+                          description=f"{journey}: per-step funnel and outcomes since the first run")
     get_run_logger().info("%s at %s: enrolled %d, converted %d, exited %d, %d outcome rows",
                           journey, now.isoformat(), enrolled, converted, exited, len(table))
     return {"journey": journey, "now": now.isoformat(), "enrolled": enrolled, "converted": converted,
@@ -76,7 +84,7 @@ def journey_tick(journey: str, project: Optional[str] = None, now: Optional[date
     advanced = advance_task(project, journey, clock)
     futures = [deliver_task.submit(project, journey, clock, i, partitions) for i in range(partitions)]
     delivered = [f.result() for f in futures]
-    return report_task(journey, clock, enrolled, converted, exited, [advanced, *delivered])
+    return report_task(project, journey, clock, enrolled, converted, exited, [advanced, *delivered])
 
 
 def journey_flow(name: str):

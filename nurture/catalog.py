@@ -142,5 +142,6 @@ class CatalogView:
 def install_catalog(library: Any, store: Store) -> None:
     """Make `catalog` available to a TemplateLibrary's templates (HTML and text)."""
     view = CatalogView(store)
-    library.html_env.globals["catalog"] = view
-    library.text_env.globals["catalog"] = view
+    for env in (library.html_env, library.text_env, getattr(library, "derived_text_env", None)):
+        if env is not None:
+            env.globals["catalog"] = view

@@ -96,6 +96,10 @@ def test_tick_all_runs_each_journey_as_its_own_flow_with_stage_tasks_and_an_arti
     assert table and table[0].type == "table"
     rows = json.loads(table[0].data) if isinstance(table[0].data, str) else table[0].data
     assert {"step": "hello", "outcome": "sent", "reason": "", "count": 3} in rows
+    # …and what the journey has earned so far, as `nurture report` would say it.
+    summary = [a for a in artifacts if a.key == "journey-welcome-series-summary"]
+    assert summary and summary[0].type == "markdown" and "welcome_series" in summary[0].data
+    assert [a for a in artifacts if a.key == "journey-welcome-series-steps" and a.type == "table"]
 
 
 def test_logical_clock_is_the_scheduled_start_time_when_no_now_is_given(harness, project):

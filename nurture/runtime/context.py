@@ -48,7 +48,9 @@ class Runtime:
     @property
     def templates(self) -> TemplateLibrary:
         if self._templates is None:
+            from nurture.catalog import install_catalog
             self._templates = TemplateLibrary(self.project.root / "templates")
+            install_catalog(self._templates, self.store)  # `catalog.related(...)` for cross-sell
         return self._templates
 
     @property
