@@ -71,8 +71,9 @@ def serve(interval: int = typer.Option(TICK_SECONDS, "--interval", help="Seconds
 
 
 def demo(seed: int = typer.Option(7, "--seed", help="Seed of the synthetic story")) -> None:
-    """The whole story on the embedded default: a handful of contacts, one journey, simulated
-    days as Prefect flow runs, then the message log and the outbox."""
+    """The whole story on the embedded default: a synthetic shop with 5,000 contacts, the six
+    journeys over 30 simulated days as Prefect flow runs, segment sync to CSV, the outbox and
+    the HTML report."""
     from nurture.demo import run_demo
     run_demo(root(), seed=seed, run_ticks=lambda now: run_ticks(None, now, quiet=True), console=console)
 
