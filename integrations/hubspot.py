@@ -1,4 +1,5 @@
-"""HubSpot CRM v3 as a segment destination (`hubspot`): a segment is a static list.
+"""HubSpot CRM v3 (`hubspot`): the segment destination (a segment is a static list) and the
+sales handover (a contact with stage and score, and a sales task).
 
 Adding: batch upsert of the contacts by e-mail (`POST /crm/v3/objects/contacts/batch/upsert`,
 at most 100 inputs, `idProperty: email`), then `PUT /crm/v3/lists/{listId}/memberships/add`
@@ -7,11 +8,24 @@ with the record ids remembered from the add. A 207 multi-status answer fails onl
 records it names; 429 waits as the `X-HubSpot-RateLimit-*` headers say (a daily limit is
 not waited out: those records fail and are retried by the next night's run).
 
+Handover (`NURTURE_HANDOVER_CRM=hubspot`): the same batch upsert, now with `lifecyclestage`
+(lead → lead, mql → marketingqualifiedlead, sql → salesqualifiedlead, customer → customer) and
+the score in a custom number property (NURTURE_HUBSPOT_SCORE_PROPERTY, default
+`nurture_score`); then one `POST /crm/v3/objects/tasks` per handover — subject, body, due time
+`hs_timestamp` = the SLA, `NOT_STARTED`, a priority, the owner (a HubSpot owner id, or an
+e-mail resolved through `GET /crm/v3/owners?email=`) and the task→contact association
+(HUBSPOT_DEFINED type 204). One request per task, so every handover gets its own result: a
+record whose upsert or task failed is answered `ok=False` and stays pending for the engine's
+retry, while the others are delivered.
+
 Settings: NURTURE_HUBSPOT_TOKEN (private app token, bearer), NURTURE_HUBSPOT_BASE_URL
-(default https://api.hubapi.com). segments.yaml: `{destination: hubspot, list_id: "45"}`.
+(default https://api.hubapi.com), NURTURE_HUBSPOT_SCORE_PROPERTY, NURTURE_HUBSPOT_TASK_PRIORITY
+(LOW | MEDIUM | HIGH, default HIGH). segments.yaml: `{destination: hubspot, list_id: "45"}`.
 """
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
 
 import httpx
@@ -19,7 +33,15 @@ import httpx
 from integrations.http_retry import DONE, FAIL, RETRY, ProviderClient, RetryPolicy, Verdict, retry_after, short_body
 from nurture.registry import (CrmDestination, IntegrationContext, IntegrationError, MemberResult, SyncBatch,
                               SyncMember)
+from nurture.scoring.handover import HandoverRecord, HandoverResult
 from nurture.segments import identifiers
+
+LIFECYCLE_STAGES = {"lead": "lead", "mql": "marketingqualifiedlead", "sql": "salesqualifiedlead",
+                    "customer": "customer"}
+STAGE_ORDER = tuple(LIFECYCLE_STAGES)
+TASK_TO_CONTACT = 204  # HubSpot's default (HUBSPOT_DEFINED) association type: task -> contact
+TASK_PRIORITIES = ("LOW", "MEDIUM", "HIGH")
+_PROPERTY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def classify(response: httpx.Response) -> Verdict:
@@ -49,17 +71,28 @@ class HubSpotDestination(CrmDestination):
     identifier_columns = ("email",)
     max_batch = 100
 
-    def __init__(self, token: str, base_url: str = "https://api.hubapi.com", policy: Optional[RetryPolicy] = None):
+    def __init__(self, token: str, base_url: str = "https://api.hubapi.com", policy: Optional[RetryPolicy] = None,
+                 *, score_property: str = "nurture_score", task_priority: str = "HIGH"):
         self.client = ProviderClient(self.name, base_url, policy=policy, classify=classify,
                                      headers={"Authorization": f"Bearer {token}"})
+        self.score_property = score_property
+        self.task_priority = task_priority
+        self._owners: dict[str, Optional[str]] = {}  # owner e-mail -> HubSpot owner id (None: unknown)
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "HubSpotDestination":
         token = context.setting("NURTURE_HUBSPOT_TOKEN")
         if not token:
             raise IntegrationError("hubspot: set NURTURE_HUBSPOT_TOKEN to a private app access token")
+        score_property = context.setting("NURTURE_HUBSPOT_SCORE_PROPERTY") or "nurture_score"
+        if not _PROPERTY_NAME.match(score_property):
+            raise IntegrationError(f"hubspot: NURTURE_HUBSPOT_SCORE_PROPERTY '{score_property}' is not a HubSpot "
+                                   "property's internal name (lowercase letters, digits, underscores)")
+        priority = (context.setting("NURTURE_HUBSPOT_TASK_PRIORITY") or "HIGH").upper()
+        if priority not in TASK_PRIORITIES:
+            raise IntegrationError(f"hubspot: NURTURE_HUBSPOT_TASK_PRIORITY must be one of {', '.join(TASK_PRIORITIES)}")
         return cls(token, context.setting("NURTURE_HUBSPOT_BASE_URL") or "https://api.hubapi.com",
-                   RetryPolicy.from_env(context.env))
+                   RetryPolicy.from_env(context.env), score_property=score_property, task_priority=priority)
 
     @property
     def requests_sent(self) -> int:  # type: ignore[override]
@@ -90,23 +123,10 @@ class HubSpotDestination(CrmDestination):
             inputs.append({"idProperty": "email", "id": props["email"], "properties": props})
         if not inputs:
             return results
-        upsert = self.client.call("POST", "/crm/v3/objects/contacts/batch/upsert", json={"inputs": inputs})
-        if not upsert.ok:
-            return results + [MemberResult(m.contact_id, False, reason=upsert.reason) for m in by_email.values()]
-        body = upsert.json() or {}
-        record_ids: dict[str, str] = {}
-        for row in body.get("results", []):
-            address = str((row.get("properties") or {}).get("email", "")).lower()
-            if address in by_email and row.get("id") is not None:
-                record_ids[address] = str(row["id"])
-        errors: dict[str, str] = {}
-        for error in body.get("errors", []):
-            for ident in (error.get("context") or {}).get("ids", []) or []:
-                errors[str(ident).lower()] = f"{error.get('category', 'ERROR')}: {error.get('message', '')}"[:300]
+        record_ids, errors = self._upsert(inputs)
         for address, member in by_email.items():
             if address not in record_ids:
-                results.append(MemberResult(member.contact_id, False,
-                                            reason=errors.get(address, "not in HubSpot's upsert answer")))
+                results.append(MemberResult(member.contact_id, False, reason=errors[address]))
         if not record_ids:
             return results
         listed = self.client.call("PUT", f"/crm/v3/lists/{target['list_id']}/memberships/add",
@@ -135,5 +155,126 @@ class HubSpotDestination(CrmDestination):
         return results + [MemberResult(m.contact_id, answer.ok, reason=None if answer.ok else answer.reason)
                           for m in with_id]
 
+    def _upsert(self, inputs: list[dict]) -> tuple[dict[str, str], dict[str, str]]:
+        """One batch upsert by e-mail: (record id by e-mail, failure reason by e-mail)."""
+        addresses = [i["id"] for i in inputs]
+        upsert = self.client.call("POST", "/crm/v3/objects/contacts/batch/upsert", json={"inputs": inputs})
+        if not upsert.ok:
+            return {}, {a: upsert.reason for a in addresses}
+        body = upsert.json() or {}
+        record_ids: dict[str, str] = {}
+        for row in body.get("results", []):
+            address = str((row.get("properties") or {}).get("email", "")).lower()
+            if address in addresses and row.get("id") is not None:
+                record_ids[address] = str(row["id"])
+        errors: dict[str, str] = {}
+        for error in body.get("errors", []):
+            for ident in (error.get("context") or {}).get("ids", []) or []:
+                errors[str(ident).lower()] = f"{error.get('category', 'ERROR')}: {error.get('message', '')}"[:300]
+        return record_ids, {a: errors.get(a, "not in HubSpot's upsert answer") for a in addresses
+                            if a not in record_ids}
+
+    # -- the sales handover
+
+    def hand_over(self, records: Sequence[HandoverRecord]) -> list[HandoverResult]:
+        """Upsert the contacts with stage and score, then one sales task per record; one
+        result per record, never an exception for a provider or per-record failure."""
+        results: dict[int, HandoverResult] = {}
+        by_email: dict[str, list[HandoverRecord]] = {}
+        for record in records:
+            address = identifiers.email(record.email)
+            if address is None:
+                results[record.handover_id] = HandoverResult(
+                    record.handover_id, False, reason="no valid e-mail: HubSpot upserts contacts by e-mail",
+                    retry=False)
+            else:
+                by_email.setdefault(address, []).append(record)
+        addresses = list(by_email)
+        for start in range(0, len(addresses), self.max_batch):
+            part = addresses[start:start + self.max_batch]
+            record_ids, errors = self._upsert([self._contact_input(a, by_email[a]) for a in part])
+            for address in part:
+                for record in by_email[address]:
+                    if address in record_ids:
+                        results[record.handover_id] = self._create_task(record, record_ids[address])
+                    else:
+                        results[record.handover_id] = HandoverResult(record.handover_id, False,
+                                                                     reason=errors[address])
+        return [results[r.handover_id] for r in records]
+
+    def _contact_input(self, address: str, records: list[HandoverRecord]) -> dict:
+        """One upsert input per e-mail (HubSpot refuses duplicate ids in a batch): the furthest
+        stage and the highest score of the contact's handovers in this batch."""
+        stage = max((r.lifecycle_stage for r in records), key=lambda s: STAGE_ORDER.index(s) if s in STAGE_ORDER else -1)
+        first = records[0]
+        properties = {"email": address, self.score_property: _number(max(r.score for r in records))}
+        if stage in LIFECYCLE_STAGES:
+            properties["lifecyclestage"] = LIFECYCLE_STAGES[stage]
+        for key, value in (("firstname", first.first_name), ("lastname", first.last_name), ("phone", first.phone),
+                           ("company", first.company)):
+            if value and str(value).strip():
+                properties[key] = str(value).strip()
+        return {"idProperty": "email", "id": address, "properties": properties}
+
+    def _create_task(self, record: HandoverRecord, contact_id: str) -> HandoverResult:
+        owner_id, owner_error = self._owner_id(record.owner)
+        if owner_error:
+            return HandoverResult(record.handover_id, False, reason=owner_error)
+        body_lines = [record.note] if record.note else []
+        body_lines.append(f"Score {record.score:g}, stage {record.lifecycle_stage}"
+                          + (f", from journey {record.journey}" if record.journey else "") + ".")
+        if record.owner and owner_id is None:
+            body_lines.append(f"Owner: {record.owner} (not a HubSpot user: the task is unassigned).")
+        body_lines.append(f"Nurture handover {record.key}")
+        properties = {"hs_task_subject": record.task_title, "hs_task_body": "\n".join(body_lines),
+                      "hs_timestamp": _hubspot_time(record.task_due_at), "hs_task_status": "NOT_STARTED",
+                      "hs_task_priority": self.task_priority}
+        if owner_id:
+            properties["hubspot_owner_id"] = owner_id
+        created = self.client.call("POST", "/crm/v3/objects/tasks", json={
+            "properties": properties,
+            "associations": [{"to": {"id": contact_id},
+                              "types": [{"associationCategory": "HUBSPOT_DEFINED",
+                                         "associationTypeId": TASK_TO_CONTACT}]}]})
+        task_id = (created.json() or {}).get("id") if created.ok else None
+        if not task_id:
+            return HandoverResult(record.handover_id, False,
+                                  reason=f"contact {contact_id} upserted, task not created: "
+                                         f"{created.reason or 'no id in HubSpot answer'}"[:300])
+        return HandoverResult(record.handover_id, True, external_id=f"contact:{contact_id} task:{task_id}")
+
+    def _owner_id(self, owner: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+        """(HubSpot owner id or None, failure reason or None). A numeric owner is an owner id;
+        an e-mail is looked up once per run; anything else leaves the task unassigned."""
+        if not owner:
+            return None, None
+        owner = owner.strip()
+        if owner.isdigit():
+            return owner, None
+        address = identifiers.email(owner)
+        if address is None:
+            return None, None
+        if address not in self._owners:
+            found = self.client.call("GET", "/crm/v3/owners", params={"email": address, "limit": 1})
+            if not found.ok:
+                return None, f"owner {address} not looked up: {found.reason}"[:300]
+            matches = [o for o in (found.json() or {}).get("results", [])
+                       if str(o.get("email", "")).lower() == address and o.get("id") is not None]
+            self._owners[address] = str(matches[0]["id"]) if matches else None
+        return self._owners[address], None
+
     def close(self) -> None:
         self.client.close()
+
+
+def _number(value: float) -> str:
+    """HubSpot property values travel as strings; a number property takes `72.5`, `80`."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _hubspot_time(iso: str) -> str:
+    """HubSpot's UTC format with milliseconds, e.g. 2026-11-17T10:00:00.000Z."""
+    moment = datetime.fromisoformat(iso)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -121,12 +121,16 @@ def deliver_handovers(conn: Any, rt: Any, ids: list[int], now: datetime) -> Coun
     if not ids:
         return report
     records = _records(conn, ids)
+    destination = None
     try:
         destination = destination_for(rt)
         results = {r.handover_id: r for r in destination.hand_over(records)}
     except Exception as exc:  # the destination as a whole failed: every record stays pending
         reason = f"{type(exc).__name__}: {exc}"[:300]
         results = {r.handover_id: HandoverResult(r.handover_id, False, reason=reason) for r in records}
+    finally:  # a CRM integration holds an HTTP client (connections) until closed
+        if callable(getattr(destination, "close", None)):
+            destination.close()
     updates = []
     for record in records:
         result = results.get(record.handover_id) or HandoverResult(record.handover_id, False,

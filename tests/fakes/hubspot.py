@@ -1,23 +1,47 @@
 """Fake HubSpot CRM v3: contacts batch upsert by e-mail (≤100 inputs, 207 multi-status for
 rejected records) and static-list memberships add/remove by record id; bearer auth; 429s
-carry the X-HubSpot-RateLimit-* headers."""
+carry the X-HubSpot-RateLimit-* headers. For the sales handover: contact properties are
+checked against the portal's property list (`lifecyclestage` against its stage values, the
+custom score property as a number) and kept; `POST /crm/v3/objects/tasks` checks the task
+properties (required `hs_timestamp`, status, priority, a known `hubspot_owner_id`) and the
+task→contact association (HUBSPOT_DEFINED 204 to an existing contact) and answers 201 with
+the created object; `GET /crm/v3/owners?email=` lists the portal's owners."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from tests.fakes.http_server import FakeProvider, Reply, Request
 
 LIST_PATH = re.compile(r"^/crm/v3/lists/([^/]+)/memberships/(add|remove)$")
+CONTACT_PROPERTIES = {"email", "firstname", "lastname", "phone", "company", "lifecyclestage"}
+LIFECYCLE_VALUES = {"subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity", "customer",
+                    "evangelist", "other"}
+TASK_PROPERTIES = {"hs_timestamp", "hs_task_body", "hubspot_owner_id", "hs_task_subject", "hs_task_status",
+                   "hs_task_priority", "hs_task_type", "hs_task_reminders"}
+TASK_STATUSES = {"NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"}
+TASK_PRIORITIES = {"LOW", "MEDIUM", "HIGH"}
+TASK_TO_CONTACT = 204
 
 
 class FakeHubSpot(FakeProvider):
     max_inputs = 100
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, *, custom_properties: tuple[str, ...] = ("nurture_score",),
+                 owners: dict[str, str] | None = None):
         super().__init__()
         self.token = token
         self.contacts: dict[str, str] = {}  # email -> record id
+        self.properties: dict[str, dict[str, str]] = {}  # email -> contact properties as last written
         self.lists: dict[str, set[str]] = {}
+        self.number_properties = set(custom_properties)  # custom contact properties (type number)
+        self.owners = dict(owners or {})  # owner e-mail -> owner id
+        self.tasks: list[dict] = []  # created tasks: {"id", "properties", "contact_ids"}
+        self.rejected_tasks: set[str] = set()  # contact e-mails whose task creation fails (5xx)
+
+    def tasks_for(self, email: str) -> list[dict]:
+        rid = self.contacts.get(email)
+        return [t for t in self.tasks if rid in t["contact_ids"]]
 
     @staticmethod
     def rate_limited() -> Reply:
@@ -49,6 +73,10 @@ class FakeHubSpot(FakeProvider):
                                "category": "INVALID_AUTHENTICATION"})
         if request.method == "POST" and request.path == "/crm/v3/objects/contacts/batch/upsert":
             return self._upsert(request)
+        if request.method == "POST" and request.path == "/crm/v3/objects/tasks":
+            return self._create_task(request)
+        if request.method == "GET" and request.path in ("/crm/v3/owners", "/crm/v3/owners/"):
+            return self._owners(request)
         match = LIST_PATH.match(request.path)
         if request.method == "PUT" and match:
             return self._membership(match.group(1), match.group(2), request)
@@ -59,17 +87,25 @@ class FakeHubSpot(FakeProvider):
         if not isinstance(inputs, list) or not inputs or len(inputs) > self.max_inputs:
             return self.problem(f"upsert needs 1..{self.max_inputs} inputs, got {len(inputs or [])}")
         results, errors = [], []
+        ids = [item.get("id") for item in inputs]
+        if len(set(ids)) != len(ids):
+            return self.problem(f"duplicate ids in one upsert batch: {ids}")
         for item in inputs:
             email = item.get("id")
             props = item.get("properties") or {}
             if item.get("idProperty") != "email" or not email or props.get("email") != email:
                 return self.problem(f"upsert input must be idProperty=email with matching property: {item}")
+            invalid = self._invalid_contact_properties(props)
+            if invalid:  # HubSpot refuses the whole batch when a property is unknown or invalid
+                return Reply(400, {"status": "error", "category": "VALIDATION_ERROR", "message": invalid,
+                                   "correlationId": "c0ffee"})
             if email in self.rejected:
                 errors.append({"status": "error", "category": "VALIDATION_ERROR",
                                "message": f"Property values were not valid: {email}", "context": {"ids": [email]}})
                 continue
             new = email not in self.contacts
             rid = self.contacts.setdefault(email, str(1000 + len(self.contacts)))
+            self.properties.setdefault(email, {}).update({k: str(v) for k, v in props.items()})
             results.append({"id": rid, "properties": {"email": email, **props}, "new": new,
                             "createdAt": "2026-11-21T02:00:00Z", "updatedAt": "2026-11-21T02:00:00Z",
                             "archived": False})
@@ -95,3 +131,66 @@ class FakeHubSpot(FakeProvider):
         removed = [i for i in present if i in members]
         members.difference_update(present)
         return Reply(200, {"recordIdsRemoved": removed, "recordIdsMissing": missing})
+
+    def _invalid_contact_properties(self, props: dict) -> str:
+        for name, value in props.items():
+            if name not in CONTACT_PROPERTIES | self.number_properties:
+                return f'Property "{name}" does not exist'
+            if not isinstance(value, str):
+                self.problems.append(f"property {name} sent as {type(value).__name__}, HubSpot's values are strings")
+            if name == "lifecyclestage" and value not in LIFECYCLE_VALUES:
+                return f'Property values were not valid: {value} was not one of the allowed options for lifecyclestage'
+            if name in self.number_properties:
+                try:
+                    float(value)
+                except (TypeError, ValueError):
+                    return f"Property values were not valid: {value} is not a number for {name}"
+        return ""
+
+    def _create_task(self, request: Request) -> Reply:
+        body = request.json()
+        props = body.get("properties") or {}
+        unknown = sorted(set(props) - TASK_PROPERTIES)
+        if unknown:
+            return self.problem(f"unknown task properties {unknown}")
+        try:
+            due = datetime.fromisoformat(str(props.get("hs_timestamp", "")).replace("Z", "+00:00"))
+        except ValueError:
+            return self.problem(f"hs_timestamp is required, in UTC format: {props.get('hs_timestamp')!r}")
+        if due.tzinfo is None:
+            return self.problem(f"hs_timestamp without a time zone: {props['hs_timestamp']!r}")
+        if props.get("hs_task_status") not in TASK_STATUSES or props.get("hs_task_priority") not in TASK_PRIORITIES:
+            return self.problem(f"bad task status/priority: {props}")
+        owner = props.get("hubspot_owner_id")
+        if owner is not None and owner not in self.owners.values():
+            return Reply(400, {"status": "error", "category": "VALIDATION_ERROR",
+                               "message": f"Property values were not valid: {owner} is not a valid owner id"})
+        contact_ids = []
+        for assoc in body.get("associations") or []:
+            types = assoc.get("types") or []
+            if (not isinstance(assoc.get("to"), dict) or types != [{"associationCategory": "HUBSPOT_DEFINED",
+                                                                    "associationTypeId": TASK_TO_CONTACT}]):
+                return self.problem(f"task association must be to a contact with HUBSPOT_DEFINED 204: {assoc}")
+            contact_ids.append(str(assoc["to"].get("id")))
+        if not contact_ids:
+            return self.problem("a handover task must be associated with its contact")
+        known = set(self.contacts.values())
+        if any(cid not in known for cid in contact_ids):
+            return Reply(400, {"status": "error", "category": "VALIDATION_ERROR",
+                               "message": f"association target(s) not found: {contact_ids}"})
+        by_id = {v: k for k, v in self.contacts.items()}
+        if any(by_id[cid] in self.rejected_tasks for cid in contact_ids):
+            return Reply(502, {"status": "error", "message": "Bad gateway"})
+        task = {"id": str(9000 + len(self.tasks)), "properties": dict(props), "contact_ids": contact_ids}
+        self.tasks.append(task)
+        return Reply(201, {"id": task["id"], "properties": {**props, "hs_object_id": task["id"]},
+                           "createdAt": "2026-11-21T02:00:00Z", "updatedAt": "2026-11-21T02:00:00Z",
+                           "archived": False})
+
+    def _owners(self, request: Request) -> Reply:
+        wanted = (request.query.get("email") or [None])[-1]
+        results = [{"id": oid, "email": email, "firstName": "", "lastName": "", "userId": int(oid) + 1,
+                    "createdAt": "2019-10-30T03:30:17.883Z", "updatedAt": "2019-12-07T16:50:06.678Z",
+                    "archived": False, "type": "PERSON"}
+                   for email, oid in self.owners.items() if wanted is None or email == wanted.lower()]
+        return Reply(200, {"results": results})
