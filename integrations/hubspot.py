@@ -16,7 +16,11 @@ the score in a custom number property (NURTURE_HUBSPOT_SCORE_PROPERTY, default
 e-mail resolved through `GET /crm/v3/owners?email=`) and the task→contact association
 (HUBSPOT_DEFINED type 204). One request per task, so every handover gets its own result: a
 record whose upsert or task failed is answered `ok=False` and stays pending for the engine's
-retry, while the others are delivered.
+retry, while the others are delivered. Create-task has no idempotency key, so before creating
+tasks for contacts HubSpot already had, the tasks associated with them are read back
+(`POST /crm/v4/associations/contacts/tasks/batch/read`, `POST /crm/v3/objects/tasks/batch/read`)
+and a task whose body carries the handover's key (`Nurture handover <key>`) — created by an
+earlier attempt whose answer never arrived, or before a crash — is reused, not created again.
 
 Settings: NURTURE_HUBSPOT_TOKEN (private app token, bearer), NURTURE_HUBSPOT_BASE_URL
 (default https://api.hubapi.com), NURTURE_HUBSPOT_SCORE_PROPERTY, NURTURE_HUBSPOT_TASK_PRIORITY
@@ -42,6 +46,7 @@ STAGE_ORDER = tuple(LIFECYCLE_STAGES)
 TASK_TO_CONTACT = 204  # HubSpot's default (HUBSPOT_DEFINED) association type: task -> contact
 TASK_PRIORITIES = ("LOW", "MEDIUM", "HIGH")
 _PROPERTY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_HANDOVER_MARK = re.compile(r"Nurture handover ([^\s<]+)")  # the body may come back as HTML
 
 
 def classify(response: httpx.Response) -> Verdict:
@@ -123,7 +128,7 @@ class HubSpotDestination(CrmDestination):
             inputs.append({"idProperty": "email", "id": props["email"], "properties": props})
         if not inputs:
             return results
-        record_ids, errors = self._upsert(inputs)
+        record_ids, errors, _ = self._upsert(inputs)
         for address, member in by_email.items():
             if address not in record_ids:
                 results.append(MemberResult(member.contact_id, False, reason=errors[address]))
@@ -155,24 +160,28 @@ class HubSpotDestination(CrmDestination):
         return results + [MemberResult(m.contact_id, answer.ok, reason=None if answer.ok else answer.reason)
                           for m in with_id]
 
-    def _upsert(self, inputs: list[dict]) -> tuple[dict[str, str], dict[str, str]]:
-        """One batch upsert by e-mail: (record id by e-mail, failure reason by e-mail)."""
+    def _upsert(self, inputs: list[dict]) -> tuple[dict[str, str], dict[str, str], set[str]]:
+        """One batch upsert by e-mail: (record id by e-mail, failure reason by e-mail, the
+        e-mails HubSpot created just now)."""
         addresses = [i["id"] for i in inputs]
         upsert = self.client.call("POST", "/crm/v3/objects/contacts/batch/upsert", json={"inputs": inputs})
         if not upsert.ok:
-            return {}, {a: upsert.reason for a in addresses}
+            return {}, {a: upsert.reason for a in addresses}, set()
         body = upsert.json() or {}
         record_ids: dict[str, str] = {}
+        created: set[str] = set()
         for row in body.get("results", []):
             address = str((row.get("properties") or {}).get("email", "")).lower()
             if address in addresses and row.get("id") is not None:
                 record_ids[address] = str(row["id"])
+                if row.get("new") is True:
+                    created.add(address)
         errors: dict[str, str] = {}
         for error in body.get("errors", []):
             for ident in (error.get("context") or {}).get("ids", []) or []:
                 errors[str(ident).lower()] = f"{error.get('category', 'ERROR')}: {error.get('message', '')}"[:300]
         return record_ids, {a: errors.get(a, "not in HubSpot's upsert answer") for a in addresses
-                            if a not in record_ids}
+                            if a not in record_ids}, created
 
     # -- the sales handover
 
@@ -192,15 +201,51 @@ class HubSpotDestination(CrmDestination):
         addresses = list(by_email)
         for start in range(0, len(addresses), self.max_batch):
             part = addresses[start:start + self.max_batch]
-            record_ids, errors = self._upsert([self._contact_input(a, by_email[a]) for a in part])
+            record_ids, errors, created = self._upsert([self._contact_input(a, by_email[a]) for a in part])
+            existing, lookup_error = self._existing_tasks([rid for a, rid in record_ids.items() if a not in created])
             for address in part:
                 for record in by_email[address]:
-                    if address in record_ids:
-                        results[record.handover_id] = self._create_task(record, record_ids[address])
-                    else:
+                    if address not in record_ids:
                         results[record.handover_id] = HandoverResult(record.handover_id, False,
                                                                      reason=errors[address])
+                    elif record.key in existing:  # an earlier attempt created it; its answer was lost
+                        results[record.handover_id] = HandoverResult(
+                            record.handover_id, True,
+                            external_id=f"contact:{record_ids[address]} task:{existing[record.key]}")
+                    elif lookup_error and address not in created:
+                        results[record.handover_id] = HandoverResult(record.handover_id, False, reason=lookup_error)
+                    else:
+                        results[record.handover_id] = self._create_task(record, record_ids[address])
         return [results[r.handover_id] for r in records]
+
+    def _existing_tasks(self, contact_ids: list[str]) -> tuple[dict[str, str], Optional[str]]:
+        """Handover key -> task id of the Nurture tasks already associated with these contacts,
+        or a failure reason (then no task is created: a duplicate is worse than a retry)."""
+        task_ids: list[str] = []
+        pending = [{"id": c} for c in contact_ids]
+        while pending:
+            read = self.client.call("POST", "/crm/v4/associations/contacts/tasks/batch/read",
+                                    json={"inputs": pending[:self.max_batch]})
+            if not read.ok:
+                return {}, f"existing tasks not read: {read.reason}"[:300]
+            pending = pending[self.max_batch:]
+            for row in (read.json() or {}).get("results", []):  # contacts without tasks are `errors`
+                task_ids.extend(str(to["toObjectId"]) for to in row.get("to", []) if to.get("toObjectId"))
+                after = ((row.get("paging") or {}).get("next") or {}).get("after")
+                if after:
+                    pending.append({"id": str(row["from"]["id"]), "after": after})
+        keys: dict[str, str] = {}
+        for start in range(0, len(task_ids), self.max_batch):
+            read = self.client.call("POST", "/crm/v3/objects/tasks/batch/read", json={
+                "inputs": [{"id": t} for t in task_ids[start:start + self.max_batch]],
+                "properties": ["hs_task_body"], "propertiesWithHistory": []})
+            if not read.ok:
+                return {}, f"existing tasks not read: {read.reason}"[:300]
+            for row in (read.json() or {}).get("results", []):
+                mark = _HANDOVER_MARK.search(str((row.get("properties") or {}).get("hs_task_body") or ""))
+                if mark and row.get("id") is not None:
+                    keys.setdefault(mark.group(1), str(row["id"]))
+        return keys, None
 
     def _contact_input(self, address: str, records: list[HandoverRecord]) -> dict:
         """One upsert input per e-mail (HubSpot refuses duplicate ids in a batch): the furthest

@@ -149,6 +149,22 @@ def test_a_task_hubspot_fails_to_create_is_retried_without_a_second_task_for_the
     assert [len(hubspot.tasks_for(e)) for e in ("ok@firm.example", "flaky@firm.example")] == [1, 1]
 
 
+def test_a_task_whose_answer_was_lost_is_found_by_the_next_run_and_not_created_again(runtime, store, hubspot):
+    runtime.env["NURTURE_SYNC_MAX_ATTEMPTS"] = "1"
+    mql(store, "zoe@firm.example", score=70)
+    hubspot.lose_task_answers = 1  # HubSpot creates the task; the connection drops before its answer
+    run_tick(runtime, "mql", T0 + timedelta(minutes=5))
+    [h] = handovers(store)
+    assert (h.status, h.reason) == ("pending", f"contact {hubspot.contacts['zoe@firm.example']} upserted, task not created: "
+                                               "RemoteProtocolError talking to hubspot")
+    retry_pending(runtime, T0 + timedelta(hours=1))
+    [task] = hubspot.tasks_for("zoe@firm.example")
+    [h] = handovers(store)
+    assert (h.status, h.external_id) == ("delivered", f"contact:{hubspot.contacts['zoe@firm.example']} task:{task['id']}")
+    assert [r.path for r in hubspot.requests].count("/crm/v3/objects/tasks") == 1
+    assert hubspot.problems == []
+
+
 def test_the_token_never_appears_in_rows_logs_or_errors(runtime, store, hubspot, caplog):
     caplog.set_level(logging.DEBUG)
     mql(store, "lee@firm.example", score=70)

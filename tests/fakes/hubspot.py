@@ -5,7 +5,9 @@ checked against the portal's property list (`lifecyclestage` against its stage v
 custom score property as a number) and kept; `POST /crm/v3/objects/tasks` checks the task
 properties (required `hs_timestamp`, status, priority, a known `hubspot_owner_id`) and the
 task→contact association (HUBSPOT_DEFINED 204 to an existing contact) and answers 201 with
-the created object; `GET /crm/v3/owners?email=` lists the portal's owners."""
+the created object; `GET /crm/v3/owners?email=` lists the portal's owners; a contact's tasks
+are read back through `POST /crm/v4/associations/contacts/tasks/batch/read` (207 with an error
+for a contact without any) and `POST /crm/v3/objects/tasks/batch/read`."""
 from __future__ import annotations
 
 import re
@@ -22,6 +24,7 @@ TASK_PROPERTIES = {"hs_timestamp", "hs_task_body", "hubspot_owner_id", "hs_task_
 TASK_STATUSES = {"NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"}
 TASK_PRIORITIES = {"LOW", "MEDIUM", "HIGH"}
 TASK_TO_CONTACT = 204
+CONTACT_TO_TASK = 203
 
 
 class FakeHubSpot(FakeProvider):
@@ -38,6 +41,7 @@ class FakeHubSpot(FakeProvider):
         self.owners = dict(owners or {})  # owner e-mail -> owner id
         self.tasks: list[dict] = []  # created tasks: {"id", "properties", "contact_ids"}
         self.rejected_tasks: set[str] = set()  # contact e-mails whose task creation fails (5xx)
+        self.lose_task_answers = 0  # create the next N tasks, then drop the connection unanswered
 
     def tasks_for(self, email: str) -> list[dict]:
         rid = self.contacts.get(email)
@@ -77,6 +81,10 @@ class FakeHubSpot(FakeProvider):
             return self._create_task(request)
         if request.method == "GET" and request.path in ("/crm/v3/owners", "/crm/v3/owners/"):
             return self._owners(request)
+        if request.method == "POST" and request.path == "/crm/v4/associations/contacts/tasks/batch/read":
+            return self._contact_tasks(request)
+        if request.method == "POST" and request.path == "/crm/v3/objects/tasks/batch/read":
+            return self._read_tasks(request)
         match = LIST_PATH.match(request.path)
         if request.method == "PUT" and match:
             return self._membership(match.group(1), match.group(2), request)
@@ -183,6 +191,9 @@ class FakeHubSpot(FakeProvider):
             return Reply(502, {"status": "error", "message": "Bad gateway"})
         task = {"id": str(9000 + len(self.tasks)), "properties": dict(props), "contact_ids": contact_ids}
         self.tasks.append(task)
+        if self.lose_task_answers:
+            self.lose_task_answers -= 1
+            return None  # type: ignore[return-value]  # the server's "no answer": connection dropped
         return Reply(201, {"id": task["id"], "properties": {**props, "hs_object_id": task["id"]},
                            "createdAt": "2026-11-21T02:00:00Z", "updatedAt": "2026-11-21T02:00:00Z",
                            "archived": False})
@@ -194,3 +205,38 @@ class FakeHubSpot(FakeProvider):
                     "archived": False, "type": "PERSON"}
                    for email, oid in self.owners.items() if wanted is None or email == wanted.lower()]
         return Reply(200, {"results": results})
+
+    def _contact_tasks(self, request: Request) -> Reply:
+        inputs = request.json().get("inputs")
+        if not isinstance(inputs, list) or not inputs or len(inputs) > 1000:
+            return self.problem(f"association batch read needs 1..1000 inputs, got {len(inputs or [])}")
+        results, missing = [], []
+        for item in inputs:
+            cid = str(item.get("id"))
+            tasks = [t for t in self.tasks if cid in t["contact_ids"]]
+            if not tasks:
+                missing.append(cid)
+                continue
+            results.append({"from": {"id": cid}, "to": [
+                {"toObjectId": int(t["id"]), "associationTypes": [
+                    {"category": "HUBSPOT_DEFINED", "typeId": CONTACT_TO_TASK, "label": None}]} for t in tasks]})
+        body = {"status": "COMPLETE", "results": results, "startedAt": "2026-11-21T02:00:00Z",
+                "completedAt": "2026-11-21T02:00:01Z"}
+        if missing:
+            body.update(numErrors=len(missing), errors=[
+                {"status": "error", "category": "OBJECT_NOT_FOUND", "message": f"No tasks are associated with {cid}",
+                 "context": {"fromObjectId": [cid]}} for cid in missing])
+            return Reply(207, body)
+        return Reply(200, body)
+
+    def _read_tasks(self, request: Request) -> Reply:
+        body = request.json()
+        inputs, wanted = body.get("inputs"), body.get("properties")
+        if not isinstance(inputs, list) or not inputs or len(inputs) > self.max_inputs or not isinstance(wanted, list):
+            return self.problem(f"tasks batch read needs 1..{self.max_inputs} inputs and a properties list")
+        by_id = {t["id"]: t for t in self.tasks}
+        results = [{"id": str(i["id"]), "properties": {k: by_id[str(i["id"])]["properties"].get(k) for k in wanted},
+                    "createdAt": "2026-11-21T02:00:00Z", "updatedAt": "2026-11-21T02:00:00Z", "archived": False}
+                   for i in inputs if str(i.get("id")) in by_id]
+        return Reply(200, {"status": "COMPLETE", "results": results, "startedAt": "2026-11-21T02:00:00Z",
+                           "completedAt": "2026-11-21T02:00:01Z"})
