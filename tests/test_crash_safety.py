@@ -166,3 +166,40 @@ def test_a_message_a_live_worker_has_just_claimed_is_not_requeued_by_another_wor
     run_tick(worker_b, "j", now)  # worker B ticks at the same moment
     assert outcomes(store) == [("hello", "sending", None)]
     assert eml_files(worker_b) == []
+
+
+class _ExplodingChannel:
+    """Delivers the first message of a batch, then raises (a plug-in bug)."""
+
+    def __init__(self, knows: bool):
+        self.knows = knows
+        self.delivered: list[int] = []
+
+    def send_batch(self, messages):
+        self.delivered.append(messages[0].message_pk)
+        raise RuntimeError("socket closed")
+
+    def was_delivered(self, message_pk, rfc_message_id):
+        return (message_pk in self.delivered) if self.knows else None
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("knows", [True, False])
+def test_a_channel_that_raises_mid_batch_never_causes_a_second_send(make_runtime, store, knows):
+    rt = make_runtime({"j": journey_yaml("j", "- id: hello\n  send: {channel: email, template: hello, subject: Hi}")})
+    channel = _ExplodingChannel(knows)
+    rt.channel_factory = lambda name: channel
+    for i in range(3):
+        cid = subscriber(store, f"p{i}@example.com")
+        add_event(store, cid, "signup", T0)
+    run_tick(rt, "j", T0 + timedelta(minutes=1))
+    statuses = sorted((status, (reason or "").split(":")[0]) for _, status, reason in outcomes(store))
+    if knows:  # the channel can tell: the delivered one is sent, the others retry later
+        assert statuses == [("queued", "channel_error"), ("queued", "channel_error"), ("sent", "reconciled")]
+    else:      # it cannot: nothing is resent
+        assert statuses == [("failed", "delivery_unknown")] * 3
+    first = list(channel.delivered)
+    run_tick(rt, "j", T0 + timedelta(hours=2))
+    assert channel.delivered.count(first[0]) == 1

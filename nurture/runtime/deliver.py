@@ -169,10 +169,15 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
         for channel, messages in by_channel.items():
             subjects = {m.message_pk: m.subject or None for m in messages}
             try:
-                results = rt.channel(channel).send_batch(messages)
-            except Exception as exc:  # the provider as a whole failed: every message retries
+                integration = rt.channel(channel)
+            except Exception as exc:  # not configured: nothing was sent, every message retries
                 results = [DeliveryResult(m.message_pk, "retry", reason=f"channel_error: {type(exc).__name__}: {exc}")
                            for m in messages]
+            else:
+                try:
+                    results = integration.send_batch(messages)
+                except Exception as exc:
+                    results = _after_channel_crash(integration, messages, exc)
             seen = set()
             for result in results:
                 seen.add(result.message_pk)
@@ -194,6 +199,26 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
             conn.execute(_record, updates)
             if suppressions:
                 conn.execute(suppression_t.insert(), suppressions)
+
+
+def _after_channel_crash(integration: Any, messages: list, exc: Exception) -> list[DeliveryResult]:
+    """A channel raised half-way through a batch (a bug: results are the contract). Some
+    messages may have gone out, so none is simply retried: the channel is asked per message,
+    and what it cannot vouch for is recorded failed — at most once, never twice."""
+    reason = f"{type(exc).__name__}: {exc}"
+    results = []
+    for m in messages:
+        try:
+            verdict = integration.was_delivered(m.message_pk, m.rfc_message_id)
+        except Exception:
+            verdict = None
+        if verdict is True:
+            results.append(DeliveryResult(m.message_pk, "sent", reason="reconciled"))
+        elif verdict is False:
+            results.append(DeliveryResult(m.message_pk, "retry", reason=f"channel_error: {reason}"))
+        else:
+            results.append(DeliveryResult(m.message_pk, "failed", reason=f"delivery_unknown: {reason}"))
+    return results
 
 
 def _update(row: Any, status: str, reason: Optional[str], provider_id: Optional[str],
