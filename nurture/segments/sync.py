@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, null, or_, select, update
 
 from nurture.conditions import contact_t
 from nurture.registry import (IntegrationContext, IntegrationError, SyncBatch, SyncDestination, SyncMember,
@@ -122,29 +122,55 @@ class Diff:
     unusable: list[int] = field(default_factory=list)  # in the segment, no identifier this destination takes
 
 
+DIFF_CONTACT_COLUMNS = ("id", "email", "phone", "first_name", "last_name", "country", "updated_at")
+
+
+def _diff_queries(dialect: str, want: Any, ref: SyncTarget) -> list[Any]:
+    """The rows that differ between the segment (`want`, over contact) and what `ref`
+    acknowledged — one row per changed contact: its current columns (NULL when it left the
+    segment) beside its acknowledged row (NULL when it is new).
+
+    PostgreSQL: one FULL JOIN, so the membership expression is evaluated once (a merge or
+    hash join: the planner cannot estimate a JSON/consent condition, and a FULL JOIN leaves
+    it no nested-loop plan to mis-pick). SQLite (FULL JOIN only since 3.39): the same rows as
+    a left join plus an anti-join, which it plans well with its correlated subqueries."""
+    m = membership_t
+    held = and_(m.c.segment == ref.segment, m.c.target == ref.key)
+    contact_cols = [contact_t.c[name] for name in DIFF_CONTACT_COLUMNS]
+    if dialect == "postgresql":
+        d = select(*contact_cols).where(want).subquery("desired")
+        h = select(m.c.id, m.c.contact_id, m.c.contact_version, m.c.fingerprint, m.c.payload).where(held).subquery("held")
+        return [select(*[d.c[name] for name in DIFF_CONTACT_COLUMNS], h.c.id.label("mid"),
+                       h.c.contact_id.label("held_id"), h.c.fingerprint, h.c.payload)
+                .select_from(d.join(h, h.c.contact_id == d.c.id, full=True))
+                .where(or_(h.c.id.is_(None), d.c.id.is_(None), h.c.contact_version != d.c.updated_at))
+                .order_by(func.coalesce(d.c.id, h.c.contact_id))]
+    joined = contact_t.outerjoin(m, and_(m.c.contact_id == contact_t.c.id, held))
+    changed = (select(*contact_cols, m.c.id.label("mid"), m.c.contact_id.label("held_id"), m.c.fingerprint,
+                      m.c.payload)
+               .select_from(joined)
+               .where(want, or_(m.c.id.is_(None), m.c.contact_version != contact_t.c.updated_at))
+               .order_by(contact_t.c.id))
+    still = exists(select(contact_t.c.id).where(contact_t.c.id == m.c.contact_id, want))
+    left = (select(*[null().label(name) for name in DIFF_CONTACT_COLUMNS], m.c.id.label("mid"),
+                   m.c.contact_id.label("held_id"), m.c.fingerprint, m.c.payload)
+            .where(held, ~still)
+            .order_by(m.c.contact_id))
+    return [changed, left]
+
+
 def compute_diff(store: Store, project: ProjectSpec, ref: SyncTarget, destination: SyncDestination,
                  now: datetime) -> Diff:
     """The changes to push, computed in the database; memory grows with the changes only."""
-    m = membership_t
     want = desired(project.segments[ref.segment], project.segments, type(destination), now)
-    joined = contact_t.outerjoin(m, and_(m.c.contact_id == contact_t.c.id, m.c.segment == ref.segment,
-                                         m.c.target == ref.key))
-    adds_q = (select(contact_t.c.id, contact_t.c.email, contact_t.c.phone, contact_t.c.first_name,
-                     contact_t.c.last_name, contact_t.c.country, contact_t.c.updated_at,
-                     m.c.id.label("mid"), m.c.fingerprint, m.c.payload)
-              .select_from(joined)
-              .where(want, or_(m.c.id.is_(None), m.c.contact_version != contact_t.c.updated_at))
-              .order_by(contact_t.c.id))
-    still = exists(select(contact_t.c.id).where(contact_t.c.id == m.c.contact_id, want))
-    removes_q = (select(m.c.contact_id, m.c.payload)
-                 .where(m.c.segment == ref.segment, m.c.target == ref.key, ~still)
-                 .order_by(m.c.contact_id))
-    diff = Diff()
     with store.engine.connect() as conn:
-        add_rows = conn.execute(adds_q).all()
-        remove_rows = conn.execute(removes_q).all()
+        rows = [row for query in _diff_queries(store.dialect, want, ref) for row in conn.execute(query).all()]
         conn.rollback()
-    for row in add_rows:
+    diff = Diff()
+    for row in rows:
+        if row.id is None:  # acknowledged, no longer in the segment (or deleted)
+            diff.removes.append(SyncMember(row.held_id, payload=dict(row.payload or {})))
+            continue
         member = _member(row)
         ident = destination.identifiers(member)
         if ident is None:
@@ -160,7 +186,6 @@ def compute_diff(store: Store, project: ProjectSpec, ref: SyncTarget, destinatio
             diff.touches.append({"mid": row.mid, "v": row.updated_at})
         else:
             diff.updates.append((SyncMember(row.id, payload=dict(row.payload or {})), member, row.updated_at, fp))
-    diff.removes.extend(SyncMember(r.contact_id, payload=dict(r.payload or {})) for r in remove_rows)
     return diff
 
 

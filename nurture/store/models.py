@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 
@@ -28,7 +29,10 @@ class Contact(SQLModel, table=True):
     locale: Optional[str] = None
     lifecycle_stage: str = Field(default="lead")
     score: float = Field(default=0.0)
-    attributes: dict = _json_column()
+    # JSONB on PostgreSQL (migration 0005): conditions read attributes for every contact at once,
+    # and `json` would be re-parsed from text on every access.
+    attributes: dict = Field(default_factory=dict, sa_column=Column(
+        JSON().with_variant(JSONB(), "postgresql"), nullable=False, default=dict))
     created_at: datetime
     updated_at: datetime
 
