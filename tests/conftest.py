@@ -45,23 +45,68 @@ def pg_server_url() -> Iterator[str]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def _fresh_pg_database(server_url: str) -> str:
-    name = "t_" + uuid.uuid4().hex[:12]
-    admin = create_engine(server_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+def _admin(server_url: str):
+    return create_engine(server_url.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+
+
+def _database_url(server_url: str, name: str) -> str:
+    base, _, query = server_url.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}?{query}".replace("postgresql://", "postgresql+psycopg://")
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server_url) -> str:
+    """A database migrated once per session; each test's database is a copy of it."""
+    name = "nurture_template"
+    admin = _admin(pg_server_url)
     with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    base, _, query = server_url.partition("?")
-    base = base.rsplit("/", 1)[0]
-    return f"{base}/{name}?{query}".replace("postgresql://", "postgresql+psycopg://")
+    open_store(_database_url(pg_server_url, name)).dispose()
+    return name
+
+
+def _fresh_pg_database(server_url: str, template: Optional[str] = None) -> str:
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = _admin(server_url)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+    admin.dispose()
+    return _database_url(server_url, name)
+
+
+def _drop_pg_database(server_url: str, url: str) -> None:
+    name = url.split("?")[0].rsplit("/", 1)[1]
+    admin = _admin(server_url)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path) -> str:
-    """A fresh, empty database URL: a SQLite file, and a new database on the real PostgreSQL."""
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A fresh database URL with the current schema: a SQLite file, and a new database on the
+    real PostgreSQL (copied from a migrated template, dropped afterwards)."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'nurture.db'}"
-    return _fresh_pg_database(request.getfixturevalue("pg_server_url"))
+        yield f"sqlite:///{tmp_path / 'nurture.db'}"
+        return
+    server = request.getfixturevalue("pg_server_url")
+    url = _fresh_pg_database(server, request.getfixturevalue("pg_template"))
+    yield url
+    _drop_pg_database(server, url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_db_url(request, tmp_path) -> Iterator[str]:
+    """A truly empty database (no schema yet): for the migration tests."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    server = request.getfixturevalue("pg_server_url")
+    url = _fresh_pg_database(server)
+    yield url
+    _drop_pg_database(server, url)
 
 
 @pytest.fixture

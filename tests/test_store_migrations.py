@@ -31,8 +31,8 @@ def current_revision(engine) -> str:
     return revision
 
 
-def test_first_use_creates_the_whole_schema_on_an_empty_database(db_url):
-    store = open_store(db_url)
+def test_first_use_creates_the_whole_schema_on_an_empty_database(empty_db_url):
+    store = open_store(empty_db_url)
     try:
         assert CORE_TABLES <= set(table_names(store))
         assert current_revision(store.engine) == head_revision()
@@ -56,7 +56,8 @@ def test_migrating_again_is_a_no_op_that_keeps_the_data(store):
         conn.rollback()
 
 
-def test_an_older_database_is_upgraded_without_losing_rows(db_url):
+def test_an_older_database_is_upgraded_without_losing_rows(empty_db_url):
+    db_url = empty_db_url
     from alembic import command
     engine = make_engine(db_url)
     cfg = Config()
