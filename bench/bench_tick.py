@@ -2,7 +2,9 @@
 
 Prints JSON:
 - send_tick: N contacts each due for one e-mail → messages/second for the whole tick
-  (advance: guards + outbox insert; deliver: render, assemble, write .eml, record).
+  (`run_tick`: enroll, exit/convert, advance = guards + outbox insert, deliver = render,
+  assemble, write .eml, record), in one process and with 2 delivery processes pipelined
+  with the advance stage.
 - idle_tick: a tick with nothing due over N active enrollments → engine seconds.
 - validate: validating 50 journeys → seconds.
 
@@ -26,8 +28,6 @@ from tests.conftest import write_project  # noqa: E402  (project writer shared w
 from nurture.conditions import contact_t, enrollment_t  # noqa: E402
 from nurture.consent_ledger import consent_t  # noqa: E402
 from nurture.runtime import Runtime  # noqa: E402
-from nurture.runtime.advance import advance  # noqa: E402
-from nurture.runtime.parallel import deliver_parallel  # noqa: E402
 from nurture.runtime.tick import run_tick  # noqa: E402
 from nurture.spec.project import load_project  # noqa: E402
 from nurture.store.db import open_store  # noqa: E402
@@ -86,15 +86,14 @@ def make(tmp: Path, n: int, due: bool) -> Runtime:
 
 def bench_send(tmp: Path, n: int, workers: int) -> dict:
     rt = make(tmp / f"w{workers}", n, due=True)
+    run_tick(rt, "promo", NOW - timedelta(minutes=5))  # records the version; nothing due yet
     started = time.perf_counter()
-    advanced = advance(rt, rt.plan("promo"), NOW)
-    mid = time.perf_counter()
-    delivered = deliver_parallel(rt, NOW, "promo", workers)
+    report = run_tick(rt, "promo", NOW, workers=workers)
     end = time.perf_counter()
+    advanced = delivered = report.outcomes
     sent = sum(v for (step, status, _), v in delivered.items() if status == "sent")
     files = sum(1 for _ in (rt.data_dir / "outbox" / "email" / "promo").iterdir())
     return {"contacts": n, "delivery_processes": workers, "sent": sent, "eml_files": files, "seconds": round(end - started, 2),
-            "advance_seconds": round(mid - started, 2), "deliver_seconds": round(end - mid, 2),
             "messages_per_second": round(sent / (end - started)), "target_messages_per_second": 5000,
             "queued": sum(v for (s, status, _), v in advanced.items() if status == "queued")}
 

@@ -203,3 +203,16 @@ def test_a_channel_that_raises_mid_batch_never_causes_a_second_send(make_runtime
     first = list(channel.delivered)
     run_tick(rt, "j", T0 + timedelta(hours=2))
     assert channel.delivered.count(first[0]) == 1
+
+
+def test_an_eml_torn_by_a_crash_counts_as_not_delivered_and_is_removed(tmp_path):
+    channel = FileEmailChannel(tmp_path / "outbox", "shop@example.com", "Shop")
+    msg = OutgoingMessage(message_pk=7, rfc_message_id="<nurture.7.j@example.com>", contact_id=1, channel="email",
+                          journey="j", step_id="hello", purpose="marketing", to="ann@example.com",
+                          subject="Hi", html="<p>Hi</p>", text="Hi")
+    channel.send_batch([msg])
+    path = channel.path_for(7, "j")
+    assert channel.was_delivered(7, msg.rfc_message_id) is True
+    path.write_bytes(path.read_bytes()[:-40])  # the process died half-way through the write
+    assert channel.was_delivered(7, msg.rfc_message_id) is False
+    assert not path.exists()

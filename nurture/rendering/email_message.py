@@ -59,7 +59,8 @@ def encode_header(value: str, name_length: int = 9) -> str:
 
 
 def _b64(text: str) -> bytes:
-    return base64.encodebytes(text.encode("utf-8")).replace(b"\n", b"\r\n")
+    encoded = base64.b64encode(text.encode("utf-8"))
+    return b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76)) + b"\r\n"
 
 
 def build_email_bytes(*, message_id: str, from_addr: str, from_name: str, to_addr: str, to_name: str,

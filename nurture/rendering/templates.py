@@ -106,7 +106,10 @@ def html_to_text(html: str, keep_title: bool = True) -> str:
 class TemplateLibrary:
     def __init__(self, root: Path):
         self.root = Path(root)
-        common = dict(undefined=StrictUndefined, finalize=_finalize, trim_blocks=True, lstrip_blocks=True)
+        # auto_reload off: `{% extends %}` would otherwise stat the layout on every render; a
+        # changed file reaches a running tick through a new library (flows.runtime reloads).
+        common = dict(undefined=StrictUndefined, finalize=_finalize, trim_blocks=True, lstrip_blocks=True,
+                      auto_reload=False)
         self.html_env = SandboxedEnvironment(loader=_InliningLoader(self.root), autoescape=True, **common)
         self.text_env = SandboxedEnvironment(loader=FileSystemLoader(str(self.root)), autoescape=False,
                                              keep_trailing_newline=True, **common)

@@ -1,14 +1,21 @@
 """Delivery across processes: rendering and assembling messages is CPU-bound Python, so a large
-backlog is split into id partitions (`id % n`), each delivered by its own process with its own
+tick is split into id partitions (`id % n`), each delivered by its own process with its own
 database connection. Claims are row-level (`status = 'queued'` → `sending` in one statement), so
-partitions never overlap. Small backlogs stay in-process: a process costs ~1 s to start."""
+partitions never overlap.
+
+`pipelined_tick` overlaps the stages: the delivery processes start with the tick and deliver
+each batch the advance stage queues while it guards the next one, so a large tick costs about
+max(advance, deliver) instead of their sum, and the first messages leave early. A process costs
+~1 s to start, so this is for large ticks (the engine's default stays in-process).
+"""
 from __future__ import annotations
 
 import multiprocessing
+import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from sqlalchemy import func, select
 
@@ -17,20 +24,51 @@ from nurture.store.models import Message
 
 message_t = Message.__table__
 MIN_PER_PROCESS = 4000
+IDLE_POLL = 0.05
+
+
+def _runtime(root: str, url: str, env: dict) -> Runtime:
+    from nurture.spec.project import load_project
+    from nurture.store.db import open_store
+    return Runtime(open_store(url), load_project(Path(root)), env=env)
 
 
 def _deliver_partition(args: tuple) -> dict:
     root, url, env, now, journey, partition, partitions = args
     from nurture.runtime.deliver import deliver
-    from nurture.spec.project import load_project
-    from nurture.store.db import open_store
-    store = open_store(url)
-    rt = Runtime(store, load_project(Path(root)), env=env)
+    rt = _runtime(root, url, env)
     try:
         return dict(deliver(rt, now, journey, partition, partitions))
     finally:
         rt.close()
-        store.dispose()
+        rt.store.dispose()
+
+
+def _deliver_until_done(args: tuple, done: Any, results: Any) -> None:
+    """Deliver this partition's queued messages as they appear, until the advance stage is
+    done and nothing is left."""
+    root, url, env, now, journey, partition, partitions = args
+    from nurture.runtime.deliver import deliver
+    rt = _runtime(root, url, env)
+    report: Counter = Counter()
+    try:
+        while True:
+            finished = done.is_set()  # read before delivering: nothing is queued after it is set
+            got = deliver(rt, now, journey, partition, partitions)
+            report.update(got)
+            if finished and not got:
+                break
+            if not got:
+                time.sleep(IDLE_POLL)
+    finally:
+        results.put(dict(report))
+        rt.close()
+        rt.store.dispose()
+
+
+def _jobs(rt: Runtime, now: datetime, journey: Optional[str], workers: int) -> list[tuple]:
+    url = rt.store.engine.url.render_as_string(hide_password=False)
+    return [(str(rt.project.root), url, rt.env, now, journey, i, workers) for i in range(workers)]
 
 
 def backlog(rt: Runtime, now: datetime, journey: Optional[str]) -> int:
@@ -45,17 +83,40 @@ def backlog(rt: Runtime, now: datetime, journey: Optional[str]) -> int:
 
 
 def deliver_parallel(rt: Runtime, now: datetime, journey: Optional[str], workers: int) -> Counter:
+    """Deliver what is queued now, across `workers` processes when the backlog is large."""
     from nurture.runtime.deliver import deliver
     pending = backlog(rt, now, journey) if workers > 1 else 0
     workers = min(workers, pending // MIN_PER_PROCESS)
     if workers <= 1:
         return deliver(rt, now, journey)
-    url = rt.store.engine.url.render_as_string(hide_password=False)
-    jobs = [(str(rt.project.root), url, rt.env, now, journey, i, workers) for i in range(workers)]
     report: Counter = Counter()
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        for part in pool.map(_deliver_partition, jobs):
+        for part in pool.map(_deliver_partition, _jobs(rt, now, journey, workers)):
             report.update(part)
     # Whatever a partition could not claim (e.g. queued meanwhile) goes out in-process.
     report.update(deliver(rt, now, journey))
     return report
+
+
+def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
+              produce: Callable[[], Counter]) -> tuple[Counter, Counter]:
+    """Run `produce` (the advance stage) here while `workers` processes deliver what it queues.
+    Returns (produce's report, delivery report)."""
+    from nurture.runtime.deliver import deliver
+    ctx = multiprocessing.get_context("spawn")
+    done, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_deliver_until_done, args=(job, done, results), daemon=True)
+             for job in _jobs(rt, now, journey, workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        produced = produce()
+    finally:
+        done.set()
+    delivered: Counter = Counter()
+    for _ in procs:
+        delivered.update(results.get())
+    for proc in procs:
+        proc.join()
+    delivered.update(deliver(rt, now, journey))  # anything a crashed worker left queued
+    return produced, delivered

@@ -8,7 +8,7 @@ from nurture.runtime.advance import advance
 from nurture.runtime.context import Runtime, TickReport
 from nurture.runtime.deliver import deliver, reconcile_stuck
 from nurture.runtime.enroll import enroll
-from nurture.runtime.parallel import deliver_parallel
+from nurture.runtime.parallel import pipelined
 from nurture.runtime.outcomes import apply_exits, record_conversions
 from nurture.runtime.versions import migrate_enrollments, record_version
 
@@ -46,7 +46,12 @@ def run_tick(rt: Runtime, journey: str, now: Optional[datetime] = None, workers:
     converted, exited = stage_exit_convert(rt, journey, now)
     report.stages["converted"] += converted
     report.stages["exited"] += exited
-    report.outcomes.update(advance(rt, rt.plan(journey), now))
     reconcile_stuck(rt, now)
-    report.outcomes.update(deliver_parallel(rt, now, journey, workers) if workers > 1 else deliver(rt, now, journey))
+    if workers > 1:  # large ticks: delivery processes work while the advance stage queues
+        advanced, delivered = pipelined(rt, now, journey, workers, lambda: advance(rt, rt.plan(journey), now))
+        report.outcomes.update(advanced)
+        report.outcomes.update(delivered)
+        return report
+    report.outcomes.update(advance(rt, rt.plan(journey), now))
+    report.outcomes.update(deliver(rt, now, journey))
     return report
