@@ -51,7 +51,7 @@ class Event(SQLModel, table=True):
 
 class Consent(SQLModel, table=True):
     """Append-only ledger; the current state of (contact, channel, purpose) is its latest row."""
-    __table_args__ = (Index("ix_consent_lookup", "contact_id", "channel", "purpose", "recorded_at"),)
+    __table_args__ = (Index("ix_consent_lookup", "contact_id", "channel", "purpose", "recorded_at", "id"),)
     id: Optional[int] = Field(default=None, primary_key=True)
     contact_id: int = Field(foreign_key="contact.id")
     channel: str  # email | sms | ads
