@@ -26,13 +26,32 @@ def _finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
-class _InliningLoader(FileSystemLoader):
-    """Serves .html sources with their CSS already inlined (cached per file and mtime)."""
+class _TransformingLoader(FileSystemLoader):
+    """Serves .html sources transformed once per file version (cached by mtime)."""
 
     def __init__(self, root: Path):
         super().__init__(str(root))
         self.root = root
         self._cache: dict[str, tuple[float, str]] = {}
+
+    def transform(self, source: str) -> str:
+        raise NotImplementedError
+
+    def get_source(self, environment, template):
+        source, filename, uptodate = super().get_source(environment, template)
+        if not template.endswith(".html"):
+            return source, filename, uptodate
+        mtime = Path(filename).stat().st_mtime
+        cached = self._cache.get(template)
+        if cached is None or cached[0] != mtime:
+            cached = (mtime, self.transform(source))
+            self._cache[template] = cached
+        return cached[1], filename, uptodate
+
+
+class _InliningLoader(_TransformingLoader):
+    """Serves .html sources with their CSS already inlined; a fragment that extends a layout
+    is inlined with the layouts' CSS."""
 
     def _layout_css(self) -> str:
         layouts = self.root / "layouts"
@@ -40,40 +59,19 @@ class _InliningLoader(FileSystemLoader):
             return ""
         return "\n".join(stylesheet_of(p.read_text(encoding="utf-8")) for p in sorted(layouts.glob("*.html")))
 
-    def get_source(self, environment, template):
-        source, filename, uptodate = super().get_source(environment, template)
-        if not template.endswith(".html"):
-            return source, filename, uptodate
-        mtime = Path(filename).stat().st_mtime
-        cached = self._cache.get(template)
-        if cached is None or cached[0] != mtime:
-            is_document = "<html" in source.lower()
-            cached = (mtime, inline_template_source(source, "" if is_document else self._layout_css()))
-            self._cache[template] = cached
-        return cached[1], filename, uptodate
+    def transform(self, source: str) -> str:
+        is_document = "<html" in source.lower()
+        return inline_template_source(source, "" if is_document else self._layout_css())
 
 
-class _TextFromHtmlLoader(FileSystemLoader):
+class _TextFromHtmlLoader(_TransformingLoader):
     """Serves every .html template converted to a plain-text template (Jinja tags kept), so a
     template without its own .txt gets a text part by rendering, not by converting each
     recipient's HTML."""
 
-    def __init__(self, root: Path):
-        super().__init__(str(root))
-        self._cache: dict[str, tuple[float, str]] = {}
-
-    def get_source(self, environment, template):
-        source, filename, uptodate = super().get_source(environment, template)
-        if not template.endswith(".html"):
-            return source, filename, uptodate
-        mtime = Path(filename).stat().st_mtime
-        cached = self._cache.get(template)
-        if cached is None or cached[0] != mtime:
-            protected, tags = protect_jinja(source, comments=False)
-            text = restore_jinja(html_to_text(protected, keep_title=False), tags)
-            cached = (mtime, text)
-            self._cache[template] = cached
-        return cached[1], filename, uptodate
+    def transform(self, source: str) -> str:
+        protected, tags = protect_jinja(source, comments=False)
+        return restore_jinja(html_to_text(protected, keep_title=False), tags)
 
 
 @dataclass(frozen=True)
