@@ -191,7 +191,11 @@ class TemplateLibrary:
         """Everything about a send step that is the same for every recipient, looked up and
         compiled once; `render(context)` then only runs Jinja."""
         html_t, text_t = self.email(name)
-        return PreparedEmail(html_t, text_t, self.string(subject), self.string(preheader) if preheader else None)
+        return PreparedEmail(*(_flat_globals(t) for t in (html_t, text_t, self.string(subject),
+                                                           self.string(preheader) if preheader else None)))
+
+    def prepare_sms(self, name: str) -> Template:
+        return _flat_globals(self.sms(name))
 
     def render_email(self, name: str, subject: str, context: dict[str, Any],
                      preheader: Optional[str] = None) -> RenderedEmail:
@@ -199,6 +203,15 @@ class TemplateLibrary:
 
     def render_sms(self, name: str, context: dict[str, Any]) -> str:
         return self.sms(name).render(context).strip()
+
+
+def _flat_globals(template: Optional[Template]) -> Optional[Template]:
+    """Jinja keeps a template's globals as a ChainMap over the environment's, and copies it
+    into every render context: at thousands of renders a second that copy is a third of the
+    render. Prepared templates get a plain dict (the globals are complete by now)."""
+    if template is not None and not isinstance(template.globals, dict):
+        template.globals = dict(template.globals)
+    return template
 
 
 @dataclass(frozen=True)

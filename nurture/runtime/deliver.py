@@ -46,7 +46,8 @@ def _claim(rt: Runtime, now: datetime, journey: Optional[str], partition: int, p
             filters.append(message_t.c.journey == journey)
         if partitions > 1:
             filters.append(message_t.c.id % partitions == partition)
-        stmt = select(message_t.c.id).where(*filters).order_by(message_t.c.id).limit(rt.batch_size)
+        # Oldest due first, read in order from ix_message_queue (status, due_at).
+        stmt = select(message_t.c.id).where(*filters).order_by(message_t.c.due_at).limit(rt.batch_size)
         if conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True)
         ids = [r[0] for r in conn.execute(stmt)]
@@ -110,7 +111,7 @@ def _prepared(rt: Runtime, journey: str, step_id: str, cache: dict) -> Any:
         if send.channel == "email":
             cache[key] = rt.templates.prepare_email(send.template, send.subject or "", send.preheader)
         else:
-            cache[key] = rt.templates.sms(send.template)
+            cache[key] = rt.templates.prepare_sms(send.template)
     return cache[key]
 
 
