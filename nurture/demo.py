@@ -41,7 +41,7 @@ SYNC_EVERY = timedelta(days=7)
 
 
 def _fail(message: str) -> None:
-    from nurture.cli.common import CliError
+    from nurture.cli.invocation import CliError
     raise CliError(message)
 
 

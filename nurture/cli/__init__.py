@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from nurture.cli.common import CliError, console, err_console
+from nurture.cli.invocation import CliError, console, err_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Nurture: marketing journeys in YAML, compiled into Prefect flows.")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from nurture.cli.common import CliError, console, err_console, open_project, parse_now, store, utc_now
+from nurture.cli.invocation import CliError, console, err_console, open_project, parse_now, store, utc_now
 
 import_app = typer.Typer(help="Import data from files.", no_args_is_help=True)
 consent_app = typer.Typer(help="Record consent changes in the ledger.", no_args_is_help=True)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from nurture.cli.common import CliError, console, err_console, open_project, store
+from nurture.cli.invocation import CliError, console, err_console, open_project, store
 from nurture.rendering.email_message import sms_segments
 from nurture.rendering.templates import RenderError
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from nurture.cli.common import CliError, console, err_console, open_project, parse_now, store, utc_now
+from nurture.cli.invocation import CliError, console, err_console, open_project, parse_now, store, utc_now
 
 
 def _report_json(report) -> dict:

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from nurture.cli import prefect_env
-from nurture.cli.common import CliError, console, err_console, open_project, parse_now, root
+from nurture.cli.invocation import CliError, console, err_console, open_project, parse_now, root
 
 TICK_SECONDS = 300
 

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from nurture.cli import prefect_env
-from nurture.cli.common import CliError, console, open_project, parse_now, root
+from nurture.cli.invocation import CliError, console, open_project, parse_now, root
 
 
 def print_sync_summary(rows: list[dict]) -> None:

@@ -5,7 +5,7 @@ import os
 
 import typer
 
-from nurture.cli.common import CliError, console, open_project, store
+from nurture.cli.invocation import CliError, console, open_project, store
 
 MIN_SECRET_LENGTH = 16
 

@@ -1,4 +1,6 @@
-"""Shared CLI plumbing: consoles, errors, opening the project and store, the logical clock."""
+"""What one `nurture` invocation works with: its consoles, its project and database (from
+--project / NURTURE_PROJECT / NURTURE_DATABASE_URL), its logical clock (--now), and CliError,
+the user error that ends it with a message and an exit code instead of a traceback."""
 from __future__ import annotations
 
 import os
