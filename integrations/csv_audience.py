@@ -39,14 +39,8 @@ class CsvAudienceDestination(AudienceDestination):
         return cls(Path(context.setting("NURTURE_CSV_AUDIENCE_DIR") or context.data_dir / "audiences"))
 
     def identifiers(self, member: SyncMember) -> Optional[dict]:
-        row = [identifiers.hashed(identifiers.email(member.email)),
-               identifiers.hashed(identifiers.meta_phone(member.phone, member.country)),
-               identifiers.hashed(identifiers.meta_name(member.first_name)),
-               identifiers.hashed(identifiers.meta_name(member.last_name)),
-               identifiers.hashed(identifiers.meta_country(member.country))]
-        if not (row[0] or row[1]):
-            return None
-        return {"row": [v or "" for v in row]}
+        row = identifiers.meta_row(member)
+        return {"row": row} if row else None
 
     def path_for(self, target: dict[str, Any], batch: SyncBatch, action: str) -> Path:
         audience = _SAFE.sub("_", str(target["audience"])).strip("._") or "audience"

@@ -130,13 +130,7 @@ class GoogleDestination(AudienceDestination):
 
     def add(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:
         assert len(members) <= self.max_batch
-        rows, results = [], []
-        for member in members:
-            ident = self.identifiers(member)
-            if ident is None:
-                results.append(MemberResult(member.contact_id, False, reason="no e-mail or phone"))
-            else:
-                rows.append((member, ident))
+        rows, results = self.identifiable(members, "no e-mail or phone")
         return results + (self._send("ingest", target, rows) if rows else [])
 
     def remove(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:

@@ -67,13 +67,7 @@ class LinkedInDestination(AudienceDestination):
 
     def add(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:
         assert len(members) <= self.max_batch
-        rows, results = [], []
-        for member in members:
-            ident = self.identifiers(member)
-            if ident is None:
-                results.append(MemberResult(member.contact_id, False, reason="no valid e-mail"))
-            else:
-                rows.append((member, ident))
+        rows, results = self.identifiable(members, "no valid e-mail")
         return results + (self._send("ADD", target, rows) if rows else [])
 
     def remove(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:

@@ -71,14 +71,8 @@ class MetaDestination(AudienceDestination):
         return self.client.requests
 
     def identifiers(self, member: SyncMember) -> Optional[dict]:
-        row = [identifiers.hashed(identifiers.email(member.email)),
-               identifiers.hashed(identifiers.meta_phone(member.phone, member.country)),
-               identifiers.hashed(identifiers.meta_name(member.first_name)),
-               identifiers.hashed(identifiers.meta_name(member.last_name)),
-               identifiers.hashed(identifiers.meta_country(member.country))]
-        if not (row[0] or row[1]):
-            return None
-        return {"schema": SCHEMA, "row": [v or "" for v in row]}
+        row = identifiers.meta_row(member)
+        return {"schema": SCHEMA, "row": row} if row else None
 
     def _send(self, method: str, target: dict[str, Any], rows: list[tuple[SyncMember, list[str]]],
               batch: SyncBatch) -> list[MemberResult]:
@@ -105,13 +99,8 @@ class MetaDestination(AudienceDestination):
 
     def add(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:
         assert len(members) <= self.max_batch
-        rows, results = [], []
-        for member in members:
-            ident = self.identifiers(member)
-            if ident is None:
-                results.append(MemberResult(member.contact_id, False, reason="no e-mail or phone"))
-            else:
-                rows.append((member, ident["row"]))
+        pairs, results = self.identifiable(members, "no e-mail or phone")
+        rows = [(member, ident["row"]) for member, ident in pairs]
         return results + (self._send("POST", target, rows, batch) if rows else [])
 
     def remove(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:

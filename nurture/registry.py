@@ -146,6 +146,20 @@ class SyncDestination(Integration):
         """The normalized (hashed, for ad platforms) identifiers this destination sends for
         `member`, or None when it has none usable. Pure: its digest detects changes."""
 
+    def identifiable(self, members: Sequence[SyncMember], missing: str
+                     ) -> tuple[list[tuple[SyncMember, dict]], list[MemberResult]]:
+        """Members paired with their identifiers, and a failed result (reason `missing`) for
+        each member that has none usable."""
+        pairs: list[tuple[SyncMember, dict]] = []
+        failed: list[MemberResult] = []
+        for member in members:
+            ident = self.identifiers(member)
+            if ident is None:
+                failed.append(MemberResult(member.contact_id, False, reason=missing))
+            else:
+                pairs.append((member, ident))
+        return pairs, failed
+
     @abc.abstractmethod
     def add(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:
         ...

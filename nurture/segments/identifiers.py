@@ -87,3 +87,14 @@ def meta_country(raw: Optional[str]) -> Optional[str]:
         return None
     value = raw.strip().lower()
     return value if len(value) == 2 and value.isascii() and value.isalpha() else None
+
+
+def meta_row(member) -> Optional[list[str]]:
+    """The hashed EMAIL, PHONE, FN, LN, COUNTRY row of Meta's multi-key schema (also the CSV
+    fallback's columns); None without an e-mail or a phone to match on."""
+    row = [hashed(email(member.email)), hashed(meta_phone(member.phone, member.country)),
+           hashed(meta_name(member.first_name)), hashed(meta_name(member.last_name)),
+           hashed(meta_country(member.country))]
+    if not (row[0] or row[1]):
+        return None
+    return [v or "" for v in row]
