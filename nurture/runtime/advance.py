@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime, timedelta
+import json
 from typing import Any, Iterable, Optional
 
-from sqlalchemy import and_, bindparam, exists, select
+from sqlalchemy import String, and_, bindparam, cast, exists, func, select
+from sqlalchemy.dialects.postgresql import JSONB
 
 from nurture.compiler import Node, Plan
 from nurture.conditions import ConditionScope, compile_condition, contact_t, enrollment_t, event_t, properties_match
@@ -142,6 +144,14 @@ def _process_node(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Co
                 report[(node.id, "waited", None)] += len(rows)
 
 
+def merged_attributes(conn: Any, values: dict) -> Any:
+    """`attributes` with `values` merged in, as one SQL expression for a whole batch."""
+    patch = bindparam("attributes_patch", json.dumps(values), type_=String)
+    if conn.dialect.name == "postgresql":
+        return contact_t.c.attributes.op("||")(cast(patch, JSONB))
+    return func.json_patch(contact_t.c.attributes, patch)
+
+
 def _apply_update(conn: Any, node: Node, contact_ids: list[int], now: datetime) -> None:
     spec = node.step.update
     for part in chunks(sorted(set(contact_ids))):
@@ -149,11 +159,8 @@ def _apply_update(conn: Any, node: Node, contact_ids: list[int], now: datetime) 
             conn.execute(contact_t.update().where(ids_in(contact_t.c.id, part))
                          .values(lifecycle_stage=spec.lifecycle_stage, updated_at=now))
         if spec.attributes:
-            rows = conn.execute(select(contact_t.c.id, contact_t.c.attributes).where(ids_in(contact_t.c.id, part))).all()
-            conn.execute(contact_t.update().where(contact_t.c.id == bindparam("cid"))
-                         .values(attributes=bindparam("attrs"), updated_at=bindparam("at")),
-                         [{"cid": cid, "attrs": {**(attrs or {}), **spec.attributes}, "at": now}
-                          for cid, attrs in rows])
+            conn.execute(contact_t.update().where(ids_in(contact_t.c.id, part))
+                         .values(attributes=merged_attributes(conn, spec.attributes), updated_at=now))
 
 
 def advance(rt: Runtime, plan: Plan, now: datetime) -> Counter:

@@ -94,8 +94,8 @@ def guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_i
             if refusal:
                 status, reason = "suppressed", refusal
             else:
-                reason = suppression_reason(by_contact.get(r.contact_id, []) + by_address.get((address or "").lower(), []),
-                                            channel, purpose) if (r.contact_id in by_contact or (address or "").lower() in by_address) else None
+                entries = by_contact.get(r.contact_id, []) + by_address.get((address or "").lower(), [])
+                reason = suppression_reason(entries, channel, purpose) if entries else None
                 if not reason and marketing and plan.journey.topic and \
                         plan.journey.topic in ((r.attributes or {}).get(TOPICS_OPTED_OUT) or ()):
                     reason = "topic_opt_out"

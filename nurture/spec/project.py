@@ -73,10 +73,6 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
                         nxt.extend(_unwrap(info.annotation))
             elif cls is dict or typing.get_origin(cls) is dict:
                 nxt.append(cls)
-        # dict values (e.g. attribute name → Comparison) are addressed by arbitrary keys
-        for cls in current:
-            if isinstance(cls, type) and issubclass(cls, BaseModel):
-                continue
         current = [c for c in nxt if c is not type(None)] or current
     keys: list[str] = []
     for cls in current:
