@@ -62,3 +62,23 @@ def test_text_part_link_in_parentheses_is_tagged_without_the_parenthesis():
 
 def test_step_ids_with_special_characters_are_percent_encoded():
     assert "utm_content=a%26b%20c" in utm_query("email", "j", "a&b c")
+
+
+def test_href_spelled_in_capitals_is_tagged_like_lower_case():
+    html = '<A HREF="https://shop.example/a">a</A><a Href="HTTPS://shop.example/b">b</a><a href="https://shop.example/c">c</a>'
+    tagged = tag_html(html, Q, OWN)
+    assert tagged.count("utm_content=reminder") == 3
+    assert 'HREF="https://shop.example/a?utm_source=nurture' in tagged
+
+
+def test_only_an_href_attribute_is_tagged_not_a_longer_name_ending_in_href():
+    html = '<a xhref="https://shop.example/a">a</a><a data-href="https://shop.example/b">b</a>'
+    tagged = tag_html(html, Q, OWN)
+    assert 'xhref="https://shop.example/a"' in tagged
+    assert 'data-href="https://shop.example/b?utm_source=nurture' in tagged
+
+
+def test_the_same_link_in_many_bodies_is_tagged_identically_each_time():
+    bodies = [f'<a href="https://shop.example/sale">{i}</a><a href="https://shop.example/u/tok{i}">x</a>' for i in range(3)]
+    tagged = [tag_html(b, Q, OWN) for b in bodies]
+    assert all(t.count("utm_content=reminder") == 1 and f"/u/tok{i}\"" in t for i, t in enumerate(tagged))

@@ -9,8 +9,10 @@ directly: headers RFC 2047-encoded only where they are not plain ASCII, bodies b
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime
 from email.utils import format_datetime, formataddr
+from functools import lru_cache
 from typing import Mapping, Optional
 
 _GSM7 = set("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
@@ -59,8 +61,25 @@ def encode_header(value: str, name_length: int = 9) -> str:
 
 
 def _b64(text: str) -> bytes:
-    encoded = base64.b64encode(text.encode("utf-8"))
-    return b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76)) + b"\r\n"
+    # encodebytes writes 76-character lines (RFC 2045) in C; MIME wants CRLF line ends.
+    return base64.encodebytes(text.encode("utf-8")).replace(b"\n", b"\r\n")
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9 !#$%&'*+/=?^_`{|}~-]*")
+
+
+@lru_cache(maxsize=64)
+def _address_cached(name: str, addr: str) -> str:
+    return _address(name, addr)
+
+
+def _address(name: str, addr: str) -> str:
+    """`Name <addr>`; formataddr (quoting, RFC 2047) only for names that need it."""
+    if not name:
+        return addr
+    if _PLAIN_NAME.fullmatch(name):
+        return f"{name} <{addr}>"
+    return formataddr((name, addr))
 
 
 def build_email_bytes(*, message_id: str, from_addr: str, from_name: str, to_addr: str, to_name: str,
@@ -68,8 +87,8 @@ def build_email_bytes(*, message_id: str, from_addr: str, from_name: str, to_add
                       extra_headers: Optional[Mapping[str, str]] = None) -> bytes:
     boundary = "=_nurture_" + message_id.strip("<>").split("@")[0].replace(".", "_")
     headers = [
-        f"From: {formataddr((from_name, from_addr))}" if from_name else f"From: {from_addr}",
-        f"To: {formataddr((to_name, to_addr))}" if to_name else f"To: {to_addr}",
+        f"From: {_address_cached(from_name, from_addr)}",
+        f"To: {_address(to_name, to_addr)}",
         f"Subject: {encode_header(subject, 7)}",
         f"Date: {date if isinstance(date, str) else format_datetime(date)}",
         f"Message-ID: {message_id}",

@@ -222,11 +222,24 @@ class PreparedEmail:
     preheader: Optional[Template]
 
     def render(self, context: dict[str, Any]) -> RenderedEmail:
-        html = self.html.render(context)
-        text = _BLANKS.sub("\n\n", self.text.render(context)).strip() + "\n" if self.text is not None else html_to_text(html)
-        subject = " ".join(self.subject.render(context).split())
-        pre = self.preheader.render(context) if self.preheader is not None else ""
+        html = _render(self.html, context)
+        text = _BLANKS.sub("\n\n", _render(self.text, context)).strip() + "\n" if self.text is not None else html_to_text(html)
+        subject = " ".join(_render(self.subject, context).split())
+        pre = _render(self.preheader, context) if self.preheader is not None else ""
         return RenderedEmail(subject, html, text, pre)
+
+
+def _render(template: Template, context: dict[str, Any]) -> str:
+    """`template.render(context)` without its two copies of the context: the render context
+    is built once from the template's globals and the given variables (what `render` does,
+    minus the copying, measurable at thousands of renders a second)."""
+    env = template.environment
+    try:
+        return env.concat(template.root_render_func(template.new_context({**template.globals, **context},  # type: ignore[attr-defined]
+                                                                          shared=True)))
+    except Exception:
+        env.handle_exception()
+    raise AssertionError("unreachable: handle_exception re-raises")  # pragma: no cover
 
 
 RenderError = (UndefinedError, TemplateSyntaxError, TemplateNotFound, SecurityError, TypeError, ValueError)

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from nurture.compiler import Node, Plan
 from nurture.conditions import ConditionScope, compile_condition, contact_t, enrollment_t, event_t, properties_match
 from nurture.runtime.context import Runtime
+from nurture.runtime.gc_pause import gc_paused
 from nurture.runtime.timing import arrival_due
 from nurture.runtime.outbox import guard_and_queue
 from nurture.runtime.sql import ids_in, chunks, for_update
@@ -74,7 +75,7 @@ def _scope(rt: Runtime, now: datetime) -> ConditionScope:
 def _process_node(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) -> None:
     kind = node.kind
     while True:
-        with rt.store.engine.begin() as conn:
+        with gc_paused(), rt.store.engine.begin() as conn:
             if kind == "send":
                 rows = _due_rows(conn, plan, node, now, rt.batch_size)
                 if not rows:

@@ -11,7 +11,7 @@ Delivery is therefore at most once per (enrollment, step).
 from __future__ import annotations
 
 import uuid
-from collections import Counter
+from collections import Counter, namedtuple
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
@@ -23,6 +23,7 @@ from nurture.registry import DeliveryResult, OutgoingMessage
 from nurture.rendering.links import tag_html, tag_text, utm_query
 from nurture.rendering.templates import RenderError
 from nurture.runtime.context import Runtime
+from nurture.runtime.gc_pause import gc_paused
 from nurture.runtime.sql import ids_in, chunks
 from nurture.store.models import Message, Suppression
 from nurture.tokens import make_token
@@ -83,23 +84,28 @@ def _links(rt: Runtime, contact_id: int, purpose: str, channel: str) -> dict:
             "home": base}
 
 
-def _load(rt: Runtime, ids: list[int]) -> list[Any]:
-    rows: list[Any] = []
+_LOAD_COLUMNS = (
+    message_t.c.id, message_t.c.journey, message_t.c.step_id, message_t.c.channel, message_t.c.purpose,
+    message_t.c.template, message_t.c.address, message_t.c.created_at, message_t.c.due_at, message_t.c.attempts,
+    message_t.c.contact_id, contact_t.c.email, contact_t.c.phone, contact_t.c.first_name, contact_t.c.last_name,
+    contact_t.c.country, contact_t.c.locale, contact_t.c.timezone, contact_t.c.lifecycle_stage, contact_t.c.score,
+    contact_t.c.attributes, event_t.c.name.label("event_name"), event_t.c.properties.label("event_properties"),
+    event_t.c.occurred_at.label("event_at"))
+# SQLAlchemy's Row resolves an attribute by name in ~1 µs; a batch reads ~30 per message.
+LoadedMessage = namedtuple("LoadedMessage", [c.name for c in _LOAD_COLUMNS])  # type: ignore[misc]
+
+
+def _load(rt: Runtime, ids: list[int]) -> list[LoadedMessage]:
+    rows: list[LoadedMessage] = []
+    make = LoadedMessage._make
     with rt.store.engine.connect() as conn:
         for part in chunks(ids):
-            rows.extend(conn.execute(
-                select(message_t.c.id, message_t.c.journey, message_t.c.step_id, message_t.c.channel,
-                       message_t.c.purpose, message_t.c.template, message_t.c.address, message_t.c.created_at,
-                       message_t.c.due_at,
-                       message_t.c.attempts, message_t.c.contact_id, contact_t.c.email, contact_t.c.phone,
-                       contact_t.c.first_name, contact_t.c.last_name, contact_t.c.country, contact_t.c.locale,
-                       contact_t.c.timezone, contact_t.c.lifecycle_stage, contact_t.c.score, contact_t.c.attributes,
-                       event_t.c.name.label("event_name"), event_t.c.properties.label("event_properties"),
-                       event_t.c.occurred_at.label("event_at"))
+            rows.extend(map(make, conn.execute(
+                select(*_LOAD_COLUMNS)
                 .select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id)
                              .outerjoin(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id)
                              .outerjoin(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk))
-                .where(ids_in(message_t.c.id, part))).all())
+                .where(ids_in(message_t.c.id, part)))))
         conn.rollback()
     return rows
 
@@ -153,53 +159,62 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
     from_email = rt.env.get("NURTURE_FROM_EMAIL", "hello@example.com")
     prepared: dict = {}
     while True:
-        token, ids = _claim(rt, now, journey, partition, partitions)
-        if not ids:
-            return report
-        rows = _load(rt, ids)
-        updates: list[dict] = []
-        suppressions: list[dict] = []
-        by_channel: dict[str, list[OutgoingMessage]] = {}
-        meta: dict[int, Any] = {}
-        for row in rows:
-            meta[row.id] = row
+        with gc_paused():
+            if not _deliver_batch(rt, now, journey, partition, partitions, from_email, prepared, report):
+                return report
+
+
+def _deliver_batch(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int,
+                   from_email: str, prepared: dict, report: Counter) -> bool:
+    """Claim, render, send and record one batch; False when nothing was due."""
+    token, ids = _claim(rt, now, journey, partition, partitions)
+    if not ids:
+        return False
+    rows = _load(rt, ids)
+    updates: list[dict] = []
+    suppressions: list[dict] = []
+    by_channel: dict[str, list[OutgoingMessage]] = {}
+    meta: dict[int, Any] = {}
+    for row in rows:
+        meta[row.id] = row
+        try:
+            by_channel.setdefault(row.channel, []).append(_render(rt, row, from_email, prepared))
+        except RenderError as exc:
+            updates.append(_update(row, "failed", f"render_error: {exc}", None, None, now))
+    for channel, messages in by_channel.items():
+        subjects = {m.message_pk: m.subject or None for m in messages}
+        try:
+            integration = rt.channel(channel)
+        except Exception as exc:  # not configured: nothing was sent, every message retries
+            results = [DeliveryResult(m.message_pk, "retry", reason=f"channel_error: {type(exc).__name__}: {exc}")
+                       for m in messages]
+        else:
             try:
-                by_channel.setdefault(row.channel, []).append(_render(rt, row, from_email, prepared))
-            except RenderError as exc:
-                updates.append(_update(row, "failed", f"render_error: {exc}", None, None, now))
-        for channel, messages in by_channel.items():
-            subjects = {m.message_pk: m.subject or None for m in messages}
-            try:
-                integration = rt.channel(channel)
-            except Exception as exc:  # not configured: nothing was sent, every message retries
-                results = [DeliveryResult(m.message_pk, "retry", reason=f"channel_error: {type(exc).__name__}: {exc}")
-                           for m in messages]
-            else:
-                try:
-                    results = integration.send_batch(messages)
-                except Exception as exc:
-                    results = _after_channel_crash(integration, messages, exc)
-            seen = set()
-            for result in results:
-                seen.add(result.message_pk)
-                row = meta[result.message_pk]
-                status = result.status
-                if status == "retry" and row.attempts >= MAX_ATTEMPTS:
-                    status = "failed"
-                updates.append(_update(row, status, result.reason, result.provider_id,
-                                       subjects.get(result.message_pk), now))
-                if result.suppress:
-                    suppressions.append(dict(contact_id=row.contact_id, address=(row.address or "").lower() or None,
-                                             channel=row.channel, reason=result.suppress, created_at=now))
-            for m in messages:  # a channel that forgot a message: never silently dropped
-                if m.message_pk not in seen:
-                    updates.append(_update(meta[m.message_pk], "retry", "no_result_from_channel", None, None, now))
-        with rt.store.engine.begin() as conn:
-            for u in updates:
-                report[(meta[u["mid"]].step_id, u.pop("outcome"), u["rs"])] += 1
-            conn.execute(_record, updates)
-            if suppressions:
-                conn.execute(suppression_t.insert(), suppressions)
+                results = integration.send_batch(messages)
+            except Exception as exc:
+                results = _after_channel_crash(integration, messages, exc)
+        seen = set()
+        for result in results:
+            seen.add(result.message_pk)
+            row = meta[result.message_pk]
+            status = result.status
+            if status == "retry" and row.attempts >= MAX_ATTEMPTS:
+                status = "failed"
+            updates.append(_update(row, status, result.reason, result.provider_id,
+                                   subjects.get(result.message_pk), now))
+            if result.suppress:
+                suppressions.append(dict(contact_id=row.contact_id, address=(row.address or "").lower() or None,
+                                         channel=row.channel, reason=result.suppress, created_at=now))
+        for m in messages:  # a channel that forgot a message: never silently dropped
+            if m.message_pk not in seen:
+                updates.append(_update(meta[m.message_pk], "retry", "no_result_from_channel", None, None, now))
+    with rt.store.engine.begin() as conn:
+        for u in updates:
+            report[(meta[u["mid"]].step_id, u.pop("outcome"), u["rs"])] += 1
+        conn.execute(_record, updates)
+        if suppressions:
+            conn.execute(suppression_t.insert(), suppressions)
+    return True
 
 
 def _after_channel_crash(integration: Any, messages: list, exc: Exception) -> list[DeliveryResult]:
