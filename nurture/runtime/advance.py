@@ -24,7 +24,7 @@ from nurture.runtime.context import Runtime
 from nurture.runtime.gc_pause import gc_paused
 from nurture.runtime.timing import arrival_due
 from nurture.runtime.outbox import guard_and_queue
-from nurture.runtime.sql import ids_in, chunks, for_update
+from nurture.runtime.sql import ids_in, chunks, for_update, write_many
 from nurture.runtime.stable_random import pick_arm
 
 # (enrollment id, contact id, contact time zone, logical time)
@@ -41,12 +41,12 @@ def move(conn: Any, rt: Runtime, plan: Plan, rows: Iterable[Row], target: Option
     if not rows:
         return 0
     if target is None:
-        conn.execute(_finish, [{"eid": eid, "at": now} for eid, _, _, _ in rows])
+        write_many(conn, _finish, [{"eid": eid, "at": now} for eid, _, _, _ in rows])
         return len(rows)
     node = plan.nodes[target]
     default_tz = rt.project.policies.timezone
-    conn.execute(_move, [{"eid": eid, "sid": target, "at": at, "due": arrival_due(node, at, tz, default_tz)}
-                         for eid, _, tz, at in rows])
+    write_many(conn, _move, [{"eid": eid, "sid": target, "at": at, "due": arrival_due(node, at, tz, default_tz)}
+                             for eid, _, tz, at in rows])
     return len(rows)
 
 

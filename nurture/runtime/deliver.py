@@ -24,7 +24,7 @@ from nurture.rendering.links import tag_html, tag_text, utm_query
 from nurture.rendering.templates import RenderError
 from nurture.runtime.context import Runtime
 from nurture.runtime.gc_pause import gc_paused
-from nurture.runtime.sql import ids_in, chunks
+from nurture.runtime.sql import ids_in, chunks, write_many
 from nurture.store.models import Message, Suppression
 from nurture.tokens import make_token
 
@@ -211,7 +211,7 @@ def _deliver_batch(rt: Runtime, now: datetime, journey: Optional[str], partition
     with rt.store.engine.begin() as conn:
         for u in updates:
             report[(meta[u["mid"]].step_id, u.pop("outcome"), u["rs"])] += 1
-        conn.execute(_record, updates)
+        write_many(conn, _record, updates)
         if suppressions:
             conn.execute(suppression_t.insert(), suppressions)
     return True

@@ -1,7 +1,9 @@
 """Small SQL building blocks the stages share: dialect-aware insert-or-ignore, chunked
-id lists, and row locking that only PostgreSQL needs (SQLite serializes writers)."""
+id lists, bulk writes, and row locking that only PostgreSQL needs (SQLite serializes writers)."""
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import Table, bindparam
@@ -23,6 +25,47 @@ def ids_in(column: Any, ids: Sequence[int]) -> Any:
                                 literal_execute=True))
 
 
+def write_many(conn: Connection, stmt: Any, rows: list[dict]) -> None:
+    """`conn.execute(stmt, rows)` — an executemany — for the per-message writes of a tick.
+
+    On SQLite the rows go straight to the DBAPI cursor, converted exactly as SQLAlchemy stores
+    them (UTC datetimes as `YYYY-MM-DD HH:MM:SS.ffffff` text, dicts as JSON): SQLAlchemy's
+    per-row parameter processing costs more than SQLite's write of the row (~15 µs of a
+    message's budget of 200). Other databases take the ordinary path. Every row must have the
+    same keys."""
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        conn.execute(stmt, rows)
+        return
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(rows[0]))
+    fixed = compiled.construct_params(rows[0])  # + values fixed in the statement (status="completed")
+    names = compiled.positiontup or ()
+    text: dict[datetime, str] = {}
+
+    def value(v: Any) -> Any:
+        if isinstance(v, datetime):
+            stored = text.get(v)
+            if stored is None:
+                stored = text[v] = sqlite_datetime(v)
+            return stored
+        if isinstance(v, (dict, list)):
+            return json.dumps(v)
+        return v
+
+    params = [tuple(value(row[n]) if n in row else value(fixed[n]) for n in names) for row in rows]
+    conn.exec_driver_sql(compiled.string, params)
+
+
+def sqlite_datetime(value: datetime) -> str:
+    """A timezone-aware datetime as SQLModel + SQLite store it: UTC, microseconds always."""
+    if value.utcoffset() is None:
+        raise ValueError("datetimes written to the store must be timezone-aware")
+    v = value.astimezone(timezone.utc)
+    return (f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}"
+            f".{v.microsecond:06d}")
+
+
 def insert_ignore(conn: Connection, table: Table, rows: list[dict], conflict: Iterable[str]) -> None:
     """Insert rows; a row that violates the unique key `conflict` is skipped, not an error."""
     if not rows:
@@ -35,7 +78,7 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict], conflict: It
     else:  # pragma: no cover
         stmt = table.insert()
     for part in chunks(rows, 5000):
-        conn.execute(stmt, list(part))
+        write_many(conn, stmt, list(part))
 
 
 def for_update(stmt: Any, conn: Connection, *, skip_locked: bool = False) -> Any:
