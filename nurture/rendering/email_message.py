@@ -61,8 +61,9 @@ def encode_header(value: str, name_length: int = 9) -> str:
 
 
 def _b64(text: str) -> bytes:
-    # encodebytes writes 76-character lines (RFC 2045) in C; MIME wants CRLF line ends.
-    return base64.encodebytes(text.encode("utf-8")).replace(b"\n", b"\r\n")
+    """Base64 in CRLF-terminated lines of 76 characters (RFC 2045)."""
+    encoded = base64.b64encode(text.encode("utf-8"))
+    return b"\r\n".join([encoded[i:i + 76] for i in range(0, len(encoded), 76)]) + b"\r\n"
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9 !#$%&'*+/=?^_`{|}~-]*")

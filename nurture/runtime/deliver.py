@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter, namedtuple
 from datetime import datetime, timedelta
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from sqlalchemy import and_, bindparam, or_, select
 
@@ -35,8 +35,8 @@ STUCK_AFTER = timedelta(minutes=15)
 
 _record = (message_t.update().where(message_t.c.id == bindparam("mid"))
            .values(status=bindparam("st"), reason=bindparam("rs"), sent_at=bindparam("sat"),
-                   provider_id=bindparam("pid"), subject=bindparam("subj"), due_at=bindparam("due"),
-                   claim=None))
+                   provider_id=bindparam("pid"), subject=bindparam("subj"), claim=None))
+_requeue = _record.values(due_at=bindparam("due"))  # a retry: back to `queued`, due after its backoff
 
 
 def _claim(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int) -> tuple[str, list[int]]:
@@ -86,7 +86,7 @@ def _links(rt: Runtime, contact_id: int, purpose: str, channel: str) -> dict:
 
 _LOAD_COLUMNS = (
     message_t.c.id, message_t.c.journey, message_t.c.step_id, message_t.c.channel, message_t.c.purpose,
-    message_t.c.template, message_t.c.address, message_t.c.created_at, message_t.c.due_at, message_t.c.attempts,
+    message_t.c.template, message_t.c.address, message_t.c.created_at, message_t.c.attempts,
     message_t.c.contact_id, contact_t.c.email, contact_t.c.phone, contact_t.c.first_name, contact_t.c.last_name,
     contact_t.c.country, contact_t.c.locale, contact_t.c.timezone, contact_t.c.lifecycle_stage, contact_t.c.score,
     contact_t.c.attributes, event_t.c.name.label("event_name"), event_t.c.properties.label("event_properties"),
@@ -110,46 +110,56 @@ def _load(rt: Runtime, ids: list[int]) -> list[LoadedMessage]:
     return rows
 
 
-def _prepared(rt: Runtime, journey: str, step_id: str, cache: dict) -> Any:
+class _SendStep(NamedTuple):
+    """What a send step's messages share, looked up once per batch."""
+    template: Any  # PreparedEmail | Template (SMS)
+    utm: str
+    own_pages: tuple[str, ...]
+    journey: dict
+
+
+def _prepared(rt: Runtime, journey: str, step_id: str, cache: dict) -> _SendStep:
     key = (journey, step_id)
     if key not in cache:
-        send = rt.plan(journey).nodes[step_id].step.send
+        plan = rt.plan(journey)
+        send = plan.nodes[step_id].step.send
         if send.channel == "email":
-            cache[key] = rt.templates.prepare_email(send.template, send.subject or "", send.preheader)
+            template = rt.templates.prepare_email(send.template, send.subject or "", send.preheader)
         else:
-            cache[key] = rt.templates.prepare_sms(send.template)
+            template = rt.templates.prepare_sms(send.template)
+        cache[key] = _SendStep(template, utm_query(send.channel, journey, step_id), own_page_prefixes(rt),
+                               {"name": journey, "description": plan.journey.description})
     return cache[key]
 
 
 def _render(rt: Runtime, row: Any, from_email: str, cache: Optional[dict] = None) -> OutgoingMessage:
     if row.journey in SYSTEM_JOURNEYS:  # transactional system mail (double opt-in): no journey plan
         return render_system_email(rt, row, _contact_view(row), rfc_message_id(row.id, row.journey, from_email))
-    plan = rt.plan(row.journey)
+    step = _prepared(rt, row.journey, row.step_id, {} if cache is None else cache)
     props = dict(row.event_properties or {})
+    links = _links(rt, row.contact_id, row.purpose, row.channel)
     context = {
         "contact": _contact_view(row),
         "event": {**props, "name": row.event_name, "properties": props, "occurred_at": row.event_at},
-        "journey": {"name": row.journey, "description": plan.journey.description},
+        "journey": dict(step.journey),
         "step": {"id": row.step_id},
-        "links": _links(rt, row.contact_id, row.purpose, row.channel),
+        "links": links,
     }
-    prepared = _prepared(rt, row.journey, row.step_id, {} if cache is None else cache)
-    utm, own_pages = utm_query(row.channel, row.journey, row.step_id), own_page_prefixes(rt)
     msg = OutgoingMessage(message_pk=row.id, rfc_message_id=rfc_message_id(row.id, row.journey, from_email),
                           contact_id=row.contact_id, channel=row.channel, journey=row.journey,
                           step_id=row.step_id, purpose=row.purpose, to=row.address or "",
                           created_at=row.created_at, locale=row.locale)
     if row.channel == "email":
-        rendered = prepared.render(context)
+        rendered = step.template.render(context)
         msg.subject = rendered.subject
-        msg.html, msg.text = tag_html(rendered.html, utm, own_pages), tag_text(rendered.text, utm, own_pages)
+        msg.html = tag_html(rendered.html, step.utm, step.own_pages)
+        msg.text = tag_text(rendered.text, step.utm, step.own_pages)
         msg.to_name = " ".join(p for p in (row.first_name, row.last_name) if p)
         if row.purpose == "marketing":
-            unsubscribe = context["links"]["unsubscribe"]
-            msg.headers = {"List-Unsubscribe": f"<{unsubscribe}>, <mailto:unsubscribe@{from_email.rpartition('@')[2]}?subject=unsubscribe>",
+            msg.headers = {"List-Unsubscribe": f"<{links['unsubscribe']}>, <mailto:unsubscribe@{from_email.rpartition('@')[2]}?subject=unsubscribe>",
                            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     else:
-        msg.text = tag_text(prepared.render(context).strip(), utm, own_pages)
+        msg.text = tag_text(step.template.render(context).strip(), step.utm, step.own_pages)
     return msg
 
 
@@ -211,7 +221,8 @@ def _deliver_batch(rt: Runtime, now: datetime, journey: Optional[str], partition
     with rt.store.engine.begin() as conn:
         for u in updates:
             report[(meta[u["mid"]].step_id, u.pop("outcome"), u["rs"])] += 1
-        write_many(conn, _record, updates)
+        write_many(conn, _record, [u for u in updates if "due" not in u])
+        write_many(conn, _requeue, [u for u in updates if "due" in u])
         if suppressions:
             conn.execute(suppression_t.insert(), suppressions)
     return True
@@ -244,7 +255,7 @@ def _update(row: Any, status: str, reason: Optional[str], provider_id: Optional[
         return {"mid": row.id, "st": "queued", "rs": reason, "sat": None, "pid": None, "subj": subject,
                 "due": now + backoff, "outcome": "retry"}
     return {"mid": row.id, "st": status, "rs": reason, "sat": now if status == "sent" else None,
-            "pid": provider_id, "subj": subject, "due": row.due_at, "outcome": status}
+            "pid": provider_id, "subj": subject, "outcome": status}
 
 
 def reconcile_stuck(rt: Runtime, now: datetime) -> Counter:

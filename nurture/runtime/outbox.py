@@ -93,6 +93,7 @@ def guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_i
     window = rt.quiet_window(plan, channel) if marketing else None
     double_opt_in = policies.needs_double_opt_in(channel, purpose)
 
+    allowed_by_zone: dict[Optional[str], datetime] = {}
     final: list[dict] = []
     deferred: list[dict] = []
     moves: list[tuple[int, int, Optional[str], datetime]] = []
@@ -119,7 +120,9 @@ def guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_i
                     if reason:
                         status = "skipped"
         if status == "queued" and window is not None:
-            allowed = next_allowed_send(now, zone(r.timezone, policies.timezone), window)
+            allowed = allowed_by_zone.get(r.timezone)
+            if allowed is None:  # the same for everyone in a time zone: once per zone and batch
+                allowed = allowed_by_zone[r.timezone] = next_allowed_send(now, zone(r.timezone, policies.timezone), window)
             if allowed > now:
                 status, reason, due = "deferred", "quiet_hours", allowed
         if status == "queued" and caps:
@@ -136,12 +139,13 @@ def guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_i
         row = dict(enrollment_id=r.id, contact_id=r.contact_id, journey=plan.name, step_id=node.id,
                    channel=channel, purpose=purpose, template=send.template, address=address,
                    status=status, reason=reason, due_at=due, created_at=now, attempts=0,
-                   counted_at=now if status == "queued" and marketing else None)
+                   counted_at=now if status == "queued" and marketing else None,
+                   attempt_key=f"defer:{r.defer_count + 1}" if status == "deferred" else "send")
         if status == "deferred":
-            deferred.append({**row, "attempt_key": f"defer:{r.defer_count + 1}"})
+            deferred.append(row)
             deferrals.append({"eid": r.id, "due": due, "defers": r.defer_count + 1})
         else:
-            final.append({**row, "attempt_key": "send"})
+            final.append(row)
             # The journey goes on from the moment the message went out (or was refused).
             moves.append((r.id, r.contact_id, r.timezone, max(now, r.next_due_at)))
     insert_ignore(conn, message_t, final + deferred, ("enrollment_id", "step_id", "attempt_key"))
