@@ -4,6 +4,11 @@ Every journey YAML becomes a flow named `journey-<name>` (a `with_options` copy 
 `journey_tick`), run as a subflow of `tick-all`: a new YAML file shows up in the UI on the
 next tick with no Python and no prefect.yaml edit. Tasks are the stages, never contacts:
 enroll → exit/convert → advance → deliver (in parallel partitions) → report.
+
+With `delivery_processes` > 1 and a large tick (thousands of contacts due), the advance task
+runs as `advance+deliver`: delivery processes start with it and send each batch the guards
+queue while the next batch is guarded (`nurture.runtime.parallel.pipelined`); the deliver
+tasks then send whatever is left. Rendering is CPU-bound Python, so processes, not threads.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from flows.runtime import logical_now, runtime_for
 from nurture.runtime.advance import advance
 from nurture.runtime.context import TickReport
 from nurture.runtime.deliver import deliver, reconcile_stuck
+from nurture.runtime.parallel import MIN_PER_PROCESS, due_enrollments, pipelined
 from nurture.runtime.tick import prepare, stage_enroll, stage_exit_convert
 
 
@@ -36,6 +42,14 @@ def exit_convert_task(project: Optional[str], journey: str, now: datetime) -> tu
 def advance_task(project: Optional[str], journey: str, now: datetime) -> dict:
     rt = runtime_for(project)
     return dict(advance(rt, rt.plan(journey), now))
+
+
+@task(name="advance+deliver", retries=2, retry_delay_seconds=5)
+def advance_deliver_task(project: Optional[str], journey: str, now: datetime, processes: int) -> tuple[dict, dict]:
+    rt = runtime_for(project)
+    reconcile_stuck(rt, now)
+    advanced, delivered = pipelined(rt, now, journey, processes, lambda: advance(rt, rt.plan(journey), now))
+    return dict(advanced), dict(delivered)
 
 
 @task(name="deliver", retries=2, retry_delay_seconds=10)
@@ -77,14 +91,18 @@ def report_task(project: Optional[str], journey: str, now: datetime, enrolled: i
 
 @flow(name="journey-tick", log_prints=True)
 def journey_tick(journey: str, project: Optional[str] = None, now: Optional[datetime] = None,
-                 partitions: int = 1) -> dict:
+                 partitions: int = 1, delivery_processes: int = 1) -> dict:
     clock = logical_now(now)
     enrolled = enroll_task(project, journey, clock)
     converted, exited = exit_convert_task(project, journey, clock)
-    advanced = advance_task(project, journey, clock)
+    outcomes = []
+    if delivery_processes > 1 and due_enrollments(runtime_for(project), clock, journey) >= MIN_PER_PROCESS:
+        outcomes.extend(advance_deliver_task(project, journey, clock, delivery_processes))
+    else:
+        outcomes.append(advance_task(project, journey, clock))
     futures = [deliver_task.submit(project, journey, clock, i, partitions) for i in range(partitions)]
-    delivered = [f.result() for f in futures]
-    return report_task(project, journey, clock, enrolled, converted, exited, [advanced, *delivered])
+    outcomes.extend(f.result() for f in futures)
+    return report_task(project, journey, clock, enrolled, converted, exited, outcomes)
 
 
 def journey_flow(name: str):
@@ -94,9 +112,10 @@ def journey_flow(name: str):
 
 @flow(name="tick-all", log_prints=True)
 def tick_all(project: Optional[str] = None, now: Optional[datetime] = None, journey: Optional[str] = None,
-             partitions: int = 1) -> list[dict]:
+             partitions: int = 1, delivery_processes: int = 1) -> list[dict]:
     """One tick of every journey (or one): what the 5-minute deployment runs."""
     clock = logical_now(now)
     rt = runtime_for(project)
     names = [journey] if journey else sorted(rt.project.journeys)
-    return [journey_flow(name)(journey=name, project=project, now=clock, partitions=partitions) for name in names]
+    return [journey_flow(name)(journey=name, project=project, now=clock, partitions=partitions,
+                               delivery_processes=delivery_processes) for name in names]

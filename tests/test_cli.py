@@ -123,6 +123,8 @@ def test_run_with_a_bad_clock_or_unknown_journey_says_so(project):
     assert out.returncode == 1 and "--now:" in out.stderr
     out = nurture(project, "run", "--journey", "cart_nuge")
     assert out.returncode == 1 and "did you mean 'cart_nudge'?" in (out.stdout + out.stderr)
+    out = nurture(project, "run", "--workers", "0")
+    assert out.returncode == 2 and "--workers" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_preview_renders_email_and_counts_sms_segments(project):

@@ -122,3 +122,27 @@ def test_logical_clock_is_the_scheduled_start_time_when_no_now_is_given(harness,
     result = run_flow(flow, flow_run=flow_run, parameters={"journey": "welcome_series", "project": str(root)})
     assert result["now"].startswith((t0 + timedelta(days=1, minutes=5)).isoformat()[:16])
     assert {"step": "nudge", "outcome": "sent", "reason": "", "count": 3} in result["outcomes"]
+
+
+def test_a_large_tick_pipelines_delivery_processes_with_the_guards_and_sends_each_message_once(
+        harness, project, monkeypatch):
+    import anyio
+    from prefect import get_client
+
+    import flows.journey as journey_flows
+    root, store, t0 = project
+    monkeypatch.setattr(journey_flows, "MIN_PER_PROCESS", 1)  # 3 contacts count as "large" here
+    results = journey_flows.tick_all(project=str(root), now=t0 + timedelta(minutes=5), journey="welcome_series",
+                                     delivery_processes=2)
+    outcomes = {(r["step"], r["outcome"]): r["count"] for r in results[0]["outcomes"]}
+    assert outcomes[("hello", "sent")] == 3 and outcomes[("hello", "queued")] == 3
+    with store.engine.connect() as conn:
+        statuses = [r[0] for r in conn.exec_driver_sql("SELECT status FROM message WHERE step_id = 'hello'")]
+    assert statuses == ["sent"] * 3
+    emls = list((root / ".nurture" / "outbox" / "email" / "welcome_series").glob("*.eml"))
+    assert len(emls) == 3
+
+    async def task_names():
+        async with get_client() as client:
+            return {t.name.rsplit("-", 1)[0] for t in await client.read_task_runs()}
+    assert "advance+deliver" in anyio.run(task_names)

@@ -18,11 +18,11 @@ def _flows():
     return journey_flows
 
 
-def run_ticks(journey: Optional[str], now, quiet: bool = False) -> list[dict]:
+def run_ticks(journey: Optional[str], now, quiet: bool = False, workers: int = 1) -> list[dict]:
     flows = _flows()
     from flows.runtime import ProjectInvalid
     try:
-        results = flows.tick_all(project=str(root()), now=now, journey=journey)
+        results = flows.tick_all(project=str(root()), now=now, journey=journey, delivery_processes=workers)
     except ProjectInvalid as exc:
         raise CliError(str(exc)) from None
     if not quiet:
@@ -44,10 +44,12 @@ def print_tick_summary(results: list[dict]) -> None:
 
 
 def run(journey: Optional[str] = typer.Option(None, "--journey", help="Only this journey"),
-        now: Optional[str] = typer.Option(None, "--now", help="Logical clock of the tick (ISO 8601)")) -> None:
+        now: Optional[str] = typer.Option(None, "--now", help="Logical clock of the tick (ISO 8601)"),
+        workers: int = typer.Option(1, "--workers", min=1, max=64,
+                                    help="Delivery processes for large ticks (thousands due), pipelined with the guards")) -> None:
     """One tick of every (or one) journey, as Prefect flow runs."""
     open_project(only=journey)
-    run_ticks(journey, parse_now(now))
+    run_ticks(journey, parse_now(now), workers=workers)
 
 
 def served_deployments(project: str, interval: int = TICK_SECONDS) -> list:

@@ -100,6 +100,17 @@ def backlog(rt: Runtime, now: datetime, journey: Optional[str]) -> int:
     return count
 
 
+def due_enrollments(rt: Runtime, now: datetime, journey: str) -> int:
+    """How many of a journey's enrollments are due now: is a tick large enough for processes?"""
+    from nurture.conditions import enrollment_t
+    with rt.store.engine.connect() as conn:
+        count = conn.execute(select(func.count()).select_from(enrollment_t).where(
+            enrollment_t.c.journey == journey, enrollment_t.c.status == "active",
+            enrollment_t.c.next_due_at <= now)).scalar() or 0
+        conn.rollback()
+    return count
+
+
 def deliver_parallel(rt: Runtime, now: datetime, journey: Optional[str], workers: int) -> Counter:
     """Deliver what is queued now, across `workers` processes when the backlog is large."""
     from nurture.runtime.deliver import deliver

@@ -128,7 +128,6 @@ class Message(SQLModel, table=True):
     (so a retry can never send twice) and 'defer:N' for the record of each deferral."""
     __table_args__ = (UniqueConstraint("enrollment_id", "step_id", "attempt_key", name="uq_message_attempt"),
                       Index("ix_message_cap", "contact_id", "counted_at"),
-                      Index("ix_message_status", "status", "channel"),
                       Index("ix_message_queue", "status", "due_at"),
                       Index("ix_message_journey", "journey", "step_id"))
     id: Optional[int] = Field(default=None, primary_key=True)
