@@ -47,7 +47,6 @@ def advance_task(project: Optional[str], journey: str, now: datetime) -> dict:
 @task(name="advance+deliver", retries=2, retry_delay_seconds=5)
 def advance_deliver_task(project: Optional[str], journey: str, now: datetime, processes: int) -> tuple[dict, dict]:
     rt = runtime_for(project)
-    reconcile_stuck(rt, now)
     advanced, delivered = pipelined(rt, now, journey, processes, lambda: advance(rt, rt.plan(journey), now))
     return dict(advanced), dict(delivered)
 

@@ -21,7 +21,8 @@ from typing import Any, Optional, Sequence
 
 import httpx
 
-from integrations.http_retry import DONE, FAIL, RETRY, ProviderClient, RetryPolicy, Verdict, retry_after, short_body
+from integrations.http_retry import (DONE, FAIL, RETRY, ProviderClient, RetryPolicy, Verdict, error_object,
+                                     retry_after, short_body)
 from nurture.registry import (AudienceDestination, IntegrationContext, IntegrationError, MemberResult, SyncBatch,
                               SyncMember)
 from nurture.segments import identifiers
@@ -32,10 +33,7 @@ _MEMBER_INDEX = re.compile(r"audience_?[mM]embers\[(\d+)\]")
 def classify(response: httpx.Response) -> Verdict:
     if 200 <= response.status_code < 300:
         return Verdict(DONE)
-    try:
-        error = response.json().get("error") or {}
-    except (ValueError, AttributeError):
-        error = {}
+    error = error_object(response)
     status = error.get("status", "")
     if response.status_code == 429 or status == "RESOURCE_EXHAUSTED":
         return Verdict(RETRY, "HTTP 429 RESOURCE_EXHAUSTED", retry_after(response))
@@ -48,10 +46,7 @@ def violated_members(response: Optional[httpx.Response]) -> dict[int, str]:
     """audienceMembers indexes named by a BadRequest's field violations."""
     if response is None or response.status_code != 400:
         return {}
-    try:
-        details = (response.json().get("error") or {}).get("details") or []
-    except (ValueError, AttributeError):
-        return {}
+    details = error_object(response).get("details") or []
     out: dict[int, str] = {}
     for detail in details:
         for violation in detail.get("fieldViolations", []) or []:

@@ -87,6 +87,16 @@ def default_classify(response: httpx.Response) -> Verdict:
     return Verdict(FAIL, f"HTTP {code}: {short_body(response)}")
 
 
+def error_object(response: httpx.Response) -> dict:
+    """The `{"error": {...}}` object Google and Meta answer failures with; {} when the body
+    is not JSON or carries none."""
+    try:
+        error = response.json().get("error") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return error if isinstance(error, dict) else {}
+
+
 def short_body(response: httpx.Response, limit: int = 300) -> str:
     text = response.text.strip().replace("\n", " ")
     return text[:limit]

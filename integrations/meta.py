@@ -20,7 +20,8 @@ from typing import Any, Optional, Sequence
 
 import httpx
 
-from integrations.http_retry import DONE, FAIL, RETRY, ProviderClient, RetryPolicy, Verdict, retry_after, short_body
+from integrations.http_retry import (DONE, FAIL, RETRY, ProviderClient, RetryPolicy, Verdict, error_object,
+                                     retry_after, short_body)
 from nurture.registry import (AudienceDestination, IntegrationContext, IntegrationError, MemberResult, SyncBatch,
                               SyncMember)
 from nurture.segments import identifiers
@@ -32,10 +33,7 @@ THROTTLE_CODES = {4, 17, 32, 613, 80003}
 def classify(response: httpx.Response) -> Verdict:
     if 200 <= response.status_code < 300:
         return Verdict(DONE)
-    try:
-        error = response.json().get("error") or {}
-    except (ValueError, AttributeError):
-        error = {}
+    error = error_object(response)
     code = error.get("code")
     if code in THROTTLE_CODES or response.status_code == 429:
         return Verdict(RETRY, f"Meta throttled the request (code {code})", retry_after(response))
