@@ -121,21 +121,19 @@ class CatalogView:
     def related(self, category: Any, exclude: Any = None, limit: int = 3) -> list[dict]:
         key = (str(category or ""), str(exclude or ""), int(limit))
         if key not in self._cache:
-            with self._store.engine.connect() as conn:
+            with self._store.reading() as conn:
                 rows = conn.execute(
                     select(product_t.c.sku, product_t.c.name, product_t.c.category, product_t.c.price,
                            product_t.c.url, product_t.c.image_url, product_t.c.consumption_days)
                     .where(product_t.c.category == key[0], product_t.c.active.is_(True),
                            product_t.c.sku != key[1])
                     .order_by(product_t.c.rank, product_t.c.sku).limit(key[2])).mappings().all()
-                conn.rollback()
             self._cache[key] = [dict(r) for r in rows]
         return self._cache[key]
 
     def product(self, sku: Any) -> Optional[dict]:
-        with self._store.engine.connect() as conn:
+        with self._store.reading() as conn:
             row = conn.execute(select(product_t).where(product_t.c.sku == str(sku or ""))).mappings().first()
-            conn.rollback()
         return dict(row) if row else None
 
 

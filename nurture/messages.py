@@ -22,9 +22,8 @@ def message_log(store: Store, journey: Optional[str] = None, limit: Optional[int
         stmt = stmt.where(message_t.c.journey == journey)
     if limit:
         stmt = stmt.limit(limit)
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         rows = conn.execute(stmt).all()
-        conn.rollback()
     return [{"id": r.id, "contact": r.email, "journey": r.journey, "step": r.step_id, "channel": r.channel,
              "status": r.status, "reason": r.reason,
              "due_at": r.due_at.isoformat() if r.due_at else None,

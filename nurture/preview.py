@@ -40,7 +40,7 @@ def preview_journey(spec: ProjectSpec, store: Store, journey: str, *, step_id: O
     plan = compile_journey(spec.journeys[journey])
     contact: dict[str, Any] = dict(SAMPLE_CONTACT)
     event: dict[str, Any] = {}
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         if email:
             row = conn.execute(select(contact_t).where(contact_t.c.email == email.strip().lower())).mappings().first()
             if row is None:

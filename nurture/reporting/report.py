@@ -324,7 +324,7 @@ def build_report(store: Store, project: ProjectSpec, now: Optional[datetime] = N
         spec = project.journeys.get(name)
         goal = f"{spec.goal.event} within {format_duration(spec.goal.within)}" if spec is not None and spec.goal else ""
         reports[name] = JourneyReport(name, spec.description.strip() if spec else "", goal)
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         _enrollments(conn, reports)
         _steps(conn, reports, project, costs)
         _recipients(conn, reports)
@@ -332,7 +332,6 @@ def build_report(store: Store, project: ProjectSpec, now: Optional[datetime] = N
         attribution, unattributed = _attribution(conn, conversions)
         daily = _daily(conversions)
         handovers = handover_stats(conn, now)
-        conn.rollback()
     for r in reports.values():
         r.lift = lift(r.converted, r.treated, r.converted_holdout, r.holdout)
     attribution = [a for a in attribution if a.journey in reports]

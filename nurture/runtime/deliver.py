@@ -98,7 +98,7 @@ LoadedMessage = namedtuple("LoadedMessage", [c.name for c in _LOAD_COLUMNS])  # 
 def _load(rt: Runtime, ids: list[int]) -> list[LoadedMessage]:
     rows: list[LoadedMessage] = []
     make = LoadedMessage._make
-    with rt.store.engine.connect() as conn:
+    with rt.store.reading() as conn:
         for part in chunks(ids):
             rows.extend(map(make, conn.execute(
                 select(*_LOAD_COLUMNS)
@@ -106,7 +106,6 @@ def _load(rt: Runtime, ids: list[int]) -> list[LoadedMessage]:
                              .outerjoin(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id)
                              .outerjoin(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk))
                 .where(ids_in(message_t.c.id, part)))))
-        conn.rollback()
     return rows
 
 

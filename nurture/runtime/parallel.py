@@ -3,9 +3,11 @@ tick is split into id partitions (`id % n`), each delivered by its own process w
 database connection. Claims are row-level (`status = 'queued'` → `sending` in one statement), so
 partitions never overlap.
 
-`pipelined_tick` overlaps the stages: the delivery processes start with the tick and deliver
+`pipelined` overlaps the stages: the delivery processes start with the tick and deliver
 each batch the advance stage queues while it guards the next one, so a large tick costs about
-max(advance, deliver) instead of their sum, and the first messages leave early. A process costs
+max(advance, deliver) instead of their sum, and the first messages leave early. On SQLite
+the processes queue for the write lock in order (write_turns): without it the advance stage,
+committing batch after batch, kept the delivery processes waiting for seconds. A process costs
 ~1 s to start, so this is for large ticks (the engine's default stays in-process).
 
 Processes come from a fork server that has imported the engine once (`forkserver` with
@@ -26,6 +28,7 @@ from sqlalchemy import func, select
 
 from nurture.runtime.context import Runtime
 from nurture.store.models import Message
+from nurture.store.write_turns import WriteTurns, taking_turns
 
 message_t = Message.__table__
 MIN_PER_PROCESS = 4000
@@ -48,7 +51,9 @@ def process_context() -> Any:
 def _runtime(root: str, url: str, env: dict) -> Runtime:
     from nurture.spec.project import load_project
     from nurture.store.db import open_store
-    return Runtime(open_store(url), load_project(Path(root)), env=env)
+    # The caller's store is open, hence migrated: a worker's migration check would be one more
+    # write transaction waiting for the lock.
+    return Runtime(open_store(url, auto_migrate=False), load_project(Path(root)), env=env)
 
 
 def _deliver_partition(args: tuple) -> dict:
@@ -62,26 +67,32 @@ def _deliver_partition(args: tuple) -> dict:
         rt.store.dispose()
 
 
-def _deliver_until_done(args: tuple, done: Any, results: Any) -> None:
+def _deliver_until_done(args: tuple, done: Any, results: Any, turns: Optional[WriteTurns]) -> None:
     """Deliver this partition's queued messages as they appear, until the advance stage is
     done and nothing is left."""
     root, url, env, now, journey, partition, partitions = args
-    from nurture.runtime.deliver import deliver
     rt = _runtime(root, url, env)
     report: Counter = Counter()
     try:
-        while True:
-            finished = done.is_set()  # read before delivering: nothing is queued after it is set
-            got = deliver(rt, now, journey, partition, partitions)
-            report.update(got)
-            if finished and not got:
-                break
-            if not got:
-                time.sleep(IDLE_POLL)
+        with taking_turns(turns):
+            _deliver_loop(rt, now, journey, partition, partitions, done, report)
     finally:
         results.put(dict(report))
         rt.close()
         rt.store.dispose()
+
+
+def _deliver_loop(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int,
+                  done: Any, report: Counter) -> None:
+    from nurture.runtime.deliver import deliver
+    while True:
+        finished = done.is_set()  # read before delivering: nothing is queued after it is set
+        got = deliver(rt, now, journey, partition, partitions)
+        report.update(got)
+        if finished and not got:
+            return
+        if not got:
+            time.sleep(IDLE_POLL)
 
 
 def _jobs(rt: Runtime, now: datetime, journey: Optional[str], workers: int) -> list[tuple]:
@@ -90,25 +101,20 @@ def _jobs(rt: Runtime, now: datetime, journey: Optional[str], workers: int) -> l
 
 
 def backlog(rt: Runtime, now: datetime, journey: Optional[str]) -> int:
-    with rt.store.engine.connect() as conn:
-        stmt = select(func.count()).select_from(message_t).where(message_t.c.status == "queued",
-                                                                 message_t.c.due_at <= now)
-        if journey:
-            stmt = stmt.where(message_t.c.journey == journey)
-        count = conn.execute(stmt).scalar() or 0
-        conn.rollback()
-    return count
+    stmt = select(func.count()).select_from(message_t).where(message_t.c.status == "queued", message_t.c.due_at <= now)
+    if journey:
+        stmt = stmt.where(message_t.c.journey == journey)
+    with rt.store.reading() as conn:
+        return conn.execute(stmt).scalar() or 0
 
 
 def due_enrollments(rt: Runtime, now: datetime, journey: str) -> int:
     """How many of a journey's enrollments are due now: is a tick large enough for processes?"""
     from nurture.conditions import enrollment_t
-    with rt.store.engine.connect() as conn:
-        count = conn.execute(select(func.count()).select_from(enrollment_t).where(
+    with rt.store.reading() as conn:
+        return conn.execute(select(func.count()).select_from(enrollment_t).where(
             enrollment_t.c.journey == journey, enrollment_t.c.status == "active",
             enrollment_t.c.next_due_at <= now)).scalar() or 0
-        conn.rollback()
-    return count
 
 
 def deliver_parallel(rt: Runtime, now: datetime, journey: Optional[str], workers: int) -> Counter:
@@ -134,12 +140,14 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
     from nurture.runtime.deliver import deliver
     ctx = process_context()
     done, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_deliver_until_done, args=(job, done, results), daemon=True)
+    turns = None if rt.store.is_postgres else WriteTurns(ctx)  # PostgreSQL locks rows, not the database
+    procs = [ctx.Process(target=_deliver_until_done, args=(job, done, results, turns), daemon=True)
              for job in _jobs(rt, now, journey, workers)]
     for proc in procs:
         proc.start()
     try:
-        produced = produce()
+        with taking_turns(turns):
+            produced = produce()
     finally:
         done.set()
     delivered: Counter = Counter()

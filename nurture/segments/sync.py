@@ -163,9 +163,8 @@ def compute_diff(store: Store, project: ProjectSpec, ref: SyncTarget, destinatio
                  now: datetime) -> Diff:
     """The changes to push, computed in the database; memory grows with the changes only."""
     want = desired(project.segments[ref.segment], project.segments, type(destination), now)
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         rows = [row for query in _diff_queries(store.dialect, want, ref) for row in conn.execute(query).all()]
-        conn.rollback()
     diff = Diff()
     for row in rows:
         if row.id is None:  # acknowledged, no longer in the segment (or deleted)
@@ -283,10 +282,9 @@ def sync_target(store: Store, project: ProjectSpec, ref: SyncTarget, destination
     report.updated = len(added_ids & updated_ids)
     succeeded = len(added_ids) + len(removed_ok)
 
-    with store.engine.connect() as conn:
+    with store.reading() as conn:
         report.members = conn.execute(select(func.count()).select_from(membership_t).where(
             membership_t.c.segment == ref.segment, membership_t.c.target == ref.key)).scalar_one()
-        conn.rollback()
     report.requests = destination.requests_sent - requests_before
     report.duration_ms = int((time.perf_counter() - started) * 1000)
     report.errors = [{"reason": reason, "count": n} for reason, n in reasons.most_common(20)]

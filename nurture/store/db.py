@@ -4,16 +4,23 @@ application of Alembic migrations on first use.
 SQLite runs in WAL mode with a busy timeout, and every transaction starts with
 `BEGIN IMMEDIATE`: the write lock is taken up front, so two processes ticking at once
 serialize cleanly instead of failing with a stale snapshot half-way through a send batch.
+The exception is `Store.reading()`, a read-only transaction: a plain `BEGIN` that reads a
+WAL snapshot without waiting for (or holding up) a writer. Processes that cooperate on one
+tick also queue for the write lock in order (see write_turns).
 On PostgreSQL, the send pipeline serializes per contact with row locks (see runtime.deliver).
 """
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session
+
+from nurture.store.write_turns import TurnTakingConnection
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _migrated: set[str] = set()
@@ -31,6 +38,17 @@ class Store:
     @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for reads only: on SQLite its transaction neither waits for nor
+        blocks a writer (it reads the last committed snapshot)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(nurture_read_only=True)
+            try:
+                yield conn
+            finally:
+                conn.rollback()
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -64,13 +82,17 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # pragma: no cover - trivial
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.get_execution_options().get("nurture_read_only"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.connection.dbapi_connection.begin_write()
 
 
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False,
+                                                      "factory": TurnTakingConnection})
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_pre_ping=True)

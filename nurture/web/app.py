@@ -118,7 +118,7 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         claims = claims_or_none(token, "unsubscribe")
         if claims is None:
             return bad_link("The link is damaged or has expired. Use the link in a newer e-mail from us.")
-        with store.engine.connect() as conn:
+        with store.reading() as conn:
             prefs = load_preferences(conn, project, claims.contact_id)
         if prefs is None:
             return bad_link("We have no record of this address any more.")
@@ -186,7 +186,7 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
             raise HTTPException(400, "body must be an event object, a list of them, or {\"events\": [...]}")
         now = clock()
         submitted = [str(r.get("event_id")) for r in records if r.get("event_id") not in (None, "")]
-        with store.engine.connect() as conn:
+        with store.reading() as conn:
             known = {r[0] for r in conn.execute(select(event_t.c.event_id).where(event_t.c.event_id.in_(submitted)))} \
                 if submitted else set()
         result = track_records(store, list(enumerate(records, 1)), source="request", now=now)
