@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Sequence
+from operator import itemgetter
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
-from sqlalchemy import Table, bindparam
+from sqlalchemy import Boolean, Float, Integer, String, Table, TypeDecorator, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -39,22 +40,41 @@ def write_many(conn: Connection, stmt: Any, rows: list[dict]) -> None:
         conn.execute(stmt, rows)
         return
     compiled = stmt.compile(dialect=conn.dialect, column_keys=list(rows[0]))
+    names = list(compiled.positiontup or ())
     fixed = compiled.construct_params(rows[0])  # + values fixed in the statement (status="completed")
-    names = compiled.positiontup or ()
-    text: dict[datetime, str] = {}
+    missing = {n: fixed[n] for n in names if n not in rows[0]}
+    if missing:
+        rows = [{**missing, **row} for row in rows]
+    converted = [(i, _converter(compiled.binds[n].type)) for i, n in enumerate(names)]
+    converted = [(i, convert) for i, convert in converted if convert is not None]
+    get = itemgetter(*names) if len(names) > 1 else (lambda row: (row[names[0]],))
+    params = []
+    for row in rows:  # a C getter per row, conversions only where a column needs one
+        values = list(get(row))
+        for i, convert in converted:
+            values[i] = convert(values[i])
+        params.append(tuple(values))
+    conn.exec_driver_sql(compiled.string, params)
 
-    def value(v: Any) -> Any:
+
+def _converter(column_type: Any) -> Optional[Callable[[Any], Any]]:
+    """How a value of a column is stored by SQLAlchemy on SQLite (None: as it is)."""
+    if isinstance(column_type, TypeDecorator):
+        column_type = column_type.impl
+    if isinstance(column_type, (Integer, String, Boolean, Float)):
+        return None
+    text: dict[datetime, str] = {}  # a batch shares a handful of timestamps
+
+    def stored(v: Any) -> Any:
         if isinstance(v, datetime):
-            stored = text.get(v)
-            if stored is None:
-                stored = text[v] = sqlite_datetime(v)
-            return stored
+            out = text.get(v)
+            if out is None:
+                out = text[v] = sqlite_datetime(v)
+            return out
         if isinstance(v, (dict, list)):
             return json.dumps(v)
         return v
-
-    params = [tuple(value(row[n]) if n in row else value(fixed[n]) for n in names) for row in rows]
-    conn.exec_driver_sql(compiled.string, params)
+    return stored
 
 
 def sqlite_datetime(value: datetime) -> str:
