@@ -40,21 +40,27 @@ _requeue = _record.values(due_at=bindparam("due"))  # a retry: back to `queued`,
 
 
 def _claim(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int) -> tuple[str, list[int]]:
-    token = uuid.uuid4().hex
     with rt.store.engine.begin() as conn:
-        filters = [message_t.c.status == "queued", message_t.c.due_at <= now]
-        if journey:
-            filters.append(message_t.c.journey == journey)
-        if partitions > 1:
-            filters.append(message_t.c.id % partitions == partition)
-        # Oldest due first, read in order from ix_message_queue (status, due_at).
-        stmt = select(message_t.c.id).where(*filters).order_by(message_t.c.due_at).limit(rt.batch_size)
-        if conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update(skip_locked=True)
-        ids = [r[0] for r in conn.execute(stmt)]
-        for part in chunks(ids):
-            conn.execute(message_t.update().where(ids_in(message_t.c.id, part), message_t.c.status == "queued")
-                         .values(status="sending", claim=token, claimed_at=now, attempts=message_t.c.attempts + 1))
+        return _claim_in(conn, rt, now, journey, partition, partitions)
+
+
+def _claim_in(conn: Any, rt: Runtime, now: datetime, journey: Optional[str], partition: int,
+              partitions: int) -> tuple[str, list[int]]:
+    """Mark the next batch of due rows `sending` (committed by the caller before any channel call)."""
+    token = uuid.uuid4().hex
+    filters = [message_t.c.status == "queued", message_t.c.due_at <= now]
+    if journey:
+        filters.append(message_t.c.journey == journey)
+    if partitions > 1:
+        filters.append(message_t.c.id % partitions == partition)
+    # Oldest due first, read in order from ix_message_queue (status, due_at).
+    stmt = select(message_t.c.id).where(*filters).order_by(message_t.c.due_at).limit(rt.batch_size)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    ids = [r[0] for r in conn.execute(stmt)]
+    for part in chunks(ids):
+        conn.execute(message_t.update().where(ids_in(message_t.c.id, part), message_t.c.status == "queued")
+                     .values(status="sending", claim=token, claimed_at=now, attempts=message_t.c.attempts + 1))
     return token, ids
 
 
@@ -167,18 +173,26 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
     report: Counter = Counter()
     from_email = rt.env.get("NURTURE_FROM_EMAIL", "hello@example.com")
     prepared: dict = {}
-    while True:
+    _, ids = _claim(rt, now, journey, partition, partitions)
+    while ids:
         with gc_paused():
-            if not _deliver_batch(rt, now, journey, partition, partitions, from_email, prepared, report):
-                return report
+            updates, suppressions, meta = _send_batch(rt, ids, now, from_email, prepared)
+            # The batch's outcomes and the next claim share one write transaction: one wait
+            # for SQLite's write lock per batch, not two.
+            with rt.store.engine.begin() as conn:
+                for u in updates:
+                    report[(meta[u["mid"]].step_id, u.pop("outcome"), u["rs"])] += 1
+                write_many(conn, _record, [u for u in updates if "due" not in u])
+                write_many(conn, _requeue, [u for u in updates if "due" in u])
+                if suppressions:
+                    conn.execute(suppression_t.insert(), suppressions)
+                _, ids = _claim_in(conn, rt, now, journey, partition, partitions)
+    return report
 
 
-def _deliver_batch(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int,
-                   from_email: str, prepared: dict, report: Counter) -> bool:
-    """Claim, render, send and record one batch; False when nothing was due."""
-    token, ids = _claim(rt, now, journey, partition, partitions)
-    if not ids:
-        return False
+def _send_batch(rt: Runtime, ids: list[int], now: datetime, from_email: str,
+                prepared: dict) -> tuple[list[dict], list[dict], dict[int, Any]]:
+    """Render and send one claimed batch: (row updates, suppressions, rows by id) to record."""
     rows = _load(rt, ids)
     updates: list[dict] = []
     suppressions: list[dict] = []
@@ -217,14 +231,7 @@ def _deliver_batch(rt: Runtime, now: datetime, journey: Optional[str], partition
         for m in messages:  # a channel that forgot a message: never silently dropped
             if m.message_pk not in seen:
                 updates.append(_update(meta[m.message_pk], "retry", "no_result_from_channel", None, None, now))
-    with rt.store.engine.begin() as conn:
-        for u in updates:
-            report[(meta[u["mid"]].step_id, u.pop("outcome"), u["rs"])] += 1
-        write_many(conn, _record, [u for u in updates if "due" not in u])
-        write_many(conn, _requeue, [u for u in updates if "due" in u])
-        if suppressions:
-            conn.execute(suppression_t.insert(), suppressions)
-    return True
+    return updates, suppressions, meta
 
 
 def _after_channel_crash(integration: Any, messages: list, exc: Exception) -> list[DeliveryResult]:
