@@ -5,8 +5,9 @@ Every journey YAML becomes a flow named `journey-<name>` (a `with_options` copy 
 next tick with no Python and no prefect.yaml edit. Tasks are the stages, never contacts:
 enroll → exit/convert → advance → deliver (in parallel partitions) → report.
 
-With `delivery_processes` > 1 and a large tick (thousands of contacts due), the advance task
-runs as `advance+deliver`: delivery processes start with it and send each batch the guards
+On a large tick (thousands of contacts due) with more than one delivery process (by default
+one per CPU core; `delivery_processes=1` keeps everything in the flow's process), the advance
+task runs as `advance+deliver`: delivery processes start with it and send each batch the guards
 queue while the next batch is guarded (`nurture.runtime.parallel.pipelined`); the deliver
 tasks then send whatever is left. Rendering is CPU-bound Python, so processes, not threads.
 """
@@ -22,7 +23,7 @@ from flows.runtime import logical_now, runtime_for
 from nurture.runtime.advance import advance
 from nurture.runtime.context import TickReport
 from nurture.runtime.deliver import deliver, reconcile_stuck
-from nurture.runtime.parallel import MIN_PER_PROCESS, due_enrollments, pipelined
+from nurture.runtime.parallel import MIN_PER_PROCESS, default_processes, due_enrollments, pipelined
 from nurture.runtime.tick import prepare, stage_enroll, stage_exit_convert
 
 
@@ -90,8 +91,9 @@ def report_task(project: Optional[str], journey: str, now: datetime, enrolled: i
 
 @flow(name="journey-tick", log_prints=True)
 def journey_tick(journey: str, project: Optional[str] = None, now: Optional[datetime] = None,
-                 partitions: int = 1, delivery_processes: int = 1) -> dict:
+                 partitions: int = 1, delivery_processes: Optional[int] = None) -> dict:
     clock = logical_now(now)
+    delivery_processes = delivery_processes or default_processes()
     enrolled = enroll_task(project, journey, clock)
     converted, exited = exit_convert_task(project, journey, clock)
     outcomes = []
@@ -111,7 +113,7 @@ def journey_flow(name: str):
 
 @flow(name="tick-all", log_prints=True)
 def tick_all(project: Optional[str] = None, now: Optional[datetime] = None, journey: Optional[str] = None,
-             partitions: int = 1, delivery_processes: int = 1) -> list[dict]:
+             partitions: int = 1, delivery_processes: Optional[int] = None) -> list[dict]:
     """One tick of every journey (or one): what the 5-minute deployment runs."""
     clock = logical_now(now)
     rt = runtime_for(project)

@@ -18,7 +18,7 @@ def _flows():
     return journey_flows
 
 
-def run_ticks(journey: Optional[str], now, quiet: bool = False, workers: int = 1) -> list[dict]:
+def run_ticks(journey: Optional[str], now, quiet: bool = False, workers: Optional[int] = None) -> list[dict]:
     flows = _flows()
     from flows.runtime import ProjectInvalid
     try:
@@ -45,8 +45,10 @@ def print_tick_summary(results: list[dict]) -> None:
 
 def run(journey: Optional[str] = typer.Option(None, "--journey", help="Only this journey"),
         now: Optional[str] = typer.Option(None, "--now", help="Logical clock of the tick (ISO 8601)"),
-        workers: int = typer.Option(1, "--workers", min=1, max=64,
-                                    help="Delivery processes for large ticks (thousands due), pipelined with the guards")) -> None:
+        workers: Optional[int] = typer.Option(
+            None, "--workers", min=1, max=64,
+            help="Delivery processes for large ticks (thousands due), pipelined with the guards "
+                 "[default: one per CPU core; 1 keeps delivery in one process]")) -> None:
     """One tick of every (or one) journey, as Prefect flow runs."""
     open_project(only=journey)
     run_ticks(journey, parse_now(now), workers=workers)

@@ -18,6 +18,7 @@ and — unlike a plain fork — never inherits the caller's threads or open data
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import Counter
 from datetime import datetime
@@ -37,6 +38,14 @@ IDLE_POLL = 0.05
 
 PRELOAD = ["nurture.runtime.deliver", "nurture.spec.project", "nurture.store.db", "integrations.file_channels",
            "integrations.smtp", "integrations.twilio"]
+
+
+def default_processes() -> int:
+    """Delivery processes for a large tick when none are asked for: one per usable core."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity
+        return max(1, os.cpu_count() or 1)
 
 
 def process_context() -> Any:
