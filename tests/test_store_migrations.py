@@ -89,12 +89,13 @@ def test_datetimes_come_back_timezone_aware_utc(store):
     assert created == EPOCH and created.utcoffset().total_seconds() == 0
 
 
-def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sqlite_url):
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout_and_reads_through_a_memory_map(sqlite_url):
     store = open_store(sqlite_url)
     try:
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+            assert conn.exec_driver_sql("PRAGMA mmap_size").scalar() == 1 << 30
             conn.rollback()
     finally:
         store.dispose()
@@ -111,6 +112,19 @@ def test_a_sqlite_transaction_takes_the_write_lock_when_it_begins(sqlite_url, tm
                 other.execute("BEGIN IMMEDIATE")
         other.execute("BEGIN IMMEDIATE")  # released at commit
         other.execute("ROLLBACK")
+    finally:
+        other.close()
+        store.dispose()
+
+
+def test_a_read_only_sqlite_transaction_leaves_the_write_lock_to_writers(sqlite_url, tmp_path):
+    store = open_store(sqlite_url)
+    other = sqlite3.connect(tmp_path / "nurture.db", timeout=0, isolation_level=None)
+    try:
+        with store.reading() as conn:
+            conn.execute(select(contact_t.c.id)).all()
+            other.execute("BEGIN IMMEDIATE")  # not blocked by the reader
+            other.execute("ROLLBACK")
     finally:
         other.close()
         store.dispose()

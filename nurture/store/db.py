@@ -78,6 +78,10 @@ def _configure_sqlite(engine: Engine) -> None:
         # 64 MB of page cache instead of SQLite's 2 MB: a tick reads the same enrollment,
         # contact and message pages batch after batch.
         cur.execute("PRAGMA cache_size=-65536")
+        # Reads through a memory map (up to 1 GiB of the file): when another process commits,
+        # SQLite drops its page cache, and with a map re-reading a page is a memory access
+        # instead of a read() system call. ~15 % on a pipelined send tick.
+        cur.execute("PRAGMA mmap_size=1073741824")
         cur.close()
 
     @event.listens_for(engine, "begin")
