@@ -60,6 +60,14 @@ def test_text_part_link_in_parentheses_is_tagged_without_the_parenthesis():
     assert "(https://shop.example/u/tok.sig)" in tagged
 
 
+@pytest.mark.parametrize("url", ["HTTPS://shop.example/a", "httpS://shop.example/a", "Http://shop.example/a",
+                                 "https://shop.example/a"])
+def test_plain_text_urls_are_tagged_whatever_the_case_of_their_scheme(url):
+    tagged = tag_text(f"Look: {url} and https://shop.example/b.", Q, OWN)
+    assert f"{url}?utm_source=nurture" in tagged and "https://shop.example/b?utm_source=nurture" in tagged
+    assert tagged.count("utm_content=reminder") == 2
+
+
 def test_step_ids_with_special_characters_are_percent_encoded():
     assert "utm_content=a%26b%20c" in utm_query("email", "j", "a&b c")
 

@@ -24,6 +24,7 @@ _HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(https?://[^"'\s<>]+)\2""", re.I)
 _HREF_LOWER = re.compile(r"""(href\s*=\s*)(["'])((?i:https?)://[^"'\s<>]+)\2""")
 _WORD = re.compile(r"\w")
 _BARE = re.compile(r"""https?://[^\s<>"'\]\)]+""", re.I)
+_BARE_LOWER = re.compile(r"""http[sS]?://[^\s<>"'\]\)]+""")  # literal `http`: the fast scan, as for hrefs
 _TRAILING = ".,;:!?"
 _HAS_UTM = re.compile(r"[?&](?:amp;)?utm_[a-z]+=", re.I)
 
@@ -75,4 +76,5 @@ def tag_text(text: str, query: str, skip: Sequence[str] = ()) -> str:
         stripped = url.rstrip(_TRAILING)
         return _tag(stripped, query, "&", skip) + url[len(stripped):]
     skip = tuple(skip)
-    return _BARE.sub(one, text)
+    bare = _BARE_LOWER if text.count("http") == text.lower().count("http") else _BARE
+    return bare.sub(one, text)
