@@ -12,8 +12,9 @@ passes the turn on at its commit or rollback, so the lock goes to whoever asked 
 `taking_turns(turns)` makes every SQLite write transaction of the calling thread take turns.
 
 The turns order the cooperating processes only; correctness still rests on SQLite's lock
-(an outside writer is simply not queued). A turn held longer than `TIMEOUT` (a participant
-died holding it) breaks the queue for everyone, who then go back to SQLite's busy handler.
+(an outside writer is simply not queued). A wait longer than `TIMEOUT` (a participant died
+holding its turn: a tick's transactions last well under a second) breaks the queue for
+everyone, who then go back to SQLite's busy handler.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
-TIMEOUT = 60.0  # as long as SQLite's own busy timeout
+TIMEOUT = 15.0
 
 
 class WriteTurns:
