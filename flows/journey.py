@@ -5,9 +5,9 @@ Every journey YAML becomes a flow named `journey-<name>` (a `with_options` copy 
 next tick with no Python and no prefect.yaml edit. Tasks are the stages, never contacts:
 enroll → exit/convert → advance → deliver (in parallel partitions) → report.
 
-On a large tick (thousands of contacts due) with more than one delivery process (by default
-one per CPU core; `delivery_processes=1` keeps everything in the flow's process), the advance
-task runs as `advance+deliver`: delivery processes start with it and send each batch the guards
+On a large tick (`LARGE_TICK`: 20,000 contacts due) with more than one delivery process (by
+default one per CPU core; `delivery_processes=1` keeps everything in the flow's process), the
+advance task runs as `advance+deliver`: delivery processes start with it and send each batch the guards
 queue while the next batch is guarded (`nurture.runtime.parallel.pipelined`); the deliver
 tasks then send whatever is left. Rendering is CPU-bound Python, so processes, not threads.
 """
@@ -23,7 +23,7 @@ from flows.runtime import logical_now, runtime_for
 from nurture.runtime.advance import advance
 from nurture.runtime.context import TickReport
 from nurture.runtime.deliver import deliver, reconcile_stuck
-from nurture.runtime.parallel import MIN_PER_PROCESS, default_processes, due_enrollments, pipelined
+from nurture.runtime.parallel import LARGE_TICK, default_processes, due_enrollments, pipelined
 from nurture.runtime.tick import prepare, stage_enroll, stage_exit_convert
 
 
@@ -97,7 +97,7 @@ def journey_tick(journey: str, project: Optional[str] = None, now: Optional[date
     enrolled = enroll_task(project, journey, clock)
     converted, exited = exit_convert_task(project, journey, clock)
     outcomes = []
-    if delivery_processes > 1 and due_enrollments(runtime_for(project), clock, journey) >= MIN_PER_PROCESS:
+    if delivery_processes > 1 and due_enrollments(runtime_for(project), clock, journey) >= LARGE_TICK:
         outcomes.extend(advance_deliver_task(project, journey, clock, delivery_processes))
     else:
         outcomes.append(advance_task(project, journey, clock))

@@ -16,7 +16,6 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, select
 
 from nurture.consent_ledger import record_consent
-from nurture.guards.quiet_hours import zone
 from nurture.runtime.sql import chunks, insert_ignore
 from nurture.store.db import Store
 from nurture.store.models import Contact, Event

@@ -140,7 +140,7 @@ def test_a_large_tick_pipelines_delivery_processes_with_the_guards_and_sends_eac
                 task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="advance+deliver"))))
     before = anyio.run(pipelined_runs)
     root, store, t0 = project
-    monkeypatch.setattr(journey_flows, "MIN_PER_PROCESS", 1)  # 3 contacts count as "large" here
+    monkeypatch.setattr(journey_flows, "LARGE_TICK", 1)  # 3 contacts count as "large" here
     monkeypatch.setattr(journey_flows, "default_processes", lambda: 2)  # as on a 2-core machine
     results = journey_flows.tick_all(project=str(root), now=t0 + timedelta(minutes=5), journey="welcome_series",
                                      delivery_processes=asked)

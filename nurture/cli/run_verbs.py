@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from nurture.cli import prefect_env
-from nurture.cli.invocation import CliError, console, err_console, open_project, parse_now, root
+from nurture.cli.invocation import CliError, console, open_project, parse_now, root
 
 TICK_SECONDS = 300
 
@@ -47,7 +47,7 @@ def run(journey: Optional[str] = typer.Option(None, "--journey", help="Only this
         now: Optional[str] = typer.Option(None, "--now", help="Logical clock of the tick (ISO 8601)"),
         workers: Optional[int] = typer.Option(
             None, "--workers", min=1, max=64,
-            help="Delivery processes for large ticks (thousands due), pipelined with the guards "
+            help="Delivery processes for large ticks (20,000+ due), pipelined with the guards "
                  "[default: one per CPU core; 1 keeps delivery in one process]")) -> None:
     """One tick of every (or one) journey, as Prefect flow runs."""
     open_project(only=journey)

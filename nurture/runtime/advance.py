@@ -11,7 +11,7 @@ The logical time of an enrollment is its `next_due_at`: a wait of 1h after an ev
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 import json
 from typing import Any, Iterable, Optional
 
@@ -24,7 +24,7 @@ from nurture.runtime.context import Runtime
 from nurture.runtime.gc_pause import gc_paused
 from nurture.runtime.timing import arrival_due
 from nurture.runtime.outbox import guard_and_queue
-from nurture.runtime.sql import ids_in, chunks, for_update, write_many
+from nurture.runtime.sql import ids_in, chunks, write_many
 from nurture.runtime.stable_random import pick_arm
 
 # (enrollment id, contact id, contact time zone, logical time)

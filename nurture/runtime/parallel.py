@@ -7,8 +7,8 @@ partitions never overlap.
 each batch the advance stage queues while it guards the next one, so a large tick costs about
 max(advance, deliver) instead of their sum, and the first messages leave early. On SQLite
 the processes queue for the write lock in order (write_turns): without it the advance stage,
-committing batch after batch, kept the delivery processes waiting for seconds. A process costs
-~1 s to start, so this is for large ticks (the engine's default stays in-process).
+committing batch after batch, kept the delivery processes waiting for seconds. Starting the
+processes costs ~1 s, so the flows pipeline only large ticks (`LARGE_TICK` due).
 
 Processes come from a fork server that has imported the engine once (`forkserver` with
 preloads): a worker then starts without paying the ~1 s of imports on the tick's two cores,
@@ -32,7 +32,10 @@ from nurture.store.models import Message
 from nurture.store.write_turns import WriteTurns, taking_turns
 
 message_t = Message.__table__
-MIN_PER_PROCESS = 4000
+# Due enrollments from which a tick pipelines delivery processes: below it one process is as
+# fast (starting the fork server and a worker's project load cost ~1 s; measured with
+# bench_tick: in-process wins at 4,000 due, they tie at 10,000).
+LARGE_TICK = 20_000
 IDLE_POLL = 0.05
 
 
@@ -63,17 +66,6 @@ def _runtime(root: str, url: str, env: dict) -> Runtime:
     # The caller's store is open, hence migrated: a worker's migration check would be one more
     # write transaction waiting for the lock.
     return Runtime(open_store(url, auto_migrate=False), load_project(Path(root)), env=env)
-
-
-def _deliver_partition(args: tuple) -> dict:
-    root, url, env, now, journey, partition, partitions = args
-    from nurture.runtime.deliver import deliver
-    rt = _runtime(root, url, env)
-    try:
-        return dict(deliver(rt, now, journey, partition, partitions))
-    finally:
-        rt.close()
-        rt.store.dispose()
 
 
 def _deliver_until_done(args: tuple, done: Any, results: Any, turns: Optional[WriteTurns]) -> None:
@@ -109,14 +101,6 @@ def _jobs(rt: Runtime, now: datetime, journey: Optional[str], workers: int) -> l
     return [(str(rt.project.root), url, rt.env, now, journey, i, workers) for i in range(workers)]
 
 
-def backlog(rt: Runtime, now: datetime, journey: Optional[str]) -> int:
-    stmt = select(func.count()).select_from(message_t).where(message_t.c.status == "queued", message_t.c.due_at <= now)
-    if journey:
-        stmt = stmt.where(message_t.c.journey == journey)
-    with rt.store.reading() as conn:
-        return conn.execute(stmt).scalar() or 0
-
-
 def due_enrollments(rt: Runtime, now: datetime, journey: str) -> int:
     """How many of a journey's enrollments are due now: is a tick large enough for processes?"""
     from nurture.conditions import enrollment_t
@@ -124,22 +108,6 @@ def due_enrollments(rt: Runtime, now: datetime, journey: str) -> int:
         return conn.execute(select(func.count()).select_from(enrollment_t).where(
             enrollment_t.c.journey == journey, enrollment_t.c.status == "active",
             enrollment_t.c.next_due_at <= now)).scalar() or 0
-
-
-def deliver_parallel(rt: Runtime, now: datetime, journey: Optional[str], workers: int) -> Counter:
-    """Deliver what is queued now, across `workers` processes when the backlog is large."""
-    from nurture.runtime.deliver import deliver
-    pending = backlog(rt, now, journey) if workers > 1 else 0
-    workers = min(workers, pending // MIN_PER_PROCESS)
-    if workers <= 1:
-        return deliver(rt, now, journey)
-    report: Counter = Counter()
-    with process_context().Pool(workers) as pool:
-        for part in pool.map(_deliver_partition, _jobs(rt, now, journey, workers)):
-            report.update(part)
-    # Whatever a partition could not claim (e.g. queued meanwhile) goes out in-process.
-    report.update(deliver(rt, now, journey))
-    return report
 
 
 def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
