@@ -1,11 +1,12 @@
 """Delivery across processes: rendering and assembling messages is CPU-bound Python, so a large
-tick is split into id partitions (`id % n`), each delivered by its own process with its own
-database connection. Claims are row-level (`status = 'queued'` → `sending` in one statement), so
-partitions never overlap.
+tick delivers from several processes, each with its own database connection. Claims are
+row-level (a batch goes `queued` → `sending` in one write transaction), so the processes share
+one queue and never claim the same message.
 
-`pipelined` overlaps the stages: the delivery processes start with the tick and deliver
-each batch the advance stage queues while it guards the next one, so a large tick costs about
-max(advance, deliver) instead of their sum, and the first messages leave early. On SQLite
+`pipelined` overlaps the stages: delivery processes start with the tick and deliver each batch
+the advance stage queues while it guards the next one; when the guards are done, the tick's own
+process delivers too. On N cores that keeps N processes busy throughout (guards + N - 1
+deliverers, then N deliverers), and the first messages leave early. On SQLite
 the processes queue for the write lock in order (write_turns): without it the advance stage,
 committing batch after batch, kept the delivery processes waiting for seconds. Starting the
 processes costs ~1 s, so the flows pipeline only large ticks (`LARGE_TICK` due).
@@ -68,37 +69,31 @@ def _runtime(root: str, url: str, env: dict) -> Runtime:
     return Runtime(open_store(url, auto_migrate=False), load_project(Path(root)), env=env)
 
 
-def _deliver_until_done(args: tuple, done: Any, results: Any, turns: Optional[WriteTurns]) -> None:
-    """Deliver this partition's queued messages as they appear, until the advance stage is
-    done and nothing is left."""
-    root, url, env, now, journey, partition, partitions = args
+def _deliver_until_done(job: tuple, done: Any, results: Any, turns: Optional[WriteTurns]) -> None:
+    """Deliver the journey's queued messages as they appear, until the advance stage is done
+    and nothing is left."""
+    root, url, env, now, journey = job
     rt = _runtime(root, url, env)
     report: Counter = Counter()
     try:
         with taking_turns(turns):
-            _deliver_loop(rt, now, journey, partition, partitions, done, report)
+            _deliver_loop(rt, now, journey, done, report)
     finally:
         results.put(dict(report))
         rt.close()
         rt.store.dispose()
 
 
-def _deliver_loop(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int,
-                  done: Any, report: Counter) -> None:
+def _deliver_loop(rt: Runtime, now: datetime, journey: Optional[str], done: Any, report: Counter) -> None:
     from nurture.runtime.deliver import deliver
     while True:
         finished = done.is_set()  # read before delivering: nothing is queued after it is set
-        got = deliver(rt, now, journey, partition, partitions)
+        got = deliver(rt, now, journey)
         report.update(got)
         if finished and not got:
             return
         if not got:
             time.sleep(IDLE_POLL)
-
-
-def _jobs(rt: Runtime, now: datetime, journey: Optional[str], workers: int) -> list[tuple]:
-    url = rt.store.engine.url.render_as_string(hide_password=False)
-    return [(str(rt.project.root), url, rt.env, now, journey, i, workers) for i in range(workers)]
 
 
 def due_enrollments(rt: Runtime, now: datetime, journey: str) -> int:
@@ -112,22 +107,26 @@ def due_enrollments(rt: Runtime, now: datetime, journey: str) -> int:
 
 def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
               produce: Callable[[], Counter]) -> tuple[Counter, Counter]:
-    """Run `produce` (the advance stage) here while `workers` processes deliver what it queues.
-    Returns (produce's report, delivery report)."""
+    """Run `produce` (the advance stage) here while `workers - 1` processes deliver what it
+    queues; once it is done this process delivers too, so `workers` processes are busy
+    throughout (on N cores: the guards + N - 1 deliverers, then N deliverers). Claims are
+    row-level, so the deliverers share one queue. Returns (produce's report, delivery report)."""
     from nurture.runtime.deliver import deliver
     ctx = process_context()
     done, results = ctx.Event(), ctx.Queue()
     turns = None if rt.store.is_postgres else WriteTurns(ctx)  # PostgreSQL locks rows, not the database
+    job = (str(rt.project.root), rt.store.engine.url.render_as_string(hide_password=False), rt.env, now, journey)
     procs = [ctx.Process(target=_deliver_until_done, args=(job, done, results, turns), daemon=True)
-             for job in _jobs(rt, now, journey, workers)]
+             for _ in range(max(1, workers - 1))]
     for proc in procs:
         proc.start()
+    delivered: Counter = Counter()
     try:
         with taking_turns(turns):
             produced = produce()
+            delivered.update(deliver(rt, now, journey))  # the guards are done: deliver alongside
     finally:
         done.set()
-    delivered: Counter = Counter()
     for _ in procs:
         delivered.update(results.get())
     for proc in procs:
