@@ -153,3 +153,28 @@ def test_the_sandbox_refuses_unsafe_attributes_directly(make_project):
     library = TemplateLibrary(make_project({}, templates=TEMPLATES) / "templates")
     with pytest.raises(SecurityError):
         library.render_email("evil", "x", {"contact": {"email": "a@example.com"}})
+
+
+@pytest.mark.parametrize("source,context,expected", [
+    ("{{ c.first_name }}", {"first_name": "Ada"}, "Ada"),                     # a key, read as an attribute
+    ("{{ c._private }}", {"_private": "kept"}, "kept"),                        # underscore keys are data too
+    ("{{ c.items()|list|length }}", {"items": "x", "a": 1}, "2"),              # a dict method wins over a key
+    ("{{ c.get('plan', 'free') }}", {}, "free"),
+    ("{{ c.nested.deep }}", {"nested": {"deep": "yes"}}, "yes"),
+    ("{{ c.missing is defined }}", {}, "False"),
+])
+def test_template_attribute_lookups_on_dicts_behave_as_in_jinja(make_project, source, context, expected):
+    from nurture.rendering.templates import TemplateLibrary
+    library = TemplateLibrary(make_project({}, templates=TEMPLATES) / "templates")
+    assert library.string(source).render({"c": context}) == expected
+
+
+def test_a_missing_key_read_as_an_attribute_is_still_a_strict_undefined_error(make_project):
+    from jinja2.exceptions import SecurityError, UndefinedError
+
+    from nurture.rendering.templates import TemplateLibrary
+    library = TemplateLibrary(make_project({}, templates=TEMPLATES) / "templates")
+    with pytest.raises(UndefinedError, match="has no attribute 'coupon'"):
+        library.string("{{ c.coupon }}").render({"c": {}})
+    with pytest.raises(SecurityError):  # dunder attributes still go through the sandbox's checks
+        library.string("{{ c.__class__.__mro__ }}").render({"c": {}})
