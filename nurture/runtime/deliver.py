@@ -53,15 +53,15 @@ def _claim_in(conn: Any, rt: Runtime, now: datetime, journey: Optional[str], par
         filters.append(message_t.c.journey == journey)
     if partitions > 1:
         filters.append(message_t.c.id % partitions == partition)
-    # Oldest due first, read in order from ix_message_queue (status, due_at).
-    stmt = select(message_t.c.id).where(*filters).order_by(message_t.c.due_at).limit(rt.batch_size)
+    # Oldest due first, read in order from ix_message_queue (status, due_at); one statement
+    # picks the batch and marks it (RETURNING: SQLite ≥ 3.35, PostgreSQL).
+    due = select(message_t.c.id).where(*filters).order_by(message_t.c.due_at).limit(rt.batch_size)
     if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
-    ids = [r[0] for r in conn.execute(stmt)]
-    for part in chunks(ids):
-        conn.execute(message_t.update().where(ids_in(message_t.c.id, part), message_t.c.status == "queued")
-                     .values(status="sending", claim=token, claimed_at=now, attempts=message_t.c.attempts + 1))
-    return token, ids
+        due = due.with_for_update(skip_locked=True)
+    claim = (message_t.update().where(message_t.c.id.in_(due.scalar_subquery()))
+             .values(status="sending", claim=token, claimed_at=now, attempts=message_t.c.attempts + 1)
+             .returning(message_t.c.id))
+    return token, sorted(r[0] for r in conn.execute(claim))
 
 
 def _contact_view(row: Any) -> dict:
