@@ -10,11 +10,13 @@ Prints JSON:
 
     python bench/bench_tick.py [--contacts 100000] [--dir PATH]
 
-`--dir` puts the projects (SQLite file and .eml outbox) on a chosen file system; the default
-is the system temp directory. On the 2-core CI VM the cost of creating a file varies from
-~15 µs to ~500 µs depending on the directory's ext4 block group (measured with
-`bench_tick.py`'s `file_create_us` figure), so the tick is also worth measuring on tmpfs
-(`--dir /dev/shm`) to see the engine's own speed.
+The projects (SQLite file and .eml outbox) live where a real project keeps them: under the
+checkout's `.nurture/` (git-ignored), removed afterwards. `--dir` chooses another place. The
+cost of creating a file there is printed as `file_create_us`: on the 2-core CI VM it varies
+from ~15 µs to ~600 µs of kernel time per file depending on the directory's ext4 block group
+(this VM's much-used /tmp was at ~500 µs on 2026-11-22, which alone caps the file channel at
+~2,000 files/s per core), so the tick is also worth measuring on tmpfs (`--dir /dev/shm`) to
+see the engine's own speed.
 """
 from __future__ import annotations
 
@@ -160,9 +162,11 @@ def file_create_us(tmp: Path, n: int = 2000) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--contacts", type=int, default=100_000)
-    parser.add_argument("--dir", default=None, help="where the bench projects live (default: system temp)")
+    parser.add_argument("--dir", default=None, help="where the bench projects live (default: the checkout's .nurture/)")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="nurture-bench-", dir=args.dir))
+    base = Path(args.dir) if args.dir else Path(__file__).resolve().parent.parent / ".nurture"
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-", dir=base))
     try:
         result = {"directory": str(tmp), "file_create_us": file_create_us(tmp),
                   "validate": bench_validate(tmp), "idle_tick": bench_idle(tmp, args.contacts),

@@ -18,12 +18,14 @@ everyone, who then go back to SQLite's busy handler.
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 TIMEOUT = 15.0
+log = logging.getLogger(__name__)
 
 
 class WriteTurns:
@@ -44,6 +46,8 @@ class WriteTurns:
                 return not self._broken.value
             self._broken.value = 1
             self._cond.notify_all()
+            log.warning("waited %.0f s for a turn at the SQLite write lock: a participant died holding it; "
+                        "going on without turns", TIMEOUT)
             return False
 
     def release(self) -> None:
