@@ -29,10 +29,8 @@ from typing import Any, Callable, Optional
 from sqlalchemy import func, select
 
 from nurture.runtime.context import Runtime
-from nurture.store.models import Message
 from nurture.store.write_turns import WriteTurns, taking_turns
 
-message_t = Message.__table__
 # Due enrollments from which a tick pipelines delivery processes: below it one process is as
 # fast (starting the fork server and a worker's project load cost ~1 s; measured with
 # bench_tick: in-process wins at 4,000 due, they tie at 10,000).

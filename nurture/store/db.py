@@ -85,7 +85,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # pragma: no cover - trivial
+    def _on_begin(conn):
         if conn.get_execution_options().get("nurture_read_only"):
             conn.exec_driver_sql("BEGIN")
         else:

@@ -46,8 +46,8 @@ class WriteTurns:
                 return not self._broken.value
             self._broken.value = 1
             self._cond.notify_all()
-            log.warning("waited %.0f s for a turn at the SQLite write lock: a participant died holding it; "
-                        "going on without turns", TIMEOUT)
+            log.warning("waited %.0f s for a turn at the SQLite write lock: a participant died or stalled "
+                        "holding it; going on without turns", TIMEOUT)
             return False
 
     def release(self) -> None:
