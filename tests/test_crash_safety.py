@@ -161,7 +161,7 @@ def test_a_message_a_live_worker_has_just_claimed_is_not_requeued_by_another_wor
         conn.execute(message_t.insert().values(contact_id=cid, journey="j", step_id="hello", attempt_key="send",
                                                channel="email", template="hello", address="ann@example.com",
                                                status="queued", due_at=now, created_at=T0, attempts=2))
-    _, claimed = _claim(worker_a, now, None, 0, 1)  # worker A is about to call its channel
+    claimed = _claim(worker_a, now, None, 0, 1)  # worker A is about to call its channel
     assert len(claimed) == 1
     run_tick(worker_b, "j", now)  # worker B ticks at the same moment
     assert outcomes(store) == [("hello", "sending", None)]

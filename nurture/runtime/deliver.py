@@ -39,15 +39,15 @@ _record = (message_t.update().where(message_t.c.id == bindparam("mid"))
 _requeue = _record.values(due_at=bindparam("due"))  # a retry: back to `queued`, due after its backoff
 
 
-def _claim(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int) -> tuple[str, list[int]]:
+def _claim(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int) -> list[int]:
     with rt.store.engine.begin() as conn:
         return _claim_in(conn, rt, now, journey, partition, partitions)
 
 
 def _claim_in(conn: Any, rt: Runtime, now: datetime, journey: Optional[str], partition: int,
-              partitions: int) -> tuple[str, list[int]]:
-    """Mark the next batch of due rows `sending` (committed by the caller before any channel call)."""
-    token = uuid.uuid4().hex
+              partitions: int) -> list[int]:
+    """Mark the next batch of due rows `sending` (committed by the caller before any channel
+    call); their ids, in order."""
     filters = [message_t.c.status == "queued", message_t.c.due_at <= now]
     if journey:
         filters.append(message_t.c.journey == journey)
@@ -59,9 +59,9 @@ def _claim_in(conn: Any, rt: Runtime, now: datetime, journey: Optional[str], par
     if conn.dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
     claim = (message_t.update().where(message_t.c.id.in_(due.scalar_subquery()))
-             .values(status="sending", claim=token, claimed_at=now, attempts=message_t.c.attempts + 1)
+             .values(status="sending", claim=uuid.uuid4().hex, claimed_at=now, attempts=message_t.c.attempts + 1)
              .returning(message_t.c.id))
-    return token, sorted(r[0] for r in conn.execute(claim))
+    return sorted(r[0] for r in conn.execute(claim))
 
 
 def _contact_view(row: Any) -> dict:
@@ -173,7 +173,7 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
     report: Counter = Counter()
     from_email = rt.env.get("NURTURE_FROM_EMAIL", "hello@example.com")
     prepared: dict = {}
-    _, ids = _claim(rt, now, journey, partition, partitions)
+    ids = _claim(rt, now, journey, partition, partitions)
     while ids:
         with gc_paused():
             updates, suppressions, meta = _send_batch(rt, ids, now, from_email, prepared)
@@ -186,7 +186,7 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
                 write_many(conn, _requeue, [u for u in updates if "due" in u])
                 if suppressions:
                     conn.execute(suppression_t.insert(), suppressions)
-                _, ids = _claim_in(conn, rt, now, journey, partition, partitions)
+                ids = _claim_in(conn, rt, now, journey, partition, partitions)
     return report
 
 

@@ -22,7 +22,7 @@ import logging
 import sqlite3
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 TIMEOUT = 15.0
 log = logging.getLogger(__name__)
@@ -92,20 +92,17 @@ class TurnTakingConnection(sqlite3.Connection):
         if turn is not None:
             turn.release()
 
-    def commit(self) -> None:
+    def _ending(self, end: Callable[[], None]) -> None:
         try:
-            super().commit()
+            end()
         finally:
             self._pass_turn()
+
+    def commit(self) -> None:
+        self._ending(super().commit)
 
     def rollback(self) -> None:
-        try:
-            super().rollback()
-        finally:
-            self._pass_turn()
+        self._ending(super().rollback)
 
     def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self._pass_turn()
+        self._ending(super().close)
