@@ -54,8 +54,12 @@ class OutgoingMessage:
 @dataclass(frozen=True)
 class DeliveryResult:
     """What happened to one message. `status`: sent | retry (temporary, try again on a later
-    tick) | failed (permanent). `suppress` names a suppression reason to record
-    (hard_bounce, complaint, sms_stop) for the recipient's address."""
+    tick; counts against the message's attempts) | failed (permanent) | unavailable (the
+    channel itself could not be used — authentication refused, server unreachable — and the
+    message was not handed over: it goes back to the queue unchanged, the attempt does not
+    count, and the tick stops delivering on this channel; reported once, not per message).
+    `suppress` names a suppression reason to record (hard_bounce, complaint, sms_stop) for
+    the recipient's address."""
     message_pk: int
     status: str
     provider_id: Optional[str] = None
