@@ -5,6 +5,11 @@ that alone would be the budget. A Nurture e-mail always has the same shape
 (multipart/alternative: text/plain + text/html, UTF-8, base64 bodies), so it is assembled
 directly: headers RFC 2047-encoded only where they are not plain ASCII, bodies base64
 (C speed). Tests parse the result with the standard library to prove it is well formed.
+
+Nothing a contact or a configuration value contains can add, end or replace a header: every
+value that reaches the header block (names, addresses, subject, extra headers) passes through
+`header_text()`, which turns every line break and control character into a space, and a
+display name is always emitted either as plain atoms or quoted / RFC 2047-encoded.
 """
 from __future__ import annotations
 
@@ -53,8 +58,20 @@ def encode_words(value: str, used: int = 0) -> str:
     return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w).decode()}?=" for w in words)
 
 
+# Line breaks of every kind and the other control characters (C0, DEL, C1, the Unicode line
+# and paragraph separators): none of them belongs in a header value.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 §3.6.8: printable ASCII except colon
+
+
+def header_text(value: object) -> str:
+    """`value` as one header-safe line: control characters and line breaks become spaces,
+    runs of white space collapse (folding adds its own CRLF + space later)."""
+    return " ".join(_CONTROL.sub(" ", str(value or "")).split())
+
+
 def encode_header(value: str, name_length: int = 9) -> str:
-    value = " ".join(value.split())  # no raw line breaks in a header
+    value = header_text(value)  # no raw line breaks in a header
     if value.isascii():
         return fold_ascii(value, name_length + 2)
     return encode_words(value, name_length + 2)
@@ -76,6 +93,7 @@ def _address_cached(name: str, addr: str) -> str:
 
 def _address(name: str, addr: str) -> str:
     """`Name <addr>`; formataddr (quoting, RFC 2047) only for names that need it."""
+    name, addr = header_text(name), header_text(addr).replace(" ", "")
     if not name:
         return addr
     if _PLAIN_NAME.fullmatch(name):
@@ -86,16 +104,18 @@ def _address(name: str, addr: str) -> str:
 def build_email_bytes(*, message_id: str, from_addr: str, from_name: str, to_addr: str, to_name: str,
                       subject: str, html: str, text: str, date: datetime | str,
                       extra_headers: Optional[Mapping[str, str]] = None) -> bytes:
-    boundary = "=_nurture_" + message_id.strip("<>").split("@")[0].replace(".", "_")
+    boundary = "=_nurture_" + re.sub(r"[^A-Za-z0-9_-]", "_", message_id.strip("<>").split("@")[0])
     headers = [
         f"From: {_address_cached(from_name, from_addr)}",
         f"To: {_address(to_name, to_addr)}",
         f"Subject: {encode_header(subject, 7)}",
-        f"Date: {date if isinstance(date, str) else format_datetime(date)}",
-        f"Message-ID: {message_id}",
+        f"Date: {header_text(date) if isinstance(date, str) else format_datetime(date)}",
+        f"Message-ID: {header_text(message_id).replace(' ', '')}",
         "MIME-Version: 1.0",
     ]
     for name, value in (extra_headers or {}).items():
+        if not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"not a header field name: {name!r}")
         headers.append(f"{name}: {encode_header(value, len(name))}")
     headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     head = "\r\n".join(headers).encode("utf-8")
