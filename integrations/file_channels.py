@@ -20,6 +20,7 @@ from nurture.rendering.email_message import build_email_bytes
 class FileEmailChannel(Channel):
     name = "email.file"
     channel = "email"
+    local = True  # writes files on this machine: development links are fine
 
     def __init__(self, outbox: Path, from_email: str, from_name: str):
         self.outbox = outbox
@@ -73,6 +74,7 @@ class FileEmailChannel(Channel):
 
 class FileSmsChannel(Channel):
     name = "sms.file"
+    local = True
     channel = "sms"
 
     def __init__(self, path: Path):

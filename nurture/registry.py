@@ -84,6 +84,9 @@ class Channel(Integration):
     """Delivers a batch of rendered messages of one channel (email | sms)."""
     role: ClassVar[str] = "channel"
     channel: ClassVar[str]
+    # True for channels that only write on this machine (the file outbox). Every other
+    # channel delivers to real people and needs a real secret and public URL for its links.
+    local: ClassVar[bool] = False
 
     @abc.abstractmethod
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:

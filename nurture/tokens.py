@@ -13,6 +13,30 @@ from functools import lru_cache
 from typing import Optional
 
 DEFAULT_TTL = 60 * 60 * 24 * 365  # unsubscribe links must keep working for a long time
+# The built-in secret of development runs (file outbox, demo): public, so links signed with it
+# are forgeable. Mail that leaves the machine is never signed with it.
+DEVELOPMENT_SECRET = "nurture-development-secret-change-me"
+DEVELOPMENT_URL = "http://localhost:8000"
+MIN_SECRET_LENGTH = 16
+
+
+def link_settings_problem(env: dict) -> Optional[str]:
+    """Why recipient links cannot be signed for real delivery (None when they can): a real
+    channel needs NURTURE_SECRET_KEY (long, not the development one) and NURTURE_PUBLIC_URL."""
+    secret = env.get("NURTURE_SECRET_KEY") or ""
+    url = (env.get("NURTURE_PUBLIC_URL") or "").strip()
+    if not secret or secret == DEVELOPMENT_SECRET:
+        return ("NURTURE_SECRET_KEY is not set: unsubscribe and preference links would be signed with the public "
+                "development secret. Set a long random value, e.g. "
+                "`python -c \"import secrets; print(secrets.token_urlsafe(32))\"`")
+    if len(secret) < MIN_SECRET_LENGTH:
+        return f"NURTURE_SECRET_KEY is too short (at least {MIN_SECRET_LENGTH} characters)"
+    if not url:
+        return ("NURTURE_PUBLIC_URL is not set: it is the https address of `nurture web` that links in messages "
+                "point to (e.g. https://go.shop.example)")
+    if not (url.startswith("https://") or url.startswith("http://")):
+        return f"NURTURE_PUBLIC_URL must be an http(s) address, not {url!r}"
+    return None
 
 
 @dataclass(frozen=True)

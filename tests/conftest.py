@@ -178,7 +178,10 @@ def make_runtime(make_project, store):
         root = make_project(journeys, **kwargs)
         spec = load_project(root)
         assert not spec.errors, [str(e) for e in spec.errors]
-        env = {"NURTURE_DATA_DIR": str(root / ".nurture"), "NURTURE_FROM_EMAIL": "shop@example.com"}
+        # A real secret and public URL, as production has: test channels stand in for real
+        # ones, which refuse to send without them.
+        env = {"NURTURE_DATA_DIR": str(root / ".nurture"), "NURTURE_FROM_EMAIL": "shop@example.com",
+               "NURTURE_SECRET_KEY": "test-secret-0123456789abcdef", "NURTURE_PUBLIC_URL": "http://localhost:8000"}
         rt = Runtime(store, spec, env=env)
         runtimes.append(rt)
         return rt

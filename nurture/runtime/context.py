@@ -10,11 +10,13 @@ from typing import Callable, Optional
 
 from nurture.compiler import Plan, compile_journey
 from nurture.guards.frequency_cap import Cap
+from nurture.guards.pipeline import SendRules
 from nurture.guards.quiet_hours import QuietWindow
 from nurture.rendering.templates import TemplateLibrary
-from nurture.registry import Channel, IntegrationContext, channel_for
+from nurture.registry import Channel, IntegrationContext, IntegrationError, channel_for
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
+from nurture.tokens import DEVELOPMENT_SECRET, DEVELOPMENT_URL, link_settings_problem
 
 
 @dataclass
@@ -65,12 +67,21 @@ class Runtime:
         return self._plans[journey]
 
     def channel(self, name: str) -> Channel:
+        """The configured integration of a channel. One that delivers beyond this machine
+        (SMTP, Twilio …) is refused — IntegrationError — without a proper secret and public
+        URL: its links would otherwise be signed with the public development secret."""
         if name not in self._channels:
             if self.channel_factory is not None:
-                self._channels[name] = self.channel_factory(name)
+                integration = self.channel_factory(name)
             else:
                 ctx = IntegrationContext(self.project.root, self.data_dir, self.env)
-                self._channels[name] = channel_for(name, ctx)
+                integration = channel_for(name, ctx)
+            if not getattr(integration, "local", False):
+                problem = link_settings_problem(self.env)
+                if problem:
+                    integration.close()
+                    raise IntegrationError(f"{integration.name} will not send: {problem}")
+            self._channels[name] = integration
         return self._channels[name]
 
     def close(self) -> None:
@@ -79,19 +90,33 @@ class Runtime:
         self._channels.clear()
 
     # -- policy views
-    def quiet_window(self, plan: Plan, channel: str) -> Optional[QuietWindow]:
-        qh = plan.journey.quiet_hours or self.project.policies.quiet_hours.get(channel)
+    def quiet_window(self, plan: Optional[Plan], channel: str) -> Optional[QuietWindow]:
+        qh = (plan.journey.quiet_hours if plan is not None else None) or self.project.policies.quiet_hours.get(channel)
         return QuietWindow.parse(qh.start, qh.end) if qh else None
 
-    def caps(self, plan: Plan) -> list[Cap]:
+    def send_rules(self, plan: Optional[Plan], channel: str, purpose: str) -> SendRules:
+        """What the guard pipeline needs to know about a send step (`plan` None: a message
+        whose journey is not in the project — Nurture's own system mail, or a journey removed
+        since — which gets the policies' defaults)."""
+        policies = self.project.policies
+        marketing = purpose == "marketing"
+        return SendRules(channel=channel, purpose=purpose,
+                         caps=tuple(self.caps(plan)) if marketing else (),
+                         window=self.quiet_window(plan, channel) if marketing else None,
+                         on_cap=policies.on_cap, double_opt_in=policies.needs_double_opt_in(channel, purpose),
+                         default_timezone=policies.timezone,
+                         topic=plan.journey.topic if plan is not None else None)
+
+    def caps(self, plan: Optional[Plan]) -> list[Cap]:
         caps = [Cap(c.channel, c.max, c.per) for c in self.project.policies.frequency_caps]
-        caps += [Cap(c.channel, c.max, c.per) for c in plan.journey.frequency_cap]
+        if plan is not None:
+            caps += [Cap(c.channel, c.max, c.per) for c in plan.journey.frequency_cap]
         return caps
 
     @property
     def public_url(self) -> str:
-        return self.env.get("NURTURE_PUBLIC_URL", "http://localhost:8000").rstrip("/")
+        return (self.env.get("NURTURE_PUBLIC_URL") or DEVELOPMENT_URL).rstrip("/")
 
     @property
     def secret_key(self) -> str:
-        return self.env.get("NURTURE_SECRET_KEY", "nurture-development-secret-change-me")
+        return self.env.get("NURTURE_SECRET_KEY") or DEVELOPMENT_SECRET

@@ -1,6 +1,18 @@
 """Delivery: queued outbox rows are claimed in batches, rendered and handed to their channel;
 each result is recorded on its row.
 
+Every delivery attempt — the first or a retry — passes the send checks again when it is
+claimed, in the claiming transaction (nurture.guards.pipeline, the same checks, outcomes and
+reasons as the first send): a message queued yesterday whose recipient revoked consent, was
+suppressed, or is now inside quiet hours or over a cap is recorded `suppressed` / `skipped`,
+or stays queued until its window opens (reason `quiet_hours` / `frequency_cap`), and is not
+handed to the channel.
+
+A channel that cannot be used at all (`unavailable`: authentication refused, server
+unreachable, not configured, or a real channel without a proper NURTURE_SECRET_KEY and
+NURTURE_PUBLIC_URL) leaves its messages queued without counting an attempt; the tick stops
+delivering on that channel and reports it once.
+
 Crash safety (the guarantee stated in the README): a row is marked `sending` and committed
 *before* the channel is called, and marked `sent` after. A crash in between leaves it
 `sending`; it is never picked up as `queued` again. `reconcile_stuck` later asks the channel
@@ -10,15 +22,18 @@ Delivery is therefore at most once per (enrollment, step).
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import Counter, namedtuple
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, Optional
+from typing import Any, Iterable, NamedTuple, Optional
 
-from sqlalchemy import and_, bindparam, or_, select
+from sqlalchemy import and_, bindparam, case, or_, select
 
 from nurture.conditions import contact_t, enrollment_t, event_t
 from nurture.double_opt_in import SYSTEM_JOURNEYS, render_system_email
+from nurture.guards.pipeline import Recipient, address_of, check_batch, lock_contacts
+from nurture.redaction import redact, secrets_in
 from nurture.registry import DeliveryResult, OutgoingMessage
 from nurture.rendering.links import tag_html, tag_text, utm_query
 from nurture.rendering.templates import RenderError
@@ -30,6 +45,7 @@ from nurture.tokens import make_token
 
 message_t = Message.__table__
 suppression_t = Suppression.__table__
+log = logging.getLogger("nurture.deliver")
 MAX_ATTEMPTS = 5
 STUCK_AFTER = timedelta(minutes=15)
 
@@ -37,31 +53,91 @@ _record = (message_t.update().where(message_t.c.id == bindparam("mid"))
            .values(status=bindparam("st"), reason=bindparam("rs"), sent_at=bindparam("sat"),
                    provider_id=bindparam("pid"), subject=bindparam("subj"), claim=None))
 _requeue = _record.values(due_at=bindparam("due"))  # a retry: back to `queued`, due after its backoff
+# The channel could not be used: back to `queued` as it was, the attempt not counted.
+_put_back = (message_t.update().where(message_t.c.id == bindparam("mid"))
+             .values(status="queued", reason=bindparam("rs"), claim=None, attempts=message_t.c.attempts - 1))
 
 
-def _claim(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int) -> list[int]:
+_CLAIM_COLUMNS = (message_t.c.id, message_t.c.journey, message_t.c.step_id, message_t.c.channel,
+                  message_t.c.purpose, message_t.c.address, message_t.c.contact_id, contact_t.c.email,
+                  contact_t.c.phone, contact_t.c.timezone, contact_t.c.attributes)
+Candidate = namedtuple("Candidate", [c.name for c in _CLAIM_COLUMNS])  # type: ignore[misc]
+# A re-checked message that may not go now: its final status, or (still queued) a later due time.
+_refuse = (message_t.update().where(message_t.c.id == bindparam("mid"))
+           .values(status=bindparam("st"), reason=bindparam("rs"), due_at=bindparam("due"), claim=None))
+_readdress = message_t.update().where(message_t.c.id == bindparam("mid")).values(address=bindparam("addr"))
+
+
+def _claim(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int,
+           report: Optional[Counter] = None, skip_channels: Iterable[str] = ()) -> list[int]:
     with rt.store.engine.begin() as conn:
-        return _claim_in(conn, rt, now, journey, partition, partitions)
+        return _claim_in(conn, rt, now, journey, partition, partitions,
+                         Counter() if report is None else report, skip_channels)
 
 
 def _claim_in(conn: Any, rt: Runtime, now: datetime, journey: Optional[str], partition: int,
-              partitions: int) -> list[int]:
-    """Mark the next batch of due rows `sending` (committed by the caller before any channel
-    call); their ids, in order."""
+              partitions: int, report: Counter, skip_channels: Iterable[str] = ()) -> list[int]:
+    """Re-check the next due rows and mark the ones that may go `sending` (committed by the
+    caller before any channel call); their ids, in order. Rows refused by the checks are
+    recorded here and counted in `report`."""
     filters = [message_t.c.status == "queued", message_t.c.due_at <= now]
     if journey:
         filters.append(message_t.c.journey == journey)
     if partitions > 1:
         filters.append(message_t.c.id % partitions == partition)
-    # Oldest due first, read in order from ix_message_queue (status, due_at); one statement
-    # picks the batch and marks it (RETURNING: SQLite ≥ 3.35, PostgreSQL).
-    due = select(message_t.c.id).where(*filters).order_by(message_t.c.due_at).limit(rt.batch_size)
+    skip = sorted(set(skip_channels))
+    if skip:
+        filters.append(message_t.c.channel.not_in(skip))
+    # Oldest due first, read in order from ix_message_queue (status, due_at).
+    due = (select(*_CLAIM_COLUMNS).select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id))
+           .where(*filters).order_by(message_t.c.due_at).limit(rt.batch_size))
     if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    claim = (message_t.update().where(message_t.c.id.in_(due.scalar_subquery()))
-             .values(status="sending", claim=uuid.uuid4().hex, claimed_at=now, attempts=message_t.c.attempts + 1)
-             .returning(message_t.c.id))
-    return sorted(r[0] for r in conn.execute(claim))
+        due = due.with_for_update(of=message_t, skip_locked=True)
+    while True:
+        rows = [Candidate._make(r) for r in conn.execute(due)]
+        if not rows:
+            return []
+        passed = _recheck(conn, rt, rows, now, report)
+        if passed:
+            conn.execute(message_t.update().where(ids_in(message_t.c.id, passed))
+                         .values(status="sending", claim=uuid.uuid4().hex, claimed_at=now,
+                                 attempts=message_t.c.attempts + 1,
+                                 counted_at=case((message_t.c.purpose == "marketing", now),
+                                                 else_=message_t.c.counted_at)))
+            return passed
+        # Every row of this batch was refused or deferred (none is still due): the next ones.
+
+
+def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter) -> list[int]:
+    """Checks 1–5 again for claimed candidates, grouped by send step; the ids that pass."""
+    lock_contacts(conn, [r.contact_id for r in rows])
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r.journey, r.step_id, r.channel, r.purpose), []).append(r)
+    batch_ids = frozenset(r.id for r in rows)
+    passed: list[int] = []
+    refusals: list[dict] = []
+    readdress: list[dict] = []
+    for (journey, step_id, channel, purpose), members in groups.items():
+        plan = rt.plan(journey) if journey in rt.project.journeys else None
+        rules = rt.send_rules(plan, channel, purpose)
+        verdicts = check_batch(conn, rules, [Recipient(r.contact_id, r.email, r.phone, r.timezone, r.attributes)
+                                             for r in members], now, exclude_messages=batch_ids)
+        for r, (status, reason, due) in zip(members, verdicts):
+            if status == "queued":
+                passed.append(r.id)
+                current = address_of(channel, r.email, r.phone)
+                if current and current != r.address:  # the contact's address changed since queueing
+                    readdress.append({"mid": r.id, "addr": current})
+                continue
+            report[(step_id, status, reason)] += 1
+            if status == "deferred":  # stays queued until the window opens
+                refusals.append({"mid": r.id, "st": "queued", "rs": reason, "due": due})
+            else:
+                refusals.append({"mid": r.id, "st": status, "rs": reason, "due": now})
+    write_many(conn, _refuse, refusals)
+    write_many(conn, _readdress, readdress)
+    return sorted(passed)
 
 
 def _contact_view(row: Any) -> dict:
@@ -172,27 +248,36 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
             partitions: int = 1) -> Counter:
     report: Counter = Counter()
     from_email = rt.env.get("NURTURE_FROM_EMAIL", "hello@example.com")
+    secrets = secrets_in(rt.env)
     prepared: dict = {}
-    ids = _claim(rt, now, journey, partition, partitions)
+    down: dict[str, str] = {}  # channels found unusable in this tick: name → reason
+    ids = _claim(rt, now, journey, partition, partitions, report)
     while ids:
         with gc_paused():
-            updates, suppressions, meta = _send_batch(rt, ids, now, from_email, prepared)
+            updates, suppressions, meta = _send_batch(rt, ids, now, from_email, prepared, down, secrets)
             # The batch's outcomes and the next claim share one write transaction: one wait
             # for SQLite's write lock per batch, not two.
             with rt.store.engine.begin() as conn:
                 for u in updates:
-                    report[(meta[u["mid"]].step_id, u.pop("outcome"), u["rs"])] += 1
-                write_many(conn, _record, [u for u in updates if "due" not in u])
+                    outcome = u.pop("outcome")
+                    if outcome != "unavailable":  # reported once per channel below
+                        report[(meta[u["mid"]].step_id, outcome, u["rs"])] += 1
+                write_many(conn, _record, [u for u in updates if "due" not in u and "back" not in u])
                 write_many(conn, _requeue, [u for u in updates if "due" in u])
+                write_many(conn, _put_back, [u for u in updates if "back" in u])
                 if suppressions:
                     conn.execute(suppression_t.insert(), suppressions)
-                ids = _claim_in(conn, rt, now, journey, partition, partitions)
+                ids = _claim_in(conn, rt, now, journey, partition, partitions, report, down)
+    for channel, (reason, count) in down.items():
+        report[(f"channel:{channel}", "unavailable", reason)] += count
     return report
 
 
-def _send_batch(rt: Runtime, ids: list[int], now: datetime, from_email: str,
-                prepared: dict) -> tuple[list[dict], list[dict], dict[int, Any]]:
-    """Render and send one claimed batch: (row updates, suppressions, rows by id) to record."""
+def _send_batch(rt: Runtime, ids: list[int], now: datetime, from_email: str, prepared: dict,
+                down: dict[str, tuple[str, int]], secrets: tuple[str, ...]
+                ) -> tuple[list[dict], list[dict], dict[int, Any]]:
+    """Render and send one claimed batch: (row updates, suppressions, rows by id) to record.
+    A channel found unusable is added to `down` (reason, messages left queued)."""
     rows = _load(rt, ids)
     updates: list[dict] = []
     suppressions: list[dict] = []
@@ -203,14 +288,17 @@ def _send_batch(rt: Runtime, ids: list[int], now: datetime, from_email: str,
         try:
             by_channel.setdefault(row.channel, []).append(_render(rt, row, from_email, prepared))
         except RenderError as exc:
-            updates.append(_update(row, "failed", f"render_error: {exc}", None, None, now))
+            updates.append(_update(row, "failed", redact(f"render_error: {exc}", secrets), None, None, now))
+        except KeyError:  # the journey or step was removed from the project since queueing
+            updates.append(_update(row, "failed", f"step_removed: {row.journey}.{row.step_id} is no longer in the project",
+                                   None, None, now))
     for channel, messages in by_channel.items():
         subjects = {m.message_pk: m.subject or None for m in messages}
         try:
             integration = rt.channel(channel)
-        except Exception as exc:  # not configured: nothing was sent, every message retries
-            results = [DeliveryResult(m.message_pk, "retry", reason=f"channel_error: {type(exc).__name__}: {exc}")
-                       for m in messages]
+        except Exception as exc:  # not configured, or refused to send: nothing was handed over
+            reason = redact(f"channel_error: {exc}", secrets)
+            results = [DeliveryResult(m.message_pk, "unavailable", reason=reason) for m in messages]
         else:
             try:
                 results = integration.send_batch(messages)
@@ -221,10 +309,17 @@ def _send_batch(rt: Runtime, ids: list[int], now: datetime, from_email: str,
             seen.add(result.message_pk)
             row = meta[result.message_pk]
             status = result.status
+            reason = redact(result.reason, secrets)
+            if status == "unavailable":
+                updates.append({"mid": row.id, "rs": reason, "back": True, "outcome": "unavailable"})
+                first_reason, count = down.get(channel, (reason, 0))
+                if not count:
+                    log.warning("channel %s unavailable, its messages stay queued: %s", channel, reason)
+                down[channel] = (first_reason, count + 1)
+                continue
             if status == "retry" and row.attempts >= MAX_ATTEMPTS:
                 status = "failed"
-            updates.append(_update(row, status, result.reason, result.provider_id,
-                                   subjects.get(result.message_pk), now))
+            updates.append(_update(row, status, reason, result.provider_id, subjects.get(result.message_pk), now))
             if result.suppress:
                 suppressions.append(dict(contact_id=row.contact_id, address=(row.address or "").lower() or None,
                                          channel=row.channel, reason=result.suppress, created_at=now))
@@ -277,7 +372,12 @@ def reconcile_stuck(rt: Runtime, now: datetime) -> Counter:
             return report
         from_email = rt.env.get("NURTURE_FROM_EMAIL", "hello@example.com")
         for mid, journey, channel in stuck:
-            verdict = rt.channel(channel).was_delivered(mid, rfc_message_id(mid, journey, from_email))
+            try:
+                verdict = rt.channel(channel).was_delivered(mid, rfc_message_id(mid, journey, from_email))
+            except Exception as exc:  # the channel cannot be asked now: ask again on a later tick
+                log.warning("cannot reconcile message %s on channel %s yet: %s", mid, channel,
+                            redact(str(exc), secrets_in(rt.env)))
+                continue
             if verdict is True:
                 values = dict(status="sent", reason="reconciled", sent_at=now, claim=None)
             elif verdict is False:

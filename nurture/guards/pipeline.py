@@ -1,0 +1,152 @@
+"""The guard pipeline: checks 1–5 of the send promise for a batch, in order — consent →
+suppression (and topic opt-outs) → reachability → quiet hours → frequency cap — each reading
+the database at the moment of the check, never a value cached from enrollment time.
+
+One function decides the first send of a step (advance → outbox) and every later delivery
+attempt (the claim in runtime.deliver), so a retry meets exactly the checks, outcomes and
+reasons a first send does. The caller runs it inside the transaction that records the
+outcome, after `lock_contacts`: on PostgreSQL the contact rows are locked in id order (two
+workers cannot deadlock, and cannot both pass a cap); on SQLite the write transaction
+(`BEGIN IMMEDIATE`) is already exclusive.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
+
+from sqlalchemy import select
+
+from nurture.guards.consent import consent_refusal, current_consent
+from nurture.guards.frequency_cap import Cap, cap_blocks_until
+from nurture.guards.quiet_hours import QuietWindow, next_allowed_send, zone
+from nurture.guards.reachability import unreachable_reason
+from nurture.guards.suppression import suppression_reason, suppressions_for
+from nurture.runtime.sql import chunks, ids_in
+from nurture.store.models import Contact, Message
+
+message_t = Message.__table__
+contact_t = Contact.__table__
+# Statuses that count against frequency caps: what is on its way or went out.
+COUNTING = ("queued", "sending", "sent")
+# Contact attribute listing the topics (journey `topic:`) a contact opted out of in the
+# preference center; marketing sends of those journeys are suppressed.
+TOPICS_OPTED_OUT = "topics_opted_out"
+
+
+@dataclass(frozen=True)
+class SendRules:
+    """What the checks of one send step depend on besides the recipient."""
+    channel: str
+    purpose: str
+    caps: tuple[Cap, ...] = ()
+    window: Optional[QuietWindow] = None
+    on_cap: str = "defer"  # defer | skip
+    double_opt_in: bool = False
+    default_timezone: str = "UTC"
+    topic: Optional[str] = None
+
+    @property
+    def marketing(self) -> bool:
+        return self.purpose == "marketing"
+
+
+class Recipient(NamedTuple):
+    contact_id: int
+    email: Optional[str]
+    phone: Optional[str]
+    timezone: Optional[str]
+    attributes: Optional[dict]
+    holdout: bool = False
+
+
+class Verdict(NamedTuple):
+    status: str  # queued | holdout | suppressed | skipped | deferred
+    reason: Optional[str]
+    due: Optional[datetime] = None  # deferred: when the message may go
+
+
+def address_of(channel: str, email: Optional[str], phone: Optional[str]) -> Optional[str]:
+    return email if channel == "email" else phone
+
+
+def lock_contacts(conn: Any, contact_ids: Iterable[int]) -> None:
+    """Serialize sends per contact (PostgreSQL row locks, in id order)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for part in chunks(sorted(set(contact_ids))):
+        conn.execute(select(contact_t.c.id).where(ids_in(contact_t.c.id, part)).order_by(contact_t.c.id)
+                     .with_for_update()).all()
+
+
+def cap_history(conn: Any, contact_ids: list[int], since: datetime,
+                exclude: frozenset[int] = frozenset()) -> dict[int, list[tuple[str, datetime]]]:
+    """contact id → (channel, counted_at) of the marketing messages counting against caps
+    since `since`, without the messages in `exclude` (the ones being re-checked)."""
+    history: dict[int, list[tuple[str, datetime]]] = defaultdict(list)
+    for part in chunks(sorted(set(contact_ids))):
+        for mid, contact_id, channel, counted_at in conn.execute(
+                select(message_t.c.id, message_t.c.contact_id, message_t.c.channel, message_t.c.counted_at)
+                .where(ids_in(message_t.c.contact_id, part), message_t.c.counted_at > since,
+                       message_t.c.status.in_(COUNTING), message_t.c.purpose == "marketing")):
+            if mid not in exclude:
+                history[contact_id].append((channel, counted_at))
+    return history
+
+
+def check_batch(conn: Any, rules: SendRules, recipients: Sequence[Recipient], now: datetime,
+                exclude_messages: frozenset[int] = frozenset()) -> list[Verdict]:
+    """One verdict per recipient, in order. Recipients are decided in sequence: one that
+    passes counts against the caps of the ones after it (the same contact twice in a batch
+    cannot slip past a cap)."""
+    channel, purpose, marketing = rules.channel, rules.purpose, rules.marketing
+    contact_ids = [r.contact_id for r in recipients]
+    consents = current_consent(conn, contact_ids, channel, purpose, now)
+    addresses = [address_of(channel, r.email, r.phone) or "" for r in recipients]
+    by_contact, by_address = suppressions_for(conn, contact_ids, addresses)
+    caps = rules.caps if marketing else ()
+    longest = max((c.per for c in caps), default=None)
+    history = cap_history(conn, contact_ids, now - longest, exclude_messages) if longest else {}
+    window = rules.window if marketing else None
+    allowed_by_zone: dict[Optional[str], datetime] = {}
+    verdicts: list[Verdict] = []
+    for r, address in zip(recipients, addresses):
+        verdict = _screen(rules, r, address, consents, by_contact, by_address)
+        if verdict is None and window is not None:
+            allowed = allowed_by_zone.get(r.timezone)
+            if allowed is None:  # the same for everyone in a time zone: once per zone and batch
+                allowed = allowed_by_zone[r.timezone] = next_allowed_send(
+                    now, zone(r.timezone, rules.default_timezone), window)
+            if allowed > now:
+                verdict = Verdict("deferred", "quiet_hours", allowed)
+        if verdict is None and caps:
+            blocked = cap_blocks_until(history.get(r.contact_id, ()), channel, now, caps)
+            if blocked is not None:
+                verdict = (Verdict("skipped", "frequency_cap") if rules.on_cap == "skip"
+                           else Verdict("deferred", "frequency_cap", blocked))
+        if verdict is None:
+            if marketing:
+                history.setdefault(r.contact_id, []).append((channel, now))
+            verdict = Verdict("queued", None)
+        verdicts.append(verdict)
+    return verdicts
+
+
+def _screen(rules: SendRules, r: Recipient, address: str, consents: dict, by_contact: dict,
+            by_address: dict) -> Optional[Verdict]:
+    """Checks 1–3 (holdout, consent, suppression, topic, reachability): a refusal or None."""
+    if r.holdout:
+        return Verdict("holdout", "holdout")
+    refusal = consent_refusal(consents.get(r.contact_id), rules.purpose, rules.double_opt_in)
+    if refusal:
+        return Verdict("suppressed", refusal)
+    entries = by_contact.get(r.contact_id, []) + by_address.get(address.lower(), [])
+    reason = suppression_reason(entries, rules.channel, rules.purpose) if entries else None
+    if not reason and rules.marketing and rules.topic and \
+            rules.topic in ((r.attributes or {}).get(TOPICS_OPTED_OUT) or ()):
+        reason = "topic_opt_out"
+    if reason:
+        return Verdict("suppressed", reason)
+    reason = unreachable_reason(rules.channel, r.email, r.phone)
+    return Verdict("skipped", reason) if reason else None
