@@ -13,13 +13,15 @@ tasks then send whatever is left. Rendering is CPU-bound Python, so processes, n
 """
 from __future__ import annotations
 
+import os
 from datetime import datetime
-from typing import Optional
+from typing import Any, Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.runtime import logical_now, runtime_for
+from nurture.redaction import redact, secrets_in
 from nurture.runtime.advance import advance
 from nurture.runtime.context import TickReport
 from nurture.runtime.deliver import deliver, reconcile_stuck
@@ -111,12 +113,49 @@ def journey_flow(name: str):
     return journey_tick.with_options(name=f"journey-{name}")
 
 
+class JourneysFailed(Exception):
+    """Some journeys of a tick failed (each isolated: the others ran). `results` holds every
+    journey's result, a failed one as {"journey", "now", "error"}."""
+
+    def __init__(self, message: str, results: list[dict]):
+        super().__init__(message, results)
+        self.results = results
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def failure_text(state: Any) -> str:
+    """One line saying why a journey's flow run failed (no traceback), secrets redacted."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as error:  # the result itself could not be read
+        exc = error
+    exc = getattr(exc, "orig", None) or exc  # a database error: the driver's words, not the SQL text
+    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else (state.message or "failed")
+    return redact(" ".join(text.split())[:500], secrets_in(os.environ)) or "failed"
+
+
 @flow(name="tick-all", log_prints=True)
 def tick_all(project: Optional[str] = None, now: Optional[datetime] = None, journey: Optional[str] = None,
              partitions: int = 1, delivery_processes: Optional[int] = None) -> list[dict]:
-    """One tick of every journey (or one): what the 5-minute deployment runs."""
+    """One tick of every journey (or one): what the 5-minute deployment runs. A journey that
+    fails is isolated: the others still tick, and the run ends Failed naming it."""
     clock = logical_now(now)
     rt = runtime_for(project)
     names = [journey] if journey else sorted(rt.project.journeys)
-    return [journey_flow(name)(journey=name, project=project, now=clock, partitions=partitions,
-                               delivery_processes=delivery_processes) for name in names]
+    results: list[dict] = []
+    failed: list[str] = []
+    for name in names:
+        state = journey_flow(name)(journey=name, project=project, now=clock, partitions=partitions,
+                                   delivery_processes=delivery_processes, return_state=True)
+        if state.is_completed():
+            results.append(state.result())
+            continue
+        error = failure_text(state)
+        get_run_logger().error("journey %s failed, the other journeys ran: %s", name, error)
+        failed.append(f"{name} ({error})")
+        results.append({"journey": name, "now": clock.isoformat(), "error": error})
+    if failed:
+        raise JourneysFailed(f"{len(failed)} of {len(names)} journey(s) failed: " + "; ".join(failed), results)
+    return results

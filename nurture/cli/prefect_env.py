@@ -3,8 +3,11 @@
 Without a server configured (PREFECT_API_URL), Prefect starts a temporary local server.
 Its first start migrates a database and can take longer than Prefect's 20 s default, and
 its telemetry heartbeat races the shutdown and prints "database is locked" tracebacks at
-exit — so the CLI gives the start more time and turns telemetry off. Users' own settings
-(environment or profile) always win over these defaults.
+exit — so the CLI gives the start more time and turns telemetry off. Prefect's own console
+output (a failed run's traceback) is kept off the terminal: the CLI prints one line per
+failure itself, and the full logs still go to the Prefect API for the UI (NURTURE_VERBOSE=1
+shows them on the console too). Users' own settings (environment or profile) always win over
+these defaults.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_LOGGING_LOG_PRINTS": "false",
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
 }
 
 
@@ -23,3 +27,4 @@ def configure(verbose: bool = False) -> None:
         os.environ.setdefault(key, value)
     if verbose:
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"

@@ -21,13 +21,20 @@ def _flows():
 def run_ticks(journey: Optional[str], now, quiet: bool = False, workers: Optional[int] = None) -> list[dict]:
     flows = _flows()
     from flows.runtime import ProjectInvalid
-    try:
-        results = flows.tick_all(project=str(root()), now=now, journey=journey, delivery_processes=workers)
-    except ProjectInvalid as exc:
-        raise CliError(str(exc)) from None
+    state = flows.tick_all(project=str(root()), now=now, journey=journey, delivery_processes=workers,
+                           return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, ProjectInvalid):
+        raise CliError(str(outcome))
+    if isinstance(outcome, flows.JourneysFailed):
+        if not quiet:
+            print_tick_summary([r for r in outcome.results if "error" not in r])
+        raise CliError(str(outcome))
+    if isinstance(outcome, BaseException):
+        raise outcome
     if not quiet:
-        print_tick_summary(results)
-    return results
+        print_tick_summary(outcome)
+    return outcome
 
 
 def print_tick_summary(results: list[dict]) -> None:

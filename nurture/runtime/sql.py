@@ -72,7 +72,7 @@ def _converter(column_type: Any) -> Optional[Callable[[Any], Any]]:
                 out = text[v] = sqlite_datetime(v)
             return out
         if isinstance(v, (dict, list)):
-            return json.dumps(v)
+            return json.dumps(v, allow_nan=False)  # as the engine's serializer (store.db.strict_json)
         return v
     return stored
 

@@ -11,6 +11,7 @@ On PostgreSQL, the send pipeline serializes per contact with row locks (see runt
 """
 from __future__ import annotations
 
+import json
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,14 +93,21 @@ def _configure_sqlite(engine: Engine) -> None:
             conn.connection.dbapi_connection.begin_write()
 
 
+def strict_json(value: object) -> str:
+    """JSON for the store: a non-finite number (NaN, ±Infinity) is refused here, at the write,
+    rather than stored as text that SQLite's JSON functions reject on every later read."""
+    return json.dumps(value, allow_nan=False)
+
+
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False,
-                                                      "factory": TurnTakingConnection})
+                                                      "factory": TurnTakingConnection},
+                               json_serializer=strict_json)
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, json_serializer=strict_json)
 
 
 def migrate(engine: Engine) -> None:
