@@ -1,9 +1,10 @@
 """The message log: every outcome of every send step, newest first."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Optional
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from nurture.conditions import contact_t
 from nurture.store.db import Store
@@ -29,3 +30,18 @@ def message_log(store: Store, journey: Optional[str] = None, limit: Optional[int
              "due_at": r.due_at.isoformat() if r.due_at else None,
              "sent_at": r.sent_at.isoformat() if r.sent_at else None,
              "to": r.address, "subject": r.subject} for r in rows]
+
+
+def requeue_failed(store: Store, reason: str, now: datetime, journey: Optional[str] = None,
+                   dry_run: bool = False) -> int:
+    """Put `failed` messages whose reason starts with `reason` back in the queue, due `now`
+    (an operator's decision after checking the provider: e.g. `delivery_unknown` messages the
+    provider never received). They meet every send check again when claimed. The count."""
+    filters = [message_t.c.status == "failed", message_t.c.reason.startswith(reason, autoescape=True)]
+    if journey:
+        filters.append(message_t.c.journey == journey)
+    with store.engine.begin() as conn:
+        if dry_run:
+            return conn.execute(select(func.count()).select_from(message_t).where(*filters)).scalar_one()
+        return conn.execute(message_t.update().where(*filters).values(
+            status="queued", reason="requeued_by_operator", due_at=now, claim=None)).rowcount

@@ -250,3 +250,26 @@ def test_an_unavailable_channel_uses_up_no_attempts_and_stops_the_ticks_delivery
     assert all(m.status == "queued" and m.attempts == 0 for m in messages(store))
     run_tick(rt, "promo", T0 + timedelta(hours=2))  # the provider is back: everything goes
     assert [m.status for m in messages(store)] == ["sent"] * 5
+
+
+# ---------------------------------------------------------------- 10. re-queueing what was in doubt
+
+
+def test_an_operator_requeues_delivery_unknown_messages_and_they_meet_the_checks_again(make_runtime, store):
+    from nurture.messages import requeue_failed
+    from tests.engine_fixtures import message_t
+    rt, channel = _scripted_runtime(make_runtime, [])
+    ann, bob = subscriber(store, "ann@example.com"), subscriber(store, "bob@example.com")
+    with store.engine.begin() as conn:
+        for cid, address in ((ann, "ann@example.com"), (bob, "bob@example.com")):
+            conn.execute(message_t.insert().values(contact_id=cid, journey="promo", step_id="hello", attempt_key="send",
+                                                   channel="email", template="promo", address=address, status="failed",
+                                                   reason="delivery_unknown", due_at=T0, created_at=T0, attempts=1))
+    set_consent(store, bob, "email", "revoked", at=T0)
+    now = T0 + timedelta(days=1)  # daytime: outside quiet hours
+    assert requeue_failed(store, "delivery_unknown", now, dry_run=True) == 2
+    assert [m.status for m in messages(store)] == ["failed", "failed"]
+    assert requeue_failed(store, "delivery_unknown", now) == 2
+    run_tick(rt, "promo", now + timedelta(minutes=1))
+    assert outcomes(store) == [("hello", "sent", None), ("hello", "suppressed", "consent_revoked")]
+    assert channel.batches == [[messages(store)[0].id]]

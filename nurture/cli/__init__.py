@@ -16,7 +16,8 @@ from nurture.cli.invocation import CliError, console, err_console
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Nurture: marketing journeys in YAML, compiled into Prefect flows.")
 
-VERB_MODULES = ("project_verbs", "data_verbs", "run_verbs", "sync_verbs", "web_verbs", "report_verbs")
+VERB_MODULES = ("project_verbs", "data_verbs", "run_verbs", "sync_verbs", "web_verbs", "report_verbs",
+                "outbox_verbs")
 
 
 @app.callback()
