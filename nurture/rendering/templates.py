@@ -4,6 +4,10 @@
 Sandboxed Jinja2, StrictUndefined (a typo in a variable is an error, not an empty greeting),
 autoescape for HTML, `None` rendered as empty. HTML sources are CSS-inlined once per file
 (see inline_css), so per recipient only Jinja runs.
+
+Template names come from marketer-edited files (a send step's `template:`, `{% include %}`,
+`{% extends %}`, `{% import %}`), so a name that would leave templates/ is refused by name,
+before any file is opened, both when validating and when loading for a render.
 """
 from __future__ import annotations
 
@@ -11,11 +15,12 @@ import html as html_lib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from jinja2 import (FileSystemLoader, StrictUndefined, Template, TemplateNotFound,
-                    TemplateSyntaxError, UndefinedError)
+                    TemplateSyntaxError, UndefinedError, nodes)
 from jinja2.exceptions import SecurityError
+from jinja2.loaders import split_template_path
 from jinja2.sandbox import SandboxedEnvironment
 
 from nurture.rendering.inline_css import inline_template_source, protect_jinja, restore_jinja, stylesheet_of
@@ -45,7 +50,47 @@ class _Sandbox(SandboxedEnvironment):
         return super().getattr(obj, attribute)
 
 
-class _TransformingLoader(FileSystemLoader):
+class TemplateNameError(TemplateNotFound):
+    """A template name that points outside templates/. A TemplateNotFound, so every caller
+    that already handles a missing template (RenderError) handles this one too."""
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def escape_problem(name: str) -> Optional[str]:
+    """Why `name` would reach outside templates/, or None. Jinja resolves names from
+    templates/ itself, where only a '..' part can climb out ('\\' counts as a separator
+    too, so a name written on Windows is judged the same)."""
+    if ".." in re.split(r"[/\\]", name):
+        return f"template '{name}' points outside the templates/ folder ('..' is not allowed in a template name)"
+    return None
+
+
+def step_name_problem(name: str, channel: str) -> Optional[str]:
+    """Why a send step's `template:` cannot name a file below templates/<channel>/, or None.
+    Such names are joined onto that folder as paths, so an absolute one would replace it."""
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        return (f"template '{name}' is an absolute path: name it relative to templates/{channel}/, "
+                f"e.g. 'welcome/hello'")
+    return escape_problem(name)
+
+
+def _refuse(problem: Optional[str], name: str) -> None:
+    if problem:
+        raise TemplateNameError(name, problem)
+
+
+class _ConfinedLoader(FileSystemLoader):
+    """FileSystemLoader that answers a name leaving templates/ with a TemplateNameError that
+    says so (Jinja's own answer is a bare 'template not found: ../x')."""
+
+    def get_source(self, environment, template):
+        _refuse(escape_problem(template), template)
+        return super().get_source(environment, template)
+
+
+class _TransformingLoader(_ConfinedLoader):
     """Serves .html sources transformed once per file version (cached by mtime)."""
 
     def __init__(self, root: Path):
@@ -128,7 +173,7 @@ class TemplateLibrary:
         common = dict(undefined=StrictUndefined, finalize=_finalize, trim_blocks=True, lstrip_blocks=True,
                       auto_reload=False)
         self.html_env = _Sandbox(loader=_InliningLoader(self.root), autoescape=True, **common)
-        self.text_env = _Sandbox(loader=FileSystemLoader(str(self.root)), autoescape=False,
+        self.text_env = _Sandbox(loader=_ConfinedLoader(str(self.root)), autoescape=False,
                                  keep_trailing_newline=True, **common)
         self.derived_text_env = _Sandbox(loader=_TextFromHtmlLoader(self.root), autoescape=False, **common)
         self._strings: dict[str, Template] = {}
@@ -157,35 +202,99 @@ class TemplateLibrary:
 
     # -- validation
     def check(self, channel: str, name: str, where: tuple[str, int, int]) -> list[SpecError]:
-        """Errors for a template reference: missing file (with a suggestion) or bad Jinja."""
-        path = self.html_path(name) if channel == "email" else self.sms_path(name)
+        """Errors for a template reference: a name outside templates/, a missing file (with a
+        suggestion), bad Jinja, and the same for every template it extends, includes or
+        imports — found now, not by every render of the journey."""
         file, line, col = where
+        problem = step_name_problem(name, channel)
+        if problem:
+            return [SpecError(file, line, col, problem)]
+        path = self.html_path(name) if channel == "email" else self.sms_path(name)
         if not path.is_file():
             hint = did_you_mean(name, self.names(channel))
             return [SpecError(file, line, col, f"template '{name}' not found: expected {self._rel(path)}", hint)]
-        errors = []
         files = [(self.html_env, path)] if channel == "email" else [(self.text_env, path)]
         if channel == "email" and self.email_text_path(name).is_file():
             files.append((self.text_env, self.email_text_path(name)))
+        errors: list[SpecError] = []
         for env, p in files:
-            try:
-                # Parse the file as written first: CSS inlining reflows the document, so an
-                # error found only in the inlined source would point at the wrong line.
-                env.parse(p.read_text(encoding="utf-8"), str(p.relative_to(self.root)), str(p))
-                env.get_template(str(p.relative_to(self.root)))
-            except TemplateSyntaxError as exc:
-                errors.append(SpecError(self._rel(Path(exc.filename or p)), exc.lineno or 1, 1,
-                                        f"template syntax error: {exc.message}"))
-            except TemplateNotFound as exc:
-                errors.append(SpecError(self._rel(p), 1, 1, f"template not found: {exc.name}"))
+            errors.extend(self._check_tree(env, [p.relative_to(self.root).as_posix()]))
         return errors
 
     def check_string(self, source: str, where: tuple[str, int, int]) -> list[SpecError]:
+        """Errors of a subject or preheader, located in the journey; a template it includes is
+        checked like any other."""
         try:
             self.text_env.from_string(source)
+            ast = self.text_env.parse(source)
         except TemplateSyntaxError as exc:
             return [SpecError(where[0], where[1], where[2], f"template syntax error: {exc.message}")]
-        return []
+        todo: list[str] = []
+        errors = self._check_references(ast, lambda _line: where, todo)
+        return errors + self._check_tree(self.text_env, todo)
+
+    def _check_tree(self, env: SandboxedEnvironment, todo: list[str]) -> list[SpecError]:
+        """Errors of the templates in `todo` (names below templates/) and of every template
+        they load, each file once; a worklist, because include chains may be long."""
+        errors: list[SpecError] = []
+        seen: set[str] = set()
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            path = self.root / name
+            ast, parse_errors = self._parse(env, name, path)
+            errors.extend(parse_errors)
+            if ast is not None:
+                errors.extend(self._check_references(ast, lambda line: (self._rel(path), line, 1), todo))
+        return errors
+
+    def _parse(self, env: SandboxedEnvironment, name: str,
+               path: Path) -> tuple[Optional[nodes.Template], list[SpecError]]:
+        """The template's syntax tree, or the errors that prevent one."""
+        try:
+            # Parse the file as written first: CSS inlining reflows the document, so an
+            # error found only in the inlined source would point at the wrong line.
+            ast = env.parse(path.read_text(encoding="utf-8"), name, str(path))
+            env.get_template(name)
+        except TemplateSyntaxError as exc:
+            return None, [SpecError(self._rel(Path(exc.filename or path)), exc.lineno or 1, 1,
+                                    f"template syntax error: {exc.message}")]
+        except TemplateNotFound as exc:
+            return None, [SpecError(self._rel(path), 1, 1, f"template not found: {exc.name}")]
+        except UnicodeDecodeError as exc:
+            return None, [SpecError(self._rel(path), 1, 1, f"not UTF-8 text: {exc.reason}")]
+        return ast, []
+
+    def _check_references(self, ast: nodes.Template, locate: Callable[[int], tuple[str, int, int]],
+                          todo: list[str]) -> list[SpecError]:
+        """Errors of the names `ast` extends, includes or imports (outside templates/, or
+        missing); `locate(line)` gives an error's (file, line, col). Found templates go onto
+        `todo`, to be checked in turn."""
+        errors: list[SpecError] = []
+        for ref in _references(ast):
+            file, line, col = locate(ref.line)
+            problem = next(filter(None, map(escape_problem, ref.names)), None)
+            if problem:
+                errors.append(SpecError(file, line, col, problem))
+                continue
+            found = next((n for n in map(self._resolve, ref.names) if n is not None), None)
+            if found is not None:
+                todo.append(found)
+            elif ref.complete and not ref.optional:
+                wanted = ref.names[0]
+                errors.append(SpecError(file, line, col, f"template '{wanted}' not found: expected templates/{wanted}",
+                                        did_you_mean(wanted, self._all_names())))
+        return errors
+
+    def _resolve(self, name: str) -> Optional[str]:
+        """The file name below templates/ that Jinja would load for `name`, if it exists."""
+        normalized = "/".join(split_template_path(name))
+        return normalized if normalized and (self.root / normalized).is_file() else None
+
+    def _all_names(self) -> list[str]:
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
 
     def _rel(self, path: Path) -> str:
         try:
@@ -195,6 +304,7 @@ class TemplateLibrary:
 
     # -- rendering
     def email(self, name: str) -> tuple[Template, Optional[Template]]:
+        _refuse(step_name_problem(name, "email"), name)
         html = self.html_env.get_template(f"email/{name}.html")
         if self.email_text_path(name).is_file():
             text = self.text_env.get_template(f"email/{name}.txt")
@@ -203,6 +313,7 @@ class TemplateLibrary:
         return html, text
 
     def sms(self, name: str) -> Template:
+        _refuse(step_name_problem(name, "sms"), name)
         return self.text_env.get_template(f"sms/{name}.txt")
 
     def prepare_email(self, name: str, subject: str, preheader: Optional[str] = None) -> "PreparedEmail":
@@ -221,6 +332,31 @@ class TemplateLibrary:
 
     def render_sms(self, name: str, context: dict[str, Any]) -> str:
         return self.sms(name).render(context).strip()
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """One `{% extends/include/import %}` of a template: the names it may load (an include
+    takes a list and loads the first that exists), whether all of them are known before
+    rendering, and whether a missing one is allowed (`ignore missing`)."""
+    names: list[str]
+    line: int
+    complete: bool
+    optional: bool
+
+
+_LOADING_TAGS = (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
+
+
+def _references(ast: nodes.Template) -> Iterator[_Reference]:
+    """The templates a parsed template loads. Names computed at render time cannot be known
+    here; they are left to the render (whose loader refuses names outside templates/)."""
+    for node in ast.find_all(_LOADING_TAGS):
+        items = node.template.items if isinstance(node.template, (nodes.List, nodes.Tuple)) else [node.template]
+        names = [i.value for i in items if isinstance(i, nodes.Const) and isinstance(i.value, str)]
+        if names:
+            yield _Reference(names, node.lineno, len(names) == len(items),
+                             bool(getattr(node, "ignore_missing", False)))
 
 
 def _flat_globals(template: Optional[Template]) -> Optional[Template]:

@@ -57,6 +57,11 @@ def check_timezone(value: str) -> str:
 
 Scalar = Union[bool, int, float, str, None]
 
+# all/any/not levels one condition may nest. Conditions compile into one SQL expression, and
+# SQLite's parser gives up ("parser stack overflow") near 27 nested `not`s around an event
+# test: a deeper condition would pass validation and then fail every tick. Real ones use 2-4.
+MAX_CONDITION_DEPTH = 16
+
 
 class Comparison(Strict):
     eq: Scalar = None
@@ -141,7 +146,17 @@ class Condition(Strict):
         for group in ("all", "any"):
             if getattr(self, group) == []:
                 raise ValueError(f"'{group}' needs at least one condition")
+        if condition_depth(self) > MAX_CONDITION_DEPTH:
+            raise ValueError(f"all/any/not nested more than {MAX_CONDITION_DEPTH} levels deep: "
+                             "simplify this condition")
         return self
+
+
+def condition_depth(cond: Condition) -> int:
+    """How many all/any/not levels `cond` nests. Validation is bottom-up and refuses a level
+    beyond the limit, so this never walks deeper than MAX_CONDITION_DEPTH + 1."""
+    children = [*(cond.all or []), *(cond.any or []), *([cond.not_] if cond.not_ is not None else [])]
+    return 1 + max(condition_depth(c) for c in children) if children else 0
 
 
 # ---------------------------------------------------------------- steps
