@@ -3,7 +3,10 @@ table artifact of what each one did.
 
 The engine (nurture.segments.sync) diffs and pushes; this flow only sequences, installs
 the per-provider throttle (a slot of the global concurrency limit `nurture-<provider>`
-for every provider request, when a Prefect server is configured) and reports.
+for every provider request, when a Prefect server is configured) and reports. What it
+reports (task results, the table artifact, log lines) carries no configured secret: the
+engine masks them in the reasons it records, and each task's errors are masked again with the
+secrets of its own environment (Prefect Secret blocks included) before they leave the task.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.runtime import logical_now, runtime_for
+from nurture.redaction import redact, secrets_in
 from nurture.registry import IntegrationContext
 from nurture.segments import throttle
 from nurture.segments.sync import SyncTarget, sync_one, targets
@@ -68,7 +72,9 @@ def sync_target_task(project: Optional[str], ref: SyncTarget, now: datetime) -> 
     finally:
         if _server_configured():
             throttle.install(previous)
-    return report.row()
+    row = report.row()
+    row["errors"] = redact(row["errors"], secrets_in(context.env))
+    return row
 
 
 @task(name="report")

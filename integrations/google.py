@@ -66,7 +66,7 @@ class GoogleDestination(AudienceDestination):
     def __init__(self, access_token: str, base_url: str = "https://datamanager.googleapis.com",
                  policy: Optional[RetryPolicy] = None):
         self.client = ProviderClient(self.name, base_url, policy=policy, classify=classify, timeout=120,
-                                     headers={"Authorization": f"Bearer {access_token}"})
+                                     headers={"Authorization": f"Bearer {access_token}"}, secrets=[access_token])
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "GoogleDestination":

@@ -7,16 +7,21 @@ provider's Retry-After when it says so, else exponential backoff), or failed. Tr
 errors and timeouts are retried too. After the last attempt the call returns a failed
 `Attempt` with a reason — never raises — so the caller records it per member. `sleep` is
 injectable: tests never really wait. Reasons never contain credentials (no headers, no
-request bodies, no URLs with tokens).
+request bodies, no URLs with tokens), and a provider that quotes one back (a 401 body echoing
+the bearer token) has it masked before anyone reads the answer: `call()` hands `classify` and
+the caller a response whose body and headers went through `nurture.redaction.redact` with the
+client's `secrets`, so every reason a destination derives from it is clean at the source.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import httpx
 
+from nurture.redaction import redact, secrets_in
 from nurture.segments.throttle import take_slot
 
 DONE, RETRY, FAIL = "done", "retry", "fail"
@@ -97,6 +102,49 @@ def error_object(response: httpx.Response) -> dict:
     return error if isinstance(error, dict) else {}
 
 
+def _redact_json(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, list):
+        return [_redact_json(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_json(v, secrets) for k, v in value.items()}
+    return value
+
+
+def _clean_text(text: str, secrets: tuple[str, ...]) -> str:
+    clean = redact(text, secrets) or ""
+    if "\\" in clean:  # JSON escapes (`\/`, `\u…`) may hide a secret from a plain search
+        try:
+            data = json.loads(clean)
+        except ValueError:
+            return clean
+        scrubbed_data = _redact_json(data, secrets)
+        if scrubbed_data != data:
+            return json.dumps(scrubbed_data)
+    return clean
+
+
+def scrubbed(response: httpx.Response, secrets: tuple[str, ...]) -> httpx.Response:
+    """`response`, or — when its body or a header quotes one of `secrets` — a copy with every
+    occurrence masked (the body re-encoded, so `.text` and `.json()` are clean)."""
+    if not secrets:
+        return response
+    try:
+        text = response.text
+    except Exception:  # undecodable: nothing of it is quoted in a reason either
+        return response
+    clean = _clean_text(text, secrets)
+    headers = [(k, redact(v, secrets) or "") for k, v in response.headers.multi_items()]
+    if clean == text and headers == list(response.headers.multi_items()):
+        return response
+    encoding = response.encoding or "utf-8"
+    headers = [(k, v) for k, v in headers if k.lower() not in ("content-encoding", "content-length",
+                                                                "transfer-encoding")]
+    return httpx.Response(response.status_code, headers=headers, content=clean.encode(encoding, "replace"),
+                          request=response.request)
+
+
 def short_body(response: httpx.Response, limit: int = 300) -> str:
     text = response.text.strip().replace("\n", " ")
     return text[:limit]
@@ -107,8 +155,10 @@ class ProviderClient:
 
     def __init__(self, provider: str, base_url: str, *, headers: Optional[dict[str, str]] = None,
                  policy: Optional[RetryPolicy] = None, timeout: float = 30.0,
-                 classify: Callable[[httpx.Response], Verdict] = default_classify):
+                 classify: Callable[[httpx.Response], Verdict] = default_classify,
+                 secrets: Iterable[Optional[str]] = ()):
         self.provider = provider
+        self.secrets = secrets_in({}, secrets)  # the credentials this client sends: masked in answers
         self.policy = policy or RetryPolicy()
         self.classify = classify
         self.requests = 0
@@ -126,9 +176,10 @@ class ProviderClient:
                 verdict = Verdict(RETRY, f"{type(exc).__name__} talking to {self.provider}")
                 response = None
             else:
+                response = scrubbed(response, self.secrets)
                 verdict = self.classify(response)
             attempt.response = response
-            attempt.reason = verdict.reason
+            attempt.reason = redact(verdict.reason, self.secrets) or ""
             if verdict.kind == DONE:
                 attempt.ok = True
                 return attempt

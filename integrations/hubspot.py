@@ -79,7 +79,7 @@ class HubSpotDestination(CrmDestination):
     def __init__(self, token: str, base_url: str = "https://api.hubapi.com", policy: Optional[RetryPolicy] = None,
                  *, score_property: str = "nurture_score", task_priority: str = "HIGH"):
         self.client = ProviderClient(self.name, base_url, policy=policy, classify=classify,
-                                     headers={"Authorization": f"Bearer {token}"})
+                                     headers={"Authorization": f"Bearer {token}"}, secrets=[token])
         self.score_property = score_property
         self.task_priority = task_priority
         self._owners: dict[str, Optional[str]] = {}  # owner e-mail -> HubSpot owner id (None: unknown)

@@ -28,9 +28,10 @@ class LinkedInDestination(AudienceDestination):
 
     def __init__(self, access_token: str, base_url: str = "https://api.linkedin.com", version: str = "202610",
                  policy: Optional[RetryPolicy] = None):
-        self.client = ProviderClient(self.name, base_url, policy=policy, timeout=120, headers={
-            "Authorization": f"Bearer {access_token}", "LinkedIn-Version": version,
-            "X-Restli-Protocol-Version": "2.0.0", "X-RestLi-Method": "BATCH_CREATE"})
+        self.client = ProviderClient(self.name, base_url, policy=policy, timeout=120, secrets=[access_token],
+                                     headers={"Authorization": f"Bearer {access_token}", "LinkedIn-Version": version,
+                                              "X-Restli-Protocol-Version": "2.0.0",
+                                              "X-RestLi-Method": "BATCH_CREATE"})
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "LinkedInDestination":

@@ -54,7 +54,8 @@ class MetaDestination(AudienceDestination):
         self.access_token = access_token
         self.version = version.strip("/")
         self._accepted: dict[int, int] = {}  # session id -> batch_seq of its last accepted batch
-        self.client = ProviderClient(self.name, base_url, policy=policy, classify=classify, timeout=120)
+        self.client = ProviderClient(self.name, base_url, policy=policy, classify=classify, timeout=120,
+                                     secrets=[access_token])
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "MetaDestination":

@@ -7,8 +7,12 @@ account SID and auth token), over one HTTP connection pool per batch. Results pe
 - 201 with a Message resource: `sent`, provider id = the message SID (`SM…`);
 - error 21610 (recipient replied STOP): `failed` + an `sms_stop` suppression;
 - errors 21211 / 21614 (invalid number, not SMS-capable): `failed`, reason `unreachable`;
-- 429 and 5xx (and network errors): retried here with exponential backoff (the sleep is
+- 429 and 5xx (and network errors once connected): retried here with exponential backoff (the sleep is
   injectable so tests are fast), then a `retry` result (the engine tries again later);
+- 401 / 403 (the account SID or auth token is refused) and a connection that cannot be made
+  (refused, DNS, connect timeout — after the same backoff): the channel itself is unusable, so
+  that message and every later one of the batch are `unavailable` without another request:
+  they go back to the queue and the attempt does not count against them;
 - any other 4xx: `failed` with Twilio's error code.
 
 Numbers are normalized to E.164 with `phonenumbers` before the call. Settings:
@@ -16,10 +20,12 @@ NURTURE_TWILIO_ACCOUNT_SID, NURTURE_TWILIO_AUTH_TOKEN, NURTURE_TWILIO_FROM or
 NURTURE_TWILIO_MESSAGING_SERVICE_SID, NURTURE_TWILIO_STATUS_CALLBACK (default:
 NURTURE_PUBLIC_URL + /webhooks/twilio when a public URL is set), NURTURE_TWILIO_BASE_URL
 (default https://api.twilio.com; tests point it at a local fake). The auth token never appears
-in a result or error message.
+in a result or error message: Twilio's error text is passed through `nurture.redaction.redact`
+with the token (and the basic-auth encoding of SID and token) before it is recorded.
 """
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -28,6 +34,7 @@ import httpx
 import phonenumbers
 from pydantic import SecretStr
 
+from nurture.redaction import redact, secrets_in
 from nurture.registry import Channel, DeliveryResult, IntegrationContext, IntegrationError, OutgoingMessage
 
 DEFAULT_BASE_URL = "https://api.twilio.com"
@@ -86,6 +93,9 @@ class TwilioSmsChannel(Channel):
         self.backoff = backoff
         self.sleep = sleep
         self.timeout = timeout
+        token = settings.auth_token.get_secret_value()
+        basic = base64.b64encode(f"{settings.account_sid}:{token}".encode()).decode()
+        self._secrets = secrets_in({}, [token, basic])
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "TwilioSmsChannel":
@@ -108,22 +118,35 @@ class TwilioSmsChannel(Channel):
 
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
         auth = (self.settings.account_sid, self.settings.auth_token.get_secret_value())
+        results: list[DeliveryResult] = []
         with httpx.Client(auth=auth, timeout=self.timeout, headers={"Accept": "application/json"}) as client:
-            return [self._send_one(client, m) for m in messages]
+            for position, m in enumerate(messages):
+                result = self._send_one(client, m)
+                results.append(result)
+                if result.status == "unavailable":  # the next request would fail alike: not sent
+                    results.extend(DeliveryResult(x.message_pk, "unavailable", reason=result.reason)
+                                   for x in messages[position + 1:])
+                    break
+        return results
 
     def _send_one(self, client: httpx.Client, m: OutgoingMessage) -> DeliveryResult:
         to = to_e164(m.to, self.settings.default_region) if m.to else None
         if to is None:
             return DeliveryResult(m.message_pk, "failed", reason="unreachable: not a valid phone number")
         last = "unknown"
+        unreachable = False  # the last attempt could not even connect: nothing was handed over
         for attempt in range(self.attempts):
             if attempt:
                 self.sleep(self.backoff * 2 ** (attempt - 1))
             try:
                 response = client.post(self.messages_url, data=self.form(to, m.text))
-            except httpx.HTTPError as exc:
-                last = f"twilio_network_error: {type(exc).__name__}"
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                last, unreachable = f"twilio_connect_failed: {type(exc).__name__}", True
                 continue
+            except httpx.HTTPError as exc:
+                last, unreachable = f"twilio_network_error: {type(exc).__name__}", False
+                continue
+            unreachable = False
             if response.status_code in RETRYABLE_STATUS:
                 last = f"twilio_http_{response.status_code}"
                 retry_after = response.headers.get("Retry-After", "")
@@ -131,23 +154,26 @@ class TwilioSmsChannel(Channel):
                     self.sleep(min(float(retry_after), 30.0))
                 continue
             return self._result(m, response)
-        return DeliveryResult(m.message_pk, "retry", reason=last)
+        return DeliveryResult(m.message_pk, "unavailable" if unreachable else "retry", reason=last)
 
     def _result(self, m: OutgoingMessage, response: httpx.Response) -> DeliveryResult:
         try:
             payload = response.json()
         except ValueError:
             payload = {}
+        if not isinstance(payload, dict):
+            payload = {}
         if response.status_code in (200, 201) and payload.get("sid"):
             return DeliveryResult(m.message_pk, "sent", provider_id=payload["sid"])
-        code = payload.get("code")
-        message = " ".join(str(payload.get("message") or "").split())[:200]
+        code = payload.get("code") if isinstance(payload.get("code"), int) else None  # Twilio's codes are numbers
+        message = " ".join((redact(str(payload.get("message") or ""), self._secrets) or "").split())[:200]
         if code in STOPPED:
             return DeliveryResult(m.message_pk, "failed", reason=f"twilio_{code}: recipient unsubscribed (STOP)",
                                   suppress="sms_stop")
         if code in UNREACHABLE:
             return DeliveryResult(m.message_pk, "failed", reason=f"unreachable: twilio_{code}: {message}")
         if response.status_code in (401, 403):
-            # Wrong credentials fail every message alike: keep them queued until fixed.
-            return DeliveryResult(m.message_pk, "retry", reason=f"twilio_auth_failed: twilio_{code or response.status_code}")
+            # Wrong credentials fail every message alike: the channel is unusable until fixed.
+            return DeliveryResult(m.message_pk, "unavailable",
+                                  reason=f"twilio_auth_failed: twilio_{code or response.status_code}")
         return DeliveryResult(m.message_pk, "failed", reason=f"twilio_{code or response.status_code}: {message}")

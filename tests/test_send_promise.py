@@ -121,7 +121,7 @@ def test_a_retry_after_the_smtp_server_was_down_is_not_sent_once_consent_is_revo
     cid = subscriber(store, "ann@example.com", first_name="Ann")
     add_event(store, cid, "signup", T0)
     run_tick(rt, "promo", T0 + timedelta(minutes=1))
-    assert [m.status for m in messages(store)] == ["queued"]
+    assert [(m.status, m.attempts) for m in messages(store)] == [("queued", 0)]
 
     set_consent(store, cid, "email", "revoked", at=T0 + timedelta(minutes=2))
     recorder = Recorder()

@@ -130,7 +130,7 @@ def test_messaging_service_sid_replaces_from(twilio, tmp_path):
 def test_wrong_credentials_keep_messages_queued_and_never_show_the_token(twilio, tmp_path):
     channel = _channel(twilio, [], tmp_path, NURTURE_TWILIO_AUTH_TOKEN="not-the-token-1234")
     [result] = channel.send_batch([_sms(1, "+4915112345678")])
-    assert (result.status, result.reason) == ("retry", "twilio_auth_failed: twilio_20003")
+    assert (result.status, result.reason) == ("unavailable", "twilio_auth_failed: twilio_20003")
     assert "not-the-token-1234" not in repr(channel.settings)
 
 

@@ -11,7 +11,12 @@ from nurture.cli.invocation import CliError, console, open_project, parse_now, r
 
 
 def print_sync_summary(rows: list[dict]) -> None:
+    """The sync's table, then its error reasons with the configured secrets masked (the flow
+    masked them already; printing is the last place one could slip through)."""
     from rich.table import Table
+
+    from nurture.redaction import redact, secrets_in
+    secrets = secrets_in(os.environ)
     table = Table(title="segment sync", title_justify="left")
     columns = ("segment", "target", "status", "members", "added", "removed", "updated", "failed", "requests", "ms")
     for col in columns:
@@ -21,7 +26,7 @@ def print_sync_summary(rows: list[dict]) -> None:
     console.print(table)
     for row in rows:
         if row.get("errors"):
-            console.print(f"{row['segment']} → {row['target']}: {row['errors']}", markup=False)
+            console.print(redact(f"{row['segment']} → {row['target']}: {row['errors']}", secrets), markup=False)
 
 
 def sync(segment: Optional[str] = typer.Option(None, "--segment", help="Only this segment"),

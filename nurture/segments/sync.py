@@ -13,6 +13,9 @@ is `segment_membership`: what the destination acknowledged. One run:
    and its acknowledgement re-sends that batch next run (adds and removes are idempotent at
    every provider), so nothing is lost and nothing doubles.
 4. a `sync_run` row: members, added, removed, updated, failed, requests, duration, errors.
+Every reason that reaches a `sync_run` row (and from there the CLI and the Prefect artifact)
+goes through `nurture.redaction.redact` with the configured secrets first, whatever the
+destination put in it: a provider that quotes a token back never gets it recorded.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 from sqlalchemy import and_, bindparam, exists, func, null, or_, select, update
 
 from nurture.conditions import contact_t
+from nurture.redaction import redact, secrets_in
 from nurture.registry import (IntegrationContext, IntegrationError, SyncBatch, SyncDestination, SyncMember,
                               lookup)
 from nurture.segments.membership import desired
@@ -214,7 +218,8 @@ def _wall() -> datetime:
 
 
 def sync_target(store: Store, project: ProjectSpec, ref: SyncTarget, destination: SyncDestination,
-                now: datetime, *, session_id: Optional[int] = None) -> TargetReport:
+                now: datetime, *, session_id: Optional[int] = None, secrets: Sequence[str] = ()) -> TargetReport:
+    """Push one target's changes; `secrets` are masked in every recorded reason."""
     started = time.perf_counter()
     report = TargetReport(ref.segment, ref.destination, ref.key)
     requests_before = destination.requests_sent
@@ -253,7 +258,7 @@ def sync_target(store: Store, project: ProjectSpec, ref: SyncTarget, destination
         removed_ok.update(ok)
         for r in results:
             if not r.ok:
-                reasons[r.reason or "failed"] += 1
+                reasons[redact(r.reason, secrets) or "failed"] += 1
                 report.failed += 1
     report.removed = len(removed_ok - updated_ids)
 
@@ -274,7 +279,7 @@ def sync_target(store: Store, project: ProjectSpec, ref: SyncTarget, destination
                              "acked_at": acked})
                 added_ids.add(r.contact_id)
             else:
-                reasons[r.reason or "failed"] += 1
+                reasons[redact(r.reason, secrets) or "failed"] += 1
                 report.failed += 1
         with store.engine.begin() as conn:
             _upsert(conn, rows)
@@ -323,19 +328,22 @@ def default_factory(name: str, context: IntegrationContext) -> SyncDestination:
 def sync_one(store: Store, project: ProjectSpec, ref: SyncTarget, now: datetime, context: IntegrationContext,
              factory: Optional[Factory] = None) -> TargetReport:
     """Sync one target; a destination that cannot even start (missing credentials) is a
-    failed sync_run with its reason, never an exception that stops the other targets."""
+    failed sync_run with its reason, never an exception that stops the other targets. The
+    secrets configured in `context.env` are masked in every reason recorded."""
+    secrets = secrets_in(context.env)
     try:
         destination = (factory or default_factory)(ref.destination, context)
     except IntegrationError as exc:
-        return _record_failure(store, ref, str(exc))
+        return _record_failure(store, ref, redact(str(exc), secrets) or "")
     try:
-        return sync_target(store, project, ref, destination, now)
+        return sync_target(store, project, ref, destination, now, secrets=secrets)
     except Exception as exc:  # a bug in a plug-in: this target fails loudly, the others still run
         with store.engine.begin() as conn:
             conn.execute(update(sync_run_t).where(sync_run_t.c.segment == ref.segment,
                                                   sync_run_t.c.target == ref.key,
                                                   sync_run_t.c.status == "running").values(status="interrupted"))
-        return _record_failure(store, ref, f"{type(exc).__name__} in {ref.destination}: {exc}"[:300])
+        reason = redact(f"{type(exc).__name__} in {ref.destination}: {exc}", secrets) or ""
+        return _record_failure(store, ref, reason[:300])
     finally:
         destination.close()
 

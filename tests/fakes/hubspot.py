@@ -7,7 +7,10 @@ properties (required `hs_timestamp`, status, priority, a known `hubspot_owner_id
 task→contact association (HUBSPOT_DEFINED 204 to an existing contact) and answers 201 with
 the created object; `GET /crm/v3/owners?email=` lists the portal's owners; a contact's tasks
 are read back through `POST /crm/v4/associations/contacts/tasks/batch/read` (207 with an error
-for a contact without any) and `POST /crm/v3/objects/tasks/batch/read`."""
+for a contact without any) and `POST /crm/v3/objects/tasks/batch/read`.
+
+Fault switch: `quote_bad_token = True` makes the 401 for a wrong token quote the bearer token it
+received (a provider that echoes a credential back)."""
 from __future__ import annotations
 
 import re
@@ -42,6 +45,7 @@ class FakeHubSpot(FakeProvider):
         self.tasks: list[dict] = []  # created tasks: {"id", "properties", "contact_ids"}
         self.rejected_tasks: set[str] = set()  # contact e-mails whose task creation fails (5xx)
         self.lose_task_answers = 0  # create the next N tasks, then drop the connection unanswered
+        self.quote_bad_token = False  # the 401 for a wrong token quotes the token it received
 
     def tasks_for(self, email: str) -> list[dict]:
         rid = self.contacts.get(email)
@@ -73,8 +77,11 @@ class FakeHubSpot(FakeProvider):
     def handle(self, request: Request) -> Reply:
         if request.headers.get("authorization") != f"Bearer {self.token}":
             self.problems.append(f"bad auth on {request.path}")
-            return Reply(401, {"status": "error", "message": "Authentication credentials not found.",
-                               "category": "INVALID_AUTHENTICATION"})
+            message = "Authentication credentials not found."
+            if self.quote_bad_token:
+                received = request.headers.get("authorization", "").removeprefix("Bearer ")
+                message = f"The access token {received} is not valid for this portal."
+            return Reply(401, {"status": "error", "message": message, "category": "INVALID_AUTHENTICATION"})
         if request.method == "POST" and request.path == "/crm/v3/objects/contacts/batch/upsert":
             return self._upsert(request)
         if request.method == "POST" and request.path == "/crm/v3/objects/tasks":

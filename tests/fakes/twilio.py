@@ -11,6 +11,8 @@ token; the SID must match the one in the path), `application/x-www-form-urlencod
 Tests script failures per destination number (`fake.script["+4915…"] = [429, 503, 21610]`:
 one entry per request, an HTTP status or a Twilio error code), read `fake.requests`, and
 build signed webhook requests (status callbacks, inbound STOP) the way Twilio signs them.
+Fault switch: `quote_credentials = True` makes every error body's message quote the basic-auth
+credentials the request carried (a provider that echoes a credential back).
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ class FakeTwilio:
     requests: list[Received] = field(default_factory=list)
     messages: dict[str, dict] = field(default_factory=dict)
     base_url: str = ""
+    quote_credentials: bool = False  # error messages quote the credentials the request carried
     _server: Optional[ThreadingHTTPServer] = None
 
     # -- lifecycle
@@ -72,6 +75,14 @@ class FakeTwilio:
                 raw = self.rfile.read(length)
                 status, payload = fake.handle(self.path, self.headers.get("Authorization", ""),
                                               self.headers.get("Content-Type", ""), raw)
+                if fake.quote_credentials and status >= 400 and isinstance(payload.get("message"), str):
+                    encoded = self.headers.get("Authorization", "").partition(" ")[2]
+                    try:
+                        received = base64.b64decode(encoded).decode()
+                    except ValueError:
+                        received = encoded
+                    payload = {**payload, "message": f"{payload['message']} (credentials {received}, "
+                                                     f"header {encoded})"}
                 body = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
