@@ -32,6 +32,13 @@ def record_consent(conn: Any, contact_id: int, channel: str, status: str, *, pur
         confirmed_at=at if (confirmed and status == "granted") else None))
 
 
+def is_suppressed(conn: Any, *, address: str, reason: str) -> bool:
+    """Whether the address is already on the suppression list for this reason: webhooks are
+    replayed by their providers, and a replay must neither add a row nor count as applied."""
+    return conn.execute(select(suppression_t.c.id).where(suppression_t.c.address == address.lower(),
+                                                         suppression_t.c.reason == reason).limit(1)).first() is not None
+
+
 def suppress(conn: Any, *, reason: str, at: datetime, contact_id: Optional[int] = None,
              address: Optional[str] = None, channel: Optional[str] = None) -> None:
     conn.execute(suppression_t.insert().values(contact_id=contact_id, address=address.lower() if address else None,

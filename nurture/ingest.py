@@ -1,11 +1,24 @@
 """Bringing data in: contacts from CSV or JSONL (upsert by e-mail), events from JSONL
 (idempotent by event_id). A bad row is reported by line and field and the good rows are
-kept; nothing is half-written."""
+kept; nothing is half-written.
+
+Hostile values are refused here, at the door, because whatever is stored is read back by SQL
+on every tick: a NaN or Infinity in a JSON column makes SQLite's JSON functions fail
+("malformed JSON") for every later query, a lone surrogate cannot be written as UTF-8 by
+either backend, PostgreSQL refuses NUL in text and JSONB, absurd nesting hits the JSON
+functions' depth limits, and a timestamp in year 9999 overflows the first time the engine
+adds a duration to it. Names lose control characters (a CR/LF in a name must never reach
+a message header).
+"""
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
+import math
+import re
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +39,21 @@ event_t = Event.__table__
 CORE_FIELDS = ("email", "phone", "first_name", "last_name", "timezone", "country", "locale", "lifecycle_stage", "score")
 CONSENT_COLUMNS = {"consent_email": "email", "consent_sms": "sms", "consent_ads": "ads"}
 CONSENT_VALUES = ("granted", "revoked", "pending")
+NAME_FIELDS = ("first_name", "last_name")
+TEXT_FIELDS = ("phone", "timezone", "country", "locale", "lifecycle_stage")
+
+# JSON nested deeper than this in properties/attributes is refused: no condition reads that
+# deep, and the backends' JSON functions have depth limits of their own.
+MAX_DEPTH = 32
+# Longer "names" are pasted text, not names; they would also bloat every To: header.
+MAX_NAME_LENGTH = 200
+# Event and consent times are kept within these years: the engine adds durations to them
+# (windows, goals, retention), and year 9999 + 3 days overflows in the middle of a tick.
+MIN_YEAR, MAX_YEAR = 1900, 2999
+
+SAVE_AS_UTF8 = "save the file as UTF-8 (in Excel: 'CSV UTF-8')"
+USE_ENCODING_OPTION = ("save the file as UTF-8, or name its encoding with --encoding "
+                       "(an Excel export from Windows is usually --encoding cp1252)")
 
 
 @dataclass
@@ -48,17 +76,146 @@ class ImportResult:
     errors: list[RowError] = field(default_factory=list)
 
 
+@dataclass
+class TrackResult:
+    inserted: int = 0
+    duplicates: int = 0
+    errors: list[RowError] = field(default_factory=list)
+    inserted_ids: list[str] = field(default_factory=list)  # event_ids stored by this call
+
+
+# ---------------------------------------------------------------- values
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A value for an error message: short, because a hostile value can be a megabyte long."""
+    text = value if isinstance(value, str) else _json_text(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _in_years(moment: datetime) -> bool:
+    return MIN_YEAR <= moment.year <= MAX_YEAR
+
+
 def parse_timestamp(value: Any) -> datetime:
-    if isinstance(value, (int, float)):
+    """An ISO 8601 string or seconds since 1970 as an aware UTC datetime. Every bad value is a
+    ValueError (never an OverflowError or OSError), so callers can name the field and keep the
+    other rows; years outside MIN_YEAR–MAX_YEAR are refused (see MIN_YEAR)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected an ISO 8601 timestamp, e.g. 2026-11-21T10:00:00Z, not {_json_text(value)}")
+    parsed = _from_epoch(value) if isinstance(value, (int, float)) else _from_iso(value)
+    if not _in_years(parsed):
+        raise ValueError(f"'{_show(value)}' is outside the years {MIN_YEAR}–{MAX_YEAR}")
+    return parsed
+
+
+def _from_epoch(value: float) -> datetime:
+    """Seconds since 1970; out of range is a ValueError with a hint when it looks like milliseconds."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{_json_text(value)} is not a time (expected seconds since 1970 or ISO 8601)")
+    parsed = _epoch_or_none(value)
+    if parsed is None or not _in_years(parsed):
+        in_ms = _epoch_or_none(value / 1000) if abs(value) < sys.float_info.max else None
+        hint = " (milliseconds? send seconds)" if in_ms is not None and _in_years(in_ms) else ""
+        raise ValueError(f"{_show(value)} seconds since 1970 is outside the years {MIN_YEAR}–{MAX_YEAR}{hint}")
+    return parsed
+
+
+def _epoch_or_none(value: float) -> Optional[datetime]:
+    try:
         return datetime.fromtimestamp(value, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _from_iso(value: Any) -> datetime:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("expected an ISO 8601 timestamp, e.g. 2026-11-21T10:00:00Z")
     text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"'{value}' is not an ISO 8601 timestamp") from None
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+        raise ValueError(f"'{_show(value)}' is not an ISO 8601 timestamp") from None
+    try:  # 9999-12-31T23:59:59-01:00 parses, but is past year 9999 in UTC
+        return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"'{_show(value)}' is outside the years {MIN_YEAR}–{MAX_YEAR}") from None
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_NAME_BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SPACE_RUNS = re.compile(" {2,}")
+
+
+def text_problem(text: str) -> Optional[str]:
+    """Why a string cannot be stored, or None: PostgreSQL refuses NUL in text and JSONB, and a
+    lone surrogate (half of a broken \\ud83d\\ude00 escape) cannot be written as UTF-8."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "contains a NUL character (\\u0000)"
+    return f"contains a lone surrogate (\\u{ord(found.group()):04x}), which is not a character"
+
+
+def clean_name(value: Any) -> Optional[str]:
+    """A person's name made safe to store and to put into a header: CR, LF, TAB and every other
+    control character (Unicode Cc) and the line/paragraph separators U+2028/U+2029 become a
+    space, runs of spaces collapse, the ends are stripped and the length is capped at
+    MAX_NAME_LENGTH. None (or nothing left) is None."""
+    if value is None:
+        return None
+    text = _SPACE_RUNS.sub(" ", _NAME_BREAKS.sub(" ", str(value))).strip()
+    return text[:MAX_NAME_LENGTH].rstrip() or None
+
+
+def value_problem(value: Any, path: tuple = (), depth: int = 0) -> Optional[tuple[str, str]]:
+    """The first part of a JSON value the store cannot keep, as (field path, message), or None.
+    `depth` is how many objects/arrays already enclose `value`. Iterative, so a hostile value
+    cannot exhaust the stack."""
+    stack = [(value, path, depth)]
+    while stack:
+        item, where, level = stack.pop()
+        problem = _scalar_problem(item)
+        if problem:
+            return _field_path(where), problem
+        if isinstance(item, (dict, list)):
+            if level + 1 > MAX_DEPTH:
+                return _field_path(where), f"nested deeper than {MAX_DEPTH} levels"
+            children = list(item.items()) if isinstance(item, dict) else list(enumerate(item))
+            for key, child in reversed(children):
+                if isinstance(key, str) and text_problem(key):
+                    return _field_path(where + (key,)), f"the key {text_problem(key)}"
+                stack.append((child, where + (key,), level + 1))
+    return None
+
+
+def _scalar_problem(item: Any) -> Optional[str]:
+    if isinstance(item, float) and not math.isfinite(item):
+        return (f"{_json_text(item)} is not a finite number (JSON has no NaN or Infinity, and a number "
+                "like 1e999 overflows to Infinity); send null or leave the field out")
+    if isinstance(item, int) and not isinstance(item, bool) and abs(item) > sys.float_info.max:
+        return "number too large (it overflows to Infinity)"
+    if isinstance(item, str):
+        return text_problem(item)
+    return None
+
+
+def _field_path(parts: tuple) -> str:
+    """properties.items[2].sku; a very deep path keeps its head and tail."""
+    names = [f"[{p}]" if isinstance(p, int) else ("." if i else "") + str(p) for i, p in enumerate(parts)]
+    if len(names) > 8:
+        names = names[:4] + [".…"] + names[-2:]
+    return "".join(names) or "value"
 
 
 def normalize_email(value: str) -> str:
@@ -78,26 +235,132 @@ def normalize_phone(value: str, country: Optional[str]) -> str:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-def _records(path: Path) -> Iterator[tuple[int, Optional[dict], Optional[str]]]:
-    """(line number, record or None, parse error) for CSV or JSONL."""
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
-                continue
-            if not isinstance(record, dict):
-                yield number, None, "each line must be a JSON object"
-                continue
-            yield number, record, None
+Problem = tuple[str, str]  # (field, message); field "line" when the whole line is unreadable
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes the codec could not decode (surrogateescape)
+
+
+def check_encoding(name: Optional[str]) -> Optional[str]:
+    """The codec to read files with (None: UTF-8, BOM accepted); ValueError for a name Python
+    does not know or for a codec that does not decode bytes to text (base64, rot13, …)."""
+    if name is None:
+        return None
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        raise ValueError(f"unknown encoding '{name}' (e.g. utf-8, cp1252, latin-1, utf-16)") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise ValueError(f"'{name}' is not a text encoding")
+    return "utf-8-sig" if info.name == "utf-8" else info.name
+
+
+def _records(path: Path, encoding: Optional[str] = None,
+             hint: str = SAVE_AS_UTF8) -> Iterator[tuple[int, Optional[dict], Optional[str]]]:
+    """(line number, record or None, parse error) for CSV or JSONL — the shape the product
+    catalog reads; a problem with a field of its own names the field in the message."""
+    for line, record, problem in read_records(path, encoding, hint):
+        if problem is None:
+            yield line, record, None
+        else:
+            yield line, None, problem[1] if problem[0] == "line" else f"{problem[0]}: {problem[1]}"
+
+
+def read_records(path: Path, encoding: Optional[str] = None,
+                 hint: str = USE_ENCODING_OPTION) -> Iterator[tuple[int, Optional[dict], Optional[Problem]]]:
+    """(line number, record or None, (field, problem)) for CSV or JSONL. The file is decoded
+    with `encoding` (default UTF-8, BOM accepted) without failing on bad bytes: a line holding
+    bytes the codec cannot decode is one bad line, named, and the other lines are kept."""
+    data = path.read_bytes()
+    binary = _binary_kind(data)
+    if binary:
+        yield 1, None, ("line", f"this is {binary}, not CSV or JSONL: {SAVE_AS_UTF8}")
         return
-    reader = csv.DictReader(io.StringIO(text))
-    for record in reader:
-        yield reader.line_num, {k.strip(): v for k, v in record.items() if k is not None}, None
+    label = "UTF-8" if encoding is None else encoding
+    if encoding is not None:
+        hint = f"is the file really {encoding}? Name its encoding with --encoding"
+    try:
+        text = data.decode(check_encoding(encoding) or "utf-8-sig", "surrogateescape")
+    except UnicodeDecodeError as exc:  # e.g. an odd trailing byte in UTF-16
+        yield data[:exc.start].count(b"\n") + 1, None, ("line", f"not valid {label} ({exc.reason}): {hint}")
+        return
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson", ".json")
+    yield from (_jsonl_records(text, label, hint) if is_jsonl else _csv_records(text, label, hint))
+
+
+def _binary_kind(data: bytes) -> Optional[str]:
+    """Spreadsheets handed over instead of their CSV export: say so instead of listing garbage."""
+    if data.startswith(b"PK\x03\x04"):
+        return "an Excel workbook (.xlsx) or another ZIP file"
+    if data.startswith(b"\xd0\xcf\x11\xe0"):
+        return "an old Excel workbook (.xls)"
+    return None
+
+
+def _undecodable(text: str, label: str, hint: str) -> Optional[str]:
+    found = _UNDECODABLE.search(text)
+    if found is None:
+        return None
+    return f"not valid {label} (byte 0x{ord(found.group()) - 0xdc00:02x} at character {found.start() + 1}): {hint}"
+
+
+def _jsonl_records(text: str, label: str, hint: str) -> Iterator[tuple[int, Optional[dict], Optional[Problem]]]:
+    # Split on \n only: str.splitlines() also splits on U+2028, U+0085 … which JSON allows raw in strings.
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        problem = _undecodable(line, label, hint)
+        if problem:
+            yield number, None, ("line", problem)
+            continue
+        record, problem = _parse_json_line(line)
+        yield number, record, None if problem is None else ("line", problem)
+
+
+def _parse_json_line(line: str) -> tuple[Optional[dict], Optional[str]]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+    except RecursionError:
+        return None, f"nested far deeper than {MAX_DEPTH} levels"
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        return None, f"not valid JSON ({_show(str(exc), 120)})"
+    if not isinstance(record, dict):
+        return None, "each line must be a JSON object"
+    return record, None
+
+
+def _csv_records(text: str, label: str, hint: str) -> Iterator[tuple[int, Optional[dict], Optional[Problem]]]:
+    reader = csv.DictReader(io.StringIO(text, newline="\n"))
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        yield 1, None, ("line", f"not valid CSV ({exc})")
+        return
+    problem = _undecodable(",".join(header), label, hint)
+    if problem:  # every row's keys would be garbled: nothing can be read
+        yield 1, None, ("header", problem)
+        return
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a field over csv.field_size_limit(): one bad record
+            yield reader.reader.line_num, None, ("line", f"not valid CSV ({exc})")
+            continue
+        clean = {k.strip(): v for k, v in record.items() if k is not None}
+        bad = _undecodable_cell(clean, label, hint)
+        yield reader.line_num, None if bad else clean, bad
+
+
+def _undecodable_cell(record: dict, label: str, hint: str) -> Optional[Problem]:
+    """The first cell holding bytes the codec could not decode, named by its column."""
+    for key, value in record.items():
+        problem = _undecodable(value, label, hint) if isinstance(value, str) else None
+        if problem:
+            return key, problem
+    return None
 
 
 def _clean_contact(record: dict) -> tuple[dict, dict[str, str], list[tuple[str, str]]]:
@@ -112,15 +375,40 @@ def _clean_contact(record: dict) -> tuple[dict, dict[str, str], list[tuple[str, 
             continue
         if key in CONSENT_COLUMNS:
             if str(value).lower() not in CONSENT_VALUES:
-                errors.append((key, f"'{value}' is not one of {', '.join(CONSENT_VALUES)}"))
+                errors.append((key, f"'{_show(value)}' is not one of {', '.join(CONSENT_VALUES)}"))
             else:
                 consents[CONSENT_COLUMNS[key]] = str(value).lower()
         elif key in CORE_FIELDS:
             fields[key] = value
         elif key == "attributes" and isinstance(value, dict):
+            problem = value_problem(value, ("attributes",))
+            if problem:
+                errors.append(problem)
             attributes.update(value)
         else:
-            attributes[key] = _coerce(value)
+            value, problem = _attribute(key, value)
+            if problem:
+                errors.append(problem)
+            attributes[key] = value
+    errors.extend(_check_core(fields))
+    fields["attributes"] = attributes
+    return fields, consents, errors
+
+
+def _attribute(key: str, value: Any) -> tuple[Any, Optional[tuple[str, str]]]:
+    """A column that is not a core field, typed for conditions, and what is wrong with it.
+    An attribute lives inside `attributes`, one level down: its own nesting starts at 1."""
+    if text_problem(key):
+        return value, (_json_text(key), f"the column name {text_problem(key)}")
+    typed = _coerce(value)
+    if isinstance(value, str) and isinstance(typed, float) and not math.isfinite(typed):
+        return value, (key, f"'{_show(value)}' is too large a number (it overflows to Infinity)")
+    return typed, value_problem(typed, (key,), 1)
+
+
+def _check_core(fields: dict[str, Any]) -> list[tuple[str, str]]:
+    """Normalize the core fields in place; returns [(field, error)]."""
+    errors: list[tuple[str, str]] = []
     if "email" not in fields:
         errors.append(("email", "required (contacts are matched by e-mail)"))
     else:
@@ -128,28 +416,57 @@ def _clean_contact(record: dict) -> tuple[dict, dict[str, str], list[tuple[str, 
             fields["email"] = normalize_email(str(fields["email"]))
         except ValueError as exc:
             errors.append(("email", str(exc)))
+    for key in NAME_FIELDS + TEXT_FIELDS:
+        if key in fields:
+            problem = _text_field(fields, key)
+            if problem:
+                errors.append((key, problem))
+                del fields[key]
     if "country" in fields:
-        fields["country"] = str(fields["country"]).upper()
+        fields["country"] = fields["country"].upper()
         if len(fields["country"]) != 2:
-            errors.append(("country", f"'{fields['country']}' is not a two-letter ISO country code"))
+            errors.append(("country", f"'{_show(fields['country'])}' is not a two-letter ISO country code"))
     if "phone" in fields:
         try:
-            fields["phone"] = normalize_phone(str(fields["phone"]), fields.get("country"))
+            fields["phone"] = normalize_phone(fields["phone"], fields.get("country"))
         except ValueError as exc:
             errors.append(("phone", str(exc)))
     if "timezone" in fields:
         try:
             from zoneinfo import ZoneInfo
-            ZoneInfo(str(fields["timezone"]))
+            ZoneInfo(fields["timezone"])
         except Exception:
-            errors.append(("timezone", f"'{fields['timezone']}' is not an IANA time zone (e.g. Europe/Berlin)"))
+            errors.append(("timezone", f"'{_show(fields['timezone'])}' is not an IANA time zone (e.g. Europe/Berlin)"))
     if "score" in fields:
         try:
-            fields["score"] = float(fields["score"])
-        except (TypeError, ValueError):
-            errors.append(("score", f"'{fields['score']}' is not a number"))
-    fields["attributes"] = attributes
-    return fields, consents, errors
+            fields["score"] = _score(fields["score"])
+        except ValueError as exc:
+            errors.append(("score", str(exc)))
+    return errors
+
+
+def _text_field(fields: dict[str, Any], key: str) -> Optional[str]:
+    """Make fields[key] storable text (names cleaned by clean_name); the problem, or None."""
+    value = fields[key]
+    if isinstance(value, (dict, list, bool)):
+        return f"must be text, not {_show(value)}"
+    text = clean_name(value) if key in NAME_FIELDS else str(value)
+    if text is None:  # a name of nothing but control characters: as if the cell were empty
+        del fields[key]
+        return None
+    fields[key] = text
+    return text_problem(text)
+
+
+def _score(value: Any) -> float:
+    """A finite number: NaN or Infinity would sort and compare wrongly in every condition."""
+    try:
+        score = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        score = math.nan
+    if not math.isfinite(score):
+        raise ValueError(f"'{_show(value)}' is not a (finite) number")
+    return score
 
 
 def _coerce(value: Any) -> Any:
@@ -176,13 +493,15 @@ def _is_float(value: str) -> bool:
         return False
 
 
-def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None, policy_version: str = "") -> ImportResult:
+def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None, policy_version: str = "",
+                    encoding: Optional[str] = None) -> ImportResult:
+    """Upsert the file's contacts. `encoding`: the file's codec (default UTF-8, BOM accepted)."""
     now = now or datetime.now(timezone.utc)
     result = ImportResult()
     good: dict[str, tuple[dict, dict]] = {}
-    for line, record, problem in _records(path):
+    for line, record, problem in read_records(path, encoding):
         if problem:
-            result.errors.append(RowError(path.name, line, "line", problem))
+            result.errors.append(RowError(path.name, line, *problem))
             continue
         fields, consents, errors = _clean_contact(record)
         if errors:
@@ -231,23 +550,26 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
     return result
 
 
-@dataclass
-class TrackResult:
-    inserted: int = 0
-    duplicates: int = 0
-    errors: list[RowError] = field(default_factory=list)
-
-
-def _clean_event(record: dict) -> tuple[Optional[dict], list[tuple[str, str]]]:
+def _clean_event(record: Any) -> tuple[Optional[dict], list[tuple[str, str]]]:
+    if not isinstance(record, dict):
+        return None, [("record", "must be a JSON object")]
     errors = []
     for key in ("event_id", "email", "event", "timestamp"):
         if record.get(key) in (None, ""):
             errors.append((key, "required"))
+    for key in ("event_id", "event"):
+        problem = _identifier_problem(record.get(key))
+        if problem:
+            errors.append((key, problem))
     props = record.get("properties", {})
     if props is None:
         props = {}
     if not isinstance(props, dict):
         errors.append(("properties", "must be a JSON object"))
+    else:
+        problem = value_problem(props, ("properties",))
+        if problem:
+            errors.append(problem)
     occurred = None
     if record.get("timestamp") not in (None, ""):
         try:
@@ -266,7 +588,17 @@ def _clean_event(record: dict) -> tuple[Optional[dict], list[tuple[str, str]]]:
             "properties": props, "occurred_at": occurred}, []
 
 
-def track_records(store: Store, records: list[tuple[int, dict]], *, source: str = "track",
+def _identifier_problem(value: Any) -> Optional[str]:
+    """event_id and event are text (a whole number is taken as its digits). An object, array,
+    boolean or fraction would be silently turned into a string like "{'a': 1}" and match nothing."""
+    if value in (None, "") or (isinstance(value, int) and not isinstance(value, bool)):
+        return None
+    if not isinstance(value, str):
+        return f"must be a string, not {_show(value)}"
+    return text_problem(value)
+
+
+def track_records(store: Store, records: list[tuple[int, Any]], *, source: str = "track",
                   now: Optional[datetime] = None, create_contacts: bool = True) -> TrackResult:
     """Insert events; unknown e-mail addresses become new contacts (an event from a form is
     how many contacts first appear)."""
@@ -304,14 +636,17 @@ def track_records(store: Store, records: list[tuple[int, dict]], *, source: str 
                          "properties": e["properties"], "occurred_at": e["occurred_at"], "received_at": now})
         insert_ignore(conn, event_t, rows, ("event_id",))
         result.inserted = len(rows)
+        result.inserted_ids = [r["event_id"] for r in rows]
     return result
 
 
-def track_file(store: Store, path: Path, *, now: Optional[datetime] = None) -> TrackResult:
+def track_file(store: Store, path: Path, *, now: Optional[datetime] = None,
+               encoding: Optional[str] = None) -> TrackResult:
+    """Track a JSONL file. `encoding`: the file's codec (default UTF-8, BOM accepted)."""
     records, parse_errors = [], []
-    for line, record, problem in _records(path):
+    for line, record, problem in read_records(path, encoding):
         if problem:
-            parse_errors.append(RowError(path.name, line, "line", problem))
+            parse_errors.append(RowError(path.name, line, *problem))
         else:
             records.append((line, record))
     result = track_records(store, records, source=path.name, now=now)

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -31,6 +32,30 @@ def _existing(path: Path) -> Path:
     return path
 
 
+ENCODING_HELP = ("The file's text encoding. Default: UTF-8 (a BOM is fine); a line that is not valid UTF-8 "
+                 "is reported with its line number and skipped, the others are kept. An Excel export from "
+                 "Windows is usually cp1252 (Western European).")
+
+
+def _encoding(name: Optional[str]) -> Optional[str]:
+    """Check --encoding before the database is opened: a typo is a usage error, not N bad lines."""
+    from nurture.ingest import check_encoding
+    try:
+        check_encoding(name)
+    except ValueError as exc:
+        raise CliError(f"--encoding: {exc}", code=2) from None
+    return name
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """An unreadable file (permissions, a vanished mount) is a message, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
 def _report_errors(errors, total_good: int) -> None:
     for error in errors[:200]:
         err_console.print(str(error), markup=False)
@@ -39,12 +64,18 @@ def _report_errors(errors, total_good: int) -> None:
 
 
 @import_app.command("contacts")
-def import_contacts_cmd(file: Path = typer.Argument(..., help="CSV or JSONL file")) -> None:
+def import_contacts_cmd(file: Path = typer.Argument(..., help="CSV or JSONL file"),
+                        encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP)) -> None:
     """Upsert contacts by e-mail; unknown columns become attributes; consent_email /
-    consent_sms / consent_ads go to the consent ledger with the import as source."""
+    consent_sms / consent_ads go to the consent ledger with the import as source.
+
+    A bad row (or a line that is not valid in the file's encoding) is named by line and field and
+    skipped; the good rows are kept and the exit code is 1. Names lose control characters."""
     from nurture.ingest import import_contacts
+    codec = _encoding(encoding)
     spec = open_project(strict=False)
-    result = import_contacts(store(), _existing(file), policy_version=spec.policies.version)
+    with _reading(file):
+        result = import_contacts(store(), _existing(file), policy_version=spec.policies.version, encoding=codec)
     _report_errors(result.errors, result.created + result.updated)
     console.print(f"imported {file.name}: {result.created} created, {result.updated} updated, "
                   f"{result.consents} consent record(s), {len(result.errors)} bad row(s) skipped")
@@ -52,10 +83,16 @@ def import_contacts_cmd(file: Path = typer.Argument(..., help="CSV or JSONL file
         raise typer.Exit(1)
 
 
-def track(file: Path = typer.Argument(..., help='JSONL: {"event_id","email","event","properties","timestamp"}')) -> None:
-    """Track events (idempotent by event_id: a file can be sent twice)."""
+def track(file: Path = typer.Argument(..., help='JSONL: {"event_id","email","event","properties","timestamp"}'),
+          encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP)) -> None:
+    """Track events (idempotent by event_id: a file can be sent twice).
+
+    A bad line is named by line and field and skipped; the good events are kept and the exit
+    code is 1."""
     from nurture.ingest import track_file
-    result = track_file(store(), _existing(file))
+    codec = _encoding(encoding)
+    with _reading(file):
+        result = track_file(store(), _existing(file), encoding=codec)
     _report_errors(result.errors, result.inserted)
     console.print(f"tracked {file.name}: {result.inserted} new event(s), {result.duplicates} already known, "
                   f"{len(result.errors)} bad line(s) skipped")

@@ -5,15 +5,23 @@ Routes:
 - `POST /u/{token}`              RFC 8058 one-click unsubscribe: 200, no redirect, no cookie;
 - `POST /u/{token}/preferences`  save the preference-center form;
 - `GET  /confirm/{token}`        double opt-in confirmation;
-- `POST /events`                 tracking webhook (Bearer NURTURE_INGEST_TOKEN), as `nurture track`;
+- `POST /events`                 tracking webhook (Bearer NURTURE_INGEST_TOKEN), as `nurture track`:
+                                 an event object, a list of them or `{"events": [...]}`; answers
+                                 `{"inserted", "duplicates", "opt_ins", "errors"}`, each error
+                                 `{"record": 1-based position, "field", "message"}` — 200 when at
+                                 least one event was stored or already known (the bad ones are
+                                 listed and skipped), 422 when none was;
 - `POST /webhooks/twilio`        inbound STOP/START and status callbacks (X-Twilio-Signature);
 - `POST /webhooks/bounces`       generic bounce/complaint JSON (Bearer NURTURE_WEBHOOK_TOKEN,
-                                 or NURTURE_INGEST_TOKEN when that is unset);
+                                 or NURTURE_INGEST_TOKEN when that is unset); answers
+                                 `{"applied", "errors"}` (+ `"duplicates"` when a replay stored
+                                 nothing new) — 200 when at least one event was good, 422 when none;
 - `GET  /healthz`.
 
 Tokens are verified with NURTURE_SECRET_KEY; a tampered or expired one gets a 400 page and
-changes nothing. Bodies over NURTURE_WEB_MAX_BODY bytes (default 1 MiB) get 413. Missing
-credentials get 401, wrong ones 403. Secrets are never echoed.
+changes nothing. Bodies over NURTURE_WEB_MAX_BODY bytes (default 1 MiB) get 413, bodies that
+are not JSON (or nest absurdly deep) 400. Missing credentials get 401, wrong ones 403. Secrets
+are never echoed. Bad input is a 4xx naming the event and field, never a 500.
 """
 from __future__ import annotations
 
@@ -25,14 +33,12 @@ from urllib.parse import parse_qsl
 
 from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from sqlalchemy import select
 
 from nurture.double_opt_in import SYSTEM_JOURNEY, confirm_opt_in, opt_ins_from_events
 from nurture.ingest import track_records
 from nurture.runtime.context import Runtime
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
-from nurture.store.models import Event
 from nurture.tokens import verify_token
 from nurture.web import pages
 from nurture.web.preferences import apply_preferences, load_preferences, unsubscribe
@@ -41,7 +47,6 @@ from nurture.web.webhooks import (apply_bounces, bounce_events, twilio_inbound, 
 
 DEFAULT_MAX_BODY = 1024 * 1024
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
-event_t = Event.__table__
 
 
 class BodyLimit:
@@ -89,8 +94,27 @@ async def _json(request: Request) -> Any:
     body = await request.body()
     try:
         return json.loads(body or b"null")
+    except RecursionError:  # [[[[… 50,000 deep: the parser gives up, the request is simply bad
+        raise HTTPException(400, "body is not valid JSON (nested far too deep)") from None
     except ValueError as exc:
-        raise HTTPException(400, f"body is not valid JSON ({exc})") from None
+        raise HTTPException(400, f"body is not valid JSON ({str(exc)[:200]})") from None
+
+
+def _event_list(payload: Any) -> list:
+    """The events of a /events body; an element that is not an object is reported by track_records
+    as that record's error, so the good events next to it are kept."""
+    if isinstance(payload, dict) and isinstance(payload.get("events"), list):
+        payload = payload["events"]
+    records = payload if isinstance(payload, list) else [payload] if isinstance(payload, dict) else []
+    if not records:
+        raise HTTPException(400, "body must be an event object, a list of them, or {\"events\": [...]}")
+    return records
+
+
+def _form_problem(params: list[tuple[str, str]]) -> Optional[str]:
+    """PostgreSQL refuses NUL in text: a form value holding one would be a 500 further down."""
+    return next((f"parameter {name!r} contains a NUL character" for name, value in params
+                 if "\x00" in name or "\x00" in value), None)
 
 
 def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
@@ -178,21 +202,11 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
     @app.post("/events")
     async def events(request: Request, background: BackgroundTasks) -> Response:
         _bearer(request, env.get("NURTURE_INGEST_TOKEN"))
-        payload = await _json(request)
-        if isinstance(payload, dict) and isinstance(payload.get("events"), list):
-            payload = payload["events"]
-        records = payload if isinstance(payload, list) else [payload]
-        if not records or not all(isinstance(r, dict) for r in records):
-            raise HTTPException(400, "body must be an event object, a list of them, or {\"events\": [...]}")
+        records = _event_list(await _json(request))
         now = clock()
-        submitted = [str(r.get("event_id")) for r in records if r.get("event_id") not in (None, "")]
-        with store.reading() as conn:
-            known = {r[0] for r in conn.execute(select(event_t.c.event_id).where(event_t.c.event_id.in_(submitted)))} \
-                if submitted else set()
         result = track_records(store, list(enumerate(records, 1)), source="request", now=now)
-        new_ids = [e for e in dict.fromkeys(submitted) if e not in known]
         with store.engine.begin() as conn:
-            opt_ins = opt_ins_from_events(conn, project.policies, new_ids, now=now)
+            opt_ins = opt_ins_from_events(conn, project.policies, result.inserted_ids, now=now)
         if opt_ins.get("pending"):
             background.add_task(deliver_system_mail)
         body = {"inserted": result.inserted, "duplicates": result.duplicates, "opt_ins": dict(opt_ins),
@@ -213,6 +227,9 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         url = public_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
         if not twilio_signature_valid(auth_token, url, params, signature):
             raise HTTPException(403, "X-Twilio-Signature does not match")
+        problem = _form_problem(params)
+        if problem:
+            raise HTTPException(400, problem)
         fields = dict(params)
         with store.engine.begin() as conn:
             if "Body" in fields and (fields.get("SmsStatus") or fields.get("MessageStatus") or "received") == "received":
@@ -226,8 +243,11 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         _bearer(request, env.get("NURTURE_WEBHOOK_TOKEN") or env.get("NURTURE_INGEST_TOKEN"))
         events_, errors = bounce_events(await _json(request))
         with store.engine.begin() as conn:
-            counts = apply_bounces(conn, events_, now=clock(), policy_version=policy_version)
-        return JSONResponse({"applied": dict(counts), "errors": errors}, status_code=422 if errors else 200)
+            outcome = apply_bounces(conn, events_, now=clock(), policy_version=policy_version)
+        body: dict[str, Any] = {"applied": dict(outcome.applied), "errors": errors}
+        if outcome.duplicates:
+            body["duplicates"] = dict(outcome.duplicates)
+        return JSONResponse(body, status_code=422 if errors and not events_ else 200)
 
     @app.get("/healthz")
     def healthz() -> dict:

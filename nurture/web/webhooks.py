@@ -13,7 +13,11 @@ object or a list of objects, or `{"events": [...]}`, each
 "message_id": "<...>", "timestamp": "ISO 8601"}` — `bounce_type` defaults to hard.
 Hard bounces suppress the address (`hard_bounce`), complaints suppress it (`complaint`) and
 revoke e-mail marketing consent; soft bounces are counted and ignored (the SMTP channel
-already retries 4xx answers).
+already retries 4xx answers). The answer counts what was stored: `applied` by reason, and
+`duplicates` by reason (only when there are any) for events already on record — a provider
+replaying a webhook stores nothing twice and is told so. A bad event (unknown type, bad
+address, unreadable or out-of-range timestamp) is listed in `errors` as
+`events[i].field: message`; the good events next to it are applied.
 """
 from __future__ import annotations
 
@@ -21,12 +25,14 @@ import base64
 import hashlib
 import hmac
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from sqlalchemy import delete, select
 
-from nurture.consent_ledger import record_consent, suppress
+from nurture.consent_ledger import is_suppressed, record_consent, suppress
+from nurture.double_opt_in import current_state
 from nurture.ingest import normalize_email, parse_timestamp
 from nurture.store.models import Contact, Message, Suppression
 
@@ -73,9 +79,7 @@ def twilio_inbound(conn: Any, params: Mapping[str, str], *, now: datetime, polic
         for cid in contacts:
             record_consent(conn, cid, "sms", "revoked", purpose="marketing", source=f"twilio:{keyword}",
                            at=now, policy_version=policy_version)
-        already = conn.execute(select(suppression_t.c.id).where(suppression_t.c.address == phone,
-                                                                suppression_t.c.reason == "sms_stop")).first()
-        if already is None:
+        if not is_suppressed(conn, address=phone, reason="sms_stop"):
             suppress(conn, reason="sms_stop", at=now, contact_id=contacts[0] if len(contacts) == 1 else None,
                      address=phone, channel="sms")
         return "stop"
@@ -152,21 +156,39 @@ def bounce_events(payload: Any) -> tuple[list[dict], list[str]]:
     return clean, errors
 
 
-def apply_bounces(conn: Any, events: Iterable[dict], *, now: datetime, policy_version: str) -> Counter:
-    counts: Counter = Counter()
+@dataclass
+class BounceOutcome:
+    """What a bounce webhook changed: `applied` counts events that stored something (or soft
+    bounces, counted and ignored), `duplicates` those already on record."""
+    applied: Counter = field(default_factory=Counter)
+    duplicates: Counter = field(default_factory=Counter)
+
+
+def apply_bounces(conn: Any, events: Iterable[dict], *, now: datetime, policy_version: str) -> BounceOutcome:
+    outcome = BounceOutcome()
     for event in events:
         if event["type"] == "bounce" and event["bounce_type"] == "soft":
-            counts["soft_bounce_ignored"] += 1
+            outcome.applied["soft_bounce_ignored"] += 1
             continue
         reason = "hard_bounce" if event["type"] == "bounce" else "complaint"
-        at = event["at"] or now
-        cid = conn.execute(select(contact_t.c.id).where(contact_t.c.email == event["email"])).scalar()
-        known = conn.execute(select(suppression_t.c.id).where(suppression_t.c.address == event["email"],
-                                                              suppression_t.c.reason == reason)).first()
-        if known is None:
-            suppress(conn, reason=reason, at=at, contact_id=cid, address=event["email"], channel="email")
-        if reason == "complaint" and cid is not None:
+        stored = _apply_bounce(conn, event, reason, now=now, policy_version=policy_version)
+        (outcome.applied if stored else outcome.duplicates)[reason] += 1
+    return outcome
+
+
+def _apply_bounce(conn: Any, event: dict, reason: str, *, now: datetime, policy_version: str) -> bool:
+    """Suppress the address (once) and, for a complaint, revoke e-mail marketing consent unless
+    it already is revoked. True when anything was written: a replay is not counted as applied."""
+    at = event["at"] or now
+    cid = conn.execute(select(contact_t.c.id).where(contact_t.c.email == event["email"])).scalar()
+    stored = False
+    if not is_suppressed(conn, address=event["email"], reason=reason):
+        suppress(conn, reason=reason, at=at, contact_id=cid, address=event["email"], channel="email")
+        stored = True
+    if reason == "complaint" and cid is not None:
+        state = current_state(conn, cid, "email", "marketing")
+        if stored or state is None or state.status != "revoked":
             record_consent(conn, cid, "email", "revoked", purpose="marketing", source="webhook:complaint",
                            at=at, policy_version=policy_version)
-        counts[reason] += 1
-    return counts
+            stored = True
+    return stored
