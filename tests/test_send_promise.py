@@ -185,14 +185,22 @@ def test_a_retry_over_the_cap_is_deferred_until_the_window_has_room(make_runtime
     cid = subscriber(store, "ann@example.com")
     add_event(store, cid, "signup", T0)
     run_tick(rt, "promo", T0 + timedelta(minutes=1))  # queued, the provider asks to retry
-    # Meanwhile the retry is pending, it counts against the cap: the other journey is deferred.
+    # While the retry is pending it counts against the cap: another journey waits.
     add_event(store, cid, "news", T0 + timedelta(minutes=2))
     run_tick(rt, "other", T0 + timedelta(minutes=3))
     assert [(m.journey, m.status, m.reason) for m in messages(store)] == [
         ("promo", "queued", "scripted_retry"), ("other", "deferred", "frequency_cap")]
-    # The retry goes when due and is counted from then on.
-    run_tick(rt, "promo", T0 + timedelta(hours=1))
-    assert [(m.journey, m.status) for m in messages(store, journey="promo")] == [("promo", "sent")]
+    # A day later the first attempt has left the window: the other journey's mail goes …
+    sent_at = T0 + timedelta(days=1, minutes=4)
+    run_tick(rt, "other", sent_at)
+    assert [m.status for m in messages(store, journey="other")] == ["deferred", "sent"]
+    # … and the retry, due since long, now meets the cap like a first send would.
+    run_tick(rt, "promo", sent_at + timedelta(minutes=1))
+    (retry,) = messages(store, journey="promo")
+    assert (retry.status, retry.reason, retry.due_at) == ("queued", "frequency_cap", sent_at + timedelta(days=1))
+    assert len(channel.batches) == 2  # the first promo attempt and the other journey's mail
+    run_tick(rt, "promo", sent_at + timedelta(days=1, minutes=1))
+    assert [m.status for m in messages(store, journey="promo")] == ["sent"]
 
 
 # ---------------------------------------------------------------- 4. the development secret
