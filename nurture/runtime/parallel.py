@@ -15,11 +15,38 @@ Processes come from a fork server that has imported the engine once (`forkserver
 preloads): a worker then starts without paying the ~1 s of imports on the tick's two cores,
 and — unlike a plain fork — never inherits the caller's threads or open database handles
 (Prefect runs tasks in threads).
+
+Helper processes never outlive the tick process (a `kill -9` of `nurture run` must not leave a
+delivery process sending, or waiting for a `done` that will never come):
+- a delivery process watches the tick process from a thread blocked on the pipe the tick
+  process holds open for it (`multiprocessing.parent_process()`): when it closes — the tick
+  process is gone, however it ended — the delivery process exits at once (`_exit_with`). Nothing
+  is polled (no cost per message or per batch), and it works wherever multiprocessing does;
+- on Linux it also asks the kernel for SIGKILL when its parent dies (`prctl(PR_SET_PDEATHSIG)`),
+  should its Python be stuck. That parent is the fork server, single-threaded (the signal
+  follows the parent *thread*), which exits when the last holder of its "alive" pipe is gone.
+  Each process it forks inherits a copy, so a delivery process closes its copy at once (it
+  starts no processes): the tick process is then the only holder and the fork server follows
+  it, a moment later (its interpreter shuts down first, hence the watching thread above). The
+  fork server gets no parent-death signal of its own: it is shared by every tick of the process
+  and started by whichever thread first needed it, so the signal would come when that thread
+  ends, not the process — its "alive" pipe is the process-wide equivalent;
+- the multiprocessing resource tracker (started by the tick process, to unlink the shared
+  semaphores of processes that died without doing so) exits when every holder of its pipe is
+  gone — the tick process and the delivery processes — after cleaning up after them.
+
+The other way round, the tick process does not wait forever for the report of a delivery process
+that died without one (`_reports`).
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
+import queue
+import signal
+import sys
+import threading
 import time
 from collections import Counter
 from datetime import datetime
@@ -36,6 +63,8 @@ from nurture.store.write_turns import WriteTurns, taking_turns
 # bench_tick: in-process wins at 4,000 due, they tie at 10,000).
 LARGE_TICK = 20_000
 IDLE_POLL = 0.05
+RESULT_POLL = 1.0  # how often the tick checks, while waiting for reports, that its workers are alive
+log = logging.getLogger(__name__)
 
 
 PRELOAD = ["nurture.runtime.deliver", "nurture.spec.project", "nurture.store.db", "integrations.file_channels",
@@ -59,6 +88,41 @@ def process_context() -> Any:
     return ctx
 
 
+def _die_with_tick() -> None:
+    """First thing in a delivery process: make sure it does not outlive the tick process (see
+    the module's docstring)."""
+    from multiprocessing import forkserver
+    server = getattr(forkserver, "_forkserver", None)
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if alive_fd is not None:  # forked by the fork server, with a copy of the server's "alive" pipe
+        if sys.platform.startswith("linux"):  # SIGKILL when the fork server exits
+            try:
+                import ctypes
+                PR_SET_PDEATHSIG = 1
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            except (OSError, AttributeError):  # pragma: no cover - no prctl: the thread below stops it
+                pass
+        server._forkserver_alive_fd = None
+        try:
+            os.close(alive_fd)
+        except OSError:  # pragma: no cover
+            pass
+    tick = multiprocessing.parent_process()
+    if tick is not None:
+        threading.Thread(target=_exit_with, args=(tick,), name="nurture-exit-with-tick", daemon=True).start()
+
+
+def _exit_with(tick: Any) -> None:
+    """Block until the tick process is gone, then end this process at once (its claimed batch
+    stays `sending` for `reconcile_stuck`, as after any crash)."""
+    tick.join()  # the pipe the tick process holds open for this process closes when it dies
+    try:
+        os.write(2, b"nurture delivery process: the tick process is gone; stopping\n")
+    except OSError:  # pragma: no cover - no stderr any more
+        pass
+    os._exit(1)
+
+
 def _runtime(root: str, url: str, env: dict) -> Runtime:
     from nurture.spec.project import load_project
     from nurture.store.db import open_store
@@ -70,6 +134,7 @@ def _runtime(root: str, url: str, env: dict) -> Runtime:
 def _deliver_until_done(job: tuple, done: Any, results: Any, turns: Optional[WriteTurns]) -> None:
     """Deliver the journey's queued messages as they appear, until the advance stage is done
     and nothing is left."""
+    _die_with_tick()
     root, url, env, now, journey = job
     rt = _runtime(root, url, env)
     report: Counter = Counter()
@@ -92,6 +157,29 @@ def _deliver_loop(rt: Runtime, now: datetime, journey: Optional[str], done: Any,
             return
         if not got:
             time.sleep(IDLE_POLL)
+
+
+def _reports(procs: list, results: Any) -> Counter:
+    """The delivery processes' reports; one that died without reporting (killed: its claimed
+    batch stays `sending` for `reconcile_stuck`) is not waited for."""
+    delivered: Counter = Counter()
+    waiting = len(procs)
+    while waiting:
+        try:
+            delivered.update(results.get(timeout=RESULT_POLL))
+            waiting -= 1
+        except queue.Empty:
+            if any(proc.is_alive() for proc in procs):
+                continue
+            try:  # all gone: what they reported is in the pipe already (flushed before exiting)
+                while waiting:
+                    delivered.update(results.get(timeout=0.1))
+                    waiting -= 1
+            except queue.Empty:
+                log.warning("%d delivery process(es) exited without a report (exit codes %s)", waiting,
+                            [proc.exitcode for proc in procs])
+                break
+    return delivered
 
 
 def due_enrollments(rt: Runtime, now: datetime, journey: str) -> int:
@@ -125,8 +213,7 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
             delivered.update(deliver(rt, now, journey))  # the guards are done: deliver alongside
     finally:
         done.set()
-    for _ in procs:
-        delivered.update(results.get())
+    delivered.update(_reports(procs, results))
     for proc in procs:
         proc.join()
     delivered.update(deliver(rt, now, journey))  # anything a crashed worker left queued
