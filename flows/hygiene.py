@@ -10,11 +10,11 @@ from typing import Optional
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows.runtime import logical_now, runtime_for
+from flows.runtime import logical_now, retry_unless_invalid, runtime_for
 from nurture.double_opt_in import hygiene as run_hygiene
 
 
-@task(name="consent-hygiene", retries=2, retry_delay_seconds=10)
+@task(name="consent-hygiene", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_invalid)
 def hygiene_task(project: Optional[str], now: datetime) -> dict:
     return dict(run_hygiene(runtime_for(project), now))
 

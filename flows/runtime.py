@@ -15,7 +15,31 @@ _stamps: dict[tuple[str, str], float] = {}
 
 
 class ProjectInvalid(Exception):
-    """The project's YAML or templates have errors; the message lists them all."""
+    """The project's YAML or templates have errors; the message lists them all. Never retried:
+    the same files give the same errors (see `retry_unless_invalid`)."""
+
+
+def invalid(errors) -> ProjectInvalid:
+    return ProjectInvalid("the project has errors:\n" + "\n".join(str(e) for e in errors))
+
+
+def retry_unless_invalid(task, task_run, state) -> bool:
+    """Prefect retry condition of every task: retry a failure, except a project error."""
+    try:
+        state.result()
+    except ProjectInvalid:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def require_valid(rt: Runtime, *files: str) -> None:
+    """Raise ProjectInvalid when one of the shared files a flow depends on (segments,
+    scoring) has errors; the flows that do not depend on it run."""
+    errors = [e for name in files for e in rt.project.file_errors(name)]
+    if errors:
+        raise invalid(errors)
 
 
 def _fingerprint(root) -> float:
@@ -38,8 +62,10 @@ def runtime_for(project: Optional[str] = None) -> Runtime:
     if key not in _cache:
         _stamps[key] = stamp
         spec = load_project(root)
-        if spec.errors:
-            raise ProjectInvalid("the project has errors:\n" + "\n".join(str(e) for e in spec.errors))
+        if spec.fatal_errors:  # policies.yaml or no project at all: nothing can run
+            raise invalid(spec.fatal_errors)
+        # A broken journey (or segments / scoring file) fails only what depends on it: the
+        # journey's own flow, the sync, scoring — see ProjectSpec.errors_of / require_valid.
         _cache[key] = Runtime(open_store(url), spec, env=dict(os.environ))
     return _cache[key]
 

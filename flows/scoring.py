@@ -8,14 +8,15 @@ from typing import Optional
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.runtime import logical_now, runtime_for
+from flows.runtime import logical_now, require_valid, retry_unless_invalid, runtime_for
 from nurture.scoring.compute import score_contacts
 from nurture.scoring.handover import retry_pending
 
 
-@task(name="score", retries=2, retry_delay_seconds=10)
+@task(name="score", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_invalid)
 def score_task(project: Optional[str], now: datetime) -> dict:
     rt = runtime_for(project)
+    require_valid(rt, "scoring", "segments")
     spec = rt.project.extra.get("scoring")
     if spec is None:
         return {"contacts": 0, "promoted": {}, "skipped": "no journeys/scoring.yaml"}
@@ -23,7 +24,7 @@ def score_task(project: Optional[str], now: datetime) -> dict:
     return {"contacts": result.contacts, "promoted": result.promoted}
 
 
-@task(name="retry-handovers", retries=2, retry_delay_seconds=10)
+@task(name="retry-handovers", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_invalid)
 def retry_handovers_task(project: Optional[str], now: datetime) -> dict:
     return dict(retry_pending(runtime_for(project), now))
 

@@ -17,7 +17,7 @@ from typing import Optional
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows.runtime import logical_now, runtime_for
+from flows.runtime import logical_now, require_valid, retry_unless_invalid, runtime_for
 from nurture.redaction import redact, secrets_in
 from nurture.registry import IntegrationContext
 from nurture.segments import throttle
@@ -62,7 +62,7 @@ def with_secret_blocks(env: dict[str, str], destination: str) -> dict[str, str]:
     return out
 
 
-@task(name="sync-target", retries=1, retry_delay_seconds=30)
+@task(name="sync-target", retries=1, retry_delay_seconds=30, retry_condition_fn=retry_unless_invalid)
 def sync_target_task(project: Optional[str], ref: SyncTarget, now: datetime) -> dict:
     rt = runtime_for(project)
     context = IntegrationContext(rt.project.root, rt.data_dir, with_secret_blocks(rt.env, ref.destination))
@@ -97,6 +97,7 @@ def segment_sync(project: Optional[str] = None, now: Optional[datetime] = None,
     """Diff-sync every segment (or one) to each of its destinations."""
     clock = logical_now(now)
     rt = runtime_for(project)
+    require_valid(rt, "segments")
     refs = targets(rt.project, segment)
     rows = [sync_target_task(project, ref, clock) for ref in refs]
     return report_task(rows, clock)

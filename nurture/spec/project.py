@@ -31,10 +31,41 @@ class ProjectSpec:
     locations: dict[str, Locations] = field(default_factory=dict)
     errors: list[SpecError] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # raw data of other files (scoring.yaml)
+    # The errors each journey is answerable for (its file, its templates, its references);
+    # a journey listed here is broken and does not tick, the others do.
+    journey_errors: dict[str, list[SpecError]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def file_errors(self, special: str) -> list[SpecError]:
+        """Errors of one of the shared files: policies, segments or scoring."""
+        owned = {e for errs in self.journey_errors.values() for e in errs}
+        return [e for e in self.errors if e not in owned and Path(e.path).stem == special]
+
+    @property
+    def fatal_errors(self) -> list[SpecError]:
+        """Errors that stop everything: policies.yaml (every send reads it) and a project
+        folder that is not one."""
+        owned = {e for errs in self.journey_errors.values() for e in errs}
+        return [e for e in self.errors if e not in owned and Path(e.path).stem not in ("segments", "scoring")]
+
+    def errors_of(self, journey: str) -> list[SpecError]:
+        """Why `journey` cannot run (empty: it can): the fatal errors, segments.yaml's when the
+        journey uses a segment, scoring.yaml's when it hands over, and its own."""
+        errors = list(self.fatal_errors)
+        spec = self.journeys.get(journey)
+        if spec is not None and _mentions(spec.model_dump(by_alias=True), "segment"):
+            errors += self.file_errors("segments")
+        if spec is not None and _mentions(spec.model_dump(by_alias=True), "handover"):
+            errors += self.file_errors("scoring")
+        return errors + sorted(set(self.journey_errors.get(journey, [])))
+
+    @property
+    def journey_names(self) -> list[str]:
+        """Every journey file's name, valid or broken."""
+        return sorted(set(self.journeys) | set(self.journey_errors))
 
     @property
     def journeys_dir(self) -> Path:
@@ -285,6 +316,39 @@ def _raw_cross_checks(data: Any, locs: Locations, library: TemplateLibrary) -> l
     return errors
 
 
+def _mentions(data: Any, key: str) -> bool:
+    """Whether `key` is set anywhere in a journey's data (a `segment:` condition, a
+    `handover:` step)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get(key) is not None:
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _load_journey(path: Path, name: str, root: Path, locations: dict[str, Locations], project: ProjectSpec,
+                  library: TemplateLibrary) -> tuple[Optional[Journey], list[SpecError]]:
+    """One journey file: the journey (None when its shape is wrong) and its own errors."""
+    data, locs, errs = _load_file(path, _display(root, path))
+    locations[name] = locs
+    if errs:
+        return None, list(errs)
+    if not isinstance(data, dict):
+        return None, [locs.error((), "a journey file holds a mapping (name, trigger, steps, …)")]
+    try:
+        journey = Journey.model_validate(data)
+    except ValidationError as exc:
+        # The rest of the file is still checked as far as its shape allows, so one typo
+        # does not hide a missing template or a duplicate step id.
+        return None, pydantic_errors(exc, locs, Journey) + _raw_cross_checks(data, locs, library)
+    return journey, list(_check_journey(name, journey, locs, project, library))
+
+
 def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
     """Load and validate the project at `root`; `only` limits journeys to one name."""
     root = Path(root).resolve()
@@ -312,24 +376,12 @@ def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
             continue
         if path.suffix not in (".yaml", ".yml"):
             continue
-        data, locs, errs = _load_file(path, _display(root, path))
-        locations[name] = locs
-        errors.extend(errs)
-        if errs:
-            continue
-        if not isinstance(data, dict):
-            errors.append(locs.error((), "a journey file holds a mapping (name, trigger, steps, …)"))
-            continue
-        try:
-            journey = Journey.model_validate(data)
-        except ValidationError as exc:
-            errors.extend(pydantic_errors(exc, locs, Journey))
-            # The rest of the file is still checked as far as its shape allows, so one typo
-            # does not hide a missing template or a duplicate step id.
-            errors.extend(_raw_cross_checks(data, locs, library))
-            continue
-        errors.extend(_check_journey(name, journey, locs, project, library))
-        project.journeys[name] = journey
+        journey, own = _load_journey(path, name, root, locations, project, library)
+        errors.extend(own)
+        if own:
+            project.journey_errors[name] = own
+        elif journey is not None:
+            project.journeys[name] = journey
     if project.segments:  # destinations against the registry, their keys, segment references
         from nurture.segments.validation import check_segments
         errors.extend(check_segments(project.segments, locations["segments"]))
