@@ -2,110 +2,111 @@
 
 Every journey YAML becomes a flow named `journey-<name>` (a `with_options` copy of
 `journey_tick`), run as a subflow of `tick-all`: a new YAML file shows up in the UI on the
-next tick with no Python and no prefect.yaml edit. Tasks are the stages, never contacts:
-enroll → exit/convert → advance → deliver (in parallel partitions) → report.
+next tick with no Python and no prefect.yaml edit. Tasks are the stages, never contacts: the
+flow iterates the engine's one declaration of a tick (`nurture.runtime.tick.STAGES`: prepare →
+enroll → exit/convert → advance → deliver, in parallel partitions → reconcile) and adds what
+is Prefect's: a task per stage with retries, a log line per stage with its counts, and the
+artifacts (`report`). No stage logic lives here.
 
 On a large tick (`LARGE_TICK`: 20,000 contacts due) with more than one delivery process (by
 default one per CPU core; `delivery_processes=1` keeps everything in the flow's process), the
-advance task runs as `advance+deliver`: delivery processes start with it and send each batch the guards
-queue while the next batch is guarded (`nurture.runtime.parallel.pipelined`); the deliver
-tasks then send whatever is left. Rendering is CPU-bound Python, so processes, not threads.
+advance stage pipelines delivery processes with the guards (`nurture.runtime.parallel`);
+rendering is CPU-bound Python, so processes, not threads.
+
+A journey with errors in its files does not tick: its flow run ends Failed with the located
+errors as its message (no traceback), and `tick-all` goes on with the others.
 """
 from __future__ import annotations
 
 import os
+from collections import Counter
 from datetime import datetime
 from typing import Any, Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Failed
 
-from flows.runtime import logical_now, runtime_for
+from flows.runtime import logical_now, retry_unless_invalid, runtime_for
 from nurture.redaction import redact, secrets_in
-from nurture.runtime.advance import advance
 from nurture.runtime.context import TickReport
-from nurture.runtime.deliver import deliver, reconcile_stuck
-from nurture.runtime.parallel import LARGE_TICK, default_processes, due_enrollments, pipelined
-from nurture.runtime.tick import prepare, stage_enroll, stage_exit_convert
+from nurture.runtime.parallel import default_processes
+from nurture.runtime.tick import STAGE_BY_NAME, STAGES, TickOptions, calls
+
+# What an operator reads first in a stage's log line and the tick-all summary.
+HEADLINE = ("sent", "retry", "failed", "deferred", "suppressed", "skipped", "holdout", "unavailable")
 
 
-@task(name="enroll", retries=2, retry_delay_seconds=5)
-def enroll_task(project: Optional[str], journey: str, now: datetime) -> int:
-    rt = runtime_for(project)
-    prepare(rt, journey, now)
-    return stage_enroll(rt, journey, now)
-
-
-@task(name="exit-convert", retries=2, retry_delay_seconds=5)
-def exit_convert_task(project: Optional[str], journey: str, now: datetime) -> tuple[int, int]:
-    return stage_exit_convert(runtime_for(project), journey, now)
-
-
-@task(name="advance", retries=2, retry_delay_seconds=5)
-def advance_task(project: Optional[str], journey: str, now: datetime) -> dict:
-    rt = runtime_for(project)
-    return dict(advance(rt, rt.plan(journey), now))
-
-
-@task(name="advance+deliver", retries=2, retry_delay_seconds=5)
-def advance_deliver_task(project: Optional[str], journey: str, now: datetime, processes: int) -> tuple[dict, dict]:
-    rt = runtime_for(project)
-    advanced, delivered = pipelined(rt, now, journey, processes, lambda: advance(rt, rt.plan(journey), now))
-    return dict(advanced), dict(delivered)
-
-
-@task(name="deliver", retries=2, retry_delay_seconds=10)
-def deliver_task(project: Optional[str], journey: str, now: datetime, partition: int, partitions: int) -> dict:
-    rt = runtime_for(project)
-    if partition == 0:
-        reconcile_stuck(rt, now)
-    return dict(deliver(rt, now, journey, partition, partitions))
+@task(name="stage", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_invalid)
+def stage_task(project: Optional[str], journey: str, now: datetime, stage: str, options: TickOptions,
+               partition: int, partitions: int) -> TickReport:
+    call = calls(STAGE_BY_NAME[stage], runtime_for(project), journey, now, options)[partition]
+    return STAGE_BY_NAME[stage].run(call)
 
 
 def artifact_key(journey: str) -> str:
     return "journey-" + journey.replace("_", "-").lower()
 
 
+def counts_text(report: TickReport) -> str:
+    """`enrolled 3, queued 2, sent 2` — the non-zero counts of a stage, for its log line."""
+    totals = report.totals()
+    parts = [f"{k} {v}" for k, v in sorted(report.stages.items()) if v]
+    if report.queued:
+        parts.append(f"queued {report.queued}")
+    parts += [f"{k} {totals[k]}" for k in HEADLINE if totals.get(k)]
+    return ", ".join(parts) or "nothing to do"
+
+
 @task(name="report")
-def report_task(project: Optional[str], journey: str, now: datetime, enrolled: int, converted: int, exited: int,
-                outcomes: list[dict]) -> dict:
-    report = TickReport(journey, now.isoformat())
-    report.stages.update({"enrolled": enrolled, "converted": converted, "exited": exited})
-    for part in outcomes:
-        report.outcomes.update(part)
-    table = report.table()
-    create_table_artifact(key=artifact_key(journey), table=table or [{"step": "-", "outcome": "nothing due", "reason": "", "count": 0}],
-                          description=f"Tick of {journey} at {now.isoformat()}: enrolled {enrolled}, "
-                                      f"converted {converted}, exited {exited}")
+def report_task(project: Optional[str], journey: str, now: datetime, report: TickReport) -> dict:
+    rt = runtime_for(project)
+    table = report.table(rt.plan(journey).order)
+    stages = {k: report.stages.get(k, 0) for k in ("enrolled", "converted", "exited", "migrated")}
+    create_table_artifact(
+        key=artifact_key(journey),
+        table=table or [{"step": "(none)", "outcome": "nothing due", "reason": "", "count": 0}],
+        description=(f"Tick of {journey} at {now.isoformat()}: enrolled {stages['enrolled']}, converted "
+                     f"{stages['converted']}, exited {stages['exited']}, queued {report.queued} "
+                     f"(each queued message is counted again by its delivery outcome below)"))
     # What the journey has earned so far, for the operator in the UI (the `nurture report` figures).
     from nurture.reporting.summary import journey_summary
-    rt = runtime_for(project)
     markdown, rows = journey_summary(rt.store, rt.project, journey, now)
     create_markdown_artifact(key=f"{artifact_key(journey)}-summary", markdown=markdown,
                              description=f"{journey}: funnel, conversions, revenue, lift, ROI")
-    create_table_artifact(key=f"{artifact_key(journey)}-steps", table=rows or [{"step": "-"}],
+    create_table_artifact(key=f"{artifact_key(journey)}-steps", table=rows or [{"step": "(none)"}],
                           description=f"{journey}: per-step funnel and outcomes since the first run")
-    get_run_logger().info("%s at %s: enrolled %d, converted %d, exited %d, %d outcome rows",
-                          journey, now.isoformat(), enrolled, converted, exited, len(table))
-    return {"journey": journey, "now": now.isoformat(), "enrolled": enrolled, "converted": converted,
-            "exited": exited, "outcomes": table}
+    get_run_logger().info("%s at %s: %s", journey, now.isoformat(), counts_text(report))
+    return {"journey": journey, "now": now.isoformat(), **stages, "queued": report.queued,
+            "totals": dict(report.totals()), "outcomes": table, "stages_run": list(report.ran)}
 
 
 @flow(name="journey-tick", log_prints=True)
 def journey_tick(journey: str, project: Optional[str] = None, now: Optional[datetime] = None,
-                 partitions: int = 1, delivery_processes: Optional[int] = None) -> dict:
+                 partitions: int = 1, delivery_processes: Optional[int] = None) -> Any:
     clock = logical_now(now)
-    delivery_processes = delivery_processes or default_processes()
-    enrolled = enroll_task(project, journey, clock)
-    converted, exited = exit_convert_task(project, journey, clock)
-    outcomes = []
-    if delivery_processes > 1 and due_enrollments(runtime_for(project), clock, journey) >= LARGE_TICK:
-        outcomes.extend(advance_deliver_task(project, journey, clock, delivery_processes))
-    else:
-        outcomes.append(advance_task(project, journey, clock))
-    futures = [deliver_task.submit(project, journey, clock, i, partitions) for i in range(partitions)]
-    outcomes.extend(f.result() for f in futures)
-    return report_task(project, journey, clock, enrolled, converted, exited, outcomes)
+    logger = get_run_logger()
+    rt = runtime_for(project)
+    problems = [str(p) for p in rt.project.errors_of(journey)]
+    if journey not in rt.project.journey_names:
+        problems.append(f"no journey named '{journey}' in {rt.project.journeys_dir}")
+    if problems:  # a broken journey fails alone, with its located errors and no traceback
+        for problem in problems:
+            logger.error("%s", problem)
+        return Failed(message=f"{journey} has errors and did not tick: " + "; ".join(problems))
+    options = TickOptions(workers=delivery_processes or default_processes(), partitions=max(1, partitions))
+    report = TickReport(journey, clock.isoformat())
+    for stage in STAGES:
+        task_ = stage_task.with_options(name=stage.name)
+        futures = [task_.submit(project, journey, clock, stage.name, options, c.partition, c.partitions)
+                   for c in calls(stage, rt, journey, clock, options)]
+        done = TickReport(journey, clock.isoformat())
+        for future in futures:
+            done.merge(future.result())
+        report.merge(done)
+        report.ran.append(stage.name)
+        logger.info("%s: %s", stage.name, counts_text(done))
+    return report_task(project, journey, clock, report)
 
 
 def journey_flow(name: str):
@@ -132,8 +133,23 @@ def failure_text(state: Any) -> str:
     except Exception as error:  # the result itself could not be read
         exc = error
     exc = getattr(exc, "orig", None) or exc  # a database error: the driver's words, not the SQL text
-    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else (state.message or "failed")
-    return redact(" ".join(text.split())[:500], secrets_in(os.environ)) or "failed"
+    if isinstance(exc, BaseException) and not type(exc).__name__ == "FailedRun":
+        text = f"{type(exc).__name__}: {exc}"
+    else:
+        text = state.message or "failed"
+    return redact(" ".join(text.split())[:2000], secrets_in(os.environ)) or "failed"
+
+
+def summary_rows(results: list[dict]) -> list[dict]:
+    """tick-all's artifact: one row per journey, the counts an operator scans for."""
+    rows = []
+    for r in results:
+        totals = Counter(r.get("totals") or {})
+        row = {"journey": r["journey"], "status": "failed" if "error" in r else "ok",
+               "enrolled": r.get("enrolled", 0), "converted": r.get("converted", 0), "exited": r.get("exited", 0),
+               **{k: totals.get(k, 0) for k in HEADLINE}, "error": r.get("error", "")}
+        rows.append(row)
+    return rows
 
 
 @flow(name="tick-all", log_prints=True)
@@ -143,7 +159,8 @@ def tick_all(project: Optional[str] = None, now: Optional[datetime] = None, jour
     fails is isolated: the others still tick, and the run ends Failed naming it."""
     clock = logical_now(now)
     rt = runtime_for(project)
-    names = [journey] if journey else sorted(rt.project.journeys)
+    logger = get_run_logger()
+    names = [journey] if journey else rt.project.journey_names
     results: list[dict] = []
     failed: list[str] = []
     for name in names:
@@ -153,9 +170,12 @@ def tick_all(project: Optional[str] = None, now: Optional[datetime] = None, jour
             results.append(state.result())
             continue
         error = failure_text(state)
-        get_run_logger().error("journey %s failed, the other journeys ran: %s", name, error)
+        logger.error("journey %s failed, the other journeys ran: %s", name, error)
         failed.append(f"{name} ({error})")
         results.append({"journey": name, "now": clock.isoformat(), "error": error})
+    create_table_artifact(key="tick-all", table=summary_rows(results) or [{"journey": "(none)"}],
+                          description=f"Tick of every journey at {clock.isoformat()}: what each sent, "
+                                      f"deferred, refused or failed")
     if failed:
         raise JourneysFailed(f"{len(failed)} of {len(names)} journey(s) failed: " + "; ".join(failed), results)
     return results

@@ -89,9 +89,13 @@ def test_tick_all_runs_each_journey_as_its_own_flow_with_stage_tasks_and_an_arti
     assert [f.name for f in flows] == ["journey-welcome_series"]
     assert len(runs) == 1 and runs[0].state.is_completed()
     names = {t.name.rsplit("-", 1)[0] for t in task_runs if t.flow_run_id == runs[0].id}
-    assert {"enroll", "exit-convert", "advance", "deliver", "report"} <= names
-    # Tasks are stages, never contacts: 3 contacts, 5 task runs.
-    assert len([t for t in task_runs if t.flow_run_id == runs[0].id]) == 5
+    assert names == {"prepare", "enroll", "exit-convert", "advance", "deliver", "reconcile", "report"}
+    # Tasks are stages, never contacts: 3 contacts, 7 task runs.
+    assert len([t for t in task_runs if t.flow_run_id == runs[0].id]) == 7
+    assert by_journey["welcome_series"]["stages_run"] == ["prepare", "enroll", "exit-convert", "advance",
+                                                          "deliver", "reconcile"]
+    summary_table = [a for a in artifacts if a.key == "tick-all"]
+    assert summary_table and summary_table[0].type == "table"
     table = [a for a in artifacts if a.key == "journey-welcome-series"]
     assert table and table[0].type == "table"
     rows = json.loads(table[0].data) if isinstance(table[0].data, str) else table[0].data
@@ -128,27 +132,54 @@ def test_logical_clock_is_the_scheduled_start_time_when_no_now_is_given(harness,
                          ids=["asked-for", "one-per-core-by-default", "one-process-when-asked"])
 def test_a_large_tick_pipelines_delivery_processes_with_the_guards_and_sends_each_message_once(
         harness, project, monkeypatch, asked, pipelined):
-    import anyio
-    from prefect import get_client
-
     import flows.journey as journey_flows
-
-    async def pipelined_runs():  # the harness lives for the module: count this tick's runs only
-        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
-        async with get_client() as client:
-            return len(await client.read_task_runs(
-                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="advance+deliver"))))
-    before = anyio.run(pipelined_runs)
+    import nurture.runtime.tick as tick
     root, store, t0 = project
-    monkeypatch.setattr(journey_flows, "LARGE_TICK", 1)  # 3 contacts count as "large" here
+    pipelines = []
+    real = tick.pipelined
+    monkeypatch.setattr(tick, "LARGE_TICK", 1)  # 3 contacts count as "large" here
+    monkeypatch.setattr(tick, "pipelined", lambda *a, **k: pipelines.append(a[3]) or real(*a, **k))
     monkeypatch.setattr(journey_flows, "default_processes", lambda: 2)  # as on a 2-core machine
     results = journey_flows.tick_all(project=str(root), now=t0 + timedelta(minutes=5), journey="welcome_series",
                                      delivery_processes=asked)
     outcomes = {(r["step"], r["outcome"]): r["count"] for r in results[0]["outcomes"]}
-    assert outcomes[("hello", "sent")] == 3 and outcomes[("hello", "queued")] == 3
+    assert outcomes[("hello", "sent")] == 3 and results[0]["queued"] == 3
+    assert ("hello", "queued") not in outcomes  # counted once, by what delivery did with it
     with store.engine.connect() as conn:
         statuses = [r[0] for r in conn.exec_driver_sql("SELECT status FROM message WHERE step_id = 'hello'")]
     assert statuses == ["sent"] * 3
     emls = list((root / ".nurture" / "outbox" / "email" / "welcome_series").glob("*.eml"))
     assert len(emls) == 3
-    assert anyio.run(pipelined_runs) - before == (1 if pipelined else 0)
+    assert pipelines == ([asked or 2] if pipelined else [])
+
+
+def test_the_flow_and_run_tick_run_the_same_stages_in_the_same_order_with_the_same_counts(harness, project, tmp_path):
+    """One declaration of a tick (nurture.runtime.tick.STAGES), two runners: the same data
+    ticked by `run_tick` (in-process) and by the Prefect flow gives the same result."""
+    import shutil
+
+    from flows.journey import journey_flow
+    from nurture.runtime import Runtime
+    from nurture.runtime.tick import STAGES, run_tick
+    from nurture.spec.project import load_project
+    root, store, t0 = project
+    copy = tmp_path / "copy.db"
+    store.dispose()
+    shutil.copyfile(root / ".nurture" / "nurture.db", copy)
+    twin = open_store(f"sqlite:///{copy}")
+    rt = Runtime(twin, load_project(root), env={"NURTURE_DATA_DIR": str(tmp_path / "twin")})
+    try:
+        for minutes in (5, 60 * 24 + 5):
+            now = t0 + timedelta(minutes=minutes)
+            local = run_tick(rt, "welcome_series", now, partitions=2)
+            flowed = journey_flow("welcome_series")(journey="welcome_series", project=str(root), now=now, partitions=2,
+                                                    delivery_processes=1)
+            assert local.ran == flowed["stages_run"] == [s.name for s in STAGES]
+            assert local.table(rt.plan("welcome_series").order) == flowed["outcomes"]
+            assert {k: local.stages.get(k, 0) for k in ("enrolled", "converted", "exited", "migrated")} == {
+                k: flowed[k] for k in ("enrolled", "converted", "exited", "migrated")}
+            assert local.queued == flowed["queued"] and dict(local.totals()) == flowed["totals"]
+        assert local.totals()["sent"] == 3  # the second tick sent the nudge to all three
+    finally:
+        rt.close()
+        twin.dispose()

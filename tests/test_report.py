@@ -176,7 +176,7 @@ def test_journey_summary_for_the_prefect_artifact(cart_report, store):
     assert markdown.startswith("### cart")
     assert "| 2 | 25.0% | 50.0% | -25.0 pts" in markdown
     assert [(r["step"], r["sent"], r["deferred"], r["conversions"]) for r in rows] == [
-        ("reminder", 6, "quiet_hours 1", 2), ("sms_nudge", 2, "-", 2)]
+        ("reminder", 6, "quiet_hours 1", 2), ("sms_nudge", 2, "0", 2)]
 
 
 # ---------------------------------------------------------------- the command

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from nurture.cli import prefect_env
-from nurture.cli.invocation import CliError, console, open_project, parse_now, root
+from nurture.cli.invocation import CliError, console, err_console, open_project, parse_now, root
 
 TICK_SECONDS = 300
 
@@ -56,9 +56,17 @@ def run(journey: Optional[str] = typer.Option(None, "--journey", help="Only this
             None, "--workers", min=1, max=64,
             help="Delivery processes for large ticks (20,000+ due), pipelined with the guards "
                  "[default: one per CPU core; 1 keeps delivery in one process]")) -> None:
-    """One tick of every (or one) journey, as Prefect flow runs."""
-    open_project(only=journey)
+    """One tick of every (or one) journey, as Prefect flow runs. A broken journey is named
+    with its errors and does not tick; the valid ones do (exit code 1 when any is broken)."""
+    spec = open_project(strict=False, only=journey)
+    if spec.fatal_errors or (journey and spec.errors_of(journey)):
+        open_project(only=journey)  # prints every error and stops: nothing can run
+    for error in spec.errors:
+        err_console.print(str(error), highlight=False, markup=False)
     run_ticks(journey, parse_now(now), workers=workers)
+    broken = [name for name in spec.journey_names if spec.errors_of(name)]
+    if broken:
+        raise CliError(f"{len(broken)} journey(s) with errors did not tick: {', '.join(broken)}")
 
 
 def served_deployments(project: str, interval: int = TICK_SECONDS) -> list:

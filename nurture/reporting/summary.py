@@ -12,7 +12,7 @@ from nurture.store.db import Store
 
 
 def _reasons(counts: dict[str, int]) -> str:
-    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())) or "-"
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())) or "0"  # a dash renders as a bullet
 
 
 def step_rows(r: JourneyReport) -> list[dict]:

@@ -6,7 +6,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from nurture.compiler import Plan, compile_journey
 from nurture.guards.frequency_cap import Cap
@@ -25,15 +25,37 @@ class TickReport:
     now: str = ""
     stages: Counter = field(default_factory=Counter)  # enrolled, exited, converted, migrated …
     outcomes: Counter = field(default_factory=Counter)  # (step id, status, reason) → count
+    ran: list = field(default_factory=list)  # the stages run, in order
 
     def merge(self, other: "TickReport") -> "TickReport":
         self.stages.update(other.stages)
         self.outcomes.update(other.outcomes)
         return self
 
-    def table(self) -> list[dict]:
+    def table(self, step_order: Sequence[str] = ()) -> list[dict]:
+        """One row per (step, outcome, reason), in the journey's step order (then the
+        channel-level rows). `queued` — a message that passed the checks at advance — is not a
+        row of its own: the same message is counted once more by delivery (sent, retry …), so
+        it is reported as the stage count `queued` instead."""
+        rank = {step: i for i, step in enumerate(step_order)}
+
+        def key(item: tuple) -> tuple:
+            (step, status, reason), _ = item
+            return (rank.get(step, len(rank)), str(step), str(status), str(reason or ""))
         return [{"step": step, "outcome": status, "reason": reason or "", "count": n}
-                for (step, status, reason), n in sorted(self.outcomes.items(), key=lambda kv: tuple(str(x) for x in kv[0]))]
+                for (step, status, reason), n in sorted(self.outcomes.items(), key=key)
+                if status != "queued" and n]
+
+    @property
+    def queued(self) -> int:
+        return sum(n for (_, status, _), n in self.outcomes.items() if status == "queued")
+
+    def totals(self) -> Counter:
+        """Messages by outcome over all steps (sent, failed, deferred, suppressed …)."""
+        out: Counter = Counter()
+        for (_, status, _), n in self.outcomes.items():
+            out[status] += n
+        return out
 
 
 @dataclass

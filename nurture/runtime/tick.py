@@ -1,15 +1,28 @@
-"""One tick of one journey, stage by stage — what the Prefect flow sequences as tasks."""
+"""One tick of one journey, declared once: the stages in order, each a named function of the
+engine. Every runner iterates this declaration and nothing else — `run_tick` (tests, the demo,
+in-process callers) and the Prefect flow `journey-tick` (flows/journey.py wraps each stage as a
+task, with retries, logs and artifacts) — so the two can never disagree on order or counts.
+
+    prepare (record the journey version, migrate in-flight contacts of an edited journey)
+    → enroll → exit/convert → advance (guards + outbox, one send transaction per batch)
+    → deliver (claim with re-check, render, hand over, record; partitioned)
+    → reconcile (sends a crashed worker left `sending`)
+
+A stage returns a `TickReport` of what it did; the runner merges them. The `report` stage of
+the flow (artifacts) is the runner's own business, not the engine's.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Callable, Optional
 
 from nurture.runtime.advance import advance
 from nurture.runtime.context import Runtime, TickReport
 from nurture.runtime.deliver import deliver, reconcile_stuck
 from nurture.runtime.enroll import enroll
-from nurture.runtime.parallel import pipelined
 from nurture.runtime.outcomes import apply_exits, record_conversions
+from nurture.runtime.parallel import LARGE_TICK, due_enrollments, pipelined
 from nurture.runtime.versions import migrate_enrollments, record_version
 
 
@@ -19,39 +32,111 @@ def as_utc(now: Optional[datetime]) -> datetime:
     return now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now.astimezone(timezone.utc)
 
 
-def prepare(rt: Runtime, journey: str, now: datetime) -> TickReport:
-    plan = rt.plan(journey)
-    report = TickReport(journey, now.isoformat())
-    record_version(rt, plan, now)
-    report.stages["migrated"] += migrate_enrollments(rt, plan, now)
+@dataclass(frozen=True)
+class TickOptions:
+    """How a tick runs, not what it does: delivery processes pipelined with the guards on a
+    large tick (1: everything in the tick's process) and delivery partitions (claims split by
+    message id, one task each under Prefect)."""
+    workers: int = 1
+    partitions: int = 1
+
+
+@dataclass(frozen=True)
+class StageCall:
+    rt: Runtime
+    journey: str
+    now: datetime
+    options: TickOptions = TickOptions()
+    partition: int = 0
+    partitions: int = 1
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # as operators see it: the Prefect task's name, the log line's prefix
+    run: Callable[[StageCall], TickReport]
+    partitioned: bool = False  # runs once per delivery partition (in parallel under Prefect)
+
+
+def _report(call: StageCall) -> TickReport:
+    return TickReport(call.journey, call.now.isoformat())
+
+
+def prepare(call: StageCall) -> TickReport:
+    report = _report(call)
+    plan = call.rt.plan(call.journey)
+    record_version(call.rt, plan, call.now)
+    report.stages["migrated"] += migrate_enrollments(call.rt, plan, call.now)
     return report
 
 
-def stage_enroll(rt: Runtime, journey: str, now: datetime) -> int:
-    return enroll(rt, rt.plan(journey), now)
+def enroll_stage(call: StageCall) -> TickReport:
+    report = _report(call)
+    report.stages["enrolled"] += enroll(call.rt, call.rt.plan(call.journey), call.now)
+    return report
 
 
-def stage_exit_convert(rt: Runtime, journey: str, now: datetime) -> tuple[int, int]:
-    plan = rt.plan(journey)
-    converted = record_conversions(rt, plan, now)
-    exited = apply_exits(rt, plan, now)
-    return converted, exited
+def exit_convert(call: StageCall) -> TickReport:
+    report = _report(call)
+    plan = call.rt.plan(call.journey)
+    report.stages["converted"] += record_conversions(call.rt, plan, call.now)
+    report.stages["exited"] += apply_exits(call.rt, plan, call.now)
+    return report
 
 
-def run_tick(rt: Runtime, journey: str, now: Optional[datetime] = None, workers: int = 1) -> TickReport:
-    """enroll → exit/convert → advance (guards + outbox) → deliver; returns the counts."""
-    now = as_utc(now)
-    report = prepare(rt, journey, now)
-    report.stages["enrolled"] += stage_enroll(rt, journey, now)
-    converted, exited = stage_exit_convert(rt, journey, now)
-    report.stages["converted"] += converted
-    report.stages["exited"] += exited
-    reconcile_stuck(rt, now)
-    if workers > 1:  # large ticks: delivery processes work while the advance stage queues
-        advanced, delivered = pipelined(rt, now, journey, workers, lambda: advance(rt, rt.plan(journey), now))
+def advance_stage(call: StageCall) -> TickReport:
+    """Guards + outbox for every due step. On a large tick with more than one worker,
+    delivery processes send each batch while the next one is guarded."""
+    report = _report(call)
+    rt, journey, now = call.rt, call.journey, call.now
+    produce = lambda: advance(rt, rt.plan(journey), now)  # noqa: E731
+    if call.options.workers > 1 and due_enrollments(rt, now, journey) >= LARGE_TICK:
+        advanced, delivered = pipelined(rt, now, journey, call.options.workers, produce)
         report.outcomes.update(advanced)
         report.outcomes.update(delivered)
-        return report
-    report.outcomes.update(advance(rt, rt.plan(journey), now))
-    report.outcomes.update(deliver(rt, now, journey))
+    else:
+        report.outcomes.update(produce())
+    return report
+
+
+def deliver_stage(call: StageCall) -> TickReport:
+    report = _report(call)
+    report.outcomes.update(deliver(call.rt, call.now, call.journey, call.partition, call.partitions))
+    return report
+
+
+def reconcile(call: StageCall) -> TickReport:
+    report = _report(call)
+    for status, n in reconcile_stuck(call.rt, call.now).items():
+        report.stages[f"reconciled_{status}"] += n
+    return report
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prepare", prepare),
+    Stage("enroll", enroll_stage),
+    Stage("exit-convert", exit_convert),
+    Stage("advance", advance_stage),
+    Stage("deliver", deliver_stage, partitioned=True),
+    Stage("reconcile", reconcile),
+)
+STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
+
+
+def calls(stage: Stage, rt: Runtime, journey: str, now: datetime, options: TickOptions) -> list[StageCall]:
+    """The calls a runner makes for one stage: one, or one per delivery partition."""
+    parts = max(1, options.partitions) if stage.partitioned else 1
+    return [StageCall(rt, journey, now, options, i, parts) for i in range(parts)]
+
+
+def run_tick(rt: Runtime, journey: str, now: Optional[datetime] = None, workers: int = 1,
+             partitions: int = 1) -> TickReport:
+    """Every stage of STAGES in order, in this process; the merged counts."""
+    now = as_utc(now)
+    options = TickOptions(workers=workers, partitions=partitions)
+    report = TickReport(journey, now.isoformat())
+    for stage in STAGES:
+        for call in calls(stage, rt, journey, now, options):
+            report.merge(stage.run(call))
+        report.ran.append(stage.name)
     return report
