@@ -77,6 +77,12 @@ def encode_header(value: str, name_length: int = 9) -> str:
     return encode_words(value, name_length + 2)
 
 
+def rfc_message_id(message_pk: int, journey: str, from_email: str) -> str:
+    """The stable Message-ID of a message row: what a provider's logs and bounces quote."""
+    domain = from_email.rpartition("@")[2] or "nurture.local"
+    return f"<nurture.{message_pk}.{journey.replace('_', '-')}@{domain}>"
+
+
 def _b64(text: str) -> bytes:
     """Base64 in CRLF-terminated lines of 76 characters (RFC 2045)."""
     encoded = base64.b64encode(text.encode("utf-8"))

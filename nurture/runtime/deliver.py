@@ -35,6 +35,7 @@ from nurture.double_opt_in import SYSTEM_JOURNEYS, render_system_email
 from nurture.guards.pipeline import Recipient, address_of, check_batch, lock_contacts
 from nurture.redaction import redact, secrets_in
 from nurture.registry import DeliveryResult, OutgoingMessage
+from nurture.rendering.email_message import rfc_message_id
 from nurture.rendering.links import tag_html, tag_text, utm_query
 from nurture.rendering.templates import RenderError
 from nurture.runtime.context import Runtime
@@ -147,11 +148,6 @@ def _contact_view(row: Any) -> dict:
             "locale": row.locale, "timezone": row.timezone, "lifecycle_stage": row.lifecycle_stage,
             "score": row.score, "attributes": attributes}
     return view
-
-
-def rfc_message_id(message_pk: int, journey: str, from_email: str) -> str:
-    domain = from_email.rpartition("@")[2] or "nurture.local"
-    return f"<nurture.{message_pk}.{journey.replace('_', '-')}@{domain}>"
 
 
 def own_page_prefixes(rt: Runtime) -> tuple[str, ...]:
