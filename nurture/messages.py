@@ -2,21 +2,43 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Optional
+from typing import Iterable, Optional
 
 from sqlalchemy import func, select
 
 from nurture.conditions import contact_t
+from nurture.spec.models import Step
+from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.models import Message
 
 message_t = Message.__table__
 
 
-def message_log(store: Store, journey: Optional[str] = None, limit: Optional[int] = None) -> list[dict]:
+def split_arms(steps: Iterable[Step], arm: Optional[str] = None, out: Optional[dict] = None) -> dict[str, str]:
+    """step id → name of the innermost `split` arm it belongs to (steps outside a split: absent)."""
+    out = {} if out is None else out
+    for step in steps:
+        if arm is not None:
+            out[step.id] = arm
+        for branch in (step.branch.then, step.branch.else_) if step.branch else ():
+            split_arms(branch, arm, out)
+        for branch in (step.wait_for.then, step.wait_for.timeout) if step.wait_for else ():
+            split_arms(branch, arm, out)
+        for split_arm in step.split or ():
+            split_arms(split_arm.steps, split_arm.name, out)
+    return out
+
+
+def message_log(store: Store, journey: Optional[str] = None, limit: Optional[int] = None,
+                project: Optional[ProjectSpec] = None, from_email: str = "hello@example.com") -> list[dict]:
+    """Every message row with what an operator checks duplicates and deliveries by: its id,
+    enrollment, attempts, the provider's id and the RFC 5322 Message-ID it was sent with, the
+    subject and, with the project at hand, the A/B arm of the step."""
     stmt = (select(message_t.c.id, contact_t.c.email, message_t.c.journey, message_t.c.step_id, message_t.c.channel,
                    message_t.c.status, message_t.c.reason, message_t.c.due_at, message_t.c.sent_at,
-                   message_t.c.subject, message_t.c.address)
+                   message_t.c.subject, message_t.c.address, message_t.c.enrollment_id, message_t.c.attempts,
+                   message_t.c.attempt_key, message_t.c.provider_id, message_t.c.purpose)
             .select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id))
             .order_by(message_t.c.id))
     if journey:
@@ -25,11 +47,16 @@ def message_log(store: Store, journey: Optional[str] = None, limit: Optional[int
         stmt = stmt.limit(limit)
     with store.reading() as conn:
         rows = conn.execute(stmt).all()
+    arms = {name: split_arms(spec.steps) for name, spec in (project.journeys.items() if project else ())}
+    from nurture.rendering.email_message import rfc_message_id
     return [{"id": r.id, "contact": r.email, "journey": r.journey, "step": r.step_id, "channel": r.channel,
              "status": r.status, "reason": r.reason,
              "due_at": r.due_at.isoformat() if r.due_at else None,
              "sent_at": r.sent_at.isoformat() if r.sent_at else None,
-             "to": r.address, "subject": r.subject} for r in rows]
+             "to": r.address, "subject": r.subject, "enrollment_id": r.enrollment_id, "attempts": r.attempts,
+             "attempt_key": r.attempt_key, "purpose": r.purpose, "provider_id": r.provider_id,
+             "message_id": rfc_message_id(r.id, r.journey, from_email) if r.channel == "email" else None,
+             "arm": arms.get(r.journey, {}).get(r.step_id)} for r in rows]
 
 
 def requeue_failed(store: Store, reason: str, now: datetime, journey: Optional[str] = None,

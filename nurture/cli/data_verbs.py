@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -133,19 +134,24 @@ def consent_revoke(email: str, channel: ConsentChannel = typer.Option(..., "--ch
 def messages(journey: Optional[str] = typer.Option(None, "--journey"),
              as_json: bool = typer.Option(False, "--json", help="Print a JSON array (for scripts)"),
              limit: Optional[int] = typer.Option(None, "--limit")) -> None:
-    """The message log: contact, journey, step, channel, status, reason, due_at, sent_at."""
+    """The message log: contact, journey, step, channel, status, reason, due_at, sent_at — and
+    with --json also id, enrollment_id, attempts, attempt_key, purpose, provider_id,
+    message_id (the e-mail's Message-ID), subject, to and the A/B arm."""
     from rich.table import Table
 
     from nurture.messages import message_log
-    rows = message_log(store(), journey, limit)
+    project = open_project(strict=False)
+    rows = message_log(store(), journey, limit, project, os.environ.get("NURTURE_FROM_EMAIL") or "hello@example.com")
     if as_json:
-        keys = ("contact", "journey", "step", "channel", "status", "reason", "due_at", "sent_at")
+        keys = ("id", "contact", "journey", "step", "channel", "status", "reason", "due_at", "sent_at",
+                "enrollment_id", "attempts", "attempt_key", "purpose", "provider_id", "message_id", "subject",
+                "to", "arm")
         print(json.dumps([{k: r[k] for k in keys} for r in rows], indent=1))
         return
-    table = Table("contact", "journey", "step", "channel", "status", "reason", "due_at", "sent_at")
+    table = Table("id", "contact", "journey", "step", "channel", "status", "reason", "due_at", "sent_at")
     for r in rows:
-        table.add_row(r["contact"] or "", r["journey"], r["step"], r["channel"], r["status"], r["reason"] or "",
-                      (r["due_at"] or "")[:16], (r["sent_at"] or "")[:16])
+        table.add_row(str(r["id"]), r["contact"] or "", r["journey"], r["step"], r["channel"], r["status"],
+                      r["reason"] or "", (r["due_at"] or "")[:16], (r["sent_at"] or "")[:16])
     console.print(table)
 
 
