@@ -13,15 +13,15 @@ from typing import Any, Mapping, Optional
 
 from sqlalchemy import (ColumnElement, and_, exists, false, func, not_, or_, select, true)
 
+from nurture.consent_ledger import latest_consent_status
 from nurture.spec.models import Comparison, Condition, CountCmp
-from nurture.store.models import Consent, Contact, Enrollment, Event
+from nurture.store.models import Contact, Enrollment, Event
 
 CONTACT_COLUMNS = {"email", "phone", "first_name", "last_name", "timezone", "country", "locale",
                    "lifecycle_stage", "score", "created_at", "updated_at"}
 
 contact_t = Contact.__table__
 event_t = Event.__table__
-consent_t = Consent.__table__
 enrollment_t = Enrollment.__table__
 
 
@@ -118,14 +118,6 @@ def _event(cond: Condition, scope: ConditionScope) -> ColumnElement:
     return exists(select(ev.c.id).where(*filters))
 
 
-def latest_consent_status(channel: str, purpose: str, now: datetime, contact_id: Any = None) -> Any:
-    c = consent_t.alias("consent_now")
-    return (select(c.c.status)
-            .where(c.c.contact_id == (contact_t.c.id if contact_id is None else contact_id),
-                   c.c.channel == channel, c.c.purpose == purpose, c.c.recorded_at <= now)
-            .order_by(c.c.recorded_at.desc(), c.c.id.desc()).limit(1).scalar_subquery())
-
-
 def _property(cond: Condition, scope: ConditionScope) -> ColumnElement:
     if scope.trigger_event is not None:
         return properties_match(scope.trigger_event.c.properties, cond.property)
@@ -154,7 +146,7 @@ def compile_condition(cond: Condition, scope: ConditionScope) -> ColumnElement:
         parts.append(_event(cond, scope))
     if cond.score is not None:
         parts.append(compare(contact_t.c.score, cond.score, is_json=False))
-    if cond.consent is not None:
+    if cond.consent is not None:  # the latest ledger row at the scope's time (nurture.consent_ledger)
         status = latest_consent_status(cond.consent.channel, cond.consent.purpose, scope.now)
         parts.append(status == cond.consent.status)
     if cond.segment is not None:

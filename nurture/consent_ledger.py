@@ -1,11 +1,29 @@
-"""Writing to the consent ledger (append-only) and to the suppression list."""
+"""The consent ledger and the suppression list: the one owner of how consent is read and written.
+
+The ledger is append-only; the current state of (contact, channel, purpose) is its latest
+row — latest by `recorded_at`, then by id (two rows recorded in the same instant: the one
+written last). Every reader of "the latest row" goes through this module, in the form its
+caller needs:
+
+- `current_consent` — the send pipeline's batch read (check 1), with its wall-clock rule for
+  revocations;
+- `current_state` — one contact's latest row (double opt-in, recipient pages, webhooks);
+- `latest_consent_status` — the same as a correlated SQL expression (the `consent:`
+  condition, segments' ads consent), so it runs in the database for a whole batch;
+- `latest_rows` — the latest row of every (contact, channel, purpose) as a subquery
+  (double opt-in hygiene).
+
+Writes: `record_consent` (one row) and `record_consents` (one status for many keys).
+"""
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Optional
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Optional
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from nurture.runtime.sql import ids_in
 from nurture.store.models import Consent, Contact, Suppression
 
 consent_t = Consent.__table__
@@ -17,6 +35,116 @@ class UnknownContact(LookupError):
     pass
 
 
+@dataclass(frozen=True)
+class ConsentState:
+    id: int
+    status: str  # granted | revoked | pending
+    recorded_at: datetime
+    confirmed_at: Optional[datetime]
+
+
+def _latest_first(table: Any) -> tuple:
+    """The ledger's order, newest first: what "the latest row" means."""
+    return table.c.recorded_at.desc(), table.c.id.desc()
+
+
+# ---------------------------------------------------------------- reads
+
+
+def current_state(conn: Any, contact_id: int, channel: str, purpose: str) -> Optional[ConsentState]:
+    """The latest row of one contact's (channel, purpose), whenever it was recorded."""
+    row = conn.execute(select(consent_t.c.id, consent_t.c.status, consent_t.c.recorded_at, consent_t.c.confirmed_at)
+                       .where(consent_t.c.contact_id == contact_id, consent_t.c.channel == channel,
+                              consent_t.c.purpose == purpose)
+                       .order_by(*_latest_first(consent_t)).limit(1)).first()
+    return ConsentState(*row) if row else None
+
+
+def current_consent(conn: Any, contact_ids: Iterable[int], channel: str, purpose: str,
+                    now: datetime, wall: Optional[datetime] = None) -> dict[int, tuple[str, Optional[datetime]]]:
+    """Consent at send time, for a batch in one query per 5,000 contacts: contact id →
+    (status, confirmed_at) of the latest row recorded at or before `now` — unless the latest
+    row recorded up to the wall clock (`wall`, default: the real time) is a revocation, which
+    then wins.
+
+    A tick runs at a logical time (`--now`, a flow run's scheduled start) that may lie before
+    the wall clock. A grant is in force from its recorded time only; a revocation is in force
+    from its recorded time *or earlier*: a message handed over today must never reach someone
+    who revoked before it left, whatever the tick's logical clock says."""
+    ids = list(contact_ids)
+    wall = wall or datetime.now(timezone.utc)
+    until = max(now, wall)
+    latest: dict[int, tuple[str, Optional[datetime]]] = {}
+    later: dict[int, str] = {}
+    for chunk_start in range(0, len(ids), 5000):
+        chunk = ids[chunk_start:chunk_start + 5000]
+        rows = conn.execute(
+            select(consent_t.c.contact_id, consent_t.c.status, consent_t.c.confirmed_at, consent_t.c.recorded_at)
+            .where(ids_in(consent_t.c.contact_id, chunk), consent_t.c.channel == channel,
+                   consent_t.c.purpose == purpose, consent_t.c.recorded_at <= until)
+            # Oldest first: the last row seen per contact is its latest (the same order as
+            # _latest_first, read forwards).
+            .order_by(consent_t.c.contact_id, consent_t.c.recorded_at, consent_t.c.id))
+        for contact_id, status, confirmed_at, recorded_at in rows:
+            if _utc(recorded_at) <= now:
+                latest[contact_id] = (status, confirmed_at)
+            else:
+                later[contact_id] = status
+    for contact_id, status in later.items():
+        if status == "revoked":
+            latest[contact_id] = ("revoked", None)
+    return latest
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def latest_consent_status(channel: str, purpose: str, now: datetime, contact_id: Any = None) -> Any:
+    """The status of the latest row recorded at or before `now`, as a scalar SQL subquery
+    correlated to `contact_id` (default: the contact table's id) — NULL when there is none."""
+    c = consent_t.alias("consent_now")
+    return (select(c.c.status)
+            .where(c.c.contact_id == (contact_t.c.id if contact_id is None else contact_id),
+                   c.c.channel == channel, c.c.purpose == purpose, c.c.recorded_at <= now)
+            .order_by(*_latest_first(c)).limit(1).scalar_subquery())
+
+
+def latest_rows(now: datetime) -> Any:
+    """The current ledger row of every (contact, channel, purpose) at `now`, as a subquery in
+    one pass: columns id, contact_id, channel, purpose, status, recorded_at and `rank` (1 on
+    the latest row)."""
+    rank = func.row_number().over(
+        partition_by=(consent_t.c.contact_id, consent_t.c.channel, consent_t.c.purpose),
+        order_by=_latest_first(consent_t)).label("rank")
+    return select(consent_t.c.id, consent_t.c.contact_id, consent_t.c.channel, consent_t.c.purpose,
+                  consent_t.c.status, consent_t.c.recorded_at, rank).where(consent_t.c.recorded_at <= now).subquery()
+
+
+# ---------------------------------------------------------------- writes
+
+
+def record_consent(conn: Any, contact_id: int, channel: str, status: str, *, purpose: str = "marketing",
+                   source: str, at: datetime, policy_version: str = "", confirmed: bool = False) -> int:
+    """Append one row; its id. `confirmed` (double opt-in) stamps `confirmed_at` on a grant."""
+    result = conn.execute(consent_t.insert().values(
+        contact_id=contact_id, channel=channel, purpose=purpose, status=status, source=source,
+        policy_version=policy_version, recorded_at=at,
+        confirmed_at=at if (confirmed and status == "granted") else None))
+    return int(result.inserted_primary_key[0])
+
+
+def record_consents(conn: Any, keys: Iterable[tuple[int, str, str]], status: str, *, source: str,
+                    at: datetime, policy_version: str = "") -> int:
+    """Append one unconfirmed row with `status` per (contact id, channel, purpose), in one
+    statement; how many."""
+    rows = [dict(contact_id=c, channel=ch, purpose=p, status=status, source=source, policy_version=policy_version,
+                 recorded_at=at, confirmed_at=None) for c, ch, p in keys]
+    if rows:
+        conn.execute(consent_t.insert(), rows)
+    return len(rows)
+
+
 def contact_id_by_email(conn: Any, email: str) -> int:
     cid = conn.execute(select(contact_t.c.id).where(contact_t.c.email == email.strip().lower())).scalar()
     if cid is None:
@@ -24,12 +152,7 @@ def contact_id_by_email(conn: Any, email: str) -> int:
     return cid
 
 
-def record_consent(conn: Any, contact_id: int, channel: str, status: str, *, purpose: str = "marketing",
-                   source: str, at: datetime, policy_version: str = "", confirmed: bool = False) -> None:
-    conn.execute(consent_t.insert().values(
-        contact_id=contact_id, channel=channel, purpose=purpose, status=status, source=source,
-        policy_version=policy_version, recorded_at=at,
-        confirmed_at=at if (confirmed and status == "granted") else None))
+# ---------------------------------------------------------------- the suppression list
 
 
 def is_suppressed(conn: Any, *, address: str, reason: str) -> bool:

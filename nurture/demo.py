@@ -31,6 +31,7 @@ from nurture.reporting.html_page import render_html
 from nurture.scoring.compute import score_contacts
 from nurture.spec.project import load_project
 from nurture.store.db import migrate, open_store
+from nurture.store.models import SENT
 
 JOURNEYS = ("welcome", "browse_abandonment", "cart_abandonment", "b2b_nurture", "post_purchase", "win_back")
 START = datetime(2026, 10, 5, 6, 0, tzinfo=timezone.utc)  # a Monday
@@ -99,7 +100,7 @@ def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[d
         sent = Counter()
         for result in results:
             for row in result["outcomes"]:
-                if row["outcome"] == "sent":
+                if row["outcome"] == SENT:
                     sent[result["journey"]] += row["count"]
         sent_total.update(sent)
         reactions.update(react(company, store, now))

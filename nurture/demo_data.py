@@ -24,7 +24,7 @@ from nurture.ingest import track_records
 from nurture.runtime.sql import chunks
 from nurture.scoring.models import Handover
 from nurture.store.db import Store
-from nurture.store.models import Contact, Message
+from nurture.store.models import SENT, Contact, Message
 
 contact_t = Contact.__table__
 message_t = Message.__table__
@@ -283,7 +283,7 @@ def react(company: Company, store: Store, now: datetime) -> dict[str, int]:
         sent = conn.execute(select(message_t.c.id, message_t.c.journey, message_t.c.step_id, message_t.c.channel,
                                    message_t.c.sent_at, message_t.c.contact_id, contact_t.c.email, contact_t.c.attributes)
                             .select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id))
-                            .where(message_t.c.status == "sent", message_t.c.id > company._seen_messages)
+                            .where(message_t.c.status == SENT, message_t.c.id > company._seen_messages)
                             .order_by(message_t.c.id)).all()
         for m in sent:
             company._seen_messages = max(company._seen_messages, m.id)

@@ -6,72 +6,45 @@ that is never confirmed expires (is revoked) after `policies.pending_consent_exp
 Confirmation and reminder e-mails are ordinary outbox rows (`message`) with no enrollment:
 journey `double_opt_in`, step `confirm` or `reminder`, purpose `transactional`, and the
 attempt key `consent:<ledger row id>` tying each to the pending consent it asks about (so a
-reminder is queued at most once per pending row). They are delivered by the same channel
-machinery as journey messages (`nurture.runtime.deliver`).
+reminder is queued at most once per pending row). They are rendered and delivered by the send
+package like journey messages (nurture.send.system_mail, nurture.send.deliver).
 
-Every change goes to the append-only consent ledger with its source, the policies' version
-and the time. `hygiene(rt, now)` is the periodic part (reminders, expiry, delivery of queued
-system mail); the `hygiene` Prefect flow runs it.
+Every change goes to the append-only consent ledger (nurture.consent_ledger, which also owns
+reading its latest row) with its source, the policies' version and the time.
+`hygiene(rt, now)` is the periodic part (reminders, expiry, delivery of queued system mail);
+the `hygiene` Prefect flow runs it.
 """
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
-from sqlalchemy import String, and_, cast, exists, func, literal, select
+from sqlalchemy import String, and_, cast, exists, literal, select
 
-from nurture.registry import OutgoingMessage
+from nurture.consent_ledger import current_state, latest_rows, record_consent, record_consents
+from nurture.runtime.context import Runtime
+from nurture.send.deliver import deliver
+from nurture.send.system_mail import SYSTEM_JOURNEY, TEMPLATES
 from nurture.spec.models import Policies
-from nurture.store.models import Consent, Contact, Event, Message
-from nurture.tokens import TokenClaims, make_token
+from nurture.store.models import QUEUED, Contact, Event, Message
+from nurture.tokens import TokenClaims
 
-consent_t = Consent.__table__
 contact_t = Contact.__table__
 event_t = Event.__table__
 message_t = Message.__table__
 
-SYSTEM_JOURNEY = "double_opt_in"
-SYSTEM_JOURNEYS = frozenset({SYSTEM_JOURNEY})
 REMINDER_AFTER = timedelta(hours=24)
 # Events that mean "subscribe this address to marketing e-mail": a `signup`, or a
 # `form_submit` whose properties say `opt_in: true`.
 SIGNUP_EVENTS = ("signup", "form_submit")
-TEMPLATES = {"confirm": "system/confirm", "reminder": "system/confirm_reminder"}
-SUBJECTS = {"confirm": "Please confirm your subscription",
-            "reminder": "Reminder: please confirm your subscription"}
-
-
-@dataclass(frozen=True)
-class ConsentState:
-    id: int
-    status: str
-    recorded_at: datetime
-    confirmed_at: Optional[datetime]
-
-
-def current_state(conn: Any, contact_id: int, channel: str, purpose: str) -> Optional[ConsentState]:
-    row = conn.execute(select(consent_t.c.id, consent_t.c.status, consent_t.c.recorded_at, consent_t.c.confirmed_at)
-                       .where(consent_t.c.contact_id == contact_id, consent_t.c.channel == channel,
-                              consent_t.c.purpose == purpose)
-                       .order_by(consent_t.c.recorded_at.desc(), consent_t.c.id.desc()).limit(1)).first()
-    return ConsentState(*row) if row else None
-
-
-def _ledger(conn: Any, contact_id: int, channel: str, purpose: str, status: str, *, source: str,
-            at: datetime, policy_version: str, confirmed: bool = False) -> int:
-    result = conn.execute(consent_t.insert().values(
-        contact_id=contact_id, channel=channel, purpose=purpose, status=status, source=source,
-        policy_version=policy_version, recorded_at=at, confirmed_at=at if confirmed else None))
-    return int(result.inserted_primary_key[0])
 
 
 def _queue(conn: Any, contact_id: int, address: str, step: str, consent_id: int, now: datetime) -> None:
     conn.execute(message_t.insert().values(
         enrollment_id=None, contact_id=contact_id, journey=SYSTEM_JOURNEY, step_id=step,
         attempt_key=f"consent:{consent_id}", channel="email", purpose="transactional",
-        template=TEMPLATES[step], address=address, status="queued", due_at=now, created_at=now, attempts=0))
+        template=TEMPLATES[step], address=address, status=QUEUED, due_at=now, created_at=now, attempts=0))
 
 
 def request_opt_in(conn: Any, policies: Policies, contact_id: int, *, source: str, now: datetime,
@@ -84,7 +57,8 @@ def request_opt_in(conn: Any, policies: Policies, contact_id: int, *, source: st
     if state and state.status == "granted" and (state.confirmed_at or not needs_confirmation):
         return "already_granted"
     if not needs_confirmation:
-        _ledger(conn, contact_id, channel, purpose, "granted", source=source, at=now, policy_version=policies.version)
+        record_consent(conn, contact_id, channel, "granted", purpose=purpose, source=source, at=now,
+                       policy_version=policies.version)
         return "granted"
     if state and state.status == "pending" and state.recorded_at > now - policies.pending_consent_expires:
         return "already_pending"
@@ -94,8 +68,8 @@ def request_opt_in(conn: Any, policies: Policies, contact_id: int, *, source: st
     address = conn.execute(select(contact_t.c.email).where(contact_t.c.id == contact_id)).scalar()
     if not address:
         return "unreachable"
-    consent_id = _ledger(conn, contact_id, channel, purpose, "pending", source=source, at=now,
-                         policy_version=policies.version)
+    consent_id = record_consent(conn, contact_id, channel, "pending", purpose=purpose, source=source, at=now,
+                                policy_version=policies.version)
     _queue(conn, contact_id, address, "confirm", consent_id, now)
     return "pending"
 
@@ -114,8 +88,8 @@ def confirm_opt_in(conn: Any, policies: Policies, claims: TokenClaims, *, now: d
         return "not_pending"
     if state.recorded_at <= now - policies.pending_consent_expires:
         return "expired"
-    _ledger(conn, claims.contact_id, claims.channel, claims.purpose, "granted", source=source, at=now,
-            policy_version=policies.version, confirmed=True)
+    record_consent(conn, claims.contact_id, claims.channel, "granted", purpose=claims.purpose, source=source,
+                   at=now, policy_version=policies.version, confirmed=True)
     return "confirmed"
 
 
@@ -135,30 +109,19 @@ def opt_ins_from_events(conn: Any, policies: Policies, event_ids: Iterable[str],
     return outcomes
 
 
-def _latest_rows(now: datetime):
-    """Current ledger state of every (contact, channel, purpose), as a subquery (one pass)."""
-    rank = func.row_number().over(
-        partition_by=(consent_t.c.contact_id, consent_t.c.channel, consent_t.c.purpose),
-        order_by=(consent_t.c.recorded_at.desc(), consent_t.c.id.desc())).label("rank")
-    return select(consent_t.c.id, consent_t.c.contact_id, consent_t.c.channel, consent_t.c.purpose,
-                  consent_t.c.status, consent_t.c.recorded_at, rank).where(consent_t.c.recorded_at <= now).subquery()
-
-
 def expire_pending(conn: Any, policies: Policies, now: datetime) -> int:
-    latest = _latest_rows(now)
+    """Revoke every consent pending for longer than the policy allows; how many."""
+    latest = latest_rows(now)
     stale = conn.execute(select(latest.c.contact_id, latest.c.channel, latest.c.purpose)
                          .where(latest.c.rank == 1, latest.c.status == "pending",
                                 latest.c.recorded_at <= now - policies.pending_consent_expires)).all()
-    if stale:
-        conn.execute(consent_t.insert(), [dict(contact_id=c, channel=ch, purpose=p, status="revoked",
-                                               source="double_opt_in:expired", policy_version=policies.version,
-                                               recorded_at=now, confirmed_at=None) for c, ch, p in stale])
-    return len(stale)
+    return record_consents(conn, stale, "revoked", source="double_opt_in:expired", at=now,
+                           policy_version=policies.version)
 
 
 def queue_reminders(conn: Any, policies: Policies, now: datetime) -> int:
     """One reminder per pending consent whose confirmation went out over 24 h ago."""
-    latest = _latest_rows(now)
+    latest = latest_rows(now)
     key = literal("consent:", String) + cast(latest.c.id, String)
     sent = message_t.alias("sent")
     reminded = message_t.alias("reminded")
@@ -178,10 +141,9 @@ def queue_reminders(conn: Any, policies: Policies, now: datetime) -> int:
     return len(rows)
 
 
-def hygiene(rt: Any, now: datetime) -> Counter:
+def hygiene(rt: Runtime, now: datetime) -> Counter:
     """The periodic part: expire stale pending consents, queue reminders, deliver queued
     system mail. Returns counts for the flow's report."""
-    from nurture.runtime.deliver import deliver  # the delivery stage imports this module
     policies = rt.project.policies
     report: Counter = Counter()
     with rt.store.engine.begin() as conn:
@@ -190,27 +152,3 @@ def hygiene(rt: Any, now: datetime) -> Counter:
     for (step, outcome, reason), n in deliver(rt, now, SYSTEM_JOURNEY).items():
         report[f"{step}:{outcome}"] += n
     return report
-
-
-def confirm_link(rt: Any, contact_id: int, purpose: str = "marketing", channel: str = "email") -> str:
-    ttl = int(rt.project.policies.pending_consent_expires.total_seconds())
-    return f"{rt.public_url}/confirm/{make_token(rt.secret_key, 'confirm', contact_id, purpose, channel, ttl=ttl)}"
-
-
-def render_system_email(rt: Any, row: Any, contact: dict, message_id: str) -> OutgoingMessage:
-    """Render a confirmation or reminder row (no journey plan: subject and template are fixed,
-    the wording lives in templates/email/system/)."""
-    unsubscribe = make_token(rt.secret_key, "unsubscribe", row.contact_id, "marketing", "email")
-    context = {
-        "contact": contact,
-        "links": {"confirm": confirm_link(rt, row.contact_id), "home": rt.public_url,
-                  "unsubscribe": f"{rt.public_url}/u/{unsubscribe}", "preferences": f"{rt.public_url}/u/{unsubscribe}"},
-        "expires_days": rt.project.policies.pending_consent_expires.days,
-        "sender": rt.env.get("NURTURE_FROM_NAME") or "us",
-    }
-    rendered = rt.templates.render_email(row.template, SUBJECTS.get(row.step_id, SUBJECTS["confirm"]), context)
-    to_name = " ".join(p for p in (row.first_name, row.last_name) if p)
-    return OutgoingMessage(message_pk=row.id, rfc_message_id=message_id, contact_id=row.contact_id,
-                           channel="email", journey=row.journey, step_id=row.step_id, purpose="transactional",
-                           to=row.address or "", to_name=to_name, subject=rendered.subject, html=rendered.html,
-                           text=rendered.text, created_at=row.created_at, locale=row.locale)

@@ -17,7 +17,7 @@ import pytest
 from integrations.file_channels import FileEmailChannel, FileSmsChannel
 from nurture.registry import Channel, DeliveryResult, IntegrationContext, OutgoingMessage
 from nurture.runtime import run_tick
-from nurture.runtime.deliver import STUCK_AFTER, reconcile_stuck
+from nurture.send.reconcile import STUCK_AFTER, reconcile_stuck
 from tests.conftest import utc
 from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, journey_yaml, messages, outcomes, subscriber
@@ -151,7 +151,7 @@ def test_an_sms_delivered_before_the_crash_is_found_in_the_jsonl_and_recorded_se
 
 
 def test_a_message_a_live_worker_has_just_claimed_is_not_requeued_by_another_worker(make_runtime, store):
-    from nurture.runtime.deliver import _claim
+    from nurture.send.deliver import _claim
     from tests.engine_fixtures import message_t
     worker_a = make_runtime({"j": journey_yaml("j", "- id: hello\n  send: {channel: email, template: hello, subject: Hi}")})
     worker_b = make_runtime({"j": journey_yaml("j", "- id: hello\n  send: {channel: email, template: hello, subject: Hi}")})

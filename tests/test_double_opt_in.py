@@ -12,8 +12,9 @@ import time
 import pytest
 from sqlalchemy import select
 
-from nurture.double_opt_in import SYSTEM_JOURNEY, confirm_opt_in, hygiene, request_opt_in
+from nurture.double_opt_in import confirm_opt_in, hygiene, request_opt_in
 from nurture.runtime.tick import run_tick
+from nurture.send.system_mail import SYSTEM_JOURNEY
 from nurture.store.models import Consent
 from nurture.tokens import verify_token
 from tests.conftest import DEFAULT_POLICIES, utc
@@ -124,7 +125,7 @@ def test_a_confirm_link_followed_after_expiry_but_before_hygiene_changes_nothing
     cid = add_contact(rt.store, "slow@example.com")
     with rt.store.engine.begin() as conn:
         request_opt_in(conn, rt.project.policies, cid, source="test:signup", now=T0)
-    from nurture.double_opt_in import confirm_link
+    from nurture.send.system_mail import confirm_link
     with running_site(rt, T0 + dt.timedelta(days=31)) as site:
         link = confirm_link(rt, cid)
         page = site.http.get(link)

@@ -8,11 +8,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from nurture.guards.consent import consent_refusal
-from nurture.guards.frequency_cap import Cap, cap_blocks_until
-from nurture.guards.quiet_hours import QuietWindow, next_allowed_send, zone
-from nurture.guards.reachability import unreachable_reason
-from nurture.guards.suppression import suppression_reason
+from nurture.send.guards.consent import consent_refusal
+from nurture.send.guards.frequency_cap import Cap, cap_blocks_until
+from nurture.send.guards.quiet_hours import QuietWindow, next_allowed_send, zone
+from nurture.send.guards.reachability import unreachable_reason
+from nurture.send.guards.suppression import suppression_reason
 from tests.conftest import utc
 
 NIGHT = QuietWindow.parse("21:00", "08:00")

@@ -34,7 +34,7 @@ import sys, time
 from datetime import datetime
 from pathlib import Path
 from nurture.runtime import Runtime
-from nurture.runtime.advance import advance
+from nurture.steps.advance import advance
 from nurture.runtime.parallel import pipelined
 from nurture.spec.project import load_project
 from nurture.store.db import open_store

@@ -12,7 +12,7 @@ import premailer
 import pytest
 
 from nurture.runtime import run_tick
-from nurture.runtime.deliver import rfc_message_id
+from nurture.rendering.email_message import rfc_message_id
 from tests.conftest import utc
 from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber

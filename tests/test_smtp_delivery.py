@@ -19,7 +19,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from sqlalchemy import select
 
-from nurture.runtime.deliver import rfc_message_id
+from nurture.rendering.email_message import rfc_message_id
 from nurture.runtime.tick import run_tick
 from nurture.store.models import Suppression
 from nurture.tokens import verify_token

@@ -31,7 +31,7 @@ def preview(journey: str = typer.Argument(..., help="Journey name"),
             event: Optional[str] = typer.Option(None, "--event", help="Trigger event properties as JSON"),
             html: bool = typer.Option(False, "--html", help="Print the HTML part too")) -> None:
     """Render what a contact would receive from a journey's send steps."""
-    from nurture.preview import PreviewError, preview_journey
+    from nurture.send.preview import PreviewError, preview_journey
     spec = open_project(only=journey)
     props = None
     if event:

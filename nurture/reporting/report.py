@@ -26,7 +26,8 @@ from typing import Any, Optional
 
 from sqlalchemy import case, exists, func, or_, select
 
-from nurture.conditions import consent_t, enrollment_t, event_t
+from nurture.conditions import enrollment_t, event_t
+from nurture.consent_ledger import consent_t
 from nurture.durations import format_duration
 from nurture.reporting.attribution import MODELS, attribute, attribute_counts
 from nurture.reporting.lift import Lift, lift

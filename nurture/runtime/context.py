@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from nurture.compiler import Plan, compile_journey
-from nurture.guards.frequency_cap import Cap
-from nurture.guards.pipeline import SendRules
-from nurture.guards.quiet_hours import QuietWindow
 from nurture.rendering.templates import TemplateLibrary
 from nurture.registry import Channel, IntegrationContext, IntegrationError, channel_for
+from nurture.send.guards.frequency_cap import Cap
+from nurture.send.guards.pipeline import SendRules
+from nurture.send.guards.quiet_hours import QuietWindow
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
+from nurture.store.models import QUEUED
 from nurture.tokens import DEVELOPMENT_SECRET, DEVELOPMENT_URL, link_settings_problem
 
 
@@ -44,11 +45,11 @@ class TickReport:
             return (rank.get(step, len(rank)), str(step), str(status), str(reason or ""))
         return [{"step": step, "outcome": status, "reason": reason or "", "count": n}
                 for (step, status, reason), n in sorted(self.outcomes.items(), key=key)
-                if status != "queued" and n]
+                if status != QUEUED and n]
 
     @property
     def queued(self) -> int:
-        return sum(n for (_, status, _), n in self.outcomes.items() if status == "queued")
+        return sum(n for (_, status, _), n in self.outcomes.items() if status == QUEUED)
 
     def totals(self) -> Counter:
         """Messages by outcome over all steps (sent, failed, deferred, suppressed …)."""

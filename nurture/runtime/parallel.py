@@ -67,7 +67,7 @@ RESULT_POLL = 1.0  # how often the tick checks, while waiting for reports, that 
 log = logging.getLogger(__name__)
 
 
-PRELOAD = ["nurture.runtime.deliver", "nurture.spec.project", "nurture.store.db", "integrations.file_channels",
+PRELOAD = ["nurture.send.deliver", "nurture.spec.project", "nurture.store.db", "integrations.file_channels",
            "integrations.smtp", "integrations.twilio"]
 
 
@@ -148,7 +148,7 @@ def _deliver_until_done(job: tuple, done: Any, results: Any, turns: Optional[Wri
 
 
 def _deliver_loop(rt: Runtime, now: datetime, journey: Optional[str], done: Any, report: Counter) -> None:
-    from nurture.runtime.deliver import deliver
+    from nurture.send.deliver import deliver
     while True:
         finished = done.is_set()  # read before delivering: nothing is queued after it is set
         got = deliver(rt, now, journey)
@@ -197,7 +197,7 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
     queues; once it is done this process delivers too, so `workers` processes are busy
     throughout (on N cores: the guards + N - 1 deliverers, then N deliverers). Claims are
     row-level, so the deliverers share one queue. Returns (produce's report, delivery report)."""
-    from nurture.runtime.deliver import deliver
+    from nurture.send.deliver import deliver
     ctx = process_context()
     done, results = ctx.Event(), ctx.Queue()
     turns = None if rt.store.is_postgres else WriteTurns(ctx)  # PostgreSQL locks rows, not the database

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Optional
 
 from nurture.compiler import Node
-from nurture.guards.quiet_hours import next_local_time, zone
+from nurture.send.guards.quiet_hours import next_local_time, zone
 from nurture.spec.models import WEEKDAYS, hhmm_to_time
 
 

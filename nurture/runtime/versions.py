@@ -97,7 +97,7 @@ def migrate_enrollments(rt: Runtime, plan: Plan, now: datetime) -> int:
                             left_at=now, exit_reason="step_removed"))
                     else:
                         from nurture.conditions import contact_t
-                        from nurture.runtime.advance import move
+                        from nurture.steps.transitions import move
                         rows = [(eid, cid, tz, now) for eid, cid, tz in conn.execute(
                             select(enrollment_t.c.id, enrollment_t.c.contact_id, contact_t.c.timezone)
                             .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))

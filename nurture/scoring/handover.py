@@ -27,6 +27,7 @@ from nurture.registry import IntegrationContext, IntegrationError, lookup
 from nurture.runtime.sql import chunks, insert_ignore
 from nurture.scoring.models import Handover
 from nurture.scoring.spec import STAGES, handover_spec
+from nurture.steps.transitions import move
 
 handover_t = Handover.__table__
 MAX_ATTEMPTS = 5
@@ -176,7 +177,6 @@ def hand_over(conn: Any, rt: Any, plan: Any, node: Any, rows: list[tuple], now: 
             handover_t.c.status == "pending", handover_t.c.attempts == 0)))
     for status, n in deliver_handovers(conn, rt, ids, now).items():
         report[(node.id, "handover_" + status, None)] += n
-    from nurture.runtime.advance import move
     move(conn, rt, plan, rows, node.next, now)
 
 

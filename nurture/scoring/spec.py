@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from nurture.durations import parse_duration
 from nurture.spec.errors import SpecError
+from nurture.spec.model_errors import pydantic_errors
 from nurture.spec.models import Comparison, Condition, Strict
 from nurture.spec.yaml_loader import Locations, load_located
 
@@ -91,7 +92,6 @@ def handover_spec(raw: Optional[dict]) -> HandoverSpec:
 
 def check_handover(raw: Any, locs: Locations, path: tuple) -> list[SpecError]:
     """Errors of a journey's `handover` step body, located in the journey file."""
-    from nurture.spec.project import pydantic_errors
     try:
         HandoverSpec.model_validate(raw or {})
     except ValidationError as exc:
@@ -101,7 +101,6 @@ def check_handover(raw: Any, locs: Locations, path: tuple) -> list[SpecError]:
 
 def load_scoring(path: Path, display: str) -> tuple[Optional[ScoringSpec], Locations, list[SpecError]]:
     """Parse and validate scoring.yaml; (spec or None, locations, errors)."""
-    from nurture.spec.project import pydantic_errors
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 from sqlalchemy import ColumnElement, and_, exists, not_, or_, select
 
-from nurture.conditions import ConditionScope, compile_condition, contact_t, latest_consent_status
+from nurture.conditions import ConditionScope, compile_condition, contact_t
+from nurture.consent_ledger import latest_consent_status
 from nurture.store.models import Suppression
 
 suppression_t = Suppression.__table__

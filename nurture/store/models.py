@@ -7,7 +7,7 @@ backends); local time exists only inside the guards and rendering.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Final, Literal, Optional, get_args
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
@@ -123,6 +123,21 @@ class Enrollment(SQLModel, table=True):
     state: dict = _json_column()  # split arms chosen etc.
 
 
+# What became of a message (`message.status`). A send step's outcome is decided by the guard
+# pipeline (queued, or holdout / suppressed / skipped / deferred with a reason code); delivery
+# takes a queued row through `sending` to `sent` or `failed` (a retry goes back to queued).
+MessageStatus = Literal["queued", "sending", "sent", "deferred", "suppressed", "skipped", "failed", "holdout"]
+QUEUED: Final[MessageStatus] = "queued"
+SENDING: Final[MessageStatus] = "sending"
+SENT: Final[MessageStatus] = "sent"
+DEFERRED: Final[MessageStatus] = "deferred"
+SUPPRESSED: Final[MessageStatus] = "suppressed"
+SKIPPED: Final[MessageStatus] = "skipped"
+FAILED: Final[MessageStatus] = "failed"
+HOLDOUT: Final[MessageStatus] = "holdout"
+MESSAGE_STATUSES: Final[tuple[MessageStatus, ...]] = get_args(MessageStatus)
+
+
 class Message(SQLModel, table=True):
     """Outbox and audit log in one. `attempt_key` is 'send' for the one delivery of a step
     (so a retry can never send twice) and 'defer:N' for the record of each deferral."""
@@ -141,7 +156,7 @@ class Message(SQLModel, table=True):
     template: str
     subject: Optional[str] = None
     address: Optional[str] = None
-    status: str  # queued | sending | sent | deferred | suppressed | skipped | failed | holdout
+    status: str  # a MessageStatus (stored as text: no schema change for a new status)
     reason: Optional[str] = None
     due_at: datetime
     counted_at: Optional[datetime] = None  # when it started counting against frequency caps

@@ -34,9 +34,10 @@ from urllib.parse import parse_qsl
 from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from nurture.double_opt_in import SYSTEM_JOURNEY, confirm_opt_in, opt_ins_from_events
+from nurture.double_opt_in import confirm_opt_in, opt_ins_from_events
 from nurture.ingest import track_records
 from nurture.runtime.context import Runtime
+from nurture.send.system_mail import SYSTEM_JOURNEY
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.tokens import verify_token
@@ -133,7 +134,7 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         return verify_token(secret, token, action)
 
     def deliver_system_mail() -> None:
-        from nurture.runtime.deliver import deliver
+        from nurture.send.deliver import deliver
         deliver(rt, clock(), SYSTEM_JOURNEY)
 
     # ------------------------------------------------------------ unsubscribe + preferences

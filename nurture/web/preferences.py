@@ -14,9 +14,8 @@ from typing import Any, Optional
 
 from sqlalchemy import delete, select
 
-from nurture.consent_ledger import record_consent, suppress
-from nurture.double_opt_in import current_state
-from nurture.runtime.outbox import TOPICS_OPTED_OUT
+from nurture.consent_ledger import current_state, record_consent, suppress
+from nurture.send.guards.pipeline import TOPICS_OPTED_OUT
 from nurture.spec.project import ProjectSpec
 from nurture.store.models import Contact, Suppression
 

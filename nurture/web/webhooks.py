@@ -31,10 +31,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from sqlalchemy import delete, select
 
-from nurture.consent_ledger import is_suppressed, record_consent, suppress
-from nurture.double_opt_in import current_state
+from nurture.consent_ledger import current_state, is_suppressed, record_consent, suppress
 from nurture.ingest import normalize_email, parse_timestamp
-from nurture.store.models import Contact, Message, Suppression
+from nurture.store.models import FAILED, SENT, Contact, Message, Suppression
 
 contact_t = Contact.__table__
 message_t = Message.__table__
@@ -104,14 +103,14 @@ def twilio_status(conn: Any, params: Mapping[str, str], *, now: datetime) -> str
     if status in ("failed", "undelivered"):
         code = (params.get("ErrorCode") or "").strip()
         conn.execute(message_t.update().where(message_t.c.id == row.id)
-                     .values(status="failed", reason=f"twilio_{status}" + (f": {code}" if code else "")))
+                     .values(status=FAILED, reason=f"twilio_{status}" + (f": {code}" if code else "")))
         if code in STOPPED_CODES:
             suppress(conn, reason="sms_stop", at=now, contact_id=row.contact_id, address=row.address, channel="sms")
         elif code in UNREACHABLE_CODES:
             suppress(conn, reason="hard_bounce", at=now, contact_id=row.contact_id, address=row.address, channel="sms")
         return status
     if status == "delivered":
-        conn.execute(message_t.update().where(message_t.c.id == row.id, message_t.c.status == "sent")
+        conn.execute(message_t.update().where(message_t.c.id == row.id, message_t.c.status == SENT)
                      .values(reason="delivered"))
     return status or "no_status"
 

@@ -2,9 +2,9 @@
 suppression (and topic opt-outs) → reachability → quiet hours → frequency cap — each reading
 the database at the moment of the check, never a value cached from enrollment time.
 
-One function decides the first send of a step (advance → outbox) and every later delivery
-attempt (the claim in runtime.deliver), so a retry meets exactly the checks, outcomes and
-reasons a first send does. The caller runs it inside the transaction that records the
+One function decides the first send of a step (the send transaction, nurture.send.outbox) and
+every later delivery attempt (the claim in nurture.send.deliver), so a retry meets exactly the
+checks, outcomes and reasons a first send does. The caller runs it inside the transaction that records the
 outcome, after `lock_contacts`: on PostgreSQL the contact rows are locked in id order (two
 workers cannot deadlock, and cannot both pass a cap); on SQLite the write transaction
 (`BEGIN IMMEDIATE`) is already exclusive.
@@ -18,18 +18,20 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from sqlalchemy import select
 
-from nurture.guards.consent import consent_refusal, current_consent
-from nurture.guards.frequency_cap import Cap, cap_blocks_until
-from nurture.guards.quiet_hours import QuietWindow, next_allowed_send, zone
-from nurture.guards.reachability import unreachable_reason
-from nurture.guards.suppression import suppression_reason, suppressions_for
+from nurture.consent_ledger import current_consent
 from nurture.runtime.sql import chunks, ids_in
-from nurture.store.models import Contact, Message
+from nurture.send.guards.consent import consent_refusal
+from nurture.send.guards.frequency_cap import Cap, cap_blocks_until
+from nurture.send.guards.quiet_hours import QuietWindow, next_allowed_send, zone
+from nurture.send.guards.reachability import unreachable_reason
+from nurture.send.guards.suppression import suppression_reason, suppressions_for
+from nurture.store.models import (DEFERRED, HOLDOUT, QUEUED, SENDING, SENT, SKIPPED, SUPPRESSED, Contact, Message,
+                                  MessageStatus)
 
 message_t = Message.__table__
 contact_t = Contact.__table__
 # Statuses that count against frequency caps: what is on its way or went out.
-COUNTING = ("queued", "sending", "sent")
+COUNTING: tuple[MessageStatus, ...] = (QUEUED, SENDING, SENT)
 # Contact attribute listing the topics (journey `topic:`) a contact opted out of in the
 # preference center; marketing sends of those journeys are suppressed.
 TOPICS_OPTED_OUT = "topics_opted_out"
@@ -62,7 +64,7 @@ class Recipient(NamedTuple):
 
 
 class Verdict(NamedTuple):
-    status: str  # queued | holdout | suppressed | skipped | deferred
+    status: MessageStatus  # queued | holdout | suppressed | skipped | deferred
     reason: Optional[str]
     due: Optional[datetime] = None  # deferred: when the message may go
 
@@ -119,16 +121,16 @@ def check_batch(conn: Any, rules: SendRules, recipients: Sequence[Recipient], no
                 allowed = allowed_by_zone[r.timezone] = next_allowed_send(
                     now, zone(r.timezone, rules.default_timezone), window)
             if allowed > now:
-                verdict = Verdict("deferred", "quiet_hours", allowed)
+                verdict = Verdict(DEFERRED, "quiet_hours", allowed)
         if verdict is None and caps:
             blocked = cap_blocks_until(history.get(r.contact_id, ()), channel, now, caps)
             if blocked is not None:
-                verdict = (Verdict("skipped", "frequency_cap") if rules.on_cap == "skip"
-                           else Verdict("deferred", "frequency_cap", blocked))
+                verdict = (Verdict(SKIPPED, "frequency_cap") if rules.on_cap == "skip"
+                           else Verdict(DEFERRED, "frequency_cap", blocked))
         if verdict is None:
             if marketing:
                 history.setdefault(r.contact_id, []).append((channel, now))
-            verdict = Verdict("queued", None)
+            verdict = Verdict(QUEUED, None)
         verdicts.append(verdict)
     return verdicts
 
@@ -137,16 +139,16 @@ def _screen(rules: SendRules, r: Recipient, address: str, consents: dict, by_con
             by_address: dict) -> Optional[Verdict]:
     """Checks 1–3 (holdout, consent, suppression, topic, reachability): a refusal or None."""
     if r.holdout:
-        return Verdict("holdout", "holdout")
+        return Verdict(HOLDOUT, "holdout")
     refusal = consent_refusal(consents.get(r.contact_id), rules.purpose, rules.double_opt_in)
     if refusal:
-        return Verdict("suppressed", refusal)
+        return Verdict(SUPPRESSED, refusal)
     entries = by_contact.get(r.contact_id, []) + by_address.get(address.lower(), [])
     reason = suppression_reason(entries, rules.channel, rules.purpose) if entries else None
     if not reason and rules.marketing and rules.topic and \
             rules.topic in ((r.attributes or {}).get(TOPICS_OPTED_OUT) or ()):
         reason = "topic_opt_out"
     if reason:
-        return Verdict("suppressed", reason)
+        return Verdict(SUPPRESSED, reason)
     reason = unreachable_reason(rules.channel, r.email, r.phone)
-    return Verdict("skipped", reason) if reason else None
+    return Verdict(SKIPPED, reason) if reason else None

@@ -1,0 +1,94 @@
+"""What a contact would receive: renders a journey's send steps without sending anything.
+
+The template context comes from the one builder delivery uses (nurture.send.context), from
+the same facts: the contact's row (or a sample contact) and its latest trigger event of the
+journey (or the properties given). Links are signed with a preview secret unless one is
+given, so a preview's unsubscribe link does not work on the real site.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from sqlalchemy import select
+
+from nurture.compiler import compile_journey
+from nurture.send.context import ContextRow, recipient_links, template_context
+from nurture.spec.project import ProjectSpec
+from nurture.store.db import Store
+from nurture.store.models import Contact, Event
+
+contact_t = Contact.__table__
+event_t = Event.__table__
+PREVIEW_SECRET = "preview"
+DEFAULT_PUBLIC_URL = "http://localhost:8000"
+
+
+class PreviewError(Exception):
+    pass
+
+
+@dataclass
+class Preview:
+    step_id: str
+    channel: str
+    to: str
+    subject: str
+    text: str
+    html: str
+    context: dict[str, Any] = field(default_factory=dict, repr=False)  # what the templates saw
+
+
+SAMPLE_CONTACT = ContextRow(contact_id=0, email="alex@example.com", phone="+4915112345678", first_name="Alex",
+                            last_name="Example", country="DE", locale="en", timezone="Europe/Berlin",
+                            lifecycle_stage="lead", score=0.0, attributes={}, step_id="")
+
+
+def _recipient(conn: Any, email: str, trigger_event: Optional[str]) -> ContextRow:
+    """The contact with `email` and its latest `trigger_event`, as delivery would load them."""
+    contact = conn.execute(select(contact_t.c.id, contact_t.c.email, contact_t.c.phone, contact_t.c.first_name,
+                                  contact_t.c.last_name, contact_t.c.country, contact_t.c.locale,
+                                  contact_t.c.timezone, contact_t.c.lifecycle_stage, contact_t.c.score,
+                                  contact_t.c.attributes)
+                           .where(contact_t.c.email == email.strip().lower())).first()
+    if contact is None:
+        raise PreviewError(f"no contact with e-mail {email}")
+    event = conn.execute(select(event_t.c.properties, event_t.c.occurred_at).where(
+        event_t.c.contact_id == contact.id, event_t.c.name == trigger_event)
+        .order_by(event_t.c.occurred_at.desc()).limit(1)).first()
+    return ContextRow(*contact, step_id="", event_name=trigger_event,
+                      event_properties=event.properties if event else None,
+                      event_at=event.occurred_at if event else None)
+
+
+def preview_journey(spec: ProjectSpec, store: Store, journey: str, *, step_id: Optional[str] = None,
+                    email: Optional[str] = None, event_properties: Optional[dict] = None,
+                    public_url: str = DEFAULT_PUBLIC_URL, secret_key: str = PREVIEW_SECRET) -> list[Preview]:
+    if journey not in spec.journeys:
+        raise PreviewError(f"no journey named '{journey}'")
+    plan = compile_journey(spec.journeys[journey])
+    trigger_event = plan.journey.trigger.event
+    row = SAMPLE_CONTACT._replace(event_name=trigger_event)
+    if email:
+        with store.reading() as conn:
+            row = _recipient(conn, email, trigger_event)
+    if event_properties is not None:
+        row = row._replace(event_properties=event_properties)
+    about = {"name": journey, "description": plan.journey.description}
+    library = spec.templates
+    out = []
+    for sid in plan.order:
+        node = plan.nodes[sid]
+        if node.kind != "send" or (step_id and sid != step_id):
+            continue
+        send = node.step.send
+        links = recipient_links(public_url, secret_key, row.contact_id, send.purpose, send.channel)
+        ctx = template_context(row._replace(step_id=sid), about, links)
+        if send.channel == "email":
+            r = library.render_email(send.template, send.subject or "", ctx, send.preheader)
+            out.append(Preview(sid, "email", row.email or "", r.subject, r.text, r.html, ctx))
+        else:
+            out.append(Preview(sid, "sms", row.phone or "", "", library.render_sms(send.template, ctx), "", ctx))
+    if step_id and not out:
+        raise PreviewError(f"journey '{journey}' has no send step '{step_id}'")
+    return out

@@ -1,0 +1,55 @@
+"""Reconciling rows a crashed worker left `sending`.
+
+Delivery marks a row `sending` and commits *before* calling the channel, and `sent` after
+(nurture.send.deliver). A crash in between leaves it `sending`: it is never picked up as
+`queued` again. Once it has been `sending` for STUCK_AFTER, `reconcile_stuck` asks the channel
+whether it was delivered (the file channels know exactly) and records `sent`, re-queues it
+only if the channel is sure it was not delivered, or records `failed` / `delivery_unknown`.
+Delivery is therefore at most once per (enrollment, step).
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select
+
+from nurture.redaction import redact, secrets_in
+from nurture.rendering.email_message import rfc_message_id
+from nurture.runtime.context import Runtime
+from nurture.store.models import FAILED, QUEUED, SENDING, SENT, Message
+
+message_t = Message.__table__
+log = logging.getLogger("nurture.deliver")
+STUCK_AFTER = timedelta(minutes=15)
+
+
+def reconcile_stuck(rt: Runtime, now: datetime) -> Counter:
+    """Rows left `sending` by a crashed worker: ask the channel what really happened."""
+    report: Counter = Counter()
+    with rt.store.engine.begin() as conn:
+        stuck = conn.execute(select(message_t.c.id, message_t.c.journey, message_t.c.channel)
+                             .where(message_t.c.status == SENDING,
+                                    or_(message_t.c.claimed_at <= now - STUCK_AFTER,
+                                        and_(message_t.c.claimed_at.is_(None),  # claimed before migration 0004
+                                             message_t.c.created_at <= now - STUCK_AFTER)))).all()
+        if not stuck:
+            return report
+        from_email = rt.env.get("NURTURE_FROM_EMAIL", "hello@example.com")
+        for mid, journey, channel in stuck:
+            try:
+                verdict = rt.channel(channel).was_delivered(mid, rfc_message_id(mid, journey, from_email))
+            except Exception as exc:  # the channel cannot be asked now: ask again on a later tick
+                log.warning("cannot reconcile message %s on channel %s yet: %s", mid, channel,
+                            redact(str(exc), secrets_in(rt.env)))
+                continue
+            if verdict is True:
+                values = dict(status=SENT, reason="reconciled", sent_at=now, claim=None)
+            elif verdict is False:
+                values = dict(status=QUEUED, reason="requeued_after_crash", claim=None)
+            else:
+                values = dict(status=FAILED, reason="delivery_unknown", claim=None)
+            conn.execute(message_t.update().where(message_t.c.id == mid, message_t.c.status == SENDING).values(**values))
+            report[values["status"]] += 1
+    return report

@@ -1,0 +1,69 @@
+"""One claimed message → the OutgoingMessage its channel sends: the template context
+(nurture.send.context), the step's prepared templates (CSS inlined and compiled once per step
+and tick, so per recipient only Jinja runs), UTM tagging of links (Nurture's own recipient
+pages left alone) and, for marketing e-mail, the List-Unsubscribe headers.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+from nurture.registry import OutgoingMessage
+from nurture.rendering.email_message import rfc_message_id
+from nurture.rendering.links import tag_html, tag_text, utm_query
+from nurture.runtime.context import Runtime
+from nurture.send.context import recipient_links, template_context
+from nurture.send.system_mail import SYSTEM_JOURNEYS, render_system_email
+
+
+def own_page_prefixes(rt: Runtime) -> tuple[str, ...]:
+    """Nurture's own recipient pages: signed links that UTM tagging must leave alone."""
+    return (f"{rt.public_url}/u/", f"{rt.public_url}/confirm/")
+
+
+class _SendStep(NamedTuple):
+    """What a send step's messages share, looked up once per batch."""
+    template: Any  # PreparedEmail | Template (SMS)
+    utm: str
+    own_pages: tuple[str, ...]
+    journey: dict
+
+
+def _prepared(rt: Runtime, journey: str, step_id: str, cache: dict) -> _SendStep:
+    key = (journey, step_id)
+    if key not in cache:
+        plan = rt.plan(journey)
+        send = plan.nodes[step_id].step.send
+        if send.channel == "email":
+            template = rt.templates.prepare_email(send.template, send.subject or "", send.preheader)
+        else:
+            template = rt.templates.prepare_sms(send.template)
+        cache[key] = _SendStep(template, utm_query(send.channel, journey, step_id), own_page_prefixes(rt),
+                               {"name": journey, "description": plan.journey.description})
+    return cache[key]
+
+
+def render_message(rt: Runtime, row: Any, from_email: str, cache: Optional[dict] = None) -> OutgoingMessage:
+    """Render a loaded message row (nurture.send.deliver's LoadedMessage). `cache` keeps the
+    prepared send steps between calls. Raises a RenderError for a template that cannot be
+    rendered, KeyError for a journey or step no longer in the project."""
+    if row.journey in SYSTEM_JOURNEYS:  # transactional system mail (double opt-in): no journey plan
+        return render_system_email(rt, row, rfc_message_id(row.id, row.journey, from_email))
+    step = _prepared(rt, row.journey, row.step_id, {} if cache is None else cache)
+    links = recipient_links(rt.public_url, rt.secret_key, row.contact_id, row.purpose, row.channel)
+    context = template_context(row, step.journey, links)
+    msg = OutgoingMessage(message_pk=row.id, rfc_message_id=rfc_message_id(row.id, row.journey, from_email),
+                          contact_id=row.contact_id, channel=row.channel, journey=row.journey,
+                          step_id=row.step_id, purpose=row.purpose, to=row.address or "",
+                          created_at=row.created_at, locale=row.locale)
+    if row.channel == "email":
+        rendered = step.template.render(context)
+        msg.subject = rendered.subject
+        msg.html = tag_html(rendered.html, step.utm, step.own_pages)
+        msg.text = tag_text(rendered.text, step.utm, step.own_pages)
+        msg.to_name = " ".join(p for p in (row.first_name, row.last_name) if p)
+        if row.purpose == "marketing":
+            msg.headers = {"List-Unsubscribe": f"<{links['unsubscribe']}>, <mailto:unsubscribe@{from_email.rpartition('@')[2]}?subject=unsubscribe>",
+                           "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    else:
+        msg.text = tag_text(step.template.render(context).strip(), step.utm, step.own_pages)
+    return msg

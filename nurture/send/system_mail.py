@@ -1,0 +1,43 @@
+"""Nurture's own transactional mail: the double opt-in confirmation and its reminder.
+
+They are outbox rows like any journey's (queued by nurture.double_opt_in), with no
+enrollment and no journey plan: journey `double_opt_in`, step `confirm` or `reminder`,
+purpose `transactional`. Subject and template are fixed here; the wording lives in
+templates/email/system/. Rendered with the one template context (nurture.send.context), plus
+the confirm link, `expires_days` and `sender`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from nurture.registry import OutgoingMessage
+from nurture.runtime.context import Runtime
+from nurture.send.context import recipient_links, template_context
+from nurture.tokens import make_token
+
+SYSTEM_JOURNEY = "double_opt_in"
+SYSTEM_JOURNEYS = frozenset({SYSTEM_JOURNEY})
+TEMPLATES = {"confirm": "system/confirm", "reminder": "system/confirm_reminder"}
+SUBJECTS = {"confirm": "Please confirm your subscription",
+            "reminder": "Reminder: please confirm your subscription"}
+
+
+def confirm_link(rt: Runtime, contact_id: int, purpose: str = "marketing", channel: str = "email") -> str:
+    """The signed link that confirms a pending consent; valid as long as the consent may stay pending."""
+    ttl = int(rt.project.policies.pending_consent_expires.total_seconds())
+    return f"{rt.public_url}/confirm/{make_token(rt.secret_key, 'confirm', contact_id, purpose, channel, ttl=ttl)}"
+
+
+def render_system_email(rt: Runtime, row: Any, message_id: str) -> OutgoingMessage:
+    """Render a claimed confirmation or reminder row (delivery's loaded message row)."""
+    links = {**recipient_links(rt.public_url, rt.secret_key, row.contact_id, "marketing", "email"),
+             "confirm": confirm_link(rt, row.contact_id)}
+    context = template_context(row, {"name": row.journey, "description": ""}, links,
+                               expires_days=rt.project.policies.pending_consent_expires.days,
+                               sender=rt.env.get("NURTURE_FROM_NAME") or "us")
+    rendered = rt.templates.render_email(row.template, SUBJECTS.get(row.step_id, SUBJECTS["confirm"]), context)
+    to_name = " ".join(p for p in (row.first_name, row.last_name) if p)
+    return OutgoingMessage(message_pk=row.id, rfc_message_id=message_id, contact_id=row.contact_id,
+                           channel="email", journey=row.journey, step_id=row.step_id, purpose="transactional",
+                           to=row.address or "", to_name=to_name, subject=rendered.subject, html=rendered.html,
+                           text=rendered.text, created_at=row.created_at, locale=row.locale)

@@ -1,0 +1,58 @@
+"""The advance stage: enrollments through their steps, set-based and in topological order.
+
+Steps are visited in plan order (every edge points forward), so one pass carries a contact
+through as many instant steps as are due. Each step is processed in batches by the handler
+of its kind, looked up by name in `STEP_HANDLERS`: one batch — one query selecting the due
+enrollments at that step, the transition written with one executemany — per call, in its
+own transaction, until the handler finds nothing due.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from types import MappingProxyType
+from typing import Mapping, Protocol
+
+from nurture.compiler import Node, Plan
+from nurture.runtime.context import Runtime
+from nurture.steps import branch, exit, handover, send, split, update, wait, wait_for, wait_until
+
+
+class StepHandler(Protocol):
+    def __call__(self, rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) -> bool:
+        """Process the next batch of enrollments due at `node` (outcomes counted in `report`
+        as (step id, outcome, reason)); False when none was due."""
+
+
+STEP_HANDLERS: Mapping[str, StepHandler] = MappingProxyType({
+    "wait": wait.handle,
+    "wait_until": wait_until.handle,
+    "send": send.handle,
+    "branch": branch.handle,
+    "wait_for": wait_for.handle,
+    "split": split.handle,
+    "update": update.handle,
+    "handover": handover.handle,
+    "exit": exit.handle,
+})
+
+
+class UnknownStepKind(LookupError):
+    """A step kind with no handler: a kind added to the spec model but not here."""
+
+
+def handler_for(kind: str) -> StepHandler:
+    try:
+        return STEP_HANDLERS[kind]
+    except KeyError:
+        raise UnknownStepKind(f"no handler for step kind '{kind}'; known kinds: {', '.join(STEP_HANDLERS)}") from None
+
+
+def advance(rt: Runtime, plan: Plan, now: datetime) -> Counter:
+    report: Counter = Counter()
+    for step_id in plan.order:
+        node = plan.nodes[step_id]
+        handle = handler_for(node.kind)
+        while handle(rt, plan, node, now, report):
+            pass
+    return report

@@ -1,0 +1,78 @@
+"""Enrollment transitions, the bottom of the step kinds: which enrollments are due at a step
+(`due_rows`), one step batch's transaction (`step_batch`), and moving enrollments on to their
+next step or out of the journey at its end (`move`). Imports none of the step handlers.
+
+The logical time of an enrollment is its `next_due_at`: a wait of 1h after an event at 10:02
+ends at 11:02, whichever tick notices it; `move` computes where the next step is due
+(nurture.runtime.timing).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Iterable, Iterator, Optional
+
+from sqlalchemy import bindparam, select
+
+from nurture.compiler import Node, Plan
+from nurture.runtime.context import Runtime
+from nurture.runtime.gc_pause import gc_paused
+from nurture.runtime.sql import write_many
+from nurture.runtime.timing import arrival_due
+from nurture.store.models import Contact, Enrollment
+
+contact_t = Contact.__table__
+enrollment_t = Enrollment.__table__
+
+# (enrollment id, contact id, contact time zone, logical time)
+Row = tuple[int, int, Optional[str], datetime]
+
+_move = (enrollment_t.update().where(enrollment_t.c.id == bindparam("eid"))
+         .values(step_id=bindparam("sid"), next_due_at=bindparam("due"), step_entered_at=bindparam("at")))
+_finish = (enrollment_t.update().where(enrollment_t.c.id == bindparam("eid"))
+           .values(step_id=None, next_due_at=None, status="completed", left_at=bindparam("at")))
+
+
+def move(conn: Any, rt: Runtime, plan: Plan, rows: Iterable[Row], target: Optional[str], now: datetime) -> int:
+    """Move enrollments to step `target` (None: the journey's end, `completed`), each arriving
+    at its own logical time; how many."""
+    rows = list(rows)
+    if not rows:
+        return 0
+    if target is None:
+        write_many(conn, _finish, [{"eid": eid, "at": now} for eid, _, _, _ in rows])
+        return len(rows)
+    node = plan.nodes[target]
+    default_tz = rt.project.policies.timezone
+    write_many(conn, _move, [{"eid": eid, "sid": target, "at": at, "due": arrival_due(node, at, tz, default_tz)}
+                             for eid, _, tz, at in rows])
+    return len(rows)
+
+
+@contextmanager
+def step_batch(rt: Runtime) -> Iterator[Any]:
+    """One batch of a step: one write transaction, with the garbage collector paused for it
+    (nurture.runtime.gc_pause)."""
+    with gc_paused(), rt.store.engine.begin() as conn:
+        yield conn
+
+
+def due_rows(conn: Any, plan: Plan, node: Node, now: datetime, limit: int, extra: Any = None,
+             due_only: bool = True) -> list[Row]:
+    """Up to `limit` active enrollments at `node` (due by `now`, unless not `due_only`; and
+    matching `extra`), oldest due first. On PostgreSQL they are locked, skipping rows another
+    worker holds, so two workers never take the same enrollment."""
+    filters = [enrollment_t.c.journey == plan.name, enrollment_t.c.status == "active",
+               enrollment_t.c.step_id == node.id]
+    if due_only:
+        filters.append(enrollment_t.c.next_due_at <= now)
+    if extra is not None:
+        filters.append(extra)
+    stmt = (select(enrollment_t.c.id, enrollment_t.c.contact_id, contact_t.c.timezone, enrollment_t.c.next_due_at)
+            .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
+            # next_due_at order comes straight from ix_enrollment_due: no sort of the whole
+            # backlog for every batch (ordering by id made a large tick quadratic).
+            .where(*filters).order_by(enrollment_t.c.next_due_at).limit(limit))
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(of=enrollment_t, skip_locked=True)
+    return [tuple(r) for r in conn.execute(stmt)]

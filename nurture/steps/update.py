@@ -1,0 +1,47 @@
+"""The `update` step: set contact attributes (merged into `attributes`, in SQL for the whole
+batch) and/or the lifecycle stage, then move on."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import String, bindparam, cast, func
+from sqlalchemy.dialects.postgresql import JSONB
+
+from nurture.compiler import Node, Plan
+from nurture.conditions import contact_t
+from nurture.runtime.context import Runtime
+from nurture.runtime.sql import chunks, ids_in
+from nurture.steps.transitions import due_rows, move, step_batch
+
+
+def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) -> bool:
+    with step_batch(rt) as conn:
+        rows = due_rows(conn, plan, node, now, rt.batch_size)
+        if not rows:
+            return False
+        _apply_update(conn, node, [r[1] for r in rows], now)
+        move(conn, rt, plan, rows, node.next, now)
+        report[(node.id, "updated", None)] += len(rows)
+        return True
+
+
+def merged_attributes(conn: Any, values: dict) -> Any:
+    """`attributes` with `values` merged in, as one SQL expression for a whole batch."""
+    patch = bindparam("attributes_patch", json.dumps(values), type_=String)
+    if conn.dialect.name == "postgresql":
+        return contact_t.c.attributes.op("||")(cast(patch, JSONB))
+    return func.json_patch(contact_t.c.attributes, patch)
+
+
+def _apply_update(conn: Any, node: Node, contact_ids: list[int], now: datetime) -> None:
+    spec = node.step.update
+    for part in chunks(sorted(set(contact_ids))):
+        if spec.lifecycle_stage:
+            conn.execute(contact_t.update().where(ids_in(contact_t.c.id, part))
+                         .values(lifecycle_stage=spec.lifecycle_stage, updated_at=now))
+        if spec.attributes:
+            conn.execute(contact_t.update().where(ids_in(contact_t.c.id, part))
+                         .values(attributes=merged_attributes(conn, spec.attributes), updated_at=now))

@@ -1,0 +1,35 @@
+"""The `wait_for` step: an event within a timeout. An enrollment whose contact performed the
+event (matching `where`) since arriving here takes the `then` path at once; one still waiting
+when `within` has passed takes the `timeout` path."""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from sqlalchemy import and_, exists, select
+
+from nurture.compiler import Node, Plan
+from nurture.conditions import enrollment_t, event_t, properties_match
+from nurture.runtime.context import Runtime
+from nurture.steps.transitions import due_rows, move, step_batch
+
+
+def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) -> bool:
+    spec = node.step.wait_for
+    with step_batch(rt) as conn:
+        ev = event_t.alias("ev_wait")
+        happened = exists(select(ev.c.id).where(
+            ev.c.contact_id == enrollment_t.c.contact_id, ev.c.name == spec.event,
+            ev.c.occurred_at >= enrollment_t.c.step_entered_at, ev.c.occurred_at <= now,
+            properties_match(ev.c.properties, spec.where) if spec.where else and_(True)))
+        rows = due_rows(conn, plan, node, now, rt.batch_size, happened, due_only=False)
+        if rows:
+            move(conn, rt, plan, [(e, c, tz, now) for e, c, tz, _ in rows], node.then_first, now)
+            report[(node.id, "event_received", None)] += len(rows)
+            return True
+        rows = due_rows(conn, plan, node, now, rt.batch_size)
+        if not rows:
+            return False
+        move(conn, rt, plan, rows, node.else_first, now)
+        report[(node.id, "timed_out", None)] += len(rows)
+        return True

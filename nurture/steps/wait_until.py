@@ -1,0 +1,21 @@
+"""The `wait_until` step: a local time of day, optionally on given weekdays, in the contact's
+own time zone (`wait_until: {time: "09:00", weekdays: [mon, tue]}`). An enrollment arriving
+here is due at that local time (nurture.runtime.timing); then it moves on."""
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from nurture.compiler import Node, Plan
+from nurture.runtime.context import Runtime
+from nurture.steps.transitions import due_rows, move, step_batch
+
+
+def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) -> bool:
+    with step_batch(rt) as conn:
+        rows = due_rows(conn, plan, node, now, rt.batch_size)
+        if not rows:
+            return False
+        move(conn, rt, plan, rows, node.next, now)
+        report[(node.id, "waited", None)] += len(rows)
+        return True

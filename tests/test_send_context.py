@@ -1,0 +1,104 @@
+"""Specification: one template context. What `nurture preview` shows a marketer is rendered
+from exactly the variables delivery renders the real message from — the same contact view,
+trigger event, journey, step and links — because both build them with the one builder
+(nurture.send.context.template_context) from the same facts."""
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+
+from nurture import tokens
+from nurture.runtime import run_tick
+from nurture.send import render
+from nurture.send.context import ContextRow, recipient_links, template_context
+from nurture.send.preview import preview_journey
+from tests.conftest import utc
+from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
+from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber
+
+T0 = utc(2026, 3, 4, 10, 0)
+EVERYTHING = ("Hi {{ contact.first_name }} {{ contact.last_name }} ({{ contact.id }}, {{ contact.email }}, "
+              "{{ contact.phone }}, {{ contact.country }}, {{ contact.locale }}, {{ contact.timezone }}, "
+              "{{ contact.lifecycle_stage }}, {{ contact.score }}), plan {{ contact.plan }} / "
+              "{{ contact.attributes.plan }}; cart {{ event.cart_value }} / {{ event.properties.sku }} from "
+              "{{ event.name }} at {{ event.occurred_at }}; {{ journey.name }}: {{ journey.description }}; "
+              "step {{ step.id }}; {{ links.unsubscribe }}")
+TEMPLATES = {"email/everything.html": f"<p>{EVERYTHING}</p>", "sms/everything.txt": EVERYTHING}
+JOURNEY = journey_yaml("cart", """
+    - id: mail
+      send: {channel: email, template: everything, subject: "{{ contact.first_name }}, {{ event.sku }} is waiting"}
+    - id: text
+      send: {channel: sms, template: everything}
+    """, trigger="{event: add_to_cart}", extra="description: Bring shoppers back to their cart.")
+
+
+@pytest.fixture
+def frozen_tokens(monkeypatch):
+    """Signed links carry their expiry: one clock for delivery and preview."""
+    monkeypatch.setattr(tokens, "time", SimpleNamespace(time=lambda: 1_780_000_000.0))
+
+
+def test_preview_and_delivery_render_the_same_contact_and_event_from_the_same_context(
+        make_runtime, store, monkeypatch, frozen_tokens):
+    rt = make_runtime({"cart": JOURNEY}, templates=TEMPLATES)
+    cid = subscriber(store, "ann@example.com", channels=("email", "sms"), first_name="Ann", last_name="Lee",
+                     phone="+4915112345678", country="DE", locale="de", timezone="Europe/Berlin",
+                     score=12.5, attributes={"plan": "pro"})
+    add_event(store, cid, "add_to_cart", T0, {"cart_value": 42, "sku": "A1"})
+    delivered: dict[str, dict] = {}
+
+    def recording(row, journey, links, **extra):
+        delivered[row.step_id] = context = template_context(row, journey, links, **extra)
+        return context
+
+    monkeypatch.setattr(render, "template_context", recording)
+    run_tick(rt, "cart", T0 + timedelta(minutes=1))
+    assert sorted((m.step_id, m.status) for m in messages(store)) == [("mail", "sent"), ("text", "sent")]
+
+    previews = {p.step_id: p for p in preview_journey(rt.project, store, "cart", email="ann@example.com",
+                                                      public_url=rt.public_url, secret_key=rt.secret_key)}
+
+    assert set(previews) == set(delivered) == {"mail", "text"}
+    for step_id, preview in previews.items():
+        assert preview.context == delivered[step_id]
+    assert delivered["mail"]["event"]["properties"] == {"cart_value": 42, "sku": "A1"}
+    assert delivered["mail"]["contact"]["plan"] == "pro"
+
+    (mail,) = messages(store, step_id="mail")
+    (path,) = (rt.data_dir / "outbox" / "email" / "cart").glob(f"{mail.id:09d}.eml")
+    sent = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert sent["Subject"] == previews["mail"].subject == "Ann, A1 is waiting"
+    assert sent.get_body(("plain",)).get_content().strip() == previews["mail"].text.strip()
+    (sms,) = [json.loads(line) for line in (rt.data_dir / "outbox" / "sms.jsonl").read_text().splitlines()]
+    assert sms["body"] == previews["text"].text
+
+
+def test_a_preview_without_a_contact_renders_the_sample_contact_through_the_same_builder(make_runtime, store):
+    rt = make_runtime({"cart": JOURNEY.replace("template: everything", "template: hello")}, templates=TEMPLATES)
+    (mail, _) = preview_journey(rt.project, store, "cart", event_properties={"cart_value": 9, "sku": "B2"})
+    assert mail.subject == "Alex, B2 is waiting"
+    assert mail.context["event"] == {"cart_value": 9, "sku": "B2", "name": "add_to_cart",
+                                     "properties": {"cart_value": 9, "sku": "B2"}, "occurred_at": None}
+    assert mail.context["journey"] == {"name": "cart", "description": "Bring shoppers back to their cart."}
+    assert mail.context["links"]["unsubscribe"].startswith("http://localhost:8000/u/")
+
+
+def test_the_context_exposes_attributes_under_the_columns_and_the_trigger_event_under_its_name():
+    row = ContextRow(contact_id=7, email="bo@example.com", phone=None, first_name="Bo", last_name=None,
+                     country=None, locale=None, timezone=None, lifecycle_stage="lead", score=0.0,
+                     attributes={"plan": "pro", "email": "shadowed@example.com"}, step_id="mail",
+                     event_name="signup", event_properties={"name": "shadowed", "source": "ad"})
+    links = recipient_links("https://go.example", "s" * 32, 7, "marketing", "email")
+    context = template_context(row, {"name": "welcome", "description": ""}, links)
+    assert context["contact"]["email"] == "bo@example.com"  # a column wins over an attribute of its name
+    assert context["contact"]["plan"] == "pro"
+    assert context["contact"]["attributes"] == {"plan": "pro", "email": "shadowed@example.com"}
+    assert context["event"]["name"] == "signup" and context["event"]["source"] == "ad"
+    assert context["step"] == {"id": "mail"}
+    assert context["links"]["unsubscribe"] == context["links"]["preferences"]
+    assert context["links"]["unsubscribe"].startswith("https://go.example/u/")
