@@ -132,7 +132,13 @@ def test_journey_figures(cart_report):
     assert r.lift == lift(2, 8, 1, 2)  # 25 % vs 50 %
     assert r.sent == {"email": 6, "sms": 2}
     assert r.cost == pytest.approx(6 * 0.5 + 2 * 2.0)  # 7.00
-    assert r.roi == pytest.approx((150 - 7) / 7)
+    assert r.roi == pytest.approx((150 - 7) / 7)  # attributed: every converter after a message
+    assert r.costs == {"messages": 7.0, "offers": 0.0, "fixed": 0.0, "total": 7.0}  # SMS: 1 segment each
+    # incremental, the headline: 150 € over 8 treated vs 80 € over 2 in the holdout:
+    # (18.75 − 40) × 8 = −170 € — the holdout bought more; ROI (−170 − 7) / 7
+    assert r.roi_basis == "incremental"
+    assert r.incremental_revenue.value == pytest.approx(-170.0)
+    assert r.incremental_roi.value == pytest.approx((-170 - 7) / 7)
     assert r.recipients == 6
     assert r.revenue_per_recipient == 25.0
     assert (r.unsubscribes, r.bounces) == (2, 1)
@@ -174,7 +180,7 @@ def test_journey_summary_for_the_prefect_artifact(cart_report, store):
     spec, _ = cart_report
     markdown, rows = journey_summary(store, spec, "cart", D1 + timedelta(days=5))
     assert markdown.startswith("### cart")
-    assert "| 2 | 25.0% | 50.0% | -25.0 pts" in markdown
+    assert "| 2 | 25.0% | 50.0% | -25.0\u00a0pts" in markdown
     assert [(r["step"], r["sent"], r["deferred"], r["conversions"]) for r in rows] == [
         ("reminder", 6, "quiet_hours 1", 2), ("sms_nudge", 2, "0", 2)]
 

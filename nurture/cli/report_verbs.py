@@ -12,61 +12,90 @@ from nurture.cli.invocation import CliError, console, err_console, open_project,
 
 
 def _report_json(report) -> dict:
-    def lift(r):
-        l = r.lift
-        return None if l is None else {"difference": l.difference, "low": l.low, "high": l.high,
-                                       "treated_rate": l.treated_rate, "holdout_rate": l.control_rate}
-    return {
-        "generated_at": report.generated_at.isoformat(),
-        "journeys": [{"journey": r.name, "entered": r.entered, "treated": r.treated, "holdout": r.holdout,
-                      "converted": r.converted, "converted_holdout": r.converted_holdout,
-                      "conversion_rate": r.conversion_rate, "revenue": r.revenue, "cost": r.cost, "roi": r.roi,
-                      "recipients": r.recipients, "revenue_per_recipient": r.revenue_per_recipient,
-                      "unsubscribe_rate": r.unsubscribe_rate, "bounce_rate": r.bounce_rate, "lift": lift(r),
-                      "sent": r.sent,
-                      "steps": [s.__dict__ for s in r.steps]} for r in report.journeys],
-        "attribution": [{"journey": a.journey, "step": a.step, "conversions": a.conversions, "revenue": a.revenue}
-                        for a in report.attribution],
-        "unattributed": {"conversions": report.unattributed[0], "revenue": report.unattributed[1]},
-        "daily": [{"day": d.isoformat(), "conversions": n, "revenue": rev} for d, n, rev in report.daily],
-        "handovers": report.handovers.__dict__,
-    }
+    from nurture.reporting.contract import report_json
+    return report_json(report)
 
 
 def print_report(result) -> None:
-    """The terminal view: one line per journey and per step (reasons in detail: --json, --html)."""
+    """The terminal view: one line per journey, per step and per split arm (reasons in
+    detail: --json, --html). The same figures and labels as the HTML page."""
     from rich.console import Console
     from rich.table import Table
-    from nurture.reporting.format import money, pct
-    out = Console(highlight=False, soft_wrap=True, width=max(console.width, 120))  # tables need the room
+    from nurture.reporting import views
+    from nurture.reporting.format import count, money, multiple
+    out = Console(highlight=False, soft_wrap=True, width=max(console.width, 160))  # tables need the room
+
+    period = views.period_text(result.period_start, result.generated_at)
+    table = Table(title=f"Journeys, {period} (ROI: incremental against the holdout where there is one)",
+                  title_justify="left")
+    for col in ("journey", "entered", "conv.", "rate", "lift (pts, 95% CI)", "incremental revenue (95% CI)",
+                "attributed", "cost", "ROI"):
+        table.add_column(col, justify="left" if col == "journey" else "right", no_wrap=col != "journey")
 
     def pts(value):
-        return f"{value * 100:+.1f}"
-    table = Table(title="Journeys (lift: messaged − holdout conversion rate, points, 95% CI)", title_justify="left")
-    for col in ("journey", "entered", "conv.", "rate", "lift", "revenue", "cost", "ROI"):
-        table.add_column(col, justify="left" if col == "journey" else "right")
+        v = round(value * 100, 1)
+        return "0.0" if v == 0 else f"{v:+.1f}"
     for r in result.journeys:
+        conversions, rate, _, _ = views.conversion_cells(r)
         l = r.lift
-        lift_text = (f"{pts(l.difference)} [{pts(l.low)},{pts(l.high)}]" if l is not None and l.low is not None
+        lift_text = (f"{pts(l.difference)} [{pts(l.low)}, {pts(l.high)}]" if l is not None and l.low is not None
                      else "no holdout")
-        table.add_row(r.name, str(r.entered), str(r.converted), pct(r.conversion_rate), lift_text,
-                      money(r.revenue), money(r.cost), "n/a" if r.roi is None else f"{r.roi:,.0f}×")
+        inc = r.incremental_revenue
+        inc_text = ("no holdout" if not r.holdout else
+                    views.with_interval(inc.value, inc.low, inc.high).replace("95% CI ", ""))
+        table.add_row(r.name, count(r.entered), conversions, rate, lift_text, inc_text,
+                      money(r.attributed_revenue), money(r.cost), views.roi_cell(r))
+    t = result.totals()
+    table.add_row("total", count(t["entered"]), count(sum(r.credited for r in result.journeys)), "", "",
+                  money(t["incremental_revenue"]), money(t["attributed_revenue"]), money(t["costs"]["total"]),
+                  "n/a" if t["incremental_roi"] is None else f"{multiple(t['incremental_roi'])} (incremental)",
+                  style="bold")
     out.print(table)
+    out.print(f"  conv. = conversions after the start: {views.START_NOTE}; {views.ATTRIBUTED_NOTE}", markup=False)
+    for r in result.journeys:
+        if r.recommendation and r.goal:
+            out.print(f"  {r.name}: {r.recommendation}", markup=False)
     steps = Table(title="Steps", title_justify="left")
-    for col in ("journey", "step", "sent", "deferred", "suppressed", "skipped", "conv.", "revenue"):
-        steps.add_column(col, justify="left" if col in ("journey", "step") else "right")
+    clicks = any(s.clicks is not None for r in result.journeys for s in r.steps)
+    opens = any(s.opens is not None for r in result.journeys for s in r.steps)
+    cols = ["journey", "step", "sent", "deferred", "suppressed", "skipped"]
+    cols += ["clicks"] if clicks else []
+    cols += ["opens*"] if opens else []
+    cols += ["conv.", "revenue", "cost"]
+    for col in cols:
+        steps.add_column(col, justify="left" if col in ("journey", "step") else "right", no_wrap=True)
     for r in result.journeys:
         for s in r.steps:
-            steps.add_row(r.name, s.step, str(s.sent), str(sum(s.deferred.values())), str(sum(s.suppressed.values())),
-                          str(sum(s.skipped.values())), str(s.conversions), money(s.revenue))
+            row = [r.name, s.step + (f" [{s.arm}]" if s.arm else ""), count(s.sent), count(sum(s.deferred.values())),
+                   count(sum(s.suppressed.values())), count(sum(s.skipped.values()))]
+            if clicks:
+                row.append("" if s.clicks is None else f"{count(s.clicks)} ({s.click_rate or 0:.1%})")
+            if opens:
+                row.append("" if s.opens is None else f"{count(s.opens)} ({s.open_rate or 0:.1%})")
+            row += [count(s.conversions), money(s.revenue if r.has_value else None), money(s.cost + s.offer_cost)]
+            steps.add_row(*row)
     out.print(steps)
-    attribution = Table(title="Attribution of revenue", title_justify="left")
-    for col in ("journey", "step", "last touch", "first touch", "40/20/40"):
-        attribution.add_column(col, justify="left" if col in ("journey", "step") else "right")
-    for a in result.attribution:
-        attribution.add_row(a.journey, a.step, money(a.revenue["last_touch"]), money(a.revenue["first_touch"]),
-                            money(a.revenue["position_based"]))
-    out.print(attribution)
+    if opens:
+        out.print(f"  * {views.OPENS_NOTE}", markup=False)
+    for r in result.journeys:
+        for split in r.splits:
+            if not any(a.recipients for a in split.arms):
+                continue
+            headers, rows = views.split_table(split)
+            arms = Table(title=f"A/B split {r.name}/{split.step} (95% CI, Newcombe)", title_justify="left")
+            for col in headers:
+                arms.add_column(col, justify="left" if col == "arm" else "right", no_wrap=True)
+            for row in rows:
+                arms.add_row(*row)
+            out.print(arms)
+    if result.attribution:
+        attribution = Table(title="Attribution of revenue", title_justify="left")
+        for col in ("journey", "step", "last touch", "first touch", "40/20/40"):
+            attribution.add_column(col, justify="left" if col in ("journey", "step") else "right", no_wrap=True)
+        for a in result.attribution:
+            attribution.add_row(a.journey, a.step, *(views.attribution_money(result, a, m)
+                                                     for m in ("last_touch", "first_touch", "position_based")))
+        out.print(attribution)
     h = result.handovers
     console.print(f"Sales handovers: {h.total} MQL(s) handed over, {h.contacted_within_sla} contacted within the SLA, "
                   f"{h.contacted_late} late, {h.overdue} overdue, {h.open_within_sla} open")
@@ -76,8 +105,9 @@ def report(html: Optional[Path] = typer.Option(None, "--html", help="Also write 
            as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
            journey: Optional[str] = typer.Option(None, "--journey", help="Only this journey"),
            now: Optional[str] = typer.Option(None, "--now", help="Report as of this time (ISO 8601)")) -> None:
-    """Per journey and step: funnel, conversions, revenue, lift against the holdout, cost, ROI,
-    attribution and sales handovers."""
+    """Per journey and step: funnel, conversions, incremental revenue and ROI against the
+    holdout (attributed revenue beside it), real costs, clicks, A/B arms, attribution and
+    sales handovers."""
     from nurture.reporting import build_report
     spec = open_project(only=journey)
     result = build_report(store(), spec, parse_now(now) or utc_now(), journeys=[journey] if journey else None)

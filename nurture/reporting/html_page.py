@@ -1,32 +1,52 @@
 """The report as one self-contained HTML file: inline CSS and inline SVG charts (a funnel per
-journey, daily conversions), no scripts, no CDN — it opens offline and can be mailed."""
+journey, daily conversions), no scripts, no CDN — it opens offline and can be mailed.
+Figures and labels come from nurture.reporting.views (the same as the terminal and the
+Prefect artifact); empty sections are left out."""
 from __future__ import annotations
 
+import re
 from html import escape
 
-from nurture.reporting.format import money, pct, signed_points
+from nurture.reporting import views
+from nurture.reporting.format import NA, count, money, multiple, pct, price
 from nurture.reporting.report import JourneyReport, Report
-from nurture.reporting.summary import step_rows
 
 CSS = """
 body{font-family:Helvetica,Arial,sans-serif;color:#1f2933;margin:0;background:#f4f5f7}
-main{max-width:1100px;margin:0 auto;padding:24px}
+main{max-width:1320px;margin:0 auto;padding:24px}
 h1{font-size:26px;margin:0 0 4px 0}h2{font-size:20px;margin:32px 0 8px 0}h3{font-size:16px;margin:20px 0 8px 0}
-.card{background:#fff;border-radius:8px;padding:20px;margin:16px 0;box-shadow:0 1px 2px rgba(0,0,0,.06)}
-table{border-collapse:collapse;width:100%;font-size:13px}th,td{text-align:right;padding:6px 8px;border-bottom:1px solid #e5e7eb}
+.card{background:#fff;border-radius:8px;padding:20px;margin:16px 0;box-shadow:0 1px 2px rgba(0,0,0,.06);overflow-x:auto}
+table{border-collapse:collapse;width:100%;font-size:13px}th,td{text-align:right;padding:6px 8px;border-bottom:1px solid #e5e7eb;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}th{background:#f9fafb;font-weight:600}
+tr.total td{font-weight:600;border-top:2px solid #9ca3af}
 .muted{color:#6b7280;font-size:13px}.kpis{display:flex;flex-wrap:wrap;gap:12px;margin:8px 0}
-.kpi{background:#f9fafb;border-radius:6px;padding:10px 14px;min-width:120px}.kpi b{display:block;font-size:18px}
+.kpi{background:#f9fafb;border-radius:6px;padding:10px 14px;min-width:120px}.kpi b{display:block;font-size:18px;white-space:nowrap}
+.headline{font-size:17px;margin:10px 0;padding:10px 14px;border-left:4px solid #2563eb;background:#eff6ff}
+.warn{border-left-color:#d97706;background:#fffbeb}
 .two td:nth-child(2),.two th:nth-child(2){text-align:left}.pos{color:#047857}.neg{color:#b91c1c}
+code{background:#f3f4f6;padding:0 3px;border-radius:3px}
+td.wrap{white-space:normal;min-width:140px}.ci{color:#6b7280;font-size:11px}table.money{width:auto}
+table.money td,table.money th{padding-right:18px}
 """
+
+_CODE = re.compile(r"`([^`]+)`")
+_BOLD = re.compile(r"\*\*([^*]+)\*\*")
+
+
+def inline(text: str) -> str:
+    """Escaped text with the little markdown a description or note may carry (`code`, **bold**)
+    rendered as HTML — never shown as raw markdown."""
+    html = escape(text)
+    html = _CODE.sub(lambda m: f"<code>{m.group(1)}</code>", html)
+    return _BOLD.sub(lambda m: f"<strong>{m.group(1)}</strong>", html)
 
 
 def _funnel_svg(r: JourneyReport) -> str:
     stages = [("entered", r.entered), ("messaged group", r.treated), ("received a message", r.recipients),
-              ("converted", r.converted)]
+              ("converted after a message", r.attributed_conversions)]
     top = max(1, stages[0][1])
-    width, bar_h, gap, label_w = 520, 22, 8, 150
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + width + 60}" '
+    width, bar_h, gap, label_w = 520, 22, 8, 190
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + width + 70}" '
              f'height="{len(stages) * (bar_h + gap)}" role="img" aria-label="funnel of {escape(r.name)}">']
     for i, (label, n) in enumerate(stages):
         y = i * (bar_h + gap)
@@ -34,15 +54,13 @@ def _funnel_svg(r: JourneyReport) -> str:
         parts.append(f'<text x="0" y="{y + 15}" font-size="12" fill="#374151">{escape(label)}</text>'
                      f'<rect x="{label_w}" y="{y}" width="{w}" height="{bar_h}" rx="3" fill="#2563eb" '
                      f'fill-opacity="{1 - i * 0.18:.2f}"/>'
-                     f'<text x="{label_w + w + 6}" y="{y + 15}" font-size="12" fill="#111827">{n}</text>')
+                     f'<text x="{label_w + w + 6}" y="{y + 15}" font-size="12" fill="#111827">{count(n)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
 def _daily_svg(report: Report) -> str:
     days = report.daily
-    if not days:
-        return '<p class="muted">No conversions yet.</p>'
     width, height, pad = 900, 180, 30
     top = max(1, max(n for _, n, _ in days))
     step = (width - pad) / len(days)
@@ -62,65 +80,126 @@ def _daily_svg(report: Report) -> str:
     return "".join(parts)
 
 
-def _table(headers: list[str], rows: list[list[object]], cls: str = "") -> str:
+_CI = re.compile(r"^(.*) \((95% CI .*)\)$")
+WRAPPED = {"deferred", "suppressed", "skipped"}  # lists of reasons may wrap; figures never do
+
+
+def _cell(value: object, header: str) -> str:
+    text = str(value)
+    m = _CI.match(text)
+    if m:  # a figure with its interval: the interval on a second, quieter line
+        return f'<td>{escape(m.group(1))}<br><span class="ci">{escape(m.group(2))}</span></td>'
+    return f'<td class="wrap">{escape(text)}</td>' if header in WRAPPED else f"<td>{escape(text)}</td>"
+
+
+def _table(headers: list[str], rows: list[list[object]], cls: str = "", total: list[object] | None = None) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(c, h) for c, h in zip(row, headers)) + "</tr>" for row in rows)
+    if total is not None:
+        body += '<tr class="total">' + "".join(_cell(c, h) for c, h in zip(total, headers)) + "</tr>"
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _journey(r: JourneyReport) -> str:
+def _journey(r: JourneyReport, report: Report) -> str:
+    warn = "" if (r.has_value and r.roi_basis == "incremental") or not r.goal else " warn"
+    headline = f'<p class="headline{warn}">{inline(views.headline_text(r))}</p>'
+    if r.recommendation:
+        headline += f'<p class="muted">{inline(r.recommendation)}</p>'
     lift = r.lift
+    cls = ""
     if lift is not None and lift.low is not None:
         cls = "pos" if lift.low > 0 else "neg" if lift.high < 0 else ""
-        lift_html = (f'<span class="{cls}">{signed_points(lift.difference)}</span>'
-                     f'<span class="muted"> 95% CI {signed_points(lift.low)} … {signed_points(lift.high)}</span>')
-    else:
-        lift_html = '<span class="muted">no holdout</span>'
-    kpis = [("entered", str(r.entered)), ("conversions", f"{r.converted} ({pct(r.conversion_rate)})"),
-            ("holdout", f"{r.converted_holdout}/{r.holdout} ({pct(r.holdout_rate)})"),
-            ("revenue", money(r.revenue)), ("cost", money(r.cost)),
-            ("ROI", "n/a" if r.roi is None else f"{r.roi:,.1f}×"),
-            ("revenue / recipient", money(r.revenue_per_recipient)),
-            ("unsubscribe rate", pct(r.unsubscribe_rate)), ("bounce rate", pct(r.bounce_rate))]
-    kpi_html = "".join(f'<div class="kpi"><span class="muted">{escape(k)}</span><b>{escape(v)}</b></div>' for k, v in kpis)
-    rows = [[s["step"], s["channel"], s["reached"], s["sent"], s["deferred"], s["suppressed"], s["skipped"],
-             s["failed"], s["holdout"], s["conversions"], money(s["revenue"]), money(s["cost"])] for s in step_rows(r)]
-    steps = _table(["step", "channel", "reached", "sent", "deferred", "suppressed", "skipped", "failed", "holdout",
-                    "conversions", "revenue", "cost"], rows)
-    return (f'<section class="card" id="journey-{escape(r.name)}"><h2>{escape(r.name)}</h2>'
-            f'<p class="muted">{escape(r.description)} Goal: {escape(r.goal or "none")}.</p>'
-            f'<div class="kpis">{kpi_html}</div><p>Lift against the holdout: {lift_html}</p>'
-            f'{_funnel_svg(r)}<h3>Steps</h3>{steps}</section>')
+    conversions, rate, holdout_rate, lift_text = views.conversion_cells(r)
+    kpis = [("entered", count(r.entered)), ("messaged group", count(r.treated)), ("holdout", count(r.holdout)),
+            ("conversions after the start", f"{conversions} ({rate})"),
+            ("holdout conversion rate", holdout_rate)]
+    kpi_html = "".join(f'<div class="kpi"><span class="muted">{escape(k)}</span><b>{escape(v)}</b></div>'
+                       for k, v in kpis)
+    kpi_html += (f'<div class="kpi"><span class="muted">lift (points)</span><b class="{cls}">{escape(lift_text)}</b>'
+                 '</div>')
+    money_headers, money_rows = views.money_table(r)
+    parts = [f'<section class="card" id="journey-{escape(r.name)}"><h2>{escape(r.name)}</h2>',
+             f'<p class="muted">{inline(r.description)} Goal: {escape(r.goal or "none")} · '
+             f'{escape(views.period_text(r.started_at, report.generated_at))}.</p>',
+             headline, f'<div class="kpis">{kpi_html}</div>']
+    if r.goal:
+        parts.append(_table(money_headers, money_rows, cls="money"))
+        if r.has_value:
+            parts.append(f'<p class="muted">{escape(views.ATTRIBUTED_NOTE)}. Costs: messages '
+                         f'({count(sum(r.sent.values()))} sent'
+                         + (f", {count(r.sms_segments)} SMS segments" if r.sms_segments else "")
+                         + (f", {count(r.sms_estimated)} estimated" if r.sms_estimated else "")
+                         + f"), offers ({count(r.offers_redeemed)} redeemed), fixed costs.</p>")
+    if r.entered:
+        parts.append(_funnel_svg(r))
+    headers, rows = views.step_table(r)
+    if rows:
+        parts.append(f"<h3>Steps</h3>{_table(headers, rows)}")
+        if any(s.opens is not None for s in r.steps):
+            parts.append(f'<p class="muted">{escape(views.OPENS_NOTE)}.</p>')
+    for split in r.splits:
+        if not any(a.recipients for a in split.arms):
+            continue
+        h, rows = views.split_table(split)
+        parts.append(f"<h3>A/B split {escape(split.step)}</h3><p class=\"muted\">Difference of the conversion rate "
+                     f"to arm {escape(split.arms[0].name)}, 95% Newcombe interval.</p>{_table(h, rows)}")
+    parts.append(f'<p class="muted">Unsubscribe rate {pct(r.unsubscribe_rate)} · bounce rate {pct(r.bounce_rate)} '
+                 f'(of {count(r.recipients)} recipients).</p></section>')
+    return "".join(parts)
+
+
+def _overview(report: Report) -> str:
+    headers = ["journey", "entered", "conversions after the start", "rate", "lift", "incremental revenue",
+               "attributed revenue", "cost", "ROI"]
+    rows = []
+    for r in report.journeys:
+        conversions, rate, _, _ = views.conversion_cells(r)
+        inc = r.incremental_revenue
+        rows.append([r.name, count(r.entered), conversions, rate,
+                     views.lift_text(r).split(" (")[0], money(inc.value) if r.holdout else "no holdout",
+                     money(r.attributed_revenue), money(r.cost), views.roi_cell(r)])
+    t = report.totals()
+    roi = NA if t["incremental_roi"] is None else f"{multiple(t['incremental_roi'])} (incremental)"
+    total = ["total", count(t["entered"]), count(sum(r.credited for r in report.journeys)), "", "",
+             money(t["incremental_revenue"]), money(t["attributed_revenue"]), money(t["costs"]["total"]), roi]
+    return _table(headers, rows, total=total)
 
 
 def render_html(report: Report, title: str = "Nurture report") -> str:
-    overview = _table(["journey", "entered", "conversions", "rate", "lift (pts)", "revenue", "cost", "ROI"],
-                      [[r.name, r.entered, r.converted, pct(r.conversion_rate),
-                        signed_points(r.lift.difference) if r.lift and r.lift.low is not None else "n/a",
-                        money(r.revenue), money(r.cost), "n/a" if r.roi is None else f"{r.roi:,.1f}×"]
-                       for r in report.journeys])
-    attribution = _table(
-        ["journey", "step", "last touch", "first touch", "position 40/20/40", "last touch €", "first touch €",
-         "position €"],
-        [[a.journey, a.step, f"{a.conversions['last_touch']:.1f}", f"{a.conversions['first_touch']:.1f}",
-          f"{a.conversions['position_based']:.1f}", money(a.revenue["last_touch"]), money(a.revenue["first_touch"]),
-          money(a.revenue["position_based"])] for a in report.attribution], cls="two")
+    sections = [f'<section class="card"><h2>Overview</h2>{_overview(report)}<p class="muted">ROI is the '
+                'incremental one — (incremental revenue − cost) / cost, measured against the holdout — wherever '
+                f'a journey has a holdout. {escape(views.ATTRIBUTED_NOTE)}. {escape(views.START_NOTE)}.</p>'
+                '</section>']
+    if report.daily:
+        sections.append(f'<section class="card"><h2>Daily conversions</h2>{_daily_svg(report)}</section>')
+    if report.attribution or report.unattributed[0]:
+        attribution = _table(
+            ["journey", "step", "last touch", "first touch", "position 40/20/40", "last touch €", "first touch €",
+             "position €"],
+            [[a.journey, a.step, count(a.conversions["last_touch"]), count(a.conversions["first_touch"]),
+              count(a.conversions["position_based"]), views.attribution_money(report, a, "last_touch"),
+              views.attribution_money(report, a, "first_touch"), views.attribution_money(report, a, "position_based")]
+             for a in report.attribution], cls="two")
+        n, rev = report.unattributed
+        sections.append(f'<section class="card"><h2>Attribution</h2><p class="muted">Conversions and revenue '
+                        f'credited to the messages a converter received in the 30 days before converting. {count(n)} '
+                        f'conversion(s) ({escape(money(rev))}) had no message before them.</p>{attribution}</section>')
     h = report.handovers
-    handover = _table(["handed over", "delivered", "pending", "failed", "contacted within SLA", "contacted late",
-                       "open (SLA running)", "overdue"],
-                      [[h.total, h.delivered, h.pending, h.failed, h.contacted_within_sla, h.contacted_late,
-                        h.open_within_sla, h.overdue]])
-    unattributed_n, unattributed_rev = report.unattributed
+    if h.total:
+        handover = _table(["handed over", "delivered", "pending", "failed", "contacted within SLA", "contacted late",
+                           "open (SLA running)", "overdue"],
+                          [[h.total, h.delivered, h.pending, h.failed, h.contacted_within_sla, h.contacted_late,
+                            h.open_within_sla, h.overdue]])
+        sections.append('<section class="card"><h2>Sales handover</h2><p class="muted">MQLs handed to sales; '
+                        'contacted = a <code>sales_contacted</code> event after the handover.</p>'
+                        f'{handover}</section>')
+    t = report.totals()
+    unit_costs = ", ".join(f"{k} {price(v)}" + (" per segment" if k == "sms" else "")
+                           for k, v in sorted(report.unit_costs.items()))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head><body><main>'
-            f'<h1>{escape(title)}</h1><p class="muted">As of {report.generated_at:%Y-%m-%d %H:%M} UTC · revenue '
-            f'{money(report.total_revenue)} · cost {money(report.total_cost)} · unit costs '
-            f'{escape(", ".join(f"{k} {v}" for k, v in sorted(report.unit_costs.items())))}</p>'
-            f'<section class="card"><h2>Overview</h2>{overview}</section>'
-            f'<section class="card"><h2>Daily conversions</h2>{_daily_svg(report)}</section>'
-            f'<section class="card"><h2>Attribution</h2><p class="muted">Conversions and revenue credited to the '
-            f'messages a converter received in the 30 days before converting. {unattributed_n} conversion(s) '
-            f'({escape(money(unattributed_rev))}) had no message before them.</p>{attribution}</section>'
-            f'<section class="card"><h2>Sales handover</h2><p class="muted">MQLs handed to sales; contacted = a '
-            f'<code>sales_contacted</code> event after the handover.</p>{handover}</section>'
-            + "".join(_journey(r) for r in report.journeys) + "</main></body></html>")
+            f'<h1>{escape(title)}</h1><p class="muted">Period {escape(views.period_text(report.period_start, report.generated_at))}'
+            f' · incremental revenue {escape(money(t["incremental_revenue"]))} · attributed revenue '
+            f'{escape(money(t["attributed_revenue"]))} · cost {escape(money(t["costs"]["total"]))} · unit costs '
+            f'{escape(unit_costs)}</p>'
+            + "".join(sections) + "".join(_journey(r, report) for r in report.journeys) + "</main></body></html>")

@@ -1,44 +1,61 @@
 """The report as data: per journey and per step, read from the message log, enrollments,
 suppressions, the consent ledger, handovers and events — grouped in SQL, one query per
-figure, never one per contact.
+figure, never one per contact. Every definition is in docs/report.md; in short:
 
-Definitions (also in docs/report.md):
 - entered: enrollments; treated = not in the holdout; holdout = the control group.
 - conversion: the journey's goal event within its window after entering (recorded by the
   engine for treated and holdout alike); conversion rate = converted / treated.
-- lift: treated rate − holdout rate with Newcombe's 95 % interval (see lift.py).
-- recipients: contacts with at least one sent message in the journey.
-- unsubscribe rate: recipients who unsubscribed (suppression `unsubscribed` or a revoked
-  e-mail consent) after their first message of the journey, / recipients; bounce rate: the
-  same with a `hard_bounce` suppression.
-- cost: sent messages × policies.unit_costs of their channel; ROI = (revenue − cost) / cost
-  with the revenue of treated conversions; revenue per recipient = that revenue / recipients.
+- a member's **start** is its first message row of the journey — the moment it reached its
+  first send step, whatever the checks decided: sent, deferred, suppressed, or `holdout` (a
+  holdout member's row says when it would have been messaged). A conversion before the
+  start is credited to nothing; an enrollment that never reached a send step has no start.
+- lift: treated − holdout rate of conversions after the start, Newcombe's 95 % interval.
+- incremental revenue: (revenue per treated member − revenue per holdout member) × treated
+  members, revenue after the start, Welch/normal 95 % interval (incremental.py); incremental
+  ROI = (incremental revenue − cost) / cost. The headline wherever there is a holdout.
+- attributed revenue (`revenue`): treated conversions after the contact's first *delivered*
+  message of the journey — what converters spent, not what the journey caused.
+- cost = messages (SMS per billed segment) + offers (coupons redeemed) + fixed costs (costs.py).
+- a goal whose events carry no `value` has no revenue: revenue figures and ROI are None.
+- recipients: contacts with at least one sent message in the journey; unsubscribe / bounce
+  rate: recipients who unsubscribed (suppression or revoked e-mail consent) / hard-bounced
+  after their first message of the journey, / recipients.
 - per step: reached (one final outbox row per arrival), sent, suppressed / skipped / failed
   by reason, deferrals by reason (each deferral is a row), conversions and revenue of the
-  enrollments that were sent this step and converted after it.
+  enrollments that were sent this step and converted after it, clicks and opens
+  (engagement.py), cost; per split arm: splits.py.
 """
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from sqlalchemy import case, exists, func, or_, select
 
-from nurture.conditions import enrollment_t, event_t
+from nurture.conditions import enrollment_t, event_t, properties_match
 from nurture.consent_ledger import consent_t
 from nurture.durations import format_duration
+from nurture.reporting._times import aware
 from nurture.reporting.attribution import MODELS, attribute, attribute_counts
+from nurture.reporting.costs import (SmsCount, charge_redemptions, charge_untracked, chunked, declared_offers,
+                                     fixed_cost, redemptions, sms_segments_sent)
+from nurture.reporting.engagement import CLICK, OPEN, engagement
+from nurture.reporting.incremental import NONE, Estimate, Sample, incremental_revenue, roi
 from nurture.reporting.lift import Lift, lift
+from nurture.reporting.splits import SplitReport, split_reports
 from nurture.scoring.models import Handover
+from nurture.spec.models import Comparison
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
-from nurture.store.models import Message, Suppression
+from nurture.store.models import FAILED, HOLDOUT, SENT, SKIPPED, SUPPRESSED, JourneyVersion, Message, Suppression
 
 message_t = Message.__table__
 suppression_t = Suppression.__table__
 handover_t = Handover.__table__
+version_t = JourneyVersion.__table__
 ATTRIBUTION_LOOKBACK = timedelta(days=30)
 
 
@@ -46,6 +63,7 @@ ATTRIBUTION_LOOKBACK = timedelta(days=30)
 class StepReport:
     step: str
     channel: str
+    arm: Optional[str] = None  # the split arm the step belongs to (innermost), if any
     reached: int = 0
     sent: int = 0
     failed: int = 0
@@ -55,7 +73,19 @@ class StepReport:
     deferred: dict[str, int] = field(default_factory=dict)
     conversions: int = 0
     revenue: float = 0.0
-    cost: float = 0.0
+    cost: float = 0.0  # its sent messages (SMS: billed segments)
+    segments: int = 0  # SMS: billed segments of the sent messages
+    offer_cost: float = 0.0  # coupons of this step redeemed
+    clicks: Optional[int] = None  # unique clickers; None: clicks are not tracked
+    opens: Optional[int] = None  # unique openers; None: opens not tracked (or not an e-mail)
+
+    @property
+    def click_rate(self) -> Optional[float]:
+        return self.clicks / self.sent if self.clicks is not None and self.sent else None
+
+    @property
+    def open_rate(self) -> Optional[float]:
+        return self.opens / self.sent if self.opens is not None and self.sent else None
 
 
 @dataclass
@@ -63,21 +93,46 @@ class JourneyReport:
     name: str
     description: str = ""
     goal: str = ""
+    has_value: bool = False  # the goal's events carry a money `value`
+    holdout_share: float = 0.0  # declared (`holdout: 10%`)
+    started_at: Optional[datetime] = None  # first run (first recorded version, else first enrollment)
     entered: int = 0
     treated: int = 0
     holdout: int = 0
-    converted: int = 0
+    converted: int = 0  # treated enrollments the engine recorded as converted
     converted_holdout: int = 0
-    revenue: float = 0.0
-    revenue_holdout: float = 0.0
+    credited: int = 0  # … of them after their start (what lift compares)
+    credited_holdout: int = 0
+    attributed_conversions: int = 0  # treated conversions after a delivered message of the journey
+    revenue: float = 0.0  # attributed revenue
+    revenue_holdout: float = 0.0  # holdout revenue after the start
+    treated_sample: Sample = field(default_factory=lambda: Sample(0))  # per-member revenue after the start
+    holdout_sample: Sample = field(default_factory=lambda: Sample(0))
     recipients: int = 0
     sent: dict[str, int] = field(default_factory=dict)  # channel → sent messages
-    cost: float = 0.0
+    sms_segments: int = 0
+    sms_estimated: int = 0  # SMS that could not be rendered again (counted as one segment)
+    cost_messages: float = 0.0
+    cost_offers: float = 0.0
+    cost_fixed: float = 0.0
+    offers_redeemed: int = 0
     unsubscribes: int = 0
     bounces: int = 0
     lift: Optional[Lift] = None
     steps: list[StepReport] = field(default_factory=list)
+    splits: list[SplitReport] = field(default_factory=list)
 
+    # -- costs
+    @property
+    def cost(self) -> float:
+        return self.cost_messages + self.cost_offers + self.cost_fixed
+
+    @property
+    def costs(self) -> dict[str, float]:
+        return {"messages": self.cost_messages, "offers": self.cost_offers, "fixed": self.cost_fixed,
+                "total": self.cost}
+
+    # -- rates
     @property
     def conversion_rate(self) -> float:
         return self.converted / self.treated if self.treated else 0.0
@@ -87,20 +142,59 @@ class JourneyReport:
         return self.converted_holdout / self.holdout if self.holdout else 0.0
 
     @property
-    def roi(self) -> Optional[float]:
-        return (self.revenue - self.cost) / self.cost if self.cost else None
-
-    @property
-    def revenue_per_recipient(self) -> float:
-        return self.revenue / self.recipients if self.recipients else 0.0
-
-    @property
     def unsubscribe_rate(self) -> float:
         return self.unsubscribes / self.recipients if self.recipients else 0.0
 
     @property
     def bounce_rate(self) -> float:
         return self.bounces / self.recipients if self.recipients else 0.0
+
+    # -- money (None where the goal has no value)
+    @property
+    def attributed_revenue(self) -> Optional[float]:
+        return self.revenue if self.has_value else None
+
+    @property
+    def incremental_revenue(self) -> Estimate:
+        if not self.has_value or not self.holdout:
+            return NONE
+        return incremental_revenue(self.treated_sample, self.holdout_sample)
+
+    @property
+    def roi(self) -> Optional[float]:
+        """Attributed ROI: (attributed revenue − cost) / cost."""
+        if not self.has_value or self.cost <= 0:
+            return None
+        return (self.revenue - self.cost) / self.cost
+
+    @property
+    def incremental_roi(self) -> Estimate:
+        return roi(self.incremental_revenue, self.cost)
+
+    @property
+    def roi_basis(self) -> str:
+        """The headline: incremental where there is a holdout to compare with."""
+        return "incremental" if self.holdout else "attributed"
+
+    @property
+    def headline_roi(self) -> Estimate:
+        return self.incremental_roi if self.roi_basis == "incremental" else Estimate(self.roi)
+
+    @property
+    def revenue_per_recipient(self) -> Optional[float]:
+        if not self.has_value:
+            return None
+        return self.revenue / self.recipients if self.recipients else 0.0
+
+    @property
+    def recommendation(self) -> Optional[str]:
+        if self.holdout:
+            return None
+        if self.holdout_share:
+            return (f"not proof: no holdout member yet (holdout {self.holdout_share:.0%} declared) — "
+                    "attributed figures only")
+        return (f"not proof: no holdout — add `holdout: 10%` to journeys/{self.name}.yaml to measure "
+                "what the journey causes")
 
 
 @dataclass
@@ -132,53 +226,197 @@ class Report:
     daily: list[tuple[date, int, float]]  # day, conversions, revenue (each purchase once)
     handovers: HandoverStats
     unit_costs: dict[str, float]
+    clicks_tracked: bool = False
+    opens_tracked: bool = False
+    offers_unplaced: float = 0.0  # discounts no journey's message preceded
 
     def journey(self, name: str) -> JourneyReport:
         return next(j for j in self.journeys if j.name == name)
 
     @property
+    def period_start(self) -> Optional[datetime]:
+        starts = [j.started_at for j in self.journeys if j.started_at is not None]
+        return min(starts) if starts else None
+
+    @property
     def total_revenue(self) -> float:
-        return sum(j.revenue for j in self.journeys)
+        """Attributed revenue of the journeys whose goal has a value."""
+        return sum(j.revenue for j in self.journeys if j.has_value)
 
     @property
     def total_cost(self) -> float:
         return sum(j.cost for j in self.journeys)
 
+    @property
+    def total_incremental(self) -> Optional[float]:
+        """Sum of the incremental revenue of the journeys that have one (no interval: the
+        journeys share contacts, so their estimates are not independent)."""
+        values = [j.incremental_revenue.value for j in self.journeys if j.incremental_revenue.value is not None]
+        return sum(values) if values else None
+
+    def totals(self) -> dict[str, Any]:
+        """Sums over the journeys; each total ROI over the journeys that have that revenue figure
+        (their revenue against their own costs), None where none has it."""
+        valued = [j for j in self.journeys if j.has_value]
+        measured = [j for j in self.journeys if j.incremental_revenue.value is not None]
+
+        def ratio(revenue: float, cost: float) -> Optional[float]:
+            return (revenue - cost) / cost if cost > 0 else None
+        return {"entered": sum(j.entered for j in self.journeys), "treated": sum(j.treated for j in self.journeys),
+                "holdout": sum(j.holdout for j in self.journeys),
+                "converted": sum(j.converted for j in self.journeys),
+                "attributed_revenue": self.total_revenue if valued else None,
+                "incremental_revenue": self.total_incremental,
+                "costs": {k: sum(j.costs[k] for j in self.journeys) for k in ("messages", "offers", "fixed", "total")},
+                "roi": ratio(self.total_revenue, sum(j.cost for j in valued)) if valued else None,
+                "incremental_roi": (ratio(self.total_incremental or 0.0, sum(j.cost for j in measured))
+                                    if measured else None)}
+
+
+# ---------------------------------------------------------------- enrollments and money
+
 
 def _enrollments(conn: Any, reports: dict[str, JourneyReport]) -> None:
-    converted = enrollment_t.c.converted_at.isnot(None)
     rows = conn.execute(select(enrollment_t.c.journey, enrollment_t.c.holdout, func.count(),
                                func.count(enrollment_t.c.converted_at),
-                               func.coalesce(func.sum(case((converted, enrollment_t.c.revenue), else_=0.0)), 0.0))
+                               func.min(enrollment_t.c.entered_at))
                         .group_by(enrollment_t.c.journey, enrollment_t.c.holdout)).all()
-    for journey, holdout, n, conv, revenue in rows:
+    for journey, holdout, n, conv, first in rows:
         r = reports.get(journey)
         if r is None:
             continue
         r.entered += n
+        first = aware(first)
+        if first is not None and (r.started_at is None or first < r.started_at):
+            r.started_at = first
         if holdout:
-            r.holdout, r.converted_holdout, r.revenue_holdout = n, conv, float(revenue or 0)
+            r.holdout, r.converted_holdout = n, conv
         else:
-            r.treated, r.converted, r.revenue = n, conv, float(revenue or 0)
+            r.treated, r.converted = n, conv
+    for journey, first in conn.execute(select(version_t.c.journey, func.min(version_t.c.created_at))
+                                       .group_by(version_t.c.journey)):
+        r = reports.get(journey)
+        first = aware(first)
+        if r is not None and first is not None and (r.started_at is None or first < r.started_at):
+            r.started_at = first
 
 
-def _steps(conn: Any, reports: dict[str, JourneyReport], project: ProjectSpec, costs: dict[str, float]) -> None:
+@dataclass
+class _Conversion:
+    enrollment: int
+    journey: str
+    holdout: bool
+    contact: int
+    at: datetime
+    revenue: float
+    start: Optional[datetime]  # first message row of the enrollment
+    first_sent: Optional[datetime]  # first delivered message of the enrollment
+
+
+def _converted(conn: Any, names: list[str]) -> list[_Conversion]:
+    """Every converted enrollment with its start (first message row) and first delivered message."""
+    converted_ids = select(enrollment_t.c.id).where(enrollment_t.c.converted_at.isnot(None),
+                                                    enrollment_t.c.journey.in_(names))
+    first = (select(message_t.c.enrollment_id, func.min(message_t.c.created_at).label("start"),
+                    func.min(case((message_t.c.status == SENT, message_t.c.sent_at))).label("first_sent"))
+             .where(message_t.c.enrollment_id.in_(converted_ids))
+             .group_by(message_t.c.enrollment_id).subquery())
+    rows = conn.execute(select(enrollment_t.c.id, enrollment_t.c.journey, enrollment_t.c.holdout,
+                               enrollment_t.c.contact_id, enrollment_t.c.converted_at, enrollment_t.c.revenue,
+                               first.c.start, first.c.first_sent)
+                        .select_from(enrollment_t.outerjoin(first, first.c.enrollment_id == enrollment_t.c.id))
+                        .where(enrollment_t.c.converted_at.isnot(None), enrollment_t.c.journey.in_(names))
+                        .order_by(enrollment_t.c.id)).all()
+    return [_Conversion(eid, journey, bool(holdout), cid, aware(at), float(revenue or 0), aware(start), aware(sent))
+            for eid, journey, holdout, cid, at, revenue, start, sent in rows]
+
+
+def _money(reports: dict[str, JourneyReport], conversions: list[_Conversion]) -> None:
+    """Credited conversions (after the start) for lift and incremental revenue; attributed
+    conversions (after the first delivered message) for the attributed figures."""
+    values: dict[tuple[str, bool], list[float]] = defaultdict(list)
+    for c in conversions:
+        r = reports[c.journey]
+        if c.start is not None and c.at >= c.start:
+            values[(c.journey, c.holdout)].append(c.revenue)
+            if c.holdout:
+                r.credited_holdout += 1
+                r.revenue_holdout += c.revenue
+            else:
+                r.credited += 1
+        if not c.holdout and c.first_sent is not None and c.at >= c.first_sent:
+            r.attributed_conversions += 1
+            r.revenue += c.revenue
+    for name, r in reports.items():
+        r.treated_sample = Sample.of(values[(name, False)], r.treated)
+        r.holdout_sample = Sample.of(values[(name, True)], r.holdout)
+        r.lift = lift(r.credited, r.treated, r.credited_holdout, r.holdout)
+
+
+def _goal_events(conn: Any, project: ProjectSpec, conversions: list[_Conversion]) -> dict[int, dict]:
+    """enrollment → the properties of the goal event that converted it (when still stored)."""
+    goal_of = {name: spec.goal.event for name, spec in project.journeys.items() if spec.goal is not None}
+    wanted: dict[tuple[int, str], list[_Conversion]] = defaultdict(list)
+    for c in conversions:
+        if c.journey in goal_of:
+            wanted[(c.contact, goal_of[c.journey])].append(c)
+    contacts = sorted({cid for cid, _ in wanted})
+    names = sorted(set(goal_of.values()))
+    out: dict[int, dict] = {}
+    for part in chunked(contacts):
+        for cid, name, at, props in conn.execute(
+                select(event_t.c.contact_id, event_t.c.name, event_t.c.occurred_at, event_t.c.properties)
+                .where(event_t.c.contact_id.in_(part), event_t.c.name.in_(names))):
+            at = aware(at)
+            for c in wanted.get((cid, name), ()):
+                if c.at == at:
+                    out.setdefault(c.enrollment, dict(props or {}))
+    return out
+
+
+def _has_value(conn: Any, project: ProjectSpec, reports: dict[str, JourneyReport],
+               conversions: list[_Conversion], goal_props: Mapping[int, dict]) -> None:
+    """A goal has a value when a conversion brought revenue or a goal event carries `value`."""
+    for c in conversions:
+        if c.revenue or "value" in goal_props.get(c.enrollment, {}):
+            reports[c.journey].has_value = True
+    present = Comparison.model_validate({"exists": True})
+    for name, r in reports.items():
+        spec = project.journeys.get(name)
+        if r.has_value or spec is None or spec.goal is None:
+            continue
+        r.has_value = conn.execute(
+            select(event_t.c.id).where(event_t.c.name == spec.goal.event,
+                                       properties_match(event_t.c.properties, {"value": present})).limit(1)
+        ).first() is not None
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _steps(conn: Any, reports: dict[str, JourneyReport], project: ProjectSpec, costs: dict[str, float],
+           sms: Mapping[tuple[str, str], SmsCount]) -> dict[tuple[str, str], StepReport]:
+    from nurture.compiler import compile_journey
+    from nurture.messages import split_arms
     steps: dict[tuple[str, str], StepReport] = {}
     order = {}
-    for name, journey in project.journeys.items():
-        from nurture.compiler import compile_journey
+    for name in reports:
+        journey = project.journeys.get(name)
+        if journey is None:
+            continue
         plan = compile_journey(journey)
+        arms = split_arms(journey.steps)
         for i, sid in enumerate(plan.order):
             node = plan.nodes[sid]
             if node.kind == "send":
-                steps[(name, sid)] = StepReport(sid, node.step.send.channel)
+                steps[(name, sid)] = StepReport(sid, node.step.send.channel, arms.get(sid))
                 order[(name, sid)] = i
     group = (message_t.c.journey, message_t.c.step_id, message_t.c.channel, message_t.c.attempt_key,
              message_t.c.status, message_t.c.reason)
-    rows = conn.execute(select(*group, func.count()).where(message_t.c.enrollment_id.isnot(None)).group_by(*group)).all()
+    rows = conn.execute(select(*group, func.count()).where(message_t.c.enrollment_id.isnot(None),
+                                                           message_t.c.journey.in_(list(reports)))
+                        .group_by(*group)).all()
     for journey, step, channel, attempt_key, status, reason, n in rows:
-        if journey not in reports:
-            continue
         final = attempt_key == "send"  # 'defer:N' rows record deferrals
         s = steps.setdefault((journey, step), StepReport(step, channel))
         order.setdefault((journey, step), 10_000)
@@ -187,37 +425,61 @@ def _steps(conn: Any, reports: dict[str, JourneyReport], project: ProjectSpec, c
             s.deferred[reason] = s.deferred.get(reason, 0) + n
             continue
         s.reached += n
-        if status == "sent":
+        if status == SENT:
             s.sent += n
-            s.cost += n * costs.get(channel, 0.0)
             r = reports[journey]
             r.sent[channel] = r.sent.get(channel, 0) + n
-            r.cost += n * costs.get(channel, 0.0)
-        elif status == "failed":
+            if channel != "sms":
+                s.cost += n * costs.get(channel, 0.0)
+        elif status == FAILED:
             s.failed += n
-        elif status == "holdout":
+        elif status == HOLDOUT:
             s.holdout += n
-        elif status in ("suppressed", "skipped"):
-            bucket = s.suppressed if status == "suppressed" else s.skipped
+        elif status in (SUPPRESSED, SKIPPED):
+            bucket = s.suppressed if status == SUPPRESSED else s.skipped
             bucket[reason] = bucket.get(reason, 0) + n
+    for (journey, step), count in sms.items():
+        s = steps.setdefault((journey, step), StepReport(step, "sms"))
+        order.setdefault((journey, step), 10_000)
+        s.segments = count.segments
+        s.cost += count.segments * costs.get("sms", 0.0)
+        reports[journey].sms_segments += count.segments
+        reports[journey].sms_estimated += count.estimated
     for journey, step, n, revenue in conn.execute(
             select(message_t.c.journey, message_t.c.step_id, func.count(func.distinct(enrollment_t.c.id)),
                    func.coalesce(func.sum(enrollment_t.c.revenue), 0.0))
             .select_from(message_t.join(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id))
-            .where(message_t.c.status == "sent", enrollment_t.c.converted_at.isnot(None),
-                   enrollment_t.c.converted_at >= message_t.c.sent_at)
+            .where(message_t.c.status == SENT, enrollment_t.c.converted_at.isnot(None),
+                   enrollment_t.c.converted_at >= message_t.c.sent_at, message_t.c.journey.in_(list(reports)))
             .group_by(message_t.c.journey, message_t.c.step_id)):
         if (journey, step) in steps:
             steps[(journey, step)].conversions = n
             steps[(journey, step)].revenue = float(revenue or 0)
-    for (journey, _), s in sorted(steps.items(), key=lambda kv: (kv[0][0], order[kv[0]])):
-        if journey in reports:
-            reports[journey].steps.append(s)
+    for (journey, _), s in sorted(steps.items(), key=lambda kv: (kv[0][0], order[kv[0]], kv[0][1])):
+        reports[journey].steps.append(s)
+        reports[journey].cost_messages += s.cost
+    return steps
+
+
+def _engagement(conn: Any, steps: Mapping[tuple[str, str], StepReport], now: datetime) -> tuple[bool, bool]:
+    sent_to: dict[tuple[str, str], set] = defaultdict(set)
+    names = sorted({j for j, _ in steps})
+    for journey, step, cid in conn.execute(
+            select(message_t.c.journey, message_t.c.step_id, message_t.c.contact_id).distinct()
+            .where(message_t.c.status == SENT, message_t.c.journey.in_(names))):
+        sent_to[(journey, step)].add(cid)
+    counts, tracked = engagement(conn, now, sent_to)
+    for key, s in steps.items():
+        if tracked[CLICK]:
+            s.clicks = counts[CLICK].get(key, 0)
+        if tracked[OPEN] and s.channel == "email":
+            s.opens = counts[OPEN].get(key, 0)
+    return tracked[CLICK], tracked[OPEN]
 
 
 def _recipients(conn: Any, reports: dict[str, JourneyReport]) -> None:
     first = (select(message_t.c.journey, message_t.c.contact_id, func.min(message_t.c.sent_at).label("first_sent"))
-             .where(message_t.c.status == "sent", message_t.c.enrollment_id.isnot(None))
+             .where(message_t.c.status == SENT, message_t.c.enrollment_id.isnot(None))
              .group_by(message_t.c.journey, message_t.c.contact_id).subquery())
     for journey, n in conn.execute(select(first.c.journey, func.count()).group_by(first.c.journey)):
         if journey in reports:
@@ -239,26 +501,32 @@ def _recipients(conn: Any, reports: dict[str, JourneyReport]) -> None:
                 setattr(reports[journey], attr, n)
 
 
+# ---------------------------------------------------------------- conversions across journeys
+
+
 def _conversions(conn: Any) -> list[tuple[int, datetime, float]]:
     """Each purchase once: (contact, converted_at) deduplicated over journeys, max revenue."""
     rows = conn.execute(select(enrollment_t.c.contact_id, enrollment_t.c.converted_at, func.max(enrollment_t.c.revenue))
                         .where(enrollment_t.c.converted_at.isnot(None))
                         .group_by(enrollment_t.c.contact_id, enrollment_t.c.converted_at)
                         .order_by(enrollment_t.c.converted_at, enrollment_t.c.contact_id)).all()
-    return [(cid, at, float(rev or 0)) for cid, at, rev in rows]
+    return [(cid, aware(at), float(rev or 0)) for cid, at, rev in rows]
 
 
-def _attribution(conn: Any, conversions: list[tuple[int, datetime, float]]
-                 ) -> tuple[list[AttributionRow], tuple[int, float]]:
-    contacts = sorted({c for c, _, _ in conversions})
+def _touches(conn: Any, contacts: list[int]) -> dict[int, list[tuple[datetime, str, str]]]:
+    """contact → its delivered messages (sent_at, journey, step), in time order."""
     touches: dict[int, list[tuple[datetime, str, str]]] = defaultdict(list)
-    from nurture.runtime.sql import chunks
-    for part in chunks(contacts):
+    for part in chunked(contacts):
         for cid, sent_at, journey, step in conn.execute(
                 select(message_t.c.contact_id, message_t.c.sent_at, message_t.c.journey, message_t.c.step_id)
-                .where(message_t.c.contact_id.in_(part), message_t.c.status == "sent")
+                .where(message_t.c.contact_id.in_(part), message_t.c.status == SENT)
                 .order_by(message_t.c.contact_id, message_t.c.sent_at, message_t.c.id)):
-            touches[cid].append((sent_at, journey, step))
+            touches[cid].append((aware(sent_at), journey, step))
+    return touches
+
+
+def _attribution(conversions: list[tuple[int, datetime, float]], touches: Mapping[int, list]
+                 ) -> tuple[list[AttributionRow], tuple[int, float]]:
     paths: list[tuple[float, list[tuple[str, str]]]] = []
     unattributed = [0, 0.0]
     for cid, at, revenue in conversions:
@@ -291,6 +559,32 @@ def _daily(conversions: list[tuple[int, datetime, float]]) -> list[tuple[date, i
     return out
 
 
+def _offers(conn: Any, project: ProjectSpec, reports: dict[str, JourneyReport],
+            steps: Mapping[tuple[str, str], StepReport], conversions: list[_Conversion],
+            goal_props: Mapping[int, dict], touches: Mapping[int, list], now: datetime) -> float:
+    offers = declared_offers(project, project.journeys)
+    goal_names = {spec.goal.event for spec in project.journeys.values() if spec.goal is not None}
+    events = redemptions(conn, now, goal_names)
+    missing = sorted({cid for _, cid, _, _ in events} - set(touches))
+    touches = {**touches, **_touches(conn, missing)} if missing else touches
+    charges, unplaced = charge_redemptions(events, offers, touches, ATTRIBUTION_LOOKBACK)
+    credited = [(c.journey, c.contact, c.at, c.revenue, goal_props.get(c.enrollment, {})) for c in conversions
+                if not c.holdout and c.first_sent is not None and c.at >= c.first_sent]
+    charges += charge_untracked(credited, offers, touches, ATTRIBUTION_LOOKBACK)
+    for charge in charges:
+        r = reports.get(charge.journey)
+        if r is None:
+            continue
+        r.cost_offers += charge.amount
+        r.offers_redeemed += 1
+        if charge.step is not None and (charge.journey, charge.step) in steps:
+            steps[(charge.journey, charge.step)].offer_cost += charge.amount
+    return unplaced
+
+
+# ---------------------------------------------------------------- handovers
+
+
 def handover_stats(conn: Any, now: datetime) -> HandoverStats:
     """MQLs handed to sales and whether sales contacted them (`sales_contacted`) within the SLA."""
     stats = HandoverStats()
@@ -302,13 +596,11 @@ def handover_stats(conn: Any, now: datetime) -> HandoverStats:
         if status in ("delivered", "pending", "failed"):
             setattr(stats, status, getattr(stats, status) + 1)
         if first is not None:
-            if first.tzinfo is None:
-                first = first.replace(tzinfo=timezone.utc)
-            if first <= due:
+            if aware(first) <= aware(due):
                 stats.contacted_within_sla += 1
             else:
                 stats.contacted_late += 1
-        elif now > due:
+        elif now > aware(due):
             stats.overdue += 1
         else:
             stats.open_within_sla += 1
@@ -316,24 +608,45 @@ def handover_stats(conn: Any, now: datetime) -> HandoverStats:
 
 
 def build_report(store: Store, project: ProjectSpec, now: Optional[datetime] = None,
-                 journeys: Optional[list[str]] = None) -> Report:
+                 journeys: Optional[list[str]] = None, env: Optional[Mapping[str, str]] = None) -> Report:
+    """`env` (default: the process environment) gives the public URL and secret the SMS links
+    were rendered with — their length counts in an SMS's segments."""
     now = now or datetime.now(timezone.utc)
+    env = os.environ if env is None else env
     names = journeys or sorted(project.journeys)
     costs = dict(project.policies.unit_costs)
     reports: dict[str, JourneyReport] = {}
     for name in names:
         spec = project.journeys.get(name)
         goal = f"{spec.goal.event} within {format_duration(spec.goal.within)}" if spec is not None and spec.goal else ""
-        reports[name] = JourneyReport(name, spec.description.strip() if spec else "", goal)
+        reports[name] = JourneyReport(name, spec.description.strip() if spec else "", goal,
+                                      holdout_share=spec.holdout if spec else 0.0)
     with store.reading() as conn:
         _enrollments(conn, reports)
-        _steps(conn, reports, project, costs)
+        converted = _converted(conn, names)
+        _money(reports, converted)
+        goal_props = _goal_events(conn, project, converted)
+        _has_value(conn, project, reports, converted, goal_props)
+        sms = sms_segments_sent(conn, project, names, env, store)
+        steps = _steps(conn, reports, project, costs, sms)
+        clicks_tracked, opens_tracked = _engagement(conn, steps, now)
         _recipients(conn, reports)
         conversions = _conversions(conn)
-        attribution, unattributed = _attribution(conn, conversions)
+        touches = _touches(conn, sorted({c for c, _, _ in conversions}))
+        attribution, unattributed = _attribution(conversions, touches)
         daily = _daily(conversions)
+        unplaced = _offers(conn, project, reports, steps, converted, goal_props, touches, now)
         handovers = handover_stats(conn, now)
-    for r in reports.values():
-        r.lift = lift(r.converted, r.treated, r.converted_holdout, r.holdout)
+        for name, r in reports.items():
+            spec = project.journeys.get(name)
+            if spec is not None:
+                r.cost_fixed = fixed_cost(spec.fixed_costs, r.started_at, now)
+                r.splits = split_reports(conn, _plan(spec), now, r.has_value)
     attribution = [a for a in attribution if a.journey in reports]
-    return Report(now, [reports[n] for n in names], attribution, unattributed, daily, handovers, costs)
+    return Report(now, [reports[n] for n in names], attribution, unattributed, daily, handovers, costs,
+                  clicks_tracked, opens_tracked, unplaced)
+
+
+def _plan(spec: Any) -> Any:
+    from nurture.compiler import compile_journey
+    return compile_journey(spec)

@@ -1,11 +1,13 @@
 """The per-run summary of one journey, for the Prefect UI: markdown and table rows (the
-journey flow publishes them as artifacts after each run)."""
+journey flow publishes them as artifacts after each run). The same figures, words and
+formats as the HTML page and the terminal (nurture.reporting.views)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Optional
+from typing import Mapping, Optional
 
-from nurture.reporting.format import money, pct, signed_points
+from nurture.reporting import views
+from nurture.reporting.format import count
 from nurture.reporting.report import JourneyReport, build_report
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
@@ -16,37 +18,54 @@ def _reasons(counts: dict[str, int]) -> str:
 
 
 def step_rows(r: JourneyReport) -> list[dict]:
-    return [{"step": s.step, "channel": s.channel, "reached": s.reached, "sent": s.sent,
+    """One row per send step (the Prefect table artifact): counts as integers, money rounded."""
+    return [{"step": s.step, "channel": s.channel, "arm": s.arm, "reached": s.reached, "sent": s.sent,
              "deferred": _reasons(s.deferred), "suppressed": _reasons(s.suppressed),
              "skipped": _reasons(s.skipped), "failed": s.failed, "holdout": s.holdout,
-             "conversions": s.conversions, "revenue": round(s.revenue, 2), "cost": round(s.cost, 4)}
+             "conversions": s.conversions, "revenue": round(s.revenue, 2) if r.has_value else None,
+             "cost": round(s.cost, 4), "offer_cost": round(s.offer_cost, 2),
+             "segments": s.segments if s.channel == "sms" else None,
+             "clicks": s.clicks, "click_rate": None if s.click_rate is None else round(s.click_rate, 4),
+             "opens": s.opens, "open_rate": None if s.open_rate is None else round(s.open_rate, 4)}
             for s in r.steps]
 
 
-def journey_markdown(r: JourneyReport) -> str:
-    lift_text = "no holdout"
-    if r.lift is not None and r.lift.low is not None:
-        lift_text = (f"{signed_points(r.lift.difference)} (95% CI {signed_points(r.lift.low)} to "
-                     f"{signed_points(r.lift.high)}, Newcombe)")
-    roi = "n/a" if r.roi is None else f"{r.roi:,.1f}×"
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+    return (["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+            + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
+
+
+def journey_markdown(r: JourneyReport, period_end: Optional[datetime] = None) -> str:
     lines = [f"### {r.name}", "",
-             f"Entered **{r.entered}** ({r.treated} messaged group, {r.holdout} holdout) · goal: {r.goal or 'none'}", "",
-             "| conversions | rate | holdout rate | lift | revenue | cost | ROI | revenue / recipient | unsubscribes | bounces |",
-             "|---|---|---|---|---|---|---|---|---|---|",
-             f"| {r.converted} | {pct(r.conversion_rate)} | {pct(r.holdout_rate)} | {lift_text} | {money(r.revenue)} | "
-             f"{money(r.cost)} | {roi} | {money(r.revenue_per_recipient)} | {pct(r.unsubscribe_rate)} | "
-             f"{pct(r.bounce_rate)} |", "",
-             "| step | channel | reached | sent | deferred | suppressed | skipped | failed | conversions | revenue |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for row in step_rows(r):
-        lines.append(f"| {row['step']} | {row['channel']} | {row['reached']} | {row['sent']} | {row['deferred']} | "
-                     f"{row['suppressed']} | {row['skipped']} | {row['failed']} | {row['conversions']} | "
-                     f"{money(row['revenue'])} |")
-    return "\n".join(lines) + "\n"
+             f"Entered **{count(r.entered)}** ({count(r.treated)} messaged group, {count(r.holdout)} holdout) · "
+             f"goal: {r.goal or 'none'}"
+             + (f" · {views.period_text(r.started_at, period_end)}" if period_end is not None else ""), "",
+             f"**{views.headline_text(r)}**", ""]
+    if r.recommendation:
+        lines += [f"_{r.recommendation}_", ""]
+    lines += _table(["conversions after the start", "rate", "holdout rate", "lift"], [views.conversion_cells(r)])
+    lines += ["", f"_{views.START_NOTE}; {views.ATTRIBUTED_NOTE}._", ""]
+    lines += _table(*views.money_table(r)) + [""]
+    headers, rows = views.step_table(r)
+    if rows:
+        lines += _table(headers, rows) + [""]
+        if r.steps and any(s.opens is not None for s in r.steps):
+            lines += [f"_{views.OPENS_NOTE}_", ""]
+    for split in r.splits:
+        lines += [f"A/B split **{split.step}** (difference of the conversion rate to arm "
+                  f"{split.arms[0].name}, 95% CI, Newcombe):", ""]
+        lines += _table(*views.split_table(split)) + [""]
+    # a non-breaking space keeps an amount and its currency on one line in the Prefect UI
+    return "\n".join(lines).rstrip().replace(" €", "\u00a0€").replace(" pts", "\u00a0pts") + "\n"
 
 
-def journey_summary(store: Store, project: ProjectSpec, journey: str,
-                    now: Optional[datetime] = None) -> tuple[str, list[dict]]:
-    """(markdown, table rows) summarising one journey from its first run to now."""
-    report = build_report(store, project, now, journeys=[journey])
-    return journey_markdown(report.journey(journey)), step_rows(report.journey(journey))
+def journey_summary(store: Store, project: ProjectSpec, journey: str, now: Optional[datetime] = None,
+                    env: Optional[Mapping[str, str]] = None) -> tuple[str, list[dict]]:
+    """(markdown, table rows) summarising one journey from its first run to now. `env`: the
+    runtime's environment (public URL: the length of SMS links), default the process's."""
+    report = build_report(store, project, now, journeys=[journey], env=env)
+    r = report.journey(journey)
+    return journey_markdown(r, report.generated_at), step_rows(r)
+

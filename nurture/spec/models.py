@@ -162,12 +162,32 @@ def condition_depth(cond: Condition) -> int:
 # ---------------------------------------------------------------- steps
 
 
+class Offer(Strict):
+    """A coupon the message carries, for the report's offer costs: its `code` (matched against
+    a purchase's `coupon` / `code` property) and what one redemption costs — a fixed `value`
+    (money) or a `percent` off. A purchase's own `discount` property, when tracked, wins."""
+    code: Optional[str] = None
+    value: Optional[float] = Field(default=None, ge=0)
+    percent: Optional[float] = Field(default=None, gt=0, lt=100)
+
+    @model_validator(mode="after")
+    def _one_cost(self) -> "Offer":
+        if self.value is not None and self.percent is not None:
+            raise ValueError("an offer costs a fixed 'value' or a 'percent', not both")
+        if self.code is None and self.value is None and self.percent is None:
+            raise ValueError("an offer needs a 'code', a 'value' or a 'percent'")
+        return self
+
+
 class SendSpec(Strict):
     channel: Literal["email", "sms"]
     template: str
     subject: Optional[str] = None
     purpose: Literal["marketing", "transactional"] = "marketing"
     preheader: Optional[str] = None
+    # Reporting only: the coupon this message carries. Left out of dumps while unset, so adding the
+    # key to the language did not change the version hash of any existing journey.
+    offer: Optional[Offer] = Field(default=None, exclude_if=lambda v: v is None)
 
     @model_validator(mode="after")
     def _subject(self) -> "SendSpec":
@@ -330,6 +350,14 @@ class FrequencyCap(Strict):
     _per = field_validator("per", mode="before")(lambda cls, v: _duration(v))
 
 
+class FixedCost(Strict):
+    """A cost of running a journey that no message causes (a tool, an agency fee, design
+    work), spread over the period the report covers: `per` day, week, month or year, or `once`."""
+    name: str
+    amount: float = Field(ge=0)
+    per: Literal["day", "week", "month", "year", "once"] = "month"
+
+
 def _reentry(value: Any) -> Union[str, timedelta]:
     if value in ("never", "always"):
         return value
@@ -359,6 +387,8 @@ class Journey(Strict):
     holdout: float = 0.0
     quiet_hours: Optional[QuietHours] = None
     frequency_cap: list[FrequencyCap] = Field(default_factory=list)
+    # Reporting only: costs beyond messages; left out of dumps while empty (no version change).
+    fixed_costs: list[FixedCost] = Field(default_factory=list, exclude_if=lambda v: not v)
     steps: list[Step]
 
     _r = field_validator("reentry", mode="before")(lambda cls, v: _reentry(v))

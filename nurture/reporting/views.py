@@ -1,0 +1,152 @@
+"""The words and tables every view of the report shares — the HTML page, the terminal and the
+Prefect markdown artifact show the same figures, labelled the same way. Plain strings and
+lists of cells; each view adds only its own markup. Columns that would be empty everywhere
+(no deferrals, no SMS, clicks not tracked …) are left out."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Callable, Optional
+
+from nurture.reporting.format import NA, count, interval, money, multiple, pct, signed_points
+from nurture.reporting.report import JourneyReport
+from nurture.reporting.splits import SplitReport
+
+OPENS_NOTE = ("opens are unreliable: image proxies (Apple Mail Privacy Protection, Gmail) fetch or block "
+              "the tracking pixel — compare clicks and conversions instead")
+START_NOTE = ("a member's start is its first send step of the journey — when it was messaged, or would have "
+              "been (holdout); a conversion before it counts for nothing")
+ATTRIBUTED_NOTE = "attributed = every converter's revenue after a message of the journey: not what the journey caused"
+
+
+def period_text(start: Optional[datetime], end: Optional[datetime]) -> str:
+    if end is None:
+        return ""
+    if start is None:
+        return f"until {end:%Y-%m-%d %H:%M} UTC"
+    return f"{start:%Y-%m-%d} → {end:%Y-%m-%d %H:%M} UTC"
+
+
+def with_interval(value: Optional[float], low: Optional[float], high: Optional[float],
+                  fmt: Callable[[Optional[float]], str] = money) -> str:
+    if value is None:
+        return NA
+    ci = interval(low, high, fmt)
+    return f"{fmt(value)} ({ci})" if ci else fmt(value)
+
+
+def headline_text(r: JourneyReport) -> str:
+    """What the journey earned, in one sentence: incremental where there is a holdout."""
+    if not r.goal:
+        return "No goal: nothing to measure revenue or ROI by (add `goal:` to the journey)"
+    if not r.has_value:
+        return f"Goal without a money value ({r.goal}): revenue and ROI n/a"
+    if r.roi_basis == "incremental":
+        inc, roi = r.incremental_revenue, r.incremental_roi
+        return (f"Incremental revenue {with_interval(inc.value, inc.low, inc.high)} · "
+                f"ROI (incremental) {with_interval(roi.value, roi.low, roi.high, multiple)}")
+    return f"ROI (attributed) {multiple(r.roi)} — not proof: no holdout"
+
+
+def roi_cell(r: JourneyReport) -> str:
+    """The headline ROI in a table cell, its basis named."""
+    if not r.has_value:
+        return NA
+    if r.roi_basis == "incremental":
+        return f"{multiple(r.incremental_roi.value)} (incremental)"
+    return f"{multiple(r.roi)} (attributed, not proof: no holdout)"
+
+
+def lift_text(r: JourneyReport) -> str:
+    lift = r.lift
+    if lift is None or lift.low is None:
+        return "no holdout"
+    return f"{signed_points(lift.difference)} (95% CI {signed_points(lift.low)} … {signed_points(lift.high)})"
+
+
+def conversion_cells(r: JourneyReport) -> list[str]:
+    """conversions after the start, their rate, the holdout's rate, lift."""
+    lift = r.lift
+    return [count(r.credited), pct(lift.treated_rate if lift else None),
+            pct(lift.control_rate) if r.holdout and lift else NA, lift_text(r)]
+
+
+def money_table(r: JourneyReport) -> tuple[list[str], list[list[str]]]:
+    """Revenue (incremental beside attributed), the costs, ROI; only the costs for a goal
+    without a value."""
+    inc = r.incremental_revenue
+    headers, row = [], []
+    if r.has_value:
+        headers += ["incremental revenue", "attributed revenue"]
+        row += [with_interval(inc.value, inc.low, inc.high) if r.holdout else "no holdout", money(r.attributed_revenue)]
+    headers.append("cost: messages")
+    row.append(money(r.cost_messages))
+    if r.cost_offers:
+        headers.append("offers")
+        row.append(money(r.cost_offers))
+    if r.cost_fixed:
+        headers.append("fixed")
+        row.append(money(r.cost_fixed))
+    headers.append("total cost")
+    row.append(money(r.cost))
+    if r.has_value:
+        roi = r.incremental_roi
+        headers += ["ROI (incremental)", "ROI (attributed)", "revenue / recipient"]
+        row += [with_interval(roi.value, roi.low, roi.high, multiple) if r.holdout else "no holdout",
+                multiple(r.roi), money(r.revenue_per_recipient)]
+    return headers, [row]
+
+
+def attribution_money(report, a, model: str) -> str:
+    """Credited revenue of an attribution row: n/a where the journey's goal has no value."""
+    valued = {j.name: j.has_value for j in report.journeys}
+    return money(a.revenue[model] if valued.get(a.journey, True) else None)
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
+
+
+def step_table(r: JourneyReport) -> tuple[list[str], list[list[str]]]:
+    steps = r.steps
+    if not steps:
+        return [], []
+    columns: list[tuple[str, Callable]] = [("step", lambda s: s.step)]
+    optional: list[tuple[str, Callable, Callable]] = [
+        ("arm", lambda s: s.arm or "", lambda s: s.arm),
+        ("channel", lambda s: s.channel, lambda s: True),
+        ("reached", lambda s: count(s.reached), lambda s: True),
+        ("sent", lambda s: count(s.sent), lambda s: True),
+        ("deferred", lambda s: _reasons(s.deferred), lambda s: s.deferred),
+        ("suppressed", lambda s: _reasons(s.suppressed), lambda s: s.suppressed),
+        ("skipped", lambda s: _reasons(s.skipped), lambda s: s.skipped),
+        ("failed", lambda s: count(s.failed), lambda s: s.failed),
+        ("holdout", lambda s: count(s.holdout), lambda s: s.holdout),
+        ("segments", lambda s: count(s.segments) if s.channel == "sms" else "", lambda s: s.channel == "sms"),
+        ("clicks", lambda s: "" if s.clicks is None else f"{count(s.clicks)} ({pct(s.click_rate)})",
+         lambda s: s.clicks is not None),
+        ("opens (unreliable)", lambda s: "" if s.opens is None else f"{count(s.opens)} ({pct(s.open_rate)})",
+         lambda s: s.opens is not None),
+        ("converted after", lambda s: count(s.conversions), lambda s: True),
+        ("revenue after", lambda s: money(s.revenue if r.has_value else None), lambda s: r.has_value),
+        ("cost", lambda s: money(s.cost), lambda s: True),
+        ("offer cost", lambda s: money(s.offer_cost), lambda s: s.offer_cost),
+    ]
+    columns += [(name, cell) for name, cell, shown in optional if any(shown(s) for s in steps)]
+    return [name for name, _ in columns], [[cell(s) for _, cell in columns] for s in steps]
+
+
+def split_table(split: SplitReport) -> tuple[list[str], list[list[str]]]:
+    headers = ["arm", "recipients", "conversions", "rate", "revenue / recipient", "difference to " + split.arms[0].name]
+    rows = []
+    for i, arm in enumerate(split.arms):
+        d = arm.difference
+        if i == 0:
+            diff = "reference"
+        elif d is None or d.value is None:
+            diff = NA
+        else:
+            diff = f"{signed_points(d.value)}" + (f" (95% CI {signed_points(d.low)} … {signed_points(d.high)})"
+                                                  if d.low is not None else "")
+        rows.append([arm.name, count(arm.recipients), count(arm.conversions), pct(arm.rate),
+                     money(arm.revenue_per_recipient if split.has_value else None), diff])
+    return headers, rows
