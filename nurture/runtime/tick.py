@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
-from nurture.runtime.advance import advance
 from nurture.runtime.context import Runtime, TickReport
-from nurture.runtime.deliver import deliver, reconcile_stuck
 from nurture.runtime.enroll import enroll
 from nurture.runtime.outcomes import apply_exits, record_conversions
 from nurture.runtime.parallel import LARGE_TICK, due_enrollments, pipelined
 from nurture.runtime.versions import migrate_enrollments, record_version
+from nurture.send.deliver import deliver
+from nurture.send.reconcile import reconcile_stuck
+from nurture.steps.advance import advance
 
 
 def as_utc(now: Optional[datetime]) -> datetime:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 from collections import Counter, namedtuple
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Optional
@@ -58,7 +59,8 @@ _put_back = (message_t.update().where(message_t.c.id == bindparam("mid"))
 
 _CLAIM_COLUMNS = (message_t.c.id, message_t.c.journey, message_t.c.step_id, message_t.c.channel,
                   message_t.c.purpose, message_t.c.address, message_t.c.contact_id, contact_t.c.email,
-                  contact_t.c.phone, contact_t.c.timezone, contact_t.c.attributes)
+                  contact_t.c.phone, contact_t.c.timezone, contact_t.c.attributes, message_t.c.attempts,
+                  message_t.c.created_at)
 Candidate = namedtuple("Candidate", [c.name for c in _CLAIM_COLUMNS])  # type: ignore[misc]
 # A re-checked message that may not go now: its final status, or (still queued) a later due time.
 _refuse = (message_t.update().where(message_t.c.id == bindparam("mid"))
@@ -107,18 +109,26 @@ def _claim_in(conn: Any, rt: Runtime, now: datetime, journey: Optional[str], par
 
 
 def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter) -> list[int]:
-    """Checks 1–5 again for claimed candidates, grouped by send step; the ids that pass."""
+    """Checks 1–5 again for claimed candidates, grouped by send step; the ids that pass.
+
+    A message queued by this very tick (created at `now`, no attempt yet) skips one check:
+    its cap was decided at `now` moments ago, and whatever was queued or sent since counted
+    it (a queued message counts against caps), so the cap cannot have closed on it. Consent,
+    suppression, reachability and quiet hours are read again for every message."""
     lock_contacts(conn, [r.contact_id for r in rows])
     groups: dict[tuple, list] = {}
     for r in rows:
-        groups.setdefault((r.journey, r.step_id, r.channel, r.purpose), []).append(r)
+        fresh = r.attempts == 0 and r.created_at == now
+        groups.setdefault((r.journey, r.step_id, r.channel, r.purpose, fresh), []).append(r)
     batch_ids = frozenset(r.id for r in rows)
     passed: list[int] = []
     refusals: list[dict] = []
     readdress: list[dict] = []
-    for (journey, step_id, channel, purpose), members in groups.items():
+    for (journey, step_id, channel, purpose, fresh), members in groups.items():
         plan = rt.plan(journey) if journey in rt.project.journeys else None
         rules = rt.send_rules(plan, channel, purpose)
+        if fresh:
+            rules = replace(rules, caps=())
         verdicts = check_batch(conn, rules, [Recipient(r.contact_id, r.email, r.phone, r.timezone, r.attributes)
                                              for r in members], now, exclude_messages=batch_ids)
         for r, (status, reason, due) in zip(members, verdicts):
