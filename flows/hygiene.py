@@ -22,6 +22,7 @@ def hygiene_task(project: Optional[str], now: datetime) -> dict:
 @flow(name="hygiene", log_prints=True)
 def hygiene(project: Optional[str] = None, now: Optional[datetime] = None) -> dict:
     clock = logical_now(now)
+    runtime_for(project)  # which project and database (logged); a refused database fails here, not retried
     counts = hygiene_task(project, clock)
     create_table_artifact(key="hygiene", table=[{"what": k, "count": v} for k, v in sorted(counts.items())]
                           or [{"what": "nothing to do", "count": 0}],

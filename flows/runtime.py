@@ -1,14 +1,26 @@
-"""Building the engine's Runtime inside a flow run (cached per process and project)."""
+"""Building the engine's Runtime inside a flow run (cached per process and project).
+
+Every flow run says which project and database it works on (one INFO line per flow run, the
+password redacted: `run_identity` / `log_run_identity`). A flow run started from a deployment
+— by a worker or by `nurture serve` — never creates a new, empty database: a worker without
+NURTURE_DATABASE_URL would otherwise tick, green, on an empty SQLite file of its own. It fails
+with `DatabaseMissing` naming the database and how to set it, unless NURTURE_CREATE_DATABASE=1.
+Flows called directly (the CLI's one-shot commands, the demo, tests) create it as before.
+"""
 from __future__ import annotations
 
+import logging
 import os
+from collections import OrderedDict
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Optional
 
 from nurture.runtime import Runtime
-from nurture.settings import database_url, project_root
+from nurture.settings import (CREATE_DATABASE_ENV, DATABASE_URL_ENV, database_creation_allowed_by_env,
+                              database_url, database_url_configured, describe_database, project_root)
 from nurture.spec.project import load_project
-from nurture.store.db import open_store
+from nurture.store.db import DatabaseMissing, open_store
 
 _cache: dict[tuple[str, str], Runtime] = {}
 _stamps: dict[tuple[str, str], float] = {}
@@ -60,14 +72,105 @@ def runtime_for(project: Optional[str] = None) -> Runtime:
     if key in _cache and _stamps.get(key) != stamp:
         _cache.pop(key).close()
     if key not in _cache:
-        _stamps[key] = stamp
         spec = load_project(root)
         if spec.fatal_errors:  # policies.yaml or no project at all: nothing can run
             raise invalid(spec.fatal_errors)
         # A broken journey (or segments / scoring file) fails only what depends on it: the
         # journey's own flow, the sync, scoring — see ProjectSpec.errors_of / require_valid.
-        _cache[key] = Runtime(open_store(url), spec, env=dict(os.environ))
+        store = open_run_store(url)
+        _stamps[key] = stamp
+        _cache[key] = Runtime(store, spec, env=dict(os.environ))
+    _log_identity_once(root, url)
     return _cache[key]
+
+
+# ---------------------------------------------------------------- which project, which database
+
+
+def in_deployment_run() -> bool:
+    """True inside a flow run created from a deployment (a worker's or `nurture serve`'s run,
+    and the subflows and tasks of one); False for flows called directly and outside flows."""
+    try:
+        from prefect.runtime import deployment
+        return deployment.id is not None
+    except Exception:  # no Prefect context, or the API cannot say: not a deployment run
+        return False
+
+
+def database_creation_allowed() -> bool:
+    """May this process set up a new, empty database? Yes, unless it runs a deployment's flow
+    run (then only with NURTURE_CREATE_DATABASE=1)."""
+    return database_creation_allowed_by_env() or not in_deployment_run()
+
+
+def missing_database_advice(url: str, who: str = "a deployment run") -> str:
+    """What to do when `who` finds no database at `url` (for DatabaseMissing's message)."""
+    if database_url_configured():
+        source = f"{DATABASE_URL_ENV} points there"
+    else:
+        source = f"{DATABASE_URL_ENV} is not set, so that is the project's default SQLite file"
+    where = ("before starting `nurture serve`" if who.startswith("`nurture serve`") else
+             "in the environment of the worker (or of `nurture serve`), or in prefect.yaml's "
+             "work_pool.job_variables.env")
+    return (f"{source}, and {who} does not create a new, empty database. Set {DATABASE_URL_ENV} to the "
+            f"database that holds your contacts (postgresql://USER:PASSWORD@HOST/DB or sqlite:////PATH) "
+            f"{where}. To start on an empty database, set {CREATE_DATABASE_ENV}=1 (or create it with a "
+            "one-shot command such as `nurture import contacts FILE`)")
+
+
+def open_run_store(url: str):
+    """open_store for a flow run: refuses to create a database in a deployment run."""
+    try:
+        return open_store(url, create=database_creation_allowed())
+    except DatabaseMissing:
+        raise DatabaseMissing(url, missing_database_advice(url)) from None
+
+
+def run_identity(project: Optional[str] = None) -> dict:
+    """{project, database}: the project directory and the database URL (password redacted)
+    a run with this `project` parameter works on, e.g. for a tick's artifact."""
+    root = project_root(project)
+    return {"project": str(root), "database": describe_database(database_url(root))}
+
+
+def identity_line(project: Optional[str] = None) -> str:
+    identity = run_identity(project)
+    line = f"project {identity['project']}, database {identity['database']}"
+    if not database_url_configured():
+        line += f" ({DATABASE_URL_ENV} not set: the project's default)"
+    return line
+
+
+def log_run_identity(project: Optional[str] = None, logger: Optional[logging.Logger] = None) -> str:
+    """Log (INFO) which project and database this run uses, to the run's logger when inside a
+    flow or task run; returns the line."""
+    line = identity_line(project)
+    if logger is None:
+        try:
+            from prefect import get_run_logger
+            logger = get_run_logger()
+        except Exception:  # outside a flow or task run
+            logger = logging.getLogger("nurture")
+    logger.info("%s", line)
+    return line
+
+
+_identified: "OrderedDict[tuple[str, str], None]" = OrderedDict()
+
+
+def _log_identity_once(root: Path, url: str) -> None:
+    """The identity line once per flow run (runtime_for is called by every task)."""
+    try:
+        from prefect.runtime import flow_run
+        run_id = flow_run.id
+    except Exception:
+        return
+    if run_id is None or (run_id, str(root)) in _identified:
+        return
+    _identified[(run_id, str(root))] = None
+    while len(_identified) > 1000:
+        _identified.popitem(last=False)
+    log_run_identity(str(root))
 
 
 def forget_runtimes() -> None:

@@ -32,6 +32,7 @@ def retry_handovers_task(project: Optional[str], now: datetime) -> dict:
 @flow(name="scoring", log_prints=True)
 def scoring(project: Optional[str] = None, now: Optional[datetime] = None) -> dict:
     clock = logical_now(now)
+    runtime_for(project)  # which project and database (logged); a refused database fails here, not retried
     scored = score_task(project, clock)
     retried = retry_handovers_task(project, clock)
     promoted = ", ".join(f"{n} to {stage}" for stage, n in scored.get("promoted", {}).items()) or "none"

@@ -104,8 +104,10 @@ def segment_sync(project: Optional[str] = None, now: Optional[datetime] = None,
 
 
 def sync_deployment(project: str):
-    """The nightly deployment `nurture serve` runs: 02:00 in NURTURE_SYNC_TIMEZONE
-    (default Europe/Berlin)."""
+    """The nightly sync as a deployment built in code: 02:00 in NURTURE_SYNC_TIMEZONE (default
+    Europe/Berlin). `nurture serve` no longer uses it — it serves prefect.yaml's deployments,
+    `segment-sync` included (nurture.cli.run_verbs.served_deployments), with the same
+    NURTURE_SYNC_TIMEZONE override; kept for callers of this function."""
     from prefect.schedules import Cron
     tz = os.environ.get("NURTURE_SYNC_TIMEZONE", "Europe/Berlin")
     return segment_sync.to_deployment(name="segment-sync", schedule=Cron("0 2 * * *", timezone=tz),

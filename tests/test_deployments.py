@@ -1,4 +1,4 @@
-"""prefect.yaml and `nurture serve` declare the same schedules, and every entrypoint is a flow."""
+"""prefect.yaml declares the deployments (`nurture serve` reads the same file), and every entrypoint is a flow."""
 from __future__ import annotations
 
 import yaml
@@ -25,11 +25,13 @@ def test_journey_ticks_every_five_minutes_and_segment_sync_nightly_in_berlin():
     assert declared["segment-sync"]["schedules"] == [{"cron": "0 2 * * *", "timezone": "Europe/Berlin"}]
 
 
-def test_nurture_serve_serves_the_schedules_prefect_yaml_declares(tmp_path):
+def test_nurture_serve_serves_the_deployments_prefect_yaml_declares_under_its_own_names(tmp_path):
     from nurture.cli.run_verbs import served_deployments
     served = {d.name: d for d in served_deployments(str(tmp_path))}
-    assert set(served) == set(_declared())
-    assert served["tick-all"].schedules[0].schedule.interval.total_seconds() == 300
-    cron = served["segment-sync"].schedules[0].schedule
+    declared = _declared()
+    assert set(served) == {f"{name}-served" for name in declared}
+    assert served["tick-all-served"].schedules[0].schedule.interval.total_seconds() == 300
+    cron = served["segment-sync-served"].schedules[0].schedule
     assert (cron.cron, cron.timezone) == ("0 2 * * *", "Europe/Berlin")
-    assert all(d.parameters == {"project": str(tmp_path)} for d in served.values())
+    for name, deployment in declared.items():  # prefect.yaml's parameters (tick-all: partitions 2) + project
+        assert served[f"{name}-served"].parameters == {**(deployment.get("parameters") or {}), "project": str(tmp_path)}

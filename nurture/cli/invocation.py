@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
+from rich.markup import escape
 
-from nurture.settings import database_url, project_root
+from nurture.settings import database_url, describe_database, project_root
 from nurture.spec.project import ProjectSpec, load_project
-from nurture.store.db import Store, open_store
+from nurture.store.db import DatabaseUnavailable, Store, make_engine, open_store
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -38,11 +39,26 @@ def open_project(*, strict: bool = True, only: Optional[str] = None) -> ProjectS
 
 
 def store() -> Store:
+    """The project's database (created and migrated on first use: one-shot commands may)."""
     url = database_url(root())
     try:
         return open_store(url)
+    except DatabaseUnavailable as exc:
+        raise CliError(escape(f"cannot open the database: {exc}")) from None
     except Exception as exc:
-        raise CliError(f"cannot open the database {url.split('@')[-1]}: {type(exc).__name__}: {exc}") from None
+        raise CliError(escape(f"cannot open the database {describe_database(url)}: {type(exc).__name__}: {exc}")) from None
+
+
+def check_database() -> str:
+    """Fail early, with the words of DatabaseUnavailable, when the database URL cannot work
+    (a driver not installed, an unknown scheme) — before Prefect starts. Connects to nothing;
+    returns the URL as it may be shown (password redacted)."""
+    url = database_url(root())
+    try:
+        make_engine(url).dispose()
+    except DatabaseUnavailable as exc:
+        raise CliError(escape(f"cannot open the database: {exc}")) from None
+    return describe_database(url)
 
 
 def parse_now(value: Optional[str]) -> Optional[datetime]:

@@ -8,6 +8,12 @@ output (a failed run's traceback) is kept off the terminal: the CLI prints one l
 failure itself, and the full logs still go to the Prefect API for the UI (NURTURE_VERBOSE=1
 shows them on the console too). Users' own settings (environment or profile) always win over
 these defaults.
+
+One-shot commands (`nurture run`, `sync`, the demo) send only warnings and errors to the API:
+their runs are looked at in the terminal. `nurture serve` is the opposite: its flow runs —
+subprocesses that inherit these settings — are looked at in the UI, so they send INFO and up
+to the API (the stages' summaries, which project and database a tick used) while the
+terminal stays quiet.
 """
 from __future__ import annotations
 
@@ -21,9 +27,12 @@ DEFAULTS = {
     "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL",
 }
 
+# `nurture serve`: INFO to the API, nothing but our own lines on the console.
+SERVING = {**DEFAULTS, "PREFECT_LOGGING_LEVEL": "INFO"}
 
-def configure(verbose: bool = False) -> None:
-    for key, value in DEFAULTS.items():
+
+def configure(verbose: bool = False, serving: bool = False) -> None:
+    for key, value in (SERVING if serving else DEFAULTS).items():
         os.environ.setdefault(key, value)
     if verbose:
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from nurture.cli import prefect_env
-from nurture.cli.invocation import CliError, console, err_console, open_project, parse_now, root
-
-TICK_SECONDS = 300
+from nurture.cli.invocation import CliError, check_database, console, err_console, open_project, parse_now, root
 
 
 def _flows():
@@ -21,11 +23,14 @@ def _flows():
 def run_ticks(journey: Optional[str], now, quiet: bool = False, workers: Optional[int] = None) -> list[dict]:
     flows = _flows()
     from flows.runtime import ProjectInvalid
+    from nurture.store.db import DatabaseUnavailable
     state = flows.tick_all(project=str(root()), now=now, journey=journey, delivery_processes=workers,
                            return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, ProjectInvalid):
         raise CliError(str(outcome))
+    if isinstance(outcome, DatabaseUnavailable):
+        raise CliError(escape(f"cannot open the database: {outcome}"))
     if isinstance(outcome, flows.JourneysFailed):
         if not quiet:
             print_tick_summary([r for r in outcome.results if "error" not in r])
@@ -63,30 +68,282 @@ def run(journey: Optional[str] = typer.Option(None, "--journey", help="Only this
         open_project(only=journey)  # prints every error and stops: nothing can run
     for error in spec.errors:
         err_console.print(str(error), highlight=False, markup=False)
+    check_database()
     run_ticks(journey, parse_now(now), workers=workers)
     broken = [name for name in spec.journey_names if spec.errors_of(name)]
     if broken:
         raise CliError(f"{len(broken)} journey(s) with errors did not tick: {', '.join(broken)}")
 
 
-def served_deployments(project: str, interval: int = TICK_SECONDS) -> list:
-    """The schedules `nurture serve` runs — the same ones prefect.yaml declares for workers."""
-    from flows import hygiene, journey, scoring, segment_sync
-    return [journey.tick_all.to_deployment(name="tick-all", interval=interval, parameters={"project": project}),
-            segment_sync.sync_deployment(project),
-            scoring.scoring.to_deployment(name="scoring", interval=3600, parameters={"project": project}),
-            hygiene.hygiene.to_deployment(name="hygiene", interval=900, parameters={"project": project})]
+# ---------------------------------------------------------------- nurture serve
+#
+# `nurture serve` runs the deployments prefect.yaml declares, from this one process, instead of
+# a work pool and workers. prefect.yaml is the one definition of names, parameters and
+# schedules; served deployments are named `<name>-served`, so a server that also has the
+# work-pool deployments (`prefect deploy --all`) keeps those exactly as deployed.
+
+SERVED_SUFFIX = "-served"
+SYNC_TIMEZONE_ENV = "NURTURE_SYNC_TIMEZONE"
+_SCHEDULE_KEYS = ("interval", "cron", "rrule", "timezone", "anchor_date", "day_or", "active", "parameters", "slug")
 
 
-def serve(interval: int = typer.Option(TICK_SECONDS, "--interval", help="Seconds between journey ticks")) -> None:
-    """Run the journey ticks (and, where configured, nightly syncs) on their schedules,
-    without a work pool: `prefect.yaml` declares the same schedules for workers."""
+def prefect_yaml_path() -> Path:
+    """prefect.yaml of the checkout the flows are imported from (the file `prefect deploy` reads)."""
+    import flows
+    return Path(flows.__file__).resolve().parent.parent / "prefect.yaml"
+
+
+def declared_deployments(path: Optional[Path] = None) -> list[dict]:
+    """The `deployments:` of prefect.yaml."""
+    import yaml
+    path = path or prefect_yaml_path()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CliError(escape(f"nurture serve runs the deployments of prefect.yaml, and there is none at {path} "
+                              "(install Nurture from its checkout: pip install -e .)")) from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise CliError(escape(f"{path}: {' '.join(str(exc).split())}")) from None
+    deployments = data.get("deployments") if isinstance(data, dict) else None
+    if not isinstance(deployments, list) or not all(isinstance(d, dict) and d.get("name") and d.get("entrypoint")
+                                                    for d in deployments):
+        raise CliError(escape(f"{path}: expected `deployments:`, a list of mappings with a name and an entrypoint"))
+    return deployments
+
+
+def _flow_at(entrypoint: str, base: Path, where: str):
+    """The flow object of an entrypoint like flows/journey.py:tick_all (imported as a module
+    of the checkout, so served runs and the serving process share one definition)."""
+    import importlib
+
+    from prefect import Flow
+    file, _, attr = entrypoint.partition(":")
+    module = ".".join(Path(file).with_suffix("").parts)
+    try:
+        flow = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise CliError(escape(f"{where}: entrypoint {entrypoint!r} cannot be loaded from {base}: {exc}")) from None
+    if not isinstance(flow, Flow):
+        raise CliError(escape(f"{where}: entrypoint {entrypoint!r} is not a Prefect flow"))
+    return flow
+
+
+def _schedule_of(entry: dict, where: str):
+    from prefect.schedules import Schedule
+    if not isinstance(entry, dict):
+        raise CliError(escape(f"{where}: a schedule is a mapping (interval:, cron: or rrule:)"))
+    unknown = sorted(set(entry) - set(_SCHEDULE_KEYS))
+    if unknown:
+        raise CliError(escape(f"{where}: schedule key(s) {', '.join(unknown)} not supported by nurture serve "
+                              f"(supported: {', '.join(_SCHEDULE_KEYS)})"))
+    values = dict(entry)
+    if isinstance(values.get("interval"), (int, float)):
+        values["interval"] = timedelta(seconds=values["interval"])
+    if isinstance(values.get("anchor_date"), str):
+        values["anchor_date"] = datetime.fromisoformat(values["anchor_date"])
+    try:
+        return Schedule(**values)
+    except (TypeError, ValueError) as exc:
+        raise CliError(escape(f"{where}: {exc}")) from None
+
+
+def served_deployments(project: str, interval: Optional[int] = None, path: Optional[Path] = None) -> list:
+    """The deployments `nurture serve` runs: prefect.yaml's, named `<name>-served`, with its
+    parameters (plus `project`), description and schedules. `interval` (serve --interval)
+    replaces tick-all's interval; NURTURE_SYNC_TIMEZONE the time zone of segment-sync's."""
+    path = path or prefect_yaml_path()
+    sync_tz = os.environ.get(SYNC_TIMEZONE_ENV)
+    served = []
+    for declared in declared_deployments(path):
+        name = str(declared["name"])
+        where = f"{path}: deployment {name}"
+        flow = _flow_at(str(declared["entrypoint"]), path.parent, where)
+        schedules = [_schedule_of(entry, where) for entry in declared.get("schedules") or []]
+        if name == "tick-all" and interval:
+            schedules = [replace(s, interval=timedelta(seconds=interval)) if s.interval else s for s in schedules]
+        if name == "segment-sync" and sync_tz:
+            schedules = [replace(s, timezone=sync_tz) if s.cron or s.rrule else s for s in schedules]
+        parameters = {**(declared.get("parameters") or {}), "project": project}
+        served.append(flow.to_deployment(name=name + SERVED_SUFFIX, description=declared.get("description"),
+                                         schedules=schedules, parameters=parameters, paused=False,
+                                         tags=declared.get("tags") or None))
+    return served
+
+
+def _describe_schedule(schedule) -> str:
+    if getattr(schedule, "interval", None) is not None:
+        return f"every {int(schedule.interval.total_seconds())}s"
+    if getattr(schedule, "cron", None):
+        return f"cron {schedule.cron} {schedule.timezone or 'UTC'}"
+    return f"rrule {getattr(schedule, 'rrule', '?')}"
+
+
+def _has_interval(deployment) -> bool:
+    return any(getattr(s.schedule, "interval", None) is not None for s in deployment.schedules or [])
+
+
+def _check_served_database() -> str:
+    """Served runs never create a new, empty database (see flows.runtime): refuse at start
+    rather than in every run. Returns the identity line (project, database)."""
+    from flows.runtime import identity_line, missing_database_advice
+    from nurture.settings import database_creation_allowed_by_env, database_url, describe_database
+    from nurture.store.db import DatabaseMissing, DatabaseUnavailable, database_exists
+    url = database_url(root())
+    try:
+        if not database_creation_allowed_by_env() and not database_exists(url):
+            raise DatabaseMissing(url, missing_database_advice(url, who="`nurture serve`"))
+    except DatabaseUnavailable as exc:
+        raise CliError(escape(f"cannot serve: {exc}")) from None
+    except Exception as exc:  # the server is down, the database does not exist, credentials …
+        raise CliError(escape(f"cannot open the database {describe_database(url)}: {type(exc).__name__}: "
+                              f"{' '.join(str(getattr(exc, 'orig', None) or exc).split())}")) from None
+    return identity_line(str(root()))
+
+
+async def _pending_runs(client, deployment_ids) -> list:
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    return await client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=list(deployment_ids))),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
+
+
+async def _drop_pending_runs(client, deployment_ids) -> int:
+    """Delete the served deployments' runs that are scheduled but never started: left by a
+    serve that was killed, they would run late, each with a past tick clock."""
+    dropped = 0
+    for _ in range(50):
+        runs = [r for r in await _pending_runs(client, deployment_ids) if not r.run_count]
+        if not runs:
+            break
+        for run in runs:
+            await client.delete_flow_run(run.id)
+            dropped += 1
+    return dropped
+
+
+async def _work_pool_twins(client, deployments) -> list[str]:
+    """The work-pool deployments (prefect deploy) of the same flows that are scheduled."""
+    from prefect.exceptions import ObjectNotFound
+    twins = []
+    for deployment in deployments:
+        name = f"{deployment.flow_name}/{deployment.name[:-len(SERVED_SUFFIX)]}"
+        try:
+            twin = await client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            continue
+        if twin.work_pool_name and not twin.paused and any(s.active for s in twin.schedules or []):
+            twins.append(name)
+    return twins
+
+
+async def _unschedule(deployment_ids) -> None:
+    """On stop: remove the served deployments' schedules (the server drops their scheduled
+    runs with them) and any run still waiting; nothing is paused, the history stays, and the
+    next `nurture serve` puts the schedules back."""
+    from prefect import get_client
+    async with get_client() as client:
+        for deployment_id in deployment_ids:
+            deployment = await client.read_deployment(deployment_id)
+            for schedule in deployment.schedules or []:
+                await client.delete_deployment_schedule(deployment_id, schedule.id)
+        await _drop_pending_runs(client, deployment_ids)
+
+
+async def _serve(deployments: list, identity: str) -> None:
+    import asyncio
+    import signal
+
+    from prefect import get_client
+    from prefect.runner import Runner
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    runner = Runner(pause_on_shutdown=False)
+    ids: dict = {}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    handled = False
+    try:
+        for deployment in deployments:
+            ids[deployment.name] = await runner.aadd_deployment(deployment)
+        async with get_client() as client:
+            await _drop_pending_runs(client, ids.values())
+            twins = await _work_pool_twins(client, deployments)
+            first = [d for d in deployments if _has_interval(d)]
+            for deployment in first:  # the first tick now, not one interval after start
+                await client.create_flow_run_from_deployment(ids[deployment.name])
+
+        api = PREFECT_API_URL.value()
+        console.print(escape(f"nurture serve: {identity}"))
+        console.print(escape(f"serving {len(deployments)} deployment(s) of {prefect_yaml_path()} on "
+                             + (f"{api} (UI: {PREFECT_UI_URL.value() or api})" if api else
+                                "a temporary local Prefect server (set PREFECT_API_URL to use yours)") + ":"))
+        for deployment in deployments:
+            when = ", ".join(_describe_schedule(s.schedule) for s in deployment.schedules or []) or "no schedule"
+            if deployment in first:
+                when += ", the first run now"
+            console.print(escape(f"  {deployment.flow_name}/{deployment.name}: {when}"))
+        if twins:
+            console.print(escape(f"note: the work-pool deployment(s) {', '.join(twins)} schedule the same flows: "
+                                 "if workers run them, every tick runs twice. Run `nurture serve` or workers, "
+                                 "not both."))
+        console.print(("Flow runs, logs and artifacts are in the Prefect UI. " if api else "")
+                      + "Ctrl-C (or SIGTERM) stops serving.")
+
+        serving = asyncio.create_task(runner.start())
+        await asyncio.sleep(0)  # runner.start() installs Prefect's SIGTERM handler first; ours replaces it
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+        handled = True
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if stop.is_set() and not serving.done():
+            console.print("stopping (runs in progress are cancelled) …")
+            if runner.started:
+                await runner.astop()
+            await serving
+        elif serving.done():
+            serving.result()
+    finally:
+        if handled:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        if ids:
+            try:
+                await _unschedule(ids.values())
+            except Exception as exc:  # the server is gone: the schedules stay, the next serve replaces them
+                err_console.print(escape(f"warning: could not remove the served schedules: "
+                                         f"{type(exc).__name__}: {exc}"))
+            else:
+                console.print(escape(f"stopped: the schedules of {', '.join(ids)} were removed (nothing is "
+                                     "paused; the next `nurture serve` restores them)"))
+
+
+def serve(interval: Optional[int] = typer.Option(
+        None, "--interval", min=10,
+        help="Seconds between journey ticks [default: tick-all's schedule in prefect.yaml]")) -> None:
+    """Run the deployments of prefect.yaml from this process, without a work pool: as
+    `<name>-served` deployments (the work-pool ones stay as `prefect deploy` made them), with
+    prefect.yaml's parameters and schedules, the first journey tick at start and flow-run logs
+    in the Prefect UI. Ctrl-C or SIGTERM stops it and leaves nothing paused."""
     open_project()
-    _flows()
-    from prefect import serve as prefect_serve
+    prefect_env.configure(verbose=bool(os.environ.get("NURTURE_VERBOSE")), serving=True)
+    identity = _check_served_database()
     deployments = served_deployments(str(root()), interval)
-    console.print(f"serving {len(deployments)} deployment(s); journey ticks every {interval}s. Ctrl-C stops.")
-    prefect_serve(*deployments)
+    import asyncio
+
+    import httpx
+    try:
+        asyncio.run(_serve(deployments, identity))
+    except (httpx.HTTPError, OSError) as exc:
+        from prefect.settings import PREFECT_API_URL
+        raise CliError(escape(f"cannot serve on the Prefect server {PREFECT_API_URL.value() or '(temporary)'}: "
+                              f"{type(exc).__name__}: {exc}")) from None
 
 
 def demo(seed: int = typer.Option(7, "--seed", help="Seed of the synthetic story")) -> None:

@@ -8,6 +8,10 @@ The exception is `Store.reading()`, a read-only transaction: a plain `BEGIN` tha
 WAL snapshot without waiting for (or holding up) a writer. Processes that cooperate on one
 tick also queue for the write lock in order (see write_turns).
 On PostgreSQL, the send pipeline serializes per contact with row locks (see runtime.deliver).
+
+A URL whose driver is not installed, or that names no database Nurture can use, is a
+`DatabaseUnavailable` with a message for the operator (never a bare ModuleNotFoundError), and
+`open_store(url, create=False)` refuses to set up a new, empty database (`DatabaseMissing`).
 """
 from __future__ import annotations
 
@@ -19,13 +23,39 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
+from nurture.settings import describe_database
 from nurture.store.write_turns import TurnTakingConnection
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _migrated: set[str] = set()
 _lock = threading.Lock()
+
+
+class DatabaseUnavailable(Exception):
+    """The configured database cannot be used as it is (a missing driver, an unsupported or
+    unreadable URL, no database where one is required). The message is for the operator and
+    never contains the password."""
+
+
+class DriverMissing(DatabaseUnavailable):
+    """The URL needs a database driver that is not installed."""
+
+
+class DatabaseMissing(DatabaseUnavailable):
+    """No Nurture database at the URL (no file, or no Nurture schema in it), and creating one
+    was not allowed. `advice` says how to point at the right one."""
+
+    def __init__(self, url: str, advice: str = ""):
+        self.url = url
+        self.advice = advice
+        where = sqlite_path(url) or describe_database(url)
+        super().__init__(f"no Nurture database at {where}" + (f": {advice}" if advice else ""))
+
+
+POSTGRES_EXTRA = "pip install 'nurture[postgres]' (in a checkout: pip install -e '.[postgres]')"
 
 
 @dataclass
@@ -99,7 +129,49 @@ def strict_json(value: object) -> str:
     return json.dumps(value, allow_nan=False)
 
 
+def is_sqlite(url: str) -> bool:
+    scheme = url.split(":", 1)[0]
+    return scheme == "sqlite" or scheme.startswith("sqlite+")
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a sqlite:///PATH URL (None for other databases and in-memory SQLite)."""
+    scheme, sep, rest = url.partition(":///")
+    if not sep or not is_sqlite(scheme):
+        return None
+    path = rest.split("?", 1)[0]
+    return None if path in ("", ":memory:") else path
+
+
+def _driver_error(url: str, exc: Exception) -> DatabaseUnavailable:
+    shown = describe_database(url)
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    dialect = scheme.split("+", 1)[0]
+    if isinstance(exc, ImportError):
+        module = getattr(exc, "name", None) or str(exc)
+        if dialect in ("postgresql", "postgres") and module.split(".")[0] == "psycopg":
+            return DriverMissing(f"the database {shown} is PostgreSQL, and its driver (psycopg) is not "
+                                 f"installed: {POSTGRES_EXTRA}")
+        if dialect in ("postgresql", "postgres"):
+            return DriverMissing(f"the driver {module!r} named in {shown} is not installed; write the URL as "
+                                 f"postgresql://… to use psycopg 3: {POSTGRES_EXTRA}")
+        return DriverMissing(f"the driver {module!r} for {shown} is not installed (Nurture stores its data "
+                             "in SQLite, sqlite:///PATH, or PostgreSQL, postgresql://USER:PASSWORD@HOST/DB)")
+    if isinstance(exc, NoSuchModuleError):
+        return DatabaseUnavailable(f"{shown}: unknown database type {scheme!r} (Nurture stores its data in "
+                                   "SQLite, sqlite:///PATH, or PostgreSQL, postgresql://USER:PASSWORD@HOST/DB)")
+    return DatabaseUnavailable(f"{shown} is not a database URL (sqlite:///PATH or "
+                               "postgresql://USER:PASSWORD@HOST/DB)")
+
+
 def make_engine(url: str) -> Engine:
+    try:
+        return _make_engine(url)
+    except (ImportError, ArgumentError) as exc:  # ArgumentError includes NoSuchModuleError
+        raise _driver_error(url, exc) from None
+
+
+def _make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False,
@@ -122,9 +194,36 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-def open_store(url: str, *, auto_migrate: bool = True) -> Store:
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+def has_schema(engine: Engine) -> bool:
+    """The database holds Nurture's schema (it was migrated at least once)."""
+    return inspect(engine).has_table("alembic_version")
+
+
+def database_exists(url: str) -> bool:
+    """A Nurture database is at `url`: for SQLite a file with Nurture's schema (the check
+    never creates the file), for PostgreSQL a database with Nurture's schema (a database the
+    server does not have is the driver's error). In-memory SQLite always 'exists'."""
+    path = sqlite_path(url)
+    if is_sqlite(url) and path is None:
+        return True
+    if path is not None and (not Path(path).is_file() or Path(path).stat().st_size == 0):
+        return False
+    engine = make_engine(url)
+    try:
+        return has_schema(engine)
+    finally:
+        engine.dispose()
+
+
+def open_store(url: str, *, auto_migrate: bool = True, create: bool = True) -> Store:
+    """The store at `url`, its schema migrated to the newest version. With `create=False` a
+    database that does not exist yet (see `database_exists`) is refused with DatabaseMissing
+    instead of being created empty; an existing one is still upgraded."""
+    path = sqlite_path(url)
+    if not create and not database_exists(url):
+        raise DatabaseMissing(url)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     engine = make_engine(url)
     if auto_migrate:
         key = str(engine.url)
