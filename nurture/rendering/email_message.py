@@ -62,12 +62,16 @@ def encode_words(value: str, used: int = 0) -> str:
 # and paragraph separators): none of them belongs in a header value.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 §3.6.8: printable ASCII except colon
+_CHECKED_NAMES: set[str] = set()  # extra header names already found valid (a handful, reused)
 
 
 def header_text(value: object) -> str:
     """`value` as one header-safe line: control characters and line breaks become spaces,
     runs of white space collapse (folding adds its own CRLF + space later)."""
-    return " ".join(_CONTROL.sub(" ", str(value or "")).split())
+    text = value if isinstance(value, str) else str(value or "")
+    if text.isprintable():  # the common case, checked in C: no control character, no line break
+        return " ".join(text.split()) if "  " in text or text[:1] == " " or text[-1:] == " " else text
+    return " ".join(_CONTROL.sub(" ", text).split())
 
 
 def encode_header(value: str, name_length: int = 9) -> str:
@@ -120,8 +124,10 @@ def build_email_bytes(*, message_id: str, from_addr: str, from_name: str, to_add
         "MIME-Version: 1.0",
     ]
     for name, value in (extra_headers or {}).items():
-        if not _FIELD_NAME.fullmatch(name):
-            raise ValueError(f"not a header field name: {name!r}")
+        if name not in _CHECKED_NAMES:
+            if not _FIELD_NAME.fullmatch(name):
+                raise ValueError(f"not a header field name: {name!r}")
+            _CHECKED_NAMES.add(name)
         headers.append(f"{name}: {encode_header(value, len(name))}")
     headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     head = "\r\n".join(headers).encode("utf-8")

@@ -59,8 +59,7 @@ _put_back = (message_t.update().where(message_t.c.id == bindparam("mid"))
 
 _CLAIM_COLUMNS = (message_t.c.id, message_t.c.journey, message_t.c.step_id, message_t.c.channel,
                   message_t.c.purpose, message_t.c.address, message_t.c.contact_id, contact_t.c.email,
-                  contact_t.c.phone, contact_t.c.timezone, contact_t.c.attributes, message_t.c.attempts,
-                  message_t.c.created_at)
+                  contact_t.c.phone, contact_t.c.timezone, message_t.c.attempts, message_t.c.created_at)
 Candidate = namedtuple("Candidate", [c.name for c in _CLAIM_COLUMNS])  # type: ignore[misc]
 # A re-checked message that may not go now: its final status, or (still queued) a later due time.
 _refuse = (message_t.update().where(message_t.c.id == bindparam("mid"))
@@ -108,6 +107,13 @@ def _claim_in(conn: Any, rt: Runtime, now: datetime, journey: Optional[str], par
         # Every row of this batch was refused or deferred (none is still due): the next ones.
 
 
+def _attributes(conn: Any, contact_ids: list[int]) -> dict[int, Any]:
+    out: dict[int, Any] = {}
+    for part in chunks(sorted(set(contact_ids))):
+        out.update(conn.execute(select(contact_t.c.id, contact_t.c.attributes).where(ids_in(contact_t.c.id, part))).all())
+    return out
+
+
 def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter) -> list[int]:
     """Checks 1–5 again for claimed candidates, grouped by send step; the ids that pass.
 
@@ -129,8 +135,12 @@ def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter)
         rules = rt.send_rules(plan, channel, purpose)
         if fresh:
             rules = replace(rules, caps=())
-        verdicts = check_batch(conn, rules, [Recipient(r.contact_id, r.email, r.phone, r.timezone, r.attributes)
-                                             for r in members], now, exclude_messages=batch_ids)
+        # Attributes only matter for a journey's topic opt-out: read them only then (decoding
+        # every contact's JSON per claim costs more than the rest of the re-check).
+        attributes = _attributes(conn, [r.contact_id for r in members]) if rules.topic and rules.marketing else {}
+        verdicts = check_batch(conn, rules, [Recipient(r.contact_id, r.email, r.phone, r.timezone,
+                                                       attributes.get(r.contact_id)) for r in members],
+                               now, exclude_messages=batch_ids)
         for r, (status, reason, due) in zip(members, verdicts):
             if status == QUEUED:
                 passed.append(r.id)
