@@ -27,7 +27,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed
 
-from flows.runtime import logical_now, retry_unless_invalid, runtime_for
+from flows.runtime import identity_line, logical_now, retry_unless_invalid, runtime_for
 from nurture.redaction import redact, secrets_in
 from nurture.runtime.context import TickReport
 from nurture.runtime.parallel import default_processes
@@ -68,7 +68,8 @@ def report_task(project: Optional[str], journey: str, now: datetime, report: Tic
         table=table or [{"step": "(none)", "outcome": "nothing due", "reason": "", "count": 0}],
         description=(f"Tick of {journey} at {now.isoformat()}: enrolled {stages['enrolled']}, converted "
                      f"{stages['converted']}, exited {stages['exited']}, queued {report.queued} "
-                     f"(each queued message is counted again by its delivery outcome below)"))
+                     f"(each queued message is counted again by its delivery outcome below); "
+                     f"{identity_line(project)}"))
     # What the journey has earned so far, for the operator in the UI (the `nurture report` figures).
     from nurture.reporting.summary import journey_summary
     markdown, rows = journey_summary(rt.store, rt.project, journey, now)
@@ -175,7 +176,7 @@ def tick_all(project: Optional[str] = None, now: Optional[datetime] = None, jour
         results.append({"journey": name, "now": clock.isoformat(), "error": error})
     create_table_artifact(key="tick-all", table=summary_rows(results) or [{"journey": "(none)"}],
                           description=f"Tick of every journey at {clock.isoformat()}: what each sent, "
-                                      f"deferred, refused or failed")
+                                      f"deferred, refused or failed; {identity_line(project)}")
     if failed:
         raise JourneysFailed(f"{len(failed)} of {len(names)} journey(s) failed: " + "; ".join(failed), results)
     return results

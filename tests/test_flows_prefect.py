@@ -183,3 +183,46 @@ def test_the_flow_and_run_tick_run_the_same_stages_in_the_same_order_with_the_sa
     finally:
         rt.close()
         twin.dispose()
+
+
+def test_a_broken_journey_fails_alone_its_run_says_where_and_hygiene_and_scoring_still_run(harness, project):
+    """An invalid journey file fails only its own subflow (Failed, its located errors as the
+    message, never retried); the valid journeys tick; hygiene and scoring run; the tick-all
+    artifact says which project and database the tick used."""
+    import anyio
+    from prefect import get_client
+
+    from flows.hygiene import hygiene
+    from flows.journey import JourneysFailed, tick_all
+    from flows.scoring import scoring
+    root, store, t0 = project
+    (root / "journeys" / "broken.yaml").write_text(
+        "name: broken\ntrigger: {event: signup}\nsteps:\n  - id: a\n    send: {channel: email, template: nope}\n")
+    with pytest.raises(JourneysFailed) as failed:
+        tick_all(project=str(root), now=t0 + timedelta(minutes=5))
+    by_journey = {r["journey"]: r for r in failed.value.results}
+    assert "journeys/broken.yaml:5:" in by_journey["broken"]["error"]
+    assert by_journey["welcome_series"]["totals"]["sent"] == 3
+    hygiene(project=str(root), now=t0 + timedelta(minutes=6))
+    scoring(project=str(root), now=t0 + timedelta(minutes=7))
+
+    async def inspect():
+        async with get_client() as client:
+            runs = await client.read_flow_runs()
+            artifacts = await client.read_artifacts()
+            return runs, artifacts
+    runs, artifacts = anyio.run(inspect)
+    broken_runs = [r for r in runs if r.parameters.get("journey") == "broken"]
+    assert broken_runs and all(r.state.is_failed() and r.run_count <= 1 for r in broken_runs)
+    assert "journeys/broken.yaml:5:" in broken_runs[-1].state.message
+    summary = [a for a in artifacts if a.key == "tick-all"]
+    assert summary and "database sqlite:///" in (summary[0].description or "")
+
+
+def test_a_project_error_is_never_retried():
+    from prefect.states import Completed, Failed
+
+    from flows.runtime import ProjectInvalid, retry_unless_invalid
+    assert retry_unless_invalid(None, None, Failed(data=ProjectInvalid("journeys/x.yaml:1:1: bad"))) is False
+    assert retry_unless_invalid(None, None, Failed(data=RuntimeError("database busy"))) is True
+    assert retry_unless_invalid(None, None, Completed(data=1)) is True

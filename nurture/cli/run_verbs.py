@@ -330,8 +330,14 @@ def serve(interval: Optional[int] = typer.Option(
     """Run the deployments of prefect.yaml from this process, without a work pool: as
     `<name>-served` deployments (the work-pool ones stay as `prefect deploy` made them), with
     prefect.yaml's parameters and schedules, the first journey tick at start and flow-run logs
-    in the Prefect UI. Ctrl-C or SIGTERM stops it and leaves nothing paused."""
-    open_project()
+    in the Prefect UI. Ctrl-C or SIGTERM stops it and leaves nothing paused. A broken journey
+    (or segments / scoring file) is reported and fails only its own runs; errors in
+    policies.yaml stop everything."""
+    spec = open_project(strict=False)
+    if spec.fatal_errors:
+        open_project()  # prints every error and stops: nothing can run
+    for error in spec.errors:
+        err_console.print(f"warning: {error}", highlight=False, markup=False)
     prefect_env.configure(verbose=bool(os.environ.get("NURTURE_VERBOSE")), serving=True)
     identity = _check_served_database()
     deployments = served_deployments(str(root()), interval)
