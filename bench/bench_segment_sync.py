@@ -27,11 +27,10 @@ from sqlalchemy import bindparam, func, select, update  # noqa: E402
 
 from integrations.http_retry import RetryPolicy  # noqa: E402
 from integrations.meta import MetaDestination  # noqa: E402
-from nurture.conditions import contact_t  # noqa: E402
 from nurture.segments.sync import compute_diff, sync_target, targets  # noqa: E402
 from nurture.spec.project import load_project  # noqa: E402
 from nurture.store.db import open_store  # noqa: E402
-from nurture.store.models import Consent  # noqa: E402
+from nurture.store.tables import consent_t, contact_t  # noqa: E402
 from tests.conftest import write_project  # noqa: E402
 from tests.fakes.meta import FakeMeta  # noqa: E402
 
@@ -48,7 +47,6 @@ CHUNK = 50_000
 
 def generate(store, n: int, rng: random.Random) -> float:
     started = time.perf_counter()
-    consent_t = Consent.__table__
     with store.engine.begin() as conn:
         for lo in range(0, n, CHUNK):
             rows = [{"email": f"user{i}@example.com", "phone": None, "first_name": f"N{i % 997}",
@@ -77,7 +75,7 @@ def change_one_percent(store, n: int, day: datetime, rng: random.Random) -> dict
         conn.execute(update(contact_t).where(contact_t.c.id == bindparam("cid")).values(
             score=bindparam("s"), updated_at=bindparam("at")),
             [{"cid": first + i, "s": 0.0 if i % 50 >= 10 else 40.0, "at": day} for i in kinds["score"]])
-        conn.execute(Consent.__table__.insert(), [
+        conn.execute(consent_t.insert(), [
             {"contact_id": first + i, "channel": "ads", "purpose": "marketing",
              "status": "revoked" if i % 10 < 8 else "granted", "source": "bench", "policy_version": "",
              "recorded_at": day, "confirmed_at": None} for i in kinds["consent"]])

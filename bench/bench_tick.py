@@ -33,12 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.conftest import write_project  # noqa: E402  (project writer shared with the tests)
 
-from nurture.conditions import contact_t, enrollment_t  # noqa: E402
-from nurture.consent_ledger import consent_t  # noqa: E402
 from nurture.runtime import Runtime  # noqa: E402
 from nurture.runtime.tick import run_tick  # noqa: E402
 from nurture.spec.project import load_project  # noqa: E402
 from nurture.store.db import open_store  # noqa: E402
+from nurture.store.tables import consent_t, contact_t, enrollment_t  # noqa: E402
 
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=timezone.utc)  # 12:00 UTC: outside quiet hours in Europe
 ZONES = ["Europe/Berlin", "Europe/London", "Europe/Paris", "Africa/Lagos", "Europe/Madrid"]

@@ -10,7 +10,6 @@ secrets of its own environment (Prefect Secret blocks included) before they leav
 """
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from typing import Optional
 
@@ -18,12 +17,18 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.runtime import logical_now, require_valid, retry_unless_invalid, runtime_for
+from integrations.google import GoogleSettings
+from integrations.hubspot import HubSpotSettings
+from integrations.linkedin import LinkedInSettings
+from integrations.meta import MetaSettings
 from nurture.redaction import redact, secrets_in
 from nurture.registry import IntegrationContext
 from nurture.segments import throttle
 from nurture.segments.sync import SyncTarget, sync_one, targets
+from nurture.settings import Settings
 
 ARTIFACT_KEY = "segment-sync"
+DEFAULT_SYNC_TIMEZONE = "Europe/Berlin"  # prefect.yaml's segment-sync schedule says the same
 
 
 def prefect_rate_limit(provider: str) -> None:
@@ -38,8 +43,10 @@ def _server_configured() -> bool:
     return bool(PREFECT_API_URL.value())
 
 
-SECRET_SETTINGS = ("NURTURE_HUBSPOT_TOKEN", "NURTURE_META_ACCESS_TOKEN", "NURTURE_GOOGLE_ACCESS_TOKEN",
-                   "NURTURE_LINKEDIN_ACCESS_TOKEN")
+# The destinations' credentials that may live in Prefect Secret blocks: the secret settings their
+# models declare (NURTURE_HUBSPOT_TOKEN, NURTURE_META_ACCESS_TOKEN, …).
+SECRET_SETTINGS = tuple(d.name for model in (HubSpotSettings, MetaSettings, GoogleSettings, LinkedInSettings)
+                        for d in model.declared() if d.secret)
 
 
 def secret_block_name(setting: str) -> str:
@@ -109,6 +116,6 @@ def sync_deployment(project: str):
     `segment-sync` included (nurture.cli.run_verbs.served_deployments), with the same
     NURTURE_SYNC_TIMEZONE override; kept for callers of this function."""
     from prefect.schedules import Cron
-    tz = os.environ.get("NURTURE_SYNC_TIMEZONE", "Europe/Berlin")
+    tz = Settings.from_env().sync_timezone or DEFAULT_SYNC_TIMEZONE
     return segment_sync.to_deployment(name="segment-sync", schedule=Cron("0 2 * * *", timezone=tz),
                                       parameters={"project": project})

@@ -19,9 +19,22 @@ from typing import Any, Optional, Sequence
 
 from nurture.registry import AudienceDestination, IntegrationContext, MemberResult, SyncBatch, SyncMember
 from nurture.segments import identifiers
+from nurture.settings import EnvSettings, setting
 
 HEADER = ["email", "phone", "fn", "ln", "country"]
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class CsvAudienceSettings(EnvSettings):
+    """Where the hashed CSV files go."""
+    directory: Optional[str] = setting("NURTURE_CSV_AUDIENCE_DIR",
+                                       doc="The folder of the `csv` destination's files (unset: <data dir>/audiences).")
+    folder: Path  # the directory in use: NURTURE_CSV_AUDIENCE_DIR or <data dir>/audiences
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "CsvAudienceSettings":
+        directory = cls.values_in(context.env).get("directory")
+        return cls(directory=directory, folder=Path(directory or context.data_dir / "audiences"))
 
 
 class CsvAudienceDestination(AudienceDestination):
@@ -36,7 +49,7 @@ class CsvAudienceDestination(AudienceDestination):
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "CsvAudienceDestination":
-        return cls(Path(context.setting("NURTURE_CSV_AUDIENCE_DIR") or context.data_dir / "audiences"))
+        return cls(CsvAudienceSettings.from_env(context).folder)
 
     def identifiers(self, member: SyncMember) -> Optional[dict]:
         row = identifiers.meta_row(member)

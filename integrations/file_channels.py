@@ -15,6 +15,30 @@ from typing import Optional, Sequence
 
 from nurture.registry import Channel, DeliveryResult, IntegrationContext, OutgoingMessage
 from nurture.rendering.email_message import build_email_bytes
+from nurture.settings import EnvSettings, Settings
+
+
+class FileEmailSettings(EnvSettings):
+    """Where `email.file` writes its .eml files, and the sender it writes into them (the engine's
+    NURTURE_FROM_EMAIL and NURTURE_FROM_NAME: this channel declares no setting of its own)."""
+    outbox: Path
+    from_email: str
+    from_name: str
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "FileEmailSettings":
+        engine = Settings.from_env(context.env)
+        return cls(outbox=context.data_dir / "outbox" / "email", from_email=engine.from_email,
+                   from_name=engine.from_name or "Nurture")
+
+
+class FileSmsSettings(EnvSettings):
+    """Where `sms.file` appends its JSON lines (no setting of its own)."""
+    path: Path
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "FileSmsSettings":
+        return cls(path=context.data_dir / "outbox" / "sms.jsonl")
 
 
 class FileEmailChannel(Channel):
@@ -30,9 +54,8 @@ class FileEmailChannel(Channel):
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "FileEmailChannel":
-        return cls(context.data_dir / "outbox" / "email",
-                   context.setting("NURTURE_FROM_EMAIL", "hello@example.com") or "hello@example.com",
-                   context.setting("NURTURE_FROM_NAME", "Nurture") or "")
+        settings = FileEmailSettings.from_env(context)
+        return cls(settings.outbox, settings.from_email, settings.from_name)
 
     def path_for(self, message_pk: int, journey: str) -> Path:
         return self.outbox / journey / f"{message_pk:09d}.eml"
@@ -82,7 +105,7 @@ class FileSmsChannel(Channel):
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "FileSmsChannel":
-        return cls(context.data_dir / "outbox" / "sms.jsonl")
+        return cls(FileSmsSettings.from_env(context).path)
 
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
         self.path.parent.mkdir(parents=True, exist_ok=True)

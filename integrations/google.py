@@ -20,12 +20,14 @@ import re
 from typing import Any, Optional, Sequence
 
 import httpx
+from pydantic import SecretStr
 
 from integrations.http_retry import (DONE, FAIL, RETRY, ProviderClient, RetryPolicy, Verdict, error_object,
                                      retry_after, short_body)
 from nurture.registry import (AudienceDestination, IntegrationContext, IntegrationError, MemberResult, SyncBatch,
                               SyncMember)
 from nurture.segments import identifiers
+from nurture.settings import EnvSettings, setting
 
 _MEMBER_INDEX = re.compile(r"audience_?[mM]embers\[(\d+)\]")
 
@@ -56,6 +58,22 @@ def violated_members(response: Optional[httpx.Response]) -> dict[int, str]:
     return out
 
 
+class GoogleSettings(EnvSettings):
+    """The Google OAuth token and the Data Manager API's address."""
+    access_token: Optional[SecretStr] = setting(
+        "NURTURE_GOOGLE_ACCESS_TOKEN", doc="Google OAuth access token (scope https://www.googleapis.com/auth/datamanager).")
+    base_url: str = setting("NURTURE_GOOGLE_BASE_URL", "https://datamanager.googleapis.com",
+                            doc="The Data Manager API's address.")
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "GoogleSettings":
+        settings = cls.from_mapping(context.env)
+        if settings.access_token is None:
+            raise IntegrationError("google: set NURTURE_GOOGLE_ACCESS_TOKEN (OAuth, scope "
+                                   "https://www.googleapis.com/auth/datamanager)")
+        return settings
+
+
 class GoogleDestination(AudienceDestination):
     name = "google"
     required_keys = ("account_id", "audience_id")
@@ -70,12 +88,8 @@ class GoogleDestination(AudienceDestination):
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "GoogleDestination":
-        token = context.setting("NURTURE_GOOGLE_ACCESS_TOKEN")
-        if not token:
-            raise IntegrationError("google: set NURTURE_GOOGLE_ACCESS_TOKEN (OAuth, scope "
-                                   "https://www.googleapis.com/auth/datamanager)")
-        return cls(token, context.setting("NURTURE_GOOGLE_BASE_URL") or "https://datamanager.googleapis.com",
-                   RetryPolicy.from_env(context.env))
+        settings = GoogleSettings.from_env(context)
+        return cls(settings.access_token.get_secret_value(), settings.base_url, RetryPolicy.from_env(context.env))
 
     @property
     def requests_sent(self) -> int:  # type: ignore[override]

@@ -17,14 +17,29 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import httpx
 
 from nurture.redaction import redact, secrets_in
 from nurture.segments.throttle import take_slot
+from nurture.settings import EnvSettings, setting
 
 DONE, RETRY, FAIL = "done", "retry", "fail"
+
+
+class RetrySettings(EnvSettings):
+    """How often and how patiently the HTTP destinations (HubSpot, Meta, Google, LinkedIn)
+    retry a throttled or failed request."""
+    max_attempts: int = setting("NURTURE_SYNC_MAX_ATTEMPTS", 5,
+                                doc="Attempts per provider request (429, 5xx, network errors) before giving up.")
+    backoff_seconds: float = setting("NURTURE_SYNC_BACKOFF_SECONDS", 1.0,
+                                     doc="First wait between attempts, doubled each time (at most 120 s); "
+                                         "a provider's Retry-After wins.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "RetrySettings":
+        return cls.from_mapping(env)
 
 
 @dataclass
@@ -40,9 +55,9 @@ class RetryPolicy:
         return min(self.base_delay * (2 ** (attempt - 1)), self.max_delay)
 
     @classmethod
-    def from_env(cls, env: dict[str, str]) -> "RetryPolicy":
-        return cls(max_attempts=int(env.get("NURTURE_SYNC_MAX_ATTEMPTS", 5)),
-                   base_delay=float(env.get("NURTURE_SYNC_BACKOFF_SECONDS", 1.0)))
+    def from_env(cls, env: Mapping[str, str]) -> "RetryPolicy":
+        settings = RetrySettings.from_env(env)
+        return cls(max_attempts=settings.max_attempts, base_delay=settings.backoff_seconds)
 
 
 @dataclass(frozen=True)

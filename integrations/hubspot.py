@@ -22,6 +22,9 @@ tasks for contacts HubSpot already had, the tasks associated with them are read 
 and a task whose body carries the handover's key (`Nurture handover <key>`) — created by an
 earlier attempt whose answer never arrived, or before a crash — is reused, not created again.
 
+Erasure (nurture.privacy): `erase_person(email)` is HubSpot's GDPR delete,
+`POST /crm/v3/objects/contacts/gdpr-delete` `{"objectId": <e-mail>, "idProperty": "email"}` (204).
+
 Settings: NURTURE_HUBSPOT_TOKEN (private app token, bearer), NURTURE_HUBSPOT_BASE_URL
 (default https://api.hubapi.com), NURTURE_HUBSPOT_SCORE_PROPERTY, NURTURE_HUBSPOT_TASK_PRIORITY
 (LOW | MEDIUM | HIGH, default HIGH). segments.yaml: `{destination: hubspot, list_id: "45"}`.
@@ -33,12 +36,15 @@ from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
 
 import httpx
+from pydantic import SecretStr
 
 from integrations.http_retry import DONE, FAIL, RETRY, ProviderClient, RetryPolicy, Verdict, retry_after, short_body
 from nurture.registry import (CrmDestination, IntegrationContext, IntegrationError, MemberResult, SyncBatch,
                               SyncMember)
+from nurture.privacy.crm import PersonErasure
 from nurture.scoring.handover import HandoverRecord, HandoverResult
 from nurture.segments import identifiers
+from nurture.settings import EnvSettings, setting
 
 LIFECYCLE_STAGES = {"lead": "lead", "mql": "marketingqualifiedlead", "sql": "salesqualifiedlead",
                     "customer": "customer"}
@@ -70,6 +76,30 @@ def classify(response: httpx.Response) -> Verdict:
     return Verdict(FAIL, f"HTTP {code}: {short_body(response)}")
 
 
+class HubSpotSettings(EnvSettings):
+    """The HubSpot private app's token and where to reach HubSpot (the retry policy:
+    integrations.http_retry.RetrySettings)."""
+    token: Optional[SecretStr] = setting("NURTURE_HUBSPOT_TOKEN", doc="HubSpot private app access token (bearer).")
+    base_url: str = setting("NURTURE_HUBSPOT_BASE_URL", "https://api.hubapi.com", doc="HubSpot's API address.")
+    score_property: str = setting("NURTURE_HUBSPOT_SCORE_PROPERTY", "nurture_score",
+                                  doc="The contact property (internal name) a handover writes the score to.")
+    task_priority: str = setting("NURTURE_HUBSPOT_TASK_PRIORITY", "HIGH",
+                                 doc="Priority of the sales task a handover creates: LOW, MEDIUM or HIGH.")
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "HubSpotSettings":
+        settings = cls.from_mapping(context.env)
+        if settings.token is None:
+            raise IntegrationError("hubspot: set NURTURE_HUBSPOT_TOKEN to a private app access token")
+        if not _PROPERTY_NAME.match(settings.score_property):
+            raise IntegrationError(f"hubspot: NURTURE_HUBSPOT_SCORE_PROPERTY '{settings.score_property}' is not a "
+                                   "HubSpot property's internal name (lowercase letters, digits, underscores)")
+        priority = settings.task_priority.upper()
+        if priority not in TASK_PRIORITIES:
+            raise IntegrationError(f"hubspot: NURTURE_HUBSPOT_TASK_PRIORITY must be one of {', '.join(TASK_PRIORITIES)}")
+        return settings.model_copy(update={"task_priority": priority})
+
+
 class HubSpotDestination(CrmDestination):
     name = "hubspot"
     required_keys = ("list_id",)
@@ -86,18 +116,9 @@ class HubSpotDestination(CrmDestination):
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "HubSpotDestination":
-        token = context.setting("NURTURE_HUBSPOT_TOKEN")
-        if not token:
-            raise IntegrationError("hubspot: set NURTURE_HUBSPOT_TOKEN to a private app access token")
-        score_property = context.setting("NURTURE_HUBSPOT_SCORE_PROPERTY") or "nurture_score"
-        if not _PROPERTY_NAME.match(score_property):
-            raise IntegrationError(f"hubspot: NURTURE_HUBSPOT_SCORE_PROPERTY '{score_property}' is not a HubSpot "
-                                   "property's internal name (lowercase letters, digits, underscores)")
-        priority = (context.setting("NURTURE_HUBSPOT_TASK_PRIORITY") or "HIGH").upper()
-        if priority not in TASK_PRIORITIES:
-            raise IntegrationError(f"hubspot: NURTURE_HUBSPOT_TASK_PRIORITY must be one of {', '.join(TASK_PRIORITIES)}")
-        return cls(token, context.setting("NURTURE_HUBSPOT_BASE_URL") or "https://api.hubapi.com",
-                   RetryPolicy.from_env(context.env), score_property=score_property, task_priority=priority)
+        settings = HubSpotSettings.from_env(context)
+        return cls(settings.token.get_secret_value(), settings.base_url, RetryPolicy.from_env(context.env),
+                   score_property=settings.score_property, task_priority=settings.task_priority)
 
     @property
     def requests_sent(self) -> int:  # type: ignore[override]
@@ -307,6 +328,23 @@ class HubSpotDestination(CrmDestination):
                        if str(o.get("email", "")).lower() == address and o.get("id") is not None]
             self._owners[address] = str(matches[0]["id"]) if matches else None
         return self._owners[address], None
+
+    # -- the right to erasure (nurture.privacy)
+
+    def erase_person(self, email: str) -> PersonErasure:
+        """GDPR delete: `POST /crm/v3/objects/contacts/gdpr-delete` with `{"objectId": <e-mail>,
+        "idProperty": "email"}` — HubSpot permanently deletes the contact and its associated
+        content (204), and blocklists an address it does not know, so it cannot come back."""
+        address = identifiers.email(email)
+        if address is None:
+            return PersonErasure("failed", "no valid e-mail: HubSpot's GDPR delete names the contact by e-mail")
+        answer = self.client.call("POST", "/crm/v3/objects/contacts/gdpr-delete",
+                                  json={"objectId": address, "idProperty": "email"})
+        if answer.ok:
+            return PersonErasure("deleted")
+        if answer.response is not None and answer.response.status_code == 404:
+            return PersonErasure("not_found")
+        return PersonErasure("failed", answer.reason)
 
     def close(self) -> None:
         self.client.close()

@@ -14,10 +14,28 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+from pydantic import SecretStr
+
 from integrations.http_retry import ProviderClient, RetryPolicy
 from nurture.registry import (AudienceDestination, IntegrationContext, IntegrationError, MemberResult, SyncBatch,
                               SyncMember)
 from nurture.segments import identifiers
+from nurture.settings import EnvSettings, setting
+
+
+class LinkedInSettings(EnvSettings):
+    """The LinkedIn token and the Marketing API's address and version."""
+    access_token: Optional[SecretStr] = setting(
+        "NURTURE_LINKEDIN_ACCESS_TOKEN", doc="LinkedIn access token (scope rw_dmp_segments).")
+    base_url: str = setting("NURTURE_LINKEDIN_BASE_URL", "https://api.linkedin.com", doc="LinkedIn's API address.")
+    version: str = setting("NURTURE_LINKEDIN_VERSION", "202610", doc="The LinkedIn-Version header (YYYYMM).")
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "LinkedInSettings":
+        settings = cls.from_mapping(context.env)
+        if settings.access_token is None:
+            raise IntegrationError("linkedin: set NURTURE_LINKEDIN_ACCESS_TOKEN (scope rw_dmp_segments)")
+        return settings
 
 
 class LinkedInDestination(AudienceDestination):
@@ -35,11 +53,9 @@ class LinkedInDestination(AudienceDestination):
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "LinkedInDestination":
-        token = context.setting("NURTURE_LINKEDIN_ACCESS_TOKEN")
-        if not token:
-            raise IntegrationError("linkedin: set NURTURE_LINKEDIN_ACCESS_TOKEN (scope rw_dmp_segments)")
-        return cls(token, context.setting("NURTURE_LINKEDIN_BASE_URL") or "https://api.linkedin.com",
-                   context.setting("NURTURE_LINKEDIN_VERSION") or "202610", RetryPolicy.from_env(context.env))
+        settings = LinkedInSettings.from_env(context)
+        return cls(settings.access_token.get_secret_value(), settings.base_url, settings.version,
+                   RetryPolicy.from_env(context.env))
 
     @property
     def requests_sent(self) -> int:  # type: ignore[override]

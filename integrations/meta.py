@@ -19,12 +19,14 @@ import json
 from typing import Any, Optional, Sequence
 
 import httpx
+from pydantic import SecretStr
 
 from integrations.http_retry import (DONE, FAIL, RETRY, ProviderClient, RetryPolicy, Verdict, error_object,
                                      retry_after, short_body)
 from nurture.registry import (AudienceDestination, IntegrationContext, IntegrationError, MemberResult, SyncBatch,
                               SyncMember)
 from nurture.segments import identifiers
+from nurture.settings import EnvSettings, setting
 
 SCHEMA = ["EMAIL", "PHONE", "FN", "LN", "COUNTRY"]
 THROTTLE_CODES = {4, 17, 32, 613, 80003}
@@ -43,6 +45,21 @@ def classify(response: httpx.Response) -> Verdict:
     return Verdict(FAIL, f"Meta error {code}: {message}"[:300])
 
 
+class MetaSettings(EnvSettings):
+    """The Meta system user's token and the Graph API's address and version."""
+    access_token: Optional[SecretStr] = setting(
+        "NURTURE_META_ACCESS_TOKEN", doc="Meta system user access token (ads_management).")
+    base_url: str = setting("NURTURE_META_BASE_URL", "https://graph.facebook.com", doc="The Graph API's address.")
+    api_version: str = setting("NURTURE_META_API_VERSION", "v25.0", doc="The Graph API version.")
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "MetaSettings":
+        settings = cls.from_mapping(context.env)
+        if settings.access_token is None:
+            raise IntegrationError("meta: set NURTURE_META_ACCESS_TOKEN (a system user token with ads_management)")
+        return settings
+
+
 class MetaDestination(AudienceDestination):
     name = "meta"
     required_keys = ("audience_id",)
@@ -59,11 +76,9 @@ class MetaDestination(AudienceDestination):
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "MetaDestination":
-        token = context.setting("NURTURE_META_ACCESS_TOKEN")
-        if not token:
-            raise IntegrationError("meta: set NURTURE_META_ACCESS_TOKEN (a system user token with ads_management)")
-        return cls(token, context.setting("NURTURE_META_BASE_URL") or "https://graph.facebook.com",
-                   context.setting("NURTURE_META_API_VERSION") or "v25.0", RetryPolicy.from_env(context.env))
+        settings = MetaSettings.from_env(context)
+        return cls(settings.access_token.get_secret_value(), settings.base_url, settings.api_version,
+                   RetryPolicy.from_env(context.env))
 
     @property
     def requests_sent(self) -> int:  # type: ignore[override]

@@ -82,7 +82,6 @@ import re
 import smtplib
 import socket
 import ssl
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -92,6 +91,7 @@ from pydantic import SecretStr
 from nurture.redaction import redact, secrets_in
 from nurture.registry import Channel, DeliveryResult, IntegrationContext, IntegrationError, OutgoingMessage
 from nurture.rendering.email_message import build_email_bytes
+from nurture.settings import EnvSettings, Settings, setting
 
 SECURITY = ("none", "starttls", "ssl")
 DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
@@ -99,42 +99,42 @@ JOURNAL_DIR = "smtp-journal"
 JOURNAL_KEEP_DAYS = 7
 
 
-@dataclass(frozen=True)
-class SmtpSettings:
-    host: str
-    port: int
-    security: str
-    username: Optional[str]
-    password: Optional[SecretStr]
-    from_email: str
-    from_name: str
-    timeout: float = 30.0
-    ca_file: Optional[str] = None
+class SmtpSettings(EnvSettings):
+    """The relay and its credentials. The sender (`from_email`, `from_name`) is the engine's
+    NURTURE_FROM_EMAIL / NURTURE_FROM_NAME; `port` is resolved from `security` when unset."""
+    host: Optional[str] = setting("NURTURE_SMTP_HOST", doc="The SMTP relay's host name (required for smtp).")
+    port: Optional[int] = setting("NURTURE_SMTP_PORT", doc="The relay's port (unset: 25, 587 or 465 by security).")
+    security: str = setting("NURTURE_SMTP_SECURITY", "starttls", doc="none, starttls or ssl (implicit TLS).")
+    username: Optional[str] = setting("NURTURE_SMTP_USERNAME", doc="AUTH user name (with the password, or neither).")
+    password: Optional[SecretStr] = setting("NURTURE_SMTP_PASSWORD", doc="AUTH password.")
+    timeout: float = setting("NURTURE_SMTP_TIMEOUT", 30.0, doc="Seconds to wait for the relay.")
+    ca_file: Optional[str] = setting("NURTURE_SMTP_CA_FILE", doc="An extra CA bundle (PEM) for a private relay.")
+    from_email: str = ""
+    from_name: str = ""
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "SmtpSettings":
-        host = context.setting("NURTURE_SMTP_HOST")
+        raw = cls.values_in(context.env)
+        host = raw.get("host")
         if not host:
             raise IntegrationError("NURTURE_EMAIL_BACKEND=smtp needs NURTURE_SMTP_HOST")
-        security = (context.setting("NURTURE_SMTP_SECURITY") or "starttls").lower()
+        security = raw.get("security", "starttls").lower()
         if security not in SECURITY:
             raise IntegrationError(f"NURTURE_SMTP_SECURITY must be one of {', '.join(SECURITY)}, not '{security}'")
         try:
-            port = int(context.setting("NURTURE_SMTP_PORT") or DEFAULT_PORTS[security])
-            timeout = float(context.setting("NURTURE_SMTP_TIMEOUT") or 30)
+            port = int(raw.get("port") or DEFAULT_PORTS[security])
+            timeout = float(raw.get("timeout") or 30)
         except ValueError:
             raise IntegrationError("NURTURE_SMTP_PORT and NURTURE_SMTP_TIMEOUT must be numbers") from None
-        username = context.setting("NURTURE_SMTP_USERNAME") or None
-        password = context.setting("NURTURE_SMTP_PASSWORD") or None
+        username, password = raw.get("username"), raw.get("password")
         if bool(username) != bool(password):
             raise IntegrationError("set both NURTURE_SMTP_USERNAME and NURTURE_SMTP_PASSWORD, or neither")
-        from_email = context.setting("NURTURE_FROM_EMAIL")
-        if not from_email or "@" not in from_email:
+        engine = Settings.from_env(context.env)
+        if not engine.is_set("from_email") or "@" not in engine.from_email:
             raise IntegrationError("NURTURE_EMAIL_BACKEND=smtp needs NURTURE_FROM_EMAIL (the sender address)")
-        return cls(host=host, port=port, security=security, username=username,
-                   password=SecretStr(password) if password else None, from_email=from_email,
-                   from_name=context.setting("NURTURE_FROM_NAME") or "", timeout=timeout,
-                   ca_file=context.setting("NURTURE_SMTP_CA_FILE") or None)
+        return cls(host=host, port=port, security=security, username=username, password=password,
+                   from_email=engine.from_email, from_name=engine.from_name or "", timeout=timeout,
+                   ca_file=raw.get("ca_file"))
 
 
 def _reply(code: int, message: bytes | str, secrets: Sequence[str] = ()) -> str:

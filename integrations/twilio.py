@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import httpx
@@ -36,6 +35,7 @@ from pydantic import SecretStr
 
 from nurture.redaction import redact, secrets_in
 from nurture.registry import Channel, DeliveryResult, IntegrationContext, IntegrationError, OutgoingMessage
+from nurture.settings import EnvSettings, Settings, setting
 
 DEFAULT_BASE_URL = "https://api.twilio.com"
 STOPPED = {21610}
@@ -43,33 +43,37 @@ UNREACHABLE = {21211, 21614}
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 
 
-@dataclass(frozen=True)
-class TwilioSettings:
-    account_sid: str
-    auth_token: SecretStr
-    from_number: Optional[str]
-    messaging_service_sid: Optional[str]
-    status_callback: Optional[str]
-    base_url: str = DEFAULT_BASE_URL
-    default_region: Optional[str] = None
+class TwilioSettings(EnvSettings):
+    """The Twilio account and sender. The auth token is the engine's NURTURE_TWILIO_AUTH_TOKEN
+    (`nurture web` checks Twilio's webhook signatures with it too); `status_callback` defaults to
+    NURTURE_PUBLIC_URL + /webhooks/twilio when a public URL is set."""
+    account_sid: Optional[str] = setting("NURTURE_TWILIO_ACCOUNT_SID", doc="The Twilio account SID (AC…).")
+    auth_token: Optional[SecretStr] = None
+    from_number: Optional[str] = setting("NURTURE_TWILIO_FROM", doc="The sending number or sender id.")
+    messaging_service_sid: Optional[str] = setting(
+        "NURTURE_TWILIO_MESSAGING_SERVICE_SID", doc="A Messaging Service (MG…) to send from instead of a number.")
+    status_callback: Optional[str] = setting(
+        "NURTURE_TWILIO_STATUS_CALLBACK", doc="Where Twilio posts delivery status (unset: <public URL>/webhooks/twilio).")
+    base_url: str = setting("NURTURE_TWILIO_BASE_URL", DEFAULT_BASE_URL, doc="Twilio's API address.")
+    default_region: Optional[str] = setting(
+        "NURTURE_DEFAULT_COUNTRY", doc="Region (ISO country code) for phone numbers written without +country code.")
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "TwilioSettings":
-        sid = context.setting("NURTURE_TWILIO_ACCOUNT_SID")
-        token = context.setting("NURTURE_TWILIO_AUTH_TOKEN")
-        if not sid or not token:
+        raw = cls.values_in(context.env)
+        engine = Settings.from_env(context.env)
+        sid, token = raw.get("account_sid"), engine.twilio_auth_token
+        if not sid or token is None:
             raise IntegrationError("NURTURE_SMS_BACKEND=twilio needs NURTURE_TWILIO_ACCOUNT_SID and NURTURE_TWILIO_AUTH_TOKEN")
-        sender = context.setting("NURTURE_TWILIO_FROM") or None
-        service = context.setting("NURTURE_TWILIO_MESSAGING_SERVICE_SID") or None
+        sender, service = raw.get("from_number"), raw.get("messaging_service_sid")
         if not sender and not service:
             raise IntegrationError("NURTURE_SMS_BACKEND=twilio needs NURTURE_TWILIO_FROM (a Twilio number or sender id) "
                                    "or NURTURE_TWILIO_MESSAGING_SERVICE_SID")
-        public = (context.setting("NURTURE_PUBLIC_URL") or "").rstrip("/")
-        callback = context.setting("NURTURE_TWILIO_STATUS_CALLBACK") or (f"{public}/webhooks/twilio" if public else None)
-        return cls(account_sid=sid, auth_token=SecretStr(token), from_number=sender, messaging_service_sid=service,
-                   status_callback=callback,
-                   base_url=(context.setting("NURTURE_TWILIO_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),
-                   default_region=context.setting("NURTURE_DEFAULT_COUNTRY") or None)
+        public = engine.public_url.rstrip("/") if engine.is_set("public_url") else ""
+        callback = raw.get("status_callback") or (f"{public}/webhooks/twilio" if public else None)
+        return cls(account_sid=sid, auth_token=token, from_number=sender, messaging_service_sid=service,
+                   status_callback=callback, base_url=raw.get("base_url", DEFAULT_BASE_URL).rstrip("/"),
+                   default_region=raw.get("default_region"))
 
 
 def to_e164(number: str, region: Optional[str] = None) -> Optional[str]:

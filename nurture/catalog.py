@@ -13,31 +13,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Column, Index, select
-from sqlmodel import Field, SQLModel
+from sqlalchemy import select
 
 from nurture.ingest import RowError, _records
 from nurture.runtime.sql import chunks
 from nurture.store.db import Store
+from nurture.store.models import Product  # noqa: F401  (the table; re-exported here)
+from nurture.store.tables import product_t
 
 
-class Product(SQLModel, table=True):
-    __tablename__ = "product"
-    __table_args__ = (Index("ix_product_category", "category", "active", "rank"),)
-    sku: str = Field(primary_key=True)
-    name: str
-    category: str
-    price: float
-    url: Optional[str] = None
-    image_url: Optional[str] = None
-    consumption_days: Optional[int] = None
-    active: bool = True
-    rank: int = 1000
-    attributes: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False, default=dict))
-    updated_at: datetime
-
-
-product_t = Product.__table__
 _CORE = ("sku", "name", "category", "price", "url", "image_url", "consumption_days", "active", "rank")
 
 

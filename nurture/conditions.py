@@ -15,14 +15,10 @@ from sqlalchemy import (ColumnElement, and_, exists, false, func, not_, or_, sel
 
 from nurture.consent_ledger import latest_consent_status
 from nurture.spec.models import Comparison, Condition, CountCmp
-from nurture.store.models import Contact, Enrollment, Event
+from nurture.store.tables import contact_t, enrollment_t, event_t
 
 CONTACT_COLUMNS = {"email", "phone", "first_name", "last_name", "timezone", "country", "locale",
                    "lifecycle_stage", "score", "created_at", "updated_at"}
-
-contact_t = Contact.__table__
-event_t = Event.__table__
-enrollment_t = Enrollment.__table__
 
 
 @dataclass

@@ -21,14 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Optional
 
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, func, select
 
 from nurture.runtime.sql import ids_in
-from nurture.store.models import Consent, Contact, Suppression
-
-consent_t = Consent.__table__
-contact_t = Contact.__table__
-suppression_t = Suppression.__table__
+from nurture.store.tables import consent_t, contact_t, suppression_t
 
 
 class UnknownContact(LookupError):
@@ -147,6 +143,31 @@ def record_consents(conn: Any, keys: Iterable[tuple[int, str, str]], status: str
                  recorded_at=at, confirmed_at=None) for c, ch, p in keys]
     if rows:
         conn.execute(consent_t.insert(), rows)
+    return len(rows)
+
+
+ERASURE_TOMBSTONE = "erased"  # the status (and channel/purpose "*") of an erasure's tombstone row
+
+
+def erase_consents(conn: Any, contact_id: int, *, subject_hash: Optional[str], reason: str, at: datetime,
+                   policy_version: str = "") -> int:
+    """An erasure (GDPR Art. 17, nurture.privacy.erase) — the one write that changes rows
+    already in the ledger: the contact's rows are pseudonymized (their `source` cut to its kind,
+    `import:leads-jane-doe.csv` → `import`; channel, purpose, status and times stay, so the
+    history still adds up for reports) and one tombstone row is appended — channel and purpose
+    `*`, status `erased`, `source` `erasure:<reason>`, `subject_hash` the SHA-256 of the
+    normalized e-mail, recorded at the erasure's time. The tombstone matches no channel, so no
+    reader of "the latest row" of a channel ever sees it. Returns how many rows were pseudonymized."""
+    rows = conn.execute(select(consent_t.c.id, consent_t.c.source).where(
+        consent_t.c.contact_id == contact_id, consent_t.c.status != ERASURE_TOMBSTONE)).all()
+    changed = [{"cid": row.id, "kind": (row.source or "").split(":", 1)[0]} for row in rows
+               if row.source != (row.source or "").split(":", 1)[0]]
+    if changed:
+        conn.execute(consent_t.update().where(consent_t.c.id == bindparam("cid")).values(source=bindparam("kind")),
+                     changed)
+    conn.execute(consent_t.insert().values(
+        contact_id=contact_id, channel="*", purpose="*", status=ERASURE_TOMBSTONE, source=f"erasure:{reason}",
+        policy_version=policy_version, recorded_at=at, confirmed_at=None, subject_hash=subject_hash))
     return len(rows)
 
 

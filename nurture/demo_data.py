@@ -18,18 +18,13 @@ from typing import Any, Optional
 
 from sqlalchemy import select
 
-from nurture.catalog import Product
 from nurture.consent_ledger import record_consent, suppress
 from nurture.ingest import track_records
 from nurture.runtime.sql import chunks
-from nurture.scoring.models import Handover
 from nurture.store.db import Store
-from nurture.store.models import SENT, Contact, Message
+from nurture.store.models import SENT
+from nurture.store.tables import contact_t, handover_t, message_t, product_t
 
-contact_t = Contact.__table__
-message_t = Message.__table__
-handover_t = Handover.__table__
-product_t = Product.__table__
 
 # time zone, country, locale, weight
 PLACES = [

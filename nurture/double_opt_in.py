@@ -27,12 +27,10 @@ from nurture.runtime.context import Runtime
 from nurture.send.deliver import deliver
 from nurture.send.system_mail import SYSTEM_JOURNEY, TEMPLATES
 from nurture.spec.models import Policies
-from nurture.store.models import QUEUED, Contact, Event, Message
+from nurture.store.models import QUEUED
+from nurture.store.tables import contact_t, event_t, message_t
 from nurture.tokens import TokenClaims
 
-contact_t = Contact.__table__
-event_t = Event.__table__
-message_t = Message.__table__
 
 REMINDER_AFTER = timedelta(hours=24)
 # Events that mean "subscribe this address to marketing e-mail": a `signup`, or a

@@ -29,12 +29,11 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, select
 
 from nurture.consent_ledger import record_consent
+from nurture.privacy.tombstones import REFUSAL as ERASED_REFUSAL, erased_among
 from nurture.runtime.sql import chunks, insert_ignore
 from nurture.store.db import Store
-from nurture.store.models import Contact, Event
+from nurture.store.tables import contact_t, event_t
 
-contact_t = Contact.__table__
-event_t = Event.__table__
 
 CORE_FIELDS = ("email", "phone", "first_name", "last_name", "timezone", "country", "locale", "lifecycle_stage", "score")
 CONSENT_COLUMNS = {"consent_email": "email", "consent_sms": "sms", "consent_ads": "ads"}
@@ -73,6 +72,7 @@ class ImportResult:
     updated: int = 0
     consents: int = 0
     skipped_duplicates: int = 0
+    erased: int = 0  # rows of erased people: refused, reported among `errors`
     errors: list[RowError] = field(default_factory=list)
 
 
@@ -80,6 +80,7 @@ class ImportResult:
 class TrackResult:
     inserted: int = 0
     duplicates: int = 0
+    erased: int = 0  # events of erased people: refused, reported among `errors`
     errors: list[RowError] = field(default_factory=list)
     inserted_ids: list[str] = field(default_factory=list)  # event_ids stored by this call
 
@@ -493,12 +494,26 @@ def _is_float(value: str) -> bool:
         return False
 
 
+def refuse_erased(conn: Any, entries: list[tuple[str, int]], source: str,
+                  result: "ImportResult | TrackResult") -> set[str]:
+    """The privacy hook of every ingest: the addresses among `entries` ((e-mail, line)) that
+    belong to an erased person (nurture.privacy.tombstones). Each such entry is an error of its
+    line, field `email`, and counted in `result.erased`; the caller stores none of them."""
+    refused = erased_among(conn, {email for email, _ in entries})
+    for email, line in entries:
+        if email in refused:
+            result.errors.append(RowError(source, line, "email", ERASED_REFUSAL))
+            result.erased += 1
+    return refused
+
+
 def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None, policy_version: str = "",
                     encoding: Optional[str] = None) -> ImportResult:
     """Upsert the file's contacts. `encoding`: the file's codec (default UTF-8, BOM accepted)."""
     now = now or datetime.now(timezone.utc)
     result = ImportResult()
     good: dict[str, tuple[dict, dict]] = {}
+    lines: dict[str, int] = {}
     for line, record, problem in read_records(path, encoding):
         if problem:
             result.errors.append(RowError(path.name, line, *problem))
@@ -512,7 +527,10 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
             fields["attributes"] = {**previous[0]["attributes"], **fields["attributes"]}
             consents = {**previous[1], **consents}
         good[fields["email"]] = (fields, consents)
+        lines[fields["email"]] = line
     with store.engine.begin() as conn:
+        for email in refuse_erased(conn, list(lines.items()), path.name, result):
+            del good[email]
         existing: dict[str, tuple[int, dict]] = {}
         for part in chunks(list(good)):
             for cid, email, attrs in conn.execute(select(contact_t.c.id, contact_t.c.email, contact_t.c.attributes)
@@ -535,13 +553,17 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
         for u in updates:
             groups.setdefault(tuple(sorted(k for k in u if k != "cid")), []).append(u)
         for keys, rows in groups.items():
-            stmt = contact_t.update().where(contact_t.c.id == bindparam("cid")).values(
+            # (email IS NOT NULL: a row erased since it was read above is never written to again)
+            stmt = contact_t.update().where(contact_t.c.id == bindparam("cid"),
+                                            contact_t.c.email.is_not(None)).values(
                 {k: bindparam(k) for k in keys})
             conn.execute(stmt, rows)
         result.created, result.updated = len(inserts), len(updates)
         ids = dict(conn.execute(select(contact_t.c.email, contact_t.c.id).where(
             contact_t.c.email.in_([e for e, (_, c) in good.items() if c]))).all()) if any(c for _, c in good.values()) else {}
         for email, (_, consents) in good.items():
+            if consents and email not in ids:  # erased while this import ran: nothing is written about them
+                continue
             for channel, status in consents.items():
                 # An import moves a list from another tool: 'granted' there was confirmed there.
                 record_consent(conn, ids[email], channel, status, source=f"import:{path.name}", at=now,
@@ -610,8 +632,10 @@ def track_records(store: Store, records: list[tuple[int, Any]], *, source: str =
         if errors:
             result.errors.extend(RowError(source, line, f, m) for f, m in errors)
         else:
-            clean.append(event)
+            clean.append({**event, "line": line})
     with store.engine.begin() as conn:
+        refused = refuse_erased(conn, [(e["email"], e["line"]) for e in clean], source, result)
+        clean = [e for e in clean if e["email"] not in refused]
         emails = sorted({e["email"] for e in clean})
         ids: dict[str, int] = {}
         for part in chunks(emails):

@@ -6,13 +6,10 @@ from typing import Iterable, Optional
 
 from sqlalchemy import func, select
 
-from nurture.conditions import contact_t
 from nurture.spec.models import Step
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
-from nurture.store.models import Message
-
-message_t = Message.__table__
+from nurture.store.tables import contact_t, message_t
 
 
 def split_arms(steps: Iterable[Step], arm: Optional[str] = None, out: Optional[dict] = None) -> dict[str, str]:

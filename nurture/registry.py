@@ -14,6 +14,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence
 
+from nurture.settings import Settings
+
 ENTRY_POINT_GROUP = "nurture.integrations"
 
 
@@ -28,6 +30,8 @@ class IntegrationContext:
     env: dict[str, str] = field(default_factory=dict)
 
     def setting(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """A raw value of `env`, for third-party integrations without a settings model (the
+        built-ins read theirs through their model's `from_env`: see nurture.settings)."""
         return self.env.get(name, default)
 
 
@@ -228,6 +232,6 @@ def lookup(name: str, role: Optional[str] = None) -> type[Integration]:
 def channel_for(channel: str, context: IntegrationContext) -> Channel:
     """The configured channel integration: NURTURE_EMAIL_BACKEND / NURTURE_SMS_BACKEND
     (default `file`) selects `email.<backend>` / `sms.<backend>`."""
-    backend = context.setting(f"NURTURE_{channel.upper()}_BACKEND", "file")
+    backend = Settings.from_env(context.env).channel_backend(channel)
     cls = lookup(f"{channel}.{backend}", "channel")
     return cls.from_env(context)  # type: ignore[return-value]

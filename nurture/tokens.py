@@ -10,21 +10,22 @@ import json
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
+from typing import Mapping, Optional
+
+# DEVELOPMENT_SECRET / DEVELOPMENT_URL: the defaults of NURTURE_SECRET_KEY / NURTURE_PUBLIC_URL,
+# declared with the settings and re-exported here for the token code's readers.
+from nurture.settings import DEVELOPMENT_SECRET, DEVELOPMENT_URL, Settings  # noqa: F401
 
 DEFAULT_TTL = 60 * 60 * 24 * 365  # unsubscribe links must keep working for a long time
-# The built-in secret of development runs (file outbox, demo): public, so links signed with it
-# are forgeable. Mail that leaves the machine is never signed with it.
-DEVELOPMENT_SECRET = "nurture-development-secret-change-me"
-DEVELOPMENT_URL = "http://localhost:8000"
 MIN_SECRET_LENGTH = 16
 
 
-def link_settings_problem(env: dict) -> Optional[str]:
+def link_settings_problem(env: Mapping[str, str] | Settings) -> Optional[str]:
     """Why recipient links cannot be signed for real delivery (None when they can): a real
     channel needs NURTURE_SECRET_KEY (long, not the development one) and NURTURE_PUBLIC_URL."""
-    secret = env.get("NURTURE_SECRET_KEY") or ""
-    url = (env.get("NURTURE_PUBLIC_URL") or "").strip()
+    settings = env if isinstance(env, Settings) else Settings.from_env(env)
+    secret = settings.signing_secret if settings.is_set("secret_key") else ""
+    url = settings.public_url.strip() if settings.is_set("public_url") else ""
     if not secret or secret == DEVELOPMENT_SECRET:
         return ("NURTURE_SECRET_KEY is not set: unsubscribe and preference links would be signed with the public "
                 "development secret. Set a long random value, e.g. "

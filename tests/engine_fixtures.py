@@ -16,14 +16,8 @@ from sqlalchemy import select
 
 from nurture.consent_ledger import record_consent, suppress
 from nurture.store.db import Store
-from nurture.store.models import Consent, Contact, Enrollment, Event, Message, Suppression
-
-contact_t = Contact.__table__
-event_t = Event.__table__
-message_t = Message.__table__
-enrollment_t = Enrollment.__table__
-suppression_t = Suppression.__table__
-consent_t = Consent.__table__
+# The table handles, re-exported for tests that import them from here.
+from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t, message_t, suppression_t  # noqa: F401
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

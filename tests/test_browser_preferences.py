@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from nurture.runtime.tick import run_tick
-from nurture.store.models import Consent, Suppression
+from nurture.store.tables import consent_t, suppression_t
 from tests.conftest import utc
 from tests.engine_fixtures import add_event, contact_row, journey_yaml, subscriber
 from tests.test_web_site import SYSTEM_TEMPLATES, running_site
@@ -70,7 +70,7 @@ def _submit(browser, button_id: str) -> None:
 def _ledger(store, contact_id):
     with store.engine.connect() as conn:
         return [(r.channel, r.status, r.source) for r in conn.execute(
-            select(Consent.__table__).where(Consent.__table__.c.contact_id == contact_id).order_by(Consent.__table__.c.id))]
+            select(consent_t).where(consent_t.c.contact_id == contact_id).order_by(consent_t.c.id))]
 
 
 def test_a_recipient_changes_preferences_and_unsubscribes_in_headless_chromium(make_runtime, browser):
@@ -108,5 +108,5 @@ def test_a_recipient_changes_preferences_and_unsubscribes_in_headless_chromium(m
         assert "You are unsubscribed from marketing e-mail." in browser.find_element(By.ID, "notice").text
         assert _ledger(site.store, cid)[-1] == ("email", "revoked", "web:unsubscribe")
         with site.store.engine.connect() as conn:
-            assert [(s.channel, s.reason) for s in conn.execute(select(Suppression.__table__))] == [("email", "unsubscribed")]
+            assert [(s.channel, s.reason) for s in conn.execute(select(suppression_t))] == [("email", "unsubscribed")]
         assert not browser.find_element(By.ID, "channel-email").is_selected()

@@ -9,13 +9,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import bindparam, text
 
-from nurture.conditions import contact_t, enrollment_t
 from nurture.runtime.sql import insert_ignore, sqlite_datetime, write_many
-from nurture.store.models import Message
+from nurture.store.tables import contact_t, enrollment_t, message_t
 
 from tests.conftest import utc
 
-message_t = Message.__table__
 BERLIN_SUMMER = timezone(timedelta(hours=2))
 
 

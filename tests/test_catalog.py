@@ -8,7 +8,8 @@ import sys
 
 from sqlalchemy import select
 
-from nurture.catalog import CatalogView, import_products, product_t
+from nurture.catalog import CatalogView, import_products
+from nurture.store.tables import product_t
 from tests.conftest import REPO
 
 

@@ -179,7 +179,8 @@ frequency_cap: [{channel: email, max: 1, per: 1d}]
 def test_a_recorded_version_loads_back_as_the_same_journey(make_runtime, store):
     from sqlalchemy import select
 
-    from nurture.runtime.versions import load_recorded, version_t
+    from nurture.runtime.versions import load_recorded
+    from nurture.store.tables import version_t
     rt = make_runtime({"j": RICH})
     run_tick(rt, "j", T0)
     with store.engine.connect() as conn:

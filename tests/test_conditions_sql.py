@@ -8,9 +8,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from nurture.conditions import ConditionScope, compile_condition, contact_t, enrollment_t, event_t
+from nurture.conditions import ConditionScope, compile_condition
 from nurture.spec.models import Condition
 from nurture.spec.segments import Segment
+from nurture.store.tables import contact_t, enrollment_t, event_t
 from tests.conftest import utc
 from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_contact, add_event, module_store, set_consent  # noqa: F401

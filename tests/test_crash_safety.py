@@ -152,7 +152,7 @@ def test_an_sms_delivered_before_the_crash_is_found_in_the_jsonl_and_recorded_se
 
 def test_a_message_a_live_worker_has_just_claimed_is_not_requeued_by_another_worker(make_runtime, store):
     from nurture.send.deliver import _claim
-    from tests.engine_fixtures import message_t
+    from nurture.store.tables import message_t
     worker_a = make_runtime({"j": journey_yaml("j", "- id: hello\n  send: {channel: email, template: hello, subject: Hi}")})
     worker_b = make_runtime({"j": journey_yaml("j", "- id: hello\n  send: {channel: email, template: hello, subject: Hi}")})
     cid = subscriber(store, "ann@example.com")

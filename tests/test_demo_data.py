@@ -16,21 +16,21 @@ from nurture.demo_data import generate
 from nurture.runtime import Runtime, run_tick
 from nurture.spec.project import load_project
 from nurture.store.db import open_store
-from nurture.store.models import Consent, Contact, Event, Message
 from tests.conftest import REPO
 from nurture.demo import START
+from nurture.store.tables import consent_t, contact_t, event_t, message_t
 
 
 def _world(url, seed):
     store = open_store(url)
     company = generate(store, seed=seed, start=START, days=5, contacts=300)
     with store.engine.connect() as conn:
-        contacts = conn.execute(select(Contact.__table__.c.email, Contact.__table__.c.timezone,
-                                       Contact.__table__.c.attributes).order_by(Contact.__table__.c.id)).all()
-        consents = conn.execute(select(Consent.__table__.c.channel, Consent.__table__.c.status,
-                                       func.count()).group_by(Consent.__table__.c.channel, Consent.__table__.c.status)
-                                .order_by(Consent.__table__.c.channel, Consent.__table__.c.status)).all()
-        history = conn.execute(select(func.count()).select_from(Event.__table__)).scalar()
+        contacts = conn.execute(select(contact_t.c.email, contact_t.c.timezone,
+                                       contact_t.c.attributes).order_by(contact_t.c.id)).all()
+        consents = conn.execute(select(consent_t.c.channel, consent_t.c.status,
+                                       func.count()).group_by(consent_t.c.channel, consent_t.c.status)
+                                .order_by(consent_t.c.channel, consent_t.c.status)).all()
+        history = conn.execute(select(func.count()).select_from(event_t)).scalar()
     store.dispose()
     return company, [tuple(c) for c in contacts], [tuple(c) for c in consents], history
 
@@ -88,7 +88,7 @@ def test_the_demo_runs_all_six_journeys_writes_the_report_and_can_run_again(tmp_
         state["rt"].store.dispose()
         store = open_store(os.environ["NURTURE_DATABASE_URL"])
         with store.engine.connect() as conn:
-            m = Message.__table__
+            m = message_t
             sent.append(dict(conn.execute(select(m.c.journey, func.count()).where(m.c.status == "sent")
                                           .group_by(m.c.journey)).all()))
         store.dispose()

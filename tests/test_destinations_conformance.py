@@ -25,13 +25,12 @@ import pytest
 from sqlalchemy import select, update
 
 from integrations.http_retry import RetryPolicy
-from nurture.conditions import contact_t
 from nurture.consent_ledger import record_consent, suppress
 from nurture.registry import IntegrationContext, lookup
-from nurture.segments.models import SegmentMembership, SyncRun
 from nurture.segments.sync import default_factory, sync_segments
 from nurture.spec.project import load_project
 from nurture.store.db import open_store
+from nurture.store.tables import contact_t, membership_t, sync_run_t
 from tests.conftest import utc, write_project
 from tests.fakes.google import FakeGoogle
 from tests.fakes.hubspot import FakeHubSpot
@@ -41,8 +40,6 @@ from tests.fakes.meta import FakeMeta
 
 NOW = utc(2026, 11, 21, 1, 0)
 TOKEN = "s3cret-token-never-logged"
-membership_t = SegmentMembership.__table__
-sync_run_t = SyncRun.__table__
 
 
 def sha(value: str) -> str:
@@ -121,7 +118,6 @@ def migrated_template() -> Path:
         store.dispose()
         _template.append(path)
     return _template[0]
-
 
 
 class Harness:

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from nurture.double_opt_in import confirm_opt_in, hygiene, request_opt_in
 from nurture.runtime.tick import run_tick
 from nurture.send.system_mail import SYSTEM_JOURNEY
-from nurture.store.models import Consent
+from nurture.store.tables import consent_t
 from nurture.tokens import verify_token
 from tests.conftest import DEFAULT_POLICIES, utc
 from tests.engine_fixtures import add_contact, messages
@@ -24,7 +24,6 @@ from tests.test_web_unsubscribe import NEWS
 
 T0 = utc(2026, 3, 2, 12, 0)
 INGEST = "ingest-token-for-tests-42"
-consent_t = Consent.__table__
 
 
 def _ledger(store, contact_id):

@@ -12,9 +12,10 @@ import pytest
 from nurture import registry
 from nurture.registry import CrmDestination
 from nurture.runtime import run_tick
-from nurture.scoring.handover import HandoverRecord, HandoverResult, handover_t, retry_pending
+from nurture.scoring.handover import HandoverRecord, HandoverResult, retry_pending
 from nurture.reporting.report import handover_stats
 from nurture.spec.project import load_project
+from nurture.store.tables import handover_t
 from tests.conftest import utc
 from tests.engine_fixtures import add_event, contact_row, journey_yaml, messages, subscriber
 

@@ -13,8 +13,9 @@ import pytest
 
 from integrations.http_retry import RetryPolicy
 from integrations.hubspot import HubSpotDestination
-from nurture.scoring.handover import HandoverRecord, handover_t, retry_pending
+from nurture.scoring.handover import HandoverRecord, retry_pending
 from nurture.runtime import run_tick
+from nurture.store.tables import handover_t
 from tests.conftest import utc
 from tests.engine_fixtures import add_event, journey_yaml, subscriber
 from tests.fakes.http_server import Reply

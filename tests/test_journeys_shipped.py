@@ -16,6 +16,7 @@ from nurture.runtime import Runtime, run_tick
 from nurture.runtime.stable_random import in_holdout
 from nurture.spec.project import load_project
 from nurture.store.db import open_store
+from nurture.store.tables import enrollment_t
 from tests.conftest import REPO, utc
 from tests.engine_fixtures import add_contact, add_event, contact_row, enrollments, messages, set_consent
 
@@ -149,8 +150,7 @@ def test_small_cart_gets_no_incentive_and_no_sms_without_sms_consent_and_purchas
     assert [s for s, _ in _sent(store, "cart_abandonment", small)] == ["reminder", "last_call"]
     assert [s for s, _ in _sent(store, "cart_abandonment", buyer)] == ["reminder"]
     with store.engine.connect() as conn:
-        from nurture.store.models import Enrollment
-        e = Enrollment.__table__
+        e = enrollment_t
         status, revenue = conn.execute(select(e.c.status, e.c.revenue).where(e.c.contact_id == buyer,
                                                                              e.c.journey == "cart_abandonment")).one()
     assert (status, revenue) == ("converted", 300.0)

@@ -19,8 +19,9 @@ from nurture.runtime import Runtime
 from nurture.runtime.tick import run_tick
 from nurture.spec.project import load_project
 from nurture.store.db import open_store
+from nurture.store.tables import consent_t, contact_t, enrollment_t, message_t
 from tests.conftest import REPO, utc, write_project
-from tests.engine_fixtures import consent_t, contact_t, enrollment_t, journey_yaml, message_t
+from tests.engine_fixtures import journey_yaml
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
 

@@ -28,14 +28,13 @@ from integrations.linkedin import LinkedInDestination
 from integrations.meta import MetaDestination
 from integrations.smtp import SmtpChannel
 from integrations.twilio import TwilioSettings, TwilioSmsChannel
-from nurture.conditions import contact_t
 from nurture.consent_ledger import record_consent
 from nurture.redaction import MASK
 from nurture.registry import IntegrationContext, OutgoingMessage, SyncBatch, SyncMember
-from nurture.segments.models import SyncRun
 from nurture.segments.sync import sync_segments
 from nurture.spec.project import load_project
 from nurture.store.db import open_store
+from nurture.store.tables import contact_t, sync_run_t
 from tests.conftest import utc, write_project
 from tests.fakes.google import FakeGoogle
 from tests.fakes.http_server import Reply
@@ -256,7 +255,7 @@ def test_a_401_quoting_the_token_leaves_no_token_in_the_sync_report_or_sync_run(
                                         f'valid for this portal.", "category": "INVALID_AUTHENTICATION"}}',
                               "count": 2}]
     with store.engine.connect() as conn:
-        [run] = conn.execute(select(SyncRun.__table__)).all()
+        [run] = conn.execute(select(sync_run_t)).all()
     assert run.status == "failed" and MASK in json.dumps(run.errors)
     _no_secret(repr(report) + json.dumps(report.row()) + repr(tuple(run)), TOKEN)
     store.dispose()
@@ -273,7 +272,7 @@ def test_a_plugin_exception_quoting_the_token_is_recorded_masked(tmp_path):
     [report] = sync_segments(store, load_project(root), NOW, IntegrationContext(root, root / ".nurture", env),
                              factory=lambda name, ctx: Leaky(TOKEN, "http://127.0.0.1:9"))
     with store.engine.connect() as conn:
-        runs = conn.execute(select(SyncRun.__table__)).all()
+        runs = conn.execute(select(sync_run_t)).all()
     assert report.status == "failed"
     assert report.errors[0]["reason"] == f"RuntimeError in hubspot: boom while using {MASK}"
     _no_secret(repr(report) + repr([tuple(r) for r in runs]), TOKEN)

@@ -12,12 +12,9 @@ from nurture.reporting.attribution import attribute, position_weights
 from nurture.reporting.html_page import render_html
 from nurture.reporting.lift import lift, wilson
 from nurture.spec.project import load_project
-from nurture.store.models import Enrollment, Message
+from nurture.store.tables import enrollment_t, message_t
 from tests.conftest import DEFAULT_POLICIES, utc
 from tests.engine_fixtures import add_contact, add_suppression, set_consent
-
-enrollment_t = Enrollment.__table__
-message_t = Message.__table__
 
 
 # ---------------------------------------------------------------- lift

@@ -19,14 +19,11 @@ from nurture.reporting.incremental import Estimate, Sample, incremental_revenue,
 from nurture.reporting.lift import Z95, lift
 from nurture.rendering.email_message import sms_segments
 from nurture.spec.project import load_project
-from nurture.store.models import Enrollment, JourneyVersion, Message
+from nurture.store.tables import contact_t, enrollment_t, message_t, version_t
 from tests.conftest import DEFAULT_POLICIES, utc
 from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
-from tests.engine_fixtures import add_event, add_subscribers, contact_t, journey_yaml
+from tests.engine_fixtures import add_event, add_subscribers, journey_yaml
 
-enrollment_t = Enrollment.__table__
-message_t = Message.__table__
-version_t = JourneyVersion.__table__
 T0 = utc(2026, 11, 2, 10)
 POLICIES = DEFAULT_POLICIES + "unit_costs: {email: 0.5, sms: 0.1}\n"
 MAIL = "- id: mail\n  send: {channel: email, template: hello, subject: Hi}"

@@ -140,7 +140,7 @@ def test_exit_when_an_attribute_condition_holds(make_runtime, store):
     add_event(store, cid, "signup", T0)
     tick(rt, T0 + timedelta(minutes=1))
     with store.engine.begin() as conn:
-        from tests.engine_fixtures import contact_t
+        from nurture.store.tables import contact_t
         conn.execute(contact_t.update().values(lifecycle_stage="customer"))
     tick(rt, T0 + timedelta(days=1, minutes=1))
     assert [(e.status, e.exit_reason) for e in enrollments(store)] == [("exited", "exit_when")]

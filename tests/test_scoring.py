@@ -9,11 +9,9 @@ from sqlalchemy import select
 
 from nurture.scoring.compute import score_contacts
 from nurture.spec.project import load_project
-from nurture.store.models import Contact, Event
+from nurture.store.tables import contact_t, event_t
 from tests.conftest import REPO, utc
 
-contact_t = Contact.__table__
-event_t = Event.__table__
 NOW = utc(2026, 11, 20, 12)
 
 SCORING = """

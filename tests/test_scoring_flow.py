@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from nurture.store.db import open_store
-from nurture.store.models import Contact
+from nurture.store.tables import contact_t
 from tests.conftest import utc, write_project
 from tests.engine_fixtures import add_contact, add_event
 
@@ -47,6 +47,6 @@ def test_scoring_flow_scores_and_promotes_at_the_logical_time(harness, tmp_path,
         forget_runtimes()
     assert result["scored"] == {"contacts": 2, "promoted": {"mql": 1}}
     with store.engine.connect() as conn:
-        rows = dict(conn.execute(select(Contact.__table__.c.id, Contact.__table__.c.score)).all())
+        rows = dict(conn.execute(select(contact_t.c.id, contact_t.c.score)).all())
     assert rows == {cto: pytest.approx(40.0), reader: 0.0}
     store.dispose()

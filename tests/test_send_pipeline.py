@@ -14,10 +14,11 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from nurture.runtime import run_tick
+from nurture.store.tables import message_t
 from tests.conftest import utc
 from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
-from tests.engine_fixtures import (add_contact, add_event, add_suppression, enrollments, journey_yaml, message_t,
-                                   messages, outcomes, set_consent, subscriber)
+from tests.engine_fixtures import (add_contact, add_event, add_suppression, enrollments, journey_yaml, messages,
+                                   outcomes, set_consent, subscriber)
 
 T0 = utc(2026, 3, 4, 10, 0)
 
@@ -283,7 +284,7 @@ def test_refused_messages_do_not_count_against_caps(make_runtime, store):
     enter(store, cid)
     run_tick(rt, "one", T0 + timedelta(minutes=1))
     with store.engine.begin() as conn:
-        from tests.engine_fixtures import suppression_t
+        from nurture.store.tables import suppression_t
         conn.execute(suppression_t.delete())
     run_tick(rt, "two", T0 + timedelta(minutes=2))
     assert outcomes(store, journey="two") == [("mail_3", "sent", None)]
@@ -318,7 +319,7 @@ def test_the_unique_attempt_key_makes_a_second_insert_impossible(store):
     row = dict(contact_id=cid, journey="j", step_id="hello", attempt_key="send", channel="email", template="hello",
                status="queued", due_at=T0, created_at=T0)
     with store.engine.begin() as conn:
-        from tests.engine_fixtures import enrollment_t
+        from nurture.store.tables import enrollment_t
         eid = conn.execute(enrollment_t.insert().values(contact_id=cid, journey="j", version="v", status="active",
                                                         entered_at=T0, holdout=False, revenue=0.0, defer_count=0,
                                                         state={})).inserted_primary_key[0]
@@ -336,7 +337,7 @@ def test_a_send_step_replayed_for_the_same_enrollment_sends_nothing_twice(make_r
     enter(store, cid)
     run_tick(rt, "j", T0 + timedelta(minutes=1))
     with store.engine.begin() as conn:  # put the enrollment back on its send step, as a stale reader would
-        from tests.engine_fixtures import enrollment_t
+        from nurture.store.tables import enrollment_t
         conn.execute(enrollment_t.update().values(status="active", step_id="hello", next_due_at=T0, left_at=None))
     run_tick(rt, "j", T0 + timedelta(minutes=2))
     assert outcomes(store) == [("hello", "sent", None)]

@@ -265,7 +265,7 @@ def test_an_unavailable_channel_uses_up_no_attempts_and_stops_the_ticks_delivery
 
 def test_an_operator_requeues_delivery_unknown_messages_and_they_meet_the_checks_again(make_runtime, store):
     from nurture.messages import requeue_failed
-    from tests.engine_fixtures import message_t
+    from nurture.store.tables import message_t
     rt, channel = _scripted_runtime(make_runtime, [])
     ann, bob = subscriber(store, "ann@example.com"), subscriber(store, "bob@example.com")
     with store.engine.begin() as conn:
@@ -281,3 +281,17 @@ def test_an_operator_requeues_delivery_unknown_messages_and_they_meet_the_checks
     run_tick(rt, "promo", now + timedelta(minutes=1))
     assert outcomes(store) == [("hello", "sent", None), ("hello", "suppressed", "consent_revoked")]
     assert channel.batches == [[messages(store)[0].id]]
+
+
+def test_a_message_put_back_by_an_unavailable_channel_is_checked_again_even_at_the_same_logical_time(
+        make_runtime, store):
+    rt, channel = _scripted_runtime(make_runtime, ["unavailable"])
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    at = T0 + timedelta(minutes=1)
+    run_tick(rt, "promo", at)  # queued and claimed at once (its checks ran moments before), then put back
+    assert [(m.status, m.attempts) for m in messages(store)] == [("queued", 0)]
+    set_consent(store, cid, "email", "revoked", at=datetime.now(timezone.utc))
+    run_tick(rt, "promo", at)  # the same --now again: the put-back message is not "fresh" any more
+    assert outcomes(store) == [("hello", "suppressed", "consent_revoked")]
+    assert len(channel.batches) == 1

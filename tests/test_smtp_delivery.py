@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from nurture.rendering.email_message import rfc_message_id
 from nurture.runtime.tick import run_tick
-from nurture.store.models import Suppression
+from nurture.store.tables import suppression_t
 from nurture.tokens import verify_token
 from tests.conftest import utc
 from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber
@@ -190,7 +190,7 @@ def test_4xx_is_retried_on_a_later_tick_and_5xx_becomes_a_hard_bounce_suppressio
     gone = rows["gone@example.com"]
     assert gone.status == "failed" and gone.reason.startswith("smtp_rcpt_rejected: 550 5.1.1")
     with store.engine.connect() as conn:
-        sup = conn.execute(select(Suppression.__table__)).all()
+        sup = conn.execute(select(suppression_t)).all()
     assert [(s.contact_id, s.address, s.channel, s.reason) for s in sup] == \
         [(ids["gone@example.com"], "gone@example.com", "email", "hard_bounce")]
     assert [r[1] for r in recorder.received] == [["fine@example.com"]]

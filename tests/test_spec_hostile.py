@@ -159,7 +159,8 @@ def test_a_condition_deeper_than_the_database_can_evaluate_is_refused_by_validat
 
 
 def test_the_deepest_condition_validate_accepts_runs_on_sqlite(make_project, sqlite_url):
-    from nurture.conditions import ConditionScope, compile_condition, contact_t
+    from nurture.conditions import ConditionScope, compile_condition
+    from nurture.store.tables import contact_t
     from nurture.store.db import open_store
     journey = journey_yaml("deep", SEND, extra=f"exit_when:\n  - {nested('not', 16, '{event: x, where: {a: 1}}')}")
     spec = load_project(make_project({"deep": journey}))

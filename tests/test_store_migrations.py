@@ -12,7 +12,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 
 from nurture.store.db import MIGRATIONS, make_engine, migrate, open_store, table_names
-from tests.engine_fixtures import EPOCH, add_contact, contact_t
+from nurture.store.tables import contact_t
+from tests.engine_fixtures import EPOCH, add_contact
 
 CORE_TABLES = {"contact", "event", "consent", "suppression", "enrollment", "message", "journeyversion",
                "journeycursor", "alembic_version"}

@@ -12,20 +12,16 @@ from sqlalchemy import delete, select, update
 
 from integrations.csv_audience import CsvAudienceDestination
 from integrations.hubspot import HubSpotDestination
-from nurture.conditions import contact_t
 from nurture.consent_ledger import record_consent, suppress
 from nurture.registry import IntegrationContext, IntegrationError
 from nurture.segments.membership import members
-from nurture.segments.models import SegmentMembership, SyncRun
 from nurture.segments.sync import _upsert, sync_segments
 from nurture.spec.project import load_project
-from nurture.store.models import Consent, Event
+from nurture.store.tables import consent_t, contact_t, event_t, membership_t, sync_run_t
 from tests.conftest import utc, write_project
 
 NOW = utc(2026, 11, 21, 1, 0)
 DAY = timedelta(days=1)
-membership_t = SegmentMembership.__table__
-sync_run_t = SyncRun.__table__
 
 SEGMENTS = """
 segments:
@@ -57,7 +53,7 @@ def world(store, tmp_path):
             if ads:
                 record_consent(conn, cid, "ads", ads, source="import", at=NOW - 50 * DAY)
             if name != "eve":  # eve never bought
-                conn.execute(Event.__table__.insert().values(
+                conn.execute(event_t.insert().values(
                     event_id=f"p-{name}", contact_id=cid, name="purchase", properties={"value": ltv},
                     occurred_at=NOW - 2 * DAY, received_at=NOW - 2 * DAY))
     context = IntegrationContext(root, tmp_path / ".nurture", {})
@@ -133,10 +129,10 @@ def test_contacts_who_leave_are_removed_even_when_deleted(store, world):
     project, ids, context, folder = world
     run(store, project, context)
     with store.engine.begin() as conn:  # bob's purchase ages out of 30d; dee is erased
-        conn.execute(delete(Event.__table__).where(Event.__table__.c.contact_id == ids["dee"]))
-        conn.execute(delete(Consent.__table__).where(Consent.__table__.c.contact_id == ids["dee"]))
+        conn.execute(delete(event_t).where(event_t.c.contact_id == ids["dee"]))
+        conn.execute(delete(consent_t).where(consent_t.c.contact_id == ids["dee"]))
         conn.execute(delete(contact_t).where(contact_t.c.id == ids["dee"]))
-        conn.execute(Event.__table__.insert().values(  # ann buys again and stays
+        conn.execute(event_t.insert().values(  # ann buys again and stays
             event_id="p-ann-2", contact_id=ids["ann"], name="purchase", properties={"value": 5},
             occurred_at=NOW + 20 * DAY, received_at=NOW + 20 * DAY))
     later = run(store, project, context, NOW + 29 * DAY)

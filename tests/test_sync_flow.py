@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from nurture.conditions import contact_t
 from nurture.consent_ledger import record_consent
 from nurture.store.db import open_store
+from nurture.store.tables import contact_t
 from tests.conftest import utc, write_project
 
 NOW = utc(2026, 11, 21, 1, 0)

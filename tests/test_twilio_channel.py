@@ -10,7 +10,7 @@ from sqlalchemy import select
 from integrations.twilio import TwilioSettings, TwilioSmsChannel
 from nurture.registry import IntegrationContext, IntegrationError, OutgoingMessage, channel_for
 from nurture.runtime.tick import run_tick
-from nurture.store.models import Suppression
+from nurture.store.tables import suppression_t
 from tests.conftest import utc
 from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber
 from tests.fakes.twilio import FakeTwilio
@@ -81,7 +81,7 @@ def test_error_21610_fails_the_message_and_suppresses_the_number_for_sms(make_ru
     assert (rows[stopped].status, rows[stopped].reason) == ("failed", "twilio_21610: recipient unsubscribed (STOP)")
     assert rows[fine].status == "sent"
     with store.engine.connect() as conn:
-        sup = conn.execute(select(Suppression.__table__)).all()
+        sup = conn.execute(select(suppression_t)).all()
     assert [(s.contact_id, s.address, s.channel, s.reason) for s in sup] == [(stopped, "+4915100000001", "sms", "sms_stop")]
 
 

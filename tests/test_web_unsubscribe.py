@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from nurture.runtime.tick import run_tick
-from nurture.store.models import Consent, Suppression
+from nurture.store.tables import consent_t, suppression_t
 from nurture.tokens import make_token
 from tests.conftest import utc
 from tests.engine_fixtures import add_event, contact_row, journey_yaml, messages, subscriber
@@ -31,7 +31,6 @@ TIPS = journey_yaml("tips", """
 - id: tip
   send: {channel: email, template: hello, subject: "A tip"}
 """, extra="topic: tips")
-consent_t, suppression_t = Consent.__table__, Suppression.__table__
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, select
 
-from nurture.store.models import Consent, Event, Suppression
+from nurture.store.tables import consent_t, event_t, message_t, suppression_t
 from nurture.web.webhooks import twilio_signature
 from tests.conftest import utc
 from tests.engine_fixtures import add_contact, messages, subscriber
@@ -18,7 +18,6 @@ from tests.test_web_site import running_site
 NOW = utc(2026, 3, 2, 12, 0)
 INGEST = "ingest-token-for-tests-42"
 HOOKS = "webhook-token-for-tests-77"
-consent_t, suppression_t, event_t = Consent.__table__, Suppression.__table__, Event.__table__
 
 
 @pytest.fixture
@@ -143,7 +142,6 @@ def test_stop_and_start_keywords_change_sms_consent_and_suppression(site, twilio
 def test_status_callbacks_record_undelivered_messages_and_suppress_dead_numbers(site, twilio, tmp_path):
     from integrations.twilio import TwilioSettings, TwilioSmsChannel
     from nurture.registry import IntegrationContext, OutgoingMessage
-    from nurture.store.models import Message
     cid = add_contact(site.store, "p@example.com", phone="+4915112345678")
     ctx = IntegrationContext(tmp_path, tmp_path, {"NURTURE_TWILIO_ACCOUNT_SID": twilio.account_sid,
                                                   "NURTURE_TWILIO_AUTH_TOKEN": twilio.auth_token,
@@ -153,12 +151,12 @@ def test_status_callbacks_record_undelivered_messages_and_suppress_dead_numbers(
     sids = []
     with site.store.engine.begin() as conn:
         for step in ("a", "b"):
-            pk = conn.execute(Message.__table__.insert().values(
+            pk = conn.execute(message_t.insert().values(
                 contact_id=cid, journey="j", step_id=step, channel="sms", template="t", address="+4915112345678",
                 status="sent", due_at=NOW, created_at=NOW, attempts=1)).inserted_primary_key[0]
             [result] = channel.send_batch([OutgoingMessage(pk, "", cid, "sms", "j", step, "marketing",
                                                            "+4915112345678", text="hi")])
-            conn.execute(Message.__table__.update().where(Message.__table__.c.id == pk).values(provider_id=result.provider_id))
+            conn.execute(message_t.update().where(message_t.c.id == pk).values(provider_id=result.provider_id))
             sids.append(result.provider_id)
 
     assert _post_twilio(site, twilio, twilio.status_callback(sids[0], "delivered")).status_code == 200

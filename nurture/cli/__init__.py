@@ -12,12 +12,13 @@ import sys
 import typer
 
 from nurture.cli.invocation import CliError, console, err_console
+from nurture.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Nurture: marketing journeys in YAML, compiled into Prefect flows.")
 
 VERB_MODULES = ("project_verbs", "data_verbs", "run_verbs", "sync_verbs", "web_verbs", "report_verbs",
-                "outbox_verbs")
+                "outbox_verbs", "privacy_verbs")
 
 
 @app.callback()
@@ -61,7 +62,7 @@ def main() -> None:
         if _is_usage_error(exc):
             exc.show()
             sys.exit(exc.exit_code)
-        if os.environ.get("NURTURE_DEBUG"):
+        if Settings.from_env(os.environ).debug:
             raise
         err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc}\n"
                           "(this is a bug in Nurture; run with NURTURE_DEBUG=1 for the traceback)", highlight=False)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Iterator, Optional
 import typer
 
 from nurture.cli.invocation import CliError, console, err_console, open_project, parse_now, store, utc_now
+from nurture.settings import Settings
 
 import_app = typer.Typer(help="Import data from files.", no_args_is_help=True)
 consent_app = typer.Typer(help="Record consent changes in the ledger.", no_args_is_help=True)
@@ -141,7 +141,7 @@ def messages(journey: Optional[str] = typer.Option(None, "--journey"),
 
     from nurture.messages import message_log
     project = open_project(strict=False)
-    rows = message_log(store(), journey, limit, project, os.environ.get("NURTURE_FROM_EMAIL") or "hello@example.com")
+    rows = message_log(store(), journey, limit, project, Settings.from_env().from_email)
     if as_json:
         keys = ("id", "contact", "journey", "step", "channel", "status", "reason", "due_at", "sent_at",
                 "enrollment_id", "attempts", "attempt_key", "purpose", "provider_id", "message_id", "subject",

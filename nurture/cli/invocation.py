@@ -3,7 +3,6 @@
 the user error that ends it with a message and an exit code instead of a traceback."""
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -26,7 +25,7 @@ class CliError(Exception):
 
 
 def root() -> Path:
-    return project_root(os.environ.get("NURTURE_PROJECT"))
+    return project_root()
 
 
 def open_project(*, strict: bool = True, only: Optional[str] = None) -> ProjectSpec:

@@ -1,7 +1,6 @@
 """`nurture run`, `nurture serve` and `nurture demo`: the verbs that start Prefect flows."""
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -12,10 +11,11 @@ from rich.markup import escape
 
 from nurture.cli import prefect_env
 from nurture.cli.invocation import CliError, check_database, console, err_console, open_project, parse_now, root
+from nurture.settings import Settings
 
 
 def _flows():
-    prefect_env.configure(verbose=bool(os.environ.get("NURTURE_VERBOSE")))
+    prefect_env.configure(verbose=Settings.from_env().verbose)
     from flows import journey as journey_flows
     return journey_flows
 
@@ -83,7 +83,6 @@ def run(journey: Optional[str] = typer.Option(None, "--journey", help="Only this
 # work-pool deployments (`prefect deploy --all`) keeps those exactly as deployed.
 
 SERVED_SUFFIX = "-served"
-SYNC_TIMEZONE_ENV = "NURTURE_SYNC_TIMEZONE"
 _SCHEDULE_KEYS = ("interval", "cron", "rrule", "timezone", "anchor_date", "day_or", "active", "parameters", "slug")
 
 
@@ -152,7 +151,7 @@ def served_deployments(project: str, interval: Optional[int] = None, path: Optio
     parameters (plus `project`), description and schedules. `interval` (serve --interval)
     replaces tick-all's interval; NURTURE_SYNC_TIMEZONE the time zone of segment-sync's."""
     path = path or prefect_yaml_path()
-    sync_tz = os.environ.get(SYNC_TIMEZONE_ENV)
+    sync_tz = Settings.from_env().sync_timezone
     served = []
     for declared in declared_deployments(path):
         name = str(declared["name"])
@@ -338,7 +337,7 @@ def serve(interval: Optional[int] = typer.Option(
         open_project()  # prints every error and stops: nothing can run
     for error in spec.errors:
         err_console.print(f"warning: {error}", highlight=False, markup=False)
-    prefect_env.configure(verbose=bool(os.environ.get("NURTURE_VERBOSE")), serving=True)
+    prefect_env.configure(verbose=Settings.from_env().verbose, serving=True)
     identity = _check_served_database()
     deployments = served_deployments(str(root()), interval)
     import asyncio

@@ -8,6 +8,7 @@ import typer
 
 from nurture.cli import prefect_env
 from nurture.cli.invocation import CliError, console, open_project, parse_now, root
+from nurture.settings import Settings
 
 
 def print_sync_summary(rows: list[dict]) -> None:
@@ -43,7 +44,7 @@ def sync(segment: Optional[str] = typer.Option(None, "--segment", help="Only thi
         console.print("no segment has a destination: nothing to sync (see journeys/segments.yaml)")
         return
     clock = parse_now(now)
-    prefect_env.configure(verbose=bool(os.environ.get("NURTURE_VERBOSE")))
+    prefect_env.configure(verbose=Settings.from_env().verbose)
     from flows.runtime import ProjectInvalid
     from flows.segment_sync import segment_sync
     try:

@@ -2,9 +2,8 @@
 from alembic import context
 from sqlmodel import SQLModel
 
-import nurture.store.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-import nurture.segments.models  # noqa: F401  (segment_membership, sync_run)
-import nurture.scoring.models, nurture.catalog  # noqa: F401,E401  (handover, product)
+import nurture.store.tables  # noqa: F401  (imports every model: registers the tables on SQLModel.metadata)
+import nurture.privacy.models  # noqa: F401  (erasure)
 
 target_metadata = SQLModel.metadata
 config = context.config

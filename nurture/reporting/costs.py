@@ -29,12 +29,12 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from sqlalchemy import or_, select
 
-from nurture.conditions import contact_t, enrollment_t, event_t, properties_match
+from nurture.conditions import properties_match
 from nurture.spec.models import Comparison, FixedCost, Offer
 from nurture.spec.project import ProjectSpec
-from nurture.store.models import SENT, Message
+from nurture.store.models import SENT
+from nurture.store.tables import contact_t, enrollment_t, event_t, message_t
 
-message_t = Message.__table__
 CODE_KEYS = ("coupon", "code", "coupon_code", "discount_code")
 PURCHASE = "purchase"
 DAYS_PER = {"day": 1.0, "week": 7.0, "month": 365.25 / 12, "year": 365.25}
@@ -76,7 +76,7 @@ def sms_segments_sent(conn: Any, project: ProjectSpec, journeys: Iterable[str], 
     from nurture.rendering.email_message import sms_segments
     from nurture.rendering.links import tag_text, utm_query
     from nurture.send.context import ContextRow, recipient_links, template_context
-    from nurture.tokens import DEVELOPMENT_SECRET, DEVELOPMENT_URL
+    from nurture.settings import Settings
 
     names = list(journeys)
     out: dict[tuple[str, str], SmsCount] = defaultdict(SmsCount)
@@ -95,8 +95,8 @@ def sms_segments_sent(conn: Any, project: ProjectSpec, journeys: Iterable[str], 
         .where(message_t.c.status == SENT, message_t.c.channel == "sms", message_t.c.journey.in_(names))).all()
     if not rows:
         return out
-    public_url = (env.get("NURTURE_PUBLIC_URL") or DEVELOPMENT_URL).rstrip("/")
-    secret = env.get("NURTURE_SECRET_KEY") or DEVELOPMENT_SECRET
+    settings = Settings.from_env(env)
+    public_url, secret = settings.links_url, settings.signing_secret
     own_pages = (f"{public_url}/u/", f"{public_url}/confirm/")
     library = project.templates
     if store is not None:

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from sqlalchemy import or_, select
 
-from nurture.conditions import event_t
+from nurture.store.tables import event_t
 
 CLICK, OPEN = "email_click", "email_open"
 

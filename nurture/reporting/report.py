@@ -35,8 +35,7 @@ from typing import Any, Mapping, Optional
 
 from sqlalchemy import case, exists, func, or_, select
 
-from nurture.conditions import enrollment_t, event_t, properties_match
-from nurture.consent_ledger import consent_t
+from nurture.conditions import properties_match
 from nurture.durations import format_duration
 from nurture.reporting._times import aware
 from nurture.reporting.attribution import MODELS, attribute, attribute_counts
@@ -46,16 +45,12 @@ from nurture.reporting.engagement import CLICK, OPEN, engagement
 from nurture.reporting.incremental import NONE, Estimate, Sample, incremental_revenue, roi
 from nurture.reporting.lift import Lift, lift
 from nurture.reporting.splits import SplitReport, split_reports
-from nurture.scoring.models import Handover
 from nurture.spec.models import Comparison
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
-from nurture.store.models import FAILED, HOLDOUT, SENT, SKIPPED, SUPPRESSED, JourneyVersion, Message, Suppression
+from nurture.store.models import FAILED, HOLDOUT, SENT, SKIPPED, SUPPRESSED
+from nurture.store.tables import consent_t, enrollment_t, event_t, handover_t, message_t, suppression_t, version_t
 
-message_t = Message.__table__
-suppression_t = Suppression.__table__
-handover_t = Handover.__table__
-version_t = JourneyVersion.__table__
 ATTRIBUTION_LOOKBACK = timedelta(days=30)
 
 

@@ -20,13 +20,10 @@ from typing import Any, Optional
 from sqlalchemy import func, select
 
 from nurture.compiler import Plan
-from nurture.conditions import enrollment_t
 from nurture.reporting._times import aware
 from nurture.reporting.incremental import Estimate
 from nurture.reporting.lift import lift
-from nurture.store.models import Message
-
-message_t = Message.__table__
+from nurture.store.tables import enrollment_t, message_t
 
 
 @dataclass

@@ -17,7 +17,8 @@ from nurture.send.guards.quiet_hours import QuietWindow
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.models import QUEUED
-from nurture.tokens import DEVELOPMENT_SECRET, DEVELOPMENT_URL, link_settings_problem
+from nurture.settings import Settings
+from nurture.tokens import link_settings_problem
 
 
 @dataclass
@@ -79,10 +80,14 @@ class Runtime:
         return self._templates
 
     @property
+    def settings(self) -> Settings:
+        """The engine's settings in `env`, read anew on each call (tests change `env` between
+        ticks): a stage that needs them per message reads them once per batch."""
+        return Settings.from_env(self.env)
+
+    @property
     def data_dir(self) -> Path:
-        from nurture.settings import data_dir
-        override = self.env.get("NURTURE_DATA_DIR")
-        return Path(override).resolve() if override else data_dir(self.project.root)
+        return self.settings.data_dir_of(self.project.root)
 
     def plan(self, journey: str) -> Plan:
         if journey not in self._plans:
@@ -138,8 +143,8 @@ class Runtime:
 
     @property
     def public_url(self) -> str:
-        return (self.env.get("NURTURE_PUBLIC_URL") or DEVELOPMENT_URL).rstrip("/")
+        return self.settings.links_url
 
     @property
     def secret_key(self) -> str:
-        return self.env.get("NURTURE_SECRET_KEY") or DEVELOPMENT_SECRET
+        return self.settings.signing_secret

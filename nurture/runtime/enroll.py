@@ -8,16 +8,12 @@ from typing import Any, Optional
 from sqlalchemy import and_, exists, func, or_, select
 
 from nurture.compiler import Plan
-from nurture.conditions import ConditionScope, compile_condition, contact_t, event_t
+from nurture.conditions import ConditionScope, compile_condition
 from nurture.runtime.context import Runtime
 from nurture.runtime.timing import arrival_due
 from nurture.runtime.sql import chunks, for_update, ids_in, insert_ignore
 from nurture.runtime.stable_random import in_holdout
-from nurture.store.models import Enrollment, JourneyCursor, JourneyPendingTrigger
-
-enrollment_t = Enrollment.__table__
-cursor_t = JourneyCursor.__table__
-pending_t = JourneyPendingTrigger.__table__
+from nurture.store.tables import contact_t, cursor_t, enrollment_t, event_t, pending_t
 
 
 def _cursor(conn: Any, journey: str, now: datetime) -> int:

@@ -8,10 +8,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select
 
 from nurture.compiler import Plan
-from nurture.conditions import (ConditionScope, compile_any, contact_t, enrollment_t, event_t,
-                                properties_match)
+from nurture.conditions import ConditionScope, compile_any, properties_match
 from nurture.runtime.context import Runtime
 from nurture.runtime.sql import chunks
+from nurture.store.tables import contact_t, enrollment_t, event_t
 
 
 LATE_CONVERSIONS = timedelta(days=30)

@@ -184,7 +184,7 @@ def _reports(procs: list, results: Any) -> Counter:
 
 def due_enrollments(rt: Runtime, now: datetime, journey: str) -> int:
     """How many of a journey's enrollments are due now: is a tick large enough for processes?"""
-    from nurture.conditions import enrollment_t
+    from nurture.store.tables import enrollment_t
     with rt.store.reading() as conn:
         return conn.execute(select(func.count()).select_from(enrollment_t).where(
             enrollment_t.c.journey == journey, enrollment_t.c.status == "active",

@@ -17,10 +17,7 @@ from nurture.compiler import Plan, compile_journey
 from nurture.durations import format_duration
 from nurture.runtime.context import Runtime
 from nurture.spec.models import Journey
-from nurture.store.models import Enrollment, JourneyVersion
-
-enrollment_t = Enrollment.__table__
-version_t = JourneyVersion.__table__
+from nurture.store.tables import enrollment_t, version_t
 
 
 _DURATION_KEYS = {"wait", "within", "lookback", "per", "reentry"}
@@ -96,7 +93,7 @@ def migrate_enrollments(rt: Runtime, plan: Plan, now: datetime) -> int:
                             version=plan.version, status="completed", step_id=None, next_due_at=None,
                             left_at=now, exit_reason="step_removed"))
                     else:
-                        from nurture.conditions import contact_t
+                        from nurture.store.tables import contact_t
                         from nurture.steps.transitions import move
                         rows = [(eid, cid, tz, now) for eid, cid, tz in conn.execute(
                             select(enrollment_t.c.id, enrollment_t.c.contact_id, contact_t.c.timezone)

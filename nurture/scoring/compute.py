@@ -18,9 +18,10 @@ from typing import Any
 from sqlalchemy import and_, case, cast, func, literal, select, Float
 from sqlalchemy.exc import OperationalError
 
-from nurture.conditions import ConditionScope, compile_condition, contact_t, event_t, properties_match
+from nurture.conditions import ConditionScope, compile_condition, properties_match
 from nurture.scoring.spec import STAGES, ScoringSpec
 from nurture.store.db import Store
+from nurture.store.tables import contact_t, event_t
 
 
 @dataclass

@@ -22,14 +22,12 @@ from typing import Any, Optional, Sequence
 
 from sqlalchemy import bindparam, func, select
 
-from nurture.conditions import contact_t
 from nurture.registry import IntegrationContext, IntegrationError, lookup
 from nurture.runtime.sql import chunks, insert_ignore
-from nurture.scoring.models import Handover
 from nurture.scoring.spec import STAGES, handover_spec
 from nurture.steps.transitions import move
+from nurture.store.tables import contact_t, handover_t
 
-handover_t = Handover.__table__
 MAX_ATTEMPTS = 5
 FILE_DESTINATION = "file"
 
@@ -85,7 +83,7 @@ class FileHandover:
 
 def destination_for(rt: Any) -> Any:
     """The configured CRM (NURTURE_HANDOVER_CRM) or the JSONL file under the data directory."""
-    name = rt.env.get("NURTURE_HANDOVER_CRM")
+    name = rt.settings.handover_crm
     if not name:
         return FileHandover(rt.data_dir / "handover" / "handovers.jsonl")
     cls = lookup(name, "crm")
@@ -164,7 +162,7 @@ def hand_over(conn: Any, rt: Any, plan: Any, node: Any, rows: list[tuple], now: 
     scores = {}
     for part in chunks(contact_ids):
         scores.update(dict(conn.execute(select(contact_t.c.id, contact_t.c.score).where(contact_t.c.id.in_(part))).all()))
-    destination = rt.env.get("NURTURE_HANDOVER_CRM") or FILE_DESTINATION
+    destination = rt.settings.handover_crm or FILE_DESTINATION
     insert_ignore(conn, handover_t, [dict(contact_id=cid, enrollment_id=eid, journey=plan.name, step_id=node.id,
                                           stage=spec.stage, score=float(scores.get(cid) or 0.0), owner=spec.owner,
                                           note=spec.note, destination=destination, status="pending", reason=None,

@@ -14,11 +14,9 @@ from typing import Any, Mapping
 
 from sqlalchemy import ColumnElement, and_, exists, not_, or_, select
 
-from nurture.conditions import ConditionScope, compile_condition, contact_t
+from nurture.conditions import ConditionScope, compile_condition
 from nurture.consent_ledger import latest_consent_status
-from nurture.store.models import Suppression
-
-suppression_t = Suppression.__table__
+from nurture.store.tables import contact_t, suppression_t
 
 
 def not_suppressed(*, ads: bool, now: datetime) -> ColumnElement:

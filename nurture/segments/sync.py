@@ -30,17 +30,14 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from sqlalchemy import and_, bindparam, exists, func, null, or_, select, update
 
-from nurture.conditions import contact_t
 from nurture.redaction import redact, secrets_in
 from nurture.registry import (IntegrationContext, IntegrationError, SyncBatch, SyncDestination, SyncMember,
                               lookup)
 from nurture.segments.membership import desired
-from nurture.segments.models import SegmentMembership, SyncRun
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
+from nurture.store.tables import contact_t, membership_t, sync_run_t
 
-membership_t = SegmentMembership.__table__
-sync_run_t = SyncRun.__table__
 SYNC_ROLES = ("crm", "audience")
 
 

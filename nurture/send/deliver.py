@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import replace
 from collections import Counter, namedtuple
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Optional
@@ -37,14 +36,10 @@ from nurture.runtime.gc_pause import gc_paused
 from nurture.runtime.sql import chunks, ids_in, write_many
 from nurture.send.guards.pipeline import Recipient, address_of, check_batch, lock_contacts
 from nurture.send.render import render_message
-from nurture.store.models import (DEFERRED, FAILED, QUEUED, SENDING, SENT, Contact, Enrollment, Event, Message,
-                                  Suppression)
+from nurture.settings import Settings
+from nurture.store.models import DEFERRED, FAILED, QUEUED, SENDING, SENT
+from nurture.store.tables import contact_t, enrollment_t, event_t, message_t, suppression_t
 
-contact_t = Contact.__table__
-enrollment_t = Enrollment.__table__
-event_t = Event.__table__
-message_t = Message.__table__
-suppression_t = Suppression.__table__
 log = logging.getLogger("nurture.deliver")
 MAX_ATTEMPTS = 5
 
@@ -59,7 +54,8 @@ _put_back = (message_t.update().where(message_t.c.id == bindparam("mid"))
 
 _CLAIM_COLUMNS = (message_t.c.id, message_t.c.journey, message_t.c.step_id, message_t.c.channel,
                   message_t.c.purpose, message_t.c.address, message_t.c.contact_id, contact_t.c.email,
-                  contact_t.c.phone, contact_t.c.timezone, message_t.c.attempts, message_t.c.created_at)
+                  contact_t.c.phone, contact_t.c.timezone, message_t.c.attempts, message_t.c.created_at,
+                  message_t.c.claimed_at)
 Candidate = namedtuple("Candidate", [c.name for c in _CLAIM_COLUMNS])  # type: ignore[misc]
 # A re-checked message that may not go now: its final status, or (still queued) a later due time.
 _refuse = (message_t.update().where(message_t.c.id == bindparam("mid"))
@@ -117,24 +113,27 @@ def _attributes(conn: Any, contact_ids: list[int]) -> dict[int, Any]:
 def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter) -> list[int]:
     """Checks 1–5 again for claimed candidates, grouped by send step; the ids that pass.
 
-    A message queued by this very tick (created at `now`, no attempt yet) skips one check:
-    its cap was decided at `now` moments ago, and whatever was queued or sent since counted
-    it (a queued message counts against caps), so the cap cannot have closed on it. Consent,
-    suppression, reachability and quiet hours are read again for every message."""
-    lock_contacts(conn, [r.contact_id for r in rows])
+    One kind of message is not re-read: one the advance stage of this very tick queued
+    moments ago, at this same logical time, and nobody has claimed yet (`fresh`). Its checks
+    ran in the advance stage's serialized send transaction at `now`; reading them again
+    costs a third of a pipelined tick's throughput (the claim holds SQLite's write lock) for a
+    window of seconds. Everything else — a retry, a message a crash, an unavailable channel or
+    an operator put back, a message left for a later tick — meets every check again here, in
+    the claiming transaction."""
     groups: dict[tuple, list] = {}
-    for r in rows:
-        fresh = r.attempts == 0 and r.created_at == now
-        groups.setdefault((r.journey, r.step_id, r.channel, r.purpose, fresh), []).append(r)
-    batch_ids = frozenset(r.id for r in rows)
     passed: list[int] = []
+    for r in rows:
+        if r.attempts == 0 and r.claimed_at is None and r.created_at == now:
+            passed.append(r.id)
+            continue
+        groups.setdefault((r.journey, r.step_id, r.channel, r.purpose), []).append(r)
+    lock_contacts(conn, [r.contact_id for members in groups.values() for r in members])
+    batch_ids = frozenset(r.id for r in rows)
     refusals: list[dict] = []
     readdress: list[dict] = []
-    for (journey, step_id, channel, purpose, fresh), members in groups.items():
+    for (journey, step_id, channel, purpose), members in groups.items():
         plan = rt.plan(journey) if journey in rt.project.journeys else None
         rules = rt.send_rules(plan, channel, purpose)
-        if fresh:
-            rules = replace(rules, caps=())
         # Attributes only matter for a journey's topic opt-out: read them only then (decoding
         # every contact's JSON per claim costs more than the rest of the re-check).
         attributes = _attributes(conn, [r.contact_id for r in members]) if rules.topic and rules.marketing else {}
@@ -190,14 +189,14 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
     claim a batch, render and hand it over, record the results with the next claim; the
     outcomes as (step id, outcome, reason) → count."""
     report: Counter = Counter()
-    from_email = rt.env.get("NURTURE_FROM_EMAIL", "hello@example.com")
+    settings = rt.settings  # read once per delivery run, not per message
     secrets = secrets_in(rt.env)
     prepared: dict = {}
     down: dict[str, str] = {}  # channels found unusable in this tick: name → reason
     ids = _claim(rt, now, journey, partition, partitions, report)
     while ids:
         with gc_paused():
-            updates, suppressions, meta = _send_batch(rt, ids, now, from_email, prepared, down, secrets)
+            updates, suppressions, meta = _send_batch(rt, ids, now, settings, prepared, down, secrets)
             # The batch's outcomes and the next claim share one write transaction: one wait
             # for SQLite's write lock per batch, not two.
             with rt.store.engine.begin() as conn:
@@ -216,7 +215,7 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
     return report
 
 
-def _send_batch(rt: Runtime, ids: list[int], now: datetime, from_email: str, prepared: dict,
+def _send_batch(rt: Runtime, ids: list[int], now: datetime, settings: Settings, prepared: dict,
                 down: dict[str, tuple[str, int]], secrets: tuple[str, ...]
                 ) -> tuple[list[dict], list[dict], dict[int, Any]]:
     """Render and send one claimed batch: (row updates, suppressions, rows by id) to record.
@@ -229,7 +228,7 @@ def _send_batch(rt: Runtime, ids: list[int], now: datetime, from_email: str, pre
     for row in rows:
         meta[row.id] = row
         try:
-            by_channel.setdefault(row.channel, []).append(render_message(rt, row, from_email, prepared))
+            by_channel.setdefault(row.channel, []).append(render_message(rt, row, settings, prepared))
         except RenderError as exc:
             updates.append(_update(row, FAILED, redact(f"render_error: {exc}", secrets), None, None, now))
         except KeyError:  # the journey or step was removed from the project since queueing

@@ -23,11 +23,9 @@ from nurture.runtime.gc_pause import gc_paused
 from nurture.runtime.sql import ids_in, insert_ignore, write_many
 from nurture.send.guards.pipeline import Recipient, address_of, check_batch, lock_contacts
 from nurture.steps.transitions import Row, due_rows, move
-from nurture.store.models import DEFERRED, QUEUED, Contact, Enrollment, Message
+from nurture.store.models import DEFERRED, QUEUED
+from nurture.store.tables import contact_t, enrollment_t, message_t
 
-contact_t = Contact.__table__
-enrollment_t = Enrollment.__table__
-message_t = Message.__table__
 
 _defer = (enrollment_t.update().where(enrollment_t.c.id == bindparam("eid"))
           .values(next_due_at=bindparam("due"), defer_count=bindparam("defers")))

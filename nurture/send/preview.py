@@ -16,10 +16,8 @@ from nurture.compiler import compile_journey
 from nurture.send.context import ContextRow, recipient_links, template_context
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
-from nurture.store.models import Contact, Event
+from nurture.store.tables import contact_t, event_t
 
-contact_t = Contact.__table__
-event_t = Event.__table__
 PREVIEW_SECRET = "preview"
 DEFAULT_PUBLIC_URL = "http://localhost:8000"
 

@@ -18,9 +18,9 @@ from sqlalchemy import and_, or_, select
 from nurture.redaction import redact, secrets_in
 from nurture.rendering.email_message import rfc_message_id
 from nurture.runtime.context import Runtime
-from nurture.store.models import FAILED, QUEUED, SENDING, SENT, Message
+from nurture.store.models import FAILED, QUEUED, SENDING, SENT
+from nurture.store.tables import message_t
 
-message_t = Message.__table__
 log = logging.getLogger("nurture.deliver")
 STUCK_AFTER = timedelta(minutes=15)
 
@@ -36,7 +36,7 @@ def reconcile_stuck(rt: Runtime, now: datetime) -> Counter:
                                              message_t.c.created_at <= now - STUCK_AFTER)))).all()
         if not stuck:
             return report
-        from_email = rt.env.get("NURTURE_FROM_EMAIL", "hello@example.com")
+        from_email = rt.settings.from_email
         for mid, journey, channel in stuck:
             try:
                 verdict = rt.channel(channel).was_delivered(mid, rfc_message_id(mid, journey, from_email))

@@ -13,11 +13,13 @@ from nurture.rendering.links import tag_html, tag_text, utm_query
 from nurture.runtime.context import Runtime
 from nurture.send.context import recipient_links, template_context
 from nurture.send.system_mail import SYSTEM_JOURNEYS, render_system_email
+from nurture.settings import Settings
 
 
 def own_page_prefixes(rt: Runtime) -> tuple[str, ...]:
     """Nurture's own recipient pages: signed links that UTM tagging must leave alone."""
-    return (f"{rt.public_url}/u/", f"{rt.public_url}/confirm/")
+    public_url = rt.public_url
+    return (f"{public_url}/u/", f"{public_url}/confirm/")
 
 
 class _SendStep(NamedTuple):
@@ -42,14 +44,16 @@ def _prepared(rt: Runtime, journey: str, step_id: str, cache: dict) -> _SendStep
     return cache[key]
 
 
-def render_message(rt: Runtime, row: Any, from_email: str, cache: Optional[dict] = None) -> OutgoingMessage:
-    """Render a loaded message row (nurture.send.deliver's LoadedMessage). `cache` keeps the
+def render_message(rt: Runtime, row: Any, settings: Settings, cache: Optional[dict] = None) -> OutgoingMessage:
+    """Render a loaded message row (nurture.send.deliver's LoadedMessage) with the settings the
+    batch read once (`rt.settings`: sender address, public URL, link secret). `cache` keeps the
     prepared send steps between calls. Raises a RenderError for a template that cannot be
     rendered, KeyError for a journey or step no longer in the project."""
+    from_email = settings.from_email
     if row.journey in SYSTEM_JOURNEYS:  # transactional system mail (double opt-in): no journey plan
         return render_system_email(rt, row, rfc_message_id(row.id, row.journey, from_email))
     step = _prepared(rt, row.journey, row.step_id, {} if cache is None else cache)
-    links = recipient_links(rt.public_url, rt.secret_key, row.contact_id, row.purpose, row.channel)
+    links = recipient_links(settings.links_url, settings.signing_secret, row.contact_id, row.purpose, row.channel)
     context = template_context(row, step.journey, links)
     msg = OutgoingMessage(message_pk=row.id, rfc_message_id=rfc_message_id(row.id, row.journey, from_email),
                           contact_id=row.contact_id, channel=row.channel, journey=row.journey,

@@ -25,16 +25,19 @@ SUBJECTS = {"confirm": "Please confirm your subscription",
 def confirm_link(rt: Runtime, contact_id: int, purpose: str = "marketing", channel: str = "email") -> str:
     """The signed link that confirms a pending consent; valid as long as the consent may stay pending."""
     ttl = int(rt.project.policies.pending_consent_expires.total_seconds())
-    return f"{rt.public_url}/confirm/{make_token(rt.secret_key, 'confirm', contact_id, purpose, channel, ttl=ttl)}"
+    settings = rt.settings
+    token = make_token(settings.signing_secret, "confirm", contact_id, purpose, channel, ttl=ttl)
+    return f"{settings.links_url}/confirm/{token}"
 
 
 def render_system_email(rt: Runtime, row: Any, message_id: str) -> OutgoingMessage:
     """Render a claimed confirmation or reminder row (delivery's loaded message row)."""
-    links = {**recipient_links(rt.public_url, rt.secret_key, row.contact_id, "marketing", "email"),
+    settings = rt.settings
+    links = {**recipient_links(settings.links_url, settings.signing_secret, row.contact_id, "marketing", "email"),
              "confirm": confirm_link(rt, row.contact_id)}
     context = template_context(row, {"name": row.journey, "description": ""}, links,
                                expires_days=rt.project.policies.pending_consent_expires.days,
-                               sender=rt.env.get("NURTURE_FROM_NAME") or "us")
+                               sender=settings.from_name or "us")
     rendered = rt.templates.render_email(row.template, SUBJECTS.get(row.step_id, SUBJECTS["confirm"]), context)
     to_name = " ".join(p for p in (row.first_name, row.last_name) if p)
     return OutgoingMessage(message_pk=row.id, rfc_message_id=message_id, contact_id=row.contact_id,

@@ -8,10 +8,11 @@ from datetime import datetime
 from sqlalchemy import select
 
 from nurture.compiler import Node, Plan
-from nurture.conditions import ConditionScope, compile_condition, contact_t, enrollment_t
+from nurture.conditions import ConditionScope, compile_condition
 from nurture.runtime.context import Runtime
 from nurture.runtime.sql import chunks, ids_in
 from nurture.steps.transitions import due_rows, move, step_batch
+from nurture.store.tables import contact_t, enrollment_t
 
 
 def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) -> bool:

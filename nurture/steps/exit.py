@@ -9,9 +9,8 @@ from sqlalchemy import bindparam
 from nurture.compiler import Node, Plan
 from nurture.runtime.context import Runtime
 from nurture.steps.transitions import due_rows, step_batch
-from nurture.store.models import Enrollment
+from nurture.store.tables import enrollment_t
 
-enrollment_t = Enrollment.__table__
 _exit = (enrollment_t.update().where(enrollment_t.c.id == bindparam("eid"))
          .values(status="exited", step_id=None, next_due_at=None, left_at=bindparam("at"),
                  exit_reason=bindparam("reason")))

@@ -19,10 +19,8 @@ from nurture.runtime.context import Runtime
 from nurture.runtime.gc_pause import gc_paused
 from nurture.runtime.sql import write_many
 from nurture.runtime.timing import arrival_due
-from nurture.store.models import Contact, Enrollment
+from nurture.store.tables import contact_t, enrollment_t
 
-contact_t = Contact.__table__
-enrollment_t = Enrollment.__table__
 
 # (enrollment id, contact id, contact time zone, logical time)
 Row = tuple[int, int, Optional[str], datetime]

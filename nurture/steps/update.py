@@ -11,10 +11,10 @@ from sqlalchemy import String, bindparam, cast, func
 from sqlalchemy.dialects.postgresql import JSONB
 
 from nurture.compiler import Node, Plan
-from nurture.conditions import contact_t
 from nurture.runtime.context import Runtime
 from nurture.runtime.sql import chunks, ids_in
 from nurture.steps.transitions import due_rows, move, step_batch
+from nurture.store.tables import contact_t
 
 
 def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) -> bool:

@@ -9,9 +9,10 @@ from datetime import datetime
 from sqlalchemy import and_, exists, select
 
 from nurture.compiler import Node, Plan
-from nurture.conditions import enrollment_t, event_t, properties_match
+from nurture.conditions import properties_match
 from nurture.runtime.context import Runtime
 from nurture.steps.transitions import due_rows, move, step_batch
+from nurture.store.tables import enrollment_t, event_t
 
 
 def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) -> bool:

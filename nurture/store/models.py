@@ -1,5 +1,5 @@
 """The tables of Nurture: contacts, their events and consent ledger, suppressions,
-journey enrollments and the message outbox/audit log.
+journey enrollments, the message outbox/audit log and the product catalog.
 
 All datetimes are timezone-aware UTC (SQLModel's UTCDateTime stores them as UTC on both
 backends); local time exists only inside the guards and rendering.
@@ -61,6 +61,7 @@ class Consent(SQLModel, table=True):
     policy_version: str = ""
     recorded_at: datetime
     confirmed_at: Optional[datetime] = None
+    subject_hash: Optional[str] = None  # an erasure's tombstone: SHA-256 of the e-mail (nurture.privacy)
 
 
 class Suppression(SQLModel, table=True):
@@ -166,3 +167,22 @@ class Message(SQLModel, table=True):
     claimed_at: Optional[datetime] = None  # when a worker took it for delivery (crash detection)
     attempts: int = 0
     created_at: datetime
+
+
+# The product catalog (nurture.catalog: import, and `catalog.related(...)` for templates). Declared
+# here, with the other core tables, so that nurture.store.tables can name it without importing
+# the catalog's import code.
+class Product(SQLModel, table=True):
+    __tablename__ = "product"
+    __table_args__ = (Index("ix_product_category", "category", "active", "rank"),)
+    sku: str = Field(primary_key=True)
+    name: str
+    category: str
+    price: float
+    url: Optional[str] = None
+    image_url: Optional[str] = None
+    consumption_days: Optional[int] = None
+    active: bool = True
+    rank: int = 1000
+    attributes: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False, default=dict))
+    updated_at: datetime

@@ -16,6 +16,7 @@ Routes:
                                  or NURTURE_INGEST_TOKEN when that is unset); answers
                                  `{"applied", "errors"}` (+ `"duplicates"` when a replay stored
                                  nothing new) — 200 when at least one event was good, 422 when none;
+- `POST /privacy/erase`, `POST /webhooks/hubspot`   erasure (GDPR Art. 17): see nurture.web.privacy;
 - `GET  /healthz`.
 
 Tokens are verified with NURTURE_SECRET_KEY; a tampered or expired one gets a 400 page and
@@ -33,20 +34,22 @@ from urllib.parse import parse_qsl
 
 from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import SecretStr
 
 from nurture.double_opt_in import confirm_opt_in, opt_ins_from_events
 from nurture.ingest import track_records
 from nurture.runtime.context import Runtime
 from nurture.send.system_mail import SYSTEM_JOURNEY
+from nurture.settings import Settings, WebSettings
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.tokens import verify_token
 from nurture.web import pages
 from nurture.web.preferences import apply_preferences, load_preferences, unsubscribe
+from nurture.web.privacy import privacy_routes
 from nurture.web.webhooks import (apply_bounces, bounce_events, twilio_inbound, twilio_signature_valid,
                                   twilio_status)
 
-DEFAULT_MAX_BODY = 1024 * 1024
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
@@ -80,7 +83,8 @@ class BodyLimit:
         await self.app(scope, counting_receive, send)
 
 
-def _bearer(request: Request, expected: Optional[str]) -> None:
+def _bearer(request: Request, token: Optional[SecretStr]) -> None:
+    expected = token.get_secret_value() if token is not None else ""
     if not expected:
         raise HTTPException(403, "this endpoint is disabled: no token is configured on the server")
     header = request.headers.get("authorization", "")
@@ -202,7 +206,7 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
     # ------------------------------------------------------------ tracking webhook
     @app.post("/events")
     async def events(request: Request, background: BackgroundTasks) -> Response:
-        _bearer(request, env.get("NURTURE_INGEST_TOKEN"))
+        _bearer(request, WebSettings.from_env(env).ingest_token)
         records = _event_list(await _json(request))
         now = clock()
         result = track_records(store, list(enumerate(records, 1)), source="request", now=now)
@@ -218,7 +222,8 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
     # ------------------------------------------------------------ provider webhooks
     @app.post("/webhooks/twilio")
     async def twilio(request: Request) -> Response:
-        auth_token = env.get("NURTURE_TWILIO_AUTH_TOKEN")
+        configured = Settings.from_env(env).twilio_auth_token
+        auth_token = configured.get_secret_value() if configured is not None else ""
         if not auth_token:
             raise HTTPException(403, "this endpoint is disabled: NURTURE_TWILIO_AUTH_TOKEN is not set")
         signature = request.headers.get("x-twilio-signature")
@@ -241,7 +246,7 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
 
     @app.post("/webhooks/bounces")
     async def bounces(request: Request) -> Response:
-        _bearer(request, env.get("NURTURE_WEBHOOK_TOKEN") or env.get("NURTURE_INGEST_TOKEN"))
+        _bearer(request, WebSettings.from_env(env).bounce_token)
         events_, errors = bounce_events(await _json(request))
         with store.engine.begin() as conn:
             outcome = apply_bounces(conn, events_, now=clock(), policy_version=policy_version)
@@ -254,5 +259,6 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
     def healthz() -> dict:
         return {"ok": True}
 
-    app.add_middleware(BodyLimit, limit=int(env.get("NURTURE_WEB_MAX_BODY") or DEFAULT_MAX_BODY))
+    app.include_router(privacy_routes(rt, clock))  # POST /privacy/erase, POST /webhooks/hubspot
+    app.add_middleware(BodyLimit, limit=WebSettings.from_env(env).web_max_body)
     return app

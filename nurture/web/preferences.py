@@ -17,10 +17,8 @@ from sqlalchemy import delete, select
 from nurture.consent_ledger import current_state, record_consent, suppress
 from nurture.send.guards.pipeline import TOPICS_OPTED_OUT
 from nurture.spec.project import ProjectSpec
-from nurture.store.models import Contact, Suppression
+from nurture.store.tables import contact_t, suppression_t
 
-contact_t = Contact.__table__
-suppression_t = Suppression.__table__
 CHANNELS = ("email", "sms")
 
 

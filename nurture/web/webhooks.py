@@ -33,11 +33,9 @@ from sqlalchemy import delete, select
 
 from nurture.consent_ledger import current_state, is_suppressed, record_consent, suppress
 from nurture.ingest import normalize_email, parse_timestamp
-from nurture.store.models import FAILED, SENT, Contact, Message, Suppression
+from nurture.store.models import FAILED, SENT
+from nurture.store.tables import contact_t, message_t, suppression_t
 
-contact_t = Contact.__table__
-message_t = Message.__table__
-suppression_t = Suppression.__table__
 
 # Twilio's default opt-out / opt-in keywords (Advanced Opt-Out defaults), matched on the
 # whole message body, case-insensitively.

@@ -7,7 +7,11 @@ properties (required `hs_timestamp`, status, priority, a known `hubspot_owner_id
 task→contact association (HUBSPOT_DEFINED 204 to an existing contact) and answers 201 with
 the created object; `GET /crm/v3/owners?email=` lists the portal's owners; a contact's tasks
 are read back through `POST /crm/v4/associations/contacts/tasks/batch/read` (207 with an error
-for a contact without any) and `POST /crm/v3/objects/tasks/batch/read`.
+for a contact without any) and `POST /crm/v3/objects/tasks/batch/read`. For erasures:
+`POST /crm/v3/objects/contacts/gdpr-delete` checks its body (`{"objectId": "<e-mail>",
+"idProperty": "email"}`, or `{"objectId": "<record id>"}`), deletes the contact with its list
+memberships and tasks' association and answers 204; an unknown e-mail is blocklisted (204; HubSpot
+refuses to re-create it), an unknown record id is 404. `gdpr_deleted` lists what was asked.
 
 Fault switch: `quote_bad_token = True` makes the 401 for a wrong token quote the bearer token it
 received (a provider that echoes a credential back)."""
@@ -46,6 +50,8 @@ class FakeHubSpot(FakeProvider):
         self.rejected_tasks: set[str] = set()  # contact e-mails whose task creation fails (5xx)
         self.lose_task_answers = 0  # create the next N tasks, then drop the connection unanswered
         self.quote_bad_token = False  # the 401 for a wrong token quotes the token it received
+        self.gdpr_deleted: list[str] = []  # objectIds of the GDPR deletes asked for, in order
+        self.blocklist: set[str] = set()  # e-mails GDPR-deleted: an upsert of one is refused
 
     def tasks_for(self, email: str) -> list[dict]:
         rid = self.contacts.get(email)
@@ -86,6 +92,8 @@ class FakeHubSpot(FakeProvider):
             return self._upsert(request)
         if request.method == "POST" and request.path == "/crm/v3/objects/tasks":
             return self._create_task(request)
+        if request.method == "POST" and request.path == "/crm/v3/objects/contacts/gdpr-delete":
+            return self._gdpr_delete(request)
         if request.method == "GET" and request.path in ("/crm/v3/owners", "/crm/v3/owners/"):
             return self._owners(request)
         if request.method == "POST" and request.path == "/crm/v4/associations/contacts/tasks/batch/read":
@@ -114,6 +122,11 @@ class FakeHubSpot(FakeProvider):
             if invalid:  # HubSpot refuses the whole batch when a property is unknown or invalid
                 return Reply(400, {"status": "error", "category": "VALIDATION_ERROR", "message": invalid,
                                    "correlationId": "c0ffee"})
+            if email in self.blocklist:
+                errors.append({"status": "error", "category": "VALIDATION_ERROR",
+                               "message": f"{email} was permanently deleted (GDPR) and cannot be re-created",
+                               "context": {"ids": [email]}})
+                continue
             if email in self.rejected:
                 errors.append({"status": "error", "category": "VALIDATION_ERROR",
                                "message": f"Property values were not valid: {email}", "context": {"ids": [email]}})
@@ -130,6 +143,41 @@ class FakeHubSpot(FakeProvider):
             body.update(numErrors=len(errors), errors=errors)
             return Reply(207, body)
         return Reply(200, body)
+
+    def _gdpr_delete(self, request: Request) -> Reply:
+        try:
+            body = request.json()
+        except ValueError:
+            return self.problem("gdpr-delete body is not JSON")
+        if not isinstance(body, dict) or set(body) - {"objectId", "idProperty"}:
+            return self.problem(f"gdpr-delete body must be {{objectId, idProperty}}: {body}")
+        object_id, id_property = body.get("objectId"), body.get("idProperty")
+        if not isinstance(object_id, str) or not object_id:
+            return self.problem(f"gdpr-delete objectId must be a non-empty string: {object_id!r}")
+        if id_property not in (None, "email"):
+            return self.problem(f"gdpr-delete idProperty must be email (or absent for a record id): {id_property!r}")
+        self.gdpr_deleted.append(object_id)
+        if id_property == "email":
+            if object_id != object_id.strip().lower():
+                self.problems.append(f"gdpr-delete of a non-normalized e-mail {object_id!r}")
+            email = object_id.strip().lower()
+            if email not in self.contacts:
+                self.blocklist.add(email)  # HubSpot blocklists an address it does not know
+                return Reply(204)
+        else:
+            by_id = {v: k for k, v in self.contacts.items()}
+            if object_id not in by_id:
+                return Reply(404, {"status": "error", "category": "OBJECT_NOT_FOUND",
+                                   "message": f"Object not found. objectId are usually numeric: {object_id}"})
+            email = by_id[object_id]
+        record = self.contacts.pop(email)
+        self.properties.pop(email, None)
+        self.blocklist.add(email)
+        for members in self.lists.values():
+            members.discard(record)
+        for task in self.tasks:
+            task["contact_ids"] = [c for c in task["contact_ids"] if c != record]
+        return Reply(204)
 
     def _membership(self, list_id: str, action: str, request: Request) -> Reply:
         ids = request.json()

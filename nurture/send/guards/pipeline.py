@@ -25,11 +25,9 @@ from nurture.send.guards.frequency_cap import Cap, cap_blocks_until
 from nurture.send.guards.quiet_hours import QuietWindow, next_allowed_send, zone
 from nurture.send.guards.reachability import unreachable_reason
 from nurture.send.guards.suppression import suppression_reason, suppressions_for
-from nurture.store.models import (DEFERRED, HOLDOUT, QUEUED, SENDING, SENT, SKIPPED, SUPPRESSED, Contact, Message,
-                                  MessageStatus)
+from nurture.store.models import DEFERRED, HOLDOUT, QUEUED, SENDING, SENT, SKIPPED, SUPPRESSED, MessageStatus
+from nurture.store.tables import contact_t, message_t
 
-message_t = Message.__table__
-contact_t = Contact.__table__
 # Statuses that count against frequency caps: what is on its way or went out.
 COUNTING: tuple[MessageStatus, ...] = (QUEUED, SENDING, SENT)
 # Contact attribute listing the topics (journey `topic:`) a contact opted out of in the

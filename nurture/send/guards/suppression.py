@@ -8,9 +8,8 @@ from typing import Iterable, Optional
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Connection
 
-from nurture.store.models import Suppression
+from nurture.store.tables import suppression_t
 
-suppression_t = Suppression.__table__
 # An unsubscribe ends marketing; bounces, complaints and STOP end every message.
 MARKETING_ONLY = {"unsubscribed"}
 

@@ -1,0 +1,106 @@
+"""Removing given contacts from a target now — the sync's removal path, run outside the nightly
+diff (an erasure must not wait for the night).
+
+Exactly what `sync.sync_target` does with its removals: the destination's `remove()` with the
+payload it acknowledged when the contact was added (hashed identifiers, a CRM record id), in
+batches of its `max_batch`; the acknowledged membership rows are forgotten only for the
+members the destination confirmed, so a failed member stays and the next run (or the next
+sync: an erased contact matches no segment) retries exactly it. Each call records a `sync_run`
+row (removed, failed, the remaining members) like a sync does, reasons masked with the
+configured secrets.
+
+`resolve_target` finds the target a membership row's key names: from segments.yaml, or — for a
+target no longer configured — rebuilt from the key itself (`meta:123` → destination `meta`,
+`{audience_id: "123"}`), so a contact held by an audience that was since removed from the
+configuration can still be taken out of it.
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from typing import Sequence
+
+from sqlalchemy import func, select
+
+from nurture.redaction import redact
+from nurture.registry import IntegrationError, SyncBatch, SyncDestination, SyncMember
+from nurture.segments.sync import SyncTarget, TargetReport, _chunks, _finish, _forget, _wall, destination_class
+from nurture.spec.project import ProjectSpec
+from nurture.store.db import Store
+from nurture.store.tables import membership_t, sync_run_t
+
+
+def resolve_target(project: ProjectSpec, segment: str, key: str) -> SyncTarget:
+    """The target of membership rows `(segment, key)`; IntegrationError when neither the
+    configuration nor the key can say which destination and audience it is."""
+    for spec in project.segments.values():
+        for dest in spec.destinations:
+            try:
+                cls = destination_class(dest.destination)
+            except IntegrationError:
+                continue
+            target = {k: (str(v) if not isinstance(v, str) else v) for k, v in (dest.model_extra or {}).items()}
+            try:
+                if cls.target_key(target) == key:
+                    return SyncTarget(segment, dest.destination, target, key)
+            except KeyError:  # a target missing a required key: segments.yaml is invalid there
+                continue
+    name, _, rest = key.partition(":")
+    cls = destination_class(name)  # IntegrationError: no such destination installed
+    keys = cls.required_keys
+    values = rest.split(":", len(keys) - 1) if keys else []
+    target = dict(zip(keys, values))
+    if len(values) != len(keys) or cls.target_key(target) != key:
+        raise IntegrationError(f"cannot tell the audience of '{key}' (no longer in segments.yaml)")
+    return SyncTarget(segment, name, target, key)
+
+
+def remove_members(store: Store, ref: SyncTarget, destination: SyncDestination, members: Sequence[SyncMember], *,
+                   secrets: Sequence[str] = ()) -> tuple[TargetReport, set[int]]:
+    """Remove `members` (their `payload` as acknowledged) from one target now; the report (also
+    recorded as a `sync_run` row) and the contact ids the destination confirmed."""
+    started = time.perf_counter()
+    report = TargetReport(ref.segment, ref.destination, ref.key)
+    requests_before = destination.requests_sent
+    with store.engine.begin() as conn:
+        run_id = conn.execute(sync_run_t.insert().values(
+            segment=ref.segment, target=ref.key, destination=ref.destination, started_at=_wall(),
+            status="running", members=0, added=0, removed=0, updated=0, failed=0, requests=0, duration_ms=0,
+            errors=[])).inserted_primary_key[0]
+    reasons: Counter = Counter()
+    removed: set[int] = set()
+    session = random.getrandbits(62)
+    try:
+        for seq, last, chunk in _chunks(list(members), destination.max_batch):
+            if not chunk:
+                break
+            results = destination.remove(ref.target, chunk, SyncBatch(session, seq, last, len(members)))
+            ok = [r.contact_id for r in results if r.ok]
+            with store.engine.begin() as conn:
+                _forget(conn, ref, ok)
+            removed.update(ok)
+            for r in results:
+                if not r.ok:
+                    reasons[redact(r.reason, secrets) or "failed"] += 1
+                    report.failed += 1
+    except Exception as exc:  # a bug in a plug-in: this target fails, the others still run
+        reasons[redact(f"{type(exc).__name__} in {ref.destination}: {exc}", secrets)[:300]] += 1
+        report.failed = len(members) - len(removed)
+    report.removed = len(removed)
+    with store.reading() as conn:
+        report.members = conn.execute(select(func.count()).select_from(membership_t).where(
+            membership_t.c.segment == ref.segment, membership_t.c.target == ref.key)).scalar_one()
+    report.requests = destination.requests_sent - requests_before
+    report.duration_ms = int((time.perf_counter() - started) * 1000)
+    report.errors = [{"reason": reason, "count": n} for reason, n in reasons.most_common(20)]
+    report.status = "ok" if not report.failed else ("partial" if removed else "failed")
+    _finish(store, run_id, report)
+    return report, removed
+
+
+def forget_members(store: Store, segment: str, key: str, contact_ids: Sequence[int]) -> None:
+    """Forget acknowledged rows without a request: the destination itself already removed the
+    records (a CRM that deleted the person and told us so)."""
+    with store.engine.begin() as conn:
+        _forget(conn, SyncTarget(segment, key.partition(":")[0], {}, key), list(contact_ids))

@@ -1,0 +1,33 @@
+"""The SQLAlchemy Core handle of every table, named once: `contact_t` is `Contact.__table__`.
+
+Set-based SQL (the stages, guards, syncs and reports) reads and writes the tables through these
+handles; the SQLModel classes (nurture.store.models, nurture.segments.models,
+nurture.scoring.models) declare the columns. A module that needs a table imports its handle
+from here and never defines its own. This module imports only the model modules, so any
+module of the engine can import it without an import cycle.
+"""
+from __future__ import annotations
+
+from sqlalchemy import Table
+
+from nurture.scoring.models import Handover
+from nurture.segments.models import SegmentMembership, SyncRun
+from nurture.store.models import (Consent, Contact, Enrollment, Event, JourneyCursor, JourneyPendingTrigger,
+                                  JourneyVersion, Message, Product, Suppression)
+
+contact_t: Table = Contact.__table__  # type: ignore[attr-defined]
+event_t: Table = Event.__table__  # type: ignore[attr-defined]
+consent_t: Table = Consent.__table__  # type: ignore[attr-defined]
+suppression_t: Table = Suppression.__table__  # type: ignore[attr-defined]
+version_t: Table = JourneyVersion.__table__  # type: ignore[attr-defined]
+cursor_t: Table = JourneyCursor.__table__  # type: ignore[attr-defined]
+pending_t: Table = JourneyPendingTrigger.__table__  # type: ignore[attr-defined]
+enrollment_t: Table = Enrollment.__table__  # type: ignore[attr-defined]
+message_t: Table = Message.__table__  # type: ignore[attr-defined]
+product_t: Table = Product.__table__  # type: ignore[attr-defined]
+membership_t: Table = SegmentMembership.__table__  # type: ignore[attr-defined]
+sync_run_t: Table = SyncRun.__table__  # type: ignore[attr-defined]
+handover_t: Table = Handover.__table__  # type: ignore[attr-defined]
+
+__all__ = ["contact_t", "event_t", "consent_t", "suppression_t", "version_t", "cursor_t", "pending_t",
+           "enrollment_t", "message_t", "product_t", "membership_t", "sync_run_t", "handover_t"]

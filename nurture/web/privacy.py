@@ -1,0 +1,198 @@
+"""The privacy endpoints of `nurture web` (included by nurture.web.app with one line):
+
+- `POST /privacy/erase` — erase people (GDPR Art. 17) by e-mail: `Authorization: Bearer
+  <NURTURE_PRIVACY_TOKEN>`, body `{"emails": ["…", …], "reason": "request"}` (`reason`
+  optional, a short label). The answer: `{"results": [{"request", "outcome", "erasure_id",
+  "removed", "destinations", "pending", "erased_at", "error"}]}` in the order of `emails`,
+  outcome `erased` | `already_erased` | `not_found`. A missing or wrong token is 401, no token
+  configured on the server 403; a body that is not JSON 400; a body of the wrong shape — not an
+  object, `emails` missing, empty, over MAX_EMAILS, an entry that is not an e-mail address, an
+  unknown key, a bad `reason` — 422 `{"error", "field"}` naming the field (`emails[2]`), and
+  nothing is erased. Never a 500 for bad input.
+- `POST /webhooks/hubspot` — HubSpot's `contact.privacyDeletion` webhook: the contact HubSpot
+  deleted is erased here too (actor `webhook:hubspot`). HubSpot's signature v3 is verified with
+  the app's client secret (NURTURE_HUBSPOT_CLIENT_SECRET): base64 of the HMAC-SHA256 of
+  method + URI + body + `X-HubSpot-Request-Timestamp`, compared with `X-HubSpot-Signature-v3`;
+  the URI is the one HubSpot called — NURTURE_PUBLIC_URL + path + query (behind a proxy the
+  server sees another one), with the URL-encoded characters HubSpot decodes decoded; a
+  timestamp more than 5 minutes off is refused (a replay). HubSpot names the deleted contact by
+  its record id (`objectId`): Nurture finds it among the records its HubSpot lists acknowledged
+  and its handovers to HubSpot. Other subscription types are ignored. Answer 200
+  `{"erased", "already_erased", "unknown", "ignored"}`; 401 for a missing, stale or wrong
+  signature, 403 when no client secret is configured, 400/422 for a body that is not a list
+  of events.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from collections import Counter
+from datetime import datetime
+from typing import Any, Callable, Optional
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from nurture.ingest import normalize_email
+from nurture.privacy.erase import (ErasureResult, check_reason, contacts_for_crm_record, erase_contacts,
+                                   erase_emails)
+from nurture.registry import IntegrationContext
+from nurture.settings import WebSettings
+
+# Read through WebSettings from the env mapping the app was created with (docs/settings.md).
+PRIVACY_TOKEN_SETTING = "NURTURE_PRIVACY_TOKEN"
+HUBSPOT_SECRET_SETTING = "NURTURE_HUBSPOT_CLIENT_SECRET"
+MAX_EMAILS = 1000
+MAX_SKEW_MS = 5 * 60 * 1000
+PRIVACY_DELETION = "contact.privacyDeletion"
+HUBSPOT = "hubspot"
+# The URL-encoded characters HubSpot decodes in the request URI before it signs it (v3).
+_HUBSPOT_DECODED = {"%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$", "%27": "'",
+                    "%28": "(", "%29": ")", "%2A": "*", "%2C": ",", "%3B": ";"}
+_ENCODED = re.compile("|".join(_HUBSPOT_DECODED), re.IGNORECASE)
+
+
+def hubspot_request_uri(url: str) -> str:
+    """The URI as HubSpot signs it: the listed percent-escapes decoded, any case."""
+    return _ENCODED.sub(lambda m: _HUBSPOT_DECODED[m.group().upper()], url)
+
+
+def hubspot_signature_v3(client_secret: str, method: str, uri: str, body: bytes, timestamp: str) -> str:
+    """base64(HMAC-SHA256(client secret, method + URI + body + timestamp)), UTF-8."""
+    message = method.upper().encode() + hubspot_request_uri(uri).encode("utf-8") + body + timestamp.encode()
+    return base64.b64encode(hmac.new(client_secret.encode("utf-8"), message, hashlib.sha256).digest()).decode()
+
+
+def _problem(status: int, error: str, field: Optional[str] = None, **headers: str) -> JSONResponse:
+    body: dict[str, Any] = {"error": error}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+def _parse_json(body: bytes) -> tuple[Any, Optional[JSONResponse]]:
+    try:
+        return json.loads(body or b"null"), None
+    except RecursionError:
+        return None, _problem(400, "body is not valid JSON (nested far too deep)", "body")
+    except ValueError as exc:
+        return None, _problem(400, f"body is not valid JSON ({str(exc)[:200]})", "body")
+
+
+def _erase_request(payload: Any) -> tuple[list[str], str, Optional[JSONResponse]]:
+    """The addresses and reason of a /privacy/erase body, or the 422 that names what is wrong."""
+    if not isinstance(payload, dict):
+        return [], "", _problem(422, 'body must be a JSON object: {"emails": ["…"]}', "body")
+    unknown = sorted(set(payload) - {"emails", "reason"})
+    if unknown:
+        return [], "", _problem(422, f"unknown field '{unknown[0][:60]}' (known: emails, reason)", unknown[0][:60])
+    emails = payload.get("emails")
+    if not isinstance(emails, list) or not emails:
+        return [], "", _problem(422, "must be a non-empty list of e-mail addresses", "emails")
+    if len(emails) > MAX_EMAILS:
+        return [], "", _problem(422, f"at most {MAX_EMAILS} addresses per request, got {len(emails)}", "emails")
+    for i, email in enumerate(emails):
+        if not isinstance(email, str):
+            return [], "", _problem(422, "must be a string (an e-mail address)", f"emails[{i}]")
+        if "\x00" in email:
+            return [], "", _problem(422, "contains a NUL character", f"emails[{i}]")
+        try:
+            normalize_email(email)
+        except ValueError as exc:
+            return [], "", _problem(422, f"not an e-mail address: {exc}", f"emails[{i}]")
+    reason = payload.get("reason", "request")
+    if not isinstance(reason, str):
+        return [], "", _problem(422, "must be a string", "reason")
+    try:
+        check_reason(reason)
+    except ValueError as exc:
+        return [], "", _problem(422, str(exc), "reason")
+    return emails, reason, None
+
+
+def _secret(value: Any) -> str:
+    return value.get_secret_value() if value is not None else ""
+
+
+def _authorized(request: Request, expected: str) -> Optional[JSONResponse]:
+    if not expected:
+        return _problem(403, f"this endpoint is disabled: {PRIVACY_TOKEN_SETTING} is not set on the server")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return _problem(401, "missing bearer token", **{"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        return _problem(401, "wrong token", **{"WWW-Authenticate": "Bearer"})
+    return None
+
+
+def privacy_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
+    """The router over the app's runtime (store, project, env, data directory) and clock."""
+    router = APIRouter()
+    env = rt.env
+
+    def context() -> IntegrationContext:
+        return IntegrationContext(rt.project.root, rt.data_dir, dict(env))
+
+    @router.post("/privacy/erase")
+    async def privacy_erase(request: Request) -> Response:
+        refused = _authorized(request, _secret(WebSettings.from_env(env).privacy_token))
+        if refused is not None:
+            return refused
+        payload, problem = _parse_json(await request.body())
+        if problem is not None:
+            return problem
+        emails, reason, problem = _erase_request(payload)
+        if problem is not None:
+            return problem
+        results: list[ErasureResult] = await run_in_threadpool(
+            erase_emails, rt.store, rt.project, emails, context=context(), actor="web", reason=reason, now=clock())
+        return JSONResponse({"results": [r.as_dict() for r in results]})
+
+    @router.post("/webhooks/hubspot")
+    async def hubspot_webhook(request: Request) -> Response:
+        secret = _secret(WebSettings.from_env(env).hubspot_client_secret)
+        if not secret:
+            return _problem(403, f"this endpoint is disabled: {HUBSPOT_SECRET_SETTING} is not set on the server")
+        signature = request.headers.get("x-hubspot-signature-v3")
+        timestamp = request.headers.get("x-hubspot-request-timestamp", "").strip()
+        if not signature or not timestamp:
+            return _problem(401, "missing X-HubSpot-Signature-v3 or X-HubSpot-Request-Timestamp")
+        if not timestamp.isdigit() or abs(clock().timestamp() * 1000 - int(timestamp)) > MAX_SKEW_MS:
+            return _problem(401, "X-HubSpot-Request-Timestamp is more than 5 minutes off (a replayed request?)")
+        body = await request.body()
+        uri = rt.public_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if not hmac.compare_digest(hubspot_signature_v3(secret, request.method, uri, body, timestamp),
+                                   signature.strip()):
+            return _problem(401, "X-HubSpot-Signature-v3 does not match")
+        payload, problem = _parse_json(body)
+        if problem is not None:
+            return problem
+        events = [payload] if isinstance(payload, dict) else payload
+        if not isinstance(events, list):
+            return _problem(422, "body must be a JSON array of events", "body")
+        counts: Counter = Counter()
+        requests: list[tuple[str, int]] = []
+        for i, event in enumerate(events):
+            if not isinstance(event, dict) or event.get("subscriptionType") != PRIVACY_DELETION:
+                counts["ignored"] += 1
+                continue
+            record = event.get("objectId")
+            if isinstance(record, bool) or not isinstance(record, (int, str)) or not str(record).strip().isdigit():
+                return _problem(422, "objectId must be a HubSpot record id", f"[{i}].objectId")
+            found = await run_in_threadpool(contacts_for_crm_record, rt.store, HUBSPOT, str(record).strip())
+            if not found:
+                counts["unknown"] += 1
+            requests.extend((f"{HUBSPOT} record {str(record).strip()}", cid) for cid in found)
+        if requests:
+            results = await run_in_threadpool(
+                erase_contacts, rt.store, rt.project, requests, context=context(), actor=f"webhook:{HUBSPOT}",
+                reason="hubspot_privacy_deletion", now=clock(), gone_from={HUBSPOT})
+            for result in {id(r): r for r in results}.values():
+                counts[result.outcome] += 1
+        return JSONResponse({key: counts[key] for key in ("erased", "already_erased", "unknown", "ignored")})
+
+    return router

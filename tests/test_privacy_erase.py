@@ -1,0 +1,590 @@
+"""The right to erasure (GDPR Art. 17): `nurture erase`, `POST /privacy/erase` and HubSpot's
+`contact.privacyDeletion` webhook. A person who went through a journey (e-mail, SMS, a
+handover), sits in a CSV audience and a HubSpot list, with consents, a bounce and events, is
+erased: nothing in the database or under the data directory names them any more, the contact
+row stays (pseudonymized) so reports add up, they leave the audiences at once and HubSpot
+deletes them (GDPR delete), an import or event cannot bring them back, and erasing again
+changes nothing more. Everything else — another contact's rows and files — is untouched."""
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import MetaData, func, select
+
+from integrations.http_retry import RetryPolicy
+from nurture.ingest import import_contacts, track_records
+from nurture.privacy.erase import contacts_for_crm_record, erase_contacts, erase_emails
+from nurture.privacy.models import erasure_t
+from nurture.privacy.tombstones import subject_hash
+from nurture.registry import IntegrationContext
+from nurture.runtime import run_tick
+from nurture.segments.sync import default_factory, sync_segments
+from nurture.store.tables import (consent_t, contact_t, enrollment_t, event_t, handover_t, membership_t, message_t,
+                                  suppression_t, sync_run_t)
+from nurture.web.privacy import hubspot_request_uri, hubspot_signature_v3
+from tests.conftest import utc, write_project
+from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
+from tests.engine_fixtures import add_event, add_suppression, journey_yaml, subscriber
+from tests.fakes.hubspot import FakeHubSpot
+from tests.test_web_site import running_site
+
+T0 = utc(2026, 11, 16, 10)  # a Monday, 10:00 UTC: outside quiet hours
+TOKEN = "hubspot-token-for-privacy-tests"
+PRIVACY_TOKEN = "privacy-token-for-tests-0042"
+CLIENT_SECRET = "hubspot-app-client-secret-77"
+ALICE, BOB = "alice@example.com", "bob@example.com"
+ALICE_PHONE = "+4915123456789"
+
+JOURNEY = journey_yaml("welcome", """
+    - id: hello
+      send: {channel: email, template: hello, subject: "Hi {{ contact.first_name }}"}
+    - id: text
+      send: {channel: sms, template: hello}
+    - id: to_sales
+      handover: {sla: 24h, note: "wants a demo"}
+    - id: later
+      wait: 3d
+    - id: bye
+      send: {channel: email, template: other, subject: "Bye"}
+""")
+
+SEGMENTS = """
+segments:
+  - name: fans
+    when: {attribute: {fan: true}}
+    destinations:
+      - {destination: csv, audience: fans}
+      - {destination: hubspot, list_id: "45"}
+"""
+
+
+def sha(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+@pytest.fixture
+def hubspot():
+    fake = FakeHubSpot(TOKEN).start()
+    yield fake
+    fake.stop()
+    assert fake.problems == [], "HubSpot saw protocol violations"
+
+
+class World:
+    """Alice and Bob after a journey tick and a segment sync."""
+
+    def __init__(self, rt: Any, hubspot: FakeHubSpot):
+        self.rt, self.store, self.hubspot = rt, rt.store, hubspot
+        rt.env.update({"NURTURE_HUBSPOT_TOKEN": TOKEN, "NURTURE_HUBSPOT_BASE_URL": hubspot.url})
+        self.alice = subscriber(self.store, ALICE, channels=("email", "sms", "ads"), first_name="Alice",
+                                last_name="Liddell", phone=ALICE_PHONE, country="DE", timezone="Europe/Berlin",
+                                locale="de", score=42.0, attributes={"fan": True, "company": "Wonderland GmbH"})
+        self.bob = subscriber(self.store, BOB, channels=("email", "ads"), first_name="Bob",
+                              attributes={"fan": True})
+        add_event(self.store, self.alice, "signup", T0, {"form": "newsletter", "email_seen": ALICE},
+                  event_id=f"form-{ALICE}")
+        add_event(self.store, self.bob, "signup", T0, {"form": "newsletter"})
+        for minutes in (5, 10):
+            run_tick(rt, "welcome", T0 + timedelta(minutes=minutes))
+        add_suppression(self.store, "hard_bounce", address=ALICE, channel="email", at=T0 + timedelta(minutes=30))
+        with self.store.engine.begin() as conn:  # a provider reply that quotes the address
+            conn.execute(message_t.update().where(message_t.c.contact_id == self.alice, message_t.c.step_id == "hello")
+                         .values(reason=f"250 ok: queued for <{ALICE}>"))
+        self.sync()
+
+    @property
+    def context(self) -> IntegrationContext:
+        return IntegrationContext(self.rt.project.root, self.rt.data_dir, dict(self.rt.env))
+
+    def factory(self, name: str, context: IntegrationContext) -> Any:
+        dest = default_factory(name, context)
+        if hasattr(dest, "client"):
+            dest.client.policy = RetryPolicy(max_attempts=2, base_delay=0.01, sleep=lambda _: None)
+        return dest
+
+    def sync(self) -> list:
+        return sync_segments(self.store, self.rt.project, T0 + timedelta(hours=1), self.context, factory=self.factory)
+
+    def erase(self, *emails: str, **kwargs: Any):
+        return erase_emails(self.store, self.rt.project, emails, context=self.context, actor="cli:tester",
+                            now=T0 + timedelta(hours=2), factory=self.factory, **kwargs)
+
+    def csv_members(self) -> set[str]:
+        out: set[str] = set()
+        for path in sorted((self.rt.data_dir / "audiences" / "fans").glob("*.csv")):
+            with open(path, encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    (out.add if path.stem.endswith("-add") else out.discard)(row["email"])
+        return out
+
+
+@pytest.fixture
+def world(make_runtime, hubspot):
+    rt = make_runtime({"welcome": JOURNEY}, segments=SEGMENTS)
+    return World(rt, hubspot)
+
+
+def dump(store) -> dict[str, list[tuple]]:
+    """Every row of every table, as text-comparable tuples."""
+    metadata = MetaData()
+    metadata.reflect(store.engine)
+    out = {}
+    with store.engine.connect() as conn:
+        for table in metadata.sorted_tables:
+            out[table.name] = [tuple(row) for row in conn.execute(select(table).order_by(*table.primary_key.columns))]
+        conn.rollback()
+    return out
+
+
+def mentions(store, data_dir: Path, *needles: str) -> list[str]:
+    """Where the database or a file under the data directory still names any of `needles`."""
+    found = []
+    for table, rows in dump(store).items():
+        for row in rows:
+            text = repr(row).lower()
+            found.extend(f"{table}: {row}" for n in needles if n.lower() in text)
+    for path in data_dir.rglob("*"):
+        if path.is_file() and not path.name.startswith("nurture.db"):
+            text = path.read_bytes().decode("utf-8", "replace").lower()
+            found.extend(f"{path}" for n in needles if n.lower() in text)
+    return found
+
+
+def rows(store, table, *where) -> list:
+    with store.engine.connect() as conn:
+        out = conn.execute(select(table).where(*where).order_by(table.c.id)).all()
+        conn.rollback()
+    return out
+
+
+# ---------------------------------------------------------------- the engine (SQLite + PostgreSQL)
+
+
+def test_an_erased_person_is_gone_everywhere_and_the_rest_stays(world):
+    store, data_dir, alice, bob = world.store, world.rt.data_dir, world.alice, world.bob
+    # before: the person is everywhere
+    assert mentions(store, data_dir, ALICE, "Liddell", ALICE_PHONE)
+    assert world.csv_members() == {sha(ALICE), sha(BOB)}
+    assert world.hubspot.members("45") == {ALICE, BOB}
+    statuses_before = sorted((m.contact_id, m.step_id, m.status) for m in rows(store, message_t))
+    bob_files = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*.eml") if p.read_text().count(BOB))
+    assert len([m for m in rows(store, message_t, message_t.c.contact_id == alice) if m.channel == "email"]) == 1
+    assert any(ALICE_PHONE in line for line in (data_dir / "outbox" / "sms.jsonl").read_text().splitlines())
+
+    [result] = world.erase(ALICE)
+
+    assert result.outcome == "erased" and result.pending == []
+    assert result.removed["contact"] == 1 and result.removed["events"] == 1 and result.removed["messages"] == 2
+    assert result.removed["outbox_emails"] == 1 and result.removed["outbox_sms"] == 1
+    assert result.removed["handover_file_lines"] == 1 and result.removed["audience_memberships"] == 2
+    assert result.removed["crm_records"] == 1 and result.removed["suppressions"] == 1
+    assert result.destinations == {"csv:fans": "removed", "hubspot:45": "removed", "crm:hubspot": "deleted"}
+    # nothing in the store or under the data directory names her any more
+    assert mentions(store, data_dir, ALICE, "alice", "Liddell", ALICE_PHONE, "Wonderland") == []
+
+    # the contact row stays, pseudonymized: its id holds the foreign keys and report counts
+    [contact] = rows(store, contact_t, contact_t.c.id == alice)
+    assert (contact.email, contact.phone, contact.first_name, contact.last_name, contact.timezone, contact.country,
+            contact.locale, contact.attributes, contact.score) == (None, None, None, None, None, None, None, {}, 0.0)
+    assert sorted((m.contact_id, m.step_id, m.status) for m in rows(store, message_t)) == statuses_before
+    assert {(m.address, m.subject) for m in rows(store, message_t, message_t.c.contact_id == alice)} == {(None, None)}
+    [event] = rows(store, event_t, event_t.c.contact_id == alice)
+    assert (event.name, event.properties, event.event_id.startswith("erased:")) == ("signup", {}, True)
+    [enrollment] = rows(store, enrollment_t, enrollment_t.c.contact_id == alice)
+    assert (enrollment.status, enrollment.exit_reason, enrollment.next_due_at) == ("exited", "erased", None)
+    [handover] = rows(store, handover_t, handover_t.c.contact_id == alice)
+    assert handover.score == 0.0 and handover.status == "delivered"
+
+    # the consent ledger: pseudonymized rows plus one hashed tombstone with time and reason
+    ledger = rows(store, consent_t, consent_t.c.contact_id == alice)
+    [tombstone] = [c for c in ledger if c.status == "erased"]
+    assert (tombstone.channel, tombstone.purpose, tombstone.subject_hash, tombstone.source,
+            tombstone.recorded_at) == ("*", "*", sha(ALICE), "erasure:request", T0 + timedelta(hours=2))
+    assert {c.source for c in ledger if c.status != "erased"} == {"test"}
+    # suppressions: an `erased` one by hash; the old bounce kept, its address hashed
+    supp = {(s.reason, s.address, s.contact_id) for s in rows(store, suppression_t)}
+    assert ("erased", sha(ALICE), alice) in supp and ("hard_bounce", sha(ALICE), None) in supp
+
+    # the audiences: out of the CSV audience and the HubSpot list at once, then deleted at HubSpot
+    assert world.csv_members() == {sha(BOB)}
+    assert world.hubspot.members("45") == {BOB}
+    assert world.hubspot.gdpr_deleted == [ALICE] and ALICE not in world.hubspot.contacts
+    assert [m.contact_id for m in rows(store, membership_t)] == [bob, bob]
+    removal_runs = rows(store, sync_run_t, sync_run_t.c.removed == 1)
+    assert {(r.target, r.status) for r in removal_runs} == {("csv:fans", "ok"), ("hubspot:45", "ok")}
+
+    # Bob is untouched: his row, his files, his memberships
+    [b] = rows(store, contact_t, contact_t.c.id == bob)
+    assert (b.email, b.first_name, b.attributes) == (BOB, "Bob", {"fan": True})
+    assert sorted(p.relative_to(data_dir) for p in data_dir.rglob("*.eml") if p.read_text().count(BOB)) == bob_files
+    assert json.loads((data_dir / "handover" / "handovers.jsonl").read_text())["contact"]["email"] == BOB
+
+    # the log: who, when, what (counts only) — never the data
+    [log] = rows(store, erasure_t)
+    assert (log.contact_id, log.subject_hash, log.actor, log.reason, log.outcome, log.pending) == (
+        alice, sha(ALICE), "cli:tester", "request", "erased", [])
+    assert log.removed == result.removed and log.requested_at == T0 + timedelta(hours=2) and log.completed_at
+
+
+def test_erasing_again_changes_nothing_more_and_says_already_erased(world):
+    world.erase(ALICE)
+    before = {k: v for k, v in dump(world.store).items() if k != "erasure"}
+    files = sorted((p, p.read_bytes()) for p in world.rt.data_dir.rglob("*") if p.is_file() and "nurture.db" not in p.name)
+    requests = len(world.hubspot.requests)
+
+    [again, twice] = world.erase("Alice@Example.com", "alice@example.com")
+
+    assert again is twice and again.outcome == "already_erased" and again.removed == {} and again.pending == []
+    assert again.erased_at == T0 + timedelta(hours=2)
+    assert {k: v for k, v in dump(world.store).items() if k != "erasure"} == before
+    assert sorted((p, p.read_bytes()) for p in world.rt.data_dir.rglob("*")
+                  if p.is_file() and "nurture.db" not in p.name) == files
+    assert len(world.hubspot.requests) == requests  # nothing asked of HubSpot again
+    assert [(e.outcome, e.subject_hash) for e in rows(world.store, erasure_t)] == [
+        ("erased", sha(ALICE)), ("already_erased", sha(ALICE))]
+
+
+def test_erasing_again_sweeps_what_arrived_in_the_instant_of_the_erasure(world):
+    world.erase(ALICE)
+    with world.store.engine.begin() as conn:  # written by a worker that had read her just before
+        conn.execute(event_t.insert().values(event_id=f"late-{ALICE}", contact_id=world.alice, name="page_view",
+                                             properties={"email": ALICE}, occurred_at=T0, received_at=T0))
+        conn.execute(message_t.insert().values(contact_id=world.alice, journey="welcome", step_id="late",
+                                               channel="email", template="hello", subject="Hi Alice", address=ALICE,
+                                               status="queued", due_at=T0, created_at=T0))
+    [again] = world.erase(ALICE)
+    assert again.outcome == "already_erased"
+    assert again.removed == {"events": 1, "messages": 1, "messages_cancelled": 1}
+    assert mentions(world.store, world.rt.data_dir, ALICE, "alice") == []
+    [late] = rows(world.store, message_t, message_t.c.step_id == "late")
+    assert (late.status, late.reason) == ("suppressed", "erased")
+
+
+def test_an_existing_database_upgrades_to_the_privacy_schema_without_losing_rows(empty_db_url):
+    from alembic import command
+    from alembic.config import Config
+
+    from nurture.store.db import MIGRATIONS, make_engine, open_store
+    engine = make_engine(empty_db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0008")
+    with engine.begin() as conn:
+        cid = conn.execute(contact_t.insert().values(email=ALICE, lifecycle_stage="lead", score=1.0, attributes={},
+                                                     created_at=T0, updated_at=T0)).inserted_primary_key[0]
+        conn.execute(consent_t.insert().values(contact_id=cid, channel="email", purpose="marketing", status="granted",
+                                               source="import:old.csv", policy_version="v1", recorded_at=T0))
+    engine.dispose()
+    store = open_store(empty_db_url)
+    try:
+        [consent] = rows(store, consent_t)
+        assert (consent.contact_id, consent.source, consent.policy_version, consent.subject_hash) == (
+            cid, "import:old.csv", "v1", None)
+        assert rows(store, erasure_t) == []
+        with store.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(contact_t)).scalar() == 1
+            conn.rollback()
+    finally:
+        store.dispose()
+
+
+def test_an_unknown_address_is_not_found_and_nothing_about_it_is_stored(world):
+    [result, bad] = world.erase("nobody@example.com", "not an address")
+    assert (result.outcome, bad.outcome) == ("not_found", "invalid") and bad.error
+    [log] = rows(world.store, erasure_t)
+    assert (log.outcome, log.subject_hash, log.contact_id) == ("not_found", None, None)
+    assert mentions(world.store, world.rt.data_dir, "nobody") == []
+    assert world.hubspot.gdpr_deleted == []
+
+
+def test_an_erased_person_is_refused_by_import_and_track_and_never_recreated(world, tmp_path):
+    world.erase(ALICE)
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("email,first_name,consent_email\nALICE@example.com,Alice,granted\ncarol@example.com,Carol,granted\n")
+    imported = import_contacts(world.store, contacts, now=T0 + timedelta(days=1))
+    assert (imported.created, imported.erased) == (1, 1)
+    [error] = imported.errors
+    assert (error.line, error.field) == (2, "email") and "erased" in error.message and "alice" not in error.message
+    tracked = track_records(world.store, [
+        (1, {"event_id": "late-1", "email": ALICE, "event": "page_view", "timestamp": "2026-11-17T10:00:00Z"}),
+        (2, {"event_id": "late-2", "email": BOB, "event": "page_view", "timestamp": "2026-11-17T10:00:00Z"})],
+        now=T0 + timedelta(days=1))
+    assert (tracked.inserted, tracked.erased, [(e.line, e.field) for e in tracked.errors]) == (1, 1, [(1, "email")])
+    assert mentions(world.store, world.rt.data_dir, ALICE) == []
+    with world.store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(contact_t)).scalar() == 3  # alice's row, bob, carol
+        conn.rollback()
+    # and the next nightly sync does not bring her back anywhere
+    world.sync()
+    assert world.csv_members() == {sha(BOB)} and world.hubspot.members("45") == {BOB}
+
+
+def test_a_destination_that_fails_leaves_the_membership_pending_and_erasing_again_retries_it(world):
+    world.hubspot.fail_next(2, None)  # the list removal: connection dropped twice (every attempt)
+    [result] = world.erase(ALICE)
+    assert result.outcome == "erased"
+    assert result.destinations["csv:fans"] == "removed" and result.destinations["hubspot:45"] == "pending"
+    assert [p.split(":")[0:2] for p in result.pending] == [["hubspot", "45"]]
+    assert result.destinations["crm:hubspot"] == "deleted"  # the GDPR delete went through
+    [log] = rows(world.store, erasure_t)
+    assert log.pending == result.pending and "alice" not in json.dumps(log.pending)
+    # the membership row stays until HubSpot confirms the removal: it holds what the removal needs
+    # (HubSpot's record id, and the e-mail the list acknowledged) — the only place she is still named
+    assert sorted(m.contact_id for m in rows(world.store, membership_t, membership_t.c.target == "hubspot:45")) == [
+        world.alice, world.bob]
+    assert [m.split(":")[0] for m in mentions(world.store, world.rt.data_dir, ALICE, "Liddell")] == ["segment_membership"]
+    [again] = world.erase(ALICE)
+    assert again.outcome == "already_erased" and again.pending == []
+    assert again.destinations == {"hubspot:45": "removed"} and again.removed == {"audience_memberships": 1}
+    assert mentions(world.store, world.rt.data_dir, ALICE, "Liddell") == []
+
+
+def test_a_provider_reply_quoting_the_person_is_recorded_without_them(world):
+    from tests.fakes.http_server import Reply
+    world.hubspot.fail_next(1, Reply(400, {"status": "error", "category": "VALIDATION_ERROR",
+                                           "message": f"Contact {ALICE} (+{ALICE_PHONE[1:]}) is locked"}))
+    [result] = world.erase(ALICE)
+    assert result.destinations["hubspot:45"] == "pending" and "[erased]" in result.pending[0]
+    assert ALICE not in " ".join(result.pending)
+    [log] = rows(world.store, erasure_t)
+    assert log.pending == result.pending
+    # the membership row waiting for the removal is the only place left that names her
+    assert [m.split(":")[0] for m in mentions(world.store, world.rt.data_dir, ALICE, ALICE_PHONE[1:])] == [
+        "segment_membership"]
+
+
+def test_a_crm_whose_gdpr_delete_failed_is_asked_again_by_the_next_erase(world):
+    def refuse(request):
+        if request.path.endswith("/gdpr-delete"):
+            from tests.fakes.http_server import Reply
+            return Reply(403, {"status": "error", "category": "MISSING_SCOPES", "message": "scope missing"})
+        return original(request)
+    original, world.hubspot.handle = world.hubspot.handle, refuse
+    [result] = world.erase(ALICE)
+    assert result.destinations["crm:hubspot"] == "pending"
+    assert result.pending == ["crm:hubspot: HTTP 403: " + result.pending[0].split("HTTP 403: ", 1)[1]]
+    world.hubspot.handle = original
+    [again] = world.erase(ALICE)
+    assert again.outcome == "already_erased" and again.destinations == {"crm:hubspot": "deleted"}
+    assert world.hubspot.gdpr_deleted == [ALICE]
+
+
+def test_contacts_are_found_by_their_hubspot_record_id_and_erased_without_asking_hubspot_again(world):
+    record = world.hubspot.contacts[ALICE]
+    assert contacts_for_crm_record(world.store, "hubspot", record) == [world.alice]
+    requests = len(world.hubspot.requests)
+    [result] = erase_contacts(world.store, world.rt.project, [(f"hubspot record {record}", world.alice)],
+                              context=world.context, actor="webhook:hubspot", reason="hubspot_privacy_deletion",
+                              now=T0 + timedelta(hours=2), factory=world.factory, gone_from={"hubspot"})
+    assert result.outcome == "erased" and result.request == f"hubspot record {record}"
+    assert result.destinations == {"csv:fans": "removed", "hubspot:45": "gone"}
+    assert len(world.hubspot.requests) == requests  # HubSpot deleted her itself: nothing is sent there
+    assert world.csv_members() == {sha(BOB)}
+    assert mentions(world.store, world.rt.data_dir, ALICE, "Liddell") == []
+    [tombstone] = [c for c in rows(world.store, consent_t) if c.status == "erased"]
+    assert tombstone.subject_hash == sha(ALICE) and tombstone.source == "erasure:hubspot_privacy_deletion"
+
+
+# ---------------------------------------------------------------- HubSpot's signature v3
+
+
+def test_the_v3_signature_is_hmac_sha256_of_method_uri_body_and_timestamp():
+    body = b'[{"objectId":1}]'
+    expected = base64.b64encode(hmac.new(b"secret", b"POSThttps://x.example/webhooks/hubspot?a=b:c" + body + b"1700000000000",
+                                         hashlib.sha256).digest()).decode()
+    assert hubspot_signature_v3("secret", "POST", "https://x.example/webhooks/hubspot?a=b%3Ac", body,
+                                "1700000000000") == expected
+    assert hubspot_request_uri("https://x.example/p?e=a%40b.com%2Cc%2fd&s=%20") == "https://x.example/p?e=a@b.com,c/d&s=%20"
+
+
+# ---------------------------------------------------------------- the web endpoints
+
+
+@pytest.fixture
+def site(world):
+    with running_site(world.rt, T0 + timedelta(hours=2), NURTURE_PRIVACY_TOKEN=PRIVACY_TOKEN,
+                      NURTURE_HUBSPOT_CLIENT_SECRET=CLIENT_SECRET) as s:
+        yield s
+
+
+def test_privacy_erase_needs_the_privacy_token(site, world):
+    body = {"emails": [ALICE]}
+    missing = site.http.post("/privacy/erase", json=body)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    wrong = site.http.post("/privacy/erase", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and PRIVACY_TOKEN not in wrong.text
+    other = site.http.post("/privacy/erase", json=body, headers={"Authorization": f"Basic {PRIVACY_TOKEN}"})
+    assert other.status_code == 401
+    assert rows(world.store, erasure_t) == [] and rows(world.store, contact_t, contact_t.c.email == ALICE)
+
+
+@pytest.mark.parametrize("body, field", [
+    (b"{not json", "body"),
+    (b'["alice@example.com"]', "body"),
+    (b"{}", "emails"),
+    (b'{"emails": []}', "emails"),
+    (b'{"emails": "alice@example.com"}', "emails"),
+    (b'{"emails": ["alice@example.com", 7]}', "emails[1]"),
+    (b'{"emails": ["alice@example.com", "not an address"]}', "emails[1]"),
+    (b'{"emails": ["alice@example.com"], "reason": "Because I say so!"}', "reason"),
+    (b'{"emails": ["alice@example.com"], "force": true}', "force"),
+])
+def test_privacy_erase_names_the_field_of_a_bad_body_and_erases_nothing(site, world, body, field):
+    answer = site.http.post("/privacy/erase", content=body, headers={"Authorization": f"Bearer {PRIVACY_TOKEN}",
+                                                                       "Content-Type": "application/json"})
+    assert 400 <= answer.status_code < 500 and answer.json()["field"] == field, answer.text
+    assert rows(world.store, erasure_t) == [] and rows(world.store, contact_t, contact_t.c.email == ALICE)
+
+
+def test_privacy_erase_erases_and_answers_per_address(site, world):
+    auth = {"Authorization": f"Bearer {PRIVACY_TOKEN}"}
+    answer = site.http.post("/privacy/erase", json={"emails": [ALICE, "nobody@example.com"], "reason": "ticket-4711"},
+                            headers=auth)
+    assert answer.status_code == 200, answer.text
+    first, unknown = answer.json()["results"]
+    assert (first["outcome"], first["removed"]["contact"], first["pending"]) == ("erased", 1, [])
+    assert unknown["outcome"] == "not_found"
+    again = site.http.post("/privacy/erase", json={"emails": [ALICE]}, headers=auth).json()["results"]
+    assert [r["outcome"] for r in again] == ["already_erased"]
+    assert [(e.actor, e.reason, e.outcome) for e in rows(world.store, erasure_t)] == [
+        ("web", "ticket-4711", "erased"), ("web", "ticket-4711", "not_found"), ("web", "request", "already_erased")]
+    assert world.csv_members() == {sha(BOB)} and world.hubspot.gdpr_deleted == [ALICE]
+
+
+def test_the_events_webhook_refuses_an_erased_address_and_keeps_the_others(world):
+    world.erase(ALICE)
+    with running_site(world.rt, T0 + timedelta(hours=3), NURTURE_INGEST_TOKEN="ingest-token-privacy") as other:
+        answer = other.http.post("/events", headers={"Authorization": "Bearer ingest-token-privacy"}, json=[
+            {"event_id": "w1", "email": ALICE, "event": "page_view", "timestamp": "2026-11-16T12:00:00Z"},
+            {"event_id": "w2", "email": BOB, "event": "page_view", "timestamp": "2026-11-16T12:00:00Z"}])
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["inserted"] == 1 and [(e["record"], e["field"]) for e in body["errors"]] == [(1, "email")]
+    assert mentions(world.store, world.rt.data_dir, ALICE) == []
+
+
+def _signed(site, body: bytes, *, secret: str = CLIENT_SECRET, timestamp: int | None = None,
+            path: str = "/webhooks/hubspot") -> dict[str, str]:
+    ts = str(timestamp if timestamp is not None else int(site.clock["now"].timestamp() * 1000))
+    return {"X-HubSpot-Signature-v3": hubspot_signature_v3(secret, "POST", site.url + path, body, ts),
+            "X-HubSpot-Request-Timestamp": ts, "Content-Type": "application/json"}
+
+
+def _deletion(record: str) -> bytes:
+    return json.dumps([{"eventId": 101, "subscriptionId": 7, "portalId": 62515, "appId": 54321,
+                        "occurredAt": 1763287200000, "subscriptionType": "contact.privacyDeletion",
+                        "attemptNumber": 0, "objectId": int(record), "changeSource": "GDPR"},
+                       {"eventId": 102, "subscriptionType": "contact.deletion", "objectId": int(record)}]).encode()
+
+
+def test_the_hubspot_webhook_verifies_the_v3_signature(site, world):
+    body = _deletion(world.hubspot.contacts[ALICE])
+    assert site.http.post("/webhooks/hubspot", content=body).status_code == 401
+    assert site.http.post("/webhooks/hubspot", content=body,
+                          headers=_signed(site, body, secret="another-secret")).status_code == 401
+    assert site.http.post("/webhooks/hubspot", content=body + b" ",
+                          headers=_signed(site, body)).status_code == 401  # the body was changed
+    stale = int((site.clock["now"] - timedelta(minutes=6)).timestamp() * 1000)
+    assert site.http.post("/webhooks/hubspot", content=body, headers=_signed(site, body, timestamp=stale)).status_code == 401
+    assert rows(world.store, erasure_t) == [] and rows(world.store, contact_t, contact_t.c.email == ALICE)
+    assert site.http.post("/webhooks/hubspot", content=b"[]", headers=_signed(site, b"[]")).json() == {
+        "erased": 0, "already_erased": 0, "unknown": 0, "ignored": 0}
+
+
+def test_a_hubspot_privacy_deletion_erases_the_contact_here_too(site, world):
+    record = world.hubspot.contacts[ALICE]
+    requests = len(world.hubspot.requests)
+    body = _deletion(record)
+    answer = site.http.post("/webhooks/hubspot", content=body, headers=_signed(site, body))
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"erased": 1, "already_erased": 0, "unknown": 0, "ignored": 1}
+    assert len(world.hubspot.requests) == requests  # HubSpot is not called back
+    assert world.csv_members() == {sha(BOB)}
+    assert mentions(world.store, world.rt.data_dir, ALICE, "Liddell") == []
+    [log] = rows(world.store, erasure_t)
+    assert (log.actor, log.reason, log.outcome) == ("webhook:hubspot", "hubspot_privacy_deletion", "erased")
+    # a replay: her HubSpot record id was forgotten with her memberships — nothing left to do
+    replay = site.http.post("/webhooks/hubspot", content=body, headers=_signed(site, body))
+    assert replay.json() == {"erased": 0, "already_erased": 0, "unknown": 1, "ignored": 1}
+    unknown = _deletion("999999")
+    assert site.http.post("/webhooks/hubspot", content=unknown, headers=_signed(site, unknown)).json()["unknown"] == 1
+
+
+def test_the_privacy_endpoints_are_off_without_their_secrets(world):
+    with running_site(world.rt, T0) as bare:
+        assert bare.http.post("/privacy/erase", json={"emails": [ALICE]},
+                              headers={"Authorization": "Bearer x"}).status_code == 403
+        assert bare.http.post("/webhooks/hubspot", content=b"[]").status_code == 403
+
+
+# ---------------------------------------------------------------- the CLI, through the real entry point
+
+
+def nurture(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NURTURE_PROJECT": str(root), "NURTURE_DATABASE_URL": f"sqlite:///{root / '.nurture' / 'cli.db'}",
+           "NURTURE_DATA_DIR": str(root / ".nurture"), "COLUMNS": "200"}
+    for name in ("NURTURE_DEBUG", "NURTURE_HUBSPOT_TOKEN", "PREFECT_API_URL"):
+        env.pop(name, None)
+    script = shutil.which("nurture")
+    command = [script] if script else [sys.executable, "-c", "from nurture.cli import main; main()"]
+    proc = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    return proc
+
+
+def test_the_cli_erases_exports_and_refuses_to_reimport(tmp_path):
+    root = write_project(tmp_path / "shop", {}, segments="""
+        segments:
+          - name: fans
+            when: {attribute: {fan: true}}
+            destinations:
+              - {destination: csv, audience: fans}
+        """)
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text(f"email,first_name,fan,consent_email,consent_ads\n{ALICE},Alice,true,granted,granted\n"
+                        f"{BOB},Bob,true,granted,granted\n")
+    assert nurture(root, "import", "contacts", str(contacts)).returncode == 0
+
+    exported = nurture(root, "export-contact", ALICE)
+    assert exported.returncode == 0, exported.stderr
+    doc = json.loads(exported.stdout)
+    assert doc["contact"]["first_name"] == "Alice" and {c["channel"] for c in doc["consents"]} == {"email", "ads"}
+
+    erased = nurture(root, "erase", ALICE)
+    assert erased.returncode == 0, erased.stdout + erased.stderr
+    assert f"{ALICE}: erased (erasure #1)" in erased.stdout and "contact 1" in erased.stdout
+
+    listing = tmp_path / "requests.txt"
+    listing.write_text(f"# Art. 17 requests of the week\n\n{ALICE.upper()}\nnot-an-address\nnobody@example.com\n")
+    again = nurture(root, "erase", "--file", str(listing), "--reason", "weekly-batch")
+    assert again.returncode == 1
+    assert f"{ALICE.upper()}: already erased on" in again.stdout
+    assert "nobody@example.com: not found" in again.stdout
+    assert "requests.txt:4: not an e-mail address" in again.stderr
+
+    reimport = nurture(root, "import", "contacts", str(contacts))
+    assert reimport.returncode == 1
+    assert "contacts.csv:2: email: erased at the person's request" in reimport.stderr
+    assert "0 created, 1 updated" in reimport.stdout
+
+    gone = nurture(root, "export-contact", ALICE)
+    assert gone.returncode == 1 and "was erased on" in gone.stderr and "nothing is held" in gone.stderr
+    out = tmp_path / "bob.json"
+    kept = nurture(root, "export-contact", BOB, "--out", str(out))
+    assert kept.returncode == 0 and kept.stdout == ""
+    assert json.loads(out.read_text())["contact"]["email"] == BOB and (out.stat().st_mode & 0o777) == 0o600
+    assert nurture(root, "erase").returncode == 2

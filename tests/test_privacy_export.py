@@ -1,0 +1,90 @@
+"""The right of access and to portability (GDPR Art. 15/20): `export_contact` answers one JSON
+document with everything held about a person — contact, identifiers, consents with source and
+policy version, events, enrollments, messages, scores, handovers, segments, audience
+memberships with their sync records and the outbox files — and nothing about anyone else.
+(`nurture export-contact` through the real entry point: tests/test_privacy_erase.py.)"""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from nurture.consent_ledger import record_consent
+from nurture.privacy.export import FORMAT, erasure_of, export_contact
+from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
+from tests.test_privacy_erase import (ALICE, ALICE_PHONE, BOB, JOURNEY, SEGMENTS, T0, World,  # noqa: F401
+                                      hubspot)
+
+NOW = T0 + timedelta(hours=2)
+
+
+def _world(make_runtime, hubspot) -> World:
+    world = World(make_runtime({"welcome": JOURNEY}, segments=SEGMENTS), hubspot)
+    with world.store.engine.begin() as conn:
+        record_consent(conn, world.alice, "email", "granted", source="web:preference_center", at=T0 + timedelta(hours=1),
+                       policy_version="test-1", confirmed=True)
+    return world
+
+
+def test_the_export_holds_everything_about_the_person(make_runtime, hubspot):
+    world = _world(make_runtime, hubspot)
+    doc = export_contact(world.store, world.rt.project, ALICE, data_dir=world.rt.data_dir, now=NOW)
+    assert doc is not None
+    text = json.dumps(doc)  # plain JSON: no datetime left unconverted
+    assert BOB not in text and "Bob" not in text  # nothing about anyone else
+
+    assert (doc["format"], doc["exported_at"]) == (FORMAT, NOW.isoformat())
+    contact = doc["contact"]
+    assert (contact["email"], contact["first_name"], contact["last_name"], contact["phone"], contact["country"],
+            contact["timezone"], contact["locale"], contact["score"]) == (
+        ALICE, "Alice", "Liddell", ALICE_PHONE, "DE", "Europe/Berlin", "de", 42.0)
+    assert contact["attributes"] == {"fan": True, "company": "Wonderland GmbH"}
+
+    ids = doc["identifiers"]
+    assert (ids["email"], ids["phone"]) == (ALICE, ALICE_PHONE)
+    assert ids["crm_records"] == {"hubspot": [world.hubspot.contacts[ALICE]]}
+    assert set(ids["audience_identifiers"]) == {"csv:fans", "hubspot:45"}
+
+    # consents: every ledger row with its source and policy version, and the state in force
+    assert [(c["channel"], c["status"], c["source"], c["policy_version"]) for c in doc["consents"]] == [
+        ("email", "granted", "test", ""), ("sms", "granted", "test", ""), ("ads", "granted", "test", ""),
+        ("email", "granted", "web:preference_center", "test-1")]
+    state = {(s["channel"], s["purpose"]): s for s in doc["consent_state"]}
+    assert state["email", "marketing"]["source"] == "web:preference_center"
+    assert state["email", "marketing"]["policy_version"] == "test-1" and state["email", "marketing"]["confirmed_at"]
+    assert [(s["reason"], s["address"]) for s in doc["suppressions"]] == [("hard_bounce", ALICE)]
+
+    [event] = doc["events"]
+    assert (event["name"], event["properties"]["form"], event["occurred_at"]) == ("signup", "newsletter", T0.isoformat())
+    [enrollment] = doc["enrollments"]
+    assert (enrollment["journey"], enrollment["status"], enrollment["step_id"]) == ("welcome", "active", "later")
+    assert [(m["step_id"], m["channel"], m["status"], m["address"]) for m in doc["messages"]] == [
+        ("hello", "email", "sent", ALICE), ("text", "sms", "sent", ALICE_PHONE)]
+    assert doc["messages"][0]["subject"] == "Hi Alice"
+    assert doc["files"] == [f"outbox/email/welcome/{doc['messages'][0]['id']:09d}.eml"]
+    assert doc["scores"] == {"score": 42.0, "lifecycle_stage": "mql"}  # the handover step raised it
+    [handover] = doc["handovers"]
+    assert (handover["step_id"], handover["destination"], handover["note"]) == ("to_sales", "file", "wants a demo")
+
+    # segments now, and what each audience acknowledged, with the sync that did it
+    assert doc["segments"] == ["fans"]
+    assert sorted((a["segment"], a["target"]) for a in doc["audiences"]) == [("fans", "csv:fans"), ("fans", "hubspot:45")]
+    assert all(a["acked_at"] and a["payload"] for a in doc["audiences"])
+    assert sorted((r["target"], r["status"], r["added"]) for r in doc["sync_runs"]) == [
+        ("csv:fans", "ok", 2), ("hubspot:45", "ok", 2)]
+    assert doc["erasures"] == []
+
+
+def test_the_export_finds_the_address_as_people_type_it(make_runtime, hubspot):
+    world = _world(make_runtime, hubspot)
+    doc = export_contact(world.store, world.rt.project, "  Alice@EXAMPLE.com ", now=NOW)
+    assert doc is not None and doc["contact"]["email"] == ALICE and "files" not in doc
+
+
+def test_nothing_is_exported_for_an_unknown_or_erased_address(make_runtime, hubspot):
+    world = _world(make_runtime, hubspot)
+    assert export_contact(world.store, world.rt.project, "nobody@example.com") is None
+    assert erasure_of(world.store, "nobody@example.com") is None
+    world.erase(ALICE)
+    assert export_contact(world.store, world.rt.project, ALICE) is None
+    assert erasure_of(world.store, ALICE) == NOW
+    assert export_contact(world.store, world.rt.project, BOB)["contact"]["first_name"] == "Bob"
