@@ -24,8 +24,8 @@ from typing import Sequence
 from sqlalchemy import func, select
 
 from nurture.redaction import redact
-from nurture.registry import IntegrationError, SyncBatch, SyncDestination, SyncMember
-from nurture.segments.sync import SyncTarget, TargetReport, _chunks, _finish, _forget, _wall, destination_class
+from nurture.registry import IntegrationError, SyncDestination, SyncMember
+from nurture.segments.sync import SyncTarget, TargetReport, _finish, _forget, _wall, destination_class, push_removals
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.tables import membership_t, sync_run_t
@@ -72,18 +72,7 @@ def remove_members(store: Store, ref: SyncTarget, destination: SyncDestination, 
     removed: set[int] = set()
     session = random.getrandbits(62)
     try:
-        for seq, last, chunk in _chunks(list(members), destination.max_batch):
-            if not chunk:
-                break
-            results = destination.remove(ref.target, chunk, SyncBatch(session, seq, last, len(members)))
-            ok = [r.contact_id for r in results if r.ok]
-            with store.engine.begin() as conn:
-                _forget(conn, ref, ok)
-            removed.update(ok)
-            for r in results:
-                if not r.ok:
-                    reasons[redact(r.reason, secrets) or "failed"] += 1
-                    report.failed += 1
+        report.failed += push_removals(store, destination, ref, list(members), session, removed, reasons, secrets)
     except Exception as exc:  # a bug in a plug-in: this target fails, the others still run
         reasons[redact(f"{type(exc).__name__} in {ref.destination}: {exc}", secrets)[:300]] += 1
         report.failed = len(members) - len(removed)

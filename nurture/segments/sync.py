@@ -108,6 +108,27 @@ def _member(row: Any) -> SyncMember:
     return SyncMember(row.id, row.email, row.phone, row.first_name, row.last_name, row.country)
 
 
+def push_removals(store: Store, destination: Any, ref: Any, members: list, session: int, removed: set[int],
+                  reasons: Counter, secrets: Any) -> int:
+    """Remove `members` from the destination in its batches, forgetting each acknowledged
+    removal at once (a crash loses nothing); acknowledged ids go into `removed`, failure
+    reasons into `reasons`. The number of members the destination refused."""
+    failed = 0
+    for seq, last, chunk in _chunks(members, destination.max_batch):
+        if not chunk:
+            break
+        results = destination.remove(ref.target, chunk, SyncBatch(session, seq, last, len(members)))
+        ok = [r.contact_id for r in results if r.ok]
+        with store.engine.begin() as conn:
+            _forget(conn, ref, ok)
+        removed.update(ok)
+        for r in results:
+            if not r.ok:
+                reasons[redact(r.reason, secrets) or "failed"] += 1
+                failed += 1
+    return failed
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterable[tuple[int, bool, Sequence[Any]]]:
     n = max(1, -(-len(items) // size))
     for i in range(n):
@@ -245,18 +266,7 @@ def sync_target(store: Store, project: ProjectSpec, ref: SyncTarget, destination
     updated_ids = {old.contact_id for old, _, _, _ in diff.updates}
     to_remove = diff.removes + [old for old, _, _, _ in diff.updates]
     removed_ok: set[int] = set()
-    for seq, last, chunk in _chunks(to_remove, destination.max_batch):
-        if not chunk:
-            break
-        results = destination.remove(ref.target, chunk, SyncBatch(session, seq, last, len(to_remove)))
-        ok = [r.contact_id for r in results if r.ok]
-        with store.engine.begin() as conn:
-            _forget(conn, ref, ok)
-        removed_ok.update(ok)
-        for r in results:
-            if not r.ok:
-                reasons[redact(r.reason, secrets) or "failed"] += 1
-                report.failed += 1
+    report.failed += push_removals(store, destination, ref, to_remove, session, removed_ok, reasons, secrets)
     report.removed = len(removed_ok - updated_ids)
 
     to_add = diff.adds + [(new, v, fp) for old, new, v, fp in diff.updates if old.contact_id in removed_ok]
