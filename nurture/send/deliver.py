@@ -116,7 +116,7 @@ def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter)
     One kind of message is not re-read: one the advance stage of this very tick queued
     moments ago, at this same logical time, and nobody has claimed yet (`fresh`). Its checks
     ran in the advance stage's serialized send transaction at `now`; reading them again
-    costs a third of a pipelined tick's throughput (the claim holds SQLite's write lock) for a
+    costs about 30 % of a pipelined tick's throughput (the claim holds SQLite's write lock) for a
     window of seconds. Everything else — a retry, a message a crash, an unavailable channel or
     an operator put back, a message left for a later tick — meets every check again here, in
     the claiming transaction."""
