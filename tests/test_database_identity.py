@@ -109,7 +109,8 @@ def nurture(root: Path, *args: str, env: dict[str, str], block_psycopg: bool = F
     return proc
 
 
-@pytest.mark.parametrize("verb", [["import", "contacts", "contacts.csv"], ["run"]], ids=["import", "run"])
+@pytest.mark.parametrize("verb", [["import", "contacts", "contacts.csv"], ["run"], ["sync"]],
+                         ids=["import", "run", "sync"])
 def test_the_cli_names_the_missing_driver_instead_of_an_internal_error(tmp_path, verb):
     root = write_project(tmp_path / "shop", {"welcome_series": JOURNEY})
     (root / "contacts.csv").write_text("email,first_name\nana@example.com,Ana\n")

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from nurture.cli import prefect_env
-from nurture.cli.invocation import CliError, console, open_project, parse_now, root
+from nurture.cli.invocation import CliError, check_database, console, open_project, parse_now, root
 from nurture.settings import Settings
 
 
@@ -35,6 +35,7 @@ def sync(segment: Optional[str] = typer.Option(None, "--segment", help="Only thi
     """Segment sync to every configured destination: only what changed since the last
     acknowledged state; failed records are retried by the next run."""
     spec = open_project()
+    check_database()  # a missing driver is named here, not as an internal error inside the flow
     from nurture.segments.sync import UnknownSegment, targets
     try:
         refs = targets(spec, segment)
