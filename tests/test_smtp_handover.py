@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from integrations.smtp import JOURNAL_DIR, HandoverJournal, SmtpChannel
 from integrations.twilio import TwilioSettings, TwilioSmsChannel
 from nurture.registry import IntegrationContext, OutgoingMessage
 from tests.conftest import REPO
+from tests.test_smtp_delivery import smtp_server  # noqa: F401  (fixture)
 from tests.fakes.twilio import FakeTwilio
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -80,19 +80,9 @@ class Relay:
 
 
 @pytest.fixture
-def relay():
-    controllers: list[Controller] = []
-
-    def start(handler: Relay, **kwargs) -> int:
-        port = _free_port()
-        controller = Controller(handler, hostname="127.0.0.1", port=port, **kwargs)
-        controller.start()
-        controllers.append(controller)
-        return port
-
-    yield start
-    for controller in controllers:
-        controller.stop()
+def relay(smtp_server):
+    """A real SMTP server on 127.0.0.1 for a handler (test_smtp_delivery's fixture)."""
+    return smtp_server
 
 
 def _env(port: int, **extra: str) -> dict[str, str]:

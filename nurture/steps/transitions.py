@@ -8,6 +8,7 @@ ends at 11:02, whichever tick notices it; `move` computes where the next step is
 """
 from __future__ import annotations
 
+from collections import Counter
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Optional
@@ -74,3 +75,15 @@ def due_rows(conn: Any, plan: Plan, node: Node, now: datetime, limit: int, extra
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update(of=enrollment_t, skip_locked=True)
     return [tuple(r) for r in conn.execute(stmt)]
+
+
+def move_on_when_due(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) -> bool:
+    """The whole work of a step whose due time was set on arrival (`wait`, `wait_until`): one
+    batch of due enrollments moves to the next step. False when none was due."""
+    with step_batch(rt) as conn:
+        rows = due_rows(conn, plan, node, now, rt.batch_size)
+        if not rows:
+            return False
+        move(conn, rt, plan, rows, node.next, now)
+        report[(node.id, "waited", None)] += len(rows)
+        return True

@@ -8,14 +8,8 @@ from datetime import datetime
 
 from nurture.compiler import Node, Plan
 from nurture.runtime.context import Runtime
-from nurture.steps.transitions import due_rows, move, step_batch
+from nurture.steps.transitions import move_on_when_due
 
 
 def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) -> bool:
-    with step_batch(rt) as conn:
-        rows = due_rows(conn, plan, node, now, rt.batch_size)
-        if not rows:
-            return False
-        move(conn, rt, plan, rows, node.next, now)
-        report[(node.id, "waited", None)] += len(rows)
-        return True
+    return move_on_when_due(rt, plan, node, now, report)
