@@ -6,7 +6,7 @@ are checked in `spec.validate`, where every error of a run is collected with its
 from __future__ import annotations
 
 import re
-from datetime import time, timedelta
+from datetime import date, time, timedelta
 from typing import Any, Literal, Optional, Union
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -232,6 +232,28 @@ class SplitArm(Strict):
     steps: list["Step"] = Field(default_factory=list)
 
 
+def _share(value: Any) -> Any:
+    """`95%` or 0.95."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1]) / 100
+        except ValueError:
+            raise ValueError(f"'{value}' is not a percentage") from None
+    return value
+
+
+class AutoWinner(Strict):
+    """On a `split` step: once every arm has `min_per_arm` members and one arm beats every other
+    on `metric` at `confidence`, new arrivals go to that arm. Nurture records the decision as
+    `decided: <arm>` in a new journey version; writing `decided:` yourself ends a test by hand."""
+    metric: Literal["conversion_rate", "revenue_per_recipient"] = "conversion_rate"
+    min_per_arm: int = Field(default=100, ge=1)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    decided: Optional[str] = Field(default=None, exclude_if=lambda v: v is None)
+
+    _c = field_validator("confidence", mode="before")(lambda cls, v: _share(v))
+
+
 class Update(Strict):
     attributes: Optional[dict[str, Scalar]] = None
     lifecycle_stage: Optional[str] = None
@@ -261,6 +283,8 @@ class Step(Strict):
     update: Optional[Update] = None
     handover: Optional[dict[str, Any]] = None
     exit: Optional[Exit] = None
+    # On a split only. Left out of dumps while unset (no version change for existing journeys).
+    auto_winner: Optional[AutoWinner] = Field(default=None, exclude_if=lambda v: v is None)
 
     _wait = field_validator("wait", mode="before")(lambda cls, v: None if v is None else _duration(v))
 
@@ -288,6 +312,13 @@ class Step(Strict):
                              + (f" (found {', '.join(kinds)})" if kinds else ""))
         if self.split is not None and not self.split:
             raise ValueError("a split needs at least one arm")
+        if self.auto_winner is not None:
+            if self.split is None:
+                raise ValueError("auto_winner belongs to a split step")
+            if len(self.split) < 2:
+                raise ValueError("auto_winner needs a split with at least two arms")
+            if self.auto_winner.decided is not None and self.auto_winner.decided not in [a.name for a in self.split]:
+                raise ValueError(f"auto_winner.decided '{self.auto_winner.decided}' is not an arm of this split")
         return self
 
     @property
@@ -358,6 +389,73 @@ class FixedCost(Strict):
     per: Literal["day", "week", "month", "year", "once"] = "month"
 
 
+OBJECTIVE_METRICS = {
+    # journey objectives
+    "journey": ("conversions", "conversion_rate", "revenue", "incremental_revenue", "cost", "cac", "roi",
+                "incremental_roi", "recipients", "clicks", "click_rate", "unsubscribe_rate", "mqls",
+                "demo_requests"),
+    # project objectives (policies.yaml)
+    "project": ("leads", "mqls", "sqls", "customers", "revenue", "spend", "cost_per_lead", "cac", "roi",
+                "mql_to_sql_rate", "lead_velocity_rate", "demo_requests", "conversions"),
+}
+# metrics where lower is better (on track when the forecast is at or below the target)
+LOWER_IS_BETTER = ("cost", "cac", "cost_per_lead", "unsubscribe_rate")
+
+
+class Period(Strict):
+    from_: date = Field(alias="from")
+    to: date
+
+    @model_validator(mode="after")
+    def _order(self) -> "Period":
+        if self.to < self.from_:
+            raise ValueError("a period's 'to' lies before its 'from'")
+        return self
+
+
+class Objective(Strict):
+    """A SMART goal: a measurable `metric`, a `target` (a number, or a change such as `+20%`
+    against the `baseline` period), a `deadline` (date), who owns it, and from when it counts
+    (`start`, default: the baseline's end + 1 day, else the journey's first run)."""
+    metric: str
+    target: Union[float, str]
+    deadline: date
+    owner: Optional[str] = None
+    name: Optional[str] = None
+    start: Optional[date] = None
+    baseline: Optional[Period] = None
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("a target is a number, or a change such as +20% against the baseline")
+        if isinstance(value, str):
+            text = value.strip().replace(" ", "")
+            if re.fullmatch(r"[+-]\d+(\.\d+)?%", text):
+                return text
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError(f"target '{value}' is not a number or a change such as +20%") from None
+        return value
+
+    @model_validator(mode="after")
+    def _measurable(self) -> "Objective":
+        if isinstance(self.target, float) and self.target != self.target:
+            raise ValueError("a target is a finite number")
+        if self.relative is not None and self.baseline is None:
+            raise ValueError(f"a relative target ({self.target}) needs a 'baseline: {{from, to}}' period")
+        if self.start is not None and self.deadline <= self.start:
+            raise ValueError("the deadline must lie after the start")
+        return self
+
+    @property
+    def relative(self) -> Optional[float]:
+        """A relative target as a factor change (`+20%` → 0.2), else None."""
+        return float(self.target[:-1]) / 100 if isinstance(self.target, str) else None
+
+
 def _reentry(value: Any) -> Union[str, timedelta]:
     if value in ("never", "always"):
         return value
@@ -389,6 +487,8 @@ class Journey(Strict):
     frequency_cap: list[FrequencyCap] = Field(default_factory=list)
     # Reporting only: costs beyond messages; left out of dumps while empty (no version change).
     fixed_costs: list[FixedCost] = Field(default_factory=list, exclude_if=lambda v: not v)
+    # Reporting only: SMART goals (checked by `nurture validate`, measured by the report).
+    objectives: list[Objective] = Field(default_factory=list, exclude_if=lambda v: not v)
     steps: list[Step]
 
     _r = field_validator("reentry", mode="before")(lambda cls, v: _reentry(v))
@@ -403,6 +503,16 @@ class Journey(Strict):
 
 
 # ---------------------------------------------------------------- policies
+
+
+class UtmPolicy(Strict):
+    """Allowed values per UTM parameter (compared case-insensitively); a parameter not listed
+    is not checked."""
+    source: Optional[list[str]] = None
+    medium: Optional[list[str]] = None
+    campaign: Optional[list[str]] = None
+    content: Optional[list[str]] = None
+    term: Optional[list[str]] = None
 
 
 class Policies(Strict):
@@ -422,8 +532,34 @@ class Policies(Strict):
         Field(default_factory=lambda: {"email": ["marketing"]})
     pending_consent_expires: timedelta = timedelta(days=30)
     unit_costs: dict[Literal["email", "sms"], float] = Field(default_factory=lambda: {"email": 0.001, "sms": 0.05})
+    # Reporting: the project's money (ISO 4217) and the locale numbers are shown in (None: 1,234.56 €).
+    currency: str = "EUR"
+    locale: Optional[str] = None
+    # Lead sources: the UTM values the team agreed on; others are listed in the report.
+    utm: Optional["UtmPolicy"] = None
+    # Project-wide SMART goals (leads, MQLs, CAC …), measured by the report.
+    objectives: list[Objective] = Field(default_factory=list)
 
     _tz = field_validator("timezone")(lambda cls, v: check_timezone(v))
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Z]{3}", value):
+            raise ValueError(f"currency '{value}' is not an ISO 4217 code such as EUR, USD, GBP")
+        return value
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        from babel import Locale, UnknownLocaleError
+        try:
+            Locale.parse(value.replace("-", "_"))
+        except (UnknownLocaleError, ValueError):
+            raise ValueError(f"unknown locale '{value}' (write it as de, de_DE, en_GB, fr …)") from None
+        return value
     _exp = field_validator("pending_consent_expires", mode="before")(lambda cls, v: _duration(v))
 
     def needs_double_opt_in(self, channel: str, purpose: str) -> bool:

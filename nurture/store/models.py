@@ -6,7 +6,7 @@ backends); local time exists only inside the guards and rendering.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Final, Literal, Optional, get_args
 
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
@@ -186,3 +186,52 @@ class Product(SQLModel, table=True):
     rank: int = 1000
     attributes: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False, default=dict))
     updated_at: datetime
+
+
+class ContactTouch(SQLModel, table=True):
+    """A contact's lead source (nurture.sources): its `first` and its `last` marketing touch —
+    the UTM parameters and click id of the earliest and the latest tracked event that carried
+    any (`occurred_at` decides, so late-arriving events land in the right place)."""
+    __tablename__ = "contact_touch"
+    __table_args__ = (Index("ix_contact_touch_source", "touch", "source", "medium"),)
+    contact_id: int = Field(foreign_key="contact.id", primary_key=True)
+    touch: str = Field(primary_key=True)  # first | last
+    source: Optional[str] = None
+    medium: Optional[str] = None
+    campaign: Optional[str] = None
+    content: Optional[str] = None
+    term: Optional[str] = None
+    click_id_type: Optional[str] = None  # gclid | gbraid | wbraid | fbclid | ttclid | li_fat_id | msclkid
+    click_id: Optional[str] = None
+    event_pk: Optional[int] = None  # the event it came from (None: an import column)
+    occurred_at: datetime
+
+
+class AdSpend(SQLModel, table=True):
+    """Ad spend per day, source, medium and campaign (`nurture import spend`): a re-import of the
+    same day/source/medium/campaign replaces the amount. `medium` is '' when the file has none."""
+    __tablename__ = "ad_spend"
+    __table_args__ = (UniqueConstraint("day", "source", "medium", "campaign", name="uq_ad_spend_key"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    day: date
+    source: str
+    medium: str = ""
+    campaign: str
+    amount: float
+    currency: str
+    imported_from: str
+    imported_at: datetime
+
+
+class SplitDecision(SQLModel, table=True):
+    """A split's `auto_winner` decision: from `decided_at` on, new arrivals go to `winner`; the
+    journey version carrying it is `version`. `stats` keeps the per-arm figures it was made on."""
+    __tablename__ = "split_decision"
+    journey: str = Field(primary_key=True)
+    step_id: str = Field(primary_key=True)
+    winner: str
+    metric: str
+    confidence: float
+    decided_at: datetime
+    version: Optional[str] = None
+    stats: dict = _json_column()

@@ -12,8 +12,9 @@ from sqlalchemy import Table
 
 from nurture.scoring.models import Handover
 from nurture.segments.models import SegmentMembership, SyncRun
-from nurture.store.models import (Consent, Contact, Enrollment, Event, JourneyCursor, JourneyPendingTrigger,
-                                  JourneyVersion, Message, Product, Suppression)
+from nurture.store.models import (AdSpend, Consent, Contact, ContactTouch, Enrollment, Event, JourneyCursor,
+                                  JourneyPendingTrigger, JourneyVersion, Message, Product, SplitDecision,
+                                  Suppression)
 
 contact_t: Table = Contact.__table__  # type: ignore[attr-defined]
 event_t: Table = Event.__table__  # type: ignore[attr-defined]
@@ -28,6 +29,10 @@ product_t: Table = Product.__table__  # type: ignore[attr-defined]
 membership_t: Table = SegmentMembership.__table__  # type: ignore[attr-defined]
 sync_run_t: Table = SyncRun.__table__  # type: ignore[attr-defined]
 handover_t: Table = Handover.__table__  # type: ignore[attr-defined]
+touch_t: Table = ContactTouch.__table__  # type: ignore[attr-defined]
+spend_t: Table = AdSpend.__table__  # type: ignore[attr-defined]
+decision_t: Table = SplitDecision.__table__  # type: ignore[attr-defined]
 
 __all__ = ["contact_t", "event_t", "consent_t", "suppression_t", "version_t", "cursor_t", "pending_t",
-           "enrollment_t", "message_t", "product_t", "membership_t", "sync_run_t", "handover_t"]
+           "enrollment_t", "message_t", "product_t", "membership_t", "sync_run_t", "handover_t",
+           "touch_t", "spend_t", "decision_t"]
