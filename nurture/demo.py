@@ -27,6 +27,7 @@ from nurture.demo_data import generate, react
 from nurture.registry import IntegrationContext
 from nurture.reporting import build_report
 from nurture.reporting.format import money, pct
+from nurture.reporting.format import number_style
 from nurture.reporting.html_page import render_html
 from nurture.scoring.compute import score_contacts
 from nurture.spec.project import load_project
@@ -114,8 +115,9 @@ def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[d
     synced = _sync(store, spec, project, demo_dir, end)
     report = build_report(store, spec, end)
     html_path = demo_dir / "report.html"
-    html_path.write_text(render_html(report, title=f"Nurture demo report (seed {seed})"), encoding="utf-8")
-    _summary(console, report, sent_total, reactions, synced, demo_dir, project, url, time.monotonic() - started)
+    with number_style(spec.policies):
+        html_path.write_text(render_html(report, title=f"Nurture demo report (seed {seed})"), encoding="utf-8")
+        _summary(console, report, sent_total, reactions, synced, demo_dir, project, url, time.monotonic() - started)
     store.dispose()
 
 

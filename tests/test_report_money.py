@@ -501,3 +501,16 @@ def test_the_money_keys_leave_the_version_of_a_journey_without_them_unchanged(ma
     priced = _spec(make_project, {"j": HOLDOUT_J.replace("subject: Hi}", "subject: Hi, offer: {value: 5}}")})
     assert priced.journeys["j"].model_dump(mode="json")["steps"][0]["send"]["offer"] == {
         "code": None, "value": 5.0, "percent": None}
+
+
+def test_numbers_follow_the_project_locale_and_currency():
+    from nurture.reporting.format import number_style
+    with number_style(None, locale="de"):
+        assert money(1234.56) == "1.234,56\xa0€" and money(-0.001) == "0,00\xa0€"
+        assert pct(0.125) == "12,5\xa0%" and count(1234) == "1.234" and multiple(-1.0) == "−1,0×"
+        assert signed_points(0.0123) == "+1,2 pts"
+    with number_style(None, currency="USD", locale="en_US"):
+        assert money(1234.5) == "$1,234.50" and pct(0.125) == "12.5%"
+    with number_style(None, currency="GBP"):  # no locale: today's layout, the currency's symbol
+        assert money(1234.5) == "1,234.50 £"
+    assert money(1234.5) == "1,234.50 €"  # outside a style: the default again

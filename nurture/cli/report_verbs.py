@@ -109,19 +109,23 @@ def report(html: Optional[Path] = typer.Option(None, "--html", help="Also write 
     holdout (attributed revenue beside it), real costs, clicks, A/B arms, attribution and
     sales handovers."""
     from nurture.reporting import build_report
+    from nurture.reporting.format import number_style
     spec = open_project(only=journey)
     result = build_report(store(), spec, parse_now(now) or utc_now(), journeys=[journey] if journey else None)
     if html is not None:
         from nurture.reporting.html_page import render_html
         try:
             html.parent.mkdir(parents=True, exist_ok=True)
-            html.write_text(render_html(result), encoding="utf-8")
+            with number_style(spec.policies):
+                page = render_html(result)
+            html.write_text(page, encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot write {html}: {exc.strerror}") from None
     if as_json:
         print(json.dumps(_report_json(result), indent=2, default=str))
         return
-    print_report(result)
+    with number_style(spec.policies):
+        print_report(result)
     if html is not None:
         console.print(f"HTML report: {html}")
 

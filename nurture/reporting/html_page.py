@@ -8,7 +8,7 @@ import re
 from html import escape
 
 from nurture.reporting import views
-from nurture.reporting.format import NA, count, money, multiple, pct, price
+from nurture.reporting.format import NA, count, current_style, money, multiple, pct, price
 from nurture.reporting.report import JourneyReport, Report
 
 CSS = """
@@ -173,9 +173,10 @@ def render_html(report: Report, title: str = "Nurture report") -> str:
     if report.daily:
         sections.append(f'<section class="card"><h2>Daily conversions</h2>{_daily_svg(report)}</section>')
     if report.attribution or report.unattributed[0]:
+        symbol = current_style().symbol
         attribution = _table(
-            ["journey", "step", "last touch", "first touch", "position 40/20/40", "last touch €", "first touch €",
-             "position €"],
+            ["journey", "step", "last touch", "first touch", "position 40/20/40", f"last touch {symbol}",
+             f"first touch {symbol}", f"position {symbol}"],
             [[a.journey, a.step, count(a.conversions["last_touch"]), count(a.conversions["first_touch"]),
               count(a.conversions["position_based"]), views.attribution_money(report, a, "last_touch"),
               views.attribution_money(report, a, "first_touch"), views.attribution_money(report, a, "position_based")]

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Mapping, Optional
 
 from nurture.reporting import views
-from nurture.reporting.format import count
+from nurture.reporting.format import count, current_style, number_style
 from nurture.reporting.report import JourneyReport, build_report
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
@@ -58,7 +58,8 @@ def journey_markdown(r: JourneyReport, period_end: Optional[datetime] = None) ->
                   f"{split.arms[0].name}, 95% CI, Newcombe):", ""]
         lines += _table(*views.split_table(split)) + [""]
     # a non-breaking space keeps an amount and its currency on one line in the Prefect UI
-    return "\n".join(lines).rstrip().replace(" €", "\u00a0€").replace(" pts", "\u00a0pts") + "\n"
+    symbol = current_style().symbol
+    return "\n".join(lines).rstrip().replace(f" {symbol}", f"\u00a0{symbol}").replace(" pts", "\u00a0pts") + "\n"
 
 
 def journey_summary(store: Store, project: ProjectSpec, journey: str, now: Optional[datetime] = None,
@@ -67,5 +68,6 @@ def journey_summary(store: Store, project: ProjectSpec, journey: str, now: Optio
     runtime's environment (public URL: the length of SMS links), default the process's."""
     report = build_report(store, project, now, journeys=[journey], env=env)
     r = report.journey(journey)
-    return journey_markdown(r, report.generated_at), step_rows(r)
+    with number_style(project.policies):
+        return journey_markdown(r, report.generated_at), step_rows(r)
 
