@@ -173,6 +173,9 @@ exit_when:
 goal: {event: purchase, within: 72h}
 holdout: 10%
 frequency_cap: [{channel: email, max: 1, per: 1d}]
+fixed_costs: [{name: design, amount: 100, per: month}]
+objectives:
+  - {metric: conversions, target: "+20%", baseline: {from: 2026-09-01, to: 2026-09-30}, deadline: 2026-12-31}
 """)
 
 

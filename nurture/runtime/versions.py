@@ -8,7 +8,7 @@ now; if none does, it has finished the journey (completed).
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
@@ -24,10 +24,12 @@ _DURATION_KEYS = {"wait", "within", "lookback", "per", "reentry"}
 
 
 def _yaml_form(value: object) -> object:
-    """The spec as a journey file would say it: durations as `1d`, unset keys left out, so a
+    """The spec as a journey file would say it: durations as `1d`, dates as ISO, unset keys left out, so a
     recorded version validates again as a Journey."""
     if isinstance(value, timedelta):
         return format_duration(value)
+    if isinstance(value, date):  # objectives' deadlines: ISO dates, as a journey file writes them
+        return value.isoformat()
     if isinstance(value, dict):
         return {k: _yaml_form(v) for k, v in value.items()}
     if isinstance(value, list):
