@@ -26,7 +26,7 @@ from rich.console import Console
 from nurture.demo_data import generate, react
 from nurture.registry import IntegrationContext
 from nurture.reporting import build_report
-from nurture.reporting.format import money, pct
+from nurture.reporting.format import money, multiple, pct
 from nurture.reporting.format import number_style
 from nurture.reporting.html_page import render_html
 from nurture.scoring.compute import score_contacts
@@ -123,14 +123,33 @@ def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[d
 
 def _summary(console: Console, report, sent_total: Counter, reactions: Counter, synced: list, demo_dir: Path,
              project: Path, url: str, seconds: float) -> None:
-    console.print("\n[bold]What the month earned[/bold] (lift = messaged − holdout conversion rate, 95% CI):")
-    console.print(f"  {'journey':<20}{'entered':>8}{'sent':>7}{'conv.':>7}{'rate':>8}  {'lift (points)':<22}{'revenue':>14}")
+    console.print("\n[bold]What the month earned[/bold] — what each journey *caused*: messaged group against its "
+                  "10% holdout, 95% CI; attributed = every converter's revenue, beside it, not proof:")
+    console.print(f"  {'journey':<20}{'entered':>8}{'sent':>7}{'conv.':>6}  {'lift (points)':<20}"
+                  f"{'incremental revenue':>21}{'ROI (incr.)':>13}{'attributed':>13}{'cost':>11}", markup=False)
+    weak = []
     for r in report.journeys:
         l = r.lift
         lift = (f"{l.difference * 100:+.1f} [{l.low * 100:+.1f}, {l.high * 100:+.1f}]"
                 if l is not None and l.low is not None else "no holdout")
-        console.print(f"  {r.name:<20}{r.entered:>8}{sum(r.sent.values()):>7}{r.converted:>7}"
-                      f"{pct(r.conversion_rate):>8}  {lift:<22}{money(r.revenue):>14}", markup=False)
+        inc = r.incremental_revenue
+        roi = r.incremental_roi
+        console.print(f"  {r.name:<20}{r.entered:>8}{sum(r.sent.values()):>7}{r.credited:>6}  {lift:<20}"
+                      f"{money(inc.value):>21}{multiple(roi.value):>13}{money(r.attributed_revenue):>13}"
+                      f"{money(r.cost):>11}", markup=False)
+        if r.has_value and inc.low is not None and inc.low <= 0:
+            weak.append(r.name)
+    if weak:
+        console.print(f"  Honest reading: the interval of {', '.join(weak)} includes zero — their holdout bought about "
+                      "as much as the messaged group, so the attributed revenue is mostly what would have happened "
+                      "anyway. Keep the holdout running (or rethink the journey) before crediting them.",
+                      markup=False)
+    for r in report.journeys:
+        for split in r.splits:
+            arms = ", ".join(f"{a.name} {pct(a.rate)} of {a.recipients}" for a in split.arms)
+            decision = getattr(split, "decision", None)
+            won = f"; auto_winner chose {decision.winner}" if decision is not None else ""
+            console.print(f"  A/B {r.name}.{split.step}: {arms}{won}", markup=False)
     h = report.handovers
     console.print(f"  sales handovers: {h.total} MQLs, {h.contacted_within_sla} contacted within the SLA, "
                   f"{h.contacted_late} late, {h.overdue} overdue")

@@ -66,6 +66,26 @@ PRODUCTS = [
 # purchase within a few days, per journey — the effect the holdout measures
 PURCHASE_AFTER = {"cart_abandonment": 0.22, "browse_abandonment": 0.05, "welcome": 0.04, "win_back": 0.05,
                   "post_purchase": 0.02}
+# a step that works better than its journey's average: the subject-line test of browse_abandonment
+# has a real winner for the report (and auto_winner) to find
+STEP_EFFECT = {"browse_reminder_scarcity": 1.8}
+# the coupons the shipped journeys' messages carry (their `offer:`): a purchase after one uses it
+COUPONS = {"incentive": ("CART10", 10), "last_call": ("CART10", 10), "welcome_first_order": ("WELCOME10", 10),
+           "comeback_offer": ("COMEBACK15", 15)}
+# where contacts come from: source attribute → (utm_source, utm_medium, utm_campaign, click id kind)
+# — the paid ones match the ad spend below; a few links in the wild carry off-standard values
+LANDINGS = {
+    "google": ("google", "cpc", "shop_search", "gclid"), "instagram": ("instagram", "paid_social", "autumn_collection",
+                                                                     "fbclid"),
+    "newsletter": ("newsletter", "email", "monthly_newsletter", None), "referral": ("referral", "referral", "friends",
+                                                                                  None),
+    "shop": (None, None, None, None), "linkedin": ("linkedin", "paid_social", "b2b_whitepaper", "li_fat_id"),
+    "webinar": ("webinar", "event", "automation_webinar", None), "event": (None, None, None, None),
+}
+OFF_STANDARD = [("fb", "paidsocial", "autumn_collection", None), ("Instagram", "social", "influencer_oct", None)]
+# daily ad spend (EUR) per (source, medium, campaign): what the paid landings above cost
+AD_SPEND = [("google", "cpc", "shop_search", 38.0), ("instagram", "paid_social", "autumn_collection", 26.0),
+            ("linkedin", "paid_social", "b2b_whitepaper", 45.0), ("google", "cpc", "b2b_search", 18.0)]
 OPEN, CLICK, UNSUBSCRIBE, BOUNCE = 0.38, 0.09, 0.004, 0.003
 
 
@@ -78,6 +98,8 @@ class Person:
     tz: str
     signup_at: Optional[datetime]  # signs up during the simulation (welcome journey)
     interest: float  # how often it shops / reads
+    source: str = "shop"  # where it came from (its landing page's UTM parameters)
+    created: Optional[datetime] = None
 
 
 @dataclass
@@ -173,7 +195,8 @@ def generate(store: Store, *, seed: int, start: datetime, days: int = 30, contac
             rows.append(dict(email=email, phone=phone, first_name=first, last_name=last, timezone=tz, country=country,
                              locale=locale, lifecycle_stage="lead", score=0.0, attributes=attrs,
                              created_at=created, updated_at=created))
-            company.people.append(Person(email, b2b, locale, country, tz, signup, rng.uniform(0.3, 1.7)))
+            company.people.append(Person(email, b2b, locale, country, tz, signup, rng.uniform(0.3, 1.7),
+                                         attrs["source"], created))
             plans.append((rng.random(), rng.random(), rng.random(), created, signup, phone is not None))
         for part in chunks(rows, 2000):
             conn.execute(contact_t.insert(), list(part))
@@ -219,10 +242,39 @@ def _purchase(company: Company, rng: random.Random, at: datetime, email: str, sk
     company._event(at, email, "purchase", **props)
 
 
+def _landing(company: Company, rng: random.Random, person: Person, at: datetime) -> None:
+    """The page view that brought the contact: its URL carries the campaign's UTM parameters and
+    the ad platform's click id — the lead source the report groups by."""
+    source, medium, campaign, click = LANDINGS.get(person.source, (None, None, None, None))
+    if source is not None and rng.random() < 0.03:
+        source, medium, campaign, click = rng.choice(OFF_STANDARD)
+    if person.b2b and person.source == "google":
+        campaign = "b2b_search"
+    query = [f"utm_source={source}", f"utm_medium={medium}", f"utm_campaign={campaign}"] if source else []
+    if click:
+        query.append(f"{click}={rng.getrandbits(64):016x}")
+    url = "https://shop.example/" + ("business" if person.b2b else "") + ("?" + "&".join(query) if query else "")
+    company._event(at, person.email, "page_view", url=url)
+
+
+def ad_spend_rows(start: datetime, end: datetime, seed: int) -> list[dict]:
+    """The ad platforms' daily spend for the paid landings, from 60 days before the demo to its end
+    (`nurture import spend` reads it as a CSV export would be)."""
+    rng = random.Random(f"{seed}:spend")
+    rows, day = [], (start - timedelta(days=60)).date()
+    while day <= end.date():
+        for source, medium, campaign, daily in AD_SPEND:
+            rows.append({"date": day.isoformat(), "source": source, "medium": medium, "campaign": campaign,
+                         "amount": f"{daily * rng.uniform(0.8, 1.2):.2f}", "currency": "EUR"})
+        day += timedelta(days=1)
+    return rows
+
+
 def _history_and_funnels(company: Company, rng: random.Random) -> None:
     start, days = company.start, company.days
     for person in company.people:
         email = person.email
+        _landing(company, rng, person, person.signup_at - timedelta(minutes=2) if person.signup_at else person.created)
         if not person.b2b:
             # purchase history: customers, some of them lapsed for months (win-back)
             if rng.random() < 0.45:
@@ -306,12 +358,17 @@ def react(company: Company, store: Store, now: datetime) -> dict[str, int]:
                     counts["unsubscribe"] += 1
             if m.journey == "b2b_nurture" and m.step_id.startswith("demo_invite") and rng.random() < 0.25:
                 company._later(sent_at + timedelta(hours=rng.uniform(2, 60)), m.email, "demo_request", source="email")
-            if rng.random() < PURCHASE_AFTER.get(m.journey, 0.0):
+            if rng.random() < PURCHASE_AFTER.get(m.journey, 0.0) * STEP_EFFECT.get(m.step_id, 1.0):
                 product = rng.choice(PRODUCTS)
+                price = round(product[3] * rng.randint(1, 2), 2)
+                offer: dict[str, Any] = {}
+                if m.step_id in COUPONS:  # the code in the message: paid = price − discount
+                    code, percent = COUPONS[m.step_id]
+                    offer = {"coupon": code, "discount": round(price * percent / 100, 2)}
                 company._later(sent_at + timedelta(hours=rng.uniform(0.5, 12)), m.email, "purchase",
-                               order_id=f"M-{m.id}", value=round(product[3] * rng.randint(1, 2), 2), sku=product[0],
-                               product_name=product[1], category=product[2], campaign=m.journey,
-                               **({"consumption_days": product[4]} if product[4] else {}))
+                               order_id=f"M-{m.id}", value=round(price - offer.get("discount", 0.0), 2),
+                               sku=product[0], product_name=product[1], category=product[2], campaign=m.journey,
+                               **offer, **({"consumption_days": product[4]} if product[4] else {}))
                 counts["purchase"] += 1
         handed = conn.execute(select(handover_t.c.id, handover_t.c.created_at, contact_t.c.email)
                               .select_from(handover_t.join(contact_t, contact_t.c.id == handover_t.c.contact_id))

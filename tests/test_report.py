@@ -209,3 +209,11 @@ def test_cli_report_prints_tables_writes_html_and_json(tmp_path):
     assert run.returncode == 1 and "did you mean 'welcome'" in run.stderr and "Traceback" not in run.stderr
     run = _nurture(tmp_path, "score", "--now", "2026-11-20T12:00:00Z")
     assert run.returncode == 0 and "scored 0 contact(s)" in run.stdout
+
+
+@pytest.mark.parametrize("top, ticks", [(1, [0, 1]), (5, [0, 1, 2, 3, 4, 5]), (6, [0, 2, 4, 6]),
+                                        (11, [0, 5, 10, 15]), (48, [0, 10, 20, 30, 40, 50]),
+                                        (101, [0, 50, 100, 150]), (1234, [0, 500, 1000, 1500])])
+def test_the_daily_chart_has_round_y_ticks_up_to_the_highest_day(top, ticks):
+    from nurture.reporting.html_page import _nice_ticks
+    assert _nice_ticks(top) == ticks

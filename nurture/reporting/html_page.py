@@ -59,23 +59,46 @@ def _funnel_svg(r: JourneyReport) -> str:
     return "".join(parts)
 
 
+def _nice_ticks(top: int) -> list[int]:
+    """Round y-axis ticks from 0 to at least `top`: a step of 1, 2 or 5 × 10ⁿ, at most six ticks."""
+    magnitude = 1
+    while True:
+        for multiple_of in (1, 2, 5):
+            step = multiple_of * magnitude
+            if top <= 5 * step:
+                return [i * step for i in range(-(-top // step) + 1)]
+        magnitude *= 10
+
+
 def _daily_svg(report: Report) -> str:
+    """Conversions per day as bars, with a y axis (conversions, round ticks and grid lines) and an
+    x axis (dates, tick marks); each bar's tooltip has the day's revenue."""
     days = report.daily
-    width, height, pad = 900, 180, 30
-    top = max(1, max(n for _, n, _ in days))
+    width, height, pad, top_pad = 900, 180, 40, 10
+    ticks = _nice_ticks(max(1, max(n for _, n, _ in days)))
+    top = ticks[-1]
     step = (width - pad) / len(days)
+    y = lambda n: height - (height - top_pad) * n / top  # noqa: E731
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 40}" role="img" '
-             f'aria-label="daily conversions">',
-             f'<line x1="{pad}" y1="{height}" x2="{width}" y2="{height}" stroke="#9ca3af"/>',
-             f'<text x="0" y="12" font-size="11" fill="#6b7280">{top}</text>',
-             f'<text x="0" y="{height}" font-size="11" fill="#6b7280">0</text>']
+             f'aria-label="daily conversions">']
+    for t in ticks:
+        parts.append(f'<line class="tick y" x1="{pad - 4}" y1="{y(t):.1f}" x2="{width}" y2="{y(t):.1f}" '
+                     f'stroke="{"#9ca3af" if t == 0 else "#e5e7eb"}"/>'
+                     f'<text x="{pad - 8}" y="{y(t) + 4:.1f}" font-size="11" fill="#6b7280" '
+                     f'text-anchor="end">{escape(count(t))}</text>')
+    parts.append(f'<line x1="{pad}" y1="{top_pad}" x2="{pad}" y2="{height}" stroke="#9ca3af"/>'
+                 f'<text x="{pad}" y="{top_pad - 2}" font-size="11" fill="#6b7280">conversions</text>')
+    label_every = max(1, len(days) // 10)
     for i, (day, n, revenue) in enumerate(days):
-        h = (height - 10) * n / top
+        h = height - y(n)
         x = pad + i * step
-        parts.append(f'<rect x="{x + 1:.1f}" y="{height - h:.1f}" width="{max(1.0, step - 2):.1f}" height="{h:.1f}" '
+        parts.append(f'<rect x="{x + 1:.1f}" y="{y(n):.1f}" width="{max(1.0, step - 2):.1f}" height="{h:.1f}" '
                      f'fill="#10b981"><title>{day.isoformat()}: {n} conversions, {escape(money(revenue))}</title></rect>')
-        if i % max(1, len(days) // 10) == 0:
-            parts.append(f'<text x="{x:.1f}" y="{height + 16}" font-size="10" fill="#6b7280">{day.strftime("%m-%d")}</text>')
+        if i % label_every == 0:
+            mid = x + step / 2
+            parts.append(f'<line class="tick x" x1="{mid:.1f}" y1="{height}" x2="{mid:.1f}" y2="{height + 4}" '
+                         f'stroke="#9ca3af"/><text x="{mid:.1f}" y="{height + 17}" font-size="10" fill="#6b7280" '
+                         f'text-anchor="middle">{day.strftime("%m-%d")}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
