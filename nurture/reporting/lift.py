@@ -6,9 +6,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Optional
 
 Z95 = 1.959963984540054
+
+
+def z_of(confidence: float) -> float:
+    """The normal quantile of a two-sided interval at `confidence`: 0.95 → 1.95996 (Z95, to
+    the last bit or so), 0.99 → 2.57583, 0.90 → 1.64485."""
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
 def wilson(x: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -27,7 +34,7 @@ class Lift:
     treated_rate: float
     control_rate: float
     difference: float  # absolute, in conversion-rate points (0.05 = 5 points)
-    low: Optional[float]  # 95% interval of the difference; None without a control group
+    low: Optional[float]  # interval of the difference (95 % unless `z` says otherwise); None without a control group
     high: Optional[float]
     relative: Optional[float]  # difference / control rate
 

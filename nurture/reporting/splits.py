@@ -1,5 +1,8 @@
 """A/B/n `split` steps: per arm, who was assigned, who converted, and the difference of the
-conversion rate to the first arm with Newcombe's 95 % interval (nurture.reporting.lift).
+conversion rate to the first arm with Newcombe's 95 % interval (nurture.reporting.lift); and,
+for a split with `auto_winner`, its decision. `arm_stats` is the one computation of an arm's
+figures: the report shows them, and the `auto_winner` rule (nurture.runtime.auto_winner)
+decides on them.
 
 The engine does not store an enrollment's arm: it is a stable hash of (journey, split step,
 contact) — `pick_arm` — so it is computed again here, exactly as the split step computed it.
@@ -10,6 +13,11 @@ that is at such a step now. An arm's members are counted whether or not a messag
 them (intention to treat): a suppressed contact is still part of what the arm did.
 A conversion counts for the arm when it happened after the enrollment reached the split
 (its first row of a dominated step; a member without rows yet is in the arm now).
+
+Once a split is decided, the split step sends every arrival to the winner and marks it in
+`enrollment.state` (nurture.runtime.effective_journey.DECIDED_ARMS). Those members are not in
+the arms — they were not randomised, and counting them would credit the winner with a crowd
+it was given — only in `SplitDecisionReport.after_decision`. The arms are the experiment.
 """
 from __future__ import annotations
 
@@ -21,9 +29,11 @@ from sqlalchemy import func, select
 
 from nurture.compiler import Plan
 from nurture.reporting._times import aware
-from nurture.reporting.incremental import Estimate
+from nurture.reporting.incremental import Estimate, Sample
 from nurture.reporting.lift import lift
-from nurture.store.tables import enrollment_t, message_t
+from nurture.runtime.effective_journey import DECIDED_ARMS, recorded_decisions, walk_steps, with_winners
+from nurture.runtime.stable_random import pick_arm
+from nurture.store.tables import enrollment_t, message_t, version_t
 
 
 @dataclass
@@ -32,6 +42,7 @@ class ArmReport:
     recipients: int = 0  # enrollments assigned to the arm (outside the holdout)
     conversions: int = 0
     revenue: float = 0.0
+    revenue_sq: float = 0.0  # Σ revenue² over the members: the spread behind revenue per recipient
     difference: Optional[Estimate] = None  # rate − first arm's rate (0, no interval, for the first arm)
 
     @property
@@ -42,12 +53,31 @@ class ArmReport:
     def revenue_per_recipient(self) -> Optional[float]:
         return self.revenue / self.recipients if self.recipients else None
 
+    @property
+    def revenue_sample(self) -> Sample:
+        """Revenue per member (0 for most) as a sample, for Welch's interval of a difference."""
+        return Sample(self.recipients, self.revenue, self.revenue_sq)
+
+
+@dataclass
+class SplitDecisionReport:
+    """A decided split: from the decision on, every arrival went to `winner`."""
+    winner: str
+    decided_by: str  # "auto_winner" (recorded by the engine) | "journey_file" (`decided:` written by hand)
+    metric: str  # conversion_rate | revenue_per_recipient
+    confidence: float  # e.g. 0.95
+    decided_at: Optional[datetime]  # None: written by hand, and no recorded version carries it yet
+    version: Optional[str]  # the journey version that first carried the decision
+    after_decision: int = 0  # members (outside the holdout) sent to the winner since: not in the arms
+    stats: dict = field(default_factory=dict)  # auto_winner: the figures it was decided on
+
 
 @dataclass
 class SplitReport:
     step: str
-    arms: list[ArmReport] = field(default_factory=list)
+    arms: list[ArmReport] = field(default_factory=list)  # the experiment: members before any decision
     has_value: bool = True  # the journey's goal has a money value (else revenue is n/a)
+    decision: Optional[SplitDecisionReport] = None  # None: undecided (or no auto_winner)
 
 
 def _successors(plan: Plan, sid: str) -> list[str]:
@@ -83,48 +113,98 @@ def dominated(plan: Plan, split: str) -> set[str]:
     return after - _reachable(plan, plan.first, blocked=split) - {split}
 
 
+def arm_stats(conn: Any, plan: Plan, sid: str) -> tuple[list[ArmReport], int]:
+    """The experiment of split `sid`: its arms (members by the stable hash, their conversions
+    and revenue after reaching the split; no differences yet), and how many members (outside
+    the holdout) a decision sent to its winner instead — those are in no arm."""
+    node = plan.nodes[sid]
+    arms = [ArmReport(name) for name, _, _ in node.arms]
+    inside = dominated(plan, sid)
+    reached: dict[int, Any] = {}  # enrollment → when it first had a row of a dominated step
+    if inside:
+        reached = dict(conn.execute(
+            select(message_t.c.enrollment_id, func.min(message_t.c.created_at))
+            .select_from(message_t.join(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id))
+            .where(message_t.c.journey == plan.name, message_t.c.step_id.in_(sorted(inside)),
+                   enrollment_t.c.holdout == False)  # noqa: E712
+            .group_by(message_t.c.enrollment_id)).all())
+    index = {name: i for i, (name, _, _) in enumerate(node.arms)}
+    after_decision = 0
+    for eid, cid, step, converted_at, revenue, state in conn.execute(
+            select(enrollment_t.c.id, enrollment_t.c.contact_id, enrollment_t.c.step_id,
+                   enrollment_t.c.converted_at, enrollment_t.c.revenue, enrollment_t.c.state)
+            .where(enrollment_t.c.journey == plan.name, enrollment_t.c.holdout == False)):  # noqa: E712
+        if sid in ((state or {}).get(DECIDED_ARMS) or {}):
+            after_decision += 1
+            continue
+        if not (eid in reached or step in inside):
+            continue
+        arm = arms[index[pick_arm(plan.name, sid, cid, node.arms)[0]]]
+        arm.recipients += 1
+        start = reached.get(eid)
+        if converted_at is not None and (start is None or aware(converted_at) >= aware(start)):
+            value = float(revenue or 0)
+            arm.conversions += 1
+            arm.revenue += value
+            arm.revenue_sq += value * value
+    return arms, after_decision
+
+
 def split_reports(conn: Any, plan: Plan, now: datetime, has_value: bool) -> list[SplitReport]:
-    from nurture.runtime.stable_random import pick_arm
+    """Every split of `plan` (compiled from the journey file): its arms with their difference
+    to the first arm, and its decision — recorded in `split_decision`, or written in the file."""
     splits = [sid for sid in plan.order if plan.nodes[sid].kind == "split"]
+    if not splits:
+        return []
+    auto = any(plan.nodes[s].step.auto_winner is not None for s in splits)
+    recorded = recorded_decisions(conn, plan.name) if auto else {}
+    effective, applied = with_winners(plan.journey, {sid: d.winner for sid, d in recorded.items()})
+    rules = {step.id: step.auto_winner for step in walk_steps(effective.steps) if step.auto_winner is not None}
     out = []
     for sid in splits:
-        node = plan.nodes[sid]
-        inside = dominated(plan, sid)
-        report = SplitReport(sid, [ArmReport(name) for name, _, _ in node.arms], has_value)
+        arms, after_decision = arm_stats(conn, plan, sid)
+        report = SplitReport(sid, arms, has_value)
         out.append(report)
-        if not inside:
-            continue
-        reached: dict[int, Any] = {}  # enrollment → when it first had a row of a dominated step (None: no row yet)
-        members: dict[int, tuple[int, Optional[datetime], float]] = {}
-        for eid, first_row in conn.execute(
-                select(message_t.c.enrollment_id, func.min(message_t.c.created_at))
-                .select_from(message_t.join(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id))
-                .where(message_t.c.journey == plan.name, message_t.c.step_id.in_(sorted(inside)),
-                       enrollment_t.c.holdout == False)  # noqa: E712
-                .group_by(message_t.c.enrollment_id)):
-            reached[eid] = first_row
-        for eid, cid, step, converted_at, revenue in conn.execute(
-                select(enrollment_t.c.id, enrollment_t.c.contact_id, enrollment_t.c.step_id,
-                       enrollment_t.c.converted_at, enrollment_t.c.revenue)
-                .where(enrollment_t.c.journey == plan.name, enrollment_t.c.holdout == False)):  # noqa: E712
-            if eid in reached or step in inside:
-                members[eid] = (cid, converted_at, float(revenue or 0))
-        index = {name: i for i, (name, _, _) in enumerate(node.arms)}
-        for eid, (cid, converted_at, revenue) in members.items():
-            arm = report.arms[index[pick_arm(plan.name, sid, cid, node.arms)[0]]]
-            arm.recipients += 1
-            start = reached.get(eid)
-            if converted_at is not None and (start is None or aware(converted_at) >= aware(start)):
-                arm.conversions += 1
-                arm.revenue += revenue
-        first = report.arms[0]
+        first = arms[0]
         first.difference = Estimate(0.0) if first.recipients else Estimate(None)  # the reference
-        for arm in report.arms[1:]:
+        for arm in arms[1:]:
             if arm.recipients and first.recipients:
                 d = lift(arm.conversions, arm.recipients, first.conversions, first.recipients)
                 arm.difference = Estimate(d.difference, d.low, d.high)
             else:
                 arm.difference = Estimate(None)
+        rule = rules.get(sid)
+        if rule is None or rule.decided is None:
+            continue
+        if sid in applied:
+            row = recorded[sid]
+            report.decision = SplitDecisionReport(row.winner, "auto_winner", row.metric, row.confidence,
+                                                  aware(row.decided_at), row.version, after_decision, row.stats)
+        else:
+            version, at = _first_version_deciding(conn, plan.name, sid, rule.decided)
+            report.decision = SplitDecisionReport(rule.decided, "journey_file", rule.metric, rule.confidence,
+                                                  at, version, after_decision)
     return out
 
 
+def _first_version_deciding(conn: Any, journey: str, sid: str,
+                            winner: str) -> tuple[Optional[str], Optional[datetime]]:
+    """The first recorded version of `journey` whose split `sid` says `decided: winner`, and
+    when it was recorded: for a decision written in the file by hand."""
+    for version, spec, created_at in conn.execute(
+            select(version_t.c.version, version_t.c.spec, version_t.c.created_at)
+            .where(version_t.c.journey == journey).order_by(version_t.c.created_at, version_t.c.id)):
+        if _decided_in(spec, sid) == winner:
+            return version, aware(created_at)
+    return None, None
+
+
+def _decided_in(spec: Any, sid: str) -> Optional[str]:
+    """`auto_winner.decided` of step `sid` in a recorded spec (nested steps searched too)."""
+    if isinstance(spec, list):
+        return next((d for d in (_decided_in(v, sid) for v in spec) if d is not None), None)
+    if not isinstance(spec, dict):
+        return None
+    if spec.get("id") == sid and isinstance(spec.get("auto_winner"), dict):
+        return spec["auto_winner"].get("decided")
+    return _decided_in(list(spec.values()), sid)

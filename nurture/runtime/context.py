@@ -10,9 +10,11 @@ from typing import Callable, Optional, Sequence
 
 from nurture.compiler import Plan, compile_journey
 from nurture.rendering.templates import TemplateLibrary
+from nurture.runtime.effective_journey import effective_journey
 from nurture.registry import Channel, IntegrationContext, IntegrationError, channel_for
 from nurture.send.guards.frequency_cap import Cap
 from nurture.send.guards.pipeline import SendRules
+from nurture.send.guards.sunset import SunsetRule
 from nurture.send.guards.quiet_hours import QuietWindow
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
@@ -89,9 +91,13 @@ class Runtime:
     def data_dir(self) -> Path:
         return self.settings.data_dir_of(self.project.root)
 
-    def plan(self, journey: str) -> Plan:
-        if journey not in self._plans:
-            self._plans[journey] = compile_journey(self.project.journeys[journey])
+    def plan(self, journey: str, refresh: bool = False) -> Plan:
+        """The compiled journey a tick runs: the file with its recorded split decisions
+        applied (nurture.runtime.effective_journey). Compiled once per Runtime; `refresh`
+        reads the decisions again — the prepare stage does, on every tick, so a long-lived
+        Runtime picks up a decision another worker made."""
+        if refresh or journey not in self._plans:
+            self._plans[journey] = compile_journey(effective_journey(self.store, self.project.journeys[journey]))
         return self._plans[journey]
 
     def channel(self, name: str) -> Channel:
@@ -133,7 +139,14 @@ class Runtime:
                          window=self.quiet_window(plan, channel) if marketing else None,
                          on_cap=policies.on_cap, double_opt_in=policies.needs_double_opt_in(channel, purpose),
                          default_timezone=policies.timezone,
-                         topic=plan.journey.topic if plan is not None else None)
+                         topic=plan.journey.topic if plan is not None else None,
+                         sunset=self.sunset_rule(plan) if marketing else None)
+
+    def sunset_rule(self, plan: Optional[Plan]) -> Optional[SunsetRule]:
+        sunset = self.project.policies.sunset
+        if sunset is None or (plan is not None and plan.journey.reach_sunset):
+            return None
+        return SunsetRule(sunset.after, tuple(sunset.without))
 
     def caps(self, plan: Optional[Plan]) -> list[Cap]:
         caps = [Cap(c.channel, c.max, c.per) for c in self.project.policies.frequency_caps]

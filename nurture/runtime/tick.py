@@ -3,7 +3,8 @@ engine. Every runner iterates this declaration and nothing else — `run_tick` (
 in-process callers) and the Prefect flow `journey-tick` (flows/journey.py wraps each stage as a
 task, with retries, logs and artifacts) — so the two can never disagree on order or counts.
 
-    prepare (record the journey version, migrate in-flight contacts of an edited journey)
+    prepare (decide auto_winner splits, record the journey version, migrate in-flight contacts
+             of an edited or newly decided journey)
     → enroll → exit/convert → advance (guards + outbox, one send transaction per batch)
     → deliver (claim with re-check, render, hand over, record; partitioned)
     → reconcile (sends a crashed worker left `sending`)
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
+from nurture.runtime.auto_winner import decide_splits
 from nurture.runtime.context import Runtime, TickReport
 from nurture.runtime.enroll import enroll
 from nurture.runtime.outcomes import apply_exits, record_conversions
@@ -64,7 +66,12 @@ def _report(call: StageCall) -> TickReport:
 
 
 def prepare(call: StageCall) -> TickReport:
+    """Decide `auto_winner` splits (a decision re-plans: a new version), record the version the
+    tick runs, and move in-flight enrollments of older versions onto it."""
     report = _report(call)
+    decided = decide_splits(call.rt, call.journey, call.now)
+    if decided:  # a stage count only where auto_winner exists: other journeys' reports unchanged
+        report.stages["decided"] += decided
     plan = call.rt.plan(call.journey)
     record_version(call.rt, plan, call.now)
     report.stages["migrated"] += migrate_enrollments(call.rt, plan, call.now)
