@@ -396,10 +396,13 @@ OBJECTIVE_METRICS = {
                 "demo_requests"),
     # project objectives (policies.yaml)
     "project": ("leads", "mqls", "sqls", "customers", "revenue", "spend", "cost_per_lead", "cac", "roi",
-                "mql_to_sql_rate", "lead_velocity_rate", "demo_requests", "conversions"),
+                "mql_to_sql_rate", "lead_velocity_rate", "demo_requests", "conversions", "clv",
+                "time_to_first_value_days", "speed_to_lead_minutes", "speed_to_sales_minutes"),
 }
-# metrics where lower is better (on track when the forecast is at or below the target)
-LOWER_IS_BETTER = ("cost", "cac", "cost_per_lead", "unsubscribe_rate")
+# metrics where lower is better (on track when the forecast is at or below the target); a
+# `spend` objective is a budget: at most that much by the deadline
+LOWER_IS_BETTER = ("cost", "cac", "cost_per_lead", "unsubscribe_rate", "spend", "time_to_first_value_days",
+                   "speed_to_lead_minutes", "speed_to_sales_minutes")
 
 
 class Period(Strict):
@@ -487,6 +490,8 @@ class Journey(Strict):
     frequency_cap: list[FrequencyCap] = Field(default_factory=list)
     # Reporting only: costs beyond messages; left out of dumps while empty (no version change).
     fixed_costs: list[FixedCost] = Field(default_factory=list, exclude_if=lambda v: not v)
+    # Reaches contacts the policies' `sunset` rule stops (a re-engagement journey such as win-back).
+    reach_sunset: bool = Field(default=False, exclude_if=lambda v: not v)
     # Reporting only: SMART goals (checked by `nurture validate`, measured by the report).
     objectives: list[Objective] = Field(default_factory=list, exclude_if=lambda v: not v)
     steps: list[Step]
@@ -503,6 +508,38 @@ class Journey(Strict):
 
 
 # ---------------------------------------------------------------- policies
+
+
+class Sunset(Strict):
+    """Marketing stops for contacts known longer than `after` who did none of `without` in that
+    time (reason `sunset`); a journey with `reach_sunset: true` may still write to them."""
+    after: timedelta
+    without: list[str] = Field(default_factory=lambda: ["email_open", "email_click", "purchase"], min_length=1)
+
+    _after = field_validator("after", mode="before")(lambda cls, v: _duration(v))
+
+
+class Retention(Strict):
+    """How long each kind of record is kept (unset: for good); `nurture purge` and the hygiene
+    flow delete what is older."""
+    events: Optional[timedelta] = None
+    messages: Optional[timedelta] = None
+    message_bodies: Optional[timedelta] = None  # outbox files and stored bodies
+    pending_contacts: Optional[timedelta] = None  # contacts whose consent never left `pending`
+    sync_records: Optional[timedelta] = None
+    erasure_records: Optional[timedelta] = None
+
+    _d = field_validator("events", "messages", "message_bodies", "pending_contacts", "sync_records",
+                         "erasure_records", mode="before")(lambda cls, v: None if v is None else _duration(v))
+
+
+class Sender(Strict):
+    """Who sends: the legal footer of every marketing e-mail (Impressum, CAN-SPAM address)."""
+    company: Optional[str] = None
+    address: Optional[str] = None
+    register_: Optional[str] = Field(default=None, alias="register")  # the commercial register entry
+    represented_by: Optional[str] = None
+    contact: Optional[str] = None
 
 
 class UtmPolicy(Strict):
@@ -539,6 +576,11 @@ class Policies(Strict):
     utm: Optional["UtmPolicy"] = None
     # Project-wide SMART goals (leads, MQLs, CAC …), measured by the report.
     objectives: list[Objective] = Field(default_factory=list)
+    # Privacy and compliance (docs/privacy.md)
+    sunset: Optional[Sunset] = None
+    retention: Retention = Field(default_factory=Retention)
+    sender: Optional[Sender] = None
+    keep_attributes: Optional[list[str]] = None
 
     _tz = field_validator("timezone")(lambda cls, v: check_timezone(v))
 

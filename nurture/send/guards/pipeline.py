@@ -1,5 +1,5 @@
 """The guard pipeline: checks 1–5 of the send promise for a batch, in order — consent →
-suppression (and topic opt-outs) → reachability → quiet hours → frequency cap — each reading
+suppression (and topic opt-outs) → reachability → sunset → quiet hours → frequency cap — each reading
 the database at the moment of the check, never a value cached from enrollment time.
 
 One function decides the first send of a step (the send transaction, nurture.send.outbox) and
@@ -24,6 +24,7 @@ from nurture.send.guards.consent import consent_refusal
 from nurture.send.guards.frequency_cap import Cap, cap_blocks_until
 from nurture.send.guards.quiet_hours import QuietWindow, next_allowed_send, zone
 from nurture.send.guards.reachability import unreachable_reason
+from nurture.send.guards.sunset import SunsetRule, sunset_contacts
 from nurture.send.guards.suppression import suppression_reason, suppressions_for
 from nurture.store.models import DEFERRED, HOLDOUT, QUEUED, SENDING, SENT, SKIPPED, SUPPRESSED, MessageStatus
 from nurture.store.tables import contact_t, message_t
@@ -46,6 +47,7 @@ class SendRules:
     double_opt_in: bool = False
     default_timezone: str = "UTC"
     topic: Optional[str] = None
+    sunset: Optional[SunsetRule] = None  # marketing only, unless the journey has `reach_sunset`
 
     @property
     def marketing(self) -> bool:
@@ -105,6 +107,7 @@ def check_batch(conn: Any, rules: SendRules, recipients: Sequence[Recipient], no
     consents = current_consent(conn, contact_ids, channel, purpose, now)
     addresses = [address_of(channel, r.email, r.phone) or "" for r in recipients]
     by_contact, by_address = suppressions_for(conn, contact_ids, addresses)
+    sunset = sunset_contacts(conn, contact_ids, rules.sunset, now) if rules.sunset is not None and marketing else set()
     caps = rules.caps if marketing else ()
     longest = max((c.per for c in caps), default=None)
     history = cap_history(conn, contact_ids, now - longest, exclude_messages) if longest else {}
@@ -113,6 +116,8 @@ def check_batch(conn: Any, rules: SendRules, recipients: Sequence[Recipient], no
     verdicts: list[Verdict] = []
     for r, address in zip(recipients, addresses):
         verdict = _screen(rules, r, address, consents, by_contact, by_address)
+        if verdict is None and r.contact_id in sunset:
+            verdict = Verdict(SUPPRESSED, "sunset")
         if verdict is None and window is not None:
             allowed = allowed_by_zone.get(r.timezone)
             if allowed is None:  # the same for everyone in a time zone: once per zone and batch
