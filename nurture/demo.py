@@ -26,6 +26,7 @@ from rich.console import Console
 from nurture.demo_data import generate, react
 from nurture.registry import IntegrationContext
 from nurture.reporting import build_report
+from nurture.reporting import views
 from nurture.reporting.format import money, multiple, pct
 from nurture.reporting.format import number_style
 from nurture.reporting.html_page import render_html
@@ -147,8 +148,7 @@ def _summary(console: Console, report, sent_total: Counter, reactions: Counter, 
     for r in report.journeys:
         for split in r.splits:
             arms = ", ".join(f"{a.name} {pct(a.rate)} of {a.recipients}" for a in split.arms)
-            decision = getattr(split, "decision", None)
-            won = f"; auto_winner chose {decision.winner}" if decision is not None else ""
+            won = f"; {views.decision_text(split).replace('**', '')}" if split.decision is not None else ""
             console.print(f"  A/B {r.name}.{split.step}: {arms}{won}", markup=False)
     h = report.handovers
     console.print(f"  sales handovers: {h.total} MQLs, {h.contacted_within_sla} contacted within the SLA, "

@@ -257,6 +257,11 @@ def test_the_report_compares_only_members_before_the_decision_and_shows_it(make_
     assert (d.winner, d.decided_by, d.metric, d.confidence, d.decided_at, d.version, d.after_decision) == (
         "b", "auto_winner", "conversion_rate", 0.95, T0 + 4 * HOUR, row.version, len(late))
     assert d.stats == row.stats
+    from nurture.reporting import views
+    from nurture.reporting.summary import journey_markdown
+    text = views.decision_text(split)
+    assert text.startswith("auto_winner chose **b** on ") and f"{len(late)} later arrival(s)" in text
+    assert text in journey_markdown(build_report(store, rt.project, T0 + 8 * HOUR).journey("ab"))
 
 
 def test_two_workers_deciding_at_once_record_one_decision(make_runtime, store, monkeypatch):

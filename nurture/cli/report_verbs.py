@@ -82,12 +82,15 @@ def print_report(result) -> None:
             if not any(a.recipients for a in split.arms):
                 continue
             headers, rows = views.split_table(split)
+            decision = views.decision_text(split)
             arms = Table(title=f"A/B split {r.name}/{split.step} (95% CI, Newcombe)", title_justify="left")
             for col in headers:
                 arms.add_column(col, justify="left" if col == "arm" else "right", no_wrap=True)
             for row in rows:
                 arms.add_row(*row)
             out.print(arms)
+            if decision:
+                out.print("  " + decision.replace("**", ""), markup=False)
     if result.attribution:
         attribution = Table(title="Attribution of revenue", title_justify="left")
         for col in ("journey", "step", "last touch", "first touch", "40/20/40"):

@@ -166,6 +166,9 @@ def _journey(r: JourneyReport, report: Report) -> str:
         h, rows = views.split_table(split)
         parts.append(f"<h3>A/B split {escape(split.step)}</h3><p class=\"muted\">Difference of the conversion rate "
                      f"to arm {escape(split.arms[0].name)}, 95% Newcombe interval.</p>{_table(h, rows)}")
+        decision = views.decision_text(split)
+        if decision:
+            parts.append(f'<p class="headline">{inline(decision)}</p>')
     parts.append(f'<p class="muted">Unsubscribe rate {pct(r.unsubscribe_rate)} · bounce rate {pct(r.bounce_rate)} '
                  f'(of {count(r.recipients)} recipients).</p></section>')
     return "".join(parts)

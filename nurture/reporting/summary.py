@@ -57,6 +57,9 @@ def journey_markdown(r: JourneyReport, period_end: Optional[datetime] = None) ->
         lines += [f"A/B split **{split.step}** (difference of the conversion rate to arm "
                   f"{split.arms[0].name}, 95% CI, Newcombe):", ""]
         lines += _table(*views.split_table(split)) + [""]
+        decision = views.decision_text(split)
+        if decision:
+            lines += [decision, ""]
     # a non-breaking space keeps an amount and its currency on one line in the Prefect UI
     symbol = current_style().symbol
     return "\n".join(lines).rstrip().replace(f" {symbol}", f"\u00a0{symbol}").replace(" pts", "\u00a0pts") + "\n"

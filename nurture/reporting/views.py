@@ -135,6 +135,18 @@ def step_table(r: JourneyReport) -> tuple[list[str], list[list[str]]]:
     return [name for name, _ in columns], [[cell(s) for _, cell in columns] for s in steps]
 
 
+def decision_text(split: SplitReport) -> Optional[str]:
+    """The split's decision in a sentence, or None while it is still an experiment."""
+    d = split.decision
+    if d is None:
+        return None
+    when = f" on {d.decided_at:%Y-%m-%d %H:%M} UTC" if d.decided_at is not None else ""
+    how = (f"auto_winner chose **{d.winner}**{when} ({d.metric.replace('_', ' ')}, {pct(d.confidence)} confidence)"
+           if d.decided_by == "auto_winner" else f"the journey file decided **{d.winner}**{when}")
+    return (f"{how}: {count(d.after_decision)} later arrival(s) went to it and are not part of the comparison "
+            "above")
+
+
 def split_table(split: SplitReport) -> tuple[list[str], list[list[str]]]:
     headers = ["arm", "recipients", "conversions", "rate", "revenue / recipient", "difference to " + split.arms[0].name]
     rows = []
