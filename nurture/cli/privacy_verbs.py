@@ -1,4 +1,5 @@
-"""Privacy: `nurture erase` (GDPR Art. 17) and `nurture export-contact` (Art. 15/20).
+"""Privacy: `nurture erase` (GDPR Art. 17), `nurture export-contact` (Art. 15/20) and
+`nurture purge` (retention).
 
 The work is nurture.privacy's; this module reads the command line, wires the destinations
 (provider credentials from the environment — or, with a Prefect server configured, from the
@@ -163,6 +164,30 @@ def export_contact(email: str = typer.Argument(..., help="The contact's e-mail a
                       markup=False)
 
 
+def purge(dry_run: bool = typer.Option(False, "--dry-run", help="Count what would go; delete nothing"),
+          now: Optional[str] = typer.Option(None, "--now", help="Logical clock (ISO 8601; default: now)")) -> None:
+    """Delete what is older than policies.yaml `retention:` allows (events, messages, bodies, …).
+
+    Kinds without a period are kept. The hygiene flow does the same every run; see
+    docs/privacy.md for what each kind removes and what is always kept."""
+    from nurture.cli.invocation import parse_now, utc_now
+    from nurture.privacy.retention import purge as run_purge
+    from nurture.runtime.context import Runtime
+
+    project = open_project(strict=False)
+    rt = Runtime(store(), project, env=dict(os.environ))
+    clock = parse_now(now) or utc_now()
+    result = run_purge(rt.store, project.policies, clock, rt.data_dir, dry_run=dry_run)
+    if not result.cutoffs:
+        console.print("no retention: policies.yaml declares no `retention:` periods — nothing is purged", markup=False)
+        return
+    verb = "would remove" if dry_run else "removed"
+    for row in result.rows():
+        what = ", ".join(f"{k.split(':', 1)[1].replace('_', ' ')} {n}" for k, n in row["removed"].items()) or "nothing"
+        console.print(f"{row['kind']}: older than {row['older_than'][:16]} — {verb} {what}", markup=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(erase)
     app.command("export-contact")(export_contact)
+    app.command()(purge)

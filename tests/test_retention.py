@@ -1,0 +1,157 @@
+"""Specification: retention (`policies.yaml` `retention:`) — `nurture purge [--dry-run]` and the
+hygiene flow delete, per kind, what is older than its period, set-based; a dry run counts the
+same and deletes nothing; what a running journey still needs is kept (the trigger event of an
+active enrollment, a message inside a frequency-cap window or of an enrollment still in its
+journey, a queued message); never-confirmed contacts go entirely, without a tombstone; a kind
+without a period is kept."""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from nurture.privacy.retention import purge
+from nurture.runtime import run_tick
+from nurture.spec.models import Policies
+from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t, message_t, sync_run_t
+from tests.conftest import DEFAULT_POLICIES, utc, write_project
+from tests.engine_fixtures import add_contact, add_event, journey_yaml, messages, set_consent, subscriber
+from tests.test_privacy_erase import nurture
+
+NOW = utc(2026, 6, 1, 12)
+DAY = timedelta(days=1)
+MAIL = journey_yaml("news", """
+- id: mail
+  send: {channel: email, template: hello, subject: Hi}
+- id: wait
+  wait: 30d
+- id: again
+  send: {channel: email, template: hello, subject: Again}
+""")
+
+
+def _count(store, table, *where):
+    with store.reading() as conn:
+        return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+
+
+def _policies(**retention):
+    return Policies.model_validate({"retention": retention,
+                                    "frequency_caps": [{"channel": "email", "max": 3, "per": "7d"}]})
+
+
+def test_old_events_go_but_the_trigger_of_an_active_enrollment_stays(make_runtime, store):
+    rt = make_runtime({"news": MAIL})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "page_view", NOW - 400 * DAY)
+    add_event(store, cid, "page_view", NOW - 10 * DAY)
+    add_event(store, cid, "signup", NOW - 100 * DAY)  # enrolls; the journey waits 30 d after the first mail
+    run_tick(rt, "news", NOW - 100 * DAY)
+    add_event(store, cid, "signup", NOW - 300 * DAY)  # an old signup that started nothing (trigger passed)
+    result = purge(store, _policies(events="90d"), NOW, rt.data_dir)
+    assert result.counts["events:events"] == 2  # the 400-day page view and the unused old signup
+    names = sorted(e.name for e in _events(store, cid))
+    assert names == ["page_view", "signup"]  # the 10-day view and the active enrollment's trigger
+
+
+def _events(store, cid):
+    with store.reading() as conn:
+        return conn.execute(select(event_t).where(event_t.c.contact_id == cid)).all()
+
+
+def test_a_dry_run_counts_the_same_and_deletes_nothing(make_runtime, store):
+    rt = make_runtime({})
+    cid = add_contact(store, "old@example.com")
+    for days in (200, 300, 400):
+        add_event(store, cid, "page_view", NOW - days * DAY)
+    dry = purge(store, _policies(events="250d"), NOW, rt.data_dir, dry_run=True)
+    assert dry.counts["events:events"] == 2 and _count(store, event_t) == 3
+    real = purge(store, _policies(events="250d"), NOW, rt.data_dir)
+    assert real.counts == dry.counts and _count(store, event_t) == 1
+
+
+def test_messages_of_finished_enrollments_go_with_their_bodies(make_runtime, store):
+    rt = make_runtime({"news": journey_yaml("news", "- id: mail\n  send: {channel: email, template: hello, "
+                                                    "subject: Hi}")})
+    done = subscriber(store, "done@example.com", at=NOW - 500 * DAY)
+    add_event(store, done, "signup", NOW - 100 * DAY)  # (consent was granted at the fixtures' epoch)
+    run_tick(rt, "news", NOW - 100 * DAY)
+    (sent,) = messages(store, contact_id=done)
+    outbox = rt.data_dir / "outbox" / "email" / "news"
+    assert (outbox / f"{sent.id:09d}.eml").is_file()
+    orphan = outbox / "000999999.eml"  # a body whose row is gone already
+    orphan.write_text("old body")
+    result = purge(store, _policies(messages="90d", message_bodies="60d"), NOW, rt.data_dir)
+    assert result.counts["message_bodies:outbox_emails"] == 2 and not orphan.exists()
+    assert result.counts["messages:messages"] == 1 and _count(store, message_t) == 0
+    assert [r["kind"] for r in result.rows()] == ["messages", "message_bodies"]
+
+
+def test_messages_a_running_journey_or_a_cap_needs_are_kept(make_runtime, store):
+    rt = make_runtime({"news": MAIL})
+    cid = subscriber(store, "ann@example.com", at=NOW - 500 * DAY)
+    add_event(store, cid, "signup", NOW - 20 * DAY)
+    run_tick(rt, "news", NOW - 20 * DAY)  # mail sent; waits 30 d: still in the journey
+    recent = subscriber(store, "bob@example.com", at=NOW - 500 * DAY)
+    add_event(store, recent, "signup", NOW - 3 * DAY)
+    run_tick(rt, "news", NOW - 3 * DAY)
+    with store.engine.begin() as conn:  # Bob's journey is over, but his mail counts for the 7-day cap
+        conn.execute(enrollment_t.update().where(enrollment_t.c.contact_id == recent).values(status="completed"))
+    result = purge(store, _policies(messages="1d"), NOW, rt.data_dir)
+    assert result.cutoffs["messages"] == NOW - 7 * DAY
+    assert result.counts["messages:messages"] == 0 and _count(store, message_t) == 2
+
+
+def test_contacts_that_never_confirmed_go_entirely_and_may_sign_up_again(make_runtime, store):
+    rt = make_runtime({})
+    pending = add_contact(store, "maybe@example.com", at=NOW - 60 * DAY)
+    set_consent(store, pending, status="pending", at=NOW - 60 * DAY, confirmed=False)
+    set_consent(store, pending, status="revoked", at=NOW - 30 * DAY, confirmed=False)  # expired by hygiene
+    add_event(store, pending, "form_submit", NOW - 60 * DAY)
+    confirmed = add_contact(store, "yes@example.com", at=NOW - 60 * DAY)
+    set_consent(store, confirmed, status="pending", at=NOW - 60 * DAY, confirmed=False)
+    set_consent(store, confirmed, status="granted", at=NOW - 59 * DAY)
+    fresh = add_contact(store, "new@example.com", at=NOW - 2 * DAY)
+    set_consent(store, fresh, status="pending", at=NOW - 2 * DAY, confirmed=False)
+    result = purge(store, _policies(pending_contacts="30d"), NOW, rt.data_dir)
+    assert result.counts["pending_contacts:contacts"] == 1 and result.counts["pending_contacts:consents"] == 2
+    with store.reading() as conn:
+        emails = set(conn.execute(select(contact_t.c.email)).scalars())
+        assert conn.execute(select(func.count()).select_from(consent_t)
+                            .where(consent_t.c.contact_id == pending)).scalar_one() == 0
+    assert emails == {"yes@example.com", "new@example.com"}
+    from nurture.ingest import track_records
+    back = track_records(store, [(1, {"event_id": "again", "email": "maybe@example.com", "event": "form_submit",
+                                      "timestamp": NOW.isoformat()})], now=NOW)
+    assert back.errors == [] and back.inserted == 1  # no tombstone: a new sign-up is welcome
+
+
+def test_sync_records_go_and_kinds_without_a_period_stay(make_runtime, store):
+    rt = make_runtime({})
+    with store.engine.begin() as conn:
+        conn.execute(sync_run_t.insert(), [dict(segment="s", target="t", destination="csv", started_at=NOW - d * DAY,
+                                                status="ok") for d in (10, 100)])
+    cid = add_contact(store, "old@example.com")
+    add_event(store, cid, "page_view", NOW - 1000 * DAY)
+    result = purge(store, _policies(sync_records="30d"), NOW, rt.data_dir)
+    assert dict(result.counts) == {"sync_records:sync_runs": 1}
+    assert _count(store, sync_run_t) == 1 and _count(store, event_t) == 1
+    assert purge(store, Policies(), NOW, rt.data_dir).cutoffs == {}
+
+
+def test_nurture_purge_prints_what_it_removed_and_a_dry_run_what_it_would(tmp_path):
+    root = write_project(tmp_path / "shop", {}, policies=DEFAULT_POLICIES + "retention: {events: 30d}\n")
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(json.dumps({"event_id": f"e{i}", "email": "ann@example.com", "event": "page_view",
+                                            "timestamp": f"2026-0{m}-01T10:00:00Z"})
+                                for i, m in enumerate((1, 2, 5))) + "\n")
+    assert nurture(root, "track", str(events)).returncode == 0
+    dry = nurture(root, "purge", "--dry-run", "--now", "2026-05-20T00:00:00Z")
+    assert dry.returncode == 0 and "events: older than 2026-04-20T00:00 — would remove events 2" in dry.stdout
+    done = nurture(root, "purge", "--now", "2026-05-20T00:00:00Z")
+    assert "removed events 2" in done.stdout
+    again = nurture(root, "purge", "--now", "2026-05-20T00:00:00Z")
+    assert "removed nothing" in again.stdout
+    none = nurture(write_project(tmp_path / "other", {}), "purge")
+    assert none.returncode == 0 and "nothing is purged" in none.stdout
