@@ -1,6 +1,7 @@
 """Bringing data in: contacts from CSV or JSONL (upsert by e-mail), events from JSONL
 (idempotent by event_id). A bad row is reported by line and field and the good rows are
-kept; nothing is half-written.
+kept; nothing is half-written. Each contact's first and last lead source (nurture.sources) is
+kept in the same transaction as the events or contacts it comes from.
 
 Hostile values are refused here, at the door, because whatever is stored is read back by SQL
 on every tick: a NaN or Infinity in a JSON column makes SQLite's JSON functions fail
@@ -31,6 +32,8 @@ from sqlalchemy import bindparam, select
 from nurture.consent_ledger import record_consent
 from nurture.privacy.tombstones import REFUSAL as ERASED_REFUSAL, erased_among
 from nurture.runtime.sql import chunks, insert_ignore
+from nurture.sources import Touch, TouchCandidate, extract_touch, record_event_touches, record_import_touches, \
+    touch_of_columns
 from nurture.store.db import Store
 from nurture.store.tables import contact_t, event_t
 
@@ -73,6 +76,7 @@ class ImportResult:
     consents: int = 0
     skipped_duplicates: int = 0
     erased: int = 0  # rows of erased people: refused, reported among `errors`
+    touches: int = 0  # rows whose utm_* / click id columns set the contact's lead source
     errors: list[RowError] = field(default_factory=list)
 
 
@@ -83,6 +87,7 @@ class TrackResult:
     erased: int = 0  # events of erased people: refused, reported among `errors`
     errors: list[RowError] = field(default_factory=list)
     inserted_ids: list[str] = field(default_factory=list)  # event_ids stored by this call
+    touches: int = 0  # stored events that carried a lead source (UTM parameters or a click id)
 
 
 # ---------------------------------------------------------------- values
@@ -513,6 +518,7 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
     now = now or datetime.now(timezone.utc)
     result = ImportResult()
     good: dict[str, tuple[dict, dict]] = {}
+    touches: dict[str, Touch] = {}  # utm_* / click id columns: the contact's lead source (nurture.sources)
     lines: dict[str, int] = {}
     for line, record, problem in read_records(path, encoding):
         if problem:
@@ -522,6 +528,9 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
         if errors:
             result.errors.extend(RowError(path.name, line, f, m) for f, m in errors)
             continue
+        touch = touch_of_columns(record)
+        if touch is not None:  # the same address twice: the later row's touch wins
+            touches[fields["email"]] = touch
         previous = good.get(fields["email"])
         if previous:  # the same address twice in one file: later values win, attributes merge
             fields["attributes"] = {**previous[0]["attributes"], **fields["attributes"]}
@@ -559,8 +568,13 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
                 {k: bindparam(k) for k in keys})
             conn.execute(stmt, rows)
         result.created, result.updated = len(inserts), len(updates)
-        ids = dict(conn.execute(select(contact_t.c.email, contact_t.c.id).where(
-            contact_t.c.email.in_([e for e, (_, c) in good.items() if c]))).all()) if any(c for _, c in good.values()) else {}
+        wanted = [e for e, (_, c) in good.items() if c or e in touches]
+        ids: dict[str, int] = {}
+        for part in chunks(wanted):
+            ids.update(conn.execute(select(contact_t.c.email, contact_t.c.id).where(contact_t.c.email.in_(part))).all())
+        # (an address erased while this import ran has no id here: nothing is written about them)
+        result.touches = record_import_touches(
+            conn, [(ids[e], t) for e, t in touches.items() if e in good and e in ids], now)
         for email, (_, consents) in good.items():
             if consents and email not in ids:  # erased while this import ran: nothing is written about them
                 continue
@@ -623,7 +637,9 @@ def _identifier_problem(value: Any) -> Optional[str]:
 def track_records(store: Store, records: list[tuple[int, Any]], *, source: str = "track",
                   now: Optional[datetime] = None, create_contacts: bool = True) -> TrackResult:
     """Insert events; unknown e-mail addresses become new contacts (an event from a form is
-    how many contacts first appear)."""
+    how many contacts first appear). UTM parameters and click ids found in a page URL property
+    are added to the stored properties under their own names, and the contacts' first and last
+    touch follow the stored events (nurture.sources), in the same transaction."""
     now = now or datetime.now(timezone.utc)
     result = TrackResult()
     clean: list[dict] = []
@@ -650,17 +666,23 @@ def track_records(store: Store, records: list[tuple[int, Any]], *, source: str =
         event_ids = [e["event_id"] for e in clean]
         for part in chunks(event_ids):
             known_ids.update(r[0] for r in conn.execute(select(event_t.c.event_id).where(event_t.c.event_id.in_(part))))
-        rows, seen = [], set()
+        rows, seen, touches = [], set(), []
         for e in clean:
             if e["event_id"] in known_ids or e["event_id"] in seen:
-                result.duplicates += 1
+                result.duplicates += 1  # a re-sent event changes nothing, its touch included
                 continue
             seen.add(e["event_id"])
+            properties, found = e["properties"], extract_touch(e["properties"])
+            if found.from_url:  # every event's UTMs are kept where conditions and reports read them
+                properties = {**properties, **found.from_url}
             rows.append({"event_id": e["event_id"], "contact_id": ids[e["email"]], "name": e["name"],
-                         "properties": e["properties"], "occurred_at": e["occurred_at"], "received_at": now})
+                         "properties": properties, "occurred_at": e["occurred_at"], "received_at": now})
+            if found.touch is not None:
+                touches.append(TouchCandidate(ids[e["email"]], found.touch, e["occurred_at"], e["event_id"]))
         insert_ignore(conn, event_t, rows, ("event_id",))
         result.inserted = len(rows)
         result.inserted_ids = [r["event_id"] for r in rows]
+        result.touches = record_event_touches(conn, touches)
     return result
 
 

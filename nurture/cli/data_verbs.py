@@ -1,4 +1,4 @@
-"""Data in and out: `import contacts`, `track`, `consent grant|revoke`, `messages`."""
+"""Data in and out: `import contacts`, `import spend`, `track`, `consent grant|revoke`, `messages`."""
 from __future__ import annotations
 
 import json
@@ -80,6 +80,36 @@ def import_contacts_cmd(file: Path = typer.Argument(..., help="CSV or JSONL file
     _report_errors(result.errors, result.created + result.updated)
     console.print(f"imported {file.name}: {result.created} created, {result.updated} updated, "
                   f"{result.consents} consent record(s), {len(result.errors)} bad row(s) skipped")
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@import_app.command("spend")
+def import_spend_cmd(file: Path = typer.Argument(..., help="CSV or JSONL: date,source,medium,campaign,amount,currency"),
+                     encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP)) -> None:
+    """Import ad spend per day, source, medium and campaign (for CAC per source in the report).
+
+    Columns: date (YYYY-MM-DD), source, medium (optional), campaign, amount (a number, dot as
+    decimal separator), currency (must be the project's, policies.yaml `currency`). A day, source,
+    medium and campaign imported again replaces its amount. A bad row is named by line and field
+    and skipped; the good rows are kept and the exit code is 1."""
+    from nurture.spend import import_spend
+    codec = _encoding(encoding)
+    spec = open_project(strict=False)
+    broken = spec.file_errors("policies")
+    if broken:  # the currency every amount is checked against comes from policies.yaml
+        for error in broken:
+            err_console.print(str(error), markup=False)
+        raise CliError("policies.yaml has errors (its `currency` is what the amounts are checked against); "
+                       "nothing was imported")
+    currency = spec.policies.currency
+    with _reading(file):
+        result = import_spend(store(), _existing(file), currency=currency, encoding=codec)
+    _report_errors(result.errors, result.imported)
+    superseded = f", {result.superseded} repeated in the file (the later row won)" if result.superseded else ""
+    console.print(f"imported {file.name}: {result.imported} row(s), {result.replaced} replaced, "
+                  f"{result.bad_rows} bad row(s) skipped{superseded}, total {result.total:,.2f} {currency}",
+                  markup=False)
     if result.errors:
         raise typer.Exit(1)
 

@@ -21,7 +21,8 @@ _KIND_NAMES = {"contact": "contact", "events": "events", "consents": "consent re
                "messages_cancelled": "queued messages cancelled", "enrollments_exited": "journeys left",
                "suppressions": "suppressions", "handovers": "handovers", "texts_scrubbed": "texts scrubbed",
                "outbox_emails": "outbox e-mails", "outbox_sms": "outbox SMS", "handover_file_lines": "handover lines",
-               "audience_memberships": "audience/list memberships", "crm_records": "CRM records"}
+               "audience_memberships": "audience/list memberships", "crm_records": "CRM records",
+               "touches": "lead sources"}
 
 
 def _actor() -> str:

@@ -10,6 +10,8 @@ transaction (the contact row locked, so two erasures of the same person serializ
   timestamps stay: they identify no one);
 - events: properties emptied, `event_id` replaced by a hash of itself (a provider's id can
   embed an address); name and time stay, so funnels still count;
+- lead sources: the person's first and last touch (`contact_touch`: UTM parameters and the
+  ad platforms' click ids, which identify a click of theirs) deleted;
 - messages (the log): address, subject and any reason text naming the address removed;
   statuses, times, journeys and steps stay, so reports still add up; a message still queued
   is recorded `suppressed` with reason `erased`; active enrollments exit (reason `erased`);
@@ -60,7 +62,7 @@ from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.models import QUEUED, SUPPRESSED
 from nurture.store.tables import (consent_t, contact_t, enrollment_t, event_t, handover_t, membership_t, message_t,
-                                  suppression_t, sync_run_t)
+                                  suppression_t, sync_run_t, touch_t)
 
 INVALID = "invalid"  # an outcome of a request only: the address is not an e-mail address
 DEFAULT_REASON = "request"
@@ -313,6 +315,9 @@ def _sweep(conn: Any, subject: _Subject, *, now: datetime, needles: Sequence[str
                      [{"pk": e.id, "hashed_id": e.event_id if str(e.event_id).startswith("erased:")
                        else _hashed_id(e.event_id)} for e in events])
     removed["events"] += len(events)
+
+    # lead sources: a click id names one click of this person at an ad platform
+    removed["touches"] += conn.execute(touch_t.delete().where(touch_t.c.contact_id == cid)).rowcount
 
     # journeys: an erased contact leaves every journey now
     removed["enrollments_exited"] += conn.execute(enrollment_t.update().where(

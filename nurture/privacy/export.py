@@ -10,6 +10,8 @@ contact has the address (`erasure_of` then tells whether it was erased). Section
   gave them, and the hashed identifiers each audience received;
 - `consents` — the ledger, every row (channel, purpose, status, source, policy version,
   recorded/confirmed), and `consent_state`, the latest row per (channel, purpose);
+- `touches` — the lead sources: the `first` and the `last` marketing touch (UTM parameters,
+  click id and its type, the event it came from, when);
 - `suppressions`, `events` (with properties), `enrollments`, `messages` (the log: channel,
   template, subject, address, status and reason, times) with the outbox files that hold the
   rendered messages, `scores` (score, lifecycle stage), `handovers`;
@@ -36,7 +38,7 @@ from nurture.privacy.tombstones import erased_suppression, subject_hash
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.tables import (consent_t, contact_t, enrollment_t, event_t, handover_t, membership_t, message_t,
-                                  suppression_t, sync_run_t)
+                                  suppression_t, sync_run_t, touch_t)
 
 FORMAT = "nurture.contact-export/1"
 
@@ -102,6 +104,8 @@ def export_contact(store: Store, project: Optional[ProjectSpec], email: str, *, 
             "identifiers": _identifiers(contact, memberships, handovers),
             "consents": consents,
             "consent_state": _state(consents),
+            "touches": _rows(conn, touch_t, touch_t.c.contact_id == cid, order=touch_t.c.touch,  # first, last
+                             drop=("contact_id",)),
             "suppressions": _suppressions(conn, contact),
             "events": _rows(conn, event_t, event_t.c.contact_id == cid, order=(event_t.c.occurred_at, event_t.c.id),
                             drop=("contact_id",)),
