@@ -52,8 +52,8 @@ def test_preview_and_delivery_render_the_same_contact_and_event_from_the_same_co
     add_event(store, cid, "add_to_cart", T0, {"cart_value": 42, "sku": "A1"})
     delivered: dict[str, dict] = {}
 
-    def recording(row, journey, links, **extra):
-        delivered[row.step_id] = context = template_context(row, journey, links, **extra)
+    def recording(row, journey, links, *imprint, **extra):
+        delivered[row.step_id] = context = template_context(row, journey, links, *imprint, **extra)
         return context
 
     monkeypatch.setattr(render, "template_context", recording)

@@ -75,7 +75,7 @@ def sms_segments_sent(conn: Any, project: ProjectSpec, journeys: Iterable[str], 
     """(journey, step) → the billed segments of its sent SMS (see the module docstring)."""
     from nurture.rendering.email_message import sms_segments
     from nurture.rendering.links import tag_text, utm_query
-    from nurture.send.context import ContextRow, recipient_links, template_context
+    from nurture.send.context import ContextRow, imprint_of, recipient_links, template_context
     from nurture.settings import Settings
 
     names = list(journeys)
@@ -118,7 +118,8 @@ def sms_segments_sent(conn: Any, project: ProjectSpec, journeys: Iterable[str], 
                 ContextRow(contact_id, email, phone, first, last, country, locale, tz, stage, score, attributes,
                            step, ev_name, ev_props, ev_at),
                 {"name": journey, "description": spec.description if spec else ""},
-                recipient_links(public_url, secret, contact_id, purpose or "marketing", "sms"))
+                recipient_links(public_url, secret, contact_id, purpose or "marketing", "sms"),
+                imprint_of(project.policies.sender))
             body = tag_text(templates[template].render(context).strip(), utm_query("sms", journey, step), own_pages)
             count.segments += sms_segments(body)[1]
         except Exception:  # the template is gone or no longer renders for this contact

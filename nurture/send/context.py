@@ -11,6 +11,8 @@ previews cannot drift from what is sent.
     step      id
     links     unsubscribe, preferences (the signed preference-center link) and home; system
               mail adds confirm
+    imprint   who sends (policies.yaml `sender:`): company, address, register, represented_by,
+              contact — each None when not declared; the shipped layout's footer shows them
     …         system mail's own extras (expires_days, sender)
 
 The input is one row of facts about the recipient (`ContextRow`: the columns delivery loads
@@ -52,10 +54,23 @@ def recipient_links(public_url: str, secret_key: str, contact_id: int, purpose: 
     return {"unsubscribe": unsubscribe, "preferences": unsubscribe, "home": public_url}
 
 
-def template_context(row: Any, journey: Mapping[str, Any], links: Mapping[str, str], **extra: Any) -> dict[str, Any]:
+IMPRINT_FIELDS = ("company", "address", "register", "represented_by", "contact")
+
+
+def imprint_of(sender: Any) -> dict[str, Optional[str]]:
+    """policies.yaml `sender:` as the templates' `imprint` (every field present, None if unset)."""
+    if sender is None:
+        return dict.fromkeys(IMPRINT_FIELDS)
+    return {"company": sender.company, "address": sender.address, "register": sender.register_,
+            "represented_by": sender.represented_by, "contact": sender.contact}
+
+
+def template_context(row: Any, journey: Mapping[str, Any], links: Mapping[str, str],
+                     imprint: Optional[Mapping[str, Optional[str]]] = None, **extra: Any) -> dict[str, Any]:
     """The variables of one message's templates. `row`: a ContextRow or any row with its
     fields; `journey`: name and description; `links`: recipient_links (plus any of the
-    message's own); `extra`: further top-level variables (system mail)."""
+    message's own); `imprint`: imprint_of(policies.sender); `extra`: further top-level
+    variables (system mail)."""
     attributes = dict(row.attributes or {})
     props = dict(row.event_properties or {})
     return {
@@ -67,5 +82,6 @@ def template_context(row: Any, journey: Mapping[str, Any], links: Mapping[str, s
         "journey": dict(journey),
         "step": {"id": row.step_id},
         "links": links,
+        "imprint": imprint if imprint is not None else dict.fromkeys(IMPRINT_FIELDS),
         **extra,
     }

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from sqlalchemy import select
 
 from nurture.compiler import compile_journey
-from nurture.send.context import ContextRow, recipient_links, template_context
+from nurture.send.context import ContextRow, imprint_of, recipient_links, template_context
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.tables import contact_t, event_t
@@ -81,7 +81,7 @@ def preview_journey(spec: ProjectSpec, store: Store, journey: str, *, step_id: O
             continue
         send = node.step.send
         links = recipient_links(public_url, secret_key, row.contact_id, send.purpose, send.channel)
-        ctx = template_context(row._replace(step_id=sid), about, links)
+        ctx = template_context(row._replace(step_id=sid), about, links, imprint_of(spec.policies.sender))
         if send.channel == "email":
             r = library.render_email(send.template, send.subject or "", ctx, send.preheader)
             out.append(Preview(sid, "email", row.email or "", r.subject, r.text, r.html, ctx))

@@ -1,7 +1,8 @@
 """One claimed message → the OutgoingMessage its channel sends: the template context
 (nurture.send.context), the step's prepared templates (CSS inlined and compiled once per step
 and tick, so per recipient only Jinja runs), UTM tagging of links (Nurture's own recipient
-pages left alone) and, for marketing e-mail, the List-Unsubscribe headers.
+pages left alone) and, for marketing e-mail, the List-Unsubscribe headers and a visible
+unsubscribe link (the standard legal footer where the template has none).
 """
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Any, NamedTuple, Optional
 
 from nurture.registry import OutgoingMessage
 from nurture.rendering.email_message import rfc_message_id
+from nurture.rendering.legal_footer import ensure_footer
 from nurture.rendering.links import tag_html, tag_text, utm_query
 from nurture.runtime.context import Runtime
-from nurture.send.context import recipient_links, template_context
+from nurture.send.context import imprint_of, recipient_links, template_context
 from nurture.send.system_mail import SYSTEM_JOURNEYS, render_system_email
 from nurture.settings import Settings
 
@@ -28,6 +30,7 @@ class _SendStep(NamedTuple):
     utm: str
     own_pages: tuple[str, ...]
     journey: dict
+    imprint: dict
 
 
 def _prepared(rt: Runtime, journey: str, step_id: str, cache: dict) -> _SendStep:
@@ -40,7 +43,8 @@ def _prepared(rt: Runtime, journey: str, step_id: str, cache: dict) -> _SendStep
         else:
             template = rt.templates.prepare_sms(send.template)
         cache[key] = _SendStep(template, utm_query(send.channel, journey, step_id), own_page_prefixes(rt),
-                               {"name": journey, "description": plan.journey.description})
+                               {"name": journey, "description": plan.journey.description},
+                               imprint_of(rt.project.policies.sender))
     return cache[key]
 
 
@@ -54,7 +58,7 @@ def render_message(rt: Runtime, row: Any, settings: Settings, cache: Optional[di
         return render_system_email(rt, row, rfc_message_id(row.id, row.journey, from_email))
     step = _prepared(rt, row.journey, row.step_id, {} if cache is None else cache)
     links = recipient_links(settings.links_url, settings.signing_secret, row.contact_id, row.purpose, row.channel)
-    context = template_context(row, step.journey, links)
+    context = template_context(row, step.journey, links, step.imprint)
     msg = OutgoingMessage(message_pk=row.id, rfc_message_id=rfc_message_id(row.id, row.journey, from_email),
                           contact_id=row.contact_id, channel=row.channel, journey=row.journey,
                           step_id=row.step_id, purpose=row.purpose, to=row.address or "",
@@ -66,6 +70,8 @@ def render_message(rt: Runtime, row: Any, settings: Settings, cache: Optional[di
         msg.text = tag_text(rendered.text, step.utm, step.own_pages)
         msg.to_name = " ".join(p for p in (row.first_name, row.last_name) if p)
         if row.purpose == "marketing":
+            # no marketing mail leaves without a visible way out (nurture.rendering.legal_footer)
+            msg.html, msg.text, _ = ensure_footer(msg.html, msg.text, links, step.imprint, row.locale)
             msg.headers = {"List-Unsubscribe": f"<{links['unsubscribe']}>, <mailto:unsubscribe@{from_email.rpartition('@')[2]}?subject=unsubscribe>",
                            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     else:

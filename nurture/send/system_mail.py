@@ -12,7 +12,7 @@ from typing import Any
 
 from nurture.registry import OutgoingMessage
 from nurture.runtime.context import Runtime
-from nurture.send.context import recipient_links, template_context
+from nurture.send.context import imprint_of, recipient_links, template_context
 from nurture.tokens import make_token
 
 SYSTEM_JOURNEY = "double_opt_in"
@@ -36,6 +36,7 @@ def render_system_email(rt: Runtime, row: Any, message_id: str) -> OutgoingMessa
     links = {**recipient_links(settings.links_url, settings.signing_secret, row.contact_id, "marketing", "email"),
              "confirm": confirm_link(rt, row.contact_id)}
     context = template_context(row, {"name": row.journey, "description": ""}, links,
+                               imprint_of(rt.project.policies.sender),
                                expires_days=rt.project.policies.pending_consent_expires.days,
                                sender=settings.from_name or "us")
     rendered = rt.templates.render_email(row.template, SUBJECTS.get(row.step_id, SUBJECTS["confirm"]), context)

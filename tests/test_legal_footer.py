@@ -1,0 +1,93 @@
+"""Specification: every marketing e-mail has a visible unsubscribe link and the sender's legal
+details. A custom template without the link gets the standard footer appended at send time
+(HTML and text, in the contact's language, the policies' `sender:` details escaped) — seen here
+in what a real SMTP server receives; a template with its own link is left as it is; the shipped
+layout shows `sender:`; transactional mail is exempt; `nurture validate` warns (exit 0) about a
+marketing template without the link, with its location."""
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import timedelta
+
+from nurture.rendering.legal_footer import ensure_footer
+from nurture.runtime import run_tick
+from tests.conftest import DEFAULT_POLICIES, REPO
+from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
+from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber
+from tests.test_send_promise import SECRET, T0
+from tests.test_smtp_delivery import Recorder, smtp_server  # noqa: F401  (fixture)
+
+SENDER = DEFAULT_POLICIES + ('sender: {company: "Kaffee & Co <GmbH>", address: "Hauptstr. 1, 10115 Berlin", '
+                             'register: "HRB 12345, AG Charlottenburg", represented_by: "Anna Meier", '
+                             'contact: "hallo@kaffee.example"}\n')
+PLAIN = journey_yaml("promo", """
+- id: hello
+  send: {channel: email, template: plain, subject: "Hello"}
+""")
+RECEIPT = journey_yaml("receipt", """
+- id: hello
+  send: {channel: email, template: plain, subject: "Your receipt", purpose: transactional}
+""")
+TEMPLATES = {"email/plain.html": "<html><body><p>Our autumn sale, {{ contact.first_name }}!</p></body></html>",
+             "email/plain.txt": "Our autumn sale, {{ contact.first_name }}!"}
+
+
+def _smtp(make_runtime, port, journeys):
+    rt = make_runtime(journeys, templates=TEMPLATES, policies=SENDER)
+    rt.env.update({"NURTURE_EMAIL_BACKEND": "smtp", "NURTURE_SMTP_HOST": "127.0.0.1", "NURTURE_SMTP_PORT": str(port),
+                   "NURTURE_SMTP_SECURITY": "none", "NURTURE_FROM_EMAIL": "news@shop.example",
+                   "NURTURE_SECRET_KEY": SECRET, "NURTURE_PUBLIC_URL": "https://go.shop.example"})
+    return rt
+
+
+def test_a_custom_template_without_a_link_gets_the_footer_over_real_smtp(make_runtime, store, smtp_server):
+    recorder = Recorder()
+    rt = _smtp(make_runtime, smtp_server(recorder), {"promo": PLAIN})
+    cid = subscriber(store, "kim@example.de", first_name="Kim", locale="de")
+    add_event(store, cid, "signup", T0)
+    run_tick(rt, "promo", T0 + timedelta(minutes=1))
+    ((_, _, raw, _),) = recorder.received
+    mail = email.message_from_bytes(raw, policy=email.policy.default)
+    html = mail.get_body(("html",)).get_content()
+    text = mail.get_body(("plain",)).get_content()
+    unsubscribe = mail["List-Unsubscribe"].split(">")[0].lstrip("<")
+    assert f'href="{unsubscribe}"' in html and ">Abmelden</a>" in html
+    assert "Kaffee &amp; Co &lt;GmbH&gt; · Hauptstr. 1, 10115 Berlin · HRB 12345, AG Charlottenburg · " \
+           "Vertreten durch Anna Meier · hallo@kaffee.example" in html
+    assert html.index("nurture-legal-footer") < html.lower().index("</body>")
+    assert f"Abmelden: {unsubscribe}" in text and "Kaffee & Co <GmbH>" in text
+
+
+def test_a_template_with_its_own_link_and_transactional_mail_are_left_alone():
+    links = {"unsubscribe": "https://go.example/u/abc", "preferences": "https://go.example/u/abc", "home": ""}
+    own = '<p>Hi</p><a href="https://go.example/u/abc">leave</a>'
+    assert ensure_footer(own, "Hi", links, {}, "en") == (own, "Hi", False)
+    html, text, appended = ensure_footer("<p>Hi</p>", "Hi", links, {"company": None}, "en")
+    assert appended and html.startswith("<p>Hi</p><div") and "Unsubscribe: https://go.example/u/abc" in text
+
+
+def test_transactional_mail_gets_no_marketing_footer(make_runtime, store):
+    rt = make_runtime({"receipt": RECEIPT}, templates=TEMPLATES, policies=SENDER)
+    cid = subscriber(store, "kim@example.com", first_name="Kim")
+    add_event(store, cid, "signup", T0)
+    run_tick(rt, "receipt", T0 + timedelta(minutes=1))
+    (row,) = messages(store, contact_id=cid)
+    eml = (rt.data_dir / "outbox" / "email" / "receipt" / f"{row.id:09d}.eml").read_bytes()
+    assert b"nurture-legal-footer" not in eml
+
+
+def test_the_shipped_layout_shows_the_sender(make_runtime, store):
+    layout = (REPO / "templates" / "layouts" / "base.html").read_text(encoding="utf-8")
+    rt = make_runtime({"promo": journey_yaml("promo", "- id: hello\n  send: {channel: email, template: news, "
+                                                      "subject: Hi}")}, policies=SENDER,
+                      templates={"layouts/base.html": layout, "email/news.html": '{% extends "layouts/base.html" %}'
+                                 "{% block content %}<p>News</p>{% endblock %}"})
+    cid = subscriber(store, "kim@example.com", first_name="Kim", locale="en")
+    add_event(store, cid, "signup", T0)
+    run_tick(rt, "promo", T0 + timedelta(minutes=1))
+    (row,) = messages(store, contact_id=cid)
+    mail = email.message_from_bytes((rt.data_dir / "outbox" / "email" / "promo" / f"{row.id:09d}.eml").read_bytes(),
+                                    policy=email.policy.default)
+    html = mail.get_body(("html",)).get_content()
+    assert "Represented by Anna Meier" in html and "nurture-legal-footer" not in html  # the layout's own footer
