@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from nurture.reporting.objectives import ObjectiveReport
 from nurture.reporting.report import JourneyReport, Report, StepReport
+from nurture.reporting.sources import Kpis, SourceRow, SourceTotal
 from nurture.reporting.splits import SplitReport
 
 
@@ -31,6 +33,38 @@ def split_json(split: SplitReport) -> dict:
                       "revenue_per_recipient": a.revenue_per_recipient if split.has_value else None,
                       "difference": _estimate(a.difference)}
                      for a in split.arms]}
+
+
+def objective_json(o: ObjectiveReport) -> dict:
+    period = o.baseline_period
+    return {"metric": o.metric, "name": o.name, "owner": o.owner, "unit": o.unit,
+            "lower_is_better": o.lower_is_better, "target": o.target, "relative": o.relative,
+            "deadline": o.deadline.isoformat(), "start": _iso(o.start), "deadline_passed": o.deadline_passed,
+            "baseline": o.baseline,
+            "baseline_period": None if period is None else {"from": period[0].isoformat(), "to": period[1].isoformat()},
+            "current": o.current, "progress": o.progress, "forecast": o.forecast, "on_track": o.on_track}
+
+
+def source_json(r: SourceRow) -> dict:
+    return {"source": r.source, "medium": r.medium, "leads": r.leads, "mqls": r.mqls, "sqls": r.sqls,
+            "customers": r.customers, "revenue": r.revenue, "spend": r.spend, "cost_per_lead": r.cost_per_lead,
+            "cac": r.cac, "roi": r.roi}
+
+
+def sources_total_json(t: Optional[SourceTotal]) -> Optional[dict]:
+    if t is None:
+        return None
+    return {**source_json(t), "journey_cost": t.journey_cost, "blended_cac": t.blended_cac,
+            "spend_other_currencies": t.spend_other_currencies}
+
+
+def kpis_json(k: Optional[Kpis]) -> Optional[dict]:
+    if k is None:
+        return None
+    return {"clv": k.clv, "mql_to_sql_rate": k.mql_to_sql_rate, "lead_velocity_rate": k.lead_velocity_rate,
+            "time_to_first_value_days": k.time_to_first_value_days,
+            "speed_to_lead_minutes": k.speed_to_lead_minutes.as_dict(),
+            "speed_to_sales_minutes": k.speed_to_sales_minutes.as_dict()}
 
 
 def journey_json(r: JourneyReport, report: Report) -> dict:
@@ -60,6 +94,7 @@ def journey_json(r: JourneyReport, report: Report) -> dict:
         "offers_redeemed": r.offers_redeemed,
         "steps": [step_json(s, value) for s in r.steps],
         "splits": [split_json(s) for s in r.splits],
+        "objectives": [objective_json(o) for o in r.objectives],
     }
 
 
@@ -77,4 +112,8 @@ def report_json(report: Report) -> dict:
         "unattributed": {"conversions": report.unattributed[0], "revenue": report.unattributed[1]},
         "daily": [{"day": d.isoformat(), "conversions": n, "revenue": rev} for d, n, rev in report.daily],
         "handovers": report.handovers.__dict__,
+        "sources": [source_json(r) for r in report.sources],
+        "sources_total": sources_total_json(report.sources_total),
+        "kpis": kpis_json(report.kpis),
+        "objectives": [objective_json(o) for o in report.objectives],
     }

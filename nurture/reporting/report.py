@@ -24,6 +24,9 @@ figure, never one per contact. Every definition is in docs/report.md; in short:
   by reason, deferrals by reason (each deferral is a row), conversions and revenue of the
   enrollments that were sent this step and converted after it, clicks and opens
   (engagement.py), cost; per split arm: splits.py.
+- per first-touch source and overall: leads, MQLs, SQLs, customers, revenue, ad spend, CAC,
+  ROI and the business KPIs (sources.py); the SMART objectives of the journeys and of
+  policies.yaml (objectives.py).
 """
 from __future__ import annotations
 
@@ -44,6 +47,8 @@ from nurture.reporting.costs import (SmsCount, charge_redemptions, charge_untrac
 from nurture.reporting.engagement import CLICK, OPEN, engagement
 from nurture.reporting.incremental import NONE, Estimate, Sample, incremental_revenue, roi
 from nurture.reporting.lift import Lift, lift
+from nurture.reporting.objectives import ObjectiveReport, journey_objectives, project_objectives
+from nurture.reporting.sources import Kpis, SourceRow, SourceTotal, Window, business_kpis, source_rows, source_total
 from nurture.reporting.splits import SplitReport, split_reports
 from nurture.spec.models import Comparison
 from nurture.spec.project import ProjectSpec
@@ -116,6 +121,7 @@ class JourneyReport:
     lift: Optional[Lift] = None
     steps: list[StepReport] = field(default_factory=list)
     splits: list[SplitReport] = field(default_factory=list)
+    objectives: list[ObjectiveReport] = field(default_factory=list)  # the journey's SMART goals
 
     # -- costs
     @property
@@ -224,6 +230,12 @@ class Report:
     clicks_tracked: bool = False
     opens_tracked: bool = False
     offers_unplaced: float = 0.0  # discounts no journey's message preceded
+    # The project's lead sources and business KPIs over the report's period (sources.py) and its
+    # policies.yaml objectives — in a report of every journey only (None / empty otherwise)
+    sources: list[SourceRow] = field(default_factory=list)
+    sources_total: Optional[SourceTotal] = None
+    kpis: Optional[Kpis] = None
+    objectives: list[ObjectiveReport] = field(default_factory=list)
 
     def journey(self, name: str) -> JourneyReport:
         return next(j for j in self.journeys if j.name == name)
@@ -637,9 +649,22 @@ def build_report(store: Store, project: ProjectSpec, now: Optional[datetime] = N
             if spec is not None:
                 r.cost_fixed = fixed_cost(spec.fixed_costs, r.started_at, now)
                 r.splits = split_reports(conn, _plan(spec), now, r.has_value)
+            r.objectives = journey_objectives(conn, project, r, now)
+        business = _business(conn, project, reports, now) if journeys is None else {}
     attribution = [a for a in attribution if a.journey in reports]
     return Report(now, [reports[n] for n in names], attribution, unattributed, daily, handovers, costs,
-                  clicks_tracked, opens_tracked, unplaced)
+                  clicks_tracked, opens_tracked, unplaced, **business)
+
+
+def _business(conn: Any, project: ProjectSpec, reports: Mapping[str, JourneyReport], now: datetime) -> dict:
+    """The project's figures, over the report's period: lead sources (with every journey's
+    cost beside the ad spend), business KPIs, policies.yaml objectives. Not in a report limited
+    to some journeys (`--journey`, the per-run summary): they are not about those journeys."""
+    window = Window(min((r.started_at for r in reports.values() if r.started_at), default=None), now)
+    sources, other_currencies = source_rows(conn, window, now, project.policies.currency, project.policies.timezone)
+    return {"sources": sources, "kpis": business_kpis(conn, window, now),
+            "sources_total": source_total(sources, other_currencies, sum(r.cost for r in reports.values())),
+            "objectives": project_objectives(conn, project, now)}
 
 
 def _plan(spec: Any) -> Any:

@@ -1,5 +1,6 @@
 """The scoring stage: every contact's score recomputed in one UPDATE, then the lifecycle
-transitions, each one UPDATE — set-based, no Python loop over contacts.
+transitions, each set-based (the ids that move, one UPDATE per chunk of them, their
+`lifecycle_stage_changed` events in bulk — nurture.lifecycle), no Python loop over contacts.
 
 score = Σ fit points of the rules a contact matches
       + Σ over its events in the window: points × 0.5 ^ (age / half_life)
@@ -19,7 +20,8 @@ from sqlalchemy import and_, case, cast, func, literal, select, Float
 from sqlalchemy.exc import OperationalError
 
 from nurture.conditions import ConditionScope, compile_condition, properties_match
-from nurture.scoring.spec import STAGES, ScoringSpec
+from nurture.lifecycle import promote
+from nurture.scoring.spec import ScoringSpec
 from nurture.store.db import Store
 from nurture.store.tables import contact_t, event_t
 
@@ -66,7 +68,8 @@ def score_expression(conn: Any, spec: ScoringSpec, scope: ConditionScope) -> Any
 
 
 def score_contacts(store: Store, spec: ScoringSpec, now: datetime, segments: Any = None) -> ScoringResult:
-    """Recompute every score, then move contacts forward through the lifecycle."""
+    """Recompute every score, then move contacts forward through the lifecycle (each move
+    recorded as a `lifecycle_stage_changed` event, in the same transaction)."""
     scope = ConditionScope(now, segments or {}, in_enrollment=False)
     result = ScoringResult()
     with store.engine.begin() as conn:
@@ -78,9 +81,5 @@ def score_contacts(store: Store, spec: ScoringSpec, now: datetime, segments: Any
         if spec.lifecycle.customer is not None:
             transitions.append(("customer", compile_condition(spec.lifecycle.customer, scope)))
         for stage, condition in transitions:
-            earlier = list(STAGES[:STAGES.index(stage)])
-            moved = conn.execute(contact_t.update()
-                                 .where(func.coalesce(contact_t.c.lifecycle_stage, "lead").in_(earlier), condition)
-                                 .values(lifecycle_stage=stage, updated_at=now)).rowcount
-            result.promoted[stage] = moved
+            result.promoted[stage] = promote(conn, stage, condition, now, source="scoring")
     return result

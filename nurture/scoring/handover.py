@@ -20,11 +20,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 
 from nurture.registry import IntegrationContext, IntegrationError, lookup
-from nurture.runtime.sql import chunks, insert_ignore
-from nurture.scoring.spec import STAGES, handover_spec
+from nurture.lifecycle import promote
+from nurture.runtime.sql import chunks, ids_in, insert_ignore
+from nurture.scoring.spec import handover_spec
 from nurture.steps.transitions import move
 from nurture.store.tables import contact_t, handover_t
 
@@ -154,11 +155,8 @@ def hand_over(conn: Any, rt: Any, plan: Any, node: Any, rows: list[tuple], now: 
     """The `handover` step for a batch of due enrollments (rows: eid, contact id, tz, at)."""
     spec = handover_spec(node.step.handover)
     contact_ids = sorted({r[1] for r in rows})
-    earlier = list(STAGES[:STAGES.index(spec.stage)])
-    for part in chunks(contact_ids):
-        conn.execute(contact_t.update()
-                     .where(contact_t.c.id.in_(part), func.coalesce(contact_t.c.lifecycle_stage, "lead").in_(earlier))
-                     .values(lifecycle_stage=spec.stage, updated_at=now))
+    # forward only (a handed-over SQL stays SQL), recorded as a lifecycle_stage_changed event
+    promote(conn, spec.stage, ids_in(contact_t.c.id, contact_ids), now, source=f"handover:{plan.name}")
     scores = {}
     for part in chunks(contact_ids):
         scores.update(dict(conn.execute(select(contact_t.c.id, contact_t.c.score).where(contact_t.c.id.in_(part))).all()))

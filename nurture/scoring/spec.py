@@ -9,12 +9,11 @@ from typing import Any, Optional
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from nurture.durations import parse_duration
+from nurture.lifecycle import STAGES  # the one stage order (scoring and handovers use it from here too)
 from nurture.spec.errors import SpecError
 from nurture.spec.model_errors import pydantic_errors
 from nurture.spec.models import Comparison, Condition, Strict
 from nurture.spec.yaml_loader import Locations, load_located
-
-STAGES = ("lead", "mql", "sql", "customer")
 
 
 def _duration(value: Any) -> timedelta:

@@ -6,6 +6,7 @@ validate → compile → run: this module is the first stage and knows nothing o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -16,7 +17,7 @@ from nurture.rendering.templates import TemplateLibrary
 from nurture.scoring.spec import check_handover, load_scoring
 from nurture.spec.errors import SpecError, did_you_mean
 from nurture.spec.model_errors import pydantic_errors
-from nurture.spec.models import Condition, Journey, Policies, Step
+from nurture.spec.models import OBJECTIVE_METRICS, Condition, Journey, Objective, Policies, Step
 from nurture.spec.segments import Segment, SegmentsFile
 from nurture.spec.yaml_loader import Locations, load_located
 
@@ -206,6 +207,47 @@ def _check_journey(name: str, journey: Journey, locs: Locations, project: Projec
                 errors.append(locs.error(("frequency_cap", i, "max"),
                                          f"frequency_cap may only tighten policies.yaml "
                                          f"({cap.channel}: at most {policy_cap.max} per {format_duration(policy_cap.per)})"))
+    errors.extend(check_objectives(journey.objectives, locs, journey))
+    return errors
+
+
+# What a journey objective's metric needs to be measurable at all.
+_NEEDS_GOAL = {"conversions", "conversion_rate", "revenue", "incremental_revenue", "cac", "roi", "incremental_roi"}
+_NEEDS_HOLDOUT = {"incremental_revenue", "incremental_roi"}
+_NEEDS_SEND = {"recipients", "clicks", "click_rate", "unsubscribe_rate"}
+
+
+def check_objectives(objectives: list[Objective], locs: Locations, journey: Optional[Journey] = None
+                     ) -> list[SpecError]:
+    """SMART objectives: a metric known for the scope (a journey's, else the project's in
+    policies.yaml) that the journey can measure, and a deadline after the start."""
+    scope = "journey" if journey is not None else "project"
+    known = OBJECTIVE_METRICS[scope]
+    sends = journey is not None and any(step.send for step, _ in iter_steps(journey.steps, ("steps",)))
+    errors: list[SpecError] = []
+    for i, objective in enumerate(objectives):
+        here, metric = ("objectives", i), objective.metric
+        if metric not in known:
+            where = "a journey" if journey is not None else "policies.yaml"
+            errors.append(locs.error(here + ("metric",), f"unknown objective metric '{metric}' for {where} "
+                                     f"(known: {', '.join(known)})", did_you_mean(metric, known)))
+            continue
+        if journey is not None and metric in _NEEDS_GOAL and journey.goal is None:
+            errors.append(locs.error(here + ("metric",), f"'{metric}' is measured on the journey's conversions: "
+                                     "add a goal, e.g. goal: {event: purchase, within: 7d}"))
+        if journey is not None and metric in _NEEDS_HOLDOUT and not journey.holdout:
+            errors.append(locs.error(here + ("metric",), f"'{metric}' is measured against a holdout: "
+                                     "add e.g. holdout: 10% to the journey"))
+        if journey is not None and metric in _NEEDS_SEND and not sends:
+            errors.append(locs.error(here + ("metric",), f"'{metric}' counts messages, and this journey has "
+                                     "no send step"))
+        baseline = objective.baseline
+        if objective.start is None and baseline is not None and objective.deadline <= baseline.to + timedelta(days=1):
+            errors.append(locs.error(here + ("deadline",), f"the deadline {objective.deadline} is not after the "
+                                     f"objective's start {baseline.to + timedelta(days=1)} (the day after its baseline)"))
+        if objective.start is not None and baseline is not None and baseline.to >= objective.start:
+            errors.append(locs.error(here + ("baseline", "to"), f"the baseline period must end before the "
+                                     f"objective's start ({objective.start})"))
     return errors
 
 
@@ -289,6 +331,8 @@ def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
                                 "directory or pass --project DIR"))
         return ProjectSpec(root, Policies(), errors=errors)
     policies = load_policies(root, errors, locations)
+    if policies.objectives:
+        errors.extend(check_objectives(policies.objectives, locations["policies"]))
     project = ProjectSpec(root, policies, locations=locations, errors=errors)
     project.segments = load_segments(root, errors, locations)
     if (journeys_dir / "scoring.yaml").is_file():

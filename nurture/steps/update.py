@@ -1,5 +1,6 @@
 """The `update` step: set contact attributes (merged into `attributes`, in SQL for the whole
-batch) and/or the lifecycle stage, then move on."""
+batch) and/or the lifecycle stage, then move on. A forward stage move is recorded as a
+`lifecycle_stage_changed` event in the step's transaction (nurture.lifecycle)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from sqlalchemy import String, bindparam, cast, func
 from sqlalchemy.dialects.postgresql import JSONB
 
 from nurture.compiler import Node, Plan
+from nurture.lifecycle import set_stage
 from nurture.runtime.context import Runtime
 from nurture.runtime.sql import chunks, ids_in
 from nurture.steps.transitions import due_rows, move, step_batch
@@ -22,7 +24,7 @@ def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) 
         rows = due_rows(conn, plan, node, now, rt.batch_size)
         if not rows:
             return False
-        _apply_update(conn, node, [r[1] for r in rows], now)
+        _apply_update(conn, plan, node, [r[1] for r in rows], now)
         move(conn, rt, plan, rows, node.next, now)
         report[(node.id, "updated", None)] += len(rows)
         return True
@@ -36,12 +38,11 @@ def merged_attributes(conn: Any, values: dict) -> Any:
     return func.json_patch(contact_t.c.attributes, patch)
 
 
-def _apply_update(conn: Any, node: Node, contact_ids: list[int], now: datetime) -> None:
+def _apply_update(conn: Any, plan: Plan, node: Node, contact_ids: list[int], now: datetime) -> None:
     spec = node.step.update
-    for part in chunks(sorted(set(contact_ids))):
-        if spec.lifecycle_stage:
-            conn.execute(contact_t.update().where(ids_in(contact_t.c.id, part))
-                         .values(lifecycle_stage=spec.lifecycle_stage, updated_at=now))
-        if spec.attributes:
+    if spec.lifecycle_stage:
+        set_stage(conn, contact_ids, spec.lifecycle_stage, now, source=f"update:{plan.name}:{node.id}")
+    if spec.attributes:
+        for part in chunks(sorted(set(contact_ids))):
             conn.execute(contact_t.update().where(ids_in(contact_t.c.id, part))
                          .values(attributes=merged_attributes(conn, spec.attributes), updated_at=now))
