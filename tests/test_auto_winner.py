@@ -262,6 +262,11 @@ def test_the_report_compares_only_members_before_the_decision_and_shows_it(make_
     text = views.decision_text(split)
     assert text.startswith("auto_winner chose **b** on ") and f"{len(late)} later arrival(s)" in text
     assert text in journey_markdown(build_report(store, rt.project, T0 + 8 * HOUR).journey("ab"))
+    from nurture.reporting.contract import report_json
+    (as_json,) = report_json(build_report(store, rt.project, T0 + 8 * HOUR))["journeys"][0]["splits"]
+    assert as_json["decision"] == {"winner": "b", "decided_by": "auto_winner", "metric": "conversion_rate",
+                                   "confidence": 0.95, "decided_at": (T0 + 4 * HOUR).isoformat(),
+                                   "version": row.version, "after_decision": len(late)}
 
 
 def test_two_workers_deciding_at_once_record_one_decision(make_runtime, store, monkeypatch):

@@ -230,3 +230,20 @@ def test_report_json_has_sources_totals_and_kpis_over_the_report_period(world, m
     # a report of some journeys only (`--journey`, the per-run summary) leaves the project's figures out
     limited = report_json(build_report(world, spec, now=NOW, journeys=["j"]))
     assert (limited["sources"], limited["sources_total"], limited["kpis"], limited["objectives"]) == ([], None, None, [])
+
+
+def test_utm_values_off_the_agreed_list_are_listed_with_how_many_contacts_carry_them(store):
+    from nurture.reporting.sources import off_standard_utms
+    from nurture.spec.models import UtmPolicy
+    with store.engine.begin() as conn:
+        for i, (source, medium) in enumerate([("google", "cpc"), ("Google", "CPC"), ("fb", "paidsocial"),
+                                              ("fb", "paid_social"), ("newsletter", None)]):
+            _contact(conn, f"c{i}@example.com", utc(2026, 1, 1), touch=(source, medium))
+    policy = UtmPolicy(source=["google", "facebook", "newsletter"], medium=["cpc", "paid_social", "email"])
+    with store.reading() as conn:
+        found = [(o.parameter, o.value, o.contacts) for o in off_standard_utms(conn, policy)]
+        assert off_standard_utms(conn, None) == []
+    # "Google"/"CPC" match case-insensitively; the last touch of _contact is off the list too
+    assert ("source", "fb", 2) in found and ("medium", "paidsocial", 1) in found
+    assert found[:2] == [("medium", "x", 5), ("source", "last_touch_never_counts", 5)]  # most frequent first
+    assert not any(value.lower() in ("google", "cpc", "newsletter") for _, value, _ in found)

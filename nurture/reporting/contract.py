@@ -27,8 +27,16 @@ def step_json(s: StepReport, has_value: bool) -> dict:
             "clicks": s.clicks, "click_rate": s.click_rate, "opens": s.opens, "open_rate": s.open_rate}
 
 
+def decision_json(split: SplitReport) -> Optional[dict]:
+    d = split.decision
+    if d is None:
+        return None
+    return {"winner": d.winner, "decided_by": d.decided_by, "metric": d.metric, "confidence": d.confidence,
+            "decided_at": _iso(d.decided_at), "version": d.version, "after_decision": d.after_decision}
+
+
 def split_json(split: SplitReport) -> dict:
-    return {"step": split.step,
+    return {"step": split.step, "decision": decision_json(split),
             "arms": [{"name": a.name, "recipients": a.recipients, "conversions": a.conversions, "rate": a.rate,
                       "revenue_per_recipient": a.revenue_per_recipient if split.has_value else None,
                       "difference": _estimate(a.difference)}
@@ -116,4 +124,6 @@ def report_json(report: Report) -> dict:
         "sources_total": sources_total_json(report.sources_total),
         "kpis": kpis_json(report.kpis),
         "objectives": [objective_json(o) for o in report.objectives],
+        "utm_off_standard": [{"parameter": o.parameter, "value": o.value, "contacts": o.contacts}
+                             for o in report.utm_off_standard],
     }

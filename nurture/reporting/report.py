@@ -48,7 +48,8 @@ from nurture.reporting.engagement import CLICK, OPEN, engagement
 from nurture.reporting.incremental import NONE, Estimate, Sample, incremental_revenue, roi
 from nurture.reporting.lift import Lift, lift
 from nurture.reporting.objectives import ObjectiveReport, journey_objectives, project_objectives
-from nurture.reporting.sources import Kpis, SourceRow, SourceTotal, Window, business_kpis, source_rows, source_total
+from nurture.reporting.sources import (Kpis, OffStandard, SourceRow, SourceTotal, Window, business_kpis,
+                                      off_standard_utms, source_rows, source_total)
 from nurture.reporting.splits import SplitReport, split_reports
 from nurture.spec.models import Comparison
 from nurture.spec.project import ProjectSpec
@@ -236,6 +237,7 @@ class Report:
     sources_total: Optional[SourceTotal] = None
     kpis: Optional[Kpis] = None
     objectives: list[ObjectiveReport] = field(default_factory=list)
+    utm_off_standard: list[OffStandard] = field(default_factory=list)  # values policies.yaml `utm:` does not allow
 
     def journey(self, name: str) -> JourneyReport:
         return next(j for j in self.journeys if j.name == name)
@@ -664,7 +666,8 @@ def _business(conn: Any, project: ProjectSpec, reports: Mapping[str, JourneyRepo
     sources, other_currencies = source_rows(conn, window, now, project.policies.currency, project.policies.timezone)
     return {"sources": sources, "kpis": business_kpis(conn, window, now),
             "sources_total": source_total(sources, other_currencies, sum(r.cost for r in reports.values())),
-            "objectives": project_objectives(conn, project, now)}
+            "objectives": project_objectives(conn, project, now),
+            "utm_off_standard": off_standard_utms(conn, project.policies.utm)}
 
 
 def _plan(spec: Any) -> Any:

@@ -385,3 +385,31 @@ def count_events(conn: Any, name: str, window: Window, now: datetime) -> int:
     return int(conn.execute(select(func.count()).where(event_t.c.name == name, event_t.c.occurred_at <= now,
                                                        window.has(event_t.c.occurred_at))).scalar() or 0)
 
+
+
+@dataclass
+class OffStandard:
+    parameter: str  # source | medium | campaign | content | term
+    value: str
+    contacts: int  # contacts whose first or last touch carries it
+
+
+def off_standard_utms(conn: Any, policy: Any) -> list[OffStandard]:
+    """The UTM values on lead sources (first and last touches) that policies.yaml `utm:` does not
+    allow, compared case-insensitively, most frequent first — links someone tagged off the agreed
+    list, which split one campaign's figures over several rows. Empty without a `utm:` policy."""
+    if policy is None:
+        return []
+    out: list[OffStandard] = []
+    for parameter in ("source", "medium", "campaign", "content", "term"):
+        allowed = getattr(policy, parameter)
+        if allowed is None:
+            continue
+        column = getattr(touch_t.c, parameter)
+        known = {a.strip().lower() for a in allowed}
+        for value, contacts in conn.execute(
+                select(column, func.count(func.distinct(touch_t.c.contact_id)))
+                .where(column.is_not(None), column != "").group_by(column)):
+            if value.strip().lower() not in known:
+                out.append(OffStandard(parameter, value, int(contacts)))
+    return sorted(out, key=lambda o: (-o.contacts, o.parameter, o.value))
