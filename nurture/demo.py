@@ -163,15 +163,28 @@ def _summary(console: Console, report, sent_total: Counter, reactions: Counter, 
         if r.has_value and inc.low is not None and inc.low <= 0:
             weak.append(r.name)
     if weak:
-        console.print(f"  Honest reading: the interval of {', '.join(weak)} includes zero — their holdout bought about "
-                      "as much as the messaged group, so the attributed revenue is mostly what would have happened "
-                      "anyway. Keep the holdout running (or rethink the journey) before crediting them.",
-                      markup=False)
+        console.print(f"  Honest reading: the 95% interval of the incremental revenue of {', '.join(weak)} includes "
+                      "zero — the holdout may have bought as much as the messaged group, so what they caused is not "
+                      "proven yet, whatever their attributed revenue says. Keep the holdout running (or rethink the "
+                      "journey) before crediting them.", markup=False)
     for r in report.journeys:
         for split in r.splits:
             arms = ", ".join(f"{a.name} {pct(a.rate)} of {a.recipients}" for a in split.arms)
             won = f"; {views.decision_text(split).replace('**', '')}" if split.decision is not None else ""
             console.print(f"  A/B {r.name}.{split.step}: {arms}{won}", markup=False)
+    paid = [s for s in report.sources if s.spend]
+    if paid:
+        console.print("  paid lead sources (first touch; revenue attributed, not caused): " + "; ".join(
+            f"{s.source}/{s.medium} {s.leads} leads, spend {money(s.spend)}, CAC {money(s.cac)}, ROI {multiple(s.roi)}"
+            for s in paid) + (f"; blended CAC {money(report.sources_total.blended_cac)}"
+                              if report.sources_total is not None else ""), markup=False)
+    objectives = [(r.name, o) for r in report.journeys for o in r.objectives] + \
+        [("project", o) for o in report.objectives]
+    if objectives:
+        off = [f"{where}: {o.name or o.metric.replace('_', ' ')} (forecast {views.unit_value(o.forecast, o.unit)} "
+               f"of {views.unit_value(o.target, o.unit)} by {o.deadline})" for where, o in objectives if o.on_track is False]
+        console.print(f"  objectives: {sum(o.on_track is True for _, o in objectives)} of {len(objectives)} on track"
+                      + (" — off track: " + "; ".join(off) if off else ""), markup=False)
     h = report.handovers
     console.print(f"  sales handovers: {h.total} MQLs, {h.contacted_within_sla} contacted within the SLA, "
                   f"{h.contacted_late} late, {h.overdue} overdue")

@@ -190,7 +190,12 @@ def generate(store: Store, *, seed: int, start: datetime, days: int = 30, contac
                 domain = rng.choice(["example.com", "example.org", "example.net", "mail.example"])
             email = f"{_ascii(first)}.{_ascii(last)}.{i}@{domain}"
             signup = None if b2b or rng.random() > 0.22 else start + timedelta(days=rng.uniform(0, days - 1))
-            created = signup or start - timedelta(days=rng.uniform(20, 400))
+            # a third of the B2B leads arrive during the month, from the LinkedIn and search campaigns
+            arrives = b2b and rng.random() < 0.33
+            created = signup or (start + timedelta(days=rng.uniform(0, days - 1)) if arrives
+                                 else start - timedelta(days=rng.uniform(20, 400)))
+            if arrives:
+                attrs["source"] = rng.choice(["linkedin", "linkedin", "google"])
             phone = _phone(rng, country) if not b2b and rng.random() < 0.6 else None
             rows.append(dict(email=email, phone=phone, first_name=first, last_name=last, timezone=tz, country=country,
                              locale=locale, lifecycle_stage="lead", score=0.0, attributes=attrs,
@@ -310,8 +315,13 @@ def _history_and_funnels(company: Company, rng: random.Random) -> None:
                 elif rng.random() < 0.06:  # comes back by itself a day or two later
                     _purchase(company, rng, t + timedelta(hours=rng.uniform(20, 60)), email, cart[0][0], cart[0][1])
         else:
+            if person.created and person.created > start:  # a new lead: it came for the whitepaper
+                company._event(person.created + timedelta(minutes=1), email, "form_submit", form="whitepaper",
+                               topic="marketing automation", pain_point=rng.choice(PAIN_POINTS))
             for day in range(days):
                 at = start + timedelta(days=day, hours=rng.uniform(7, 18))
+                if person.created and at < person.created:
+                    continue
                 r = rng.random()
                 if r < 0.012 * person.interest:
                     company._event(at, email, "form_submit", form=rng.choice(["whitepaper", "webinar", "whitepaper"]),

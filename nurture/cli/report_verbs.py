@@ -91,6 +91,29 @@ def print_report(result) -> None:
             out.print(arms)
             if decision:
                 out.print("  " + decision.replace("**", ""), markup=False)
+    def simple_table(title: str, headers: list[str], rows: list[list[str]], total=None) -> None:
+        t = Table(title=title, title_justify="left")
+        for i, col in enumerate(headers):
+            t.add_column(col, justify="left" if i == 0 or col in ("medium", "owner") else "right", no_wrap=True)
+        for row in rows:
+            t.add_row(*row)
+        if total is not None:
+            t.add_row(*total, style="bold")
+        out.print(t)
+    for r in result.journeys:
+        if r.objectives:
+            simple_table(f"Objectives of {r.name}", *views.objective_table(r.objectives))
+    if result.objectives:
+        simple_table("Objectives of the project (policies.yaml)", *views.objective_table(result.objectives))
+    headers, rows, total = views.sources_table(result)
+    if rows:
+        simple_table(f"Lead sources, {period}", headers, rows, total)
+        out.print(f"  {views.SOURCES_NOTE}", markup=False)
+    if result.kpis is not None:
+        out.print("  " + " · ".join(f"{label}: {value}" for label, value in views.kpi_items(result)), markup=False)
+    off = views.off_standard_text(result)
+    if off:
+        out.print("  " + off.replace("`", "'"), markup=False)
     if result.attribution:
         attribution = Table(title="Attribution of revenue", title_justify="left")
         for col in ("journey", "step", "last touch", "first touch", "40/20/40"):

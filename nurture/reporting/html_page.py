@@ -169,6 +169,8 @@ def _journey(r: JourneyReport, report: Report) -> str:
         decision = views.decision_text(split)
         if decision:
             parts.append(f'<p class="headline">{inline(decision)}</p>')
+    if r.objectives:
+        parts.append(f"<h3>Objectives</h3>{_table(*views.objective_table(r.objectives))}")
     parts.append(f'<p class="muted">Unsubscribe rate {pct(r.unsubscribe_rate)} · bounce rate {pct(r.bounce_rate)} '
                  f'(of {count(r.recipients)} recipients).</p></section>')
     return "".join(parts)
@@ -191,6 +193,28 @@ def _overview(report: Report) -> str:
     return _table(headers, rows, total=total)
 
 
+def _business(report: Report) -> str:
+    """Lead sources, business KPIs and the project's objectives; "" when there is nothing to show."""
+    parts = []
+    if report.objectives:
+        parts.append(f"<h3>Objectives of the project</h3>{_table(*views.objective_table(report.objectives))}")
+    headers, rows, total = views.sources_table(report)
+    if rows:
+        parts.append(f'<h3>Lead sources</h3><p class="muted">{escape(views.SOURCES_NOTE)}.</p>'
+                     f'{_table(headers, rows, cls="two", total=total)}')
+    items = views.kpi_items(report)
+    if items:
+        parts.append('<div class="kpis">' + "".join(f'<div class="kpi"><span class="muted">{escape(k)}</span>'
+                                                    f'<b>{escape(v)}</b></div>' for k, v in items) + "</div>")
+    off = views.off_standard_text(report)
+    if off:
+        parts.append(f'<p class="headline warn">{inline(off)}</p>')
+    if not parts:
+        return ""
+    return '<section class="card" id="business"><h2>Lead sources, KPIs and objectives</h2>' + "".join(parts) + \
+        "</section>"
+
+
 def render_html(report: Report, title: str = "Nurture report") -> str:
     sections = [f'<section class="card"><h2>Overview</h2>{_overview(report)}<p class="muted">ROI is the '
                 'incremental one — (incremental revenue − cost) / cost, measured against the holdout — wherever '
@@ -198,6 +222,7 @@ def render_html(report: Report, title: str = "Nurture report") -> str:
                 '</section>']
     if report.daily:
         sections.append(f'<section class="card"><h2>Daily conversions</h2>{_daily_svg(report)}</section>')
+    sections.append(_business(report))
     if report.attribution or report.unattributed[0]:
         symbol = current_style().symbol
         attribution = _table(

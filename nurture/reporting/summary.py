@@ -53,6 +53,8 @@ def journey_markdown(r: JourneyReport, period_end: Optional[datetime] = None) ->
         lines += _table(headers, rows) + [""]
         if r.steps and any(s.opens is not None for s in r.steps):
             lines += [f"_{views.OPENS_NOTE}_", ""]
+    if r.objectives:
+        lines += ["Objectives:", ""] + _table(*views.objective_table(r.objectives)) + [""]
     for split in r.splits:
         lines += [f"A/B split **{split.step}** (difference of the conversion rate to arm "
                   f"{split.arms[0].name}, 95% CI, Newcombe):", ""]

@@ -5,7 +5,7 @@ lists of cells; each view adds only its own markup. Columns that would be empty 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from nurture.reporting.format import NA, count, interval, money, multiple, pct, signed_points
 from nurture.reporting.report import JourneyReport
@@ -161,4 +161,84 @@ def split_table(split: SplitReport) -> tuple[list[str], list[list[str]]]:
                                                   if d.low is not None else "")
         rows.append([arm.name, count(arm.recipients), count(arm.conversions), pct(arm.rate),
                      money(arm.revenue_per_recipient if split.has_value else None), diff])
+    return headers, rows
+
+
+# ---------------------------------------------------------------- lead sources, KPIs, objectives
+
+SOURCES_NOTE = ("by first touch (the UTM parameters / click id of the contact's first tagged visit); revenue = "
+                "every purchase of those contacts in the period — attributed, not caused; CAC = spend / customers")
+
+
+def unit_value(value: Optional[float], unit: str) -> str:
+    """An objective's or KPI's figure in its unit."""
+    if value is None:
+        return NA
+    if unit == "money":
+        return money(value)
+    if unit == "rate":
+        return pct(value)
+    if unit == "ratio":
+        return multiple(value)
+    if unit == "days":
+        return f"{count(round(value, 1))} d"
+    if unit == "minutes":
+        return f"{count(round(value))} min"
+    return count(value)
+
+
+def sources_table(report: Any) -> tuple[list[str], list[list[str]], Optional[list[str]]]:
+    """(headers, rows, totals row) of the lead sources; no rows without any lead in the period."""
+    headers = ["source", "medium", "leads", "MQLs", "SQLs", "customers", "revenue", "spend", "cost / lead", "CAC",
+               "ROI"]
+
+    def cells(r: Any) -> list[str]:
+        return [r.source, r.medium, count(r.leads), count(r.mqls), count(r.sqls), count(r.customers),
+                money(r.revenue), money(r.spend), money(r.cost_per_lead), money(r.cac), multiple(r.roi)]
+    rows = [cells(r) for r in report.sources]
+    t = report.sources_total
+    total = None if t is None else ["total", "", *cells(t)[2:]]
+    return headers, rows, total
+
+
+def kpi_items(report: Any) -> list[tuple[str, str]]:
+    """The business KPIs as (label, figure), `n/a` where a figure does not exist."""
+    k = report.kpis
+    if k is None:
+        return []
+    t = report.sources_total
+    items = [("CLV (revenue per customer, 365 d)", money(k.clv)), ("MQL → SQL", pct(k.mql_to_sql_rate)),
+             ("lead velocity (MQLs, 30 d vs 30 d before)", pct(k.lead_velocity_rate)),
+             ("time to first value (median)", unit_value(k.time_to_first_value_days, "days")),
+             ("speed to lead (median / p90)", f"{unit_value(k.speed_to_lead_minutes.median, 'minutes')} / "
+                                              f"{unit_value(k.speed_to_lead_minutes.p90, 'minutes')}"),
+             ("speed to sales (median / p90)", f"{unit_value(k.speed_to_sales_minutes.median, 'minutes')} / "
+                                               f"{unit_value(k.speed_to_sales_minutes.p90, 'minutes')}")]
+    if t is not None:
+        items.insert(1, ("blended CAC (spend + journey costs) / customers", money(t.blended_cac)))
+    return items
+
+
+def off_standard_text(report: Any) -> Optional[str]:
+    """UTM values off policies.yaml's agreed list, or None."""
+    found = report.utm_off_standard
+    if not found:
+        return None
+    shown = ", ".join(f"{o.parameter} `{o.value}` ({count(o.contacts)})" for o in found[:12])
+    more = f" and {count(len(found) - 12)} more" if len(found) > 12 else ""
+    return f"UTM values off the agreed list (policies.yaml `utm:`), with their contacts: {shown}{more}"
+
+
+def objective_table(objectives: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per SMART objective: where it started, where it is, where it is heading."""
+    headers = ["objective", "owner", "baseline", "current", "target", "deadline", "progress", "forecast", "status"]
+    rows = []
+    for o in objectives:
+        status = (NA if o.on_track is None else ("met" if o.on_track else "missed") if o.deadline_passed
+                  else "on track" if o.on_track else "off track")
+        target = unit_value(o.target, o.unit) + (f" ({'+' if o.relative > 0 else ''}{pct(o.relative)})"
+                                                 if o.relative is not None else "")
+        rows.append([o.name or o.metric.replace("_", " "), o.owner or "", unit_value(o.baseline, o.unit),
+                     unit_value(o.current, o.unit), target, o.deadline.isoformat(), pct(o.progress),
+                     unit_value(o.forecast, o.unit), status])
     return headers, rows
