@@ -91,3 +91,33 @@ def test_the_shipped_layout_shows_the_sender(make_runtime, store):
                                     policy=email.policy.default)
     html = mail.get_body(("html",)).get_content()
     assert "Represented by Anna Meier" in html and "nurture-legal-footer" not in html  # the layout's own footer
+
+
+def test_validate_warns_about_a_marketing_template_without_the_link_and_exits_0(tmp_path):
+    from tests.conftest import write_project
+    from tests.test_privacy_erase import nurture
+    root = write_project(tmp_path / "shop", {"promo": PLAIN, "receipt": RECEIPT},  # transactional: no warning
+                         templates={**TEMPLATES, "email/partial.html": '{% include "partials/foot.html" %}',
+                                    "partials/foot.html": '<a href="{{ links["unsubscribe"] }}">leave</a>'})
+    run = nurture(root, "validate")
+    assert run.returncode == 0, run.stdout + run.stderr
+    warnings = [line for line in run.stdout.splitlines() if "warning:" in line]
+    assert warnings == [
+        "journeys/promo.yaml:5:38: warning: template 'plain' has no visible unsubscribe link "
+        "({{ links.unsubscribe }}): Nurture appends the standard legal footer to every marketing e-mail from it "
+        "— extend layouts/base.html or add the link"], run.stdout
+    assert "1 warning(s)" in run.stdout
+
+
+def test_a_link_in_an_included_partial_or_the_layout_counts(tmp_path):
+    from nurture.rendering.templates import TemplateLibrary
+    from tests.conftest import write_project
+    root = write_project(tmp_path / "p", {}, templates={
+        "email/partial.html": '<p>x</p>{% include "partials/foot.html" %}',
+        "partials/foot.html": '<a href="{{ links["unsubscribe"] }}">leave</a>',
+        "email/plain.html": "<p>no way out</p>",
+        "email/laid_out.html": '{% extends "layouts/base.html" %}{% block content %}x{% endblock %}',
+        "layouts/base.html": (REPO / "templates" / "layouts" / "base.html").read_text(encoding="utf-8")})
+    library = TemplateLibrary(root / "templates")
+    assert library.mentions("partial", "links", "unsubscribe") and library.mentions("laid_out", "links", "unsubscribe")
+    assert not library.mentions("plain", "links", "unsubscribe")

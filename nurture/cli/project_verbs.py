@@ -18,11 +18,14 @@ def validate() -> None:
     spec = open_project(strict=False)
     for error in spec.errors:
         console.print(str(error), markup=False)
+    for warning in spec.warnings:
+        console.print(str(warning), markup=False)
     took = time.perf_counter() - started
     if spec.errors:
         err_console.print(f"{len(spec.errors)} error(s) in {len(spec.journeys)} valid journey(s) + invalid files")
         raise typer.Exit(1)
-    console.print(f"ok: {len(spec.journeys)} journey(s), {len(spec.segments)} segment(s) valid ({took:.2f}s)")
+    warned = f", {len(spec.warnings)} warning(s)" if spec.warnings else ""
+    console.print(f"ok: {len(spec.journeys)} journey(s), {len(spec.segments)} segment(s) valid{warned} ({took:.2f}s)")
 
 
 def preview(journey: str = typer.Argument(..., help="Journey name"),

@@ -233,6 +233,28 @@ class TemplateLibrary:
         errors = self._check_references(ast, lambda _line: where, todo)
         return errors + self._check_tree(self.text_env, todo)
 
+    def mentions(self, name: str, variable: str, attribute: str) -> bool:
+        """Whether the e-mail template `name`, or a template it extends, includes or imports,
+        reads `variable.attribute` (or `variable['attribute']`) — e.g. `links.unsubscribe`.
+        False for a template that cannot be parsed (its errors are reported elsewhere)."""
+        todo, seen = [self.html_path(name).relative_to(self.root).as_posix()], set()
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            try:
+                ast = self.html_env.parse((self.root / current).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, TemplateSyntaxError):
+                continue
+            for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+                key = node.attr if isinstance(node, nodes.Getattr) else \
+                    node.arg.value if isinstance(node.arg, nodes.Const) else None
+                if isinstance(node.node, nodes.Name) and node.node.name == variable and key == attribute:
+                    return True
+            todo.extend(found for ref in _references(ast) for found in map(self._resolve, ref.names) if found)
+        return False
+
     def _check_tree(self, env: SandboxedEnvironment, todo: list[str]) -> list[SpecError]:
         """Errors of the templates in `todo` (names below templates/) and of every template
         they load, each file once; a worklist, because include chains may be long."""

@@ -36,6 +36,9 @@ class ProjectSpec:
     # The errors each journey is answerable for (its file, its templates, its references);
     # a journey listed here is broken and does not tick, the others do.
     journey_errors: dict[str, list[SpecError]] = field(default_factory=dict)
+    # What `nurture validate` points out without failing (a marketing template without a
+    # visible unsubscribe link): printed, exit code 0, nothing stops ticking.
+    warnings: list[SpecError] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -302,6 +305,22 @@ def _mentions(data: Any, key: str) -> bool:
     return False
 
 
+def _template_warnings(journey: Journey, locs: Locations, library: TemplateLibrary) -> list[SpecError]:
+    """A marketing e-mail template (and its layout) without `links.unsubscribe`: every mail from
+    it gets the standard legal footer appended at send time (nurture.rendering.legal_footer)."""
+    warnings = []
+    for step, path in iter_steps(journey.steps, ("steps",)):
+        send = step.send
+        if send is None or send.channel != "email" or send.purpose != "marketing":
+            continue
+        if library.html_path(send.template).is_file() and not library.mentions(send.template, "links", "unsubscribe"):
+            warnings.append(locs.error(path + ("send", "template"),
+                                       f"warning: template '{send.template}' has no visible unsubscribe link "
+                                       "({{ links.unsubscribe }}): Nurture appends the standard legal footer to "
+                                       "every marketing e-mail from it — extend layouts/base.html or add the link"))
+    return warnings
+
+
 def _load_journey(path: Path, name: str, root: Path, locations: dict[str, Locations], project: ProjectSpec,
                   library: TemplateLibrary) -> tuple[Optional[Journey], list[SpecError]]:
     """One journey file: the journey (None when its shape is wrong) and its own errors."""
@@ -354,6 +373,7 @@ def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
             project.journey_errors[name] = own
         elif journey is not None:
             project.journeys[name] = journey
+            project.warnings.extend(_template_warnings(journey, locations[name], library))
     if project.segments:  # destinations against the registry, their keys, segment references
         from nurture.segments.validation import check_segments
         errors.extend(check_segments(project.segments, locations["segments"]))
