@@ -17,9 +17,11 @@ Writes: `record_consent` (one row) and `record_consents` (one status for many ke
 """
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, NamedTuple, Optional
 
 from sqlalchemy import bindparam, case, func, select
 
@@ -125,13 +127,43 @@ def latest_rows(now: datetime) -> Any:
 # ---------------------------------------------------------------- writes
 
 
+class Proof(NamedTuple):
+    """Who clicked: the request's client address and user agent, for a consent given (or
+    withdrawn) on one of Nurture's web pages — what an auditor asks besides time, source and
+    policy version. Behind a reverse proxy, run `nurture web` with the proxy's address trusted
+    for X-Forwarded-For (uvicorn --forwarded-allow-ips) or the proxy's address is recorded."""
+    ip_address: Optional[str] = None
+    user_agent: Optional[str] = None
+
+
+MAX_USER_AGENT = 512
+
+
+def proof_of(client_host: Optional[str], user_agent: Optional[str]) -> Proof:
+    """A Proof from a request: the address only when it is one, the user agent without control
+    characters and capped (it is whatever the browser sent)."""
+    address = None
+    if client_host:
+        try:
+            address = str(ipaddress.ip_address(client_host.strip()))
+        except ValueError:
+            address = None
+    agent = None
+    if user_agent:
+        agent = re.sub("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]", " ", user_agent).strip()[:MAX_USER_AGENT] or None
+    return Proof(address, agent)
+
+
 def record_consent(conn: Any, contact_id: int, channel: str, status: str, *, purpose: str = "marketing",
-                   source: str, at: datetime, policy_version: str = "", confirmed: bool = False) -> int:
-    """Append one row; its id. `confirmed` (double opt-in) stamps `confirmed_at` on a grant."""
+                   source: str, at: datetime, policy_version: str = "", confirmed: bool = False,
+                   proof: Proof = Proof()) -> int:
+    """Append one row; its id. `confirmed` (double opt-in) stamps `confirmed_at` on a grant;
+    `proof`: the web request it came from."""
     result = conn.execute(consent_t.insert().values(
         contact_id=contact_id, channel=channel, purpose=purpose, status=status, source=source,
         policy_version=policy_version, recorded_at=at,
-        confirmed_at=at if (confirmed and status == "granted") else None))
+        confirmed_at=at if (confirmed and status == "granted") else None,
+        ip_address=proof.ip_address, user_agent=proof.user_agent))
     return int(result.inserted_primary_key[0])
 
 
@@ -158,13 +190,13 @@ def erase_consents(conn: Any, contact_id: int, *, subject_hash: Optional[str], r
     `*`, status `erased`, `source` `erasure:<reason>`, `subject_hash` the SHA-256 of the
     normalized e-mail, recorded at the erasure's time. The tombstone matches no channel, so no
     reader of "the latest row" of a channel ever sees it. Returns how many rows were pseudonymized."""
-    rows = conn.execute(select(consent_t.c.id, consent_t.c.source).where(
-        consent_t.c.contact_id == contact_id, consent_t.c.status != ERASURE_TOMBSTONE)).all()
+    rows = conn.execute(select(consent_t.c.id, consent_t.c.source, consent_t.c.ip_address, consent_t.c.user_agent)
+                        .where(consent_t.c.contact_id == contact_id, consent_t.c.status != ERASURE_TOMBSTONE)).all()
     changed = [{"cid": row.id, "kind": (row.source or "").split(":", 1)[0]} for row in rows
-               if row.source != (row.source or "").split(":", 1)[0]]
-    if changed:
-        conn.execute(consent_t.update().where(consent_t.c.id == bindparam("cid")).values(source=bindparam("kind")),
-                     changed)
+               if row.source != (row.source or "").split(":", 1)[0] or row.ip_address or row.user_agent]
+    if changed:  # the proof of a web consent (address, browser) is personal data too
+        conn.execute(consent_t.update().where(consent_t.c.id == bindparam("cid")).values(
+            source=bindparam("kind"), ip_address=None, user_agent=None), changed)
     conn.execute(consent_t.insert().values(
         contact_id=contact_id, channel="*", purpose="*", status=ERASURE_TOMBSTONE, source=f"erasure:{reason}",
         policy_version=policy_version, recorded_at=at, confirmed_at=None, subject_hash=subject_hash))

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import String, and_, cast, exists, literal, select
 
-from nurture.consent_ledger import current_state, latest_rows, record_consent, record_consents
+from nurture.consent_ledger import Proof, current_state, latest_rows, record_consent, record_consents
 from nurture.runtime.context import Runtime
 from nurture.send.deliver import deliver
 from nurture.send.system_mail import SYSTEM_JOURNEY, TEMPLATES
@@ -73,7 +73,7 @@ def request_opt_in(conn: Any, policies: Policies, contact_id: int, *, source: st
 
 
 def confirm_opt_in(conn: Any, policies: Policies, claims: TokenClaims, *, now: datetime,
-                   source: str = "double_opt_in:confirm") -> str:
+                   source: str = "double_opt_in:confirm", proof: Proof = Proof()) -> str:
     """The confirm link was followed. Returns `confirmed`, `already_confirmed`, `expired`
     (pending for longer than the policy allows: nothing changes) or `not_pending` (revoked
     meanwhile, e.g. unsubscribed: nothing changes)."""
@@ -87,7 +87,7 @@ def confirm_opt_in(conn: Any, policies: Policies, claims: TokenClaims, *, now: d
     if state.recorded_at <= now - policies.pending_consent_expires:
         return "expired"
     record_consent(conn, claims.contact_id, claims.channel, "granted", purpose=claims.purpose, source=source,
-                   at=now, policy_version=policies.version, confirmed=True)
+                   at=now, policy_version=policies.version, confirmed=True, proof=proof)
     return "confirmed"
 
 

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -40,6 +40,11 @@ from nurture.store.tables import contact_t, event_t
 
 CORE_FIELDS = ("email", "phone", "first_name", "last_name", "timezone", "country", "locale", "lifecycle_stage", "score")
 CONSENT_COLUMNS = {"consent_email": "email", "consent_sms": "sms", "consent_ads": "ads"}
+# The proof a list brings from the tool it was collected in: when and where each consent was
+# given (`consent_email_at`, `consent_email_source`, …): recorded as the ledger row's time and source.
+CONSENT_AT = {f"{column}_at": channel for column, channel in CONSENT_COLUMNS.items()}
+CONSENT_SOURCE = {f"{column}_source": channel for column, channel in CONSENT_COLUMNS.items()}
+MAX_SOURCE_LENGTH = 200
 CONSENT_VALUES = ("granted", "revoked", "pending")
 NAME_FIELDS = ("first_name", "last_name")
 TEXT_FIELDS = ("phone", "timezone", "country", "locale", "lifecycle_stage")
@@ -76,6 +81,7 @@ class ImportResult:
     consents: int = 0
     skipped_duplicates: int = 0
     erased: int = 0  # rows of erased people: refused, reported among `errors`
+    dropped_columns: set[str] = field(default_factory=set)  # attributes policies.yaml `keep_attributes` does not keep
     touches: int = 0  # rows whose utm_* / click id columns set the contact's lead source
     errors: list[RowError] = field(default_factory=list)
 
@@ -369,11 +375,18 @@ def _undecodable_cell(record: dict, label: str, hint: str) -> Optional[Problem]:
     return None
 
 
-def _clean_contact(record: dict) -> tuple[dict, dict[str, str], list[tuple[str, str]]]:
-    """(contact fields, consent columns, [(field, error)])"""
+class ImportedConsent(NamedTuple):
+    status: str
+    at: Optional[datetime] = None  # when it was given, per the file (None: at the import)
+    source: Optional[str] = None  # where it was given, per the file
+
+
+def _clean_contact(record: dict) -> tuple[dict, dict[str, ImportedConsent], list[tuple[str, str]]]:
+    """(contact fields, consent per channel, [(field, error)])"""
     errors: list[tuple[str, str]] = []
     fields: dict[str, Any] = {}
-    consents: dict[str, str] = {}
+    consents: dict[str, ImportedConsent] = {}
+    proof: dict[str, dict[str, Any]] = {}
     attributes: dict[str, Any] = {}
     for key, raw in record.items():
         value = raw.strip() if isinstance(raw, str) else raw
@@ -383,7 +396,18 @@ def _clean_contact(record: dict) -> tuple[dict, dict[str, str], list[tuple[str, 
             if str(value).lower() not in CONSENT_VALUES:
                 errors.append((key, f"'{_show(value)}' is not one of {', '.join(CONSENT_VALUES)}"))
             else:
-                consents[CONSENT_COLUMNS[key]] = str(value).lower()
+                consents[CONSENT_COLUMNS[key]] = ImportedConsent(str(value).lower())
+        elif key in CONSENT_AT:
+            try:
+                proof.setdefault(CONSENT_AT[key], {})["at"] = parse_timestamp(value)
+            except ValueError as exc:
+                errors.append((key, str(exc)))
+        elif key in CONSENT_SOURCE:
+            problem = text_problem(value) if isinstance(value, str) else f"must be text, not {_show(value)}"
+            if problem:
+                errors.append((key, problem))
+            else:
+                proof.setdefault(CONSENT_SOURCE[key], {})["source"] = " ".join(value.split())[:MAX_SOURCE_LENGTH]
         elif key in CORE_FIELDS:
             fields[key] = value
         elif key == "attributes" and isinstance(value, dict):
@@ -396,6 +420,12 @@ def _clean_contact(record: dict) -> tuple[dict, dict[str, str], list[tuple[str, 
             if problem:
                 errors.append(problem)
             attributes[key] = value
+    for channel, given in proof.items():
+        if channel not in consents:
+            column = next(k for k, c in CONSENT_COLUMNS.items() if c == channel)
+            errors.append((f"{column}_{next(iter(given))}", f"needs a {column} column value (granted, revoked, pending)"))
+        else:
+            consents[channel] = consents[channel]._replace(**given)
     errors.extend(_check_core(fields))
     fields["attributes"] = attributes
     return fields, consents, errors
@@ -513,8 +543,10 @@ def refuse_erased(conn: Any, entries: list[tuple[str, int]], source: str,
 
 
 def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None, policy_version: str = "",
-                    encoding: Optional[str] = None) -> ImportResult:
-    """Upsert the file's contacts. `encoding`: the file's codec (default UTF-8, BOM accepted)."""
+                    encoding: Optional[str] = None, keep_attributes: Optional[list[str]] = None) -> ImportResult:
+    """Upsert the file's contacts. `encoding`: the file's codec (default UTF-8, BOM accepted).
+    `keep_attributes` (policies.yaml, data minimization): the attributes kept; other columns
+    are dropped and named in `result.dropped_columns`."""
     now = now or datetime.now(timezone.utc)
     result = ImportResult()
     good: dict[str, tuple[dict, dict]] = {}
@@ -525,9 +557,16 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
             result.errors.append(RowError(path.name, line, *problem))
             continue
         fields, consents, errors = _clean_contact(record)
+        errors += [(f"consent_{channel}_at", f"lies in the future ({c.at.isoformat()}): a consent is given before "
+                                             "it is imported") for channel, c in consents.items()
+                   if c.at is not None and c.at > now]
         if errors:
             result.errors.extend(RowError(path.name, line, f, m) for f, m in errors)
             continue
+        if keep_attributes is not None:
+            dropped = set(fields["attributes"]) - set(keep_attributes)
+            result.dropped_columns |= dropped
+            fields["attributes"] = {k: v for k, v in fields["attributes"].items() if k not in dropped}
         touch = touch_of_columns(record)
         if touch is not None:  # the same address twice: the later row's touch wins
             touches[fields["email"]] = touch
@@ -578,10 +617,12 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
         for email, (_, consents) in good.items():
             if consents and email not in ids:  # erased while this import ran: nothing is written about them
                 continue
-            for channel, status in consents.items():
-                # An import moves a list from another tool: 'granted' there was confirmed there.
-                record_consent(conn, ids[email], channel, status, source=f"import:{path.name}", at=now,
-                               policy_version=policy_version, confirmed=status == "granted")
+            for channel, given in consents.items():
+                # An import moves a list from another tool: 'granted' there was confirmed there, at
+                # the time and on the source the file names (else: now, by this import).
+                source = f"import:{path.name}" + (f" ({given.source})" if given.source else "")
+                record_consent(conn, ids[email], channel, given.status, source=source, at=given.at or now,
+                               policy_version=policy_version, confirmed=given.status == "granted")
                 result.consents += 1
     return result
 

@@ -68,7 +68,9 @@ def _report_errors(errors, total_good: int) -> None:
 def import_contacts_cmd(file: Path = typer.Argument(..., help="CSV or JSONL file"),
                         encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP)) -> None:
     """Upsert contacts by e-mail; unknown columns become attributes; consent_email /
-    consent_sms / consent_ads go to the consent ledger with the import as source.
+    consent_sms / consent_ads go to the consent ledger with the import as source —
+    consent_<channel>_at and consent_<channel>_source carry when and where it was given.
+    With policies.yaml keep_attributes, other columns are dropped (a warning names them).
 
     A bad row (or a line that is not valid in the file's encoding) is named by line and field and
     skipped; the good rows are kept and the exit code is 1. Names lose control characters."""
@@ -76,8 +78,12 @@ def import_contacts_cmd(file: Path = typer.Argument(..., help="CSV or JSONL file
     codec = _encoding(encoding)
     spec = open_project(strict=False)
     with _reading(file):
-        result = import_contacts(store(), _existing(file), policy_version=spec.policies.version, encoding=codec)
+        result = import_contacts(store(), _existing(file), policy_version=spec.policies.version, encoding=codec,
+                                 keep_attributes=spec.policies.keep_attributes)
     _report_errors(result.errors, result.created + result.updated)
+    if result.dropped_columns:
+        err_console.print(f"warning: {file.name}: column(s) not kept (policies.yaml keep_attributes): "
+                          + ", ".join(sorted(result.dropped_columns)), markup=False)
     console.print(f"imported {file.name}: {result.created} created, {result.updated} updated, "
                   f"{result.consents} consent record(s), {len(result.errors)} bad row(s) skipped")
     if result.errors:

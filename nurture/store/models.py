@@ -62,6 +62,9 @@ class Consent(SQLModel, table=True):
     recorded_at: datetime
     confirmed_at: Optional[datetime] = None
     subject_hash: Optional[str] = None  # an erasure's tombstone: SHA-256 of the e-mail (nurture.privacy)
+    # Proof of a consent given on Nurture's own web pages (nurture.consent_ledger.Proof)
+    ip_address: Optional[str] = None
+    user_agent: Optional[str] = None
 
 
 class Suppression(SQLModel, table=True):

@@ -36,6 +36,7 @@ from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import SecretStr
 
+from nurture.consent_ledger import Proof, proof_of
 from nurture.double_opt_in import confirm_opt_in, opt_ins_from_events
 from nurture.ingest import track_records
 from nurture.runtime.context import Runtime
@@ -131,6 +132,10 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
     app = FastAPI(title="Nurture recipient pages", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = rt
 
+    def proof_from(request: Request) -> Proof:
+        """The proof of a consent given here: the client's address and browser."""
+        return proof_of(request.client.host if request.client else None, request.headers.get("user-agent"))
+
     def bad_link(text: str) -> HTMLResponse:
         return HTMLResponse(pages.message_page("This link does not work", text, problem=True), status_code=400)
 
@@ -161,7 +166,8 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         form = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
         source = "list-unsubscribe:one-click" if form.get("List-Unsubscribe") == "One-Click" else "web:unsubscribe"
         with store.engine.begin() as conn:
-            unsubscribe(conn, claims.contact_id, claims.channel, source=source, now=clock(), policy_version=policy_version)
+            unsubscribe(conn, claims.contact_id, claims.channel, source=source, now=clock(), policy_version=policy_version,
+                        proof=proof_from(request))
             prefs = load_preferences(conn, project, claims.contact_id)
         if prefs is None:
             return bad_link("We have no record of this address any more.")
@@ -179,7 +185,7 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         topics = {v for k, v in pairs if k == "topic"}
         with store.engine.begin() as conn:
             changes = apply_preferences(conn, project, claims.contact_id, channels, topics,
-                                        source="web:preference_center", now=clock())
+                                        source="web:preference_center", now=clock(), proof=proof_from(request))
             prefs = load_preferences(conn, project, claims.contact_id)
         if prefs is None:
             return bad_link("We have no record of this address any more.")
@@ -189,12 +195,12 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
 
     # ------------------------------------------------------------ double opt-in
     @app.get("/confirm/{token}", response_class=HTMLResponse)
-    def confirm(token: str) -> Response:
+    def confirm(token: str, request: Request) -> Response:
         claims = claims_or_none(token, "confirm")
         if claims is None:
             return bad_link("The confirmation link is damaged or has expired. Sign up again to get a new one.")
         with store.engine.begin() as conn:
-            outcome = confirm_opt_in(conn, project.policies, claims, now=clock())
+            outcome = confirm_opt_in(conn, project.policies, claims, now=clock(), proof=proof_from(request))
         if outcome == "confirmed":
             return HTMLResponse(pages.message_page("Subscription confirmed", "Thank you: your subscription is confirmed."))
         if outcome == "already_confirmed":

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from sqlalchemy import delete, select
 
-from nurture.consent_ledger import current_state, record_consent, suppress
+from nurture.consent_ledger import Proof, current_state, record_consent, suppress
 from nurture.send.guards.pipeline import TOPICS_OPTED_OUT
 from nurture.spec.project import ProjectSpec
 from nurture.store.tables import contact_t, suppression_t
@@ -56,7 +56,8 @@ def load_preferences(conn: Any, project: ProjectSpec, contact_id: int) -> Option
     return prefs
 
 
-def unsubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: datetime, policy_version: str) -> bool:
+def unsubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: datetime, policy_version: str,
+                proof: Proof = Proof()) -> bool:
     """Revoke marketing consent for the channel (+ an `unsubscribed` suppression for e-mail).
     Idempotent: returns False when the contact was already unsubscribed."""
     exists = conn.execute(select(contact_t.c.id).where(contact_t.c.id == contact_id)).scalar()
@@ -69,7 +70,7 @@ def unsubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: d
     changed = False
     if state is None or state.status != "revoked":
         record_consent(conn, contact_id, channel, "revoked", purpose="marketing", source=source, at=now,
-                       policy_version=policy_version)
+                       policy_version=policy_version, proof=proof)
         changed = True
     if channel == "email" and not already_suppressed:
         address = conn.execute(select(contact_t.c.email).where(contact_t.c.id == contact_id)).scalar()
@@ -78,7 +79,8 @@ def unsubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: d
     return changed
 
 
-def resubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: datetime, policy_version: str) -> bool:
+def resubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: datetime, policy_version: str,
+                proof: Proof = Proof()) -> bool:
     """Grant marketing consent again from the preference center. The signed link proves
     control of the mailbox it was sent to, so e-mail consent is recorded as confirmed.
     An SMS STOP is only lifted by the START keyword from the phone itself."""
@@ -89,7 +91,7 @@ def resubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: d
     if state and state.status == "granted" and not unsubscribed:
         return False
     record_consent(conn, contact_id, channel, "granted", purpose="marketing", source=source, at=now,
-                   policy_version=policy_version, confirmed=channel == "email")
+                   policy_version=policy_version, confirmed=channel == "email", proof=proof)
     conn.execute(delete(suppression_t).where(suppression_t.c.contact_id == contact_id,
                                              suppression_t.c.channel == channel,
                                              suppression_t.c.reason == "unsubscribed"))
@@ -97,7 +99,7 @@ def resubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: d
 
 
 def apply_preferences(conn: Any, project: ProjectSpec, contact_id: int, wanted_channels: set[str],
-                      wanted_topics: set[str], *, source: str, now: datetime) -> list[str]:
+                      wanted_topics: set[str], *, source: str, now: datetime, proof: Proof = Proof()) -> list[str]:
     """Bring the contact to the submitted state; returns a list of what changed."""
     current = load_preferences(conn, project, contact_id)
     if current is None:
@@ -109,10 +111,10 @@ def apply_preferences(conn: Any, project: ProjectSpec, contact_id: int, wanted_c
             continue
         want = channel in wanted_channels
         if want and not current.channels[channel]:
-            if resubscribe(conn, contact_id, channel, source=source, now=now, policy_version=version):
+            if resubscribe(conn, contact_id, channel, source=source, now=now, policy_version=version, proof=proof):
                 changes.append(f"{channel}: subscribed")
         elif not want and current.channels[channel]:
-            if unsubscribe(conn, contact_id, channel, source=source, now=now, policy_version=version):
+            if unsubscribe(conn, contact_id, channel, source=source, now=now, policy_version=version, proof=proof):
                 changes.append(f"{channel}: unsubscribed")
     known = set(current.topics)
     opted_out = sorted(known - wanted_topics)
