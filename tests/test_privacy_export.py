@@ -53,7 +53,8 @@ def test_the_export_holds_everything_about_the_person(make_runtime, hubspot):
     assert state["email", "marketing"]["policy_version"] == "test-1" and state["email", "marketing"]["confirmed_at"]
     assert [(s["reason"], s["address"]) for s in doc["suppressions"]] == [("hard_bounce", ALICE)]
 
-    [event] = doc["events"]
+    event, stage = doc["events"]  # the signup, and the MQL stage her handover recorded
+    assert (stage["name"], stage["properties"]["to"]) == ("lifecycle_stage_changed", "mql")
     assert (event["name"], event["properties"]["form"], event["occurred_at"]) == ("signup", "newsletter", T0.isoformat())
     [enrollment] = doc["enrollments"]
     assert (enrollment["journey"], enrollment["status"], enrollment["step_id"]) == ("welcome", "active", "later")
