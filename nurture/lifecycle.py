@@ -20,7 +20,7 @@ from nurture.runtime.sql import chunks, ids_in, insert_ignore
 from nurture.store.tables import contact_t, event_t
 
 # The one stage order. Issue 13's `opportunity` goes between sql and customer — here only.
-STAGES: tuple[str, ...] = ("lead", "mql", "sql", "customer")
+STAGES: tuple[str, ...] = ("lead", "mql", "sql", "opportunity", "customer")
 STAGE_CHANGED = "lifecycle_stage_changed"
 
 

@@ -59,11 +59,20 @@ def browser(tmp_path):
 def _submit(browser, button_id: str) -> None:
     """Click a submit button and wait until the page it posts to has replaced this one."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.common.exceptions import WebDriverException
     page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.ID, button_id).click()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(page))
+
+    def replaced(_driver) -> bool:
+        # Chrome answers a lookup of a node of the page being replaced either "stale" or, racing
+        # the navigation, "node does not belong to the document": both mean the old page is gone.
+        try:
+            page.is_enabled()
+            return False
+        except WebDriverException:
+            return True
+    WebDriverWait(browser, 30).until(replaced)
     WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 

@@ -38,9 +38,9 @@ def _changes(store):
 
 
 def test_the_stage_order_is_declared_once():
-    assert STAGES == ("lead", "mql", "sql", "customer") and SCORING_STAGES is STAGES
-    assert at_or_beyond("sql") == ("sql", "customer") and before("sql") == ("lead", "mql")
-    assert stage_rank("customer") == 3 and stage_rank("engaged") == 0 and stage_rank(None) == 0
+    assert STAGES == ("lead", "mql", "sql", "opportunity", "customer") and SCORING_STAGES is STAGES
+    assert at_or_beyond("sql") == ("sql", "opportunity", "customer") and before("sql") == ("lead", "mql")
+    assert stage_rank("customer") == 4 and stage_rank("engaged") == 0 and stage_rank(None) == 0
 
 
 def test_scoring_records_each_forward_move_once_with_its_time_and_source(store, make_project):

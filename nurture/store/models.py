@@ -238,3 +238,36 @@ class SplitDecision(SQLModel, table=True):
     decided_at: datetime
     version: Optional[str] = None
     stats: dict = _json_column()
+
+
+class Deal(SQLModel, table=True):
+    """A CRM deal as Nurture last saw it (nurture.crm): pulled from HubSpot (`crm` "hubspot") or
+    imported from a CRM export ("import"). `outcome` is open | won | lost; its stage changes are
+    also events of the contact (deal_created, deal_stage_changed, deal_won, deal_lost).
+    `contact_id` is None for a deal whose contacts Nurture does not know (counted, reported)."""
+    __tablename__ = "deal"
+    __table_args__ = (Index("ix_deal_contact", "contact_id"), Index("ix_deal_outcome", "outcome"))
+    crm: str = Field(primary_key=True)
+    deal_id: str = Field(primary_key=True)
+    contact_id: Optional[int] = Field(default=None, foreign_key="contact.id")
+    email: Optional[str] = None  # the associated contact's address as the CRM has it
+    name: Optional[str] = None
+    pipeline: Optional[str] = None
+    stage: str
+    outcome: str = "open"  # open | won | lost
+    amount: Optional[float] = None
+    currency: Optional[str] = None
+    closed_at: Optional[datetime] = None
+    modified_at: datetime  # the CRM's last modification
+    created_at: datetime
+    updated_at: datetime
+
+
+class CrmCursor(SQLModel, table=True):
+    """How far a CRM pull has acknowledged: every deal modified up to (modified_at, deal_id) is
+    in the store, so the next pull starts there."""
+    __tablename__ = "crm_cursor"
+    crm: str = Field(primary_key=True)
+    modified_at: Optional[datetime] = None
+    deal_id: Optional[str] = None
+    updated_at: datetime

@@ -12,7 +12,8 @@ from sqlalchemy import Table
 
 from nurture.scoring.models import Handover
 from nurture.segments.models import SegmentMembership, SyncRun
-from nurture.store.models import (AdSpend, Consent, Contact, ContactTouch, Enrollment, Event, JourneyCursor,
+from nurture.store.models import (AdSpend, Consent, Contact, ContactTouch, CrmCursor, Deal, Enrollment, Event,
+                                  JourneyCursor,
                                   JourneyPendingTrigger, JourneyVersion, Message, Product, SplitDecision,
                                   Suppression)
 
@@ -32,7 +33,9 @@ handover_t: Table = Handover.__table__  # type: ignore[attr-defined]
 touch_t: Table = ContactTouch.__table__  # type: ignore[attr-defined]
 spend_t: Table = AdSpend.__table__  # type: ignore[attr-defined]
 decision_t: Table = SplitDecision.__table__  # type: ignore[attr-defined]
+deal_t: Table = Deal.__table__  # type: ignore[attr-defined]
+crm_cursor_t: Table = CrmCursor.__table__  # type: ignore[attr-defined]
 
 __all__ = ["contact_t", "event_t", "consent_t", "suppression_t", "version_t", "cursor_t", "pending_t",
            "enrollment_t", "message_t", "product_t", "membership_t", "sync_run_t", "handover_t",
-           "touch_t", "spend_t", "decision_t"]
+           "touch_t", "spend_t", "decision_t", "deal_t", "crm_cursor_t"]
