@@ -216,8 +216,8 @@ def test_report_json_has_sources_totals_and_kpis_over_the_report_period(world, m
     assert [(s["source"], s["medium"], s["leads"], s["customers"], s["spend"], s["cac"]) for s in data["sources"]] == [
         ("facebook", "(all)", 2, 0, 60.0, None), ("google", "cpc", 2, 1, 200.0, 200.0),
         ("(none)", "(none)", 1, 1, None, None), ("newsletter", "email", 1, 0, None, None)]
-    assert set(data["sources"][1]) == {"source", "medium", "leads", "mqls", "sqls", "customers", "revenue", "spend",
-                                       "cost_per_lead", "cac", "roi"}
+    assert set(data["sources"][1]) == {"source", "medium", "leads", "mqls", "sqls", "opportunities", "customers",
+                                       "revenue", "pipeline", "spend", "cost_per_lead", "cac", "roi"}
     total = data["sources_total"]
     assert (total["leads"], total["customers"], total["spend"], total["cac"]) == (6, 2, 260.0, 130.0)
     assert total["journey_cost"] == 0.0 and total["blended_cac"] == 130.0  # no message of j was sent in a journey
@@ -247,3 +247,26 @@ def test_utm_values_off_the_agreed_list_are_listed_with_how_many_contacts_carry_
     assert ("source", "fb", 2) in found and ("medium", "paidsocial", 1) in found
     assert found[:2] == [("medium", "x", 5), ("source", "last_touch_never_counts", 5)]  # most frequent first
     assert not any(value.lower() in ("google", "cpc", "newsletter") for _, value, _ in found)
+
+
+def test_won_deals_are_revenue_and_open_deals_the_pipeline_of_their_contacts_source(store):
+    from nurture.store.tables import deal_t
+    start = utc(2026, 3, 1)
+    with store.engine.begin() as conn:
+        a = _contact(conn, "a@firm.example", start, stage="opportunity", touch=("linkedin", "paid_social"))
+        b = _contact(conn, "b@firm.example", start, stage="customer", touch=("linkedin", "paid_social"))
+        _event(conn, b, "deal_won", start + 5 * DAY, value=12000.0, deal_id="D-2", currency="EUR")
+        for deal_id, cid, outcome, amount in (("D-1", a, "open", 8000.0), ("D-2", b, "won", 12000.0),
+                                              ("D-3", None, "open", 99999.0), ("D-4", a, "lost", 5000.0)):
+            conn.execute(deal_t.insert().values(crm="import", deal_id=deal_id, contact_id=cid, stage=outcome,
+                                                outcome=outcome, amount=amount, currency="EUR",
+                                                modified_at=start, created_at=start, updated_at=start))
+    rows, _ = source_rows_of(store, Window(start, start + 30 * DAY), start + 30 * DAY)
+    (row,) = [r for r in rows if r.source == "linkedin"]
+    # the pipeline counts only open deals of known contacts; a won deal is revenue, a lost one nothing
+    assert (row.revenue, row.pipeline, row.customers) == (12000.0, 8000.0, 1)
+
+
+def source_rows_of(store, window, now):
+    with store.reading() as conn:
+        return source_rows(conn, window, now, "EUR")

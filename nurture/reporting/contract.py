@@ -55,6 +55,7 @@ def objective_json(o: ObjectiveReport) -> dict:
 
 def source_json(r: SourceRow) -> dict:
     return {"source": r.source, "medium": r.medium, "leads": r.leads, "mqls": r.mqls, "sqls": r.sqls,
+            "opportunities": r.opportunities, "pipeline": r.pipeline,
             "customers": r.customers, "revenue": r.revenue, "spend": r.spend, "cost_per_lead": r.cost_per_lead,
             "cac": r.cac, "roi": r.roi}
 

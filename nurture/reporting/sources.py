@@ -27,12 +27,12 @@ from sqlalchemy import Float, and_, case, cast, func, or_, select
 from nurture.lifecycle import STAGE_CHANGED, STAGES, at_or_beyond
 from nurture.reporting._times import aware
 from nurture.store.models import SENT
-from nurture.store.tables import contact_t, event_t, handover_t, message_t, spend_t, touch_t
+from nurture.store.tables import contact_t, deal_t, event_t, handover_t, message_t, spend_t, touch_t
 
-REVENUE_EVENTS = ("purchase",)  # what money a contact brings (issue 13 adds deal_won here)
+REVENUE_EVENTS = ("purchase", "deal_won")  # what money a contact brings: shop orders and won CRM deals
 SALES_CONTACTED = "sales_contacted"
 DEMO_REQUEST = "demo_request"
-QUALIFIED = STAGES[1:]  # the stages a lead reaches: mql, sql, customer
+QUALIFIED = STAGES[1:]  # the stages a lead reaches: mql, sql, opportunity, customer
 NO_SOURCE = "(none)"
 ANY_MEDIUM = "(all)"  # a source whose spend was imported without a medium: every medium merged
 VELOCITY_PERIOD = timedelta(days=30)
@@ -70,6 +70,7 @@ class SourceRow:
     reached: dict[str, int] = field(default_factory=dict)  # stage → contacts that reached it in the window
     revenue: float = 0.0
     spend: Optional[float] = None  # None: no spend imported for this source
+    pipeline: float = 0.0  # the amounts of the open CRM deals of its contacts, now
 
     @property
     def mqls(self) -> int:
@@ -78,6 +79,10 @@ class SourceRow:
     @property
     def sqls(self) -> int:
         return self.reached.get("sql", 0)
+
+    @property
+    def opportunities(self) -> int:
+        return self.reached.get("opportunity", 0)
 
     @property
     def customers(self) -> int:
@@ -100,12 +105,14 @@ class SourceRow:
         for stage, n in other.reached.items():
             self.reached[stage] = self.reached.get(stage, 0) + n
         self.revenue += other.revenue
+        self.pipeline += other.pipeline
         if other.spend is not None:
             self.spend = (self.spend or 0.0) + other.spend
 
     @property
     def empty(self) -> bool:
-        return not (self.leads or any(self.reached.values()) or self.revenue or self.spend is not None)
+        return not (self.leads or any(self.reached.values()) or self.revenue or self.pipeline
+                    or self.spend is not None)
 
 
 @dataclass
@@ -271,6 +278,13 @@ def source_rows(conn: Any, window: Window, now: datetime, currency: str, tz: str
             .where(event_t.c.name.in_(REVENUE_EVENTS), event_t.c.occurred_at <= now, window.has(event_t.c.occurred_at))
             .group_by(src, med)):
         row(source, medium).revenue = float(revenue or 0.0)
+    for source, medium, amount in conn.execute(  # the open pipeline is a state: as it stands now
+            select(src, med, func.sum(deal_t.c.amount))
+            .select_from(deal_t.outerjoin(touch, and_(touch.c.contact_id == deal_t.c.contact_id,
+                                                      touch.c.touch == "first")))
+            .where(deal_t.c.outcome == "open", deal_t.c.contact_id.is_not(None), deal_t.c.amount.is_not(None))
+            .group_by(src, med)):
+        row(source, medium).pipeline = float(amount or 0.0)
     other = _spend(conn, window, currency, tz, row)
     merged: dict[tuple[str, str], SourceRow] = {}
     whole = {s for (s, m), r in rows.items() if m == ANY_MEDIUM}

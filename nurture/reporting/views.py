@@ -167,7 +167,8 @@ def split_table(split: SplitReport) -> tuple[list[str], list[list[str]]]:
 # ---------------------------------------------------------------- lead sources, KPIs, objectives
 
 SOURCES_NOTE = ("by first touch (the UTM parameters / click id of the contact's first tagged visit); revenue = "
-                "every purchase of those contacts in the period — attributed, not caused; CAC = spend / customers")
+                "every purchase and won deal of those contacts in the period — attributed, not caused; open "
+                "pipeline = their open CRM deals now; CAC = spend / customers")
 
 
 def unit_value(value: Optional[float], unit: str) -> str:
@@ -189,12 +190,15 @@ def unit_value(value: Optional[float], unit: str) -> str:
 
 def sources_table(report: Any) -> tuple[list[str], list[list[str]], Optional[list[str]]]:
     """(headers, rows, totals row) of the lead sources; no rows without any lead in the period."""
-    headers = ["source", "medium", "leads", "MQLs", "SQLs", "customers", "revenue", "spend", "cost / lead", "CAC",
-               "ROI"]
+    deals = any(r.opportunities or r.pipeline for r in report.sources)  # B2B columns only where there are deals
+    headers = ["source", "medium", "leads", "MQLs", "SQLs", *(["opportunities"] if deals else []), "customers",
+               "revenue", *(["open pipeline"] if deals else []), "spend", "cost / lead", "CAC", "ROI"]
 
     def cells(r: Any) -> list[str]:
-        return [r.source, r.medium, count(r.leads), count(r.mqls), count(r.sqls), count(r.customers),
-                money(r.revenue), money(r.spend), money(r.cost_per_lead), money(r.cac), multiple(r.roi)]
+        return [r.source, r.medium, count(r.leads), count(r.mqls), count(r.sqls),
+                *([count(r.opportunities)] if deals else []), count(r.customers), money(r.revenue),
+                *([money(r.pipeline)] if deals else []), money(r.spend), money(r.cost_per_lead), money(r.cac),
+                multiple(r.roi)]
     rows = [cells(r) for r in report.sources]
     t = report.sources_total
     total = None if t is None else ["total", "", *cells(t)[2:]]
