@@ -189,3 +189,14 @@ def make_runtime(make_project, store):
     yield _make
     for rt in runtimes:
         rt.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (Prefect's test harness) for every test of this worker that
+    runs flows in-process: starting one costs about ten seconds, so it is paid once. Those tests
+    are the `prefect` xdist group, so they share one worker; a test that reads runs, task runs or
+    artifacts filters them by the flow runs it made itself."""
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

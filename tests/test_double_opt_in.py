@@ -157,9 +157,7 @@ def test_a_second_signup_while_pending_sends_no_second_confirmation(make_runtime
 
 @pytest.mark.prefect
 @pytest.mark.xdist_group("prefect")
-def test_the_hygiene_flow_runs_the_same_work_under_prefect(tmp_path, monkeypatch):
-    from prefect.testing.utilities import prefect_test_harness
-
+def test_the_hygiene_flow_runs_the_same_work_under_prefect(tmp_path, monkeypatch, prefect_harness):
     from flows.hygiene import hygiene as hygiene_flow
     from flows.runtime import forget_runtimes
     from nurture.store.db import open_store
@@ -174,9 +172,8 @@ def test_the_hygiene_flow_runs_the_same_work_under_prefect(tmp_path, monkeypatch
     with store.engine.begin() as conn:
         request_opt_in(conn, load_project(root).policies, cid, source="test:signup", now=T0)
     try:
-        with prefect_test_harness(server_startup_timeout=180):
-            first = hygiene_flow(project=str(root), now=T0 + dt.timedelta(hours=25))
-            later = hygiene_flow(project=str(root), now=T0 + dt.timedelta(days=30))
+        first = hygiene_flow(project=str(root), now=T0 + dt.timedelta(hours=25))
+        later = hygiene_flow(project=str(root), now=T0 + dt.timedelta(days=30))
     finally:
         forget_runtimes()
     assert (first["confirm:sent"], first["reminders_queued"], first["reminder:sent"]) == (1, 1, 1)

@@ -34,11 +34,10 @@ steps:
 """
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+@pytest.fixture
+def harness(prefect_harness):
+    """The worker's one Prefect test server (tests/conftest.py)."""
+    return prefect_harness
 
 
 @pytest.fixture

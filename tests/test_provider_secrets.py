@@ -291,10 +291,9 @@ def test_the_cli_summary_masks_a_secret_in_an_error_line(monkeypatch, capsys):
 
 @pytest.mark.prefect
 @pytest.mark.xdist_group("prefect")
-def test_the_prefect_artifact_and_task_rows_carry_no_quoted_token(tmp_path, monkeypatch):
+def test_the_prefect_artifact_and_task_rows_carry_no_quoted_token(tmp_path, monkeypatch, prefect_harness):
     import anyio
     from prefect import get_client
-    from prefect.testing.utilities import prefect_test_harness
 
     from flows.runtime import forget_runtimes
     from flows.segment_sync import segment_sync
@@ -307,17 +306,17 @@ def test_the_prefect_artifact_and_task_rows_carry_no_quoted_token(tmp_path, monk
                        "NURTURE_HUBSPOT_BASE_URL": hubspot.url, "NURTURE_SYNC_MAX_ATTEMPTS": "1"}.items():
         monkeypatch.setenv(key, value)
     try:
-        with prefect_test_harness(server_startup_timeout=180):
-            rows = segment_sync(project=str(root), now=NOW)
+        state = segment_sync(project=str(root), now=NOW, return_state=True)
+        rows = state.result()
 
-            async def artifacts():
-                async with get_client() as client:
-                    return await client.read_artifacts()
-            found = anyio.run(artifacts)
+        async def artifacts():
+            async with get_client() as client:
+                return await client.read_artifacts()
+        found = anyio.run(artifacts)
     finally:
         hubspot.stop()
         forget_runtimes()
-    [table] = [a for a in found if a.key == "segment-sync"]
+    [table] = [a for a in found if a.key == "segment-sync" and a.flow_run_id == state.state_details.flow_run_id]
     data = table.data if isinstance(table.data, str) else json.dumps(table.data)
     assert "failed" in data and MASK in data
     _no_secret(data + json.dumps(rows) + (table.description or ""), TOKEN)

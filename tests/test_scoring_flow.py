@@ -22,11 +22,10 @@ behaviour: {half_life: 7d, events: {demo_request: 40}}
 NOOP = "name: noop\ntrigger: {event: nothing}\nsteps: [{id: done, exit: {}}]\n"
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+@pytest.fixture
+def harness(prefect_harness):
+    """The worker's one Prefect test server (tests/conftest.py)."""
+    return prefect_harness
 
 
 def test_scoring_flow_scores_and_promotes_at_the_logical_time(harness, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from integrations.hubspot import HubSpotSettings
 from integrations.linkedin import LinkedInSettings
 from integrations.meta import MetaSettings
 from integrations.smtp import SmtpSettings
+from integrations.tiktok import TikTokSettings
 from integrations.twilio import TwilioSettings
 from nurture.redaction import SECRET_NAME
 from nurture.registry import IntegrationContext, IntegrationError, available, channel_for
@@ -29,7 +30,7 @@ DOC = REPO / "docs" / "settings.md"
 
 # Every settings model of the engine and the built-in integrations.
 MODELS = [Settings, WebSettings, SmtpSettings, TwilioSettings, HubSpotSettings, MetaSettings, GoogleSettings,
-          LinkedInSettings, CsvAudienceSettings, RetrySettings, FileEmailSettings, FileSmsSettings]
+          LinkedInSettings, TikTokSettings, CsvAudienceSettings, RetrySettings, FileEmailSettings, FileSmsSettings]
 NAME = re.compile(r"NURTURE_[A-Z0-9_]+")
 # String literals that look like a setting but are not one (none today). Each entry: the name
 # and why it is not a setting.
@@ -122,7 +123,7 @@ SENTINELS = {"NURTURE_SECRET_KEY": "sentinel-secret-key-0001", "NURTURE_TWILIO_A
              "NURTURE_PRIVACY_TOKEN": "sentinel-privacy-0005", "NURTURE_HUBSPOT_CLIENT_SECRET": "sentinel-hsapp-0006",
              "NURTURE_SMTP_PASSWORD": "sentinel-smtp-0007", "NURTURE_HUBSPOT_TOKEN": "sentinel-hubspot-0008",
              "NURTURE_META_ACCESS_TOKEN": "sentinel-meta-0009", "NURTURE_GOOGLE_ACCESS_TOKEN": "sentinel-google-0010",
-             "NURTURE_LINKEDIN_ACCESS_TOKEN": "sentinel-linkedin-0011"}
+             "NURTURE_LINKEDIN_ACCESS_TOKEN": "sentinel-linkedin-0011", "NURTURE_TIKTOK_ACCESS_TOKEN": "sentinel-tiktok-0013"}
 DB_PASSWORD = "sentinel-db-password-0012"
 FULL_ENV = {
     **SENTINELS,
@@ -137,7 +138,7 @@ FULL_ENV = {
     "NURTURE_TWILIO_ACCOUNT_SID": "AC123", "NURTURE_TWILIO_FROM": "+4915112345678",
     "NURTURE_TWILIO_MESSAGING_SERVICE_SID": "MG123", "NURTURE_TWILIO_STATUS_CALLBACK": "https://cb.shop.example/t",
     "NURTURE_TWILIO_BASE_URL": "https://twilio.test", "NURTURE_DEFAULT_COUNTRY": "DE",
-    "NURTURE_HUBSPOT_BASE_URL": "https://hubspot.test", "NURTURE_HUBSPOT_SCORE_PROPERTY": "score",
+    "NURTURE_HUBSPOT_BASE_URL": "https://hubspot.test", "NURTURE_TIKTOK_BASE_URL": "https://tiktok.test", "NURTURE_HUBSPOT_SCORE_PROPERTY": "score",
     "NURTURE_HUBSPOT_TASK_PRIORITY": "low", "NURTURE_META_BASE_URL": "https://meta.test",
     "NURTURE_META_API_VERSION": "v24.0", "NURTURE_GOOGLE_BASE_URL": "https://google.test",
     "NURTURE_LINKEDIN_BASE_URL": "https://linkedin.test", "NURTURE_LINKEDIN_VERSION": "202601",

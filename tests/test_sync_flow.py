@@ -58,11 +58,10 @@ def project(tmp_path, monkeypatch):
 @pytest.mark.prefect
 @pytest.mark.xdist_group("prefect")
 def test_segment_sync_flow_runs_a_task_per_target_takes_rate_limit_slots_and_leaves_a_table_artifact(
-        project, monkeypatch):
+        project, monkeypatch, prefect_harness):
     import anyio
     from prefect import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.testing.utilities import prefect_test_harness
 
     from flows.segment_sync import segment_sync
     from tests.fakes.hubspot import FakeHubSpot
@@ -70,19 +69,20 @@ def test_segment_sync_flow_runs_a_task_per_target_takes_rate_limit_slots_and_lea
     monkeypatch.setenv("NURTURE_HUBSPOT_TOKEN", "pat-test")
     monkeypatch.setenv("NURTURE_HUBSPOT_BASE_URL", hubspot.url)
     try:
-        with prefect_test_harness(server_startup_timeout=180):
-            async def create_limit():
-                async with get_client() as client:  # decays so slowly that the slots taken stay visible
-                    await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
-                        name="nurture-hubspot", limit=100, slot_decay_per_second=0.001))
-            anyio.run(create_limit)
-            rows = segment_sync(project=str(project), now=NOW)
+        async def create_limit():
+            async with get_client() as client:  # decays so slowly that the slots taken stay visible
+                await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
+                    name="nurture-hubspot", limit=100, slot_decay_per_second=0.001))
+        anyio.run(create_limit)
+        state = segment_sync(project=str(project), now=NOW, return_state=True)
+        rows, run_id = state.result(), state.state_details.flow_run_id
 
-            async def inspect():
-                async with get_client() as client:
-                    return (await client.read_task_runs(), await client.read_artifacts(),
-                            await client.read_global_concurrency_limit_by_name("nurture-hubspot"))
-            task_runs, artifacts, limit = anyio.run(inspect)
+        async def inspect():  # the worker's Prefect server is shared: this run's rows only
+            async with get_client() as client:
+                return ([t for t in await client.read_task_runs() if t.flow_run_id == run_id],
+                        [a for a in await client.read_artifacts() if a.flow_run_id == run_id],
+                        await client.read_global_concurrency_limit_by_name("nurture-hubspot"))
+        task_runs, artifacts, limit = anyio.run(inspect)
     finally:
         hubspot.stop()
     by_target = {r["target"]: r for r in rows}
