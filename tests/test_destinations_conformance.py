@@ -37,6 +37,7 @@ from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.http_server import Reply
 from tests.fakes.linkedin import FakeLinkedIn
 from tests.fakes.meta import FakeMeta
+from tests.fakes.tiktok import FakeTikTok
 
 NOW = utc(2026, 11, 21, 1, 0)
 TOKEN = "s3cret-token-never-logged"
@@ -100,6 +101,11 @@ CASES = [
     Case("linkedin", {"dmp_segment_id": "555"}, "dmp_segment_id", lambda: FakeLinkedIn(TOKEN),
          lambda s: {"NURTURE_LINKEDIN_BASE_URL": s.url, "NURTURE_LINKEDIN_ACCESS_TOKEN": TOKEN},
          identity=sha, throttle=FakeLinkedIn.too_many, first_wait=3.0),
+    # TikTok throttles with code 40100 in an HTTP 200 and says nothing of how long: our backoff
+    Case("tiktok", {"advertiser_id": "7178918106775994370", "audience_id": "167290896"}, "audience_id",
+         lambda: FakeTikTok(TOKEN),
+         lambda s: {"NURTURE_TIKTOK_BASE_URL": s.url, "NURTURE_TIKTOK_ACCESS_TOKEN": TOKEN},
+         identity=sha, throttle=FakeTikTok.throttled, first_wait=1.0),
     Case("csv", {"audience": "vip_fans"}, "audience", None, lambda folder: {"NURTURE_CSV_AUDIENCE_DIR": str(folder.root)},
          identity=sha, http=False),
 ]
@@ -269,7 +275,7 @@ def test_every_request_is_authenticated_and_the_token_never_leaks(h):
 def test_batches_stay_within_the_limit_and_split_the_work(h):
     h.max_batch = 40
     cls = lookup(h.case.name)
-    limits = {"hubspot": 100, "meta": 10_000, "google": 10_000, "linkedin": 5_000, "csv": 10_000}
+    limits = {"hubspot": 100, "meta": 10_000, "google": 10_000, "linkedin": 5_000, "tiktok": 1_000, "csv": 10_000}
     assert cls.max_batch <= limits[h.case.name]
     emails = people(h, 100)
     report = h.sync()
@@ -330,6 +336,10 @@ def test_identifiers_are_normalized_the_platform_way_before_hashing(h):
         assert got == expected
     elif name == "linkedin":
         assert sorted(ident for _, ident in h.sent()) == sorted(sha(v["plain"]) for v in NORMALIZATION)
+    elif name == "tiktok":  # e-mail trimmed and lowercased, phone E.164 with `+`
+        rows = [[e.get("id", "") for e in row] for r in h.server.requests for row in r.json()["batch_data"]]
+        assert all(r.json()["id_schema"] == ["EMAIL_SHA256", "PHONE_SHA256"] for r in h.server.requests)
+        assert sorted(rows) == sorted([sha(v["plain"]), sha(v["google"]["phoneNumber"])] for v in NORMALIZATION)
     else:  # a new destination must say how it normalizes
         pytest.fail(f"add {name}'s normalization vectors to this test")
 

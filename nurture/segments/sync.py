@@ -5,10 +5,13 @@ is `segment_membership`: what the destination acknowledged. One run:
 1. diff in SQL: contacts in the segment (nurture.segments.membership) with no acknowledged
    row, or whose contact row changed since it was acknowledged → candidate adds; rows of
    contacts no longer in the segment → removes. Python touches only these changes.
-2. a changed contact whose identifiers hash the same is just re-stamped; one whose
-   identifiers changed is removed (old payload) and added again (new payload).
-3. removes, then adds, in batches of the destination's limit; after each batch, in one
-   short transaction, acknowledged rows are deleted/upserted. A member the destination
+2. a changed contact whose identifiers hash the same is just re-stamped. One whose
+   identifiers changed is updated in place when the destination can (`UpdatesInPlace`: a
+   CRM record under the same key — its list membership is left alone); otherwise it is
+   removed (old payload) and added again (new payload), as an ad audience must: it matches
+   on the hashes, so the old ones have to go.
+3. removes, in-place updates, then adds, in batches of the destination's limit; after each
+   batch, in one short transaction, acknowledged rows are deleted/upserted. A member the destination
    failed stays as it was, so the next run retries exactly it; a crash between a request
    and its acknowledgement re-sends that batch next run (adds and removes are idempotent at
    every provider), so nothing is lost and nothing doubles.
@@ -24,15 +27,15 @@ import json
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence, runtime_checkable
 
 from sqlalchemy import and_, bindparam, exists, func, null, or_, select, update
 
 from nurture.redaction import redact, secrets_in
-from nurture.registry import (IntegrationContext, IntegrationError, SyncBatch, SyncDestination, SyncMember,
-                              lookup)
+from nurture.registry import (IntegrationContext, IntegrationError, MemberResult, SyncBatch, SyncDestination,
+                              SyncMember, lookup)
 from nurture.segments.membership import desired
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
@@ -72,6 +75,22 @@ class TargetReport:
         data = asdict(self)
         data["errors"] = "; ".join(f"{e['reason']} (x{e['count']})" for e in self.errors)
         return data
+
+
+@runtime_checkable
+class UpdatesInPlace(Protocol):
+    """A destination that can change a member it already holds without taking it out first: a
+    CRM whose record stays the same record when its properties change. Removing and re-adding
+    such a member would fire the CRM's list workflows again, and leave it out of the list when
+    the add failed."""
+
+    def updates_in_place(self, acknowledged: dict, identifiers: dict) -> bool:
+        """Can the member acknowledged with payload `acknowledged` take its new `identifiers`
+        through `update()` (e.g. the same record key)? Pure."""
+
+    def update(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:
+        """Write the members' current identifiers (each member carries its acknowledged
+        `payload`); one result per member, its payload to remember on success. Never a removal."""
 
 
 def destination_class(name: str) -> type[SyncDestination]:
@@ -129,6 +148,37 @@ def push_removals(store: Store, destination: Any, ref: Any, members: list, sessi
     return failed
 
 
+def push_members(store: Store, send: Callable[..., list[MemberResult]], max_batch: int, ref: SyncTarget,
+                 members: list[tuple[SyncMember, datetime, str]], session: int, reasons: Counter,
+                 secrets: Any) -> tuple[set[int], int]:
+    """Send `members` (member, contact version, fingerprint) through `send` (the destination's
+    `add` or `update`) in batches of `max_batch`, acknowledging each batch's confirmed members at
+    once in one short transaction; failure reasons go into `reasons`. The contact ids confirmed,
+    and the number of members the destination refused."""
+    meta = {m.contact_id: (v, fp) for m, v, fp in members}
+    confirmed: set[int] = set()
+    failed = 0
+    if not members:
+        return confirmed, failed
+    for seq, last, chunk in _chunks([m for m, _, _ in members], max_batch):
+        results = send(ref.target, chunk, SyncBatch(session, seq, last, len(members)))
+        acked = _wall()
+        rows = []
+        for r in results:
+            if r.ok:
+                version, fp = meta[r.contact_id]
+                rows.append({"segment": ref.segment, "target": ref.key, "contact_id": r.contact_id,
+                             "contact_version": version, "fingerprint": fp, "payload": r.payload,
+                             "acked_at": acked})
+                confirmed.add(r.contact_id)
+            else:
+                reasons[redact(r.reason, secrets) or "failed"] += 1
+                failed += 1
+        with store.engine.begin() as conn:
+            _upsert(conn, rows)
+    return confirmed, failed
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterable[tuple[int, bool, Sequence[Any]]]:
     n = max(1, -(-len(items) // size))
     for i in range(n):
@@ -140,6 +190,8 @@ class Diff:
     adds: list[tuple[SyncMember, datetime, str]] = field(default_factory=list)  # member, version, fingerprint
     removes: list[SyncMember] = field(default_factory=list)  # payload = as acknowledged
     updates: list[tuple[SyncMember, SyncMember, datetime, str]] = field(default_factory=list)  # old, new, v, fp
+    # current identifiers with the acknowledged payload, v, fp: changed, but updated in place
+    in_place: list[tuple[SyncMember, datetime, str]] = field(default_factory=list)
     touches: list[dict] = field(default_factory=list)  # {"mid", "v"}
     unusable: list[int] = field(default_factory=list)  # in the segment, no identifier this destination takes
 
@@ -185,6 +237,7 @@ def compute_diff(store: Store, project: ProjectSpec, ref: SyncTarget, destinatio
                  now: datetime) -> Diff:
     """The changes to push, computed in the database; memory grows with the changes only."""
     want = desired(project.segments[ref.segment], project.segments, type(destination), now)
+    in_place = destination.updates_in_place if isinstance(destination, UpdatesInPlace) else None
     with store.reading() as conn:
         rows = [row for query in _diff_queries(store.dialect, want, ref) for row in conn.execute(query).all()]
     diff = Diff()
@@ -205,6 +258,8 @@ def compute_diff(store: Store, project: ProjectSpec, ref: SyncTarget, destinatio
             diff.adds.append((member, row.updated_at, fp))
         elif fp == row.fingerprint:
             diff.touches.append({"mid": row.mid, "v": row.updated_at})
+        elif in_place is not None and in_place(dict(row.payload or {}), ident):
+            diff.in_place.append((replace(member, payload=dict(row.payload or {})), row.updated_at, fp))
         else:
             diff.updates.append((SyncMember(row.id, payload=dict(row.payload or {})), member, row.updated_at, fp))
     return diff
@@ -262,37 +317,29 @@ def sync_target(store: Store, project: ProjectSpec, ref: SyncTarget, destination
         reasons["no identifier this destination can match"] += 1
     report.failed += len(diff.unusable)
 
-    # Removals first (incl. the old identifiers of updated contacts), then additions.
+    # Removals first (incl. the old identifiers of replaced contacts), in-place updates, then additions.
     updated_ids = {old.contact_id for old, _, _, _ in diff.updates}
     to_remove = diff.removes + [old for old, _, _, _ in diff.updates]
     removed_ok: set[int] = set()
     report.failed += push_removals(store, destination, ref, to_remove, session, removed_ok, reasons, secrets)
     report.removed = len(removed_ok - updated_ids)
 
+    # Changed members the destination updates in place: the acknowledged row is replaced only
+    # when it confirms, so a failed update keeps the old state (and the member) for the next run.
+    changed_ok: set[int] = set()
+    if diff.in_place:  # only an UpdatesInPlace destination fills it
+        update_members = destination.update  # type: ignore[attr-defined]
+        changed_ok, failed = push_members(store, update_members, destination.max_batch, ref, diff.in_place,
+                                          session + 2, reasons, secrets)
+        report.failed += failed
+
     to_add = diff.adds + [(new, v, fp) for old, new, v, fp in diff.updates if old.contact_id in removed_ok]
-    meta = {m.contact_id: (v, fp) for m, v, fp in to_add}
-    added_ids: set[int] = set()
-    for seq, last, chunk in _chunks([m for m, _, _ in to_add], destination.max_batch):
-        if not chunk:
-            break
-        results = destination.add(ref.target, chunk, SyncBatch(session + 1, seq, last, len(to_add)))
-        acked = _wall()
-        rows = []
-        for r in results:
-            if r.ok:
-                version, fp = meta[r.contact_id]
-                rows.append({"segment": ref.segment, "target": ref.key, "contact_id": r.contact_id,
-                             "contact_version": version, "fingerprint": fp, "payload": r.payload,
-                             "acked_at": acked})
-                added_ids.add(r.contact_id)
-            else:
-                reasons[redact(r.reason, secrets) or "failed"] += 1
-                report.failed += 1
-        with store.engine.begin() as conn:
-            _upsert(conn, rows)
+    added_ids, failed = push_members(store, destination.add, destination.max_batch, ref, to_add, session + 1,
+                                     reasons, secrets)
+    report.failed += failed
     report.added = len(added_ids - updated_ids)
-    report.updated = len(added_ids & updated_ids)
-    succeeded = len(added_ids) + len(removed_ok)
+    report.updated = len(added_ids & updated_ids) + len(changed_ok)
+    succeeded = len(added_ids) + len(removed_ok) + len(changed_ok)
 
     with store.reading() as conn:
         report.members = conn.execute(select(func.count()).select_from(membership_t).where(

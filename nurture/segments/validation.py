@@ -1,11 +1,14 @@
 """Checks of `journeys/segments.yaml` beyond its shape, reported like journeys
 (`path:line:col: message (hint)`): destinations known to the registry (CRM and audience
 integrations, with a did-you-mean), the keys each destination requires (audience_id,
-list_id, …) and no others, and conditions a segment can hold (no trigger `property`,
-no unknown or circular `segment` reference).
+list_id, …) and no others, the form of a key's value where the destination declares one
+(`key_formats = {key: (regex, what it must be)}` on its class, e.g. TikTok's numeric ids),
+and conditions a segment can hold (no trigger `property`, no unknown or circular `segment`
+reference).
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator, Mapping, Optional
 
 from nurture.registry import available
@@ -79,6 +82,13 @@ def check_segments(segments: Mapping[str, Any], locs: Locations) -> list[SpecErr
                 if value is None or isinstance(value, (dict, list)) or str(value).strip() == "":
                     errors.append(locs.error(here, f"destination '{dest.destination}' needs '{key}'",
                                              f"e.g. {{destination: {dest.destination}, {key}: \"...\"}}"))
+            for key, (pattern, what) in getattr(cls, "key_formats", {}).items():
+                value = extra.get(key)
+                if value is None or isinstance(value, (dict, list)) or str(value).strip() == "":
+                    continue  # missing: reported above
+                if isinstance(value, bool) or not re.fullmatch(pattern, str(value).strip()):
+                    errors.append(locs.error(here + (key,), f"'{key}' of destination '{dest.destination}' must be "
+                                             f"{what}, not '{value}'", "copy it from the platform's UI, in quotes"))
             for key in extra:
                 if key not in allowed:
                     errors.append(locs.error(here + (key,), f"unknown key '{key}' for destination "
