@@ -4,9 +4,11 @@ sales handover (a contact with stage and score, and a sales task).
 Adding: batch upsert of the contacts by e-mail (`POST /crm/v3/objects/contacts/batch/upsert`,
 at most 100 inputs, `idProperty: email`), then `PUT /crm/v3/lists/{listId}/memberships/add`
 with the record ids HubSpot returned. Removing: `PUT /crm/v3/lists/{listId}/memberships/remove`
-with the record ids remembered from the add. A 207 multi-status answer fails only the
-records it names; 429 waits as the `X-HubSpot-RateLimit-*` headers say (a daily limit is
-not waited out: those records fail and are retried by the next night's run).
+with the record ids remembered from the add. A listed contact whose name or phone changed is
+only upserted again (same e-mail, same record): it is never taken out of the list and put back,
+which would fire the list's workflows and lose it when the add failed. A 207 multi-status
+answer fails only the records it names; 429 waits as the `X-HubSpot-RateLimit-*` headers say
+(a daily limit is not waited out: those records fail and are retried by the next night's run).
 
 Handover (`NURTURE_HANDOVER_CRM=hubspot`): the same batch upsert, now with `lifecyclestage`
 (lead → lead, mql → marketingqualifiedlead, sql → salesqualifiedlead, customer → customer) and
@@ -22,6 +24,10 @@ tasks for contacts HubSpot already had, the tasks associated with them are read 
 and a task whose body carries the handover's key (`Nurture handover <key>`) — created by an
 earlier attempt whose answer never arrived, or before a crash — is reused, not created again.
 
+Deals in (nurture.crm, `nurture crm pull`): `HubSpotDestination.deal_source(context)` is a
+`HubSpotDeals` — the CRM search on `hs_lastmodifieddate`, the deals' contacts through the v4
+associations and contacts batch reads; see the section "deals in" below and docs/crm.md.
+
 Erasure (nurture.privacy): `erase_person(email)` is HubSpot's GDPR delete,
 `POST /crm/v3/objects/contacts/gdpr-delete` `{"objectId": <e-mail>, "idProperty": "email"}` (204).
 
@@ -31,14 +37,18 @@ Settings: NURTURE_HUBSPOT_TOKEN (private app token, bearer), NURTURE_HUBSPOT_BAS
 """
 from __future__ import annotations
 
+import math
 import re
-from datetime import datetime, timezone
-from typing import Any, Optional, Sequence
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import httpx
 from pydantic import SecretStr
 
 from integrations.http_retry import DONE, FAIL, RETRY, ProviderClient, RetryPolicy, Verdict, retry_after, short_body
+from nurture.crm.deals import MAX_CONTACTS, CrmContact, DealSnapshot
+from nurture.crm.source import CrmUnavailable, DealBatch
 from nurture.registry import (CrmDestination, IntegrationContext, IntegrationError, MemberResult, SyncBatch,
                               SyncMember)
 from nurture.privacy.crm import PersonErasure
@@ -124,6 +134,12 @@ class HubSpotDestination(CrmDestination):
     def requests_sent(self) -> int:  # type: ignore[override]
         return self.client.requests
 
+    @classmethod
+    def deal_source(cls, context: IntegrationContext) -> "HubSpotDeals":
+        """The deal pull's source (nurture.crm.source), with the same token and retry policy."""
+        settings = HubSpotSettings.from_env(context)
+        return HubSpotDeals(settings.token.get_secret_value(), settings.base_url, RetryPolicy.from_env(context.env))
+
     def identifiers(self, member: SyncMember) -> Optional[dict]:
         address = identifiers.email(member.email)
         if address is None:
@@ -180,6 +196,45 @@ class HubSpotDestination(CrmDestination):
         # recordIdsMissing on a removal: the record is not (or no longer) there — already done.
         return results + [MemberResult(m.contact_id, answer.ok, reason=None if answer.ok else answer.reason)
                           for m in with_id]
+
+    # -- a listed contact whose properties changed (nurture.segments.sync.UpdatesInPlace)
+
+    def updates_in_place(self, acknowledged: dict, identifiers: dict) -> bool:
+        """Upserts go by e-mail, so the same e-mail is the same HubSpot record: a changed name or
+        phone is only an upsert, and the record stays in the list (taking it out and back in
+        fires the list's workflows, and loses it when the add fails). A changed e-mail upserts
+        another record: that one is replaced in the list (remove the old, add the new)."""
+        return bool(acknowledged.get("record_id")) and acknowledged.get("email") == identifiers.get("email")
+
+    def update(self, target: dict[str, Any], members: Sequence[SyncMember], batch: SyncBatch) -> list[MemberResult]:
+        """Upsert the current properties of contacts already in the list; the list is not
+        touched, unless HubSpot answers with another record id than the one listed (merged
+        contacts): that record is added."""
+        assert len(members) <= self.max_batch
+        by_email: dict[str, SyncMember] = {}
+        results: list[MemberResult] = []
+        for member in members:
+            props = self.identifiers(member)
+            if props is None:
+                results.append(MemberResult(member.contact_id, False, reason="no valid e-mail"))
+            else:
+                by_email[props["email"]] = member
+        if not by_email:
+            return results
+        record_ids, errors, _ = self._upsert([{"idProperty": "email", "id": address, "properties":
+                                               self.identifiers(member)} for address, member in by_email.items()])
+        moved = [rid for a, rid in record_ids.items() if rid != str(by_email[a].payload.get("record_id"))]
+        listed = self.client.call("PUT", f"/crm/v3/lists/{target['list_id']}/memberships/add", json=moved) \
+            if moved else None
+        for address, member in by_email.items():
+            if address not in record_ids:
+                results.append(MemberResult(member.contact_id, False, reason=errors[address]))
+            elif listed is not None and record_ids[address] in moved and not listed.ok:
+                results.append(MemberResult(member.contact_id, False, reason=listed.reason))
+            else:
+                results.append(MemberResult(member.contact_id, True,
+                                            {"email": address, "record_id": record_ids[address]}))
+        return results
 
     def _upsert(self, inputs: list[dict]) -> tuple[dict[str, str], dict[str, str], set[str]]:
         """One batch upsert by e-mail: (record id by e-mail, failure reason by e-mail, the
@@ -361,3 +416,294 @@ def _hubspot_time(iso: str) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+# ---------------------------------------------------------------- deals in (nurture.crm)
+#
+# The deal pull reads what changed: the CRM search (`POST /crm/v3/objects/deals/search`,
+# https://developers.hubspot.com/docs/api/crm/search) filtered on `hs_lastmodifieddate` and
+# sorted by it, oldest first; the deals' contacts through the v4 associations batch read
+# (`POST /crm/v4/associations/deals/contacts/batch/read`, ≤1,000 inputs) and their e-mail and
+# lifecycle stage through the contacts batch read (`POST /crm/v3/objects/contacts/batch/read`,
+# ≤100 inputs). Requests grow with the changes, never with the size of the CRM.
+#
+# Paging is by key, not by `after`: each page is a new search starting at the last
+# modification time read (the deals read at exactly that time are skipped by id). `after` is
+# an offset into a result set that moves while it is read — a deal edited mid-pull leaves its
+# place and the deal after it would be skipped for good — and the search refuses to page past
+# 10,000 results (HTTP 400); a search that always starts afresh has neither problem. When a
+# whole page shares one modification time (a bulk edit in HubSpot), that instant is read by
+# record id (`hs_object_id` GT the last id, sorted by it) before moving on, so even 50,000
+# deals written in the same millisecond are read, each once.
+#
+# Search is limited to 5 requests per second per account: searches are paced at
+# SEARCH_INTERVAL; a 429 is waited out as `classify` says (Retry-After, else the
+# X-HubSpot-RateLimit-Interval-Milliseconds, else backoff) and a daily limit fails the pull.
+
+DEAL_PROPERTIES = ("dealname", "dealstage", "pipeline", "amount", "deal_currency_code", "closedate", "createdate",
+                   "hs_lastmodifieddate", "hs_is_closed_won", "hs_is_closed")
+# HubSpot's default lifecycle stages → Nurture's (nurture.lifecycle.STAGES); `other` and
+# custom stages (numeric ids) say nothing about Nurture's order and are ignored.
+HUBSPOT_LIFECYCLE = {"subscriber": "lead", "lead": "lead", "marketingqualifiedlead": "mql",
+                     "salesqualifiedlead": "sql", "opportunity": "opportunity", "customer": "customer",
+                     "evangelist": "customer"}
+CONTACT_READ_PROPERTIES = ("email", "lifecyclestage") + tuple(f"hs_lifecyclestage_{s}_date" for s in HUBSPOT_LIFECYCLE)
+MODIFIED, OBJECT_ID = "hs_lastmodifieddate", "hs_object_id"
+SEARCH_LIMIT = 200  # the search's largest page
+SEARCH_INTERVAL = 0.2  # seconds between searches: 5 per second per account
+ASSOCIATION_INPUTS = 1000
+CONTACT_INPUTS = 100
+BATCH_DEALS = 1000  # deals per committed batch: one associations request each
+MAX_NAMED_DEALS = 100  # deals one webhook call may name
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_DIGITS = re.compile(r"\d{1,20}")
+
+
+def _ms(moment: datetime) -> str:
+    """Milliseconds since 1970, exactly (no float rounding): how the search compares dates."""
+    return str((moment - _EPOCH) // timedelta(milliseconds=1))
+
+
+def _moment(value: Any) -> Optional[datetime]:
+    """A HubSpot date: ISO 8601, or milliseconds since 1970 as digits; None when absent or unreadable."""
+    if value is None or value == "":
+        return None
+    from nurture.ingest import parse_timestamp
+    try:
+        if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+            return parse_timestamp(int(value.strip()) / 1000)
+        return parse_timestamp(value)
+    except ValueError:
+        return None
+
+
+class HubSpotDeals:
+    """The deal source of `nurture crm pull` (nurture.crm.source.DealSource) over HubSpot's API.
+    `clock`/`sleep` pace the searches (tests and the bench pass their own)."""
+    crm = "hubspot"
+
+    def __init__(self, token: str, base_url: str = "https://api.hubapi.com", policy: Optional[RetryPolicy] = None, *,
+                 page_size: int = SEARCH_LIMIT, batch_size: int = BATCH_DEALS,
+                 search_interval: float = SEARCH_INTERVAL, clock: Callable[[], float] = time.monotonic,
+                 sleep: Optional[Callable[[float], None]] = None):
+        self.base_url = base_url
+        self.client = ProviderClient("hubspot", base_url, policy=policy, classify=classify,
+                                     headers={"Authorization": f"Bearer {token}"}, secrets=[token])
+        self.page_size = max(1, min(page_size, SEARCH_LIMIT))
+        self.batch_size = max(1, batch_size)
+        self.search_interval = search_interval
+        self.clock = clock
+        self.sleep = sleep or (policy.sleep if policy is not None else time.sleep)
+        self._last_search: Optional[float] = None
+
+    @property
+    def requests(self) -> int:
+        return self.client.requests
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- the source
+
+    def changed(self, since: datetime, until: datetime) -> Iterator[DealBatch]:
+        buffer: list[dict] = []
+        problems: list[str] = []
+        for page, page_problems in self._pages(since, until):
+            buffer.extend(page)
+            problems.extend(page_problems)
+            if len(buffer) >= self.batch_size:
+                yield self._batch(buffer, problems)
+                buffer, problems = [], []
+        if buffer or problems:
+            yield self._batch(buffer, problems)
+
+    def deals(self, deal_ids: Sequence[str]) -> DealBatch:
+        raws, problems = [], []
+        for deal_id in list(dict.fromkeys(str(d) for d in deal_ids))[:MAX_NAMED_DEALS]:
+            if not _DIGITS.fullmatch(deal_id):
+                problems.append(f"deal {deal_id[:40]!r}: not a HubSpot record id")
+                continue
+            answer = self.client.call("GET", f"/crm/v3/objects/deals/{deal_id}",
+                                      params={"properties": ",".join(DEAL_PROPERTIES), "archived": "false"})
+            if answer.response is not None and answer.response.status_code == 404:
+                continue  # deleted since the webhook was sent: nothing to read
+            raws.append(self._record(self._answer(answer, "reading a deal")))
+        raws = [r for r in raws if r is not None]
+        batch = self._batch(raws, problems)
+        batch.position = None  # named deals say nothing about where the incremental pull stands
+        return batch
+
+    # -- searching
+
+    def _pages(self, since: datetime, until: datetime) -> Iterator[tuple[list[dict], list[str]]]:
+        lower, strict = since, False
+        seen: set[str] = set()  # deals already read whose modification time is `lower`
+        while True:
+            results, problems, timed = self._search([
+                {"propertyName": MODIFIED, "operator": "GT" if strict else "GTE", "value": _ms(lower)},
+                {"propertyName": MODIFIED, "operator": "LTE", "value": _ms(until)}], MODIFIED)
+            fresh = [r for r, t in timed if strict or t != lower or r["id"] not in seen]
+            if fresh or problems:
+                yield fresh, problems
+            if len(results) < self.page_size or not timed:
+                return
+            last = max(t for _, t in timed)
+            if last < lower:  # not what was asked for: paging on would never end
+                raise CrmUnavailable("HubSpot's search answered deals outside the time asked for; try again later")
+            if last == lower:  # a full page written in one instant: read that instant by record id
+                yield from self._instant(lower, seen | {r["id"] for r, _ in timed})
+                strict, seen = True, set()
+                continue
+            lower, strict = last, False
+            seen = {r["id"] for r, t in timed if t == last}
+
+    def _instant(self, moment: datetime, seen: set[str]) -> Iterator[tuple[list[dict], list[str]]]:
+        after = "0"
+        while True:
+            results, problems, _ = self._search([
+                {"propertyName": MODIFIED, "operator": "EQ", "value": _ms(moment)},
+                {"propertyName": OBJECT_ID, "operator": "GT", "value": after}], OBJECT_ID)
+            fresh = [r for r in results if r["id"] not in seen]
+            if fresh or problems:
+                yield fresh, problems
+            ids = [int(r["id"]) for r in results]
+            if len(results) < self.page_size or not ids or str(max(ids)) == after:
+                return
+            after = str(max(ids))
+
+    def _search(self, filters: list[dict], sort: str) -> tuple[list[dict], list[str], list[tuple[dict, datetime]]]:
+        """One search page: (its deals, problems, [(deal, modification time)] in order)."""
+        self._pace()
+        answer = self.client.call("POST", "/crm/v3/objects/deals/search", json={
+            "filterGroups": [{"filters": filters}], "sorts": [{"propertyName": sort, "direction": "ASCENDING"}],
+            "properties": list(DEAL_PROPERTIES), "limit": self.page_size})
+        body = self._answer(answer, "searching deals")
+        items = body.get("results")
+        results, problems, timed = [], [], []
+        for item in items if isinstance(items, list) else []:
+            record = self._record(item)
+            if record is None:
+                problems.append(f"a search result is not a deal: {str(item)[:80]}")
+                continue
+            results.append(record)
+            moment = _moment(record["properties"].get(MODIFIED) or record.get("updatedAt"))
+            if moment is None:
+                problems.append(f"deal {record['id']}: no readable hs_lastmodifieddate")
+                continue
+            timed.append((record, moment))
+        return results, problems, timed
+
+    def _pace(self) -> None:
+        if self._last_search is not None and self.search_interval > 0:
+            wait = self.search_interval - (self.clock() - self._last_search)
+            if wait > 0:
+                self.sleep(wait)
+        self._last_search = self.clock()
+
+    @staticmethod
+    def _record(item: Any) -> Optional[dict]:
+        if not isinstance(item, dict) or not _DIGITS.fullmatch(str(item.get("id", ""))):
+            return None
+        properties = item.get("properties")
+        return {**item, "id": str(item["id"]), "properties": properties if isinstance(properties, dict) else {}}
+
+    def _answer(self, answer: Any, doing: str) -> dict:
+        """The JSON object of a successful answer; CrmUnavailable with what to do otherwise."""
+        if answer.ok:
+            body = answer.json()
+            return body if isinstance(body, dict) else {}
+        status = answer.response.status_code if answer.response is not None else None
+        if status == 401:
+            raise CrmUnavailable("HubSpot refused the token (HTTP 401) while " + doing + ": set NURTURE_HUBSPOT_TOKEN "
+                                 "to a private app access token")
+        if status == 403:
+            raise CrmUnavailable("HubSpot refused access (HTTP 403) while " + doing + ": the private app needs the "
+                                 "scopes crm.objects.deals.read and crm.objects.contacts.read")
+        if status is None:
+            raise CrmUnavailable(f"cannot reach HubSpot at {self.base_url} while {doing}: {answer.reason}")
+        raise CrmUnavailable(f"HubSpot failed while {doing}: {answer.reason}")
+
+    # -- a batch: contacts and snapshots
+
+    def _batch(self, raws: list[dict], problems: list[str]) -> DealBatch:
+        raws = list({r["id"]: r for r in raws}.values())  # a deal on two pages: its later copy
+        associated = self._associations([r["id"] for r in raws])
+        contacts = self._contacts(sorted({c for ids in associated.values() for c in ids}, key=int))
+        deals, position = [], None
+        problems = list(problems)
+        for raw in raws:
+            deal, problem = self._snapshot(raw, [contacts[c] for c in associated.get(raw["id"], []) if c in contacts])
+            if problem:
+                problems.append(problem)
+            if deal is not None:
+                deals.append(deal)
+                if position is None or deal.modified_at >= position[0]:
+                    position = (deal.modified_at, deal.deal_id)
+        return DealBatch(deals, position, problems)
+
+    def _associations(self, deal_ids: list[str]) -> dict[str, list[str]]:
+        """Deal id → its contacts' record ids, in HubSpot's order (at most MAX_CONTACTS)."""
+        found: dict[str, list[str]] = {}
+        for start in range(0, len(deal_ids), ASSOCIATION_INPUTS):
+            answer = self.client.call("POST", "/crm/v4/associations/deals/contacts/batch/read",
+                                      json={"inputs": [{"id": d} for d in deal_ids[start:start + ASSOCIATION_INPUTS]]})
+            body = self._answer(answer, "reading the deals' contacts")
+            # A deal without contacts is one of `errors` (a 207): it simply has none.
+            for row in body.get("results") or []:
+                if not isinstance(row, dict):
+                    continue
+                deal = str((row.get("from") or {}).get("id", ""))
+                targets = [str(t.get("toObjectId")) for t in row.get("to") or [] if isinstance(t, dict)]
+                found[deal] = [t for t in targets if _DIGITS.fullmatch(t)][:MAX_CONTACTS]
+        return found
+
+    def _contacts(self, contact_ids: list[str]) -> dict[str, CrmContact]:
+        found: dict[str, CrmContact] = {}
+        for start in range(0, len(contact_ids), CONTACT_INPUTS):
+            answer = self.client.call("POST", "/crm/v3/objects/contacts/batch/read", json={
+                "inputs": [{"id": c} for c in contact_ids[start:start + CONTACT_INPUTS]],
+                "properties": list(CONTACT_READ_PROPERTIES), "propertiesWithHistory": []})
+            body = self._answer(answer, "reading the deals' contacts")
+            for row in body.get("results") or []:  # a contact deleted meanwhile is one of `errors`
+                if not isinstance(row, dict) or not isinstance(row.get("properties"), dict):
+                    continue
+                props = row["properties"]
+                email = props.get("email")
+                if not isinstance(email, str) or not email.strip():
+                    continue  # a contact without an address cannot be matched
+                hubspot_stage = str(props.get("lifecyclestage") or "").strip().lower()
+                stage = HUBSPOT_LIFECYCLE.get(hubspot_stage)
+                at = _moment(props.get(f"hs_lifecyclestage_{hubspot_stage}_date")) if stage else None
+                found[str(row.get("id"))] = CrmContact(email.strip()[:320], stage, at)
+        return found
+
+    @staticmethod
+    def _snapshot(raw: dict, contacts: list[CrmContact]) -> tuple[Optional[DealSnapshot], Optional[str]]:
+        props = raw["properties"]
+        deal_id = raw["id"]
+        modified = _moment(props.get(MODIFIED) or raw.get("updatedAt"))
+        stage = props.get("dealstage")
+        if modified is None:
+            return None, f"deal {deal_id}: no readable hs_lastmodifieddate"
+        if not isinstance(stage, str) or not stage.strip():
+            return None, f"deal {deal_id}: no dealstage"
+        problem = None
+        amount: Optional[float] = None
+        if props.get("amount") not in (None, ""):
+            try:
+                amount = float(str(props["amount"]).strip())
+            except ValueError:
+                amount = math.nan
+            if not math.isfinite(amount) or not 0 <= amount <= 1e12:
+                problem = f"deal {deal_id}: amount {str(props['amount'])[:40]!r} is not an amount: left empty"
+                amount = None
+        won = str(props.get("hs_is_closed_won", "")).lower() == "true" or stage == "closedwon"
+        closed = str(props.get("hs_is_closed", "")).lower() == "true" or stage in ("closedwon", "closedlost")
+        outcome = "won" if won else "lost" if closed else "open"
+        def text(name: str) -> Optional[str]:
+            value = props.get(name)
+            return value if isinstance(value, str) and value.strip() else None
+        return DealSnapshot(deal_id=deal_id, stage=stage.strip(), outcome=outcome, modified_at=modified,
+                            contacts=tuple(contacts), name=text("dealname"), pipeline=text("pipeline"), amount=amount,
+                            currency=text("deal_currency_code"), closed_at=_moment(props.get("closedate")),
+                            created_at=_moment(props.get("createdate") or raw.get("createdAt"))), problem

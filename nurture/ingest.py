@@ -94,6 +94,7 @@ class TrackResult:
     errors: list[RowError] = field(default_factory=list)
     inserted_ids: list[str] = field(default_factory=list)  # event_ids stored by this call
     touches: int = 0  # stored events that carried a lead source (UTM parameters or a click id)
+    unknown: int = 0  # events of addresses no contact has, not stored (track_in without create_contacts)
 
 
 # ---------------------------------------------------------------- values
@@ -681,6 +682,14 @@ def track_records(store: Store, records: list[tuple[int, Any]], *, source: str =
     how many contacts first appear). UTM parameters and click ids found in a page URL property
     are added to the stored properties under their own names, and the contacts' first and last
     touch follow the stored events (nurture.sources), in the same transaction."""
+    with store.engine.begin() as conn:
+        return track_in(conn, records, source=source, now=now, create_contacts=create_contacts)
+
+
+def track_in(conn: Any, records: list[tuple[int, Any]], *, source: str = "track",
+             now: Optional[datetime] = None, create_contacts: bool = True) -> TrackResult:
+    """`track_records` inside the caller's transaction: every record checked (a bad one is an
+    error of its line), the good ones written by `write_events`."""
     now = now or datetime.now(timezone.utc)
     result = TrackResult()
     clean: list[dict] = []
@@ -690,40 +699,55 @@ def track_records(store: Store, records: list[tuple[int, Any]], *, source: str =
             result.errors.extend(RowError(source, line, f, m) for f, m in errors)
         else:
             clean.append({**event, "line": line})
-    with store.engine.begin() as conn:
-        refused = refuse_erased(conn, [(e["email"], e["line"]) for e in clean], source, result)
-        clean = [e for e in clean if e["email"] not in refused]
-        emails = sorted({e["email"] for e in clean})
-        ids: dict[str, int] = {}
-        for part in chunks(emails):
+    return write_events(conn, clean, source=source, now=now, create_contacts=create_contacts, result=result)
+
+
+def write_events(conn: Any, clean: list[dict], *, source: str, now: datetime, create_contacts: bool = True,
+                 result: Optional[TrackResult] = None) -> TrackResult:
+    """The one writer of events, in the caller's transaction: erased people refused, contacts
+    found (or created) by e-mail, events already stored counted as duplicates, lead sources
+    kept. `clean` holds events as `_clean_event` makes them — {event_id, email (normalized),
+    name, properties (storable), occurred_at (aware), line} — for callers that build them
+    from values they checked themselves (the CRM pull stores a batch's deals, their events and
+    its cursor in one transaction, nurture.crm). With `create_contacts` False, an event of an
+    address no contact has is not stored; it is counted in `unknown`."""
+    result = result or TrackResult()
+    refused = refuse_erased(conn, [(e["email"], e["line"]) for e in clean], source, result)
+    clean = [e for e in clean if e["email"] not in refused]
+    emails = sorted({e["email"] for e in clean})
+    ids: dict[str, int] = {}
+    for part in chunks(emails):
+        ids.update(dict(conn.execute(select(contact_t.c.email, contact_t.c.id).where(contact_t.c.email.in_(part))).all()))
+    missing = [e for e in emails if e not in ids]
+    if missing and create_contacts:
+        conn.execute(contact_t.insert(), [{"email": e, "lifecycle_stage": "lead", "score": 0.0, "attributes": {},
+                                           "created_at": now, "updated_at": now} for e in missing])
+        for part in chunks(missing):
             ids.update(dict(conn.execute(select(contact_t.c.email, contact_t.c.id).where(contact_t.c.email.in_(part))).all()))
-        missing = [e for e in emails if e not in ids]
-        if missing and create_contacts:
-            conn.execute(contact_t.insert(), [{"email": e, "lifecycle_stage": "lead", "score": 0.0, "attributes": {},
-                                               "created_at": now, "updated_at": now} for e in missing])
-            for part in chunks(missing):
-                ids.update(dict(conn.execute(select(contact_t.c.email, contact_t.c.id).where(contact_t.c.email.in_(part))).all()))
-        known_ids: set[str] = set()
-        event_ids = [e["event_id"] for e in clean]
-        for part in chunks(event_ids):
-            known_ids.update(r[0] for r in conn.execute(select(event_t.c.event_id).where(event_t.c.event_id.in_(part))))
-        rows, seen, touches = [], set(), []
-        for e in clean:
-            if e["event_id"] in known_ids or e["event_id"] in seen:
-                result.duplicates += 1  # a re-sent event changes nothing, its touch included
-                continue
-            seen.add(e["event_id"])
-            properties, found = e["properties"], extract_touch(e["properties"])
-            if found.from_url:  # every event's UTMs are kept where conditions and reports read them
-                properties = {**properties, **found.from_url}
-            rows.append({"event_id": e["event_id"], "contact_id": ids[e["email"]], "name": e["name"],
-                         "properties": properties, "occurred_at": e["occurred_at"], "received_at": now})
-            if found.touch is not None:
-                touches.append(TouchCandidate(ids[e["email"]], found.touch, e["occurred_at"], e["event_id"]))
-        insert_ignore(conn, event_t, rows, ("event_id",))
-        result.inserted = len(rows)
-        result.inserted_ids = [r["event_id"] for r in rows]
-        result.touches = record_event_touches(conn, touches)
+    elif missing:
+        result.unknown += sum(1 for e in clean if e["email"] not in ids)
+        clean = [e for e in clean if e["email"] in ids]
+    known_ids: set[str] = set()
+    event_ids = [e["event_id"] for e in clean]
+    for part in chunks(event_ids):
+        known_ids.update(r[0] for r in conn.execute(select(event_t.c.event_id).where(event_t.c.event_id.in_(part))))
+    rows, seen, touches = [], set(), []
+    for e in clean:
+        if e["event_id"] in known_ids or e["event_id"] in seen:
+            result.duplicates += 1  # a re-sent event changes nothing, its touch included
+            continue
+        seen.add(e["event_id"])
+        properties, found = e["properties"], extract_touch(e["properties"])
+        if found.from_url:  # every event's UTMs are kept where conditions and reports read them
+            properties = {**properties, **found.from_url}
+        rows.append({"event_id": e["event_id"], "contact_id": ids[e["email"]], "name": e["name"],
+                     "properties": properties, "occurred_at": e["occurred_at"], "received_at": now})
+        if found.touch is not None:
+            touches.append(TouchCandidate(ids[e["email"]], found.touch, e["occurred_at"], e["event_id"]))
+    insert_ignore(conn, event_t, rows, ("event_id",))
+    result.inserted += len(rows)
+    result.inserted_ids += [r["event_id"] for r in rows]
+    result.touches += record_event_touches(conn, touches)
     return result
 
 

@@ -25,6 +25,15 @@ def test_journey_ticks_every_five_minutes_and_segment_sync_nightly_in_berlin():
     assert declared["segment-sync"]["schedules"] == [{"cron": "0 2 * * *", "timezone": "Europe/Berlin"}]
 
 
+def test_the_crm_pull_runs_hourly_and_nurture_serve_serves_it(tmp_path):
+    from nurture.cli.run_verbs import served_deployments
+    declared = _declared()["crm-pull"]
+    assert (declared["entrypoint"], declared["schedules"]) == ("flows/crm_pull.py:crm_pull", [{"interval": 3600}])
+    served = {d.name: d for d in served_deployments(str(tmp_path))}["crm-pull-served"]
+    assert served.schedules[0].schedule.interval.total_seconds() == 3600
+    assert served.parameters == {"project": str(tmp_path)}
+
+
 def test_nurture_serve_serves_the_deployments_prefect_yaml_declares_under_its_own_names(tmp_path):
     from nurture.cli.run_verbs import served_deployments
     served = {d.name: d for d in served_deployments(str(tmp_path))}

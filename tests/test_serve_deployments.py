@@ -166,7 +166,7 @@ def test_serve_beside_the_work_pool_deployments_ticks_at_start_logs_to_the_ui_an
     project = write_project(tmp_path / "shop", {"welcome_series": JOURNEY})
     url = _database(project)
     pool_before = _worker_pool_view(server.deployments())
-    assert set(pool_before) == {"tick-all", "segment-sync", "scoring", "hygiene"}
+    assert set(pool_before) == {"tick-all", "segment-sync", "scoring", "crm-pull", "hygiene"}
 
     out = open(tmp_path / "serve.log", "w+")
     started = time.time()
@@ -176,7 +176,7 @@ def test_serve_beside_the_work_pool_deployments_ticks_at_start_logs_to_the_ui_an
                                             PREFECT_RUNNER_POLL_FREQUENCY="1"),
                              stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        names = {"tick-all-served", "segment-sync-served", "scoring-served", "hygiene-served"}
+        names = {"tick-all-served", "segment-sync-served", "scoring-served", "crm-pull-served", "hygiene-served"}
         served = wait_for("the served deployments", lambda: (lambda d: d if names <= set(d) else None)(
             server.deployments()), timeout=120)
         assert {n for n in served if n.endswith("-served")} == names
@@ -216,7 +216,7 @@ def test_serve_beside_the_work_pool_deployments_ticks_at_start_logs_to_the_ui_an
     after = server.deployments()
     # a clean stop: nothing paused, the served schedules and waiting runs gone, the pool untouched
     assert not any(d.paused for d in after.values())
-    for name in ("tick-all-served", "segment-sync-served", "scoring-served", "hygiene-served"):
+    for name in ("tick-all-served", "segment-sync-served", "scoring-served", "crm-pull-served", "hygiene-served"):
         assert after[name].schedules == []
         assert not [r for r in server.runs_of(after[name].id) if r.state.is_scheduled()]
     assert _worker_pool_view(after) == pool_before

@@ -1,4 +1,5 @@
-"""Data in and out: `import contacts`, `import spend`, `track`, `consent grant|revoke`, `messages`."""
+"""Data in and out: `import contacts`, `import spend`, `import deals`, `track`, `consent grant|revoke`,
+`messages`."""
 from __future__ import annotations
 
 import json
@@ -116,6 +117,47 @@ def import_spend_cmd(file: Path = typer.Argument(..., help="CSV or JSONL: date,s
     console.print(f"imported {file.name}: {result.imported} row(s), {result.replaced} replaced, "
                   f"{result.bad_rows} bad row(s) skipped{superseded}, total {result.total:,.2f} {currency}",
                   markup=False)
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@import_app.command("deals")
+def import_deals_cmd(file: Path = typer.Argument(..., help="CSV or JSONL: deal_id,email,stage,amount,currency,"
+                                                            "closed_at"),
+                     encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP)) -> None:
+    """Import deals from a CRM export: deal_created, deal_stage_changed, deal_won (its amount is
+    revenue) and deal_lost events of their contacts, as `nurture crm pull` makes them.
+
+    Columns: deal_id, email (the deal's contact), stage (won, lost or an open stage's name),
+    amount (required for won), currency (the project's, policies.yaml `currency`), closed_at
+    (ISO 8601; required for won and lost), optional pipeline and name. Importing again adds
+    nothing; a changed stage is a new event. Deals of unknown addresses are kept and counted
+    (no contact is created). A bad row is named by line and field and skipped; the good rows
+    are kept and the exit code is 1."""
+    from nurture.crm.deal_file import import_deals
+    codec = _encoding(encoding)
+    spec = open_project(strict=False)
+    broken = spec.file_errors("policies")
+    if broken:  # the currency every amount is checked against comes from policies.yaml
+        for error in broken:
+            err_console.print(str(error), markup=False)
+        raise CliError("policies.yaml has errors (its `currency` is what the amounts are checked against); "
+                       "nothing was imported")
+    currency = spec.policies.currency
+    with _reading(file):
+        result = import_deals(store(), _existing(file), currency=currency, encoding=codec)
+    _report_errors(result.errors, result.deals.read)
+    d = result.deals
+    superseded = f", {result.superseded} repeated in the file (the later row won)" if result.superseded else ""
+    console.print(f"imported {file.name}: {d.read} deal(s) ({d.new} new, {d.changed} changed), {d.events} event(s) "
+                  f"added ({d.stage_changes} stage change(s), {d.won} won, {d.lost} lost), revenue "
+                  f"{d.revenue:,.2f} {currency}, {result.bad_rows} bad row(s) skipped{superseded}", markup=False)
+    if d.without_contact:
+        shown = ", ".join(f"{deal_id} ({email})" for deal_id, email in d.examples)
+        console.print(f"deals without a known contact: {d.without_contact} (kept, no events), e.g. {shown}; import "
+                      "those contacts and the next `import deals` or `crm pull` attaches them", markup=False)
+    for problem in d.problems[:200]:
+        err_console.print(f"warning: {problem}", markup=False)
     if result.errors:
         raise typer.Exit(1)
 

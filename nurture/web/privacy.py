@@ -17,10 +17,16 @@
   server sees another one), with the URL-encoded characters HubSpot decodes decoded; a
   timestamp more than 5 minutes off is refused (a replay). HubSpot names the deleted contact by
   its record id (`objectId`): Nurture finds it among the records its HubSpot lists acknowledged
-  and its handovers to HubSpot. Other subscription types are ignored. Answer 200
-  `{"erased", "already_erased", "unknown", "ignored"}`; 401 for a missing, stale or wrong
-  signature, 403 when no client secret is configured, 400/422 for a body that is not a list
-  of events.
+  and its handovers to HubSpot. The same endpoint takes HubSpot's deal subscriptions
+  (`deal.creation`, `deal.propertyChange`): the deals named are pulled at once, through the
+  same engine as `nurture crm pull` (nurture.crm.pull.pull_named: their contacts, events and
+  lifecycle moves; the pull's cursor is not touched, so the hourly pull reads them again and
+  adds nothing). Other subscription types are ignored. Answer 200
+  `{"erased", "already_erased", "unknown", "ignored"}`, plus `"deals": {"named", "read",
+  "events", "won", "failure"}` when the body named deals (`failure`: why they could not be
+  pulled now — HubSpot unreachable, NURTURE_HUBSPOT_TOKEN unset — the hourly pull catches up);
+  401 for a missing, stale or wrong signature, 403 when no client secret is configured,
+  400/422 for a body that is not a list of events or an `objectId` that is not a record id.
 """
 from __future__ import annotations
 
@@ -37,10 +43,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from nurture.crm.pull import PullResult, pull_named
+from nurture.crm.source import deal_source
 from nurture.ingest import normalize_email
 from nurture.privacy.erase import (ErasureResult, check_reason, contacts_for_crm_record, erase_contacts,
                                    erase_emails)
-from nurture.registry import IntegrationContext
+from nurture.registry import IntegrationContext, IntegrationError
 from nurture.settings import WebSettings
 
 # Read through WebSettings from the env mapping the app was created with (docs/settings.md).
@@ -49,6 +57,7 @@ HUBSPOT_SECRET_SETTING = "NURTURE_HUBSPOT_CLIENT_SECRET"
 MAX_EMAILS = 1000
 MAX_SKEW_MS = 5 * 60 * 1000
 PRIVACY_DELETION = "contact.privacyDeletion"
+DEAL_CHANGES = ("deal.creation", "deal.propertyChange")
 HUBSPOT = "hubspot"
 # The URL-encoded characters HubSpot decodes in the request URI before it signs it (v3).
 _HUBSPOT_DECODED = {"%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$", "%27": "'",
@@ -176,13 +185,19 @@ def privacy_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
             return _problem(422, "body must be a JSON array of events", "body")
         counts: Counter = Counter()
         requests: list[tuple[str, int]] = []
+        deals: list[str] = []
         for i, event in enumerate(events):
-            if not isinstance(event, dict) or event.get("subscriptionType") != PRIVACY_DELETION:
+            kind = event.get("subscriptionType") if isinstance(event, dict) else None
+            if kind not in (PRIVACY_DELETION, *DEAL_CHANGES):
                 counts["ignored"] += 1
                 continue
             record = event.get("objectId")
-            if isinstance(record, bool) or not isinstance(record, (int, str)) or not str(record).strip().isdigit():
+            if isinstance(record, bool) or not isinstance(record, (int, str)) or not str(record).strip().isdigit() \
+                    or len(str(record).strip()) > 20:
                 return _problem(422, "objectId must be a HubSpot record id", f"[{i}].objectId")
+            if kind in DEAL_CHANGES:
+                deals.append(str(record).strip())
+                continue
             found = await run_in_threadpool(contacts_for_crm_record, rt.store, HUBSPOT, str(record).strip())
             if not found:
                 counts["unknown"] += 1
@@ -193,6 +208,24 @@ def privacy_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
                 reason="hubspot_privacy_deletion", now=clock(), gone_from={HUBSPOT})
             for result in {id(r): r for r in results}.values():
                 counts[result.outcome] += 1
-        return JSONResponse({key: counts[key] for key in ("erased", "already_erased", "unknown", "ignored")})
+        answer: dict[str, Any] = {key: counts[key] for key in ("erased", "already_erased", "unknown", "ignored")}
+        if deals:
+            answer["deals"] = await run_in_threadpool(pull_now, list(dict.fromkeys(deals)))
+        return JSONResponse(answer)
+
+    def pull_now(deal_ids: list[str]) -> dict:
+        """Pull the deals a webhook named; a failure is reported, never raised (the hourly pull
+        reads them anyway)."""
+        try:
+            source = deal_source(HUBSPOT, context())
+        except IntegrationError as exc:
+            return {"named": len(deal_ids), "read": 0, "events": 0, "won": 0, "failure": str(exc)}
+        try:
+            result: PullResult = pull_named(rt.store, source, deal_ids, now=clock(),
+                                            currency=rt.project.policies.currency)
+        finally:
+            source.close()
+        return {"named": len(deal_ids), "read": result.deals.read, "events": result.deals.events,
+                "won": result.deals.won, "failure": result.failure}
 
     return router
