@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select
@@ -562,3 +562,32 @@ def test_the_crm_pull_flows_task_pulls_and_a_project_without_hubspot_is_not_a_fa
         assert skipped["status"] == "not configured" and "NURTURE_HUBSPOT_TOKEN" in skipped["note"]
     finally:
         forget_runtimes()
+
+
+def test_an_erasure_removes_the_address_from_the_persons_deals_and_keeps_the_amounts(store, tmp_path):
+    """A deal is the company's record (amount, stage) but its address names the person: an
+    erasure clears it — on the person's deals and on a deal still waiting for that address."""
+    from sqlalchemy import select
+
+    from nurture.privacy.erase import erase_contacts
+    from nurture.registry import IntegrationContext
+    from nurture.spec.project import load_project
+    from nurture.store.tables import deal_t
+    from tests.conftest import write_project
+    from tests.engine_fixtures import add_contact
+    t = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    cid = add_contact(store, "jane@firm.example")
+    with store.engine.begin() as conn:
+        for deal_id, contact, email in (("D-1", cid, "jane@firm.example"), ("D-2", None, "Jane@Firm.example"),
+                                        ("D-3", None, "other@firm.example")):
+            conn.execute(deal_t.insert().values(crm="import", deal_id=deal_id, contact_id=contact, email=email,
+                                                stage="won", outcome="won", amount=1000.0, currency="EUR",
+                                                modified_at=t, created_at=t, updated_at=t))
+    root = write_project(tmp_path / "p", {})
+    project = load_project(root)
+    [result] = erase_contacts(store, project, [("jane@firm.example", cid)],
+                              context=IntegrationContext(root, root / ".nurture", {}), actor="test", reason="request")
+    with store.reading() as conn:
+        rows = {r.deal_id: (r.email, r.amount) for r in conn.execute(select(deal_t))}
+    assert rows == {"D-1": (None, 1000.0), "D-2": (None, 1000.0), "D-3": ("other@firm.example", 1000.0)}
+    assert result.removed["deals"] == 2

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Collection, Iterable, Optional, Sequence
 
-from sqlalchemy import String, and_, bindparam, cast, func, or_, select
+from sqlalchemy import String, and_, bindparam, cast, false, func, or_, select
 
 from nurture.consent_ledger import erase_consents, suppress
 from nurture.ingest import normalize_email
@@ -61,7 +61,7 @@ from nurture.segments.sync import default_factory
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.models import QUEUED, SUPPRESSED
-from nurture.store.tables import (consent_t, contact_t, enrollment_t, event_t, handover_t, membership_t, message_t,
+from nurture.store.tables import (consent_t, contact_t, deal_t, enrollment_t, event_t, handover_t, membership_t, message_t,
                                   suppression_t, sync_run_t, touch_t)
 
 INVALID = "invalid"  # an outcome of a request only: the address is not an e-mail address
@@ -318,6 +318,13 @@ def _sweep(conn: Any, subject: _Subject, *, now: datetime, needles: Sequence[str
 
     # lead sources: a click id names one click of this person at an ad platform
     removed["touches"] += conn.execute(touch_t.delete().where(touch_t.c.contact_id == cid)).rowcount
+
+    # CRM deals: amounts and stages stay (pipeline and revenue still add up), the address goes —
+    # also on a deal that waits for this address as its contact
+    addresses = [n for n in needles if "@" in n]
+    removed["deals"] += conn.execute(deal_t.update().where(
+        or_(deal_t.c.contact_id == cid, func.lower(deal_t.c.email).in_(addresses) if addresses else false()),
+        deal_t.c.email.is_not(None)).values(email=None)).rowcount
 
     # journeys: an erased contact leaves every journey now
     removed["enrollments_exited"] += conn.execute(enrollment_t.update().where(
