@@ -1,5 +1,8 @@
 """The nightly segment sync as a Prefect flow: one task per (segment, destination), then a
-table artifact of what each one did.
+table artifact of what each one did — and then, when journeys/conversions.yaml declares any,
+the offline conversions step (nurture.conversions.send) with its own table artifact
+(`conversions`). A broken conversions.yaml fails that step (after the sync is done), never the
+sync itself; a single-segment run (`segment=`) sends no conversions.
 
 The engine (nurture.segments.sync) diffs and pushes; this flow only sequences, installs
 the per-provider throttle (a slot of the global concurrency limit `nurture-<provider>`
@@ -16,11 +19,13 @@ from typing import Optional
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows.runtime import logical_now, require_valid, retry_unless_invalid, runtime_for
+from flows.runtime import invalid, logical_now, require_valid, retry_unless_invalid, runtime_for
 from integrations.google import GoogleSettings
 from integrations.hubspot import HubSpotSettings
 from integrations.linkedin import LinkedInSettings
 from integrations.meta import MetaSettings
+from nurture.conversions.send import ConversionsInvalid, send_one
+from nurture.conversions.send import targets as conversion_targets
 from nurture.redaction import redact, secrets_in
 from nurture.registry import IntegrationContext
 from nurture.segments import throttle
@@ -28,6 +33,7 @@ from nurture.segments.sync import SyncTarget, sync_one, targets
 from nurture.settings import Settings
 
 ARTIFACT_KEY = "segment-sync"
+CONVERSIONS_ARTIFACT_KEY = "conversions"
 DEFAULT_SYNC_TIMEZONE = "Europe/Berlin"  # prefect.yaml's segment-sync schedule says the same
 
 
@@ -98,16 +104,53 @@ def report_task(rows: list[dict], now: datetime) -> list[dict]:
     return rows
 
 
+@task(name="conversions", retries=1, retry_delay_seconds=30, retry_condition_fn=retry_unless_invalid)
+def conversions_task(project: Optional[str], now: datetime) -> list[dict]:
+    """Every declared (conversion, destination), then a table artifact of what each one did."""
+    rt = runtime_for(project)
+    try:
+        refs = conversion_targets(rt.project)
+    except ConversionsInvalid:
+        raise invalid(rt.project.file_errors("conversions")) from None
+    rows = []
+    throttled = _server_configured()
+    previous = throttle.install(prefect_rate_limit) if throttled else None
+    try:
+        for ref in refs:
+            context = IntegrationContext(rt.project.root, rt.data_dir, with_secret_blocks(rt.env, ref.destination))
+            row = send_one(rt.store, rt.project, ref, now, context).row()
+            row["errors"] = redact(row["errors"], secrets_in(context.env))
+            rows.append(row)
+    finally:
+        if throttled:
+            throttle.install(previous)
+    sent = sum(r["sent"] for r in rows)
+    skipped = sum(r["skipped"] for r in rows)
+    failed = sum(r["failed"] for r in rows)
+    create_table_artifact(key=CONVERSIONS_ARTIFACT_KEY,
+                          table=rows or [{"conversion": "-", "target": "-", "status": "nothing to send"}],
+                          description=f"Conversions at {now.isoformat()}: {len(rows)} destination(s), "
+                                      f"sent {sent}, skipped {skipped}, failed {failed}")
+    log = get_run_logger()
+    (log.warning if failed else log.info)("conversions at %s: %d destination(s), sent %d, skipped %d, failed %d",
+                                          now.isoformat(), len(rows), sent, skipped, failed)
+    return rows
+
+
 @flow(name="segment-sync", log_prints=True)
 def segment_sync(project: Optional[str] = None, now: Optional[datetime] = None,
                  segment: Optional[str] = None) -> list[dict]:
-    """Diff-sync every segment (or one) to each of its destinations."""
+    """Diff-sync every segment (or one) to each of its destinations; then, for a full run,
+    send the due offline conversions."""
     clock = logical_now(now)
     rt = runtime_for(project)
     require_valid(rt, "segments")
     refs = targets(rt.project, segment)
     rows = [sync_target_task(project, ref, clock) for ref in refs]
-    return report_task(rows, clock)
+    reported = report_task(rows, clock)
+    if segment is None and (rt.project.conversions or rt.project.file_errors("conversions")):
+        conversions_task(project, clock)
+    return reported
 
 
 def sync_deployment(project: str):

@@ -26,7 +26,8 @@ from nurture.settings import EnvSettings, setting
 class LinkedInSettings(EnvSettings):
     """The LinkedIn token and the Marketing API's address and version."""
     access_token: Optional[SecretStr] = setting(
-        "NURTURE_LINKEDIN_ACCESS_TOKEN", doc="LinkedIn access token (scope rw_dmp_segments).")
+        "NURTURE_LINKEDIN_ACCESS_TOKEN",
+        doc="LinkedIn access token (scope rw_dmp_segments; rw_conversions for the conversions).")
     base_url: str = setting("NURTURE_LINKEDIN_BASE_URL", "https://api.linkedin.com", doc="LinkedIn's API address.")
     version: str = setting("NURTURE_LINKEDIN_VERSION", "202610", doc="The LinkedIn-Version header (YYYYMM).")
 

@@ -18,7 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Nurture: marketing journeys in YAML, compiled into Prefect flows.")
 
 VERB_MODULES = ("project_verbs", "data_verbs", "run_verbs", "sync_verbs", "web_verbs", "report_verbs",
-                "outbox_verbs", "privacy_verbs")
+                "outbox_verbs", "privacy_verbs", "crm_verbs", "conversions_verbs")
 
 
 @app.callback()

@@ -15,13 +15,14 @@ from pydantic import ValidationError
 from nurture.durations import format_duration
 from nurture.rendering.templates import TemplateLibrary
 from nurture.scoring.spec import check_handover, load_scoring
+from nurture.spec.conversions import load_conversions
 from nurture.spec.errors import SpecError, did_you_mean
 from nurture.spec.model_errors import pydantic_errors
 from nurture.spec.models import OBJECTIVE_METRICS, Condition, Journey, Objective, Policies, Step
 from nurture.spec.segments import Segment, SegmentsFile
 from nurture.spec.yaml_loader import Locations, load_located
 
-SPECIAL_FILES = {"policies", "segments", "scoring"}
+SPECIAL_FILES = {"policies", "segments", "scoring", "conversions"}
 
 
 @dataclass
@@ -32,7 +33,7 @@ class ProjectSpec:
     segments: dict[str, Segment] = field(default_factory=dict)
     locations: dict[str, Locations] = field(default_factory=dict)
     errors: list[SpecError] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)  # raw data of other files (scoring.yaml)
+    extra: dict[str, Any] = field(default_factory=dict)  # other files: scoring.yaml, conversions.yaml
     # The errors each journey is answerable for (its file, its templates, its references);
     # a journey listed here is broken and does not tick, the others do.
     journey_errors: dict[str, list[SpecError]] = field(default_factory=dict)
@@ -54,7 +55,8 @@ class ProjectSpec:
         """Errors that stop everything: policies.yaml (every send reads it) and a project
         folder that is not one."""
         owned = {e for errs in self.journey_errors.values() for e in errs}
-        return [e for e in self.errors if e not in owned and Path(e.path).stem not in ("segments", "scoring")]
+        return [e for e in self.errors if e not in owned
+                and Path(e.path).stem not in ("segments", "scoring", "conversions")]
 
     def errors_of(self, journey: str) -> list[SpecError]:
         """Why `journey` cannot run (empty: it can): the fatal errors, segments.yaml's when the
@@ -66,6 +68,12 @@ class ProjectSpec:
         if spec is not None and _mentions(spec.model_dump(by_alias=True), "handover"):
             errors += self.file_errors("scoring")
         return errors + sorted(set(self.journey_errors.get(journey, [])))
+
+    @property
+    def conversions(self) -> list[Any]:
+        """The conversions declared in conversions.yaml (nurture.spec.conversions.Conversion)."""
+        spec = self.extra.get("conversions")
+        return list(spec.conversions) if spec is not None else []
 
     @property
     def journey_names(self) -> list[str]:
@@ -360,6 +368,14 @@ def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
         errors.extend(scoring_errors)
         if scoring is not None:
             project.extra["scoring"] = scoring
+    if (journeys_dir / "conversions.yaml").is_file():
+        conversions, locations["conversions"], conversion_errors, entries = load_conversions(
+            journeys_dir / "conversions.yaml", _display(root, journeys_dir / "conversions.yaml"))
+        errors.extend(conversion_errors)
+        from nurture.conversions.validation import check_conversions  # destinations against the registry
+        errors.extend(check_conversions(entries, locations["conversions"]))
+        if conversions is not None:
+            project.extra["conversions"] = conversions
     library = project.templates
     for path in sorted(journeys_dir.glob("*.y*ml")):
         name = path.stem

@@ -1,15 +1,38 @@
 """Fake Meta Graph API Custom Audience users edge: POST (add) and DELETE (remove)
 /{version}/{audience_id}/users with form fields payload={schema, data}, session and
 access_token; ≤10,000 rows; every value empty or a lowercase SHA-256 hex; session
-batch_seq consecutive per session_id; throttling errors as Graph error objects."""
+batch_seq consecutive per session_id; throttling errors as Graph error objects.
+
+And the Conversions API: POST /{version}/{dataset_id}/events with the form fields `data` (a
+JSON array of ≤1,000 server events) and `access_token`, as documented at
+https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/server-event/
+(event_name, event_time in SECONDS, event_id, action_source, user_data, custom_data; "if any
+event_time in data is greater than 7 days in the past, we return an error for the entire
+request" — 62 days for physical_store) and, for Conversion Leads CRM events,
+https://developers.facebook.com/documentation/ads-commerce/conversions-api/conversion-leads-integration/payload-specification
+(user_data.lead_id unhashed, custom_data.event_source "crm" and lead_event_source). It
+checks every event and refuses the whole request on any invalid one (error code 100), as Meta
+does; it de-duplicates on event_id, as Meta does, and keeps every event it received."""
 from __future__ import annotations
 
 import json
 import re
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional
 
 from tests.fakes.http_server import FakeProvider, Reply, Request
 
 PATH = re.compile(r"^/(v\d+\.\d+)/(\d+)/users$")
+EVENTS_PATH = re.compile(r"^/(v\d+\.\d+)/(\d+)/events$")
+EVENT_MAX_AGE = {"system_generated": timedelta(days=7), "physical_store": timedelta(days=62)}
+ACTION_SOURCES = {"email", "website", "app", "phone_call", "chat", "physical_store", "system_generated",
+                  "business_messaging", "other"}
+EVENT_KEYS = {"event_name", "event_time", "event_id", "action_source", "user_data", "custom_data",
+              "event_source_url", "opt_out", "data_processing_options", "data_processing_options_country",
+              "data_processing_options_state", "referrer_url"}
+HASHED_USER_KEYS = {"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id"}
+FBC = re.compile(r"^fb\.1\.\d{13}\.\S+$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 KNOWN_KEYS = {"EXTERN_ID", "EMAIL", "PHONE", "GEN", "DOBY", "DOBM", "DOBD", "LN", "FN", "FI", "CT", "ST",
               "ZIP", "MADID", "COUNTRY"}
@@ -18,11 +41,16 @@ KNOWN_KEYS = {"EXTERN_ID", "EMAIL", "PHONE", "GEN", "DOBY", "DOBM", "DOBD", "LN"
 class FakeMeta(FakeProvider):
     max_rows = 10_000
 
+    max_events = 1000
+
     def __init__(self, token: str):
         super().__init__()
         self.token = token
         self.audiences: dict[str, set[str]] = {}  # audience -> EMAIL hashes (or PHONE when no e-mail)
         self.sessions: dict[str, list[tuple[int, bool]]] = {}
+        self.datasets: dict[str, dict[str, dict]] = {}  # dataset -> event_id -> the first event with it
+        self.received_events: list[tuple[str, dict]] = []  # every event received, duplicates included
+        self.clock: Optional[datetime] = None  # "now" for the age check (None: the wall clock)
 
     @staticmethod
     def throttled(code: int = 80003) -> Reply:
@@ -44,7 +72,105 @@ class FakeMeta(FakeProvider):
         action = "add" if request.method == "POST" else "remove"
         return [(action, self._identity(payload["schema"], row)) for row in payload.get("data", [])]
 
+    def conversions(self, dataset_id: str) -> dict[str, dict]:
+        """event_id → event, de-duplicated as Meta counts them."""
+        return dict(self.datasets.get(dataset_id, {}))
+
+    @staticmethod
+    def invalid_parameter(message: str, subcode: int = 2804019) -> Reply:
+        """Graph's answer to an invalid server event: the whole request is refused."""
+        return Reply(400, {"error": {"message": "Invalid parameter", "type": "OAuthException", "code": 100,
+                                     "error_subcode": subcode, "error_user_msg": message, "fbtrace_id": "x"}})
+
+    @staticmethod
+    def unknown_object(dataset_id: str) -> Reply:
+        """Graph's answer to a dataset id that does not exist (or the token cannot see)."""
+        return Reply(400, {"error": {"message": f"Unsupported post request. Object with ID '{dataset_id}' does not "
+                                                "exist, cannot be loaded due to missing permissions, or does not "
+                                                "support this operation.", "type": "GraphMethodException",
+                                     "code": 100, "error_subcode": 33, "fbtrace_id": "x"}})
+
+    def _event_problem(self, event: Any, now: datetime) -> Optional[str]:
+        if not isinstance(event, dict) or not set(event) <= EVENT_KEYS:
+            return f"unknown server event keys {sorted(set(event) - EVENT_KEYS) if isinstance(event, dict) else event}"
+        if not isinstance(event.get("event_name"), str) or not event["event_name"].strip():
+            return "event_name is required"
+        t = event.get("event_time")
+        if not isinstance(t, int) or isinstance(t, bool) or not 10 ** 9 <= t < 10 ** 11:
+            return f"event_time must be a Unix time in seconds, got {t!r}"
+        if not isinstance(event.get("event_id"), str) or not event["event_id"]:
+            return "event_id is required for de-duplication"
+        source = event.get("action_source")
+        if source not in ACTION_SOURCES:
+            return f"bad action_source {source!r}"
+        if source in EVENT_MAX_AGE and datetime.fromtimestamp(t, timezone.utc) < now - EVENT_MAX_AGE[source]:
+            return f"event_time {t} is older than Meta allows for {source}"
+        user = event.get("user_data")
+        if not isinstance(user, dict) or not user:
+            return "user_data is required"
+        for key, value in user.items():
+            if key in HASHED_USER_KEYS:
+                values = value if isinstance(value, list) else [value]
+                if not values or not all(isinstance(v, str) and HEX64.match(v) for v in values):
+                    return f"user_data.{key} must be lowercase SHA-256 hex"
+            elif key == "lead_id":
+                if not isinstance(value, int) or isinstance(value, bool) or not 15 <= len(str(value)) <= 17:
+                    return f"user_data.lead_id must be the 15-17 digit lead id, unhashed: {value!r}"
+            elif key == "fbc":
+                if not isinstance(value, str) or not FBC.match(value):
+                    return f"user_data.fbc must be fb.1.<ms>.<fbclid>: {value!r}"
+            else:
+                return f"unexpected user_data.{key}"
+        if not {"em", "ph", "lead_id", "fbc", "external_id"} & set(user):
+            return "user_data has no customer information parameter to match on"
+        custom = event.get("custom_data", {})
+        if not isinstance(custom, dict):
+            return "custom_data must be an object"
+        if "value" in custom and (not isinstance(custom["value"], (int, float)) or isinstance(custom["value"], bool)
+                                  or not re.fullmatch(r"[A-Z]{3}", str(custom.get("currency", "")))):
+            return f"custom_data value needs a number and an ISO 4217 currency: {custom}"
+        crm = "lead_id" in user
+        if crm and (custom.get("event_source") != "crm" or not custom.get("lead_event_source")
+                    or source != "system_generated"):
+            return "a Conversion Leads event needs action_source system_generated, custom_data.event_source crm " \
+                   "and lead_event_source"
+        if not crm and ("event_source" in custom or "lead_event_source" in custom):
+            return "event_source / lead_event_source are only for Conversion Leads events (with a lead_id)"
+        return None
+
+    def _events(self, request: Request, dataset: str) -> Reply:
+        form = request.form()
+        if form.get("access_token") != self.token:
+            self.problems.append("bad access_token")
+            return Reply(400, {"error": {"message": "Invalid OAuth access token - Cannot parse access token",
+                                         "type": "OAuthException", "code": 190, "fbtrace_id": "x"}})
+        if "access_token" in request.query:
+            self.problems.append("access token sent in the URL")
+        try:
+            data = json.loads(form["data"])
+        except (KeyError, ValueError):
+            return self.problem("the data form field must be a JSON array")
+        if not isinstance(data, list) or not 1 <= len(data) <= self.max_events:
+            got = len(data) if isinstance(data, list) else data
+            return self.problem(f"1..{self.max_events} events per request, got {got}")
+        now = self.clock or datetime.now(timezone.utc)
+        for event in data:
+            problem = self._event_problem(event, now)
+            if problem:  # one bad event refuses the whole request
+                self.problems.append(problem)
+                return self.invalid_parameter(problem)
+        if any(v in self.rejected for e in data for v in e["user_data"].get("em", [])):
+            return self.invalid_parameter("The parameter em is invalid for one of the events")
+        held = self.datasets.setdefault(dataset, {})
+        for event in data:
+            self.received_events.append((dataset, event))
+            held.setdefault(event["event_id"], event)
+        return Reply(200, {"events_received": len(data), "messages": [], "fbtrace_id": uuid.uuid4().hex[:11]})
+
     def handle(self, request: Request) -> Reply:
+        events = EVENTS_PATH.match(request.path)
+        if events and request.method == "POST":
+            return self._events(request, events.group(2))
         match = PATH.match(request.path)
         if not match or request.method not in ("POST", "DELETE"):
             return self.problem(f"unexpected {request.method} {request.path}")
