@@ -24,6 +24,7 @@ from integrations.google import GoogleSettings
 from integrations.hubspot import HubSpotSettings
 from integrations.linkedin import LinkedInSettings
 from integrations.meta import MetaSettings
+from integrations.tiktok import TikTokSettings
 from nurture.conversions.send import ConversionsInvalid, send_one
 from nurture.conversions.send import targets as conversion_targets
 from nurture.redaction import redact, secrets_in
@@ -51,7 +52,8 @@ def _server_configured() -> bool:
 
 # The destinations' credentials that may live in Prefect Secret blocks: the secret settings their
 # models declare (NURTURE_HUBSPOT_TOKEN, NURTURE_META_ACCESS_TOKEN, …).
-SECRET_SETTINGS = tuple(d.name for model in (HubSpotSettings, MetaSettings, GoogleSettings, LinkedInSettings)
+SECRET_SETTINGS = tuple(d.name for model in (HubSpotSettings, MetaSettings, GoogleSettings, LinkedInSettings,
+                                              TikTokSettings)
                         for d in model.declared() if d.secret)
 
 

@@ -114,6 +114,9 @@ class Company:
     _serial: int = 0
     _seen_messages: int = 0
     _seen_handovers: int = 0
+    # the CRM's deals: (time, export row) — each demo request opens one; the sales team wins some
+    deal_rows: list[tuple[datetime, int, dict]] = field(default_factory=list)
+    _deal_cursor: int = 0
 
     @property
     def end(self) -> datetime:
@@ -143,7 +146,42 @@ class Company:
         self._cursor = stop
         if batch:
             track_records(store, batch, source="demo", now=now)
+            for _, record in batch:
+                if record["event"] == "demo_request":
+                    self._open_deal(record)
         return len(batch)
+
+    def _open_deal(self, record: dict) -> None:
+        """A demo request becomes a deal in the CRM a day later; almost half are won within two or
+        three weeks (4,000–24,000 €), a fifth lost, the rest still open — the B2B revenue the report
+        shows."""
+        rng = random.Random(f"{self.seed}:deal:{record['event_id']}")
+        at = datetime.fromisoformat(record["timestamp"]) + timedelta(hours=rng.uniform(12, 36))
+        deal = f"D-{self.seed}-{len(self.deal_rows) + 1}"
+        amount = round(rng.choice([4000, 6000, 9000, 12000, 18000, 24000]) * rng.uniform(0.9, 1.1), -1)
+        row = {"deal_id": deal, "email": record["email"], "stage": "demo_scheduled", "amount": amount,
+               "currency": "EUR", "closed_at": "", "pipeline": "sales"}
+        self._deal_event(at, row)
+        r = rng.random()
+        if r < 0.7:
+            self._deal_event(at + timedelta(days=rng.uniform(2, 5)), {**row, "stage": "proposal_sent"})
+        if r < 0.45 or 0.7 <= r < 0.9:
+            closed = at + timedelta(days=rng.uniform(5, 18))
+            self._deal_event(closed, {**row, "stage": "won" if r < 0.45 else "lost", "closed_at": closed.isoformat()})
+
+    def _deal_event(self, at: datetime, row: dict) -> None:
+        if at <= self.end:
+            self._serial += 1
+            bisect.insort(self.deal_rows, (at, self._serial, row), lo=self._deal_cursor)
+
+    def deals_until(self, now: datetime) -> list[dict]:
+        """The CRM export rows of deals changed up to `now` (each deal's state as of then)."""
+        stop = self._deal_cursor
+        while stop < len(self.deal_rows) and self.deal_rows[stop][0] <= now:
+            stop += 1
+        latest = {row["deal_id"]: row for _, _, row in self.deal_rows[self._deal_cursor:stop]}
+        self._deal_cursor = stop
+        return list(latest.values())
 
 
 def _pick(rng: random.Random, weighted: list[tuple]) -> tuple:
@@ -366,7 +404,7 @@ def react(company: Company, store: Store, now: datetime) -> dict[str, int]:
                     record_consent(conn, m.contact_id, "email", "revoked", source="demo-unsubscribe", at=at,
                                    policy_version="demo")
                     counts["unsubscribe"] += 1
-            if m.journey == "b2b_nurture" and m.step_id.startswith("demo_invite") and rng.random() < 0.25:
+            if m.journey == "b2b_nurture" and m.step_id.startswith("demo_invite") and rng.random() < 0.35:
                 company._later(sent_at + timedelta(hours=rng.uniform(2, 60)), m.email, "demo_request", source="email")
             if rng.random() < PURCHASE_AFTER.get(m.journey, 0.0) * STEP_EFFECT.get(m.step_id, 1.0):
                 product = rng.choice(PRODUCTS)

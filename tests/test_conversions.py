@@ -434,10 +434,10 @@ def test_nurture_conversions_refuses_an_invalid_file_with_its_locations(tmp_path
 
 @pytest.mark.prefect
 @pytest.mark.xdist_group("prefect")
-def test_the_nightly_segment_sync_flow_sends_the_conversions_and_leaves_their_table(tmp_path, monkeypatch):
+def test_the_nightly_segment_sync_flow_sends_the_conversions_and_leaves_their_table(tmp_path, monkeypatch,
+                                                                                   prefect_harness):
     import anyio
     from prefect import get_client
-    from prefect.testing.utilities import prefect_test_harness
 
     from flows.runtime import forget_runtimes
     from flows.segment_sync import segment_sync
@@ -450,13 +450,13 @@ def test_the_nightly_segment_sync_flow_sends_the_conversions_and_leaves_their_ta
     monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{root / '.nurture' / 'nurture.db'}")
     monkeypatch.setenv("NURTURE_DATA_DIR", str(root / ".nurture"))
     try:
-        with prefect_test_harness(server_startup_timeout=180):
-            rows = segment_sync(project=str(root), now=NOW)
+        state = segment_sync(project=str(root), now=NOW, return_state=True)
+        rows = state.result()
 
-            async def inspect():
-                async with get_client() as client:
-                    return await client.read_artifacts()
-            artifacts = anyio.run(inspect)
+        async def inspect():  # the worker's Prefect server is shared: this run's artifacts only
+            async with get_client() as client:
+                return await client.read_artifacts()
+        artifacts = [a for a in anyio.run(inspect) if a.flow_run_id == state.state_details.flow_run_id]
     finally:
         forget_runtimes()
     assert rows == []  # no segments: the flow's own result is unchanged
