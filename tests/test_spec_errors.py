@@ -44,7 +44,9 @@ def test_a_valid_project_has_no_errors(make_project):
      "journeys/j.yaml:2:26: unknown key 'wehre' (did you mean 'where'?)"),
     # YAML syntax error, located where the parser gave up
     ("name: j\ntrigger: {event: signup\nsteps: []\n",
-     "journeys/j.yaml:3:6: YAML syntax error: expected ',' or '}', but got ':'"),
+     "journeys/j.yaml:3:6: YAML syntax error: a { … } mapping is not closed with '}' or its entries are not "
+     "separated by commas; quote a value that contains { } [ ] , : ? or # (e.g. \"Still thinking?\") "
+     "[expected ',' or '}', but got ':']"),
     # duplicate key
     ("name: j\nname: j\ntrigger: {event: signup}\nsteps:\n  - {id: a, wait: 1h}\n",
      "journeys/j.yaml:2:1: duplicate key 'name'"),
@@ -192,3 +194,14 @@ def test_a_schema_error_does_not_hide_a_missing_template_in_the_same_journey(mak
     assert errors == ["journeys/j.yaml:3:1: unknown key 'exit_whn' (did you mean 'exit_when'?)",
                       "journeys/j.yaml:5:46: template 'helo' not found: expected templates/email/helo.html "
                       "(did you mean 'hello'?)"]
+
+
+@pytest.mark.parametrize("text, plain", [
+    ("name: j\nsteps:\n  - id: x\n   send: y\n", "this line is indented differently from the lines above it"),
+    ("name: j\nsubject: Hello: news\n", "a second ': ' on this line: quote the value if it contains a colon"),
+    ("name: j\ntags: [a, b\n", "a '[' is never closed: add the ']'"),
+], ids=["indentation", "colon-in-value", "unclosed-list"])
+def test_yaml_syntax_errors_are_said_in_plain_words_with_the_parsers_text_kept(text, plain):
+    from nurture.spec.yaml_loader import load_located
+    (error,) = load_located(text, "j.yaml")[2]
+    assert error.message.startswith(f"YAML syntax error: {plain}") and error.message.endswith("]")

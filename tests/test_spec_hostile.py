@@ -189,9 +189,12 @@ def test_a_nul_byte_is_a_located_error_and_other_files_still_report(make_project
     ("name: j\nholdout: " + "9" * 5000 + "\n",
      "j.yaml:2:10: cannot read the value '" + "9" * 40 + "…': "
      "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits"),
-    ("name: j\nsteps: *nowhere\n", "j.yaml:2:8: YAML syntax error: found undefined alias 'nowhere'"),
-    ("name: j\ndescription: \"unclosed\n", "j.yaml:3:1: YAML syntax error: found unexpected end of stream"),
-    ("name: j\n\tsteps: []\n", "j.yaml:2:1: YAML syntax error: found character '\\t' that cannot start any token"),
+    ("name: j\nsteps: *nowhere\n", "j.yaml:2:8: YAML syntax error: an alias (*name) without an anchor (&name) "
+                                  "before it [found undefined alias 'nowhere']"),
+    ("name: j\ndescription: \"unclosed\n", "j.yaml:3:1: YAML syntax error: a quote is never closed: add the closing "
+                                         "' or \" [found unexpected end of stream]"),
+    ("name: j\n\tsteps: []\n", "j.yaml:2:1: YAML syntax error: a tab character: YAML indents with spaces only "
+                              "[found character '\\t' that cannot start any token]"),
     ("name: j\n---\nname: k\n", "j.yaml:2:1: YAML syntax error: but found another document"),
     ("? [a, b]\n: 1\n", "j.yaml:1:3: YAML syntax error: a key must be a plain value"),
 ], ids=["control-character", "impossible-date", "huge-integer", "undefined-alias", "unclosed-quote", "tab",

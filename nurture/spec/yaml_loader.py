@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import re
+
 import yaml
 
 from nurture.spec.errors import SpecError
@@ -187,13 +189,44 @@ def _unreadable(text: str, file: str, exc: yaml.reader.ReaderError) -> SpecError
     return SpecError(file, line, col, message)
 
 
+# PyYAML's parser messages, said the way a person editing a journey file thinks about it. The
+# original message follows in brackets, so nothing a search engine would find is lost.
+_PLAIN = (
+    (re.compile(r"expected <block end>, but found '(<block mapping start>|<block sequence start>|\?|-)'"),
+     "this line is indented differently from the lines above it: keys of one mapping (and items of one "
+     "list) start in the same column"),
+    (re.compile(r"expected ',' or '\}', but got '<stream end>'"), "a '{' is never closed: add the '}'"),
+    (re.compile(r"expected ',' or '\]', but got '<stream end>'"), "a '[' is never closed: add the ']'"),
+    (re.compile(r"expected ',' or '\}', but got"), "a { … } mapping is not closed with '}' or its entries are "
+     "not separated by commas; quote a value that contains { } [ ] , : ? or # (e.g. \"Still thinking?\")"),
+    (re.compile(r"expected ',' or '\]', but got"), "a [ … ] list is not closed with ']' or its items are not "
+     "separated by commas; quote an item that contains { } [ ] , : or #"),
+    (re.compile(r"mapping values are not allowed here"), "a second ': ' on this line: quote the value if it "
+     "contains a colon (e.g. subject: \"Hello: news\"), or start the nested mapping on a new, indented line"),
+    (re.compile(r"found character '\\t' that cannot start any token"), "a tab character: YAML indents with "
+     "spaces only"),
+    (re.compile(r"found unexpected end of stream"), "a quote is never closed: add the closing ' or \""),
+    (re.compile(r"could not find expected ':'"), "a key without ':' (write `key: value`), or a quoted text "
+     "that runs over several lines"),
+    (re.compile(r"found undefined alias"), "an alias (*name) without an anchor (&name) before it"),
+)
+
+
+def plain_problem(problem: str) -> str:
+    """A YAML parser message in plain words, the parser's own text kept in brackets."""
+    for pattern, plain in _PLAIN:
+        if pattern.search(problem):
+            return f"{plain} [{problem}]"
+    return problem
+
+
 def _marked_error(exc: yaml.MarkedYAMLError, file: str) -> SpecError:
     mark = exc.problem_mark or exc.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
     if isinstance(exc, _Refused):
         return SpecError(file, line, col, str(exc.problem))
     problem = exc.problem or exc.context or "invalid YAML"
-    return SpecError(file, line, col, f"YAML syntax error: {problem}")
+    return SpecError(file, line, col, f"YAML syntax error: {plain_problem(problem)}")
 
 
 def load_located(text: str, file: str) -> tuple[Any, Locations, list[SpecError]]:
