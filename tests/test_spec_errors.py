@@ -205,3 +205,11 @@ def test_yaml_syntax_errors_are_said_in_plain_words_with_the_parsers_text_kept(t
     from nurture.spec.yaml_loader import load_located
     (error,) = load_located(text, "j.yaml")[2]
     assert error.message.startswith(f"YAML syntax error: {plain}") and error.message.endswith("]")
+
+
+def test_a_step_of_an_unknown_kind_lists_the_kinds(make_project):
+    from nurture.spec.project import load_project
+    root = make_project({"j": "name: j\ntrigger: {event: signup}\nsteps:\n  - id: x\n    email: {template: hello}\n"})
+    assert [str(e) for e in load_project(root).errors] == [
+        "journeys/j.yaml:5:5: unknown key 'email' (a step is one of: wait, wait_until, send, branch, wait_for, "
+        "split, update, handover, exit)"]

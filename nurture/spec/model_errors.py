@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from nurture.spec.errors import SpecError, did_you_mean
+from nurture.spec.models import STEP_KINDS
 from nurture.spec.yaml_loader import Locations
 
 
@@ -66,7 +67,10 @@ def pydantic_errors(exc: ValidationError, locs: Locations, model: type[BaseModel
         message = err["msg"].removeprefix("Value error, ")
         if kind == "extra_forbidden":
             key = raw_loc[-1]
-            hint = did_you_mean(key, _allowed_keys(model, tuple(p for p in loc[len(prefix):-1])))
+            allowed = _allowed_keys(model, tuple(p for p in loc[len(prefix):-1]))
+            hint = did_you_mean(key, allowed)
+            if not hint and set(STEP_KINDS) <= set(allowed):  # a step of a kind that does not exist
+                hint = f"a step is one of: {', '.join(STEP_KINDS)}"
             errors.append(locs.error(loc, f"unknown key '{key}'", hint, key=True))
         elif kind == "missing":
             errors.append(locs.error(loc, f"missing required key '{raw_loc[-1]}'"))
