@@ -54,6 +54,8 @@ def test_validate_reports_every_error_with_location_and_exits_1(project):
     assert "journeys/broken.yaml:3:1: unknown key 'exit_whn' (did you mean 'exit_when'?)" in text
     assert "journeys/broken.yaml:6:21: 'emial' is not allowed here" in text and "did you mean 'email'?" in text
     assert "journeys/bad_syntax.yaml:3:1: YAML syntax error" in text
+    # the summary counts files, not "errors in valid journeys"
+    assert "error(s) in 2 file(s): journeys/bad_syntax.yaml, journeys/broken.yaml; 1 journey(s) valid" in out.stderr
 
 
 def test_import_names_bad_rows_by_line_and_field_and_keeps_the_good_ones(project, tmp_path):

@@ -22,7 +22,10 @@ def validate() -> None:
         console.print(str(warning), markup=False)
     took = time.perf_counter() - started
     if spec.errors:
-        err_console.print(f"{len(spec.errors)} error(s) in {len(spec.journeys)} valid journey(s) + invalid files")
+        files = sorted({e.path for e in spec.errors})
+        shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        err_console.print(f"{len(spec.errors)} error(s) in {len(files)} file(s): {shown}; "
+                          f"{len(spec.journeys)} journey(s) valid", markup=False)
         raise typer.Exit(1)
     warned = f", {len(spec.warnings)} warning(s)" if spec.warnings else ""
     console.print(f"ok: {len(spec.journeys)} journey(s), {len(spec.segments)} segment(s) valid{warned} ({took:.2f}s)")
