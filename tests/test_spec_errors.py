@@ -213,3 +213,26 @@ def test_a_step_of_an_unknown_kind_lists_the_kinds(make_project):
     assert [str(e) for e in load_project(root).errors] == [
         "journeys/j.yaml:5:5: unknown key 'email' (a step is one of: wait, wait_until, send, branch, wait_for, "
         "split, update, handover, exit)"]
+
+
+def test_template_variables_are_checked_a_fixed_key_is_an_error_a_contact_typo_a_warning(make_project, tmp_path):
+    """`links.unsubcribe` fails every render: an error of the template, located, with the
+    journey broken alone; `contact.frist_name` may be an attribute: a warning with a hint."""
+    from nurture.spec.project import load_project
+    root = make_project({"j": "name: j\ntrigger: {event: signup}\nsteps:\n  - id: a\n    send: "
+                              "{channel: email, template: promo, subject: Hi}\n"},
+                        templates={"email/promo.html": "<p>Hi {{ contact.frist_name }} {{ contact.plan }}</p>\n"
+                                                       "<a href=\"{{ links.unsubcribe }}\">x</a>"})
+    spec = load_project(root)
+    assert [str(e) for e in spec.errors] == [
+        "templates/email/promo.html:2:1: 'links.unsubcribe' does not exist: every render of this template would "
+        "fail (did you mean 'unsubscribe'?)"]
+    assert "j" not in spec.journeys  # broken alone
+    from tests.conftest import write_project
+    root2 = write_project(tmp_path / "other", {"k": "name: k\ntrigger: {event: signup}\nsteps:\n  - id: a\n    send: "
+                                                     "{channel: sms, template: nudge}\n"},
+                          templates={"sms/nudge.txt": "Hi {{ contact.frist_name }}, {{ contact.get('plan') }}"})
+    spec2 = load_project(root2)
+    assert spec2.errors == [] and [str(w) for w in spec2.warnings] == [
+        "templates/sms/nudge.txt:1:1: warning: 'contact.frist_name' is not a contact field; did you mean "
+        "'contact.first_name'? (only an attribute named 'frist_name' would fill it)"]

@@ -11,6 +11,7 @@ before any file is opened, both when validating and when loading for a render.
 """
 from __future__ import annotations
 
+import difflib
 import html as html_lib
 import re
 from dataclasses import dataclass
@@ -165,6 +166,9 @@ def html_to_text(html: str, keep_title: bool = True) -> str:
     return _BLANKS.sub("\n\n", "\n".join(lines)).strip() + "\n"
 
 
+_DICT_METHODS = frozenset({"get", "items", "keys", "values"})  # `links.get('x')` reads no key `get`
+
+
 class TemplateLibrary:
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -232,6 +236,49 @@ class TemplateLibrary:
         todo: list[str] = []
         errors = self._check_references(ast, lambda _line: where, todo)
         return errors + self._check_tree(self.text_env, todo)
+
+    def variable_problems(self, channel: str, name: str, closed: dict[str, tuple[str, ...]],
+                          near: dict[str, tuple[str, ...]]) -> tuple[list[SpecError], list[SpecError]]:
+        """(errors, warnings) about the variables a template (and what it extends, includes or
+        imports) reads: `links.unsubcribe` where `closed` fixes the keys of `links` is an error
+        (every render would fail); `contact.frist_name` close to a key `near` lists is a warning
+        (an attribute of that name may exist). Located in the template file."""
+        paths = [self.html_path(name)] if channel == "email" else [self.sms_path(name)]
+        if channel == "email" and self.email_text_path(name).is_file():
+            paths.append(self.email_text_path(name))
+        todo, seen = [p.relative_to(self.root).as_posix() for p in paths if p.is_file()], set()
+        errors: list[SpecError] = []
+        warnings: list[SpecError] = []
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            try:
+                ast = self.html_env.parse((self.root / current).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, TemplateSyntaxError):
+                continue
+            for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+                if not isinstance(node.node, nodes.Name):
+                    continue
+                key = node.attr if isinstance(node, nodes.Getattr) else \
+                    node.arg.value if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) else None
+                variable = node.node.name
+                if key is None or key in _DICT_METHODS:
+                    continue
+                where = (f"templates/{current}", node.lineno or 1, 1)
+                if variable in closed and key not in closed[variable]:
+                    hint = did_you_mean(key, closed[variable]) or f"it has: {', '.join(closed[variable])}"
+                    errors.append(SpecError(*where, f"'{variable}.{key}' does not exist: every render of this "
+                                                    "template would fail", hint))
+                elif variable in near and key not in near[variable]:
+                    close = difflib.get_close_matches(key, near[variable], n=1, cutoff=0.75)
+                    if close:
+                        warnings.append(SpecError(*where, f"warning: '{variable}.{key}' is not a {variable} field; "
+                                                          f"did you mean '{variable}.{close[0]}'? (only an attribute "
+                                                          f"named '{key}' would fill it)"))
+            todo.extend(found for ref in _references(ast) for found in map(self._resolve, ref.names) if found)
+        return sorted(set(errors)), sorted(set(warnings))
 
     def mentions(self, name: str, variable: str, attribute: str) -> bool:
         """Whether the e-mail template `name`, or a template it extends, includes or imports,

@@ -55,6 +55,14 @@ def recipient_links(public_url: str, secret_key: str, contact_id: int, purpose: 
 
 
 IMPRINT_FIELDS = ("company", "address", "register", "represented_by", "contact")
+# What `nurture validate` knows of the context: the namespaces whose keys are fixed (a misspelt
+# key fails every render, so it is an error) and the contact's own columns (attributes are open:
+# a name close to a column is pointed out, not refused).
+CLOSED_NAMESPACES: dict[str, tuple[str, ...]] = {
+    "links": ("unsubscribe", "preferences", "home"), "imprint": IMPRINT_FIELDS,
+    "journey": ("name", "description"), "step": ("id",)}
+CONTACT_FIELDS = ("id", "email", "phone", "first_name", "last_name", "country", "locale", "timezone",
+                  "lifecycle_stage", "score", "attributes")
 
 
 def imprint_of(sender: Any) -> dict[str, Optional[str]]:

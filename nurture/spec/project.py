@@ -206,6 +206,7 @@ def _check_journey(name: str, journey: Journey, locs: Locations, project: Projec
             names = [arm.name for arm in step.split]
             if len(set(names)) != len(names):
                 errors.append(locs.error(path + ("split",), "split arm names must be unique"))
+    errors.extend(template_variable_problems(journey, library)[0])
     for cond, path in journey_conditions(journey):
         if cond.segment is not None and cond.segment not in project.segments:
             hint = did_you_mean(cond.segment, project.segments)
@@ -313,10 +314,30 @@ def _mentions(data: Any, key: str) -> bool:
     return False
 
 
+def template_variable_problems(journey: Journey, library: TemplateLibrary
+                               ) -> tuple[list[SpecError], list[SpecError]]:
+    """(errors, warnings) about the variables the journey's templates read (a key of a fixed
+    namespace that does not exist; a contact field name with a typo), each template once."""
+    from nurture.send.context import CLOSED_NAMESPACES, CONTACT_FIELDS
+    errors: list[SpecError] = []
+    warnings: list[SpecError] = []
+    seen: set[tuple[str, str]] = set()
+    for step, _ in iter_steps(journey.steps, ("steps",)):
+        if step.send is None or (step.send.channel, step.send.template) in seen:
+            continue
+        seen.add((step.send.channel, step.send.template))
+        e, w = library.variable_problems(step.send.channel, step.send.template, CLOSED_NAMESPACES,
+                                         {"contact": CONTACT_FIELDS})
+        errors += e
+        warnings += w
+    return errors, warnings
+
+
 def _template_warnings(journey: Journey, locs: Locations, library: TemplateLibrary) -> list[SpecError]:
     """A marketing e-mail template (and its layout) without `links.unsubscribe`: every mail from
-    it gets the standard legal footer appended at send time (nurture.rendering.legal_footer)."""
-    warnings = []
+    it gets the standard legal footer appended at send time (nurture.rendering.legal_footer);
+    and a contact field name with a typo (template_variable_problems)."""
+    warnings = template_variable_problems(journey, library)[1]
     for step, path in iter_steps(journey.steps, ("steps",)):
         send = step.send
         if send is None or send.channel != "email" or send.purpose != "marketing":
