@@ -141,3 +141,23 @@ def test_outside_a_project_the_error_says_where_to_run(tmp_path):
     empty.mkdir()
     out = nurture(empty, "validate")
     assert out.returncode == 1 and "no journeys/ folder" in out.stdout + out.stderr
+
+
+def test_init_makes_a_project_that_validates_and_previews_and_refuses_to_overwrite_one(tmp_path):
+    """`nurture init DIR`: one journey, policies, the layout and a template — valid at once."""
+    root = tmp_path / "newshop"
+    out = nurture(root, "init", str(root), check=True)
+    assert "created a project" in out.stdout
+    assert nurture(root, "validate", check=True).stdout.startswith("ok: 1 journey(s)")
+    preview = nurture(root, "preview", "welcome", check=True)
+    assert "Subject: Welcome, Alex!" in preview.stdout  # a sample contact when the store has none
+    again = nurture(root, "init", str(root))
+    assert again.returncode == 2 and "already holds a project" in again.stderr
+    version = nurture(root, "--version", check=True)
+    assert version.stdout.startswith("nurture ")
+
+
+def test_an_error_message_keeps_its_brackets(project):
+    """A CliError is text, not console markup: '[…]' in it is printed as written."""
+    out = nurture(project, "consent", "grant", "[ghost]@example.com", "--channel", "email")
+    assert out.returncode == 1 and "[ghost]@example.com" in out.stderr

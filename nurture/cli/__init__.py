@@ -10,6 +10,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from nurture.cli.invocation import CliError, console, err_console
 from nurture.settings import Settings
@@ -21,9 +22,21 @@ VERB_MODULES = ("project_verbs", "data_verbs", "run_verbs", "sync_verbs", "web_v
                 "outbox_verbs", "privacy_verbs", "crm_verbs", "conversions_verbs")
 
 
+def _version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            console.print(f"nurture {version('nurture')}", markup=False)
+        except PackageNotFoundError:  # running from a checkout that was never installed
+            console.print("nurture (not installed)", markup=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(project: str = typer.Option(None, "--project", "-p", help="Project directory (default: current directory)",
-                                      envvar="NURTURE_PROJECT")) -> None:
+                                      envvar="NURTURE_PROJECT"),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit")) -> None:
     if project:
         os.environ["NURTURE_PROJECT"] = os.path.abspath(project)
 
@@ -48,7 +61,7 @@ def main() -> None:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except CliError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(exc.code)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))

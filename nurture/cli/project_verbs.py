@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -10,6 +11,28 @@ import typer
 from nurture.cli.invocation import CliError, console, err_console, open_project, store
 from nurture.rendering.email_message import sms_segments
 from nurture.rendering.templates import RenderError
+
+
+def init(directory: Path = typer.Argument(..., help="Where the new project goes (created if missing)")) -> None:
+    """Start a project: one journey (welcome), policies.yaml, the layout and a template.
+
+    Then: `cd DIR && nurture validate`, `nurture preview welcome`, and README's "Write a journey"."""
+    import shutil
+    from importlib.resources import files
+    skeleton = Path(str(files("nurture") / "skeleton"))
+    if (directory / "journeys").exists() or (directory / "templates").exists():
+        raise CliError(f"{directory} already holds a project (journeys/ or templates/): nothing was changed", code=2)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for source in sorted(p for p in skeleton.rglob("*") if p.is_file()):
+            target = directory / source.relative_to(skeleton)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    except OSError as exc:
+        raise CliError(f"cannot create the project in {directory}: {exc.strerror or exc}") from None
+    console.print(f"created a project in {directory}: journeys/welcome.yaml, journeys/policies.yaml, "
+                  "templates/layouts/base.html, templates/email/welcome.html", markup=False)
+    console.print(f"next: cd {directory} && nurture validate && nurture preview welcome", markup=False)
 
 
 def validate() -> None:
@@ -67,5 +90,6 @@ def preview(journey: str = typer.Argument(..., help="Journey name"),
 
 
 def register(app: typer.Typer) -> None:
+    app.command()(init)
     app.command()(validate)
     app.command()(preview)
