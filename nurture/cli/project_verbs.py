@@ -89,7 +89,38 @@ def preview(journey: str = typer.Argument(..., help="Journey name"),
             console.print(f"[dim]{len(p.text)} characters, {encoding}, {segments} segment(s)[/dim]")
 
 
+def graph(journey: str = typer.Argument(..., help="Journey name"),
+          svg: Optional[Path] = typer.Option(None, "--svg", help="Write the diagram as one self-contained SVG file"),
+          mermaid: bool = typer.Option(False, "--mermaid", help="Print Mermaid text (the default without --svg)")
+          ) -> None:
+    """The journey as a diagram: its steps and paths, with messages sent and contacts waiting per step."""
+    from nurture.compiler import compile_journey
+    from nurture.graph import build_graph, step_counts, to_mermaid, to_svg
+    spec = open_project(only=journey)
+    if journey not in spec.journeys:
+        raise CliError(f"journey '{journey}' has errors: run `nurture validate`")
+    counts: dict = {}
+    try:
+        with store().reading() as conn:
+            counts = step_counts(conn, journey)
+    except CliError:
+        raise
+    except Exception:  # no database yet: the diagram without counts
+        counts = {}
+    drawn = build_graph(compile_journey(spec.journeys[journey]), counts)
+    if svg is not None:
+        try:
+            svg.parent.mkdir(parents=True, exist_ok=True)
+            svg.write_text(to_svg(drawn), encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"cannot write {svg}: {exc.strerror or exc}") from None
+        err_console.print(f"wrote {svg}", markup=False)
+    if mermaid or svg is None:
+        print(to_mermaid(drawn), end="")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(init)
+    app.command()(graph)
     app.command()(validate)
     app.command()(preview)
