@@ -236,3 +236,14 @@ def test_template_variables_are_checked_a_fixed_key_is_an_error_a_contact_typo_a
     assert spec2.errors == [] and [str(w) for w in spec2.warnings] == [
         "templates/sms/nudge.txt:1:1: warning: 'contact.frist_name' is not a contact field; did you mean "
         "'contact.first_name'? (only an attribute named 'frist_name' would fill it)"]
+
+
+def test_a_goal_window_that_ends_before_the_first_message_is_a_warning(make_project):
+    from nurture.spec.project import load_project
+    root = make_project({"j": "name: j\ntrigger: {event: signup}\ngoal: {event: purchase, within: 2d}\nsteps:\n"
+                              "  - {id: pause, wait: 3d}\n  - id: a\n    send: {channel: email, template: hello, "
+                              "subject: Hi}\n"})
+    spec = load_project(root)
+    assert spec.errors == [] and [str(w) for w in spec.warnings] == [
+        "journeys/j.yaml:3:33: warning: the goal window (2d) ends before the first message (3d of waiting): "
+        "no conversion can be credited to the journey"]

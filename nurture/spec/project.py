@@ -333,6 +333,30 @@ def template_variable_problems(journey: Journey, library: TemplateLibrary
     return errors, warnings
 
 
+def _goal_warnings(journey: Journey, locs: Locations) -> list[SpecError]:
+    """A goal window shorter than the waits before the journey's first message: a conversion
+    after the first message could then never be counted (the start is the first send step)."""
+    if journey.goal is None:
+        return []
+    waited = timedelta(0)
+    for step in journey.steps:  # the main path, up to its first send step
+        if step.send is not None:
+            break
+        if step.wait is not None:
+            waited += step.wait
+        elif step.wait_for is not None:
+            waited += step.wait_for.within
+        elif step.branch is not None or step.split is not None:
+            break  # the paths differ from here: no single answer
+    else:
+        return []
+    if waited > journey.goal.within:
+        return [locs.error(("goal", "within"), f"warning: the goal window ({format_duration(journey.goal.within)}) "
+                                               f"ends before the first message ({format_duration(waited)} of waiting): "
+                                               "no conversion can be credited to the journey")]
+    return []
+
+
 def _template_warnings(journey: Journey, locs: Locations, library: TemplateLibrary) -> list[SpecError]:
     """A marketing e-mail template (and its layout) without `links.unsubscribe`: every mail from
     it gets the standard legal footer appended at send time (nurture.rendering.legal_footer);
@@ -411,6 +435,7 @@ def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
         elif journey is not None:
             project.journeys[name] = journey
             project.warnings.extend(_template_warnings(journey, locations[name], library))
+            project.warnings.extend(_goal_warnings(journey, locations[name]))
     if project.segments:  # destinations against the registry, their keys, segment references
         from nurture.segments.validation import check_segments
         errors.extend(check_segments(project.segments, locations["segments"]))
