@@ -1,4 +1,5 @@
-"""Bringing data in: contacts from CSV or JSONL (upsert by e-mail), events from JSONL
+"""Bringing data in: contacts from CSV or JSONL (upsert, matched by external_id, then e-mail, then
+phone: MATCH_ORDER), events from JSONL
 (idempotent by event_id). A bad row is reported by line and field and the good rows are
 kept; nothing is half-written. Each contact's first and last lead source (nurture.sources) is
 kept in the same transaction as the events or contacts it comes from.
@@ -27,9 +28,10 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, or_, select
 
 from nurture.consent_ledger import record_consent
+from nurture.identities import erased_contacts
 from nurture.privacy.tombstones import REFUSAL as ERASED_REFUSAL, erased_among
 from nurture.runtime.sql import chunks, insert_ignore
 from nurture.sources import Touch, TouchCandidate, extract_touch, record_event_touches, record_import_touches, \
@@ -38,7 +40,7 @@ from nurture.store.db import Store
 from nurture.store.tables import contact_t, event_t
 
 
-CORE_FIELDS = ("email", "phone", "first_name", "last_name", "timezone", "country", "locale", "lifecycle_stage", "score")
+CORE_FIELDS = ("email", "external_id", "phone", "first_name", "last_name", "timezone", "country", "locale", "lifecycle_stage", "score")
 CONSENT_COLUMNS = {"consent_email": "email", "consent_sms": "sms", "consent_ads": "ads"}
 # The proof a list brings from the tool it was collected in: when and where each consent was
 # given (`consent_email_at`, `consent_email_source`, …): recorded as the ledger row's time and source.
@@ -47,7 +49,10 @@ CONSENT_SOURCE = {f"{column}_source": channel for column, channel in CONSENT_COL
 MAX_SOURCE_LENGTH = 200
 CONSENT_VALUES = ("granted", "revoked", "pending")
 NAME_FIELDS = ("first_name", "last_name")
-TEXT_FIELDS = ("phone", "timezone", "country", "locale", "lifecycle_stage")
+# `import contacts` matches a row to a contact by the first of these the row has and a contact holds
+MATCH_ORDER = ("external_id", "email", "phone")
+MAX_EXTERNAL_ID_LENGTH = 200
+TEXT_FIELDS = ("external_id", "phone", "timezone", "country", "locale", "lifecycle_stage")
 
 # JSON nested deeper than this in properties/attributes is refused: no condition reads that
 # deep, and the backends' JSON functions have depth limits of their own.
@@ -427,7 +432,7 @@ def _clean_contact(record: dict) -> tuple[dict, dict[str, ImportedConsent], list
             errors.append((f"{column}_{next(iter(given))}", f"needs a {column} column value (granted, revoked, pending)"))
         else:
             consents[channel] = consents[channel]._replace(**given)
-    errors.extend(_check_core(fields))
+    errors.extend(_check_core(fields, require_email=not (fields.get("external_id") or fields.get("phone"))))
     fields["attributes"] = attributes
     return fields, consents, errors
 
@@ -443,11 +448,13 @@ def _attribute(key: str, value: Any) -> tuple[Any, Optional[tuple[str, str]]]:
     return typed, value_problem(typed, (key,), 1)
 
 
-def _check_core(fields: dict[str, Any]) -> list[tuple[str, str]]:
-    """Normalize the core fields in place; returns [(field, error)]."""
+def _check_core(fields: dict[str, Any], require_email: bool = True) -> list[tuple[str, str]]:
+    """Normalize the core fields in place; returns [(field, error)]. `require_email` False: a
+    contact known by another identifier (external id, phone) may come without an e-mail."""
     errors: list[tuple[str, str]] = []
     if "email" not in fields:
-        errors.append(("email", "required (contacts are matched by e-mail)"))
+        if require_email:
+            errors.append(("email", "required (contacts are matched by e-mail)"))
     else:
         try:
             fields["email"] = normalize_email(str(fields["email"]))
@@ -459,6 +466,12 @@ def _check_core(fields: dict[str, Any]) -> list[tuple[str, str]]:
             if problem:
                 errors.append((key, problem))
                 del fields[key]
+    if "external_id" in fields:
+        fields["external_id"] = fields["external_id"].strip()
+        if len(fields["external_id"]) > MAX_EXTERNAL_ID_LENGTH:
+            errors.append(("external_id", f"longer than {MAX_EXTERNAL_ID_LENGTH} characters"))
+        elif not fields["external_id"]:
+            del fields["external_id"]
     if "country" in fields:
         fields["country"] = fields["country"].upper()
         if len(fields["country"]) != 2:
@@ -545,14 +558,19 @@ def refuse_erased(conn: Any, entries: list[tuple[str, int]], source: str,
 
 def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None, policy_version: str = "",
                     encoding: Optional[str] = None, keep_attributes: Optional[list[str]] = None) -> ImportResult:
-    """Upsert the file's contacts. `encoding`: the file's codec (default UTF-8, BOM accepted).
-    `keep_attributes` (policies.yaml, data minimization): the attributes kept; other columns
-    are dropped and named in `result.dropped_columns`."""
+    """Upsert the file's contacts. A row is matched to a contact by the first of MATCH_ORDER it
+    has a value for that a contact holds — `external_id`, then `email`, then `phone` — and a
+    row may lack an e-mail when it has an external_id or a phone (docs/ingest-segment.md).
+    `encoding`: the file's codec (default UTF-8, BOM accepted). `keep_attributes`
+    (policies.yaml, data minimization): the attributes kept; other columns are dropped and
+    named in `result.dropped_columns`."""
     now = now or datetime.now(timezone.utc)
     result = ImportResult()
-    good: dict[str, tuple[dict, dict]] = {}
-    touches: dict[str, Touch] = {}  # utm_* / click id columns: the contact's lead source (nurture.sources)
-    lines: dict[str, int] = {}
+    Key = tuple[str, str]  # (kind, value): the row's first identifier in MATCH_ORDER
+    good: dict[Key, tuple[dict, dict]] = {}
+    touches: dict[Key, Touch] = {}  # utm_* / click id columns: the contact's lead source (nurture.sources)
+    lines: dict[Key, int] = {}
+    claimed: dict[Key, Key] = {}  # each unique identifier of the file -> the row key holding it
     for line, record, problem in read_records(path, encoding):
         if problem:
             result.errors.append(RowError(path.name, line, *problem))
@@ -561,40 +579,64 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
         errors += [(f"consent_{channel}_at", f"lies in the future ({c.at.isoformat()}): a consent is given before "
                                              "it is imported") for channel, c in consents.items()
                    if c.at is not None and c.at > now]
+        key = None if errors else next((k, fields[k]) for k in MATCH_ORDER if fields.get(k))
+        if key is not None:
+            for kind in ("external_id", "email"):  # unique: two rows naming one with different keys conflict
+                other = claimed.get((kind, fields.get(kind)))
+                if fields.get(kind) and other not in (None, key):
+                    errors.append((kind, f"'{_show(fields[kind])}' is also on line {lines[other]} with another "
+                                         f"{other[0]} ('{_show(other[1])}')"))
         if errors:
             result.errors.extend(RowError(path.name, line, f, m) for f, m in errors)
             continue
+        for kind in ("external_id", "email"):
+            if fields.get(kind):
+                claimed[(kind, fields[kind])] = key
         if keep_attributes is not None:
             dropped = set(fields["attributes"]) - set(keep_attributes)
             result.dropped_columns |= dropped
             fields["attributes"] = {k: v for k, v in fields["attributes"].items() if k not in dropped}
         touch = touch_of_columns(record)
-        if touch is not None:  # the same address twice: the later row's touch wins
-            touches[fields["email"]] = touch
-        previous = good.get(fields["email"])
-        if previous:  # the same address twice in one file: later values win, attributes merge
+        if touch is not None:  # the same contact twice: the later row's touch wins
+            touches[key] = touch
+        previous = good.get(key)
+        if previous:  # the same contact twice in one file: later values win, attributes merge
             fields["attributes"] = {**previous[0]["attributes"], **fields["attributes"]}
             consents = {**previous[1], **consents}
-        good[fields["email"]] = (fields, consents)
-        lines[fields["email"]] = line
+        good[key] = (fields, consents)
+        lines[key] = line
     with store.engine.begin() as conn:
-        for email in refuse_erased(conn, list(lines.items()), path.name, result):
-            del good[email]
-        existing: dict[str, tuple[int, dict]] = {}
-        for part in chunks(list(good)):
-            for cid, email, attrs in conn.execute(select(contact_t.c.id, contact_t.c.email, contact_t.c.attributes)
-                                                  .where(contact_t.c.email.in_(part))):
-                existing[email] = (cid, attrs or {})
+        erased_emails = refuse_erased(conn, [(f["email"], lines[k]) for k, (f, _) in good.items() if f.get("email")],
+                                      path.name, result)
+        for key in [k for k, (f, _) in good.items() if f.get("email") in erased_emails]:
+            del good[key]
+        matched = _match_contacts(conn, good)
+        gone = erased_contacts(conn, matched.values())
+        for key in [k for k, cid in matched.items() if cid in gone]:
+            result.errors.append(RowError(path.name, lines[key], key[0], ERASED_REFUSAL))
+            result.erased += 1
+            del good[key], matched[key]
+        holders = _holders(conn, "email", [f["email"] for f, _ in good.values() if f.get("email")])
+        for key in [k for k, cid in matched.items()
+                    if good[k][0].get("email") and holders.get(good[k][0]["email"], cid) != cid]:
+            result.errors.append(RowError(path.name, lines[key], "email", f"'{_show(good[key][0]['email'])}' belongs "
+                                          f"to another contact than the one of {key[0]} '{_show(key[1])}'"))
+            del good[key], matched[key]
+        existing: dict[int, dict] = {}
+        for part in chunks(sorted(set(matched.values()))):
+            existing.update(conn.execute(select(contact_t.c.id, contact_t.c.attributes)
+                                         .where(contact_t.c.id.in_(part))).all())
         inserts, updates = [], []
-        for email, (fields, _) in good.items():
-            if email in existing:
-                cid, attrs = existing[email]
-                row = {k: fields.get(k) for k in CORE_FIELDS if k in fields and k != "email"}
-                updates.append({"cid": cid, **row, "attributes": {**attrs, **fields["attributes"]}, "updated_at": now})
+        for key, (fields, _) in good.items():
+            if key in matched:
+                cid = matched[key]
+                row = {k: fields.get(k) for k in CORE_FIELDS if k in fields}
+                updates.append({"cid": cid, **row, "attributes": {**(existing.get(cid) or {}), **fields["attributes"]},
+                                "updated_at": now})
             else:
-                inserts.append({"email": email, "phone": None, "first_name": None, "last_name": None,
-                                "timezone": None, "country": None, "locale": None, "lifecycle_stage": "lead",
-                                "score": 0.0, **fields, "created_at": now, "updated_at": now})
+                inserts.append({"email": None, "external_id": None, "phone": None, "first_name": None,
+                                "last_name": None, "timezone": None, "country": None, "locale": None,
+                                "lifecycle_stage": "lead", "score": 0.0, **fields, "created_at": now, "updated_at": now})
         for part in chunks(inserts, 5000):
             conn.execute(contact_t.insert(), list(part))
         # Updates touch only the columns the file has, grouped by that column set.
@@ -602,30 +644,52 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
         for u in updates:
             groups.setdefault(tuple(sorted(k for k in u if k != "cid")), []).append(u)
         for keys, rows in groups.items():
-            # (email IS NOT NULL: a row erased since it was read above is never written to again)
-            stmt = contact_t.update().where(contact_t.c.id == bindparam("cid"),
-                                            contact_t.c.email.is_not(None)).values(
-                {k: bindparam(k) for k in keys})
+            # (a contact erased since it was read above has no identifier left and is never written to again)
+            stmt = contact_t.update().where(contact_t.c.id == bindparam("cid"), or_(
+                contact_t.c.email.is_not(None), contact_t.c.external_id.is_not(None),
+                contact_t.c.phone.is_not(None))).values({k: bindparam(k) for k in keys})
             conn.execute(stmt, rows)
         result.created, result.updated = len(inserts), len(updates)
-        wanted = [e for e, (_, c) in good.items() if c or e in touches]
-        ids: dict[str, int] = {}
-        for part in chunks(wanted):
-            ids.update(conn.execute(select(contact_t.c.email, contact_t.c.id).where(contact_t.c.email.in_(part))).all())
-        # (an address erased while this import ran has no id here: nothing is written about them)
+        wanted = {k: v for k, v in good.items() if v[1] or k in touches}
+        ids = _match_contacts(conn, wanted)
+        # (a contact erased while this import ran has no id here: nothing is written about them)
         result.touches = record_import_touches(
-            conn, [(ids[e], t) for e, t in touches.items() if e in good and e in ids], now)
-        for email, (_, consents) in good.items():
-            if consents and email not in ids:  # erased while this import ran: nothing is written about them
+            conn, [(ids[k], t) for k, t in touches.items() if k in good and k in ids], now)
+        for key, (_, consents) in good.items():
+            if consents and key not in ids:  # erased while this import ran: nothing is written about them
                 continue
             for channel, given in consents.items():
                 # An import moves a list from another tool: 'granted' there was confirmed there, at
                 # the time and on the source the file names (else: now, by this import).
                 source = f"import:{path.name}" + (f" ({given.source})" if given.source else "")
-                record_consent(conn, ids[email], channel, given.status, source=source, at=given.at or now,
+                record_consent(conn, ids[key], channel, given.status, source=source, at=given.at or now,
                                policy_version=policy_version, confirmed=given.status == "granted")
                 result.consents += 1
     return result
+
+
+def _holders(conn: Any, kind: str, values: list[str]) -> dict[str, int]:
+    """value -> the contact holding it in column `kind` (the lowest id when several hold a phone)."""
+    column = contact_t.c[kind]
+    found: dict[str, int] = {}
+    for part in chunks(sorted(set(values))):
+        for value, cid in conn.execute(select(column, contact_t.c.id).where(column.in_(part))
+                                       .order_by(contact_t.c.id.desc())):
+            found[value] = cid
+    return found
+
+
+def _match_contacts(conn: Any, rows: dict[tuple[str, str], tuple[dict, dict]]) -> dict[tuple[str, str], int]:
+    """Row key -> the contact of the row, by MATCH_ORDER: the first identifier of the row that a
+    contact holds decides. Rows no contact matches are left out."""
+    holders = {kind: _holders(conn, kind, [f[kind] for f, _ in rows.values() if f.get(kind)]) for kind in MATCH_ORDER}
+    matched: dict[tuple[str, str], int] = {}
+    for key, (fields, _) in rows.items():
+        cid = next((holders[kind][fields[kind]] for kind in MATCH_ORDER
+                    if fields.get(kind) and fields[kind] in holders[kind]), None)
+        if cid is not None:
+            matched[key] = cid
+    return matched
 
 
 def _clean_event(record: Any) -> tuple[Optional[dict], list[tuple[str, str]]]:
@@ -710,11 +774,13 @@ def write_events(conn: Any, clean: list[dict], *, source: str, now: datetime, cr
     name, properties (storable), occurred_at (aware), line} — for callers that build them
     from values they checked themselves (the CRM pull stores a batch's deals, their events and
     its cursor in one transaction, nurture.crm). With `create_contacts` False, an event of an
-    address no contact has is not stored; it is counted in `unknown`."""
+    address no contact has is not stored; it is counted in `unknown`. An event may instead name
+    its contact by `contact_id` (email None): one its caller resolved from other identifiers
+    (nurture.identities, the Segment-compatible API)."""
     result = result or TrackResult()
-    refused = refuse_erased(conn, [(e["email"], e["line"]) for e in clean], source, result)
-    clean = [e for e in clean if e["email"] not in refused]
-    emails = sorted({e["email"] for e in clean})
+    refused = refuse_erased(conn, [(e["email"], e["line"]) for e in clean if e["email"]], source, result)
+    clean = [e for e in clean if not e["email"] or e["email"] not in refused]
+    emails = sorted({e["email"] for e in clean if e.get("contact_id") is None})
     ids: dict[str, int] = {}
     for part in chunks(emails):
         ids.update(dict(conn.execute(select(contact_t.c.email, contact_t.c.id).where(contact_t.c.email.in_(part))).all()))
@@ -725,8 +791,8 @@ def write_events(conn: Any, clean: list[dict], *, source: str, now: datetime, cr
         for part in chunks(missing):
             ids.update(dict(conn.execute(select(contact_t.c.email, contact_t.c.id).where(contact_t.c.email.in_(part))).all()))
     elif missing:
-        result.unknown += sum(1 for e in clean if e["email"] not in ids)
-        clean = [e for e in clean if e["email"] in ids]
+        result.unknown += sum(1 for e in clean if e.get("contact_id") is None and e["email"] not in ids)
+        clean = [e for e in clean if e.get("contact_id") is not None or e["email"] in ids]
     known_ids: set[str] = set()
     event_ids = [e["event_id"] for e in clean]
     for part in chunks(event_ids):
@@ -740,10 +806,11 @@ def write_events(conn: Any, clean: list[dict], *, source: str, now: datetime, cr
         properties, found = e["properties"], extract_touch(e["properties"])
         if found.from_url:  # every event's UTMs are kept where conditions and reports read them
             properties = {**properties, **found.from_url}
-        rows.append({"event_id": e["event_id"], "contact_id": ids[e["email"]], "name": e["name"],
+        contact_id = e["contact_id"] if e.get("contact_id") is not None else ids[e["email"]]
+        rows.append({"event_id": e["event_id"], "contact_id": contact_id, "name": e["name"],
                      "properties": properties, "occurred_at": e["occurred_at"], "received_at": now})
         if found.touch is not None:
-            touches.append(TouchCandidate(ids[e["email"]], found.touch, e["occurred_at"], e["event_id"]))
+            touches.append(TouchCandidate(contact_id, found.touch, e["occurred_at"], e["event_id"]))
     insert_ignore(conn, event_t, rows, ("event_id",))
     result.inserted += len(rows)
     result.inserted_ids += [r["event_id"] for r in rows]

@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Iterable, Optional
 
 from sqlalchemy import func, select
+from sqlalchemy.sql.functions import coalesce
 
 from nurture.spec.models import Step
 from nurture.spec.project import ProjectSpec
@@ -31,8 +32,10 @@ def message_log(store: Store, journey: Optional[str] = None, limit: Optional[int
                 project: Optional[ProjectSpec] = None, from_email: str = "hello@example.com") -> list[dict]:
     """Every message row with what an operator checks duplicates and deliveries by: its id,
     enrollment, attempts, the provider's id and the RFC 5322 Message-ID it was sent with, the
-    subject and, with the project at hand, the A/B arm of the step."""
-    stmt = (select(message_t.c.id, contact_t.c.email, message_t.c.journey, message_t.c.step_id, message_t.c.channel,
+    subject and, with the project at hand, the A/B arm of the step. `contact` is the contact's
+    e-mail, else its phone, else its external id (nurture.identities)."""
+    stmt = (select(message_t.c.id, coalesce(contact_t.c.email, contact_t.c.phone, contact_t.c.external_id).label("who"),
+                   message_t.c.journey, message_t.c.step_id, message_t.c.channel,
                    message_t.c.status, message_t.c.reason, message_t.c.due_at, message_t.c.sent_at,
                    message_t.c.subject, message_t.c.address, message_t.c.enrollment_id, message_t.c.attempts,
                    message_t.c.attempt_key, message_t.c.provider_id, message_t.c.purpose)
@@ -46,7 +49,7 @@ def message_log(store: Store, journey: Optional[str] = None, limit: Optional[int
         rows = conn.execute(stmt).all()
     arms = {name: split_arms(spec.steps) for name, spec in (project.journeys.items() if project else ())}
     from nurture.rendering.email_message import rfc_message_id
-    return [{"id": r.id, "contact": r.email, "journey": r.journey, "step": r.step_id, "channel": r.channel,
+    return [{"id": r.id, "contact": r.who, "journey": r.journey, "step": r.step_id, "channel": r.channel,
              "status": r.status, "reason": r.reason,
              "due_at": r.due_at.isoformat() if r.due_at else None,
              "sent_at": r.sent_at.isoformat() if r.sent_at else None,

@@ -68,7 +68,8 @@ def _report_errors(errors, total_good: int) -> None:
 @import_app.command("contacts")
 def import_contacts_cmd(file: Path = typer.Argument(..., help="CSV or JSONL file"),
                         encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP)) -> None:
-    """Upsert contacts by e-mail; unknown columns become attributes; consent_email /
+    """Upsert contacts, matched by external_id, then email, then phone (a row needs one of
+    them); unknown columns become attributes; consent_email /
     consent_sms / consent_ads go to the consent ledger with the import as source —
     consent_<channel>_at and consent_<channel>_source carry when and where it was given.
     With policies.yaml keep_attributes, other columns are dropped (a warning names them).
@@ -179,34 +180,61 @@ def track(file: Path = typer.Argument(..., help='JSONL: {"event_id","email","eve
         raise typer.Exit(1)
 
 
-def _consent(email: str, status: str, channel: ConsentChannel, purpose: Purpose, at: Optional[str]) -> None:
+def _consent(email: Optional[str], status: str, channel: ConsentChannel, purpose: Purpose, at: Optional[str],
+             phone: Optional[str] = None, external_id: Optional[str] = None) -> None:
     from nurture.consent_ledger import UnknownContact, contact_id_by_email, record_consent
+    from nurture.identities import find_by_identity
+    from nurture.ingest import normalize_phone
+    given = [name for name, value in (("EMAIL", email), ("--phone", phone), ("--external-id", external_id)) if value]
+    if len(given) != 1:
+        raise CliError("name the contact by exactly one of EMAIL, --phone or --external-id"
+                       + (f" (got {', '.join(given)})" if given else ""))
     spec = open_project(strict=False)
     when = parse_now(at) or utc_now()
     with store().engine.begin() as conn:
-        try:
-            cid = contact_id_by_email(conn, email)
-        except UnknownContact as exc:
-            raise CliError(str(exc)) from None
+        if email:
+            try:
+                cid = contact_id_by_email(conn, email)
+            except UnknownContact as exc:
+                raise CliError(str(exc)) from None
+            who = email
+        else:
+            if phone:
+                try:
+                    who = normalize_phone(phone, None)
+                except ValueError as exc:
+                    raise CliError(f"--phone: {exc}") from None
+                kind = "phone"
+            else:
+                who, kind = external_id.strip(), "external_id"  # type: ignore[union-attr]
+            cid = find_by_identity(conn, kind, who)
+            if cid is None:
+                raise CliError(f"no contact with {kind.replace('_', ' ')} {who}")
         record_consent(conn, cid, channel.value, status, purpose=purpose.value, source="cli", at=when,
                        policy_version=spec.policies.version, confirmed=status == "granted")
-    console.print(f"{email}: {channel.value}/{purpose.value} consent {status} at {when.isoformat()}")
+    console.print(f"{who}: {channel.value}/{purpose.value} consent {status} at {when.isoformat()}")
+
+
+_PHONE = typer.Option(None, "--phone", help="the contact's phone (E.164, e.g. +4930123456), instead of EMAIL")
+_EXTERNAL_ID = typer.Option(None, "--external-id", help="the contact's external user id, instead of EMAIL")
 
 
 @consent_app.command("grant")
-def consent_grant(email: str, channel: ConsentChannel = typer.Option(..., "--channel"),
+def consent_grant(email: Optional[str] = typer.Argument(None), channel: ConsentChannel = typer.Option(..., "--channel"),
                   purpose: Purpose = typer.Option(Purpose.marketing, "--purpose"),
-                  at: Optional[str] = typer.Option(None, "--at", help="ISO time (default: now)")) -> None:
-    """Record a granted (and confirmed) consent."""
-    _consent(email, "granted", channel, purpose, at)
+                  at: Optional[str] = typer.Option(None, "--at", help="ISO time (default: now)"),
+                  phone: Optional[str] = _PHONE, external_id: Optional[str] = _EXTERNAL_ID) -> None:
+    """Record a granted (and confirmed) consent of the contact with EMAIL (or --phone / --external-id)."""
+    _consent(email, "granted", channel, purpose, at, phone, external_id)
 
 
 @consent_app.command("revoke")
-def consent_revoke(email: str, channel: ConsentChannel = typer.Option(..., "--channel"),
+def consent_revoke(email: Optional[str] = typer.Argument(None), channel: ConsentChannel = typer.Option(..., "--channel"),
                    purpose: Purpose = typer.Option(Purpose.marketing, "--purpose"),
-                   at: Optional[str] = typer.Option(None, "--at", help="ISO time (default: now)")) -> None:
-    """Record a revoked consent: it holds from the next send on."""
-    _consent(email, "revoked", channel, purpose, at)
+                   at: Optional[str] = typer.Option(None, "--at", help="ISO time (default: now)"),
+                   phone: Optional[str] = _PHONE, external_id: Optional[str] = _EXTERNAL_ID) -> None:
+    """Record a revoked consent of the contact with EMAIL (or --phone / --external-id): it holds from the next send on."""
+    _consent(email, "revoked", channel, purpose, at, phone, external_id)
 
 
 def messages(journey: Optional[str] = typer.Option(None, "--journey"),

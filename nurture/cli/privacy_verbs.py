@@ -22,7 +22,7 @@ _KIND_NAMES = {"contact": "contact", "events": "events", "consents": "consent re
                "suppressions": "suppressions", "handovers": "handovers", "texts_scrubbed": "texts scrubbed",
                "outbox_emails": "outbox e-mails", "outbox_sms": "outbox SMS", "handover_file_lines": "handover lines",
                "audience_memberships": "audience/list memberships", "crm_records": "CRM records",
-               "touches": "lead sources", "deals": "CRM deal addresses"}
+               "touches": "lead sources", "deals": "CRM deal addresses", "identities": "identifiers"}
 
 
 def _actor() -> str:

@@ -61,7 +61,7 @@ from nurture.segments.sync import default_factory
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.models import QUEUED, SUPPRESSED
-from nurture.store.tables import (consent_t, contact_t, deal_t, enrollment_t, event_t, handover_t, membership_t, message_t,
+from nurture.store.tables import (consent_t, contact_t, deal_t, enrollment_t, identity_t, event_t, handover_t, membership_t, message_t,
                                   suppression_t, sync_run_t, touch_t)
 
 INVALID = "invalid"  # an outcome of a request only: the address is not an e-mail address
@@ -69,7 +69,7 @@ DEFAULT_REASON = "request"
 REASON_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 SCRUBBED = "[erased]"
 # The contact columns that name or locate the person (the row's id, lifecycle stage and timestamps stay).
-PERSONAL_COLUMNS = ("email", "phone", "first_name", "last_name", "timezone", "country", "locale")
+PERSONAL_COLUMNS = ("email", "phone", "first_name", "last_name", "timezone", "country", "locale", "external_id")
 Factory = Callable[[str, IntegrationContext], Any]
 
 
@@ -318,6 +318,8 @@ def _sweep(conn: Any, subject: _Subject, *, now: datetime, needles: Sequence[str
 
     # lead sources: a click id names one click of this person at an ad platform
     removed["touches"] += conn.execute(touch_t.delete().where(touch_t.c.contact_id == cid)).rowcount
+    # identifiers: external and anonymous ids, e-mails and phones it was known by
+    removed["identities"] += conn.execute(identity_t.delete().where(identity_t.c.contact_id == cid)).rowcount
 
     # CRM deals: amounts and stages stay (pipeline and revenue still add up), the address goes —
     # also on a deal that waits for this address as its contact

@@ -31,7 +31,7 @@ from nurture.runtime.sql import chunks, ids_in
 from nurture.spec.models import Policies
 from nurture.store.db import Store
 from nurture.store.tables import (consent_t, contact_t, enrollment_t, event_t, handover_t, membership_t, message_t,
-                                  pending_t, suppression_t, sync_run_t, touch_t)
+                                  identity_t, pending_t, suppression_t, sync_run_t, touch_t)
 
 KINDS = ("events", "messages", "message_bodies", "pending_contacts", "sync_records", "erasure_records")
 _EML = re.compile(r"^(\d{9})\.eml$")
@@ -156,6 +156,7 @@ def _pending_contacts(conn: Any, cutoff: datetime, data_dir: Path, result: Purge
                 ("consents", consent_t, ids_in(consent_t.c.contact_id, part)),
                 ("suppressions", suppression_t, ids_in(suppression_t.c.contact_id, part)),
                 ("lead_sources", touch_t, ids_in(touch_t.c.contact_id, part)),
+                ("identities", identity_t, ids_in(identity_t.c.contact_id, part)),
                 ("audience_memberships", membership_t, ids_in(membership_t.c.contact_id, part))):
             _remove(conn, result, f"pending_contacts:{name}", table, where)
         _remove(conn, result, "pending_contacts:contacts", contact_t, mine)

@@ -22,6 +22,7 @@ class Contact(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
     email: Optional[str] = Field(default=None, unique=True, index=True)
     phone: Optional[str] = Field(default=None, index=True)
+    external_id: Optional[str] = Field(default=None, unique=True, index=True)  # Segment's userId (0014)
     first_name: Optional[str] = None
     last_name: Optional[str] = None
     timezone: Optional[str] = None
@@ -271,3 +272,29 @@ class CrmCursor(SQLModel, table=True):
     modified_at: Optional[datetime] = None
     deal_id: Optional[str] = None
     updated_at: datetime
+
+
+class ContactIdentity(SQLModel, table=True):
+    """An identifier a contact is known by (nurture.identities): `kind` is anonymous_id |
+    external_id | email | phone. (kind, value) is one person: unique."""
+    __tablename__ = "contact_identity"
+    __table_args__ = (UniqueConstraint("kind", "value", name="uq_contact_identity"),
+                      Index("ix_contact_identity_contact", "contact_id"))
+    id: Optional[int] = Field(default=None, primary_key=True)
+    contact_id: int = Field(foreign_key="contact.id")
+    kind: str
+    value: str
+    first_seen_at: datetime
+
+
+class ContactMerge(SQLModel, table=True):
+    """A contact merged into another (an anonymous visitor who identified): its events,
+    enrollments, touches, messages and consents moved to `into_contact_id`; `counts` says how many."""
+    __tablename__ = "contact_merge"
+    __table_args__ = (Index("ix_contact_merge_into", "into_contact_id"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    from_contact_id: int
+    into_contact_id: int
+    reason: str
+    merged_at: datetime
+    counts: dict = _json_column()

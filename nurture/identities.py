@@ -1,0 +1,189 @@
+"""Identities: the several identifiers one contact is known by — its e-mail, its phone, an
+external user id (Segment's `userId`, `contact.external_id`) and the anonymous ids of the
+browsers it used before it signed up (`contact_identity`, unique on (kind, value)).
+
+`resolve` finds (or creates) the contact of one message from what it carries, in the order
+external_id → e-mail → phone for the known person, the anonymous id for the visitor. A
+message carrying only an anonymous id makes an anonymous contact (no e-mail, no phone), so
+its events and lead source are kept. When a later message links that anonymous id to a known
+person, `merge_contacts` moves the anonymous contact's events, enrollments, touches,
+messages, consents, suppressions, deals, handovers, conversion deliveries and identities to the
+known one (set-based SQL, in
+the caller's transaction), leaves the anonymous row empty and records the merge in
+`contact_merge`. The rules are written up in docs/ingest-segment.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import and_, delete, select, update
+
+from nurture.privacy.tombstones import ERASED_REASON
+from nurture.runtime.sql import insert_ignore
+from nurture.store.tables import (consent_t, contact_t, conversion_delivery_t, deal_t, enrollment_t, event_t,
+                                  handover_t, identity_t, merge_t, message_t, suppression_t, touch_t)
+
+KINDS = ("anonymous_id", "external_id", "email", "phone")
+MERGED = "merged"  # exit_reason of the younger of two enrollments of one journey after a merge
+
+
+@dataclass
+class Who:
+    """The identifiers one message carries (normalized by the caller)."""
+    external_id: Optional[str] = None
+    anonymous_id: Optional[str] = None
+    email: Optional[str] = None
+    phone: Optional[str] = None
+
+    def identities(self) -> list[tuple[str, str]]:
+        return [(kind, getattr(self, kind)) for kind in KINDS if getattr(self, kind)]
+
+
+def find_by_identity(conn: Any, kind: str, value: Optional[str]) -> Optional[int]:
+    """The contact known by (kind, value): the contact's own column first, then contact_identity."""
+    if not value:
+        return None
+    column = {"external_id": contact_t.c.external_id, "email": contact_t.c.email, "phone": contact_t.c.phone}.get(kind)
+    if column is not None:
+        found = conn.execute(select(contact_t.c.id).where(column == value).order_by(contact_t.c.id).limit(1)).scalar()
+        if found is not None:
+            return found
+    return conn.execute(select(identity_t.c.contact_id).where(identity_t.c.kind == kind,
+                                                              identity_t.c.value == value)).scalar()
+
+
+def known_contact(conn: Any, who: Who) -> Optional[int]:
+    """The known person of a message: by external id, else e-mail, else phone."""
+    for kind in ("external_id", "email", "phone"):
+        found = find_by_identity(conn, kind, getattr(who, kind))
+        if found is not None:
+            return found
+    return None
+
+
+def erased_contacts(conn: Any, contact_ids: Any) -> set[int]:
+    """The contacts among `contact_ids` that were erased (their `erased` suppression): never
+    found again by any identifier, never written to."""
+    ids = [cid for cid in set(contact_ids) if cid is not None]
+    if not ids:
+        return set()
+    return set(conn.execute(select(suppression_t.c.contact_id).where(
+        suppression_t.c.contact_id.in_(ids), suppression_t.c.reason == ERASED_REASON)).scalars())
+
+
+def link(conn: Any, contact_id: int, who: Who, now: datetime) -> None:
+    """Record every identifier of `who` as the contact's; one already known stays with its contact."""
+    rows = [{"contact_id": contact_id, "kind": kind, "value": value, "first_seen_at": now}
+            for kind, value in who.identities()]
+    if rows:
+        insert_ignore(conn, identity_t, rows, ("kind", "value"))
+
+
+def _is_anonymous(conn: Any, contact_id: int) -> bool:
+    row = conn.execute(select(contact_t.c.email, contact_t.c.phone, contact_t.c.external_id)
+                       .where(contact_t.c.id == contact_id)).one_or_none()
+    return row is not None and not any(row)
+
+
+def resolve(conn: Any, who: Who, now: datetime, *, create: bool = True) -> tuple[Optional[int], Optional[int]]:
+    """(contact id, the anonymous contact merged into it by this call or None) of a message.
+    The anonymous contact of `who.anonymous_id` is merged into the known person when the
+    message names both; a message naming only an anonymous id gets (or creates) its anonymous
+    contact. (None, None) when either is an erased person: nothing is written about them."""
+    known = known_contact(conn, who)
+    anonymous = find_by_identity(conn, "anonymous_id", who.anonymous_id)
+    if erased_contacts(conn, (known, anonymous)):
+        return None, None
+    merged = None
+    if known is not None and anonymous is not None and anonymous != known and _is_anonymous(conn, anonymous):
+        merge_contacts(conn, anonymous, known, reason="identify", now=now)
+        merged = anonymous
+    elif known is None and anonymous is not None:
+        known = anonymous  # the visitor identifies: its own contact becomes the known one
+    if known is None:
+        if not create:
+            return None, None
+        created = conn.execute(contact_t.insert().values(
+            email=None, phone=None, external_id=None, lifecycle_stage="lead", score=0.0, attributes={},
+            created_at=now, updated_at=now)).inserted_primary_key[0]
+        link(conn, created, who, now)
+        owner = find_by_identity(conn, "anonymous_id", who.anonymous_id)
+        if owner is not None and owner != created:
+            # a concurrent request created this visitor first (a page's first calls arrive in
+            # parallel): its contact is the one; the one just made is removed, nothing refers to it
+            conn.execute(delete(identity_t).where(identity_t.c.contact_id == created))
+            conn.execute(delete(contact_t).where(contact_t.c.id == created))
+            return resolve(conn, who, now, create=create)
+        known = created
+    _fill_identifiers(conn, known, who, now)
+    link(conn, known, who, now)
+    return known, merged
+
+
+def _fill_identifiers(conn: Any, contact_id: int, who: Who, now: datetime) -> None:
+    """Give the contact the message's external id, e-mail and phone where it has none and no
+    other contact holds them (the unique columns are never violated)."""
+    row = conn.execute(select(contact_t.c.email, contact_t.c.phone, contact_t.c.external_id)
+                       .where(contact_t.c.id == contact_id)).one()
+    values: dict[str, Any] = {}
+    for kind, current in (("external_id", row.external_id), ("email", row.email), ("phone", row.phone)):
+        wanted = getattr(who, kind)
+        if wanted and current is None and find_by_identity(conn, kind, wanted) in (None, contact_id):
+            values[kind] = wanted
+    if values:
+        conn.execute(update(contact_t).where(contact_t.c.id == contact_id).values(**values, updated_at=now))
+
+
+def merge_contacts(conn: Any, from_id: int, into_id: int, *, reason: str, now: datetime) -> dict:
+    """Move everything of contact `from_id` to `into_id` in the caller's transaction and record
+    it in contact_merge; the counts of what moved. Two enrollments of one journey: the older is
+    kept, the younger exits with reason `merged`. Touches: the earlier `first`, the later `last`."""
+    counts: dict[str, int] = {}
+    # enrollments of a journey both contacts are in: the younger one leaves
+    ours = {r.journey: r for r in conn.execute(select(enrollment_t.c.id, enrollment_t.c.journey, enrollment_t.c.entered_at)
+                                               .where(enrollment_t.c.contact_id == into_id,
+                                                      enrollment_t.c.status == "active"))}
+    theirs = list(conn.execute(select(enrollment_t.c.id, enrollment_t.c.journey, enrollment_t.c.entered_at)
+                               .where(enrollment_t.c.contact_id == from_id, enrollment_t.c.status == "active")))
+    younger = [max((ours[t.journey], t), key=lambda r: (r.entered_at, r.id)).id for t in theirs if t.journey in ours]
+    if younger:
+        conn.execute(update(enrollment_t).where(enrollment_t.c.id.in_(younger)).values(
+            status="exited", step_id=None, next_due_at=None, left_at=now, exit_reason=MERGED))
+    counts["enrollments_exited"] = len(younger)
+    for name, table in (("events", event_t), ("enrollments", enrollment_t), ("messages", message_t),
+                        ("consents", consent_t), ("suppressions", suppression_t), ("deals", deal_t),
+                        ("handovers", handover_t), ("conversion_deliveries", conversion_delivery_t),
+                        ("identities", identity_t)):
+        counts[name] = conn.execute(update(table).where(table.c.contact_id == from_id)
+                                    .values(contact_id=into_id)).rowcount or 0
+    counts["touches"] = _merge_touches(conn, from_id, into_id)
+    attrs = dict(conn.execute(select(contact_t.c.id, contact_t.c.attributes)
+                              .where(contact_t.c.id.in_((from_id, into_id)))).all())
+    merged_attrs = {**(attrs.get(from_id) or {}), **(attrs.get(into_id) or {})}
+    conn.execute(update(contact_t).where(contact_t.c.id == into_id).values(attributes=merged_attrs, updated_at=now))
+    conn.execute(update(contact_t).where(contact_t.c.id == from_id).values(
+        email=None, phone=None, external_id=None, first_name=None, last_name=None, attributes={}, updated_at=now))
+    conn.execute(merge_t.insert().values(from_contact_id=from_id, into_contact_id=into_id, reason=reason,
+                                         merged_at=now, counts=counts))
+    return counts
+
+
+def _merge_touches(conn: Any, from_id: int, into_id: int) -> int:
+    rows = {(r.contact_id, r.touch): r for r in conn.execute(
+        select(touch_t).where(touch_t.c.contact_id.in_((from_id, into_id))))}
+    moved = 0
+    for touch, theirs_wins in (("first", lambda a, b: a.occurred_at < b.occurred_at),
+                               ("last", lambda a, b: a.occurred_at > b.occurred_at)):
+        theirs, ours = rows.get((from_id, touch)), rows.get((into_id, touch))
+        if theirs is None:
+            continue
+        if ours is None or theirs_wins(theirs, ours):
+            if ours is not None:
+                conn.execute(delete(touch_t).where(and_(touch_t.c.contact_id == into_id, touch_t.c.touch == touch)))
+            conn.execute(update(touch_t).where(touch_t.c.contact_id == from_id, touch_t.c.touch == touch)
+                         .values(contact_id=into_id))
+            moved += 1
+    conn.execute(delete(touch_t).where(touch_t.c.contact_id == from_id))
+    return moved

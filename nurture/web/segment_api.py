@@ -1,0 +1,412 @@
+"""The Segment-compatible tracking API of `nurture web`, so analytics.js, RudderStack and
+Segment sources can send to Nurture unchanged (docs/ingest-segment.md):
+
+- `POST /v1/track`     one track call: `event`, `properties`, `userId` / `anonymousId`;
+- `POST /v1/identify`  one identify call: `traits` fill the contact's fields and attributes;
+- `POST /v1/page`      one page call, stored as the event `page_viewed`;
+- `POST /v1/batch`     `{"batch": [...]}` of track / identify / page calls (others are ignored);
+- `/v1/t`, `/v1/i`, `/v1/p`, `/v1/b`: the same, by the short paths analytics.js posts to; every
+  `/v1/*` answers CORS preflights (`OPTIONS`) and allows any origin, for browser SDKs.
+
+Authenticated by HTTP Basic with NURTURE_WRITE_KEY as user name and an empty password (or the
+body's `writeKey`, as analytics.js may send it): 401 without or with a wrong key. Answers
+`200 {"success": true}` as Segment does; a bad body is a 400 naming the field
+(`batch[3].properties.price`), never a 500. In a batch the good messages are kept and the bad
+ones named (Segment drops only the bad messages too). `messageId` is the event's `event_id`:
+a re-sent message adds nothing. Events are written by nurture.ingest.write_events, the one
+event writer; contacts are found, created and merged by nurture.identities.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import uuid
+from datetime import datetime
+from typing import Any, Callable, Optional
+
+from fastapi import APIRouter, BackgroundTasks, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import select, update
+
+from nurture.double_opt_in import opt_ins_from_events
+from nurture.identities import Who, resolve
+from nurture.ingest import (TrackResult, _check_core, _identifier_problem, _show, clean_name, normalize_email,
+                            parse_timestamp, text_problem, value_problem, write_events)
+from nurture.privacy.tombstones import erased_among
+from nurture.settings import WebSettings
+from nurture.store.tables import contact_t
+
+MAX_BATCH_BYTES = 500 * 1024  # Segment's limit for one batch
+MAX_MESSAGE_BYTES = 32 * 1024  # Segment's limit for one call
+MAX_ID_LENGTH = 200
+SOURCE = "segment"
+PAGE_EVENT = "page_viewed"
+TYPES = ("track", "identify", "page")
+IGNORED_TYPES = ("screen", "group", "alias")
+# context.campaign key -> the UTM property it fills (Segment names utm_campaign `name`)
+CAMPAIGN = {"source": "utm_source", "medium": "utm_medium", "name": "utm_campaign", "content": "utm_content",
+            "term": "utm_term"}
+# reserved traits -> the contact's own fields (the rest go to attributes)
+TRAIT_FIELDS = {"firstName": "first_name", "first_name": "first_name", "lastName": "last_name",
+                "last_name": "last_name", "timezone": "timezone", "language": "locale", "locale": "locale"}
+IDENTIFIER_TRAITS = ("email", "phone")
+
+
+class Bad(Exception):
+    """A message the API refuses: [(field, message)]."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__(problems)
+        self.problems = problems
+
+
+def _fail(status: int, error: str, errors: Optional[list[dict]] = None, **headers: str) -> JSONResponse:
+    body: dict[str, Any] = {"success": False, "error": error}
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+def _basic_user(request: Request) -> Optional[str]:
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return decoded.partition(":")[0]
+
+
+def _authorized(request: Request, payload: Any, env: dict) -> bool:
+    configured = WebSettings.from_env(env).write_key
+    expected = configured.get_secret_value() if configured is not None else ""
+    given = _basic_user(request)
+    if given is None and isinstance(payload, dict) and isinstance(payload.get("writeKey"), str):
+        given = payload["writeKey"]
+    return bool(expected) and given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+# ---------------------------------------------------------------- reading one message
+
+
+def _identifier(message: dict, key: str, problems: list) -> Optional[str]:
+    value = message.get(key)
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        problems.append((key, f"must be a string, not {_show(value)}"))
+        return None
+    text = str(value).strip()
+    problem = text_problem(text) or (f"longer than {MAX_ID_LENGTH} characters" if len(text) > MAX_ID_LENGTH else None)
+    if problem:
+        problems.append((key, problem))
+        return None
+    return text or None
+
+
+def _object(message: dict, key: str, problems: list, where: str = "") -> dict:
+    value = message.get(key)
+    if value is None:
+        return {}
+    name = f"{where}{key}"
+    if not isinstance(value, dict):
+        problems.append((name, "must be a JSON object"))
+        return {}
+    problem = value_problem(value, tuple(name.split(".")))
+    if problem:
+        problems.append(problem)
+        return {}
+    return value
+
+
+def _time(message: dict, key: str, problems: list) -> Optional[datetime]:
+    if message.get(key) in (None, ""):
+        return None
+    try:
+        return parse_timestamp(message[key])
+    except ValueError as exc:
+        problems.append((key, str(exc)))
+        return None
+
+
+def occurred_at(timestamp: Optional[datetime], sent_at: Optional[datetime], received_at: datetime) -> datetime:
+    """Segment's clock-skew correction: the device's clock is off by (sentAt − receivedAt), so the
+    event happened at timestamp + (receivedAt − sentAt); without sentAt the timestamp as sent,
+    without a timestamp the time it was received."""
+    if timestamp is None:
+        return received_at
+    if sent_at is None:
+        return timestamp
+    try:
+        corrected = timestamp + (received_at - sent_at)
+    except OverflowError:
+        return timestamp
+    return corrected if 1900 <= corrected.year <= 2999 else timestamp
+
+
+def read_message(message: Any, kind: Optional[str], received_at: datetime,
+                 batch_sent_at: Optional[datetime] = None) -> Optional[dict]:
+    """One Segment call as {type, who, event?, traits fields/attributes, …}; Bad naming its fields.
+    `kind` None: the message's own `type` (a batch element). None for a type Nurture ignores."""
+    if not isinstance(message, dict):
+        raise Bad([("message", "must be a JSON object")])
+    problems: list[tuple[str, str]] = []
+    if kind is None:
+        kind = message.get("type")
+        if kind in IGNORED_TYPES:
+            return None
+        if kind not in TYPES:
+            raise Bad([("type", f"must be one of {', '.join(TYPES + IGNORED_TYPES)}, not {_show(kind)}")])
+    user_id = _identifier(message, "userId", problems)
+    anonymous_id = _identifier(message, "anonymousId", problems)
+    message_id = _identifier(message, "messageId", problems)
+    context = _object(message, "context", problems)
+    traits = _object(message, "traits", problems)
+    context_traits = context.get("traits") if isinstance(context.get("traits"), dict) else {}
+    properties = _object(message, "properties", problems)
+    timestamp = _time(message, "timestamp", problems) or _time(message, "originalTimestamp", problems)
+    sent_at = _time(message, "sentAt", problems) or batch_sent_at
+    # traits of identify; a track may carry them in context.traits (analytics.js) or traits
+    all_traits = {**context_traits, **traits}
+    trait_where = "traits" if kind == "identify" or "email" in traits else "context.traits"
+    email = None
+    if all_traits.get("email") not in (None, ""):
+        try:
+            email = normalize_email(str(all_traits["email"])) if isinstance(all_traits["email"], str) else None
+            if email is None:
+                problems.append((f"{trait_where}.email", f"must be text, not {_show(all_traits['email'])}"))
+        except ValueError as exc:
+            problems.append((f"{trait_where}.email", str(exc)))
+    fields, attributes = {}, {}
+    if kind == "identify":
+        fields, attributes = _trait_fields(traits, problems)
+    elif all_traits.get("phone") not in (None, ""):
+        phone_fields, _ = _trait_fields({"phone": all_traits["phone"], "address": all_traits.get("address")}, problems)
+        fields = {"phone": phone_fields["phone"]} if "phone" in phone_fields else {}
+    if not (user_id or anonymous_id) and not problems:
+        problems.append(("userId", "userId or anonymousId is required"))
+    read: dict[str, Any] = {"type": kind, "fields": fields, "attributes": attributes,
+                            "who": Who(external_id=user_id, anonymous_id=anonymous_id, email=email,
+                                       phone=fields.get("phone"))}
+    if kind in ("track", "page"):
+        name = message.get("event") if kind == "track" else PAGE_EVENT
+        if kind == "track":
+            if name in (None, ""):
+                problems.append(("event", "required"))
+            else:
+                problem = _identifier_problem(name)
+                if problem:
+                    problems.append(("event", problem))
+        if kind == "page" and message.get("name") not in (None, "") and isinstance(message.get("name"), str):
+            properties = {"name": message["name"], **properties}
+        properties = dict(properties)
+        campaign = context.get("campaign") if isinstance(context.get("campaign"), dict) else {}
+        for key, utm in CAMPAIGN.items():
+            if isinstance(campaign.get(key), str) and campaign[key].strip() and utm not in properties:
+                properties[utm] = campaign[key]
+        page = context.get("page") if isinstance(context.get("page"), dict) else {}
+        if isinstance(page.get("url"), str) and "url" not in properties:
+            properties["url"] = page["url"]
+        read.update(event_id=message_id or f"segment-{uuid.uuid4()}", name=str(name) if name else None,
+                    properties=properties, occurred_at=occurred_at(timestamp, sent_at, received_at))
+    if problems:
+        raise Bad(problems)
+    return read
+
+
+def _trait_fields(traits: dict, problems: list) -> tuple[dict, dict]:
+    """(contact fields, attributes) of identify traits, normalized as `import contacts` does."""
+    fields: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    attributes: dict[str, Any] = {}
+    for key, value in traits.items():
+        if value in (None, ""):
+            continue
+        if key == "email":
+            continue  # an identifier: read by read_message
+        if key == "phone":
+            fields["phone"], names["phone"] = value, "traits.phone"
+        elif key in TRAIT_FIELDS:
+            fields[TRAIT_FIELDS[key]], names[TRAIT_FIELDS[key]] = value, f"traits.{key}"
+        elif key == "address" and isinstance(value, dict):
+            if value.get("country") not in (None, ""):
+                fields["country"], names["country"] = value["country"], "traits.address.country"
+            rest = {k: v for k, v in value.items() if k != "country"}
+            if rest:
+                attributes["address"] = rest
+        else:
+            attributes[key] = value
+    for key in ("first_name", "last_name"):
+        if key in fields and isinstance(fields[key], str):
+            fields[key] = clean_name(fields[key])
+            if fields[key] is None:
+                del fields[key]
+    for field, message in _check_core(fields, require_email=False):
+        problems.append((names.get(field, f"traits.{field}"), message))
+        fields.pop(field, None)
+    return fields, attributes
+
+
+# ---------------------------------------------------------------- writing
+
+
+def apply_messages(conn: Any, messages: list[tuple[int, dict]], now: datetime) -> TrackResult:
+    """Store read messages in the caller's transaction: contacts resolved (and merged) in order,
+    identify traits written, track/page events written by write_events. Messages of erased
+    people are dropped (counted in `erased`), as every ingest refuses them."""
+    erased = erased_among(conn, {m["who"].email for _, m in messages if m["who"].email})
+    result = TrackResult()
+    merged_into: dict[int, int] = {}  # anonymous contacts merged away by this request
+    events = []
+    for line, m in messages:
+        if m["who"].email in erased:
+            result.erased += 1
+            continue
+        contact_id, merged = resolve(conn, m["who"], now)
+        if contact_id is None:  # an erased person, known by another identifier
+            result.erased += 1
+            continue
+        if merged is not None:
+            merged_into = {old: (contact_id if new == merged else new) for old, new in merged_into.items()}
+            merged_into[merged] = contact_id
+        if m["type"] == "identify":
+            _write_traits(conn, contact_id, m["fields"], m["attributes"], now)
+        elif m["fields"].get("phone"):
+            _write_traits(conn, contact_id, {"phone": m["fields"]["phone"]}, {}, now)
+        if m["type"] in ("track", "page"):
+            events.append({"event_id": m["event_id"], "email": None, "contact_id": contact_id, "name": m["name"],
+                           "properties": m["properties"], "occurred_at": m["occurred_at"], "line": line})
+    for e in events:  # an event of an anonymous contact a later message of this request merged away
+        e["contact_id"] = merged_into.get(e["contact_id"], e["contact_id"])
+    return write_events(conn, events, source=SOURCE, now=now, result=result)
+
+
+def _write_traits(conn: Any, contact_id: int, fields: dict, attributes: dict, now: datetime) -> None:
+    values: dict[str, Any] = {k: v for k, v in fields.items() if k not in ("email",)}
+    if attributes:
+        current = conn.execute(select(contact_t.c.attributes).where(contact_t.c.id == contact_id)).scalar() or {}
+        values["attributes"] = {**current, **attributes}
+    if values:
+        conn.execute(update(contact_t).where(contact_t.c.id == contact_id).values(**values, updated_at=now))
+
+
+# ---------------------------------------------------------------- the routes
+
+
+def _cors(response: Response) -> Response:
+    """Browser SDKs post from the shop's own origin: any origin may send (the write key is
+    public in every page anyway, as with Segment); no cookies are read or set."""
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, AnonymousId"
+    response.headers["Access-Control-Max-Age"] = "86400"
+    return response
+
+
+def segment_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
+    router = APIRouter()
+    env = rt.env
+    policies = rt.project.policies
+
+    async def body_of(request: Request, limit: int) -> tuple[Any, Optional[Response]]:
+        raw = await request.body()
+        if len(raw) > limit:
+            return None, _fail(413, f"request body over {limit} bytes")
+        try:
+            return json.loads(raw or b"null"), None
+        except RecursionError:
+            return None, _fail(400, "body is not valid JSON (nested far too deep)")
+        except ValueError as exc:
+            return None, _fail(400, f"body is not valid JSON ({str(exc)[:200]})")
+
+    def deliver_system_mail() -> None:
+        from nurture.send.deliver import deliver
+        from nurture.send.system_mail import SYSTEM_JOURNEY
+        deliver(rt, clock(), SYSTEM_JOURNEY)
+
+    def store_messages(request: Request, messages: list[tuple[int, dict]], now: datetime,
+                       background: BackgroundTasks) -> TrackResult:
+        with rt.store.engine.begin() as conn:
+            result = apply_messages(conn, messages, now)
+            opt_ins = opt_ins_from_events(conn, policies, result.inserted_ids, now=now, source="web:/v1")
+        if opt_ins.get("pending"):
+            background.add_task(deliver_system_mail)
+        instant = getattr(request.app.state, "instant", None)  # instant triggers (nurture.runtime.instant)
+        if instant is not None and result.inserted_ids:
+            instant.notify_events(result.inserted_ids)
+        return result
+
+    async def one(request: Request, background: BackgroundTasks, kind: str) -> Response:
+        payload, refused = await body_of(request, MAX_MESSAGE_BYTES)
+        if not _authorized(request, payload, env):
+            return _fail(401, "missing or wrong write key (HTTP Basic: the write key as user name, empty password)",
+                         **{"WWW-Authenticate": 'Basic realm="nurture"'})
+        if refused is not None:
+            return refused
+        now = clock()
+        try:
+            message = read_message(payload, kind, now)
+        except Bad as bad:
+            errors = [{"field": f, "message": m} for f, m in bad.problems]
+            return _fail(400, f"{errors[0]['field']}: {errors[0]['message']}", errors)
+        store_messages(request, [(1, message)], now, background)
+        return JSONResponse({"success": True})
+
+    # analytics.js posts to the short paths /v1/t, /v1/i, /v1/p and /v1/b
+    @router.post("/v1/track")
+    @router.post("/v1/t")
+    async def track(request: Request, background: BackgroundTasks) -> Response:
+        return _cors(await one(request, background, "track"))
+
+    @router.post("/v1/identify")
+    @router.post("/v1/i")
+    async def identify(request: Request, background: BackgroundTasks) -> Response:
+        return _cors(await one(request, background, "identify"))
+
+    @router.post("/v1/page")
+    @router.post("/v1/p")
+    async def page(request: Request, background: BackgroundTasks) -> Response:
+        return _cors(await one(request, background, "page"))
+
+    @router.options("/v1/{path:path}")
+    def preflight(path: str) -> Response:
+        return _cors(Response(status_code=204))
+
+    @router.post("/v1/batch")
+    @router.post("/v1/b")
+    async def batch(request: Request, background: BackgroundTasks) -> Response:
+        return _cors(await many(request, background))
+
+    async def many(request: Request, background: BackgroundTasks) -> Response:
+        payload, refused = await body_of(request, MAX_BATCH_BYTES)
+        if not _authorized(request, payload, env):
+            return _fail(401, "missing or wrong write key (HTTP Basic: the write key as user name, empty password)",
+                         **{"WWW-Authenticate": 'Basic realm="nurture"'})
+        if refused is not None:
+            return refused
+        if not isinstance(payload, dict) or not isinstance(payload.get("batch"), list):
+            return _fail(400, "batch: required, a list of messages ({\"batch\": [...]})",
+                         [{"field": "batch", "message": "required, a list of messages"}])
+        now = clock()
+        errors, messages = [], []
+        batch_problems: list = []
+        batch_sent_at = _time(payload, "sentAt", batch_problems)
+        errors += [{"field": f, "message": m} for f, m in batch_problems]
+        for i, element in enumerate(payload["batch"]):
+            try:
+                message = read_message(element, None, now, batch_sent_at)
+            except Bad as bad:
+                errors += [{"field": f"batch[{i}].{f}", "message": m} for f, m in bad.problems]
+                continue
+            if message is not None:
+                messages.append((i + 1, message))
+        if messages:
+            store_messages(request, messages, now, background)
+        if errors:
+            return _fail(400, f"{errors[0]['field']}: {errors[0]['message']}", errors[:50])
+        return JSONResponse({"success": True})
+
+    return router

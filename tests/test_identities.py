@@ -1,0 +1,211 @@
+"""Identities (nurture.identities): a contact known by several identifiers; an anonymous contact
+merged into the known one moves its events, enrollments, touches, messages and consents and
+is recorded; `import contacts` matches external_id → e-mail → phone; `consent grant|revoke`
+by --phone / --external-id; `messages --json` names a contact without e-mail by phone or id."""
+from __future__ import annotations
+
+import datetime as dt
+from sqlalchemy import select
+
+from nurture.identities import MERGED, Who, merge_contacts, resolve
+from nurture.ingest import import_contacts
+from nurture.messages import message_log
+from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t, merge_t, message_t, touch_t
+from tests.conftest import utc, write_project
+from tests.engine_fixtures import add_contact, add_event, set_consent
+
+NOW = utc(2026, 3, 2, 12, 0)
+
+
+def _enroll(store, contact_id, journey, entered_at) -> int:
+    with store.engine.begin() as conn:
+        return conn.execute(enrollment_t.insert().values(
+            contact_id=contact_id, journey=journey, version="v1", step_id="s1", next_due_at=entered_at,
+            status="active", holdout=False, entered_at=entered_at, revenue=0.0, defer_count=0,
+            state={})).inserted_primary_key[0]
+
+
+def _touch(store, contact_id, touch, source, at):
+    with store.engine.begin() as conn:
+        conn.execute(touch_t.insert().values(contact_id=contact_id, touch=touch, source=source, occurred_at=at))
+
+
+def _message(store, contact_id, enrollment_id=None, address="+4930123456", channel="sms") -> int:
+    with store.engine.begin() as conn:
+        return conn.execute(message_t.insert().values(
+            enrollment_id=enrollment_id, contact_id=contact_id, journey="j", step_id="s1", attempt_key="send",
+            channel=channel, purpose="marketing", template="hello", address=address, status="sent", due_at=NOW,
+            attempts=1, created_at=NOW)).inserted_primary_key[0]
+
+
+def _rows(store, table, *where):
+    with store.engine.connect() as conn:
+        return list(conn.execute(select(table).where(*where).order_by(*table.primary_key.columns)))
+
+
+def test_a_merge_moves_everything_and_is_recorded(store):
+    anon = add_contact(store, None, attributes={"seen": "ad", "plan": "free"})
+    known = add_contact(store, "ann@example.com", attributes={"plan": "pro"})
+    add_event(store, anon, "page_visit", NOW - dt.timedelta(days=3))
+    add_event(store, known, "signup", NOW - dt.timedelta(days=1))
+    older = _enroll(store, anon, "welcome", NOW - dt.timedelta(days=3))
+    younger = _enroll(store, known, "welcome", NOW - dt.timedelta(days=1))
+    only_anon = _enroll(store, anon, "browse", NOW - dt.timedelta(days=2))
+    _message(store, anon, only_anon)
+    set_consent(store, anon, "email", "granted")
+    _touch(store, anon, "first", "google", NOW - dt.timedelta(days=3))
+    _touch(store, anon, "last", "google", NOW - dt.timedelta(days=3))
+    _touch(store, known, "first", "newsletter", NOW - dt.timedelta(days=1))
+    _touch(store, known, "last", "newsletter", NOW - dt.timedelta(days=1))
+    with store.engine.begin() as conn:
+        counts = merge_contacts(conn, anon, known, reason="identify", now=NOW)
+    assert counts["events"] == 1 and counts["enrollments"] == 2 and counts["enrollments_exited"] == 1
+    assert counts["messages"] == 1 and counts["consents"] == 1
+    assert {e.contact_id for e in _rows(store, event_t)} == {known}
+    by_id = {e.id: e for e in _rows(store, enrollment_t)}
+    assert {e.contact_id for e in by_id.values()} == {known}
+    assert by_id[older].status == "active"  # the older enrollment of the journey is kept
+    assert (by_id[younger].status, by_id[younger].exit_reason, by_id[younger].step_id) == ("exited", MERGED, None)
+    assert by_id[only_anon].status == "active"
+    assert [m.contact_id for m in _rows(store, message_t)] == [known]
+    assert {c.contact_id for c in _rows(store, consent_t)} == {known}
+    touches = {t.touch: (t.contact_id, t.source) for t in _rows(store, touch_t)}
+    assert touches == {"first": (known, "google"), "last": (known, "newsletter")}  # earliest first, latest last
+    [merge] = _rows(store, merge_t)
+    assert (merge.from_contact_id, merge.into_contact_id, merge.reason, merge.counts["events"]) == (
+        anon, known, "identify", 1)
+    rows = {c.id: c for c in _rows(store, contact_t)}
+    assert rows[known].attributes == {"seen": "ad", "plan": "pro"}  # the known contact's values win
+    assert rows[anon].attributes == {} and rows[anon].email is None
+
+
+def test_resolve_creates_anonymous_contacts_and_merges_them_once(store):
+    with store.engine.begin() as conn:
+        visitor, merged = resolve(conn, Who(anonymous_id="a-1"), NOW)
+        assert merged is None
+        again, _ = resolve(conn, Who(anonymous_id="a-1"), NOW)
+        assert again == visitor
+        # the visitor identifies, no contact known yet: its own contact becomes the known one
+        same, merged = resolve(conn, Who(anonymous_id="a-1", external_id="u-1", email="ann@example.com"), NOW)
+        assert (same, merged) == (visitor, None)
+        other, _ = resolve(conn, Who(anonymous_id="a-2"), NOW)
+        into, merged = resolve(conn, Who(anonymous_id="a-2", email="ann@example.com"), NOW)
+        assert (into, merged) == (visitor, other)
+        assert resolve(conn, Who(anonymous_id="a-2", email="ann@example.com"), NOW) == (visitor, None)
+        row = conn.execute(select(contact_t).where(contact_t.c.id == visitor)).one()
+    assert (row.email, row.external_id) == ("ann@example.com", "u-1")
+    assert len(_rows(store, merge_t)) == 1
+
+
+def test_import_matches_external_id_then_email_then_phone(store, tmp_path):
+    by_id = add_contact(store, "old@example.com", external_id="crm-1")
+    by_email = add_contact(store, "bo@example.com")
+    by_phone = add_contact(store, None, phone="+4930123456")
+    path = tmp_path / "contacts.csv"
+    path.write_text("external_id,email,phone,first_name\n"
+                    "crm-1,new@example.com,,Ann\n"         # external_id wins: the e-mail of crm-1 changes
+                    "crm-2,bo@example.com,,Bo\n"           # no crm-2: matched by e-mail, gets the id
+                    ",,+49 30 123456,Cy\n"                 # phone only: matched by phone
+                    "crm-3,,+4930999999,Di\n"              # nothing known: created without e-mail
+                    ",,,Ed\n")                             # no identifier at all: refused
+    result = import_contacts(store, path, now=NOW)
+    assert (result.created, result.updated) == (1, 3)
+    assert [(e.line, e.field) for e in result.errors] == [(6, "email")]
+    rows = {c.id: c for c in _rows(store, contact_t)}
+    assert (rows[by_id].email, rows[by_id].first_name) == ("new@example.com", "Ann")
+    assert (rows[by_email].external_id, rows[by_email].first_name) == ("crm-2", "Bo")
+    assert rows[by_phone].first_name == "Cy"
+    [created] = [c for c in rows.values() if c.external_id == "crm-3"]
+    assert (created.email, created.phone, created.first_name) == (None, "+4930999999", "Di")
+
+
+def test_import_refuses_an_email_held_by_another_contact_than_the_external_id(store, tmp_path):
+    add_contact(store, "ann@example.com", external_id="crm-1")
+    add_contact(store, "bo@example.com")
+    path = tmp_path / "contacts.csv"
+    path.write_text("external_id,email\ncrm-1,bo@example.com\ncrm-9,x@example.com\ncrm-8,x@example.com\n")
+    result = import_contacts(store, path, now=NOW)
+    assert [(e.line, e.field) for e in result.errors] == [(4, "email"), (2, "email")]
+    assert result.created == 1 and result.updated == 0
+
+
+def test_messages_name_a_contact_by_email_else_phone_else_external_id(store):
+    with_email = add_contact(store, "ann@example.com", phone="+4930111111")
+    phone_only = add_contact(store, None, phone="+4930123456")
+    id_only = add_contact(store, None, external_id="crm-7")
+    for cid in (with_email, phone_only, id_only):
+        _message(store, cid)
+    assert [m["contact"] for m in message_log(store)] == ["ann@example.com", "+4930123456", "crm-7"]
+
+
+def test_consent_cli_by_phone_and_external_id(tmp_path):
+    from tests.test_cli import JOURNEY, nurture
+    from nurture.store.db import open_store
+    project = write_project(tmp_path / "shop", {"cart_nudge": JOURNEY})
+    contacts = tmp_path / "c.csv"
+    contacts.write_text("external_id,phone,first_name\n,+4930123456,Ann\ncrm-7,,Bo\n")
+    nurture(project, "import", "contacts", str(contacts), check=True)
+    out = nurture(project, "consent", "grant", "--phone", "+49 30 123456", "--channel", "sms", check=True)
+    assert "+4930123456: sms/marketing consent granted" in out.stdout
+    nurture(project, "consent", "revoke", "--external-id", "crm-7", "--channel", "email", check=True)
+    unknown = nurture(project, "consent", "grant", "--external-id", "nobody", "--channel", "email")
+    assert unknown.returncode == 1 and "no contact with external id nobody" in unknown.stderr
+    both = nurture(project, "consent", "grant", "a@example.com", "--phone", "+4930123456", "--channel", "email")
+    assert both.returncode == 1 and "exactly one of" in both.stderr
+    s = open_store(f"sqlite:///{project / '.nurture' / 'cli.db'}")
+    try:
+        with s.engine.connect() as conn:
+            rows = conn.execute(select(contact_t.c.phone, contact_t.c.external_id, consent_t.c.channel,
+                                       consent_t.c.status).join_from(consent_t, contact_t,
+                                                                     consent_t.c.contact_id == contact_t.c.id)
+                                .where(consent_t.c.source == "cli").order_by(consent_t.c.id)).all()
+    finally:
+        s.dispose()
+    assert [tuple(r) for r in rows] == [("+4930123456", None, "sms", "granted"), (None, "crm-7", "email", "revoked")]
+
+
+def test_an_erased_contact_is_never_found_again_by_another_identifier(store):
+    from nurture.store.tables import suppression_t
+    gone = add_contact(store, None, external_id="crm-gone")
+    with store.engine.begin() as conn:
+        conn.execute(suppression_t.insert().values(contact_id=gone, address="hash", reason="erased", created_at=NOW))
+        assert resolve(conn, Who(external_id="crm-gone", anonymous_id="a-9"), NOW) == (None, None)
+    assert _rows(store, contact_t, contact_t.c.id != gone) == []
+
+
+def test_a_phone_only_contact_from_identify_gets_its_sms(make_runtime, store):
+    """End to end: identify (userId + phone, no e-mail), track → the journey's SMS is sent to the phone."""
+    from nurture.runtime import run_tick
+    from nurture.web.segment_api import apply_messages, read_message
+    from tests.engine_fixtures import journey_yaml, messages
+    at = utc(2026, 3, 4, 10, 0)
+    rt = make_runtime({"j": journey_yaml("j", "- id: text\n  send: {channel: sms, template: hello}")})
+    calls = [read_message({"userId": "crm-5", "traits": {"phone": "+49 30 1234567", "firstName": "Ann"}},
+                          "identify", at),
+             read_message({"userId": "crm-5", "event": "signup", "messageId": "p-1"}, "track", at)]
+    with store.engine.begin() as conn:
+        result = apply_messages(conn, list(enumerate(calls, 1)), at)
+    assert result.inserted == 1
+    [contact] = _rows(store, contact_t)
+    assert (contact.email, contact.phone, contact.external_id) == (None, "+49301234567", "crm-5")
+    set_consent(store, contact.id, "sms", "granted")
+    run_tick(rt, "j", at + dt.timedelta(minutes=1))
+    [sms] = messages(store, status="sent")
+    assert (sms.contact_id, sms.channel, sms.address) == (contact.id, "sms", "+49301234567")
+    assert [m["contact"] for m in message_log(store)] == ["+49301234567"]
+
+
+def test_an_erasure_clears_the_external_id_and_every_identifier(store, tmp_path):
+    from nurture.privacy.erase import erase_contacts
+    from nurture.registry import IntegrationContext
+    from nurture.spec.project import load_project
+    from nurture.store.tables import identity_t
+    with store.engine.begin() as conn:
+        cid, _ = resolve(conn, Who(anonymous_id="a-7", external_id="u-7", email="eve@example.com"), NOW)
+    assert _rows(store, identity_t, identity_t.c.contact_id == cid)  # known by several identifiers
+    root = write_project(tmp_path / "p", {})
+    [result] = erase_contacts(store, load_project(root), [("eve@example.com", cid)],
+                              context=IntegrationContext(root, root / ".nurture", {}), actor="test", reason="request")
+    assert _rows(store, identity_t, identity_t.c.contact_id == cid) == []
+    (row,) = _rows(store, contact_t, contact_t.c.id == cid)
+    assert (row.email, row.external_id) == (None, None) and result.removed["identities"] >= 2

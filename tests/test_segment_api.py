@@ -1,0 +1,256 @@
+"""The Segment-compatible API of `nurture web` (POST /v1/track, /v1/identify, /v1/batch), served
+by uvicorn on 127.0.0.1 over SQLite and PostgreSQL: HTTP Basic with the write key, Segment's
+answers, the mapping of a message onto contacts and events, messageId idempotency, clock-skew
+correction, context.campaign → UTMs (and so the lead source), anonymous → identified merges,
+and bad bodies answered 400 naming the field (never 500)."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+
+import pytest
+from sqlalchemy import func, select
+
+from nurture.store.tables import contact_t, event_t, identity_t, merge_t, touch_t
+from tests.conftest import utc
+from tests.test_web_site import running_site
+
+NOW = utc(2026, 3, 2, 12, 0)
+KEY = "wk_test_segment_write_key_1"
+
+
+def basic(key: str = KEY) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+
+
+@pytest.fixture
+def site(make_runtime):
+    rt = make_runtime({})
+    with running_site(rt, NOW, NURTURE_WRITE_KEY=KEY) as s:
+        yield s
+
+
+def _rows(store, table, *where):
+    with store.engine.connect() as conn:
+        return list(conn.execute(select(table).where(*where).order_by(*table.primary_key.columns)))
+
+
+def _count(store, table) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar()
+
+
+def test_the_write_key_is_http_basic_and_a_missing_or_wrong_one_is_401(site):
+    body = {"userId": "u1", "event": "signed_up", "messageId": "m-auth"}
+    assert site.http.post("/v1/track", json=body).status_code == 401
+    wrong = site.http.post("/v1/track", json=body, headers=basic("not-the-key"))
+    assert wrong.status_code == 401 and wrong.json()["success"] is False and KEY not in wrong.text
+    assert site.http.post("/v1/track", json=body, headers={"Authorization": "Basic %%%"}).status_code == 401
+    assert site.http.post("/v1/track", json=body, headers={"Authorization": f"Bearer {KEY}"}).status_code == 401
+    assert _count(site.rt.store, event_t) == 0
+    ok = site.http.post("/v1/track", json=body, headers=basic())
+    assert (ok.status_code, ok.json()) == (200, {"success": True})
+    in_body = site.http.post("/v1/track", json={**body, "messageId": "m-auth-2", "writeKey": KEY})
+    assert in_body.status_code == 200
+    assert _count(site.rt.store, event_t) == 2
+
+
+def test_without_a_configured_write_key_the_api_refuses(make_runtime):
+    rt = make_runtime({})
+    with running_site(rt, NOW) as s:
+        assert s.http.post("/v1/track", json={"userId": "u", "event": "x"}, headers=basic("")).status_code == 401
+        assert s.http.post("/v1/batch", json={"batch": []}, headers=basic("anything")).status_code == 401
+
+
+def test_track_maps_a_segment_message_onto_an_event_once(site):
+    body = {"type": "track", "userId": "user-42", "event": "Order Completed", "messageId": "msg-1",
+            "properties": {"total": 12.5, "items": [{"sku": "A"}]},
+            "context": {"campaign": {"source": "newsletter", "medium": "email", "name": "spring", "term": "shoes"},
+                        "page": {"url": "https://shop.example/checkout"}, "traits": {"email": "Ann@Example.COM"}},
+            "timestamp": "2026-03-02T11:00:00Z", "sentAt": "2026-03-02T11:30:00Z"}
+    assert site.http.post("/v1/track", json=body, headers=basic()).json() == {"success": True}
+    assert site.http.post("/v1/track", json=body, headers=basic()).json() == {"success": True}  # re-sent
+    events = _rows(site.rt.store, event_t)
+    assert len(events) == 1
+    event = events[0]
+    assert (event.event_id, event.name) == ("msg-1", "Order Completed")
+    # the device's clock was 30 minutes behind the server's (sentAt 11:30, received 12:00)
+    assert event.occurred_at == utc(2026, 3, 2, 11, 30)
+    assert event.properties == {"total": 12.5, "items": [{"sku": "A"}], "utm_source": "newsletter",
+                                "utm_medium": "email", "utm_campaign": "spring", "utm_term": "shoes",
+                                "url": "https://shop.example/checkout"}
+    contact = _rows(site.rt.store, contact_t, contact_t.c.id == event.contact_id)[0]
+    assert (contact.external_id, contact.email) == ("user-42", "ann@example.com")
+    touch = _rows(site.rt.store, touch_t, touch_t.c.touch == "first")[0]
+    assert (touch.contact_id, touch.source, touch.medium, touch.campaign) == (contact.id, "newsletter", "email", "spring")
+
+
+def test_time_without_sent_at_is_the_timestamp_and_without_timestamp_the_arrival(site):
+    site.http.post("/v1/batch", headers=basic(), json={"batch": [
+        {"type": "track", "anonymousId": "a1", "event": "e", "messageId": "t1", "timestamp": "2026-03-01T08:00:00Z"},
+        {"type": "track", "anonymousId": "a1", "event": "e", "messageId": "t2"},
+        {"type": "track", "anonymousId": "a1", "event": "e", "messageId": "t3",
+         "originalTimestamp": "2026-03-01T08:00:00Z"}],
+        "sentAt": "2026-03-01T07:00:00Z"})  # batch-level sentAt applies to t3 (and t1)
+    times = {e.event_id: e.occurred_at for e in _rows(site.rt.store, event_t)}
+    assert times == {"t1": utc(2026, 3, 2, 13, 0), "t2": NOW, "t3": utc(2026, 3, 2, 13, 0)}
+
+
+def test_identify_fills_the_contacts_fields_and_attributes(site):
+    body = {"userId": "u-7", "messageId": "i-1", "traits": {
+        "email": "bea@example.com", "phone": "+49 30 1234567", "firstName": "Bea\r\nX", "lastName": "Lund",
+        "timezone": "Europe/Berlin", "address": {"country": "de", "city": "Berlin"}, "language": "de-DE",
+        "plan": "pro", "seats": 3}}
+    assert site.http.post("/v1/identify", json=body, headers=basic()).json() == {"success": True}
+    [c] = _rows(site.rt.store, contact_t)
+    assert (c.external_id, c.email, c.phone, c.first_name, c.last_name, c.timezone, c.country, c.locale) == (
+        "u-7", "bea@example.com", "+49301234567", "Bea X", "Lund", "Europe/Berlin", "DE", "de-DE")
+    assert c.attributes == {"plan": "pro", "seats": 3, "address": {"city": "Berlin"}}
+    # a second identify updates, attributes merge; the contact stays one
+    site.http.post("/v1/identify", headers=basic(), json={"userId": "u-7", "traits": {"plan": "team", "lastName": "Berg"}})
+    [c] = _rows(site.rt.store, contact_t)
+    assert (c.last_name, c.attributes["plan"], c.attributes["seats"]) == ("Berg", "team", 3)
+    kinds = {(i.kind, i.value) for i in _rows(site.rt.store, identity_t)}
+    assert {("external_id", "u-7"), ("email", "bea@example.com"), ("phone", "+49301234567")} <= kinds
+    assert _count(site.rt.store, event_t) == 0
+
+
+def test_an_anonymous_visitor_who_identifies_is_merged_into_the_known_contact(site):
+    store = site.rt.store
+    site.http.post("/v1/identify", headers=basic(), json={"userId": "known-1", "traits": {"email": "cy@example.com"}})
+    site.http.post("/v1/track", headers=basic(), json={
+        "anonymousId": "anon-9", "event": "page_visit", "messageId": "v-1",
+        "context": {"page": {"url": "https://shop.example/?utm_source=google&utm_medium=cpc&utm_campaign=x"}}})
+    anon = _rows(store, event_t)[0].contact_id
+    assert _rows(store, contact_t, contact_t.c.id == anon)[0].email is None
+    known = _rows(store, contact_t, contact_t.c.external_id == "known-1")[0].id
+    assert anon != known
+    link = {"userId": "known-1", "anonymousId": "anon-9", "messageId": "i-2", "traits": {"email": "cy@example.com"}}
+    assert site.http.post("/v1/identify", headers=basic(), json=link).json() == {"success": True}
+    assert {e.contact_id for e in _rows(store, event_t)} == {known}
+    [merge] = _rows(store, merge_t)
+    assert (merge.from_contact_id, merge.into_contact_id, merge.reason) == (anon, known, "identify")
+    assert merge.counts["events"] == 1 and merge.counts["touches"] == 2
+    assert _rows(store, touch_t, touch_t.c.contact_id == known)[0].source == "google"
+    # later anonymous events land on the known contact; identifying again merges nothing
+    site.http.post("/v1/track", headers=basic(), json={"anonymousId": "anon-9", "event": "again", "messageId": "v-2"})
+    site.http.post("/v1/identify", headers=basic(), json=link)
+    assert {e.contact_id for e in _rows(store, event_t)} == {known}
+    assert _count(store, merge_t) == 1
+
+
+def test_a_batch_merging_a_visitor_moves_its_events_of_the_same_batch(site):
+    store = site.rt.store
+    site.http.post("/v1/batch", headers=basic(), json={"batch": [
+        {"type": "track", "anonymousId": "b-anon", "event": "viewed", "messageId": "b1"},
+        {"type": "identify", "anonymousId": "b-anon", "userId": "b-user", "traits": {"email": "dee@example.com"}},
+        {"type": "track", "userId": "b-user", "event": "bought", "messageId": "b2"},
+        {"type": "page", "anonymousId": "b-anon", "name": "Home", "messageId": "b3",
+         "properties": {"url": "https://shop.example/"}},
+        {"type": "group", "userId": "b-user", "groupId": "g"}]})
+    [contact] = [c for c in _rows(store, contact_t) if c.external_id == "b-user"]
+    assert contact.email == "dee@example.com"
+    assert {(e.event_id, e.name, e.contact_id) for e in _rows(store, event_t)} == {
+        ("b1", "viewed", contact.id), ("b2", "bought", contact.id), ("b3", "page_viewed", contact.id)}
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/v1/track", {"userId": "u", "messageId": "x"}, "event"),
+    ("/v1/track", {"event": "e", "messageId": "x"}, "userId"),
+    ("/v1/track", {"userId": "u", "event": "e", "properties": {"price": float("nan")}}, "properties.price"),
+    ("/v1/track", {"userId": "u", "event": "e", "properties": [1]}, "properties"),
+    ("/v1/track", {"userId": {"a": 1}, "event": "e"}, "userId"),
+    ("/v1/track", {"userId": "u", "event": "e", "timestamp": "yesterday"}, "timestamp"),
+    ("/v1/track", {"userId": "u", "event": "e", "properties": {"k": "a\u0000b"}}, "properties.k"),
+    ("/v1/identify", {"userId": "u", "traits": {"email": "not-an-address"}}, "traits.email"),
+    ("/v1/identify", {"userId": "u", "traits": {"phone": "12"}}, "traits.phone"),
+    ("/v1/identify", {"userId": "u", "traits": {"timezone": "Mars/Base"}}, "traits.timezone"),
+    ("/v1/identify", {"userId": "u", "traits": {"address": {"country": "Germany"}}}, "traits.address.country"),
+    ("/v1/identify", [1, 2], "message"),
+    ("/v1/track", {"userId": "u" * 201, "event": "e"}, "userId"),
+    ("/v1/track", {"anonymousId": "a", "event": "e", "context": {"campaign": {"source": float("inf")}}},
+     "context.campaign.source"),
+    ("/v1/batch", {"batch": "nope"}, "batch"),
+    ("/v1/batch", {"batch": [{"type": "fly", "userId": "u"}]}, "batch[0].type"),
+])
+def test_a_bad_body_is_400_naming_the_field(site, path, body, field):
+    import json
+    raw = json.dumps(body)  # (NaN written as JSON's non-standard NaN, as a buggy client would)
+    response = site.http.post(path, content=raw, headers={**basic(), "content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert field in [e["field"] for e in response.json()["errors"]]
+    assert _count(site.rt.store, event_t) == 0
+
+
+def test_not_json_is_400_and_a_too_large_batch_413(site):
+    assert site.http.post("/v1/track", content=b"{nope", headers=basic()).status_code == 400
+    big = {"batch": [{"type": "track", "userId": "u", "event": "e", "properties": {"pad": "x" * 1000}}] * 600}
+    assert site.http.post("/v1/batch", json=big, headers=basic()).status_code == 413
+
+
+def test_a_batch_keeps_its_good_messages_and_names_the_bad_ones(site):
+    response = site.http.post("/v1/batch", headers=basic(), json={"batch": [
+        {"type": "track", "userId": "u1", "event": "ok", "messageId": "g1"},
+        {"type": "track", "userId": "u1", "messageId": "g2"},
+        {"type": "identify", "userId": "u1", "traits": {"email": "@@"}}]})
+    assert response.status_code == 400
+    assert [e["field"] for e in response.json()["errors"]] == ["batch[1].event", "batch[2].traits.email"]
+    assert [e.event_id for e in _rows(site.rt.store, event_t)] == ["g1"]
+
+
+def test_messages_of_an_erased_person_are_not_stored(site):
+    from nurture.privacy.tombstones import subject_hash
+    from nurture.store.tables import suppression_t
+    with site.rt.store.engine.begin() as conn:
+        conn.execute(suppression_t.insert().values(address=subject_hash("gone@example.com"), reason="erased",
+                                                   created_at=NOW - dt.timedelta(days=1)))
+    response = site.http.post("/v1/track", headers=basic(), json={
+        "userId": "g", "event": "e", "messageId": "gone-1", "context": {"traits": {"email": "gone@example.com"}}})
+    assert response.status_code == 200
+    assert _count(site.rt.store, event_t) == 0 and _count(site.rt.store, contact_t) == 0
+
+
+def test_browser_sdks_get_cors_and_the_short_paths_of_analytics_js(site):
+    preflight = site.http.options("/v1/batch", headers={"Origin": "https://shop.example",
+                                                        "Access-Control-Request-Method": "POST",
+                                                        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "Authorization" in preflight.headers["access-control-allow-headers"]
+    # analytics.js: writeKey in a text/plain body, posted to /v1/t and /v1/p
+    import json
+    for path, body in (("/v1/t", {"anonymousId": "x", "event": "e", "messageId": "s1"}),
+                       ("/v1/p", {"anonymousId": "x", "messageId": "s2"}),
+                       ("/v1/i", {"anonymousId": "x", "traits": {"plan": "a"}}),
+                       ("/v1/b", {"batch": [{"type": "track", "anonymousId": "x", "event": "e", "messageId": "s3"}]})):
+        response = site.http.post(path, content=json.dumps({**body, "writeKey": KEY}),
+                                  headers={"content-type": "text/plain"})
+        assert response.json() == {"success": True} and response.headers["access-control-allow-origin"] == "*"
+    assert sorted(e.event_id for e in _rows(site.rt.store, event_t)) == ["s1", "s2", "s3"]
+    assert site.http.post("/v1/t", json={"anonymousId": "x", "event": "e"}).headers[
+        "access-control-allow-origin"] == "*"  # a 401 is readable by the browser too
+
+
+def test_absurd_nesting_is_400_naming_the_properties(site):
+    deep: dict = {}
+    inner = deep
+    for _ in range(40):
+        inner["k"] = {}
+        inner = inner["k"]
+    response = site.http.post("/v1/track", headers=basic(), json={"userId": "u", "event": "e", "properties": deep})
+    assert response.status_code == 400 and response.json()["errors"][0]["field"].startswith("properties")
+
+
+def test_a_segment_track_starts_its_journey_at_once(make_runtime):
+    """/v1 events are handed to the instant triggers (nurture.runtime.instant) like /events."""
+    from tests.engine_fixtures import journey_yaml, messages, subscriber
+    from tests.test_instant_triggers import client, wait_for
+    rt = make_runtime({"welcome": journey_yaml(
+        "welcome", "- id: hello\n  send: {channel: email, template: hello, subject: Hi}", trigger="{event: lead}")})
+    subscriber(rt.store, "ada@example.com")
+    with client(rt, NOW, NURTURE_WRITE_KEY=KEY) as http:
+        response = http.post("/v1/track", headers=basic(), json={
+            "userId": "ada-1", "event": "lead", "messageId": "lead-1", "timestamp": NOW.isoformat(),
+            "context": {"traits": {"email": "ada@example.com"}}})
+        assert response.json() == {"success": True}
+        assert wait_for(lambda: [m.status for m in messages(rt.store)] == ["sent"])
