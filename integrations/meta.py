@@ -12,11 +12,15 @@ missing value is an empty string. Throttling answers (error codes 17, 613, 80003
 Settings: NURTURE_META_ACCESS_TOKEN, NURTURE_META_BASE_URL (default
 https://graph.facebook.com), NURTURE_META_API_VERSION (default v25.0).
 segments.yaml: `{destination: meta, audience_id: "23851234567890"}`.
+
+Also the Lead Ads reader (`LeadReader`, `MetaDestination.lead_reader`): one lead by id, for the
+`leadgen` webhook of `nurture web` (nurture.web.meta_leads, docs/lead-ads.md).
 """
 from __future__ import annotations
 
 import json
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
 
 import httpx
 from pydantic import SecretStr
@@ -122,6 +126,67 @@ class MetaDestination(AudienceDestination):
         rows = [(m, list(m.payload["row"])) for m in members if m.payload.get("row")]
         results = [MemberResult(m.contact_id, True) for m in members if not m.payload.get("row")]
         return results + (self._send("DELETE", target, rows, batch) if rows else [])
+
+    @classmethod
+    def lead_reader(cls, context: IntegrationContext) -> Optional["LeadReader"]:
+        """Meta Lead Ads: the reader of leads `nurture web` finds through this registered class
+        (the engine imports no integration); None when NURTURE_META_ACCESS_TOKEN is not set."""
+        return LeadReader.from_env(context.env)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# ---------------------------------------------------------------- Lead Ads: reading one lead
+#
+# `GET /{version}/{lead_id}`, the lead a `leadgen` webhook names (nurture.web.meta_leads), as
+# documented at https://developers.facebook.com/docs/marketing-api/guides/lead-ads/retrieving/:
+# `{id, created_time, ad_id, form_id, field_data: [{name, values: [...]}], ...}` (`platform`: fb
+# or ig; `is_organic`: a lead from no ad). The token (NURTURE_META_ACCESS_TOKEN: a Page or system
+# user token with `leads_retrieval`) goes in the `Authorization: Bearer` header, never in the URL.
+# Throttling, 5xx and network errors are retried with the shared policy; the answer is a
+# `LeadFetch` — never an exception — whose reason is free of the token.
+
+
+LEAD_FIELDS = "id,created_time,ad_id,ad_name,adset_id,campaign_id,campaign_name,form_id,field_data,platform,is_organic"
+
+
+@dataclass
+class LeadFetch:
+    ok: bool
+    lead: dict = field(default_factory=dict)
+    reason: str = ""
+    attempts: int = 0
+
+
+class LeadReader:
+    """Reads leads over one HTTP client; `close()` when done."""
+
+    def __init__(self, access_token: str, base_url: str = "https://graph.facebook.com", version: str = "v25.0",
+                 policy: Optional[RetryPolicy] = None):
+        self.version = version.strip("/")
+        self.client = ProviderClient("meta", base_url, policy=policy, classify=classify, timeout=30,
+                                     headers={"Authorization": f"Bearer {access_token}"}, secrets=[access_token])
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], policy: Optional[RetryPolicy] = None) -> Optional["LeadReader"]:
+        """None when NURTURE_META_ACCESS_TOKEN is not set."""
+        settings = MetaSettings.from_mapping(env)
+        if settings.access_token is None:
+            return None
+        return cls(settings.access_token.get_secret_value(), settings.base_url, settings.api_version,
+                   policy or RetryPolicy.from_env(env))
+
+    def fetch(self, lead_id: str) -> LeadFetch:
+        if not lead_id.isdigit():
+            return LeadFetch(False, reason=f"not a lead id: {lead_id[:40]!r}")
+        answer = self.client.call("GET", f"/{self.version}/{lead_id}", params={"fields": LEAD_FIELDS})
+        if not answer.ok:
+            return LeadFetch(False, reason=answer.reason, attempts=answer.attempts)
+        body: Any = answer.json()
+        if not isinstance(body, dict) or not isinstance(body.get("field_data", []), list):
+            return LeadFetch(False, reason="Meta answered a lead without field_data", attempts=answer.attempts)
+        return LeadFetch(True, body, attempts=answer.attempts)
 
     def close(self) -> None:
         self.client.close()

@@ -226,6 +226,20 @@ class WebSettings(EnvSettings):
     hubspot_client_secret: Optional[SecretStr] = setting(
         "NURTURE_HUBSPOT_CLIENT_SECRET",
         doc="The HubSpot app's client secret: `POST /webhooks/hubspot` checks HubSpot's signatures with it.")
+    meta_verify_token: Optional[SecretStr] = setting(
+        "NURTURE_META_VERIFY_TOKEN",
+        doc="The verify token typed into the Meta app's webhook setup: `GET /webhooks/meta/leads` echoes "
+            "`hub.challenge` only for it.")
+    meta_app_secret: Optional[SecretStr] = setting(
+        "NURTURE_META_APP_SECRET",
+        doc="The Meta app's secret: `POST /webhooks/meta/leads` checks `X-Hub-Signature-256` with it.")
+    instant: bool = setting(
+        "NURTURE_INSTANT", True,
+        doc="Instant triggers: events posted to `nurture web` start their journeys at once (0/false/off: "
+            "at the next tick).")
+    write_key: Optional[SecretStr] = setting(
+        "NURTURE_WRITE_KEY", doc="Write key of the Segment-compatible API (`POST /v1/track`, `/v1/identify`, "
+                                 "`/v1/batch`): HTTP Basic user name, empty password; unset: the endpoints refuse.")
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "WebSettings":

@@ -123,7 +123,9 @@ SENTINELS = {"NURTURE_SECRET_KEY": "sentinel-secret-key-0001", "NURTURE_TWILIO_A
              "NURTURE_PRIVACY_TOKEN": "sentinel-privacy-0005", "NURTURE_HUBSPOT_CLIENT_SECRET": "sentinel-hsapp-0006",
              "NURTURE_SMTP_PASSWORD": "sentinel-smtp-0007", "NURTURE_HUBSPOT_TOKEN": "sentinel-hubspot-0008",
              "NURTURE_META_ACCESS_TOKEN": "sentinel-meta-0009", "NURTURE_GOOGLE_ACCESS_TOKEN": "sentinel-google-0010",
-             "NURTURE_LINKEDIN_ACCESS_TOKEN": "sentinel-linkedin-0011", "NURTURE_TIKTOK_ACCESS_TOKEN": "sentinel-tiktok-0013"}
+             "NURTURE_LINKEDIN_ACCESS_TOKEN": "sentinel-linkedin-0011", "NURTURE_TIKTOK_ACCESS_TOKEN": "sentinel-tiktok-0013",
+             "NURTURE_WRITE_KEY": "sentinel-writekey-0014",
+             "NURTURE_META_VERIFY_TOKEN": "sentinel-metaverify-0015", "NURTURE_META_APP_SECRET": "sentinel-metaapp-0016"}
 DB_PASSWORD = "sentinel-db-password-0012"
 FULL_ENV = {
     **SENTINELS,
@@ -132,7 +134,7 @@ FULL_ENV = {
     "NURTURE_CREATE_DATABASE": "1", "NURTURE_PUBLIC_URL": "https://go.shop.example",
     "NURTURE_FROM_EMAIL": "news@shop.example", "NURTURE_FROM_NAME": "Shop", "NURTURE_EMAIL_BACKEND": "smtp",
     "NURTURE_SMS_BACKEND": "twilio", "NURTURE_HANDOVER_CRM": "hubspot", "NURTURE_SYNC_TIMEZONE": "Europe/Paris",
-    "NURTURE_VERBOSE": "1", "NURTURE_DEBUG": "1", "NURTURE_WEB_MAX_BODY": "2048",
+    "NURTURE_VERBOSE": "1", "NURTURE_DEBUG": "1", "NURTURE_WEB_MAX_BODY": "2048", "NURTURE_INSTANT": "0",
     "NURTURE_SMTP_HOST": "smtp.shop.example", "NURTURE_SMTP_PORT": "2525", "NURTURE_SMTP_SECURITY": "ssl",
     "NURTURE_SMTP_USERNAME": "mailer", "NURTURE_SMTP_TIMEOUT": "10", "NURTURE_SMTP_CA_FILE": "/etc/relay-ca.pem",
     "NURTURE_TWILIO_ACCOUNT_SID": "AC123", "NURTURE_TWILIO_FROM": "+4915112345678",
@@ -205,6 +207,7 @@ def test_web_defaults():
     web = WebSettings.from_env({})
     assert (web.ingest_token, web.webhook_token, web.bounce_token, web.web_max_body) == (None, None, None, 1024 * 1024)
     assert (web.privacy_token, web.hubspot_client_secret) == (None, None)
+    assert (web.meta_verify_token, web.meta_app_secret) == (None, None)
     only_ingest = WebSettings.from_env({"NURTURE_INGEST_TOKEN": "in-token"})
     assert only_ingest.bounce_token.get_secret_value() == "in-token"  # the bounce webhook falls back to it
 

@@ -96,6 +96,7 @@ def journey_json(r: JourneyReport, report: Report) -> dict:
         "roi": r.roi, "attributed_roi": r.roi, "incremental_roi": _estimate(r.incremental_roi),
         "roi_basis": r.roi_basis, "recommendation": r.recommendation,
         "recipients": r.recipients, "revenue_per_recipient": r.revenue_per_recipient,
+        "speed_to_lead_minutes": r.speed_to_lead_minutes.as_dict(),
         "unsubscribe_rate": r.unsubscribe_rate, "bounce_rate": r.bounce_rate,
         "lift": None if lift is None else {"difference": lift.difference, "low": lift.low, "high": lift.high,
                                            "treated_rate": lift.treated_rate, "holdout_rate": lift.control_rate},

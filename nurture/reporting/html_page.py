@@ -171,6 +171,8 @@ def _journey(r: JourneyReport, report: Report) -> str:
             parts.append(f'<p class="headline">{inline(decision)}</p>')
     if r.objectives:
         parts.append(f"<h3>Objectives</h3>{_table(*views.objective_table(r.objectives))}")
+    if r.speed_to_lead_minutes.n:
+        parts.append(f'<p class="muted">{escape(views.speed_to_lead_text(r))}.</p>')
     parts.append(f'<p class="muted">Unsubscribe rate {pct(r.unsubscribe_rate)} · bounce rate {pct(r.bounce_rate)} '
                  f'(of {count(r.recipients)} recipients).</p></section>')
     return "".join(parts)

@@ -48,8 +48,8 @@ from nurture.reporting.engagement import CLICK, OPEN, engagement
 from nurture.reporting.incremental import NONE, Estimate, Sample, incremental_revenue, roi
 from nurture.reporting.lift import Lift, lift
 from nurture.reporting.objectives import ObjectiveReport, journey_objectives, project_objectives
-from nurture.reporting.sources import (Kpis, OffStandard, SourceRow, SourceTotal, Window, business_kpis,
-                                      off_standard_utms, source_rows, source_total)
+from nurture.reporting.sources import (Kpis, OffStandard, Percentiles, SourceRow, SourceTotal, Window, business_kpis,
+                                      off_standard_utms, percentiles, source_rows, source_total)
 from nurture.reporting.splits import SplitReport, split_reports
 from nurture.spec.models import Comparison
 from nurture.spec.project import ProjectSpec
@@ -123,6 +123,8 @@ class JourneyReport:
     steps: list[StepReport] = field(default_factory=list)
     splits: list[SplitReport] = field(default_factory=list)
     objectives: list[ObjectiveReport] = field(default_factory=list)  # the journey's SMART goals
+    # minutes from the triggering event to the enrollment's first sent message
+    speed_to_lead_minutes: Percentiles = field(default_factory=Percentiles)
 
     # -- costs
     @property
@@ -486,6 +488,27 @@ def _engagement(conn: Any, steps: Mapping[tuple[str, str], StepReport], now: dat
     return tracked[CLICK], tracked[OPEN]
 
 
+def _speed_to_lead(conn: Any, reports: dict[str, JourneyReport], now: datetime) -> None:
+    """Per journey: minutes from an enrollment's trigger event (its `occurred_at`) to the
+    enrollment's first sent message, over the event-triggered enrollments that were sent one
+    (a first message dated before its event — a client's clock ahead — is left out, as in the
+    speed-to-lead KPI)."""
+    first = (select(message_t.c.enrollment_id.label("eid"), func.min(message_t.c.sent_at).label("at"))
+             .where(message_t.c.status == SENT, message_t.c.enrollment_id.isnot(None), message_t.c.sent_at <= now)
+             .group_by(message_t.c.enrollment_id).subquery("first_sent"))
+    rows = conn.execute(select(enrollment_t.c.journey, event_t.c.occurred_at, first.c.at)
+                        .select_from(enrollment_t.join(first, first.c.eid == enrollment_t.c.id)
+                                     .join(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk))
+                        .where(enrollment_t.c.journey.in_(list(reports))))
+    minutes: dict[str, list[float]] = defaultdict(list)
+    for journey, occurred_at, sent_at in rows:
+        delay = (aware(sent_at) - aware(occurred_at)).total_seconds() / 60
+        if delay >= 0:
+            minutes[journey].append(delay)
+    for journey, values in minutes.items():
+        reports[journey].speed_to_lead_minutes = percentiles(values)
+
+
 def _recipients(conn: Any, reports: dict[str, JourneyReport]) -> None:
     first = (select(message_t.c.journey, message_t.c.contact_id, func.min(message_t.c.sent_at).label("first_sent"))
              .where(message_t.c.status == SENT, message_t.c.enrollment_id.isnot(None))
@@ -640,6 +663,7 @@ def build_report(store: Store, project: ProjectSpec, now: Optional[datetime] = N
         steps = _steps(conn, reports, project, costs, sms)
         clicks_tracked, opens_tracked = _engagement(conn, steps, now)
         _recipients(conn, reports)
+        _speed_to_lead(conn, reports, now)
         conversions = _conversions(conn)
         touches = _touches(conn, sorted({c for c, _, _ in conversions}))
         attribution, unattributed = _attribution(conversions, touches)

@@ -47,6 +47,8 @@ def journey_markdown(r: JourneyReport, period_end: Optional[datetime] = None) ->
         lines += [f"_{r.recommendation}_", ""]
     lines += _table(["conversions after the start", "rate", "holdout rate", "lift"], [views.conversion_cells(r)])
     lines += ["", f"_{views.START_NOTE}; {views.ATTRIBUTED_NOTE}._", ""]
+    if r.speed_to_lead_minutes.n:
+        lines += [views.speed_to_lead_text(r), ""]
     lines += _table(*views.money_table(r)) + [""]
     headers, rows = views.step_table(r)
     if rows:

@@ -188,6 +188,20 @@ def unit_value(value: Optional[float], unit: str) -> str:
     return count(value)
 
 
+def speed_to_lead_text(r: JourneyReport) -> str:
+    """Per journey: from the triggering event to the first message, median and p90 (seconds
+    under a minute: an instant trigger's figure would read "0 min")."""
+    stl = r.speed_to_lead_minutes
+    if not stl.n:
+        return "Speed to lead: n/a (no event-triggered enrollment was sent a message)"
+
+    def shown(minutes: Optional[float]) -> str:
+        if minutes is not None and minutes < 1:
+            return f"{count(round(minutes * 60))} s"
+        return unit_value(minutes, "minutes")
+    return f"Speed to lead: median {shown(stl.median)}, p90 {shown(stl.p90)} (over {count(stl.n)} leads)"
+
+
 def sources_table(report: Any) -> tuple[list[str], list[list[str]], Optional[list[str]]]:
     """(headers, rows, totals row) of the lead sources; no rows without any lead in the period."""
     deals = any(r.opportunities or r.pipeline for r in report.sources)  # B2B columns only where there are deals

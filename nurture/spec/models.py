@@ -552,6 +552,13 @@ class UtmPolicy(Strict):
     term: Optional[list[str]] = None
 
 
+class LeadForms(Strict):
+    """Lead-form integrations (Meta Lead Ads, docs/lead-ads.md): which form questions are consent
+    questions, per channel — `consent: {email: [email_opt_in], sms: [sms_opt_in]}`. A question
+    not named here is an ordinary answer (an attribute); none named: no consent is recorded."""
+    consent: dict[Literal["email", "sms", "ads"], list[str]] = Field(default_factory=dict)
+
+
 class Policies(Strict):
     version: str = "1"
     timezone: str = "UTC"
@@ -581,6 +588,7 @@ class Policies(Strict):
     retention: Retention = Field(default_factory=Retention)
     sender: Optional[Sender] = None
     keep_attributes: Optional[list[str]] = None
+    lead_forms: LeadForms = Field(default_factory=LeadForms)
 
     _tz = field_validator("timezone")(lambda cls, v: check_timezone(v))
 

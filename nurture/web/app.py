@@ -17,7 +17,12 @@ Routes:
                                  `{"applied", "errors"}` (+ `"duplicates"` when a replay stored
                                  nothing new) — 200 when at least one event was good, 422 when none;
 - `POST /privacy/erase`, `POST /webhooks/hubspot`   erasure (GDPR Art. 17): see nurture.web.privacy;
+- `POST /v1/track`, `/v1/identify`, `/v1/page`, `/v1/batch`  Segment-compatible tracking API (HTTP
+                                 Basic, NURTURE_WRITE_KEY): see nurture.web.segment_api;
 - `GET  /healthz`.
+
+Instant triggers: the journeys an ingested event triggers run within a second in a background
+thread (nurture.runtime.instant; NURTURE_INSTANT=0 turns it off) — the answer does not wait.
 
 Tokens are verified with NURTURE_SECRET_KEY; a tampered or expired one gets a 400 page and
 changes nothing. Bodies over NURTURE_WEB_MAX_BODY bytes (default 1 MiB) get 413, bodies that
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qsl
@@ -40,6 +46,7 @@ from nurture.consent_ledger import Proof, proof_of
 from nurture.double_opt_in import confirm_opt_in, opt_ins_from_events
 from nurture.ingest import track_records
 from nurture.runtime.context import Runtime
+from nurture.runtime.instant import InstantTriggers
 from nurture.send.system_mail import SYSTEM_JOURNEY
 from nurture.settings import Settings, WebSettings
 from nurture.spec.project import ProjectSpec
@@ -47,7 +54,9 @@ from nurture.store.db import Store
 from nurture.tokens import verify_token
 from nurture.web import pages
 from nurture.web.preferences import apply_preferences, load_preferences, unsubscribe
+from nurture.web.meta_leads import meta_leads_routes
 from nurture.web.privacy import privacy_routes
+from nurture.web.segment_api import segment_routes
 from nurture.web.webhooks import (apply_bounces, bounce_events, twilio_inbound, twilio_signature_valid,
                                   twilio_status)
 
@@ -129,8 +138,24 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
     secret = rt.secret_key
     public_url = rt.public_url
     policy_version = project.policies.version
-    app = FastAPI(title="Nurture recipient pages", docs_url=None, redoc_url=None, openapi_url=None)
+    # Instant triggers (nurture.runtime.instant): every ingest endpoint hands what it stored to
+    # `app.state.instant.notify_events(event_ids)` (or `.notify(event_names)`) after its commit;
+    # the worker thread runs with the app's lifespan, when NURTURE_INSTANT is on.
+    instant = InstantTriggers(Runtime(store, project, env=env), clock)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if WebSettings.from_env(env).instant:
+            instant.start()
+        try:
+            yield
+        finally:
+            instant.stop()
+
+    app = FastAPI(title="Nurture recipient pages", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
     app.state.runtime = rt
+    app.state.instant = instant
 
     def proof_from(request: Request) -> Proof:
         """The proof of a consent given here: the client's address and browser."""
@@ -218,6 +243,8 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         result = track_records(store, list(enumerate(records, 1)), source="request", now=now)
         with store.engine.begin() as conn:
             opt_ins = opt_ins_from_events(conn, project.policies, result.inserted_ids, now=now)
+        # after the consent the events carry; the answer does not wait for the send
+        instant.notify_events(result.inserted_ids)
         if opt_ins.get("pending"):
             background.add_task(deliver_system_mail)
         body = {"inserted": result.inserted, "duplicates": result.duplicates, "opt_ins": dict(opt_ins),
@@ -266,5 +293,7 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         return {"ok": True}
 
     app.include_router(privacy_routes(rt, clock))  # POST /privacy/erase, POST /webhooks/hubspot
+    app.include_router(meta_leads_routes(rt, clock))  # GET|POST /webhooks/meta/leads (Meta Lead Ads)
+    app.include_router(segment_routes(rt, clock))  # POST /v1/track, /v1/identify, /v1/page, /v1/batch
     app.add_middleware(BodyLimit, limit=WebSettings.from_env(env).web_max_body)
     return app

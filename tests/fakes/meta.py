@@ -12,7 +12,17 @@ request" — 62 days for physical_store) and, for Conversion Leads CRM events,
 https://developers.facebook.com/documentation/ads-commerce/conversions-api/conversion-leads-integration/payload-specification
 (user_data.lead_id unhashed, custom_data.event_source "crm" and lead_event_source). It
 checks every event and refuses the whole request on any invalid one (error code 100), as Meta
-does; it de-duplicates on event_id, as Meta does, and keeps every event it received."""
+does; it de-duplicates on event_id, as Meta does, and keeps every event it received.
+
+And Lead Ads retrieval: GET /{version}/{lead_id} (the id a `leadgen` webhook names) answers
+`{id, created_time, ad_id, form_id, field_data: [{name, values: [...]}], ...}`, as documented at
+https://developers.facebook.com/docs/marketing-api/guides/lead-ads/retrieving/ (the webhook payload
+`{object: "page", entry: [{id, time, changes: [{field: "leadgen", value: {leadgen_id, page_id,
+form_id, adgroup_id, ad_id, created_time}}]}]}` is described on the same page and at
+https://developers.facebook.com/docs/graph-api/webhooks/getting-started/webhooks-for-leadgen/).
+The access token is taken from `Authorization: Bearer` (or, flagged as a problem, the URL); an
+unknown lead is Graph's 400 GraphMethodException (code 100, subcode 33); 5xx and 429 are played
+with `fail_next` like every fault."""
 from __future__ import annotations
 
 import json
@@ -24,6 +34,7 @@ from typing import Any, Optional
 from tests.fakes.http_server import FakeProvider, Reply, Request
 
 PATH = re.compile(r"^/(v\d+\.\d+)/(\d+)/users$")
+LEAD_PATH = re.compile(r"^/(v\d+\.\d+)/(\d+)$")
 EVENTS_PATH = re.compile(r"^/(v\d+\.\d+)/(\d+)/events$")
 EVENT_MAX_AGE = {"system_generated": timedelta(days=7), "physical_store": timedelta(days=62)}
 ACTION_SOURCES = {"email", "website", "app", "phone_call", "chat", "physical_store", "system_generated",
@@ -51,6 +62,37 @@ class FakeMeta(FakeProvider):
         self.datasets: dict[str, dict[str, dict]] = {}  # dataset -> event_id -> the first event with it
         self.received_events: list[tuple[str, dict]] = []  # every event received, duplicates included
         self.clock: Optional[datetime] = None  # "now" for the age check (None: the wall clock)
+        self.leads: dict[str, dict] = {}  # lead id -> the Lead object Graph answers GET /{lead_id} with
+
+    def add_lead(self, lead_id: str, form_id: str, fields: dict[str, Any], *, ad_id: Optional[str] = "23800000000001",
+                 created_time: str = "2026-03-02T11:59:00+0000", platform: Optional[str] = None) -> dict:
+        """A lead as Graph holds it: `fields` name -> value (a list for several answers)."""
+        lead = {"id": lead_id, "created_time": created_time, "form_id": form_id,
+                "field_data": [{"name": k, "values": v if isinstance(v, list) else [v]} for k, v in fields.items()]}
+        if ad_id:
+            lead["ad_id"] = ad_id
+        if platform:
+            lead["platform"] = platform
+        self.leads[lead_id] = lead
+        return lead
+
+    def _lead(self, request: Request, lead_id: str) -> Reply:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if "access_token" in request.query:
+            self.problems.append("access token sent in the URL")
+            given, scheme = request.query["access_token"][-1], "Bearer"
+        if scheme.lower() != "bearer" or given != self.token:
+            self.problems.append("bad access_token")
+            return Reply(400, {"error": {"message": "Invalid OAuth access token - Cannot parse access token",
+                                         "type": "OAuthException", "code": 190, "fbtrace_id": "x"}})
+        lead = self.leads.get(lead_id)
+        if lead is None:
+            return Reply(400, {"error": {"message": f"Unsupported get request. Object with ID '{lead_id}' does not "
+                                                    "exist, cannot be loaded due to missing permissions, or does not "
+                                                    "support this operation.", "type": "GraphMethodException",
+                                         "code": 100, "error_subcode": 33, "fbtrace_id": "x"}})
+        wanted = (request.query.get("fields") or [""])[-1].split(",")
+        return Reply(200, {k: v for k, v in lead.items() if k == "id" or k in wanted or wanted == [""]})
 
     @staticmethod
     def throttled(code: int = 80003) -> Reply:
@@ -171,6 +213,9 @@ class FakeMeta(FakeProvider):
         events = EVENTS_PATH.match(request.path)
         if events and request.method == "POST":
             return self._events(request, events.group(2))
+        lead = LEAD_PATH.match(request.path)
+        if lead and request.method == "GET":
+            return self._lead(request, lead.group(2))
         match = PATH.match(request.path)
         if not match or request.method not in ("POST", "DELETE"):
             return self.problem(f"unexpected {request.method} {request.path}")

@@ -1,0 +1,149 @@
+"""Instant triggers: an event that arrives through `nurture web` is acted on within a second,
+not at the next 5-minute tick. After an ingest commits, the endpoint hands the inserted events'
+names to `InstantTriggers.notify` and answers at once (the HTTP answer never waits for a send).
+One background thread per web process coalesces the names it was given (every `coalesce`
+seconds) and, for each valid journey whose trigger is one of those events, runs the very stages
+of a tick — `run_tick`, which iterates `STAGES` — for that journey at the app's clock. The
+guards (consent, suppression, reachability, quiet hours, caps) and the at-most-once rule hold
+by construction: it is a tick like any other, safe beside the scheduled ticks and the other web
+processes exactly as two ticking processes are. A journey whose first step is a wait simply
+enrolls. Errors are logged, never raised into the web process. What ran is visible in the
+message log (every message, as from a tick), in one `nurture.instant` log line per run that did
+something, and in `counts` (runs and messages by outcome, per journey, for this process).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Optional
+
+from sqlalchemy import select
+
+from nurture.runtime.context import Runtime
+from nurture.runtime.sql import chunks
+from nurture.runtime.tick import run_tick
+from nurture.store.tables import event_t
+
+log = logging.getLogger("nurture.instant")
+
+
+def instant_journeys(rt: Runtime, event_names: Iterable[str]) -> list[str]:
+    """The journeys an instant run is due for: event-triggered on one of `event_names`, and
+    free of errors (a broken journey does not tick, here as in the flow)."""
+    names = set(event_names)
+    return [name for name, spec in sorted(rt.project.journeys.items())
+            if spec.trigger.event in names and not rt.project.errors_of(name)]
+
+
+class InstantTriggers:
+    """The background worker of one web process (`start` / `notify` / `stop`)."""
+
+    def __init__(self, rt: Runtime, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 coalesce: float = 0.1):
+        self.rt = rt  # its own Runtime: its channels are used by this thread only
+        self.clock = clock
+        self.coalesce = coalesce
+        self.runs: Counter = Counter()  # journey → instant runs
+        self.failures: Counter = Counter()  # journey → runs that raised
+        self.outcomes: Counter = Counter()  # (journey, message status) → count
+        self._pending: set[str] = set()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> "InstantTriggers":
+        if not self.running:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="nurture-instant", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the run under way (events already handed over are left to the next tick)."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._thread = None
+        self.rt.close()
+
+    def notify(self, event_names: Iterable[str]) -> None:
+        """Events with these names were just committed. Cheap and non-blocking; a no-op when the
+        worker is not running (the next tick enrolls them as always)."""
+        names = {name for name in event_names if name}
+        if not names or not self.running:
+            return
+        with self._wake:
+            self._pending |= names
+            self._wake.notify()
+
+    def notify_events(self, event_ids: Iterable[str]) -> None:
+        """`notify` by the `event_id`s an ingest stored (`TrackResult.inserted_ids`): their
+        names are read back, so every ingest endpoint can hand over what it inserted as is."""
+        ids = [str(i) for i in event_ids]
+        if not ids or not self.running:
+            return
+        names: set[str] = set()
+        with self.rt.store.engine.connect() as conn:
+            for part in chunks(ids):
+                query = select(event_t.c.name).where(event_t.c.event_id.in_(part)).distinct()
+                names.update(conn.execute(query).scalars())
+            conn.rollback()
+        self.notify(names)
+
+    def counts(self) -> dict:
+        """This process's instant runs so far, per journey (for operators and tests)."""
+        journeys = sorted(set(self.runs) | set(self.failures))
+        return {j: {"runs": self.runs[j], "failed": self.failures[j],
+                    **{status: n for (journey, status), n in sorted(self.outcomes.items()) if journey == j}}
+                for j in journeys}
+
+    def _take(self) -> Optional[set[str]]:
+        with self._wake:
+            while not self._pending and not self._stopping:
+                self._wake.wait()
+            if self._stopping:
+                return None
+        # Coalesce: a burst of events becomes one run per journey, not one per event.
+        with self._wake:
+            self._wake.wait_for(lambda: self._stopping, timeout=self.coalesce)
+            names, self._pending = self._pending, set()
+        return None if self._stopping else names
+
+    def _loop(self) -> None:
+        while True:
+            names = self._take()
+            if names is None:
+                return
+            try:
+                journeys = instant_journeys(self.rt, names)
+            except Exception:  # noqa: BLE001 — the worker outlives any error
+                log.exception("instant triggers: could not read the journeys for %s", sorted(names))
+                continue
+            for journey in journeys:
+                self.run_one(journey)
+
+    def run_one(self, journey: str) -> None:
+        """One tick of `journey` now; an error is logged and counted, never raised."""
+        try:
+            report = run_tick(self.rt, journey, self.clock())
+        except Exception:  # noqa: BLE001 — a broken journey must not stop the others, nor the web
+            self.failures[journey] += 1
+            log.exception("instant run of %s failed; the next tick retries it", journey)
+            return
+        self.runs[journey] += 1
+        totals = report.totals()
+        totals.pop("queued", None)  # each queued message is counted again by its delivery
+        for status, n in totals.items():
+            self.outcomes[(journey, status)] += n
+        if report.stages.get("enrolled") or totals:
+            log.info("instant run of %s at %s: enrolled %d, %s", journey, report.now,
+                     report.stages.get("enrolled", 0),
+                     ", ".join(f"{status} {n}" for status, n in sorted(totals.items())) or "no messages")
