@@ -8,7 +8,6 @@ from datetime import timedelta
 from typing import Optional
 
 import typer
-from rich.markup import escape
 
 from nurture.cli.invocation import CliError, console, err_console, open_project, parse_now, root, store, utc_now
 
@@ -65,7 +64,7 @@ def pull(since: Optional[str] = typer.Option(None, "--since", help="Read the dea
     try:
         source = deal_source(crm, context)
     except IntegrationError as exc:
-        raise CliError(escape(str(exc))) from None
+        raise CliError(str(exc)) from None
     try:
         result = pull_deals(store(), source, now=clock, currency=currency, since=start,
                             lookback=timedelta(days=lookback_days))
@@ -79,8 +78,8 @@ def pull(since: Optional[str] = typer.Option(None, "--since", help="Read the dea
     if result.failure:
         where = (f"the cursor stands at {result.cursor_after.isoformat()}" if result.cursor_after
                  else "no cursor yet")
-        raise CliError(escape(f"{result.failure} — what was read before is stored, {where}; the next pull "
-                              "continues from there"))
+        raise CliError(f"{result.failure} — what was read before is stored, {where}; the next pull "
+                              "continues from there")
 
 
 def print_pull(result, currency: str) -> None:

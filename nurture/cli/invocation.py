@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Optional
 
 from rich.console import Console
-from rich.markup import escape
 
 from nurture.settings import database_url, describe_database, project_root
 from nurture.spec.project import ProjectSpec, load_project
@@ -43,9 +42,9 @@ def store() -> Store:
     try:
         return open_store(url)
     except DatabaseUnavailable as exc:
-        raise CliError(escape(f"cannot open the database: {exc}")) from None
+        raise CliError(f"cannot open the database: {exc}") from None
     except Exception as exc:
-        raise CliError(escape(f"cannot open the database {describe_database(url)}: {type(exc).__name__}: {exc}")) from None
+        raise CliError(f"cannot open the database {describe_database(url)}: {type(exc).__name__}: {exc}") from None
 
 
 def check_database() -> str:
@@ -56,7 +55,7 @@ def check_database() -> str:
     try:
         make_engine(url).dispose()
     except DatabaseUnavailable as exc:
-        raise CliError(escape(f"cannot open the database: {exc}")) from None
+        raise CliError(f"cannot open the database: {exc}") from None
     return describe_database(url)
 
 

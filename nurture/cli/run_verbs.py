@@ -30,7 +30,7 @@ def run_ticks(journey: Optional[str], now, quiet: bool = False, workers: Optiona
     if isinstance(outcome, ProjectInvalid):
         raise CliError(str(outcome))
     if isinstance(outcome, DatabaseUnavailable):
-        raise CliError(escape(f"cannot open the database: {outcome}"))
+        raise CliError(f"cannot open the database: {outcome}")
     if isinstance(outcome, flows.JourneysFailed):
         if not quiet:
             print_tick_summary([r for r in outcome.results if "error" not in r])
@@ -99,14 +99,14 @@ def declared_deployments(path: Optional[Path] = None) -> list[dict]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CliError(escape(f"nurture serve runs the deployments of prefect.yaml, and there is none at {path} "
-                              "(install Nurture from its checkout: pip install -e .)")) from None
+        raise CliError(f"nurture serve runs the deployments of prefect.yaml, and there is none at {path} "
+                              "(install Nurture from its checkout: pip install -e .)") from None
     except (OSError, yaml.YAMLError) as exc:
-        raise CliError(escape(f"{path}: {' '.join(str(exc).split())}")) from None
+        raise CliError(f"{path}: {' '.join(str(exc).split())}") from None
     deployments = data.get("deployments") if isinstance(data, dict) else None
     if not isinstance(deployments, list) or not all(isinstance(d, dict) and d.get("name") and d.get("entrypoint")
                                                     for d in deployments):
-        raise CliError(escape(f"{path}: expected `deployments:`, a list of mappings with a name and an entrypoint"))
+        raise CliError(f"{path}: expected `deployments:`, a list of mappings with a name and an entrypoint")
     return deployments
 
 
@@ -121,20 +121,20 @@ def _flow_at(entrypoint: str, base: Path, where: str):
     try:
         flow = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
-        raise CliError(escape(f"{where}: entrypoint {entrypoint!r} cannot be loaded from {base}: {exc}")) from None
+        raise CliError(f"{where}: entrypoint {entrypoint!r} cannot be loaded from {base}: {exc}") from None
     if not isinstance(flow, Flow):
-        raise CliError(escape(f"{where}: entrypoint {entrypoint!r} is not a Prefect flow"))
+        raise CliError(f"{where}: entrypoint {entrypoint!r} is not a Prefect flow")
     return flow
 
 
 def _schedule_of(entry: dict, where: str):
     from prefect.schedules import Schedule
     if not isinstance(entry, dict):
-        raise CliError(escape(f"{where}: a schedule is a mapping (interval:, cron: or rrule:)"))
+        raise CliError(f"{where}: a schedule is a mapping (interval:, cron: or rrule:)")
     unknown = sorted(set(entry) - set(_SCHEDULE_KEYS))
     if unknown:
-        raise CliError(escape(f"{where}: schedule key(s) {', '.join(unknown)} not supported by nurture serve "
-                              f"(supported: {', '.join(_SCHEDULE_KEYS)})"))
+        raise CliError(f"{where}: schedule key(s) {', '.join(unknown)} not supported by nurture serve "
+                              f"(supported: {', '.join(_SCHEDULE_KEYS)})")
     values = dict(entry)
     if isinstance(values.get("interval"), (int, float)):
         values["interval"] = timedelta(seconds=values["interval"])
@@ -143,7 +143,7 @@ def _schedule_of(entry: dict, where: str):
     try:
         return Schedule(**values)
     except (TypeError, ValueError) as exc:
-        raise CliError(escape(f"{where}: {exc}")) from None
+        raise CliError(f"{where}: {exc}") from None
 
 
 def served_deployments(project: str, interval: Optional[int] = None, path: Optional[Path] = None) -> list:
@@ -192,10 +192,10 @@ def _check_served_database() -> str:
         if not database_creation_allowed_by_env() and not database_exists(url):
             raise DatabaseMissing(url, missing_database_advice(url, who="`nurture serve`"))
     except DatabaseUnavailable as exc:
-        raise CliError(escape(f"cannot serve: {exc}")) from None
+        raise CliError(f"cannot serve: {exc}") from None
     except Exception as exc:  # the server is down, the database does not exist, credentials …
-        raise CliError(escape(f"cannot open the database {describe_database(url)}: {type(exc).__name__}: "
-                              f"{' '.join(str(getattr(exc, 'orig', None) or exc).split())}")) from None
+        raise CliError(f"cannot open the database {describe_database(url)}: {type(exc).__name__}: "
+                              f"{' '.join(str(getattr(exc, 'orig', None) or exc).split())}") from None
     return identity_line(str(root()))
 
 
@@ -347,8 +347,8 @@ def serve(interval: Optional[int] = typer.Option(
         asyncio.run(_serve(deployments, identity))
     except (httpx.HTTPError, OSError) as exc:
         from prefect.settings import PREFECT_API_URL
-        raise CliError(escape(f"cannot serve on the Prefect server {PREFECT_API_URL.value() or '(temporary)'}: "
-                              f"{type(exc).__name__}: {exc}")) from None
+        raise CliError(f"cannot serve on the Prefect server {PREFECT_API_URL.value() or '(temporary)'}: "
+                              f"{type(exc).__name__}: {exc}") from None
 
 
 def demo(seed: int = typer.Option(7, "--seed", help="Seed of the synthetic story")) -> None:

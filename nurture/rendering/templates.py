@@ -243,6 +243,8 @@ class TemplateLibrary:
         imports) reads: `links.unsubcribe` where `closed` fixes the keys of `links` is an error
         (every render would fail); `contact.frist_name` close to a key `near` lists is a warning
         (an attribute of that name may exist). Located in the template file."""
+        if step_name_problem(name, channel):  # a name outside templates/: reported by check()
+            return [], []
         paths = [self.html_path(name)] if channel == "email" else [self.sms_path(name)]
         if channel == "email" and self.email_text_path(name).is_file():
             paths.append(self.email_text_path(name))
@@ -277,13 +279,15 @@ class TemplateLibrary:
                         warnings.append(SpecError(*where, f"warning: '{variable}.{key}' is not a {variable} field; "
                                                           f"did you mean '{variable}.{close[0]}'? (only an attribute "
                                                           f"named '{key}' would fill it)"))
-            todo.extend(found for ref in _references(ast) for found in map(self._resolve, ref.names) if found)
+            todo.extend(self._loadable(ast))
         return sorted(set(errors)), sorted(set(warnings))
 
     def mentions(self, name: str, variable: str, attribute: str) -> bool:
         """Whether the e-mail template `name`, or a template it extends, includes or imports,
         reads `variable.attribute` (or `variable['attribute']`) — e.g. `links.unsubscribe`.
         False for a template that cannot be parsed (its errors are reported elsewhere)."""
+        if step_name_problem(name, "email") or not self.html_path(name).is_file():
+            return False
         todo, seen = [self.html_path(name).relative_to(self.root).as_posix()], set()
         while todo:
             current = todo.pop()
@@ -299,7 +303,7 @@ class TemplateLibrary:
                     node.arg.value if isinstance(node.arg, nodes.Const) else None
                 if isinstance(node.node, nodes.Name) and node.node.name == variable and key == attribute:
                     return True
-            todo.extend(found for ref in _references(ast) for found in map(self._resolve, ref.names) if found)
+            todo.extend(self._loadable(ast))
         return False
 
     def _check_tree(self, env: SandboxedEnvironment, todo: list[str]) -> list[SpecError]:
@@ -356,6 +360,12 @@ class TemplateLibrary:
                 errors.append(SpecError(file, line, col, f"template '{wanted}' not found: expected templates/{wanted}",
                                         did_you_mean(wanted, self._all_names())))
         return errors
+
+    def _loadable(self, ast: nodes.Template) -> list[str]:
+        """The files below templates/ a parsed template loads (names outside it are left out:
+        check() reports them)."""
+        return [found for ref in _references(ast) for n in ref.names
+                if escape_problem(n) is None and (found := self._resolve(n))]
 
     def _resolve(self, name: str) -> Optional[str]:
         """The file name below templates/ that Jinja would load for `name`, if it exists."""
