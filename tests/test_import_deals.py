@@ -109,6 +109,7 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # parsing: one backend is enough
 @pytest.mark.parametrize("field, value, message", BAD)
 def test_a_bad_field_is_named_by_file_line_and_field_and_the_good_rows_are_kept(store, tmp_path, field, value,
                                                                                  message):

@@ -93,6 +93,7 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # parsing: one backend is enough
 @pytest.mark.parametrize("field, value, message", BAD, ids=[f"{f}={v[:12]!r}" for f, v, _ in BAD])
 def test_a_bad_field_is_named_by_file_line_and_field_and_the_good_rows_are_kept(store, tmp_path, field, value,
                                                                                  message):
@@ -108,6 +109,7 @@ def test_a_bad_field_is_named_by_file_line_and_field_and_the_good_rows_are_kept(
     assert [r[3] for r in spend_rows(store)] == ["brand"]
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # parsing: one backend is enough
 @pytest.mark.parametrize("value, message", [
     (True, "must be a number, not True"), ("twelve", "'twelve' is not a number"), ({"v": 1}, "must be a number"),
     (float("nan"), "nan is not a finite number"), (10 ** 400, "overflows to Infinity"),
