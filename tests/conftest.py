@@ -200,3 +200,12 @@ def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture
+def prefect_api(prefect_harness, monkeypatch):
+    """The `nurture` subprocesses of this test talk to the worker's Prefect test server instead
+    of each starting Prefect's temporary server (~12 s of CPU per command). The test belongs to
+    the `prefect` xdist group, whose worker holds that server."""
+    from prefect.settings import PREFECT_API_URL
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())

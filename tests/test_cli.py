@@ -98,7 +98,8 @@ def test_consent_unknown_contact_and_bad_channel_are_clear_errors(project):
     assert out.returncode == 2 and "fax" in out.stderr
 
 
-def test_run_ticks_through_prefect_and_messages_json_shows_every_outcome(project, tmp_path):
+@pytest.mark.xdist_group("prefect")
+def test_run_ticks_through_prefect_and_messages_json_shows_every_outcome(project, tmp_path, prefect_api):
     csv = tmp_path / "c.csv"
     csv.write_text("email,first_name,consent_email\nana@example.com,Ana,granted\nbo@example.com,Bo,revoked\n")
     nurture(project, "import", "contacts", str(csv), check=True)

@@ -320,7 +320,9 @@ def nurture(root: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]
     return proc, time.perf_counter() - started
 
 
-def test_validate_and_run_answer_every_hostile_file_in_one_run_without_a_traceback(make_project, tmp_path):
+@pytest.mark.xdist_group("prefect")
+def test_validate_and_run_answer_every_hostile_file_in_one_run_without_a_traceback(make_project, tmp_path,
+                                                                                   prefect_api):
     (tmp_path / "outside.html").write_text("<p>x</p>", encoding="utf-8")
     journeys = {
         "bomb": "name: bomb\ntrigger: {event: signup}\n" + billion_laughs() + "steps:\n  - {id: a, wait: 1h}\n",

@@ -153,7 +153,7 @@ def test_nurture_sync_refuses_an_invalid_segments_file_with_locations(tmp_path):
 
 @pytest.mark.prefect
 @pytest.mark.xdist_group("prefect")
-def test_nurture_sync_runs_the_flow_writes_the_csv_and_fails_loudly_on_failed_records(tmp_path):
+def test_nurture_sync_runs_the_flow_writes_the_csv_and_fails_loudly_on_failed_records(tmp_path, prefect_api):
     root = write_project(tmp_path / "shop", {}, segments=SEGMENTS)
     seed(root)
     proc = nurture(root, "sync", "--now", "2026-11-21T01:00:00Z")

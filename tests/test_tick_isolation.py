@@ -7,6 +7,8 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import write_project
 from tests.test_cli import nurture
 
@@ -33,7 +35,8 @@ def _poison(db: Path) -> None:
         conn.execute("UPDATE event SET properties = ? WHERE name = 'add_to_cart'", ('{"cart_value": NaN}',))
 
 
-def test_a_poison_event_and_a_template_typo_each_fail_their_journey_alone_and_the_others_send(tmp_path):
+@pytest.mark.xdist_group("prefect")
+def test_a_poison_event_and_a_template_typo_each_fail_their_journey_alone_and_the_others_send(tmp_path, prefect_api):
     """One `nurture run` (Prefect starts once): `cart` meets a NaN stored in its trigger event,
     `broken` names a template that does not exist; `welcome` and `zebra` (which sorts after
     both) still send."""
