@@ -37,8 +37,8 @@ def report_page(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in ("NURTURE_DATA_DIR", "NURTURE_DATABASE_URL")}
     ticks, state = _engine_ticks(root)
     try:
-        run_demo(root, seed=3, run_ticks=ticks, console=Console(file=io.StringIO(), width=200), contacts=900,
-                 days=16)
+        run_demo(root, seed=3, run_ticks=ticks, console=Console(file=io.StringIO(), width=200), contacts=500,
+                 days=12)
     finally:
         if "rt" in state:
             state["rt"].store.dispose()
