@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, case, exists, func, or_, select
@@ -35,8 +35,14 @@ from nurture.spec.project import ProjectSpec
 from nurture.store.models import SENT
 from nurture.store.tables import consent_t, enrollment_t, event_t, message_t, suppression_t
 
-if TYPE_CHECKING:  # report.py imports this module to fill its reports
-    from nurture.reporting.report import JourneyReport
+class JourneyFigures(Protocol):
+    """What the journey objectives read of a journey's report (nurture.reporting.report's
+    JourneyReport has it; report.py imports this module, so it is named by its shape here)."""
+    name: str
+    has_value: bool
+    sent: dict[str, int]
+    sms_segments: int
+    started_at: Optional[datetime]
 
 # Counts and amounts of money add up over time: their baseline is scaled to the objective's
 # length and their forecast extrapolated. Every other metric is a rate, a ratio or a median.
@@ -157,7 +163,7 @@ def _window_fixed_cost(costs: list[FixedCost], started: Optional[datetime], star
 class JourneyMeasure:
     """A journey's objective metrics over a window, from its enrollments, messages and events."""
 
-    def __init__(self, conn: Any, project: ProjectSpec, report: "JourneyReport", now: datetime):
+    def __init__(self, conn: Any, project: ProjectSpec, report: JourneyFigures, now: datetime):
         self.conn, self.project, self.r, self.now = conn, project, report, now
         self.name = report.name
         self.spec = project.journeys.get(report.name)
@@ -346,7 +352,7 @@ class ProjectMeasure:
 # ---------------------------------------------------------------- per journey, per project
 
 
-def journey_objectives(conn: Any, project: ProjectSpec, report: "JourneyReport",
+def journey_objectives(conn: Any, project: ProjectSpec, report: JourneyFigures,
                        now: datetime) -> list[ObjectiveReport]:
     spec = project.journeys.get(report.name)
     if spec is None or not spec.objectives:
