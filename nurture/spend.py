@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any, Optional
 from sqlalchemy import select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
-from nurture.ingest import MAX_YEAR, MIN_YEAR, RowError, read_records, text_problem
+from nurture.file_cells import amount_cell, blank, show, text_cell
+from nurture.ingest import MAX_YEAR, MIN_YEAR, RowError, read_records
 from nurture.runtime.sql import chunks
 from nurture.store.db import Store
 from nurture.store.tables import spend_t
@@ -30,8 +30,6 @@ from nurture.store.tables import spend_t
 MAX_NAME_LENGTH = 200
 Key = tuple[date, str, str, str]  # day, source, medium, campaign
 
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-_COMMA_DECIMAL = re.compile(r"\d+,\d{1,2}")
 
 
 @dataclass
@@ -73,22 +71,13 @@ def clean_spend_row(record: dict, currency: str) -> tuple[Optional[dict], list[t
     return row, []
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _show(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= 40 else text[:40] + "…"
-
-
 def _day(value: Any) -> date:
     """YYYY-MM-DD; a full ISO timestamp counts as the date written in it (ad platforms export
     in the account's time zone: 2026-03-01T23:30:00-05:00 is spend of 1 March)."""
-    if _blank(value):
+    if blank(value):
         raise ValueError("required (YYYY-MM-DD)")
     if not isinstance(value, str):
-        raise ValueError(f"expected a date as text, YYYY-MM-DD, not {_show(value)}")
+        raise ValueError(f"expected a date as text, YYYY-MM-DD, not {show(value)}")
     text = value.strip()
     try:
         if len(text) == 10:
@@ -96,73 +85,39 @@ def _day(value: Any) -> date:
         else:
             day = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00")).date()
     except ValueError:
-        raise ValueError(f"'{_show(text)}' is not a date (YYYY-MM-DD, e.g. 2026-03-01)") from None
+        raise ValueError(f"'{show(text)}' is not a date (YYYY-MM-DD, e.g. 2026-03-01)") from None
     if not MIN_YEAR <= day.year <= MAX_YEAR:
-        raise ValueError(f"'{_show(text)}' is outside the years {MIN_YEAR}–{MAX_YEAR}")
+        raise ValueError(f"'{show(text)}' is outside the years {MIN_YEAR}–{MAX_YEAR}")
     return day
 
 
 def _name(value: Any) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)  # a campaign named 2026 in JSON
-    if not isinstance(value, str):
-        raise ValueError(f"must be text, not {_show(value)}")
-    text = value.strip()
-    problem = text_problem(text)
-    if problem:
-        raise ValueError(problem)
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):
-        raise ValueError("contains a control character (a line break or tab inside the value)")
-    if len(text) > MAX_NAME_LENGTH:
-        raise ValueError(f"longer than {MAX_NAME_LENGTH} characters")
-    return text
+    return text_cell(value, MAX_NAME_LENGTH)
 
 
 def _required_name(value: Any) -> str:
-    if _blank(value):
+    if blank(value):
         raise ValueError("required")
     return _name(value)
 
 
 def _optional_name(value: Any) -> str:
-    return "" if _blank(value) else _name(value)
+    return "" if blank(value) else _name(value)
 
 
 def _amount(value: Any) -> float:
-    """A finite number ≥ 0 with a dot as decimal separator: '12,50' is refused with a hint
-    rather than guessed (in '1,250' the comma may separate thousands)."""
-    if _blank(value):
+    """A finite number ≥ 0 (nurture.file_cells.amount_cell)."""
+    if blank(value):
         raise ValueError("required (a number such as 12.50)")
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"must be a number, not {_show(value)}")
-    shown = _show(value.strip() if isinstance(value, str) else value)
-    if isinstance(value, str):
-        text = value.strip()
-        if "," in text:
-            hint = (f"write {text.replace(',', '.')}" if _COMMA_DECIMAL.fullmatch(text)
-                    else "write the number without thousands separators, e.g. 1234.56")
-            raise ValueError(f"'{shown}' has a comma: use a dot as the decimal separator ({hint})")
-        if not _NUMBER.fullmatch(text):
-            raise ValueError(f"'{shown}' is not a number (write it without a currency sign, e.g. 12.50)")
-        amount = float(text)
-    elif isinstance(value, int) and abs(value) > sys.float_info.max:
-        raise ValueError("number too large (it overflows to Infinity)")
-    else:
-        amount = float(value)
-    if not math.isfinite(amount):
-        overflow = " (it overflows to Infinity)" if math.isinf(amount) else ""
-        raise ValueError(f"{shown} is not a finite number{overflow}")
-    if amount < 0:
-        raise ValueError(f"{shown} is negative (spend is zero or more; a refund is a lower amount "
-                         "for the same day)")
-    return amount
+    return amount_cell(value, example="12.50",
+                       negative="spend is zero or more; a refund is a lower amount for the same day")
 
 
 def _currency(value: Any, project_currency: str) -> str:
-    if _blank(value):
+    if blank(value):
         raise ValueError(f"required (the ISO 4217 code of the amount, here {project_currency})")
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z]{3}", value.strip()):
-        raise ValueError(f"'{_show(value)}' is not a three-letter ISO 4217 code such as {project_currency}")
+        raise ValueError(f"'{show(value)}' is not a three-letter ISO 4217 code such as {project_currency}")
     code = value.strip().upper()
     if code != project_currency:
         raise ValueError(f"{code} is not the project's currency {project_currency} (policies.yaml `currency`): "

@@ -14,9 +14,7 @@ The format is written up in docs/crm.md.
 """
 from __future__ import annotations
 
-import math
 import re
-import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,14 +22,12 @@ from typing import Any, Optional
 
 from nurture.crm.deals import (MAX_AMOUNT, MAX_ID_LENGTH, MAX_STAGE_LENGTH, CrmContact, DealSnapshot, DealsResult,
                                apply_deals, attach_waiting)
-from nurture.ingest import (MAX_NAME_LENGTH, RowError, normalize_email, parse_timestamp, read_records, refuse_erased,
-                            text_problem)
+from nurture.ingest import (MAX_NAME_LENGTH, RowError, normalize_email, parse_timestamp, read_records, refuse_erased)
+from nurture.file_cells import amount_cell, blank, show, text_cell
 from nurture.store.db import Store
 
 CRM = "import"
 WON, LOST = "won", "lost"
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
-_COMMA_DECIMAL = re.compile(r"\d+,\d{1,2}")
 
 
 @dataclass
@@ -48,56 +44,14 @@ class DealImport:
         return len({e.line for e in self.errors})
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _show(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= 40 else text[:40] + "…"
-
-
 def _text(value: Any, limit: int, what: str = "") -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)  # a deal id 4711 in JSON
-    if not isinstance(value, str):
-        raise ValueError(f"must be text, not {_show(value)}")
-    text = value.strip()
-    problem = text_problem(text)
-    if problem:
-        raise ValueError(problem)
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):
-        raise ValueError("contains a control character (a line break or tab inside the value)")
-    if len(text) > limit:
-        raise ValueError(f"longer than {limit} characters")
-    return text
+    return text_cell(value, limit)
 
 
 def parse_amount(value: Any) -> float:
-    """A finite number ≥ 0 with a dot as decimal separator: '12,50' is refused with a hint
-    rather than guessed (in '1,250' the comma may separate thousands)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"must be a number, not {_show(value)}")
-    if isinstance(value, str):
-        text = value.strip()
-        if "," in text:
-            hint = (f"write {text.replace(',', '.')}" if _COMMA_DECIMAL.fullmatch(text)
-                    else "write the number without thousands separators, e.g. 1234.56")
-            raise ValueError(f"'{_show(text)}' has a comma: use a dot as the decimal separator ({hint})")
-        if not _NUMBER.fullmatch(text):
-            raise ValueError(f"'{_show(text)}' is not a number (write it without a currency sign, e.g. 1200.00)")
-        amount = float(text)
-    elif isinstance(value, int) and abs(value) > sys.float_info.max:
-        raise ValueError("number too large (it overflows to Infinity)")
-    else:
-        amount = float(value)
-    if not math.isfinite(amount):
-        raise ValueError(f"{_show(value)} is not a finite number")
-    if amount < 0:
-        raise ValueError(f"{_show(value)} is negative (an amount is zero or more)")
-    if amount > MAX_AMOUNT:
-        raise ValueError(f"{_show(value)} is over {MAX_AMOUNT:,.0f}: not a deal's amount")
-    return amount
+    """A deal's amount (nurture.file_cells.amount_cell), at most MAX_AMOUNT."""
+    return amount_cell(value, example="1200.00", negative="an amount is zero or more", maximum=MAX_AMOUNT,
+                       over="not a deal's amount", overflow_note=False)
 
 
 def clean_deal_row(record: dict, currency: str, now: datetime) -> tuple[Optional[DealSnapshot], list[tuple[str, str]]]:
@@ -113,19 +67,19 @@ def clean_deal_row(record: dict, currency: str, now: datetime) -> tuple[Optional
 
     def required(limit: int, hint: str = ""):
         def rule(value: Any) -> str:
-            if _blank(value):
+            if blank(value):
                 raise ValueError("required" + hint)
             return _text(value, limit)
         return rule
 
     def optional(limit: int):
-        return lambda value: None if _blank(value) else _text(value, limit)
+        return lambda value: None if blank(value) else _text(value, limit)
 
     def email(value: Any) -> str:
-        if _blank(value):
+        if blank(value):
             raise ValueError("required (the deal's contact, matched by e-mail)")
         if not isinstance(value, str):
-            raise ValueError(f"must be text, not {_show(value)}")
+            raise ValueError(f"must be text, not {show(value)}")
         return normalize_email(value)
 
     check("deal_id", required(MAX_ID_LENGTH))
@@ -137,8 +91,8 @@ def clean_deal_row(record: dict, currency: str, now: datetime) -> tuple[Optional
     outcome = stage.lower() if isinstance(stage, str) and stage.lower() in (WON, LOST) else "open"
     if outcome != "open":
         values["stage"] = outcome
-    check("amount", lambda v: None if _blank(v) and outcome != WON else
-          parse_amount(v) if not _blank(v) else _raise("required for a won deal (its revenue)"))
+    check("amount", lambda v: None if blank(v) and outcome != WON else
+          parse_amount(v) if not blank(v) else _raise("required for a won deal (its revenue)"))
     check("currency", lambda v: _currency(v, currency, values.get("amount") is not None))
     check("closed_at", lambda v: _closed_at(v, outcome, now))
     if errors:
@@ -154,12 +108,12 @@ def _raise(message: str) -> Any:
 
 
 def _currency(value: Any, project_currency: str, needed: bool) -> Optional[str]:
-    if _blank(value):
+    if blank(value):
         if needed:
             raise ValueError(f"required with an amount (the ISO 4217 code of the amount, here {project_currency})")
         return None
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z]{3}", value.strip()):
-        raise ValueError(f"'{_show(value)}' is not a three-letter ISO 4217 code such as {project_currency}")
+        raise ValueError(f"'{show(value)}' is not a three-letter ISO 4217 code such as {project_currency}")
     code = value.strip().upper()
     if code != project_currency:
         raise ValueError(f"{code} is not the project's currency {project_currency} (policies.yaml `currency`): "
@@ -168,7 +122,7 @@ def _currency(value: Any, project_currency: str, needed: bool) -> Optional[str]:
 
 
 def _closed_at(value: Any, outcome: str, now: datetime) -> Optional[datetime]:
-    if _blank(value):
+    if blank(value):
         if outcome != "open":
             raise ValueError(f"required for a {outcome} deal (when it closed, ISO 8601, e.g. 2026-03-01T10:00:00Z)")
         return None
