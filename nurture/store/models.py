@@ -171,6 +171,9 @@ class Message(SQLModel, table=True):
     claimed_at: Optional[datetime] = None  # when a worker took it for delivery (crash detection)
     attempts: int = 0
     created_at: datetime
+    # A send step with `channels: [...]`: why the channels before this one were passed over
+    # ("whatsapp: no_consent; sms: quiet_hours"); NULL for a single-channel send.
+    passed_over: Optional[str] = None
 
 
 # The product catalog (nurture.catalog: import, and `catalog.related(...)` for templates). Declared
