@@ -1,4 +1,4 @@
-"""The embedded-default channels: e-mail as `.eml` files and SMS as JSONL lines under
+"""The embedded-default channels: e-mail as `.eml` files, SMS and WhatsApp as JSONL lines under
 `<project>/.nurture/outbox/`. Good for the demo, for previews, and as a record when no
 provider is configured. `was_delivered` is exact: an .eml file is complete exactly when it
 ends with its closing MIME boundary (a file torn by a crash does not, and is removed), and an
@@ -107,12 +107,13 @@ class FileSmsChannel(Channel):
     def from_env(cls, context: IntegrationContext) -> "FileSmsChannel":
         return cls(FileSmsSettings.from_env(context).path)
 
+    def line(self, m: OutgoingMessage) -> dict:
+        return {"message_id": m.message_pk, "to": m.to, "body": m.text, "journey": m.journey, "step": m.step_id,
+                "at": (m.created_at or datetime.now(timezone.utc)).isoformat()}
+
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lines = [json.dumps({"message_id": m.message_pk, "to": m.to, "body": m.text,
-                             "journey": m.journey, "step": m.step_id,
-                             "at": (m.created_at or datetime.now(timezone.utc)).isoformat()},
-                            ensure_ascii=False) for m in messages]
+        lines = [json.dumps(self.line(m), ensure_ascii=False) for m in messages]
         if lines:
             # One write of whole lines, flushed and synced: a crash leaves complete lines only
             # (a torn last line is ignored by was_delivered).
@@ -120,7 +121,7 @@ class FileSmsChannel(Channel):
                 fh.write("\n".join(lines) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-        return [DeliveryResult(m.message_pk, "sent", provider_id=f"sms-{m.message_pk}") for m in messages]
+        return [DeliveryResult(m.message_pk, "sent", provider_id=f"{self.channel}-{m.message_pk}") for m in messages]
 
     def was_delivered(self, message_pk: int, rfc_message_id: str) -> Optional[bool]:
         if not self.path.exists():
@@ -133,3 +134,31 @@ class FileSmsChannel(Channel):
                 except ValueError:
                     continue
         return False
+
+
+class FileWhatsAppSettings(EnvSettings):
+    """Where `whatsapp.file` appends its JSON lines (no setting of its own)."""
+    path: Path
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "FileWhatsAppSettings":
+        return cls(path=context.data_dir / "outbox" / "whatsapp.jsonl")
+
+
+class FileWhatsAppChannel(FileSmsChannel):
+    """`whatsapp.file`, the embedded default: one JSON line per message in
+    `.nurture/outbox/whatsapp.jsonl` — the free text (`body`) inside the contact's 24-hour
+    session, or the approved template (`content_sid`, `content_variables`) outside it."""
+    name = "whatsapp.file"
+    channel = "whatsapp"
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "FileWhatsAppChannel":
+        return cls(FileWhatsAppSettings.from_env(context).path)
+
+    def line(self, m: OutgoingMessage) -> dict:
+        line = super().line(m)
+        line["to"] = f"whatsapp:{m.to}"
+        if m.content_sid:
+            line.update(content_sid=m.content_sid, content_variables=m.content_variables or {})
+        return line

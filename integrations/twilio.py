@@ -1,5 +1,6 @@
 """`sms.twilio`: SMS through Twilio's Programmable Messaging REST API
-(`NURTURE_SMS_BACKEND=twilio`).
+(`NURTURE_SMS_BACKEND=twilio`); `whatsapp.twilio`: WhatsApp through the same API
+(`NURTURE_WHATSAPP_BACKEND=twilio`, see TwilioWhatsAppChannel).
 
 One `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` per message (form fields `To`,
 `From` or `MessagingServiceSid`, `Body`, optional `StatusCallback`; HTTP basic auth with the
@@ -26,6 +27,7 @@ with the token (and the basic-auth encoding of SID and token) before it is recor
 from __future__ import annotations
 
 import base64
+import json
 import time
 from typing import Callable, Optional, Sequence
 
@@ -109,9 +111,9 @@ class TwilioSmsChannel(Channel):
     def messages_url(self) -> str:
         return f"{self.settings.base_url}/2010-04-01/Accounts/{self.settings.account_sid}/Messages.json"
 
-    def form(self, to: str, body: str) -> dict[str, str]:
+    def form(self, to: str, m: OutgoingMessage) -> dict[str, str]:
         s = self.settings
-        fields = {"To": to, "Body": body}
+        fields = {"To": to, "Body": m.text}
         if s.messaging_service_sid:
             fields["MessagingServiceSid"] = s.messaging_service_sid
         else:
@@ -143,7 +145,7 @@ class TwilioSmsChannel(Channel):
             if attempt:
                 self.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                response = client.post(self.messages_url, data=self.form(to, m.text))
+                response = client.post(self.messages_url, data=self.form(to, m))
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 last, unreachable = f"twilio_connect_failed: {type(exc).__name__}", True
                 continue
@@ -181,3 +183,71 @@ class TwilioSmsChannel(Channel):
             return DeliveryResult(m.message_pk, "unavailable",
                                   reason=f"twilio_auth_failed: twilio_{code or response.status_code}")
         return DeliveryResult(m.message_pk, "failed", reason=f"twilio_{code or response.status_code}: {message}")
+
+
+class TwilioWhatsAppSettings(EnvSettings):
+    """The WhatsApp sender. The account, status callback and API address are the SMS channel's
+    (TwilioSettings): one Twilio account serves both."""
+    whatsapp_from: Optional[str] = setting(
+        "NURTURE_TWILIO_WHATSAPP_FROM", doc="The WhatsApp sender number (E.164, `whatsapp:` prefix optional).")
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "TwilioWhatsAppSettings":
+        return cls(**cls.values_in(context.env))
+
+    @classmethod
+    def account(cls, context: IntegrationContext) -> TwilioSettings:
+        """The Twilio settings the WhatsApp channel sends with: the account of SMS, the
+        `whatsapp:` sender (or the Messaging Service) of WhatsApp."""
+        raw = TwilioSettings.values_in(context.env)
+        engine = Settings.from_env(context.env)
+        sid, token = raw.get("account_sid"), engine.twilio_auth_token
+        if not sid or token is None:
+            raise IntegrationError("NURTURE_WHATSAPP_BACKEND=twilio needs NURTURE_TWILIO_ACCOUNT_SID and "
+                                   "NURTURE_TWILIO_AUTH_TOKEN")
+        sender, service = cls.from_env(context).whatsapp_from, raw.get("messaging_service_sid")
+        if not sender and not service:
+            raise IntegrationError("NURTURE_WHATSAPP_BACKEND=twilio needs NURTURE_TWILIO_WHATSAPP_FROM (the WhatsApp "
+                                   "sender number) or NURTURE_TWILIO_MESSAGING_SERVICE_SID")
+        if sender and not sender.startswith("whatsapp:"):
+            sender = f"whatsapp:{sender}"
+        public = engine.public_url.rstrip("/") if engine.is_set("public_url") else ""
+        callback = raw.get("status_callback") or (f"{public}/webhooks/twilio" if public else None)
+        return TwilioSettings(account_sid=sid, auth_token=token, from_number=sender,
+                              messaging_service_sid=None if sender else service, status_callback=callback,
+                              base_url=raw.get("base_url", DEFAULT_BASE_URL).rstrip("/"),
+                              default_region=raw.get("default_region"))
+
+
+class TwilioWhatsAppChannel(TwilioSmsChannel):
+    """`whatsapp.twilio`: the same Messages resource with `whatsapp:`-prefixed addresses
+    (Twilio's WhatsApp guide). Inside the contact's 24-hour session the free text goes as `Body`;
+    outside it the step's approved template goes as `ContentSid` with `ContentVariables` (a JSON
+    object string) and no `Body` — Twilio refuses free text there with error 63016, recorded
+    `failed`. Error 63003 / 63024 (not a WhatsApp user, invalid recipient) is `unreachable`;
+    the rest (retries, authentication, redaction) as for SMS."""
+    name = "whatsapp.twilio"
+    channel = "whatsapp"
+    UNREACHABLE = {63003, 63024, 21211}
+
+    @classmethod
+    def from_env(cls, context: IntegrationContext) -> "TwilioWhatsAppChannel":
+        return cls(TwilioWhatsAppSettings.account(context))
+
+    def form(self, to: str, m: OutgoingMessage) -> dict[str, str]:
+        fields = super().form(f"whatsapp:{to}", m)
+        if m.content_sid:
+            del fields["Body"]
+            fields["ContentSid"] = m.content_sid
+            if m.content_variables:
+                fields["ContentVariables"] = json.dumps(m.content_variables, ensure_ascii=False)
+        return fields
+
+    def _result(self, m: OutgoingMessage, response: httpx.Response) -> DeliveryResult:
+        result = super()._result(m, response)
+        if result.suppress == "sms_stop":  # 21610 on WhatsApp: the recipient opted out
+            return DeliveryResult(m.message_pk, "failed", reason=result.reason, suppress="whatsapp_stop")
+        code = result.reason.partition(":")[0].removeprefix("twilio_") if result.reason else ""
+        if result.status == "failed" and code.isdigit() and int(code) in self.UNREACHABLE:
+            return DeliveryResult(m.message_pk, "failed", reason=f"unreachable: {result.reason}")
+        return result

@@ -41,7 +41,8 @@ from nurture.store.tables import contact_t, event_t
 
 
 CORE_FIELDS = ("email", "external_id", "phone", "first_name", "last_name", "timezone", "country", "locale", "lifecycle_stage", "score")
-CONSENT_COLUMNS = {"consent_email": "email", "consent_sms": "sms", "consent_ads": "ads"}
+CONSENT_COLUMNS = {"consent_email": "email", "consent_sms": "sms", "consent_whatsapp": "whatsapp",
+                   "consent_ads": "ads"}
 # The proof a list brings from the tool it was collected in: when and where each consent was
 # given (`consent_email_at`, `consent_email_source`, …): recorded as the ledger row's time and source.
 CONSENT_AT = {f"{column}_at": channel for column, channel in CONSENT_COLUMNS.items()}

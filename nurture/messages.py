@@ -33,12 +33,13 @@ def message_log(store: Store, journey: Optional[str] = None, limit: Optional[int
     """Every message row with what an operator checks duplicates and deliveries by: its id,
     enrollment, attempts, the provider's id and the RFC 5322 Message-ID it was sent with, the
     subject and, with the project at hand, the A/B arm of the step. `contact` is the contact's
-    e-mail, else its phone, else its external id (nurture.identities)."""
+    e-mail, else its phone, else its external id (nurture.identities). `channel` is the channel
+    used; for a send with `channels:`, `passed_over` says why the ones before it were not."""
     stmt = (select(message_t.c.id, coalesce(contact_t.c.email, contact_t.c.phone, contact_t.c.external_id).label("who"),
                    message_t.c.journey, message_t.c.step_id, message_t.c.channel,
                    message_t.c.status, message_t.c.reason, message_t.c.due_at, message_t.c.sent_at,
                    message_t.c.subject, message_t.c.address, message_t.c.enrollment_id, message_t.c.attempts,
-                   message_t.c.attempt_key, message_t.c.provider_id, message_t.c.purpose)
+                   message_t.c.attempt_key, message_t.c.provider_id, message_t.c.purpose, message_t.c.passed_over)
             .select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id))
             .order_by(message_t.c.id))
     if journey:
@@ -56,7 +57,7 @@ def message_log(store: Store, journey: Optional[str] = None, limit: Optional[int
              "to": r.address, "subject": r.subject, "enrollment_id": r.enrollment_id, "attempts": r.attempts,
              "attempt_key": r.attempt_key, "purpose": r.purpose, "provider_id": r.provider_id,
              "message_id": rfc_message_id(r.id, r.journey, from_email) if r.channel == "email" else None,
-             "arm": arms.get(r.journey, {}).get(r.step_id)} for r in rows]
+             "arm": arms.get(r.journey, {}).get(r.step_id), "passed_over": r.passed_over} for r in rows]
 
 
 def requeue_failed(store: Store, reason: str, now: datetime, journey: Optional[str] = None,

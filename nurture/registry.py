@@ -53,6 +53,10 @@ class OutgoingMessage:
     headers: dict[str, str] = field(default_factory=dict)
     created_at: Optional[datetime] = None
     locale: Optional[str] = None
+    # WhatsApp outside the contact's 24-hour session: the approved template (Twilio Content SID)
+    # and its placeholder values; `text` then only records what the free-text version would say.
+    content_sid: Optional[str] = None
+    content_variables: Optional[dict[str, str]] = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class Integration(abc.ABC):
 
 
 class Channel(Integration):
-    """Delivers a batch of rendered messages of one channel (email | sms)."""
+    """Delivers a batch of rendered messages of one channel (email | sms | whatsapp)."""
     role: ClassVar[str] = "channel"
     channel: ClassVar[str]
     # True for channels that only write on this machine (the file outbox). Every other

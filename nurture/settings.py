@@ -147,6 +147,9 @@ class Settings(EnvSettings):
                                  doc="The e-mail channel: `email.<backend>` (file, smtp, or a plug-in's).")
     sms_backend: str = setting("NURTURE_SMS_BACKEND", "file",
                                doc="The SMS channel: `sms.<backend>` (file, twilio, or a plug-in's).")
+    whatsapp_backend: str = setting("NURTURE_WHATSAPP_BACKEND", "file",
+                                    doc="The WhatsApp channel: `whatsapp.<backend>` (file — "
+                                        "`.nurture/outbox/whatsapp.jsonl` —, twilio, or a plug-in's).")
     handover_crm: Optional[str] = setting(
         "NURTURE_HANDOVER_CRM", doc="The CRM integration `handover` steps hand MQLs to (unset: a JSONL file).")
     twilio_auth_token: Optional[SecretStr] = setting(
@@ -208,8 +211,9 @@ class Settings(EnvSettings):
         return self.secret_key.get_secret_value()
 
     def channel_backend(self, channel: str) -> str:
-        """NURTURE_EMAIL_BACKEND / NURTURE_SMS_BACKEND: `file` unless set."""
-        return {"email": self.email_backend, "sms": self.sms_backend}.get(channel, "file")
+        """NURTURE_EMAIL_BACKEND / NURTURE_SMS_BACKEND / NURTURE_WHATSAPP_BACKEND: `file` unless set."""
+        return {"email": self.email_backend, "sms": self.sms_backend,
+                "whatsapp": self.whatsapp_backend}.get(channel, "file")
 
 
 class WebSettings(EnvSettings):

@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from integrations.csv_audience import CsvAudienceSettings
-from integrations.file_channels import FileEmailSettings, FileSmsSettings
+from integrations.file_channels import FileEmailSettings, FileSmsSettings, FileWhatsAppSettings
 from integrations.google import GoogleSettings
 from integrations.http_retry import RetryPolicy, RetrySettings
 from integrations.hubspot import HubSpotSettings
@@ -19,7 +19,7 @@ from integrations.linkedin import LinkedInSettings
 from integrations.meta import MetaSettings
 from integrations.smtp import SmtpSettings
 from integrations.tiktok import TikTokSettings
-from integrations.twilio import TwilioSettings
+from integrations.twilio import TwilioSettings, TwilioWhatsAppSettings
 from nurture.redaction import SECRET_NAME
 from nurture.registry import IntegrationContext, IntegrationError, available, channel_for
 from nurture.settings import EnvSettings, Settings, SettingsError, WebSettings
@@ -30,7 +30,8 @@ DOC = REPO / "docs" / "settings.md"
 
 # Every settings model of the engine and the built-in integrations.
 MODELS = [Settings, WebSettings, SmtpSettings, TwilioSettings, HubSpotSettings, MetaSettings, GoogleSettings,
-          LinkedInSettings, TikTokSettings, CsvAudienceSettings, RetrySettings, FileEmailSettings, FileSmsSettings]
+          LinkedInSettings, TikTokSettings, CsvAudienceSettings, RetrySettings, FileEmailSettings, FileSmsSettings,
+          TwilioWhatsAppSettings, FileWhatsAppSettings]
 NAME = re.compile(r"NURTURE_[A-Z0-9_]+")
 # String literals that look like a setting but are not one (none today). Each entry: the name
 # and why it is not a setting.
@@ -133,7 +134,8 @@ FULL_ENV = {
     "NURTURE_DATABASE_URL": f"postgresql://nurture:{DB_PASSWORD}@db.internal/nurture",
     "NURTURE_CREATE_DATABASE": "1", "NURTURE_PUBLIC_URL": "https://go.shop.example",
     "NURTURE_FROM_EMAIL": "news@shop.example", "NURTURE_FROM_NAME": "Shop", "NURTURE_EMAIL_BACKEND": "smtp",
-    "NURTURE_SMS_BACKEND": "twilio", "NURTURE_HANDOVER_CRM": "hubspot", "NURTURE_SYNC_TIMEZONE": "Europe/Paris",
+    "NURTURE_SMS_BACKEND": "twilio", "NURTURE_WHATSAPP_BACKEND": "twilio",
+    "NURTURE_TWILIO_WHATSAPP_FROM": "+4915112345679", "NURTURE_HANDOVER_CRM": "hubspot", "NURTURE_SYNC_TIMEZONE": "Europe/Paris",
     "NURTURE_VERBOSE": "1", "NURTURE_DEBUG": "1", "NURTURE_WEB_MAX_BODY": "2048", "NURTURE_INSTANT": "0",
     "NURTURE_SMTP_HOST": "smtp.shop.example", "NURTURE_SMTP_PORT": "2525", "NURTURE_SMTP_SECURITY": "ssl",
     "NURTURE_SMTP_USERNAME": "mailer", "NURTURE_SMTP_TIMEOUT": "10", "NURTURE_SMTP_CA_FILE": "/etc/relay-ca.pem",

@@ -38,7 +38,7 @@ def test_a_valid_project_has_no_errors(make_project):
      "journeys/j.yaml:5:5: unknown key 'wiat' (did you mean 'wait'?)"),
     # near-miss channel name, located at the value
     ("name: j\ntrigger: {event: signup}\nsteps:\n  - id: a\n    send: {channel: emial, template: hello, subject: x}\n",
-     "journeys/j.yaml:5:21: 'emial' is not allowed here: expected 'email' or 'sms' (did you mean 'email'?)"),
+     "journeys/j.yaml:5:21: 'emial' is not allowed here: expected 'email', 'sms' or 'whatsapp' (did you mean 'email'?)"),
     # near-miss key inside a nested model (trigger)
     ("name: j\ntrigger: {event: signup, wehre: {score: 1}}\nsteps:\n  - {id: a, wait: 1h}\n",
      "journeys/j.yaml:2:26: unknown key 'wehre' (did you mean 'where'?)"),
@@ -138,7 +138,7 @@ def test_policies_errors_are_located_with_suggestions(make_project):
         "journeys/policies.yaml:3:1: unknown key 'quiet_hour' (did you mean 'quiet_hours'?)",
         "journeys/policies.yaml:4:40: Input should be greater than or equal to 0",
         # the channel key is reported at its value
-        "journeys/policies.yaml:5:24: 'emial' is not allowed here: expected 'email' or 'sms' (did you mean 'email'?)",
+        "journeys/policies.yaml:5:24: 'emial' is not allowed here: expected 'email', 'sms' or 'whatsapp' (did you mean 'email'?)",
     ]
 
 

@@ -20,6 +20,7 @@ consent_app = typer.Typer(help="Record consent changes in the ledger.", no_args_
 class ConsentChannel(str, Enum):
     email = "email"
     sms = "sms"
+    whatsapp = "whatsapp"
     ads = "ads"
 
 

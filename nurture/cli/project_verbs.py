@@ -84,9 +84,10 @@ def preview(journey: str = typer.Argument(..., help="Journey name"),
             if html:
                 console.print(p.html, markup=False)
         else:
-            encoding, segments = sms_segments(p.text)
             console.print(p.text, markup=False)
-            console.print(f"[dim]{len(p.text)} characters, {encoding}, {segments} segment(s)[/dim]")
+            if p.channel == "sms":
+                encoding, segments = sms_segments(p.text)
+                console.print(f"[dim]{len(p.text)} characters, {encoding}, {segments} segment(s)[/dim]")
 
 
 def graph(journey: str = typer.Argument(..., help="Journey name"),

@@ -190,10 +190,14 @@ class TemplateLibrary:
         return self.root / "email" / f"{name}.txt"
 
     def sms_path(self, name: str) -> Path:
-        return self.root / "sms" / f"{name}.txt"
+        return self.text_path("sms", name)
+
+    def text_path(self, channel: str, name: str) -> Path:
+        """A text channel's template: templates/sms/<name>.txt, templates/whatsapp/<name>.txt."""
+        return self.root / channel / f"{name}.txt"
 
     def names(self, channel: str) -> list[str]:
-        base = self.root / ("email" if channel == "email" else "sms")
+        base = self.root / channel
         suffix = ".html" if channel == "email" else ".txt"
         return sorted(str(p.relative_to(base))[: -len(suffix)] for p in base.rglob(f"*{suffix}")) if base.is_dir() else []
 
@@ -213,7 +217,7 @@ class TemplateLibrary:
         problem = step_name_problem(name, channel)
         if problem:
             return [SpecError(file, line, col, problem)]
-        path = self.html_path(name) if channel == "email" else self.sms_path(name)
+        path = self.html_path(name) if channel == "email" else self.text_path(channel, name)
         if not path.is_file():
             hint = did_you_mean(name, self.names(channel))
             return [SpecError(file, line, col, f"template '{name}' not found: expected {self._rel(path)}", hint)]
@@ -245,7 +249,7 @@ class TemplateLibrary:
         (an attribute of that name may exist). Located in the template file."""
         if step_name_problem(name, channel):  # a name outside templates/: reported by check()
             return [], []
-        paths = [self.html_path(name)] if channel == "email" else [self.sms_path(name)]
+        paths = [self.html_path(name)] if channel == "email" else [self.text_path(channel, name)]
         if channel == "email" and self.email_text_path(name).is_file():
             paths.append(self.email_text_path(name))
         todo, seen = [p.relative_to(self.root).as_posix() for p in paths if p.is_file()], set()
@@ -392,8 +396,12 @@ class TemplateLibrary:
         return html, text
 
     def sms(self, name: str) -> Template:
-        _refuse(step_name_problem(name, "sms"), name)
-        return self.text_env.get_template(f"sms/{name}.txt")
+        return self.text("sms", name)
+
+    def text(self, channel: str, name: str) -> Template:
+        """The template of a text channel (sms, whatsapp)."""
+        _refuse(step_name_problem(name, channel), name)
+        return self.text_env.get_template(f"{channel}/{name}.txt")
 
     def prepare_email(self, name: str, subject: str, preheader: Optional[str] = None) -> "PreparedEmail":
         """Everything about a send step that is the same for every recipient, looked up and
@@ -403,7 +411,10 @@ class TemplateLibrary:
                                                            self.string(preheader) if preheader else None)))
 
     def prepare_sms(self, name: str) -> Template:
-        return _flat_globals(self.sms(name))
+        return self.prepare_text("sms", name)
+
+    def prepare_text(self, channel: str, name: str) -> Template:
+        return _flat_globals(self.text(channel, name))
 
     def render_email(self, name: str, subject: str, context: dict[str, Any],
                      preheader: Optional[str] = None) -> RenderedEmail:

@@ -23,7 +23,7 @@ def step_json(s: StepReport, has_value: bool) -> dict:
     return {"step": s.step, "channel": s.channel, "arm": s.arm, "reached": s.reached, "sent": s.sent,
             "failed": s.failed, "holdout": s.holdout, "suppressed": s.suppressed, "skipped": s.skipped,
             "deferred": s.deferred, "conversions": s.conversions, "revenue": s.revenue if has_value else None,
-            "cost": s.cost, "segments": s.segments if s.channel == "sms" else None, "offer_cost": s.offer_cost,
+            "cost": s.cost, "segments": s.segments if "sms" in s.channel.split("/") else None, "offer_cost": s.offer_cost,
             "clicks": s.clicks, "click_rate": s.click_rate, "opens": s.opens, "open_rate": s.open_rate}
 
 

@@ -420,7 +420,9 @@ def _steps(conn: Any, reports: dict[str, JourneyReport], project: ProjectSpec, c
         for i, sid in enumerate(plan.order):
             node = plan.nodes[sid]
             if node.kind == "send":
-                steps[(name, sid)] = StepReport(sid, node.step.send.channel, arms.get(sid))
+                # a fallback step is labelled with its channels in order ("whatsapp/sms/email");
+                # its sends and costs are counted per channel used, below
+                steps[(name, sid)] = StepReport(sid, "/".join(node.step.send.options), arms.get(sid))
                 order[(name, sid)] = i
     group = (message_t.c.journey, message_t.c.step_id, message_t.c.channel, message_t.c.attempt_key,
              message_t.c.status, message_t.c.reason)
@@ -483,7 +485,7 @@ def _engagement(conn: Any, steps: Mapping[tuple[str, str], StepReport], now: dat
     for key, s in steps.items():
         if tracked[CLICK]:
             s.clicks = counts[CLICK].get(key, 0)
-        if tracked[OPEN] and s.channel == "email":
+        if tracked[OPEN] and "email" in s.channel.split("/"):
             s.opens = counts[OPEN].get(key, 0)
     return tracked[CLICK], tracked[OPEN]
 

@@ -24,7 +24,7 @@ def step_rows(r: JourneyReport) -> list[dict]:
              "skipped": _reasons(s.skipped), "failed": s.failed, "holdout": s.holdout,
              "conversions": s.conversions, "revenue": round(s.revenue, 2) if r.has_value else None,
              "cost": round(s.cost, 4), "offer_cost": round(s.offer_cost, 2),
-             "segments": s.segments if s.channel == "sms" else None,
+             "segments": s.segments if "sms" in s.channel.split("/") else None,
              "clicks": s.clicks, "click_rate": None if s.click_rate is None else round(s.click_rate, 4),
              "opens": s.opens, "open_rate": None if s.open_rate is None else round(s.open_rate, 4)}
             for s in r.steps]

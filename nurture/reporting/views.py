@@ -121,7 +121,7 @@ def step_table(r: JourneyReport) -> tuple[list[str], list[list[str]]]:
         ("skipped", lambda s: _reasons(s.skipped), lambda s: s.skipped),
         ("failed", lambda s: count(s.failed), lambda s: s.failed),
         ("holdout", lambda s: count(s.holdout), lambda s: s.holdout),
-        ("segments", lambda s: count(s.segments) if s.channel == "sms" else "", lambda s: s.channel == "sms"),
+        ("segments", lambda s: count(s.segments) if "sms" in s.channel.split("/") else "", lambda s: "sms" in s.channel.split("/")),
         ("clicks", lambda s: "" if s.clicks is None else f"{count(s.clicks)} ({pct(s.click_rate)})",
          lambda s: s.clicks is not None),
         ("opens (unreliable)", lambda s: "" if s.opens is None else f"{count(s.opens)} ({pct(s.open_rate)})",

@@ -125,22 +125,29 @@ class Runtime:
 
     # -- policy views
     def quiet_window(self, plan: Optional[Plan], channel: str) -> Optional[QuietWindow]:
-        qh = (plan.journey.quiet_hours if plan is not None else None) or self.project.policies.quiet_hours.get(channel)
+        hours = self.project.policies.quiet_hours
+        # WhatsApp without hours of its own keeps the SMS hours: both reach a phone.
+        qh = (plan.journey.quiet_hours if plan is not None else None) or hours.get(channel) or \
+            (hours.get("sms") if channel == "whatsapp" else None)
         return QuietWindow.parse(qh.start, qh.end) if qh else None
 
-    def send_rules(self, plan: Optional[Plan], channel: str, purpose: str) -> SendRules:
+    def send_rules(self, plan: Optional[Plan], channel: str, purpose: str, step_id: Optional[str] = None) -> SendRules:
         """What the guard pipeline needs to know about a send step (`plan` None: a message
         whose journey is not in the project — Nurture's own system mail, or a journey removed
-        since — which gets the policies' defaults)."""
+        since — which gets the policies' defaults). `step_id`: the send step, for what depends
+        on it (a WhatsApp template)."""
         policies = self.project.policies
         marketing = purpose == "marketing"
+        node = plan.nodes.get(step_id) if plan is not None and step_id else None
+        send = node.step.send if node is not None and node.step is not None else None
         return SendRules(channel=channel, purpose=purpose,
                          caps=tuple(self.caps(plan)) if marketing else (),
                          window=self.quiet_window(plan, channel) if marketing else None,
                          on_cap=policies.on_cap, double_opt_in=policies.needs_double_opt_in(channel, purpose),
                          default_timezone=policies.timezone,
                          topic=plan.journey.topic if plan is not None else None,
-                         sunset=self.sunset_rule(plan) if marketing else None)
+                         sunset=self.sunset_rule(plan) if marketing else None,
+                         whatsapp_template=bool(send is not None and send.content_sid))
 
     def sunset_rule(self, plan: Optional[Plan]) -> Optional[SunsetRule]:
         sunset = self.project.policies.sunset

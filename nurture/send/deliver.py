@@ -35,6 +35,7 @@ from nurture.runtime.context import Runtime
 from nurture.runtime.gc_pause import gc_paused
 from nurture.runtime.sql import chunks, ids_in, write_many
 from nurture.send.guards.pipeline import Recipient, address_of, check_batch, lock_contacts
+from nurture.send.guards.whatsapp import whatsapp_sessions
 from nurture.send.render import render_message
 from nurture.settings import Settings
 from nurture.store.models import DEFERRED, FAILED, QUEUED, SENDING, SENT
@@ -133,7 +134,7 @@ def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter)
     readdress: list[dict] = []
     for (journey, step_id, channel, purpose), members in groups.items():
         plan = rt.plan(journey) if journey in rt.project.journeys else None
-        rules = rt.send_rules(plan, channel, purpose)
+        rules = rt.send_rules(plan, channel, purpose, step_id)
         # Attributes only matter for a journey's topic opt-out: read them only then (decoding
         # every contact's JSON per claim costs more than the rest of the re-check).
         attributes = _attributes(conn, [r.contact_id for r in members]) if rules.topic and rules.marketing else {}
@@ -225,10 +226,17 @@ def _send_batch(rt: Runtime, ids: list[int], now: datetime, settings: Settings, 
     suppressions: list[dict] = []
     by_channel: dict[str, list[OutgoingMessage]] = {}
     meta: dict[int, Any] = {}
+    on_whatsapp = [row.contact_id for row in rows if row.channel == "whatsapp"]
+    if on_whatsapp:  # free text inside the 24-hour session, the approved template outside it
+        with rt.store.reading() as conn:
+            sessions = whatsapp_sessions(conn, on_whatsapp, now)
+    else:
+        sessions = set()
     for row in rows:
         meta[row.id] = row
         try:
-            by_channel.setdefault(row.channel, []).append(render_message(rt, row, settings, prepared))
+            by_channel.setdefault(row.channel, []).append(
+                render_message(rt, row, settings, prepared, session_open=row.contact_id in sessions))
         except RenderError as exc:
             updates.append(_update(row, FAILED, redact(f"render_error: {exc}", secrets), None, None, now))
         except KeyError:  # the journey or step was removed from the project since queueing

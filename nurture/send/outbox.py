@@ -21,9 +21,9 @@ from nurture.compiler import Node, Plan
 from nurture.runtime.context import Runtime
 from nurture.runtime.gc_pause import gc_paused
 from nurture.runtime.sql import ids_in, insert_ignore, write_many
-from nurture.send.guards.pipeline import Recipient, address_of, check_batch, lock_contacts
+from nurture.send.guards.pipeline import Recipient, Verdict, address_of, check_batch, lock_contacts
 from nurture.steps.transitions import Row, due_rows, move
-from nurture.store.models import DEFERRED, QUEUED
+from nurture.store.models import DEFERRED, HOLDOUT, QUEUED
 from nurture.store.tables import contact_t, enrollment_t, message_t
 
 
@@ -59,7 +59,7 @@ def queue_due(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counte
 def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_ids: list[int],
                      now: datetime, report: Counter) -> None:
     send = node.step.send
-    channel, purpose = send.channel, send.purpose
+    purpose = send.purpose
     rows = conn.execute(
         select(enrollment_t.c.id, enrollment_t.c.contact_id, enrollment_t.c.next_due_at, enrollment_t.c.holdout,
                enrollment_t.c.defer_count, contact_t.c.email, contact_t.c.phone, contact_t.c.timezone,
@@ -68,15 +68,14 @@ def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_
         .where(ids_in(enrollment_t.c.id, enrollment_ids))).all()
     rows = [_Due._make(r) for r in rows]  # SQLAlchemy Row attributes cost ~1 µs each
     lock_contacts(conn, [r.contact_id for r in rows])
-    rules = rt.send_rules(plan, channel, purpose)
-    verdicts = check_batch(conn, rules, [Recipient(r.contact_id, r.email, r.phone, r.timezone, r.attributes, r.holdout)
-                                         for r in rows], now)
+    recipients = [Recipient(r.contact_id, r.email, r.phone, r.timezone, r.attributes, r.holdout) for r in rows]
+    choices = _choose_channels(conn, rt, plan, node, recipients, now)
     final: list[dict] = []
     deferred: list[dict] = []
     moves: list[Row] = []
     deferrals: list[dict] = []
-    marketing = rules.marketing
-    for r, (status, reason, due) in zip(rows, verdicts):
+    marketing = purpose == "marketing"
+    for r, (channel, (status, reason, due), passed_over) in zip(rows, choices):
         due = due or r.next_due_at
         report[(node.id, status, reason)] += 1
         row = dict(enrollment_id=r.id, contact_id=r.contact_id, journey=plan.name, step_id=node.id,
@@ -84,7 +83,8 @@ def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_
                    address=address_of(channel, r.email, r.phone),
                    status=status, reason=reason, due_at=due, created_at=now, attempts=0,
                    counted_at=now if status == QUEUED and marketing else None,
-                   attempt_key=f"defer:{r.defer_count + 1}" if status == DEFERRED else "send")
+                   attempt_key=f"defer:{r.defer_count + 1}" if status == DEFERRED else "send",
+                   passed_over=passed_over)
         if status == DEFERRED:
             deferred.append(row)
             deferrals.append({"eid": r.id, "due": due, "defers": r.defer_count + 1})
@@ -95,3 +95,45 @@ def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_
     insert_ignore(conn, message_t, final + deferred, ("enrollment_id", "step_id", "attempt_key"))
     write_many(conn, _defer, deferrals)
     move(conn, rt, plan, moves, node.next, now)
+
+
+def _choose_channels(conn: Any, rt: Runtime, plan: Plan, node: Node, recipients: list[Recipient],
+                     now: datetime) -> list[tuple[str, Verdict, Optional[str]]]:
+    """Per recipient: the channel, the verdict and (channel fallback) why the channels before
+    it were passed over. A single channel is checked once. With `channels: [whatsapp, sms,
+    email]` the first channel whose checks pass wins; a recipient no channel may reach now
+    waits for the earliest deferral among them (quiet hours, a cap) and is decided again, over
+    every channel, when it falls due; none deferred: the first channel's refusal stands. Holdout
+    is decided on the first channel (it does not depend on one). Messages queued on an earlier
+    channel count against the caps of the later ones in the same transaction."""
+    send = node.step.send
+    options = send.options
+    if len(options) == 1:
+        rules = rt.send_rules(plan, options[0], send.purpose, node.id)
+        return [(options[0], v, None) for v in check_batch(conn, rules, recipients, now)]
+    chosen: dict[int, tuple[str, Verdict]] = {}
+    tried: dict[int, list[tuple[str, Verdict]]] = {i: [] for i in range(len(recipients))}
+    pending: dict[int, list] = {}
+    remaining = list(range(len(recipients)))
+    for channel in options:
+        if not remaining:
+            break
+        rules = rt.send_rules(plan, channel, send.purpose, node.id)
+        verdicts = check_batch(conn, rules, [recipients[i] for i in remaining], now, pending=pending)
+        still = []
+        for i, verdict in zip(remaining, verdicts):
+            if verdict.status in (QUEUED, HOLDOUT):
+                chosen[i] = (channel, verdict)
+            else:
+                tried[i].append((channel, verdict))
+                still.append(i)
+        remaining = still
+    for i in remaining:
+        waits = [(channel, v) for channel, v in tried[i] if v.status == DEFERRED]
+        chosen[i] = min(waits, key=lambda cv: cv[1].due) if waits else tried[i][0]
+    out = []
+    for i in range(len(recipients)):
+        channel, verdict = chosen[i]
+        others = [f"{c}: {v.reason}" for c, v in tried[i] if c != channel]
+        out.append((channel, verdict, "; ".join(others) or None))
+    return out

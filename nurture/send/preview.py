@@ -80,13 +80,15 @@ def preview_journey(spec: ProjectSpec, store: Store, journey: str, *, step_id: O
         if node.kind != "send" or (step_id and sid != step_id):
             continue
         send = node.step.send
-        links = recipient_links(public_url, secret_key, row.contact_id, send.purpose, send.channel)
-        ctx = template_context(row._replace(step_id=sid), about, links, imprint_of(spec.policies.sender))
-        if send.channel == "email":
-            r = library.render_email(send.template, send.subject or "", ctx, send.preheader)
-            out.append(Preview(sid, "email", row.email or "", r.subject, r.text, r.html, ctx))
-        else:
-            out.append(Preview(sid, "sms", row.phone or "", "", library.render_sms(send.template, ctx), "", ctx))
+        for channel in send.options:  # a fallback step: one preview per channel it may use
+            links = recipient_links(public_url, secret_key, row.contact_id, send.purpose, channel)
+            ctx = template_context(row._replace(step_id=sid), about, links, imprint_of(spec.policies.sender))
+            if channel == "email":
+                r = library.render_email(send.template, send.subject or "", ctx, send.preheader)
+                out.append(Preview(sid, "email", row.email or "", r.subject, r.text, r.html, ctx))
+            else:
+                text = library.text(channel, send.template).render(ctx).strip()
+                out.append(Preview(sid, channel, row.phone or "", "", text, "", ctx))
     if step_id and not out:
         raise PreviewError(f"journey '{journey}' has no send step '{step_id}'")
     return out

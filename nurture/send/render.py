@@ -25,38 +25,46 @@ def own_page_prefixes(rt: Runtime) -> tuple[str, ...]:
 
 
 class _SendStep(NamedTuple):
-    """What a send step's messages share, looked up once per batch."""
-    template: Any  # PreparedEmail | Template (SMS)
+    """What a send step's messages on one channel share, looked up once per batch."""
+    template: Any  # PreparedEmail | Template (SMS, WhatsApp)
     utm: str
     own_pages: tuple[str, ...]
     journey: dict
     imprint: dict
+    content_sid: Optional[str] = None  # WhatsApp: the approved template outside the session
+    content_variables: Optional[dict[str, Any]] = None  # its placeholders: name → compiled Jinja
 
 
-def _prepared(rt: Runtime, journey: str, step_id: str, cache: dict) -> _SendStep:
-    key = (journey, step_id)
+def _prepared(rt: Runtime, journey: str, step_id: str, channel: str, cache: dict) -> _SendStep:
+    key = (journey, step_id, channel)
     if key not in cache:
         plan = rt.plan(journey)
         send = plan.nodes[step_id].step.send
-        if send.channel == "email":
+        sid, variables = None, None
+        if channel == "email":
             template = rt.templates.prepare_email(send.template, send.subject or "", send.preheader)
         else:
-            template = rt.templates.prepare_sms(send.template)
-        cache[key] = _SendStep(template, utm_query(send.channel, journey, step_id), own_page_prefixes(rt),
+            template = rt.templates.prepare_text(channel, send.template)
+            if channel == "whatsapp" and send.content_sid:
+                sid = send.content_sid
+                variables = {k: rt.templates.string(v) for k, v in (send.content_variables or {}).items()}
+        cache[key] = _SendStep(template, utm_query(channel, journey, step_id), own_page_prefixes(rt),
                                {"name": journey, "description": plan.journey.description},
-                               imprint_of(rt.project.policies.sender))
+                               imprint_of(rt.project.policies.sender), sid, variables)
     return cache[key]
 
 
-def render_message(rt: Runtime, row: Any, settings: Settings, cache: Optional[dict] = None) -> OutgoingMessage:
+def render_message(rt: Runtime, row: Any, settings: Settings, cache: Optional[dict] = None,
+                   session_open: bool = False) -> OutgoingMessage:
     """Render a loaded message row (nurture.send.deliver's LoadedMessage) with the settings the
     batch read once (`rt.settings`: sender address, public URL, link secret). `cache` keeps the
-    prepared send steps between calls. Raises a RenderError for a template that cannot be
-    rendered, KeyError for a journey or step no longer in the project."""
+    prepared send steps between calls. `session_open`: a WhatsApp recipient's 24-hour session
+    is open (free text may go; else the step's approved template does). Raises a RenderError for
+    a template that cannot be rendered, KeyError for a journey or step no longer in the project."""
     from_email = settings.from_email
     if row.journey in SYSTEM_JOURNEYS:  # transactional system mail (double opt-in): no journey plan
         return render_system_email(rt, row, rfc_message_id(row.id, row.journey, from_email))
-    step = _prepared(rt, row.journey, row.step_id, {} if cache is None else cache)
+    step = _prepared(rt, row.journey, row.step_id, row.channel, {} if cache is None else cache)
     links = recipient_links(settings.links_url, settings.signing_secret, row.contact_id, row.purpose, row.channel)
     context = template_context(row, step.journey, links, step.imprint)
     msg = OutgoingMessage(message_pk=row.id, rfc_message_id=rfc_message_id(row.id, row.journey, from_email),
@@ -76,4 +84,8 @@ def render_message(rt: Runtime, row: Any, settings: Settings, cache: Optional[di
                            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     else:
         msg.text = tag_text(step.template.render(context).strip(), step.utm, step.own_pages)
+        if step.content_sid and not session_open:
+            msg.content_sid = step.content_sid
+            msg.content_variables = {k: tag_text(t.render(context).strip(), step.utm, step.own_pages)
+                                     for k, t in (step.content_variables or {}).items()}
     return msg

@@ -14,8 +14,10 @@ from pydantic import (BaseModel, ConfigDict, Field, field_validator, model_valid
 
 from nurture.durations import parse_duration
 
-CHANNELS = ("email", "sms")
-CONSENT_CHANNELS = ("email", "sms", "ads")
+CHANNELS = ("email", "sms", "whatsapp")
+CONSENT_CHANNELS = ("email", "sms", "whatsapp", "ads")
+Channel = Literal["email", "sms", "whatsapp"]
+_CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
 PURPOSES = ("marketing", "transactional")
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
@@ -105,7 +107,7 @@ class CountCmp(Strict):
 
 
 class ConsentCond(Strict):
-    channel: Literal["email", "sms", "ads"]
+    channel: Literal["email", "sms", "whatsapp", "ads"]
     purpose: Literal["marketing", "transactional"] = "marketing"
     status: Literal["granted", "revoked", "pending"] = "granted"
 
@@ -180,7 +182,10 @@ class Offer(Strict):
 
 
 class SendSpec(Strict):
-    channel: Literal["email", "sms"]
+    """A message on one `channel`, or on the first of `channels` (a priority list: whatsapp, sms,
+    email) whose checks allow it, decided in the send transaction. With `channels`, `channel`
+    is the first of them."""
+    channel: Channel
     template: str
     subject: Optional[str] = None
     purpose: Literal["marketing", "transactional"] = "marketing"
@@ -188,13 +193,48 @@ class SendSpec(Strict):
     # Reporting only: the coupon this message carries. Left out of dumps while unset, so adding the
     # key to the language did not change the version hash of any existing journey.
     offer: Optional[Offer] = Field(default=None, exclude_if=lambda v: v is None)
+    # Channel priority with fallback (left out of dumps while unset, like `offer`).
+    channels: Optional[tuple[Channel, ...]] = Field(default=None, exclude_if=lambda v: v is None)
+    # WhatsApp: the approved template (Twilio Content API, HX…) sent outside the 24-hour session
+    # window, and its placeholders ({"1": "{{ contact.first_name }}"}: Jinja, the message's context).
+    content_sid: Optional[str] = Field(default=None, exclude_if=lambda v: v is None)
+    content_variables: Optional[dict[str, str]] = Field(default=None, exclude_if=lambda v: v is None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_channel(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "channels" in value:
+            if "channel" in value:
+                raise ValueError("a send has either 'channel' or 'channels' (a priority list), not both")
+            channels = value["channels"]
+            if not isinstance(channels, list) or not channels:
+                raise ValueError("'channels' is a list of channels in order of priority, e.g. [whatsapp, sms, email]")
+            return {**value, "channel": channels[0]}
+        return value
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The channels to try, in order."""
+        return tuple(self.channels) if self.channels else (self.channel,)
 
     @model_validator(mode="after")
     def _subject(self) -> "SendSpec":
-        if self.channel == "email" and not self.subject:
-            raise ValueError("an e-mail send needs a subject")
-        if self.channel == "sms" and self.subject:
-            raise ValueError("an SMS has no subject")
+        options = self.options
+        if len(set(options)) != len(options):
+            raise ValueError("'channels' names a channel twice")
+        if "email" in options and not self.subject:
+            raise ValueError("an e-mail send needs a subject" if len(options) == 1
+                             else "'channels' includes email: the send needs a subject")
+        if "email" not in options and self.subject:
+            raise ValueError({("sms",): "an SMS has no subject", ("whatsapp",): "a WhatsApp message has no subject"}
+                             .get(options, "only e-mail has a subject, and 'channels' has no email"))
+        if self.content_sid is not None:
+            if "whatsapp" not in options:
+                raise ValueError("'content_sid' is a WhatsApp template: the send has no whatsapp channel")
+            if not _CONTENT_SID.match(self.content_sid):
+                raise ValueError(f"content_sid '{self.content_sid}' is not a Twilio Content SID (HX + 32 hex digits)")
+        if self.content_variables is not None and self.content_sid is None:
+            raise ValueError("'content_variables' fill the placeholders of a 'content_sid' template: add the content_sid")
         return self
 
 
@@ -374,7 +414,7 @@ class QuietHours(Strict):
 
 
 class FrequencyCap(Strict):
-    channel: Literal["email", "sms", "any"] = "any"
+    channel: Literal["email", "sms", "whatsapp", "any"] = "any"
     max: int = Field(ge=0)
     per: timedelta
 
@@ -556,13 +596,14 @@ class LeadForms(Strict):
     """Lead-form integrations (Meta Lead Ads, docs/lead-ads.md): which form questions are consent
     questions, per channel — `consent: {email: [email_opt_in], sms: [sms_opt_in]}`. A question
     not named here is an ordinary answer (an attribute); none named: no consent is recorded."""
-    consent: dict[Literal["email", "sms", "ads"], list[str]] = Field(default_factory=dict)
+    consent: dict[Literal["email", "sms", "whatsapp", "ads"], list[str]] = Field(default_factory=dict)
 
 
 class Policies(Strict):
     version: str = "1"
     timezone: str = "UTC"
-    quiet_hours: dict[Literal["email", "sms"], QuietHours] = Field(default_factory=lambda: {
+    # WhatsApp without its own entry keeps the SMS hours (nurture.runtime.context.quiet_window).
+    quiet_hours: dict[Literal["email", "sms", "whatsapp"], QuietHours] = Field(default_factory=lambda: {
         "email": QuietHours(start="21:00", end="08:00"),
         "sms": QuietHours(start="20:00", end="09:00"),
     })
@@ -572,10 +613,11 @@ class Policies(Strict):
         FrequencyCap(channel="any", max=4, per=timedelta(days=7)),
     ])
     on_cap: Literal["defer", "skip"] = "defer"
-    double_opt_in: dict[Literal["email", "sms"], list[Literal["marketing", "transactional"]]] = \
+    double_opt_in: dict[Literal["email", "sms", "whatsapp"], list[Literal["marketing", "transactional"]]] = \
         Field(default_factory=lambda: {"email": ["marketing"]})
     pending_consent_expires: timedelta = timedelta(days=30)
-    unit_costs: dict[Literal["email", "sms"], float] = Field(default_factory=lambda: {"email": 0.001, "sms": 0.05})
+    unit_costs: dict[Literal["email", "sms", "whatsapp"], float] = Field(
+        default_factory=lambda: {"email": 0.001, "sms": 0.05, "whatsapp": 0.03})
     # Reporting: the project's money (ISO 4217) and the locale numbers are shown in (None: 1,234.56 €).
     currency: str = "EUR"
     locale: Optional[str] = None

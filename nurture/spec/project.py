@@ -18,7 +18,7 @@ from nurture.scoring.spec import check_handover, load_scoring
 from nurture.spec.conversions import load_conversions
 from nurture.spec.errors import SpecError, did_you_mean
 from nurture.spec.model_errors import pydantic_errors
-from nurture.spec.models import OBJECTIVE_METRICS, Condition, Journey, Objective, Policies, Step
+from nurture.spec.models import CHANNELS, OBJECTIVE_METRICS, Condition, Journey, Objective, Policies, Step
 from nurture.spec.segments import Segment, SegmentsFile
 from nurture.spec.yaml_loader import Locations, load_located
 
@@ -195,7 +195,8 @@ def _check_journey(name: str, journey: Journey, locs: Locations, project: Projec
         seen[step.id] = path
         if step.send:
             where = (locs.file, *locs.of(path + ("send", "template")))
-            errors.extend(library.check(step.send.channel, step.send.template, where))
+            for channel in step.send.options:
+                errors.extend(library.check(channel, step.send.template, where))
             for key in ("subject", "preheader"):
                 source = getattr(step.send, key)
                 if source:
@@ -293,9 +294,11 @@ def _raw_cross_checks(data: Any, locs: Locations, library: TemplateLibrary) -> l
                 errors.append(locs.error(path + ("id",), f"step id '{sid}' is used twice (ids must be unique)"))
             seen.add(sid)
         send = step.get("send")
-        if isinstance(send, dict) and send.get("channel") in ("email", "sms") and isinstance(send.get("template"), str):
+        if isinstance(send, dict) and isinstance(send.get("template"), str):
+            options = send.get("channels") if isinstance(send.get("channels"), list) else [send.get("channel")]
             where = (locs.file, *locs.of(path + ("send", "template")))
-            errors.extend(library.check(send["channel"], send["template"], where))
+            for channel in dict.fromkeys(c for c in options if c in CHANNELS):
+                errors.extend(library.check(channel, send["template"], where))
     return errors
 
 
@@ -323,13 +326,16 @@ def template_variable_problems(journey: Journey, library: TemplateLibrary
     warnings: list[SpecError] = []
     seen: set[tuple[str, str]] = set()
     for step, _ in iter_steps(journey.steps, ("steps",)):
-        if step.send is None or (step.send.channel, step.send.template) in seen:
+        if step.send is None:
             continue
-        seen.add((step.send.channel, step.send.template))
-        e, w = library.variable_problems(step.send.channel, step.send.template, CLOSED_NAMESPACES,
-                                         {"contact": CONTACT_FIELDS})
-        errors += e
-        warnings += w
+        for channel in step.send.options:
+            if (channel, step.send.template) in seen:
+                continue
+            seen.add((channel, step.send.template))
+            e, w = library.variable_problems(channel, step.send.template, CLOSED_NAMESPACES,
+                                             {"contact": CONTACT_FIELDS})
+            errors += e
+            warnings += w
     return errors, warnings
 
 
@@ -364,7 +370,7 @@ def _template_warnings(journey: Journey, locs: Locations, library: TemplateLibra
     warnings = template_variable_problems(journey, library)[1]
     for step, path in iter_steps(journey.steps, ("steps",)):
         send = step.send
-        if send is None or send.channel != "email" or send.purpose != "marketing":
+        if send is None or "email" not in send.options or send.purpose != "marketing":
             continue
         if library.html_path(send.template).is_file() and not library.mentions(send.template, "links", "unsubscribe"):
             warnings.append(locs.error(path + ("send", "template"),

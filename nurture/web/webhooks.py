@@ -1,5 +1,6 @@
-"""Provider webhooks: Twilio (inbound STOP/START keywords and message status callbacks,
-authenticated by `X-Twilio-Signature`) and a generic JSON bounce/complaint webhook.
+"""Provider webhooks: Twilio (inbound SMS and WhatsApp messages — STOP/START keywords, the
+WhatsApp session an inbound message opens — and message status callbacks, authenticated by
+`X-Twilio-Signature`) and a generic JSON bounce/complaint webhook.
 
 Twilio's signature (documented under "Webhooks security"): take the full URL Twilio
 requested (scheme, host, path and query), append every POST parameter sorted by name as
@@ -32,7 +33,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from sqlalchemy import delete, select
 
 from nurture.consent_ledger import current_state, is_suppressed, record_consent, suppress
-from nurture.ingest import normalize_email, parse_timestamp
+from nurture.ingest import normalize_email, parse_timestamp, write_events
+from nurture.send.guards.whatsapp import WHATSAPP_RECEIVED
 from nurture.store.models import FAILED, SENT
 from nurture.store.tables import contact_t, message_t, suppression_t
 
@@ -42,7 +44,7 @@ from nurture.store.tables import contact_t, message_t, suppression_t
 STOP_KEYWORDS = {"STOP", "STOPALL", "STOP ALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"}
 START_KEYWORDS = {"START", "YES", "UNSTOP"}
 # Status-callback error codes that mean the number will never take an SMS.
-UNREACHABLE_CODES = {"30005", "30006", "21211", "21614"}
+UNREACHABLE_CODES = {"30005", "30006", "21211", "21614", "63003", "63024"}
 STOPPED_CODES = {"21610"}
 
 
@@ -66,36 +68,56 @@ def _contacts_by_phone(conn: Any, phone: str) -> list[int]:
 
 
 def twilio_inbound(conn: Any, params: Mapping[str, str], *, now: datetime, policy_version: str) -> str:
-    """An inbound SMS. Returns `stop`, `start` or `ignored`."""
+    """An inbound SMS or WhatsApp message (`From: whatsapp:+…`). Returns `stop`, `start`,
+    `received` (WhatsApp: the contact's 24-hour session opened, nurture.send.guards.whatsapp)
+    or `ignored`. STOP / START act on the channel the message came in on."""
     keyword = " ".join((params.get("Body") or "").split()).upper()
-    phone = (params.get("From") or "").strip()
+    sender = (params.get("From") or "").strip()
+    channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
+    phone = sender.removeprefix("whatsapp:")
     if not phone:
         return "ignored"
+    stop_reason = f"{channel}_stop"
     contacts = _contacts_by_phone(conn, phone)
+    outcome = "ignored"
     if keyword in STOP_KEYWORDS:
         for cid in contacts:
-            record_consent(conn, cid, "sms", "revoked", purpose="marketing", source=f"twilio:{keyword}",
+            record_consent(conn, cid, channel, "revoked", purpose="marketing", source=f"twilio:{keyword}",
                            at=now, policy_version=policy_version)
-        if not is_suppressed(conn, address=phone, reason="sms_stop"):
-            suppress(conn, reason="sms_stop", at=now, contact_id=contacts[0] if len(contacts) == 1 else None,
-                     address=phone, channel="sms")
-        return "stop"
-    if keyword in START_KEYWORDS:
+            if channel == "whatsapp":  # WhatsApp's opt-in covers every purpose: so does its opt-out
+                record_consent(conn, cid, channel, "revoked", purpose="transactional", source=f"twilio:{keyword}",
+                               at=now, policy_version=policy_version)
+        if not is_suppressed(conn, address=phone, reason=stop_reason):
+            suppress(conn, reason=stop_reason, at=now, contact_id=contacts[0] if len(contacts) == 1 else None,
+                     address=phone, channel=channel)
+        outcome = "stop"
+    elif keyword in START_KEYWORDS:
         for cid in contacts:
-            # Sent from the phone itself: as confirmed as an SMS opt-in gets.
-            record_consent(conn, cid, "sms", "granted", purpose="marketing", source=f"twilio:{keyword}",
+            # Sent from the phone itself: as confirmed as an opt-in gets.
+            record_consent(conn, cid, channel, "granted", purpose="marketing", source=f"twilio:{keyword}",
                            at=now, policy_version=policy_version, confirmed=True)
-        conn.execute(delete(suppression_t).where(suppression_t.c.address == phone, suppression_t.c.reason == "sms_stop"))
-        return "start"
-    return "ignored"
+        conn.execute(delete(suppression_t).where(suppression_t.c.address == phone,
+                                                 suppression_t.c.reason == stop_reason))
+        outcome = "start"
+    if channel == "whatsapp" and contacts:
+        # Any inbound WhatsApp message opens the 24-hour session (free text may answer it). The
+        # event carries no message text: only that the contact wrote, and when.
+        sid = (params.get("MessageSid") or params.get("SmsSid") or "").strip()
+        write_events(conn, [{"event_id": f"twilio:{sid}:{cid}" if sid else f"twilio:{phone}:{now.isoformat()}:{cid}",
+                             "email": None, "contact_id": cid, "name": WHATSAPP_RECEIVED,
+                             "properties": {"channel": "whatsapp"}, "occurred_at": now, "line": 0}
+                            for cid in contacts], source="twilio", now=now, create_contacts=False)
+        return "received" if outcome == "ignored" else outcome
+    return outcome
 
 
 def twilio_status(conn: Any, params: Mapping[str, str], *, now: datetime) -> str:
     """A status callback for a message we sent (matched by MessageSid = provider id)."""
     sid = params.get("MessageSid") or params.get("SmsSid") or ""
     status = (params.get("MessageStatus") or params.get("SmsStatus") or "").lower()
-    row = conn.execute(select(message_t.c.id, message_t.c.contact_id, message_t.c.address)
-                       .where(message_t.c.provider_id == sid, message_t.c.channel == "sms")).first() if sid else None
+    row = conn.execute(select(message_t.c.id, message_t.c.contact_id, message_t.c.address, message_t.c.channel)
+                       .where(message_t.c.provider_id == sid, message_t.c.channel.in_(("sms", "whatsapp")))
+                       ).first() if sid else None
     if row is None:
         return "unknown_message"
     if status in ("failed", "undelivered"):
@@ -103,13 +125,15 @@ def twilio_status(conn: Any, params: Mapping[str, str], *, now: datetime) -> str
         conn.execute(message_t.update().where(message_t.c.id == row.id)
                      .values(status=FAILED, reason=f"twilio_{status}" + (f": {code}" if code else "")))
         if code in STOPPED_CODES:
-            suppress(conn, reason="sms_stop", at=now, contact_id=row.contact_id, address=row.address, channel="sms")
+            suppress(conn, reason=f"{row.channel}_stop", at=now, contact_id=row.contact_id, address=row.address,
+                     channel=row.channel)
         elif code in UNREACHABLE_CODES:
-            suppress(conn, reason="hard_bounce", at=now, contact_id=row.contact_id, address=row.address, channel="sms")
+            suppress(conn, reason="hard_bounce", at=now, contact_id=row.contact_id, address=row.address,
+                     channel=row.channel)
         return status
-    if status == "delivered":
+    if status in ("delivered", "read"):  # WhatsApp reports `read` after `delivered`
         conn.execute(message_t.update().where(message_t.c.id == row.id, message_t.c.status == SENT)
-                     .values(reason="delivered"))
+                     .values(reason=status))
     return status or "no_status"
 
 

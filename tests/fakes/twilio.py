@@ -8,6 +8,12 @@ token; the SID must match the one in the path), `application/x-www-form-urlencod
 `status` "queued", …); errors are Twilio's JSON error bodies
 (`{"code", "message", "more_info", "status"}`).
 
+WhatsApp (Twilio's WhatsApp guide; error pages 63016, 21654, 21656, 50526): `To` and `From` both
+carry the `whatsapp:` prefix; a template goes as `ContentSid` (`HX` + 32 hex digits) with optional
+`ContentVariables` (a JSON object string; without a ContentSid: error 21654; not JSON: 21656)
+and no `Body`; free text (`Body`) only to a number whose 24-hour customer-service window is open —
+`fake.sessions` holds those numbers — else error 63016 "Outside messaging window".
+
 Tests script failures per destination number (`fake.script["+4915…"] = [429, 503, 21610]`:
 one entry per request, an HTTP status or a Twilio error code), read `fake.requests`, and
 build signed webhook requests (status callbacks, inbound STOP) the way Twilio signs them.
@@ -40,7 +46,13 @@ ERRORS = {
     21603: (400, "A 'From' or 'MessagingServiceSid' parameter is required to send a message."),
     21610: (400, "Attempt to send to unsubscribed recipient"),
     21614: (400, "'To' number is not a valid mobile number"),
+    21654: (400, "A ContentSid must be specified if ContentVariables are provided in the request."),
+    21656: (400, "The ContentVariables Parameter is invalid."),
+    50526: (400, "Invalid content SID"),
+    63016: (400, "Outside messaging window. For WhatsApp, use a Message Template instead"),
+    63007: (400, "Twilio could not find a Channel with the specified From address"),
 }
+CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
 
 
 @dataclass
@@ -60,6 +72,7 @@ class FakeTwilio:
     messages: dict[str, dict] = field(default_factory=dict)
     base_url: str = ""
     quote_credentials: bool = False  # error messages quote the credentials the request carried
+    sessions: set[str] = field(default_factory=set)  # E.164 numbers with an open WhatsApp window
     _server: Optional[ThreadingHTTPServer] = None
 
     # -- lifecycle
@@ -125,13 +138,32 @@ class FakeTwilio:
         if not content_type.startswith("application/x-www-form-urlencoded"):
             return 400, {"code": 20001, "message": "Invalid content type", "status": 400}
         to = form.get("To", "")
-        if not E164.match(to):
+        whatsapp = to.startswith("whatsapp:")
+        number = to.removeprefix("whatsapp:")
+        if not E164.match(number):
             return self.error(21211)
         if bool(form.get("From")) == bool(form.get("MessagingServiceSid")):
             return self.error(21603)
-        if not form.get("Body"):
+        if form.get("From") and form["From"].startswith("whatsapp:") != whatsapp:
+            return self.error(63007)  # a WhatsApp message needs a WhatsApp sender, and only it
+        if "ContentVariables" in form and not form.get("ContentSid"):
+            return self.error(21654)
+        if form.get("ContentSid"):
+            if not CONTENT_SID.match(form["ContentSid"]):
+                return self.error(50526)
+            if "ContentVariables" in form:
+                try:
+                    variables = json.loads(form["ContentVariables"])
+                except ValueError:
+                    return self.error(21656)
+                if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
+                    return self.error(21656)
+        elif not form.get("Body"):
             return self.error(21602)
-        scripted = self.script.get(to)
+        elif whatsapp and number not in self.sessions:
+            return self.error(63016)
+        to = number if not whatsapp else to
+        scripted = self.script.get(number)
         if scripted:
             step = scripted.pop(0)
             if step < 1000:  # a bare HTTP status (a 5xx from the edge, or 429)
@@ -140,7 +172,7 @@ class FakeTwilio:
         sid = "SM" + uuid.uuid4().hex
         now = formatdate(usegmt=True).replace("GMT", "+0000")
         resource = {
-            "account_sid": self.account_sid, "api_version": "2010-04-01", "body": form["Body"],
+            "account_sid": self.account_sid, "api_version": "2010-04-01", "body": form.get("Body", ""),
             "date_created": now, "date_sent": None, "date_updated": now, "direction": "outbound-api",
             "error_code": None, "error_message": None, "from": form.get("From"),
             "messaging_service_sid": form.get("MessagingServiceSid"), "num_media": "0",

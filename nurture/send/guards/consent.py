@@ -9,9 +9,10 @@ from typing import Optional
 
 
 def consent_refusal(state: Optional[tuple[str, Optional[datetime]]], purpose: str,
-                    double_opt_in: bool) -> Optional[str]:
-    """The reason code a send is refused for, or None when consent allows it."""
-    if purpose == "transactional":
+                    double_opt_in: bool, explicit: bool = False) -> Optional[str]:
+    """The reason code a send is refused for, or None when consent allows it. `explicit`: the
+    channel needs an opt-in for every purpose (WhatsApp), transactional messages too."""
+    if purpose == "transactional" and not explicit:
         return "consent_revoked" if state and state[0] == "revoked" else None
     if state is None:
         return "no_consent"

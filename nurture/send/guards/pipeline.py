@@ -25,6 +25,7 @@ from nurture.send.guards.frequency_cap import Cap, cap_blocks_until
 from nurture.send.guards.quiet_hours import QuietWindow, next_allowed_send, zone
 from nurture.send.guards.reachability import unreachable_reason
 from nurture.send.guards.sunset import SunsetRule, sunset_contacts
+from nurture.send.guards.whatsapp import EXPLICIT_OPT_IN, whatsapp_sessions
 from nurture.send.guards.suppression import suppression_reason, suppressions_for
 from nurture.store.models import DEFERRED, HOLDOUT, QUEUED, SENDING, SENT, SKIPPED, SUPPRESSED, MessageStatus
 from nurture.store.tables import contact_t, message_t
@@ -48,6 +49,9 @@ class SendRules:
     default_timezone: str = "UTC"
     topic: Optional[str] = None
     sunset: Optional[SunsetRule] = None  # marketing only, unless the journey has `reach_sunset`
+    # WhatsApp: the step has an approved template (content_sid) to send outside the 24-hour
+    # session window; without one, only contacts inside an open session can be messaged.
+    whatsapp_template: bool = False
 
     @property
     def marketing(self) -> bool:
@@ -98,10 +102,12 @@ def cap_history(conn: Any, contact_ids: list[int], since: datetime,
 
 
 def check_batch(conn: Any, rules: SendRules, recipients: Sequence[Recipient], now: datetime,
-                exclude_messages: frozenset[int] = frozenset()) -> list[Verdict]:
+                exclude_messages: frozenset[int] = frozenset(),
+                pending: Optional[dict[int, list[tuple[str, datetime]]]] = None) -> list[Verdict]:
     """One verdict per recipient, in order. Recipients are decided in sequence: one that
     passes counts against the caps of the ones after it (the same contact twice in a batch
-    cannot slip past a cap)."""
+    cannot slip past a cap). `pending`: messages this transaction already queued on another
+    channel (channel fallback), counted against the caps too — and added to."""
     channel, purpose, marketing = rules.channel, rules.purpose, rules.marketing
     contact_ids = [r.contact_id for r in recipients]
     consents = current_consent(conn, contact_ids, channel, purpose, now)
@@ -111,11 +117,18 @@ def check_batch(conn: Any, rules: SendRules, recipients: Sequence[Recipient], no
     caps = rules.caps if marketing else ()
     longest = max((c.per for c in caps), default=None)
     history = cap_history(conn, contact_ids, now - longest, exclude_messages) if longest else {}
+    if pending:
+        for contact_id in set(contact_ids) & pending.keys():
+            history.setdefault(contact_id, []).extend(pending[contact_id])
+    sessions = (whatsapp_sessions(conn, contact_ids, now)
+                if channel == "whatsapp" and not rules.whatsapp_template else None)
     window = rules.window if marketing else None
     allowed_by_zone: dict[Optional[str], datetime] = {}
     verdicts: list[Verdict] = []
     for r, address in zip(recipients, addresses):
         verdict = _screen(rules, r, address, consents, by_contact, by_address)
+        if verdict is None and sessions is not None and r.contact_id not in sessions:
+            verdict = Verdict(SKIPPED, "whatsapp_session_closed")  # free text needs an open session
         if verdict is None and r.contact_id in sunset:
             verdict = Verdict(SUPPRESSED, "sunset")
         if verdict is None and window is not None:
@@ -133,6 +146,8 @@ def check_batch(conn: Any, rules: SendRules, recipients: Sequence[Recipient], no
         if verdict is None:
             if marketing:
                 history.setdefault(r.contact_id, []).append((channel, now))
+                if pending is not None:
+                    pending.setdefault(r.contact_id, []).append((channel, now))
             verdict = Verdict(QUEUED, None)
         verdicts.append(verdict)
     return verdicts
@@ -143,7 +158,8 @@ def _screen(rules: SendRules, r: Recipient, address: str, consents: dict, by_con
     """Checks 1–3 (holdout, consent, suppression, topic, reachability): a refusal or None."""
     if r.holdout:
         return Verdict(HOLDOUT, "holdout")
-    refusal = consent_refusal(consents.get(r.contact_id), rules.purpose, rules.double_opt_in)
+    refusal = consent_refusal(consents.get(r.contact_id), rules.purpose, rules.double_opt_in,
+                              explicit=rules.channel in EXPLICIT_OPT_IN)
     if refusal:
         return Verdict(SUPPRESSED, refusal)
     entries = by_contact.get(r.contact_id, []) + by_address.get(address.lower(), [])

@@ -13,7 +13,7 @@ def unreachable_reason(channel: str, email: Optional[str], phone: Optional[str])
         if not local or "." not in domain:
             return "invalid_email"
         return None
-    if channel == "sms":
+    if channel in ("sms", "whatsapp"):  # WhatsApp addresses are phone numbers too
         if not phone:
             return "no_phone"
         if not (phone.startswith("+") and phone[1:].isdigit() and 8 <= len(phone) <= 16):
