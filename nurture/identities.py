@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, delete, exists, select, update
 
 from nurture.privacy.tombstones import ERASED_REASON
 from nurture.runtime.sql import insert_ignore
@@ -152,6 +152,13 @@ def merge_contacts(conn: Any, from_id: int, into_id: int, *, reason: str, now: d
         conn.execute(update(enrollment_t).where(enrollment_t.c.id.in_(younger)).values(
             status="exited", step_id=None, next_due_at=None, left_at=now, exit_reason=MERGED))
     counts["enrollments_exited"] = len(younger)
+    # A date-trigger occurrence both contacts entered for (uq_enrollment_trigger_key): the moved
+    # enrollment keeps its history and gives up the key; the kept one still bars a second entry.
+    other = enrollment_t.alias("other")
+    conn.execute(update(enrollment_t).where(
+        enrollment_t.c.contact_id == from_id, enrollment_t.c.trigger_key.isnot(None),
+        exists().where(other.c.contact_id == into_id, other.c.journey == enrollment_t.c.journey,
+                       other.c.trigger_key == enrollment_t.c.trigger_key)).values(trigger_key=None))
     for name, table in (("events", event_t), ("enrollments", enrollment_t), ("messages", message_t),
                         ("consents", consent_t), ("suppressions", suppression_t), ("deals", deal_t),
                         ("handovers", handover_t), ("conversion_deliveries", conversion_delivery_t),

@@ -215,4 +215,4 @@ def test_a_trigger_needs_exactly_one_kind(make_project):
         "{reentry}", "never")
     spec = load_project(make_project({"lapsed": bad}))
     assert [str(e) for e in spec.errors] == [
-        "journeys/lapsed.yaml:3:3: a trigger has exactly one of: event, segment, when (found event, segment)"]
+        "journeys/lapsed.yaml:3:3: a trigger has exactly one of: event, segment, when, date (found event, segment)"]

@@ -1,5 +1,6 @@
 """Enrollment: trigger events read through a per-journey cursor, filtered by `where` in SQL,
-subject to the re-entry rule; holdout assigned stably per contact and journey."""
+subject to the re-entry rule; holdout assigned stably per contact and journey. Segment/`when`
+triggers enroll matching contacts in one statement; date triggers live in enroll_dates."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -10,6 +11,7 @@ from sqlalchemy import and_, exists, func, or_, select
 from nurture.compiler import Plan
 from nurture.conditions import ConditionScope, compile_condition
 from nurture.runtime.context import Runtime
+from nurture.runtime.enroll_dates import enroll_on_dates
 from nurture.runtime.timing import arrival_due
 from nurture.runtime.sql import chunks, for_update, ids_in, insert_ignore
 from nurture.runtime.stable_random import in_holdout
@@ -64,6 +66,8 @@ def enroll_matching(rt: Runtime, plan: Plan, now: datetime) -> int:
 def enroll(rt: Runtime, plan: Plan, now: datetime) -> int:
     journey = plan.journey
     trigger = journey.trigger
+    if trigger.date is not None:
+        return enroll_on_dates(rt, plan, now).enrolled
     if trigger.event is None:
         return enroll_matching(rt, plan, now)
     with rt.store.engine.begin() as conn:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, time, timedelta
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 from zoneinfo import ZoneInfo, available_timezones
 
 from pydantic import (BaseModel, ConfigDict, Field, field_validator, model_validator)
@@ -371,27 +371,96 @@ class Step(Strict):
 
 class Trigger(Strict):
     """Enroll on an `event`, or (no event) when a contact is in a `segment` / matches `when`:
-    a condition trigger is evaluated in SQL over all contacts on every tick."""
+    a condition trigger is evaluated in SQL over all contacts on every tick. A `date` trigger
+    enrolls at a moment computed from a contact date (birthday, renewal_date): `offset` before
+    or after it, at the local time `at`, once or `every: year` (nurture.date_occurrences)."""
     event: Optional[str] = None
     segment: Optional[str] = None
     when: Optional[Condition] = None
     where: Optional[Condition] = None
     lookback: timedelta = timedelta(days=1)
+    # The date trigger's keys are left out of dumps while unset, so adding them to the language
+    # did not change the version hash of any existing journey (like `offer` on SendSpec).
+    date: Optional[str] = Field(default=None, exclude_if=lambda v: v is None)
+    offset: Optional[timedelta] = Field(default=None, exclude_if=lambda v: v is None)
+    at: Optional[str] = Field(default=None, exclude_if=lambda v: v is None)
+    every: Optional[Literal["year"]] = Field(default=None, exclude_if=lambda v: v is None)
+
+    # Contact columns that hold a moment (the anniversary of a signup); the others are not dates.
+    DATE_COLUMNS: ClassVar[tuple[str, ...]] = ("created_at", "updated_at")
+    OTHER_COLUMNS: ClassVar[tuple[str, ...]] = ("email", "phone", "first_name", "last_name", "timezone",
+                                                "country", "locale", "lifecycle_stage", "score")
+    DATE_KEYS: ClassVar[tuple[str, ...]] = ("offset", "at", "every")
 
     _lookback = field_validator("lookback", mode="before")(lambda cls, v: _duration(v))
+    _at = field_validator("at", mode="before")(lambda cls, v: _hhmm(v))
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def _date_name(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", value):
+            raise ValueError(f"'{value}' is not an attribute name: name the contact attribute or column that "
+                             "holds the date, e.g. date: birthday")
+        if value in cls.OTHER_COLUMNS:
+            raise ValueError(f"'{value}' is a contact column that holds no date: name a date attribute "
+                             f"(e.g. birthday) or one of the date columns {', '.join(cls.DATE_COLUMNS)}")
+        return value
+
+    @field_validator("offset", mode="before")
+    @classmethod
+    def _signed_offset(cls, value: Any) -> Any:
+        # `-3d` = three days before the date, `+1d` or `1d` = one day after
+        if isinstance(value, timedelta):
+            return value
+        if value == 0:
+            return timedelta(0)
+        text = value.strip() if isinstance(value, str) else ""
+        sign = -1 if text.startswith("-") else 1
+        body = text[1:] if text[:1] in ("-", "+") else text
+        try:
+            return sign * parse_duration(body)
+        except ValueError:
+            raise ValueError(f"'{value}' is not an offset: write a signed duration, e.g. -3d (three days "
+                             "before the date), +1d (one day after) or -2h") from None
 
     @model_validator(mode="after")
     def _one_kind(self) -> "Trigger":
-        kinds = [k for k in ("event", "segment", "when") if getattr(self, k) is not None]
+        kinds = [k for k in ("event", "segment", "when", "date") if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("a trigger has exactly one of: event, segment, when"
+            raise ValueError("a trigger has exactly one of: event, segment, when, date"
                              + (f" (found {', '.join(kinds)})" if kinds else ""))
+        if self.date is not None and self.where is not None and self._tests_property(self.where):
+            raise ValueError("a date trigger has no event: its 'where' can test the contact "
+                             "(attribute, segment, …), not an event 'property'")
+        if self.date is None:
+            stray = [k for k in self.DATE_KEYS if getattr(self, k) is not None]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} belong{'s' if len(stray) == 1 else ''} to a date trigger "
+                                 "(trigger: {date: birthday, offset: -3d, at: \"09:00\", every: year})")
         return self
 
+    @classmethod
+    def _tests_property(cls, cond: Condition) -> bool:
+        children = [*(cond.all or []), *(cond.any or []), *([cond.not_] if cond.not_ is not None else [])]
+        return cond.property is not None or any(cls._tests_property(c) for c in children)
+
+    @property
+    def date_offset(self) -> timedelta:
+        """A date trigger's offset from the date (0 when unset)."""
+        return self.offset if self.offset is not None else timedelta(0)
+
+    @property
+    def local_time(self) -> time:
+        """The local time of day a date trigger fires at (09:00 when unset)."""
+        return hhmm_to_time(self.at or "09:00")
+
     def condition(self) -> Optional[Condition]:
-        """The contact condition of a segment/when trigger (with `where`), None for events."""
+        """The contact condition of a segment/when trigger (with `where`), None for events; for a
+        date trigger its `where` (None without one)."""
         if self.event is not None:
             return None
+        if self.date is not None:
+            return self.where
         parts = [Condition(segment=self.segment) if self.segment else self.when]
         if self.where is not None:
             parts.append(self.where)

@@ -108,7 +108,8 @@ class JourneyPendingTrigger(SQLModel, table=True):
 
 class Enrollment(SQLModel, table=True):
     __table_args__ = (Index("ix_enrollment_due", "journey", "status", "step_id", "next_due_at"),
-                      Index("ix_enrollment_contact", "contact_id", "journey"))
+                      Index("ix_enrollment_contact", "contact_id", "journey"),
+                      Index("uq_enrollment_trigger_key", "journey", "contact_id", "trigger_key", unique=True))
     id: Optional[int] = Field(default=None, primary_key=True)
     contact_id: int = Field(foreign_key="contact.id")
     journey: str
@@ -122,6 +123,8 @@ class Enrollment(SQLModel, table=True):
     left_at: Optional[datetime] = None
     exit_reason: Optional[str] = None
     trigger_event_pk: Optional[int] = None
+    # the date-trigger occurrence that enrolled the contact (0016): unique per journey and contact
+    trigger_key: Optional[str] = None
     converted_at: Optional[datetime] = None
     revenue: float = 0.0
     defer_count: int = 0
