@@ -24,6 +24,7 @@ from typing import Callable
 from rich.console import Console
 
 from nurture.demo_data import generate, react
+from nurture.graph import journey_graphs
 from nurture.registry import IntegrationContext
 from nurture.reporting import build_report
 from nurture.reporting import views
@@ -162,7 +163,9 @@ def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[d
     report = build_report(store, spec, end)
     html_path = demo_dir / "report.html"
     with number_style(spec.policies):
-        html_path.write_text(render_html(report, title=f"Nurture demo report (seed {seed})"), encoding="utf-8")
+        graphs = journey_graphs(store, spec, [r.name for r in report.journeys])
+        html_path.write_text(render_html(report, title=f"Nurture demo report (seed {seed})", graphs=graphs),
+                             encoding="utf-8")
         _summary(console, report, sent_total, reactions, synced, demo_dir, project, url, time.monotonic() - started,
                  _deal_counts(store))
     store.dispose()

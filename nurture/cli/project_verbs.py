@@ -94,21 +94,21 @@ def graph(journey: str = typer.Argument(..., help="Journey name"),
           svg: Optional[Path] = typer.Option(None, "--svg", help="Write the diagram as one self-contained SVG file"),
           mermaid: bool = typer.Option(False, "--mermaid", help="Print Mermaid text (the default without --svg)")
           ) -> None:
-    """The journey as a diagram: its steps and paths, with messages sent and contacts waiting per step."""
+    """The journey as a diagram: its steps and paths, with the counts of the message log per
+    step (entered, sent, queued, deferred, suppressed, skipped, failed, here now) and per split arm."""
     from nurture.compiler import compile_journey
-    from nurture.graph import build_graph, step_counts, to_mermaid, to_svg
+    from nurture.graph import build_graph, journey_graph, to_mermaid, to_svg
     spec = open_project(only=journey)
     if journey not in spec.journeys:
         raise CliError(f"journey '{journey}' has errors: run `nurture validate`")
-    counts: dict = {}
+    plan = compile_journey(spec.journeys[journey])
     try:
         with store().reading() as conn:
-            counts = step_counts(conn, journey)
+            drawn = journey_graph(conn, plan)
     except CliError:
         raise
     except Exception:  # no database yet: the diagram without counts
-        counts = {}
-    drawn = build_graph(compile_journey(spec.journeys[journey]), counts)
+        drawn = build_graph(plan)
     if svg is not None:
         try:
             svg.parent.mkdir(parents=True, exist_ok=True)

@@ -137,13 +137,16 @@ def report(html: Optional[Path] = typer.Option(None, "--html", help="Also write 
     from nurture.reporting import build_report
     from nurture.reporting.format import number_style
     spec = open_project(only=journey)
-    result = build_report(store(), spec, parse_now(now) or utc_now(), journeys=[journey] if journey else None)
+    db = store()
+    result = build_report(db, spec, parse_now(now) or utc_now(), journeys=[journey] if journey else None)
     if html is not None:
+        from nurture.graph import journey_graphs
         from nurture.reporting.html_page import render_html
+        graphs = journey_graphs(db, spec, [r.name for r in result.journeys])
         try:
             html.parent.mkdir(parents=True, exist_ok=True)
             with number_style(spec.policies):
-                page = render_html(result)
+                page = render_html(result, graphs=graphs)
             html.write_text(page, encoding="utf-8")
         except OSError as exc:
             raise CliError(f"cannot write {html}: {exc.strerror}") from None

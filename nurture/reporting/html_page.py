@@ -1,12 +1,15 @@
 """The report as one self-contained HTML file: inline CSS and inline SVG charts (a funnel per
-journey, daily conversions), no scripts, no CDN — it opens offline and can be mailed.
+journey, daily conversions, and — given the journeys' diagrams — each journey's map with its
+counts, nurture.graph), no scripts, no CDN — it opens offline and can be mailed.
 Figures and labels come from nurture.reporting.views (the same as the terminal and the
 Prefect artifact); empty sections are left out."""
 from __future__ import annotations
 
 import re
 from html import escape
+from typing import Mapping, Optional
 
+from nurture.graph import Graph, to_svg
 from nurture.reporting import views
 from nurture.reporting.format import NA, count, current_style, money, multiple, pct, price
 from nurture.reporting.report import JourneyReport, Report
@@ -27,6 +30,7 @@ tr.total td{font-weight:600;border-top:2px solid #9ca3af}
 code{background:#f3f4f6;padding:0 3px;border-radius:3px}
 td.wrap{white-space:normal;min-width:140px}.ci{color:#6b7280;font-size:11px}table.money{width:auto}
 table.money td,table.money th{padding-right:18px}
+.graph svg{max-width:100%;height:auto}
 """
 
 _CODE = re.compile(r"`([^`]+)`")
@@ -123,7 +127,11 @@ def _table(headers: list[str], rows: list[list[object]], cls: str = "", total: l
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _journey(r: JourneyReport, report: Report) -> str:
+GRAPH_NOTE = ("Counts from the message log: per send step its outcomes, per step the contacts there now, "
+              "per split arm its members")
+
+
+def _journey(r: JourneyReport, report: Report, graph: Optional[Graph] = None, index: int = 0) -> str:
     warn = "" if (r.has_value and r.roi_basis == "incremental") or not r.goal else " warn"
     headline = f'<p class="headline{warn}">{inline(views.headline_text(r))}</p>'
     if r.recommendation:
@@ -155,6 +163,9 @@ def _journey(r: JourneyReport, report: Report) -> str:
                          + f"), offers ({count(r.offers_redeemed)} redeemed), fixed costs.</p>")
     if r.entered:
         parts.append(_funnel_svg(r))
+    if graph is not None:
+        parts.append(f'<h3>Journey map</h3><p class="muted">{escape(GRAPH_NOTE)}.</p>'
+                     f'<div class="graph">{to_svg(graph, ident=f"j{index}")}</div>')
     headers, rows = views.step_table(r)
     if rows:
         parts.append(f"<h3>Steps</h3>{_table(headers, rows)}")
@@ -217,7 +228,10 @@ def _business(report: Report) -> str:
         "</section>"
 
 
-def render_html(report: Report, title: str = "Nurture report") -> str:
+def render_html(report: Report, title: str = "Nurture report", graphs: Optional[Mapping[str, Graph]] = None) -> str:
+    """The page; `graphs` (journey name → its diagram, nurture.graph.journey_graphs) adds each
+    journey's map to its section."""
+    graphs = graphs or {}
     sections = [f'<section class="card"><h2>Overview</h2>{_overview(report)}<p class="muted">ROI is the '
                 'incremental one — (incremental revenue − cost) / cost, measured against the holdout — wherever '
                 f'a journey has a holdout. {escape(views.ATTRIBUTED_NOTE)}. {escape(views.START_NOTE)}.</p>'
@@ -256,4 +270,6 @@ def render_html(report: Report, title: str = "Nurture report") -> str:
             f' · incremental revenue {escape(money(t["incremental_revenue"]))} · attributed revenue '
             f'{escape(money(t["attributed_revenue"]))} · cost {escape(money(t["costs"]["total"]))} · unit costs '
             f'{escape(unit_costs)}</p>'
-            + "".join(sections) + "".join(_journey(r, report) for r in report.journeys) + "</main></body></html>")
+            + "".join(sections)
+            + "".join(_journey(r, report, graphs.get(r.name), i) for i, r in enumerate(report.journeys))
+            + "</main></body></html>")
