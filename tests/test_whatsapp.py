@@ -283,3 +283,25 @@ def test_every_channel_of_a_fallback_needs_its_template(tmp_path):
     root = write_project(tmp_path / "p", FALLBACK, templates=templates)
     errors = [str(e) for e in load_project(root).errors]
     assert any("template 'deal' not found: expected templates/whatsapp/deal.txt" in e for e in errors), errors
+
+
+@SQLITE
+def test_test_send_takes_the_channel_of_a_fallback_step(make_runtime, store):
+    from nurture.test_send import SeedSendError, send_test
+    rt = make_runtime(FALLBACK, templates=TEMPLATES)
+    result = send_test(rt, "cart", "nudge", "+4915112345600", channel="whatsapp")
+    assert result.sent and result.channel == "whatsapp"
+    [line] = whatsapp_lines(rt)
+    assert line["to"] == "whatsapp:+4915112345600" and line["content_sid"] == SID and line["body"].startswith("[TEST] ")
+    assert messages(store) == []
+    with pytest.raises(SeedSendError, match="does not send on push"):
+        send_test(rt, "cart", "nudge", "+4915112345600", channel="push")
+
+
+@SQLITE
+def test_a_phone_only_contact_gets_whatsapp_end_to_end(make_runtime, store):
+    rt = make_runtime(journey(f'channel: whatsapp, template: deal, content_sid: "{SID}"'), templates=TEMPLATES)
+    cid = lead(store, None, phone="+4915112345699")
+    run_tick(rt, "cart", NOW)
+    assert [(m.contact_id, m.status, m.address) for m in messages(store)] == [(cid, "sent", "+4915112345699")]
+    assert message_log(store)[0]["contact"] == "+4915112345699"

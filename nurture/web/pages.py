@@ -68,7 +68,7 @@ _PREFERENCES = """{% extends "base.html" %}
     <div class="option">
       <input type="checkbox" id="channel-{{ ch }}" name="channel" value="{{ ch }}"{% if prefs.channels.get(ch) %} checked{% endif %}>
       <label for="channel-{{ ch }}">Marketing {{ channel_names[ch] }}</label>
-      {% if ch == 'sms' and prefs.sms_stopped %}<span class="hint">(you replied STOP; text START to resume)</span>{% endif %}
+      {% if (ch == 'sms' and prefs.sms_stopped) or (ch == 'whatsapp' and prefs.whatsapp_stopped) %}<span class="hint">(you replied STOP; send START to resume)</span>{% endif %}
     </div>
     {% endfor %}
   </fieldset>
@@ -92,7 +92,7 @@ _PREFERENCES = """{% extends "base.html" %}
 
 _env = Environment(loader=DictLoader({"base.html": _BASE, "message.html": _MESSAGE, "preferences.html": _PREFERENCES}),
                    autoescape=select_autoescape(default=True, default_for_string=True))
-CHANNEL_NAMES = {"email": "e-mail", "sms": "text messages (SMS)"}
+CHANNEL_NAMES = {"email": "e-mail", "sms": "text messages (SMS)", "whatsapp": "WhatsApp messages"}
 
 
 def message_page(title: str, text: str, *, problem: bool = False, lang: str = "en") -> str:
@@ -101,7 +101,7 @@ def message_page(title: str, text: str, *, problem: bool = False, lang: str = "e
 
 def preferences_page(prefs: Preferences, *, base_url: str, token: str, channel: str,
                      notice: Optional[str] = None, lang: str = "en") -> str:
-    channels = ["email"] + (["sms"] if prefs.phone else [])
+    channels = ["email"] + (["sms", "whatsapp"] if prefs.phone else [])
     return _env.get_template("preferences.html").render(
         title="Your e-mail preferences" if channel == "email" else "Your message preferences",
         prefs=prefs, channel=channel, channels=channels, channel_names=CHANNEL_NAMES, notice=notice, lang=lang,

@@ -19,7 +19,7 @@ from nurture.send.guards.pipeline import TOPICS_OPTED_OUT
 from nurture.spec.project import ProjectSpec
 from nurture.store.tables import contact_t, suppression_t
 
-CHANNELS = ("email", "sms")
+CHANNELS = ("email", "sms", "whatsapp")  # the phone channels only for a contact with a phone
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Preferences:
     channels: dict[str, bool] = field(default_factory=dict)  # marketing wanted, per channel
     topics: dict[str, bool] = field(default_factory=dict)  # topic → still wanted
     sms_stopped: bool = False
+    whatsapp_stopped: bool = False
 
 
 def topics_of(project: ProjectSpec) -> list[str]:
@@ -51,6 +52,7 @@ def load_preferences(conn: Any, project: ProjectSpec, contact_id: int) -> Option
         unsubscribed = (channel, "unsubscribed") in reasons or (None, "unsubscribed") in reasons
         prefs.channels[channel] = bool(state and state.status in ("granted", "pending")) and not unsubscribed
     prefs.sms_stopped = ("sms", "sms_stop") in reasons or (None, "sms_stop") in reasons
+    prefs.whatsapp_stopped = ("whatsapp", "whatsapp_stop") in reasons
     opted_out = set((attributes or {}).get(TOPICS_OPTED_OUT) or ())
     prefs.topics = {topic: topic not in opted_out for topic in topics_of(project)}
     return prefs
@@ -107,7 +109,7 @@ def apply_preferences(conn: Any, project: ProjectSpec, contact_id: int, wanted_c
     version = project.policies.version
     changes: list[str] = []
     for channel in CHANNELS:
-        if channel == "sms" and not current.phone:
+        if channel != "email" and not current.phone:
             continue
         want = channel in wanted_channels
         if want and not current.channels[channel]:
