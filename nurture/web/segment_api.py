@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select, update
 
 from nurture.double_opt_in import opt_ins_from_events
-from nurture.identities import Who, resolve
+from nurture.identities import Who, linked_owners, resolve
 from nurture.ingest import (TrackResult, _check_core, _identifier_problem, _show, clean_name, normalize_email,
                             parse_timestamp, text_problem, value_problem, write_events)
 from nurture.privacy.tombstones import erased_among
@@ -261,17 +261,29 @@ def apply_messages(conn: Any, messages: list[tuple[int, dict]], now: datetime) -
     result = TrackResult()
     merged_into: dict[int, int] = {}  # anonymous contacts merged away by this request
     events = []
+    # Repeat visitors: every identifier of the message already linked to one contact, which
+    # `resolve` would return without writing anything — found for the whole request in one read.
+    owners = linked_owners(conn, [m["who"] for _, m in messages])
     for line, m in messages:
-        if m["who"].email in erased:
+        who = m["who"]
+        if who.email in erased:
             result.erased += 1
             continue
-        contact_id, merged = resolve(conn, m["who"], now)
-        if contact_id is None:  # an erased person, known by another identifier
-            result.erased += 1
-            continue
+        pairs = who.identities()
+        known = {owners.get(pair) for pair in pairs}
+        if len(known) == 1 and None not in known:
+            contact_id, merged = known.pop(), None
+        else:
+            contact_id, merged = resolve(conn, who, now)
+            if contact_id is None:  # an erased person, known by another identifier
+                result.erased += 1
+                continue
+            for pair in pairs:  # later messages of this request see what resolve linked
+                owners[pair] = contact_id
         if merged is not None:
             merged_into = {old: (contact_id if new == merged else new) for old, new in merged_into.items()}
             merged_into[merged] = contact_id
+            owners = {pair: (contact_id if owner == merged else owner) for pair, owner in owners.items()}
         if m["type"] == "identify":
             _write_traits(conn, contact_id, m["fields"], m["attributes"], now)
         elif m["fields"].get("phone"):
