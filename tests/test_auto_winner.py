@@ -318,8 +318,8 @@ def test_a_decision_applies_to_a_split_nested_in_a_branch_and_its_version_loads_
               then:
                 - id: test
                   split:
-                    - {name: a, weight: 1, steps: [{id: wait_a, wait: 1d}]}
-                    - {name: b, weight: 1}
+                    - {name: a, weight: 50, steps: [{id: wait_a, wait: 1d}]}
+                    - {name: b, weight: 50}
                   auto_winner: {confidence: 99%}
           - {id: done, wait: 1h}
     """))

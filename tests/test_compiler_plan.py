@@ -29,8 +29,8 @@ STEPS = """
       - {id: basic_mail, send: {channel: email, template: other, subject: Basic}}
 - id: ab
   split:
-    - {name: a, weight: 1, steps: [{id: arm_a, wait: 1h}]}
-    - {name: b, weight: 1}
+    - {name: a, weight: 50, steps: [{id: arm_a, wait: 1h}]}
+    - {name: b, weight: 50}
 - id: done
   update: {lifecycle_stage: nurtured}
 """
@@ -70,7 +70,7 @@ def test_step_graph_links_every_step_to_its_successor(make_project):
         "arm_a": ("wait", "done", None, None),
         "done": ("update", None, None, None),
     }
-    assert plan.nodes["ab"].arms == (("a", 1.0, "arm_a"), ("b", 1.0, "done"))
+    assert plan.nodes["ab"].arms == (("a", 50.0, "arm_a"), ("b", 50.0, "done"))
 
 
 def test_plan_order_is_topological(make_project):

@@ -36,8 +36,8 @@ STEPS = """
     timeout:
       - id: ab
         split:
-          - {name: a, weight: 1, steps: [{id: nudge_a, send: {channel: email, template: hello, subject: A}}]}
-          - {name: b, weight: 1, steps: [{id: nudge_b, wait: 1d}]}
+          - {name: a, weight: 50, steps: [{id: nudge_a, send: {channel: email, template: hello, subject: A}}]}
+          - {name: b, weight: 50, steps: [{id: nudge_b, wait: 1d}]}
 - id: vip
   branch:
     when: {attribute: {plan: pro}}

@@ -429,8 +429,8 @@ def test_dominated_steps_of_a_split():
               then:
                 - id: s
                   split:
-                    - {name: a, weight: 1, steps: [{id: in_a, wait: 1h}]}
-                    - {name: b, weight: 1, steps: []}
+                    - {name: a, weight: 50, steps: [{id: in_a, wait: 1h}]}
+                    - {name: b, weight: 50, steps: []}
                 - {id: after_split, wait: 1h}
               else:
                 - {id: other_path, wait: 1h}

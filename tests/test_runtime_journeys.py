@@ -335,8 +335,8 @@ def test_wait_for_takes_the_timeout_path_when_the_event_never_comes(make_runtime
 SPLIT = """
 - id: ab
   split:
-    - {name: a, weight: 3, steps: [{id: mail_a, send: {channel: email, template: hello, subject: A}}]}
-    - {name: b, weight: 1, steps: [{id: mail_b, send: {channel: email, template: other, subject: B}}]}
+    - {name: a, weight: 75, steps: [{id: mail_a, send: {channel: email, template: hello, subject: A}}]}
+    - {name: b, weight: 25, steps: [{id: mail_b, send: {channel: email, template: other, subject: B}}]}
 """
 
 

@@ -247,3 +247,11 @@ def test_a_goal_window_that_ends_before_the_first_message_is_a_warning(make_proj
     assert spec.errors == [] and [str(w) for w in spec.warnings] == [
         "journeys/j.yaml:3:33: warning: the goal window (2d) ends before the first message (3d of waiting): "
         "no conversion can be credited to the journey"]
+
+
+def test_split_weights_are_percentages_that_sum_to_100(make_project):
+    errors = errors_of(make_project, {"j": (
+        "name: j\ntrigger: {event: signup}\nsteps:\n  - id: ab\n    split:\n"
+        "      - {name: a, weight: 1}\n      - {name: b, weight: 3}\n")})
+    assert errors == ["journeys/j.yaml:4:5: split weights are percentages and must sum to 100; these sum to 4 "
+                      "(the same shares: a 25 and b 75)"]

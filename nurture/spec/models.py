@@ -352,6 +352,12 @@ class Step(Strict):
                              + (f" (found {', '.join(kinds)})" if kinds else ""))
         if self.split is not None and not self.split:
             raise ValueError("a split needs at least one arm")
+        if self.split:
+            total = sum(a.weight for a in self.split)
+            if abs(total - 100) > 1e-6:
+                share = " and ".join(f"{a.name} {a.weight / total * 100:.4g}" for a in self.split)
+                raise ValueError(f"split weights are percentages and must sum to 100; these sum to {total:g} "
+                                 f"(the same shares: {share})")
         if self.auto_winner is not None:
             if self.split is None:
                 raise ValueError("auto_winner belongs to a split step")
