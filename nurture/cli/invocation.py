@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 from rich.console import Console
 
@@ -27,8 +27,9 @@ def root() -> Path:
     return project_root()
 
 
-def open_project(*, strict: bool = True, only: Optional[str] = None) -> ProjectSpec:
-    spec = load_project(root(), only=only)
+def open_project(*, strict: bool = True, only: Optional[str] = None,
+                 attributes: Optional[Collection[str]] = None) -> ProjectSpec:
+    spec = load_project(root(), only=only, attributes=attributes)
     if strict and spec.errors:
         for error in spec.errors:
             err_console.print(str(error), highlight=False, markup=False)

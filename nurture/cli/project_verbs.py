@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from nurture.cli.invocation import CliError, console, err_console, open_project, store
+from nurture.cli.invocation import CliError, console, err_console, open_project, root, store
+from nurture.settings import database_url
 from nurture.rendering.email_message import sms_segments
 from nurture.rendering.templates import RenderError
 
@@ -35,10 +36,33 @@ def init(directory: Path = typer.Argument(..., help="Where the new project goes 
     console.print(f"next: cd {directory} && nurture validate && nurture preview welcome", markup=False)
 
 
+def _attribute_names() -> Optional[set[str]]:
+    """The attribute names of the project's contacts, when it has a database with contacts
+    (never created here; a database that cannot be read is simply not consulted)."""
+    from sqlalchemy.engine import make_url
+
+    from nurture.store.attributes import attribute_names
+    from nurture.store.db import open_store
+    url = database_url(root())
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and not (parsed.database and Path(parsed.database).is_file()):
+            return None
+        db = open_store(url)
+    except Exception:
+        return None
+    try:
+        return attribute_names(db)
+    except Exception:
+        return None
+    finally:
+        db.dispose()
+
+
 def validate() -> None:
     """Check every journey, policies.yaml, segments.yaml and the templates they use."""
     started = time.perf_counter()
-    spec = open_project(strict=False)
+    spec = open_project(strict=False, attributes=_attribute_names())
     for error in spec.errors:
         console.print(str(error), markup=False)
     for warning in spec.warnings:

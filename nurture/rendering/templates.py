@@ -242,11 +242,16 @@ class TemplateLibrary:
         return errors + self._check_tree(self.text_env, todo)
 
     def variable_problems(self, channel: str, name: str, closed: dict[str, tuple[str, ...]],
-                          near: dict[str, tuple[str, ...]]) -> tuple[list[SpecError], list[SpecError]]:
+                          near: dict[str, tuple[str, ...]], known: Optional[dict[str, tuple[tuple[str, ...], str]]] = None
+                          ) -> tuple[list[SpecError], list[SpecError]]:
         """(errors, warnings) about the variables a template (and what it extends, includes or
         imports) reads: `links.unsubcribe` where `closed` fixes the keys of `links` is an error
         (every render would fail); `contact.frist_name` close to a key `near` lists is a warning
-        (an attribute of that name may exist). Located in the template file."""
+        (an attribute of that name may exist). `known`: for an open namespace, every name known
+        to exist and where that knowledge comes from (`event` → the trigger's documented
+        properties; `contact` → its fields and the attributes in the database): any other name
+        is a warning with a did-you-mean. Located in the template file."""
+        known = known or {}
         if step_name_problem(name, channel):  # a name outside templates/: reported by check()
             return [], []
         paths = [self.html_path(name)] if channel == "email" else [self.text_path(channel, name)]
@@ -277,6 +282,11 @@ class TemplateLibrary:
                     hint = did_you_mean(key, closed[variable]) or f"it has: {', '.join(closed[variable])}"
                     errors.append(SpecError(*where, f"'{variable}.{key}' does not exist: every render of this "
                                                     "template would fail", hint))
+                elif variable in known and key not in known[variable][0]:
+                    names, source = known[variable]
+                    hint = did_you_mean(key, names)
+                    warnings.append(SpecError(*where, f"warning: '{variable}.{key}' is not {source}"
+                                                      + (f"; {hint}" if hint else "")))
                 elif variable in near and key not in near[variable]:
                     close = difflib.get_close_matches(key, near[variable], n=1, cutoff=0.75)
                     if close:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Collection, Iterator, Optional
 
 from pydantic import ValidationError
 
@@ -317,11 +317,22 @@ def _mentions(data: Any, key: str) -> bool:
     return False
 
 
-def template_variable_problems(journey: Journey, library: TemplateLibrary
+def template_variable_problems(journey: Journey, library: TemplateLibrary,
+                               attributes: Optional[Collection[str]] = None
                                ) -> tuple[list[SpecError], list[SpecError]]:
-    """(errors, warnings) about the variables the journey's templates read (a key of a fixed
-    namespace that does not exist; a contact field name with a typo), each template once."""
+    """(errors, warnings) about the variables the journey's templates read, each template once:
+    a key of a fixed namespace that does not exist (error); a property the trigger event does not
+    document (docs/events.md); with `attributes` (the names contacts have in the database), a
+    `contact.X` that is neither a field nor one of them — else a contact field name with a typo."""
+    from nurture.event_schema import template_event_keys
     from nurture.send.context import CLOSED_NAMESPACES, CONTACT_FIELDS
+    known: dict[str, tuple[tuple[str, ...], str]] = {}
+    event_keys = template_event_keys(journey.trigger.event)
+    if event_keys is not None:
+        known["event"] = (event_keys, f"a documented property of '{journey.trigger.event}' (docs/events.md)")
+    if attributes is not None:
+        known["contact"] = (CONTACT_FIELDS + tuple(sorted(attributes)),
+                            "a contact field or an attribute any contact has in the database")
     errors: list[SpecError] = []
     warnings: list[SpecError] = []
     seen: set[tuple[str, str]] = set()
@@ -333,7 +344,7 @@ def template_variable_problems(journey: Journey, library: TemplateLibrary
                 continue
             seen.add((channel, step.send.template))
             e, w = library.variable_problems(channel, step.send.template, CLOSED_NAMESPACES,
-                                             {"contact": CONTACT_FIELDS})
+                                             {"contact": CONTACT_FIELDS}, known)
             errors += e
             warnings += w
     return errors, warnings
@@ -363,11 +374,12 @@ def _goal_warnings(journey: Journey, locs: Locations) -> list[SpecError]:
     return []
 
 
-def _template_warnings(journey: Journey, locs: Locations, library: TemplateLibrary) -> list[SpecError]:
+def _template_warnings(journey: Journey, locs: Locations, library: TemplateLibrary,
+                       attributes: Optional[Collection[str]] = None) -> list[SpecError]:
     """A marketing e-mail template (and its layout) without `links.unsubscribe`: every mail from
     it gets the standard legal footer appended at send time (nurture.rendering.legal_footer);
     and a contact field name with a typo (template_variable_problems)."""
-    warnings = template_variable_problems(journey, library)[1]
+    warnings = template_variable_problems(journey, library, attributes)[1]
     for step, path in iter_steps(journey.steps, ("steps",)):
         send = step.send
         if send is None or "email" not in send.options or send.purpose != "marketing":
@@ -398,8 +410,11 @@ def _load_journey(path: Path, name: str, root: Path, locations: dict[str, Locati
     return journey, list(_check_journey(name, journey, locs, project, library))
 
 
-def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
-    """Load and validate the project at `root`; `only` limits journeys to one name."""
+def load_project(root: Path, *, only: Optional[str] = None,
+                 attributes: Optional[Collection[str]] = None) -> ProjectSpec:
+    """Load and validate the project at `root`; `only` limits journeys to one name;
+    `attributes`: the attribute names contacts have in the database (`nurture validate`), for
+    the warnings about template variables."""
     root = Path(root).resolve()
     errors: list[SpecError] = []
     locations: dict[str, Locations] = {}
@@ -440,7 +455,7 @@ def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
             project.journey_errors[name] = own
         elif journey is not None:
             project.journeys[name] = journey
-            project.warnings.extend(_template_warnings(journey, locations[name], library))
+            project.warnings.extend(_template_warnings(journey, locations[name], library, attributes))
             project.warnings.extend(_goal_warnings(journey, locations[name]))
     if project.segments:  # destinations against the registry, their keys, segment references
         from nurture.segments.validation import check_segments
@@ -449,4 +464,5 @@ def load_project(root: Path, *, only: Optional[str] = None) -> ProjectSpec:
         hint = did_you_mean(only, [p.stem for p in journeys_dir.glob("*.yaml") if p.stem not in SPECIAL_FILES])
         errors.append(SpecError(str(journeys_dir.relative_to(root)), 1, 1, f"no journey named '{only}'", hint))
     project.errors = sorted(set(errors))
+    project.warnings = list(dict.fromkeys(project.warnings))  # a template two journeys share: once
     return project

@@ -1,0 +1,38 @@
+"""The standard event schema (docs/events.md) as data: the documented events and their
+properties, for `nurture validate` — a template that reads `event.cart_valeu` on a journey
+triggered by `add_to_cart` is pointed at `cart_value`. Events are open (a shop may send any
+property), so an undocumented property is a warning, never an error. tests/test_event_schema.py
+keeps this table and the one in docs/events.md the same."""
+from __future__ import annotations
+
+from typing import Optional
+
+EVENTS: dict[str, tuple[str, ...]] = {
+    "view_product": ("sku", "product_name", "category", "price", "campaign"),
+    "view_page": ("path", "campaign"),
+    "add_to_cart": ("cart_value", "item_count", "sku", "category"),
+    "start_checkout": ("cart_value",),
+    "purchase": ("value", "order_id", "sku", "product_name", "category", "consumption_days", "items", "campaign"),
+    "form_submit": ("form", "pain_point", "topic", "asset"),
+    "demo_request": ("source",),
+    "email_open": ("campaign", "step"),
+    "email_click": ("campaign", "step", "url"),
+    "sales_contacted": ("owner",),
+    "sales_qualified": (),
+    "deal_won": (),
+}
+# Read on every event (lead sources, docs/events.md "Lead source"), and the keys the template
+# context itself puts under `event` (nurture.send.context).
+COMMON: tuple[str, ...] = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term", "gclid", "gbraid",
+                           "wbraid", "msclkid", "fbclid", "ttclid", "li_fat_id", "url", "page_url", "landing_page",
+                           "page", "referrer")
+CONTEXT_KEYS: tuple[str, ...] = ("name", "properties", "occurred_at")
+
+
+def template_event_keys(event: Optional[str]) -> Optional[tuple[str, ...]]:
+    """What `event.*` may name in a template of a journey triggered by `event`: its documented
+    properties, the lead-source ones and the context's own keys; None for an undocumented event
+    (nothing is known about its properties)."""
+    if event not in EVENTS:
+        return None
+    return EVENTS[event] + COMMON + CONTEXT_KEYS
