@@ -20,7 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 VERB_MODULES = ("project_verbs", "data_verbs", "run_verbs", "sync_verbs", "web_verbs", "report_verbs",
                 "outbox_verbs", "privacy_verbs", "crm_verbs", "conversions_verbs", "plan_verbs", "simulate_verbs",
-                "test_send_verbs")
+                "test_send_verbs", "server_verbs")
 
 
 def _version(asked: bool) -> None:

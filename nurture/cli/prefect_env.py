@@ -1,6 +1,8 @@
 """Prefect settings for the CLI, applied before Prefect is imported.
 
-Without a server configured (PREFECT_API_URL), Prefect starts a temporary local server.
+Without a server configured (PREFECT_API_URL), the project's local server is used when
+`nurture server start` left one running (nurture.cli.server_verbs); else Prefect starts a
+temporary local server.
 Its first start migrates a database and can take longer than Prefect's 20 s default, and
 its telemetry heartbeat races the shutdown and prints "database is locked" tracebacks at
 exit — so the CLI gives the start more time and turns telemetry off. Prefect's own console
@@ -34,6 +36,14 @@ SERVING = {**DEFAULTS, "PREFECT_LOGGING_LEVEL": "INFO"}
 def configure(verbose: bool = False, serving: bool = False) -> None:
     for key, value in (SERVING if serving else DEFAULTS).items():
         os.environ.setdefault(key, value)
+    if not os.environ.get("PREFECT_API_URL"):  # a configured server always wins
+        from nurture.cli.server_verbs import running
+        try:
+            local = running()
+        except Exception:  # no project here, an unreadable data directory: Prefect's own default
+            local = None
+        if local:  # `nurture server start`: no temporary server per command
+            os.environ["PREFECT_API_URL"] = local["url"]
     if verbose:
         os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
         os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "INFO"

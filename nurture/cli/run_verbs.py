@@ -45,9 +45,12 @@ def run_ticks(journey: Optional[str], now, quiet: bool = False, workers: Optiona
 def print_tick_summary(results: list[dict]) -> None:
     from rich.table import Table
     for result in results:
-        table = Table(title=f"journey-{result['journey']} @ {result['now'][:16]}  "
-                            f"(enrolled {result['enrolled']}, converted {result['converted']}, exited {result['exited']})",
-                      title_justify="left")
+        heading = (f"journey-{result['journey']} @ {result['now'][:16]}  "
+                   f"(enrolled {result['enrolled']}, converted {result['converted']}, exited {result['exited']})")
+        if not result["outcomes"]:  # no table without rows
+            console.print(f"{heading}: no message due", markup=False, highlight=False)
+            continue
+        table = Table(title=heading, title_justify="left")
         for col in ("step", "outcome", "reason", "count"):
             table.add_column(col)
         for row in result["outcomes"]:
