@@ -52,6 +52,28 @@ for _name in VERB_MODULES:
     _module.register(app)
 
 
+def _unwrap(doc: str) -> str:
+    """A docstring as help text: each paragraph one line (the terminal wraps it to its width);
+    blank lines between paragraphs kept."""
+    import inspect
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def _unwrap_help(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        if command.callback is not None and command.callback.__doc__:
+            command.callback.__doc__ = _unwrap(command.callback.__doc__)
+        if command.help:
+            command.help = _unwrap(command.help)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _unwrap_help(group.typer_instance)
+
+
+_unwrap_help(app)
+
+
 def _is_usage_error(exc: Exception) -> bool:
     """Click's own exceptions (typer vendors a copy of click in recent versions)."""
     return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__) and hasattr(exc, "show")
