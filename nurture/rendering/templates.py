@@ -170,8 +170,13 @@ _DICT_METHODS = frozenset({"get", "items", "keys", "values"})  # `links.get('x')
 
 
 class TemplateLibrary:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, currency: str = "EUR", locale: Optional[str] = None):
+        """`root`: the project's templates/ folder; `currency` and `locale` (policies.yaml) are
+        the defaults of the money filter and of contacts without a locale (nurture.rendering.i18n;
+        the catalogs are the project's translations/ folder, beside templates/)."""
+        from nurture.rendering.i18n import Catalogs, Localizer
         self.root = Path(root)
+        self.localizer = Localizer(Catalogs(self.root.parent / "translations"), currency, locale)
         # auto_reload off: `{% extends %}` would otherwise stat the layout on every render; a
         # changed file reaches a running tick through a new library (flows.runtime reloads).
         common = dict(undefined=StrictUndefined, finalize=_finalize, trim_blocks=True, lstrip_blocks=True,
@@ -180,6 +185,8 @@ class TemplateLibrary:
         self.text_env = _Sandbox(loader=_ConfinedLoader(str(self.root)), autoescape=False,
                                  keep_trailing_newline=True, **common)
         self.derived_text_env = _Sandbox(loader=_TextFromHtmlLoader(self.root), autoescape=False, **common)
+        for env in (self.html_env, self.text_env, self.derived_text_env):
+            self.localizer.install(env)
         self._strings: dict[str, Template] = {}
 
     # -- lookup
@@ -295,6 +302,37 @@ class TemplateLibrary:
                                                           f"named '{key}' would fill it)"))
             todo.extend(self._loadable(ast))
         return sorted(set(errors)), sorted(set(warnings))
+
+    def translatable(self, channel: str, name: str) -> dict[str, tuple[str, int]]:
+        """The messages a template (and what it loads) passes to `_()` / `gettext()` as a
+        literal: message → (template file, line) of its first use."""
+        if step_name_problem(name, channel):
+            return {}
+        paths = [self.html_path(name)] if channel == "email" else [self.text_path(channel, name)]
+        if channel == "email" and self.email_text_path(name).is_file():
+            paths.append(self.email_text_path(name))
+        todo, seen = [p.relative_to(self.root).as_posix() for p in paths if p.is_file()], set()
+        found: dict[str, tuple[str, int]] = {}
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            try:
+                ast = self.html_env.parse((self.root / current).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, TemplateSyntaxError):
+                continue
+            found.update({k: v for k, v in _gettext_literals(ast, f"templates/{current}").items() if k not in found})
+            todo.extend(self._loadable(ast))
+        return found
+
+    def string_translatable(self, source: str, where: tuple[str, int]) -> dict[str, tuple[str, int]]:
+        """The `_()` literals of a subject or preheader, located at `where` (file, line)."""
+        try:
+            ast = self.text_env.parse(source)
+        except TemplateSyntaxError:
+            return {}
+        return {k: where for k in _gettext_literals(ast, where[0])}
 
     def mentions(self, name: str, variable: str, attribute: str) -> bool:
         """Whether the e-mail template `name`, or a template it extends, includes or imports,
@@ -457,6 +495,16 @@ def _references(ast: nodes.Template) -> Iterator[_Reference]:
         if names:
             yield _Reference(names, node.lineno, len(names) == len(items),
                              bool(getattr(node, "ignore_missing", False)))
+
+
+def _gettext_literals(ast: Any, file: str) -> dict[str, tuple[str, int]]:
+    out: dict[str, tuple[str, int]] = {}
+    for call in ast.find_all(nodes.Call):
+        if isinstance(call.node, nodes.Name) and call.node.name in ("_", "gettext", "ngettext"):
+            for arg in call.args[:2 if call.node.name == "ngettext" else 1]:
+                if isinstance(arg, nodes.Const) and isinstance(arg.value, str):
+                    out.setdefault(arg.value, (file, call.lineno or 1))
+    return out
 
 
 def _flat_globals(template: Optional[Template]) -> Optional[Template]:

@@ -77,7 +77,9 @@ class Runtime:
     def templates(self) -> TemplateLibrary:
         if self._templates is None:
             from nurture.catalog import install_catalog
-            self._templates = TemplateLibrary(self.project.root / "templates")
+            policies = self.project.policies
+            self._templates = TemplateLibrary(self.project.root / "templates", currency=policies.currency,
+                                              locale=policies.locale)
             install_catalog(self._templates, self.store)  # `catalog.related(...)` for cross-sell
         return self._templates
 

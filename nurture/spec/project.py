@@ -86,7 +86,7 @@ class ProjectSpec:
 
     @property
     def templates(self) -> TemplateLibrary:
-        return TemplateLibrary(self.root / "templates")
+        return TemplateLibrary(self.root / "templates", currency=self.policies.currency, locale=self.policies.locale)
 
 
 # ---------------------------------------------------------------- walking the spec
@@ -350,6 +350,35 @@ def template_variable_problems(journey: Journey, library: TemplateLibrary,
     return errors, warnings
 
 
+def translation_warnings(journey: Journey, locs: Locations, library: TemplateLibrary) -> list[SpecError]:
+    """A message a journey's templates or subjects pass to `_()` that a catalog of
+    translations/ lacks (nurture.rendering.i18n): that locale gets the source text."""
+    locales = library.localizer.catalogs.locales()
+    if not locales:
+        return []
+    used: dict[str, tuple[str, int, int]] = {}
+    for step, path in iter_steps(journey.steps, ("steps",)):
+        if step.send is None:
+            continue
+        for channel in step.send.options:
+            for message, (file, line) in library.translatable(channel, step.send.template).items():
+                used.setdefault(message, (file, line, 1))
+        for key in ("subject", "preheader"):
+            source = getattr(step.send, key)
+            if source:
+                line, col = locs.of(path + ("send", key))
+                for message in library.string_translatable(source, (locs.file, line)):
+                    used.setdefault(message, (locs.file, line, col))
+    warnings = []
+    for message, (file, line, col) in sorted(used.items(), key=lambda item: item[1]):
+        missing = [loc for loc in locales if library.localizer.catalogs.lookup(loc, message) == message]
+        if missing:
+            warnings.append(SpecError(file, line, col, f"warning: no translation of \"{message}\" in "
+                                      + ", ".join(f"translations/{loc}.po" for loc in missing)
+                                      + " (that locale gets the source text)"))
+    return warnings
+
+
 def _goal_warnings(journey: Journey, locs: Locations) -> list[SpecError]:
     """A goal window shorter than the waits before the journey's first message: a conversion
     after the first message could then never be counted (the start is the first send step)."""
@@ -457,6 +486,7 @@ def load_project(root: Path, *, only: Optional[str] = None,
             project.journeys[name] = journey
             project.warnings.extend(_template_warnings(journey, locations[name], library, attributes))
             project.warnings.extend(_goal_warnings(journey, locations[name]))
+            project.warnings.extend(translation_warnings(journey, locations[name], library))
     if project.segments:  # destinations against the registry, their keys, segment references
         from nurture.segments.validation import check_segments
         errors.extend(check_segments(project.segments, locations["segments"]))

@@ -1,0 +1,158 @@
+"""Localized messages: gettext catalogs per locale and number, money and date filters, in the
+recipient's own locale.
+
+Templates (and subjects) write their words once, in the source language, and look them up:
+
+    <p>{{ _("Thank you for your order, %(name)s!", name=contact.first_name) }}</p>
+    {{ _("Still thinking") }}, {{ contact.first_name or _("friend") }}?
+    {{ event.value | money }}          → 158,00 € for a contact with locale de, €158.00 for en
+    {{ event.cart_value | number }}    → 1.234,5 / 1,234.5
+    {{ event.occurred_at | date }}     → 21.11.2026 / Nov 21, 2026   (format: short|medium|long|full)
+
+The translations are the project's `translations/<locale>.po` files (gettext PO, read with
+Babel: `pybabel extract` / `init` / `update` with Babel's Jinja extractor make and keep them).
+A contact's `locale` picks the catalog — `de_AT` reads `de_AT.po`, else `de.po` — and a
+message without a translation (or a contact without a locale) shows the source text: a
+missing translation is never an error. `%(name)s` placeholders are filled after translation,
+so a translation may move them. `nurture validate` warns about a message a catalog lacks.
+
+The locale of a message is the contact's (`contact.locale`), else policies.yaml `locale`; money
+is in policies.yaml `currency` unless the filter names another (`money("USD")`).
+"""
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Optional
+
+from jinja2 import pass_context
+from jinja2.runtime import Context
+from markupsafe import Markup
+
+
+def language_of(locale: Optional[str]) -> Optional[str]:
+    """`de_AT` / `de-AT` → `de_AT` in Babel's form; None for no or an unusable locale."""
+    if not locale or not isinstance(locale, str):
+        return None
+    from babel import Locale, UnknownLocaleError
+    try:
+        return str(Locale.parse(locale.replace("-", "_")))
+    except (UnknownLocaleError, ValueError, TypeError):
+        return None
+
+
+class Catalogs:
+    """The project's translations/<locale>.po files, each read once (Babel's PO reader)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._catalogs: dict[str, Optional[dict[str, str]]] = {}
+
+    def locales(self) -> list[str]:
+        return sorted(p.stem for p in self.folder.glob("*.po")) if self.folder.is_dir() else []
+
+    def catalog(self, locale: str) -> Optional[dict[str, str]]:
+        if locale not in self._catalogs:
+            path = self.folder / f"{locale}.po"
+            self._catalogs[locale] = _read(path) if path.is_file() else None
+        return self._catalogs[locale]
+
+    def lookup(self, locale: Optional[str], message: str) -> str:
+        """The translation of `message` for `locale` (full locale, then its language), or the
+        message itself."""
+        if locale:
+            for candidate in (locale, locale.split("_")[0]):
+                found = self.catalog(candidate)
+                if found:
+                    translated = found.get(message)
+                    if translated:
+                        return translated
+        return message
+
+
+def _read(path: Path) -> dict[str, str]:
+    from babel.messages.pofile import read_po
+    with open(path, "rb") as fh:
+        catalog = read_po(fh)
+    return {m.id: m.string for m in catalog if isinstance(m.id, str) and m.id and isinstance(m.string, str)
+            and m.string and not m.fuzzy}
+
+
+def _babel_locale(locale: Optional[str]) -> str:
+    return locale or "en"
+
+
+class Localizer:
+    """The globals and filters one template library installs (nurture.rendering.templates)."""
+
+    def __init__(self, catalogs: Catalogs, currency: str = "EUR", default_locale: Optional[str] = None):
+        self.catalogs = catalogs
+        self.currency = currency
+        self.default_locale = language_of(default_locale)
+
+    def locale_of(self, context: Context) -> Optional[str]:
+        contact = context.get("contact")
+        own = contact.get("locale") if isinstance(contact, dict) else None
+        return language_of(own) or self.default_locale
+
+    def install(self, env: Any) -> None:
+        localizer = self
+
+        @pass_context
+        def gettext(context: Context, message: str, **values: Any) -> str:
+            text = localizer.catalogs.lookup(localizer.locale_of(context), str(message))
+            if values:
+                if context.eval_ctx.autoescape:  # values are escaped, the catalog's markup is not
+                    return Markup(text) % {k: v for k, v in values.items()}
+                return text % values
+            return Markup(text) if context.eval_ctx.autoescape else text
+
+        @pass_context
+        def ngettext(context: Context, singular: str, plural: str, n: int, **values: Any) -> str:
+            return gettext(context, singular if n == 1 else plural, n=n, **values)
+
+        @pass_context
+        def money(context: Context, value: Any, currency: Optional[str] = None) -> str:
+            from babel.numbers import format_currency
+            if value is None or value == "":
+                return ""
+            return format_currency(_number(value), currency or localizer.currency,
+                                   locale=_babel_locale(localizer.locale_of(context)))
+
+        @pass_context
+        def number(context: Context, value: Any, digits: Optional[int] = None) -> str:
+            from babel.numbers import format_decimal
+            if value is None or value == "":
+                return ""
+            pattern = None if digits is None else "#,##0" + ("." + "0" * digits if digits else "")
+            return format_decimal(_number(value), format=pattern, locale=_babel_locale(localizer.locale_of(context)))
+
+        @pass_context
+        def date_filter(context: Context, value: Any, format: str = "medium") -> str:
+            from babel.dates import format_date
+            if value is None or value == "":
+                return ""
+            return format_date(_date(value), format=format, locale=_babel_locale(localizer.locale_of(context)))
+
+        env.globals.update({"_": gettext, "gettext": gettext, "ngettext": ngettext})
+        env.filters.update({"money": money, "number": number, "date": date_filter})
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    try:
+        return float(str(value))
+    except ValueError:
+        raise ValueError(f"'{value}' is not a number") from None
+
+
+def _date(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).date()
+    except ValueError:
+        raise ValueError(f"'{value}' is not a date") from None
