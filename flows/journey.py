@@ -30,6 +30,7 @@ from prefect.states import Failed
 from flows.runtime import identity_line, logical_now, retry_unless_invalid, runtime_for
 from nurture.redaction import redact, secrets_in
 from nurture.runtime.context import TickReport
+from nurture.runtime.instant import take_instant_runs
 from nurture.runtime.parallel import default_processes
 from nurture.runtime.tick import STAGE_BY_NAME, STAGES, TickOptions, calls
 
@@ -63,13 +64,16 @@ def report_task(project: Optional[str], journey: str, now: datetime, report: Tic
     rt = runtime_for(project)
     table = report.table(rt.plan(journey).order)
     stages = {k: report.stages.get(k, 0) for k in ("enrolled", "converted", "exited", "migrated")}
+    # What `nurture web` ran instantly since the last tick (nurture.runtime.instant).
+    instant = take_instant_runs(rt.store, journey)
     create_table_artifact(
         key=artifact_key(journey),
         table=table or [{"step": "(none)", "outcome": "nothing due", "reason": "", "count": 0}],
         description=(f"Tick of {journey} at {now.isoformat()}: enrolled {stages['enrolled']}, converted "
                      f"{stages['converted']}, exited {stages['exited']}, queued {report.queued} "
                      f"(each queued message is counted again by its delivery outcome below); "
-                     f"{identity_line(project)}"))
+                     + (f"since the last tick, instant triggers ran {instant_text(instant)}; " if instant else "")
+                     + identity_line(project)))
     # What the journey has earned so far, for the operator in the UI (the `nurture report` figures).
     from nurture.reporting.summary import journey_summary
     markdown, rows = journey_summary(rt.store, rt.project, journey, now)
@@ -78,8 +82,17 @@ def report_task(project: Optional[str], journey: str, now: datetime, report: Tic
     create_table_artifact(key=f"{artifact_key(journey)}-steps", table=rows or [{"step": "(none)"}],
                           description=f"{journey}: per-step funnel and outcomes since the first run")
     get_run_logger().info("%s at %s: %s", journey, now.isoformat(), counts_text(report))
+    if instant:
+        get_run_logger().info("%s: since the last tick, instant triggers ran %s", journey, instant_text(instant))
     return {"journey": journey, "now": now.isoformat(), **stages, "queued": report.queued,
-            "totals": dict(report.totals()), "outcomes": table, "stages_run": list(report.ran)}
+            "totals": dict(report.totals()), "outcomes": table, "stages_run": list(report.ran), "instant": instant}
+
+
+def instant_text(instant: dict) -> str:
+    """`4 times (12:00:01–12:03:40): enrolled 4, sent 4`."""
+    counts = ", ".join(f"{k} {v}" for k, v in instant.items() if k not in ("runs", "first", "last") and v)
+    return (f"{instant['runs']} time(s) ({instant['first'][11:19]}–{instant['last'][11:19]} UTC)"
+            + (f": {counts}" if counts else ""))
 
 
 @flow(name="journey-tick", log_prints=True)
@@ -148,7 +161,9 @@ def summary_rows(results: list[dict]) -> list[dict]:
         totals = Counter(r.get("totals") or {})
         row = {"journey": r["journey"], "status": "failed" if "error" in r else "ok",
                "enrolled": r.get("enrolled", 0), "converted": r.get("converted", 0), "exited": r.get("exited", 0),
-               **{k: totals.get(k, 0) for k in HEADLINE}, "error": r.get("error", "")}
+               **{k: totals.get(k, 0) for k in HEADLINE},
+               "instant_runs": (r.get("instant") or {}).get("runs", 0),
+               "instant_sent": (r.get("instant") or {}).get("sent", 0), "error": r.get("error", "")}
         rows.append(row)
     return rows
 

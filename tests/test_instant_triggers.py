@@ -64,6 +64,13 @@ def test_a_posted_event_is_sent_within_seconds_without_a_tick(make_runtime):
     assert elapsed < 5
     assert len(emls(rt)) == 1
     assert counts["welcome"]["runs"] >= 1 and counts["welcome"]["sent"] == 1
+    # the next tick's artifact reports it (flows/journey.py report_task), exactly once
+    from flows.journey import instant_text
+    from nurture.runtime.instant import take_instant_runs
+    taken = take_instant_runs(rt.store, "welcome")
+    assert (taken["runs"], taken["enrolled"], taken["sent"]) == (counts["welcome"]["runs"], 1, 1)
+    assert instant_text(taken).endswith("UTC): enrolled 1, sent 1")
+    assert take_instant_runs(rt.store, "welcome") == {}
 
 
 def test_a_lead_at_2300_is_deferred_by_quiet_hours_not_sent(make_runtime):

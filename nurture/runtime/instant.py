@@ -9,7 +9,9 @@ by construction: it is a tick like any other, safe beside the scheduled ticks an
 processes exactly as two ticking processes are. A journey whose first step is a wait simply
 enrolls. Errors are logged, never raised into the web process. What ran is visible in the
 message log (every message, as from a tick), in one `nurture.instant` log line per run that did
-something, and in `counts` (runs and messages by outcome, per journey, for this process).
+something, in `counts` (runs and messages by outcome, per journey, for this process), and in the
+artifact of the journey's next tick: each run that did something leaves a row in `instant_run`,
+which the tick's report takes (`take_instant_runs`: summed, then removed).
 """
 from __future__ import annotations
 
@@ -17,16 +19,42 @@ import logging
 import threading
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from sqlalchemy import select
 
 from nurture.runtime.context import Runtime
 from nurture.runtime.sql import chunks
 from nurture.runtime.tick import run_tick
-from nurture.store.tables import event_t
+from nurture.store.tables import event_t, instant_run_t
 
 log = logging.getLogger("nurture.instant")
+
+
+def record_instant_run(store: Any, journey: str, ran_at: datetime, counts: dict) -> None:
+    """Leave what an instant run did for the journey's next tick to report; never raises (a
+    lost count must not disturb the web process: the message log still has every message)."""
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(instant_run_t.insert().values(journey=journey, ran_at=ran_at, counts=dict(counts)))
+    except Exception:  # noqa: BLE001
+        log.exception("instant run of %s: its counts could not be recorded", journey)
+
+
+def take_instant_runs(store: Any, journey: str) -> dict:
+    """What instant runs of `journey` did since the last call: {"runs", "first", "last",
+    "enrolled", <outcome>: n}; the rows are removed in the same statement (DELETE … RETURNING),
+    so two ticks never report a run twice. Empty when there was none."""
+    with store.engine.begin() as conn:
+        rows = conn.execute(instant_run_t.delete().where(instant_run_t.c.journey == journey)
+                            .returning(instant_run_t.c.ran_at, instant_run_t.c.counts)).all()
+    if not rows:
+        return {}
+    totals: Counter = Counter()
+    for _, counts in rows:
+        totals.update({k: int(v) for k, v in (counts or {}).items() if isinstance(v, (int, float))})
+    times = sorted(r[0] for r in rows)
+    return {"runs": len(rows), "first": times[0].isoformat(), "last": times[-1].isoformat(), **dict(sorted(totals.items()))}
 
 
 def instant_journeys(rt: Runtime, event_names: Iterable[str]) -> list[str]:
@@ -144,6 +172,8 @@ class InstantTriggers:
         for status, n in totals.items():
             self.outcomes[(journey, status)] += n
         if report.stages.get("enrolled") or totals:
+            record_instant_run(self.rt.store, journey, self.clock(),
+                               {"enrolled": report.stages.get("enrolled", 0), **totals})
             log.info("instant run of %s at %s: enrolled %d, %s", journey, report.now,
                      report.stages.get("enrolled", 0),
                      ", ".join(f"{status} {n}" for status, n in sorted(totals.items())) or "no messages")

@@ -293,6 +293,17 @@ class ContactIdentity(SQLModel, table=True):
     first_seen_at: datetime
 
 
+class InstantRun(SQLModel, table=True):
+    """What an instant run of `nurture web` did (nurture.runtime.instant), kept until the next
+    tick of the journey reports it in its artifact and removes it (take_instant_runs)."""
+    __tablename__ = "instant_run"
+    __table_args__ = (Index("ix_instant_run_journey", "journey", "id"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    journey: str
+    ran_at: datetime
+    counts: dict = _json_column()  # enrolled and messages by outcome
+
+
 class ContactMerge(SQLModel, table=True):
     """A contact merged into another (an anonymous visitor who identified): its events,
     enrollments, touches, messages and consents moved to `into_contact_id`; `counts` says how many."""
