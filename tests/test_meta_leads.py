@@ -257,9 +257,29 @@ def test_hostile_lead_answers_are_dropped_or_kept_as_text_never_a_500(make_runti
                                   "odd": "3", "meta_lead_id": LEAD}
 
 
-def test_a_lead_without_an_email_is_skipped_not_retried(make_runtime, graph):
+def test_a_phone_only_lead_is_a_phone_contact_whatsapp_reaches_at_once(make_runtime, graph):
+    """No e-mail on the form: the contact is known by its number, its WhatsApp opt-in recorded,
+    and a journey on form_submit reaches it on WhatsApp; a redelivery finds the same contact."""
+    policies = NO_DOI.replace("lead_forms:\n  consent: {email: [email_opt_in], sms: [sms_opt_in, SMS_OK]}",
+                              "lead_forms:\n  consent: {whatsapp: [whatsapp_opt_in]}")
+    sid = "HX" + "0123456789abcdef" * 2
+    journey = journey_yaml("hello", f'- id: wa\n  send: {{channel: whatsapp, template: hi, content_sid: "{sid}"}}',
+                           trigger="{event: form_submit}")
+    rt = make_runtime({"hello": journey}, policies=policies, templates={"whatsapp/hi.txt": "Hi {{ contact.first_name }}"})
+    graph.add_lead(LEAD, FORM, {"full_name": "No Mail", "phone_number": "+49 151 12345678", "whatsapp_opt_in": "yes"})
+    with client(rt, graph) as http:
+        assert post(http, notification(LEAD)).json()["stored"] == 1
+        assert post(http, notification(LEAD)).json()["duplicates"] == 1
+    [contact] = rows(rt.store, contact_t)
+    assert (contact.email, contact.phone, contact.first_name) == (None, "+4915112345678", "No")
+    assert [(c.channel, c.status) for c in rows(rt.store, consent_t)] == [("whatsapp", "granted")]
+    run_tick(rt, "hello", NOW)
+    assert [(m.channel, m.status, m.address) for m in messages(rt.store)] == [("whatsapp", "sent", "+4915112345678")]
+
+
+def test_a_lead_without_an_email_or_a_phone_is_skipped_not_retried(make_runtime, graph):
     rt = make_runtime({}, policies=POLICIES)
-    graph.add_lead(LEAD, FORM, {"full_name": "No Mail", "phone_number": "+4915112345678"})
+    graph.add_lead(LEAD, FORM, {"full_name": "No Mail", "phone_number": "call me"})
     with client(rt, graph) as http:
         answer = post(http, notification(LEAD))
     assert answer.status_code == 200 and answer.json()["skipped"][0]["lead_id"] == LEAD

@@ -20,7 +20,9 @@ and network errors) by the reader of the registered `meta` integration (integrat
 `MetaDestination.lead_reader`; the engine imports no integration) — except one already stored (its event id is
 known: a redelivery costs no Graph call) — and stored in one transaction (`store_lead`):
 
-- the contact, by e-mail (`email`, else `work_email`; a lead without one is `skipped`): `first_name`
+- the contact, by e-mail (`email`, else `work_email`), else — a phone-only lead — by its phone number
+  (`phone_number`, E.164: the contact known by it, or a new phone-only one that SMS and WhatsApp
+  reach; a lead with neither is `skipped`): `first_name`
   / `last_name` (or `full_name` split at its last space), `phone_number` (E.164; one that does not
   parse is kept as an attribute), `country` (a two-letter code) on the contact; every other answer
   an attribute under its question's name (policies.yaml `keep_attributes` applies), plus
@@ -60,8 +62,9 @@ from starlette.concurrency import run_in_threadpool
 
 from nurture.consent_ledger import record_consent
 from nurture.double_opt_in import request_opt_in
+from nurture.identities import Who, resolve
 from nurture.ingest import (TrackResult, clean_name, normalize_email, normalize_phone, parse_timestamp,
-                            refuse_erased, text_problem, track_in, value_problem)
+                            refuse_erased, text_problem, track_in, value_problem, write_events)
 from nurture.registry import IntegrationContext, IntegrationError, lookup
 from nurture.settings import WebSettings
 from nurture.spec.models import Policies
@@ -230,15 +233,19 @@ def store_lead(conn: Any, policies: Policies, lead: dict, hint: Notification, *,
     """One lead read from Graph, in the caller's transaction (see the module's docstring)."""
     lead_id = hint.lead_id
     answers = _answers(lead)
+    consent = policies.lead_forms.consent
+    fields, attributes = _contact_fields(answers, {q.lower() for qs in consent.values() for q in qs})
     raw_email = _first(answers, EMAIL_FIELDS)
-    if not raw_email:
-        return LeadOutcome("skipped", "the lead has no e-mail address (contacts are matched by e-mail)")
-    try:
-        email = normalize_email(raw_email)
-    except ValueError as exc:
-        return LeadOutcome("skipped", f"email: {exc}")
+    email = None
+    if raw_email:
+        try:
+            email = normalize_email(raw_email)
+        except ValueError as exc:
+            return LeadOutcome("skipped", f"email: {exc}")
+    elif not fields.get("phone"):
+        return LeadOutcome("skipped", "the lead has neither an e-mail address nor a valid phone number")
     check = TrackResult()
-    if refuse_erased(conn, [(email, 1)], SOURCE, check):
+    if email and refuse_erased(conn, [(email, 1)], SOURCE, check):
         return LeadOutcome("erased", "an erased person's lead: nothing stored")
     form_id = _graph_id(lead.get("form_id")) or hint.form_id or ""
     ad_id = _graph_id(lead.get("ad_id")) or hint.ad_id
@@ -252,23 +259,32 @@ def store_lead(conn: Any, policies: Policies, lead: dict, hint: Notification, *,
                 continue
     properties = {"form_id": form_id, "ad_id": ad_id, "lead_id": lead_id, "source": SOURCE, **_utm(lead, form_id)}
     properties = {k: v for k, v in properties.items() if v not in (None, "")}
-    event = {"event_id": f"meta_lead:{lead_id}", "email": email, "event": EVENT, "timestamp": at.isoformat(),
-             "properties": properties}
-    tracked = track_in(conn, [(1, event)], source=SOURCE, now=now)
+    if email:
+        event = {"event_id": f"meta_lead:{lead_id}", "email": email, "event": EVENT, "timestamp": at.isoformat(),
+                 "properties": properties}
+        tracked = track_in(conn, [(1, event)], source=SOURCE, now=now)
+    else:  # a phone-only lead: the contact known by that number, or a new one (nurture.identities)
+        contact_id, _ = resolve(conn, Who(phone=fields["phone"]), now)
+        if contact_id is None:
+            return LeadOutcome("erased", "an erased person's lead: nothing stored")
+        tracked = write_events(conn, [{"event_id": f"meta_lead:{lead_id}", "email": None, "contact_id": contact_id,
+                                       "name": EVENT, "properties": properties, "occurred_at": at, "line": 1}],
+                               source=SOURCE, now=now)
     if tracked.errors:
         first = tracked.errors[0]
         return LeadOutcome("erased" if tracked.erased else "skipped", f"{first.field}: {first.message}")
     if not tracked.inserted:
         return LeadOutcome("duplicate")
-    consent = policies.lead_forms.consent
-    fields, attributes = _contact_fields(answers, {q.lower() for qs in consent.values() for q in qs})
     if policies.keep_attributes is not None:
         attributes = {k: v for k, v in attributes.items() if k in policies.keep_attributes}
     if value_problem(attributes, ("attributes",)):
         attributes = {}
     attributes["meta_lead_id"] = lead_id
-    row = conn.execute(select(contact_t.c.id, contact_t.c.attributes).where(contact_t.c.email == email)).one()
-    conn.execute(contact_t.update().where(contact_t.c.id == row.id, contact_t.c.email.is_not(None)).values(
+    who = contact_t.c.email == email if email else contact_t.c.phone == fields["phone"]
+    row = conn.execute(select(contact_t.c.id, contact_t.c.attributes).where(who).order_by(contact_t.c.id).limit(1)).one()
+    if not email:  # the phone is the contact's already; another contact may hold it in no column
+        fields = {k: v for k, v in fields.items() if k != "phone"}
+    conn.execute(contact_t.update().where(contact_t.c.id == row.id).values(
         **fields, attributes={**(row.attributes or {}), **attributes}, updated_at=now))
     outcome = LeadOutcome("stored", event_ids=list(tracked.inserted_ids))
     source = f"{SOURCE}:{form_id}" if form_id else SOURCE
@@ -277,7 +293,8 @@ def store_lead(conn: Any, policies: Policies, lead: dict, hint: Notification, *,
         if not any(v in YES for v in given):
             continue
         if channel == "email":
-            outcome.opt_ins[channel] = request_opt_in(conn, policies, row.id, source=source, now=at)
+            if email:  # a phone-only lead has no address to confirm
+                outcome.opt_ins[channel] = request_opt_in(conn, policies, row.id, source=source, now=at)
         else:  # SMS is confirmed on its own channel (START); ads consent needs no confirmation
             status = "pending" if policies.needs_double_opt_in(channel, "marketing") else "granted"
             record_consent(conn, row.id, channel, status, purpose="marketing", source=source, at=at,
