@@ -62,6 +62,17 @@ PRODUCTS = [
     ("SPT-1", "Yoga mat", "sport", 45.00, None), ("SPT-2", "Protein bar box", "sport", 29.00, 20),
     ("SPT-3", "Running socks", "sport", 15.00, 90), ("SPT-4", "Smart bottle", "sport", 35.00, None),
 ]
+# the catalog in German as well: written as the products' `name_de` / `category_de` (nurture.catalog),
+# so a German contact reads "Milchaufschäumer" where an English one reads "Milk frother" — the
+# events keep the shop's English names, as one shop front would send them
+NAMES_DE = {
+    "COF-1": "Espressobohnen 1 kg", "COF-2": "Filterkaffee 500 g", "COF-3": "Milchaufschäumer",
+    "COF-4": "Kaffeemühle mit Kegelmahlwerk", "TEA-1": "Grüner Tee Sencha", "TEA-2": "Chai-Mischung",
+    "TEA-3": "Teekanne aus Glas", "SKN-1": "Tagescreme", "SKN-2": "Reinigungsgel", "SKN-3": "Serum",
+    "HOM-1": "Leinenplaid", "HOM-2": "Duftkerze", "HOM-3": "Keramikvase", "HOM-4": "Baumwollhandtücher (Set)",
+    "SPT-1": "Yogamatte", "SPT-2": "Proteinriegel (Box)", "SPT-3": "Laufsocken", "SPT-4": "Smarte Trinkflasche",
+}
+CATEGORIES_DE = {"coffee": "Kaffee", "tea": "Tee", "skincare": "Hautpflege", "home": "Wohnen", "sport": "Sport"}
 # what a received message makes a contact do (besides opening/clicking): probability of a
 # purchase within a few days, per journey — the effect the holdout measures
 PURCHASE_AFTER = {"cart_abandonment": 0.22, "browse_abandonment": 0.05, "welcome": 0.04, "win_back": 0.05,
@@ -209,7 +220,8 @@ def generate(store: Store, *, seed: int, start: datetime, days: int = 30, contac
     now = start
     with store.engine.begin() as conn:
         conn.execute(product_t.insert(), [dict(sku=s, name=n, category=c, price=p, consumption_days=d, active=True,
-                                               rank=i, url=None, image_url=None, attributes={}, updated_at=start)
+                                               rank=i, url=None, image_url=None, updated_at=start,
+                                               attributes={"name_de": NAMES_DE[s], "category_de": CATEGORIES_DE[c]})
                                           for i, (s, n, c, p, d) in enumerate(PRODUCTS)])
         rows, plans = [], []
         for i in range(contacts):

@@ -77,6 +77,7 @@ def test_the_demo_runs_all_six_journeys_writes_the_report_and_can_run_again(tmp_
     root = tmp_path / "project"
     shutil.copytree(REPO / "journeys", root / "journeys")
     shutil.copytree(REPO / "templates", root / "templates")
+    shutil.copytree(REPO / "translations", root / "translations")  # German contacts read German
     monkeypatch.delenv("NURTURE_DATA_DIR", raising=False)
     monkeypatch.delenv("NURTURE_DATABASE_URL", raising=False)
     sent = []
