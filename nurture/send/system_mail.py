@@ -18,8 +18,9 @@ from nurture.tokens import make_token
 SYSTEM_JOURNEY = "double_opt_in"
 SYSTEM_JOURNEYS = frozenset({SYSTEM_JOURNEY})
 TEMPLATES = {"confirm": "system/confirm", "reminder": "system/confirm_reminder"}
-SUBJECTS = {"confirm": "Please confirm your subscription",
-            "reminder": "Reminder: please confirm your subscription"}
+# Jinja, so the subject is in the contact's language (translations/<locale>.po, nurture.rendering.i18n).
+SUBJECTS = {"confirm": "{{ _('Please confirm your subscription') }}",
+            "reminder": "{{ _('Reminder: please confirm your subscription') }}"}
 
 
 def confirm_link(rt: Runtime, contact_id: int, purpose: str = "marketing", channel: str = "email") -> str:
