@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Optional
+from zoneinfo import ZoneInfo
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -32,21 +33,19 @@ from sqlalchemy import bindparam, or_, select
 
 from nurture.consent_ledger import record_consent
 from nurture.identities import erased_contacts
+from nurture.import_columns import CONSENT_AT, CONSENT_COLUMNS, CONSENT_SOURCE, CORE_FIELDS, near_miss
+from nurture.lifecycle import STAGES
 from nurture.privacy.tombstones import REFUSAL as ERASED_REFUSAL, erased_among
 from nurture.runtime.sql import chunks, insert_ignore
+from nurture.spec.errors import did_you_mean
 from nurture.sources import Touch, TouchCandidate, extract_touch, record_event_touches, record_import_touches, \
     touch_of_columns
 from nurture.store.db import Store
 from nurture.store.tables import contact_t, event_t
 
 
-CORE_FIELDS = ("email", "external_id", "phone", "first_name", "last_name", "timezone", "country", "locale", "lifecycle_stage", "score")
-CONSENT_COLUMNS = {"consent_email": "email", "consent_sms": "sms", "consent_whatsapp": "whatsapp",
-                   "consent_ads": "ads"}
-# The proof a list brings from the tool it was collected in: when and where each consent was
-# given (`consent_email_at`, `consent_email_source`, …): recorded as the ledger row's time and source.
-CONSENT_AT = {f"{column}_at": channel for column, channel in CONSENT_COLUMNS.items()}
-CONSENT_SOURCE = {f"{column}_source": channel for column, channel in CONSENT_COLUMNS.items()}
+# The columns `import contacts` reads (core fields, consent_<channel>[_at|_source] for every
+# channel of CONSENT_CHANNELS) are declared in nurture.import_columns, documented in docs/import.md.
 MAX_SOURCE_LENGTH = 200
 CONSENT_VALUES = ("granted", "revoked", "pending")
 NAME_FIELDS = ("first_name", "last_name")
@@ -64,6 +63,7 @@ MAX_NAME_LENGTH = 200
 # (windows, goals, retention), and year 9999 + 3 days overflows in the middle of a tick.
 MIN_YEAR, MAX_YEAR = 1900, 2999
 
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # any other file is read as CSV
 SAVE_AS_UTF8 = "save the file as UTF-8 (in Excel: 'CSV UTF-8')"
 USE_ENCODING_OPTION = ("save the file as UTF-8, or name its encoding with --encoding "
                        "(an Excel export from Windows is usually --encoding cp1252)")
@@ -90,6 +90,17 @@ class ImportResult:
     dropped_columns: set[str] = field(default_factory=set)  # attributes policies.yaml `keep_attributes` does not keep
     touches: int = 0  # rows whose utm_* / click id columns set the contact's lead source
     errors: list[RowError] = field(default_factory=list)
+    # The contact was kept, something of it was not: a field left out (a bad optional value), a
+    # column that looks like a misspelled known one (once per file). In line order.
+    warnings: list[RowError] = field(default_factory=list)
+
+
+@dataclass
+class ColumnWarning(RowError):
+    """A column stored as an attribute whose name is close to a known column's."""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
 
 
 @dataclass
@@ -302,7 +313,7 @@ def read_records(path: Path, encoding: Optional[str] = None,
         yield data[:exc.start].count(b"\n") + 1, None, ("line", f"not valid {label} ({exc.reason}): {hint}")
         return
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson", ".json")
+    is_jsonl = path.suffix.lower() in JSONL_SUFFIXES
     yield from (_jsonl_records(text, label, hint) if is_jsonl else _csv_records(text, label, hint))
 
 
@@ -388,8 +399,11 @@ class ImportedConsent(NamedTuple):
     source: Optional[str] = None  # where it was given, per the file
 
 
-def _clean_contact(record: dict) -> tuple[dict, dict[str, ImportedConsent], list[tuple[str, str]]]:
-    """(contact fields, consent per channel, [(field, error)])"""
+def _clean_contact(record: dict) -> tuple[dict, dict[str, ImportedConsent], list[tuple[str, str]],
+                                          list[tuple[str, str]]]:
+    """(contact fields, consent per channel, [(field, error)], [(field, problem)]): an error
+    skips the row; a problem names an optional field that was left out (`_triage_core`) —
+    a warning when the row is imported."""
     errors: list[tuple[str, str]] = []
     fields: dict[str, Any] = {}
     consents: dict[str, ImportedConsent] = {}
@@ -433,9 +447,58 @@ def _clean_contact(record: dict) -> tuple[dict, dict[str, ImportedConsent], list
             errors.append((f"{column}_{next(iter(given))}", f"needs a {column} column value (granted, revoked, pending)"))
         else:
             consents[channel] = consents[channel]._replace(**given)
-    errors.extend(_check_core(fields, require_email=not (fields.get("external_id") or fields.get("phone"))))
+    core_errors, warnings = _triage_core(fields)
     fields["attributes"] = attributes
-    return fields, consents, errors
+    if core_errors or errors:  # the row is skipped: all that is wrong with it is listed, for the fix
+        return fields, consents, core_errors + errors + warnings, []
+    return fields, consents, [], warnings
+
+
+# What the warning about a left-out field adds to the field's own problem.
+LEFT_OUT = "left out, the contact is imported without it"
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
+_STAGE_OR_NONE = frozenset((*STAGES, None))
+
+
+def _triage_core(fields: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The core fields of an import row checked and normalized in place: (errors, warnings).
+
+    A value the store must refuse — the wrong kind (an object for a name), text it cannot keep
+    (NUL, a lone surrogate), a non-finite score — is an error of the row, as every hostile value
+    is. A well-formed value that is merely not valid (a phone number that is no number, an
+    unknown time zone, country, locale or lifecycle stage, a score that is no number) is left
+    out with a warning and the person is kept — unless it was the row's only identifier: a row
+    that names nobody is an error, its bad identifiers named."""
+    problems = _core_problems(fields)
+    if "locale" in fields and not _LOCALE.match(fields["locale"]):
+        problems.append(("locale", f"'{_show(fields['locale'])}' is not a locale (a language code: de, de-DE, pt_BR)",
+                         False))
+        del fields["locale"]
+    if fields.get("lifecycle_stage") not in _STAGE_OR_NONE:
+        problem = _stage_problem(fields)
+        if problem:
+            problems.append(("lifecycle_stage", problem, False))
+            del fields["lifecycle_stage"]
+    identified = fields.get("external_id") or fields.get("email") or fields.get("phone")  # MATCH_ORDER
+    if not problems and identified:  # the common row: nothing to sort out
+        return [], []
+    errors = [(f, m) for f, m, refused in problems if refused]
+    if not identified:
+        named = [(f, m) for f, m, refused in problems if f in MATCH_ORDER and not refused]
+        errors = (named or [("email", "required (contacts are matched by e-mail)")]) + errors
+        problems = [p for p in problems if p[0] not in MATCH_ORDER]
+    return errors, [(f, m) for f, m, refused in problems if not refused]
+
+
+def _stage_problem(fields: dict[str, Any]) -> Optional[str]:
+    """None for one of STAGES (in any case, stored lowercase), else what is wrong."""
+    stage = fields["lifecycle_stage"].lower()
+    if stage in STAGES:
+        fields["lifecycle_stage"] = stage
+        return None
+    hint = did_you_mean(stage, STAGES)
+    return (f"'{_show(fields['lifecycle_stage'])}' is not a lifecycle stage ({', '.join(STAGES)})"
+            + (f"; {hint}" if hint else ""))
 
 
 def _attribute(key: str, value: Any) -> tuple[Any, Optional[tuple[str, str]]]:
@@ -450,50 +513,72 @@ def _attribute(key: str, value: Any) -> tuple[Any, Optional[tuple[str, str]]]:
 
 
 def _check_core(fields: dict[str, Any], require_email: bool = True) -> list[tuple[str, str]]:
-    """Normalize the core fields in place; returns [(field, error)]. `require_email` False: a
-    contact known by another identifier (external id, phone) may come without an e-mail."""
-    errors: list[tuple[str, str]] = []
-    if "email" not in fields:
-        if require_email:
-            errors.append(("email", "required (contacts are matched by e-mail)"))
-    else:
+    """Normalize the core fields in place; returns [(field, error)], each bad field removed.
+    `require_email` False: a contact known by another identifier (external id, phone) may come
+    without an e-mail."""
+    problems = [(f, m) for f, m, _ in _core_problems(fields)]
+    if require_email and "email" not in fields and all(f != "email" for f, _ in problems):
+        problems.insert(0, ("email", "required (contacts are matched by e-mail)"))
+    return problems
+
+
+def _core_problems(fields: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Normalize the core fields in place: [(field, problem, refused)], each bad field removed
+    from `fields`. `refused`: a value of the wrong kind or one the store cannot keep; else a
+    well-formed value that is not valid (`_triage_core` tells them apart)."""
+    problems: list[tuple[str, str, bool]] = []
+
+    def bad(key: str, message: str, refused: bool = False) -> None:
+        problems.append((key, message, refused))
+        del fields[key]
+
+    if "email" in fields:
         try:
             fields["email"] = normalize_email(str(fields["email"]))
         except ValueError as exc:
-            errors.append(("email", str(exc)))
+            bad("email", str(exc), isinstance(fields["email"], (dict, list, bool)))
     for key in NAME_FIELDS + TEXT_FIELDS:
         if key in fields:
             problem = _text_field(fields, key)
             if problem:
-                errors.append((key, problem))
-                del fields[key]
+                problems.append((key, problem, True))
+                fields.pop(key, None)
     if "external_id" in fields:
         fields["external_id"] = fields["external_id"].strip()
         if len(fields["external_id"]) > MAX_EXTERNAL_ID_LENGTH:
-            errors.append(("external_id", f"longer than {MAX_EXTERNAL_ID_LENGTH} characters"))
+            bad("external_id", f"longer than {MAX_EXTERNAL_ID_LENGTH} characters")
         elif not fields["external_id"]:
             del fields["external_id"]
     if "country" in fields:
         fields["country"] = fields["country"].upper()
         if len(fields["country"]) != 2:
-            errors.append(("country", f"'{_show(fields['country'])}' is not a two-letter ISO country code"))
+            bad("country", f"'{_show(fields['country'])}' is not a two-letter ISO country code")
     if "phone" in fields:
         try:
             fields["phone"] = normalize_phone(fields["phone"], fields.get("country"))
         except ValueError as exc:
-            errors.append(("phone", str(exc)))
+            bad("phone", str(exc))
     if "timezone" in fields:
         try:
-            from zoneinfo import ZoneInfo
             ZoneInfo(fields["timezone"])
         except Exception:
-            errors.append(("timezone", f"'{_show(fields['timezone'])}' is not an IANA time zone (e.g. Europe/Berlin)"))
+            bad("timezone", f"'{_show(fields['timezone'])}' is not an IANA time zone (e.g. Europe/Berlin)")
     if "score" in fields:
         try:
             fields["score"] = _score(fields["score"])
         except ValueError as exc:
-            errors.append(("score", str(exc)))
-    return errors
+            # NaN and Infinity are refused as every non-finite number is; a word is just no score
+            bad("score", str(exc), _non_finite_or_not_a_value(fields["score"]))
+    return problems
+
+
+def _non_finite_or_not_a_value(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            return not math.isfinite(float(value))
+        except ValueError:
+            return False
+    return not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
 
 
 def _text_field(fields: dict[str, Any], key: str) -> Optional[str]:
@@ -558,15 +643,25 @@ def refuse_erased(conn: Any, entries: list[tuple[str, int]], source: str,
 
 
 def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None, policy_version: str = "",
-                    encoding: Optional[str] = None, keep_attributes: Optional[list[str]] = None) -> ImportResult:
-    """Upsert the file's contacts. A row is matched to a contact by the first of MATCH_ORDER it
-    has a value for that a contact holds — `external_id`, then `email`, then `phone` — and a
-    row may lack an e-mail when it has an external_id or a phone (docs/ingest-segment.md).
+                    encoding: Optional[str] = None, keep_attributes: Optional[list[str]] = None,
+                    consent_at: Optional[datetime] = None) -> ImportResult:
+    """Upsert the file's contacts (the columns: nurture.import_columns, docs/import.md). A row
+    is matched to a contact by the first of MATCH_ORDER it has a value for that a contact
+    holds — `external_id`, then `email`, then `phone` — and a row may lack an e-mail when it has
+    an external_id or a phone (docs/ingest-segment.md). A bad optional field is left out with a
+    warning and the contact kept (`_triage_core`); a column whose name is close to a known
+    one is a warning once per file (it is still stored as the attribute it names).
     `encoding`: the file's codec (default UTF-8, BOM accepted). `keep_attributes`
     (policies.yaml, data minimization): the attributes kept; other columns are dropped and
-    named in `result.dropped_columns`."""
+    named in `result.dropped_columns`. `consent_at`: when the file's consents were given, for
+    rows without a `consent_<channel>_at` of their own (default: `now`); not after `now`."""
     now = now or datetime.now(timezone.utc)
+    if consent_at is not None and consent_at > now:
+        raise ValueError(f"consent_at {consent_at.isoformat()} lies in the future: a consent is given before it is "
+                         "imported")
     result = ImportResult()
+    columns_seen: set[str] = set()
+    header_line = None if path.suffix.lower() in JSONL_SUFFIXES else 1  # column warnings: CSV at its header
     Key = tuple[str, str]  # (kind, value): the row's first identifier in MATCH_ORDER
     good: dict[Key, tuple[dict, dict]] = {}
     touches: dict[Key, Touch] = {}  # utm_* / click id columns: the contact's lead source (nurture.sources)
@@ -576,7 +671,9 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
         if problem:
             result.errors.append(RowError(path.name, line, *problem))
             continue
-        fields, consents, errors = _clean_contact(record)
+        if not columns_seen.issuperset(record):  # a CSV: once, at its first row; JSONL: at each new key
+            _warn_near_misses(record, columns_seen, path.name, header_line or line, result)
+        fields, consents, errors, warnings = _clean_contact(record)
         errors += [(f"consent_{channel}_at", f"lies in the future ({c.at.isoformat()}): a consent is given before "
                                              "it is imported") for channel, c in consents.items()
                    if c.at is not None and c.at > now]
@@ -588,8 +685,10 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
                     errors.append((kind, f"'{_show(fields[kind])}' is also on line {lines[other]} with another "
                                          f"{other[0]} ('{_show(other[1])}')"))
         if errors:
-            result.errors.extend(RowError(path.name, line, f, m) for f, m in errors)
+            result.errors.extend(RowError(path.name, line, f, m) for f, m in errors + warnings)
             continue
+        if warnings:
+            result.warnings.extend(RowError(path.name, line, f, f"{m} — {LEFT_OUT}") for f, m in warnings)
         for kind in ("external_id", "email"):
             if fields.get(kind):
                 claimed[(kind, fields[kind])] = key
@@ -661,12 +760,31 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
                 continue
             for channel, given in consents.items():
                 # An import moves a list from another tool: 'granted' there was confirmed there, at
-                # the time and on the source the file names (else: now, by this import).
+                # the time and on the source the file names (else: --consent-at or now, by this import).
                 source = f"import:{path.name}" + (f" ({given.source})" if given.source else "")
-                record_consent(conn, ids[key], channel, given.status, source=source, at=given.at or now,
-                               policy_version=policy_version, confirmed=given.status == "granted")
+                record_consent(conn, ids[key], channel, given.status, source=source,
+                               at=given.at or consent_at or now, policy_version=policy_version,
+                               confirmed=given.status == "granted")
                 result.consents += 1
+    for warning in result.warnings:
+        if isinstance(warning, ColumnWarning) and warning.field in result.dropped_columns:
+            warning.message = warning.message.replace("is stored as an attribute",
+                                                      "is not kept (policies.yaml keep_attributes)")
+    result.warnings.sort(key=lambda w: w.line)
     return result
+
+
+def _warn_near_misses(record: dict, seen: set[str], file: str, line: int, result: ImportResult) -> None:
+    """A warning for each column of `record` not in `seen` that is not a known column but close
+    to one (nurture.import_columns.near_miss); every column is added to `seen`."""
+    for column in record:
+        if column in seen:
+            continue
+        seen.add(column)
+        suggestion = near_miss(column)
+        if suggestion is not None:
+            result.warnings.append(ColumnWarning(file, line, column, f"column '{column}' is stored as an attribute; "
+                                                                     f"did you mean '{suggestion}'?"))
 
 
 def _holders(conn: Any, kind: str, values: list[str]) -> dict[str, int]:

@@ -12,16 +12,14 @@ import typer
 
 from nurture.cli.invocation import CliError, console, err_console, open_project, parse_now, store, utc_now
 from nurture.settings import Settings
+from nurture.spec.models import CONSENT_CHANNELS
 
 import_app = typer.Typer(help="Import data from files.", no_args_is_help=True)
 consent_app = typer.Typer(help="Record consent changes in the ledger.", no_args_is_help=True)
 
 
-class ConsentChannel(str, Enum):
-    email = "email"
-    sms = "sms"
-    whatsapp = "whatsapp"
-    ads = "ads"
+# The ledger's channels, as CONSENT_CHANNELS declares them (a new channel needs no edit here).
+ConsentChannel = Enum("ConsentChannel", {c: c for c in CONSENT_CHANNELS}, type=str)  # type: ignore[misc]
 
 
 class Purpose(str, Enum):
@@ -66,29 +64,66 @@ def _report_errors(errors, total_good: int) -> None:
         err_console.print(f"… and {len(errors) - 200} more")
 
 
+SHOWN_WARNINGS = 20  # a file with one bad column on every row must not drown the errors
+
+
+def _report_warnings(warnings, what: str = "warning(s)") -> None:
+    for warning in warnings[:SHOWN_WARNINGS]:
+        err_console.print(f"warning: {warning}", markup=False)
+    if len(warnings) > SHOWN_WARNINGS:
+        err_console.print(f"… and {len(warnings) - SHOWN_WARNINGS} more {what}", markup=False)
+
+
+def _past_time(option: str, value: Optional[str]):
+    """An ISO time given as `option`, not in the future (a consent is given before it is recorded)."""
+    from nurture.ingest import parse_timestamp
+    if value is None:
+        return None
+    try:
+        when = parse_timestamp(value)
+    except ValueError as exc:
+        raise CliError(f"{option}: {exc}", code=2) from None
+    if when > utc_now():
+        raise CliError(f"{option}: {when.isoformat()} lies in the future: a consent is given before it is recorded",
+                       code=2)
+    return when
+
+
 @import_app.command("contacts")
 def import_contacts_cmd(file: Path = typer.Argument(..., help="CSV or JSONL file"),
-                        encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP)) -> None:
+                        encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP),
+                        consent_at: Optional[str] = typer.Option(
+                            None, "--consent-at", help="ISO time the file's consents were given (for rows without "
+                                                       "a consent_<channel>_at column value; default: now)")) -> None:
     """Upsert contacts, matched by external_id, then email, then phone (a row needs one of
-    them); unknown columns become attributes; consent_email /
-    consent_sms / consent_ads go to the consent ledger with the import as source —
+    them); unknown columns become attributes; consent_<channel> columns (consent_email,
+    consent_sms, …) go to the consent ledger with the import as source —
     consent_<channel>_at and consent_<channel>_source carry when and where it was given.
     With policies.yaml keep_attributes, other columns are dropped (a warning names them).
+    Every column: docs/import.md.
 
     A bad row (or a line that is not valid in the file's encoding) is named by line and field and
-    skipped; the good rows are kept and the exit code is 1. Names lose control characters."""
+    skipped; the good rows are kept and the exit code is 1. A bad optional field (a phone that is
+    no number, an unknown time zone …) is left out with a warning and the contact kept; a column
+    close to a known one (time_zone, e-mail) is a warning. Warnings alone: exit code 0. Names
+    lose control characters."""
     from nurture.ingest import import_contacts
     codec = _encoding(encoding)
+    given_at = _past_time("--consent-at", consent_at)
     spec = open_project(strict=False)
     with _reading(file):
         result = import_contacts(store(), _existing(file), policy_version=spec.policies.version, encoding=codec,
-                                 keep_attributes=spec.policies.keep_attributes)
+                                 keep_attributes=spec.policies.keep_attributes, consent_at=given_at)
     _report_errors(result.errors, result.created + result.updated)
+    _report_warnings(result.warnings)
     if result.dropped_columns:
         err_console.print(f"warning: {file.name}: column(s) not kept (policies.yaml keep_attributes): "
                           + ", ".join(sorted(result.dropped_columns)), markup=False)
+    warned = f", {len(result.warnings)} warning(s)" if result.warnings else ""
     console.print(f"imported {file.name}: {result.created} created, {result.updated} updated, "
-                  f"{result.consents} consent record(s), {len(result.errors)} bad row(s) skipped")
+                  f"{result.consents} consent record(s), {len({e.line for e in result.errors})} bad row(s) "
+                  f"skipped{warned}",
+                  markup=False)
     if result.errors:
         raise typer.Exit(1)
 
@@ -181,12 +216,22 @@ def track(file: Path = typer.Argument(..., help='JSONL: {"event_id","email","eve
         raise typer.Exit(1)
 
 
-def _consent(email: Optional[str], status: str, channel: ConsentChannel, purpose: Purpose, at: Optional[str],
-             phone: Optional[str] = None, external_id: Optional[str] = None) -> None:
+def _consent(email: Optional[str], status: str, channel: Optional[ConsentChannel], purpose: Purpose,
+             at: Optional[str], phone: Optional[str] = None, external_id: Optional[str] = None,
+             file: Optional[Path] = None, encoding: Optional[str] = None) -> None:
     from nurture.consent_ledger import UnknownContact, contact_id_by_email, record_consent
     from nurture.identities import find_by_identity
     from nurture.ingest import normalize_phone
     given = [name for name, value in (("EMAIL", email), ("--phone", phone), ("--external-id", external_id)) if value]
+    if file is not None:
+        if given:
+            raise CliError(f"--file names its contacts itself: leave out {', '.join(given)}", code=2)
+        _consent_file(file, status, channel, purpose, at, encoding)
+        return
+    if encoding is not None:
+        raise CliError("--encoding is for --file", code=2)
+    if channel is None:
+        raise CliError("--channel is required (one of " + ", ".join(CONSENT_CHANNELS) + ")", code=2)
     if len(given) != 1:
         raise CliError("name the contact by exactly one of EMAIL, --phone or --external-id"
                        + (f" (got {', '.join(given)})" if given else ""))
@@ -216,26 +261,55 @@ def _consent(email: Optional[str], status: str, channel: ConsentChannel, purpose
     console.print(f"{who}: {channel.value}/{purpose.value} consent {status} at {when.isoformat()}")
 
 
+def _consent_file(file: Path, status: str, channel: Optional[ConsentChannel], purpose: Purpose, at: Optional[str],
+                  encoding: Optional[str]) -> None:
+    """`consent grant|revoke --file`: every row of the file through the ledger's one writer
+    (nurture.consent_file); bad rows and unknown contacts named by line."""
+    from nurture.consent_file import record_consent_file
+    codec = _encoding(encoding)
+    now = utc_now()
+    when = _past_time("--at", at) or now
+    spec = open_project(strict=False)
+    with _reading(file):
+        result = record_consent_file(store(), _existing(file), status, channel=channel.value if channel else None,
+                                     purpose=purpose.value, at=when, now=now, policy_version=spec.policies.version,
+                                     encoding=codec)
+    _report_errors(result.errors, result.recorded)
+    _report_warnings(result.unknown, "unknown contact(s)")
+    console.print(f"{file.name}: {result.recorded} consent(s) {status}, {len(result.unknown)} unknown contact(s) "
+                  f"skipped (not created), {result.bad_rows} bad row(s) skipped", markup=False)
+    if result.errors:
+        raise typer.Exit(1)
+
+
 _PHONE = typer.Option(None, "--phone", help="the contact's phone (E.164, e.g. +4930123456), instead of EMAIL")
 _EXTERNAL_ID = typer.Option(None, "--external-id", help="the contact's external user id, instead of EMAIL")
+_CHANNEL = typer.Option(None, "--channel", help="the channel (with --file: for rows without a channel column)")
+_FILE = typer.Option(None, "--file", help="CSV or JSONL of many contacts: email, phone or external_id, optional "
+                                          "channel, purpose, at, source (docs/import.md)")
+_AT = typer.Option(None, "--at", help="ISO time (default: now; with --file: for rows without an `at`)")
+_FILE_ENCODING = typer.Option(None, "--encoding", help="with --file: " + ENCODING_HELP)
 
 
 @consent_app.command("grant")
-def consent_grant(email: Optional[str] = typer.Argument(None), channel: ConsentChannel = typer.Option(..., "--channel"),
-                  purpose: Purpose = typer.Option(Purpose.marketing, "--purpose"),
-                  at: Optional[str] = typer.Option(None, "--at", help="ISO time (default: now)"),
-                  phone: Optional[str] = _PHONE, external_id: Optional[str] = _EXTERNAL_ID) -> None:
-    """Record a granted (and confirmed) consent of the contact with EMAIL (or --phone / --external-id)."""
-    _consent(email, "granted", channel, purpose, at, phone, external_id)
+def consent_grant(email: Optional[str] = typer.Argument(None), channel: Optional[ConsentChannel] = _CHANNEL,
+                  purpose: Purpose = typer.Option(Purpose.marketing, "--purpose"), at: Optional[str] = _AT,
+                  phone: Optional[str] = _PHONE, external_id: Optional[str] = _EXTERNAL_ID,
+                  file: Optional[Path] = _FILE, encoding: Optional[str] = _FILE_ENCODING) -> None:
+    """Record a granted (and confirmed) consent of the contact with EMAIL (or --phone / --external-id),
+    or of every contact of --file (unknown contacts are named by line, not created; a bad row
+    is named by line and field and the exit code is 1)."""
+    _consent(email, "granted", channel, purpose, at, phone, external_id, file, encoding)
 
 
 @consent_app.command("revoke")
-def consent_revoke(email: Optional[str] = typer.Argument(None), channel: ConsentChannel = typer.Option(..., "--channel"),
-                   purpose: Purpose = typer.Option(Purpose.marketing, "--purpose"),
-                   at: Optional[str] = typer.Option(None, "--at", help="ISO time (default: now)"),
-                   phone: Optional[str] = _PHONE, external_id: Optional[str] = _EXTERNAL_ID) -> None:
-    """Record a revoked consent of the contact with EMAIL (or --phone / --external-id): it holds from the next send on."""
-    _consent(email, "revoked", channel, purpose, at, phone, external_id)
+def consent_revoke(email: Optional[str] = typer.Argument(None), channel: Optional[ConsentChannel] = _CHANNEL,
+                   purpose: Purpose = typer.Option(Purpose.marketing, "--purpose"), at: Optional[str] = _AT,
+                   phone: Optional[str] = _PHONE, external_id: Optional[str] = _EXTERNAL_ID,
+                   file: Optional[Path] = _FILE, encoding: Optional[str] = _FILE_ENCODING) -> None:
+    """Record a revoked consent of the contact with EMAIL (or --phone / --external-id), or of every
+    contact of --file: it holds from the next send on."""
+    _consent(email, "revoked", channel, purpose, at, phone, external_id, file, encoding)
 
 
 def messages(journey: Optional[str] = typer.Option(None, "--journey"),
