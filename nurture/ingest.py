@@ -31,7 +31,7 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, or_, select
 
-from nurture.consent_ledger import record_consent
+from nurture.consent_ledger import append_consents
 from nurture.identities import erased_contacts
 from nurture.import_columns import CONSENT_AT, CONSENT_COLUMNS, CONSENT_SOURCE, CORE_FIELDS, near_miss
 from nurture.lifecycle import STAGES
@@ -755,6 +755,7 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
         # (a contact erased while this import ran has no id here: nothing is written about them)
         result.touches = record_import_touches(
             conn, [(ids[k], t) for k, t in touches.items() if k in good and k in ids], now)
+        entries = []
         for key, (_, consents) in good.items():
             if consents and key not in ids:  # erased while this import ran: nothing is written about them
                 continue
@@ -762,10 +763,10 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
                 # An import moves a list from another tool: 'granted' there was confirmed there, at
                 # the time and on the source the file names (else: --consent-at or now, by this import).
                 source = f"import:{path.name}" + (f" ({given.source})" if given.source else "")
-                record_consent(conn, ids[key], channel, given.status, source=source,
-                               at=given.at or consent_at or now, policy_version=policy_version,
-                               confirmed=given.status == "granted")
-                result.consents += 1
+                entries.append(dict(contact_id=ids[key], channel=channel, status=given.status, source=source,
+                                    at=given.at or consent_at or now, policy_version=policy_version,
+                                    confirmed=given.status == "granted"))
+        result.consents += append_consents(conn, entries)
     for warning in result.warnings:
         if isinstance(warning, ColumnWarning) and warning.field in result.dropped_columns:
             warning.message = warning.message.replace("is stored as an attribute",
