@@ -179,3 +179,36 @@ def test_track_names_bad_lines_and_fields_and_keeps_the_good_events(store, tmp_p
     ]
     assert result.inserted == 3
     assert sorted(r.event_id for r in rows(store, event_t)) == ["e1", "e2", "e3"]
+
+
+def test_the_fast_path_for_plain_addresses_agrees_with_email_validator():
+    """normalize_email checks plain addresses with a regular expression and leaves the rest to
+    email-validator: wherever the fast path answers, the validator answers the same."""
+    from email_validator import EmailNotValidError, validate_email
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from nurture.ingest import _PLAIN_EMAIL, normalize_email
+
+    label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+    address = st.builds(lambda local, labels, tld, upper: (f"{local}@{'.'.join(labels)}.{tld}".upper() if upper
+                                                           else f"{local}@{'.'.join(labels)}.{tld}"),
+                        st.from_regex(r"[a-z0-9_%+-]{1,12}(\.[a-z0-9_%+-]{1,8}){0,2}", fullmatch=True),
+                        st.lists(label, min_size=1, max_size=3),
+                        st.sampled_from(["com", "de", "io", "b", "test", "local", "xn", "museum"]), st.booleans())
+
+    @settings(max_examples=150, deadline=None)
+    @given(address)
+    def agree(text):
+        try:
+            expected = validate_email(text, check_deliverability=False).normalized.lower()
+        except EmailNotValidError:
+            expected = None
+        try:
+            got = normalize_email(text)
+        except ValueError:
+            got = None
+        assert got == expected, (text, got, expected)
+
+    agree()
+    assert _PLAIN_EMAIL.fullmatch("anna.k+news@mail.shop.example")
