@@ -1,0 +1,285 @@
+"""`nurture simulate`: the real tick, driven by a discrete-event clock on a scratch copy.
+
+Known timelines, exact to the second: a reminder an hour after the event, a send inside quiet
+hours deferred to 08:00 in the contact's own zone, the night Berlin switches to summer time.
+The project's database and outbox are never changed; bad input is one clear error.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from nurture.cli import main
+from nurture.store.db import open_store
+from tests.conftest import write_project
+
+CART = """
+name: cart
+trigger: {event: add_to_cart, lookback: 2d}
+exit_when:
+  - event: purchase
+steps:
+  - id: wait_1h
+    wait: 1h
+  - id: reminder
+    send: {channel: email, template: hello, subject: "Still thinking, {{ contact.first_name }}?"}
+"""
+# Sends at once: quiet hours (email 21:00-08:00, conftest's policies) decide when.
+NIGHT = """
+name: night
+trigger: {event: late_visit, lookback: 2d}
+steps:
+  - id: hello
+    send: {channel: email, template: hello, subject: "Hello"}
+"""
+MORNING = """
+name: morning
+trigger: {event: late_visit, lookback: 2d}
+steps:
+  - id: nine
+    wait_until: "09:00"
+  - id: hello
+    send: {channel: email, template: hello, subject: "Good morning"}
+"""
+CONTACTS = """email,first_name,timezone,consent_email
+ann@example.com,Ann,Europe/Berlin,granted
+ned@example.com,Ned,America/New_York,granted
+bea@example.com,Bea,Europe/Berlin,granted
+"""
+
+
+@pytest.fixture(scope="module")
+def migrated_db(tmp_path_factory) -> Path:
+    """An empty database at the current schema, copied into each test's project (migrating a
+    new file costs far more than copying one)."""
+    path = tmp_path_factory.mktemp("template") / "nurture.db"
+    open_store(f"sqlite:///{path}").dispose()
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, migrated_db) -> Path:
+    root = write_project(tmp_path / "shop", {"cart": CART, "night": NIGHT, "morning": MORNING})
+    (root / ".nurture").mkdir()
+    shutil.copyfile(migrated_db, root / ".nurture" / "nurture.db")
+    (root / "contacts.csv").write_text(CONTACTS, encoding="utf-8")
+    return root
+
+
+def write_events(root: Path, *events: tuple[str, str, str]) -> Path:
+    path = root / "events.jsonl"
+    path.write_text("".join(json.dumps({"event_id": f"e{i}", "email": email, "event": name, "properties": {},
+                                        "timestamp": at}) + "\n" for i, (email, name, at) in enumerate(events)),
+                    encoding="utf-8")
+    return path
+
+
+def nurture(monkeypatch, capsys, root: Path, *args: str) -> tuple[int, str, str]:
+    """`nurture ARGS` in this process (as main() runs it: exit code, stdout, stderr)."""
+    monkeypatch.setenv("NURTURE_PROJECT", str(root))
+    monkeypatch.setenv("COLUMNS", "200")
+    for name in ("NURTURE_DATABASE_URL", "NURTURE_DATA_DIR", "NURTURE_DEBUG", "NURTURE_EMAIL_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "argv", ["nurture", *args])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err, out.out + out.err
+    return stop.value.code or 0, out.out, out.err
+
+
+def simulate_json(monkeypatch, capsys, root: Path, *args: str) -> dict:
+    code, out, err = nurture(monkeypatch, capsys, root, "simulate", *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def project_state(root: Path) -> dict:
+    """Every file of the project's data directory with its hash (database, outbox …)."""
+    data = root / ".nurture"
+    return {str(p.relative_to(data)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(data.rglob("*")) if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+
+
+def timeline(result: dict, contact: str, journey: str) -> list[tuple]:
+    return [(r["kind"], r["step"], r["outcome"], r["reason"], r["at"], r["local_time"])
+            for r in result["timeline"] if r["contact"] == contact and r["journey"] == journey]
+
+
+def test_a_1h_cart_reminder_leaves_exactly_one_hour_after_the_event_and_the_project_is_untouched(
+        monkeypatch, capsys, project):
+    events = write_events(project, ("ann@example.com", "add_to_cart", "2026-03-10T10:02:17Z"),
+                          ("ned@example.com", "add_to_cart", "2026-03-10T10:40:00Z"),
+                          ("ned@example.com", "purchase", "2026-03-10T11:10:00Z"),
+                          ("bea@example.com", "add_to_cart", "2026-03-10T10:00:00Z"),
+                          ("bea@example.com", "purchase", "2026-03-10T10:30:00Z"))
+    before = project_state(project)
+    result = simulate_json(monkeypatch, capsys, project, "--journey", "cart", "--from", "2026-03-10T00:00:00Z",
+                           "--to", "2026-03-11T00:00:00Z", "--contacts", str(project / "contacts.csv"),
+                           "--events", str(events))
+    assert timeline(result, "ann@example.com", "cart") == [
+        ("enrolled", "", "enrolled", "", "2026-03-10T10:02:17+00:00", "2026-03-10T11:02:17+01:00"),
+        ("send", "reminder", "sent", "", "2026-03-10T11:02:17+00:00", "2026-03-10T12:02:17+01:00"),
+        ("left", "", "completed", "", "2026-03-10T11:02:17+00:00", "2026-03-10T12:02:17+01:00")]
+    # Ned bought at 11:10, before his reminder was due at 11:40: he left at the purchase.
+    assert timeline(result, "ned@example.com", "cart") == [
+        ("enrolled", "", "enrolled", "", "2026-03-10T10:40:00+00:00", "2026-03-10T06:40:00-04:00"),
+        ("left", "", "exited", "exit_when", "2026-03-10T11:10:00+00:00", "2026-03-10T07:10:00-04:00")]
+    # Bea bought half an hour after her cart, before any tick had enrolled her: she left then.
+    assert timeline(result, "bea@example.com", "cart") == [
+        ("enrolled", "", "enrolled", "", "2026-03-10T10:00:00+00:00", "2026-03-10T11:00:00+01:00"),
+        ("left", "", "exited", "exit_when", "2026-03-10T10:30:00+00:00", "2026-03-10T11:30:00+01:00")]
+    assert {(r["step"], r["outcome"]): r["count"] for r in result["funnel"]} == {
+        ("", "enrolled"): 3, ("", "exited"): 2, ("wait_1h", "waited"): 1, ("reminder", "sent"): 1}
+    assert result["events_ingested"] == 5
+    # Ticks only when something is due: the start, Bea's purchase, Ann's reminder, Ned's
+    # purchase, the end — not at the carts (their enrollments carry the carts' times anyway).
+    assert result["ticks"] == 5
+    assert project_state(project) == before  # the database and outbox are exactly as they were
+    assert not (project / ".nurture" / "outbox").exists()
+
+
+def test_events_are_only_visible_from_their_own_timestamp(monkeypatch, capsys, project):
+    # The purchase comes after the reminder: the reminder must go (the engine cannot see it yet).
+    events = write_events(project, ("ann@example.com", "add_to_cart", "2026-03-10T10:00:00Z"),
+                          ("ann@example.com", "purchase", "2026-03-10T11:00:01Z"))
+    result = simulate_json(monkeypatch, capsys, project, "--journey", "cart", "--from", "2026-03-10T09:00:00Z",
+                           "--to", "2026-03-10T12:00:00Z", "--contacts", str(project / "contacts.csv"),
+                           "--events", str(events), "--contact", "Ann@Example.com")
+    assert [(r["kind"], r["outcome"], r["at"]) for r in result["timeline"]] == [
+        ("enrolled", "enrolled", "2026-03-10T10:00:00+00:00"),
+        ("send", "sent", "2026-03-10T11:00:00+00:00"),
+        ("left", "completed", "2026-03-10T11:00:00+00:00")]
+
+
+def test_a_send_due_in_quiet_hours_waits_for_0800_in_the_contacts_own_zone(monkeypatch, capsys, project):
+    # 01:30 UTC is 21:30 in New York (EDT since March 8th): inside 21:00-08:00 there, so the
+    # send waits for 08:00 New York time = 12:00 UTC. Ann in Berlin (02:30 local) waits for
+    # 08:00 Berlin time = 07:00 UTC.
+    events = write_events(project, ("ned@example.com", "late_visit", "2026-03-10T01:30:00Z"),
+                          ("ann@example.com", "late_visit", "2026-03-10T01:30:00Z"))
+    result = simulate_json(monkeypatch, capsys, project, "--journey", "night", "--from", "2026-03-10T00:00:00Z",
+                           "--to", "2026-03-11T00:00:00Z", "--contacts", str(project / "contacts.csv"),
+                           "--events", str(events))
+    assert timeline(result, "ned@example.com", "night")[1:] == [
+        ("send", "hello", "deferred", "quiet_hours", "2026-03-10T01:30:00+00:00", "2026-03-09T21:30:00-04:00"),
+        ("send", "hello", "sent", "", "2026-03-10T12:00:00+00:00", "2026-03-10T08:00:00-04:00"),
+        ("left", "", "completed", "", "2026-03-10T12:00:00+00:00", "2026-03-10T08:00:00-04:00")]
+    deferral = next(r for r in result["timeline"] if r["contact"] == "ned@example.com" and r["outcome"] == "deferred")
+    assert (deferral["until"], deferral["until_local"]) == ("2026-03-10T12:00:00+00:00", "2026-03-10T08:00:00-04:00")
+    assert [r["at"] for r in result["timeline"] if r["contact"] == "ann@example.com" and r["outcome"] == "sent"] == [
+        "2026-03-10T07:00:00+00:00"]
+    funnel = {(r["step"], r["outcome"], r["reason"]): r["count"] for r in result["funnel"]}
+    assert funnel[("hello", "deferred", "quiet_hours")] == 2 and funnel[("hello", "sent", "")] == 2
+
+
+def test_the_night_berlin_switches_to_summer_time(monkeypatch, capsys, project):
+    # Saturday 2026-03-28 22:30 CET (21:30 UTC). At 02:00 the clocks jump to 03:00 CEST (UTC+2):
+    # 08:00 on Sunday is 06:00 UTC, not 07:00; 09:00 is 07:00 UTC.
+    events = write_events(project, ("bea@example.com", "late_visit", "2026-03-28T21:30:00Z"))
+    result = simulate_json(monkeypatch, capsys, project, "--from", "2026-03-28T20:00:00Z", "--to",
+                           "2026-03-29T20:00:00Z", "--contacts", str(project / "contacts.csv"), "--events", str(events),
+                           "--contact", "bea@example.com")
+    assert timeline(result, "bea@example.com", "night")[1:3] == [
+        ("send", "hello", "deferred", "quiet_hours", "2026-03-28T21:30:00+00:00", "2026-03-28T22:30:00+01:00"),
+        ("send", "hello", "sent", "", "2026-03-29T06:00:00+00:00", "2026-03-29T08:00:00+02:00")]
+    assert timeline(result, "bea@example.com", "morning")[1] == (
+        "send", "hello", "sent", "", "2026-03-29T07:00:00+00:00", "2026-03-29T09:00:00+02:00")
+    assert {r["contact"] for r in result["timeline"]} == {"bea@example.com"}  # --contact filters the timeline
+
+
+def test_simulate_prints_the_funnel_and_the_contacts_timeline(monkeypatch, capsys, project):
+    events = write_events(project, ("ann@example.com", "add_to_cart", "2026-03-10T10:00:00Z"))
+    code, out, err = nurture(monkeypatch, capsys, project, "simulate", "--journey", "cart", "--from",
+                             "2026-03-10T09:00:00Z", "--to", "2026-03-10T12:00:00Z", "--contacts",
+                             str(project / "contacts.csv"), "--events", str(events), "--contact", "ann@example.com")
+    assert code == 0, err
+    assert "journey cart: enrolled 1" in out and "reminder" in out and "sent" in out
+    assert "timeline of ann@example.com" in out and "2026-03-10 11:00:00" in out and "12:00 +01:00" in out
+
+
+def test_simulate_runs_on_a_copy_of_the_projects_database(monkeypatch, capsys, project):
+    # The project's own database holds the contact, its consent and the event: the copy acts on them.
+    from datetime import datetime, timezone
+
+    from tests.engine_fixtures import add_contact, add_event, set_consent
+    store = open_store(f"sqlite:///{project / '.nurture' / 'nurture.db'}")
+    at = datetime(2026, 3, 10, 10, 0, tzinfo=timezone.utc)
+    cid = add_contact(store, "zoe@example.com", timezone="Europe/Berlin", first_name="Zoe")
+    set_consent(store, cid, at=at - timedelta(days=30))
+    add_event(store, cid, "add_to_cart", at)
+    store.dispose()
+    before = project_state(project)
+    result = simulate_json(monkeypatch, capsys, project, "--journey", "cart", "--from", "2026-03-10T10:30:00Z",
+                           "--to", "2026-03-10T12:00:00Z")
+    assert [(r["kind"], r["outcome"], r["at"]) for r in result["timeline"]] == [
+        ("enrolled", "enrolled", "2026-03-10T10:00:00+00:00"),
+        ("send", "sent", "2026-03-10T11:00:00+00:00"),
+        ("left", "completed", "2026-03-10T11:00:00+00:00")]
+    assert project_state(project) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--from", "2026-03-11T00:00:00Z", "--to", "2026-03-10T00:00:00Z"],
+     "--from (2026-03-11T00:00:00+00:00) is after --to"),
+    (["--journey", "crat", "--from", "2026-03-10", "--to", "2026-03-11"], "no journey named 'crat'"),
+    (["--from", "yesterday", "--to", "2026-03-11"], "--from:"),
+    (["--from", "2026-03-10", "--to", "2026-03-11", "--events", "missing.jsonl"],
+     "--events: missing.jsonl: no such file"),
+])
+def test_bad_options_are_one_clear_error(monkeypatch, capsys, project, args, message):
+    monkeypatch.chdir(project)
+    code, out, err = nurture(monkeypatch, capsys, project, "simulate", *args)
+    assert code != 0 and message in err and out == ""
+
+
+def test_a_bad_events_row_stops_the_simulation_naming_its_line(monkeypatch, capsys, project):
+    path = project / "events.jsonl"
+    path.write_text(json.dumps({"event_id": "e1", "email": "ann@example.com", "event": "add_to_cart",
+                                "timestamp": "2026-03-10T10:00:00Z"}) + "\n"
+                    + json.dumps({"event_id": "e2", "email": "ann@example.com", "event": "add_to_cart",
+                                  "timestamp": "not a time"}) + "\n"
+                    + json.dumps({"event_id": "e3", "email": "not-an-address", "event": "add_to_cart",
+                                  "timestamp": "2026-03-10T10:00:00Z"}) + "\n", encoding="utf-8")
+    code, out, err = nurture(monkeypatch, capsys, project, "simulate", "--from", "2026-03-10", "--to", "2026-03-11",
+                             "--events", str(path))
+    assert code != 0 and out == ""
+    assert "events.jsonl:2: timestamp:" in err and "events.jsonl: 1 bad row(s); nothing was simulated" in err
+    path.write_text(path.read_text().splitlines()[0] + "\n" + path.read_text().splitlines()[2] + "\n")
+    code, out, err = nurture(monkeypatch, capsys, project, "simulate", "--from", "2026-03-10", "--to", "2026-03-11",
+                             "--events", str(path))
+    assert code != 0 and "events.jsonl:2: email:" in err
+
+
+def test_a_bad_contacts_row_stops_the_simulation(monkeypatch, capsys, project):
+    (project / "bad.csv").write_text("email,timezone\nnot-an-address,Europe/Berlin\n", encoding="utf-8")
+    code, out, err = nurture(monkeypatch, capsys, project, "simulate", "--from", "2026-03-10", "--to", "2026-03-11",
+                             "--contacts", str(project / "bad.csv"))
+    assert code != 0 and "bad.csv:2: email" in err and "nothing was simulated" in err
+
+
+def test_a_birthday_mail_leaves_at_0900_in_each_contacts_zone(monkeypatch, capsys, tmp_path, migrated_db):
+    pytest.importorskip("nurture.date_occurrences")
+    root = write_project(tmp_path / "shop", {"birthday": """
+        name: birthday
+        trigger: {date: birthday, at: "09:00", every: year}
+        steps:
+          - id: card
+            send: {channel: email, template: hello, subject: "Happy birthday"}
+        """})
+    (root / ".nurture").mkdir()
+    shutil.copyfile(migrated_db, root / ".nurture" / "nurture.db")
+    (root / "contacts.csv").write_text("email,timezone,birthday,consent_email\n"
+                                       "ann@example.com,Europe/Berlin,1990-03-10,granted\n"
+                                       "kim@example.com,Asia/Kathmandu,1985-03-10,granted\n", encoding="utf-8")
+    result = simulate_json(monkeypatch, capsys, root, "--from", "2026-03-09T12:17:00Z", "--to", "2026-03-11T00:00:00Z",
+                           "--contacts", str(root / "contacts.csv"))
+    assert [(r["contact"], r["at"], r["local_time"]) for r in result["timeline"] if r["outcome"] == "sent"] == [
+        ("ann@example.com", "2026-03-10T08:00:00+00:00", "2026-03-10T09:00:00+01:00"),
+        ("kim@example.com", "2026-03-10T03:15:00+00:00", "2026-03-10T09:00:00+05:45")]
