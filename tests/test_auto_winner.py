@@ -217,7 +217,7 @@ def test_revenue_per_recipient_decides_where_the_conversion_rate_cannot(make_run
     (decision,) = decisions(store)
     assert (decision.winner, decision.metric) == ("b", "revenue_per_recipient")
     b = next(arm for arm in decision.stats["arms"] if arm["name"] == "b")
-    assert b["revenue_per_recipient"] == pytest.approx(100.0 * (b["recipients"] + 1) // 2 / b["recipients"])
+    assert b["revenue_per_recipient"] == pytest.approx(100.0 * ((b["recipients"] + 1) // 2) / b["recipients"])
 
 
 def test_decided_written_in_the_journey_file_routes_everyone_without_a_table_row(make_runtime, store):

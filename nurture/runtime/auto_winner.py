@@ -15,7 +15,7 @@ for its arms (nurture.reporting.splits.arm_stats — one computation for both). 
 Conversions count as the engine has recorded them (the exit/convert stage runs after prepare:
 a purchase is seen by the next tick's decision).
 
-Honest caveat: the rule is checked on every tick, so the data is looked at again and again, and
+Honest caveat: the rule is checked again and again (at most hourly per process), so the data is looked at again and again, and
 each look is another chance for noise to produce an interval that excludes 0. The chance that the
 procedure ever picks a winner where there is no real difference is therefore higher than
 1 − confidence ("peeking"); this is not a sequential test. `min_per_arm` delays the first look
@@ -31,7 +31,7 @@ decision's `version`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Optional, Sequence
 
 from nurture.reporting.incremental import Estimate, mean_difference
@@ -82,6 +82,13 @@ def judge(arms: Sequence[ArmReport], rule: AutoWinner) -> Verdict:
     return Verdict(None, "no_clear_winner", stats)
 
 
+# The arms are judged at most once per hour of the tick's clock in one process (the figures
+# take tens of milliseconds; a five-minute schedule gains nothing from looking twelve times as
+# often — and looks less often at noise, see "peeking" above). A decision recorded by another
+# worker is read on every tick.
+JUDGE_EVERY = timedelta(hours=1)
+
+
 def decide_splits(rt: Runtime, journey: str, now: datetime) -> int:
     """Judge every undecided `auto_winner` split of `journey`, record the decisions, and
     compile the Runtime's plan again (also when another worker decided): how many splits this
@@ -92,15 +99,24 @@ def decide_splits(rt: Runtime, journey: str, now: datetime) -> int:
         return 0  # no query: a journey without auto_winner never reads the decision table
     plan = rt.plan(journey)
     verdicts: dict[str, tuple[Verdict, AutoWinner]] = {}
+    memo = rt.memo.setdefault(("auto_winner", journey), {})
+    last = memo.get("judged_at")
+    judge_now = last is None or now < last or now - last >= JUDGE_EVERY
     with rt.store.reading() as conn:
-        recorded = recorded_decisions(conn, journey)
-        for step in candidates:
-            if step.id in recorded or step.id not in plan.nodes:
-                continue
-            arms, _ = arm_stats(conn, plan, step.id)
-            verdict = judge(arms, step.auto_winner)
-            if verdict.winner is not None:
-                verdicts[step.id] = (verdict, step.auto_winner)
+        recorded = recorded_decisions(conn, journey)  # every tick: another worker's decision counts at once
+        if judge_now:
+            memo["judged_at"] = now
+            for step in candidates:
+                if step.id in recorded or step.id not in plan.nodes:
+                    continue
+                arms, _ = arm_stats(conn, plan, step.id)
+                verdict = judge(arms, step.auto_winner)
+                if verdict.winner is not None:
+                    verdicts[step.id] = (verdict, step.auto_winner)
+    seen = frozenset((sid, d.winner, d.version) for sid, d in recorded.items())
+    if not verdicts and memo.get("recorded") == seen:
+        return 0  # nothing new: the plan the Runtime holds is the one to run
+    memo["recorded"] = seen
     if verdicts:
         with rt.store.engine.begin() as conn:
             insert_ignore(conn, decision_t, [

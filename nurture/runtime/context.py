@@ -72,6 +72,8 @@ class Runtime:
     _plans: dict[str, Plan] = field(default_factory=dict)
     _channels: dict[str, Channel] = field(default_factory=dict)
     _templates: Optional[TemplateLibrary] = None
+    # What a stage remembers between the ticks of this Runtime (e.g. when auto_winner last judged).
+    memo: dict = field(default_factory=dict)
 
     @property
     def templates(self) -> TemplateLibrary:
