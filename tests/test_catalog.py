@@ -3,8 +3,6 @@ field) and the cross-sell lookup templates use."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 from sqlalchemy import select
 
@@ -53,8 +51,8 @@ def test_related_products_come_from_the_same_category_best_rank_first(store, tmp
 def test_cli_import_products_exits_non_zero_on_bad_rows(tmp_path):
     bad = _write(tmp_path / "bad.csv", "sku,name,category\nA,Beans,coffee\n")
     env = {**os.environ, "NURTURE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
-    run = subprocess.run([sys.executable, "-c", "from nurture.cli import main; main()", "--project", str(REPO), "import", "products", str(bad)],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    from tests.cli_inproc import run_cli
+    run = run_cli(["--project", str(REPO), "import", "products", str(bad)], env, cwd=tmp_path)
     assert run.returncode == 1
     assert "bad.csv:2: price: required" in run.stderr
     assert "Traceback" not in run.stderr + run.stdout

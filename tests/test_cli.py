@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli_inproc import run_cli
 from tests.conftest import write_project
 
 JOURNEY = """
@@ -26,8 +26,7 @@ def nurture(root: Path, *args: str, check: bool = False) -> subprocess.Completed
     env = {**os.environ, "NURTURE_PROJECT": str(root), "NURTURE_DATABASE_URL": f"sqlite:///{root / '.nurture' / 'cli.db'}",
            "NURTURE_DATA_DIR": str(root / ".nurture"), "COLUMNS": "200"}
     env.pop("NURTURE_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-c", "from nurture.cli import main; main()", *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = run_cli(list(args), env)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr

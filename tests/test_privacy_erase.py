@@ -13,9 +13,7 @@ import hashlib
 import hmac
 import json
 import os
-import shutil
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -541,9 +539,8 @@ def nurture(root: Path, *args: str) -> subprocess.CompletedProcess:
            "NURTURE_DATA_DIR": str(root / ".nurture"), "COLUMNS": "200"}
     for name in ("NURTURE_DEBUG", "NURTURE_HUBSPOT_TOKEN", "PREFECT_API_URL"):
         env.pop(name, None)
-    script = shutil.which("nurture")
-    command = [script] if script else [sys.executable, "-c", "from nurture.cli import main; main()"]
-    proc = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=300)
+    from tests.cli_inproc import run_cli
+    proc = run_cli(list(args), env)
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     return proc
 

@@ -187,12 +187,10 @@ def test_journey_summary_for_the_prefect_artifact(cart_report, store):
 
 def _nurture(tmp_path, *args):
     import os
-    import subprocess
-    import sys
     from tests.conftest import REPO
     env = {**os.environ, "NURTURE_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
-    return subprocess.run([sys.executable, "-c", "from nurture.cli import main; main()", "--project", str(REPO), *args],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    from tests.cli_inproc import run_cli
+    return run_cli(["--project", str(REPO), *args], env, cwd=tmp_path)
 
 
 def test_cli_report_prints_tables_writes_html_and_json(tmp_path):

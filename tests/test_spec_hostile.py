@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -315,8 +314,8 @@ def nurture(root: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]
            "NURTURE_DATABASE_URL": f"sqlite:///{root / '.nurture' / 'cli.db'}", "NURTURE_DATA_DIR": str(root / ".nurture")}
     env.pop("NURTURE_DEBUG", None)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", "from nurture.cli import main; main()", *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    from tests.cli_inproc import run_cli
+    proc = run_cli(list(args), env, timeout=120)
     return proc, time.perf_counter() - started
 
 

@@ -5,8 +5,6 @@ BMP (emoji) count as two UTF-16 units. `nurture preview` prints the count for SM
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -42,8 +40,8 @@ def test_nurture_preview_prints_the_encoding_and_segment_count_of_an_sms(tmp_pat
                          templates={"sms/deal.txt": "Hi {{ contact.first_name }}! " + "Deal ł " * 12 + "Reply STOP"})
     env = {**os.environ, "NURTURE_PROJECT": str(root), "NURTURE_DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}",
            "NURTURE_DATA_DIR": str(root / ".nurture"), "COLUMNS": "200"}
-    result = subprocess.run([sys.executable, "-c", "from nurture.cli import main; main()", "preview", "deal"],
-                            env=env, capture_output=True, text=True, timeout=120)
+    from tests.cli_inproc import run_cli
+    result = run_cli(["preview", "deal"], env)
     assert result.returncode == 0, result.stderr
     body = next(line for line in result.stdout.splitlines() if line.startswith("Hi "))
     assert sms_segments(body) == ("UCS-2", 2)
