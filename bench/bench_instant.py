@@ -82,6 +82,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_web(root: Path, port: int, env: dict, log_path: Path, headers: dict) -> tuple[subprocess.Popen, httpx.Client]:
+    """`nurture web` for project `root` as a subprocess on 127.0.0.1:`port`, and a client once it
+    answers /healthz (RuntimeError naming the log when it does not start within 60 s)."""
+    web = subprocess.Popen([sys.executable, "-c", "from nurture.cli import main; main()", "--project", str(root),
+                            "web", "--port", str(port)], env=env, cwd=str(REPO),
+                           stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if http.get("/healthz").status_code == 200:
+                return web, http
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or web.poll() is not None:
+            web.kill()
+            raise RuntimeError(f"nurture web did not start; see {log_path}")
+        time.sleep(0.1)
+
+
+def stop_web(web: subprocess.Popen) -> None:
+    web.terminate()
+    try:
+        web.wait(30)
+    except subprocess.TimeoutExpired:
+        web.kill()
+
+
 def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     pos = q * (len(ordered) - 1)
@@ -125,25 +153,10 @@ def run(db: str, seconds: float, rate: float, tick_every: float, workdir: Path) 
                 "NURTURE_INGEST_TOKEN": TOKEN, "NURTURE_EMAIL_BACKEND": "smtp", "NURTURE_SMTP_HOST": "127.0.0.1",
                 "NURTURE_SMTP_PORT": str(smtp.port), "NURTURE_SMTP_SECURITY": "none",
                 "NURTURE_FROM_EMAIL": "shop@example.com", "NURTURE_DATA_DIR": str(root / ".nurture")})
-    web = subprocess.Popen([sys.executable, "-c", "from nurture.cli import main; main()", "--project", str(root),
-                            "web", "--port", str(port)], env=env, cwd=str(REPO),
-                           stdout=subprocess.DEVNULL, stderr=open(workdir / f"web-{db}.log", "w"))
+    web, http = start_web(root, port, env, workdir / f"web-{db}.log", {"Authorization": f"Bearer {TOKEN}"})
     stop = threading.Event()
     ticks: list[dict] = []
     try:
-        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                            headers={"Authorization": f"Bearer {TOKEN}"})
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if http.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or web.poll() is not None:
-                raise RuntimeError(f"nurture web did not start; see {workdir / f'web-{db}.log'}")
-            time.sleep(0.1)
-
         rt = Runtime(store, load_project(root), env=env)
 
         def ticking() -> None:  # the scheduled ticks, alongside
@@ -191,11 +204,7 @@ def run(db: str, seconds: float, rate: float, tick_every: float, workdir: Path) 
                 "target_met": bool(latencies) and quantile(latencies, 0.5) < 1 and quantile(latencies, 0.95) < 3}
     finally:
         stop.set()
-        web.terminate()
-        try:
-            web.wait(30)
-        except subprocess.TimeoutExpired:
-            web.kill()
+        stop_web(web)
         smtp.stop()
         store.dispose()
         if pg is not None:

@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,10 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from bench.bench_instant import free_port  # noqa: E402
+from bench.bench_instant import free_port, start_web, stop_web  # noqa: E402
 from nurture.store.db import open_store  # noqa: E402
 from nurture.store.tables import event_t  # noqa: E402
 from tests.conftest import write_project  # noqa: E402
@@ -66,22 +64,9 @@ def run(db: str, events: int, size: int, clients: int, users: int, workdir: Path
     env = {k: v for k, v in os.environ.items() if not k.startswith("NURTURE_")}
     env.update({"NURTURE_DATABASE_URL": url, "NURTURE_SECRET_KEY": SECRET, "NURTURE_WRITE_KEY": WRITE_KEY,
                 "NURTURE_PUBLIC_URL": f"http://127.0.0.1:{port}", "NURTURE_DATA_DIR": str(root / ".nurture")})
-    log = open(workdir / f"web-{db}.log", "w")
-    web = subprocess.Popen([sys.executable, "-c", "from nurture.cli import main; main()", "--project", str(root),
-                            "web", "--port", str(port)], env=env, cwd=str(REPO), stdout=subprocess.DEVNULL, stderr=log)
     auth = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+    web, http = start_web(root, port, env, workdir / f"web-{db}.log", {"Authorization": auth})
     try:
-        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"Authorization": auth})
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if http.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or web.poll() is not None:
-                raise RuntimeError(f"nurture web did not start; see {workdir / f'web-{db}.log'}")
-            time.sleep(0.1)
         bodies = [json.dumps(batch_body(i, min(size, events - i), users)).encode() for i in range(0, events, size)]
         statuses: list[int] = []
 
@@ -98,11 +83,7 @@ def run(db: str, events: int, size: int, clients: int, users: int, workdir: Path
                 "events_per_s": round(events / seconds), "non_2xx": sum(1 for s in statuses if not 200 <= s < 300),
                 "stored": stored}
     finally:
-        web.terminate()
-        try:
-            web.wait(30)
-        except subprocess.TimeoutExpired:
-            web.kill()
+        stop_web(web)
         store.dispose()
         if pg is not None:
             pg.cleanup()

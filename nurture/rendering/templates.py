@@ -259,23 +259,9 @@ class TemplateLibrary:
         properties; `contact` → its fields and the attributes in the database): any other name
         is a warning with a did-you-mean. Located in the template file."""
         known = known or {}
-        if step_name_problem(name, channel):  # a name outside templates/: reported by check()
-            return [], []
-        paths = [self.html_path(name)] if channel == "email" else [self.text_path(channel, name)]
-        if channel == "email" and self.email_text_path(name).is_file():
-            paths.append(self.email_text_path(name))
-        todo, seen = [p.relative_to(self.root).as_posix() for p in paths if p.is_file()], set()
         errors: list[SpecError] = []
         warnings: list[SpecError] = []
-        while todo:
-            current = todo.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            try:
-                ast = self.html_env.parse((self.root / current).read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, TemplateSyntaxError):
-                continue
+        for current, ast in self._parsed_tree(channel, name):
             for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
                 if not isinstance(node.node, nodes.Name):
                     continue
@@ -300,19 +286,27 @@ class TemplateLibrary:
                         warnings.append(SpecError(*where, f"warning: '{variable}.{key}' is not a {variable} field; "
                                                           f"did you mean '{variable}.{close[0]}'? (only an attribute "
                                                           f"named '{key}' would fill it)"))
-            todo.extend(self._loadable(ast))
         return sorted(set(errors)), sorted(set(warnings))
 
     def translatable(self, channel: str, name: str) -> dict[str, tuple[str, int]]:
         """The messages a template (and what it loads) passes to `_()` / `gettext()` as a
         literal: message → (template file, line) of its first use."""
+        found: dict[str, tuple[str, int]] = {}
+        for current, ast in self._parsed_tree(channel, name):
+            for message, where in _gettext_literals(ast, f"templates/{current}").items():
+                found.setdefault(message, where)
+        return found
+
+    def _parsed_tree(self, channel: str, name: str) -> Iterator[tuple[str, Any]]:
+        """(path below templates/, parsed AST) of a send step's template and of every template it
+        extends, includes or imports, each once; files that cannot be read or parsed are left out
+        (check() reports them). Nothing for a name outside templates/."""
         if step_name_problem(name, channel):
-            return {}
+            return
         paths = [self.html_path(name)] if channel == "email" else [self.text_path(channel, name)]
         if channel == "email" and self.email_text_path(name).is_file():
             paths.append(self.email_text_path(name))
         todo, seen = [p.relative_to(self.root).as_posix() for p in paths if p.is_file()], set()
-        found: dict[str, tuple[str, int]] = {}
         while todo:
             current = todo.pop()
             if current in seen:
@@ -322,9 +316,8 @@ class TemplateLibrary:
                 ast = self.html_env.parse((self.root / current).read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, TemplateSyntaxError):
                 continue
-            found.update({k: v for k, v in _gettext_literals(ast, f"templates/{current}").items() if k not in found})
+            yield current, ast
             todo.extend(self._loadable(ast))
-        return found
 
     def string_translatable(self, source: str, where: tuple[str, int]) -> dict[str, tuple[str, int]]:
         """The `_()` literals of a subject or preheader, located at `where` (file, line)."""
