@@ -22,10 +22,15 @@ def _flows():
 
 def run_ticks(journey: Optional[str], now, quiet: bool = False, workers: Optional[int] = None) -> list[dict]:
     flows = _flows()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
     from flows.runtime import ProjectInvalid
     from nurture.store.db import DatabaseUnavailable
-    state = flows.tick_all(project=str(root()), now=now, journey=journey, delivery_processes=workers,
-                           return_state=True)
+    # A one-shot run is watched in the terminal until it ends: Prefect's flow-run heartbeats (for
+    # spotting crashed runs of workers) would only add up to a second of waiting per flow at its end.
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        state = flows.tick_all(project=str(root()), now=now, journey=journey, delivery_processes=workers,
+                               return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, ProjectInvalid):
         raise CliError(str(outcome))
