@@ -8,7 +8,12 @@ Prints JSON:
 - idle_tick: a tick with nothing due over N active enrollments → engine seconds.
 - validate: validating 50 journeys → seconds.
 
-    python bench/bench_tick.py [--contacts 100000] [--dir PATH]
+    python bench/bench_tick.py [--contacts 100000] [--dir PATH] [--postgres] [--only send]
+                               [--workers 1,2]
+
+`--postgres` also runs the send ticks on a throwaway PostgreSQL server (pgserver, its data
+under `--dir` too) over the same seeded data, in the same run: `postgres_send_tick_*` beside
+the SQLite figures, and `postgres_vs_sqlite` (2 processes).
 
 The projects (SQLite file and .eml outbox) live where a real project keeps them: under the
 checkout's `.nurture/` (git-ignored), removed afterwards. `--dir` chooses another place. The
@@ -80,19 +85,52 @@ def seed(rt: Runtime, n: int, due: bool) -> None:
              "revenue": 0.0, "defer_count": 0, "state": {}} for cid in ids])
 
 
-def make(tmp: Path, n: int, due: bool) -> Runtime:
+class Postgres:
+    """A throwaway PostgreSQL server (pgserver, default settings); a fresh database per project."""
+
+    def __init__(self, base: Path):
+        import pgserver
+        self.data = Path(tempfile.mkdtemp(prefix="nurpg", dir=base))
+        self.server = pgserver.get_server(str(self.data), cleanup_mode="stop")
+        self.uri = self.server.get_uri()
+        self.count = 0
+
+    def new_database(self) -> str:
+        from sqlalchemy import create_engine, text
+        self.count += 1
+        name = f"bench_{self.count}"
+        admin = create_engine(self.uri.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        base, _, query = self.uri.partition("?")
+        return f"{base.rsplit('/', 1)[0]}/{name}?{query}".replace("postgresql://", "postgresql+psycopg://")
+
+    def close(self) -> None:
+        try:
+            self.server.cleanup()
+        finally:
+            for _ in range(20):  # the server may still be writing its last files as it stops
+                shutil.rmtree(self.data, ignore_errors=True)
+                if not self.data.exists():
+                    break
+                time.sleep(0.25)
+
+
+def make(tmp: Path, n: int, due: bool, url: str | None = None) -> Runtime:
     root = write_project(tmp / ("due" if due else "idle"), {"promo": JOURNEY},
                          templates={"email/promo.html": TEMPLATE, "layouts/base.html": LAYOUT})
     spec = load_project(root)
     assert not spec.errors, spec.errors
-    store = open_store(f"sqlite:///{root / '.nurture' / 'nurture.db'}")
+    store = open_store(url or f"sqlite:///{root / '.nurture' / 'nurture.db'}")
     rt = Runtime(store, spec, env={"NURTURE_DATA_DIR": str(root / ".nurture")})
     seed(rt, n, due)
     return rt
 
 
-def bench_send(tmp: Path, n: int, workers: int) -> dict:
-    rt = make(tmp / f"w{workers}", n, due=True)
+def bench_send(tmp: Path, n: int, workers: int, url: str | None = None) -> dict:
+    rt = make(tmp / f"w{workers}", n, due=True, url=url)
     run_tick(rt, "promo", NOW - timedelta(minutes=5))  # records the version; nothing due yet
     started = time.perf_counter()
     report = run_tick(rt, "promo", NOW, workers=workers)
@@ -100,7 +138,10 @@ def bench_send(tmp: Path, n: int, workers: int) -> dict:
     advanced = delivered = report.outcomes
     sent = sum(v for (step, status, _), v in delivered.items() if status == "sent")
     files = sum(1 for _ in (rt.data_dir / "outbox" / "email" / "promo").iterdir())
-    return {"contacts": n, "delivery_processes": workers, "sent": sent, "eml_files": files, "seconds": round(end - started, 2),
+    rt.close()
+    rt.store.dispose()
+    return {"database": rt.store.dialect, "contacts": n, "delivery_processes": workers, "sent": sent,
+            "eml_files": files, "seconds": round(end - started, 2),
             "messages_per_second": round(sent / (end - started)), "target_messages_per_second": 5000,
             "queued": sum(v for (s, status, _), v in advanced.items() if status == "queued")}
 
@@ -162,16 +203,32 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--contacts", type=int, default=100_000)
     parser.add_argument("--dir", default=None, help="where the bench projects live (default: the checkout's .nurture/)")
+    parser.add_argument("--postgres", action="store_true", help="the send ticks on PostgreSQL (pgserver) too")
+    parser.add_argument("--only", choices=["send"], default=None, help="send ticks only (no validate, no idle tick)")
+    parser.add_argument("--workers", default="1,2", help="delivery processes of the send ticks (default 1,2)")
     args = parser.parse_args()
     base = Path(args.dir) if args.dir else Path(__file__).resolve().parent.parent / ".nurture"
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-", dir=base))
+    workers = [int(w) for w in args.workers.split(",")]
+    pg = Postgres(base) if args.postgres else None
     try:
-        result = {"directory": str(tmp), "file_create_us": file_create_us(tmp),
-                  "validate": bench_validate(tmp), "idle_tick": bench_idle(tmp, args.contacts),
-                  "send_tick_1_process": bench_send(tmp, args.contacts, 1),
-                  "send_tick_2_processes": bench_send(tmp, args.contacts, 2)}
+        result: dict = {"directory": str(tmp), "file_create_us": file_create_us(tmp)}
+        if args.only != "send":
+            result.update(validate=bench_validate(tmp), idle_tick=bench_idle(tmp, args.contacts))
+        for w in workers:
+            name = f"send_tick_{w}_process" + ("es" if w > 1 else "")
+            result[name] = bench_send(tmp / "sqlite", args.contacts, w)
+            if pg is not None:
+                result[f"postgres_{name}"] = bench_send(tmp / "postgres", args.contacts, w, pg.new_database())
+        if pg is not None:
+            w = workers[-1]
+            name = f"send_tick_{w}_process" + ("es" if w > 1 else "")
+            result["postgres_vs_sqlite"] = round(result[f"postgres_{name}"]["messages_per_second"]
+                                                 / result[name]["messages_per_second"], 2)
     finally:
+        if pg is not None:
+            pg.close()
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result, indent=2))
 

@@ -8,6 +8,7 @@ from typing import Iterable, Optional
 from sqlalchemy import or_, select
 from sqlalchemy.engine import Connection
 
+from nurture.runtime.sql import ids_in, texts_in
 from nurture.store.tables import suppression_t
 
 # An unsubscribe ends marketing; bounces, complaints and STOP end every message.
@@ -25,8 +26,8 @@ def suppressions_for(conn: Connection, contact_ids: Iterable[int], addresses: It
             break
         rows = conn.execute(select(suppression_t.c.contact_id, suppression_t.c.address,
                                    suppression_t.c.channel, suppression_t.c.reason)
-                            .where(or_(suppression_t.c.contact_id.in_(id_chunk),
-                                       suppression_t.c.address.in_(addr_chunk))))
+                            .where(or_(ids_in(suppression_t.c.contact_id, id_chunk),
+                                       texts_in(suppression_t.c.address, addr_chunk))))
         for contact_id, address, channel, reason in rows:
             if contact_id is not None:
                 by_contact[contact_id].append((channel, reason))

@@ -1,0 +1,61 @@
+"""`write_many` and `ids_in` on both stores: on PostgreSQL a batch write is one statement over
+arrays (`UPDATE … FROM unnest(…)`, `INSERT … SELECT FROM unnest(…)`) and an id list is one
+array parameter — with exactly the results of a row-by-row executemany and of an IN list."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from sqlalchemy import bindparam, select, text
+
+from nurture.runtime.sql import ids_in, write_many
+from nurture.store.tables import contact_t, message_t
+from tests.conftest import utc
+
+AT = utc(2026, 11, 18, 12)
+
+
+def _contacts(conn, n: int) -> list[int]:
+    conn.execute(contact_t.insert(), [{"email": f"c{i}@example.com", "lifecycle_stage": "lead", "score": 0.0,
+                                       "attributes": {}, "created_at": AT, "updated_at": AT} for i in range(n)])
+    return [r[0] for r in conn.execute(text("SELECT id FROM contact ORDER BY id"))]
+
+
+def _messages(conn, cids: list[int]) -> list[int]:
+    write_many(conn, message_t.insert(), [
+        dict(contact_id=cid, journey="j", step_id="s", channel="email", purpose="marketing", template="t",
+             status="sending", due_at=AT, created_at=AT, attempts=2, attempt_key="send") for cid in cids])
+    return [r[0] for r in conn.execute(text("SELECT id FROM message ORDER BY id"))]
+
+
+def test_a_batch_update_changes_each_row_as_its_own_statement_would(store):
+    record = (message_t.update().where(message_t.c.id == bindparam("mid"))
+              .values(status=bindparam("st"), sent_at=bindparam("sat"), claim=None))
+    put_back = (message_t.update().where(message_t.c.id == bindparam("mid"))
+                .values(attempts=message_t.c.attempts - 1))
+    with store.engine.begin() as conn:
+        mids = _messages(conn, _contacts(conn, 4))
+        write_many(conn, record, [{"mid": mids[0], "st": "sent", "sat": AT},
+                                  {"mid": mids[2], "st": "failed", "sat": None}])
+        # a row named twice is changed twice, as by an executemany (the array form would once)
+        write_many(conn, put_back, [{"mid": mids[1]}, {"mid": mids[1]}, {"mid": mids[3]}])
+        rows = conn.execute(select(message_t.c.status, message_t.c.sent_at, message_t.c.attempts)
+                            .order_by(message_t.c.id)).all()
+        with pytest.raises(ValueError, match="timezone"):  # a naive datetime: refused, as SQLAlchemy would
+            write_many(conn, record, [{"mid": mids[0], "st": "sent", "sat": datetime(2026, 11, 18, 12)}])
+    assert [tuple(r) for r in rows] == [("sent", AT, 2), ("sending", None, 0), ("failed", None, 2),
+                                        ("sending", None, 1)]
+
+
+def test_the_same_id_query_with_other_ids_returns_the_other_rows(store):
+    """The statement is compiled once and cached; every execution must bind its own ids."""
+    with store.engine.begin() as conn:
+        cids = _contacts(conn, 5)
+    for wanted in ([cids[0], cids[1]], [cids[4]], [], cids):
+        with store.reading() as conn:
+            got = [r[0] for r in conn.execute(select(contact_t.c.id).where(ids_in(contact_t.c.id, wanted))
+                                              .order_by(contact_t.c.id))]
+            negated = [r[0] for r in conn.execute(select(contact_t.c.id).where(~ids_in(contact_t.c.id, wanted))
+                                                  .order_by(contact_t.c.id))]
+        assert got == sorted(wanted)
+        assert negated == [c for c in cids if c not in wanted]
