@@ -305,3 +305,24 @@ def test_a_phone_only_contact_gets_whatsapp_end_to_end(make_runtime, store):
     run_tick(rt, "cart", NOW)
     assert [(m.contact_id, m.status, m.address) for m in messages(store)] == [(cid, "sent", "+4915112345699")]
     assert message_log(store)[0]["contact"] == "+4915112345699"
+
+
+@SQLITE
+def test_whatsapp_status_callbacks_record_read_and_failed_with_a_whatsapp_suppression(make_runtime, store, twilio):
+    from tests.test_web_site import running_site
+    from tests.test_web_webhooks import _suppressions
+    rt = make_runtime(journey(f'channel: whatsapp, template: deal, content_sid: "{SID}"'), templates=TEMPLATES)
+    rt.env.update(twilio_env(twilio))
+    ann = lead(store, "ann@example.com", phone="+4915112345678")
+    bob = lead(store, "bob@example.com", phone="+4915112345679")
+    run_tick(rt, "cart", NOW)
+    sids = {m.contact_id: m.provider_id for m in messages(store)}
+    with running_site(rt, NOW, NURTURE_TWILIO_AUTH_TOKEN=twilio.auth_token) as site:
+        url = site.url + "/webhooks/twilio"
+        for sid, status, code in ((sids[ann], "read", None), (sids[bob], "failed", "21610")):
+            params = twilio.status_callback(sid, status, code)
+            assert site.http.post("/webhooks/twilio", data=params,
+                                  headers={"X-Twilio-Signature": twilio.signature(url, params)}).status_code == 200
+    by_contact = {m.contact_id: (m.status, m.reason) for m in messages(store)}
+    assert by_contact == {ann: ("sent", "read"), bob: ("failed", "twilio_failed: 21610")}
+    assert _suppressions(store) == [(bob, "+4915112345679", "whatsapp", "whatsapp_stop")]
