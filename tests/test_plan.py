@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
-import sys
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from nurture.cli import main
 from nurture.runtime import Runtime
 from nurture.runtime.tick import run_tick
 from nurture.spec.project import load_project
 from nurture.store.db import open_store
 from nurture.store.tables import enrollment_t, message_t
+from tests.cli_inproc import run_cli
 from tests.conftest import write_project
 from tests.engine_fixtures import add_contact, add_event, set_consent
 
@@ -84,16 +84,12 @@ def db_url(root: Path) -> str:
 
 
 def nurture(monkeypatch, capsys, root: Path, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setenv("NURTURE_PROJECT", str(root))
-    monkeypatch.setenv("COLUMNS", "200")
-    for name in ("NURTURE_DATABASE_URL", "NURTURE_DATA_DIR", "NURTURE_DEBUG", "NURTURE_EMAIL_BACKEND"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(sys, "argv", ["nurture", *args])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    out = capsys.readouterr()
-    assert "Traceback" not in out.out + out.err, out.out + out.err
-    return stop.value.code or 0, out.out, out.err
+    """`nurture ARGS` in this process (tests/cli_inproc: exit code, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NURTURE_DATABASE_URL", "NURTURE_DATA_DIR",
+                                                            "NURTURE_DEBUG", "NURTURE_EMAIL_BACKEND")}
+    proc = run_cli(list(args), {**env, "NURTURE_PROJECT": str(root), "COLUMNS": "200"})
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def fingerprint(root: Path) -> tuple[dict, tuple]:

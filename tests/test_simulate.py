@@ -7,16 +7,16 @@ The project's database and outbox are never changed; bad input is one clear erro
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import shutil
-import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from nurture.cli import main
 from nurture.store.db import open_store
+from tests.cli_inproc import run_cli
 from tests.conftest import write_project
 
 CART = """
@@ -81,17 +81,12 @@ def write_events(root: Path, *events: tuple[str, str, str]) -> Path:
 
 
 def nurture(monkeypatch, capsys, root: Path, *args: str) -> tuple[int, str, str]:
-    """`nurture ARGS` in this process (as main() runs it: exit code, stdout, stderr)."""
-    monkeypatch.setenv("NURTURE_PROJECT", str(root))
-    monkeypatch.setenv("COLUMNS", "200")
-    for name in ("NURTURE_DATABASE_URL", "NURTURE_DATA_DIR", "NURTURE_DEBUG", "NURTURE_EMAIL_BACKEND"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(sys, "argv", ["nurture", *args])
-    with pytest.raises(SystemExit) as stop:
-        main()
-    out = capsys.readouterr()
-    assert "Traceback" not in out.out + out.err, out.out + out.err
-    return stop.value.code or 0, out.out, out.err
+    """`nurture ARGS` in this process (tests/cli_inproc: exit code, stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NURTURE_DATABASE_URL", "NURTURE_DATA_DIR",
+                                                            "NURTURE_DEBUG", "NURTURE_EMAIL_BACKEND")}
+    proc = run_cli(list(args), {**env, "NURTURE_PROJECT": str(root), "COLUMNS": "200"})
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def simulate_json(monkeypatch, capsys, root: Path, *args: str) -> dict:

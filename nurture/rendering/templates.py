@@ -297,14 +297,15 @@ class TemplateLibrary:
                 found.setdefault(message, where)
         return found
 
-    def _parsed_tree(self, channel: str, name: str) -> Iterator[tuple[str, Any]]:
+    def _parsed_tree(self, channel: str, name: str, with_text: bool = True) -> Iterator[tuple[str, Any]]:
         """(path below templates/, parsed AST) of a send step's template and of every template it
         extends, includes or imports, each once; files that cannot be read or parsed are left out
-        (check() reports them). Nothing for a name outside templates/."""
+        (check() reports them). Nothing for a name outside templates/. `with_text`: an e-mail's
+        own .txt part too."""
         if step_name_problem(name, channel):
             return
         paths = [self.html_path(name)] if channel == "email" else [self.text_path(channel, name)]
-        if channel == "email" and self.email_text_path(name).is_file():
+        if channel == "email" and with_text and self.email_text_path(name).is_file():
             paths.append(self.email_text_path(name))
         todo, seen = [p.relative_to(self.root).as_posix() for p in paths if p.is_file()], set()
         while todo:
@@ -331,24 +332,12 @@ class TemplateLibrary:
         """Whether the e-mail template `name`, or a template it extends, includes or imports,
         reads `variable.attribute` (or `variable['attribute']`) — e.g. `links.unsubscribe`.
         False for a template that cannot be parsed (its errors are reported elsewhere)."""
-        if step_name_problem(name, "email") or not self.html_path(name).is_file():
-            return False
-        todo, seen = [self.html_path(name).relative_to(self.root).as_posix()], set()
-        while todo:
-            current = todo.pop()
-            if current in seen:
-                continue
-            seen.add(current)
-            try:
-                ast = self.html_env.parse((self.root / current).read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, TemplateSyntaxError):
-                continue
+        for _, ast in self._parsed_tree("email", name, with_text=False):
             for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
                 key = node.attr if isinstance(node, nodes.Getattr) else \
                     node.arg.value if isinstance(node.arg, nodes.Const) else None
                 if isinstance(node.node, nodes.Name) and node.node.name == variable and key == attribute:
                     return True
-            todo.extend(self._loadable(ast))
         return False
 
     def _check_tree(self, env: SandboxedEnvironment, todo: list[str]) -> list[SpecError]:
