@@ -8,10 +8,10 @@ expression may refer to (the enrollment, the trigger event) and the logical cloc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Mapping, Optional
 
-from sqlalchemy import (ColumnElement, and_, exists, false, func, not_, or_, select, true)
+from sqlalchemy import (ColumnElement, and_, bindparam, exists, false, func, not_, or_, select, true)
 
 from nurture.consent_ledger import latest_consent_status
 from nurture.spec.models import Comparison, Condition, CountCmp
@@ -28,6 +28,24 @@ class ConditionScope:
     in_enrollment: bool = False  # expressions may use enrollment_t columns
     trigger_event: Any = None  # an Event table (alias) whose row is the trigger, when enrolling
     _depth: int = 0
+    # A parametrized scope: the clock goes into the expression as bind parameters (name → how
+    # far before `now`, filled in here), so the expression can be built once and run at any
+    # time with `clock_values(clock, now)`. None: the clock is a literal of the expression.
+    clock: Optional[dict[str, timedelta]] = None
+
+    def at(self, before: timedelta = timedelta(0)) -> Any:
+        """The scope's time, less `before`."""
+        if self.clock is None:
+            return self.now - before
+        seconds = int(before.total_seconds())
+        name = f"clock_{'m' if seconds < 0 else ''}{abs(seconds)}"
+        self.clock[name] = before
+        return bindparam(name)  # (typed by the column it is compared with)
+
+
+def clock_values(clock: Mapping[str, timedelta], now: datetime) -> dict[str, datetime]:
+    """The parameters of a parametrized scope's expression at `now`."""
+    return {name: now - before for name, before in clock.items()}
 
 
 def _typed(column: Any, sample: Any) -> Any:
@@ -99,9 +117,9 @@ def _count(expr: Any, cmp: CountCmp) -> ColumnElement:
 
 def _event(cond: Condition, scope: ConditionScope) -> ColumnElement:
     ev = event_t.alias("ev_cond")
-    filters = [ev.c.contact_id == contact_t.c.id, ev.c.name == cond.event, ev.c.occurred_at <= scope.now]
+    filters = [ev.c.contact_id == contact_t.c.id, ev.c.name == cond.event, ev.c.occurred_at <= scope.at()]
     if cond.within is not None:
-        filters.append(ev.c.occurred_at >= scope.now - cond.within)
+        filters.append(ev.c.occurred_at >= scope.at(cond.within))
     since = cond.since or ("enrollment" if scope.in_enrollment and cond.within is None else "ever")
     if since == "enrollment" and scope.in_enrollment:
         filters.append(ev.c.occurred_at >= enrollment_t.c.entered_at)
@@ -143,13 +161,13 @@ def compile_condition(cond: Condition, scope: ConditionScope) -> ColumnElement:
     if cond.score is not None:
         parts.append(compare(contact_t.c.score, cond.score, is_json=False))
     if cond.consent is not None:  # the latest ledger row at the scope's time (nurture.consent_ledger)
-        status = latest_consent_status(cond.consent.channel, cond.consent.purpose, scope.now)
+        status = latest_consent_status(cond.consent.channel, cond.consent.purpose, scope.at())
         parts.append(status == cond.consent.status)
     if cond.segment is not None:
         segment = scope.segments.get(cond.segment)
         if segment is None or scope._depth > 8:
             raise ValueError(f"unknown or recursive segment '{cond.segment}'")
-        inner = ConditionScope(scope.now, scope.segments, False, None, scope._depth + 1)
+        inner = ConditionScope(scope.now, scope.segments, False, None, scope._depth + 1, scope.clock)
         parts.append(compile_condition(segment.when, inner))
     return and_(*parts) if len(parts) != 1 else parts[0]
 

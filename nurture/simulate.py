@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from pydantic import BaseModel
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, or_, select
 
 from nurture.ingest import import_contacts, parse_timestamp, read_records, track_in, track_records
 from nurture.runtime.context import Runtime
@@ -253,13 +253,32 @@ class JourneyClock:
                    for t in self.triggered.get(email, ()))
 
 
+# The scheduler's own reads, built once (nurture.runtime.sql.prebuilt: a simulation runs
+# them thousands of times).
+def _active_by(who: Any) -> Any:
+    return (select(enrollment_t.c.id)
+            .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
+            .where(enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.status == "active", who).limit(1))
+
+
+_ACTIVE_BY_ID = _active_by(contact_t.c.id == bindparam("who"))
+_ACTIVE_BY_EMAIL = _active_by(contact_t.c.email == bindparam("who"))
+_DUE_ENROLLMENTS = (select(enrollment_t.c.journey, func.min(enrollment_t.c.next_due_at))
+                    .where(enrollment_t.c.status == "active",
+                           enrollment_t.c.journey.in_(bindparam("journeys", expanding=True)))
+                    .group_by(enrollment_t.c.journey))
+_DUE_MESSAGES = (select(message_t.c.journey, func.min(message_t.c.due_at))
+                 .where(message_t.c.status == QUEUED, message_t.c.journey.in_(bindparam("journeys", expanding=True)))
+                 .group_by(message_t.c.journey))
+_NEW_EVENTS = (select(event_t.c.id, event_t.c.contact_id, event_t.c.name, event_t.c.occurred_at)
+               .where(event_t.c.id > bindparam("after")))
+_MAX_IDS = {table.name: select(func.max(table.c.id)) for table in (event_t, message_t, enrollment_t)}
+
+
 def _active_in(rt: Runtime, journey: str, contact_id: int, email: str) -> bool:
-    who = contact_t.c.id == contact_id if contact_id else contact_t.c.email == email
-    query = (select(enrollment_t.c.id)
-             .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
-             .where(enrollment_t.c.journey == journey, enrollment_t.c.status == "active", who).limit(1))
+    query = _ACTIVE_BY_ID if contact_id else _ACTIVE_BY_EMAIL
     with rt.store.reading() as conn:
-        return conn.execute(query).first() is not None
+        return conn.execute(query, {"journey": journey, "who": contact_id or email}).first() is not None
 
 
 def journey_clock(rt: Runtime, journey: str, heartbeat: timedelta, step: timedelta, start: datetime,
@@ -311,13 +330,8 @@ def _due_in_store(rt: Runtime, journeys: list[str]) -> dict[str, datetime]:
     """journey → the earliest active enrollment's next_due_at or queued message's due_at."""
     due: dict[str, datetime] = {}
     with rt.store.reading() as conn:
-        for query in (select(enrollment_t.c.journey, func.min(enrollment_t.c.next_due_at))
-                      .where(enrollment_t.c.status == "active", enrollment_t.c.journey.in_(journeys))
-                      .group_by(enrollment_t.c.journey),
-                      select(message_t.c.journey, func.min(message_t.c.due_at))
-                      .where(message_t.c.status == QUEUED, message_t.c.journey.in_(journeys))
-                      .group_by(message_t.c.journey)):
-            for journey, at in conn.execute(query):
+        for query in (_DUE_ENROLLMENTS, _DUE_MESSAGES):
+            for journey, at in conn.execute(query, {"journeys": list(journeys)}):
                 if at is not None:
                     at = as_utc(at)
                     due[journey] = min(at, due.get(journey, at))
@@ -326,7 +340,7 @@ def _due_in_store(rt: Runtime, journeys: list[str]) -> dict[str, datetime]:
 
 def _max_id(rt: Runtime, column: Any) -> int:
     with rt.store.reading() as conn:
-        return conn.execute(select(func.max(column))).scalar() or 0
+        return conn.execute(_MAX_IDS[column.table.name]).scalar() or 0
 
 
 # ---------------------------------------------------------------- the run
@@ -430,8 +444,7 @@ def _email(value: Any) -> str:
 def _engine_events(rt: Runtime, clocks: dict[str, JourneyClock], after: int) -> int:
     """Events the ticks themselves stored (lifecycle changes, handovers …): wakes like any other."""
     with rt.store.reading() as conn:
-        rows = conn.execute(select(event_t.c.id, event_t.c.contact_id, event_t.c.name, event_t.c.occurred_at)
-                            .where(event_t.c.id > after)).all()
+        rows = conn.execute(_NEW_EVENTS, {"after": after}).all()
     for event_pk, contact_id, name, at in rows:
         for clock in clocks.values():
             clock.event(name, as_utc(at), contact_id=contact_id)

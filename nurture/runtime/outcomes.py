@@ -4,13 +4,14 @@ recorded for messaged and holdout contacts alike, so lift can be measured)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, select
 
 from nurture.compiler import Plan
-from nurture.conditions import ConditionScope, compile_any, properties_match
+from nurture.conditions import ConditionScope, clock_values, compile_any, properties_match
 from nurture.runtime.context import Runtime
-from nurture.runtime.sql import chunks
+from nurture.runtime.sql import chunks, prebuilt
 from nurture.store.tables import contact_t, enrollment_t, event_t
 
 
@@ -21,19 +22,25 @@ def record_conversions(rt: Runtime, plan: Plan, now: datetime) -> int:
     goal = plan.journey.goal
     if goal is None:
         return 0
-    with rt.store.engine.begin() as conn:
-        filters = [enrollment_t.c.journey == plan.name, enrollment_t.c.converted_at.is_(None),
+
+    def build() -> Any:
+        filters = [enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.converted_at.is_(None),
                    # Windows that closed recently are looked at too: a purchase tracked late (or a
                    # paused schedule) still counts if it happened inside the window.
-                   enrollment_t.c.entered_at >= now - goal.within - LATE_CONVERSIONS,
-                   event_t.c.contact_id == enrollment_t.c.contact_id, event_t.c.name == goal.event,
-                   event_t.c.occurred_at >= enrollment_t.c.entered_at, event_t.c.occurred_at <= now,
+                   enrollment_t.c.entered_at >= bindparam("entered_since"),
+                   event_t.c.contact_id == enrollment_t.c.contact_id, event_t.c.name == bindparam("event"),
+                   event_t.c.occurred_at >= enrollment_t.c.entered_at, event_t.c.occurred_at <= bindparam("now"),
                    (enrollment_t.c.trigger_event_pk.is_(None)) | (event_t.c.id != enrollment_t.c.trigger_event_pk)]
         if goal.where:
             filters.append(properties_match(event_t.c.properties, goal.where))
-        rows = conn.execute(select(enrollment_t.c.id, enrollment_t.c.entered_at, enrollment_t.c.status,
-                                   event_t.c.occurred_at, event_t.c.properties)
-                            .where(*filters).order_by(enrollment_t.c.id, event_t.c.occurred_at)).all()
+        return (select(enrollment_t.c.id, enrollment_t.c.entered_at, enrollment_t.c.status,
+                       event_t.c.occurred_at, event_t.c.properties)
+                .where(*filters).order_by(enrollment_t.c.id, event_t.c.occurred_at))
+    # (built once per journey version: `where` is part of the plan)
+    stmt = prebuilt(("conversions", plan.name, plan.version), build)
+    with rt.store.engine.begin() as conn:
+        rows = conn.execute(stmt, {"journey": plan.name, "event": goal.event, "now": now,
+                                   "entered_since": now - goal.within - LATE_CONVERSIONS}).all()
         first: dict[int, tuple] = {}
         for enrollment_id, entered_at, status, occurred_at, props in rows:
             if occurred_at - entered_at <= goal.within:
@@ -62,15 +69,20 @@ def record_conversions(rt: Runtime, plan: Plan, now: datetime) -> int:
 
 
 def apply_exits(rt: Runtime, plan: Plan, now: datetime) -> int:
-    scope = ConditionScope(now, rt.project.segments, in_enrollment=True)
-    condition = compile_any(list(plan.journey.exit_when), scope)
-    if condition is None:
-        return 0
-    with rt.store.engine.begin() as conn:
-        ids = [r[0] for r in conn.execute(
+    key = ("exits", plan.name, plan.version)
+    if key not in rt.memo:  # built once per journey version and Runtime (its segments), run at any time
+        scope = ConditionScope(now, rt.project.segments, in_enrollment=True, clock={})
+        condition = compile_any(list(plan.journey.exit_when), scope)
+        rt.memo[key] = None if condition is None else (
             select(enrollment_t.c.id)
             .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
-            .where(enrollment_t.c.journey == plan.name, enrollment_t.c.status == "active", condition))]
+            .where(enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.status == "active", condition),
+            scope.clock)
+    if rt.memo[key] is None:
+        return 0
+    stmt, clock = rt.memo[key]
+    with rt.store.engine.begin() as conn:
+        ids = [r[0] for r in conn.execute(stmt, {"journey": plan.name, **clock_values(clock, now)})]
         for part in chunks(ids):
             conn.execute(enrollment_t.update().where(enrollment_t.c.id.in_(part), enrollment_t.c.status == "active")
                          .values(status="exited", step_id=None, next_due_at=None, left_at=now,

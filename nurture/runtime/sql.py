@@ -89,14 +89,10 @@ def write_many(conn: Connection, stmt: Any, rows: list[dict]) -> None:
     if conn.dialect.name != "sqlite":
         conn.execute(stmt, rows)
         return
-    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(rows[0]))
-    names = list(compiled.positiontup or ())
-    fixed = compiled.construct_params(rows[0])  # + values fixed in the statement (status="completed")
-    missing = {n: fixed[n] for n in names if n not in rows[0]}
+    sql, names, missing, kinds = _sqlite_form(conn, stmt, tuple(rows[0]))
     if missing:
         rows = [{**missing, **row} for row in rows]
-    converted = [(i, _converter(compiled.binds[n].type)) for i, n in enumerate(names)]
-    converted = [(i, convert) for i, convert in converted if convert is not None]
+    converted = [(i, _converter(kind)) for i, kind in kinds]
     get = itemgetter(*names) if len(names) > 1 else (lambda row: (row[names[0]],))
     params = []
     for row in rows:  # a C getter per row, conversions only where a column needs one
@@ -104,7 +100,29 @@ def write_many(conn: Connection, stmt: Any, rows: list[dict]) -> None:
         for i, convert in converted:
             values[i] = convert(values[i])
         params.append(tuple(values))
-    conn.exec_driver_sql(compiled.string, params)
+    conn.exec_driver_sql(sql, params)
+
+
+# (id of the statement, its keys) → (the statement, its SQL text, parameter names in order,
+# values fixed in the statement, (position, type) of the parameters needing a conversion):
+# a statement is compiled once, not at every batch (~0.3 ms each, dozens per tick).
+_SQLITE_FORMS: dict[tuple[int, tuple[str, ...]], tuple[Any, str, list[str], dict, list]] = {}
+
+
+def _sqlite_form(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> tuple[str, list[str], dict, list]:
+    cached = _SQLITE_FORMS.get((id(stmt), keys))
+    if cached is not None and cached[0] is stmt:  # (the statement is held, so its id is not reused)
+        return cached[1:]
+    compiled = stmt.compile(dialect=conn.dialect, column_keys=list(keys))
+    names = list(compiled.positiontup or ())
+    fixed = compiled.construct_params(dict.fromkeys(keys))  # + values fixed in the statement (status="completed")
+    missing = {n: fixed[n] for n in names if n not in keys}
+    kinds = [(i, compiled.binds[n].type) for i, n in enumerate(names)]
+    kinds = [(i, kind) for i, kind in kinds if _converter(kind) is not None]
+    if len(_SQLITE_FORMS) > 512:  # statements built per call (dynamic conditions): no unbounded growth
+        _SQLITE_FORMS.clear()
+    _SQLITE_FORMS[(id(stmt), keys)] = (stmt, compiled.string, names, missing, kinds)
+    return compiled.string, names, missing, kinds
 
 
 _PG_PARAM = re.compile(r"%\((\w+)\)s")
@@ -217,17 +235,38 @@ def sqlite_datetime(value: datetime) -> str:
             f".{v.microsecond:06d}")
 
 
+_INSERT_IGNORE: dict[tuple[str, tuple[str, ...], str], Any] = {}
+_PREBUILT: dict[Any, Any] = {}
+
+
+def prebuilt(key: Any, build: Callable[[], Any]) -> Any:
+    """The statement `build()` makes, built once per `key` and reused. Building a statement
+    costs ~0.3 ms of Python (coercions, then its cache key), executing a built one ~0.05 ms
+    on SQLite: a tick runs dozens, a simulation thousands of ticks. What varies between calls
+    must be a `bindparam` (for `ids_in` / `texts_in`: build with an empty list and pass
+    `{"ids_<column>": [...]}` / `{"texts_<column>": [...]}` at execution); `key` must name
+    everything else the statement depends on (a dialect, a journey's plan)."""
+    stmt = _PREBUILT.get(key)
+    if stmt is None:
+        stmt = _PREBUILT[key] = build()
+    return stmt
+
+
 def insert_ignore(conn: Connection, table: Table, rows: list[dict], conflict: Iterable[str]) -> None:
     """Insert rows; a row that violates the unique key `conflict` is skipped, not an error."""
     if not rows:
         return
     dialect = conn.dialect.name
-    if dialect == "postgresql":
-        stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
-    else:  # pragma: no cover
-        stmt = table.insert()
+    key = (table.name, tuple(conflict), dialect)
+    stmt = _INSERT_IGNORE.get(key)
+    if stmt is None:
+        if dialect == "postgresql":
+            stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        elif dialect == "sqlite":
+            stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        else:  # pragma: no cover
+            stmt = table.insert()
+        _INSERT_IGNORE[key] = stmt
     for part in chunks(rows, 5000):
         write_many(conn, stmt, list(part))
 

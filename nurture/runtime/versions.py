@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from nurture.compiler import Plan, compile_journey
 from nurture.durations import format_duration
@@ -56,10 +56,16 @@ def load_recorded(spec: dict) -> Journey:
         return Journey.model_validate(_from_record(spec))
 
 
+_RECORDED = select(version_t.c.id).where(version_t.c.journey == bindparam("journey"),
+                                         version_t.c.version == bindparam("version"))
+_OLD_VERSIONS = (select(enrollment_t.c.version).distinct()
+                 .where(enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.status == "active",
+                        enrollment_t.c.version != bindparam("version")))
+
+
 def record_version(rt: Runtime, plan: Plan, now: datetime) -> None:
     with rt.store.engine.begin() as conn:
-        exists = conn.execute(select(version_t.c.id).where(version_t.c.journey == plan.name,
-                                                           version_t.c.version == plan.version)).first()
+        exists = conn.execute(_RECORDED, {"journey": plan.name, "version": plan.version}).first()
         if exists is None:
             from nurture.runtime.sql import insert_ignore
             insert_ignore(conn, version_t, [dict(journey=plan.name, version=plan.version,
@@ -71,10 +77,7 @@ def record_version(rt: Runtime, plan: Plan, now: datetime) -> None:
 def migrate_enrollments(rt: Runtime, plan: Plan, now: datetime) -> int:
     moved = 0
     with rt.store.engine.begin() as conn:
-        old_versions = [r[0] for r in conn.execute(
-            select(enrollment_t.c.version).distinct()
-            .where(enrollment_t.c.journey == plan.name, enrollment_t.c.status == "active",
-                   enrollment_t.c.version != plan.version))]
+        old_versions = [r[0] for r in conn.execute(_OLD_VERSIONS, {"journey": plan.name, "version": plan.version})]
         for old in old_versions:
             spec = conn.execute(select(version_t.c.spec).where(version_t.c.journey == plan.name,
                                                                version_t.c.version == old)).scalar()

@@ -33,7 +33,7 @@ from nurture.registry import DeliveryResult, OutgoingMessage
 from nurture.rendering.templates import RenderError
 from nurture.runtime.context import Runtime
 from nurture.runtime.gc_pause import gc_paused
-from nurture.runtime.sql import chunks, ids_in, write_many
+from nurture.runtime.sql import chunks, ids_in, prebuilt, write_many
 from nurture.send.guards.pipeline import Recipient, address_of, check_batch, lock_contacts
 from nurture.send.guards.whatsapp import whatsapp_sessions
 from nurture.send.render import render_message
@@ -61,6 +61,11 @@ Candidate = namedtuple("Candidate", [c.name for c in _CLAIM_COLUMNS])  # type: i
 # A re-checked message that may not go now: its final status, or (still queued) a later due time.
 _refuse = (message_t.update().where(message_t.c.id == bindparam("mid"))
            .values(status=bindparam("st"), reason=bindparam("rs"), due_at=bindparam("due"), claim=None))
+# The claim: `sending`, with a claim token, counted against caps from now (marketing).
+_TAKE = (message_t.update().where(ids_in(message_t.c.id, ()))
+         .values(status=SENDING, claim=bindparam("token"), claimed_at=bindparam("now"),
+                 attempts=message_t.c.attempts + 1,
+                 counted_at=case((message_t.c.purpose == "marketing", bindparam("now")), else_=message_t.c.counted_at)))
 _readdress = message_t.update().where(message_t.c.id == bindparam("mid")).values(address=bindparam("addr"))
 
 
@@ -76,30 +81,31 @@ def _claim_in(conn: Any, rt: Runtime, now: datetime, journey: Optional[str], par
     """Re-check the next due rows and mark the ones that may go `sending` (committed by the
     caller before any channel call); their ids, in order. Rows refused by the checks are
     recorded here and counted in `report`."""
-    filters = [message_t.c.status == QUEUED, message_t.c.due_at <= now]
-    if journey:
-        filters.append(message_t.c.journey == journey)
-    if partitions > 1:
-        filters.append(message_t.c.id % partitions == partition)
-    skip = sorted(set(skip_channels))
-    if skip:
-        filters.append(message_t.c.channel.not_in(skip))
-    # Oldest due first, read in order from ix_message_queue (status, due_at).
-    due = (select(*_CLAIM_COLUMNS).select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id))
-           .where(*filters).order_by(message_t.c.due_at).limit(rt.batch_size))
-    if conn.dialect.name == "postgresql":
-        due = due.with_for_update(of=message_t, skip_locked=True)
+    skip = tuple(sorted(set(skip_channels)))
+    postgres = conn.dialect.name == "postgresql"
+
+    def build() -> Any:
+        filters = [message_t.c.status == QUEUED, message_t.c.due_at <= bindparam("now")]
+        if journey:
+            filters.append(message_t.c.journey == bindparam("journey"))
+        if partitions > 1:
+            filters.append(message_t.c.id % bindparam("partitions") == bindparam("partition"))
+        if skip:
+            filters.append(message_t.c.channel.not_in(skip))
+        # Oldest due first, read in order from ix_message_queue (status, due_at).
+        stmt = (select(*_CLAIM_COLUMNS).select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id))
+                .where(*filters).order_by(message_t.c.due_at).limit(bindparam("limit")))
+        return stmt.with_for_update(of=message_t, skip_locked=True) if postgres else stmt
+    due = prebuilt(("deliver.claim", bool(journey), partitions > 1, skip, postgres), build)
+    params = {"now": now, "journey": journey, "partitions": partitions, "partition": partition,
+              "limit": rt.batch_size}
     while True:
-        rows = [Candidate._make(r) for r in conn.execute(due)]
+        rows = [Candidate._make(r) for r in conn.execute(due, params)]
         if not rows:
             return []
         passed = _recheck(conn, rt, rows, now, report)
         if passed:
-            conn.execute(message_t.update().where(ids_in(message_t.c.id, passed))
-                         .values(status=SENDING, claim=uuid.uuid4().hex, claimed_at=now,
-                                 attempts=message_t.c.attempts + 1,
-                                 counted_at=case((message_t.c.purpose == "marketing", now),
-                                                 else_=message_t.c.counted_at)))
+            conn.execute(_TAKE, {"ids_id": passed, "token": uuid.uuid4().hex, "now": now})
             return passed
         # Every row of this batch was refused or deferred (none is still due): the next ones.
 

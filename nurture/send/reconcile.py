@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, bindparam, or_, select
 
 from nurture.redaction import redact, secrets_in
 from nurture.rendering.email_message import rfc_message_id
@@ -25,15 +25,18 @@ log = logging.getLogger("nurture.deliver")
 STUCK_AFTER = timedelta(minutes=15)
 
 
+_STUCK = (select(message_t.c.id, message_t.c.journey, message_t.c.channel)
+          .where(message_t.c.status == SENDING,
+                 or_(message_t.c.claimed_at <= bindparam("before"),
+                     and_(message_t.c.claimed_at.is_(None),  # claimed before migration 0004
+                          message_t.c.created_at <= bindparam("before")))))
+
+
 def reconcile_stuck(rt: Runtime, now: datetime) -> Counter:
     """Rows left `sending` by a crashed worker: ask the channel what really happened."""
     report: Counter = Counter()
     with rt.store.engine.begin() as conn:
-        stuck = conn.execute(select(message_t.c.id, message_t.c.journey, message_t.c.channel)
-                             .where(message_t.c.status == SENDING,
-                                    or_(message_t.c.claimed_at <= now - STUCK_AFTER,
-                                        and_(message_t.c.claimed_at.is_(None),  # claimed before migration 0004
-                                             message_t.c.created_at <= now - STUCK_AFTER)))).all()
+        stuck = conn.execute(_STUCK, {"before": now - STUCK_AFTER}).all()
         if not stuck:
             return report
         from_email = rt.settings.from_email

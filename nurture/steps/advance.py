@@ -16,6 +16,7 @@ from typing import Mapping, Protocol
 from nurture.compiler import Node, Plan
 from nurture.runtime.context import Runtime
 from nurture.steps import branch, exit, handover, send, split, update, wait, wait_for, wait_until
+from nurture.steps.transitions import due_steps
 
 
 class StepHandler(Protocol):
@@ -48,11 +49,26 @@ def handler_for(kind: str) -> StepHandler:
         raise UnknownStepKind(f"no handler for step kind '{kind}'; known kinds: {', '.join(STEP_HANDLERS)}") from None
 
 
+# Steps whose enrollments can move without being due (an event arrived): always visited.
+ALWAYS_VISITED = frozenset({"wait_for"})
+
+
 def advance(rt: Runtime, plan: Plan, now: datetime) -> Counter:
+    """Every step in plan order, each until nothing is due. Which steps have anything due is
+    read first in one statement (`due_steps`) and again after each step that moved anyone
+    (its contacts may now be due further on); the others are not visited."""
     report: Counter = Counter()
+    with rt.store.reading() as conn:
+        due = due_steps(conn, plan, now)
     for step_id in plan.order:
         node = plan.nodes[step_id]
+        if step_id not in due and node.kind not in ALWAYS_VISITED:
+            continue
         handle = handler_for(node.kind)
+        moved = False
         while handle(rt, plan, node, now, report):
-            pass
+            moved = True
+        if moved:
+            with rt.store.reading() as conn:
+                due |= due_steps(conn, plan, now)
     return report
