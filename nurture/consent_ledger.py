@@ -63,6 +63,17 @@ def current_state(conn: Any, contact_id: int, channel: str, purpose: str) -> Opt
 CONFIRMED = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+# Decided in SQL, so no timestamp is converted per row (a batch reads thousands): whether
+# the row is in force at `now`, and whether it was confirmed. Oldest first: the last row seen
+# per contact is its latest (the same order as _latest_first, read forwards). Built once.
+_CURRENT = (select(consent_t.c.contact_id, consent_t.c.status,
+                   case((consent_t.c.confirmed_at.is_(None), False), else_=True),
+                   case((consent_t.c.recorded_at <= bindparam("now"), True), else_=False))
+            .where(ids_in(consent_t.c.contact_id, ()), consent_t.c.channel == bindparam("channel"),
+                   consent_t.c.purpose == bindparam("purpose"), consent_t.c.recorded_at <= bindparam("until"))
+            .order_by(consent_t.c.contact_id, consent_t.c.recorded_at, consent_t.c.id))
+
+
 def current_consent(conn: Any, contact_ids: Iterable[int], channel: str, purpose: str,
                     now: datetime, wall: Optional[datetime] = None) -> dict[int, tuple[str, Optional[datetime]]]:
     """Consent at send time, for a batch in one query per 5,000 contacts: contact id →
@@ -81,17 +92,10 @@ def current_consent(conn: Any, contact_ids: Iterable[int], channel: str, purpose
     later: dict[int, str] = {}
     # Decided in SQL, so no timestamp is converted per row (a batch reads thousands):
     # whether the row is in force at `now`, and whether it was confirmed.
-    in_force = case((consent_t.c.recorded_at <= now, True), else_=False)
-    confirmed = case((consent_t.c.confirmed_at.is_(None), False), else_=True)
     for chunk_start in range(0, len(ids), 5000):
         chunk = ids[chunk_start:chunk_start + 5000]
-        rows = conn.execute(
-            select(consent_t.c.contact_id, consent_t.c.status, confirmed, in_force)
-            .where(ids_in(consent_t.c.contact_id, chunk), consent_t.c.channel == channel,
-                   consent_t.c.purpose == purpose, consent_t.c.recorded_at <= until)
-            # Oldest first: the last row seen per contact is its latest (the same order as
-            # _latest_first, read forwards).
-            .order_by(consent_t.c.contact_id, consent_t.c.recorded_at, consent_t.c.id))
+        rows = conn.execute(_CURRENT, {"ids_contact_id": chunk, "channel": channel, "purpose": purpose,
+                                       "now": now, "until": until})
         for contact_id, status, was_confirmed, current in rows:
             if current:
                 latest[contact_id] = (status, CONFIRMED if was_confirmed else None)

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from nurture.runtime.sql import chunks, write_many
+from nurture.runtime.sql import chunks, prebuilt, write_many
 from nurture.store.tables import event_t, touch_t
 
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
@@ -241,16 +241,18 @@ def _upsert(conn: Connection, rows: list[dict], *, only_if: str) -> None:
     """INSERT … ON CONFLICT (contact_id, touch) DO UPDATE … WHERE <the stored one loses>."""
     if not rows:
         return
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(touch_t)
-    if only_if == "none":
-        stmt = stmt.on_conflict_do_nothing(index_elements=["contact_id", "touch"])
-    else:
+    postgres = conn.dialect.name == "postgresql"
+
+    def build() -> Any:
+        stmt = (postgresql.insert if postgres else sqlite.insert)(touch_t)
+        if only_if == "none":
+            return stmt.on_conflict_do_nothing(index_elements=["contact_id", "touch"])
         stored, new = touch_t.c.occurred_at, stmt.excluded.occurred_at
         where = {"earlier": new < stored, "later_or_same": new >= stored, "always": None}[only_if]
-        stmt = stmt.on_conflict_do_update(
+        return stmt.on_conflict_do_update(
             index_elements=["contact_id", "touch"], where=where,
             set_={k: stmt.excluded[k] for k in ("source", "medium", "campaign", "content", "term", "click_id_type",
                                                 "click_id", "event_pk", "occurred_at")})
+    stmt = prebuilt(("touch_upsert", only_if, postgres), build)
     for part in chunks(rows, 5000):
         write_many(conn, stmt, list(part))

@@ -22,6 +22,7 @@ is in policies.yaml `currency` unless the filter names another (`money("USD")`).
 from __future__ import annotations
 
 from datetime import date, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
@@ -34,6 +35,11 @@ def language_of(locale: Optional[str]) -> Optional[str]:
     """`de_AT` / `de-AT` → `de_AT` in Babel's form; None for no or an unusable locale."""
     if not locale or not isinstance(locale, str):
         return None
+    return _parsed_locale(locale[:64])  # (a contact's value: no unbounded key in the cache)
+
+
+@lru_cache(maxsize=1024)  # every `_()` of every message asks: Babel's parse is ~25 µs
+def _parsed_locale(locale: str) -> Optional[str]:
     from babel import Locale, UnknownLocaleError
     try:
         return str(Locale.parse(locale.replace("-", "_")))

@@ -31,6 +31,13 @@ _defer = (enrollment_t.update().where(enrollment_t.c.id == bindparam("eid"))
           .values(next_due_at=bindparam("due"), defer_count=bindparam("defers")))
 
 
+_DUE = (select(enrollment_t.c.id, enrollment_t.c.contact_id, enrollment_t.c.next_due_at, enrollment_t.c.holdout,
+               enrollment_t.c.defer_count, contact_t.c.email, contact_t.c.phone, contact_t.c.timezone,
+               contact_t.c.attributes)
+        .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
+        .where(ids_in(enrollment_t.c.id, ())))
+
+
 class _Due(NamedTuple):
     id: int
     contact_id: int
@@ -60,12 +67,7 @@ def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_
                      now: datetime, report: Counter) -> None:
     send = node.step.send
     purpose = send.purpose
-    rows = conn.execute(
-        select(enrollment_t.c.id, enrollment_t.c.contact_id, enrollment_t.c.next_due_at, enrollment_t.c.holdout,
-               enrollment_t.c.defer_count, contact_t.c.email, contact_t.c.phone, contact_t.c.timezone,
-               contact_t.c.attributes)
-        .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
-        .where(ids_in(enrollment_t.c.id, enrollment_ids))).all()
+    rows = conn.execute(_DUE, {"ids_id": enrollment_ids}).all()
     rows = [_Due._make(r) for r in rows]  # SQLAlchemy Row attributes cost ~1 µs each
     lock_contacts(conn, [r.contact_id for r in rows])
     recipients = [Recipient(r.contact_id, r.email, r.phone, r.timezone, r.attributes, r.holdout) for r in rows]

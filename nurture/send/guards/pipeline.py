@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from nurture.consent_ledger import current_consent
 from nurture.runtime.sql import chunks, ids_in
@@ -86,16 +86,19 @@ def lock_contacts(conn: Any, contact_ids: Iterable[int]) -> None:
                      .with_for_update()).all()
 
 
+_COUNTED = (select(message_t.c.id, message_t.c.contact_id, message_t.c.channel, message_t.c.counted_at)
+            .where(ids_in(message_t.c.contact_id, ()), message_t.c.counted_at > bindparam("since"),
+                   message_t.c.status.in_(COUNTING), message_t.c.purpose == "marketing"))
+
+
 def cap_history(conn: Any, contact_ids: list[int], since: datetime,
                 exclude: frozenset[int] = frozenset()) -> dict[int, list[tuple[str, datetime]]]:
     """contact id → (channel, counted_at) of the marketing messages counting against caps
     since `since`, without the messages in `exclude` (the ones being re-checked)."""
     history: dict[int, list[tuple[str, datetime]]] = defaultdict(list)
     for part in chunks(sorted(set(contact_ids))):
-        for mid, contact_id, channel, counted_at in conn.execute(
-                select(message_t.c.id, message_t.c.contact_id, message_t.c.channel, message_t.c.counted_at)
-                .where(ids_in(message_t.c.contact_id, part), message_t.c.counted_at > since,
-                       message_t.c.status.in_(COUNTING), message_t.c.purpose == "marketing")):
+        for mid, contact_id, channel, counted_at in conn.execute(_COUNTED, {"ids_contact_id": list(part),
+                                                                            "since": since}):
             if mid not in exclude:
                 history[contact_id].append((channel, counted_at))
     return history

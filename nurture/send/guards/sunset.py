@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Iterable, NamedTuple
 
-from sqlalchemy import and_, exists, select
+from sqlalchemy import and_, bindparam, exists, select
 
-from nurture.runtime.sql import chunks, ids_in
+from nurture.runtime.sql import chunks, ids_in, prebuilt
 from nurture.store.tables import contact_t, event_t
 
 
@@ -21,13 +21,15 @@ class SunsetRule(NamedTuple):
 
 def sunset_contacts(conn: Any, contact_ids: Iterable[int], rule: SunsetRule, now: datetime) -> set[int]:
     """The contacts among `contact_ids` the rule stops at `now`."""
-    cutoff = now - rule.after
-    engaged = exists().where(event_t.c.contact_id == contact_t.c.id, event_t.c.name.in_(rule.without),
-                             event_t.c.occurred_at > cutoff, event_t.c.occurred_at <= now)
-    seen_before = exists().where(event_t.c.contact_id == contact_t.c.id, event_t.c.occurred_at <= cutoff)
+    def build() -> Any:
+        cutoff = bindparam("cutoff")
+        engaged = exists().where(event_t.c.contact_id == contact_t.c.id, event_t.c.name.in_(rule.without),
+                                 event_t.c.occurred_at > cutoff, event_t.c.occurred_at <= bindparam("now"))
+        seen_before = exists().where(event_t.c.contact_id == contact_t.c.id, event_t.c.occurred_at <= cutoff)
+        return select(contact_t.c.id).where(ids_in(contact_t.c.id, ()), ~engaged,
+                                            (contact_t.c.created_at <= cutoff) | seen_before)
+    stmt = prebuilt(("sunset", tuple(rule.without)), build)
     out: set[int] = set()
     for part in chunks(sorted(set(contact_ids))):
-        out.update(conn.execute(select(contact_t.c.id).where(
-            ids_in(contact_t.c.id, part), ~engaged,
-            (contact_t.c.created_at <= cutoff) | seen_before)).scalars())
+        out.update(conn.execute(stmt, {"ids_id": list(part), "cutoff": now - rule.after, "now": now}).scalars())
     return out

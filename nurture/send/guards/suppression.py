@@ -15,6 +15,10 @@ from nurture.store.tables import suppression_t
 MARKETING_ONLY = {"unsubscribed"}
 
 
+_FOR = (select(suppression_t.c.contact_id, suppression_t.c.address, suppression_t.c.channel, suppression_t.c.reason)
+        .where(or_(ids_in(suppression_t.c.contact_id, ()), texts_in(suppression_t.c.address, ()))))
+
+
 def suppressions_for(conn: Connection, contact_ids: Iterable[int], addresses: Iterable[str]
                      ) -> tuple[dict[int, list[tuple[Optional[str], str]]], dict[str, list[tuple[Optional[str], str]]]]:
     by_contact: dict[int, list] = defaultdict(list)
@@ -24,10 +28,7 @@ def suppressions_for(conn: Connection, contact_ids: Iterable[int], addresses: It
         id_chunk, addr_chunk = ids[start:start + 2000], addrs[start:start + 2000]
         if not id_chunk and not addr_chunk:
             break
-        rows = conn.execute(select(suppression_t.c.contact_id, suppression_t.c.address,
-                                   suppression_t.c.channel, suppression_t.c.reason)
-                            .where(or_(ids_in(suppression_t.c.contact_id, id_chunk),
-                                       texts_in(suppression_t.c.address, addr_chunk))))
+        rows = conn.execute(_FOR, {"ids_contact_id": list(id_chunk), "texts_address": list(addr_chunk)})
         for contact_id, address, channel, reason in rows:
             if contact_id is not None:
                 by_contact[contact_id].append((channel, reason))
