@@ -1,12 +1,16 @@
 """`nurture demo`: the whole story on the embedded default, no servers needed.
 
 A synthetic company (nurture.demo_data: ~5,000 B2C and B2B contacts in many time zones, mixed
-consent, a catalog, 30 days of events) meets the project's six journeys. The simulated month
-runs as Prefect flow runs — one `tick-all` per simulated 42 hours (a flow run costs about a
-second per journey; the shipped journeys' triggers look back two days, so nothing is missed
-between ticks), with the events up to each tick ingested first, lead scores recomputed, and
-the world's reactions (opens, clicks, purchases, unsubscribes, sales calls) fed back. Segments sync weekly to the CSV fallback. At the end: the HTML report, the
-outbox, and a short summary of where to look.
+consent, a catalog, 30 days of events) meets the project's six journeys. The month runs on the
+simulator (nurture.simulate) against the demo's own database: the real tick, at the moments
+something falls due (a sign-up, a wait's end, the end of a recipient's quiet hours), at most
+RESOLUTION late — so a "1 h" cart reminder leaves an hour after the cart, not at the next of a
+few coarse ticks. Around each moment the company's events up to then are ingested, CRM deals
+imported, lead scores recomputed every SCORE_EVERY, and the world's
+reactions to what was sent (opens, clicks, purchases, unsubscribes, sales calls) fed back.
+The last hours run as Prefect flow runs (`tick-all`, PREFECT_TICKS of them, PREFECT_EVERY
+apart), so the Prefect UI has runs and artifacts to show. Segments sync weekly to the CSV
+fallback. At the end: the HTML report, the outbox, and a short summary of where to look.
 
 Runs in its own data directory (`.nurture/demo/`), wiped first: run it again and again; the
 same seed gives the same company.
@@ -31,7 +35,9 @@ from nurture.reporting import views
 from nurture.reporting.format import money, multiple, pct
 from nurture.reporting.format import number_style
 from nurture.reporting.html_page import render_html
+from nurture.runtime.context import Runtime
 from nurture.scoring.compute import score_contacts
+from nurture.simulate import simulate
 from nurture.spec.project import load_project
 from nurture.store.db import migrate, open_store
 from nurture.store.models import SENT
@@ -40,7 +46,10 @@ JOURNEYS = ("welcome", "browse_abandonment", "cart_abandonment", "b2b_nurture", 
 START = datetime(2026, 10, 5, 6, 0, tzinfo=timezone.utc)  # a Monday
 DAYS = 30
 CONTACTS = 5000
-TICK = timedelta(hours=42)  # the tick's UTC hour rotates, so every time zone gets daytime ticks
+RESOLUTION = timedelta(hours=1)  # the least time between two ticks of a journey in the simulated part
+PREFECT_TICKS = 2  # the last ticks, as Prefect flow runs (each costs about a second per journey)
+PREFECT_EVERY = timedelta(hours=6)
+SCORE_EVERY = timedelta(hours=4)
 SYNC_EVERY = timedelta(days=7)
 
 
@@ -131,35 +140,36 @@ def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[d
     console.print(f"  ad spend: {spend.imported:,} daily rows imported from {demo_dir / 'ad_spend.csv'} "
                   f"(nurture import spend), {money(spend.total)} in all; landing pages carry UTM parameters "
                   "and click ids, so every lead has a source")
-    console.print(f"\nRunning the month as Prefect flow runs: one tick-all every {TICK.total_seconds() / 3600:.0f} "
-                  "simulated hours (the first start of Prefect takes a few seconds)…")
-    scoring = spec.extra.get("scoring")
-    now, next_sync = START, START + SYNC_EVERY
-    sent_total: Counter = Counter()
-    reactions: Counter = Counter()
-    deals = 0
-    while now <= end:
-        company.ingest_until(store, now)
-        deals += _import_deals(store, spec, demo_dir, company.deals_until(now), now)
-        if scoring is not None:  # the hourly `scoring` flow's work, once per simulated tick
-            score_contacts(store, scoring, now, spec.segments)
+    simulated_end = end - PREFECT_EVERY * PREFECT_TICKS
+    console.print(f"\nSimulating {START:%d %b} to {simulated_end:%d %b %H:%M} UTC with the real tick at the moments "
+                  f"something falls due (at most {RESOLUTION.total_seconds() / 60:.0f} min late), then the last "
+                  f"{PREFECT_TICKS} ticks as Prefect flow runs…")
+    world = _DemoWorld(company, store, spec, project, demo_dir, console)
+    rt = Runtime(store, spec, env=dict(os.environ))
+    try:
+        simulate(rt, [j for j in JOURNEYS if j in spec.journeys], START, simulated_end, world=world,
+                 resolution=RESOLUTION, timeline=False)
+    finally:
+        rt.close()
+    world.flush_day()
+    for i in range(1, PREFECT_TICKS + 1):
+        now = simulated_end + PREFECT_EVERY * i
+        world.before(None, now)
         results = run_ticks(now)
         sent = Counter()
         for result in results:
             for row in result["outcomes"]:
                 if row["outcome"] == SENT:
                     sent[result["journey"]] += row["count"]
-        sent_total.update(sent)
-        reactions.update(react(company, store, now))
-        console.print(f"  {now:%a %d %b %H:%M} UTC: {sum(r['enrolled'] for r in results):>4} enrolled, "
-                      f"{sum(sent.values()):>4} sent, {sum(r['converted'] for r in results):>4} converted")
-        if now >= next_sync:
-            _sync(store, spec, project, demo_dir, now)
-            next_sync += SYNC_EVERY
-        now += TICK
+        world.sent_total.update(sent)
+        world.reactions.update(react(company, store, now))
+        console.print(f"  {now:%a %d %b %H:%M} UTC (Prefect flow run tick-all): "
+                      f"{sum(r['enrolled'] for r in results):>4} enrolled, {sum(sent.values()):>4} sent, "
+                      f"{sum(r['converted'] for r in results):>4} converted")
     company.ingest_until(store, end)
-    deals += _import_deals(store, spec, demo_dir, company.deals_until(end), end)
+    world.deals += _import_deals(store, spec, demo_dir, company.deals_until(end), end)
     synced = _sync(store, spec, project, demo_dir, end)
+    sent_total, reactions = world.sent_total, world.reactions
     report = build_report(store, spec, end)
     html_path = demo_dir / "report.html"
     with number_style(spec.policies):
@@ -169,6 +179,59 @@ def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[d
         _summary(console, report, sent_total, reactions, synced, demo_dir, project, url, time.monotonic() - started,
                  _deal_counts(store))
     store.dispose()
+
+
+class _DemoWorld:
+    """The company around the simulated journeys (nurture.simulate.World): its events ingested
+    as the clock reaches them, CRM deals imported, scores recomputed every SCORE_EVERY, segments synced
+    weekly; after each moment the world reacts to what was sent. One console line per day."""
+
+    def __init__(self, company, store, spec, project: Path, demo_dir: Path, console: Console):
+        self.company, self.store, self.spec = company, store, spec
+        self.project, self.demo_dir, self.console = project, demo_dir, console
+        self.scoring = spec.extra.get("scoring")
+        self.next_score, self.next_sync = START, START + SYNC_EVERY
+        self.deals = 0
+        self.sent_total: Counter = Counter()
+        self.reactions: Counter = Counter()
+        self.day: Counter = Counter()
+        self.day_of: datetime | None = None
+
+    def upcoming(self):
+        return self.company.announce()
+
+    def before(self, rt, now: datetime) -> None:
+        self.company.ingest_until(self.store, now)
+        self.deals += _import_deals(self.store, self.spec, self.demo_dir, self.company.deals_until(now), now)
+        if self.scoring is not None and now >= self.next_score:  # the `scoring` flow's work (hourly when deployed)
+            score_contacts(self.store, self.scoring, now, self.spec.segments)
+            self.next_score = now + SCORE_EVERY
+        if now >= self.next_sync:
+            _sync(self.store, self.spec, self.project, self.demo_dir, now)
+            self.next_sync += SYNC_EVERY
+
+    def after(self, rt, now: datetime, reports) -> None:
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        if self.day_of is not None and day != self.day_of:
+            self.flush_day()
+        self.day_of = day
+        for report in reports:
+            self.day["enrolled"] += report.stages["enrolled"]
+            self.day["converted"] += report.stages["converted"]
+            self.day["ticks"] += 1
+            for row in report.table():
+                if row["outcome"] == SENT:
+                    self.day["sent"] += row["count"]
+                    self.sent_total[report.journey] += row["count"]
+        self.reactions.update(react(self.company, self.store, now))
+
+    def flush_day(self) -> None:
+        if self.day_of is None:
+            return
+        d = self.day
+        self.console.print(f"  {self.day_of:%a %d %b} (UTC): {d['enrolled']:>4} enrolled, {d['sent']:>4} sent, "
+                           f"{d['converted']:>4} converted  ({d['ticks']} journey ticks)")
+        self.day, self.day_of = Counter(), None
 
 
 def _deal_counts(store) -> dict[str, tuple[int, float]]:

@@ -128,6 +128,17 @@ class Company:
     # the CRM's deals: (time, export row) — each demo request opens one; the sales team wins some
     deal_rows: list[tuple[datetime, int, dict]] = field(default_factory=list)
     _deal_cursor: int = 0
+    _announced: bool = False
+    _fresh: list[tuple[datetime, str, str]] = field(default_factory=list)  # reactions not yet announced
+
+    def announce(self) -> list[tuple[datetime, str, str]]:
+        """(time, event, e-mail) of the events not announced before: at the first call every
+        event not yet ingested, later the reactions made up since (nurture.simulate.World)."""
+        if not self._announced:
+            self._announced, self._fresh = True, []
+            return [(at, r["event"], r["email"]) for at, _, r in self.events[self._cursor:]]
+        fresh, self._fresh = self._fresh, []
+        return fresh
 
     @property
     def end(self) -> datetime:
@@ -147,6 +158,8 @@ class Company:
         record = {"event_id": f"demo-{self.seed}-r{self._serial}", "email": email, "event": name,
                   "properties": props, "timestamp": at.isoformat()}
         bisect.insort(self.events, (at, self._serial, record), lo=self._cursor)
+        if self._announced:
+            self._fresh.append((at, name, email))
 
     def ingest_until(self, store: Store, now: datetime) -> int:
         """Track every event that happened up to `now` (the ingest path, idempotent)."""

@@ -41,13 +41,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Protocol
 
 from pydantic import BaseModel
 from sqlalchemy import bindparam, func, or_, select
 
 from nurture.ingest import import_contacts, parse_timestamp, read_records, track_in, track_records
-from nurture.runtime.context import Runtime
+from nurture.runtime.context import Runtime, TickReport
 from nurture.runtime.tick import as_utc, run_tick
 from nurture.send.guards.quiet_hours import zone
 from nurture.store.models import QUEUED, SENT
@@ -372,10 +372,28 @@ class SimulationResult:
                 "events_after_end": self.events_after_end, "funnel": self.funnel, "timeline": timeline}
 
 
+class World(Protocol):
+    """What happens around the journeys while the clock runs (the demo's synthetic company):
+    besides a file's events, a world ingests its own and answers what the ticks did."""
+
+    def upcoming(self) -> Iterable[tuple[datetime, str, str]]:
+        """(time, event name, e-mail) of the events it will ingest, each once: those not
+        given before (at the start, every one it knows of; later, reactions it made up)."""
+
+    def before(self, rt: Runtime, now: datetime) -> None:
+        """Bring the store up to `now` (its events up to then, …), before the ticks at `now`."""
+
+    def after(self, rt: Runtime, now: datetime, reports: list[TickReport]) -> None:
+        """The ticks at `now` ran (their reports): react."""
+
+
 def simulate(rt: Runtime, journeys: list[str], start: datetime, end: datetime, *, feed: Optional[EventFeed] = None,
-             resolution: timedelta = DEFAULT_RESOLUTION, heartbeat: timedelta = DEFAULT_HEARTBEAT) -> SimulationResult:
+             resolution: timedelta = DEFAULT_RESOLUTION, heartbeat: timedelta = DEFAULT_HEARTBEAT,
+             world: Optional[World] = None, timeline: bool = True) -> SimulationResult:
     """Tick `journeys` from `start` to `end` (both included) on `rt` — a Runtime over a scratch
-    copy: every stage writes to it — feeding `feed`'s events in as the clock reaches them."""
+    copy (`nurture simulate`, `plan`) or over the store itself (the demo): every stage writes
+    to it — feeding `feed`'s events in as the clock reaches them, and asking `world` (if any)
+    around each moment. `timeline`: read the per-contact timeline at the end."""
     start, end = as_utc(start), as_utc(end)
     if start > end:
         raise SimulationInputError(f"--from ({start.isoformat()}) is after --to ({end.isoformat()})")
@@ -389,6 +407,12 @@ def simulate(rt: Runtime, journeys: list[str], start: datetime, end: datetime, *
             name, email = str(record.record.get("event")), _email(record.record.get("email"))
             for clock in clocks.values():
                 clock.event(name, record.at, email=email)
+
+    def world_events() -> None:
+        for at, name, email in world.upcoming() if world is not None else ():
+            for clock in clocks.values():
+                clock.event(name, at, email=_email(email))
+    world_events()
     baseline = {"message": _max_id(rt, message_t.c.id), "enrollment": _max_id(rt, enrollment_t.c.id)}
     orders = {j: rt.plan(j).order for j in journeys}
     funnel: Counter = Counter()
@@ -397,15 +421,22 @@ def simulate(rt: Runtime, journeys: list[str], start: datetime, end: datetime, *
     due_now = list(journeys)  # every journey ticks at the start: backfills, condition triggers
     due: dict[str, datetime] = {}  # journey → its earliest due enrollment or message (only its ticks change it)
     while moment is not None:
+        if world is not None:
+            world.before(rt, moment)
+            # what the world stored besides its announced events (lifecycle changes of scoring,
+            # a CRM import) wakes journeys like the ticks' own events
+            seen_event = _engine_events(rt, clocks, seen_event)
         if feed is not None:
             batch = feed.take_until(moment)
             if batch:
                 track_records(rt.store, batch, source=feed.name, now=moment)
                 result.events_ingested += len(batch)
         seen_event = _max_id(rt, event_t.c.id)
+        reports = []
         for journey in due_now:
             began = time.perf_counter()
             report = run_tick(rt, journey, moment)
+            reports.append(report)
             result.tick_seconds += time.perf_counter() - began
             clocks[journey].last = moment
             result.ticks += 1
@@ -416,6 +447,9 @@ def simulate(rt: Runtime, journeys: list[str], start: datetime, end: datetime, *
             for row in report.table(orders[journey]):
                 funnel[(journey, row["step"], row["outcome"], row["reason"])] += row["count"]
         result.moments += 1
+        if world is not None:
+            world.after(rt, moment, reports)
+            world_events()
         seen_event = _engine_events(rt, clocks, seen_event)
         for journey in due_now:
             due.pop(journey, None)
@@ -426,7 +460,8 @@ def simulate(rt: Runtime, journeys: list[str], start: datetime, end: datetime, *
             moment, due_now = end, [j for j in journeys if clocks[j].last < end]
     result.events_after_end = feed.left_after() if feed is not None else 0
     result.funnel = _funnel_rows(funnel, journeys, orders)
-    result.timeline = build_timeline(rt, journeys, start, baseline)
+    if timeline:
+        result.timeline = build_timeline(rt, journeys, start, baseline)
     return result
 
 

@@ -361,7 +361,8 @@ def serve(interval: Optional[int] = typer.Option(
 
 def demo(seed: int = typer.Option(7, "--seed", help="Seed of the synthetic story")) -> None:
     """The whole story on the embedded default: a synthetic shop with 5,000 contacts, the six
-    journeys over 30 simulated days as Prefect flow runs, segment sync to CSV, the outbox and
+    journeys over 30 simulated days on the simulator (the real tick at the moments something
+    falls due), the last two ticks as Prefect flow runs, segment sync to CSV, the outbox and
     the HTML report."""
     from nurture.demo import run_demo
     run_demo(root(), seed=seed, run_ticks=lambda now: run_ticks(None, now, quiet=True), console=console)
