@@ -23,7 +23,7 @@ from nurture.spec.project import load_project
 from nurture.store.db import DatabaseMissing, open_store
 
 _cache: dict[tuple[str, str], Runtime] = {}
-_stamps: dict[tuple[str, str], float] = {}
+_stamps: dict[tuple[str, str], tuple] = {}
 
 
 class ProjectInvalid(Exception):
@@ -54,14 +54,23 @@ def require_valid(rt: Runtime, *files: str) -> None:
         raise invalid(errors)
 
 
-def _fingerprint(root) -> float:
-    """Newest modification time of the project's YAML and templates: an edit reloads them."""
-    newest = 0.0
-    for folder in (root / "journeys", root / "templates"):
+def _fingerprint(root) -> tuple:
+    """Every file of the project a Runtime reads (journeys, templates, translations, the
+    top-level YAML: policies, segments, scoring) with its modification time and size: an edit,
+    a new or a deleted file reloads the project in a long-lived process (`nurture serve`, the
+    warm runner of `nurture server start`)."""
+    files = [p for p in root.glob("*.yaml") if p.is_file()]
+    for folder in (root / "journeys", root / "templates", root / "translations"):
         if folder.is_dir():
-            for path in folder.rglob("*"):
-                newest = max(newest, path.stat().st_mtime)
-    return newest
+            files.extend(p for p in folder.rglob("*") if p.is_file())
+    stamps = []
+    for path in sorted(files):
+        try:
+            info = path.stat()
+        except OSError:  # deleted while listed
+            continue
+        stamps.append((str(path), info.st_mtime_ns, info.st_size))
+    return tuple(stamps)
 
 
 def runtime_for(project: Optional[str] = None) -> Runtime:

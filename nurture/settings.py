@@ -161,8 +161,11 @@ class Settings(EnvSettings):
     verbose: bool = setting("NURTURE_VERBOSE", False,
                             doc="Any value: Prefect's logs on the console too (run, sync, serve).")
     debug: bool = setting("NURTURE_DEBUG", False, doc="Any value: the CLI shows the traceback of an internal error.")
+    no_warm_runner: bool = setting(
+        "NURTURE_NO_WARM_RUNNER", False,
+        doc="Any value: `nurture run` runs in its own process even when `nurture server start` left a warm runner.")
 
-    @field_validator("verbose", "debug", mode="before")
+    @field_validator("verbose", "debug", "no_warm_runner", mode="before")
     @classmethod
     def any_value_turns_on(cls, value: Any) -> bool:
         """Any non-empty value turns it on (`NURTURE_DEBUG=1`, and even `0`)."""

@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from nurture.store.db import open_store
 from tests.conftest import REPO, write_project
@@ -268,3 +269,46 @@ def test_a_worker_run_never_creates_an_empty_database_and_says_which_one_it_used
     assert final["configured"].state.is_completed(), final["configured"].state.message
     assert any(log.level == 20 and f"project {configured}, database {url}" in log.message
                for log in server.logs([final["configured"].id]))
+
+
+def test_the_warm_runner_takes_nurture_run_with_the_callers_environment_and_answers_as_the_cli(server, tmp_path):
+    """`nurture server start`'s warm runner (nurture.cli.warm), on a real server: a `run` handed
+    to it sends, prints the CLI's own table, exits 0; a bad journey name is the CLI's own error
+    and exit code; each command is logged; a caller whose Prefect settings differ runs on its own."""
+    project = write_project(tmp_path / "shop", {"welcome_series": JOURNEY})
+    url = _database(project)
+    data = project / ".nurture"
+    env = server.env(NURTURE_PROJECT=str(project), NURTURE_DATABASE_URL=url, NURTURE_DATA_DIR=str(data))
+    cli = [sys.executable, "-c", "from nurture.cli import main; main()"]
+    state = data / "prefect" / "runner.json"
+    runner = subprocess.Popen([sys.executable, "-m", "nurture.cli.warm_runner", str(state)], env=env, cwd=project,
+                              stdout=open(tmp_path / "runner.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        wait_for("the warm runner", lambda: state.is_file() and runner.poll() is None, timeout=120)
+        (project / "people.csv").write_text("email,first_name,consent_email,consent_email_at\n"
+                                            "ann@example.com,Ann,granted,2026-03-01T00:00:00Z\n")
+        (project / "events.jsonl").write_text('{"event_id": "s1", "email": "ann@example.com", "event": "signup", '
+                                              '"timestamp": "2026-03-04T09:00:00Z"}\n')
+        for args in (["import", "contacts", "people.csv"], ["track", "events.jsonl"]):
+            subprocess.run(cli + args, env=env, cwd=project, check=True, capture_output=True)
+        done = subprocess.run(cli + ["run", "--now", "2026-03-04T10:00:00Z"], env=env, cwd=project,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "journey-welcome_series @ 2026-03-04T10:00" in done.stdout and "sent" in done.stdout
+        bad = subprocess.run(cli + ["run", "--journey", "nope"], env=env, cwd=project, capture_output=True,
+                             text=True, timeout=300)
+        assert bad.returncode == 1 and "no journey named 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+        log = (tmp_path / "runner.log").read_text()
+        assert "nurture run --now 2026-03-04T10:00:00Z -> exit 0" in log
+        assert "nurture run --journey nope -> exit 1" in log
+        other = subprocess.run(cli + ["run", "--now", "2026-03-04T10:05:00Z"], cwd=project, capture_output=True,
+                               env={**env, "PREFECT_LOGGING_LEVEL": "ERROR"}, text=True, timeout=300)
+        assert other.returncode == 0, other.stderr
+        assert "10:05" not in (tmp_path / "runner.log").read_text()  # ran in its own process
+        store = open_store(url)
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM message WHERE status = 'sent'")).scalar() == 1
+        store.dispose()
+    finally:
+        _stop(runner)

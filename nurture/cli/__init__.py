@@ -1,105 +1,34 @@
-"""The `nurture` command: the composition root that wires engine, flows and integrations.
+"""The `nurture` command (the console script's entry point).
 
-Verbs live in modules of this package, each with a `register(app)`; a user error ends with a
-clear message and a non-zero exit code, never a traceback (NURTURE_DEBUG=1 shows one for bugs).
+`main` first offers `nurture run` to the project's warm runner, when `nurture server start`
+left one running (nurture.cli.warm: Prefect and the project already loaded — a run takes about
+a second instead of four); otherwise, and for every other verb, it imports the composition root,
+nurture.cli.commands, which wires engine, flows and integrations into the Typer app.
 """
 from __future__ import annotations
 
-import importlib
-import os
 import sys
-
-import typer
-from rich.markup import escape
-
-from nurture.cli.invocation import CliError, console, err_console
-from nurture.settings import Settings
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Nurture: marketing journeys in YAML, compiled into Prefect flows.")
-
-VERB_MODULES = ("project_verbs", "data_verbs", "run_verbs", "sync_verbs", "web_verbs", "report_verbs",
-                "outbox_verbs", "privacy_verbs", "crm_verbs", "conversions_verbs", "plan_verbs", "simulate_verbs",
-                "test_send_verbs", "server_verbs")
-
-
-def _version(asked: bool) -> None:
-    if asked:
-        from importlib.metadata import PackageNotFoundError, version
-        try:
-            console.print(f"nurture {version('nurture')}", markup=False)
-        except PackageNotFoundError:  # running from a checkout that was never installed
-            console.print("nurture (not installed)", markup=False)
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(project: str = typer.Option(None, "--project", "-p", help="Project directory (default: current directory)",
-                                      envvar="NURTURE_PROJECT"),
-          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit")) -> None:
-    if project:
-        os.environ["NURTURE_PROJECT"] = os.path.abspath(project)
-
-
-for _name in VERB_MODULES:
-    try:
-        _module = importlib.import_module(f"nurture.cli.{_name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"nurture.cli.{_name}":
-            raise
-        continue
-    _module.register(app)
-
-
-def _unwrap(doc: str) -> str:
-    """A docstring as help text: each paragraph one line (the terminal wraps it to its width);
-    blank lines between paragraphs kept."""
-    import inspect
-    paragraphs = inspect.cleandoc(doc).split("\n\n")
-    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
-
-
-def _unwrap_help(typer_app: typer.Typer) -> None:
-    for command in typer_app.registered_commands:
-        if command.callback is not None and command.callback.__doc__:
-            command.callback.__doc__ = _unwrap(command.callback.__doc__)
-        if command.help:
-            command.help = _unwrap(command.help)
-    for group in typer_app.registered_groups:
-        if group.typer_instance is not None:
-            _unwrap_help(group.typer_instance)
-
-
-_unwrap_help(app)
-
-
-def _is_usage_error(exc: Exception) -> bool:
-    """Click's own exceptions (typer vendors a copy of click in recent versions)."""
-    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__) and hasattr(exc, "show")
+from typing import Any
 
 
 def main() -> None:
+    from nurture.cli.warm import delegate
+    code = delegate(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    from nurture.cli.commands import main as run_command
+    run_command()
+
+
+def __getattr__(name: str) -> Any:  # `from nurture.cli import app` and the like: the composition root's names
+    if name.startswith("__"):
+        raise AttributeError(name)
+    import importlib
+    import importlib.util
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule (prefect_env, …)
+        return importlib.import_module(f"{__name__}.{name}")
+    from nurture.cli import commands
     try:
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
-    except CliError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        sys.exit(exc.code)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code or 0)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # click usage errors and real bugs
-        if _is_usage_error(exc):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if Settings.from_env(os.environ).debug:
-            raise
-        err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc}\n"
-                          "(this is a bug in Nurture; run with NURTURE_DEBUG=1 for the traceback)", highlight=False)
-        sys.exit(70)
+        return getattr(commands, name)
+    except AttributeError:
+        raise AttributeError(f"module 'nurture.cli' has no attribute '{name}'") from None

@@ -7,6 +7,8 @@ The server lives under the project's data directory — `<data dir>/prefect/`: i
 answers, every `nurture` command of the project uses it (nurture.cli.prefect_env), unless
 PREFECT_API_URL is set: a configured server always wins. Its UI is at the printed URL.
 `nurture server stop` ends it; a stale `server.json` (the process died) is ignored and replaced.
+Beside it runs the warm runner (nurture.cli.warm, .warm_runner), to which `nurture run` is handed: Prefect and
+the project already loaded, a run takes about a second.
 """
 from __future__ import annotations
 
@@ -70,6 +72,7 @@ def start(port: Optional[int] = typer.Option(None, "--port", help="Port (default
     state = running()
     if state:
         console.print(f"the Prefect server of this project runs at {state['url']} (pid {state['pid']})", markup=False)
+        _start_runner(server_dir())
         return
     folder = server_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,6 +97,48 @@ def start(port: Optional[int] = typer.Option(None, "--port", help="Port (default
                                                     "started_at": time.time()}), encoding="utf-8")
     console.print(f"Prefect server running at {api} (UI: http://127.0.0.1:{port}); `nurture` commands of this "
                   "project use it until `nurture server stop`", markup=False)
+    _start_runner(folder)
+
+
+def _start_runner(folder: Path, wait: float = 90.0) -> None:
+    """The warm runner (nurture.cli.warm) beside the server: `nurture run` handed to a process
+    that has Prefect and the project loaded already. Not fatal when it cannot start: `run`
+    then works as without it."""
+    from nurture.cli.warm import RUNNER_FILE, code_stamp, read_state
+    path = folder / RUNNER_FILE
+    state = read_state(path)
+    if state is not None and state["code"] == code_stamp():
+        return
+    if state is not None:  # older code: replace it
+        _terminate(state["pid"])
+    path.unlink(missing_ok=True)
+    log = open(folder / "runner.log", "ab")
+    process = subprocess.Popen([sys.executable, "-m", "nurture.cli.warm_runner", str(path)], env=dict(os.environ),
+                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        state = read_state(path)
+        if state is not None and state["pid"] == process.pid:
+            console.print(f"warm runner ready (pid {process.pid}): `nurture run` goes to it", markup=False)
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    _terminate(process.pid)
+    console.print(f"warning: the warm runner did not start (see {folder / 'runner.log'}); `nurture run` works "
+                  "without it, only slower", markup=False)
+
+
+def _stop_runner(folder: Path) -> None:
+    from nurture.cli.warm import RUNNER_FILE
+    path = folder / RUNNER_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(state, dict) and isinstance(state.get("pid"), int):
+        _terminate(state["pid"])
+    path.unlink(missing_ok=True)
 
 
 def _terminate(pid: int) -> None:
@@ -115,6 +160,7 @@ def _terminate(pid: int) -> None:
 
 def stop() -> None:
     """Stop the project's local Prefect server."""
+    _stop_runner(server_dir())
     path = server_dir() / "server.json"
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
@@ -134,6 +180,15 @@ def status() -> None:
         console.print("not running (`nurture server start` starts it)", markup=False)
         raise typer.Exit(1)
     console.print(f"running at {state['url']} (pid {state['pid']})", markup=False)
+    from nurture.cli.warm import RUNNER_FILE, code_stamp, read_state
+    runner = read_state(server_dir() / RUNNER_FILE)
+    if runner is None:
+        console.print("warm runner: not running (`nurture server start` starts it)", markup=False)
+    elif runner["code"] != code_stamp():
+        console.print(f"warm runner: pid {runner['pid']}, older than Nurture's code — `nurture server start` "
+                      "replaces it", markup=False)
+    else:
+        console.print(f"warm runner: pid {runner['pid']}, `nurture run` goes to it", markup=False)
 
 
 def register(app: typer.Typer) -> None:
