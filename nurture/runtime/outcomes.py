@@ -38,13 +38,21 @@ def record_conversions(rt: Runtime, plan: Plan, now: datetime) -> int:
                 .where(*filters).order_by(enrollment_t.c.id, event_t.c.occurred_at))
     # (built once per journey version: `where` is part of the plan)
     stmt = prebuilt(("conversions", plan.name, plan.version), build)
-    with rt.store.engine.begin() as conn:
-        rows = conn.execute(stmt, {"journey": plan.name, "event": goal.event, "now": now,
-                                   "entered_since": now - goal.within - LATE_CONVERSIONS}).all()
+    params = {"journey": plan.name, "event": goal.event, "now": now,
+              "entered_since": now - goal.within - LATE_CONVERSIONS}
+
+    def firsts(conn: Any) -> dict[int, tuple]:
+        """enrollment id → (status, time, properties) of its first goal event inside the window."""
         first: dict[int, tuple] = {}
-        for enrollment_id, entered_at, status, occurred_at, props in rows:
+        for enrollment_id, entered_at, status, occurred_at, props in conn.execute(stmt, params):
             if occurred_at - entered_at <= goal.within:
                 first.setdefault(enrollment_id, (status, occurred_at, props or {}))
+        return first
+    with rt.store.reading() as conn:  # a read first: most ticks record no conversion
+        if not firsts(conn):
+            return 0
+    with rt.store.engine.begin() as conn:
+        first = firsts(conn)
         updates = []
         for enrollment_id, (status, occurred_at, props) in first.items():
             try:
@@ -81,8 +89,12 @@ def apply_exits(rt: Runtime, plan: Plan, now: datetime) -> int:
     if rt.memo[key] is None:
         return 0
     stmt, clock = rt.memo[key]
+    params = {"journey": plan.name, **clock_values(clock, now)}
+    with rt.store.reading() as conn:  # a read first: most ticks exit no one
+        if conn.execute(stmt, params).first() is None:
+            return 0
     with rt.store.engine.begin() as conn:
-        ids = [r[0] for r in conn.execute(stmt, {"journey": plan.name, **clock_values(clock, now)})]
+        ids = [r[0] for r in conn.execute(stmt, params)]
         for part in chunks(ids):
             conn.execute(enrollment_t.update().where(enrollment_t.c.id.in_(part), enrollment_t.c.status == "active")
                          .values(status="exited", step_id=None, next_due_at=None, left_at=now,

@@ -64,6 +64,9 @@ _OLD_VERSIONS = (select(enrollment_t.c.version).distinct()
 
 
 def record_version(rt: Runtime, plan: Plan, now: datetime) -> None:
+    key = ("version_recorded", plan.name, plan.version)
+    if rt.memo.get(key):  # recorded versions are never deleted: once per Runtime is enough
+        return
     with rt.store.engine.begin() as conn:
         exists = conn.execute(_RECORDED, {"journey": plan.name, "version": plan.version}).first()
         if exists is None:
@@ -72,12 +75,17 @@ def record_version(rt: Runtime, plan: Plan, now: datetime) -> None:
                                                  step_order=list(plan.order),
                                                  spec=_yaml_form(plan.journey.model_dump(by_alias=True, exclude_unset=True)),
                                                  created_at=now)], ("journey", "version"))
+    rt.memo[key] = True
 
 
 def migrate_enrollments(rt: Runtime, plan: Plan, now: datetime) -> int:
     moved = 0
+    params = {"journey": plan.name, "version": plan.version}
+    with rt.store.reading() as conn:  # a read first: enrollments of older versions are rare
+        if conn.execute(_OLD_VERSIONS, params).first() is None:
+            return 0
     with rt.store.engine.begin() as conn:
-        old_versions = [r[0] for r in conn.execute(_OLD_VERSIONS, {"journey": plan.name, "version": plan.version})]
+        old_versions = [r[0] for r in conn.execute(_OLD_VERSIONS, params)]
         for old in old_versions:
             spec = conn.execute(select(version_t.c.spec).where(version_t.c.journey == plan.name,
                                                                version_t.c.version == old)).scalar()

@@ -69,6 +69,17 @@ _TAKE = (message_t.update().where(ids_in(message_t.c.id, ()))
 _readdress = message_t.update().where(message_t.c.id == bindparam("mid")).values(address=bindparam("addr"))
 
 
+_DUE_ANY = select(message_t.c.id).where(message_t.c.status == QUEUED, message_t.c.due_at <= bindparam("now")).limit(1)
+_DUE_ANY_OF = (select(message_t.c.id).where(message_t.c.status == QUEUED, message_t.c.due_at <= bindparam("now"),
+                                           message_t.c.journey == bindparam("journey")).limit(1))
+
+
+def _anything_due(rt: Runtime, now: datetime, journey: Optional[str]) -> bool:
+    """Is any message (of `journey`) queued and due? (Any partition: a superset of the claim's rows.)"""
+    with rt.store.reading() as conn:
+        return conn.execute(_DUE_ANY_OF if journey else _DUE_ANY, {"now": now, "journey": journey}).first() is not None
+
+
 def _claim(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int,
            report: Optional[Counter] = None, skip_channels: Iterable[str] = ()) -> list[int]:
     with rt.store.engine.begin() as conn:
@@ -200,6 +211,8 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
     secrets = secrets_in(rt.env)
     prepared: dict = {}
     down: dict[str, str] = {}  # channels found unusable in this tick: name → reason
+    if not _anything_due(rt, now, journey):  # a read, not the claim's write transaction, on a quiet tick
+        return report
     ids = _claim(rt, now, journey, partition, partitions, report)
     while ids:
         with gc_paused():

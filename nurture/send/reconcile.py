@@ -35,6 +35,9 @@ _STUCK = (select(message_t.c.id, message_t.c.journey, message_t.c.channel)
 def reconcile_stuck(rt: Runtime, now: datetime) -> Counter:
     """Rows left `sending` by a crashed worker: ask the channel what really happened."""
     report: Counter = Counter()
+    with rt.store.reading() as conn:  # a read first: on nearly every tick nothing is stuck
+        if conn.execute(_STUCK, {"before": now - STUCK_AFTER}).first() is None:
+            return report
     with rt.store.engine.begin() as conn:
         stuck = conn.execute(_STUCK, {"before": now - STUCK_AFTER}).all()
         if not stuck:
