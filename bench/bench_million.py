@@ -11,13 +11,15 @@ Prints JSON, per database:
   channel, delivery processes one per core) → messages per second;
 - peak_rss_mb of every process: the CLI processes (os.wait4), the tick process
   (resource.getrusage), its fork server and delivery processes and the PostgreSQL server's
-  processes (psutil, sampled every 0.5 s).
+  processes (psutil, sampled every 0.5 s); peak_rss_anon_mb (and tick_process_anon) the CLI
+  and tick processes' own memory without the SQLite file pages they map (OwnMemory).
 
     python bench/bench_million.py [--contacts 1000000] [--db sqlite,postgres] [--dir PATH]
-                                  [--send-contacts N] [--ingest-contacts N]
+                                  [--send-contacts N] [--ingest-contacts N] [--no-send]
 
 `--send-contacts` makes the send tick's population smaller than the rest (the send tick is the
-longest part: ~N / 3,000 s per database); by default it is the whole population.
+longest part: ~N / 3,000 s per database); by default it is the whole population. `--no-send`
+leaves the send tick out (import, track and the enroll tick only).
 `--ingest-contacts` sends only the first N rows through the CLI's import and track (whose
 figures are then also projected linearly to the whole population) and writes the rest
 directly; by default all of them go through the CLI. The files,
@@ -182,21 +184,54 @@ class ServerMemory:
             self.peak_total_kb = max(self.peak_total_kb, sum(sizes) // 1024)
 
 
+class OwnMemory:
+    """Peak RssAnon of a process (/proc/PID/status, sampled every 0.1 s): its own memory. Its
+    RSS also counts the pages of the SQLite file it reads through mmap (store.db sets
+    mmap_size to 1 GB), which are the file's, shared and given back under pressure."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "OwnMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                status = Path(f"/proc/{self.pid}/status").read_text()
+            except OSError:
+                return
+            for line in status.splitlines():
+                if line.startswith("RssAnon:"):
+                    self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            if self._stop.wait(0.1):
+                return
+
+
 def run_measured(cmd: list[str], env: dict, folder: Path) -> dict:
     """Run a command; its seconds, exit code, peak RSS (os.wait4: the largest of the process and
-    the children it waited for), and the last line of its output (a JSON line for the bench's
-    own steps)."""
+    the children it waited for), its peak own memory (OwnMemory), and the last line of its
+    output (a JSON line for the bench's own steps)."""
     out_path, err_path = folder / "step.out", folder / "step.err"
     started = time.perf_counter()
     with out_path.open("w") as out, err_path.open("w") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        with OwnMemory(proc.pid) as own:
+            _, status, usage = os.wait4(proc.pid, 0)
     took = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     lines = [line for line in out_path.read_text().splitlines() if line.strip()]
     errors = err_path.read_text().strip().splitlines()[-3:] if proc.returncode else []
     return {"seconds": round(took, 2), "exit_code": proc.returncode, "peak_rss_mb": mb(usage.ru_maxrss),
-            "output": lines[-1] if lines else "", "stderr": errors}
+            "peak_rss_anon_mb": mb(own.peak_kb), "output": lines[-1] if lines else "", "stderr": errors}
 
 
 def step_tick(args: argparse.Namespace) -> None:
@@ -252,7 +287,9 @@ def bench_database(name: str, url: str, work: Path, files: tuple[Path, Path], ar
     from tests.conftest import write_project
     project = write_project(work / f"project-{name}", {"promo": JOURNEY}, templates={"email/promo.html": TEMPLATE})
     env = {**os.environ, "NURTURE_DATABASE_URL": url, "NURTURE_PROJECT": str(project),
-           "NURTURE_DATA_DIR": str(project / ".nurture"), "PYTHONWARNINGS": "ignore"}
+           "NURTURE_DATA_DIR": str(project / ".nurture"), "PYTHONWARNINGS": "ignore",
+           # this checkout's engine, whether or not it is the one installed
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     nurture = [sys.executable, "-m", "nurture.cli"] if not shutil.which("nurture") else [shutil.which("nurture")]
     me = [sys.executable, str(Path(__file__).resolve()), "--url", url, "--project", str(project),
           "--workers", str(args.workers), "--send-contacts", str(args.send_contacts or 0)]
@@ -265,20 +302,21 @@ def bench_database(name: str, url: str, work: Path, files: tuple[Path, Path], ar
             rows = args.ingest_contacts or args.contacts
             result[key] = {"rows": rows, "seconds": got["seconds"], "exit_code": got["exit_code"],
                            "rows_per_second": round(rows / got["seconds"]), "target_seconds": 60,
-                           "peak_rss_mb": got["peak_rss_mb"], "said": got["output"], "stderr": got["stderr"]}
-            if rows < args.contacts:  # linear: every row costs the same (one transaction, set-based or per row)
+                           "peak_rss_mb": got["peak_rss_mb"], "peak_rss_anon_mb": got["peak_rss_anon_mb"],
+                           "said": got["output"], "stderr": got["stderr"]}
+            if rows < args.contacts:  # linear: every slice of rows costs about the same
                 result[key]["projected_seconds_for_all"] = round(got["seconds"] * args.contacts / rows)
         if args.ingest_contacts and args.ingest_contacts < args.contacts:
             result["seeded_directly"] = {"rows": args.contacts - args.ingest_contacts,
                                          "seconds": round(seed_rest(url, args.ingest_contacts, args.contacts), 1)}
-        for step in ("enroll", "send"):
+        for step in ("enroll",) if args.no_send else ("enroll", "send"):
             got = run_measured(me + ["--step", step], env, work)
             try:
                 figures = json.loads(got["output"])
             except json.JSONDecodeError:
                 result[f"{step}_failed"] = got
                 break
-            peak = figures.pop("peak_rss_mb")
+            peak = {**figures.pop("peak_rss_mb"), "tick_process_anon": got["peak_rss_anon_mb"]}
             for key, value in figures.items():
                 result[key] = {**value, "peak_rss_mb": peak}
     if server_dir is not None:
@@ -298,6 +336,7 @@ def main() -> None:
     parser.add_argument("--ingest-contacts", type=int, default=0,
                         help="how many of them go through the CLI's import and track (0: all); the rest are written "
                              "directly, and the CLI figures are also projected to the whole population")
+    parser.add_argument("--no-send", action="store_true", help="leave the send tick out")
     parser.add_argument("--db", default="sqlite,postgres")
     parser.add_argument("--dir", default=None,
                         help="where files and databases live (default: the checkout's .nurture/)")

@@ -25,7 +25,7 @@ from typing import Any, Iterable, NamedTuple, Optional
 
 from sqlalchemy import bindparam, case, func, select
 
-from nurture.runtime.sql import ids_in
+from nurture.runtime.sql import ids_in, write_many
 from nurture.store.tables import consent_t, contact_t, suppression_t
 
 
@@ -179,9 +179,12 @@ def append_consents(conn: Any, entries: Iterable[dict]) -> int:
                  status=e["status"], source=e["source"], policy_version=e.get("policy_version", ""),
                  recorded_at=e["at"], confirmed_at=e["at"] if (e.get("confirmed") and e["status"] == "granted") else None,
                  ip_address=None, user_agent=None) for e in entries]
-    for start in range(0, len(rows), 5000):
-        conn.execute(consent_t.insert(), rows[start:start + 5000])
+    for start in range(0, len(rows), 5000):  # (the driver's executemany on SQLite, arrays on PostgreSQL)
+        write_many(conn, _APPEND, rows[start:start + 5000])
     return len(rows)
+
+
+_APPEND = consent_t.insert()
 
 
 def record_consents(conn: Any, keys: Iterable[tuple[int, str, str]], status: str, *, source: str,

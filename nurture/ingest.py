@@ -16,27 +16,29 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import json
 import math
+import multiprocessing
 import re
 import sys
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, Iterable, Iterator, NamedTuple, Optional
 from zoneinfo import ZoneInfo
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, column, func, literal, or_, select
+from sqlalchemy.dialects.postgresql import JSONB
 
 from nurture.consent_ledger import append_consents
 from nurture.identities import erased_contacts
 from nurture.import_columns import CONSENT_AT, CONSENT_COLUMNS, CONSENT_SOURCE, CORE_FIELDS, near_miss
 from nurture.lifecycle import STAGES
 from nurture.privacy.tombstones import REFUSAL as ERASED_REFUSAL, erased_among
-from nurture.runtime.sql import chunks, insert_ignore
+from nurture.runtime.sql import chunks, ids_in, insert_ignore, texts_in, write_many
 from nurture.spec.errors import did_you_mean
 from nurture.sources import Touch, TouchCandidate, extract_touch, record_event_touches, record_import_touches, \
     touch_of_columns
@@ -312,23 +314,75 @@ def read_records(path: Path, encoding: Optional[str] = None,
                  hint: str = USE_ENCODING_OPTION) -> Iterator[tuple[int, Optional[dict], Optional[Problem]]]:
     """(line number, record or None, (field, problem)) for CSV or JSONL. The file is decoded
     with `encoding` (default UTF-8, BOM accepted) without failing on bad bytes: a line holding
-    bytes the codec cannot decode is one bad line, named, and the other lines are kept."""
-    data = path.read_bytes()
-    binary = _binary_kind(data)
+    bytes the codec cannot decode is one bad line, named, and the other lines are kept.
+    A UTF-8 file is read a block at a time (a million-row file never sits in memory whole);
+    another codec reads the whole file first, so that a file it cannot decode at all is one
+    error and no records."""
+    with path.open("rb") as f:
+        binary = _binary_kind(f.read(4))
     if binary:
         yield 1, None, ("line", f"this is {binary}, not CSV or JSONL: {SAVE_AS_UTF8}")
         return
     label = "UTF-8" if encoding is None else encoding
     if encoding is not None:
         hint = f"is the file really {encoding}? Name its encoding with --encoding"
-    try:
-        text = data.decode(check_encoding(encoding) or "utf-8-sig", "surrogateescape")
-    except UnicodeDecodeError as exc:  # e.g. an odd trailing byte in UTF-16
-        yield data[:exc.start].count(b"\n") + 1, None, ("line", f"not valid {label} ({exc.reason}): {hint}")
-        return
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    codec = check_encoding(encoding) or "utf-8-sig"
+    if codec == "utf-8-sig":  # with surrogateescape, UTF-8 decoding never fails
+        lines: Iterator[str] = _utf8_lines(path)
+    else:
+        data = path.read_bytes()
+        try:
+            text = data.decode(codec, "surrogateescape")
+        except UnicodeDecodeError as exc:  # e.g. an odd trailing byte in UTF-16
+            yield data[:exc.start].count(b"\n") + 1, None, ("line", f"not valid {label} ({exc.reason}): {hint}")
+            return
+        del data
+        lines = _split_lines(text.replace("\r\n", "\n").replace("\r", "\n"))
     is_jsonl = path.suffix.lower() in JSONL_SUFFIXES
-    yield from (_jsonl_records(text, label, hint) if is_jsonl else _csv_records(text, label, hint))
+    yield from (_jsonl_records(lines, label, hint) if is_jsonl else _csv_records(lines, label, hint))
+
+
+_READ_BLOCK = 1 << 20  # bytes a UTF-8 file is read by
+
+
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 file (BOM accepted, bad bytes kept as surrogate escapes, CR LF and
+    CR read as LF), each with its "\n" but the last: what decoding the whole file and splitting
+    it on "\n" gives (`_split_lines`), a block at a time."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")("surrogateescape")
+    line: list[str] = []  # the line being read, in pieces (a line can be longer than a block)
+    held = ""
+    with path.open("rb") as f:
+        while True:
+            block = f.read(_READ_BLOCK)
+            text = held + decoder.decode(block, final=not block)
+            held = ""
+            if block and text.endswith("\r"):  # perhaps the first half of a CR LF: wait for the next block
+                text, held = text[:-1], "\r"
+            pieces = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+            if len(pieces) > 1:
+                yield "".join(line) + pieces[0] + "\n"
+                for piece in pieces[1:-1]:
+                    yield piece + "\n"
+                line = []
+            line.append(pieces[-1])
+            if not block:
+                break
+    if "".join(line):
+        yield "".join(line)
+
+
+def _split_lines(text: str) -> Iterator[str]:
+    """The lines of `text` split on "\n" only, each with its "\n" but the last."""
+    start = 0
+    while True:
+        end = text.find("\n", start)
+        if end < 0:
+            if start < len(text):
+                yield text[start:]
+            return
+        yield text[start:end + 1]
+        start = end + 1
 
 
 def _binary_kind(data: bytes) -> Optional[str]:
@@ -347,9 +401,12 @@ def _undecodable(text: str, label: str, hint: str) -> Optional[str]:
     return f"not valid {label} (byte 0x{ord(found.group()) - 0xdc00:02x} at character {found.start() + 1}): {hint}"
 
 
-def _jsonl_records(text: str, label: str, hint: str) -> Iterator[tuple[int, Optional[dict], Optional[Problem]]]:
-    # Split on \n only: str.splitlines() also splits on U+2028, U+0085 … which JSON allows raw in strings.
-    for number, line in enumerate(text.split("\n"), 1):
+def _jsonl_records(lines: Iterable[str], label: str,
+                   hint: str) -> Iterator[tuple[int, Optional[dict], Optional[Problem]]]:
+    # Lines split on \n only: str.splitlines() also splits on U+2028, U+0085 … which JSON allows raw in strings.
+    for number, line in enumerate(lines, 1):
+        if line.endswith("\n"):
+            line = line[:-1]
         if not line.strip():
             continue
         problem = _undecodable(line, label, hint)
@@ -374,8 +431,9 @@ def _parse_json_line(line: str) -> tuple[Optional[dict], Optional[str]]:
     return record, None
 
 
-def _csv_records(text: str, label: str, hint: str) -> Iterator[tuple[int, Optional[dict], Optional[Problem]]]:
-    reader = csv.DictReader(io.StringIO(text, newline="\n"))
+def _csv_records(lines: Iterable[str], label: str,
+                 hint: str) -> Iterator[tuple[int, Optional[dict], Optional[Problem]]]:
+    reader = csv.DictReader(lines)
     try:
         header = reader.fieldnames or []
     except csv.Error as exc:
@@ -427,11 +485,14 @@ def _clean_contact(record: dict) -> tuple[dict, dict[str, ImportedConsent], list
         value = raw.strip() if isinstance(raw, str) else raw
         if value in ("", None):
             continue
-        if key in CONSENT_COLUMNS:
-            if str(value).lower() not in CONSENT_VALUES:
+        if key in _CORE_FIELDS:  # the common cells first: a million-row import checks ten million
+            fields[key] = value
+        elif key in CONSENT_COLUMNS:
+            given = _CONSENT_GIVEN.get(str(value).lower())
+            if given is None:
                 errors.append((key, f"'{_show(value)}' is not one of {', '.join(CONSENT_VALUES)}"))
             else:
-                consents[CONSENT_COLUMNS[key]] = ImportedConsent(str(value).lower())
+                consents[CONSENT_COLUMNS[key]] = given
         elif key in CONSENT_AT:
             try:
                 proof.setdefault(CONSENT_AT[key], {})["at"] = parse_timestamp(value)
@@ -443,8 +504,6 @@ def _clean_contact(record: dict) -> tuple[dict, dict[str, ImportedConsent], list
                 errors.append((key, problem))
             else:
                 proof.setdefault(CONSENT_SOURCE[key], {})["source"] = " ".join(value.split())[:MAX_SOURCE_LENGTH]
-        elif key in CORE_FIELDS:
-            fields[key] = value
         elif key == "attributes" and isinstance(value, dict):
             problem = value_problem(value, ("attributes",))
             if problem:
@@ -466,6 +525,10 @@ def _clean_contact(record: dict) -> tuple[dict, dict[str, ImportedConsent], list
     if core_errors or errors:  # the row is skipped: all that is wrong with it is listed, for the fix
         return fields, consents, core_errors + errors + warnings, []
     return fields, consents, [], warnings
+
+
+_CORE_FIELDS = frozenset(CORE_FIELDS)
+_CONSENT_GIVEN = {status: ImportedConsent(status) for status in CONSENT_VALUES}  # a consent without time or source
 
 
 # What the warning about a left-out field adds to the field's own problem.
@@ -523,7 +586,10 @@ def _attribute(key: str, value: Any) -> tuple[Any, Optional[tuple[str, str]]]:
     typed = _coerce(value)
     if isinstance(value, str) and isinstance(typed, float) and not math.isfinite(typed):
         return value, (key, f"'{_show(value)}' is too large a number (it overflows to Infinity)")
-    return typed, value_problem(typed, (key,), 1)
+    if isinstance(typed, (dict, list)):
+        return typed, value_problem(typed, (key,), 1)
+    problem = _scalar_problem(typed)  # a cell's text or number: value_problem's answer, without its walk
+    return typed, (_field_path((key,)), problem) if problem else None
 
 
 def _check_core(fields: dict[str, Any], require_email: bool = True) -> list[tuple[str, str]]:
@@ -656,6 +722,57 @@ def refuse_erased(conn: Any, entries: list[tuple[str, int]], source: str,
     return refused
 
 
+# Rows per transaction of `import contacts`, events per transaction of `track FILE`: a file
+# streams through in slices this big, so a process's memory stays flat however long the file
+# is (docs/import.md, "A large file"). Large enough that a slice's SQL is set-based.
+IMPORT_CHUNK = 20_000
+TRACK_CHUNK = 20_000
+# A contact file larger than this is read and checked in a process of its own while this one
+# writes the slice before (`_slices_read_aside`): on two cores that overlaps the per-row Python
+# of reading and checking (~30–45 µs a row) with the writing (more). Not from a process that
+# runs threads: a fork copies their locks in whatever state they are.
+READ_ASIDE_BYTES = 4 << 20
+
+Key = tuple[str, str]  # (kind, value): an import row's first identifier in MATCH_ORDER
+
+
+@dataclass
+class _ImportRow:
+    """One contact of the slice being read: its rows of the file merged (later values win)."""
+    fields: dict
+    consents: dict[str, ImportedConsent]
+    touch: Optional[Touch]  # utm_* / click id columns: the contact's lead source (nurture.sources)
+    line: int  # the latest line of the contact
+    seen: bool  # an earlier slice of this file has a row of the contact (written, and counted, there)
+
+
+class _FileKeys:
+    """What an import keeps of the rows of earlier slices: the latest line of each row key and
+    which key claimed each e-mail, for the file-wide check that one e-mail is not on two rows
+    with different keys. Flat dicts of strings and ints — ~150 bytes a contact, ~150 MB at a
+    million rows — instead of the rows themselves."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, dict[str, int]] = {kind: {} for kind in MATCH_ORDER}
+        self.email_of: dict[str, str] = {}  # e-mail -> the external_id of the key that claimed it
+
+    def line(self, key: Key) -> Optional[int]:
+        return self.lines[key[0]].get(key[1])
+
+    def claimant(self, email: str) -> Optional[Key]:
+        """The key of the earlier row that holds `email`, if any. (An external_id needs no such
+        check: a row that has one is keyed by it.)"""
+        external_id = self.email_of.get(email)
+        if external_id is not None:
+            return "external_id", external_id
+        return ("email", email) if email in self.lines["email"] else None
+
+    def claim(self, key: Key, email: Optional[str], line: int) -> None:
+        self.lines[key[0]][key[1]] = line
+        if email and key[0] == "external_id" and email not in self.email_of:
+            self.email_of[email] = key[1]
+
+
 def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None, policy_version: str = "",
                     encoding: Optional[str] = None, keep_attributes: Optional[list[str]] = None,
                     consent_at: Optional[datetime] = None) -> ImportResult:
@@ -668,125 +785,241 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
     `encoding`: the file's codec (default UTF-8, BOM accepted). `keep_attributes`
     (policies.yaml, data minimization): the attributes kept; other columns are dropped and
     named in `result.dropped_columns`. `consent_at`: when the file's consents were given, for
-    rows without a `consent_<channel>_at` of their own (default: `now`); not after `now`."""
+    rows without a `consent_<channel>_at` of their own (default: `now`); not after `now`.
+
+    The file is read and written in slices of IMPORT_CHUNK contacts, each in a transaction of
+    its own: what a failure midway leaves is the slices written before it, and a rerun of the
+    file upserts the same contacts again (docs/import.md, "A large file"). The same contact
+    twice — in one slice or in two — ends as one row with the later values would: later
+    values win, an empty cell changes nothing, attributes merge."""
     now = now or datetime.now(timezone.utc)
     if consent_at is not None and consent_at > now:
         raise ValueError(f"consent_at {consent_at.isoformat()} lies in the future: a consent is given before it is "
                          "imported")
-    result = ImportResult()
-    columns_seen: set[str] = set()
-    header_line = None if path.suffix.lower() in JSONL_SUFFIXES else 1  # column warnings: CSV at its header
-    Key = tuple[str, str]  # (kind, value): the row's first identifier in MATCH_ORDER
-    good: dict[Key, tuple[dict, dict]] = {}
-    touches: dict[Key, Touch] = {}  # utm_* / click id columns: the contact's lead source (nurture.sources)
-    lines: dict[Key, int] = {}
-    claimed: dict[Key, Key] = {}  # each unique identifier of the file -> the row key holding it
-    for line, record, problem in read_records(path, encoding):
-        if problem:
-            result.errors.append(RowError(path.name, line, *problem))
-            continue
-        if not columns_seen.issuperset(record):  # a CSV: once, at its first row; JSONL: at each new key
-            _warn_near_misses(record, columns_seen, path.name, header_line or line, result)
-        fields, consents, errors, warnings = _clean_contact(record)
-        errors += [(f"consent_{channel}_at", f"lies in the future ({c.at.isoformat()}): a consent is given before "
-                                             "it is imported") for channel, c in consents.items()
-                   if c.at is not None and c.at > now]
-        key = None if errors else next((k, fields[k]) for k in MATCH_ORDER if fields.get(k))
-        if key is not None:
-            for kind in ("external_id", "email"):  # unique: two rows naming one with different keys conflict
-                other = claimed.get((kind, fields.get(kind)))
-                if fields.get(kind) and other not in (None, key):
-                    errors.append((kind, f"'{_show(fields[kind])}' is also on line {lines[other]} with another "
-                                         f"{other[0]} ('{_show(other[1])}')"))
-        if errors:
-            result.errors.extend(RowError(path.name, line, f, m) for f, m in errors + warnings)
-            continue
-        if warnings:
-            result.warnings.extend(RowError(path.name, line, f, f"{m} — {LEFT_OUT}") for f, m in warnings)
-        for kind in ("external_id", "email"):
-            if fields.get(kind):
-                claimed[(kind, fields[kind])] = key
-        if keep_attributes is not None:
-            dropped = set(fields["attributes"]) - set(keep_attributes)
-            result.dropped_columns |= dropped
-            fields["attributes"] = {k: v for k, v in fields["attributes"].items() if k not in dropped}
-        touch = touch_of_columns(record)
-        if touch is not None:  # the same contact twice: the later row's touch wins
-            touches[key] = touch
-        previous = good.get(key)
-        if previous:  # the same contact twice in one file: later values win, attributes merge
-            fields["attributes"] = {**previous[0]["attributes"], **fields["attributes"]}
-            consents = {**previous[1], **consents}
-        good[key] = (fields, consents)
-        lines[key] = line
-    with store.engine.begin() as conn:
-        erased_emails = refuse_erased(conn, [(f["email"], lines[k]) for k, (f, _) in good.items() if f.get("email")],
-                                      path.name, result)
-        for key in [k for k, (f, _) in good.items() if f.get("email") in erased_emails]:
-            del good[key]
-        matched = _match_contacts(conn, good)
-        gone = erased_contacts(conn, matched.values())
-        for key in [k for k, cid in matched.items() if cid in gone]:
-            result.errors.append(RowError(path.name, lines[key], key[0], ERASED_REFUSAL))
-            result.erased += 1
-            del good[key], matched[key]
-        holders = _holders(conn, "email", [f["email"] for f, _ in good.values() if f.get("email")])
-        for key in [k for k, cid in matched.items()
-                    if good[k][0].get("email") and holders.get(good[k][0]["email"], cid) != cid]:
-            result.errors.append(RowError(path.name, lines[key], "email", f"'{_show(good[key][0]['email'])}' belongs "
-                                          f"to another contact than the one of {key[0]} '{_show(key[1])}'"))
-            del good[key], matched[key]
-        existing: dict[int, dict] = {}
-        for part in chunks(sorted(set(matched.values()))):
-            existing.update(conn.execute(select(contact_t.c.id, contact_t.c.attributes)
-                                         .where(contact_t.c.id.in_(part))).all())
-        inserts, updates = [], []
-        for key, (fields, _) in good.items():
-            if key in matched:
-                cid = matched[key]
-                row = {k: fields.get(k) for k in CORE_FIELDS if k in fields}
-                updates.append({"cid": cid, **row, "attributes": {**(existing.get(cid) or {}), **fields["attributes"]},
-                                "updated_at": now})
-            else:
-                inserts.append({"email": None, "external_id": None, "phone": None, "first_name": None,
-                                "last_name": None, "timezone": None, "country": None, "locale": None,
-                                "lifecycle_stage": "lead", "score": 0.0, **fields, "created_at": now, "updated_at": now})
-        for part in chunks(inserts, 5000):
-            conn.execute(contact_t.insert(), list(part))
-        # Updates touch only the columns the file has, grouped by that column set.
-        groups: dict[tuple, list[dict]] = {}
-        for u in updates:
-            groups.setdefault(tuple(sorted(k for k in u if k != "cid")), []).append(u)
-        for keys, rows in groups.items():
-            # (a contact erased since it was read above has no identifier left and is never written to again)
-            stmt = contact_t.update().where(contact_t.c.id == bindparam("cid"), or_(
-                contact_t.c.email.is_not(None), contact_t.c.external_id.is_not(None),
-                contact_t.c.phone.is_not(None))).values({k: bindparam(k) for k in keys})
-            conn.execute(stmt, rows)
-        result.created, result.updated = len(inserts), len(updates)
-        wanted = {k: v for k, v in good.items() if v[1] or k in touches}
-        ids = _match_contacts(conn, wanted)
-        # (a contact erased while this import ran has no id here: nothing is written about them)
-        result.touches = record_import_touches(
-            conn, [(ids[k], t) for k, t in touches.items() if k in good and k in ids], now)
-        entries = []
-        for key, (_, consents) in good.items():
-            if consents and key not in ids:  # erased while this import ran: nothing is written about them
-                continue
-            for channel, given in consents.items():
-                # An import moves a list from another tool: 'granted' there was confirmed there, at
-                # the time and on the source the file names (else: --consent-at or now, by this import).
-                source = f"import:{path.name}" + (f" ({given.source})" if given.source else "")
-                entries.append(dict(contact_id=ids[key], channel=channel, status=given.status, source=source,
-                                    at=given.at or consent_at or now, policy_version=policy_version,
-                                    confirmed=given.status == "granted"))
-        result.consents += append_consents(conn, entries)
+    read = ImportResult()  # what reading the file found: errors, warnings, dropped columns
+    slices = _contact_slices(path, encoding, now, keep_attributes, read)
+    if path.stat().st_size > READ_ASIDE_BYTES and threading.active_count() == 1:  # (forking threads is unsafe)
+        slices = _slices_read_aside(slices, read)
+    result = ImportResult()  # what writing found: the rows the database refuses
+    refused_keys: set[Key] = set()
+    try:
+        for batch in slices:
+            _write_contacts(store, batch, refused_keys, file=path.name, now=now, consent_at=consent_at,
+                            policy_version=policy_version, result=result)
+    finally:
+        slices.close()  # a failed write stops the reading process at once
+    result.errors = read.errors + result.errors  # the file's own problems first, as they were found
+    result.warnings, result.dropped_columns = read.warnings, read.dropped_columns
     for warning in result.warnings:
         if isinstance(warning, ColumnWarning) and warning.field in result.dropped_columns:
             warning.message = warning.message.replace("is stored as an attribute",
                                                       "is not kept (policies.yaml keep_attributes)")
     result.warnings.sort(key=lambda w: w.line)
     return result
+
+
+def _contact_slices(path: Path, encoding: Optional[str], now: datetime, keep_attributes: Optional[list[str]],
+                    read: ImportResult) -> Iterator[dict[Key, _ImportRow]]:
+    """The file's good rows checked and merged per contact, IMPORT_CHUNK contacts at a time;
+    the problems of the rows (errors, warnings, dropped columns) go to `read`."""
+    columns_seen: set[str] = set()
+    header_line = None if path.suffix.lower() in JSONL_SUFFIXES else 1  # column warnings: CSV at its header
+    keys = _FileKeys()
+    batch: dict[Key, _ImportRow] = {}
+    batch_start = 0  # the first line of the slice being read
+    for line, record, problem in read_records(path, encoding):
+        if problem:
+            read.errors.append(RowError(path.name, line, *problem))
+            continue
+        if not columns_seen.issuperset(record):  # a CSV: once, at its first row; JSONL: at each new key
+            _warn_near_misses(record, columns_seen, path.name, header_line or line, read)
+        fields, consents, errors, warnings = _clean_contact(record)
+        errors += [(f"consent_{channel}_at", f"lies in the future ({c.at.isoformat()}): a consent is given before "
+                                             "it is imported") for channel, c in consents.items()
+                   if c.at is not None and c.at > now]
+        key = None if errors else next((k, fields[k]) for k in MATCH_ORDER if fields.get(k))
+        email = fields.get("email")
+        if key is not None and email:  # unique: two rows naming one e-mail with different keys conflict
+            other = keys.claimant(email)
+            if other not in (None, key):
+                errors.append(("email", f"'{_show(email)}' is also on line {keys.line(other)} with another "
+                                        f"{other[0]} ('{_show(other[1])}')"))
+        if errors:
+            read.errors.extend(RowError(path.name, line, f, m) for f, m in errors + warnings)
+            continue
+        if warnings:
+            read.warnings.extend(RowError(path.name, line, f, f"{m} — {LEFT_OUT}") for f, m in warnings)
+        if not batch:
+            batch_start = line
+        previous_line = keys.line(key)
+        keys.claim(key, email, line)
+        if keep_attributes is not None:
+            dropped = set(fields["attributes"]) - set(keep_attributes)
+            read.dropped_columns |= dropped
+            fields["attributes"] = {k: v for k, v in fields["attributes"].items() if k not in dropped}
+        touch = touch_of_columns(record)
+        previous = batch.get(key)
+        if previous is None:
+            batch[key] = _ImportRow(fields, consents, touch, line,
+                                    seen=previous_line is not None and previous_line < batch_start)
+        else:  # the same contact twice: later values win, attributes merge, the later row's touch wins —
+            # and an empty cell changes nothing, as it would if the rows came in two slices (or files)
+            fields = {**previous.fields, **fields,
+                      "attributes": {**previous.fields["attributes"], **fields["attributes"]}}
+            previous.fields, previous.consents = fields, {**previous.consents, **consents}
+            previous.touch, previous.line = touch if touch is not None else previous.touch, line
+        if len(batch) >= IMPORT_CHUNK:
+            yield batch
+            batch = {}
+    if batch:
+        yield batch
+
+
+def _slices_read_aside(slices: Iterator[dict[Key, _ImportRow]], read: ImportResult) -> Iterator[dict[Key, _ImportRow]]:
+    """`slices` produced in a forked process, one slice ahead of the caller (the pipe holds
+    one); `read` receives what that process found when it is done. The child touches no
+    database connection and leaves by os._exit (multiprocessing's), closing none."""
+    context = multiprocessing.get_context("fork")
+    receiving, sending = context.Pipe(duplex=False)
+    reader = context.Process(target=_send_slices, args=(slices, read, sending), daemon=True)
+    reader.start()
+    sending.close()
+    try:
+        while True:
+            kind, payload = receiving.recv()
+            if kind == "slice":
+                yield payload
+            elif kind == "error":
+                raise payload
+            else:
+                read.errors, read.warnings, read.dropped_columns = payload
+                return
+    finally:
+        receiving.close()
+        if reader.is_alive():
+            reader.kill()
+        reader.join()
+
+
+def _send_slices(slices: Iterator[dict[Key, _ImportRow]], read: ImportResult, sending: Any) -> None:
+    try:
+        for batch in slices:
+            sending.send(("slice", batch))
+        sending.send(("done", (read.errors, read.warnings, read.dropped_columns)))
+    except BrokenPipeError:  # the importing process stopped (an error of its own): so does this one
+        pass
+    except Exception as exc:  # noqa: BLE001 - handed over, raised in the importing process
+        try:
+            sending.send(("error", exc))
+        except Exception:  # noqa: BLE001 - an exception that cannot be pickled
+            sending.send(("error", RuntimeError(f"reading the file failed: {exc!r}")))
+    finally:
+        sending.close()
+
+
+def _write_contacts(store: Store, batch: dict[Key, _ImportRow], refused_keys: set[Key], *, file: str,
+                    now: datetime, consent_at: Optional[datetime], policy_version: str, result: ImportResult) -> None:
+    """One slice of an import, in its own transaction: erased people refused, rows matched to
+    contacts (MATCH_ORDER), new contacts inserted and matched ones updated, then the slice's
+    lead sources and consents written. The keys refused here (errors of `result`) are added to
+    `refused_keys`: a later slice's row of one of them is counted as a first."""
+    good = dict(batch)
+
+    def refuse(key: Key, field: str, message: str) -> None:
+        result.errors.append(RowError(file, good[key].line, field, message))
+        refused_keys.add(key)
+        del good[key]
+        matched.pop(key, None)
+
+    matched: dict[Key, int] = {}
+    with store.engine.begin() as conn:
+        erased_emails = refuse_erased(
+            conn, [(r.fields["email"], r.line) for r in good.values() if r.fields.get("email")], file, result)
+        for key in [k for k, r in good.items() if r.fields.get("email") in erased_emails]:
+            refused_keys.add(key)
+            del good[key]
+        holders = _all_holders(conn, good)
+        matched.update(_match_contacts(good, holders))
+        gone = erased_contacts(conn, matched.values())
+        for key in [k for k, cid in matched.items() if cid in gone]:
+            refuse(key, key[0], ERASED_REFUSAL)
+            result.erased += 1
+        for key in [k for k, cid in matched.items()
+                    if good[k].fields.get("email") and holders["email"].get(good[k].fields["email"], cid) != cid]:
+            refuse(key, "email", f"'{_show(good[key].fields['email'])}' belongs to another contact than the one of "
+                                 f"{key[0]} '{_show(key[1])}'")
+        existing: dict[int, dict] = {}
+        for part in chunks(sorted(set(matched.values())), 5000):
+            existing.update(conn.execute(select(contact_t.c.id, contact_t.c.attributes)
+                                         .where(ids_in(contact_t.c.id, part))).all())
+        inserts, updates = [], []
+        inserted: list[Key] = []  # the keys of `inserts`, in order
+        for key, row in good.items():
+            fields = row.fields
+            if key in matched:
+                cid = matched[key]
+                values = {k: fields[k] for k in CORE_FIELDS if k in fields}
+                updates.append({"cid": cid, **values, "updated_at": now,
+                                "attributes": {**(existing.get(cid) or {}), **fields["attributes"]}})
+            else:
+                inserts.append({**_NEW_CONTACT, **fields})
+                inserted.append(key)
+            if not row.seen or key in refused_keys:  # a contact on several slices counts once, as in one
+                result.created += key not in matched
+                result.updated += key in matched
+        before = conn.execute(select(func.max(contact_t.c.id))).scalar() or 0
+        _insert_contacts(conn, inserts, now)
+        # Updates touch only the columns the file has, grouped by that column set.
+        groups: dict[tuple, list[dict]] = {}
+        for u in updates:
+            groups.setdefault(tuple(sorted(u)), []).append(u)
+        for names, rows in groups.items():
+            # (a contact erased since it was read above has no identifier left and is never written to again)
+            stmt = contact_t.update().where(contact_t.c.id == bindparam("cid"), or_(
+                contact_t.c.email.is_not(None), contact_t.c.external_id.is_not(None),
+                contact_t.c.phone.is_not(None))).values({k: bindparam(k) for k in names if k != "cid"})
+            write_many(conn, stmt, rows)
+        wanted = {k: r for k, r in good.items() if r.consents or r.touch is not None}
+        ids = _written_ids(conn, wanted, matched, inserted, before)
+        result.touches += record_import_touches(
+            conn, [(ids[k], r.touch) for k, r in wanted.items() if r.touch is not None and k in ids], now)
+        entries = []
+        for key, row in wanted.items():
+            if key not in ids:
+                continue
+            for channel, given in row.consents.items():
+                # An import moves a list from another tool: 'granted' there was confirmed there, at
+                # the time and on the source the file names (else: --consent-at or now, by this import).
+                source = f"import:{file}" + (f" ({given.source})" if given.source else "")
+                entries.append(dict(contact_id=ids[key], channel=channel, status=given.status, source=source,
+                                    at=given.at or consent_at or now, policy_version=policy_version,
+                                    confirmed=given.status == "granted"))
+        result.consents += append_consents(conn, entries)
+
+
+def _insert_contacts(conn: Any, rows: list[dict], now: datetime) -> None:
+    """New contacts (rows of _NEW_CONTACT's columns), created and updated `now`. On PostgreSQL
+    the slice is one statement over one JSON parameter (INSERT … SELECT FROM jsonb_to_recordset):
+    an executemany of 20,000 rows with a JSONB column costs ~75 µs a row in SQLAlchemy's and
+    the driver's per-row work (write_many's arrays cannot carry JSON), this ~10."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        write_many(conn, contact_t.insert(), [{**row, "created_at": now, "updated_at": now} for row in rows])
+        return
+    names = list(_NEW_CONTACT)
+    source = func.jsonb_to_recordset(bindparam("rows", rows, type_=JSONB)).table_valued(
+        *(column(name, contact_t.c[name].type) for name in names)).render_derived(with_types=True)
+    conn.execute(contact_t.insert().from_select(
+        [*names, "created_at", "updated_at"],
+        select(*(source.c[name] for name in names), literal(now, contact_t.c.created_at.type),
+               literal(now, contact_t.c.updated_at.type))))
+
+
+# A new contact's row: every column the import may set, so the slice's rows share one shape.
+_NEW_CONTACT = {"email": None, "external_id": None, "phone": None, "first_name": None, "last_name": None,
+                "timezone": None, "country": None, "locale": None, "lifecycle_stage": "lead", "score": 0.0,
+                "attributes": {}}
 
 
 def _warn_near_misses(record: dict, seen: set[str], file: str, line: int, result: ImportResult) -> None:
@@ -802,23 +1035,55 @@ def _warn_near_misses(record: dict, seen: set[str], file: str, line: int, result
                                                                      f"did you mean '{suggestion}'?"))
 
 
+def _written_ids(conn: Any, rows: dict[Key, _ImportRow], matched: dict[Key, int], inserted: list[Key],
+                 before: int) -> dict[Key, int]:
+    """Row key -> the contact a slice wrote the row to, for the rows whose consents and lead
+    source follow; `inserted`: the keys of the new contacts in the order they were inserted,
+    `before`: the highest contact id before. Each row is matched again: a contact erased while
+    this import ran has no identifier left, so no id, and nothing is written about them.
+    On SQLite the slice's transaction has held the write lock since its first statement
+    (store.db: BEGIN IMMEDIATE), so nobody erased a matched contact since it was read, and the
+    new contacts are the ids above `before` — SQLite gives a new row the highest id plus one,
+    so when the highest is now `before` + len(inserted), the i-th insert has `before` + 1 + i."""
+    if conn.dialect.name != "sqlite":
+        return _match_contacts(rows, _all_holders(conn, rows))
+    ids = {key: matched[key] for key in rows if key in matched}
+    if len(ids) == len(rows):
+        return ids
+    if (conn.execute(select(func.max(contact_t.c.id))).scalar() or 0) == before + len(inserted):
+        ids.update((key, before + 1 + i) for i, key in enumerate(inserted) if key in rows)
+        return ids
+    columns = [contact_t.c[kind] for kind in MATCH_ORDER]
+    for cid, *values in conn.execute(select(contact_t.c.id, *columns).where(contact_t.c.id > before)):
+        key = next((kind, value) for kind, value in zip(MATCH_ORDER, values) if value)
+        if key in rows:
+            ids[key] = cid
+    return ids
+
+
 def _holders(conn: Any, kind: str, values: list[str]) -> dict[str, int]:
     """value -> the contact holding it in column `kind` (the lowest id when several hold a phone)."""
     column = contact_t.c[kind]
     found: dict[str, int] = {}
-    for part in chunks(sorted(set(values))):
-        for value, cid in conn.execute(select(column, contact_t.c.id).where(column.in_(part))
+    for part in chunks(sorted(set(values)), 5000):
+        for value, cid in conn.execute(select(column, contact_t.c.id).where(texts_in(column, part))
                                        .order_by(contact_t.c.id.desc())):
             found[value] = cid
     return found
 
 
-def _match_contacts(conn: Any, rows: dict[tuple[str, str], tuple[dict, dict]]) -> dict[tuple[str, str], int]:
+def _all_holders(conn: Any, rows: dict[Key, _ImportRow]) -> dict[str, dict[str, int]]:
+    """Per kind of MATCH_ORDER: value -> the contact holding it, for the values of `rows`."""
+    return {kind: _holders(conn, kind, [r.fields[kind] for r in rows.values() if r.fields.get(kind)])
+            for kind in MATCH_ORDER}
+
+
+def _match_contacts(rows: dict[Key, _ImportRow], holders: dict[str, dict[str, int]]) -> dict[Key, int]:
     """Row key -> the contact of the row, by MATCH_ORDER: the first identifier of the row that a
     contact holds decides. Rows no contact matches are left out."""
-    holders = {kind: _holders(conn, kind, [f[kind] for f, _ in rows.values() if f.get(kind)]) for kind in MATCH_ORDER}
-    matched: dict[tuple[str, str], int] = {}
-    for key, (fields, _) in rows.items():
+    matched: dict[Key, int] = {}
+    for key, row in rows.items():
+        fields = row.fields
         cid = next((holders[kind][fields[kind]] for kind in MATCH_ORDER
                     if fields.get(kind) and fields[kind] in holders[kind]), None)
         if cid is not None:
@@ -954,14 +1219,33 @@ def write_events(conn: Any, clean: list[dict], *, source: str, now: datetime, cr
 
 def track_file(store: Store, path: Path, *, now: Optional[datetime] = None,
                encoding: Optional[str] = None) -> TrackResult:
-    """Track a JSONL file. `encoding`: the file's codec (default UTF-8, BOM accepted)."""
-    records, parse_errors = [], []
+    """Track a JSONL file. `encoding`: the file's codec (default UTF-8, BOM accepted). The file
+    streams through `track_records` TRACK_CHUNK events at a time, each slice its own
+    transaction: a failure midway keeps the slices before it, and a rerun stores only what is
+    missing (events are idempotent by event_id)."""
+    now = now or datetime.now(timezone.utc)  # one receipt time for the whole file
+    result = TrackResult()
+    batch: list[tuple[int, Any]] = []
     for line, record, problem in read_records(path, encoding):
         if problem:
-            parse_errors.append(RowError(path.name, line, *problem))
-        else:
-            records.append((line, record))
-    result = track_records(store, records, source=path.name, now=now)
-    result.errors = parse_errors + result.errors
+            result.errors.append(RowError(path.name, line, *problem))
+            continue
+        batch.append((line, record))
+        if len(batch) >= TRACK_CHUNK:
+            _add_tracked(result, track_records(store, batch, source=path.name, now=now))
+            batch = []
+    if batch:
+        _add_tracked(result, track_records(store, batch, source=path.name, now=now))
     result.errors.sort(key=lambda e: e.line)
     return result
+
+
+def _add_tracked(total: TrackResult, part: TrackResult) -> None:
+    """`part` (one slice of a file) added to `total`."""
+    total.inserted += part.inserted
+    total.duplicates += part.duplicates
+    total.erased += part.erased
+    total.touches += part.touches
+    total.unknown += part.unknown
+    total.errors += part.errors
+    total.inserted_ids += part.inserted_ids

@@ -1,0 +1,261 @@
+"""Specification: `import contacts` and `track FILE` stream a file through in slices
+(IMPORT_CHUNK contacts, TRACK_CHUNK events, each slice its own transaction), and the end state
+is the one a single pass over the whole file gives: contacts, merged duplicates (later values
+win, attributes merge) across slices, the file-wide "also on line N" conflict, erased people
+refused, the current consent, errors and warnings by line. A failure midway keeps the slices
+written, and a rerun of the file completes the import. The slices are shrunk to a few rows, so
+every boundary falls between rows that matter. SQLite, and PostgreSQL where the writes differ
+(new contacts in one statement, ids read back by identifier)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from sqlalchemy import select
+
+import nurture.ingest as ingest
+from nurture.consent_ledger import suppress
+from nurture.ingest import import_contacts, track_file
+from nurture.privacy.tombstones import ERASED_REASON, subject_hash
+from nurture.store.db import open_store
+from nurture.store.tables import consent_t, contact_t, event_t
+from tests.conftest import utc
+from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
+
+NOW = utc(2026, 5, 4, 10)
+ONE_PASS = 1_000_000  # a slice larger than any file here: the unsliced semantics
+
+CONTACTS = """\
+email,external_id,first_name,timezone,plan,consent_email
+ann@example.com,,Ann,Europe/Berlin,free,granted
+bob@example.com,B-1,Bob,Mars/Olympus,pro,pending
+,B-2,Bea,,,revoked
+not-an-email,,Nobody,,,
+ann@example.com,,Anne,,gold,revoked
+cid@example.com,,Cid,,,granted
+bob@example.com,B-9,Bobby,,,
+,B-1,,,team,granted
+dan@example.com,,Dan,,,granted
+zed@example.com,,Zed,,,granted
+cid@example.com,,,Europe/Paris,,
+"""
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory):
+    path = tmp_path_factory.mktemp("template") / "nurture.db"
+    open_store(f"sqlite:///{path}").dispose()
+    return path
+
+
+@pytest.fixture
+def new_store(migrated, tmp_path):
+    """new_store(name) -> a fresh migrated SQLite store (several per test, to compare)."""
+    stores = []
+
+    def make(name: str = "nurture"):
+        path = tmp_path / f"{name}.db"
+        shutil.copyfile(migrated, path)
+        stores.append(open_store(f"sqlite:///{path}"))
+        return stores[-1]
+    yield make
+    for s in stores:
+        s.dispose()
+
+
+def write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def contacts(store) -> list[tuple]:
+    with store.reading() as conn:
+        return sorted((r.email or "", r.external_id or "", r.first_name, r.timezone, json.dumps(r.attributes,
+                                                                                             sort_keys=True))
+                      for r in conn.execute(select(contact_t)))
+
+
+def current_consent(store) -> dict[tuple[str, str], str]:
+    """(contact's e-mail or external id, channel) -> the ledger's latest status."""
+    with store.reading() as conn:
+        who = {r.id: r.email or r.external_id for r in conn.execute(select(contact_t))}
+        latest: dict[tuple[str, str], str] = {}
+        for row in conn.execute(select(consent_t).order_by(consent_t.c.recorded_at, consent_t.c.id)):
+            latest[(who[row.contact_id], row.channel)] = row.status
+    return latest
+
+
+def lines(messages) -> list[str]:
+    return [str(m) for m in messages]
+
+
+def imported(store, path, chunk, monkeypatch, read_aside=False):
+    monkeypatch.setattr(ingest, "IMPORT_CHUNK", chunk)
+    monkeypatch.setattr(ingest, "READ_ASIDE_BYTES", 0 if read_aside else 1 << 40)
+    if read_aside:  # whatever threads other tests of this session left running
+        monkeypatch.setattr(ingest.threading, "active_count", lambda: 1)
+    return import_contacts(store, path, now=NOW)
+
+
+ONE_PASS_CONTACTS = [("", "B-2", "Bea", None, "{}"),
+                     ("ann@example.com", "", "Anne", "Europe/Berlin", json.dumps({"plan": "gold"})),
+                     ("bob@example.com", "B-1", "Bob", None, json.dumps({"plan": "team"})),
+                     ("cid@example.com", "", "Cid", "Europe/Paris", "{}"),
+                     ("dan@example.com", "", "Dan", None, "{}"), ("zed@example.com", "", "Zed", None, "{}")]
+
+
+@pytest.mark.parametrize("read_aside", [False, True], ids=["in-process", "read-aside"])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 4])
+def test_a_file_imported_in_slices_ends_as_one_pass_over_it_would(new_store, tmp_path, monkeypatch, chunk,
+                                                                  read_aside):
+    path = write(tmp_path, "contacts.csv", CONTACTS)
+    whole, sliced = new_store("whole"), new_store("sliced")
+    expected = imported(whole, path, ONE_PASS, monkeypatch)
+    got = imported(sliced, path, chunk, monkeypatch, read_aside)
+    assert contacts(sliced) == contacts(whole)
+    assert current_consent(sliced) == current_consent(whole)
+    assert lines(got.errors) == lines(expected.errors)
+    assert lines(got.warnings) == lines(expected.warnings)
+    assert (got.created, got.updated) == (expected.created, expected.updated) == (6, 0)
+    # what one pass gives, spelled out: Ann's later row wins and the attributes merge; the empty
+    # cells of Bob's and Cid's later rows change nothing …
+    assert contacts(sliced) == ONE_PASS_CONTACTS
+    assert current_consent(sliced)[("ann@example.com", "email")] == "revoked"
+    # … and an e-mail on two rows with different keys is an error of the later row, slices apart
+    assert "contacts.csv:8: email: 'bob@example.com' is also on line 3 with another external_id ('B-1')" in lines(
+        got.errors)
+    assert [e.line for e in got.errors] == [5, 8]
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_file_imported_in_slices_into_postgres_ends_as_one_pass_would(store, tmp_path, monkeypatch):
+    path = write(tmp_path, "contacts.csv", CONTACTS)
+    first = imported(store, path, 2, monkeypatch)
+    assert contacts(store) == ONE_PASS_CONTACTS
+    assert current_consent(store) == {("ann@example.com", "email"): "revoked", ("bob@example.com", "email"): "granted",
+                                      ("B-2", "email"): "revoked", ("cid@example.com", "email"): "granted",
+                                      ("dan@example.com", "email"): "granted", ("zed@example.com", "email"): "granted"}
+    assert (first.created, first.updated, [e.line for e in first.errors]) == (6, 0, [5, 8])
+    with store.reading() as conn:
+        created = set(conn.execute(select(contact_t.c.created_at)).scalars())
+    assert created == {NOW}
+    again = imported(store, path, 4, monkeypatch)
+    assert (again.created, again.updated) == (0, 6) and contacts(store) == ONE_PASS_CONTACTS
+
+
+def test_a_contact_the_file_names_again_slices_later_is_updated_and_counted_once(new_store, tmp_path, monkeypatch):
+    store = new_store()
+    path = write(tmp_path, "people.csv", "email,first_name,tier\n"
+                 "ann@example.com,Ann,1\nbob@example.com,Bob,\ncid@example.com,Cid,\nann@example.com,,3\n")
+    result = imported(store, path, 2, monkeypatch)
+    assert (result.created, result.updated) == (3, 0)
+    assert contacts(store)[0] == ("ann@example.com", "", "Ann", None, json.dumps({"tier": 3}))
+    again = imported(store, path, 2, monkeypatch)  # a rerun: every contact known, each updated once
+    assert (again.created, again.updated) == (0, 3)
+    assert contacts(store)[0] == ("ann@example.com", "", "Ann", None, json.dumps({"tier": 3}))
+
+
+def test_an_erased_person_is_refused_in_whichever_slice_they_come(new_store, tmp_path, monkeypatch):
+    store = new_store()
+    with store.engine.begin() as conn:
+        suppress(conn, reason=ERASED_REASON, at=NOW, address=subject_hash("gone@example.com"))
+    path = write(tmp_path, "people.csv", "email\nann@example.com\nbob@example.com\ngone@example.com\n"
+                                          "cid@example.com\n")
+    result = imported(store, path, 2, monkeypatch)
+    assert [(e.line, e.field) for e in result.errors] == [(4, "email")]
+    assert result.erased == 1 and result.created == 3
+    assert "gone@example.com" not in {c[0] for c in contacts(store)}
+
+
+def test_an_import_that_fails_midway_keeps_its_written_slices_and_a_rerun_completes_it(
+        new_store, tmp_path, monkeypatch):
+    path = write(tmp_path, "contacts.csv", CONTACTS)
+    whole, broken = new_store("whole"), new_store("broken")
+    imported(whole, path, ONE_PASS, monkeypatch)
+    real, calls = ingest.append_consents, []
+
+    def failing_on_the_second_slice(conn, entries):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real(conn, entries)
+    monkeypatch.setattr(ingest, "append_consents", failing_on_the_second_slice)
+    with pytest.raises(RuntimeError, match="disk full"):
+        imported(broken, path, 3, monkeypatch, read_aside=True)
+    assert [c[0] or c[1] for c in contacts(broken)] == ["B-2", "ann@example.com", "bob@example.com"]  # slice 1
+    monkeypatch.setattr(ingest, "append_consents", real)
+    imported(broken, path, 3, monkeypatch, read_aside=True)
+    assert contacts(broken) == contacts(whole)
+    assert current_consent(broken) == current_consent(whole)
+
+
+def events_file(tmp_path, n: int, extra: str = ""):
+    rows = [json.dumps({"event_id": f"e{i}", "email": f"u{i % 3}@example.com", "event": "signup",
+                        "timestamp": "2026-05-01T10:00:00Z"}) for i in range(n)]
+    rows.insert(2, "{not json")
+    rows.insert(5, json.dumps({"event_id": "e1", "email": "u1@example.com", "event": "signup",
+                               "timestamp": "2026-05-01T10:00:00Z"}))  # a duplicate of line 2's event, slices later
+    rows.insert(7, json.dumps({"event_id": "bad", "email": "x@example.com", "event": "signup"}))
+    return write(tmp_path, "events.jsonl", "\n".join(rows) + "\n" + extra)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_a_file_tracked_in_slices_stores_what_one_pass_would(new_store, tmp_path, monkeypatch, chunk):
+    path = events_file(tmp_path, 9)
+    whole, sliced = new_store("whole"), new_store("sliced")
+    monkeypatch.setattr(ingest, "TRACK_CHUNK", ONE_PASS)
+    expected = track_file(whole, path, now=NOW)
+    monkeypatch.setattr(ingest, "TRACK_CHUNK", chunk)
+    got = track_file(sliced, path, now=NOW)
+    assert (got.inserted, got.duplicates) == (expected.inserted, expected.duplicates) == (9, 1)
+    assert lines(got.errors) == lines(expected.errors) == [
+        "events.jsonl:3: line: not valid JSON (Expecting property name enclosed in double quotes at column 2)",
+        "events.jsonl:8: timestamp: required"]
+    assert sorted(got.inserted_ids) == sorted(expected.inserted_ids)
+
+    def stored(store):
+        with store.reading() as conn:
+            return sorted(conn.execute(select(event_t.c.event_id, contact_t.c.email, event_t.c.received_at).join(
+                contact_t, contact_t.c.id == event_t.c.contact_id)).all())
+    assert stored(sliced) == stored(whole)
+    assert len({c[0] for c in contacts(sliced)}) == 3  # each address's contact created once, not per slice
+
+
+# A BOM, CR LF and a lone CR (split across blocks of a few bytes), a quoted line break, a
+# character of four bytes, U+2028 (no line break to JSON nor to this reader), bytes that are
+# not UTF-8, an empty line and no newline at the end.
+TRICKY = ("\ufeffemail,name\r\nann@example.com,\"Ann\r\nLine two\"\r\nbob@example.com,Bj\u00f6rn \u2028x\r"
+          "cid@example.com,\U0001F600\n").encode() + b"dan@example.com,\xff\xfe bad\r\n\r\n\neve@example.com,no newline"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+@pytest.mark.parametrize("block", [1, 2, 3, 5, 64])
+def test_a_utf8_file_read_a_block_at_a_time_reads_as_the_whole_file_decoded_at_once(tmp_path, monkeypatch, suffix,
+                                                                                    block):
+    path = tmp_path / f"people{suffix}"
+    data = TRICKY if suffix == ".csv" else b"\n".join(
+        json.dumps({"line": n, "text": t}).encode() for n, t in enumerate(["a\u2028b", "\u00e9\r", "x"])
+    ).replace(b"\\r", b"\r\n") + b"\r\n\xff{\"bad\": 1}\r\r\n{\"end\": \"\xc3\xa9\"}"
+    path.write_bytes(data)
+    text = data.decode("utf-8-sig", "surrogateescape").replace("\r\n", "\n").replace("\r", "\n")
+    assert "".join(ingest._utf8_lines(path)) == text
+    monkeypatch.setattr(ingest, "_READ_BLOCK", 1 << 20)
+    whole = list(ingest.read_records(path))
+    monkeypatch.setattr(ingest, "_READ_BLOCK", block)
+    assert list(ingest.read_records(path)) == whole
+    assert len(whole) >= 3
+
+
+def test_a_file_the_reading_process_cannot_read_fails_the_import_with_its_error(new_store, tmp_path, monkeypatch):
+    path = write(tmp_path, "contacts.csv", CONTACTS)
+
+    def broken_cleaning(record):
+        raise ValueError(f"cannot clean {record['first_name']} (process {os.getpid()})")
+    monkeypatch.setattr(ingest, "_clean_contact", broken_cleaning)
+    monkeypatch.setattr(ingest.threading, "active_count", lambda: 1)  # whatever else this test session runs
+    with pytest.raises(ValueError, match="cannot clean Ann") as raised:
+        imported(new_store(), path, 2, monkeypatch, read_aside=True)
+    assert f"(process {os.getpid()})" not in str(raised.value)  # it was read aside
