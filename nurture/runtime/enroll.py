@@ -6,14 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, bindparam, exists, func, or_, select
 
 from nurture.compiler import Plan
-from nurture.conditions import ConditionScope, compile_condition
+from nurture.conditions import ConditionScope, clock_values, compile_condition
 from nurture.runtime.context import Runtime
 from nurture.runtime.enroll_dates import enroll_on_dates
 from nurture.runtime.timing import arrival_due
-from nurture.runtime.sql import chunks, for_update, ids_in, insert_ignore
+from nurture.runtime.sql import chunks, for_update, ids_in, insert_ignore, prebuilt, write_many
 from nurture.runtime.stable_random import in_holdout
 from nurture.store.tables import contact_t, cursor_t, enrollment_t, event_t, pending_t
 
@@ -21,8 +21,35 @@ from nurture.store.tables import contact_t, cursor_t, enrollment_t, event_t, pen
 def _cursor(conn: Any, journey: str, now: datetime) -> int:
     # Insert-or-ignore, then lock: two workers enrolling a new journey at once must not both
     # insert its cursor (the second would fail on the primary key); the lock serializes them.
+    postgres = conn.dialect.name == "postgresql"
+    read = prebuilt(("enroll.cursor", postgres), lambda: for_update(
+        select(cursor_t.c.last_event_pk).where(cursor_t.c.journey == bindparam("journey")), conn))
+    found = conn.execute(read, {"journey": journey}).scalar()
+    if found is not None:
+        return found
     insert_ignore(conn, cursor_t, [dict(journey=journey, last_event_pk=0, updated_at=now)], ("journey",))
-    return conn.execute(for_update(select(cursor_t.c.last_event_pk).where(cursor_t.c.journey == journey), conn)).scalar_one()
+    return conn.execute(read, {"journey": journey}).scalar_one()
+
+
+# The statements of an event trigger's enrollment that do not depend on its `where`: built
+# once (nurture.runtime.sql.prebuilt), parameters journey, event, cursor, upper, now.
+_NEW = [event_t.c.name == bindparam("event"), event_t.c.id > bindparam("cursor")]
+_UPPER = select(func.max(event_t.c.id)).where(*_NEW)
+_FUTURE = select(event_t.c.id, event_t.c.occurred_at).where(
+    *_NEW, event_t.c.id <= bindparam("upper"), event_t.c.occurred_at > bindparam("now"))
+_RIPE = select(pending_t.c.event_pk).where(pending_t.c.journey == bindparam("journey"),
+                                           pending_t.c.occurred_at <= bindparam("now"))
+_ADVANCE = (cursor_t.update().where(cursor_t.c.journey == bindparam("for_journey"))
+            .values(last_event_pk=bindparam("upper"), updated_at=bindparam("now")))
+_INSERT = enrollment_t.insert()
+_HISTORY = (select(enrollment_t.c.contact_id, enrollment_t.c.status, enrollment_t.c.entered_at)
+            .where(enrollment_t.c.journey == bindparam("journey"), ids_in(enrollment_t.c.contact_id, ())))
+_CURSOR_AT = select(cursor_t.c.last_event_pk).where(cursor_t.c.journey == bindparam("journey"))
+_ANY_RIPE = (select(pending_t.c.event_pk).where(pending_t.c.journey == bindparam("journey"),
+                                                pending_t.c.occurred_at <= bindparam("now")).limit(1))
+# The id of the `skip`+1-th new trigger event up to `upper`: where a slice ends (ix_event_name_id).
+_SLICE_END = (select(event_t.c.id).where(*_NEW, event_t.c.id <= bindparam("upper")).order_by(event_t.c.id)
+              .offset(bindparam("skip")).limit(1))
 
 
 def _may_enter(reentry: Any, history: list[tuple[str, datetime]], at: datetime) -> bool:
@@ -40,86 +67,136 @@ def enroll_matching(rt: Runtime, plan: Plan, now: datetime) -> int:
     """A segment/`when` trigger: every contact matching the condition now enters (one
     INSERT … SELECT), unless active in the journey or barred by the re-entry rule."""
     journey = plan.journey
-    scope = ConditionScope(now, rt.project.segments, in_enrollment=False)
-    previous = enrollment_t.alias("previous")
-    barred = [previous.c.contact_id == contact_t.c.id, previous.c.journey == plan.name]
-    if journey.reentry == "always":
-        barred.append(previous.c.status == "active")
-    elif journey.reentry != "never":
-        barred.append((previous.c.status == "active") | (previous.c.entered_at > now - journey.reentry))
+    key = ("enroll_matching", plan.name, plan.version)
+    if key not in rt.memo:  # built once per journey version and Runtime (its segments), run at any time
+        scope = ConditionScope(now, rt.project.segments, in_enrollment=False, clock={})
+        previous = enrollment_t.alias("previous")
+        barred = [previous.c.contact_id == contact_t.c.id, previous.c.journey == bindparam("journey")]
+        if journey.reentry == "always":
+            barred.append(previous.c.status == "active")
+        elif journey.reentry != "never":
+            barred.append((previous.c.status == "active") | (previous.c.entered_at > scope.at(journey.reentry)))
+        rt.memo[key] = (select(contact_t.c.id, contact_t.c.timezone).where(
+            compile_condition(journey.trigger.condition(), scope),
+            ~exists(select(previous.c.id).where(*barred))).order_by(contact_t.c.id), scope.clock)
+    stmt, clock = rt.memo[key]
+    params = {"journey": plan.name, **clock_values(clock, now)}
     first = plan.nodes[plan.first]
     default_tz = rt.project.policies.timezone
+    with rt.store.reading() as conn:  # a read first: on most ticks no one new matches
+        if conn.execute(stmt, params).first() is None:
+            return 0
     with rt.store.engine.begin() as conn:
-        rows = conn.execute(select(contact_t.c.id, contact_t.c.timezone).where(
-            compile_condition(journey.trigger.condition(), scope),
-            ~exists(select(previous.c.id).where(*barred))).order_by(contact_t.c.id)).all()
+        rows = conn.execute(stmt, params).all()
         new_rows = [dict(contact_id=cid, journey=plan.name, version=plan.version, step_id=plan.first,
                          next_due_at=arrival_due(first, now, tz, default_tz), step_entered_at=now,
                          status="active", holdout=in_holdout(plan.name, cid, journey.holdout),
                          entered_at=now, trigger_event_pk=None, revenue=0.0, defer_count=0, state={})
                     for cid, tz in rows]
         for part in chunks(new_rows, 5000):
-            conn.execute(enrollment_t.insert(), list(part))
+            write_many(conn, _INSERT, list(part))
         return len(new_rows)
 
 
+# Trigger events per transaction of an event-triggered enrollment: a backlog of a million
+# signups is read, filtered and enrolled a slice at a time (by ascending event id), so a
+# tick's memory stays flat; each slice advances the cursor as it commits.
+ENROLL_SLICE = 50_000
+
+
 def enroll(rt: Runtime, plan: Plan, now: datetime) -> int:
+    """Enroll the contacts of the trigger events tracked since the journey's cursor (and of
+    the pending ones that have come due), in slices of ENROLL_SLICE events, each its own
+    transaction holding the cursor's row lock (PostgreSQL: two workers never enroll the same
+    slice). The earliest qualifying event of a contact enrolls it; a later slice sees the
+    enrollments of the earlier ones (a contact is never active twice, `_may_enter`). How many
+    contacts entered."""
     journey = plan.journey
     trigger = journey.trigger
     if trigger.date is not None:
         return enroll_on_dates(rt, plan, now).enrolled
     if trigger.event is None:
         return enroll_matching(rt, plan, now)
-    with rt.store.engine.begin() as conn:
-        cursor = _cursor(conn, plan.name, now)
-        base = [event_t.c.name == trigger.event, event_t.c.id > cursor]
-        upper = conn.execute(select(func.max(event_t.c.id)).where(*base)).scalar() or cursor
-        window = [*base, event_t.c.id <= upper]
-        # Events dated after this tick's clock (clock skew, scheduled events) wait in
-        # journeypendingtrigger instead of holding the cursor back for everyone else.
-        future = [dict(journey=plan.name, event_pk=pk, occurred_at=at) for pk, at in conn.execute(
-            select(event_t.c.id, event_t.c.occurred_at).where(*window, event_t.c.occurred_at > now))]
-        insert_ignore(conn, pending_t, future, ("journey", "event_pk"))
-        ripe = [pk for (pk,) in conn.execute(select(pending_t.c.event_pk).where(
-            pending_t.c.journey == plan.name, pending_t.c.occurred_at <= now))]
+    if not _anything_new(rt, plan, now):  # a read, not a write transaction, on a quiet tick
+        return 0
+    entered, upper = 0, None
+    while True:
+        with rt.store.engine.begin() as conn:
+            count, upper, more = _enroll_slice(rt, conn, plan, now, upper)
+        entered += count
+        if not more:
+            return entered
+
+
+def _anything_new(rt: Runtime, plan: Plan, now: datetime) -> bool:
+    """A trigger event past the journey's cursor, or a pending one come due? (No cursor yet: yes.)"""
+    with rt.store.reading() as conn:
+        cursor = conn.execute(_CURSOR_AT, {"journey": plan.name}).scalar()
+        if cursor is None:
+            return True
+        newest = conn.execute(_UPPER, {"event": plan.journey.trigger.event, "cursor": cursor}).scalar()
+        return newest is not None or conn.execute(_ANY_RIPE, {"journey": plan.name, "now": now}).first() is not None
+
+
+def _enroll_slice(rt: Runtime, conn: Any, plan: Plan, now: datetime,
+                  upper: Optional[int]) -> tuple[int, int, bool]:
+    """One slice of `enroll` in the caller's transaction: (contacts entered, the tick's upper
+    event id, whether events are left below it). `upper` None: the first slice, which fixes the
+    tick's upper bound (the newest trigger event now; later ones wait for the next tick) and
+    takes the pending events that have come due."""
+    journey = plan.journey
+    trigger = journey.trigger
+    cursor = _cursor(conn, plan.name, now)  # locked: re-read per slice, another worker may have moved it
+    ripe: list[int] = []
+    if upper is None:
+        upper = conn.execute(_UPPER, {"event": trigger.event, "cursor": cursor}).scalar() or cursor
+        ripe = [pk for (pk,) in conn.execute(_RIPE, {"journey": plan.name, "now": now})]
         for part in chunks(ripe):
             conn.execute(pending_t.delete().where(pending_t.c.journey == plan.name, ids_in(pending_t.c.event_pk, part)))
-        if upper == cursor and not ripe:
-            return 0
-        in_window = and_(*window, event_t.c.occurred_at <= now)
-        filters = [event_t.c.name == trigger.event, event_t.c.occurred_at >= now - trigger.lookback,
-                   or_(in_window, ids_in(event_t.c.id, ripe)) if ripe else in_window]
-        if trigger.where is not None:
-            scope = ConditionScope(now, rt.project.segments, in_enrollment=False, trigger_event=event_t)
-            filters.append(compile_condition(trigger.where, scope))
-        rows = conn.execute(select(event_t.c.id, event_t.c.contact_id, event_t.c.occurred_at, contact_t.c.timezone)
-                            .select_from(event_t.join(contact_t, contact_t.c.id == event_t.c.contact_id))
-                            .where(*filters).order_by(event_t.c.occurred_at, event_t.c.id)).all()
-        # The earliest qualifying event per contact is the one that enrolls.
-        first_by_contact: dict[int, tuple[int, datetime, Optional[str]]] = {}
-        for event_pk, contact_id, occurred_at, tz in rows:
-            first_by_contact.setdefault(contact_id, (event_pk, occurred_at, tz))
-        history: dict[int, list[tuple[str, datetime]]] = {}
-        ids = list(first_by_contact)
-        for part in chunks(ids):
-            for contact_id, status, entered_at in conn.execute(
-                    select(enrollment_t.c.contact_id, enrollment_t.c.status, enrollment_t.c.entered_at)
-                    .where(enrollment_t.c.journey == plan.name, enrollment_t.c.contact_id.in_(part))):
-                history.setdefault(contact_id, []).append((status, entered_at))
-        new_rows = []
-        first = plan.nodes[plan.first]
-        default_tz = rt.project.policies.timezone
-        for contact_id, (event_pk, occurred_at, tz) in first_by_contact.items():
-            if not _may_enter(journey.reentry, history.get(contact_id, []), occurred_at):
-                continue
-            new_rows.append(dict(contact_id=contact_id, journey=plan.name, version=plan.version,
-                                 step_id=plan.first, next_due_at=arrival_due(first, occurred_at, tz, default_tz),
-                                 step_entered_at=occurred_at,
-                                 status="active", holdout=in_holdout(plan.name, contact_id, journey.holdout),
-                                 entered_at=occurred_at, trigger_event_pk=event_pk, revenue=0.0,
-                                 defer_count=0, state={}))
-        for part in chunks(new_rows, 5000):
-            conn.execute(enrollment_t.insert(), list(part))
-        conn.execute(cursor_t.update().where(cursor_t.c.journey == plan.name)
-                     .values(last_event_pk=upper, updated_at=now))
-        return len(new_rows)
+    if cursor >= upper and not ripe:
+        return 0, upper, False
+    # The slice ends at the ENROLL_SLICE-th trigger event after the cursor, or at `upper`.
+    last = conn.execute(_SLICE_END, {"event": trigger.event, "cursor": cursor, "upper": upper,
+                                     "skip": ENROLL_SLICE - 1}).scalar()
+    high = last if last is not None else upper
+    # Events dated after this tick's clock (clock skew, scheduled events) wait in
+    # journeypendingtrigger instead of holding the cursor back for everyone else.
+    future = [dict(journey=plan.name, event_pk=pk, occurred_at=at) for pk, at in conn.execute(
+        _FUTURE, {"event": trigger.event, "cursor": cursor, "upper": high, "now": now})]
+    insert_ignore(conn, pending_t, future, ("journey", "event_pk"))
+    window = [event_t.c.name == trigger.event, event_t.c.id > cursor, event_t.c.id <= high]
+    in_window = and_(*window, event_t.c.occurred_at <= now)
+    filters = [event_t.c.name == trigger.event, event_t.c.occurred_at >= now - trigger.lookback,
+               or_(in_window, ids_in(event_t.c.id, ripe)) if ripe else in_window]
+    if trigger.where is not None:
+        scope = ConditionScope(now, rt.project.segments, in_enrollment=False, trigger_event=event_t)
+        filters.append(compile_condition(trigger.where, scope))
+    rows = conn.execute(select(event_t.c.id, event_t.c.contact_id, event_t.c.occurred_at, contact_t.c.timezone)
+                        .select_from(event_t.join(contact_t, contact_t.c.id == event_t.c.contact_id))
+                        .where(*filters).order_by(event_t.c.occurred_at, event_t.c.id))
+    # The earliest qualifying event per contact is the one that enrolls.
+    first_by_contact: dict[int, tuple[int, datetime, Optional[str]]] = {}
+    for event_pk, contact_id, occurred_at, tz in rows:
+        first_by_contact.setdefault(contact_id, (event_pk, occurred_at, tz))
+    # Enrollments of earlier slices (and ticks) are committed rows: read here, they bar re-entry.
+    history: dict[int, list[tuple[str, datetime]]] = {}
+    for part in chunks(list(first_by_contact), 5000):
+        for contact_id, status, entered_at in conn.execute(_HISTORY, {"journey": plan.name,
+                                                                      "ids_contact_id": list(part)}):
+            history.setdefault(contact_id, []).append((status, entered_at))
+    new_rows = []
+    first = plan.nodes[plan.first]
+    default_tz = rt.project.policies.timezone
+    for contact_id, (event_pk, occurred_at, tz) in first_by_contact.items():
+        if not _may_enter(journey.reentry, history.get(contact_id, []), occurred_at):
+            continue
+        new_rows.append(dict(contact_id=contact_id, journey=plan.name, version=plan.version,
+                             step_id=plan.first, next_due_at=arrival_due(first, occurred_at, tz, default_tz),
+                             step_entered_at=occurred_at,
+                             status="active", holdout=in_holdout(plan.name, contact_id, journey.holdout),
+                             entered_at=occurred_at, trigger_event_pk=event_pk, revenue=0.0,
+                             defer_count=0, state={}))
+    for part in chunks(new_rows, 5000):
+        write_many(conn, _INSERT, list(part))
+    conn.execute(_ADVANCE, {"for_journey": plan.name, "upper": max(high, cursor), "now": now})
+    return len(new_rows), upper, high < upper

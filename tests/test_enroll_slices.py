@@ -1,0 +1,112 @@
+"""Specification: an event-triggered enrollment reads its backlog in slices of ENROLL_SLICE
+trigger events (nurture.runtime.enroll), each its own transaction advancing the cursor — and
+enrolls exactly whom one pass over the whole backlog would: the earliest qualifying event of
+a contact, the re-entry rule across slices, future events parked, the lookback, and two
+PostgreSQL workers never enrolling a contact twice."""
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+import nurture.runtime.enroll as enroll_module
+from nurture.runtime.enroll import enroll
+from nurture.store.tables import cursor_t, pending_t
+from tests.conftest import utc
+from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
+from tests.engine_fixtures import add_event, enrollments, journey_yaml, subscriber
+
+T0 = utc(2026, 3, 4, 10, 0)
+WAIT = "- id: settle\n  wait: 30d"
+
+
+def _cursor(store, journey="j"):
+    with store.engine.connect() as conn:
+        return conn.execute(select(cursor_t.c.last_event_pk).where(cursor_t.c.journey == journey)).scalar()
+
+
+def _backlog(store):
+    """Contacts and trigger events that exercise every rule, interleaved with other events so
+    that slices of two trigger events cut through them. Returns (contacts, expected enrollments
+    as (contact, trigger event pk))."""
+    ann, bob, cid, dan, eve = (subscriber(store, f"{n}@example.com") for n in ("ann", "bob", "cid", "dan", "eve"))
+    expected = []
+    expected.append((ann, add_event(store, ann, "signup", T0 - timedelta(minutes=50))))
+    add_event(store, bob, "page_view", T0 - timedelta(minutes=40))
+    expected.append((bob, add_event(store, bob, "signup", T0 - timedelta(minutes=40))))
+    add_event(store, ann, "signup", T0 - timedelta(minutes=30))  # ann again, a later slice: active, barred
+    add_event(store, cid, "signup", T0 - timedelta(days=3))  # older than the lookback (1d)
+    future = add_event(store, dan, "signup", T0 + timedelta(hours=2))  # parked until its time
+    expected.append((eve, add_event(store, eve, "signup", T0 - timedelta(minutes=10))))
+    add_event(store, eve, "signup", T0 - timedelta(minutes=5))  # eve twice in one slice: the earliest
+    expected.append((cid, add_event(store, cid, "signup", T0 - timedelta(minutes=1))))
+    return future, expected
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("slice_size", [1, 2, 3, 50_000])
+def test_a_backlog_enrolled_in_slices_enrolls_whom_one_pass_would(make_runtime, store, monkeypatch, slice_size):
+    monkeypatch.setattr(enroll_module, "ENROLL_SLICE", slice_size)
+    rt = make_runtime({"j": journey_yaml("j", WAIT)})
+    future, expected = _backlog(store)
+    assert enroll(rt, rt.plan("j"), T0) == len(expected)
+    assert sorted((e.contact_id, e.trigger_event_pk) for e in enrollments(store)) == sorted(expected)
+    with store.engine.connect() as conn:
+        assert conn.execute(select(pending_t.c.event_pk)).scalars().all() == [future]
+    assert _cursor(store) == expected[-1][1]  # up to the last trigger event: each read once
+    assert enroll(rt, rt.plan("j"), T0 + timedelta(minutes=5)) == 0  # nothing new: nothing twice
+    assert enroll(rt, rt.plan("j"), T0 + timedelta(hours=3)) == 1  # the parked one, once its time came
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_an_enrollment_that_fails_midway_keeps_its_finished_slices_and_the_next_tick_goes_on(
+        make_runtime, store, monkeypatch):
+    monkeypatch.setattr(enroll_module, "ENROLL_SLICE", 2)
+    rt = make_runtime({"j": journey_yaml("j", WAIT)})
+    contacts = [subscriber(store, f"c{i}@example.com") for i in range(5)]
+    events = [add_event(store, c, "signup", T0 - timedelta(minutes=10 - i)) for i, c in enumerate(contacts)]
+    real, calls = enroll_module.arrival_due, []
+
+    def failing_in_the_second_slice(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("the database went away")
+        return real(*args)
+    monkeypatch.setattr(enroll_module, "arrival_due", failing_in_the_second_slice)
+    with pytest.raises(RuntimeError):
+        enroll(rt, rt.plan("j"), T0)
+    assert [e.contact_id for e in enrollments(store)] == contacts[:2]  # the first slice, committed
+    assert _cursor(store) == events[1]  # …and its cursor; the failed slice left nothing
+    monkeypatch.setattr(enroll_module, "arrival_due", real)
+    assert enroll(rt, rt.plan("j"), T0 + timedelta(minutes=1)) == 3
+    assert sorted(e.contact_id for e in enrollments(store)) == contacts
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_two_postgres_workers_enrolling_one_backlog_in_slices_enroll_each_contact_once(
+        make_runtime, store, monkeypatch):
+    monkeypatch.setattr(enroll_module, "ENROLL_SLICE", 3)
+    rt = make_runtime({"j": journey_yaml("j", WAIT)})
+    contacts = [subscriber(store, f"c{i}@example.com") for i in range(12)]
+    for i, c in enumerate(contacts):
+        add_event(store, c, "signup", T0 - timedelta(minutes=30 - i))
+        add_event(store, c, "signup", T0 - timedelta(minutes=10 - i % 5))  # each contact twice
+    counts: list[int] = []
+    errors: list[BaseException] = []
+    plan = rt.plan("j")
+
+    def worker():
+        try:
+            counts.append(enroll(rt, plan, T0))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sum(counts) == len(contacts)
+    assert sorted(e.contact_id for e in enrollments(store)) == contacts
