@@ -220,6 +220,8 @@ def _converter(column_type: Any) -> Optional[Callable[[Any], Any]]:
             if out is None:
                 out = text[v] = sqlite_datetime(v)
             return out
+        if isinstance(v, dict) and not v:  # (new contacts' and enrollments' `{}`: no encoder run per row)
+            return "{}"
         if isinstance(v, (dict, list)):
             return json.dumps(v, allow_nan=False)  # as the engine's serializer (store.db.strict_json)
         return v
