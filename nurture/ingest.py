@@ -968,7 +968,7 @@ def _write_contacts(store: Store, batch: dict[Key, _ImportRow], refused_keys: se
                 result.created += key not in matched
                 result.updated += key in matched
         before = conn.execute(select(func.max(contact_t.c.id))).scalar() or 0
-        _insert_contacts(conn, inserts, now)
+        created = _insert_contacts(conn, inserts, now)
         # Updates touch only the columns the file has, grouped by that column set.
         groups: dict[tuple, list[dict]] = {}
         for u in updates:
@@ -980,7 +980,7 @@ def _write_contacts(store: Store, batch: dict[Key, _ImportRow], refused_keys: se
                 contact_t.c.phone.is_not(None))).values({k: bindparam(k) for k in names if k != "cid"})
             write_many(conn, stmt, rows)
         wanted = {k: r for k, r in good.items() if r.consents or r.touch is not None}
-        ids = _written_ids(conn, wanted, matched, inserted, before)
+        ids = _written_ids(conn, wanted, matched, inserted, before, created)
         result.touches += record_import_touches(
             conn, [(ids[k], r.touch) for k, r in wanted.items() if r.touch is not None and k in ids], now)
         entries = []
@@ -997,23 +997,27 @@ def _write_contacts(store: Store, batch: dict[Key, _ImportRow], refused_keys: se
         result.consents += append_consents(conn, entries)
 
 
-def _insert_contacts(conn: Any, rows: list[dict], now: datetime) -> None:
+def _insert_contacts(conn: Any, rows: list[dict], now: datetime) -> Optional[dict[Key, int]]:
     """New contacts (rows of _NEW_CONTACT's columns), created and updated `now`. On PostgreSQL
     the slice is one statement over one JSON parameter (INSERT … SELECT FROM jsonb_to_recordset):
     an executemany of 20,000 rows with a JSONB column costs ~75 µs a row in SQLAlchemy's and
-    the driver's per-row work (write_many's arrays cannot carry JSON), this ~10."""
+    the driver's per-row work (write_many's arrays cannot carry JSON), this ~10 — and it
+    returns the new contacts' ids by their key (None on SQLite: see `_written_ids`)."""
     if not rows:
-        return
+        return {}
     if conn.dialect.name != "postgresql":
         write_many(conn, contact_t.insert(), [{**row, "created_at": now, "updated_at": now} for row in rows])
-        return
+        return None
     names = list(_NEW_CONTACT)
     source = func.jsonb_to_recordset(bindparam("rows", rows, type_=JSONB)).table_valued(
         *(column(name, contact_t.c[name].type) for name in names)).render_derived(with_types=True)
-    conn.execute(contact_t.insert().from_select(
+    created = conn.execute(contact_t.insert().from_select(
         [*names, "created_at", "updated_at"],
         select(*(source.c[name] for name in names), literal(now, contact_t.c.created_at.type),
-               literal(now, contact_t.c.updated_at.type))))
+               literal(now, contact_t.c.updated_at.type)))
+        .returning(contact_t.c.id, *(contact_t.c[kind] for kind in MATCH_ORDER)))
+    return {next((kind, value) for kind, value in zip(MATCH_ORDER, values) if value): cid
+            for cid, *values in created}
 
 
 # A new contact's row: every column the import may set, so the slice's rows share one shape.
@@ -1036,7 +1040,7 @@ def _warn_near_misses(record: dict, seen: set[str], file: str, line: int, result
 
 
 def _written_ids(conn: Any, rows: dict[Key, _ImportRow], matched: dict[Key, int], inserted: list[Key],
-                 before: int) -> dict[Key, int]:
+                 before: int, created: Optional[dict[Key, int]] = None) -> dict[Key, int]:
     """Row key -> the contact a slice wrote the row to, for the rows whose consents and lead
     source follow; `inserted`: the keys of the new contacts in the order they were inserted,
     `before`: the highest contact id before. Each row is matched again: a contact erased while
@@ -1046,7 +1050,12 @@ def _written_ids(conn: Any, rows: dict[Key, _ImportRow], matched: dict[Key, int]
     new contacts are the ids above `before` — SQLite gives a new row the highest id plus one,
     so when the highest is now `before` + len(inserted), the i-th insert has `before` + 1 + i."""
     if conn.dialect.name != "sqlite":
-        return _match_contacts(rows, _all_holders(conn, rows))
+        # New contacts by the insert's RETURNING (nobody else sees them before the commit);
+        # matched ones again, by their identifiers (one erased meanwhile has none left).
+        ids = {key: cid for key, cid in (created or {}).items() if key in rows}
+        existing = {key: row for key, row in rows.items() if key in matched}
+        ids.update(_match_contacts(existing, _all_holders(conn, existing)))
+        return ids
     ids = {key: matched[key] for key in rows if key in matched}
     if len(ids) == len(rows):
         return ids
