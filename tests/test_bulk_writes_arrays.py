@@ -59,3 +59,31 @@ def test_the_same_id_query_with_other_ids_returns_the_other_rows(store):
                                                   .order_by(contact_t.c.id))]
         assert got == sorted(wanted)
         assert negated == [c for c in cids if c not in wanted]
+
+
+def test_json_values_are_written_as_their_text_and_read_back_as_they_were(store, monkeypatch):
+    """Event properties in a batch insert: on PostgreSQL one statement over arrays (the JSON
+    texts, cast on the server) — the same rows as an executemany, a duplicate event_id ignored,
+    a NaN refused; a None in a JSON column takes the executemany."""
+    from nurture.runtime import sql
+    from nurture.runtime.sql import insert_ignore
+    from nurture.store.tables import event_t
+    props = [{"name": "Zoë \"Q\" \\ 🎉", "nested": {"list": [1, 2.5, None, True], "empty": {}}, "n": 1e300},
+             {}, {"sql": "'); DROP TABLE event; --", "tab\t": "line\nbreak"}]
+    calls = []
+    original = sql._pg_unnest
+    monkeypatch.setattr(sql, "_pg_unnest", lambda conn, stmt, rows: calls.append(original(conn, stmt, rows))
+                        or calls[-1])
+    with store.engine.begin() as conn:
+        (cid,) = _contacts(conn, 1)
+        rows = [dict(event_id=f"e{i}", contact_id=cid, name="page_view", properties=p, occurred_at=AT, received_at=AT)
+                for i, p in enumerate(props)]
+        insert_ignore(conn, event_t, rows, ("event_id",))
+        insert_ignore(conn, event_t, rows[:1] + [dict(rows[1], event_id="e9")], ("event_id",))  # e0 again: ignored
+        stored = conn.execute(select(event_t.c.event_id, event_t.c.properties).order_by(event_t.c.id)).all()
+        with pytest.raises(ValueError):
+            insert_ignore(conn, event_t, [dict(rows[0], event_id="nan", properties={"x": float("nan")})],
+                          ("event_id",))
+    assert [tuple(r) for r in stored] == [("e0", props[0]), ("e1", {}), ("e2", props[2]), ("e9", {})]
+    if store.is_postgres:
+        assert calls[:2] == [True, True]  # the array form, not the executemany

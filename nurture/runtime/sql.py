@@ -131,6 +131,12 @@ _PG_UPDATE = re.compile(r"^(UPDATE \S+ SET .*?) (WHERE \S+ = %\(\w+\)s(?:::\w+)?
 _PG_ROW = "_nurture_row"
 
 
+def _pg_array(name: str, sql_type: str, is_json: bool) -> str:
+    if is_json:  # its elements are the JSON texts
+        return f"%({name})b::TEXT[]::{sql_type}[]"
+    return f"%({name})b::{sql_type}[]"
+
+
 def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict]) -> bool:
     """The rows of an executemany as one statement over arrays, on PostgreSQL: `INSERT … SELECT
     FROM unnest(%(a)s::type[], …)` or `UPDATE … FROM unnest(…) WHERE t.id = row.id`. psycopg's
@@ -141,7 +147,9 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict]) -> bool:
     semantics are those of the executemany: an UPDATE must be keyed by one column (`WHERE
     t.c = :key`) with distinct keys in `rows` (each row then changes exactly its own target row,
     already locked by the caller's transaction); anything else — an expression the rewrite does
-    not know, a JSON value — returns False, and the caller takes the ordinary executemany.
+    not know, a JSON column holding None — returns False, and the caller takes the ordinary
+    executemany. A JSON column's values go as an array of their JSON texts, cast on the server
+    (`%(p)b::TEXT[]::JSON[]`), written as `strict_json` would (no NaN or Infinity).
     Values are checked as the column types would (a naive datetime is refused)."""
     if getattr(stmt, "is_insert", False):
         compiled = stmt.compile(dialect=conn.dialect, column_keys=list(rows[0]), for_executemany=True)
@@ -155,15 +163,22 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict]) -> bool:
         return False
     names = list(dict.fromkeys(_PG_PARAM.findall(compiled.string)))
     types: dict[str, str] = {}
+    json_names: set[str] = set()
     for name in names:
         bound = compiled.binds[name].type
         impl = bound.impl if isinstance(bound, TypeDecorator) else bound
-        if isinstance(impl, JSON) or not isinstance(impl, (Integer, String, Boolean, Float, DateTime)):
+        if isinstance(impl, JSON):
+            json_names.add(name)
+        elif not isinstance(impl, (Integer, String, Boolean, Float, DateTime)):
             return False
         types[name] = conn.dialect.type_compiler_instance.process(impl)
     fixed = compiled.construct_params(rows[0])
     missing = {n: fixed[n] for n in names if n not in rows[0]}
     columns = {n: [row[n] for row in rows] if n not in missing else [missing[n]] * len(rows) for n in names}
+    for name in json_names:  # JSON as its text, an array of text cast to the column's JSON type
+        if any(v is None for v in columns[name]):  # (None: JSON null or SQL NULL — the executemany decides)
+            return False
+        columns[name] = [json.dumps(v, allow_nan=False) for v in columns[name]]
     for name in names:
         if isinstance(compiled.binds[name].type, TypeDecorator) and types[name].startswith("TIMESTAMP"):
             if any(v is not None and v.utcoffset() is None for v in columns[name]):
@@ -179,7 +194,7 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict]) -> bool:
             return False
     # A value the whole batch shares (the journey, the step, the status, the tick's time…) is one
     # parameter, not an array: psycopg dumps an array element by element in Python (~1 µs each).
-    arrays = [n for n in names if n in keys or not _same_throughout(columns[n])]
+    arrays = [n for n in names if n in keys or n in json_names or not _same_throughout(columns[n])]
     params = {n: columns[n] if n in arrays else columns[n][0] for n in names}
 
     def as_row_value(sql: str) -> str:
@@ -188,7 +203,7 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict]) -> bool:
                                                                                       f"{_PG_ROW}.{name}")
         return sql
     # Arrays in binary: psycopg's text format of a 5,000-element array costs 5x more client CPU.
-    source = (f"unnest({', '.join(f'%({n})b::{types[n]}[]' for n in arrays)}) "
+    source = (f"unnest({', '.join(_pg_array(n, types[n], n in json_names) for n in arrays)}) "
               f"AS {_PG_ROW}({', '.join(arrays)})")
     if compiled.isinsert:
         sql = f"{head} SELECT {as_row_value(values)} FROM {source}{tail}"
