@@ -1174,6 +1174,12 @@ def track_in(conn: Any, records: list[tuple[int, Any]], *, source: str = "track"
     return write_events(conn, clean, source=source, now=now, create_contacts=create_contacts, result=result)
 
 
+# write_events' statements, built once: id lists as one array parameter on PostgreSQL.
+_IDS_BY_EMAIL = select(contact_t.c.email, contact_t.c.id).where(texts_in(contact_t.c.email, ()))
+_KNOWN_EVENTS = select(event_t.c.event_id).where(texts_in(event_t.c.event_id, ()))
+_NEW_CONTACTS = contact_t.insert()
+
+
 def write_events(conn: Any, clean: list[dict], *, source: str, now: datetime, create_contacts: bool = True,
                  result: Optional[TrackResult] = None) -> TrackResult:
     """The one writer of events, in the caller's transaction: erased people refused, contacts
@@ -1190,21 +1196,21 @@ def write_events(conn: Any, clean: list[dict], *, source: str, now: datetime, cr
     clean = [e for e in clean if not e["email"] or e["email"] not in refused]
     emails = sorted({e["email"] for e in clean if e.get("contact_id") is None})
     ids: dict[str, int] = {}
-    for part in chunks(emails):
-        ids.update(dict(conn.execute(select(contact_t.c.email, contact_t.c.id).where(contact_t.c.email.in_(part))).all()))
+    for part in chunks(emails, 5000):
+        ids.update(dict(conn.execute(_IDS_BY_EMAIL, {"texts_email": list(part)}).all()))
     missing = [e for e in emails if e not in ids]
     if missing and create_contacts:
-        conn.execute(contact_t.insert(), [{"email": e, "lifecycle_stage": "lead", "score": 0.0, "attributes": {},
-                                           "created_at": now, "updated_at": now} for e in missing])
-        for part in chunks(missing):
-            ids.update(dict(conn.execute(select(contact_t.c.email, contact_t.c.id).where(contact_t.c.email.in_(part))).all()))
+        write_many(conn, _NEW_CONTACTS, [{"email": e, "lifecycle_stage": "lead", "score": 0.0, "attributes": {},
+                                          "created_at": now, "updated_at": now} for e in missing])
+        for part in chunks(missing, 5000):
+            ids.update(dict(conn.execute(_IDS_BY_EMAIL, {"texts_email": list(part)}).all()))
     elif missing:
         result.unknown += sum(1 for e in clean if e.get("contact_id") is None and e["email"] not in ids)
         clean = [e for e in clean if e.get("contact_id") is not None or e["email"] in ids]
     known_ids: set[str] = set()
     event_ids = [e["event_id"] for e in clean]
-    for part in chunks(event_ids):
-        known_ids.update(r[0] for r in conn.execute(select(event_t.c.event_id).where(event_t.c.event_id.in_(part))))
+    for part in chunks(event_ids, 5000):
+        known_ids.update(r[0] for r in conn.execute(_KNOWN_EVENTS, {"texts_event_id": list(part)}))
     rows, seen, touches = [], set(), []
     for e in clean:
         if e["event_id"] in known_ids or e["event_id"] in seen:
