@@ -106,7 +106,7 @@ def _import_deals(store, spec, demo_dir: Path, rows: list, now: datetime) -> int
 
 
 def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[dict]], console: Console,
-             contacts: int = CONTACTS, days: int = DAYS) -> None:
+             contacts: int = CONTACTS, days: int = DAYS, resolution: timedelta = RESOLUTION) -> None:
     missing = [j for j in JOURNEYS if not (project / "journeys" / f"{j}.yaml").is_file()]
     if missing:
         _fail(f"{project} lacks journeys/{missing[0]}.yaml: run the demo from the Nurture checkout (or pass --project)")
@@ -142,13 +142,13 @@ def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[d
                   "and click ids, so every lead has a source")
     simulated_end = end - PREFECT_EVERY * PREFECT_TICKS
     console.print(f"\nSimulating {START:%d %b} to {simulated_end:%d %b %H:%M} UTC with the real tick at the moments "
-                  f"something falls due (at most {RESOLUTION.total_seconds() / 60:.0f} min late), then the last "
+                  f"something falls due (at most {resolution.total_seconds() / 60:.0f} min late), then the last "
                   f"{PREFECT_TICKS} ticks as Prefect flow runs…")
     world = _DemoWorld(company, store, spec, project, demo_dir, console)
     rt = Runtime(store, spec, env=dict(os.environ))
     try:
         simulate(rt, [j for j in JOURNEYS if j in spec.journeys], START, simulated_end, world=world,
-                 resolution=RESOLUTION, timeline=False)
+                 resolution=resolution, timeline=False)
     finally:
         rt.close()
     world.flush_day()

@@ -11,6 +11,7 @@ import io
 import os
 import re
 import shutil
+from datetime import timedelta
 
 import pytest
 from rich.console import Console
@@ -38,7 +39,7 @@ def report_page(tmp_path_factory):
     ticks, state = _engine_ticks(root)
     try:
         run_demo(root, seed=3, run_ticks=ticks, console=Console(file=io.StringIO(), width=200), contacts=500,
-                 days=12)
+                 days=12, resolution=timedelta(hours=4))
     finally:
         if "rt" in state:
             state["rt"].store.dispose()
