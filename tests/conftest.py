@@ -31,6 +31,17 @@ def utc(*args: int) -> datetime:
 
 
 @pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    """An empty SQLite database at the current schema, made once per test process: copy it
+    (`shutil.copyfile`) where a test needs a database — migrating a new file per test costs more
+    than most tests."""
+    from nurture.store.db import open_store
+    path = tmp_path_factory.mktemp("template") / "nurture.db"
+    open_store(f"sqlite:///{path}").dispose()  # closing the last connection checkpoints the WAL
+    return path
+
+
+@pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """A real PostgreSQL for this test session (per xdist worker), started from pip's pgserver."""
     pgserver = pytest.importorskip("pgserver")

@@ -23,21 +23,19 @@ EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="session")
-def _empty_databases(pg_server_url, tmp_path_factory) -> dict:
+def _empty_databases(pg_server_url, sqlite_template) -> dict:
     """A migrated SQLite file to copy and one migrated PostgreSQL database to empty, per session."""
     from sqlalchemy import MetaData
 
     from nurture.store.db import make_engine, open_store
     from tests.conftest import _fresh_pg_database
-    template = tmp_path_factory.mktemp("template") / "nurture.db"
-    open_store(f"sqlite:///{template}").dispose()  # closing the last connection checkpoints the WAL
     pg_url = _fresh_pg_database(pg_server_url)
     open_store(pg_url).dispose()
     pg_engine = make_engine(pg_url)
     metadata = MetaData()
     metadata.reflect(pg_engine)
     tables = [t for t in reversed(metadata.sorted_tables) if t.name != "alembic_version"]
-    yield {"sqlite": template, "postgres": pg_url, "pg_engine": pg_engine, "tables": tables}
+    yield {"sqlite": sqlite_template, "postgres": pg_url, "pg_engine": pg_engine, "tables": tables}
     pg_engine.dispose()
 
 

@@ -31,18 +31,10 @@ from tests.conftest import utc, write_project
 NOW = utc(2026, 5, 4, 10)
 
 
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory):
-    """One migrated SQLite file per module; each test gets a copy (milliseconds, not a migration)."""
-    path = tmp_path_factory.mktemp("template") / "nurture.db"
-    open_store(f"sqlite:///{path}").dispose()
-    return path
-
-
 @pytest.fixture
-def store(migrated, tmp_path):
+def store(sqlite_template, tmp_path):
     path = tmp_path / "nurture.db"
-    shutil.copyfile(migrated, path)
+    shutil.copyfile(sqlite_template, path)
     s = open_store(f"sqlite:///{path}")
     yield s
     s.dispose()
@@ -192,9 +184,9 @@ def cli(root, *args):
 
 
 @pytest.fixture
-def shop(tmp_path, migrated):
+def shop(tmp_path, sqlite_template):
     root = write_project(tmp_path / "shop", {})
-    shutil.copyfile(migrated, root / "cli.db")
+    shutil.copyfile(sqlite_template, root / "cli.db")
     return root
 
 

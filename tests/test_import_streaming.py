@@ -43,21 +43,14 @@ cid@example.com,,,Europe/Paris,,
 """
 
 
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory):
-    path = tmp_path_factory.mktemp("template") / "nurture.db"
-    open_store(f"sqlite:///{path}").dispose()
-    return path
-
-
 @pytest.fixture
-def new_store(migrated, tmp_path):
+def new_store(sqlite_template, tmp_path):
     """new_store(name) -> a fresh migrated SQLite store (several per test, to compare)."""
     stores = []
 
     def make(name: str = "nurture"):
         path = tmp_path / f"{name}.db"
-        shutil.copyfile(migrated, path)
+        shutil.copyfile(sqlite_template, path)
         stores.append(open_store(f"sqlite:///{path}"))
         return stores[-1]
     yield make

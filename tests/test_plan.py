@@ -49,20 +49,13 @@ steps:
 """
 
 
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "nurture.db"
-    open_store(f"sqlite:///{path}").dispose()
-    return path
-
-
 @pytest.fixture
-def project(tmp_path, migrated_db) -> Path:
+def project(tmp_path, sqlite_template) -> Path:
     """A project whose database holds signups of the last days, none of them enrolled yet:
     the journeys are new, so their first tick backfills over the trigger's lookback."""
     root = write_project(tmp_path / "shop", {"welcome": WELCOME, "promo": PROMO, "idle": IDLE})
     (root / ".nurture").mkdir()
-    shutil.copyfile(migrated_db, root / ".nurture" / "nurture.db")
+    shutil.copyfile(sqlite_template, root / ".nurture" / "nurture.db")
     store = open_store(db_url(root))
     people = [("ann@example.com", "Europe/Berlin", True, timedelta(days=1)),
               ("bob@example.com", "Europe/Berlin", False, timedelta(hours=1)),  # no consent

@@ -54,20 +54,11 @@ bea@example.com,Bea,Europe/Berlin,granted
 """
 
 
-@pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory) -> Path:
-    """An empty database at the current schema, copied into each test's project (migrating a
-    new file costs far more than copying one)."""
-    path = tmp_path_factory.mktemp("template") / "nurture.db"
-    open_store(f"sqlite:///{path}").dispose()
-    return path
-
-
 @pytest.fixture
-def project(tmp_path, migrated_db) -> Path:
+def project(tmp_path, sqlite_template) -> Path:
     root = write_project(tmp_path / "shop", {"cart": CART, "night": NIGHT, "morning": MORNING})
     (root / ".nurture").mkdir()
-    shutil.copyfile(migrated_db, root / ".nurture" / "nurture.db")
+    shutil.copyfile(sqlite_template, root / ".nurture" / "nurture.db")
     (root / "contacts.csv").write_text(CONTACTS, encoding="utf-8")
     return root
 
@@ -259,7 +250,7 @@ def test_a_bad_contacts_row_stops_the_simulation(monkeypatch, capsys, project):
     assert code != 0 and "bad.csv:2: email" in err and "nothing was simulated" in err
 
 
-def test_a_birthday_mail_leaves_at_0900_in_each_contacts_zone(monkeypatch, capsys, tmp_path, migrated_db):
+def test_a_birthday_mail_leaves_at_0900_in_each_contacts_zone(monkeypatch, capsys, tmp_path, sqlite_template):
     pytest.importorskip("nurture.date_occurrences")
     root = write_project(tmp_path / "shop", {"birthday": """
         name: birthday
@@ -269,7 +260,7 @@ def test_a_birthday_mail_leaves_at_0900_in_each_contacts_zone(monkeypatch, capsy
             send: {channel: email, template: hello, subject: "Happy birthday"}
         """})
     (root / ".nurture").mkdir()
-    shutil.copyfile(migrated_db, root / ".nurture" / "nurture.db")
+    shutil.copyfile(sqlite_template, root / ".nurture" / "nurture.db")
     (root / "contacts.csv").write_text("email,timezone,birthday,consent_email\n"
                                        "ann@example.com,Europe/Berlin,1990-03-10,granted\n"
                                        "kim@example.com,Asia/Kathmandu,1985-03-10,granted\n", encoding="utf-8")

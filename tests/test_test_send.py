@@ -12,7 +12,6 @@ import json
 import shutil
 import sys
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -127,22 +126,13 @@ def test_the_test_file_cannot_collide_with_a_real_messages_file(make_runtime, st
 # ---------------------------------------------------------------- the verb (in-process: cheap)
 
 
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory) -> Path:
-    """A migrated SQLite file, copied for each CLI test (a migration per test costs more than the test)."""
-    from nurture.store.db import open_store
-    path = tmp_path_factory.mktemp("template") / "cli.db"
-    open_store(f"sqlite:///{path}").dispose()
-    return path
-
-
 @pytest.fixture
-def cli(tmp_path, monkeypatch, capsys, migrated):
+def cli(tmp_path, monkeypatch, capsys, sqlite_template):
     """nurture(*args) -> (exit code, stdout, stderr), run in this process on a project of PROMO."""
     from tests.conftest import write_project
     root = write_project(tmp_path / "shop", {"promo": PROMO}, templates=TEMPLATES)
     (root / ".nurture").mkdir()
-    shutil.copyfile(migrated, root / ".nurture" / "cli.db")
+    shutil.copyfile(sqlite_template, root / ".nurture" / "cli.db")
     for name in ("NURTURE_EMAIL_BACKEND", "NURTURE_SMS_BACKEND", "NURTURE_DEBUG", "NURTURE_SECRET_KEY",
                  "NURTURE_PUBLIC_URL", "NURTURE_FROM_EMAIL"):
         monkeypatch.delenv(name, raising=False)
