@@ -252,7 +252,6 @@ def sqlite_datetime(value: datetime) -> str:
             f".{v.microsecond:06d}")
 
 
-_INSERT_IGNORE: dict[tuple[str, tuple[str, ...], str], Any] = {}
 _PREBUILT: dict[Any, Any] = {}
 
 
@@ -274,16 +273,15 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict], conflict: It
     if not rows:
         return
     dialect = conn.dialect.name
-    key = (table.name, tuple(conflict), dialect)
-    stmt = _INSERT_IGNORE.get(key)
-    if stmt is None:
+    conflict = tuple(conflict)
+
+    def build() -> Any:
         if dialect == "postgresql":
-            stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
-        elif dialect == "sqlite":
-            stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
-        else:  # pragma: no cover
-            stmt = table.insert()
-        _INSERT_IGNORE[key] = stmt
+            return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        if dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        return table.insert()  # pragma: no cover
+    stmt = prebuilt(("insert_ignore", table.name, conflict, dialect), build)
     for part in chunks(rows, 5000):
         write_many(conn, stmt, list(part))
 
