@@ -27,6 +27,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
 from nurture.settings import describe_database
+from nurture.store.lean import LeanConnection
 from nurture.store.write_turns import TurnTakingConnection
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -118,7 +119,7 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
         if conn.get_execution_options().get("nurture_read_only"):
-            conn.exec_driver_sql("BEGIN")
+            conn.connection.dbapi_connection.execute("BEGIN")  # (not through execute: ~40 µs a read)
         else:
             conn.connection.dbapi_connection.begin_write()
 
@@ -178,6 +179,7 @@ def _make_engine(url: str) -> Engine:
                                                       "factory": TurnTakingConnection},
                                json_serializer=strict_json)
         _configure_sqlite(engine)
+        engine._connection_cls = LeanConnection  # statements run again and again: see store.lean
         return engine
     return create_engine(url, pool_pre_ping=True, json_serializer=strict_json)
 
