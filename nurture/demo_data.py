@@ -129,14 +129,15 @@ class Company:
     deal_rows: list[tuple[datetime, int, dict]] = field(default_factory=list)
     _deal_cursor: int = 0
     _announced: bool = False
-    _fresh: list[tuple[datetime, str, str]] = field(default_factory=list)  # reactions not yet announced
+    _fresh: list[tuple[datetime, str, str, dict]] = field(default_factory=list)  # reactions not yet announced
 
-    def announce(self) -> list[tuple[datetime, str, str]]:
-        """(time, event, e-mail) of the events not announced before: at the first call every
-        event not yet ingested, later the reactions made up since (nurture.simulate.World)."""
+    def announce(self) -> list[tuple[datetime, str, str, dict]]:
+        """(time, event, e-mail, properties) of the events not announced before: at the first
+        call every event not yet ingested, later the reactions made up since
+        (nurture.simulate.World)."""
         if not self._announced:
             self._announced, self._fresh = True, []
-            return [(at, r["event"], r["email"]) for at, _, r in self.events[self._cursor:]]
+            return [(at, r["event"], r["email"], r["properties"]) for at, _, r in self.events[self._cursor:]]
         fresh, self._fresh = self._fresh, []
         return fresh
 
@@ -159,7 +160,7 @@ class Company:
                   "properties": props, "timestamp": at.isoformat()}
         bisect.insort(self.events, (at, self._serial, record), lo=self._cursor)
         if self._announced:
-            self._fresh.append((at, name, email))
+            self._fresh.append((at, name, email, props))
 
     def ingest_until(self, store: Store, now: datetime) -> int:
         """Track every event that happened up to `now` (the ingest path, idempotent)."""

@@ -201,13 +201,17 @@ class JourneyClock:
     trigger: Optional[str]  # the trigger event
     trigger_delay: timedelta  # trigger event → the first step falls due (within the lookback)
     heartbeat: Optional[timedelta]  # segment / when / date triggers: re-evaluated this often
+    where: Any = None  # the trigger's `where` (a Condition)
     last: Optional[datetime] = None
     wakes: list = field(default_factory=list)  # heap of (moment, the event's time, contact id, e-mail)
     watch: list = field(default_factory=list)  # heap of (moment, contact id or 0, e-mail or "")
     triggered: dict = field(default_factory=dict)  # e-mail → times of its trigger events
 
-    def event(self, name: str, at: datetime, contact_id: int = 0, email: str = "") -> None:
-        if name == self.trigger:
+    def event(self, name: str, at: datetime, contact_id: int = 0, email: str = "",
+              properties: Optional[dict] = None) -> None:
+        """An event at `at` (its properties when known: a trigger event whose properties the
+        trigger's `where` surely refuses wakes nothing, see `surely_refused`)."""
+        if name == self.trigger and not (self.where is not None and surely_refused(self.where, properties)):
             heapq.heappush(self.wakes, (at + self.trigger_delay, at, contact_id, email))
             if email:
                 self.triggered.setdefault(email, []).append(at)
@@ -251,6 +255,43 @@ class JourneyClock:
         waits for the first step): the tick at `at` enrolls it and then sees this event."""
         return any(t <= at and (self.last is None or t > self.last)
                    for t in self.triggered.get(email, ()))
+
+
+def surely_refused(where: Any, properties: Optional[dict]) -> bool:
+    """Does the trigger condition `where` surely refuse an event with these properties? Only
+    what is certain without the database: a `property` comparison by `eq` / `in` with text
+    values, against a property that is missing or text (all / any / not of those combined).
+    Anything else — other kinds, other operators, numbers, unknown properties — is "maybe",
+    and the event wakes the journey as before."""
+    if properties is None or not isinstance(properties, dict):
+        return False
+    kinds = [k for k in ("all", "any", "not_", "attribute", "property", "event", "score", "consent", "segment")
+             if getattr(where, k) is not None]
+    verdicts = []
+    for kind in kinds:
+        if kind == "all":
+            verdicts.append(any(surely_refused(c, properties) for c in where.all))
+        elif kind == "any":
+            verdicts.append(all(surely_refused(c, properties) for c in where.any))
+        elif kind == "property":
+            verdicts.append(any(_text_mismatch(cmp.operators(), properties.get(key))
+                                for key, cmp in where.property.items()))
+        else:
+            verdicts.append(False)
+    return any(verdicts)  # the kinds of one mapping are all required: one sure refusal refuses
+
+
+def _text_mismatch(ops: dict, value: Any) -> bool:
+    if value is not None and not isinstance(value, str):
+        return False
+    for op, wanted in ops.items():
+        if op == "eq" and isinstance(wanted, str):
+            if value != wanted:
+                return True
+        elif op == "in" and wanted and all(isinstance(w, str) for w in wanted):
+            if value not in wanted:
+                return True
+    return False
 
 
 # The scheduler's own reads, built once (nurture.runtime.sql.prebuilt: a simulation runs
@@ -299,7 +340,8 @@ def journey_clock(rt: Runtime, journey: str, heartbeat: timedelta, step: timedel
             # An enrollment carries its event's time whichever tick makes it: the tick can wait
             # until the first step falls due — within the trigger's lookback, less a coalescing step.
             delay = max(timedelta(0), min(first.step.wait, spec.trigger.lookback - step))
-    clock = JourneyClock(journey, frozenset(watched), trigger, delay, heartbeat if trigger is None else None)
+    clock = JourneyClock(journey, frozenset(watched), trigger, delay, heartbeat if trigger is None else None,
+                         spec.trigger.where)
     if getattr(spec.trigger, "date", None) is not None:
         for moment in _date_moments(rt, spec.trigger, start, end):
             heapq.heappush(clock.wakes, (moment, moment, 0, ""))
@@ -376,9 +418,10 @@ class World(Protocol):
     """What happens around the journeys while the clock runs (the demo's synthetic company):
     besides a file's events, a world ingests its own and answers what the ticks did."""
 
-    def upcoming(self) -> Iterable[tuple[datetime, str, str]]:
-        """(time, event name, e-mail) of the events it will ingest, each once: those not
-        given before (at the start, every one it knows of; later, reactions it made up)."""
+    def upcoming(self) -> Iterable[tuple[datetime, str, str, Optional[dict]]]:
+        """(time, event name, e-mail, properties or None) of the events it will ingest, each
+        once: those not given before (at the start, every one it knows of; later, reactions it
+        made up)."""
 
     def before(self, rt: Runtime, now: datetime) -> None:
         """Bring the store up to `now` (its events up to then, …), before the ticks at `now`."""
@@ -405,13 +448,14 @@ def simulate(rt: Runtime, journeys: list[str], start: datetime, end: datetime, *
     if feed is not None:
         for record in feed.records:
             name, email = str(record.record.get("event")), _email(record.record.get("email"))
+            properties = record.record.get("properties") or {}
             for clock in clocks.values():
-                clock.event(name, record.at, email=email)
+                clock.event(name, record.at, email=email, properties=properties)
 
     def world_events() -> None:
-        for at, name, email in world.upcoming() if world is not None else ():
+        for at, name, email, properties in world.upcoming() if world is not None else ():
             for clock in clocks.values():
-                clock.event(name, at, email=_email(email))
+                clock.event(name, at, email=_email(email), properties=properties)
     world_events()
     baseline = {"message": _max_id(rt, message_t.c.id), "enrollment": _max_id(rt, enrollment_t.c.id)}
     orders = {j: rt.plan(j).order for j in journeys}

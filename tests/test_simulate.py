@@ -38,6 +38,14 @@ steps:
   - id: hello
     send: {channel: email, template: hello, subject: "Hello"}
 """
+# Wakes only for the events its `where` may accept (nurture.simulate.surely_refused).
+NEWSLETTER = """
+name: newsletter
+trigger: {event: signup, where: {property: {form: [newsletter, footer]}}, lookback: 2d}
+steps:
+  - id: hello
+    send: {channel: email, template: hello, subject: "Welcome"}
+"""
 MORNING = """
 name: morning
 trigger: {event: late_visit, lookback: 2d}
@@ -56,17 +64,20 @@ bea@example.com,Bea,Europe/Berlin,granted
 
 @pytest.fixture
 def project(tmp_path, sqlite_template) -> Path:
-    root = write_project(tmp_path / "shop", {"cart": CART, "night": NIGHT, "morning": MORNING})
+    root = write_project(tmp_path / "shop", {"cart": CART, "night": NIGHT, "morning": MORNING,
+                                             "newsletter": NEWSLETTER})
     (root / ".nurture").mkdir()
     shutil.copyfile(sqlite_template, root / ".nurture" / "nurture.db")
     (root / "contacts.csv").write_text(CONTACTS, encoding="utf-8")
     return root
 
 
-def write_events(root: Path, *events: tuple[str, str, str]) -> Path:
+def write_events(root: Path, *events: tuple) -> Path:
+    """(e-mail, event, timestamp[, properties]) rows as an events file."""
     path = root / "events.jsonl"
-    path.write_text("".join(json.dumps({"event_id": f"e{i}", "email": email, "event": name, "properties": {},
-                                        "timestamp": at}) + "\n" for i, (email, name, at) in enumerate(events)),
+    path.write_text("".join(json.dumps({"event_id": f"e{i}", "email": event[0], "event": event[1],
+                                        "properties": event[3] if len(event) > 3 else {},
+                                        "timestamp": event[2]}) + "\n" for i, event in enumerate(events)),
                     encoding="utf-8")
     return path
 
@@ -129,6 +140,45 @@ def test_a_1h_cart_reminder_leaves_exactly_one_hour_after_the_event_and_the_proj
     assert result["ticks"] == 5
     assert project_state(project) == before  # the database and outbox are exactly as they were
     assert not (project / ".nurture" / "outbox").exists()
+
+
+def test_a_trigger_event_its_where_refuses_wakes_no_tick(monkeypatch, capsys, project):
+    events = write_events(project, ("ann@example.com", "signup", "2026-03-10T10:00:00Z", {"form": "newsletter"}),
+                          ("ned@example.com", "signup", "2026-03-10T12:00:00Z", {"form": "whitepaper"}),
+                          ("bea@example.com", "signup", "2026-03-10T14:00:00Z"),
+                          ("bea@example.com", "signup", "2026-03-10T15:00:00Z", {"form": 7}))
+    result = simulate_json(monkeypatch, capsys, project, "--journey", "newsletter", "--from", "2026-03-10T09:00:00Z",
+                           "--to", "2026-03-10T18:00:00Z", "--contacts", str(project / "contacts.csv"),
+                           "--events", str(events))
+    assert timeline(result, "ann@example.com", "newsletter")[:2] == [
+        ("enrolled", "", "enrolled", "", "2026-03-10T10:00:00+00:00", "2026-03-10T11:00:00+01:00"),
+        ("send", "hello", "sent", "", "2026-03-10T10:00:00+00:00", "2026-03-10T11:00:00+01:00")]
+    assert {r["contact"] for r in result["timeline"]} == {"ann@example.com"}
+    # The start, Ann's signup, Bea's second (a number: maybe, the database decides), the end;
+    # not Ned's whitepaper or Bea's signup without a form.
+    assert result["ticks"] == 4
+
+
+@pytest.mark.parametrize("where, properties, refused", [
+    ({"property": {"form": "newsletter"}}, {"form": "newsletter"}, False),
+    ({"property": {"form": "newsletter"}}, {"form": "whitepaper"}, True),
+    ({"property": {"form": "newsletter"}}, {}, True),  # a missing property matches no `eq`
+    ({"property": {"form": "newsletter"}}, None, False),  # properties unknown: maybe
+    ({"property": {"form": ["a", "b"]}}, {"form": "b"}, False),
+    ({"property": {"form": ["a", "b"]}}, {"form": "c"}, True),
+    ({"property": {"form": "7"}}, {"form": 7}, False),  # a number against text: the database decides
+    ({"property": {"value": {"gte": 10}}}, {"value": 1}, False),  # other operators: maybe
+    ({"property": {"form": "a", "plan": "pro"}}, {"form": "a", "plan": "free"}, True),
+    ({"any": [{"property": {"form": "a"}}, {"property": {"form": "b"}}]}, {"form": "c"}, True),
+    ({"any": [{"property": {"form": "a"}}, {"attribute": {"vip": True}}]}, {"form": "c"}, False),
+    ({"all": [{"attribute": {"vip": True}}, {"property": {"form": "a"}}]}, {"form": "c"}, True),
+    ({"not": {"property": {"form": "a"}}}, {"form": "a"}, False),  # never decided under a `not`
+    ({"property": {"form": "a"}, "attribute": {"vip": True}}, {"form": "b"}, True),
+])
+def test_surely_refused_decides_only_what_is_certain(where, properties, refused):
+    from nurture.simulate import surely_refused
+    from nurture.spec.models import Condition
+    assert surely_refused(Condition.model_validate(where), properties) is refused
 
 
 def test_events_are_only_visible_from_their_own_timestamp(monkeypatch, capsys, project):
