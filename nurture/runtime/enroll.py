@@ -138,6 +138,28 @@ def _anything_new(rt: Runtime, plan: Plan, now: datetime) -> bool:
         return newest is not None or conn.execute(_ANY_RIPE, {"journey": plan.name, "now": now}).first() is not None
 
 
+def _trigger_rows(rt: Runtime, plan: Plan, with_ripe: bool) -> tuple[Any, dict]:
+    """The trigger events of a slice that may enroll — (event id, contact, time, time zone),
+    earliest first — and the clock parameters of its `where`: built once per journey version
+    and Runtime (its segments), with and without pending events come due (`ids_id`); run with
+    event, cursor, high (the slice's last event id), now and since (the lookback's start)."""
+    key = ("enroll.trigger_rows", plan.name, plan.version, with_ripe)
+    if key not in rt.memo:
+        trigger = plan.journey.trigger
+        in_window = and_(event_t.c.id > bindparam("cursor"), event_t.c.id <= bindparam("high"),
+                         event_t.c.occurred_at <= bindparam("now"))
+        filters = [event_t.c.name == bindparam("event"), event_t.c.occurred_at >= bindparam("since"),
+                   or_(in_window, ids_in(event_t.c.id, ())) if with_ripe else in_window]
+        scope = ConditionScope(datetime.min, rt.project.segments, in_enrollment=False, trigger_event=event_t,
+                               clock={})
+        if trigger.where is not None:
+            filters.append(compile_condition(trigger.where, scope))
+        rt.memo[key] = (select(event_t.c.id, event_t.c.contact_id, event_t.c.occurred_at, contact_t.c.timezone)
+                        .select_from(event_t.join(contact_t, contact_t.c.id == event_t.c.contact_id))
+                        .where(*filters).order_by(event_t.c.occurred_at, event_t.c.id), scope.clock)
+    return rt.memo[key]
+
+
 def _enroll_slice(rt: Runtime, conn: Any, plan: Plan, now: datetime,
                   upper: Optional[int]) -> tuple[int, int, bool]:
     """One slice of `enroll` in the caller's transaction: (contacts entered, the tick's upper
@@ -164,16 +186,9 @@ def _enroll_slice(rt: Runtime, conn: Any, plan: Plan, now: datetime,
     future = [dict(journey=plan.name, event_pk=pk, occurred_at=at) for pk, at in conn.execute(
         _FUTURE, {"event": trigger.event, "cursor": cursor, "upper": high, "now": now})]
     insert_ignore(conn, pending_t, future, ("journey", "event_pk"))
-    window = [event_t.c.name == trigger.event, event_t.c.id > cursor, event_t.c.id <= high]
-    in_window = and_(*window, event_t.c.occurred_at <= now)
-    filters = [event_t.c.name == trigger.event, event_t.c.occurred_at >= now - trigger.lookback,
-               or_(in_window, ids_in(event_t.c.id, ripe)) if ripe else in_window]
-    if trigger.where is not None:
-        scope = ConditionScope(now, rt.project.segments, in_enrollment=False, trigger_event=event_t)
-        filters.append(compile_condition(trigger.where, scope))
-    rows = conn.execute(select(event_t.c.id, event_t.c.contact_id, event_t.c.occurred_at, contact_t.c.timezone)
-                        .select_from(event_t.join(contact_t, contact_t.c.id == event_t.c.contact_id))
-                        .where(*filters).order_by(event_t.c.occurred_at, event_t.c.id))
+    stmt, clock = _trigger_rows(rt, plan, bool(ripe))
+    rows = conn.execute(stmt, {"event": trigger.event, "cursor": cursor, "high": high, "now": now,
+                               "since": now - trigger.lookback, "ids_id": ripe, **clock_values(clock, now)})
     # The earliest qualifying event per contact is the one that enrolls.
     first_by_contact: dict[int, tuple[int, datetime, Optional[str]]] = {}
     for event_pk, contact_id, occurred_at, tz in rows:

@@ -124,8 +124,11 @@ def _claim_in(conn: Any, rt: Runtime, now: datetime, journey: Optional[str], par
 def _attributes(conn: Any, contact_ids: list[int]) -> dict[int, Any]:
     out: dict[int, Any] = {}
     for part in chunks(sorted(set(contact_ids))):
-        out.update(conn.execute(select(contact_t.c.id, contact_t.c.attributes).where(ids_in(contact_t.c.id, part))).all())
+        out.update(conn.execute(_ATTRIBUTES, {"ids_id": list(part)}).all())
     return out
+
+
+_ATTRIBUTES = select(contact_t.c.id, contact_t.c.attributes).where(ids_in(contact_t.c.id, ()))
 
 
 def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter) -> list[int]:
@@ -186,18 +189,20 @@ _LOAD_COLUMNS = (
 LoadedMessage = namedtuple("LoadedMessage", [c.name for c in _LOAD_COLUMNS])  # type: ignore[misc]
 
 
+_LOAD = (select(*_LOAD_COLUMNS)
+         .select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id)
+                      .outerjoin(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id)
+                      .outerjoin(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk))
+         .where(ids_in(message_t.c.id, ())))
+
+
 def load_messages(rt: Runtime, ids: list[int]) -> list[LoadedMessage]:
     """What rendering needs of claimed messages: the row, its contact, its trigger event."""
     rows: list[LoadedMessage] = []
     make = LoadedMessage._make
     with rt.store.reading() as conn:
         for part in chunks(ids):
-            rows.extend(map(make, conn.execute(
-                select(*_LOAD_COLUMNS)
-                .select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id)
-                             .outerjoin(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id)
-                             .outerjoin(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk))
-                .where(ids_in(message_t.c.id, part)))))
+            rows.extend(map(make, conn.execute(_LOAD, {"ids_id": list(part)})))
     return rows
 
 
