@@ -48,6 +48,7 @@ from sqlalchemy import bindparam, func, or_, select
 
 from nurture.ingest import import_contacts, parse_timestamp, read_records, track_in, track_records
 from nurture.runtime.context import Runtime, TickReport
+from nurture.runtime.gc_pause import gc_relaxed
 from nurture.runtime.tick import as_utc, run_tick
 from nurture.send.guards.quiet_hours import zone
 from nurture.store.models import QUEUED, SENT
@@ -437,7 +438,13 @@ def simulate(rt: Runtime, journeys: list[str], start: datetime, end: datetime, *
     copy (`nurture simulate`, `plan`) or over the store itself (the demo): every stage writes
     to it — feeding `feed`'s events in as the clock reaches them, and asking `world` (if any)
     around each moment. `timeline`: read the per-contact timeline at the end."""
-    start, end = as_utc(start), as_utc(end)
+    with gc_relaxed():
+        return _simulate(rt, journeys, as_utc(start), as_utc(end), feed=feed, resolution=resolution,
+                         heartbeat=heartbeat, world=world, timeline=timeline)
+
+
+def _simulate(rt: Runtime, journeys: list[str], start: datetime, end: datetime, *, feed: Optional[EventFeed],
+              resolution: timedelta, heartbeat: timedelta, world: Optional[World], timeline: bool) -> SimulationResult:
     if start > end:
         raise SimulationInputError(f"--from ({start.isoformat()}) is after --to ({end.isoformat()})")
     if heartbeat <= timedelta(0):
