@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import func, select
+from sqlalchemy import Text, cast, func, or_, select
 
 from nurture.compiler import Plan
 from nurture.reporting._times import aware
@@ -119,29 +119,30 @@ def arm_stats(conn: Any, plan: Plan, sid: str) -> tuple[list[ArmReport], int]:
     the holdout) a decision sent to its winner instead — those are in no arm."""
     node = plan.nodes[sid]
     arms = [ArmReport(name) for name, _, _ in node.arms]
-    inside = dominated(plan, sid)
-    reached: dict[int, Any] = {}  # enrollment → when it first had a row of a dominated step
-    if inside:
-        reached = dict(conn.execute(
-            select(message_t.c.enrollment_id, func.min(message_t.c.created_at))
-            .select_from(message_t.join(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id))
-            .where(message_t.c.journey == plan.name, message_t.c.step_id.in_(sorted(inside)),
-                   enrollment_t.c.holdout == False)  # noqa: E712
-            .group_by(message_t.c.enrollment_id)).all())
+    inside = sorted(dominated(plan, sid))
+    # Only the enrollments that reached the split — a row of a dominated step (`start`: the
+    # first), standing on one, or with a state (a decision's arm) — come back from the database:
+    # a journey's others are most of it and in no arm.
+    reached = (select(message_t.c.enrollment_id.label("eid"), func.min(message_t.c.created_at).label("start"))
+               .where(message_t.c.journey == plan.name, message_t.c.step_id.in_(inside))
+               .group_by(message_t.c.enrollment_id).subquery())
+    rows = conn.execute(
+        select(enrollment_t.c.contact_id, enrollment_t.c.step_id, enrollment_t.c.converted_at,
+               enrollment_t.c.revenue, enrollment_t.c.state, reached.c.start)
+        .select_from(enrollment_t.outerjoin(reached, reached.c.eid == enrollment_t.c.id))
+        .where(enrollment_t.c.journey == plan.name, enrollment_t.c.holdout == False,  # noqa: E712
+               or_(reached.c.eid.is_not(None), enrollment_t.c.step_id.in_(inside),
+                   cast(enrollment_t.c.state, Text) != "{}"))) if inside else ()
     index = {name: i for i, (name, _, _) in enumerate(node.arms)}
     after_decision = 0
-    for eid, cid, step, converted_at, revenue, state in conn.execute(
-            select(enrollment_t.c.id, enrollment_t.c.contact_id, enrollment_t.c.step_id,
-                   enrollment_t.c.converted_at, enrollment_t.c.revenue, enrollment_t.c.state)
-            .where(enrollment_t.c.journey == plan.name, enrollment_t.c.holdout == False)):  # noqa: E712
+    for cid, step, converted_at, revenue, state, start in rows:
         if sid in ((state or {}).get(DECIDED_ARMS) or {}):
             after_decision += 1
             continue
-        if not (eid in reached or step in inside):
+        if start is None and step not in inside:
             continue
         arm = arms[index[pick_arm(plan.name, sid, cid, node.arms)[0]]]
         arm.recipients += 1
-        start = reached.get(eid)
         if converted_at is not None and (start is None or aware(converted_at) >= aware(start)):
             value = float(revenue or 0)
             arm.conversions += 1
