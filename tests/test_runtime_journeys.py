@@ -197,6 +197,24 @@ def test_a_conversion_inside_the_window_counts_even_when_seen_by_a_later_tick(ma
     assert [(e.status, e.revenue) for e in enrollments(store)] == [("converted", 20.0)]
 
 
+def test_a_purchase_tracked_after_its_window_closed_converts_within_the_hour(make_runtime, store):
+    # Closed windows are looked at once an hour of the clock (outcomes.LATE_EVERY), open ones
+    # at every tick: the late purchase is recorded at the first tick an hour after the last look.
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 10d}\n" + HELLO, extra=GOAL)})
+    late, prompt = subscriber(store, "late@example.com"), subscriber(store, "prompt@example.com")
+    add_event(store, late, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    add_event(store, prompt, "signup", T0 + timedelta(days=4))
+    tick(rt, T0 + timedelta(days=4, minutes=1))  # looks at every window, Ann's closed one included
+    add_event(store, late, "purchase", T0 + timedelta(days=2), {"value": 20})  # tracked late
+    add_event(store, prompt, "purchase", T0 + timedelta(days=4, minutes=30), {"value": 5})
+    tick(rt, T0 + timedelta(days=4, minutes=40))
+    status = lambda: {e.contact_id: (e.status, e.revenue) for e in enrollments(store)}  # noqa: E731
+    assert status() == {late: ("active", 0.0), prompt: ("converted", 5.0)}
+    tick(rt, T0 + timedelta(days=4, minutes=61))
+    assert status() == {late: ("converted", 20.0), prompt: ("converted", 5.0)}
+
+
 # ---------------------------------------------------------------- holdout
 
 

@@ -16,12 +16,34 @@ from nurture.store.tables import contact_t, enrollment_t, event_t
 
 
 LATE_CONVERSIONS = timedelta(days=30)
+# Windows that closed within LATE_CONVERSIONS are looked at once per this much of the tick's
+# clock in one Runtime, open ones at every tick: a goal event matching a closed window can only
+# be one tracked after the window closed (else a tick saw it while it was open), and closed
+# windows are most of a busy journey's enrollments (a 3-day window, 33 days looked at).
+LATE_EVERY = timedelta(hours=1)
 
 
 def record_conversions(rt: Runtime, plan: Plan, now: datetime) -> int:
+    """Record the conversions of `plan`'s journey: every enrollment whose first goal event (not
+    its trigger) falls inside its goal window — entered_at to entered_at + within — and has
+    happened by `now`. Open windows are looked at on every tick; windows closed within
+    LATE_CONVERSIONS (a purchase tracked late) at most once per LATE_EVERY of the clock per
+    Runtime, so a late-tracked goal event is recorded up to an hour after it is tracked."""
     goal = plan.journey.goal
     if goal is None:
         return 0
+    memo = rt.memo.setdefault(("conversions.late", plan.name), {})
+    last = memo.get("at")
+    with_late = last is None or now < last or now - last >= LATE_EVERY
+    since = now - goal.within - (LATE_CONVERSIONS if with_late else timedelta(0))
+    converted = _record_conversions(rt, plan, now, since)
+    if with_late:
+        memo["at"] = now
+    return converted
+
+
+def _record_conversions(rt: Runtime, plan: Plan, now: datetime, entered_since: datetime) -> int:
+    goal = plan.journey.goal
 
     def build() -> Any:
         filters = [enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.converted_at.is_(None),
@@ -38,8 +60,7 @@ def record_conversions(rt: Runtime, plan: Plan, now: datetime) -> int:
                 .where(*filters).order_by(enrollment_t.c.id, event_t.c.occurred_at))
     # (built once per journey version: `where` is part of the plan)
     stmt = prebuilt(("conversions", plan.name, plan.version), build)
-    params = {"journey": plan.name, "event": goal.event, "now": now,
-              "entered_since": now - goal.within - LATE_CONVERSIONS}
+    params = {"journey": plan.name, "event": goal.event, "now": now, "entered_since": entered_since}
 
     def firsts(conn: Any) -> dict[int, tuple]:
         """enrollment id → (status, time, properties) of its first goal event inside the window."""
