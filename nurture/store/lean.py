@@ -159,7 +159,10 @@ def _leanable(statement: Any) -> bool:
 
 class LeanConnection(Connection):
     """A SQLAlchemy Connection whose `execute` runs a statement seen before on the DBAPI cursor
-    directly (see the module's docstring); the same transaction, the same results."""
+    directly (see the module's docstring); the same transaction, the same results.
+    `read_only`: set by Store.reading() — its transaction is a plain BEGIN (store.db)."""
+
+    read_only = False
 
     def execute(self, statement: Any, parameters: Any = None, *, execution_options: Any = None) -> Any:
         if execution_options or not (parameters is None or type(parameters) is dict):
