@@ -191,6 +191,8 @@ _SPACE_RUNS = re.compile(" {2,}")
 def text_problem(text: str) -> Optional[str]:
     """Why a string cannot be stored, or None: PostgreSQL refuses NUL in text and JSONB, and a
     lone surrogate (half of a broken \\ud83d\\ude00 escape) cannot be written as UTF-8."""
+    if text.isprintable():  # (NUL and surrogates are not: the common cell ends here)
+        return None
     found = _UNSTORABLE.search(text)
     if found is None:
         return None
@@ -206,8 +208,10 @@ def clean_name(value: Any) -> Optional[str]:
     MAX_NAME_LENGTH. None (or nothing left) is None."""
     if value is None:
         return None
-    text = _SPACE_RUNS.sub(" ", _NAME_BREAKS.sub(" ", str(value))).strip()
-    return text[:MAX_NAME_LENGTH].rstrip() or None
+    text = str(value)
+    if not (text.isprintable() and "  " not in text):  # (every character _NAME_BREAKS finds is unprintable)
+        text = _SPACE_RUNS.sub(" ", _NAME_BREAKS.sub(" ", text))
+    return text.strip()[:MAX_NAME_LENGTH].rstrip() or None
 
 
 def value_problem(value: Any, path: tuple = (), depth: int = 0) -> Optional[tuple[str, str]]:
@@ -433,9 +437,12 @@ def _parse_json_line(line: str) -> tuple[Optional[dict], Optional[str]]:
 
 def _csv_records(lines: Iterable[str], label: str,
                  hint: str) -> Iterator[tuple[int, Optional[dict], Optional[Problem]]]:
-    reader = csv.DictReader(lines)
+    # csv.DictReader's records, made here for speed (a million-row file): the first row is the
+    # header, blank rows are skipped, a short row's missing cells are None, extra cells dropped,
+    # the keys stripped (the later of two equal keys wins).
+    reader = csv.reader(lines)
     try:
-        header = reader.fieldnames or []
+        header = next(reader, [])
     except csv.Error as exc:
         yield 1, None, ("line", f"not valid CSV ({exc})")
         return
@@ -443,16 +450,24 @@ def _csv_records(lines: Iterable[str], label: str,
     if problem:  # every row's keys would be garbled: nothing can be read
         yield 1, None, ("header", problem)
         return
+    keys = [k.strip() for k in header]
+    width = len(keys)
     while True:
         try:
-            record = next(reader)
+            row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:  # e.g. a field over csv.field_size_limit(): one bad record
-            yield reader.reader.line_num, None, ("line", f"not valid CSV ({exc})")
+            yield reader.line_num, None, ("line", f"not valid CSV ({exc})")
             continue
-        clean = {k.strip(): v for k, v in record.items() if k is not None}
-        bad = _undecodable_cell(clean, label, hint)
+        if not row:
+            continue
+        if len(row) < width:
+            row = row + [None] * (width - len(row))
+        clean = dict(zip(keys, row))
+        # one search over the row; the cell named only when there is something to name
+        bad = (_undecodable_cell(clean, label, hint)
+               if _UNDECODABLE.search("\x1f".join(v for v in row[:width] if v)) else None)
         yield reader.line_num, None if bad else clean, bad
 
 
