@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gc
 import json
 import math
 import multiprocessing
@@ -34,6 +35,7 @@ from sqlalchemy import bindparam, column, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 
 from nurture.consent_ledger import append_consents
+from nurture.runtime.gc_pause import gc_paused
 from nurture.identities import erased_contacts
 from nurture.import_columns import CONSENT_AT, CONSENT_COLUMNS, CONSENT_SOURCE, CORE_FIELDS, near_miss
 from nurture.lifecycle import STAGES
@@ -819,8 +821,9 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
     refused_keys: set[Key] = set()
     try:
         for batch in slices:
-            _write_contacts(store, batch, refused_keys, file=path.name, now=now, consent_at=consent_at,
-                            policy_version=policy_version, result=result)
+            with gc_paused():  # a slice allocates ~10 containers a row, all freed by reference counting
+                _write_contacts(store, batch, refused_keys, file=path.name, now=now, consent_at=consent_at,
+                                policy_version=policy_version, result=result)
     finally:
         slices.close()  # a failed write stops the reading process at once
     result.errors = read.errors + result.errors  # the file's own problems first, as they were found
@@ -901,7 +904,8 @@ def _slices_read_aside(slices: Iterator[dict[Key, _ImportRow]], read: ImportResu
     sending.close()
     try:
         while True:
-            kind, payload = receiving.recv()
+            with gc_paused():  # unpickling a slice: 20,000 rows of dicts (4× faster without collections)
+                kind, payload = receiving.recv()
             if kind == "slice":
                 yield payload
             elif kind == "error":
@@ -917,6 +921,7 @@ def _slices_read_aside(slices: Iterator[dict[Key, _ImportRow]], read: ImportResu
 
 
 def _send_slices(slices: Iterator[dict[Key, _ImportRow]], read: ImportResult, sending: Any) -> None:
+    gc.disable()  # this short-lived process builds the slices' rows; nothing it makes is cyclic garbage
     try:
         for batch in slices:
             sending.send(("slice", batch))
@@ -1254,6 +1259,11 @@ def track_file(store: Store, path: Path, *, now: Optional[datetime] = None,
     transaction: a failure midway keeps the slices before it, and a rerun stores only what is
     missing (events are idempotent by event_id)."""
     now = now or datetime.now(timezone.utc)  # one receipt time for the whole file
+    with gc_paused():  # parsing and writing allocate ~10 containers an event, freed by reference counting
+        return _track_file(store, path, now, encoding)
+
+
+def _track_file(store: Store, path: Path, now: datetime, encoding: Optional[str]) -> TrackResult:
     result = TrackResult()
     batch: list[tuple[int, Any]] = []
     for line, record, problem in read_records(path, encoding):
