@@ -178,6 +178,18 @@ def test_a_purchase_after_the_goal_window_is_not_a_conversion(make_runtime, stor
     assert (e.status, e.converted_at, e.revenue) == ("active", None, 0.0)
 
 
+def test_a_purchase_at_the_last_instant_of_the_window_converts(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO, extra=GOAL)})
+    edge, late = subscriber(store, "edge@example.com"), subscriber(store, "late@example.com")
+    for cid in (edge, late):
+        add_event(store, cid, "signup", T0 + timedelta(microseconds=250))
+    tick(rt, T0 + timedelta(minutes=1))
+    add_event(store, edge, "purchase", T0 + timedelta(hours=72, microseconds=250), {"value": 1})  # within: ≤
+    add_event(store, late, "purchase", T0 + timedelta(hours=72, microseconds=251), {"value": 1})
+    tick(rt, T0 + timedelta(hours=80))
+    assert {e.contact_id: e.status for e in enrollments(store)} == {edge: "converted", late: "active"}
+
+
 def test_the_trigger_event_itself_is_not_the_conversion(make_runtime, store):
     rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO, trigger="{event: purchase}",
                                          extra="goal: {event: purchase, within: 30d}")})

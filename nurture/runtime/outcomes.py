@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, literal_column, select
 
 from nurture.compiler import Plan
 from nurture.conditions import ConditionScope, clock_values, compile_any, properties_match
@@ -42,8 +42,18 @@ def record_conversions(rt: Runtime, plan: Plan, now: datetime) -> int:
     return converted
 
 
+def _window_end(dialect: str, seconds: int) -> Any:
+    """enrollment.entered_at + `seconds`, in SQL: a bound on the goal event's time that the
+    database can use (the exact window is checked in Python; this one is a second wider:
+    SQLite's datetime() drops the fraction)."""
+    if dialect == "sqlite":
+        return func.datetime(enrollment_t.c.entered_at, f"+{seconds + 1} seconds")
+    return enrollment_t.c.entered_at + literal_column(f"interval '{seconds + 1} seconds'")
+
+
 def _record_conversions(rt: Runtime, plan: Plan, now: datetime, entered_since: datetime) -> int:
     goal = plan.journey.goal
+    dialect = rt.store.dialect
 
     def build() -> Any:
         filters = [enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.converted_at.is_(None),
@@ -52,6 +62,7 @@ def _record_conversions(rt: Runtime, plan: Plan, now: datetime, entered_since: d
                    enrollment_t.c.entered_at >= bindparam("entered_since"),
                    event_t.c.contact_id == enrollment_t.c.contact_id, event_t.c.name == bindparam("event"),
                    event_t.c.occurred_at >= enrollment_t.c.entered_at, event_t.c.occurred_at <= bindparam("now"),
+                   event_t.c.occurred_at <= _window_end(dialect, int(goal.within.total_seconds())),
                    (enrollment_t.c.trigger_event_pk.is_(None)) | (event_t.c.id != enrollment_t.c.trigger_event_pk)]
         if goal.where:
             filters.append(properties_match(event_t.c.properties, goal.where))
@@ -59,7 +70,7 @@ def _record_conversions(rt: Runtime, plan: Plan, now: datetime, entered_since: d
                        event_t.c.occurred_at, event_t.c.properties)
                 .where(*filters).order_by(enrollment_t.c.id, event_t.c.occurred_at))
     # (built once per journey version: `where` is part of the plan)
-    stmt = prebuilt(("conversions", plan.name, plan.version), build)
+    stmt = prebuilt(("conversions", plan.name, plan.version, dialect), build)
     params = {"journey": plan.name, "event": goal.event, "now": now, "entered_since": entered_since}
 
     def firsts(conn: Any) -> dict[int, tuple]:
