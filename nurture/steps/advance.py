@@ -55,20 +55,23 @@ ALWAYS_VISITED = frozenset({"wait_for"})
 
 def advance(rt: Runtime, plan: Plan, now: datetime) -> Counter:
     """Every step in plan order, each until nothing is due. Which steps have anything due is
-    read first in one statement (`due_steps`) and again after each step that moved anyone
-    (its contacts may now be due further on); the others are not visited."""
+    read first in one statement (`due_steps`) and again after each batch that moved anyone
+    (its contacts may now be due further on, and the step may have nothing left); the others
+    are not visited."""
     report: Counter = Counter()
     with rt.store.reading() as conn:
         due = due_steps(conn, plan, now)
     for step_id in plan.order:
         node = plan.nodes[step_id]
-        if step_id not in due and node.kind not in ALWAYS_VISITED:
+        always = node.kind in ALWAYS_VISITED
+        if step_id not in due and not always:
             continue
         handle = handler_for(node.kind)
-        moved = False
         while handle(rt, plan, node, now, report):
-            moved = True
-        if moved:
+            # Anyone moved: read again what is due. A step with nothing left is not handled once
+            # more only to find that out (a write transaction of its own).
             with rt.store.reading() as conn:
-                due |= due_steps(conn, plan, now)
+                due = due_steps(conn, plan, now)
+            if step_id not in due and not always:
+                break
     return report
