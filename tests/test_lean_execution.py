@@ -157,3 +157,18 @@ def test_statement_listeners_see_every_statement(store):
     finally:
         event.remove(store.engine, "before_cursor_execute", listener)
     assert len([s for s in seen if "FROM contact" in s]) == 3
+
+
+def test_a_select_is_read_as_it_is_asked_for_and_its_cursor_closed(store):
+    every = select(contact_t.c.id).order_by(contact_t.c.id)
+    rename = contact_t.update().where(contact_t.c.id == bindparam("cid")).values(first_name=bindparam("name"))
+    with store.engine.begin() as conn:
+        conn.execute(every).all()  # (the plan is made)
+        assert conn.execute(every).first() == (1,)  # the rest is never read: the cursor is closed
+        rows = conn.execute(every)
+        assert next(iter(rows)) == (1,) and [r.id for r in rows] == [2, 3]
+        for cid in (1, 2):
+            conn.execute(rename, {"cid": cid, "name": "New"})  # (and the write is not held up)
+    with store.reading() as conn:
+        assert conn.execute(select(contact_t.c.first_name).order_by(contact_t.c.id)).scalars().all() == [
+            "New", "New", "N3"]

@@ -25,7 +25,7 @@ every form both ways and compares.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from sqlalchemy import Integer, exc
 from sqlalchemy.engine import Connection
@@ -55,7 +55,8 @@ class LeanResult(IteratorResult):
 class Plan:
     """One statement compiled for one SQLite dialect, ready to bind and run."""
 
-    __slots__ = ("sql", "names", "defaults", "processors", "expanding", "metadata", "returns_rows")
+    __slots__ = ("sql", "names", "defaults", "processors", "expanding", "metadata", "returns_rows", "simple",
+                 "lazy")
 
     def __init__(self, statement: Any, dialect: Any):
         compiled = statement.compile(dialect=dialect)
@@ -83,7 +84,11 @@ class Plan:
         self.defaults = tuple(defaults)
         self.processors = tuple(processors)
         self.expanding = tuple(expanding) if any(expanding) else None
+        self.simple = None if self.expanding else tuple(zip(self.names, self.defaults, self.processors))
         self.returns_rows = bool(compiled._result_columns)
+        # A SELECT's rows are read as they are asked for (`.first()` of a long result reads one),
+        # as SQLAlchemy's cursor result does; a DML statement's (RETURNING) at once.
+        self.lazy = isinstance(statement, (Select, CompoundSelect))
         if self.returns_rows:
             keys = [column[0] for column in compiled._result_columns]
             result_processors = [column[3]._cached_result_processor(dialect, None)
@@ -98,6 +103,13 @@ class Plan:
         parameter not given, an empty expanding list)."""
         given = parameters or {}
         values: list = []
+        if self.simple is not None:  # no expanding list: the SQL as compiled
+            for name, default, process in self.simple:
+                value = given.get(name, default)
+                if value is _NO_DEFAULT:
+                    return None
+                values.append(value if process is None else process(value))
+            return self.sql, values
         sql = self.sql
         for i, name in enumerate(self.names):
             value = given.get(name, self.defaults[i])
@@ -182,16 +194,32 @@ class LeanConnection(Connection):
         cursor = self._dbapi_connection.cursor()
         try:
             cursor.execute(sql, values)
+            if plan.lazy:
+                result = LeanResult(plan.metadata, self._rows(cursor, sql, values))
+                return result
             rows = cursor.fetchall() if plan.returns_rows else []
         except self.dialect.loaded_dbapi.Error as error:
-            raise exc.DBAPIError.instance(sql, values, error, self.dialect.loaded_dbapi.Error,
-                                          dialect=self.dialect) from error
-        finally:
-            rowcount = cursor.rowcount
             cursor.close()
+            raise self._wrapped(error, sql, values) from error
+        rowcount = cursor.rowcount
+        cursor.close()
         result = LeanResult(plan.metadata, iter(rows))
         result.rowcount, result.returns_rows = rowcount, plan.returns_rows
         return result
+
+    def _rows(self, cursor: Any, sql: str, values: list) -> Iterator[Any]:
+        """A SELECT's rows as they are read; the cursor closed when they are all read or the
+        result is dropped (or closed)."""
+        try:
+            yield from cursor
+        except self.dialect.loaded_dbapi.Error as error:
+            raise self._wrapped(error, sql, values) from error
+        finally:
+            cursor.close()
+
+    def _wrapped(self, error: Exception, sql: str, values: list) -> BaseException:
+        """The SQLAlchemy exception SQLAlchemy raises for this DBAPI error (IntegrityError, …)."""
+        return exc.DBAPIError.instance(sql, values, error, self.dialect.loaded_dbapi.Error, dialect=self.dialect)
 
     def _has_statement_listeners(self) -> bool:
         # The engine's (and the Engine class's) listeners: a listener on one Connection object
