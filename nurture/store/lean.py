@@ -146,7 +146,7 @@ def _plan_for(statement: Any, dialect: Any) -> Optional[Plan]:
             _SEEN.clear()
         _SEEN[key] = statement
         return None
-    del _SEEN[key]
+    _SEEN.pop(key, None)  # (another thread may have cleared it)
     plan: Optional[Plan] = None
     if _leanable(statement):
         try:
