@@ -159,7 +159,9 @@ def test_statement_listeners_see_every_statement(store):
     assert len([s for s in seen if "FROM contact" in s]) == 3
 
 
-def test_a_select_is_read_as_it_is_asked_for_and_its_cursor_closed(store):
+@pytest.mark.parametrize("first_rows", [64, 2, 1])  # all at once; read on past the first rows
+def test_a_select_is_read_as_it_is_asked_for_and_its_cursor_closed(store, monkeypatch, first_rows):
+    monkeypatch.setattr(lean, "_FIRST_ROWS", first_rows)
     every = select(contact_t.c.id).order_by(contact_t.c.id)
     rename = contact_t.update().where(contact_t.c.id == bindparam("cid")).values(first_name=bindparam("name"))
     with store.engine.begin() as conn:

@@ -25,6 +25,7 @@ every form both ways and compares.
 """
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any, Iterator, Optional
 
 from sqlalchemy import Integer, exc
@@ -37,6 +38,7 @@ _LEAN_KINDS = (Select, CompoundSelect, Update, Delete, Insert)
 _MAX_ENTRIES = 2048  # statements built per call are seen once: neither table grows without bound
 _NO_DEFAULT = object()
 _INTEGERS = object()  # (a literal-execute list of integers: rendered into the SQL text)
+_FIRST_ROWS = 64  # a SELECT's rows read at once; a longer result is read on as it is asked for
 
 # id(statement) → (the statement, its Plan or None when it cannot run lean). The statement is
 # held, so its id cannot be reused by another object while the entry exists.
@@ -195,9 +197,12 @@ class LeanConnection(Connection):
         try:
             cursor.execute(sql, values)
             if plan.lazy:
-                result = LeanResult(plan.metadata, self._rows(cursor, sql, values))
-                return result
-            rows = cursor.fetchall() if plan.returns_rows else []
+                first = cursor.fetchmany(_FIRST_ROWS)
+                if len(first) == _FIRST_ROWS:  # more to come: read as asked for
+                    return LeanResult(plan.metadata, chain(first, self._rows(cursor, sql, values)))
+                rows = first  # (most results: all of it, no generator per row)
+            else:
+                rows = cursor.fetchall() if plan.returns_rows else []
         except self.dialect.loaded_dbapi.Error as error:
             cursor.close()
             raise self._wrapped(error, sql, values) from error
