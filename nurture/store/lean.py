@@ -47,8 +47,8 @@ _SEEN: dict[int, Any] = {}  # executed once so far: id → the statement
 
 
 class LeanResult(IteratorResult):
-    """The rows of a lean execution (all fetched): every `Result` method, `rowcount` and
-    `returns_rows` as a CursorResult has them."""
+    """The rows of a lean execution (a SELECT's read as asked for, others fetched at once):
+    every `Result` method, `rowcount` and `returns_rows` as a CursorResult has them."""
 
     rowcount: int = -1
     returns_rows: bool = True
@@ -81,8 +81,8 @@ class Plan:
             else:
                 processors.append(bind.type._cached_bind_processor(dialect))
             expanding.append(bool(bind.expanding))
-            if bind.expanding and f"__[POSTCOMPILE_{name}]" not in self.sql:
-                raise _NotLean
+            if bind.expanding and self.sql.count(f"__[POSTCOMPILE_{name}]") != self.names.count(name):
+                raise _NotLean  # (each place the list goes is one name of the parameter order)
         self.defaults = tuple(defaults)
         self.processors = tuple(processors)
         self.expanding = tuple(expanding) if any(expanding) else None
