@@ -1,6 +1,7 @@
 """`nurture run`, `nurture serve` and `nurture demo`: the verbs that start Prefect flows."""
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -365,7 +366,37 @@ def demo(seed: int = typer.Option(7, "--seed", help="Seed of the synthetic story
     falls due), the last two ticks as Prefect flow runs, segment sync to CSV, the outbox and
     the HTML report."""
     from nurture.demo import run_demo
-    run_demo(root(), seed=seed, run_ticks=lambda now: run_ticks(None, now, quiet=True), console=console)
+    ready = prefect_in_background()  # its temporary server starts on the other core while the month runs
+
+    def ticks(now):
+        ready.join()
+        return run_ticks(None, now, quiet=True)
+    run_demo(root(), seed=seed, run_ticks=ticks, console=console)
+
+
+def prefect_in_background() -> threading.Thread:
+    """Import the flows and, without a configured server, start Prefect's temporary one, in a
+    thread: the demo's ticks join it before their first flow run. The server is a subprocess
+    (~10 s to start here), so it comes up on the other core while the simulation runs; a
+    failure is left to the first flow run, which reports it as it would have."""
+    def start() -> None:
+        try:
+            _flows()
+            if _temporary_server_wanted():
+                from prefect.server.api.server import SubprocessASGIServer
+                SubprocessASGIServer().start()  # (Prefect's client finds this one: a singleton)
+        except Exception:  # noqa: BLE001 - the flow run starts (or fails to start) it again, and says why
+            pass
+    thread = threading.Thread(target=start, name="prefect-start", daemon=True)
+    thread.start()
+    return thread
+
+
+def _temporary_server_wanted() -> bool:
+    """No server configured (nor `nurture server start`'s) and Prefect may start its own: what
+    Prefect's client decides on its first call (prefect.client.orchestration.get_client)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+    return not PREFECT_API_URL.value() and bool(PREFECT_SERVER_EPHEMERAL_ENABLED.value())
 
 
 def register(app: typer.Typer) -> None:
