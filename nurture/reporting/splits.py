@@ -21,11 +21,13 @@ it was given — only in `SplitDecisionReport.after_decision`. The arms are the 
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import Text, cast, func, or_, select
+from sqlalchemy import Text, and_, case, cast, func, or_, select
 
 from nurture.compiler import Plan
 from nurture.reporting._times import aware
@@ -113,6 +115,13 @@ def dominated(plan: Plan, split: str) -> set[str]:
     return after - _reachable(plan, plan.first, blocked=split) - {split}
 
 
+@lru_cache(maxsize=1 << 17)
+def _arm_of(journey: str, sid: str, contact_id: int, arms: tuple) -> str:
+    """The arm `pick_arm` gives the contact (the figures are read again and again: the hash of
+    a member is worked out once)."""
+    return pick_arm(journey, sid, contact_id, arms)[0]
+
+
 def arm_stats(conn: Any, plan: Plan, sid: str) -> tuple[list[ArmReport], int]:
     """The experiment of split `sid`: its arms (members by the stable hash, their conversions
     and revenue after reaching the split; no differences yet), and how many members (outside
@@ -126,24 +135,33 @@ def arm_stats(conn: Any, plan: Plan, sid: str) -> tuple[list[ArmReport], int]:
     reached = (select(message_t.c.enrollment_id.label("eid"), func.min(message_t.c.created_at).label("start"))
                .where(message_t.c.journey == plan.name, message_t.c.step_id.in_(inside))
                .group_by(message_t.c.enrollment_id).subquery())
+    # What each row needs is worked out by the database (a comparison of two stored times, the
+    # state as text): a decision's state is decoded only where there is one, and no row's
+    # times are turned into datetimes — the rule runs this every hour of the clock.
+    converted_after = case((and_(enrollment_t.c.converted_at.is_not(None),
+                                 or_(reached.c.start.is_(None), enrollment_t.c.converted_at >= reached.c.start)), 1),
+                           else_=0)
+    state_text = cast(enrollment_t.c.state, Text)
     rows = conn.execute(
-        select(enrollment_t.c.contact_id, enrollment_t.c.step_id, enrollment_t.c.converted_at,
-               enrollment_t.c.revenue, enrollment_t.c.state, reached.c.start)
+        select(enrollment_t.c.contact_id, enrollment_t.c.step_id, converted_after, enrollment_t.c.revenue,
+               case((state_text != "{}", state_text), else_=None), reached.c.start.is_not(None))
         .select_from(enrollment_t.outerjoin(reached, reached.c.eid == enrollment_t.c.id))
         .where(enrollment_t.c.journey == plan.name, enrollment_t.c.holdout == False,  # noqa: E712
-               or_(reached.c.eid.is_not(None), enrollment_t.c.step_id.in_(inside),
-                   cast(enrollment_t.c.state, Text) != "{}"))) if inside else ()
+               or_(reached.c.eid.is_not(None), enrollment_t.c.step_id.in_(inside), state_text != "{}"))
+    ) if inside else ()
     index = {name: i for i, (name, _, _) in enumerate(node.arms)}
+    weights = tuple((name, weight, None) for name, weight, _ in node.arms)
+    inside_set = set(inside)
     after_decision = 0
-    for cid, step, converted_at, revenue, state, start in rows:
-        if sid in ((state or {}).get(DECIDED_ARMS) or {}):
+    for cid, step, converted, revenue, state, has_start in rows:
+        if state is not None and sid in ((json.loads(state) or {}).get(DECIDED_ARMS) or {}):
             after_decision += 1
             continue
-        if start is None and step not in inside:
+        if not has_start and step not in inside_set:
             continue
-        arm = arms[index[pick_arm(plan.name, sid, cid, node.arms)[0]]]
+        arm = arms[index[_arm_of(plan.name, sid, cid, weights)]]
         arm.recipients += 1
-        if converted_at is not None and (start is None or aware(converted_at) >= aware(start)):
+        if converted:
             value = float(revenue or 0)
             arm.conversions += 1
             arm.revenue += value

@@ -109,6 +109,8 @@ class JourneyPendingTrigger(SQLModel, table=True):
 class Enrollment(SQLModel, table=True):
     __table_args__ = (Index("ix_enrollment_due", "journey", "status", "step_id", "next_due_at"),
                       Index("ix_enrollment_contact", "contact_id", "journey"),
+                      # the conversion check of every tick: open goal windows (outcomes.record_conversions)
+                      Index("ix_enrollment_open_goal", "journey", "converted_at", "entered_at"),
                       Index("uq_enrollment_trigger_key", "journey", "contact_id", "trigger_key", unique=True))
     id: Optional[int] = Field(default=None, primary_key=True)
     contact_id: int = Field(foreign_key="contact.id")
