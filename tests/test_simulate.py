@@ -319,3 +319,22 @@ def test_a_birthday_mail_leaves_at_0900_in_each_contacts_zone(monkeypatch, capsy
     assert [(r["contact"], r["at"], r["local_time"]) for r in result["timeline"] if r["outcome"] == "sent"] == [
         ("ann@example.com", "2026-03-10T08:00:00+00:00", "2026-03-10T09:00:00+01:00"),
         ("kim@example.com", "2026-03-10T03:15:00+00:00", "2026-03-10T09:00:00+05:45")]
+
+
+def test_the_scratch_copy_commits_without_syncing_and_the_project_store_keeps_its_setting(tmp_path):
+    # A scratch database is thrown away: no commit of a simulation waits for the disk. The
+    # project's own store keeps synchronous=NORMAL (1).
+    from sqlalchemy import text
+
+    from nurture.scratch import open_scratch
+    url = f"sqlite:///{tmp_path / 'nurture.db'}"
+    store = open_store(url)
+    scratch = open_scratch(url)
+    try:
+        with scratch.store.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == 0
+        with store.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == 1
+    finally:
+        scratch.close()
+        store.dispose()
