@@ -19,11 +19,12 @@ from typing import Optional
 from nurture.runtime import Runtime
 from nurture.settings import (CREATE_DATABASE_ENV, DATABASE_URL_ENV, database_creation_allowed_by_env,
                               database_url, database_url_configured, describe_database, project_root)
-from nurture.spec.project import load_project
+from nurture.spec.project import ProjectSpec, load_project, project_fingerprint
 from nurture.store.db import DatabaseMissing, open_store
 
 _cache: dict[tuple[str, str], Runtime] = {}
 _stamps: dict[tuple[str, str], tuple] = {}
+_adopted: dict[str, ProjectSpec] = {}  # project root → a spec its caller loaded (adopt)
 
 
 class ProjectInvalid(Exception):
@@ -54,34 +55,27 @@ def require_valid(rt: Runtime, *files: str) -> None:
         raise invalid(errors)
 
 
-def _fingerprint(root) -> tuple:
-    """Every file of the project a Runtime reads (journeys, templates, translations, the
-    top-level YAML: policies, segments, scoring) with its modification time and size: an edit,
-    a new or a deleted file reloads the project in a long-lived process (`nurture serve`, the
-    warm runner of `nurture server start`)."""
-    files = [p for p in root.glob("*.yaml") if p.is_file()]
-    for folder in (root / "journeys", root / "templates", root / "translations"):
-        if folder.is_dir():
-            files.extend(p for p in folder.rglob("*") if p.is_file())
-    stamps = []
-    for path in sorted(files):
-        try:
-            info = path.stat()
-        except OSError:  # deleted while listed
-            continue
-        stamps.append((str(path), info.st_mtime_ns, info.st_size))
-    return tuple(stamps)
+def adopt(spec: ProjectSpec) -> None:
+    """Hand this process's flows a project the caller has just loaded in full (`nurture run`,
+    the demo), so the first flow run does not load and check every file again. Used only
+    while the files are as they were when it was loaded (`ProjectSpec.fingerprint`)."""
+    if spec.fingerprint:
+        _adopted[str(spec.root)] = spec
 
 
 def runtime_for(project: Optional[str] = None) -> Runtime:
     root = project_root(project)
     url = database_url(root)
     key = (str(root), url)
-    stamp = _fingerprint(root)
+    # Every file a Runtime reads, with its time and size: an edit, a new or a deleted file
+    # reloads the project in a long-lived process (`nurture serve`, the warm runner).
+    stamp = project_fingerprint(root)
     if key in _cache and _stamps.get(key) != stamp:
         _cache.pop(key).close()
     if key not in _cache:
-        spec = load_project(root)
+        spec = _adopted.pop(str(Path(root).resolve()), None)
+        if spec is None or spec.fingerprint != stamp:
+            spec = load_project(root)
         if spec.fatal_errors:  # policies.yaml or no project at all: nothing can run
             raise invalid(spec.fatal_errors)
         # A broken journey (or segments / scoring file) fails only what depends on it: the
@@ -187,6 +181,8 @@ def forget_runtimes() -> None:
         rt.close()
         rt.store.dispose()
     _cache.clear()
+    _stamps.clear()
+    _adopted.clear()
 
 
 def logical_now(now: Optional[datetime]) -> datetime:

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from rich.console import Console
 
@@ -38,7 +38,7 @@ from nurture.reporting.html_page import render_html
 from nurture.runtime.context import Runtime
 from nurture.scoring.compute import score_contacts
 from nurture.simulate import simulate
-from nurture.spec.project import load_project
+from nurture.spec.project import ProjectSpec, load_project
 from nurture.store.db import migrate, open_store
 from nurture.store.models import SENT
 
@@ -106,13 +106,18 @@ def _import_deals(store, spec, demo_dir: Path, rows: list, now: datetime) -> int
 
 
 def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[dict]], console: Console,
-             contacts: int = CONTACTS, days: int = DAYS, resolution: timedelta = RESOLUTION) -> None:
+             contacts: int = CONTACTS, days: int = DAYS, resolution: timedelta = RESOLUTION,
+             loaded: Optional[Callable[[ProjectSpec], None]] = None) -> None:
+    """The demo (module docstring). `run_ticks(now)`: the Prefect ticks at the end; `loaded`:
+    told the project once it is loaded (the CLI hands it to the flows: no second load)."""
     missing = [j for j in JOURNEYS if not (project / "journeys" / f"{j}.yaml").is_file()]
     if missing:
         _fail(f"{project} lacks journeys/{missing[0]}.yaml: run the demo from the Nurture checkout (or pass --project)")
     spec = load_project(project)
     if spec.errors:
         _fail("the project has errors:\n" + "\n".join(str(e) for e in spec.errors))
+    if loaded is not None:
+        loaded(spec)
     demo_dir = project / ".nurture" / "demo"
     shutil.rmtree(demo_dir, ignore_errors=True)
     demo_dir.mkdir(parents=True)

@@ -55,7 +55,7 @@ def test_the_demos_prefect_ticks_wait_for_the_start(monkeypatch, tmp_path):
         thread.start()
         return thread
 
-    def fake_run_demo(project, *, seed, run_ticks, console):
+    def fake_run_demo(project, *, seed, run_ticks, console, loaded=None):
         order.append("simulated")
         release.set()
         run_ticks("2026-11-04T00:00:00Z")

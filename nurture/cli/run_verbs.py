@@ -78,6 +78,9 @@ def run(journey: Optional[str] = typer.Option(None, "--journey", help="Only this
     for error in spec.errors:
         err_console.print(str(error), highlight=False, markup=False)
     check_database()
+    if journey is None:  # the flows use this load instead of reading every file again
+        from flows.runtime import adopt
+        adopt(spec)
     run_ticks(journey, parse_now(now), workers=workers)
     broken = [name for name in spec.journey_names if spec.errors_of(name)]
     if broken:
@@ -371,7 +374,8 @@ def demo(seed: int = typer.Option(7, "--seed", help="Seed of the synthetic story
     def ticks(now):
         ready.join()
         return run_ticks(None, now, quiet=True)
-    run_demo(root(), seed=seed, run_ticks=ticks, console=console)
+    from flows.runtime import adopt
+    run_demo(root(), seed=seed, run_ticks=ticks, console=console, loaded=adopt)
 
 
 def prefect_in_background() -> threading.Thread:

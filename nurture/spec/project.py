@@ -40,6 +40,9 @@ class ProjectSpec:
     # What `nurture validate` points out without failing (a marketing template without a
     # visible unsubscribe link): printed, exit code 0, nothing stops ticking.
     warnings: list[SpecError] = field(default_factory=list)
+    # project_fingerprint(root) taken as a full load began (empty for a load of one journey):
+    # a process that already holds this spec can tell whether the files changed since.
+    fingerprint: tuple = ()
 
     @property
     def ok(self) -> bool:
@@ -439,12 +442,32 @@ def _load_journey(path: Path, name: str, root: Path, locations: dict[str, Locati
     return journey, list(_check_journey(name, journey, locs, project, library))
 
 
+def project_fingerprint(root: Path) -> tuple:
+    """Every file of the project a load reads (journeys, templates, translations, the
+    top-level YAML) with its modification time and size: an edit, a new or a deleted file
+    changes it."""
+    root = Path(root)
+    files = [p for p in root.glob("*.yaml") if p.is_file()]
+    for folder in (root / "journeys", root / "templates", root / "translations"):
+        if folder.is_dir():
+            files.extend(p for p in folder.rglob("*") if p.is_file())
+    stamps = []
+    for path in sorted(files):
+        try:
+            info = path.stat()
+        except OSError:  # deleted while listed
+            continue
+        stamps.append((str(path), info.st_mtime_ns, info.st_size))
+    return tuple(stamps)
+
+
 def load_project(root: Path, *, only: Optional[str] = None,
                  attributes: Optional[Collection[str]] = None) -> ProjectSpec:
     """Load and validate the project at `root`; `only` limits journeys to one name;
     `attributes`: the attribute names contacts have in the database (`nurture validate`), for
     the warnings about template variables."""
     root = Path(root).resolve()
+    stamp = project_fingerprint(root) if only is None else ()
     errors: list[SpecError] = []
     locations: dict[str, Locations] = {}
     journeys_dir = root / "journeys"
@@ -455,7 +478,7 @@ def load_project(root: Path, *, only: Optional[str] = None,
     policies = load_policies(root, errors, locations)
     if policies.objectives:
         errors.extend(check_objectives(policies.objectives, locations["policies"]))
-    project = ProjectSpec(root, policies, locations=locations, errors=errors)
+    project = ProjectSpec(root, policies, locations=locations, errors=errors, fingerprint=stamp)
     project.segments = load_segments(root, errors, locations)
     if (journeys_dir / "scoring.yaml").is_file():
         scoring, locations["scoring"], scoring_errors = load_scoring(

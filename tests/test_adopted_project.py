@@ -1,0 +1,63 @@
+"""`nurture run` and the demo load the project once: the flows adopt the caller's load
+(flows.runtime.adopt) instead of reading and checking every file again — unless a file
+changed since that load began."""
+from __future__ import annotations
+
+import os
+
+from flows.runtime import adopt, forget_runtimes, runtime_for
+from nurture.spec.project import load_project
+from tests.conftest import write_project
+
+JOURNEY = """
+name: welcome_series
+trigger: {event: signup}
+steps:
+  - id: hello
+    send: {channel: email, template: hello, subject: "Hello"}
+"""
+
+
+def _project(tmp_path, monkeypatch):
+    root = write_project(tmp_path / "shop", {"welcome_series": JOURNEY})
+    monkeypatch.delenv("NURTURE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("NURTURE_DATA_DIR", raising=False)
+    return root
+
+
+def test_the_flows_use_the_project_their_caller_loaded(tmp_path, monkeypatch):
+    root = _project(tmp_path, monkeypatch)
+    spec = load_project(root)
+    assert spec.fingerprint and not spec.errors
+    adopt(spec)
+    try:
+        assert runtime_for(str(root)).project is spec
+    finally:
+        forget_runtimes()
+
+
+def test_a_file_changed_after_the_load_is_read_again(tmp_path, monkeypatch):
+    root = _project(tmp_path, monkeypatch)
+    spec = load_project(root)
+    adopt(spec)
+    journey = root / "journeys" / "welcome_series.yaml"
+    journey.write_text(journey.read_text().replace('subject: "Hello"', 'subject: "Hi there"'))
+    later = journey.stat().st_mtime_ns + 2_000_000_000
+    os.utime(journey, ns=(later, later))
+    try:
+        project = runtime_for(str(root)).project
+        assert project is not spec
+        assert project.journeys["welcome_series"].steps[0].send.subject == "Hi there"
+    finally:
+        forget_runtimes()
+
+
+def test_a_load_of_one_journey_is_not_adopted(tmp_path, monkeypatch):
+    root = _project(tmp_path, monkeypatch)
+    partial = load_project(root, only="welcome_series")
+    assert partial.fingerprint == ()
+    adopt(partial)
+    try:
+        assert runtime_for(str(root)).project is not partial
+    finally:
+        forget_runtimes()
