@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from sqlalchemy import select
 
-from nurture.consent_ledger import record_consent, suppress
+from nurture.consent_ledger import append_consents, record_consent, suppress
 from nurture.ingest import track_records
 from nurture.runtime.sql import chunks
 from nurture.store.db import Store
@@ -271,6 +271,7 @@ def generate(store: Store, *, seed: int, start: datetime, days: int = 30, contac
             conn.execute(contact_t.insert(), list(part))
         ids = dict(conn.execute(select(contact_t.c.email, contact_t.c.id)).all())
         consents = []
+        ledger: list[dict] = []  # every consent row, in order, written at once (append_consents)
         for person, (r_email, r_sms, r_bounce, created, signup, has_phone) in zip(company.people, plans):
             cid = ids[person.email]
             if signup is not None:  # double opt-in: pending at sign-up, most confirm within hours
@@ -288,12 +289,13 @@ def generate(store: Store, *, seed: int, start: datetime, days: int = 30, contac
                 consents.append(("sms", "granted", created, True))
             if r_bounce > 0.55:  # ads consent (custom audiences) from the cookie banner / sign-up form
                 consents.append(("ads", "granted", created, True))
-            for channel, status, at, confirmed in consents:
-                record_consent(conn, cid, channel, status, source="demo-signup", at=at, policy_version="demo",
-                               confirmed=confirmed)
+            ledger.extend(dict(contact_id=cid, channel=channel, status=status, source="demo-signup", at=at,
+                               policy_version="demo", confirmed=confirmed)
+                          for channel, status, at, confirmed in consents)
             consents.clear()
             if r_bounce < 0.01:
                 suppress(conn, reason="hard_bounce", at=created, contact_id=cid, address=person.email, channel="email")
+        append_consents(conn, ledger)
     _history_and_funnels(company, rng)
     company.events.sort(key=lambda e: (e[0], e[1]))
     # history before the start is ingested at once (it is what the shop already knew)
