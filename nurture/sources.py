@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from nurture.runtime.sql import chunks, prebuilt, write_many
+from nurture.runtime.sql import chunks, prebuilt, texts_in, write_many
 from nurture.store.tables import event_t, touch_t
 
 UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
@@ -225,10 +225,13 @@ def record_import_touches(conn: Connection, touches: Iterable[tuple[int, Touch]]
     return len(candidates)
 
 
+_EVENT_PKS = select(event_t.c.event_id, event_t.c.id).where(texts_in(event_t.c.event_id, ()))  # built once
+
+
 def _event_pks(conn: Connection, event_ids: set[str]) -> dict[str, int]:
     pks: dict[str, int] = {}
     for part in chunks(sorted(event_ids)):
-        pks.update(conn.execute(select(event_t.c.event_id, event_t.c.id).where(event_t.c.event_id.in_(part))).all())
+        pks.update(conn.execute(_EVENT_PKS, {"texts_event_id": list(part)}).all())
     return pks
 
 
