@@ -82,6 +82,9 @@ CASES = [
     ({"attribute": {"seats": {"gte": 3, "lt": 40}}}, {"ann", "bob"}),
     ({"attribute": {"plan": {"in": ["basic", "enterprise"]}}}, {"bob"}),
     ({"attribute": {"plan": {"not_in": ["basic"]}}}, {"ann", "cy", "dee"}),
+    ({"attribute": {"active": {"ne": True}}}, {"bob", "cy", "dee"}),  # false or missing (win_back's `sunset`)
+    ({"not": {"attribute": {"plan": {"ne": "pro"}}}}, {"ann", "dee"}),
+    ({"not": {"attribute": {"plan": {"not_in": ["basic"]}}}}, {"bob"}),
     ({"attribute": {"tags": {"contains": "vip"}}}, {"ann"}),
     ({"attribute": {"tags": {"exists": True}}}, {"ann", "dee"}),
     ({"attribute": {"tags": {"exists": False}}}, {"bob", "cy"}),
