@@ -8,14 +8,9 @@ import os
 from flows.runtime import adopt, forget_runtimes, runtime_for
 from nurture.spec.project import load_project
 from tests.conftest import write_project
+from tests.engine_fixtures import journey_yaml
 
-JOURNEY = """
-name: welcome_series
-trigger: {event: signup}
-steps:
-  - id: hello
-    send: {channel: email, template: hello, subject: "Hello"}
-"""
+JOURNEY = journey_yaml("welcome_series", '- {id: hello, send: {channel: email, template: hello, subject: "Hello"}}')
 
 
 def _project(tmp_path, monkeypatch):

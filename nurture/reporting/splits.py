@@ -150,7 +150,7 @@ def arm_stats(conn: Any, plan: Plan, sid: str) -> tuple[list[ArmReport], int]:
                or_(reached.c.eid.is_not(None), enrollment_t.c.step_id.in_(inside), state_text != "{}"))
     ) if inside else ()
     index = {name: i for i, (name, _, _) in enumerate(node.arms)}
-    weights = tuple((name, weight, None) for name, weight, _ in node.arms)
+    arm_key = tuple(node.arms)  # (hashable: the cache's key)
     inside_set = set(inside)
     after_decision = 0
     for cid, step, converted, revenue, state, has_start in rows:
@@ -159,7 +159,7 @@ def arm_stats(conn: Any, plan: Plan, sid: str) -> tuple[list[ArmReport], int]:
             continue
         if not has_start and step not in inside_set:
             continue
-        arm = arms[index[_arm_of(plan.name, sid, cid, weights)]]
+        arm = arms[index[_arm_of(plan.name, sid, cid, arm_key)]]
         arm.recipients += 1
         if converted:
             value = float(revenue or 0)
