@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, select, text
+from sqlalchemy import func, inspect, select, text
 
 from nurture.store.db import MIGRATIONS, make_engine, migrate, open_store, table_names
 from nurture.store.tables import contact_t
@@ -128,6 +128,45 @@ def test_a_read_only_sqlite_transaction_leaves_the_write_lock_to_writers(sqlite_
             other.execute("ROLLBACK")
     finally:
         other.close()
+        store.dispose()
+
+
+def test_a_sqlite_read_is_one_snapshot_and_ends_with_its_block(sqlite_url, tmp_path):
+    """Store.reading begins its transaction on the DBAPI connection: within the block every
+    statement (a repeated one on the lean path, a first one on SQLAlchemy's) reads the snapshot
+    the block began with; after it, the connection goes back to the pool with no transaction
+    open, and the next read sees what was committed in between."""
+    store, other = open_store(sqlite_url), open_store(sqlite_url)
+    writer = sqlite3.connect(tmp_path / "nurture.db", timeout=0, isolation_level=None)
+    count = select(func.count()).select_from(contact_t)
+    try:
+        add_contact(store, "ann@example.com")
+        for _ in range(2):
+            with store.reading() as conn:
+                conn.execute(count).scalar()  # (seen once: the second block runs it lean)
+        with store.reading() as conn:
+            assert conn.execute(count).scalar() == 1
+            add_contact(other, "bob@example.com")  # another process's commit, as it were
+            assert conn.execute(count).scalar() == 1  # the lean path: still the block's snapshot
+            assert conn.execute(select(func.count(contact_t.c.email))).scalar() == 1  # SQLAlchemy's path too
+            raw = conn.connection.dbapi_connection
+        assert not raw.in_transaction
+        with store.reading() as conn:
+            assert conn.execute(count).scalar() == 2
+        with pytest.raises(ZeroDivisionError):
+            with store.reading() as conn:
+                conn.execute(count).scalar()
+                1 / 0
+        assert not raw.in_transaction  # an error inside the block ends its transaction too
+        writer.execute("BEGIN IMMEDIATE")  # and nothing holds a lock
+        writer.execute("ROLLBACK")
+        with store.engine.begin() as conn:  # a write after reads: BEGIN IMMEDIATE as always
+            conn.execute(contact_t.update().values(first_name="Ann"))
+        with store.reading() as conn:
+            assert conn.execute(select(func.count()).where(contact_t.c.first_name == "Ann")).scalar() == 2
+    finally:
+        writer.close()
+        other.dispose()
         store.dispose()
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterator, Optional, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from nurture.spec.models import Journey, Step
 from nurture.store.tables import decision_t
@@ -56,9 +56,14 @@ def undecided_splits(journey: Journey) -> list[Step]:
     return [s for s in walk_steps(journey.steps) if s.auto_winner is not None and s.auto_winner.decided is None]
 
 
+# (one statement object for every call: the prepare stage of every tick of a journey with an
+# auto_winner split runs it, and a statement seen before runs on the lean path, store.lean)
+_DECISIONS = select(decision_t).where(decision_t.c.journey == bindparam("journey"))
+
+
 def recorded_decisions(conn: Any, journey: str) -> dict[str, RecordedDecision]:
     """The journey's rows of `split_decision`, by step id (one query)."""
-    rows = conn.execute(select(decision_t).where(decision_t.c.journey == journey))
+    rows = conn.execute(_DECISIONS, {"journey": journey})
     return {r.step_id: RecordedDecision(r.step_id, r.winner, r.metric, r.confidence, r.decided_at, r.version,
                                         dict(r.stats or {})) for r in rows}
 

@@ -177,6 +177,7 @@ class LeanConnection(Connection):
     `read_only`: set by Store.reading() — its transaction is a plain BEGIN (store.db)."""
 
     read_only = False
+    raw_transaction = False  # Store.reading: a read transaction is open on the DBAPI connection
 
     def execute(self, statement: Any, parameters: Any = None, *, execution_options: Any = None) -> Any:
         if execution_options or not (parameters is None or type(parameters) is dict):
@@ -190,7 +191,7 @@ class LeanConnection(Connection):
         bound = plan.bind(parameters)
         if bound is None:
             return super().execute(statement, parameters)
-        if transaction is None:
+        if transaction is None and not self.raw_transaction:
             self._autobegin()
         sql, values = bound
         cursor = self._dbapi_connection.cursor()
