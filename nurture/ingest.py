@@ -45,6 +45,7 @@ from nurture.spec.errors import did_you_mean
 from nurture.sources import Touch, TouchCandidate, extract_touch, record_event_touches, record_import_touches, \
     touch_of_columns
 from nurture.store.db import Store
+from nurture.store.event_order import writing_events
 from nurture.store.tables import contact_t, event_t
 
 
@@ -1245,6 +1246,7 @@ def write_events(conn: Any, clean: list[dict], *, source: str, now: datetime, cr
                      "properties": properties, "occurred_at": e["occurred_at"], "received_at": now})
         if found.touch is not None:
             touches.append(TouchCandidate(contact_id, found.touch, e["occurred_at"], e["event_id"]))
+    writing_events(conn)  # (PostgreSQL: a tick's cursor never passes an id this transaction holds)
     insert_ignore(conn, event_t, rows, ("event_id",))
     result.inserted += len(rows)
     result.inserted_ids += [r["event_id"] for r in rows]

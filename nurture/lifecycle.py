@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional
 from sqlalchemy import func, select
 
 from nurture.runtime.sql import chunks, ids_in, insert_ignore
+from nurture.store.event_order import writing_events
 from nurture.store.tables import contact_t, event_t
 
 # The one stage order. Issue 13's `opportunity` goes between sql and customer — here only.
@@ -51,6 +52,8 @@ def record_stage_changes(conn: Any, rows: Iterable[tuple[int, Optional[str]]], t
     if to not in STAGES:
         return 0
     forward = [(int(cid), stage or "lead") for cid, stage in rows if stage_rank(stage) < stage_rank(to)]
+    if forward:
+        writing_events(conn)  # (store.event_order)
     insert_ignore(conn, event_t, [dict(event_id=stage_changed_event_id(cid, to), contact_id=cid,
                                        name=STAGE_CHANGED, properties={"from": stage, "to": to, "source": source},
                                        occurred_at=now, received_at=now) for cid, stage in forward],

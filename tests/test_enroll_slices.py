@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 import nurture.runtime.enroll as enroll_module
+from nurture.ingest import track_in
 from nurture.runtime.enroll import enroll
 from nurture.store.tables import cursor_t, pending_t
 from tests.conftest import utc
@@ -110,3 +111,34 @@ def test_two_postgres_workers_enrolling_one_backlog_in_slices_enroll_each_contac
     assert not errors
     assert sum(counts) == len(contacts)
     assert sorted(e.contact_id for e in enrollments(store)) == contacts
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_trigger_event_that_commits_after_a_newer_one_is_still_enrolled(make_runtime, store):
+    """PostgreSQL hands out event ids when rows are inserted, not when they commit: a track
+    that is still writing holds an id below one another request already committed. The tick
+    must not move the journey's cursor past the id in flight (it would never be read): it
+    waits for the write to end (nurture.store.event_order)."""
+    rt = make_runtime({"j": journey_yaml("j", WAIT)})
+    ann, bob = subscriber(store, "ann@example.com"), subscriber(store, "bob@example.com")
+    assert enroll(rt, rt.plan("j"), T0) == 0  # the journey's cursor exists
+
+    def signup(email: str, minutes: int) -> tuple[int, dict]:
+        return (1, {"event": "signup", "email": email, "event_id": f"{email}-signup",
+                    "timestamp": (T0 + timedelta(minutes=minutes)).isoformat()})
+    slow = store.engine.connect()
+    in_flight = slow.begin()
+    track_in(slow, [signup("ann@example.com", 1)], source="slow request", now=T0)  # the lower id, not committed
+    with store.engine.begin() as conn:
+        track_in(conn, [signup("bob@example.com", 2)], source="fast request", now=T0)  # the higher id, committed
+    entered: list[int] = []
+    tick = threading.Thread(target=lambda: entered.append(enroll(rt, rt.plan("j"), T0 + timedelta(minutes=3))))
+    tick.start()
+    tick.join(1.0)
+    waited = tick.is_alive()
+    in_flight.commit()
+    slow.close()
+    tick.join(30)
+    entered.append(enroll(rt, rt.plan("j"), T0 + timedelta(minutes=4)))
+    assert sorted(e.contact_id for e in enrollments(store)) == sorted([ann, bob])
+    assert waited and entered == [2, 0]  # the tick waited for the write in flight, then took both

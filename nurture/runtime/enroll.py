@@ -15,6 +15,7 @@ from nurture.runtime.enroll_dates import enroll_on_dates
 from nurture.runtime.timing import arrival_due
 from nurture.runtime.sql import chunks, for_update, ids_in, insert_ignore, prebuilt, write_many
 from nurture.runtime.stable_random import in_holdout
+from nurture.store.event_order import settled_newest
 from nurture.store.tables import contact_t, cursor_t, enrollment_t, event_t, pending_t
 
 
@@ -171,7 +172,11 @@ def _enroll_slice(rt: Runtime, conn: Any, plan: Plan, now: datetime,
     cursor = _cursor(conn, plan.name, now)  # locked: re-read per slice, another worker may have moved it
     ripe: list[int] = []
     if upper is None:
-        upper = conn.execute(_UPPER, {"event": trigger.event, "cursor": cursor}).scalar() or cursor
+        # The newest trigger event with every lower id final (store.event_order): on PostgreSQL
+        # read after the event writes in flight have ended, else the cursor could pass one.
+        newest = {"event": trigger.event, "cursor": cursor}
+        upper = (settled_newest(rt.store.engine, _UPPER, newest) if rt.store.is_postgres
+                 else conn.execute(_UPPER, newest).scalar()) or cursor
         ripe = [pk for (pk,) in conn.execute(_RIPE, {"journey": plan.name, "now": now})]
         for part in chunks(ripe):
             conn.execute(pending_t.delete().where(pending_t.c.journey == plan.name, ids_in(pending_t.c.event_pk, part)))

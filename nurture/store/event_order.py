@@ -1,0 +1,48 @@
+"""Event ids a cursor can trust: every id at or below the one read is final.
+
+A journey's enrollment reads trigger events after its cursor, the last event id it read
+(nurture.runtime.enroll). That is only sound if no event with a lower id can still appear.
+
+- SQLite has one writer at a time: an event's id is taken inside the write transaction that
+  commits it, so ids become visible in order. Nothing to do.
+- PostgreSQL hands out ids from a sequence when a row is inserted, not when it commits. A track
+  request that is still writing holds an id below one that another request has already
+  committed. A tick reading the newest id then would move the cursor past the id in flight,
+  and that event would never be read.
+
+On PostgreSQL every transaction that writes events first takes a shared advisory lock
+(`writing_events`). Writers never wait for each other. A reader of the newest id
+(`settled_newest`) takes the same lock exclusively in a short transaction of its own. It waits
+until the writes in flight have ended, then reads. Any write that begins after it gets a
+higher id from the sequence. The exclusive lock is held only for that one read, so track
+requests wait a moment at most.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+# Nurture's own key for pg_advisory_* (the ASCII of "nurt-evt"): a 64-bit number that no
+# other application on the database is likely to pick.
+EVENT_WRITES = int.from_bytes(b"nurt-evt", "big") & ((1 << 63) - 1)
+
+_SHARED = text("SELECT pg_advisory_xact_lock_shared(:key)")
+_EXCLUSIVE = text("SELECT pg_advisory_xact_lock(:key)")
+
+
+def writing_events(conn: Any) -> None:
+    """Call in a transaction before it inserts events. On PostgreSQL it takes the shared lock
+    until the transaction ends; on SQLite it does nothing."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_SHARED, {"key": EVENT_WRITES})
+
+
+def settled_newest(engine: Engine, statement: Any, params: dict) -> Any:
+    """The scalar of `statement`, a read of event ids (the newest trigger event, say), taken
+    when every event at or below it has committed or failed. On PostgreSQL it runs in its own
+    transaction, after the exclusive lock. On SQLite it runs as it is."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(_EXCLUSIVE, {"key": EVENT_WRITES})
+        return conn.execute(statement, params).scalar()
