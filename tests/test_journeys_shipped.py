@@ -16,7 +16,7 @@ from nurture.runtime import Runtime, run_tick
 from nurture.runtime.stable_random import in_holdout
 from nurture.spec.project import load_project
 from nurture.store.db import open_store
-from nurture.store.tables import enrollment_t
+from nurture.store.tables import contact_t, enrollment_t
 from tests.conftest import REPO, utc
 from tests.engine_fixtures import add_contact, add_event, contact_row, enrollments, messages, set_consent
 
@@ -199,6 +199,28 @@ def test_a_when_trigger_enrolls_matching_contacts_once_at_a_time_by_the_reentry_
         run_tick(rt, "lapsed", T0 + timedelta(days=day))
     rows = [(e.contact_id, e.entered_at) for e in enrollments(store)]
     assert rows == [(free, T0 + timedelta(days=d)) for d in entry_days]
+
+
+def test_a_when_trigger_enrolls_only_who_still_matches_when_it_writes(make_runtime, store, monkeypatch):
+    """The condition is read over every contact outside the write transaction; the write checks
+    those contacts again. One who stopped matching in between does not enter."""
+    from contextlib import contextmanager
+
+    from nurture.runtime.enroll import enroll
+    rt = make_runtime({"lapsed": WHEN_JOURNEY.replace("{reentry}", "never")})
+    stays = add_contact(store, "stays@example.com", attributes={"plan": "free"})
+    upgrades = add_contact(store, "upgrades@example.com", attributes={"plan": "free"})
+    real_reading = rt.store.reading
+
+    @contextmanager
+    def reading_then_upgrade():
+        with real_reading() as conn:
+            yield conn
+        with rt.store.engine.begin() as conn:  # after the read, before the write: another request
+            conn.execute(contact_t.update().where(contact_t.c.id == upgrades).values(attributes={"plan": "paid"}))
+    monkeypatch.setattr(rt.store, "reading", reading_then_upgrade)
+    assert enroll(rt, rt.plan("lapsed"), T0) == 1
+    assert [e.contact_id for e in enrollments(store)] == [stays]
 
 
 def test_a_segment_trigger_uses_the_segment_condition(make_runtime, store):

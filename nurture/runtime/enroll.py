@@ -65,8 +65,12 @@ def _may_enter(reentry: Any, history: list[tuple[str, datetime]], at: datetime) 
 
 
 def enroll_matching(rt: Runtime, plan: Plan, now: datetime) -> int:
-    """A segment/`when` trigger: every contact matching the condition now enters (one
-    INSERT … SELECT), unless active in the journey or barred by the re-entry rule."""
+    """A segment/`when` trigger: every contact matching the condition now enters, unless active
+    in the journey or barred by the re-entry rule. The condition is evaluated over every
+    contact once, in a read (on most ticks no one new matches, and no write lock is taken);
+    the write transaction checks only the contacts that read found, by id, and enrolls those
+    that still qualify. (Someone who starts to match in between enters on the next tick, as
+    if the read had come a moment later.)"""
     journey = plan.journey
     key = ("enroll_matching", plan.name, plan.version)
     if key not in rt.memo:  # built once per journey version and Runtime (its segments), run at any time
@@ -77,18 +81,22 @@ def enroll_matching(rt: Runtime, plan: Plan, now: datetime) -> int:
             barred.append(previous.c.status == "active")
         elif journey.reentry != "never":
             barred.append((previous.c.status == "active") | (previous.c.entered_at > scope.at(journey.reentry)))
-        rt.memo[key] = (select(contact_t.c.id, contact_t.c.timezone).where(
+        matching = (select(contact_t.c.id, contact_t.c.timezone).where(
             compile_condition(journey.trigger.condition(), scope),
-            ~exists(select(previous.c.id).where(*barred))).order_by(contact_t.c.id), scope.clock)
-    stmt, clock = rt.memo[key]
+            ~exists(select(previous.c.id).where(*barred))).order_by(contact_t.c.id))
+        rt.memo[key] = (matching, matching.where(ids_in(contact_t.c.id, ())), scope.clock)
+    stmt, recheck, clock = rt.memo[key]
     params = {"journey": plan.name, **clock_values(clock, now)}
     first = plan.nodes[plan.first]
     default_tz = rt.project.policies.timezone
-    with rt.store.reading() as conn:  # a read first: on most ticks no one new matches
-        if conn.execute(stmt, params).first() is None:
-            return 0
+    with rt.store.reading() as conn:
+        candidates = [cid for cid, _ in conn.execute(stmt, params)]
+    if not candidates:
+        return 0
     with rt.store.engine.begin() as conn:
-        rows = conn.execute(stmt, params).all()
+        rows = []
+        for part in chunks(candidates, 5000):
+            rows.extend(conn.execute(recheck, {**params, "ids_id": list(part)}).all())
         new_rows = [dict(contact_id=cid, journey=plan.name, version=plan.version, step_id=plan.first,
                          next_due_at=arrival_due(first, now, tz, default_tz), step_entered_at=now,
                          status="active", holdout=in_holdout(plan.name, cid, journey.holdout),
