@@ -142,3 +142,37 @@ def test_a_trigger_event_that_commits_after_a_newer_one_is_still_enrolled(make_r
     entered.append(enroll(rt, rt.plan("j"), T0 + timedelta(minutes=4)))
     assert sorted(e.contact_id for e in enrollments(store)) == sorted([ann, bob])
     assert waited and entered == [2, 0]  # the tick waited for the write in flight, then took both
+
+
+@pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
+def test_two_workers_enrolling_a_when_trigger_at_once_enroll_each_contact_once(make_runtime, store, monkeypatch):
+    """Two runs of one tick (two workers on one journey, docs/scale.md) both read who matches
+    before either writes. The writes are serialized per journey, and the second checks its
+    candidates again after the first has committed: nobody is active twice."""
+    from contextlib import contextmanager
+    rt = make_runtime({"j": journey_yaml("j", WAIT, trigger="{when: {attribute: {plan: free}}}")})
+    contacts = sorted(subscriber(store, f"c{i}@example.com", attributes={"plan": "free"}) for i in range(5))
+    real_reading, both_read = rt.store.reading, threading.Barrier(2, timeout=30)
+
+    @contextmanager
+    def reading_then_wait_for_the_other():
+        with real_reading() as conn:
+            yield conn
+        both_read.wait()  # each has its candidates: now both write
+    monkeypatch.setattr(rt.store, "reading", reading_then_wait_for_the_other)
+    counts: list[int] = []
+    errors: list[BaseException] = []
+
+    def worker():
+        try:
+            counts.append(enroll(rt, rt.plan("j"), T0))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(counts) == [0, len(contacts)]
+    assert sorted(e.contact_id for e in enrollments(store)) == contacts

@@ -69,8 +69,8 @@ def enroll_matching(rt: Runtime, plan: Plan, now: datetime) -> int:
     in the journey or barred by the re-entry rule. The condition is evaluated over every
     contact once, in a read (on most ticks no one new matches, and no write lock is taken);
     the write transaction checks only the contacts that read found, by id, and enrolls those
-    that still qualify. (Someone who starts to match in between enters on the next tick, as
-    if the read had come a moment later.)"""
+    that still qualify, one worker at a time per journey. (Someone who starts to match in
+    between enters on the next tick, as if the read had come a moment later.)"""
     journey = plan.journey
     key = ("enroll_matching", plan.name, plan.version)
     if key not in rt.memo:  # built once per journey version and Runtime (its segments), run at any time
@@ -94,6 +94,11 @@ def enroll_matching(rt: Runtime, plan: Plan, now: datetime) -> int:
     if not candidates:
         return 0
     with rt.store.engine.begin() as conn:
+        # One writer per journey at a time (the journey's cursor row, locked): a second worker
+        # running the same tick re-checks its candidates after the first one's enrollments are
+        # committed, so they bar those contacts (on PostgreSQL a statement sees what committed
+        # before it began; SQLite's write lock already serializes).
+        _cursor(conn, plan.name, now)
         rows = []
         for part in chunks(candidates, 5000):
             rows.extend(conn.execute(recheck, {**params, "ids_id": list(part)}).all())
