@@ -138,6 +138,50 @@ def test_a_contact_whose_step_was_removed_moves_to_the_next_surviving_step_arriv
     assert messages(store) == []  # the removed reminder is not sent
 
 
+@pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
+def test_two_workers_migrating_at_once_move_a_contact_once_and_never_back(make_runtime, store, monkeypatch):
+    """Worker A moves ann off her removed step; worker B, migrating the same tick, has begun
+    before A committed. B must not move her again: by then she may have gone on (here A's next
+    stage moved her to last_call), and putting her back on wait_2d would repeat the steps
+    after it. B's read of the enrollments to move waits for A's lock and finds them migrated."""
+    import threading
+    import time
+
+    import nurture.steps.transitions as transitions
+    from nurture.runtime.versions import migrate_enrollments
+    from nurture.store.tables import enrollment_t
+    start_in_v1(make_runtime, store)
+    v2 = journey_yaml("j", "- id: wait_2d" + V1.split("- id: wait_2d")[1])
+    worker_a, worker_b = make_runtime({"j": v2}), make_runtime({"j": v2})
+    now = T0 + timedelta(hours=2)
+    real_move, a_moved, went_on = transitions.move, threading.Event(), threading.Event()
+
+    def move(conn, rt, plan, rows, target, at):
+        rows = list(rows)
+        if rt is worker_b and rows:
+            went_on.wait(10)  # (only a B that read rows to move gets here: the defect)
+        moved = real_move(conn, rt, plan, rows, target, at)
+        if rt is worker_a:
+            a_moved.set()
+            time.sleep(1.0)  # A commits a second later: B has begun and reached its read
+        return moved
+    monkeypatch.setattr(transitions, "move", move)
+    counts: dict[str, int] = {}
+    a = threading.Thread(target=lambda: counts.setdefault("a", migrate_enrollments(worker_a, worker_a.plan("j"), now)))
+    b = threading.Thread(target=lambda: counts.setdefault("b", migrate_enrollments(worker_b, worker_b.plan("j"), now)))
+    a.start()
+    assert a_moved.wait(10)
+    b.start()
+    a.join(30)
+    with store.engine.begin() as conn:  # A's next stage: ann goes on
+        conn.execute(enrollment_t.update().values(step_id="last_call"))
+    went_on.set()
+    b.join(30)
+    (after,) = enrollments(store)
+    assert (after.step_id, after.version) == ("last_call", worker_a.plan("j").version)
+    assert (counts["a"], counts["b"]) == (1, 0)
+
+
 def test_a_contact_whose_step_and_all_later_steps_were_removed_has_completed(make_runtime, store):
     start_in_v1(make_runtime, store)
     rt2 = make_runtime({"j": journey_yaml("j", "- id: brand_new\n  wait: 1h\n")})

@@ -286,7 +286,9 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict], conflict: It
         write_many(conn, stmt, list(part))
 
 
-def for_update(stmt: Any, conn: Connection, *, skip_locked: bool = False) -> Any:
+def for_update(stmt: Any, conn: Connection, *, skip_locked: bool = False, of: Any = None) -> Any:
+    """`stmt` with FOR UPDATE (of the rows of `of` alone, when given) on PostgreSQL; SQLite's
+    write transaction holds the whole database already."""
     if conn.dialect.name == "postgresql":
-        return stmt.with_for_update(skip_locked=skip_locked)
+        return stmt.with_for_update(skip_locked=skip_locked, of=of)
     return stmt

@@ -17,7 +17,8 @@ from nurture.compiler import Plan, compile_journey
 from nurture.durations import format_duration
 from nurture.runtime.context import Runtime
 from nurture.spec.models import Journey
-from nurture.store.tables import enrollment_t, version_t
+from nurture.runtime.sql import chunks, for_update
+from nurture.store.tables import contact_t, enrollment_t, version_t
 
 
 _DURATION_KEYS = {"wait", "within", "lookback", "per", "reentry"}
@@ -106,13 +107,17 @@ def migrate_enrollments(rt: Runtime, plan: Plan, now: datetime) -> int:
                             version=plan.version, status="completed", step_id=None, next_due_at=None,
                             left_at=now, exit_reason="step_removed"))
                     else:
-                        from nurture.store.tables import contact_t
                         from nurture.steps.transitions import move
-                        rows = [(eid, cid, tz, now) for eid, cid, tz in conn.execute(
+                        # Locked as they are read (PostgreSQL): a second worker migrating at the
+                        # same moment waits here, then finds them migrated and moves none again
+                        # (it must not put back on `target` an enrollment that has moved on since).
+                        rows = [(eid, cid, tz, now) for eid, cid, tz in conn.execute(for_update(
                             select(enrollment_t.c.id, enrollment_t.c.contact_id, contact_t.c.timezone)
                             .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
-                            .where(*where))]
-                        conn.execute(enrollment_t.update().where(*where).values(version=plan.version))
+                            .where(*where), conn, of=enrollment_t))]
+                        for part in chunks([r[0] for r in rows]):
+                            conn.execute(enrollment_t.update().where(enrollment_t.c.id.in_(part))
+                                         .values(version=plan.version))
                         moved += move(conn, rt, plan, rows, target, now)
                         continue
                 moved += result.rowcount or 0
