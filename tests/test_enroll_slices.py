@@ -85,6 +85,27 @@ def test_an_enrollment_that_fails_midway_keeps_its_finished_slices_and_the_next_
     assert sorted(e.contact_id for e in enrollments(store)) == contacts
 
 
+def _two_workers_enroll(rt, now) -> list[int]:
+    """Journey j's enrollment run by two threads at once (two workers on one tick): what each
+    enrolled; an error in either fails the test."""
+    counts: list[int] = []
+    errors: list[BaseException] = []
+    plan = rt.plan("j")
+
+    def worker():
+        try:
+            counts.append(enroll(rt, plan, now))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    return counts
+
+
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_two_postgres_workers_enrolling_one_backlog_in_slices_enroll_each_contact_once(
         make_runtime, store, monkeypatch):
@@ -94,21 +115,7 @@ def test_two_postgres_workers_enrolling_one_backlog_in_slices_enroll_each_contac
     for i, c in enumerate(contacts):
         add_event(store, c, "signup", T0 - timedelta(minutes=30 - i))
         add_event(store, c, "signup", T0 - timedelta(minutes=10 - i % 5))  # each contact twice
-    counts: list[int] = []
-    errors: list[BaseException] = []
-    plan = rt.plan("j")
-
-    def worker():
-        try:
-            counts.append(enroll(rt, plan, T0))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    counts = _two_workers_enroll(rt, T0)
     assert sum(counts) == len(contacts)
     assert sorted(e.contact_id for e in enrollments(store)) == contacts
 
@@ -160,19 +167,5 @@ def test_two_workers_enrolling_a_when_trigger_at_once_enroll_each_contact_once(m
             yield conn
         both_read.wait()  # each has its candidates: now both write
     monkeypatch.setattr(rt.store, "reading", reading_then_wait_for_the_other)
-    counts: list[int] = []
-    errors: list[BaseException] = []
-
-    def worker():
-        try:
-            counts.append(enroll(rt, rt.plan("j"), T0))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    assert sorted(counts) == [0, len(contacts)]
+    assert sorted(_two_workers_enroll(rt, T0)) == [0, len(contacts)]
     assert sorted(e.contact_id for e in enrollments(store)) == contacts
