@@ -165,6 +165,46 @@ def test_goal_records_conversion_and_revenue_within_the_window(make_runtime, sto
     assert messages(store) == []  # a converted contact gets no more messages
 
 
+def test_two_workers_recording_exits_and_conversions_at_once_count_each_once(make_runtime, store, monkeypatch):
+    """Two runs of one tick (two workers, docs/scale.md) both read who exits and who converted
+    before either writes. Each enrollment leaves once, and the two tick reports together count
+    each exit and each conversion once: the second worker finds them done."""
+    import threading
+    from contextlib import contextmanager
+
+    from nurture.runtime.outcomes import apply_exits, record_conversions
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO,
+                                         extra=GOAL + "\nexit_when:\n  - event: unsubscribe_click")})
+    buyers = [subscriber(store, f"buyer{i}@example.com") for i in range(3)]
+    leavers = [subscriber(store, f"leaver{i}@example.com") for i in range(2)]
+    for cid in buyers + leavers:
+        add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    for cid in buyers:
+        add_event(store, cid, "purchase", T0 + timedelta(hours=1), {"value": 10})
+    for cid in leavers:
+        add_event(store, cid, "unsubscribe_click", T0 + timedelta(hours=1))
+    now = T0 + timedelta(hours=2)
+    real_reading, both_read = rt.store.reading, threading.Barrier(2, timeout=30)
+
+    @contextmanager
+    def reading_then_wait_for_the_other():
+        with real_reading() as conn:
+            yield conn
+        both_read.wait()  # each worker has read: now both write
+    monkeypatch.setattr(rt.store, "reading", reading_then_wait_for_the_other)
+    for stage, expected in ((record_conversions, len(buyers)), (apply_exits, len(leavers))):
+        counts: list[int] = []
+        workers = [threading.Thread(target=lambda: counts.append(stage(rt, rt.plan("j"), now))) for _ in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(30)
+        assert sorted(counts) == [0, expected], stage.__name__
+    by_contact = {e.contact_id: (e.status, e.exit_reason) for e in enrollments(store)}
+    assert by_contact == {**{b: ("converted", "goal") for b in buyers}, **{x: ("exited", "exit_when") for x in leavers}}
+
+
 def test_a_purchase_after_the_goal_window_is_not_a_conversion(make_runtime, store):
     rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO, extra=GOAL)})
     cid = subscriber(store, "ann@example.com")

@@ -71,20 +71,24 @@ def _record_conversions(rt: Runtime, plan: Plan, now: datetime, entered_since: d
                 .where(*filters).order_by(enrollment_t.c.id, event_t.c.occurred_at))
     # (built once per journey version: `where` is part of the plan)
     stmt = prebuilt(("conversions", plan.name, plan.version, dialect), build)
+    # In the write transaction the enrollments are locked as they are read (PostgreSQL, in id
+    # order): a second worker recording the same tick waits, then finds them converted.
+    locking = prebuilt(("conversions.locking", plan.name, plan.version, dialect),
+                       lambda: stmt.with_for_update(of=enrollment_t) if dialect == "postgresql" else stmt)
     params = {"journey": plan.name, "event": goal.event, "now": now, "entered_since": entered_since}
 
-    def firsts(conn: Any) -> dict[int, tuple]:
+    def firsts(conn: Any, statement: Any) -> dict[int, tuple]:
         """enrollment id → (status, time, properties) of its first goal event inside the window."""
         first: dict[int, tuple] = {}
-        for enrollment_id, entered_at, status, occurred_at, props in conn.execute(stmt, params):
+        for enrollment_id, entered_at, status, occurred_at, props in conn.execute(statement, params):
             if occurred_at - entered_at <= goal.within:
                 first.setdefault(enrollment_id, (status, occurred_at, props or {}))
         return first
     with rt.store.reading() as conn:  # a read first: most ticks record no conversion
-        if not firsts(conn):
+        if not firsts(conn, stmt):
             return 0
     with rt.store.engine.begin() as conn:
-        first = firsts(conn)
+        first = firsts(conn, locking)
         updates = []
         for enrollment_id, (status, occurred_at, props) in first.items():
             try:
@@ -127,8 +131,10 @@ def apply_exits(rt: Runtime, plan: Plan, now: datetime) -> int:
             return 0
     with rt.store.engine.begin() as conn:
         ids = [r[0] for r in conn.execute(stmt, params)]
-        for part in chunks(ids):
-            conn.execute(enrollment_t.update().where(enrollment_t.c.id.in_(part), enrollment_t.c.status == "active")
-                         .values(status="exited", step_id=None, next_due_at=None, left_at=now,
-                                 exit_reason="exit_when"))
-        return len(ids)
+        exited = 0
+        for part in chunks(ids):  # (another worker's tick may have let some of them exit since the read)
+            exited += conn.execute(
+                enrollment_t.update().where(enrollment_t.c.id.in_(part), enrollment_t.c.status == "active")
+                .values(status="exited", step_id=None, next_due_at=None, left_at=now,
+                        exit_reason="exit_when")).rowcount
+        return exited
