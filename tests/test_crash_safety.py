@@ -168,6 +168,43 @@ def test_a_message_a_live_worker_has_just_claimed_is_not_requeued_by_another_wor
     assert eml_files(worker_b) == []
 
 
+def test_two_workers_reconciling_at_once_never_requeue_a_message_being_sent_again(make_runtime, store):
+    """Worker 1 finds the stuck message undelivered and re-queues it; a delivery claims it again
+    at once. Worker 2, reconciling the same tick, must not apply its own (older) verdict to the
+    message now being sent: it skips what worker 1 holds."""
+    import threading
+
+    from nurture.send.deliver import _claim
+    rt, crashing = crashed_runtime(make_runtime, store, after_delivery=False)
+    later = T0 + timedelta(minutes=1) + STUCK_AFTER
+    first, asking, second_asked, claimed_again = None, threading.Event(), threading.Event(), threading.Event()
+    real_ask = crashing.was_delivered
+
+    def was_delivered(pk, rfc_id):
+        answer = real_ask(pk, rfc_id)
+        if threading.current_thread() is first:
+            asking.set()
+            second_asked.wait(1.5)  # (a worker 2 that read the message would ask meanwhile)
+        else:
+            second_asked.set()
+            claimed_again.wait(10)
+        return answer
+    crashing.was_delivered = was_delivered
+    reports: dict[str, object] = {}
+    first = threading.Thread(target=lambda: reports.setdefault("first", reconcile_stuck(rt, later)))
+    second = threading.Thread(target=lambda: reports.setdefault("second", reconcile_stuck(rt, later)))
+    first.start()
+    assert asking.wait(10)
+    second.start()
+    first.join(30)
+    assert outcomes(store) == [("hello", "queued", "requeued_after_crash")]
+    claim = _claim(rt, later, None, 0, 1)  # a delivery takes it at once
+    claimed_again.set()
+    second.join(30)
+    assert len(claim) == 1 and reports["first"] == {"queued": 1} and not reports["second"]
+    assert outcomes(store) == [("hello", "sending", "requeued_after_crash")]  # still the delivery's
+
+
 class _ExplodingChannel:
     """Delivers the first message of a batch, then raises (a plug-in bug)."""
 

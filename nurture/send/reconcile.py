@@ -18,6 +18,7 @@ from sqlalchemy import and_, bindparam, or_, select
 from nurture.redaction import redact, secrets_in
 from nurture.rendering.email_message import rfc_message_id
 from nurture.runtime.context import Runtime
+from nurture.runtime.sql import for_update, prebuilt
 from nurture.store.models import FAILED, QUEUED, SENDING, SENT
 from nurture.store.tables import message_t
 
@@ -39,7 +40,12 @@ def reconcile_stuck(rt: Runtime, now: datetime) -> Counter:
         if conn.execute(_STUCK, {"before": now - STUCK_AFTER}).first() is None:
             return report
     with rt.store.engine.begin() as conn:
-        stuck = conn.execute(_STUCK, {"before": now - STUCK_AFTER}).all()
+        # Locked as they are read, skipping rows another worker is reconciling (PostgreSQL):
+        # otherwise a second worker could apply its verdict after the first had re-queued the
+        # message and a delivery had claimed it again — and re-queue a message being sent.
+        locking = prebuilt(("reconcile.stuck", conn.dialect.name),
+                           lambda: for_update(_STUCK, conn, skip_locked=True, of=message_t))
+        stuck = conn.execute(locking, {"before": now - STUCK_AFTER}).all()
         if not stuck:
             return report
         from_email = rt.settings.from_email
