@@ -187,9 +187,7 @@ def _enroll_slice(rt: Runtime, conn: Any, plan: Plan, now: datetime,
     if upper is None:
         # The newest trigger event with every lower id final (store.event_order): on PostgreSQL
         # read after the event writes in flight have ended, else the cursor could pass one.
-        newest = {"event": trigger.event, "cursor": cursor}
-        upper = (settled_newest(rt.store.engine, _UPPER, newest) if rt.store.is_postgres
-                 else conn.execute(_UPPER, newest).scalar()) or cursor
+        upper = settled_newest(conn, rt.store.engine, _UPPER, {"event": trigger.event, "cursor": cursor}) or cursor
         ripe = [pk for (pk,) in conn.execute(_RIPE, {"journey": plan.name, "now": now})]
         for part in chunks(ripe):
             conn.execute(pending_t.delete().where(pending_t.c.journey == plan.name, ids_in(pending_t.c.event_pk, part)))

@@ -38,11 +38,14 @@ def writing_events(conn: Any) -> None:
         conn.execute(_SHARED, {"key": EVENT_WRITES})
 
 
-def settled_newest(engine: Engine, statement: Any, params: dict) -> Any:
+def settled_newest(conn: Any, engine: Engine, statement: Any, params: dict) -> Any:
     """The scalar of `statement`, a read of event ids (the newest trigger event, say), taken
-    when every event at or below it has committed or failed. On PostgreSQL it runs in its own
-    transaction, after the exclusive lock. On SQLite it runs as it is."""
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(_EXCLUSIVE, {"key": EVENT_WRITES})
+    when every event at or below it has committed or failed. On PostgreSQL it runs in a short
+    transaction of its own on `engine`, after the exclusive lock (the caller's transaction,
+    `conn`, keeps whatever row locks it holds and takes none of this one's). On SQLite it runs
+    in `conn`, the caller's write transaction: SQLite's write lock already orders the ids."""
+    if conn.dialect.name != "postgresql":
         return conn.execute(statement, params).scalar()
+    with engine.begin() as settled:
+        settled.execute(_EXCLUSIVE, {"key": EVENT_WRITES})
+        return settled.execute(statement, params).scalar()
