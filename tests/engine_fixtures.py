@@ -164,3 +164,39 @@ def add_subscribers(store: Store, count: int, *, event: Optional[str] = None, at
             conn.execute(event_t.insert(), [dict(event_id=uuid.uuid4().hex, contact_id=cid, name=event,
                                                  properties={}, occurred_at=at, received_at=at) for cid in ids])
     return ids
+
+
+def reads_meet(monkeypatch, store: Store) -> None:
+    """Two threads' reads meet: after each `store.reading()` block a thread waits until the
+    other has finished one too. Two workers of one tick then both read before either writes."""
+    import threading
+    from contextlib import contextmanager
+    real_reading, both_read = store.reading, threading.Barrier(2, timeout=30)
+
+    @contextmanager
+    def reading_then_wait_for_the_other():
+        with real_reading() as conn:
+            yield conn
+        both_read.wait()
+    monkeypatch.setattr(store, "reading", reading_then_wait_for_the_other)
+
+
+def at_once(run: Any) -> list[Any]:
+    """`run()` in two threads at once (two workers on one tick): what each returned; an error
+    in either fails the test."""
+    import threading
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def worker():
+        try:
+            results.append(run())
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == 2, errors
+    return results

@@ -17,7 +17,7 @@ from nurture.runtime.enroll import enroll
 from nurture.store.tables import cursor_t, pending_t
 from tests.conftest import utc
 from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
-from tests.engine_fixtures import add_event, enrollments, journey_yaml, subscriber
+from tests.engine_fixtures import add_event, at_once, enrollments, journey_yaml, reads_meet, subscriber
 
 T0 = utc(2026, 3, 4, 10, 0)
 WAIT = "- id: settle\n  wait: 30d"
@@ -85,27 +85,6 @@ def test_an_enrollment_that_fails_midway_keeps_its_finished_slices_and_the_next_
     assert sorted(e.contact_id for e in enrollments(store)) == contacts
 
 
-def _two_workers_enroll(rt, now) -> list[int]:
-    """Journey j's enrollment run by two threads at once (two workers on one tick): what each
-    enrolled; an error in either fails the test."""
-    counts: list[int] = []
-    errors: list[BaseException] = []
-    plan = rt.plan("j")
-
-    def worker():
-        try:
-            counts.append(enroll(rt, plan, now))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    return counts
-
-
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_two_postgres_workers_enrolling_one_backlog_in_slices_enroll_each_contact_once(
         make_runtime, store, monkeypatch):
@@ -115,7 +94,7 @@ def test_two_postgres_workers_enrolling_one_backlog_in_slices_enroll_each_contac
     for i, c in enumerate(contacts):
         add_event(store, c, "signup", T0 - timedelta(minutes=30 - i))
         add_event(store, c, "signup", T0 - timedelta(minutes=10 - i % 5))  # each contact twice
-    counts = _two_workers_enroll(rt, T0)
+    counts = at_once(lambda: enroll(rt, rt.plan("j"), T0))
     assert sum(counts) == len(contacts)
     assert sorted(e.contact_id for e in enrollments(store)) == contacts
 
@@ -156,16 +135,8 @@ def test_two_workers_enrolling_a_when_trigger_at_once_enroll_each_contact_once(m
     """Two runs of one tick (two workers on one journey, docs/scale.md) both read who matches
     before either writes. The writes are serialized per journey, and the second checks its
     candidates again after the first has committed: nobody is active twice."""
-    from contextlib import contextmanager
     rt = make_runtime({"j": journey_yaml("j", WAIT, trigger="{when: {attribute: {plan: free}}}")})
     contacts = sorted(subscriber(store, f"c{i}@example.com", attributes={"plan": "free"}) for i in range(5))
-    real_reading, both_read = rt.store.reading, threading.Barrier(2, timeout=30)
-
-    @contextmanager
-    def reading_then_wait_for_the_other():
-        with real_reading() as conn:
-            yield conn
-        both_read.wait()  # each has its candidates: now both write
-    monkeypatch.setattr(rt.store, "reading", reading_then_wait_for_the_other)
-    assert sorted(_two_workers_enroll(rt, T0)) == [0, len(contacts)]
+    reads_meet(monkeypatch, rt.store)  # each has its candidates: then both write
+    assert sorted(at_once(lambda: enroll(rt, rt.plan("j"), T0))) == [0, len(contacts)]
     assert sorted(e.contact_id for e in enrollments(store)) == contacts

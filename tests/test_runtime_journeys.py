@@ -13,8 +13,8 @@ from nurture.runtime import run_tick
 from nurture.runtime.stable_random import in_holdout, pick_arm
 from tests.conftest import utc
 from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
-from tests.engine_fixtures import (add_event, contact_row, enrollments, journey_yaml, messages, outcomes,
-                                   subscriber)
+from tests.engine_fixtures import (add_event, at_once, contact_row, enrollments, journey_yaml, messages, outcomes,
+                                   reads_meet, subscriber)
 
 T0 = utc(2026, 3, 4, 10, 0)  # a Wednesday
 HELLO = "- id: hello\n  send: {channel: email, template: hello, subject: Hello}"
@@ -169,9 +169,6 @@ def test_two_workers_recording_exits_and_conversions_at_once_count_each_once(mak
     """Two runs of one tick (two workers, docs/scale.md) both read who exits and who converted
     before either writes. Each enrollment leaves once, and the two tick reports together count
     each exit and each conversion once: the second worker finds them done."""
-    import threading
-    from contextlib import contextmanager
-
     from nurture.runtime.outcomes import apply_exits, record_conversions
     rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO,
                                          extra=GOAL + "\nexit_when:\n  - event: unsubscribe_click")})
@@ -185,21 +182,9 @@ def test_two_workers_recording_exits_and_conversions_at_once_count_each_once(mak
     for cid in leavers:
         add_event(store, cid, "unsubscribe_click", T0 + timedelta(hours=1))
     now = T0 + timedelta(hours=2)
-    real_reading, both_read = rt.store.reading, threading.Barrier(2, timeout=30)
-
-    @contextmanager
-    def reading_then_wait_for_the_other():
-        with real_reading() as conn:
-            yield conn
-        both_read.wait()  # each worker has read: now both write
-    monkeypatch.setattr(rt.store, "reading", reading_then_wait_for_the_other)
+    reads_meet(monkeypatch, rt.store)  # each worker has read: then both write
     for stage, expected in ((record_conversions, len(buyers)), (apply_exits, len(leavers))):
-        counts: list[int] = []
-        workers = [threading.Thread(target=lambda: counts.append(stage(rt, rt.plan("j"), now))) for _ in range(2)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join(30)
+        counts = at_once(lambda: stage(rt, rt.plan("j"), now))
         assert sorted(counts) == [0, expected], stage.__name__
     by_contact = {e.contact_id: (e.status, e.exit_reason) for e in enrollments(store)}
     assert by_contact == {**{b: ("converted", "goal") for b in buyers}, **{x: ("exited", "exit_when") for x in leavers}}
