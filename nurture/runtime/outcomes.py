@@ -3,15 +3,16 @@ SQL over all active enrollments) and the `goal` (conversion and revenue within a
 recorded for messaged and holdout contacts alike, so lift can be measured)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Optional
 
 from sqlalchemy import bindparam, func, literal_column, select
 
 from nurture.compiler import Plan
 from nurture.conditions import ConditionScope, clock_values, compile_any, properties_match
 from nurture.runtime.context import Runtime
-from nurture.runtime.sql import chunks, prebuilt
+from nurture.runtime.sql import chunks, ids_in, prebuilt
 from nurture.store.tables import contact_t, enrollment_t, event_t
 
 
@@ -26,12 +27,20 @@ LATE_EVERY = timedelta(hours=1)
 def record_conversions(rt: Runtime, plan: Plan, now: datetime) -> int:
     """Record the conversions of `plan`'s journey: every enrollment whose first goal event (not
     its trigger) falls inside its goal window — entered_at to entered_at + within — and has
-    happened by `now`. Open windows are looked at on every tick; windows closed within
-    LATE_CONVERSIONS (a purchase tracked late) at most once per LATE_EVERY of the clock per
-    Runtime, so a late-tracked goal event is recorded up to an hour after it is tracked."""
+    happened by `now`, for windows that opened within `within` + LATE_CONVERSIONS.
+
+    On SQLite a Runtime looks at every such window once, then only at what can have changed
+    since its last look (`_since_last_look`): goal events with a higher id, enrollments with a
+    higher id, and goal events dated after that look's clock that it has now reached. A
+    purchase tracked late is recorded at the next tick. On PostgreSQL ids are handed out before
+    commit, so a higher id is no proof of a new row: open windows are looked at on every tick,
+    windows closed within LATE_CONVERSIONS at most once per LATE_EVERY of the clock per Runtime
+    (a late-tracked goal event is recorded up to an hour after it is tracked)."""
     goal = plan.journey.goal
     if goal is None:
         return 0
+    if rt.store.dialect == "sqlite":
+        return _since_last_look(rt, plan, now)
     memo = rt.memo.setdefault(("conversions.late", plan.name), {})
     last = memo.get("at")
     with_late = last is None or now < last or now - last >= LATE_EVERY
@@ -39,6 +48,67 @@ def record_conversions(rt: Runtime, plan: Plan, now: datetime) -> int:
     converted = _record_conversions(rt, plan, now, since)
     if with_late:
         memo["at"] = now
+    return converted
+
+
+@dataclass
+class _Look:
+    """What one Runtime's last look at a journey's conversions covered (SQLite): every event
+    and enrollment id up to these, at this clock; `future` the goal events it saw dated after
+    its clock (id → (contact, time)), each looked at again once the clock reaches it."""
+    event: int
+    enrollment: int
+    now: datetime
+    future: dict[int, tuple[int, datetime]]
+
+
+_TOP_EVENT = select(func.max(event_t.c.id))
+_TOP_ENROLLMENT = select(func.max(enrollment_t.c.id))
+# (by id alone: a rowid range; with the journey's name as well SQLite would scan its index)
+_NEW_ENROLLMENTS = select(enrollment_t.c.contact_id, enrollment_t.c.journey).where(
+    enrollment_t.c.id > bindparam("enrollments_from"), enrollment_t.c.id <= bindparam("enrollments_to"))
+_GOAL_EVENTS = select(event_t.c.id, event_t.c.contact_id, event_t.c.occurred_at).where(
+    event_t.c.name == bindparam("event"), event_t.c.id > bindparam("events_from"),
+    event_t.c.id <= bindparam("events_to"))
+_FUTURE_GOALS = _GOAL_EVENTS.where(event_t.c.occurred_at > bindparam("now"))  # (a first look's)
+
+
+def _since_last_look(rt: Runtime, plan: Plan, now: datetime) -> int:
+    """SQLite: one write transaction at a time, and an id is taken inside it, so every id at or
+    below the newest one read is final (store.event_order). Who can newly convert since the
+    last look: a contact with a goal event of a higher id (tracked since, late ones too), with
+    an enrollment of a higher id (its goal events may be older), or with a goal event that was
+    dated after the last look's clock. Only their windows are looked at. The first look of a
+    Runtime, and a clock that went back, look at every window."""
+    goal = plan.journey.goal
+    key = ("conversions.look", plan.name, plan.version)
+    last: Optional[_Look] = rt.memo.get(key)
+    if last is not None and now < last.now:
+        last = None
+    params = {"journey": plan.name, "event": goal.event, "now": now,
+              "entered_since": now - goal.within - LATE_CONVERSIONS}
+    with rt.store.reading() as conn:
+        top_event = conn.execute(_TOP_EVENT).scalar() or 0
+        top_enrollment = conn.execute(_TOP_ENROLLMENT).scalar() or 0
+        future = {} if last is None else {pk: seen for pk, seen in last.future.items() if seen[1] > now}
+        contacts = set() if last is None else {cid for pk, (cid, at) in last.future.items() if at <= now}
+        for pk, cid, at in conn.execute(_GOAL_EVENTS if last else _FUTURE_GOALS, {
+                "event": goal.event, "events_from": last.event if last else 0, "events_to": top_event, "now": now}):
+            if at > now:
+                future[pk] = (cid, at)
+            else:
+                contacts.add(cid)
+        if last is None:
+            looks = [("all", params)]
+        else:
+            if top_enrollment > last.enrollment:
+                contacts.update(cid for cid, journey in conn.execute(
+                    _NEW_ENROLLMENTS, {"enrollments_from": last.enrollment, "enrollments_to": top_enrollment})
+                    if journey == plan.name)
+            looks = [("contacts", {**params, "ids_contact_id": sorted(part)}) for part in chunks(sorted(contacts))]
+        found = bool(looks) and bool(_firsts(rt, conn, plan, looks))
+    converted = _convert(rt, plan, looks, now) if found else 0
+    rt.memo[key] = _Look(top_event, top_enrollment, now, future)
     return converted
 
 
@@ -51,7 +121,12 @@ def _window_end(dialect: str, seconds: int) -> Any:
     return enrollment_t.c.entered_at + literal_column(f"interval '{seconds + 1} seconds'")
 
 
-def _record_conversions(rt: Runtime, plan: Plan, now: datetime, entered_since: datetime) -> int:
+def _conversions_stmt(rt: Runtime, plan: Plan, only: str, locking: bool) -> Any:
+    """The (enrollment, goal event) pairs that may convert, earliest event first per enrollment:
+    of `all` the windows opened since `entered_since`, or of the given `contacts` only. Built
+    once per journey version. `locking`: in the write transaction the
+    enrollments are locked as they are read (PostgreSQL, in id order), so a second worker
+    recording the same tick waits, then finds them converted."""
     goal = plan.journey.goal
     dialect = rt.store.dialect
 
@@ -66,29 +141,44 @@ def _record_conversions(rt: Runtime, plan: Plan, now: datetime, entered_since: d
                    (enrollment_t.c.trigger_event_pk.is_(None)) | (event_t.c.id != enrollment_t.c.trigger_event_pk)]
         if goal.where:
             filters.append(properties_match(event_t.c.properties, goal.where))
-        return (select(enrollment_t.c.id, enrollment_t.c.entered_at, enrollment_t.c.status,
+        if only == "contacts":
+            filters.append(ids_in(enrollment_t.c.contact_id, ()))
+        stmt = (select(enrollment_t.c.id, enrollment_t.c.entered_at, enrollment_t.c.status,
                        event_t.c.occurred_at, event_t.c.properties)
                 .where(*filters).order_by(enrollment_t.c.id, event_t.c.occurred_at))
-    # (built once per journey version: `where` is part of the plan)
-    stmt = prebuilt(("conversions", plan.name, plan.version, dialect), build)
-    # In the write transaction the enrollments are locked as they are read (PostgreSQL, in id
-    # order): a second worker recording the same tick waits, then finds them converted.
-    locking = prebuilt(("conversions.locking", plan.name, plan.version, dialect),
-                       lambda: stmt.with_for_update(of=enrollment_t) if dialect == "postgresql" else stmt)
-    params = {"journey": plan.name, "event": goal.event, "now": now, "entered_since": entered_since}
+        return stmt.with_for_update(of=enrollment_t) if locking and dialect == "postgresql" else stmt
+    # (`where` is part of the plan)
+    return prebuilt(("conversions", only, locking, plan.name, plan.version, dialect), build)
 
-    def firsts(conn: Any, statement: Any) -> dict[int, tuple]:
-        """enrollment id → (status, time, properties) of its first goal event inside the window."""
-        first: dict[int, tuple] = {}
-        for enrollment_id, entered_at, status, occurred_at, props in conn.execute(statement, params):
-            if occurred_at - entered_at <= goal.within:
-                first.setdefault(enrollment_id, (status, occurred_at, props or {}))
-        return first
+
+def _firsts(rt: Runtime, conn: Any, plan: Plan, looks: list[tuple[str, dict]], locking: bool = False
+            ) -> dict[int, tuple]:
+    """enrollment id → (status, time, properties) of its first goal event inside the window,
+    over the rows of every look — (`_conversions_stmt`'s `only`, its parameters; each
+    enrollment in one)."""
+    within = plan.journey.goal.within
+    rows = (row for only, params in looks for row in conn.execute(_conversions_stmt(rt, plan, only, locking), params))
+    first: dict[int, tuple] = {}
+    for enrollment_id, entered_at, status, occurred_at, props in rows:
+        if occurred_at - entered_at <= within:
+            first.setdefault(enrollment_id, (status, occurred_at, props or {}))
+    return first
+
+
+def _record_conversions(rt: Runtime, plan: Plan, now: datetime, entered_since: datetime) -> int:
+    goal = plan.journey.goal
+    looks = [("all", {"journey": plan.name, "event": goal.event, "now": now, "entered_since": entered_since})]
     with rt.store.reading() as conn:  # a read first: most ticks record no conversion
-        if not firsts(conn, stmt):
+        if not _firsts(rt, conn, plan, looks):
             return 0
+    return _convert(rt, plan, looks, now)
+
+
+def _convert(rt: Runtime, plan: Plan, looks: list[tuple[str, dict]], now: datetime) -> int:
+    """In one write transaction: read the looks again, locking, and record each enrollment's
+    conversion."""
     with rt.store.engine.begin() as conn:
-        first = firsts(conn, locking)
+        first = _firsts(rt, conn, plan, looks, locking=True)
         updates = []
         for enrollment_id, (status, occurred_at, props) in first.items():
             try:
