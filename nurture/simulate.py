@@ -437,8 +437,9 @@ def simulate(rt: Runtime, journeys: list[str], start: datetime, end: datetime, *
     """Tick `journeys` from `start` to `end` (both included) on `rt` — a Runtime over a scratch
     copy (`nurture simulate`, `plan`) or over the store itself (the demo): every stage writes
     to it — feeding `feed`'s events in as the clock reaches them, and asking `world` (if any)
-    around each moment. `timeline`: read the per-contact timeline at the end."""
-    with gc_relaxed():
+    around each moment. `timeline`: read the per-contact timeline at the end. The run holds
+    one connection (Store.held): tens of thousands of short transactions, one page cache."""
+    with gc_relaxed(), rt.store.held():
         return _simulate(rt, journeys, as_utc(start), as_utc(end), feed=feed, resolution=resolution,
                          heartbeat=heartbeat, world=world, timeline=timeline)
 

@@ -170,6 +170,60 @@ def test_a_sqlite_read_is_one_snapshot_and_ends_with_its_block(sqlite_url, tmp_p
         store.dispose()
 
 
+def test_a_held_sqlite_connection_serves_every_block_of_its_thread_and_goes_back_to_the_pool(sqlite_url):
+    """Store.held: reads and writes of the holding thread use one connection, one block at a
+    time; each block still ends its transaction (a failed write rolls back, a read's snapshot
+    ends), a block nested in another gets a connection of its own, another thread never gets
+    the held one, and the end of the hold returns it to the pool."""
+    import threading
+    store, other = open_store(sqlite_url), open_store(sqlite_url)
+    count = select(func.count()).select_from(contact_t)
+    pool = store.engine.pool
+    try:
+        with store.held():
+            with store.reading() as conn:
+                held = conn
+                raw = conn.connection.dbapi_connection
+                assert conn.execute(count).scalar() == 0
+            assert not raw.in_transaction
+            add_contact(store, "ann@example.com")  # engine.begin(): the same connection
+            with store.engine.begin() as conn:
+                assert conn is held
+                with store.reading() as inner:  # nested: another connection, the committed snapshot
+                    assert inner is not held and inner.execute(count).scalar() == 1
+                conn.execute(contact_t.update().values(first_name="Ann"))
+            with pytest.raises(ZeroDivisionError):
+                with store.engine.begin() as conn:
+                    conn.execute(contact_t.update().values(first_name="Nobody"))
+                    1 / 0
+            assert not raw.in_transaction
+            with store.engine.connect() as conn:  # a transaction never committed: closing ends it
+                assert conn is held
+                conn.execute(contact_t.update().values(first_name="Uncommitted"))
+            assert not raw.in_transaction
+            with store.reading() as conn:
+                assert conn is held and conn.execute(count).scalar() == 1
+                add_contact(other, "bob@example.com")  # another process's commit, as it were
+                assert conn.execute(count).scalar() == 1  # the block's snapshot
+                assert conn.execute(select(contact_t.c.first_name).where(contact_t.c.email == "ann@example.com")
+                                    ).scalar() == "Ann"  # the failed write rolled back
+            with store.reading() as conn:
+                assert conn.execute(count).scalar() == 2  # a new block, a new snapshot
+            seen = []
+            thread = threading.Thread(target=lambda: seen.append(store.engine.connect()))
+            thread.start()
+            thread.join()
+            assert seen[0] is not held
+            seen[0].close()
+            assert pool.checkedout() == 1  # the held one
+        assert pool.checkedout() == 0 and held.closed
+        with store.reading() as conn:
+            assert conn is not held and conn.execute(count).scalar() == 2
+    finally:
+        other.dispose()
+        store.dispose()
+
+
 def test_open_store_creates_the_folder_of_a_sqlite_file(tmp_path):
     path = tmp_path / "project" / ".nurture" / "nurture.db"
     store = open_store(f"sqlite:///{path}")

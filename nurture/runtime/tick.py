@@ -139,12 +139,14 @@ def calls(stage: Stage, rt: Runtime, journey: str, now: datetime, options: TickO
 
 def run_tick(rt: Runtime, journey: str, now: Optional[datetime] = None, workers: int = 1,
              partitions: int = 1) -> TickReport:
-    """Every stage of STAGES in order, in this process; the merged counts."""
+    """Every stage of STAGES in order, in this process, on one held connection (Store.held);
+    the merged counts."""
     now = as_utc(now)
     options = TickOptions(workers=workers, partitions=partitions)
     report = TickReport(journey, now.isoformat())
-    for stage in STAGES:
-        for call in calls(stage, rt, journey, now, options):
-            report.merge(stage.run(call))
-        report.ran.append(stage.name)
+    with rt.store.held():
+        for stage in STAGES:
+            for call in calls(stage, rt, journey, now, options):
+                report.merge(stage.run(call))
+            report.ran.append(stage.name)
     return report

@@ -27,7 +27,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
 from nurture.settings import describe_database
-from nurture.store.lean import LeanConnection
+from nurture.store import lean
 from nurture.store.write_turns import TurnTakingConnection
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -90,7 +90,7 @@ class Store:
                     conn.rollback()
             return
         with self.engine.connect() as conn:  # (the pool is LIFO: the connection that wrote last, its cache warm)
-            conn.read_only = True  # (store.lean.LeanConnection; an execution option costs more)
+            conn.read_only = True  # (lean.LeanConnection; an execution option costs more)
             dbapi = conn.connection.dbapi_connection
             dbapi.execute("BEGIN")  # the snapshot's transaction, outside SQLAlchemy's bookkeeping
             conn.raw_transaction = True  # (lean statements run in it without an autobegin)
@@ -102,6 +102,21 @@ class Store:
                     conn.rollback()
                 elif dbapi.in_transaction:
                     dbapi.execute("ROLLBACK")
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Inside, this thread's connections to a SQLite database are one connection, held:
+        `engine.connect()`, `engine.begin()` and `reading()` get it when it is free (a nested
+        one gets another from the pool), and closing it ends its transaction but keeps it. A
+        loop of thousands of short transactions (a simulation, a run of ticks) saves the pool's
+        checkout and return each time (~30 µs), and every read and write uses the one page cache.
+        Elsewhere (PostgreSQL, a nested hold) it does nothing."""
+        held = lean.hold(self.engine) if self.engine.dialect.name == "sqlite" else None
+        try:
+            yield
+        finally:
+            if held is not None:
+                lean.release(self.engine, held)
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -208,7 +223,7 @@ def _make_engine(url: str) -> Engine:
                                                       "factory": TurnTakingConnection},
                                json_serializer=strict_json, pool_reset_on_return=None, **pooled)
         _configure_sqlite(engine)
-        engine._connection_cls = LeanConnection  # statements run again and again: see store.lean
+        engine._connection_cls = lean.connect  # statements run again and again: see store.lean
         return engine
     return create_engine(url, pool_pre_ping=True, json_serializer=strict_json)
 

@@ -25,6 +25,7 @@ every form both ways and compares.
 """
 from __future__ import annotations
 
+import threading
 from itertools import chain
 from typing import Any, Iterator, Optional
 
@@ -178,6 +179,20 @@ class LeanConnection(Connection):
 
     read_only = False
     raw_transaction = False  # Store.reading: a read transaction is open on the DBAPI connection
+    _held: Optional["_Held"] = None  # lent by Store.held(): closing it hands it back instead
+
+    def close(self) -> None:
+        held = self._held
+        if held is None or not held.lent:
+            return super().close()
+        # Handed back to its holder, open: whatever transaction is still open ends here, as
+        # a close would end it, and the next `engine.connect()` of the thread gets it again.
+        self.read_only = self.raw_transaction = False
+        if self._transaction is not None:
+            self._transaction.close()
+        if self._dbapi_connection is not None and self._dbapi_connection.dbapi_connection.in_transaction:
+            self._dbapi_connection.dbapi_connection.rollback()
+        held.lent = False
 
     def execute(self, statement: Any, parameters: Any = None, *, execution_options: Any = None) -> Any:
         if execution_options or not (parameters is None or type(parameters) is dict):
@@ -233,3 +248,49 @@ class LeanConnection(Connection):
         dispatch = self.engine.dispatch
         return bool(dispatch.before_execute or dispatch.before_cursor_execute or dispatch.after_execute
                     or dispatch.after_cursor_execute)
+
+
+class _Held:
+    """A connection a thread holds (Store.held) and lends to its `engine.connect()` calls, one
+    at a time: `lent` while a caller has it."""
+
+    __slots__ = ("connection", "lent")
+
+    def __init__(self, connection: LeanConnection):
+        self.connection, self.lent = connection, False
+
+
+class _Holds(threading.local):
+    def __init__(self) -> None:
+        self.by_engine: dict[int, _Held] = {}
+
+
+_HOLDS = _Holds()
+
+
+def connect(engine: Any) -> LeanConnection:
+    """The engine's `Connection` class, as SQLAlchemy calls it in `engine.connect()`: the
+    connection this thread holds for the engine when it is free (Store.held), else a new one
+    from the pool."""
+    held = _HOLDS.by_engine.get(id(engine)) if _HOLDS.by_engine else None
+    if held is not None and not held.lent and not held.connection.closed:
+        held.lent = True
+        return held.connection
+    return LeanConnection(engine)
+
+
+def hold(engine: Any) -> Optional[_Held]:
+    """Hold a connection of `engine` for this thread (None: one is held already)."""
+    if id(engine) in _HOLDS.by_engine:
+        return None
+    held = _Held(LeanConnection(engine))
+    held.connection._held = held
+    _HOLDS.by_engine[id(engine)] = held
+    return held
+
+
+def release(engine: Any, held: _Held) -> None:
+    """End the hold: the connection goes back to the pool."""
+    del _HOLDS.by_engine[id(engine)]
+    held.connection._held = None
+    held.connection.close()
