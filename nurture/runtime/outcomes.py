@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, func, literal_column, select
 from nurture.compiler import Plan
 from nurture.conditions import ConditionScope, clock_values, compile_any, properties_match
 from nurture.runtime.context import Runtime
-from nurture.runtime.sql import chunks, ids_in, prebuilt
+from nurture.runtime.sql import chunks, ids_in, not_indexed, prebuilt
 from nurture.store.tables import contact_t, enrollment_t, event_t
 
 
@@ -141,7 +141,8 @@ def _conversions_stmt(rt: Runtime, plan: Plan, only: str, locking: bool) -> Any:
                    (enrollment_t.c.trigger_event_pk.is_(None)) | (event_t.c.id != enrollment_t.c.trigger_event_pk)]
         if goal.where:
             filters.append(properties_match(event_t.c.properties, goal.where))
-        if only == "contacts":
+        if only == "contacts":  # (their enrollments by ix_enrollment_contact, not all the journey's open ones)
+            filters[0] = not_indexed(enrollment_t.c.journey) == bindparam("journey")
             filters.append(ids_in(enrollment_t.c.contact_id, ()))
         stmt = (select(enrollment_t.c.id, enrollment_t.c.entered_at, enrollment_t.c.status,
                        event_t.c.occurred_at, event_t.c.properties)

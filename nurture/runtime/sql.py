@@ -71,6 +71,33 @@ def texts_in(column: Any, values: Sequence[str]) -> Any:
     return _InList(column, bindparam(f"texts_{column.name}", value=list(values), expanding=True))
 
 
+def not_indexed(column: Any) -> Any:
+    """`+column` on SQLite: the same value, but a term over it cannot use an index, so the
+    planner takes another one (SQLite's documented way to steer it). Elsewhere the column."""
+    return _NotIndexed(column)
+
+
+class _NotIndexed(FunctionElement):
+    name = "not_indexed"
+    inherit_cache = True
+
+    def __init__(self, column: Any):
+        super().__init__(column)
+        self.type = column.type
+
+
+@compiles(_NotIndexed)
+def _not_indexed_default(element: _NotIndexed, compiler: Any, **kw: Any) -> str:
+    (column,) = element.clauses
+    return compiler.process(column, **kw)
+
+
+@compiles(_NotIndexed, "sqlite")
+def _not_indexed_sqlite(element: _NotIndexed, compiler: Any, **kw: Any) -> str:
+    (column,) = element.clauses
+    return f"(+ {compiler.process(column, **kw)})"
+
+
 def write_many(conn: Connection, stmt: Any, rows: list[dict]) -> None:
     """`conn.execute(stmt, rows)` — an executemany — for the per-message writes of a tick.
 
