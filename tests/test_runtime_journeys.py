@@ -14,7 +14,7 @@ from nurture.runtime.stable_random import in_holdout, pick_arm
 from tests.conftest import utc
 from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import (add_event, at_once, contact_row, enrollments, journey_yaml, messages, outcomes,
-                                   reads_meet, subscriber)
+                                   reads_meet, set_consent, subscriber)
 
 T0 = utc(2026, 3, 4, 10, 0)  # a Wednesday
 HELLO = "- id: hello\n  send: {channel: email, template: hello, subject: Hello}"
@@ -131,6 +131,65 @@ def test_exit_when_an_event_is_performed_after_enrollment(make_runtime, store):
     by_contact = {e.contact_id: (e.status, e.exit_reason) for e in enrollments(store)}
     assert by_contact == {buyer: ("exited", "exit_when"), browser: ("completed", None)}
     assert [m.contact_id for m in messages(store)] == [browser]
+
+
+def test_an_exit_event_tracked_late_or_dated_ahead_still_lets_the_contact_leave(make_runtime, store):
+    """Exits on events are looked at, after a Runtime's first look, only for contacts with
+    something new (outcomes._changed_contacts): an exit event tracked before its contact's
+    enrollment existed (the signup tracked late) and one dated after the tick's clock (it
+    counts once the clock reaches it) must both still be seen."""
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO,
+                                         extra="exit_when:\n  - {any: [{event: purchase}, {event: refund}]}")})
+    late, ahead, stays = (subscriber(store, f"{n}@example.com") for n in ("late", "ahead", "stays"))
+    for cid in (ahead, stays):
+        add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))  # the first look: every active enrollment
+    add_event(store, late, "purchase", T0 + timedelta(minutes=30))
+    add_event(store, ahead, "refund", T0 + timedelta(hours=3))  # dated ahead of the next tick
+    tick(rt, T0 + timedelta(hours=1))
+    add_event(store, late, "signup", T0)  # tracked late: enrolls as of T0, the purchase is after
+    tick(rt, T0 + timedelta(hours=2))
+    status = lambda: {e.contact_id: e.status for e in enrollments(store)}  # noqa: E731
+    assert status() == {late: "exited", ahead: "active", stays: "active"}
+    tick(rt, T0 + timedelta(hours=3))
+    assert status() == {late: "exited", ahead: "exited", stays: "active"}
+
+
+def test_a_revocation_lets_the_contact_leave_when_its_time_comes_however_it_was_recorded(make_runtime, store):
+    """An exit on consent (`consent: {status: revoked}`) is looked at, after a Runtime's first
+    look, only for contacts with a new ledger row or a new enrollment: a revocation recorded
+    now, one recorded ahead of the clock (it counts from its time), and one recorded before
+    its contact's enrollment existed must all be seen."""
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO, extra=(
+        "exit_when:\n  - consent: {channel: email, status: revoked}"))})
+    now_, ahead, before, stays = (subscriber(store, f"{n}@example.com") for n in ("now", "ahead", "before", "stays"))
+    for cid in (now_, ahead, stays):
+        add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))  # the first look: every active enrollment
+    set_consent(store, now_, status="revoked", at=T0 + timedelta(minutes=30))
+    set_consent(store, ahead, status="revoked", at=T0 + timedelta(hours=3))
+    set_consent(store, before, status="revoked", at=T0 + timedelta(minutes=40))
+    tick(rt, T0 + timedelta(hours=1))
+    add_event(store, before, "signup", T0)  # tracked late: enrolls as of T0, revoked since
+    tick(rt, T0 + timedelta(hours=2))
+    status = lambda: {e.contact_id: e.status for e in enrollments(store)}  # noqa: E731
+    assert status() == {now_: "exited", ahead: "active", before: "exited", stays: "active"}
+    tick(rt, T0 + timedelta(hours=3))
+    assert status() == {now_: "exited", ahead: "exited", before: "exited", stays: "active"}
+
+
+def test_only_exit_conditions_on_events_and_consent_are_looked_at_incrementally():
+    from nurture.runtime.outcomes import watched_by
+    from nurture.spec.models import Condition
+    c = lambda raw: [Condition.model_validate(x) for x in raw]  # noqa: E731
+    assert watched_by(c([{"event": "purchase"}, {"any": [{"event": "refund", "where": {"full": True}},
+                                                          {"not": {"event": "open", "count": {"gte": 2}}}]},
+                         {"property": {"source": "ads"}}])) == ({"purchase", "refund", "open"}, False)
+    assert watched_by(c([{"consent": {"channel": "email", "status": "revoked"}}])) == (set(), True)
+    for clocked in ({"event": "purchase", "within": "1d"}, {"attribute": {"plan": "pro"}}, {"score": {"gte": 5}},
+                    {"segment": "buyers"}, {"all": [{"event": "purchase"}, {"not": {"attribute": {"vip": True}}}]}):
+        assert watched_by(c([{"event": "purchase"}, clocked])) is None, clocked
+    assert watched_by([]) is None
 
 
 def test_exit_when_an_attribute_condition_holds(make_runtime, store):

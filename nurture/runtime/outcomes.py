@@ -12,8 +12,9 @@ from sqlalchemy import bindparam, func, literal_column, select
 from nurture.compiler import Plan
 from nurture.conditions import ConditionScope, clock_values, compile_any, properties_match
 from nurture.runtime.context import Runtime
-from nurture.runtime.sql import chunks, ids_in, not_indexed, prebuilt
-from nurture.store.tables import contact_t, enrollment_t, event_t
+from nurture.spec.models import Condition
+from nurture.runtime.sql import chunks, ids_in, not_indexed, prebuilt, texts_in
+from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t
 
 
 LATE_CONVERSIONS = timedelta(days=30)
@@ -53,62 +54,84 @@ def record_conversions(rt: Runtime, plan: Plan, now: datetime) -> int:
 
 @dataclass
 class _Look:
-    """What one Runtime's last look at a journey's conversions covered (SQLite): every event
-    and enrollment id up to these, at this clock; `future` the goal events it saw dated after
-    its clock (id → (contact, time)), each looked at again once the clock reaches it."""
+    """What one Runtime's last look at a journey's conversions (or exits) covered, on SQLite:
+    every event, enrollment and consent ledger id up to these, at this clock; `future` the
+    watched rows it saw dated after its clock ((table, id) → (contact, time)), each looked at
+    again once the clock reaches it."""
     event: int
     enrollment: int
+    consent: int
     now: datetime
-    future: dict[int, tuple[int, datetime]]
+    future: dict[tuple[str, int], tuple[int, datetime]]
 
 
-_TOP_EVENT = select(func.max(event_t.c.id))
-_TOP_ENROLLMENT = select(func.max(enrollment_t.c.id))
+# The newest ids, in one statement (a tick looks twice: conversions, exits).
+_TOPS = select(select(func.max(event_t.c.id)).scalar_subquery(), select(func.max(enrollment_t.c.id)).scalar_subquery(),
+               select(func.max(consent_t.c.id)).scalar_subquery())
 # (by id alone: a rowid range; with the journey's name as well SQLite would scan its index)
 _NEW_ENROLLMENTS = select(enrollment_t.c.contact_id, enrollment_t.c.journey).where(
     enrollment_t.c.id > bindparam("enrollments_from"), enrollment_t.c.id <= bindparam("enrollments_to"))
-_GOAL_EVENTS = select(event_t.c.id, event_t.c.contact_id, event_t.c.occurred_at).where(
-    event_t.c.name == bindparam("event"), event_t.c.id > bindparam("events_from"),
-    event_t.c.id <= bindparam("events_to"))
-_FUTURE_GOALS = _GOAL_EVENTS.where(event_t.c.occurred_at > bindparam("now"))  # (a first look's)
+_NAMED_EVENTS = select(event_t.c.id, event_t.c.contact_id, event_t.c.occurred_at).where(
+    texts_in(event_t.c.name, ()), event_t.c.id > bindparam("from"), event_t.c.id <= bindparam("to"))
+_NEW_CONSENTS = select(consent_t.c.id, consent_t.c.contact_id, consent_t.c.recorded_at).where(
+    consent_t.c.id > bindparam("from"), consent_t.c.id <= bindparam("to"))
+# A first look's: only the rows dated after its clock (the rest it looks at in full).
+_FUTURE = {"event": _NAMED_EVENTS.where(event_t.c.occurred_at > bindparam("now")),
+           "consent": _NEW_CONSENTS.where(consent_t.c.recorded_at > bindparam("now"))}
+_NEW = {"event": _NAMED_EVENTS, "consent": _NEW_CONSENTS}
 
 
-def _since_last_look(rt: Runtime, plan: Plan, now: datetime) -> int:
-    """SQLite: one write transaction at a time, and an id is taken inside it, so every id at or
-    below the newest one read is final (store.event_order). Who can newly convert since the
-    last look: a contact with a goal event of a higher id (tracked since, late ones too), with
-    an enrollment of a higher id (its goal events may be older), or with a goal event that was
-    dated after the last look's clock. Only their windows are looked at. The first look of a
-    Runtime, and a clock that went back, look at every window."""
-    goal = plan.journey.goal
-    key = ("conversions.look", plan.name, plan.version)
+def _changed_contacts(rt: Runtime, conn: Any, key: tuple, journey: str, names: list[str], consents: bool,
+                      now: datetime) -> tuple[Optional[list[int]], _Look]:
+    """For a check whose answer per enrollment changes only with its contact's events of
+    `names` and (`consents`) consent ledger rows — tracked, or reaching the clock — and with
+    new enrollments (a conversion, an exit on events or consent): the contacts to look at
+    again since this Runtime's last look under `key`, or None (look at all: the first look, or
+    the clock went back). SQLite only: one write transaction at a time, and an id is taken
+    inside it, so every id at or below the newest one read is final (store.event_order); the
+    ledger is append-only. Call in the read's transaction; once the check has been made, store
+    the look returned beside them under `key` in `rt.memo`: the next one starts there."""
     last: Optional[_Look] = rt.memo.get(key)
     if last is not None and now < last.now:
         last = None
+    top_event, top_enrollment, top_consent = (i or 0 for i in conn.execute(_TOPS).one())
+    top = {"event": top_event, "consent": top_consent}
+    future = {} if last is None else {k: seen for k, seen in last.future.items() if seen[1] > now}
+    contacts = set() if last is None else {cid for cid, at in last.future.values() if at <= now}
+    for table in ("event", "consent") if consents else ("event",):
+        since = 0 if last is None else getattr(last, table)
+        if since >= top[table] or (table == "event" and not names):
+            continue
+        for pk, cid, at in conn.execute((_NEW if last else _FUTURE)[table], {
+                "texts_name": names, "from": since, "to": top[table], "now": now}):
+            if at > now:
+                future[(table, pk)] = (cid, at)
+            else:
+                contacts.add(cid)
+    if last is not None and top_enrollment > last.enrollment:
+        contacts.update(cid for cid, name in conn.execute(
+            _NEW_ENROLLMENTS, {"enrollments_from": last.enrollment, "enrollments_to": top_enrollment})
+            if name == journey)
+    look = _Look(top["event"], top_enrollment, top["consent"], now, future)
+    return (None if last is None else sorted(contacts)), look
+
+
+def _since_last_look(rt: Runtime, plan: Plan, now: datetime) -> int:
+    """SQLite: who can newly convert since this Runtime's last look is a contact with a goal
+    event of a higher id (tracked since, late ones too), with an enrollment of a higher id (its
+    goal events may be older), or with a goal event that was dated after the last look's clock
+    (`_changed_contacts`). Only their windows are looked at."""
+    goal = plan.journey.goal
+    key = ("conversions.look", plan.name, plan.version)
     params = {"journey": plan.name, "event": goal.event, "now": now,
               "entered_since": now - goal.within - LATE_CONVERSIONS}
     with rt.store.reading() as conn:
-        top_event = conn.execute(_TOP_EVENT).scalar() or 0
-        top_enrollment = conn.execute(_TOP_ENROLLMENT).scalar() or 0
-        future = {} if last is None else {pk: seen for pk, seen in last.future.items() if seen[1] > now}
-        contacts = set() if last is None else {cid for pk, (cid, at) in last.future.items() if at <= now}
-        for pk, cid, at in conn.execute(_GOAL_EVENTS if last else _FUTURE_GOALS, {
-                "event": goal.event, "events_from": last.event if last else 0, "events_to": top_event, "now": now}):
-            if at > now:
-                future[pk] = (cid, at)
-            else:
-                contacts.add(cid)
-        if last is None:
-            looks = [("all", params)]
-        else:
-            if top_enrollment > last.enrollment:
-                contacts.update(cid for cid, journey in conn.execute(
-                    _NEW_ENROLLMENTS, {"enrollments_from": last.enrollment, "enrollments_to": top_enrollment})
-                    if journey == plan.name)
-            looks = [("contacts", {**params, "ids_contact_id": sorted(part)}) for part in chunks(sorted(contacts))]
+        contacts, look = _changed_contacts(rt, conn, key, plan.name, [goal.event], False, now)
+        looks = [("all", params)] if contacts is None else [
+            ("contacts", {**params, "ids_contact_id": list(part)}) for part in chunks(contacts)]
         found = bool(looks) and bool(_firsts(rt, conn, plan, looks))
     converted = _convert(rt, plan, looks, now) if found else 0
-    rt.memo[key] = _Look(top_event, top_enrollment, now, future)
+    rt.memo[key] = look
     return converted
 
 
@@ -203,29 +226,71 @@ def _convert(rt: Runtime, plan: Plan, looks: list[tuple[str, dict]], now: dateti
         return len(updates)
 
 
+def watched_by(conds: list[Condition]) -> Optional[tuple[set[str], bool]]:
+    """What whether an enrollment meets `conds` can change with, when that is only its
+    contact's events of some names and its consent ledger rows (tracked, or reaching the
+    clock): (the event names, whether consent is among them). That holds for `event` atoms
+    without `within` (ever, or since the enrollment, `where` and `count` included), `consent`
+    atoms, the trigger's `property`, combined with all / any / not. None when anything else is
+    in them (attributes, score, segments, a `within` window that the clock moves)."""
+    names: set[str] = set()
+    consent = False
+
+    def walk(cond: Condition) -> bool:
+        nonlocal consent
+        if any(getattr(cond, k) is not None for k in ("attribute", "score", "segment", "within")):
+            return False
+        if cond.event is not None:
+            names.add(cond.event)
+        consent = consent or cond.consent is not None
+        return all(walk(c) for c in (cond.all or []) + (cond.any or []) + ([cond.not_] if cond.not_ else []))
+    return (names, consent) if conds and all(walk(c) for c in conds) else None
+
+
 def apply_exits(rt: Runtime, plan: Plan, now: datetime) -> int:
+    """Let the active enrollments that meet `exit_when` leave. On SQLite, when the conditions
+    depend on events and consent only (`watched_by`), a Runtime looks again only at the
+    contacts with such an event or consent row since its last look, or a new enrollment
+    (`_changed_contacts`, as conversions do); otherwise, and on PostgreSQL, at every active
+    enrollment on every tick."""
     key = ("exits", plan.name, plan.version)
     if key not in rt.memo:  # built once per journey version and Runtime (its segments), run at any time
         scope = ConditionScope(now, rt.project.segments, in_enrollment=True, clock={})
         condition = compile_any(list(plan.journey.exit_when), scope)
-        rt.memo[key] = None if condition is None else (
-            select(enrollment_t.c.id)
-            .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
-            .where(enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.status == "active", condition),
-            scope.clock)
+        if condition is None:
+            rt.memo[key] = None
+        else:
+            who = (select(enrollment_t.c.id)
+                   .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id)))
+            rt.memo[key] = (
+                who.where(enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.status == "active",
+                          condition),
+                # the contacts' own (by ix_enrollment_contact, not every active one of the journey)
+                who.where(not_indexed(enrollment_t.c.journey) == bindparam("journey"),
+                          enrollment_t.c.status == "active", ids_in(enrollment_t.c.contact_id, ()), condition),
+                scope.clock, watched_by(list(plan.journey.exit_when)))
     if rt.memo[key] is None:
         return 0
-    stmt, clock = rt.memo[key]
+    stmt, of_contacts, clock, watched = rt.memo[key]
     params = {"journey": plan.name, **clock_values(clock, now)}
+    looks = [(stmt, params)]
+    incremental = watched is not None and rt.store.dialect == "sqlite"
     with rt.store.reading() as conn:  # a read first: most ticks exit no one
-        if conn.execute(stmt, params).first() is None:
-            return 0
-    with rt.store.engine.begin() as conn:
-        ids = [r[0] for r in conn.execute(stmt, params)]
-        exited = 0
-        for part in chunks(ids):  # (another worker's tick may have let some of them exit since the read)
-            exited += conn.execute(
-                enrollment_t.update().where(enrollment_t.c.id.in_(part), enrollment_t.c.status == "active")
-                .values(status="exited", step_id=None, next_due_at=None, left_at=now,
-                        exit_reason="exit_when")).rowcount
-        return exited
+        if incremental:
+            contacts, look = _changed_contacts(rt, conn, ("exits.look", plan.name, plan.version), plan.name,
+                                               sorted(watched[0]), watched[1], now)
+            if contacts is not None:
+                looks = [(of_contacts, {**params, "ids_contact_id": list(part)}) for part in chunks(contacts)]
+        found = any(conn.execute(s, p).first() is not None for s, p in looks)
+    exited = 0
+    if found:
+        with rt.store.engine.begin() as conn:
+            ids = [r[0] for s, p in looks for r in conn.execute(s, p)]
+            for part in chunks(ids):  # (another worker's tick may have let some of them exit since the read)
+                exited += conn.execute(
+                    enrollment_t.update().where(enrollment_t.c.id.in_(part), enrollment_t.c.status == "active")
+                    .values(status="exited", step_id=None, next_due_at=None, left_at=now,
+                            exit_reason="exit_when")).rowcount
+    if incremental:
+        rt.memo[("exits.look", plan.name, plan.version)] = look
+    return exited
