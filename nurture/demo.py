@@ -37,6 +37,7 @@ from nurture.reporting.format import number_style
 from nurture.reporting.html_page import render_html
 from nurture.runtime.context import Runtime
 from nurture.scoring.compute import score_contacts
+from nurture.scratch import throwaway
 from nurture.simulate import simulate
 from nurture.spec.project import ProjectSpec, load_project
 from nurture.store.db import migrate, open_store
@@ -127,6 +128,7 @@ def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[d
     started = time.monotonic()
     store = open_store(url)
     migrate(store.engine)  # the file was just wiped: a store opened before in this process must not skip this
+    throwaway(store)  # wiped by the next run too: its commits are not synced to disk
     end = START + timedelta(days=days)
     console.print(f"[bold]Nurture demo[/bold] (seed {seed}): a synthetic shop with a B2B arm, "
                   f"{START:%Y-%m-%d} to {end:%Y-%m-%d}, the six journeys of {project / 'journeys'}\n")

@@ -104,7 +104,7 @@ def open_scratch(source_url: Optional[str], *, empty: bool = False, prefix: str 
             elif source_url.split(":", 1)[0].startswith("sqlite"):
                 raise DatabaseUnavailable(f"{copied}: an in-memory database cannot be copied")
         store = open_store(f"sqlite:///{target}")  # migrates the copy (or creates the empty one)
-        _throwaway(store)
+        throwaway(store)
         if copied is not None and sqlite_path(source_url) is None:  # type: ignore[arg-type]
             _copy_tables(source_url, store)  # type: ignore[arg-type]
         return Scratch(directory, store, copied)
@@ -113,10 +113,12 @@ def open_scratch(source_url: Optional[str], *, empty: bool = False, prefix: str 
         raise
 
 
-def _throwaway(store: Store) -> None:
-    """A scratch database is removed at the end and never needs to survive a crash: its
-    commits are not synced to disk (PRAGMA synchronous=OFF — a simulation commits tens of
-    thousands of times). Connections opened from now on; the migration's are closed."""
+def throwaway(store: Store) -> None:
+    """A database made for one run and rebuilt by the next (a scratch copy, removed at the end;
+    the demo's, wiped at its start) never needs to survive a crash of the machine: its commits
+    are not synced to disk (PRAGMA synchronous=OFF — a simulation commits tens of thousands of
+    times, and a sync of the disk costs far more than the commit). Connections opened from now
+    on; the ones open are closed."""
     store.engine.dispose()
 
     @event.listens_for(store.engine, "connect")
