@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import datetime
 from typing import Any, Optional
 
@@ -115,11 +114,19 @@ def dominated(plan: Plan, split: str) -> set[str]:
     return after - _reachable(plan, plan.first, blocked=split) - {split}
 
 
-@lru_cache(maxsize=1 << 17)
-def _arm_of(journey: str, sid: str, contact_id: int, arms: tuple) -> str:
-    """The arm `pick_arm` gives the contact (the figures are read again and again: the hash of
-    a member is worked out once)."""
-    return pick_arm(journey, sid, contact_id, arms)[0]
+# (journey, split, its arms) → {contact id: the index of its arm}: the figures are read again
+# and again (auto_winner looks every hour), and a member's stable hash is worked out once.
+_ARMS_OF: dict[tuple, dict[int, int]] = {}
+
+
+def _arms_of(journey: str, sid: str, arms: tuple) -> dict[int, int]:
+    key = (journey, sid, arms)
+    found = _ARMS_OF.get(key)
+    if found is None:
+        if len(_ARMS_OF) > 64:  # (journeys edited again and again in one process)
+            _ARMS_OF.clear()
+        found = _ARMS_OF[key] = {}
+    return found
 
 
 def arm_stats(conn: Any, plan: Plan, sid: str) -> tuple[list[ArmReport], int]:
@@ -150,7 +157,8 @@ def arm_stats(conn: Any, plan: Plan, sid: str) -> tuple[list[ArmReport], int]:
                or_(reached.c.eid.is_not(None), enrollment_t.c.step_id.in_(inside), state_text != "{}"))
     ) if inside else ()
     index = {name: i for i, (name, _, _) in enumerate(node.arms)}
-    arm_key = tuple(node.arms)  # (hashable: the cache's key)
+    arm_key = tuple(node.arms)
+    of_contact = _arms_of(plan.name, sid, arm_key)
     inside_set = set(inside)
     after_decision = 0
     for cid, step, converted, revenue, state, has_start in rows:
@@ -159,7 +167,10 @@ def arm_stats(conn: Any, plan: Plan, sid: str) -> tuple[list[ArmReport], int]:
             continue
         if not has_start and step not in inside_set:
             continue
-        arm = arms[index[_arm_of(plan.name, sid, cid, arm_key)]]
+        i = of_contact.get(cid)
+        if i is None:
+            i = of_contact[cid] = index[pick_arm(plan.name, sid, cid, arm_key)[0]]
+        arm = arms[i]
         arm.recipients += 1
         if converted:
             value = float(revenue or 0)
