@@ -295,6 +295,12 @@ def test_offer_costs_are_charged_to_the_journey_that_sent_the_code(make_project,
     assert shop.costs == {"messages": 1.5, "offers": 25.0, "fixed": 0.0, "total": 26.5}
     assert shop.roi == pytest.approx((60 - 26.5) / 26.5)
     assert report_json(report)["offers_unattributed"] == 7.0
+    # A tick's summary of one journey (no attribution across journeys) charges the same offers.
+    for name in ("shop", "other"):
+        full = report.journey(name)
+        alone = build_report(store, spec, T0 + timedelta(days=2), journeys=[name], attribution=False).journey(name)
+        assert ((alone.cost_offers, alone.offers_redeemed, [(s.step, s.offer_cost) for s in alone.steps])
+                == (full.cost_offers, full.offers_redeemed, [(s.step, s.offer_cost) for s in full.steps])), name
 
 
 def test_fixed_costs_are_spread_over_the_period_since_the_journey_first_ran(make_project, store):

@@ -496,7 +496,8 @@ def _speed_to_lead(conn: Any, reports: dict[str, JourneyReport], now: datetime) 
     (a first message dated before its event — a client's clock ahead — is left out, as in the
     speed-to-lead KPI)."""
     first = (select(message_t.c.enrollment_id.label("eid"), func.min(message_t.c.sent_at).label("at"))
-             .where(message_t.c.status == SENT, message_t.c.enrollment_id.isnot(None), message_t.c.sent_at <= now)
+             .where(message_t.c.status == SENT, message_t.c.enrollment_id.isnot(None), message_t.c.sent_at <= now,
+                    message_t.c.journey.in_(list(reports)))  # (a message is of its enrollment's journey)
              .group_by(message_t.c.enrollment_id).subquery("first_sent"))
     rows = conn.execute(select(enrollment_t.c.journey, event_t.c.occurred_at, first.c.at)
                         .select_from(enrollment_t.join(first, first.c.eid == enrollment_t.c.id)
@@ -513,7 +514,8 @@ def _speed_to_lead(conn: Any, reports: dict[str, JourneyReport], now: datetime) 
 
 def _recipients(conn: Any, reports: dict[str, JourneyReport]) -> None:
     first = (select(message_t.c.journey, message_t.c.contact_id, func.min(message_t.c.sent_at).label("first_sent"))
-             .where(message_t.c.status == SENT, message_t.c.enrollment_id.isnot(None))
+             .where(message_t.c.status == SENT, message_t.c.enrollment_id.isnot(None),
+                    message_t.c.journey.in_(list(reports)))
              .group_by(message_t.c.journey, message_t.c.contact_id).subquery())
     for journey, n in conn.execute(select(first.c.journey, func.count()).group_by(first.c.journey)):
         if journey in reports:
@@ -599,11 +601,11 @@ def _offers(conn: Any, project: ProjectSpec, reports: dict[str, JourneyReport],
     offers = declared_offers(project, project.journeys)
     goal_names = {spec.goal.event for spec in project.journeys.values() if spec.goal is not None}
     events = redemptions(conn, now, goal_names)
-    missing = sorted({cid for _, cid, _, _ in events} - set(touches))
-    touches = {**touches, **_touches(conn, missing)} if missing else touches
-    charges, unplaced = charge_redemptions(events, offers, touches, ATTRIBUTION_LOOKBACK)
     credited = [(c.journey, c.contact, c.at, c.revenue, goal_props.get(c.enrollment, {})) for c in conversions
                 if not c.holdout and c.first_sent is not None and c.at >= c.first_sent]
+    missing = sorted(({cid for _, cid, _, _ in events} | {cid for _, cid, _, _, _ in credited}) - set(touches))
+    touches = {**touches, **_touches(conn, missing)} if missing else touches
+    charges, unplaced = charge_redemptions(events, offers, touches, ATTRIBUTION_LOOKBACK)
     charges += charge_untracked(credited, offers, touches, ATTRIBUTION_LOOKBACK)
     for charge in charges:
         r = reports.get(charge.journey)
@@ -642,9 +644,12 @@ def handover_stats(conn: Any, now: datetime) -> HandoverStats:
 
 
 def build_report(store: Store, project: ProjectSpec, now: Optional[datetime] = None,
-                 journeys: Optional[list[str]] = None, env: Optional[Mapping[str, str]] = None) -> Report:
+                 journeys: Optional[list[str]] = None, env: Optional[Mapping[str, str]] = None,
+                 attribution: bool = True) -> Report:
     """`env` (default: the process environment) gives the public URL and secret the SMS links
-    were rendered with — their length counts in an SMS's segments."""
+    were rendered with — their length counts in an SMS's segments. `attribution=False`: the
+    journeys' own figures only — no attribution across journeys, no daily conversions (the
+    summary a tick writes for each journey: every conversion's touches are most of a report)."""
     now = now or datetime.now(timezone.utc)
     env = os.environ if env is None else env
     names = journeys or sorted(project.journeys)
@@ -666,9 +671,9 @@ def build_report(store: Store, project: ProjectSpec, now: Optional[datetime] = N
         clicks_tracked, opens_tracked = _engagement(conn, steps, now)
         _recipients(conn, reports)
         _speed_to_lead(conn, reports, now)
-        conversions = _conversions(conn)
+        conversions = _conversions(conn) if attribution else []
         touches = _touches(conn, sorted({c for c, _, _ in conversions}))
-        attribution, unattributed = _attribution(conversions, touches)
+        rows, unattributed = _attribution(conversions, touches) if attribution else ([], (0, 0.0))
         daily = _daily(conversions)
         unplaced = _offers(conn, project, reports, steps, converted, goal_props, touches, now)
         handovers = handover_stats(conn, now)
@@ -679,8 +684,8 @@ def build_report(store: Store, project: ProjectSpec, now: Optional[datetime] = N
                 r.splits = split_reports(conn, _plan(spec), now, r.has_value)
             r.objectives = journey_objectives(conn, project, r, now)
         business = _business(conn, project, reports, now) if journeys is None else {}
-    attribution = [a for a in attribution if a.journey in reports]
-    return Report(now, [reports[n] for n in names], attribution, unattributed, daily, handovers, costs,
+    rows = [a for a in rows if a.journey in reports]
+    return Report(now, [reports[n] for n in names], rows, unattributed, daily, handovers, costs,
                   clicks_tracked, opens_tracked, unplaced, **business)
 
 

@@ -73,7 +73,7 @@ def journey_summary(store: Store, project: ProjectSpec, journey: str, now: Optio
                     env: Optional[Mapping[str, str]] = None) -> tuple[str, list[dict]]:
     """(markdown, table rows) summarising one journey from its first run to now. `env`: the
     runtime's environment (public URL: the length of SMS links), default the process's."""
-    report = build_report(store, project, now, journeys=[journey], env=env)
+    report = build_report(store, project, now, journeys=[journey], env=env, attribution=False)
     r = report.journey(journey)
     with number_style(project.policies):
         return journey_markdown(r, report.generated_at), step_rows(r)
