@@ -8,8 +8,8 @@ RESOLUTION late — so a "1 h" cart reminder leaves an hour after the cart, not 
 few coarse ticks. Around each moment the company's events up to then are ingested, CRM deals
 imported, lead scores recomputed every SCORE_EVERY, and the world's
 reactions to what was sent (opens, clicks, purchases, unsubscribes, sales calls) fed back.
-The last hours run as Prefect flow runs (`tick-all`, PREFECT_TICKS of them, PREFECT_EVERY
-apart), so the Prefect UI has runs and artifacts to show. Segments sync weekly to the CSV
+The last tick runs as Prefect flow runs (`tick-all` and its journeys' flows, PREFECT_EVERY after the
+simulated part ends), so the Prefect UI has runs and artifacts to show. Segments sync weekly to the CSV
 fallback. At the end: the HTML report, the outbox, and a short summary of where to look.
 
 Runs in its own data directory (`.nurture/demo/`), wiped first: run it again and again; the
@@ -48,7 +48,7 @@ START = datetime(2026, 10, 5, 6, 0, tzinfo=timezone.utc)  # a Monday
 DAYS = 30
 CONTACTS = 5000
 RESOLUTION = timedelta(hours=1)  # the least time between two ticks of a journey in the simulated part
-PREFECT_TICKS = 2  # the last ticks, as Prefect flow runs (each costs about a second per journey)
+PREFECT_TICKS = 1  # the last tick(s), as Prefect flow runs (each costs about half a second per journey)
 PREFECT_EVERY = timedelta(hours=6)
 SCORE_EVERY = timedelta(hours=4)
 SYNC_EVERY = timedelta(days=7)
@@ -149,8 +149,9 @@ def run_demo(project: Path, *, seed: int, run_ticks: Callable[[datetime], list[d
                   "and click ids, so every lead has a source")
     simulated_end = end - PREFECT_EVERY * PREFECT_TICKS
     console.print(f"\nSimulating {START:%d %b} to {simulated_end:%d %b %H:%M} UTC with the real tick at the moments "
-                  f"something falls due (at most {resolution.total_seconds() / 60:.0f} min late), then the last "
-                  f"{PREFECT_TICKS} ticks as Prefect flow runs…")
+                  f"something falls due (at most {resolution.total_seconds() / 60:.0f} min late), then "
+                  + ("the last tick" if PREFECT_TICKS == 1 else f"the last {PREFECT_TICKS} ticks")
+                  + " as Prefect flow runs…")
     world = _DemoWorld(company, store, spec, project, demo_dir, console)
     rt = Runtime(store, spec, env=dict(os.environ))
     try:
