@@ -50,7 +50,7 @@ CONTACTS = 5000
 RESOLUTION = timedelta(hours=1)  # the least time between two ticks of a journey in the simulated part
 PREFECT_TICKS = 1  # the last tick(s), as Prefect flow runs (each costs about half a second per journey)
 PREFECT_EVERY = timedelta(hours=6)
-SCORE_EVERY = timedelta(hours=4)
+SCORE_EVERY = timedelta(hours=6)  # the company's scoring cadence (deployed, the `scoring` flow runs hourly)
 SYNC_EVERY = timedelta(days=7)
 
 
