@@ -366,8 +366,8 @@ def serve(interval: Optional[int] = typer.Option(
 def demo(seed: int = typer.Option(7, "--seed", help="Seed of the synthetic story")) -> None:
     """The whole story on the embedded default: a synthetic shop with 5,000 contacts, the six
     journeys over 30 simulated days on the simulator (the real tick at the moments something
-    falls due), the last two ticks as Prefect flow runs, segment sync to CSV, the outbox and
-    the HTML report."""
+    falls due), the last tick as Prefect flow runs, segment sync to CSV, the outbox and the
+    HTML report."""
     from nurture.demo import run_demo
     ready = prefect_in_background()  # its temporary server starts on the other core while the month runs
 
