@@ -134,47 +134,47 @@ def test_exit_when_an_event_is_performed_after_enrollment(make_runtime, store):
 
 
 def test_an_exit_event_tracked_late_or_dated_ahead_still_lets_the_contact_leave(make_runtime, store):
-    """Exits on events are looked at, after a Runtime's first look, only for contacts with
-    something new (outcomes._changed_contacts): an exit event tracked before its contact's
-    enrollment existed (the signup tracked late) and one dated after the tick's clock (it
-    counts once the clock reaches it) must both still be seen."""
+    """Exits on events are looked at, after a Runtime's first look at every active enrollment,
+    only for contacts with something new (outcomes._changed_contacts): an exit
+    event tracked before its contact's enrollment existed (the signup tracked late) and one
+    dated after the tick's clock (it counts once the clock reaches it) must both still be seen."""
     rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO,
                                          extra="exit_when:\n  - {any: [{event: purchase}, {event: refund}]}")})
     late, ahead, stays = (subscriber(store, f"{n}@example.com") for n in ("late", "ahead", "stays"))
     for cid in (ahead, stays):
         add_event(store, cid, "signup", T0)
     tick(rt, T0 + timedelta(minutes=1))  # the first look: every active enrollment
-    add_event(store, late, "purchase", T0 + timedelta(minutes=30))
-    add_event(store, ahead, "refund", T0 + timedelta(hours=3))  # dated ahead of the next tick
-    tick(rt, T0 + timedelta(hours=1))
+    add_event(store, late, "purchase", T0 + timedelta(minutes=10))
+    add_event(store, ahead, "refund", T0 + timedelta(minutes=45))  # dated ahead of the next ticks
+    tick(rt, T0 + timedelta(minutes=20))
     add_event(store, late, "signup", T0)  # tracked late: enrolls as of T0, the purchase is after
-    tick(rt, T0 + timedelta(hours=2))
+    tick(rt, T0 + timedelta(minutes=30))
     status = lambda: {e.contact_id: e.status for e in enrollments(store)}  # noqa: E731
     assert status() == {late: "exited", ahead: "active", stays: "active"}
-    tick(rt, T0 + timedelta(hours=3))
+    tick(rt, T0 + timedelta(minutes=50))
     assert status() == {late: "exited", ahead: "exited", stays: "active"}
 
 
 def test_a_revocation_lets_the_contact_leave_when_its_time_comes_however_it_was_recorded(make_runtime, store):
     """An exit on consent (`consent: {status: revoked}`) is looked at, after a Runtime's first
-    look, only for contacts with a new ledger row or a new enrollment: a revocation recorded
-    now, one recorded ahead of the clock (it counts from its time), and one recorded before
-    its contact's enrollment existed must all be seen."""
+    look at every active enrollment, only for contacts with a new ledger row or a new
+    enrollment: a revocation recorded now, one recorded ahead of the clock (it counts from its
+    time), and one recorded before its contact's enrollment existed must all be seen."""
     rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO, extra=(
         "exit_when:\n  - consent: {channel: email, status: revoked}"))})
     now_, ahead, before, stays = (subscriber(store, f"{n}@example.com") for n in ("now", "ahead", "before", "stays"))
     for cid in (now_, ahead, stays):
         add_event(store, cid, "signup", T0)
     tick(rt, T0 + timedelta(minutes=1))  # the first look: every active enrollment
-    set_consent(store, now_, status="revoked", at=T0 + timedelta(minutes=30))
-    set_consent(store, ahead, status="revoked", at=T0 + timedelta(hours=3))
-    set_consent(store, before, status="revoked", at=T0 + timedelta(minutes=40))
-    tick(rt, T0 + timedelta(hours=1))
+    set_consent(store, now_, status="revoked", at=T0 + timedelta(minutes=10))
+    set_consent(store, ahead, status="revoked", at=T0 + timedelta(minutes=45))
+    set_consent(store, before, status="revoked", at=T0 + timedelta(minutes=12))
+    tick(rt, T0 + timedelta(minutes=20))
     add_event(store, before, "signup", T0)  # tracked late: enrolls as of T0, revoked since
-    tick(rt, T0 + timedelta(hours=2))
+    tick(rt, T0 + timedelta(minutes=30))
     status = lambda: {e.contact_id: e.status for e in enrollments(store)}  # noqa: E731
     assert status() == {now_: "exited", ahead: "active", before: "exited", stays: "active"}
-    tick(rt, T0 + timedelta(hours=3))
+    tick(rt, T0 + timedelta(minutes=50))
     assert status() == {now_: "exited", ahead: "exited", before: "exited", stays: "active"}
 
 
@@ -318,39 +318,47 @@ def test_a_purchase_tracked_after_its_window_closed_converts(make_runtime, store
 def test_a_goal_event_tracked_before_its_enrollment_existed_converts(make_runtime, store):
     """A tick looks at the goal events (the purchase) before the contact is enrolled: its
     signup is tracked later but dated earlier. The enrollment it makes then still converts on
-    that purchase, though the purchase is no longer new to the Runtime."""
+    that purchase, though the purchase is no longer new to the Runtime (its next look looks only
+    at what changed: outcomes._changed_contacts)."""
     rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO, extra=GOAL)})
     cid = subscriber(store, "ann@example.com")
     add_event(store, cid, "purchase", T0 + timedelta(minutes=30), {"value": 12})
-    tick(rt, T0 + timedelta(hours=1))
+    tick(rt, T0 + timedelta(hours=1))  # the first look: every window
     assert enrollments(store) == []
     add_event(store, cid, "signup", T0)  # tracked late
-    tick(rt, T0 + timedelta(hours=2))
+    tick(rt, T0 + timedelta(hours=1, minutes=30))
     assert [(e.status, e.revenue, e.exit_reason) for e in enrollments(store)] == [("converted", 12.0, "goal")]
 
 
 def test_a_goal_event_dated_after_the_tick_converts_once_the_clock_reaches_it(make_runtime, store):
     """A purchase tracked with a time after the tick's clock (a scheduled import, clock skew)
     does not count yet; it converts at the first tick at or after its time, though by then it
-    is no longer new to the Runtime. A new Runtime (another process) sees the same."""
+    is no longer new to the Runtime. A new Runtime (another process) sees the same, also of a
+    purchase that was already there, dated ahead, when it first looked."""
     spec = {"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO, extra=GOAL)}
     rt = make_runtime(spec)
-    early, later = subscriber(store, "early@example.com"), subscriber(store, "later@example.com")
-    for cid in (early, later):
+    early, later, known = (subscriber(store, f"{n}@example.com") for n in ("early", "later", "known"))
+    for cid in (early, later, known):
         add_event(store, cid, "signup", T0)
-    tick(rt, T0 + timedelta(minutes=1))
-    add_event(store, early, "purchase", T0 + timedelta(hours=3), {"value": 7})
-    add_event(store, later, "purchase", T0 + timedelta(hours=5), {"value": 9})
-    tick(rt, T0 + timedelta(hours=1))
+    tick(rt, T0 + timedelta(minutes=1))  # the first look: every window
+    add_event(store, early, "purchase", T0 + timedelta(minutes=30), {"value": 7})
+    add_event(store, later, "purchase", T0 + timedelta(minutes=50), {"value": 9})
+    tick(rt, T0 + timedelta(minutes=20))
     status = lambda: {e.contact_id: e.status for e in enrollments(store)}  # noqa: E731
-    assert status() == {early: "active", later: "active"}
-    tick(rt, T0 + timedelta(hours=2))
-    tick(rt, T0 + timedelta(hours=3))
-    assert status() == {early: "converted", later: "active"}
-    tick(make_runtime(spec), T0 + timedelta(hours=4))
-    assert status() == {early: "converted", later: "active"}
-    tick(rt, T0 + timedelta(hours=5, minutes=1))
-    assert status() == {early: "converted", later: "converted"}
+    assert status() == {early: "active", later: "active", known: "active"}
+    tick(rt, T0 + timedelta(minutes=35))
+    assert status() == {early: "converted", later: "active", known: "active"}
+    tick(make_runtime(spec), T0 + timedelta(minutes=40))
+    assert status() == {early: "converted", later: "active", known: "active"}
+    tick(rt, T0 + timedelta(minutes=55))
+    assert status() == {early: "converted", later: "converted", known: "active"}
+
+    add_event(store, known, "purchase", T0 + timedelta(hours=2, minutes=10), {"value": 3})
+    other = make_runtime(spec)
+    tick(other, T0 + timedelta(hours=2))  # its first look: the purchase is ahead of the clock
+    assert status()[known] == "active"
+    tick(other, T0 + timedelta(hours=2, minutes=20))
+    assert status()[known] == "converted"
 
 
 # ---------------------------------------------------------------- holdout
