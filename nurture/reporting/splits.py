@@ -119,10 +119,13 @@ def dominated(plan: Plan, split: str) -> set[str]:
 _ARMS_OF: dict[tuple, dict[int, int]] = {}
 
 
+_MEMBERS_KEPT = 1 << 18  # members of one split whose arm is kept (~30 MB); beyond, worked out again
+
+
 def _arms_of(journey: str, sid: str, arms: tuple) -> dict[int, int]:
     key = (journey, sid, arms)
     found = _ARMS_OF.get(key)
-    if found is None:
+    if found is None or len(found) > _MEMBERS_KEPT:
         if len(_ARMS_OF) > 64:  # (journeys edited again and again in one process)
             _ARMS_OF.clear()
         found = _ARMS_OF[key] = {}
