@@ -12,8 +12,8 @@ from sqlalchemy import bindparam, func, literal_column, select
 from nurture.compiler import Plan
 from nurture.conditions import ConditionScope, clock_values, compile_any, properties_match
 from nurture.runtime.context import Runtime
-from nurture.spec.models import Condition
 from nurture.runtime.sql import chunks, ids_in, not_indexed, prebuilt, texts_in
+from nurture.spec.models import Condition
 from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t
 
 
