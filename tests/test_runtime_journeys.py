@@ -13,8 +13,8 @@ from nurture.runtime import run_tick
 from nurture.runtime.stable_random import in_holdout, pick_arm
 from tests.conftest import utc
 from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
-from tests.engine_fixtures import (add_event, at_once, contact_row, enrollments, journey_yaml, messages, outcomes,
-                                   reads_meet, set_consent, subscriber)
+from tests.engine_fixtures import (add_contact, add_event, at_once, contact_row, enrollments, journey_yaml, messages,
+                                   outcomes, reads_meet, set_consent, subscriber)
 
 T0 = utc(2026, 3, 4, 10, 0)  # a Wednesday
 HELLO = "- id: hello\n  send: {channel: email, template: hello, subject: Hello}"
@@ -328,6 +328,25 @@ def test_a_goal_event_tracked_before_its_enrollment_existed_converts(make_runtim
     add_event(store, cid, "signup", T0)  # tracked late
     tick(rt, T0 + timedelta(hours=1, minutes=30))
     assert [(e.status, e.revenue, e.exit_reason) for e in enrollments(store)] == [("converted", 12.0, "goal")]
+
+
+def test_a_goal_event_moved_by_a_merge_converts_the_contact_it_moved_to(make_runtime, store):
+    """An anonymous visitor's purchase moves to the known contact when the visitor identifies
+    (nurture.identities.merge_contacts): its id is old, yet the known contact's enrollment,
+    looked at only for what changed since the Runtime's last look, converts on it."""
+    from nurture.identities import merge_contacts
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO, extra=GOAL)})
+    known = subscriber(store, "ann@example.com")
+    visitor = add_contact(store, None)  # an anonymous visitor
+    add_event(store, known, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))  # the first look: every window
+    add_event(store, visitor, "purchase", T0 + timedelta(minutes=5), {"value": 30})
+    tick(rt, T0 + timedelta(minutes=10))  # the purchase is new, but its contact is in no journey
+    assert [e.status for e in enrollments(store)] == ["active"]
+    with store.engine.begin() as conn:
+        merge_contacts(conn, visitor, known, reason="identify", now=T0 + timedelta(minutes=15))
+    tick(rt, T0 + timedelta(minutes=20))
+    assert [(e.status, e.revenue) for e in enrollments(store)] == [("converted", 30.0)]
 
 
 def test_a_goal_event_dated_after_the_tick_converts_once_the_clock_reaches_it(make_runtime, store):

@@ -14,7 +14,7 @@ from nurture.conditions import ConditionScope, clock_values, compile_any, proper
 from nurture.runtime.context import Runtime
 from nurture.runtime.sql import chunks, ids_in, not_indexed, prebuilt, texts_in
 from nurture.spec.models import Condition
-from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t
+from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t, merge_t
 
 
 LATE_CONVERSIONS = timedelta(days=30)
@@ -61,13 +61,16 @@ class _Look:
     event: int
     enrollment: int
     consent: int
+    merge: int
     now: datetime
     future: dict[tuple[str, int], tuple[int, datetime]]
 
 
 # The newest ids, in one statement (a tick looks twice: conversions, exits).
-_TOPS = select(select(func.max(event_t.c.id)).scalar_subquery(), select(func.max(enrollment_t.c.id)).scalar_subquery(),
-               select(func.max(consent_t.c.id)).scalar_subquery())
+_TOPS = select(*(select(func.max(t.c.id)).scalar_subquery() for t in (event_t, enrollment_t, consent_t, merge_t)))
+# A merge moves a contact's events, consents and enrollments to another one, ids unchanged.
+_NEW_MERGES = select(merge_t.c.from_contact_id, merge_t.c.into_contact_id).where(
+    merge_t.c.id > bindparam("merges_from"), merge_t.c.id <= bindparam("merges_to"))
 # (by id alone: a rowid range; with the journey's name as well SQLite would scan its index)
 _NEW_ENROLLMENTS = select(enrollment_t.c.contact_id, enrollment_t.c.journey).where(
     enrollment_t.c.id > bindparam("enrollments_from"), enrollment_t.c.id <= bindparam("enrollments_to"))
@@ -84,8 +87,9 @@ _NEW = {"event": _NAMED_EVENTS, "consent": _NEW_CONSENTS}
 def _changed_contacts(rt: Runtime, conn: Any, key: tuple, journey: str, names: list[str], consents: bool,
                       now: datetime) -> tuple[Optional[list[int]], _Look]:
     """For a check whose answer per enrollment changes only with its contact's events of
-    `names` and (`consents`) consent ledger rows — tracked, or reaching the clock — and with
-    new enrollments (a conversion, an exit on events or consent): the contacts to look at
+    `names` and (`consents`) consent ledger rows — tracked, reaching the clock, or moved to it
+    by a merge (nurture.identities) — and with new enrollments (a conversion, an exit on events
+    or consent): the contacts to look at
     again since this Runtime's last look under `key`, or None (look at all: the first look, or
     the clock went back). SQLite only: one write transaction at a time, and an id is taken
     inside it, so every id at or below the newest one read is final (store.event_order); the
@@ -94,7 +98,7 @@ def _changed_contacts(rt: Runtime, conn: Any, key: tuple, journey: str, names: l
     last: Optional[_Look] = rt.memo.get(key)
     if last is not None and now < last.now:
         last = None
-    top_event, top_enrollment, top_consent = (i or 0 for i in conn.execute(_TOPS).one())
+    top_event, top_enrollment, top_consent, top_merge = (i or 0 for i in conn.execute(_TOPS).one())
     top = {"event": top_event, "consent": top_consent}
     future = {} if last is None else {k: seen for k, seen in last.future.items() if seen[1] > now}
     contacts = set() if last is None else {cid for cid, at in last.future.values() if at <= now}
@@ -112,7 +116,10 @@ def _changed_contacts(rt: Runtime, conn: Any, key: tuple, journey: str, names: l
         contacts.update(cid for cid, name in conn.execute(
             _NEW_ENROLLMENTS, {"enrollments_from": last.enrollment, "enrollments_to": top_enrollment})
             if name == journey)
-    look = _Look(top["event"], top_enrollment, top["consent"], now, future)
+    if last is not None and top_merge > last.merge:
+        for pair in conn.execute(_NEW_MERGES, {"merges_from": last.merge, "merges_to": top_merge}):
+            contacts.update(pair)
+    look = _Look(top["event"], top_enrollment, top["consent"], top_merge, now, future)
     return (None if last is None else sorted(contacts)), look
 
 
