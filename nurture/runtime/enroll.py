@@ -13,6 +13,7 @@ from nurture.conditions import ConditionScope, clock_values, compile_condition
 from nurture.runtime.context import Runtime
 from nurture.runtime.enroll_dates import enroll_on_dates
 from nurture.runtime.timing import arrival_due
+from nurture.runtime.when_candidates import WhenCandidates, anchored_by
 from nurture.runtime.sql import chunks, for_update, ids_in, insert_ignore, prebuilt, write_many
 from nurture.runtime.stable_random import in_holdout
 from nurture.store.event_order import settled_newest
@@ -70,7 +71,9 @@ def enroll_matching(rt: Runtime, plan: Plan, now: datetime) -> int:
     contact once, in a read (on most ticks no one new matches, and no write lock is taken);
     the write transaction checks only the contacts that read found, by id, and enrolls those
     that still qualify, one worker at a time per journey. (Someone who starts to match in
-    between enters on the next tick, as if the read had come a moment later.)"""
+    between enters on the next tick, as if the read had come a moment later.) On SQLite a
+    condition with an anchor (`{event: X}`) is read only for the contacts that may match
+    (nurture.runtime.when_candidates), not over every contact."""
     journey = plan.journey
     key = ("enroll_matching", plan.name, plan.version)
     if key not in rt.memo:  # built once per journey version and Runtime (its segments), run at any time
@@ -84,13 +87,21 @@ def enroll_matching(rt: Runtime, plan: Plan, now: datetime) -> int:
         matching = (select(contact_t.c.id, contact_t.c.timezone).where(
             compile_condition(journey.trigger.condition(), scope),
             ~exists(select(previous.c.id).where(*barred))).order_by(contact_t.c.id))
-        rt.memo[key] = (matching, matching.where(ids_in(contact_t.c.id, ())), scope.clock)
-    stmt, recheck, clock = rt.memo[key]
+        anchored = anchored_by(journey.trigger.condition(), rt.project.segments,
+                               rt.project.policies.retention.events)
+        rt.memo[key] = (matching, matching.where(ids_in(contact_t.c.id, ())), scope.clock,
+                        WhenCandidates(plan.name, anchored, journey.reentry)
+                        if anchored is not None and rt.store.dialect == "sqlite" else None)
+    stmt, recheck, clock, tracked = rt.memo[key]
     params = {"journey": plan.name, **clock_values(clock, now)}
     first = plan.nodes[plan.first]
     default_tz = rt.project.policies.timezone
     with rt.store.reading() as conn:
-        candidates = [cid for cid, _ in conn.execute(stmt, params)]
+        if tracked is None:
+            candidates = [cid for cid, _ in conn.execute(stmt, params)]
+        else:  # only who may match (nurture.runtime.when_candidates), checked by id
+            candidates = [cid for part in chunks(tracked.candidates(conn, now), 5000)
+                          for cid, _ in conn.execute(recheck, {**params, "ids_id": list(part)})]
     if not candidates:
         return 0
     with rt.store.engine.begin() as conn:
@@ -109,7 +120,9 @@ def enroll_matching(rt: Runtime, plan: Plan, now: datetime) -> int:
                     for cid, tz in rows]
         for part in chunks(new_rows, 5000):
             write_many(conn, _INSERT, list(part))
-        return len(new_rows)
+    if tracked is not None:
+        tracked.entered([r["contact_id"] for r in new_rows], now)
+    return len(new_rows)
 
 
 # Trigger events per transaction of an event-triggered enrollment: a backlog of a million
