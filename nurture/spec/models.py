@@ -377,7 +377,8 @@ class Step(Strict):
 
 class Trigger(Strict):
     """Enroll on an `event`, or (no event) when a contact is in a `segment` / matches `when`:
-    a condition trigger is evaluated in SQL over all contacts on every tick. A `date` trigger
+    a condition trigger is evaluated in SQL on every tick (on SQLite only for the contacts that
+    may match, when it has an anchor: nurture.runtime.when_candidates). A `date` trigger
     enrolls at a moment computed from a contact date (birthday, renewal_date): `offset` before
     or after it, at the local time `at`, once or `every: year` (nurture.date_occurrences)."""
     event: Optional[str] = None
