@@ -51,6 +51,7 @@ from nurture.runtime.context import Runtime, TickReport
 from nurture.runtime.gc_pause import gc_relaxed
 from nurture.runtime.tick import as_utc, run_tick
 from nurture.send.guards.quiet_hours import zone
+from nurture.store.event_order import newest_ids
 from nurture.store.models import QUEUED, SENT
 from nurture.store.tables import contact_t, enrollment_t, event_t, message_t
 
@@ -314,9 +315,6 @@ _DUE_MESSAGES = (select(message_t.c.journey, func.min(message_t.c.due_at))
                  .group_by(message_t.c.journey))
 _NEW_EVENTS = (select(event_t.c.id, event_t.c.contact_id, event_t.c.name, event_t.c.occurred_at)
                .where(event_t.c.id > bindparam("after")))
-_MAX_IDS = {table.name: select(func.max(table.c.id)) for table in (event_t, message_t, enrollment_t)}
-
-
 def _active_in(rt: Runtime, journey: str, contact_id: int, email: str) -> bool:
     query = _ACTIVE_BY_ID if contact_id else _ACTIVE_BY_EMAIL
     with rt.store.reading() as conn:
@@ -381,9 +379,9 @@ def _due_in_store(rt: Runtime, journeys: list[str]) -> dict[str, datetime]:
     return due
 
 
-def _max_id(rt: Runtime, column: Any) -> int:
+def _max_id(rt: Runtime, table: Any) -> int:
     with rt.store.reading() as conn:
-        return conn.execute(_MAX_IDS[column.table.name]).scalar() or 0
+        return newest_ids(conn, table)[0]
 
 
 # ---------------------------------------------------------------- the run
@@ -465,10 +463,10 @@ def _simulate(rt: Runtime, journeys: list[str], start: datetime, end: datetime, 
             for clock in clocks.values():
                 clock.event(name, at, email=_email(email), properties=properties)
     world_events()
-    baseline = {"message": _max_id(rt, message_t.c.id), "enrollment": _max_id(rt, enrollment_t.c.id)}
+    baseline = {"message": _max_id(rt, message_t), "enrollment": _max_id(rt, enrollment_t)}
     orders = {j: rt.plan(j).order for j in journeys}
     funnel: Counter = Counter()
-    seen_event = _max_id(rt, event_t.c.id)
+    seen_event = _max_id(rt, event_t)
     moment: Optional[datetime] = start
     due_now = list(journeys)  # every journey ticks at the start: backfills, condition triggers
     due: dict[str, datetime] = {}  # journey → its earliest due enrollment or message (only its ticks change it)
@@ -483,7 +481,7 @@ def _simulate(rt: Runtime, journeys: list[str], start: datetime, end: datetime, 
             if batch:
                 track_records(rt.store, batch, source=feed.name, now=moment)
                 result.events_ingested += len(batch)
-        seen_event = _max_id(rt, event_t.c.id)
+        seen_event = _max_id(rt, event_t)
         reports = []
         for journey in due_now:
             began = time.perf_counter()

@@ -14,6 +14,7 @@ from nurture.conditions import ConditionScope, clock_values, compile_any, proper
 from nurture.runtime.context import Runtime
 from nurture.runtime.sql import chunks, ids_in, not_indexed, prebuilt, texts_in
 from nurture.spec.models import Condition
+from nurture.store.event_order import newest_ids
 from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t, merge_t
 
 
@@ -66,8 +67,6 @@ class _Look:
     future: dict[tuple[str, int], tuple[int, datetime]]
 
 
-# The newest ids, in one statement (a tick looks twice: conversions, exits).
-_TOPS = select(*(select(func.max(t.c.id)).scalar_subquery() for t in (event_t, enrollment_t, consent_t, merge_t)))
 # A merge moves a contact's events, consents and enrollments to another one, ids unchanged.
 _NEW_MERGES = select(merge_t.c.from_contact_id, merge_t.c.into_contact_id).where(
     merge_t.c.id > bindparam("merges_from"), merge_t.c.id <= bindparam("merges_to"))
@@ -89,16 +88,15 @@ def _changed_contacts(rt: Runtime, conn: Any, key: tuple, journey: str, names: l
     """For a check whose answer per enrollment changes only with its contact's events of
     `names` and (`consents`) consent ledger rows — tracked, reaching the clock, or moved to it
     by a merge (nurture.identities) — and with new enrollments (a conversion, an exit on events
-    or consent): the contacts to look at
-    again since this Runtime's last look under `key`, or None (look at all: the first look, or
-    the clock went back). SQLite only: one write transaction at a time, and an id is taken
+    or consent): the contacts to look at again since this Runtime's last look under `key`, or
+    None (look at all: the first look, or the clock went back). SQLite only: one write transaction at a time, and an id is taken
     inside it, so every id at or below the newest one read is final (store.event_order); the
     ledger is append-only. Call in the read's transaction; once the check has been made, store
     the look returned beside them under `key` in `rt.memo`: the next one starts there."""
     last: Optional[_Look] = rt.memo.get(key)
     if last is not None and now < last.now:
         last = None
-    top_event, top_enrollment, top_consent, top_merge = (i or 0 for i in conn.execute(_TOPS).one())
+    top_event, top_enrollment, top_consent, top_merge = newest_ids(conn, event_t, enrollment_t, consent_t, merge_t)
     top = {"event": top_event, "consent": top_consent}
     future = {} if last is None else {k: seen for k, seen in last.future.items() if seen[1] > now}
     contacts = set() if last is None else {cid for cid, at in last.future.values() if at <= now}
@@ -161,7 +159,9 @@ def _conversions_stmt(rt: Runtime, plan: Plan, only: str, locking: bool) -> Any:
     dialect = rt.store.dialect
 
     def build() -> Any:
-        filters = [enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.converted_at.is_(None),
+        # The contacts' own enrollments by ix_enrollment_contact, not all the journey's open ones.
+        journey = not_indexed(enrollment_t.c.journey) if only == "contacts" else enrollment_t.c.journey
+        filters = [journey == bindparam("journey"), enrollment_t.c.converted_at.is_(None),
                    # Windows that closed recently are looked at too: a purchase tracked late (or a
                    # paused schedule) still counts if it happened inside the window.
                    enrollment_t.c.entered_at >= bindparam("entered_since"),
@@ -171,8 +171,7 @@ def _conversions_stmt(rt: Runtime, plan: Plan, only: str, locking: bool) -> Any:
                    (enrollment_t.c.trigger_event_pk.is_(None)) | (event_t.c.id != enrollment_t.c.trigger_event_pk)]
         if goal.where:
             filters.append(properties_match(event_t.c.properties, goal.where))
-        if only == "contacts":  # (their enrollments by ix_enrollment_contact, not all the journey's open ones)
-            filters[0] = not_indexed(enrollment_t.c.journey) == bindparam("journey")
+        if only == "contacts":
             filters.append(ids_in(enrollment_t.c.contact_id, ()))
         stmt = (select(enrollment_t.c.id, enrollment_t.c.entered_at, enrollment_t.c.status,
                        event_t.c.occurred_at, event_t.c.properties)

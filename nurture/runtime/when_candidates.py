@@ -34,6 +34,7 @@ from sqlalchemy import bindparam, distinct, func, select
 
 from nurture.runtime.sql import texts_in
 from nurture.spec.models import Condition
+from nurture.store.event_order import newest_ids
 from nurture.store.tables import enrollment_t, event_t, merge_t
 
 _KINDS = ("all", "any", "not_", "attribute", "property", "event", "score", "consent", "segment")
@@ -80,7 +81,6 @@ def anchored_by(cond: Optional[Condition], segments: Mapping[str, Any],
     return Anchored(anchors, blockers)
 
 
-_TOPS = select(select(func.max(event_t.c.id)).scalar_subquery(), select(func.max(merge_t.c.id)).scalar_subquery())
 _ANCHORED = select(distinct(event_t.c.contact_id)).where(texts_in(event_t.c.name, ()),
                                                          event_t.c.id <= bindparam("to"))
 _LATEST = (select(event_t.c.contact_id, event_t.c.name, func.max(event_t.c.occurred_at))
@@ -110,7 +110,7 @@ class WhenCandidates:
 
     def candidates(self, conn: Any, now: datetime) -> list[int]:
         """Who may match at `now` (a superset: check them), read in the caller's transaction."""
-        top_event, top_merge = (i or 0 for i in conn.execute(_TOPS).one())
+        top_event, top_merge = newest_ids(conn, event_t, merge_t)
         if self.now is None or now < self.now or top_merge != self.merge:
             self._read_all(conn, now, top_event, top_merge)
         elif top_event > self.event:

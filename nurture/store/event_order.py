@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, Table, func, select, text
 
 # Nurture's own key for pg_advisory_* (the ASCII of "nurt-evt"): a 64-bit number that no
 # other application on the database is likely to pick.
@@ -49,3 +49,17 @@ def settled_newest(conn: Any, engine: Engine, statement: Any, params: dict) -> A
     with engine.begin() as settled:
         settled.execute(_EXCLUSIVE, {"key": EVENT_WRITES})
         return settled.execute(statement, params).scalar()
+
+
+_NEWEST: dict[tuple[str, ...], Any] = {}
+
+
+def newest_ids(conn: Any, *tables: Table) -> tuple[int, ...]:
+    """The newest id of each table (0 for an empty one), in one statement of one snapshot. On
+    SQLite every id at or below them is final (see above): a process that remembers them can
+    later read only what came since — nurture.runtime.outcomes, nurture.runtime.when_candidates."""
+    key = tuple(t.name for t in tables)
+    stmt = _NEWEST.get(key)
+    if stmt is None:
+        stmt = _NEWEST[key] = select(*(select(func.max(t.c.id)).scalar_subquery() for t in tables))
+    return tuple(i or 0 for i in conn.execute(stmt).one())
