@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 from nurture.runtime import run_tick
+from nurture.runtime import tick
 from tests.conftest import utc
 from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber
 
 T0 = utc(2026, 3, 4, 10, 0)
 
 
-def test_a_pipelined_tick_with_two_delivery_processes_sends_each_message_once(make_runtime, store):
+def test_a_pipelined_tick_with_two_delivery_processes_sends_each_message_once(make_runtime, store, monkeypatch):
+    monkeypatch.setattr(tick, "LARGE_TICK", 1)  # 300 due count as large: really pipelined
     rt = make_runtime({"j": journey_yaml("j", "- id: hello\n  send: {channel: email, template: hello, subject: Hi}")})
     rt.batch_size = 40  # many small batches, so delivery really runs while advance still queues
     for i in range(300):

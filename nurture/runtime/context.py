@@ -6,7 +6,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from nurture.compiler import Plan, compile_journey
 from nurture.rendering.templates import TemplateLibrary
@@ -74,6 +74,9 @@ class Runtime:
     _templates: Optional[TemplateLibrary] = None
     # What a stage remembers between the ticks of this Runtime (e.g. when auto_winner last judged).
     memo: dict = field(default_factory=dict)
+    # A pipelined tick's hand-off (nurture.send.handoff) while its advance stage runs: the send
+    # transaction then claims the messages it queues, for the tick's delivery processes.
+    handoff: Optional[Any] = None
 
     @property
     def templates(self) -> TemplateLibrary:

@@ -1,15 +1,18 @@
 """Delivery across processes: rendering and assembling messages is CPU-bound Python, so a large
-tick delivers from several processes, each with its own database connection. Claims are
-row-level (a batch goes `queued` → `sending` in one write transaction), so the processes share
-one queue and never claim the same message.
+tick delivers from several processes, each with its own database connection.
 
-`pipelined` overlaps the stages: delivery processes start with the tick and deliver each batch
-the advance stage queues while it guards the next one; when the guards are done, the tick's own
-process delivers too. On N cores that keeps N processes busy throughout (guards + N - 1
-deliverers, then N deliverers), and the first messages leave early. On SQLite
-the processes queue for the write lock in order (write_turns): without it the advance stage,
-committing batch after batch, kept the delivery processes waiting for seconds. Starting the
-processes costs ~1 s, so the flows pipeline only large ticks (`LARGE_TICK` due).
+`pipelined` overlaps the stages: delivery processes start with the tick (from a thread, so the
+guards do not wait the ~1 s it takes) and deliver each batch the advance stage queues while it
+guards the next one; when the guards are done, the tick's own process delivers too. On N cores
+that keeps N processes busy throughout (guards + N - 1 deliverers, then N deliverers), and the
+first messages leave early. The advance stage hands its messages over already claimed, in
+chunks the processes take from one queue (nurture.send.handoff: no claim to read and write per
+batch); what else is queued — a retry now due, a message put back — they then claim as usual,
+row-level (a batch goes `queued` → `sending` in one write transaction), so no two processes
+claim the same message. On SQLite the processes queue for the write lock in order
+(write_turns): without it the advance stage, committing batch after batch, kept the delivery
+processes waiting for seconds. Starting the processes costs ~1 s, so the flows pipeline only
+large ticks (`LARGE_TICK` due).
 
 Processes come from a fork server that has imported the engine once (`forkserver` with
 preloads): a worker then starts without paying the ~1 s of imports on the tick's two cores,
@@ -17,7 +20,7 @@ and — unlike a plain fork — never inherits the caller's threads or open data
 (Prefect runs tasks in threads).
 
 Helper processes never outlive the tick process (a `kill -9` of `nurture run` must not leave a
-delivery process sending, or waiting for a `done` that will never come):
+delivery process sending, or waiting for chunks that will never come):
 - a delivery process watches the tick process from a thread blocked on the pipe the tick
   process holds open for it (`multiprocessing.parent_process()`): when it closes — the tick
   process is gone, however it ended — the delivery process exits at once (`_exit_with`). Nothing
@@ -47,7 +50,6 @@ import queue
 import signal
 import sys
 import threading
-import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -56,13 +58,13 @@ from typing import Any, Callable, Optional
 from sqlalchemy import func, select
 
 from nurture.runtime.context import Runtime
+from nurture.send.handoff import Handoff
 from nurture.store.write_turns import WriteTurns, taking_turns
 
 # Due enrollments from which a tick pipelines delivery processes: below it one process is as
 # fast (starting the fork server and a worker's project load cost ~1 s; measured with
 # bench_tick: in-process wins at 4,000 due, they tie at 10,000).
 LARGE_TICK = 20_000
-IDLE_POLL = 0.05
 RESULT_POLL = 1.0  # how often the tick checks, while waiting for reports, that its workers are alive
 log = logging.getLogger(__name__)
 
@@ -131,32 +133,28 @@ def _runtime(root: str, url: str, env: dict) -> Runtime:
     return Runtime(open_store(url, auto_migrate=False), load_project(Path(root)), env=env)
 
 
-def _deliver_until_done(job: tuple, done: Any, results: Any, turns: Optional[WriteTurns]) -> None:
-    """Deliver the journey's queued messages as they appear, until the advance stage is done
-    and nothing is left."""
+def _deliver_until_done(job: tuple, handoff: Handoff, results: Any, turns: Optional[WriteTurns]) -> None:
+    """Deliver what the advance stage hands over as it goes, then — once it is done — whatever
+    else of the journey is queued."""
     _die_with_tick()
     root, url, env, now, journey = job
     rt = _runtime(root, url, env)
     report: Counter = Counter()
     try:
         with taking_turns(turns):
-            _deliver_loop(rt, now, journey, done, report)
+            _deliver_loop(rt, now, journey, handoff, report)
     finally:
         results.put(dict(report))
         rt.close()
         rt.store.dispose()
 
 
-def _deliver_loop(rt: Runtime, now: datetime, journey: Optional[str], done: Any, report: Counter) -> None:
-    from nurture.send.deliver import deliver
-    while True:
-        finished = done.is_set()  # read before delivering: nothing is queued after it is set
-        got = deliver(rt, now, journey)
-        report.update(got)
-        if finished and not got:
-            return
-        if not got:
-            time.sleep(IDLE_POLL)
+def _deliver_loop(rt: Runtime, now: datetime, journey: Optional[str], handoff: Handoff, report: Counter) -> None:
+    from nurture.send.deliver import deliver, deliver_handed
+    report.update(deliver_handed(rt, now, handoff.batches()))
+    # The advance stage is done and every chunk it handed over taken: anything else queued
+    # (a retry now due, a message put back) is claimed as usual.
+    report.update(deliver(rt, now, journey))
 
 
 def _reports(procs: list, results: Any) -> Counter:
@@ -182,6 +180,26 @@ def _reports(procs: list, results: Any) -> Counter:
     return delivered
 
 
+class _Starter(threading.Thread):
+    """Starts the delivery processes in the background, so that the caller's guards run
+    meanwhile; `started` are the ones that did start (a failure is logged: the caller then
+    delivers alone, as it does anyway once its guards are done)."""
+
+    def __init__(self, procs: list):
+        super().__init__(name="nurture-start-delivery", daemon=True)
+        self.procs, self.started = procs, []
+        self.start()
+
+    def run(self) -> None:
+        for proc in self.procs:
+            try:
+                proc.start()
+            except Exception:  # noqa: BLE001 - no process: the tick delivers in its own
+                log.exception("could not start a delivery process; the tick delivers without it")
+                return
+            self.started.append(proc)
+
+
 def due_enrollments(rt: Runtime, now: datetime, journey: str) -> int:
     """How many of a journey's enrollments are due now: is a tick large enough for processes?"""
     from nurture.store.tables import enrollment_t
@@ -195,26 +213,40 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
               produce: Callable[[], Counter]) -> tuple[Counter, Counter]:
     """Run `produce` (the advance stage) here while `workers - 1` processes deliver what it
     queues; once it is done this process delivers too, so `workers` processes are busy
-    throughout (on N cores: the guards + N - 1 deliverers, then N deliverers). Claims are
-    row-level, so the deliverers share one queue. Returns (produce's report, delivery report)."""
-    from nurture.send.deliver import deliver
+    throughout (on N cores: the guards + N - 1 deliverers, then N deliverers). The advance
+    stage hands its messages over claimed, in chunks the processes share
+    (nurture.send.handoff); what else is queued they then claim as usual (row-level claims).
+    Returns (produce's report, delivery report)."""
+    from nurture.send.deliver import deliver, deliver_handed
     ctx = process_context()
-    done, results = ctx.Event(), ctx.Queue()
+    handoff, results = Handoff(ctx), ctx.Queue()
     turns = None if rt.store.is_postgres else WriteTurns(ctx)  # PostgreSQL locks rows, not the database
     job = (str(rt.project.root), rt.store.engine.url.render_as_string(hide_password=False), rt.env, now, journey)
-    procs = [ctx.Process(target=_deliver_until_done, args=(job, done, results, turns), daemon=True)
+    procs = [ctx.Process(target=_deliver_until_done, args=(job, handoff, results, turns), daemon=True)
              for _ in range(max(1, workers - 1))]
-    for proc in procs:
-        proc.start()
+    # Starting them (the fork server's imports, the first time) takes ~1 s: the guards do not
+    # wait for it.
+    starter = _Starter(procs)
+
+    def others_alive() -> bool:
+        return starter.is_alive() or any(proc.is_alive() for proc in starter.started)
     delivered: Counter = Counter()
     try:
         with taking_turns(turns):
-            produced = produce()
-            delivered.update(deliver(rt, now, journey))  # the guards are done: deliver alongside
+            rt.handoff = handoff
+            try:
+                produced = produce()
+            finally:
+                rt.handoff = None
+                handoff.close()
+            # The guards are done: deliver alongside.
+            delivered.update(deliver_handed(rt, now, handoff.batches(alive=others_alive)))
+            delivered.update(deliver(rt, now, journey))
     finally:
-        done.set()
-    delivered.update(_reports(procs, results))
-    for proc in procs:
+        handoff.close()
+        starter.join()
+    delivered.update(_reports(starter.started, results))
+    for proc in starter.started:
         proc.join()
     delivered.update(deliver(rt, now, journey))  # anything a crashed worker left queued
     return produced, delivered

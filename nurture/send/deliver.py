@@ -36,6 +36,7 @@ from nurture.runtime.gc_pause import gc_paused
 from nurture.runtime.sql import chunks, ids_in, prebuilt, write_many
 from nurture.send.guards.pipeline import Recipient, address_of, check_batch, lock_contacts
 from nurture.send.guards.whatsapp import whatsapp_sessions
+from nurture.send.handoff import HandedBatch
 from nurture.send.render import render_message
 from nurture.settings import Settings
 from nurture.store.models import DEFERRED, FAILED, QUEUED, SENDING, SENT
@@ -196,6 +197,27 @@ _LOAD = (select(*_LOAD_COLUMNS)
          .where(ids_in(message_t.c.id, ())))
 
 
+# A handed chunk (nurture.send.handoff): its messages by their unique key, and only if this
+# tick's hand-off claimed them.
+_LOAD_HANDED = (select(*_LOAD_COLUMNS)
+                .select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id)
+                             .outerjoin(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id)
+                             .outerjoin(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk))
+                .where(ids_in(message_t.c.enrollment_id, ()), message_t.c.step_id == bindparam("step"),
+                       message_t.c.attempt_key == "send", message_t.c.status == SENDING,
+                       message_t.c.claim == bindparam("token")))
+
+
+def load_handed(rt: Runtime, batch: HandedBatch) -> list[LoadedMessage]:
+    rows: list[LoadedMessage] = []
+    make = LoadedMessage._make
+    with rt.store.reading() as conn:
+        for part in chunks(batch.enrollment_ids):
+            rows.extend(map(make, conn.execute(_LOAD_HANDED, {"ids_enrollment_id": list(part), "step": batch.step_id,
+                                                              "token": batch.token})))
+    return rows
+
+
 def load_messages(rt: Runtime, ids: list[int]) -> list[LoadedMessage]:
     """What rendering needs of claimed messages: the row, its contact, its trigger event."""
     rows: list[LoadedMessage] = []
@@ -206,46 +228,78 @@ def load_messages(rt: Runtime, ids: list[int]) -> list[LoadedMessage]:
     return rows
 
 
+class _Delivery:
+    """What one delivery run keeps between its batches: the settings and secrets (read once,
+    not per message), the prepared send steps, the channels found unusable, the outcomes."""
+
+    def __init__(self, rt: Runtime, now: datetime):
+        self.rt, self.now = rt, now
+        self.report: Counter = Counter()
+        self.settings = rt.settings
+        self.secrets = secrets_in(rt.env)
+        self.prepared: dict = {}
+        self.down: dict[str, tuple[str, int]] = {}  # channels found unusable in this run: name → (reason, count)
+
+    def send(self, rows: list) -> tuple[list[dict], list[dict], dict[int, Any]]:
+        with gc_paused():
+            return _send_batch(self.rt, rows, self.now, self.settings, self.prepared, self.down, self.secrets)
+
+    def record(self, conn: Any, updates: list[dict], suppressions: list[dict], meta: dict[int, Any]) -> None:
+        for u in updates:
+            outcome = u.pop("outcome")
+            if outcome != "unavailable":  # reported once per channel by `finish`
+                self.report[(meta[u["mid"]].step_id, outcome, u["rs"])] += 1
+        write_many(conn, _record, [u for u in updates if "due" not in u and "back" not in u])
+        write_many(conn, _requeue, [u for u in updates if "due" in u])
+        write_many(conn, _put_back, [u for u in updates if "back" in u])
+        if suppressions:
+            conn.execute(suppression_t.insert(), suppressions)
+
+    def finish(self) -> Counter:
+        for channel, (reason, count) in self.down.items():
+            self.report[(f"channel:{channel}", "unavailable", reason)] += count
+        return self.report
+
+
 def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition: int = 0,
             partitions: int = 1) -> Counter:
     """Deliver every due queued message (of `journey`, of this `partition` of message ids):
     claim a batch, render and hand it over, record the results with the next claim; the
     outcomes as (step id, outcome, reason) → count."""
-    report: Counter = Counter()
-    settings = rt.settings  # read once per delivery run, not per message
-    secrets = secrets_in(rt.env)
-    prepared: dict = {}
-    down: dict[str, str] = {}  # channels found unusable in this tick: name → reason
+    run = _Delivery(rt, now)
     if not _anything_due(rt, now, journey):  # a read, not the claim's write transaction, on a quiet tick
-        return report
-    ids = _claim(rt, now, journey, partition, partitions, report)
+        return run.report
+    ids = _claim(rt, now, journey, partition, partitions, run.report)
     while ids:
-        with gc_paused():
-            updates, suppressions, meta = _send_batch(rt, ids, now, settings, prepared, down, secrets)
-            # The batch's outcomes and the next claim share one write transaction: one wait
-            # for SQLite's write lock per batch, not two.
-            with rt.store.engine.begin() as conn:
-                for u in updates:
-                    outcome = u.pop("outcome")
-                    if outcome != "unavailable":  # reported once per channel below
-                        report[(meta[u["mid"]].step_id, outcome, u["rs"])] += 1
-                write_many(conn, _record, [u for u in updates if "due" not in u and "back" not in u])
-                write_many(conn, _requeue, [u for u in updates if "due" in u])
-                write_many(conn, _put_back, [u for u in updates if "back" in u])
-                if suppressions:
-                    conn.execute(suppression_t.insert(), suppressions)
-                ids = _claim_in(conn, rt, now, journey, partition, partitions, report, down)
-    for channel, (reason, count) in down.items():
-        report[(f"channel:{channel}", "unavailable", reason)] += count
-    return report
+        outcome = run.send(load_messages(rt, ids))
+        # The batch's outcomes and the next claim share one write transaction: one wait for
+        # SQLite's write lock per batch, not two.
+        with gc_paused(), rt.store.engine.begin() as conn:
+            run.record(conn, *outcome)
+            ids = _claim_in(conn, rt, now, journey, partition, partitions, run.report, run.down)
+    return run.finish()
 
 
-def _send_batch(rt: Runtime, ids: list[int], now: datetime, settings: Settings, prepared: dict,
+def deliver_handed(rt: Runtime, now: datetime, batches: Iterable[HandedBatch]) -> Counter:
+    """Deliver the chunks a pipelined tick's advance stage handed over, claimed already
+    (nurture.send.handoff); the outcomes as `deliver`'s."""
+    run = _Delivery(rt, now)
+    for batch in batches:
+        rows = load_handed(rt, batch)
+        if not rows:
+            continue
+        outcome = run.send(rows)
+        with gc_paused(), rt.store.engine.begin() as conn:
+            run.record(conn, *outcome)
+    return run.finish()
+
+
+def _send_batch(rt: Runtime, rows: list, now: datetime, settings: Settings, prepared: dict,
                 down: dict[str, tuple[str, int]], secrets: tuple[str, ...]
                 ) -> tuple[list[dict], list[dict], dict[int, Any]]:
     """Render and send one claimed batch: (row updates, suppressions, rows by id) to record.
-    A channel found unusable is added to `down` (reason, messages left queued)."""
-    rows = load_messages(rt, ids)
+    A channel found unusable is added to `down` (reason, messages left queued); the messages
+    of a channel already down are put back without being rendered."""
     updates: list[dict] = []
     suppressions: list[dict] = []
     by_channel: dict[str, list[OutgoingMessage]] = {}
@@ -258,6 +312,11 @@ def _send_batch(rt: Runtime, ids: list[int], now: datetime, settings: Settings, 
         sessions = set()
     for row in rows:
         meta[row.id] = row
+        if row.channel in down:
+            reason, count = down[row.channel]
+            down[row.channel] = (reason, count + 1)
+            updates.append({"mid": row.id, "rs": reason, "back": True, "outcome": "unavailable"})
+            continue
         try:
             by_channel.setdefault(row.channel, []).append(
                 render_message(rt, row, settings, prepared, session_open=row.contact_id in sessions))

@@ -23,7 +23,7 @@ from nurture.runtime.gc_pause import gc_paused
 from nurture.runtime.sql import ids_in, insert_ignore, write_many
 from nurture.send.guards.pipeline import Recipient, Verdict, address_of, check_batch, lock_contacts
 from nurture.steps.transitions import Row, due_rows, move
-from nurture.store.models import DEFERRED, HOLDOUT, QUEUED
+from nurture.store.models import DEFERRED, HOLDOUT, QUEUED, SENDING
 from nurture.store.tables import contact_t, enrollment_t, message_t
 
 
@@ -59,13 +59,20 @@ def queue_due(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counte
         rows = due_rows(conn, plan, node, now, rt.batch_size)
         if not rows:
             return False
-        _guard_and_queue(conn, rt, plan, node, [r[0] for r in rows], now, report)
-        return True
+        handed = _guard_and_queue(conn, rt, plan, node, [r[0] for r in rows], now, report)
+    if handed:  # committed: the tick's delivery processes may take them (nurture.send.handoff)
+        rt.handoff.publish(plan.name, node.id, handed)
+    return True
 
 
 def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_ids: list[int],
-                     now: datetime, report: Counter) -> None:
+                     now: datetime, report: Counter) -> list[int]:
+    """The checks, the outbox rows and the moves of one batch; the enrollments whose message
+    was handed over claimed (a pipelined tick's `rt.handoff`: inserted `sending` with its
+    token, as a claim would mark it)."""
     send = node.step.send
+    handoff = rt.handoff
+    handed: list[int] = []
     purpose = send.purpose
     rows = conn.execute(_DUE, {"ids_id": enrollment_ids}).all()
     rows = [_Due._make(r) for r in rows]  # SQLAlchemy Row attributes cost ~1 µs each
@@ -87,6 +94,11 @@ def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_
                    counted_at=now if status == QUEUED and marketing else None,
                    attempt_key=f"defer:{r.defer_count + 1}" if status == DEFERRED else "send",
                    passed_over=passed_over)
+        if handoff is not None:  # every row of an executemany has the same keys
+            row.update(claim=None, claimed_at=None)
+            if status == QUEUED:
+                row.update(status=SENDING, claim=handoff.token, claimed_at=now, attempts=1)
+                handed.append(r.id)
         if status == DEFERRED:
             deferred.append(row)
             deferrals.append({"eid": r.id, "due": due, "defers": r.defer_count + 1})
@@ -97,6 +109,7 @@ def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_
     insert_ignore(conn, message_t, final + deferred, ("enrollment_id", "step_id", "attempt_key"))
     write_many(conn, _defer, deferrals)
     move(conn, rt, plan, moves, node.next, now)
+    return handed
 
 
 def _choose_channels(conn: Any, rt: Runtime, plan: Plan, node: Node, recipients: list[Recipient],

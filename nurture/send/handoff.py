@@ -1,0 +1,101 @@
+"""The hand-off of a pipelined tick: the advance stage gives its delivery processes the
+messages it has just queued, already claimed, instead of leaving them for a claim.
+
+Without it every message of a large tick is written four times: inserted `queued` by the
+advance stage's send transaction, claimed (`queued` → `sending`, after the claim's read of the
+queue), recorded (`sending` → `sent`), and its enrollment moved on. With a hand-off the send
+transaction inserts the messages that passed the checks directly as `sending`, with the
+tick's claim token and `claimed_at` (what the claim would have written), and after its commit
+puts their keys — (journey, step, enrollment ids), in chunks — on a queue the delivery
+processes and the tick process itself take from. The claim's read and write are gone; what
+makes delivery safe does not change:
+
+- a message is committed `sending` before any channel is called, so a crash leaves it
+  `sending` for nurture.send.reconcile, exactly as after a crash between claim and record;
+- nothing else takes it: claims read `queued` rows only;
+- the checks ran in the send transaction at this tick's `now`, moments before — the same
+  reason a claim does not re-check a message the tick has just queued
+  (nurture.send.deliver's `_recheck`);
+- a chunk is loaded by its keys *and* the tick's token, so a message of the same
+  (enrollment, step) that existed before (the insert skipped it) is never taken by mistake.
+
+Used only by `nurture.runtime.parallel.pipelined` (several processes over one tick); every
+other delivery claims as before. Chunks are smaller than the advance stage's batches, so the
+processes finish together (at the end of a tick one process with a whole batch left, the
+others idle, cost ~0.5 s).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import time
+import uuid
+from typing import Any, Callable, Iterator, NamedTuple
+
+from nurture.runtime.sql import chunks
+
+log = logging.getLogger(__name__)
+
+CHUNK = 2500
+POLL = 0.05
+# Closed, chunks left, none could be taken for this long: a delivery process died holding the
+# queue's lock (killed). Its chunks stay `sending` for reconcile, as after any crash.
+STALL = 30.0
+
+
+class HandedBatch(NamedTuple):
+    journey: str
+    step_id: str
+    token: str
+    enrollment_ids: list[int]
+
+
+class Handoff:
+    """Made with the multiprocessing context of the tick's processes, and passed to them."""
+
+    def __init__(self, ctx: Any):
+        self.token = uuid.uuid4().hex
+        self._queue = ctx.Queue()
+        self._handed = ctx.Value("q", 0)
+        self._taken = ctx.Value("q", 0)
+        self._closed = ctx.Event()
+
+    def publish(self, journey: str, step_id: str, enrollment_ids: list[int]) -> None:
+        """After the send transaction's commit: its claimed messages, for delivery."""
+        for part in chunks(enrollment_ids, CHUNK):
+            with self._handed.get_lock():  # counted before it is put: a taker never sees it early
+                self._handed.value += 1
+            self._queue.put(HandedBatch(journey, step_id, self.token, list(part)))
+
+    def close(self) -> None:
+        """Nothing more will be published (the advance stage is done)."""
+        self._closed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def batches(self, alive: Callable[[], bool] = lambda: True) -> Iterator[HandedBatch]:
+        """Chunks as they come, until the hand-off is closed and every chunk is taken (by this
+        process or another). `alive`: are the other takers still there (if not, a chunk one of
+        them had taken off the queue but not counted is not waited for)."""
+        stalled_since = None
+        while True:
+            try:
+                batch = self._queue.get(timeout=POLL)
+            except queue.Empty:
+                if self._closed.is_set():
+                    with self._taken.get_lock():
+                        left = self._handed.value - self._taken.value
+                    if left <= 0 or not alive():
+                        return
+                    stalled_since = stalled_since or time.monotonic()
+                    if time.monotonic() - stalled_since > STALL:
+                        log.warning("%d handed chunk(s) could not be taken for %.0f s; they stay `sending` "
+                                    "for reconcile", left, STALL)
+                        return
+                continue
+            stalled_since = None
+            with self._taken.get_lock():
+                self._taken.value += 1
+            yield batch

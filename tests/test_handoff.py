@@ -1,0 +1,165 @@
+"""The hand-off of a pipelined tick (nurture.send.handoff): the advance stage inserts the
+messages that passed the checks already claimed (`sending`, the tick's token) and hands their
+keys to the delivery processes; nothing else can take them, a crash leaves them to reconcile,
+and a channel that is down puts them back as a claim's messages would be."""
+from __future__ import annotations
+
+import multiprocessing
+from datetime import timedelta
+from typing import Sequence
+
+from nurture.registry import Channel, DeliveryResult, OutgoingMessage
+from nurture.runtime import run_tick
+from nurture.runtime import tick as tick_module
+from nurture.runtime.enroll import enroll
+from nurture.send.deliver import deliver, deliver_handed, load_handed
+from nurture.send.handoff import CHUNK, Handoff
+from nurture.send.reconcile import STUCK_AFTER, reconcile_stuck
+from nurture.steps.advance import advance
+from tests.conftest import utc
+from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
+from tests.engine_fixtures import add_contact, add_event, journey_yaml, messages, outcomes, subscriber
+
+T0 = utc(2026, 3, 4, 10, 0)
+NOW = T0 + timedelta(minutes=1)
+STEP = "- id: hello\n  send: {channel: email, template: hello, subject: Hi}\n- id: later\n  wait: 30d"
+
+
+class Scripted(Channel):
+    """A channel answering each batch from a script (then `sent`), remembering what it got."""
+    name = "test.scripted"
+    channel = "email"
+    local = True
+
+    def __init__(self, script: list[str]):
+        self.script, self.batches = list(script), []
+
+    @classmethod
+    def from_env(cls, context):  # pragma: no cover - built directly by the tests
+        raise NotImplementedError
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        self.batches.append(sorted(m.message_pk for m in messages))
+        status = self.script.pop(0) if self.script else "sent"
+        return [DeliveryResult(m.message_pk, status, reason=None if status == "sent" else f"scripted_{status}")
+                for m in messages]
+
+
+def handed_advance(rt, journey: str = "j", now=NOW) -> Handoff:
+    """Enrollment, then the advance stage as a pipelined tick runs it: with a hand-off, closed afterwards."""
+    enroll(rt, rt.plan(journey), now)
+    handoff = Handoff(multiprocessing.get_context("spawn"))
+    rt.handoff = handoff
+    try:
+        advance(rt, rt.plan(journey), now)
+    finally:
+        rt.handoff = None
+        handoff.close()
+    return handoff
+
+
+def test_the_advance_stage_hands_over_what_passed_the_checks_claimed_and_nothing_else(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    passed = [subscriber(store, f"p{i}@example.com") for i in range(3)]
+    unconsented = add_contact(store, "nobody@example.com")  # no consent: suppressed, not handed
+    for cid in passed + [unconsented]:
+        add_event(store, cid, "signup", T0)
+    handoff = handed_advance(rt)
+    rows = {m.contact_id: m for m in messages(store)}
+    for cid in passed:
+        m = rows[cid]
+        assert (m.status, m.claim, m.claimed_at, m.attempts, m.counted_at) == ("sending", handoff.token, NOW, 1, NOW)
+    assert (rows[unconsented].status, rows[unconsented].claim) == ("suppressed", None)
+    assert deliver(rt, NOW, "j") == {}  # the claim path cannot take them: they are not queued
+    batches = list(handoff.batches())
+    assert [(b.journey, b.step_id, b.token) for b in batches] == [("j", "hello", handoff.token)]
+    assert sorted(batches[0].enrollment_ids) == sorted(e for e in _enrollment_ids(store, passed))
+    report = deliver_handed(rt, NOW, batches)
+    assert report == {("hello", "sent", None): 3}
+    assert sorted(outcomes(store)) == [("hello", "sent", None)] * 3 + [("hello", "suppressed", "no_consent")]
+    assert all(m.claim is None for m in messages(store))
+    assert len(list((rt.data_dir / "outbox" / "email" / "j").glob("*.eml"))) == 3
+
+
+def _enrollment_ids(store, contact_ids):
+    from tests.engine_fixtures import enrollments
+    return [e.id for e in enrollments(store) if e.contact_id in contact_ids]
+
+
+def test_a_chunk_is_loaded_only_with_the_token_of_the_tick_that_claimed_it(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    add_event(store, subscriber(store, "ann@example.com"), "signup", T0)
+    handoff = handed_advance(rt)
+    (batch,) = list(handoff.batches())
+    assert len(load_handed(rt, batch)) == 1
+    assert load_handed(rt, batch._replace(token="another-tick")) == []
+    assert load_handed(rt, batch._replace(step_id="later")) == []
+
+
+def test_handed_messages_of_a_channel_that_is_down_are_put_back_queued_without_using_an_attempt(
+        make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    channel = Scripted(["unavailable"])
+    rt.channel_factory = lambda name: channel
+    for i in range(4):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    handoff = handed_advance(rt)
+    (batch,) = list(handoff.batches())
+    half = len(batch.enrollment_ids) // 2
+    chunks = [batch._replace(enrollment_ids=batch.enrollment_ids[:half]),
+              batch._replace(enrollment_ids=batch.enrollment_ids[half:])]
+    report = deliver_handed(rt, NOW, chunks)
+    # The first chunk found the channel down; the second was put back without trying it.
+    assert len(channel.batches) == 1
+    assert report == {("channel:email", "unavailable", "scripted_unavailable"): 4}
+    assert [(m.status, m.attempts, m.claim) for m in messages(store)] == [("queued", 0, None)] * 4
+    later = NOW + timedelta(minutes=10)
+    assert deliver(rt, later, "j") == {("hello", "sent", None): 4}  # the provider is back: claimed as usual
+
+
+def test_handed_messages_nobody_delivered_are_reconciled_like_any_claimed_after_a_crash(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    for i in range(2):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    handed_advance(rt)  # the delivery process died before taking the chunk
+    run_tick(rt, "j", NOW + timedelta(minutes=5))
+    assert [m.status for m in messages(store)] == ["sending"] * 2  # never claimed again as queued
+    later = NOW + STUCK_AFTER
+    assert reconcile_stuck(rt, later) == {"queued": 2}  # the file channel knows: not delivered
+    run_tick(rt, "j", later)
+    assert outcomes(store) == [("hello", "sent", None)] * 2
+    assert len(list((rt.data_dir / "outbox" / "email" / "j").glob("*.eml"))) == 2
+
+
+def test_a_large_tick_is_published_in_chunks_and_every_chunk_is_taken_once():
+    handoff = Handoff(multiprocessing.get_context("spawn"))
+    ids = list(range(CHUNK * 2 + 7))
+    handoff.publish("j", "hello", ids)
+    handoff.close()
+    got = list(handoff.batches())
+    assert [len(b.enrollment_ids) for b in got] == [CHUNK, CHUNK, 7]
+    assert [i for b in got for i in b.enrollment_ids] == ids
+    assert list(handoff.batches()) == []  # closed and all taken: a second taker ends at once
+
+
+def test_a_taker_stops_when_the_others_are_gone_with_a_chunk_uncounted():
+    handoff = Handoff(multiprocessing.get_context("spawn"))
+    with handoff._handed.get_lock():  # a chunk counted as handed that no taker will ever count
+        handoff._handed.value += 1
+    handoff.close()
+    assert list(handoff.batches(alive=lambda: False)) == []
+
+
+def test_a_pipelined_tick_sends_each_message_once_from_both_processes(make_runtime, store, monkeypatch):
+    monkeypatch.setattr(tick_module, "LARGE_TICK", 1)
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    rt.batch_size = 40  # many batches, so the delivery process takes chunks while advance still guards
+    for i in range(300):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    report = run_tick(rt, "j", NOW, workers=2)
+    sent = [m for m in messages(store) if m.status == "sent"]
+    assert len(sent) == 300 and len({m.contact_id for m in sent}) == 300
+    assert all((m.attempts, m.claimed_at, m.claim) == (1, NOW, None) for m in sent)
+    assert len(list((rt.data_dir / "outbox" / "email" / "j").glob("*.eml"))) == 300
+    assert report.outcomes[("hello", "sent", None)] == 300 and report.outcomes[("hello", "queued", None)] == 300
+
