@@ -12,13 +12,14 @@ from nurture.registry import Channel, DeliveryResult, OutgoingMessage
 from nurture.runtime import run_tick
 from nurture.runtime import tick as tick_module
 from nurture.runtime.enroll import enroll
-from nurture.send.deliver import deliver, deliver_handed, load_handed
+from nurture.send.deliver import deliver, deliver_handed
 from nurture.send.handoff import CHUNK, Handoff
 from nurture.send.reconcile import STUCK_AFTER, reconcile_stuck
 from nurture.steps.advance import advance
 from tests.conftest import utc
 from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
-from tests.engine_fixtures import add_contact, add_event, journey_yaml, messages, outcomes, subscriber
+from tests.engine_fixtures import (add_contact, add_event, contact_row, enrollments, journey_yaml, message_t,
+                                   messages, outcomes, subscriber)
 
 T0 = utc(2026, 3, 4, 10, 0)
 NOW = T0 + timedelta(minutes=1)
@@ -73,7 +74,10 @@ def test_the_advance_stage_hands_over_what_passed_the_checks_claimed_and_nothing
     assert deliver(rt, NOW, "j") == {}  # the claim path cannot take them: they are not queued
     batches = list(handoff.batches())
     assert [(b.journey, b.step_id, b.token) for b in batches] == [("j", "hello", handoff.token)]
-    assert sorted(batches[0].enrollment_ids) == sorted(e for e in _enrollment_ids(store, passed))
+    handed = {r[0]: r for r in batches[0].rows}  # as delivery's load would read them
+    assert sorted(handed) == sorted(m.id for m in messages(store) if m.contact_id in passed)
+    assert {(r[9], r[10], r[12], r[20]) for r in handed.values()} == {
+        (cid, rows[cid].address, contact_row(store, cid).first_name, "signup") for cid in passed}
     report = deliver_handed(rt, NOW, batches)
     assert report == {("hello", "sent", None): 3}
     assert sorted(outcomes(store)) == [("hello", "sent", None)] * 3 + [("hello", "suppressed", "no_consent")]
@@ -81,19 +85,24 @@ def test_the_advance_stage_hands_over_what_passed_the_checks_claimed_and_nothing
     assert len(list((rt.data_dir / "outbox" / "email" / "j").glob("*.eml"))) == 3
 
 
-def _enrollment_ids(store, contact_ids):
-    from tests.engine_fixtures import enrollments
-    return [e.id for e in enrollments(store) if e.contact_id in contact_ids]
-
-
-def test_a_chunk_is_loaded_only_with_the_token_of_the_tick_that_claimed_it(make_runtime, store):
+def test_a_message_that_existed_before_is_not_handed_over(make_runtime, store):
+    """The insert skips a message whose (enrollment, step) key exists already: it keeps its own
+    state and is not handed over (it does not carry the tick's token)."""
     rt = make_runtime({"j": journey_yaml("j", STEP)})
-    add_event(store, subscriber(store, "ann@example.com"), "signup", T0)
+    ann, bob = subscriber(store, "ann@example.com"), subscriber(store, "bob@example.com")
+    for cid in (ann, bob):
+        add_event(store, cid, "signup", T0)
+    enroll(rt, rt.plan("j"), NOW)
+    (ann_enrollment,) = [e.id for e in enrollments(store) if e.contact_id == ann]
+    with store.engine.begin() as conn:
+        conn.execute(message_t.insert().values(enrollment_id=ann_enrollment, contact_id=ann, journey="j", step_id="hello",
+                                               attempt_key="send", channel="email", template="hello", status="failed",
+                                               reason="earlier", due_at=T0, created_at=T0, attempts=1))
     handoff = handed_advance(rt)
     (batch,) = list(handoff.batches())
-    assert len(load_handed(rt, batch)) == 1
-    assert load_handed(rt, batch._replace(token="another-tick")) == []
-    assert load_handed(rt, batch._replace(step_id="later")) == []
+    assert [r[9] for r in batch.rows] == [bob]
+    assert [(m.contact_id, m.status, m.reason) for m in messages(store)] == [(ann, "failed", "earlier"),
+                                                                             (bob, "sending", None)]
 
 
 def test_handed_messages_of_a_channel_that_is_down_are_put_back_queued_without_using_an_attempt(
@@ -105,9 +114,8 @@ def test_handed_messages_of_a_channel_that_is_down_are_put_back_queued_without_u
         add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
     handoff = handed_advance(rt)
     (batch,) = list(handoff.batches())
-    half = len(batch.enrollment_ids) // 2
-    chunks = [batch._replace(enrollment_ids=batch.enrollment_ids[:half]),
-              batch._replace(enrollment_ids=batch.enrollment_ids[half:])]
+    half = len(batch.rows) // 2
+    chunks = [batch._replace(rows=batch.rows[:half]), batch._replace(rows=batch.rows[half:])]
     report = deliver_handed(rt, NOW, chunks)
     # The first chunk found the channel down; the second was put back without trying it.
     assert len(channel.batches) == 1
@@ -133,12 +141,12 @@ def test_handed_messages_nobody_delivered_are_reconciled_like_any_claimed_after_
 
 def test_a_large_tick_is_published_in_chunks_and_every_chunk_is_taken_once():
     handoff = Handoff(multiprocessing.get_context("spawn"))
-    ids = list(range(CHUNK * 2 + 7))
-    handoff.publish("j", "hello", ids)
+    rows = [(i, "x") for i in range(CHUNK * 2 + 7)]
+    handoff.publish("j", "hello", rows)
     handoff.close()
     got = list(handoff.batches())
-    assert [len(b.enrollment_ids) for b in got] == [CHUNK, CHUNK, 7]
-    assert [i for b in got for i in b.enrollment_ids] == ids
+    assert [len(b.rows) for b in got] == [CHUNK, CHUNK, 7]
+    assert [r for b in got for r in b.rows] == rows
     assert list(handoff.batches()) == []  # closed and all taken: a second taker ends at once
 
 

@@ -197,27 +197,6 @@ _LOAD = (select(*_LOAD_COLUMNS)
          .where(ids_in(message_t.c.id, ())))
 
 
-# A handed chunk (nurture.send.handoff): its messages by their unique key, and only if this
-# tick's hand-off claimed them.
-_LOAD_HANDED = (select(*_LOAD_COLUMNS)
-                .select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id)
-                             .outerjoin(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id)
-                             .outerjoin(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk))
-                .where(ids_in(message_t.c.enrollment_id, ()), message_t.c.step_id == bindparam("step"),
-                       message_t.c.attempt_key == "send", message_t.c.status == SENDING,
-                       message_t.c.claim == bindparam("token")))
-
-
-def load_handed(rt: Runtime, batch: HandedBatch) -> list[LoadedMessage]:
-    rows: list[LoadedMessage] = []
-    make = LoadedMessage._make
-    with rt.store.reading() as conn:
-        for part in chunks(batch.enrollment_ids):
-            rows.extend(map(make, conn.execute(_LOAD_HANDED, {"ids_enrollment_id": list(part), "step": batch.step_id,
-                                                              "token": batch.token})))
-    return rows
-
-
 def load_messages(rt: Runtime, ids: list[int]) -> list[LoadedMessage]:
     """What rendering needs of claimed messages: the row, its contact, its trigger event."""
     rows: list[LoadedMessage] = []
@@ -281,14 +260,14 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
 
 
 def deliver_handed(rt: Runtime, now: datetime, batches: Iterable[HandedBatch]) -> Counter:
-    """Deliver the chunks a pipelined tick's advance stage handed over, claimed already
-    (nurture.send.handoff); the outcomes as `deliver`'s."""
+    """Deliver the chunks a pipelined tick's advance stage handed over, claimed already and
+    loaded (nurture.send.handoff); the outcomes as `deliver`'s."""
     run = _Delivery(rt, now)
+    make = LoadedMessage._make
     for batch in batches:
-        rows = load_handed(rt, batch)
-        if not rows:
+        if not batch.rows:
             continue
-        outcome = run.send(rows)
+        outcome = run.send([make(r) for r in batch.rows])
         with gc_paused(), rt.store.engine.begin() as conn:
             run.record(conn, *outcome)
     return run.finish()

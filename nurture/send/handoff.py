@@ -1,14 +1,16 @@
 """The hand-off of a pipelined tick: the advance stage gives its delivery processes the
-messages it has just queued, already claimed, instead of leaving them for a claim.
+messages it has just queued, already claimed and loaded, instead of leaving them for a claim.
 
-Without it every message of a large tick is written four times: inserted `queued` by the
+Without it every message of a large tick is written four times — inserted `queued` by the
 advance stage's send transaction, claimed (`queued` → `sending`, after the claim's read of the
-queue), recorded (`sending` → `sent`), and its enrollment moved on. With a hand-off the send
-transaction inserts the messages that passed the checks directly as `sending`, with the
-tick's claim token and `claimed_at` (what the claim would have written), and after its commit
-puts their keys — (journey, step, enrollment ids), in chunks — on a queue the delivery
-processes and the tick process itself take from. The claim's read and write are gone; what
-makes delivery safe does not change:
+queue), recorded (`sending` → `sent`), its enrollment moved on — and read once more to render
+it. With a hand-off the send transaction inserts the messages that passed the checks directly
+as `sending`, with the tick's claim token and `claimed_at` (what the claim would have written),
+reads their ids back by their unique key and that token, and after its commit puts them — as
+delivery's load would read them: the message, its contact, its trigger event, read with the
+batch's checks — on a queue, in chunks, that the delivery processes and the tick process itself
+take from. The claim's read and write and the load are gone; what makes delivery safe does not
+change:
 
 - a message is committed `sending` before any channel is called, so a crash leaves it
   `sending` for nurture.send.reconcile, exactly as after a crash between claim and record;
@@ -16,8 +18,8 @@ makes delivery safe does not change:
 - the checks ran in the send transaction at this tick's `now`, moments before — the same
   reason a claim does not re-check a message the tick has just queued
   (nurture.send.deliver's `_recheck`);
-- a chunk is loaded by its keys *and* the tick's token, so a message of the same
-  (enrollment, step) that existed before (the insert skipped it) is never taken by mistake.
+- only what this insert claimed is handed over: a message of the same (enrollment, step) that
+  existed before (the insert skipped it) does not carry the tick's token.
 
 Used only by `nurture.runtime.parallel.pipelined` (several processes over one tick); every
 other delivery claims as before. Chunks are smaller than the advance stage's batches, so the
@@ -47,7 +49,7 @@ class HandedBatch(NamedTuple):
     journey: str
     step_id: str
     token: str
-    enrollment_ids: list[int]
+    rows: list[tuple]  # the messages as nurture.send.deliver.LoadedMessage (plain tuples: less to pickle)
 
 
 class Handoff:
@@ -60,12 +62,12 @@ class Handoff:
         self._taken = ctx.Value("q", 0)
         self._closed = ctx.Event()
 
-    def publish(self, journey: str, step_id: str, enrollment_ids: list[int]) -> None:
+    def publish(self, journey: str, step_id: str, rows: list[tuple]) -> None:
         """After the send transaction's commit: its claimed messages, for delivery."""
-        for part in chunks(enrollment_ids, CHUNK):
+        for part in chunks(rows, CHUNK):
             with self._handed.get_lock():  # counted before it is put: a taker never sees it early
                 self._handed.value += 1
-            self._queue.put(HandedBatch(journey, step_id, self.token, list(part)))
+            self._queue.put(HandedBatch(journey, step_id, self.token, [tuple(r) for r in part]))
 
     def close(self) -> None:
         """Nothing more will be published (the advance stage is done)."""

@@ -21,10 +21,11 @@ from nurture.compiler import Node, Plan
 from nurture.runtime.context import Runtime
 from nurture.runtime.gc_pause import gc_paused
 from nurture.runtime.sql import ids_in, insert_ignore, write_many
+from nurture.send.deliver import LoadedMessage
 from nurture.send.guards.pipeline import Recipient, Verdict, address_of, check_batch, lock_contacts
 from nurture.steps.transitions import Row, due_rows, move
 from nurture.store.models import DEFERRED, HOLDOUT, QUEUED, SENDING
-from nurture.store.tables import contact_t, enrollment_t, message_t
+from nurture.store.tables import contact_t, enrollment_t, event_t, message_t
 
 
 _defer = (enrollment_t.update().where(enrollment_t.c.id == bindparam("eid"))
@@ -36,6 +37,21 @@ _DUE = (select(enrollment_t.c.id, enrollment_t.c.contact_id, enrollment_t.c.next
                contact_t.c.attributes)
         .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
         .where(ids_in(enrollment_t.c.id, ())))
+
+
+# With a hand-off (nurture.send.handoff), what rendering needs too, so that the delivery
+# processes need not read the messages again: the contact's other columns, the trigger event.
+_DUE_HANDED = (select(*_DUE.selected_columns, contact_t.c.first_name, contact_t.c.last_name, contact_t.c.country,
+                      contact_t.c.locale, contact_t.c.lifecycle_stage, contact_t.c.score,
+                      event_t.c.name, event_t.c.properties, event_t.c.occurred_at)
+               .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id)
+                            .outerjoin(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk))
+               .where(ids_in(enrollment_t.c.id, ())))
+# The ids of the messages the batch's insert claimed (a message of the same key that existed
+# before was skipped by the insert and keeps its own state: it is not handed over).
+_CLAIMED = (select(message_t.c.enrollment_id, message_t.c.id)
+            .where(ids_in(message_t.c.enrollment_id, ()), message_t.c.step_id == bindparam("step"),
+                   message_t.c.attempt_key == "send", message_t.c.claim == bindparam("token")))
 
 
 class _Due(NamedTuple):
@@ -66,16 +82,15 @@ def queue_due(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counte
 
 
 def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_ids: list[int],
-                     now: datetime, report: Counter) -> list[int]:
-    """The checks, the outbox rows and the moves of one batch; the enrollments whose message
-    was handed over claimed (a pipelined tick's `rt.handoff`: inserted `sending` with its
-    token, as a claim would mark it)."""
+                     now: datetime, report: Counter) -> list[LoadedMessage]:
+    """The checks, the outbox rows and the moves of one batch. With a pipelined tick's
+    `rt.handoff`, the messages that may go are inserted claimed (`sending`, its token, as a
+    claim would mark them) and returned as delivery loads them, for the hand-off."""
     send = node.step.send
     handoff = rt.handoff
-    handed: list[int] = []
     purpose = send.purpose
-    rows = conn.execute(_DUE, {"ids_id": enrollment_ids}).all()
-    rows = [_Due._make(r) for r in rows]  # SQLAlchemy Row attributes cost ~1 µs each
+    found = conn.execute(_DUE if handoff is None else _DUE_HANDED, {"ids_id": enrollment_ids}).all()
+    rows = [_Due._make(r[:9]) for r in found]  # SQLAlchemy Row attributes cost ~1 µs each
     lock_contacts(conn, [r.contact_id for r in rows])
     recipients = [Recipient(r.contact_id, r.email, r.phone, r.timezone, r.attributes, r.holdout) for r in rows]
     choices = _choose_channels(conn, rt, plan, node, recipients, now)
@@ -83,8 +98,9 @@ def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_
     deferred: list[dict] = []
     moves: list[Row] = []
     deferrals: list[dict] = []
+    claimed: dict[int, tuple] = {}  # enrollment id → (its due row, the channel) of a claimed message
     marketing = purpose == "marketing"
-    for r, (channel, (status, reason, due), passed_over) in zip(rows, choices):
+    for i, (r, (channel, (status, reason, due), passed_over)) in enumerate(zip(rows, choices)):
         due = due or r.next_due_at
         report[(node.id, status, reason)] += 1
         row = dict(enrollment_id=r.id, contact_id=r.contact_id, journey=plan.name, step_id=node.id,
@@ -98,7 +114,7 @@ def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_
             row.update(claim=None, claimed_at=None)
             if status == QUEUED:
                 row.update(status=SENDING, claim=handoff.token, claimed_at=now, attempts=1)
-                handed.append(r.id)
+                claimed[r.id] = (found[i], row)
         if status == DEFERRED:
             deferred.append(row)
             deferrals.append({"eid": r.id, "due": due, "defers": r.defer_count + 1})
@@ -109,7 +125,22 @@ def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_
     insert_ignore(conn, message_t, final + deferred, ("enrollment_id", "step_id", "attempt_key"))
     write_many(conn, _defer, deferrals)
     move(conn, rt, plan, moves, node.next, now)
-    return handed
+    return _handed(conn, claimed, node.id, handoff.token) if claimed else []
+
+
+def _handed(conn: Any, claimed: dict[int, tuple], step_id: str, token: str) -> list[LoadedMessage]:
+    """The claimed messages as delivery's load reads them (nurture.send.deliver.LoadedMessage)."""
+    out = []
+    for enrollment_id, message_id in conn.execute(_CLAIMED, {"ids_enrollment_id": list(claimed), "step": step_id,
+                                                             "token": token}):
+        due, row = claimed[enrollment_id]
+        (_, contact_id, _, _, _, email, phone, timezone, attributes,
+         first_name, last_name, country, locale, lifecycle_stage, score, event_name, event_properties, event_at) = due
+        out.append(LoadedMessage(message_id, row["journey"], step_id, row["channel"], row["purpose"], row["template"],
+                                 row["address"], row["created_at"], row["attempts"], contact_id, email, phone,
+                                 first_name, last_name, country, locale, timezone, lifecycle_stage, score,
+                                 attributes, event_name, event_properties, event_at))
+    return out
 
 
 def _choose_channels(conn: Any, rt: Runtime, plan: Plan, node: Node, recipients: list[Recipient],
