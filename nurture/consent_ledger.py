@@ -95,7 +95,7 @@ def current_consent(conn: Any, contact_ids: Iterable[int], channel: str, purpose
     for chunk_start in range(0, len(ids), 5000):
         chunk = ids[chunk_start:chunk_start + 5000]
         rows = conn.execute(_CURRENT, {"ids_contact_id": chunk, "channel": channel, "purpose": purpose,
-                                       "now": now, "until": until})
+                                       "now": now, "until": until}).all()  # (one fetch, not one per row)
         for contact_id, status, was_confirmed, current in rows:
             if current:
                 latest[contact_id] = (status, CONFIRMED if was_confirmed else None)

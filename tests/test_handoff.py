@@ -8,14 +8,20 @@ import multiprocessing
 from datetime import timedelta
 from typing import Sequence
 
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
 from nurture.registry import Channel, DeliveryResult, OutgoingMessage
 from nurture.runtime import run_tick
 from nurture.runtime import tick as tick_module
 from nurture.runtime.enroll import enroll
 from nurture.send.deliver import deliver, deliver_handed
+from nurture.send.guards.pipeline import lock_contacts
 from nurture.send.handoff import CHUNK, Handoff
 from nurture.send.reconcile import STUCK_AFTER, reconcile_stuck
 from nurture.steps.advance import advance
+from nurture.store.db import open_store
 from tests.conftest import utc
 from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import (add_contact, add_event, contact_row, enrollments, journey_yaml, message_t,
@@ -171,3 +177,33 @@ def test_a_pipelined_tick_sends_each_message_once_from_both_processes(make_runti
     assert len(list((rt.data_dir / "outbox" / "email" / "j").glob("*.eml"))) == 300
     assert report.outcomes[("hello", "sent", None)] == 300 and report.outcomes[("hello", "queued", None)] == 300
 
+
+
+@pytest.fixture
+def pg_store(pg_server_url, pg_template):
+    """A fresh PostgreSQL database alone (SQLite's write transaction holds the whole database:
+    it has no row locks to test)."""
+    from tests.conftest import _drop_pg_database, _fresh_pg_database
+    url = _fresh_pg_database(pg_server_url, pg_template)
+    store = open_store(url)
+    yield store
+    store.dispose()
+    _drop_pg_database(pg_server_url, url)
+
+
+def test_the_send_transaction_locks_its_contacts_rows_on_postgresql(pg_store):
+    """lock_contacts takes the batch's contact rows FOR UPDATE (in id order) without reading
+    them back: another transaction cannot lock them until the send transaction ends."""
+    ids = [add_contact(pg_store, f"p{i}@example.com") for i in range(3)]
+    with pg_store.engine.begin() as conn:
+        lock_contacts(conn, [ids[2], ids[0]])
+        with pg_store.engine.connect() as other:
+            free = []
+            for cid in ids:
+                try:
+                    other.execute(text("SELECT id FROM contact WHERE id = :cid FOR UPDATE NOWAIT"), {"cid": cid}).all()
+                    free.append(cid)
+                except OperationalError as exc:
+                    assert "could not obtain lock" in str(exc)
+                other.rollback()
+    assert free == [ids[1]]

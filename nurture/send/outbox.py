@@ -132,7 +132,7 @@ def _handed(conn: Any, claimed: dict[int, tuple], step_id: str, token: str) -> l
     """The claimed messages as delivery's load reads them (nurture.send.deliver.LoadedMessage)."""
     out = []
     for enrollment_id, message_id in conn.execute(_CLAIMED, {"ids_enrollment_id": list(claimed), "step": step_id,
-                                                             "token": token}):
+                                                             "token": token}).all():
         due, row = claimed[enrollment_id]
         (_, contact_id, _, _, _, email, phone, timezone, attributes,
          first_name, last_name, country, locale, lifecycle_stage, score, event_name, event_properties, event_at) = due

@@ -68,7 +68,7 @@ def due_rows(conn: Any, plan: Plan, node: Node, now: datetime, limit: int, extra
              enrollment_t.c.step_id == bindparam("step"), enrollment_t.c.next_due_at <= bindparam("now")],
             bindparam("limit"), postgres))
         return [tuple(r) for r in conn.execute(stmt, {"journey": plan.name, "step": node.id, "now": now,
-                                                      "limit": limit})]
+                                                      "limit": limit}).all()]
     filters = [enrollment_t.c.journey == plan.name, enrollment_t.c.status == "active",
                enrollment_t.c.step_id == node.id]
     if due_only:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
 
 from nurture.consent_ledger import current_consent
 from nurture.runtime.sql import chunks, ids_in
@@ -82,8 +82,9 @@ def lock_contacts(conn: Any, contact_ids: Iterable[int]) -> None:
     if conn.dialect.name != "postgresql":
         return
     for part in chunks(sorted(set(contact_ids))):
-        conn.execute(select(contact_t.c.id).where(ids_in(contact_t.c.id, part)).order_by(contact_t.c.id)
-                     .with_for_update()).all()
+        locking = (select(contact_t.c.id).where(ids_in(contact_t.c.id, part)).order_by(contact_t.c.id)
+                   .with_for_update().subquery())
+        conn.execute(select(func.count()).select_from(locking)).scalar()  # the rows locked, not sent back
 
 
 _COUNTED = (select(message_t.c.id, message_t.c.contact_id, message_t.c.channel, message_t.c.counted_at)
@@ -98,7 +99,7 @@ def cap_history(conn: Any, contact_ids: list[int], since: datetime,
     history: dict[int, list[tuple[str, datetime]]] = defaultdict(list)
     for part in chunks(sorted(set(contact_ids))):
         for mid, contact_id, channel, counted_at in conn.execute(_COUNTED, {"ids_contact_id": list(part),
-                                                                            "since": since}):
+                                                                            "since": since}).all():
             if mid not in exclude:
                 history[contact_id].append((channel, counted_at))
     return history

@@ -28,7 +28,7 @@ def suppressions_for(conn: Connection, contact_ids: Iterable[int], addresses: It
         id_chunk, addr_chunk = ids[start:start + 2000], addrs[start:start + 2000]
         if not id_chunk and not addr_chunk:
             break
-        rows = conn.execute(_FOR, {"ids_contact_id": list(id_chunk), "texts_address": list(addr_chunk)})
+        rows = conn.execute(_FOR, {"ids_contact_id": list(id_chunk), "texts_address": list(addr_chunk)}).all()
         for contact_id, address, channel, reason in rows:
             if contact_id is not None:
                 by_contact[contact_id].append((channel, reason))
