@@ -145,6 +145,24 @@ def test_handed_messages_nobody_delivered_are_reconciled_like_any_claimed_after_
     assert len(list((rt.data_dir / "outbox" / "email" / "j").glob("*.eml"))) == 2
 
 
+def test_a_record_that_fails_in_the_recording_thread_fails_the_delivery_run(make_runtime, store, monkeypatch):
+    """Chunks are recorded by a helper thread while the next renders; its failure is not lost."""
+    from nurture.send import deliver as deliver_module
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    for i in range(4):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    handoff = handed_advance(rt)
+    (batch,) = list(handoff.batches())
+    chunks = [batch._replace(rows=batch.rows[:2]), batch._replace(rows=batch.rows[2:])]
+
+    def broken(self, conn, *outcome):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(deliver_module._Delivery, "record", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        deliver_handed(rt, NOW, chunks)
+    assert [m.status for m in messages(store)] == ["sending"] * 4  # handed over, never recorded: reconcile's
+
+
 def test_a_large_tick_is_published_in_chunks_and_every_chunk_is_taken_once():
     handoff = Handoff(multiprocessing.get_context("spawn"))
     rows = [(i, "x") for i in range(CHUNK * 2 + 7)]

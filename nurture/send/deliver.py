@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter, namedtuple
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Optional
 
@@ -41,6 +42,7 @@ from nurture.send.render import render_message
 from nurture.settings import Settings
 from nurture.store.models import DEFERRED, FAILED, QUEUED, SENDING, SENT
 from nurture.store.tables import contact_t, enrollment_t, event_t, message_t, suppression_t
+from nurture.store.write_turns import current_turns, taking_turns
 
 log = logging.getLogger("nurture.deliver")
 MAX_ATTEMPTS = 5
@@ -261,15 +263,33 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
 
 def deliver_handed(rt: Runtime, now: datetime, batches: Iterable[HandedBatch]) -> Counter:
     """Deliver the chunks a pipelined tick's advance stage handed over, claimed already and
-    loaded (nurture.send.handoff); the outcomes as `deliver`'s."""
+    loaded (nurture.send.handoff); the outcomes as `deliver`'s.
+
+    A chunk's results are recorded by a thread of this process while the next chunk renders
+    (at most one record waits): on SQLite its write transaction queues behind the advance
+    stage's send transactions, which hold the write lock for a good part of a second each,
+    and the process would otherwise wait idle for its turn. The messages are `sending` until
+    recorded either way; nothing is handed to a channel twice."""
     run = _Delivery(rt, now)
     make = LoadedMessage._make
-    for batch in batches:
-        if not batch.rows:
-            continue
-        outcome = run.send([make(r) for r in batch.rows])
-        with gc_paused(), rt.store.engine.begin() as conn:
+    turns = current_turns()
+    pending: Optional[Future] = None
+
+    def record(outcome: tuple) -> None:
+        with taking_turns(turns), gc_paused(), rt.store.engine.begin() as conn:
             run.record(conn, *outcome)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nurture-record") as recorder:
+        try:
+            for batch in batches:
+                if not batch.rows:
+                    continue
+                outcome = run.send([make(r) for r in batch.rows])
+                if pending is not None:
+                    pending.result()  # the previous chunk's record (raises what it raised)
+                pending = recorder.submit(record, outcome)
+        finally:
+            if pending is not None:
+                pending.result()
     return run.finish()
 
 

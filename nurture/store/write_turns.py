@@ -59,6 +59,11 @@ class WriteTurns:
 _active = threading.local()  # .turns: the WriteTurns this thread's write transactions queue in
 
 
+def current_turns() -> Optional[WriteTurns]:
+    """The turns this thread's write transactions take (for a helper thread to take them too)."""
+    return getattr(_active, "turns", None)
+
+
 @contextmanager
 def taking_turns(turns: Optional[WriteTurns]) -> Iterator[None]:
     """SQLite write transactions of this thread take turns in `turns` while inside (no turns:
