@@ -235,7 +235,13 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict]) -> bool:
     if compiled.isinsert:
         sql = f"{head} SELECT {as_row_value(values)} FROM {source}{tail}"
     else:
-        sql = f"{as_row_value(head)} FROM {source} {as_row_value(where)}"
+        # The key's array again as a condition on the table itself: the planner then reads the
+        # batch's rows by their index. Joined to `unnest` alone it hashed a sequential scan of
+        # the whole table for every batch (5,000 rows out of 100,000 enrollments: 30 ms instead
+        # of 9, growing with the table).
+        column = where.split()[1]
+        sql = (f"{as_row_value(head)} FROM {source} {as_row_value(where)} "
+               f"AND {column} = ANY({_pg_array(keys[0], types[keys[0]], False)})")
     if any(f"%({n})s" in sql for n in arrays):  # an array parameter the rewrite did not place
         return False
     conn.exec_driver_sql(sql, params)
