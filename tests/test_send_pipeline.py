@@ -290,6 +290,22 @@ def test_refused_messages_do_not_count_against_caps(make_runtime, store):
     assert outcomes(store, journey="two") == [("mail_3", "sent", None)]
 
 
+def test_a_message_that_failed_after_its_claim_does_not_count_against_caps(make_runtime, store):
+    """A claim stamps `counted_at`; a message that then failed keeps it, but only queued,
+    sending and sent messages count (the status is checked on the rows read)."""
+    rt = cap_runtime(make_runtime)
+    cid = subscriber(store, "ann@example.com")
+    with store.engine.begin() as conn:
+        from nurture.store.tables import message_t
+        for status in ("failed", "failed"):
+            conn.execute(message_t.insert().values(contact_id=cid, journey="old", step_id="s", attempt_key="send",
+                                                   channel="email", purpose="marketing", template="t", status=status,
+                                                   due_at=T0, created_at=T0, counted_at=T0, attempts=1))
+    enter(store, cid)
+    run_tick(rt, "two", T0 + timedelta(minutes=1))
+    assert outcomes(store, journey="two") == [("mail_3", "sent", None)]
+
+
 # ---------------------------------------------------------------- the message log
 
 

@@ -58,6 +58,11 @@ class Handoff:
     def __init__(self, ctx: Any):
         self.token = uuid.uuid4().hex
         self._queue = ctx.Queue()
+        # This process puts the chunks. Chunks nobody took (every taker gone) must not keep it
+        # from exiting: by default a process waits at exit until its queue's buffered data is
+        # written to the pipe, which a chunk (hundreds of kB) never is without a reader. Their
+        # messages stay `sending` for reconcile, as after any crash.
+        self._queue.cancel_join_thread()
         self._handed = ctx.Value("q", 0)
         self._taken = ctx.Value("q", 0)
         self._closed = ctx.Event()

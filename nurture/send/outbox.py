@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, select
 from nurture.compiler import Node, Plan
 from nurture.runtime.context import Runtime
 from nurture.runtime.gc_pause import gc_paused
-from nurture.runtime.sql import ids_in, insert_ignore, write_many
+from nurture.runtime.sql import ids_in, insert_ignore, keyed_batch, write_many
 from nurture.send.deliver import LoadedMessage
 from nurture.send.guards.pipeline import Recipient, Verdict, address_of, check_batch, lock_contacts
 from nurture.steps.transitions import Row, due_rows, move
@@ -72,6 +72,7 @@ def queue_due(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counte
     reason) as a `message` row, counted in `report`, and moves on — except a deferred one,
     which stays at the step until its new due time. False when none was due."""
     with gc_paused(), rt.store.engine.begin() as conn:
+        keyed_batch(conn)
         rows = due_rows(conn, plan, node, now, rt.batch_size)
         if not rows:
             return False
@@ -122,17 +123,24 @@ def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_
             final.append(row)
             # The journey goes on from the moment the message went out (or was refused).
             moves.append((r.id, r.contact_id, r.timezone, max(now, r.next_due_at)))
-    insert_ignore(conn, message_t, final + deferred, ("enrollment_id", "step_id", "attempt_key"))
+    inserted = insert_ignore(conn, message_t, final + deferred, ("enrollment_id", "step_id", "attempt_key"),
+                             returning=("enrollment_id", "id") if claimed else ())
     write_many(conn, _defer, deferrals)
     move(conn, rt, plan, moves, node.next, now)
-    return _handed(conn, claimed, node.id, handoff.token) if claimed else []
+    return _handed(conn, claimed, node.id, handoff.token, inserted) if claimed else []
 
 
-def _handed(conn: Any, claimed: dict[int, tuple], step_id: str, token: str) -> list[LoadedMessage]:
-    """The claimed messages as delivery's load reads them (nurture.send.deliver.LoadedMessage)."""
+def _handed(conn: Any, claimed: dict[int, tuple], step_id: str, token: str,
+            inserted: Optional[list[tuple]]) -> list[LoadedMessage]:
+    """The claimed messages as delivery's load reads them (nurture.send.deliver.LoadedMessage).
+    `inserted`: (enrollment id, message id) of the rows the insert returned (PostgreSQL), or
+    None — then they are read back by key and token."""
+    if inserted is None:
+        pairs = conn.execute(_CLAIMED, {"ids_enrollment_id": list(claimed), "step": step_id, "token": token}).all()
+    else:  # what the insert skipped (a message of the same key existed) is not among them
+        pairs = [(enrollment_id, message_id) for enrollment_id, message_id in inserted if enrollment_id in claimed]
     out = []
-    for enrollment_id, message_id in conn.execute(_CLAIMED, {"ids_enrollment_id": list(claimed), "step": step_id,
-                                                             "token": token}).all():
+    for enrollment_id, message_id in pairs:
         due, row = claimed[enrollment_id]
         (_, contact_id, _, _, _, email, phone, timezone, attributes,
          first_name, last_name, country, locale, lifecycle_stage, score, event_name, event_properties, event_at) = due
