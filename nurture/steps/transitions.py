@@ -92,16 +92,25 @@ def _due_rows_stmt(filters: list, limit: Any, postgres: bool) -> Any:
 def due_steps(conn: Any, plan: Plan, now: datetime) -> set[str]:
     """The steps of `plan` with at least one active enrollment due by `now`: one statement of
     an index seek per step (ix_enrollment_due), instead of one transaction per step that finds
-    nothing — most steps of most ticks. The statement is built once per step list. Each step
-    is its own EXISTS with the step id as a constant, so the seek covers all four columns: as
-    a join to a list of steps, PostgreSQL read every due enrollment of the journey and
-    filtered them by step (100,000 due: 50 ms, after every batch of a large tick)."""
-    def build() -> Any:
-        return union_all(*[select(literal(sid).label("step_id")).where(exists(select(enrollment_t.c.id).where(
+    nothing — most steps of most ticks. The statement is built once per step list and
+    database. On PostgreSQL each step is its own EXISTS with the step id as a constant, so the
+    seek covers all four columns: as a join to the list of steps, PostgreSQL read every due
+    enrollment of the journey and filtered them by step (100,000 due: 50 ms, after every batch
+    of a large tick). SQLite seeks per step either way, and runs the join form in 26 µs
+    against 63 for eight steps."""
+    postgres = conn.dialect.name == "postgresql"
+
+    def due(step: Any) -> Any:
+        return exists(select(enrollment_t.c.id).where(
             enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.status == "active",
-            enrollment_t.c.step_id == literal(sid), enrollment_t.c.next_due_at <= bindparam("now"))))
-            for sid in plan.order])
-    stmt = prebuilt(("due_steps", tuple(plan.order)), build)
+            enrollment_t.c.step_id == step, enrollment_t.c.next_due_at <= bindparam("now")))
+
+    def build() -> Any:
+        if postgres:
+            return union_all(*[select(literal(sid).label("step_id")).where(due(literal(sid))) for sid in plan.order])
+        steps = union_all(*[select(literal(sid).label("step_id")) for sid in plan.order]).subquery("steps")
+        return select(steps.c.step_id).where(due(steps.c.step_id))
+    stmt = prebuilt(("due_steps", tuple(plan.order), postgres), build)
     return {sid for (sid,) in conn.execute(stmt, {"journey": plan.name, "now": now})}
 
 
