@@ -210,7 +210,8 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict], returning: Sequenc
         columns[name] = [json.dumps(v, allow_nan=False) for v in columns[name]]
     for name in names:
         if isinstance(compiled.binds[name].type, TypeDecorator) and types[name].startswith("TIMESTAMP"):
-            if any(v is not None and v.utcoffset() is None for v in columns[name]):
+            # (each distinct value once: a batch shares a handful of timestamps)
+            if any(v is not None and v.utcoffset() is None for v in set(columns[name])):
                 raise ValueError("datetimes written to the store must be timezone-aware")
 
     if compiled.isinsert:
@@ -254,8 +255,9 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict], returning: Sequenc
 
 def _same_throughout(values: list[Any]) -> bool:
     first = values[0]
-    kind = type(first)
-    return all(v is first or (type(v) is kind and v == first) for v in values)
+    # Counted in C: equal to the first (or the very object), then all of one type (1 == 1.0 ==
+    # True, but they are different parameters).
+    return values.count(first) == len(values) and len(set(map(type, values))) == 1
 
 
 def _converter(column_type: Any) -> Optional[Callable[[Any], Any]]:
