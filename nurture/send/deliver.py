@@ -39,7 +39,6 @@ from nurture.send.guards.pipeline import Recipient, address_of, check_batch, loc
 from nurture.send.guards.whatsapp import whatsapp_sessions
 from nurture.send.handoff import HandedBatch
 from nurture.send.render import render_message
-from nurture.settings import Settings
 from nurture.store.models import DEFERRED, FAILED, QUEUED, SENDING, SENT
 from nurture.store.tables import contact_t, enrollment_t, event_t, message_t, suppression_t
 from nurture.store.write_turns import current_turns, taking_turns
@@ -223,7 +222,7 @@ class _Delivery:
 
     def send(self, rows: list) -> tuple[list[dict], list[dict], dict[int, Any]]:
         with gc_paused():
-            return _send_batch(self.rt, rows, self.now, self.settings, self.prepared, self.down, self.secrets)
+            return _send_batch(self, rows)
 
     def record(self, conn: Any, updates: list[dict], suppressions: list[dict], meta: dict[int, Any]) -> None:
         for u in updates:
@@ -293,12 +292,11 @@ def deliver_handed(rt: Runtime, now: datetime, batches: Iterable[HandedBatch]) -
     return run.finish()
 
 
-def _send_batch(rt: Runtime, rows: list, now: datetime, settings: Settings, prepared: dict,
-                down: dict[str, tuple[str, int]], secrets: tuple[str, ...]
-                ) -> tuple[list[dict], list[dict], dict[int, Any]]:
+def _send_batch(run: _Delivery, rows: list) -> tuple[list[dict], list[dict], dict[int, Any]]:
     """Render and send one claimed batch: (row updates, suppressions, rows by id) to record.
-    A channel found unusable is added to `down` (reason, messages left queued); the messages
-    of a channel already down are put back without being rendered."""
+    A channel found unusable is added to `run.down` (reason, messages left queued); the
+    messages of a channel already down are put back without being rendered."""
+    rt, now, settings, prepared, down, secrets = run.rt, run.now, run.settings, run.prepared, run.down, run.secrets
     updates: list[dict] = []
     suppressions: list[dict] = []
     by_channel: dict[str, list[OutgoingMessage]] = {}

@@ -78,10 +78,6 @@ class Handoff:
         """Nothing more will be published (the advance stage is done)."""
         self._closed.set()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
-
     def batches(self, alive: Callable[[], bool] = lambda: True) -> Iterator[HandedBatch]:
         """Chunks as they come, until the hand-off is closed and every chunk is taken (by this
         process or another). `alive`: are the other takers still there (if not, a chunk one of

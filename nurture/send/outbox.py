@@ -19,11 +19,10 @@ from sqlalchemy import bindparam, select
 
 from nurture.compiler import Node, Plan
 from nurture.runtime.context import Runtime
-from nurture.runtime.gc_pause import gc_paused
 from nurture.runtime.sql import ids_in, insert_ignore, keyed_batch, write_many
 from nurture.send.deliver import LoadedMessage
 from nurture.send.guards.pipeline import Recipient, Verdict, address_of, check_batch, lock_contacts
-from nurture.steps.transitions import Row, due_rows, move
+from nurture.steps.transitions import Row, due_rows, move, step_batch
 from nurture.store.models import DEFERRED, HOLDOUT, QUEUED, SENDING
 from nurture.store.tables import contact_t, enrollment_t, event_t, message_t
 
@@ -71,7 +70,7 @@ def queue_due(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counte
     gets its outcome (queued for delivery, or holdout / suppressed / skipped / deferred with a
     reason) as a `message` row, counted in `report`, and moves on — except a deferred one,
     which stays at the step until its new due time. False when none was due."""
-    with gc_paused(), rt.store.engine.begin() as conn:
+    with step_batch(rt) as conn:
         keyed_batch(conn)
         rows = due_rows(conn, plan, node, now, rt.batch_size)
         if not rows:
@@ -99,7 +98,7 @@ def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_
     deferred: list[dict] = []
     moves: list[Row] = []
     deferrals: list[dict] = []
-    claimed: dict[int, tuple] = {}  # enrollment id → (its due row, the channel) of a claimed message
+    claimed: dict[int, tuple] = {}  # enrollment id → (its _DUE_HANDED row, its message row) when claimed
     marketing = purpose == "marketing"
     for i, (r, (channel, (status, reason, due), passed_over)) in enumerate(zip(rows, choices)):
         due = due or r.next_due_at
@@ -141,7 +140,7 @@ def _handed(conn: Any, claimed: dict[int, tuple], step_id: str, token: str,
         pairs = [(enrollment_id, message_id) for enrollment_id, message_id in inserted if enrollment_id in claimed]
     out = []
     for enrollment_id, message_id in pairs:
-        due, row = claimed[enrollment_id]
+        due, row = claimed[enrollment_id]  # (unpacked in _DUE_HANDED's column order)
         (_, contact_id, _, _, _, email, phone, timezone, attributes,
          first_name, last_name, country, locale, lifecycle_stage, score, event_name, event_properties, event_at) = due
         out.append(LoadedMessage(message_id, row["journey"], step_id, row["channel"], row["purpose"], row["template"],
