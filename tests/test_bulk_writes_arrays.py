@@ -87,3 +87,38 @@ def test_json_values_are_written_as_their_text_and_read_back_as_they_were(store,
     assert [tuple(r) for r in stored] == [("e0", props[0]), ("e1", {}), ("e2", props[2]), ("e9", {})]
     if store.is_postgres:
         assert calls[:2] == [True, True]  # the array form, not the executemany
+
+
+def test_integer_arrays_reach_the_server_exactly(store):
+    """`int4_array` (store/pg_arrays.py) encodes an id list in PostgreSQL's binary array format
+    itself: the server must read back exactly the list — empty, one, the range's ends, negative,
+    unsorted, repeated — and what it cannot encode (None, a bigint) goes as psycopg sends it."""
+    from nurture.store.pg_arrays import Int4Array, int4_array
+    lists = [[], [7], [1, 2, 3], [-2**31, 2**31 - 1, 0, -1], [5, 3, 5, 1], list(range(10_000, 0, -1))]
+    for values in lists:
+        assert isinstance(int4_array(values), Int4Array)
+    assert int4_array([1, None]) == [1, None] and int4_array([2**31]) == [2**31]
+    assert int4_array([1.5]) == [1.5]
+    if not store.is_postgres:
+        return
+    with store.engine.connect() as conn:
+        for values in lists:
+            got = conn.exec_driver_sql("SELECT %(a)b::INTEGER[], array_lower(%(a)b::INTEGER[], 1)",
+                                       {"a": int4_array(values)}).one()
+            assert tuple(got) == (values, 1 if values else None)
+        assert conn.exec_driver_sql("SELECT %(a)b::BIGINT[]", {"a": int4_array([2**40, None])}).scalar() == [2**40, None]
+
+
+def test_an_id_list_over_the_integer_range_is_the_servers_error_not_a_wrong_answer(store):
+    """An id out of `integer`'s range in `ids_in` (a bigint the array cannot hold) is the
+    driver's array, cast by the server: an error, never rows of other ids."""
+    with store.engine.begin() as conn:
+        cids = _contacts(conn, 3)
+    with store.reading() as conn:
+        got = [r[0] for r in conn.execute(select(contact_t.c.id).where(ids_in(contact_t.c.id, [cids[1], cids[2]]))
+                                          .order_by(contact_t.c.id))]
+    assert got == cids[1:]
+    if store.is_postgres:
+        from sqlalchemy.exc import DataError
+        with pytest.raises(DataError, match="out of range"), store.reading() as conn:
+            conn.execute(select(contact_t.c.id).where(ids_in(contact_t.c.id, [cids[0], 2**40]))).all()

@@ -27,7 +27,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
 from nurture.settings import describe_database
-from nurture.store import lean
+from nurture.store import lean, pg_arrays
 from nurture.store.write_turns import TurnTakingConnection
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -225,7 +225,12 @@ def _make_engine(url: str) -> Engine:
         _configure_sqlite(engine)
         engine._connection_cls = lean.connect  # statements run again and again: see store.lean
         return engine
-    return create_engine(url, pool_pre_ping=True, json_serializer=strict_json)
+    engine = create_engine(url, pool_pre_ping=True, json_serializer=strict_json)
+    if engine.dialect.driver == "psycopg":
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):  # integer arrays in C (store/pg_arrays.py)
+            pg_arrays.register(dbapi_conn.adapters)
+    return engine
 
 
 def migrate(engine: Engine) -> None:
