@@ -122,3 +122,28 @@ def test_an_id_list_over_the_integer_range_is_the_servers_error_not_a_wrong_answ
         from sqlalchemy.exc import DataError
         with pytest.raises(DataError, match="out of range"), store.reading() as conn:
             conn.execute(select(contact_t.c.id).where(ids_in(contact_t.c.id, [cids[0], 2**40]))).all()
+
+
+def test_json_columns_read_back_what_json_loads_would(store):
+    """`read_json` (store/db.py), the engines' JSON reader: text from SQLite, bytes from
+    psycopg, `{}` without parsing — each value exactly what `json.loads` returns."""
+    import json
+    from nurture.store.db import read_json
+    values = ['{}', '{"a": 1, "b": [1.5, null, true], "c": {"d": "Zoë 🎉 \\u00e9"}}', '[]', '"x"', '3', 'null',
+              '{"n": NaN}']
+    for text in values:
+        for given in (text, text.encode("utf-8")):
+            got, want = read_json(given), json.loads(given)
+            assert got == want or (got != got and want != want) or json.dumps(got) == json.dumps(want)
+    first, second = read_json("{}"), read_json(b"{}")
+    first["x"] = 1
+    assert second == {} and read_json("{}") == {}  # a new dict each time: a caller may change it
+    props = {"name": "Zoë", "nested": {"list": [1, 2.5, None]}}
+    from nurture.store.tables import event_t
+    with store.engine.begin() as conn:
+        (cid,) = _contacts(conn, 1)
+        conn.execute(event_t.insert(), [dict(event_id=f"r{i}", contact_id=cid, name="n", properties=p,
+                                             occurred_at=AT, received_at=AT) for i, p in enumerate([props, {}])])
+        got = [r[0] for r in conn.execute(select(event_t.c.properties).order_by(event_t.c.id))]
+        attributes = conn.execute(select(contact_t.c.attributes)).scalar()
+    assert got == [props, {}] and attributes == {}

@@ -168,6 +168,21 @@ def strict_json(value: object) -> str:
     return json.dumps(value, allow_nan=False)
 
 
+_decode_json = json.JSONDecoder().decode
+
+
+def read_json(text: str | bytes) -> object:
+    """A JSON column's value as read back: text on SQLite, UTF-8 bytes from psycopg. What
+    `json.loads` returns, without its per-call work (for bytes, guessing the encoding: ~1.3 µs
+    of the ~3.4 µs a small object costs here); `{}`, the usual empty attributes or properties,
+    is not parsed at all. A tick reads two or three of them per message."""
+    if text == "{}" or text == b"{}":
+        return {}
+    if type(text) is bytes:
+        text = text.decode("utf-8")  # (PostgreSQL sends the client encoding: UTF-8)
+    return _decode_json(text)
+
+
 def is_sqlite(url: str) -> bool:
     scheme = url.split(":", 1)[0]
     return scheme == "sqlite" or scheme.startswith("sqlite+")
@@ -221,11 +236,11 @@ def _make_engine(url: str) -> Engine:
         pooled = {"pool_use_lifo": True} if sqlite_path(url) else {}
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False,
                                                       "factory": TurnTakingConnection},
-                               json_serializer=strict_json, pool_reset_on_return=None, **pooled)
+                               json_serializer=strict_json, json_deserializer=read_json, pool_reset_on_return=None, **pooled)
         _configure_sqlite(engine)
         engine._connection_cls = lean.connect  # statements run again and again: see store.lean
         return engine
-    engine = create_engine(url, pool_pre_ping=True, json_serializer=strict_json)
+    engine = create_engine(url, pool_pre_ping=True, json_serializer=strict_json, json_deserializer=read_json)
     if engine.dialect.driver == "psycopg":
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):  # integer arrays in C (store/pg_arrays.py)
