@@ -15,6 +15,12 @@ Prints JSON:
 under `--dir` too) over the same seeded data, in the same run: `postgres_send_tick_*` beside
 the SQLite figures, and `postgres_vs_sqlite` (2 processes).
 
+Each send tick also prints what it cost the whole machine (Linux): `machine_cpu_us_per_message`
+(the CPU time of every process — the tick's, its delivery processes', PostgreSQL's server — per
+message sent), `machine_idle_share` and `machine_stolen_share` (the cores' time left idle, or
+taken by the VM's host). Once the cores are busy the first bounds the rate; it varies less from
+run to run than messages per second on a shared VM.
+
 The projects (SQLite file and .eml outbox) live where a real project keeps them: under the
 checkout's `.nurture/` (git-ignored), removed afterwards. `--dir` chooses another place. The
 cost of creating a file there is printed as `file_create_us`: on the 2-core CI VM it varies
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -129,12 +136,28 @@ def make(tmp: Path, n: int, due: bool, url: str | None = None) -> Runtime:
     return rt
 
 
+def machine_cpu() -> tuple[float, float, float] | None:
+    """(busy, idle, stolen) CPU seconds of the whole machine so far, all cores (Linux's
+    /proc/stat: user + nice + system + irq + softirq; idle + iowait; steal — time the VM's
+    host gave to others). None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hz, (idle + iowait) / hz, steal / hz
+
+
 def bench_send(tmp: Path, n: int, workers: int, url: str | None = None) -> dict:
     rt = make(tmp / f"w{workers}", n, due=True, url=url)
     run_tick(rt, "promo", NOW - timedelta(minutes=5))  # records the version; nothing due yet
+    cpu_before = machine_cpu()
     started = time.perf_counter()
     report = run_tick(rt, "promo", NOW, workers=workers)
     end = time.perf_counter()
+    cpu_after = machine_cpu()
     advanced = delivered = report.outcomes
     sent = sum(v for (step, status, _), v in delivered.items() if status == "sent")
     files = sum(1 for _ in (rt.data_dir / "outbox" / "email" / "promo").iterdir())
@@ -143,7 +166,22 @@ def bench_send(tmp: Path, n: int, workers: int, url: str | None = None) -> dict:
     return {"database": rt.store.dialect, "contacts": n, "delivery_processes": workers, "sent": sent,
             "eml_files": files, "seconds": round(end - started, 2),
             "messages_per_second": round(sent / (end - started)), "target_messages_per_second": 5000,
-            "queued": sum(v for (s, status, _), v in advanced.items() if status == "queued")}
+            "queued": sum(v for (s, status, _), v in advanced.items() if status == "queued"),
+            **_cpu_figures(cpu_before, cpu_after, sent)}
+
+
+def _cpu_figures(before: tuple | None, after: tuple | None, sent: int) -> dict:
+    """What the tick cost the machine: CPU of every process (the tick's, its delivery
+    processes', a database server's) per message sent — what bounds messages per second
+    once the cores are busy, and steadier than that rate on a shared VM — and the share of
+    the cores left idle (waiting: locks, round trips) or stolen by the VM's host."""
+    if before is None or after is None or not sent:
+        return {}
+    busy, idle, stolen = (b - a for a, b in zip(before, after))
+    total = busy + idle + stolen
+    return {"machine_cpu_us_per_message": round(busy / sent * 1e6),
+            "machine_idle_share": round(idle / total, 3) if total else None,
+            "machine_stolen_share": round(stolen / total, 3) if total else None}
 
 
 def bench_idle(tmp: Path, n: int) -> dict:
