@@ -22,7 +22,7 @@ from nurture.runtime.context import Runtime
 from nurture.runtime.sql import ids_in, insert_ignore, keyed_batch, write_many
 from nurture.send.deliver import LoadedMessage
 from nurture.send.guards.pipeline import Recipient, Verdict, address_of, check_batch, lock_contacts
-from nurture.steps.transitions import Row, due_rows, move, step_batch
+from nurture.steps.transitions import Row, claim_due, move, step_batch
 from nurture.store.models import DEFERRED, HOLDOUT, QUEUED, SENDING
 from nurture.store.tables import contact_t, enrollment_t, event_t, message_t
 
@@ -31,21 +31,18 @@ _defer = (enrollment_t.update().where(enrollment_t.c.id == bindparam("eid"))
           .values(next_due_at=bindparam("due"), defer_count=bindparam("defers")))
 
 
-_DUE = (select(enrollment_t.c.id, enrollment_t.c.contact_id, enrollment_t.c.next_due_at, enrollment_t.c.holdout,
-               enrollment_t.c.defer_count, contact_t.c.email, contact_t.c.phone, contact_t.c.timezone,
-               contact_t.c.attributes)
-        .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
-        .where(ids_in(enrollment_t.c.id, ())))
-
-
+# What the checks read of each due enrollment, in the statement that takes the batch
+# (nurture.steps.transitions.claim_due: locked, oldest due first).
+_DUE_COLUMNS = (enrollment_t.c.id, enrollment_t.c.contact_id, enrollment_t.c.next_due_at, enrollment_t.c.holdout,
+                enrollment_t.c.defer_count, contact_t.c.email, contact_t.c.phone, contact_t.c.timezone,
+                contact_t.c.attributes)
+_DUE_SOURCE = enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id)
 # With a hand-off (nurture.send.handoff), what rendering needs too, so that the delivery
 # processes need not read the messages again: the contact's other columns, the trigger event.
-_DUE_HANDED = (select(*_DUE.selected_columns, contact_t.c.first_name, contact_t.c.last_name, contact_t.c.country,
-                      contact_t.c.locale, contact_t.c.lifecycle_stage, contact_t.c.score,
-                      event_t.c.name, event_t.c.properties, event_t.c.occurred_at)
-               .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id)
-                            .outerjoin(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk))
-               .where(ids_in(enrollment_t.c.id, ())))
+_HANDED_COLUMNS = (*_DUE_COLUMNS, contact_t.c.first_name, contact_t.c.last_name, contact_t.c.country,
+                   contact_t.c.locale, contact_t.c.lifecycle_stage, contact_t.c.score,
+                   event_t.c.name, event_t.c.properties, event_t.c.occurred_at)
+_HANDED_SOURCE = _DUE_SOURCE.outerjoin(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk)
 # The ids of the messages the batch's insert claimed (a message of the same key that existed
 # before was skipped by the insert and keeps its own state: it is not handed over).
 _CLAIMED = (select(message_t.c.enrollment_id, message_t.c.id)
@@ -72,24 +69,28 @@ def queue_due(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counte
     which stays at the step until its new due time. False when none was due."""
     with step_batch(rt) as conn:
         keyed_batch(conn)
-        rows = due_rows(conn, plan, node, now, rt.batch_size)
-        if not rows:
+        if rt.handoff is None:
+            found = claim_due(conn, plan, node, now, rt.batch_size, "send_due", _DUE_COLUMNS, _DUE_SOURCE)
+        else:
+            found = claim_due(conn, plan, node, now, rt.batch_size, "send_due_handed", _HANDED_COLUMNS,
+                              _HANDED_SOURCE)
+        if not found:
             return False
-        handed = _guard_and_queue(conn, rt, plan, node, [r[0] for r in rows], now, report)
+        handed = _guard_and_queue(conn, rt, plan, node, found, now, report)
     if handed:  # committed: the tick's delivery processes may take them (nurture.send.handoff)
         rt.handoff.publish(plan.name, node.id, handed)
     return True
 
 
-def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_ids: list[int],
+def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, found: list[Any],
                      now: datetime, report: Counter) -> list[LoadedMessage]:
-    """The checks, the outbox rows and the moves of one batch. With a pipelined tick's
+    """The checks, the outbox rows and the moves of one batch (`found`: its enrollments as
+    `_DUE_COLUMNS`, or `_HANDED_COLUMNS` with a hand-off). With a pipelined tick's
     `rt.handoff`, the messages that may go are inserted claimed (`sending`, its token, as a
     claim would mark them) and returned as delivery loads them, for the hand-off."""
     send = node.step.send
     handoff = rt.handoff
     purpose = send.purpose
-    found = conn.execute(_DUE if handoff is None else _DUE_HANDED, {"ids_id": enrollment_ids}).all()
     rows = [_Due._make(r[:9]) for r in found]  # SQLAlchemy Row attributes cost ~1 µs each
     lock_contacts(conn, [r.contact_id for r in rows])
     recipients = [Recipient(r.contact_id, r.email, r.phone, r.timezone, r.attributes, r.holdout) for r in rows]
@@ -98,7 +99,7 @@ def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, enrollment_
     deferred: list[dict] = []
     moves: list[Row] = []
     deferrals: list[dict] = []
-    claimed: dict[int, tuple] = {}  # enrollment id → (its _DUE_HANDED row, its message row) when claimed
+    claimed: dict[int, tuple] = {}  # enrollment id → (its _HANDED_COLUMNS row, its message row) when claimed
     marketing = purpose == "marketing"
     for i, (r, (channel, (status, reason, due), passed_over)) in enumerate(zip(rows, choices)):
         due = due or r.next_due_at
@@ -140,7 +141,7 @@ def _handed(conn: Any, claimed: dict[int, tuple], step_id: str, token: str,
         pairs = [(enrollment_id, message_id) for enrollment_id, message_id in inserted if enrollment_id in claimed]
     out = []
     for enrollment_id, message_id in pairs:
-        due, row = claimed[enrollment_id]  # (unpacked in _DUE_HANDED's column order)
+        due, row = claimed[enrollment_id]  # (unpacked in _HANDED_COLUMNS' order)
         (_, contact_id, _, _, _, email, phone, timezone, attributes,
          first_name, last_name, country, locale, lifecycle_stage, score, event_name, event_properties, event_at) = due
         out.append(LoadedMessage(message_id, row["journey"], step_id, row["channel"], row["purpose"], row["template"],

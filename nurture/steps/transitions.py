@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from sqlalchemy import bindparam, exists, literal, select, union_all
 
@@ -63,12 +63,7 @@ def due_rows(conn: Any, plan: Plan, node: Node, now: datetime, limit: int, extra
     worker holds, so two workers never take the same enrollment."""
     postgres = conn.dialect.name == "postgresql"
     if due_only and extra is None:  # the common form, built once (nurture.runtime.sql.prebuilt)
-        stmt = prebuilt(("due_rows", postgres), lambda: _due_rows_stmt(
-            [enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.status == "active",
-             enrollment_t.c.step_id == bindparam("step"), enrollment_t.c.next_due_at <= bindparam("now")],
-            bindparam("limit"), postgres))
-        return [tuple(r) for r in conn.execute(stmt, {"journey": plan.name, "step": node.id, "now": now,
-                                                      "limit": limit}).all()]
+        return [tuple(r) for r in claim_due(conn, plan, node, now, limit)]
     filters = [enrollment_t.c.journey == plan.name, enrollment_t.c.status == "active",
                enrollment_t.c.step_id == node.id]
     if due_only:
@@ -78,9 +73,27 @@ def due_rows(conn: Any, plan: Plan, node: Node, now: datetime, limit: int, extra
     return [tuple(r) for r in conn.execute(_due_rows_stmt(filters, limit, postgres))]
 
 
-def _due_rows_stmt(filters: list, limit: Any, postgres: bool) -> Any:
-    stmt = (select(enrollment_t.c.id, enrollment_t.c.contact_id, contact_t.c.timezone, enrollment_t.c.next_due_at)
-            .select_from(enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id))
+def claim_due(conn: Any, plan: Plan, node: Node, now: datetime, limit: int, key: str = "due_rows",
+              columns: Optional[Sequence[Any]] = None, source: Any = None) -> list[Any]:
+    """`due_rows`' enrollments (due by `now`, taken and locked the same way), as rows of
+    `columns` of `source` — the enrollment joined with what the caller reads of each, in the
+    same statement rather than a second read of the batch by id. `key` names the statement
+    (built once per key and database); by default `due_rows`' own columns."""
+    postgres = conn.dialect.name == "postgresql"
+    stmt = prebuilt((key, postgres), lambda: _due_rows_stmt(
+        [enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.status == "active",
+         enrollment_t.c.step_id == bindparam("step"), enrollment_t.c.next_due_at <= bindparam("now")],
+        bindparam("limit"), postgres, columns, source))
+    return conn.execute(stmt, {"journey": plan.name, "step": node.id, "now": now, "limit": limit}).all()
+
+
+def _due_rows_stmt(filters: list, limit: Any, postgres: bool, columns: Optional[Sequence[Any]] = None,
+                   source: Any = None) -> Any:
+    if columns is None:
+        columns = (enrollment_t.c.id, enrollment_t.c.contact_id, contact_t.c.timezone, enrollment_t.c.next_due_at)
+    if source is None:
+        source = enrollment_t.join(contact_t, contact_t.c.id == enrollment_t.c.contact_id)
+    stmt = (select(*columns).select_from(source)
             # next_due_at order comes straight from ix_enrollment_due: no sort of the whole
             # backlog for every batch (ordering by id made a large tick quadratic).
             .where(*filters).order_by(enrollment_t.c.next_due_at).limit(limit))
