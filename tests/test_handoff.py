@@ -197,6 +197,69 @@ def test_a_pipelined_tick_sends_each_message_once_from_both_processes(make_runti
 
 
 
+def test_a_large_tick_in_one_process_delivers_each_batch_as_soon_as_it_is_committed(make_runtime, store,
+                                                                                    monkeypatch):
+    """One delivery process (`workers=1`), delivery not partitioned: each batch's messages are
+    handed over claimed and sent from the rows the checks read — no claim, no load — before the
+    next batch is guarded; each message once."""
+    from nurture.runtime import parallel
+    from nurture.send import deliver as deliver_module
+    from nurture.steps import send as send_step
+    monkeypatch.setattr(tick_module, "LARGE_TICK", 1)
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    rt.batch_size = 40
+    for i in range(100):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    order: list[str] = []
+    for module, name in ((send_step, "queue_due"), (deliver_module, "load_messages")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: order.append(_name) or _real(*a, **k))
+    taken = parallel.DeliverAtOnce.publish
+    monkeypatch.setattr(parallel.DeliverAtOnce, "publish",
+                        lambda self, journey, step, rows: order.append(f"deliver {len(rows)}") or taken(self, journey, step, rows))
+    report = run_tick(rt, "j", NOW, workers=1)
+    assert order == ["queue_due", "deliver 40", "queue_due", "deliver 40", "queue_due", "deliver 20"]  # no load
+    sent = [m for m in messages(store) if m.status == "sent"]
+    assert len(sent) == 100 and len({m.contact_id for m in sent}) == 100
+    assert all((m.attempts, m.claimed_at, m.claim) == (1, NOW, None) for m in sent)
+    assert len(list((rt.data_dir / "outbox" / "email" / "j").glob("*.eml"))) == 100
+    assert report.outcomes[("hello", "sent", None)] == 100 and report.outcomes[("hello", "queued", None)] == 100
+
+
+def test_a_channel_found_down_in_one_process_is_not_tried_again_for_each_batch(make_runtime, store, monkeypatch):
+    monkeypatch.setattr(tick_module, "LARGE_TICK", 1)
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    rt.batch_size = 3
+    channel = Scripted(["unavailable", "unavailable"])
+    rt.channel_factory = lambda name: channel
+    for i in range(7):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    report = run_tick(rt, "j", NOW, workers=1)
+    # Found down by the advance stage's first batch, the other two batches were put back
+    # untried; the deliver stage claimed them once more (one try, as each delivery run makes
+    # — so does a pipelined tick's) and left them queued.
+    assert [len(batch) for batch in channel.batches] == [3, 3]
+    # (7 put back by the advance stage, 3 by the deliver stage's one try; it claims no more)
+    assert report.outcomes[("channel:email", "unavailable", "scripted_unavailable")] == 10
+    assert [(m.status, m.attempts, m.claim) for m in messages(store)] == [("queued", 0, None)] * 7
+    assert run_tick(rt, "j", NOW + timedelta(minutes=10)).outcomes[("hello", "sent", None)] == 7
+
+
+def test_partitioned_delivery_is_left_to_the_deliver_stage(make_runtime, store, monkeypatch):
+    """Delivery split into partitions (tasks in parallel under Prefect): the advance stage
+    does not send; the messages wait `queued` for the partitions' claims."""
+    from nurture.send import deliver as deliver_module
+    monkeypatch.setattr(tick_module, "LARGE_TICK", 1)
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    for i in range(6):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    loads = []
+    real = deliver_module.load_messages
+    monkeypatch.setattr(deliver_module, "load_messages", lambda rt, ids: loads.append(len(ids)) or real(rt, ids))
+    report = run_tick(rt, "j", NOW, workers=1, partitions=2)
+    assert report.outcomes[("hello", "sent", None)] == 6 and sum(loads) == 6  # claimed and loaded
+
+
 @pytest.fixture
 def pg_store(pg_server_url, pg_template):
     """A fresh PostgreSQL database alone (SQLite's write transaction holds the whole database:

@@ -12,7 +12,8 @@ row-level (a batch goes `queued` → `sending` in one write transaction), so no 
 claim the same message. On SQLite the processes queue for the write lock in order
 (write_turns): without it the advance stage, committing batch after batch, kept the delivery
 processes waiting for seconds. Starting the processes costs ~1 s, so the flows pipeline only
-large ticks (`LARGE_TICK` due).
+large ticks (`LARGE_TICK` due). A large tick with one delivery process uses the same hand-off
+in process (`handed_in_process`): each batch is sent as soon as its send transaction commits.
 
 Processes come from a fork server that has imported the engine once (`forkserver` with
 preloads): a worker then starts without paying the ~1 s of imports on the tick's two cores,
@@ -50,6 +51,7 @@ import queue
 import signal
 import sys
 import threading
+import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -58,7 +60,9 @@ from typing import Any, Callable, Optional
 from sqlalchemy import func, select
 
 from nurture.runtime.context import Runtime
-from nurture.send.handoff import Handoff
+from nurture.runtime.sql import chunks
+from nurture.send.handoff import CHUNK as HANDED_CHUNK
+from nurture.send.handoff import HandedBatch, Handoff
 from nurture.store.write_turns import WriteTurns, taking_turns
 
 # Due enrollments from which a tick pipelines delivery processes: below it one process is as
@@ -207,6 +211,40 @@ def due_enrollments(rt: Runtime, now: datetime, journey: str) -> int:
         return conn.execute(select(func.count()).select_from(enrollment_t).where(
             enrollment_t.c.journey == journey, enrollment_t.c.status == "active",
             enrollment_t.c.next_due_at <= now)).scalar() or 0
+
+
+class DeliverAtOnce:
+    """The hand-off (nurture.send.handoff) of a large tick that runs in one process: each batch
+    the advance stage has committed is delivered here and now, from the rows its checks read,
+    instead of being claimed and loaded again by the deliver stage afterwards. What makes it
+    safe is the hand-off's: the messages are committed `sending` with this tick's token before
+    any channel is called, and only what this tick's insert claimed is delivered."""
+
+    def __init__(self, rt: Runtime, now: datetime):
+        from nurture.send.deliver import HandedDelivery
+        self.token = uuid.uuid4().hex
+        self.delivery = HandedDelivery(rt, now)
+
+    def publish(self, journey: str, step_id: str, rows: list[tuple]) -> None:
+        for part in chunks(rows, HANDED_CHUNK):  # (records overlap the next chunk's rendering)
+            self.delivery.take(HandedBatch(journey, step_id, self.token, list(part)))
+
+
+def handed_in_process(rt: Runtime, now: datetime, produce: Callable[[], Counter]) -> tuple[Counter, Counter]:
+    """Run `produce` (the advance stage) with a `DeliverAtOnce` hand-off: a large tick in one
+    process (one delivery process asked for, delivery not split into partitions) delivers each
+    batch as soon as it is committed. Returns (produce's report, delivery report); what else is
+    queued (retries, messages put back) is left to the deliver stage, as always."""
+    handoff = DeliverAtOnce(rt, now)
+    rt.handoff = handoff
+    try:
+        produced = produce()
+    except BaseException:
+        rt.handoff = None
+        handoff.delivery.close(raising=False)  # the last record waited for; the stage's error stands
+        raise
+    rt.handoff = None
+    return produced, handoff.delivery.close()
 
 
 def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,

@@ -14,6 +14,7 @@ the flow (artifacts) is the runner's own business, not the engine's.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Optional
@@ -22,7 +23,7 @@ from nurture.runtime.auto_winner import decide_splits
 from nurture.runtime.context import Runtime, TickReport
 from nurture.runtime.enroll import enroll
 from nurture.runtime.outcomes import apply_exits, record_conversions
-from nurture.runtime.parallel import LARGE_TICK, due_enrollments, pipelined
+from nurture.runtime.parallel import LARGE_TICK, due_enrollments, handed_in_process, pipelined
 from nurture.runtime.versions import migrate_enrollments, record_version
 from nurture.send.deliver import deliver
 from nurture.send.reconcile import reconcile_stuck
@@ -93,17 +94,23 @@ def exit_convert(call: StageCall) -> TickReport:
 
 
 def advance_stage(call: StageCall) -> TickReport:
-    """Guards + outbox for every due step. On a large tick with more than one worker,
-    delivery processes send each batch while the next one is guarded."""
+    """Guards + outbox for every due step. On a large tick the messages that may go are handed
+    over claimed (nurture.send.handoff): with more than one worker, delivery processes send
+    each batch while the next one is guarded; with one (and delivery not split into
+    partitions), this process sends each batch as soon as it is committed."""
     report = _report(call)
     rt, journey, now = call.rt, call.journey, call.now
     produce = lambda: advance(rt, rt.plan(journey), now)  # noqa: E731
-    if call.options.workers > 1 and due_enrollments(rt, now, journey) >= LARGE_TICK:
+    large = (call.options.workers > 1 or call.options.partitions <= 1) and \
+        due_enrollments(rt, now, journey) >= LARGE_TICK
+    if large and call.options.workers > 1:
         advanced, delivered = pipelined(rt, now, journey, call.options.workers, produce)
-        report.outcomes.update(advanced)
-        report.outcomes.update(delivered)
+    elif large:
+        advanced, delivered = handed_in_process(rt, now, produce)
     else:
-        report.outcomes.update(produce())
+        advanced, delivered = produce(), Counter()
+    report.outcomes.update(advanced)
+    report.outcomes.update(delivered)
     return report
 
 

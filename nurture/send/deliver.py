@@ -262,34 +262,59 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
 
 def deliver_handed(rt: Runtime, now: datetime, batches: Iterable[HandedBatch]) -> Counter:
     """Deliver the chunks a pipelined tick's advance stage handed over, claimed already and
-    loaded (nurture.send.handoff); the outcomes as `deliver`'s.
+    loaded (nurture.send.handoff); the outcomes as `deliver`'s."""
+    delivery = HandedDelivery(rt, now)
+    try:
+        for batch in batches:
+            delivery.take(batch)
+    except BaseException:
+        delivery.close(raising=False)
+        raise
+    return delivery.close()
+
+
+class HandedDelivery:
+    """Delivers handed chunks (nurture.send.handoff) one at a time, as they are given.
 
     A chunk's results are recorded by a thread of this process while the next chunk renders
     (at most one record waits): on SQLite its write transaction queues behind the advance
     stage's send transactions, which hold the write lock for a good part of a second each,
     and the process would otherwise wait idle for its turn. The messages are `sending` until
-    recorded either way; nothing is handed to a channel twice."""
-    run = _Delivery(rt, now)
-    make = LoadedMessage._make
-    turns = current_turns()
-    pending: Optional[Future] = None
+    recorded either way; nothing is handed to a channel twice. `close` waits for the last
+    record and returns the outcomes, as `deliver`'s."""
 
-    def record(outcome: tuple) -> None:
-        with taking_turns(turns), gc_paused(), rt.store.engine.begin() as conn:
-            run.record(conn, *outcome)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nurture-record") as recorder:
+    def __init__(self, rt: Runtime, now: datetime):
+        self.rt = rt
+        self.run = _Delivery(rt, now)
+        self.turns = current_turns()
+        self.pending: Optional[Future] = None
+        self.recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nurture-record")
+
+    def _record(self, outcome: tuple) -> None:
+        with taking_turns(self.turns), gc_paused(), self.rt.store.engine.begin() as conn:
+            self.run.record(conn, *outcome)
+
+    def take(self, batch: HandedBatch) -> None:
+        if not batch.rows:
+            return
+        outcome = self.run.send([LoadedMessage._make(r) for r in batch.rows])
+        if self.pending is not None:
+            self.pending.result()  # the previous chunk's record (raises what it raised)
+        self.pending = self.recorder.submit(self._record, outcome)
+
+    def close(self, raising: bool = True) -> Counter:
+        """The last record written (its failure raised, unless `raising` is False: the caller
+        is already failing), the recording thread gone; the outcomes."""
         try:
-            for batch in batches:
-                if not batch.rows:
-                    continue
-                outcome = run.send([make(r) for r in batch.rows])
-                if pending is not None:
-                    pending.result()  # the previous chunk's record (raises what it raised)
-                pending = recorder.submit(record, outcome)
+            if self.pending is not None:
+                pending, self.pending = self.pending, None
+                if raising:
+                    pending.result()
+                else:
+                    pending.exception()  # waited for; the caller's own error is the one raised
         finally:
-            if pending is not None:
-                pending.result()
-    return run.finish()
+            self.recorder.shutdown(wait=True)
+        return self.run.finish()
 
 
 def _send_batch(run: _Delivery, rows: list) -> tuple[list[dict], list[dict], dict[int, Any]]:
