@@ -57,10 +57,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, literal, select
 
 from nurture.runtime.context import Runtime
-from nurture.runtime.sql import chunks
+from nurture.runtime.sql import chunks, prebuilt
 from nurture.send.handoff import CHUNK as HANDED_CHUNK
 from nurture.send.handoff import HandedBatch, Handoff
 from nurture.store.write_turns import WriteTurns, taking_turns
@@ -204,13 +204,29 @@ class _Starter(threading.Thread):
             self.started.append(proc)
 
 
-def due_enrollments(rt: Runtime, now: datetime, journey: str) -> int:
-    """How many of a journey's enrollments are due now: is a tick large enough for processes?"""
+def due_enrollments(rt: Runtime, now: datetime, journey: str, cap: int = LARGE_TICK) -> int:
+    """How many of a journey's active enrollments are due now, counted up to `cap`: is a tick
+    large enough for a hand-off and processes? Read step by step of the journey's plan (a range
+    of ix_enrollment_due each), so a tick with little due costs a few index seeks — not a
+    read of every active enrollment of the journey, ~0.3 ms at 5,000, which every one of a
+    month's 14,000 simulated ticks paid — and a large one stops counting at `cap`."""
     from nurture.store.tables import enrollment_t
+    plan = rt.plan(journey)
+    steps = tuple(plan.nodes)
+    if not steps:
+        return 0
+
+    def build() -> Any:
+        due = (select(literal(1)).where(
+            enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.status == "active",
+            # (one parameter per step, fixed in the statement: no list expanded per execution)
+            enrollment_t.c.step_id.in_([bindparam(f"step_{i}", step) for i, step in enumerate(steps)]),
+            enrollment_t.c.next_due_at <= bindparam("now"))
+            .limit(bindparam("cap")).subquery())
+        return select(func.count()).select_from(due)
+    stmt = prebuilt(("due_enrollments", steps, rt.store.dialect), build)
     with rt.store.reading() as conn:
-        return conn.execute(select(func.count()).select_from(enrollment_t).where(
-            enrollment_t.c.journey == journey, enrollment_t.c.status == "active",
-            enrollment_t.c.next_due_at <= now)).scalar() or 0
+        return conn.execute(stmt, {"journey": journey, "now": now, "cap": cap}).scalar() or 0
 
 
 class DeliverAtOnce:
