@@ -131,8 +131,8 @@ def test_json_columns_read_back_what_json_loads_would(store):
     from nurture.store.db import read_json
     values = ['{}', '{"a": 1, "b": [1.5, null, true], "c": {"d": "Zoë 🎉 \\u00e9"}}', '[]', '"x"', '3', 'null',
               '{"n": NaN}']
-    for text in values:
-        for given in (text, text.encode("utf-8")):
+    for value in values:
+        for given in (value, value.encode("utf-8")):
             got, want = read_json(given), json.loads(given)
             assert got == want or (got != got and want != want) or json.dumps(got) == json.dumps(want)
     first, second = read_json("{}"), read_json(b"{}")
