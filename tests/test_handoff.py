@@ -197,6 +197,28 @@ def test_a_pipelined_tick_sends_each_message_once_from_both_processes(make_runti
 
 
 
+@pytest.mark.parametrize("handed", [False, True])
+def test_a_batch_is_checked_and_inserted_in_enrollment_order_whatever_its_due_order(make_runtime, store, handed):
+    """The batch is taken oldest due first; its outbox rows still get their ids in enrollment
+    order (as when it was read again by id), with or without a hand-off."""
+    from nurture.store.tables import enrollment_t
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    for i in range(4):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    enroll(rt, rt.plan("j"), NOW)
+    with store.engine.begin() as conn:  # due in the reverse order of the enrollments
+        ids = [r[0] for r in conn.execute(text("SELECT id FROM enrollment ORDER BY id"))]
+        for k, eid in enumerate(ids):
+            conn.execute(enrollment_t.update().where(enrollment_t.c.id == eid)
+                         .values(next_due_at=NOW - timedelta(minutes=k)))
+    if handed:
+        handed_advance(rt)
+    else:
+        advance(rt, rt.plan("j"), NOW)
+    rows = sorted(messages(store), key=lambda m: m.id)
+    assert [m.enrollment_id for m in rows] == ids
+
+
 def test_a_large_tick_in_one_process_delivers_each_batch_as_soon_as_it_is_committed(make_runtime, store,
                                                                                     monkeypatch):
     """One delivery process (`workers=1`), delivery not partitioned: each batch's messages are

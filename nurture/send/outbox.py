@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, NamedTuple, Optional
 
 from sqlalchemy import bindparam, select
@@ -50,6 +51,9 @@ _CLAIMED = (select(message_t.c.enrollment_id, message_t.c.id)
                    message_t.c.attempt_key == "send", message_t.c.claim == bindparam("token")))
 
 
+_enrollment_id = itemgetter(0)
+
+
 class _Due(NamedTuple):
     id: int
     contact_id: int
@@ -76,6 +80,10 @@ def queue_due(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counte
                               _HANDED_SOURCE)
         if not found:
             return False
+        # In id order, as the batch was read before it was taken and read in one statement
+        # (it comes oldest due first): the checks meet a contact's enrollments, and the outbox
+        # rows get their ids, in the order they always did.
+        found.sort(key=_enrollment_id)
         handed = _guard_and_queue(conn, rt, plan, node, found, now, report)
     if handed:  # committed: the tick's delivery processes may take them (nurture.send.handoff)
         rt.handoff.publish(plan.name, node.id, handed)
