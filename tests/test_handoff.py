@@ -224,8 +224,8 @@ def test_a_large_tick_in_one_process_delivers_each_batch_as_soon_as_it_is_commit
     """One delivery process (`workers=1`), delivery not partitioned: each batch's messages are
     handed over claimed and sent from the rows the checks read — no claim, no load — before the
     next batch is guarded; each message once."""
-    from nurture.runtime import parallel
     from nurture.send import deliver as deliver_module
+    from nurture.send.handoff import LocalHandoff
     from nurture.steps import send as send_step
     monkeypatch.setattr(tick_module, "LARGE_TICK", 1)
     rt = make_runtime({"j": journey_yaml("j", STEP)})
@@ -236,8 +236,8 @@ def test_a_large_tick_in_one_process_delivers_each_batch_as_soon_as_it_is_commit
     for module, name in ((send_step, "queue_due"), (deliver_module, "load_messages")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _real=real, _name=name, **k: order.append(_name) or _real(*a, **k))
-    taken = parallel.DeliverAtOnce.publish
-    monkeypatch.setattr(parallel.DeliverAtOnce, "publish",
+    taken = LocalHandoff.publish
+    monkeypatch.setattr(LocalHandoff, "publish",
                         lambda self, journey, step, rows: order.append(f"deliver {len(rows)}") or taken(self, journey, step, rows))
     report = run_tick(rt, "j", NOW, workers=1)
     assert order == ["queue_due", "deliver 40", "queue_due", "deliver 40", "queue_due", "deliver 20"]  # no load

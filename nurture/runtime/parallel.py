@@ -51,7 +51,6 @@ import queue
 import signal
 import sys
 import threading
-import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -60,9 +59,8 @@ from typing import Any, Callable, Optional
 from sqlalchemy import bindparam, func, literal, select
 
 from nurture.runtime.context import Runtime
-from nurture.runtime.sql import chunks, prebuilt
-from nurture.send.handoff import CHUNK as HANDED_CHUNK
-from nurture.send.handoff import HandedBatch, Handoff
+from nurture.runtime.sql import prebuilt
+from nurture.send.handoff import Handoff, LocalHandoff
 from nurture.store.write_turns import WriteTurns, taking_turns
 
 # Due enrollments from which a tick pipelines delivery processes: below it one process is as
@@ -212,7 +210,7 @@ def due_enrollments(rt: Runtime, now: datetime, journey: str, cap: int = LARGE_T
     month's 14,000 simulated ticks paid — and a large one stops counting at `cap`."""
     from nurture.store.tables import enrollment_t
     plan = rt.plan(journey)
-    steps = tuple(plan.nodes)
+    steps = tuple(plan.order)
     if not steps:
         return 0
 
@@ -229,38 +227,21 @@ def due_enrollments(rt: Runtime, now: datetime, journey: str, cap: int = LARGE_T
         return conn.execute(stmt, {"journey": journey, "now": now, "cap": cap}).scalar() or 0
 
 
-class DeliverAtOnce:
-    """The hand-off (nurture.send.handoff) of a large tick that runs in one process: each batch
-    the advance stage has committed is delivered here and now, from the rows its checks read,
-    instead of being claimed and loaded again by the deliver stage afterwards. What makes it
-    safe is the hand-off's: the messages are committed `sending` with this tick's token before
-    any channel is called, and only what this tick's insert claimed is delivered."""
-
-    def __init__(self, rt: Runtime, now: datetime):
-        from nurture.send.deliver import HandedDelivery
-        self.token = uuid.uuid4().hex
-        self.delivery = HandedDelivery(rt, now)
-
-    def publish(self, journey: str, step_id: str, rows: list[tuple]) -> None:
-        for part in chunks(rows, HANDED_CHUNK):  # (records overlap the next chunk's rendering)
-            self.delivery.take(HandedBatch(journey, step_id, self.token, list(part)))
-
-
 def handed_in_process(rt: Runtime, now: datetime, produce: Callable[[], Counter]) -> tuple[Counter, Counter]:
-    """Run `produce` (the advance stage) with a `DeliverAtOnce` hand-off: a large tick in one
-    process (one delivery process asked for, delivery not split into partitions) delivers each
-    batch as soon as it is committed. Returns (produce's report, delivery report); what else is
-    queued (retries, messages put back) is left to the deliver stage, as always."""
-    handoff = DeliverAtOnce(rt, now)
-    rt.handoff = handoff
-    try:
-        produced = produce()
-    except BaseException:
-        rt.handoff = None
-        handoff.delivery.close(raising=False)  # the last record waited for; the stage's error stands
-        raise
-    rt.handoff = None
-    return produced, handoff.delivery.close()
+    """Run `produce` (the advance stage) with a hand-off in this process (`LocalHandoff`): a
+    large tick in one process (one delivery process asked for, delivery not split into
+    partitions) delivers each batch as soon as its send transaction has committed, from the
+    rows its checks read, instead of leaving it queued for the deliver stage to claim and load
+    again. Returns (produce's report, delivery report); what else is queued (retries, messages
+    put back) is left to the deliver stage, as always."""
+    from nurture.send.deliver import HandedDelivery
+    with HandedDelivery(rt, now) as delivery:
+        rt.handoff = LocalHandoff(delivery.take)
+        try:
+            produced = produce()
+        finally:
+            rt.handoff = None
+    return produced, delivery.outcomes()
 
 
 def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,

@@ -263,14 +263,10 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
 def deliver_handed(rt: Runtime, now: datetime, batches: Iterable[HandedBatch]) -> Counter:
     """Deliver the chunks a pipelined tick's advance stage handed over, claimed already and
     loaded (nurture.send.handoff); the outcomes as `deliver`'s."""
-    delivery = HandedDelivery(rt, now)
-    try:
+    with HandedDelivery(rt, now) as delivery:
         for batch in batches:
             delivery.take(batch)
-    except BaseException:
-        delivery.close(raising=False)
-        raise
-    return delivery.close()
+    return delivery.outcomes()
 
 
 class HandedDelivery:
@@ -280,8 +276,9 @@ class HandedDelivery:
     (at most one record waits): on SQLite its write transaction queues behind the advance
     stage's send transactions, which hold the write lock for a good part of a second each,
     and the process would otherwise wait idle for its turn. The messages are `sending` until
-    recorded either way; nothing is handed to a channel twice. `close` waits for the last
-    record and returns the outcomes, as `deliver`'s."""
+    recorded either way; nothing is handed to a channel twice. Leaving its `with` waits for
+    the last record (its failure raised, unless the block is failing already: that error
+    stands) and ends the recording thread; `outcomes` are then `deliver`'s."""
 
     def __init__(self, rt: Runtime, now: datetime):
         self.rt = rt
@@ -302,18 +299,21 @@ class HandedDelivery:
             self.pending.result()  # the previous chunk's record (raises what it raised)
         self.pending = self.recorder.submit(self._record, outcome)
 
-    def close(self, raising: bool = True) -> Counter:
-        """The last record written (its failure raised, unless `raising` is False: the caller
-        is already failing), the recording thread gone; the outcomes."""
+    def __enter__(self) -> "HandedDelivery":
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
         try:
-            if self.pending is not None:
-                pending, self.pending = self.pending, None
-                if raising:
+            pending, self.pending = self.pending, None
+            if pending is not None:
+                if kind is None:
                     pending.result()
                 else:
-                    pending.exception()  # waited for; the caller's own error is the one raised
+                    pending.exception()  # waited for; the block's own error is the one raised
         finally:
             self.recorder.shutdown(wait=True)
+
+    def outcomes(self) -> Counter:
         return self.run.finish()
 
 

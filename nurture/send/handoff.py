@@ -21,10 +21,13 @@ change:
 - only what this insert claimed is handed over: a message of the same (enrollment, step) that
   existed before (the insert skipped it) does not carry the tick's token.
 
-Used only by `nurture.runtime.parallel.pipelined` (several processes over one tick); every
-other delivery claims as before. Chunks are smaller than the advance stage's batches, so the
-processes finish together (at the end of a tick one process with a whole batch left, the
-others idle, cost ~0.5 s).
+Two kinds, the same to the advance stage (`token`, `publish`): `Handoff`, a queue the
+processes of `nurture.runtime.parallel.pipelined` share, and `LocalHandoff`, which gives each
+chunk at once to its taker in the same process (`handed_in_process`: a large tick in one
+process). Every other delivery claims as before. Chunks are smaller than the advance stage's
+batches, so the processes finish together (at the end of a tick one process with a whole batch
+left, the others idle, cost ~0.5 s), and in one process a chunk's record overlaps the next
+chunk's rendering.
 """
 from __future__ import annotations
 
@@ -52,6 +55,25 @@ class HandedBatch(NamedTuple):
     rows: list[tuple]  # the messages as nurture.send.deliver.LoadedMessage (plain tuples: less to pickle)
 
 
+def handed_chunks(journey: str, step_id: str, token: str, rows: list[tuple]) -> Iterator[HandedBatch]:
+    """A batch's claimed messages in chunks of CHUNK, as plain tuples (less to pickle)."""
+    for part in chunks(rows, CHUNK):
+        yield HandedBatch(journey, step_id, token, [tuple(r) for r in part])
+
+
+class LocalHandoff:
+    """The hand-off within one process: each chunk goes to `take` as soon as it is published
+    (after the send transaction's commit), before the advance stage guards its next batch."""
+
+    def __init__(self, take: Callable[[HandedBatch], None]):
+        self.token = uuid.uuid4().hex
+        self._take = take
+
+    def publish(self, journey: str, step_id: str, rows: list[tuple]) -> None:
+        for batch in handed_chunks(journey, step_id, self.token, rows):
+            self._take(batch)
+
+
 class Handoff:
     """Made with the multiprocessing context of the tick's processes, and passed to them."""
 
@@ -69,10 +91,10 @@ class Handoff:
 
     def publish(self, journey: str, step_id: str, rows: list[tuple]) -> None:
         """After the send transaction's commit: its claimed messages, for delivery."""
-        for part in chunks(rows, CHUNK):
+        for batch in handed_chunks(journey, step_id, self.token, rows):
             with self._handed.get_lock():  # counted before it is put: a taker never sees it early
                 self._handed.value += 1
-            self._queue.put(HandedBatch(journey, step_id, self.token, [tuple(r) for r in part]))
+            self._queue.put(batch)
 
     def close(self) -> None:
         """Nothing more will be published (the advance stage is done)."""
