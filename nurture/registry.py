@@ -223,8 +223,26 @@ def available(role: Optional[str] = None) -> dict[str, type[Integration]]:
             if not n.startswith("!") and (role is None or getattr(c, "role", None) == role)}
 
 
+def _load_one(name: str) -> None:
+    """The entry point called `name` alone, if it is not registered yet: a tick that sends
+    e-mail through `email.file` imports that module, not every integration installed (~0.16 s
+    of imports in each process — the tick's, and each delivery process of a large tick)."""
+    if _loaded or name in _registry or f"!{name}" in _registry:
+        return
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        try:
+            _registry[name] = ep.load()
+        except Exception as exc:  # (as in _load_entry_points: recorded, never raised)
+            _registry[f"!{name}"] = type("Broken", (), {"error": str(exc)})
+        return
+
+
 def lookup(name: str, role: Optional[str] = None) -> type[Integration]:
-    found = available(role)
+    _load_one(name)
+    cls = _registry.get(name)
+    if cls is not None and (role is None or getattr(cls, "role", None) == role):
+        return cls
+    found = available(role)  # (unknown or of another role: the error names what there is)
     if name not in found:
         from nurture.spec.errors import did_you_mean
         hint = did_you_mean(name, found)
