@@ -22,6 +22,7 @@ from nurture.send.handoff import CHUNK, Handoff
 from nurture.send.reconcile import STUCK_AFTER, reconcile_stuck
 from nurture.steps.advance import advance
 from nurture.store.db import open_store
+from nurture.store.tables import event_t
 from tests.conftest import utc
 from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import (add_contact, add_event, contact_row, enrollments, journey_yaml, message_t,
@@ -295,18 +296,26 @@ def pg_store(pg_server_url, pg_template):
 
 
 def test_the_send_transaction_locks_its_contacts_rows_on_postgresql(pg_store):
-    """lock_contacts takes the batch's contact rows FOR UPDATE (in id order) without reading
-    them back: another transaction cannot lock them until the send transaction ends."""
+    """lock_contacts takes the batch's contact rows FOR NO KEY UPDATE (in id order) without
+    reading them back: another send (the same lock), an update or an erasure (FOR UPDATE)
+    cannot take them until the send transaction ends; a row that only refers to the contact —
+    an event tracked for it — is written at once (its foreign-key check's FOR KEY SHARE)."""
     ids = [add_contact(pg_store, f"p{i}@example.com") for i in range(3)]
     with pg_store.engine.begin() as conn:
         lock_contacts(conn, [ids[2], ids[0]])
         with pg_store.engine.connect() as other:
-            free = []
-            for cid in ids:
-                try:
-                    other.execute(text("SELECT id FROM contact WHERE id = :cid FOR UPDATE NOWAIT"), {"cid": cid}).all()
-                    free.append(cid)
-                except OperationalError as exc:
-                    assert "could not obtain lock" in str(exc)
-                other.rollback()
-    assert free == [ids[1]]
+            free = {"FOR UPDATE": [], "FOR NO KEY UPDATE": [], "FOR KEY SHARE": []}
+            for mode, got in free.items():
+                for cid in ids:
+                    try:
+                        other.execute(text(f"SELECT id FROM contact WHERE id = :cid {mode} NOWAIT"),
+                                      {"cid": cid}).all()
+                        got.append(cid)
+                    except OperationalError as exc:
+                        assert "could not obtain lock" in str(exc)
+                    other.rollback()
+            other.execute(text("SET lock_timeout = '2s'"))  # (a wait would be an error, not a hang)
+            other.execute(event_t.insert().values(event_id="e-during-send", contact_id=ids[0], name="page_view",
+                                                  properties={}, occurred_at=NOW, received_at=NOW))
+            other.commit()
+    assert free == {"FOR UPDATE": [ids[1]], "FOR NO KEY UPDATE": [ids[1]], "FOR KEY SHARE": ids}

@@ -78,12 +78,17 @@ def address_of(channel: str, email: Optional[str], phone: Optional[str]) -> Opti
 
 
 def lock_contacts(conn: Any, contact_ids: Iterable[int]) -> None:
-    """Serialize sends per contact (PostgreSQL row locks, in id order)."""
+    """Serialize sends per contact (PostgreSQL row locks, in id order). `FOR NO KEY UPDATE`:
+    another send, an update of the contact (an `update` step, an import) or its erasure waits
+    for the send transaction; a row that merely refers to the contact — an event tracked, a
+    consent recorded, an enrollment — does not (its foreign-key check takes `FOR KEY SHARE`,
+    which `FOR UPDATE` blocked: a webhook's event for a contact in a large send waited for
+    that batch's commit)."""
     if conn.dialect.name != "postgresql":
         return
     for part in chunks(sorted(set(contact_ids))):
         locking = (select(contact_t.c.id).where(ids_in(contact_t.c.id, part)).order_by(contact_t.c.id)
-                   .with_for_update().subquery())
+                   .with_for_update(key_share=True).subquery())
         conn.execute(select(func.count()).select_from(locking)).scalar()  # the rows locked, not sent back
 
 
