@@ -255,9 +255,28 @@ def migrate(engine: Engine) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        return
+    # SQLite: foreign keys off while the schema changes — a migration that rebuilds a table
+    # (0019) must not have SQLite rewrite or check the other tables' references to it
+    # meanwhile, the procedure SQLite documents for altering a table — and checked before the
+    # commit: a migration that left a reference dangling fails and changes nothing. The
+    # pragma is a no-op inside a transaction, so it is set before the migration's begins.
+    with engine.connect() as conn:
+        dbapi = conn.connection.driver_connection
+        dbapi.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                dangling = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if dangling:
+                    raise RuntimeError(f"the migration left rows whose references do not exist: {dangling[:5]}")
+        finally:
+            dbapi.execute("PRAGMA foreign_keys=ON")
 
 
 def has_schema(engine: Engine) -> bool:

@@ -38,9 +38,15 @@ class Contact(SQLModel, table=True):
     updated_at: datetime
 
 
+# The tables whose ids cursors read past (a journey trigger's `last_event_pk`, a Runtime's
+# incremental looks: nurture.store.event_order): on SQLite AUTOINCREMENT, so an id is never
+# handed out again after the newest rows were deleted (migration 0019).
+IDS_ONLY_GROW = {"sqlite_autoincrement": True}
+
+
 class Event(SQLModel, table=True):
     __table_args__ = (Index("ix_event_contact_name_time", "contact_id", "name", "occurred_at"),
-                      Index("ix_event_name_id", "name", "id"))
+                      Index("ix_event_name_id", "name", "id"), IDS_ONLY_GROW)
     id: Optional[int] = Field(default=None, primary_key=True)
     event_id: str = Field(unique=True)
     contact_id: int = Field(foreign_key="contact.id")
@@ -52,7 +58,8 @@ class Event(SQLModel, table=True):
 
 class Consent(SQLModel, table=True):
     """Append-only ledger; the current state of (contact, channel, purpose) is its latest row."""
-    __table_args__ = (Index("ix_consent_lookup", "contact_id", "channel", "purpose", "recorded_at", "id"),)
+    __table_args__ = (Index("ix_consent_lookup", "contact_id", "channel", "purpose", "recorded_at", "id"),
+                      IDS_ONLY_GROW)
     id: Optional[int] = Field(default=None, primary_key=True)
     contact_id: int = Field(foreign_key="contact.id")
     channel: str  # email | sms | ads
@@ -111,7 +118,8 @@ class Enrollment(SQLModel, table=True):
                       Index("ix_enrollment_contact", "contact_id", "journey"),
                       # the conversion check of every tick: open goal windows (outcomes.record_conversions)
                       Index("ix_enrollment_open_goal", "journey", "converted_at", "entered_at"),
-                      Index("uq_enrollment_trigger_key", "journey", "contact_id", "trigger_key", unique=True))
+                      Index("uq_enrollment_trigger_key", "journey", "contact_id", "trigger_key", unique=True),
+                      IDS_ONLY_GROW)
     id: Optional[int] = Field(default=None, primary_key=True)
     contact_id: int = Field(foreign_key="contact.id")
     journey: str
@@ -310,7 +318,7 @@ class ContactMerge(SQLModel, table=True):
     """A contact merged into another (an anonymous visitor who identified): its events,
     enrollments, touches, messages and consents moved to `into_contact_id`; `counts` says how many."""
     __tablename__ = "contact_merge"
-    __table_args__ = (Index("ix_contact_merge_into", "into_contact_id"),)
+    __table_args__ = (Index("ix_contact_merge_into", "into_contact_id"), IDS_ONLY_GROW)
     id: Optional[int] = Field(default=None, primary_key=True)
     from_contact_id: int
     into_contact_id: int

@@ -1,0 +1,107 @@
+"""Event ids only grow: a journey trigger reads new events past its cursor (`event.id >
+last_event_pk`), so an id handed out again after the newest events were deleted (retention,
+a never-confirmed contact's removal) would be behind every cursor and never start a journey.
+SQLite hands out max(rowid) + 1 unless the table is AUTOINCREMENT (migration 0019);
+PostgreSQL's sequence never goes back."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from nurture.privacy.retention import purge
+from nurture.runtime import run_tick
+from nurture.store.tables import enrollment_t
+from tests.conftest import utc
+from tests.engine_fixtures import add_event, journey_yaml, subscriber
+from tests.test_retention import _policies
+
+NOW = utc(2026, 6, 1, 12)
+DAY = timedelta(days=1)
+PRO = journey_yaml("pro", """
+- id: wait
+  wait: 1d
+""", trigger="{event: signup, where: {property: {plan: {in: [pro]}}}}")
+
+
+def test_an_event_tracked_after_the_newest_events_were_purged_still_starts_its_journey(make_runtime, store):
+    rt = make_runtime({"pro": PRO})
+    ann, bob, cat = (subscriber(store, f"{n}@example.com") for n in ("ann", "bob", "cat"))
+    add_event(store, ann, "signup", NOW - DAY, {"plan": "pro"})
+    old = add_event(store, bob, "signup", NOW - 400 * DAY, {"plan": "free"})  # backfilled: newest id, old time
+    run_tick(rt, "pro", NOW - DAY)  # ann enters; the trigger's cursor passes bob's free signup
+    assert purge(store, _policies(events="90d"), NOW, rt.data_dir).counts["events:events"] == 1
+    new = add_event(store, cat, "signup", NOW, {"plan": "pro"})
+    run_tick(rt, "pro", NOW + timedelta(minutes=1))
+    with store.reading() as conn:
+        entered = {r.contact_id for r in conn.execute(select(enrollment_t.c.contact_id))}
+    assert entered == {ann, cat}
+    assert new > old
+
+
+def _upgrade(engine, revision):
+    from alembic import command
+    from alembic.config import Config
+
+    from nurture.store.db import MIGRATIONS
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def test_migration_0019_rebuilds_a_sqlite_database_with_its_rows_ids_indexes_and_references(tmp_path):
+    import sqlite3
+
+    from nurture.store.db import make_engine, open_store
+    from tests.engine_fixtures import add_contact
+    path = tmp_path / "old.db"
+    engine = make_engine(f"sqlite:///{path}")
+    _upgrade(engine, "0018")
+    engine.dispose()
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA foreign_keys=ON")
+    before = {"indexes": raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name").fetchall()}
+    raw.close()
+    store = open_store(f"sqlite:///{path}", auto_migrate=False)  # (the schema at 0018)
+    ann = add_contact(store, "ann@example.com")
+    first = add_event(store, ann, "signup", NOW - DAY, {"plan": "pro"})
+    top = add_event(store, ann, "page_view", NOW - DAY)
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO enrollment (contact_id, journey, version, step_id, status, holdout, "
+                             "entered_at, revenue, defer_count, state) VALUES (?, 'pro', 'v1', 'wait', 'active', 0, "
+                             "'2026-05-31 12:00:00.000000', 0, 0, '{}')", (ann,))
+        enrollment = conn.exec_driver_sql("SELECT max(id) FROM enrollment").scalar()
+        conn.exec_driver_sql("INSERT INTO message (enrollment_id, contact_id, journey, step_id, attempt_key, channel, "
+                             "purpose, template, status, due_at, attempts, created_at) VALUES (?, ?, 'pro', 'mail', "
+                             "'send', 'email', 'marketing', 'hello', 'sent', '2026-05-31 12:00:00.000000', 1, "
+                             "'2026-05-31 12:00:00.000000')", (enrollment, ann))
+        conn.exec_driver_sql("INSERT INTO journeycursor (journey, last_event_pk, updated_at) "
+                             "VALUES ('pro', ?, '2026-05-31 12:00:00.000000')", (top,))  # a trigger read past it
+        conn.exec_driver_sql("DELETE FROM event WHERE id = ?", (top,))  # the newest row gone before the upgrade
+    store.dispose()
+
+    store = open_store(f"sqlite:///{path}")  # migrates to the head
+    try:
+        raw = sqlite3.connect(path)
+        tables = dict(raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
+        for table in ("event", "enrollment", "consent", "contact_merge"):
+            assert "id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT" in tables[table], tables[table]
+        assert not [name for name, sql in tables.items() if "before_0019" in (sql or "")]
+        assert "REFERENCES enrollment (id)" in tables["message"]
+        assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name").fetchall() \
+            == before["indexes"]
+        assert raw.execute("SELECT id, name FROM event").fetchall() == [(first, "signup")]
+        assert dict(raw.execute("SELECT name, seq FROM sqlite_sequence").fetchall())["enrollment"] == enrollment
+        raw.close()
+        newest = add_event(store, ann, "signup", NOW)
+        assert newest == top + 1  # above the cursor, not the deleted id again
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM event WHERE id = ?", (newest,))
+        assert add_event(store, ann, "signup", NOW) == newest + 1  # never handed out again
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # back on for the store's work
+    finally:
+        store.dispose()
