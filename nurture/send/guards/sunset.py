@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Iterable, NamedTuple
 
-from sqlalchemy import and_, bindparam, exists, select
+from sqlalchemy import bindparam, exists, select
 
 from nurture.runtime.sql import chunks, ids_in, prebuilt
 from nurture.store.tables import contact_t, event_t
