@@ -241,3 +241,27 @@ def test_postgres_urls_as_people_paste_them_use_psycopg(pg_server_url):
         assert store.is_postgres and store.engine.dialect.driver == "psycopg"
     finally:
         store.dispose()
+
+
+def test_json_reads_back_the_same_on_a_postgresql_database_not_in_utf8(pg_server_url):
+    """The store talks UTF-8 with the server whatever the database's own encoding: JSON
+    columns arrive as the client encoding's bytes and are read as UTF-8 (store.db.read_json)."""
+    import uuid
+
+    from tests.conftest import _admin, _database_url, _drop_pg_database
+    name = "t_latin1_" + uuid.uuid4().hex[:8]
+    admin = _admin(pg_server_url)
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"))
+    admin.dispose()
+    url = _database_url(pg_server_url, name)
+    store = open_store(url)
+    try:
+        cid = add_contact(store, "jurgen@example.com", first_name="Jürgen", attributes={"city": "Köln", "n": 1})
+        with store.engine.connect() as conn:
+            row = conn.execute(select(contact_t.c.first_name, contact_t.c.attributes).where(contact_t.c.id == cid)).one()
+            conn.rollback()
+        assert (row.first_name, row.attributes) == ("Jürgen", {"city": "Köln", "n": 1})
+    finally:
+        store.dispose()
+        _drop_pg_database(pg_server_url, url)

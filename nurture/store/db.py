@@ -179,7 +179,7 @@ def read_json(text: str | bytes) -> object:
     if text == "{}" or text == b"{}":
         return {}
     if type(text) is bytes:
-        text = text.decode("utf-8")  # (PostgreSQL sends the client encoding: UTF-8)
+        text = text.decode("utf-8")  # (the client encoding, UTF-8 on every connection: _make_engine)
     return _decode_json(text)
 
 
@@ -240,7 +240,12 @@ def _make_engine(url: str) -> Engine:
         _configure_sqlite(engine)
         engine._connection_cls = lean.connect  # statements run again and again: see store.lean
         return engine
-    engine = create_engine(url, pool_pre_ping=True, json_serializer=strict_json, json_deserializer=read_json)
+    # UTF-8 between the store and the server whatever the database's own encoding: JSON columns
+    # arrive as bytes of the client encoding, and read_json reads them as UTF-8 (a LATIN1
+    # database sent "Köln" as LATIN1 bytes, and every read of that contact failed).
+    connect_args = {"client_encoding": "utf8"} if url.startswith("postgresql+psycopg") else {}
+    engine = create_engine(url, pool_pre_ping=True, json_serializer=strict_json, json_deserializer=read_json,
+                           connect_args=connect_args)
     if engine.dialect.driver == "psycopg":
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):  # integer arrays in C (store/pg_arrays.py)
