@@ -105,3 +105,28 @@ def test_migration_0019_rebuilds_a_sqlite_database_with_its_rows_ids_indexes_and
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # back on for the store's work
     finally:
         store.dispose()
+
+
+def test_a_reference_left_dangling_before_the_upgrade_does_not_stop_it(tmp_path):
+    """An old database may hold an orphan (written while SQLite's foreign keys were off): the
+    upgrade checks that it leaves no new one, not that there is none."""
+    import sqlite3
+
+    from nurture.store.db import make_engine, open_store
+    path = tmp_path / "old.db"
+    engine = make_engine(f"sqlite:///{path}")
+    _upgrade(engine, "0018")
+    engine.dispose()
+    raw = sqlite3.connect(path)  # (foreign keys off: SQLite's default)
+    raw.execute("INSERT INTO event (event_id, contact_id, name, properties, occurred_at, received_at) "
+                "VALUES ('orphan', 999, 'signup', '{}', '2026-05-31 12:00:00.000000', '2026-05-31 12:00:00.000000')")
+    raw.commit()
+    raw.close()
+    store = open_store(f"sqlite:///{path}")
+    try:
+        raw = sqlite3.connect(path)
+        assert "AUTOINCREMENT" in raw.execute("SELECT sql FROM sqlite_master WHERE name = 'event'").fetchone()[0]
+        assert raw.execute("PRAGMA foreign_key_check").fetchall() == [("event", 1, "contact", 0)]
+        raw.close()
+    finally:
+        store.dispose()

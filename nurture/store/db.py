@@ -16,6 +16,7 @@ A URL whose driver is not installed, or that names no database Nurture can use, 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -268,18 +269,30 @@ def migrate(engine: Engine) -> None:
     # SQLite: foreign keys off while the schema changes — a migration that rebuilds a table
     # (0019) must not have SQLite rewrite or check the other tables' references to it
     # meanwhile, the procedure SQLite documents for altering a table — and checked before the
-    # commit: a migration that left a reference dangling fails and changes nothing. The
-    # pragma is a no-op inside a transaction, so it is set before the migration's begins.
+    # commit: a migration that left a reference dangling (one that was not dangling before)
+    # fails and changes nothing. The pragma is a no-op inside a transaction, so it is set
+    # before the migration's begins; a database already at the newest version is left alone
+    # (the check reads every table: it runs only when something is migrated).
+    from alembic.script import ScriptDirectory
+    head = ScriptDirectory.from_config(cfg).get_current_head()
     with engine.connect() as conn:
         dbapi = conn.connection.driver_connection
+        try:  # (outside a transaction: the connection is in autocommit mode, see _configure_sqlite)
+            current = dbapi.execute("SELECT version_num FROM alembic_version").fetchone()
+        except sqlite3.OperationalError:  # no schema yet
+            current = None
+        if current is not None and current[0] == head:
+            return
         dbapi.execute("PRAGMA foreign_keys=OFF")
         try:
             with conn.begin():
+                dangling_before = set(conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall())
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
-                dangling = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                dangling = set(conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()) - dangling_before
                 if dangling:
-                    raise RuntimeError(f"the migration left rows whose references do not exist: {dangling[:5]}")
+                    raise RuntimeError("the migration left rows whose references do not exist: "
+                                       f"{sorted(dangling)[:5]}")
         finally:
             dbapi.execute("PRAGMA foreign_keys=ON")
 
