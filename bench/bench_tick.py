@@ -22,7 +22,7 @@ before; the tick then pays for its own writes only, not the seed's or a previous
 Before the timed send ticks, one untimed send tick of 20,000 due (`WARM_UP`: large enough to
 start the delivery processes' fork server) runs on each database, in this process: the first
 send tick of a process pays ~1 s of CPU once — the fork server's start and imports, the first
-rendering, statement compilation — which a long-running worker pays once and a `nurture tick`
+rendering, statement compilation — which a long-running worker pays once and a `nurture run`
 from cron on every run. Without it the database ticked first paid that second alone (~10 µs a
 message at 100,000: until 2026-12-06 SQLite, ticked first, looked ~5 % slower beside
 PostgreSQL than it is).

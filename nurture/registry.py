@@ -225,7 +225,7 @@ def available(role: Optional[str] = None) -> dict[str, type[Integration]]:
 
 def _load_one(name: str) -> None:
     """The entry point called `name` alone, if it is not registered yet: a tick that sends
-    e-mail through `email.file` imports that module, not every integration installed (~0.16 s
+    e-mail through `email.file` imports that module, not every integration installed (~0.13 s
     of imports in each process — the tick's, and each delivery process of a large tick)."""
     if _loaded or name in _registry or f"!{name}" in _registry:
         return

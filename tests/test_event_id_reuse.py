@@ -130,3 +130,37 @@ def test_a_reference_left_dangling_before_the_upgrade_does_not_stop_it(tmp_path)
         raw.close()
     finally:
         store.dispose()
+
+
+def test_an_upgrade_that_would_leave_a_reference_dangling_is_refused_and_changes_nothing(tmp_path, monkeypatch):
+    import sqlite3
+
+    from alembic import command
+
+    from nurture.store.db import Store, UpgradeRefused, make_engine, migrate
+    from tests.engine_fixtures import add_contact
+    path = tmp_path / "old.db"
+    engine = make_engine(f"sqlite:///{path}")
+    _upgrade(engine, "0018")
+    ann = add_contact(Store(engine), "ann@example.com")
+    add_event(Store(engine), ann, "signup", NOW)
+    real_upgrade = command.upgrade
+
+    def careless_upgrade(cfg, revision):  # a migration that deletes a row others point at
+        real_upgrade(cfg, revision)
+        cfg.attributes["connection"].exec_driver_sql("DELETE FROM contact")
+    monkeypatch.setattr(command, "upgrade", careless_upgrade)
+    try:
+        try:
+            migrate(engine)
+        except UpgradeRefused as exc:
+            assert "nothing was changed" in str(exc) and "'event'" in str(exc)
+        else:
+            raise AssertionError("the upgrade was not refused")
+    finally:
+        engine.dispose()
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT version_num FROM alembic_version").fetchone() == ("0018",)
+    assert raw.execute("SELECT count(*) FROM contact").fetchone() == (1,)
+    assert "AUTOINCREMENT" not in raw.execute("SELECT sql FROM sqlite_master WHERE name = 'event'").fetchone()[0]
+    raw.close()

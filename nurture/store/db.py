@@ -46,6 +46,11 @@ class DriverMissing(DatabaseUnavailable):
     """The URL needs a database driver that is not installed."""
 
 
+class UpgradeRefused(DatabaseUnavailable):
+    """Migrating a SQLite database to this Nurture's schema would have left rows pointing at rows
+    that do not exist; nothing was changed (store.db.migrate)."""
+
+
 class DatabaseMissing(DatabaseUnavailable):
     """No Nurture database at the URL (no file, or no Nurture schema in it), and creating one
     was not allowed. `advice` says how to point at the right one."""
@@ -290,9 +295,9 @@ def migrate(engine: Engine) -> None:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
                 dangling = set(conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()) - dangling_before
-                if dangling:
-                    raise RuntimeError("the migration left rows whose references do not exist: "
-                                       f"{sorted(dangling)[:5]}")
+                if dangling:  # (table, rowid, referenced table, key): the first few
+                    raise UpgradeRefused("upgrading the schema would leave rows whose references do not "
+                                         f"exist, so nothing was changed: {sorted(dangling)[:5]}")
         finally:
             dbapi.execute("PRAGMA foreign_keys=ON")
 
