@@ -87,7 +87,7 @@ def plan_journey(rt: Runtime, journey: str, now: datetime) -> JourneyPlan:
     now = as_utc(now)
     earlier = _queued_due(rt, journey, now)
     report = TickReport(journey, now.isoformat())
-    options = TickOptions()
+    options = TickOptions(hand_off=False)  # (a large tick's advance stage would deliver as it goes)
     for stage in PLAN_STAGES:
         for call in calls(stage, rt, journey, now, options):
             report.merge(stage.run(call))

@@ -158,3 +158,22 @@ def test_plan_of_an_unknown_journey_is_one_clear_error(monkeypatch, capsys, proj
     code, out, err = nurture(monkeypatch, capsys, project, "plan", "--journey", "welcom", "--json")
     assert code == 1 and out == ""
     assert "no journey named 'welcom'" in err and "did you mean 'welcome'?" in err
+
+
+def test_a_plan_delivers_nothing_even_when_the_tick_would_hand_its_messages_over(monkeypatch, capsys, project):
+    """A tick with many due (parallel.LARGE_TICK) hands each batch to delivery as it commits;
+    the plan runs the same advance stage and must still only decide: nothing rendered or
+    handed to a channel, even the scratch copy's file channel, and the same counts."""
+    from nurture.runtime import tick as tick_module
+    monkeypatch.setattr(tick_module, "LARGE_TICK", 1)  # 12 signups count as "large" here
+    handed = []
+    from nurture.send import deliver as deliver_module
+    real_send = deliver_module._Delivery.send
+    monkeypatch.setattr(deliver_module._Delivery, "send", lambda self, rows: handed.append(len(rows)) or
+                        real_send(self, rows))
+    code, out, err = nurture(monkeypatch, capsys, project, "plan", "--journey", "welcome", "--now", NOW.isoformat(),
+                             "--json")
+    assert code == 0, err
+    step = json.loads(out)["journeys"][0]["steps"][0]
+    assert (step["would_send"], step["already_queued"]) == (9, 0)
+    assert handed == []

@@ -43,6 +43,10 @@ class TickOptions:
     message id, one task each under Prefect)."""
     workers: int = 1
     partitions: int = 1
+    # The advance stage may hand the messages of a large tick to delivery as each batch commits
+    # (pipelined, or in this process). False: it only queues them — `nurture plan`, which runs
+    # the deciding stages and must render and deliver nothing.
+    hand_off: bool = True
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ def advance_stage(call: StageCall) -> TickReport:
     report = _report(call)
     rt, journey, now = call.rt, call.journey, call.now
     produce = lambda: advance(rt, rt.plan(journey), now)  # noqa: E731
-    large = (call.options.workers > 1 or call.options.partitions <= 1) and \
+    large = call.options.hand_off and (call.options.workers > 1 or call.options.partitions <= 1) and \
         due_enrollments(rt, now, journey) >= LARGE_TICK
     if large and call.options.workers > 1:
         advanced, delivered = pipelined(rt, now, journey, call.options.workers, produce)
