@@ -164,3 +164,55 @@ def test_an_upgrade_that_would_leave_a_reference_dangling_is_refused_and_changes
     assert raw.execute("SELECT count(*) FROM contact").fetchone() == (1,)
     assert "AUTOINCREMENT" not in raw.execute("SELECT sql FROM sqlite_master WHERE name = 'event'").fetchone()[0]
     raw.close()
+
+
+def test_migration_0019_goes_down_again_with_the_rows_and_references(tmp_path):
+    import sqlite3
+
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from nurture.store.db import MIGRATIONS, open_store
+    from tests.engine_fixtures import add_contact
+    path = tmp_path / "db.db"
+    store = open_store(f"sqlite:///{path}")
+    ann = add_contact(store, "ann@example.com")
+    event = add_event(store, ann, "signup", NOW)
+    store.dispose()
+    plain = create_engine(f"sqlite:///{path}")  # (as an author's alembic run: SQLite's foreign keys off)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with plain.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0018")
+    plain.dispose()
+    raw = sqlite3.connect(path)
+    tables = dict(raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
+    assert not any("AUTOINCREMENT" in tables[t] for t in ("event", "enrollment", "consent", "contact_merge"))
+    assert "PRIMARY KEY (id)" in tables["event"] and "REFERENCES enrollment (id)" in tables["message"]
+    assert raw.execute("SELECT id FROM event").fetchall() == [(event,)]
+    assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+    raw.close()
+
+
+def test_migration_0019_refuses_to_run_with_foreign_keys_on(tmp_path):
+    from alembic import command
+    from alembic.config import Config
+
+    from nurture.store.db import MIGRATIONS, make_engine
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.db'}")  # Nurture's engine: foreign keys on
+    _upgrade(engine, "0018")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            try:
+                command.upgrade(cfg, "0019")
+            except RuntimeError as exc:
+                assert "foreign keys off" in str(exc)
+            else:
+                raise AssertionError("0019 ran with foreign keys on")
+    finally:
+        engine.dispose()

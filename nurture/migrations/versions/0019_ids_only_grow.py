@@ -35,6 +35,9 @@ _TABLE_KEY = re.compile(r",\s*PRIMARY KEY \(id\)(?=\s*[,)])")
 
 
 def _rebuild(conn, table: str, autoincrement: bool) -> None:
+    if conn.execute(sa.text("PRAGMA foreign_keys")).scalar():  # SQLite would rewrite the references
+        raise RuntimeError("migration 0019 rebuilds tables: run it with SQLite's foreign keys off "
+                           "(nurture.store.db.migrate does)")
     ddl = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"),
                        {"t": table}).scalar_one()
     if ("AUTOINCREMENT" in ddl) == autoincrement:
