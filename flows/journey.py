@@ -35,6 +35,7 @@ from nurture.runtime.context import TickReport
 from nurture.runtime.instant import take_instant_runs
 from nurture.runtime.parallel import default_processes
 from nurture.runtime.tick import STAGE_BY_NAME, STAGES, TickOptions, calls
+from nurture.send.deliver import channels_down
 
 # What an operator reads first in a stage's log line and the tick-all summary.
 HEADLINE = ("sent", "retry", "failed", "deferred", "suppressed", "skipped", "holdout", "unavailable")
@@ -42,8 +43,8 @@ HEADLINE = ("sent", "retry", "failed", "deferred", "suppressed", "skipped", "hol
 
 @task(name="stage", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_invalid)
 def stage_task(project: Optional[str], journey: str, now: datetime, stage: str, options: TickOptions,
-               partition: int, partitions: int) -> TickReport:
-    call = calls(STAGE_BY_NAME[stage], runtime_for(project), journey, now, options)[partition]
+               partition: int, partitions: int, skip_channels: tuple[str, ...] = ()) -> TickReport:
+    call = calls(STAGE_BY_NAME[stage], runtime_for(project), journey, now, options, skip_channels)[partition]
     return STAGE_BY_NAME[stage].run(call)
 
 
@@ -114,7 +115,8 @@ def journey_tick(journey: str, project: Optional[str] = None, now: Optional[date
     report = TickReport(journey, clock.isoformat())
     for stage in STAGES:
         task_ = stage_task.with_options(name=stage.name)
-        futures = [task_.submit(project, journey, clock, stage.name, options, c.partition, c.partitions)
+        down = tuple(sorted(channels_down(report.outcomes)))  # (found unusable by an earlier stage)
+        futures = [task_.submit(project, journey, clock, stage.name, options, c.partition, c.partitions, down)
                    for c in calls(stage, rt, journey, clock, options)]
         done = TickReport(journey, clock.isoformat())
         for future in futures:

@@ -260,6 +260,30 @@ def test_an_unavailable_channel_uses_up_no_attempts_and_stops_the_ticks_delivery
     assert [m.status for m in messages(store)] == ["sent"] * 5
 
 
+def test_a_large_tick_that_finds_the_channel_unavailable_does_not_try_it_again_in_its_deliver_stage(
+        make_runtime, store, monkeypatch):
+    """A large tick in one process hands each batch to delivery as its send transaction
+    commits; a channel found unusable there is not tried again by the same tick's deliver
+    stage: one try per tick, the messages queued, no attempt used. (A pipelined tick's
+    processes pass what they found on the same way — `channels_down` — but build their own
+    channels, which this scripted one cannot reach.)"""
+    workers = 1
+    from nurture.runtime import tick as tick_module
+    monkeypatch.setattr(tick_module, "LARGE_TICK", 1)  # 5 contacts count as "large" here
+    rt, channel = _scripted_runtime(make_runtime, ["unavailable"] * 3)
+    for i in range(5):
+        cid = subscriber(store, f"c{i}@example.com")
+        add_event(store, cid, "signup", T0)
+    for tick in range(2):
+        report = run_tick(rt, "promo", T0 + timedelta(minutes=1 + 10 * tick), workers=workers)
+        assert len(channel.batches) == tick + 1  # one try per tick
+        assert [k[0] for k in report.outcomes if k[1] == "unavailable"] == ["channel:email"]
+        assert [(m.status, m.attempts) for m in messages(store)] == [("queued", 0)] * 5
+    run_tick(rt, "promo", T0 + timedelta(hours=2), workers=workers)  # still down for its one try
+    run_tick(rt, "promo", T0 + timedelta(hours=3), workers=workers)  # back: everything goes
+    assert sorted(m.status for m in messages(store)) == ["sent"] * 5
+
+
 # ---------------------------------------------------------------- 10. re-queueing what was in doubt
 
 

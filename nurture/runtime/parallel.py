@@ -152,11 +152,12 @@ def _deliver_until_done(job: tuple, handoff: Handoff, results: Any, turns: Optio
 
 
 def _deliver_loop(rt: Runtime, now: datetime, journey: Optional[str], handoff: Handoff, report: Counter) -> None:
-    from nurture.send.deliver import deliver, deliver_handed
+    from nurture.send.deliver import channels_down, deliver, deliver_handed
     report.update(deliver_handed(rt, now, handoff.batches()))
     # The advance stage is done and every chunk it handed over taken: anything else queued
-    # (a retry now due, a message put back) is claimed as usual.
-    report.update(deliver(rt, now, journey))
+    # (a retry now due, a message put back) is claimed as usual — not on a channel found
+    # unusable meanwhile (one try per channel and tick).
+    report.update(deliver(rt, now, journey, skip_channels=channels_down(report)))
 
 
 def _reports(procs: list, results: Any) -> Counter:
@@ -252,7 +253,7 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
     stage hands its messages over claimed, in chunks the processes share
     (nurture.send.handoff); what else is queued they then claim as usual (row-level claims).
     Returns (produce's report, delivery report)."""
-    from nurture.send.deliver import deliver, deliver_handed
+    from nurture.send.deliver import channels_down, deliver, deliver_handed
     ctx = process_context()
     handoff, results = Handoff(ctx), ctx.Queue()
     turns = None if rt.store.is_postgres else WriteTurns(ctx)  # PostgreSQL locks rows, not the database
@@ -276,12 +277,13 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
                 handoff.close()
             # The guards are done: deliver alongside.
             delivered.update(deliver_handed(rt, now, handoff.batches(alive=others_alive)))
-            delivered.update(deliver(rt, now, journey))
+            delivered.update(deliver(rt, now, journey, skip_channels=channels_down(delivered)))
     finally:
         handoff.close()
         starter.join()
     delivered.update(_reports(starter.started, results))
     for proc in starter.started:
         proc.join()
-    delivered.update(deliver(rt, now, journey))  # anything a crashed worker left queued
+    # anything a crashed worker left queued (not on a channel a process found unusable)
+    delivered.update(deliver(rt, now, journey, skip_channels=channels_down(delivered)))
     return produced, delivered

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from nurture.runtime.auto_winner import decide_splits
 from nurture.runtime.context import Runtime, TickReport
@@ -25,7 +25,7 @@ from nurture.runtime.enroll import enroll
 from nurture.runtime.outcomes import apply_exits, record_conversions
 from nurture.runtime.parallel import LARGE_TICK, due_enrollments, handed_in_process, pipelined
 from nurture.runtime.versions import migrate_enrollments, record_version
-from nurture.send.deliver import deliver
+from nurture.send.deliver import channels_down, deliver
 from nurture.send.reconcile import reconcile_stuck
 from nurture.steps.advance import advance
 
@@ -57,6 +57,9 @@ class StageCall:
     options: TickOptions = TickOptions()
     partition: int = 0
     partitions: int = 1
+    # channels an earlier stage of this tick found unusable (a large tick's hand-off): the
+    # deliver stage leaves their messages queued instead of trying the channel again
+    skip_channels: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,8 @@ def advance_stage(call: StageCall) -> TickReport:
 
 def deliver_stage(call: StageCall) -> TickReport:
     report = _report(call)
-    report.outcomes.update(deliver(call.rt, call.now, call.journey, call.partition, call.partitions))
+    report.outcomes.update(deliver(call.rt, call.now, call.journey, call.partition, call.partitions,
+                                   skip_channels=call.skip_channels))
     return report
 
 
@@ -142,10 +146,13 @@ STAGES: tuple[Stage, ...] = (
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 
 
-def calls(stage: Stage, rt: Runtime, journey: str, now: datetime, options: TickOptions) -> list[StageCall]:
-    """The calls a runner makes for one stage: one, or one per delivery partition."""
+def calls(stage: Stage, rt: Runtime, journey: str, now: datetime, options: TickOptions,
+          skip_channels: Iterable[str] = ()) -> list[StageCall]:
+    """The calls a runner makes for one stage: one, or one per delivery partition.
+    `skip_channels`: what the tick's earlier stages found unusable (`channels_down` of their
+    merged report)."""
     parts = max(1, options.partitions) if stage.partitioned else 1
-    return [StageCall(rt, journey, now, options, i, parts) for i in range(parts)]
+    return [StageCall(rt, journey, now, options, i, parts, frozenset(skip_channels)) for i in range(parts)]
 
 
 def run_tick(rt: Runtime, journey: str, now: Optional[datetime] = None, workers: int = 1,
@@ -157,7 +164,7 @@ def run_tick(rt: Runtime, journey: str, now: Optional[datetime] = None, workers:
     report = TickReport(journey, now.isoformat())
     with rt.store.held():
         for stage in STAGES:
-            for call in calls(stage, rt, journey, now, options):
+            for call in calls(stage, rt, journey, now, options, channels_down(report.outcomes)):
                 report.merge(stage.run(call))
             report.ran.append(stage.name)
     return report

@@ -241,22 +241,32 @@ class _Delivery:
         return self.report
 
 
+def channels_down(outcomes: Counter) -> frozenset[str]:
+    """The channels a delivery run of this tick found unusable, from its outcomes (reported
+    once per channel as `channel:<name>`, `unavailable`)."""
+    return frozenset(step[len("channel:"):] for step, outcome, _ in outcomes
+                     if outcome == "unavailable" and step.startswith("channel:"))
+
+
 def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition: int = 0,
-            partitions: int = 1) -> Counter:
+            partitions: int = 1, skip_channels: Iterable[str] = ()) -> Counter:
     """Deliver every due queued message (of `journey`, of this `partition` of message ids):
     claim a batch, render and hand it over, record the results with the next claim; the
-    outcomes as (step id, outcome, reason) → count."""
+    outcomes as (step id, outcome, reason) → count. `skip_channels`: channels an earlier
+    delivery run of the same tick found unusable (a large tick's hand-off): their messages
+    stay queued, the channel is not tried again this tick."""
     run = _Delivery(rt, now)
     if not _anything_due(rt, now, journey):  # a read, not the claim's write transaction, on a quiet tick
         return run.report
-    ids = _claim(rt, now, journey, partition, partitions, run.report)
+    skip = frozenset(skip_channels)
+    ids = _claim(rt, now, journey, partition, partitions, run.report, skip)
     while ids:
         outcome = run.send(load_messages(rt, ids))
         # The batch's outcomes and the next claim share one write transaction: one wait for
         # SQLite's write lock per batch, not two.
         with gc_paused(), rt.store.engine.begin() as conn:
             run.record(conn, *outcome)
-            ids = _claim_in(conn, rt, now, journey, partition, partitions, run.report, run.down)
+            ids = _claim_in(conn, rt, now, journey, partition, partitions, run.report, skip | set(run.down))
     return run.finish()
 
 
