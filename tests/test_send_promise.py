@@ -284,6 +284,28 @@ def test_a_large_tick_that_finds_the_channel_unavailable_does_not_try_it_again_i
     assert sorted(m.status for m in messages(store)) == ["sent"] * 5
 
 
+def test_a_pipelined_tick_tries_an_unusable_channel_at_most_once_per_delivery_process(make_runtime, store,
+                                                                                       smtp_server, monkeypatch):
+    """Delivery processes find SMTP unusable (no secret key to sign links). The process that
+    took the one handed chunk puts its 5 messages back; the other process, which had not met
+    the channel, tries it once if it claims them after that (5 more, put back — or none, if it
+    claimed before they were put back); after that nobody in the tick tries it again — not the
+    processes' later claims, not the tick's final claim, not its deliver stage
+    (channels_down). Before, each of those tried: 25."""
+    from nurture.runtime import tick as tick_module
+    monkeypatch.setattr(tick_module, "LARGE_TICK", 1)  # 5 contacts count as "large" here
+    recorder = Recorder()
+    rt = _smtp_runtime(make_runtime, smtp_server(recorder))
+    del rt.env["NURTURE_SECRET_KEY"]
+    for i in range(5):
+        add_event(store, subscriber(store, f"c{i}@example.com"), "signup", T0)
+    report = run_tick(rt, "promo", T0 + timedelta(minutes=1), workers=2)
+    assert recorder.received == []
+    assert [(m.status, m.attempts) for m in messages(store)] == [("queued", 0)] * 5
+    unavailable = [(k[0], n) for k, n in report.outcomes.items() if k[1] == "unavailable"]
+    assert unavailable in ([("channel:email", 10)], [("channel:email", 5)])  # at most once per process
+
+
 # ---------------------------------------------------------------- 10. re-queueing what was in doubt
 
 
