@@ -203,18 +203,25 @@ def register(cls: type[Integration]) -> type[Integration]:
     return cls
 
 
+def _load(ep: Any) -> None:
+    """Register entry point `ep` unless it is registered already (or known broken); one that
+    fails to import is recorded as `!<name>`, never raised: a broken third-party plug-in must
+    not break the engine."""
+    if ep.name in _registry or f"!{ep.name}" in _registry:
+        return
+    try:
+        _registry[ep.name] = ep.load()
+    except Exception as exc:
+        _registry[f"!{ep.name}"] = type("Broken", (), {"error": str(exc)})
+
+
 def _load_entry_points() -> None:
     global _loaded
     if _loaded:
         return
     _loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _registry:
-            continue
-        try:
-            _registry[ep.name] = ep.load()
-        except Exception as exc:  # a broken third-party plug-in must not break the engine
-            _registry.setdefault(f"!{ep.name}", type("Broken", (), {"error": str(exc)}))
+        _load(ep)
 
 
 def available(role: Optional[str] = None) -> dict[str, type[Integration]]:
@@ -227,14 +234,9 @@ def _load_one(name: str) -> None:
     """The entry point called `name` alone, if it is not registered yet: a tick that sends
     e-mail through `email.file` imports that module, not every integration installed (~0.13 s
     of imports in each process — the tick's, and each delivery process of a large tick)."""
-    if _loaded or name in _registry or f"!{name}" in _registry:
-        return
-    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
-        try:
-            _registry[name] = ep.load()
-        except Exception as exc:  # (as in _load_entry_points: recorded, never raised)
-            _registry[f"!{name}"] = type("Broken", (), {"error": str(exc)})
-        return
+    if not _loaded:
+        for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+            _load(ep)
 
 
 def lookup(name: str, role: Optional[str] = None) -> type[Integration]:

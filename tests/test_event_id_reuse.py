@@ -39,13 +39,18 @@ def test_an_event_tracked_after_the_newest_events_were_purged_still_starts_its_j
     assert new > old
 
 
-def _upgrade(engine, revision):
-    from alembic import command
+def _config():
     from alembic.config import Config
 
     from nurture.store.db import MIGRATIONS
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def _upgrade(engine, revision):
+    from alembic import command
+    cfg = _config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
@@ -170,10 +175,9 @@ def test_migration_0019_goes_down_again_with_the_rows_and_references(tmp_path):
     import sqlite3
 
     from alembic import command
-    from alembic.config import Config
     from sqlalchemy import create_engine
 
-    from nurture.store.db import MIGRATIONS, open_store
+    from nurture.store.db import open_store
     from tests.engine_fixtures import add_contact
     path = tmp_path / "db.db"
     store = open_store(f"sqlite:///{path}")
@@ -181,8 +185,7 @@ def test_migration_0019_goes_down_again_with_the_rows_and_references(tmp_path):
     event = add_event(store, ann, "signup", NOW)
     store.dispose()
     plain = create_engine(f"sqlite:///{path}")  # (as an author's alembic run: SQLite's foreign keys off)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg = _config()
     with plain.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0018")
@@ -198,13 +201,11 @@ def test_migration_0019_goes_down_again_with_the_rows_and_references(tmp_path):
 
 def test_migration_0019_refuses_to_run_with_foreign_keys_on(tmp_path):
     from alembic import command
-    from alembic.config import Config
 
-    from nurture.store.db import MIGRATIONS, make_engine
+    from nurture.store.db import make_engine
     engine = make_engine(f"sqlite:///{tmp_path / 'db.db'}")  # Nurture's engine: foreign keys on
     _upgrade(engine, "0018")
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg = _config()
     try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn

@@ -65,12 +65,20 @@ def _rebuild(conn, table: str, autoincrement: bool) -> None:
         conn.execute(sa.text(sql))
 
 
-def upgrade() -> None:
+def _rebuild_all(autoincrement: bool):
+    """Every table of TABLES rebuilt on SQLite; its connection, or None on another database."""
     conn = op.get_bind()
     if conn.dialect.name != "sqlite":
-        return
+        return None
     for table in TABLES:
-        _rebuild(conn, table, autoincrement=True)
+        _rebuild(conn, table, autoincrement)
+    return conn
+
+
+def upgrade() -> None:
+    conn = _rebuild_all(autoincrement=True)
+    if conn is None:
+        return
     # Events deleted before this upgrade may have had ids a trigger's cursor already passed:
     # the next event starts above every cursor.
     seq = conn.execute(sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'event'")).scalar()
@@ -82,8 +90,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    conn = op.get_bind()
-    if conn.dialect.name != "sqlite":
-        return
-    for table in TABLES:
-        _rebuild(conn, table, autoincrement=False)
+    _rebuild_all(autoincrement=False)
