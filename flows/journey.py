@@ -11,9 +11,9 @@ artifacts (`report`). No stage logic lives here.
 On a large tick (`LARGE_TICK`: 20,000 contacts due) with more than one delivery process (by
 default one per CPU core; `delivery_processes=1` keeps everything in the flow's process), the
 advance stage pipelines delivery processes with the guards (`nurture.runtime.parallel`);
-rendering is CPU-bound Python, so processes, not threads. With one delivery process and
-delivery not split into partitions, the advance stage sends each batch itself as soon as it is
-committed (the same hand-off, in process); the deliver stage then takes what else is queued.
+rendering is CPU-bound Python, so processes, not threads. Otherwise, unless delivery is split
+into partitions, the advance stage sends each batch itself as soon as it is committed (the
+same hand-off, in process); the deliver stage then takes what else is queued.
 
 A journey with errors in its files does not tick: its flow run ends Failed with the located
 errors as its message (no traceback), and `tick-all` goes on with the others.

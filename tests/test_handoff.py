@@ -164,6 +164,50 @@ def test_a_record_that_fails_in_the_recording_thread_fails_the_delivery_run(make
     assert [m.status for m in messages(store)] == ["sending"] * 4  # handed over, never recorded: reconcile's
 
 
+def _chunks(rt, store, n: int, size: int, now=NOW) -> list:
+    for i in range(n):
+        add_event(store, subscriber(store, f"p{i}.{now:%H%M}@example.com"), "signup", now - timedelta(minutes=1))
+    (batch,) = list(handed_advance(rt, now=now).batches())
+    return [batch._replace(rows=batch.rows[i:i + size]) for i in range(0, len(batch.rows), size)]
+
+
+def test_a_single_chunk_is_recorded_without_a_recording_thread(make_runtime, store, monkeypatch):
+    """Most ticks hand over one chunk: it is recorded when the delivery ends, in this thread —
+    no thread started per tick. The second chunk starts the thread, which records the first
+    while the second renders."""
+    import threading
+    from nurture.send import deliver as deliver_module
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    chunks = _chunks(rt, store, 4, 2)
+    recorded_by: list[str] = []
+    real = deliver_module._Delivery.record
+    monkeypatch.setattr(deliver_module._Delivery, "record", lambda self, conn, *outcome: recorded_by.append(
+        threading.current_thread().name.split("_")[0]) or real(self, conn, *outcome))
+    assert deliver_handed(rt, NOW, chunks[:1]) == {("hello", "sent", None): 2}
+    assert recorded_by == ["MainThread"]
+    assert deliver_handed(rt, NOW, chunks[1:]) == {("hello", "sent", None): 2}
+    assert recorded_by == ["MainThread", "MainThread"]  # one chunk again
+    recorded_by.clear()
+    later = NOW + timedelta(minutes=10)
+    assert deliver_handed(rt, later, _chunks(rt, store, 6, 2, later)) == {("hello", "sent", None): 6}
+    assert recorded_by == ["nurture-record", "nurture-record", "MainThread"]
+
+
+def test_a_delivered_chunk_is_recorded_even_when_the_advance_stage_then_fails(make_runtime, store):
+    """The last chunk handed to its channel is recorded when the block around the delivery
+    fails (the advance stage's next batch raising): its messages were sent, and `sent` they
+    are — not left `sending` for reconcile to ask the channel about."""
+    from nurture.send.deliver import HandedDelivery
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    chunks = _chunks(rt, store, 4, 2)
+    with pytest.raises(RuntimeError, match="next batch"):
+        with HandedDelivery(rt, NOW) as delivery:
+            for chunk in chunks:
+                delivery.take(chunk)
+            raise RuntimeError("the next batch's guards failed")
+    assert [m.status for m in messages(store)] == ["sent"] * 4
+
+
 def test_a_large_tick_is_published_in_chunks_and_every_chunk_is_taken_once():
     handoff = Handoff(multiprocessing.get_context("spawn"))
     rows = [(i, "x") for i in range(CHUNK * 2 + 7)]
@@ -220,15 +264,17 @@ def test_a_batch_is_checked_and_inserted_in_enrollment_order_whatever_its_due_or
     assert [m.enrollment_id for m in rows] == ids
 
 
-def test_a_large_tick_in_one_process_delivers_each_batch_as_soon_as_it_is_committed(make_runtime, store,
-                                                                                    monkeypatch):
-    """One delivery process (`workers=1`), delivery not partitioned: each batch's messages are
-    handed over claimed and sent from the rows the checks read — no claim, no load — before the
-    next batch is guarded; each message once."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_tick_in_one_process_delivers_each_batch_as_soon_as_it_is_committed(make_runtime, store, monkeypatch,
+                                                                              workers):
+    """A tick that does not pipeline processes — one delivery process (`workers=1`), or a tick
+    under LARGE_TICK due whatever was asked for — with delivery not partitioned: each batch's
+    messages are handed over claimed and sent from the rows the checks read — no claim, no
+    load — before the next batch is guarded; each message once."""
     from nurture.send import deliver as deliver_module
     from nurture.send.handoff import LocalHandoff
     from nurture.steps import send as send_step
-    monkeypatch.setattr(tick_module, "LARGE_TICK", 1)
+    assert tick_module.LARGE_TICK > 100  # 100 due: a small tick, no delivery processes
     rt = make_runtime({"j": journey_yaml("j", STEP)})
     rt.batch_size = 40
     for i in range(100):
@@ -240,7 +286,7 @@ def test_a_large_tick_in_one_process_delivers_each_batch_as_soon_as_it_is_commit
     taken = LocalHandoff.publish
     monkeypatch.setattr(LocalHandoff, "publish",
                         lambda self, journey, step, rows: order.append(f"deliver {len(rows)}") or taken(self, journey, step, rows))
-    report = run_tick(rt, "j", NOW, workers=1)
+    report = run_tick(rt, "j", NOW, workers=workers)
     assert order == ["queue_due", "deliver 40", "queue_due", "deliver 40", "queue_due", "deliver 20"]  # no load
     sent = [m for m in messages(store) if m.status == "sent"]
     assert len(sent) == 100 and len({m.contact_id for m in sent}) == 100
@@ -249,8 +295,7 @@ def test_a_large_tick_in_one_process_delivers_each_batch_as_soon_as_it_is_commit
     assert report.outcomes[("hello", "sent", None)] == 100 and report.outcomes[("hello", "queued", None)] == 100
 
 
-def test_a_channel_found_down_in_one_process_is_not_tried_again_for_each_batch(make_runtime, store, monkeypatch):
-    monkeypatch.setattr(tick_module, "LARGE_TICK", 1)
+def test_a_channel_found_down_in_one_process_is_not_tried_again_for_each_batch(make_runtime, store):
     rt = make_runtime({"j": journey_yaml("j", STEP)})
     rt.batch_size = 3
     channel = Scripted(["unavailable"])
@@ -271,7 +316,6 @@ def test_partitioned_delivery_is_left_to_the_deliver_stage(make_runtime, store, 
     """Delivery split into partitions (tasks in parallel under Prefect): the advance stage
     does not send; the messages wait `queued` for the partitions' claims."""
     from nurture.send import deliver as deliver_module
-    monkeypatch.setattr(tick_module, "LARGE_TICK", 1)
     rt = make_runtime({"j": journey_yaml("j", STEP)})
     for i in range(6):
         add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)

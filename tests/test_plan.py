@@ -161,11 +161,9 @@ def test_plan_of_an_unknown_journey_is_one_clear_error(monkeypatch, capsys, proj
 
 
 def test_a_plan_delivers_nothing_even_when_the_tick_would_hand_its_messages_over(monkeypatch, capsys, project):
-    """A tick with many due (parallel.LARGE_TICK) hands each batch to delivery as it commits;
-    the plan runs the same advance stage and must still only decide: nothing rendered or
-    handed to a channel, even the scratch copy's file channel, and the same counts."""
-    from nurture.runtime import tick as tick_module
-    monkeypatch.setattr(tick_module, "LARGE_TICK", 1)  # 12 signups count as "large" here
+    """A tick hands each batch to delivery as it commits; the plan runs the same advance
+    stage and must still only decide: nothing rendered or handed to a channel, even the
+    scratch copy's file channel, and the same counts."""
     handed = []
     from nurture.send import deliver as deliver_module
     real_send = deliver_module._Delivery.send

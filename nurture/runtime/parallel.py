@@ -12,8 +12,9 @@ row-level (a batch goes `queued` → `sending` in one write transaction), so no 
 claim the same message. On SQLite the processes queue for the write lock in order
 (write_turns): without it the advance stage, committing batch after batch, kept the delivery
 processes waiting for seconds. Starting the processes costs ~1 s, so the flows pipeline only
-large ticks (`LARGE_TICK` due). A large tick with one delivery process uses the same hand-off
-in process (`handed_in_process`): each batch is sent as soon as its send transaction commits.
+large ticks (`LARGE_TICK` due). Every other tick (delivery not split into partitions) uses the
+same hand-off in process (`handed_in_process`): each batch is sent as soon as its send
+transaction commits.
 
 Processes come from a fork server that has imported the engine once (`forkserver` with
 preloads): a worker then starts without paying the ~1 s of imports on the tick's two cores,
@@ -205,7 +206,7 @@ class _Starter(threading.Thread):
 
 def due_enrollments(rt: Runtime, now: datetime, journey: str, cap: int = LARGE_TICK) -> int:
     """How many of a journey's active enrollments are due now, counted up to `cap`: is a tick
-    large enough for a hand-off and processes? Read step by step of the journey's plan (a range
+    large enough for delivery processes? Read step by step of the journey's plan (a range
     of ix_enrollment_due each), so a tick with little due costs a few index seeks — not a
     read of every active enrollment of the journey, ~0.3 ms at 5,000, which every one of a
     month's 14,000 simulated ticks paid — and a large one stops counting at `cap`."""
@@ -230,10 +231,11 @@ def due_enrollments(rt: Runtime, now: datetime, journey: str, cap: int = LARGE_T
 
 def handed_in_process(rt: Runtime, now: datetime, produce: Callable[[], Counter]) -> tuple[Counter, Counter]:
     """Run `produce` (the advance stage) with a hand-off in this process (`LocalHandoff`): a
-    large tick in one process (one delivery process asked for, delivery not split into
-    partitions) delivers each batch as soon as its send transaction has committed, from the
-    rows its checks read, instead of leaving it queued for the deliver stage to claim and load
-    again. Returns (produce's report, delivery report); what else is queued (retries, messages
+    tick that does not pipeline processes (and whose delivery is not split into partitions)
+    delivers each batch as soon as its send transaction has committed, from the rows its
+    checks read, instead of leaving it queued for the deliver stage to claim and load again:
+    a row version and a read less per message (on PostgreSQL a new row version writes an entry
+    in each of the message table's five indexes). Returns (produce's report, delivery report); what else is queued (retries, messages
     put back) is left to the deliver stage, as always."""
     from nurture.send.deliver import HandedDelivery
     with HandedDelivery(rt, now) as delivery:

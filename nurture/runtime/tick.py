@@ -43,9 +43,9 @@ class TickOptions:
     message id, one task each under Prefect)."""
     workers: int = 1
     partitions: int = 1
-    # The advance stage may hand the messages of a large tick to delivery as each batch commits
-    # (pipelined, or in this process). False: it only queues them — `nurture plan`, which runs
-    # the deciding stages and must render and deliver nothing.
+    # The advance stage may hand its messages to delivery as each batch commits (pipelined on a
+    # large tick, else in this process). False: it only queues them — `nurture plan`, which
+    # runs the deciding stages and must render and deliver nothing.
     hand_off: bool = True
 
 
@@ -57,7 +57,7 @@ class StageCall:
     options: TickOptions = TickOptions()
     partition: int = 0
     partitions: int = 1
-    # channels an earlier stage of this tick found unusable (a large tick's hand-off): the
+    # channels an earlier stage of this tick found unusable (the advance stage's hand-off): the
     # deliver stage leaves their messages queued instead of trying the channel again
     skip_channels: frozenset[str] = frozenset()
 
@@ -101,18 +101,19 @@ def exit_convert(call: StageCall) -> TickReport:
 
 
 def advance_stage(call: StageCall) -> TickReport:
-    """Guards + outbox for every due step. On a large tick the messages that may go are handed
-    over claimed (nurture.send.handoff): with more than one worker, delivery processes send
-    each batch while the next one is guarded; with one (and delivery not split into
-    partitions), this process sends each batch as soon as it is committed."""
+    """Guards + outbox for every due step; the messages that may go are handed over claimed
+    (nurture.send.handoff) as each batch's send transaction commits. A large tick with more
+    than one delivery process pipelines: delivery processes send each batch while the next one
+    is guarded. Otherwise this process sends each batch itself, from the rows its checks read
+    — no claim and load of the queue again by the deliver stage — unless delivery is split into
+    partitions (the deliver stage's flow runs send them) or nothing may be handed to a channel
+    (`nurture plan`)."""
     report = _report(call)
-    rt, journey, now = call.rt, call.journey, call.now
+    rt, journey, now, options = call.rt, call.journey, call.now, call.options
     produce = lambda: advance(rt, rt.plan(journey), now)  # noqa: E731
-    large = call.options.hand_off and (call.options.workers > 1 or call.options.partitions <= 1) and \
-        due_enrollments(rt, now, journey) >= LARGE_TICK
-    if large and call.options.workers > 1:
-        advanced, delivered = pipelined(rt, now, journey, call.options.workers, produce)
-    elif large:
+    if options.hand_off and options.workers > 1 and due_enrollments(rt, now, journey) >= LARGE_TICK:
+        advanced, delivered = pipelined(rt, now, journey, options.workers, produce)
+    elif options.hand_off and options.partitions <= 1:
         advanced, delivered = handed_in_process(rt, now, produce)
     else:
         advanced, delivered = produce(), Counter()

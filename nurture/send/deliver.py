@@ -282,20 +282,24 @@ def deliver_handed(rt: Runtime, now: datetime, batches: Iterable[HandedBatch]) -
 class HandedDelivery:
     """Delivers handed chunks (nurture.send.handoff) one at a time, as they are given.
 
-    A chunk's results are recorded by a thread of this process while the next chunk renders
-    (at most one record waits): on SQLite its write transaction queues behind the advance
-    stage's send transactions, which hold the write lock for a good part of a second each,
-    and the process would otherwise wait idle for its turn. The messages are `sending` until
-    recorded either way; nothing is handed to a channel twice. Leaving its `with` waits for
-    the last record (its failure raised, unless the block is failing already: that error
-    stands) and ends the recording thread; `outcomes` are then `deliver`'s."""
+    A chunk's results are recorded while the next chunk renders, by a thread of this process
+    (at most one record waits): on SQLite its write transaction would otherwise queue behind
+    the advance stage's send transaction, and on PostgreSQL the server writes it while this
+    process renders. The thread starts with a tick's second chunk: a tick with one chunk —
+    most ticks — records it in this thread when the block ends, and starts no thread. The
+    messages are `sending` until recorded either way; nothing is handed to a channel twice.
+    Leaving the `with` records the last chunk (also when the block is failing: its messages
+    were handed to their channel), waits for the thread's record (its failure raised, unless
+    the block is failing already: that error stands) and ends the thread; `outcomes` are
+    then `deliver`'s."""
 
     def __init__(self, rt: Runtime, now: datetime):
         self.rt = rt
         self.run = _Delivery(rt, now)
         self.turns = current_turns()
-        self.pending: Optional[Future] = None
-        self.recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nurture-record")
+        self.held: Optional[tuple] = None  # the last chunk's results, not yet recorded
+        self.pending: Optional[Future] = None  # the record of the chunk before, in the thread
+        self.recorder: Optional[ThreadPoolExecutor] = None
 
     def _record(self, outcome: tuple) -> None:
         with taking_turns(self.turns), gc_paused(), self.rt.store.engine.begin() as conn:
@@ -304,10 +308,15 @@ class HandedDelivery:
     def take(self, batch: HandedBatch) -> None:
         if not batch.rows:
             return
+        if self.held is not None:  # the previous chunk is recorded while this one renders
+            if self.recorder is None:
+                self.recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nurture-record")
+            self.pending, self.held = self.recorder.submit(self._record, self.held), None
         outcome = self.run.send([LoadedMessage._make(r) for r in batch.rows])
         if self.pending is not None:
-            self.pending.result()  # the previous chunk's record (raises what it raised)
-        self.pending = self.recorder.submit(self._record, outcome)
+            pending, self.pending = self.pending, None
+            pending.result()  # (raises what the record raised)
+        self.held = outcome
 
     def __enter__(self) -> "HandedDelivery":
         return self
@@ -320,8 +329,17 @@ class HandedDelivery:
                     pending.result()
                 else:
                     pending.exception()  # waited for; the block's own error is the one raised
+            held, self.held = self.held, None
+            if held is not None:
+                try:
+                    self._record(held)
+                except Exception:
+                    if kind is None:
+                        raise
+                    log.exception("could not record a delivered chunk; its messages stay `sending` for reconcile")
         finally:
-            self.recorder.shutdown(wait=True)
+            if self.recorder is not None:
+                self.recorder.shutdown(wait=True)
 
     def outcomes(self) -> Counter:
         return self.run.finish()
