@@ -2,7 +2,8 @@
 last_event_pk`), so an id handed out again after the newest events were deleted (retention,
 a never-confirmed contact's removal) would be behind every cursor and never start a journey.
 SQLite hands out max(rowid) + 1 unless the table is AUTOINCREMENT (migration 0019);
-PostgreSQL's sequence never goes back."""
+PostgreSQL's sequence never goes back. Message ids too (0020): a message's id names it
+outside the database."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -39,6 +40,27 @@ def test_an_event_tracked_after_the_newest_events_were_purged_still_starts_its_j
     assert new > old
 
 
+def test_a_message_after_the_newest_messages_were_purged_gets_an_id_never_used(make_runtime, store):
+    """A message's id names it outside the database — its Message-ID, its .eml file, the SMTP
+    hand-over journal's lines — so the id of a purged message is never handed out again
+    (SQLite: migration 0020). Here retention removes the whole message log of a quiet shop."""
+    from nurture.store.tables import message_t
+    rt = make_runtime({"hello": journey_yaml("hello", "- id: mail\n  send: {channel: email, template: hello, subject: Hi}")})
+    ann, cat = subscriber(store, "ann@example.com"), subscriber(store, "cat@example.com")
+    add_event(store, ann, "signup", NOW - 100 * DAY)
+    run_tick(rt, "hello", NOW - 100 * DAY + timedelta(minutes=1))
+    run_tick(rt, "hello", NOW - 99 * DAY)  # the journey is over for ann
+    with store.reading() as conn:
+        (old,) = conn.execute(select(message_t.c.id, message_t.c.status)).all()
+    assert old.status == "sent"
+    assert purge(store, _policies(messages="90d"), NOW, rt.data_dir).counts["messages:messages"] == 1
+    add_event(store, cat, "signup", NOW)
+    run_tick(rt, "hello", NOW + timedelta(minutes=1))
+    with store.reading() as conn:
+        (new,) = conn.execute(select(message_t.c.id, message_t.c.contact_id)).all()
+    assert new.contact_id == cat and new.id > old.id
+
+
 def _config():
     from alembic.config import Config
 
@@ -56,7 +78,7 @@ def _upgrade(engine, revision):
         command.upgrade(cfg, revision)
 
 
-def test_migration_0019_rebuilds_a_sqlite_database_with_its_rows_ids_indexes_and_references(tmp_path):
+def test_migrations_0019_and_0020_rebuild_a_sqlite_database_with_its_rows_ids_indexes_and_references(tmp_path):
     import sqlite3
 
     from nurture.store.db import make_engine, open_store
@@ -82,6 +104,7 @@ def test_migration_0019_rebuilds_a_sqlite_database_with_its_rows_ids_indexes_and
                              "purpose, template, status, due_at, attempts, created_at) VALUES (?, ?, 'pro', 'mail', "
                              "'send', 'email', 'marketing', 'hello', 'sent', '2026-05-31 12:00:00.000000', 1, "
                              "'2026-05-31 12:00:00.000000')", (enrollment, ann))
+        message = conn.exec_driver_sql("SELECT max(id) FROM message").scalar()
         conn.exec_driver_sql("INSERT INTO journeycursor (journey, last_event_pk, updated_at) "
                              "VALUES ('pro', ?, '2026-05-31 12:00:00.000000')", (top,))  # a trigger read past it
         conn.exec_driver_sql("DELETE FROM event WHERE id = ?", (top,))  # the newest row gone before the upgrade
@@ -91,15 +114,17 @@ def test_migration_0019_rebuilds_a_sqlite_database_with_its_rows_ids_indexes_and
     try:
         raw = sqlite3.connect(path)
         tables = dict(raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
-        for table in ("event", "enrollment", "consent", "contact_merge"):
+        for table in ("event", "enrollment", "consent", "contact_merge", "message"):  # (0019, 0020)
             assert "id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT" in tables[table], tables[table]
-        assert not [name for name, sql in tables.items() if "before_0019" in (sql or "")]
+        assert not [name for name, sql in tables.items() if "__before_00" in (sql or "")]
         assert "REFERENCES enrollment (id)" in tables["message"]
         assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
         assert raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name").fetchall() \
             == before["indexes"]
         assert raw.execute("SELECT id, name FROM event").fetchall() == [(first, "signup")]
         assert dict(raw.execute("SELECT name, seq FROM sqlite_sequence").fetchall())["enrollment"] == enrollment
+        assert raw.execute("SELECT id, enrollment_id, status FROM message").fetchall() == [(message, enrollment, "sent")]
+        assert dict(raw.execute("SELECT name, seq FROM sqlite_sequence").fetchall())["message"] == message
         raw.close()
         newest = add_event(store, ann, "signup", NOW)
         assert newest == top + 1  # above the cursor, not the deleted id again
@@ -171,7 +196,7 @@ def test_an_upgrade_that_would_leave_a_reference_dangling_is_refused_and_changes
     raw.close()
 
 
-def test_migration_0019_goes_down_again_with_the_rows_and_references(tmp_path):
+def test_migrations_0019_and_0020_go_down_again_with_the_rows_and_references(tmp_path):
     import sqlite3
 
     from alembic import command
@@ -192,7 +217,7 @@ def test_migration_0019_goes_down_again_with_the_rows_and_references(tmp_path):
     plain.dispose()
     raw = sqlite3.connect(path)
     tables = dict(raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
-    assert not any("AUTOINCREMENT" in tables[t] for t in ("event", "enrollment", "consent", "contact_merge"))
+    assert not any("AUTOINCREMENT" in tables[t] for t in ("event", "enrollment", "consent", "contact_merge", "message"))
     assert "PRIMARY KEY (id)" in tables["event"] and "REFERENCES enrollment (id)" in tables["message"]
     assert raw.execute("SELECT id FROM event").fetchall() == [(event,)]
     assert raw.execute("PRAGMA foreign_key_check").fetchall() == []

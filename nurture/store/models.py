@@ -162,7 +162,7 @@ class Message(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("enrollment_id", "step_id", "attempt_key", name="uq_message_attempt"),
                       Index("ix_message_cap", "contact_id", "counted_at"),
                       Index("ix_message_queue", "status", "due_at"),
-                      Index("ix_message_journey", "journey", "step_id"))
+                      Index("ix_message_journey", "journey", "step_id"), IDS_ONLY_GROW)
     id: Optional[int] = Field(default=None, primary_key=True)
     enrollment_id: Optional[int] = Field(default=None, foreign_key="enrollment.id")
     contact_id: int = Field(foreign_key="contact.id")
