@@ -5,6 +5,7 @@ and a channel that is down puts them back as a claim's messages would be."""
 from __future__ import annotations
 
 import multiprocessing
+import time
 from datetime import timedelta
 from typing import Sequence
 
@@ -362,3 +363,62 @@ def test_the_send_transaction_locks_its_contacts_rows_on_postgresql(pg_store):
                                                   properties={}, occurred_at=NOW, received_at=NOW))
             other.commit()
     assert free == {"FOR UPDATE": [ids[1]], "FOR NO KEY UPDATE": [ids[1]], "FOR KEY SHARE": ids}
+
+
+def test_on_postgresql_a_one_process_tick_sends_from_a_thread_while_it_guards_the_next_batch(make_runtime, store,
+                                                                                            monkeypatch):
+    """PostgreSQL: the chunks are sent by a thread (`_Sender`) while the advance stage guards
+    the next batch; SQLite sends them in the tick's own thread (its one write lock is shared
+    with the record). Either way each message once, and nothing left for the deliver stage."""
+    import threading
+
+    from nurture.send.deliver import HandedDelivery
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    rt.batch_size = 10
+    for i in range(30):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    takers: list[str] = []
+    real = HandedDelivery.take
+    monkeypatch.setattr(HandedDelivery, "take", lambda self, batch: takers.append(threading.current_thread().name)
+                        or real(self, batch))
+    report = run_tick(rt, "j", NOW, workers=1)
+    assert takers == (["nurture-send"] * 3 if store.is_postgres else ["MainThread"] * 3)
+    assert report.outcomes[("hello", "sent", None)] == 30
+    assert sorted(m.contact_id for m in messages(store, status="sent")) == sorted(
+        {m.contact_id for m in messages(store)})
+    assert not [t for t in threading.enumerate() if t.name in ("nurture-send", "nurture-record")]  # all ended
+
+
+def test_a_chunk_the_sending_thread_failed_on_stops_the_tick_and_the_rest_is_not_sent():
+    import threading
+
+    from nurture.runtime.parallel import _Sender
+    taken: list[int] = []
+    go = threading.Event()
+
+    def take(chunk: int) -> None:
+        if chunk == 1:
+            go.wait(10)
+            raise RuntimeError("render crashed")
+        taken.append(chunk)
+    sender = _Sender(take)
+    sender.put(1)
+    sender.put(3)  # waits for the thread, still busy with chunk 1
+    go.set()
+    for _ in range(500):
+        if sender.error is not None:
+            break
+        time.sleep(0.01)
+    with pytest.raises(RuntimeError, match="render crashed"):  # the advance stage stops at its next chunk
+        sender.put(4)
+    with pytest.raises(RuntimeError, match="render crashed"):
+        sender.close()
+    assert taken == []  # chunk 3 waited behind the failed one: not sent (its messages: reconcile's)
+    assert sender.thread is None
+
+    go.clear()
+    failing = _Sender(take)
+    failing.put(1)
+    go.set()
+    failing.close(failing=True)  # the tick's own error stands: this one is logged, not raised
+    assert failing.thread is None and isinstance(failing.error, RuntimeError)

@@ -107,7 +107,7 @@ class Server:
         with self.client() as client:
             return client.read_flow_run(run_id)
 
-    def logs(self, run_ids, until=None, timeout: float = 20.0) -> list:
+    def logs(self, run_ids, until=None, timeout: float = 60.0) -> list:
         """The runs' logs. A flow run's process sends its logs to the server in batches, the
         last as it exits — after the run's final state is set: with `until`, read again until
         a log satisfies it (or `timeout` seconds have passed)."""
@@ -278,7 +278,8 @@ def test_a_worker_run_never_creates_an_empty_database_and_says_which_one_it_used
 
     assert final["configured"].state.is_completed(), final["configured"].state.message
     said = lambda log: log.level == 20 and f"project {configured}, database {url}" in log.message  # noqa: E731
-    assert any(said(log) for log in server.logs([final["configured"].id], until=said))
+    logs = server.logs([final["configured"].id], until=said)
+    assert any(said(log) for log in logs), [(log.level, log.message) for log in logs]
 
 
 def test_the_warm_runner_takes_nurture_run_with_the_callers_environment_and_answers_as_the_cli(server, tmp_path):

@@ -235,16 +235,73 @@ def handed_in_process(rt: Runtime, now: datetime, produce: Callable[[], Counter]
     delivers each batch as soon as its send transaction has committed, from the rows its
     checks read, instead of leaving it queued for the deliver stage to claim and load again:
     a row version and a read less per message (on PostgreSQL a new row version writes an entry
-    in each of the message table's five indexes). Returns (produce's report, delivery report); what else is queued (retries, messages
-    put back) is left to the deliver stage, as always."""
+    in each of the message table's five indexes). On PostgreSQL the batches are sent by a
+    thread of this process (`_Sender`) while the advance stage guards the next one. Returns
+    (produce's report, delivery report); what else is queued (retries, messages put back) is
+    left to the deliver stage, as always."""
     from nurture.send.deliver import HandedDelivery
     with HandedDelivery(rt, now) as delivery:
-        rt.handoff = LocalHandoff(delivery.take)
+        sender = _Sender(delivery.take) if rt.store.is_postgres else None
+        rt.handoff = LocalHandoff(sender.put if sender else delivery.take)
         try:
             produced = produce()
-        finally:
+        except BaseException:
             rt.handoff = None
+            if sender:
+                sender.close(failing=True)
+            raise
+        rt.handoff = None
+        if sender:
+            sender.close()
     return produced, delivery.outcomes()
+
+
+class _Sender:
+    """Sends the chunks of a one-process tick from a thread while the advance stage guards the
+    next batch — on PostgreSQL, where each statement of the advance stage waits for the server:
+    the thread renders meanwhile (Python's lock is free while a connection waits), so the
+    server's work and the round trips overlap the rendering instead of adding to it (100,000
+    due, one process: ~7,600 → ~10,600 messages/s on 2 cores, bench_tick). Not on SQLite: its
+    engine works in this process and its one write lock is shared by the send transaction
+    and the record (measured ~8,350 → ~7,500/s with the thread).
+
+    At most one chunk waits for the thread (`put` blocks meanwhile: memory stays bounded). A
+    chunk the thread failed on stops it: the next `put` raises that error (the tick stops),
+    chunks still waiting are not sent (their messages stay `sending`, for reconcile, as after a
+    crash). `close` sends what waits, ends the thread and raises its error — unless the tick is
+    failing already (`failing`): that error stands and the thread's is logged."""
+
+    def __init__(self, take: Callable[[Any], None]):
+        self.take = take
+        self.chunks: queue.Queue = queue.Queue(maxsize=1)
+        self.error: Optional[BaseException] = None
+        self.thread: Optional[threading.Thread] = None
+
+    def _run(self) -> None:
+        while (chunk := self.chunks.get()) is not None:
+            if self.error is None:
+                try:
+                    self.take(chunk)
+                except BaseException as exc:  # noqa: BLE001 - handed to the tick's thread
+                    self.error = exc
+
+    def put(self, chunk: Any) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.thread is None:  # (started by the first chunk: a tick that sends nothing starts none)
+            self.thread = threading.Thread(target=self._run, name="nurture-send", daemon=True)
+            self.thread.start()
+        self.chunks.put(chunk)
+
+    def close(self, failing: bool = False) -> None:
+        if self.thread is not None:
+            self.chunks.put(None)
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            if not failing:
+                raise self.error
+            log.error("sending a chunk failed too: %s", self.error)
 
 
 def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
