@@ -261,9 +261,9 @@ class _Sender:
     next batch — on PostgreSQL, where each statement of the advance stage waits for the server:
     the thread renders meanwhile (Python's lock is free while a connection waits), so the
     server's work and the round trips overlap the rendering instead of adding to it (100,000
-    due, one process: ~7,600 → ~10,600 messages/s on 2 cores, bench_tick). Not on SQLite: its
-    engine works in this process and its one write lock is shared by the send transaction
-    and the record (measured ~8,350 → ~7,500/s with the thread).
+    due, one process: 7,440–7,868 → 8,621–10,181 messages/s on 2 cores, bench_tick). Not on
+    SQLite: its engine works in this process and its one write lock is shared by the send
+    transaction and the record (measured 8,309–8,383 → 7,466–7,577/s with the thread).
 
     At most one chunk waits for the thread (`put` blocks meanwhile: memory stays bounded). A
     chunk the thread failed on stops it: the next `put` raises that error (the tick stops),

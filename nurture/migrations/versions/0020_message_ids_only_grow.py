@@ -2,10 +2,11 @@
 
 A message's id is its identity outside the database: its Message-ID (`<nurture.ID.journey@…>`),
 the name of its .eml file, what the SMTP channel's hand-over journal records for it. Without
-AUTOINCREMENT SQLite gives a new row max(id) + 1, so after the newest messages were deleted (a
-contact erased right after their first message) the next message got the erased one's id —
-and, had its worker crashed before handing it over, reconcile would have read the erased
-message's "accepted" in the journal as its own and recorded `sent` for a message never sent.
+AUTOINCREMENT SQLite gives a new row max(id) + 1, so after the newest messages were deleted
+(retention purging the whole log of a quiet shop, a never-confirmed contact removed with its
+confirmation mail) the next message got a purged one's id — and, had its worker crashed
+before handing it over, reconcile would have read the purged message's "accepted" in the
+journal as its own and recorded `sent` for a message never sent.
 
 The table is rebuilt with its rows, ids and indexes (nurture.store.sqlite_rebuild; the
 migration runs with SQLite's foreign keys off, store.db.migrate checks them before it
