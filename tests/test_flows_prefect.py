@@ -40,10 +40,9 @@ def harness(prefect_harness):
     return prefect_harness
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
+def _project(tmp_path, monkeypatch, url=None):
     root = write_project(tmp_path / "proj", {"welcome_series": JOURNEY, "sms_only": SECOND})
-    url = f"sqlite:///{root / '.nurture' / 'nurture.db'}"
+    url = url or f"sqlite:///{root / '.nurture' / 'nurture.db'}"
     monkeypatch.setenv("NURTURE_DATABASE_URL", url)
     monkeypatch.setenv("NURTURE_DATA_DIR", str(root / ".nurture"))
     store = open_store(url)
@@ -53,10 +52,28 @@ def project(tmp_path, monkeypatch):
     with store.engine.begin() as conn:
         for cid in (1, 2, 3):
             record_consent(conn, cid, "email", "granted", source="test", at=t0 - timedelta(days=1), confirmed=True)
+    return root, store, t0
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    root, store, t0 = _project(tmp_path, monkeypatch)
     yield root, store, t0
     from flows.runtime import forget_runtimes
     forget_runtimes()
     store.dispose()
+
+
+@pytest.fixture
+def pg_project(tmp_path, monkeypatch, pg_server_url, pg_template):
+    from tests.conftest import _drop_pg_database, _fresh_pg_database
+    url = _fresh_pg_database(pg_server_url, pg_template)
+    root, store, t0 = _project(tmp_path, monkeypatch, url)
+    yield root, store, t0
+    from flows.runtime import forget_runtimes
+    forget_runtimes()
+    store.dispose()
+    _drop_pg_database(pg_server_url, url)
 
 
 def test_tick_all_runs_each_journey_as_its_own_flow_with_stage_tasks_and_an_artifact(harness, project):
@@ -150,6 +167,33 @@ def test_a_large_tick_pipelines_delivery_processes_with_the_guards_and_sends_eac
     emls = list((root / ".nurture" / "outbox" / "email" / "welcome_series").glob("*.eml"))
     assert len(emls) == 3
     assert pipelines == ([asked or 2] if pipelined else [])
+
+
+@pytest.mark.postgres
+def test_a_one_process_flow_run_on_postgresql_sends_from_its_thread_each_message_once(harness, pg_project, monkeypatch):
+    """`delivery_processes=1` on PostgreSQL: the advance task sends each batch from a thread
+    while it guards the next (nurture.runtime.parallel._Sender) — inside Prefect's task — and
+    the deliver task finds nothing left to claim."""
+    import threading
+
+    import flows.journey as journey_flows
+    from nurture.send import deliver as deliver_module
+    from nurture.send.deliver import HandedDelivery
+    root, store, t0 = pg_project
+    takers: list[str] = []
+    real_take = HandedDelivery.take
+    monkeypatch.setattr(HandedDelivery, "take", lambda self, batch: takers.append(threading.current_thread().name)
+                        or real_take(self, batch))
+    loads = []
+    real_load = deliver_module.load_messages
+    monkeypatch.setattr(deliver_module, "load_messages", lambda rt, ids: loads.append(len(ids)) or real_load(rt, ids))
+    results = journey_flows.tick_all(project=str(root), now=t0 + timedelta(minutes=5), journey="welcome_series",
+                                     delivery_processes=1)
+    outcomes = {(r["step"], r["outcome"]): r["count"] for r in results[0]["outcomes"]}
+    assert outcomes[("hello", "sent")] == 3 and takers == ["nurture-send"] and loads == []
+    with store.engine.connect() as conn:
+        assert [r[0] for r in conn.exec_driver_sql("SELECT status FROM message WHERE step_id = 'hello'")] == ["sent"] * 3
+    assert len(list((root / ".nurture" / "outbox" / "email" / "welcome_series").glob("*.eml"))) == 3
 
 
 def test_the_flow_and_run_tick_run_the_same_stages_in_the_same_order_with_the_same_counts(harness, project, tmp_path):
