@@ -217,15 +217,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20)
     parser.add_argument("--tick-every", type=float, default=5.0, help="seconds between the alongside ticks")
     parser.add_argument("--db", default="sqlite,postgres")
-    parser.add_argument("--dir", default=None)
+    parser.add_argument("--dir", default=None, help="where the bench's fresh directory is made (default: the system's temp)")
     args = parser.parse_args()
-    workdir = Path(args.dir or tempfile.mkdtemp(prefix="nurture-bench-instant-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
+    # a fresh directory every run, removed afterwards (a second run into the same --dir found
+    # the first run's database and its leads)
+    workdir = Path(tempfile.mkdtemp(prefix="nurture-bench-instant-", dir=args.dir))
     try:
         results = [run(db, args.seconds, args.rate, args.tick_every, workdir) for db in args.db.split(",")]
     finally:
-        if args.dir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps({"instant_speed_to_lead": results}, indent=2))
 
 
