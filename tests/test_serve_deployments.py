@@ -107,18 +107,16 @@ class Server:
         with self.client() as client:
             return client.read_flow_run(run_id)
 
-    def logs(self, run_ids, until=None, timeout: float = 60.0) -> list:
-        """The runs' logs. A flow run's process sends its logs to the server in batches, the
-        last as it exits — after the run's final state is set: with `until`, read again until
-        a log satisfies it (or `timeout` seconds have passed)."""
+    def logs(self, run_ids) -> list:
         from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.client() as client:
-                logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=list(run_ids))))
-            if until is None or any(until(log) for log in logs) or time.monotonic() > deadline:
-                return logs
-            time.sleep(0.2)
+        with self.client() as client:
+            return client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=list(run_ids))))
+
+    def logged(self, run_ids, said: Callable[[object], bool], timeout: float = 60) -> list:
+        """The runs' logs that `said`, waited for: a flow run's process sends its logs in
+        batches, the last as it exits — after the run's final state is set."""
+        return wait_for("the line in the runs' logs", lambda: [log for log in self.logs(run_ids) if said(log)],
+                        timeout=timeout)
 
     def children(self, run_id) -> list:
         """The subflow runs of a flow run (tick-all's journey-<name> runs)."""
@@ -208,9 +206,8 @@ def test_serve_beside_the_work_pool_deployments_ticks_at_start_logs_to_the_ui_an
         identity = f"project {project}, database {url}"
         journey_runs = server.children(run.id)
         assert [r.name for r in journey_runs] and all(r.state.is_completed() for r in journey_runs)
-        said = lambda log: log.level == 20 and identity in log.message  # noqa: E731
-        logs = server.logs([run.id, *(r.id for r in journey_runs)], until=said)
-        assert any(said(log) for log in logs), [l.message for l in logs]
+        assert server.logged([run.id, *(r.id for r in journey_runs)],
+                             lambda log: log.level == 20 and identity in log.message)
 
         # the work-pool deployments are exactly as `prefect deploy --all` left them
         assert _worker_pool_view(server.deployments()) == pool_before
@@ -273,13 +270,12 @@ def test_a_worker_run_never_creates_an_empty_database_and_says_which_one_it_used
 
     assert final["allowed"].state.is_completed(), final["allowed"].state.message
     assert (allowed / ".nurture" / "nurture.db").is_file()
-    said = lambda log: "(NURTURE_DATABASE_URL not set: the project's default)" in log.message  # noqa: E731
-    assert any(said(log) for log in server.logs([final["allowed"].id], until=said))
+    assert server.logged([final["allowed"].id],
+                         lambda log: "(NURTURE_DATABASE_URL not set: the project's default)" in log.message)
 
     assert final["configured"].state.is_completed(), final["configured"].state.message
-    said = lambda log: log.level == 20 and f"project {configured}, database {url}" in log.message  # noqa: E731
-    logs = server.logs([final["configured"].id], until=said)
-    assert any(said(log) for log in logs), [(log.level, log.message) for log in logs]
+    assert server.logged([final["configured"].id],
+                         lambda log: log.level == 20 and f"project {configured}, database {url}" in log.message)
 
 
 def test_the_warm_runner_takes_nurture_run_with_the_callers_environment_and_answers_as_the_cli(server, tmp_path):
