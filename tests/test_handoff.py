@@ -228,6 +228,53 @@ def test_a_taker_stops_when_the_others_are_gone_with_a_chunk_uncounted():
     assert list(handoff.batches(alive=lambda: False)) == []
 
 
+def test_the_publisher_delivers_a_chunk_itself_while_the_takers_are_too_far_behind():
+    """At most `limit` chunks wait in the queue: the advance stage never claims a large tick
+    far ahead of its channel (messages waiting `sending` past STUCK_AFTER, and the tick
+    process's memory holding them all)."""
+    from nurture.send.handoff import AHEAD
+    handoff = Handoff(multiprocessing.get_context("spawn"), takers=2)
+    assert handoff.limit == 2 * AHEAD
+    here: list = []
+    publisher = handoff.publishing_here(here.append)
+    assert publisher.token == handoff.token
+    rows = [(i, "x") for i in range(CHUNK * (handoff.limit + 3))]
+    publisher.publish("j", "hello", rows)
+    assert handoff.waiting() == handoff.limit and len(here) == 3
+    taken = handoff._queue.get(timeout=5)  # as `batches` takes one
+    with handoff._taken.get_lock():
+        handoff._taken.value += 1
+    publisher.publish("j", "hello", [(-1, "y")])  # room for one again: queued, not delivered here
+    assert handoff.waiting() == handoff.limit and len(here) == 3
+    handoff.close()
+    queued = [taken] + list(handoff.batches())
+    assert sorted(r[0] for b in queued + here for r in b.rows) == sorted([-1] + [r[0] for r in rows])
+    assert len(queued) == handoff.limit + 1
+
+
+def test_a_pipelined_tick_keeps_at_most_its_limit_of_chunks_waiting(make_runtime, store, monkeypatch):
+    from nurture.send import handoff as handoff_module
+    monkeypatch.setattr(tick_module, "LARGE_TICK", 1)
+    monkeypatch.setattr(handoff_module, "CHUNK", 10)  # (chunks are cut by the publishing process)
+    monkeypatch.setattr(handoff_module, "AHEAD", 1)
+    seen: list = []
+    publish = Handoff.publish
+
+    def watched(self, journey, step_id, rows, here=None):
+        publish(self, journey, step_id, rows, here=here)
+        seen.append((self.waiting(), self.limit, here is not None))
+    monkeypatch.setattr(Handoff, "publish", watched)
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    rt.batch_size = 40
+    for i in range(300):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    run_tick(rt, "j", NOW, workers=2)
+    assert seen and all(here and limit == 1 and waiting <= 1 for waiting, limit, here in seen)
+    sent = [m for m in messages(store) if m.status == "sent"]
+    assert len(sent) == 300 and len({m.contact_id for m in sent}) == 300
+    assert len(list((rt.data_dir / "outbox" / "email" / "j").glob("*.eml"))) == 300
+
+
 def test_a_pipelined_tick_sends_each_message_once_from_both_processes(make_runtime, store, monkeypatch):
     monkeypatch.setattr(tick_module, "LARGE_TICK", 1)
     rt = make_runtime({"j": journey_yaml("j", STEP)})

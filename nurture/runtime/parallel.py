@@ -7,7 +7,7 @@ guards the next one; when the guards are done, the tick's own process delivers t
 that keeps N processes busy throughout (guards + N - 1 deliverers, then N deliverers), and the
 first messages leave early. The advance stage hands its messages over already claimed, in
 chunks the processes take from one queue (nurture.send.handoff: no claim to read and write per
-batch); what else is queued — a retry now due, a message put back — they then claim as usual,
+batch; at most a few chunks a process wait, beyond that the tick process delivers one itself); what else is queued — a retry now due, a message put back — they then claim as usual,
 row-level (a batch goes `queued` → `sending` in one write transaction), so no two processes
 claim the same message. On SQLite the processes queue for the write lock in order
 (write_turns): without it the advance stage, committing batch after batch, kept the delivery
@@ -313,15 +313,17 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
     queues; once it is done this process delivers too, so `workers` processes are busy
     throughout (on N cores: the guards + N - 1 deliverers, then N deliverers). The advance
     stage hands its messages over claimed, in chunks the processes share
-    (nurture.send.handoff); what else is queued they then claim as usual (row-level claims).
-    Returns (produce's report, delivery report)."""
-    from nurture.send.deliver import channels_down, deliver, deliver_handed
+    (nurture.send.handoff), never more than AHEAD chunks per process ahead of them: beyond,
+    this process delivers the chunk itself; what else is queued they then claim as usual
+    (row-level claims). Returns (produce's report, delivery report)."""
+    from nurture.send.deliver import HandedDelivery, channels_down, deliver
     ctx = process_context()
-    handoff, results = Handoff(ctx), ctx.Queue()
+    takers = max(1, workers - 1)
+    handoff, results = Handoff(ctx, takers), ctx.Queue()
     turns = None if rt.store.is_postgres else WriteTurns(ctx)  # PostgreSQL locks rows, not the database
     job = (str(rt.project.root), rt.store.engine.url.render_as_string(hide_password=False), rt.env, now, journey)
     procs = [ctx.Process(target=_deliver_until_done, args=(job, handoff, results, turns), daemon=True)
-             for _ in range(max(1, workers - 1))]
+             for _ in range(takers)]
     # Starting them (the fork server's imports, the first time) takes ~1 s: the guards do not
     # wait for it.
     starter = _Starter(procs)
@@ -331,14 +333,18 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
     delivered: Counter = Counter()
     try:
         with taking_turns(turns):
-            rt.handoff = handoff
-            try:
-                produced = produce()
-            finally:
-                rt.handoff = None
-                handoff.close()
-            # The guards are done: deliver alongside.
-            delivered.update(deliver_handed(rt, now, handoff.batches(alive=others_alive)))
+            # This process delivers too: a chunk the others are too far behind to take while
+            # the guards run (nurture.send.handoff, AHEAD), then alongside them once they are done.
+            with HandedDelivery(rt, now) as own:
+                rt.handoff = handoff.publishing_here(own.take)
+                try:
+                    produced = produce()
+                finally:
+                    rt.handoff = None
+                    handoff.close()
+                for batch in handoff.batches(alive=others_alive):
+                    own.take(batch)
+            delivered.update(own.outcomes())
             delivered.update(deliver(rt, now, journey, skip_channels=channels_down(delivered)))
     finally:
         handoff.close()

@@ -28,6 +28,16 @@ process). Every other delivery claims as before. Chunks are smaller than the adv
 batches, so the processes finish together (at the end of a tick one process with a whole batch
 left, the others idle, cost ~0.5 s), and in one process a chunk's record overlaps the next
 chunk's rendering.
+
+The advance stage never runs far ahead of delivery: once `AHEAD` chunks per taking process
+wait in the queue, the publishing process delivers the next chunk itself (`publish`'s `here`)
+instead of queueing it. Unbounded, the guards — much faster than a real provider — claimed a
+whole large tick at once: its messages waited `sending` in the tick process's memory for as
+long as the channel took to send everything before them (a million messages at a relay's
+200/s: 80 minutes), past `STUCK_AFTER`, when any other tick's reconcile asks the channel about
+them; the channel has not seen them yet and says "never handed over", they are re-queued and
+sent by that tick, and then by this one: twice. Bounded, a handed message waits at most
+`AHEAD` + 1 chunks per process, and the tick process's memory holds that many.
 """
 from __future__ import annotations
 
@@ -35,13 +45,18 @@ import logging
 import queue
 import time
 import uuid
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 from nurture.runtime.sql import chunks
 
 log = logging.getLogger(__name__)
 
 CHUNK = 2500
+# Chunks that may wait in a pipelined hand-off's queue per process taking from it; beyond, the
+# publishing process delivers a chunk itself: 20,000 messages, ~20 MB of rows, at most a few
+# minutes of a slow relay's sending. (Unbounded, bench_tick's file channel had up to 21 of its
+# 40 chunks waiting at 100,000 due; a real provider, slower, all of them.)
+AHEAD = 8
 POLL = 0.05
 # Closed, chunks left, none could be taken for this long: a delivery process died holding the
 # queue's lock (killed). Its chunks stay `sending` for reconcile, as after any crash.
@@ -75,10 +90,12 @@ class LocalHandoff:
 
 
 class Handoff:
-    """Made with the multiprocessing context of the tick's processes, and passed to them."""
+    """Made with the multiprocessing context of the tick's processes, and passed to them.
+    `takers`: the processes that will take chunks from it (`limit` = AHEAD chunks each)."""
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: Any, takers: int = 1):
         self.token = uuid.uuid4().hex
+        self.limit = AHEAD * max(1, takers)
         self._queue = ctx.Queue()
         # This process puts the chunks. Chunks nobody took (every taker gone) must not keep it
         # from exiting: by default a process waits at exit until its queue's buffered data is
@@ -89,12 +106,28 @@ class Handoff:
         self._taken = ctx.Value("q", 0)
         self._closed = ctx.Event()
 
-    def publish(self, journey: str, step_id: str, rows: list[tuple]) -> None:
-        """After the send transaction's commit: its claimed messages, for delivery."""
+    def publish(self, journey: str, step_id: str, rows: list[tuple],
+                here: Optional[Callable[[HandedBatch], None]] = None) -> None:
+        """After the send transaction's commit: its claimed messages, for delivery. `here`:
+        how the publishing process delivers a chunk itself, which it does with every chunk
+        while `limit` chunks wait for the takers (see the module's docstring)."""
         for batch in handed_chunks(journey, step_id, self.token, rows):
+            if here is not None and self.waiting() >= self.limit:
+                here(batch)
+                continue
             with self._handed.get_lock():  # counted before it is put: a taker never sees it early
                 self._handed.value += 1
             self._queue.put(batch)
+
+    def waiting(self) -> int:
+        """Chunks put and not yet taken."""
+        with self._taken.get_lock():
+            return self._handed.value - self._taken.value
+
+    def publishing_here(self, here: Callable[[HandedBatch], None]) -> "PublishingHere":
+        """What the publishing process's advance stage publishes to (its `rt.handoff`): this
+        hand-off, with `here` delivering what the takers are too far behind to take."""
+        return PublishingHere(self, here)
 
     def close(self) -> None:
         """Nothing more will be published (the advance stage is done)."""
@@ -124,3 +157,15 @@ class Handoff:
             with self._taken.get_lock():
                 self._taken.value += 1
             yield batch
+
+
+class PublishingHere:
+    """A `Handoff` as the process that publishes to it sees it: the same token, and chunks the
+    takers are too far behind for delivered by `here` (kept out of the `Handoff` itself, which
+    is pickled for the delivery processes)."""
+
+    def __init__(self, handoff: Handoff, here: Callable[[HandedBatch], None]):
+        self.handoff, self.here, self.token = handoff, here, handoff.token
+
+    def publish(self, journey: str, step_id: str, rows: list[tuple]) -> None:
+        self.handoff.publish(journey, step_id, rows, here=self.here)
