@@ -91,6 +91,7 @@ from pydantic import SecretStr
 from nurture.redaction import redact, secrets_in
 from nurture.registry import Channel, DeliveryResult, IntegrationContext, IntegrationError, OutgoingMessage
 from nurture.rendering.email_message import build_email_bytes
+from nurture.send.lease import boot_id as current_boot_id  # (the journal names its files by it)
 from nurture.settings import EnvSettings, Settings, setting
 
 SECURITY = ("none", "starttls", "ssl")
@@ -152,15 +153,6 @@ _FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})_([0-9A-Za-z]+)\.log$")
 # last booted (lines after it may be lost), so a hand-over that left no trace is possible.
 _ANSWER: dict[str, Optional[bool]] = {"A": True, "a": True, "R": False, "r": False, "Q": False, "q": None,
                                       "H": None, "h": None}
-
-
-def current_boot_id() -> str:
-    """This machine's boot id (Linux), or `noboot` where there is none."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
-            return re.sub(r"[^0-9A-Za-z]", "", fh.read())[:16] or "noboot"
-    except OSError:
-        return "noboot"
 
 
 def _key(rfc_message_id: str) -> str:

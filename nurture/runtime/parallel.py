@@ -240,9 +240,12 @@ def handed_in_process(rt: Runtime, now: datetime, produce: Callable[[], Counter]
     (produce's report, delivery report); what else is queued (retries, messages put back) is
     left to the deliver stage, as always."""
     from nurture.send.deliver import HandedDelivery
-    with HandedDelivery(rt, now) as delivery:
+    from nurture.send.lease import Lease
+    handoff = LocalHandoff(lambda batch: None)
+    with Lease(rt.store, handoff.token) as handoff.lease, HandedDelivery(rt, now, handoff.lease) as delivery:
         sender = _Sender(delivery.take) if rt.store.is_postgres else None
-        rt.handoff = LocalHandoff(sender.put if sender else delivery.take)
+        handoff._take = sender.put if sender else delivery.take
+        rt.handoff = handoff
         try:
             produced = produce()
         except BaseException:
@@ -317,6 +320,7 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
     this process delivers the chunk itself; what else is queued they then claim as usual
     (row-level claims). Returns (produce's report, delivery report)."""
     from nurture.send.deliver import HandedDelivery, channels_down, deliver
+    from nurture.send.lease import Lease
     ctx = process_context()
     takers = max(1, workers - 1)
     handoff, results = Handoff(ctx, takers), ctx.Queue()
@@ -331,27 +335,31 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
     def others_alive() -> bool:
         return starter.is_alive() or any(proc.is_alive() for proc in starter.started)
     delivered: Counter = Counter()
-    try:
-        with taking_turns(turns):
-            # This process delivers too: a chunk the others are too far behind to take while
-            # the guards run (nurture.send.handoff, AHEAD), then alongside them once they are done.
-            with HandedDelivery(rt, now) as own:
-                rt.handoff = handoff.publishing_here(own.take)
-                try:
-                    produced = produce()
-                finally:
-                    rt.handoff = None
-                    handoff.close()
-                for batch in handoff.batches(alive=others_alive):
-                    own.take(batch)
-            delivered.update(own.outcomes())
-            delivered.update(deliver(rt, now, journey, skip_channels=channels_down(delivered)))
-    finally:
-        handoff.close()
-        starter.join()
-    delivered.update(_reports(starter.started, results))
-    for proc in starter.started:
-        proc.join()
+    # Held by this process for the whole tick: it beats for the delivery processes too, which
+    # end with it (see the module's docstring). (A tick failing here does not wait for them: what
+    # they still send is unleased, reconciled after STUCK_AFTER as before leases.)
+    with Lease(rt.store, handoff.token) as lease:
+        try:
+            with taking_turns(turns):
+                # This process delivers too: a chunk the others are too far behind to take while
+                # the guards run (nurture.send.handoff, AHEAD), then alongside them once they are done.
+                with HandedDelivery(rt, now, lease) as own:
+                    rt.handoff = handoff.publishing_here(own.take, lease)
+                    try:
+                        produced = produce()
+                    finally:
+                        rt.handoff = None
+                        handoff.close()
+                    for batch in handoff.batches(alive=others_alive):
+                        own.take(batch)
+                delivered.update(own.outcomes())
+                delivered.update(deliver(rt, now, journey, skip_channels=channels_down(delivered)))
+        finally:
+            handoff.close()
+            starter.join()
+        delivered.update(_reports(starter.started, results))
+        for proc in starter.started:
+            proc.join()
     # anything a crashed worker left queued (not on a channel a process found unusable)
     delivered.update(deliver(rt, now, journey, skip_channels=channels_down(delivered)))
     return produced, delivered

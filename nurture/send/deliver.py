@@ -38,6 +38,7 @@ from nurture.runtime.sql import chunks, ids_in, prebuilt, write_many
 from nurture.send.guards.pipeline import Recipient, address_of, check_batch, lock_contacts
 from nurture.send.guards.whatsapp import whatsapp_sessions
 from nurture.send.handoff import HandedBatch
+from nurture.send.lease import Lease
 from nurture.send.render import render_message
 from nurture.store.models import DEFERRED, FAILED, QUEUED, SENDING, SENT
 from nurture.store.tables import contact_t, enrollment_t, event_t, message_t, suppression_t
@@ -83,17 +84,20 @@ def _anything_due(rt: Runtime, now: datetime, journey: Optional[str]) -> bool:
 
 
 def _claim(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int,
-           report: Optional[Counter] = None, skip_channels: Iterable[str] = ()) -> list[int]:
+           report: Optional[Counter] = None, skip_channels: Iterable[str] = (),
+           lease: Optional[Lease] = None) -> list[int]:
     with rt.store.engine.begin() as conn:
         return _claim_in(conn, rt, now, journey, partition, partitions,
-                         Counter() if report is None else report, skip_channels)
+                         Counter() if report is None else report, skip_channels, lease)
 
 
 def _claim_in(conn: Any, rt: Runtime, now: datetime, journey: Optional[str], partition: int,
-              partitions: int, report: Counter, skip_channels: Iterable[str] = ()) -> list[int]:
+              partitions: int, report: Counter, skip_channels: Iterable[str] = (),
+              lease: Optional[Lease] = None) -> list[int]:
     """Re-check the next due rows and mark the ones that may go `sending` (committed by the
-    caller before any channel call); their ids, in order. Rows refused by the checks are
-    recorded here and counted in `report`."""
+    caller before any channel call) with the token of the run's `lease`, taken in the same
+    transaction (none: a token of their own, unleased); their ids, in order. Rows refused by
+    the checks are recorded here and counted in `report`."""
     skip = tuple(sorted(set(skip_channels)))
     postgres = conn.dialect.name == "postgresql"
 
@@ -118,7 +122,9 @@ def _claim_in(conn: Any, rt: Runtime, now: datetime, journey: Optional[str], par
             return []
         passed = _recheck(conn, rt, rows, now, report)
         if passed:
-            conn.execute(_TAKE, {"ids_id": passed, "token": uuid.uuid4().hex, "now": now})
+            if lease is not None:
+                lease.take(conn)
+            conn.execute(_TAKE, {"ids_id": passed, "token": lease.token if lease else uuid.uuid4().hex, "now": now})
             return passed
         # Every row of this batch was refused or deferred (none is still due): the next ones.
 
@@ -212,8 +218,9 @@ class _Delivery:
     """What one delivery run keeps between its batches: the settings and secrets (read once,
     not per message), the prepared send steps, the channels found unusable, the outcomes."""
 
-    def __init__(self, rt: Runtime, now: datetime):
+    def __init__(self, rt: Runtime, now: datetime, lease: Optional[Lease] = None):
         self.rt, self.now = rt, now
+        self.lease = lease  # what holds the run's `sending` messages, where this process holds it
         self.report: Counter = Counter()
         self.settings = rt.settings
         self.secrets = secrets_in(rt.env)
@@ -221,6 +228,8 @@ class _Delivery:
         self.down: dict[str, tuple[str, int]] = {}  # channels found unusable in this run: name → (reason, count)
 
     def send(self, rows: list) -> tuple[list[dict], list[dict], dict[int, Any]]:
+        if self.lease is not None:
+            self.lease.check()  # not renewed for too long: another tick may reconcile them soon
         with gc_paused():
             return _send_batch(self, rows)
 
@@ -259,14 +268,16 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
     if not _anything_due(rt, now, journey):  # a read, not the claim's write transaction, on a quiet tick
         return run.report
     skip = frozenset(skip_channels)
-    ids = _claim(rt, now, journey, partition, partitions, run.report, skip)
-    while ids:
-        outcome = run.send(load_messages(rt, ids))
-        # The batch's outcomes and the next claim share one write transaction: one wait for
-        # SQLite's write lock per batch, not two.
-        with gc_paused(), rt.store.engine.begin() as conn:
-            run.record(conn, *outcome)
-            ids = _claim_in(conn, rt, now, journey, partition, partitions, run.report, skip | set(run.down))
+    with Lease(rt.store, uuid.uuid4().hex) as run.lease:  # the run's claims hold it (nurture.send.lease)
+        ids = _claim(rt, now, journey, partition, partitions, run.report, skip, run.lease)
+        while ids:
+            outcome = run.send(load_messages(rt, ids))
+            # The batch's outcomes and the next claim share one write transaction: one wait for
+            # SQLite's write lock per batch, not two.
+            with gc_paused(), rt.store.engine.begin() as conn:
+                run.record(conn, *outcome)
+                ids = _claim_in(conn, rt, now, journey, partition, partitions, run.report, skip | set(run.down),
+                                run.lease)
     return run.finish()
 
 
@@ -293,9 +304,9 @@ class HandedDelivery:
     the block is failing already: that error stands) and ends the thread; `outcomes` are
     then `deliver`'s."""
 
-    def __init__(self, rt: Runtime, now: datetime):
+    def __init__(self, rt: Runtime, now: datetime, lease: Optional[Lease] = None):
         self.rt = rt
-        self.run = _Delivery(rt, now)
+        self.run = _Delivery(rt, now, lease)
         self.turns = current_turns()
         self.held: Optional[tuple] = None  # the last chunk's results, not yet recorded
         self.pending: Optional[Future] = None  # the record of the chunk before, in the thread

@@ -83,6 +83,7 @@ class LocalHandoff:
     def __init__(self, take: Callable[[HandedBatch], None]):
         self.token = uuid.uuid4().hex
         self._take = take
+        self.lease: Any = None  # what holds its messages while the tick runs (nurture.send.lease)
 
     def publish(self, journey: str, step_id: str, rows: list[tuple]) -> None:
         for batch in handed_chunks(journey, step_id, self.token, rows):
@@ -92,6 +93,8 @@ class LocalHandoff:
 class Handoff:
     """Made with the multiprocessing context of the tick's processes, and passed to them.
     `takers`: the processes that will take chunks from it (`limit` = AHEAD chunks each)."""
+
+    lease: Any = None  # the publishing process's (PublishingHere), never the delivery processes'
 
     def __init__(self, ctx: Any, takers: int = 1):
         self.token = uuid.uuid4().hex
@@ -124,10 +127,11 @@ class Handoff:
         with self._taken.get_lock():
             return self._handed.value - self._taken.value
 
-    def publishing_here(self, here: Callable[[HandedBatch], None]) -> "PublishingHere":
+    def publishing_here(self, here: Callable[[HandedBatch], None], lease: Any = None) -> "PublishingHere":
         """What the publishing process's advance stage publishes to (its `rt.handoff`): this
-        hand-off, with `here` delivering what the takers are too far behind to take."""
-        return PublishingHere(self, here)
+        hand-off, with `here` delivering what the takers are too far behind to take, and the
+        `lease` (nurture.send.lease) that holds its messages while the tick runs."""
+        return PublishingHere(self, here, lease)
 
     def close(self) -> None:
         """Nothing more will be published (the advance stage is done)."""
@@ -164,8 +168,8 @@ class PublishingHere:
     takers are too far behind for delivered by `here` (kept out of the `Handoff` itself, which
     is pickled for the delivery processes)."""
 
-    def __init__(self, handoff: Handoff, here: Callable[[HandedBatch], None]):
-        self.handoff, self.here, self.token = handoff, here, handoff.token
+    def __init__(self, handoff: Handoff, here: Callable[[HandedBatch], None], lease: Any = None):
+        self.handoff, self.here, self.token, self.lease = handoff, here, handoff.token, lease
 
     def publish(self, journey: str, step_id: str, rows: list[tuple]) -> None:
         self.handoff.publish(journey, step_id, rows, here=self.here)

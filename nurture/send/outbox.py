@@ -131,6 +131,8 @@ def _guard_and_queue(conn: Any, rt: Runtime, plan: Plan, node: Node, found: list
             final.append(row)
             # The journey goes on from the moment the message went out (or was refused).
             moves.append((r.id, r.contact_id, r.timezone, max(now, r.next_due_at)))
+    if claimed and handoff.lease is not None:  # held from the transaction that claims with its token
+        handoff.lease.take(conn)
     inserted = insert_ignore(conn, message_t, final + deferred, ("enrollment_id", "step_id", "attempt_key"),
                              returning=("enrollment_id", "id") if claimed else ())
     write_many(conn, _defer, deferrals)

@@ -6,6 +6,11 @@ Delivery marks a row `sending` and commits *before* calling the channel, and `se
 whether it was delivered (the file channels know exactly) and records `sent`, re-queues it
 only if the channel is sure it was not delivered, or records `failed` / `delivery_unknown`.
 Delivery is therefore at most once per (enrollment, step).
+
+A message whose run is still alive is not stuck, however long it has been `sending`: its run
+holds a lease on its claim token (nurture.send.lease), and reconcile leaves it to that run —
+a slow channel or a large tick's queue of handed chunks no longer gets a message re-queued and
+sent by another tick while its own run is about to send it.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from nurture.redaction import redact, secrets_in
 from nurture.rendering.email_message import rfc_message_id
 from nurture.runtime.context import Runtime
 from nurture.runtime.sql import for_update, prebuilt
+from nurture.send.lease import forget_dead, held_tokens
 from nurture.store.models import FAILED, QUEUED, SENDING, SENT
 from nurture.store.tables import message_t
 
@@ -26,7 +32,7 @@ log = logging.getLogger("nurture.deliver")
 STUCK_AFTER = timedelta(minutes=15)
 
 
-_STUCK = (select(message_t.c.id, message_t.c.journey, message_t.c.channel)
+_STUCK = (select(message_t.c.id, message_t.c.journey, message_t.c.channel, message_t.c.claim)
           .where(message_t.c.status == SENDING,
                  or_(message_t.c.claimed_at <= bindparam("before"),
                      and_(message_t.c.claimed_at.is_(None),  # claimed before migration 0004
@@ -48,8 +54,15 @@ def reconcile_stuck(rt: Runtime, now: datetime) -> Counter:
         stuck = conn.execute(locking, {"before": now - STUCK_AFTER}).all()
         if not stuck:
             return report
+        held = held_tokens(conn, (claim for *_, claim in stuck))
+        if held:
+            log.info("%d `sending` message(s) belong to delivery runs still alive; left to them",
+                     sum(claim in held for *_, claim in stuck))
+        forget_dead(conn, {claim for *_, claim in stuck if claim and claim not in held})
         from_email = rt.settings.from_email
-        for mid, journey, channel in stuck:
+        for mid, journey, channel, claim in stuck:
+            if claim in held:
+                continue
             try:
                 verdict = rt.channel(channel).was_delivered(mid, rfc_message_id(mid, journey, from_email))
             except Exception as exc:  # the channel cannot be asked now: ask again on a later tick

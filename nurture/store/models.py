@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Final, Literal, Optional, get_args
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -312,6 +312,21 @@ class InstantRun(SQLModel, table=True):
     journey: str
     ran_at: datetime
     counts: dict = _json_column()  # enrolled and messages by outcome
+
+
+class DeliveryLease(SQLModel, table=True):
+    """A delivery run's hold on the messages it marked `sending` with its claim token
+    (nurture.send.lease): while the run is alive, reconcile leaves them to it. `host`, `boot`,
+    `pid` and `started` name the process (a crash on the same machine is seen at once),
+    `beat_at` is its last heartbeat by the wall clock (a run elsewhere is dead once it stops)."""
+    __tablename__ = "delivery_lease"
+    token: str = Field(primary_key=True)
+    host: str
+    boot: str
+    pid: int
+    started: Optional[int] = Field(default=None, sa_type=BigInteger)  # the process's start (clock ticks after boot)
+    taken_at: datetime
+    beat_at: datetime
 
 
 class ContactMerge(SQLModel, table=True):

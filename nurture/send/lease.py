@@ -1,0 +1,261 @@
+"""Delivery leases: while a delivery run is alive, nobody else decides the fate of the messages
+it marked `sending`.
+
+A message is committed `sending` with its run's claim token before any channel is called
+(nurture.send.deliver, nurture.send.handoff), and a crash leaves it so; nurture.send.reconcile
+asks the channel about such a message once it has been `sending` for STUCK_AFTER, and re-queues
+it when the channel has never seen it. A run that is merely slow looks the same: a large tick
+on a slow relay, an SMS batch at a provider's rate limit, a worker paused for a while. Its
+messages waiting their turn are not in the channel yet, so another tick's reconcile re-queued
+them, a delivery sent them — and then the slow run sent them too.
+
+So a run that marks messages `sending` holds a lease on its token, a `delivery_lease` row
+written in the same transaction as the first message it claims (no transaction of its own):
+the process that holds it (host, boot id, pid and the process's start time) and a heartbeat,
+`beat_at`, renewed by one thread per process every BEAT_EVERY for all of the process's
+leases. The run releases it when it ends, however it ends (its messages are then recorded, or
+left for reconcile as after a crash). Reconcile leaves a token's messages alone while its lease
+is held:
+- on the same machine (same host name, boot id and pid namespace), while the process is alive
+  and beat within LEASE_TTL — a killed process is seen at once, however recent its heartbeat;
+- elsewhere, while it beat within LEASE_TTL (by the wall clock: liveness is about processes,
+  not about the engine's `now`; keep the machines' clocks in sync, as NTP does).
+A message with no lease (claimed before this existed, or the lease released while a delivery
+process died holding it) is reconciled as before.
+
+A run that cannot renew its lease for LEASE_TTL / 2 (the database unreachable from it, not
+from the others) stops handing messages to its channel (`LeaseLost`): past LEASE_TTL another
+tick may reconcile them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import weakref
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Optional
+
+from sqlalchemy import bindparam, delete, select, update
+
+from nurture.runtime.sql import prebuilt
+from nurture.store.tables import lease_t
+
+log = logging.getLogger(__name__)
+
+LEASE_TTL = timedelta(minutes=5)
+BEAT_EVERY = 30.0  # seconds
+
+
+class LeaseLost(RuntimeError):
+    """This run could not renew its lease for too long: it must not hand over more messages."""
+
+
+def boot_id() -> str:
+    """This machine's boot id (Linux), or `noboot` where there is none."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return re.sub(r"[^0-9A-Za-z]", "", fh.read())[:16] or "noboot"
+    except OSError:
+        return "noboot"
+
+
+def process_started(pid: int) -> Optional[int]:
+    """When process `pid` started, in clock ticks after boot (Linux), or None: with the pid, it
+    names one process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    try:  # the fields after the command's closing parenthesis; starttime is the 22nd field
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def process_alive(pid: int, started: Optional[int]) -> bool:
+    """Is process `pid` (started at `started`, when known) still running on this machine?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process, alive
+        pass
+    except OSError:
+        return True  # cannot tell: do not call it dead
+    if started is not None:
+        now_started = process_started(pid)
+        if now_started is not None and now_started != started:
+            return False  # the pid was reused
+    return True
+
+
+def wall_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def pid_namespace() -> str:
+    """Which pid namespace this process sees (Linux; containers on one machine share its boot
+    id, not their pids), or "" where there is none to tell."""
+    try:
+        return re.sub(r"[^0-9]", "", os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        return ""
+
+
+class _Me:
+    """This process as a lease names it (computed once per process; a forked child recomputes)."""
+    pid: Optional[int] = None
+
+    @classmethod
+    def values(cls) -> dict:
+        if cls.pid != os.getpid():
+            cls.pid = os.getpid()
+            boot = boot_id()
+            cls.cached = {"host": socket.gethostname()[:255],
+                          # (where the pids of this process's kind can be checked: this boot, this namespace)
+                          "boot": f"{boot}:{pid_namespace()}" if boot != "noboot" else boot,
+                          "pid": cls.pid, "started": process_started(cls.pid)}
+        return cls.cached
+
+
+class Lease:
+    """The lease of one delivery run on its claim `token`, in `store`."""
+
+    def __init__(self, store: Any, token: str):
+        self.store, self.token = store, token
+        self.taken = False
+        self.renewed = time.monotonic()  # last time the database confirmed it (taken or beaten)
+
+    def take(self, conn: Any) -> None:
+        """Write the lease in the caller's transaction (the one that claims messages with the
+        token): it exists as soon as they do. Written again by every claiming transaction (a
+        rolled-back one took nothing), at no cost when it is there already."""
+        me = _Me.values()
+        now = wall_now()
+        row = {"token": self.token, **me, "taken_at": now, "beat_at": now}
+        conn.execute(_insert_ignore(conn), row)
+        if not self.taken:
+            self.taken = True
+            self.renewed = time.monotonic()
+            _beater.add(self)
+
+    def check(self) -> None:
+        """Raise LeaseLost when the lease could not be renewed for LEASE_TTL / 2."""
+        if self.taken and time.monotonic() - self.renewed > LEASE_TTL.total_seconds() / 2:
+            raise LeaseLost(f"the delivery lease could not be renewed for {time.monotonic() - self.renewed:.0f} s; "
+                            "its messages are left `sending` for reconcile")
+
+    def release(self) -> None:
+        """The run is over: remove the lease (best effort — if the database cannot be reached,
+        the lease ends with its heartbeat)."""
+        if not self.taken:
+            return
+        _beater.discard(self)
+        self.taken = False
+        try:
+            with self.store.engine.begin() as conn:
+                conn.execute(_DELETE, {"token": self.token})
+        except Exception as exc:  # noqa: BLE001 - the lease expires on its own
+            log.warning("could not release delivery lease %s (it expires in %s): %s", self.token, LEASE_TTL, exc)
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+_DELETE = delete(lease_t).where(lease_t.c.token == bindparam("token"))
+_BEAT = (update(lease_t).where(lease_t.c.token == bindparam("b_token"))
+         .values(beat_at=bindparam("b_at")))
+_READ = select(lease_t.c.token, lease_t.c.host, lease_t.c.boot, lease_t.c.pid, lease_t.c.started, lease_t.c.beat_at)
+
+
+def _insert_ignore(conn: Any) -> Any:
+    def build() -> Any:
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(lease_t).on_conflict_do_nothing(index_elements=["token"])
+    return prebuilt(("lease.take", conn.dialect.name), build)
+
+
+class _Beater:
+    """One thread per process renews every lease of the process each BEAT_EVERY (one UPDATE per
+    store); started by the first lease taken."""
+
+    def __init__(self) -> None:
+        self.leases: "weakref.WeakSet[Lease]" = weakref.WeakSet()
+        self.lock = threading.Lock()
+        self.thread: Optional[threading.Thread] = None
+        self.pid: Optional[int] = None
+
+    def add(self, lease: Lease) -> None:
+        with self.lock:
+            self.leases.add(lease)
+            if self.thread is None or self.pid != os.getpid() or not self.thread.is_alive():
+                self.pid = os.getpid()
+                self.thread = threading.Thread(target=self._run, name="nurture-lease", daemon=True)
+                self.thread.start()
+
+    def discard(self, lease: Lease) -> None:
+        with self.lock:
+            self.leases.discard(lease)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(BEAT_EVERY)
+            self.beat()
+
+    def beat(self) -> None:
+        with self.lock:
+            by_store: dict[int, list[Lease]] = defaultdict(list)
+            for lease in list(self.leases):
+                if lease.taken:
+                    by_store[id(lease.store)].append(lease)
+        for leases in by_store.values():
+            now = wall_now()
+            try:
+                with leases[0].store.engine.begin() as conn:
+                    conn.execute(_BEAT, [{"b_token": lease.token, "b_at": now} for lease in leases])
+            except Exception as exc:  # noqa: BLE001 - tried again; the runs stop when it lasts (check)
+                log.warning("could not renew %d delivery lease(s): %s", len(leases), exc)
+                continue
+            renewed = time.monotonic()
+            for lease in leases:
+                lease.renewed = renewed
+
+
+_beater = _Beater()
+
+
+def held_tokens(conn: Any, tokens: Iterable[Optional[str]], now: Optional[datetime] = None) -> set[str]:
+    """Of `tokens`, those whose lease is held by a live run (see the module's docstring)."""
+    wanted = sorted({t for t in tokens if t})
+    if not wanted:
+        return set()
+    now = now or wall_now()
+    me = _Me.values()
+    held = set()
+    for part in (wanted[i:i + 500] for i in range(0, len(wanted), 500)):
+        for token, host, boot, pid, started, beat_at in conn.execute(_READ.where(lease_t.c.token.in_(part))):
+            if beat_at < now - LEASE_TTL:
+                continue
+            local = host == me["host"] and boot == me["boot"] and boot != "noboot" and not boot.endswith(":")
+            if local and not process_alive(pid, started):
+                continue
+            held.add(token)
+    return held
+
+
+def forget_dead(conn: Any, tokens: Iterable[str]) -> None:
+    """Remove the leases of runs found dead (a crash left them)."""
+    for token in sorted(set(tokens)):
+        conn.execute(_DELETE, {"token": token})

@@ -1,0 +1,226 @@
+"""Delivery leases (nurture.send.lease): a message a live run marked `sending` is that run's,
+however long its channel takes; reconcile only takes over what a dead run left."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from typing import Sequence
+
+import pytest
+from sqlalchemy import select, update
+
+from integrations.file_channels import FileEmailChannel
+from nurture.registry import Channel, DeliveryResult, IntegrationContext, OutgoingMessage
+from nurture.runtime import run_tick
+from nurture.runtime import tick as tick_module
+from nurture.send import lease as lease_module
+from nurture.send.deliver import _Delivery, deliver
+from nurture.send.handoff import Handoff
+from nurture.send.lease import LEASE_TTL, Lease, LeaseLost, held_tokens, process_started, wall_now
+from nurture.send.reconcile import STUCK_AFTER, reconcile_stuck
+from nurture.store.tables import lease_t
+from tests.conftest import utc
+from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
+from tests.engine_fixtures import add_event, journey_yaml, message_t, messages, subscriber
+
+T0 = utc(2026, 3, 4, 10, 0)
+NOW = T0 + timedelta(minutes=1)
+LATER = NOW + STUCK_AFTER + timedelta(minutes=5)  # another tick, long after the claim
+STEP = "- id: hello\n  send: {channel: email, template: hello, subject: Hi}\n- id: later\n  wait: 30d"
+
+
+class SlowChannel(Channel):
+    """The file channel, held at its first batch until the test lets it go (a relay taking its time)."""
+    name = "test.slow"
+    channel = "email"
+    local = True
+
+    def __init__(self, inner: Channel):
+        self.inner = inner
+        self.entered, self.go = threading.Event(), threading.Event()
+        self.delivered: list[int] = []
+
+    @classmethod
+    def from_env(cls, context):  # pragma: no cover - built directly
+        raise NotImplementedError
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        self.entered.set()
+        assert self.go.wait(30)
+        self.delivered.extend(m.message_pk for m in messages)
+        return self.inner.send_batch(messages)
+
+    def was_delivered(self, message_pk: int, rfc_message_id: str):
+        return self.inner.was_delivered(message_pk, rfc_message_id)
+
+
+def leases(store) -> list:
+    with store.engine.connect() as conn:
+        return conn.execute(select(lease_t)).all()
+
+
+def slow_runtime(make_runtime, store, contacts: int = 2):
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    inner = FileEmailChannel.from_env(IntegrationContext(rt.project.root, rt.data_dir, rt.env))
+    slow = SlowChannel(inner)
+    rt.channel_factory = lambda name: slow
+    for i in range(contacts):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    return rt, slow
+
+
+def another_worker(make_runtime):
+    """A second worker of the same project: its own runtime, the channel as configured (file)."""
+    return make_runtime({"j": journey_yaml("j", STEP)})
+
+
+@pytest.mark.parametrize("path", ["handed", "claimed"])
+def test_a_slow_run_keeps_its_messages_while_another_tick_reconciles_long_after_the_claim(
+        make_runtime, store, path):
+    """The hole this closes: the run's messages wait for a slow channel past STUCK_AFTER; the
+    channel has not seen them, so another tick's reconcile re-queued them and its delivery sent
+    them — and then the slow run did too (fails without leases: each message sent twice)."""
+    rt, slow = slow_runtime(make_runtime, store)
+    if path == "claimed":  # queued by a tick that does not hand over (`nurture plan`'s way), then claimed
+        run_tick_without_handoff(rt)
+        work = lambda: deliver(rt, NOW, "j")  # noqa: E731
+    else:
+        work = lambda: run_tick(rt, "j", NOW)  # noqa: E731
+    done: dict = {}
+    runner = threading.Thread(target=lambda: done.setdefault("report", work()))
+    runner.start()
+    try:
+        assert slow.entered.wait(30)
+        (lease,) = leases(store)
+        assert {m.claim for m in messages(store)} == {lease.token}
+        other = another_worker(make_runtime)
+        assert reconcile_stuck(other, LATER) == {}  # the run is alive: its messages are its own
+        assert deliver(other, LATER, "j") == {}
+        assert [m.status for m in messages(store)] == ["sending", "sending"]
+    finally:
+        slow.go.set()
+        runner.join(30)
+    assert sorted(m.status for m in messages(store) if m.step_id == "hello") == ["sent", "sent"]
+    assert len(slow.delivered) == 2 and len(set(slow.delivered)) == 2
+    assert len(list((rt.data_dir / "outbox" / "email" / "j").glob("*.eml"))) == 2
+    assert leases(store) == []  # released when the run ended
+
+
+def run_tick_without_handoff(rt) -> None:
+    from nurture.runtime.tick import STAGES, StageCall, TickOptions
+    options = TickOptions(hand_off=False)
+    for stage in STAGES:
+        if stage.name in ("prepare", "enroll", "exit-convert", "advance"):
+            stage.run(StageCall(rt, "j", NOW, options))
+    assert [m.status for m in messages(rt.store)] == ["queued", "queued"]
+
+
+def crashed_run(make_runtime, store):
+    """A run that handed its messages `sending` and crashed before its channel saw them,
+    leaving its lease behind (a kill skips every `finally`)."""
+    rt, slow = slow_runtime(make_runtime, store)
+    released = Lease.release
+    try:
+        Lease.release = lambda self: lease_module._beater.discard(self)  # the kill: nothing released
+        slow.go.set()
+        slow.send_batch = lambda batch: (_ for _ in ()).throw(KeyboardInterrupt())  # dies in the channel
+        with pytest.raises(KeyboardInterrupt):
+            run_tick(rt, "j", NOW)
+    finally:
+        Lease.release = released
+    (lease,) = leases(store)
+    assert [m.status for m in messages(store)] == ["sending", "sending"]
+    return lease
+
+
+def dead_process() -> tuple[int, int]:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = process_started(proc.pid)
+    proc.wait()
+    return proc.pid, started
+
+
+def test_the_lease_of_a_killed_process_on_this_machine_is_not_held(make_runtime, store):
+    lease = crashed_run(make_runtime, store)
+    pid, started = dead_process()
+    with store.engine.begin() as conn:
+        conn.execute(update(lease_t).where(lease_t.c.token == lease.token).values(pid=pid, started=started))
+    other = another_worker(make_runtime)
+    assert reconcile_stuck(other, LATER) == {"queued": 2}  # at once: the process is gone, its beat is not stale
+    assert leases(store) == []  # forgotten with it
+    assert deliver(other, LATER, "j")[("hello", "sent", None)] == 2
+
+
+def test_a_reused_pid_does_not_keep_a_dead_run_alive(make_runtime, store):
+    lease = crashed_run(make_runtime, store)
+    assert lease.pid == __import__("os").getpid()  # this very process: alive
+    with store.engine.begin() as conn:  # ... but not the one that started when the lease was taken
+        conn.execute(update(lease_t).values(started=(lease.started or 0) + 1))
+    with store.engine.connect() as conn:
+        assert held_tokens(conn, [lease.token]) == set()
+
+
+def test_a_run_on_another_machine_is_held_while_it_beats_and_not_after(make_runtime, store):
+    lease = crashed_run(make_runtime, store)
+    with store.engine.begin() as conn:
+        conn.execute(update(lease_t).values(host="worker-7", pid=1, started=None, beat_at=wall_now()))
+    other = another_worker(make_runtime)
+    assert reconcile_stuck(other, LATER) == {}
+    with store.engine.begin() as conn:
+        conn.execute(update(lease_t).values(beat_at=wall_now() - LEASE_TTL - timedelta(seconds=1)))
+    assert reconcile_stuck(other, LATER) == {"queued": 2}
+    assert leases(store) == []
+    del lease
+
+
+def test_a_process_renews_its_leases_and_a_lease_it_cannot_renew_stops_its_run(make_runtime, store):
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    held = Lease(rt.store, "a" * 32)
+    with held:
+        with store.engine.begin() as conn:
+            held.take(conn)
+            held.take(conn)  # again in the same transaction: no error, one row
+        with store.engine.begin() as conn:
+            conn.execute(update(lease_t).values(beat_at=T0))  # a beat long ago
+        lease_module._beater.beat()
+        ((token, beat_at),) = [(r.token, r.beat_at) for r in leases(store)]
+        assert token == held.token and beat_at > wall_now() - timedelta(minutes=1)
+        run = _Delivery(rt, NOW, held)
+        held.renewed -= LEASE_TTL.total_seconds()  # the database unreachable for that long
+        with pytest.raises(LeaseLost):
+            run.send([])
+    assert leases(store) == []
+
+
+def test_a_pipelined_tick_holds_its_token_while_it_runs_and_releases_it(make_runtime, store, monkeypatch):
+    monkeypatch.setattr(tick_module, "LARGE_TICK", 1)
+    seen: list = []
+    publish = Handoff.publish
+
+    def watched(self, journey, step_id, rows, here=None):
+        seen.append((self.token, [r.token for r in leases(store)]))
+        publish(self, journey, step_id, rows, here=here)
+    monkeypatch.setattr(Handoff, "publish", watched)
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    for i in range(5):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    run_tick(rt, "j", NOW, workers=2)
+    assert seen and all(held == [token] for token, held in seen)
+    assert leases(store) == []
+    assert [m.status for m in messages(store)] == ["sent"] * 5
+
+
+def test_messages_without_a_lease_are_reconciled_as_before(make_runtime, store):
+    """Claimed before leases existed, or by a run whose lease was released while a delivery
+    process of it died holding them: STUCK_AFTER, then the channel is asked."""
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    cid = subscriber(store, "ann@example.com")
+    with store.engine.begin() as conn:
+        conn.execute(message_t.insert().values(contact_id=cid, journey="j", step_id="hello", attempt_key="send",
+                                               channel="email", template="hello", address="ann@example.com",
+                                               status="sending", claim="f" * 32, claimed_at=NOW, due_at=NOW,
+                                               created_at=NOW, attempts=1))
+    assert reconcile_stuck(rt, NOW + STUCK_AFTER - timedelta(minutes=1)) == {}
+    assert reconcile_stuck(rt, LATER) == {"queued": 1}
