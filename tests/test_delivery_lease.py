@@ -181,7 +181,7 @@ def test_a_process_renews_its_leases_and_a_lease_it_cannot_renew_stops_its_run(m
     with held:
         with store.engine.begin() as conn:
             held.take(conn)
-            held.take(conn)  # again in the same transaction: no error, one row
+            held.take(conn)  # again: written once per run
         with store.engine.begin() as conn:
             conn.execute(update(lease_t).values(beat_at=T0))  # a beat long ago
         lease_module._beater.beat()

@@ -242,7 +242,8 @@ def handed_in_process(rt: Runtime, now: datetime, produce: Callable[[], Counter]
     from nurture.send.deliver import HandedDelivery
     from nurture.send.lease import Lease
     handoff = LocalHandoff(lambda batch: None)
-    with Lease(rt.store, handoff.token) as handoff.lease, HandedDelivery(rt, now, handoff.lease) as delivery:
+    with Lease(rt.store, handoff.token) as handoff.lease, \
+            HandedDelivery(rt, now, handoff.lease, last=True) as delivery:
         sender = _Sender(delivery.take) if rt.store.is_postgres else None
         handoff._take = sender.put if sender else delivery.take
         rt.handoff = handoff

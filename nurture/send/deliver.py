@@ -278,6 +278,8 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
                 run.record(conn, *outcome)
                 ids = _claim_in(conn, rt, now, journey, partition, partitions, run.report, skip | set(run.down),
                                 run.lease)
+                if not ids:
+                    run.lease.release(conn)  # the run's last transaction
     return run.finish()
 
 
@@ -302,19 +304,25 @@ class HandedDelivery:
     Leaving the `with` records the last chunk (also when the block is failing: its messages
     were handed to their channel), waits for the thread's record (its failure raised, unless
     the block is failing already: that error stands) and ends the thread; `outcomes` are
-    then `deliver`'s."""
+    then `deliver`'s. With `last`, the run ends with it:
+    that final record also releases the run's lease (nurture.send.lease) — no transaction of
+    its own.
+    """
 
-    def __init__(self, rt: Runtime, now: datetime, lease: Optional[Lease] = None):
+    def __init__(self, rt: Runtime, now: datetime, lease: Optional[Lease] = None, last: bool = False):
         self.rt = rt
         self.run = _Delivery(rt, now, lease)
+        self.last = last  # the run ends with this delivery: the final record releases the lease
         self.turns = current_turns()
         self.held: Optional[tuple] = None  # the last chunk's results, not yet recorded
         self.pending: Optional[Future] = None  # the record of the chunk before, in the thread
         self.recorder: Optional[ThreadPoolExecutor] = None
 
-    def _record(self, outcome: tuple) -> None:
+    def _record(self, outcome: tuple, final: bool = False) -> None:
         with taking_turns(self.turns), gc_paused(), self.rt.store.engine.begin() as conn:
             self.run.record(conn, *outcome)
+            if final and self.last and self.run.lease is not None:
+                self.run.lease.release(conn)
 
     def take(self, batch: HandedBatch) -> None:
         if not batch.rows:
@@ -343,7 +351,7 @@ class HandedDelivery:
             held, self.held = self.held, None
             if held is not None:
                 try:
-                    self._record(held)
+                    self._record(held, final=kind is None)
                 except Exception:
                     if kind is None:
                         raise
