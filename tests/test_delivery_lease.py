@@ -224,3 +224,15 @@ def test_messages_without_a_lease_are_reconciled_as_before(make_runtime, store):
                                                created_at=NOW, attempts=1))
     assert reconcile_stuck(rt, NOW + STUCK_AFTER - timedelta(minutes=1)) == {}
     assert reconcile_stuck(rt, LATER) == {"queued": 1}
+
+
+def test_a_lease_left_by_a_run_killed_after_its_last_record_is_forgotten_after_a_day(make_runtime, store):
+    lease = crashed_run(make_runtime, store)
+    with store.engine.begin() as conn:
+        conn.execute(lease_t.insert().values(token="0" * 32, host=lease.host, boot=lease.boot, pid=lease.pid,
+                                             started=lease.started, taken_at=T0,
+                                             beat_at=wall_now() - timedelta(days=1, minutes=1)))
+        conn.execute(update(lease_t).where(lease_t.c.token == lease.token).values(host="worker-7"))
+    assert len(leases(store)) == 2
+    assert reconcile_stuck(another_worker(make_runtime), LATER) == {}  # the crashed run's lease is fresh: held
+    assert [r.token for r in leases(store)] == [lease.token]  # the day-old one, with nothing stuck, is gone

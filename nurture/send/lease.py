@@ -21,7 +21,8 @@ is held:
 - elsewhere, while it beat within LEASE_TTL (by the wall clock: liveness is about processes,
   not about the engine's `now`; keep the machines' clocks in sync, as NTP does).
 A message with no lease (claimed before this existed, or the lease released while a delivery
-process died holding it) is reconciled as before.
+process died holding it) is reconciled as before. Reconcile removes the leases it finds dead,
+and any that has not beaten for a day (a run killed after its last record).
 
 A run that cannot renew its lease for LEASE_TTL / 2 (the database unreachable from it, not
 from the others) stops handing messages to its channel (`LeaseLost`): past LEASE_TTL another
@@ -267,7 +268,12 @@ def held_tokens(conn: Any, tokens: Iterable[Optional[str]], now: Optional[dateti
     return held
 
 
-def forget_dead(conn: Any, tokens: Iterable[str]) -> None:
-    """Remove the leases of runs found dead (a crash left them)."""
+FORGOTTEN_AFTER = timedelta(days=1)
+
+
+def forget_dead(conn: Any, tokens: Iterable[str], now: Optional[datetime] = None) -> None:
+    """Remove the leases of runs found dead (a crash left them), and any lease that has not
+    beaten for FORGOTTEN_AFTER (a run killed after its last message was recorded)."""
     for token in sorted(set(tokens)):
         conn.execute(_DELETE, {"token": token})
+    conn.execute(delete(lease_t).where(lease_t.c.beat_at < (now or wall_now()) - FORGOTTEN_AFTER))
