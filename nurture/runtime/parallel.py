@@ -7,7 +7,8 @@ guards the next one; when the guards are done, the tick's own process delivers t
 that keeps N processes busy throughout (guards + N - 1 deliverers, then N deliverers), and the
 first messages leave early. The advance stage hands its messages over already claimed, in
 chunks the processes take from one queue (nurture.send.handoff: no claim to read and write per
-batch; at most a few chunks a process wait, beyond that the tick process delivers one itself); what else is queued — a retry now due, a message put back — they then claim as usual,
+batch; at most a few chunks a process wait, beyond that the tick process delivers one itself);
+what else is queued — a retry now due, a message put back — they then claim as usual,
 row-level (a batch goes `queued` → `sending` in one write transaction), so no two processes
 claim the same message. On SQLite the processes queue for the write lock in order
 (write_turns): without it the advance stage, committing batch after batch, kept the delivery
@@ -52,6 +53,7 @@ import queue
 import signal
 import sys
 import threading
+import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -241,12 +243,10 @@ def handed_in_process(rt: Runtime, now: datetime, produce: Callable[[], Counter]
     left to the deliver stage, as always."""
     from nurture.send.deliver import HandedDelivery
     from nurture.send.lease import Lease
-    handoff = LocalHandoff(lambda batch: None)
-    with Lease(rt.store, handoff.token) as handoff.lease, \
-            HandedDelivery(rt, now, handoff.lease, last=True) as delivery:
+    lease = Lease(rt.store, uuid.uuid4().hex)  # held from the first send transaction (nurture.send.lease)
+    with lease, HandedDelivery(rt, now, lease, last=True) as delivery:
         sender = _Sender(delivery.take) if rt.store.is_postgres else None
-        handoff._take = sender.put if sender else delivery.take
-        rt.handoff = handoff
+        rt.handoff = LocalHandoff(sender.put if sender else delivery.take, lease)
         try:
             produced = produce()
         except BaseException:

@@ -304,10 +304,8 @@ class HandedDelivery:
     Leaving the `with` records the last chunk (also when the block is failing: its messages
     were handed to their channel), waits for the thread's record (its failure raised, unless
     the block is failing already: that error stands) and ends the thread; `outcomes` are
-    then `deliver`'s. With `last`, the run ends with it:
-    that final record also releases the run's lease (nurture.send.lease) — no transaction of
-    its own.
-    """
+    then `deliver`'s. With `last` the run ends with it: that final record also releases the
+    run's lease (nurture.send.lease), in the same transaction."""
 
     def __init__(self, rt: Runtime, now: datetime, lease: Optional[Lease] = None, last: bool = False):
         self.rt = rt

@@ -80,10 +80,10 @@ class LocalHandoff:
     """The hand-off within one process: each chunk goes to `take` as soon as it is published
     (after the send transaction's commit), before the advance stage guards its next batch."""
 
-    def __init__(self, take: Callable[[HandedBatch], None]):
-        self.token = uuid.uuid4().hex
+    def __init__(self, take: Callable[[HandedBatch], None], lease: Any = None):
+        self.lease = lease  # what holds its messages while the tick runs (nurture.send.lease)
+        self.token = lease.token if lease is not None else uuid.uuid4().hex
         self._take = take
-        self.lease: Any = None  # what holds its messages while the tick runs (nurture.send.lease)
 
     def publish(self, journey: str, step_id: str, rows: list[tuple]) -> None:
         for batch in handed_chunks(journey, step_id, self.token, rows):
