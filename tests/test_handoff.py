@@ -133,6 +133,37 @@ def test_handed_messages_of_a_channel_that_is_down_are_put_back_queued_without_u
     assert deliver(rt, later, "j") == {("hello", "sent", None): 4}  # the provider is back: claimed as usual
 
 
+def test_a_channel_one_process_found_down_is_not_tried_by_the_others_of_the_tick(make_runtime, store):
+    """One try per channel and tick, not per delivery process: what one process of a pipelined
+    tick found unusable, the others learn through the hand-off (fails without it: the second
+    process tries the channel again)."""
+    from nurture.send.deliver import HandedDelivery
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    channel = Scripted(["unavailable"])
+    rt.channel_factory = lambda name: channel
+    chunks = _chunks(rt, store, 4, 2)
+    shared = Handoff(multiprocessing.get_context("spawn"))
+    first, second = HandedDelivery(rt, NOW, shared=shared), HandedDelivery(rt, NOW, shared=shared)
+    with first:
+        first.take(chunks[0])
+    assert shared.down() == {"email": "scripted_unavailable"}
+    with second:  # another process of the same tick, a moment later
+        second.take(chunks[1])
+    assert len(channel.batches) == 1
+    assert first.outcomes() == {("channel:email", "unavailable", "scripted_unavailable"): 2}
+    assert second.outcomes() == {("channel:email", "unavailable", "scripted_unavailable"): 2}
+    assert [(m.status, m.attempts, m.claim) for m in messages(store)] == [("queued", 0, None)] * 4
+
+
+def test_the_channels_found_down_fit_in_the_shared_room_whatever_their_reasons():
+    from nurture.send.handoff import DOWN_BYTES
+    shared = Handoff(multiprocessing.get_context("spawn"))
+    shared.mark_down({"email": "535 " + "x" * 5000})
+    shared.mark_down({"sms": "twilio: \u00fcberlastet"})
+    assert set(shared.down()) == {"email", "sms"} and len(shared.down()["email"]) < DOWN_BYTES
+    assert shared.down()["sms"] == "twilio: \u00fcberlastet"
+
+
 def test_handed_messages_nobody_delivered_are_reconciled_like_any_claimed_after_a_crash(make_runtime, store):
     rt = make_runtime({"j": journey_yaml("j", STEP)})
     for i in range(2):

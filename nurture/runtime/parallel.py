@@ -156,11 +156,11 @@ def _deliver_until_done(job: tuple, handoff: Handoff, results: Any, turns: Optio
 
 def _deliver_loop(rt: Runtime, now: datetime, journey: Optional[str], handoff: Handoff, report: Counter) -> None:
     from nurture.send.deliver import channels_down, deliver, deliver_handed
-    report.update(deliver_handed(rt, now, handoff.batches()))
+    report.update(deliver_handed(rt, now, handoff.batches(), shared=handoff))
     # The advance stage is done and every chunk it handed over taken: anything else queued
-    # (a retry now due, a message put back) is claimed as usual — not on a channel found
-    # unusable meanwhile (one try per channel and tick).
-    report.update(deliver(rt, now, journey, skip_channels=channels_down(report)))
+    # (a retry now due, a message put back) is claimed as usual — not on a channel any process
+    # of the tick found unusable (one try per channel and tick).
+    report.update(deliver(rt, now, journey, skip_channels=channels_down(report) | set(handoff.down())))
 
 
 def _reports(procs: list, results: Any) -> Counter:
@@ -344,7 +344,7 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
             with taking_turns(turns):
                 # This process delivers too: a chunk the others are too far behind to take while
                 # the guards run (nurture.send.handoff, AHEAD), then alongside them once they are done.
-                with HandedDelivery(rt, now, lease) as own:
+                with HandedDelivery(rt, now, lease, shared=handoff) as own:
                     rt.handoff = handoff.publishing_here(own.take, lease)
                     try:
                         produced = produce()
@@ -354,7 +354,7 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
                     for batch in handoff.batches(alive=others_alive):
                         own.take(batch)
                 delivered.update(own.outcomes())
-                delivered.update(deliver(rt, now, journey, skip_channels=channels_down(delivered)))
+                delivered.update(deliver(rt, now, journey, skip_channels=channels_down(delivered) | set(handoff.down())))
         finally:
             handoff.close()
             starter.join()
@@ -362,5 +362,5 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
         for proc in starter.started:
             proc.join()
     # anything a crashed worker left queued (not on a channel a process found unusable)
-    delivered.update(deliver(rt, now, journey, skip_channels=channels_down(delivered)))
+    delivered.update(deliver(rt, now, journey, skip_channels=channels_down(delivered) | set(handoff.down())))
     return produced, delivered

@@ -246,7 +246,8 @@ class _Delivery:
 
     def finish(self) -> Counter:
         for channel, (reason, count) in self.down.items():
-            self.report[(f"channel:{channel}", "unavailable", reason)] += count
+            if count:  # (0: found down by another process of the tick, nothing of this one's put back)
+                self.report[(f"channel:{channel}", "unavailable", reason)] += count
         return self.report
 
 
@@ -283,10 +284,11 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
     return run.finish()
 
 
-def deliver_handed(rt: Runtime, now: datetime, batches: Iterable[HandedBatch]) -> Counter:
+def deliver_handed(rt: Runtime, now: datetime, batches: Iterable[HandedBatch], shared: Any = None) -> Counter:
     """Deliver the chunks a pipelined tick's advance stage handed over, claimed already and
-    loaded (nurture.send.handoff); the outcomes as `deliver`'s."""
-    with HandedDelivery(rt, now) as delivery:
+    loaded (nurture.send.handoff); the outcomes as `deliver`'s. `shared`: the tick's Handoff,
+    through which its processes tell each other the channels they found unusable."""
+    with HandedDelivery(rt, now, shared=shared) as delivery:
         for batch in batches:
             delivery.take(batch)
     return delivery.outcomes()
@@ -307,10 +309,12 @@ class HandedDelivery:
     then `deliver`'s. With `last` the run ends with it: that final record also releases the
     run's lease (nurture.send.lease), in the same transaction."""
 
-    def __init__(self, rt: Runtime, now: datetime, lease: Optional[Lease] = None, last: bool = False):
+    def __init__(self, rt: Runtime, now: datetime, lease: Optional[Lease] = None, last: bool = False,
+                 shared: Any = None):
         self.rt = rt
         self.run = _Delivery(rt, now, lease)
         self.last = last  # the run ends with this delivery: the final record releases the lease
+        self.shared = shared  # a pipelined tick's Handoff: channels found down, told to its other processes
         self.turns = current_turns()
         self.held: Optional[tuple] = None  # the last chunk's results, not yet recorded
         self.pending: Optional[Future] = None  # the record of the chunk before, in the thread
@@ -325,11 +329,18 @@ class HandedDelivery:
     def take(self, batch: HandedBatch) -> None:
         if not batch.rows:
             return
+        down = self.run.down
+        if self.shared is not None:  # found down by another process of the tick: not tried here
+            for name, reason in self.shared.down().items():
+                down.setdefault(name, (reason, 0))
+            known = len(down)
         if self.held is not None:  # the previous chunk is recorded while this one renders
             if self.recorder is None:
                 self.recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nurture-record")
             self.pending, self.held = self.recorder.submit(self._record, self.held), None
         outcome = self.run.send([LoadedMessage._make(r) for r in batch.rows])
+        if self.shared is not None and len(down) > known:
+            self.shared.mark_down({name: reason for name, (reason, _) in down.items()})
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.result()  # (raises what the record raised)

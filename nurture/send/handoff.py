@@ -41,6 +41,7 @@ sent by that tick, and then by this one: twice. Bounded, a handed message waits 
 """
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import time
@@ -58,6 +59,7 @@ CHUNK = 2500
 # 40 chunks waiting at 100,000 due; a real provider, slower, all of them.)
 AHEAD = 8
 POLL = 0.05
+DOWN_BYTES = 4096  # room for the channels found unusable and their reasons, shared by the processes
 # Closed, chunks left, none could be taken for this long: a delivery process died holding the
 # queue's lock (killed). Its chunks stay `sending` for reconcile, as after any crash.
 STALL = 30.0
@@ -108,6 +110,9 @@ class Handoff:
         self._handed = ctx.Value("q", 0)
         self._taken = ctx.Value("q", 0)
         self._closed = ctx.Event()
+        # The channels a process of the tick found unusable ({name: reason} as JSON): the others
+        # put their messages back without trying the channel themselves (one try a tick).
+        self._down = ctx.Array("c", DOWN_BYTES)
 
     def publish(self, journey: str, step_id: str, rows: list[tuple],
                 here: Optional[Callable[[HandedBatch], None]] = None) -> None:
@@ -132,6 +137,27 @@ class Handoff:
         hand-off, with `here` delivering what the takers are too far behind to take, and the
         `lease` (nurture.send.lease) that holds its messages while the tick runs."""
         return PublishingHere(self, here, lease)
+
+    def down(self) -> dict[str, str]:
+        """The channels a process of this tick found unusable: name → reason."""
+        with self._down.get_lock():
+            raw = self._down.value
+        return json.loads(raw) if raw else {}
+
+    def mark_down(self, channels: dict[str, str]) -> None:
+        """Tell the tick's other processes which channels this one found unusable."""
+        with self._down.get_lock():
+            known = json.loads(self._down.value or b"{}")
+            if set(channels) <= set(known):
+                return
+            known.update({name: reason for name, reason in channels.items() if name not in known})
+            raw = json.dumps(known).encode("ascii")
+            for width in (80, 0):  # (a provider's long replies: the names are what matters)
+                if len(raw) < DOWN_BYTES:
+                    break
+                raw = json.dumps({name: reason[:width] for name, reason in known.items()}).encode("ascii")
+            if len(raw) < DOWN_BYTES:
+                self._down.value = raw
 
     def close(self) -> None:
         """Nothing more will be published (the advance stage is done)."""
