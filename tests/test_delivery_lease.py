@@ -236,3 +236,32 @@ def test_a_lease_left_by_a_run_killed_after_its_last_record_is_forgotten_after_a
     assert len(leases(store)) == 2
     assert reconcile_stuck(another_worker(make_runtime), LATER) == {}  # the crashed run's lease is fresh: held
     assert [r.token for r in leases(store)] == [lease.token]  # the day-old one, with nothing stuck, is gone
+
+
+def test_a_pipelined_ticks_delivery_processes_stop_when_the_tick_could_not_renew_its_lease(make_runtime, store):
+    """The tick process holds the lease and tells its delivery processes when it renewed it
+    (the hand-off's `renewed`); past LEASE_TTL / 2 without, they hand nothing more over."""
+    import multiprocessing
+
+    from nurture.send.deliver import deliver_handed
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    for i in range(2):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    from nurture.runtime.enroll import enroll
+    from nurture.steps.advance import advance
+    enroll(rt, rt.plan("j"), NOW)
+    handoff = Handoff(multiprocessing.get_context("spawn"))
+    lease = Lease(rt.store, handoff.token, shared=handoff.renewed)
+    rt.handoff = handoff.publishing_here(lambda batch: None, lease)
+    try:
+        advance(rt, rt.plan("j"), NOW)
+    finally:
+        rt.handoff = None
+        handoff.close()
+    assert [r.token for r in leases(store)] == [handoff.token] and handoff.renewed.value == lease.renewed
+    lease.renewed -= LEASE_TTL.total_seconds()  # the tick process could not reach the database since
+    with pytest.raises(LeaseLost):
+        deliver_handed(rt, NOW, handoff.batches(), shared=handoff)  # as a delivery process does
+    assert [m.status for m in messages(store)] == ["sending", "sending"]
+    assert not (rt.data_dir / "outbox").exists() or not list((rt.data_dir / "outbox").rglob("*.eml"))
+    lease.release()

@@ -339,7 +339,7 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
     # Held by this process for the whole tick: it beats for the delivery processes too, which
     # end with it (see the module's docstring). (A tick failing here does not wait for them: what
     # they still send is unleased, reconciled after STUCK_AFTER as before leases.)
-    with Lease(rt.store, handoff.token) as lease:
+    with Lease(rt.store, handoff.token, shared=handoff.renewed) as lease:
         try:
             with taking_turns(turns):
                 # This process delivers too: a chunk the others are too far behind to take while

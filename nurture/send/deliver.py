@@ -38,7 +38,7 @@ from nurture.runtime.sql import chunks, ids_in, prebuilt, write_many
 from nurture.send.guards.pipeline import Recipient, address_of, check_batch, lock_contacts
 from nurture.send.guards.whatsapp import whatsapp_sessions
 from nurture.send.handoff import HandedBatch
-from nurture.send.lease import Lease
+from nurture.send.lease import Lease, Renewed
 from nurture.send.render import render_message
 from nurture.store.models import DEFERRED, FAILED, QUEUED, SENDING, SENT
 from nurture.store.tables import contact_t, enrollment_t, event_t, message_t, suppression_t
@@ -218,7 +218,7 @@ class _Delivery:
     """What one delivery run keeps between its batches: the settings and secrets (read once,
     not per message), the prepared send steps, the channels found unusable, the outcomes."""
 
-    def __init__(self, rt: Runtime, now: datetime, lease: Optional[Lease] = None):
+    def __init__(self, rt: Runtime, now: datetime, lease: Optional[Lease | Renewed] = None):
         self.rt, self.now = rt, now
         self.lease = lease  # what holds the run's `sending` messages, where this process holds it
         self.report: Counter = Counter()
@@ -287,8 +287,10 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
 def deliver_handed(rt: Runtime, now: datetime, batches: Iterable[HandedBatch], shared: Any = None) -> Counter:
     """Deliver the chunks a pipelined tick's advance stage handed over, claimed already and
     loaded (nurture.send.handoff); the outcomes as `deliver`'s. `shared`: the tick's Handoff,
-    through which its processes tell each other the channels they found unusable."""
-    with HandedDelivery(rt, now, shared=shared) as delivery:
+    through which its processes tell each other the channels they found unusable and the tick
+    process tells them its lease is renewed (nurture.send.lease)."""
+    lease = Renewed(shared.renewed) if shared is not None else None
+    with HandedDelivery(rt, now, lease, shared=shared) as delivery:
         for batch in batches:
             delivery.take(batch)
     return delivery.outcomes()
@@ -309,7 +311,7 @@ class HandedDelivery:
     then `deliver`'s. With `last` the run ends with it: that final record also releases the
     run's lease (nurture.send.lease), in the same transaction."""
 
-    def __init__(self, rt: Runtime, now: datetime, lease: Optional[Lease] = None, last: bool = False,
+    def __init__(self, rt: Runtime, now: datetime, lease: Optional[Lease | Renewed] = None, last: bool = False,
                  shared: Any = None):
         self.rt = rt
         self.run = _Delivery(rt, now, lease)

@@ -113,6 +113,9 @@ class Handoff:
         # The channels a process of the tick found unusable ({name: reason} as JSON): the others
         # put their messages back without trying the channel themselves (one try a tick).
         self._down = ctx.Array("c", DOWN_BYTES)
+        # When the tick process last renewed the tick's delivery lease (time.monotonic()):
+        # nurture.send.lease's Lease(shared=) writes it, Renewed reads it in the delivery processes.
+        self.renewed = ctx.Value("d", time.monotonic())
 
     def publish(self, journey: str, step_id: str, rows: list[tuple],
                 here: Optional[Callable[[HandedBatch], None]] = None) -> None:

@@ -26,7 +26,9 @@ and any that has not beaten for a day (a run killed after its last record).
 
 A run that cannot renew its lease for LEASE_TTL / 2 (the database unreachable from it, not
 from the others) stops handing messages to its channel (`LeaseLost`): past LEASE_TTL another
-tick may reconcile them.
+tick may reconcile them. A pipelined tick's lease is its tick process's, and its delivery
+processes end with that process; they learn when it last renewed the lease through the tick's
+hand-off (`Renewed`) and stop as it does.
 """
 from __future__ import annotations
 
@@ -96,6 +98,23 @@ def process_alive(pid: int, started: Optional[int]) -> bool:
     return True
 
 
+class Renewed:
+    """A pipelined tick's lease as its delivery processes see it: held by the tick process,
+    renewed there (`Lease.shared`, the monotonic clock being the machine's); they stop handing
+    messages over, as the tick process does, when it could not be renewed for LEASE_TTL / 2."""
+
+    taken = True
+
+    def __init__(self, shared: Any):
+        self.shared = shared
+
+    def check(self) -> None:
+        waited = time.monotonic() - self.shared.value
+        if waited > LEASE_TTL.total_seconds() / 2:
+            raise LeaseLost(f"the tick's delivery lease could not be renewed for {waited:.0f} s; "
+                            "its messages are left `sending` for reconcile")
+
+
 def wall_now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -128,11 +147,23 @@ class _Me:
 class Lease:
     """The lease of one delivery run on its claim `token`, in `store`."""
 
-    def __init__(self, store: Any, token: str):
+    def __init__(self, store: Any, token: str, shared: Any = None):
         self.store, self.token = store, token
         self.taken = False
         self.deleted = False  # by the run's last transaction (`release(conn)`), if it commits
-        self.renewed = time.monotonic()  # last time the database confirmed it (taken or beaten)
+        self._renewed = time.monotonic()  # last time the database confirmed it (taken or beaten)
+        # a pipelined tick's: a multiprocessing Value its delivery processes read (`Renewed`)
+        self.shared = shared
+
+    @property
+    def renewed(self) -> float:
+        return self._renewed
+
+    @renewed.setter
+    def renewed(self, when: float) -> None:
+        self._renewed = when
+        if self.shared is not None:
+            self.shared.value = when
 
     def take(self, conn: Any) -> None:
         """Write the lease in the caller's transaction (the first that claims messages with the
