@@ -188,7 +188,7 @@ def test_a_process_renews_its_leases_and_a_lease_it_cannot_renew_stops_its_run(m
         ((token, beat_at),) = [(r.token, r.beat_at) for r in leases(store)]
         assert token == held.token and beat_at > wall_now() - timedelta(minutes=1)
         run = _Delivery(rt, NOW, held)
-        held.renewed -= LEASE_TTL.total_seconds()  # the database unreachable for that long
+        held.renewal.value -= LEASE_TTL.total_seconds()  # the database unreachable for that long
         with pytest.raises(LeaseLost):
             run.send([])
     assert leases(store) == []
@@ -258,8 +258,8 @@ def test_a_pipelined_ticks_delivery_processes_stop_when_the_tick_could_not_renew
     finally:
         rt.handoff = None
         handoff.close()
-    assert [r.token for r in leases(store)] == [handoff.token] and handoff.renewed.value == lease.renewed
-    lease.renewed -= LEASE_TTL.total_seconds()  # the tick process could not reach the database since
+    assert [r.token for r in leases(store)] == [handoff.token] and lease.renewal is handoff.renewed  # what they read
+    lease.renewal.value -= LEASE_TTL.total_seconds()  # the tick process could not reach the database since
     with pytest.raises(LeaseLost):
         deliver_handed(rt, NOW, handoff.batches(), shared=handoff)  # as a delivery process does
     assert [m.status for m in messages(store)] == ["sending", "sending"]

@@ -336,6 +336,9 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
     def others_alive() -> bool:
         return starter.is_alive() or any(proc.is_alive() for proc in starter.started)
     delivered: Counter = Counter()
+
+    def down() -> frozenset[str]:  # what this process or another of the tick found unusable
+        return channels_down(delivered) | set(handoff.down())
     # Held by this process for the whole tick: it beats for the delivery processes too, which
     # end with it (see the module's docstring). (A tick failing here does not wait for them: what
     # they still send is unleased, reconciled after STUCK_AFTER as before leases.)
@@ -354,7 +357,7 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
                     for batch in handoff.batches(alive=others_alive):
                         own.take(batch)
                 delivered.update(own.outcomes())
-                delivered.update(deliver(rt, now, journey, skip_channels=channels_down(delivered) | set(handoff.down())))
+                delivered.update(deliver(rt, now, journey, skip_channels=down()))
         finally:
             handoff.close()
             starter.join()
@@ -362,5 +365,5 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
         for proc in starter.started:
             proc.join()
     # anything a crashed worker left queued (not on a channel a process found unusable)
-    delivered.update(deliver(rt, now, journey, skip_channels=channels_down(delivered) | set(handoff.down())))
+    delivered.update(deliver(rt, now, journey, skip_channels=down()))
     return produced, delivered

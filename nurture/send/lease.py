@@ -45,7 +45,7 @@ from typing import Any, Iterable, Optional
 
 from sqlalchemy import bindparam, delete, select, update
 
-from nurture.runtime.sql import prebuilt
+from nurture.runtime.sql import chunks, prebuilt
 from nurture.store.tables import lease_t
 
 log = logging.getLogger(__name__)
@@ -98,20 +98,28 @@ def process_alive(pid: int, started: Optional[int]) -> bool:
     return True
 
 
+class _Clock:
+    """When a lease was last renewed (time.monotonic()), where only its own process reads it."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+
 class Renewed:
-    """A pipelined tick's lease as its delivery processes see it: held by the tick process,
-    renewed there (`Lease.shared`, the monotonic clock being the machine's); they stop handing
-    messages over, as the tick process does, when it could not be renewed for LEASE_TTL / 2."""
+    """A lease as a run that may hand messages over sees it: when it was last renewed (`renewal`:
+    a Lease's own, or — in a pipelined tick's delivery processes — the multiprocessing Value
+    the tick process's Lease writes, the monotonic clock being the machine's). The run stops
+    handing messages over when it could not be renewed for LEASE_TTL / 2."""
 
     taken = True
 
-    def __init__(self, shared: Any):
-        self.shared = shared
+    def __init__(self, renewal: Any):
+        self.renewal = renewal
 
     def check(self) -> None:
-        waited = time.monotonic() - self.shared.value
+        waited = time.monotonic() - self.renewal.value
         if waited > LEASE_TTL.total_seconds() / 2:
-            raise LeaseLost(f"the tick's delivery lease could not be renewed for {waited:.0f} s; "
+            raise LeaseLost(f"the delivery lease could not be renewed for {waited:.0f} s; "
                             "its messages are left `sending` for reconcile")
 
 
@@ -151,19 +159,10 @@ class Lease:
         self.store, self.token = store, token
         self.taken = False
         self.deleted = False  # by the run's last transaction (`release(conn)`), if it commits
-        self._renewed = time.monotonic()  # last time the database confirmed it (taken or beaten)
-        # a pipelined tick's: a multiprocessing Value its delivery processes read (`Renewed`)
-        self.shared = shared
-
-    @property
-    def renewed(self) -> float:
-        return self._renewed
-
-    @renewed.setter
-    def renewed(self, when: float) -> None:
-        self._renewed = when
-        if self.shared is not None:
-            self.shared.value = when
+        # The last time the database confirmed it (taken or beaten); `shared`: a pipelined
+        # tick's multiprocessing Value, which its delivery processes read too (`Renewed`).
+        self.renewal = shared if shared is not None else _Clock(time.monotonic())
+        self.renewal.value = time.monotonic()
 
     def take(self, conn: Any) -> None:
         """Write the lease in the caller's transaction (the first that claims messages with the
@@ -175,14 +174,13 @@ class Lease:
         now = wall_now()
         conn.execute(_insert_ignore(conn), {"token": self.token, **_Me.values(), "taken_at": now, "beat_at": now}).all()
         self.taken = True
-        self.renewed = time.monotonic()
+        self.renewal.value = time.monotonic()
         _beater.add(self)
 
     def check(self) -> None:
         """Raise LeaseLost when the lease could not be renewed for LEASE_TTL / 2."""
-        if self.taken and time.monotonic() - self.renewed > LEASE_TTL.total_seconds() / 2:
-            raise LeaseLost(f"the delivery lease could not be renewed for {time.monotonic() - self.renewed:.0f} s; "
-                            "its messages are left `sending` for reconcile")
+        if self.taken:
+            Renewed(self.renewal).check()
 
     def release(self, conn: Any = None) -> None:
         """The run is over: remove the lease — in `conn`, the run's last transaction (no
@@ -274,7 +272,7 @@ class _Beater:
                 continue
             renewed = time.monotonic()
             for lease in leases:
-                lease.renewed = renewed
+                lease.renewal.value = renewed
 
 
 _beater = _Beater()
@@ -288,7 +286,7 @@ def held_tokens(conn: Any, tokens: Iterable[Optional[str]], now: Optional[dateti
     now = now or wall_now()
     me = _Me.values()
     held = set()
-    for part in (wanted[i:i + 500] for i in range(0, len(wanted), 500)):
+    for part in chunks(wanted):
         for token, host, boot, pid, started, beat_at in conn.execute(_READ.where(lease_t.c.token.in_(part))):
             if beat_at < now - LEASE_TTL:
                 continue
@@ -305,6 +303,7 @@ FORGOTTEN_AFTER = timedelta(days=1)
 def forget_dead(conn: Any, tokens: Iterable[str], now: Optional[datetime] = None) -> None:
     """Remove the leases of runs found dead (a crash left them), and any lease that has not
     beaten for FORGOTTEN_AFTER (a run killed after its last message was recorded)."""
-    for token in sorted(set(tokens)):
-        conn.execute(_DELETE, {"token": token})
+    dead = sorted(set(tokens))
+    for part in chunks(dead):
+        conn.execute(delete(lease_t).where(lease_t.c.token.in_(part)))
     conn.execute(delete(lease_t).where(lease_t.c.beat_at < (now or wall_now()) - FORGOTTEN_AFTER))
