@@ -86,7 +86,8 @@ def test_json_values_are_written_as_their_text_and_read_back_as_they_were(store,
                           ("event_id",))
     assert [tuple(r) for r in stored] == [("e0", props[0]), ("e1", {}), ("e2", props[2]), ("e9", {})]
     if store.is_postgres:
-        assert calls[:2] == [True, True]  # the array form, not the executemany
+        assert len(calls) >= 2 and all(c is not False for c in calls[:2])  # the array form, not the executemany
+        assert [c.rowcount for c in calls[:2]] == [3, 1]  # (e0 again: ignored)
 
 
 def test_integer_arrays_reach_the_server_exactly(store):

@@ -265,3 +265,58 @@ def test_a_pipelined_ticks_delivery_processes_stop_when_the_tick_could_not_renew
     assert [m.status for m in messages(store)] == ["sending", "sending"]
     assert not (rt.data_dir / "outbox").exists() or not list((rt.data_dir / "outbox").rglob("*.eml"))
     lease.release()
+
+
+@pytest.mark.parametrize("path", ["handed", "claimed"])
+def test_a_run_whose_lease_lapsed_does_not_overwrite_what_another_run_recorded(make_runtime, store, caplog, path):
+    """The run's channel holds its messages while its lease lapses (its heartbeat out of the
+    database's reach for LEASE_TTL: here, a lease row that looks like another machine's, stale).
+    Another worker reconciles and sends them. When the slow channel returns, its results must
+    not overwrite the other run's record (fails without the claim check: `sent_at` becomes the
+    slow run's), and the run says what happened."""
+    rt, slow = slow_runtime(make_runtime, store)
+    if path == "claimed":
+        run_tick_without_handoff(rt)
+        work = lambda: deliver(rt, NOW, "j")  # noqa: E731
+    else:
+        work = lambda: run_tick(rt, "j", NOW)  # noqa: E731
+    runner = threading.Thread(target=work)
+    runner.start()
+    try:
+        assert slow.entered.wait(30)
+        with store.engine.begin() as conn:
+            conn.execute(update(lease_t).values(host="worker-7", beat_at=wall_now() - LEASE_TTL - timedelta(seconds=1)))
+        other = another_worker(make_runtime)
+        assert reconcile_stuck(other, LATER) == {"queued": 2}  # the file channel has not seen them
+        assert deliver(other, LATER, "j")[("hello", "sent", None)] == 2
+    finally:
+        slow.go.set()
+        runner.join(30)
+    hello = [m for m in messages(store) if m.step_id == "hello"]
+    assert [(m.status, m.claim) for m in hello] == [("sent", None)] * 2
+    assert {m.sent_at.replace(tzinfo=None) for m in hello} == {LATER.replace(tzinfo=None)}  # the other run's record
+    assert "2 message(s) of delivery run" in caplog.text and "may have gone out twice" in caplog.text
+
+
+def test_a_failing_pipelined_tick_holds_its_lease_until_its_delivery_processes_are_done(make_runtime, store):
+    """The advance stage fails after handing chunks over: the tick's error is raised only once
+    its delivery process has sent what it was handed, under the tick's lease (it was released
+    at once, leaving the process's messages unleased, `sending`, while it still had them)."""
+    from nurture.runtime.enroll import enroll
+    from nurture.runtime.parallel import pipelined
+    from nurture.steps.advance import advance
+    rt = make_runtime({"j": journey_yaml("j", STEP)})
+    rt.batch_size = 40
+    for i in range(300):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    enroll(rt, rt.plan("j"), NOW)
+
+    def produce():
+        advance(rt, rt.plan("j"), NOW)
+        raise RuntimeError("the guards failed")
+    with pytest.raises(RuntimeError, match="the guards failed"):
+        pipelined(rt, NOW, "j", 2, produce)
+    assert leases(store) == []
+    hello = [m for m in messages(store) if m.step_id == "hello"]
+    assert len(hello) == 300 and {m.status for m in hello} == {"sent"}
+    assert len(list((rt.data_dir / "outbox" / "email" / "j").glob("*.eml"))) == 300

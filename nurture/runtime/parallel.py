@@ -186,6 +186,14 @@ def _reports(procs: list, results: Any) -> Counter:
     return delivered
 
 
+def _wait_for(procs: list, results: Any) -> Counter:
+    """The delivery processes' reports, once they have ended (see `_reports`)."""
+    delivered = _reports(procs, results)
+    for proc in procs:
+        proc.join()
+    return delivered
+
+
 class _Starter(threading.Thread):
     """Starts the delivery processes in the background, so that the caller's guards run
     meanwhile; `started` are the ones that did start (a failure is logged: the caller then
@@ -340,8 +348,9 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
     def down() -> frozenset[str]:  # what this process or another of the tick found unusable
         return channels_down(delivered) | set(handoff.down())
     # Held by this process for the whole tick: it beats for the delivery processes too, which
-    # end with it (see the module's docstring). (A tick failing here does not wait for them: what
-    # they still send is unleased, reconciled after STUCK_AFTER as before leases.)
+    # end with it (see the module's docstring) — also when the tick fails here: they finish
+    # the chunks they were handed under it (unleased, another tick's reconcile could take their
+    # messages from them after STUCK_AFTER), then it is released.
     with Lease(rt.store, handoff.token, shared=handoff.renewed) as lease:
         try:
             with taking_turns(turns):
@@ -358,12 +367,15 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
                         own.take(batch)
                 delivered.update(own.outcomes())
                 delivered.update(deliver(rt, now, journey, skip_channels=down()))
+        except Exception:
+            handoff.close()
+            starter.join()
+            _wait_for(starter.started, results)  # (their results are on their messages; the tick's error stands)
+            raise
         finally:
             handoff.close()
             starter.join()
-        delivered.update(_reports(starter.started, results))
-        for proc in starter.started:
-            proc.join()
+        delivered.update(_wait_for(starter.started, results))
     # anything a crashed worker left queued (not on a channel a process found unusable)
     delivered.update(deliver(rt, now, journey, skip_channels=down()))
     return produced, delivered

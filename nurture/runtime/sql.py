@@ -109,7 +109,7 @@ def _not_indexed_sqlite(element: _NotIndexed, compiler: Any, **kw: Any) -> str:
     return f"(+ {compiler.process(column, **kw)})"
 
 
-def write_many(conn: Connection, stmt: Any, rows: list[dict]) -> None:
+def write_many(conn: Connection, stmt: Any, rows: list[dict]) -> int:
     """`conn.execute(stmt, rows)` — an executemany — for the per-message writes of a tick.
 
     On SQLite the rows go straight to the DBAPI cursor, converted exactly as SQLAlchemy stores
@@ -117,16 +117,14 @@ def write_many(conn: Connection, stmt: Any, rows: list[dict]) -> None:
     per-row parameter processing costs more than SQLite's write of the row (~15 µs of a
     message's budget of 200). On PostgreSQL an INSERT or a keyed UPDATE becomes one statement
     over arrays (`_pg_unnest`). Other databases take the ordinary path. Every row must have the
-    same keys."""
+    same keys. Returns the number of rows written (an UPDATE's conditions may match none)."""
     if not rows:
-        return
+        return 0
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":  # `%(name)b`: psycopg 3
-        if not _pg_unnest(conn, stmt, rows):
-            conn.execute(stmt, rows)
-        return
+        done = _pg_unnest(conn, stmt, rows)
+        return (done if done is not False else conn.execute(stmt, rows)).rowcount
     if conn.dialect.name != "sqlite":
-        conn.execute(stmt, rows)
-        return
+        return conn.execute(stmt, rows).rowcount
     sql, names, missing, kinds = _sqlite_form(conn, stmt, tuple(rows[0]))
     if missing:
         rows = [{**missing, **row} for row in rows]
@@ -138,7 +136,7 @@ def write_many(conn: Connection, stmt: Any, rows: list[dict]) -> None:
         for i, convert in converted:
             values[i] = convert(values[i])
         params.append(tuple(values))
-    conn.exec_driver_sql(sql, params)
+    return conn.exec_driver_sql(sql, params).rowcount  # (sqlite3: the sum over the rows)
 
 
 # (id of the statement, its keys) → (the statement, its SQL text, parameter names in order,
@@ -165,7 +163,8 @@ def _sqlite_form(conn: Connection, stmt: Any, keys: tuple[str, ...]) -> tuple[st
 
 _PG_PARAM = re.compile(r"%\((\w+)\)s")
 _PG_INSERT = re.compile(r"^(INSERT INTO \S+ \([^)]*\)) VALUES \(((?:[^()]|\(\w+\))*)\)((?: ON CONFLICT .*)?)$", re.S)
-_PG_UPDATE = re.compile(r"^(UPDATE \S+ SET .*?) (WHERE \S+ = %\(\w+\)s(?:::\w+)?)$", re.S)
+_PG_UPDATE = re.compile(r"^(UPDATE \S+ SET .*?) (WHERE \S+ = %\(\w+\)s(?:::\w+)?(?: AND \S+ = %\(\w+\)s(?:::\w+)?)*)$",
+                        re.S)
 _PG_ROW = "_nurture_row"
 
 
@@ -183,14 +182,15 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict], returning: Sequenc
     20,000-message tick, the tick's three per-message writes cost ~75 µs a row that way and
     ~45 µs as arrays — what is left is the server's own work on the row and its indexes. The
     semantics are those of the executemany: an UPDATE must be keyed by one column (`WHERE
-    t.c = :key`) with distinct keys in `rows` (each row then changes exactly its own target row,
-    already locked by the caller's transaction); anything else — an expression the rewrite does
+    t.c = :key`, then `AND t.d = :value` conditions if any) with distinct keys in `rows` (each
+    row then changes at most its own target row, already locked by the caller's transaction);
+    anything else — an expression the rewrite does
     not know, a JSON column holding None — returns False, and the caller takes the ordinary
     executemany. A JSON column's values go as an array of their JSON texts, cast on the server
     (`%(p)b::TEXT[]::JSON[]`), written as `strict_json` would (no NaN or Infinity).
     Values are checked as the column types would (a naive datetime is refused). `returning`
     (an INSERT's column names): the statement returns them for the rows it inserted, and so
-    does this function (a list of tuples) instead of True."""
+    does this function (a list of tuples) instead of the statement's result."""
     if getattr(stmt, "is_insert", False):
         compiled = stmt.compile(dialect=conn.dialect, column_keys=list(rows[0]), for_executemany=True)
         shape = _PG_INSERT.match(compiled.string)
@@ -230,7 +230,7 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict], returning: Sequenc
         keys = names[:1]  # one array at least: it gives the number of rows
     else:
         head, where = shape.groups()
-        keys = _PG_PARAM.findall(where)
+        keys = _PG_PARAM.findall(where)[:1]  # (the conditions after it: arrays or not, as other values)
         if len(set(columns[keys[0]])) != len(rows):  # a target row twice: only the executemany is exact
             return False
     # A value the whole batch shares (the journey, the step, the status, the tick's time…) is one
@@ -262,7 +262,7 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict], returning: Sequenc
     if any(f"%({n})s" in sql for n in arrays):  # an array parameter the rewrite did not place
         return False
     result = conn.exec_driver_sql(sql, params)
-    return [tuple(r) for r in result.all()] if returning and compiled.isinsert else True
+    return [tuple(r) for r in result.all()] if returning and compiled.isinsert else result
 
 
 def _same_throughout(values: list[Any]) -> bool:

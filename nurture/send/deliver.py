@@ -47,12 +47,15 @@ from nurture.store.write_turns import current_turns, taking_turns
 log = logging.getLogger("nurture.deliver")
 MAX_ATTEMPTS = 5
 
-_record = (message_t.update().where(message_t.c.id == bindparam("mid"))
+# A result is recorded only on a message its run still holds (`claim`: the run's token): one
+# reconcile settled after the run's lease lapsed (nurture.send.lease) keeps that verdict.
+_MINE = (message_t.c.id == bindparam("mid"), message_t.c.claim == bindparam("tok"))
+_record = (message_t.update().where(*_MINE)
            .values(status=bindparam("st"), reason=bindparam("rs"), sent_at=bindparam("sat"),
                    provider_id=bindparam("pid"), subject=bindparam("subj"), claim=None))
 _requeue = _record.values(due_at=bindparam("due"))  # a retry: back to `queued`, due after its backoff
 # The channel could not be used: back to `queued` as it was, the attempt not counted.
-_put_back = (message_t.update().where(message_t.c.id == bindparam("mid"))
+_put_back = (message_t.update().where(*_MINE)
              .values(status=QUEUED, reason=bindparam("rs"), claim=None, attempts=message_t.c.attempts - 1))
 
 
@@ -233,14 +236,23 @@ class _Delivery:
         with gc_paused():
             return _send_batch(self, rows)
 
-    def record(self, conn: Any, updates: list[dict], suppressions: list[dict], meta: dict[int, Any]) -> None:
+    def record(self, conn: Any, token: str, updates: list[dict], suppressions: list[dict],
+               meta: dict[int, Any]) -> None:
+        """Record a batch's results, claimed with `token`. A message no longer claimed with it
+        was settled by reconcile after this run's lease lapsed (the database out of its reach
+        for LEASE_TTL while the channel had it): that record stands, and the run says so."""
         for u in updates:
             outcome = u.pop("outcome")
+            u["tok"] = token
             if outcome != "unavailable":  # reported once per channel by `finish`
                 self.report[(meta[u["mid"]].step_id, outcome, u["rs"])] += 1
-        write_many(conn, _record, [u for u in updates if "due" not in u and "back" not in u])
-        write_many(conn, _requeue, [u for u in updates if "due" in u])
-        write_many(conn, _put_back, [u for u in updates if "back" in u])
+        written = (write_many(conn, _record, [u for u in updates if "due" not in u and "back" not in u])
+                   + write_many(conn, _requeue, [u for u in updates if "due" in u])
+                   + write_many(conn, _put_back, [u for u in updates if "back" in u]))
+        if written < len(updates):
+            log.error("%d message(s) of delivery run %s were settled by another run while their channel had "
+                      "them (this run's lease had lapsed): they may have gone out twice; the other run's record "
+                      "stands", len(updates) - written, token)
         if suppressions:
             conn.execute(suppression_t.insert(), suppressions)
 
@@ -276,7 +288,7 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
             # The batch's outcomes and the next claim share one write transaction: one wait for
             # SQLite's write lock per batch, not two.
             with gc_paused(), rt.store.engine.begin() as conn:
-                run.record(conn, *outcome)
+                run.record(conn, run.lease.token, *outcome)
                 ids = _claim_in(conn, rt, now, journey, partition, partitions, run.report, skip | set(run.down),
                                 run.lease)
                 if not ids:
@@ -318,13 +330,14 @@ class HandedDelivery:
         self.last = last  # the run ends with this delivery: the final record releases the lease
         self.shared = shared  # a pipelined tick's Handoff: channels found down, told to its other processes
         self.turns = current_turns()
-        self.held: Optional[tuple] = None  # the last chunk's results, not yet recorded
+        self.held: Optional[tuple] = None  # the last chunk's claim token and results, not yet recorded
         self.pending: Optional[Future] = None  # the record of the chunk before, in the thread
         self.recorder: Optional[ThreadPoolExecutor] = None
 
-    def _record(self, outcome: tuple, final: bool = False) -> None:
+    def _record(self, held: tuple, final: bool = False) -> None:
+        token, outcome = held
         with taking_turns(self.turns), gc_paused(), self.rt.store.engine.begin() as conn:
-            self.run.record(conn, *outcome)
+            self.run.record(conn, token, *outcome)
             if final and self.last and self.run.lease is not None:
                 self.run.lease.release(conn)
 
@@ -346,7 +359,7 @@ class HandedDelivery:
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.result()  # (raises what the record raised)
-        self.held = outcome
+        self.held = (batch.token, outcome)
 
     def __enter__(self) -> "HandedDelivery":
         return self

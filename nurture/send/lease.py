@@ -28,7 +28,10 @@ A run that cannot renew its lease for LEASE_TTL / 2 (the database unreachable fr
 from the others) stops handing messages to its channel (`LeaseLost`): past LEASE_TTL another
 tick may reconcile them. A pipelined tick's lease is its tick process's, and its delivery
 processes end with that process; they learn when it last renewed the lease through the tick's
-hand-off (`Renewed`) and stop as it does.
+hand-off (`Renewed`) and stop as it does. A tick that fails waits for its delivery processes
+before it releases the lease. And a run records a result only on a message still claimed with
+its token (nurture.send.deliver's `_MINE`): a chunk already at the channel when the lease
+lapsed does not overwrite what reconcile or another run recorded meanwhile.
 """
 from __future__ import annotations
 
