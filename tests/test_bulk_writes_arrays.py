@@ -148,3 +148,50 @@ def test_json_columns_read_back_what_json_loads_would(store):
         got = [r[0] for r in conn.execute(select(event_t.c.properties).order_by(event_t.c.id))]
         attributes = conn.execute(select(contact_t.c.attributes)).scalar()
     assert got == [props, {}] and attributes == {}
+
+
+def test_an_update_with_a_condition_after_its_key_writes_only_the_rows_it_matches(store):
+    """`WHERE id = :mid AND claim = :tok` (a delivery's record, nurture.send.deliver): a row
+    whose claim changed meanwhile is left alone, the count written says so — the token shared
+    by the batch or not."""
+    record = (message_t.update().where(message_t.c.id == bindparam("mid"), message_t.c.claim == bindparam("tok"))
+              .values(status=bindparam("st"), claim=None))
+    with store.engine.begin() as conn:
+        mids = _messages(conn, _contacts(conn, 4))
+        conn.execute(message_t.update().values(claim="a"))
+        conn.execute(message_t.update().where(message_t.c.id == mids[1]).values(claim="b"))
+        assert write_many(conn, record, [{"mid": m, "tok": "a", "st": "sent"} for m in mids[:3]]) == 2
+        assert write_many(conn, record, [{"mid": mids[1], "tok": "b", "st": "failed"},
+                                         {"mid": mids[3], "tok": "x", "st": "failed"}]) == 1
+        got = conn.execute(select(message_t.c.status, message_t.c.claim).order_by(message_t.c.id)).all()
+    assert [tuple(r) for r in got] == [("sent", None), ("failed", None), ("sent", None), ("sending", "a")]
+
+
+def test_the_generic_plan_of_a_conditioned_batch_update_hashes_the_batch(store, monkeypatch):
+    """psycopg prepares a statement from its sixth execution on a connection, and PostgreSQL
+    then plans it once, generically (an id array of unknown length: 10 rows). With the claim
+    as a condition on the table alone that plan joined the batch to the table in a nested loop
+    (2,500 × 2,500 comparisons, ~1 s a chunk of a large tick); as a condition of the join the
+    batch is hashed."""
+    if not store.is_postgres:
+        pytest.skip("PostgreSQL's plan cache")
+    from nurture.runtime import sql
+    seen = []
+    real = sql.Connection.exec_driver_sql
+
+    def watched(self, statement, parameters=None, *args, **kwargs):
+        seen.append((statement, parameters))
+        return real(self, statement, parameters, *args, **kwargs)
+    record = (message_t.update().where(message_t.c.id == bindparam("mid"), message_t.c.claim == bindparam("tok"))
+              .values(status=bindparam("st"), claim=None))
+    with store.engine.begin() as conn:
+        mids = _messages(conn, _contacts(conn, 20))
+        conn.execute(message_t.update().values(claim="a"))
+        monkeypatch.setattr(sql.Connection, "exec_driver_sql", watched)
+        write_many(conn, record, [{"mid": m, "tok": "a", "st": "sent"} for m in mids])
+        monkeypatch.undo()
+        ((statement, params),) = seen
+        conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+        plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, params))
+    assert "Hash Cond" in plan and "claim" in plan.split("Hash Cond")[1].splitlines()[0], plan
+    assert "Nested Loop" not in plan, plan

@@ -166,6 +166,11 @@ _PG_INSERT = re.compile(r"^(INSERT INTO \S+ \([^)]*\)) VALUES \(((?:[^()]|\(\w+\
 _PG_UPDATE = re.compile(r"^(UPDATE \S+ SET .*?) (WHERE \S+ = %\(\w+\)s(?:::\w+)?(?: AND \S+ = %\(\w+\)s(?:::\w+)?)*)$",
                         re.S)
 _PG_ROW = "_nurture_row"
+_PG_COUNT = "_nurture_rows"
+
+
+def _pg_filled(name: str, sql_type: str) -> str:  # one value as an array of the batch's length
+    return f"array_fill(%({name})s::{sql_type}, ARRAY[%({_PG_COUNT})s::INTEGER])"
 
 
 def _pg_array(name: str, sql_type: str, is_json: bool) -> str:
@@ -225,19 +230,28 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict], returning: Sequenc
             if any(v is not None and v.utcoffset() is None for v in set(columns[name])):
                 raise ValueError("datetimes written to the store must be timezone-aware")
 
+    conditions: list[str] = []
     if compiled.isinsert:
         head, values, tail = shape.groups()
         keys = names[:1]  # one array at least: it gives the number of rows
     else:
         head, where = shape.groups()
-        keys = _PG_PARAM.findall(where)[:1]  # (the conditions after it: arrays or not, as other values)
+        keys, conditions = _PG_PARAM.findall(where)[:1], _PG_PARAM.findall(where)[1:]
         if len(set(columns[keys[0]])) != len(rows):  # a target row twice: only the executemany is exact
             return False
     # A value the whole batch shares (the journey, the step, the status, the tick's time…) is one
     # parameter, not an array: psycopg dumps an array element by element in Python (~1 µs each).
-    arrays = [n for n in names if n in keys or n in json_names or not _same_throughout(columns[n])]
-    params = {n: (int4_array(columns[n]) if types[n] == "INTEGER" else columns[n]) if n in arrays else columns[n][0]
-              for n in names}
+    # A condition's value is a column of the batch's rows even then, repeated by the server
+    # (`filled`): a condition on the table alone (`claim = $4`) let the generic plan psycopg's
+    # prepared statement gets from its sixth execution estimate one row, and join the batch's
+    # 2,500 rows to it in a nested loop (~1 s a chunk); as a condition of the join it hashes.
+    arrays = [n for n in names
+              if n in keys or n in conditions or n in json_names or not _same_throughout(columns[n])]
+    filled = [n for n in conditions if _same_throughout(columns[n])]
+    params = {n: (int4_array(columns[n]) if types[n] == "INTEGER" else columns[n])
+              if n in arrays and n not in filled else columns[n][0] for n in names}
+    if filled:
+        params[_PG_COUNT] = len(rows)
 
     def as_row_value(sql: str) -> str:
         for name in arrays:
@@ -245,8 +259,8 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict], returning: Sequenc
                                                                                       f"{_PG_ROW}.{name}")
         return sql
     # Arrays in binary: psycopg's text format of a 5,000-element array costs 5x more client CPU.
-    source = (f"unnest({', '.join(_pg_array(n, types[n], n in json_names) for n in arrays)}) "
-              f"AS {_PG_ROW}({', '.join(arrays)})")
+    columns_sql = [_pg_filled(n, types[n]) if n in filled else _pg_array(n, types[n], n in json_names) for n in arrays]
+    source = f"unnest({', '.join(columns_sql)}) AS {_PG_ROW}({', '.join(arrays)})"
     if compiled.isinsert:
         sql = f"{head} SELECT {as_row_value(values)} FROM {source}{tail}"
         if returning:
@@ -259,7 +273,7 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict], returning: Sequenc
         column = where.split()[1]
         sql = (f"{as_row_value(head)} FROM {source} {as_row_value(where)} "
                f"AND {column} = ANY({_pg_array(keys[0], types[keys[0]], False)})")
-    if any(f"%({n})s" in sql for n in arrays):  # an array parameter the rewrite did not place
+    if any(f"%({n})s" in sql.replace(_pg_filled(n, types[n]), "") for n in arrays):  # one the rewrite did not place
         return False
     result = conn.exec_driver_sql(sql, params)
     return [tuple(r) for r in result.all()] if returning and compiled.isinsert else result
