@@ -187,7 +187,7 @@ class ServerMemory:
 class OwnMemory:
     """Peak RssAnon of a process (/proc/PID/status, sampled every 0.1 s): its own memory. Its
     RSS also counts the pages of the SQLite file it reads through mmap (store.db sets
-    mmap_size to 1 GB), which are the file's, shared and given back under pressure."""
+    mmap_size to 512 MiB), which are the file's, shared and given back under pressure."""
 
     def __init__(self, pid: int):
         self.pid = pid
