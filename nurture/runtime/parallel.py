@@ -348,9 +348,10 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
     def down() -> frozenset[str]:  # what this process or another of the tick found unusable
         return channels_down(delivered) | set(handoff.down())
     # Held by this process for the whole tick: it beats for the delivery processes too, which
-    # end with it (see the module's docstring) — also when the tick fails here: they finish
-    # the chunks they were handed under it (unleased, another tick's reconcile could take their
-    # messages from them after STUCK_AFTER), then it is released.
+    # end with it (see the module's docstring). A tick failing here still waits for them before
+    # it releases the lease: released at once, the messages they had been handed were unleased
+    # while they sent them, and another tick's reconcile could take them over.
+    failing: Optional[BaseException] = None
     with Lease(rt.store, handoff.token, shared=handoff.renewed) as lease:
         try:
             with taking_turns(turns):
@@ -367,15 +368,15 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
                         own.take(batch)
                 delivered.update(own.outcomes())
                 delivered.update(deliver(rt, now, journey, skip_channels=down()))
-        except Exception:
-            handoff.close()
-            starter.join()
-            _wait_for(starter.started, results)  # (their results are on their messages; the tick's error stands)
+        except BaseException as exc:
+            failing = exc
             raise
         finally:
             handoff.close()
             starter.join()
-        delivered.update(_wait_for(starter.started, results))
+            if failing is None or isinstance(failing, Exception):  # (interrupted: they die with this process)
+                reports = _wait_for(starter.started, results)  # (failing: the tick's error stands)
+        delivered.update(reports)
     # anything a crashed worker left queued (not on a channel a process found unusable)
     delivered.update(deliver(rt, now, journey, skip_channels=down()))
     return produced, delivered

@@ -189,9 +189,8 @@ def _pg_unnest(conn: Connection, stmt: Any, rows: list[dict], returning: Sequenc
     semantics are those of the executemany: an UPDATE must be keyed by one column (`WHERE
     t.c = :key`, then `AND t.d = :value` conditions if any) with distinct keys in `rows` (each
     row then changes at most its own target row, already locked by the caller's transaction);
-    anything else — an expression the rewrite does
-    not know, a JSON column holding None — returns False, and the caller takes the ordinary
-    executemany. A JSON column's values go as an array of their JSON texts, cast on the server
+    anything else — an expression the rewrite does not know, a JSON column holding None —
+    returns False, and the caller takes the ordinary executemany. A JSON column's values go as an array of their JSON texts, cast on the server
     (`%(p)b::TEXT[]::JSON[]`), written as `strict_json` would (no NaN or Infinity).
     Values are checked as the column types would (a naive datetime is refused). `returning`
     (an INSERT's column names): the statement returns them for the rows it inserted, and so
