@@ -164,6 +164,11 @@ def test_an_update_with_a_condition_after_its_key_writes_only_the_rows_it_matche
         assert write_many(conn, record, [{"mid": mids[1], "tok": "b", "st": "failed"},
                                          {"mid": mids[3], "tok": "x", "st": "failed"}]) == 1
         got = conn.execute(select(message_t.c.status, message_t.c.claim).order_by(message_t.c.id)).all()
+        # a row named twice: the executemany's path (its count the sum, as sqlite3's and psycopg's)
+        conn.execute(message_t.update().values(claim="c"))
+        assert write_many(conn, record.values(claim=bindparam("tok")),
+                          [{"mid": mids[0], "tok": "c", "st": "x"}, {"mid": mids[0], "tok": "c", "st": "y"},
+                           {"mid": mids[1], "tok": "z", "st": "y"}]) == 2
     assert [tuple(r) for r in got] == [("sent", None), ("failed", None), ("sent", None), ("sending", "a")]
 
 
