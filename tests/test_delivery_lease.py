@@ -268,12 +268,14 @@ def test_a_pipelined_ticks_delivery_processes_stop_when_the_tick_could_not_renew
 
 
 @pytest.mark.parametrize("path", ["handed", "claimed"])
-def test_a_run_whose_lease_lapsed_does_not_overwrite_what_another_run_recorded(make_runtime, store, caplog, path):
+def test_a_run_whose_lease_lapsed_does_not_overwrite_what_another_run_recorded(make_runtime, store, caplog, path,
+                                                                              monkeypatch):
     """The run's channel holds its messages while its lease lapses (its heartbeat out of the
     database's reach for LEASE_TTL: here, a lease row that looks like another machine's, stale).
     Another worker reconciles and sends them. When the slow channel returns, its results must
     not overwrite the other run's record (fails without the claim check: `sent_at` becomes the
     slow run's), and the run says what happened."""
+    monkeypatch.setattr(lease_module._beater, "beat", lambda: None)  # (its heartbeat cannot reach the database)
     rt, slow = slow_runtime(make_runtime, store)
     if path == "claimed":
         run_tick_without_handoff(rt)
