@@ -170,7 +170,10 @@ def main() -> None:
     api_env = {**os.environ, "PREFECT_HOME": str(base / "prefect-home"),
                "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-               "PREFECT_SERVER_LOGGING_LEVEL": "WARNING", "PREFECT_LOGGING_LEVEL": "WARNING"}
+               "PREFECT_SERVER_LOGGING_LEVEL": "WARNING", "PREFECT_LOGGING_LEVEL": "WARNING",
+               # the workers' flow runs import this checkout's nurture, not whatever is installed
+               # (a bench run from another checkout or worktree measures that checkout)
+               "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     pg = bench_tick.Postgres(base_dir)
     server = start(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], api_env,
                    logs / "server.log")
