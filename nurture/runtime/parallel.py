@@ -186,14 +186,6 @@ def _reports(procs: list, results: Any) -> Counter:
     return delivered
 
 
-def _wait_for(procs: list, results: Any) -> Counter:
-    """The delivery processes' reports, once they have ended (see `_reports`)."""
-    delivered = _reports(procs, results)
-    for proc in procs:
-        proc.join()
-    return delivered
-
-
 class _Starter(threading.Thread):
     """Starts the delivery processes in the background, so that the caller's guards run
     meanwhile; `started` are the ones that did start (a failure is logged: the caller then
@@ -375,7 +367,9 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
             handoff.close()
             starter.join()
             if failing is None or isinstance(failing, Exception):  # (interrupted: they die with this process)
-                reports = _wait_for(starter.started, results)  # (failing: the tick's error stands)
+                reports = _reports(starter.started, results)  # (failing: the tick's error stands)
+                for proc in starter.started:
+                    proc.join()
         delivered.update(reports)
     # anything a crashed worker left queued (not on a channel a process found unusable)
     delivered.update(deliver(rt, now, journey, skip_channels=down()))

@@ -332,6 +332,19 @@ def prebuilt(key: Any, build: Callable[[], Any]) -> Any:
     return stmt
 
 
+def ignoring_conflicts(conn: Connection, table: Table, conflict: Iterable[str]) -> Any:
+    """`INSERT INTO table`, a row that violates the unique key `conflict` skipped (built once)."""
+    dialect, conflict = conn.dialect.name, tuple(conflict)
+
+    def build() -> Any:
+        if dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        if dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+        return table.insert()  # pragma: no cover
+    return prebuilt(("insert_ignore", table.name, conflict, dialect), build)
+
+
 def insert_ignore(conn: Connection, table: Table, rows: list[dict], conflict: Iterable[str],
                   returning: Sequence[str] = ()) -> Optional[list[tuple]]:
     """Insert rows; a row that violates the unique key `conflict` is skipped, not an error.
@@ -341,15 +354,7 @@ def insert_ignore(conn: Connection, table: Table, rows: list[dict], conflict: It
     if not rows:
         return [] if returning else None
     dialect = conn.dialect.name
-    conflict = tuple(conflict)
-
-    def build() -> Any:
-        if dialect == "postgresql":
-            return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
-        if dialect == "sqlite":
-            return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
-        return table.insert()  # pragma: no cover
-    stmt = prebuilt(("insert_ignore", table.name, conflict, dialect), build)
+    stmt = ignoring_conflicts(conn, table, conflict)
     inserted: Optional[list[tuple]] = [] if returning and dialect == "postgresql" else None
     for part in chunks(rows, 5000):
         if inserted is not None and conn.dialect.driver == "psycopg":
