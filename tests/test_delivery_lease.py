@@ -235,9 +235,103 @@ def test_a_lease_left_by_a_run_killed_after_its_last_record_is_forgotten_after_a
         conn.execute(update(lease_t).where(lease_t.c.token == lease.token).values(host="worker-7"))
     assert len(leases(store)) == 2
     assert reconcile_stuck(another_worker(make_runtime), LATER) == {}  # the crashed run's lease is fresh: held
-    assert [r.token for r in leases(store)] == [lease.token]  # the day-old one, with nothing stuck, is gone
+    live = Lease(store, "b" * 32)  # any process's heartbeat sweeps the day-old one
+    with live:
+        with store.engine.begin() as conn:
+            live.take(conn)
+        lease_module._beater.beat()
+        assert {r.token for r in leases(store)} == {live.token, lease.token}
 
 
+class _Held:
+    """Stands in for a channel whose `was_delivered` waits (a provider's status API taking its time)."""
+
+    def __init__(self, inner: Channel):
+        self.inner = inner
+        self.asking, self.answer = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def was_delivered(self, message_pk: int, rfc_message_id: str):
+        self.asking.set()
+        assert self.answer.wait(30)
+        return self.inner.was_delivered(message_pk, rfc_message_id)
+
+
+def test_reconcile_never_locks_a_live_runs_messages_while_it_asks_a_channel(make_runtime, store):
+    """A live run's messages `sending` past STUCK_AFTER beside a dead run's: reconcile asks the
+    channel about the dead run's only, and the live run's rows are not locked meanwhile — its
+    record does not wait for another tick's questions to a provider (it did: every stuck row
+    was locked `FOR UPDATE` while the channels were asked). PostgreSQL: on SQLite a write
+    transaction holds the whole database, whatever it locks."""
+    if store.dialect != "postgresql":
+        pytest.skip("row locks: PostgreSQL only")
+    rt, slow = slow_runtime(make_runtime, store)
+    runner = threading.Thread(target=lambda: run_tick(rt, "j", NOW))
+    runner.start()
+    try:
+        assert slow.entered.wait(30)
+        (lease,) = leases(store)
+        dead = subscriber(store, "gone@example.com")
+        with store.engine.begin() as conn:  # claimed by a run that left no lease (its message was never written)
+            conn.execute(message_t.insert().values(contact_id=dead, journey="j", step_id="hello", attempt_key="send",
+                                                   channel="email", template="hello", address="gone@example.com",
+                                                   status="sending", claim="f" * 32, claimed_at=NOW, due_at=NOW,
+                                                   created_at=NOW, attempts=1))
+        other = another_worker(make_runtime)
+        asked = _Held(FileEmailChannel.from_env(IntegrationContext(other.project.root, other.data_dir, other.env)))
+        other.channel_factory = lambda name: asked
+        done: dict = {}
+        reconciling = threading.Thread(target=lambda: done.setdefault("report", reconcile_stuck(other, LATER)))
+        reconciling.start()
+        try:
+            assert asked.asking.wait(30)
+            with store.engine.begin() as conn:  # what the live run's record does, while the channel is asked
+                conn.exec_driver_sql("SET LOCAL lock_timeout = '2s'")
+                written = conn.execute(update(message_t).where(message_t.c.claim == lease.token)
+                                       .values(reason="recording")).rowcount
+            assert written == 2
+        finally:
+            asked.answer.set()
+            reconciling.join(30)
+        assert done["report"] == {"queued": 1}  # the dead run's message, never written: re-queued
+    finally:
+        slow.go.set()
+        runner.join(30)
+    # the live run recorded its own two; its deliver stage then sent the re-queued one
+    assert [m.status for m in messages(store) if m.step_id == "hello"] == ["sent"] * 3
+    assert sorted(slow.delivered) == sorted(set(slow.delivered)) and len(slow.delivered) == 3
+
+
+def test_reconcile_takes_no_write_lock_when_every_stuck_message_belongs_to_a_live_run(make_runtime, store):
+    """The read that tells a live run's messages apart comes before any write: a tick whose
+    reconcile finds only those does not wait for the database's writers (SQLite's write lock,
+    a PostgreSQL table locked against row locks)."""
+    rt, slow = slow_runtime(make_runtime, store)
+    runner = threading.Thread(target=lambda: run_tick(rt, "j", NOW))
+    runner.start()
+    try:
+        assert slow.entered.wait(30)
+        other = another_worker(make_runtime)
+        blocker = store.engine.raw_connection()
+        try:
+            if store.dialect == "sqlite":
+                blocker.driver_connection.execute("BEGIN IMMEDIATE")
+            else:
+                blocker.cursor().execute("LOCK TABLE message IN EXCLUSIVE MODE")  # reads pass, FOR UPDATE waits
+            done: dict = {}
+            reconciling = threading.Thread(target=lambda: done.setdefault("report", reconcile_stuck(other, LATER)))
+            reconciling.start()
+            reconciling.join(10)
+            assert done.get("report") == {}
+        finally:
+            blocker.rollback()
+            blocker.close()
+    finally:
+        slow.go.set()
+        runner.join(30)
+    assert [m.status for m in messages(store) if m.step_id == "hello"] == ["sent", "sent"]
 def test_a_pipelined_ticks_delivery_processes_stop_when_the_tick_could_not_renew_its_lease(make_runtime, store):
     """The tick process holds the lease and tells its delivery processes when it renewed it
     (the hand-off's `renewed`); past LEASE_TTL / 2 without, they hand nothing more over."""

@@ -20,9 +20,11 @@ is held:
   and beat within LEASE_TTL — a killed process is seen at once, however recent its heartbeat;
 - elsewhere, while it beat within LEASE_TTL (by the wall clock: liveness is about processes,
   not about the engine's `now`; keep the machines' clocks in sync, as NTP does).
-A message with no lease (claimed before this existed, or the lease released while a delivery
-process died holding it) is reconciled as before. Reconcile removes the leases it finds dead,
-and any that has not beaten for a day (a run killed after its last record).
+Reconcile reads whose the stuck messages are before it locks any, and locks only those of runs
+found dead: a live run's record never waits for another tick asking its channels. A message
+with no lease (claimed before this existed, or the lease released while a delivery process
+died holding it) is reconciled as before. Reconcile removes the leases it finds dead, and
+every heartbeat any lease that has not beaten for a day (a run killed after its last record).
 
 A run that cannot renew its lease for LEASE_TTL / 2 (the database unreachable from it, not
 from the others) stops handing messages to its channel (`LeaseLost`): past LEASE_TTL another
@@ -218,6 +220,7 @@ class Lease:
 _DELETE = delete(lease_t).where(lease_t.c.token == bindparam("token"))
 _BEAT = (update(lease_t).where(lease_t.c.token == bindparam("b_token"))
          .values(beat_at=bindparam("b_at")))
+_FORGET = delete(lease_t).where(lease_t.c.beat_at < bindparam("f_before"))
 _READ = select(lease_t.c.token, lease_t.c.host, lease_t.c.boot, lease_t.c.pid, lease_t.c.started, lease_t.c.beat_at)
 
 
@@ -265,6 +268,7 @@ class _Beater:
             try:
                 with leases[0].store.engine.begin() as conn:
                     conn.execute(_BEAT, [{"b_token": lease.token, "b_at": now} for lease in leases])
+                    conn.execute(_FORGET, {"f_before": now - FORGOTTEN_AFTER})
             except Exception as exc:  # noqa: BLE001 - tried again; the runs stop when it lasts (check)
                 log.warning("could not renew %d delivery lease(s): %s", len(leases), exc)
                 continue
@@ -304,4 +308,4 @@ def forget_dead(conn: Any, tokens: Iterable[str], now: Optional[datetime] = None
     dead = sorted(set(tokens))
     for part in chunks(dead):
         conn.execute(delete(lease_t).where(lease_t.c.token.in_(part)))
-    conn.execute(delete(lease_t).where(lease_t.c.beat_at < (now or wall_now()) - FORGOTTEN_AFTER))
+    conn.execute(_FORGET, {"f_before": (now or wall_now()) - FORGOTTEN_AFTER})

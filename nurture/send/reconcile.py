@@ -23,7 +23,7 @@ from sqlalchemy import and_, bindparam, or_, select
 from nurture.redaction import redact, secrets_in
 from nurture.rendering.email_message import rfc_message_id
 from nurture.runtime.context import Runtime
-from nurture.runtime.sql import for_update, prebuilt
+from nurture.runtime.sql import for_update, prebuilt, texts_in
 from nurture.send.lease import forget_dead, held_tokens
 from nurture.store.models import FAILED, QUEUED, SENDING, SENT
 from nurture.store.tables import message_t
@@ -32,37 +32,46 @@ log = logging.getLogger("nurture.deliver")
 STUCK_AFTER = timedelta(minutes=15)
 
 
-_STUCK = (select(message_t.c.id, message_t.c.journey, message_t.c.channel, message_t.c.claim)
-          .where(message_t.c.status == SENDING,
-                 or_(message_t.c.claimed_at <= bindparam("before"),
-                     and_(message_t.c.claimed_at.is_(None),  # claimed before migration 0004
-                          message_t.c.created_at <= bindparam("before")))))
+_IS_STUCK = (message_t.c.status == SENDING,
+             or_(message_t.c.claimed_at <= bindparam("before"),
+                 and_(message_t.c.claimed_at.is_(None),  # claimed before migration 0004
+                      message_t.c.created_at <= bindparam("before"))))
+_CLAIMS = select(message_t.c.claim).where(*_IS_STUCK).distinct()
+# The rows of runs found dead, and rows claimed before claims had tokens (0004).
+_OF_THE_DEAD = (select(message_t.c.id, message_t.c.journey, message_t.c.channel, message_t.c.claim)
+                .where(*_IS_STUCK, or_(message_t.c.claim.is_(None), texts_in(message_t.c.claim, ()))))
 
 
 def reconcile_stuck(rt: Runtime, now: datetime) -> Counter:
     """Rows left `sending` by a crashed worker: ask the channel what really happened."""
     report: Counter = Counter()
-    with rt.store.reading() as conn:  # a read first: on nearly every tick nothing is stuck
-        if conn.execute(_STUCK, {"before": now - STUCK_AFTER}).first() is None:
+    before = now - STUCK_AFTER
+    # A read first: on nearly every tick nothing is stuck, and what is may belong to runs still
+    # alive (a slow channel, a large tick's queued chunks): their rows are not locked at all —
+    # locking them while the channels below are asked would hold up their own run's record.
+    with rt.store.reading() as conn:
+        claims = [claim for claim, in conn.execute(_CLAIMS, {"before": before})]
+        if not claims:
             return report
+        held = held_tokens(conn, claims)
+    dead = sorted(claim for claim in claims if claim and claim not in held)
+    if held:
+        log.info("`sending` messages of %d delivery run(s) still alive are left to them", len(held))
+    if not dead and None not in claims:
+        return report
     with rt.store.engine.begin() as conn:
         # Locked as they are read, skipping rows another worker is reconciling (PostgreSQL):
-        # otherwise a second worker could apply its verdict after the first had re-queued the
-        # message and a delivery had claimed it again — and re-queue a message being sent.
+        # otherwise a second worker could apply its verdict after the
+        # first had re-queued the message and a delivery had claimed it again — and re-queue a
+        # message being sent.
         locking = prebuilt(("reconcile.stuck", conn.dialect.name),
-                           lambda: for_update(_STUCK, conn, skip_locked=True, of=message_t))
-        stuck = conn.execute(locking, {"before": now - STUCK_AFTER}).all()
+                           lambda: for_update(_OF_THE_DEAD, conn, skip_locked=True, of=message_t))
+        stuck = conn.execute(locking, {"before": before, "texts_claim": dead}).all()
         if not stuck:
             return report
-        held = held_tokens(conn, (claim for *_, claim in stuck))
-        if held:
-            log.info("%d `sending` message(s) belong to delivery runs still alive; left to them",
-                     sum(claim in held for *_, claim in stuck))
-        forget_dead(conn, {claim for *_, claim in stuck if claim and claim not in held})
+        forget_dead(conn, {claim for *_, claim in stuck if claim})
         from_email = rt.settings.from_email
-        for mid, journey, channel, claim in stuck:
-            if claim in held:
-                continue
+        for mid, journey, channel, _claim in stuck:
             try:
                 verdict = rt.channel(channel).was_delivered(mid, rfc_message_id(mid, journey, from_email))
             except Exception as exc:  # the channel cannot be asked now: ask again on a later tick
