@@ -13,7 +13,8 @@ Prints JSON:
 
 `--postgres` also runs the send ticks on a throwaway PostgreSQL server (pgserver, its data
 under `--dir` too) over the same seeded data, in the same run: `postgres_send_tick_*` beside
-the SQLite figures, and `postgres_vs_sqlite` (2 processes).
+the SQLite figures, and `postgres_vs_sqlite` (2 processes; the target is 1.0 or more).
+A 2-process send tick's `target_messages_per_second` is 8,000 on 2 cores (issue 17).
 
 Before each timed send tick the seeded data is written home (`settle`: SQLite's WAL
 checkpointed, PostgreSQL's `CHECKPOINT`), as in a shop whose contacts were imported long
@@ -184,6 +185,11 @@ def settle(rt: Runtime) -> None:
         raw.close()
 
 
+# Issue 17: a 100,000-message send tick at 8,000 messages/s or more on 2 cores (2 processes),
+# on SQLite and on PostgreSQL — and PostgreSQL at least SQLite's rate of the same run.
+TARGET_RATE = 8000
+
+
 def bench_send(tmp: Path, n: int, workers: int, url: str | None = None) -> dict:
     rt = make(tmp / f"w{workers}", n, due=True, url=url)
     run_tick(rt, "promo", NOW - timedelta(minutes=5))  # records the version; nothing due yet
@@ -200,7 +206,8 @@ def bench_send(tmp: Path, n: int, workers: int, url: str | None = None) -> dict:
     rt.store.dispose()
     return {"database": rt.store.dialect, "contacts": n, "delivery_processes": workers, "sent": sent,
             "eml_files": files, "seconds": round(end - started, 2),
-            "messages_per_second": round(sent / (end - started)), "target_messages_per_second": 5000,
+            "messages_per_second": round(sent / (end - started)),
+            "target_messages_per_second": TARGET_RATE if workers >= 2 else None,
             "queued": sum(v for (s, status, _), v in advanced.items() if status == "queued"),
             **_cpu_figures(cpu_before, cpu_after, sent)}
 
@@ -310,6 +317,7 @@ def main() -> None:
             name = f"send_tick_{w}_process" + ("es" if w > 1 else "")
             result["postgres_vs_sqlite"] = round(result[f"postgres_{name}"]["messages_per_second"]
                                                  / result[name]["messages_per_second"], 2)
+            result["postgres_vs_sqlite_target"] = 1.0
     finally:
         if pg is not None:
             pg.close()
