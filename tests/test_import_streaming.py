@@ -185,6 +185,96 @@ def test_an_import_that_fails_midway_keeps_its_written_slices_and_a_rerun_comple
     assert current_consent(broken) == current_consent(whole)
 
 
+class Rendezvous:
+    """append_consents of the import's slices, held: the slice whose contacts include `holder`
+    waits there (at most WAIT s) until `arrives` is seen — the slice after it, at the same
+    point or at `_match_contacts` — then does `then` (write, or raise). `met`: whether it did
+    not have to give up waiting, i.e. the two slices were being written at once."""
+    WAIT = 5.0
+
+    def __init__(self, monkeypatch, holder: str, arrives: str, then=None, at_match: bool = False):
+        import threading
+        self.seen, self.met, self.holder, self.arrives, self.then = threading.Event(), None, holder, arrives, then
+        real_append, real_match = ingest.append_consents, ingest._match_contacts
+
+        def append_consents(conn, entries):
+            entries = list(entries)
+            emails = self.emails(conn, [e["contact_id"] for e in entries])
+            if self.arrives in emails and not at_match:
+                self.seen.set()
+            if self.holder in emails and self.met is None:
+                self.met = self.seen.wait(self.WAIT)
+                if self.then is not None:
+                    self.then()
+            return real_append(conn, entries)
+
+        def match_contacts(rows, holders):
+            if at_match and any(r.fields.get("email") == self.arrives for r in rows.values()):
+                self.seen.set()
+            return real_match(rows, holders)
+        monkeypatch.setattr(ingest, "append_consents", append_consents)
+        monkeypatch.setattr(ingest, "_match_contacts", match_contacts)
+
+    @staticmethod
+    def emails(conn, ids) -> set[str]:
+        return set(conn.execute(select(contact_t.c.email).where(contact_t.c.id.in_(ids))).scalars())
+
+
+PEOPLE = "email,first_name,consent_email\n" + "".join(f"p{i}@example.com,P{i},granted\n" for i in range(1, 7))
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_on_postgres_a_slice_of_new_contacts_is_written_beside_the_one_before_it(store, tmp_path, monkeypatch):
+    path = write(tmp_path, "people.csv", PEOPLE)
+    meeting = Rendezvous(monkeypatch, holder="p1@example.com", arrives="p3@example.com")
+    result = imported(store, path, 2, monkeypatch, read_aside=True)
+    assert meeting.met  # slice 2 reached its consents while slice 1 had not committed
+    assert (result.created, result.consents, result.errors) == (6, 6, [])
+    assert [c[0] for c in contacts(store)] == [f"p{i}@example.com" for i in range(1, 7)]
+    assert set(current_consent(store).values()) == {"granted"}
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_on_postgres_a_slice_written_beside_one_that_fails_is_rolled_back_with_it(store, tmp_path, monkeypatch):
+    path = write(tmp_path, "people.csv", PEOPLE)
+
+    def disk_full():
+        raise RuntimeError("disk full")
+    meeting = Rendezvous(monkeypatch, holder="p3@example.com", arrives="p5@example.com", then=disk_full)
+    with pytest.raises(RuntimeError, match="disk full"):
+        imported(store, path, 2, monkeypatch, read_aside=True)
+    assert meeting.met  # slice 3 was being written while slice 2 failed …
+    # … and what the failure leaves is the slices before it: slice 1, not slice 3
+    assert [c[0] for c in contacts(store)] == ["p1@example.com", "p2@example.com"]
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_on_postgres_a_slice_beside_one_that_frees_an_email_it_matched_is_written_again_after_it(
+        store, new_store, tmp_path, monkeypatch):
+    """Slice 1 moves contact X from old@ to new@; slice 2, written beside it, names old@. Read
+    before slice 1's commit, old@ still matched X: slice 2 waits for that commit and is written
+    again, to a new contact — as slices written one after the other do — not over X's new
+    e-mail. (A single pass over this file would match both rows to X, read before either is
+    written: an e-mail moved within one file is the one case where slicing shows.)"""
+    crm = write(tmp_path, "crm.csv", "external_id,email,first_name\nX,old@example.com,Xavier\n")
+    path = write(tmp_path, "people.csv", "external_id,email,first_name,consent_email\n"
+                 "X,new@example.com,,granted\n,old@example.com,Olga,granted\n")
+    serial = new_store("serial")  # the same slices one after the other (SQLite writes them so)
+    imported(serial, crm, ONE_PASS, monkeypatch)
+    one_by_one = imported(serial, path, 1, monkeypatch)
+    imported(store, crm, ONE_PASS, monkeypatch)
+    writes = []
+    real_write = ingest._write_contacts
+    monkeypatch.setattr(ingest, "_write_contacts", lambda *a, **k: writes.append(1) or real_write(*a, **k))
+    meeting = Rendezvous(monkeypatch, holder="new@example.com", arrives="old@example.com", at_match=True)
+    result = imported(store, path, 1, monkeypatch)
+    assert meeting.met and len(writes) == 3  # slice 2 read X's old@, and was written once more
+    assert contacts(store) == contacts(serial) == [("new@example.com", "X", "Xavier", None, "{}"),
+                                                   ("old@example.com", "", "Olga", None, "{}")]
+    assert current_consent(store) == current_consent(serial)
+    assert (result.created, result.updated) == (one_by_one.created, one_by_one.updated) == (1, 1)
+
+
 def events_file(tmp_path, n: int, extra: str = ""):
     rows = [json.dumps({"event_id": f"e{i}", "email": f"u{i % 3}@example.com", "event": "signup",
                         "timestamp": "2026-05-01T10:00:00Z"}) for i in range(n)]
