@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import bindparam, column, func, literal, or_, select
+from sqlalchemy import bindparam, column, func, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 
 from nurture.consent_ledger import append_consents
@@ -837,8 +837,7 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
         refused_keys.update(refused)
 
     try:
-        with gc_paused():  # (the whole file: one collection at its end, not two for each slice)
-            _SlicesInOrder(store.dialect == "postgresql", write, merge).run(slices)
+        _SlicesInOrder(store.dialect == "postgresql", write, merge).run(slices)
     finally:
         slices.close()  # a failed write stops the reading process at once
     result.errors = read.errors + result.errors  # the file's own problems first, as they were found
@@ -1107,14 +1106,7 @@ def _insert_contacts(conn: Any, rows: list[dict], now: datetime) -> Optional[dic
     if conn.dialect.name != "postgresql":
         write_many(conn, contact_t.insert(), [{**row, "created_at": now, "updated_at": now} for row in rows])
         return None
-    names = list(_NEW_CONTACT)
-    source = func.jsonb_to_recordset(bindparam("rows", rows, type_=JSONB)).table_valued(
-        *(column(name, contact_t.c[name].type) for name in names)).render_derived(with_types=True)
-    created = conn.execute(contact_t.insert().from_select(
-        [*names, "created_at", "updated_at"],
-        select(*(source.c[name] for name in names), literal(now, contact_t.c.created_at.type),
-               literal(now, contact_t.c.updated_at.type)))
-        .returning(contact_t.c.id, *(contact_t.c[kind] for kind in MATCH_ORDER)))
+    created = conn.execute(_INSERT_NEW_CONTACTS, {"rows": rows, "now": now})
     return {next((kind, value) for kind, value in zip(MATCH_ORDER, values) if value): cid
             for cid, *values in created.all()}
 
@@ -1123,6 +1115,23 @@ def _insert_contacts(conn: Any, rows: list[dict], now: datetime) -> Optional[dic
 _NEW_CONTACT = {"email": None, "external_id": None, "phone": None, "first_name": None, "last_name": None,
                 "timezone": None, "country": None, "locale": None, "lifecycle_stage": "lead", "score": 0.0,
                 "attributes": {}}
+
+
+def _insert_new_contacts() -> Any:
+    """PostgreSQL's insert of a slice's new contacts: `rows` (one JSONB parameter) and `now`
+    are execution parameters, not values bound into the statement — SQLAlchemy's statement
+    objects hold reference cycles, and a slice bound into one (~20 MB at 20,000 rows) would
+    wait for the cyclic collector, which a long import keeps paused."""
+    names = list(_NEW_CONTACT)
+    source = func.jsonb_to_recordset(bindparam("rows", type_=JSONB)).table_valued(
+        *(column(name, contact_t.c[name].type) for name in names)).render_derived(with_types=True)
+    now = bindparam("now", type_=contact_t.c.created_at.type)
+    return (contact_t.insert().from_select([*names, "created_at", "updated_at"],
+                                           select(*(source.c[name] for name in names), now, now))
+            .returning(contact_t.c.id, *(contact_t.c[kind] for kind in MATCH_ORDER)))
+
+
+_INSERT_NEW_CONTACTS = _insert_new_contacts()
 
 
 def _warn_near_misses(record: dict, seen: set[str], file: str, line: int, result: ImportResult) -> None:
