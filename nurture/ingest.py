@@ -825,15 +825,23 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
     def write(batch: dict[Key, _ImportRow], earlier: Optional[Future]) -> tuple[ImportResult, set[Key]]:
         """One slice into a result and refused keys of its own, merged in file order (_SlicesInOrder)."""
         written, refused = ImportResult(), set(refused_keys)
-        with gc_paused():  # a slice allocates ~10 containers a row, all freed by reference counting
-            _write_contacts(store, batch, refused, file=path.name, now=now, consent_at=consent_at,
-                            policy_version=policy_version, result=written, earlier=earlier)
+        try:
+            with gc_paused():  # a slice allocates ~10 containers a row, all freed by reference counting
+                _write_contacts(store, batch, refused, file=path.name, now=now, consent_at=consent_at,
+                                policy_version=policy_version, result=written, earlier=earlier)
+        except _Rematched as again:  # written as two slices, the second from that row on
+            written, refused = ImportResult(), set(refused_keys)  # (what the rolled-back try found: gone)
+            keys = list(batch)
+            cut = keys.index(again.key)
+            first = write({k: batch[k] for k in keys[:cut]}, earlier)
+            rest = write({k: batch[k] for k in keys[cut:]}, None)
+            for part, part_refused in (first, rest):
+                _add_imported(written, part)
+                refused |= part_refused
         return written, refused
 
     def merge(written: ImportResult, refused: set[Key]) -> None:
-        for name in ("created", "updated", "consents", "erased", "touches"):
-            setattr(result, name, getattr(result, name) + getattr(written, name))
-        result.errors.extend(written.errors)
+        _add_imported(result, written)
         refused_keys.update(refused)
 
     try:
@@ -951,6 +959,23 @@ def _send_slices(slices: Iterator[dict[Key, _ImportRow]], read: ImportResult, se
         sending.close()
 
 
+def _add_imported(total: ImportResult, part: ImportResult) -> None:
+    """What writing one slice found (`part`) added to `total`."""
+    for name in ("created", "updated", "consents", "erased", "touches"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    total.errors.extend(part.errors)
+
+
+class _Rematched(Exception):
+    """Two rows of a slice, under different keys, matched one contact: the later is written in a
+    slice after the earlier's (as if the slice had ended between them), so that it is matched
+    against the contact as the earlier row left it — an e-mail that row moved away is free."""
+
+    def __init__(self, key: Key):
+        super().__init__(key)
+        self.key = key
+
+
 class _StaleRead(Exception):
     """A slice written beside the one before it matched an existing contact: what it read may
     predate that slice's commit, so it is written again after it."""
@@ -1036,6 +1061,9 @@ def _write_contacts(store: Store, batch: dict[Key, _ImportRow], refused_keys: se
         matched.update(_match_contacts(good, holders))
         if matched and not read_after_earlier:
             raise _StaleRead()
+        again = _rematched(good, matched)
+        if again is not None:
+            raise _Rematched(again)
         gone = erased_contacts(conn, matched.values())
         for key in [k for k, cid in matched.items() if cid in gone]:
             refuse(key, key[0], ERASED_REFUSAL)
@@ -1193,6 +1221,19 @@ def _all_holders(conn: Any, rows: dict[Key, _ImportRow]) -> dict[str, dict[str, 
     """Per kind of MATCH_ORDER: value -> the contact holding it, for the values of `rows`."""
     return {kind: _holders(conn, kind, [r.fields[kind] for r in rows.values() if r.fields.get(kind)])
             for kind in MATCH_ORDER}
+
+
+def _rematched(rows: dict[Key, _ImportRow], matched: dict[Key, int]) -> Optional[Key]:
+    """The first key of `rows` (in their order) matched to a contact that an earlier key of
+    `rows` was matched to, or None."""
+    contacts: set[int] = set()
+    for key in rows:
+        cid = matched.get(key)
+        if cid is not None:
+            if cid in contacts:
+                return key
+            contacts.add(cid)
+    return None
 
 
 def _match_contacts(rows: dict[Key, _ImportRow], holders: dict[str, dict[str, int]]) -> dict[Key, int]:

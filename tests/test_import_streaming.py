@@ -139,6 +139,31 @@ def test_a_file_imported_in_slices_into_postgres_ends_as_one_pass_would(store, t
     assert (again.created, again.updated) == (0, 6) and contacts(store) == ONE_PASS_CONTACTS
 
 
+MOVED = ("external_id,email,first_name,consent_email\n"
+         "X,new@example.com,,granted\n"  # Xavier's e-mail changed …
+         "Y,yan@example.com,Yan,granted\n"
+         ",old@example.com,Olga,revoked\n"  # … and his old one is Olga's now
+         "X,,Xavi,\n")
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, ONE_PASS])
+def test_an_email_a_row_moves_away_is_free_for_a_later_row_in_any_slice(store, tmp_path, monkeypatch, chunk):
+    """Rows of one slice are matched together, before any is written: the later row naming
+    Xavier's old e-mail was matched to him, and wrote Olga's name and that e-mail over his
+    record. A slice where two keys match one contact is written as two, split at the later
+    row, which then finds the e-mail free — as rows taken one at a time do."""
+    imported(store, write(tmp_path, "crm.csv", "external_id,email,first_name\nX,old@example.com,Xavier\n"),
+             ONE_PASS, monkeypatch)
+    result = imported(store, write(tmp_path, "people.csv", MOVED), chunk, monkeypatch)
+    assert contacts(store) == [("new@example.com", "X", "Xavi", None, "{}"),
+                               ("old@example.com", "", "Olga", None, "{}"),
+                               ("yan@example.com", "Y", "Yan", None, "{}")]
+    assert current_consent(store) == {("new@example.com", "email"): "granted",
+                                      ("yan@example.com", "email"): "granted",
+                                      ("old@example.com", "email"): "revoked"}
+    assert (result.created, result.updated, result.errors) == (2, 1, [])
+
+
 def test_a_contact_the_file_names_again_slices_later_is_updated_and_counted_once(new_store, tmp_path, monkeypatch):
     store = new_store()
     path = write(tmp_path, "people.csv", "email,first_name,tier\n"
@@ -253,15 +278,14 @@ def test_on_postgres_a_slice_beside_one_that_frees_an_email_it_matched_is_writte
         store, new_store, tmp_path, monkeypatch):
     """Slice 1 moves contact X from old@ to new@; slice 2, written beside it, names old@. Read
     before slice 1's commit, old@ still matched X: slice 2 waits for that commit and is written
-    again, to a new contact — as slices written one after the other do — not over X's new
-    e-mail. (A single pass over this file would match both rows to X, read before either is
-    written: an e-mail moved within one file is the one case where slicing shows.)"""
+    again, to a new contact — as slices written one after the other do, and one pass over the
+    file — not over X's new e-mail."""
     crm = write(tmp_path, "crm.csv", "external_id,email,first_name\nX,old@example.com,Xavier\n")
     path = write(tmp_path, "people.csv", "external_id,email,first_name,consent_email\n"
                  "X,new@example.com,,granted\n,old@example.com,Olga,granted\n")
-    serial = new_store("serial")  # the same slices one after the other (SQLite writes them so)
+    serial = new_store("serial")  # one pass over the file (SQLite)
     imported(serial, crm, ONE_PASS, monkeypatch)
-    one_by_one = imported(serial, path, 1, monkeypatch)
+    one_by_one = imported(serial, path, ONE_PASS, monkeypatch)
     imported(store, crm, ONE_PASS, monkeypatch)
     writes = []
     real_write = ingest._write_contacts
