@@ -967,9 +967,10 @@ def _add_imported(total: ImportResult, part: ImportResult) -> None:
 
 
 class _Rematched(Exception):
-    """Two rows of a slice, under different keys, matched one contact: the later is written in a
-    slice after the earlier's (as if the slice had ended between them), so that it is matched
-    against the contact as the earlier row left it — an e-mail that row moved away is free."""
+    """A row of a slice matched a contact by an identifier an earlier row of the slice changes
+    (both matched that contact): the later row is written in a slice after the earlier's (as if
+    the slice had ended between them), matched against the contact as the earlier row left it
+    — an e-mail that row moved away is free."""
 
     def __init__(self, key: Key):
         super().__init__(key)
@@ -1061,7 +1062,7 @@ def _write_contacts(store: Store, batch: dict[Key, _ImportRow], refused_keys: se
         matched.update(_match_contacts(good, holders))
         if matched and not read_after_earlier:
             raise _StaleRead()
-        again = _rematched(good, matched)
+        again = _rematched(good, matched, holders)
         if again is not None:
             raise _Rematched(again)
         gone = erased_contacts(conn, matched.values())
@@ -1223,16 +1224,22 @@ def _all_holders(conn: Any, rows: dict[Key, _ImportRow]) -> dict[str, dict[str, 
             for kind in MATCH_ORDER}
 
 
-def _rematched(rows: dict[Key, _ImportRow], matched: dict[Key, int]) -> Optional[Key]:
-    """The first key of `rows` (in their order) matched to a contact that an earlier key of
-    `rows` was matched to, or None."""
-    contacts: set[int] = set()
-    for key in rows:
+def _rematched(rows: dict[Key, _ImportRow], matched: dict[Key, int],
+               holders: dict[str, dict[str, int]]) -> Optional[Key]:
+    """The first key of `rows` (in their order) matched to a contact by an identifier that an
+    earlier row of `rows`, matched to the same contact, changes (an e-mail it moves away), or
+    None. Rows that agree on it — a shared phone, say — match that contact row by row too."""
+    written: dict[int, dict[str, str]] = {}  # contact -> the identifiers earlier rows give it
+    for key, row in rows.items():
         cid = matched.get(key)
-        if cid is not None:
-            if cid in contacts:
-                return key
-            contacts.add(cid)
+        if cid is None:
+            continue
+        fields = row.fields
+        via = next(kind for kind in MATCH_ORDER if fields.get(kind) and fields[kind] in holders[kind])
+        given = written.setdefault(cid, {})
+        if given.get(via, fields[via]) != fields[via]:
+            return key
+        given.update((kind, fields[kind]) for kind in MATCH_ORDER if fields.get(kind))
     return None
 
 

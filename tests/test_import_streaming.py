@@ -164,6 +164,19 @@ def test_an_email_a_row_moves_away_is_free_for_a_later_row_in_any_slice(store, t
     assert (result.created, result.updated, result.errors) == (2, 1, [])
 
 
+def test_rows_that_agree_on_the_identifier_they_match_by_keep_their_slice_whole(store, tmp_path, monkeypatch):
+    """Rows under different keys matching one contact by an identifier none of them changes (a
+    switchboard phone) match it row by row too: their slice is written once, not split at each."""
+    imported(store, write(tmp_path, "crm.csv", "email,phone\nhq@example.com,+4930123456\n"), ONE_PASS, monkeypatch)
+    writes = []
+    real_write = ingest._write_contacts
+    monkeypatch.setattr(ingest, "_write_contacts", lambda *a, **k: writes.append(1) or real_write(*a, **k))
+    rows = "".join(f"E{i},+4930123456,Name{i}\n" for i in range(50))
+    result = imported(store, write(tmp_path, "b2b.csv", "external_id,phone,first_name\n" + rows), ONE_PASS,
+                      monkeypatch)
+    assert len(writes) == 1 and (result.created, result.updated) == (0, 50)
+
+
 def test_a_contact_the_file_names_again_slices_later_is_updated_and_counted_once(new_store, tmp_path, monkeypatch):
     store = new_store()
     path = write(tmp_path, "people.csv", "email,first_name,tier\n"
