@@ -1013,15 +1013,25 @@ class _SlicesInOrder:
             for batch in slices:
                 identifiers = {(kind, row.fields[kind]) for row in batch.values()
                                for kind in MATCH_ORDER if row.fields.get(kind)}
-                if earlier is not None and not earlier_identifiers.isdisjoint(identifiers):
-                    self.merge(*earlier.result())
+                if earlier is not None and not (self.new_contacts and earlier_identifiers.isdisjoint(identifiers)):
+                    self._settle(earlier)
                     earlier = None
                 later = pool.submit(self._slice, batch, earlier)
                 if earlier is not None:
-                    self.merge(*earlier.result())
+                    self._settle(earlier)
                 earlier, earlier_identifiers = later, identifiers
             if earlier is not None:
-                self.merge(*earlier.result())
+                self._settle(earlier)
+
+    # Whether the last slice written created contacts only. One that updated some (a rerun of a
+    # file, a list of known people) makes the next one wait instead of being written beside it:
+    # it would most likely match contacts too, read too early, and be written twice.
+    new_contacts = True
+
+    def _settle(self, done: Future) -> None:
+        written, refused = done.result()
+        self.new_contacts = written.updated == 0
+        self.merge(written, refused)
 
     def _slice(self, batch: dict[Key, _ImportRow], earlier: Optional[Future]) -> tuple[ImportResult, set[Key]]:
         try:
