@@ -997,6 +997,10 @@ class _SlicesInOrder:
 
     def __init__(self, concurrent: bool, write: Any, merge: Any):
         self.concurrent, self.write, self.merge = concurrent, write, merge
+        # Whether the last slice written created contacts only. One that updated some (a rerun
+        # of a file, a list of known people) makes the next wait instead of being written beside
+        # it: that one would most likely match contacts too, read too early, and be written twice.
+        self.new_contacts = True
 
     def run(self, slices: Iterator[dict[Key, _ImportRow]]) -> None:
         if not self.concurrent:
@@ -1022,11 +1026,6 @@ class _SlicesInOrder:
                 earlier, earlier_identifiers = later, identifiers
             if earlier is not None:
                 self._settle(earlier)
-
-    # Whether the last slice written created contacts only. One that updated some (a rerun of a
-    # file, a list of known people) makes the next one wait instead of being written beside it:
-    # it would most likely match contacts too, read too early, and be written twice.
-    new_contacts = True
 
     def _settle(self, done: Future) -> None:
         written, refused = done.result()
