@@ -257,25 +257,27 @@ def test_a_worker_run_never_creates_an_empty_database_and_says_which_one_it_used
             states = {name: server.run(run_id) for name, run_id in runs.items()}
             return states if all(r.state and r.state.is_final() for r in states.values()) else None
         final = wait_for("the worker's runs", finished, timeout=150)
+
+        refused = final["missing"].state
+        assert refused.is_failed()
+        default = missing / ".nurture" / "nurture.db"
+        assert f"no Nurture database at {default}" in refused.message
+        assert "NURTURE_DATABASE_URL is not set" in refused.message and "NURTURE_CREATE_DATABASE=1" in refused.message
+        assert not default.exists() and not default.parent.exists()
+
+        # (the worker is stopped only after: stopping it stops the runs' processes, which send
+        # their last logs as they exit, after the final state — the line was lost once in ~5)
+        assert final["allowed"].state.is_completed(), final["allowed"].state.message
+        assert (allowed / ".nurture" / "nurture.db").is_file()
+        assert server.logged([final["allowed"].id],
+                             lambda log: "(NURTURE_DATABASE_URL not set: the project's default)" in log.message)
+
+        assert final["configured"].state.is_completed(), final["configured"].state.message
+        assert server.logged([final["configured"].id],
+                             lambda log: log.level == 20 and f"project {configured}, database {url}" in log.message)
     finally:
         _stop(worker)
         log.close()
-
-    refused = final["missing"].state
-    assert refused.is_failed()
-    default = missing / ".nurture" / "nurture.db"
-    assert f"no Nurture database at {default}" in refused.message
-    assert "NURTURE_DATABASE_URL is not set" in refused.message and "NURTURE_CREATE_DATABASE=1" in refused.message
-    assert not default.exists() and not default.parent.exists()
-
-    assert final["allowed"].state.is_completed(), final["allowed"].state.message
-    assert (allowed / ".nurture" / "nurture.db").is_file()
-    assert server.logged([final["allowed"].id],
-                         lambda log: "(NURTURE_DATABASE_URL not set: the project's default)" in log.message)
-
-    assert final["configured"].state.is_completed(), final["configured"].state.message
-    assert server.logged([final["configured"].id],
-                         lambda log: log.level == 20 and f"project {configured}, database {url}" in log.message)
 
 
 def test_the_warm_runner_takes_nurture_run_with_the_callers_environment_and_answers_as_the_cli(server, tmp_path):
