@@ -1189,18 +1189,21 @@ def _written_ids(conn: Any, rows: dict[Key, _ImportRow], matched: dict[Key, int]
                  before: int, created: Optional[dict[Key, int]] = None) -> dict[Key, int]:
     """Row key -> the contact a slice wrote the row to, for the rows whose consents and lead
     source follow; `inserted`: the keys of the new contacts in the order they were inserted,
-    `before`: the highest contact id before. Each row is matched again: a contact erased while
-    this import ran has no identifier left, so no id, and nothing is written about them.
+    `before`: the highest contact id before. A contact erased while this import ran gets no
+    id, and nothing is written about them.
     On SQLite the slice's transaction has held the write lock since its first statement
     (store.db: BEGIN IMMEDIATE), so nobody erased a matched contact since it was read, and the
     new contacts are the ids above `before` — SQLite gives a new row the highest id plus one,
     so when the highest is now `before` + len(inserted), the i-th insert has `before` + 1 + i."""
     if conn.dialect.name != "sqlite":
         # New contacts by the insert's RETURNING (nobody else sees them before the commit);
-        # matched ones again, by their identifiers (one erased meanwhile has none left).
+        # matched ones as matched, but for one erased meanwhile (read again: another
+        # transaction may have committed its erasure since). Not by their identifiers again:
+        # a later row of the slice may have moved the e-mail a row was matched by, and that
+        # row's consent was then not written at all.
         ids = {key: cid for key, cid in (created or {}).items() if key in rows}
-        existing = {key: row for key, row in rows.items() if key in matched}
-        ids.update(_match_contacts(existing, _all_holders(conn, existing)))
+        gone = erased_contacts(conn, [matched[key] for key in rows if key in matched])
+        ids.update((key, matched[key]) for key in rows if key in matched and matched[key] not in gone)
         return ids
     ids = {key: matched[key] for key in rows if key in matched}
     if len(ids) == len(rows):

@@ -332,6 +332,82 @@ def test_on_postgres_a_written_slice_leaves_nothing_for_the_cyclic_collector(sto
     assert left < 100  # (the statements compiled once, the pool's threads; not a row's dict)
 
 
+def test_the_consent_of_a_row_whose_email_a_later_row_moves_is_recorded(store, tmp_path, monkeypatch):
+    """Ann's row (by e-mail) and then her CRM row (by external id, with her new e-mail) in one
+    slice: both are hers. On PostgreSQL the rows' contacts were looked up again by identifier
+    after the updates — Ann's old e-mail then named nobody, and her consent was not written."""
+    imported(store, write(tmp_path, "crm.csv", "external_id,email,first_name\nX1,ann@example.com,Ann\n"),
+             ONE_PASS, monkeypatch)
+    result = imported(store, write(tmp_path, "people.csv", "external_id,email,consent_email\n"
+                                   ",ann@example.com,granted\nX1,ann@new.example.com,\n"), ONE_PASS, monkeypatch)
+    assert (result.created, result.updated, result.consents) == (0, 2, 1)
+    assert contacts(store) == [("ann@new.example.com", "X1", "Ann", None, "{}")]
+    assert current_consent(store) == {("ann@new.example.com", "email"): "granted"}
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_on_postgres_a_contact_erased_while_its_slice_is_written_gets_nothing_written(store, tmp_path, monkeypatch):
+    """The erasure commits after the slice matched Ann (PostgreSQL: no write lock held): her
+    row is not written to her record, nor her consent to the ledger; Bob's row is."""
+    imported(store, write(tmp_path, "crm.csv", "email,first_name\nann@example.com,Ann\n"), ONE_PASS, monkeypatch)
+    with store.reading() as conn:
+        ann = conn.execute(select(contact_t.c.id)).scalar_one()
+    real_insert = ingest._insert_contacts
+
+    def erased_meanwhile(conn, rows, now):
+        with store.engine.begin() as other:  # another connection: the erasure of Ann, committed
+            suppress(other, reason=ERASED_REASON, at=NOW, contact_id=ann, address=subject_hash("ann@example.com"))
+            other.execute(contact_t.update().where(contact_t.c.id == ann).values(email=None, first_name=None))
+        return real_insert(conn, rows, now)
+    monkeypatch.setattr(ingest, "_insert_contacts", erased_meanwhile)
+    imported(store, write(tmp_path, "people.csv", "email,first_name,consent_email\n"
+                          "ann@example.com,Anne,granted\nbob@example.com,Bob,granted\n"), ONE_PASS, monkeypatch)
+    with store.reading() as conn:
+        assert conn.execute(select(contact_t.c.email, contact_t.c.first_name).where(contact_t.c.id == ann)).one() == (
+            None, None)
+        assert conn.execute(select(consent_t.c.id).where(consent_t.c.contact_id == ann)).all() == []
+    assert current_consent(store) == {("bob@example.com", "email"): "granted"}
+
+
+def mixed_file(seed: int, rows: int = 1_200) -> str:
+    """A file of new people, known people (some under another key than their record's), moved
+    e-mails, shared phones, repeated rows and consent changes, in a random order."""
+    import random
+    rng = random.Random(seed)
+    lines = ["external_id,email,phone,first_name,consent_email"]
+    for i in range(rows):
+        person = rng.randrange(rows // 2)
+        roll = rng.random()
+        external = f"X{person}" if roll < 0.5 else ""
+        email = f"p{person}@example.com" if roll > 0.2 else (f"moved{person}@example.com" if external else "")
+        phone = f"+49301{rng.randrange(50):04d}" if roll < 0.3 else ""
+        if not (external or email or phone):
+            email = f"p{person}@example.com"
+        lines.append(f"{external},{email},{phone},N{i},{rng.choice(['granted', 'revoked', ''])}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_on_postgres_slices_written_at_once_end_as_slices_written_one_by_one(store, new_store, tmp_path,
+                                                                            monkeypatch, seed):
+    """Differential: the same known contacts, then a mixed file in slices of 50 — on PostgreSQL
+    (slices beside each other where nothing ties them) and on SQLite (one after the other)."""
+    known = write(tmp_path, "known.csv", "external_id,email,first_name\n" + "".join(
+        f"X{i},p{i}@example.com,Known{i}\n" for i in range(0, 600, 3)))
+    path = write(tmp_path, "mixed.csv", mixed_file(seed))
+    serial = new_store("serial")
+    results = []
+    for target in (serial, store):
+        imported(target, known, ONE_PASS, monkeypatch)
+        results.append(imported(target, path, 50, monkeypatch, read_aside=True))
+    assert contacts(store) == contacts(serial)
+    assert current_consent(store) == current_consent(serial)
+    got, expected = results[1], results[0]
+    assert (got.created, got.updated, got.consents) == (expected.created, expected.updated, expected.consents)
+    assert lines(got.errors) == lines(expected.errors)
+
+
 def events_file(tmp_path, n: int, extra: str = ""):
     rows = [json.dumps({"event_id": f"e{i}", "email": f"u{i % 3}@example.com", "event": "signup",
                         "timestamp": "2026-05-01T10:00:00Z"}) for i in range(n)]
