@@ -1247,7 +1247,8 @@ def _rematched(rows: dict[Key, _ImportRow], matched: dict[Key, int],
         if cid is None:
             continue
         fields = row.fields
-        via = next(kind for kind in MATCH_ORDER if fields.get(kind) and fields[kind] in holders[kind])
+        via = _matched_by(fields, holders)
+        assert via is not None  # (matched)
         given = written.setdefault(cid, {})
         if given.get(via, fields[via]) != fields[via]:
             return key
@@ -1260,12 +1261,16 @@ def _match_contacts(rows: dict[Key, _ImportRow], holders: dict[str, dict[str, in
     contact holds decides. Rows no contact matches are left out."""
     matched: dict[Key, int] = {}
     for key, row in rows.items():
-        fields = row.fields
-        cid = next((holders[kind][fields[kind]] for kind in MATCH_ORDER
-                    if fields.get(kind) and fields[kind] in holders[kind]), None)
-        if cid is not None:
-            matched[key] = cid
+        kind = _matched_by(row.fields, holders)
+        if kind is not None:
+            matched[key] = holders[kind][row.fields[kind]]
     return matched
+
+
+def _matched_by(fields: dict[str, Any], holders: dict[str, dict[str, int]]) -> Optional[str]:
+    """The identifier (a kind of MATCH_ORDER) by which a row's fields match a contact: the first
+    the row has that a contact holds; None when no contact holds any."""
+    return next((kind for kind in MATCH_ORDER if fields.get(kind) and fields[kind] in holders[kind]), None)
 
 
 def _clean_event(record: Any) -> tuple[Optional[dict], list[tuple[str, str]]]:
