@@ -14,7 +14,9 @@ client's `secrets`, so every reason a destination derives from it is clean at th
 """
 from __future__ import annotations
 
+import functools
 import json
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional
@@ -165,6 +167,14 @@ def short_body(response: httpx.Response, limit: int = 300) -> str:
     return text[:limit]
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The certificates provider calls are verified against (httpx's default: certifi's bundle,
+    or SSL_CERT_FILE / SSL_CERT_DIR), loaded once per process and shared by every client:
+    loading them costs ~30 ms, and one segment sync opens a client per destination."""
+    return httpx.create_ssl_context()
+
+
 class ProviderClient:
     """An httpx client for one provider, with its throttle name, policy and counters."""
 
@@ -177,7 +187,8 @@ class ProviderClient:
         self.policy = policy or RetryPolicy()
         self.classify = classify
         self.requests = 0
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers or {}, timeout=timeout)
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers or {}, timeout=timeout,
+                                 verify=tls_context())
 
     def call(self, method: str, url: str, **kwargs: Any) -> Attempt:
         attempt = Attempt(ok=False)

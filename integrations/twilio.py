@@ -35,6 +35,7 @@ import httpx
 import phonenumbers
 from pydantic import SecretStr
 
+from integrations.http_retry import tls_context
 from nurture.redaction import redact, secrets_in
 from nurture.registry import Channel, DeliveryResult, IntegrationContext, IntegrationError, OutgoingMessage
 from nurture.settings import EnvSettings, Settings, setting
@@ -125,7 +126,8 @@ class TwilioSmsChannel(Channel):
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
         auth = (self.settings.account_sid, self.settings.auth_token.get_secret_value())
         results: list[DeliveryResult] = []
-        with httpx.Client(auth=auth, timeout=self.timeout, headers={"Accept": "application/json"}) as client:
+        with httpx.Client(auth=auth, timeout=self.timeout, headers={"Accept": "application/json"},
+                          verify=tls_context()) as client:
             for position, m in enumerate(messages):
                 result = self._send_one(client, m)
                 results.append(result)

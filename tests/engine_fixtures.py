@@ -23,18 +23,17 @@ EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="session")
-def _empty_databases(pg_server_url, sqlite_template) -> dict:
-    """A migrated SQLite file to copy and one migrated PostgreSQL database to empty, per session."""
-    from sqlalchemy import MetaData
+def _empty_databases(pg_server_url, sqlite_template, pg_template) -> dict:
+    """A migrated SQLite file to copy and one migrated PostgreSQL database to empty, per session
+    (a copy of conftest's migrated template: migrating costs seconds on PostgreSQL)."""
+    from sqlmodel import SQLModel
 
-    from nurture.store.db import make_engine, open_store
+    import nurture.store.tables  # noqa: F401  (every model's table is declared)
+    from nurture.store.db import make_engine
     from tests.conftest import _fresh_pg_database
-    pg_url = _fresh_pg_database(pg_server_url)
-    open_store(pg_url).dispose()
+    pg_url = _fresh_pg_database(pg_server_url, pg_template)
     pg_engine = make_engine(pg_url)
-    metadata = MetaData()
-    metadata.reflect(pg_engine)
-    tables = [t for t in reversed(metadata.sorted_tables) if t.name != "alembic_version"]
+    tables = list(reversed(SQLModel.metadata.sorted_tables))  # children before parents
     yield {"sqlite": sqlite_template, "postgres": pg_url, "pg_engine": pg_engine, "tables": tables}
     pg_engine.dispose()
 
