@@ -26,7 +26,8 @@ from tests.engine_fixtures import journey_yaml
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
 
 NOW = utc(2026, 3, 4, 12, 0)
-DUE = 2000  # all queued at once by the advance stage; the delivery process sends them in one batch
+DUE = 8000  # all queued at once by the advance stage; the delivery process is still at them when signalled
+# (2,000 were once all sent before the signal came, on a machine busy with the suite)
 
 # The tick process: the advance stage queues every due message, then "guards" on (sleeps), so
 # only the delivery process sends, and it is mid-batch when the test kills or interrupts this.
