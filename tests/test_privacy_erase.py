@@ -432,7 +432,7 @@ def test_privacy_erase_needs_the_privacy_token(site, world):
     assert rows(world.store, erasure_t) == [] and rows(world.store, contact_t, contact_t.c.email == ALICE)
 
 
-@pytest.mark.parametrize("body, field", [
+BAD_BODIES = [
     (b"{not json", "body"),
     (b'["alice@example.com"]', "body"),
     (b"{}", "emails"),
@@ -442,12 +442,16 @@ def test_privacy_erase_needs_the_privacy_token(site, world):
     (b'{"emails": ["alice@example.com", "not an address"]}', "emails[1]"),
     (b'{"emails": ["alice@example.com"], "reason": "Because I say so!"}', "reason"),
     (b'{"emails": ["alice@example.com"], "force": true}', "force"),
-])
-def test_privacy_erase_names_the_field_of_a_bad_body_and_erases_nothing(site, world, body, field):
-    answer = site.http.post("/privacy/erase", content=body, headers={"Authorization": f"Bearer {PRIVACY_TOKEN}",
-                                                                       "Content-Type": "application/json"})
-    assert 400 <= answer.status_code < 500 and answer.json()["field"] == field, answer.text
-    assert rows(world.store, erasure_t) == [] and rows(world.store, contact_t, contact_t.c.email == ALICE)
+]
+
+
+def test_privacy_erase_names_the_field_of_a_bad_body_and_erases_nothing(site, world):
+    """Each bad body in turn, against one world (a world per body cost ~0.3 s each)."""
+    for body, field in BAD_BODIES:
+        answer = site.http.post("/privacy/erase", content=body, headers={"Authorization": f"Bearer {PRIVACY_TOKEN}",
+                                                                           "Content-Type": "application/json"})
+        assert 400 <= answer.status_code < 500 and answer.json()["field"] == field, (body, answer.text)
+        assert rows(world.store, erasure_t) == [] and rows(world.store, contact_t, contact_t.c.email == ALICE), body
 
 
 def test_privacy_erase_erases_and_answers_per_address(site, world):

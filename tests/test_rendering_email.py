@@ -13,6 +13,7 @@ import pytest
 
 from nurture.runtime import run_tick
 from nurture.rendering.email_message import rfc_message_id
+from nurture.rendering.inline_css import inline_template_source
 from tests.conftest import utc
 from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber
@@ -107,12 +108,21 @@ def test_css_is_inlined_once_per_template_not_per_recipient(make_runtime, store,
         cid = subscriber(store, f"c{i}@example.com", first_name=f"C{i}", attributes={"coupon_code": str(i)})
         add_event(store, cid, "signup", T0)
     monkeypatch.setattr(premailer, "Premailer", CountingPremailer)
+    inline_template_source.cache_clear()  # (the project's check inlined it already)
     run_tick(rt, "j", T0 + timedelta(minutes=1))
     assert [m.status for m in messages(store)] == ["sent"] * 12
     assert len(runs) == 1  # twelve recipients, one inlining of the template file
     loader_cache = rt.templates.html_env.loader._cache
     assert list(loader_cache) == ["email/offer.html"]
     assert 'style="color:#333"' in loader_cache["email/offer.html"][1]  # the cached source is inlined
+    # the same file loaded again (another runtime, its own loader): inlined from the process's cache
+    again = make_runtime(send_journey(), templates=TEMPLATES)
+    again.templates.html_env.get_template("email/offer.html")
+    assert len(runs) == 1
+    # an edited file is a new source: inlined anew
+    edited = make_runtime(send_journey(), templates={**TEMPLATES, "email/offer.html": TEMPLATES["email/offer.html"] + " "})
+    edited.templates.html_env.get_template("email/offer.html")
+    assert len(runs) == 2
 
 
 def test_html_is_autoescaped_but_subject_and_text_are_not(make_runtime, store):

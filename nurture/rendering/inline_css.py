@@ -8,6 +8,7 @@ they are inlined with the layout's CSS, so `{% extends %}` keeps working.
 """
 from __future__ import annotations
 
+import functools
 import re
 
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
@@ -43,8 +44,11 @@ def stylesheet_of(source: str) -> str:
     return "\n".join(_STYLE.findall(_JINJA.sub("", source)))
 
 
+@functools.lru_cache(maxsize=512)
 def inline_template_source(source: str, extra_css: str = "") -> str:
-    """Inline CSS into a Jinja HTML template source, keeping every Jinja tag intact."""
+    """Inline CSS into a Jinja HTML template source, keeping every Jinja tag intact. The
+    result depends on the two strings alone, so a process inlines a template once however
+    often a project is loaded (`nurture web`'s pages, each journey's flow run, a check)."""
     import premailer  # heavy (cssutils, requests): only loaded when a template is compiled
 
     protected, tags = protect_jinja(source)
