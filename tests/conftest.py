@@ -127,8 +127,8 @@ class _PgDatabases:
     """Copies of the migrated template, handed to one test at a time and emptied after it:
     CREATE DATABASE costs ~160 ms here and DROP ~20 ms, emptying a used copy a few ms. A copy
     goes back only as good as new — its other connections ended, its schema the template's
-    (else it is dropped), the tables a test wrote truncated (pages and planner statistics as
-    in a new copy) and every sequence it drew from restarted."""
+    (else it is dropped), every table holding rows truncated (pages and planner statistics as
+    in a new copy) and every sequence a test drew from restarted."""
 
     def __init__(self, server_url: str, template: str) -> None:
         from sqlalchemy.pool import NullPool
@@ -184,8 +184,8 @@ def pg_databases(pg_server_url, pg_template) -> Iterator[_PgDatabases]:
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request, tmp_path) -> Iterator[str]:
     """A fresh database URL with the current schema: a SQLite file copied from the migrated
-    template, and a new database on the real PostgreSQL (copied from a migrated template, dropped
-    afterwards)."""
+    template, and a database on the real PostgreSQL copied from a migrated template (from the
+    pool of `pg_databases`: emptied after the test, or dropped if the test changed its schema)."""
     if request.param == "sqlite":
         path = tmp_path / "nurture.db"
         shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
