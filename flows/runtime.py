@@ -9,6 +9,7 @@ Flows called directly (the CLI's one-shot commands, the demo, tests) create it a
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import OrderedDict
@@ -37,14 +38,31 @@ def invalid(errors) -> ProjectInvalid:
 
 
 def retry_unless_invalid(task, task_run, state) -> bool:
-    """Prefect retry condition of every task: retry a failure, except a project error."""
+    """Prefect retry condition of every task: retry a failure, except a project error and a
+    stored value the database cannot read — the same rows fail the same way every time, and
+    two retries 5–10 s apart only held up every tick while such a row was there."""
     try:
         state.result()
     except ProjectInvalid:
         return False
-    except Exception:
-        return True
+    except Exception as exc:
+        return not unreadable_stored_value(exc)
     return True
+
+
+def unreadable_stored_value(exc: BaseException) -> bool:
+    """A stored value a statement cannot read, whichever run reads it: SQLite's JSON functions
+    refusing a row (`malformed JSON`: a NaN an older version or a hand wrote), a PostgreSQL data
+    exception (SQLSTATE class 22: a value out of range, an invalid input), or a value that is not
+    JSON or not UTF-8. A busy or lost database (also an OperationalError) is retried."""
+    import sqlite3
+
+    from sqlalchemy.exc import DataError, OperationalError
+    if isinstance(exc, (DataError, json.JSONDecodeError, UnicodeDecodeError)):
+        return True
+    if isinstance(exc, (OperationalError, sqlite3.OperationalError)):
+        return "malformed JSON" in str(exc)
+    return False
 
 
 def require_valid(rt: Runtime, *files: str) -> None:

@@ -270,3 +270,53 @@ def test_a_project_error_is_never_retried():
     assert retry_unless_invalid(None, None, Failed(data=ProjectInvalid("journeys/x.yaml:1:1: bad"))) is False
     assert retry_unless_invalid(None, None, Failed(data=RuntimeError("database busy"))) is True
     assert retry_unless_invalid(None, None, Completed(data=1)) is True
+
+
+def test_a_stored_value_the_database_cannot_read_is_not_retried_but_a_busy_database_is(tmp_path):
+    """Real errors from real databases: SQLite's JSON functions over a stored NaN fail the same
+    way every time; a locked SQLite file does not."""
+    import sqlite3
+
+    from prefect.states import Failed
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from flows.runtime import retry_unless_invalid
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}", connect_args={"timeout": 0})
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE event (properties TEXT)"))
+        conn.execute(text("INSERT INTO event VALUES ('{\"cart_value\": NaN}')"))
+    with pytest.raises(OperationalError) as poison:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT json_extract(properties, '$.cart_value') FROM event")).all()
+    assert retry_unless_invalid(None, None, Failed(data=poison.value)) is False
+
+    holder = sqlite3.connect(tmp_path / "x.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(OperationalError) as busy:
+            with engine.begin() as conn:
+                conn.execute(text("INSERT INTO event VALUES ('{}')"))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        engine.dispose()
+    assert "locked" in str(busy.value)
+    assert retry_unless_invalid(None, None, Failed(data=busy.value)) is True
+
+
+def test_a_postgresql_data_exception_is_not_retried(pg_server_url):
+    from prefect.states import Failed
+    from sqlalchemy import text
+    from sqlalchemy.exc import DataError
+
+    from flows.runtime import retry_unless_invalid
+    from tests.conftest import _admin
+    admin = _admin(pg_server_url)
+    try:
+        with pytest.raises(DataError) as bad:  # SQLSTATE 22003, integer out of range
+            with admin.connect() as conn:
+                conn.execute(text("SELECT CAST(CAST(:v AS text) AS integer)"), {"v": "99999999999"}).all()
+    finally:
+        admin.dispose()
+    assert retry_unless_invalid(None, None, Failed(data=bad.value)) is False
