@@ -22,48 +22,19 @@ from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t, me
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="session")
-def _empty_databases(pg_server_url, sqlite_template, pg_template) -> dict:
-    """A migrated SQLite file to copy and one migrated PostgreSQL database to empty, per session
-    (a copy of conftest's migrated template: migrating costs seconds on PostgreSQL)."""
-    from sqlmodel import SQLModel
-
-    import nurture.store.tables  # noqa: F401  (every model's table is declared)
-    from nurture.store.db import make_engine
-    from tests.conftest import _fresh_pg_database
-    pg_url = _fresh_pg_database(pg_server_url, pg_template)
-    pg_engine = make_engine(pg_url)
-    tables = list(reversed(SQLModel.metadata.sorted_tables))  # children before parents
-    yield {"sqlite": sqlite_template, "postgres": pg_url, "pg_engine": pg_engine, "tables": tables}
-    pg_engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path, _empty_databases) -> str:
-    """An empty, migrated database: a copy of a migrated SQLite file, and the session's
-    PostgreSQL database with every row deleted. To the engine this is a fresh database; it
-    costs milliseconds instead of a CREATE DATABASE and a migration per test (the store tests
-    keep conftest's truly fresh databases to test the migrations themselves)."""
-    import shutil
-    if request.param == "sqlite":
-        path = tmp_path / "nurture.db"
-        shutil.copyfile(_empty_databases["sqlite"], path)
-        return f"sqlite:///{path}"
-    with _empty_databases["pg_engine"].begin() as conn:
-        for table in _empty_databases["tables"]:
-            conn.execute(table.delete())
-    return _empty_databases["postgres"]
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def module_store(request, tmp_path_factory) -> Iterator[Store]:
     """One store per backend for a whole test module whose tests only read shared rows."""
+    import shutil
+
     from nurture.store.db import open_store
     from tests.conftest import _fresh_pg_database
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'nurture.db'}"
-    else:
-        url = _fresh_pg_database(request.getfixturevalue("pg_server_url"))
+        path = tmp_path_factory.mktemp("db") / "nurture.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        url = f"sqlite:///{path}"
+    else:  # (a copy of the migrated template)
+        url = _fresh_pg_database(request.getfixturevalue("pg_server_url"), request.getfixturevalue("pg_template"))
     s = open_store(url)
     yield s
     s.dispose()

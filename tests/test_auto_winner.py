@@ -22,7 +22,6 @@ from nurture.runtime.versions import load_recorded
 from nurture.spec.models import AutoWinner, Journey
 from nurture.store.tables import decision_t, version_t
 from tests.conftest import DEFAULT_POLICIES, utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, add_subscribers, enrollments, journey_yaml, messages, subscriber
 
 T0 = utc(2026, 11, 2, 10)  # ticks at 10:00 UTC: e-mail quiet hours stay out of the way

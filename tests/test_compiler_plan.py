@@ -13,7 +13,6 @@ from nurture.compiler import compile_journey
 from nurture.runtime import run_tick
 from nurture.spec.project import load_project
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, enrollments, journey_yaml, messages, subscriber
 
 STEPS = """

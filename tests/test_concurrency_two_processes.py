@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_subscribers, journey_yaml, messages
 from nurture.store.tables import message_t
 

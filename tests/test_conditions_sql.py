@@ -13,7 +13,6 @@ from nurture.spec.models import Condition
 from nurture.spec.segments import Segment
 from nurture.store.tables import contact_t, enrollment_t, event_t
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_contact, add_event, module_store, set_consent  # noqa: F401
 
 NOW = utc(2026, 3, 10, 12, 0)

@@ -19,7 +19,6 @@ from nurture.registry import Channel, DeliveryResult, IntegrationContext, Outgoi
 from nurture.runtime import run_tick
 from nurture.send.reconcile import STUCK_AFTER, reconcile_stuck
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, journey_yaml, messages, outcomes, subscriber
 
 T0 = utc(2026, 3, 4, 10, 0)

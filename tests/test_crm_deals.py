@@ -23,7 +23,6 @@ from nurture.privacy.tombstones import ERASED_REASON, subject_hash
 from nurture.store.tables import contact_t, crm_cursor_t, deal_t, event_t, suppression_t
 from nurture.web.privacy import hubspot_signature_v3
 from tests.conftest import utc, write_project
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_contact, add_event, contact_row, journey_yaml, subscriber
 from tests.fakes.hubspot import FakeHubSpot, millis
 

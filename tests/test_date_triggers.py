@@ -25,7 +25,6 @@ from nurture.spec.models import Journey
 from nurture.spec.project import load_project
 from nurture.store.tables import enrollment_t
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_contact, enrollments, journey_yaml
 
 SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

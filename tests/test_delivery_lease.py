@@ -22,7 +22,6 @@ from nurture.send.lease import LEASE_TTL, Lease, LeaseLost, held_tokens, process
 from nurture.send.reconcile import STUCK_AFTER, reconcile_stuck
 from nurture.store.tables import lease_t
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, journey_yaml, message_t, messages, subscriber
 
 T0 = utc(2026, 3, 4, 10, 0)

@@ -16,7 +16,6 @@ from nurture.ingest import track_in
 from nurture.runtime.enroll import enroll
 from nurture.store.tables import cursor_t, pending_t
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, at_once, enrollments, journey_yaml, reads_meet, subscriber
 
 T0 = utc(2026, 3, 4, 10, 0)

@@ -13,7 +13,6 @@ from nurture.event_schema import EVENTS
 from nurture.spec.project import load_project
 from nurture.store.attributes import attribute_names
 from tests.conftest import write_project
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401
 from tests.engine_fixtures import add_contact
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "events.md"

@@ -21,7 +21,6 @@ from nurture.runtime.stable_random import pick_arm
 from nurture.spec.project import load_project
 from nurture.store.db import open_store
 from tests.conftest import utc, write_project
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_contact, add_event, journey_yaml, subscriber
 from tests.test_cli import nurture
 

@@ -25,7 +25,6 @@ from nurture.steps.advance import advance
 from nurture.store.db import open_store
 from nurture.store.tables import event_t
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import (add_contact, add_event, contact_row, enrollments, journey_yaml, message_t,
                                    messages, outcomes, subscriber)
 

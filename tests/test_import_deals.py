@@ -18,7 +18,6 @@ from nurture.crm.deal_file import import_deals
 from nurture.privacy.tombstones import ERASED_REASON, subject_hash
 from nurture.store.tables import contact_t, deal_t, event_t, suppression_t
 from tests.conftest import utc, write_project
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_contact, contact_row
 
 NOW = utc(2026, 3, 4, 10, 0)

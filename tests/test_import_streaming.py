@@ -22,7 +22,6 @@ from nurture.privacy.tombstones import ERASED_REASON, subject_hash
 from nurture.store.db import open_store
 from nurture.store.tables import consent_t, contact_t, event_t
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 
 NOW = utc(2026, 5, 4, 10)
 ONE_PASS = 1_000_000  # a slice larger than any file here: the unsliced semantics

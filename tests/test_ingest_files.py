@@ -12,7 +12,6 @@ from sqlalchemy import select
 from nurture.ingest import import_contacts, track_file
 from nurture.store.tables import consent_t, contact_t, event_t
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 
 NOW = utc(2026, 3, 4, 10, 0)
 

@@ -14,7 +14,6 @@ from nurture import ingest  # ingest.clean_name, ingest.MAX_NAME_LENGTH: read at
 from nurture.ingest import import_contacts, track_file
 from nurture.store.tables import contact_t, event_t, suppression_t
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import subscriber
 from tests.test_cli import nurture, project  # noqa: F401  (the CLI through its real entry point)
 from tests.test_web_webhooks import HOOKS, INGEST, _post_twilio, site, twilio  # noqa: F401

@@ -24,7 +24,6 @@ from nurture.runtime import run_tick
 from nurture.sources import Touch, extract_touch
 from nurture.store.tables import contact_t, event_t, touch_t
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import enrollments, journey_yaml
 from tests.test_web_webhooks import INGEST, site, twilio  # noqa: F401  (the served web app)
 

@@ -13,7 +13,6 @@ from datetime import timedelta
 from nurture.rendering.legal_footer import ensure_footer
 from nurture.runtime import run_tick
 from tests.conftest import DEFAULT_POLICIES, REPO
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber
 from tests.test_send_promise import SECRET, T0
 from tests.test_smtp_delivery import Recorder, smtp_server  # noqa: F401  (fixture)

@@ -15,7 +15,6 @@ from nurture.scoring.spec import STAGES as SCORING_STAGES
 from nurture.spec.project import load_project
 from nurture.store.tables import contact_t, event_t
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_contact, add_event, contact_row, journey_yaml, subscriber
 
 NOW = utc(2026, 11, 20, 12)

@@ -8,7 +8,6 @@ from datetime import timedelta
 from nurture.messages import message_log, split_arms
 from nurture.runtime import run_tick
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, journey_yaml, subscriber
 
 T0 = utc(2026, 3, 4, 10, 0)

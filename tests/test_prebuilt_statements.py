@@ -13,7 +13,6 @@ from nurture.conditions import ConditionScope, clock_values, compile_condition
 from nurture.runtime import run_tick
 from nurture.spec.models import Condition
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, enrollments, journey_yaml, messages, subscriber
 
 T0 = utc(2026, 3, 4, 10, 0)

@@ -33,7 +33,6 @@ from nurture.store.tables import (consent_t, contact_t, enrollment_t, event_t, h
                                   suppression_t, sync_run_t)
 from nurture.web.privacy import hubspot_request_uri, hubspot_signature_v3
 from tests.conftest import utc, write_project
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, add_suppression, journey_yaml, subscriber
 from tests.fakes.hubspot import FakeHubSpot
 from tests.test_web_site import running_site

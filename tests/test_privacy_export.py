@@ -10,7 +10,6 @@ from datetime import timedelta
 
 from nurture.consent_ledger import record_consent
 from nurture.privacy.export import FORMAT, erasure_of, export_contact
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.test_privacy_erase import (ALICE, ALICE_PHONE, BOB, JOURNEY, SEGMENTS, T0, World,  # noqa: F401
                                       hubspot)
 

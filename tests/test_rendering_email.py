@@ -15,7 +15,6 @@ from nurture.runtime import run_tick
 from nurture.rendering.email_message import rfc_message_id
 from nurture.rendering.inline_css import inline_template_source
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber
 
 T0 = utc(2026, 3, 4, 10, 0)

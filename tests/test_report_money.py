@@ -21,7 +21,6 @@ from nurture.rendering.email_message import sms_segments
 from nurture.spec.project import load_project
 from nurture.store.tables import contact_t, enrollment_t, message_t, version_t
 from tests.conftest import DEFAULT_POLICIES, utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, add_subscribers, journey_yaml
 
 T0 = utc(2026, 11, 2, 10)

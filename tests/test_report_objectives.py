@@ -18,7 +18,6 @@ from nurture.spec.models import Objective
 from nurture.spec.project import load_project
 from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t, message_t, spend_t, suppression_t
 from tests.conftest import DEFAULT_POLICIES, utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import journey_yaml
 
 UTC = ZoneInfo("UTC")

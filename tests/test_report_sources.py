@@ -16,7 +16,6 @@ from nurture.reporting.sources import Window, business_kpis, percentile, source_
 from nurture.spec.project import load_project
 from nurture.store.tables import contact_t, event_t, handover_t, message_t, spend_t, touch_t, version_t
 from tests.conftest import DEFAULT_POLICIES, utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import journey_yaml
 
 T = utc(2026, 11, 1)  # the window: November 2026

@@ -12,7 +12,6 @@ import pytest
 from nurture.runtime import run_tick
 from nurture.runtime.stable_random import in_holdout, pick_arm
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import (add_contact, add_event, at_once, contact_row, enrollments, journey_yaml, messages,
                                    outcomes, reads_meet, set_consent, subscriber)
 

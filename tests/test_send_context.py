@@ -18,7 +18,6 @@ from nurture.send import render
 from nurture.send.context import ContextRow, recipient_links, template_context
 from nurture.send.preview import preview_journey
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber
 
 T0 = utc(2026, 3, 4, 10, 0)

@@ -16,7 +16,6 @@ from sqlalchemy.exc import IntegrityError
 from nurture.runtime import run_tick
 from nurture.store.tables import message_t
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import (add_contact, add_event, add_suppression, enrollments, journey_yaml, messages,
                                    outcomes, set_consent, subscriber)
 

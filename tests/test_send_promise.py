@@ -20,7 +20,6 @@ from aiosmtpd.controller import Controller
 from nurture.registry import Channel, DeliveryResult, OutgoingMessage
 from nurture.runtime import run_tick
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import (add_contact, add_event, add_suppression, journey_yaml, messages, outcomes,
                                    set_consent, subscriber)
 from tests.test_smtp_delivery import PASSWORD, Recorder, _free_port, smtp_server  # noqa: F401  (fixture)

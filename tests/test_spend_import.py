@@ -16,7 +16,6 @@ from sqlalchemy import select
 from nurture.spend import import_spend
 from nurture.store.tables import spend_t
 from tests.conftest import utc, write_project
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 
 NOW = utc(2026, 3, 4, 10, 0)
 

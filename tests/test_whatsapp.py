@@ -21,7 +21,6 @@ from nurture.messages import message_log
 from nurture.runtime import run_tick
 from nurture.spec.project import load_project
 from tests.conftest import utc, write_project
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_contact, add_event, messages, set_consent, subscriber
 from tests.fakes.twilio import FakeTwilio
 

@@ -15,7 +15,6 @@ from nurture.runtime.when_candidates import anchored_by
 from nurture.spec.models import Condition
 from nurture.store.tables import contact_t, enrollment_t
 from tests.conftest import utc
-from tests.engine_fixtures import _empty_databases, db_url  # noqa: F401  (empty databases in milliseconds)
 from tests.engine_fixtures import add_contact, add_event, journey_yaml, subscriber
 
 T0 = utc(2026, 3, 4, 10, 0)  # a Wednesday
