@@ -190,7 +190,7 @@ def test_no_helper_process_outlives_a_tick_stopped_mid_delivery(seeded, tmp_path
             os.killpg(tick.pid, signal.SIGINT)
         else:  # SIGINT to the tick process alone: KeyboardInterrupt, then the interpreter's exit
             tick.send_signal(signal.SIGKILL if how == "kill -9" else signal.SIGINT)
-        tick.wait(10)
+        tick.wait(30)  # (seconds on a loaded machine: its cleanup, then the interpreter's exit)
 
         gone = _wait_for(lambda: not running(helpers), 10, 0.02)
         assert gone, {pid: command(pid) for pid in running(helpers)}

@@ -49,6 +49,8 @@ def _free_port() -> int:
 def _base_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NURTURE_", "PREFECT_"))}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", COLUMNS="200")
+    if "PREFECT_API_SSL_CERT_FILE" in os.environ:  # (conftest: a one-certificate CA file, cheaper clients)
+        env["PREFECT_API_SSL_CERT_FILE"] = os.environ["PREFECT_API_SSL_CERT_FILE"]
     return env
 
 
