@@ -57,6 +57,25 @@ def test_migrating_again_is_a_no_op_that_keeps_the_data(store):
         conn.rollback()
 
 
+def test_a_database_at_the_newest_version_is_opened_without_running_alembic(store, monkeypatch):
+    """Every process checks the version itself (the newest revision read once per process):
+    Alembic's upgrade, which loads every migration script and its environment, runs only when
+    there is something to migrate."""
+    from alembic import command
+
+    from nurture.store import db
+    assert db.head_revision() == head_revision() == current_revision(store.engine)
+
+    def upgrade(*args, **kwargs):
+        raise AssertionError("Alembic ran on a database already at the newest version")
+    monkeypatch.setattr(command, "upgrade", upgrade)
+    migrate(store.engine)
+    with store.engine.begin() as conn:  # one version behind: then it does run
+        conn.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+    with pytest.raises(AssertionError, match="Alembic ran"):
+        migrate(store.engine)
+
+
 def test_an_older_database_is_upgraded_without_losing_rows(empty_db_url):
     db_url = empty_db_url
     from alembic import command
