@@ -9,11 +9,15 @@ Prints JSON:
 - validate: validating 50 journeys → seconds.
 
     python bench/bench_tick.py [--contacts 100000] [--dir PATH] [--postgres] [--only send]
-                               [--workers 1,2]
+                               [--workers 1,2] [--pairs N]
 
 `--postgres` also runs the send ticks on a throwaway PostgreSQL server (pgserver, its data
 under `--dir` too) over the same seeded data, in the same run: `postgres_send_tick_*` beside
 the SQLite figures, and `postgres_vs_sqlite` (2 processes; the target is 1.0 or more).
+`--pairs N` (with `--postgres`) then times N more pairs of send ticks with the last `--workers`
+count, SQLite and PostgreSQL alternately: `pairs` lists each pair's rates and ratio, and
+`postgres_vs_sqlite_median` is the median ratio over all pairs, the first included — this
+VM's speed drifts within minutes, so one pair can land on either side of 1.0.
 A 2-process send tick's `target_messages_per_second` is 8,000 on 2 cores (issue 17).
 
 Before each timed send tick the seeded data is written home (`settle`: SQLite's WAL
@@ -48,6 +52,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -287,6 +292,15 @@ def file_create_us(tmp: Path, n: int = 2000) -> float:
     return round(took / n * 1e6, 1)
 
 
+def _pair(sqlite_run: dict, postgres_run: dict) -> dict:
+    """One SQLite and one PostgreSQL send tick, timed one after the other."""
+    sq, pg = sqlite_run["messages_per_second"], postgres_run["messages_per_second"]
+    return {"sqlite_messages_per_second": sq, "postgres_messages_per_second": pg,
+            "postgres_vs_sqlite": round(pg / sq, 2),
+            "machine_cpu_us_per_message": [sqlite_run.get("machine_cpu_us_per_message"),
+                                           postgres_run.get("machine_cpu_us_per_message")]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--contacts", type=int, default=100_000)
@@ -294,7 +308,11 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="the send ticks on PostgreSQL (pgserver) too")
     parser.add_argument("--only", choices=["send"], default=None, help="send ticks only (no validate, no idle tick)")
     parser.add_argument("--workers", default="1,2", help="delivery processes of the send ticks (default 1,2)")
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="with --postgres: N more SQLite/PostgreSQL pairs of send ticks (the last --workers count)")
     args = parser.parse_args()
+    if args.pairs and not args.postgres:
+        parser.error("--pairs compares the databases: it needs --postgres")
     base = Path(args.dir) if args.dir else Path(__file__).resolve().parent.parent / ".nurture"
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-", dir=base))
@@ -318,6 +336,14 @@ def main() -> None:
             result["postgres_vs_sqlite"] = round(result[f"postgres_{name}"]["messages_per_second"]
                                                  / result[name]["messages_per_second"], 2)
             result["postgres_vs_sqlite_target"] = 1.0
+            if args.pairs:
+                pairs = [_pair(result[name], result[f"postgres_{name}"])]
+                for i in range(args.pairs):
+                    sqlite_run = bench_send(tmp / f"pair{i}-sqlite", args.contacts, w)
+                    pairs.append(_pair(sqlite_run, bench_send(tmp / f"pair{i}-postgres", args.contacts, w,
+                                                              pg.new_database())))
+                result["pairs"] = pairs
+                result["postgres_vs_sqlite_median"] = statistics.median(p["postgres_vs_sqlite"] for p in pairs)
     finally:
         if pg is not None:
             pg.close()
