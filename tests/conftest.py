@@ -2,6 +2,7 @@
 folders written from strings, and a runtime over them."""
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -49,6 +50,14 @@ def _one_certificate_bundle() -> str:
 
 if "PREFECT_API_SSL_CERT_FILE" not in os.environ:
     os.environ["PREFECT_API_SSL_CERT_FILE"] = _one_certificate_bundle()
+
+
+# A test process holds ~600,000 objects once Prefect, SQLAlchemy and the tests' modules are in,
+# and with CPython's default thresholds (700, 10, 10) it scanned all of them ~26 times in a
+# third of a worker's tests: 8.5 s of 68. With a young generation of 10,000 the collector's
+# time halves (six modules, 299 tests: 10.1 → 5.3 s; the whole suite, runs one after the other:
+# 428 → 397 s of CPU, 250 → 235 s). Cyclic garbage is still collected, only less often.
+gc.set_threshold(10_000, 20, 10)
 
 
 def utc(*args: int) -> datetime:
