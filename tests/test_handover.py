@@ -59,6 +59,29 @@ def test_handover_writes_the_mql_with_stage_score_and_sla_task_once(make_runtime
     assert [m.status for m in messages(store)] == ["sent"]  # the journey goes on after the handover
 
 
+def test_handovers_are_made_in_the_order_the_contacts_entered_the_journey(make_runtime, store):
+    """The batch of due enrollments comes in the database's order: on PostgreSQL where their
+    latest row versions lie. Sales' queue (and a CRM's requests) still follow the order of entry."""
+    from sqlalchemy import update
+
+    from nurture.store.tables import enrollment_t
+    rt = make_runtime({"mql": journey_yaml("mql", """
+    - id: pause
+      wait: 1h
+    - id: to_sales
+      handover: {sla: 24h}
+    """, trigger="{event: demo_request}")})
+    first, second = (subscriber(store, f"{name}@acme.example", score=70) for name in ("ann", "bo"))
+    for cid in (first, second):
+        add_event(store, cid, "demo_request", T0)
+    run_tick(rt, "mql", T0 + timedelta(minutes=5))  # both enter, waiting
+    for step in ("elsewhere", "pause"):  # the first one's row version now lies after the second's
+        with store.engine.begin() as conn:  # (a changed indexed column: a new version, a new index entry)
+            conn.execute(update(enrollment_t).where(enrollment_t.c.contact_id == first).values(step_id=step))
+    run_tick(rt, "mql", T0 + timedelta(hours=2))
+    assert [h.contact_id for h in _handovers(store)] == [first, second]
+
+
 def test_handover_never_lowers_a_later_stage(make_runtime, store):
     rt = make_runtime({"mql": MQL_JOURNEY})
     cid = subscriber(store, "sam@corp.example", lifecycle_stage="sql", score=80)

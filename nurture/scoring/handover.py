@@ -152,7 +152,10 @@ def deliver_handovers(conn: Any, rt: Any, ids: list[int], now: datetime) -> Coun
 
 
 def hand_over(conn: Any, rt: Any, plan: Any, node: Any, rows: list[tuple], now: datetime, report: Counter) -> None:
-    """The `handover` step for a batch of due enrollments (rows: eid, contact id, tz, at)."""
+    """The `handover` step for a batch of due enrollments (rows: eid, contact id, tz, at), handed
+    over in the order the contacts entered the journey (the batch's own order is the database's:
+    on PostgreSQL it follows where the rows' latest versions lie)."""
+    rows = sorted(rows, key=lambda row: row[0])
     spec = handover_spec(node.step.handover)
     contact_ids = sorted({r[1] for r in rows})
     # forward only (a handed-over SQL stays SQL), recorded as a lifecycle_stage_changed event
