@@ -64,6 +64,19 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)
 
 
+def polled(fetch, done, timeout: float = 30, every: float = 0.2):
+    """`fetch()` again until `done(value)` or the timeout; the last value either way, for the
+    caller's assertions to say what is missing. For what a server records a moment later: a
+    flow's task runs reach Prefect as events, written by its recorder after the flow returned."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
 # ---------------------------------------------------------------- PostgreSQL
 
 

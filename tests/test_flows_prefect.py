@@ -3,7 +3,6 @@ flow runs, stages as tasks, the logical clock, and the table artifact per run.""
 from __future__ import annotations
 
 import json
-import time
 from datetime import timedelta
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from nurture.consent_ledger import record_consent
 from nurture.ingest import track_records
 from nurture.store.db import open_store
-from tests.conftest import utc, write_project
+from tests.conftest import polled, utc, write_project
 
 pytestmark = [pytest.mark.prefect, pytest.mark.xdist_group("prefect")]
 
@@ -102,15 +101,8 @@ def test_tick_all_runs_each_journey_as_its_own_flow_with_stage_tasks_and_an_arti
             task_runs = await client.read_task_runs()
             artifacts = await client.read_artifacts()
             return flows, runs, task_runs, artifacts
-    # Task runs reach the server as events, which its task-run recorder writes a moment later:
-    # the flow's last task may not be there yet when the flow has returned.
-    deadline = time.monotonic() + 30
-    while True:
-        flows, runs, task_runs, artifacts = anyio.run(inspect)
-        recorded = [t for t in task_runs if runs and t.flow_run_id == runs[0].id]
-        if len(recorded) >= 7 or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    flows, runs, task_runs, artifacts = polled(  # (the last task run may not be recorded yet)
+        lambda: anyio.run(inspect), lambda got: got[1] and sum(t.flow_run_id == got[1][0].id for t in got[2]) >= 7)
     assert [f.name for f in flows] == ["journey-welcome_series"]
     assert len(runs) == 1 and runs[0].state.is_completed()
     names = {t.name.rsplit("-", 1)[0] for t in task_runs if t.flow_run_id == runs[0].id}

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from nurture.consent_ledger import record_consent
 from nurture.store.db import open_store
 from nurture.store.tables import contact_t
-from tests.conftest import utc, write_project
+from tests.conftest import polled, utc, write_project
 
 NOW = utc(2026, 11, 21, 1, 0)
 SEGMENTS = """
@@ -83,12 +82,8 @@ def test_segment_sync_flow_runs_a_task_per_target_takes_rate_limit_slots_and_lea
                 return ([t for t in await client.read_task_runs() if t.flow_run_id == run_id],
                         [a for a in await client.read_artifacts() if a.flow_run_id == run_id],
                         await client.read_global_concurrency_limit_by_name("nurture-hubspot"))
-        deadline = time.monotonic() + 30  # (task runs are recorded from events, a moment after the flow returns)
-        while True:
-            task_runs, artifacts, limit = anyio.run(inspect)
-            if sum(t.name.startswith("sync-target") for t in task_runs) >= 2 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        task_runs, artifacts, limit = polled(  # (task runs are recorded a moment after the flow returns)
+            lambda: anyio.run(inspect), lambda got: sum(t.name.startswith("sync-target") for t in got[0]) >= 2)
     finally:
         hubspot.stop()
     by_target = {r["target"]: r for r in rows}

@@ -22,7 +22,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -263,16 +263,20 @@ def _make_engine(url: str) -> Engine:
     return engine
 
 
+def _alembic_config() -> Any:
+    from alembic.config import Config
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
 @functools.cache
 def head_revision() -> str:
     """The newest migration's revision, read once per process: Alembic finds it by loading
     every migration script (~12 ms on an idle machine), and each process opens many databases
     (a test suite, `nurture web` over several projects) or one database many times over."""
-    from alembic.config import Config
     from alembic.script import ScriptDirectory
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     if head is None:  # (a package without its migrations)
         raise RuntimeError(f"no migrations found in {MIGRATIONS}")
     return head
@@ -282,10 +286,8 @@ def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration (creating it on an empty database). A database
     already at the newest version is left alone without running Alembic."""
     from alembic import command
-    from alembic.config import Config
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg = _alembic_config()
     if engine.dialect.name != "sqlite":
         with engine.begin() as conn:
             if conn.exec_driver_sql("SELECT to_regclass('alembic_version')").scalar() is not None:
