@@ -41,10 +41,10 @@ run to run than messages per second on a shared VM.
 The projects (SQLite file and .eml outbox) live where a real project keeps them: under the
 checkout's `.nurture/` (git-ignored). Each send tick's project is removed as soon as its
 figures are read, so that every tick starts from the same file system: kept until the end, the
-100,000 .eml files of each tick slowed the next ones' file creation (tmpfs, six ticks in a row:
-18 → 30 µs a file, SQLite 115 → 141 µs and PostgreSQL 137 → 164 µs of machine CPU a message; 117–119
-and 139–144 µs with each removed) — and PostgreSQL, second in every pair, paid more of it. `--dir` chooses another place. The
-cost of creating a file there is printed as `file_create_us`: on the 2-core CI VM it varies
+100,000 .eml files of each tick slowed the next ones' file creation (tmpfs, six ticks in a
+row: 18 → 30 µs a file, SQLite 115 → 141 µs and PostgreSQL 137 → 164 µs of machine CPU a
+message; 117–119 and 139–144 µs with each removed) — and PostgreSQL, second in every pair,
+paid more of it. `--dir` chooses another place. The cost of creating a file there is printed as `file_create_us`: on the 2-core CI VM it varies
 from ~15 µs to ~600 µs of kernel time per file depending on the directory's ext4 block group
 (this VM's much-used /tmp was at ~500 µs on 2026-11-22, which alone caps the file channel at
 ~2,000 files/s per core), so the tick is also worth measuring on tmpfs (`--dir /dev/shm`) to
@@ -200,7 +200,8 @@ TARGET_RATE = 8000
 
 
 def bench_send(tmp: Path, n: int, workers: int, url: str | None = None) -> dict:
-    rt = make(tmp / f"w{workers}", n, due=True, url=url)
+    project = tmp / f"w{workers}"
+    rt = make(project, n, due=True, url=url)
     run_tick(rt, "promo", NOW - timedelta(minutes=5))  # records the version; nothing due yet
     settle(rt)
     cpu_before = machine_cpu()
@@ -213,7 +214,7 @@ def bench_send(tmp: Path, n: int, workers: int, url: str | None = None) -> dict:
     files = sum(1 for _ in (rt.data_dir / "outbox" / "email" / "promo").iterdir())
     rt.close()
     rt.store.dispose()
-    shutil.rmtree(tmp / f"w{workers}", ignore_errors=True)  # (see the module's docstring)
+    shutil.rmtree(project, ignore_errors=True)  # (see the module's docstring)
     return {"database": rt.store.dialect, "contacts": n, "delivery_processes": workers, "sent": sent,
             "eml_files": files, "seconds": round(end - started, 2),
             "messages_per_second": round(sent / (end - started)),
