@@ -269,3 +269,28 @@ def test_won_deals_are_revenue_and_open_deals_the_pipeline_of_their_contacts_sou
 def source_rows_of(store, window, now):
     with store.reading() as conn:
         return source_rows(conn, window, now, "EUR")
+
+
+def test_a_stored_value_counts_as_an_amount_from_0_to_1e12_or_as_0(store):
+    """`value` is whatever a browser sent. The SQL sums read it as the engine's conversions do
+    (conversions.event_fields.value_of): on PostgreSQL "1e400" made the cast fail (the report
+    failed), on SQLite it summed to infinity; NaN, negative and absurd values count 0."""
+    from sqlalchemy import select
+
+    from nurture.reporting.sources import json_number
+    values = [12.5, "30", " 7.25 ", "NaN", "Infinity", "-Infinity", "1e400", "-1e400", -5, 1e13, "abc", True,
+              None, [3], {"v": 3}, "1e12", 0]
+    with store.engine.begin() as conn:
+        cid = _contact(conn, "ann@example.com", T)
+        for i, value in enumerate(values):
+            conn.execute(event_t.insert().values(contact_id=cid, name="purchase", occurred_at=T, received_at=T, event_id=f"v{i}",
+                                                 properties={"value": value}))
+        conn.execute(event_t.insert().values(contact_id=cid, name="purchase", occurred_at=T, received_at=T, event_id="none",
+                                             properties={}))
+    with store.reading() as conn:
+        got = [row[0] for row in conn.execute(select(json_number(conn, event_t.c.properties, "value"))
+                                              .where(event_t.c.name == "purchase").order_by(event_t.c.id))]
+    expected = [12.5, 30.0, 7.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1e12, 0.0, 0.0]
+    if store.engine.dialect.name == "sqlite":  # JSON true is 1 to SQLite's json_extract
+        expected[11] = 1.0
+    assert got == pytest.approx(expected)

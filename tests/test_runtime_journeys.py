@@ -223,6 +223,23 @@ def test_goal_records_conversion_and_revenue_within_the_window(make_runtime, sto
     assert messages(store) == []  # a converted contact gets no more messages
 
 
+@pytest.mark.parametrize("value, revenue", [("NaN", 0.0), ("Infinity", 0.0), ("1e400", 0.0), (-5, 0.0),
+                                            ("19.99", 19.99), (1e308, 0.0), ([1], 0.0), (None, 0.0)])
+def test_a_goal_value_is_a_finite_amount_or_no_revenue_and_never_stops_the_tick(make_runtime, store, value, revenue):
+    """A purchase's `value` is whatever a browser sent. As text, "NaN" became a float NaN that
+    SQLite stores as NULL (the tick failed on `enrollment.revenue NOT NULL`, on every tick) and
+    "Infinity" an infinite revenue in the report: the value counts as conversions.value_of reads
+    it, a number from 0 to 1e12 (or text that reads as one), else no revenue."""
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 5d}\n" + HELLO, extra=GOAL)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    add_event(store, cid, "purchase", T0 + timedelta(hours=1), {"value": value})
+    tick(rt, T0 + timedelta(hours=2))
+    (e,) = enrollments(store)
+    assert (e.status, e.revenue) == ("converted", revenue)
+
+
 def test_two_workers_recording_exits_and_conversions_at_once_count_each_once(make_runtime, store, monkeypatch):
     """Two runs of one tick (two workers, docs/scale.md) both read who exits and who converted
     before either writes. Each enrollment leaves once, and the two tick reports together count

@@ -284,3 +284,40 @@ def test_json_reads_back_the_same_on_a_postgresql_database_not_in_utf8(pg_server
     finally:
         store.dispose()
         _drop_pg_database(pg_server_url, url)
+
+
+def test_revenue_recorded_outside_0_to_1e12_becomes_0_on_upgrade(empty_db_url):
+    """0022: "Infinity" and "-5" as a goal value were recorded as they were (NaN too, on
+    PostgreSQL); a conversion's revenue is now an amount from 0 to 1e12, and so is the past."""
+    from alembic import command
+
+    from nurture.store.tables import enrollment_t
+    engine = make_engine(empty_db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":  # as nurture.store.db.migrate: 0019 rebuilds tables
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        with conn.begin():
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0021")
+    values = [12.5, float("inf"), float("-inf"), -5.0, 1e13, 1e12, 0.0]
+    if engine.dialect.name == "postgresql":
+        values.append(float("nan"))  # SQLite has no NaN: it stores NULL (and the column refuses it)
+    with engine.begin() as conn:
+        cid = conn.execute(contact_t.insert().values(email="old@example.com", lifecycle_stage="customer", score=0.0,
+                                                     attributes={}, created_at=EPOCH, updated_at=EPOCH)
+                           ).inserted_primary_key[0]
+        for i, value in enumerate(values):
+            conn.execute(enrollment_t.insert().values(contact_id=cid, journey=f"j{i}", version="v", status="converted",
+                                                      holdout=False, entered_at=EPOCH, converted_at=EPOCH,
+                                                      revenue=value))
+    engine.dispose()
+    store = open_store(empty_db_url)
+    try:
+        with store.engine.connect() as conn:
+            got = [r for (r,) in conn.execute(select(enrollment_t.c.revenue).order_by(enrollment_t.c.id))]
+            conn.rollback()
+    finally:
+        store.dispose()
+    assert got == [12.5, 0.0, 0.0, 0.0, 0.0, 1e12, 0.0] + [0.0] * (len(values) - 7)

@@ -22,8 +22,9 @@ from datetime import date, datetime, timedelta
 from typing import Any, Optional, Sequence
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Float, and_, case, cast, func, or_, select
+from sqlalchemy import Float, Numeric, and_, case, cast, func, or_, select
 
+from nurture.conversions.event_fields import MAX_VALUE
 from nurture.lifecycle import STAGE_CHANGED, STAGES, at_or_beyond
 from nurture.reporting._times import aware
 from nurture.store.models import SENT
@@ -172,12 +173,19 @@ def percentiles(values: Sequence[float]) -> Percentiles:
 
 
 def json_number(conn: Any, props: Any, key: str) -> Any:
-    """SQL: a JSON property as a number; 0 where it is missing or not a number (text that
-    reads as a number counts, as the engine's conversions read it)."""
+    """SQL: a JSON property as an amount, as the engine's conversions read it
+    (`event_fields.value_of`): a number from 0 to 1e12, or text that reads as one; 0 for
+    anything else — missing, a word, negative, NaN, 1e400 — so one absurd stored value can
+    neither fail the report nor make a sum infinite."""
     if conn.dialect.name == "postgresql":
         text = props[key].as_string()
-        return case((text.op("~")(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"), cast(text, Float)), else_=0.0)
-    return func.coalesce(cast(func.json_extract(props, f'$."{key}"'), Float), 0.0)
+        # numeric first: '1e400' is a numeric, but no double precision (a cast would fail)
+        number = case((text.op("~")(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d{1,4})?\s*$"), cast(text, Numeric)),
+                      else_=None)
+        # the bounds as integers: a float bound would compare as double precision, and fail
+        return case((number.between(0, int(MAX_VALUE)), cast(number, Float)), else_=0.0)
+    number = cast(func.json_extract(props, f'$."{key}"'), Float)  # SQLite: NULL for NaN, inf for 1e400
+    return case((number.between(0, MAX_VALUE), number), else_=0.0)
 
 
 def _label(column: Any) -> Any:

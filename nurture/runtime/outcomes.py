@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, func, literal_column, select
 
 from nurture.compiler import Plan
 from nurture.conditions import ConditionScope, clock_values, compile_any, properties_match
+from nurture.conversions.event_fields import value_of
 from nurture.runtime.context import Runtime
 from nurture.runtime.sql import chunks, ids_in, not_indexed, prebuilt, texts_in
 from nurture.spec.models import Condition
@@ -211,10 +212,8 @@ def _convert(rt: Runtime, plan: Plan, looks: list[tuple[str, dict]], now: dateti
         first = _firsts(rt, conn, plan, looks, locking=True)
         updates = []
         for enrollment_id, (status, occurred_at, props) in first.items():
-            try:
-                revenue = float(props.get("value", 0) or 0)
-            except (TypeError, ValueError):
-                revenue = 0.0
+            # a stored property is whatever a browser sent: "NaN", "1e400" or -5 is no revenue
+            revenue = value_of(props) or 0.0
             leaves = status in ("active", "completed")
             updates.append({"eid": enrollment_id, "converted_at": occurred_at, "revenue": revenue,
                             "status": "converted" if leaves else status})
