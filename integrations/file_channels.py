@@ -71,10 +71,14 @@ class FileEmailChannel(Channel):
                 os.makedirs(folder, exist_ok=True)
                 self._dirs.add(folder)
             path = os.path.join(folder, f"{m.message_pk:09d}.eml")
-            data = build_email_bytes(message_id=m.rfc_message_id, from_addr=self.from_email,
-                                     from_name=self.from_name, to_addr=m.to, to_name=m.to_name,
-                                     subject=m.subject, html=m.html, text=m.text,
-                                     date=date, extra_headers=m.headers)
+            try:
+                data = build_email_bytes(message_id=m.rfc_message_id, from_addr=self.from_email,
+                                         from_name=self.from_name, to_addr=m.to, to_name=m.to_name,
+                                         subject=m.subject, html=m.html, text=m.text,
+                                         date=date, extra_headers=m.headers)
+            except ValueError as exc:  # (UnicodeError too) this message cannot be written: it alone fails
+                results.append(DeliveryResult(m.message_pk, "failed", reason=f"build_error: {type(exc).__name__}"))
+                continue
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 os.write(fd, data)

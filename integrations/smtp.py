@@ -90,7 +90,7 @@ from pydantic import SecretStr
 
 from nurture.redaction import redact, secrets_in
 from nurture.registry import Channel, DeliveryResult, IntegrationContext, IntegrationError, OutgoingMessage
-from nurture.rendering.email_message import build_email_bytes
+from nurture.rendering.email_message import ascii_address, build_email_bytes
 from nurture.send.lease import boot_id as current_boot_id  # (the journal names its files by it)
 from nurture.settings import EnvSettings, Settings, setting
 
@@ -398,15 +398,24 @@ class SmtpChannel(Channel):
         s = self.settings
         if not m.to:
             return DeliveryResult(m.message_pk, "failed", reason="no_address"), True
-        data = build_email_bytes(message_id=m.rfc_message_id, from_addr=s.from_email, from_name=s.from_name,
-                                 to_addr=m.to, to_name=m.to_name, subject=m.subject, html=m.html, text=m.text,
-                                 date=m.created_at or datetime.now(timezone.utc), extra_headers=m.headers)
+        to = ascii_address(m.to)
+        if not to.isascii() and not client.has_extn("smtputf8"):
+            # A non-ASCII local part exists only for a server that offers SMTPUTF8 (RFC 6531):
+            # this one cannot take the address at all, now or on a retry.
+            return DeliveryResult(m.message_pk, "failed", reason="smtputf8_unsupported: the server does not offer "
+                                  "SMTPUTF8, which the address's non-ASCII local part needs"), True
+        try:
+            data = build_email_bytes(message_id=m.rfc_message_id, from_addr=s.from_email, from_name=s.from_name,
+                                     to_addr=m.to, to_name=m.to_name, subject=m.subject, html=m.html, text=m.text,
+                                     date=m.created_at or datetime.now(timezone.utc), extra_headers=m.headers)
+        except ValueError as exc:  # (UnicodeError too) this message cannot be written: it alone fails
+            return DeliveryResult(m.message_pk, "failed", reason=f"build_error: {type(exc).__name__}"), True
         if journal is not None:
             try:
                 journal.mark(HANDED, m.rfc_message_id)
             except OSError as exc:
                 raise _JournalFailed(exc) from None
-        result, keep, answer = self._transaction(client, m, data)
+        result, keep, answer = self._transaction(client, m, to, data)
         if journal is not None and answer is not None:
             try:
                 journal.mark(answer, m.rfc_message_id)
@@ -414,13 +423,15 @@ class SmtpChannel(Channel):
                 pass
         return result, keep
 
-    def _transaction(self, client: smtplib.SMTP, m: OutgoingMessage,
+    def _transaction(self, client: smtplib.SMTP, m: OutgoingMessage, to: str,
                      data: bytes) -> tuple[DeliveryResult, bool, Optional[str]]:
-        """One MAIL / RCPT / DATA: (result, whether the connection is still usable, the
-        server's answer for the journal: ACCEPTED, REFUSED, or None when none came)."""
+        """One MAIL / RCPT / DATA to `to` (the address as the server takes it): (result,
+        whether the connection is still usable, the server's answer for the journal: ACCEPTED,
+        REFUSED, or None when none came)."""
         s = self.settings
+        options = () if to.isascii() else ("SMTPUTF8",)
         try:
-            refused = client.sendmail(s.from_email, [m.to], data)
+            refused = client.sendmail(s.from_email, [to], data, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             code, message = next(iter(exc.recipients.values()))
             if 400 <= code < 500:  # 421: the server is closing the connection (smtplib closed it)
@@ -442,7 +453,7 @@ class SmtpChannel(Channel):
         except smtplib.SMTPException as exc:
             return DeliveryResult(m.message_pk, "retry", reason=f"smtp_error: {type(exc).__name__}"), False, None
         if refused:  # a single recipient: only reachable if the server answered oddly
-            code, message = refused[m.to]
+            code, message = refused[to]
             reason = f"smtp_rcpt_deferred: {self._reply(code, message)}"
             return DeliveryResult(m.message_pk, "retry", reason=reason), True, REFUSED
         return DeliveryResult(m.message_pk, "sent", provider_id=m.rfc_message_id), True, ACCEPTED

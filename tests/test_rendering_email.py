@@ -187,3 +187,29 @@ def test_a_missing_key_read_as_an_attribute_is_still_a_strict_undefined_error(ma
         library.string("{{ c.coupon }}").render({"c": {}})
     with pytest.raises(SecurityError):  # dunder attributes still go through the sandbox's checks
         library.string("{{ c.__class__.__mro__ }}").render({"c": {}})
+
+
+def test_the_file_channel_writes_international_addresses_and_fails_an_unwritable_message_alone(tmp_path):
+    """`uni@exämple.com` with a name formataddr must encode raised UnicodeEncodeError, and the
+    file channel had no per-message handling: the whole batch stayed queued, on every tick."""
+    from integrations.file_channels import FileEmailChannel
+    from nurture.registry import OutgoingMessage
+    channel = FileEmailChannel(tmp_path / "outbox", "shop@example.com", "Shop")
+
+    def msg(pk, to, name, subject="Hi"):
+        return OutgoingMessage(message_pk=pk, rfc_message_id=f"<nurture.{pk}.j@example.com>", contact_id=pk,
+                               channel="email", journey="j", step_id="hello", purpose="marketing", to=to,
+                               to_name=name, subject=subject, html="<p>Hi</p>", text="Hi")
+
+    results = channel.send_batch([msg(1, "uni@exämple.com", "Jürgen"), msg(2, "ann@example.com", "Ann", "Hi \ud800"),
+                                  msg(3, "jü@example.com", 'Jo "J" Doe'), msg(4, "bob@example.com", "Bob")])
+    assert [(r.status, r.reason) for r in results] == [("sent", None), ("failed", "build_error: UnicodeEncodeError"),
+                                                       ("sent", None), ("sent", None)]
+    to = {}
+    for pk in (1, 3, 4):
+        parsed = email.message_from_string(channel.path_for(pk, "j").read_bytes().decode("utf-8"),
+                                               policy=email.policy.SMTPUTF8)
+        address = parsed["To"].addresses[0]
+        to[pk] = (address.display_name, address.addr_spec)
+    assert to == {1: ("Jürgen", "uni@xn--exmple-cua.com"), 3: ('Jo "J" Doe', "jü@example.com"),
+                  4: ("Bob", "bob@example.com")}

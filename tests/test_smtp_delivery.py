@@ -171,6 +171,35 @@ def test_marketing_email_arrives_complete_and_one_connection_serves_the_batch(ma
         assert "utm_campaign=promo" in text and https_url in text
 
 
+@pytest.mark.parametrize("smtputf8", [True, False])
+def test_international_addresses_go_in_ascii_form_and_one_no_server_can_take_fails_alone(make_runtime, store,
+                                                                                         smtp_server, smtputf8):
+    """An internationalised domain goes as its IDNA A-labels, in RCPT TO and in the To header.
+    A non-ASCII local part needs a server that offers SMTPUTF8 (RFC 6531, RFC 6532 headers);
+    without one, that message alone fails — before, formataddr's UnicodeEncodeError (or
+    smtplib's) escaped the batch, and every message of it stayed queued on every tick."""
+    recorder = Recorder()
+    rt = _runtime(make_runtime, smtp_server(recorder, enable_SMTPUTF8=smtputf8))
+    _signups(store, "uni@exämple.com", "jü@example.com", "bob@example.com")
+    with store.engine.begin() as conn:  # a name that formataddr must encode
+        from nurture.store.tables import contact_t
+        conn.execute(contact_t.update().where(contact_t.c.email == "uni@exämple.com").values(first_name="Jürgen"))
+
+    run_tick(rt, "promo", NOW)
+
+    rows = {m.address: (m.status, (m.reason or "").split(":")[0]) for m in messages(store, journey="promo")}
+    assert rows == {"uni@exämple.com": ("sent", ""), "bob@example.com": ("sent", ""),
+                    "jü@example.com": ("sent", "") if smtputf8 else ("failed", "smtputf8_unsupported")}
+    got = {}
+    for _, rcpt_tos, raw, _ in recorder.received:
+        msg = email.message_from_string(raw.decode("utf-8"), policy=email.policy.SMTPUTF8)
+        got[rcpt_tos[0]] = (msg["To"].addresses[0].addr_spec, msg["To"].addresses[0].display_name)
+    expected = {"uni@xn--exmple-cua.com": ("uni@xn--exmple-cua.com", "Jürgen"), "bob@example.com": ("bob@example.com", "Ann2")}
+    if smtputf8:
+        expected["jü@example.com"] = ("jü@example.com", "Ann1")
+    assert got == expected
+
+
 def test_4xx_is_retried_on_a_later_tick_and_5xx_becomes_a_hard_bounce_suppression(make_runtime, store, smtp_server):
     recorder = Recorder(replies={"busy@example.com": "451 4.2.1 Mailbox busy, try later",
                                  "gone@example.com": "550 5.1.1 No such user",

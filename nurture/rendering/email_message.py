@@ -20,6 +20,8 @@ from email.utils import format_datetime, formataddr
 from functools import lru_cache
 from typing import Mapping, Optional
 
+import idna
+
 _GSM7 = set("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
 _GSM7_EXT = set("^{}\\[~]|€\f")
 
@@ -101,14 +103,34 @@ def _address_cached(name: str, addr: str) -> str:
     return _address(name, addr)
 
 
+def ascii_address(addr: str) -> str:
+    """The address with an internationalised domain in its ASCII form (IDNA 2008 A-labels,
+    RFC 5891): `uni@exämple.com` → `uni@xn--exmple-cua.com`, as every mail server takes it.
+    A non-ASCII local part stays as it is: only a server that offers SMTPUTF8 (RFC 6531) can
+    take that address at all. A domain IDNA refuses is left as it is too (the server decides)."""
+    if addr.isascii():
+        return addr
+    local, at, domain = addr.rpartition("@")
+    if not at or domain.isascii():
+        return addr
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError:
+        return addr
+
+
 def _address(name: str, addr: str) -> str:
-    """`Name <addr>`; formataddr (quoting, RFC 2047) only for names that need it."""
-    name, addr = header_text(name), header_text(addr).replace(" ", "")
+    """`Name <addr>`; formataddr (quoting, RFC 2047) only for names that need it. An address
+    with a non-ASCII local part goes in as UTF-8 (RFC 6532), its name encoded beside it."""
+    name, addr = header_text(name), ascii_address(header_text(addr).replace(" ", ""))
     if not name:
         return addr
     if _PLAIN_NAME.fullmatch(name):
         return f"{name} <{addr}>"
-    return formataddr((name, addr))
+    if addr.isascii():
+        return formataddr((name, addr))
+    shown = encode_words(name, 4) if not name.isascii() else '"' + re.sub(r'(["\\])', r"\\\1", name) + '"'
+    return f"{shown} <{addr}>"
 
 
 def build_email_bytes(*, message_id: str, from_addr: str, from_name: str, to_addr: str, to_name: str,
