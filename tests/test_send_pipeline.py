@@ -357,3 +357,23 @@ def test_a_send_step_replayed_for_the_same_enrollment_sends_nothing_twice(make_r
     run_tick(rt, "j", T0 + timedelta(minutes=2))
     assert outcomes(store) == [("hello", "sent", None)]
     assert len(eml_files(rt)) == 1
+
+
+def test_a_value_a_template_cannot_format_fails_its_message_alone_and_the_batch_is_sent(make_runtime, store):
+    """`| money` of 1e300 raised babel's decimal.InvalidOperation, `/ 0` a ZeroDivisionError:
+    neither was a render error, so the batch stopped after its rows were claimed, and no
+    thank-you of that tick (nor of any later one) was sent."""
+    thanks = journey_yaml("thanks", "- {id: thank_you, send: {channel: email, template: thanks, subject: Thanks}}",
+                          trigger="{event: purchase}")
+    rt = make_runtime({"thanks": thanks}, templates={
+        "email/thanks.html": "<p>{{ event.value | money }} for {{ 100 / event.qty }}</p>"})
+    cases = {"good@example.com": {"value": 20, "qty": 2}, "huge@example.com": {"value": 1e300, "qty": 1},
+             "nan@example.com": {"value": "NaN", "qty": 1}, "zero@example.com": {"value": 5, "qty": 0},
+             "also@example.com": {"value": 7, "qty": 1}}
+    for address, props in cases.items():
+        add_event(store, subscriber(store, address), "purchase", T0, props)
+    run_tick(rt, "thanks", T0 + timedelta(minutes=1))
+    got = {m.address: (m.status, (m.reason or "").split(":")[0]) for m in messages(store, journey="thanks")}
+    assert got == {"good@example.com": ("sent", ""), "also@example.com": ("sent", ""),
+                   "huge@example.com": ("failed", "render_error"), "nan@example.com": ("failed", "render_error"),
+                   "zero@example.com": ("failed", "render_error")}

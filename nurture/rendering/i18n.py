@@ -21,6 +21,8 @@ is in policies.yaml `currency` unless the filter names another (`money("USD")`).
 """
 from __future__ import annotations
 
+import math
+
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -145,12 +147,17 @@ class Localizer:
 
 
 def _number(value: Any) -> Any:
+    """A finite number to format; ValueError for anything else (NaN and Infinity too: "nan €")."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    try:
-        return float(str(value))
-    except ValueError:
-        raise ValueError(f"'{value}' is not a number") from None
+        number = value
+    else:
+        try:
+            number = float(str(value))
+        except ValueError:
+            raise ValueError(f"'{value}' is not a number") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError(f"'{value}' is not a finite number")
+    return number
 
 
 def _date(value: Any) -> date:

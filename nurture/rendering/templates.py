@@ -529,4 +529,8 @@ def _render(template: Template, context: dict[str, Any]) -> str:
     raise AssertionError("unreachable: handle_exception re-raises")  # pragma: no cover
 
 
-RenderError = (UndefinedError, TemplateSyntaxError, TemplateNotFound, SecurityError, TypeError, ValueError)
+# What a template and the values it is given can raise: the message fails alone (`render_error`),
+# never its batch. ArithmeticError: `{{ total / count }}` with a stored 0, `| money` of 1e300
+# (babel's decimal.InvalidOperation), an overflow.
+RenderError = (UndefinedError, TemplateSyntaxError, TemplateNotFound, SecurityError, TypeError, ValueError,
+               ArithmeticError)
