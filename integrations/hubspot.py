@@ -370,7 +370,7 @@ class HubSpotDestination(CrmDestination):
         if not owner:
             return None, None
         owner = owner.strip()
-        if owner.isdigit():
+        if owner.isascii() and owner.isdigit():
             return owner, None
         address = identifiers.email(owner)
         if address is None:

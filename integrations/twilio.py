@@ -158,7 +158,7 @@ class TwilioSmsChannel(Channel):
             if response.status_code in RETRYABLE_STATUS:
                 last = f"twilio_http_{response.status_code}"
                 retry_after = response.headers.get("Retry-After", "")
-                if retry_after.isdigit() and attempt + 1 < self.attempts:
+                if retry_after.isascii() and retry_after.isdigit() and attempt + 1 < self.attempts:
                     self.sleep(min(float(retry_after), 30.0))
                 continue
             return self._result(m, response)
@@ -250,6 +250,6 @@ class TwilioWhatsAppChannel(TwilioSmsChannel):
         if result.suppress == "sms_stop":  # 21610 on WhatsApp: the recipient opted out
             return DeliveryResult(m.message_pk, "failed", reason=result.reason, suppress="whatsapp_stop")
         code = result.reason.partition(":")[0].removeprefix("twilio_") if result.reason else ""
-        if result.status == "failed" and code.isdigit() and int(code) in self.UNREACHABLE:
+        if result.status == "failed" and code.isascii() and code.isdigit() and int(code) in self.UNREACHABLE:
             return DeliveryResult(m.message_pk, "failed", reason=f"unreachable: {result.reason}")
         return result

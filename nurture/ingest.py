@@ -1300,11 +1300,14 @@ def _clean_event(record: Any) -> tuple[Optional[dict], list[tuple[str, str]]]:
         except ValueError as exc:
             errors.append(("timestamp", str(exc)))
     email = None
-    if record.get("email"):
-        try:
-            email = normalize_email(str(record["email"]))
-        except ValueError as exc:
-            errors.append(("email", str(exc)))
+    if record.get("email") not in (None, ""):
+        if not isinstance(record["email"], str):  # [], {}, 0, false: no address (it was no error)
+            errors.append(("email", f"must be text, not {_show(record['email'])}"))
+        else:
+            try:
+                email = normalize_email(record["email"])
+            except ValueError as exc:
+                errors.append(("email", str(exc)))
     if errors:
         return None, errors
     return {"event_id": str(record["event_id"]), "email": email, "name": str(record["event"]),

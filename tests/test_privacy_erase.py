@@ -503,6 +503,9 @@ def test_the_hubspot_webhook_verifies_the_v3_signature(site, world):
                           headers=_signed(site, body)).status_code == 401  # the body was changed
     stale = int((site.clock["now"] - timedelta(minutes=6)).timestamp() * 1000)
     assert site.http.post("/webhooks/hubspot", content=body, headers=_signed(site, body, timestamp=stale)).status_code == 401
+    for odd in (b"9" * 5000, "\u00b2".encode("latin-1")):  # int() refuses both; "²" is a digit to str.isdigit
+        headers = {**_signed(site, body), "X-HubSpot-Request-Timestamp": odd}
+        assert site.http.post("/webhooks/hubspot", content=body, headers=headers).status_code == 401  # was a 500
     assert rows(world.store, erasure_t) == [] and rows(world.store, contact_t, contact_t.c.email == ALICE)
     assert site.http.post("/webhooks/hubspot", content=b"[]", headers=_signed(site, b"[]")).json() == {
         "erased": 0, "already_erased": 0, "unknown": 0, "ignored": 0}

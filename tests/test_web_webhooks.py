@@ -4,6 +4,7 @@ and status callbacks (X-Twilio-Signature), and the generic bounce/complaint webh
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 from sqlalchemy import func, select
@@ -97,6 +98,30 @@ def test_events_validate_like_track_and_are_idempotent(site):
     assert site.http.post("/events", content=b"{not json", headers=auth).status_code == 400
     huge = site.http.post("/events", content=b"[" + b"{}," * 400_000 + b"{}]", headers=auth)
     assert huge.status_code == 413
+
+
+def test_hostile_events_get_a_4xx_naming_the_field_and_the_good_ones_are_kept(site):
+    """An `email` of [] or 0 was no error (the batch failed with a 500 in the write and the good
+    events of it were lost); a lone surrogate echoed in an error message made the answer
+    itself fail (Starlette encodes strict UTF-8): a 500 instead of the 4xx."""
+    auth = {"Authorization": f"Bearer {INGEST}", "Content-Type": "application/json"}
+    good = '{"event_id": "ok", "email": "a@example.com", "event": "signup", "timestamp": "2026-03-02T11:00:00Z"}'
+    bad = ['{"event_id": "b1", "email": [], "event": "signup", "timestamp": "2026-03-02T11:00:00Z"}',
+           '{"event_id": "b2", "email": 0, "event": "signup", "timestamp": "2026-03-02T11:00:00Z"}',
+           '{"event_id": "b3", "email": {}, "event": "signup", "timestamp": "2026-03-02T11:00:00Z"}',
+           '{"event_id": "b4", "email": "a@example.com", "event": "signup", "timestamp": "\\ud800"}',
+           '{"event_id": "b5", "email": "a@example.com", "event": "signup", "timestamp": "2026-03-02T11:00:00Z",'
+           ' "properties": {"\\ud800": 1}}']
+    response = site.http.post("/events", content=f"[{good}, {', '.join(bad)}]".encode(), headers=auth)
+    assert response.status_code == 200
+    body = json.loads(response.content)  # valid JSON, the surrogate written as its escape again
+    assert body["inserted"] == 1
+    assert [(e["record"], e["field"]) for e in body["errors"]] == [
+        (2, "email"), (3, "email"), (4, "email"), (5, "timestamp"), (6, "properties.\ud800")]
+    assert "must be text" in body["errors"][0]["message"]
+    for one in bad:
+        assert site.http.post("/events", content=one.encode(), headers=auth).status_code == 422
+    assert _count(site.store, event_t) == 1
 
 
 # ---------------------------------------------------------------- Twilio

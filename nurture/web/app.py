@@ -39,7 +39,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import parse_qsl
 
 from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import SecretStr
 
 from nurture.consent_ledger import Proof, proof_of
@@ -53,6 +53,7 @@ from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.tokens import verify_token
 from nurture.web import pages
+from nurture.web.answers import JSONResponse
 from nurture.web.preferences import apply_preferences, load_preferences, unsubscribe
 from nurture.web.meta_leads import meta_leads_routes
 from nurture.web.privacy import privacy_routes
@@ -76,7 +77,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+            if name == b"content-length" and value.isdigit() and (len(value) > 18 or int(value) > self.limit):
                 await JSONResponse({"error": f"request body over {self.limit} bytes"}, status_code=413)(scope, receive, send)
                 return
         seen = 0

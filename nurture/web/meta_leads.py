@@ -56,7 +56,7 @@ from datetime import datetime
 from typing import Any, Callable, Optional
 
 from fastapi import APIRouter, BackgroundTasks, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -69,6 +69,7 @@ from nurture.registry import IntegrationContext, IntegrationError, lookup
 from nurture.settings import WebSettings
 from nurture.spec.models import Policies
 from nurture.store.tables import contact_t, event_t
+from nurture.web.answers import JSONResponse
 
 PATH = "/webhooks/meta/leads"
 SOURCE = "meta_lead_ads"
@@ -107,7 +108,7 @@ def _graph_id(value: Any) -> Optional[str]:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         return None
     text = str(value).strip()
-    return text if text.isdigit() and len(text) <= MAX_ID else None
+    return text if text.isascii() and text.isdigit() and len(text) <= MAX_ID else None
 
 
 @dataclass

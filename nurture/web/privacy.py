@@ -40,7 +40,7 @@ from datetime import datetime
 from typing import Any, Callable, Optional
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from nurture.crm.pull import PullResult, pull_named
@@ -50,6 +50,7 @@ from nurture.privacy.erase import (ErasureResult, check_reason, contacts_for_crm
                                    erase_emails)
 from nurture.registry import IntegrationContext, IntegrationError
 from nurture.settings import WebSettings
+from nurture.web.answers import JSONResponse
 
 # Read through WebSettings from the env mapping the app was created with (docs/settings.md).
 PRIVACY_TOKEN_SETTING = "NURTURE_PRIVACY_TOKEN"
@@ -170,7 +171,10 @@ def privacy_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
         timestamp = request.headers.get("x-hubspot-request-timestamp", "").strip()
         if not signature or not timestamp:
             return _problem(401, "missing X-HubSpot-Signature-v3 or X-HubSpot-Request-Timestamp")
-        if not timestamp.isdigit() or abs(clock().timestamp() * 1000 - int(timestamp)) > MAX_SKEW_MS:
+        # ASCII digits, and few of them: "²" is a digit to str.isdigit and no number to int(),
+        # and int() refuses 4,300 digits or more (both were a 500, before the signature check)
+        if (not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 16
+                or abs(clock().timestamp() * 1000 - int(timestamp)) > MAX_SKEW_MS):
             return _problem(401, "X-HubSpot-Request-Timestamp is more than 5 minutes off (a replayed request?)")
         body = await request.body()
         uri = rt.public_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -192,16 +196,16 @@ def privacy_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
                 counts["ignored"] += 1
                 continue
             record = event.get("objectId")
-            if isinstance(record, bool) or not isinstance(record, (int, str)) or not str(record).strip().isdigit() \
-                    or len(str(record).strip()) > 20:
+            text = str(record).strip() if isinstance(record, (int, str)) and not isinstance(record, bool) else ""
+            if not (text.isascii() and text.isdigit()) or len(text) > 20:
                 return _problem(422, "objectId must be a HubSpot record id", f"[{i}].objectId")
             if kind in DEAL_CHANGES:
-                deals.append(str(record).strip())
+                deals.append(text)
                 continue
-            found = await run_in_threadpool(contacts_for_crm_record, rt.store, HUBSPOT, str(record).strip())
+            found = await run_in_threadpool(contacts_for_crm_record, rt.store, HUBSPOT, text)
             if not found:
                 counts["unknown"] += 1
-            requests.extend((f"{HUBSPOT} record {str(record).strip()}", cid) for cid in found)
+            requests.extend((f"{HUBSPOT} record {text}", cid) for cid in found)
         if requests:
             results = await run_in_threadpool(
                 erase_contacts, rt.store, rt.project, requests, context=context(), actor=f"webhook:{HUBSPOT}",

@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any, Callable, Optional
 
 from fastapi import APIRouter, BackgroundTasks, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from sqlalchemy import select, update
 
 from nurture.double_opt_in import opt_ins_from_events
@@ -37,6 +37,7 @@ from nurture.ingest import (TrackResult, _check_core, _identifier_problem, _show
 from nurture.privacy.tombstones import erased_among
 from nurture.settings import WebSettings
 from nurture.store.tables import contact_t
+from nurture.web.answers import JSONResponse
 
 MAX_BATCH_BYTES = 500 * 1024  # Segment's limit for one batch
 MAX_MESSAGE_BYTES = 32 * 1024  # Segment's limit for one call
