@@ -6,16 +6,29 @@ from datetime import timedelta
 
 _PART = re.compile(r"(\d+)\s*([smhdw])")
 _WHOLE = re.compile(r"^\s*(?:\d+\s*[smhdw]\s*)+$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# The longest duration anything waits, re-enters or looks back: 100 years. `wait: 99999999w`
+# passed validation and then failed every tick (a due time past the year 9999), and a longer
+# one failed validation itself with an OverflowError instead of a located error.
+MAX_DURATION = timedelta(days=36525)
+
+
+class DurationTooLong(ValueError):
+    """A well-written duration over MAX_DURATION."""
 
 
 def parse_duration(text: str) -> timedelta:
     if not isinstance(text, str) or not _WHOLE.match(text):
         raise ValueError(f"'{text}' is not a duration: write e.g. 30m, 2h, 3d or 1w")
-    total = timedelta()
+    seconds = 0
     for amount, unit in _PART.findall(text):
-        total += timedelta(**{_UNITS[unit]: int(amount)})
-    return total
+        if len(amount) > 12:  # (int() of thousands of digits is refused, and slow)
+            seconds = MAX_DURATION.days * 86400 + 1
+            break
+        seconds += int(amount) * _SECONDS[unit]
+    if seconds > MAX_DURATION.days * 86400:
+        raise DurationTooLong(f"'{text.strip()}' is longer than {MAX_DURATION.days // 365} years")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(delta: timedelta) -> str:

@@ -157,6 +157,36 @@ def test_a_condition_deeper_than_the_database_can_evaluate_is_refused_by_validat
                     errors[0]), errors
 
 
+def test_infinite_and_nan_numbers_and_endless_durations_are_located_errors(make_project):
+    """`.inf` and `.nan` are floats to YAML, and passed validate in a condition or an update:
+    then every tick of the journey failed (JSON refuses them). `wait: 99999999w` passed too and
+    every tick failed on a due time past the year 9999; `200000000w` made validate itself end
+    with an "internal error". Each is now the located error of its place."""
+    journey = """name: odd
+trigger: {event: signup, where: {property: {v: {gte: .nan}}}}
+exit_when:
+  - {attribute: {x: {in: [1, .inf]}}}
+reentry: 99999999999999999999999w
+steps:
+  - {id: a, wait: 99999999w}
+  - {id: b, wait: 200000000w}
+  - {id: c, update: {attributes: {x: .inf, y: -.inf, z: 1.5}}}
+  - {id: d, wait: 5200w}
+  - {id: e, split: [{name: x, weight: .inf}, {name: y, weight: 1}]}
+"""
+    errors = errors_of(make_project({"odd": journey, "typo": TYPO}))
+    assert sorted(e for e in errors if e.startswith("journeys/odd.yaml")) == sorted([
+        "journeys/odd.yaml:2:54: nan is not a finite number: .inf and .nan cannot be compared or stored",
+        "journeys/odd.yaml:4:30: inf is not a finite number: .inf and .nan cannot be compared or stored",
+        "journeys/odd.yaml:5:10: '99999999999999999999999w' is longer than 100 years",
+        "journeys/odd.yaml:7:19: '99999999w' is longer than 100 years",
+        "journeys/odd.yaml:8:19: '200000000w' is longer than 100 years",
+        "journeys/odd.yaml:9:38: inf is not a finite number: .inf and .nan cannot be compared or stored",
+        "journeys/odd.yaml:9:47: -inf is not a finite number: .inf and .nan cannot be compared or stored",
+        "journeys/odd.yaml:11:39: Input should be a finite number"]), errors
+    assert TYPO_ERROR in errors
+
+
 def test_the_deepest_condition_validate_accepts_runs_on_sqlite(make_project, sqlite_url):
     from nurture.conditions import ConditionScope, compile_condition
     from nurture.store.tables import contact_t

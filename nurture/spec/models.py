@@ -5,14 +5,15 @@ are checked in `spec.validate`, where every error of a run is collected with its
 """
 from __future__ import annotations
 
+import math
 import re
 from datetime import date, time, timedelta
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 from zoneinfo import ZoneInfo, available_timezones
 
-from pydantic import (BaseModel, ConfigDict, Field, field_validator, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator)
 
-from nurture.durations import parse_duration
+from nurture.durations import DurationTooLong, parse_duration
 
 CHANNELS = ("email", "sms", "whatsapp")
 CONSENT_CHANNELS = ("email", "sms", "whatsapp", "ads")
@@ -25,7 +26,9 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # .inf and .nan are floats to YAML: no number field takes them (a NaN compares false to
+    # everything, and JSON, SQLite and every report refuse or mangle both)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 def _duration(value: Any) -> timedelta:
@@ -57,7 +60,16 @@ def check_timezone(value: str) -> str:
 
 # ---------------------------------------------------------------- conditions
 
-Scalar = Union[bool, int, float, str, None]
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number: .inf and .nan cannot be compared or stored")
+    return value
+
+
+# A value a condition compares with or an update step stores: .inf and .nan passed validation,
+# then failed every tick of the journey (JSON refuses them).
+Scalar = Annotated[Union[bool, int, float, str, None], BeforeValidator(_finite)]
+Bound = Annotated[Union[int, float, str, None], BeforeValidator(_finite)]
 
 # all/any/not levels one condition may nest. Conditions compile into one SQL expression, and
 # SQLite's parser gives up ("parser stack overflow") near 27 nested `not`s around an event
@@ -68,10 +80,10 @@ MAX_CONDITION_DEPTH = 16
 class Comparison(Strict):
     eq: Scalar = None
     ne: Scalar = None
-    gt: Union[int, float, str, None] = None
-    gte: Union[int, float, str, None] = None
-    lt: Union[int, float, str, None] = None
-    lte: Union[int, float, str, None] = None
+    gt: Bound = None
+    gte: Bound = None
+    lt: Bound = None
+    lte: Bound = None
     in_: Optional[list[Scalar]] = Field(default=None, alias="in")
     not_in: Optional[list[Scalar]] = None
     exists: Optional[bool] = None
@@ -580,6 +592,8 @@ def _reentry(value: Any) -> Union[str, timedelta]:
         return value
     try:
         return _duration(value)
+    except DurationTooLong:
+        raise
     except ValueError:
         raise ValueError(f"reentry is 'never', 'always' or a duration such as 7d, not '{value}'") from None
 
