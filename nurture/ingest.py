@@ -441,10 +441,13 @@ def _parse_json_line(line: str) -> tuple[Optional[dict], Optional[str]]:
 
 def _csv_records(lines: Iterable[str], label: str,
                  hint: str) -> Iterator[tuple[int, Optional[dict], Optional[Problem]]]:
-    # csv.DictReader's records, made here for speed (a million-row file): the first row is the
-    # header, blank rows are skipped, a short row's missing cells are None, extra cells dropped,
-    # the keys stripped (the later of two equal keys wins).
-    reader = csv.reader(lines)
+    """csv.DictReader's records, made here for speed (a million-row file), each with the line
+    it starts on: the first row is the header, blank rows are skipped, a short row's missing
+    cells are None, the keys stripped. Nothing is lost without a word: a header naming a column
+    twice, a row with more cells than the header (other than empty ones, Excel's trailing
+    commas) and broken quoting (`"a"b`, a quote never closed, which took every later row into
+    one cell) are errors naming their line."""
+    reader = csv.reader(lines, strict=True)
     try:
         header = next(reader, [])
     except csv.Error as exc:
@@ -455,24 +458,38 @@ def _csv_records(lines: Iterable[str], label: str,
         yield 1, None, ("header", problem)
         return
     keys = [k.strip() for k in header]
+    twice = next((k for i, k in enumerate(keys) if k and k in keys[:i]), None)
+    if twice is not None:  # which of the two cells is the contact's? Neither can be guessed
+        columns = [str(i + 1) for i, k in enumerate(keys) if k == twice]
+        yield 1, None, ("header", f"the column '{_show(twice)}' appears more than once "
+                                  f"(columns {', '.join(columns)}): rename or remove one")
+        return
     width = len(keys)
     while True:
+        first = reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
             return
-        except csv.Error as exc:  # e.g. a field over csv.field_size_limit(): one bad record
-            yield reader.line_num, None, ("line", f"not valid CSV ({exc})")
+        except csv.Error as exc:  # a field over csv.field_size_limit(), broken quoting: one bad record
+            if "unexpected end of data" in str(exc):
+                yield first, None, ("line", "a quoted cell is never closed: nothing from this line to the end "
+                                            "of the file could be read")
+                return
+            yield first, None, ("line", f"not valid CSV ({exc})")
             continue
         if not row:
             continue
         if len(row) < width:
             row = row + [None] * (width - len(row))
+        elif len(row) > width and any(cell.strip() for cell in row[width:]):
+            yield first, None, ("line", f"{len(row)} cells, but the header names {width} columns")
+            continue
         clean = dict(zip(keys, row))
         # one search over the row; the cell named only when there is something to name
         bad = (_undecodable_cell(clean, label, hint)
                if _UNDECODABLE.search("\x1f".join(v for v in row[:width] if v)) else None)
-        yield reader.line_num, None if bad else clean, bad
+        yield first, None if bad else clean, bad
 
 
 def _undecodable_cell(record: dict, label: str, hint: str) -> Optional[Problem]:

@@ -57,6 +57,30 @@ def test_csv_import_keeps_the_good_rows_and_names_each_bad_row_by_line_and_field
     assert (people["cy@example.com"].phone, people["dee@example.com"].timezone) == (None, None)
 
 
+def test_nothing_in_a_csv_is_lost_without_a_word(store, tmp_path):
+    """csv's lenient reader lost rows silently (exit 0): a column named twice (the later cell
+    won, the other address vanished), a quote never closed (every later row became one first
+    name), cells past the header's (dropped), `"a"b` (read as `ab`). Each is now an error of
+    its line, which is the line a record starts on (a quoted cell may span several)."""
+    def problems(name, text):
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        result = import_contacts(store, path, now=NOW)
+        return [str(e) for e in result.errors], result.created
+
+    assert problems("twice.csv", "email,first_name,Email ,email\nfirst@example.com,F,x,second@example.com\n") == (
+        ["twice.csv:1: header: the column 'email' appears more than once (columns 1, 4): rename or remove one"], 0)
+    assert problems("open.csv", 'email,first_name\nn@example.com,"never closed\no@example.com,O\np@example.com,P\n') == (
+        ["open.csv:2: line: a quoted cell is never closed: nothing from this line to the end of the file could be read"],
+        0)
+    errors, created = problems("ragged.csv", "email,first_name\nr@example.com,R,extra\ns@example.com,S,,\n"
+                                             'q@example.com,"Multi\nline",\nt@example.com,"a"b\nu@example.com,U\n')
+    assert errors == ["ragged.csv:2: line: 3 cells, but the header names 2 columns",
+                      "ragged.csv:6: line: not valid CSV (',' expected after '\"')"]
+    assert created == 3  # s (Excel's trailing empty cells are no data), q, u
+    assert contacts_by_email(store)["q@example.com"].first_name == "Multi line"
+
+
 def test_import_normalizes_fields_and_sends_unknown_columns_to_typed_attributes(store, tmp_path):
     path = tmp_path / "contacts.csv"
     path.write_text(CSV, encoding="utf-8")
