@@ -43,6 +43,20 @@ def test_validate_accepts_a_good_project(project):
     assert "ok: 1 journey(s)" in out.stdout
 
 
+def test_a_project_directory_that_does_not_exist_is_an_error_not_a_new_project(project, tmp_path):
+    """A mistyped --project made a new, empty project on the spot: the import went there with
+    exit 0 and `messages` answered []. Only `init` makes the directory."""
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("email\nann@example.com\n")
+    typo = tmp_path / "shpo"
+    for args in (("import", "contacts", str(contacts)), ("messages", "--json")):
+        out = nurture(typo, *args)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert f"the project directory {typo} does not exist" in out.stderr
+    assert not typo.exists()
+    assert nurture(typo, "init", str(typo), check=True) and (typo / "journeys").is_dir()
+
+
 def test_validate_reports_every_error_with_location_and_exits_1(project):
     (project / "journeys" / "broken.yaml").write_text(
         "name: broken\ntrigger: {event: signup}\nexit_whn: []\nsteps:\n  - id: a\n    send: {channel: emial, template: hello}\n")

@@ -34,11 +34,18 @@ def _version(asked: bool) -> None:
 
 
 @app.callback()
-def _root(project: str = typer.Option(None, "--project", "-p", help="Project directory (default: current directory)",
+def _root(ctx: typer.Context,
+          project: str = typer.Option(None, "--project", "-p", help="Project directory (default: current directory)",
                                       envvar="NURTURE_PROJECT"),
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit")) -> None:
     if project:
+        # A mistyped directory used to become a new, empty project (its database made on the
+        # spot): an import went there with exit 0, and `messages` answered [] — only `init`
+        # makes a project directory.
+        if ctx.invoked_subcommand != "init" and not os.path.isdir(project):
+            raise CliError(f"the project directory {project} does not exist (--project / NURTURE_PROJECT); "
+                           f"`nurture init {project}` makes one")
         os.environ["NURTURE_PROJECT"] = os.path.abspath(project)
 
 
