@@ -17,11 +17,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from nurture.runtime import Runtime
 from nurture.settings import (CREATE_DATABASE_ENV, DATABASE_URL_ENV, database_creation_allowed_by_env,
                               database_url, database_url_configured, describe_database, project_root)
 from nurture.spec.project import ProjectSpec, load_project, project_fingerprint
-from nurture.store.db import DatabaseMissing, open_store
+from nurture.store.db import DatabaseMissing, DatabaseUnavailable, open_store
 
 _cache: dict[tuple[str, str], Runtime] = {}
 _stamps: dict[tuple[str, str], tuple] = {}
@@ -140,11 +142,18 @@ def missing_database_advice(url: str, who: str = "a deployment run") -> str:
 
 
 def open_run_store(url: str):
-    """open_store for a flow run: refuses to create a database in a deployment run."""
+    """open_store for a flow run: refuses to create a database in a deployment run. A database
+    that cannot be opened at all (a file that is no SQLite database, a server refusing) is
+    DatabaseUnavailable, named as the one-shot commands name it, not an internal error."""
     try:
         return open_store(url, create=database_creation_allowed())
     except DatabaseMissing:
         raise DatabaseMissing(url, missing_database_advice(url)) from None
+    except DatabaseUnavailable:
+        raise
+    except SQLAlchemyError as exc:
+        detail = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        raise DatabaseUnavailable(f"{describe_database(url)}: {type(exc).__name__}: {detail}") from None
 
 
 def run_identity(project: Optional[str] = None) -> dict:
