@@ -175,3 +175,18 @@ def test_an_error_message_keeps_its_brackets(project):
     """A CliError is text, not console markup: '[…]' in it is printed as written."""
     out = nurture(project, "consent", "grant", "[ghost]@example.com", "--channel", "email")
     assert out.returncode == 1 and "[ghost]@example.com" in out.stderr
+
+
+def test_each_bad_option_is_named_and_refused_even_when_there_is_nothing_to_do(project):
+    """`consent grant --at garbage` blamed --now; sync and conversions without destinations
+    took any --now with exit 0; `requeue --reason ''` re-queued every failed message."""
+    cases = [
+        (("consent", "grant", "ann@example.com", "--channel", "email", "--at", "garbage"), "--at: "),
+        (("sync", "--now", "garbage"), "--now: "),
+        (("conversions", "--now", "garbage"), "--now: "),
+        (("requeue", "--reason", " "), "--reason: give the start of a failure reason"),
+    ]
+    for args, message in cases:
+        out = nurture(project, *args)
+        assert out.returncode == 1, (args, out.stdout + out.stderr)
+        assert f"error: {message}" in out.stderr, (args, out.stderr)

@@ -38,6 +38,7 @@ def conversions(now: Optional[str] = typer.Option(None, "--now", help="Logical c
     """Send the due offline conversions (journeys/conversions.yaml) to the ad platforms: each
     event once per platform, only for contacts whose latest ads consent is granted. Skipped
     events are not failures; failed ones are retried by the next run (exit code 1)."""
+    clock = parse_now(now) or utc_now()  # a bad --now is an error even when there is nothing to send
     spec = open_project(strict=False)
     from nurture.conversions.send import ConversionsInvalid, send_conversions, targets
     for error in spec.file_errors("conversions") + spec.fatal_errors:
@@ -52,7 +53,6 @@ def conversions(now: Optional[str] = typer.Option(None, "--now", help="Logical c
     if not refs:
         console.print("no conversion has a destination: nothing to send (see journeys/conversions.yaml)")
         return
-    clock = parse_now(now) or utc_now()
     from nurture.registry import IntegrationContext
     from nurture.settings import data_dir
     context = IntegrationContext(root(), data_dir(root()), dict(os.environ))

@@ -236,7 +236,7 @@ def _consent(email: Optional[str], status: str, channel: Optional[ConsentChannel
         raise CliError("name the contact by exactly one of EMAIL, --phone or --external-id"
                        + (f" (got {', '.join(given)})" if given else ""))
     spec = open_project(strict=False)
-    when = parse_now(at) or utc_now()
+    when = parse_now(at, "--at") or utc_now()
     with store().engine.begin() as conn:
         if email:
             try:

@@ -60,14 +60,15 @@ def check_database() -> str:
     return describe_database(url)
 
 
-def parse_now(value: Optional[str]) -> Optional[datetime]:
+def parse_now(value: Optional[str], option: str = "--now") -> Optional[datetime]:
+    """An ISO time given on the command line; a bad one is a CliError naming its `option`."""
     if value is None:
         return None
     from nurture.ingest import parse_timestamp
     try:
         return parse_timestamp(value)
     except ValueError as exc:
-        raise CliError(f"--now: {exc}") from None
+        raise CliError(f"{option}: {exc}") from None
 
 
 def utc_now() -> datetime:

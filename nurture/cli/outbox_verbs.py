@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from nurture.cli.invocation import console, open_project, store
+from nurture.cli.invocation import CliError, console, open_project, store
 
 
 def requeue(reason: str = typer.Option(..., "--reason",
@@ -17,6 +17,9 @@ def requeue(reason: str = typer.Option(..., "--reason",
     """Put failed messages back in the queue (after checking the provider never got them);
     each meets every send check again before it goes."""
     from nurture.messages import requeue_failed
+    if not reason.strip():  # an empty prefix matched every failed message, hard bounces too
+        raise CliError("--reason: give the start of a failure reason (e.g. delivery_unknown); "
+                       "`nurture messages --json` shows each message's reason")
     open_project()
     count = requeue_failed(store(), reason, datetime.now(timezone.utc), journey, dry_run)
     verb = "would re-queue" if dry_run else "re-queued"

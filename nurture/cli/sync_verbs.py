@@ -34,6 +34,7 @@ def sync(segment: Optional[str] = typer.Option(None, "--segment", help="Only thi
          now: Optional[str] = typer.Option(None, "--now", help="Logical clock of the sync (ISO 8601)")) -> None:
     """Segment sync to every configured destination: only what changed since the last
     acknowledged state; failed records are retried by the next run."""
+    clock = parse_now(now)  # a bad --now is an error even when there is nothing to sync
     spec = open_project()
     check_database()  # a missing driver is named here, not as an internal error inside the flow
     from nurture.segments.sync import UnknownSegment, targets
@@ -44,7 +45,6 @@ def sync(segment: Optional[str] = typer.Option(None, "--segment", help="Only thi
     if not refs:
         console.print("no segment has a destination: nothing to sync (see journeys/segments.yaml)")
         return
-    clock = parse_now(now)
     prefect_env.configure(verbose=Settings.from_env().verbose)
     from flows.runtime import ProjectInvalid
     from flows.segment_sync import segment_sync
