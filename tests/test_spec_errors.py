@@ -64,6 +64,23 @@ def test_journey_error_is_reported_at_its_line_and_column(make_project, yaml_tex
     assert expected in errors_of(make_project, {"j": yaml_text})
 
 
+def test_a_schema_error_or_a_duplicate_key_hides_no_other_error_of_the_file(make_project):
+    """A subject's Jinja syntax error was reported only once the file's schema errors were
+    fixed, and a duplicate key hid everything else (a step id used twice): one run, all."""
+    broken = ("name: j\ntrigger: {event: signup}\nsteps:\n"
+              "  - {id: a, wait: 1h, send: {channel: email, template: hello, subject: x}}\n"
+              "  - {id: b, send: {channel: email, template: hello, subject: '{{ contact.first_name '}}\n")
+    twice = "name: k\ntrigger: {event: signup}\ntrigger: {event: purchase}\nsteps:\n  - {id: a, wait: 1h}\n  - {id: a, wait: 2h}\n"
+    root = make_project({"j": broken, "k": twice})
+    spec = load_project(root)
+    errors = [str(e) for e in spec.errors]
+    assert errors[0].startswith("journeys/j.yaml:4:5: a step has exactly one of:")
+    assert errors[1].startswith("journeys/j.yaml:5:62: template syntax error:")
+    assert errors[2:] == ["journeys/k.yaml:3:1: duplicate key 'trigger'",
+                          "journeys/k.yaml:6:10: step id 'a' is used twice (ids must be unique)"]
+    assert "k" not in spec.journeys  # a file with a duplicate key does not load, whatever the rest says
+
+
 def test_cross_references_are_checked_with_suggestions(make_project):
     steps = """
     - id: one

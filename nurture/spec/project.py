@@ -287,7 +287,8 @@ def _raw_steps(steps: Any, path: tuple) -> Iterator[tuple[dict, tuple]]:
 
 
 def _raw_cross_checks(data: Any, locs: Locations, library: TemplateLibrary) -> list[SpecError]:
-    """Template references and step-id uniqueness of a journey that failed schema validation."""
+    """Template references, subjects and step-id uniqueness of a journey that failed schema
+    validation."""
     errors: list[SpecError] = []
     seen: set[str] = set()
     for step, path in _raw_steps(data.get("steps") if isinstance(data, dict) else None, ("steps",)):
@@ -302,6 +303,9 @@ def _raw_cross_checks(data: Any, locs: Locations, library: TemplateLibrary) -> l
             where = (locs.file, *locs.of(path + ("send", "template")))
             for channel in dict.fromkeys(c for c in options if c in CHANNELS):
                 errors.extend(library.check(channel, send["template"], where))
+        for key in ("subject", "preheader"):  # as _check_journey: every error of a file in one run
+            if isinstance(send, dict) and isinstance(send.get(key), str) and send[key]:
+                errors.extend(library.check_string(send[key], (locs.file, *locs.of(path + ("send", key)))))
     return errors
 
 
@@ -429,17 +433,20 @@ def _load_journey(path: Path, name: str, root: Path, locations: dict[str, Locati
     """One journey file: the journey (None when its shape is wrong) and its own errors."""
     data, locs, errs = _load_file(path, _display(root, path))
     locations[name] = locs
-    if errs:
+    if errs and data is None:  # unreadable: nothing more to check
         return None, list(errs)
+    # A file read with errors (a duplicate key) is checked further all the same: every error of
+    # a file in one run. It does not load, whatever the rest says.
     if not isinstance(data, dict):
-        return None, [locs.error((), "a journey file holds a mapping (name, trigger, steps, …)")]
+        return None, list(errs) + [locs.error((), "a journey file holds a mapping (name, trigger, steps, …)")]
     try:
         journey = Journey.model_validate(data)
     except ValidationError as exc:
         # The rest of the file is still checked as far as its shape allows, so one typo
         # does not hide a missing template or a duplicate step id.
-        return None, pydantic_errors(exc, locs, Journey) + _raw_cross_checks(data, locs, library)
-    return journey, list(_check_journey(name, journey, locs, project, library))
+        return None, list(errs) + pydantic_errors(exc, locs, Journey) + _raw_cross_checks(data, locs, library)
+    found = list(_check_journey(name, journey, locs, project, library))
+    return (None if errs else journey), list(errs) + found
 
 
 def project_fingerprint(root: Path) -> tuple:
