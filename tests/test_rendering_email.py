@@ -213,3 +213,17 @@ def test_the_file_channel_writes_international_addresses_and_fails_an_unwritable
         to[pk] = (address.display_name, address.addr_spec)
     assert to == {1: ("Jürgen", "uni@xn--exmple-cua.com"), 3: ('Jo "J" Doe', "jü@example.com"),
                   4: ("Bob", "bob@example.com")}
+
+
+def test_a_name_or_subject_that_looks_like_an_encoded_word_is_shown_as_written():
+    """`=?utf-8?b?QUJD?=` as a first name went into To: and Subject: as it was, and mail
+    clients decoded it: the reader saw "ABC", not the name Nurture stored."""
+    from datetime import datetime, timezone
+
+    from nurture.rendering.email_message import build_email_bytes
+    raw = build_email_bytes(message_id="<nurture.1.j@example.com>", from_addr="shop@example.com", from_name="Shop",
+                            to_addr="ann@example.com", to_name="=?utf-8?b?QUJD?=", subject="Hi =?utf-8?q?ABC?=!",
+                            html="<p>Hi</p>", text="Hi", date=datetime(2026, 3, 4, tzinfo=timezone.utc))
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["To"].addresses[0].display_name == "=?utf-8?b?QUJD?="
+    assert str(parsed["Subject"]) == "Hi =?utf-8?q?ABC?=!"

@@ -78,7 +78,9 @@ def header_text(value: object) -> str:
 
 def encode_header(value: str, name_length: int = 9) -> str:
     value = header_text(value)  # no raw line breaks in a header
-    if value.isascii():
+    # Text that looks like an encoded-word (`=?utf-8?b?QUJD?=` as a contact's name) would be
+    # decoded by the reader's mail client, and shown as something else: it is encoded itself.
+    if value.isascii() and "=?" not in value:
         return fold_ascii(value, name_length + 2)
     return encode_words(value, name_length + 2)
 
@@ -125,11 +127,11 @@ def _address(name: str, addr: str) -> str:
     name, addr = header_text(name), ascii_address(header_text(addr).replace(" ", ""))
     if not name:
         return addr
-    if _PLAIN_NAME.fullmatch(name):
+    if _PLAIN_NAME.fullmatch(name) and "=?" not in name:  # (an encoded-word look-alike: see encode_header)
         return f"{name} <{addr}>"
-    if addr.isascii():
+    if addr.isascii() and "=?" not in name:
         return formataddr((name, addr))
-    shown = encode_words(name, 4) if not name.isascii() else '"' + re.sub(r'(["\\])', r"\\\1", name) + '"'
+    shown = encode_words(name, 4) if not name.isascii() or "=?" in name else '"' + re.sub(r'(["\\])', r"\\\1", name) + '"'
     return f"{shown} <{addr}>"
 
 
