@@ -15,6 +15,7 @@ from sqlalchemy import (ColumnElement, and_, bindparam, exists, false, func, not
 
 from nurture.consent_ledger import latest_consent_status
 from nurture.spec.models import Comparison, Condition, CountCmp
+from nurture.store.json_values import json_boolean, json_number
 from nurture.store.tables import contact_t, enrollment_t, event_t
 
 CONTACT_COLUMNS = {"email", "phone", "first_name", "last_name", "timezone", "country", "locale",
@@ -49,11 +50,13 @@ def clock_values(clock: Mapping[str, timedelta], now: datetime) -> dict[str, dat
 
 
 def _typed(column: Any, sample: Any) -> Any:
-    """A JSON attribute as the SQL type its comparison value has."""
+    """A JSON attribute as the SQL type its comparison value has: NULL where the stored value is
+    not of that type (store.json_values: a contact's "abc" where a number belongs made
+    PostgreSQL's cast fail, and the tick with it)."""
     if isinstance(sample, bool):
-        return column.as_boolean()
+        return json_boolean(column)
     if isinstance(sample, (int, float)):
-        return column.as_float()
+        return json_number(column)
     return column.as_string()
 
 

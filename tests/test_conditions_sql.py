@@ -179,3 +179,27 @@ def test_a_condition_compiles_to_one_sql_statement_without_python_callbacks(modu
         ConditionScope(NOW, SEGMENTS))
     sql = str(select(contact_t.c.id).where(expr).compile(store.engine))
     assert sql.count("SELECT") >= 3 and "FROM contact" in sql
+
+
+def test_a_stored_value_of_another_type_is_no_number_and_no_boolean_on_both_databases(store):
+    """A stored value is whatever a contact sent. As a number PostgreSQL cast it (`abc`,
+    `1e400` or a list made the query fail, and every tick of the journey with it); SQLite
+    ordered every text above every number (`"5"` and `"abc"` passed `gte: 20`). Now a JSON
+    number or text that reads as one is a number, true / false (or their text) a boolean, and
+    anything else neither: the same contacts on both databases (store/json_values.py)."""
+    values = {"int": 30, "real": 20.5, "text": "45.00", "small": "5", "padded": " 25 ", "word": "abc",
+              "nan": "NaN", "inf": "Infinity", "huge": "1e400", "tiny": "1e-999", "long": "9" * 400,
+              "list": [30], "object": {"n": 30}, "true": True, "false": False, "true_text": "true", "null": None}
+    ids = {name: add_contact(store, f"{name}@example.com", attributes={"v": value}) for name, value in values.items()}
+    ids["none"] = add_contact(store, "none@example.com", attributes={})  # without the attribute at all
+
+    def match(condition):
+        return matching(store, ids, {"attribute": {"v": condition}})
+
+    assert match({"gte": 20}) == {"int", "real", "text", "padded"}
+    assert match({"lt": 20}) == {"small", "tiny"}  # 1e-999 reads as 0
+    assert match({"in": [30, 5]}) == {"int", "small"}
+    assert match({"ne": 30}) == set(ids) - {"int"}  # no number counts as "not 30"
+    assert match({"eq": True}) == {"true", "true_text"}
+    assert match({"eq": False}) == {"false"}
+    assert match({"exists": True}) == set(ids) - {"none", "null"}

@@ -29,7 +29,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
 from nurture.settings import describe_database
-from nurture.store import lean, pg_arrays
+from nurture.store import json_values, lean, pg_arrays
 from nurture.store.write_turns import TurnTakingConnection
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -161,6 +161,8 @@ def _configure_sqlite(engine: Engine) -> None:
         # idle tick 0.17 → 0.20 s (bench_million; no change at 100,000, bench_tick).
         cur.execute("PRAGMA mmap_size=536870912")
         cur.close()
+        # how conditions read a JSON string where a number belongs (store.json_values)
+        dbapi_conn.create_function(json_values.SQLITE_FUNCTION, 1, json_values.number_of_text, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
