@@ -27,6 +27,7 @@ from sqlalchemy import Float, Numeric, and_, case, cast, func, or_, select
 from nurture.conversions.event_fields import MAX_VALUE
 from nurture.lifecycle import STAGE_CHANGED, STAGES, at_or_beyond
 from nurture.reporting._times import aware
+from nurture.store.json_values import NUMBER_PATTERN
 from nurture.store.models import SENT
 from nurture.store.tables import contact_t, deal_t, event_t, handover_t, message_t, spend_t, touch_t
 
@@ -180,8 +181,7 @@ def json_number(conn: Any, props: Any, key: str) -> Any:
     if conn.dialect.name == "postgresql":
         text = props[key].as_string()
         # numeric first: '1e400' is a numeric, but no double precision (a cast would fail)
-        number = case((text.op("~")(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d{1,4})?\s*$"), cast(text, Numeric)),
-                      else_=None)
+        number = case((text.op("~")(NUMBER_PATTERN), cast(text, Numeric)), else_=None)
         # the bounds as integers: a float bound would compare as double precision, and fail
         return case((number.between(0, int(MAX_VALUE)), cast(number, Float)), else_=0.0)
     number = cast(func.json_extract(props, f'$."{key}"'), Float)  # SQLite: NULL for NaN, inf for 1e400
