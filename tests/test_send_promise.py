@@ -202,6 +202,52 @@ def test_a_retry_over_the_cap_is_deferred_until_the_window_has_room(make_runtime
     assert [m.status for m in messages(store, journey="promo")] == ["sent"]
 
 
+TWO_STEPS = journey_yaml("promo", """
+- id: first
+  send: {channel: email, template: promo, subject: First}
+- id: pause
+  wait: 2h
+- id: second
+  send: {channel: email, template: promo, subject: Second}
+""")
+
+
+def test_two_messages_for_one_contact_claimed_together_do_not_both_pass_a_cap(make_runtime, store):
+    """Both steps' messages were put back while the channel was down; the tick the channel is
+    back claims them together. Each message of a claim is left out of the stored history (its
+    own row must not cap it), and each send step's group was checked apart: both passed a cap
+    of one an hour. Now what goes is counted against the rest of the claim."""
+    rt, channel = _scripted_runtime(make_runtime, ["unavailable", "unavailable"], journey=TWO_STEPS,
+                                    policies="frequency_caps:\n  - {channel: email, max: 1, per: 1h}\n")
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    run_tick(rt, "promo", T0 + timedelta(minutes=1))            # first: put back
+    run_tick(rt, "promo", T0 + timedelta(hours=2, minutes=2))   # second: put back (first counted > 1h ago)
+    assert [m.status for m in messages(store)] == ["queued", "queued"]
+    back = T0 + timedelta(hours=3)
+    run_tick(rt, "promo", back)
+    rows = {m.step_id: (m.status, m.reason) for m in messages(store)}
+    assert sorted(rows.values()) == [("queued", "frequency_cap"), ("sent", None)], rows
+    run_tick(rt, "promo", back + timedelta(hours=1, minutes=1))  # the window has room again
+    assert [m.status for m in messages(store)] == ["sent", "sent"]
+
+
+def test_a_retry_pushed_to_the_morning_and_a_fresh_message_do_not_both_pass_a_cap(make_runtime, store):
+    """With delivery partitions: the retry waited for the end of quiet hours while the second
+    step's message was queued; at 08:00 the fresh message (not checked again) and the retry
+    (checked without the fresh one in its history) both went."""
+    policies = ('quiet_hours:\n  email: {start: "21:00", end: "08:00"}\n'
+                "frequency_caps:\n  - {channel: email, max: 1, per: 6h}\n")
+    flow = TWO_STEPS.replace("wait: 2h", "wait: 30m")
+    rt, channel = _scripted_runtime(make_runtime, ["retry"], journey=flow, policies=policies)
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", utc(2026, 3, 4, 20, 49))
+    for at in (utc(2026, 3, 4, 20, 50), utc(2026, 3, 4, 21, 0), utc(2026, 3, 4, 21, 21), utc(2026, 3, 5, 8, 0)):
+        run_tick(rt, "promo", at, partitions=2)
+    sent = [m for m in messages(store) if m.status == "sent"]
+    assert len(sent) == 1, [(m.step_id, m.status, m.reason, m.sent_at) for m in messages(store)]
+
+
 # ---------------------------------------------------------------- 4. the development secret
 
 

@@ -154,9 +154,16 @@ def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter)
     the claiming transaction."""
     groups: dict[tuple, list] = {}
     passed: list[int] = []
+    # What of this claim goes now, counted against the caps of the rest of it: every message of
+    # the claim is left out of the stored history (`exclude_messages`: its own row must not cap
+    # it), so without this two messages for one contact in one claim (two steps put back while a
+    # channel was down, a retry pushed to the morning beside a fresh message) both passed a cap.
+    going: dict[int, list[tuple[str, datetime]]] = {}
     for r in rows:
         if r.attempts == 0 and r.claimed_at is None and r.created_at == now:
             passed.append(r.id)
+            if r.purpose == "marketing":
+                going.setdefault(r.contact_id, []).append((r.channel, now))
             continue
         groups.setdefault((r.journey, r.step_id, r.channel, r.purpose), []).append(r)
     lock_contacts(conn, [r.contact_id for members in groups.values() for r in members])
@@ -171,7 +178,7 @@ def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter)
         attributes = _attributes(conn, [r.contact_id for r in members]) if rules.topic and rules.marketing else {}
         verdicts = check_batch(conn, rules, [Recipient(r.contact_id, r.email, r.phone, r.timezone,
                                                        attributes.get(r.contact_id)) for r in members],
-                               now, exclude_messages=batch_ids)
+                               now, exclude_messages=batch_ids, pending=going)
         for r, (status, reason, due) in zip(members, verdicts):
             if status == QUEUED:
                 passed.append(r.id)
