@@ -154,18 +154,23 @@ def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter)
     the claiming transaction."""
     groups: dict[tuple, list] = {}
     passed: list[int] = []
+    fresh: list = []
+    for r in rows:
+        if r.attempts == 0 and r.claimed_at is None and r.created_at == now:
+            passed.append(r.id)
+            fresh.append(r)
+            continue
+        groups.setdefault((r.journey, r.step_id, r.channel, r.purpose), []).append(r)
+    if not groups:  # (a tick's own messages only: nothing to check again, nothing to count)
+        return sorted(passed)
     # What of this claim goes now, counted against the caps of the rest of it: every message of
     # the claim is left out of the stored history (`exclude_messages`: its own row must not cap
     # it), so without this two messages for one contact in one claim (two steps put back while a
     # channel was down, a retry pushed to the morning beside a fresh message) both passed a cap.
     going: dict[int, list[tuple[str, datetime]]] = {}
-    for r in rows:
-        if r.attempts == 0 and r.claimed_at is None and r.created_at == now:
-            passed.append(r.id)
-            if r.purpose == "marketing":
-                going.setdefault(r.contact_id, []).append((r.channel, now))
-            continue
-        groups.setdefault((r.journey, r.step_id, r.channel, r.purpose), []).append(r)
+    for r in fresh:
+        if r.purpose == "marketing":
+            going.setdefault(r.contact_id, []).append((r.channel, now))
     lock_contacts(conn, [r.contact_id for members in groups.values() for r in members])
     batch_ids = frozenset(r.id for r in rows)
     refusals: list[dict] = []
