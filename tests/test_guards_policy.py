@@ -77,6 +77,10 @@ def test_no_window_means_no_deferral():
     ("Asia/Kathmandu", "UTC", "Asia/Kathmandu"),
     (None, "Europe/Berlin", "Europe/Berlin"),  # no zone: the policy's
     ("Mars/Olympus", "Europe/Berlin", "Europe/Berlin"),  # a broken zone: the policy's
+    # a folder of the zone database (IsADirectoryError) and a name too long for a file
+    # (OSError) raised instead, and stopped the whole batch of a tick on every tick
+    ("Europe", "Europe/Berlin", "Europe/Berlin"),
+    ("x" * 300, "Europe/Berlin", "Europe/Berlin"),
     (None, None, "UTC"),
 ])
 def test_the_contact_zone_falls_back_to_the_policy_zone(name, fallback, expected):

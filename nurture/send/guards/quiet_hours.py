@@ -37,8 +37,8 @@ def zone(name: str | None, fallback: str = "UTC") -> ZoneInfo:
         if candidate:
             try:
                 return ZoneInfo(candidate)
-            except (ZoneInfoNotFoundError, ValueError):
-                continue
+            except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe" is a folder of the
+                continue                                            # database, an over-long name no file
     return ZoneInfo("UTC")
 
 
