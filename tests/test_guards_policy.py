@@ -50,6 +50,15 @@ QUIET_CASES = [
      "Europe/Berlin", QuietWindow.parse("22:00", "02:30"), utc(2026, 3, 29, 1, 30)),
     ("a_daytime_window", local("Europe/Berlin", 2026, 3, 4, 13, 0), "Europe/Berlin",
      QuietWindow.parse("12:00", "14:00"), utc(2026, 3, 4, 13, 0)),
+    # When clocks go back, 02:00-03:00 comes twice in Berlin: 02:10 of the second pass (CET,
+    # 01:10 UTC) is inside a window ending 02:30 too — it was sent, the end's first occurrence
+    # (02:30 CEST, 00:30 UTC) being already past. It waits for 02:30 CET.
+    ("the_repeated_hour_when_clocks_go_back_is_quiet_both_times", utc(2026, 10, 25, 1, 10), "Europe/Berlin",
+     QuietWindow.parse("01:00", "02:30"), utc(2026, 10, 25, 1, 30)),
+    ("its_first_pass_waits_for_the_first_end", utc(2026, 10, 25, 0, 10), "Europe/Berlin",
+     QuietWindow.parse("01:00", "02:30"), utc(2026, 10, 25, 0, 30)),
+    ("new_york_overnight_window_ending_in_the_repeated_hour", utc(2026, 11, 1, 6, 10), "America/New_York",
+     QuietWindow.parse("22:00", "01:30"), utc(2026, 11, 1, 6, 30)),
 ]
 
 

@@ -57,7 +57,10 @@ def next_allowed_send(due_at: datetime, tz: ZoneInfo, window: QuietWindow | None
     day = local.date()
     if window.start > window.end and wall >= window.start:
         day += timedelta(days=1)  # evening part of an overnight window: ends tomorrow morning
-    return max(_at(day, window.end, tz), due_at)
+    end = _at(day, window.end, tz)
+    if end <= due_at:  # the repeated hour when clocks go back: the window's end comes a second time
+        end = datetime.combine(day, window.end, tzinfo=tz).replace(fold=1).astimezone(timezone.utc)
+    return max(end, due_at)
 
 
 def next_local_time(after: datetime, tz: ZoneInfo, wall: time, weekdays: frozenset[int] | None = None) -> datetime:
