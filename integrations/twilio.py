@@ -8,8 +8,11 @@ account SID and auth token), over one HTTP connection pool per batch. Results pe
 - 201 with a Message resource: `sent`, provider id = the message SID (`SM…`);
 - error 21610 (recipient replied STOP): `failed` + an `sms_stop` suppression;
 - errors 21211 / 21614 (invalid number, not SMS-capable): `failed`, reason `unreachable`;
-- 429 and 5xx (and network errors once connected): retried here with exponential backoff (the sleep is
-  injectable so tests are fast), then a `retry` result (the engine tries again later);
+- 429 and 5xx: retried here with exponential backoff (the sleep is injectable so tests are
+  fast), then a `retry` result (the engine tries again later);
+- a network error once connected (a read timeout, a reset after the request was sent): the SMS
+  may have gone, so it is never sent again: `failed`, reason `delivery_unknown` (look it up in
+  Twilio's logs; `nurture requeue --reason delivery_unknown` sends it again);
 - 401 / 403 (the account SID or auth token is refused) and a connection that cannot be made
   (refused, DNS, connect timeout — after the same backoff): the channel itself is unusable, so
   that message and every later one of the batch are `unavailable` without another request:
@@ -152,8 +155,13 @@ class TwilioSmsChannel(Channel):
                 last, unreachable = f"twilio_connect_failed: {type(exc).__name__}", True
                 continue
             except httpx.HTTPError as exc:
-                last, unreachable = f"twilio_network_error: {type(exc).__name__}", False
-                continue
+                # The request may have reached Twilio (a read timeout, a reset after the body was
+                # sent): a second POST could send the SMS twice. In doubt, never twice — the
+                # operator looks it up in Twilio's logs and re-queues it (`nurture requeue
+                # --reason delivery_unknown`). Only a request that never connected is sent again.
+                return DeliveryResult(m.message_pk, "failed",
+                                      reason=f"delivery_unknown: twilio_network_error: {type(exc).__name__} "
+                                             "after the request was sent")
             unreachable = False
             if response.status_code in RETRYABLE_STATUS:
                 last = f"twilio_http_{response.status_code}"
@@ -172,7 +180,9 @@ class TwilioSmsChannel(Channel):
         if not isinstance(payload, dict):
             payload = {}
         if response.status_code in (200, 201) and payload.get("sid"):
-            return DeliveryResult(m.message_pk, "sent", provider_id=payload["sid"])
+            sid = payload["sid"]  # an SMxxxx id; anything else is not kept (it is no id)
+            return DeliveryResult(m.message_pk, "sent",
+                                  provider_id=sid if isinstance(sid, str) and 0 < len(sid) <= 64 else None)
         code = payload.get("code") if isinstance(payload.get("code"), int) else None  # Twilio's codes are numbers
         message = " ".join((redact(str(payload.get("message") or ""), self._secrets) or "").split())[:200]
         if code in STOPPED:

@@ -387,3 +387,31 @@ def test_a_message_put_back_by_an_unavailable_channel_is_checked_again_even_at_t
     run_tick(rt, "promo", at)  # the same --now again: the put-back message is not "fresh" any more
     assert outcomes(store) == [("hello", "suppressed", "consent_revoked")]
     assert len(channel.batches) == 1
+
+
+class Garbled(Scripted):
+    """A channel plug-in with bugs in its results: a provider id that is no text, an unknown
+    status, a result for a message it was not given, one message answered twice, one not at all."""
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
+        first, second, third, fourth = messages
+        return [DeliveryResult(first.message_pk, "sent", provider_id=["id-1"]),  # type: ignore[arg-type]
+                DeliveryResult(second.message_pk, "delivered"),
+                DeliveryResult(999_999, "sent"),
+                DeliveryResult(third.message_pk, "sent", provider_id="id-3"),
+                DeliveryResult(third.message_pk, "failed", reason="again")]
+
+
+def test_what_a_channel_answers_never_stops_the_record_and_nothing_goes_twice(make_runtime, store):
+    rt = make_runtime({"promo": PROMO}, templates={"email/promo.html": "<p>Hi</p>"})
+    channel = Garbled([])
+    rt.channel_factory = lambda name: channel
+    for i in range(4):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    run_tick(rt, "promo", T0 + timedelta(minutes=1))
+    rows = [(m.address, m.status, (m.reason or "").split(":")[0], m.provider_id)
+            for m in sorted(messages(store), key=lambda m: m.id)]
+    assert rows == [("p0@example.com", "sent", "", None),
+                    ("p1@example.com", "failed", "delivery_unknown", None),
+                    ("p2@example.com", "sent", "", "id-3"),
+                    ("p3@example.com", "queued", "no_result_from_channel", None)]

@@ -66,6 +66,32 @@ def test_a_journey_sms_is_posted_as_twilio_expects_and_recorded_with_its_sid(mak
     assert row.status == "sent" and row.provider_id in twilio.messages and row.provider_id.startswith("SM")
 
 
+def test_an_sms_whose_answer_is_lost_is_never_posted_twice_and_an_odd_sid_is_still_sent(make_runtime, store,
+                                                                                         twilio):
+    """Twilio created the message and the connection closed before its answer: the channel
+    posted it again (a second SMS; the first left no trace). Now it is `failed` with reason
+    delivery_unknown, for the operator to look up and re-queue. A 201 whose `sid` was a list
+    failed the tick's record (SQLite cannot bind a list), silently: now it is `sent`."""
+    from tests.fakes.twilio import ACCEPT_THEN_DROP, ODD_SID
+    rt = make_runtime({"deal": DEAL}, templates={"sms/deal.txt": DEAL_SMS})
+    rt.env.update(_env(twilio))
+    lost, odd = "+4915112345671", "+4915112345672"
+    twilio.script[lost], twilio.script[odd] = [ACCEPT_THEN_DROP], [ODD_SID]
+    for i, phone in enumerate((lost, odd, "+4915112345673")):
+        cid = subscriber(store, f"p{i}@example.com", channels=("sms",), first_name="Ann", phone=phone)
+        add_event(store, cid, "signup", NOW - dt.timedelta(minutes=1))
+
+    run_tick(rt, "deal", NOW)
+    run_tick(rt, "deal", NOW + dt.timedelta(hours=1))  # nothing is sent again
+
+    assert sorted(r.form["To"] for r in twilio.requests) == [lost, odd, "+4915112345673"]
+    assert len(twilio.messages) == 3
+    rows = {r.address: (r.status, (r.reason or "").split(":")[0], r.provider_id) for r in messages(store)}
+    assert rows[lost] == ("failed", "delivery_unknown", None)
+    assert rows[odd] == ("sent", "", None)
+    assert rows["+4915112345673"][:2] == ("sent", "")
+
+
 def test_error_21610_fails_the_message_and_suppresses_the_number_for_sms(make_runtime, store, twilio):
     rt = make_runtime({"deal": DEAL}, templates={"sms/deal.txt": DEAL_SMS})
     rt.env.update(_env(twilio))

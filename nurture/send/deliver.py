@@ -444,10 +444,16 @@ def _send_batch(run: _Delivery, rows: list) -> tuple[list[dict], list[dict], dic
                 results = _after_channel_crash(integration, messages, exc)
         seen = set()
         for result in results:
+            # A channel is a plug-in: a result for no message of this batch (or a second one)
+            # is dropped, and only text is recorded — nothing it answers stops the record.
+            if result.message_pk not in meta or result.message_pk in seen:
+                continue
             seen.add(result.message_pk)
             row = meta[result.message_pk]
             status = result.status
-            reason = redact(result.reason, secrets)
+            reason = redact(result.reason if result.reason is None else str(result.reason), secrets)
+            if status not in _RESULTS:  # at most once: what it may have done is not done again
+                status, reason = FAILED, f"delivery_unknown: the channel answered {str(status)[:40]!r}"
             if status == "unavailable":
                 updates.append({"mid": row.id, "rs": reason, "back": True, "outcome": "unavailable"})
                 first_reason, count = down.get(channel, (reason, 0))
@@ -457,7 +463,8 @@ def _send_batch(run: _Delivery, rows: list) -> tuple[list[dict], list[dict], dic
                 continue
             if status == "retry" and row.attempts >= MAX_ATTEMPTS:
                 status = FAILED
-            updates.append(_update(row, status, reason, result.provider_id, subjects.get(result.message_pk), now))
+            provider_id = result.provider_id if isinstance(result.provider_id, str) else None
+            updates.append(_update(row, status, reason, provider_id, subjects.get(result.message_pk), now))
             if result.suppress:
                 suppressions.append(dict(contact_id=row.contact_id, address=(row.address or "").lower() or None,
                                          channel=row.channel, reason=result.suppress, created_at=now))
@@ -465,6 +472,9 @@ def _send_batch(run: _Delivery, rows: list) -> tuple[list[dict], list[dict], dic
             if m.message_pk not in seen:
                 updates.append(_update(meta[m.message_pk], "retry", "no_result_from_channel", None, None, now))
     return updates, suppressions, meta
+
+
+_RESULTS = frozenset({"sent", "retry", "failed", "unavailable"})  # registry.DeliveryResult's statuses
 
 
 def _after_channel_crash(integration: Any, messages: list, exc: Exception) -> list[DeliveryResult]:

@@ -18,7 +18,9 @@ Tests script failures per destination number (`fake.script["+4915…"] = [429, 5
 one entry per request, an HTTP status or a Twilio error code), read `fake.requests`, and
 build signed webhook requests (status callbacks, inbound STOP) the way Twilio signs them.
 Fault switch: `quote_credentials = True` makes every error body's message quote the basic-auth
-credentials the request carried (a provider that echoes a credential back).
+credentials the request carried (a provider that echoes a credential back). Two more script
+entries: `ACCEPT_THEN_DROP` creates the message and closes the connection without an answer
+(the answer lost on the way back), `ODD_SID` answers 201 with a `sid` that is no text.
 """
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ ERRORS = {
     63007: (400, "Twilio could not find a Channel with the specified From address"),
 }
 CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
+ACCEPT_THEN_DROP = -1  # script entries that are faults, not Twilio answers (module docstring)
+ODD_SID = -2
 
 
 @dataclass
@@ -88,6 +92,9 @@ class FakeTwilio:
                 raw = self.rfile.read(length)
                 status, payload = fake.handle(self.path, self.headers.get("Authorization", ""),
                                               self.headers.get("Content-Type", ""), raw)
+                if status == ACCEPT_THEN_DROP:  # created, and the answer never leaves
+                    self.close_connection = True
+                    return
                 if fake.quote_credentials and status >= 400 and isinstance(payload.get("message"), str):
                     encoded = self.headers.get("Authorization", "").partition(" ")[2]
                     try:
@@ -164,8 +171,8 @@ class FakeTwilio:
             return self.error(63016)
         to = number if not whatsapp else to
         scripted = self.script.get(number)
-        if scripted:
-            step = scripted.pop(0)
+        step = scripted.pop(0) if scripted else None
+        if step is not None and step >= 0:
             if step < 1000:  # a bare HTTP status (a 5xx from the edge, or 429)
                 return (step, self.error(20429)[1]) if step == 429 else (step, {"status": step, "message": "Service unavailable"})
             return self.error(step)
@@ -181,6 +188,10 @@ class FakeTwilio:
             "to": to, "uri": f"/2010-04-01/Accounts/{self.account_sid}/Messages/{sid}.json",
         }
         self.messages[sid] = {**resource, "status_callback": form.get("StatusCallback")}
+        if step == ACCEPT_THEN_DROP:
+            return ACCEPT_THEN_DROP, {}
+        if step == ODD_SID:
+            return 201, {**resource, "sid": [sid]}
         return 201, resource
 
     # -- webhooks Twilio would send
