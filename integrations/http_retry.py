@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ class RetryPolicy:
     sleep: Callable[[float], None] = time.sleep
 
     def delay(self, attempt: int, hint: Optional[float]) -> float:
-        if hint is not None:
+        if hint is not None and math.isfinite(hint):  # (a NaN hint slipped through max and min)
             return min(max(hint, 0.0), self.max_delay)
         return min(self.base_delay * (2 ** (attempt - 1)), self.max_delay)
 
@@ -85,11 +86,14 @@ class Attempt:
 
 
 def retry_after(response: httpx.Response) -> Optional[float]:
+    """The Retry-After header in seconds (delay-seconds or an HTTP date, RFC 9110 §10.2.3);
+    None for anything else — "NaN" and "inf" are no delay."""
     value = response.headers.get("Retry-After")
     if value is None:
         return None
     try:
-        return float(value)
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None
     except ValueError:
         from email.utils import parsedate_to_datetime
         try:

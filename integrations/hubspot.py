@@ -74,12 +74,13 @@ def classify(response: httpx.Response) -> Verdict:
             body = response.json()
         except ValueError:
             body = {}
-        policy = str(body.get("policyName", "")).upper()
+        policy = str(body.get("policyName", "") if isinstance(body, dict) else "").upper()
         if policy == "DAILY" or response.headers.get("X-HubSpot-RateLimit-Daily-Remaining") == "0":
             return Verdict(FAIL, "HubSpot daily API limit reached")
         hint = retry_after(response)
-        if hint is None and response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds"):
-            hint = int(response.headers["X-HubSpot-RateLimit-Interval-Milliseconds"]) / 1000.0
+        interval = response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds", "")
+        if hint is None and interval.isascii() and interval.isdigit() and len(interval) <= 9:
+            hint = int(interval) / 1000.0  # (anything but whole milliseconds: the usual backoff)
         return Verdict(RETRY, "HTTP 429 rate limited", hint)
     if code >= 500:
         return Verdict(RETRY, f"HTTP {code} server error", retry_after(response))

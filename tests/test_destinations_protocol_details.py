@@ -52,6 +52,24 @@ def test_hubspot_daily_limit_is_not_waited_out(waits):
     assert {(r.ok, r.reason) for r in results} == {(False, "HubSpot daily API limit reached")}
 
 
+@pytest.mark.parametrize("headers, body", [
+    ({"Retry-After": "NaN"}, {"status": "error"}),  # float() reads it: a NaN wait reached time.sleep
+    ({"X-HubSpot-RateLimit-Interval-Milliseconds": "ten"}, {"status": "error"}),  # int() refused it
+    ({"X-HubSpot-RateLimit-Interval-Milliseconds": "1000.5"}, {"status": "error"}),
+    ({}, ["not", "an", "object"]),  # .get on a list
+])
+def test_an_odd_rate_limit_answer_is_an_ordinary_429_waited_out_with_the_usual_backoff(waits, headers, body):
+    server = FakeHubSpot(TOKEN).start()
+    try:
+        dest = HubSpotDestination(TOKEN, server.url, RetryPolicy(sleep=waits.append, base_delay=1.0))
+        server.fail_next(1, Reply(429, body, headers))
+        results = dest.add({"list_id": "7"}, members(2), SyncBatch(1))
+    finally:
+        server.stop()
+    assert waits == [1.0]  # the first backoff, no hint taken from the answer
+    assert all(r.ok for r in results)
+
+
 def test_hubspot_remembers_record_ids_and_removes_by_them():
     server = FakeHubSpot(TOKEN).start()
     try:
