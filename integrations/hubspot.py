@@ -65,6 +65,19 @@ _PROPERTY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _HANDOVER_MARK = re.compile(r"Nurture handover ([^\s<]+)")  # the body may come back as HTML
 
 
+def _rows(body: Any) -> Optional[list[dict]]:
+    """The `results` of a batch answer, its objects only; None when the answer has no list."""
+    rows = body.get("results") if isinstance(body, dict) else None
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else None
+
+
+def _dig(value: Any, *keys: str) -> Any:
+    """value[k1][k2]… where each step is an object, else None (an answer is untrusted)."""
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
 def classify(response: httpx.Response) -> Verdict:
     code = response.status_code
     if code in (200, 201, 204, 207):
@@ -300,17 +313,28 @@ class HubSpotDestination(CrmDestination):
         or a failure reason (then no task is created: a duplicate is worse than a retry)."""
         task_ids: list[str] = []
         pending = [{"id": c} for c in contact_ids]
+        asked: set[tuple[str, str]] = set()  # (contact, cursor) pages already read
         while pending:
             read = self.client.call("POST", "/crm/v4/associations/contacts/tasks/batch/read",
                                     json={"inputs": pending[:self.max_batch]})
             if not read.ok:
                 return {}, f"existing tasks not read: {read.reason}"[:300]
             pending = pending[self.max_batch:]
-            for row in (read.json() or {}).get("results", []):  # contacts without tasks are `errors`
-                task_ids.extend(str(to["toObjectId"]) for to in row.get("to", []) if to.get("toObjectId"))
-                after = ((row.get("paging") or {}).get("next") or {}).get("after")
-                if after:
-                    pending.append({"id": str(row["from"]["id"]), "after": after})
+            rows = _rows(read.json())
+            if rows is None:
+                return {}, "existing tasks not read: HubSpot's answer has no list of results"
+            for row in rows:  # contacts without tasks are `errors`
+                targets = row.get("to")
+                task_ids.extend(str(to["toObjectId"]) for to in (targets if isinstance(targets, list) else [])
+                                if isinstance(to, dict) and _DIGITS.fullmatch(str(to.get("toObjectId") or "")))
+                paging = row.get("paging")
+                after = _dig(paging, "next", "after")
+                contact = _dig(row, "from", "id")
+                if after and contact is not None:
+                    if (str(contact), str(after)) in asked:  # the same page again: paging would never end
+                        return {}, "existing tasks not read: HubSpot repeated a paging cursor"
+                    asked.add((str(contact), str(after)))
+                    pending.append({"id": str(contact), "after": str(after)})
         keys: dict[str, str] = {}
         for start in range(0, len(task_ids), self.max_batch):
             read = self.client.call("POST", "/crm/v3/objects/tasks/batch/read", json={
@@ -318,8 +342,11 @@ class HubSpotDestination(CrmDestination):
                 "properties": ["hs_task_body"], "propertiesWithHistory": []})
             if not read.ok:
                 return {}, f"existing tasks not read: {read.reason}"[:300]
-            for row in (read.json() or {}).get("results", []):
-                mark = _HANDOVER_MARK.search(str((row.get("properties") or {}).get("hs_task_body") or ""))
+            rows = _rows(read.json())
+            if rows is None:
+                return {}, "existing tasks not read: HubSpot's answer has no list of results"
+            for row in rows:
+                mark = _HANDOVER_MARK.search(str(_dig(row, "properties", "hs_task_body") or ""))
                 if mark and row.get("id") is not None:
                     keys.setdefault(mark.group(1), str(row["id"]))
         return keys, None
@@ -549,7 +576,7 @@ class HubSpotDeals:
             if len(results) < self.page_size or not timed:
                 return
             last = max(t for _, t in timed)
-            if last < lower:  # not what was asked for: paging on would never end
+            if last < lower or (strict and last == lower):  # not what was asked for: paging on would never end
                 raise CrmUnavailable("HubSpot's search answered deals outside the time asked for; try again later")
             if last == lower:  # a full page written in one instant: read that instant by record id
                 yield from self._instant(lower, seen | {r["id"] for r, _ in timed})
@@ -580,8 +607,10 @@ class HubSpotDeals:
             "properties": list(DEAL_PROPERTIES), "limit": self.page_size})
         body = self._answer(answer, "searching deals")
         items = body.get("results")
+        if not isinstance(items, list):  # an error in a 200, or no answer at all: not "no more deals"
+            raise CrmUnavailable(f"HubSpot's search answer has no list of results: {str(body)[:120]}")
         results, problems, timed = [], [], []
-        for item in items if isinstance(items, list) else []:
+        for item in items:
             record = self._record(item)
             if record is None:
                 problems.append(f"a search result is not a deal: {str(item)[:80]}")
@@ -612,7 +641,9 @@ class HubSpotDeals:
         """The JSON object of a successful answer; CrmUnavailable with what to do otherwise."""
         if answer.ok:
             body = answer.json()
-            return body if isinstance(body, dict) else {}
+            if not isinstance(body, dict):  # not JSON, or not an object: nothing in it can be read
+                raise CrmUnavailable(f"HubSpot's answer while {doing} is not a JSON object")
+            return body
         status = answer.response.status_code if answer.response is not None else None
         if status == 401:
             raise CrmUnavailable("HubSpot refused the token (HTTP 401) while " + doing + ": set NURTURE_HUBSPOT_TOKEN "

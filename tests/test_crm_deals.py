@@ -24,6 +24,7 @@ from nurture.store.tables import contact_t, crm_cursor_t, deal_t, event_t, suppr
 from nurture.web.privacy import hubspot_signature_v3
 from tests.conftest import utc, write_project
 from tests.engine_fixtures import add_contact, add_event, contact_row, journey_yaml, subscriber
+from tests.fakes.http_server import Reply
 from tests.fakes.hubspot import FakeHubSpot, millis
 
 NOW = utc(2026, 3, 4, 10, 0)
@@ -329,6 +330,28 @@ def test_a_bulk_edit_in_one_millisecond_larger_than_a_page_is_read_by_record_id(
     assert by_id and by_id[0]["filterGroups"][0]["filters"][0] == {
         "propertyName": "hs_lastmodifieddate", "operator": "EQ", "value": str(millis(NOW - DAY))}
     assert cursor(store)[0] == NOW - DAY / 2
+
+
+def test_a_search_that_answers_the_same_instant_again_ends_the_pull_with_a_failure(store, hubspot):
+    """A full page of deals of one instant, answered again after it was read by record id
+    (a search that ignores its filters): the pull went round for ever."""
+    add_contact(store, "ann@example.com")
+    for i in range(12):
+        hubspot.put_deal(str(300 + i), stage="s1", modified=NOW - DAY, contacts=("ann@example.com",))
+    hubspot.search_ignores_filters = True
+    result = pull(store, hubspot, page=10, batch=100)
+    assert result.failure and "outside the time asked for" in result.failure
+    assert len(searches(hubspot)) < 10
+
+
+@pytest.mark.parametrize("reply", [Reply(200, {"status": "error", "message": "try again"}), Reply(200, ["a list"]),
+                                   Reply(200, {"results": None}), Reply(200, "not json")])
+def test_a_search_answer_without_results_is_a_failure_not_the_end_of_the_deals(store, hubspot, reply):
+    """A 200 without a list of results read as "no more deals": `deals read: 0`, exit 0."""
+    hubspot.put_deal("5", stage="s1", modified=NOW - DAY)
+    hubspot.fail_next(1, reply)
+    result = pull(store, hubspot)
+    assert result.failure and "HubSpot's" in result.failure and cursor(store) is None
 
 
 def test_a_429_is_waited_out_as_hubspot_says_and_searches_are_paced_at_five_per_second(store, hubspot):

@@ -166,6 +166,21 @@ def test_a_task_whose_answer_was_lost_is_found_by_the_next_run_and_not_created_a
     assert hubspot.problems == []
 
 
+def test_a_paging_cursor_hubspot_repeats_ends_the_read_and_the_handover_waits(runtime, store, hubspot):
+    """The existing tasks' read followed every `paging.next.after`: a cursor HubSpot gave
+    again and again kept the tick in that loop, inside its transaction, for ever."""
+    runtime.env["NURTURE_SYNC_MAX_ATTEMPTS"] = "1"
+    mql(store, "zoe@firm.example", score=70)
+    hubspot.lose_task_answers = 1  # a task exists: the next run reads the contact's tasks first
+    run_tick(runtime, "mql", T0 + timedelta(minutes=5))
+    hubspot.task_paging_loops = True
+    retry_pending(runtime, T0 + timedelta(hours=1))
+    [h] = handovers(store)
+    assert h.status == "pending" and h.reason.endswith("existing tasks not read: HubSpot repeated a paging cursor")
+    reads = [r for r in hubspot.requests if r.path == "/crm/v4/associations/contacts/tasks/batch/read"]
+    assert len(reads) == 2 and len(hubspot.tasks_for("zoe@firm.example")) == 1  # no second task
+
+
 def test_the_token_never_appears_in_rows_logs_or_errors(runtime, store, hubspot, caplog):
     caplog.set_level(logging.DEBUG)
     mql(store, "lee@firm.example", score=70)

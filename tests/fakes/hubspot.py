@@ -33,7 +33,9 @@ Deals (the CRM pull, nurture.crm), as documented:
 after the n-th search 503 (HubSpot gone mid-pull).
 
 Fault switch: `quote_bad_token = True` makes the 401 for a wrong token quote the bearer token it
-received (a provider that echoes a credential back)."""
+received (a provider that echoes a credential back). Two more, for answers that would page
+forever: `search_ignores_filters = True` answers every deal search as if it had no filters, and
+`task_paging_loops = True` gives every contact→tasks association row the same `paging.next.after`."""
 from __future__ import annotations
 
 import bisect
@@ -92,6 +94,8 @@ class FakeHubSpot(FakeProvider):
         self.search_cap = 10_000  # the search's limit of results per query
         self.rate_limit_searches = 0  # answer the next N searches 429 (the 5 per second limit)
         self.down_after_searches: Optional[int] = None  # after N searches, answer everything 503
+        self.search_ignores_filters = False  # every search answers every deal (module docstring)
+        self.task_paging_loops = False  # every association row says "more after cursor 1"
         self.searches = 0
         self._index: Optional[list[tuple[int, int]]] = None  # (modified ms, deal id) sorted
         self._by_id: Optional[dict[str, str]] = None  # contact record id -> e-mail
@@ -377,6 +381,8 @@ class FakeHubSpot(FakeProvider):
             results.append({"from": {"id": cid}, "to": [
                 {"toObjectId": int(t["id"]), "associationTypes": [
                     {"category": "HUBSPOT_DEFINED", "typeId": CONTACT_TO_TASK, "label": None}]} for t in tasks]})
+            if self.task_paging_loops:
+                results[-1]["paging"] = {"next": {"after": "1", "link": "?after=1"}}
         body = {"status": "COMPLETE", "results": results, "startedAt": "2026-11-21T02:00:00Z",
                 "completedAt": "2026-11-21T02:00:01Z"}
         if missing:
@@ -449,7 +455,7 @@ class FakeHubSpot(FakeProvider):
             filters = group.get("filters") if isinstance(group, dict) else None
             if not isinstance(filters, list) or len(filters) > 6:
                 return self.problem(f"a filterGroup needs a list of at most 6 filters: {group}")
-            candidates = self._candidates(filters)
+            candidates = self._ordered() if self.search_ignores_filters else self._candidates(filters)
             if isinstance(candidates, Reply):
                 return candidates
             matched.extend(candidates)
