@@ -48,10 +48,13 @@ def violated_members(response: Optional[httpx.Response]) -> dict[int, str]:
     """audienceMembers indexes named by a BadRequest's field violations."""
     if response is None or response.status_code != 400:
         return {}
-    details = error_object(response).get("details") or []
+    details = error_object(response).get("details")
     out: dict[int, str] = {}
-    for detail in details:
-        for violation in detail.get("fieldViolations", []) or []:
+    for detail in details if isinstance(details, list) else []:
+        violations = detail.get("fieldViolations") if isinstance(detail, dict) else None
+        for violation in violations if isinstance(violations, list) else []:
+            if not isinstance(violation, dict):
+                continue
             match = _MEMBER_INDEX.search(str(violation.get("field", "")))
             if match:
                 out[int(match.group(1))] = str(violation.get("description", "invalid member"))[:200]

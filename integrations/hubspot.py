@@ -189,8 +189,9 @@ class HubSpotDestination(CrmDestination):
                                   json=list(record_ids.values()))
         if not listed.ok:
             return results + [MemberResult(by_email[a].contact_id, False, reason=listed.reason) for a in record_ids]
-        answer = listed.json() or {}
-        missing = {str(x) for x in answer.get("recordIdsMissing", []) or []}
+        answer = listed.json()
+        missing = answer.get("recordIdsMissing") if isinstance(answer, dict) else None
+        missing = {str(x) for x in missing} if isinstance(missing, list) else set()
         for address, record_id in record_ids.items():
             member = by_email[address]
             if record_id in missing:
@@ -257,18 +258,20 @@ class HubSpotDestination(CrmDestination):
         upsert = self.client.call("POST", "/crm/v3/objects/contacts/batch/upsert", json={"inputs": inputs})
         if not upsert.ok:
             return {}, {a: upsert.reason for a in addresses}, set()
-        body = upsert.json() or {}
+        body = upsert.json()
         record_ids: dict[str, str] = {}
         created: set[str] = set()
-        for row in body.get("results", []):
-            address = str((row.get("properties") or {}).get("email", "")).lower()
+        for row in _rows(body) or []:  # (an answer is untrusted: its objects only)
+            address = str(_dig(row, "properties", "email") or "").lower()
             if address in addresses and row.get("id") is not None:
                 record_ids[address] = str(row["id"])
                 if row.get("new") is True:
                     created.add(address)
         errors: dict[str, str] = {}
-        for error in body.get("errors", []):
-            for ident in (error.get("context") or {}).get("ids", []) or []:
+        errors_in = body.get("errors") if isinstance(body, dict) else None
+        for error in errors_in if isinstance(errors_in, list) else []:
+            ids = _dig(error, "context", "ids")
+            for ident in ids if isinstance(ids, list) else []:
                 errors[str(ident).lower()] = f"{error.get('category', 'ERROR')}: {error.get('message', '')}"[:300]
         return record_ids, {a: errors.get(a, "not in HubSpot's upsert answer") for a in addresses
                             if a not in record_ids}, created
@@ -385,7 +388,7 @@ class HubSpotDestination(CrmDestination):
             "associations": [{"to": {"id": contact_id},
                               "types": [{"associationCategory": "HUBSPOT_DEFINED",
                                          "associationTypeId": TASK_TO_CONTACT}]}]})
-        task_id = (created.json() or {}).get("id") if created.ok else None
+        task_id = _dig(created.json(), "id") if created.ok else None
         if not task_id:
             return HandoverResult(record.handover_id, False,
                                   reason=f"contact {contact_id} upserted, task not created: "
@@ -407,7 +410,7 @@ class HubSpotDestination(CrmDestination):
             found = self.client.call("GET", "/crm/v3/owners", params={"email": address, "limit": 1})
             if not found.ok:
                 return None, f"owner {address} not looked up: {found.reason}"[:300]
-            matches = [o for o in (found.json() or {}).get("results", [])
+            matches = [o for o in _rows(found.json()) or []
                        if str(o.get("email", "")).lower() == address and o.get("id") is not None]
             self._owners[address] = str(matches[0]["id"]) if matches else None
         return self._owners[address], None
@@ -681,11 +684,10 @@ class HubSpotDeals:
                                       json={"inputs": [{"id": d} for d in deal_ids[start:start + ASSOCIATION_INPUTS]]})
             body = self._answer(answer, "reading the deals' contacts")
             # A deal without contacts is one of `errors` (a 207): it simply has none.
-            for row in body.get("results") or []:
-                if not isinstance(row, dict):
-                    continue
-                deal = str((row.get("from") or {}).get("id", ""))
-                targets = [str(t.get("toObjectId")) for t in row.get("to") or [] if isinstance(t, dict)]
+            for row in _rows(body) or []:
+                deal = str(_dig(row, "from", "id") or "")
+                to = row.get("to")
+                targets = [str(t.get("toObjectId")) for t in (to if isinstance(to, list) else []) if isinstance(t, dict)]
                 found[deal] = [t for t in targets if _DIGITS.fullmatch(t)][:MAX_CONTACTS]
         return found
 
@@ -696,7 +698,7 @@ class HubSpotDeals:
                 "inputs": [{"id": c} for c in contact_ids[start:start + CONTACT_INPUTS]],
                 "properties": list(CONTACT_READ_PROPERTIES), "propertiesWithHistory": []})
             body = self._answer(answer, "reading the deals' contacts")
-            for row in body.get("results") or []:  # a contact deleted meanwhile is one of `errors`
+            for row in _rows(body) or []:  # a contact deleted meanwhile is one of `errors`
                 if not isinstance(row, dict) or not isinstance(row.get("properties"), dict):
                     continue
                 props = row["properties"]

@@ -73,13 +73,17 @@ class LinkedInDestination(AudienceDestination):
                                   json={"elements": elements})
         if not answer.ok:
             return [MemberResult(m.contact_id, False, reason=answer.reason) for m, _ in rows]
-        statuses = (answer.json() or {}).get("elements") or []
+        body = answer.json()
+        statuses = body.get("elements") if isinstance(body, dict) else None
+        statuses = statuses if isinstance(statuses, list) else []  # an answer is untrusted: a list or nothing
         results = []
         for i, (member, ident) in enumerate(rows):
-            status = statuses[i].get("status") if i < len(statuses) and isinstance(statuses[i], dict) else None
+            item = statuses[i] if i < len(statuses) and isinstance(statuses[i], dict) else {}
+            status = item.get("status")
             ok = isinstance(status, int) and 200 <= status < 300
+            error = item.get("error") if isinstance(item.get("error"), dict) else {}
             reason = None if ok else f"LinkedIn element status {status}: " + str(
-                (statuses[i].get("error") or {}).get("message", "") if i < len(statuses) else "missing")[:200]
+                error.get("message", "") if i < len(statuses) else "missing")[:200]
             results.append(MemberResult(member.contact_id, ok, ident if ok else {}, reason=reason))
         return results
 

@@ -100,7 +100,8 @@ class LinkedInConversionsDestination(ConversionDestination):
             return results + [ConversionResult(e.event_pk, "failed", answer.reason) for e, _ in rows]
         request_id = answer.response.headers.get("x-li-uuid") if answer.response is not None else None
         body = answer.json()
-        statuses = (body.get("elements") if isinstance(body, dict) else None) or []
+        statuses = body.get("elements") if isinstance(body, dict) else None
+        statuses = statuses if isinstance(statuses, list) else []  # (a dict has no element i)
         for i, (event, _) in enumerate(rows):
             item = statuses[i] if i < len(statuses) and isinstance(statuses[i], dict) else {}
             status = item.get("status")

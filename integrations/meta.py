@@ -40,7 +40,7 @@ def classify(response: httpx.Response) -> Verdict:
     if 200 <= response.status_code < 300:
         return Verdict(DONE)
     error = error_object(response)
-    code = error.get("code")
+    code = error.get("code") if isinstance(error.get("code"), int) else None  # (a list is no code)
     if code in THROTTLE_CODES or response.status_code == 429:
         return Verdict(RETRY, f"Meta throttled the request (code {code})", retry_after(response))
     if response.status_code >= 500 or error.get("is_transient"):
@@ -105,8 +105,9 @@ class MetaDestination(AudienceDestination):
         if not answer.ok:
             return [MemberResult(m.contact_id, False, reason=answer.reason) for m, _ in rows]
         self._accepted[batch.session_id] = seq
-        body = answer.json() or {}
-        invalid = body.get("invalid_entry_samples") or {}
+        body = answer.json()
+        invalid = body.get("invalid_entry_samples") if isinstance(body, dict) else None
+        invalid = invalid if isinstance(invalid, dict) else {}  # an answer is untrusted: only an object
         results = []
         for member, row in rows:
             bad = next((str(invalid[v]) for v in row if v and v in invalid), None)

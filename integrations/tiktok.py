@@ -144,7 +144,8 @@ class TikTokDestination(AudienceDestination):
         answer = self.client.call("POST", MAPPING_PATH, json=self.body(action, target, rows))
         if answer.ok:
             return [MemberResult(m.contact_id, True, dict(ident)) for m, ident in rows]
-        if len(rows) > 1 and budget[0] >= 2 and envelope(answer.response).get("code") in ISOLATE_CODES:
+        code = envelope(answer.response).get("code")
+        if len(rows) > 1 and budget[0] >= 2 and isinstance(code, int) and code in ISOLATE_CODES:
             budget[0] -= 2
             half = len(rows) // 2
             return self._send_part(action, target, rows[:half], budget) + \

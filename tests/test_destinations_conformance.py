@@ -391,6 +391,30 @@ def test_a_batch_that_keeps_failing_stays_unacknowledged_and_exactly_it_is_retri
     assert h.members() == h.expect(*emails)
 
 
+@pytest.mark.parametrize("reply", [
+    Reply(400, {"error": {"code": [100], "details": ["not an object"], "message": ["x"]}, "code": [40001]}),
+    Reply(400, ["an", "error", "list"]),
+    Reply(200, {"results": "text", "errors": [{"context": "x"}], "elements": {"0": "x"},
+                "recordIdsMissing": "6", "invalid_entry_samples": ["x"], "code": [0]}),
+], ids=["error_fields_of_odd_types", "error_list", "answer_fields_of_odd_types"])
+def test_an_answer_of_any_shape_is_a_result_per_member_never_an_exception(h, reply):
+    """An answer is untrusted: a code that is a list made Meta's classify fail (`unhashable
+    type`), error details that are strings Google's, a list where an object belongs HubSpot's
+    upsert: the whole target failed with a Python exception as its reason, and the summary said
+    0 records failed. Whatever the provider answers, each member gets a result (acknowledged
+    or failed), and what failed is retried by the next run."""
+    http_only(h)
+    emails = people(h, 2)
+    h.server.fail_next(1, reply)
+    report = h.sync()
+    assert report.status in ("ok", "partial", "failed")
+    assert report.added + report.failed == 2
+    assert not any("Error in " in str(e.get("reason")) for e in report.errors), report.errors
+    second = h.sync()
+    assert second.added + second.failed + report.added == 2  # the failed ones again, no other
+    assert h.server.problems == [] and len(emails) == 2
+
+
 def test_a_rejected_record_fails_alone_and_is_retried_next_run(h):
     http_only(h)
     emails = people(h, 4)

@@ -55,9 +55,12 @@ def sync(segment: Optional[str] = typer.Option(None, "--segment", help="Only thi
     print_sync_summary(rows)
     failed = sum(int(r.get("failed", 0)) for r in rows)
     broken = [r for r in rows if r.get("status") == "failed"]
-    if failed or broken:
+    if failed:
         raise CliError(f"{failed} record(s) failed in {len(broken) or 'some'} target(s); they stay "
                        "unacknowledged and the next sync retries exactly them")
+    if broken:  # the target itself failed (its error is above): none of its records was acknowledged
+        raise CliError(f"{len(broken)} target(s) failed; nothing of them was acknowledged and the next sync "
+                       "retries them")
 
 
 def register(app: typer.Typer) -> None:
