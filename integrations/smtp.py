@@ -427,36 +427,63 @@ class SmtpChannel(Channel):
                      data: bytes) -> tuple[DeliveryResult, bool, Optional[str]]:
         """One MAIL / RCPT / DATA to `to` (the address as the server takes it): (result,
         whether the connection is still usable, the server's answer for the journal: ACCEPTED,
-        REFUSED, or None when none came)."""
+        REFUSED, or None when none came).
+
+        Phase by phase rather than smtplib's sendmail, for the one case sendmail cannot tell
+        apart: a connection lost during DATA may have left the message with the server (the
+        final "." sent, its 250 lost; RFC 5321 §4.1.1.4), so that message is never sent again
+        (`delivery_unknown`), while one lost before DATA is simply retried."""
         s = self.settings
-        options = () if to.isascii() else ("SMTPUTF8",)
+        options = [] if to.isascii() else ["SMTPUTF8"]
+        if client.does_esmtp and client.has_extn("size"):
+            options.append(f"SIZE={len(data)}")
         try:
-            refused = client.sendmail(s.from_email, [to], data, mail_options=options)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, message = next(iter(exc.recipients.values()))
-            if 400 <= code < 500:  # 421: the server is closing the connection (smtplib closed it)
-                reason = f"smtp_rcpt_deferred: {self._reply(code, message)}"
-                return DeliveryResult(m.message_pk, "retry", reason=reason), code != 421, REFUSED
-            reason = f"smtp_rcpt_rejected: {self._reply(code, message)}"
-            return DeliveryResult(m.message_pk, "failed", reason=reason, suppress="hard_bounce"), True, REFUSED
-        except smtplib.SMTPSenderRefused as exc:
-            status = "retry" if 400 <= exc.smtp_code < 500 else "failed"
-            reason = f"smtp_sender_refused: {self._reply(exc.smtp_code, exc.smtp_error)}"
-            return DeliveryResult(m.message_pk, status, reason=reason), exc.smtp_code != 421, REFUSED
-        except smtplib.SMTPDataError as exc:
-            status = "retry" if 400 <= exc.smtp_code < 500 else "failed"
-            reason = f"smtp_data_refused: {self._reply(exc.smtp_code, exc.smtp_error)}"
-            return DeliveryResult(m.message_pk, status, reason=reason), exc.smtp_code != 421, REFUSED
+            code, message = client.mail(s.from_email, options)
+            if code != 250:
+                self._reset(client, code)
+                status = "retry" if 400 <= code < 500 else "failed"
+                reason = f"smtp_sender_refused: {self._reply(code, message)}"
+                return DeliveryResult(m.message_pk, status, reason=reason), code != 421, REFUSED
+            code, message = client.rcpt(to)
+            if code not in (250, 251):
+                self._reset(client, code)
+                if 400 <= code < 500:  # 421: the server is closing the connection
+                    reason = f"smtp_rcpt_deferred: {self._reply(code, message)}"
+                    return DeliveryResult(m.message_pk, "retry", reason=reason), code != 421, REFUSED
+                reason = f"smtp_rcpt_rejected: {self._reply(code, message)}"
+                return DeliveryResult(m.message_pk, "failed", reason=reason, suppress="hard_bounce"), True, REFUSED
         except (smtplib.SMTPServerDisconnected, socket.timeout, OSError) as exc:
             reason = f"smtp_connection_lost: {type(exc).__name__}"
             return DeliveryResult(m.message_pk, "retry", reason=reason), False, None
         except smtplib.SMTPException as exc:
             return DeliveryResult(m.message_pk, "retry", reason=f"smtp_error: {type(exc).__name__}"), False, None
-        if refused:  # a single recipient: only reachable if the server answered oddly
-            code, message = refused[to]
-            reason = f"smtp_rcpt_deferred: {self._reply(code, message)}"
-            return DeliveryResult(m.message_pk, "retry", reason=reason), True, REFUSED
+        try:
+            code, message = client.data(data)
+        except smtplib.SMTPDataError as exc:  # DATA itself refused: nothing of the message was sent
+            self._reset(client, exc.smtp_code)
+            status = "retry" if 400 <= exc.smtp_code < 500 else "failed"
+            reason = f"smtp_data_refused: {self._reply(exc.smtp_code, exc.smtp_error)}"
+            return DeliveryResult(m.message_pk, status, reason=reason), exc.smtp_code != 421, REFUSED
+        except (smtplib.SMTPServerDisconnected, socket.timeout, OSError, smtplib.SMTPException) as exc:
+            reason = (f"delivery_unknown: smtp_connection_lost during DATA ({type(exc).__name__}): the server may "
+                      "have taken the message")
+            return DeliveryResult(m.message_pk, "failed", reason=reason), False, None
+        if code != 250:
+            self._reset(client, code)
+            status = "retry" if 400 <= code < 500 else "failed"
+            reason = f"smtp_data_refused: {self._reply(code, message)}"
+            return DeliveryResult(m.message_pk, status, reason=reason), code != 421, REFUSED
         return DeliveryResult(m.message_pk, "sent", provider_id=m.rfc_message_id), True, ACCEPTED
+
+    @staticmethod
+    def _reset(client: smtplib.SMTP, code: int) -> None:
+        """RSET after a refusal, as sendmail does (not after 421: the server is closing)."""
+        if code == 421:
+            return
+        try:
+            client.rset()
+        except (smtplib.SMTPException, OSError):
+            pass
 
     def was_delivered(self, message_pk: int, rfc_message_id: str) -> Optional[bool]:
         """From the hand-over journal: True (the server accepted it), False (never handed

@@ -200,6 +200,43 @@ def test_international_addresses_go_in_ascii_form_and_one_no_server_can_take_fai
     assert got == expected
 
 
+@dataclass
+class Dropping(Recorder):
+    """Takes each message, then closes the connection instead of answering its final "." for
+    the recipients in `drop_after_data`, and at RCPT for those in `drop_at_rcpt`."""
+    drop_after_data: set = field(default_factory=set)
+    drop_at_rcpt: set = field(default_factory=set)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.drop_at_rcpt:
+            self.drop_at_rcpt.discard(address)  # once
+            server.transport.close()
+            return "250 OK"
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+
+    async def handle_DATA(self, server, session, envelope):
+        answer = await super().handle_DATA(server, session, envelope)
+        if envelope.rcpt_tos[0] in self.drop_after_data:
+            server.transport.close()  # the message is taken; its 250 never reaches the client
+        return answer
+
+
+def test_a_connection_lost_during_data_is_never_sent_again_and_one_lost_before_is_retried(make_runtime, store,
+                                                                                           smtp_server):
+    """sendmail could not tell the two apart: both were retried, and the message the server had
+    taken before the connection dropped went out twice."""
+    recorder = Dropping(drop_after_data={"taken@example.com"}, drop_at_rcpt={"early@example.com"})
+    rt = _runtime(make_runtime, smtp_server(recorder))
+    _signups(store, "taken@example.com", "early@example.com", "bob@example.com")
+    run_tick(rt, "promo", NOW)
+    run_tick(rt, "promo", NOW + dt.timedelta(hours=1))  # the retry's backoff is over
+    rows = {m.address: (m.status, (m.reason or "").split(":")[0]) for m in messages(store, journey="promo")}
+    assert rows == {"taken@example.com": ("failed", "delivery_unknown"), "early@example.com": ("sent", ""),
+                    "bob@example.com": ("sent", "")}
+    delivered = sorted(rcpt_tos[0] for _, rcpt_tos, _, _ in recorder.received)
+    assert delivered == ["bob@example.com", "early@example.com", "taken@example.com"]  # each once
+
+
 def test_4xx_is_retried_on_a_later_tick_and_5xx_becomes_a_hard_bounce_suppression(make_runtime, store, smtp_server):
     recorder = Recorder(replies={"busy@example.com": "451 4.2.1 Mailbox busy, try later",
                                  "gone@example.com": "550 5.1.1 No such user",
