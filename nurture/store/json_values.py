@@ -9,10 +9,11 @@ every number: "abc" and "5" both passed `gte: 20`.
 
 Here the value is a number when it is a JSON number, or text that reads as one
 (`NUMBER_PATTERN`: "45.00", as shops send prices) of magnitude under 1e300; a boolean when it
-is JSON true or false (or the text "true" / "false"); anything else is NULL — no number, so a comparison with it is false
-(and `ne` counts it as different). SQLite reads the text through `number_of_text`, a function
-each connection registers (store.db); PostgreSQL with the pattern and a numeric cast, nested
-in CASE so that nothing is cast that does not match.
+is JSON true or false (or the text "true" / "false"); anything else is NULL — no number, so a
+comparison with it is false (and `ne` counts it as different). SQLite reads the text through
+`number_of_text`, a function each connection registers (store.db); PostgreSQL with the pattern
+and a numeric cast, nested in CASE so that nothing is cast that does not match. Costs, from
+bench/bench_conditions.py: see docs/scale.md.
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def _pg_number(element: json_number, compiler: Any, **kw: Any) -> str:
     text = index.as_string()  # props ->> 'key': a JSON number's text, or a string's
     number = cast(text, Numeric)
     size = func.abs(number)  # (under 1e-300 is 0 as a float: the cast would fail, not round)
-    readable = case((size >= literal_column("1e300"), None), (size < literal_column("1e-300"), 0.0),
+    readable = case((size >= literal_column(f"{LIMIT:g}"), None), (size < literal_column(f"{1 / LIMIT:g}"), 0.0),
                     else_=cast(number, Float))
     return compiler.process(case((text.op("~")(NUMBER_PATTERN), readable), else_=None), **kw)
 
