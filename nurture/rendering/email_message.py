@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import re
 from datetime import datetime
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime
 from functools import lru_cache
 from typing import Mapping, Optional
 
@@ -98,6 +98,7 @@ def _b64(text: str) -> bytes:
 
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9 !#$%&'*+/=?^_`{|}~-]*")
+_QUOTED_SPECIALS = re.compile(r'["\\]')  # escaped inside a quoted-string
 
 
 @lru_cache(maxsize=64)
@@ -122,17 +123,17 @@ def ascii_address(addr: str) -> str:
 
 
 def _address(name: str, addr: str) -> str:
-    """`Name <addr>`; formataddr (quoting, RFC 2047) only for names that need it. An address
-    with a non-ASCII local part goes in as UTF-8 (RFC 6532), its name encoded beside it."""
+    """`Name <addr>`: the name as plain atoms, a quoted-string (RFC 5322 §3.2.4) or, when not
+    ASCII (or when it looks like an encoded-word: see encode_header), RFC 2047 encoded-words.
+    An address with a non-ASCII local part goes in as UTF-8 (RFC 6532)."""
     name, addr = header_text(name), ascii_address(header_text(addr).replace(" ", ""))
     if not name:
         return addr
-    if _PLAIN_NAME.fullmatch(name) and "=?" not in name:  # (an encoded-word look-alike: see encode_header)
+    if not name.isascii() or "=?" in name:
+        return f"{encode_words(name, 4)} <{addr}>"
+    if _PLAIN_NAME.fullmatch(name):
         return f"{name} <{addr}>"
-    if addr.isascii() and "=?" not in name:
-        return formataddr((name, addr))
-    shown = encode_words(name, 4) if not name.isascii() or "=?" in name else '"' + re.sub(r'(["\\])', r"\\\1", name) + '"'
-    return f"{shown} <{addr}>"
+    return '"' + _QUOTED_SPECIALS.sub(r"\\\g<0>", name) + f'" <{addr}>'
 
 
 def build_email_bytes(*, message_id: str, from_addr: str, from_name: str, to_addr: str, to_name: str,
