@@ -29,8 +29,8 @@ from nurture.privacy.tombstones import subject_hash
 from nurture.registry import IntegrationContext
 from nurture.runtime import run_tick
 from nurture.segments.sync import default_factory, sync_segments
-from nurture.store.tables import (consent_t, contact_t, enrollment_t, event_t, handover_t, membership_t, message_t,
-                                  suppression_t, sync_run_t)
+from nurture.store.tables import (consent_t, contact_t, deal_t, enrollment_t, event_t, handover_t, identity_t,
+                                  membership_t, message_t, suppression_t, sync_run_t)
 from nurture.web.privacy import hubspot_request_uri, hubspot_signature_v3
 from tests.conftest import utc, write_project
 from tests.engine_fixtures import add_event, add_suppression, journey_yaml, subscriber
@@ -330,6 +330,62 @@ def test_an_erased_person_is_refused_by_import_and_track_and_never_recreated(wor
     # and the next nightly sync does not bring her back anywhere
     world.sync()
     assert world.csv_members() == {sha(BOB)} and world.hubspot.members("45") == {BOB}
+
+
+def test_a_second_address_finds_the_person_and_every_address_of_theirs_is_blocked(world, tmp_path):
+    """Alice is also known by her work address (an identify call linked it). Erasing by it
+    answered `not_found` ("nothing is held") and kept her whole profile; export-contact said
+    "no contact". Now either address finds her, and both stay blocked afterwards."""
+    from nurture.privacy.export import export_contact
+    work = "alice.work@corp.example"
+    with world.store.engine.begin() as conn:
+        conn.execute(identity_t.insert().values(contact_id=world.alice, kind="email", value=work,
+                                                first_seen_at=T0))
+    doc = export_contact(world.store, world.rt.project, work, now=T0 + timedelta(hours=1))
+    assert doc is not None and doc["contact"]["email"] == ALICE
+    assert [(i["kind"], i["value"]) for i in doc["identities"]] == [("email", work)]
+    [result] = world.erase(work)
+    assert result.outcome == "erased" and result.request == work
+    assert mentions(world.store, world.rt.data_dir, ALICE, work, "Liddell") == []
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text(f"email\n{ALICE}\n{work}\n")
+    imported = import_contacts(world.store, contacts, now=T0 + timedelta(days=1))
+    assert (imported.created, imported.erased) == (0, 2)
+    assert [r.outcome for r in world.erase(ALICE, work)] == ["already_erased", "already_erased"]
+
+
+def test_an_address_only_a_waiting_crm_deal_holds_is_erased_from_it_and_blocked(world):
+    """No contact has carol's address, but a deal waits for her as its contact: erase said
+    `not_found` ("nothing is held") and the deal kept her address."""
+    carol = "carol.crm@example.com"
+    with world.store.engine.begin() as conn:
+        conn.execute(deal_t.insert().values(crm="hubspot", deal_id="77", email=carol, name="pilot",
+                                            pipeline="default", stage="s1", outcome="open", amount=1000.0,
+                                            currency="EUR", modified_at=T0, created_at=T0, updated_at=T0))
+    [result] = world.erase(carol.upper())
+    assert (result.outcome, result.removed) == ("erased", {"deals": 1})
+    assert mentions(world.store, world.rt.data_dir, carol) == []
+    with world.store.engine.connect() as conn:
+        assert conn.execute(select(deal_t.c.amount, deal_t.c.email)).all() == [(1000.0, None)]  # amounts stay
+        conn.rollback()
+    assert [r.outcome for r in world.erase(carol)] == ["already_erased"]
+
+
+def test_an_erased_persons_old_unsubscribe_link_writes_nothing(world, site):
+    """One-click unsubscribe and the preference form of an erased person answered 200 and wrote
+    a consent row with the client's IP address and user agent, and attributes, to the
+    pseudonymized contact."""
+    from nurture.tokens import make_token
+    from tests.test_web_site import SECRET
+    token = make_token(SECRET, "unsubscribe", world.alice, channel="email")
+    world.erase(ALICE)
+    before = len(rows(world.store, consent_t))
+    one_click = site.http.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click",
+                               headers={"User-Agent": "Zebrafish-Agent/9"})
+    form = site.http.post(f"/u/{token}/preferences", content=b"channel=email&topic=news")
+    assert "no record" in one_click.text and "no record" in form.text
+    assert len(rows(world.store, consent_t)) == before
+    assert mentions(world.store, world.rt.data_dir, "zebrafish") == []
 
 
 def test_a_destination_that_fails_leaves_the_membership_pending_and_erasing_again_retries_it(world):

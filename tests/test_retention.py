@@ -127,6 +127,40 @@ def test_contacts_that_never_confirmed_go_entirely_and_may_sign_up_again(make_ru
     assert back.errors == [] and back.inserted == 1  # no tombstone: a new sign-up is welcome
 
 
+def test_a_never_confirmed_contact_with_a_deal_and_files_goes_entirely(make_runtime, store):
+    """A CRM deal of such a contact made the purge fail on the deal's foreign key (every later
+    purge and hygiene run too); its handover line and SMS line stayed in their files, and
+    nothing could remove them any more (erase: not found)."""
+    from nurture.store.tables import deal_t, handover_t
+    rt = make_runtime({})
+    pending = add_contact(store, "maybe@example.com", at=NOW - 60 * DAY, phone="+4915112345678")
+    set_consent(store, pending, status="pending", at=NOW - 60 * DAY, confirmed=False)
+    with store.engine.begin() as conn:
+        conn.execute(deal_t.insert().values(crm="hubspot", deal_id="9", contact_id=pending, email="maybe@example.com",
+                                            stage="s1", outcome="open", amount=50.0, modified_at=NOW - 50 * DAY,
+                                            created_at=NOW - 50 * DAY, updated_at=NOW - 50 * DAY))
+        handover = conn.execute(handover_t.insert().values(
+            contact_id=pending, journey="j", step_id="h", stage="mql", score=0.0, destination="file", status="delivered",
+            created_at=NOW - 50 * DAY, sla_due_at=NOW - 49 * DAY)).inserted_primary_key[0]
+        sms = conn.execute(message_t.insert().values(
+            contact_id=pending, journey="j", step_id="s", channel="sms", template="t", purpose="marketing",
+            status="sent", address="+4915112345678", attempt_key="", due_at=NOW - 50 * DAY, created_at=NOW - 50 * DAY,
+            sent_at=NOW - 50 * DAY)).inserted_primary_key[0]
+    (rt.data_dir / "handover").mkdir(parents=True, exist_ok=True)
+    (rt.data_dir / "handover" / "handovers.jsonl").write_text(
+        json.dumps({"handover_id": handover, "email": "maybe@example.com"}) + "\n"
+        + json.dumps({"handover_id": handover + 1, "email": "other@example.com"}) + "\n")
+    (rt.data_dir / "outbox").mkdir(parents=True, exist_ok=True)
+    (rt.data_dir / "outbox" / "sms.jsonl").write_text(json.dumps({"message_id": sms, "to": "+4915112345678"}) + "\n")
+    result = purge(store, _policies(pending_contacts="30d"), NOW, rt.data_dir)
+    assert result.counts["pending_contacts:contacts"] == 1
+    with store.reading() as conn:
+        assert conn.execute(select(deal_t.c.contact_id, deal_t.c.email, deal_t.c.amount)).all() == [(None, None, 50.0)]
+    assert "maybe" not in (rt.data_dir / "handover" / "handovers.jsonl").read_text()
+    assert "other@example.com" in (rt.data_dir / "handover" / "handovers.jsonl").read_text()
+    assert "4915112345678" not in (rt.data_dir / "outbox" / "sms.jsonl").read_text()
+
+
 def test_sync_records_go_and_kinds_without_a_period_stay(make_runtime, store):
     rt = make_runtime({})
     with store.engine.begin() as conn:

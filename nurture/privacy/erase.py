@@ -106,6 +106,7 @@ class _Subject:
     sms_messages: list[int] = field(default_factory=list)
     handovers: list[int] = field(default_factory=list)
     retry_crm: set[str] = field(default_factory=set)  # CRMs whose GDPR delete is still pending
+    aliases: list[str] = field(default_factory=list)  # the person's other e-mail addresses (contact_identity)
     removed: Counter = field(default_factory=Counter)
     pending: list[str] = field(default_factory=list)
 
@@ -223,7 +224,7 @@ def _erase(store: Store, project: ProjectSpec, subjects: list[_Subject], *, cont
 
 
 def _needles(subject: _Subject) -> list[str]:
-    return [n for n in (subject.email, subject.phone) if n and len(n) >= 5]
+    return [n for n in (subject.email, subject.phone, *subject.aliases) if n and len(n) >= 5]
 
 
 def _find(conn: Any, subject: _Subject) -> Optional[Any]:
@@ -246,6 +247,14 @@ def _find(conn: Any, subject: _Subject) -> Optional[Any]:
                 return None
         return row
     row = conn.execute(for_update(select(*columns).where(contact_t.c.email == subject.email), conn)).first()
+    if row is None:  # a second address of someone (contact_identity): that person is meant
+        alias_of = conn.execute(select(identity_t.c.contact_id).where(
+            identity_t.c.kind == "email", identity_t.c.value == subject.email).limit(1)).scalar()
+        if alias_of is not None:
+            row = conn.execute(for_update(select(*columns).where(contact_t.c.id == alias_of), conn)).first()
+            if row is not None and row.email:
+                subject.aliases.append(subject.email)
+                subject.email, subject.hashed = row.email, subject_hash(row.email)
     if row is not None:
         subject.contact_id = row.id
         return row
@@ -259,12 +268,16 @@ def _find(conn: Any, subject: _Subject) -> Optional[Any]:
 def _in_store(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason: str, policy_version: str) -> None:
     row = _find(conn, subject)
     if row is None:
-        if subject.contact_id is not None and subject.result.erased_at is not None:
+        if subject.result.erased_at is not None:
             subject.result.outcome = ALREADY_ERASED
-            conn.execute(for_update(select(contact_t.c.id).where(contact_t.c.id == subject.contact_id), conn)).first()
-            _collect_files(conn, subject)
-            _sweep(conn, subject, now=now, needles=_needles(subject))
-            _pending_crms(conn, subject)
+            if subject.contact_id is not None:  # (None: an address only deals held, erased before)
+                conn.execute(for_update(select(contact_t.c.id).where(contact_t.c.id == subject.contact_id),
+                                        conn)).first()
+                _collect_files(conn, subject)
+                _sweep(conn, subject, now=now, needles=_needles(subject))
+                _pending_crms(conn, subject)
+        elif subject.email is not None and not subject.by_id:
+            _waiting_deals(conn, subject, now=now, actor=actor, reason=reason)
         return
     cid = subject.contact_id = row.id
     subject.first = True
@@ -279,6 +292,14 @@ def _in_store(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason
     # before the sweep removes the phone from the contact row
     removed["suppressions"] = _hash_suppressions(conn, cid, subject.email, row.phone)
     suppress(conn, reason=ERASED_REASON, at=now, contact_id=cid, address=subject.hashed, channel=None)
+    # every other address of the person is blocked from re-creating them too (read before the
+    # sweep removes the identities)
+    for alias in conn.execute(select(identity_t.c.value).where(identity_t.c.contact_id == cid,
+                                                                 identity_t.c.kind == "email")).scalars():
+        if alias and alias != subject.email and alias not in subject.aliases:
+            subject.aliases.append(alias)
+    for alias in subject.aliases:
+        suppress(conn, reason=ERASED_REASON, at=now, contact_id=cid, address=subject_hash(alias), channel=None)
     # the consent ledger: pseudonymized rows and one hashed tombstone
     removed["consents"] = erase_consents(conn, cid, subject_hash=subject.hashed, reason=reason, at=now,
                                          policy_version=policy_version)
@@ -349,6 +370,23 @@ def _sweep(conn: Any, subject: _Subject, *, now: datetime, needles: Sequence[str
         conn.execute(contact_t.update().where(contact_t.c.id == cid).values(
             **{c: None for c in PERSONAL_COLUMNS}, attributes={}, score=0.0, updated_at=now))
         removed["contact"] += 1
+
+
+def _waiting_deals(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason: str) -> None:
+    """An address no contact has, held by CRM deals that wait for it as their contact: the
+    address leaves them (amounts and stages stay), and is blocked from re-creating the person
+    as erasing a contact would — something was held, so it is `erased`, not `not_found`."""
+    held = conn.execute(deal_t.update().where(func.lower(deal_t.c.email) == subject.email)
+                        .values(email=None)).rowcount
+    if not held:
+        return
+    subject.removed["deals"] += held
+    subject.result.outcome = ERASED
+    subject.result.erased_at = now
+    suppress(conn, reason=ERASED_REASON, at=now, contact_id=None, address=subject.hashed, channel=None)
+    subject.result.erasure_id = conn.execute(erasure_t.insert().values(
+        contact_id=None, subject_hash=subject.hashed, actor=actor, reason=reason, outcome=IN_PROGRESS,
+        removed=_counts(subject.removed), pending=[], requested_at=now, completed_at=None)).inserted_primary_key[0]
 
 
 def _collect_files(conn: Any, subject: _Subject) -> None:

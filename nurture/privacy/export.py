@@ -37,8 +37,8 @@ from nurture.privacy.models import erasure_t
 from nurture.privacy.tombstones import erased_suppression, subject_hash
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
-from nurture.store.tables import (consent_t, contact_t, enrollment_t, event_t, handover_t, membership_t, message_t,
-                                  suppression_t, sync_run_t, touch_t)
+from nurture.store.tables import (consent_t, contact_t, enrollment_t, event_t, handover_t, identity_t, membership_t,
+                                  message_t, suppression_t, sync_run_t, touch_t)
 
 FORMAT = "nurture.contact-export/1"
 
@@ -62,13 +62,18 @@ def _rows(conn: Any, table: Any, *where: Any, order: Any = None, drop: tuple[str
 
 
 def find_contact(conn: Any, email: str) -> Optional[int]:
-    """The contact id of an address (normalized as the ingest stores it), or None."""
+    """The contact id of an address (normalized as the ingest stores it) — its own address, or
+    a second one it is known by (contact_identity) — or None."""
     try:
         normalized = normalize_email(email)
     except ValueError:
         normalized = email.strip().lower()
-    return conn.execute(select(contact_t.c.id).where(contact_t.c.email.in_({normalized, email.strip().lower()}))
-                        .limit(1)).scalar()
+    addresses = {normalized, email.strip().lower()}
+    found = conn.execute(select(contact_t.c.id).where(contact_t.c.email.in_(addresses)).limit(1)).scalar()
+    if found is None:
+        found = conn.execute(select(identity_t.c.contact_id).where(
+            identity_t.c.kind == "email", identity_t.c.value.in_(addresses)).limit(1)).scalar()
+    return found
 
 
 def erasure_of(store: Store, email: str) -> Optional[datetime]:
@@ -104,6 +109,8 @@ def export_contact(store: Store, project: Optional[ProjectSpec], email: str, *, 
             "identifiers": _identifiers(contact, memberships, handovers),
             "consents": consents,
             "consent_state": _state(consents),
+            # every identifier it is known by: other e-mails and phones, external and anonymous ids
+            "identities": _rows(conn, identity_t, identity_t.c.contact_id == cid, drop=("contact_id",)),
             "touches": _rows(conn, touch_t, touch_t.c.contact_id == cid, order=touch_t.c.touch,  # first, last
                              drop=("contact_id",)),
             "suppressions": _suppressions(conn, contact),

@@ -25,12 +25,12 @@ from typing import Any, Callable, Optional
 
 from sqlalchemy import and_, delete, exists, func, not_, or_, select
 
-from nurture.privacy.files import EMAIL_OUTBOX, SMS_OUTBOX, drop_lines, eml_paths
+from nurture.privacy.files import EMAIL_OUTBOX, SMS_OUTBOX, drop_lines, eml_paths, remove_outbox
 from nurture.privacy.models import erasure_t
 from nurture.runtime.sql import chunks, ids_in
 from nurture.spec.models import Policies
 from nurture.store.db import Store
-from nurture.store.tables import (consent_t, contact_t, enrollment_t, event_t, handover_t, membership_t, message_t,
+from nurture.store.tables import (consent_t, contact_t, deal_t, enrollment_t, event_t, handover_t, membership_t, message_t,
                                   identity_t, pending_t, suppression_t, sync_run_t, touch_t)
 
 KINDS = ("events", "messages", "message_bodies", "pending_contacts", "sync_records", "erasure_records")
@@ -142,12 +142,14 @@ def _pending_contacts(conn: Any, cutoff: datetime, data_dir: Path, result: Purge
     ids = list(conn.execute(select(contact_t.c.id).where(never_granted)).scalars())
     for part in chunks(ids):
         mine = ids_in(contact_t.c.id, part)
-        if not result.dry_run:
-            emails = [(m, j) for m, j, c in conn.execute(
-                select(message_t.c.id, message_t.c.journey, message_t.c.channel)
-                .where(ids_in(message_t.c.contact_id, part))) if c == "email"]
-            for path in eml_paths(data_dir, emails):
-                path.unlink(missing_ok=True)
+        if not result.dry_run:  # their files too: .eml, SMS outbox and handover lines (as `erase` does)
+            sent = conn.execute(select(message_t.c.id, message_t.c.journey, message_t.c.channel)
+                                .where(ids_in(message_t.c.contact_id, part))).all()
+            handovers = conn.execute(select(handover_t.c.id).where(ids_in(handover_t.c.contact_id, part))).scalars()
+            remove_outbox(data_dir, emails=[(m, j) for m, j, c in sent if c == "email"],
+                          sms=[m for m, _, c in sent if c == "sms"], handovers=list(handovers))
+            # a CRM deal keeps its amounts (pipeline and revenue still add up), not the person
+            conn.execute(deal_t.update().where(ids_in(deal_t.c.contact_id, part)).values(contact_id=None, email=None))
         for name, table, where in (
                 ("messages", message_t, ids_in(message_t.c.contact_id, part)),
                 ("handovers", handover_t, ids_in(handover_t.c.contact_id, part)),

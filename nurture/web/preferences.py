@@ -15,6 +15,7 @@ from typing import Any, Optional
 from sqlalchemy import delete, select
 
 from nurture.consent_ledger import Proof, current_state, record_consent, suppress
+from nurture.identities import erased_contacts
 from nurture.send.guards.pipeline import TOPICS_OPTED_OUT
 from nurture.spec.project import ProjectSpec
 from nurture.store.tables import contact_t, suppression_t
@@ -41,7 +42,7 @@ def topics_of(project: ProjectSpec) -> list[str]:
 def load_preferences(conn: Any, project: ProjectSpec, contact_id: int) -> Optional[Preferences]:
     row = conn.execute(select(contact_t.c.email, contact_t.c.phone, contact_t.c.attributes)
                        .where(contact_t.c.id == contact_id)).first()
-    if row is None:
+    if row is None or erased_contacts(conn, [contact_id]):  # an erased person's old link: no record
         return None
     email, phone, attributes = row
     prefs = Preferences(contact_id, email, phone)
@@ -63,7 +64,7 @@ def unsubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: d
     """Revoke marketing consent for the channel (+ an `unsubscribed` suppression for e-mail).
     Idempotent: returns False when the contact was already unsubscribed."""
     exists = conn.execute(select(contact_t.c.id).where(contact_t.c.id == contact_id)).scalar()
-    if exists is None:
+    if exists is None or erased_contacts(conn, [contact_id]):  # nothing is written about an erased person
         return False
     state = current_state(conn, contact_id, channel, "marketing")
     already_suppressed = conn.execute(select(suppression_t.c.id).where(
