@@ -33,10 +33,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any, port: int) -> Iterator[str]:
+def serve(app: Any, sock: socket.socket) -> Iterator[str]:
+    """uvicorn on a socket already bound (so no other test process can take its port between
+    choosing it and binding it: that race failed a test's setup now and then under xdist)."""
+    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
@@ -48,6 +51,13 @@ def serve(app: Any, port: int) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+        sock.close()
+
+
+def bound_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 @dataclass
@@ -67,12 +77,12 @@ class Site:
 
 @contextmanager
 def running_site(rt: Runtime, now: datetime, **env: str) -> Iterator[Site]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    sock = bound_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     rt.env.update({"NURTURE_SECRET_KEY": SECRET, "NURTURE_PUBLIC_URL": url, **env})
     clock = {"now": now}
     app = create_app(rt.store, rt.project, dict(rt.env), clock=lambda: clock["now"])
-    with serve(app, port), httpx.Client(base_url=url, timeout=10, follow_redirects=False) as http:
+    with serve(app, sock), httpx.Client(base_url=url, timeout=10, follow_redirects=False) as http:
         yield Site(url, rt, clock, http)
     app.state.runtime.close()
 
