@@ -77,6 +77,19 @@ def test_an_empty_sqlite_file_is_no_database_either(tmp_path):
         open_store(f"sqlite:///{tmp_path / 'nurture.db'}", create=False)
 
 
+def test_a_database_file_that_is_no_database_is_unavailable_to_a_flow_run_not_a_crash(tmp_path):
+    """A flow run's open_store raised sqlite3's DatabaseError, which `nurture run` showed as an
+    "internal error … a bug in Nurture" (exit 70): DatabaseUnavailable is what it reports as
+    `error: cannot open the database …` (exit 1), as the one-shot verbs do."""
+    from flows.runtime import open_run_store
+    from nurture.store.db import DatabaseUnavailable
+    db = tmp_path / "nurture.db"
+    db.write_bytes(b"these are not the bytes of a SQLite database\n" * 100)
+    with pytest.raises(DatabaseUnavailable, match="file is not a database") as refused:
+        open_run_store(f"sqlite:///{db}")
+    assert str(db) in str(refused.value)
+
+
 def test_flows_called_directly_create_the_database_as_before(tmp_path, monkeypatch):
     """Outside a deployment run (the CLI's `nurture run`, the demo, tests) runtime_for creates
     the project's database on first use; the refusal is for deployment runs only."""

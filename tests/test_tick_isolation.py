@@ -63,16 +63,3 @@ def test_a_poison_event_and_a_template_typo_each_fail_their_journey_alone_and_th
     log = json.loads(nurture(root, "messages", "--json", check=True).stdout)
     assert sorted((m["journey"], m["status"]) for m in log) == [("welcome", "sent"), ("zebra", "sent")]
 
-
-@pytest.mark.xdist_group("prefect")
-def test_a_database_file_that_is_no_database_is_a_clear_error_of_run(tmp_path, prefect_api):
-    """The flow run's open_store raised sqlite3's DatabaseError, which `nurture run` showed as
-    an "internal error … a bug in Nurture" (exit 70); the other verbs said what it is."""
-    root = write_project(tmp_path / "shop", {"welcome": WELCOME})
-    db = root / ".nurture" / "cli.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    db.write_bytes(b"these are not the bytes of a SQLite database\n" * 100)
-    out = nurture(root, "run", "--now", "2026-03-04T10:05:00Z")
-    assert out.returncode == 1
-    assert "error: cannot open the database" in out.stderr and "file is not a database" in out.stderr
-    assert "internal error" not in out.stderr
