@@ -198,6 +198,23 @@ def test_a_contact_continuing_after_an_edit_follows_the_new_version(make_runtime
     assert (m.step_id, m.template, m.subject, m.status) == ("reminder", "other", "New reminder", "sent")
 
 
+def test_a_journey_with_a_channel_priority_list_can_be_edited_while_contacts_are_in_it(make_runtime, store):
+    """`channels:` was recorded with the `channel` the model derives from it, which the language
+    refuses beside `channels`: after any edit, reading the old version back failed every tick
+    of the journey, its contacts stranded past their due time."""
+    steps = ("- {id: hello, send: {channels: [email], template: hello, subject: Hi}}\n"
+             "- {id: pause, wait: 1d}\n- {id: again, send: {channel: email, template: hello, subject: Again}}")
+    rt = make_runtime({"j": journey_yaml("j", steps)})
+    for i in range(2):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    run_tick(rt, "j", T0 + timedelta(minutes=5))
+    rt2 = make_runtime({"j": journey_yaml("j", steps.replace("subject: Again", "subject: Again edited"))})
+    report = run_tick(rt2, "j", T0 + timedelta(days=1, minutes=6))
+    assert report.stages["migrated"] == 2
+    assert sorted((m.step_id, m.subject, m.status) for m in messages(store)) == [
+        ("again", "Again edited", "sent")] * 2 + [("hello", "Hi", "sent")] * 2
+
+
 RICH = journey_yaml("j", STEPS + """
 - id: morning
   wait_until: {time: "09:30", weekdays: [mon, wed]}

@@ -9,6 +9,7 @@ now; if none does, it has finished the journey (completed).
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import bindparam, select
@@ -50,7 +51,22 @@ def _from_record(value: object, key: str = "") -> object:
     return value
 
 
+def _underived(value: Any) -> Any:
+    """The recorded spec as it was written: a send with `channels` was recorded with the
+    `channel` the model derives from it too, which the language refuses beside `channels` —
+    every later edit of such a journey failed its ticks when its old version was read back."""
+    if isinstance(value, dict):
+        out = {k: _underived(v) for k, v in value.items()}
+        if "channels" in out and "channel" in out:
+            del out["channel"]
+        return out
+    if isinstance(value, list):
+        return [_underived(v) for v in value]
+    return value
+
+
 def load_recorded(spec: dict) -> Journey:
+    spec = _underived(spec)
     try:
         return Journey.model_validate(spec)
     except ValidationError:
