@@ -215,6 +215,33 @@ def test_a_journey_with_a_channel_priority_list_can_be_edited_while_contacts_are
         ("again", "Again edited", "sent")] * 2 + [("hello", "Hi", "sent")] * 2
 
 
+def test_a_changed_trigger_reads_its_events_from_the_start_within_lookback(make_runtime, store):
+    """The cursor was kept per journey name: after the trigger changed from signup to
+    register, a register event tracked before the edit enrolled only if its id happened to be
+    above the last signup's. Now the new trigger's events within lookback enroll; a cursor
+    that does not know its trigger yet (a database from before) keeps its place."""
+    from sqlalchemy import update
+
+    from nurture.store.tables import cursor_t
+    steps = "- {id: hello, send: {channel: email, template: hello, subject: Hi}}"
+    rt = make_runtime({"j": journey_yaml("j", steps, trigger="{event: signup, lookback: 2d}")})
+    people = {name: subscriber(store, f"{name}@example.com") for name in ("c1", "c2", "c3", "c4")}
+    add_event(store, people["c1"], "signup", T0)
+    add_event(store, people["c2"], "register", T0 + timedelta(minutes=1))  # below the last signup's id
+    add_event(store, people["c3"], "signup", T0 + timedelta(minutes=2))
+    run_tick(rt, "j", T0 + timedelta(minutes=5))
+    with store.engine.begin() as conn:  # as a database from before migration 0023 has it
+        conn.execute(update(cursor_t).values(trigger_event=None))
+    run_tick(rt, "j", T0 + timedelta(minutes=6))  # learns its trigger, keeps its place: nobody again
+    assert sorted(m.address for m in messages(store)) == ["c1@example.com", "c3@example.com"]
+    rt2 = make_runtime({"j": journey_yaml("j", steps, trigger="{event: register, lookback: 2d}")})
+    add_event(store, people["c4"], "register", T0 + timedelta(hours=1))
+    run_tick(rt2, "j", T0 + timedelta(hours=2))
+    assert sorted(m.address for m in messages(store)) == [f"{n}@example.com" for n in ("c1", "c2", "c3", "c4")]
+    run_tick(rt2, "j", T0 + timedelta(hours=3))  # and nothing twice
+    assert len(messages(store)) == 4
+
+
 RICH = journey_yaml("j", STEPS + """
 - id: morning
   wait_until: {time: "09:30", weekdays: [mon, wed]}

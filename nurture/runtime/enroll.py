@@ -20,17 +20,30 @@ from nurture.store.event_order import settled_newest
 from nurture.store.tables import contact_t, cursor_t, enrollment_t, event_t, pending_t
 
 
-def _cursor(conn: Any, journey: str, now: datetime) -> int:
+def _cursor(conn: Any, journey: str, now: datetime, trigger: Optional[str] = None) -> int:
+    """The journey's cursor, locked. With the `trigger` event it reads: a cursor that read
+    another event (the live journey's trigger was changed) starts again at 0 — the `lookback`
+    bounds what it enrolls — and one that does not know its event yet (before migration 0023)
+    learns it and keeps its place."""
     # Insert-or-ignore, then lock: two workers enrolling a new journey at once must not both
     # insert its cursor (the second would fail on the primary key); the lock serializes them.
     postgres = conn.dialect.name == "postgresql"
     read = prebuilt(("enroll.cursor", postgres), lambda: for_update(
-        select(cursor_t.c.last_event_pk).where(cursor_t.c.journey == bindparam("journey")), conn))
-    found = conn.execute(read, {"journey": journey}).scalar()
-    if found is not None:
-        return found
-    insert_ignore(conn, cursor_t, [dict(journey=journey, last_event_pk=0, updated_at=now)], ("journey",))
-    return conn.execute(read, {"journey": journey}).scalar_one()
+        select(cursor_t.c.last_event_pk, cursor_t.c.trigger_event).where(cursor_t.c.journey == bindparam("journey")),
+        conn))
+    found = conn.execute(read, {"journey": journey}).first()
+    if found is None:
+        insert_ignore(conn, cursor_t, [dict(journey=journey, last_event_pk=0, updated_at=now, trigger_event=trigger)],
+                      ("journey",))
+        found = conn.execute(read, {"journey": journey}).one()
+    position, read_event = found
+    if trigger is None or read_event == trigger:
+        return position
+    if read_event is not None:  # the trigger changed: its events are read from the start
+        position = 0
+    conn.execute(cursor_t.update().where(cursor_t.c.journey == journey)
+                 .values(last_event_pk=position, trigger_event=trigger, updated_at=now))
+    return position
 
 
 # The statements of an event trigger's enrollment that do not depend on its `where`: built
@@ -46,7 +59,7 @@ _ADVANCE = (cursor_t.update().where(cursor_t.c.journey == bindparam("for_journey
 _INSERT = enrollment_t.insert()
 _HISTORY = (select(enrollment_t.c.contact_id, enrollment_t.c.status, enrollment_t.c.entered_at)
             .where(enrollment_t.c.journey == bindparam("journey"), ids_in(enrollment_t.c.contact_id, ())))
-_CURSOR_AT = select(cursor_t.c.last_event_pk).where(cursor_t.c.journey == bindparam("journey"))
+_CURSOR_AT = select(cursor_t.c.last_event_pk, cursor_t.c.trigger_event).where(cursor_t.c.journey == bindparam("journey"))
 _ANY_RIPE = (select(pending_t.c.event_pk).where(pending_t.c.journey == bindparam("journey"),
                                                 pending_t.c.occurred_at <= bindparam("now")).limit(1))
 # The id of the `skip`+1-th new trigger event up to `upper`: where a slice ends (ix_event_name_id).
@@ -158,9 +171,10 @@ def enroll(rt: Runtime, plan: Plan, now: datetime) -> int:
 def _anything_new(rt: Runtime, plan: Plan, now: datetime) -> bool:
     """A trigger event past the journey's cursor, or a pending one come due? (No cursor yet: yes.)"""
     with rt.store.reading() as conn:
-        cursor = conn.execute(_CURSOR_AT, {"journey": plan.name}).scalar()
-        if cursor is None:
-            return True
+        found = conn.execute(_CURSOR_AT, {"journey": plan.name}).first()
+        if found is None or found.trigger_event != plan.journey.trigger.event:
+            return True  # no cursor yet, or one of another trigger (or not knowing its own)
+        cursor = found.last_event_pk
         newest = conn.execute(_UPPER, {"event": plan.journey.trigger.event, "cursor": cursor}).scalar()
         return newest is not None or conn.execute(_ANY_RIPE, {"journey": plan.name, "now": now}).first() is not None
 
@@ -195,7 +209,7 @@ def _enroll_slice(rt: Runtime, conn: Any, plan: Plan, now: datetime,
     takes the pending events that have come due."""
     journey = plan.journey
     trigger = journey.trigger
-    cursor = _cursor(conn, plan.name, now)  # locked: re-read per slice, another worker may have moved it
+    cursor = _cursor(conn, plan.name, now, trigger.event)  # locked: re-read per slice, another worker may have moved it
     ripe: list[int] = []
     if upper is None:
         # The newest trigger event with every lower id final (store.event_order): on PostgreSQL

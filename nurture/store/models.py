@@ -99,10 +99,12 @@ class JourneyVersion(SQLModel, table=True):
 
 
 class JourneyCursor(SQLModel, table=True):
-    """How far the trigger of a journey has read the event table (by event.id)."""
+    """How far the trigger of a journey has read the event table (by event.id), and which
+    trigger event it read (a changed trigger starts again; None: not recorded yet)."""
     journey: str = Field(primary_key=True)
     last_event_pk: int = 0
     updated_at: datetime
+    trigger_event: Optional[str] = None
 
 
 class JourneyPendingTrigger(SQLModel, table=True):
