@@ -48,6 +48,7 @@ from typing import Any, Callable, Collection, Iterable, Optional, Sequence
 from sqlalchemy import String, and_, bindparam, cast, false, func, or_, select
 
 from nurture.consent_ledger import erase_consents, suppress
+from nurture.identities import find_by_identity
 from nurture.ingest import normalize_email
 from nurture.privacy.crm import PersonErasure, crm_erasers
 from nurture.privacy.files import remove_outbox
@@ -246,15 +247,13 @@ def _find(conn: Any, subject: _Subject) -> Optional[Any]:
                 subject.result.erased_at = gone.created_at
                 return None
         return row
-    row = conn.execute(for_update(select(*columns).where(contact_t.c.email == subject.email), conn)).first()
-    if row is None:  # a second address of someone (contact_identity): that person is meant
-        alias_of = conn.execute(select(identity_t.c.contact_id).where(
-            identity_t.c.kind == "email", identity_t.c.value == subject.email).limit(1)).scalar()
-        if alias_of is not None:
-            row = conn.execute(for_update(select(*columns).where(contact_t.c.id == alias_of), conn)).first()
-            if row is not None and row.email:
-                subject.aliases.append(subject.email)
-                subject.email, subject.hashed = row.email, subject_hash(row.email)
+    # the contact of this address — its own, or a second one it is known by (contact_identity)
+    known = find_by_identity(conn, "email", subject.email)
+    row = (conn.execute(for_update(select(*columns).where(contact_t.c.id == known), conn)).first()
+           if known is not None else None)
+    if row is not None and row.email and row.email != subject.email:  # named by a second address
+        subject.aliases.append(subject.email)
+        subject.email, subject.hashed = row.email, subject_hash(row.email)
     if row is not None:
         subject.contact_id = row.id
         return row

@@ -31,6 +31,7 @@ from typing import Any, Optional
 from sqlalchemy import func, select
 
 from nurture.conditions import ConditionScope, compile_condition
+from nurture.identities import find_by_identity
 from nurture.ingest import normalize_email
 from nurture.privacy.files import eml_paths
 from nurture.privacy.models import erasure_t
@@ -68,12 +69,11 @@ def find_contact(conn: Any, email: str) -> Optional[int]:
         normalized = normalize_email(email)
     except ValueError:
         normalized = email.strip().lower()
-    addresses = {normalized, email.strip().lower()}
-    found = conn.execute(select(contact_t.c.id).where(contact_t.c.email.in_(addresses)).limit(1)).scalar()
-    if found is None:
-        found = conn.execute(select(identity_t.c.contact_id).where(
-            identity_t.c.kind == "email", identity_t.c.value.in_(addresses)).limit(1)).scalar()
-    return found
+    for address in dict.fromkeys((normalized, email.strip().lower())):
+        found = find_by_identity(conn, "email", address)
+        if found is not None:
+            return found
+    return None
 
 
 def erasure_of(store: Store, email: str) -> Optional[datetime]:

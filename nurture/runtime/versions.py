@@ -9,7 +9,6 @@ now; if none does, it has finished the journey (completed).
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import bindparam, select
@@ -41,9 +40,12 @@ def _yaml_form(value: object) -> object:
 
 def _from_record(value: object, key: str = "") -> object:
     """Read a recorded spec, also one recorded as a full JSON dump (ISO 8601 durations, every
-    unset key as null) by earlier versions of this module."""
+    unset key as null) by earlier versions of this module, and a send with `channels` recorded
+    with the `channel` the model derives from it (which the language refuses beside
+    `channels`: every later edit of such a journey failed its ticks reading it back)."""
     if isinstance(value, dict):
-        return {k: _from_record(v, k) for k, v in value.items() if v is not None}
+        derived = "channel" if value.get("channels") is not None else None
+        return {k: _from_record(v, k) for k, v in value.items() if v is not None and k != derived}
     if isinstance(value, list):
         return [_from_record(v) for v in value]
     if key in _DURATION_KEYS and isinstance(value, str) and value.startswith("P"):
@@ -51,22 +53,7 @@ def _from_record(value: object, key: str = "") -> object:
     return value
 
 
-def _underived(value: Any) -> Any:
-    """The recorded spec as it was written: a send with `channels` was recorded with the
-    `channel` the model derives from it too, which the language refuses beside `channels` —
-    every later edit of such a journey failed its ticks when its old version was read back."""
-    if isinstance(value, dict):
-        out = {k: _underived(v) for k, v in value.items()}
-        if "channels" in out and "channel" in out:
-            del out["channel"]
-        return out
-    if isinstance(value, list):
-        return [_underived(v) for v in value]
-    return value
-
-
 def load_recorded(spec: dict) -> Journey:
-    spec = _underived(spec)
     try:
         return Journey.model_validate(spec)
     except ValidationError:
