@@ -23,9 +23,11 @@ import math
 import re
 from typing import Any, Mapping, Optional
 
+from nurture.store.json_values import NUMBER_PATTERN
+
 MAX_VALUE = 1e12
 MAX_CLICK_ID_LENGTH = 500  # as nurture.sources keeps them
-_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+_NUMBER = re.compile(NUMBER_PATTERN)  # the number a text spells, as conditions and reports read it
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _LEAD_ID = re.compile(r"^\d{15,17}$")
 _TOKEN = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no spaces
