@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import shutil
-import tempfile
 import textwrap
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -115,18 +114,6 @@ CASES = [
 
 # ---------------------------------------------------------------- the harness
 
-_template: list[Path] = []
-
-
-def migrated_template() -> Path:
-    """A SQLite file with the current schema, made once per test process."""
-    if not _template:
-        path = Path(tempfile.mkdtemp(prefix="nurconv")) / "template.db"
-        open_store(f"sqlite:///{path}").dispose()
-        _template.append(path)
-    return _template[0]
-
-
 def conversions_yaml(case: Case, event: str = "purchase", extra: str = "") -> str:
     keys = ", ".join(f'{k}: "{v}"' for k, v in case.target.items())
     return textwrap.dedent(f"""
@@ -140,7 +127,7 @@ def conversions_yaml(case: Case, event: str = "purchase", extra: str = "") -> st
 class Harness:
     """One destination case, a project whose purchases go to it, a SQLite store."""
 
-    def __init__(self, case: Case, tmp_path: Path):
+    def __init__(self, case: Case, tmp_path: Path, template: Path):
         self.case = case
         self.data_dir = tmp_path / ".nurture"
         self.server = case.make_server().start() if case.make_server else CsvFolder(self.data_dir / "conversions")
@@ -149,7 +136,7 @@ class Harness:
         self.root = write_project(tmp_path / "project", {})
         self.declare()
         db = tmp_path / "nurture.db"
-        shutil.copy(migrated_template(), db)
+        shutil.copyfile(template, db)
         self.store = open_store(f"sqlite:///{db}", auto_migrate=False)
         self.env = {**case.env(self.server), "NURTURE_SYNC_MAX_ATTEMPTS": "3"}
         self.context = IntegrationContext(self.root, self.data_dir, self.env)
@@ -229,8 +216,8 @@ class Harness:
 
 
 @pytest.fixture(params=CASES, ids=[c.name for c in CASES])
-def h(request, tmp_path):
-    harness = Harness(request.param, tmp_path)
+def h(request, tmp_path, sqlite_template):
+    harness = Harness(request.param, tmp_path, sqlite_template)
     yield harness
     harness.close()
     assert harness.server.problems == [], "the platform saw protocol violations"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -113,23 +112,10 @@ CASES = [
 
 # ---------------------------------------------------------------- the harness
 
-_template: list[Path] = []
-
-
-def migrated_template() -> Path:
-    """A SQLite file with the current schema, made once per test process."""
-    if not _template:
-        path = Path(tempfile.mkdtemp(prefix="nurconf")) / "template.db"
-        store = open_store(f"sqlite:///{path}")
-        store.dispose()
-        _template.append(path)
-    return _template[0]
-
-
 class Harness:
     """One destination case, a project with one segment `vip` syncing to it, a SQLite store."""
 
-    def __init__(self, case: Case, tmp_path: Path):
+    def __init__(self, case: Case, tmp_path: Path, template: Path):
         self.case = case
         self.server = case.make_server().start() if case.make_server else CsvFolder(tmp_path / "audiences")
         keys = ", ".join(f'{k}: "{v}"' for k, v in case.target.items())
@@ -144,7 +130,7 @@ class Harness:
         self.project = load_project(root)
         assert not self.project.errors, [str(e) for e in self.project.errors]
         db = tmp_path / "nurture.db"
-        shutil.copy(migrated_template(), db)  # migrating a fresh file per test would dominate the suite
+        shutil.copyfile(template, db)  # migrating a fresh file per test would dominate the suite
         self.store = open_store(f"sqlite:///{db}", auto_migrate=False)
         self.env = {**case.env(self.server), "NURTURE_SYNC_MAX_ATTEMPTS": "3"}
         self.context = IntegrationContext(root, tmp_path / ".nurture", self.env)
@@ -203,8 +189,8 @@ class Harness:
 
 
 @pytest.fixture(params=CASES, ids=[c.name for c in CASES])
-def h(request, tmp_path):
-    harness = Harness(request.param, tmp_path)
+def h(request, tmp_path, sqlite_template):
+    harness = Harness(request.param, tmp_path, sqlite_template)
     yield harness
     harness.close()
     assert harness.server.problems == [], "the provider saw protocol violations"
