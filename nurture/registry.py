@@ -99,7 +99,9 @@ class Channel(Integration):
     @abc.abstractmethod
     def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[DeliveryResult]:
         """Deliver; one result per message, in any order. Must not raise for per-message
-        problems (a bounced address is a result, not an exception)."""
+        problems (a bounced address is a result, not an exception). A message left without a
+        result, or a batch that raises, is treated as after a crash: `was_delivered` is asked,
+        and what it cannot vouch for is recorded `failed / delivery_unknown`, never resent."""
 
     def was_delivered(self, message_pk: int, rfc_message_id: str) -> Optional[bool]:
         """After a crash between delivering and recording: True/False if the channel can tell

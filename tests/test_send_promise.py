@@ -414,4 +414,38 @@ def test_what_a_channel_answers_never_stops_the_record_and_nothing_goes_twice(ma
     assert rows == [("p0@example.com", "sent", "", None),
                     ("p1@example.com", "failed", "delivery_unknown", None),
                     ("p2@example.com", "sent", "", "id-3"),
-                    ("p3@example.com", "queued", "no_result_from_channel", None)]
+                    ("p3@example.com", "failed", "delivery_unknown", None)]  # it may have gone: at most once
+
+
+class Forgetful(Scripted):
+    """A channel that answers for no message (or not even with a list), and knows afterwards
+    which of them went: p0 did, p1 did not, p2 it cannot tell."""
+
+    def __init__(self, answer):
+        super().__init__([])
+        self.answer = answer
+
+    def send_batch(self, messages: Sequence[OutgoingMessage]):
+        self.batches.append([m.message_pk for m in messages])
+        return self.answer
+
+    def was_delivered(self, message_pk: int, rfc_message_id: str):
+        address = next(m.address for m in messages(self.store) if m.id == message_pk)
+        return {"p0@example.com": True, "p1@example.com": False}.get(address)
+
+
+@pytest.mark.parametrize("answer", [[], None, [DeliveryResult(10**9, "sent"), "sent"]], ids=["empty", "none", "junk"])
+def test_a_message_a_channel_gave_no_result_for_is_resent_only_when_the_channel_says_it_did_not_go(
+        make_runtime, store, answer):
+    rt = make_runtime({"promo": PROMO}, templates={"email/promo.html": "<p>Hi</p>"})
+    channel = Forgetful(answer)
+    channel.store = store
+    rt.channel_factory = lambda name: channel
+    for i in range(3):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    run_tick(rt, "promo", T0 + timedelta(minutes=1))
+    rows = [(m.address, m.status, m.reason) for m in sorted(messages(store), key=lambda m: m.id)]
+    assert rows == [("p0@example.com", "sent", "reconciled"),
+                    ("p1@example.com", "queued", "no_result_from_channel"),  # retried by a later tick
+                    ("p2@example.com", "failed", "delivery_unknown: no_result_from_channel")]
+    assert len(channel.batches) == 1

@@ -25,7 +25,7 @@ import uuid
 from collections import Counter, namedtuple
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from sqlalchemy import bindparam, case, select
 
@@ -435,6 +435,7 @@ def _send_batch(run: _Delivery, rows: list) -> tuple[list[dict], list[dict], dic
         try:
             integration = rt.channel(channel)
         except Exception as exc:  # not configured, or refused to send: nothing was handed over
+            integration = None
             reason = redact(f"channel_error: {exc}", secrets)
             results = [DeliveryResult(m.message_pk, "unavailable", reason=reason) for m in messages]
         else:
@@ -442,11 +443,12 @@ def _send_batch(run: _Delivery, rows: list) -> tuple[list[dict], list[dict], dic
                 results = integration.send_batch(messages)
             except Exception as exc:
                 results = _after_channel_crash(integration, messages, exc)
-        seen = set()
-        for result in results:
+        seen: set[int] = set()
+        given = {m.message_pk for m in messages}
+        for result in _with_forgotten(integration, messages, results):
             # A channel is a plug-in: a result for no message of this batch (or a second one)
             # is dropped, and only text is recorded — nothing it answers stops the record.
-            if result.message_pk not in meta or result.message_pk in seen:
+            if result.message_pk not in given or result.message_pk in seen:
                 continue
             seen.add(result.message_pk)
             row = meta[result.message_pk]
@@ -468,30 +470,44 @@ def _send_batch(run: _Delivery, rows: list) -> tuple[list[dict], list[dict], dic
             if result.suppress:
                 suppressions.append(dict(contact_id=row.contact_id, address=(row.address or "").lower() or None,
                                          channel=row.channel, reason=result.suppress, created_at=now))
-        for m in messages:  # a channel that forgot a message: never silently dropped
-            if m.message_pk not in seen:
-                updates.append(_update(meta[m.message_pk], "retry", "no_result_from_channel", None, None, now))
     return updates, suppressions, meta
 
 
 _RESULTS = frozenset({"sent", "retry", "failed", "unavailable"})  # registry.DeliveryResult's statuses
 
 
+def _with_forgotten(integration: Any, messages: list, results: Any) -> Iterator[DeliveryResult]:
+    """The channel's results, then a verdict for each message it gave none for: never silently
+    dropped and — as after a crash — only sent again when the channel vouches it did not go."""
+    answered = set()
+    for result in results if isinstance(results, (list, tuple)) else ():
+        if isinstance(result, DeliveryResult) and isinstance(result.message_pk, int):
+            answered.add(result.message_pk)
+            yield result
+    forgotten = [m for m in messages if m.message_pk not in answered]
+    if forgotten:
+        yield from _ask_channel(integration, forgotten, "no_result_from_channel")
+
+
 def _after_channel_crash(integration: Any, messages: list, exc: Exception) -> list[DeliveryResult]:
     """A channel raised half-way through a batch (a bug: results are the contract). Some
-    messages may have gone out, so none is simply retried: the channel is asked per message,
+    messages may have gone out, so none is simply retried."""
+    return _ask_channel(integration, messages, f"channel_error: {type(exc).__name__}: {exc}")
+
+
+def _ask_channel(integration: Any, messages: list, reason: str) -> list[DeliveryResult]:
+    """Messages a channel may or may not have sent: it is asked per message (`was_delivered`),
     and what it cannot vouch for is recorded failed — at most once, never twice."""
-    reason = f"{type(exc).__name__}: {exc}"
     results = []
     for m in messages:
         try:
-            verdict = integration.was_delivered(m.message_pk, m.rfc_message_id)
+            verdict = integration.was_delivered(m.message_pk, m.rfc_message_id) if integration is not None else None
         except Exception:
             verdict = None
         if verdict is True:
             results.append(DeliveryResult(m.message_pk, "sent", reason="reconciled"))
         elif verdict is False:
-            results.append(DeliveryResult(m.message_pk, "retry", reason=f"channel_error: {reason}"))
+            results.append(DeliveryResult(m.message_pk, "retry", reason=reason))
         else:
             results.append(DeliveryResult(m.message_pk, "failed", reason=f"delivery_unknown: {reason}"))
     return results
