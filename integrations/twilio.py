@@ -8,11 +8,14 @@ account SID and auth token), over one HTTP connection pool per batch. Results pe
 - 201 with a Message resource: `sent`, provider id = the message SID (`SM…`);
 - error 21610 (recipient replied STOP): `failed` + an `sms_stop` suppression;
 - errors 21211 / 21614 (invalid number, not SMS-capable): `failed`, reason `unreachable`;
-- 429 and 5xx: retried here with exponential backoff (the sleep is injectable so tests are
-  fast), then a `retry` result (the engine tries again later);
-- a network error once connected (a read timeout, a reset after the request was sent): the SMS
-  may have gone, so it is never sent again: `failed`, reason `delivery_unknown` (look it up in
-  Twilio's logs; `nurture requeue --reason delivery_unknown` sends it again);
+- 429 and 503 (Twilio's 20429 "retry according to Retry-After", 20503 "try again a few times
+  with exponential back-off"): retried here with exponential backoff (the sleep is injectable
+  so tests are fast), then a `retry` result (the engine tries again later);
+- 500, 502 and 504: the request may have been processed — Twilio's error 20500 page: sending an
+  SMS is not idempotent, and retrying it after a 500 "may send multiple messages" — so, like
+  a network error once connected (a read timeout, a reset after the request was sent), it is
+  never sent again: `failed`, reason `delivery_unknown` (look it up in Twilio's logs;
+  `nurture requeue --reason delivery_unknown` sends it again);
 - 401 / 403 (the account SID or auth token is refused) and a connection that cannot be made
   (refused, DNS, connect timeout — after the same backoff): the channel itself is unusable, so
   that message and every later one of the batch are `unavailable` without another request:
@@ -46,7 +49,8 @@ from nurture.settings import EnvSettings, Settings, setting
 DEFAULT_BASE_URL = "https://api.twilio.com"
 STOPPED = {21610}
 UNREACHABLE = {21211, 21614}
-RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+RETRYABLE_STATUS = {429, 503}  # not processed: safe to send again (module docstring)
+IN_DOUBT_STATUS = {500, 502, 504}  # maybe processed: sending again could send twice
 
 
 class TwilioSettings(EnvSettings):
@@ -163,6 +167,10 @@ class TwilioSmsChannel(Channel):
                                       reason=f"delivery_unknown: twilio_network_error: {type(exc).__name__} "
                                              "after the request was sent")
             unreachable = False
+            if response.status_code in IN_DOUBT_STATUS:
+                return DeliveryResult(m.message_pk, "failed",
+                                      reason=f"delivery_unknown: twilio_http_{response.status_code}: Twilio may "
+                                             "have sent it (a server error after the request reached it)")
             if response.status_code in RETRYABLE_STATUS:
                 last = f"twilio_http_{response.status_code}"
                 retry_after = response.headers.get("Retry-After", "")

@@ -13,7 +13,7 @@ from nurture.runtime.tick import run_tick
 from nurture.store.tables import suppression_t
 from tests.conftest import utc
 from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber
-from tests.fakes.twilio import FakeTwilio
+from tests.fakes.twilio import CREATE_THEN_500, FakeTwilio
 
 NOW = utc(2026, 3, 2, 12, 0)
 PUBLIC = "https://mail.shop.example"
@@ -131,10 +131,25 @@ def test_429_and_5xx_are_retried_with_backoff_then_succeed(twilio, tmp_path):
 
 def test_a_provider_that_stays_down_yields_retry_for_the_engine_to_requeue(twilio, tmp_path):
     sleeps: list[float] = []
-    twilio.script["+4915100000004"] = [503, 502, 500, 503]
+    twilio.script["+4915100000004"] = [503, 429, 503, 503]
     [result] = _channel(twilio, sleeps, tmp_path).send_batch([_sms(7, "+4915100000004")])
     assert (result.status, result.reason) == ("retry", "twilio_http_503")
-    assert len(twilio.requests) == 4 and sleeps == [0.5, 1.0, 2.0]
+    assert len(twilio.requests) == 4 and sleeps == [0.5, 1.0, 1.0, 2.0]  # the 429's Retry-After: 1
+
+
+@pytest.mark.parametrize("fault", [CREATE_THEN_500, 502, 504])
+def test_a_server_error_after_the_request_reached_twilio_is_never_sent_again(twilio, tmp_path, fault):
+    """Twilio's error 20500 page: sending an SMS is not idempotent — a retry after a 500 may
+    send it twice. A 500 (here the message was created before it) and the gateways' 502/504 are
+    `delivery_unknown`, with one request only; the next message of the batch still goes."""
+    sleeps: list[float] = []
+    twilio.script["+4915100000005"] = [fault]
+    doubt, ok = _channel(twilio, sleeps, tmp_path).send_batch([_sms(8, "+4915100000005"), _sms(9, "+4915100000006")])
+    http = 500 if fault == CREATE_THEN_500 else fault
+    assert doubt.status == "failed" and doubt.reason.startswith(f"delivery_unknown: twilio_http_{http}: ")
+    assert ok.status == "sent"
+    assert [r.form["To"] for r in twilio.requests] == ["+4915100000005", "+4915100000006"] and sleeps == []
+    assert sum(m["to"] == "+4915100000005" for m in twilio.messages.values()) == (1 if fault == CREATE_THEN_500 else 0)
 
 
 def test_numbers_are_normalized_to_e164_and_garbage_never_reaches_twilio(twilio, tmp_path):

@@ -20,7 +20,9 @@ build signed webhook requests (status callbacks, inbound STOP) the way Twilio si
 Fault switch: `quote_credentials = True` makes every error body's message quote the basic-auth
 credentials the request carried (a provider that echoes a credential back). Two more script
 entries: `ACCEPT_THEN_DROP` creates the message and closes the connection without an answer
-(the answer lost on the way back), `ODD_SID` answers 201 with a `sid` that is no text.
+(the answer lost on the way back), `ODD_SID` answers 201 with a `sid` that is no text, and
+`CREATE_THEN_500` creates the message and answers 500 — what Twilio's error 20500 page warns
+of ("sending an SMS … not idempotent": a retry after a 500 may send it twice).
 """
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ ERRORS = {
 CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
 ACCEPT_THEN_DROP = -1  # script entries that are faults, not Twilio answers (module docstring)
 ODD_SID = -2
+CREATE_THEN_500 = -3
 
 
 @dataclass
@@ -190,6 +193,9 @@ class FakeTwilio:
         self.messages[sid] = {**resource, "status_callback": form.get("StatusCallback")}
         if step == ACCEPT_THEN_DROP:
             return ACCEPT_THEN_DROP, {}
+        if step == CREATE_THEN_500:
+            return 500, {"code": 20500, "message": "Internal Server Error",
+                         "more_info": "https://www.twilio.com/docs/errors/20500", "status": 500}
         if step == ODD_SID:
             return 201, {**resource, "sid": [sid]}
         return 201, resource
