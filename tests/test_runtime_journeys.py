@@ -5,7 +5,7 @@ Policies are the test defaults (UTC, e-mail quiet 21:00–08:00); ticks run at 1
 quiet hours stay out of the way unless a test is about them."""
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import timedelta, timezone
 
 import pytest
 
@@ -529,6 +529,24 @@ def test_wait_for_takes_the_timeout_path_when_the_event_never_comes(make_runtime
     assert messages(store) == []
     tick(rt, T0 + timedelta(days=2, minutes=1))
     assert outcomes(store) == [("nudge", "sent", None)]
+
+
+@pytest.mark.parametrize("late", [timedelta(minutes=2), timedelta(hours=20)], ids=["next-tick", "after-a-pause"])
+def test_wait_for_an_event_after_the_window_closed_takes_the_timeout_path(make_runtime, store, late):
+    """The window is `within` from arrival: an event after it is no answer in time, even when
+    the first tick after the window's end sees both (the next 5-minute tick, a paused schedule)."""
+    rt = make_runtime({"j": journey_yaml("j", WAIT_FOR)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    bob = subscriber(store, "bob@example.com")
+    add_event(store, bob, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))  # both wait at wait_buy; the window closes 2 days later
+    [closes] = {e.next_due_at.replace(tzinfo=timezone.utc) for e in enrollments(store)}
+    assert closes == T0 + timedelta(days=2)  # waits count from the enrollment's own time
+    add_event(store, cid, "purchase", closes, {"value": 15})  # on the last instant: in time
+    add_event(store, bob, "purchase", closes + timedelta(minutes=1) + late, {"value": 15})
+    tick(rt, closes + timedelta(minutes=1) + late + timedelta(minutes=2))
+    assert sorted((m.contact_id, m.step_id) for m in messages(store)) == [(cid, "thanks"), (bob, "nudge")]
 
 
 SPLIT = """

@@ -1,6 +1,7 @@
 """The `wait_for` step: an event within a timeout. An enrollment whose contact performed the
-event (matching `where`) since arriving here takes the `then` path at once; one still waiting
-when `within` has passed takes the `timeout` path."""
+event (matching `where`) since arriving here, and before its window closed (`next_due_at`, set
+on arrival to arrival + `within`), takes the `then` path; one still waiting when `within` has
+passed takes the `timeout` path — also when the event came later and a late tick sees both."""
 from __future__ import annotations
 
 from collections import Counter
@@ -22,6 +23,7 @@ def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) 
         happened = exists(select(ev.c.id).where(
             ev.c.contact_id == enrollment_t.c.contact_id, ev.c.name == spec.event,
             ev.c.occurred_at >= enrollment_t.c.step_entered_at, ev.c.occurred_at <= now,
+            ev.c.occurred_at <= enrollment_t.c.next_due_at,
             properties_match(ev.c.properties, spec.where) if spec.where else and_(True)))
         rows = due_rows(conn, plan, node, now, rt.batch_size, happened, due_only=False)
         if rows:
