@@ -14,6 +14,7 @@ from nurture.runtime.stable_random import in_holdout, pick_arm
 from tests.conftest import utc
 from tests.engine_fixtures import (add_contact, add_event, at_once, contact_row, enrollments, journey_yaml, messages,
                                    outcomes, reads_meet, set_consent, subscriber)
+from nurture.store.tables import pending_t
 
 T0 = utc(2026, 3, 4, 10, 0)  # a Wednesday
 HELLO = "- id: hello\n  send: {channel: email, template: hello, subject: Hello}"
@@ -21,6 +22,11 @@ HELLO = "- id: hello\n  send: {channel: email, template: hello, subject: Hello}"
 
 def tick(rt, at, journey="j"):
     return run_tick(rt, journey, at)
+
+
+def pending_triggers(store) -> int:
+    with store.engine.connect() as conn:
+        return len(conn.execute(pending_t.select()).all())
 
 
 # ---------------------------------------------------------------- trigger
@@ -113,6 +119,55 @@ def test_no_contact_is_in_the_same_journey_twice_at_once(make_runtime, store):
     add_event(store, cid, "signup", T0 + timedelta(hours=1))
     tick(rt, T0 + timedelta(hours=1, minutes=2))
     assert len(enrollments(store)) == 1
+
+
+POST_PURCHASE = journey_yaml("j", """
+- {id: thank_you, send: {channel: email, template: hello, subject: Thanks}}
+- {id: pause, wait: 3d}
+- {id: cross_sell, send: {channel: email, template: other, subject: More}}
+""", trigger="{event: purchase, lookback: 2d}", extra="reentry: always\ngoal: {event: purchase, within: 60d}")
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["order-by-order", "both-before-a-tick"])
+def test_a_repeat_order_converts_the_running_enrollment_and_starts_its_own(make_runtime, store, together):
+    """post_purchase: the trigger is the goal. The second order converts the first enrollment
+    (in the tick's exit/convert stage, after enrollment) and must still get its own thank-you:
+    it waits among the pending triggers and enters on the next tick."""
+    rt = make_runtime({"j": POST_PURCHASE})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "purchase", T0, {"value": 50})
+    if together:
+        add_event(store, cid, "purchase", T0 + timedelta(minutes=2), {"value": 70})
+        at = T0 + timedelta(minutes=5)
+    else:
+        tick(rt, T0 + timedelta(minutes=5))
+        add_event(store, cid, "purchase", T0 + timedelta(days=1), {"value": 70})
+        at = T0 + timedelta(days=1, minutes=5)
+    for minutes in (0, 5, 10):
+        tick(rt, at + timedelta(minutes=minutes))
+    first, second = enrollments(store)
+    assert [(first.status, first.revenue), (second.status, second.revenue)] == [("converted", 70.0), ("active", 0.0)]
+    # Both orders before the first tick: the first enrollment converts before its first step.
+    thanked = [m.enrollment_id for m in messages(store) if m.step_id == "thank_you" and m.status == "sent"]
+    assert thanked == ([second.id] if together else [first.id, second.id])
+
+
+def test_a_repeat_order_waits_no_longer_than_the_lookback(make_runtime, store):
+    """A trigger event of a contact still in the journey (its goal not met) waits for that
+    enrollment to end only within the trigger's lookback, then is dropped."""
+    rt = make_runtime({"j": POST_PURCHASE.replace("goal: {event: purchase, within: 60d}",
+                                                  "goal: {event: purchase, within: 60d, where: {value: {gte: 100}}}")})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "purchase", T0, {"value": 50})
+    tick(rt, T0 + timedelta(minutes=5))
+    add_event(store, cid, "purchase", T0 + timedelta(hours=1), {"value": 60})  # no conversion: it waits
+    tick(rt, T0 + timedelta(hours=1, minutes=5))
+    tick(rt, T0 + timedelta(days=1))
+    assert pending_triggers(store) == 1
+    tick(rt, T0 + timedelta(days=3))  # past the 2d lookback: dropped
+    assert pending_triggers(store) == 0
+    tick(rt, T0 + timedelta(days=4))  # the first enrollment completes; the old order enrolls nothing
+    assert [e.status for e in enrollments(store)] == ["completed"]
 
 
 # ---------------------------------------------------------------- exit_when and goal

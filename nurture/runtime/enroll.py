@@ -234,8 +234,10 @@ def _enroll_slice(rt: Runtime, conn: Any, plan: Plan, now: datetime,
                                "since": now - trigger.lookback, "ids_id": ripe, **clock_values(clock, now)})
     # The earliest qualifying event per contact is the one that enrolls.
     first_by_contact: dict[int, tuple[int, datetime, Optional[str]]] = {}
+    later: list[tuple[int, int, datetime]] = []  # (contact, event, time) of a contact's later events
     for event_pk, contact_id, occurred_at, tz in rows:
-        first_by_contact.setdefault(contact_id, (event_pk, occurred_at, tz))
+        if first_by_contact.setdefault(contact_id, (event_pk, occurred_at, tz))[0] != event_pk:
+            later.append((contact_id, event_pk, occurred_at))
     # Enrollments of earlier slices (and ticks) are committed rows: read here, they bar re-entry.
     history: dict[int, list[tuple[str, datetime]]] = {}
     for part in chunks(list(first_by_contact), 5000):
@@ -245,8 +247,13 @@ def _enroll_slice(rt: Runtime, conn: Any, plan: Plan, now: datetime,
     new_rows = []
     first = plan.nodes[plan.first]
     default_tz = rt.project.policies.timezone
+    waiting = []  # events that may enroll once the contact's current enrollment has ended
+    rejoins = _rejoins(journey)
     for contact_id, (event_pk, occurred_at, tz) in first_by_contact.items():
         if not _may_enter(journey.reentry, history.get(contact_id, []), occurred_at):
+            if rejoins and any(status == "active" and entered < occurred_at
+                               for status, entered in history.get(contact_id, [])):
+                waiting.append(dict(journey=plan.name, event_pk=event_pk, occurred_at=occurred_at))
             continue
         new_rows.append(dict(contact_id=contact_id, journey=plan.name, version=plan.version,
                              step_id=plan.first, next_due_at=arrival_due(first, occurred_at, tz, default_tz),
@@ -256,5 +263,19 @@ def _enroll_slice(rt: Runtime, conn: Any, plan: Plan, now: datetime,
                              defer_count=0, state={}))
     for part in chunks(new_rows, 5000):
         write_many(conn, _INSERT, list(part))
+    if rejoins:  # a contact's later events, after the one that enrolls or waits (it enters first)
+        waiting.extend(dict(journey=plan.name, event_pk=pk, occurred_at=at) for contact_id, pk, at in later
+                       if at > first_by_contact[contact_id][1])
+    insert_ignore(conn, pending_t, waiting, ("journey", "event_pk"))
     conn.execute(_ADVANCE, {"for_journey": plan.name, "upper": max(high, cursor), "now": now})
     return len(new_rows), upper, high < upper
+
+
+def _rejoins(journey: Any) -> bool:
+    """Does a trigger event of a contact already in the journey wait for that enrollment to end?
+    Where the trigger is also the goal (post-purchase: `purchase` starts it, a `purchase` within
+    the window converts it) and re-entry is allowed, the event that converts the enrollment —
+    in this tick's exit/convert stage, after enrollment — must also start the next one: it
+    waits among the pending triggers and enters on a later tick, within its `lookback` (an
+    older one is dropped), if the rule then admits it."""
+    return journey.reentry != "never" and journey.goal is not None and journey.goal.event == journey.trigger.event
