@@ -649,3 +649,30 @@ def test_the_cli_erases_exports_and_refuses_to_reimport(tmp_path):
     assert kept.returncode == 0 and kept.stdout == ""
     assert json.loads(out.read_text())["contact"]["email"] == BOB and (out.stat().st_mode & 0o777) == 0o600
     assert nurture(root, "erase").returncode == 2
+
+
+def test_what_an_erasure_keeps_never_enrolls_the_person_in_a_journey_again(make_runtime, store):
+    """An erased contact keeps its id, stage, timestamps and its events' names and times. None
+    of them enrolls it again: not an event still within a new journey's lookback, not a
+    condition on the stage or on those events, not the anniversary of its signup."""
+    hello = "- {id: hello, send: {channel: email, template: hello, subject: Hello}}"
+    flag = "- {id: mark, update: {attributes: {touched: true}}}"
+    journeys = {
+        "on_event": journey_yaml("on_event", flag, trigger="{event: page_view, lookback: 30d}"),
+        "on_viewer": journey_yaml("on_viewer", flag, trigger="{when: {event: page_view, within: 30d}}"),
+        "on_signup_day": journey_yaml("on_signup_day", hello, trigger="{date: created_at, every: year}"),
+    }
+    rt = make_runtime(journeys)
+    signed_up = T0 - timedelta(days=365)
+    alice = subscriber(store, ALICE, lifecycle_stage="customer", created_at=signed_up)
+    bob = subscriber(store, BOB, lifecycle_stage="customer", created_at=signed_up)
+    for cid in (alice, bob):
+        add_event(store, cid, "page_view", T0 - timedelta(days=2))
+    erase_contacts(store, rt.project, [("alice", alice)], context=IntegrationContext(rt.project.root, rt.data_dir, {}),
+                   actor="cli:tester", now=T0 - timedelta(days=1))
+    for name in journeys:
+        run_tick(rt, name, T0 + timedelta(hours=1))
+    with store.engine.connect() as conn:
+        entered = sorted(conn.execute(select(enrollment_t.c.journey, enrollment_t.c.contact_id)).all())
+        conn.rollback()
+    assert entered == [("on_event", bob), ("on_signup_day", bob), ("on_viewer", bob)]

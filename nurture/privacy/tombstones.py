@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Iterable
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 
 from nurture.runtime.sql import texts_in
 from nurture.store.tables import suppression_t
@@ -37,6 +37,14 @@ _CHUNK = 1000
 def subject_hash(normalized_email: str) -> str:
     """SHA-256 hex of the normalized e-mail (already lowercased by the normalization)."""
     return hashlib.sha256(normalized_email.strip().lower().encode("utf-8")).hexdigest()
+
+
+def not_erased(contact_id: Any) -> Any:
+    """SQL: the contact of `contact_id` (a column) was not erased — no `erased` suppression of
+    its id. An erased contact keeps its id, stage, event names and times (docs/privacy.md), and
+    none of them may enroll it in a journey again."""
+    return ~exists(select(suppression_t.c.id).where(suppression_t.c.contact_id == contact_id,
+                                                    suppression_t.c.reason == ERASED_REASON))
 
 
 _ANY_ERASED = select(suppression_t.c.id).where(suppression_t.c.reason == ERASED_REASON).limit(1)

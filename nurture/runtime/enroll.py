@@ -10,6 +10,7 @@ from sqlalchemy import and_, bindparam, exists, func, or_, select
 
 from nurture.compiler import Plan
 from nurture.conditions import ConditionScope, clock_values, compile_condition
+from nurture.privacy.tombstones import not_erased
 from nurture.runtime.context import Runtime
 from nurture.runtime.enroll_dates import enroll_on_dates
 from nurture.runtime.timing import arrival_due
@@ -99,7 +100,7 @@ def enroll_matching(rt: Runtime, plan: Plan, now: datetime) -> int:
             barred.append((previous.c.status == "active") | (previous.c.entered_at > scope.at(journey.reentry)))
         matching = (select(contact_t.c.id, contact_t.c.timezone).where(
             compile_condition(journey.trigger.condition(), scope),
-            ~exists(select(previous.c.id).where(*barred))).order_by(contact_t.c.id))
+            ~exists(select(previous.c.id).where(*barred)), not_erased(contact_t.c.id)).order_by(contact_t.c.id))
         anchored = anchored_by(journey.trigger.condition(), rt.project.segments,
                                rt.project.policies.retention.events)
         rt.memo[key] = (matching, matching.where(ids_in(contact_t.c.id, ())), scope.clock,
@@ -190,7 +191,8 @@ def _trigger_rows(rt: Runtime, plan: Plan, with_ripe: bool) -> tuple[Any, dict]:
         in_window = and_(event_t.c.id > bindparam("cursor"), event_t.c.id <= bindparam("high"),
                          event_t.c.occurred_at <= bindparam("now"))
         filters = [event_t.c.name == bindparam("event"), event_t.c.occurred_at >= bindparam("since"),
-                   or_(in_window, ids_in(event_t.c.id, ())) if with_ripe else in_window]
+                   or_(in_window, ids_in(event_t.c.id, ())) if with_ripe else in_window,
+                   not_erased(contact_t.c.id)]
         scope = ConditionScope(datetime.min, rt.project.segments, in_enrollment=False, trigger_event=event_t,
                                clock={})
         if trigger.where is not None:

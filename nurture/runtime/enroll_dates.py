@@ -21,6 +21,7 @@ from sqlalchemy import String, cast, func, not_, or_, select
 from nurture.compiler import Plan
 from nurture.conditions import ConditionScope, compile_condition
 from nurture.date_occurrences import anchor_window, due_occurrence, month_days, parse_date_value
+from nurture.privacy.tombstones import not_erased
 from nurture.runtime.context import Runtime
 from nurture.runtime.sql import chunks, ids_in, insert_ignore
 from nurture.runtime.stable_random import in_holdout
@@ -67,7 +68,7 @@ def enroll_on_dates(rt: Runtime, plan: Plan, now: datetime) -> DateEnrollment:
     first = plan.nodes[plan.first]
     with rt.store.engine.begin() as conn:
         value, prefilter = _value_and_prefilter(trigger, now, conn.dialect.name)
-        filters = [prefilter]
+        filters = [prefilter, not_erased(contact_t.c.id)]
         if trigger.where is not None:
             filters.append(compile_condition(trigger.where, ConditionScope(now, rt.project.segments)))
         rows = conn.execute(select(contact_t.c.id, contact_t.c.timezone, value).where(*filters)
