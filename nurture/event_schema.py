@@ -21,6 +21,22 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "sales_qualified": (),
     "deal_won": (),
 }
+# What `nurture preview` renders a documented event with when no contact and no --event is
+# given: one plausible value per property (a template reading another one asks for --event).
+SAMPLES: dict[str, dict[str, object]] = {
+    "view_product": {"sku": "SKU-1042", "product_name": "Merino sweater", "category": "knitwear", "price": 79.0},
+    "view_page": {"path": "/pricing"},
+    "add_to_cart": {"cart_value": 129.0, "item_count": 2, "sku": "SKU-1042", "category": "knitwear"},
+    "start_checkout": {"cart_value": 129.0},
+    "purchase": {"value": 129.0, "order_id": "1001", "sku": "SKU-1042", "product_name": "Merino sweater",
+                 "category": "knitwear", "consumption_days": 30},
+    "form_submit": {"form": "whitepaper", "pain_point": "efficiency", "topic": "Lead nurturing",
+                    "asset": "The lead nurturing guide"},
+    "demo_request": {"source": "website"},
+    "email_open": {"campaign": "welcome", "step": "hello"},
+    "email_click": {"campaign": "welcome", "step": "hello", "url": "https://shop.example.com/"},
+    "sales_contacted": {"owner": "Sam Seller"},
+}
 # Read on every event (lead sources, docs/events.md "Lead source"), and the keys the template
 # context itself puts under `event` (nurture.send.context).
 COMMON: tuple[str, ...] = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term", "gclid", "gbraid",

@@ -39,7 +39,6 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from pydantic import SecretStr
-from sqlalchemy import select
 
 from nurture.ingest import normalize_email, normalize_phone
 from nurture.redaction import redact, secrets_in
@@ -48,9 +47,8 @@ from nurture.rendering.templates import RenderError
 from nurture.runtime.context import Runtime
 from nurture.send.context import ContextRow
 from nurture.send.deliver import LoadedMessage
-from nurture.send.preview import SAMPLE_CONTACT
+from nurture.send.preview import SAMPLE_CONTACT, recipient
 from nurture.send.render import render_message
-from nurture.store.tables import contact_t, enrollment_t, event_t
 
 TEST_MESSAGE_PK = 0  # no message row has id 0: see the module docstring
 TEST_PREFIX = "[TEST] "
@@ -180,26 +178,9 @@ def _outcome(rt: Runtime, message: OutgoingMessage, integration: Any, who: str, 
                     provider_id=provider_id)
 
 
-_CONTACT_COLUMNS = (contact_t.c.id.label("contact_id"), contact_t.c.email, contact_t.c.phone, contact_t.c.first_name,
-                    contact_t.c.last_name, contact_t.c.country, contact_t.c.locale, contact_t.c.timezone,
-                    contact_t.c.lifecycle_stage, contact_t.c.score, contact_t.c.attributes)
-
-
 def _contact(conn: Any, email: str, journey: str, trigger: Optional[str]) -> ContextRow:
-    """The contact with `email`, with the trigger event delivery would render with: that of its
-    latest enrollment in `journey`, else its latest event named like the journey's trigger."""
-    contact = conn.execute(select(*_CONTACT_COLUMNS).where(contact_t.c.email == email.strip().lower())).first()
-    if contact is None:
+    """The contact with `email`, with the trigger event delivery would render with."""
+    person = recipient(conn, email, journey, trigger)
+    if person is None:
         raise SeedSendError(f"no contact with e-mail {email.strip()}")
-    columns = (event_t.c.name, event_t.c.properties, event_t.c.occurred_at)
-    event = conn.execute(select(*columns).select_from(
-        enrollment_t.join(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk))
-        .where(enrollment_t.c.contact_id == contact.contact_id, enrollment_t.c.journey == journey)
-        .order_by(enrollment_t.c.entered_at.desc(), enrollment_t.c.id.desc()).limit(1)).first()
-    if event is None and trigger:
-        event = conn.execute(select(*columns).where(event_t.c.contact_id == contact.contact_id,
-                                                    event_t.c.name == trigger)
-                             .order_by(event_t.c.occurred_at.desc(), event_t.c.id.desc()).limit(1)).first()
-    return ContextRow(*contact, step_id="", event_name=event.name if event else trigger,
-                      event_properties=event.properties if event else None,
-                      event_at=event.occurred_at if event else None)
+    return person

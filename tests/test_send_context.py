@@ -87,6 +87,35 @@ def test_a_preview_without_a_contact_renders_the_sample_contact_through_the_same
     assert mail.context["links"]["unsubscribe"].startswith("http://localhost:8000/u/")
 
 
+def test_a_preview_renders_the_event_that_enrolled_the_contact_not_a_later_one(make_runtime, store):
+    """Delivery renders with the enrollment's trigger event: so does the preview — a later cart
+    below the trigger's `where` (it enrolled nothing) is never what the contact is mailed about."""
+    journey = JOURNEY.replace("trigger: {event: add_to_cart}",
+                              "trigger: {event: add_to_cart, where: {property: {cart_value: {gte: 20}}}}")
+    rt = make_runtime({"cart": journey.replace("template: everything", "template: hello")}, templates=TEMPLATES)
+    cid = subscriber(store, "ann@example.com", channels=("email", "sms"), phone="+4915112345678", first_name="Ann")
+    add_event(store, cid, "add_to_cart", T0, {"cart_value": 120, "sku": "BIG"})
+    run_tick(rt, "cart", T0 + timedelta(minutes=1))
+    add_event(store, cid, "add_to_cart", T0 + timedelta(minutes=3), {"cart_value": 5, "sku": "SMALL"})
+    (mail, _) = preview_journey(rt.project, store, "cart", email="ann@example.com")
+    assert mail.subject == "Ann, BIG is waiting"
+
+
+def test_a_preview_without_a_contact_or_event_renders_every_shipped_journey_with_sample_properties():
+    """`nurture preview JOURNEY` on the shipped project: the sample contact's trigger event has
+    a sample value for each documented property its templates read (cart_value, order_id, …)."""
+    from pathlib import Path
+    from nurture.spec.project import load_project
+    from nurture.store.db import open_store
+    spec = load_project(Path(__file__).resolve().parents[1])
+    assert not spec.errors
+    store = open_store("sqlite://")
+    for name in spec.journeys:
+        assert preview_journey(spec, store, name), name
+    (first,) = preview_journey(spec, store, "cart_abandonment", step_id="reminder")
+    assert "129" in first.html
+
+
 def test_the_context_exposes_attributes_under_the_columns_and_the_trigger_event_under_its_name():
     row = ContextRow(contact_id=7, email="bo@example.com", phone=None, first_name="Bo", last_name=None,
                      country=None, locale=None, timezone=None, lifecycle_stage="lead", score=0.0,

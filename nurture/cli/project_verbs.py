@@ -99,7 +99,9 @@ def preview(journey: str = typer.Argument(..., help="Journey name"),
     except PreviewError as exc:
         raise CliError(str(exc)) from None
     except RenderError as exc:
-        raise CliError(f"template error: {exc}") from None
+        hint = ("" if contact or event else " (the sample contact's trigger event has only sample properties: "
+                "give them with --event JSON, or render for a real contact with --contact EMAIL)")
+        raise CliError(f"template error: {exc}{hint}") from None
     for p in previews:
         console.rule(f"{journey} / {p.step_id} ({p.channel}) → {p.to}")
         if p.channel == "email":

@@ -1,8 +1,8 @@
 """What a contact would receive: renders a journey's send steps without sending anything.
 
 The template context comes from the one builder delivery uses (nurture.send.context), from
-the same facts: the contact's row (or a sample contact) and its latest trigger event of the
-journey (or the properties given). Links are signed with a preview secret unless one is
+the same facts: the contact's row (or a sample contact) and the trigger event of its latest
+enrollment in the journey, else its latest event of the trigger's name (or the properties given). Links are signed with a preview secret unless one is
 given, so a preview's unsubscribe link does not work on the real site.
 """
 from __future__ import annotations
@@ -13,10 +13,11 @@ from typing import Any, Optional
 from sqlalchemy import select
 
 from nurture.compiler import compile_journey
+from nurture.event_schema import SAMPLES
 from nurture.send.context import ContextRow, imprint_of, recipient_links, template_context
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
-from nurture.store.tables import contact_t, event_t
+from nurture.store.tables import contact_t, enrollment_t, event_t
 
 PREVIEW_SECRET = "preview"
 DEFAULT_PUBLIC_URL = "http://localhost:8000"
@@ -42,19 +43,28 @@ SAMPLE_CONTACT = ContextRow(contact_id=0, email="alex@example.com", phone="+4915
                             lifecycle_stage="lead", score=0.0, attributes={}, step_id="")
 
 
-def _recipient(conn: Any, email: str, trigger_event: Optional[str]) -> ContextRow:
-    """The contact with `email` and its latest `trigger_event`, as delivery would load them."""
-    contact = conn.execute(select(contact_t.c.id, contact_t.c.email, contact_t.c.phone, contact_t.c.first_name,
-                                  contact_t.c.last_name, contact_t.c.country, contact_t.c.locale,
-                                  contact_t.c.timezone, contact_t.c.lifecycle_stage, contact_t.c.score,
-                                  contact_t.c.attributes)
-                           .where(contact_t.c.email == email.strip().lower())).first()
+_CONTACT_COLUMNS = (contact_t.c.id.label("contact_id"), contact_t.c.email, contact_t.c.phone, contact_t.c.first_name,
+                    contact_t.c.last_name, contact_t.c.country, contact_t.c.locale, contact_t.c.timezone,
+                    contact_t.c.lifecycle_stage, contact_t.c.score, contact_t.c.attributes)
+
+
+def recipient(conn: Any, email: str, journey: str, trigger: Optional[str]) -> Optional[ContextRow]:
+    """The contact with `email` (None: there is none), with the trigger event delivery renders
+    with: that of its latest enrollment in `journey`, else its latest event named like the
+    journey's trigger. `nurture preview --contact` and `nurture test-send` show the same."""
+    contact = conn.execute(select(*_CONTACT_COLUMNS).where(contact_t.c.email == email.strip().lower())).first()
     if contact is None:
-        raise PreviewError(f"no contact with e-mail {email}")
-    event = conn.execute(select(event_t.c.properties, event_t.c.occurred_at).where(
-        event_t.c.contact_id == contact.id, event_t.c.name == trigger_event)
-        .order_by(event_t.c.occurred_at.desc()).limit(1)).first()
-    return ContextRow(*contact, step_id="", event_name=trigger_event,
+        return None
+    columns = (event_t.c.name, event_t.c.properties, event_t.c.occurred_at)
+    event = conn.execute(select(*columns).select_from(
+        enrollment_t.join(event_t, event_t.c.id == enrollment_t.c.trigger_event_pk))
+        .where(enrollment_t.c.contact_id == contact.contact_id, enrollment_t.c.journey == journey)
+        .order_by(enrollment_t.c.entered_at.desc(), enrollment_t.c.id.desc()).limit(1)).first()
+    if event is None and trigger:
+        event = conn.execute(select(*columns).where(event_t.c.contact_id == contact.contact_id,
+                                                    event_t.c.name == trigger)
+                             .order_by(event_t.c.occurred_at.desc(), event_t.c.id.desc()).limit(1)).first()
+    return ContextRow(*contact, step_id="", event_name=event.name if event else trigger,
                       event_properties=event.properties if event else None,
                       event_at=event.occurred_at if event else None)
 
@@ -66,10 +76,13 @@ def preview_journey(spec: ProjectSpec, store: Store, journey: str, *, step_id: O
         raise PreviewError(f"no journey named '{journey}'")
     plan = compile_journey(spec.journeys[journey])
     trigger_event = plan.journey.trigger.event
-    row = SAMPLE_CONTACT._replace(event_name=trigger_event)
+    row = SAMPLE_CONTACT._replace(event_name=trigger_event, event_properties=dict(SAMPLES.get(trigger_event or "", {})))
     if email:
         with store.reading() as conn:
-            row = _recipient(conn, email, trigger_event)
+            found = recipient(conn, email, journey, trigger_event)
+        if found is None:
+            raise PreviewError(f"no contact with e-mail {email}")
+        row = found
     if event_properties is not None:
         row = row._replace(event_properties=event_properties)
     about = {"name": journey, "description": plan.journey.description}
