@@ -43,6 +43,33 @@ def test_validate_accepts_a_good_project(project):
     assert "ok: 1 journey(s)" in out.stdout
 
 
+def test_validate_names_a_journey_whose_file_is_gone_while_contacts_are_active_in_it(tmp_path):
+    """Deleting (or renaming) a journey's file leaves its contacts where they are: validate says
+    so, with how many, instead of `ok` alone."""
+    project = write_project(tmp_path / "shop", {"cart_nudge": JOURNEY.replace("steps:", "steps:\n  - {id: pause, wait: 1d}")})
+    from datetime import datetime, timezone
+
+    from nurture.runtime import Runtime, run_tick
+    from nurture.spec.project import load_project
+    from nurture.store.db import open_store
+    from tests.engine_fixtures import add_event, subscriber
+    (project / ".nurture").mkdir(exist_ok=True)
+    store = open_store(f"sqlite:///{project / '.nurture' / 'cli.db'}")
+    try:
+        cid = subscriber(store, "ann@example.com")
+        at = datetime(2026, 11, 20, 10, tzinfo=timezone.utc)
+        add_event(store, cid, "add_to_cart", at, {"cart_value": 50})
+        rt = Runtime(store, load_project(project), env={"NURTURE_DATA_DIR": str(project / ".nurture")})
+        run_tick(rt, "cart_nudge", at.replace(minute=5))  # enrolls: she waits a day
+    finally:
+        store.dispose()
+    assert "warning" not in nurture(project, "validate", check=True).stdout
+    (project / "journeys" / "cart_nudge.yaml").rename(project / "cart_nudge.yaml.bak")
+    out = nurture(project, "validate", check=True).stdout
+    assert "journey 'cart_nudge' ran here, but no file in journeys/ declares it: 1 contact(s) are still active" in out
+    assert "1 warning(s)" in out
+
+
 def test_a_project_directory_that_does_not_exist_is_an_error_not_a_new_project(project, tmp_path):
     """A mistyped --project made a new, empty project on the spot: the import went there with
     exit 0 and `messages` answered []. Only `init` makes the directory."""

@@ -36,37 +36,56 @@ def init(directory: Path = typer.Argument(..., help="Where the new project goes 
     console.print(f"next: cd {directory} && nurture validate && nurture preview welcome", markup=False)
 
 
-def _attribute_names() -> Optional[set[str]]:
-    """The attribute names of the project's contacts, when it has a database with contacts
-    (never created here; a database that cannot be read is simply not consulted)."""
+def _database_facts() -> tuple[Optional[set[str]], dict[str, int]]:
+    """What validate reads from the project's database when it has one (never created here; a
+    database that cannot be read is simply not consulted): the attribute names of its contacts,
+    and the active contacts per journey that ran once (its versions are recorded)."""
+    from sqlalchemy import func, select
     from sqlalchemy.engine import make_url
 
     from nurture.store.attributes import attribute_names
     from nurture.store.db import open_store
+    from nurture.store.tables import enrollment_t, version_t
     url = database_url(root())
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and not (parsed.database and Path(parsed.database).is_file()):
-            return None
+            return None, {}
         db = open_store(url)
     except Exception:
-        return None
+        return None, {}
     try:
-        return attribute_names(db)
+        names = attribute_names(db)
     except Exception:
-        return None
+        names = None
+    active: dict[str, int] = {}
+    try:
+        with db.reading() as conn:
+            for (journey,) in conn.execute(select(version_t.c.journey).distinct()):
+                active[journey] = conn.execute(select(func.count()).select_from(enrollment_t).where(
+                    enrollment_t.c.journey == journey, enrollment_t.c.status == "active")).scalar() or 0
+    except Exception:
+        active = {}
     finally:
         db.dispose()
+    return names, active
 
 
 def validate() -> None:
     """Check every journey, policies.yaml, segments.yaml and the templates they use."""
     started = time.perf_counter()
-    spec = open_project(strict=False, attributes=_attribute_names())
+    attributes, active = _database_facts()
+    spec = open_project(strict=False, attributes=attributes)
     for error in spec.errors:
         console.print(str(error), markup=False)
     for warning in spec.warnings:
         console.print(str(warning), markup=False)
+    loaded = set(spec.journeys) | {e.path.removeprefix("journeys/").removesuffix(".yaml") for e in spec.errors}
+    gone = {name: n for name, n in active.items() if n and name not in loaded}
+    for name, n in sorted(gone.items()):  # a deleted (or renamed) journey file strands its contacts
+        console.print(f"warning: journey '{name}' ran here, but no file in journeys/ declares it: {n} contact(s) "
+                      "are still active in it and wait where they are (restore the journey to let them finish)",
+                      markup=False)
     took = time.perf_counter() - started
     if spec.errors:
         files = sorted({e.path for e in spec.errors})
@@ -74,7 +93,8 @@ def validate() -> None:
         err_console.print(f"{len(spec.errors)} error(s) in {len(files)} file(s): {shown}; "
                           f"{len(spec.journeys)} journey(s) valid", markup=False)
         raise typer.Exit(1)
-    warned = f", {len(spec.warnings)} warning(s)" if spec.warnings else ""
+    warnings = len(spec.warnings) + len(gone)
+    warned = f", {warnings} warning(s)" if warnings else ""
     console.print(f"ok: {len(spec.journeys)} journey(s), {len(spec.segments)} segment(s) valid{warned} ({took:.2f}s)")
 
 
