@@ -7,7 +7,9 @@ simulator only decides *when* to tick, like a scheduler, and feeds events in as 
 
 - Events of an events file become visible at their own timestamp: before a tick at clock t,
   every event of the file up to t is ingested through the real ingest path
-  (nurture.ingest.track_records, received at t), never earlier.
+  (nurture.ingest.track_records, received at t), never earlier. Events the copied database
+  already holds are there from the start, as for a real tick; those dated inside the period
+  wake the journeys at their time exactly as the file's events do (read in one statement).
 - The clock jumps from moment to moment. A journey is due at the earliest of: an active
   enrollment's `next_due_at` (a wait's end, a quiet-hours or cap deferral's new time, a
   wait_until's local time, a wait_for's timeout), a queued message's `due_at` (a delivery
@@ -207,7 +209,7 @@ class JourneyClock:
     last: Optional[datetime] = None
     wakes: list = field(default_factory=list)  # heap of (moment, the event's time, contact id, e-mail)
     watch: list = field(default_factory=list)  # heap of (moment, contact id or 0, e-mail or "")
-    triggered: dict = field(default_factory=dict)  # e-mail → times of its trigger events
+    triggered: dict = field(default_factory=dict)  # e-mail or contact id → times of its trigger events
 
     def event(self, name: str, at: datetime, contact_id: int = 0, email: str = "",
               properties: Optional[dict] = None) -> None:
@@ -215,8 +217,9 @@ class JourneyClock:
         trigger's `where` surely refuses wakes nothing, see `surely_refused`)."""
         if name == self.trigger and not (self.where is not None and surely_refused(self.where, properties)):
             heapq.heappush(self.wakes, (at + self.trigger_delay, at, contact_id, email))
-            if email:
-                self.triggered.setdefault(email, []).append(at)
+            for who in (email, contact_id):  # a file's events know the address, the store's the id
+                if who:
+                    self.triggered.setdefault(who, []).append(at)
         if name in self.watched:
             heapq.heappush(self.watch, (at, contact_id, email))
 
@@ -248,15 +251,15 @@ class JourneyClock:
                     continue
                 return first
             at, contact_id, email = watch  # type: ignore[misc]
-            if self._entering(email, at) or _active_in(rt, self.name, contact_id, email):
+            if self._entering(contact_id, email, at) or _active_in(rt, self.name, contact_id, email):
                 return at
             heapq.heappop(self.watch)
 
-    def _entering(self, email: str, at: datetime) -> bool:
+    def _entering(self, contact_id: int, email: str, at: datetime) -> bool:
         """The contact has a trigger event before `at` that no tick has seen yet (its tick
         waits for the first step): the tick at `at` enrolls it and then sees this event."""
         return any(t <= at and (self.last is None or t > self.last)
-                   for t in self.triggered.get(email, ()))
+                   for who in (email, contact_id) if who for t in self.triggered.get(who, ()))
 
 
 def surely_refused(where: Any, properties: Optional[dict]) -> bool:
@@ -315,6 +318,18 @@ _DUE_MESSAGES = (select(message_t.c.journey, func.min(message_t.c.due_at))
                  .group_by(message_t.c.journey))
 _NEW_EVENTS = (select(event_t.c.id, event_t.c.contact_id, event_t.c.name, event_t.c.occurred_at)
                .where(event_t.c.id > bindparam("after")))
+# The events the copied database already holds that the clock must wake for: those of the
+# journeys' trigger and watched names dated inside the period (at --from they lie in the
+# future: the engine parks a trigger event in journeypendingtrigger, and only a tick at or
+# after its time enrolls it). One statement for every name (ix_event_name_id).
+_PERIOD_EVENTS = (select(event_t.c.contact_id, contact_t.c.email, event_t.c.name, event_t.c.occurred_at,
+                         event_t.c.properties)
+                  .select_from(event_t.outerjoin(contact_t, contact_t.c.id == event_t.c.contact_id))
+                  .where(event_t.c.name.in_(bindparam("names", expanding=True)), event_t.c.id <= bindparam("upto"),
+                         event_t.c.occurred_at > bindparam("start"), event_t.c.occurred_at <= bindparam("end"))
+                  .order_by(event_t.c.occurred_at, event_t.c.id))
+
+
 def _active_in(rt: Runtime, journey: str, contact_id: int, email: str) -> bool:
     query = _ACTIVE_BY_ID if contact_id else _ACTIVE_BY_EMAIL
     with rt.store.reading() as conn:
@@ -467,6 +482,7 @@ def _simulate(rt: Runtime, journeys: list[str], start: datetime, end: datetime, 
     orders = {j: rt.plan(j).order for j in journeys}
     funnel: Counter = Counter()
     seen_event = _max_id(rt, event_t)
+    _stored_events(rt, clocks, seen_event, start, end)
     moment: Optional[datetime] = start
     due_now = list(journeys)  # every journey ticks at the start: backfills, condition triggers
     due: dict[str, datetime] = {}  # journey → its earliest due enrollment or message (only its ticks change it)
@@ -524,6 +540,20 @@ def _email(value: Any) -> str:
     """An events row's address as contacts store it, for matching only (ingest checks it):
     the cheap form — the full normalization costs a millisecond, per row of a large file."""
     return str(value or "").strip().lower()
+
+
+def _stored_events(rt: Runtime, clocks: dict[str, JourneyClock], upto: int, start: datetime,
+                   end: datetime) -> None:
+    """The database's own events dated inside the period (ids up to `upto`, those it held at the
+    start) wake the journeys at their time, as a file's events do."""
+    names = sorted({n for clock in clocks.values() for n in (clock.trigger, *clock.watched) if n})
+    if not names:
+        return
+    with rt.store.reading() as conn:
+        rows = conn.execute(_PERIOD_EVENTS, {"names": names, "upto": upto, "start": start, "end": end}).all()
+    for contact_id, email, name, at, properties in rows:
+        for clock in clocks.values():
+            clock.event(name, as_utc(at), contact_id=contact_id, email=_email(email), properties=properties)
 
 
 def _engine_events(rt: Runtime, clocks: dict[str, JourneyClock], after: int) -> int:
