@@ -21,10 +21,13 @@ simulator only decides *when* to tick, like a scheduler, and feeds events in as 
   in every time zone the contacts live in; a segment or `when` trigger every `heartbeat`
   (its condition changes as time passes). Every journey ticks at the start and at the end.
   Journeys are ticked one after another at a moment, in tick-all's order, and only those due.
-- Coalescing: two ticks of one journey are at least `resolution` apart; work falling due in
-  between is done at the second tick, at most `resolution` late. A moment alone is exact to
-  the second (a "1h" reminder leaves at exactly event + 1h). Resolution 0 means every moment
-  exactly (ticks at least a second apart).
+- Coalescing is per moment, as the deployed tick-all ticks every journey at once: two moments
+  are at least `resolution` apart, and every journey with work due by a moment ticks at it, so
+  the work of two journeys for one contact is done in tick-all's order (a send of one counts
+  against the other's caps as in a deployed tick). Work falling due between two moments is done
+  at the second, at most `resolution` late. A moment alone is exact to the second (a "1h"
+  reminder leaves at exactly event + 1h). Resolution 0 means every moment exactly (moments at
+  least a second apart).
 
 Scoring, segment sync, CRM pulls and conversions are not part of the tick and are not run; a
 simulation never changes the project's database or outbox (file channels write into the
@@ -520,7 +523,7 @@ def _simulate(rt: Runtime, journeys: list[str], start: datetime, end: datetime, 
         for journey in due_now:
             due.pop(journey, None)
         due.update(_due_in_store(rt, due_now))
-        moment, due_now = _next_moment(rt, clocks, journeys, due, step, end)
+        moment, due_now = _next_moment(rt, clocks, journeys, due, moment + step, end)
         if moment is None and any(clocks[j].last < end for j in journeys):
             # A last tick of every journey at the end: conversions and exits not yet recorded.
             moment, due_now = end, [j for j in journeys if clocks[j].last < end]
@@ -568,21 +571,27 @@ def _engine_events(rt: Runtime, clocks: dict[str, JourneyClock], after: int) -> 
 
 
 def _next_moment(rt: Runtime, clocks: dict[str, JourneyClock], journeys: list[str], due: dict[str, datetime],
-                 step: timedelta, end: datetime) -> tuple[Optional[datetime], list[str]]:
-    planned: dict[str, datetime] = {}
+                 not_before: datetime, end: datetime) -> tuple[Optional[datetime], list[str]]:
+    """The next moment and the journeys that tick at it. Coalescing is per moment, as the
+    deployed tick-all ticks every journey at once: the moment is the earliest work of any
+    journey, but no sooner than `not_before` (the last moment + the resolution), and every
+    journey with work due by then ticks at it, in tick-all's order — so two journeys' work for
+    one contact is done in the order a deployed tick does it (a send of one counts against the
+    other's frequency cap as it would there)."""
+    earliest: dict[str, datetime] = {}
     for journey in journeys:
         clock = clocks[journey]
         fixed = [at for at in (due.get(journey), clock.last + clock.heartbeat if clock.heartbeat and clock.last
                                else None) if at is not None]
-        earliest = clock.earliest(rt, min(fixed) if fixed else None)
-        if earliest is not None:
-            planned[journey] = max(earliest, clock.last + step) if clock.last is not None else earliest
-    if not planned:
+        at = clock.earliest(rt, min(fixed) if fixed else None)
+        if at is not None:
+            earliest[journey] = at
+    if not earliest:
         return None, []
-    moment = min(planned.values())
+    moment = max(min(earliest.values()), not_before)
     if moment > end:
         return None, []
-    return moment, [j for j in journeys if planned.get(j) == moment]
+    return moment, [j for j in journeys if j in earliest and earliest[j] <= moment]
 
 
 def _funnel_rows(funnel: Counter, journeys: list[str], orders: dict[str, list[str]]) -> list[dict]:
