@@ -7,10 +7,15 @@ ingested), and its events of the month ahead into a JSONL file; the simulation t
 database, checks the file through the real ingest code, and runs the month with the events
 fed in as the clock reaches them — exactly what `nurture simulate --events FILE` does.
 
+With `--events-in-db` the month is a past one: its events are stored in the project database
+before the copy (as a deployed project holds them) and no events file is given — the simulation
+wakes for the database's own events (`nurture simulate --from` a past month).
+
 Prints JSON: seconds per phase (generate is the world's set-up, not the simulation), journey
 ticks and clock moments, events ingested, messages by outcome, the resolution used.
 
     python bench/bench_simulate.py [--contacts 5000] [--days 30] [--resolution 5m] [--heartbeat 1h] [--dir PATH]
+                                   [--events-in-db]
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nurture.demo import JOURNEYS, START  # noqa: E402
 from nurture.demo_data import generate  # noqa: E402
 from nurture.durations import parse_duration  # noqa: E402
+from nurture.ingest import track_records  # noqa: E402
 from nurture.scratch import open_scratch, scratch_runtime  # noqa: E402
 from nurture.simulate import EventFeed, simulate  # noqa: E402
 from nurture.spec.project import load_project  # noqa: E402
@@ -44,6 +50,8 @@ def main() -> None:
     parser.add_argument("--resolution", default=None, help="e.g. 1m, 5m, 0 (default: the simulator's)")
     parser.add_argument("--heartbeat", default=None, help="e.g. 1h, 6h (default: the simulator's)")
     parser.add_argument("--dir", default=None, help="where the world's database and events go (default: a temp dir)")
+    parser.add_argument("--events-in-db", action="store_true",
+                        help="store the month's events in the database (a past month) instead of an events file")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-simulate-", dir=args.dir))
     try:
@@ -55,12 +63,17 @@ def main() -> None:
         started = time.perf_counter()
         world = open_store(f"sqlite:///{work / 'nurture.db'}")
         company = generate(world, seed=args.seed, start=START, days=args.days, contacts=args.contacts)
-        world.dispose()
         events = work / "events.jsonl"
+        month = [record for at, _, record in company.events if at > START]
+        in_db = len(month) if args.events_in_db else 0
+        if args.events_in_db:
+            tracked = track_records(world, list(enumerate(month, 1)), source="bench", now=end)
+            assert not tracked.errors, tracked.errors[:3]
+            month = []
+        world.dispose()
         with open(events, "w", encoding="utf-8") as fh:
-            for at, _, record in company.events:
-                if at > START:
-                    fh.write(json.dumps(record) + "\n")
+            for record in month:
+                fh.write(json.dumps(record) + "\n")
         generated = time.perf_counter() - started
 
         timings: dict[str, float] = {}
@@ -79,7 +92,8 @@ def main() -> None:
             kwargs["resolution"] = timedelta(0) if args.resolution == "0" else parse_duration(args.resolution)
         if args.heartbeat is not None:
             kwargs["heartbeat"] = parse_duration(args.heartbeat)
-        result = simulate(rt, [j for j in JOURNEYS if j in spec.journeys], START, end, feed=feed, **kwargs)
+        result = simulate(rt, [j for j in JOURNEYS if j in spec.journeys], START, end,
+                          feed=feed if not args.events_in_db else None, **kwargs)
         timings["simulate"] = time.perf_counter() - t
         outcomes: Counter = Counter()
         for row in result.funnel:
@@ -90,7 +104,7 @@ def main() -> None:
         total = sum(timings.values())
         cpu = time.process_time() - cpu
         print(json.dumps({
-            "contacts": args.contacts, "days": args.days, "events": len(feed.records),
+            "contacts": args.contacts, "days": args.days, "events": len(feed.records), "events_in_db": in_db,
             "resolution_seconds": int(result.resolution.total_seconds()),
             "heartbeat_seconds": int(result.heartbeat.total_seconds()),
             "seconds": round(total, 2), "cpu_seconds": round(cpu, 2),
