@@ -32,11 +32,11 @@ CASE = {c.name: c for c in CASES}
 
 
 @pytest.fixture
-def harness(tmp_path):
+def harness(tmp_path, sqlite_template):
     made: list[Harness] = []
 
     def make(name: str, extra: str = "") -> Harness:
-        h = Harness(CASE[name], tmp_path / name)
+        h = Harness(CASE[name], tmp_path / name, sqlite_template)
         if extra:
             h.declare(extra)
         made.append(h)
