@@ -64,9 +64,9 @@ def run(store, project, context, now=NOW, segment=None):
     return {(r.segment, r.destination): r for r in sync_segments(store, project, now, context, segment=segment)}
 
 
-def in_segment(store, project, name, cls, now=NOW):
+def in_segment(store, project, name, cls, now=NOW, wall=None):
     with store.engine.connect() as conn:
-        ids = members(conn, project.segments[name], project.segments, cls, now)
+        ids = members(conn, project.segments[name], project.segments, cls, now, wall)
         conn.rollback()
     return ids
 
@@ -87,7 +87,24 @@ def test_the_latest_ads_consent_row_decides_and_the_future_does_not_count_yet(st
         record_consent(conn, ids["cy"], "ads", "revoked", source="web", at=NOW - 3 * DAY)
         record_consent(conn, ids["cy"], "ads", "granted", source="web", at=NOW - DAY)
         record_consent(conn, ids["bob"], "ads", "revoked", source="web", at=NOW + DAY)  # not yet
-    assert in_segment(store, project, "buyers", CsvAudienceDestination) == sorted([ids["bob"], ids["cy"], ids["dee"]])
+    # (the wall clock pinned to the logical one: bob's revocation lies in the future of both)
+    assert in_segment(store, project, "buyers", CsvAudienceDestination, wall=NOW) == sorted(
+        [ids["bob"], ids["cy"], ids["dee"]])
+
+
+def test_a_revocation_or_suppression_already_recorded_counts_whatever_the_logical_clock(store, world):
+    """A late or re-run scheduled sync runs with a logical clock before revocations and
+    suppressions that are already recorded: they count (up to the wall clock), grants do not."""
+    project, ids, _, _ = world
+    with store.engine.begin() as conn:
+        record_consent(conn, ids["bob"], "ads", "revoked", source="web", at=NOW + DAY)
+        suppress(conn, reason="manual", at=NOW + DAY, contact_id=ids["dee"], channel="ads")
+        record_consent(conn, ids["ann"], "ads", "revoked", source="web", at=NOW - 3 * DAY)
+        record_consent(conn, ids["ann"], "ads", "granted", source="web", at=NOW + DAY)  # from NOW + DAY on
+        record_consent(conn, ids["cy"], "ads", "granted", source="web", at=NOW - DAY)
+    assert in_segment(store, project, "buyers", CsvAudienceDestination, wall=NOW + 2 * DAY) == [ids["cy"]]
+    assert in_segment(store, project, "buyers", CsvAudienceDestination, now=NOW + 2 * DAY) == sorted(
+        [ids["ann"], ids["cy"]])
 
 
 def test_suppressions_for_all_channels_or_ads_exclude_only_where_they_apply(store, world):
