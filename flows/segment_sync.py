@@ -4,6 +4,9 @@ the offline conversions step (nurture.conversions.send) with its own table artif
 (`conversions`). A broken conversions.yaml fails that step (after the sync is done), never the
 sync itself; a single-segment run (`segment=`) sends no conversions.
 
+Besides the targets segments.yaml configures, every detached one — acknowledged members of a
+segment or destination no longer configured — gets a task too; the engine empties it.
+
 The engine (nurture.segments.sync) diffs and pushes; this flow only sequences, installs
 the per-provider throttle (a slot of the global concurrency limit `nurture-<provider>`
 for every provider request, when a Prefect server is configured) and reports. What it
@@ -30,7 +33,7 @@ from nurture.conversions.send import targets as conversion_targets
 from nurture.redaction import redact, secrets_in
 from nurture.registry import IntegrationContext
 from nurture.segments import throttle
-from nurture.segments.sync import SyncTarget, sync_one, targets
+from nurture.segments.sync import SyncTarget, detached_targets, sync_one, targets
 from nurture.settings import Settings
 
 ARTIFACT_KEY = "segment-sync"
@@ -142,12 +145,14 @@ def conversions_task(project: Optional[str], now: datetime) -> list[dict]:
 @flow(name="segment-sync", log_prints=True)
 def segment_sync(project: Optional[str] = None, now: Optional[datetime] = None,
                  segment: Optional[str] = None) -> list[dict]:
-    """Diff-sync every segment (or one) to each of its destinations; then, for a full run,
-    send the due offline conversions."""
+    """Diff-sync every segment (or one) to each of its destinations, and empty the detached
+    targets (of that segment); then, for a full run, send the due offline conversions."""
     clock = logical_now(now)
     rt = runtime_for(project)
     require_valid(rt, "segments")
-    refs = targets(rt.project, segment)
+    # (configured first: a segment renamed onto the same audience holds its members before the
+    # old name's rows are emptied, so nothing is removed that is still wanted)
+    refs = targets(rt.project, segment) + detached_targets(rt.store, rt.project, segment)
     rows = [sync_target_task(project, ref, clock) for ref in refs]
     reported = report_task(rows, clock)
     if segment is None and (rt.project.conversions or rt.project.file_errors("conversions")):

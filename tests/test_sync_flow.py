@@ -164,3 +164,25 @@ def test_nurture_sync_runs_the_flow_writes_the_csv_and_fails_loudly_on_failed_re
     assert proc.returncode == 1 and "retries exactly them" in proc.stderr
     assert "ConnectError talking to hubspot" in proc.stdout
     assert "pat-na1-secret-value" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.prefect
+@pytest.mark.xdist_group("prefect")
+def test_nurture_sync_empties_an_audience_no_segment_feeds_any_more_instead_of_nothing_to_sync(tmp_path, prefect_api):
+    csv_only = SEGMENTS.replace('      - {destination: hubspot, list_id: "45"}\n', "")
+    root = write_project(tmp_path / "shop", {}, segments=csv_only)
+    seed(root)
+    first = nurture(root, "sync", "--now", "2026-11-21T01:00:00Z")
+    assert first.returncode == 0, first.stdout + first.stderr
+    write_project(root, {}, segments="""
+segments:
+  - name: everyone
+    when: {attribute: {vip: {exists: true}}}
+""")
+    proc = nurture(root, "sync", "--now", "2026-11-22T01:00:00Z")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "nothing to sync" not in proc.stdout and "csv:vip (detached)" in proc.stdout
+    removals = sorted((root / ".nurture" / "audiences" / "vip").glob("*-remove.csv"))
+    assert len(removals) == 1 and len(removals[0].read_text().splitlines()) == 3  # header + 2 members
+    again = nurture(root, "sync", "--now", "2026-11-23T01:00:00Z")
+    assert again.returncode == 0 and "nothing to sync" in again.stdout

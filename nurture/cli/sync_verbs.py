@@ -1,4 +1,6 @@
-"""`nurture sync`: the segment sync to every configured destination, as a Prefect flow run."""
+"""`nurture sync`: the segment sync to every configured destination — and to every audience
+still holding members for a segment or destination no longer configured (a detached target,
+emptied) — as a Prefect flow run."""
 from __future__ import annotations
 
 import os
@@ -8,7 +10,7 @@ import typer
 
 from nurture.cli import prefect_env
 from nurture.cli.invocation import CliError, check_database, console, open_project, parse_now, root
-from nurture.settings import Settings
+from nurture.settings import Settings, database_url
 
 
 def print_sync_summary(rows: list[dict]) -> None:
@@ -23,7 +25,10 @@ def print_sync_summary(rows: list[dict]) -> None:
     for col in columns:
         table.add_column(col, no_wrap=col in ("status",))
     for row in rows:
-        table.add_row(*[str(row.get("duration_ms" if col == "ms" else col, "")) for col in columns])
+        cells = {**row, "ms": row.get("duration_ms", "")}
+        if row.get("detached"):  # no longer in segments.yaml: being emptied
+            cells["target"] = f"{row.get('target', '')} (detached)"
+        table.add_row(*[str(cells.get(col, "")) for col in columns])
     console.print(table)
     for row in rows:
         if row.get("errors"):
@@ -42,7 +47,7 @@ def sync(segment: Optional[str] = typer.Option(None, "--segment", help="Only thi
         refs = targets(spec, segment)
     except UnknownSegment as exc:
         raise CliError(str(exc)) from None
-    if not refs:
+    if not refs and not _detached(spec, segment):
         console.print("no segment has a destination: nothing to sync (see journeys/segments.yaml)")
         return
     prefect_env.configure(verbose=Settings.from_env().verbose)
@@ -61,6 +66,23 @@ def sync(segment: Optional[str] = typer.Option(None, "--segment", help="Only thi
     if broken:  # the target itself failed (its error is above): none of its records was acknowledged
         raise CliError(f"{len(broken)} target(s) failed; nothing of them was acknowledged and the next sync "
                        "retries them")
+
+
+def _detached(spec, segment: Optional[str]) -> bool:
+    """Does the database hold members of a target segments.yaml no longer configures? (No
+    database yet: nothing is held, and none is created for the question.)"""
+    from nurture.segments.sync import detached_targets
+    from nurture.store.db import DatabaseMissing, DatabaseUnavailable, open_store
+    try:
+        store = open_store(database_url(root()), create=False)
+    except DatabaseMissing:
+        return False
+    except DatabaseUnavailable as exc:
+        raise CliError(f"cannot open the database: {exc}") from None
+    try:
+        return bool(detached_targets(store, spec, segment))
+    finally:
+        store.dispose()
 
 
 def register(app: typer.Typer) -> None:

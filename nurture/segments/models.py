@@ -23,7 +23,9 @@ def _json_column() -> Any:
 class SegmentMembership(SQLModel, table=True):
     __tablename__ = "segment_membership"
     __table_args__ = (UniqueConstraint("segment", "target", "contact_id", name="uq_segment_membership"),
-                      Index("ix_segment_membership_contact", "contact_id"))
+                      Index("ix_segment_membership_contact", "contact_id"),
+                      # is an identifier still held by another row of the same target? (sync.push_removals)
+                      Index("ix_segment_membership_fingerprint", "target", "fingerprint"))
     id: Optional[int] = Field(default=None, primary_key=True)
     segment: str
     target: str  # destination key, e.g. "meta:123456" (see nurture.segments.targets)

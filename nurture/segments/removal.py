@@ -9,10 +9,14 @@ sync: an erased contact matches no segment) retries exactly it. Each call record
 row (removed, failed, the remaining members) like a sync does, reasons masked with the
 configured secrets.
 
-`resolve_target` finds the target a membership row's key names: from segments.yaml, or — for a
-target no longer configured — rebuilt from the key itself (`meta:123` → destination `meta`,
-`{audience_id: "123"}`), so a contact held by an audience that was since removed from the
-configuration can still be taken out of it.
+`resolve_target` (nurture.segments.sync) finds the target a membership row's key names: from
+segments.yaml, or — for a target no longer configured — rebuilt from the key itself (`meta:123`
+→ destination `meta`, `{audience_id: "123"}`), so a contact held by an audience that was since
+removed from the configuration can still be taken out of it.
+
+A removal holds the target's lock like a sync (nurture.segments.target_lock); one that waited
+REMOVAL_LOCK_WAIT for a sync of the same target still running is a failed removal (its rows
+stay: that sync, or the next, removes an erased contact, who matches no segment).
 """
 from __future__ import annotations
 
@@ -24,42 +28,34 @@ from typing import Sequence
 from sqlalchemy import func, select
 
 from nurture.redaction import redact
-from nurture.registry import IntegrationError, SyncDestination, SyncMember
-from nurture.segments.sync import SyncTarget, TargetReport, _finish, _forget, _wall, destination_class, push_removals
-from nurture.spec.project import ProjectSpec
+from nurture.registry import SyncDestination, SyncMember
+from nurture.segments.sync import (SyncTarget, TargetReport, _finish, _forget, _record_failure, _wall, push_removals,
+                                   resolve_target)
+from nurture.segments.target_lock import TargetBusy, target_lock
 from nurture.store.db import Store
 from nurture.store.tables import membership_t, sync_run_t
 
 
-def resolve_target(project: ProjectSpec, segment: str, key: str) -> SyncTarget:
-    """The target of membership rows `(segment, key)`; IntegrationError when neither the
-    configuration nor the key can say which destination and audience it is."""
-    for spec in project.segments.values():
-        for dest in spec.destinations:
-            try:
-                cls = destination_class(dest.destination)
-            except IntegrationError:
-                continue
-            target = {k: (str(v) if not isinstance(v, str) else v) for k, v in (dest.model_extra or {}).items()}
-            try:
-                if cls.target_key(target) == key:
-                    return SyncTarget(segment, dest.destination, target, key)
-            except KeyError:  # a target missing a required key: segments.yaml is invalid there
-                continue
-    name, _, rest = key.partition(":")
-    cls = destination_class(name)  # IntegrationError: no such destination installed
-    keys = cls.required_keys
-    values = rest.split(":", len(keys) - 1) if keys else []
-    target = dict(zip(keys, values))
-    if len(values) != len(keys) or cls.target_key(target) != key:
-        raise IntegrationError(f"cannot tell the audience of '{key}' (no longer in segments.yaml)")
-    return SyncTarget(segment, name, target, key)
+__all__ = ["REMOVAL_LOCK_WAIT", "forget_members", "remove_members", "resolve_target"]
+
+REMOVAL_LOCK_WAIT = 120.0  # seconds: an erasure answers within minutes, pending if a sync holds the target
 
 
 def remove_members(store: Store, ref: SyncTarget, destination: SyncDestination, members: Sequence[SyncMember], *,
                    secrets: Sequence[str] = ()) -> tuple[TargetReport, set[int]]:
     """Remove `members` (their `payload` as acknowledged) from one target now; the report (also
     recorded as a `sync_run` row) and the contact ids the destination confirmed."""
+    try:
+        with target_lock(store, ref.key, wait=REMOVAL_LOCK_WAIT):
+            return _remove_locked(store, ref, destination, members, secrets)
+    except TargetBusy as exc:
+        report = _record_failure(store, ref, str(exc))
+        report.failed = len(members)
+        return report, set()
+
+
+def _remove_locked(store: Store, ref: SyncTarget, destination: SyncDestination, members: Sequence[SyncMember],
+                   secrets: Sequence[str]) -> tuple[TargetReport, set[int]]:
     started = time.perf_counter()
     report = TargetReport(ref.segment, ref.destination, ref.key)
     requests_before = destination.requests_sent

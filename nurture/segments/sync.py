@@ -16,6 +16,27 @@ is `segment_membership`: what the destination acknowledged. One run:
    and its acknowledgement re-sends that batch next run (adds and removes are idempotent at
    every provider), so nothing is lost and nothing doubles.
 4. a `sync_run` row: members, added, removed, updated, failed, requests, duration, errors.
+
+One run at a time per target key: a run holds the target's lock (nurture.segments.target_lock)
+from its diff to its last acknowledgement, so a second run (a manual sync beside the nightly
+one, a retry, another segment feeding the same audience) diffs against what the first one left.
+A removal forgets only the acknowledged row it removed (same fingerprint), and it is not sent
+when another acknowledged row of the same target key (another segment, or a contact whose
+identifiers normalize the same, e.g. Google's gmail rules) holds the same identifiers: the
+platform holds them once, and the other member still needs them.
+
+Right before each batch of additions (and in-place updates) the batch's contacts are checked
+against the segment again, so a contact erased, revoked or suppressed since the diff is not
+sent; and the acknowledgement checks them once more (on PostgreSQL with the contact rows
+share-locked, which an erasure's lock waits for): one that left while its batch was at the
+provider is acknowledged and removed again by the same run at once.
+
+Acknowledged rows of a (segment, target) no longer in segments.yaml — a segment deleted or
+renamed, a destination removed, an audience id corrected — are a *detached* target
+(`detached_targets`): a full run removes every member it still holds from it (the audience is
+no longer fed by the segment, so nobody in it is there by Nurture's configuration any more),
+then forgets the rows; a member the destination fails stays and the next run retries it.
+
 Every reason that reaches a `sync_run` row (and from there the CLI and the Prefect artifact)
 goes through `nurture.redaction.redact` with the configured secrets first, whatever the
 destination put in it: a provider that quotes a token back never gets it recorded.
@@ -36,12 +57,16 @@ from sqlalchemy import and_, bindparam, exists, func, null, or_, select, update
 from nurture.redaction import redact, secrets_in
 from nurture.registry import (IntegrationContext, IntegrationError, MemberResult, SyncBatch, SyncDestination,
                               SyncMember, lookup)
+from nurture.runtime.sql import ids_in, texts_in
 from nurture.segments.membership import desired
+from nurture.segments.target_lock import TargetBusy, target_lock
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.tables import contact_t, membership_t, sync_run_t
 
 SYNC_ROLES = ("crm", "audience")
+# How long a run waits for another run of the same target before it gives up (a failed target).
+SYNC_LOCK_WAIT = 15 * 60.0
 
 
 class UnknownSegment(LookupError):
@@ -54,6 +79,7 @@ class SyncTarget:
     destination: str
     target: dict
     key: str
+    detached: bool = False  # held rows, no longer in segments.yaml: every member is removed
 
 
 @dataclass
@@ -70,6 +96,7 @@ class TargetReport:
     requests: int = 0
     duration_ms: int = 0
     errors: list = field(default_factory=list)  # [{"reason", "count"}]
+    detached: bool = False  # a target no longer in segments.yaml, being emptied
 
     def row(self) -> dict:
         data = asdict(self)
@@ -119,6 +146,55 @@ def targets(project: ProjectSpec, segment: Optional[str] = None) -> list[SyncTar
     return out
 
 
+def resolve_target(project: ProjectSpec, segment: str, key: str) -> SyncTarget:
+    """The target of membership rows `(segment, key)`: from segments.yaml (any destination with
+    that key, so its optional keys are kept), or — for a target no longer configured — rebuilt
+    from the key itself (`meta:123` → destination `meta`, `{audience_id: "123"}`).
+    IntegrationError when neither can say which destination and audience it is."""
+    for spec in project.segments.values():
+        for dest in spec.destinations:
+            try:
+                cls = destination_class(dest.destination)
+            except IntegrationError:
+                continue
+            target = {k: (str(v) if not isinstance(v, str) else v) for k, v in (dest.model_extra or {}).items()}
+            try:
+                if cls.target_key(target) == key:
+                    return SyncTarget(segment, dest.destination, target, key)
+            except KeyError:  # a target missing a required key: segments.yaml is invalid there
+                continue
+    name, _, rest = key.partition(":")
+    cls = destination_class(name)  # IntegrationError: no such destination installed
+    keys = cls.required_keys
+    values = rest.split(":", len(keys) - 1) if keys else []
+    target = dict(zip(keys, values))
+    if len(values) != len(keys) or cls.target_key(target) != key:
+        raise IntegrationError(f"cannot tell the audience of '{key}' (no longer in segments.yaml)")
+    return SyncTarget(segment, name, target, key)
+
+
+def detached_targets(store: Store, project: ProjectSpec, segment: Optional[str] = None) -> list[SyncTarget]:
+    """The (segment, target key) pairs with acknowledged rows that segments.yaml no longer
+    configures (of `segment` only, when given), as `detached` targets; `sync_one` resolves
+    each (`resolve_target`) and empties it."""
+    configured = set()
+    for name, spec in project.segments.items():
+        for dest in spec.destinations:
+            try:
+                cls = destination_class(dest.destination)
+                target = {k: (str(v) if not isinstance(v, str) else v) for k, v in (dest.model_extra or {}).items()}
+                configured.add((name, cls.target_key(target)))
+            except (IntegrationError, KeyError):  # invalid there: `targets` reports it
+                continue
+    query = select(membership_t.c.segment, membership_t.c.target).distinct()
+    if segment is not None:
+        query = query.where(membership_t.c.segment == segment)
+    with store.reading() as conn:
+        held = conn.execute(query.order_by(membership_t.c.segment, membership_t.c.target)).all()
+    return [SyncTarget(seg, key.partition(":")[0], {}, key, detached=True)
+            for seg, key in held if (seg, key) not in configured]
+
+
 def fingerprint(identifiers: Optional[dict]) -> str:
     return hashlib.sha256(json.dumps(identifiers, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
 
@@ -128,18 +204,34 @@ def _member(row: Any) -> SyncMember:
 
 
 def push_removals(store: Store, destination: Any, ref: Any, members: list, session: int, removed: set[int],
-                  reasons: Counter, secrets: Any) -> int:
+                  reasons: Counter, secrets: Any, fingerprints: Optional[dict[int, str]] = None) -> int:
     """Remove `members` from the destination in its batches, forgetting each acknowledged
     removal at once (a crash loses nothing); acknowledged ids go into `removed`, failure
-    reasons into `reasons`. The number of members the destination refused."""
+    reasons into `reasons`. The number of members the destination refused.
+
+    `fingerprints` (contact id → the fingerprint of the acknowledged row being removed; read from
+    the rows when not given): only a row that still holds it is forgotten, and a member whose
+    identifiers another acknowledged row of the same target key still holds is not sent — the
+    platform keeps one entry for both — only its own row is forgotten."""
     failed = 0
+    leaving = {m.contact_id for m in members}
     for seq, last, chunk in _chunks(members, destination.max_batch):
         if not chunk:
             break
-        results = destination.remove(ref.target, chunk, SyncBatch(session, seq, last, len(members)))
-        ok = [r.contact_id for r in results if r.ok]
+        ids = [m.contact_id for m in chunk]
+        with store.reading() as conn:
+            fps = dict(fingerprints or {})
+            if fingerprints is None:
+                fps.update(conn.execute(select(membership_t.c.contact_id, membership_t.c.fingerprint).where(
+                    membership_t.c.segment == ref.segment, membership_t.c.target == ref.key,
+                    ids_in(membership_t.c.contact_id, ids))).all())
+            shared = _still_needed(conn, ref, {fps[i] for i in ids if i in fps}, leaving)
+        kept = [m for m in chunk if fps.get(m.contact_id) in shared]
+        send = [m for m in chunk if fps.get(m.contact_id) not in shared]
+        results = destination.remove(ref.target, send, SyncBatch(session, seq, last, len(members))) if send else []
+        ok = [r.contact_id for r in results if r.ok] + [m.contact_id for m in kept]
         with store.engine.begin() as conn:
-            _forget(conn, ref, ok)
+            _forget(conn, ref, ok, fps)
         removed.update(ok)
         for r in results:
             if not r.ok:
@@ -148,19 +240,46 @@ def push_removals(store: Store, destination: Any, ref: Any, members: list, sessi
     return failed
 
 
+def _still_needed(conn: Any, ref: Any, fps: set[str], leaving: set[int]) -> set[str]:
+    """Of the fingerprints `fps`, those another acknowledged row of `ref`'s target key holds (any
+    segment; in `ref`'s own segment, a contact not among `leaving`)."""
+    if not fps:
+        return set()
+    m = membership_t
+    rows = conn.execute(select(m.c.segment, m.c.contact_id, m.c.fingerprint).where(
+        m.c.target == ref.key, texts_in(m.c.fingerprint, sorted(fps)))).all()
+    return {fp for segment, cid, fp in rows if segment != ref.segment or cid not in leaving}
+
+
+Wanted = Callable[[Any, Sequence[int]], set[int]]  # (connection, contact ids) -> those still wanted
+
+
 def push_members(store: Store, send: Callable[..., list[MemberResult]], max_batch: int, ref: SyncTarget,
                  members: list[tuple[SyncMember, datetime, str]], session: int, reasons: Counter,
-                 secrets: Any) -> tuple[set[int], int]:
+                 secrets: Any, wanted: Optional[Wanted] = None,
+                 late: Optional[list[tuple[SyncMember, str]]] = None) -> tuple[set[int], int]:
     """Send `members` (member, contact version, fingerprint) through `send` (the destination's
     `add` or `update`) in batches of `max_batch`, acknowledging each batch's confirmed members at
     once in one short transaction; failure reasons go into `reasons`. The contact ids confirmed,
-    and the number of members the destination refused."""
+    and the number of members the destination refused.
+
+    `wanted` re-checks a batch's contacts right before it is sent (one no longer wanted is left
+    out: not sent, not failed) and again in the acknowledging transaction: a confirmed member no
+    longer wanted then (erased or revoked while its batch was at the provider) is acknowledged
+    all the same — so its removal is never lost — and put on `late` (member with the payload
+    acknowledged, fingerprint) for the caller to remove at once; it is not among the confirmed."""
     meta = {m.contact_id: (v, fp) for m, v, fp in members}
     confirmed: set[int] = set()
     failed = 0
     if not members:
         return confirmed, failed
     for seq, last, chunk in _chunks([m for m, _, _ in members], max_batch):
+        if wanted is not None:
+            with store.reading() as conn:
+                still = wanted(conn, [m.contact_id for m in chunk])
+            chunk = [m for m in chunk if m.contact_id in still]
+            if not chunk:
+                continue
         results = send(ref.target, chunk, SyncBatch(session, seq, last, len(members)))
         acked = _wall()
         rows = []
@@ -170,12 +289,22 @@ def push_members(store: Store, send: Callable[..., list[MemberResult]], max_batc
                 rows.append({"segment": ref.segment, "target": ref.key, "contact_id": r.contact_id,
                              "contact_version": version, "fingerprint": fp, "payload": r.payload,
                              "acked_at": acked})
-                confirmed.add(r.contact_id)
             else:
                 reasons[redact(r.reason, secrets) or "failed"] += 1
                 failed += 1
         with store.engine.begin() as conn:
+            gone: set[int] = set()
+            if wanted is not None and rows:
+                ids = [row["contact_id"] for row in rows]
+                gone = set(ids) - wanted(conn, ids)
             _upsert(conn, rows)
+        for row in rows:
+            if row["contact_id"] in gone:
+                if late is not None:
+                    late.append((SyncMember(row["contact_id"], payload=dict(row["payload"] or {})),
+                                 row["fingerprint"]))
+            else:
+                confirmed.add(row["contact_id"])
     return confirmed, failed
 
 
@@ -194,6 +323,7 @@ class Diff:
     in_place: list[tuple[SyncMember, datetime, str]] = field(default_factory=list)
     touches: list[dict] = field(default_factory=list)  # {"mid", "v"}
     unusable: list[int] = field(default_factory=list)  # in the segment, no identifier this destination takes
+    fingerprints: dict[int, str] = field(default_factory=dict)  # contact id -> acknowledged, of removes/updates
 
 
 DIFF_CONTACT_COLUMNS = ("id", "email", "phone", "first_name", "last_name", "country", "updated_at")
@@ -242,6 +372,8 @@ def compute_diff(store: Store, project: ProjectSpec, ref: SyncTarget, destinatio
         rows = [row for query in _diff_queries(store.dialect, want, ref) for row in conn.execute(query).all()]
     diff = Diff()
     for row in rows:
+        if row.mid is not None:
+            diff.fingerprints[row.held_id] = row.fingerprint
         if row.id is None:  # acknowledged, no longer in the segment (or deleted)
             diff.removes.append(SyncMember(row.held_id, payload=dict(row.payload or {})))
             continue
@@ -279,11 +411,23 @@ def _upsert(conn: Any, rows: list[dict]) -> None:
     conn.execute(stmt, rows)
 
 
-def _forget(conn: Any, ref: SyncTarget, contact_ids: list[int]) -> None:
-    if contact_ids:
-        conn.execute(membership_t.delete().where(membership_t.c.segment == ref.segment,
-                                                 membership_t.c.target == ref.key,
-                                                 membership_t.c.contact_id.in_(contact_ids)))
+def _forget(conn: Any, ref: SyncTarget, contact_ids: list[int], fingerprints: Optional[dict[int, str]] = None) -> None:
+    """Delete the acknowledged rows of `contact_ids` — with `fingerprints`, only a row that
+    still holds the fingerprint that was removed (not one another run has rewritten since)."""
+    if not contact_ids:
+        return
+    m = membership_t
+    if fingerprints is None:
+        conn.execute(m.delete().where(m.c.segment == ref.segment, m.c.target == ref.key,
+                                      m.c.contact_id.in_(contact_ids)))
+        return
+    known = [{"cid": cid, "fp": fingerprints[cid]} for cid in contact_ids if cid in fingerprints]
+    unknown = [cid for cid in contact_ids if cid not in fingerprints]
+    if known:
+        conn.execute(m.delete().where(m.c.segment == ref.segment, m.c.target == ref.key,
+                                      m.c.contact_id == bindparam("cid"), m.c.fingerprint == bindparam("fp")), known)
+    if unknown:
+        _forget(conn, ref, unknown)
 
 
 def _wall() -> datetime:
@@ -292,62 +436,149 @@ def _wall() -> datetime:
 
 def sync_target(store: Store, project: ProjectSpec, ref: SyncTarget, destination: SyncDestination,
                 now: datetime, *, session_id: Optional[int] = None, secrets: Sequence[str] = ()) -> TargetReport:
-    """Push one target's changes; `secrets` are masked in every recorded reason."""
-    started = time.perf_counter()
-    report = TargetReport(ref.segment, ref.destination, ref.key)
-    requests_before = destination.requests_sent
-    reasons: Counter = Counter()
+    """Push one target's changes, holding the target's lock (a run of the same target key
+    under way is waited for); `secrets` are masked in every recorded reason."""
+    try:
+        with target_lock(store, ref.key, wait=SYNC_LOCK_WAIT):
+            return _sync_locked(store, project, ref, destination, now, session_id, secrets)
+    except TargetBusy as exc:
+        return _record_failure(store, ref, str(exc))
+
+
+def _start(store: Store, ref: SyncTarget) -> int:
+    """The run's `sync_run` row (`running`); one of the same target still `running` is a run that
+    died (the lock is held, so it is not running any more): it becomes `interrupted`."""
     with store.engine.begin() as conn:
         conn.execute(update(sync_run_t).where(sync_run_t.c.segment == ref.segment, sync_run_t.c.target == ref.key,
                                               sync_run_t.c.status == "running").values(status="interrupted"))
-        run_id = conn.execute(sync_run_t.insert().values(
+        return conn.execute(sync_run_t.insert().values(
             segment=ref.segment, target=ref.key, destination=ref.destination, started_at=_wall(),
             status="running", members=0, added=0, removed=0, updated=0, failed=0, requests=0, duration_ms=0,
             errors=[])).inserted_primary_key[0]
 
-    diff = compute_diff(store, project, ref, destination, now)
-    session = session_id if session_id is not None else random.getrandbits(62)
-    succeeded = 0
 
-    if diff.touches:
-        with store.engine.begin() as conn:
-            conn.execute(update(membership_t).where(membership_t.c.id == bindparam("mid"))
-                         .values(contact_version=bindparam("v")), diff.touches)
-    for cid in diff.unusable:
-        reasons["no identifier this destination can match"] += 1
-    report.failed += len(diff.unusable)
+def _interrupted(store: Store, run_id: int) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(update(sync_run_t).where(sync_run_t.c.id == run_id, sync_run_t.c.status == "running")
+                     .values(status="interrupted", finished_at=_wall()))
 
-    # Removals first (incl. the old identifiers of replaced contacts), in-place updates, then additions.
-    updated_ids = {old.contact_id for old, _, _, _ in diff.updates}
-    to_remove = diff.removes + [old for old, _, _, _ in diff.updates]
-    removed_ok: set[int] = set()
-    report.failed += push_removals(store, destination, ref, to_remove, session, removed_ok, reasons, secrets)
-    report.removed = len(removed_ok - updated_ids)
 
-    # Changed members the destination updates in place: the acknowledged row is replaced only
-    # when it confirms, so a failed update keeps the old state (and the member) for the next run.
-    changed_ok: set[int] = set()
-    if diff.in_place:  # only an UpdatesInPlace destination fills it
-        update_members = destination.update  # type: ignore[attr-defined]
-        changed_ok, failed = push_members(store, update_members, destination.max_batch, ref, diff.in_place,
-                                          session + 2, reasons, secrets)
+def _wanted(project: ProjectSpec, ref: SyncTarget, destination: SyncDestination, now: datetime) -> Wanted:
+    """Which of some contacts the target should hold now (the segment at `now`, revocations,
+    suppressions and erasures up to this very moment). On PostgreSQL the contact rows are
+    share-locked for the rest of the caller's transaction, so an erasure (which locks its
+    contact row) either committed before the answer or waits for the caller's commit."""
+    segment, cls = project.segments[ref.segment], type(destination)
+
+    def wanted(conn: Any, ids: Sequence[int]) -> set[int]:
+        query = select(contact_t.c.id).where(ids_in(contact_t.c.id, ids),
+                                             desired(segment, project.segments, cls, now))
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(key_share=True, of=contact_t)
+        return set(conn.execute(query).scalars())
+    return wanted
+
+
+def _sync_locked(store: Store, project: ProjectSpec, ref: SyncTarget, destination: SyncDestination,
+                 now: datetime, session_id: Optional[int], secrets: Sequence[str]) -> TargetReport:
+    started = time.perf_counter()
+    report = TargetReport(ref.segment, ref.destination, ref.key)
+    requests_before = destination.requests_sent
+    reasons: Counter = Counter()
+    run_id = _start(store, ref)
+    try:
+        diff = compute_diff(store, project, ref, destination, now)
+        session = session_id if session_id is not None else random.getrandbits(62)
+
+        if diff.touches:
+            with store.engine.begin() as conn:
+                conn.execute(update(membership_t).where(membership_t.c.id == bindparam("mid"))
+                             .values(contact_version=bindparam("v")), diff.touches)
+        for cid in diff.unusable:
+            reasons["no identifier this destination can match"] += 1
+        report.failed += len(diff.unusable)
+
+        # Removals first (incl. the old identifiers of replaced contacts), in-place updates, then additions.
+        updated_ids = {old.contact_id for old, _, _, _ in diff.updates}
+        to_remove = diff.removes + [old for old, _, _, _ in diff.updates]
+        removed_ok: set[int] = set()
+        report.failed += push_removals(store, destination, ref, to_remove, session, removed_ok, reasons, secrets,
+                                       diff.fingerprints)
+
+        wanted = _wanted(project, ref, destination, now)
+        late: list[tuple[SyncMember, str]] = []  # sent, then found erased/revoked: removed again below
+        # Changed members the destination updates in place: the acknowledged row is replaced only
+        # when it confirms, so a failed update keeps the old state (and the member) for the next run.
+        changed_ok: set[int] = set()
+        if diff.in_place:  # only an UpdatesInPlace destination fills it
+            update_members = destination.update  # type: ignore[attr-defined]
+            changed_ok, failed = push_members(store, update_members, destination.max_batch, ref, diff.in_place,
+                                              session + 2, reasons, secrets, wanted, late)
+            report.failed += failed
+
+        to_add = diff.adds + [(new, v, fp) for old, new, v, fp in diff.updates if old.contact_id in removed_ok]
+        added_ids, failed = push_members(store, destination.add, destination.max_batch, ref, to_add, session + 1,
+                                         reasons, secrets, wanted, late)
         report.failed += failed
+        if late:
+            report.failed += push_removals(store, destination, ref, [m for m, _ in late], session + 3, set(),
+                                           reasons, secrets, {m.contact_id: fp for m, fp in late})
+        report.added = len(added_ids - updated_ids)
+        report.updated = len(added_ids & updated_ids) + len(changed_ok)
+        # A replaced contact whose old identifiers went but whose new ones did not stay has left.
+        report.removed = len(removed_ok - updated_ids) + len((removed_ok & updated_ids) - added_ids)
+        succeeded = len(added_ids) + len(removed_ok) + len(changed_ok)
 
-    to_add = diff.adds + [(new, v, fp) for old, new, v, fp in diff.updates if old.contact_id in removed_ok]
-    added_ids, failed = push_members(store, destination.add, destination.max_batch, ref, to_add, session + 1,
-                                     reasons, secrets)
-    report.failed += failed
-    report.added = len(added_ids - updated_ids)
-    report.updated = len(added_ids & updated_ids) + len(changed_ok)
-    succeeded = len(added_ids) + len(removed_ok) + len(changed_ok)
-
-    with store.reading() as conn:
-        report.members = conn.execute(select(func.count()).select_from(membership_t).where(
-            membership_t.c.segment == ref.segment, membership_t.c.target == ref.key)).scalar_one()
+        with store.reading() as conn:
+            report.members = conn.execute(select(func.count()).select_from(membership_t).where(
+                membership_t.c.segment == ref.segment, membership_t.c.target == ref.key)).scalar_one()
+    except BaseException:
+        _interrupted(store, run_id)
+        raise
     report.requests = destination.requests_sent - requests_before
     report.duration_ms = int((time.perf_counter() - started) * 1000)
     report.errors = [{"reason": reason, "count": n} for reason, n in reasons.most_common(20)]
     report.status = "ok" if not report.failed else ("partial" if succeeded or diff.touches else "failed")
+    _finish(store, run_id, report)
+    return report
+
+
+def sync_detached(store: Store, ref: SyncTarget, destination: SyncDestination, *,
+                  secrets: Sequence[str] = ()) -> TargetReport:
+    """Empty a detached target (`detached_targets`): remove every member its rows still hold,
+    under the target's lock, and forget them. What another configured segment of the same
+    target key still holds is not sent (`push_removals`), only forgotten here."""
+    started = time.perf_counter()
+    report = TargetReport(ref.segment, ref.destination, ref.key, detached=True)
+    requests_before = destination.requests_sent
+    reasons: Counter = Counter()
+    try:
+        with target_lock(store, ref.key, wait=SYNC_LOCK_WAIT):
+            run_id = _start(store, ref)
+            try:
+                with store.reading() as conn:
+                    rows = conn.execute(select(membership_t.c.contact_id, membership_t.c.fingerprint,
+                                               membership_t.c.payload)
+                                        .where(membership_t.c.segment == ref.segment,
+                                               membership_t.c.target == ref.key)
+                                        .order_by(membership_t.c.contact_id)).all()
+                members = [SyncMember(r.contact_id, payload=dict(r.payload or {})) for r in rows]
+                removed: set[int] = set()
+                report.failed = push_removals(store, destination, ref, members, random.getrandbits(62), removed,
+                                              reasons, secrets, {r.contact_id: r.fingerprint for r in rows})
+                report.removed = len(removed)
+                with store.reading() as conn:
+                    report.members = conn.execute(select(func.count()).select_from(membership_t).where(
+                        membership_t.c.segment == ref.segment, membership_t.c.target == ref.key)).scalar_one()
+            except BaseException:
+                _interrupted(store, run_id)
+                raise
+    except TargetBusy as exc:
+        return _record_failure(store, ref, str(exc))
+    report.requests = destination.requests_sent - requests_before
+    report.duration_ms = int((time.perf_counter() - started) * 1000)
+    report.errors = [{"reason": reason, "count": n} for reason, n in reasons.most_common(20)]
+    report.status = "ok" if not report.failed else ("partial" if report.removed else "failed")
     _finish(store, run_id, report)
     return report
 
@@ -362,7 +593,7 @@ def _finish(store: Store, run_id: int, report: TargetReport) -> None:
 
 def _record_failure(store: Store, ref: SyncTarget, reason: str) -> TargetReport:
     report = TargetReport(ref.segment, ref.destination, ref.key, status="failed",
-                          errors=[{"reason": reason, "count": 1}])
+                          errors=[{"reason": reason, "count": 1}], detached=ref.detached)
     with store.engine.begin() as conn:
         run_id = conn.execute(sync_run_t.insert().values(
             segment=ref.segment, target=ref.key, destination=ref.destination, started_at=_wall(),
@@ -385,17 +616,21 @@ def sync_one(store: Store, project: ProjectSpec, ref: SyncTarget, now: datetime,
     failed sync_run with its reason, never an exception that stops the other targets. The
     secrets configured in `context.env` are masked in every reason recorded."""
     secrets = secrets_in(context.env)
+    if ref.detached:  # rebuilt from what was stored: the configuration no longer names it
+        try:
+            ref = replace(resolve_target(project, ref.segment, ref.key), detached=True)
+        except IntegrationError as exc:
+            return _record_failure(store, ref, redact(f"{exc}; its members stay until they are removed there by "
+                                                      "hand and its rows deleted", secrets) or "")
     try:
         destination = (factory or default_factory)(ref.destination, context)
     except IntegrationError as exc:
         return _record_failure(store, ref, redact(str(exc), secrets) or "")
     try:
+        if ref.detached:
+            return sync_detached(store, ref, destination, secrets=secrets)
         return sync_target(store, project, ref, destination, now, secrets=secrets)
     except Exception as exc:  # a bug in a plug-in: this target fails loudly, the others still run
-        with store.engine.begin() as conn:
-            conn.execute(update(sync_run_t).where(sync_run_t.c.segment == ref.segment,
-                                                  sync_run_t.c.target == ref.key,
-                                                  sync_run_t.c.status == "running").values(status="interrupted"))
         reason = redact(f"{type(exc).__name__} in {ref.destination}: {exc}", secrets) or ""
         return _record_failure(store, ref, reason[:300])
     finally:
@@ -404,4 +639,8 @@ def sync_one(store: Store, project: ProjectSpec, ref: SyncTarget, now: datetime,
 
 def sync_segments(store: Store, project: ProjectSpec, now: datetime, context: IntegrationContext, *,
                   segment: Optional[str] = None, factory: Optional[Factory] = None) -> list[TargetReport]:
-    return [sync_one(store, project, ref, now, context, factory) for ref in targets(project, segment)]
+    """Every configured target (of `segment`, when given), then every detached one: a segment
+    renamed onto the same audience has acknowledged its members under the new name first, so
+    emptying the old name's rows sends nothing for them."""
+    refs = targets(project, segment) + detached_targets(store, project, segment)
+    return [sync_one(store, project, ref, now, context, factory) for ref in refs]
