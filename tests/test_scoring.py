@@ -7,6 +7,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from nurture.privacy.erase import erase_emails
+from nurture.registry import IntegrationContext
 from nurture.scoring.compute import score_contacts
 from nurture.spec.project import load_project
 from nurture.store.tables import contact_t, event_t
@@ -108,6 +110,31 @@ def test_score_is_recomputed_not_accumulated(store, scoring_spec):
     score_contacts(store, scoring_spec, NOW + timedelta(days=14))
     with store.engine.connect() as conn:
         assert conn.execute(select(contact_t.c.score)).scalar() == pytest.approx(1.5)
+
+
+def test_an_erased_contact_is_not_scored_again_or_promoted(make_project, store):
+    """Erasure keeps the person's events (names and times: funnels still count) and zeroes the
+    score: the next scoring run must not score them from those events and make them an MQL."""
+    project = load_project(make_project({"noop": JOURNEY, "scoring": SCORING}))
+    with store.engine.begin() as conn:
+        gone = _contact(conn, "gone@example.com", role="cto", industry="saas", company_size=200)
+        kept = _contact(conn, "kept@example.com")
+        for cid in (gone, kept):
+            _event(conn, cid, "demo_request", timedelta(hours=2))
+            _event(conn, cid, "demo_request", timedelta(hours=1))
+            _event(conn, cid, "sales_qualified", timedelta(hours=1))
+    context = IntegrationContext(project.root, project.root / ".nurture", {})
+    [erased] = erase_emails(store, project, ["gone@example.com"], context=context, actor="test", now=NOW)
+    assert erased.outcome == "erased"
+
+    result = score_contacts(store, project.extra["scoring"], NOW + timedelta(hours=1))
+    with store.engine.connect() as conn:
+        rows = {r.id: (r.score, r.lifecycle_stage) for r in conn.execute(select(contact_t))}
+        moves = conn.execute(select(event_t.c.contact_id).where(event_t.c.name == "lifecycle_stage_changed")).all()
+    assert rows[gone] == (0.0, "lead")
+    assert rows[kept][1] == "sql" and rows[kept][0] == pytest.approx(40 * 0.5 ** (3 / 14 / 24) + 40 * 0.5 ** (2 / 14 / 24))
+    assert {cid for (cid,) in moves} == {kept}
+    assert (result.contacts, result.promoted["mql"], result.promoted["sql"]) == (1, 1, 1)
 
 
 def test_scoring_yaml_errors_have_locations(make_project):

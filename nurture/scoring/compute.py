@@ -8,6 +8,9 @@ score = Σ fit points of the rules a contact matches
 so an event's points halve every half-life. SQLite computes `power()` with its built-in math
 functions (3.35+); where a build lacks them, an equivalent Python function is registered on
 the connection before the statement runs. PostgreSQL has `power()`.
+
+An erased person (docs/privacy.md) is left out of both: their kept events (names and times)
+would score them again and promote them, so their score stays 0 and their stage where it was.
 """
 from __future__ import annotations
 
@@ -16,15 +19,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, cast, func, literal, select, Float
+from sqlalchemy import and_, case, cast, exists, func, literal, select, Float
 from sqlalchemy.exc import OperationalError
 
 from nurture.conditions import ConditionScope, compile_condition, properties_match
 from nurture.lifecycle import promote
+from nurture.privacy.tombstones import ERASED_REASON
 from nurture.runtime.sql import not_indexed
 from nurture.scoring.spec import ScoringSpec
 from nurture.store.db import Store
-from nurture.store.tables import contact_t, event_t
+from nurture.store.tables import contact_t, event_t, suppression_t
 
 
 @dataclass
@@ -70,19 +74,28 @@ def score_expression(conn: Any, spec: ScoringSpec, scope: ConditionScope) -> Any
     return fit + cast(behaviour, Float)
 
 
+def not_erased() -> Any:
+    """A contact (contact_t) that was not erased: it has no `erased` suppression
+    (nurture.privacy.tombstones), one index seek on ix_suppression_contact."""
+    return ~exists(select(suppression_t.c.id).where(suppression_t.c.contact_id == contact_t.c.id,
+                                                     suppression_t.c.reason == ERASED_REASON))
+
+
 def score_contacts(store: Store, spec: ScoringSpec, now: datetime, segments: Any = None) -> ScoringResult:
     """Recompute every score, then move contacts forward through the lifecycle (each move
-    recorded as a `lifecycle_stage_changed` event, in the same transaction)."""
+    recorded as a `lifecycle_stage_changed` event, in the same transaction). Erased contacts
+    are neither scored nor moved."""
     scope = ConditionScope(now, segments or {}, in_enrollment=False)
     result = ScoringResult()
     with store.engine.begin() as conn:
         _ensure_power(conn)
-        result.contacts = conn.execute(contact_t.update().values(score=score_expression(conn, spec, scope))).rowcount
+        result.contacts = conn.execute(contact_t.update().where(not_erased())
+                                       .values(score=score_expression(conn, spec, scope))).rowcount
         transitions = [("mql", contact_t.c.score >= spec.mql_threshold)]
         if spec.lifecycle.sql is not None:
             transitions.append(("sql", compile_condition(spec.lifecycle.sql, scope)))
         if spec.lifecycle.customer is not None:
             transitions.append(("customer", compile_condition(spec.lifecycle.customer, scope)))
         for stage, condition in transitions:
-            result.promoted[stage] = promote(conn, stage, condition, now, source="scoring")
+            result.promoted[stage] = promote(conn, stage, and_(condition, not_erased()), now, source="scoring")
     return result
