@@ -137,6 +137,30 @@ def test_an_erased_contact_is_not_scored_again_or_promoted(make_project, store):
     assert (result.contacts, result.promoted["mql"], result.promoted["sql"]) == (1, 1, 1)
 
 
+def test_an_event_many_half_lives_old_scores_zero_instead_of_failing_the_run(make_project, store):
+    """PostgreSQL's power(0.5, x) raises "value out of range: underflow" past ~1,075
+    half-lives (SQLite answers 0): a 2h half-life in a 120d window gets there in 90 days."""
+    spec = load_project(make_project({"noop": JOURNEY, "scoring": """
+mql_threshold: 60
+behaviour:
+  half_life: 2h
+  window: 120d
+  events:
+    demo_request: 40
+    view_page: 1
+"""}))
+    assert spec.errors == []
+    with store.engine.begin() as conn:
+        cid = _contact(conn, "a@example.com")
+        _event(conn, cid, "view_page", timedelta(days=100))  # 1,200 half-lives: 0
+        _event(conn, cid, "view_page", timedelta(days=41, hours=16))  # 500 half-lives: 0.5^500, not 0
+        _event(conn, cid, "demo_request", timedelta(minutes=1))
+    score_contacts(store, spec.extra["scoring"], NOW)
+    with store.engine.connect() as conn:
+        score = conn.execute(select(contact_t.c.score)).scalar()
+    assert score == pytest.approx(40 * 0.5 ** (1 / 120))
+
+
 def test_scoring_yaml_errors_have_locations(make_project):
     bad = SCORING.replace("half_life: 14d", "half_life: soon").replace("points: 20,", "pionts: 20,")
     spec = load_project(make_project({"noop": JOURNEY, "scoring": bad}))

@@ -7,7 +7,10 @@ score = Σ fit points of the rules a contact matches
 
 so an event's points halve every half-life. SQLite computes `power()` with its built-in math
 functions (3.35+); where a build lacks them, an equivalent Python function is registered on
-the connection before the statement runs. PostgreSQL has `power()`.
+the connection before the statement runs. PostgreSQL has `power()` — and raises "value out of
+range: underflow" where the result is too small for a double (past ~1,075 half-lives, which a
+2h half-life in a 120d window reaches): an event older than NEGLIGIBLE_HALF_LIVES counts 0 on
+both databases instead of failing everyone's score.
 
 An erased person (docs/privacy.md) is left out of both: their kept events (names and times)
 would score them again and promote them, so their score stays 0 and their stage where it was.
@@ -29,6 +32,10 @@ from nurture.runtime.sql import not_indexed
 from nurture.scoring.spec import ScoringSpec
 from nurture.store.db import Store
 from nurture.store.tables import contact_t, event_t, suppression_t
+
+# 0.5 ^ 500 ≈ 3e-151: nothing a score shows, and far enough from a double's underflow that
+# points × decay cannot underflow either (PostgreSQL raises on that too).
+NEGLIGIBLE_HALF_LIVES = 500.0
 
 
 @dataclass
@@ -63,7 +70,8 @@ def score_expression(conn: Any, spec: ScoringSpec, scope: ConditionScope) -> Any
                                                      if rule.where else [])), rule.points)
                     for name, rule in rules.items()], else_=0.0)
     half_life_days = spec.behaviour.half_life.total_seconds() / 86400.0
-    decay = func.power(0.5, _age_days(conn, event_t.c.occurred_at, scope.now) / half_life_days)
+    half_lives = _age_days(conn, event_t.c.occurred_at, scope.now) / half_life_days
+    decay = case((half_lives > NEGLIGIBLE_HALF_LIVES, 0.0), else_=func.power(0.5, half_lives))
     # One seek per contact into ix_event_contact_name_time, its events read in order, instead
     # of one seek per scored event name (the name is tested on the index entry, not sought).
     behaviour = (select(func.coalesce(func.sum(points * decay), 0.0))
