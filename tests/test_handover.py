@@ -94,6 +94,7 @@ class FlakyCrm(CrmDestination):
     """A CRM plug-in that takes handovers: the first call fails as a provider outage would."""
     name = "flaky_crm"
     calls: list[list[str]] = []
+    records: list[list[HandoverRecord]] = []
 
     @classmethod
     def from_env(cls, context):
@@ -110,6 +111,7 @@ class FlakyCrm(CrmDestination):
 
     def hand_over(self, records: Sequence[HandoverRecord]) -> list[HandoverResult]:
         FlakyCrm.calls.append([r.email for r in records])
+        FlakyCrm.records.append(list(records))
         if len(FlakyCrm.calls) == 1:
             raise ConnectionError("HubSpot answered 503")
         return [HandoverResult(r.handover_id, True, external_id=f"crm-{r.handover_id}") for r in records]
@@ -122,7 +124,7 @@ class SegmentOnlyCrm(FlakyCrm):
 
 @pytest.fixture
 def crm_plugins():
-    FlakyCrm.calls = []
+    FlakyCrm.calls, FlakyCrm.records = [], []
     registry.register(FlakyCrm)
     registry.register(SegmentOnlyCrm)
     yield
@@ -183,3 +185,53 @@ def test_handover_keys_are_validated_with_locations(make_project):
     messages_ = [str(e) for e in spec.errors]
     assert "journeys/mql.yaml:5:21: 'tomorrow' is not a duration: write e.g. 30m, 2h, 3d or 1w" in messages_
     assert "journeys/mql.yaml:5:31: unknown key 'ownr' (did you mean 'owner'?)" in messages_
+
+
+def test_the_handover_line_carries_the_contacts_own_later_stage(make_runtime, store):
+    """A step's `stage` (default mql) never lowers the contact: a customer handed over is
+    handed over as a customer — in the line and in the task's title."""
+    rt = make_runtime({"mql": MQL_JOURNEY})
+    cid = subscriber(store, "cus@corp.example", first_name="Cy", lifecycle_stage="customer", score=80)
+    add_event(store, cid, "demo_request", T0)
+    run_tick(rt, "mql", T0 + timedelta(minutes=5))
+    [line] = (rt.data_dir / "handover" / "handovers.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert (record["contact"]["lifecycle_stage"], record["contact"]["score"]) == ("customer", 80.0)
+    assert record["task"]["title"] == "Contact customer Cy (score 80)"
+    assert contact_row(store, cid).lifecycle_stage == "customer"
+
+
+def test_a_retried_handover_sends_the_score_the_contact_has_when_it_is_delivered(make_runtime, store, crm_plugins):
+    from sqlalchemy import update
+
+    from nurture.store.tables import contact_t
+    rt = make_runtime({"mql": MQL_JOURNEY})
+    rt.env["NURTURE_HANDOVER_CRM"] = "flaky_crm"  # the first call fails
+    cid = subscriber(store, "kim@firm.example", score=65)
+    add_event(store, cid, "demo_request", T0)
+    run_tick(rt, "mql", T0 + timedelta(minutes=5))
+    with store.engine.begin() as conn:  # the hourly scoring run meanwhile
+        conn.execute(update(contact_t).where(contact_t.c.id == cid).values(score=81.5, lifecycle_stage="sql"))
+    retry_pending(rt, T0 + timedelta(hours=1))
+    [_, [record]] = FlakyCrm.records
+    assert (record.score, record.lifecycle_stage, record.task_title) == (81.5, "sql", "Contact SQL kim@firm.example (score 82)")
+
+
+def test_a_crm_that_is_not_configured_yet_keeps_the_handover_pending_without_using_attempts(make_runtime, store,
+                                                                                            crm_plugins):
+    """A configuration refusal (IntegrationError: no such CRM, no token) is fixed by the
+    operator, not by retrying: the handover waits for it, however many runs that takes."""
+    rt = make_runtime({"mql": MQL_JOURNEY})
+    rt.env["NURTURE_HANDOVER_CRM"] = "flaky_crm_typo"
+    cid = subscriber(store, "kim@firm.example", score=65)
+    add_event(store, cid, "demo_request", T0)
+    run_tick(rt, "mql", T0 + timedelta(minutes=5))
+    for hour in range(1, 8):  # seven hourly scoring runs
+        retry_pending(rt, T0 + timedelta(hours=hour))
+    [h] = _handovers(store)
+    assert (h.status, h.attempts) == ("pending", 0) and "no crm named 'flaky_crm_typo'" in h.reason
+    rt.env["NURTURE_HANDOVER_CRM"] = "flaky_crm"
+    FlakyCrm.calls = [["(the outage is over)"]]
+    retry_pending(rt, T0 + timedelta(hours=8))
+    [h] = _handovers(store)
+    assert (h.status, h.attempts, h.external_id) == ("delivered", 1, f"crm-{h.id}")

@@ -31,3 +31,7 @@ class Handover(SQLModel, table=True):
     sla_due_at: datetime
     created_at: datetime
     delivered_at: Optional[datetime] = None
+    # The delivery run that holds a pending row (nurture.scoring.handover): its token and when
+    # it took the row, by the wall clock. None: nobody is delivering it (migration 0024).
+    claim: Optional[str] = None
+    claimed_at: Optional[datetime] = None
