@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -63,6 +64,9 @@ TASK_TO_CONTACT = 204  # HubSpot's default (HUBSPOT_DEFINED) association type: t
 TASK_PRIORITIES = ("LOW", "MEDIUM", "HIGH")
 _PROPERTY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _HANDOVER_MARK = re.compile(r"Nurture handover ([^\s<]+)")  # the body may come back as HTML
+# Refusals only a change of HubSpot's setup ends: the token refused (401) or missing a scope
+# (403). A handover refused so waits without using up an attempt (HandoverResult.waiting).
+_REFUSED_TOKEN = re.compile(r"\bHTTP 40[13]\b")
 
 
 def _rows(body: Any) -> Optional[list[dict]]:
@@ -309,7 +313,17 @@ class HubSpotDestination(CrmDestination):
                         results[record.handover_id] = HandoverResult(record.handover_id, False, reason=lookup_error)
                     else:
                         results[record.handover_id] = self._create_task(record, record_ids[address])
-        return [results[r.handover_id] for r in records]
+        return [self._waiting_for_setup(results[r.handover_id]) for r in records]
+
+    def _waiting_for_setup(self, result: HandoverResult) -> HandoverResult:
+        """A refusal for the portal's setup — the token, a scope, the score property not
+        created yet (`Property "nurture_score" does not exist`, PROPERTY_DOESNT_EXIST) — is
+        `waiting`: the handover stays pending, without using up attempts, until it is fixed."""
+        reason = result.reason or ""
+        missing = re.search(r'Property \W*' + re.escape(self.score_property) + r'\W* does not exist', reason)
+        if result.ok or not (missing or "PROPERTY_DOESNT_EXIST" in reason or _REFUSED_TOKEN.search(reason)):
+            return result
+        return replace(result, waiting=True)
 
     def _existing_tasks(self, contact_ids: list[str]) -> tuple[dict[str, str], Optional[str]]:
         """Handover key -> task id of the Nurture tasks already associated with these contacts,

@@ -213,6 +213,44 @@ def test_without_a_token_the_handover_waits_with_a_clear_reason(runtime, store):
     assert "set NURTURE_HUBSPOT_TOKEN to a private app access token" in h.reason
 
 
+def test_a_customer_handed_over_is_not_created_in_hubspot_as_an_mql(runtime, store, hubspot):
+    mql(store, "cus@corp.example", lifecycle_stage="customer", score=80)
+    run_tick(runtime, "mql", T0 + timedelta(minutes=5))
+    assert hubspot.properties["cus@corp.example"]["lifecyclestage"] == "customer"
+    [task] = hubspot.tasks
+    assert task["properties"]["hs_task_subject"] == "Contact customer cus@corp.example (score 80)"
+
+
+def test_a_missing_score_property_keeps_the_handover_pending_until_the_property_exists(runtime, store, hubspot):
+    hubspot.number_properties = set()  # `nurture_score` not created in the portal yet
+    mql(store, "kim@firm.example", score=65)
+    run_tick(runtime, "mql", T0 + timedelta(minutes=5))
+    for hour in range(1, 8):  # seven hourly scoring runs: more than MAX_ATTEMPTS
+        retry_pending(runtime, T0 + timedelta(hours=hour))
+    [h] = handovers(store)
+    assert (h.status, h.attempts) == ("pending", 0)
+    assert 'Property \\"nurture_score\\" does not exist' in h.reason
+    hubspot.number_properties = {"nurture_score"}  # the operator creates the property
+    retry_pending(runtime, T0 + timedelta(hours=8))
+    [h] = handovers(store)
+    assert (h.status, h.attempts) == ("delivered", 1)
+    assert len(hubspot.tasks_for("kim@firm.example")) == 1
+
+
+def test_a_refused_token_waits_without_using_attempts_and_bad_data_still_fails(runtime, store, hubspot):
+    runtime.env["NURTURE_HUBSPOT_TOKEN"] = "pat-na1-revoked"
+    mql(store, "lee@firm.example", score=70)
+    mql(store, "bad@firm.example", score=70)
+    run_tick(runtime, "mql", T0 + timedelta(minutes=5))
+    assert [(h.status, h.attempts) for h in handovers(store)] == [("pending", 0), ("pending", 0)]
+    runtime.env["NURTURE_HUBSPOT_TOKEN"] = TOKEN
+    hubspot.problems.clear()  # the fake noted the bad auth, as it should
+    hubspot.rejected = {"bad@firm.example"}  # a refusal of the record itself uses up attempts
+    for hour in range(1, 7):
+        retry_pending(runtime, T0 + timedelta(hours=hour))
+    assert [(h.status, h.attempts) for h in handovers(store)] == [("delivered", 1), ("failed", 5)]
+
+
 # -- the integration on its own (no database): batching, naming, owners
 
 
