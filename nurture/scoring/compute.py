@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, cast, exists, func, literal, select, Float
+from sqlalchemy import and_, case, cast, func, literal, select, Float
 from sqlalchemy.exc import OperationalError
 
 from nurture.conditions import ConditionScope, compile_condition, properties_match
 from nurture.lifecycle import promote
-from nurture.privacy.tombstones import ERASED_REASON
+from nurture.privacy.tombstones import not_erased
 from nurture.runtime.sql import not_indexed
 from nurture.scoring.spec import ScoringSpec
 from nurture.store.db import Store
-from nurture.store.tables import contact_t, event_t, suppression_t
+from nurture.store.tables import contact_t, event_t
 
 # 0.5 ^ 500 ≈ 3e-151: nothing a score shows, and far enough from a double's underflow that
 # points × decay cannot underflow either (PostgreSQL raises on that too).
@@ -82,13 +82,6 @@ def score_expression(conn: Any, spec: ScoringSpec, scope: ConditionScope) -> Any
     return fit + cast(behaviour, Float)
 
 
-def not_erased() -> Any:
-    """A contact (contact_t) that was not erased: it has no `erased` suppression
-    (nurture.privacy.tombstones), one index seek on ix_suppression_contact."""
-    return ~exists(select(suppression_t.c.id).where(suppression_t.c.contact_id == contact_t.c.id,
-                                                     suppression_t.c.reason == ERASED_REASON))
-
-
 def score_contacts(store: Store, spec: ScoringSpec, now: datetime, segments: Any = None) -> ScoringResult:
     """Recompute every score, then move contacts forward through the lifecycle (each move
     recorded as a `lifecycle_stage_changed` event, in the same transaction). Erased contacts
@@ -97,7 +90,7 @@ def score_contacts(store: Store, spec: ScoringSpec, now: datetime, segments: Any
     result = ScoringResult()
     with store.engine.begin() as conn:
         _ensure_power(conn)
-        result.contacts = conn.execute(contact_t.update().where(not_erased())
+        result.contacts = conn.execute(contact_t.update().where(not_erased(contact_t.c.id))
                                        .values(score=score_expression(conn, spec, scope))).rowcount
         transitions = [("mql", contact_t.c.score >= spec.mql_threshold)]
         if spec.lifecycle.sql is not None:
@@ -105,5 +98,5 @@ def score_contacts(store: Store, spec: ScoringSpec, now: datetime, segments: Any
         if spec.lifecycle.customer is not None:
             transitions.append(("customer", compile_condition(spec.lifecycle.customer, scope)))
         for stage, condition in transitions:
-            result.promoted[stage] = promote(conn, stage, and_(condition, not_erased()), now, source="scoring")
+            result.promoted[stage] = promote(conn, stage, and_(condition, not_erased(contact_t.c.id)), now, source="scoring")
     return result

@@ -3,8 +3,6 @@ acknowledged row of the same target key (another segment feeding the same audien
 contact whose identifiers normalize the same) still holds the identifiers it would remove
 (nurture.segments.sync.push_removals) — without this index, a scan of every row per batch.
 
-(Named for the segment-sync fix; renumber on merge if another 0024 lands first.)
-
 Revision ID: 0024
 Revises: 0023
 """

@@ -3,16 +3,16 @@
 transaction; two runs never deliver one handover, and a claim left by a crash is taken over
 once it is stale (nurture.scoring.handover).
 
-Revision ID: 0024
-Revises: 0023
+Revision ID: 0025
+Revises: 0024
 """
 from alembic import op
 import sqlalchemy as sa
 import sqlmodel
 
 
-revision = '0024'
-down_revision = '0023'
+revision = '0025'
+down_revision = '0024'
 branch_labels = None
 depends_on = None
 
