@@ -22,7 +22,7 @@ def print_report(result) -> None:
     from rich.console import Console
     from rich.table import Table
     from nurture.reporting import views
-    from nurture.reporting.format import count, money, multiple
+    from nurture.reporting.format import count, money, pct, signed_points
     out = Console(highlight=False, soft_wrap=True, width=max(console.width, 160))  # tables need the room
 
     period = views.period_text(result.period_start, result.generated_at)
@@ -30,26 +30,24 @@ def print_report(result) -> None:
                   title_justify="left")
     for col in ("journey", "entered", "conv.", "rate", "lift (pts, 95% CI)", "incremental revenue (95% CI)",
                 "attributed", "cost", "ROI"):
-        table.add_column(col, justify="left" if col == "journey" else "right", no_wrap=col != "journey")
+        # the figures with an interval (lift, incremental revenue, ROI) may wrap onto a second line
+        table.add_column(col, justify="left" if col == "journey" else "right",
+                         no_wrap=col not in ("journey", "lift (pts, 95% CI)", "incremental revenue (95% CI)", "ROI"))
 
-    def pts(value):
-        v = round(value * 100, 1)
-        return "0.0" if v == 0 else f"{v:+.1f}"
+    def pts(value):  # the column's heading says "pts"; the number follows the locale
+        return signed_points(value).removesuffix(" pts")
     for r in result.journeys:
         conversions, rate, _, _ = views.conversion_cells(r)
         l = r.lift
         lift_text = (f"{pts(l.difference)} [{pts(l.low)}, {pts(l.high)}]" if l is not None and l.low is not None
                      else "no holdout")
-        inc = r.incremental_revenue
-        inc_text = ("no holdout" if not r.holdout else
-                    views.with_interval(inc.value, inc.low, inc.high).replace("95% CI ", ""))
+        inc_text = views.incremental_cell(r).replace("95% CI ", "")
         table.add_row(r.name, count(r.entered), conversions, rate, lift_text, inc_text,
                       money(r.attributed_revenue), money(r.cost), views.roi_cell(r))
     t = result.totals()
     table.add_row("total", count(t["entered"]), count(sum(r.credited for r in result.journeys)), "", "",
                   money(t["incremental_revenue"]), money(t["attributed_revenue"]), money(t["costs"]["total"]),
-                  "n/a" if t["incremental_roi"] is None else f"{multiple(t['incremental_roi'])} (incremental)",
-                  style="bold")
+                  views.total_roi_cell(t), style="bold")
     out.print(table)
     out.print(f"  conv. = conversions after the start: {views.START_NOTE}; {views.ATTRIBUTED_NOTE}", markup=False)
     for r in result.journeys:
@@ -61,7 +59,9 @@ def print_report(result) -> None:
     cols = ["journey", "step", "sent", "deferred", "suppressed", "skipped"]
     cols += ["clicks"] if clicks else []
     cols += ["opens*"] if opens else []
+    offers = any(s.offer_cost for r in result.journeys for s in r.steps)
     cols += ["conv.", "revenue", "cost"]
+    cols += ["offer cost"] if offers else []
     for col in cols:
         steps.add_column(col, justify="left" if col in ("journey", "step") else "right", no_wrap=True)
     for r in result.journeys:
@@ -69,10 +69,14 @@ def print_report(result) -> None:
             row = [r.name, s.step + (f" [{s.arm}]" if s.arm else ""), count(s.sent), count(sum(s.deferred.values())),
                    count(sum(s.suppressed.values())), count(sum(s.skipped.values()))]
             if clicks:
-                row.append("" if s.clicks is None else f"{count(s.clicks)} ({s.click_rate or 0:.1%})")
+                row.append("" if s.clicks is None else f"{count(s.clicks)} ({pct(s.click_rate or 0)})")
             if opens:
-                row.append("" if s.opens is None else f"{count(s.opens)} ({s.open_rate or 0:.1%})")
-            row += [count(s.conversions), money(s.revenue if r.has_value else None), money(s.cost + s.offer_cost)]
+                row.append("" if s.opens is None else f"{count(s.opens)} ({pct(s.open_rate or 0)})")
+            # "cost" is the step's message cost, as on the page and in the Prefect artifact; its
+            # coupons are their own column
+            row += [count(s.conversions), money(s.revenue if r.has_value else None), money(s.cost)]
+            if offers:
+                row.append(money(s.offer_cost))
             steps.add_row(*row)
     out.print(steps)
     if opens:

@@ -11,7 +11,7 @@ from typing import Mapping, Optional
 
 from nurture.graph import Graph, to_svg
 from nurture.reporting import views
-from nurture.reporting.format import NA, count, current_style, money, multiple, pct, price
+from nurture.reporting.format import count, current_style, money, pct, price
 from nurture.reporting.report import JourneyReport, Report
 
 CSS = """
@@ -195,14 +195,12 @@ def _overview(report: Report) -> str:
     rows = []
     for r in report.journeys:
         conversions, rate, _, _ = views.conversion_cells(r)
-        inc = r.incremental_revenue
-        rows.append([r.name, count(r.entered), conversions, rate,
-                     views.lift_text(r).split(" (")[0], money(inc.value) if r.holdout else "no holdout",
+        rows.append([r.name, count(r.entered), conversions, rate, views.lift_text(r), views.incremental_cell(r),
                      money(r.attributed_revenue), money(r.cost), views.roi_cell(r)])
     t = report.totals()
-    roi = NA if t["incremental_roi"] is None else f"{multiple(t['incremental_roi'])} (incremental)"
     total = ["total", count(t["entered"]), count(sum(r.credited for r in report.journeys)), "", "",
-             money(t["incremental_revenue"]), money(t["attributed_revenue"]), money(t["costs"]["total"]), roi]
+             money(t["incremental_revenue"]), money(t["attributed_revenue"]), money(t["costs"]["total"]),
+             views.total_roi_cell(t)]
     return _table(headers, rows, total=total)
 
 

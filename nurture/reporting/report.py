@@ -281,7 +281,11 @@ class Report:
                 "costs": {k: sum(j.costs[k] for j in self.journeys) for k in ("messages", "offers", "fixed", "total")},
                 "roi": ratio(self.total_revenue, sum(j.cost for j in valued)) if valued else None,
                 "incremental_roi": (ratio(self.total_incremental or 0.0, sum(j.cost for j in measured))
-                                    if measured else None)}
+                                    if measured else None),
+                # the cost each total ROI was computed over (a view showing the ROI beside the total
+                # cost of every journey says so when the two differ)
+                "roi_cost": sum(j.cost for j in valued) if valued else None,
+                "incremental_roi_cost": sum(j.cost for j in measured) if measured else None}
 
 
 # ---------------------------------------------------------------- enrollments and money

@@ -5,7 +5,7 @@ lists of cells; each view adds only its own markup. Columns that would be empty 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from nurture.reporting.format import NA, count, interval, money, multiple, pct, signed_points
 from nurture.reporting.report import JourneyReport
@@ -48,12 +48,38 @@ def headline_text(r: JourneyReport) -> str:
 
 
 def roi_cell(r: JourneyReport) -> str:
-    """The headline ROI in a table cell, its basis named."""
+    """The headline ROI in a table cell, its basis named, with its 95 % interval where it has one
+    (the honest part: an interval that includes −1 … 0 says the holdout bought about as much)."""
     if not r.has_value:
         return NA
     if r.roi_basis == "incremental":
-        return f"{multiple(r.incremental_roi.value)} (incremental)"
+        roi = r.incremental_roi
+        if roi.value is None:
+            return NA
+        ci = interval(roi.low, roi.high, multiple)
+        return f"{multiple(roi.value)} (incremental)" + (f" ({ci})" if ci else "")
     return f"{multiple(r.roi)} (attributed, not proof: no holdout)"
+
+
+def incremental_cell(r: JourneyReport) -> str:
+    """The incremental revenue in a table cell, with its 95 % interval."""
+    if not r.holdout:
+        return "no holdout"
+    inc = r.incremental_revenue
+    return with_interval(inc.value, inc.low, inc.high)
+
+
+def total_roi_cell(totals: Mapping[str, Any]) -> str:
+    """The total row's incremental ROI, saying which cost it was computed over when that is not
+    the row's total cost: journeys without a holdout have no incremental revenue, so it sets the
+    journeys with one against their own cost."""
+    value = totals["incremental_roi"]
+    if value is None:
+        return NA
+    over = totals["incremental_roi_cost"]
+    if abs(over - totals["costs"]["total"]) < 0.005:
+        return f"{multiple(value)} (incremental)"
+    return f"{multiple(value)} (incremental, journeys with a holdout: cost {money(over)})"
 
 
 def lift_text(r: JourneyReport) -> str:

@@ -1,0 +1,225 @@
+"""Each figure says what it measures, and the views agree (the audit of the report's numbers):
+the overview's incremental ROI carries its interval, the total row's ROI says which cost it
+was computed over, the terminal follows the locale and names its step cost as the page does,
+a report as of T counts nothing after T — each a known answer computed by hand in the
+comments, on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from rich.console import Console
+from sqlalchemy import select
+
+from nurture.cli import report_verbs
+from nurture.reporting import build_report, views
+from nurture.reporting.contract import report_json
+from nurture.reporting.format import number_style
+from nurture.reporting.html_page import render_html
+from nurture.spec.project import load_project
+from nurture.store.tables import contact_t, enrollment_t, message_t
+from tests.conftest import DEFAULT_POLICIES, utc
+from tests.engine_fixtures import add_event, journey_yaml
+
+T0 = utc(2026, 11, 2, 10)
+POLICIES = DEFAULT_POLICIES + "unit_costs: {email: 0.5, sms: 0.1}\ncurrency: EUR\n"
+MAIL = "- id: mail\n  send: {channel: email, template: hello, subject: Hi}"
+GOAL = "goal: {event: purchase, within: 3d}"
+
+
+def _contacts(conn, n, prefix="c"):
+    emails = [f"{prefix}{i}@example.com" for i in range(n)]
+    conn.execute(contact_t.insert(), [{"email": e, "lifecycle_stage": "lead", "score": 0.0, "attributes": {},
+                                       "created_at": T0, "updated_at": T0} for e in emails])
+    return [r[0] for r in conn.execute(select(contact_t.c.id).where(contact_t.c.email.in_(emails))
+                                       .order_by(contact_t.c.id))]
+
+
+def _enroll(conn, cid, journey="j", holdout=False, converted_at=None, revenue=0.0, entered=T0):
+    return conn.execute(enrollment_t.insert().values(
+        contact_id=cid, journey=journey, version="v1", step_id=None,
+        status="converted" if converted_at else "completed", holdout=holdout, entered_at=entered,
+        converted_at=converted_at, revenue=revenue, defer_count=0, state={})).inserted_primary_key[0]
+
+
+def _row(conn, eid, cid, step, status, at, journey="j"):
+    """A message row created at `at` (sent then too when its status is `sent`)."""
+    conn.execute(message_t.insert().values(
+        enrollment_id=eid, contact_id=cid, journey=journey, step_id=step, attempt_key="send", channel="email",
+        purpose="marketing", template="hello", status=status, reason="holdout" if status == "holdout" else None,
+        due_at=at, created_at=at, attempts=1, sent_at=at if status == "sent" else None))
+
+
+def _spec(make_project, journeys, policies=POLICIES):
+    spec = load_project(make_project(journeys, policies=policies))
+    assert spec.errors == [], [str(e) for e in spec.errors]
+    return spec
+
+
+def _terminal(report, policies, capsys, monkeypatch) -> str:
+    """What `nurture report` prints, on a terminal wide enough that no cell wraps."""
+    monkeypatch.setattr(report_verbs, "console", Console(width=250))
+    capsys.readouterr()
+    with number_style(policies):
+        report_verbs.print_report(report)
+    return capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- the overview's ROI and its interval
+
+
+def test_the_overviews_incremental_roi_shows_its_interval_in_every_view(make_project, store, capsys, monkeypatch):
+    spec = _spec(make_project, {"j": journey_yaml("j", MAIL, extra=GOAL + "\nholdout: 20%")})
+    with store.engine.begin() as conn:
+        treated, holdout = _contacts(conn, 10, "t"), _contacts(conn, 4, "h")
+        for i, cid in enumerate(treated):  # 2 of 10 buy for 100 € after their e-mail
+            eid = _enroll(conn, cid, converted_at=T0 + timedelta(hours=2) if i < 2 else None,
+                          revenue=100.0 if i < 2 else 0.0)
+            _row(conn, eid, cid, "mail", "sent", T0 + timedelta(hours=1))
+        for i, cid in enumerate(holdout):  # 1 of 4 buys for 100 €
+            eid = _enroll(conn, cid, holdout=True, converted_at=T0 + timedelta(hours=2) if i < 1 else None,
+                          revenue=100.0 if i < 1 else 0.0)
+            _row(conn, eid, cid, "mail", "holdout", T0 + timedelta(hours=1))
+    report = build_report(store, spec, T0 + timedelta(days=4))
+    r = report.journey("j")
+    # 20 €/treated member, 25 €/holdout member: d = −5, × 10 = −50 €.
+    # s²_t = (2·10000 − 200²/10)/9 = 1777.78, s²_h = (10000 − 100²/4)/3 = 2500;
+    # se = √(177.778 + 625) = 28.3334; half width 1.959964 · 28.3334 · 10 = 555.323 €
+    # cost 10 e-mails × 0.50 € = 5 €: ROI (−50 − 5)/5 = −11×, interval (−605.323 − 5)/5 … (505.323 − 5)/5
+    roi = r.incremental_roi
+    assert r.cost == 5.0
+    assert (roi.value, roi.low, roi.high) == (pytest.approx(-11.0), pytest.approx(-122.0646, abs=1e-4),
+                                              pytest.approx(100.0646, abs=1e-4))
+    with number_style(spec.policies):
+        cell = views.roi_cell(r)
+        page = render_html(report)
+    assert cell == "-11.0× (incremental) (95% CI -122.1× … 100.1×)"
+    overview = page.split("<h2>Overview</h2>")[1].split("</table>")[0]
+    row = overview.split("<td>j</td>")[1].split("</tr>")[0]
+    # the HTML overview: the ROI and the incremental revenue each with the interval, on a second line
+    assert '-11.0× (incremental)<br><span class="ci">95% CI -122.1× … 100.1×</span>' in row
+    assert '-50.00 €<br><span class="ci">95% CI -605.32 € … 505.32 €</span>' in row
+    assert "95% CI" in row.split("</td>")[4]  # the lift, with its interval too
+    terminal = _terminal(report, spec.policies, capsys, monkeypatch)
+    assert "-11.0× (incremental) (95% CI -122.1× … 100.1×)" in terminal
+    data = report_json(report)["journeys"][0]["incremental_roi"]
+    assert (round(data["value"], 1), round(data["low"], 1), round(data["high"], 1)) == (-11.0, -122.1, 100.1)
+
+
+def test_an_roi_without_an_interval_is_shown_without_one(make_project, store):
+    spec = _spec(make_project, {"j": journey_yaml("j", MAIL, extra=GOAL + "\nholdout: 20%")})
+    with store.engine.begin() as conn:
+        t, h = _contacts(conn, 2)
+        eid = _enroll(conn, t, converted_at=T0 + timedelta(hours=2), revenue=100.0)
+        _row(conn, eid, t, "mail", "sent", T0 + timedelta(hours=1))
+        eid = _enroll(conn, h, holdout=True)
+        _row(conn, eid, h, "mail", "holdout", T0 + timedelta(hours=1))
+    r = build_report(store, spec, T0 + timedelta(days=4)).journey("j")
+    # one member per group: no variance, no interval; (100 − 0.5) / 0.5 = 199×
+    with number_style(spec.policies):
+        assert views.roi_cell(r) == "199.0× (incremental)"
+
+
+# ---------------------------------------------------------------- the total row
+
+
+def _two_journeys(make_project, store):
+    """small: a holdout, incremental 100 €, cost 10 € fixed + 2 e-mails = 11 €; big: no holdout,
+    cost 1,000 € fixed + 1 e-mail = 1,000.50 €."""
+    spec = _spec(make_project, {
+        "small": journey_yaml("small", MAIL, extra=GOAL + "\nholdout: 50%\nfixed_costs: [{name: t, amount: 10, per: once}]"),
+        "big": journey_yaml("big", MAIL, extra=GOAL + "\nfixed_costs: [{name: agency, amount: 1000, per: once}]")})
+    with store.engine.begin() as conn:
+        t1, t2, h1, h2, b = _contacts(conn, 5)
+        eid = _enroll(conn, t1, journey="small", converted_at=T0 + timedelta(hours=2), revenue=100.0)
+        _row(conn, eid, t1, "mail", "sent", T0 + timedelta(hours=1), journey="small")
+        eid = _enroll(conn, t2, journey="small")
+        _row(conn, eid, t2, "mail", "sent", T0 + timedelta(hours=1), journey="small")
+        for h in (h1, h2):
+            eid = _enroll(conn, h, journey="small", holdout=True)
+            _row(conn, eid, h, "mail", "holdout", T0 + timedelta(hours=1), journey="small")
+        eid = _enroll(conn, b, journey="big", converted_at=T0 + timedelta(hours=2), revenue=50.0)
+        _row(conn, eid, b, "mail", "sent", T0 + timedelta(hours=1), journey="big")
+    return spec, build_report(store, spec, T0 + timedelta(days=1))
+
+
+def test_the_total_rows_roi_names_the_cost_it_was_computed_over(make_project, store, capsys, monkeypatch):
+    spec, report = _two_journeys(make_project, store)
+    t = report.totals()
+    # incremental (100/2 − 0/2) × 2 = 100 € over small's own cost 11 €: (100 − 11)/11 = 8.09×;
+    # the row's cost is every journey's: 11 + 1,000.50 = 1,011.50 €
+    assert t["incremental_revenue"] == 100.0 and t["costs"]["total"] == 1011.5
+    assert t["incremental_roi_cost"] == 11.0 and t["incremental_roi"] == pytest.approx(89 / 11)
+    # attributed: 100 + 50 € over both journeys' cost (both goals have a value)
+    assert t["roi_cost"] == 1011.5 and t["roi"] == pytest.approx((150 - 1011.5) / 1011.5)
+    expected = "8.1× (incremental, journeys with a holdout: cost 11.00 €)"
+    with number_style(spec.policies):
+        page = render_html(report)
+    total_row = page.split('<tr class="total">')[1].split("</tr>")[0]
+    assert "1,011.50 €" in total_row and f"<td>{expected}</td>" in total_row
+    terminal = _terminal(report, spec.policies, capsys, monkeypatch)
+    total_line = next(line for line in terminal.splitlines() if "total" in line and "1,011.50" in line)
+    assert "8.1× (incremental," in total_line and "cost 11.00 €" in terminal
+    data = report_json(report)["totals"]
+    assert data["incremental_roi_cost"] == 11.0 and data["roi_cost"] == 1011.5
+
+
+def test_the_total_rows_roi_needs_no_note_when_every_journey_is_measured(make_project, store):
+    spec = _spec(make_project, {"j": journey_yaml("j", MAIL, extra=GOAL + "\nholdout: 50%")})
+    with store.engine.begin() as conn:
+        t, h = _contacts(conn, 2)
+        eid = _enroll(conn, t, converted_at=T0 + timedelta(hours=2), revenue=100.0)
+        _row(conn, eid, t, "mail", "sent", T0 + timedelta(hours=1))
+        eid = _enroll(conn, h, holdout=True)
+        _row(conn, eid, h, "mail", "holdout", T0 + timedelta(hours=1))
+    report = build_report(store, spec, T0 + timedelta(days=1))
+    with number_style(spec.policies):
+        assert views.total_roi_cell(report.totals()) == "199.0× (incremental)"  # (100 − 0.5)/0.5
+
+
+# ---------------------------------------------------------------- the terminal says what the page says
+
+
+def test_the_terminals_step_cost_is_the_pages_and_offers_have_their_own_column(make_project, store, capsys, monkeypatch):
+    offer = "- id: mail\n  send: {channel: email, template: hello, subject: Hi, offer: {code: SAVE10, value: 10}}"
+    spec = _spec(make_project, {"j": journey_yaml("j", offer, extra=GOAL)})
+    bought = T0 + timedelta(hours=3)
+    with store.engine.begin() as conn:
+        (cid,) = _contacts(conn, 1)
+        eid = _enroll(conn, cid, converted_at=bought, revenue=90.0)
+        _row(conn, eid, cid, "mail", "sent", T0 + timedelta(hours=1))
+    add_event(store, cid, "purchase", bought, {"value": 90, "coupon": "SAVE10"})
+    report = build_report(store, spec, T0 + timedelta(days=5))
+    with number_style(spec.policies):
+        headers, rows = views.step_table(report.journey("j"))
+    # one e-mail: 0.50 €; the coupon SAVE10: 10 €, a column of its own on the page
+    assert (rows[0][headers.index("cost")], rows[0][headers.index("offer cost")]) == ("0.50 €", "10.00 €")
+    terminal = _terminal(report, spec.policies, capsys, monkeypatch)
+    steps = terminal.split("Steps", 1)[1]
+    header = next(line for line in steps.splitlines() if "conv." in line)
+    line = next(line for line in steps.splitlines() if " mail " in line)
+    cells = dict(zip([c.strip() for c in header.strip().strip("│┃").split("┃" if "┃" in header else "│")],
+                     [c.strip() for c in line.strip().strip("│").split("│")]))
+    assert (cells["cost"], cells["offer cost"]) == ("0.50 €", "10.00 €")
+
+
+def test_the_terminals_lift_and_click_rate_follow_the_locale(make_project, store, capsys, monkeypatch):
+    spec = _spec(make_project, {"j": journey_yaml("j", MAIL, extra=GOAL + "\nholdout: 20%")},
+                 policies=POLICIES + "locale: de\n")
+    with store.engine.begin() as conn:
+        treated, holdout = _contacts(conn, 8, "t"), _contacts(conn, 2, "h")
+        for i, cid in enumerate(treated):  # 3 of 8 buy: 37.5 %; the holdout 0 of 2
+            eid = _enroll(conn, cid, converted_at=T0 + timedelta(hours=2) if i < 3 else None,
+                          revenue=10.0 if i < 3 else 0.0)
+            _row(conn, eid, cid, "mail", "sent", T0 + timedelta(hours=1))
+        for cid in holdout:
+            eid = _enroll(conn, cid, holdout=True)
+            _row(conn, eid, cid, "mail", "holdout", T0 + timedelta(hours=1))
+    add_event(store, treated[0], "email_click", T0 + timedelta(hours=1, minutes=5), {"journey": "j", "step": "mail"})
+    report = build_report(store, spec, T0 + timedelta(days=4))
+    terminal = _terminal(report, spec.policies, capsys, monkeypatch)
+    row = next(line for line in terminal.splitlines() if line.startswith("│ j "))
+    step = next(line for line in terminal.split("Steps")[1].splitlines() if " mail " in line)
+    # lift +37.5 points, written +37,5; 1 click of 8 sent: 12,5 %
+    assert "37,5\xa0%" in row and "+37,5 [" in row and "+37.5" not in row
+    assert "1 (12,5\xa0%)" in step and "12.5%" not in step
