@@ -42,12 +42,12 @@ def _enroll(conn, cid, journey="j", holdout=False, converted_at=None, revenue=0.
         converted_at=converted_at, revenue=revenue, defer_count=0, state={})).inserted_primary_key[0]
 
 
-def _row(conn, eid, cid, step, status, at, journey="j"):
-    """A message row created at `at` (sent then too when its status is `sent`)."""
+def _row(conn, eid, cid, step, status, at, journey="j", sent_at=None):
+    """A message row created at `at` (sent then too when its status is `sent`, unless `sent_at`)."""
     conn.execute(message_t.insert().values(
         enrollment_id=eid, contact_id=cid, journey=journey, step_id=step, attempt_key="send", channel="email",
         purpose="marketing", template="hello", status=status, reason="holdout" if status == "holdout" else None,
-        due_at=at, created_at=at, attempts=1, sent_at=at if status == "sent" else None))
+        due_at=at, created_at=at, attempts=1, sent_at=(sent_at or at) if status == "sent" else None))
 
 
 def _spec(make_project, journeys, policies=POLICIES):
@@ -223,3 +223,58 @@ def test_the_terminals_lift_and_click_rate_follow_the_locale(make_project, store
     # lift +37.5 points, written +37,5; 1 click of 8 sent: 12,5 %
     assert "37,5\xa0%" in row and "+37,5 [" in row and "+37.5" not in row
     assert "1 (12,5\xa0%)" in step and "12.5%" not in step
+
+
+# ---------------------------------------------------------------- a report as of T
+
+
+def test_a_report_as_of_T_counts_nothing_that_happened_after_T(make_project, store):
+    spec = _spec(make_project, {"j": journey_yaml(
+        "j", MAIL, extra=GOAL + "\nfixed_costs: [{name: tool, amount: 10, per: day}]")})
+    now = T0 + timedelta(days=2)
+    with store.engine.begin() as conn:
+        a, b, c = _contacts(conn, 3)
+        eid = _enroll(conn, a, converted_at=T0 + timedelta(hours=3), revenue=50.0)  # all before T
+        _row(conn, eid, a, "mail", "sent", T0 + timedelta(hours=1))
+        later = T0 + timedelta(days=10)  # b entered, was mailed and bought 8 days after T
+        eid = _enroll(conn, b, converted_at=later + timedelta(hours=3), revenue=900.0, entered=later)
+        _row(conn, eid, b, "mail", "sent", later + timedelta(hours=1))
+        # c entered and reached the step before T, its e-mail went out (and it bought) after T
+        eid = _enroll(conn, c, converted_at=now + timedelta(hours=5), revenue=70.0, entered=T0 + timedelta(days=1))
+        _row(conn, eid, c, "mail", "sent", T0 + timedelta(days=1), sent_at=now + timedelta(hours=1))
+    report = build_report(store, spec, now)
+    j = report_json(report)["journeys"][0]
+    # as of T: a and c entered, a converted; one e-mail sent (0.50 €); 2 days × 10 € fixed
+    assert (j["entered"], j["converted"], j["attributed_conversions"], j["attributed_revenue"]) == (2, 1, 1, 50.0)
+    assert j["costs"] == {"messages": 0.5, "offers": 0.0, "fixed": 20.0, "total": 20.5}
+    assert j["roi"] == pytest.approx((50 - 20.5) / 20.5)
+    assert (j["recipients"], j["sent"]) == (1, {"email": 1})
+    step = j["steps"][0]
+    assert (step["reached"], step["sent"], step["conversions"], step["revenue"]) == (2, 1, 1, 50.0)
+    assert [(d["day"], d["conversions"], d["revenue"]) for d in report_json(report)["daily"]] == [
+        ("2026-11-02", 1, 50.0)]
+    # the same data a month later counts all three
+    j = report_json(build_report(store, spec, T0 + timedelta(days=30)))["journeys"][0]
+    assert (j["entered"], j["attributed_revenue"], j["costs"]["messages"]) == (3, 1020.0, 1.5)
+
+
+# ---------------------------------------------------------------- a report of some journeys
+
+
+def test_a_journeys_report_shows_its_own_daily_conversions_and_the_same_attribution(make_project, store):
+    spec = _spec(make_project, {"a": journey_yaml("a", MAIL, extra=GOAL), "b": journey_yaml("b", MAIL, extra=GOAL)})
+    with store.engine.begin() as conn:
+        (cid,) = _contacts(conn, 1)
+        eid = _enroll(conn, cid, journey="a")  # a mailed the contact, but did not record the purchase
+        _row(conn, eid, cid, "mail", "sent", T0 + timedelta(hours=1), journey="a")
+        eid = _enroll(conn, cid, journey="b", converted_at=T0 + timedelta(hours=5), revenue=500.0)
+        _row(conn, eid, cid, "mail", "sent", T0 + timedelta(hours=2), journey="b")
+    now = T0 + timedelta(days=3)
+    only_a = build_report(store, spec, now, journeys=["a"])
+    everything = build_report(store, spec, now)
+    assert only_a.daily == [] and only_a.unattributed == (0, 0.0)  # the 500 € day is b's
+    assert [(d.isoformat(), n, rev) for d, n, rev in everything.daily] == [("2026-11-02", 1, 500.0)]
+    # a's first touch of the purchase is credited to a in both reports alike
+    first_touch = {(r.journey, r.step): r.revenue["first_touch"] for r in everything.attribution}
+    assert first_touch == {("a", "mail"): 500.0, ("b", "mail"): 0.0}
+    assert [(r.journey, r.revenue["first_touch"]) for r in only_a.attribution] == [("a", 500.0)]

@@ -71,8 +71,8 @@ class SmsCount:
 
 
 def sms_segments_sent(conn: Any, project: ProjectSpec, journeys: Iterable[str], env: Mapping[str, str],
-                      store: Any = None) -> dict[tuple[str, str], SmsCount]:
-    """(journey, step) → the billed segments of its sent SMS (see the module docstring)."""
+                      store: Any = None, now: Optional[datetime] = None) -> dict[tuple[str, str], SmsCount]:
+    """(journey, step) → the billed segments of its SMS sent by `now` (see the module docstring)."""
     from nurture.rendering.email_message import sms_segments
     from nurture.rendering.links import tag_text, utm_query
     from nurture.send.context import ContextRow, imprint_of, recipient_links, template_context
@@ -92,7 +92,8 @@ def sms_segments_sent(conn: Any, project: ProjectSpec, journeys: Iterable[str], 
         .select_from(message_t.join(contact_t, contact_t.c.id == message_t.c.contact_id)
                      .outerjoin(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id)
                      .outerjoin(trigger, trigger.c.id == enrollment_t.c.trigger_event_pk))
-        .where(message_t.c.status == SENT, message_t.c.channel == "sms", message_t.c.journey.in_(names))).all()
+        .where(message_t.c.status == SENT, message_t.c.channel == "sms", message_t.c.journey.in_(names),
+               *([message_t.c.sent_at <= now] if now is not None else []))).all()
     if not rows:
         return out
     settings = Settings.from_env(env)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Mapping, Optional
 
-from sqlalchemy import case, exists, func, or_, select
+from sqlalchemy import and_, case, exists, func, or_, select
 
 from nurture.conditions import properties_match
 from nurture.durations import format_duration
@@ -291,10 +291,12 @@ class Report:
 # ---------------------------------------------------------------- enrollments and money
 
 
-def _enrollments(conn: Any, reports: dict[str, JourneyReport]) -> None:
+def _enrollments(conn: Any, reports: dict[str, JourneyReport], now: datetime) -> None:
+    """The funnel as of `now`: enrollments that entered by then, conversions recorded by then."""
+    converted = case((enrollment_t.c.converted_at <= now, enrollment_t.c.converted_at))
     rows = conn.execute(select(enrollment_t.c.journey, enrollment_t.c.holdout, func.count(),
-                               func.count(enrollment_t.c.converted_at),
-                               func.min(enrollment_t.c.entered_at))
+                               func.count(converted), func.min(enrollment_t.c.entered_at))
+                        .where(enrollment_t.c.entered_at <= now)
                         .group_by(enrollment_t.c.journey, enrollment_t.c.holdout)).all()
     for journey, holdout, n, conv, first in rows:
         r = reports.get(journey)
@@ -309,7 +311,7 @@ def _enrollments(conn: Any, reports: dict[str, JourneyReport]) -> None:
         else:
             r.treated, r.converted = n, conv
     for journey, first in conn.execute(select(version_t.c.journey, func.min(version_t.c.created_at))
-                                       .group_by(version_t.c.journey)):
+                                       .where(version_t.c.created_at <= now).group_by(version_t.c.journey)):
         r = reports.get(journey)
         first = aware(first)
         if r is not None and first is not None and (r.started_at is None or first < r.started_at):
@@ -328,19 +330,21 @@ class _Conversion:
     first_sent: Optional[datetime]  # first delivered message of the enrollment
 
 
-def _converted(conn: Any, names: list[str]) -> list[_Conversion]:
-    """Every converted enrollment with its start (first message row) and first delivered message."""
-    converted_ids = select(enrollment_t.c.id).where(enrollment_t.c.converted_at.isnot(None),
+def _converted(conn: Any, names: list[str], now: datetime) -> list[_Conversion]:
+    """Every enrollment converted by `now`, with its start (first message row) and first
+    delivered message."""
+    converted_ids = select(enrollment_t.c.id).where(enrollment_t.c.converted_at <= now,
                                                     enrollment_t.c.journey.in_(names))
     first = (select(message_t.c.enrollment_id, func.min(message_t.c.created_at).label("start"),
-                    func.min(case((message_t.c.status == SENT, message_t.c.sent_at))).label("first_sent"))
-             .where(message_t.c.enrollment_id.in_(converted_ids))
+                    func.min(case((and_(message_t.c.status == SENT, message_t.c.sent_at <= now),
+                                   message_t.c.sent_at))).label("first_sent"))
+             .where(message_t.c.enrollment_id.in_(converted_ids), message_t.c.created_at <= now)
              .group_by(message_t.c.enrollment_id).subquery())
     rows = conn.execute(select(enrollment_t.c.id, enrollment_t.c.journey, enrollment_t.c.holdout,
                                enrollment_t.c.contact_id, enrollment_t.c.converted_at, enrollment_t.c.revenue,
                                first.c.start, first.c.first_sent)
                         .select_from(enrollment_t.outerjoin(first, first.c.enrollment_id == enrollment_t.c.id))
-                        .where(enrollment_t.c.converted_at.isnot(None), enrollment_t.c.journey.in_(names))
+                        .where(enrollment_t.c.converted_at <= now, enrollment_t.c.journey.in_(names))
                         .order_by(enrollment_t.c.id)).all()
     return [_Conversion(eid, journey, bool(holdout), cid, aware(at), float(revenue or 0), aware(start), aware(sent))
             for eid, journey, holdout, cid, at, revenue, start, sent in rows]
@@ -390,7 +394,7 @@ def _goal_events(conn: Any, project: ProjectSpec, conversions: list[_Conversion]
 
 
 def _has_value(conn: Any, project: ProjectSpec, reports: dict[str, JourneyReport],
-               conversions: list[_Conversion], goal_props: Mapping[int, dict]) -> None:
+               conversions: list[_Conversion], goal_props: Mapping[int, dict], now: datetime) -> None:
     """A goal has a value when a conversion brought revenue or a goal event carries `value`."""
     for c in conversions:
         if c.revenue or "value" in goal_props.get(c.enrollment, {}):
@@ -401,7 +405,7 @@ def _has_value(conn: Any, project: ProjectSpec, reports: dict[str, JourneyReport
         if r.has_value or spec is None or spec.goal is None:
             continue
         r.has_value = conn.execute(
-            select(event_t.c.id).where(event_t.c.name == spec.goal.event,
+            select(event_t.c.id).where(event_t.c.name == spec.goal.event, event_t.c.occurred_at <= now,
                                        properties_match(event_t.c.properties, {"value": present})).limit(1)
         ).first() is not None
 
@@ -410,7 +414,7 @@ def _has_value(conn: Any, project: ProjectSpec, reports: dict[str, JourneyReport
 
 
 def _steps(conn: Any, reports: dict[str, JourneyReport], project: ProjectSpec, costs: dict[str, float],
-           sms: Mapping[tuple[str, str], SmsCount]) -> dict[tuple[str, str], StepReport]:
+           sms: Mapping[tuple[str, str], SmsCount], now: datetime) -> dict[tuple[str, str], StepReport]:
     from nurture.compiler import compile_journey
     from nurture.messages import split_arms
     steps: dict[tuple[str, str], StepReport] = {}
@@ -428,10 +432,13 @@ def _steps(conn: Any, reports: dict[str, JourneyReport], project: ProjectSpec, c
                 # its sends and costs are counted per channel used, below
                 steps[(name, sid)] = StepReport(sid, "/".join(node.step.send.options), arms.get(sid))
                 order[(name, sid)] = i
+    # as of `now`: rows written by then; one sent only later was still waiting then
+    status = case((and_(message_t.c.status == SENT, message_t.c.sent_at > now), "queued"), else_=message_t.c.status)
     group = (message_t.c.journey, message_t.c.step_id, message_t.c.channel, message_t.c.attempt_key,
-             message_t.c.status, message_t.c.reason)
+             status, message_t.c.reason)
     rows = conn.execute(select(*group, func.count()).where(message_t.c.enrollment_id.isnot(None),
-                                                           message_t.c.journey.in_(list(reports)))
+                                                           message_t.c.journey.in_(list(reports)),
+                                                           message_t.c.created_at <= now)
                         .group_by(*group)).all()
     for journey, step, channel, attempt_key, status, reason, n in rows:
         final = attempt_key == "send"  # 'defer:N' rows record deferrals
@@ -466,7 +473,7 @@ def _steps(conn: Any, reports: dict[str, JourneyReport], project: ProjectSpec, c
             select(message_t.c.journey, message_t.c.step_id, func.count(func.distinct(enrollment_t.c.id)),
                    func.coalesce(func.sum(enrollment_t.c.revenue), 0.0))
             .select_from(message_t.join(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id))
-            .where(message_t.c.status == SENT, enrollment_t.c.converted_at.isnot(None),
+            .where(message_t.c.status == SENT, enrollment_t.c.converted_at <= now,
                    enrollment_t.c.converted_at >= message_t.c.sent_at, message_t.c.journey.in_(list(reports)))
             .group_by(message_t.c.journey, message_t.c.step_id)):
         if (journey, step) in steps:
@@ -483,7 +490,7 @@ def _engagement(conn: Any, steps: Mapping[tuple[str, str], StepReport], now: dat
     names = sorted({j for j, _ in steps})
     for journey, step, cid in conn.execute(
             select(message_t.c.journey, message_t.c.step_id, message_t.c.contact_id).distinct()
-            .where(message_t.c.status == SENT, message_t.c.journey.in_(names))):
+            .where(message_t.c.status == SENT, message_t.c.sent_at <= now, message_t.c.journey.in_(names))):
         sent_to[(journey, step)].add(cid)
     counts, tracked = engagement(conn, now, sent_to)
     for key, s in steps.items():
@@ -516,9 +523,9 @@ def _speed_to_lead(conn: Any, reports: dict[str, JourneyReport], now: datetime) 
         reports[journey].speed_to_lead_minutes = percentiles(values)
 
 
-def _recipients(conn: Any, reports: dict[str, JourneyReport]) -> None:
+def _recipients(conn: Any, reports: dict[str, JourneyReport], now: datetime) -> None:
     first = (select(message_t.c.journey, message_t.c.contact_id, func.min(message_t.c.sent_at).label("first_sent"))
-             .where(message_t.c.status == SENT, message_t.c.enrollment_id.isnot(None),
+             .where(message_t.c.status == SENT, message_t.c.enrollment_id.isnot(None), message_t.c.sent_at <= now,
                     message_t.c.journey.in_(list(reports)))
              .group_by(message_t.c.journey, message_t.c.contact_id).subquery())
     for journey, n in conn.execute(select(first.c.journey, func.count()).group_by(first.c.journey)):
@@ -528,12 +535,14 @@ def _recipients(conn: Any, reports: dict[str, JourneyReport]) -> None:
     def suppressed_after(reasons: list[str]) -> Any:
         return exists(select(suppression_t.c.id).where(suppression_t.c.contact_id == first.c.contact_id,
                                                        suppression_t.c.reason.in_(reasons),
-                                                       suppression_t.c.created_at >= first.c.first_sent))
+                                                       suppression_t.c.created_at >= first.c.first_sent,
+                                                       suppression_t.c.created_at <= now))
 
     revoked = exists(select(consent_t.c.id).where(consent_t.c.contact_id == first.c.contact_id,
                                                   consent_t.c.channel == "email", consent_t.c.status == "revoked",
                                                   consent_t.c.purpose == "marketing",
-                                                  consent_t.c.recorded_at >= first.c.first_sent))
+                                                  consent_t.c.recorded_at >= first.c.first_sent,
+                                                  consent_t.c.recorded_at <= now))
     for attr, cond in (("unsubscribes", or_(suppressed_after(["unsubscribed"]), revoked)),
                        ("bounces", suppressed_after(["hard_bounce"]))):
         for journey, n in conn.execute(select(first.c.journey, func.count()).where(cond).group_by(first.c.journey)):
@@ -544,34 +553,39 @@ def _recipients(conn: Any, reports: dict[str, JourneyReport]) -> None:
 # ---------------------------------------------------------------- conversions across journeys
 
 
-def _conversions(conn: Any) -> list[tuple[int, datetime, float]]:
-    """Each purchase once: (contact, converted_at) deduplicated over journeys, max revenue."""
-    rows = conn.execute(select(enrollment_t.c.contact_id, enrollment_t.c.converted_at, func.max(enrollment_t.c.revenue))
-                        .where(enrollment_t.c.converted_at.isnot(None))
+def _conversions(conn: Any, now: datetime, names: list[str]) -> list[tuple[int, datetime, float, bool]]:
+    """Each purchase once, by `now`: (contact, converted_at) deduplicated over every journey, max
+    revenue, and whether one of the journeys `names` recorded it (the daily chart and the
+    unattributed conversions of a report of some journeys are theirs; attribution looks at
+    every journey's conversions, so a journey's credit is the same in every report)."""
+    ours = func.max(case((enrollment_t.c.journey.in_(names), 1), else_=0))
+    rows = conn.execute(select(enrollment_t.c.contact_id, enrollment_t.c.converted_at, func.max(enrollment_t.c.revenue),
+                               ours)
+                        .where(enrollment_t.c.converted_at <= now)
                         .group_by(enrollment_t.c.contact_id, enrollment_t.c.converted_at)
                         .order_by(enrollment_t.c.converted_at, enrollment_t.c.contact_id)).all()
-    return [(cid, aware(at), float(rev or 0)) for cid, at, rev in rows]
+    return [(cid, aware(at), float(rev or 0), bool(mine)) for cid, at, rev, mine in rows]
 
 
-def _touches(conn: Any, contacts: list[int]) -> dict[int, list[tuple[datetime, str, str]]]:
-    """contact → its delivered messages (sent_at, journey, step), in time order."""
+def _touches(conn: Any, contacts: list[int], now: datetime) -> dict[int, list[tuple[datetime, str, str]]]:
+    """contact → its messages delivered by `now` (sent_at, journey, step), in time order."""
     touches: dict[int, list[tuple[datetime, str, str]]] = defaultdict(list)
     for part in chunked(contacts):
         for cid, sent_at, journey, step in conn.execute(
                 select(message_t.c.contact_id, message_t.c.sent_at, message_t.c.journey, message_t.c.step_id)
-                .where(message_t.c.contact_id.in_(part), message_t.c.status == SENT)
+                .where(message_t.c.contact_id.in_(part), message_t.c.status == SENT, message_t.c.sent_at <= now)
                 .order_by(message_t.c.contact_id, message_t.c.sent_at, message_t.c.id)):
             touches[cid].append((aware(sent_at), journey, step))
     return touches
 
 
-def _attribution(conversions: list[tuple[int, datetime, float]], touches: Mapping[int, list]
+def _attribution(conversions: list[tuple[int, datetime, float, bool]], touches: Mapping[int, list]
                  ) -> tuple[list[AttributionRow], tuple[int, float]]:
     paths: list[tuple[float, list[tuple[str, str]]]] = []
     unattributed = [0, 0.0]
-    for cid, at, revenue in conversions:
+    for cid, at, revenue, ours in conversions:
         path = [(j, s) for sent_at, j, s in touches.get(cid, []) if at - ATTRIBUTION_LOOKBACK <= sent_at <= at]
-        if not path:
+        if not path and ours:
             unattributed[0] += 1
             unattributed[1] += revenue
         paths.append((revenue, path))
@@ -583,9 +597,12 @@ def _attribution(conversions: list[tuple[int, datetime, float]], touches: Mappin
     return rows, (unattributed[0], unattributed[1])
 
 
-def _daily(conversions: list[tuple[int, datetime, float]]) -> list[tuple[date, int, float]]:
+def _daily(conversions: list[tuple[int, datetime, float, bool]]) -> list[tuple[date, int, float]]:
+    """Conversions per day of the report's journeys, each purchase once."""
     days: dict[date, list] = {}
-    for _, at, revenue in conversions:
+    for _, at, revenue, ours in conversions:
+        if not ours:
+            continue
         d = days.setdefault(at.astimezone(timezone.utc).date(), [0, 0.0])
         d[0] += 1
         d[1] += revenue
@@ -608,7 +625,7 @@ def _offers(conn: Any, project: ProjectSpec, reports: dict[str, JourneyReport],
     credited = [(c.journey, c.contact, c.at, c.revenue, goal_props.get(c.enrollment, {})) for c in conversions
                 if not c.holdout and c.first_sent is not None and c.at >= c.first_sent]
     missing = sorted(({cid for _, cid, _, _ in events} | {cid for _, cid, _, _, _ in credited}) - set(touches))
-    touches = {**touches, **_touches(conn, missing)} if missing else touches
+    touches = {**touches, **_touches(conn, missing, now)} if missing else touches
     charges, unplaced = charge_redemptions(events, offers, touches, ATTRIBUTION_LOOKBACK)
     charges += charge_untracked(credited, offers, touches, ATTRIBUTION_LOOKBACK)
     for charge in charges:
@@ -630,8 +647,10 @@ def handover_stats(conn: Any, now: datetime) -> HandoverStats:
     stats = HandoverStats()
     contacted = (select(func.min(event_t.c.occurred_at))
                  .where(event_t.c.contact_id == handover_t.c.contact_id, event_t.c.name == "sales_contacted",
-                        event_t.c.occurred_at >= handover_t.c.created_at).scalar_subquery())
-    for status, due, first in conn.execute(select(handover_t.c.status, handover_t.c.sla_due_at, contacted)):
+                        event_t.c.occurred_at >= handover_t.c.created_at, event_t.c.occurred_at <= now)
+                 .scalar_subquery())
+    for status, due, first in conn.execute(select(handover_t.c.status, handover_t.c.sla_due_at, contacted)
+                                           .where(handover_t.c.created_at <= now)):
         stats.total += 1
         if status in ("delivered", "pending", "failed"):
             setattr(stats, status, getattr(stats, status) + 1)
@@ -665,18 +684,18 @@ def build_report(store: Store, project: ProjectSpec, now: Optional[datetime] = N
         reports[name] = JourneyReport(name, spec.description.strip() if spec else "", goal,
                                       holdout_share=spec.holdout if spec else 0.0)
     with store.reading() as conn:
-        _enrollments(conn, reports)
-        converted = _converted(conn, names)
+        _enrollments(conn, reports, now)
+        converted = _converted(conn, names, now)
         _money(reports, converted)
         goal_props = _goal_events(conn, project, converted)
-        _has_value(conn, project, reports, converted, goal_props)
-        sms = sms_segments_sent(conn, project, names, env, store)
-        steps = _steps(conn, reports, project, costs, sms)
+        _has_value(conn, project, reports, converted, goal_props, now)
+        sms = sms_segments_sent(conn, project, names, env, store, now)
+        steps = _steps(conn, reports, project, costs, sms, now)
         clicks_tracked, opens_tracked = _engagement(conn, steps, now)
-        _recipients(conn, reports)
+        _recipients(conn, reports, now)
         _speed_to_lead(conn, reports, now)
-        conversions = _conversions(conn) if attribution else []
-        touches = _touches(conn, sorted({c for c, _, _ in conversions}))
+        conversions = _conversions(conn, now, names) if attribution else []
+        touches = _touches(conn, sorted({c for c, _, _, _ in conversions}), now)
         rows, unattributed = _attribution(conversions, touches) if attribution else ([], (0, 0.0))
         daily = _daily(conversions)
         unplaced = _offers(conn, project, reports, steps, converted, goal_props, touches, now)

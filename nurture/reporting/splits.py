@@ -132,10 +132,11 @@ def _arms_of(journey: str, sid: str, arms: tuple) -> dict[int, int]:
     return found
 
 
-def arm_stats(conn: Any, plan: Plan, sid: str) -> tuple[list[ArmReport], int]:
+def arm_stats(conn: Any, plan: Plan, sid: str, now: Optional[datetime] = None) -> tuple[list[ArmReport], int]:
     """The experiment of split `sid`: its arms (members by the stable hash, their conversions
     and revenue after reaching the split; no differences yet), and how many members (outside
-    the holdout) a decision sent to its winner instead — those are in no arm."""
+    the holdout) a decision sent to its winner instead — those are in no arm. `now` (a report
+    as of a past time): only enrollments, message rows and conversions by then."""
     node = plan.nodes[sid]
     arms = [ArmReport(name) for name, _, _ in node.arms]
     inside = sorted(dominated(plan, sid))
@@ -143,12 +144,14 @@ def arm_stats(conn: Any, plan: Plan, sid: str) -> tuple[list[ArmReport], int]:
     # first), standing on one, or with a state (a decision's arm) — come back from the database:
     # a journey's others are most of it and in no arm.
     reached = (select(message_t.c.enrollment_id.label("eid"), func.min(message_t.c.created_at).label("start"))
-               .where(message_t.c.journey == plan.name, message_t.c.step_id.in_(inside))
+               .where(message_t.c.journey == plan.name, message_t.c.step_id.in_(inside),
+                      *([message_t.c.created_at <= now] if now is not None else []))
                .group_by(message_t.c.enrollment_id).subquery())
     # What each row needs is worked out by the database (a comparison of two stored times, the
     # state as text): a decision's state is decoded only where there is one, and no row's
     # times are turned into datetimes — the rule runs this every hour of the clock.
-    converted_after = case((and_(enrollment_t.c.converted_at.is_not(None),
+    converted_after = case((and_(enrollment_t.c.converted_at.is_not(None) if now is None
+                                 else enrollment_t.c.converted_at <= now,
                                  or_(reached.c.start.is_(None), enrollment_t.c.converted_at >= reached.c.start)), 1),
                            else_=0)
     state_text = cast(enrollment_t.c.state, Text)
@@ -157,6 +160,7 @@ def arm_stats(conn: Any, plan: Plan, sid: str) -> tuple[list[ArmReport], int]:
                case((state_text != "{}", state_text), else_=None), reached.c.start.is_not(None))
         .select_from(enrollment_t.outerjoin(reached, reached.c.eid == enrollment_t.c.id))
         .where(enrollment_t.c.journey == plan.name, enrollment_t.c.holdout == False,  # noqa: E712
+               *([enrollment_t.c.entered_at <= now] if now is not None else []),
                or_(reached.c.eid.is_not(None), enrollment_t.c.step_id.in_(inside), state_text != "{}"))
     ) if inside else ()
     index = {name: i for i, (name, _, _) in enumerate(node.arms)}
@@ -195,7 +199,7 @@ def split_reports(conn: Any, plan: Plan, now: datetime, has_value: bool) -> list
     rules = {step.id: step.auto_winner for step in walk_steps(effective.steps) if step.auto_winner is not None}
     out = []
     for sid in splits:
-        arms, after_decision = arm_stats(conn, plan, sid)
+        arms, after_decision = arm_stats(conn, plan, sid, now)
         report = SplitReport(sid, arms, has_value)
         out.append(report)
         first = arms[0]
