@@ -278,3 +278,77 @@ def test_a_journeys_report_shows_its_own_daily_conversions_and_the_same_attribut
     first_touch = {(r.journey, r.step): r.revenue["first_touch"] for r in everything.attribution}
     assert first_touch == {("a", "mail"): 500.0, ("b", "mail"): 0.0}
     assert [(r.journey, r.revenue["first_touch"]) for r in only_a.attribution] == [("a", 500.0)]
+
+
+# ---------------------------------------------------------------- one purchase, one conversion of a journey
+
+
+def test_one_purchase_converts_one_enrollment_of_a_re_entered_contact_in_the_real_tick(make_runtime, store):
+    from nurture.runtime import run_tick
+    from tests.engine_fixtures import enrollments, subscriber
+    hello = "- id: hello\n  send: {channel: email, template: hello, subject: Hello}"
+    rt = make_runtime({"j": journey_yaml("j", hello, extra="goal: {event: purchase, within: 72h}\nreentry: always")})
+    t0 = utc(2026, 3, 4, 10)
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", t0)
+    run_tick(rt, "j", t0 + timedelta(minutes=1))  # enters, is mailed, the enrollment completes
+    add_event(store, cid, "signup", t0 + timedelta(hours=1))
+    run_tick(rt, "j", t0 + timedelta(hours=1, minutes=1))  # enters again, mailed again
+    add_event(store, cid, "purchase", t0 + timedelta(hours=2), {"value": 100})
+    run_tick(rt, "j", t0 + timedelta(hours=3))
+    assert len(enrollments(store, contact_id=cid)) == 2  # both windows open at the purchase
+    report = build_report(store, rt.project, t0 + timedelta(days=5))
+    r = report.journey("j")
+    # the shop took 100 € once: one conversion, of the later entry, in every figure
+    assert (r.treated, r.converted, r.credited, r.attributed_conversions, r.revenue) == (2, 1, 1, 1, 100.0)
+    assert r.treated_sample.total == 100.0
+    assert [(s.step, s.sent, s.conversions, s.revenue) for s in r.steps] == [("hello", 2, 1, 100.0)]
+    assert sum(rev for _, _, rev in report.daily) == 100.0
+
+
+def test_the_later_entry_is_the_one_a_shared_purchase_converts(make_project, store):
+    spec = _spec(make_project, {"j": journey_yaml("j", MAIL, extra=GOAL + """
+objectives:
+  - {metric: conversions, target: 5, deadline: 2026-12-31}
+  - {metric: revenue, target: 500, deadline: 2026-12-31}""")})
+    bought = T0 + timedelta(hours=3)
+    with store.engine.begin() as conn:
+        (cid,) = _contacts(conn, 1)
+        first = _enroll(conn, cid, converted_at=bought, revenue=100.0)
+        _row(conn, first, cid, "mail", "sent", T0 + timedelta(hours=1))
+        later = _enroll(conn, cid, converted_at=bought, revenue=100.0, entered=T0 + timedelta(hours=2))
+        _row(conn, later, cid, "mail", "sent", T0 + timedelta(hours=2, minutes=30))
+    report = build_report(store, spec, T0 + timedelta(days=2))
+    r = report.journey("j")
+    j = report_json(report)["journeys"][0]
+    # 2 entries, 1 purchase of 100 €: conversion rate 1/2, cost 2 e-mails = 1 €, ROI (100 − 1)/1
+    assert (j["treated"], j["converted"], j["credited"], j["attributed_revenue"]) == (2, 1, 1, 100.0)
+    assert j["conversion_rate"] == 0.5 and j["roi"] == pytest.approx(99.0)
+    assert [o.current for o in r.objectives] == [1.0, 100.0]
+
+
+# ---------------------------------------------------------------- objectives follow the report's rule
+
+
+def test_objectives_count_only_conversions_after_the_start_as_the_overview_does(make_project, store):
+    spec = _spec(make_project, {"j": journey_yaml("j", "- {id: pause, wait: 1h}\n" + MAIL, extra=GOAL + """
+objectives:
+  - {metric: conversion_rate, target: 0.5, deadline: 2026-12-31}
+  - {metric: conversions, target: 3, deadline: 2026-12-31}
+  - {metric: cac, target: 10, deadline: 2026-12-31}""")})
+    with store.engine.begin() as conn:
+        early1, early2, caused, idle = _contacts(conn, 4)
+        for cid in (early1, early2):  # bought during the first wait: left before any send step
+            _enroll(conn, cid, converted_at=T0 + timedelta(minutes=30), revenue=50.0)
+        eid = _enroll(conn, caused, converted_at=T0 + timedelta(hours=3), revenue=50.0)
+        _row(conn, eid, caused, "mail", "sent", T0 + timedelta(hours=1))
+        eid = _enroll(conn, idle)
+        _row(conn, eid, idle, "mail", "sent", T0 + timedelta(hours=1))
+    r = build_report(store, spec, T0 + timedelta(days=2)).journey("j")
+    assert (r.treated, r.converted, r.credited) == (4, 3, 1)
+    rate, conversions, cac = r.objectives
+    # 1 of 4 entries converted after its start: 25 %, as the overview's rate (lift.treated_rate);
+    # the CAC: 2 e-mails × 0.50 € / 1 conversion
+    assert rate.current == 0.25 == r.lift.treated_rate and rate.on_track is False
+    assert conversions.current == 1.0
+    assert cac.current == pytest.approx(1.0)

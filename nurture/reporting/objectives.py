@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, case, exists, func, or_, select
 
 from nurture.reporting._times import aware
+from nurture.reporting.converted import counted_conversion
 from nurture.reporting.costs import DAYS_PER
 from nurture.reporting.engagement import CLICK, step_of
 from nurture.reporting.incremental import Sample, incremental_revenue
@@ -185,6 +186,17 @@ class JourneyMeasure:
     def _scalar(self, stmt: Any) -> float:
         return float(self.conn.execute(stmt).scalar() or 0)
 
+    def _member_start(self) -> Any:
+        """enrollment → its start: its first message row of the journey (docs/report.md)."""
+        return (select(message_t.c.enrollment_id.label("eid"), func.min(message_t.c.created_at).label("at"))
+                .where(message_t.c.journey == self.name, message_t.c.enrollment_id.isnot(None))
+                .group_by(message_t.c.enrollment_id).subquery("member_start"))
+
+    def _credited(self, start: Any) -> Any:
+        """SQL: the enrollment's conversion counts (one per goal event, converted.py) and came at
+        or after its start — the report's rule of what a journey can have caused."""
+        return and_(counted_conversion(), start.c.at.isnot(None), enrollment_t.c.converted_at >= start.c.at)
+
     def _first_sent(self) -> Any:
         return (select(message_t.c.contact_id.label("cid"), func.min(message_t.c.sent_at).label("at"))
                 .where(message_t.c.journey == self.name, message_t.c.status == SENT,
@@ -193,11 +205,19 @@ class JourneyMeasure:
 
     # -- the metrics (OBJECTIVE_METRICS["journey"])
     def conversions(self, start: datetime, end: datetime) -> float:
-        return self._scalar(select(func.count()).where(self._treated(), enrollment_t.c.converted_at >= start,
-                                                       enrollment_t.c.converted_at < end))
+        """Treated conversions in the window after the member's start (a purchase during the
+        first wait, before any message, is credited to nothing — as in the overview)."""
+        member = self._member_start()
+        return self._scalar(select(func.count())
+                            .select_from(enrollment_t.join(member, member.c.eid == enrollment_t.c.id))
+                            .where(self._treated(), enrollment_t.c.converted_at >= start,
+                                   enrollment_t.c.converted_at < end, self._credited(member)))
 
     def conversion_rate(self, start: datetime, end: datetime) -> Optional[float]:
-        entered, converted = self.conn.execute(select(func.count(), _count(enrollment_t.c.converted_at < end))
+        member = self._member_start()
+        entered, converted = self.conn.execute(
+            select(func.count(), _count(and_(enrollment_t.c.converted_at < end, self._credited(member))))
+            .select_from(enrollment_t.outerjoin(member, member.c.eid == enrollment_t.c.id))
             .where(self._treated(), enrollment_t.c.entered_at >= start, enrollment_t.c.entered_at < end)).one()
         return converted / entered if entered else None
 
@@ -208,15 +228,14 @@ class JourneyMeasure:
                                                         message_t.c.status == SENT,
                                                         message_t.c.sent_at <= enrollment_t.c.converted_at))
         return self._scalar(select(func.sum(enrollment_t.c.revenue)).where(
-            self._treated(), enrollment_t.c.converted_at >= start, enrollment_t.c.converted_at < end, delivered))
+            self._treated(), enrollment_t.c.converted_at >= start, enrollment_t.c.converted_at < end, delivered,
+            counted_conversion()))
 
     def incremental_revenue(self, start: datetime, end: datetime) -> Optional[float]:
         if not self.r.has_value:
             return None
-        first = (select(message_t.c.enrollment_id.label("eid"), func.min(message_t.c.created_at).label("at"))
-                 .where(message_t.c.journey == self.name).group_by(message_t.c.enrollment_id).subquery("member_start"))
-        credited = and_(enrollment_t.c.converted_at.isnot(None), enrollment_t.c.converted_at < end,
-                        first.c.at.isnot(None), enrollment_t.c.converted_at >= first.c.at)
+        first = self._member_start()
+        credited = and_(enrollment_t.c.converted_at < end, self._credited(first))
         value = func.coalesce(func.sum(case((credited, enrollment_t.c.revenue), else_=0.0)), 0.0)
         square = func.coalesce(func.sum(case((credited, enrollment_t.c.revenue * enrollment_t.c.revenue), else_=0.0)), 0.0)
         samples = {bool(h): Sample(n, float(t), float(sq)) for h, n, t, sq in self.conn.execute(

@@ -4,7 +4,8 @@ figure, never one per contact. Every definition is in docs/report.md; in short:
 
 - entered: enrollments; treated = not in the holdout; holdout = the control group.
 - conversion: the journey's goal event within its window after entering (recorded by the
-  engine for treated and holdout alike); conversion rate = converted / treated.
+  engine for treated and holdout alike), one goal event converting one enrollment of a
+  journey (converted.py); conversion rate = converted / treated.
 - a member's **start** is its first message row of the journey — the moment it reached its
   first send step, whatever the checks decided: sent, deferred, suppressed, or `holdout` (a
   holdout member's row says when it would have been messaged). A conversion before the
@@ -42,6 +43,7 @@ from nurture.conditions import properties_match
 from nurture.durations import format_duration
 from nurture.reporting._times import aware
 from nurture.reporting.attribution import MODELS, attribute, attribute_counts
+from nurture.reporting.converted import counted_conversion
 from nurture.reporting.costs import (SmsCount, charge_redemptions, charge_untracked, chunked, declared_offers,
                                      fixed_cost, redemptions, sms_segments_sent)
 from nurture.reporting.engagement import CLICK, OPEN, engagement
@@ -293,7 +295,7 @@ class Report:
 
 def _enrollments(conn: Any, reports: dict[str, JourneyReport], now: datetime) -> None:
     """The funnel as of `now`: enrollments that entered by then, conversions recorded by then."""
-    converted = case((enrollment_t.c.converted_at <= now, enrollment_t.c.converted_at))
+    converted = case((and_(enrollment_t.c.converted_at <= now, counted_conversion()), enrollment_t.c.converted_at))
     rows = conn.execute(select(enrollment_t.c.journey, enrollment_t.c.holdout, func.count(),
                                func.count(converted), func.min(enrollment_t.c.entered_at))
                         .where(enrollment_t.c.entered_at <= now)
@@ -333,7 +335,7 @@ class _Conversion:
 def _converted(conn: Any, names: list[str], now: datetime) -> list[_Conversion]:
     """Every enrollment converted by `now`, with its start (first message row) and first
     delivered message."""
-    converted_ids = select(enrollment_t.c.id).where(enrollment_t.c.converted_at <= now,
+    converted_ids = select(enrollment_t.c.id).where(enrollment_t.c.converted_at <= now, counted_conversion(),
                                                     enrollment_t.c.journey.in_(names))
     first = (select(message_t.c.enrollment_id, func.min(message_t.c.created_at).label("start"),
                     func.min(case((and_(message_t.c.status == SENT, message_t.c.sent_at <= now),
@@ -344,7 +346,8 @@ def _converted(conn: Any, names: list[str], now: datetime) -> list[_Conversion]:
                                enrollment_t.c.contact_id, enrollment_t.c.converted_at, enrollment_t.c.revenue,
                                first.c.start, first.c.first_sent)
                         .select_from(enrollment_t.outerjoin(first, first.c.enrollment_id == enrollment_t.c.id))
-                        .where(enrollment_t.c.converted_at <= now, enrollment_t.c.journey.in_(names))
+                        .where(enrollment_t.c.converted_at <= now, counted_conversion(),
+                               enrollment_t.c.journey.in_(names))
                         .order_by(enrollment_t.c.id)).all()
     return [_Conversion(eid, journey, bool(holdout), cid, aware(at), float(revenue or 0), aware(start), aware(sent))
             for eid, journey, holdout, cid, at, revenue, start, sent in rows]
@@ -473,7 +476,7 @@ def _steps(conn: Any, reports: dict[str, JourneyReport], project: ProjectSpec, c
             select(message_t.c.journey, message_t.c.step_id, func.count(func.distinct(enrollment_t.c.id)),
                    func.coalesce(func.sum(enrollment_t.c.revenue), 0.0))
             .select_from(message_t.join(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id))
-            .where(message_t.c.status == SENT, enrollment_t.c.converted_at <= now,
+            .where(message_t.c.status == SENT, enrollment_t.c.converted_at <= now, counted_conversion(),
                    enrollment_t.c.converted_at >= message_t.c.sent_at, message_t.c.journey.in_(list(reports)))
             .group_by(message_t.c.journey, message_t.c.step_id)):
         if (journey, step) in steps:

@@ -30,6 +30,7 @@ from sqlalchemy import Text, and_, case, cast, func, or_, select
 
 from nurture.compiler import Plan
 from nurture.reporting._times import aware
+from nurture.reporting.converted import counted_conversion
 from nurture.reporting.incremental import Estimate, Sample
 from nurture.reporting.lift import lift
 from nurture.runtime.effective_journey import DECIDED_ARMS, recorded_decisions, walk_steps, with_winners
@@ -150,8 +151,8 @@ def arm_stats(conn: Any, plan: Plan, sid: str, now: Optional[datetime] = None) -
     # What each row needs is worked out by the database (a comparison of two stored times, the
     # state as text): a decision's state is decoded only where there is one, and no row's
     # times are turned into datetimes — the rule runs this every hour of the clock.
-    converted_after = case((and_(enrollment_t.c.converted_at.is_not(None) if now is None
-                                 else enrollment_t.c.converted_at <= now,
+    converted_after = case((and_(counted_conversion(),
+                                 *([enrollment_t.c.converted_at <= now] if now is not None else []),
                                  or_(reached.c.start.is_(None), enrollment_t.c.converted_at >= reached.c.start)), 1),
                            else_=0)
     state_text = cast(enrollment_t.c.state, Text)
