@@ -613,3 +613,43 @@ def test_an_erasure_removes_the_address_from_the_persons_deals_and_keeps_the_amo
         rows = {r.deal_id: (r.email, r.amount) for r in conn.execute(select(deal_t))}
     assert rows == {"D-1": (None, 1000.0), "D-2": (None, 1000.0), "D-3": ("other@firm.example", 1000.0)}
     assert result.removed["deals"] == 2
+
+
+def test_a_won_deals_corrected_amount_corrects_its_deal_won_and_the_reports_revenue(store, hubspot, tmp_path):
+    """12000 typed for 1200 and fixed the next day in the CRM: the deal_won event (written once,
+    under the deal's id) is brought to the deal, so lead-source revenue and CLV read 1200."""
+    from nurture.reporting import build_report
+    from nurture.spec.project import load_project
+    ann = add_contact(store, "ann@example.com", lifecycle_stage="sql")
+    closed = NOW - 2 * DAY
+    hubspot.put_deal("9", stage="closedwon", modified=NOW - 2 * DAY, closed=closed, contacts=("ann@example.com",),
+                     amount="12000", currency="EUR")
+    assert pull(store, hubspot).deals.revenue == 12000.0
+    hubspot.put_deal("9", stage="closedwon", modified=NOW - DAY, closed=closed, contacts=("ann@example.com",),
+                     amount="1200", currency="EUR")
+    result = pull(store, hubspot, NOW + timedelta(hours=1))
+    # no new event; the stored one corrected: revenue 10,800 lower
+    assert (result.deals.events, result.deals.corrected, result.deals.corrected_revenue) == (0, 1, -10800.0)
+    assert result.row()["won_corrected"] == 1 and result.row()["revenue_corrected"] == -10800.0
+    won = [e for e in deal_events(store) if e[2] == "deal_won"]
+    assert won == [("deal:hubspot:9:won", ann, "deal_won",
+                    {"deal_id": "9", "crm": "hubspot", "pipeline": "default", "name": "Deal 9", "amount": 1200.0,
+                     "currency": "EUR", "value": 1200.0}, closed)]
+    assert deal_rows(store)["9"].amount == 1200.0
+    report = build_report(store, load_project(write_project(tmp_path / "p", {})), NOW + DAY)
+    assert (report.sources_total.revenue, report.kpis.clv) == (1200.0, 1200.0)
+    # read once more: nothing left to correct
+    assert pull(store, hubspot, NOW + timedelta(hours=2)).deals.corrected == 0
+
+
+def test_a_won_deal_moved_to_another_currency_loses_its_value(store, hubspot):
+    add_contact(store, "ann@example.com")
+    hubspot.put_deal("9", stage="closedwon", modified=NOW - 2 * DAY, closed=NOW - 2 * DAY,
+                     contacts=("ann@example.com",), amount="500", currency="EUR")
+    pull(store, hubspot)
+    hubspot.put_deal("9", stage="closedwon", modified=NOW - DAY, closed=NOW - 2 * DAY,
+                     contacts=("ann@example.com",), amount="500", currency="USD")
+    result = pull(store, hubspot, NOW + timedelta(hours=1))
+    assert (result.deals.corrected, result.deals.corrected_revenue) == (1, -500.0)
+    [props] = [e[3] for e in deal_events(store) if e[2] == "deal_won"]
+    assert (props["amount"], props["currency"], "value" in props) == (500.0, "USD", False)

@@ -43,7 +43,7 @@ from nurture.ingest import MAX_YEAR, MIN_YEAR, clean_name, normalize_email, text
 from nurture.lifecycle import STAGES, before, record_stage_changes
 from nurture.privacy.tombstones import erased_among
 from nurture.runtime.sql import chunks, ids_in
-from nurture.store.tables import contact_t, deal_t
+from nurture.store.tables import contact_t, deal_t, event_t
 
 Outcome = Literal["open", "won", "lost"]
 OUTCOMES: tuple[str, ...] = ("open", "won", "lost")
@@ -88,7 +88,10 @@ class DealsResult:
     `won`, `lost`); `revenue`: the `value` of the deal_won events stored, in the project's
     currency; `without_contact`: deals whose contacts Nurture does not know (`examples`: a few
     of them, as (deal id, address)); `erased`: deals whose only contacts were erased;
-    `other_currency`: won deals in another currency (no revenue); `problems`: deals skipped."""
+    `other_currency`: won deals in another currency (no revenue); `corrected`: won deals whose
+    amount or currency the CRM changed afterwards — their stored `deal_won` is corrected, and
+    `corrected_revenue` is the change of revenue that made (negative for a lower amount);
+    `problems`: deals skipped."""
     read: int = 0
     new: int = 0
     changed: int = 0
@@ -102,13 +105,15 @@ class DealsResult:
     examples: list[tuple[str, Optional[str]]] = field(default_factory=list)
     erased: int = 0
     other_currency: int = 0
+    corrected: int = 0
+    corrected_revenue: float = 0.0
     stale: int = 0  # snapshots older than the stored deal (kept as stored)
     lifecycle: dict[str, int] = field(default_factory=dict)  # stage → contacts moved forward to it
     problems: list[str] = field(default_factory=list)
 
     def merge(self, other: "DealsResult") -> None:
         for name in ("read", "new", "changed", "attached", "events", "stage_changes", "won", "lost", "revenue",
-                     "without_contact", "erased", "other_currency", "stale"):
+                     "without_contact", "erased", "other_currency", "corrected", "corrected_revenue", "stale"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.examples = (self.examples + other.examples)[:EXAMPLES]
         for stage, n in other.lifecycle.items():
@@ -245,6 +250,7 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
     rows: list[dict] = []
     records: list[dict] = []
     targets: dict[int, tuple[str, datetime]] = {}  # contact id → (furthest stage, when)
+    corrections: list[dict] = []  # won deals whose amount changed: their deal_won, as it should read now
     for deal in deals:
         row = stored.get(deal.deal_id)
         if row is not None and deal.modified_at < _aware(row.modified_at):
@@ -275,7 +281,11 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
         if owner is None:
             continue
         previous = row.stage if row is not None and row.contact_id is not None else None
-        records.extend(_events(crm, deal, owner[0], previous, currency, now))
+        events = _events(crm, deal, owner[0], previous, currency, now)
+        records.extend(events)
+        if (row is not None and row.contact_id is not None and row.outcome == "won" and deal.outcome == "won"
+                and (row.amount, row.currency) != (deal.amount, deal.currency)):
+            corrections.extend(e for e in events if e["name"] == DEAL_WON)
         when = _when(deal, now)
         if deal.outcome == "won":
             _aim(targets, owner[1], "customer", when)
@@ -287,8 +297,38 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
     _upsert(conn, rows)
     tracked = write_events(conn, records, source=f"crm:{crm}", now=now, create_contacts=False)
     _count_events(tracked.inserted_ids, records, result)
+    _correct_won(conn, corrections, result)
     _move_stages(conn, targets, f"crm:{crm}", now, result)
     return result
+
+
+def _correct_won(conn: Any, corrections: list[dict], result: DealsResult) -> None:
+    """A won deal's amount corrected in the CRM (12000 typed for 1200): its `deal_won` event —
+    written once, under the deal's own event id — is brought to the deal as it stands, so the
+    revenue read from it (lead sources, CLV, offline conversions sent from now on) is the CRM's.
+    The event keeps its id and time; an erased contact's event (its id hashed) is not found and
+    stays empty. A conversion a `goal: deal_won` journey already recorded keeps the value it was
+    recorded with (docs/crm.md, Known limits)."""
+    if not corrections:
+        return
+    by_id = {c["event_id"]: c for c in corrections}
+    stored = [row for part in chunks(list(by_id), 1000) for row in conn.execute(
+        select(event_t.c.id, event_t.c.event_id, event_t.c.properties)
+        .where(event_t.c.event_id.in_(part), event_t.c.name == DEAL_WON))]
+    for pk, eid, properties in stored:  # (rare: one statement per corrected deal)
+        wanted = {**(properties or {}), **by_id[eid]["properties"]}
+        if "value" not in by_id[eid]["properties"]:
+            wanted.pop("value", None)  # now in another currency: no revenue
+        if wanted == (properties or {}):
+            continue
+        conn.execute(event_t.update().where(event_t.c.id == pk).values(properties=wanted))
+        result.corrected += 1
+        result.corrected_revenue += _revenue_of(wanted) - _revenue_of(properties or {})
+
+
+def _revenue_of(properties: dict) -> float:
+    value = properties.get("value")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def _aware(moment: datetime) -> datetime:
@@ -399,7 +439,7 @@ def _stored(conn: Any, crm: str, deal_ids: list[str]) -> dict[str, Any]:
     stored: dict[str, Any] = {}
     for part in chunks(deal_ids, 1000):
         for row in conn.execute(select(deal_t.c.deal_id, deal_t.c.contact_id, deal_t.c.stage, deal_t.c.outcome,
-                                       deal_t.c.amount, deal_t.c.modified_at)
+                                       deal_t.c.amount, deal_t.c.currency, deal_t.c.modified_at)
                                 .where(deal_t.c.crm == crm, deal_t.c.deal_id.in_(part))):
             stored[row.deal_id] = row
     return stored

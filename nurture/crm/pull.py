@@ -53,6 +53,7 @@ class PullResult:
                 "new": d.new, "changed": d.changed, "events": d.events, "stage_changes": d.stage_changes,
                 "won": d.won, "lost": d.lost, "revenue": round(d.revenue, 2), "without_contact": d.without_contact,
                 "attached": d.attached, "erased": d.erased, "other_currency": d.other_currency,
+                "won_corrected": d.corrected, "revenue_corrected": round(d.corrected_revenue, 2),
                 "problems": len(d.problems), "requests": self.requests, "cursor": _iso(self.cursor_after),
                 "failure": self.failure or ""}
 
