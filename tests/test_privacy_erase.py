@@ -676,3 +676,75 @@ def test_what_an_erasure_keeps_never_enrolls_the_person_in_a_journey_again(make_
         entered = sorted(conn.execute(select(enrollment_t.c.journey, enrollment_t.c.contact_id)).all())
         conn.rollback()
     assert entered == [("on_event", bob), ("on_signup_day", bob), ("on_viewer", bob)]
+
+
+# ---------------------------------------------------------------- the report's money stays
+
+
+@pytest.mark.parametrize("properties, kept", [
+    ({"value": 100, "discount": 10, "currency": "EUR", "name": "Alice", "address": "1 Rabbit Hole"},
+     {"value": 100, "discount": 10, "currency": "EUR"}),
+    ({"value": "45.00", "amount": 1200.0, "revenue": 3}, {"value": "45.00", "amount": 1200.0, "revenue": 3}),
+    ({"value": "45 EUR", "discount": True, "amount": float("nan"), "currency": "euro"}, {}),  # no amounts
+    ({"coupon": "welcome10", "code": "ALICE-7F3K"}, {"coupon": "welcome10"}),  # only a declared code
+    ({"deal_id": "D-1", "email": "alice@example.com", "note": "call Alice"}, {}),
+    (None, {}),
+])
+def test_an_erased_event_keeps_only_the_amounts_the_reports_read(properties, kept):
+    from nurture.privacy.kept_amounts import kept_properties
+    assert kept_properties(properties, frozenset({"welcome10"})) == kept
+
+
+def test_erasing_a_customer_leaves_the_reports_money_as_it_was(make_project, store, tmp_path):
+    """docs/privacy.md: every report still adds up. Two customers bought for 100 € with a 10 €
+    coupon after a journey's e-mail; one of them also won a 1,000 € deal. Erasing her keeps the
+    lead-source revenue (1,200 €), the CLV (600 €) and the journey's offer cost (20 €)."""
+    from nurture.reporting import build_report
+    from nurture.reporting.contract import report_json
+    from nurture.spec.project import load_project
+    from nurture.store.tables import touch_t
+    offer = ("- id: mail\n  send: {channel: email, template: hello, subject: Hi, "
+             "offer: {code: WELCOME10, value: 10}}")
+    project = load_project(make_project({"j": journey_yaml("j", offer, extra="goal: {event: purchase, within: 3d}")}))
+    assert project.errors == []
+    bought = T0 + timedelta(hours=3)
+    people = []
+    with store.engine.begin() as conn:
+        for email in (ALICE, BOB):
+            cid = conn.execute(contact_t.insert().values(
+                email=email, first_name="Alice", lifecycle_stage="lead", score=0.0, attributes={},
+                created_at=T0, updated_at=T0)).inserted_primary_key[0]
+            people.append(cid)
+            eid = conn.execute(enrollment_t.insert().values(
+                contact_id=cid, journey="j", version="v1", step_id=None, status="converted", holdout=False,
+                entered_at=T0, converted_at=bought, revenue=100.0, defer_count=0, state={})).inserted_primary_key[0]
+            conn.execute(message_t.insert().values(
+                enrollment_id=eid, contact_id=cid, journey="j", step_id="mail", attempt_key="send", channel="email",
+                purpose="marketing", template="hello", status="sent", due_at=T0 + timedelta(hours=1),
+                created_at=T0 + timedelta(hours=1), sent_at=T0 + timedelta(hours=1), attempts=1))
+            conn.execute(touch_t.insert().values(contact_id=cid, touch="first", source="google", medium="cpc",
+                                                 occurred_at=T0))
+    alice, bob = people
+    for cid in people:
+        add_event(store, cid, "purchase", bought, {"value": 100, "coupon": "WELCOME10", "currency": "EUR",
+                                                   "shipping_name": "Alice Liddell"})
+    add_event(store, alice, "deal_won", bought, {"value": 1000, "currency": "EUR", "deal_id": "D1",
+                                                 "name": "Liddell Ltd renewal"})
+
+    def money():
+        j = report_json(build_report(store, project, T0 + timedelta(days=5)))
+        return (j["sources_total"]["revenue"], j["sources_total"]["customers"], j["kpis"]["clv"],
+                j["journeys"][0]["costs"]["offers"], j["journeys"][0]["roi"])
+    # 100 + 100 + 1,000 €; CLV 1,200 / 2 buyers; 2 coupons × 10 €; ROI (200 − 20.002) / 20.002 (2 e-mails × 0.001 €)
+    before = money()
+    assert before == (1200.0, 2, 600.0, 20.0, pytest.approx(179.998 / 20.002))
+    [result] = erase_emails(store, project, [ALICE], context=IntegrationContext(project.root, tmp_path / "data", {}),
+                            actor="test", now=T0 + timedelta(days=4))
+    assert result.outcome == "erased" and money() == before
+    kept = {e.name: e.properties for e in rows(store, event_t, event_t.c.contact_id == alice)}
+    assert kept == {"purchase": {"value": 100, "coupon": "WELCOME10", "currency": "EUR"},
+                    "deal_won": {"value": 1000, "currency": "EUR"}}
+    # erasing again finds nothing more to change in her events
+    [again] = erase_emails(store, project, [ALICE], context=IntegrationContext(project.root, tmp_path / "data", {}),
+                           actor="test", now=T0 + timedelta(days=4, hours=1))
+    assert again.outcome == "already_erased" and again.removed.get("events", 0) == 0

@@ -8,8 +8,10 @@ transaction (the contact row locked, so two erasures of the same person serializ
 - the contact row stays — its id keeps foreign keys and report counts — with e-mail, phone,
   names, time zone, country, locale, attributes and score removed (`lifecycle_stage` and the
   timestamps stay: they identify no one);
-- events: properties emptied, `event_id` replaced by a hash of itself (a provider's id can
-  embed an address); name and time stay, so funnels still count;
+- events: properties emptied but for the amounts the reports read (`value`, `discount`, a
+  currency, a coupon code a journey declares: nurture.privacy.kept_amounts), `event_id`
+  replaced by a hash of itself (a provider's id can embed an address); name and time stay, so
+  funnels still count and revenue and offer costs still add up;
 - lead sources: the person's first and last touch (`contact_touch`: UTM parameters and the
   ad platforms' click ids, which identify a click of theirs) deleted;
 - messages (the log): address, subject and any reason text naming the address removed;
@@ -52,6 +54,7 @@ from nurture.identities import find_by_identity
 from nurture.ingest import normalize_email
 from nurture.privacy.crm import PersonErasure, crm_erasers
 from nurture.privacy.files import remove_outbox
+from nurture.privacy.kept_amounts import declared_codes, kept_properties
 from nurture.privacy.models import ALREADY_ERASED, ERASED, IN_PROGRESS, NOT_FOUND, erasure_t
 from nurture.privacy.tombstones import ERASED_REASON, erased_suppression, subject_hash
 from nurture.redaction import redact, secrets_in
@@ -199,9 +202,10 @@ def _erase(store: Store, project: ProjectSpec, subjects: list[_Subject], *, cont
            reason: str, now: Optional[datetime], factory: Optional[Factory], gone_from: set[str]) -> None:
     now = now or datetime.now(timezone.utc)
     policy_version = project.policies.version if project.policies else ""
+    codes = declared_codes(project)
     for subject in subjects:
         with store.engine.begin() as conn:
-            _in_store(conn, subject, now=now, actor=actor, reason=reason, policy_version=policy_version)
+            _in_store(conn, subject, now=now, actor=actor, reason=reason, policy_version=policy_version, codes=codes)
     active = [s for s in subjects if s.contact_id is not None and s.result.outcome != NOT_FOUND]
     for subject in active:
         try:
@@ -264,7 +268,8 @@ def _find(conn: Any, subject: _Subject) -> Optional[Any]:
     return None
 
 
-def _in_store(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason: str, policy_version: str) -> None:
+def _in_store(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason: str, policy_version: str,
+              codes: Collection[str] = ()) -> None:
     row = _find(conn, subject)
     if row is None:
         if subject.result.erased_at is not None:
@@ -273,7 +278,7 @@ def _in_store(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason
                 conn.execute(for_update(select(contact_t.c.id).where(contact_t.c.id == subject.contact_id),
                                         conn)).first()
                 _collect_files(conn, subject)
-                _sweep(conn, subject, now=now, needles=_needles(subject))
+                _sweep(conn, subject, now=now, needles=_needles(subject), codes=codes)
                 _pending_crms(conn, subject)
         elif subject.email is not None and not subject.by_id:
             _waiting_deals(conn, subject, now=now, actor=actor, reason=reason)
@@ -302,13 +307,13 @@ def _in_store(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason
     # the consent ledger: pseudonymized rows and one hashed tombstone
     removed["consents"] = erase_consents(conn, cid, subject_hash=subject.hashed, reason=reason, at=now,
                                          policy_version=policy_version)
-    _sweep(conn, subject, now=now, needles=_needles(subject))
+    _sweep(conn, subject, now=now, needles=_needles(subject), codes=codes)
     subject.result.erasure_id = conn.execute(erasure_t.insert().values(
         contact_id=cid, subject_hash=subject.hashed, actor=actor, reason=reason, outcome=IN_PROGRESS,
         removed=_counts(removed), pending=[], requested_at=now, completed_at=None)).inserted_primary_key[0]
 
 
-def _sweep(conn: Any, subject: _Subject, *, now: datetime, needles: Sequence[str]) -> None:
+def _sweep(conn: Any, subject: _Subject, *, now: datetime, needles: Sequence[str], codes: Collection[str] = ()) -> None:
     """Remove the person from every row that still names them — at the erasure, and again at
     every later `erase` of them (a straggler: an event ingested in the very instant of the
     erasure). Counts only what it changed, so a second sweep of an erased contact counts nothing."""
@@ -325,15 +330,18 @@ def _sweep(conn: Any, subject: _Subject, *, now: datetime, needles: Sequence[str
     removed["texts_scrubbed"] += _scrub_column(conn, message_t, message_t.c.reason, message_t.c.contact_id == cid,
                                                needles)
 
-    # events: names and times stay, properties and provider ids go
-    events = [e for e in conn.execute(select(event_t.c.id, event_t.c.event_id, event_t.c.properties)
-                                      .where(event_t.c.contact_id == cid))
-              if e.properties or not str(e.event_id).startswith("erased:")]
+    # events: names and times stay, and the amounts the reports read (kept_amounts); every other
+    # property and the provider ids go
+    events = [(e, kept_properties(e.properties, codes))
+              for e in conn.execute(select(event_t.c.id, event_t.c.event_id, event_t.c.properties)
+                                    .where(event_t.c.contact_id == cid))]
+    events = [(e, kept) for e, kept in events
+              if (e.properties or {}) != kept or not str(e.event_id).startswith("erased:")]
     if events:
         conn.execute(event_t.update().where(event_t.c.id == bindparam("pk"))
-                     .values(properties={}, event_id=bindparam("hashed_id")),
-                     [{"pk": e.id, "hashed_id": e.event_id if str(e.event_id).startswith("erased:")
-                       else _hashed_id(e.event_id)} for e in events])
+                     .values(properties=bindparam("kept"), event_id=bindparam("hashed_id")),
+                     [{"pk": e.id, "kept": kept, "hashed_id": e.event_id if str(e.event_id).startswith("erased:")
+                       else _hashed_id(e.event_id)} for e, kept in events])
     removed["events"] += len(events)
 
     # lead sources: a click id names one click of this person at an ad platform
