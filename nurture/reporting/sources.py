@@ -28,6 +28,7 @@ from nurture.conversions.event_fields import MAX_VALUE
 from nurture.lifecycle import STAGE_CHANGED, STAGES, at_or_beyond
 from nurture.reporting._times import aware
 from nurture.store.json_values import NUMBER_PATTERN
+from nurture.store.json_values import json_number as stored_number
 from nurture.store.models import SENT
 from nurture.store.tables import contact_t, deal_t, event_t, handover_t, message_t, spend_t, touch_t
 
@@ -184,7 +185,9 @@ def json_number(conn: Any, props: Any, key: str) -> Any:
         number = case((text.op("~")(NUMBER_PATTERN), cast(text, Numeric)), else_=None)
         # the bounds as integers: a float bound would compare as double precision, and fail
         return case((number.between(0, int(MAX_VALUE)), cast(number, Float)), else_=0.0)
-    number = cast(func.json_extract(props, f'$."{key}"'), Float)  # SQLite: NULL for NaN, inf for 1e400
+    # SQLite: store.json_values' reading — a JSON number, or text that is one whole number
+    # (NUMBER_PATTERN: "45.00", not "45 EUR", "12abc", "1,5"); a boolean or anything else is NULL
+    number = stored_number(props[key])
     return case((number.between(0, MAX_VALUE), number), else_=0.0)
 
 
