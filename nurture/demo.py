@@ -295,8 +295,13 @@ def _summary(console: Console, report, sent_total: Counter, reactions: Counter, 
                       + (" — off track: " + "; ".join(off) if off else ""), markup=False)
     if deals:
         won, lost, open_ = (deals.get(k, (0, 0.0)) for k in ("won", "lost", "open"))
+        # every won deal, not the journey's: b2b_nurture is credited only with the deals won after
+        # one of its messages (its own row says how much)
+        b2b = next((r for r in report.journeys if r.name == "b2b_nurture"), None)
+        credited = (f"; b2b_nurture's attributed revenue: {money(b2b.attributed_revenue)} from "
+                    f"{b2b.attributed_conversions} deal(s) won after its messages" if b2b is not None else "")
         console.print(f"  B2B deals (imported from the CRM's export, nurture import deals): {won[0]} won "
-                      f"({money(won[1])}, the goal revenue of b2b_nurture), {lost[0]} lost, {open_[0]} open "
+                      f"({money(won[1])}, all won deals{credited}), {lost[0]} lost, {open_[0]} open "
                       f"({money(open_[1])} pipeline)", markup=False)
     h = report.handovers
     console.print(f"  sales handovers: {h.total} MQLs, {h.contacted_within_sla} contacted within the SLA, "

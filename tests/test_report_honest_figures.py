@@ -5,6 +5,7 @@ a report as of T counts nothing after T — each a known answer computed by hand
 comments, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 
 import pytest
@@ -352,3 +353,27 @@ objectives:
     assert rate.current == 0.25 == r.lift.treated_rate and rate.on_track is False
     assert conversions.current == 1.0
     assert cac.current == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- the demo's words
+
+
+def test_the_demo_calls_every_won_deal_all_won_deals_and_gives_the_journeys_own_figure(make_project, store,
+                                                                                        tmp_path):
+    from collections import Counter
+
+    from nurture.demo import _summary
+    spec = _spec(make_project, {"b2b_nurture": journey_yaml("b2b_nurture", MAIL,
+                                                            extra="goal: {event: deal_won, within: 90d}")})
+    with store.engine.begin() as conn:
+        (cid,) = _contacts(conn, 1)
+        eid = _enroll(conn, cid, journey="b2b_nurture", converted_at=T0 + timedelta(days=3), revenue=1200.0)
+        _row(conn, eid, cid, "mail", "sent", T0 + timedelta(hours=1), journey="b2b_nurture")
+    report = build_report(store, spec, T0 + timedelta(days=5))
+    out = Console(width=400, record=True, file=io.StringIO())
+    _summary(out, report, Counter(), Counter(), [], tmp_path, tmp_path, "sqlite://", 1.0,
+             {"won": (3, 5000.0), "open": (1, 800.0)})
+    line = next(line for line in out.export_text().splitlines() if "B2B deals" in line)
+    # 3 deals won for 5,000 € in all; the journey is credited with the one won after its e-mail
+    assert "3 won (5,000.00 €, all won deals; b2b_nurture's attributed revenue: 1,200.00 € from 1 deal(s)" in line
+    assert "goal revenue" not in line
