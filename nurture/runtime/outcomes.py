@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
-from sqlalchemy import bindparam, func, literal_column, select
+from sqlalchemy import bindparam, exists, func, literal_column, select
 
 from nurture.compiler import Plan
 from nurture.conditions import ConditionScope, clock_values, compile_any, properties_match
@@ -160,6 +160,7 @@ def _conversions_stmt(rt: Runtime, plan: Plan, only: str, locking: bool) -> Any:
     dialect = rt.store.dialect
 
     def build() -> Any:
+        later = enrollment_t.alias("later_entry")
         # The contacts' own enrollments by ix_enrollment_contact, not all the journey's open ones.
         journey = not_indexed(enrollment_t.c.journey) if only == "contacts" else enrollment_t.c.journey
         filters = [journey == bindparam("journey"), enrollment_t.c.converted_at.is_(None),
@@ -169,7 +170,12 @@ def _conversions_stmt(rt: Runtime, plan: Plan, only: str, locking: bool) -> Any:
                    event_t.c.contact_id == enrollment_t.c.contact_id, event_t.c.name == bindparam("event"),
                    event_t.c.occurred_at >= enrollment_t.c.entered_at, event_t.c.occurred_at <= bindparam("now"),
                    event_t.c.occurred_at <= _window_end(dialect, int(goal.within.total_seconds())),
-                   (enrollment_t.c.trigger_event_pk.is_(None)) | (event_t.c.id != enrollment_t.c.trigger_event_pk)]
+                   (enrollment_t.c.trigger_event_pk.is_(None)) | (event_t.c.id != enrollment_t.c.trigger_event_pk),
+                   # One goal event converts one enrollment: the contact's latest entry before it
+                   # (a re-entered contact's earlier window may still be open; docs/report.md).
+                   ~exists(select(later.c.id).where(
+                       later.c.contact_id == enrollment_t.c.contact_id, later.c.journey == enrollment_t.c.journey,
+                       later.c.entered_at > enrollment_t.c.entered_at, later.c.entered_at < event_t.c.occurred_at))]
         if goal.where:
             filters.append(properties_match(event_t.c.properties, goal.where))
         if only == "contacts":
