@@ -142,6 +142,33 @@ POLICIES = DEFAULT_POLICIES + "unit_costs: {email: 0.5, sms: 0.1}\n"
 NOV1, NOV11, NOW = utc(2026, 11, 1), utc(2026, 11, 11), utc(2026, 11, 20)
 
 
+def test_the_documented_baseline_example_holds_in_a_zone_with_summer_time():
+    """62 conversions in October's 31 days are a baseline of 60 for a 30-day objective — in
+    Berlin too, where October is 31 days and an hour long (whole days, not seconds)."""
+    measure = Measure(default=62.0)
+    o = evaluate(objective(metric="conversions", target="+0%", deadline="2026-11-30",
+                           baseline={"from": "2026-10-01", "to": "2026-10-31"}),
+                 measure, utc(2026, 12, 15), ZoneInfo("Europe/Berlin"), None)
+    assert o.baseline == pytest.approx(60.0, abs=1e-9) and o.target == pytest.approx(60.0, abs=1e-9)
+
+
+def test_a_one_time_cost_is_added_to_the_forecast_not_extrapolated(store, make_project):
+    """A 300 € setup fee (`per: once`) a day into a 30-day cost objective forecasts 300 € and is
+    on track for a 400 € budget; the daily messages around it are still extrapolated."""
+    extra = """fixed_costs: [{name: setup, amount: 300, per: once}]
+objectives:
+  - {metric: cost, target: 400, start: 2026-11-01, deadline: 2026-11-30}"""
+    spec = load_project(make_project({"j": journey_yaml("j", MAIL, extra=extra)}, policies=POLICIES))
+    assert spec.errors == [], [str(e) for e in spec.errors]
+    with store.engine.begin() as conn:  # the journey's first run on Nov 1: 2 e-mails sent that day
+        _member(conn, "a@x.com", NOV1 + timedelta(hours=9), message=("sent", NOV1 + timedelta(hours=9)))
+        _member(conn, "b@x.com", NOV1 + timedelta(hours=10), message=("sent", NOV1 + timedelta(hours=10)))
+    (o,) = build_report(store, spec, NOV1 + timedelta(days=1)).journey("j").objectives
+    per_mail = spec.policies.unit_costs["email"]
+    assert o.current == pytest.approx(300 + 2 * per_mail)
+    assert o.forecast == pytest.approx(300 + 2 * per_mail * 30) and o.on_track is True
+
+
 def _contact(conn, email):
     return conn.execute(contact_t.insert().values(email=email, lifecycle_stage="lead", score=0.0, attributes={},
                                                   created_at=utc(2026, 9, 1), updated_at=NOW)).inserted_primary_key[0]

@@ -103,6 +103,14 @@ def day_start(day: date, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, time(0), tz).astimezone(timezone.utc)
 
 
+def _span(a: datetime, b: datetime, tz: ZoneInfo) -> float:
+    """Seconds from `a` to `b` on the project's wall clock: whole days are whole days (86,400
+    seconds each), also across a daylight-saving change (October in Berlin is 31 days, not 31
+    days and an hour: docs/report.md "Dates are whole days in the project's time zone")."""
+    local = (b.astimezone(tz).replace(tzinfo=None) - a.astimezone(tz).replace(tzinfo=None))
+    return local.total_seconds()
+
+
 def evaluate(objective: Objective, measure: Measure, now: datetime, tz: ZoneInfo,
              default_start: Optional[datetime]) -> ObjectiveReport:
     metric = objective.metric
@@ -116,14 +124,14 @@ def evaluate(objective: Objective, measure: Measure, now: datetime, tz: ZoneInfo
         start = default_start
     out.start = start
     out.deadline_passed = now >= end
-    length = (end - start).total_seconds() if start is not None else 0.0
+    length = _span(start, end, tz) if start is not None else 0.0
     if objective.baseline is not None:
         period = objective.baseline
         out.baseline_period = (period.from_, period.to)
         b_start, b_end = day_start(period.from_, tz), min(day_start(period.to + timedelta(days=1), tz), now)
         value = measure(metric, b_start, b_end) if b_end > b_start else None
         if value is not None and metric in ADDITIVE:  # scaled pro rata to the objective's length
-            value = value * length / (b_end - b_start).total_seconds() if length > 0 else None
+            value = value * length / _span(b_start, b_end, tz) if length > 0 else None
         out.baseline = value
     if objective.relative is None:
         out.target = float(objective.target)
@@ -136,7 +144,10 @@ def evaluate(objective: Objective, measure: Measure, now: datetime, tz: ZoneInfo
     if out.current is None:
         return out
     if metric in ADDITIVE and not out.deadline_passed:
-        out.forecast = out.current * (end - start).total_seconds() / (measured_to - start).total_seconds()
+        # What does not recur (a fixed cost `per: once`) is not extrapolated: only the rest.
+        once = getattr(measure, "once", None)
+        fixed = min(once(metric, start, measured_to), out.current) if once is not None else 0.0
+        out.forecast = fixed + (out.current - fixed) * length / _span(start, measured_to, tz)
     else:
         out.forecast = out.current
     return out
@@ -263,6 +274,14 @@ class JourneyMeasure:
             total += n * units.get(channel, 0.0) * (per_sms if channel == "sms" else 1.0)
         fixed = self.spec.fixed_costs if self.spec is not None else []
         return total + _window_fixed_cost(list(fixed), self.r.started_at, start, end, self.now)
+
+    def once(self, metric: str, start: datetime, end: datetime) -> float:
+        """The part of `metric` over [start, end) that does not recur: `cost`'s fixed costs
+        `per: once` (a forecast does not extrapolate them)."""
+        if metric != "cost" or self.spec is None:
+            return 0.0
+        once = [c for c in self.spec.fixed_costs if c.per == "once"]
+        return _window_fixed_cost(once, self.r.started_at, start, end, self.now)
 
     def cac(self, start: datetime, end: datetime) -> Optional[float]:
         conversions = self.conversions(start, end)
