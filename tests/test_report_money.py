@@ -302,6 +302,45 @@ def test_offer_costs_are_charged_to_the_journey_that_sent_the_code(make_project,
                 == (full.cost_offers, full.offers_redeemed, [(s.step, s.offer_cost) for s in full.steps])), name
 
 
+def _offer_step(code):
+    return f"- id: mail\n  send: {{channel: email, template: hello, subject: Hi, offer: {{code: {code}, value: 10}}}}"
+
+
+def test_a_code_used_before_the_journey_first_ran_is_no_cost_of_it(make_project, store):
+    """A purchase with the journey's code a year before its first run (the code was on a flyer
+    long before) is not the journey's offer cost; one from the first run on is."""
+    spec = _spec(make_project, {"j": journey_yaml("j", _offer_step("WELCOME10"), extra="goal: {event: purchase, within: 3d}")})
+    with store.engine.begin() as conn:
+        a, early, later = _contacts(conn, 3)
+        _row(conn, _enroll(conn, a), a, "mail", "sent", T0 + timedelta(hours=1))
+    add_event(store, early, "purchase", T0 - timedelta(days=365), {"value": 90, "coupon": "WELCOME10"})
+    r = build_report(store, spec, T0 + timedelta(days=5)).journey("j")
+    assert r.started_at == T0 and (r.cost_offers, r.offers_redeemed) == (0.0, 0)
+    add_event(store, later, "purchase", T0 + timedelta(days=1), {"value": 90, "coupon": "WELCOME10"})
+    r = build_report(store, spec, T0 + timedelta(days=5)).journey("j")
+    assert (r.cost_offers, r.offers_redeemed) == (10.0, 1)
+
+
+def test_a_journeys_offer_cost_is_the_same_in_its_own_report_and_artifact_as_in_the_full_one(make_project, store):
+    """No coupon tracked: one purchase is charged once, to the latest offer received. A report
+    (and so the Prefect artifact, built the same way) of journey a alone must not charge a for
+    what b's later offer got."""
+    goal = "goal: {event: purchase, within: 3d}"
+    spec = _spec(make_project, {"a": journey_yaml("a", _offer_step("A10"), extra=goal),
+                                "b": journey_yaml("b", _offer_step("B10"), extra=goal)})
+    bought = T0 + timedelta(hours=3)
+    with store.engine.begin() as conn:
+        (cid,) = _contacts(conn, 1)
+        for journey, at in (("a", T0 + timedelta(hours=1)), ("b", T0 + timedelta(hours=2))):
+            _row(conn, _enroll(conn, cid, journey=journey, converted_at=bought, revenue=90.0), cid, "mail", "sent", at,
+                 journey=journey)
+    add_event(store, cid, "purchase", bought, {"value": 90})
+    now = T0 + timedelta(days=5)
+    full = build_report(store, spec, now)
+    assert (full.journey("a").cost_offers, full.journey("b").cost_offers) == (0.0, 10.0)
+    assert build_report(store, spec, now, journeys=["a"]).journey("a").cost_offers == 0.0
+
+
 def test_fixed_costs_are_spread_over_the_period_since_the_journey_first_ran(make_project, store):
     fixed = journey_yaml("j", MAIL, extra="""
         fixed_costs:

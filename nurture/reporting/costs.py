@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from sqlalchemy import or_, select
 
 from nurture.conditions import properties_match
+from nurture.reporting._times import aware
 from nurture.spec.models import Comparison, FixedCost, Offer
 from nurture.spec.project import ProjectSpec
 from nurture.store.models import SENT
@@ -198,8 +199,11 @@ def redemptions(conn: Any, now: datetime, goal_events: Iterable[str]) -> list[tu
 
 
 def charge_redemptions(events: Iterable[tuple[int, int, datetime, dict]], offers: Mapping[tuple[str, str], Offer],
-                       touches: Touches, lookback: timedelta) -> tuple[list[OfferCharge], float]:
+                       touches: Touches, lookback: timedelta,
+                       first_runs: Optional[Mapping[str, datetime]] = None) -> tuple[list[OfferCharge], float]:
     """Each tracked redemption → the journey (and step) it is charged to, and the amount.
+    A declared code is charged to a journey only for a purchase from its first run on
+    (`first_runs`: journey → first run; a purchase before it is no cost of the journey).
     Returns (charges, discounts charged to no journey)."""
     by_code: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for key, offer in offers.items():
@@ -213,6 +217,8 @@ def charge_redemptions(events: Iterable[tuple[int, int, datetime, dict]], offers
         discount = discount if discount is not None and discount > 0 else None
         before = [(j, s) for sent_at, j, s in touches.get(cid, ()) if at - lookback <= sent_at <= at]
         candidates = by_code.get(code.casefold(), []) if code else []
+        if first_runs is not None:
+            candidates = [k for k in candidates if k[0] in first_runs and first_runs[k[0]] <= aware(at)]
         if candidates:
             touched = [k for k in before if k in candidates]
             journey, step = touched[-1] if touched else candidates[0]

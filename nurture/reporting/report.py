@@ -625,11 +625,17 @@ def _offers(conn: Any, project: ProjectSpec, reports: dict[str, JourneyReport],
     offers = declared_offers(project, project.journeys)
     goal_names = {spec.goal.event for spec in project.journeys.values() if spec.goal is not None}
     events = redemptions(conn, now, goal_names)
+    others = sorted({journey for journey, _ in offers} - set(reports))
+    if others:  # a purchase is charged once, to the latest offer of any journey: theirs count too
+        more = _converted(conn, others, now)
+        conversions = [*conversions, *more]
+        goal_props = {**goal_props, **_goal_events(conn, project, more)}
     credited = [(c.journey, c.contact, c.at, c.revenue, goal_props.get(c.enrollment, {})) for c in conversions
                 if not c.holdout and c.first_sent is not None and c.at >= c.first_sent]
     missing = sorted(({cid for _, cid, _, _ in events} | {cid for _, cid, _, _, _ in credited}) - set(touches))
     touches = {**touches, **_touches(conn, missing, now)} if missing else touches
-    charges, unplaced = charge_redemptions(events, offers, touches, ATTRIBUTION_LOOKBACK)
+    charges, unplaced = charge_redemptions(events, offers, touches, ATTRIBUTION_LOOKBACK,
+                                           _first_runs(conn, {journey for journey, _ in offers}, now))
     charges += charge_untracked(credited, offers, touches, ATTRIBUTION_LOOKBACK)
     for charge in charges:
         r = reports.get(charge.journey)
@@ -640,6 +646,17 @@ def _offers(conn: Any, project: ProjectSpec, reports: dict[str, JourneyReport],
         if charge.step is not None and (charge.journey, charge.step) in steps:
             steps[(charge.journey, charge.step)].offer_cost += charge.amount
     return unplaced
+
+
+def _first_runs(conn: Any, journeys: set[str], now: datetime) -> dict[str, datetime]:
+    """journey → its first run by `now` (its first recorded version, else its first enrollment)."""
+    first: dict[str, datetime] = {}
+    for table, column in ((version_t, version_t.c.created_at), (enrollment_t, enrollment_t.c.entered_at)):
+        for journey, at in conn.execute(select(table.c.journey, func.min(column)).where(
+                table.c.journey.in_(sorted(journeys)), column <= now).group_by(table.c.journey)):
+            if at is not None and (journey not in first or aware(at) < first[journey]):
+                first[journey] = aware(at)
+    return first
 
 
 # ---------------------------------------------------------------- handovers
