@@ -15,7 +15,8 @@ OPENS_NOTE = ("opens are unreliable: image proxies (Apple Mail Privacy Protectio
               "the tracking pixel — compare clicks and conversions instead")
 START_NOTE = ("a member's start is its first send step of the journey — when it was messaged, or would have "
               "been (holdout); a conversion before it counts for nothing")
-ATTRIBUTED_NOTE = "attributed = every converter's revenue after a message of the journey: not what the journey caused"
+ATTRIBUTED_NOTE = ("attributed = every converter's revenue after a message of the journey: not what the journey "
+                   "caused; the total sums the journeys, so a purchase several journeys converted on counts in each")
 
 
 def period_text(start: Optional[datetime], end: Optional[datetime]) -> str:
