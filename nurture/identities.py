@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 from sqlalchemy import and_, delete, exists, select, update
+from sqlalchemy.exc import IntegrityError
 
 from nurture.privacy.tombstones import ERASED_REASON
 from nurture.runtime.sql import insert_ignore
@@ -26,6 +27,7 @@ from nurture.store.tables import (consent_t, contact_t, conversion_delivery_t, d
                                   handover_t, identity_t, merge_t, message_t, suppression_t, touch_t)
 
 KINDS = ("anonymous_id", "external_id", "email", "phone")
+UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
 MERGED = "merged"  # exit_reason of the younger of two enrollments of one journey after a merge
 
 
@@ -125,31 +127,51 @@ def resolve(conn: Any, who: Who, now: datetime, *, create: bool = True) -> tuple
             email=None, phone=None, external_id=None, lifecycle_stage="lead", score=0.0, attributes={},
             created_at=now, updated_at=now)).inserted_primary_key[0]
         link(conn, created, who, now)
-        owner = find_by_identity(conn, "anonymous_id", who.anonymous_id)
-        if owner is not None and owner != created:
-            # a concurrent request created this visitor first (a page's first calls arrive in
-            # parallel): its contact is the one; the one just made is removed, nothing refers to it
+        _fill_identifiers(conn, created, who, now)
+        if any(find_by_identity(conn, kind, value) != created for kind, value in who.identities()):
+            # A concurrent request created this person first (a page's first calls, a lead
+            # delivered twice at once, an event of the address over /events): nobody held any
+            # identifier of `who` when this call looked, so whoever holds one now committed it
+            # since (PostgreSQL; SQLite's writers take turns). Its contact is the one; the one
+            # just made is removed, nothing refers to it yet.
             conn.execute(delete(identity_t).where(identity_t.c.contact_id == created))
             conn.execute(delete(contact_t).where(contact_t.c.id == created))
             return resolve(conn, who, now, create=create)
-        known = created
-    _fill_identifiers(conn, known, who, now)
+        return created, merged
+    # linked before filled: a concurrent call naming the same new e-mail or phone waits for
+    # this transaction at the (kind, value) key and then finds the identifier taken
     link(conn, known, who, now)
+    _fill_identifiers(conn, known, who, now)
     return known, merged
 
 
 def _fill_identifiers(conn: Any, contact_id: int, who: Who, now: datetime) -> None:
     """Give the contact the message's external id, e-mail and phone where it has none and no
-    other contact holds them (the unique columns are never violated)."""
-    row = conn.execute(select(contact_t.c.email, contact_t.c.phone, contact_t.c.external_id)
-                       .where(contact_t.c.id == contact_id)).one()
-    values: dict[str, Any] = {}
-    for kind, current in (("external_id", row.external_id), ("email", row.email), ("phone", row.phone)):
-        wanted = getattr(who, kind)
-        if wanted and current is None and find_by_identity(conn, kind, wanted) in (None, contact_id):
-            values[kind] = wanted
-    if values:
-        conn.execute(update(contact_t).where(contact_t.c.id == contact_id).values(**values, updated_at=now))
+    other contact holds them (the unique columns are never violated). On PostgreSQL a
+    transaction that is not linked to the identifier (`nurture import contacts`, an event over
+    /events: nurture.ingest) may have taken it meanwhile; the update then waits for it and
+    fails with a unique violation — undone (a savepoint), and the identifiers read again."""
+    for _ in range(3):
+        row = conn.execute(select(contact_t.c.email, contact_t.c.phone, contact_t.c.external_id)
+                           .where(contact_t.c.id == contact_id)).one()
+        values: dict[str, Any] = {}
+        for kind, current in (("external_id", row.external_id), ("email", row.email), ("phone", row.phone)):
+            wanted = getattr(who, kind)
+            if wanted and current is None and find_by_identity(conn, kind, wanted) in (None, contact_id):
+                values[kind] = wanted
+        if not values:
+            return
+        stmt = update(contact_t).where(contact_t.c.id == contact_id).values(**values, updated_at=now)
+        if conn.dialect.name != "postgresql":
+            conn.execute(stmt)
+            return
+        try:
+            with conn.begin_nested():
+                conn.execute(stmt)
+            return
+        except IntegrityError as exc:
+            if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+                raise
 
 
 def merge_contacts(conn: Any, from_id: int, into_id: int, *, reason: str, now: datetime) -> dict:

@@ -34,10 +34,11 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, column, func, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import IntegrityError
 
 from nurture.consent_ledger import append_consents
 from nurture.runtime.gc_pause import gc_paused
-from nurture.identities import erased_contacts
+from nurture.identities import UNIQUE_VIOLATION, erased_contacts
 from nurture.import_columns import CONSENT_AT, CONSENT_COLUMNS, CONSENT_SOURCE, CORE_FIELDS, near_miss
 from nurture.lifecycle import STAGES
 from nurture.privacy.tombstones import REFUSAL as ERASED_REFUSAL, erased_among
@@ -768,6 +769,8 @@ TRACK_CHUNK = 20_000
 # of reading and checking (~30–45 µs a row) with the writing (more). Not from a process that
 # runs threads: a fork copies their locks in whatever state they are.
 READ_ASIDE_BYTES = 4 << 20
+# How often a slice is written when each try loses a race for an identifier (`import_contacts`).
+RACE_ATTEMPTS = 3
 
 Key = tuple[str, str]  # (kind, value): an import row's first identifier in MATCH_ORDER
 
@@ -841,11 +844,15 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
 
     def write(batch: dict[Key, _ImportRow], earlier: Optional[Future]) -> tuple[ImportResult, set[Key]]:
         """One slice into a result and refused keys of its own, merged in file order (_SlicesInOrder)."""
-        written, refused = ImportResult(), set(refused_keys)
-        try:
+        def once() -> tuple[ImportResult, set[Key]]:
+            written, refused = ImportResult(), set(refused_keys)
             with gc_paused():  # a slice allocates ~10 containers a row, all freed by reference counting
                 _write_contacts(store, batch, refused, file=path.name, now=now, consent_at=consent_at,
                                 policy_version=policy_version, result=written, earlier=earlier)
+            return written, refused
+
+        try:
+            written, refused = _despite_lost_races(once)
         except _Rematched as again:  # written as two slices, the second from that row on
             written, refused = ImportResult(), set(refused_keys)  # (what the rolled-back try found: gone)
             keys = list(batch)
@@ -873,6 +880,20 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
                                                       "is not kept (policies.yaml keep_attributes)")
     result.warnings.sort(key=lambda w: w.line)
     return result
+
+
+def _despite_lost_races(write: Any) -> Any:
+    """`write()` of one slice, again when it lost a race: on PostgreSQL another writer (`nurture
+    web`, a second import) may take an e-mail or external id of the slice after the slice read
+    who holds them, and the slice's insert or update then fails with a unique violation — rolled
+    back and written again, it matches that contact. (SQLite's writers take turns: never.)"""
+    for attempt in range(1, RACE_ATTEMPTS + 1):
+        try:
+            return write()
+        except IntegrityError as exc:
+            if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION or attempt == RACE_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _contact_slices(path: Path, encoding: Optional[str], now: datetime, keep_attributes: Optional[list[str]],
@@ -1370,7 +1391,6 @@ def track_in(conn: Any, records: list[tuple[int, Any]], *, source: str = "track"
 # write_events' statements, built once: id lists as one array parameter on PostgreSQL.
 _IDS_BY_EMAIL = select(contact_t.c.email, contact_t.c.id).where(texts_in(contact_t.c.email, ()))
 _KNOWN_EVENTS = select(event_t.c.event_id).where(texts_in(event_t.c.event_id, ()))
-_NEW_CONTACTS = contact_t.insert()
 
 
 def write_events(conn: Any, clean: list[dict], *, source: str, now: datetime, create_contacts: bool = True,
@@ -1393,8 +1413,12 @@ def write_events(conn: Any, clean: list[dict], *, source: str, now: datetime, cr
         ids.update(dict(conn.execute(_IDS_BY_EMAIL, {"texts_email": list(part)}).all()))
     missing = [e for e in emails if e not in ids]
     if missing and create_contacts:
-        write_many(conn, _NEW_CONTACTS, [{"email": e, "lifecycle_stage": "lead", "score": 0.0, "attributes": {},
-                                          "created_at": now, "updated_at": now} for e in missing])
+        # An address another transaction creates meanwhile (the same lead delivered twice at
+        # once, a page's first calls, an import beside the web server) is skipped, not a
+        # UniqueViolation: PostgreSQL waits for that transaction and the read below finds its
+        # contact. (SQLite: this transaction holds the write lock since its first read.)
+        insert_ignore(conn, contact_t, [{"email": e, "lifecycle_stage": "lead", "score": 0.0, "attributes": {},
+                                         "created_at": now, "updated_at": now} for e in missing], ("email",))
         for part in chunks(missing, 5000):
             ids.update(dict(conn.execute(_IDS_BY_EMAIL, {"texts_email": list(part)}).all()))
     elif missing:

@@ -5,6 +5,7 @@ redelivery adds nothing; an erased person's lead is refused; the journey it trig
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -208,6 +209,34 @@ def test_a_redelivered_notification_adds_nothing_and_reads_nothing(make_runtime,
     assert again.status_code == 200 and again.json()["duplicates"] == 1 and again.json()["stored"] == 0
     assert (count(rt.store, contact_t), count(rt.store, event_t), count(rt.store, consent_t)) == before
     assert len(graph.requests) == 1
+
+
+@pytest.mark.parametrize("answers", [{"email": "ada@example.com", "email_opt_in": "yes"},
+                                     {"full_name": "No Mail", "phone_number": "+49 151 12345678"}],
+                         ids=["email", "phone_only"])
+def test_a_notification_delivered_four_times_at_once_is_answered_200_and_stored_once(make_runtime, graph, answers):
+    """Meta sends a notification more than once, sometimes at the same moment: on PostgreSQL
+    the writers of a new address failed with a UniqueViolation (an HTTP 500), and those of a
+    new number left empty contacts behind (nurture.ingest, nurture.identities)."""
+    rt = make_runtime({}, policies=NO_DOI)
+    graph.add_lead(LEAD, FORM, answers)
+    start, answered = threading.Barrier(4), []
+    with client(rt, graph) as http:
+        def deliver() -> None:
+            start.wait()
+            try:
+                answered.append(post(http, notification(LEAD)).json())
+            except Exception as exc:  # the TestClient raises what the app raised: a 500
+                answered.append(repr(exc))
+
+        threads = [threading.Thread(target=deliver) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert sorted((a["stored"], a["duplicates"]) if isinstance(a, dict) else a for a in answered) == \
+        [(0, 1), (0, 1), (0, 1), (1, 0)]
+    assert (count(rt.store, contact_t), count(rt.store, event_t)) == (1, 1)
 
 
 def test_graph_errors_are_retried_then_the_lead_is_stored(make_runtime, graph):
