@@ -7,6 +7,7 @@ expression may refer to (the enrollment, the trigger event) and the logical cloc
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Mapping, Optional
@@ -15,7 +16,7 @@ from sqlalchemy import (ColumnElement, and_, bindparam, exists, false, func, not
 
 from nurture.consent_ledger import latest_consent_status
 from nurture.spec.models import Comparison, Condition, CountCmp
-from nurture.store.json_values import json_boolean, json_number
+from nurture.store.json_values import json_boolean, json_number, json_text, text_contains
 from nurture.store.tables import contact_t, enrollment_t, event_t
 
 CONTACT_COLUMNS = {"email", "phone", "first_name", "last_name", "timezone", "country", "locale",
@@ -52,12 +53,21 @@ def clock_values(clock: Mapping[str, timedelta], now: datetime) -> dict[str, dat
 def _typed(column: Any, sample: Any) -> Any:
     """A JSON attribute as the SQL type its comparison value has: NULL where the stored value is
     not of that type (store.json_values: a contact's "abc" where a number belongs made
-    PostgreSQL's cast fail, and the tick with it)."""
+    PostgreSQL's cast fail, and the tick with it). Compared with text, a stored number or
+    boolean is its text (10115, true), the same on both databases."""
     if isinstance(sample, bool):
         return json_boolean(column)
     if isinstance(sample, (int, float)):
         return json_number(column)
-    return column.as_string()
+    return json_text(column)
+
+
+def _as_text(value: Any) -> Any:
+    """A value of a text comparison's list as the text a stored value is compared by: a number
+    as written, a boolean true / false (`zip: {in: ["10115", 80331]}`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _sample(ops: Mapping[str, Any]) -> Any:
@@ -73,7 +83,11 @@ def _sample(ops: Mapping[str, Any]) -> Any:
 
 def compare(column_for: Any, cmp: Comparison, *, is_json: bool) -> ColumnElement:
     ops = cmp.operators()
-    col = _typed(column_for, _sample(ops)) if is_json else column_for
+    sample = _sample(ops)
+    col = _typed(column_for, sample) if is_json else column_for
+    if is_json and isinstance(sample, str):
+        ops = {op: ([_as_text(v) if v is not None else None for v in value] if op in ("in", "not_in") else value)
+               for op, value in ops.items()}
     raw_present = (column_for.as_string().isnot(None) if is_json else column_for.isnot(None))
     parts: list[ColumnElement] = []
     for op, value in ops.items():
@@ -95,8 +109,8 @@ def compare(column_for: Any, cmp: Comparison, *, is_json: bool) -> ColumnElement
             parts.append(or_(col.is_(None), col.not_in([v for v in value if v is not None])))
         elif op == "exists":
             parts.append(raw_present if value else not_(raw_present))
-        elif op == "contains":
-            parts.append(col.contains(value))
+        elif op == "contains":  # (the stored value's text, whatever the other operators compare)
+            parts.append(text_contains(json_text(column_for) if is_json else col, value))
     return and_(*parts) if parts else true()
 
 

@@ -203,3 +203,65 @@ def test_a_stored_value_of_another_type_is_no_number_and_no_boolean_on_both_data
     assert match({"eq": True}) == {"true", "true_text"}
     assert match({"eq": False}) == {"false"}
     assert match({"exists": True}) == set(ids) - {"none", "null"}
+
+
+def test_a_text_condition_compares_a_stored_number_or_boolean_by_its_text_on_both_databases(store):
+    """`nurture import contacts` stores the cell 10115 as a number and true as a boolean
+    (ingest._coerce); a marketer writes `zip: "10115"`. Compared with text, a stored string is
+    itself, a number its digits as written, a boolean true / false, a list or an object its
+    JSON text: the same contacts on SQLite (whose JSON_EXTRACT gave 10115 and 1, equal to no
+    text) and PostgreSQL (whose ->> gives that text). In an event's properties (a `json`
+    column on PostgreSQL, `jsonb` for attributes) as in attributes."""
+    values = {"number": 10115, "text": "10115", "other": 80331, "real": 19.9, "true": True, "true_text": "true",
+              "false": False, "list": ["10115"], "object": {"zip": "10115"}, "null": None}
+    ids = {name: add_contact(store, f"{name}@example.com", attributes={"v": value}) for name, value in values.items()}
+    ids["none"] = add_contact(store, "none@example.com", attributes={})
+    for name, cid in ids.items():
+        add_event(store, cid, "signup", NOW - timedelta(days=1), {"v": values[name]} if name in values else {})
+
+    def match(comparison):
+        by_attribute = matching(store, ids, {"attribute": {"v": comparison}})
+        by_property = matching(store, ids, {"event": "signup", "where": {"v": comparison}})
+        assert by_attribute == by_property, comparison
+        return by_attribute
+
+    assert match("10115") == {"number", "text"}
+    assert match({"in": ["10115", "80331"]}) == {"number", "text", "other"}
+    assert match({"in": ["10115", 80331]}) == {"number", "text", "other"}  # (a number in the list: by its text)
+    assert match("19.9") == {"real"}
+    assert match("true") == {"true", "true_text"}
+    assert match({"in": ["false", "no"]}) == {"false"}
+    assert match({"ne": "10115"}) == set(ids) - {"number", "text"}  # no text counts as different
+    assert match({"not_in": ["10115", "true"]}) == set(ids) - {"number", "text", "true", "true_text"}
+    assert match({"contains": "011"}) == {"number", "text", "list", "object"}  # (an element of a list, too)
+    assert match({"contains": "ru"}) == {"true", "true_text"}
+    assert match({"contains": "19.9"}) == {"real"}
+
+
+def test_contains_ignores_case_and_reads_percent_and_underscore_as_themselves_on_both_databases(store):
+    """`contains` was LIKE '%value%': case-insensitive on SQLite (for A–Z), case-sensitive on
+    PostgreSQL, and `_` / `%` in the value were wildcards. Now it ignores case on both — letters
+    beyond ASCII too — and every character of the value means itself."""
+    names = {"acme_gmbh": "ACME GmbH", "acme_inc": "acme inc", "muller_caps": "MÜLLER AG", "muller": "Müller KG",
+             "sale": "50%_OFF", "percent": "50 percent off", "underscore": "a_b", "axb": "aXb",
+             "backslash": "C:\\Temp", "slash": "a/b"}
+    ids = {name: add_contact(store, f"{name}@example.com", first_name=text, attributes={"company": text})
+           for name, text in names.items()}
+
+    def match(needle):
+        by_attribute = matching(store, ids, {"attribute": {"company": {"contains": needle}}})
+        by_column = matching(store, ids, {"attribute": {"first_name": {"contains": needle}}})
+        assert by_attribute == by_column, needle
+        return by_attribute
+
+    assert match("acme") == {"acme_gmbh", "acme_inc"}
+    assert match("ACME G") == {"acme_gmbh"}
+    assert match("müller") == {"muller_caps", "muller"}
+    assert match("MÜLL") == {"muller_caps", "muller"}
+    assert match("ller") == {"muller_caps", "muller"}
+    assert match("50%_off") == {"sale"}
+    assert match("0%") == {"sale"}
+    assert match("a_b") == {"underscore"}
+    assert match("\\temp") == {"backslash"}
+    assert match("a/b") == {"slash"}
+    assert match("%") == {"sale"}

@@ -163,6 +163,8 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.close()
         # how conditions read a JSON string where a number belongs (store.json_values)
         dbapi_conn.create_function(json_values.SQLITE_FUNCTION, 1, json_values.number_of_text, deterministic=True)
+        # how `contains` ignores case beyond A–Z (store.json_values)
+        dbapi_conn.create_function(json_values.SQLITE_LOWER, 1, json_values.lower_text, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):

@@ -1,5 +1,5 @@
-"""A stored JSON value (an event property, a contact attribute) read as a number or a boolean
-in SQL, the same way on SQLite and PostgreSQL, whatever a contact sent.
+"""A stored JSON value (an event property, a contact attribute) read as a number, a boolean
+or text in SQL, the same way on SQLite and PostgreSQL, whatever a contact sent.
 
 A condition such as `property: {cart_value: {gte: 20}}` compares the stored value with a
 number. SQLAlchemy's `as_float()` is `CAST(props ->> 'cart_value' AS FLOAT)` on PostgreSQL: one
@@ -14,6 +14,23 @@ comparison with it is false (and `ne` counts it as different). SQLite reads the 
 `number_of_text`, a function each connection registers (store.db); PostgreSQL with the pattern
 and a numeric cast, nested in CASE so that nothing is cast that does not match. Costs, from
 bench/bench_conditions.py: see docs/scale.md.
+
+As text (`json_text`, for a comparison with text), a value is its text rendering: a string
+itself, a number as it is written (10115, 19.9), a boolean `true` / `false`, a list or an object
+its JSON text (so `contains` finds an element of a list), null none. PostgreSQL's `->>` renders
+values so; SQLite's JSON_EXTRACT returned a number or a boolean as an integer, a real or 1 / 0,
+which never equalled the text "10115" or "true": an imported ZIP code (`ingest._coerce` makes
+the cell 10115 a number) matched `zip: "10115"` on PostgreSQL only. (Left as it is: JSONB
+writes a list with spaces, `["a", "b"]`, SQLite without; and a number written with an
+exponent, 1e+20, is its digits in JSONB attributes.)
+
+`contains` (`text_contains`) finds its text anywhere in the value, ignoring case, and every
+character means itself (`%` and `_` are no wildcards). SQLite's LIKE ignores the case of A–Z
+only and PostgreSQL's minds case: an ASCII needle is SQLite's LIKE as it is and PostgreSQL's
+over lower() of both sides; any other needle is found in the lowercase text — on SQLite by
+`lower_text` (Python's str.lower, registered with each connection as `SQLITE_LOWER`, since
+SQLite's lower() folds A–Z only), on PostgreSQL by its lower(), which folds every script in a
+UTF-8 database.
 """
 from __future__ import annotations
 
@@ -21,7 +38,7 @@ import math
 import re
 from typing import Any, Optional
 
-from sqlalchemy import Boolean, Float, Numeric, case, cast, func, literal_column
+from sqlalchemy import Boolean, Float, Numeric, String, case, cast, func, literal, literal_column
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -31,6 +48,7 @@ NUMBER_PATTERN = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d{1,3})?\s*$"
 _NUMBER = re.compile(NUMBER_PATTERN)
 LIMIT = 1e300  # a magnitude from here on is no number (its products and sums overflow)
 SQLITE_FUNCTION = "nurture_number"
+SQLITE_LOWER = "nurture_lower"
 
 
 def number_of_text(value: Any) -> Optional[float]:
@@ -39,6 +57,11 @@ def number_of_text(value: Any) -> Optional[float]:
         return None
     number = float(value)
     return number if math.isfinite(number) and abs(number) < LIMIT else None
+
+
+def lower_text(value: Any) -> Any:
+    """SQLite's `nurture_lower(text)`: the text in lowercase (str.lower); anything else as it is."""
+    return value.lower() if isinstance(value, str) else value
 
 
 class json_number(FunctionElement):
@@ -51,6 +74,39 @@ class json_number(FunctionElement):
 class json_boolean(FunctionElement):
     """`json_boolean(props["key"])`: JSON true / false as a boolean, anything else NULL."""
     name = "json_boolean"
+    type = Boolean()
+    inherit_cache = True
+
+
+class json_text(FunctionElement):
+    """`json_text(props["key"])`: the JSON value at that index as its text (module docstring)."""
+    name = "json_text"
+    type = String()
+    inherit_cache = True
+
+
+LIKE_ESCAPE = "/"
+
+
+def text_contains(text: Any, needle: str) -> Any:
+    """`needle` occurs in `text` (SQL text), ignoring case, with no wildcards (module docstring)."""
+    if needle.isascii():
+        escaped = needle.replace(LIKE_ESCAPE, 2 * LIKE_ESCAPE).replace("%", LIKE_ESCAPE + "%").replace(
+            "_", LIKE_ESCAPE + "_")
+        return _ascii_contains(text, literal(f"%{escaped}%", String()))
+    return _folded_contains(text, literal(needle, String()))
+
+
+class _ascii_contains(FunctionElement):
+    """`text` LIKE `pattern` (escaped, an ASCII needle between two %), ignoring case."""
+    name = "ascii_contains"
+    type = Boolean()
+    inherit_cache = True
+
+
+class _folded_contains(FunctionElement):
+    """`needle` occurs in the lowercase `text`, for a needle beyond ASCII."""
+    name = "folded_contains"
     type = Boolean()
     inherit_cache = True
 
@@ -77,6 +133,27 @@ def _sqlite_boolean(element: json_boolean, compiler: Any, **kw: Any) -> str:
             f"WHEN 'text' THEN (CASE {value} WHEN 'true' THEN 1 WHEN 'false' THEN 0 END) END)")
 
 
+@compiles(json_text, "sqlite")
+def _sqlite_text(element: json_text, compiler: Any, **kw: Any) -> str:
+    value, kind = _sqlite_parts(element, compiler, **kw)
+    (index,) = element.clauses  # `->`: a number's JSON text, as it was written
+    written = f"({compiler.process(index.left, **kw)} -> {compiler.process(index.right, **kw)})"
+    return (f"(CASE {kind} WHEN 'text' THEN {value} WHEN 'integer' THEN {written} WHEN 'real' THEN {written} "
+            f"WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' ELSE {value} END)")
+
+
+@compiles(_ascii_contains, "sqlite")
+def _sqlite_ascii_contains(element: _ascii_contains, compiler: Any, **kw: Any) -> str:
+    text, pattern = (compiler.process(c, **kw) for c in element.clauses)  # (SQLite's LIKE ignores A–Z case)
+    return f"({text} LIKE {pattern} ESCAPE '{LIKE_ESCAPE}')"
+
+
+@compiles(_folded_contains, "sqlite")
+def _sqlite_folded_contains(element: _folded_contains, compiler: Any, **kw: Any) -> str:
+    text, needle = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(instr({SQLITE_LOWER}({text}), {SQLITE_LOWER}({needle})) > 0)"
+
+
 @compiles(json_number, "postgresql")
 def _pg_number(element: json_number, compiler: Any, **kw: Any) -> str:
     (index,) = element.clauses
@@ -93,3 +170,21 @@ def _pg_boolean(element: json_boolean, compiler: Any, **kw: Any) -> str:
     (index,) = element.clauses
     text = index.as_string()
     return compiler.process(case((text == "true", True), (text == "false", False), else_=None), **kw)
+
+
+@compiles(json_text, "postgresql")
+def _pg_text(element: json_text, compiler: Any, **kw: Any) -> str:
+    (index,) = element.clauses
+    return compiler.process(index.as_string(), **kw)  # props ->> 'key'
+
+
+@compiles(_ascii_contains, "postgresql")
+def _pg_ascii_contains(element: _ascii_contains, compiler: Any, **kw: Any) -> str:
+    text, pattern = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(lower({text}) LIKE lower({pattern}) ESCAPE '{LIKE_ESCAPE}')"
+
+
+@compiles(_folded_contains, "postgresql")
+def _pg_folded_contains(element: _folded_contains, compiler: Any, **kw: Any) -> str:
+    text, needle = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(strpos(lower({text}), lower({needle})) > 0)"
