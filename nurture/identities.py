@@ -127,13 +127,14 @@ def resolve(conn: Any, who: Who, now: datetime, *, create: bool = True) -> tuple
             email=None, phone=None, external_id=None, lifecycle_stage="lead", score=0.0, attributes={},
             created_at=now, updated_at=now)).inserted_primary_key[0]
         link(conn, created, who, now)
-        _fill_identifiers(conn, created, who, now)
-        if any(find_by_identity(conn, kind, value) != created for kind, value in who.identities()):
+        filled = _fill_identifiers(conn, created, who, now)
+        taken = (find_by_identity(conn, kind, value) for kind, value in who.identities() if kind not in filled)
+        if any(owner != created for owner in taken):
             # A concurrent request created this person first (a page's first calls, a lead
             # delivered twice at once, an event of the address over /events): nobody held any
-            # identifier of `who` when this call looked, so whoever holds one now committed it
-            # since (PostgreSQL; SQLite's writers take turns). Its contact is the one; the one
-            # just made is removed, nothing refers to it yet.
+            # identifier of `who` when this call looked, so whoever holds one it could not take
+            # committed it since (PostgreSQL; SQLite's writers take turns). Its contact is the
+            # one; the one just made is removed, nothing refers to it yet.
             conn.execute(delete(identity_t).where(identity_t.c.contact_id == created))
             conn.execute(delete(contact_t).where(contact_t.c.id == created))
             return resolve(conn, who, now, create=create)
@@ -145,12 +146,13 @@ def resolve(conn: Any, who: Who, now: datetime, *, create: bool = True) -> tuple
     return known, merged
 
 
-def _fill_identifiers(conn: Any, contact_id: int, who: Who, now: datetime) -> None:
+def _fill_identifiers(conn: Any, contact_id: int, who: Who, now: datetime) -> set[str]:
     """Give the contact the message's external id, e-mail and phone where it has none and no
-    other contact holds them (the unique columns are never violated). On PostgreSQL a
-    transaction that is not linked to the identifier (`nurture import contacts`, an event over
-    /events: nurture.ingest) may have taken it meanwhile; the update then waits for it and
-    fails with a unique violation — undone (a savepoint), and the identifiers read again."""
+    other contact holds them (the unique columns are never violated); the kinds given. On
+    PostgreSQL a transaction that is not linked to the identifier (`nurture import contacts`,
+    an event over /events: nurture.ingest) may have taken it meanwhile; the update then waits
+    for it and fails with a unique violation — undone (a savepoint), and the identifiers read
+    again."""
     for _ in range(3):
         row = conn.execute(select(contact_t.c.email, contact_t.c.phone, contact_t.c.external_id)
                            .where(contact_t.c.id == contact_id)).one()
@@ -160,18 +162,19 @@ def _fill_identifiers(conn: Any, contact_id: int, who: Who, now: datetime) -> No
             if wanted and current is None and find_by_identity(conn, kind, wanted) in (None, contact_id):
                 values[kind] = wanted
         if not values:
-            return
+            return set()
         stmt = update(contact_t).where(contact_t.c.id == contact_id).values(**values, updated_at=now)
-        if conn.dialect.name != "postgresql":
+        if conn.dialect.name != "postgresql" or values.keys() == {"phone"}:  # (a phone is not unique)
             conn.execute(stmt)
-            return
+            return set(values)
         try:
             with conn.begin_nested():
                 conn.execute(stmt)
-            return
+            return set(values)
         except IntegrityError as exc:
             if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
                 raise
+    return set()
 
 
 def merge_contacts(conn: Any, from_id: int, into_id: int, *, reason: str, now: datetime) -> dict:
