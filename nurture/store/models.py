@@ -110,6 +110,7 @@ class JourneyCursor(SQLModel, table=True):
 class JourneyPendingTrigger(SQLModel, table=True):
     """Trigger events the cursor passed while they were still in the future (clock skew,
     scheduled events): they enroll once their time has come, without holding others back."""
+    __table_args__ = (Index("ix_pending_trigger_due", "journey", "occurred_at"),)
     journey: str = Field(primary_key=True)
     event_pk: int = Field(primary_key=True)
     occurred_at: datetime
