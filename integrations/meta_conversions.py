@@ -7,7 +7,8 @@ de-duplicates on it with `event_name`), `action_source` (`system_generated` for 
 `physical_store` for in-store sales), `user_data` — `em` / `ph` SHA-256 of the e-mail and the
 phone normalized Meta's way (nurture.segments.identifiers, as for Custom Audiences), `fn`,
 `ln`, `country` likewise, `fbc` (`fb.1.<click time ms>.<fbclid>`) when the contact arrived
-through a Facebook click — and `custom_data` `{value, currency}`.
+through a Facebook click (the engine passes only a click at most 90 days before the event, never
+one after it) — and `custom_data` `{value, currency}`.
 For a lead that came from Meta's own Lead Ads (its leadgen id is known: the event's
 `lead_id` property or the contact's `meta_lead_id` / `lead_id` attribute) the event is a
 Conversion Leads CRM event: `user_data.lead_id` (not hashed) and `custom_data.event_source:

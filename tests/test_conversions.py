@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -158,6 +158,37 @@ def test_since_is_honoured_literally_and_what_is_too_old_for_the_platform_is_rec
     assert h.held() == {fresh}
 
 
+def test_a_run_dated_in_the_past_reads_nothing_meta_finds_too_old_by_the_real_clock(harness):
+    h = harness("meta")
+    h.server.clock = None  # Meta judges an event's age by the real time of the request
+    wall = datetime.now(timezone.utc)
+    fresh, stale = [], []
+    for i in range(3):  # interleaved, as events arrive
+        fresh.append(h.purchase(h.contact(f"fresh{i}@example.com"), at=wall - timedelta(days=4)))
+        stale.append(h.purchase(h.contact(f"stale{i}@example.com"), at=wall - timedelta(days=9)))
+    report = h.run(wall - timedelta(days=3))  # a nightly run started 3 days late: 9 days old, not 6
+    assert (report.status, report.due, report.sent, report.failed) == ("ok", 3, 3, 0)
+    assert h.held() == set(fresh) and not set(stale) & set(h.received())
+
+
+def test_a_run_dated_in_the_past_skips_as_too_old_what_an_old_since_reads(harness):
+    h = harness("meta")
+    h.server.clock = None
+    wall = datetime.now(timezone.utc)
+    (h.root / "journeys" / "conversions.yaml").write_text(textwrap.dedent(f"""
+        conversions:
+          - event: purchase
+            since: {(wall - timedelta(days=20)).date().isoformat()}
+            destinations: [{{destination: meta, dataset_id: "1234567890"}}]
+        """))
+    h.project = load_project(h.root)
+    fresh = h.purchase(h.contact("fresh@example.com"), at=wall - timedelta(days=4))
+    h.purchase(h.contact("stale@example.com"), at=wall - timedelta(days=9))  # read: since is older
+    report = h.run(wall - timedelta(days=3))
+    assert (report.sent, report.failed, report.skipped_reasons) == (1, 0, {"too_old": 1})
+    assert h.held() == {fresh}
+
+
 def test_meta_physical_store_events_may_be_62_days_old(harness):
     h = harness("meta", extra=", action_source: physical_store")
     month_old = h.purchase(h.contact("a@example.com"), at=NOW - timedelta(days=30))
@@ -230,16 +261,24 @@ def test_currency_lead_id_click_ids_and_the_deduplication_id_trust_nothing():
     assert "jane" not in conversion_id("jane@x.org")
 
 
+def test_a_currency_that_is_no_iso_4217_code_falls_back_to_the_policy_currency():
+    assert [currency_of({"currency": c}, "EUR") for c in ("usd", "JPY", "chf")] == ["USD", "JPY", "CHF"]
+    for made_up in ("ABC", "FOO", "PTS", "BTC"):  # a typo, loyalty points, a crypto ticker: three letters, no code
+        assert currency_of({"currency": made_up}, "EUR") == "EUR"
+
+
 def test_value_and_currency_reach_the_platform_as_the_event_says_else_the_policy_currency(harness):
     h = harness("linkedin")
     cid = h.contact("a@example.com")
     usd = h.purchase(cid, value="120.5", currency="usd")
     policy = h.purchase(cid, value=30, currency="dollars")
+    made_up = h.purchase(cid, value=0, currency="ABC")  # three letters, but no ISO 4217 code
     none = h.purchase(cid, value="NaN")
-    assert h.run().sent == 3
+    assert h.run().sent == 4
     got = h.server.conversions("urn:lla:llaPartnerConversion:123")
     assert got[usd]["conversionValue"] == {"currencyCode": "USD", "amount": "120.50"}
     assert got[policy]["conversionValue"] == {"currencyCode": "EUR", "amount": "30.00"}  # policies.yaml's default
+    assert got[made_up]["conversionValue"] == {"currencyCode": "EUR", "amount": "0.00"}
     assert "conversionValue" not in got[none]
 
 
@@ -249,6 +288,8 @@ def touch(h: Harness, cid: int, kind: str, value: str, at, event_id: str) -> Non
                                              properties={kind: value}, occurred_at=at, received_at=at))
         record_event_touches(conn, [TouchCandidate(cid, Touch("google", "cpc", click_id_type=kind, click_id=value),
                                                    at, event_id)])
+    if hasattr(h.server, "clicks"):  # the platform knows when its own ads were clicked
+        h.server.clicks[value] = at
 
 
 def test_google_gets_the_events_own_click_id_else_the_last_touchs_else_the_first(harness):
@@ -270,6 +311,49 @@ def test_google_gets_the_events_own_click_id_else_the_last_touchs_else_the_first
     assert request["consent"] == {"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"}
     assert request["validateOnly"] is False and request["encoding"] == "HEX"
     assert got[ids[0]]["eventTimestamp"] == "2026-11-20T23:00:00Z" and got[ids[0]]["eventSource"] == "OTHER"
+
+
+def test_google_never_credits_a_conversion_to_a_click_after_it_or_outside_its_90_day_window(harness):
+    h = harness("google")
+    bought = NOW - timedelta(days=3)
+    later_click, ancient, edge = (h.contact(f"{n}@example.com") for n in ("later", "ancient", "edge"))
+    touch(h, later_click, "gclid", "GCLID-BEFORE", bought - timedelta(days=5), "t1")  # led to the sale
+    touch(h, later_click, "gclid", "GCLID-AFTER", bought + timedelta(days=1), "t2")  # the last touch, a day later
+    touch(h, ancient, "gclid", "GCLID-ANCIENT", bought - timedelta(days=400), "t3")
+    touch(h, ancient, "wbraid", "WBRAID-91", bought - timedelta(days=91), "t4")
+    touch(h, edge, "gbraid", "GBRAID-90", bought - timedelta(days=90), "t5")  # the window's last day still counts
+    ids = [h.purchase(c, at=bought) for c in (later_click, ancient, edge)]
+    assert h.run().sent == 3
+    got = h.server.conversions("987654321")
+    assert got[ids[0]]["adIdentifiers"] == {"gclid": "GCLID-BEFORE"}  # the last touch's click came after: the first's
+    assert "adIdentifiers" not in got[ids[1]] and "userData" in got[ids[1]]  # the e-mail alone
+    assert got[ids[2]]["adIdentifiers"] == {"gbraid": "GBRAID-90"}
+
+
+def test_the_fake_google_refuses_a_click_after_the_conversion_as_google_does(harness):
+    h = harness("google")
+    cid = h.contact("a@example.com")
+    h.server.clicks["GCLID-LATER"] = NOW  # Google knows this click came after the purchase below
+    h.purchase(cid, at=NOW - timedelta(hours=2), gclid="GCLID-LATER")  # the event's own (wrong) click id
+    report = h.run()
+    assert report.failed == 1 and "CONVERSION_PRECEDES_EVENT" in report.errors[0]["reason"]
+    assert h.server.problems and h.server.problems.pop().startswith("CONVERSION_PRECEDES_EVENT")
+
+
+def test_meta_fbc_is_only_a_click_before_the_conversion_within_90_days(harness):
+    h = harness("meta")
+    bought = NOW - timedelta(days=3)
+    after_only, before_and_after, ancient = (h.contact(f"{n}@example.com") for n in ("after", "both", "ancient"))
+    touch(h, after_only, "fbclid", "FB-AFTER", bought + timedelta(days=1), "t1")
+    first_click = bought - timedelta(days=10)
+    touch(h, before_and_after, "fbclid", "FB-BEFORE", first_click, "t2")
+    touch(h, before_and_after, "fbclid", "FB-AFTER-2", bought + timedelta(hours=1), "t3")
+    touch(h, ancient, "fbclid", "FB-ANCIENT", bought - timedelta(days=91), "t4")
+    ids = [h.purchase(c, at=bought) for c in (after_only, before_and_after, ancient)]
+    assert h.run().sent == 3
+    got = h.server.conversions("1234567890")
+    assert "fbc" not in got[ids[0]]["user_data"] and "fbc" not in got[ids[2]]["user_data"]
+    assert got[ids[1]]["user_data"]["fbc"] == f"fb.1.{int(first_click.timestamp()) * 1000}.FB-BEFORE"
 
 
 def test_google_validate_only_is_a_dry_run_the_events_stay_due_for_the_real_run(harness):
@@ -373,7 +457,7 @@ def nurture(root: Path, *args: str, **env_extra: str) -> subprocess.CompletedPro
     return proc
 
 
-def shop(tmp_path: Path, conversions: str) -> Path:
+def shop(tmp_path: Path, conversions: str, now: datetime = NOW) -> Path:
     root = write_project(tmp_path / "shop", {})
     (root / "journeys" / "conversions.yaml").write_text(textwrap.dedent(conversions).lstrip())
     store = open_store(f"sqlite:///{root / '.nurture' / 'nurture.db'}")
@@ -381,24 +465,26 @@ def shop(tmp_path: Path, conversions: str) -> Path:
         for i, ads in enumerate(("granted", "granted", None)):
             cid = conn.execute(contact_t.insert().values(
                 email=f"c{i}@example.com", lifecycle_stage="lead", score=0.0, attributes={},
-                created_at=NOW - timedelta(days=9), updated_at=NOW - timedelta(days=9))).inserted_primary_key[0]
+                created_at=now - timedelta(days=9), updated_at=now - timedelta(days=9))).inserted_primary_key[0]
             if ads:
-                record_consent(conn, cid, "ads", ads, source="test", at=NOW - timedelta(days=9))
+                record_consent(conn, cid, "ads", ads, source="test", at=now - timedelta(days=9))
             conn.execute(event_t.insert().values(event_id=f"o{i}", contact_id=cid, name="purchase",
-                                                 properties={"value": 10 + i}, occurred_at=NOW - timedelta(days=1),
-                                                 received_at=NOW - timedelta(days=1)))
+                                                 properties={"value": 10 + i}, occurred_at=now - timedelta(days=1),
+                                                 received_at=now - timedelta(days=1)))
     store.dispose()
     return root
 
 
 def test_nurture_conversions_exits_0_when_only_skips_happened_and_1_when_something_failed(tmp_path):
+    # Dated today: a platform judges an event's age by the real clock, whatever --now says.
+    today = datetime.now(timezone.utc).replace(microsecond=0)
     root = shop(tmp_path, """
         conversions:
           - event: purchase
             destinations:
               - {destination: csv, name: buys}
-        """)
-    proc = nurture(root, "conversions", "--now", "2026-11-21T01:00:00Z")
+        """, now=today)
+    proc = nurture(root, "conversions", "--now", today.isoformat())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "csv:buys" in proc.stdout and "skipped no_ads_consent 1" in proc.stdout
     assert len(list((root / ".nurture" / "conversions" / "buys").glob("*.csv"))) == 1
@@ -409,10 +495,10 @@ def test_nurture_conversions_exits_0_when_only_skips_happened_and_1_when_somethi
               - {destination: csv, name: buys}
               - {destination: meta, dataset_id: "1234567890"}
         """))
-    proc = nurture(root, "conversions", "--now", "2026-11-21T01:00:00Z")
+    proc = nurture(root, "conversions", "--now", today.isoformat())
     assert proc.returncode == 1
     assert "NURTURE_META_ACCESS_TOKEN" in proc.stdout and "the next run retries it" in proc.stderr
-    again = nurture(root, "conversions", "--now", "2026-11-21T01:00:00Z", NURTURE_META_ACCESS_TOKEN=TOKEN,
+    again = nurture(root, "conversions", "--now", today.isoformat(), NURTURE_META_ACCESS_TOKEN=TOKEN,
                     NURTURE_META_BASE_URL="http://127.0.0.1:9")  # refuses at once
     assert again.returncode == 1 and "ConnectError talking to meta" in again.stdout
     assert TOKEN not in again.stdout + again.stderr

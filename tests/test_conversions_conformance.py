@@ -18,7 +18,7 @@ import hashlib
 import shutil
 import textwrap
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -159,7 +159,9 @@ class Harness:
         return self.wrap(dest) if self.wrap else dest
 
     def run(self, now: datetime = NOW):
-        reports = send_conversions(self.store, self.project, now, self.context, factory=self.factory)
+        # The platform's clock is the real time the engine judges ages by: the fake's, when it has one.
+        wall = getattr(self.server, "clock", None)
+        reports = send_conversions(self.store, self.project, now, self.context, factory=self.factory, wall=wall)
         assert len(reports) == 1
         return reports[0]
 
@@ -462,6 +464,20 @@ def test_an_event_that_grew_too_old_for_the_platform_is_skipped_before_batching(
     assert (report.sent, report.skipped, report.failed) == (1, 2, 0)
     assert report.skipped_reasons == {"too_old": 2} and report.status == "ok"
     assert h.requests() - mark == 1 and h.held() == {fresh} and not set(ids) & set(h.received())
+
+
+def test_a_run_dated_in_the_past_sends_nothing_the_platform_finds_too_old_by_its_real_clock(h):
+    """A late or catch-up nightly run has a `now` in the past; the platform judges ages by the
+    real time of the request, so the engine measures them against the later of the two."""
+    http_only(h)
+    h.server.clock = None  # the fake judges ages by the wall clock, as the platform does
+    wall = datetime.now(timezone.utc)
+    late = timedelta(days=3)
+    fresh = h.purchase(h.contact("fresh@example.com"), at=wall - h.case.max_age + timedelta(days=1))
+    stale = h.purchase(h.contact("stale@example.com"), at=wall - h.case.max_age - timedelta(days=1))
+    report = h.run(wall - late)  # by that clock the stale event is two days inside the limit
+    assert (report.status, report.sent, report.failed) == ("ok", 1, 0)
+    assert h.held() == {fresh} and stale not in h.received()
 
 
 def test_every_platform_request_takes_a_throttle_slot_first(h):

@@ -9,7 +9,8 @@ Pure functions, table-tested:
   provider built from an address never leaves as it is.
 - `value_of(properties)`: the `value` property as a finite number from 0 to 1e12 (text that
   reads as a number counts, like the report reads it), rounded to cents; anything else: None.
-- `currency_of(properties, default)`: a valid ISO 4217 code in the `currency` property, else
+- `currency_of(properties, default)`: the `currency` property when it is an ISO 4217 code
+  (Babel's list, so three letters such as `ABC`, `PTS` or `BTC` are not one), else
   policies.yaml's currency.
 - `lead_id_of(properties, attributes)`: Meta's lead id (15–17 digits) from the event's
   `lead_id` property or the contact's `meta_lead_id` / `lead_id` attribute.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from functools import lru_cache
 from typing import Any, Mapping, Optional
 
 from nurture.store.json_values import NUMBER_PATTERN
@@ -62,9 +64,17 @@ def currency_of(properties: Any, default: str) -> str:
     raw = properties.get("currency") if isinstance(properties, Mapping) else None
     if isinstance(raw, str):
         code = raw.strip().upper()
-        if _CURRENCY.match(code):
+        if _CURRENCY.match(code) and _is_iso_4217(code):
             return code
     return default
+
+
+@lru_cache(maxsize=256)
+def _is_iso_4217(code: str) -> bool:
+    # A made-up code is refused by Meta (the whole request) and by Google: checked against
+    # the real list, not only its shape. Babel is loaded only when a conversion carries one.
+    from babel.numbers import is_currency
+    return is_currency(code)
 
 
 def lead_id_of(properties: Any, attributes: Any) -> Optional[str]:

@@ -8,8 +8,10 @@
 - The start: an event is considered only when it happened at or after the entry's `since:`
   — or, without one, within the platform's own age limit (`max_age`: Meta 7 days, 62 for
   `physical_store`; Google and LinkedIn 90 days) or `DEFAULT_LOOKBACK` (90 days) for a
-  destination without one. Enabling conversions never sends years of history, and nothing is
-  read that the platform would refuse anyway. Events after the run's logical time wait.
+  destination without one — counted back from the later of the run's logical time and the
+  wall clock, since the platform judges an event's age by the real time of the request.
+  Enabling conversions never sends years of history, and nothing is read that the platform
+  would refuse anyway. Events after the run's logical time wait.
 - `enqueue` is one INSERT … SELECT per (conversion, destination): every matching event
   without a `conversion_delivery` row for that destination gets a `pending` one (NOT EXISTS
   over the unique key, insert-or-ignore against a concurrent run). The work of a run then
@@ -44,11 +46,13 @@ def matches(event: str) -> Any:
     return (event_t.c.name == STAGE_CHANGED) & (event_t.c.properties["to"].as_string() == stage)
 
 
-def floor(since: Optional[datetime], max_age: Optional[timedelta], now: datetime) -> datetime:
-    """The earliest event time a run considers (see the module docstring)."""
+def floor(since: Optional[datetime], max_age: Optional[timedelta], now: datetime,
+          wall: Optional[datetime] = None) -> datetime:
+    """The earliest event time a run at logical time `now` considers, the real time being
+    `wall` (see the module docstring)."""
     if since is not None:
         return since
-    return now - (max_age or DEFAULT_LOOKBACK)
+    return max(now, wall or now) - (max_age or DEFAULT_LOOKBACK)
 
 
 def enqueue(conn: Any, *, target: str, destination: str, conversion: str, since: datetime, now: datetime,

@@ -14,7 +14,8 @@
    for the batch in flight) — each of those is `skipped` with that reason, before batching,
    so one stale event never makes Meta refuse a whole request. The others get their value,
    currency, lead id and click ids (per platform: the event's own, else the contact's last
-   touch's, else its first touch's — nurture.sources keeps them in `contact_touch`);
+   touch's, else its first touch's — nurture.sources keeps them in `contact_touch` — a touch's
+   click only when it happened at or before the event and within CLICK_WINDOW of it);
 4. they go to the destination in full batches of its limit; its per-event results are
    written in one short transaction per batch: `sent` (acknowledged), `failed` (retried next
    run), `skipped` (e.g. no identifier the platform can match), `validated` (a dry run: stays
@@ -51,6 +52,13 @@ from nurture.store.tables import (contact_t, conversion_delivery_t, conversion_r
 
 # An event this close to the platform's age limit is skipped too: the batch is still in flight.
 AGE_MARGIN = timedelta(minutes=10)
+# A touch's click is sent with a conversion only when it came at most this long before it (and
+# not after it: a click after the conversion did not lead to it). Every platform's window:
+# Google refuses a click after the conversion (CONVERSION_PRECEDES_EVENT) or before the
+# conversion action's click-through window, at most 90 days (EXPIRED_EVENT) — gclid, gbraid
+# and wbraid alike; LinkedIn's li_fat_id and Meta's _fbc cookie (the fbc built from an fbclid)
+# live 90 days.
+CLICK_WINDOW = timedelta(days=90)
 DUE = ("pending", "failed")
 RESULTS = ("sent", "failed", "skipped", "validated")
 MAX_REASON = 300
@@ -159,12 +167,17 @@ def _touches(conn: Any, contact_ids: Sequence[int]) -> dict[int, list[Clicks]]:
     return out
 
 
-def _click_ids(own: Clicks, touches: list[Clicks]) -> Clicks:
+def _click_ids(own: Clicks, touches: list[Clicks], occurred_at: datetime) -> Clicks:
     """Per platform (gclid, gbraid and wbraid are Google's), the click ids of the best source
-    that has one: the event itself, else the contact's last touch, else its first."""
+    that has one: the event itself, else the contact's last touch, else its first — a touch
+    only when its click could have led to the event: at or before it, within CLICK_WINDOW.
+    (The last touch moves on with every visit, so a conversion sent days later would
+    otherwise carry a click made after it.)"""
     chosen: Clicks = {}
     taken: set[str] = set()
-    for source in (own, *touches):
+    fitting = [{kind: (value, at) for kind, (value, at) in touch.items()
+                if at <= occurred_at and occurred_at - at <= CLICK_WINDOW} for touch in touches]
+    for source in (own, *fitting):
         platforms = {CLICK_IDS[kind][0] for kind in source} - taken
         chosen.update({kind: clicked for kind, clicked in source.items() if CLICK_IDS[kind][0] in platforms})
         taken |= platforms
@@ -174,7 +187,7 @@ def _click_ids(own: Clicks, touches: list[Clicks]) -> Clicks:
 def _event(row: Any, touches: dict[int, list[Clicks]], currency: str) -> ConversionEvent:
     props = row.properties if isinstance(row.properties, dict) else {}
     own = {kind: (value, row.occurred_at) for kind, value in ((k, click_id(props.get(k))) for k in CLICK_IDS) if value}
-    clicks = _click_ids(own, touches.get(row.contact_id, []))
+    clicks = _click_ids(own, touches.get(row.contact_id, []), row.occurred_at)
     return ConversionEvent(
         event_pk=row.event_pk, event_id=conversion_id(row.event_id), conversion=row.conversion,
         occurred_at=row.occurred_at, contact_id=row.contact_id, currency=currency_of(props, currency),
@@ -199,8 +212,10 @@ def _page(conn: Any, ref: ConversionTarget, after: int, size: int) -> list[Any]:
 
 
 def send_target(store: Store, project: ProjectSpec, ref: ConversionTarget, destination: ConversionDestination,
-                now: datetime, *, secrets: Sequence[str] = ()) -> ConversionReport:
-    """Send one target's due conversions; `secrets` are masked in every recorded reason."""
+                now: datetime, *, secrets: Sequence[str] = (), wall: Optional[datetime] = None) -> ConversionReport:
+    """Send one target's due conversions at logical time `now`; `secrets` are masked in every
+    recorded reason. `wall`: the real time, which the platform judges ages by (default: the
+    clock of this machine; a test gives its fake platform's clock)."""
     started = time.perf_counter()
     report = ConversionReport(ref.conversion, ref.destination, ref.key)
     requests_before = destination.requests_sent
@@ -215,10 +230,14 @@ def send_target(store: Store, project: ProjectSpec, ref: ConversionTarget, desti
             status="running", due=0, sent=0, skipped=0, failed=0, validated=0, requests=0, duration_ms=0,
             skipped_reasons={}, errors=[])).inserted_primary_key[0]
     max_age = destination.max_age(ref.target)
+    wall = wall or _wall()
     with store.engine.begin() as conn:
         enqueue(conn, target=ref.key, destination=ref.destination, conversion=ref.conversion,
-                since=floor(ref.since, max_age, now), now=now, stamp=_wall())
-    oldest = now - max_age + AGE_MARGIN if max_age is not None else None
+                since=floor(ref.since, max_age, now, wall), now=now, stamp=_wall())
+    # The platform judges an event's age by its own clock, the real time of the request: a run
+    # dated in the past (a late or catch-up Prefect run) must not send what is stale by then —
+    # as current_consent lets a revocation up to the wall clock win over a past `now`.
+    oldest = max(now, wall) - max_age + AGE_MARGIN if max_age is not None else None
     currency = project.policies.currency
     size = destination.max_batch
     ready: list[tuple[Any, ConversionEvent]] = []  # checked, waiting for a full batch
@@ -229,7 +248,7 @@ def send_target(store: Store, project: ProjectSpec, ref: ConversionTarget, desti
             if rows:
                 after = rows[-1].id
                 contact_ids = [row.contact_id for row in rows]
-                consent = current_consent(conn, contact_ids, "ads", "marketing", now)
+                consent = current_consent(conn, contact_ids, "ads", "marketing", now, wall)
                 blocked = _blocked(conn, rows)
                 touches = _touches(conn, contact_ids)
         skips: dict[int, ConversionResult] = {}
@@ -334,7 +353,7 @@ def default_factory(platform: str, context: IntegrationContext) -> ConversionDes
 
 
 def send_one(store: Store, project: ProjectSpec, ref: ConversionTarget, now: datetime, context: IntegrationContext,
-             factory: Optional[Factory] = None) -> ConversionReport:
+             factory: Optional[Factory] = None, *, wall: Optional[datetime] = None) -> ConversionReport:
     """Send one target; a destination that cannot start (missing credentials) or a bug in a
     plug-in is a failed run with its reason, never an exception that stops the other targets."""
     secrets = secrets_in(context.env)
@@ -343,7 +362,7 @@ def send_one(store: Store, project: ProjectSpec, ref: ConversionTarget, now: dat
     except IntegrationError as exc:
         return _record_failure(store, ref, redact(str(exc), secrets) or "")
     try:
-        return send_target(store, project, ref, destination, now, secrets=secrets)
+        return send_target(store, project, ref, destination, now, secrets=secrets, wall=wall)
     except Exception as exc:  # a plug-in's bug: this target fails loudly, the others still run
         reason = redact(f"{type(exc).__name__} in {ref.destination}: {exc}", secrets) or ""
         return _record_failure(store, ref, reason[:MAX_REASON])
@@ -352,6 +371,6 @@ def send_one(store: Store, project: ProjectSpec, ref: ConversionTarget, now: dat
 
 
 def send_conversions(store: Store, project: ProjectSpec, now: datetime, context: IntegrationContext, *,
-                     factory: Optional[Factory] = None) -> list[ConversionReport]:
+                     factory: Optional[Factory] = None, wall: Optional[datetime] = None) -> list[ConversionReport]:
     """Every declared (conversion, destination), one after the other."""
-    return [send_one(store, project, ref, now, context, factory) for ref in targets(project)]
+    return [send_one(store, project, ref, now, context, factory, wall=wall) for ref in targets(project)]

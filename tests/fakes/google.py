@@ -11,8 +11,17 @@ https://developers.google.com/data-manager/api/devguides/events/google-ads/offli
 IngestEventsRequest fails validation, the Data Manager API rejects the entire request"): each
 event's transactionId, RFC 3339 eventTimestamp (at most 90 days old for click conversions),
 eventSource, one of gclid/gbraid/wbraid in adIdentifiers and/or hex SHA-256 userIdentifiers,
-conversionValue with a currency. A validateOnly request is checked and stores nothing; a
-stored event is de-duplicated on its transactionId."""
+conversionValue with an ISO 4217 currency. A validateOnly request is checked and stores
+nothing; a stored event is de-duplicated on its transactionId.
+
+Like Google, it knows its own clicks (`clicks`: gclid/gbraid/wbraid → when the ad was clicked,
+filled by the test) and refuses an event whose click cannot have led to it, as the Google Ads
+ConversionUploadError documents
+(https://developers.google.com/google-ads/api/reference/rpc/latest/ConversionUploadErrorEnum.ConversionUploadError):
+CONVERSION_PRECEDES_EVENT ("the imported event has a conversion_date_time that precedes the
+click") and EXPIRED_EVENT ("its click occurred before this conversion's click-through window",
+at most 90 days). Such an event is named `events[i]` in the BadRequest, and recorded as a
+problem: the engine must never send one."""
 from __future__ import annotations
 
 import math
@@ -21,10 +30,13 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
+from babel.numbers import is_currency
+
 from tests.fakes.http_server import FakeProvider, Reply, Request
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 EVENT_MAX_AGE = timedelta(days=90)
+CLICK_WINDOW = timedelta(days=90)  # the longest click-through window a conversion action can have
 EVENT_SOURCES = {"WEB", "APP", "IN_STORE", "PHONE", "MESSAGE", "OTHER"}
 CONSENT_VALUES = {"CONSENT_GRANTED", "CONSENT_DENIED"}
 EVENT_KEYS = {"destinationReferences", "transactionId", "eventTimestamp", "lastUpdatedTimestamp", "userData",
@@ -45,6 +57,7 @@ class FakeGoogle(FakeProvider):
         self.received_events: list[tuple[str, dict]] = []  # every stored event, duplicates included
         self.validated: list[dict] = []  # the events of validateOnly requests (never stored)
         self.clock: Optional[datetime] = None  # "now" for the age check (None: the wall clock)
+        self.clicks: dict[str, datetime] = {}  # gclid / gbraid / wbraid -> when the ad was clicked
 
     @staticmethod
     def exhausted() -> Reply:
@@ -102,8 +115,21 @@ class FakeGoogle(FakeProvider):
         if "conversionValue" in event:
             value = event["conversionValue"]
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-                    or not re.fullmatch(r"[A-Z]{3}", str(event.get("currency", ""))):
+                    or not is_currency(str(event.get("currency", ""))):
                 return f"events[{i}]: conversionValue needs a number and a currency"
+        return None
+
+    def _click_problem(self, i: int, event: dict) -> Optional[str]:
+        """The ConversionUploadError of an event whose known click cannot have led to it."""
+        at = datetime.fromisoformat(event["eventTimestamp"].replace("Z", "+00:00"))
+        for click in (event.get("adIdentifiers") or {}).values():
+            clicked = self.clicks.get(click)
+            if clicked is None:
+                continue
+            if clicked > at:
+                return f"CONVERSION_PRECEDES_EVENT: events[{i}] at {at} precedes its click {click} at {clicked}"
+            if at - clicked > CLICK_WINDOW:
+                return f"EXPIRED_EVENT: events[{i}]'s click {click} at {clicked} is before the click-through window"
         return None
 
     def _events(self, request: Request) -> Reply:
@@ -130,6 +156,11 @@ class FakeGoogle(FakeProvider):
                 return self.problem(problem)
         violations = [{"field": f"events[{i}].user_data.user_identifiers", "description": "Invalid hashed value."}
                       for i, event in enumerate(events) if self._event_identity(event) in self.rejected]
+        for i, event in enumerate(events):
+            click_problem = self._click_problem(i, event)
+            if click_problem:
+                self.problems.append(click_problem)
+                violations.append({"field": f"events[{i}].ad_identifiers", "description": click_problem})
         if violations:
             return Reply(400, {"error": {"code": 400, "message": "Request contains an invalid argument.",
                                          "status": "INVALID_ARGUMENT",

@@ -13,6 +13,13 @@ https://developers.facebook.com/documentation/ads-commerce/conversions-api/conve
 (user_data.lead_id unhashed, custom_data.event_source "crm" and lead_event_source). It
 checks every event and refuses the whole request on any invalid one (error code 100), as Meta
 does; it de-duplicates on event_id, as Meta does, and keeps every event it received.
+`user_data.fbc` is `fb.1.<creationTime>.<fbclid>`, creationTime in milliseconds: when the
+fbclid was first seen, as documented at
+https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/fbp-and-fbc/ —
+a click can only lead to a later event, and the _fbc cookie it stands for lives 90 days
+(Meta's cookie settings for the pixel). Meta would take such an fbc and attribute the event
+to a click that did not lead to it; the fake records an fbc created after event_time, or
+more than 90 days before it, as a problem. `custom_data.currency` must be an ISO 4217 code.
 
 And Lead Ads retrieval: GET /{version}/{lead_id} (the id a `leadgen` webhook names) answers
 `{id, created_time, ad_id, form_id, field_data: [{name, values: [...]}], ...}`, as documented at
@@ -31,19 +38,22 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
+from babel.numbers import is_currency
+
 from tests.fakes.http_server import FakeProvider, Reply, Request
 
 PATH = re.compile(r"^/(v\d+\.\d+)/(\d+)/users$")
 LEAD_PATH = re.compile(r"^/(v\d+\.\d+)/(\d+)$")
 EVENTS_PATH = re.compile(r"^/(v\d+\.\d+)/(\d+)/events$")
 EVENT_MAX_AGE = {"system_generated": timedelta(days=7), "physical_store": timedelta(days=62)}
+FBC_LIFETIME = timedelta(days=90)  # how long the _fbc cookie an fbc stands for lives
 ACTION_SOURCES = {"email", "website", "app", "phone_call", "chat", "physical_store", "system_generated",
                   "business_messaging", "other"}
 EVENT_KEYS = {"event_name", "event_time", "event_id", "action_source", "user_data", "custom_data",
               "event_source_url", "opt_out", "data_processing_options", "data_processing_options_country",
               "data_processing_options_state", "referrer_url"}
 HASHED_USER_KEYS = {"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id"}
-FBC = re.compile(r"^fb\.1\.\d{13}\.\S+$")
+FBC = re.compile(r"^fb\.1\.(\d{13})\.\S+$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 KNOWN_KEYS = {"EXTERN_ID", "EMAIL", "PHONE", "GEN", "DOBY", "DOBM", "DOBD", "LN", "FN", "FI", "CT", "ST",
               "ZIP", "MADID", "COUNTRY"}
@@ -159,8 +169,13 @@ class FakeMeta(FakeProvider):
                 if not isinstance(value, int) or isinstance(value, bool) or not 15 <= len(str(value)) <= 17:
                     return f"user_data.lead_id must be the 15-17 digit lead id, unhashed: {value!r}"
             elif key == "fbc":
-                if not isinstance(value, str) or not FBC.match(value):
+                match = FBC.match(value) if isinstance(value, str) else None
+                if not match:
                     return f"user_data.fbc must be fb.1.<ms>.<fbclid>: {value!r}"
+                created = int(match.group(1)) // 1000  # event_time is in whole seconds
+                if created > t or t - created > FBC_LIFETIME.total_seconds():
+                    self.problems.append(f"user_data.fbc {value!r} was not clicked in the 90 days before "
+                                         f"event_time {t}")
             else:
                 return f"unexpected user_data.{key}"
         if not {"em", "ph", "lead_id", "fbc", "external_id"} & set(user):
@@ -169,7 +184,7 @@ class FakeMeta(FakeProvider):
         if not isinstance(custom, dict):
             return "custom_data must be an object"
         if "value" in custom and (not isinstance(custom["value"], (int, float)) or isinstance(custom["value"], bool)
-                                  or not re.fullmatch(r"[A-Z]{3}", str(custom.get("currency", "")))):
+                                  or not is_currency(str(custom.get("currency", "")))):
             return f"custom_data value needs a number and an ISO 4217 currency: {custom}"
         crm = "lead_id" in user
         if crm and (custom.get("event_source") != "crm" or not custom.get("lead_event_source")
