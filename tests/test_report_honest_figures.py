@@ -10,7 +10,6 @@ from datetime import timedelta
 
 import pytest
 from rich.console import Console
-from sqlalchemy import select
 
 from nurture.cli import report_verbs
 from nurture.reporting import build_report, views
@@ -18,29 +17,15 @@ from nurture.reporting.contract import report_json
 from nurture.reporting.format import number_style
 from nurture.reporting.html_page import render_html
 from nurture.spec.project import load_project
-from nurture.store.tables import contact_t, enrollment_t, message_t
+from nurture.store.tables import message_t
 from tests.conftest import DEFAULT_POLICIES, utc
 from tests.engine_fixtures import add_event, journey_yaml
+from tests.test_report_money import _contacts, _enroll  # the same rows
 
 T0 = utc(2026, 11, 2, 10)
 POLICIES = DEFAULT_POLICIES + "unit_costs: {email: 0.5, sms: 0.1}\ncurrency: EUR\n"
 MAIL = "- id: mail\n  send: {channel: email, template: hello, subject: Hi}"
 GOAL = "goal: {event: purchase, within: 3d}"
-
-
-def _contacts(conn, n, prefix="c"):
-    emails = [f"{prefix}{i}@example.com" for i in range(n)]
-    conn.execute(contact_t.insert(), [{"email": e, "lifecycle_stage": "lead", "score": 0.0, "attributes": {},
-                                       "created_at": T0, "updated_at": T0} for e in emails])
-    return [r[0] for r in conn.execute(select(contact_t.c.id).where(contact_t.c.email.in_(emails))
-                                       .order_by(contact_t.c.id))]
-
-
-def _enroll(conn, cid, journey="j", holdout=False, converted_at=None, revenue=0.0, entered=T0):
-    return conn.execute(enrollment_t.insert().values(
-        contact_id=cid, journey=journey, version="v1", step_id=None,
-        status="converted" if converted_at else "completed", holdout=holdout, entered_at=entered,
-        converted_at=converted_at, revenue=revenue, defer_count=0, state={})).inserted_primary_key[0]
 
 
 def _row(conn, eid, cid, step, status, at, journey="j", sent_at=None):
