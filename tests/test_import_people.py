@@ -251,3 +251,20 @@ def test_bulk_consent_refuses_a_second_way_of_naming_the_contact_and_a_future_ti
     assert code == 1 and "grants.csv:2: channel: required: a channel column or --channel" in out
     code, out = cli(shop, "consent", "grant", "ann@example.com")
     assert code == 2 and "--channel is required" in out
+
+
+def test_a_single_consent_with_a_future_at_is_refused_like_the_file_one(shop, tmp_path):
+    """`consent revoke EMAIL --at 2062-…` (a typo for 2026) hid the revocation until 2062; a grant
+    dated half a year ahead outranked every revocation recorded before that date. Both are
+    refused like `--file --at <future>`, and nothing is recorded."""
+    cli(shop, "import", "contacts", str(write(tmp_path, "p.csv", "email,phone\nann@example.com,+4915112345678\n")))
+    code, out = cli(shop, "consent", "grant", "ann@example.com", "--channel", "sms", "--at", "2026-01-01T00:00:00Z")
+    assert code == 0, out
+    for verb in ("revoke", "grant"):
+        code, out = cli(shop, "consent", verb, "ann@example.com", "--channel", "sms", "--at", "2062-12-07T10:00:00Z")
+        assert code == 2 and "--at: 2062-12-07T10:00:00+00:00 lies in the future" in out, (verb, out)
+        code, out = cli(shop, "consent", verb, "--phone", "+4915112345678", "--channel", "sms", "--at", "2999-01-01")
+        assert code == 2 and "--at: 2999-01-01T00:00:00+00:00 lies in the future" in out, (verb, out)
+    store = open_store(f"sqlite:///{shop / 'cli.db'}")
+    assert [(r.status, r.recorded_at) for r in ledger(store)] == [("granted", utc(2026, 1, 1))]
+    store.dispose()

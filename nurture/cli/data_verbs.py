@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Iterator, Optional
@@ -83,6 +84,12 @@ def _past_time(option: str, value: Optional[str]):
         when = parse_timestamp(value)
     except ValueError as exc:
         raise CliError(f"{option}: {exc}", code=2) from None
+    return _not_in_future(option, when)
+
+
+def _not_in_future(option: str, when: datetime) -> datetime:
+    """A future consent time would hide a revocation until that date, or let a grant outrank
+    every revocation recorded before it: refused."""
     if when > utc_now():
         raise CliError(f"{option}: {when.isoformat()} lies in the future: a consent is given before it is recorded",
                        code=2)
@@ -236,7 +243,8 @@ def _consent(email: Optional[str], status: str, channel: Optional[ConsentChannel
         raise CliError("name the contact by exactly one of EMAIL, --phone or --external-id"
                        + (f" (got {', '.join(given)})" if given else ""))
     spec = open_project(strict=False)
-    when = parse_now(at, "--at") or utc_now()
+    at_time = parse_now(at, "--at")
+    when = _not_in_future("--at", at_time) if at_time is not None else utc_now()
     with store().engine.begin() as conn:
         if email:
             try:
@@ -287,7 +295,7 @@ _EXTERNAL_ID = typer.Option(None, "--external-id", help="the contact's external 
 _CHANNEL = typer.Option(None, "--channel", help="the channel (with --file: for rows without a channel column)")
 _FILE = typer.Option(None, "--file", help="CSV or JSONL of many contacts: email, phone or external_id, optional "
                                           "channel, purpose, at, source (docs/import.md)")
-_AT = typer.Option(None, "--at", help="ISO time (default: now; with --file: for rows without an `at`)")
+_AT = typer.Option(None, "--at", help="ISO time, not in the future (default: now; with --file: for rows without an `at`)")
 _FILE_ENCODING = typer.Option(None, "--encoding", help="with --file: " + ENCODING_HELP)
 
 
