@@ -8,6 +8,7 @@ caller needs:
 - `current_consent` — the send pipeline's batch read (check 1), with its wall-clock rule for
   revocations;
 - `current_state` — one contact's latest row (double opt-in, recipient pages, webhooks);
+- `history` — one contact's rows, the latest first (what a STOP revoked, for START);
 - `latest_consent_status` — the same as a correlated SQL expression (the `consent:`
   condition, segments' ads consent), so it runs in the database for a whole batch;
 - `latest_rows` — the latest row of every (contact, channel, purpose) as a subquery
@@ -56,6 +57,23 @@ def current_state(conn: Any, contact_id: int, channel: str, purpose: str) -> Opt
                               consent_t.c.purpose == purpose)
                        .order_by(*_latest_first(consent_t)).limit(1)).first()
     return ConsentState(*row) if row else None
+
+
+class LedgerEntry(NamedTuple):
+    id: int
+    status: str
+    source: str
+    recorded_at: datetime
+
+
+def history(conn: Any, contact_id: int, channel: str, purpose: str) -> list[LedgerEntry]:
+    """Every row of one contact's (channel, purpose), the latest first (what came before the
+    current state: which grant a STOP revoked)."""
+    rows = conn.execute(select(consent_t.c.id, consent_t.c.status, consent_t.c.source, consent_t.c.recorded_at)
+                        .where(consent_t.c.contact_id == contact_id, consent_t.c.channel == channel,
+                               consent_t.c.purpose == purpose)
+                        .order_by(*_latest_first(consent_t))).all()
+    return [LedgerEntry(*row) for row in rows]
 
 
 # Stands for "confirmed at some time" in current_consent's answer: the send checks only ask

@@ -9,6 +9,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
+from nurture.consent_ledger import record_consent
 from nurture.store.tables import consent_t, event_t, message_t, suppression_t
 from nurture.web.webhooks import twilio_signature
 from tests.conftest import utc
@@ -162,6 +163,31 @@ def test_stop_and_start_keywords_change_sms_consent_and_suppression(site, twilio
 
     _post_twilio(site, twilio, twilio.inbound("+4915112345678", "stop sending me deals please"))  # not a keyword
     assert _consents(site.store, cid)[-1][1] == "granted"
+
+
+def test_yes_or_start_from_a_number_that_never_opted_in_records_no_consent(site, twilio):
+    """A "Yes" answering a transactional text ("reply YES to confirm your appointment") recorded
+    confirmed SMS marketing consent. START/YES/UNSTOP only lift a STOP: they give back the grant
+    a STOP took, and nothing when there was no STOP (or the revocation came from elsewhere)."""
+    never = add_contact(site.store, "cy@example.com", phone="+4915112345678")
+    for body in ("Yes", "START", "unstop"):
+        assert _post_twilio(site, twilio, twilio.inbound("+4915112345678", body)).status_code == 200
+    assert _consents(site.store, never) == []
+
+    # revoked on the preference center, not by STOP: a START does not undo it
+    elsewhere = subscriber(site.store, "di@example.com", channels=("sms",), phone="+4915112345679")
+    with site.store.engine.begin() as conn:
+        record_consent(conn, elsewhere, "sms", "revoked", source="web:preferences", at=NOW - dt.timedelta(hours=1))
+    _post_twilio(site, twilio, twilio.inbound("+4915112345679", "START"))
+    assert [c[1:3] for c in _consents(site.store, elsewhere)] == [("granted", "test"), ("revoked", "web:preferences")]
+
+    # granted, STOP, STOP again, YES: the grant before the STOPs comes back
+    stopped = subscriber(site.store, "ed@example.com", channels=("sms",), phone="+4915112345670")
+    for body in ("STOP", "stop all", "Yes"):
+        _post_twilio(site, twilio, twilio.inbound("+4915112345670", body))
+    assert [c[1:3] for c in _consents(site.store, stopped)] == [
+        ("granted", "test"), ("revoked", "twilio:STOP"), ("revoked", "twilio:STOP ALL"), ("granted", "twilio:YES")]
+    assert _suppressions(site.store) == []
 
 
 def test_status_callbacks_record_undelivered_messages_and_suppress_dead_numbers(site, twilio, tmp_path):

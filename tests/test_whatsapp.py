@@ -195,6 +195,29 @@ def test_inbound_whatsapp_opens_the_session_and_stop_ends_whatsapp_only(make_run
     assert latest == {"whatsapp": "revoked", "sms": "granted"}
 
 
+def test_start_after_stop_gives_back_each_purpose_the_stop_revoked(store):
+    """WhatsApp STOP revokes both purposes; START granted marketing only, so order updates stayed
+    `suppressed consent_revoked` for good. START restores each purpose that was granted before
+    the STOP — and grants none that was not."""
+    from nurture.consent_ledger import current_consent
+    from nurture.web.webhooks import twilio_inbound
+    both = add_contact(store, "wa@example.com", phone="+4915112345678")
+    set_consent(store, both, "whatsapp", purpose="marketing")
+    set_consent(store, both, "whatsapp", purpose="transactional")
+    only_orders = add_contact(store, "wb@example.com", phone="+4915112345679")
+    set_consent(store, only_orders, "whatsapp", purpose="transactional")
+    with store.engine.begin() as conn:
+        for i, (phone, body) in enumerate([("+4915112345678", "STOP"), ("+4915112345678", "START"),
+                                           ("+4915112345679", "STOP"), ("+4915112345679", "START")]):
+            twilio_inbound(conn, {"From": f"whatsapp:{phone}", "Body": body, "MessageSid": f"SM{i}"},
+                           now=utc(2026, 3, 1, i), policy_version="v")
+    with store.engine.connect() as conn:
+        states = {(cid, purpose): current_consent(conn, [cid], "whatsapp", purpose, NOW).get(cid, ("none",))[0]
+                  for cid in (both, only_orders) for purpose in ("marketing", "transactional")}
+    assert states == {(both, "marketing"): "granted", (both, "transactional"): "granted",
+                      (only_orders, "marketing"): "revoked", (only_orders, "transactional"): "granted"}
+
+
 # ---------------------------------------------------------------- fallback
 
 FALLBACK = journey('channels: [whatsapp, sms, email], template: deal, subject: "Your cart", '

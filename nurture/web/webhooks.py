@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from sqlalchemy import delete, select
 
-from nurture.consent_ledger import current_state, is_suppressed, record_consent, suppress
+from nurture.consent_ledger import current_state, history, is_suppressed, record_consent, suppress
 from nurture.ingest import normalize_email, parse_timestamp, write_events
 from nurture.send.guards.whatsapp import WHATSAPP_RECEIVED
 from nurture.store.models import FAILED, SENT
@@ -67,10 +67,33 @@ def _contacts_by_phone(conn: Any, phone: str) -> list[int]:
     return [r[0] for r in conn.execute(select(contact_t.c.id).where(contact_t.c.phone == phone))]
 
 
+def _stop_purposes(channel: str) -> tuple[str, ...]:
+    # WhatsApp's opt-in covers every purpose: so does its opt-out (and a START after it).
+    return ("marketing", "transactional") if channel == "whatsapp" else ("marketing",)
+
+
+def _stop_revoked_a_grant(conn: Any, contact_id: int, channel: str, purpose: str) -> bool:
+    """Whether the current state is a STOP's revocation (one or several STOPs in a row) and the
+    row before it a grant: what a START gives back. Anything else — no consent ever, a grant
+    still current, a revocation from the preference center or an operator — it leaves alone."""
+    stopped = False
+    for entry in history(conn, contact_id, channel, purpose):
+        if entry.status == "revoked" and entry.source in _STOP_SOURCES:
+            stopped = True
+            continue
+        return stopped and entry.status == "granted"
+    return False
+
+
+_STOP_SOURCES = {f"twilio:{keyword}" for keyword in STOP_KEYWORDS}
+
+
 def twilio_inbound(conn: Any, params: Mapping[str, str], *, now: datetime, policy_version: str) -> str:
     """An inbound SMS or WhatsApp message (`From: whatsapp:+…`). Returns `stop`, `start`,
     `received` (WhatsApp: the contact's 24-hour session opened, nurture.send.guards.whatsapp)
-    or `ignored`. STOP / START act on the channel the message came in on."""
+    or `ignored`. STOP / START act on the channel the message came in on: STOP revokes marketing
+    (WhatsApp: both purposes) and suppresses the number; START lifts that suppression and gives
+    back each purpose a STOP revoked from a grant — nothing else."""
     keyword = " ".join((params.get("Body") or "").split()).upper()
     sender = (params.get("From") or "").strip()
     channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
@@ -82,20 +105,22 @@ def twilio_inbound(conn: Any, params: Mapping[str, str], *, now: datetime, polic
     outcome = "ignored"
     if keyword in STOP_KEYWORDS:
         for cid in contacts:
-            record_consent(conn, cid, channel, "revoked", purpose="marketing", source=f"twilio:{keyword}",
-                           at=now, policy_version=policy_version)
-            if channel == "whatsapp":  # WhatsApp's opt-in covers every purpose: so does its opt-out
-                record_consent(conn, cid, channel, "revoked", purpose="transactional", source=f"twilio:{keyword}",
+            for purpose in _stop_purposes(channel):
+                record_consent(conn, cid, channel, "revoked", purpose=purpose, source=f"twilio:{keyword}",
                                at=now, policy_version=policy_version)
         if not is_suppressed(conn, address=phone, reason=stop_reason):
             suppress(conn, reason=stop_reason, at=now, contact_id=contacts[0] if len(contacts) == 1 else None,
                      address=phone, channel=channel)
         outcome = "stop"
     elif keyword in START_KEYWORDS:
+        # START only lifts a STOP: it restores what the STOP revoked and never creates consent
+        # (a "YES" answering a transactional text is no marketing opt-in).
         for cid in contacts:
-            # Sent from the phone itself: as confirmed as an opt-in gets.
-            record_consent(conn, cid, channel, "granted", purpose="marketing", source=f"twilio:{keyword}",
-                           at=now, policy_version=policy_version, confirmed=True)
+            for purpose in _stop_purposes(channel):
+                if _stop_revoked_a_grant(conn, cid, channel, purpose):
+                    # Sent from the phone itself: as confirmed as an opt-in gets.
+                    record_consent(conn, cid, channel, "granted", purpose=purpose, source=f"twilio:{keyword}",
+                                   at=now, policy_version=policy_version, confirmed=True)
         conn.execute(delete(suppression_t).where(suppression_t.c.address == phone,
                                                  suppression_t.c.reason == stop_reason))
         outcome = "start"
