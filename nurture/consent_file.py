@@ -8,7 +8,9 @@ batches of BATCH_SIZE, one transaction each, through the ledger's one writer,
 `record_consent`, with the same meaning as a single `consent grant|revoke`: a grant is
 confirmed, the policy version is stamped, the source is the CLI's (here `cli:<file>`, plus
 the row's `source`). A row whose contact nobody is is reported by its line and skipped: bulk
-consent never creates contacts.
+consent never creates contacts. A row recorded with an `at` before a row already on record
+(an import's grant stamped with its own time, say) does not become the current state: it is
+reported by its line (`outranked`), not counted as granted or revoked.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
-from nurture.consent_ledger import record_consent
+from nurture.consent_ledger import current_state, record_consent
 from nurture.identities import find_by_identity
 from nurture.ingest import (MATCH_ORDER, MAX_EXTERNAL_ID_LENGTH, MAX_SOURCE_LENGTH, RowError, _show, normalize_email,
                             normalize_phone, parse_timestamp, read_records, text_problem)
@@ -42,6 +44,9 @@ class ConsentFileResult:
     recorded: int = 0  # ledger rows appended
     errors: list[RowError] = field(default_factory=list)  # bad rows, skipped
     unknown: list[RowError] = field(default_factory=list)  # rows naming no known contact, skipped
+    # Rows recorded (among `recorded`) whose `at` lies before a row already on record: the later
+    # row stays the current state (a revocation dated before an import's grant does not revoke it).
+    outranked: list[RowError] = field(default_factory=list)
 
     @property
     def bad_rows(self) -> int:
@@ -154,7 +159,14 @@ def record_consent_file(store: Store, path: Path, status: str, *, channel: Optio
                     result.unknown.append(RowError(path.name, row.line, kind, f"no contact with {who} (not created)"))
                     continue
                 source = f"cli:{path.name}" + (f" ({row.source})" if row.source else "")
-                record_consent(conn, cid, row.channel, status, purpose=row.purpose, source=source, at=row.at,
-                               policy_version=policy_version, confirmed=status == "granted")
+                written = record_consent(conn, cid, row.channel, status, purpose=row.purpose, source=source,
+                                         at=row.at, policy_version=policy_version, confirmed=status == "granted")
                 result.recorded += 1
+                latest = current_state(conn, cid, row.channel, row.purpose)
+                if latest is not None and latest.id != written:
+                    result.outranked.append(RowError(
+                        path.name, row.line, "at",
+                        f"{status} at {row.at.isoformat()}, but a later {latest.status} "
+                        f"({latest.recorded_at.isoformat()}) stays the current state of {row.channel}/{row.purpose} "
+                        f"(give a later `at`, or none: now)"))
     return result

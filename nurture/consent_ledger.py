@@ -9,6 +9,8 @@ caller needs:
   revocations;
 - `current_state` — one contact's latest row (double opt-in, recipient pages, webhooks);
 - `history` — one contact's rows, the latest first (what a STOP revoked, for START);
+- `standing_revocations` — which (contact, channel) a revocation still holds for, whenever
+  recorded (an import's grant without a time does not outrank it);
 - `latest_consent_status` — the same as a correlated SQL expression (the `consent:`
   condition, segments' ads consent), so it runs in the database for a whole batch;
 - `latest_rows` — the latest row of every (contact, channel, purpose) as a subquery
@@ -74,6 +76,27 @@ def history(conn: Any, contact_id: int, channel: str, purpose: str) -> list[Ledg
                                consent_t.c.purpose == purpose)
                         .order_by(*_latest_first(consent_t))).all()
     return [LedgerEntry(*row) for row in rows]
+
+
+def standing_revocations(conn: Any, keys: Iterable[tuple[int, str]], purpose: str = "marketing"
+                         ) -> dict[tuple[int, str], datetime]:
+    """(contact id, channel) → when it was revoked, for each key whose latest grant or
+    revocation — whenever recorded, pending rows aside — is a revocation: what a grant without
+    a time of its own (an import's) must not outrank."""
+    wanted = set(keys)
+    found: dict[tuple[int, str], tuple[str, datetime]] = {}
+    ids = sorted({cid for cid, _ in wanted})
+    channels = sorted({channel for _, channel in wanted})
+    for start in range(0, len(ids), 5000):
+        rows = conn.execute(select(consent_t.c.contact_id, consent_t.c.channel, consent_t.c.status,
+                                   consent_t.c.recorded_at)
+                            .where(ids_in(consent_t.c.contact_id, ids[start:start + 5000]),
+                                   consent_t.c.channel.in_(channels), consent_t.c.purpose == purpose,
+                                   consent_t.c.status.in_(("granted", "revoked")))
+                            .order_by(consent_t.c.contact_id, consent_t.c.recorded_at, consent_t.c.id)).all()
+        for cid, channel, status, recorded_at in rows:  # oldest first: the last one seen is the latest
+            found[(cid, channel)] = (status, recorded_at)
+    return {key: at for key, (status, at) in found.items() if status == "revoked" and key in wanted}
 
 
 # Stands for "confirmed at some time" in current_consent's answer: the send checks only ask

@@ -36,7 +36,7 @@ from sqlalchemy import bindparam, column, func, or_, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
-from nurture.consent_ledger import append_consents
+from nurture.consent_ledger import append_consents, standing_revocations
 from nurture.runtime.gc_pause import gc_paused
 from nurture.identities import UNIQUE_VIOLATION, erased_contacts
 from nurture.import_columns import CONSENT_AT, CONSENT_COLUMNS, CONSENT_SOURCE, CORE_FIELDS, near_miss
@@ -96,6 +96,7 @@ class ImportResult:
     erased: int = 0  # rows of erased people: refused, reported among `errors`
     dropped_columns: set[str] = field(default_factory=set)  # attributes policies.yaml `keep_attributes` does not keep
     touches: int = 0  # rows whose utm_* / click id columns set the contact's lead source
+    skipped_consents: int = 0  # 'granted' cells without a time, not written over a revocation (warned)
     errors: list[RowError] = field(default_factory=list)
     # The contact was kept, something of it was not: a field left out (a bad optional value), a
     # column that looks like a misspelled known one (once per file). In line order.
@@ -873,7 +874,7 @@ def import_contacts(store: Store, path: Path, *, now: Optional[datetime] = None,
     finally:
         slices.close()  # a failed write stops the reading process at once
     result.errors = read.errors + result.errors  # the file's own problems first, as they were found
-    result.warnings, result.dropped_columns = read.warnings, read.dropped_columns
+    result.warnings, result.dropped_columns = read.warnings + result.warnings, read.dropped_columns
     for warning in result.warnings:
         if isinstance(warning, ColumnWarning) and warning.field in result.dropped_columns:
             warning.message = warning.message.replace("is stored as an attribute",
@@ -999,9 +1000,10 @@ def _send_slices(slices: Iterator[dict[Key, _ImportRow]], read: ImportResult, se
 
 def _add_imported(total: ImportResult, part: ImportResult) -> None:
     """What writing one slice found (`part`) added to `total`."""
-    for name in ("created", "updated", "consents", "erased", "touches"):
+    for name in ("created", "updated", "consents", "erased", "touches", "skipped_consents"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
     total.errors.extend(part.errors)
+    total.warnings.extend(part.warnings)
 
 
 class _Rematched(Exception):
@@ -1156,10 +1158,25 @@ def _write_contacts(store: Store, batch: dict[Key, _ImportRow], refused_keys: se
         result.touches += record_import_touches(
             conn, [(ids[k], r.touch) for k, r in wanted.items() if r.touch is not None and k in ids], now)
         entries = []
+        # A grant without a time says only that it was given once, somewhere: it never outranks
+        # a revocation on record (in Nurture, or earlier in this file), which the ledger would
+        # otherwise date before this import's "now". A time the file gives is a claim it makes.
+        # (A new contact has no ledger yet: only matched ones are looked up.)
+        untimed = [(ids[k], channel) for k, r in wanted.items() if k in ids and k in matched and consent_at is None
+                   for channel, given in r.consents.items() if given.status == "granted" and given.at is None]
+        revoked = standing_revocations(conn, untimed) if untimed else {}
         for key, row in wanted.items():
             if key not in ids:
                 continue
             for channel, given in row.consents.items():
+                if given.status == "granted" and given.at is None and (ids[key], channel) in revoked:
+                    column = f"consent_{channel}"
+                    result.warnings.append(RowError(
+                        file, row.line, column,
+                        f"revoked in Nurture on {revoked[(ids[key], channel)].isoformat()}: not re-granted by a "
+                        f"'granted' without a time (give {column}_at or --consent-at: when it was given again)"))
+                    result.skipped_consents += 1
+                    continue
                 # An import moves a list from another tool: 'granted' there was confirmed there, at
                 # the time and on the source the file names (else: --consent-at or now, by this import).
                 source = f"import:{file}" + (f" ({given.source})" if given.source else "")

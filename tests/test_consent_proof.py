@@ -66,6 +66,38 @@ def test_an_import_carries_when_and_where_consent_was_given(store, tmp_path):
     assert by_channel["sms"].recorded_at == NOW and by_channel["sms"].source == "import:list.csv"
 
 
+def test_a_granted_without_a_time_is_not_written_over_a_revocation(store, tmp_path):
+    """A stale export (`granted`, no time) was stamped with the import's time and so outranked
+    every revocation on record. It is skipped with a warning naming line and field, the rest of
+    the row is kept; a grant whose time the file gives, later than the revocation, still counts."""
+    from nurture.consent_ledger import current_consent, record_consent
+    ann = add_contact(store, "ann@example.com", phone="+4915112345678")
+    bo = add_contact(store, "bo@example.com")
+    with store.engine.begin() as conn:
+        for channel in ("sms", "ads"):
+            record_consent(conn, ann, channel, "granted", source="test", at=utc(2026, 1, 1), confirmed=True)
+            record_consent(conn, ann, channel, "revoked", source="cli", at=utc(2026, 4, 1))
+        record_consent(conn, ann, "email", "revoked", source="cli", at=NOW + timedelta(days=30))  # dated later
+    path = tmp_path / "crm.csv"
+    path.write_text("email,first_name,consent_sms,consent_ads,consent_ads_at,consent_email\n"
+                    "bo@example.com,Bo,granted,,,granted\n"
+                    "ann@example.com,Ann,granted,granted,2026-04-02T00:00:00Z,granted\n")
+    result = import_contacts(store, path, now=NOW, policy_version="p1")
+    assert result.errors == [] and result.consents == 3 and result.skipped_consents == 2
+    assert [str(w) for w in result.warnings] == [
+        "crm.csv:3: consent_sms: revoked in Nurture on 2026-04-01T00:00:00+00:00: not re-granted by a 'granted' "
+        "without a time (give consent_sms_at or --consent-at: when it was given again)",
+        "crm.csv:3: consent_email: revoked in Nurture on 2026-06-03T10:00:00+00:00: not re-granted by a 'granted' "
+        "without a time (give consent_email_at or --consent-at: when it was given again)"]
+    with store.reading() as conn:
+        state = {channel: current_consent(conn, [ann, bo], channel, "marketing", NOW + timedelta(days=31))
+                 for channel in ("sms", "ads", "email")}
+        first_name = conn.execute(select(contact_t.c.first_name).where(contact_t.c.id == ann)).scalar_one()
+    assert {channel: (s[ann][0], s.get(bo, ("none",))[0]) for channel, s in state.items()} == {
+        "sms": ("revoked", "granted"), "ads": ("granted", "none"), "email": ("revoked", "granted")}
+    assert first_name == "Ann"
+
+
 def test_bad_consent_proof_columns_are_named_by_line_and_field(store, tmp_path):
     path = tmp_path / "list.csv"
     path.write_text("email,consent_email,consent_email_at,consent_sms_source\n"

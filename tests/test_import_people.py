@@ -268,3 +268,40 @@ def test_a_single_consent_with_a_future_at_is_refused_like_the_file_one(shop, tm
     store = open_store(f"sqlite:///{shop / 'cli.db'}")
     assert [(r.status, r.recorded_at) for r in ledger(store)] == [("granted", utc(2026, 1, 1))]
     store.dispose()
+
+
+def test_an_import_without_consent_times_does_not_undo_a_revocation_and_says_so(shop, tmp_path):
+    """Ann's SMS and ads consents are revoked; a week later the same stale CRM export (`granted`,
+    no time) is imported again to update names. It re-granted both, silently."""
+    code, out = cli(shop, "import", "contacts", str(write(tmp_path, "crm.csv",
+                    "email,phone,consent_sms,consent_ads\nann@example.com,+4915112345678,granted,granted\n")),
+                    "--consent-at", "2026-01-01T00:00:00Z")
+    assert code == 0, out
+    for channel in ("sms", "ads"):
+        assert cli(shop, "consent", "revoke", "ann@example.com", "--channel", channel)[0] == 0
+    code, out = cli(shop, "import", "contacts", str(write(tmp_path, "crm2.csv",
+                    "email,first_name,consent_sms,consent_ads\nann@example.com,Ann,granted,granted\n")))
+    assert code == 0, out
+    assert "warning: crm2.csv:2: consent_sms: revoked in Nurture on " in out
+    assert "warning: crm2.csv:2: consent_ads: revoked in Nurture on " in out
+    assert "0 created, 1 updated, 0 consent record(s) (2 not re-granted: revoked in Nurture), 0 bad row(s) skipped, " \
+           "2 warning(s)" in out
+    store = open_store(f"sqlite:///{shop / 'cli.db'}")
+    assert [(r.channel, r.status) for r in ledger(store)][-2:] == [("sms", "revoked"), ("ads", "revoked")]
+    assert people(store)["ann@example.com"].first_name == "Ann"
+    store.dispose()
+
+
+def test_a_bulk_revoke_dated_before_a_later_grant_is_reported_not_claimed(shop, tmp_path):
+    """Contacts imported `granted` (no time: the import's), then the old tool's opt-outs with the
+    dates they happened: the CLI said "2 consent(s) revoked" while both stayed granted."""
+    cli(shop, "import", "contacts", str(write(tmp_path, "list.csv",
+        "email,consent_email\nann@example.com,granted\nbo@example.com,granted\ncy@example.com,granted\n")))
+    code, out = cli(shop, "consent", "revoke", "--file", str(write(tmp_path, "stops.csv",
+                    "email,at\nann@example.com,2025-06-01T00:00:00Z\nbo@example.com,2025-07-01T00:00:00Z\n"
+                    "cy@example.com,\n")), "--channel", "email")
+    assert code == 0, out
+    assert "stops.csv: 1 consent(s) revoked, 2 recorded but not current (a later row on record outranks it)" in out
+    assert "warning: stops.csv:2: at: revoked at 2025-06-01T00:00:00+00:00, but a later granted (" in out
+    assert "stays the current state of email/marketing (give a later `at`, or none: now)" in out
+    assert "warning: stops.csv:3: at: revoked at 2025-07-01T00:00:00+00:00" in out and "stops.csv:4" not in out

@@ -127,8 +127,10 @@ def import_contacts_cmd(file: Path = typer.Argument(..., help="CSV or JSONL file
         err_console.print(f"warning: {file.name}: column(s) not kept (policies.yaml keep_attributes): "
                           + ", ".join(sorted(result.dropped_columns)), markup=False)
     warned = f", {len(result.warnings)} warning(s)" if result.warnings else ""
+    not_regranted = (f" ({result.skipped_consents} not re-granted: revoked in Nurture)"
+                     if result.skipped_consents else "")
     console.print(f"imported {file.name}: {result.created} created, {result.updated} updated, "
-                  f"{result.consents} consent record(s), {len({e.line for e in result.errors})} bad row(s) "
+                  f"{result.consents} consent record(s){not_regranted}, {len({e.line for e in result.errors})} bad row(s) "
                   f"skipped{warned}",
                   markup=False)
     if result.errors:
@@ -284,8 +286,12 @@ def _consent_file(file: Path, status: str, channel: Optional[ConsentChannel], pu
                                      encoding=codec)
     _report_errors(result.errors, result.recorded)
     _report_warnings(result.unknown, "unknown contact(s)")
-    console.print(f"{file.name}: {result.recorded} consent(s) {status}, {len(result.unknown)} unknown contact(s) "
-                  f"skipped (not created), {result.bad_rows} bad row(s) skipped", markup=False)
+    _report_warnings(result.outranked, "row(s) not current")
+    outranked = (f", {len(result.outranked)} recorded but not current (a later row on record outranks it)"
+                 if result.outranked else "")
+    console.print(f"{file.name}: {result.recorded - len(result.outranked)} consent(s) {status}{outranked}, "
+                  f"{len(result.unknown)} unknown contact(s) skipped (not created), {result.bad_rows} bad row(s) "
+                  "skipped", markup=False)
     if result.errors:
         raise typer.Exit(1)
 
