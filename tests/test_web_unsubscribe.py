@@ -133,6 +133,25 @@ def test_saving_preferences_opts_out_of_a_topic_and_a_channel_and_back_in(site):
     assert _suppressions(site.store) == []
 
 
+def test_an_sms_preference_link_asks_the_mailbox_to_confirm_an_email_subscription(site):
+    """The preference center reached from an SMS recorded the contact's e-mail as double-opt-in
+    confirmed ("the signed link proves control of the mailbox"), but that link went to a phone.
+    E-mail asked for there goes through double opt-in: pending, and a confirmation e-mail."""
+    from nurture.send.system_mail import SYSTEM_JOURNEY
+    from tests.engine_fixtures import add_contact
+    cid = add_contact(site.store, "typo-or-someone-else@example.com", phone="+4915112345678")
+    response = site.http.post(f"/u/{_token(cid, 'sms')}/preferences", data={"channel": "email"})
+    assert response.status_code == 200 and "follow the link in the e-mail we are sending to it" in response.text
+    assert [(r[0], r[2], r[3], r[6]) for r in _ledger(site.store, cid)] == [
+        ("email", "pending", "web:preference_center", None)]
+    assert [(m.step_id, m.address) for m in messages(site.store, journey=SYSTEM_JOURNEY)] == [
+        ("confirm", "typo-or-someone-else@example.com")]
+    add_event(site.store, cid, "signup", NOW + dt.timedelta(minutes=1))
+    run_tick(site.rt, "news", NOW + dt.timedelta(minutes=2))
+    assert [(m.step_id, m.status, m.reason) for m in messages(site.store, journey="news")] == [
+        ("first", "suppressed", "consent_pending")]
+
+
 BAD_TOKENS = {
     "tampered signature": lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),
     "signed with another key": lambda t: make_token("another-secret-entirely", "unsubscribe", 1),

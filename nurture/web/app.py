@@ -54,7 +54,7 @@ from nurture.store.db import Store
 from nurture.tokens import verify_token
 from nurture.web import pages
 from nurture.web.answers import JSONResponse
-from nurture.web.preferences import apply_preferences, load_preferences, unsubscribe
+from nurture.web.preferences import CONFIRMATION_SENT, apply_preferences, load_preferences, unsubscribe
 from nurture.web.meta_leads import meta_leads_routes
 from nurture.web.privacy import privacy_routes
 from nurture.web.segment_api import segment_routes
@@ -202,7 +202,7 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
                                                    notice=notice))
 
     @app.post("/u/{token}/preferences", response_class=HTMLResponse)
-    async def save_preferences(token: str, request: Request) -> Response:
+    async def save_preferences(token: str, request: Request, background: BackgroundTasks) -> Response:
         claims = claims_or_none(token, "unsubscribe")
         if claims is None:
             return bad_link("The link is damaged or has expired; nothing was changed.")
@@ -211,11 +211,15 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         topics = {v for k, v in pairs if k == "topic"}
         with store.engine.begin() as conn:
             changes = apply_preferences(conn, project, claims.contact_id, channels, topics,
-                                        source="web:preference_center", now=clock(), proof=proof_from(request))
+                                        source="web:preference_center", now=clock(), proof=proof_from(request),
+                                        link_channel=claims.channel)
             prefs = load_preferences(conn, project, claims.contact_id)
         if prefs is None:
             return bad_link("We have no record of this address any more.")
         notice = "Your preferences are saved." if changes else "Nothing changed; your preferences are as before."
+        if CONFIRMATION_SENT in changes:  # e-mail asked for on a link that did not go to the mailbox
+            background.add_task(deliver_system_mail)
+            notice += " To subscribe your e-mail address, follow the link in the e-mail we are sending to it."
         return HTMLResponse(pages.preferences_page(prefs, base_url=public_url, token=token, channel=claims.channel,
                                                    notice=notice))
 

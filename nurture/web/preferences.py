@@ -15,8 +15,10 @@ from typing import Any, Optional
 from sqlalchemy import delete, select
 
 from nurture.consent_ledger import Proof, current_state, record_consent, suppress
+from nurture.double_opt_in import request_opt_in
 from nurture.identities import erased_contacts
 from nurture.send.guards.pipeline import TOPICS_OPTED_OUT
+from nurture.spec.models import Policies
 from nurture.spec.project import ProjectSpec
 from nurture.store.tables import contact_t, suppression_t
 
@@ -82,28 +84,43 @@ def unsubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: d
     return changed
 
 
-def resubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: datetime, policy_version: str,
-                proof: Proof = Proof()) -> bool:
-    """Grant marketing consent again from the preference center. The signed link proves
-    control of the mailbox it was sent to, so e-mail consent is recorded as confirmed.
-    An SMS STOP is only lifted by the START keyword from the phone itself."""
+def resubscribe(conn: Any, policies: Policies, contact_id: int, channel: str, *, link_channel: str, source: str,
+                now: datetime, proof: Proof = Proof()) -> Optional[str]:
+    """Grant marketing consent again from the preference center; what changed (None: nothing).
+    The signed link proves control of the address it was sent to (`link_channel`), so e-mail
+    consent asked for on a link that went to the mailbox is recorded as confirmed. One that
+    went to a phone (an SMS's, a WhatsApp message's) proves nothing about the mailbox: e-mail
+    goes through `request_opt_in` — pending and a confirmation e-mail where double opt-in is
+    required. An SMS STOP is only lifted by the START keyword from the phone itself."""
     state = current_state(conn, contact_id, channel, "marketing")
     unsubscribed = conn.execute(select(suppression_t.c.id).where(
         suppression_t.c.contact_id == contact_id, suppression_t.c.channel == channel,
         suppression_t.c.reason == "unsubscribed").limit(1)).first() is not None
     if state and state.status == "granted" and not unsubscribed:
-        return False
-    record_consent(conn, contact_id, channel, "granted", purpose="marketing", source=source, at=now,
-                   policy_version=policy_version, confirmed=channel == "email", proof=proof)
+        return None
+    if channel == "email" and link_channel != "email":
+        outcome = request_opt_in(conn, policies, contact_id, source=source, now=now)
+        if outcome == "unreachable":
+            return None
+        change = "confirmation e-mail sent" if outcome in ("pending", "already_pending") else "subscribed"
+    else:
+        record_consent(conn, contact_id, channel, "granted", purpose="marketing", source=source, at=now,
+                       policy_version=policies.version, confirmed=channel == "email", proof=proof)
+        change = "subscribed"
     conn.execute(delete(suppression_t).where(suppression_t.c.contact_id == contact_id,
                                              suppression_t.c.channel == channel,
                                              suppression_t.c.reason == "unsubscribed"))
-    return True
+    return change
+
+
+CONFIRMATION_SENT = "email: confirmation e-mail sent"  # a change of apply_preferences: system mail to deliver
 
 
 def apply_preferences(conn: Any, project: ProjectSpec, contact_id: int, wanted_channels: set[str],
-                      wanted_topics: set[str], *, source: str, now: datetime, proof: Proof = Proof()) -> list[str]:
-    """Bring the contact to the submitted state; returns a list of what changed."""
+                      wanted_topics: set[str], *, source: str, now: datetime, proof: Proof = Proof(),
+                      link_channel: str = "email") -> list[str]:
+    """Bring the contact to the submitted state; returns a list of what changed.
+    `link_channel`: where the signed link was sent (the token's channel, see `resubscribe`)."""
     current = load_preferences(conn, project, contact_id)
     if current is None:
         return []
@@ -114,8 +131,10 @@ def apply_preferences(conn: Any, project: ProjectSpec, contact_id: int, wanted_c
             continue
         want = channel in wanted_channels
         if want and not current.channels[channel]:
-            if resubscribe(conn, contact_id, channel, source=source, now=now, policy_version=version, proof=proof):
-                changes.append(f"{channel}: subscribed")
+            change = resubscribe(conn, project.policies, contact_id, channel, link_channel=link_channel,
+                                 source=source, now=now, proof=proof)
+            if change:
+                changes.append(f"{channel}: {change}")
         elif not want and current.channels[channel]:
             if unsubscribe(conn, contact_id, channel, source=source, now=now, policy_version=version, proof=proof):
                 changes.append(f"{channel}: unsubscribed")
