@@ -23,6 +23,7 @@ from typing import Any, Iterable
 from sqlalchemy import String, and_, cast, exists, literal, select
 
 from nurture.consent_ledger import Proof, current_state, latest_rows, record_consent, record_consents
+from nurture.identities import erased_contacts
 from nurture.runtime.context import Runtime
 from nurture.send.deliver import deliver
 from nurture.send.system_mail import SYSTEM_JOURNEY, TEMPLATES
@@ -76,7 +77,10 @@ def confirm_opt_in(conn: Any, policies: Policies, claims: TokenClaims, *, now: d
                    source: str = "double_opt_in:confirm", proof: Proof = Proof()) -> str:
     """The confirm link was followed. Returns `confirmed`, `already_confirmed`, `expired`
     (pending for longer than the policy allows: nothing changes) or `not_pending` (revoked
-    meanwhile, e.g. unsubscribed: nothing changes)."""
+    meanwhile, e.g. unsubscribed, or the person was erased: nothing changes — an erased
+    person's ledger still holds the pseudonymized pending row, and is never written to again)."""
+    if erased_contacts(conn, [claims.contact_id]):
+        return "not_pending"
     state = current_state(conn, claims.contact_id, claims.channel, claims.purpose)
     if state is None:
         return "not_pending"

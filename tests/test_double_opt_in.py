@@ -134,6 +134,27 @@ def test_a_confirm_link_followed_after_expiry_but_before_hygiene_changes_nothing
     assert [r[0] for r in _ledger(rt.store, cid)] == ["pending"]
 
 
+def test_the_confirm_link_of_an_erased_person_writes_nothing(make_runtime, tmp_path):
+    """The erased person's ledger keeps the (pseudonymized) pending row: following the old
+    confirm link wrote a new grant with the clicker's address and browser, and said
+    "Subscription confirmed". It gets a 400, as an erased person's unsubscribe link does."""
+    from nurture.privacy.erase import erase_emails
+    from nurture.registry import IntegrationContext
+    from nurture.send.system_mail import confirm_link
+    rt = make_runtime({}, templates=SYSTEM_TEMPLATES)
+    cid = add_contact(rt.store, "erin@example.com")
+    with rt.store.engine.begin() as conn:
+        assert request_opt_in(conn, rt.project.policies, cid, source="test:signup", now=T0) == "pending"
+    with running_site(rt, T0 + dt.timedelta(hours=1)) as site:
+        link = confirm_link(rt, cid)
+        erase_emails(site.store, rt.project, ["erin@example.com"],
+                     context=IntegrationContext(rt.project.root, tmp_path / "data", {}), actor="test")
+        before = _ledger(rt.store, cid)
+        page = site.http.get(link, headers={"User-Agent": "Mozilla/5.0 (erin's laptop)"})
+    assert page.status_code == 400 and "nothing was changed" in page.text
+    assert _ledger(rt.store, cid) == before and [r[0] for r in before] == ["pending", "erased"]
+
+
 def test_without_double_opt_in_in_the_policies_a_signup_is_granted_at_once(make_runtime, store):
     policies = DEFAULT_POLICIES.replace("double_opt_in: {email: [marketing]}", "double_opt_in: {}")
     rt = make_runtime({}, policies=policies, templates=SYSTEM_TEMPLATES)
