@@ -8,6 +8,8 @@ caller needs:
 - `current_consent` — the send pipeline's batch read (check 1), with its wall-clock rule for
   revocations;
 - `current_state` — one contact's latest row (double opt-in, recipient pages, webhooks);
+- `latest_at` — the latest row, up to a time, of the key a given row belongs to (is a double
+  opt-in request still the current state?);
 - `history` — one contact's rows, the latest first (what a STOP revoked, for START);
 - `standing_revocations` — which (contact, channel) a revocation still holds for, whenever
   recorded (an import's grant without a time does not outrank it);
@@ -66,6 +68,21 @@ class LedgerEntry(NamedTuple):
     status: str
     source: str
     recorded_at: datetime
+
+
+def latest_at(conn: Any, row_id: int, until: datetime) -> Optional[ConsentState]:
+    """The latest row recorded up to `until` of the (contact, channel, purpose) that ledger row
+    `row_id` belongs to (None: no such row) — whether a row is still the current state."""
+    row = conn.execute(select(consent_t.c.contact_id, consent_t.c.channel, consent_t.c.purpose)
+                       .where(consent_t.c.id == row_id)).first()
+    if row is None:
+        return None
+    latest = conn.execute(select(consent_t.c.id, consent_t.c.status, consent_t.c.recorded_at,
+                                 consent_t.c.confirmed_at)
+                          .where(consent_t.c.contact_id == row.contact_id, consent_t.c.channel == row.channel,
+                                 consent_t.c.purpose == row.purpose, consent_t.c.recorded_at <= until)
+                          .order_by(*_latest_first(consent_t)).limit(1)).first()
+    return ConsentState(*latest) if latest else None
 
 
 def history(conn: Any, contact_id: int, channel: str, purpose: str) -> list[LedgerEntry]:

@@ -17,8 +17,8 @@ the `hygiene` Prefect flow runs it.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta
-from typing import Any, Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Optional
 
 from sqlalchemy import String, and_, cast, exists, literal, select
 
@@ -121,9 +121,13 @@ def expire_pending(conn: Any, policies: Policies, now: datetime) -> int:
                            policy_version=policies.version)
 
 
-def queue_reminders(conn: Any, policies: Policies, now: datetime) -> int:
-    """One reminder per pending consent whose confirmation went out over 24 h ago."""
-    latest = latest_rows(now)
+def queue_reminders(conn: Any, policies: Policies, now: datetime, wall: Optional[datetime] = None) -> int:
+    """One reminder per pending consent whose confirmation went out over 24 h ago — still the
+    latest row by the send checks' wall-clock rule: what was recorded up to the later of `now`
+    and the wall clock (`wall`, default: the real time). A hygiene run's logical time (its
+    scheduled start) may lie before the wall clock; someone who revoked in between gets no
+    reminder (it is queued and delivered at `now`, so delivery's own re-check does not see it)."""
+    latest = latest_rows(max(now, wall or datetime.now(timezone.utc)))
     key = literal("consent:", String) + cast(latest.c.id, String)
     sent = message_t.alias("sent")
     reminded = message_t.alias("reminded")

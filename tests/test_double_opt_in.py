@@ -155,6 +155,44 @@ def test_the_confirm_link_of_an_erased_person_writes_nothing(make_runtime, tmp_p
     assert _ledger(rt.store, cid) == before and [r[0] for r in before] == ["pending", "erased"]
 
 
+def test_no_reminder_to_someone_who_revoked_after_the_runs_logical_time(make_runtime, store):
+    """The hygiene run scheduled for 25:00 runs late, with its scheduled start as its time; she
+    revoked at 25:10 (already past by the wall clock). The reminder was queued and sent."""
+    from nurture.consent_ledger import record_consent
+    rt = make_runtime({}, templates=SYSTEM_TEMPLATES)
+    cid = add_contact(store, "gone@example.com")
+    with store.engine.begin() as conn:
+        assert request_opt_in(conn, rt.project.policies, cid, source="test:signup", now=T0) == "pending"
+    assert hygiene(rt, T0 + dt.timedelta(minutes=1))["confirm:sent"] == 1
+    with store.engine.begin() as conn:
+        record_consent(conn, cid, "email", "revoked", source="cli", at=T0 + dt.timedelta(hours=25, minutes=10))
+    report = hygiene(rt, T0 + dt.timedelta(hours=25))
+    assert (report["reminders_queued"], report["reminder:sent"]) == (0, 0)
+    assert [m.step_id for m in messages(store, journey=SYSTEM_JOURNEY)] == ["confirm"]
+
+
+def test_a_queued_confirmation_is_not_delivered_once_its_pending_consent_is_not_the_latest(make_runtime, store):
+    """Queued, then revoked before it went out (the channel was down, an operator's revoke): it
+    asked the person to confirm a subscription the confirm page then says does not exist. At
+    delivery it is `suppressed consent_revoked`; one whose consent was asked for again (a newer
+    pending row, with a confirmation of its own) is `suppressed not_pending`."""
+    from nurture.consent_ledger import record_consent
+    rt = make_runtime({}, templates=SYSTEM_TEMPLATES)
+    gone = add_contact(store, "gone2@example.com")
+    again = add_contact(store, "again@example.com")
+    with store.engine.begin() as conn:
+        assert request_opt_in(conn, rt.project.policies, gone, source="test:signup", now=T0) == "pending"
+        record_consent(conn, gone, "email", "revoked", source="cli", at=T0 + dt.timedelta(minutes=5))
+        assert request_opt_in(conn, rt.project.policies, again, source="test:signup", now=T0) == "pending"
+        record_consent(conn, again, "email", "revoked", source="cli", at=T0 + dt.timedelta(minutes=1))
+        assert request_opt_in(conn, rt.project.policies, again, source="test:signup",
+                              now=T0 + dt.timedelta(minutes=2)) == "pending"
+    report = hygiene(rt, T0 + dt.timedelta(minutes=10))
+    assert report["confirm:sent"] == 1, report
+    assert sorted((m.contact_id, m.status, m.reason) for m in messages(store, journey=SYSTEM_JOURNEY)) == sorted([
+        (gone, "suppressed", "consent_revoked"), (again, "suppressed", "not_pending"), (again, "sent", None)])
+
+
 def test_without_double_opt_in_in_the_policies_a_signup_is_granted_at_once(make_runtime, store):
     policies = DEFAULT_POLICIES.replace("double_opt_in: {email: [marketing]}", "double_opt_in: {}")
     rt = make_runtime({}, policies=policies, templates=SYSTEM_TEMPLATES)

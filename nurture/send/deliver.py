@@ -40,7 +40,8 @@ from nurture.send.guards.whatsapp import whatsapp_sessions
 from nurture.send.handoff import HandedBatch
 from nurture.send.lease import Lease, Renewed
 from nurture.send.render import render_message
-from nurture.store.models import DEFERRED, FAILED, QUEUED, SENDING, SENT
+from nurture.send.system_mail import SYSTEM_JOURNEYS, outdated_requests
+from nurture.store.models import DEFERRED, FAILED, QUEUED, SENDING, SENT, SUPPRESSED
 from nurture.store.tables import contact_t, enrollment_t, event_t, message_t, suppression_t
 from nurture.store.write_turns import current_turns, taking_turns
 
@@ -184,6 +185,10 @@ def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter)
         verdicts = check_batch(conn, rules, [Recipient(r.contact_id, r.email, r.phone, r.timezone,
                                                        attributes.get(r.contact_id)) for r in members],
                                now, exclude_messages=batch_ids, pending=going)
+        if journey in SYSTEM_JOURNEYS:  # a confirmation asks about one pending consent: is it still?
+            outdated = outdated_requests(conn, [r.id for r in members], now)
+            verdicts = [(SUPPRESSED, outdated[r.id], now) if r.id in outdated else verdict
+                        for r, verdict in zip(members, verdicts)]
         for r, (status, reason, due) in zip(members, verdicts):
             if status == QUEUED:
                 passed.append(r.id)

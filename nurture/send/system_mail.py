@@ -8,11 +8,16 @@ the confirm link, `expires_days` and `sender`.
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
+from sqlalchemy import select
+
+from nurture.consent_ledger import latest_at
 from nurture.registry import OutgoingMessage
 from nurture.runtime.context import Runtime
 from nurture.send.context import imprint_of, recipient_links, template_context
+from nurture.store.tables import message_t
 from nurture.tokens import make_token
 
 SYSTEM_JOURNEY = "double_opt_in"
@@ -21,6 +26,26 @@ TEMPLATES = {"confirm": "system/confirm", "reminder": "system/confirm_reminder"}
 # Jinja, so the subject is in the contact's language (translations/<locale>.po, nurture.rendering.i18n).
 SUBJECTS = {"confirm": "{{ _('Please confirm your subscription') }}",
             "reminder": "{{ _('Reminder: please confirm your subscription') }}"}
+
+
+def outdated_requests(conn: Any, message_ids: list[int], now: datetime) -> dict[int, str]:
+    """Message id → refusal reason, for the confirmations and reminders among `message_ids`
+    whose pending consent (the ledger row of their `consent:<id>` attempt key) is no longer the
+    latest row of its contact's (channel, purpose) — revoked (`consent_revoked`), confirmed or
+    asked for again (`not_pending`). Read with the send checks' wall-clock rule: what was
+    recorded up to the later of `now` and the wall clock, so a revocation made after a late
+    run's logical time still stops the mail."""
+    until = max(now, datetime.now(timezone.utc))
+    keys = dict(conn.execute(select(message_t.c.id, message_t.c.attempt_key)
+                             .where(message_t.c.id.in_(message_ids))).all()) if message_ids else {}
+    refused: dict[int, str] = {}
+    for message_id, key in keys.items():
+        if not (key or "").startswith("consent:"):
+            continue
+        asked = latest_at(conn, int(key.removeprefix("consent:")), until)
+        if asked is not None and asked.id != int(key.removeprefix("consent:")):
+            refused[message_id] = "consent_revoked" if asked.status == "revoked" else "not_pending"
+    return refused
 
 
 def confirm_link(rt: Runtime, contact_id: int, purpose: str = "marketing", channel: str = "email") -> str:
