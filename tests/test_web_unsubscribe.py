@@ -152,6 +152,23 @@ def test_an_sms_preference_link_asks_the_mailbox_to_confirm_an_email_subscriptio
         ("first", "suppressed", "consent_pending")]
 
 
+def test_a_multipart_one_click_post_is_recorded_as_one_click(site):
+    """RFC 8058 §3.1: the one-click POST SHOULD be multipart/form-data (urlencoded is the MAY).
+    A multipart one was recorded `web:unsubscribe`, as if the page's button had been pressed."""
+    ann = subscriber(site.store, "ann@example.com")
+    bo = subscriber(site.store, "bo@example.com")
+    assert site.http.post(f"/u/{_token(ann)}", files={"List-Unsubscribe": (None, "One-Click")}).status_code == 200
+    assert site.http.post(f"/u/{_token(bo)}", files={"other": (None, "x")}).status_code == 200
+    assert [r[2:4] for r in _ledger(site.store, ann)][-1] == ("revoked", "list-unsubscribe:one-click")
+    assert [r[2:4] for r in _ledger(site.store, bo)][-1] == ("revoked", "web:unsubscribe")
+    from nurture.web.app import form_fields
+    body = (b'--b\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\nOne-Click\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="f"; filename="a.txt"\r\n\r\nfile\r\n--b--\r\n')
+    assert form_fields("multipart/form-data; boundary=b", body) == {"List-Unsubscribe": "One-Click"}
+    assert form_fields("multipart/form-data; boundary=b", b"garbage") == {}
+    assert form_fields("", b"List-Unsubscribe=One-Click") == {"List-Unsubscribe": "One-Click"}
+
+
 BAD_TOKENS = {
     "tampered signature": lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"),
     "signed with another key": lambda t: make_token("another-secret-entirely", "unsubscribe", 1),

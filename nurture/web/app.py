@@ -31,10 +31,12 @@ are never echoed. Bad input is a 4xx naming the event and field, never a 500.
 """
 from __future__ import annotations
 
+import email.policy
 import hmac
 import json
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
+from email.parser import BytesParser
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qsl
 
@@ -93,6 +95,25 @@ class BodyLimit:
 
         await self.app(scope, counting_receive, send)
 
+
+def form_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """A form body's fields: application/x-www-form-urlencoded, or multipart/form-data — RFC
+    8058 §3.1 says a one-click unsubscribe POST SHOULD be multipart (urlencoded is the MAY).
+    Multipart is read with the standard library's MIME parser (the body is already bounded by
+    NURTURE_WEB_MAX_BODY); file parts are ignored."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    fields: dict[str, str] = {}
+    if not message.is_multipart():
+        return fields
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str) and part.get_filename() is None:
+            payload = part.get_payload(decode=True) or b""
+            fields[name] = payload.decode(part.get_content_charset() or "utf-8", "replace")
+    return fields
 
 def _bearer(request: Request, token: Optional[SecretStr]) -> None:
     expected = token.get_secret_value() if token is not None else ""
@@ -189,7 +210,7 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         claims = claims_or_none(token, "unsubscribe")
         if claims is None:
             return bad_link("The link is damaged or has expired; nothing was changed.")
-        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
+        form = form_fields(request.headers.get("content-type", ""), await request.body())
         source = "list-unsubscribe:one-click" if form.get("List-Unsubscribe") == "One-Click" else "web:unsubscribe"
         with store.engine.begin() as conn:
             unsubscribe(conn, claims.contact_id, claims.channel, source=source, now=clock(), policy_version=policy_version,
