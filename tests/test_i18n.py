@@ -3,13 +3,17 @@ by the contact's locale, money / number / date filters in that locale, and `nurt
 warning about a message a catalog lacks."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from nurture.rendering.templates import TemplateLibrary
+from nurture.rendering.templates import RenderError, TemplateLibrary
+from nurture.runtime import run_tick
+from nurture.send.preview import preview_journey
 from nurture.spec.project import load_project
-from tests.conftest import write_project
+from nurture.test_send import SeedSendError, send_test
+from tests.conftest import utc, write_project
+from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber
 
 DE_PO = '''msgid ""
 msgstr ""
@@ -76,3 +80,71 @@ def test_validate_warns_about_a_message_a_catalog_lacks(tmp_path):
     assert [str(w) for w in spec.warnings] == [
         'journeys/j.yaml:5:50: warning: no translation of "Welcome aboard" in translations/de.po (that locale gets the source text)',
         'templates/email/t.html:1:1: warning: no translation of "See you" in translations/de.po (that locale gets the source text)']
+
+
+# A translator's typo: the msgstr names a placeholder the template's _() call does not pass.
+TYPO_PO = '''msgid ""
+msgstr ""
+"Content-Type: text/plain; charset=UTF-8\\n"
+
+#, python-format
+msgid "Thank you, %(name)s!"
+msgstr "Danke, %(nme)s!"
+'''
+TYPO_JOURNEY = {"promo": journey_yaml("promo", """
+- id: hello
+  send: {channel: email, template: t, subject: "Hi"}
+""")}
+TYPO_TEMPLATES = {"email/t.html": '<p>{{ _("Thank you, %(name)s!", name=contact.first_name) }}</p>'
+                                  '<a href="{{ links.unsubscribe }}">u</a>'}
+
+
+def _typo_runtime(make_runtime, make_project):
+    root = make_project(TYPO_JOURNEY, templates=TYPO_TEMPLATES)
+    (root / "translations").mkdir(exist_ok=True)
+    (root / "translations" / "de.po").write_text(TYPO_PO, encoding="utf-8")
+    return make_runtime(TYPO_JOURNEY, templates=TYPO_TEMPLATES)
+
+
+def test_a_translation_with_a_misspelt_placeholder_fails_that_message_as_a_render_error_naming_the_entry(
+        make_runtime, make_project, store):
+    rt = _typo_runtime(make_runtime, make_project)
+    t0 = utc(2026, 3, 4, 10, 0)
+    en = subscriber(store, "en@example.com", first_name="Kim", locale="en")
+    de = subscriber(store, "de@example.com", first_name="Kim", locale="de")
+    for cid in (en, de):
+        add_event(store, cid, "signup", t0)
+    run_tick(rt, "promo", t0 + timedelta(minutes=1))
+    assert [m.status for m in messages(store, contact_id=en)] == ["sent"]  # the rest of the batch goes out
+    (bad,) = messages(store, contact_id=de)
+    assert bad.status == "failed"
+    assert bad.reason == ('render_error: the translation of "Thank you, %(name)s!" in translations/de.po:6 '
+                          'uses %(nme)s, which the call does not pass (it passes: name)'), bad.reason
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_preview_and_test_send_report_a_misspelt_translation_placeholder_as_a_template_error(
+        make_runtime, make_project, store):
+    rt = _typo_runtime(make_runtime, make_project)
+    subscriber(store, "de@example.com", first_name="Kim", locale="de")
+    with pytest.raises(RenderError, match=r"translations/de.po:6 uses %\(nme\)s"):  # preview: "template error", exit 1
+        preview_journey(rt.project, store, "promo", email="de@example.com")
+    with pytest.raises(SeedSendError, match=r"template error in step 'hello': the translation of"):
+        send_test(rt, "promo", "hello", "seed@qa.example", contact_email="de@example.com")
+
+
+def test_a_misspelt_placeholder_in_the_source_text_is_a_render_error_too(library):
+    template = library.html_env.from_string('{{ _("Hello %(nam)s", name=contact.first_name) }}')
+    with pytest.raises(RenderError, match=r'_\("Hello %\(nam\)s"\) uses %\(nam\)s, which the call does not pass'):
+        template.render({"contact": {"locale": "en", "first_name": "Ann"}})
+
+
+def test_validate_warns_about_a_translation_whose_placeholders_differ_from_its_msgid(tmp_path):
+    root = write_project(tmp_path / "p", TYPO_JOURNEY, templates=TYPO_TEMPLATES)
+    (root / "translations").mkdir()
+    (root / "translations" / "de.po").write_text(TYPO_PO, encoding="utf-8")
+    spec = load_project(root)
+    assert not spec.errors
+    assert [str(w) for w in spec.warnings] == [
+        'translations/de.po:6:1: warning: the translation of "Thank you, %(name)s!" uses %(nme)s, which its msgid '
+        'does not have (every message that uses it fails: render_error) and drops %(name)s']

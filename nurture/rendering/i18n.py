@@ -14,7 +14,9 @@ Babel: `pybabel extract` / `init` / `update` with Babel's Jinja extractor make a
 A contact's `locale` picks the catalog — `de_AT` reads `de_AT.po`, else `de.po` — and a
 message without a translation (or a contact without a locale) shows the source text: a
 missing translation is never an error. `%(name)s` placeholders are filled after translation,
-so a translation may move them. `nurture validate` warns about a message a catalog lacks.
+so a translation may move them — but it must use the msgid's names: a translation that names one
+the call does not pass fails that message (`render_error`, naming the catalog entry), and
+`nurture validate` warns about it, as about a message a catalog lacks.
 
 The locale of a message is the contact's (`contact.locale`), else policies.yaml `locale`; money
 is in policies.yaml `currency` unless the filter names another (`money("USD")`).
@@ -22,6 +24,7 @@ is in policies.yaml `currency` unless the filter names another (`money("USD")`).
 from __future__ import annotations
 
 import math
+import re
 
 from datetime import date, datetime
 from functools import lru_cache
@@ -55,6 +58,7 @@ class Catalogs:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self._catalogs: dict[str, Optional[dict[str, str]]] = {}
+        self._lines: dict[str, dict[str, int]] = {}
 
     def locales(self) -> list[str]:
         return sorted(p.stem for p in self.folder.glob("*.po")) if self.folder.is_dir() else []
@@ -62,8 +66,35 @@ class Catalogs:
     def catalog(self, locale: str) -> Optional[dict[str, str]]:
         if locale not in self._catalogs:
             path = self.folder / f"{locale}.po"
-            self._catalogs[locale] = _read(path) if path.is_file() else None
+            self._catalogs[locale], self._lines[locale] = _read(path) if path.is_file() else (None, {})
         return self._catalogs[locale]
+
+    def source_of(self, locale: Optional[str], message: str) -> Optional[str]:
+        """Where the translation `lookup` gives for `message` is written: `translations/de.po:12`."""
+        if locale:
+            for candidate in (locale, locale.split("_")[0]):
+                found = self.catalog(candidate)
+                if found and found.get(message):
+                    return f"{self.folder.name}/{candidate}.po:{self._lines[candidate].get(message, 1)}"
+        return None
+
+    def placeholder_problems(self) -> list[tuple[str, int, str]]:
+        """(file, line, problem) of every translation whose `%(name)s` placeholders differ from
+        its msgid's: one the msgid lacks fails every message that uses it (the call does not
+        pass that name), one it drops loses that value."""
+        problems = []
+        for locale in self.locales():
+            for message, text in (self.catalog(locale) or {}).items():
+                wanted, used = placeholders(message), placeholders(text)
+                if wanted == used:
+                    continue
+                extra, dropped = sorted(used - wanted), sorted(wanted - used)
+                parts = ([f"uses {', '.join(f'%({n})s' for n in extra)}, which its msgid does not have "
+                          "(every message that uses it fails: render_error)"] if extra else []) + \
+                        ([f"drops {', '.join(f'%({n})s' for n in dropped)}"] if dropped else [])
+                problems.append((f"{self.folder.name}/{locale}.po", self._lines[locale].get(message, 1),
+                                 f"the translation of \"{message}\" " + " and ".join(parts)))
+        return problems
 
     def lookup(self, locale: Optional[str], message: str) -> str:
         """The translation of `message` for `locale` (full locale, then its language), or the
@@ -78,12 +109,22 @@ class Catalogs:
         return message
 
 
-def _read(path: Path) -> dict[str, str]:
+def _read(path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """(msgid → translation, msgid → line of its entry) of one PO file."""
     from babel.messages.pofile import read_po
     with open(path, "rb") as fh:
         catalog = read_po(fh)
-    return {m.id: m.string for m in catalog if isinstance(m.id, str) and m.id and isinstance(m.string, str)
-            and m.string and not m.fuzzy}
+    entries = [m for m in catalog if isinstance(m.id, str) and m.id and isinstance(m.string, str)
+               and m.string and not m.fuzzy]
+    return {m.id: m.string for m in entries}, {m.id: m.lineno or 1 for m in entries}
+
+
+_PLACEHOLDER = re.compile(r"%(?:%|\(([^)]*)\))")
+
+
+def placeholders(text: str) -> set[str]:
+    """The names of a message's `%(name)s` placeholders."""
+    return {m.group(1) for m in _PLACEHOLDER.finditer(text) if m.group(1) is not None}
 
 
 def _babel_locale(locale: Optional[str]) -> str:
@@ -108,11 +149,16 @@ class Localizer:
 
         @pass_context
         def gettext(context: Context, message: str, **values: Any) -> str:
-            text = localizer.catalogs.lookup(localizer.locale_of(context), str(message))
+            locale = localizer.locale_of(context)
+            text = localizer.catalogs.lookup(locale, str(message))
             if values:
-                if context.eval_ctx.autoescape:  # values are escaped, the catalog's markup is not
-                    return Markup(text) % {k: v for k, v in values.items()}
-                return text % values
+                try:
+                    if context.eval_ctx.autoescape:  # values are escaped, the catalog's markup is not
+                        return Markup(text) % {k: v for k, v in values.items()}
+                    return text % values
+                except (KeyError, ValueError, TypeError) as exc:  # a RenderError, never a KeyError
+                    raise ValueError(_fill_problem(str(message), text, exc, values,
+                                                   localizer.catalogs.source_of(locale, str(message)))) from None
             return Markup(text) if context.eval_ctx.autoescape else text
 
         @pass_context
@@ -144,6 +190,16 @@ class Localizer:
 
         env.globals.update({"_": gettext, "gettext": gettext, "ngettext": ngettext})
         env.filters.update({"money": money, "number": number, "date": date_filter})
+
+
+def _fill_problem(message: str, text: str, exc: Exception, values: dict, source: Optional[str]) -> str:
+    """Why `text` (the translation of `message` written at `source`, or the message itself)
+    cannot be filled with `values`."""
+    what = f"the translation of \"{message}\" in {source}" if source and text != message else f"_(\"{message}\")"
+    if isinstance(exc, KeyError):
+        passed = ", ".join(sorted(values)) or "nothing"
+        return f"{what} uses %({exc.args[0]})s, which the call does not pass (it passes: {passed})"
+    return f"{what} cannot be filled in: {exc}"
 
 
 def _number(value: Any) -> Any:

@@ -39,7 +39,7 @@ from nurture.send.guards.pipeline import Recipient, address_of, check_batch, loc
 from nurture.send.guards.whatsapp import whatsapp_sessions
 from nurture.send.handoff import HandedBatch
 from nurture.send.lease import Lease, Renewed
-from nurture.send.render import render_message
+from nurture.send.render import StepRemoved, render_message
 from nurture.send.system_mail import SYSTEM_JOURNEYS, outdated_requests
 from nurture.store.models import DEFERRED, FAILED, QUEUED, SENDING, SENT, SUPPRESSED
 from nurture.store.tables import contact_t, enrollment_t, event_t, message_t, suppression_t
@@ -432,7 +432,7 @@ def _send_batch(run: _Delivery, rows: list) -> tuple[list[dict], list[dict], dic
                 render_message(rt, row, settings, prepared, session_open=row.contact_id in sessions))
         except RenderError as exc:
             updates.append(_update(row, FAILED, redact(f"render_error: {exc}", secrets), None, None, now))
-        except KeyError:  # the journey or step was removed from the project since queueing
+        except StepRemoved:  # the journey or step was removed from the project since queueing
             updates.append(_update(row, FAILED, f"step_removed: {row.journey}.{row.step_id} is no longer in the project",
                                    None, None, now))
     for channel, messages in by_channel.items():

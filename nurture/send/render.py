@@ -24,6 +24,10 @@ def own_page_prefixes(rt: Runtime) -> tuple[str, ...]:
     return (f"{public_url}/u/", f"{public_url}/confirm/")
 
 
+class StepRemoved(KeyError):
+    """The message's journey or send step is no longer in the project (removed since queueing)."""
+
+
 class _SendStep(NamedTuple):
     """What a send step's messages on one channel share, looked up once per batch."""
     template: Any  # PreparedEmail | Template (SMS, WhatsApp)
@@ -38,8 +42,11 @@ class _SendStep(NamedTuple):
 def _prepared(rt: Runtime, journey: str, step_id: str, channel: str, cache: dict) -> _SendStep:
     key = (journey, step_id, channel)
     if key not in cache:
-        plan = rt.plan(journey)
-        send = plan.nodes[step_id].step.send
+        try:  # only this lookup means "removed": a KeyError while rendering is the template's
+            plan = rt.plan(journey)
+            send = plan.nodes[step_id].step.send
+        except KeyError:
+            raise StepRemoved(f"{journey}.{step_id}") from None
         sid, variables = None, None
         if channel == "email":
             template = rt.templates.prepare_email(send.template, send.subject or "", send.preheader)
@@ -60,7 +67,7 @@ def render_message(rt: Runtime, row: Any, settings: Settings, cache: Optional[di
     batch read once (`rt.settings`: sender address, public URL, link secret). `cache` keeps the
     prepared send steps between calls. `session_open`: a WhatsApp recipient's 24-hour session
     is open (free text may go; else the step's approved template does). Raises a RenderError for
-    a template that cannot be rendered, KeyError for a journey or step no longer in the project."""
+    a template that cannot be rendered, StepRemoved for a journey or step no longer in the project."""
     from_email = settings.from_email
     if row.journey in SYSTEM_JOURNEYS:  # transactional system mail (double opt-in): no journey plan
         return render_system_email(rt, row, rfc_message_id(row.id, row.journey, from_email))
