@@ -1,6 +1,7 @@
 """Specification: every marketing e-mail has a visible unsubscribe link and the sender's legal
 details. A custom template without the link gets the standard footer appended at send time
-(HTML and text, in the contact's language, the policies' `sender:` details escaped) — seen here
+(HTML and text, each checked on its own, in the message's language — the contact's, else the
+policies' `locale` — the policies' `sender:` details escaped) — seen here
 in what a real SMTP server receives; a template with its own link is left as it is; the shipped
 layout shows `sender:`; transactional mail is exempt; `nurture validate` warns (exit 0) about a
 marketing template without the link, with its location."""
@@ -9,6 +10,8 @@ from __future__ import annotations
 import email
 import email.policy
 from datetime import timedelta
+
+import pytest
 
 from nurture.rendering.legal_footer import ensure_footer
 from nurture.runtime import run_tick
@@ -61,9 +64,52 @@ def test_a_custom_template_without_a_link_gets_the_footer_over_real_smtp(make_ru
 def test_a_template_with_its_own_link_and_transactional_mail_are_left_alone():
     links = {"unsubscribe": "https://go.example/u/abc", "preferences": "https://go.example/u/abc", "home": ""}
     own = '<p>Hi</p><a href="https://go.example/u/abc">leave</a>'
-    assert ensure_footer(own, "Hi", links, {}, "en") == (own, "Hi", False)
+    own_text = "Hi. Leave: https://go.example/u/abc"
+    assert ensure_footer(own, own_text, links, {}, "en") == (own, own_text, False)
     html, text, appended = ensure_footer("<p>Hi</p>", "Hi", links, {"company": None}, "en")
     assert appended and html.startswith("<p>Hi</p><div") and "Unsubscribe: https://go.example/u/abc" in text
+
+
+def test_each_part_is_checked_on_its_own_a_text_part_without_the_link_gets_the_text_footer():
+    links = {"unsubscribe": "https://go.example/u/abc", "preferences": "https://go.example/u/abc", "home": ""}
+    own = '<p>Hi</p><a href="https://go.example/u/abc">leave</a>'
+    html, text, appended = ensure_footer(own, "Hi", links, {}, "en")
+    assert appended and html == own and text.endswith("Unsubscribe: https://go.example/u/abc\n")
+
+
+def _delivered(rt, store, journey: str, locale):
+    cid = subscriber(store, "kim@example.de", first_name="Kim", locale=locale)
+    add_event(store, cid, "signup", T0)
+    run_tick(rt, journey, T0 + timedelta(minutes=1))
+    (row,) = messages(store, contact_id=cid)
+    raw = (rt.data_dir / "outbox" / "email" / journey / f"{row.id:09d}.eml").read_bytes()
+    mail = email.message_from_bytes(raw, policy=email.policy.default)
+    return mail, mail.get_body(("html",)).get_content(), mail.get_body(("plain",)).get_content()
+
+
+def test_a_marketing_mail_whose_own_txt_lacks_the_link_gets_the_text_footer_though_its_html_has_it(
+        make_runtime, store):
+    templates = {"email/plain.html": '<p>Our autumn sale</p><a href="{{ links.unsubscribe }}">Unsubscribe</a>',
+                 "email/plain.txt": "Our autumn sale, {{ contact.first_name }}! https://shop.example/sale"}
+    rt = make_runtime({"promo": PLAIN}, templates=templates, policies=SENDER)
+    mail, html, text = _delivered(rt, store, "promo", "en")
+    unsubscribe = mail["List-Unsubscribe"].split(">")[0].lstrip("<")
+    assert "nurture-legal-footer" not in html  # the HTML has its own link
+    assert f"Unsubscribe: {unsubscribe}" in text  # a text-only reader needs a way out too
+
+
+@pytest.mark.parametrize("contact_locale, policies_locale", [
+    ("DE", None),   # as a CSV export writes it: the templates read it as `de`
+    (None, "de"),   # no locale of its own: policies.yaml `locale` is the message's
+    ("de-AT", None),
+])
+def test_the_appended_footer_is_in_the_locale_the_templates_resolve(make_runtime, store, contact_locale,
+                                                                     policies_locale):
+    policies = SENDER + (f"locale: {policies_locale}\n" if policies_locale else "")
+    rt = make_runtime({"promo": PLAIN}, templates=TEMPLATES, policies=policies)
+    _, html, text = _delivered(rt, store, "promo", contact_locale)
+    assert ">Abmelden</a>" in html and "Vertreten durch Anna Meier" in html
+    assert "Abmelden: " in text
 
 
 def test_transactional_mail_gets_no_marketing_footer(make_runtime, store):
