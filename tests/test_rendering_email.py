@@ -227,3 +227,23 @@ def test_a_name_or_subject_that_looks_like_an_encoded_word_is_shown_as_written()
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert parsed["To"].addresses[0].display_name == "=?utf-8?b?QUJD?="
     assert str(parsed["Subject"]) == "Hi =?utf-8?q?ABC?=!"
+
+
+def test_a_steps_preheader_is_the_hidden_escaped_element_right_after_body_and_the_preview_shows_it(
+        make_runtime, store):
+    from nurture.send.preview import preview_journey
+    journey = {"j": journey_yaml("j", '- id: offer\n  send: {channel: email, template: offer, subject: "Hi", '
+                                      'preheader: "Only today: 20% off for {{ contact.first_name }}"}')}
+    rt = make_runtime(journey, templates=TEMPLATES)
+    cid = subscriber(store, "kim@example.com", first_name="<b>Kim</b> & Co", attributes={"coupon_code": "K"})
+    add_event(store, cid, "signup", T0)
+    run_tick(rt, "j", T0 + timedelta(minutes=1))
+    (row,) = messages(store, contact_id=cid)
+    html = parsed(rt, row.id).get_body(("html",)).get_content()
+    after_body = html.split("<body>", 1)[1]
+    assert after_body.startswith('<div class="preheader" style="display:none;')
+    assert after_body.split("</div>", 1)[0].endswith(">Only today: 20% off for &lt;b&gt;Kim&lt;/b&gt; &amp; Co")
+    assert "Only today" not in parsed(rt, row.id).get_body(("plain",)).get_content()
+    (preview,) = preview_journey(rt.project, store, "j", email="kim@example.com")
+    assert preview.preheader == "Only today: 20% off for <b>Kim</b> & Co"
+    assert "Only today: 20% off for &lt;b&gt;Kim&lt;/b&gt; &amp; Co</div>" in preview.html

@@ -512,8 +512,21 @@ class PreparedEmail:
         html = _render(self.html, context)
         text = _BLANKS.sub("\n\n", _render(self.text, context)).strip() + "\n" if self.text is not None else html_to_text(html)
         subject = " ".join(_render(self.subject, context).split())
-        pre = _render(self.preheader, context) if self.preheader is not None else ""
-        return RenderedEmail(subject, html, text, pre)
+        pre = " ".join(_render(self.preheader, context).split()) if self.preheader is not None else ""
+        return RenderedEmail(subject, with_preheader(html, pre) if pre else html, text, pre)
+
+
+_BODY = re.compile(r"<body\b[^>]*>", re.I)
+
+
+def with_preheader(html: str, preheader: str) -> str:
+    """`html` with the preheader — the line inboxes show after the subject — as the hidden
+    element right after `<body>` (at the start of a fragment), HTML-escaped: it may hold a
+    contact's data and is rendered without autoescaping, like the subject."""
+    hidden = ('<div class="preheader" style="display:none;font-size:1px;line-height:1px;max-height:0;'
+              f'max-width:0;opacity:0;overflow:hidden;mso-hide:all">{html_lib.escape(preheader)}</div>')
+    body = _BODY.search(html)
+    return html[:body.end()] + hidden + html[body.end():] if body else hidden + html
 
 
 def _render(template: Template, context: dict[str, Any]) -> str:

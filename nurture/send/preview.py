@@ -36,6 +36,7 @@ class Preview:
     text: str
     html: str
     context: dict[str, Any] = field(default_factory=dict, repr=False)  # what the templates saw
+    preheader: str = ""  # an e-mail's: also hidden at the start of `html`, as delivered
 
 
 SAMPLE_CONTACT = ContextRow(contact_id=0, email="alex@example.com", phone="+4915112345678", first_name="Alex",
@@ -98,7 +99,7 @@ def preview_journey(spec: ProjectSpec, store: Store, journey: str, *, step_id: O
             ctx = template_context(row._replace(step_id=sid), about, links, imprint_of(spec.policies.sender))
             if channel == "email":
                 r = library.render_email(send.template, send.subject or "", ctx, send.preheader)
-                out.append(Preview(sid, "email", row.email or "", r.subject, r.text, r.html, ctx))
+                out.append(Preview(sid, "email", row.email or "", r.subject, r.text, r.html, ctx, r.preheader))
             else:
                 text = library.text(channel, send.template).render(ctx).strip()
                 out.append(Preview(sid, channel, row.phone or "", "", text, "", ctx))
