@@ -14,7 +14,7 @@ import pytest
 from nurture.runtime import run_tick
 from nurture.rendering.email_message import rfc_message_id
 from nurture.rendering.inline_css import inline_template_source
-from tests.conftest import utc
+from tests.conftest import REPO, utc
 from tests.engine_fixtures import add_event, journey_yaml, messages, subscriber
 
 T0 = utc(2026, 3, 4, 10, 0)
@@ -247,3 +247,49 @@ def test_a_steps_preheader_is_the_hidden_escaped_element_right_after_body_and_th
     (preview,) = preview_journey(rt.project, store, "j", email="kim@example.com")
     assert preview.preheader == "Only today: 20% off for <b>Kim</b> & Co"
     assert "Only today: 20% off for &lt;b&gt;Kim&lt;/b&gt; &amp; Co</div>" in preview.html
+
+
+def test_the_derived_text_part_turns_markup_a_message_or_its_translation_carries_into_text(tmp_path):
+    from nurture.rendering.templates import TemplateLibrary
+    (tmp_path / "templates" / "email").mkdir(parents=True)
+    (tmp_path / "templates" / "email" / "t.html").write_text(
+        '<p>{{ _("Read <strong>our guide</strong>, %(name)s", name=contact.first_name) }}</p>'
+        '<p>{{ _(\'See <a href="https://shop.example/faq">the FAQ</a>\') }}</p>', encoding="utf-8")
+    (tmp_path / "translations").mkdir()
+    (tmp_path / "translations" / "de.po").write_text(
+        'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n\n'
+        'msgid "Read <strong>our guide</strong>, %(name)s"\n'
+        'msgstr "Lesen Sie <em>unseren Leitfaden</em> &amp; mehr, %(name)s"\n', encoding="utf-8")
+    library = TemplateLibrary(tmp_path / "templates")
+    faq = "See the FAQ (https://shop.example/faq)\n"
+    for locale, expected in (("en", "Read our guide, <Kim>\n" + faq), ("de", "Lesen Sie unseren Leitfaden & mehr, <Kim>\n" + faq)):
+        rendered = library.render_email("t", "x", {"contact": {"locale": locale, "first_name": "<Kim>"}})
+        assert rendered.text == expected  # the contact's name is data, kept as written
+        assert "&lt;Kim&gt;" in rendered.html and ("<strong>" in rendered.html or "<em>" in rendered.html)
+
+
+def _shipped(name: str, event: dict, locale: str):
+    from nurture.rendering.templates import TemplateLibrary
+    ctx = {"contact": {"locale": locale, "first_name": "Anna", "id": 1},
+           "links": {"unsubscribe": "https://go.example/u/t", "preferences": "https://go.example/u/t",
+                     "home": "https://shop.example"},
+           "imprint": dict.fromkeys(["company", "address", "register", "represented_by", "contact"]),
+           "journey": {"name": "j", "description": ""}, "step": {"id": "s"}, "event": event}
+    return TemplateLibrary(REPO / "templates").render_email(name, "x", ctx)
+
+
+@pytest.mark.parametrize("locale, code_line, topic_line", [
+    ("en", "Your code CART10 is still valid until tonight.", "Thanks for your interest in ROI & you. Your copy is ready:"),
+    ("de", "Ihr Code CART10 gilt noch bis heute Abend.", "Danke für Ihr Interesse an ROI & you. Ihr Exemplar ist bereit:"),
+])
+def test_shipped_last_call_and_b2b_intro_have_no_raw_tags_in_text_and_a_styled_coupon_box(locale, code_line,
+                                                                                          topic_line):
+    last_call = _shipped("cart/last_call", {"cart_value": 150}, locale)
+    assert code_line in last_call.text.splitlines()
+    # the code box is styled inline like cart/incentive's (clients that ignore <style> show it too)
+    box = last_call.html.split("CART10")[0].rsplit("<span", 1)[-1]
+    assert 'class="code"' in box and "border:2px dashed" in box
+    intro = _shipped("b2b/intro", {"topic": "ROI & you"}, locale)
+    assert topic_line in intro.text.splitlines()
+    assert "<strong>ROI &amp; you</strong>" in intro.html
+    assert "<" not in last_call.text + intro.text

@@ -29,7 +29,7 @@ import re
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from jinja2 import pass_context
 from jinja2.runtime import Context
@@ -144,13 +144,17 @@ class Localizer:
         own = contact.get("locale") if isinstance(contact, dict) else None
         return language_of(own) or self.default_locale
 
-    def install(self, env: Any) -> None:
+    def install(self, env: Any, text_of: Optional[Callable[[str], str]] = None) -> None:
+        """`text_of`: for the plain-text part derived from an e-mail's HTML — turns a message
+        (source or translation) that holds markup into text before its values are filled in."""
         localizer = self
 
         @pass_context
         def gettext(context: Context, message: str, **values: Any) -> str:
             locale = localizer.locale_of(context)
             text = localizer.catalogs.lookup(locale, str(message))
+            if text_of is not None and "<" in text:
+                text = text_of(text)
             if values:
                 try:
                     if context.eval_ctx.autoescape:  # values are escaped, the catalog's markup is not

@@ -166,6 +166,12 @@ def html_to_text(html: str, keep_title: bool = True) -> str:
     return _BLANKS.sub("\n\n", "\n".join(lines)).strip() + "\n"
 
 
+def fragment_to_text(html: str) -> str:
+    """Inline markup (a message of `_()`, a translation) as text: links as `label (url)`, tags
+    removed, entities decoded; its spacing and line breaks are the derived text's business."""
+    return html_lib.unescape(_TAGS.sub("", _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})", html)))
+
+
 _DICT_METHODS = frozenset({"get", "items", "keys", "values"})  # `links.get('x')` reads no key `get`
 
 
@@ -188,8 +194,10 @@ class TemplateLibrary:
         self.text_env = _Sandbox(loader=_ConfinedLoader(str(self.root)), autoescape=False,
                                  keep_trailing_newline=True, **common)
         self.derived_text_env = _Sandbox(loader=_TextFromHtmlLoader(self.root), autoescape=False, **common)
-        for env in (self.html_env, self.text_env, self.derived_text_env):
+        for env in (self.html_env, self.text_env):
             self.localizer.install(env)
+        # the text part derived from HTML: markup a message of `_()` carries becomes text too
+        self.localizer.install(self.derived_text_env, text_of=fragment_to_text)
         self._strings: dict[str, Template] = {}
 
     # -- lookup
