@@ -90,3 +90,19 @@ def test_the_same_link_in_many_bodies_is_tagged_identically_each_time():
     bodies = [f'<a href="https://shop.example/sale">{i}</a><a href="https://shop.example/u/tok{i}">x</a>' for i in range(3)]
     tagged = [tag_html(b, Q, OWN) for b in bodies]
     assert all(t.count("utm_content=reminder") == 1 and f"/u/tok{i}\"" in t for i, t in enumerate(tagged))
+
+
+@pytest.mark.parametrize("anchor", [
+    '<a href="{{ links.home }}/sale">Shop now</a>',
+    "<a href='{{ links.home }}/sale'>Shop now</a>",
+    "<a href={{ links.home }}/sale>Shop now</a>",
+    '<a data-href="https://elsewhere.example" class="button" HREF = \'{{ links.home }}/sale\'>Shop now</a>',
+])
+def test_the_derived_text_part_keeps_a_link_whatever_its_href_quoting_and_tagging_reaches_it(tmp_path, anchor):
+    from nurture.rendering.templates import TemplateLibrary
+    (tmp_path / "templates" / "email").mkdir(parents=True)
+    (tmp_path / "templates" / "email" / "t.html").write_text(f"<p>Autumn sale: {anchor}</p>", encoding="utf-8")
+    rendered = TemplateLibrary(tmp_path / "templates").render_email(
+        "t", "x", {"contact": {"locale": "en"}, "links": {"home": "https://shop.example"}})
+    assert rendered.text == "Autumn sale: Shop now (https://shop.example/sale)\n"
+    assert tag_text(rendered.text, Q, OWN) == f"Autumn sale: Shop now (https://shop.example/sale?{Q})\n"

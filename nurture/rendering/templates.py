@@ -150,16 +150,21 @@ class RenderedEmail:
 _TITLE = re.compile(r"<title[^>]*>.*?</title>", re.S | re.I)
 _TAGS = re.compile(r"<(script|style|head)[^>]*>.*?</\1>|<[^>]+>", re.S | re.I)
 _BLOCK_END = re.compile(r"</(p|div|tr|h[1-6]|li|table)>|<br\s*/?>", re.I)
-_LINK = re.compile(r"<a\s[^>]*href=\"([^\"]+)\"[^>]*>(.*?)</a>", re.S | re.I)
+# an href in double quotes, single quotes or none (HTML allows all three)
+_LINK = re.compile(r"""<a\s[^>]*?(?<![\w-])href\s*=\s*(?:"([^"]+)"|'([^']+)'|([^\s"'>]+))[^>]*>(.*?)</a>""", re.S | re.I)
 _SPACES = re.compile(r"[ \t]+")
 _BLANKS = re.compile(r"\n\s*\n\s*\n+")
+
+
+def _link_as_text(link: re.Match) -> str:
+    return f"{link.group(4)} ({link.group(1) or link.group(2) or link.group(3)})"
 
 
 def html_to_text(html: str, keep_title: bool = True) -> str:
     """A readable plain-text part for templates that ship no .txt of their own."""
     if not keep_title:
         html = _TITLE.sub("", html)
-    text = _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})", html)
+    text = _LINK.sub(_link_as_text, html)
     text = _BLOCK_END.sub("\n", text)
     text = html_lib.unescape(_TAGS.sub("", text))
     lines = [_SPACES.sub(" ", line).strip() for line in text.splitlines()]
@@ -169,7 +174,7 @@ def html_to_text(html: str, keep_title: bool = True) -> str:
 def fragment_to_text(html: str) -> str:
     """Inline markup (a message of `_()`, a translation) as text: links as `label (url)`, tags
     removed, entities decoded; its spacing and line breaks are the derived text's business."""
-    return html_lib.unescape(_TAGS.sub("", _LINK.sub(lambda m: f"{m.group(2)} ({m.group(1)})", html)))
+    return html_lib.unescape(_TAGS.sub("", _LINK.sub(_link_as_text, html)))
 
 
 _DICT_METHODS = frozenset({"get", "items", "keys", "values"})  # `links.get('x')` reads no key `get`
