@@ -1,7 +1,9 @@
 """SMS segment counts (what Twilio bills): GSM-7 bodies take 160 characters in one segment and
 153 per segment when split, extension characters (€ [ ] { } …) count twice; any other character
 makes the body UCS-2: 70 in one segment, 67 per segment when split, characters outside the
-BMP (emoji) count as two UTF-16 units. `nurture preview` prints the count for SMS steps."""
+BMP (emoji) count as two UTF-16 units. Such a two-unit character (ESC + code, a surrogate pair)
+is never split over two segments (3GPP TS 23.038 and Twilio: "may not be split so that the
+escape character and the following character end up in separate parts"). `nurture preview` prints the count for SMS steps."""
 from __future__ import annotations
 
 import os
@@ -46,3 +48,19 @@ def test_nurture_preview_prints_the_encoding_and_segment_count_of_an_sms(tmp_pat
     body = next(line for line in result.stdout.splitlines() if line.startswith("Hi "))
     assert sms_segments(body) == ("UCS-2", 2)
     assert f"{len(body)} characters, UCS-2, 2 segment(s)" in result.stdout
+
+
+@pytest.mark.parametrize("body, expected", [
+    # 152 septets, then € (ESC + code): it does not fit the one septet left, segment 2 starts
+    # with it: 2 + 152 = 154 > 153, so a third segment (a plain count says 306 / 153 = 2).
+    ("a" * 152 + "€" + "a" * 152, ("GSM-7", 3)),
+    ("a" * 151 + "€" + "a" * 153, ("GSM-7", 2)),    # € fits segment 1 exactly: 153 | 153
+    ("€" * 153, ("GSM-7", 3)),                       # 76 per segment: 76 | 76 | 1
+    # UCS-2: 66 units, then an emoji (a surrogate pair) that does not fit the one unit left
+    ("ж" * 66 + "😀" + "ж" * 66, ("UCS-2", 3)),
+    ("ж" * 65 + "😀" + "ж" * 67, ("UCS-2", 2)),      # the pair fits segment 1 exactly: 67 | 67
+    ("😀" * 67, ("UCS-2", 3)),                       # 33 pairs (66 units) per segment: 33 | 33 | 1
+], ids=["gsm7_escape_at_boundary", "gsm7_escape_fits", "gsm7_all_escapes", "ucs2_pair_at_boundary",
+        "ucs2_pair_fits", "ucs2_all_pairs"])
+def test_a_two_unit_character_is_never_split_over_two_segments(body, expected):
+    assert sms_segments(body) == expected

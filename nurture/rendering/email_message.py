@@ -167,9 +167,27 @@ def build_email_bytes(*, message_id: str, from_addr: str, from_name: str, to_add
 
 
 def sms_segments(body: str) -> tuple[str, int]:
-    """(encoding, segments) of an SMS body: GSM-7 160/153 per segment, UCS-2 70/67."""
+    """(encoding, segments) of an SMS body: GSM-7 160 septets in one SMS, 153 per segment of a
+    longer one; UCS-2 70/67 UTF-16 units. A character that takes two — a GSM-7 extension
+    character (ESC + its code: € [ ] { } …) or an astral one in UCS-2 (a surrogate pair: most
+    emoji) — is never split over two segments (3GPP TS 23.038; Twilio's segment counting), so
+    a segment that has one unit left starts the next one."""
     if all(ch in _GSM7 or ch in _GSM7_EXT for ch in body):
-        units = sum(2 if ch in _GSM7_EXT else 1 for ch in body)
-        return "GSM-7", 1 if units <= 160 else -(-units // 153)
-    units = sum(2 if ord(ch) > 0xFFFF else 1 for ch in body)
-    return "UCS-2", 1 if units <= 70 else -(-units // 67)
+        return "GSM-7", _packed([2 if ch in _GSM7_EXT else 1 for ch in body], 160, 153)
+    return "UCS-2", _packed([2 if ord(ch) > 0xFFFF else 1 for ch in body], 70, 67)
+
+
+def _packed(sizes: list[int], single: int, per_segment: int) -> int:
+    """Segments of characters of `sizes` units: one if all fit `single`, else packed greedily
+    into segments of `per_segment` units, no character split."""
+    units = sum(sizes)
+    if units <= single:
+        return 1
+    if units == len(sizes):  # no two-unit character: nothing to keep together
+        return -(-units // per_segment)
+    segments, used = 1, 0
+    for size in sizes:
+        if used + size > per_segment:
+            segments, used = segments + 1, 0
+        used += size
+    return segments
