@@ -148,3 +148,21 @@ def test_validate_warns_about_a_translation_whose_placeholders_differ_from_its_m
     assert [str(w) for w in spec.warnings] == [
         'translations/de.po:6:1: warning: the translation of "Thank you, %(name)s!" uses %(nme)s, which its msgid '
         'does not have (every message that uses it fails: render_error) and drops %(name)s']
+
+
+@pytest.mark.parametrize("contact_zone, default_zone, value, expected", [
+    # 18:00 on 21 November in Los Angeles is 02:00 on 22 November in UTC
+    ("America/Los_Angeles", None, datetime(2026, 11, 22, 2, 0, tzinfo=timezone.utc), "November 21, 2026"),
+    ("America/Los_Angeles", None, "2026-11-22T02:00:00Z", "November 21, 2026"),
+    ("America/Los_Angeles", None, datetime(2026, 11, 22, 2, 0), "November 21, 2026"),  # naive: UTC, as stored
+    (None, "America/Los_Angeles", "2026-11-22T02:00:00+00:00", "November 21, 2026"),    # the policies' zone
+    ("Mars/Olympus_Mons", "America/Los_Angeles", "2026-11-22T02:00:00Z", "November 21, 2026"),  # unknown: default
+    ("Asia/Tokyo", "America/Los_Angeles", "2026-11-21T16:00:00Z", "November 22, 2026"),  # the contact's first
+    (None, None, "2026-11-22T02:00:00Z", "November 22, 2026"),                          # no zone at all: UTC
+    ("America/Los_Angeles", None, "2026-11-22", "November 22, 2026"),                   # a bare date is itself
+])
+def test_the_date_filter_shows_the_day_where_the_recipient_is(tmp_path, contact_zone, default_zone, value, expected):
+    (tmp_path / "templates").mkdir()
+    library = TemplateLibrary(tmp_path / "templates", timezone=default_zone)
+    template = library.html_env.from_string("{{ event.at | date('long') }}")
+    assert template.render({"contact": {"locale": "en", "timezone": contact_zone}, "event": {"at": value}}) == expected

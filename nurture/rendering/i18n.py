@@ -19,14 +19,16 @@ the call does not pass fails that message (`render_error`, naming the catalog en
 `nurture validate` warns about it, as about a message a catalog lacks.
 
 The locale of a message is the contact's (`contact.locale`), else policies.yaml `locale`; money
-is in policies.yaml `currency` unless the filter names another (`money("USD")`).
+is in policies.yaml `currency` unless the filter names another (`money("USD")`). `date` shows the
+day of a point in time where the recipient is: in `contact.timezone`, else the library's
+`timezone` (policies.yaml `timezone`), else UTC; a naive timestamp is UTC, a bare date is itself.
 """
 from __future__ import annotations
 
 import math
 import re
 
-from datetime import date, datetime
+from datetime import date, datetime, timezone as dt_timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -134,10 +136,18 @@ def _babel_locale(locale: Optional[str]) -> str:
 class Localizer:
     """The globals and filters one template library installs (nurture.rendering.templates)."""
 
-    def __init__(self, catalogs: Catalogs, currency: str = "EUR", default_locale: Optional[str] = None):
+    def __init__(self, catalogs: Catalogs, currency: str = "EUR", default_locale: Optional[str] = None,
+                 timezone: Optional[str] = None):
         self.catalogs = catalogs
         self.currency = currency
         self.default_locale = language_of(default_locale)
+        self.default_zone = _zone(timezone) or dt_timezone.utc
+
+    def zone_of(self, context: Context) -> Any:
+        """The recipient's time zone: the contact's, else the default (an unknown name: the default)."""
+        contact = context.get("contact")
+        own = contact.get("timezone") if isinstance(contact, dict) else None
+        return _zone(own) or self.default_zone
 
     def locale_of(self, context: Context) -> Optional[str]:
         contact = context.get("contact")
@@ -190,7 +200,8 @@ class Localizer:
             from babel.dates import format_date
             if value is None or value == "":
                 return ""
-            return format_date(_date(value), format=format, locale=_babel_locale(localizer.locale_of(context)))
+            return format_date(_date(value, localizer.zone_of(context)), format=format,
+                               locale=_babel_locale(localizer.locale_of(context)))
 
         env.globals.update({"_": gettext, "gettext": gettext, "ngettext": ngettext})
         env.filters.update({"money": money, "number": number, "date": date_filter})
@@ -220,12 +231,29 @@ def _number(value: Any) -> Any:
     return number
 
 
-def _date(value: Any) -> date:
+def _date(value: Any, zone: Any = dt_timezone.utc) -> date:
+    """The calendar day of `value` in `zone`: a point in time (aware, or naive = UTC) is
+    converted; a date is itself."""
+    if not isinstance(value, (date, datetime)):
+        text = str(value)
+        try:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00")) if "T" in text or " " in text.strip() \
+                else date.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"'{value}' is not a date") from None
     if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=dt_timezone.utc)
+        return aware.astimezone(zone).date()
+    return value
+
+
+@lru_cache(maxsize=512)
+def _zone(name: Any) -> Optional[Any]:
+    """ZoneInfo of an IANA name; None for none or an unknown one (a contact's value, never an error)."""
+    if not name or not isinstance(name, str):
+        return None
+    from zoneinfo import ZoneInfo
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).date()
-    except ValueError:
-        raise ValueError(f"'{value}' is not a date") from None
+        return ZoneInfo(name[:64])
+    except (ValueError, OSError, LookupError):  # ZoneInfoNotFoundError is a KeyError
+        return None

@@ -181,13 +181,15 @@ _DICT_METHODS = frozenset({"get", "items", "keys", "values"})  # `links.get('x')
 
 
 class TemplateLibrary:
-    def __init__(self, root: Path, *, currency: str = "EUR", locale: Optional[str] = None):
-        """`root`: the project's templates/ folder; `currency` and `locale` (policies.yaml) are
-        the defaults of the money filter and of contacts without a locale (nurture.rendering.i18n;
-        the catalogs are the project's translations/ folder, beside templates/)."""
+    def __init__(self, root: Path, *, currency: str = "EUR", locale: Optional[str] = None,
+                 timezone: Optional[str] = None):
+        """`root`: the project's templates/ folder; `currency`, `locale` and `timezone`
+        (policies.yaml) are the defaults of the money filter and of contacts without a locale or
+        time zone (nurture.rendering.i18n; the catalogs are the project's translations/ folder,
+        beside templates/)."""
         from nurture.rendering.i18n import Catalogs, Localizer
         self.root = Path(root)
-        self.localizer = Localizer(Catalogs(self.root.parent / "translations"), currency, locale)
+        self.localizer = Localizer(Catalogs(self.root.parent / "translations"), currency, locale, timezone)
         # auto_reload off: `{% extends %}` would otherwise stat the layout on every render; a
         # changed file reaches a running tick through a new library (flows.runtime reloads).
         # cache_size=-1: the loaded templates in a plain dict — a project has a bounded number
