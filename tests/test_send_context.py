@@ -130,3 +130,35 @@ def test_the_context_exposes_attributes_under_the_columns_and_the_trigger_event_
     assert context["step"] == {"id": "mail"}
     assert context["links"]["unsubscribe"] == context["links"]["preferences"]
     assert context["links"]["unsubscribe"].startswith("https://go.example/u/")
+
+
+def test_a_preview_shows_what_delivery_sends_utm_tags_public_url_footer_and_sms_segments(make_runtime, store):
+    """Preview builds each message through delivery's render_message: an SMS's tagged link on the
+    configured public URL (and so its segment count), the footer delivery appends to a template
+    without an unsubscribe link; its links are signed with a throwaway secret."""
+    from nurture.rendering.email_message import sms_segments
+    journey = journey_yaml("cart", """
+    - id: mail
+      send: {channel: email, template: plain, subject: "Hi"}
+    - id: text
+      send: {channel: sms, template: nudge}
+    """, trigger="{event: add_to_cart}")
+    nudge = ("Hi {{ contact.first_name }}, your cart ({{ event.cart_value | money }}) is still waiting: "
+             "{{ links.home }}/cart Reply STOP to opt out.")
+    rt = make_runtime({"cart": journey}, templates={"email/plain.html": "<html><body><p>Hi</p></body></html>",
+                                                   "sms/nudge.txt": nudge})
+    rt.env["NURTURE_PUBLIC_URL"] = "https://go.shop.example"
+    cid = subscriber(store, "alex@example.com", channels=("email", "sms"), first_name="Alexandra",
+                     phone="+4915112345678", locale="en")
+    add_event(store, cid, "add_to_cart", T0, {"cart_value": 158.0})
+    run_tick(rt, "cart", T0 + timedelta(minutes=1))
+    assert sorted(m.status for m in messages(store)) == ["sent", "sent"]
+    (sent,) = [json.loads(line) for line in (rt.data_dir / "outbox" / "sms.jsonl").read_text().splitlines()]
+
+    mail, text = preview_journey(rt.project, store, "cart", email="alex@example.com", env=rt.env)
+    assert text.text == sent["body"]
+    assert "https://go.shop.example/cart?utm_source=nurture&utm_medium=sms&utm_campaign=cart" in text.text
+    assert sms_segments(text.text) == sms_segments(sent["body"]) == ("GSM-7", 2)
+    assert "nurture-legal-footer" in mail.html and "Unsubscribe: https://go.shop.example/u/" in mail.text
+    token = mail.context["links"]["unsubscribe"].rsplit("/", 1)[-1]
+    assert tokens.verify_token(rt.secret_key, token, "unsubscribe") is None  # a throwaway secret: no working link

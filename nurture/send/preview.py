@@ -1,26 +1,35 @@
 """What a contact would receive: renders a journey's send steps without sending anything.
 
-The template context comes from the one builder delivery uses (nurture.send.context), from
-the same facts: the contact's row (or a sample contact) and the trigger event of its latest
-enrollment in the journey, else its latest event of the trigger's name (or the properties given). Links are signed with a preview secret unless one is
-given, so a preview's unsubscribe link does not work on the real site.
+Each message is built by the one renderer delivery uses (nurture.send.render.render_message:
+the template context of nurture.send.context, UTM tags, the legal footer, the preheader, the
+configured NURTURE_PUBLIC_URL), from the same facts: the contact's row (or a sample contact)
+and the trigger event of its latest enrollment in the journey, else its latest event of the
+trigger's name (or the properties given). So the text and the SMS segments shown are those
+delivery sends. Links are signed with a throwaway secret unless one is given, so a preview's
+unsubscribe link does not work on the real site.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
+import os
+import secrets
 
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping, Optional
+
+from pydantic import SecretStr
 from sqlalchemy import select
 
-from nurture.compiler import compile_journey
 from nurture.event_schema import SAMPLES
+from nurture.runtime.context import Runtime
 from nurture.send.context import ContextRow, imprint_of, recipient_links, template_context
+from nurture.send.deliver import LoadedMessage
+from nurture.send.render import render_message
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.tables import contact_t, enrollment_t, event_t
 
-PREVIEW_SECRET = "preview"
-DEFAULT_PUBLIC_URL = "http://localhost:8000"
+PREVIEW_PK = 0  # no message row has id 0
 
 
 class PreviewError(Exception):
@@ -72,10 +81,20 @@ def recipient(conn: Any, email: str, journey: str, trigger: Optional[str]) -> Op
 
 def preview_journey(spec: ProjectSpec, store: Store, journey: str, *, step_id: Optional[str] = None,
                     email: Optional[str] = None, event_properties: Optional[dict] = None,
-                    public_url: str = DEFAULT_PUBLIC_URL, secret_key: str = PREVIEW_SECRET) -> list[Preview]:
+                    public_url: Optional[str] = None, secret_key: Optional[str] = None,
+                    env: Optional[Mapping[str, str]] = None) -> list[Preview]:
+    """One Preview per send step (and channel of a fallback step) of `journey`, as delivery
+    would build it now. `env`: the settings (default: this process's environment; its
+    NURTURE_PUBLIC_URL is the links' address unless `public_url` is given); `secret_key`
+    signs the links (default: a throwaway one). Raises PreviewError, or a RenderError."""
     if journey not in spec.journeys:
         raise PreviewError(f"no journey named '{journey}'")
-    plan = compile_journey(spec.journeys[journey])
+    values = dict(os.environ if env is None else env)
+    if public_url:
+        values["NURTURE_PUBLIC_URL"] = public_url
+    rt = Runtime(store, spec, env=values)
+    settings = rt.settings.model_copy(update={"secret_key": SecretStr(secret_key or secrets.token_hex(24))})
+    plan = rt.plan(journey)
     trigger_event = plan.journey.trigger.event
     row = SAMPLE_CONTACT._replace(event_name=trigger_event, event_properties=dict(SAMPLES.get(trigger_event or "", {})))
     if email:
@@ -87,7 +106,8 @@ def preview_journey(spec: ProjectSpec, store: Store, journey: str, *, step_id: O
     if event_properties is not None:
         row = row._replace(event_properties=event_properties)
     about = {"name": journey, "description": plan.journey.description}
-    library = spec.templates
+    now = datetime.now(timezone.utc)
+    cache: dict = {}
     out = []
     for sid in plan.order:
         node = plan.nodes[sid]
@@ -95,14 +115,20 @@ def preview_journey(spec: ProjectSpec, store: Store, journey: str, *, step_id: O
             continue
         send = node.step.send
         for channel in send.options:  # a fallback step: one preview per channel it may use
-            links = recipient_links(public_url, secret_key, row.contact_id, send.purpose, channel)
+            to = (row.email if channel == "email" else row.phone) or ""
+            fields = dict(row._asdict(), id=PREVIEW_PK, journey=journey, step_id=sid, channel=channel,
+                          purpose=send.purpose, template=send.template, address=to, created_at=now, attempts=0)
+            # fields delivery's row has beyond the contact's are None, as for a contact without them
+            message = render_message(rt, LoadedMessage(**{n: fields.get(n) for n in LoadedMessage._fields}),
+                                     settings, cache)
+            links = recipient_links(settings.links_url, settings.signing_secret, row.contact_id, send.purpose, channel)
             ctx = template_context(row._replace(step_id=sid), about, links, imprint_of(spec.policies.sender))
             if channel == "email":
-                r = library.render_email(send.template, send.subject or "", ctx, send.preheader)
-                out.append(Preview(sid, "email", row.email or "", r.subject, r.text, r.html, ctx, r.preheader))
+                preheader = " ".join(rt.templates.string(send.preheader).render(ctx).split()) if send.preheader else ""
+                out.append(Preview(sid, "email", to, message.subject or "", message.text or "", message.html or "",
+                                   ctx, preheader))
             else:
-                text = library.text(channel, send.template).render(ctx).strip()
-                out.append(Preview(sid, channel, row.phone or "", "", text, "", ctx))
+                out.append(Preview(sid, channel, to, "", message.text or "", "", ctx))
     if step_id and not out:
         raise PreviewError(f"journey '{journey}' has no send step '{step_id}'")
     return out
