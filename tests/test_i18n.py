@@ -166,3 +166,22 @@ def test_the_date_filter_shows_the_day_where_the_recipient_is(tmp_path, contact_
     library = TemplateLibrary(tmp_path / "templates", timezone=default_zone)
     template = library.html_env.from_string("{{ event.at | date('long') }}")
     assert template.render({"contact": {"locale": "en", "timezone": contact_zone}, "event": {"at": value}}) == expected
+
+
+def test_the_date_filter_falls_back_to_the_policies_time_zone_in_delivery_and_validate(tmp_path):
+    """A contact without a zone sees the day of policies.yaml's `timezone`: the library the
+    tick renders with (Runtime.templates) and the one validate and preview read (ProjectSpec)."""
+    from nurture.runtime import Runtime
+    from nurture.store.db import open_store
+    from tests.conftest import DEFAULT_POLICIES
+    root = write_project(tmp_path / "shop", {}, policies=DEFAULT_POLICIES.replace("timezone: UTC",
+                                                                                  "timezone: America/Los_Angeles"))
+    spec = load_project(root)
+    at = datetime(2026, 11, 22, 2, 0, tzinfo=timezone.utc)  # 18:00 on the 21st in Los Angeles
+    context = {"contact": {"locale": "en", "timezone": None}, "event": {"at": at}}
+    store = open_store("sqlite://")
+    try:
+        for library in (spec.templates, Runtime(store, spec).templates):
+            assert library.html_env.from_string("{{ event.at | date('long') }}").render(context) == "November 21, 2026"
+    finally:
+        store.dispose()

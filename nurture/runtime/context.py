@@ -84,7 +84,7 @@ class Runtime:
             from nurture.catalog import install_catalog
             policies = self.project.policies
             self._templates = TemplateLibrary(self.project.root / "templates", currency=policies.currency,
-                                              locale=policies.locale)
+                                              locale=policies.locale, timezone=policies.timezone)
             install_catalog(self._templates, self.store)  # `catalog.related(...)` for cross-sell
         return self._templates
 

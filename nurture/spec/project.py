@@ -89,7 +89,8 @@ class ProjectSpec:
 
     @property
     def templates(self) -> TemplateLibrary:
-        return TemplateLibrary(self.root / "templates", currency=self.policies.currency, locale=self.policies.locale)
+        return TemplateLibrary(self.root / "templates", currency=self.policies.currency, locale=self.policies.locale,
+                               timezone=self.policies.timezone)
 
 
 # ---------------------------------------------------------------- walking the spec
