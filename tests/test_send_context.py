@@ -101,7 +101,8 @@ def test_a_preview_renders_the_event_that_enrolled_the_contact_not_a_later_one(m
     assert mail.subject == "Ann, BIG is waiting"
 
 
-def test_a_preview_without_a_contact_or_event_renders_every_shipped_journey_with_sample_properties():
+def test_a_preview_without_a_contact_or_event_renders_every_shipped_journey_with_sample_properties(
+        tmp_path, sqlite_template):
     """`nurture preview JOURNEY` on the shipped project: the sample contact's trigger event has
     a sample value for each documented property its templates read (cart_value, order_id, …)."""
     from pathlib import Path
@@ -109,7 +110,9 @@ def test_a_preview_without_a_contact_or_event_renders_every_shipped_journey_with
     from nurture.store.db import open_store
     spec = load_project(Path(__file__).resolve().parents[1])
     assert not spec.errors
-    store = open_store("sqlite://")
+    import shutil
+    shutil.copyfile(sqlite_template, tmp_path / "nurture.db")
+    store = open_store(f"sqlite:///{tmp_path / 'nurture.db'}")
     for name in spec.journeys:
         assert preview_journey(spec, store, name), name
     (first,) = preview_journey(spec, store, "cart_abandonment", step_id="reminder")
