@@ -47,7 +47,9 @@ def test_a_double_opt_in_confirmation_keeps_the_address_and_browser(make_runtime
     app = create_app(rt.store, rt.project, dict(rt.env), clock=lambda: NOW + timedelta(hours=1))
     token = make_token(rt.settings.signing_secret, "confirm", cid, "marketing", "email", ttl=86400 * 30)
     with TestClient(app, client=("198.51.100.23", 50000)) as http:
-        page = http.get(f"/confirm/{token}", headers={"User-Agent": "Mozilla/5.0 (Macintosh) Safari/605"})
+        scanned = http.get(f"/confirm/{token}", headers={"User-Agent": "LinkScanner/1.0"})  # opened: nothing
+        assert scanned.status_code == 200 and [r.status for r in _ledger(store, "doi@example.com")] == ["pending"]
+        page = http.post(f"/confirm/{token}", headers={"User-Agent": "Mozilla/5.0 (Macintosh) Safari/605"})
     assert page.status_code == 200
     granted = [r for r in _ledger(store, "doi@example.com") if r.status == "granted"]
     assert [(r.source, r.ip_address, r.user_agent) for r in granted] == [

@@ -4,7 +4,8 @@ Routes:
 - `GET  /u/{token}`              preference center (+ an unsubscribe button), no JavaScript;
 - `POST /u/{token}`              RFC 8058 one-click unsubscribe: 200, no redirect, no cookie;
 - `POST /u/{token}/preferences`  save the preference-center form;
-- `GET  /confirm/{token}`        double opt-in confirmation;
+- `GET  /confirm/{token}`        double opt-in: the confirmation page (changes nothing);
+- `POST /confirm/{token}`        double opt-in confirmation (the page's button);
 - `POST /events`                 tracking webhook (Bearer NURTURE_INGEST_TOKEN), as `nurture track`:
                                  an event object, a list of them or `{"events": [...]}`; answers
                                  `{"inserted", "duplicates", "opt_ins", "errors"}`, each error
@@ -246,6 +247,15 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
 
     # ------------------------------------------------------------ double opt-in
     @app.get("/confirm/{token}", response_class=HTMLResponse)
+    def confirm_page(token: str) -> Response:
+        """Opening the link changes nothing (mail scanners open links, and their address and
+        browser are no proof of anyone's consent): the page's button confirms, by POST."""
+        claims = claims_or_none(token, "confirm")
+        if claims is None:
+            return bad_link("The confirmation link is damaged or has expired. Sign up again to get a new one.")
+        return HTMLResponse(pages.confirm_page(base_url=public_url, token=token, channel=claims.channel))
+
+    @app.post("/confirm/{token}", response_class=HTMLResponse)
     def confirm(token: str, request: Request) -> Response:
         claims = claims_or_none(token, "confirm")
         if claims is None:

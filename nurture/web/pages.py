@@ -90,13 +90,33 @@ _PREFERENCES = """{% extends "base.html" %}
 {% endblock %}
 """
 
-_env = Environment(loader=DictLoader({"base.html": _BASE, "message.html": _MESSAGE, "preferences.html": _PREFERENCES}),
+_CONFIRM = """{% extends "base.html" %}
+{% block main %}
+<h1>{{ title }}</h1>
+<p>Press the button to confirm that you want to receive our {{ channel_name }}.</p>
+<form method="post" action="{{ action }}">
+  <p><button type="submit" id="confirm">Yes, confirm my subscription</button></p>
+</form>
+<p class="hint">Nothing is subscribed until you press it; if you did not ask for this, ignore the e-mail.</p>
+{% endblock %}
+"""
+
+_env = Environment(loader=DictLoader({"base.html": _BASE, "message.html": _MESSAGE, "preferences.html": _PREFERENCES,
+                                      "confirm.html": _CONFIRM}),
                    autoescape=select_autoescape(default=True, default_for_string=True))
 CHANNEL_NAMES = {"email": "e-mail", "sms": "text messages (SMS)", "whatsapp": "WhatsApp messages"}
 
 
 def message_page(title: str, text: str, *, problem: bool = False, lang: str = "en") -> str:
     return _env.get_template("message.html").render(title=title, text=text, problem=problem, lang=lang)
+
+
+def confirm_page(*, base_url: str, token: str, channel: str, lang: str = "en") -> str:
+    """The double opt-in page a confirmation link opens: a button whose POST confirms (opening the
+    link alone changes nothing — mail scanners open links)."""
+    return _env.get_template("confirm.html").render(
+        title="Confirm your subscription", channel_name=f"marketing {CHANNEL_NAMES.get(channel, channel)}", lang=lang,
+        action=f"{base_url}/confirm/{token}")
 
 
 def preferences_page(prefs: Preferences, *, base_url: str, token: str, channel: str,
