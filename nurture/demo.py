@@ -257,7 +257,8 @@ def _summary(console: Console, report, sent_total: Counter, reactions: Counter, 
     console.print("\n[bold]What the month earned[/bold] — what each journey *caused*: messaged group against its "
                   "10% holdout, 95% CI; attributed = every converter's revenue, beside it, not proof:")
     console.print(f"  {'journey':<20}{'entered':>8}{'sent':>7}{'conv.':>6}  {'lift (points)':<20}"
-                  f"{'incremental revenue':>21}{'ROI (incr.)':>13}{'attributed':>13}{'cost':>11}", markup=False)
+                  f"{'incremental revenue':>21}  {'ROI (incr.) [95% CI]':<25}{'attributed':>11}{'cost':>11}",
+                  markup=False)
     weak = []
     for r in report.journeys:
         l = r.lift
@@ -265,8 +266,10 @@ def _summary(console: Console, report, sent_total: Counter, reactions: Counter, 
                 if l is not None and l.low is not None else "no holdout")
         inc = r.incremental_revenue
         roi = r.incremental_roi
+        roi_text = multiple(roi.value) + (f" [{multiple(roi.low)}, {multiple(roi.high)}]"
+                                          if roi.value is not None and roi.low is not None else "")
         console.print(f"  {r.name:<20}{r.entered:>8}{sum(r.sent.values()):>7}{r.credited:>6}  {lift:<20}"
-                      f"{money(inc.value):>21}{multiple(roi.value):>13}{money(r.attributed_revenue):>13}"
+                      f"{money(inc.value):>21}  {roi_text:<25}{money(r.attributed_revenue):>11}"
                       f"{money(r.cost):>11}", markup=False)
         if r.has_value and inc.low is not None and inc.low <= 0:
             weak.append(r.name)

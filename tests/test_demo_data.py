@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from collections import Counter
 from datetime import timedelta
@@ -97,6 +98,8 @@ def test_the_demo_runs_all_six_journeys_writes_the_report_and_can_run_again(tmp_
         store.dispose()
         text = out.getvalue()
         assert "What the month earned" in text and "report.html" in text
+        # the headline ROI is the incremental one, with its interval (an interval through zero is no proof)
+        assert "ROI (incr.) [95% CI]" in text and re.search(r"×\s*\[-?[\d.,]+×, -?[\d.,]+×\]", text), text
         assert (root / ".nurture" / "demo" / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert set(sent[0]) == {"welcome", "browse_abandonment", "cart_abandonment", "b2b_nurture", "post_purchase",
                             "win_back"}
