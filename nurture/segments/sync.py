@@ -529,18 +529,12 @@ def _sync_locked(store: Store, project: ProjectSpec, ref: SyncTarget, destinatio
         report.removed = len(removed_ok - updated_ids) + len((removed_ok & updated_ids) - added_ids)
         succeeded = len(added_ids) + len(removed_ok) + len(changed_ok)
 
-        with store.reading() as conn:
-            report.members = conn.execute(select(func.count()).select_from(membership_t).where(
-                membership_t.c.segment == ref.segment, membership_t.c.target == ref.key)).scalar_one()
+        report.members = _held(store, ref)
     except BaseException:
         _interrupted(store, run_id)
         raise
-    report.requests = destination.requests_sent - requests_before
-    report.duration_ms = int((time.perf_counter() - started) * 1000)
-    report.errors = [{"reason": reason, "count": n} for reason, n in reasons.most_common(20)]
-    report.status = "ok" if not report.failed else ("partial" if succeeded or diff.touches else "failed")
-    _finish(store, run_id, report)
-    return report
+    return _close(store, run_id, report, destination.requests_sent - requests_before, started, reasons,
+                  partly=bool(succeeded or diff.touches))
 
 
 def sync_detached(store: Store, ref: SyncTarget, destination: SyncDestination, *,
@@ -567,18 +561,30 @@ def sync_detached(store: Store, ref: SyncTarget, destination: SyncDestination, *
                 report.failed = push_removals(store, destination, ref, members, random.getrandbits(62), removed,
                                               reasons, secrets, {r.contact_id: r.fingerprint for r in rows})
                 report.removed = len(removed)
-                with store.reading() as conn:
-                    report.members = conn.execute(select(func.count()).select_from(membership_t).where(
-                        membership_t.c.segment == ref.segment, membership_t.c.target == ref.key)).scalar_one()
+                report.members = _held(store, ref)
             except BaseException:
                 _interrupted(store, run_id)
                 raise
     except TargetBusy as exc:
         return _record_failure(store, ref, str(exc))
-    report.requests = destination.requests_sent - requests_before
+    return _close(store, run_id, report, destination.requests_sent - requests_before, started, reasons,
+                  partly=bool(report.removed))
+
+
+def _held(store: Store, ref: SyncTarget) -> int:
+    """The members the destination holds of `ref` after a run (its acknowledged rows)."""
+    with store.reading() as conn:
+        return conn.execute(select(func.count()).select_from(membership_t).where(
+            membership_t.c.segment == ref.segment, membership_t.c.target == ref.key)).scalar_one()
+
+
+def _close(store: Store, run_id: int, report: TargetReport, requests: int, started: float, reasons: Counter, *,
+           partly: bool) -> TargetReport:
+    """A finished run's report and `sync_run` row: `partly` — something succeeded beside the failures."""
+    report.requests = requests
     report.duration_ms = int((time.perf_counter() - started) * 1000)
     report.errors = [{"reason": reason, "count": n} for reason, n in reasons.most_common(20)]
-    report.status = "ok" if not report.failed else ("partial" if report.removed else "failed")
+    report.status = "ok" if not report.failed else ("partial" if partly else "failed")
     _finish(store, run_id, report)
     return report
 
