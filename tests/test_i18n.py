@@ -185,3 +185,43 @@ def test_the_date_filter_falls_back_to_the_policies_time_zone_in_delivery_and_va
             assert library.html_env.from_string("{{ event.at | date('long') }}").render(context) == "November 21, 2026"
     finally:
         store.dispose()
+
+
+PLURAL_JOURNEY = {"j": journey_yaml("j", "- {id: m, send: {channel: email, template: cart, subject: Cart}}")}
+PLURAL_TEMPLATE = {"email/cart.html": '<p>{{ ngettext("You left %(n)s item in your cart.", '
+                                      '"You left %(n)s items in your cart.", count) }}</p>'}
+PLURAL_PO = {
+    # what `pybabel extract` + `init` make of that ngettext(): ONE entry, the form picked by Plural-Forms
+    "de": ('msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n'
+           '"Plural-Forms: nplurals=2; plural=(n != 1);\\n"\n\n'
+           'msgid "You left %(n)s item in your cart."\nmsgid_plural "You left %(n)s items in your cart."\n'
+           'msgstr[0] "Sie haben %(n)s Artikel im Warenkorb gelassen."\n'
+           'msgstr[1] "Sie haben %(n)s Artikel im Warenkorb gelassen (alle noch da)."\n'),
+    # three forms: 1, 2-4 (not 12-14), 5+
+    "pl": ('msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n'
+           '"Plural-Forms: nplurals=3; plural=(n==1 ? 0 : n%10>=2 && n%10<=4 && (n%100<10 || n%100>=20) ? 1 : 2);\\n"\n\n'
+           'msgid "You left %(n)s item in your cart."\nmsgid_plural "You left %(n)s items in your cart."\n'
+           'msgstr[0] "%(n)s produkt"\nmsgstr[1] "%(n)s produkty"\nmsgstr[2] "%(n)s produktów"\n'),
+}
+
+
+@pytest.mark.parametrize("locale, n, expected", [
+    ("de", 1, "Sie haben 1 Artikel im Warenkorb gelassen."),
+    ("de", 3, "Sie haben 3 Artikel im Warenkorb gelassen (alle noch da)."),
+    ("pl", 1, "1 produkt"), ("pl", 3, "3 produkty"), ("pl", 5, "5 produktów"), ("pl", 22, "22 produkty"),
+    ("pl", 12, "12 produktów"),
+    ("fr", 3, "You left 3 items in your cart."),  # no catalog: the source's own form
+])
+def test_a_plural_entry_gives_the_form_its_catalogs_plural_rule_picks(tmp_path, locale, n, expected):
+    """`pybabel extract` makes one msgid/msgid_plural entry of an ngettext() call; its form for n
+    is the one the catalog's Plural-Forms picks — so languages with three forms work — and
+    validate does not call such an entry missing."""
+    root = write_project(tmp_path / "p", PLURAL_JOURNEY, templates=PLURAL_TEMPLATE)
+    (root / "translations").mkdir()
+    for code, text in PLURAL_PO.items():
+        (root / "translations" / f"{code}.po").write_text(text, encoding="utf-8")
+    spec = load_project(root)
+    assert not spec.errors and not [w for w in spec.warnings if "no translation" in str(w)], spec.warnings
+    html = spec.templates.html_env.from_string(PLURAL_TEMPLATE["email/cart.html"]).render(
+        {"contact": {"locale": locale}, "count": n})
+    assert html == f"<p>{expected}</p>"

@@ -61,6 +61,7 @@ class Catalogs:
         self.folder = Path(folder)
         self._catalogs: dict[str, Optional[dict[str, str]]] = {}
         self._lines: dict[str, dict[str, int]] = {}
+        self._plurals: dict[str, _Plurals] = {}
 
     def locales(self) -> list[str]:
         return sorted(p.stem for p in self.folder.glob("*.po")) if self.folder.is_dir() else []
@@ -68,8 +69,34 @@ class Catalogs:
     def catalog(self, locale: str) -> Optional[dict[str, str]]:
         if locale not in self._catalogs:
             path = self.folder / f"{locale}.po"
-            self._catalogs[locale], self._lines[locale] = _read(path) if path.is_file() else (None, {})
+            if path.is_file():
+                self._catalogs[locale], self._lines[locale], self._plurals[locale] = _read(path)
+            else:
+                self._catalogs[locale], self._lines[locale], self._plurals[locale] = None, {}, _Plurals()
         return self._catalogs[locale]
+
+    def lookup_plural(self, locale: Optional[str], singular: str, plural: str, n: Any) -> str:
+        """The form for `n` of a plural entry (`msgid` / `msgid_plural` / `msgstr[i]`, the form
+        chosen by the catalog's `Plural-Forms`: Polish has three) for `locale` (full locale, then
+        its language); else two ordinary entries, one per form, as `lookup` finds them; else the
+        source's own form (`singular` for n == 1)."""
+        if locale:
+            for candidate in (locale, locale.split("_")[0]):
+                if self.catalog(candidate) is None:
+                    continue
+                form = self._plurals[candidate].form(singular, n)
+                if form:
+                    return form
+        return self.lookup(locale, singular if n == 1 else plural)
+
+    def translated(self, locale: str, message: str) -> bool:
+        """Does `locale` translate `message` (an ordinary entry, or either id of a plural one)?"""
+        if self.lookup(locale, message) != message:
+            return True
+        for candidate in (locale, locale.split("_")[0]):
+            if self.catalog(candidate) is not None and self._plurals[candidate].covers(message):
+                return True
+        return False
 
     def source_of(self, locale: Optional[str], message: str) -> Optional[str]:
         """Where the translation `lookup` gives for `message` is written: `translations/de.po:12`."""
@@ -111,14 +138,48 @@ class Catalogs:
         return message
 
 
-def _read(path: Path) -> tuple[dict[str, str], dict[str, int]]:
-    """(msgid → translation, msgid → line of its entry) of one PO file."""
+class _Plurals:
+    """A catalog's plural entries (what `pybabel extract` makes of an `ngettext` call): its
+    singular msgid → the forms, and the rule that picks one for n (the catalog's `Plural-Forms`,
+    compiled by the standard library's gettext.c2py, as gettext itself does)."""
+
+    def __init__(self, forms: Optional[dict[str, tuple[str, ...]]] = None, plural_ids: Optional[set[str]] = None,
+                 rule: Optional[Callable[[int], int]] = None):
+        self.forms, self.plural_ids, self.rule = forms or {}, plural_ids or set(), rule
+
+    def form(self, singular: str, n: Any) -> Optional[str]:
+        forms = self.forms.get(singular)
+        if not forms or self.rule is None:
+            return None
+        try:
+            index = self.rule(int(n))
+        except (TypeError, ValueError, OverflowError):
+            return None
+        return forms[index] if 0 <= index < len(forms) and forms[index] else None
+
+    def covers(self, message: str) -> bool:
+        return message in self.forms or message in self.plural_ids
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, int], _Plurals]:
+    """(msgid → translation, msgid → line of its entry, the plural entries) of one PO file."""
+    import gettext as std_gettext
+
     from babel.messages.pofile import read_po
     with open(path, "rb") as fh:
         catalog = read_po(fh)
     entries = [m for m in catalog if isinstance(m.id, str) and m.id and isinstance(m.string, str)
                and m.string and not m.fuzzy]
-    return {m.id: m.string for m in entries}, {m.id: m.lineno or 1 for m in entries}
+    plural = [m for m in catalog if isinstance(m.id, (tuple, list)) and len(m.id) == 2 and m.id[0]
+              and isinstance(m.string, (tuple, list)) and all(m.string) and not m.fuzzy]
+    try:
+        rule = std_gettext.c2py(catalog.plural_expr)
+    except (ValueError, SyntaxError):  # a Plural-Forms header that is no C expression: no plural forms
+        rule = None
+    plurals = _Plurals({m.id[0]: tuple(m.string) for m in plural}, {m.id[1] for m in plural}, rule)
+    lines = {m.id: m.lineno or 1 for m in entries}
+    lines.update({m.id[0]: m.lineno or 1 for m in plural})
+    return {m.id: m.string for m in entries}, lines, plurals
 
 
 _PLACEHOLDER = re.compile(r"%(?:%|\(([^)]*)\))")
@@ -162,7 +223,9 @@ class Localizer:
         @pass_context
         def gettext(context: Context, message: str, **values: Any) -> str:
             locale = localizer.locale_of(context)
-            text = localizer.catalogs.lookup(locale, str(message))
+            return fill(context, locale, str(message), localizer.catalogs.lookup(locale, str(message)), values)
+
+        def fill(context: Context, locale: Optional[str], message: str, text: str, values: dict) -> str:
             if text_of is not None and "<" in text:
                 text = text_of(text)
             if values:
@@ -177,7 +240,9 @@ class Localizer:
 
         @pass_context
         def ngettext(context: Context, singular: str, plural: str, n: int, **values: Any) -> str:
-            return gettext(context, singular if n == 1 else plural, n=n, **values)
+            locale = localizer.locale_of(context)
+            text = localizer.catalogs.lookup_plural(locale, str(singular), str(plural), n)
+            return fill(context, locale, str(singular if n == 1 else plural), text, {"n": n, **values})
 
         @pass_context
         def money(context: Context, value: Any, currency: Optional[str] = None) -> str:

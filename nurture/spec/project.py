@@ -379,7 +379,7 @@ def translation_warnings(journey: Journey, locs: Locations, library: TemplateLib
                     used.setdefault(message, (locs.file, line, col))
     warnings = []
     for message, (file, line, col) in sorted(used.items(), key=lambda item: item[1]):
-        missing = [loc for loc in locales if library.localizer.catalogs.lookup(loc, message) == message]
+        missing = [loc for loc in locales if not library.localizer.catalogs.translated(loc, message)]
         if missing:
             warnings.append(SpecError(file, line, col, f"warning: no translation of \"{message}\" in "
                                       + ", ".join(f"translations/{loc}.po" for loc in missing)
