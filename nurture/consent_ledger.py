@@ -8,8 +8,9 @@ caller needs:
 - `current_consent` — the send pipeline's batch read (check 1), with its wall-clock rule for
   revocations;
 - `current_state` — one contact's latest row (double opt-in, recipient pages, webhooks);
-- `latest_at` — the latest row, up to a time, of the key a given row belongs to (is a double
-  opt-in request still the current state?);
+- `latest_of_rows` — for given rows, the latest row up to a time of the key each belongs to
+  (are double opt-in requests still the current state?), and `revocations_until`, the time up
+  to which a revocation counts (the wall-clock rule);
 - `history` — one contact's rows, the latest first (what a STOP revoked, for START);
 - `standing_revocations` — which (contact, channel) a revocation still holds for, whenever
   recorded (an import's grant without a time does not outrank it);
@@ -70,19 +71,32 @@ class LedgerEntry(NamedTuple):
     recorded_at: datetime
 
 
-def latest_at(conn: Any, row_id: int, until: datetime) -> Optional[ConsentState]:
-    """The latest row recorded up to `until` of the (contact, channel, purpose) that ledger row
-    `row_id` belongs to (None: no such row) — whether a row is still the current state."""
-    row = conn.execute(select(consent_t.c.contact_id, consent_t.c.channel, consent_t.c.purpose)
-                       .where(consent_t.c.id == row_id)).first()
-    if row is None:
-        return None
-    latest = conn.execute(select(consent_t.c.id, consent_t.c.status, consent_t.c.recorded_at,
-                                 consent_t.c.confirmed_at)
-                          .where(consent_t.c.contact_id == row.contact_id, consent_t.c.channel == row.channel,
-                                 consent_t.c.purpose == row.purpose, consent_t.c.recorded_at <= until)
-                          .order_by(*_latest_first(consent_t)).limit(1)).first()
-    return ConsentState(*latest) if latest else None
+def revocations_until(now: datetime, wall: Optional[datetime] = None) -> datetime:
+    """Up to when a revocation counts for work done at the logical time `now`: the later of
+    `now` and the wall clock (`wall`, default: the real time). A grant counts from its recorded
+    time only; a revocation recorded after a late run's logical time still stops it (see
+    `current_consent`) — the rule every reader of "may we still" applies."""
+    return max(now, wall or datetime.now(timezone.utc))
+
+
+def latest_of_rows(conn: Any, row_ids: Iterable[int], until: datetime) -> dict[int, tuple[int, str]]:
+    """Ledger row id → (id, status) of the latest row recorded up to `until` of the (contact,
+    channel, purpose) it belongs to — whether each row is still the current state — in one
+    query per 5,000 rows (each an index seek on ix_consent_lookup)."""
+    asked, later = consent_t.alias("asked"), consent_t.alias("later")
+    latest = (select(later.c.id, later.c.status)
+              .where(later.c.contact_id == asked.c.contact_id, later.c.channel == asked.c.channel,
+                     later.c.purpose == asked.c.purpose, later.c.recorded_at <= bindparam("until"))
+              .order_by(*_latest_first(later)).limit(1))
+    stmt = select(asked.c.id, latest.with_only_columns(later.c.id).scalar_subquery(),
+                  latest.with_only_columns(later.c.status).scalar_subquery()).where(ids_in(asked.c.id, ()))
+    ids = list(row_ids)
+    found: dict[int, tuple[int, str]] = {}
+    for start in range(0, len(ids), 5000):
+        for row_id, latest_id, status in conn.execute(stmt, {"until": until, "ids_id": ids[start:start + 5000]}):
+            if latest_id is not None:
+                found[row_id] = (latest_id, status)
+    return found
 
 
 def history(conn: Any, contact_id: int, channel: str, purpose: str) -> list[LedgerEntry]:
@@ -144,8 +158,7 @@ def current_consent(conn: Any, contact_ids: Iterable[int], channel: str, purpose
     from its recorded time *or earlier*: a message handed over today must never reach someone
     who revoked before it left, whatever the tick's logical clock says."""
     ids = list(contact_ids)
-    wall = wall or datetime.now(timezone.utc)
-    until = max(now, wall)
+    until = revocations_until(now, wall)
     latest: dict[int, tuple[str, Optional[datetime]]] = {}
     later: dict[int, str] = {}
     # Decided in SQL, so no timestamp is converted per row (a batch reads thousands):

@@ -17,12 +17,13 @@ the `hygiene` Prefect flow runs it.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Iterable, Optional
 
 from sqlalchemy import String, and_, cast, exists, literal, select
 
-from nurture.consent_ledger import Proof, current_state, latest_rows, record_consent, record_consents
+from nurture.consent_ledger import (Proof, current_state, latest_rows, record_consent, record_consents,
+                                    revocations_until)
 from nurture.identities import erased_contacts
 from nurture.runtime.context import Runtime
 from nurture.send.deliver import deliver
@@ -127,7 +128,7 @@ def queue_reminders(conn: Any, policies: Policies, now: datetime, wall: Optional
     and the wall clock (`wall`, default: the real time). A hygiene run's logical time (its
     scheduled start) may lie before the wall clock; someone who revoked in between gets no
     reminder (it is queued and delivered at `now`, so delivery's own re-check does not see it)."""
-    latest = latest_rows(max(now, wall or datetime.now(timezone.utc)))
+    latest = latest_rows(revocations_until(now, wall))
     key = literal("consent:", String) + cast(latest.c.id, String)
     sent = message_t.alias("sent")
     reminded = message_t.alias("reminded")

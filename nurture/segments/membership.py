@@ -15,13 +15,13 @@ not upload again someone who has since withdrawn.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Mapping, Optional
 
 from sqlalchemy import ColumnElement, and_, exists, not_, or_, select
 
 from nurture.conditions import ConditionScope, compile_condition
-from nurture.consent_ledger import latest_consent_status
+from nurture.consent_ledger import latest_consent_status, revocations_until
 from nurture.store.tables import contact_t, suppression_t
 
 
@@ -55,7 +55,7 @@ def desired(segment: Any, segments: Mapping[str, Any], destination: Any, now: da
             wall: Optional[datetime] = None) -> ColumnElement:
     """The contacts `destination` (an integration class) should hold for `segment` at `now`;
     revocations and suppressions recorded up to `wall` (default: the real time) count too."""
-    until = max(now, wall or datetime.now(timezone.utc))
+    until = revocations_until(now, wall)
     parts = [compile_condition(segment.when, ConditionScope(now, segments)),
              has_identifier(destination.identifier_columns),
              not_suppressed(ads=destination.needs_ads_consent, now=until)]

@@ -8,12 +8,12 @@ the confirm link, `expires_days` and `sender`.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
-from nurture.consent_ledger import latest_at
+from nurture.consent_ledger import latest_of_rows, revocations_until
 from nurture.registry import OutgoingMessage
 from nurture.runtime.context import Runtime
 from nurture.send.context import imprint_of, recipient_links, template_context
@@ -35,16 +35,15 @@ def outdated_requests(conn: Any, message_ids: list[int], now: datetime) -> dict[
     asked for again (`not_pending`). Read with the send checks' wall-clock rule: what was
     recorded up to the later of `now` and the wall clock, so a revocation made after a late
     run's logical time still stops the mail."""
-    until = max(now, datetime.now(timezone.utc))
     keys = dict(conn.execute(select(message_t.c.id, message_t.c.attempt_key)
                              .where(message_t.c.id.in_(message_ids))).all()) if message_ids else {}
+    asked = {message_id: int(key.removeprefix("consent:")) for message_id, key in keys.items()
+             if (key or "").startswith("consent:") and key.removeprefix("consent:").isdigit()}
+    latest = latest_of_rows(conn, set(asked.values()), revocations_until(now))
     refused: dict[int, str] = {}
-    for message_id, key in keys.items():
-        if not (key or "").startswith("consent:"):
-            continue
-        asked = latest_at(conn, int(key.removeprefix("consent:")), until)
-        if asked is not None and asked.id != int(key.removeprefix("consent:")):
-            refused[message_id] = "consent_revoked" if asked.status == "revoked" else "not_pending"
+    for message_id, row_id in asked.items():
+        if row_id in latest and latest[row_id][0] != row_id:
+            refused[message_id] = "consent_revoked" if latest[row_id][1] == "revoked" else "not_pending"
     return refused
 
 
