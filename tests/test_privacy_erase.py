@@ -25,7 +25,6 @@ from integrations.http_retry import RetryPolicy
 from nurture.ingest import import_contacts, track_records
 from nurture.privacy.erase import contacts_for_crm_record, erase_contacts, erase_emails
 from nurture.privacy.models import erasure_t
-from nurture.privacy.tombstones import subject_hash
 from nurture.registry import IntegrationContext
 from nurture.runtime import run_tick
 from nurture.segments.sync import default_factory, sync_segments

@@ -21,7 +21,7 @@ from nurture.messages import message_log
 from nurture.runtime import run_tick
 from nurture.spec.project import load_project
 from tests.conftest import utc, write_project
-from tests.engine_fixtures import add_contact, add_event, messages, set_consent, subscriber
+from tests.engine_fixtures import add_contact, add_event, messages, set_consent
 from tests.fakes.twilio import FakeTwilio
 
 NOW = utc(2026, 3, 4, 12, 0)  # 12:00 UTC: outside every default quiet window
