@@ -225,3 +225,36 @@ def test_a_plural_entry_gives_the_form_its_catalogs_plural_rule_picks(tmp_path, 
     html = spec.templates.html_env.from_string(PLURAL_TEMPLATE["email/cart.html"]).render(
         {"contact": {"locale": locale}, "count": n})
     assert html == f"<p>{expected}</p>"
+
+
+@pytest.mark.parametrize("default, contact_locale, expected", [
+    (None, "de_AT", "de-AT"), (None, None, "en"), ("de_CH", None, "de-CH"), ("de", "fr", "fr"),
+    ("de", '"><script>', "de"),  # an unusable locale of a contact: the project's
+])
+def test_lang_gives_the_html_lang_of_the_locale_the_words_follow(tmp_path, default, contact_locale, expected):
+    (tmp_path / "templates").mkdir()
+    library = TemplateLibrary(tmp_path / "templates", locale=default)
+    html = library.html_env.from_string('<html lang="{{ lang() }}">').render({"contact": {"locale": contact_locale}})
+    assert html == f'<html lang="{expected}">'
+
+
+def test_the_shipped_layout_and_preview_follow_the_policies_locale_and_show_the_preheader(tmp_path):
+    """A German shop's mail to a contact without a locale is German: the layout's `lang` says so,
+    and `nurture preview` prints the preheader line inboxes show after the subject."""
+    import os
+
+    from tests.cli_inproc import run_cli
+    root = tmp_path / "shop"
+    env = {**os.environ, "NURTURE_PROJECT": str(root), "NURTURE_DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}",
+           "NURTURE_DATA_DIR": str(root / ".nurture"), "COLUMNS": "200"}
+    assert run_cli(["init", str(root)], env).returncode == 0
+    policies = root / "journeys" / "policies.yaml"
+    policies.write_text(policies.read_text(encoding="utf-8") + "\nlocale: de\n", encoding="utf-8")
+    welcome = root / "journeys" / "welcome.yaml"
+    text = welcome.read_text(encoding="utf-8")
+    assert "subject:" in text
+    welcome.write_text(text.replace("subject:", 'preheader: "Ihr Vorteil wartet"\n      subject:', 1), encoding="utf-8")
+    result = run_cli(["preview", "welcome", "--html"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Preheader: Ihr Vorteil wartet" in result.stdout
+    assert '<html lang="de">' in result.stdout

@@ -126,6 +126,8 @@ def preview(journey: str = typer.Argument(..., help="Journey name"),
         console.rule(f"{journey} / {p.step_id} ({p.channel}) → {p.to}")
         if p.channel == "email":
             console.print(f"Subject: {p.subject}", markup=False)
+            if p.preheader:
+                console.print(f"Preheader: {p.preheader}", markup=False)
             console.print(p.text, markup=False)
             if html:
                 console.print(p.html, markup=False)

@@ -268,7 +268,13 @@ class Localizer:
             return format_date(_date(value, localizer.zone_of(context)), format=format,
                                locale=_babel_locale(localizer.locale_of(context)))
 
-        env.globals.update({"_": gettext, "gettext": gettext, "ngettext": ngettext})
+        @pass_context
+        def lang(context: Context) -> str:
+            """The message's language as an HTML `lang` value (`de-AT`): the contact's locale, else
+            policies.yaml's, else `en` — the one `_()` and the filters use."""
+            return (localizer.locale_of(context) or "en").replace("_", "-")
+
+        env.globals.update({"_": gettext, "gettext": gettext, "ngettext": ngettext, "lang": lang})
         env.filters.update({"money": money, "number": number, "date": date_filter})
 
 

@@ -49,7 +49,7 @@ class Preview:
 
 
 SAMPLE_CONTACT = ContextRow(contact_id=0, email="alex@example.com", phone="+4915112345678", first_name="Alex",
-                            last_name="Example", country="DE", locale="en", timezone="Europe/Berlin",
+                            last_name="Example", country="DE", locale=None, timezone="Europe/Berlin",
                             lifecycle_stage="lead", score=0.0, attributes={}, step_id="")
 
 
