@@ -19,6 +19,7 @@ from typing import Any, Optional
 from sqlalchemy import select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
+from nurture.conversions.event_fields import MAX_VALUE
 from nurture.file_cells import amount_cell, blank, show, text_cell
 from nurture.ingest import MAX_YEAR, MIN_YEAR, RowError, read_records
 from nurture.runtime.sql import chunks
@@ -109,7 +110,7 @@ def _amount(value: Any) -> float:
     """A finite number ≥ 0 (nurture.file_cells.amount_cell)."""
     if blank(value):
         raise ValueError("required (a number such as 12.50)")
-    return amount_cell(value, example="12.50",
+    return amount_cell(value, example="12.50", maximum=MAX_VALUE, over="more is a typo, not a day's spend",
                        negative="spend is zero or more; a refund is a lower amount for the same day")
 
 
@@ -147,6 +148,7 @@ def import_spend(store: Store, path: Path, *, currency: str, now: Optional[datet
         good[key] = {**row, "imported_from": path.name, "imported_at": now}
     if not good:
         return result
+    result.total = math.fsum(r["amount"] for r in good.values())  # each ≤ MAX_VALUE: finite
     with store.engine.begin() as conn:
         keys = list(good)
         stored: set[Key] = set()
@@ -161,5 +163,4 @@ def import_spend(store: Store, path: Path, *, currency: str, now: Optional[datet
         for part in chunks(list(good.values()), 1000):
             conn.execute(stmt, list(part))
     result.imported, result.replaced = len(good), len(stored & set(keys))
-    result.total = math.fsum(r["amount"] for r in good.values())
     return result

@@ -12,7 +12,7 @@ import pytest
 from nurture.lifecycle import STAGE_CHANGED, stage_changed_event_id
 from nurture.reporting import build_report
 from nurture.reporting.contract import report_json
-from nurture.reporting.sources import Window, business_kpis, percentile, source_rows, source_total
+from nurture.reporting.sources import OtherCurrencies, Window, business_kpis, percentile, source_rows, source_total
 from nurture.spec.project import load_project
 from nurture.store.tables import contact_t, event_t, handover_t, message_t, spend_t, touch_t, version_t
 from tests.conftest import DEFAULT_POLICIES, utc
@@ -140,7 +140,7 @@ def test_each_first_touch_source_has_its_leads_stages_revenue_and_spend(world):
         {"source": "newsletter", "medium": "email", "leads": 1, "mqls": 0, "sqls": 0, "customers": 0,
          "revenue": 0.0, "spend": None, "cost_per_lead": None, "cac": None, "roi": None},
     ]
-    assert other == {"USD": 999.0}
+    assert (other.spend, other.pipeline) == ({"USD": 999.0}, {})
 
 
 def test_the_totals_row_sums_the_sources_and_adds_the_journeys_costs_to_a_blended_cac(world):
@@ -153,7 +153,7 @@ def test_the_totals_row_sums_the_sources_and_adds_the_journeys_costs_to_a_blende
     assert total.roi == pytest.approx((180 - 260) / 260)
     assert total.blended_cac == 150.0  # (260 + 40) / 2
     assert total.spend_other_currencies == {"USD": 999.0}
-    assert source_total([], {}).blended_cac is None  # no customer, no spend: no CAC of any kind
+    assert source_total([], OtherCurrencies()).blended_cac is None  # no customer, no spend: no CAC of any kind
 
 
 def test_spend_days_are_days_in_the_project_time_zone(store):
@@ -264,6 +264,37 @@ def test_won_deals_are_revenue_and_open_deals_the_pipeline_of_their_contacts_sou
     (row,) = [r for r in rows if r.source == "linkedin"]
     # the pipeline counts only open deals of known contacts; a won deal is revenue, a lost one nothing
     assert (row.revenue, row.pipeline, row.customers) == (12000.0, 8000.0, 1)
+
+
+def test_the_pipeline_adds_only_deals_in_the_projects_currency_and_lists_the_others(store):
+    """Nurture converts no currencies: an open deal of 1,000 USD is no part of an EUR pipeline
+    (docs/crm.md); it is listed by currency beside the total, as spend in another currency is."""
+    from nurture.store.tables import deal_t
+    start = utc(2026, 3, 1)
+    with store.engine.begin() as conn:
+        a = _contact(conn, "a@firm.example", start, stage="opportunity", touch=("linkedin", "paid_social"))
+        for deal_id, currency, amount in (("D-1", "EUR", 500.0), ("D-2", "USD", 1000.0), ("D-3", None, 70.0),
+                                          ("D-4", "USD", 25.0)):
+            conn.execute(deal_t.insert().values(crm="import", deal_id=deal_id, contact_id=a, stage="proposal",
+                                                outcome="open", amount=amount, currency=currency,
+                                                modified_at=start, created_at=start, updated_at=start))
+    rows, other = source_rows_of(store, Window(start, start + 30 * DAY), start + 30 * DAY)
+    (row,) = [r for r in rows if r.source == "linkedin"]
+    assert row.pipeline == 570.0  # a deal without a currency is in the project's (crm.deals)
+    assert other.pipeline == {"USD": 1025.0}
+    total = source_total(rows, other)
+    assert (total.pipeline, total.pipeline_other_currencies) == (570.0, {"USD": 1025.0})
+
+
+def test_an_absurd_stored_spend_amount_neither_fails_the_report_nor_makes_it_infinite(store):
+    """Spend rows stored before the import's cap of 10¹² (two 1e308 overflow a sum: PostgreSQL's
+    SUM raises, SQLite's gives inf) count 0; the others are added as ever."""
+    with store.engine.begin() as conn:
+        for campaign, amount in (("a", 1e308), ("b", 1e308), ("c", 40.0)):
+            _spend(conn, WINDOW.start, "google", "cpc", amount, campaign=campaign)
+    rows, other = _rows(store)
+    (row,) = [r for r in rows if r.source == "google"]
+    assert row.spend == 40.0
 
 
 def source_rows_of(store, window, now):

@@ -85,6 +85,7 @@ BAD = [
     ("amount", "NaN", "'NaN' is not a number"),
     ("amount", "Infinity", "'Infinity' is not a number"),
     ("amount", "1e999", "1e999 is not a finite number (it overflows to Infinity)"),
+    ("amount", "1e308", "1e308 is over 1,000,000,000,000: more is a typo, not a day's spend"),
     ("amount", "€12", "'€12' is not a number (write it without a currency sign"),
     ("amount", "", "required (a number such as 12.50)"),
     ("currency", "EURO", "'EURO' is not a three-letter ISO 4217 code such as EUR"),

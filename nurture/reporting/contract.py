@@ -64,7 +64,8 @@ def sources_total_json(t: Optional[SourceTotal]) -> Optional[dict]:
     if t is None:
         return None
     return {**source_json(t), "journey_cost": t.journey_cost, "blended_cac": t.blended_cac,
-            "spend_other_currencies": t.spend_other_currencies}
+            "spend_other_currencies": t.spend_other_currencies,
+            "pipeline_other_currencies": t.pipeline_other_currencies}
 
 
 def kpis_json(k: Optional[Kpis]) -> Optional[dict]:

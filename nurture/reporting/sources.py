@@ -9,8 +9,10 @@ never one per contact). Definitions: docs/report.md, "Lead sources and business 
   or a later one — a `lifecycle_stage_changed` event (nurture.lifecycle), a hand-over with
   that stage or a later one, a purchase (every stage). A contact whose current stage says it
   got there but nothing dates it is counted in all-time figures only.
-- **revenue**: the `value` of purchase events — everything the source's contacts bought,
-  by first touch: attributed, not caused.
+- **revenue**: the `value` of purchase and won-deal events — everything the source's contacts
+  bought, by first touch: attributed, not caused.
+- **pipeline**: the amounts of the open CRM deals of its contacts as they stand now, in the
+  project's currency (other currencies: `SourceTotal.pipeline_other_currencies`).
 - **spend**: `ad_spend` of the window's days, matched on (source, medium); spend imported
   without a medium matches the whole source (its rows are merged into one).
 """
@@ -120,9 +122,10 @@ class SourceRow:
 
 @dataclass
 class SourceTotal(SourceRow):
-    """Every source together, and the spend left out because it is in another currency."""
+    """Every source together, and the spend and pipeline left out because they are in another currency."""
     journey_cost: Optional[float] = None  # messages + offers + fixed of the report's journeys
     spend_other_currencies: dict[str, float] = field(default_factory=dict)
+    pipeline_other_currencies: dict[str, float] = field(default_factory=dict)
 
     @property
     def blended_cac(self) -> Optional[float]:
@@ -262,11 +265,26 @@ def facts_subquery(now: datetime, with_leads: bool = True) -> Any:
 # ---------------------------------------------------------------- per source
 
 
+@dataclass
+class OtherCurrencies:
+    """Money in other currencies than the project's, left out of every row (Nurture converts
+    none): spend of the window, open pipeline now — each by currency."""
+    spend: dict[str, float] = field(default_factory=dict)
+    pipeline: dict[str, float] = field(default_factory=dict)
+
+
+def _bounded(amount: Any) -> Any:
+    """SQL: a stored amount that counts — from 0 to MAX_VALUE, the cap every import and the
+    CRM pull apply; anything else (stored before the cap) counts 0, so no sum becomes infinite
+    or fails (PostgreSQL's double precision sum raises on overflow)."""
+    return case((amount.between(0, MAX_VALUE), amount), else_=0.0)
+
+
 def source_rows(conn: Any, window: Window, now: datetime, currency: str, tz: str = "UTC"
-                ) -> tuple[list[SourceRow], dict[str, float]]:
-    """The rows per (source, medium) over `window` — by leads, then name — and the spend in
-    other currencies than the project's `currency` (left out of every row); spend days are
-    days in the project's time zone `tz`."""
+                ) -> tuple[list[SourceRow], OtherCurrencies]:
+    """The rows per (source, medium) over `window` — by leads, then name — and the spend and
+    open pipeline in other currencies than the project's `currency` (left out of every row);
+    spend days are days in the project's time zone `tz`."""
     f = facts_subquery(now)
     rows: dict[tuple[str, str], SourceRow] = {}
 
@@ -289,14 +307,19 @@ def source_rows(conn: Any, window: Window, now: datetime, currency: str, tz: str
             .where(event_t.c.name.in_(REVENUE_EVENTS), event_t.c.occurred_at <= now, window.has(event_t.c.occurred_at))
             .group_by(src, med)):
         row(source, medium).revenue = float(revenue or 0.0)
-    for source, medium, amount in conn.execute(  # the open pipeline is a state: as it stands now
-            select(src, med, func.sum(deal_t.c.amount))
+    deal_money = func.coalesce(deal_t.c.currency, currency)  # a deal without one: the project's (crm.deals)
+    pipeline_other: dict[str, float] = {}
+    for source, medium, money, amount in conn.execute(  # the open pipeline is a state: as it stands now
+            select(src, med, deal_money, func.sum(_bounded(deal_t.c.amount)))
             .select_from(deal_t.outerjoin(touch, and_(touch.c.contact_id == deal_t.c.contact_id,
                                                       touch.c.touch == "first")))
             .where(deal_t.c.outcome == "open", deal_t.c.contact_id.is_not(None), deal_t.c.amount.is_not(None))
-            .group_by(src, med)):
-        row(source, medium).pipeline = float(amount or 0.0)
-    other = _spend(conn, window, currency, tz, row)
+            .group_by(src, med, deal_money)):
+        if money != currency.upper():  # Nurture converts no currencies
+            pipeline_other[money] = pipeline_other.get(money, 0.0) + float(amount or 0.0)
+            continue
+        row(source, medium).pipeline += float(amount or 0.0)
+    other = OtherCurrencies(_spend(conn, window, currency, tz, row), pipeline_other)
     merged: dict[tuple[str, str], SourceRow] = {}
     whole = {s for (s, m), r in rows.items() if m == ANY_MEDIUM}
     for (source, medium), r in rows.items():
@@ -315,7 +338,7 @@ def _spend(conn: Any, window: Window, currency: str, tz: str, row: Any) -> dict[
     filters = [spend_t.c.day <= last_day] + ([spend_t.c.day >= first_day] if first_day is not None else [])
     other: dict[str, float] = {}
     for source, medium, money, amount in conn.execute(
-            select(src, med, cur, func.sum(spend_t.c.amount)).where(*filters).group_by(src, med, cur)):
+            select(src, med, cur, func.sum(_bounded(spend_t.c.amount))).where(*filters).group_by(src, med, cur)):
         if money != currency.upper():
             other[money] = other.get(money, 0.0) + float(amount or 0.0)
             continue
@@ -324,9 +347,11 @@ def _spend(conn: Any, window: Window, currency: str, tz: str, row: Any) -> dict[
     return other
 
 
-def source_total(rows: Sequence[SourceRow], other_currencies: dict[str, float],
+def source_total(rows: Sequence[SourceRow], other_currencies: OtherCurrencies,
                  journey_cost: Optional[float] = None) -> SourceTotal:
-    total = SourceTotal("(all)", "(all)", journey_cost=journey_cost, spend_other_currencies=dict(other_currencies))
+    total = SourceTotal("(all)", "(all)", journey_cost=journey_cost,
+                        spend_other_currencies=dict(other_currencies.spend),
+                        pipeline_other_currencies=dict(other_currencies.pipeline))
     for r in rows:
         total.add(r)
     return total
