@@ -76,23 +76,34 @@ def request_opt_in(conn: Any, policies: Policies, contact_id: int, *, source: st
 
 def confirm_opt_in(conn: Any, policies: Policies, claims: TokenClaims, *, now: datetime,
                    source: str = "double_opt_in:confirm", proof: Proof = Proof()) -> str:
-    """The confirm link was followed. Returns `confirmed`, `already_confirmed`, `expired`
-    (pending for longer than the policy allows: nothing changes) or `not_pending` (revoked
-    meanwhile, e.g. unsubscribed, or the person was erased: nothing changes — an erased
-    person's ledger still holds the pseudonymized pending row, and is never written to again)."""
-    if erased_contacts(conn, [claims.contact_id]):
+    """The confirm link was followed: `confirm_pending` for the link's (contact, channel, purpose)."""
+    return confirm_pending(conn, claims.contact_id, claims.channel, claims.purpose, now=now,
+                           expires=policies.pending_consent_expires, source=source,
+                           policy_version=policies.version, proof=proof)
+
+
+def confirm_pending(conn: Any, contact_id: int, channel: str, purpose: str, *, now: datetime,
+                    expires: Optional[timedelta], source: str, policy_version: str, proof: Proof = Proof()) -> str:
+    """The person proved the address is theirs (the confirm link, or START / YES texted from
+    the number): a pending consent becomes a grant with `confirmed_at`. Returns `confirmed`,
+    `already_confirmed`, `expired` (pending for longer than `expires`, the policies'
+    `pending_consent_expires` — None: until hygiene revokes it — nothing changes) or
+    `not_pending` (no consent asked for, revoked meanwhile, e.g. unsubscribed, or the person
+    was erased: nothing changes — an erased person's ledger still holds the pseudonymized
+    pending row, and is never written to again)."""
+    if erased_contacts(conn, [contact_id]):
         return "not_pending"
-    state = current_state(conn, claims.contact_id, claims.channel, claims.purpose)
+    state = current_state(conn, contact_id, channel, purpose)
     if state is None:
         return "not_pending"
     if state.status == "granted" and state.confirmed_at is not None:
         return "already_confirmed"
     if state.status != "pending":
         return "not_pending"
-    if state.recorded_at <= now - policies.pending_consent_expires:
+    if expires is not None and state.recorded_at <= now - expires:
         return "expired"
-    record_consent(conn, claims.contact_id, claims.channel, "granted", purpose=claims.purpose, source=source,
-                   at=now, policy_version=policies.version, confirmed=True, proof=proof)
+    record_consent(conn, contact_id, channel, "granted", purpose=purpose, source=source,
+                   at=now, policy_version=policy_version, confirmed=True, proof=proof)
     return "confirmed"
 
 

@@ -18,6 +18,7 @@ from nurture.runtime import run_tick
 from nurture.store.tables import consent_t, contact_t, event_t, touch_t
 from nurture.web import create_app
 from nurture.web.meta_leads import meta_signature
+from nurture.web.webhooks import twilio_signature
 from tests.conftest import DEFAULT_POLICIES, utc
 from tests.engine_fixtures import enrollments, journey_yaml, messages
 from tests.fakes.http_server import Reply
@@ -27,6 +28,7 @@ NOW = utc(2026, 3, 2, 12, 0)
 VERIFY = "verify-token-for-tests-31"
 APP_SECRET = "meta-app-secret-for-tests-57"
 TOKEN = "meta-page-token-for-tests-88"
+TWILIO_TOKEN = "twilio-auth-token-for-tests-01"
 FORM = "1234567890123"
 LEAD = "987654321098765"
 POLICIES = DEFAULT_POLICIES + "lead_forms:\n  consent: {email: [email_opt_in], sms: [sms_opt_in, SMS_OK]}\n"
@@ -347,6 +349,27 @@ def test_a_journey_triggered_by_form_submit_enrolls_on_the_next_tick(make_runtim
     run_tick(rt, "welcome", NOW)
     assert len(enrollments(rt.store, journey="welcome")) == 1
     assert [m.status for m in messages(rt.store)] == ["sent"]
+
+
+def test_start_texted_from_the_leads_number_confirms_its_pending_sms_opt_in_and_the_sms_goes(make_runtime, graph):
+    """docs/lead-ads.md: SMS is `pending` when double opt-in covers SMS, "the START keyword
+    confirms it" — but START only lifted a STOP, so the lead's SMS journey stayed
+    `suppressed consent_pending` for good."""
+    sms_doi = POLICIES.replace("double_opt_in: {email: [marketing]}", "double_opt_in: {sms: [marketing]}")
+    journey = journey_yaml("hello", "- id: text\n  send: {channel: sms, template: hi}", trigger="{event: form_submit}")
+    rt = make_runtime({"hello": journey}, policies=sms_doi, templates={"sms/hi.txt": "Hi {{ contact.first_name }}"})
+    add_ada(graph, email_opt_in="no", sms_opt_in="yes")
+    start = {"AccountSid": "AC" + "0" * 32, "From": "+4915112345678", "To": "+15005550006", "Body": "START",
+             "MessageSid": "SM" + "1" * 32, "SmsStatus": "received"}
+    signature = twilio_signature(TWILIO_TOKEN, rt.env["NURTURE_PUBLIC_URL"] + "/webhooks/twilio", start)
+    with client(rt, graph, NURTURE_TWILIO_AUTH_TOKEN=TWILIO_TOKEN) as http:
+        assert post(http, notification(LEAD)).json()["stored"] == 1
+        assert [(c.channel, c.status) for c in rows(rt.store, consent_t)] == [("sms", "pending")]
+        assert http.post("/webhooks/twilio", data=start, headers={"X-Twilio-Signature": signature}).status_code == 200
+    consents = [(c.channel, c.status, c.source, c.confirmed_at) for c in rows(rt.store, consent_t)]
+    assert consents[-1][:3] == ("sms", "granted", "twilio:START") and consents[-1][3] is not None
+    run_tick(rt, "hello", NOW)
+    assert [(m.channel, m.status) for m in messages(rt.store)] == [("sms", "sent")]
 
 
 def test_the_instant_trigger_sends_without_a_tick(make_runtime, graph):

@@ -190,6 +190,31 @@ def test_yes_or_start_from_a_number_that_never_opted_in_records_no_consent(site,
     assert _suppressions(site.store) == []
 
 
+def test_start_or_yes_confirms_a_pending_opt_in_from_that_number_and_nothing_expired(site, twilio):
+    """SMS consent asked for under double opt-in (a lead form's `sms_opt_in`) stayed `pending`
+    for good: START only lifted a STOP. A keyword texted from the number proves it is the
+    person's: the pending consent becomes a confirmed grant. WhatsApp the same; a request older
+    than `pending_consent_expires` (30d) is not confirmed."""
+    sms = add_contact(site.store, "sy@example.com", phone="+4915112345671")
+    chat = add_contact(site.store, "wa@example.com", phone="+4915112345672")
+    late = add_contact(site.store, "la@example.com", phone="+4915112345673")
+    with site.store.engine.begin() as conn:
+        record_consent(conn, sms, "sms", "pending", source="meta_lead_ads:1", at=NOW - dt.timedelta(hours=1))
+        record_consent(conn, chat, "whatsapp", "pending", source="meta_lead_ads:1", at=NOW - dt.timedelta(hours=1))
+        record_consent(conn, late, "sms", "pending", source="meta_lead_ads:1", at=NOW - dt.timedelta(days=31))
+    _post_twilio(site, twilio, twilio.inbound("+4915112345671", "Yes"))
+    _post_twilio(site, twilio, twilio.inbound("whatsapp:+4915112345672", "START"))
+    _post_twilio(site, twilio, twilio.inbound("+4915112345673", "START"))
+    with site.store.engine.connect() as conn:
+        latest = {cid: conn.execute(select(consent_t.c.channel, consent_t.c.status, consent_t.c.source,
+                                           consent_t.c.confirmed_at).where(consent_t.c.contact_id == cid)
+                                    .order_by(consent_t.c.id.desc())).first() for cid in (sms, chat, late)}
+    assert tuple(latest[sms]) == ("sms", "granted", "twilio:YES", NOW)
+    assert tuple(latest[chat]) == ("whatsapp", "granted", "twilio:START", NOW)
+    assert tuple(latest[late]) == ("sms", "pending", "meta_lead_ads:1", None)
+    assert _count(site.store, consent_t) == 5
+
+
 def test_status_callbacks_record_undelivered_messages_and_suppress_dead_numbers(site, twilio, tmp_path):
     from integrations.twilio import TwilioSettings, TwilioSmsChannel
     from nurture.registry import IntegrationContext, OutgoingMessage

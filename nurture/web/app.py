@@ -308,7 +308,8 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         fields = dict(params)
         with store.engine.begin() as conn:
             if "Body" in fields and (fields.get("SmsStatus") or fields.get("MessageStatus") or "received") == "received":
-                twilio_inbound(conn, fields, now=clock(), policy_version=policy_version)
+                twilio_inbound(conn, fields, now=clock(), policy_version=policy_version,
+                               pending_expires=project.policies.pending_consent_expires)
             else:
                 twilio_status(conn, fields, now=clock())
         return Response(EMPTY_TWIML, media_type="text/xml")

@@ -27,12 +27,13 @@ import hashlib
 import hmac
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from sqlalchemy import delete, select
 
 from nurture.consent_ledger import current_state, history, is_suppressed, record_consent, suppress
+from nurture.double_opt_in import confirm_pending
 from nurture.ingest import normalize_email, parse_timestamp, write_events
 from nurture.send.guards.whatsapp import WHATSAPP_RECEIVED
 from nurture.store.models import FAILED, SENT
@@ -88,12 +89,15 @@ def _stop_revoked_a_grant(conn: Any, contact_id: int, channel: str, purpose: str
 _STOP_SOURCES = {f"twilio:{keyword}" for keyword in STOP_KEYWORDS}
 
 
-def twilio_inbound(conn: Any, params: Mapping[str, str], *, now: datetime, policy_version: str) -> str:
+def twilio_inbound(conn: Any, params: Mapping[str, str], *, now: datetime, policy_version: str,
+                   pending_expires: Optional[timedelta] = None) -> str:
     """An inbound SMS or WhatsApp message (`From: whatsapp:+…`). Returns `stop`, `start`,
     `received` (WhatsApp: the contact's 24-hour session opened, nurture.send.guards.whatsapp)
     or `ignored`. STOP / START act on the channel the message came in on: STOP revokes marketing
-    (WhatsApp: both purposes) and suppresses the number; START lifts that suppression and gives
-    back each purpose a STOP revoked from a grant — nothing else."""
+    (WhatsApp: both purposes) and suppresses the number; START lifts that suppression, gives
+    back each purpose a STOP revoked from a grant, and confirms each purpose whose consent is
+    `pending` (double opt-in, e.g. from a lead form; `pending_expires`: the policies'
+    `pending_consent_expires`, None: no limit) — nothing else."""
     keyword = " ".join((params.get("Body") or "").split()).upper()
     sender = (params.get("From") or "").strip()
     channel = "whatsapp" if sender.startswith("whatsapp:") else "sms"
@@ -113,7 +117,8 @@ def twilio_inbound(conn: Any, params: Mapping[str, str], *, now: datetime, polic
                      address=phone, channel=channel)
         outcome = "stop"
     elif keyword in START_KEYWORDS:
-        # START only lifts a STOP: it restores what the STOP revoked and never creates consent
+        # START restores what a STOP revoked, or confirms an opt-in the person asked for (pending
+        # under double opt-in: the text proves the number is theirs), and never creates consent
         # (a "YES" answering a transactional text is no marketing opt-in).
         for cid in contacts:
             for purpose in _stop_purposes(channel):
@@ -121,6 +126,9 @@ def twilio_inbound(conn: Any, params: Mapping[str, str], *, now: datetime, polic
                     # Sent from the phone itself: as confirmed as an opt-in gets.
                     record_consent(conn, cid, channel, "granted", purpose=purpose, source=f"twilio:{keyword}",
                                    at=now, policy_version=policy_version, confirmed=True)
+                else:
+                    confirm_pending(conn, cid, channel, purpose, now=now, expires=pending_expires,
+                                    source=f"twilio:{keyword}", policy_version=policy_version)
         conn.execute(delete(suppression_t).where(suppression_t.c.address == phone,
                                                  suppression_t.c.reason == stop_reason))
         outcome = "start"
