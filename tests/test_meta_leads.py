@@ -5,6 +5,7 @@ redelivery adds nothing; an erased person's lead is refused; the journey it trig
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 
@@ -14,12 +15,13 @@ from sqlalchemy import func, select
 
 from nurture.privacy.erase import erase_emails
 from nurture.registry import IntegrationContext
-from nurture.runtime import run_tick
-from nurture.store.tables import consent_t, contact_t, event_t, touch_t
+from nurture.runtime import Runtime, run_tick
+from nurture.spec.project import load_project
+from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t, touch_t
 from nurture.web import create_app
 from nurture.web.meta_leads import meta_signature
 from nurture.web.webhooks import twilio_signature
-from tests.conftest import DEFAULT_POLICIES, utc
+from tests.conftest import DEFAULT_POLICIES, REPO, utc
 from tests.engine_fixtures import enrollments, journey_yaml, messages
 from tests.fakes.http_server import Reply
 from tests.fakes.meta import FakeMeta
@@ -349,6 +351,48 @@ def test_a_journey_triggered_by_form_submit_enrolls_on_the_next_tick(make_runtim
     run_tick(rt, "welcome", NOW)
     assert len(enrollments(rt.store, journey="welcome")) == 1
     assert [m.status for m in messages(rt.store)] == ["sent"]
+
+
+def test_a_lead_of_a_named_form_starts_the_shipped_journeys_that_filter_on_the_form(store, graph, tmp_path):
+    """The shipped welcome and b2b_nurture filter `form_submit` on `property: {form: [...]}`, but a
+    Meta lead's event carried only `form_id`: no lead ever started them. policies.yaml
+    `lead_forms.forms` names a form by id; the name is the event's `form`. A form not named there
+    gives no `form` (and starts neither)."""
+    root = tmp_path / "shop"
+    for part in ("journeys", "templates"):
+        shutil.copytree(REPO / part, root / part)
+    policies = root / "journeys" / "policies.yaml"
+    policies.write_text(policies.read_text() + f'lead_forms:\n  forms: {{"{FORM}": whitepaper}}\n')
+    spec = load_project(root)
+    assert spec.errors == []
+    rt = Runtime(store, spec, env={"NURTURE_DATA_DIR": str(root / ".nurture"), "NURTURE_FROM_EMAIL": "shop@example.com"})
+    other_form, other_lead = "5555555555555", "987654321098766"
+    graph.add_lead(LEAD, FORM, {"email": "ada@example.com", "full_name": "Ada Lovelace", "job_title": "CTO"})
+    graph.add_lead(other_lead, other_form, {"email": "bob@example.com", "full_name": "Bob Babbage"})
+    with client(rt, graph) as http:
+        assert post(http, notification(LEAD)).json()["stored"] == 1
+        assert post(http, notification(other_lead, form=other_form)).json()["stored"] == 1
+    events = {e.properties["form_id"]: e.properties for e in rows(store, event_t)}
+    assert events[FORM]["form"] == "whitepaper" and "form" not in events[other_form]
+    for journey in ("welcome", "b2b_nurture"):
+        run_tick(rt, journey, NOW)
+    with store.engine.connect() as conn:
+        entered = conn.execute(select(contact_t.c.email, enrollment_t.c.journey)
+                               .join(contact_t, contact_t.c.id == enrollment_t.c.contact_id)).all()
+    assert [tuple(e) for e in entered] == [("ada@example.com", "b2b_nurture")]
+
+
+def test_form_names_must_be_digit_ids_with_a_name_each_a_located_error(make_project):
+    policies = (POLICIES + '  forms:\n    "1234567890": whitepaper\n    12ab: webinar\n    "99": "  "\n'
+                '    "77": [a]\n    88: contact\n')
+    errors = [str(e) for e in load_project(make_project({}, policies=policies)).errors]
+    line = POLICIES.count("\n") + 2  # the line of 12ab
+    assert errors == [
+        f"journeys/policies.yaml:{line}:11: '12ab' is not a Meta form id: write its digits, quoted, e.g. \"1234567890123\"",
+        f"journeys/policies.yaml:{line + 1}:11: a form name must be non-empty text on one line, e.g. whitepaper",
+        f"journeys/policies.yaml:{line + 2}:11: a form name must be non-empty text on one line, e.g. whitepaper"]
+    spec = load_project(make_project({}, policies=POLICIES + '  forms: {"1234567890": whitepaper, 88: " contact "}\n'))
+    assert spec.policies.lead_forms.forms == {"1234567890": "whitepaper", "88": "contact"}
 
 
 def test_start_texted_from_the_leads_number_confirms_its_pending_sms_opt_in_and_the_sms_goes(make_runtime, graph):

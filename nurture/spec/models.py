@@ -11,7 +11,7 @@ from datetime import date, time, timedelta
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 from zoneinfo import ZoneInfo, available_timezones
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator)
 
 from nurture.durations import DurationTooLong, parse_duration
 
@@ -682,11 +682,28 @@ class UtmPolicy(Strict):
     term: Optional[list[str]] = None
 
 
+def _form_id(value: str) -> str:
+    if not (value.isascii() and value.isdigit() and len(value) <= 20):
+        raise ValueError(f"'{value}' is not a Meta form id: write its digits, quoted, e.g. \"1234567890123\"")
+    return value
+
+
+def _form_name(value: Any) -> str:
+    name = value.strip() if isinstance(value, str) else ""
+    if not name or not name.isprintable():
+        raise ValueError("a form name must be non-empty text on one line, e.g. whitepaper")
+    return name
+
+
 class LeadForms(Strict):
     """Lead-form integrations (Meta Lead Ads, docs/lead-ads.md): which form questions are consent
     questions, per channel — `consent: {email: [email_opt_in], sms: [sms_opt_in]}`. A question
-    not named here is an ordinary answer (an attribute); none named: no consent is recorded."""
+    not named here is an ordinary answer (an attribute); none named: no consent is recorded.
+    `forms` names Meta's forms by id — `forms: {"1234567890123": whitepaper}` — for the lead's
+    `form_submit` event property `form` (what journeys filter on); an unnamed form has none."""
     consent: dict[Literal["email", "sms", "whatsapp", "ads"], list[str]] = Field(default_factory=dict)
+    forms: dict[Annotated[str, AfterValidator(_form_id)], Annotated[str, BeforeValidator(_form_name)]] = \
+        Field(default_factory=dict)
 
 
 class Policies(Strict):

@@ -32,12 +32,13 @@ known: a redelivery costs no Graph call) — and stored in one transaction (`sto
   source `meta_lead_ads:<form_id>` and the policies' version — granted, or pending with the
   confirmation mail when `double_opt_in` covers the channel (Meta's form is no confirmation of
   the address); any other answer, or none, records nothing (an unticked box revokes nothing);
-- a `form_submit` event `{form_id, ad_id, lead_id, source: meta_lead_ads, utm_source: facebook |
-  instagram, utm_medium: paid_social (social for an organic lead), utm_campaign: the campaign's
-  name or the form id, utm_content: the ad's name or id}` through the one ingest path
-  (nurture.ingest.track_in), with event id `meta_lead:<leadgen_id>` — a redelivered webhook adds
-  nothing — so the lead source is recorded, and the instant triggers (`app.state.instant`) run the
-  journeys it starts at once.
+- a `form_submit` event `{form_id, form (the form's name from policies.yaml `lead_forms: {forms:
+  {"<form_id>": whitepaper}}`; none for a form not named there), ad_id, lead_id, source:
+  meta_lead_ads, utm_source: facebook | instagram, utm_medium: paid_social (social for an organic
+  lead), utm_campaign: the campaign's name or the form id, utm_content: the ad's name or id}`
+  through the one ingest path (nurture.ingest.track_in), with event id `meta_lead:<leadgen_id>` —
+  a redelivered webhook adds nothing — so the lead source is recorded, and the instant triggers
+  (`app.state.instant`) run the journeys it starts at once.
 
 An erased person's lead is refused (`erased`, nothing stored). The answer is `{"leads", "stored",
 "duplicates", "erased", "ignored", "skipped": [{"lead_id", "reason"}], "failed": [...]}`: 200 —
@@ -258,7 +259,8 @@ def store_lead(conn: Any, policies: Policies, lead: dict, hint: Notification, *,
                 break
             except ValueError:
                 continue
-    properties = {"form_id": form_id, "ad_id": ad_id, "lead_id": lead_id, "source": SOURCE, **_utm(lead, form_id)}
+    properties = {"form_id": form_id, "form": policies.lead_forms.forms.get(form_id), "ad_id": ad_id,
+                  "lead_id": lead_id, "source": SOURCE, **_utm(lead, form_id)}
     properties = {k: v for k, v in properties.items() if v not in (None, "")}
     if email:
         event = {"event_id": f"meta_lead:{lead_id}", "email": email, "event": EVENT, "timestamp": at.isoformat(),
