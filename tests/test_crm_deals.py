@@ -653,3 +653,81 @@ def test_a_won_deal_moved_to_another_currency_loses_its_value(store, hubspot):
     assert (result.deals.corrected, result.deals.corrected_revenue) == (1, -500.0)
     [props] = [e[3] for e in deal_events(store) if e[2] == "deal_won"]
     assert (props["amount"], props["currency"], "value" in props) == (500.0, "USD", False)
+
+
+def report_revenue(store, tmp_path, now):
+    from nurture.reporting import build_report
+    from nurture.spec.project import load_project
+    return build_report(store, load_project(write_project(tmp_path / "p", {})), now).sources_total.revenue
+
+
+@pytest.mark.parametrize("between", ["closedlost", "contractsent"])
+def test_a_deal_won_again_after_being_lost_or_reopened_reads_the_crms_new_amount(store, hubspot, tmp_path, between):
+    """won 12000 → lost (or reopened) → won again at 1200: the deal's one deal_won (its id taken
+    by the first win) is brought to the deal as it stands, as for a deal that stayed won."""
+    ann = add_contact(store, "ann@example.com")
+    hubspot.put_deal("9", stage="closedwon", modified=NOW - 5 * DAY, closed=NOW - 5 * DAY,
+                     contacts=("ann@example.com",), amount="12000", currency="EUR")
+    pull(store, hubspot)
+    hubspot.put_deal("9", stage=between, modified=NOW - 4 * DAY, closed=NOW - 4 * DAY,
+                     contacts=("ann@example.com",), amount="12000", currency="EUR")
+    pull(store, hubspot, NOW + timedelta(hours=1))
+    hubspot.put_deal("9", stage="closedwon", modified=NOW - 3 * DAY, closed=NOW - 3 * DAY,
+                     contacts=("ann@example.com",), amount="1200", currency="EUR")
+    result = pull(store, hubspot, NOW + timedelta(hours=2))
+    assert (result.deals.corrected, result.deals.corrected_revenue) == (1, -10800.0)
+    [(contact, props)] = [(e[1], e[3]) for e in deal_events(store) if e[2] == "deal_won"]
+    assert (contact, props["amount"], props["value"]) == (ann, 1200.0, 1200.0)
+    assert report_revenue(store, tmp_path, NOW + DAY) == 1200.0
+    assert pull(store, hubspot, NOW + timedelta(hours=3)).deals.corrected == 0
+
+
+def test_a_deal_whose_contact_was_erased_keeps_it_and_is_neither_handed_on_nor_written_again(store, hubspot,
+                                                                                           tmp_path):
+    """Deal 11 (1000 EUR won) is ann's, bob its second contact. ann is erased (her deal_won keeps
+    its amount), then the deal is edited in HubSpot and read again: it stays ann's, with no new
+    event and no address — not bob's with a second deal_won (revenue counted twice)."""
+    from nurture.privacy.erase import erase_contacts
+    from nurture.registry import IntegrationContext
+    from nurture.spec.project import load_project
+    ann, bob = add_contact(store, "ann@example.com"), add_contact(store, "bob@example.com")
+    hubspot.put_deal("11", stage="closedwon", modified=NOW - 3 * DAY, closed=NOW - 3 * DAY, amount="1000",
+                     currency="EUR", contacts=("ann@example.com", "bob@example.com"))
+    pull(store, hubspot)
+    root = write_project(tmp_path / "e", {})
+    erase_contacts(store, load_project(root), [("ann@example.com", ann)],
+                   context=IntegrationContext(root, root / ".nurture", {}), actor="test", reason="request")
+    before = deal_events(store)
+    hubspot.put_deal("11", stage="contractsent", modified=NOW - DAY, amount="1000", name="renamed",
+                     currency="EUR", contacts=("ann@example.com", "bob@example.com"))
+    result = pull(store, hubspot, NOW + timedelta(hours=1))
+    row = deal_rows(store)["11"]
+    assert (row.contact_id, row.email, row.stage, row.name) == (ann, None, "contractsent", "renamed")
+    assert (result.deals.events, deal_events(store)) == (0, before)
+    assert {e[1] for e in before} == {ann} and contact_row(store, bob).lifecycle_stage == "lead"
+    assert report_revenue(store, tmp_path, NOW + DAY) == 1000.0
+
+
+def test_a_deal_naming_an_address_a_contact_is_known_by_goes_to_that_contact(store, hubspot):
+    """ann signed up as ann@home.example; her app identified her with ann@work.example too
+    (contact_identity). A deal naming ann@work.example is hers — read at once, or waiting for
+    that address until the link is made."""
+    from nurture.identities import Who, link
+    ann = add_contact(store, "ann@home.example", external_id="u-1")
+    with store.engine.begin() as conn:
+        link(conn, ann, Who(external_id="u-1", email="ann@work.example"), NOW - 9 * DAY)
+    hubspot.put_deal("77", stage="closedwon", modified=NOW - DAY, closed=NOW - DAY, amount="900",
+                     currency="EUR", contacts=("ann@work.example",))
+    hubspot.put_deal("78", stage="closedwon", modified=NOW - DAY, closed=NOW - DAY, amount="100",
+                     currency="EUR", contacts=("ann@office.example",))
+    hubspot.put_deal("79", stage="appointmentscheduled", modified=NOW - DAY / 2)  # moves the cursor past 78
+    result = pull(store, hubspot)
+    assert (result.deals.won, result.deals.revenue, sorted(result.deals.examples)) == (
+        1, 900.0, [("78", "ann@office.example"), ("79", None)])
+    with store.engine.begin() as conn:
+        link(conn, ann, Who(external_id="u-1", email="ann@office.example"), NOW)
+    later = pull(store, hubspot, NOW + timedelta(hours=1))  # deal 78 itself did not change
+    assert (later.deals.attached, later.deals.revenue) == (1, 100.0)
+    assert {d: r.contact_id for d, r in deal_rows(store).items()} == {"77": ann, "78": ann, "79": None}
+    assert sorted((e[0], e[1]) for e in deal_events(store) if e[2] == "deal_won") == [
+        ("deal:hubspot:77:won", ann), ("deal:hubspot:78:won", ann)]

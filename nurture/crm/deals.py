@@ -5,8 +5,9 @@ lifecycle moves takes one statement per stage and time, nurture.lifecycle's unit
 
 The rules (docs/crm.md):
 - **Whose deal.** A deal's events go to ONE contact, so its revenue counts once: the first of
-  its associated contacts (in the CRM's order) that Nurture knows by e-mail; once a deal has
-  a contact it keeps it. Nurture creates no contact from a CRM: a deal none of whose contacts
+  its associated contacts (in the CRM's order) that Nurture knows by e-mail (its own or a
+  second address in contact_identity); once a deal has a contact it keeps it — an erased one
+  too, which gets no further events. Nurture creates no contact from a CRM: a deal none of whose contacts
   it knows is kept with its first address and no contact, counted and reported
   (`without_contact`), and gets its contact — with its events — as soon as a later pull or
   import finds that address among the contacts (`attach_waiting`). An erased person
@@ -36,14 +37,15 @@ from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Any, Iterable, Literal, Optional, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from nurture.identities import Who, erased_contacts, linked_owners
 from nurture.ingest import MAX_YEAR, MIN_YEAR, clean_name, normalize_email, text_problem, write_events
 from nurture.lifecycle import STAGES, before, record_stage_changes
-from nurture.privacy.tombstones import erased_among
+from nurture.privacy.tombstones import erased_among, not_erased
 from nurture.runtime.sql import chunks, ids_in
-from nurture.store.tables import contact_t, deal_t, event_t
+from nurture.store.tables import contact_t, deal_t, event_t, identity_t
 
 Outcome = Literal["open", "won", "lost"]
 OUTCOMES: tuple[str, ...] = ("open", "won", "lost")
@@ -246,6 +248,7 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
     contacts = _contacts_by_email(conn, [e for e in emails if e not in erased])
     stored = _stored(conn, crm, list(latest))
     keepers = _contacts_by_id(conn, {row.contact_id for row in stored.values() if row.contact_id is not None})
+    gone = erased_contacts(conn, keepers)  # owners erased since: they keep their deals, get no events
 
     rows: list[dict] = []
     records: list[dict] = []
@@ -257,9 +260,13 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
             result.stale += 1
             continue
         usable = [c for c in deal.contacts if c.email not in erased]
-        owner = keepers.get(row.contact_id) if row is not None and row.contact_id is not None else None
-        if owner is None:
-            owner = next(((c.email, contacts[c.email][0]) for c in usable if c.email in contacts), None)
+        owner: Optional[tuple[Optional[str], int]]  # (address, contact id) of the deal's contact
+        if row is not None and row.contact_id is not None:
+            # Once a deal has a contact it keeps it — an erased one too (its address is gone,
+            # not its deal): falling through to another contact would count the revenue twice.
+            owner = (keepers.get(row.contact_id), row.contact_id)
+        else:
+            owner = next(((c.email, contacts[c.email]) for c in usable if c.email in contacts), None)
         email = owner[0] if owner else (usable[0].email if usable else None)
         if owner is None:
             if deal.contacts and not usable:
@@ -278,13 +285,14 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
                      "name": deal.name, "pipeline": deal.pipeline, "stage": deal.stage, "outcome": deal.outcome,
                      "amount": deal.amount, "currency": deal.currency, "closed_at": deal.closed_at,
                      "modified_at": deal.modified_at, "created_at": now, "updated_at": now})
-        if owner is None:
-            continue
+        if owner is None or owner[1] in gone:
+            continue  # nothing is written about an erased person
         previous = row.stage if row is not None and row.contact_id is not None else None
-        events = _events(crm, deal, owner[0], previous, currency, now)
+        events = _events(crm, deal, owner[1], previous, currency, now)
         records.extend(events)
-        if (row is not None and row.contact_id is not None and row.outcome == "won" and deal.outcome == "won"
-                and (row.amount, row.currency) != (deal.amount, deal.currency)):
+        if row is not None and row.contact_id is not None and deal.outcome == "won":
+            # its deal_won may have been written at another amount — the first time it was won,
+            # before it was lost or reopened and won again: `_correct_won` skips the ones that match
             corrections.extend(e for e in events if e["name"] == DEAL_WON)
         when = _when(deal, now)
         if deal.outcome == "won":
@@ -293,7 +301,7 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
             _aim(targets, owner[1], "opportunity", when)
         for contact in usable:
             if contact.lifecycle_stage and contact.email in contacts:
-                _aim(targets, contacts[contact.email][0], contact.lifecycle_stage, min(contact.stage_at or now, now))
+                _aim(targets, contacts[contact.email], contact.lifecycle_stage, min(contact.stage_at or now, now))
     _upsert(conn, rows)
     tracked = write_events(conn, records, source=f"crm:{crm}", now=now, create_contacts=False)
     _count_events(tracked.inserted_ids, records, result)
@@ -316,14 +324,18 @@ def _correct_won(conn: Any, corrections: list[dict], result: DealsResult) -> Non
         select(event_t.c.id, event_t.c.event_id, event_t.c.properties)
         .where(event_t.c.event_id.in_(part), event_t.c.name == DEAL_WON))]
     for pk, eid, properties in stored:  # (rare: one statement per corrected deal)
-        wanted = {**(properties or {}), **by_id[eid]["properties"]}
-        if "value" not in by_id[eid]["properties"]:
+        now_won = by_id[eid]["properties"]
+        wanted = {**(properties or {}), **{k: now_won[k] for k in _WON_MONEY if k in now_won}}
+        if "value" not in now_won:
             wanted.pop("value", None)  # now in another currency: no revenue
         if wanted == (properties or {}):
             continue
         conn.execute(event_t.update().where(event_t.c.id == pk).values(properties=wanted))
         result.corrected += 1
         result.corrected_revenue += _revenue_of(wanted) - _revenue_of(properties or {})
+
+
+_WON_MONEY = ("amount", "currency", "value")  # what a correction brings to the deal as it stands
 
 
 def _revenue_of(properties: dict) -> float:
@@ -335,16 +347,17 @@ def _aware(moment: datetime) -> datetime:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
 
 
-def _events(crm: str, deal: DealSnapshot, email: str, previous: Optional[str], currency: str,
+def _events(crm: str, deal: DealSnapshot, contact_id: int, previous: Optional[str], currency: str,
             now: datetime) -> list[dict]:
-    """The event records of one deal (ingest's shape); duplicates of stored ones are ignored there."""
+    """The event records of one deal (ingest's shape, naming the deal's contact by id: it may be
+    known by another address than the CRM's); duplicates of stored ones are ignored there."""
     when = _when(deal, now)
     base = {"deal_id": deal.deal_id, "crm": crm, "pipeline": deal.pipeline}
 
     def record(what: str, name: str, at: datetime, properties: dict) -> dict:
         # As nurture.ingest's own checks leave an event: every value here was checked by check_snapshot.
-        return {"event_id": event_id(crm, deal.deal_id, what), "email": email, "name": name, "occurred_at": at,
-                "properties": {**base, **properties}, "line": 0}
+        return {"event_id": event_id(crm, deal.deal_id, what), "email": None, "contact_id": contact_id,
+                "name": name, "occurred_at": at, "properties": {**base, **properties}, "line": 0}
 
     created_at = min(deal.created_at, now) if deal.created_at is not None else when
     out = [record("created", DEAL_CREATED, created_at, {"name": deal.name, "stage": deal.stage,
@@ -415,23 +428,26 @@ def _move_stages(conn: Any, targets: dict[int, tuple[str, datetime]], source: st
         record_stage_changes(conn, rows, stage, when, source)
 
 
-def _contacts_by_email(conn: Any, emails: list[str]) -> dict[str, tuple[int, Optional[str]]]:
-    found: dict[str, tuple[int, Optional[str]]] = {}
+def _contacts_by_email(conn: Any, emails: list[str]) -> dict[str, int]:
+    """Address → contact of the addresses Nurture knows: a contact's own e-mail first, else a
+    second address it is known by (`contact_identity`, as `track` and the Segment API find it);
+    an erased contact is never found."""
+    found: dict[str, int] = {}
     for part in chunks(emails):
-        for cid, email, stage in conn.execute(select(contact_t.c.id, contact_t.c.email, contact_t.c.lifecycle_stage)
-                                              .where(contact_t.c.email.in_(part))):
-            found[email] = (cid, stage)
+        found.update(conn.execute(select(contact_t.c.email, contact_t.c.id).where(contact_t.c.email.in_(part))).all())
+    others = [e for e in emails if e not in found]
+    if others:
+        linked = linked_owners(conn, [Who(email=e) for e in others])
+        found.update((value, cid) for (kind, value), cid in linked.items() if kind == "email")
     return found
 
 
-def _contacts_by_id(conn: Any, ids: set[int]) -> dict[int, tuple[str, int]]:
-    """Contact id → (e-mail, id) of the contacts deals already belong to (an erased one has no
-    e-mail any more and is left out: its deal gets no further events)."""
-    found: dict[int, tuple[str, int]] = {}
+def _contacts_by_id(conn: Any, ids: set[int]) -> dict[int, Optional[str]]:
+    """Contact id → current e-mail of the contacts deals already belong to (None: an erased
+    one, or one known by other identifiers only)."""
+    found: dict[int, Optional[str]] = {}
     for part in chunks(sorted(ids)):
-        for cid, email in conn.execute(select(contact_t.c.id, contact_t.c.email)
-                                       .where(ids_in(contact_t.c.id, part), contact_t.c.email.is_not(None))):
-            found[cid] = (email, cid)
+        found.update(conn.execute(select(contact_t.c.id, contact_t.c.email).where(ids_in(contact_t.c.id, part))).all())
     return found
 
 
@@ -467,11 +483,14 @@ def _upsert(conn: Any, rows: list[dict]) -> None:
 def attach_waiting(conn: Any, crm: str, *, now: datetime, currency: str,
                    result: Optional[DealsResult] = None) -> DealsResult:
     """Deals of `crm` stored without a contact whose address a contact now has (imported or
-    tracked since): they get that contact and their events, as if read again."""
+    tracked since; its own e-mail or a second address it is known by): they get that contact
+    and their events, as if read again."""
     result = result or DealsResult()
-    rows = conn.execute(select(deal_t).select_from(deal_t.join(contact_t, contact_t.c.email == deal_t.c.email))
-                        .where(deal_t.c.crm == crm, deal_t.c.contact_id.is_(None),
-                               deal_t.c.email.is_not(None))).all()
+    known = or_(exists().where(contact_t.c.email == deal_t.c.email),
+                exists().where(identity_t.c.kind == "email", identity_t.c.value == deal_t.c.email,
+                               not_erased(identity_t.c.contact_id)))
+    rows = conn.execute(select(deal_t).where(deal_t.c.crm == crm, deal_t.c.contact_id.is_(None),
+                                             deal_t.c.email.is_not(None), known)).all()
     if not rows:
         return result
     snapshots = [DealSnapshot(deal_id=r.deal_id, stage=r.stage, outcome=r.outcome, modified_at=_aware(r.modified_at),
