@@ -731,3 +731,44 @@ def test_a_deal_naming_an_address_a_contact_is_known_by_goes_to_that_contact(sto
     assert {d: r.contact_id for d, r in deal_rows(store).items()} == {"77": ann, "78": ann, "79": None}
     assert sorted((e[0], e[1]) for e in deal_events(store) if e[2] == "deal_won") == [
         ("deal:hubspot:77:won", ann), ("deal:hubspot:78:won", ann)]
+
+
+def test_a_waiting_deal_goes_to_the_first_of_its_contacts_in_the_crms_order_that_appears(store, hubspot):
+    """Deal 23 names zoe, bob and cat, none known; a later deal moves the cursor past it. cat
+    and bob sign up: the next pull (deal 23 unchanged in HubSpot) gives it to bob, the first of
+    them in the CRM's order — not only when zoe, its first address, appears."""
+    hubspot.put_deal("23", stage="closedwon", modified=NOW - DAY, closed=NOW - DAY, amount="700", currency="EUR",
+                     contacts=("zoe@example.com", "bob@example.com", "cat@example.com"))
+    hubspot.put_deal("24", stage="appointmentscheduled", modified=NOW - DAY / 2)  # moves the cursor on
+    assert ("23", "zoe@example.com") in pull(store, hubspot).deals.examples
+    add_contact(store, "cat@example.com")
+    bob = add_contact(store, "bob@example.com")
+    later = pull(store, hubspot, NOW + timedelta(hours=1))
+    assert (later.deals.attached, later.deals.won, later.deals.revenue) == (1, 1, 700.0)
+    assert (deal_rows(store)["23"].contact_id, deal_rows(store)["23"].email) == (bob, "bob@example.com")
+    assert [(e[1], e[2]) for e in deal_events(store)] == [(bob, "deal_created"), (bob, "deal_won")]
+    assert pull(store, hubspot, NOW + timedelta(hours=2)).deals.events == 0
+
+
+def test_an_erasure_removes_every_address_a_waiting_deal_names(store, hubspot, tmp_path):
+    """A waiting deal names zoe and bob. bob — known to no contact, held only by the deal — is
+    erased: his address leaves the deal (the erasure is `erased`, not `not_found`), so he can
+    never be matched; zoe's stays, and the deal is hers when she signs up."""
+    from nurture.privacy.erase import erase_emails
+    from nurture.registry import IntegrationContext
+    from nurture.spec.project import load_project
+    from nurture.store.tables import deal_address_t
+    hubspot.put_deal("25", stage="closedwon", modified=NOW - DAY, closed=NOW - DAY, amount="300", currency="EUR",
+                     contacts=("bob@example.com", "zoe@example.com"))
+    hubspot.put_deal("26", stage="appointmentscheduled", modified=NOW - DAY / 2)  # moves the cursor on
+    pull(store, hubspot)
+    root = write_project(tmp_path / "e", {})
+    [erased] = erase_emails(store, load_project(root), ["bob@example.com"],
+                            context=IntegrationContext(root, root / ".nurture", {}), actor="test", reason="request")
+    assert (erased.outcome, erased.removed["deals"]) == ("erased", 1)
+    assert [tuple(r) for r in read(store, deal_address_t.c.deal_id, deal_address_t.c.email)] == [
+        ("25", "zoe@example.com")]
+    assert deal_rows(store)["25"].email is None
+    zoe = add_contact(store, "zoe@example.com")
+    assert pull(store, hubspot, NOW + timedelta(hours=1)).deals.attached == 1
+    assert (deal_rows(store)["25"].contact_id, deal_rows(store)["25"].email) == (zoe, "zoe@example.com")

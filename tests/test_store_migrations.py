@@ -321,3 +321,33 @@ def test_revenue_recorded_outside_0_to_1e12_becomes_0_on_upgrade(empty_db_url):
     finally:
         store.dispose()
     assert got == [12.5, 0.0, 0.0, 0.0, 0.0, 1e12, 0.0] + [0.0] * (len(values) - 7)
+
+
+def test_a_deal_waiting_for_its_contact_keeps_its_address_on_upgrade_to_0027(empty_db_url):
+    """Before 0027 a deal waiting for its contact kept its first address in `deal.email` only;
+    the upgrade copies it to `deal_address`, where attaching looks for it."""
+    from alembic import command
+    from nurture.store.tables import deal_address_t, deal_t
+    engine = make_engine(empty_db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":  # as nurture.store.db.migrate: 0019 rebuilds tables
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        with conn.begin():
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0026")
+    with engine.begin() as conn:
+        for deal_id, contact, email in (("W", None, "zoe@example.com"), ("E", None, None)):
+            conn.execute(deal_t.insert().values(crm="hubspot", deal_id=deal_id, contact_id=contact, email=email,
+                                                stage="closedwon", outcome="won", modified_at=EPOCH,
+                                                created_at=EPOCH, updated_at=EPOCH))
+    engine.dispose()
+    store = open_store(empty_db_url)
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(select(deal_address_t)).all()
+            conn.rollback()
+        assert [tuple(r) for r in rows] == [("hubspot", "W", 0, "zoe@example.com")]
+    finally:
+        store.dispose()

@@ -7,10 +7,11 @@ The rules (docs/crm.md):
 - **Whose deal.** A deal's events go to ONE contact, so its revenue counts once: the first of
   its associated contacts (in the CRM's order) that Nurture knows by e-mail (its own or a
   second address in contact_identity); once a deal has a contact it keeps it — an erased one
-  too, which gets no further events. Nurture creates no contact from a CRM: a deal none of whose contacts
-  it knows is kept with its first address and no contact, counted and reported
-  (`without_contact`), and gets its contact — with its events — as soon as a later pull or
-  import finds that address among the contacts (`attach_waiting`). An erased person
+  too, which gets no further events. Nurture creates no contact from a CRM: a deal none of
+  whose contacts it knows is kept with no contact and every address it names (`deal_address`,
+  in the CRM's order; the first also in `deal.email`), counted and reported (`without_contact`),
+  and gets its contact — with its events — as soon as a later pull or import finds one of those
+  addresses among the contacts: the first in the CRM's order (`attach_waiting`). An erased person
   (nurture.privacy) is never matched, stored or named.
 - **Events, each once.** `deal_created` (when the deal first has a contact), one
   `deal_stage_changed {from, to, pipeline, amount}` per stage the deal enters after that
@@ -44,8 +45,8 @@ from nurture.identities import Who, erased_contacts, linked_owners
 from nurture.ingest import MAX_YEAR, MIN_YEAR, clean_name, normalize_email, text_problem, write_events
 from nurture.lifecycle import STAGES, before, record_stage_changes
 from nurture.privacy.tombstones import erased_among, not_erased
-from nurture.runtime.sql import chunks, ids_in
-from nurture.store.tables import contact_t, deal_t, event_t, identity_t
+from nurture.runtime.sql import chunks, ids_in, insert_ignore
+from nurture.store.tables import contact_t, deal_address_t, deal_t, event_t, identity_t
 
 Outcome = Literal["open", "won", "lost"]
 OUTCOMES: tuple[str, ...] = ("open", "won", "lost")
@@ -251,6 +252,8 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
     gone = erased_contacts(conn, keepers)  # owners erased since: they keep their deals, get no events
 
     rows: list[dict] = []
+    were_waiting: list[str] = []  # deals of the batch stored without a contact: their addresses are replaced
+    waiting: list[dict] = []  # the addresses of the deals still without a contact, in the CRM's order
     records: list[dict] = []
     targets: dict[int, tuple[str, datetime]] = {}  # contact id → (furthest stage, when)
     corrections: list[dict] = []  # won deals whose amount changed: their deal_won, as it should read now
@@ -259,6 +262,8 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
         if row is not None and deal.modified_at < _aware(row.modified_at):
             result.stale += 1
             continue
+        if row is not None and row.contact_id is None:
+            were_waiting.append(deal.deal_id)
         usable = [c for c in deal.contacts if c.email not in erased]
         owner: Optional[tuple[Optional[str], int]]  # (address, contact id) of the deal's contact
         if row is not None and row.contact_id is not None:
@@ -269,6 +274,8 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
             owner = next(((c.email, contacts[c.email]) for c in usable if c.email in contacts), None)
         email = owner[0] if owner else (usable[0].email if usable else None)
         if owner is None:
+            waiting.extend({"crm": crm, "deal_id": deal.deal_id, "position": i, "email": address}
+                           for i, address in enumerate(dict.fromkeys(c.email for c in usable)))
             if deal.contacts and not usable:
                 result.erased += 1
             else:
@@ -303,6 +310,7 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
             if contact.lifecycle_stage and contact.email in contacts:
                 _aim(targets, contacts[contact.email], contact.lifecycle_stage, min(contact.stage_at or now, now))
     _upsert(conn, rows)
+    _keep_addresses(conn, crm, were_waiting, waiting)
     tracked = write_events(conn, records, source=f"crm:{crm}", now=now, create_contacts=False)
     _count_events(tracked.inserted_ids, records, result)
     _correct_won(conn, corrections, result)
@@ -477,25 +485,45 @@ def _upsert(conn: Any, rows: list[dict]) -> None:
         conn.execute(stmt, list(part))
 
 
+def _keep_addresses(conn: Any, crm: str, were_waiting: list[str], addresses: list[dict]) -> None:
+    """The addresses of the deals still waiting for their contact replace those stored for the
+    deals of this batch that waited (a deal that got its contact keeps none). Called after the
+    deal rows' upsert: on PostgreSQL a webhook and a pull storing the same deal take turns at
+    its row, so the later one replaces what the earlier one stored."""
+    replaced = list(dict.fromkeys(were_waiting + [a["deal_id"] for a in addresses]))
+    for part in chunks(replaced, 1000):
+        conn.execute(deal_address_t.delete().where(deal_address_t.c.crm == crm, deal_address_t.c.deal_id.in_(part)))
+    insert_ignore(conn, deal_address_t, addresses, ("crm", "deal_id", "position"))
+
+
 # ---------------------------------------------------------------- deals waiting for their contact
 
 
 def attach_waiting(conn: Any, crm: str, *, now: datetime, currency: str,
                    result: Optional[DealsResult] = None) -> DealsResult:
-    """Deals of `crm` stored without a contact whose address a contact now has (imported or
-    tracked since; its own e-mail or a second address it is known by): they get that contact
-    and their events, as if read again."""
+    """Deals of `crm` stored without a contact one of whose addresses a contact now has
+    (imported or tracked since; its own e-mail or a second address it is known by): they get
+    the first such contact in the CRM's order, and their events, as if read again."""
     result = result or DealsResult()
-    known = or_(exists().where(contact_t.c.email == deal_t.c.email),
-                exists().where(identity_t.c.kind == "email", identity_t.c.value == deal_t.c.email,
+    address = deal_address_t
+    known = or_(exists().where(contact_t.c.email == address.c.email),
+                exists().where(identity_t.c.kind == "email", identity_t.c.value == address.c.email,
                                not_erased(identity_t.c.contact_id)))
+    found = select(address.c.deal_id).where(address.c.crm == crm, known)
     rows = conn.execute(select(deal_t).where(deal_t.c.crm == crm, deal_t.c.contact_id.is_(None),
-                                             deal_t.c.email.is_not(None), known)).all()
+                                             deal_t.c.deal_id.in_(found))).all()
     if not rows:
         return result
+    named: dict[str, list[CrmContact]] = {}
+    for part in chunks([r.deal_id for r in rows], 1000):
+        for deal_id, email in conn.execute(select(address.c.deal_id, address.c.email)
+                                           .where(address.c.crm == crm, address.c.deal_id.in_(part))
+                                           .order_by(address.c.deal_id, address.c.position)):
+            named.setdefault(deal_id, []).append(CrmContact(email))
     snapshots = [DealSnapshot(deal_id=r.deal_id, stage=r.stage, outcome=r.outcome, modified_at=_aware(r.modified_at),
-                              contacts=(CrmContact(r.email),), name=r.name, pipeline=r.pipeline, amount=r.amount,
-                              currency=r.currency, closed_at=_aware(r.closed_at) if r.closed_at else None)
+                              contacts=tuple(named.get(r.deal_id, ())), name=r.name, pipeline=r.pipeline,
+                              amount=r.amount, currency=r.currency,
+                              closed_at=_aware(r.closed_at) if r.closed_at else None)
                  for r in rows]
     waiting = DealsResult()
     apply_deals(conn, crm, snapshots, now=now, currency=currency, result=waiting)

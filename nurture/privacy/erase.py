@@ -65,7 +65,7 @@ from nurture.segments.sync import default_factory
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.models import QUEUED, SUPPRESSED
-from nurture.store.tables import (consent_t, contact_t, deal_t, enrollment_t, identity_t, event_t, handover_t, membership_t, message_t,
+from nurture.store.tables import (consent_t, contact_t, deal_address_t, deal_t, enrollment_t, identity_t, event_t, handover_t, membership_t, message_t,
                                   suppression_t, sync_run_t, touch_t)
 
 INVALID = "invalid"  # an outcome of a request only: the address is not an e-mail address
@@ -351,10 +351,7 @@ def _sweep(conn: Any, subject: _Subject, *, now: datetime, needles: Sequence[str
 
     # CRM deals: amounts and stages stay (pipeline and revenue still add up), the address goes —
     # also on a deal that waits for this address as its contact
-    addresses = [n for n in needles if "@" in n]
-    removed["deals"] += conn.execute(deal_t.update().where(
-        or_(deal_t.c.contact_id == cid, func.lower(deal_t.c.email).in_(addresses) if addresses else false()),
-        deal_t.c.email.is_not(None)).values(email=None)).rowcount
+    removed["deals"] += _deal_addresses(conn, [n for n in needles if "@" in n], deal_t.c.contact_id == cid)
 
     # journeys: an erased contact leaves every journey now
     removed["enrollments_exited"] += conn.execute(enrollment_t.update().where(
@@ -383,8 +380,7 @@ def _waiting_deals(conn: Any, subject: _Subject, *, now: datetime, actor: str, r
     """An address no contact has, held by CRM deals that wait for it as their contact: the
     address leaves them (amounts and stages stay), and is blocked from re-creating the person
     as erasing a contact would — something was held, so it is `erased`, not `not_found`."""
-    held = conn.execute(deal_t.update().where(func.lower(deal_t.c.email) == subject.email)
-                        .values(email=None)).rowcount
+    held = _deal_addresses(conn, [subject.email])
     if not held:
         return
     subject.removed["deals"] += held
@@ -394,6 +390,21 @@ def _waiting_deals(conn: Any, subject: _Subject, *, now: datetime, actor: str, r
     subject.result.erasure_id = conn.execute(erasure_t.insert().values(
         contact_id=None, subject_hash=subject.hashed, actor=actor, reason=reason, outcome=IN_PROGRESS,
         removed=_counts(subject.removed), pending=[], requested_at=now, completed_at=None)).inserted_primary_key[0]
+
+
+def _deal_addresses(conn: Any, addresses: list[str], theirs: Any = None) -> int:
+    """`addresses` leave the CRM deals — a deal's own address (`deal.email`, cleared on the deals
+    `theirs` matches too) and every address a deal waiting for its contact names (`deal_address`);
+    amounts and stages stay. The number of deals that held one."""
+    lower = [a.lower() for a in addresses]
+    own = or_(theirs if theirs is not None else false(), func.lower(deal_t.c.email).in_(lower) if lower else false())
+    held = set(conn.execute(select(deal_t.c.crm, deal_t.c.deal_id).where(own, deal_t.c.email.is_not(None))).all())
+    conn.execute(deal_t.update().where(own, deal_t.c.email.is_not(None)).values(email=None))
+    if lower:
+        named = func.lower(deal_address_t.c.email).in_(lower)
+        held |= set(conn.execute(select(deal_address_t.c.crm, deal_address_t.c.deal_id).where(named)).all())
+        conn.execute(deal_address_t.delete().where(named))
+    return len(held)
 
 
 def _collect_files(conn: Any, subject: _Subject) -> None:

@@ -283,6 +283,18 @@ class Deal(SQLModel, table=True):
     updated_at: datetime
 
 
+class DealAddress(SQLModel, table=True):
+    """An address a deal waiting for its contact names (nurture.crm): every usable one the CRM
+    associates with the deal, in the CRM's order (`position`), so the deal gets its contact as
+    soon as any of them is a contact's. Removed when the deal has its contact, and by an erasure."""
+    __tablename__ = "deal_address"
+    __table_args__ = (Index("ix_deal_address_email", "email"),)
+    crm: str = Field(primary_key=True)
+    deal_id: str = Field(primary_key=True)
+    position: int = Field(primary_key=True)
+    email: str
+
+
 class CrmCursor(SQLModel, table=True):
     """How far a CRM pull has acknowledged: every deal modified up to (modified_at, deal_id) is
     in the store, so the next pull starts there."""

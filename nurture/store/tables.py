@@ -13,7 +13,7 @@ from sqlalchemy import Table
 from nurture.conversions.models import ConversionDelivery, ConversionRun
 from nurture.scoring.models import Handover
 from nurture.segments.models import SegmentMembership, SyncRun
-from nurture.store.models import (AdSpend, Consent, Contact, ContactIdentity, ContactMerge, ContactTouch, DeliveryLease, InstantRun, CrmCursor, Deal, Enrollment, Event,
+from nurture.store.models import (AdSpend, Consent, Contact, ContactIdentity, ContactMerge, ContactTouch, DeliveryLease, InstantRun, CrmCursor, Deal, DealAddress, Enrollment, Event,
                                   JourneyCursor,
                                   JourneyPendingTrigger, JourneyVersion, Message, Product, SplitDecision,
                                   Suppression)
@@ -35,6 +35,7 @@ touch_t: Table = ContactTouch.__table__  # type: ignore[attr-defined]
 spend_t: Table = AdSpend.__table__  # type: ignore[attr-defined]
 decision_t: Table = SplitDecision.__table__  # type: ignore[attr-defined]
 deal_t: Table = Deal.__table__  # type: ignore[attr-defined]
+deal_address_t: Table = DealAddress.__table__  # type: ignore[attr-defined]
 crm_cursor_t: Table = CrmCursor.__table__  # type: ignore[attr-defined]
 conversion_delivery_t: Table = ConversionDelivery.__table__  # type: ignore[attr-defined]
 conversion_run_t: Table = ConversionRun.__table__  # type: ignore[attr-defined]
@@ -45,5 +46,5 @@ lease_t: Table = DeliveryLease.__table__  # type: ignore[attr-defined]
 
 __all__ = ["contact_t", "event_t", "consent_t", "suppression_t", "version_t", "cursor_t", "pending_t",
            "enrollment_t", "message_t", "product_t", "membership_t", "sync_run_t", "handover_t",
-           "touch_t", "spend_t", "decision_t", "deal_t", "crm_cursor_t", "conversion_delivery_t", "conversion_run_t",
+           "touch_t", "spend_t", "decision_t", "deal_t", "deal_address_t", "crm_cursor_t", "conversion_delivery_t", "conversion_run_t",
            "identity_t", "merge_t", "instant_run_t", "lease_t"]
