@@ -15,20 +15,22 @@ the caller's transaction), leaves the anonymous row empty and records the merge 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Optional
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import and_, delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 
+from nurture.durations import parse_duration
 from nurture.privacy.tombstones import ERASED_REASON
 from nurture.runtime.sql import insert_ignore
 from nurture.store.tables import (consent_t, contact_t, conversion_delivery_t, deal_t, enrollment_t, event_t,
-                                  handover_t, identity_t, merge_t, message_t, suppression_t, touch_t)
+                                  handover_t, identity_t, merge_t, message_t, suppression_t, touch_t, version_t)
 
 KINDS = ("anonymous_id", "external_id", "email", "phone")
 UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
-MERGED = "merged"  # exit_reason of the younger of two enrollments of one journey after a merge
+MERGED = "merged"  # exit_reason of an enrollment a merge ends (the younger of two, or barred by reentry)
 
 
 @dataclass
@@ -177,22 +179,22 @@ def _fill_identifiers(conn: Any, contact_id: int, who: Who, now: datetime) -> se
     return set()
 
 
+# The fields an anonymous identify can give a visitor, kept by a merge where the known contact has none.
+_FILLED = (contact_t.c.first_name, contact_t.c.last_name, contact_t.c.timezone, contact_t.c.locale,
+           contact_t.c.country)
+
+
 def merge_contacts(conn: Any, from_id: int, into_id: int, *, reason: str, now: datetime) -> dict:
     """Move everything of contact `from_id` to `into_id` in the caller's transaction and record
-    it in contact_merge; the counts of what moved. Two enrollments of one journey: the older is
-    kept, the younger exits with reason `merged`. Touches: the earlier `first`, the later `last`."""
+    it in contact_merge; the counts of what moved. An active enrollment of `from_id` that the
+    merged person may not have (`_barred_by_merge`) exits with reason `merged`. Touches: the
+    earlier `first`, the later `last`. The known contact's empty fields take the visitor's."""
     counts: dict[str, int] = {}
-    # enrollments of a journey both contacts are in: the younger one leaves
-    ours = {r.journey: r for r in conn.execute(select(enrollment_t.c.id, enrollment_t.c.journey, enrollment_t.c.entered_at)
-                                               .where(enrollment_t.c.contact_id == into_id,
-                                                      enrollment_t.c.status == "active"))}
-    theirs = list(conn.execute(select(enrollment_t.c.id, enrollment_t.c.journey, enrollment_t.c.entered_at)
-                               .where(enrollment_t.c.contact_id == from_id, enrollment_t.c.status == "active")))
-    younger = [max((ours[t.journey], t), key=lambda r: (r.entered_at, r.id)).id for t in theirs if t.journey in ours]
-    if younger:
-        conn.execute(update(enrollment_t).where(enrollment_t.c.id.in_(younger)).values(
+    barred = _barred_by_merge(conn, from_id, into_id)
+    if barred:
+        conn.execute(update(enrollment_t).where(enrollment_t.c.id.in_(barred)).values(
             status="exited", step_id=None, next_due_at=None, left_at=now, exit_reason=MERGED))
-    counts["enrollments_exited"] = len(younger)
+    counts["enrollments_exited"] = len(barred)
     # A date-trigger occurrence both contacts entered for (uq_enrollment_trigger_key): the moved
     # enrollment keeps its history and gives up the key; the kept one still bars a second entry.
     other = enrollment_t.alias("other")
@@ -207,15 +209,73 @@ def merge_contacts(conn: Any, from_id: int, into_id: int, *, reason: str, now: d
         counts[name] = conn.execute(update(table).where(table.c.contact_id == from_id)
                                     .values(contact_id=into_id)).rowcount or 0
     counts["touches"] = _merge_touches(conn, from_id, into_id)
-    attrs = dict(conn.execute(select(contact_t.c.id, contact_t.c.attributes)
-                              .where(contact_t.c.id.in_((from_id, into_id)))).all())
-    merged_attrs = {**(attrs.get(from_id) or {}), **(attrs.get(into_id) or {})}
-    conn.execute(update(contact_t).where(contact_t.c.id == into_id).values(attributes=merged_attrs, updated_at=now))
+    rows = {r.id: r for r in conn.execute(select(contact_t.c.id, contact_t.c.attributes, *_FILLED)
+                                          .where(contact_t.c.id.in_((from_id, into_id))))}
+    theirs, ours = rows[from_id], rows[into_id]
+    # what the visitor told about itself (an anonymous identify) fills what the known contact lacks
+    filled = {c.name: getattr(theirs, c.name) for c in _FILLED
+              if getattr(ours, c.name) is None and getattr(theirs, c.name) is not None}
+    merged_attrs = {**(theirs.attributes or {}), **(ours.attributes or {})}
+    conn.execute(update(contact_t).where(contact_t.c.id == into_id).values(attributes=merged_attrs, **filled,
+                                                                           updated_at=now))
     conn.execute(update(contact_t).where(contact_t.c.id == from_id).values(
-        email=None, phone=None, external_id=None, first_name=None, last_name=None, attributes={}, updated_at=now))
+        email=None, phone=None, external_id=None, **{c.name: None for c in _FILLED}, attributes={}, updated_at=now))
     conn.execute(merge_t.insert().values(from_contact_id=from_id, into_contact_id=into_id, reason=reason,
                                          merged_at=now, counts=counts))
     return counts
+
+
+def _barred_by_merge(conn: Any, from_id: int, into_id: int) -> list[int]:
+    """The enrollments to exit before `from_id`'s move onto `into_id`. Two active ones of a
+    journey: the younger (the person is never twice at once in a journey). An active one of
+    `from_id` in a journey `into_id` was ever in: exited when the journey's `reentry` (of the
+    enrollment's recorded version) would not have let the one person enter again — `never`,
+    or a duration not yet past between the two entries; `always` (or no recorded version)
+    lets it stay."""
+    theirs = list(conn.execute(select(enrollment_t.c.id, enrollment_t.c.journey, enrollment_t.c.version,
+                                      enrollment_t.c.entered_at)
+                               .where(enrollment_t.c.contact_id == from_id, enrollment_t.c.status == "active")))
+    if not theirs:
+        return []
+    ours: dict[str, list[Any]] = {}
+    for row in conn.execute(select(enrollment_t.c.id, enrollment_t.c.journey, enrollment_t.c.status,
+                                   enrollment_t.c.entered_at)
+                            .where(enrollment_t.c.contact_id == into_id,
+                                   enrollment_t.c.journey.in_({t.journey for t in theirs}))):
+        ours.setdefault(row.journey, []).append(row)
+    rules = _reentry_rules(conn, {(t.journey, t.version) for t in theirs if t.journey in ours})
+    barred = []
+    for t in theirs:
+        history = ours.get(t.journey, [])
+        active = [o for o in history if o.status == "active"]
+        rule = rules.get((t.journey, t.version))
+        if active:
+            barred.append(max((active[0], t), key=lambda r: (r.entered_at, r.id)).id)
+        elif history and (rule == "never" or isinstance(rule, timedelta) and any(
+                abs(t.entered_at - o.entered_at) < rule for o in history)):
+            barred.append(t.id)
+    return barred
+
+
+def _reentry_rules(conn: Any, versions: set[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """(journey, version) -> its `reentry` ("never", "always" or a timedelta), read from the
+    version the tick recorded (journeyversion.spec; a spec leaves out the default `never`)."""
+    rules: dict[tuple[str, str], Any] = {}
+    if not versions:
+        return rules
+    for journey, version, spec in conn.execute(
+            select(version_t.c.journey, version_t.c.version, version_t.c.spec)
+            .where(version_t.c.journey.in_({j for j, _ in versions}))):
+        if (journey, version) not in versions or not isinstance(spec, dict):
+            continue
+        value = spec.get("reentry") or "never"
+        try:
+            rules[(journey, version)] = value if value in ("never", "always") else (
+                TypeAdapter(timedelta).validate_python(value) if str(value).startswith("P")  # an old record's ISO form
+                else parse_duration(value))
+        except (ValueError, ValidationError):
+            continue  # unreadable: as without a recorded version
+    return rules
 
 
 def _merge_touches(conn: Any, from_id: int, into_id: int) -> int:

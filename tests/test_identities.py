@@ -5,6 +5,8 @@ by --phone / --external-id; `messages --json` names a contact without e-mail by 
 from __future__ import annotations
 
 import datetime as dt
+
+import pytest
 from sqlalchemy import select
 
 from nurture.identities import MERGED, Who, merge_contacts, resolve
@@ -171,6 +173,41 @@ def test_an_erased_contact_is_never_found_again_by_another_identifier(store):
         conn.execute(suppression_t.insert().values(contact_id=gone, address="hash", reason="erased", created_at=NOW))
         assert resolve(conn, Who(external_id="crm-gone", anonymous_id="a-9"), NOW) == (None, None)
     assert _rows(store, contact_t, contact_t.c.id != gone) == []
+
+
+@pytest.mark.parametrize("reentry, barred", [("never", True), ("1d", True), ("2h", False), ("always", False)])
+def test_a_merge_ends_the_visitors_enrollment_where_the_journeys_reentry_bars_the_known_person(
+        make_runtime, store, reentry, barred):
+    """Ann finished the journey; her anonymous browser entered it again 4h after she did. Merged,
+    they are one person: `never` (or a re-entry window of 1d) ends the moved enrollment, so the
+    journey's mail is not sent twice; after `2h` or with `always` she may be in it again."""
+    from nurture.runtime import run_tick
+    from tests.engine_fixtures import enrollments, journey_yaml, messages, subscriber
+    t0 = utc(2026, 3, 2, 10, 0)
+    steps = "- id: pause\n  wait: 2h\n- id: hello\n  send: {channel: email, template: hello, subject: Hi}"
+    rt = make_runtime({"j": journey_yaml("j", steps, trigger="{event: viewed}", extra=f"reentry: {reentry}")},
+                      policies="version: t\ntimezone: UTC\n")
+    known = subscriber(store, "ann@example.com")
+    add_event(store, known, "viewed", t0)
+    run_tick(rt, "j", t0 + dt.timedelta(minutes=1))
+    run_tick(rt, "j", t0 + dt.timedelta(hours=3))
+    with store.engine.begin() as conn:
+        anon, _ = resolve(conn, Who(anonymous_id="a-1"), t0 + dt.timedelta(hours=4))
+    add_event(store, anon, "viewed", t0 + dt.timedelta(hours=4))
+    run_tick(rt, "j", t0 + dt.timedelta(hours=4, minutes=1))
+    with store.engine.begin() as conn:
+        assert resolve(conn, Who(anonymous_id="a-1", email="ann@example.com"), t0 + dt.timedelta(hours=5)) == (
+            known, anon)
+    run_tick(rt, "j", t0 + dt.timedelta(hours=7))
+    moved = enrollments(store)[-1]
+    assert moved.contact_id == known
+    if barred:
+        assert (moved.status, moved.exit_reason) == ("exited", MERGED)
+        assert [m.contact_id for m in messages(store, status="sent")] == [known]
+        assert _rows(store, merge_t)[0].counts["enrollments_exited"] == 1
+    else:
+        assert moved.status == "completed"
+        assert [m.contact_id for m in messages(store, status="sent")] == [known, known]
 
 
 def test_a_phone_only_contact_from_identify_gets_its_sms(make_runtime, store):

@@ -255,3 +255,21 @@ def test_a_segment_track_starts_its_journey_at_once(make_runtime):
             "context": {"traits": {"email": "ada@example.com"}}})
         assert response.json() == {"success": True}
         assert wait_for(lambda: [m.status for m in messages(rt.store)] == ["sent"])
+
+
+def test_a_merge_fills_the_known_contacts_empty_fields_with_what_the_visitor_said(site):
+    """An anonymous identify gave the visitor a name, time zone, locale and country; merged, the
+    known contact takes those it has none of (its own values win, as attributes do)."""
+    store = site.rt.store
+    site.http.post("/v1/identify", headers=basic(), json={"anonymousId": "a-7", "traits": {
+        "firstName": "Ann", "lastName": "Lee", "timezone": "Europe/Berlin", "locale": "de-DE",
+        "address": {"country": "de"}, "plan": "trial"}})
+    site.http.post("/v1/identify", headers=basic(), json={"userId": "u7", "traits": {
+        "email": "ann7@example.com", "lastName": "Berg", "plan": "pro"}})
+    assert site.http.post("/v1/identify", headers=basic(), json={"userId": "u7", "anonymousId": "a-7"}).status_code == 200
+    [merge] = _rows(store, merge_t)
+    rows = {c.id: c for c in _rows(store, contact_t)}
+    known, visitor = rows[merge.into_contact_id], rows[merge.from_contact_id]
+    assert (known.first_name, known.last_name, known.timezone, known.locale, known.country, known.attributes) == (
+        "Ann", "Berg", "Europe/Berlin", "de-DE", "DE", {"plan": "pro"})
+    assert (visitor.first_name, visitor.last_name, visitor.timezone, visitor.locale, visitor.country) == (None,) * 5
