@@ -575,7 +575,8 @@ _LOCALE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 _STAGE_OR_NONE = frozenset((*STAGES, None))
 
 
-def _triage_core(fields: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def _triage_core(fields: dict[str, Any], *, named: bool = False) -> tuple[list[tuple[str, str]],
+                                                                          list[tuple[str, str]]]:
     """The core fields of an import row checked and normalized in place: (errors, warnings).
 
     A value the store must refuse — the wrong kind (an object for a name), text it cannot keep
@@ -583,7 +584,8 @@ def _triage_core(fields: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tu
     is. A well-formed value that is merely not valid (a phone number that is no number, an
     unknown time zone, country, locale or lifecycle stage, a score that is no number) is left
     out with a warning and the person is kept — unless it was the row's only identifier: a row
-    that names nobody is an error, its bad identifiers named."""
+    that names nobody is an error, its bad identifiers named. `named`: the person is named
+    outside `fields` (a Segment message's userId / anonymousId), so none of them is needed."""
     problems = _core_problems(fields)
     if "locale" in fields and not _LOCALE.match(fields["locale"]):
         problems.append(("locale", f"'{_show(fields['locale'])}' is not a locale (a language code: de, de-DE, pt_BR)",
@@ -594,7 +596,7 @@ def _triage_core(fields: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tu
         if problem:
             problems.append(("lifecycle_stage", problem, False))
             del fields["lifecycle_stage"]
-    identified = fields.get("external_id") or fields.get("email") or fields.get("phone")  # MATCH_ORDER
+    identified = named or fields.get("external_id") or fields.get("email") or fields.get("phone")  # MATCH_ORDER
     if not problems and identified:  # the common row: nothing to sort out
         return [], []
     errors = [(f, m) for f, m, refused in problems if refused]
@@ -628,16 +630,6 @@ def _attribute(key: str, value: Any) -> tuple[Any, Optional[tuple[str, str]]]:
         return typed, value_problem(typed, (key,), 1)
     problem = _scalar_problem(typed)  # a cell's text or number: value_problem's answer, without its walk
     return typed, (_field_path((key,)), problem) if problem else None
-
-
-def _check_core(fields: dict[str, Any], require_email: bool = True) -> list[tuple[str, str]]:
-    """Normalize the core fields in place; returns [(field, error)], each bad field removed.
-    `require_email` False: a contact known by another identifier (external id, phone) may come
-    without an e-mail."""
-    problems = [(f, m) for f, m, _ in _core_problems(fields)]
-    if require_email and "email" not in fields and all(f != "email" for f, _ in problems):
-        problems.insert(0, ("email", "required (contacts are matched by e-mail)"))
-    return problems
 
 
 def _core_problems(fields: dict[str, Any]) -> list[tuple[str, str, bool]]:

@@ -4,16 +4,21 @@ Segment sources can send to Nurture unchanged (docs/ingest-segment.md):
 - `POST /v1/track`     one track call: `event`, `properties`, `userId` / `anonymousId`;
 - `POST /v1/identify`  one identify call: `traits` fill the contact's fields and attributes;
 - `POST /v1/page`      one page call, stored as the event `page_viewed`;
-- `POST /v1/batch`     `{"batch": [...]}` of track / identify / page calls (others are ignored);
-- `/v1/t`, `/v1/i`, `/v1/p`, `/v1/b`: the same, by the short paths analytics.js posts to; every
-  `/v1/*` answers CORS preflights (`OPTIONS`) and allows any origin, for browser SDKs.
+- `POST /v1/alias`     `previousId` (an anonymous id) → `userId`: the visitor merged as by identify;
+- `POST /v1/group`, `/v1/screen`: accepted and ignored;
+- `POST /v1/batch`     `{"batch": [...]}` of those calls;
+- `/v1/t`, `/v1/i`, `/v1/p`, `/v1/a`, `/v1/g`, `/v1/s`, `/v1/b`: the same, by the short paths
+  analytics.js posts to; every `/v1/*` answers CORS preflights (`OPTIONS`) and allows any
+  origin, for browser SDKs.
 
 Authenticated by HTTP Basic with NURTURE_WRITE_KEY as user name and an empty password (or the
 body's `writeKey`, as analytics.js may send it): 401 without or with a wrong key. Answers
 `200 {"success": true}` as Segment does; a bad body is a 400 naming the field
 (`batch[3].properties.price`), never a 500. In a batch the good messages are kept and the bad
-ones named (Segment drops only the bad messages too). `messageId` is the event's `event_id`:
-a re-sent message adds nothing. Events are written by nurture.ingest.write_events, the one
+ones named (Segment drops only the bad messages too). A trait that is well-formed but not valid
+(a phone that is no number, an unknown time zone) is left out as `import contacts` leaves it
+out, the rest of the message kept, and named in the answer's `warnings`. `messageId` is the
+event's `event_id`: a re-sent message adds nothing. Events are written by nurture.ingest.write_events, the one
 event writer; contacts are found, created and merged by nurture.identities.
 """
 from __future__ import annotations
@@ -31,9 +36,9 @@ from fastapi.responses import Response
 from sqlalchemy import select, update
 
 from nurture.double_opt_in import opt_ins_from_events
-from nurture.identities import Who, linked_owners, resolve
-from nurture.ingest import (TrackResult, _check_core, _identifier_problem, _show, clean_name, normalize_email,
-                            parse_timestamp, text_problem, value_problem, write_events)
+from nurture.identities import Who, find_by_identity, linked_owners, resolve
+from nurture.ingest import (TrackResult, _identifier_problem, _show, _triage_core, parse_timestamp, text_problem,
+                            value_problem, write_events)
 from nurture.privacy.tombstones import erased_among
 from nurture.settings import WebSettings
 from nurture.store.tables import contact_t
@@ -44,8 +49,10 @@ MAX_MESSAGE_BYTES = 32 * 1024  # Segment's limit for one call
 MAX_ID_LENGTH = 200
 SOURCE = "segment"
 PAGE_EVENT = "page_viewed"
-TYPES = ("track", "identify", "page")
-IGNORED_TYPES = ("screen", "group", "alias")
+TYPES = ("track", "identify", "page", "alias")
+IGNORED_TYPES = ("screen", "group")
+# What a warning about a left-out trait adds to the trait's own problem (as `import contacts`).
+LEFT_OUT = "left out, the rest of the message is kept"
 # context.campaign key -> the UTM property it fills (Segment names utm_campaign `name`)
 CAMPAIGN = {"source": "utm_source", "medium": "utm_medium", "name": "utm_campaign", "content": "utm_content",
             "term": "utm_term"}
@@ -63,11 +70,19 @@ class Bad(Exception):
         self.problems = problems
 
 
-def _fail(status: int, error: str, errors: Optional[list[dict]] = None, **headers: str) -> JSONResponse:
+def _fail(status: int, error: str, errors: Optional[list[dict]] = None, warnings: Optional[list[dict]] = None,
+          **headers: str) -> JSONResponse:
     body: dict[str, Any] = {"success": False, "error": error}
     if errors is not None:
         body["errors"] = errors
+    if warnings:
+        body["warnings"] = warnings[:50]
     return JSONResponse(body, status_code=status, headers=headers or None)
+
+
+def _success(warnings: list[dict]) -> JSONResponse:
+    """Segment's answer; `warnings` names the traits left out (the SDKs read only the status)."""
+    return JSONResponse({"success": True, "warnings": warnings[:50]} if warnings else {"success": True})
 
 
 def _basic_user(request: Request) -> Optional[str]:
@@ -150,19 +165,20 @@ def occurred_at(timestamp: Optional[datetime], sent_at: Optional[datetime], rece
 
 def read_message(message: Any, kind: Optional[str], received_at: datetime,
                  batch_sent_at: Optional[datetime] = None) -> Optional[dict]:
-    """One Segment call as {type, who, event?, traits fields/attributes, …}; Bad naming its fields.
-    `kind` None: the message's own `type` (a batch element). None for a type Nurture ignores."""
+    """One Segment call as {type, who, event?, traits fields/attributes, warnings, …}; Bad naming
+    its fields. `kind` None: the message's own `type` (a batch element). None for a type Nurture
+    ignores. `warnings`: [(field, problem)] of the optional fields left out (import's rule)."""
     if not isinstance(message, dict):
         raise Bad([("message", "must be a JSON object")])
     problems: list[tuple[str, str]] = []
     if kind is None:
         kind = message.get("type")
-        if kind in IGNORED_TYPES:
-            return None
-        if kind not in TYPES:
+        if kind not in TYPES + IGNORED_TYPES:
             raise Bad([("type", f"must be one of {', '.join(TYPES + IGNORED_TYPES)}, not {_show(kind)}")])
+    if kind in IGNORED_TYPES:
+        return None
     user_id = _identifier(message, "userId", problems)
-    anonymous_id = _identifier(message, "anonymousId", problems)
+    anonymous_id = _identifier(message, "previousId" if kind == "alias" else "anonymousId", problems)
     message_id = _identifier(message, "messageId", problems)
     context = _object(message, "context", problems)
     traits = _object(message, "traits", problems)
@@ -170,26 +186,18 @@ def read_message(message: Any, kind: Optional[str], received_at: datetime,
     properties = _object(message, "properties", problems)
     timestamp = _time(message, "timestamp", problems) or _time(message, "originalTimestamp", problems)
     sent_at = _time(message, "sentAt", problems) or batch_sent_at
-    # traits of identify; a track may carry them in context.traits (analytics.js) or traits
-    all_traits = {**context_traits, **traits}
-    trait_where = "traits" if kind == "identify" or "email" in traits else "context.traits"
-    email = None
-    if all_traits.get("email") not in (None, ""):
-        try:
-            email = normalize_email(str(all_traits["email"])) if isinstance(all_traits["email"], str) else None
-            if email is None:
-                problems.append((f"{trait_where}.email", f"must be text, not {_show(all_traits['email'])}"))
-        except ValueError as exc:
-            problems.append((f"{trait_where}.email", str(exc)))
-    fields, attributes = {}, {}
-    if kind == "identify":
-        fields, attributes = _trait_fields(traits, problems)
-    elif all_traits.get("phone") not in (None, ""):
-        phone_fields, _ = _trait_fields({"phone": all_traits["phone"], "address": all_traits.get("address")}, problems)
-        fields = {"phone": phone_fields["phone"]} if "phone" in phone_fields else {}
+    fields, attributes, sent_as = _trait_fields(kind, traits, context_traits) if kind != "alias" else ({}, {}, {})
+    refused, left_out = _triage_core(fields, named=True)
+    problems += [(sent_as.get(f, f"traits.{f}"), m) for f, m in refused]
+    warnings = [(sent_as.get(f, f"traits.{f}"), f"{m} — {LEFT_OUT}") for f, m in left_out]
+    email = fields.pop("email", None)
+    if kind != "identify":  # a track's traits only name the person (the country read the phone)
+        fields = {"phone": fields["phone"]} if "phone" in fields else {}
+    if kind == "alias" and not (user_id and anonymous_id) and not problems:
+        problems.append(("userId" if not user_id else "previousId", "required (an alias links previousId to userId)"))
     if not (user_id or anonymous_id) and not problems:
         problems.append(("userId", "userId or anonymousId is required"))
-    read: dict[str, Any] = {"type": kind, "fields": fields, "attributes": attributes,
+    read: dict[str, Any] = {"type": kind, "fields": fields, "attributes": attributes, "warnings": warnings,
                             "who": Who(external_id=user_id, anonymous_id=anonymous_id, email=email,
                                        phone=fields.get("phone"))}
     if kind in ("track", "page"):
@@ -201,16 +209,26 @@ def read_message(message: Any, kind: Optional[str], received_at: datetime,
                 problem = _identifier_problem(name)
                 if problem:
                     problems.append(("event", problem))
-        if kind == "page" and message.get("name") not in (None, "") and isinstance(message.get("name"), str):
-            properties = {"name": message["name"], **properties}
         properties = dict(properties)
+        # what the message adds to its properties, checked as the properties were: property -> (field, value)
+        added: dict[str, tuple[str, Any]] = {}
+        if kind == "page" and message.get("name") not in (None, "") and isinstance(message.get("name"), str):
+            added["name"] = ("name", message["name"])
         campaign = context.get("campaign") if isinstance(context.get("campaign"), dict) else {}
         for key, utm in CAMPAIGN.items():
             if isinstance(campaign.get(key), str) and campaign[key].strip() and utm not in properties:
-                properties[utm] = campaign[key]
+                added[utm] = (f"context.campaign.{key}", campaign[key])
         page = context.get("page") if isinstance(context.get("page"), dict) else {}
         if isinstance(page.get("url"), str) and "url" not in properties:
-            properties["url"] = page["url"]
+            added["url"] = ("context.page.url", page["url"])
+        for key, (field, value) in added.items():
+            problem = text_problem(value)
+            if problem:
+                problems.append((field, problem))
+            elif key == "name":  # the page's own name: a `name` property names something else
+                properties = {"name": value, **properties}
+            else:
+                properties[key] = value
         read.update(event_id=message_id or f"segment-{uuid.uuid4()}", name=str(name) if name else None,
                     properties=properties, occurred_at=occurred_at(timestamp, sent_at, received_at))
     if problems:
@@ -218,37 +236,40 @@ def read_message(message: Any, kind: Optional[str], received_at: datetime,
     return read
 
 
-def _trait_fields(traits: dict, problems: list) -> tuple[dict, dict]:
-    """(contact fields, attributes) of identify traits, normalized as `import contacts` does."""
+def _trait_fields(kind: str, traits: dict, context_traits: dict) -> tuple[dict, dict, dict]:
+    """(contact fields, attributes, field -> where it was sent) of a message's traits, not yet
+    checked. Every message names the person by `email` and `phone` (in `traits`, else in
+    `context.traits`, where analytics.js puts them on a track); an identify's own traits also
+    fill the contact's fields (TRAIT_FIELDS, address.country) and attributes (the rest)."""
     fields: dict[str, Any] = {}
-    names: dict[str, str] = {}
+    sent_as: dict[str, str] = {}
     attributes: dict[str, Any] = {}
-    for key, value in traits.items():
-        if value in (None, ""):
-            continue
-        if key == "email":
-            continue  # an identifier: read by read_message
-        if key == "phone":
-            fields["phone"], names["phone"] = value, "traits.phone"
-        elif key in TRAIT_FIELDS:
-            fields[TRAIT_FIELDS[key]], names[TRAIT_FIELDS[key]] = value, f"traits.{key}"
-        elif key == "address" and isinstance(value, dict):
-            if value.get("country") not in (None, ""):
-                fields["country"], names["country"] = value["country"], "traits.address.country"
-            rest = {k: v for k, v in value.items() if k != "country"}
-            if rest:
-                attributes["address"] = rest
-        else:
-            attributes[key] = value
-    for key in ("first_name", "last_name"):
-        if key in fields and isinstance(fields[key], str):
-            fields[key] = clean_name(fields[key])
-            if fields[key] is None:
-                del fields[key]
-    for field, message in _check_core(fields, require_email=False):
-        problems.append((names.get(field, f"traits.{field}"), message))
-        fields.pop(field, None)
-    return fields, attributes
+    for key in IDENTIFIER_TRAITS:
+        for where, source in (("traits", traits), ("context.traits", context_traits)):
+            if source.get(key) not in (None, ""):
+                fields[key], sent_as[key] = source[key], f"{where}.{key}"
+                break
+    if kind == "identify":
+        for key, value in traits.items():
+            if value in (None, "") or key in IDENTIFIER_TRAITS:
+                continue
+            if key in TRAIT_FIELDS:
+                fields[TRAIT_FIELDS[key]], sent_as[TRAIT_FIELDS[key]] = value, f"traits.{key}"
+            elif key == "address" and isinstance(value, dict):
+                if value.get("country") not in (None, ""):
+                    fields["country"], sent_as["country"] = value["country"], "traits.address.country"
+                rest = {k: v for k, v in value.items() if k != "country"}
+                if rest:
+                    attributes["address"] = rest
+            else:
+                attributes[key] = value
+    elif "phone" in fields:  # a national number is read with the country of its address
+        source = traits if sent_as["phone"] == "traits.phone" else context_traits
+        address = source.get("address")
+        if isinstance(address, dict) and address.get("country") not in (None, ""):
+            where = sent_as["phone"].rpartition(".")[0]
+            fields["country"], sent_as["country"] = address["country"], f"{where}.address.country"
+    return fields, attributes, sent_as
 
 
 # ---------------------------------------------------------------- writing
@@ -270,6 +291,8 @@ def apply_messages(conn: Any, messages: list[tuple[int, dict]], now: datetime) -
         if who.email in erased:
             result.erased += 1
             continue
+        if m["type"] == "alias" and find_by_identity(conn, "external_id", who.anonymous_id) is not None:
+            continue  # previousId is a former userId: two known people are never merged (docs)
         pairs = who.identities()
         known = {owners.get(pair) for pair in pairs}
         if len(known) == 1 and None not in known:
@@ -365,10 +388,12 @@ def segment_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
         except Bad as bad:
             errors = [{"field": f, "message": m} for f, m in bad.problems]
             return _fail(400, f"{errors[0]['field']}: {errors[0]['message']}", errors)
+        if message is None:  # a group or screen call: accepted and ignored, as in a batch
+            return JSONResponse({"success": True})
         store_messages(request, [(1, message)], now, background)
-        return JSONResponse({"success": True})
+        return _success([{"field": f, "message": m} for f, m in message["warnings"]])
 
-    # analytics.js posts to the short paths /v1/t, /v1/i, /v1/p and /v1/b
+    # analytics.js posts to /v1/ + the type's first letter: /v1/t, /v1/i, /v1/p, /v1/a, /v1/g, /v1/s
     @router.post("/v1/track")
     @router.post("/v1/t")
     async def track(request: Request, background: BackgroundTasks) -> Response:
@@ -383,6 +408,21 @@ def segment_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
     @router.post("/v1/p")
     async def page(request: Request, background: BackgroundTasks) -> Response:
         return _cors(await one(request, background, "page"))
+
+    @router.post("/v1/alias")
+    @router.post("/v1/a")
+    async def alias(request: Request, background: BackgroundTasks) -> Response:
+        return _cors(await one(request, background, "alias"))
+
+    @router.post("/v1/group")
+    @router.post("/v1/g")
+    async def group(request: Request, background: BackgroundTasks) -> Response:
+        return _cors(await one(request, background, "group"))
+
+    @router.post("/v1/screen")
+    @router.post("/v1/s")
+    async def screen(request: Request, background: BackgroundTasks) -> Response:
+        return _cors(await one(request, background, "screen"))
 
     @router.options("/v1/{path:path}")
     def preflight(path: str) -> Response:
@@ -404,7 +444,7 @@ def segment_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
             return _fail(400, "batch: required, a list of messages ({\"batch\": [...]})",
                          [{"field": "batch", "message": "required, a list of messages"}])
         now = clock()
-        errors, messages = [], []
+        errors, warnings, messages = [], [], []
         batch_problems: list = []
         batch_sent_at = _time(payload, "sentAt", batch_problems)
         errors += [{"field": f, "message": m} for f, m in batch_problems]
@@ -416,10 +456,11 @@ def segment_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
                 continue
             if message is not None:
                 messages.append((i + 1, message))
+                warnings += [{"field": f"batch[{i}].{f}", "message": m} for f, m in message["warnings"]]
         if messages:
             store_messages(request, messages, now, background)
         if errors:
-            return _fail(400, f"{errors[0]['field']}: {errors[0]['message']}", errors[:50])
-        return JSONResponse({"success": True})
+            return _fail(400, f"{errors[0]['field']}: {errors[0]['message']}", errors[:50], warnings)
+        return _success(warnings)
 
     return router
