@@ -88,13 +88,16 @@ def runtime_for(project: Optional[str] = None) -> Runtime:
     url = database_url(root)
     key = (str(root), url)
     # Every file a Runtime reads, with its time and size: an edit, a new or a deleted file
-    # reloads the project in a long-lived process (`nurture serve`, the warm runner).
-    stamp = project_fingerprint(root)
+    # reloads the project in a long-lived process (`nurture serve`, the warm runner) — and
+    # so does another environment (the warm runner runs each caller's `nurture run` with the
+    # caller's: another channel, sender or secret must not be the first caller's).
+    env = dict(os.environ)
+    stamp = (project_fingerprint(root), sorted((k, v) for k, v in env.items() if k.startswith("NURTURE_")))
     if key in _cache and _stamps.get(key) != stamp:
         _cache.pop(key).close()
     if key not in _cache:
         spec = _adopted.pop(str(Path(root).resolve()), None)
-        if spec is None or spec.fingerprint != stamp:
+        if spec is None or spec.fingerprint != stamp[0]:
             spec = load_project(root)
         if spec.fatal_errors:  # policies.yaml or no project at all: nothing can run
             raise invalid(spec.fatal_errors)
@@ -102,7 +105,7 @@ def runtime_for(project: Optional[str] = None) -> Runtime:
         # journey's own flow, the sync, scoring — see ProjectSpec.errors_of / require_valid.
         store = open_run_store(url)
         _stamps[key] = stamp
-        _cache[key] = Runtime(store, spec, env=dict(os.environ))
+        _cache[key] = Runtime(store, spec, env=env)
     _log_identity_once(root, url)
     return _cache[key]
 

@@ -56,3 +56,21 @@ def test_a_load_of_one_journey_is_not_adopted(tmp_path, monkeypatch):
         assert runtime_for(str(root)).project is not partial
     finally:
         forget_runtimes()
+
+
+def test_another_callers_settings_give_another_runtime_and_the_same_ones_the_cached_one(tmp_path, monkeypatch):
+    """The warm runner runs each caller's `nurture run` in one process with the caller's
+    environment: a Runtime kept from the first caller must not send with its sender, channel
+    or secret (README: "your arguments, environment and directory")."""
+    root = _project(tmp_path, monkeypatch)
+    monkeypatch.setenv("NURTURE_FROM_EMAIL", "first@alpha.example")
+    try:
+        first = runtime_for(str(root))
+        assert first.settings.from_email == "first@alpha.example"
+        monkeypatch.setenv("OTHER_TOOL_SETTING", "x")  # not Nurture's: the cached Runtime stays
+        assert runtime_for(str(root)) is first
+        monkeypatch.setenv("NURTURE_FROM_EMAIL", "second@beta.example")
+        second = runtime_for(str(root))
+        assert second is not first and second.settings.from_email == "second@beta.example"
+    finally:
+        forget_runtimes()
