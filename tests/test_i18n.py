@@ -258,3 +258,35 @@ def test_the_shipped_layout_and_preview_follow_the_policies_locale_and_show_the_
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Preheader: Ihr Vorteil wartet" in result.stdout
     assert '<html lang="de">' in result.stdout
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the catalog's reading: one backend is enough
+def test_a_catalog_that_cannot_be_read_is_a_located_warning_and_its_locale_gets_the_source_text(
+        make_runtime, make_project, store, capsys):
+    """A de.po saved as Latin-1 used to stop loading the project ("internal error:
+    UnicodeDecodeError"), so no journey ticked; a malformed line had Babel print bare WARNING
+    lines naming no file. Now: a warning at file:line, German contacts get the source text."""
+    root = make_project(TYPO_JOURNEY, templates=TYPO_TEMPLATES)
+    (root / "translations").mkdir(exist_ok=True)
+    (root / "translations" / "de.po").write_bytes(b'msgid "Thank you, %(name)s!"\nmsgstr "Sch\xf6n, %(name)s!"\n')
+    (root / "translations" / "fr.po").write_text('msgid "Thank you, %(name)s!"\nmsgstr "Merci, %(name)s !"\n'
+                                                 'this line is no PO\n', encoding="utf-8")
+    spec = load_project(root)
+    assert not spec.errors
+    warnings = [str(w) for w in spec.warnings]
+    assert any(w.startswith("translations/de.po:2:1: warning: cannot be read (")
+               and w.endswith("de gets the source text") for w in warnings), warnings
+    assert any(w.startswith("translations/fr.po:3:1: warning: ") and "Babel skips the line" in w
+               for w in warnings), warnings
+    assert "WARNING" not in capsys.readouterr().out
+    rt = make_runtime(TYPO_JOURNEY, templates=TYPO_TEMPLATES)
+    t0 = utc(2026, 3, 4, 10, 0)
+    de = subscriber(store, "de@example.com", first_name="Kim", locale="de")
+    fr = subscriber(store, "fr@example.com", first_name="Kim", locale="fr")
+    for cid in (de, fr):
+        add_event(store, cid, "signup", t0)
+    run_tick(rt, "promo", t0 + timedelta(minutes=1))
+    assert [m.status for m in messages(store, contact_id=de)] == ["sent"]
+    assert [m.status for m in messages(store, contact_id=fr)] == ["sent"]
+    assert "Merci, Kim !" in preview_journey(rt.project, store, "promo", email="fr@example.com")[0].html
+    assert "Thank you, Kim!" in preview_journey(rt.project, store, "promo", email="de@example.com")[0].html

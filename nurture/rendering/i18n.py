@@ -25,6 +25,8 @@ day of a point in time where the recipient is: in `contact.timezone`, else the l
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import re
 
@@ -62,6 +64,7 @@ class Catalogs:
         self._catalogs: dict[str, Optional[dict[str, str]]] = {}
         self._lines: dict[str, dict[str, int]] = {}
         self._plurals: dict[str, _Plurals] = {}
+        self._problems: dict[str, list[tuple[int, str]]] = {}  # locale → (line, what is wrong)
 
     def locales(self) -> list[str]:
         return sorted(p.stem for p in self.folder.glob("*.po")) if self.folder.is_dir() else []
@@ -70,7 +73,12 @@ class Catalogs:
         if locale not in self._catalogs:
             path = self.folder / f"{locale}.po"
             if path.is_file():
-                self._catalogs[locale], self._lines[locale], self._plurals[locale] = _read(path)
+                problems = self._problems[locale] = []
+                try:
+                    self._catalogs[locale], self._lines[locale], self._plurals[locale] = _read(path, problems)
+                except (UnicodeDecodeError, LookupError, ValueError, OSError) as exc:  # unreadable: the source text
+                    problems.append((_line_of(path, exc), f"cannot be read ({exc}): {locale} gets the source text"))
+                    self._catalogs[locale], self._lines[locale], self._plurals[locale] = None, {}, _Plurals()
             else:
                 self._catalogs[locale], self._lines[locale], self._plurals[locale] = None, {}, _Plurals()
         return self._catalogs[locale]
@@ -106,6 +114,14 @@ class Catalogs:
                 if found and found.get(message):
                     return f"{self.folder.name}/{candidate}.po:{self._lines[candidate].get(message, 1)}"
         return None
+
+    def read_problems(self) -> list[tuple[str, int, str]]:
+        """(file, line, problem) of the catalogs that cannot be read — their locale gets the
+        source text — and of the entries Babel skips in the others."""
+        for locale in self.locales():
+            self.catalog(locale)
+        return [(f"{self.folder.name}/{locale}.po", line, problem)
+                for locale in sorted(self._problems) for line, problem in self._problems[locale]]
 
     def placeholder_problems(self) -> list[tuple[str, int, str]]:
         """(file, line, problem) of every translation whose `%(name)s` placeholders differ from
@@ -161,13 +177,19 @@ class _Plurals:
         return message in self.forms or message in self.plural_ids
 
 
-def _read(path: Path) -> tuple[dict[str, str], dict[str, int], _Plurals]:
-    """(msgid → translation, msgid → line of its entry, the plural entries) of one PO file."""
+def _read(path: Path, problems: list[tuple[int, str]]) -> tuple[dict[str, str], dict[str, int], _Plurals]:
+    """(msgid → translation, msgid → line of its entry, the plural entries) of one PO file; a
+    line Babel cannot parse is skipped (as Babel does) and named in `problems`, not printed."""
     import gettext as std_gettext
 
-    from babel.messages.pofile import read_po
-    with open(path, "rb") as fh:
-        catalog = read_po(fh)
+    from babel.messages.pofile import PoFileError, read_po
+    data = path.read_bytes()
+    try:
+        catalog = read_po(io.BytesIO(data), abort_invalid=True)
+    except PoFileError as exc:  # the first bad line named; the others are skipped quietly
+        problems.append((exc.lineno + 1, f"{exc} (Babel skips the line)"))
+        with contextlib.redirect_stdout(io.StringIO()):  # Babel prints a WARNING per skipped line
+            catalog = read_po(io.BytesIO(data))
     entries = [m for m in catalog if isinstance(m.id, str) and m.id and isinstance(m.string, str)
                and m.string and not m.fuzzy]
     plural = [m for m in catalog if isinstance(m.id, (tuple, list)) and len(m.id) == 2 and m.id[0]
@@ -180,6 +202,17 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, int], _Plurals]:
     lines = {m.id: m.lineno or 1 for m in entries}
     lines.update({m.id[0]: m.lineno or 1 for m in plural})
     return {m.id: m.string for m in entries}, lines, plurals
+
+
+def _line_of(path: Path, exc: Exception) -> int:
+    """The line of a PO file an error is about: the first line that does not decode, else 1."""
+    if isinstance(exc, UnicodeDecodeError):
+        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+            try:
+                line.decode(exc.encoding)
+            except (UnicodeDecodeError, LookupError):
+                return number
+    return 1
 
 
 _PLACEHOLDER = re.compile(r"%(?:%|\(([^)]*)\))")

@@ -518,9 +518,11 @@ def load_project(root: Path, *, only: Optional[str] = None,
             project.warnings.extend(_template_warnings(journey, locations[name], library, attributes))
             project.warnings.extend(_goal_warnings(journey, locations[name]))
             project.warnings.extend(translation_warnings(journey, locations[name], library))
-    # a translation whose placeholders differ from its msgid's (Babel's python-format check)
+    # a catalog that cannot be read, a line Babel skips; a translation whose placeholders
+    # differ from its msgid's (Babel's python-format check)
+    catalogs = library.localizer.catalogs
     project.warnings.extend(SpecError(file, line, 1, f"warning: {problem}")
-                            for file, line, problem in library.localizer.catalogs.placeholder_problems())
+                            for file, line, problem in catalogs.read_problems() + catalogs.placeholder_problems())
     if project.segments:  # destinations against the registry, their keys, segment references
         from nurture.segments.validation import check_segments
         errors.extend(check_segments(project.segments, locations["segments"]))
