@@ -338,6 +338,35 @@ def test_an_erased_persons_lead_is_refused(make_runtime, graph):
                             .where(contact_t.c.email == "ada@example.com")).scalar() == 0
 
 
+PHONE_ONLY = NO_DOI.replace("lead_forms:\n  consent: {email: [email_opt_in], sms: [sms_opt_in, SMS_OK]}",
+                            "lead_forms:\n  consent: {whatsapp: [whatsapp_opt_in]}")
+ADA_PHONE = "+4915112345678"
+
+
+def test_a_phone_only_lead_of_a_number_the_contact_is_known_by_only_as_an_identity_is_stored(make_runtime, graph):
+    """The contact's number changed (Segment identify), Meta pre-fills the old one: the lead goes
+    to the contact `resolve` found through contact_identity — a 200 on the first delivery, not a
+    500 on every redelivery until Meta gives up."""
+    rt = make_runtime({}, policies=PHONE_ONLY)
+    write_key = "write-key-for-tests-0123456789"
+    graph.add_lead(LEAD, FORM, {"full_name": "No Mail", "phone_number": "+49 151 12345678", "whatsapp_opt_in": "yes"})
+    second = "987654321098767"
+    graph.add_lead(second, FORM, {"full_name": "No Mail", "phone_number": "+49 151 12345678",
+                                  "whatsapp_opt_in": "yes"})
+    with client(rt, graph, NURTURE_WRITE_KEY=write_key) as http:
+        assert post(http, notification(LEAD)).json()["stored"] == 1
+        for n, phone in enumerate((ADA_PHONE, "+4915199999999")):
+            assert http.post("/v1/identify", auth=(write_key, ""), json={
+                "userId": "u-1", "traits": {"phone": phone}, "messageId": f"i-{n}"}).status_code == 200
+        assert [c.phone for c in rows(rt.store, contact_t)] == ["+4915199999999"]
+        answer = post(http, notification(second))
+    assert answer.status_code == 200 and answer.json()["stored"] == 1, answer.text
+    [contact] = rows(rt.store, contact_t)
+    assert contact.attributes["meta_lead_id"] == second
+    assert {e.event_id: e.contact_id for e in rows(rt.store, event_t)} == {
+        f"meta_lead:{LEAD}": contact.id, f"meta_lead:{second}": contact.id}
+
+
 # ---------------------------------------------------------------- journeys
 
 

@@ -283,7 +283,8 @@ def store_lead(conn: Any, policies: Policies, lead: dict, hint: Notification, *,
     if value_problem(attributes, ("attributes",)):
         attributes = {}
     attributes["meta_lead_id"] = lead_id
-    who = contact_t.c.email == email if email else contact_t.c.phone == fields["phone"]
+    # (phone-only: the contact `resolve` found — maybe by a phone identity, not by the column)
+    who = contact_t.c.email == email if email else contact_t.c.id == contact_id
     row = conn.execute(select(contact_t.c.id, contact_t.c.attributes).where(who).order_by(contact_t.c.id).limit(1)).one()
     if not email:  # the phone is the contact's already; another contact may hold it in no column
         fields = {k: v for k, v in fields.items() if k != "phone"}
