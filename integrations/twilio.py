@@ -65,8 +65,7 @@ class TwilioSettings(EnvSettings):
     status_callback: Optional[str] = setting(
         "NURTURE_TWILIO_STATUS_CALLBACK", doc="Where Twilio posts delivery status (unset: <public URL>/webhooks/twilio).")
     base_url: str = setting("NURTURE_TWILIO_BASE_URL", DEFAULT_BASE_URL, doc="Twilio's API address.")
-    default_region: Optional[str] = setting(
-        "NURTURE_DEFAULT_COUNTRY", doc="Region (ISO country code) for phone numbers written without +country code.")
+    default_region: Optional[str] = None  # the engine's NURTURE_DEFAULT_COUNTRY (the privacy verbs read it too)
 
     @classmethod
     def from_env(cls, context: IntegrationContext) -> "TwilioSettings":
@@ -83,7 +82,7 @@ class TwilioSettings(EnvSettings):
         callback = raw.get("status_callback") or (f"{public}/webhooks/twilio" if public else None)
         return cls(account_sid=sid, auth_token=token, from_number=sender, messaging_service_sid=service,
                    status_callback=callback, base_url=raw.get("base_url", DEFAULT_BASE_URL).rstrip("/"),
-                   default_region=raw.get("default_region"))
+                   default_region=engine.default_country)
 
 
 def to_e164(number: str, region: Optional[str] = None) -> Optional[str]:
@@ -236,7 +235,7 @@ class TwilioWhatsAppSettings(EnvSettings):
         return TwilioSettings(account_sid=sid, auth_token=token, from_number=sender,
                               messaging_service_sid=None if sender else service, status_callback=callback,
                               base_url=raw.get("base_url", DEFAULT_BASE_URL).rstrip("/"),
-                              default_region=raw.get("default_region"))
+                              default_region=engine.default_country)
 
 
 class TwilioWhatsAppChannel(TwilioSmsChannel):

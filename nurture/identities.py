@@ -58,6 +58,15 @@ def find_by_identity(conn: Any, kind: str, value: Optional[str]) -> Optional[int
                                                               identity_t.c.value == value)).scalar()
 
 
+def phone_holders(conn: Any, phone: str) -> list[int]:
+    """Every contact known by an E.164 number — in its `phone` column or as a phone identity —
+    lowest id first (a phone, unlike an e-mail address, may be several contacts')."""
+    by_column = conn.execute(select(contact_t.c.id).where(contact_t.c.phone == phone)).scalars().all()
+    by_identity = conn.execute(select(identity_t.c.contact_id).where(
+        identity_t.c.kind == "phone", identity_t.c.value == phone)).scalars().all()
+    return sorted(set(by_column) | set(by_identity))
+
+
 def linked_owners(conn: Any, whos: list[Who]) -> dict[tuple[str, str], int]:
     """(kind, value) → contact of every identifier of `whos` recorded in contact_identity, in
     one query per 2,000 values; erased contacts left out (they are never found again)."""

@@ -41,7 +41,7 @@ from nurture.runtime.gc_pause import gc_paused
 from nurture.identities import UNIQUE_VIOLATION, erased_contacts
 from nurture.import_columns import CONSENT_AT, CONSENT_COLUMNS, CONSENT_SOURCE, CORE_FIELDS, near_miss
 from nurture.lifecycle import STAGES
-from nurture.privacy.tombstones import REFUSAL as ERASED_REFUSAL, erased_among
+from nurture.privacy.tombstones import REFUSAL as ERASED_REFUSAL, erased_among, erased_phones
 from nurture.runtime.sql import chunks, ids_in, insert_ignore, texts_in, write_many
 from nurture.spec.errors import did_you_mean
 from nurture.sources import Touch, TouchCandidate, extract_touch, record_event_touches, record_import_touches, \
@@ -1109,6 +1109,13 @@ def _write_contacts(store: Store, batch: dict[Key, _ImportRow], refused_keys: se
         gone = erased_contacts(conn, matched.values())
         for key in [k for k, cid in matched.items() if cid in gone]:
             refuse(key, key[0], ERASED_REFUSAL)
+            result.erased += 1
+        # a row without an e-mail would create a contact with its phone: not with an erased person's
+        by_phone = {k: r.fields["phone"] for k, r in good.items()
+                    if k not in matched and r.fields.get("phone") and not r.fields.get("email")}
+        erased_numbers = erased_phones(conn, by_phone.values()) if by_phone else set()
+        for key in [k for k, phone in by_phone.items() if phone in erased_numbers]:
+            refuse(key, "phone", ERASED_REFUSAL)
             result.erased += 1
         for key in [k for k, cid in matched.items()
                     if good[k].fields.get("email") and holders["email"].get(good[k].fields["email"], cid) != cid]:

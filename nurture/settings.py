@@ -156,6 +156,10 @@ class Settings(EnvSettings):
         "NURTURE_TWILIO_AUTH_TOKEN",
         doc="Twilio's auth token: the twilio SMS channel authenticates with it, `nurture web` checks "
             "Twilio's webhook signatures with it.")
+    default_country: Optional[str] = setting(
+        "NURTURE_DEFAULT_COUNTRY",
+        doc="Region (ISO country code) for phone numbers written without +country code: the twilio channel, "
+            "and a number given to `nurture erase` / `export-contact` / `POST /privacy/erase`.")
     sync_timezone: Optional[str] = setting(
         "NURTURE_SYNC_TIMEZONE", doc="The time zone of the nightly segment-sync schedule.")
     verbose: bool = setting("NURTURE_VERBOSE", False,

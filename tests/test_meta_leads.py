@@ -343,6 +343,28 @@ PHONE_ONLY = NO_DOI.replace("lead_forms:\n  consent: {email: [email_opt_in], sms
 ADA_PHONE = "+4915112345678"
 
 
+@pytest.mark.parametrize("erased_by", ["ada@example.com", ADA_PHONE])
+def test_a_phone_only_lead_of_a_person_erased_by_email_or_by_phone_is_refused(make_runtime, graph, erased_by):
+    """The tombstone holds the person's number too: a later lead that carries only that number
+    re-creates nobody (no contact, no event, no WhatsApp grant)."""
+    from nurture.privacy.erase import erase_people
+    rt = make_runtime({}, policies=PHONE_ONLY)
+    add_ada(graph)
+    second = "987654321098767"
+    graph.add_lead(second, FORM, {"full_name": "Ada King", "phone_number": "+49 151 12345678",
+                                  "whatsapp_opt_in": "yes"})
+    with client(rt, graph) as http:
+        assert post(http, notification(LEAD)).json()["stored"] == 1
+        context = IntegrationContext(rt.project.root, rt.data_dir, dict(rt.env))
+        [erased] = erase_people(rt.store, rt.project, [erased_by], context=context, actor="test", now=NOW)
+        assert erased.outcome == "erased"
+        answer = post(http, notification(second))
+    assert answer.status_code == 200 and (answer.json()["erased"], answer.json()["stored"]) == (1, 0), answer.json()
+    assert [(c.email, c.phone) for c in rows(rt.store, contact_t)] == [(None, None)]  # the erased row only
+    assert [e.event_id for e in rows(rt.store, event_t) if e.event_id == f"meta_lead:{second}"] == []
+    assert [c.channel for c in rows(rt.store, consent_t) if c.status == "granted"] == []
+
+
 def test_a_phone_only_lead_of_a_number_the_contact_is_known_by_only_as_an_identity_is_stored(make_runtime, graph):
     """The contact's number changed (Segment identify), Meta pre-fills the old one: the lead goes
     to the contact `resolve` found through contact_identity — a 200 on the first delivery, not a

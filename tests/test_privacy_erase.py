@@ -23,7 +23,7 @@ from sqlalchemy import MetaData, func, select
 
 from integrations.http_retry import RetryPolicy
 from nurture.ingest import import_contacts, track_records
-from nurture.privacy.erase import contacts_for_crm_record, erase_contacts, erase_emails
+from nurture.privacy.erase import contacts_for_crm_record, erase_contacts, erase_emails, erase_people
 from nurture.privacy.models import erasure_t
 from nurture.registry import IntegrationContext
 from nurture.runtime import run_tick
@@ -32,7 +32,7 @@ from nurture.store.tables import (consent_t, contact_t, deal_t, enrollment_t, ev
                                   membership_t, message_t, suppression_t, sync_run_t)
 from nurture.web.privacy import hubspot_request_uri, hubspot_signature_v3
 from tests.conftest import utc, write_project
-from tests.engine_fixtures import add_event, add_suppression, journey_yaml, subscriber
+from tests.engine_fixtures import add_contact, add_event, add_suppression, journey_yaml, messages, set_consent, subscriber
 from tests.fakes.hubspot import FakeHubSpot
 from tests.test_web_site import running_site
 
@@ -453,6 +453,153 @@ def test_contacts_are_found_by_their_hubspot_record_id_and_erased_without_asking
     assert tombstone.subject_hash == sha(ALICE) and tombstone.source == "erasure:hubspot_privacy_deletion"
 
 
+# ---------------------------------------------------------------- a person known only by phone
+
+NOAH_PHONE, NOAH_OLD_PHONE = "+4915199887766", "+4915100112233"
+WA_SID = "HX" + "0123456789abcdef" * 2
+TEXTS = journey_yaml("texts", f"""
+    - id: text
+      send: {{channel: sms, template: hello}}
+    - id: wa
+      send: {{channel: whatsapp, template: hello, content_sid: "{WA_SID}"}}
+""")
+PHONE_FANS = """
+segments:
+  - name: fans
+    when: {attribute: {fan: true}}
+    destinations:
+      - {destination: csv, audience: fans}
+"""
+
+
+class PhoneWorld:
+    """Noah, whom Nurture knows only by phone (a phone-only lead): his current number and the
+    one he had before (a phone identity), an SMS and a WhatsApp message in the file outbox, a CSV
+    audience (his number's hash); and Bob, by e-mail."""
+
+    def __init__(self, rt: Any):
+        self.rt, self.store = rt, rt.store
+        self.noah = add_contact(self.store, None, phone=NOAH_PHONE, first_name="Noah", last_name="Phoneonly",
+                                attributes={"fan": True})
+        for channel in ("sms", "whatsapp", "ads"):
+            set_consent(self.store, self.noah, channel)
+        with self.store.engine.begin() as conn:
+            conn.execute(identity_t.insert().values(contact_id=self.noah, kind="phone", value=NOAH_OLD_PHONE,
+                                                    first_seen_at=T0))
+        self.bob = subscriber(self.store, BOB, channels=("email", "ads"), first_name="Bob", attributes={"fan": True})
+        add_event(self.store, self.noah, "signup", T0)
+        for minutes in (5, 10):
+            run_tick(rt, "texts", T0 + timedelta(minutes=minutes))
+        sync_segments(self.store, rt.project, T0 + timedelta(hours=1), self.context)
+
+    @property
+    def context(self) -> IntegrationContext:
+        return IntegrationContext(self.rt.project.root, self.rt.data_dir, dict(self.rt.env))
+
+    def erase(self, *given: str, **kwargs: Any):
+        return erase_people(self.store, self.rt.project, given, context=self.context, actor="cli:tester",
+                            now=T0 + timedelta(hours=2), **kwargs)
+
+
+@pytest.fixture
+def phone_world(make_runtime):
+    return PhoneWorld(make_runtime({"texts": TEXTS}, segments=PHONE_FANS,
+                                   templates={"whatsapp/hello.txt": "Hi {{ contact.first_name }}"}))
+
+
+def test_a_person_known_only_by_phone_is_erased_by_their_number_everywhere(phone_world):
+    store, data_dir, noah = phone_world.store, phone_world.rt.data_dir, phone_world.noah
+    assert sorted((m.channel, m.status) for m in messages(store, contact_id=noah)) == [("sms", "sent"),
+                                                                                      ("whatsapp", "sent")]
+    assert mentions(store, data_dir, NOAH_PHONE, NOAH_OLD_PHONE, "Phoneonly")
+    assert [m.contact_id for m in rows(store, membership_t)] == [noah, phone_world.bob]
+
+    [result] = phone_world.erase("+49 151 99887766")  # as people type it
+
+    assert (result.outcome, result.pending, result.destinations) == ("erased", [], {"csv:fans": "removed"})
+    assert (result.removed["contact"], result.removed["outbox_sms"], result.removed["outbox_whatsapp"],
+            result.removed["audience_memberships"], result.removed["identities"]) == (1, 1, 1, 1, 1)
+    # nothing in the store or under the data directory names him, by either number
+    assert mentions(store, data_dir, NOAH_PHONE, NOAH_OLD_PHONE, "Noah", "Phoneonly") == []
+    assert [m.contact_id for m in rows(store, membership_t)] == [phone_world.bob]
+    # his tombstones: the number he was named by and every other one he was known by
+    [tombstone] = [c for c in rows(store, consent_t, consent_t.c.contact_id == noah) if c.status == "erased"]
+    assert tombstone.subject_hash == sha(NOAH_PHONE)
+    assert {s.address for s in rows(store, suppression_t, suppression_t.c.reason == "erased")} == {
+        sha(NOAH_PHONE), sha(NOAH_OLD_PHONE)}
+    [log] = rows(store, erasure_t)
+    assert (log.contact_id, log.subject_hash, log.outcome) == (noah, sha(NOAH_PHONE), "erased")
+    # Bob is untouched
+    [bob] = rows(store, contact_t, contact_t.c.id == phone_world.bob)
+    assert (bob.email, bob.first_name) == (BOB, "Bob")
+
+    [again] = phone_world.erase(NOAH_OLD_PHONE)  # the number he had before names him too
+    assert (again.outcome, again.removed, again.erased_at) == ("already_erased", {}, T0 + timedelta(hours=2))
+
+
+def test_a_number_known_only_as_an_identity_finds_the_person_and_a_national_number_takes_the_default_country(
+        phone_world):
+    [result] = phone_world.erase("0151 00112233", default_country="DE")
+    assert result.outcome == "erased" and result.removed["contact"] == 1
+    assert mentions(phone_world.store, phone_world.rt.data_dir, NOAH_PHONE, NOAH_OLD_PHONE, "Noah") == []
+
+
+def test_a_person_with_an_email_named_by_their_number_is_erased_as_by_their_address(world):
+    [result] = erase_people(world.store, world.rt.project, [ALICE_PHONE], context=world.context, actor="cli:tester",
+                            now=T0 + timedelta(hours=2), factory=world.factory)
+    assert result.outcome == "erased" and world.hubspot.gdpr_deleted == [ALICE]  # the CRM delete by her address
+    assert mentions(world.store, world.rt.data_dir, ALICE, "Liddell", ALICE_PHONE) == []
+    [log] = rows(world.store, erasure_t)
+    assert log.subject_hash == sha(ALICE)
+    assert {s.address for s in rows(world.store, suppression_t, suppression_t.c.reason == "erased")} == {
+        sha(ALICE), sha(ALICE_PHONE)}
+    [again] = world.erase(ALICE)
+    assert again.outcome == "already_erased"
+
+
+def test_a_number_several_contacts_share_erases_no_one(phone_world):
+    other = add_contact(phone_world.store, "sister@example.com", phone=NOAH_PHONE, first_name="Sister")
+    [result, bad] = phone_world.erase(NOAH_PHONE, "call me")
+    assert result.outcome == "invalid" and "2 contacts" in result.error and "e-mail" in result.error
+    assert bad.outcome == "invalid" and "not an e-mail address or phone number" in bad.error
+    assert [c.first_name for c in rows(phone_world.store, contact_t, contact_t.c.id.in_((phone_world.noah, other)))] == [
+        "Noah", "Sister"]
+    assert rows(phone_world.store, suppression_t, suppression_t.c.reason == "erased") == []
+
+
+def test_a_person_erased_by_phone_is_refused_by_phone_only_imports_and_segment_messages(phone_world, tmp_path):
+    phone_world.erase(NOAH_PHONE)
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text(f"phone,first_name\n{NOAH_OLD_PHONE},Noah\n+4915100000001,Other\n"
+                        f"{NOAH_PHONE},Noah\n")
+    imported = import_contacts(phone_world.store, contacts, now=T0 + timedelta(days=1))
+    assert (imported.created, imported.erased) == (1, 2)
+    assert [(e.line, e.field) for e in imported.errors] == [(2, "phone"), (4, "phone")]
+    assert "erased" in imported.errors[0].message and NOAH_OLD_PHONE not in imported.errors[0].message
+    write_key = "write-key-for-privacy-tests-0123"
+    with running_site(phone_world.rt, T0 + timedelta(days=1), NURTURE_WRITE_KEY=write_key) as site:
+        identify = site.http.post("/v1/identify", auth=(write_key, ""), json={
+            "anonymousId": "browser-1", "traits": {"phone": NOAH_PHONE, "firstName": "Noah"}, "messageId": "m-1"})
+        tracked = site.http.post("/v1/track", auth=(write_key, ""), json={
+            "userId": "noah-1", "event": "page_view", "context": {"traits": {"phone": NOAH_OLD_PHONE}},
+            "messageId": "m-2"})
+    assert identify.status_code == 200 and tracked.status_code == 200, (identify.text, tracked.text)
+    assert mentions(phone_world.store, phone_world.rt.data_dir, NOAH_PHONE, NOAH_OLD_PHONE, "Noah") == []
+
+
+def test_privacy_erase_takes_phone_numbers(make_runtime):
+    phone_world = PhoneWorld(make_runtime({"texts": TEXTS}, segments=PHONE_FANS,
+                                          templates={"whatsapp/hello.txt": "Hi {{ contact.first_name }}"}))
+    with running_site(phone_world.rt, T0 + timedelta(hours=2), NURTURE_PRIVACY_TOKEN=PRIVACY_TOKEN,
+                      NURTURE_DEFAULT_COUNTRY="DE") as site:
+        answer = site.http.post("/privacy/erase", json={"emails": ["nobody@example.com"], "phones": ["0151 99887766"]},
+                                headers={"Authorization": f"Bearer {PRIVACY_TOKEN}"})
+    assert answer.status_code == 200, answer.text
+    unknown, noah = answer.json()["results"]
+    assert (unknown["outcome"], noah["request"], noah["outcome"]) == ("not_found", "0151 99887766", "erased")
+    assert mentions(phone_world.store, phone_world.rt.data_dir, NOAH_PHONE, "Noah") == []
+
+
 # ---------------------------------------------------------------- HubSpot's signature v3
 
 
@@ -496,6 +643,11 @@ BAD_BODIES = [
     (b'{"emails": ["alice@example.com", "not an address"]}', "emails[1]"),
     (b'{"emails": ["alice@example.com"], "reason": "Because I say so!"}', "reason"),
     (b'{"emails": ["alice@example.com"], "force": true}', "force"),
+    (b'{"phones": []}', "phones"),
+    (b'{"phones": ["+4915123456789", "call me"]}', "phones[1]"),
+    (b'{"phones": ["alice@example.com"]}', "phones[0]"),
+    (b'{"emails": ["alice@example.com"], "phones": [4915123456789]}', "phones[0]"),
+    (b'{"phones": ["015123456789"]}', "phones[0]"),  # national, and no NURTURE_DEFAULT_COUNTRY
 ]
 
 
@@ -648,6 +800,28 @@ def test_the_cli_erases_exports_and_refuses_to_reimport(tmp_path):
     assert kept.returncode == 0 and kept.stdout == ""
     assert json.loads(out.read_text())["contact"]["email"] == BOB and (out.stat().st_mode & 0o777) == 0o600
     assert nurture(root, "erase").returncode == 2
+
+
+def test_the_cli_exports_and_erases_a_person_known_only_by_phone(tmp_path, monkeypatch):
+    root = write_project(tmp_path / "shop", {})
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text(f"phone,first_name,consent_sms\n{NOAH_PHONE},Noah,granted\n")
+    assert nurture(root, "import", "contacts", str(contacts)).returncode == 0
+    monkeypatch.setenv("NURTURE_DEFAULT_COUNTRY", "DE")
+
+    exported = nurture(root, "export-contact", NOAH_PHONE)
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["contact"]["first_name"] == "Noah"
+
+    erased = nurture(root, "erase", "0151 99887766")  # national: NURTURE_DEFAULT_COUNTRY
+    assert erased.returncode == 0, erased.stdout + erased.stderr
+    assert "0151 99887766: erased (erasure #1)" in erased.stdout and "contact 1" in erased.stdout
+    gone = nurture(root, "export-contact", NOAH_PHONE)
+    assert gone.returncode == 1 and "was erased on" in gone.stderr
+    unknown = nurture(root, "export-contact", "+4915100000001")
+    assert unknown.returncode == 1 and "no contact with phone number +4915100000001" in unknown.stderr
+    reimport = nurture(root, "import", "contacts", str(contacts))
+    assert reimport.returncode == 1 and "contacts.csv:2: phone: erased at the person's request" in reimport.stderr
 
 
 def test_what_an_erasure_keeps_never_enrolls_the_person_in_a_journey_again(make_runtime, store):

@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
+
 from nurture.consent_ledger import record_consent
 from nurture.privacy.export import FORMAT, erasure_of, export_contact
-from tests.test_privacy_erase import (ALICE, ALICE_PHONE, BOB, JOURNEY, SEGMENTS, T0, World,  # noqa: F401
-                                      hubspot)
+from tests.engine_fixtures import add_contact
+from tests.test_privacy_erase import (ALICE, ALICE_PHONE, BOB, JOURNEY, NOAH_OLD_PHONE, NOAH_PHONE,  # noqa: F401
+                                      SEGMENTS, T0, World, hubspot, phone_world)
 
 NOW = T0 + timedelta(hours=2)
 
@@ -88,3 +91,28 @@ def test_nothing_is_exported_for_an_unknown_or_erased_address(make_runtime, hubs
     assert export_contact(world.store, world.rt.project, ALICE) is None
     assert erasure_of(world.store, ALICE) == NOW
     assert export_contact(world.store, world.rt.project, BOB)["contact"]["first_name"] == "Bob"
+
+
+def test_a_person_known_only_by_phone_is_exported_by_their_number(phone_world):
+    store, project = phone_world.store, phone_world.rt.project
+    doc = export_contact(store, project, NOAH_PHONE, data_dir=phone_world.rt.data_dir, now=NOW)
+    assert doc is not None and (doc["contact"]["email"], doc["contact"]["phone"]) == (None, NOAH_PHONE)
+    assert [(i["kind"], i["value"]) for i in doc["identities"]] == [("phone", NOAH_OLD_PHONE)]
+    assert sorted((m["channel"], m["address"]) for m in doc["messages"]) == [("sms", NOAH_PHONE),
+                                                                            ("whatsapp", NOAH_PHONE)]
+    assert BOB not in json.dumps(doc)
+    # the number he had before, and a national number in the default country, name him too
+    assert export_contact(store, project, NOAH_OLD_PHONE)["contact"]["id"] == phone_world.noah
+    assert export_contact(store, project, "0151 99887766", default_country="DE")["contact"]["id"] == phone_world.noah
+    assert export_contact(store, project, "0151 99887766") is None  # no country: no number
+    assert export_contact(store, project, "+4915100000001") is None and erasure_of(store, NOAH_PHONE) is None
+
+    phone_world.erase(NOAH_PHONE)
+    assert export_contact(store, project, NOAH_PHONE) is None
+    assert erasure_of(store, NOAH_PHONE) == erasure_of(store, NOAH_OLD_PHONE) == NOW
+
+
+def test_a_number_several_contacts_share_exports_no_one(phone_world):
+    add_contact(phone_world.store, "sister@example.com", phone=NOAH_PHONE, first_name="Sister")
+    with pytest.raises(ValueError, match="2 contacts are known by"):
+        export_contact(phone_world.store, phone_world.rt.project, NOAH_PHONE)

@@ -20,7 +20,7 @@ from nurture.cli.invocation import CliError, console, err_console, open_project,
 _KIND_NAMES = {"contact": "contact", "events": "events", "consents": "consent records", "messages": "messages",
                "messages_cancelled": "queued messages cancelled", "enrollments_exited": "journeys left",
                "suppressions": "suppressions", "handovers": "handovers", "texts_scrubbed": "texts scrubbed",
-               "outbox_emails": "outbox e-mails", "outbox_sms": "outbox SMS", "handover_file_lines": "handover lines",
+               "outbox_emails": "outbox e-mails", "outbox_sms": "outbox SMS", "outbox_whatsapp": "outbox WhatsApp", "handover_file_lines": "handover lines",
                "audience_memberships": "audience/list memberships", "crm_records": "CRM records",
                "touches": "lead sources", "deals": "CRM deal addresses", "identities": "identifiers"}
 
@@ -65,12 +65,20 @@ def _addresses(emails: Optional[list[str]], file: Optional[Path]) -> list[tuple[
     return found
 
 
+def _default_country() -> Optional[str]:
+    """NURTURE_DEFAULT_COUNTRY: the region of a phone number given without +country code."""
+    from nurture.settings import Settings
+    return Settings.from_env(os.environ).default_country
+
+
 def _describe(removed: dict[str, int]) -> str:
     return ", ".join(f"{_KIND_NAMES.get(k, k)} {n}" for k, n in removed.items()) or "nothing more"
 
 
-def erase(emails: Optional[list[str]] = typer.Argument(None, help="E-mail addresses of the people to erase"),
-          file: Optional[Path] = typer.Option(None, "--file", help="A file with one address per line"),
+def erase(emails: Optional[list[str]] = typer.Argument(
+              None, help="E-mail addresses or phone numbers (E.164, or national with NURTURE_DEFAULT_COUNTRY) "
+                         "of the people to erase"),
+          file: Optional[Path] = typer.Option(None, "--file", help="A file with one address or number per line"),
           reason: str = typer.Option("request", "--reason",
                                      help="A short label stored with the erasure (e.g. art17-ticket-4711)")) -> None:
     """Erase people (GDPR Art. 17): their data leaves the store, the outbox, every audience and CRM.
@@ -78,34 +86,35 @@ def erase(emails: Optional[list[str]] = typer.Argument(None, help="E-mail addres
     Their personal data leaves the store and the outbox files, they are removed from every
     audience and CRM list now (not at the nightly sync), and deleted from HubSpot (GDPR delete)
     when it is configured. The contact row stays, pseudonymized; a hashed tombstone keeps a
-    later import or event from re-creating them. Erasing again changes nothing more."""
-    from nurture.ingest import normalize_email
-    from nurture.privacy.erase import check_reason, erase_emails
+    later import or event from re-creating them. Erasing again changes nothing more. A person
+    Nurture knows only by phone (a phone-only lead) is named by their number."""
+    from nurture.privacy.erase import check_reason, erase_people, identifier
     from nurture.registry import IntegrationContext
     from nurture.runtime.context import Runtime
 
     given = _addresses(emails, file)
     if not given:
-        raise CliError("name the e-mail addresses to erase, or --file FILE (one address per line)", code=2)
+        raise CliError("name the e-mail addresses or phone numbers to erase, or --file FILE (one per line)", code=2)
     try:
         check_reason(reason)
     except ValueError as exc:
         raise CliError(f"--reason: {exc}", code=2) from None
+    country = _default_country()
     valid, bad = [], 0
     for where, address in given:
         try:
-            normalize_email(address)
+            identifier(address, country)
             valid.append(address)
         except ValueError as exc:
             bad += 1
-            err_console.print(f"{where}: not an e-mail address: {exc}", markup=False)
+            err_console.print(f"{where}: {exc}", markup=False)
     if not valid:
-        raise CliError("no address to erase")
+        raise CliError("no address or number to erase")
     project = open_project(strict=False)
     rt = Runtime(store(), project, env=dict(os.environ))
     context = IntegrationContext(project.root, rt.data_dir, rt.env)
-    results = erase_emails(rt.store, project, valid, context=context, actor=_actor(), reason=reason,
-                           factory=_factory)
+    results = erase_people(rt.store, project, valid, context=context, actor=_actor(), reason=reason,
+                           factory=_factory, default_country=country)
     pending = 0
     for r in results:
         if r.outcome == "erased":
@@ -114,6 +123,9 @@ def erase(emails: Optional[list[str]] = typer.Argument(None, help="E-mail addres
             when = f" on {r.erased_at:%Y-%m-%d %H:%M} UTC" if r.erased_at else ""
             extra = f"; now also: {_describe(r.removed)}" if r.removed else ""
             console.print(f"{r.request}: already erased{when}{extra}", markup=False)
+        elif r.outcome == "invalid":
+            bad += 1
+            err_console.print(f"{r.request}: not erased: {r.error}", markup=False)
         else:
             console.print(f"{r.request}: not found (nothing is held about this address)", markup=False)
         done = [f"{target} {status}" for target, status in r.destinations.items() if status != "pending"]
@@ -126,10 +138,11 @@ def erase(emails: Optional[list[str]] = typer.Argument(None, help="E-mail addres
         raise CliError(f"{pending} removal(s) pending: the nightly sync removes the audience memberships, and "
                        "`nurture erase` of the same addresses retries all of them")
     if bad:
-        raise CliError(f"{bad} line(s) skipped: not an e-mail address")
+        raise CliError(f"{bad} line(s) skipped: not an e-mail address or phone number of one person")
 
 
-def export_contact(email: str = typer.Argument(..., help="The contact's e-mail address"),
+def export_contact(email: str = typer.Argument(..., help="The contact's e-mail address or phone number (E.164, "
+                                               "or national with NURTURE_DEFAULT_COUNTRY)"),
                    out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON to this file "
                                                       "(created readable by its owner only) instead of stdout")
                    ) -> None:
@@ -143,12 +156,16 @@ def export_contact(email: str = typer.Argument(..., help="The contact's e-mail a
 
     project = open_project(strict=False)
     rt = Runtime(store(), project, env=dict(os.environ))
-    doc = build(rt.store, project, email, data_dir=rt.data_dir)
+    country = _default_country()
+    try:
+        doc = build(rt.store, project, email, data_dir=rt.data_dir, default_country=country)
+    except ValueError as exc:  # a number several contacts share
+        raise CliError(str(exc)) from None
     if doc is None:
-        erased = erasure_of(rt.store, email)
+        erased = erasure_of(rt.store, email, country)
         if erased is not None:
             raise CliError(f"{email} was erased on {erased:%Y-%m-%d %H:%M} UTC: nothing is held about it any more")
-        raise CliError(f"no contact with e-mail {email}")
+        raise CliError(f"no contact with {'e-mail' if '@' in email else 'phone number'} {email}")
     text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
     if out is None:
         sys.stdout.write(text)

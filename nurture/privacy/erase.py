@@ -1,9 +1,13 @@
 """The right to erasure (GDPR Art. 17): everything Nurture holds about a person, gone — in the
 store, in files, at every audience and CRM list, and at CRMs that offer a GDPR delete.
 
-One request names people by e-mail (`erase_emails`: the CLI, `POST /privacy/erase`) or by
-contact id (`erase_contacts`: a CRM's privacy-deletion webhook). Per person, in one
-transaction (the contact row locked, so two erasures of the same person serialize):
+One request names people by e-mail (`erase_emails`), by e-mail or phone number
+(`erase_people`: the CLI, `POST /privacy/erase` — a contact Nurture knows only by phone, a
+phone-only lead, is erased by its number) or by contact id (`erase_contacts`: a CRM's
+privacy-deletion webhook). A number is found like an address: in the `phone` column and among
+the phone identities (`contact_identity`); a number several contacts share names no one person
+and is answered `invalid` (name them by e-mail). Per person, in one transaction (the contact
+row locked, so two erasures of the same person serialize):
 
 - the contact row stays — its id keeps foreign keys and report counts — with e-mail, phone,
   names, time zone, country, locale, attributes and score removed (`lifecycle_stage` and the
@@ -20,8 +24,10 @@ transaction (the contact row locked, so two erasures of the same person serializ
 - the consent ledger: the person's rows pseudonymized and one hashed tombstone appended
   (`nurture.consent_ledger.erase_consents`);
 - suppressions: addresses replaced by their hash; one `erased` suppression (every channel,
-  address = the hash) that `nurture.privacy.tombstones.erased_among` finds on every ingest, so
-  the person is never re-created silently;
+  address = the hash) per identifier of the person — the e-mail address (or, without one, the
+  number the request named), every other address and every E.164 number it was known by — that
+  `nurture.privacy.tombstones.erased_among` / `erased_phones` find on every ingest, so the person
+  is never re-created silently, not even by a phone-only lead;
 - handovers: score zeroed, reason text scrubbed; a handover still pending is never delivered
   (`failed`, reason `erased`); sync_run error texts naming the address are scrubbed;
 - an `erasure` row (`in_progress`) naming who asked, when and why.
@@ -50,8 +56,8 @@ from typing import Any, Callable, Collection, Iterable, Optional, Sequence
 from sqlalchemy import String, and_, bindparam, cast, false, func, or_, select
 
 from nurture.consent_ledger import erase_consents, suppress
-from nurture.identities import find_by_identity
-from nurture.ingest import normalize_email
+from nurture.identities import find_by_identity, phone_holders
+from nurture.ingest import normalize_email, normalize_phone
 from nurture.privacy.crm import PersonErasure, crm_erasers
 from nurture.privacy.files import remove_outbox
 from nurture.privacy.kept_amounts import declared_codes, kept_properties
@@ -68,7 +74,8 @@ from nurture.store.models import QUEUED, SUPPRESSED
 from nurture.store.tables import (consent_t, contact_t, deal_address_t, deal_t, enrollment_t, identity_t, event_t, handover_t, membership_t, message_t,
                                   suppression_t, sync_run_t, touch_t)
 
-INVALID = "invalid"  # an outcome of a request only: the address is not an e-mail address
+INVALID = "invalid"  # an outcome of a request only: not an e-mail address or phone number, or a shared number
+EMAIL, PHONE = "email", "phone"
 DEFAULT_REASON = "request"
 REASON_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 SCRUBBED = "[erased]"
@@ -100,17 +107,19 @@ class ErasureResult:
 @dataclass
 class _Subject:
     result: ErasureResult
-    email: Optional[str]  # normalized; None when only a contact id is known and it has no e-mail
+    email: Optional[str]  # normalized; None when only a contact id or a phone number is known and it has no e-mail
     hashed: Optional[str]
+    named_phone: Optional[str] = None  # the E.164 number the request named the person by
     contact_id: Optional[int] = None
     by_id: bool = False  # named by contact id (a CRM webhook), not by an address
     first: bool = False  # erased by this request
     phone: Optional[str] = None
     email_messages: list[tuple[int, str]] = field(default_factory=list)  # (message id, journey)
     sms_messages: list[int] = field(default_factory=list)
+    whatsapp_messages: list[int] = field(default_factory=list)
     handovers: list[int] = field(default_factory=list)
     retry_crm: set[str] = field(default_factory=set)  # CRMs whose GDPR delete is still pending
-    aliases: list[str] = field(default_factory=list)  # the person's other e-mail addresses (contact_identity)
+    aliases: list[str] = field(default_factory=list)  # the person's other addresses and numbers (contact_identity)
     removed: Counter = field(default_factory=Counter)
     pending: list[str] = field(default_factory=list)
 
@@ -123,6 +132,21 @@ def check_reason(reason: str) -> str:
     return reason
 
 
+def identifier(given: str, default_country: Optional[str] = None) -> tuple[str, str]:
+    """What a request names a person by: ("email", the normalized address) or ("phone", the
+    E.164 number — a national number is read in `default_country`, NURTURE_DEFAULT_COUNTRY);
+    ValueError saying why it is neither."""
+    text = str(given).strip()
+    if "@" in text:
+        return EMAIL, normalize_email(text)
+    try:
+        return PHONE, normalize_phone(text, default_country)
+    except ValueError as exc:
+        hint = "" if default_country or text.startswith("+") else \
+            " (write the number with +country code, or set NURTURE_DEFAULT_COUNTRY)"
+        raise ValueError(f"not an e-mail address or phone number: {exc}{hint}") from None
+
+
 def erase_emails(store: Store, project: ProjectSpec, emails: Iterable[str], *, context: IntegrationContext,
                  actor: str, reason: str = DEFAULT_REASON, now: Optional[datetime] = None,
                  factory: Optional[Factory] = None, gone_from: Collection[str] = ()) -> list[ErasureResult]:
@@ -130,21 +154,42 @@ def erase_emails(store: Store, project: ProjectSpec, emails: Iterable[str], *, c
     given twice is answered twice, erased once). `gone_from`: destination names where the
     person's records are already gone (the CRM that asked for the erasure) — their memberships
     are forgotten without a request, and they are not asked for a GDPR delete."""
+    return _erase_named(store, project, emails, phones=False, default_country=None, context=context, actor=actor,
+                        reason=reason, now=now, factory=factory, gone_from=gone_from)
+
+
+def erase_people(store: Store, project: ProjectSpec, given: Iterable[str], *, context: IntegrationContext,
+                 actor: str, default_country: Optional[str] = None, reason: str = DEFAULT_REASON,
+                 now: Optional[datetime] = None, factory: Optional[Factory] = None,
+                 gone_from: Collection[str] = ()) -> list[ErasureResult]:
+    """Erase the people named by e-mail address or phone number (`identifier`); one result per
+    name given, as `erase_emails`. A person with an e-mail address named by their number is
+    erased as if named by the address."""
+    return _erase_named(store, project, given, phones=True, default_country=default_country, context=context,
+                        actor=actor, reason=reason, now=now, factory=factory, gone_from=gone_from)
+
+
+def _erase_named(store: Store, project: ProjectSpec, given: Iterable[str], *, phones: bool,
+                 default_country: Optional[str], context: IntegrationContext, actor: str, reason: str,
+                 now: Optional[datetime], factory: Optional[Factory], gone_from: Collection[str]) -> list[ErasureResult]:
     check_reason(reason)
     subjects: list[_Subject] = []
     answers: list[ErasureResult] = []
-    seen: dict[str, _Subject] = {}
-    for given in emails:
+    seen: dict[tuple[str, str], _Subject] = {}
+    for name in given:
         try:
-            email = normalize_email(str(given))
+            kind, value = identifier(str(name), default_country) if phones else (EMAIL, normalize_email(str(name)))
         except ValueError as exc:
-            answers.append(ErasureResult(str(given), INVALID, error=str(exc)))
+            answers.append(ErasureResult(str(name), INVALID, error=str(exc)))
             continue
-        if email in seen:
-            answers.append(seen[email].result)
+        if (kind, value) in seen:
+            answers.append(seen[(kind, value)].result)
             continue
-        subject = _Subject(ErasureResult(str(given), NOT_FOUND), email, subject_hash(email))
-        seen[email] = subject
+        if kind == EMAIL:
+            subject = _Subject(ErasureResult(str(name), NOT_FOUND), value, subject_hash(value))
+        else:
+            subject = _Subject(ErasureResult(str(name), NOT_FOUND), None, subject_hash(value), named_phone=value)
+        seen[(kind, value)] = subject
         subjects.append(subject)
         answers.append(subject.result)
     _erase(store, project, subjects, context=context, actor=actor, reason=reason, now=now, factory=factory,
@@ -210,7 +255,8 @@ def _erase(store: Store, project: ProjectSpec, subjects: list[_Subject], *, cont
     for subject in active:
         try:
             subject.removed.update(remove_outbox(context.data_dir, emails=subject.email_messages,
-                                                 sms=subject.sms_messages, handovers=subject.handovers,
+                                                 sms=subject.sms_messages, whatsapp=subject.whatsapp_messages,
+                                                 handovers=subject.handovers,
                                                  phone=subject.phone if subject.first else None))
         except OSError as exc:  # a file that cannot be changed: reported, retried by the next erase
             subject.pending.append(f"files: {exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}"[:300])
@@ -229,7 +275,8 @@ def _erase(store: Store, project: ProjectSpec, subjects: list[_Subject], *, cont
 
 
 def _needles(subject: _Subject) -> list[str]:
-    return [n for n in (subject.email, subject.phone, *subject.aliases) if n and len(n) >= 5]
+    return list(dict.fromkeys(n for n in (subject.email, subject.phone, subject.named_phone, *subject.aliases)
+                              if n and len(n) >= 5))
 
 
 def _find(conn: Any, subject: _Subject) -> Optional[Any]:
@@ -251,12 +298,22 @@ def _find(conn: Any, subject: _Subject) -> Optional[Any]:
                 subject.result.erased_at = gone.created_at
                 return None
         return row
-    # the contact of this address — its own, or a second one it is known by (contact_identity)
-    known = find_by_identity(conn, "email", subject.email)
+    if subject.named_phone is not None:
+        # the contact of this number — its own, or one it was known by (contact_identity)
+        holders = phone_holders(conn, subject.named_phone)
+        if len(holders) > 1:  # a shared number names no one person: erasing all would erase the others
+            subject.result.outcome = INVALID
+            subject.result.error = (f"{len(holders)} contacts are known by this number: name the person by "
+                                    "e-mail address")
+            return None
+        known = holders[0] if holders else None
+    else:
+        # the contact of this address — its own, or a second one it is known by (contact_identity)
+        known = find_by_identity(conn, "email", subject.email)
     row = (conn.execute(for_update(select(*columns).where(contact_t.c.id == known), conn)).first()
            if known is not None else None)
-    if row is not None and row.email and row.email != subject.email:  # named by a second address
-        subject.aliases.append(subject.email)
+    if row is not None and row.email and row.email != subject.email:  # named by a number or a second address
+        subject.aliases.append(subject.email or subject.named_phone)
         subject.email, subject.hashed = row.email, subject_hash(row.email)
     if row is not None:
         subject.contact_id = row.id
@@ -272,6 +329,8 @@ def _in_store(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason
               codes: Collection[str] = ()) -> None:
     row = _find(conn, subject)
     if row is None:
+        if subject.result.outcome == INVALID:
+            return
         if subject.result.erased_at is not None:
             subject.result.outcome = ALREADY_ERASED
             if subject.contact_id is not None:  # (None: an address only deals held, erased before)
@@ -296,14 +355,17 @@ def _in_store(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason
     # before the sweep removes the phone from the contact row
     removed["suppressions"] = _hash_suppressions(conn, cid, subject.email, row.phone)
     suppress(conn, reason=ERASED_REASON, at=now, contact_id=cid, address=subject.hashed, channel=None)
-    # every other address of the person is blocked from re-creating them too (read before the
-    # sweep removes the identities)
-    for alias in conn.execute(select(identity_t.c.value).where(identity_t.c.contact_id == cid,
-                                                                 identity_t.c.kind == "email")).scalars():
-        if alias and alias != subject.email and alias not in subject.aliases:
+    # every other address and every number of the person is blocked from re-creating them too
+    # (a phone-only lead, import row or message: tombstones.erased_phones) — read before the sweep
+    # removes the identities
+    known = conn.execute(select(identity_t.c.value).where(identity_t.c.contact_id == cid,
+                                                          identity_t.c.kind.in_(("email", "phone")))).scalars().all()
+    for alias in (row.phone, subject.named_phone, *known):
+        if alias and subject_hash(alias) != subject.hashed and alias not in subject.aliases:
             subject.aliases.append(alias)
-    for alias in subject.aliases:
-        suppress(conn, reason=ERASED_REASON, at=now, contact_id=cid, address=subject_hash(alias), channel=None)
+    for alias in dict.fromkeys(subject_hash(a) for a in subject.aliases):
+        if alias != subject.hashed:
+            suppress(conn, reason=ERASED_REASON, at=now, contact_id=cid, address=alias, channel=None)
     # the consent ledger: pseudonymized rows and one hashed tombstone
     removed["consents"] = erase_consents(conn, cid, subject_hash=subject.hashed, reason=reason, at=now,
                                          policy_version=policy_version)
@@ -412,6 +474,7 @@ def _collect_files(conn: Any, subject: _Subject) -> None:
         message_t.c.contact_id == subject.contact_id)).all()
     subject.email_messages = [(r.id, r.journey) for r in rows if r.channel == "email"]
     subject.sms_messages = [r.id for r in rows if r.channel == "sms"]
+    subject.whatsapp_messages = [r.id for r in rows if r.channel == "whatsapp"]
     subject.handovers = list(conn.execute(select(handover_t.c.id).where(
         handover_t.c.contact_id == subject.contact_id)).scalars())
 

@@ -2,7 +2,11 @@
 everything Nurture holds about a contact.
 
 `export_contact(store, project, email, data_dir=…)` answers the document, or None when no
-contact has the address (`erasure_of` then tells whether it was erased). Sections:
+contact has the address (`erasure_of` then tells whether it was erased). The person may be
+named by phone number instead (E.164, or national in `default_country`:
+NURTURE_DEFAULT_COUNTRY) — a contact Nurture knows only by phone, a phone-only lead: found in
+the `phone` column and among the phone identities; a number several contacts share is a
+ValueError (whose data it is cannot be told: name the person by e-mail). Sections:
 
 - `contact` — the contact row (e-mail, phone, names, time zone, country, locale, lifecycle
   stage, score, attributes, timestamps);
@@ -31,8 +35,8 @@ from typing import Any, Optional
 from sqlalchemy import func, select
 
 from nurture.conditions import ConditionScope, compile_condition
-from nurture.identities import find_by_identity
-from nurture.ingest import normalize_email
+from nurture.identities import find_by_identity, phone_holders
+from nurture.ingest import normalize_email, normalize_phone
 from nurture.privacy.files import eml_paths
 from nurture.privacy.models import erasure_t
 from nurture.privacy.tombstones import erased_suppression, subject_hash
@@ -62,9 +66,26 @@ def _rows(conn: Any, table: Any, *where: Any, order: Any = None, drop: tuple[str
     return [{k: _plain(v) for k, v in row._mapping.items() if k not in drop} for row in conn.execute(stmt)]
 
 
-def find_contact(conn: Any, email: str) -> Optional[int]:
+def _as_phone(given: str, default_country: Optional[str]) -> Optional[str]:
+    """The E.164 number of something that is no e-mail address, or None."""
+    if "@" in given:
+        return None
+    try:
+        return normalize_phone(given.strip(), default_country)
+    except ValueError:
+        return None
+
+
+def find_contact(conn: Any, email: str, default_country: Optional[str] = None) -> Optional[int]:
     """The contact id of an address (normalized as the ingest stores it) — its own address, or
-    a second one it is known by (contact_identity) — or None."""
+    a second one it is known by (contact_identity) — or of a phone number (its `phone`, or a
+    phone identity), or None. ValueError: a number several contacts are known by."""
+    phone = _as_phone(email, default_country)
+    if phone is not None:
+        holders = phone_holders(conn, phone)
+        if len(holders) > 1:
+            raise ValueError(f"{len(holders)} contacts are known by {phone}: name the person by e-mail address")
+        return holders[0] if holders else None
     try:
         normalized = normalize_email(email)
     except ValueError:
@@ -76,23 +97,25 @@ def find_contact(conn: Any, email: str) -> Optional[int]:
     return None
 
 
-def erasure_of(store: Store, email: str) -> Optional[datetime]:
-    """When the address was erased (None: it was not)."""
-    try:
-        normalized = normalize_email(email)
-    except ValueError:
-        return None
+def erasure_of(store: Store, email: str, default_country: Optional[str] = None) -> Optional[datetime]:
+    """When the address (or phone number) was erased (None: it was not)."""
+    normalized = _as_phone(email, default_country)
+    if normalized is None:
+        try:
+            normalized = normalize_email(email)
+        except ValueError:
+            return None
     with store.reading() as conn:
         row = erased_suppression(conn, subject_hash(normalized))
     return row.created_at if row is not None else None
 
 
 def export_contact(store: Store, project: Optional[ProjectSpec], email: str, *, data_dir: Optional[Path] = None,
-                   now: Optional[datetime] = None) -> Optional[dict]:
-    """Everything held about the contact with this e-mail address, or None."""
+                   now: Optional[datetime] = None, default_country: Optional[str] = None) -> Optional[dict]:
+    """Everything held about the contact with this e-mail address (or phone number), or None."""
     now = now or datetime.now(timezone.utc)
     with store.reading() as conn:
-        cid = find_contact(conn, email)
+        cid = find_contact(conn, email, default_country)
         if cid is None:
             return None
         contact = _rows(conn, contact_t, contact_t.c.id == cid)[0]

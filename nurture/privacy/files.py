@@ -3,6 +3,8 @@
 - the file e-mail outbox: `outbox/email/<journey>/<message id:09d>.eml` — a rendered message
   (the only place a rendered body is stored: the database keeps no bodies);
 - the file SMS outbox: `outbox/sms.jsonl`, one JSON line per SMS (`message_id`, `to`, `body`);
+- the file WhatsApp outbox: `outbox/whatsapp.jsonl`, one JSON line per message (`message_id`,
+  `to`: `whatsapp:<E.164>`, `body`);
 - the handover file: `handover/handovers.jsonl`, one JSON line per handover (`handover_id`,
   the contact's e-mail, names, phone).
 
@@ -25,6 +27,7 @@ from typing import Iterable, Optional
 
 EMAIL_OUTBOX = ("outbox", "email")
 SMS_OUTBOX = ("outbox", "sms.jsonl")
+WHATSAPP_OUTBOX = ("outbox", "whatsapp.jsonl")
 HANDOVER_FILE = ("handover", "handovers.jsonl")
 _ATTEMPTS = 5
 
@@ -49,10 +52,11 @@ def eml_paths(data_dir: Path, messages: Iterable[tuple[int, str]]) -> list[Path]
 
 
 def remove_outbox(data_dir: Path, *, emails: Iterable[tuple[int, str]] = (), sms: Iterable[int] = (),
-                  handovers: Iterable[int] = (), phone: Optional[str] = None) -> Counter:
+                  whatsapp: Iterable[int] = (), handovers: Iterable[int] = (),
+                  phone: Optional[str] = None) -> Counter:
     """Delete the .eml files of `emails` ((message id, journey)) and drop the JSONL lines of the
-    SMS messages `sms` (or to `phone`) and of the handovers `handovers`. Counts per kind:
-    outbox_emails, outbox_sms, handover_file_lines."""
+    SMS messages `sms` and the WhatsApp messages `whatsapp` (or to `phone`) and of the handovers
+    `handovers`. Counts per kind: outbox_emails, outbox_sms, outbox_whatsapp, handover_file_lines."""
     counts: Counter = Counter()
     for path in eml_paths(data_dir, emails):
         try:
@@ -64,6 +68,11 @@ def remove_outbox(data_dir: Path, *, emails: Iterable[tuple[int, str]] = (), sms
     if sms_ids or phone:
         counts["outbox_sms"] += drop_lines(data_dir.joinpath(*SMS_OUTBOX),
                                            lambda r: r.get("message_id") in sms_ids or (phone and r.get("to") == phone))
+    whatsapp_ids = {int(i) for i in whatsapp}
+    if whatsapp_ids or phone:
+        to = f"whatsapp:{phone}" if phone else None
+        counts["outbox_whatsapp"] += drop_lines(data_dir.joinpath(*WHATSAPP_OUTBOX),
+                                                lambda r: r.get("message_id") in whatsapp_ids or (to and r.get("to") == to))
     handover_ids = {int(i) for i in handovers}
     if handover_ids:
         counts["handover_file_lines"] += drop_lines(data_dir.joinpath(*HANDOVER_FILE),

@@ -2,17 +2,25 @@
 
 An erased contact is named from then on only by `subject_hash(email)`: the lowercase hex
 SHA-256 of the normalized e-mail address (as `nurture.ingest.normalize_email` writes it — the
-form every contact's e-mail is stored in). The same value is
+form every contact's e-mail is stored in) — or, for a person Nurture knew only by phone, of
+the E.164 number (`nurture.ingest.normalize_phone`). The same value is
 
 - the `address` of the contact's `erased` suppression (channel: every channel),
 - the `subject_hash` of the consent ledger's tombstone row, and
 - the `subject_hash` of the `erasure` log row.
 
+Every other identifier the person was known by — a second e-mail address, and every E.164
+number (the contact's phone and its phone identities) — gets an `erased` suppression of its own
+hash. One table holds both kinds: an e-mail address always has an `@` and an E.164 number never
+does, so the two never hash the same text.
+
 `erased_among` is the check the ingest (`import contacts`, `track`, the web's `/events`)
 calls before it stores anything: an address in it is refused — counted and reported, never
-stored — so a later import or event cannot silently re-create the person. (A hash of an
-e-mail address is still pseudonymous data: it identifies the person to whoever holds the
-address. It is kept for exactly this purpose, under Art. 17(3)(b)/(e) and Art. 21(3):
+stored — so a later import or event cannot silently re-create the person. `erased_phones`
+is the same check for the numbers of what arrives without an e-mail address (a phone-only
+lead, import row or Segment message) and would create a contact from the number. (A hash of
+an e-mail address or a number is still pseudonymous data: it identifies the person to whoever
+holds the address. It is kept for exactly this purpose, under Art. 17(3)(b)/(e) and Art. 21(3):
 honouring the erasure and the objection requires remembering whom they concern.)
 
 This module imports only the table handles: the ingest imports it, and nothing here may
@@ -34,9 +42,9 @@ REFUSAL = ("erased at the person's request (GDPR Art. 17): not stored; an erased
 _CHUNK = 1000
 
 
-def subject_hash(normalized_email: str) -> str:
-    """SHA-256 hex of the normalized e-mail (already lowercased by the normalization)."""
-    return hashlib.sha256(normalized_email.strip().lower().encode("utf-8")).hexdigest()
+def subject_hash(normalized: str) -> str:
+    """SHA-256 hex of a normalized e-mail (already lowercased by the normalization) or E.164 number."""
+    return hashlib.sha256(normalized.strip().lower().encode("utf-8")).hexdigest()
 
 
 def not_erased(contact_id: Any) -> Any:
@@ -69,6 +77,11 @@ def erased_among(conn: Any, emails: Iterable[str]) -> set[str]:
         for (address,) in conn.execute(_ERASED_IN, {"texts_address": part}):
             found.update(by_hash.get(address, ()))
     return found
+
+
+def erased_phones(conn: Any, phones: Iterable[str]) -> set[str]:
+    """The E.164 numbers among `phones` that belong to an erased person (see `erased_among`)."""
+    return erased_among(conn, phones)
 
 
 def erased_suppression(conn: Any, hashed: str) -> Any:

@@ -40,7 +40,9 @@ known: a redelivery costs no Graph call) — and stored in one transaction (`sto
   a redelivered webhook adds nothing — so the lead source is recorded, and the instant triggers
   (`app.state.instant`) run the journeys it starts at once.
 
-An erased person's lead is refused (`erased`, nothing stored). The answer is `{"leads", "stored",
+An erased person's lead is refused (`erased`, nothing stored) — by its e-mail address, and a
+phone-only lead by its number (erasure tombstones the person's numbers too) unless a contact
+not erased is known by it. The answer is `{"leads", "stored",
 "duplicates", "erased", "ignored", "skipped": [{"lead_id", "reason"}], "failed": [...]}`: 200 —
 unless a lead could not be read from Meta (Graph down after the retries, the access token unset
 or refused): then 503 after the others are stored, so that Meta delivers the notification again
@@ -63,9 +65,10 @@ from starlette.concurrency import run_in_threadpool
 
 from nurture.consent_ledger import record_consent
 from nurture.double_opt_in import request_opt_in
-from nurture.identities import Who, resolve
+from nurture.identities import Who, find_by_identity, resolve
 from nurture.ingest import (TrackResult, clean_name, normalize_email, normalize_phone, parse_timestamp,
                             refuse_erased, text_problem, track_in, value_problem, write_events)
+from nurture.privacy.tombstones import erased_phones
 from nurture.registry import IntegrationContext, IntegrationError, lookup
 from nurture.settings import WebSettings
 from nurture.spec.models import Policies
@@ -266,8 +269,12 @@ def store_lead(conn: Any, policies: Policies, lead: dict, hint: Notification, *,
         event = {"event_id": f"meta_lead:{lead_id}", "email": email, "event": EVENT, "timestamp": at.isoformat(),
                  "properties": properties}
         tracked = track_in(conn, [(1, event)], source=SOURCE, now=now)
-    else:  # a phone-only lead: the contact known by that number, or a new one (nurture.identities)
-        contact_id, _ = resolve(conn, Who(phone=fields["phone"]), now)
+    else:  # a phone-only lead: the contact known by that number, or a new one (nurture.identities) —
+        # never a new one with an erased person's number (its tombstone: nurture.privacy.tombstones)
+        phone = fields["phone"]
+        if erased_phones(conn, [phone]) and find_by_identity(conn, "phone", phone) is None:
+            return LeadOutcome("erased", "an erased person's lead: nothing stored")
+        contact_id, _ = resolve(conn, Who(phone=phone), now)
         if contact_id is None:
             return LeadOutcome("erased", "an erased person's lead: nothing stored")
         tracked = write_events(conn, [{"event_id": f"meta_lead:{lead_id}", "email": None, "contact_id": contact_id,

@@ -1,14 +1,18 @@
 """The privacy endpoints of `nurture web` (included by nurture.web.app with one line):
 
-- `POST /privacy/erase` — erase people (GDPR Art. 17) by e-mail: `Authorization: Bearer
-  <NURTURE_PRIVACY_TOKEN>`, body `{"emails": ["…", …], "reason": "request"}` (`reason`
+- `POST /privacy/erase` — erase people (GDPR Art. 17) by e-mail or phone number:
+  `Authorization: Bearer <NURTURE_PRIVACY_TOKEN>`, body `{"emails": ["…", …], "phones":
+  ["+49…", …], "reason": "request"}` (one of `emails` / `phones` at least; `phones`: E.164, or
+  national in NURTURE_DEFAULT_COUNTRY — a person Nurture knows only by phone; `reason`
   optional, a short label). The answer: `{"results": [{"request", "outcome", "erasure_id",
-  "removed", "destinations", "pending", "erased_at", "error"}]}` in the order of `emails`,
-  outcome `erased` | `already_erased` | `not_found`. A missing or wrong token is 401, no token
-  configured on the server 403; a body that is not JSON 400; a body of the wrong shape — not an
-  object, `emails` missing, empty, over MAX_EMAILS, an entry that is not an e-mail address, an
-  unknown key, a bad `reason` — 422 `{"error", "field"}` naming the field (`emails[2]`), and
-  nothing is erased. Never a 500 for bad input.
+  "removed", "destinations", "pending", "erased_at", "error"}]}` in the order of `emails`, then
+  `phones`, outcome `erased` | `already_erased` | `not_found` | `invalid` (a number several
+  contacts share: `error` says so, nothing is erased for it). A missing or wrong token is 401,
+  no token configured on the server 403; a body that is not JSON 400; a body of the wrong shape
+  — not an object, neither list given, a list empty or over MAX_EMAILS entries together, an
+  entry that is not an e-mail address (a phone number), an unknown key, a bad `reason` — 422
+  `{"error", "field"}` naming the field (`emails[2]`, `phones[0]`), and nothing is erased.
+  Never a 500 for bad input.
 - `POST /webhooks/hubspot` — HubSpot's `contact.privacyDeletion` webhook: the contact HubSpot
   deleted is erased here too (actor `webhook:hubspot`). HubSpot's signature v3 is verified with
   the app's client secret (NURTURE_HUBSPOT_CLIENT_SECRET): base64 of the HMAC-SHA256 of
@@ -46,10 +50,10 @@ from starlette.concurrency import run_in_threadpool
 from nurture.crm.pull import PullResult, pull_named
 from nurture.crm.source import deal_source
 from nurture.ingest import normalize_email
-from nurture.privacy.erase import (ErasureResult, check_reason, contacts_for_crm_record, erase_contacts,
-                                   erase_emails)
+from nurture.ingest import normalize_phone
+from nurture.privacy.erase import ErasureResult, check_reason, contacts_for_crm_record, erase_contacts, erase_people
 from nurture.registry import IntegrationContext, IntegrationError
-from nurture.settings import WebSettings
+from nurture.settings import Settings, WebSettings
 from nurture.web.answers import JSONResponse
 
 # Read through WebSettings from the env mapping the app was created with (docs/settings.md).
@@ -93,27 +97,41 @@ def _parse_json(body: bytes) -> tuple[Any, Optional[JSONResponse]]:
         return None, _problem(400, f"body is not valid JSON ({str(exc)[:200]})", "body")
 
 
-def _erase_request(payload: Any) -> tuple[list[str], str, Optional[JSONResponse]]:
-    """The addresses and reason of a /privacy/erase body, or the 422 that names what is wrong."""
+def _erase_request(payload: Any, default_country: Optional[str] = None
+                   ) -> tuple[list[str], str, Optional[JSONResponse]]:
+    """The addresses and numbers (e-mails first) and reason of a /privacy/erase body, or the 422
+    that names what is wrong."""
     if not isinstance(payload, dict):
-        return [], "", _problem(422, 'body must be a JSON object: {"emails": ["…"]}', "body")
-    unknown = sorted(set(payload) - {"emails", "reason"})
+        return [], "", _problem(422, 'body must be a JSON object: {"emails": ["…"]} or {"phones": ["+…"]}', "body")
+    unknown = sorted(set(payload) - {"emails", "phones", "reason"})
     if unknown:
-        return [], "", _problem(422, f"unknown field '{unknown[0][:60]}' (known: emails, reason)", unknown[0][:60])
-    emails = payload.get("emails")
-    if not isinstance(emails, list) or not emails:
-        return [], "", _problem(422, "must be a non-empty list of e-mail addresses", "emails")
-    if len(emails) > MAX_EMAILS:
-        return [], "", _problem(422, f"at most {MAX_EMAILS} addresses per request, got {len(emails)}", "emails")
-    for i, email in enumerate(emails):
-        if not isinstance(email, str):
-            return [], "", _problem(422, "must be a string (an e-mail address)", f"emails[{i}]")
-        if "\x00" in email:
-            return [], "", _problem(422, "contains a NUL character", f"emails[{i}]")
-        try:
-            normalize_email(email)
-        except ValueError as exc:
-            return [], "", _problem(422, f"not an e-mail address: {exc}", f"emails[{i}]")
+        return [], "", _problem(422, f"unknown field '{unknown[0][:60]}' (known: emails, phones, reason)",
+                                unknown[0][:60])
+    if "emails" not in payload and "phones" not in payload:
+        return [], "", _problem(422, "must be a non-empty list of e-mail addresses (or give phones)", "emails")
+    named: list[str] = []
+    for key, many, one in (("emails", "e-mail addresses", "an e-mail address"),
+                           ("phones", "phone numbers", "a phone number")):
+        if key not in payload:
+            continue
+        values = payload[key]
+        if not isinstance(values, list) or not values:
+            return [], "", _problem(422, f"must be a non-empty list of {many}", key)
+        for i, value in enumerate(values):
+            if not isinstance(value, str):
+                return [], "", _problem(422, f"must be a string ({one})", f"{key}[{i}]")
+            if "\x00" in value:
+                return [], "", _problem(422, "contains a NUL character", f"{key}[{i}]")
+            if key == "phones" and "@" in value:
+                return [], "", _problem(422, "an e-mail address: give it in emails", f"{key}[{i}]")
+            try:
+                normalize_email(value) if key == "emails" else normalize_phone(value, default_country)
+            except ValueError as exc:
+                return [], "", _problem(422, f"not {one}: {exc}", f"{key}[{i}]")
+        named += values
+    if len(named) > MAX_EMAILS:
+        return [], "", _problem(422, f"at most {MAX_EMAILS} addresses and numbers per request, got {len(named)}",
+                                "phones" if "phones" in payload else "emails")
     reason = payload.get("reason", "request")
     if not isinstance(reason, str):
         return [], "", _problem(422, "must be a string", "reason")
@@ -121,7 +139,7 @@ def _erase_request(payload: Any) -> tuple[list[str], str, Optional[JSONResponse]
         check_reason(reason)
     except ValueError as exc:
         return [], "", _problem(422, str(exc), "reason")
-    return emails, reason, None
+    return named, reason, None
 
 
 def _secret(value: Any) -> str:
@@ -155,11 +173,13 @@ def privacy_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
         payload, problem = _parse_json(await request.body())
         if problem is not None:
             return problem
-        emails, reason, problem = _erase_request(payload)
+        country = Settings.from_env(env).default_country
+        named, reason, problem = _erase_request(payload, country)
         if problem is not None:
             return problem
         results: list[ErasureResult] = await run_in_threadpool(
-            erase_emails, rt.store, rt.project, emails, context=context(), actor="web", reason=reason, now=clock())
+            erase_people, rt.store, rt.project, named, context=context(), actor="web", reason=reason, now=clock(),
+            default_country=country)
         return JSONResponse({"results": [r.as_dict() for r in results]})
 
     @router.post("/webhooks/hubspot")

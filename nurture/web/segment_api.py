@@ -36,10 +36,10 @@ from fastapi.responses import Response
 from sqlalchemy import select, update
 
 from nurture.double_opt_in import opt_ins_from_events
-from nurture.identities import Who, find_by_identity, linked_owners, resolve
+from nurture.identities import Who, find_by_identity, known_contact, linked_owners, resolve
 from nurture.ingest import (TrackResult, _identifier_problem, _show, _triage_core, parse_timestamp, text_problem,
                             value_problem, write_events)
-from nurture.privacy.tombstones import erased_among
+from nurture.privacy.tombstones import erased_among, erased_phones
 from nurture.settings import WebSettings
 from nurture.store.tables import contact_t
 from nurture.web.answers import JSONResponse
@@ -280,6 +280,9 @@ def apply_messages(conn: Any, messages: list[tuple[int, dict]], now: datetime) -
     identify traits written, track/page events written by write_events. Messages of erased
     people are dropped (counted in `erased`), as every ingest refuses them."""
     erased = erased_among(conn, {m["who"].email for _, m in messages if m["who"].email})
+    # a message without an e-mail that would give a contact an erased person's number: refused too
+    erased_numbers = erased_phones(conn, {m["who"].phone for _, m in messages
+                                          if m["who"].phone and not m["who"].email})
     result = TrackResult()
     merged_into: dict[int, int] = {}  # anonymous contacts merged away by this request
     events = []
@@ -288,7 +291,8 @@ def apply_messages(conn: Any, messages: list[tuple[int, dict]], now: datetime) -
     owners = linked_owners(conn, [m["who"] for _, m in messages])
     for line, m in messages:
         who = m["who"]
-        if who.email in erased:
+        if who.email in erased or (not who.email and who.phone in erased_numbers
+                                   and known_contact(conn, who) is None):
             result.erased += 1
             continue
         if m["type"] == "alias" and find_by_identity(conn, "external_id", who.anonymous_id) is not None:
