@@ -546,7 +546,8 @@ def _clean_contact(record: dict) -> tuple[dict, dict[str, ImportedConsent], list
             problem = value_problem(value, ("attributes",))
             if problem:
                 errors.append(problem)
-            attributes.update(value)
+            # a null changes nothing here either, as a top-level null or an empty cell does
+            attributes.update((k, v) for k, v in value.items() if v is not None)
         else:
             value, problem = _attribute(key, value)
             if problem:

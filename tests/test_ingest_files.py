@@ -133,6 +133,18 @@ def test_import_upserts_by_email_and_merges_attributes(store, tmp_path):
     assert ann.updated_at == NOW + timedelta(days=1) and ann.created_at == NOW
 
 
+def test_a_null_in_jsonl_attributes_changes_nothing_as_a_top_level_null_does(store, tmp_path):
+    """docs/import.md: `null` in JSONL is as if the field were missing; inside `attributes`
+    it overwrote the attribute with null."""
+    first = tmp_path / "first.jsonl"
+    first.write_text('{"email": "a@example.com", "plan": "pro", "attributes": {"tier": "gold", "seats": 3}}\n')
+    second = tmp_path / "second.jsonl"
+    second.write_text('{"email": "a@example.com", "plan": null, "attributes": {"tier": null, "seats": 4}}\n')
+    import_contacts(store, first, now=NOW)
+    assert import_contacts(store, second, now=NOW).errors == []
+    assert contacts_by_email(store)["a@example.com"].attributes == {"plan": "pro", "tier": "gold", "seats": 4}
+
+
 def test_jsonl_import_names_bad_lines(store, tmp_path):
     path = tmp_path / "contacts.jsonl"
     path.write_text('{"email": "ann@example.com"}\n{"email": "bob@example.com",\n["not", "an", "object"]\n'
