@@ -48,7 +48,7 @@ from nurture.sources import Touch, TouchCandidate, extract_touch, record_event_t
     touch_of_columns
 from nurture.store.db import Store
 from nurture.store.event_order import writing_events
-from nurture.store.tables import contact_t, event_t
+from nurture.store.tables import contact_t, event_t, identity_t
 
 
 # The columns `import contacts` reads (core fields, consent_<channel>[_at|_source] for every
@@ -1101,6 +1101,11 @@ def _write_contacts(store: Store, batch: dict[Key, _ImportRow], refused_keys: se
             refused_keys.add(key)
             del good[key]
         holders = _all_holders(conn, good)
+        # an address a contact is also known by (contact_identity) is that contact's, as over
+        # /v1/* and /events: a second contact holding it would split the person
+        secondary = second_addresses(conn, [r.fields["email"] for r in good.values()
+                                            if r.fields.get("email") and r.fields["email"] not in holders["email"]])
+        holders["email"].update(secondary)
         matched.update(_match_contacts(good, holders))
         if matched and not read_after_earlier:
             raise _StaleRead()
@@ -1133,6 +1138,8 @@ def _write_contacts(store: Store, batch: dict[Key, _ImportRow], refused_keys: se
             if key in matched:
                 cid = matched[key]
                 values = {k: fields[k] for k in CORE_FIELDS if k in fields}
+                if secondary.get(values.get("email")) == cid:
+                    del values["email"]  # one of its addresses already: its own e-mail stays
                 updates.append({"cid": cid, **values, "updated_at": now,
                                 "attributes": {**(existing.get(cid) or {}), **fields["attributes"]}})
             else:
@@ -1407,6 +1414,10 @@ def track_in(conn: Any, records: list[tuple[int, Any]], *, source: str = "track"
 
 # write_events' statements, built once: id lists as one array parameter on PostgreSQL.
 _IDS_BY_EMAIL = select(contact_t.c.email, contact_t.c.id).where(texts_in(contact_t.c.email, ()))
+# An address that is no contact's own e-mail but one a contact is also known by: a second
+# e-mail an identify over /v1/* recorded (nurture.identities.find_by_identity reads both).
+_IDS_BY_SECOND_EMAIL = select(identity_t.c.value, identity_t.c.contact_id).where(
+    identity_t.c.kind == "email", texts_in(identity_t.c.value, ()))
 _KNOWN_EVENTS = select(event_t.c.event_id).where(texts_in(event_t.c.event_id, ()))
 
 
@@ -1429,6 +1440,15 @@ def write_events(conn: Any, clean: list[dict], *, source: str, now: datetime, cr
     for part in chunks(emails, 5000):
         ids.update(dict(conn.execute(_IDS_BY_EMAIL, {"texts_email": list(part)}).all()))
     missing = [e for e in emails if e not in ids]
+    if missing:  # the person, not a second contact of the same address (as /v1/* finds them)
+        second = second_addresses(conn, missing)
+        gone = erased_contacts(conn, second.values()) if second else set()
+        for e in [e for e in clean if e.get("contact_id") is None and second.get(e["email"]) in gone]:
+            result.errors.append(RowError(source, e["line"], "email", ERASED_REFUSAL))
+            result.erased += 1
+        clean = [e for e in clean if e.get("contact_id") is not None or second.get(e["email"]) not in gone]
+        ids.update((e, cid) for e, cid in second.items() if cid not in gone)
+        missing = [e for e in missing if e not in second]
     if missing and create_contacts:
         # An address another transaction creates meanwhile (the same lead delivered twice at
         # once, a page's first calls, an import beside the web server) is skipped, not a
@@ -1465,6 +1485,15 @@ def write_events(conn: Any, clean: list[dict], *, source: str, now: datetime, cr
     result.inserted_ids += [r["event_id"] for r in rows]
     result.touches += record_event_touches(conn, touches)
     return result
+
+
+def second_addresses(conn: Any, emails: list[str]) -> dict[str, int]:
+    """e-mail -> the contact known by it in contact_identity, for the `emails` no contact has
+    as its own address; in one query per 5,000 addresses."""
+    found: dict[str, int] = {}
+    for part in chunks(sorted(set(emails)), 5000):
+        found.update(conn.execute(_IDS_BY_SECOND_EMAIL, {"texts_value": list(part)}).all())
+    return found
 
 
 def track_file(store: Store, path: Path, *, now: Optional[datetime] = None,

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from nurture.identities import MERGED, Who, merge_contacts, resolve
-from nurture.ingest import import_contacts
+from nurture.ingest import import_contacts, track_file, track_records
 from nurture.messages import message_log
 from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t, merge_t, message_t, touch_t
 from tests.conftest import utc, write_project
@@ -129,6 +129,75 @@ def test_import_refuses_an_email_held_by_another_contact_than_the_external_id(st
     result = import_contacts(store, path, now=NOW)
     assert [(e.line, e.field) for e in result.errors] == [(4, "email"), (2, "email")]
     assert result.created == 1 and result.updated == 0
+
+
+def _known_by_two_addresses(store) -> int:
+    """u1 identifies with work@, then with home@: home@ is recorded as a second address."""
+    with store.engine.begin() as conn:
+        cid, _ = resolve(conn, Who(external_id="u1", email="work@example.com"), NOW)
+        assert resolve(conn, Who(external_id="u1", email="home@example.com"), NOW) == (cid, None)
+    return cid
+
+
+def test_one_address_is_one_person_over_v1_and_events(make_runtime):
+    """/v1/* finds a contact by a second e-mail (contact_identity); POST /events looked at
+    contact.email only and made a second contact of the address, and later /v1 traffic of it
+    (the column is read first) followed there: the person, their journeys and revenue split."""
+    import base64
+    from tests.test_web_site import running_site
+    key, token = "wk_test_segment_write_key_1", "tok-0123456789abcdef-ingest"
+    basic = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+    rt = make_runtime({})
+    with running_site(rt, NOW, NURTURE_WRITE_KEY=key, NURTURE_INGEST_TOKEN=token) as site:
+        for email in ("work@example.com", "home@example.com"):
+            assert site.http.post("/v1/identify", json={"userId": "u1", "traits": {"email": email}},
+                                  headers=basic).status_code == 200
+        assert site.http.post("/v1/track", json={"anonymousId": "new-browser", "event": "Viewed", "messageId": "v1-a",
+                                                 "context": {"traits": {"email": "home@example.com"}}},
+                              headers=basic).status_code == 200
+        r = site.http.post("/events", json={"event_id": "ev-a", "email": "home@example.com", "event": "purchase",
+                                            "timestamp": "2026-03-02T11:00:00Z"},
+                           headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+    owner = {e.event_id: e.contact_id for e in _rows(rt.store, event_t)}
+    [person] = [c.id for c in _rows(rt.store, contact_t) if c.email]
+    assert owner == {"v1-a": person, "ev-a": person}
+
+
+def test_track_finds_a_contact_by_an_address_it_is_also_known_by(store, tmp_path):
+    cid = _known_by_two_addresses(store)
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"event_id": "e1", "email": "Home@Example.com", "event": "purchase", '
+                      '"timestamp": "2026-03-02T11:00:00Z"}\n')
+    assert track_file(store, events, now=NOW).inserted == 1
+    assert [e.contact_id for e in _rows(store, event_t)] == [cid]
+    assert [c.id for c in _rows(store, contact_t)] == [cid]
+
+
+def test_an_import_matches_a_contact_by_an_address_it_is_also_known_by_and_keeps_its_email(store, tmp_path):
+    """A second contact holding home@ in its column would take the person's /v1 traffic too."""
+    cid = _known_by_two_addresses(store)
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("email,first_name\nhome@example.com,Ann\n")
+    result = import_contacts(store, contacts, now=NOW)
+    assert (result.created, result.updated, result.errors) == (0, 1, [])
+    [contact] = _rows(store, contact_t)
+    # the address it was matched by is one of its own already: its e-mail stays
+    assert (contact.id, contact.email, contact.first_name) == (cid, "work@example.com", "Ann")
+
+
+def test_an_address_an_erased_contact_was_known_by_finds_no_one_and_makes_no_one(store):
+    """(Erasure removes a contact's identities; one left behind must still not lead to them.)"""
+    from nurture.store.tables import identity_t, suppression_t
+    gone = add_contact(store, None)
+    with store.engine.begin() as conn:
+        conn.execute(suppression_t.insert().values(contact_id=gone, address="hash", reason="erased", created_at=NOW))
+        conn.execute(identity_t.insert().values(contact_id=gone, kind="email", value="old@example.com",
+                                                first_seen_at=NOW))
+    result = track_records(store, [(1, {"event_id": "e1", "email": "old@example.com", "event": "visit",
+                                        "timestamp": "2026-03-02T11:00:00Z"})], now=NOW)
+    assert (result.inserted, result.erased, [(e.line, e.field) for e in result.errors]) == (0, 1, [(1, "email")])
+    assert _rows(store, event_t) == [] and [c.id for c in _rows(store, contact_t)] == [gone]
 
 
 def test_messages_name_a_contact_by_email_else_phone_else_external_id(store):
