@@ -1128,9 +1128,19 @@ def _write_contacts(store: Store, batch: dict[Key, _ImportRow], refused_keys: se
             refuse(key, "email", f"'{_show(good[key].fields['email'])}' belongs to another contact than the one of "
                                  f"{key[0]} '{_show(key[1])}'")
         existing: dict[int, dict] = {}
+        external_ids: dict[int, Optional[str]] = {}
         for part in chunks(sorted(set(matched.values())), 5000):
-            existing.update(conn.execute(select(contact_t.c.id, contact_t.c.attributes)
-                                         .where(ids_in(contact_t.c.id, part))).all())
+            for cid, attributes, external_id in conn.execute(
+                    select(contact_t.c.id, contact_t.c.attributes, contact_t.c.external_id)
+                    .where(ids_in(contact_t.c.id, part))):
+                existing[cid], external_ids[cid] = attributes, external_id
+        # A row matched by e-mail naming another external id than its contact has: the same
+        # conflict as two such rows in one file, not a new id for the contact.
+        for key in [k for k, cid in matched.items() if good[k].fields.get("external_id")
+                    and external_ids.get(cid) not in (None, good[k].fields["external_id"])
+                    and _matched_by(good[k].fields, holders) == "email"]:
+            refuse(key, "email", f"'{_show(good[key].fields['email'])}' belongs to a contact with another "
+                                 f"external_id ('{_show(external_ids[matched[key]])}')")
         inserts, updates = [], []
         inserted: list[Key] = []  # the keys of `inserts`, in order
         for key, row in good.items():

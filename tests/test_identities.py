@@ -131,6 +131,21 @@ def test_import_refuses_an_email_held_by_another_contact_than_the_external_id(st
     assert result.created == 1 and result.updated == 0
 
 
+def test_a_second_file_naming_an_email_under_another_external_id_is_refused_and_rewrites_nothing(store, tmp_path):
+    """One file with `E1,ann@` and `E2,ann@` refuses line 3; two files must not differ — the
+    second one rewrote the contact's external id (and a later userId E1 made a new contact)."""
+    crm = tmp_path / "crm.csv"
+    crm.write_text("external_id,email,first_name\nE1,ann@example.com,Ann\n")
+    shop = tmp_path / "shop.csv"
+    shop.write_text("external_id,email,first_name\nE2,ann@example.com,Annie\n")
+    assert import_contacts(store, crm, now=NOW).errors == []
+    second = import_contacts(store, shop, now=NOW)
+    assert [str(e) for e in second.errors] == [
+        "shop.csv:2: email: 'ann@example.com' belongs to a contact with another external_id ('E1')"]
+    assert (second.created, second.updated) == (0, 0)
+    assert [(c.external_id, c.email, c.first_name) for c in _rows(store, contact_t)] == [("E1", "ann@example.com", "Ann")]
+
+
 def _known_by_two_addresses(store) -> int:
     """u1 identifies with work@, then with home@: home@ is recorded as a second address."""
     with store.engine.begin() as conn:
