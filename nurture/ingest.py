@@ -1141,6 +1141,7 @@ def _write_contacts(store: Store, batch: dict[Key, _ImportRow], refused_keys: se
                     and _matched_by(good[k].fields, holders) == "email"]:
             refuse(key, "email", f"'{_show(good[key].fields['email'])}' belongs to a contact with another "
                                  f"external_id ('{_show(external_ids[matched[key]])}')")
+        _join_phone_rows(good, matched)
         inserts, updates = [], []
         inserted: list[Key] = []  # the keys of `inserts`, in order
         for key, row in good.items():
@@ -1326,6 +1327,32 @@ def _rematched(rows: dict[Key, _ImportRow], matched: dict[Key, int],
             return key
         given.update((kind, fields[kind]) for kind in MATCH_ORDER if fields.get(kind))
     return None
+
+
+def _join_phone_rows(rows: dict[Key, _ImportRow], matched: dict[Key, int]) -> None:
+    """A row known by its phone only that no contact holds yet joins the earlier row of the
+    slice whose contact gets that phone (later values win, attributes merge), in place of
+    `rows`: written one after the other, the earlier row's contact would hold the phone when
+    the later row is matched — the lowest id among them, so a matched one before a new one,
+    a new one in file order. (A rerun then matches both rows to that contact again.)"""
+    owner: dict[str, tuple[tuple[int, int], Key]] = {}  # phone -> (the rank of its contact's id, its row)
+    for order, key in enumerate(list(rows)):
+        row = rows[key]
+        phone = row.fields.get("phone")
+        if not phone:
+            continue
+        if key[0] == "phone" and key not in matched and phone in owner:
+            earlier = owner[phone][1]
+            first = rows[earlier]
+            rows[earlier] = _ImportRow(
+                {**first.fields, **row.fields, "attributes": {**first.fields["attributes"], **row.fields["attributes"]}},
+                {**first.consents, **row.consents}, row.touch if row.touch is not None else first.touch, row.line,
+                first.seen)
+            del rows[key]
+            continue
+        rank = (0, matched[key]) if key in matched else (1, order)
+        if phone not in owner or rank < owner[phone][0]:
+            owner[phone] = (rank, key)
 
 
 def _match_contacts(rows: dict[Key, _ImportRow], holders: dict[str, dict[str, int]]) -> dict[Key, int]:

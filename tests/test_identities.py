@@ -9,6 +9,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import select
 
+import nurture.ingest as ingest
 from nurture.identities import MERGED, Who, merge_contacts, resolve
 from nurture.ingest import import_contacts, track_file, track_records
 from nurture.messages import message_log
@@ -144,6 +145,37 @@ def test_a_second_file_naming_an_email_under_another_external_id_is_refused_and_
         "shop.csv:2: email: 'ann@example.com' belongs to a contact with another external_id ('E1')"]
     assert (second.created, second.updated) == (0, 0)
     assert [(c.external_id, c.email, c.first_name) for c in _rows(store, contact_t)] == [("E1", "ann@example.com", "Ann")]
+
+
+@pytest.mark.parametrize("chunk", [1, 1_000_000], ids=["two-slices", "one-slice"])
+def test_two_rows_of_one_phone_are_one_contact_and_a_rerun_changes_nothing(store, tmp_path, monkeypatch, chunk):
+    """The phone-only row was matched against stored contacts only: in one slice it made a
+    second contact, and a rerun then found the first by its phone and renamed it."""
+    monkeypatch.setattr(ingest, "IMPORT_CHUNK", chunk)
+    path = tmp_path / "phones.csv"
+    path.write_text("email,phone,first_name,plan\nbob@example.com,+4915112345678,Bob,pro\n"
+                    ",+49 151 12345678,Robert,\n")
+    import_contacts(store, path, now=NOW)
+    first = [(c.email, c.phone, c.first_name, c.attributes) for c in _rows(store, contact_t)]
+    assert first == [("bob@example.com", "+4915112345678", "Robert", {"plan": "pro"})]
+    again = import_contacts(store, path, now=NOW)
+    assert again.created == 0 and again.errors == []
+    assert [(c.email, c.phone, c.first_name, c.attributes) for c in _rows(store, contact_t)] == first
+
+
+def test_a_phone_only_row_joins_the_lowest_id_that_gets_its_phone_as_a_rerun_would(store, tmp_path):
+    """Two earlier rows give the phone to a new and to a known contact: the known one has the
+    lower id, so it is the one a second run (matching the stored phone) would find."""
+    known = add_contact(store, "hq@example.com")
+    path = tmp_path / "phones.csv"
+    path.write_text("email,phone,first_name\nnew@example.com,+4930123456,New\nhq@example.com,+4930123456,HQ\n"
+                    ",+4930123456,Switchboard\n")
+    result = import_contacts(store, path, now=NOW)
+    assert (result.created, result.updated, result.errors) == (1, 1, [])
+    first = {c.email: (c.id, c.first_name) for c in _rows(store, contact_t)}
+    assert first == {"hq@example.com": (known, "Switchboard"), "new@example.com": (known + 1, "New")}
+    import_contacts(store, path, now=NOW)
+    assert {c.email: (c.id, c.first_name) for c in _rows(store, contact_t)} == first
 
 
 def _known_by_two_addresses(store) -> int:
