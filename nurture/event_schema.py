@@ -21,6 +21,22 @@ EVENTS: dict[str, tuple[str, ...]] = {
     "sales_qualified": (),
     "deal_won": (),
 }
+# Events only Nurture itself records, from a source it checks: no ingest path (`track`,
+# `POST /events`, the Segment API) accepts them from outside — a browser holding the public
+# write key could otherwise open a contact's WhatsApp window (docs/whatsapp.md).
+WHATSAPP_RECEIVED = "whatsapp_received"
+RESERVED: dict[str, str] = {
+    WHATSAPP_RECEIVED: "recorded only by an inbound WhatsApp message (Twilio's webhook): it opens the "
+                         "24-hour window in which free text may go",
+}
+
+
+def reserved_problem(name: object) -> str | None:
+    """Why an event of this name is refused at ingest, or None."""
+    reason = RESERVED.get(name) if isinstance(name, str) else None
+    return f"'{name}' is reserved: {reason}" if reason else None
+
+
 # What `nurture preview` renders a documented event with when no contact and no --event is
 # given: one plausible value per property (a template reading another one asks for --event).
 SAMPLES: dict[str, dict[str, object]] = {

@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 
 from nurture.consent_ledger import append_consents, standing_revocations
+from nurture.event_schema import reserved_problem
 from nurture.runtime.gc_pause import gc_paused
 from nurture.identities import UNIQUE_VIOLATION, erased_contacts
 from nurture.import_columns import CONSENT_AT, CONSENT_COLUMNS, CONSENT_SOURCE, CORE_FIELDS, near_miss
@@ -1380,7 +1381,7 @@ def _clean_event(record: Any) -> tuple[Optional[dict], list[tuple[str, str]]]:
         if record.get(key) in (None, ""):
             errors.append((key, "required"))
     for key in ("event_id", "event"):
-        problem = _identifier_problem(record.get(key))
+        problem = _identifier_problem(record.get(key)) or (reserved_problem(record.get(key)) if key == "event" else None)
         if problem:
             errors.append((key, problem))
     props = record.get("properties", {})

@@ -358,3 +358,16 @@ def test_imported_names_lose_control_characters(store, tmp_path):
                                                                                           "Lee To: x@y.test")
     assert people["ann@example.com"].first_name == "A" * ingest.MAX_NAME_LENGTH and people["ann@example.com"].last_name is None
     assert (people["bob@example.com"].first_name, people["bob@example.com"].last_name) == ("Bob Cc: x@y.test", "Kay")
+
+
+def test_an_event_only_nurture_records_is_refused_by_line_and_field(store, tmp_path):
+    """`whatsapp_received` opens a contact's 24-hour WhatsApp window for free text: only Twilio's
+    inbound webhook records it (docs/whatsapp.md), never `track` or `/events`."""
+    path = tmp_path / "events.jsonl"
+    path.write_text(event_line("e1") + "\n" + event_line("e2").replace('"add_to_cart"', '"whatsapp_received"') + "\n",
+                    encoding="utf-8")
+    assert '"whatsapp_received"' in path.read_text(encoding="utf-8")
+    result = track_file(store, path, now=NOW)
+    assert errors_by_line(result) == [(2, "event")]
+    assert "'whatsapp_received' is reserved: recorded only by an inbound WhatsApp message" in str(result.errors[0])
+    assert stored_event_ids(store) == ["e1"]

@@ -36,6 +36,7 @@ from fastapi.responses import Response
 from sqlalchemy import select, update
 
 from nurture.double_opt_in import opt_ins_from_events
+from nurture.event_schema import reserved_problem
 from nurture.identities import Who, find_by_identity, known_contact, linked_owners, resolve
 from nurture.ingest import (TrackResult, _identifier_problem, _show, _triage_core, parse_timestamp, text_problem,
                             value_problem, write_events)
@@ -206,7 +207,7 @@ def read_message(message: Any, kind: Optional[str], received_at: datetime,
             if name in (None, ""):
                 problems.append(("event", "required"))
             else:
-                problem = _identifier_problem(name)
+                problem = _identifier_problem(name) or reserved_problem(name)
                 if problem:
                     problems.append(("event", problem))
         properties = dict(properties)

@@ -16,12 +16,13 @@ from typing import Any, Iterable
 
 from sqlalchemy import select
 
+# WHATSAPP_RECEIVED: the event an inbound WhatsApp message records (nurture.web.webhooks.twilio_inbound);
+# no ingest path accepts it from outside (nurture.event_schema.RESERVED).
+from nurture.event_schema import WHATSAPP_RECEIVED
 from nurture.runtime.sql import chunks, ids_in
 from nurture.store.tables import event_t
 
 EXPLICIT_OPT_IN = frozenset({"whatsapp"})
-# The event an inbound WhatsApp message records (nurture.web.webhooks.twilio_inbound).
-WHATSAPP_RECEIVED = "whatsapp_received"
 SESSION = timedelta(hours=24)
 
 
