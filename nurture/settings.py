@@ -159,7 +159,8 @@ class Settings(EnvSettings):
     default_country: Optional[str] = setting(
         "NURTURE_DEFAULT_COUNTRY",
         doc="Region (ISO country code) for phone numbers written without +country code: the twilio channel, "
-            "and a number given to `nurture erase` / `export-contact` / `POST /privacy/erase`.")
+            "a Meta lead's number (when its form has no country), and a number given to `nurture erase` / "
+            "`export-contact` / `POST /privacy/erase`.")
     sync_timezone: Optional[str] = setting(
         "NURTURE_SYNC_TIMEZONE", doc="The time zone of the nightly segment-sync schedule.")
     verbose: bool = setting("NURTURE_VERBOSE", False,

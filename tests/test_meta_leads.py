@@ -310,6 +310,17 @@ def test_a_phone_only_lead_is_a_phone_contact_whatsapp_reaches_at_once(make_runt
     assert [(m.channel, m.status, m.address) for m in messages(rt.store)] == [("whatsapp", "sent", "+4915112345678")]
 
 
+def test_a_number_typed_without_its_country_code_is_read_in_the_default_country(make_runtime, graph):
+    """A person types 0151 … on the form, which has no country question: with
+    NURTURE_DEFAULT_COUNTRY=DE the lead is still a contact SMS and WhatsApp reach."""
+    rt = make_runtime({}, policies=POLICIES)
+    graph.add_lead(LEAD, FORM, {"full_name": "Lea National", "phone_number": "0151 12345678"})
+    with client(rt, graph, NURTURE_DEFAULT_COUNTRY="DE") as http:
+        assert post(http, notification(LEAD)).json()["stored"] == 1
+    [contact] = rows(rt.store, contact_t)
+    assert (contact.email, contact.phone) == (None, "+4915112345678")
+
+
 def test_a_lead_without_an_email_or_a_phone_is_skipped_not_retried(make_runtime, graph):
     rt = make_runtime({}, policies=POLICIES)
     graph.add_lead(LEAD, FORM, {"full_name": "No Mail", "phone_number": "call me"})

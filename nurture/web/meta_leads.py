@@ -194,8 +194,10 @@ def _first(answers: dict[str, list[str]], names: tuple[str, ...]) -> Optional[st
     return next((answers[n][0] for n in names if answers.get(n)), None)
 
 
-def _contact_fields(answers: dict[str, list[str]], consent_questions: set[str]) -> tuple[dict, dict]:
-    """(core fields without email, attributes) of a lead's answers."""
+def _contact_fields(answers: dict[str, list[str]], consent_questions: set[str],
+                    default_country: Optional[str] = None) -> tuple[dict, dict]:
+    """(core fields without email, attributes) of a lead's answers; a phone number without a
+    country code is read in the form's `country`, else in `default_country`."""
     fields: dict[str, Any] = {}
     attributes: dict[str, Any] = {}
     first, last = clean_name(_first(answers, ("first_name",))), clean_name(_first(answers, ("last_name",)))
@@ -212,7 +214,7 @@ def _contact_fields(answers: dict[str, list[str]], consent_questions: set[str]) 
     phone = _first(answers, PHONE_FIELDS)
     if phone:
         try:
-            fields["phone"] = normalize_phone(phone, fields.get("country"))
+            fields["phone"] = normalize_phone(phone, fields.get("country") or default_country)
         except ValueError:
             attributes["phone_number"] = phone  # kept as given: a person reads it, no channel uses it
     taken = set(EMAIL_FIELDS[:1]) | set(PHONE_FIELDS) | set(NAME_FIELDS) | {"country"} | consent_questions
@@ -234,12 +236,14 @@ def _utm(lead: dict, form_id: str) -> dict[str, str]:
     return {k: v for k, v in utm.items() if not text_problem(v)}
 
 
-def store_lead(conn: Any, policies: Policies, lead: dict, hint: Notification, *, now: datetime) -> LeadOutcome:
-    """One lead read from Graph, in the caller's transaction (see the module's docstring)."""
+def store_lead(conn: Any, policies: Policies, lead: dict, hint: Notification, *, now: datetime,
+               default_country: Optional[str] = None) -> LeadOutcome:
+    """One lead read from Graph, in the caller's transaction (see the module's docstring);
+    `default_country`: NURTURE_DEFAULT_COUNTRY, for a phone number typed without its code."""
     lead_id = hint.lead_id
     answers = _answers(lead)
     consent = policies.lead_forms.consent
-    fields, attributes = _contact_fields(answers, {q.lower() for qs in consent.values() for q in qs})
+    fields, attributes = _contact_fields(answers, {q.lower() for qs in consent.values() for q in qs}, default_country)
     raw_email = _first(answers, EMAIL_FIELDS)
     email = None
     if raw_email:
@@ -388,6 +392,7 @@ def meta_leads_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
         if reader is None:
             answer["failed"] = [{"lead_id": n.lead_id, "reason": why} for n in todo]
             return answer
+        default_country = rt.settings.default_country
         try:
             for hint in todo:
                 fetched = reader.fetch(hint.lead_id)
@@ -395,7 +400,8 @@ def meta_leads_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
                     answer["failed"].append({"lead_id": hint.lead_id, "reason": fetched.reason})
                     continue
                 with rt.store.engine.begin() as conn:
-                    outcome = store_lead(conn, rt.project.policies, fetched.lead, hint, now=now)
+                    outcome = store_lead(conn, rt.project.policies, fetched.lead, hint, now=now,
+                                         default_country=default_country)
                 if outcome.status == "stored":
                     answer["stored"] += 1
                     answer["_event_ids"] += outcome.event_ids
