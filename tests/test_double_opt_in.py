@@ -243,3 +243,42 @@ def test_the_hygiene_flow_runs_the_same_work_under_prefect(tmp_path, monkeypatch
     assert later["expired"] == 1
     assert [r[0] for r in _ledger(store, cid)] == ["pending", "revoked"]
     store.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the skeleton's files: one backend is enough
+def test_a_project_nurture_init_makes_sends_its_confirmation_in_the_contacts_language(store, tmp_path):
+    """The skeleton asks for e-mail double opt-in: it ships the confirmation's templates (and their
+    German), or every sign-up of a new project would stay pending — its welcome never sent."""
+    import os
+
+    from nurture.runtime.context import Runtime
+    from nurture.spec.project import load_project
+    from tests.cli_inproc import run_cli
+    root = tmp_path / "shop"
+    assert run_cli(["init", str(root)], {**os.environ, "COLUMNS": "200"}).returncode == 0
+    spec = load_project(root)
+    assert spec.policies.double_opt_in.get("email") and not spec.errors and not spec.warnings
+    rt = Runtime(store, spec, env={"NURTURE_DATA_DIR": str(root / ".nurture"), "NURTURE_INSTANT": "0"})
+    add_contact(store, "dora@example.com", locale="de")  # imported with her language before she signed up
+    try:
+        with running_site(rt, T0, NURTURE_INGEST_TOKEN=INGEST) as site:
+            for event_id, address in (("s1", "carol@example.com"), ("s2", "dora@example.com")):
+                response = site.http.post("/events", headers={"Authorization": f"Bearer {INGEST}"}, json={
+                    "event_id": event_id, "email": address, "event": "signup", "timestamp": T0.isoformat()})
+                assert response.json()["opt_ins"] == {"pending": 1}, response.text
+            _wait_for(lambda: [m.status for m in messages(site.store, journey=SYSTEM_JOURNEY)] == ["sent", "sent"])
+    finally:
+        rt.close()
+    subjects = sorted(email.message_from_bytes(p.read_bytes(), policy=email.policy.default)["Subject"]
+                      for p in _emls(rt))
+    assert subjects == ["Bitte bestätigen Sie Ihr Abonnement", "Please confirm your subscription"]
+
+
+def test_validate_warns_when_email_double_opt_in_has_no_confirmation_template(tmp_path):
+    from nurture.spec.project import load_project
+    from tests.conftest import write_project
+    root = write_project(tmp_path / "p", {}, policies=DEFAULT_POLICIES + "double_opt_in: {email: [marketing]}\n")
+    warnings = [str(w) for w in load_project(root).warnings]
+    assert len(warnings) == 2 and all("warning: double_opt_in needs it for the confirmation e-mail: template"
+                                      in w and w.startswith("journeys/policies.yaml:") for w in warnings), warnings
+    assert "expected templates/email/system/confirm.html" in warnings[0]

@@ -15,7 +15,8 @@ from nurture.rendering.templates import RenderError
 
 
 def init(directory: Path = typer.Argument(..., help="Where the new project goes (created if missing)")) -> None:
-    """Start a project: one journey (welcome), policies.yaml, the layout and a template.
+    """Start a project: one journey (welcome), policies.yaml, the layout, its template, the double
+    opt-in confirmation's templates and a German catalog.
 
     Then: `cd DIR && nurture validate`, `nurture preview welcome`, and README's "Write a journey"."""
     import shutil
@@ -32,7 +33,8 @@ def init(directory: Path = typer.Argument(..., help="Where the new project goes 
     except OSError as exc:
         raise CliError(f"cannot create the project in {directory}: {exc.strerror or exc}") from None
     console.print(f"created a project in {directory}: journeys/welcome.yaml, journeys/policies.yaml, "
-                  "templates/layouts/base.html, templates/email/welcome.html", markup=False)
+                  "templates/layouts/base.html, templates/email/welcome.html, templates/email/system/ (the double "
+                  "opt-in confirmation), translations/de.po", markup=False)
     console.print(f"next: cd {directory} && nurture validate && nurture preview welcome", markup=False)
 
 

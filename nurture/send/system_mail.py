@@ -17,12 +17,13 @@ from nurture.consent_ledger import latest_of_rows, revocations_until
 from nurture.registry import OutgoingMessage
 from nurture.runtime.context import Runtime
 from nurture.send.context import imprint_of, recipient_links, template_context
+from nurture.spec.models import DOUBLE_OPT_IN_TEMPLATES
 from nurture.store.tables import message_t
 from nurture.tokens import make_token
 
 SYSTEM_JOURNEY = "double_opt_in"
 SYSTEM_JOURNEYS = frozenset({SYSTEM_JOURNEY})
-TEMPLATES = {"confirm": "system/confirm", "reminder": "system/confirm_reminder"}
+TEMPLATES = DOUBLE_OPT_IN_TEMPLATES  # step -> template (validate warns when one is missing)
 # Jinja, so the subject is in the contact's language (translations/<locale>.po, nurture.rendering.i18n).
 SUBJECTS = {"confirm": "{{ _('Please confirm your subscription') }}",
             "reminder": "{{ _('Reminder: please confirm your subscription') }}"}

@@ -706,6 +706,11 @@ class LeadForms(Strict):
         Field(default_factory=dict)
 
 
+# The e-mails double opt-in sends (nurture.send.system_mail), step -> template under
+# templates/email/: a policy that asks for e-mail double opt-in needs both.
+DOUBLE_OPT_IN_TEMPLATES = {"confirm": "system/confirm", "reminder": "system/confirm_reminder"}
+
+
 class Policies(Strict):
     version: str = "1"
     timezone: str = "UTC"

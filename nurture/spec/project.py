@@ -18,7 +18,7 @@ from nurture.scoring.spec import check_handover, load_scoring
 from nurture.spec.conversions import load_conversions
 from nurture.spec.errors import SpecError, did_you_mean
 from nurture.spec.model_errors import pydantic_errors
-from nurture.spec.models import CHANNELS, OBJECTIVE_METRICS, Condition, Journey, Objective, Policies, Step
+from nurture.spec.models import CHANNELS, DOUBLE_OPT_IN_TEMPLATES, OBJECTIVE_METRICS, Condition, Journey, Objective, Policies, Step
 from nurture.spec.segments import Segment, SegmentsFile
 from nurture.spec.yaml_loader import Locations, load_located
 
@@ -387,6 +387,17 @@ def translation_warnings(journey: Journey, locs: Locations, library: TemplateLib
     return warnings
 
 
+def _system_mail_warnings(policies: Policies, locs: Optional[Locations], library: TemplateLibrary) -> list[SpecError]:
+    """E-mail double opt-in sends a confirmation and a reminder (nurture.send.system_mail):
+    without their templates every sign-up would stay pending — no marketing ever reaches it."""
+    if not policies.double_opt_in.get("email") or locs is None:
+        return []
+    line, col = locs.of(("double_opt_in", "email"))
+    return [SpecError(e.path, e.line, e.col, f"warning: double_opt_in needs it for the confirmation e-mail: {e.message}"
+                      " (every sign-up stays pending until it exists)", e.hint)
+            for name in DOUBLE_OPT_IN_TEMPLATES.values() for e in library.check("email", name, (locs.file, line, col))]
+
+
 def _goal_warnings(journey: Journey, locs: Locations) -> list[SpecError]:
     """A goal window shorter than the waits before the journey's first message: a conversion
     after the first message could then never be counted (the start is the first send step)."""
@@ -518,6 +529,7 @@ def load_project(root: Path, *, only: Optional[str] = None,
             project.warnings.extend(_template_warnings(journey, locations[name], library, attributes))
             project.warnings.extend(_goal_warnings(journey, locations[name]))
             project.warnings.extend(translation_warnings(journey, locations[name], library))
+    project.warnings.extend(_system_mail_warnings(policies, locations.get("policies"), library))
     # a catalog that cannot be read, a line Babel skips; a translation whose placeholders
     # differ from its msgid's (Babel's python-format check)
     catalogs = library.localizer.catalogs
