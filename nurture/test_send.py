@@ -47,7 +47,7 @@ from nurture.rendering.templates import RenderError
 from nurture.runtime.context import Runtime
 from nurture.send.context import ContextRow
 from nurture.send.deliver import LoadedMessage
-from nurture.send.preview import SAMPLE_CONTACT, recipient
+from nurture.send.preview import SAMPLE_CONTACT, recipient, sample_recipient
 from nurture.send.render import render_message
 
 TEST_MESSAGE_PK = 0  # no message row has id 0: see the module docstring
@@ -123,7 +123,7 @@ def send_test(rt: Runtime, journey: str, step_id: str, to: str, *, contact_email
             person = _contact(conn, contact_email, journey, trigger)
         who = person.email or contact_email
     else:
-        person = SAMPLE_CONTACT._replace(event_name=trigger)
+        person = sample_recipient(trigger)
         who = f"sample contact ({SAMPLE_CONTACT.first_name} {SAMPLE_CONTACT.last_name}, {SAMPLE_CONTACT.email})"
     message = _render(rt, person, journey, step_id, channel, send.purpose, send.template, address, now)
     integration = _integration(rt, channel)

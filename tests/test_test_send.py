@@ -108,6 +108,22 @@ def test_the_sample_contact_stands_in_without_contact_and_an_unknown_contact_is_
 
 
 @sqlite_only
+def test_the_sample_contact_carries_the_sample_trigger_event_preview_renders_with(make_runtime, store):
+    """docs/test-send.md's own example: a cart reminder reading `event.cart_value` (a documented
+    property of add_to_cart) sends for the sample contact, as `nurture preview` renders it."""
+    cart = journey_yaml("cart", '- id: reminder\n  send: {channel: email, template: cart, subject: "Your cart"}',
+                        trigger="{event: add_to_cart}")
+    rt = make_runtime({"cart": cart}, templates={
+        "email/cart.html": '<p>{{ event.cart_value | money }} wait for you.</p><a href="{{ links.unsubscribe }}">u</a>'})
+    rt.env.update({"NURTURE_SECRET_KEY": SECRET, "NURTURE_PUBLIC_URL": "https://shop.example"})
+    result = send_test(rt, "cart", "reminder", "seed@qa.example", now=NOW)
+    assert result.status == "sent", result
+    [eml] = (rt.data_dir / "outbox" / "email").rglob("*.eml")
+    body = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default).get_body(("plain",)).get_content()
+    assert "129.00" in body  # event_schema.SAMPLES["add_to_cart"]["cart_value"]
+
+
+@sqlite_only
 def test_the_test_file_cannot_collide_with_a_real_messages_file(make_runtime, store):
     rt = _runtime(make_runtime)
     ann = subscriber(store, "ann@example.com", first_name="Ann")

@@ -53,6 +53,13 @@ SAMPLE_CONTACT = ContextRow(contact_id=0, email="alex@example.com", phone="+4915
                             lifecycle_stage="lead", score=0.0, attributes={}, step_id="")
 
 
+def sample_recipient(trigger_event: Optional[str]) -> ContextRow:
+    """The sample contact with the journey's trigger event, holding a sample value for each
+    documented property of it (nurture.event_schema.SAMPLES): `preview` and `test-send`
+    without a contact render for it."""
+    return SAMPLE_CONTACT._replace(event_name=trigger_event, event_properties=dict(SAMPLES.get(trigger_event or "", {})))
+
+
 _CONTACT_COLUMNS = (contact_t.c.id.label("contact_id"), contact_t.c.email, contact_t.c.phone, contact_t.c.first_name,
                     contact_t.c.last_name, contact_t.c.country, contact_t.c.locale, contact_t.c.timezone,
                     contact_t.c.lifecycle_stage, contact_t.c.score, contact_t.c.attributes)
@@ -96,7 +103,7 @@ def preview_journey(spec: ProjectSpec, store: Store, journey: str, *, step_id: O
     settings = rt.settings.model_copy(update={"secret_key": SecretStr(secret_key or secrets.token_hex(24))})
     plan = rt.plan(journey)
     trigger_event = plan.journey.trigger.event
-    row = SAMPLE_CONTACT._replace(event_name=trigger_event, event_properties=dict(SAMPLES.get(trigger_event or "", {})))
+    row = sample_recipient(trigger_event)
     if email:
         with store.reading() as conn:
             found = recipient(conn, email, journey, trigger_event)
