@@ -322,5 +322,7 @@ def _summary(console: Console, report, sent_total: Counter, reactions: Counter, 
         console.print(f"  audiences   {demo_dir / 'audiences'}/ (hashed CSV files, synced weekly; the last sync: "
                       + ", ".join(f"{t.segment} {t.added + t.updated}+/{t.removed}-" for t in synced) + ")")
     console.print(f"  handovers   {demo_dir / 'handover' / 'handovers.jsonl'}")
-    console.print(f"  more        NURTURE_DATABASE_URL={url} nurture --project {project} report  "
+    # the report as of the demo's end: a report up to today would add months of fixed costs
+    console.print(f"  more        NURTURE_DATABASE_URL={url} nurture --project {project} report "
+                  f"--now {report.generated_at.isoformat().replace('+00:00', 'Z')}  "
                   "(or: messages --json, preview welcome --contact …)", markup=False)

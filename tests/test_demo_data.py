@@ -98,6 +98,7 @@ def test_the_demo_runs_all_six_journeys_writes_the_report_and_can_run_again(tmp_
         store.dispose()
         text = out.getvalue()
         assert "What the month earned" in text and "report.html" in text
+        assert re.search(r"report --now \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", text), text  # the figures of the summary
         # the headline ROI is the incremental one, with its interval (an interval through zero is no proof)
         assert "ROI (incr.) [95% CI]" in text and re.search(r"×\s*\[-?[\d.,]+×, -?[\d.,]+×\]", text), text
         assert (root / ".nurture" / "demo" / "report.html").read_text().startswith("<!DOCTYPE html>")
