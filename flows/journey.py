@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import task_run
 from prefect.states import Failed
 
 from flows.runtime import identity_line, logical_now, retry_unless_invalid, runtime_for
@@ -41,11 +43,23 @@ from nurture.send.deliver import channels_down
 HEADLINE = ("sent", "retry", "failed", "deferred", "suppressed", "skipped", "holdout", "unavailable")
 
 
+# What the failed attempts of a stage task run had done when they failed, by task run id. A
+# stage commits as it goes (the advance stage sends each batch once it commits), so a retry
+# goes on from there and its report is added to theirs: the tick reports every attempt's work.
+_ATTEMPTED: dict[str, TickReport] = {}
+
+
 @task(name="stage", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_invalid)
 def stage_task(project: Optional[str], journey: str, now: datetime, stage: str, options: TickOptions,
                partition: int, partitions: int, skip_channels: tuple[str, ...] = ()) -> TickReport:
+    attempt = task_run.id
+    report = _ATTEMPTED.pop(attempt, None) or TickReport(journey, now.isoformat())
     call = calls(STAGE_BY_NAME[stage], runtime_for(project), journey, now, options, skip_channels)[partition]
-    return STAGE_BY_NAME[stage].run(call)
+    try:
+        return STAGE_BY_NAME[stage].run(replace(call, report=report))
+    except BaseException:
+        _ATTEMPTED[attempt] = report  # (forgotten by the flow once the task run is over)
+        raise
 
 
 def artifact_key(journey: str) -> str:
@@ -119,6 +133,9 @@ def journey_tick(journey: str, project: Optional[str] = None, now: Optional[date
         futures = [task_.submit(project, journey, clock, stage.name, options, c.partition, c.partitions, down)
                    for c in calls(stage, rt, journey, clock, options)]
         done = TickReport(journey, clock.isoformat())
+        for future in futures:
+            future.wait()
+            _ATTEMPTED.pop(str(future.task_run_id), None)  # (a stage that failed for good: no retry to come)
         for future in futures:
             done.merge(future.result())
         report.merge(done)

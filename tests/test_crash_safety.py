@@ -252,3 +252,36 @@ def test_an_eml_torn_by_a_crash_counts_as_not_delivered_and_is_removed(tmp_path)
     path.write_bytes(path.read_bytes()[:-40])  # the process died half-way through the write
     assert channel.was_delivered(7, msg.rfc_message_id) is False
     assert not path.exists()
+
+
+def test_a_deliver_stage_that_fails_part_way_reports_exactly_the_batches_it_recorded(make_runtime, store, monkeypatch):
+    """A stage commits as it goes; when a later batch fails, the report it was counting in
+    (`StageCall.report`: what a Prefect retry of the stage goes on from, flows/journey.py)
+    holds what the committed batches did — as the message log says, no more: the failed
+    batch's record was rolled back, its message stays `sending` for reconcile."""
+    from nurture.runtime.context import TickReport
+    from nurture.runtime.tick import STAGE_BY_NAME, StageCall
+    from nurture.send import deliver as deliver_module
+    from nurture.steps.advance import advance
+    rt = make_runtime({"j": journey_yaml("j", "- id: hello\n  send: {channel: email, template: hello, subject: Hi}")})
+    for i in range(3):
+        add_event(store, subscriber(store, f"p{i}@example.com"), "signup", T0)
+    now = T0 + timedelta(minutes=1)
+    for name in ("prepare", "enroll"):
+        STAGE_BY_NAME[name].run(StageCall(rt, "j", now))
+    advance(rt, rt.plan("j"), now)  # queued only (no hand-off): the deliver stage sends them
+    rt.batch_size = 1
+    real_record = deliver_module._Delivery.record
+    records: list[int] = []
+
+    def second_record_fails(self, *args):
+        records.append(1)
+        if len(records) == 2:
+            raise RuntimeError("database is locked")
+        return real_record(self, *args)
+    monkeypatch.setattr(deliver_module._Delivery, "record", second_record_fails)
+    report = TickReport("j", now.isoformat())
+    with pytest.raises(RuntimeError, match="locked"):
+        STAGE_BY_NAME["deliver"].run(StageCall(rt, "j", now, report=report))
+    assert sorted(status for _, status, _ in outcomes(store)) == ["queued", "sending", "sent"]
+    assert dict(report.outcomes) == {("hello", "sent", None): 1}

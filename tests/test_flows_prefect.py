@@ -40,8 +40,8 @@ def harness(prefect_harness):
     return prefect_harness
 
 
-def _project(tmp_path, monkeypatch, url=None):
-    root = write_project(tmp_path / "proj", {"welcome_series": JOURNEY, "sms_only": SECOND})
+def _project(tmp_path, monkeypatch, url=None, journeys=None):
+    root = write_project(tmp_path / "proj", journeys or {"welcome_series": JOURNEY, "sms_only": SECOND})
     url = url or f"sqlite:///{root / '.nurture' / 'nurture.db'}"
     monkeypatch.setenv("NURTURE_DATABASE_URL", url)
     monkeypatch.setenv("NURTURE_DATA_DIR", str(root / ".nurture"))
@@ -195,6 +195,66 @@ def test_a_one_process_flow_run_on_postgresql_sends_from_its_thread_each_message
     with store.engine.connect() as conn:
         assert [r[0] for r in conn.exec_driver_sql("SELECT status FROM message WHERE step_id = 'hello'")] == ["sent"] * 3
     assert len(list((root / ".nurture" / "outbox" / "email" / "welcome_series").glob("*.eml"))) == 3
+
+
+TWO_SENDS = """
+name: two_mails
+trigger: {event: signup}
+steps:
+  - id: hello
+    send: {channel: email, template: hello, subject: "Hello"}
+  - id: bye
+    send: {channel: email, template: other, subject: "Bye"}
+"""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def two_sends(request, tmp_path, monkeypatch):
+    url = None
+    if request.param == "postgres":
+        from tests.conftest import _fresh_pg_database
+        server = request.getfixturevalue("pg_server_url")
+        url = _fresh_pg_database(server, request.getfixturevalue("pg_template"))
+    root, store, t0 = _project(tmp_path, monkeypatch, url, journeys={"two_mails": TWO_SENDS})
+    yield root, store, t0
+    from flows.runtime import forget_runtimes
+    forget_runtimes()
+    store.dispose()
+    if url:
+        from tests.conftest import _drop_pg_database
+        _drop_pg_database(server, url)
+
+
+def test_a_retried_stage_reports_what_its_failed_attempt_sent_too(harness, two_sends, monkeypatch):
+    """The advance stage sends each batch as it commits; a transient error after `hello` went
+    out makes Prefect retry the stage, which then sends `bye`. The tick's report (artifact,
+    tick-all summary, `nurture run`'s table) counts both attempts' work, as the message log does."""
+    import flows.journey as journey_flows
+    import nurture.steps.advance as advance_module
+    root, store, t0 = two_sends
+    real_handler_for = advance_module.handler_for
+    failed: list[bool] = []
+
+    def flaky_handler_for(kind):
+        handle = real_handler_for(kind)
+
+        def once_failing(rt, plan, node, now, report):
+            if node.id == "bye" and not failed:  # as a busy database would, once
+                failed.append(True)
+                raise RuntimeError("database is locked")
+            return handle(rt, plan, node, now, report)
+        return once_failing
+    monkeypatch.setattr(advance_module, "handler_for", flaky_handler_for)
+    monkeypatch.setattr(journey_flows, "stage_task", journey_flows.stage_task.with_options(retry_delay_seconds=0))
+    results = journey_flows.tick_all(project=str(root), now=t0 + timedelta(minutes=5), delivery_processes=1)
+    assert failed
+    with store.engine.connect() as conn:
+        logged = dict(conn.exec_driver_sql("SELECT step_id, COUNT(*) FROM message WHERE status = 'sent' GROUP BY step_id").all())
+    assert logged == {"hello": 3, "bye": 3}
+    reported = {(r["step"], r["outcome"]): r["count"] for r in results[0]["outcomes"]}
+    assert reported == {("hello", "sent"): 3, ("bye", "sent"): 3}
+    assert results[0]["totals"]["sent"] == 6 and results[0]["queued"] == 6
+    assert journey_flows._ATTEMPTED == {}  # nothing kept once the task run is over
 
 
 def test_the_flow_and_run_tick_run_the_same_stages_in_the_same_order_with_the_same_counts(harness, project, tmp_path):

@@ -238,7 +238,8 @@ def due_enrollments(rt: Runtime, now: datetime, journey: str, cap: int = LARGE_T
         return conn.execute(stmt, {"journey": journey, "now": now, "cap": cap}).scalar() or 0
 
 
-def handed_in_process(rt: Runtime, now: datetime, produce: Callable[[], Counter]) -> tuple[Counter, Counter]:
+def handed_in_process(rt: Runtime, now: datetime, produce: Callable[[], Counter],
+                      delivered: Optional[Counter] = None) -> tuple[Counter, Counter]:
     """Run `produce` (the advance stage) with a hand-off in this process (`LocalHandoff`): a
     tick that does not pipeline processes (and whose delivery is not split into partitions)
     delivers each batch as soon as its send transaction has committed, from the rows its
@@ -246,25 +247,32 @@ def handed_in_process(rt: Runtime, now: datetime, produce: Callable[[], Counter]
     a row version and a read less per message (on PostgreSQL a new row version writes an entry
     in each of the message table's five indexes). On PostgreSQL the batches are sent by a
     thread of this process (`_Sender`) while the advance stage guards the next one. Returns
-    (produce's report, delivery report); what else is queued (retries, messages put back) is
-    left to the deliver stage, as always."""
+    (produce's report, delivery report: `delivered`, given); what else is queued (retries,
+    messages put back) is left to the deliver stage, as always. The delivery's outcomes are
+    counted in `delivered` also when `produce` fails part-way: the batches it committed before
+    were sent (a retried stage reports them, flows/journey.py)."""
     from nurture.send.deliver import HandedDelivery
     from nurture.send.lease import Lease
+    delivered = Counter() if delivered is None else delivered
     lease = Lease(rt.store, uuid.uuid4().hex)  # held from the first send transaction (nurture.send.lease)
-    with lease, HandedDelivery(rt, now, lease, last=True) as delivery:
-        sender = _Sender(delivery.take) if rt.store.is_postgres else None
-        rt.handoff = LocalHandoff(sender.put if sender else delivery.take, lease)
-        try:
-            produced = produce()
-        except BaseException:
+    delivery = HandedDelivery(rt, now, lease, last=True)
+    try:
+        with lease, delivery:
+            sender = _Sender(delivery.take) if rt.store.is_postgres else None
+            rt.handoff = LocalHandoff(sender.put if sender else delivery.take, lease)
+            try:
+                produced = produce()
+            except BaseException:
+                rt.handoff = None
+                if sender:
+                    sender.close(failing=True)
+                raise
             rt.handoff = None
             if sender:
-                sender.close(failing=True)
-            raise
-        rt.handoff = None
-        if sender:
-            sender.close()
-    return produced, delivery.outcomes()
+                sender.close()
+    finally:  # (its recorder is done: what it recorded, failing or not)
+        delivered.update(delivery.outcomes())
+    return produced, delivered
 
 
 class _Sender:
@@ -319,14 +327,15 @@ class _Sender:
 
 
 def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
-              produce: Callable[[], Counter]) -> tuple[Counter, Counter]:
+              produce: Callable[[], Counter], delivered: Optional[Counter] = None) -> tuple[Counter, Counter]:
     """Run `produce` (the advance stage) here while `workers - 1` processes deliver what it
     queues; once it is done this process delivers too, so `workers` processes are busy
     throughout (on N cores: the guards + N - 1 deliverers, then N deliverers). The advance
     stage hands its messages over claimed, in chunks the processes share
     (nurture.send.handoff), never more than AHEAD chunks per process ahead of them: beyond,
     this process delivers the chunk itself; what else is queued they then claim as usual
-    (row-level claims). Returns (produce's report, delivery report)."""
+    (row-level claims). Returns (produce's report, delivery report: `delivered`, given — in
+    which, when the tick fails part-way, the deliveries done until then are counted too)."""
     from nurture.send.deliver import HandedDelivery, channels_down, deliver
     from nurture.send.lease import Lease
     ctx = process_context(rt.store.is_postgres)
@@ -342,7 +351,7 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
 
     def others_alive() -> bool:
         return starter.is_alive() or any(proc.is_alive() for proc in starter.started)
-    delivered: Counter = Counter()
+    delivered = Counter() if delivered is None else delivered
 
     def down() -> frozenset[str]:  # what this process or another of the tick found unusable
         return channels_down(delivered) | set(handoff.down())
@@ -356,17 +365,20 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
             with taking_turns(turns):
                 # This process delivers too: a chunk the others are too far behind to take while
                 # the guards run (nurture.send.handoff, AHEAD), then alongside them once they are done.
-                with HandedDelivery(rt, now, lease, shared=handoff) as own:
-                    rt.handoff = handoff.publishing_here(own.take, lease)
-                    try:
-                        produced = produce()
-                    finally:
-                        rt.handoff = None
-                        handoff.close()
-                    for batch in handoff.batches(alive=others_alive):
-                        own.take(batch)
-                delivered.update(own.outcomes())
-                delivered.update(deliver(rt, now, journey, skip_channels=down()))
+                own = HandedDelivery(rt, now, lease, shared=handoff)
+                try:
+                    with own:
+                        rt.handoff = handoff.publishing_here(own.take, lease)
+                        try:
+                            produced = produce()
+                        finally:
+                            rt.handoff = None
+                            handoff.close()
+                        for batch in handoff.batches(alive=others_alive):
+                            own.take(batch)
+                finally:  # (failing too: what this process sent)
+                    delivered.update(own.outcomes())
+                deliver(rt, now, journey, skip_channels=down(), report=delivered)
         except BaseException as exc:
             failing = exc
             raise
@@ -374,10 +386,10 @@ def pipelined(rt: Runtime, now: datetime, journey: Optional[str], workers: int,
             handoff.close()
             starter.join()
             if failing is None or isinstance(failing, Exception):  # (interrupted: they die with this process)
-                reports = _reports(starter.started, results)  # (failing: the tick's error stands)
+                # (failing: the tick's error stands; what they sent is still counted)
+                delivered.update(_reports(starter.started, results))
                 for proc in starter.started:
                     proc.join()
-        delivered.update(reports)
     # anything a crashed worker left queued (not on a channel a process found unusable)
-    delivered.update(deliver(rt, now, journey, skip_channels=down()))
+    deliver(rt, now, journey, skip_channels=down(), report=delivered)
     return produced, delivered

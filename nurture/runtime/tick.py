@@ -14,7 +14,6 @@ the flow (artifacts) is the runner's own business, not the engine's.
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
@@ -60,6 +59,11 @@ class StageCall:
     # channels an earlier stage of this tick found unusable (the advance stage's hand-off): the
     # deliver stage leaves their messages queued instead of trying the channel again
     skip_channels: frozenset[str] = frozenset()
+    # What the stage counts in (None: a report of its own) as its work commits — the advance
+    # and deliver stages batch by batch — so that when it fails part-way, this holds what was
+    # done. A runner that retries the stage (flows/journey.py) passes the failed attempt's on:
+    # the tick reports every attempt's work (the messages a failed attempt sent were sent).
+    report: Optional[TickReport] = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class Stage:
 
 
 def _report(call: StageCall) -> TickReport:
-    return TickReport(call.journey, call.now.isoformat())
+    return call.report if call.report is not None else TickReport(call.journey, call.now.isoformat())
 
 
 def prepare(call: StageCall) -> TickReport:
@@ -110,22 +114,21 @@ def advance_stage(call: StageCall) -> TickReport:
     (`nurture plan`)."""
     report = _report(call)
     rt, journey, now, options = call.rt, call.journey, call.now, call.options
-    produce = lambda: advance(rt, rt.plan(journey), now)  # noqa: E731
+    counts = report.outcomes  # the guards' outcomes and the deliveries', batch by batch as they commit
+    produce = lambda: advance(rt, rt.plan(journey), now, counts)  # noqa: E731
     if options.hand_off and options.workers > 1 and due_enrollments(rt, now, journey) >= LARGE_TICK:
-        advanced, delivered = pipelined(rt, now, journey, options.workers, produce)
+        pipelined(rt, now, journey, options.workers, produce, counts)
     elif options.hand_off and options.partitions <= 1:
-        advanced, delivered = handed_in_process(rt, now, produce)
+        handed_in_process(rt, now, produce, counts)
     else:
-        advanced, delivered = produce(), Counter()
-    report.outcomes.update(advanced)
-    report.outcomes.update(delivered)
+        produce()
     return report
 
 
 def deliver_stage(call: StageCall) -> TickReport:
     report = _report(call)
-    report.outcomes.update(deliver(call.rt, call.now, call.journey, call.partition, call.partitions,
-                                   skip_channels=call.skip_channels))
+    deliver(call.rt, call.now, call.journey, call.partition, call.partitions, skip_channels=call.skip_channels,
+            report=report.outcomes)
     return report
 
 

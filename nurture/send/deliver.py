@@ -90,9 +90,12 @@ def _anything_due(rt: Runtime, now: datetime, journey: Optional[str]) -> bool:
 def _claim(rt: Runtime, now: datetime, journey: Optional[str], partition: int, partitions: int,
            report: Optional[Counter] = None, skip_channels: Iterable[str] = (),
            lease: Optional[Lease] = None) -> list[int]:
+    counted: Counter = Counter()
     with rt.store.engine.begin() as conn:
-        return _claim_in(conn, rt, now, journey, partition, partitions,
-                         Counter() if report is None else report, skip_channels, lease)
+        ids = _claim_in(conn, rt, now, journey, partition, partitions, counted, skip_channels, lease)
+    if report is not None:  # (committed)
+        report.update(counted)
+    return ids
 
 
 def _claim_in(conn: Any, rt: Runtime, now: datetime, journey: Optional[str], partition: int,
@@ -236,12 +239,15 @@ def load_messages(rt: Runtime, ids: list[int]) -> list[LoadedMessage]:
 
 class _Delivery:
     """What one delivery run keeps between its batches: the settings and secrets (read once,
-    not per message), the prepared send steps, the channels found unusable, the outcomes."""
+    not per message), the prepared send steps, the channels found unusable, the outcomes
+    (counted in `report` as each batch's record commits: a run that fails part-way still has
+    what it did; given: the caller's)."""
 
-    def __init__(self, rt: Runtime, now: datetime, lease: Optional[Lease | Renewed] = None):
+    def __init__(self, rt: Runtime, now: datetime, lease: Optional[Lease | Renewed] = None,
+                 report: Optional[Counter] = None):
         self.rt, self.now = rt, now
         self.lease = lease  # what holds the run's `sending` messages, where this process holds it
-        self.report: Counter = Counter()
+        self.report: Counter = Counter() if report is None else report
         self.settings = rt.settings
         self.secrets = secrets_in(rt.env)
         self.prepared: dict = {}
@@ -254,15 +260,16 @@ class _Delivery:
             return _send_batch(self, rows)
 
     def record(self, conn: Any, token: str, updates: list[dict], suppressions: list[dict],
-               meta: dict[int, Any]) -> None:
-        """Record a batch's results, claimed with `token`. A message no longer claimed with it
+               meta: dict[int, Any], counted: Counter) -> None:
+        """Record a batch's results, claimed with `token`, counted in `counted` (for `report`
+        once the caller's transaction has committed). A message no longer claimed with it
         was settled by reconcile after this run's lease lapsed (the database out of its reach
         for LEASE_TTL while the channel had it): that record stands, and the run says so."""
         for u in updates:
             outcome = u.pop("outcome")
             u["tok"] = token
             if outcome != "unavailable":  # reported once per channel by `finish`
-                self.report[(meta[u["mid"]].step_id, outcome, u["rs"])] += 1
+                counted[(meta[u["mid"]].step_id, outcome, u["rs"])] += 1
         written = (write_many(conn, _record, [u for u in updates if "due" not in u and "back" not in u])
                    + write_many(conn, _requeue, [u for u in updates if "due" in u])
                    + write_many(conn, _put_back, [u for u in updates if "back" in u]))
@@ -288,13 +295,14 @@ def channels_down(outcomes: Counter) -> frozenset[str]:
 
 
 def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition: int = 0,
-            partitions: int = 1, skip_channels: Iterable[str] = ()) -> Counter:
+            partitions: int = 1, skip_channels: Iterable[str] = (), report: Optional[Counter] = None) -> Counter:
     """Deliver every due queued message (of `journey`, of this `partition` of message ids):
     claim a batch, render and hand it over, record the results with the next claim; the
-    outcomes as (step id, outcome, reason) → count. `skip_channels`: channels an earlier
-    delivery run of the same tick found unusable (a large tick's hand-off): their messages
-    stay queued, the channel is not tried again this tick."""
-    run = _Delivery(rt, now)
+    outcomes as (step id, outcome, reason) → count, counted in `report` (given: the caller's,
+    which holds what the committed batches did should a later one fail). `skip_channels`:
+    channels an earlier delivery run of the same tick found unusable (a large tick's hand-off):
+    their messages stay queued, the channel is not tried again this tick."""
+    run = _Delivery(rt, now, report=report)
     if not _anything_due(rt, now, journey):  # a read, not the claim's write transaction, on a quiet tick
         return run.report
     skip = frozenset(skip_channels)
@@ -304,12 +312,14 @@ def deliver(rt: Runtime, now: datetime, journey: Optional[str] = None, partition
             outcome = run.send(load_messages(rt, ids))
             # The batch's outcomes and the next claim share one write transaction: one wait for
             # SQLite's write lock per batch, not two.
+            counted: Counter = Counter()
             with gc_paused(), rt.store.engine.begin() as conn:
-                run.record(conn, run.lease.token, *outcome)
-                ids = _claim_in(conn, rt, now, journey, partition, partitions, run.report, skip | set(run.down),
+                run.record(conn, run.lease.token, *outcome, counted)
+                ids = _claim_in(conn, rt, now, journey, partition, partitions, counted, skip | set(run.down),
                                 run.lease)
                 if not ids:
                     run.lease.release(conn)  # the run's last transaction
+            run.report.update(counted)
     return run.finish()
 
 
@@ -353,10 +363,12 @@ class HandedDelivery:
 
     def _record(self, held: tuple, final: bool = False) -> None:
         token, outcome = held
+        counted: Counter = Counter()
         with taking_turns(self.turns), gc_paused(), self.rt.store.engine.begin() as conn:
-            self.run.record(conn, token, *outcome)
+            self.run.record(conn, token, *outcome, counted)
             if final and self.last and self.run.lease is not None:
                 self.run.lease.release(conn)
+        self.run.report.update(counted)
 
     def take(self, batch: HandedBatch) -> None:
         if not batch.rows:

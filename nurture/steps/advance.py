@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime
 from types import MappingProxyType
-from typing import Mapping, Protocol
+from typing import Mapping, Optional, Protocol
 
 from nurture.compiler import Node, Plan
 from nurture.runtime.context import Runtime
@@ -53,12 +53,14 @@ def handler_for(kind: str) -> StepHandler:
 ALWAYS_VISITED = frozenset({"wait_for"})
 
 
-def advance(rt: Runtime, plan: Plan, now: datetime) -> Counter:
+def advance(rt: Runtime, plan: Plan, now: datetime, report: Optional[Counter] = None) -> Counter:
     """Every step in plan order, each until nothing is due. Which steps have anything due is
     read first in one statement (`due_steps`) and again after each batch that moved anyone
     (its contacts may now be due further on, and the step may have nothing left); the others
-    are not visited."""
-    report: Counter = Counter()
+    are not visited. The outcomes are counted in `report` (given: the caller's) batch by batch,
+    once each batch's transaction has committed: when a batch fails, `report` holds exactly
+    what the batches before it did (a retried stage reports them, flows/journey.py)."""
+    report = Counter() if report is None else report
     with rt.store.reading() as conn:
         due = due_steps(conn, plan, now)
     for step_id in plan.order:
@@ -67,7 +69,10 @@ def advance(rt: Runtime, plan: Plan, now: datetime) -> Counter:
         if step_id not in due and not always:
             continue
         handle = handler_for(node.kind)
-        while handle(rt, plan, node, now, report):
+        batch: Counter = Counter()
+        while handle(rt, plan, node, now, batch):
+            report.update(batch)
+            batch.clear()
             # Anyone moved: read again what is due. A step with nothing left is not handled once
             # more only to find that out (a write transaction of its own).
             with rt.store.reading() as conn:
