@@ -38,6 +38,7 @@ from nurture.runtime.instant import take_instant_runs
 from nurture.runtime.parallel import default_processes
 from nurture.runtime.tick import STAGE_BY_NAME, STAGES, TickOptions, calls
 from nurture.send.deliver import channels_down
+from nurture.send.reconcile import reconciled_text
 
 # What an operator reads first in a stage's log line and the tick-all summary.
 HEADLINE = ("sent", "retry", "failed", "deferred", "suppressed", "skipped", "holdout", "unavailable")
@@ -81,6 +82,9 @@ def report_task(project: Optional[str], journey: str, now: datetime, report: Tic
     rt = runtime_for(project)
     table = report.table(rt.plan(journey).order)
     stages = {k: report.stages.get(k, 0) for k in ("enrolled", "converted", "exited", "migrated")}
+    # What the reconcile stage recorded for the messages a crashed run left `sending`, by status.
+    reconciled = {k[len("reconciled_"):]: n for k, n in sorted(report.stages.items())
+                  if k.startswith("reconciled_") and n}
     # What `nurture web` ran instantly since the last tick (nurture.runtime.instant).
     instant = take_instant_runs(rt.store, journey)
     create_table_artifact(
@@ -89,6 +93,7 @@ def report_task(project: Optional[str], journey: str, now: datetime, report: Tic
         description=(f"Tick of {journey} at {now.isoformat()}: enrolled {stages['enrolled']}, converted "
                      f"{stages['converted']}, exited {stages['exited']}, queued {report.queued} "
                      f"(each queued message is counted again by its delivery outcome below); "
+                     + (f"{reconciled_text(reconciled)}; " if reconciled else "")
                      + (f"since the last tick, instant triggers ran {instant_text(instant)}; " if instant else "")
                      + identity_line(project)))
     # What the journey has earned so far, for the operator in the UI (the `nurture report` figures).
@@ -101,7 +106,7 @@ def report_task(project: Optional[str], journey: str, now: datetime, report: Tic
     get_run_logger().info("%s at %s: %s", journey, now.isoformat(), counts_text(report))
     if instant:
         get_run_logger().info("%s: since the last tick, instant triggers ran %s", journey, instant_text(instant))
-    return {"journey": journey, "now": now.isoformat(), **stages, "queued": report.queued,
+    return {"journey": journey, "now": now.isoformat(), **stages, "queued": report.queued, "reconciled": reconciled,
             "totals": dict(report.totals()), "outcomes": table, "stages_run": list(report.ran), "instant": instant}
 
 

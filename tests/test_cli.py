@@ -162,6 +162,54 @@ def test_run_ticks_through_prefect_and_messages_json_shows_every_outcome(project
     assert list((project / ".nurture" / "outbox" / "email" / "cart_nudge").glob("*.eml"))
 
 
+def test_the_tick_that_reconciles_a_crashed_runs_messages_says_what_it_recorded(tmp_path, prefect_api):
+    """A run killed mid-delivery leaves its messages `sending`: one its channel has (the .eml
+    written), one it never got. The tick 30 minutes later reconciles them — and says so, in
+    `nurture run`'s output and in the journey's artifact, instead of "no message due"."""
+    from datetime import datetime, timedelta, timezone
+
+    import anyio
+    from prefect import get_client
+    from sqlalchemy import text
+
+    from nurture.runtime import Runtime, run_tick
+    from nurture.spec.project import load_project
+    from nurture.store.db import open_store
+    from tests.engine_fixtures import add_event, subscriber
+    root = write_project(tmp_path / "shop", {"welcome": (
+        "name: welcome\ntrigger: {event: signup}\nsteps:\n"
+        "  - id: hello\n    send: {channel: email, template: hello, subject: Hi}\n")})
+    (root / ".nurture").mkdir()
+    at = datetime(2026, 12, 10, 11, tzinfo=timezone.utc)
+    store = open_store(f"sqlite:///{root / '.nurture' / 'cli.db'}")
+    rt = Runtime(store, load_project(root), env={"NURTURE_DATA_DIR": str(root / ".nurture")})
+    try:
+        for email in ("ann@example.com", "bob@example.com"):
+            add_event(store, subscriber(store, email), "signup", at - timedelta(minutes=5))
+        run_tick(rt, "welcome", at)
+        # As the kill left them: `sending`, claimed by a run that is gone; bob's never written.
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE message SET status = 'sending', claim = 'dead-run', claimed_at = :at, "
+                              "sent_at = NULL"), {"at": at})
+            bob = conn.execute(text("SELECT m.id FROM message m JOIN contact c ON c.id = m.contact_id "
+                                    "WHERE c.email = 'bob@example.com'")).scalar()
+    finally:
+        rt.close()
+        store.dispose()
+    next(root.glob(f".nurture/outbox/email/*/{bob:09d}.eml")).unlink()
+    run = nurture(root, "run", "--now", (at + timedelta(minutes=30)).isoformat(), check=True)
+    assert "reconciled after a crash: 1 sent, 1 queued again" in run.stdout, run.stdout
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts()
+    described = [a.description or "" for a in anyio.run(artifacts)
+                 if a.key == "journey-welcome" and f"project {root}," in (a.description or "")]
+    assert described and "reconciled after a crash: 1 sent, 1 queued again" in described[-1]
+    log = {m["contact"]: (m["status"], m["reason"]) for m in json.loads(nurture(root, "messages", "--json").stdout)}
+    assert log == {"ann@example.com": ("sent", "reconciled"), "bob@example.com": ("queued", "requeued_after_crash")}
+
+
 def test_run_with_a_bad_clock_or_unknown_journey_says_so(project):
     out = nurture(project, "run", "--now", "tomorrow-ish")
     assert out.returncode == 1 and "--now:" in out.stderr

@@ -50,9 +50,14 @@ def run_ticks(journey: Optional[str], now, quiet: bool = False, workers: Optiona
 
 def print_tick_summary(results: list[dict]) -> None:
     from rich.table import Table
+
+    from nurture.send.reconcile import reconciled_text
     for result in results:
+        # (what reconcile did is no outcome of this tick's sends: said beside the stage counts)
+        reconciled = reconciled_text(result.get("reconciled") or {})
         heading = (f"journey-{result['journey']} @ {result['now'][:16]}  "
-                   f"(enrolled {result['enrolled']}, converted {result['converted']}, exited {result['exited']})")
+                   f"(enrolled {result['enrolled']}, converted {result['converted']}, exited {result['exited']}"
+                   + (f"; {reconciled}" if reconciled else "") + ")")
         if not result["outcomes"]:  # no table without rows
             console.print(f"{heading}: no message due", markup=False, highlight=False)
             continue

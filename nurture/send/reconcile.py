@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from datetime import datetime, timedelta
+from typing import Mapping
 
 from sqlalchemy import and_, bindparam, or_, select
 
@@ -40,6 +41,17 @@ _CLAIMS = select(message_t.c.claim).where(*_IS_STUCK).distinct()
 # The rows of runs found dead, and rows claimed before claims had tokens (0004).
 _OF_THE_DEAD = (select(message_t.c.id, message_t.c.journey, message_t.c.channel, message_t.c.claim)
                 .where(*_IS_STUCK, or_(message_t.c.claim.is_(None), texts_in(message_t.c.claim, ()))))
+
+
+# A verdict of reconcile_stuck (the status it recorded) as operators read it.
+_VERDICT_WORDS = ((SENT, "sent"), (QUEUED, "queued again"), (FAILED, "failed (delivery_unknown)"))
+
+
+def reconciled_text(counts: Mapping[str, int]) -> str:
+    """`reconciled after a crash: 688 sent, 3,780 queued again` — what `reconcile_stuck`
+    recorded (its counts by status), for a tick's output and artifact; '' when nothing."""
+    parts = [f"{counts[status]:,} {words}" for status, words in _VERDICT_WORDS if counts.get(status)]
+    return f"reconciled after a crash: {', '.join(parts)}" if parts else ""
 
 
 def reconcile_stuck(rt: Runtime, now: datetime) -> Counter:
