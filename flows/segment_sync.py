@@ -166,6 +166,6 @@ def sync_deployment(project: str):
     `segment-sync` included (nurture.cli.run_verbs.served_deployments), with the same
     NURTURE_SYNC_TIMEZONE override; kept for callers of this function."""
     from prefect.schedules import Cron
-    tz = Settings.from_env().sync_timezone or DEFAULT_SYNC_TIMEZONE
+    tz = Settings.from_env().sync_zone() or DEFAULT_SYNC_TIMEZONE
     return segment_sync.to_deployment(name="segment-sync", schedule=Cron("0 2 * * *", timezone=tz),
                                       parameters={"project": project})

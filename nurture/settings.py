@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Optional
+from zoneinfo import available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_serializer, field_validator
 
@@ -217,6 +218,16 @@ class Settings(EnvSettings):
     def signing_secret(self) -> str:
         """The secret links are signed with, unwrapped (the development one when none is set)."""
         return self.secret_key.get_secret_value()
+
+    def sync_zone(self) -> Optional[str]:
+        """NURTURE_SYNC_TIMEZONE, checked (None: unset): an IANA time zone name, as Prefect's
+        schedules take them. Checked here, where `nurture serve` reads it, not when the settings
+        are read: no other command stops over a typo in it."""
+        name = self.sync_timezone
+        if name and name not in available_timezones():
+            raise SettingsError(f"NURTURE_SYNC_TIMEZONE: unknown time zone {name!r} "
+                                "(an IANA name such as Europe/Berlin)")
+        return name or None
 
     def channel_backend(self, channel: str) -> str:
         """NURTURE_EMAIL_BACKEND / NURTURE_SMS_BACKEND / NURTURE_WHATSAPP_BACKEND: `file` unless set."""

@@ -210,6 +210,17 @@ def test_the_tick_that_reconciles_a_crashed_runs_messages_says_what_it_recorded(
     assert log == {"ann@example.com": ("sent", "reconciled"), "bob@example.com": ("queued", "requeued_after_crash")}
 
 
+def test_serve_with_a_bad_sync_timezone_is_a_user_error_naming_the_setting(project):
+    """Before it needs a Prefect server (none listens here), serve reads the setting: exit 1 and
+    the variable named, not "internal error" from Prefect's deployment model."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NURTURE_", "PREFECT_"))}
+    env.update(NURTURE_PROJECT=str(project), NURTURE_CREATE_DATABASE="1", NURTURE_SYNC_TIMEZONE="Mars/Olympus",
+               NURTURE_DATA_DIR=str(project / ".nurture"), PREFECT_API_URL="http://127.0.0.1:9/api")
+    out = run_cli(["serve"], env, timeout=120)
+    assert (out.returncode, out.stderr.strip()) == (
+        1, "error: NURTURE_SYNC_TIMEZONE: unknown time zone 'Mars/Olympus' (an IANA name such as Europe/Berlin)")
+
+
 def test_run_with_a_bad_clock_or_unknown_journey_says_so(project):
     out = nurture(project, "run", "--now", "tomorrow-ish")
     assert out.returncode == 1 and "--now:" in out.stderr

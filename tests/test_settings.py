@@ -186,6 +186,18 @@ def test_a_setting_that_cannot_be_read_is_named_in_the_error():
         RetryPolicy.from_env({"NURTURE_SYNC_MAX_ATTEMPTS": "many"})
 
 
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "utc", "../../etc/passwd", "posixrules"])
+def test_a_bad_sync_timezone_is_named_where_serve_reads_it_and_stops_nothing_else(zone):
+    settings = Settings.from_env({"NURTURE_SYNC_TIMEZONE": zone})  # a tick does not stop over it
+    with pytest.raises(SettingsError) as raised:
+        settings.sync_zone()
+    assert str(raised.value) == (f"NURTURE_SYNC_TIMEZONE: unknown time zone {zone!r} "
+                                 "(an IANA name such as Europe/Berlin)")
+    assert Settings.from_env({"NURTURE_SYNC_TIMEZONE": "America/New_York"}).sync_zone() == "America/New_York"
+    assert Settings.from_env({}).sync_zone() is None
+
+
 # ----------------------------------------------------------------- the defaults, as they always were
 
 

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from nurture.cli.invocation import CliError, console, err_console
-from nurture.settings import Settings
+from nurture.settings import Settings, SettingsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Nurture: marketing journeys in YAML, compiled into Prefect flows.")
@@ -93,6 +93,9 @@ def main() -> None:
     except CliError as exc:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(exc.code)
+    except SettingsError as exc:  # a setting a command needs holds a value it cannot use: it names it
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        sys.exit(1)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code or 0)

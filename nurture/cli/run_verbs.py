@@ -168,7 +168,7 @@ def served_deployments(project: str, interval: Optional[int] = None, path: Optio
     parameters (plus `project`), description and schedules. `interval` (serve --interval)
     replaces tick-all's interval; NURTURE_SYNC_TIMEZONE the time zone of segment-sync's."""
     path = path or prefect_yaml_path()
-    sync_tz = Settings.from_env().sync_timezone
+    sync_tz = Settings.from_env().sync_zone()
     served = []
     for declared in declared_deployments(path):
         name = str(declared["name"])
