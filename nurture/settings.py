@@ -22,6 +22,8 @@ from zoneinfo import available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_serializer, field_validator
 
+from nurture.redaction import secrets_in
+
 DATABASE_URL_ENV = "NURTURE_DATABASE_URL"
 # Lets a deployment or served flow run start on a new, empty database (they refuse by default:
 # an empty database is almost always a worker without NURTURE_DATABASE_URL).
@@ -34,7 +36,9 @@ DEVELOPMENT_URL = "http://localhost:8000"
 DEFAULT_FROM_EMAIL = "hello@example.com"
 DEFAULT_MAX_BODY = 1024 * 1024
 
-_SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "secret", "token")
+# Query parameters of a database URL whose values are secrets: password, libpq's sslpassword (the
+# client key's passphrase), any *secret*, *token*, api key. Not sslkey, sslcert or passfile: paths.
+_SECRET_QUERY_KEY = re.compile(r"passw(or)?d|pwd|secret|token|credential|api_?key", re.IGNORECASE)
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -300,22 +304,68 @@ def database_creation_allowed_by_env(env: Optional[Mapping[str, str]] = None) ->
     return Settings.from_env(env).create_database
 
 
-def describe_database(url: str) -> str:
-    """The database URL as it may be shown in logs, artifacts and errors: the password (in the
-    authority or as a query parameter) replaced by ***, everything else as configured."""
+def _parsed_database_url(url: str) -> Any:
+    """SQLAlchemy's URL of `url` as it was meant (None: not one SQLAlchemy reads). An `@` left
+    unencoded in the password (`user:pa@ss@host`) ends SQLAlchemy's password at the first `@`
+    and puts the rest into the host (`ss@host`), which libpq then fails to resolve: the user
+    information runs to the LAST `@` before the host (`database_url_problem` refuses such a
+    URL; shown, its password is masked whole)."""
     try:
         from sqlalchemy.engine import make_url
         parsed = make_url(url)
-    except Exception:  # not a URL SQLAlchemy can read: redact what looks like user:password@
-        return _redact_query(re.sub(r"(://[^:/@?#]*):[^@/?#]*@", r"\1:***@", url))
+    except Exception:
+        return None
+    if parsed.host and "@" in parsed.host:
+        rest, _, host = parsed.host.rpartition("@")
+        if parsed.password is None:
+            parsed = parsed.set(username=f"{parsed.username or ''}@{rest}", host=host)
+        else:
+            parsed = parsed.set(password=f"{parsed.password}@{rest}", host=host)
+    return parsed
+
+
+def describe_database(url: str) -> str:
+    """The database URL as it may be shown in logs, artifacts and errors: the password (in the
+    authority or as a query parameter) replaced by ***, everything else as configured."""
+    parsed = _parsed_database_url(url)
+    if parsed is None:  # not a URL SQLAlchemy can read: redact what looks like user:password@ (to the last @)
+        return _redact_query(re.sub(r"(://[^:/@?#]*):[^/?#]*@", r"\1:***@", url))
     shown = parsed.set(query={}).render_as_string(hide_password=True)
     if not parsed.query:
         return shown
     pairs = []
     for key, value in parsed.query.items():
         for item in (value if isinstance(value, tuple) else (value,)):
-            pairs.append(f"{key}={'***' if key.lower() in _SECRET_QUERY_KEYS else item}")
+            pairs.append(f"{key}={'***' if _SECRET_QUERY_KEY.search(key) else item}")
     return f"{shown}?{'&'.join(pairs)}"
+
+
+def database_url_problem(url: str) -> Optional[str]:
+    """What makes `url` unusable before any driver sees it, or None: an `@` of the user name
+    or password not percent-encoded (the driver would take the rest of the password for the
+    host, and say so in its error)."""
+    try:
+        from sqlalchemy.engine import make_url
+        host = make_url(url).host
+    except Exception:
+        return None
+    if host and "@" in host:
+        return ("its user name or password holds an '@': write each '@' in them as %40 "
+                "(and ':' as %3A, '/' as %2F)")
+    return None
+
+
+def database_secrets(url: str) -> tuple[str, ...]:
+    """The secret texts of a database URL — its password (as meant, and as a driver would have
+    read it) and secret query parameters — for `redaction.redact` over a driver's error text."""
+    parsed = _parsed_database_url(url)
+    if parsed is None:
+        return ()
+    values = [parsed.password, *parsed.password.split("@")] if parsed.password else []
+    for key, value in parsed.query.items():
+        if _SECRET_QUERY_KEY.search(key):
+            values.extend(value if isinstance(value, tuple) else (value,))
+    return secrets_in({}, values)
 
 
 def _redact_query(url: str) -> str:
@@ -325,5 +375,5 @@ def _redact_query(url: str) -> str:
     pairs = []
     for pair in query.split("&"):
         key, eq, value = pair.partition("=")
-        pairs.append(f"{key}{eq}***" if eq and key.lower() in _SECRET_QUERY_KEYS else pair)
+        pairs.append(f"{key}{eq}***" if eq and _SECRET_QUERY_KEY.search(key) else pair)
     return f"{base}?{'&'.join(pairs)}"

@@ -36,6 +36,12 @@ steps:
     ("postgresql+psycopg://postgres:@/postgres?host=/tmp/pg", "postgresql+psycopg://postgres:***@/postgres?host=/tmp/pg"),
     ("sqlite:////srv/shop/.nurture/nurture.db", "sqlite:////srv/shop/.nurture/nurture.db"),
     ("not a url://user:hunter2@host?token=abc", "not a url://user:***@host?token=***"),
+    # libpq's sslpassword is the client key's passphrase; sslkey and passfile are paths
+    ("postgresql://nurture@db/nurture?sslpassword=KeyPassphrase42&sslkey=/k/client.key&passfile=/k/pgpass",
+     "postgresql://nurture@db/nurture?sslpassword=***&sslkey=/k/client.key&passfile=/k/pgpass"),
+    # an '@' left unencoded in the password: the user information runs to the last '@'
+    ("postgresql://nurture:Tr0ub4dor@Secret99@db/nurture", "postgresql://nurture:***@db/nurture"),
+    ("not a url://user:Tr0ub4dor@Secret99@host/x", "not a url://user:***@host/x"),
 ])
 def test_describe_database_shows_where_and_never_the_password(url, shown):
     assert describe_database(url) == shown
@@ -132,6 +138,28 @@ def test_the_cli_names_the_missing_driver_instead_of_an_internal_error(tmp_path,
     assert proc.returncode == 1
     assert "pip install 'nurture[postgres]'" in proc.stderr, proc.stderr
     assert "internal error" not in proc.stderr and "hunter2" not in proc.stderr
+
+
+def test_a_password_with_an_unencoded_at_sign_is_refused_before_any_driver_and_never_shown(tmp_path):
+    """The driver would take the password's tail for the host and quote it in its error
+    ("failed to resolve host 'Secret99@127.0.0.1'"): the URL is refused first, saying how to
+    write it, by the one-shot verbs and by `nurture run` alike."""
+    root = write_project(tmp_path / "shop", {"welcome_series": JOURNEY})
+    url = "postgresql://nurt:Tr0ub4dor@Secret99@127.0.0.1:1/db"
+    for verb in (["messages", "--json"], ["run"]):
+        proc = nurture(root, *verb, env={"NURTURE_DATABASE_URL": url})
+        assert proc.returncode == 1 and "Secret99" not in proc.stdout + proc.stderr, proc.stderr
+        assert ("cannot open the database: postgresql://nurt:***@127.0.0.1:1/db: its user name or password holds "
+                "an '@': write each '@' in them as %40") in " ".join(proc.stderr.split())
+
+
+def test_a_drivers_words_are_shown_without_the_urls_secrets():
+    from nurture.redaction import redact
+    from nurture.settings import database_secrets
+    url = "postgresql://nurt:Tr0ub4dor%40Secret99@db/x?sslpassword=KeyPassphrase42&sslmode=KeyPassphrase42"
+    said = 'invalid sslmode value: "KeyPassphrase42" (user nurt, password Tr0ub4dor@Secret99)'
+    assert redact(said, database_secrets(url)) == 'invalid sslmode value: "[redacted]" (user nurt, password [redacted])'
+    assert database_secrets("sqlite:////srv/shop/nurture.db") == ()
 
 
 def test_serve_refuses_to_start_on_a_database_that_does_not_exist(tmp_path):

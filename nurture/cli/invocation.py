@@ -9,7 +9,8 @@ from typing import Collection, Optional
 
 from rich.console import Console
 
-from nurture.settings import database_url, describe_database, project_root
+from nurture.redaction import redact
+from nurture.settings import database_secrets, database_url, describe_database, project_root
 from nurture.spec.project import ProjectSpec, load_project
 from nurture.store.db import DatabaseUnavailable, Store, make_engine, open_store
 
@@ -44,8 +45,9 @@ def store() -> Store:
         return open_store(url)
     except DatabaseUnavailable as exc:
         raise CliError(f"cannot open the database: {exc}") from None
-    except Exception as exc:
-        raise CliError(f"cannot open the database {describe_database(url)}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # (the driver's words may quote the URL: its password is masked)
+        raise CliError(f"cannot open the database {describe_database(url)}: {type(exc).__name__}: "
+                       f"{redact(str(exc), database_secrets(url))}") from None
 
 
 def check_database() -> str:

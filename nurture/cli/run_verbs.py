@@ -202,7 +202,8 @@ def _check_served_database() -> str:
     """Served runs never create a new, empty database (see flows.runtime): refuse at start
     rather than in every run. Returns the identity line (project, database)."""
     from flows.runtime import identity_line, missing_database_advice
-    from nurture.settings import database_creation_allowed_by_env, database_url, describe_database
+    from nurture.redaction import redact
+    from nurture.settings import database_creation_allowed_by_env, database_secrets, database_url, describe_database
     from nurture.store.db import DatabaseMissing, DatabaseUnavailable, database_exists
     url = database_url(root())
     try:
@@ -211,8 +212,8 @@ def _check_served_database() -> str:
     except DatabaseUnavailable as exc:
         raise CliError(f"cannot serve: {exc}") from None
     except Exception as exc:  # the server is down, the database does not exist, credentials …
-        raise CliError(f"cannot open the database {describe_database(url)}: {type(exc).__name__}: "
-                              f"{' '.join(str(getattr(exc, 'orig', None) or exc).split())}") from None
+        detail = redact(" ".join(str(getattr(exc, "orig", None) or exc).split()), database_secrets(url))
+        raise CliError(f"cannot open the database {describe_database(url)}: {type(exc).__name__}: {detail}") from None
     return identity_line(str(root()))
 
 

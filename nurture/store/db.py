@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session
 
-from nurture.settings import describe_database
+from nurture.settings import database_url_problem, describe_database
 from nurture.store import json_values, lean, pg_arrays
 from nurture.store.write_turns import TurnTakingConnection
 
@@ -233,6 +233,9 @@ def _driver_error(url: str, exc: Exception) -> DatabaseUnavailable:
 
 
 def make_engine(url: str) -> Engine:
+    problem = database_url_problem(url)
+    if problem:  # refused before a driver reads it (and repeats part of the password in its error)
+        raise DatabaseUnavailable(f"{describe_database(url)}: {problem}")
     try:
         return _make_engine(url)
     except (ImportError, ArgumentError) as exc:  # ArgumentError includes NoSuchModuleError
