@@ -19,9 +19,11 @@ from typing import Optional
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from nurture.redaction import redact
 from nurture.runtime import Runtime
 from nurture.settings import (CREATE_DATABASE_ENV, DATABASE_URL_ENV, database_creation_allowed_by_env,
-                              database_url, database_url_configured, describe_database, project_root)
+                              database_secrets, database_url, database_url_configured, describe_database,
+                              project_root)
 from nurture.spec.project import ProjectSpec, load_project, project_fingerprint
 from nurture.store.db import DatabaseMissing, DatabaseUnavailable, open_store
 
@@ -155,7 +157,7 @@ def open_run_store(url: str):
     except DatabaseUnavailable:
         raise
     except SQLAlchemyError as exc:
-        detail = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        detail = redact(" ".join(str(getattr(exc, "orig", None) or exc).split()), database_secrets(url))
         raise DatabaseUnavailable(f"{describe_database(url)}: {type(exc).__name__}: {detail}") from None
 
 

@@ -162,6 +162,15 @@ def test_a_drivers_words_are_shown_without_the_urls_secrets():
     assert database_secrets("sqlite:////srv/shop/nurture.db") == ()
 
 
+def test_a_flow_runs_database_error_shows_the_drivers_words_without_the_urls_secrets():
+    from flows.runtime import open_run_store
+    from nurture.store.db import DatabaseUnavailable
+    with pytest.raises(DatabaseUnavailable) as caught:  # the driver quotes the bad sslmode value
+        open_run_store("postgresql://nurt:pw@127.0.0.1:9/x?sslpassword=Passphrase42&sslmode=Passphrase42x")
+    assert "invalid sslmode value" in str(caught.value) and "Passphrase42" not in str(caught.value).replace(
+        "sslmode=Passphrase42x", "")
+
+
 def test_serve_refuses_to_start_on_a_database_that_does_not_exist(tmp_path):
     root = write_project(tmp_path / "shop", {"welcome_series": JOURNEY})
     proc = nurture(root, "serve", env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
