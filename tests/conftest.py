@@ -290,6 +290,9 @@ DEFAULT_TEMPLATES = {
                         "<a href=\"{{ links.unsubscribe }}\">unsubscribe</a></body></html>",
     "email/other.html": "<p>Other for {{ contact.email }}</p>",
     "sms/hello.txt": "Hi {{ contact.first_name }}! Reply STOP to opt out.",
+    # DEFAULT_POLICIES asks for e-mail double opt-in: its confirmation and reminder (validate warns without them)
+    "email/system/confirm.html": '<p>Please confirm: <a href="{{ links.confirm }}">yes</a></p>',
+    "email/system/confirm_reminder.html": '<p>Still interested? <a href="{{ links.confirm }}">yes</a></p>',
 }
 
 

@@ -278,6 +278,8 @@ def test_validate_warns_when_email_double_opt_in_has_no_confirmation_template(tm
     from nurture.spec.project import load_project
     from tests.conftest import write_project
     root = write_project(tmp_path / "p", {}, policies=DEFAULT_POLICIES + "double_opt_in: {email: [marketing]}\n")
+    for name in ("confirm.html", "confirm_reminder.html"):
+        (root / "templates" / "email" / "system" / name).unlink()
     warnings = [str(w) for w in load_project(root).warnings]
     assert len(warnings) == 2 and all("warning: double_opt_in needs it for the confirmation e-mail: template"
                                       in w and w.startswith("journeys/policies.yaml:") for w in warnings), warnings
