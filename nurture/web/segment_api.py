@@ -399,35 +399,15 @@ def segment_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
         return _success([{"field": f, "message": m} for f, m in message["warnings"]])
 
     # analytics.js posts to /v1/ + the type's first letter: /v1/t, /v1/i, /v1/p, /v1/a, /v1/g, /v1/s
-    @router.post("/v1/track")
-    @router.post("/v1/t")
-    async def track(request: Request, background: BackgroundTasks) -> Response:
-        return _cors(await one(request, background, "track"))
+    def single(kind: str) -> Callable[..., Any]:
+        async def answer(request: Request, background: BackgroundTasks) -> Response:
+            return _cors(await one(request, background, kind))
+        answer.__name__ = kind
+        return answer
 
-    @router.post("/v1/identify")
-    @router.post("/v1/i")
-    async def identify(request: Request, background: BackgroundTasks) -> Response:
-        return _cors(await one(request, background, "identify"))
-
-    @router.post("/v1/page")
-    @router.post("/v1/p")
-    async def page(request: Request, background: BackgroundTasks) -> Response:
-        return _cors(await one(request, background, "page"))
-
-    @router.post("/v1/alias")
-    @router.post("/v1/a")
-    async def alias(request: Request, background: BackgroundTasks) -> Response:
-        return _cors(await one(request, background, "alias"))
-
-    @router.post("/v1/group")
-    @router.post("/v1/g")
-    async def group(request: Request, background: BackgroundTasks) -> Response:
-        return _cors(await one(request, background, "group"))
-
-    @router.post("/v1/screen")
-    @router.post("/v1/s")
-    async def screen(request: Request, background: BackgroundTasks) -> Response:
-        return _cors(await one(request, background, "screen"))
+    for kind in ("track", "identify", "page", "alias", "group", "screen"):
+        for path in (f"/v1/{kind}", f"/v1/{kind[0]}"):
+            router.add_api_route(path, single(kind), methods=["POST"])
 
     @router.options("/v1/{path:path}")
     def preflight(path: str) -> Response:
