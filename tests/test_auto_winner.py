@@ -198,7 +198,9 @@ def test_a_clear_winner_is_decided_once_as_a_new_journey_version_and_gets_every_
     assert all(e.state == {DECIDED_ARMS: {"test": "b"}} and e.version == plan.version for e in late_rows)
     # earlier members keep their arm: nothing was sent again, nothing moved
     assert {m.contact_id: m.step_id for m in messages(store) if m.contact_id not in late} == arm_before
-    assert all(e.state == {} for e in enrollments(store, journey="ab") if e.contact_id not in late)
+    # (each with the arm the random draw sent it to recorded — SPLIT_ARMS —, not the decision's mark)
+    assert all(e.state == {"arms": {"test": arm_before[e.contact_id][-1]}}
+               for e in enrollments(store, journey="ab") if e.contact_id not in late)
 
     run_tick(rt, "ab", T0 + 6 * HOUR)  # decided: not judged again, not recorded again
     assert decisions(store) == [decision]

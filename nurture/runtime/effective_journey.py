@@ -9,8 +9,9 @@ with it the version hash — changes exactly when a decision is made, and the li
 `auto_winner` is returned as it is, without a query, so its version never depends on the table.
 
 The split step marks every member it sends to a decided winner in `enrollment.state` under
-`DECIDED_ARMS` ({step id: arm}): that is how the report tells the experiment's members (arm by
-the stable hash) from the arrivals after the decision.
+`DECIDED_ARMS` ({step id: arm}), and every member it randomises under `SPLIT_ARMS`: that is how
+the report tells the experiment's members (by the arm they took) from the arrivals after the
+decision.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from nurture.spec.models import Journey, Step
 from nurture.store.tables import decision_t
 
 DECIDED_ARMS = "decided_arms"  # enrollment.state key: {split step id: arm it was sent to by a decision}
+SPLIT_ARMS = "arms"  # enrollment.state key: {split step id: arm the random draw sent it to}
 
 
 @dataclass(frozen=True)

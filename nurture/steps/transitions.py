@@ -28,23 +28,32 @@ Row = tuple[int, int, Optional[str], datetime]
 
 _move = (enrollment_t.update().where(enrollment_t.c.id == bindparam("eid"))
          .values(step_id=bindparam("sid"), next_due_at=bindparam("due"), step_entered_at=bindparam("at")))
+_move_marked = _move.values(state=bindparam("st"))  # with the enrollment's new state (the split's arm)
 _finish = (enrollment_t.update().where(enrollment_t.c.id == bindparam("eid"))
            .values(step_id=None, next_due_at=None, status="completed", left_at=bindparam("at")))
+_finish_marked = _finish.values(state=bindparam("st"))
 
 
-def move(conn: Any, rt: Runtime, plan: Plan, rows: Iterable[Row], target: Optional[str], now: datetime) -> int:
+def move(conn: Any, rt: Runtime, plan: Plan, rows: Iterable[Row], target: Optional[str], now: datetime,
+         states: Optional[dict[int, dict]] = None) -> int:
     """Move enrollments to step `target` (None: the journey's end, `completed`), each arriving
-    at its own logical time; how many."""
+    at its own logical time; how many. `states`: enrollment id → its new `state`, written in
+    the same statement (the split step records the arm taken)."""
     rows = list(rows)
     if not rows:
         return 0
     if target is None:
-        write_many(conn, _finish, [{"eid": eid, "at": now} for eid, _, _, _ in rows])
-        return len(rows)
-    node = plan.nodes[target]
-    default_tz = rt.project.policies.timezone
-    write_many(conn, _move, [{"eid": eid, "sid": target, "at": at, "due": arrival_due(node, at, tz, default_tz)}
-                             for eid, _, tz, at in rows])
+        stmt, values = _finish, [{"eid": eid, "at": now} for eid, _, _, _ in rows]
+    else:
+        node = plan.nodes[target]
+        default_tz = rt.project.policies.timezone
+        stmt, values = _move, [{"eid": eid, "sid": target, "at": at, "due": arrival_due(node, at, tz, default_tz)}
+                               for eid, _, tz, at in rows]
+    if states is not None:
+        stmt = _finish_marked if target is None else _move_marked
+        for value in values:
+            value["st"] = states[value["eid"]]
+    write_many(conn, stmt, values)
     return len(rows)
 
 
