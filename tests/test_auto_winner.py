@@ -270,6 +270,37 @@ def test_the_report_compares_only_members_before_the_decision_and_shows_it(make_
                                    "version": row.version, "after_decision": len(late)}
 
 
+def test_an_arm_added_to_a_live_split_inherits_no_members_and_is_not_declared_the_winner(make_runtime, store):
+    rt = make_runtime({"ab": ab("{min_per_arm: 30}")})
+    ids = add_subscribers(store, 200, event="signup", at=T0)
+    run_tick(rt, "ab", T0 + MINUTE)
+    sent_to = {m.contact_id: m.step_id for m in messages(store)}
+    assert set(sent_to.values()) == {"mail_a", "mail_b"}
+    for cid in ids:  # arm b's members buy, arm a's do not
+        if sent_to[cid] == "mail_b":
+            add_event(store, cid, "purchase", T0 + 2 * HOUR, {"value": 30})
+    # the marketer adds arm c (40/40/20) before the tick that records the purchases
+    three = journey_yaml("ab", """
+    - id: test
+      split:
+        - {name: a, weight: 40, steps: [{id: mail_a, send: {channel: email, template: hello, subject: A}}]}
+        - {name: b, weight: 40, steps: [{id: mail_b, send: {channel: email, template: other, subject: B}}]}
+        - {name: c, weight: 20, steps: [{id: mail_c, send: {channel: email, template: other, subject: C}}]}
+      auto_winner: {min_per_arm: 30}
+    - id: after
+      wait: 5d
+    """, extra="goal: {event: purchase, within: 3d}")
+    edited = make_runtime({"ab": three})
+    run_tick(edited, "ab", T0 + 3 * HOUR)
+    with store.reading() as conn:
+        arms, _ = arm_stats(conn, edited.plan("ab"), "test")
+    members = {arm: sum(1 for step in sent_to.values() if step == f"mail_{arm}") for arm in "ab"}
+    assert [(a.name, a.recipients, a.conversions) for a in arms] == [
+        ("a", members["a"], 0), ("b", members["b"], members["b"]), ("c", 0, 0)]
+    run_tick(edited, "ab", T0 + 5 * HOUR)  # judged: c, re-hashed, had b's buyers and a 100 % rate
+    assert decisions(store) == []  # c has no member yet: too few to decide
+
+
 def test_two_workers_deciding_at_once_record_one_decision(make_runtime, store, monkeypatch):
     rt = make_runtime({"ab": ab(), "plain": PLAIN})
     experiment(rt, store, b_wins)

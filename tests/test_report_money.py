@@ -18,10 +18,11 @@ from nurture.reporting.html_page import render_html
 from nurture.reporting.incremental import Estimate, Sample, incremental_revenue, mean_difference, roi
 from nurture.reporting.lift import Z95, lift
 from nurture.rendering.email_message import sms_segments
+from nurture.runtime import run_tick
 from nurture.spec.project import load_project
 from nurture.store.tables import contact_t, enrollment_t, message_t, version_t
 from tests.conftest import DEFAULT_POLICIES, utc
-from tests.engine_fixtures import add_event, add_subscribers, journey_yaml
+from tests.engine_fixtures import add_event, add_subscribers, journey_yaml, messages
 
 T0 = utc(2026, 11, 2, 10)
 POLICIES = DEFAULT_POLICIES + "unit_costs: {email: 0.5, sms: 0.1}\n"
@@ -456,6 +457,89 @@ def test_split_arms_with_their_difference_to_the_first_arm(make_runtime, store):
     assert "<h3>A/B split test</h3>" in render_html(report)
     markdown, _ = journey_summary(store, rt.project, "ab", T0 + timedelta(hours=4))
     assert "A/B split **test**" in markdown and "| b | " in markdown
+
+
+def live_ab(*arms: tuple[str, int]) -> str:
+    """Journey `ab` whose split has these (arm, weight)s, each arm one e-mail `mail_<arm>`:
+    written again with other arms, it is a live edit of the split."""
+    split = "".join(f"\n    - {{name: {n}, weight: {w}, steps: [{{id: mail_{n}, send: "
+                    f"{{channel: email, template: hello, subject: {n}}}}}]}}" for n, w in arms)
+    return journey_yaml("ab", f"- id: test\n  split:{split}\n- id: after\n  wait: 1d",
+                        extra="goal: {event: purchase, within: 3d}")
+
+
+def arms_taken(store) -> dict[str, list[int]]:
+    """arm → the contacts the split sent through it, read from the e-mails they got."""
+    taken: dict[str, list[int]] = {}
+    for m in messages(store):
+        taken.setdefault(m.step_id.removeprefix("mail_"), []).append(m.contact_id)
+    return taken
+
+
+def reported_arms(store, rt) -> dict[str, tuple[int, int]]:
+    (split,) = build_report(store, rt.project, T0 + timedelta(hours=6)).journey("ab").splits
+    return {a.name: (a.recipients, a.conversions) for a in split.arms}
+
+
+def test_reweighting_a_live_split_keeps_past_members_and_their_purchases_in_the_arm_they_took(make_runtime, store):
+    rt = make_runtime({"ab": live_ab(("a", 50), ("b", 50))})
+    add_subscribers(store, 60, event="signup", at=T0)
+    run_tick(rt, "ab", T0 + timedelta(minutes=1))
+    taken = arms_taken(store)
+    for cid in taken["b"]:  # arm b's members buy, arm a's do not
+        add_event(store, cid, "purchase", T0 + timedelta(hours=2), {"value": 30})
+    # the marketer re-weights the running split to 90/10; nobody is sent anything new
+    edited = make_runtime({"ab": live_ab(("a", 90), ("b", 10))})
+    run_tick(edited, "ab", T0 + timedelta(hours=3))  # the new version, and the conversions recorded
+    assert len(arms_taken(store)["a"]) == len(taken["a"]) > 0 and len(taken["b"]) > 0
+    # a hash of the new weights would put ~90 % of them in a, with b's purchases
+    assert reported_arms(store, edited) == {"a": (len(taken["a"]), 0), "b": (len(taken["b"]), len(taken["b"]))}
+
+
+def test_members_of_an_arm_removed_from_a_live_split_count_in_no_remaining_arm(make_runtime, store):
+    rt = make_runtime({"ab": live_ab(("a", 34), ("b", 33), ("c", 33))})
+    add_subscribers(store, 60, event="signup", at=T0)
+    run_tick(rt, "ab", T0 + timedelta(minutes=1))
+    taken = arms_taken(store)
+    assert all(taken[arm] for arm in "abc")
+    edited = make_runtime({"ab": live_ab(("a", 50), ("b", 50))})  # arm c removed
+    run_tick(edited, "ab", T0 + timedelta(hours=3))
+    assert reported_arms(store, edited) == {"a": (len(taken["a"]), 0), "b": (len(taken["b"]), 0)}
+
+
+def test_members_who_passed_a_split_before_arms_were_recorded_are_placed_by_their_messages(make_runtime, store):
+    rt = make_runtime({"ab": live_ab(("a", 50), ("b", 50))})
+    add_subscribers(store, 60, event="signup", at=T0)
+    run_tick(rt, "ab", T0 + timedelta(minutes=1))
+    taken = arms_taken(store)
+    with store.engine.begin() as conn:  # a database written before the split recorded arms
+        conn.execute(enrollment_t.update().values(state={}))
+    edited = make_runtime({"ab": live_ab(("a", 90), ("b", 10))})
+    run_tick(edited, "ab", T0 + timedelta(hours=3))
+    # each one's e-mail of an arm's own step says which arm it took, whatever the weights now
+    assert reported_arms(store, edited) == {"a": (len(taken["a"]), 0), "b": (len(taken["b"]), 0)}
+
+
+def test_own_steps_of_split_arms_leave_out_the_steps_they_share():
+    from nurture.compiler import compile_journey
+    from nurture.reporting.splits import own_steps
+    from nurture.spec.models import Journey
+    import yaml
+    spec = Journey.model_validate(yaml.safe_load("""
+        name: d
+        trigger: {event: x}
+        steps:
+          - id: s
+            split:
+              - {name: a, weight: 40, steps: [{id: in_a, wait: 1h}, {id: mail_a, wait: 1h}]}
+              - {name: b, weight: 40, steps: []}
+              - name: c
+                weight: 20
+                steps:
+                  - {id: c_check, branch: {when: {score: {gte: 1}}, then: [{id: c_then, wait: 1h}]}}
+          - {id: after, wait: 1h}
+        """))
+    assert own_steps(compile_journey(spec), "s") == [{"in_a", "mail_a"}, set(), {"c_check", "c_then"}]
 
 
 def test_dominated_steps_of_a_split():

@@ -4,15 +4,20 @@ for a split with `auto_winner`, its decision. `arm_stats` is the one computation
 figures: the report shows them, and the `auto_winner` rule (nurture.runtime.auto_winner)
 decides on them.
 
-The engine does not store an enrollment's arm: it is a stable hash of (journey, split step,
-contact) — `pick_arm` — so it is computed again here, exactly as the split step computed it.
-Who reached a split is known from the message log: an enrollment (outside the holdout) with a
-message row (any outcome) of a step that can only be reached through the split (a step the
-split dominates: inside its arms, or after them when every path there passes the split), or
-that is at such a step now. An arm's members are counted whether or not a message reached
-them (intention to treat): a suppressed contact is still part of what the arm did.
+A member is counted in the arm it took: the split step records it in `enrollment.state`
+(nurture.runtime.effective_journey.SPLIT_ARMS) — never a hash of today's arm list, which a live
+edit of the weights or arms would make another draw (an arm since removed counts in no arm).
+Enrollments that passed the split before arms were recorded have none: their arm is read from
+the message log where it can be — a row of a step that only that arm reaches, or standing on
+one now — and else computed again with the stable hash `pick_arm` of the current arms (exact
+unless the arms were edited since). Who reached a split: an enrollment (outside the holdout)
+with a recorded arm, or with a message row (any outcome) of a step that can only be reached
+through the split (a step the split dominates: inside its arms, or after them when every path
+there passes the split), or that is at such a step now. An arm's members are counted whether
+or not a message reached them (intention to treat): a suppressed contact is still part of what
+the arm did.
 A conversion counts for the arm when it happened after the enrollment reached the split
-(its first row of a dominated step; a member without rows yet is in the arm now).
+(its first row of a dominated step; a member without such rows: any conversion recorded).
 
 Once a split is decided, the split step sends every arrival to the winner and marks it in
 `enrollment.state` (nurture.runtime.effective_journey.DECIDED_ARMS). Those members are not in
@@ -21,19 +26,19 @@ it was given — only in `SplitDecisionReport.after_decision`. The arms are the 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import Text, and_, case, cast, func, or_, select
+from sqlalchemy import and_, case, func, null, or_, select
 
 from nurture.compiler import Plan
 from nurture.reporting._times import aware
 from nurture.reporting.converted import counted_conversion
 from nurture.reporting.incremental import Estimate, Sample
 from nurture.reporting.lift import lift
-from nurture.runtime.effective_journey import DECIDED_ARMS, recorded_decisions, walk_steps, with_winners
+from nurture.runtime.effective_journey import (DECIDED_ARMS, SPLIT_ARMS, recorded_decisions, walk_steps,
+                                               with_winners)
 from nurture.runtime.stable_random import pick_arm
 from nurture.store.tables import enrollment_t, message_t, version_t
 
@@ -115,6 +120,16 @@ def dominated(plan: Plan, split: str) -> set[str]:
     return after - _reachable(plan, plan.first, blocked=split) - {split}
 
 
+def own_steps(plan: Plan, split: str) -> list[set[str]]:
+    """Per arm of `split` (in order), the steps only that arm reaches: a message row of one, or
+    standing on one, shows which arm a member took (empty for an arm without steps)."""
+    node = plan.nodes[split]
+    around = _reachable(plan, plan.first, blocked=split)
+    reach = [_reachable(plan, first, blocked=split) for _, _, first in node.arms]
+    return [steps - around - set().union(*(other for j, other in enumerate(reach) if j != i))
+            for i, steps in enumerate(reach)]
+
+
 # (journey, split, its arms) → {contact id: the index of its arm}: the figures are read again
 # and again (auto_winner looks every hour), and a member's stable hash is worked out once.
 _ARMS_OF: dict[tuple, dict[int, int]] = {}
@@ -134,50 +149,66 @@ def _arms_of(journey: str, sid: str, arms: tuple) -> dict[int, int]:
 
 
 def arm_stats(conn: Any, plan: Plan, sid: str, now: Optional[datetime] = None) -> tuple[list[ArmReport], int]:
-    """The experiment of split `sid`: its arms (members by the stable hash, their conversions
-    and revenue after reaching the split; no differences yet), and how many members (outside
-    the holdout) a decision sent to its winner instead — those are in no arm. `now` (a report
-    as of a past time): only enrollments, message rows and conversions by then."""
+    """The experiment of split `sid`: its arms (members by the arm they took — see the module
+    docstring —, their conversions and revenue after reaching the split; no differences yet),
+    and how many members (outside the holdout) a decision sent to its winner instead — those
+    are in no arm. `now` (a report as of a past time): only enrollments, message rows and
+    conversions by then."""
     node = plan.nodes[sid]
     arms = [ArmReport(name) for name, _, _ in node.arms]
     inside = sorted(dominated(plan, sid))
-    # Only the enrollments that reached the split — a row of a dominated step (`start`: the
-    # first), standing on one, or with a state (a decision's arm) — come back from the database:
-    # a journey's others are most of it and in no arm.
-    reached = (select(message_t.c.enrollment_id.label("eid"), func.min(message_t.c.created_at).label("start"))
+    own = own_steps(plan, sid)
+    # Per enrollment that has rows of a dominated step: the first one's time (`start`) and, for
+    # an enrollment without a recorded arm, the arm whose own steps it has rows of (`logged`) —
+    # one pass over the rows, grouped.
+    logged = [(message_t.c.step_id.in_(sorted(steps)), i) for i, steps in enumerate(own) if steps]
+    reached = (select(message_t.c.enrollment_id.label("eid"), func.min(message_t.c.created_at).label("start"),
+                      *([func.min(case(*logged, else_=None)).label("logged")] if logged else []))
                .where(message_t.c.journey == plan.name, message_t.c.step_id.in_(inside),
                       *([message_t.c.created_at <= now] if now is not None else []))
                .group_by(message_t.c.enrollment_id).subquery())
     # What each row needs is worked out by the database (a comparison of two stored times, the
-    # state as text): a decision's state is decoded only where there is one, and no row's
-    # times are turned into datetimes — the rule runs this every hour of the clock.
+    # arms read out of the state): no row's state is decoded and no row's times are turned
+    # into datetimes here — the rule runs this every hour of the clock.
     converted_after = case((and_(counted_conversion(),
                                  *([enrollment_t.c.converted_at <= now] if now is not None else []),
                                  or_(reached.c.start.is_(None), enrollment_t.c.converted_at >= reached.c.start)), 1),
                            else_=0)
-    state_text = cast(enrollment_t.c.state, Text)
+    recorded = enrollment_t.c.state[(SPLIT_ARMS, sid)].as_string()
+    decided = enrollment_t.c.state[(DECIDED_ARMS, sid)].as_string()
     rows = conn.execute(
         select(enrollment_t.c.contact_id, enrollment_t.c.step_id, converted_after, enrollment_t.c.revenue,
-               case((state_text != "{}", state_text), else_=None), reached.c.start.is_not(None))
+               decided.is_not(None), recorded, reached.c.logged if logged else null(), reached.c.start.is_not(None))
         .select_from(enrollment_t.outerjoin(reached, reached.c.eid == enrollment_t.c.id))
         .where(enrollment_t.c.journey == plan.name, enrollment_t.c.holdout == False,  # noqa: E712
                *([enrollment_t.c.entered_at <= now] if now is not None else []),
-               or_(reached.c.eid.is_not(None), enrollment_t.c.step_id.in_(inside), state_text != "{}"))
+               or_(reached.c.eid.is_not(None), enrollment_t.c.step_id.in_(inside), recorded.is_not(None),
+                   decided.is_not(None)))
     ) if inside else ()
     index = {name: i for i, (name, _, _) in enumerate(node.arms)}
+    standing = {step: i for i, steps in enumerate(own) for step in steps}
     arm_key = tuple(node.arms)
     of_contact = _arms_of(plan.name, sid, arm_key)
     inside_set = set(inside)
     after_decision = 0
-    for cid, step, converted, revenue, state, has_start in rows:
-        if state is not None and sid in ((json.loads(state) or {}).get(DECIDED_ARMS) or {}):
+    for cid, step, converted, revenue, was_decided, took, log_arm, has_start in rows:
+        if was_decided:
             after_decision += 1
             continue
-        if not has_start and step not in inside_set:
+        if took is not None:
+            i = index.get(took)
+            if i is None:
+                continue  # an arm since removed from the split: it is in none of today's
+        elif log_arm is not None:
+            i = log_arm
+        elif step in standing:
+            i = standing[step]
+        elif not has_start and step not in inside_set:
             continue
-        i = of_contact.get(cid)
-        if i is None:
-            i = of_contact[cid] = index[pick_arm(plan.name, sid, cid, arm_key)[0]]
+        else:  # passed the split before arms were recorded, and nothing in the log tells
+            i = of_contact.get(cid)
+            if i is None:
+                i = of_contact[cid] = index[pick_arm(plan.name, sid, cid, arm_key)[0]]
         arm = arms[i]
         arm.recipients += 1
         if converted:
