@@ -22,7 +22,7 @@ from nurture.consent_ledger import append_consents, record_consent, suppress
 from nurture.ingest import track_records
 from nurture.runtime.sql import chunks
 from nurture.store.db import Store
-from nurture.store.models import SENT
+from nurture.store.models import HOLDOUT, SENT
 from nurture.store.tables import contact_t, handover_t, message_t, product_t
 
 
@@ -406,7 +406,8 @@ _MESSAGES_SINCE = (select(message_t.c.id, message_t.c.status, message_t.c.journe
                    .where(message_t.c.id > bindparam("seen")).order_by(message_t.c.id))
 _HANDOVERS_SINCE = (select(handover_t.c.id, handover_t.c.created_at, contact_t.c.email)
                     .select_from(handover_t.join(contact_t, contact_t.c.id == handover_t.c.contact_id))
-                    .where(handover_t.c.id > bindparam("seen")).order_by(handover_t.c.id))
+                    .where(handover_t.c.id > bindparam("seen"), handover_t.c.status != HOLDOUT)  # sales never saw those
+                    .order_by(handover_t.c.id))
 
 
 def react(company: Company, store: Store, now: datetime) -> dict[str, int]:

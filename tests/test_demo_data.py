@@ -106,3 +106,20 @@ def test_the_demo_runs_all_six_journeys_writes_the_report_and_can_run_again(tmp_
                             "win_back"}
     assert all(n > 0 for n in sent[0].values())
     assert sent[0] == sent[1]  # wiped and re-run: the same story
+
+
+def test_the_demos_sales_team_calls_only_the_leads_handed_to_it(store):
+    """A holdout member passing a handover step has a `holdout` row in the handover table, and
+    sales never heard of it: the demo's world makes up no `sales_contacted` for it."""
+    from nurture.demo_data import Company, react
+    from nurture.store.tables import handover_t
+    from tests.engine_fixtures import add_contact
+    company = Company(seed=7, start=START, days=10)
+    at = START + timedelta(hours=1)
+    held = [add_contact(store, f"held{i}@example.com") for i in range(10)]
+    with store.engine.begin() as conn:
+        conn.execute(handover_t.insert(), [dict(
+            contact_id=cid, journey="b2b_nurture", step_id="to_sales", stage="mql", score=60.0, note="",
+            destination="file", status="holdout", reason="holdout", attempts=0,
+            sla_due_at=at + timedelta(hours=24), created_at=at) for cid in held])
+    assert react(company, store, at + timedelta(minutes=5))["sales_contacted"] == 0

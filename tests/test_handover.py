@@ -235,3 +235,58 @@ def test_a_crm_that_is_not_configured_yet_keeps_the_handover_pending_without_usi
     retry_pending(rt, T0 + timedelta(hours=8))
     [h] = _handovers(store)
     assert (h.status, h.attempts, h.external_id) == ("delivered", 1, f"crm-{h.id}")
+
+
+HOLDOUT_MQL = journey_yaml("mql", """
+    - id: hello
+      send: {channel: email, template: hello, subject: "Hi"}
+    - id: to_sales
+      handover: {sla: 24h}
+""", trigger="{event: demo_request}", extra="holdout: 50%")
+
+
+def test_a_holdout_member_passes_a_handover_step_without_being_handed_to_sales(make_runtime, store):
+    """The holdout is enrolled and never acted on: sales calling it would bias the lift as a
+    message would. A holdout member at a handover step gets a `holdout` row (the step's log, as
+    a held-out send's row in the message log), no task, no line, no stage, and moves on; the
+    report's handover figures and MQLs count only the contact really handed over."""
+    from sqlalchemy import select
+
+    from nurture.reporting.sources import facts_subquery
+    from nurture.runtime.stable_random import in_holdout
+    from nurture.store.tables import event_t
+    from tests.engine_fixtures import enrollments
+    rt = make_runtime({"mql": HOLDOUT_MQL})
+    held, treated = [], []
+    i = 0
+    while len(held) < 2 or not treated:  # two contacts the stable hash holds out, one it treats
+        cid = subscriber(store, f"h{i}@acme.example", first_name="H", score=80)
+        i += 1
+        (held if in_holdout("mql", cid, 0.5) else treated).append(cid)
+    treated = treated[:1]
+    for cid in held + treated:
+        add_event(store, cid, "demo_request", T0)
+    tick = run_tick(rt, "mql", T0 + timedelta(minutes=5))
+    run_tick(rt, "mql", T0 + timedelta(minutes=10))  # a second tick changes nothing
+
+    assert tick.outcomes[("to_sales", "holdout", "holdout")] == 2
+    assert tick.outcomes[("to_sales", "handover_delivered", None)] == 1
+    rows = {h.contact_id: h for h in _handovers(store)}
+    assert {cid: (rows[cid].status, rows[cid].reason, rows[cid].claim, rows[cid].delivered_at) for cid in held} == {
+        cid: ("holdout", "holdout", None, None) for cid in held}
+    assert rows[treated[0]].status == "delivered"
+    lines = [json.loads(x) for x in (rt.data_dir / "handover" / "handovers.jsonl").read_text().splitlines()]
+    assert [line["contact"]["email"] for line in lines] == [contact_row(store, treated[0]).email]
+    assert [contact_row(store, cid).lifecycle_stage for cid in held + treated] == ["lead", "lead", "mql"]
+    assert {e.contact_id: e.status for e in enrollments(store, journey="mql")} == {
+        cid: "completed" for cid in held + treated}  # moved on past the step
+    assert retry_pending(rt, T0 + timedelta(hours=1)) == {}  # a holdout row is never delivered later
+    with store.engine.connect() as conn:
+        stats = handover_stats(conn, T0 + timedelta(hours=36))
+        facts_ = facts_subquery(T0 + timedelta(hours=36), with_leads=False)
+        facts = {r.contact_id: (r.reached_mql, r.mql_at) for r in conn.execute(select(facts_))}
+        promoted = conn.execute(select(event_t.c.contact_id).where(event_t.c.name == "lifecycle_stage_changed")
+                                ).scalars().all()
+    assert (stats.total, stats.delivered, stats.overdue) == (1, 1, 1)  # the held-out rows are no handover
+    assert [facts[cid][0] for cid in held] == [0, 0] and facts[treated[0]][0] == 1
+    assert promoted == treated

@@ -663,14 +663,15 @@ def _first_runs(conn: Any, journeys: set[str], now: datetime) -> dict[str, datet
 
 
 def handover_stats(conn: Any, now: datetime) -> HandoverStats:
-    """MQLs handed to sales and whether sales contacted them (`sales_contacted`) within the SLA."""
+    """MQLs handed to sales and whether sales contacted them (`sales_contacted`) within the SLA.
+    A holdout member's row at a handover step is no handover (nurture.scoring.handover.hold_out)."""
     stats = HandoverStats()
     contacted = (select(func.min(event_t.c.occurred_at))
                  .where(event_t.c.contact_id == handover_t.c.contact_id, event_t.c.name == "sales_contacted",
                         event_t.c.occurred_at >= handover_t.c.created_at, event_t.c.occurred_at <= now)
                  .scalar_subquery())
     for status, due, first in conn.execute(select(handover_t.c.status, handover_t.c.sla_due_at, contacted)
-                                           .where(handover_t.c.created_at <= now)):
+                                           .where(handover_t.c.created_at <= now, handover_t.c.status != HOLDOUT)):
         stats.total += 1
         if status in ("delivered", "pending", "failed"):
             setattr(stats, status, getattr(stats, status) + 1)

@@ -31,7 +31,7 @@ from nurture.lifecycle import STAGE_CHANGED, STAGES, at_or_beyond
 from nurture.reporting._times import aware
 from nurture.store.json_values import NUMBER_PATTERN
 from nurture.store.json_values import json_number as stored_number
-from nurture.store.models import SENT
+from nurture.store.models import HOLDOUT, SENT
 from nurture.store.tables import contact_t, deal_t, event_t, handover_t, message_t, spend_t, touch_t
 
 REVENUE_EVENTS = ("purchase", "deal_won")  # what money a contact brings: shop orders and won CRM deals
@@ -239,7 +239,8 @@ def facts_subquery(now: datetime, with_leads: bool = True) -> Any:
     handed = (select(handover_t.c.contact_id.label("cid"),
                      *[func.min(case((handover_t.c.stage.in_(at_or_beyond(s)), handover_t.c.created_at))).label(s)
                        for s in QUALIFIED])
-              .where(handover_t.c.created_at <= now).group_by(handover_t.c.contact_id).subquery("handed"))
+              .where(handover_t.c.created_at <= now, handover_t.c.status != HOLDOUT)  # (held out: not handed over)
+              .group_by(handover_t.c.contact_id).subquery("handed"))
     bought = (select(event_t.c.contact_id.label("cid"), func.min(event_t.c.occurred_at).label("at"))
               .where(event_t.c.name.in_(REVENUE_EVENTS), event_t.c.occurred_at <= now)
               .group_by(event_t.c.contact_id).subquery("bought"))

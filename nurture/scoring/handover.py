@@ -17,6 +17,12 @@ dies between its claim and its record leaves the claim behind; once it is CLAIM_
 another run takes the handover over, as a `redelivery`: HubSpot finds the task an earlier
 attempt created by its key, the file destination the line it wrote.
 
+A holdout member (the journey's control group: enrolled, never acted on) is not handed over:
+`hold_out` gives it a row with status `holdout` — the step's log, as a holdout send has its
+`holdout` row in the message log — and moves it on, with no stage change and no delivery. That
+row is never claimed nor delivered, and is no handover: the report's handover figures and its
+MQLs per source leave it out.
+
 A failed delivery is recorded on its row (`pending` with the reason, retried by
 `retry_pending` up to MAX_ATTEMPTS, then `failed`) — never dropped. A refusal for the
 destination's configuration (`HandoverResult.waiting`: no such CRM, no token, a HubSpot
@@ -41,6 +47,7 @@ from nurture.lifecycle import promote, stage_rank
 from nurture.runtime.sql import chunks, for_update, ids_in, insert_ignore
 from nurture.scoring.spec import handover_spec
 from nurture.steps.transitions import move
+from nurture.store.models import HOLDOUT
 from nurture.store.tables import contact_t, handover_t
 
 MAX_ATTEMPTS = 5
@@ -261,28 +268,21 @@ def deliver_claimed(rt: Any, claim: Claim, now: datetime) -> Counter:
 
 
 def hand_over(conn: Any, rt: Any, plan: Any, node: Any, rows: list[tuple], now: datetime) -> Claim:
-    """The `handover` step for a batch of due enrollments (rows: eid, contact id, tz, at), in
-    the step's transaction: the stage raised, a handover row per enrollment claimed by this
-    run, and the enrollments moved on. Delivered by `deliver_claimed` once that transaction
-    has committed, in the order the contacts entered the journey (the batch's own order is
-    the database's: on PostgreSQL it follows where the rows' latest versions lie)."""
+    """The `handover` step for a batch of due enrollments outside the holdout (rows: eid,
+    contact id, tz, at), in the step's transaction: the stage raised, a handover row per
+    enrollment claimed by this run, and the enrollments moved on. Delivered by
+    `deliver_claimed` once that transaction has committed, in the order the contacts entered
+    the journey (the batch's own order is the database's: on PostgreSQL it follows where the
+    rows' latest versions lie)."""
     rows = sorted(rows, key=lambda row: row[0])
+    claim = Claim(uuid.uuid4().hex)
+    if not rows:
+        return claim
     spec = handover_spec(node.step.handover)
     contact_ids = sorted({r[1] for r in rows})
     # forward only (a handed-over SQL stays SQL), recorded as a lifecycle_stage_changed event
     promote(conn, spec.stage, ids_in(contact_t.c.id, contact_ids), now, source=f"handover:{plan.name}")
-    scores = {}
-    for part in chunks(contact_ids):
-        scores.update(dict(conn.execute(select(contact_t.c.id, contact_t.c.score).where(contact_t.c.id.in_(part))).all()))
-    destination = rt.settings.handover_crm or FILE_DESTINATION
-    claim = Claim(uuid.uuid4().hex)
-    wall = _wall_clock()
-    insert_ignore(conn, handover_t, [dict(contact_id=cid, enrollment_id=eid, journey=plan.name, step_id=node.id,
-                                          stage=spec.stage, score=float(scores.get(cid) or 0.0), owner=spec.owner,
-                                          note=spec.note, destination=destination, status="pending", reason=None,
-                                          external_id=None, attempts=0, sla_due_at=at + spec.sla, created_at=at,
-                                          delivered_at=None, claim=claim.token, claimed_at=wall)
-                                     for eid, cid, _, at in rows], ("enrollment_id", "step_id"))
+    _insert_rows(conn, rt, plan, node, rows, status="pending", claim=claim)
     for part in chunks([r[0] for r in rows]):
         for hid, attempts in conn.execute(select(handover_t.c.id, handover_t.c.attempts).where(
                 handover_t.c.enrollment_id.in_(part), handover_t.c.step_id == node.id,
@@ -290,6 +290,38 @@ def hand_over(conn: Any, rt: Any, plan: Any, node: Any, rows: list[tuple], now: 
             claim.add(hid, attempts)
     move(conn, rt, plan, rows, node.next, now)
     return claim
+
+
+def hold_out(conn: Any, rt: Any, plan: Any, node: Any, rows: list[tuple], now: datetime) -> int:
+    """The `handover` step for a batch of due holdout members (rows as `hand_over`'s), in the
+    step's transaction: sales calling the control group would act on it as surely as a
+    message, and the lift would measure the journey against people it handed over. So: a
+    `holdout` row each (what would have been handed over, when — never claimed, never
+    delivered), no stage change, and the enrollments moved on; how many."""
+    if not rows:
+        return 0
+    _insert_rows(conn, rt, plan, node, sorted(rows, key=lambda row: row[0]), status=HOLDOUT, claim=None)
+    return move(conn, rt, plan, rows, node.next, now)
+
+
+def _insert_rows(conn: Any, rt: Any, plan: Any, node: Any, rows: list[tuple], status: str,
+                 claim: Optional[Claim]) -> None:
+    """A handover row per enrollment (unique per (enrollment, step): a retried tick writes
+    none twice), with the contact's score now; `claim` holds it for this run's delivery."""
+    spec = handover_spec(node.step.handover)
+    scores = {}
+    for part in chunks(sorted({r[1] for r in rows})):
+        scores.update(dict(conn.execute(select(contact_t.c.id, contact_t.c.score).where(contact_t.c.id.in_(part))).all()))
+    destination = rt.settings.handover_crm or FILE_DESTINATION
+    wall = _wall_clock() if claim is not None else None
+    insert_ignore(conn, handover_t, [dict(contact_id=cid, enrollment_id=eid, journey=plan.name, step_id=node.id,
+                                          stage=spec.stage, score=float(scores.get(cid) or 0.0), owner=spec.owner,
+                                          note=spec.note, destination=destination, status=status,
+                                          reason=HOLDOUT if status == HOLDOUT else None,
+                                          external_id=None, attempts=0, sla_due_at=at + spec.sla, created_at=at,
+                                          delivered_at=None, claim=claim.token if claim is not None else None,
+                                          claimed_at=wall)
+                                     for eid, cid, _, at in rows], ("enrollment_id", "step_id"))
 
 
 def claim_pending(conn: Any) -> Claim:

@@ -24,7 +24,7 @@ class Handover(SQLModel, table=True):
     owner: Optional[str] = None
     note: str = ""
     destination: str  # crm integration name, or "file"
-    status: str  # pending | delivered | failed
+    status: str  # pending | delivered | failed | holdout (a holdout member's pass: never delivered)
     reason: Optional[str] = None
     external_id: Optional[str] = None
     attempts: int = 0
