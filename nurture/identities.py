@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from nurture.durations import parse_duration
 from nurture.privacy.tombstones import ERASED_REASON
 from nurture.runtime.sql import insert_ignore
+from nurture.runtime.stable_random import in_holdout
 from nurture.store.tables import (consent_t, contact_t, conversion_delivery_t, deal_t, enrollment_t, event_t,
                                   handover_t, identity_t, merge_t, message_t, suppression_t, touch_t, version_t)
 
@@ -196,14 +197,17 @@ _FILLED = (contact_t.c.first_name, contact_t.c.last_name, contact_t.c.timezone, 
 def merge_contacts(conn: Any, from_id: int, into_id: int, *, reason: str, now: datetime) -> dict:
     """Move everything of contact `from_id` to `into_id` in the caller's transaction and record
     it in contact_merge; the counts of what moved. An active enrollment of `from_id` that the
-    merged person may not have (`_barred_by_merge`) exits with reason `merged`. Touches: the
-    earlier `first`, the later `last`. The known contact's empty fields take the visitor's."""
+    merged person may not have (`_barred_by_merge`) exits with reason `merged`; one that stays
+    and has nothing done for it yet takes the merged person's holdout group (`_regroup`).
+    Touches: the earlier `first`, the later `last`. The known contact's empty fields take the
+    visitor's."""
     counts: dict[str, int] = {}
     barred = _barred_by_merge(conn, from_id, into_id)
     if barred:
         conn.execute(update(enrollment_t).where(enrollment_t.c.id.in_(barred)).values(
             status="exited", step_id=None, next_due_at=None, left_at=now, exit_reason=MERGED))
     counts["enrollments_exited"] = len(barred)
+    counts["enrollments_regrouped"] = _regroup(conn, from_id, into_id)
     # A date-trigger occurrence both contacts entered for (uq_enrollment_trigger_key): the moved
     # enrollment keeps its history and gives up the key; the kept one still bars a second entry.
     other = enrollment_t.alias("other")
@@ -266,17 +270,54 @@ def _barred_by_merge(conn: Any, from_id: int, into_id: int) -> list[int]:
     return barred
 
 
+def _regroup(conn: Any, from_id: int, into_id: int) -> int:
+    """The holdout flag of `from_id`'s active enrollments (those `_barred_by_merge` left),
+    hashed again for `into_id` where nothing has been done for the enrollment yet — no message
+    row (sent, or held out at a send) and no handover row (handed over, or held out at a
+    handover): the holdout is stable per person and journey (in_holdout, as enrollment hashes
+    it), and the visitor's hash was the person's only while nobody knew who it was. An
+    enrollment with such a row keeps its flag: what it went through is its history, and the
+    report counts it in the group it went through. The share is the enrollment's recorded
+    version's `holdout`; without a recorded version the flag stays. How many changed."""
+    rows = list(conn.execute(select(enrollment_t.c.id, enrollment_t.c.journey, enrollment_t.c.version,
+                                    enrollment_t.c.holdout).where(
+        enrollment_t.c.contact_id == from_id, enrollment_t.c.status == "active",
+        ~exists().where(message_t.c.enrollment_id == enrollment_t.c.id),
+        ~exists().where(handover_t.c.enrollment_id == enrollment_t.c.id))))
+    specs = _recorded_specs(conn, {(r.journey, r.version) for r in rows})
+    changed: dict[bool, list[int]] = {True: [], False: []}
+    for r in rows:
+        spec = specs.get((r.journey, r.version))
+        try:
+            share = float((spec or {}).get("holdout") or 0.0)
+        except (TypeError, ValueError):  # unreadable: as without a recorded version
+            continue
+        if spec is not None and in_holdout(r.journey, into_id, share) != bool(r.holdout):
+            changed[not r.holdout].append(r.id)
+    for flag, ids in changed.items():
+        if ids:
+            conn.execute(update(enrollment_t).where(enrollment_t.c.id.in_(ids)).values(holdout=flag))
+    return len(changed[True]) + len(changed[False])
+
+
+def _recorded_specs(conn: Any, versions: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+    """(journey, version) -> the spec the tick recorded for it (journeyversion.spec)."""
+    specs: dict[tuple[str, str], dict] = {}
+    if not versions:
+        return specs
+    for journey, version, spec in conn.execute(
+            select(version_t.c.journey, version_t.c.version, version_t.c.spec)
+            .where(version_t.c.journey.in_({j for j, _ in versions}))):
+        if (journey, version) in versions and isinstance(spec, dict):
+            specs[(journey, version)] = spec
+    return specs
+
+
 def _reentry_rules(conn: Any, versions: set[tuple[str, str]]) -> dict[tuple[str, str], Any]:
     """(journey, version) -> its `reentry` ("never", "always" or a timedelta), read from the
     version the tick recorded (journeyversion.spec; a spec leaves out the default `never`)."""
     rules: dict[tuple[str, str], Any] = {}
-    if not versions:
-        return rules
-    for journey, version, spec in conn.execute(
-            select(version_t.c.journey, version_t.c.version, version_t.c.spec)
-            .where(version_t.c.journey.in_({j for j, _ in versions}))):
-        if (journey, version) not in versions or not isinstance(spec, dict):
-            continue
+    for (journey, version), spec in _recorded_specs(conn, versions).items():
         value = spec.get("reentry") or "never"
         try:
             rules[(journey, version)] = value if value in ("never", "always") else (

@@ -362,3 +362,73 @@ def test_an_erasure_clears_the_external_id_and_every_identifier(store, tmp_path)
     assert _rows(store, identity_t, identity_t.c.contact_id == cid) == []
     (row,) = _rows(store, contact_t, contact_t.c.id == cid)
     assert (row.email, row.external_id) == (None, None) and result.removed["identities"] >= 2
+
+
+def _treated_visitor_and_held_out_subscriber(store, journey):
+    """An anonymous visitor whom the stable hash treats in `journey` (50% holdout) and a known
+    subscriber whom it holds out."""
+    from nurture.runtime.stable_random import in_holdout
+    from tests.engine_fixtures import subscriber
+    anon = add_contact(store, None)
+    while in_holdout(journey, anon, 0.5):
+        anon = add_contact(store, None)
+    i = 0
+    known = subscriber(store, "known0@example.com")
+    while not in_holdout(journey, known, 0.5):
+        i += 1
+        known = subscriber(store, f"known{i}@example.com")
+    return anon, known
+
+
+def test_a_moved_enrollment_nothing_was_done_for_yet_takes_the_known_persons_holdout_group(make_runtime, store):
+    """The holdout is stable per person and journey. The visitor entered as treated and was
+    still waiting when it turned out to be a subscriber the hash holds out: the moved
+    enrollment is held out (its send is a `holdout` row), and so is the person's next entry —
+    never both groups of one journey."""
+    from nurture.runtime import run_tick
+    from tests.engine_fixtures import enrollments, journey_yaml, messages
+    t0 = utc(2026, 11, 2, 10)
+    rt = make_runtime({"welcome": journey_yaml("welcome", """
+        - id: pause
+          wait: 1h
+        - id: hello
+          send: {channel: email, template: hello, subject: Hi}
+        """, trigger="{event: visit}", extra="holdout: 50%\nreentry: always")})
+    anon, known = _treated_visitor_and_held_out_subscriber(store, "welcome")
+    add_event(store, anon, "visit", t0)
+    run_tick(rt, "welcome", t0 + dt.timedelta(minutes=1))  # the visitor enters (treated), waiting 1h
+    with store.engine.begin() as conn:  # the visitor identifies as the known subscriber
+        counts = merge_contacts(conn, anon, known, reason="identify", now=t0 + dt.timedelta(minutes=10))
+    assert counts["enrollments_regrouped"] == 1
+    run_tick(rt, "welcome", t0 + dt.timedelta(hours=1, minutes=2))
+    add_event(store, known, "visit", t0 + dt.timedelta(hours=2))  # the same person comes back
+    run_tick(rt, "welcome", t0 + dt.timedelta(hours=2, minutes=1))
+    run_tick(rt, "welcome", t0 + dt.timedelta(hours=3, minutes=2))
+
+    assert [bool(e.holdout) for e in enrollments(store, journey="welcome", contact_id=known)] == [True, True]
+    assert [(m.contact_id, m.status) for m in messages(store, journey="welcome")] == [(known, "holdout")] * 2
+
+
+@pytest.mark.parametrize("first_step", ["send: {channel: email, template: hello, subject: Hi}",
+                                        "handover: {sla: 24h}"])
+def test_a_moved_enrollment_already_acted_on_keeps_its_holdout_group(make_runtime, store, first_step):
+    """Once the visitor's enrollment has a message row (here: its send, skipped for want of an
+    address) or a handover row, it went through the journey as treated: that history stays
+    what it was, and the report counts it where it went."""
+    from nurture.runtime import run_tick
+    from tests.engine_fixtures import enrollments, journey_yaml
+    t0 = utc(2026, 11, 2, 10)
+    rt = make_runtime({"welcome": journey_yaml("welcome", f"""
+        - id: first
+          {first_step}
+        - id: pause
+          wait: 1d
+        """, trigger="{event: visit}", extra="holdout: 50%\nreentry: always")})
+    anon, known = _treated_visitor_and_held_out_subscriber(store, "welcome")
+    add_event(store, anon, "visit", t0)
+    run_tick(rt, "welcome", t0 + dt.timedelta(minutes=1))  # acted on at its first step, now waiting
+    with store.engine.begin() as conn:
+        counts = merge_contacts(conn, anon, known, reason="identify", now=t0 + dt.timedelta(minutes=10))
+    [moved] = enrollments(store, journey="welcome", contact_id=known)
+    assert (moved.status, moved.step_id, bool(moved.holdout), counts["enrollments_regrouped"]) == (
+        "active", "pause", False, 0)
