@@ -269,14 +269,14 @@ def test_a_holdout_member_passes_a_handover_step_without_being_handed_to_sales(m
     tick = run_tick(rt, "mql", T0 + timedelta(minutes=5))
     run_tick(rt, "mql", T0 + timedelta(minutes=10))  # a second tick changes nothing
 
+    lines = [json.loads(x) for x in (rt.data_dir / "handover" / "handovers.jsonl").read_text().splitlines()]
+    assert [line["contact"]["email"] for line in lines] == [contact_row(store, treated[0]).email]
     assert tick.outcomes[("to_sales", "holdout", "holdout")] == 2
     assert tick.outcomes[("to_sales", "handover_delivered", None)] == 1
     rows = {h.contact_id: h for h in _handovers(store)}
     assert {cid: (rows[cid].status, rows[cid].reason, rows[cid].claim, rows[cid].delivered_at) for cid in held} == {
         cid: ("holdout", "holdout", None, None) for cid in held}
     assert rows[treated[0]].status == "delivered"
-    lines = [json.loads(x) for x in (rt.data_dir / "handover" / "handovers.jsonl").read_text().splitlines()]
-    assert [line["contact"]["email"] for line in lines] == [contact_row(store, treated[0]).email]
     assert [contact_row(store, cid).lifecycle_stage for cid in held + treated] == ["lead", "lead", "mql"]
     assert {e.contact_id: e.status for e in enrollments(store, journey="mql")} == {
         cid: "completed" for cid in held + treated}  # moved on past the step

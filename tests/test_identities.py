@@ -399,7 +399,6 @@ def test_a_moved_enrollment_nothing_was_done_for_yet_takes_the_known_persons_hol
     run_tick(rt, "welcome", t0 + dt.timedelta(minutes=1))  # the visitor enters (treated), waiting 1h
     with store.engine.begin() as conn:  # the visitor identifies as the known subscriber
         counts = merge_contacts(conn, anon, known, reason="identify", now=t0 + dt.timedelta(minutes=10))
-    assert counts["enrollments_regrouped"] == 1
     run_tick(rt, "welcome", t0 + dt.timedelta(hours=1, minutes=2))
     add_event(store, known, "visit", t0 + dt.timedelta(hours=2))  # the same person comes back
     run_tick(rt, "welcome", t0 + dt.timedelta(hours=2, minutes=1))
@@ -407,6 +406,7 @@ def test_a_moved_enrollment_nothing_was_done_for_yet_takes_the_known_persons_hol
 
     assert [bool(e.holdout) for e in enrollments(store, journey="welcome", contact_id=known)] == [True, True]
     assert [(m.contact_id, m.status) for m in messages(store, journey="welcome")] == [(known, "holdout")] * 2
+    assert counts.get("enrollments_regrouped") == 1
 
 
 @pytest.mark.parametrize("first_step", ["send: {channel: email, template: hello, subject: Hi}",
@@ -430,5 +430,5 @@ def test_a_moved_enrollment_already_acted_on_keeps_its_holdout_group(make_runtim
     with store.engine.begin() as conn:
         counts = merge_contacts(conn, anon, known, reason="identify", now=t0 + dt.timedelta(minutes=10))
     [moved] = enrollments(store, journey="welcome", contact_id=known)
-    assert (moved.status, moved.step_id, bool(moved.holdout), counts["enrollments_regrouped"]) == (
+    assert (moved.status, moved.step_id, bool(moved.holdout), counts.get("enrollments_regrouped", 0)) == (
         "active", "pause", False, 0)
