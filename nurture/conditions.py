@@ -7,7 +7,7 @@ expression may refer to (the enrollment, the trigger event) and the logical cloc
 """
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Mapping, Optional
@@ -15,12 +15,10 @@ from typing import Any, Mapping, Optional
 from sqlalchemy import (ColumnElement, and_, bindparam, exists, false, func, not_, or_, select, true)
 
 from nurture.consent_ledger import latest_consent_status
-from nurture.spec.models import Comparison, Condition, CountCmp
+from nurture.number_text import INT64
+from nurture.spec.models import CONTACT_COLUMNS, Comparison, Condition, CountCmp, column_value
 from nurture.store.json_values import json_boolean, json_number, json_text, text_contains
 from nurture.store.tables import contact_t, enrollment_t, event_t
-
-CONTACT_COLUMNS = {"email", "phone", "first_name", "last_name", "timezone", "country", "locale",
-                   "lifecycle_stage", "score", "created_at", "updated_at"}
 
 
 @dataclass
@@ -50,73 +48,116 @@ def clock_values(clock: Mapping[str, timedelta], now: datetime) -> dict[str, dat
     return {name: now - before for name, before in clock.items()}
 
 
-def _typed(column: Any, sample: Any) -> Any:
-    """A JSON attribute as the SQL type its comparison value has: NULL where the stored value is
-    not of that type (store.json_values: a contact's "abc" where a number belongs made
+def _typed(column: Any, value: Any) -> Any:
+    """A JSON attribute as the SQL type of the value it is compared with: NULL where the stored
+    value is not of that type (store.json_values: a contact's "abc" where a number belongs made
     PostgreSQL's cast fail, and the tick with it). Compared with text, a stored number or
     boolean is its text (10115, true), the same on both databases."""
-    if isinstance(sample, bool):
+    if isinstance(value, bool):
         return json_boolean(column)
-    if isinstance(sample, (int, float)):
+    if isinstance(value, (int, float)):
         return json_number(column)
     return json_text(column)
 
 
-def _as_text(value: Any) -> Any:
-    """A value of a text comparison's list as the text a stored value is compared by: a number
-    as written, a boolean true / false (`zip: {in: ["10115", 80331]}`)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value if isinstance(value, str) else json.dumps(value)
+def _number(value: Any) -> Any:
+    """A number as both databases compare it the same way: a whole number (50.0 too) as an
+    integer, compared exactly (a stored 19-digit id is not "equal" to its neighbour, as it was
+    in PostgreSQL's double precision); beyond 64 bits as a float (the databases bind no larger
+    integer); a number with a fraction as a float."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < INT64:
+        return int(value)
+    if isinstance(value, int) and not -INT64 < value < INT64:
+        try:
+            return float(value)
+        except OverflowError:  # beyond every double: larger than any stored number
+            return math.copysign(math.inf, value)
+    return value
 
 
-def _sample(ops: Mapping[str, Any]) -> Any:
-    for key in ("eq", "ne", "gt", "gte", "lt", "lte"):
-        if ops.get(key) is not None:
-            return ops[key]
-    for key in ("in", "not_in"):
-        values = [v for v in ops.get(key) or [] if v is not None]
-        if values:
-            return values[0]
-    return ops.get("contains", "")
+def _kind(value: Any) -> type:
+    return bool if isinstance(value, bool) else float if isinstance(value, (int, float)) else str
 
 
-def compare(column_for: Any, cmp: Comparison, *, is_json: bool) -> ColumnElement:
-    ops = cmp.operators()
-    sample = _sample(ops)
-    col = _typed(column_for, sample) if is_json else column_for
-    if is_json and isinstance(sample, str):
-        ops = {op: ([_as_text(v) if v is not None else None for v in value] if op in ("in", "not_in") else value)
-               for op, value in ops.items()}
-    raw_present = (column_for.as_string().isnot(None) if is_json else column_for.isnot(None))
+def _matches(col: Any, op: str, value: Any) -> ColumnElement:
+    if op == "eq":
+        return col == value
+    if op == "ne":
+        return or_(col.is_(None), col != value)
+    return {"gt": col.__gt__, "gte": col.__ge__, "lt": col.__lt__, "lte": col.__le__}[op](value)
+
+
+def _in(typed_as: Any, values: list[Any], negated: bool) -> ColumnElement:
+    """`in` / `not_in` a list of values of one kind or several: each value compares as its own
+    kind (README: a number as a number, text as text), whatever the others are."""
+    groups: dict[type, list[Any]] = {}
+    for value in values:
+        if value is not None:
+            groups.setdefault(_kind(value), []).append(value)
+    if not groups:
+        return true() if negated else false()
+    parts = []
+    for kind, members in groups.items():
+        col = typed_as(members[0])
+        members = [_number(v) for v in members] if kind is float else members
+        parts.append(or_(col.is_(None), col.not_in(members)) if negated else col.in_(members))
+    return and_(*parts) if negated else or_(*parts)
+
+
+def compare(column_for: Any, cmp: Comparison, *, is_json: bool, column: Optional[str] = None) -> ColumnElement:
+    """The comparison `cmp` of a JSON value (`is_json`: each value compares as its own kind) or
+    of the contact column `column` (each value as the column's kind, CONTACT_COLUMNS)."""
+    if is_json:
+        def typed_as(value: Any) -> Any:
+            return _typed(column_for, value)
+        raw_present = json_text(column_for).isnot(None)
+    else:
+        def typed_as(value: Any) -> Any:
+            return column_for
+        raw_present = column_for.isnot(None)
     parts: list[ColumnElement] = []
-    for op, value in ops.items():
-        if op == "eq":
-            parts.append(col.is_(None) if value is None else col == value)
-        elif op == "ne":
-            parts.append(col.isnot(None) if value is None else or_(col.is_(None), col != value))
-        elif op == "gt":
-            parts.append(col > value)
-        elif op == "gte":
-            parts.append(col >= value)
-        elif op == "lt":
-            parts.append(col < value)
-        elif op == "lte":
-            parts.append(col <= value)
-        elif op == "in":
-            parts.append(col.in_([v for v in value if v is not None]))
-        elif op == "not_in":
-            parts.append(or_(col.is_(None), col.not_in([v for v in value if v is not None])))
+    for op, value in cmp.operators().items():
+        if op in ("in", "not_in"):
+            if not is_json:
+                value = _column_values(column, value or [])
+            parts.append(_in(typed_as, value or [], op == "not_in"))
         elif op == "exists":
             parts.append(raw_present if value else not_(raw_present))
         elif op == "contains":  # (the stored value's text, whatever the other operators compare)
-            parts.append(text_contains(json_text(column_for) if is_json else col, value))
+            if is_json:
+                parts.append(text_contains(json_text(column_for), value))
+            else:  # (validation refuses `contains` on a number or a time: here it finds nothing)
+                parts.append(text_contains(column_for, value) if CONTACT_COLUMNS[column] == "text" else false())
+        elif value is None:  # eq / ne null: the value is missing (or JSON null) / is there
+            parts.append(not_(raw_present) if op == "eq" else raw_present)
+        else:
+            values = [value] if is_json else _column_values(column, [value])
+            if not values:  # (validation refuses such a value: no value of the column equals it)
+                parts.append(true() if op == "ne" else false())
+                continue
+            value = values[0]
+            parts.append(_matches(typed_as(value), op, _number(value) if _kind(value) is float else value))
     return and_(*parts) if parts else true()
+
+
+def _column_values(column: str, values: list[Any]) -> list[Any]:
+    """`values` as the kind the contact column holds (spec.models.column_value), leaving out
+    what is none — validation refuses those; a plan compiled before that is compared with what
+    its values mean, never with text where a number belongs (which failed every tick)."""
+    kept = []
+    for value in values:
+        if value is None:
+            continue
+        try:
+            kept.append(column_value(column, value))
+        except ValueError:
+            pass
+    return kept
 
 
 def _attribute(name: str, cmp: Comparison) -> ColumnElement:
     if name in CONTACT_COLUMNS:
-        return compare(contact_t.c[name], cmp, is_json=False)
+        return compare(contact_t.c[name], cmp, is_json=False, column=name)
     return compare(contact_t.c.attributes[name], cmp, is_json=True)
 
 
@@ -176,7 +217,7 @@ def compile_condition(cond: Condition, scope: ConditionScope) -> ColumnElement:
     if cond.event is not None:
         parts.append(_event(cond, scope))
     if cond.score is not None:
-        parts.append(compare(contact_t.c.score, cond.score, is_json=False))
+        parts.append(compare(contact_t.c.score, cond.score, is_json=False, column="score"))
     if cond.consent is not None:  # the latest ledger row at the scope's time (nurture.consent_ledger)
         status = latest_consent_status(cond.consent.channel, cond.consent.purpose, scope.at())
         parts.append(status == cond.consent.status)

@@ -9,11 +9,16 @@ import pytest
 from sqlalchemy import select
 
 from nurture.conditions import ConditionScope, compile_condition
+from nurture.conversions.event_fields import value_of
+from nurture.runtime import run_tick
 from nurture.spec.models import Condition
+from nurture.spec.project import load_project
 from nurture.spec.segments import Segment
+from nurture.store.json_values import number_of_text
 from nurture.store.tables import contact_t, enrollment_t, event_t
 from tests.conftest import utc
-from tests.engine_fixtures import add_contact, add_event, module_store, set_consent  # noqa: F401
+from tests.engine_fixtures import (add_contact, add_event, journey_yaml, module_store, outcomes,  # noqa: F401
+                                   set_consent, subscriber)
 
 NOW = utc(2026, 3, 10, 12, 0)
 
@@ -52,8 +57,9 @@ SEGMENTS = {
 }
 
 
-def matching(store, people, condition: dict) -> set[str]:
-    expr = compile_condition(Condition.model_validate(condition), ConditionScope(NOW, SEGMENTS))
+def matching(store, people, condition: dict | Condition) -> set[str]:
+    condition = condition if isinstance(condition, Condition) else Condition.model_validate(condition)
+    expr = compile_condition(condition, ConditionScope(NOW, SEGMENTS))
     with store.engine.connect() as conn:
         ids = {r[0] for r in conn.execute(select(contact_t.c.id).where(expr))}
         conn.rollback()
@@ -227,7 +233,7 @@ def test_a_text_condition_compares_a_stored_number_or_boolean_by_its_text_on_bot
 
     assert match("10115") == {"number", "text"}
     assert match({"in": ["10115", "80331"]}) == {"number", "text", "other"}
-    assert match({"in": ["10115", 80331]}) == {"number", "text", "other"}  # (a number in the list: by its text)
+    assert match({"in": ["10115", 80331]}) == {"number", "text", "other"}  # (each value as its own kind)
     assert match("19.9") == {"real"}
     assert match("true") == {"true", "true_text"}
     assert match({"in": ["false", "no"]}) == {"false"}
@@ -265,3 +271,170 @@ def test_contains_ignores_case_and_reads_percent_and_underscore_as_themselves_on
     assert match("\\temp") == {"backslash"}
     assert match("a/b") == {"slash"}
     assert match("%") == {"sale"}
+
+
+# ---------------------------------------------------------------- the same answers on both databases
+
+
+def test_score_compared_with_a_quoted_number_compares_the_number_on_both_databases(store):
+    """`score: {gte: "50"}` passed validation (a bound may be text), then PostgreSQL refused
+    `double precision >= character varying` on every tick while SQLite's column affinity read
+    50. A contact column compares with values of its kind: text that reads as a number is that
+    number, an ISO 8601 text a time."""
+    ids = {"hot": add_contact(store, "hot@example.com", score=80.0, country="49"),
+           "cold": add_contact(store, "cold@example.com", score=10.0)}
+
+    def match(condition):
+        return matching(store, ids, condition)
+
+    assert match({"score": {"gte": "50"}}) == {"hot"}
+    assert match({"score": "80"}) == {"hot"}
+    assert match({"attribute": {"score": {"in": ["80", 10]}}}) == {"hot", "cold"}
+    assert match({"score": {"not_in": ["80.0"]}}) == {"cold"}
+    assert match({"attribute": {"created_at": {"gte": "2020-01-01"}}}) == {"hot", "cold"}
+    assert match({"attribute": {"created_at": {"lt": "2020-01-01T00:00:00+02:00"}}}) == set()
+    assert match({"attribute": {"country": 49}}) == {"hot"}  # (a number, compared with text, by its text)
+
+
+def test_a_journey_version_recorded_with_a_value_validation_now_refuses_still_compiles(store):
+    """A journey version recorded before validation refused `score: {gte: "abc"}` is read back
+    (runtime.versions.load_recorded) and compiled: no number equals "abc", so it selects nobody
+    (and `ne` everybody), on both databases, instead of failing."""
+    from nurture.runtime.versions import load_recorded
+    ids = {"ann": add_contact(store, "ann@example.com", score=80.0)}
+    journey = load_recorded({"name": "j", "trigger": {"event": "signup"}, "steps": [
+        {"id": "check", "branch": {"when": {"any": [{"score": {"gte": "abc"}}, {"attribute": {"created_at": 5}}]},
+                                   "then": [{"id": "w", "wait": "1h"}]}}]})
+    assert matching(store, ids, journey.steps[0].branch.when) == set()
+    recorded_ne = Condition.model_validate({"score": {"ne": "abc"}}, context={"recorded": True})
+    assert matching(store, ids, recorded_ne) == {"ann"}
+
+
+def test_a_branch_comparing_score_with_a_quoted_number_takes_its_path_on_both_databases(make_runtime, store):
+    steps = """
+- id: check
+  branch:
+    when: {score: {gte: "50"}}
+    then: [{id: hot_mail, send: {channel: email, template: hello, subject: Hot}}]
+    else: [{id: cold_mail, send: {channel: email, template: other, subject: Cold}}]
+"""
+    rt = make_runtime({"j": journey_yaml("j", steps)})
+    hot = subscriber(store, "hot@example.com", score=80.0)
+    add_event(store, hot, "signup", NOW)
+    run_tick(rt, "j", NOW + timedelta(minutes=1))  # (PostgreSQL: ProgrammingError, every tick)
+    assert outcomes(store) == [("hot_mail", "sent", None)]
+
+
+def test_validate_refuses_a_contact_column_compared_with_a_value_of_another_kind_at_that_value(make_project):
+    journey = ("name: j\ntrigger: {event: signup}\nexit_when:\n  - attribute:\n      country: DE\n"
+               "      created_at: {gte: yesterday}\n  - score: {in: [10, fifty]}\nsteps:\n  - id: a\n    branch:\n"
+               "      when: {score: {contains: '5'}}\n      then: [{id: b, wait: 1h}]\n")
+    errors = [str(e) for e in load_project(make_project({"j": journey})).errors]
+    assert errors == [
+        ("journeys/j.yaml:6:25: 'created_at' is a time, and 'yesterday' is no ISO 8601 date or time "
+         "(write one in quotes, e.g. created_at: {gte: \"2026-01-31\"})"),
+        "journeys/j.yaml:7:22: 'score' is a number, and 'fifty' does not read as one (write e.g. score: {gte: 50})",
+        ("journeys/j.yaml:11:32: 'score' is a number, and 'contains' finds text "
+         "(compare it with eq, ne, gt, gte, lt, lte, in or not_in)")]
+    fine = ("name: j\ntrigger: {event: signup, where: {score: {gte: \"50\"},\n"
+            "  attribute: {created_at: {lt: \"2026-01-31\"}}}}\nsteps:\n  - {id: a, wait: 1h}\n")
+    assert load_project(make_project({"j": fine})).errors == []
+
+
+def test_an_in_list_mixing_numbers_and_text_compares_each_value_as_its_own_kind_on_both_databases(store):
+    """The list was typed by its first value: with the number first, "80331" was compared as
+    text against a number on SQLite (never equal) and read as a number on PostgreSQL. Now each
+    value compares as its own kind (README): 10115 as a number, "80331" as text."""
+    values = {"num": 80331, "txt": "80331", "other": 12345, "num_text": "10115.0", "num_10115": 10115}
+    ids = {name: add_contact(store, f"{name}@example.com", attributes={"zip": value}) for name, value in values.items()}
+
+    def match(comparison):
+        return matching(store, ids, {"attribute": {"zip": comparison}})
+
+    assert match(["80331", 10115]) == {"num", "txt", "num_text", "num_10115"}
+    assert match([10115, "80331"]) == {"num", "txt", "num_text", "num_10115"}
+    assert match({"not_in": [10115, "80331"]}) == {"other"}
+    assert match({"gte": 80000, "lt": "9"}) == {"num", "txt"}  # (each bound as its own kind)
+
+
+@pytest.mark.parametrize("name", ['say "hi"', "straße", "x\\y", "tab\tx", "emoji😀", "a.b"])
+def test_an_attribute_or_property_named_with_any_character_is_found_on_both_databases(store, name):
+    """SQLAlchemy's SQLite path `$."name"` compared the name with the key as json.dumps wrote
+    it: `stra\\u00dfe`, `say \\"hi\\"` — a name beyond ASCII, with a quote or a backslash was
+    never found on SQLite (a German CSV header `Straße`)."""
+    ann = add_contact(store, "ann@example.com", attributes={name: "yes", "n": 1})
+    add_event(store, ann, "signup", NOW - timedelta(days=1), {name: 7})
+    ids = {"ann": ann, "bob": add_contact(store, "bob@example.com", attributes={"n": 1})}
+    assert matching(store, ids, {"attribute": {name: "yes"}}) == {"ann"}
+    assert matching(store, ids, {"attribute": {name: {"exists": True}}}) == {"ann"}
+    assert matching(store, ids, {"attribute": {name: {"contains": "YE"}}}) == {"ann"}
+    assert matching(store, ids, {"event": "signup", "where": {name: {"gte": 7}}}) == {"ann"}
+    assert matching(store, ids, {"event": "signup", "where": {name: "7"}}) == {"ann"}
+
+
+def test_whole_numbers_compare_exactly_however_long_on_both_databases(store):
+    """Imports store a 19-digit CRM id as a number (ingest._coerce). PostgreSQL compared it as
+    double precision, where 1234567890123456788 "equals" 1234567890123456789; SQLite exactly."""
+    ids = {"int": add_contact(store, "int@example.com", attributes={"crm_id": 1234567890123456789}),
+           "text": add_contact(store, "text@example.com", attributes={"crm_id": "1234567890123456789"}),
+           "real": add_contact(store, "real@example.com", attributes={"crm_id": 0.5})}
+
+    def match(comparison):
+        return matching(store, ids, {"attribute": {"crm_id": comparison}})
+
+    assert match(1234567890123456789) == {"int", "text"}
+    assert match(1234567890123456788) == set()
+    assert match({"gt": 1234567890123456788}) == {"int", "text"}
+    assert match({"lt": 1234567890123456790}) == {"int", "text", "real"}
+    assert match({"in": [1234567890123456788, 1234567890123456790]}) == set()
+    assert match(1.2345678901234568e18) == set()  # (a whole float is that integer: ...768)
+    assert match({"gt": 0.4, "lt": 1}) == {"real"}
+    assert match({"lt": 10 ** 30}) == {"int", "text", "real"}  # (beyond 64 bits: no failing bind)
+
+
+def test_a_json_number_beyond_the_limits_reads_the_same_on_both_databases(store):
+    """json_values' bounds — from 1e300 on no number, under 1e-300 zero — applied on
+    PostgreSQL only: SQLite read a stored JSON 1e300 as 1e300 and 1e-310 as more than 0."""
+    values = {"huge": 1e300, "minus_huge": -1e300, "tiny": 1e-310, "tiny_text": "1e-310", "big_int": 10 ** 400,
+              "fine": 5e299}
+    ids = {name: add_contact(store, f"{name}@example.com", attributes={"ltv": value}) for name, value in values.items()}
+
+    def match(comparison):
+        return matching(store, ids, {"attribute": {"ltv": comparison}})
+
+    assert match({"gte": 1}) == {"fine"}
+    assert match({"lte": -1}) == set()
+    assert match({"gt": 0}) == {"fine"}
+    assert match(0) == {"tiny", "tiny_text"}
+
+
+@pytest.mark.parametrize("stored, needle, found", [
+    ("İstanbul", "istanbul", True),       # Turkish dotted capital I: its lowercase is i
+    ("İSTANBUL", "İstanbul", True),
+    ("\u212aelvin Ltd", "kelvin", True),  # KELVIN SIGN: its lowercase is k
+    ("Kelvin Ltd", "\u212aelvin", True),
+    ("ΟΔΟΣ ΑΘΗΝΑΣ", "οδος", True),         # a final sigma ς is σ
+    ("οδος", "ΟΔΟΣ", True),
+    ("ΟΔΟΣ", "οδοσ", True),
+    ("ıstanbul", "istanbul", False),      # the dotless ı is another letter
+    ("STRASSE", "straße", False),         # letters are not expanded: ß is not ss
+])
+def test_contains_ignores_case_by_the_same_rule_on_both_databases(store, stored, needle, found):
+    """`contains` lowercased on SQLite with LIKE (A–Z only) or str.lower (İ to two characters,
+    Σ to ς at a word's end), on PostgreSQL with lower(): İstanbul and the Kelvin sign were found
+    on PostgreSQL only, ΟΔΟΣ by οδος on SQLite only. One rule now (README): each letter's
+    one-to-one lowercase, and ς as σ."""
+    ids = {"ann": add_contact(store, "ann@example.com", first_name=stored, attributes={"city": stored})}
+    assert matching(store, ids, {"attribute": {"city": {"contains": needle}}}) == ({"ann"} if found else set())
+    assert matching(store, ids, {"attribute": {"first_name": {"contains": needle}}}) == ({"ann"} if found else set())
+
+
+# fullwidth, Arabic-Indic and Devanagari digits, a no-break and an em space
+@pytest.mark.parametrize("stored", ["４５", "٤٥", "४५", "\u00a045", "45\u2003"])
+def test_text_with_digits_or_spaces_beyond_ascii_is_no_number_on_both_databases(store, stored):
+    """Python's \\d, \\s and float() read any script's digits and spaces: "٤٥" was 45 on SQLite
+    and no number on PostgreSQL (and in the report's revenue and the conversions' value)."""
+    ids = {"ann": add_contact(store, "ann@example.com", attributes={"ltv": stored})}
+    assert matching(store, ids, {"attribute": {"ltv": {"gte": 40}}}) == set()
+    assert matching(store, ids, {"attribute": {"ltv": stored}}) == {"ann"}  # (as text: itself)
+    assert number_of_text(stored) is None and value_of({"value": stored}) is None

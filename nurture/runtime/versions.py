@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, select
 from nurture.compiler import Plan, compile_journey
 from nurture.durations import format_duration
 from nurture.runtime.context import Runtime
-from nurture.spec.models import Journey
+from nurture.spec.models import RECORDED, Journey
 from nurture.runtime.sql import chunks, for_update
 from nurture.store.tables import contact_t, enrollment_t, version_t
 
@@ -55,9 +55,9 @@ def _from_record(value: object, key: str = "") -> object:
 
 def load_recorded(spec: dict) -> Journey:
     try:
-        return Journey.model_validate(spec)
+        return Journey.model_validate(spec, context={RECORDED: True})
     except ValidationError:
-        return Journey.model_validate(_from_record(spec))
+        return Journey.model_validate(_from_record(spec), context={RECORDED: True})
 
 
 _RECORDED = select(version_t.c.id).where(version_t.c.journey == bindparam("journey"),

@@ -61,7 +61,8 @@ def pydantic_errors(exc: ValidationError, locs: Locations, model: type[BaseModel
                     prefix: tuple = ()) -> list[SpecError]:
     errors: list[SpecError] = []
     for err in exc.errors():
-        raw_loc = prefix + tuple(err["loc"])
+        # (an error may say where inside its field it is: spec.models.check_column_comparison)
+        raw_loc = prefix + tuple(err["loc"]) + tuple((err.get("ctx") or {}).get("inside", ()))
         loc = _clean_loc(raw_loc, locs)
         kind = err["type"]
         message = err["msg"].removeprefix("Value error, ")

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import date, time, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 from zoneinfo import ZoneInfo, available_timezones
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from nurture.durations import DurationTooLong, parse_duration
+from nurture.number_text import number_of_text
 
 CHANNELS = ("email", "sms", "whatsapp")
 CONSENT_CHANNELS = ("email", "sms", "whatsapp", "ads")
@@ -75,6 +78,64 @@ Bound = Annotated[Union[int, float, str, None], BeforeValidator(_finite)]
 # SQLite's parser gives up ("parser stack overflow") near 27 nested `not`s around an event
 # test: a deeper condition would pass validation and then fail every tick. Real ones use 2-4.
 MAX_CONDITION_DEPTH = 16
+
+
+# The contact's own columns a condition names (`attribute: {country: DE}`, `score:`), by the
+# kind of value each holds; every other name is a JSON attribute. A column compares with values
+# of its kind only: PostgreSQL refused `score >= '50'` (double precision >= character varying)
+# on every tick, where SQLite's column affinity read the text as 50.
+CONTACT_COLUMNS = {"email": "text", "phone": "text", "first_name": "text", "last_name": "text",
+                   "timezone": "text", "country": "text", "locale": "text", "lifecycle_stage": "text",
+                   "score": "number", "created_at": "time", "updated_at": "time"}
+
+
+def column_value(column: str, value: Any) -> Any:
+    """A condition's value as the kind `column` holds (CONTACT_COLUMNS): for a number, a number
+    or text that reads as one (nurture.number_text); for a time, an ISO 8601 date or time (UTC
+    when it names no offset); for text, text (a number as written, a boolean true / false).
+    ValueError, in words for the marketer, when it is none."""
+    kind = CONTACT_COLUMNS[column]
+    if kind == "number":
+        number = None if isinstance(value, bool) else value if isinstance(value, (int, float)) else number_of_text(value)
+        if number is None:
+            raise ValueError(f"'{column}' is a number, and {value!r} does not read as one "
+                             f"(write e.g. {column}: {{gte: 50}})")
+        return number
+    if kind == "time":
+        try:
+            moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            moment = None
+        if moment is None:
+            raise ValueError(f"'{column}' is a time, and {value!r} is no ISO 8601 date or time "
+                             f"(write one in quotes, e.g. {column}: {{gte: \"2026-01-31\"}})")
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
+
+
+RECORDED = "recorded"  # validation context: a spec as recorded by an earlier version of Nurture
+
+
+def check_column_comparison(column: str, cmp: "Comparison", at: tuple = ()) -> None:
+    """Refuse a comparison of a contact column that holds a value of another kind, or asks a
+    number or a time to `contain` text: an error located at that value (`at`: the comparison's
+    place in the field, for model_errors)."""
+    for op, value in cmp.operators().items():
+        if op == "contains" and CONTACT_COLUMNS[column] != "text":
+            raise PydanticCustomError("value_error", f"'{column}' is a {CONTACT_COLUMNS[column]}, and 'contains' "
+                                      "finds text (compare it with eq, ne, gt, gte, lt, lte, in or not_in)",
+                                      {"inside": (*at, op)})
+        if op in ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in"):
+            items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+            for i, item in items:
+                try:
+                    if item is not None:
+                        column_value(column, item)
+                except ValueError as exc:
+                    inside = (*at, op) if i is None else (*at, op, i)
+                    raise PydanticCustomError("value_error", str(exc), {"inside": inside}) from None
 
 
 class Comparison(Strict):
@@ -146,6 +207,24 @@ class Condition(Strict):
     segment: Optional[str] = None
 
     _within = field_validator("within", mode="before")(lambda cls, v: None if v is None else _duration(v))
+
+    # A journey version recorded before these checks is read back as it was (RECORDED), and
+    # compiled to compare what its values mean (conditions._column_values).
+    @field_validator("attribute")
+    @classmethod
+    def _columns(cls, value: Optional[dict[str, Comparison]], info: ValidationInfo) -> Optional[dict[str, Comparison]]:
+        if not (info.context or {}).get(RECORDED):
+            for name, cmp in (value or {}).items():
+                if name in CONTACT_COLUMNS:
+                    check_column_comparison(name, cmp, (name,))
+        return value
+
+    @field_validator("score")
+    @classmethod
+    def _score(cls, value: Optional[Comparison], info: ValidationInfo) -> Optional[Comparison]:
+        if value is not None and not (info.context or {}).get(RECORDED):
+            check_column_comparison("score", value)
+        return value
 
     @model_validator(mode="after")
     def _shape(self) -> "Condition":

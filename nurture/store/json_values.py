@@ -8,11 +8,14 @@ tick of the journey. On SQLite it is the bare JSON_EXTRACT, and SQLite orders an
 every number: "abc" and "5" both passed `gte: 20`.
 
 Here the value is a number when it is a JSON number, or text that reads as one
-(`NUMBER_PATTERN`: "45.00", as shops send prices) of magnitude under 1e300; a boolean when it
+(nurture.number_text: "45.00", as shops send prices, in ASCII digits) of magnitude under 1e300,
+0 under 1e-300 (on both databases: SQLite applied the bounds to text only); a boolean when it
 is JSON true or false (or the text "true" / "false"); anything else is NULL — no number, so a
 comparison with it is false (and `ne` counts it as different). SQLite reads the text through
 `number_of_text`, a function each connection registers (store.db); PostgreSQL with the pattern
-and a numeric cast, nested in CASE so that nothing is cast that does not match. Costs, from
+and a numeric cast, nested in CASE so that nothing is cast that does not match. A whole number
+compares exactly with a whole bound, however long (a 19-digit id: PostgreSQL's value stays
+numeric, SQLite's a 64-bit integer), anything else as a double. Costs, from
 bench/bench_conditions.py: see docs/scale.md.
 
 As text (`json_text`, for a comparison with text), a value is its text rendering: a string
@@ -24,44 +27,42 @@ the cell 10115 a number) matched `zip: "10115"` on PostgreSQL only. (Left as it 
 writes a list with spaces, `["a", "b"]`, SQLite without; and a number written with an
 exponent, 1e+20, is its digits in JSONB attributes.)
 
+A key is found on SQLite by the path `sqlite_path` builds: the key as the store wrote it.
+
 `contains` (`text_contains`) finds its text anywhere in the value, ignoring case, and every
-character means itself (`%` and `_` are no wildcards). SQLite's LIKE ignores the case of A–Z
-only and PostgreSQL's minds case: an ASCII needle is SQLite's LIKE as it is and PostgreSQL's
-over lower() of both sides; any other needle is found in the lowercase text — on SQLite by
-`lower_text` (Python's str.lower, registered with each connection as `SQLITE_LOWER`, since
-SQLite's lower() folds A–Z only), on PostgreSQL by its lower(), which folds every script in a
-UTF-8 database.
+character means itself (`%` and `_` are no wildcards). Ignoring case is one rule on both
+databases (`lower_text`): each letter's one-to-one Unicode lowercase — PostgreSQL's lower(), so
+İ is i and the Kelvin sign k — and the Greek final ς as σ. The needle is folded here; the text
+by PostgreSQL's lower() (ς as σ by translate() when the needle is beyond ASCII), and on SQLite
+by LIKE (A–Z; İ and the Kelvin sign, the only other letters whose lowercase is ASCII, replaced
+first) for an ASCII needle and `lower_text` (registered with each connection as
+`SQLITE_LOWER`) for any other: SQLite's own lower() folds A–Z only, and str.lower() alone made
+İ two characters and ΟΔΟΣ οδος.
 """
 from __future__ import annotations
 
-import math
-import re
-from typing import Any, Optional
+import json
+from typing import Any
 
-from sqlalchemy import Boolean, Float, Numeric, String, case, cast, func, literal, literal_column
+from sqlalchemy import (Boolean, Float, Numeric, String, TypeDecorator, case, cast, func, literal, literal_column,
+                        type_coerce)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-# A decimal number, as text: digits with an optional point, sign and exponent (at most three
-# digits: PostgreSQL's numeric reads every such number without overflowing).
-NUMBER_PATTERN = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d{1,3})?\s*$"
-_NUMBER = re.compile(NUMBER_PATTERN)
-LIMIT = 1e300  # a magnitude from here on is no number (its products and sums overflow)
+from nurture.number_text import INT64, LIMIT, NUMBER_PATTERN, number_of_text  # noqa: F401 (the rule's names, here too)
+
 SQLITE_FUNCTION = "nurture_number"
 SQLITE_LOWER = "nurture_lower"
 
 
-def number_of_text(value: Any) -> Optional[float]:
-    """SQLite's reading of a JSON string: the number it spells (NUMBER_PATTERN), else None."""
-    if not isinstance(value, str) or not _NUMBER.match(value):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) and abs(number) < LIMIT else None
-
-
 def lower_text(value: Any) -> Any:
-    """SQLite's `nurture_lower(text)`: the text in lowercase (str.lower); anything else as it is."""
-    return value.lower() if isinstance(value, str) else value
+    """Text as `contains` compares it (the module docstring): each letter in its lowercase
+    (Unicode's one-to-one mapping, PostgreSQL's lower(): İ is i), the final sigma ς as σ;
+    SQLite's `nurture_lower(text)`. Anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    # str.lower() maps İ to two characters (i and a combining dot) and Σ at a word's end to ς
+    return value.replace("\u0130", "i").lower().replace("\u03c2", "\u03c3")
 
 
 class json_number(FunctionElement):
@@ -90,11 +91,12 @@ LIKE_ESCAPE = "/"
 
 def text_contains(text: Any, needle: str) -> Any:
     """`needle` occurs in `text` (SQL text), ignoring case, with no wildcards (module docstring)."""
-    if needle.isascii():
-        escaped = needle.replace(LIKE_ESCAPE, 2 * LIKE_ESCAPE).replace("%", LIKE_ESCAPE + "%").replace(
+    folded = lower_text(needle)
+    if folded.isascii():
+        escaped = folded.replace(LIKE_ESCAPE, 2 * LIKE_ESCAPE).replace("%", LIKE_ESCAPE + "%").replace(
             "_", LIKE_ESCAPE + "_")
         return _ascii_contains(text, literal(f"%{escaped}%", String()))
-    return _folded_contains(text, literal(needle, String()))
+    return _folded_contains(text, literal(folded, String()))
 
 
 class _ascii_contains(FunctionElement):
@@ -105,53 +107,81 @@ class _ascii_contains(FunctionElement):
 
 
 class _folded_contains(FunctionElement):
-    """`needle` occurs in the lowercase `text`, for a needle beyond ASCII."""
+    """`needle` (folded: lower_text) occurs in the folded `text`, for a needle beyond ASCII."""
     name = "folded_contains"
     type = Boolean()
     inherit_cache = True
 
 
-def _sqlite_parts(element: FunctionElement, compiler: Any, **kw: Any) -> tuple[str, str]:
-    """(the SQL of the value, of its JSON type) — the bare JSON_EXTRACT: the index expression
-    itself compiles to a JSON_QUOTE of it."""
-    (index,) = element.clauses  # props["key"]: its JSON column and its path (a bound parameter)
-    return (compiler.process(func.json_extract(index.left, index.right), **kw),
-            compiler.process(func.json_type(index.left, index.right), **kw))
+def sqlite_path(key: Any) -> str:
+    """SQLite's JSON path of a key, as the store writes keys: json.dumps escapes every character
+    beyond ASCII, a quote and a backslash (`straße` is `stra\\u00dfe` in the stored text), and
+    SQLite up to 3.44 compares a path's key with the key as it is written, escapes and all
+    (later versions decode both). SQLAlchemy's `$."key"` never found such a key on SQLite.
+    A key written with a quote can only be named unquoted, so one with a quote and a `.` or `[`
+    cannot be named at all (README, conditions)."""
+    if isinstance(key, int):
+        return f"$[{key}]"
+    written = json.dumps(str(key))[1:-1]
+    return f'$."{written}"' if '"' not in written else f"$.{written}"
+
+
+class _SqlitePath(TypeDecorator):
+    """A JSON index's key as its SQLite path (sqlite_path), set when the statement runs."""
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return None if value is None else sqlite_path(value)
+
+
+def _sqlite_parts(element: FunctionElement, compiler: Any, **kw: Any) -> tuple[str, str, str]:
+    """(the SQL of the value, of its JSON type, of its JSON text) — the bare JSON_EXTRACT (the
+    index expression itself compiles to a JSON_QUOTE of it), with the key's path (sqlite_path)."""
+    (index,) = element.clauses  # props["key"]: its JSON column and its key (a bound parameter)
+    path = type_coerce(index.right, _SqlitePath())
+    column = compiler.process(index.left, **kw)
+    return (compiler.process(func.json_extract(index.left, path), **kw),
+            compiler.process(func.json_type(index.left, path), **kw),
+            f"({column} -> {compiler.process(path, **kw)})")
 
 
 @compiles(json_number, "sqlite")
 def _sqlite_number(element: json_number, compiler: Any, **kw: Any) -> str:
-    value, kind = _sqlite_parts(element, compiler, **kw)
-    return (f"(CASE {kind} WHEN 'integer' THEN {value} WHEN 'real' THEN {value} "
-            f"WHEN 'text' THEN {SQLITE_FUNCTION}({value}) END)")
+    value, kind, _ = _sqlite_parts(element, compiler, **kw)
+    # PostgreSQL's bounds (_pg_number). (A JSON integer beyond 64 bits is a real to SQLite.)
+    bounded = (f"(CASE WHEN {value} >= {LIMIT:g} OR {value} <= -{LIMIT:g} THEN NULL "
+               f"WHEN {value} < {1 / LIMIT:g} AND {value} > -{1 / LIMIT:g} THEN 0.0 ELSE {value} END)")
+    return (f"(CASE {kind} WHEN 'integer' THEN (CASE WHEN typeof({value}) = 'integer' THEN {value} ELSE {bounded} END) "
+            f"WHEN 'real' THEN {bounded} WHEN 'text' THEN {SQLITE_FUNCTION}({value}) END)")
 
 
 @compiles(json_boolean, "sqlite")
 def _sqlite_boolean(element: json_boolean, compiler: Any, **kw: Any) -> str:
-    value, kind = _sqlite_parts(element, compiler, **kw)  # (the text "true" reads as true, as on PostgreSQL)
+    value, kind, _ = _sqlite_parts(element, compiler, **kw)  # (the text "true" reads as true, as on PostgreSQL)
     return (f"(CASE {kind} WHEN 'true' THEN 1 WHEN 'false' THEN 0 "
             f"WHEN 'text' THEN (CASE {value} WHEN 'true' THEN 1 WHEN 'false' THEN 0 END) END)")
 
 
 @compiles(json_text, "sqlite")
 def _sqlite_text(element: json_text, compiler: Any, **kw: Any) -> str:
-    value, kind = _sqlite_parts(element, compiler, **kw)
-    (index,) = element.clauses  # `->`: a number's JSON text, as it was written
-    written = f"({compiler.process(index.left, **kw)} -> {compiler.process(index.right, **kw)})"
+    value, kind, written = _sqlite_parts(element, compiler, **kw)  # (`->`: a number's JSON text, as written)
     return (f"(CASE {kind} WHEN 'text' THEN {value} WHEN 'integer' THEN {written} WHEN 'real' THEN {written} "
             f"WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' ELSE {value} END)")
 
 
 @compiles(_ascii_contains, "sqlite")
 def _sqlite_ascii_contains(element: _ascii_contains, compiler: Any, **kw: Any) -> str:
-    text, pattern = (compiler.process(c, **kw) for c in element.clauses)  # (SQLite's LIKE ignores A–Z case)
-    return f"({text} LIKE {pattern} ESCAPE '{LIKE_ESCAPE}')"
+    text, pattern = (compiler.process(c, **kw) for c in element.clauses)
+    # SQLite's LIKE ignores the case of A–Z; the only other letters whose lowercase is ASCII are
+    # İ (i) and the Kelvin sign (k), as PostgreSQL's lower() has them
+    return f"(replace(replace({text}, '\u0130', 'i'), '\u212a', 'k') LIKE {pattern} ESCAPE '{LIKE_ESCAPE}')"
 
 
 @compiles(_folded_contains, "sqlite")
 def _sqlite_folded_contains(element: _folded_contains, compiler: Any, **kw: Any) -> str:
     text, needle = (compiler.process(c, **kw) for c in element.clauses)
-    return f"(instr({SQLITE_LOWER}({text}), {SQLITE_LOWER}({needle})) > 0)"
+    return f"(instr({SQLITE_LOWER}({text}), {needle}) > 0)"
 
 
 @compiles(json_number, "postgresql")
@@ -159,9 +189,11 @@ def _pg_number(element: json_number, compiler: Any, **kw: Any) -> str:
     (index,) = element.clauses
     text = index.as_string()  # props ->> 'key': a JSON number's text, or a string's
     number = cast(text, Numeric)
-    size = func.abs(number)  # (under 1e-300 is 0 as a float: the cast would fail, not round)
-    readable = case((size >= literal_column(f"{LIMIT:g}"), None), (size < literal_column(f"{1 / LIMIT:g}"), 0.0),
-                    else_=cast(number, Float))
+    size = func.abs(number)
+    # numeric, not double precision: a whole number compares exactly with a whole bound (and a
+    # double with a bound with a fraction, which PostgreSQL compares as double precision)
+    readable = case((size >= literal_column(f"{LIMIT:g}"), None), (size < literal_column(f"{1 / LIMIT:g}"), 0),
+                    else_=number)
     return compiler.process(case((text.op("~")(NUMBER_PATTERN), readable), else_=None), **kw)
 
 
@@ -181,10 +213,10 @@ def _pg_text(element: json_text, compiler: Any, **kw: Any) -> str:
 @compiles(_ascii_contains, "postgresql")
 def _pg_ascii_contains(element: _ascii_contains, compiler: Any, **kw: Any) -> str:
     text, pattern = (compiler.process(c, **kw) for c in element.clauses)
-    return f"(lower({text}) LIKE lower({pattern}) ESCAPE '{LIKE_ESCAPE}')"
+    return f"(lower({text}) LIKE {pattern} ESCAPE '{LIKE_ESCAPE}')"
 
 
 @compiles(_folded_contains, "postgresql")
 def _pg_folded_contains(element: _folded_contains, compiler: Any, **kw: Any) -> str:
     text, needle = (compiler.process(c, **kw) for c in element.clauses)
-    return f"(strpos(lower({text}), lower({needle})) > 0)"
+    return f"(strpos(translate(lower({text}), '\u03c2', '\u03c3'), {needle}) > 0)"
