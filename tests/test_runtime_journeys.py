@@ -5,6 +5,8 @@ Policies are the test defaults (UTC, e-mail quiet 21:00–08:00); ticks run at 1
 quiet hours stay out of the way unless a test is about them."""
 from __future__ import annotations
 
+import email
+import email.policy
 from datetime import timedelta, timezone
 
 import pytest
@@ -632,6 +634,32 @@ def test_update_sets_attributes_and_lifecycle_stage(make_runtime, store):
     tick(rt, T0 + timedelta(minutes=1))
     row = contact_row(store, cid)
     assert (row.lifecycle_stage, row.attributes) == ("mql", {"plan": "pro", "welcomed": True, "tier": 2})
+
+
+def test_update_to_null_clears_the_attribute_and_keeps_the_key_on_both_databases(make_runtime, store):
+    # SQLite's json_patch (a merge patch) used to delete a key set to null; PostgreSQL stored the null
+    steps = "- id: clear\n  update: {attributes: {coupon: null, 'say \"hi\"': null, never_set: null, seen: true}}"
+    rt = make_runtime({"j": journey_yaml("j", steps)})
+    cid = subscriber(store, "ann@example.com", attributes={"coupon": "SAVE10", "plan": "pro", 'say "hi"': 1})
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    assert contact_row(store, cid).attributes == {"coupon": None, "plan": "pro", 'say "hi"': None,
+                                                  "never_set": None, "seen": True}
+
+
+def test_a_send_after_clearing_an_attribute_renders_it_as_empty(make_runtime, store):
+    steps = ("- id: clear\n  update: {attributes: {coupon: null}}\n"
+             "- id: mail\n  send: {channel: email, template: coupon, subject: Hi}")
+    rt = make_runtime({"j": journey_yaml("j", steps)},
+                      templates={"email/coupon.html": "<p>{% if contact.coupon %}Code {{ contact.coupon }}"
+                                                      "{% else %}No code{{ contact.coupon }}{% endif %}</p>"})
+    cid = subscriber(store, "ann@example.com", attributes={"coupon": "SAVE10"})
+    add_event(store, cid, "signup", T0)
+    tick(rt, T0 + timedelta(minutes=1))
+    assert outcomes(store) == [("mail", "sent", None)]  # SQLite used to fail it: no attribute 'coupon'
+    [eml] = (rt.data_dir / "outbox" / "email" / "j").glob("*.eml")
+    html = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default).get_body(("html",)).get_content()
+    assert "<p>No code</p>" in html
 
 
 def test_exit_step_leaves_the_journey_with_its_reason(make_runtime, store):

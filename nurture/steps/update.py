@@ -8,7 +8,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, bindparam, cast, func
+from sqlalchemy import String, bindparam, case, cast, func
 from sqlalchemy.dialects.postgresql import JSONB
 
 from nurture.compiler import Node, Plan
@@ -31,11 +31,22 @@ def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) 
 
 
 def merged_attributes(conn: Any, values: dict) -> Any:
-    """`attributes` with `values` merged in, as one SQL expression for a whole batch."""
+    """`attributes` with `values` merged in, as one SQL expression for a whole batch. A key set
+    to `None` holds a JSON null afterwards (cleared, still present), on both databases."""
     patch = bindparam("attributes_patch", json.dumps(values), type_=String)
     if conn.dialect.name == "postgresql":
         return contact_t.c.attributes.op("||")(cast(patch, JSONB))
-    return func.json_patch(contact_t.c.attributes, patch)
+    merged = func.json_patch(contact_t.c.attributes, patch)
+    nulls = [key for key, value in values.items() if value is None]
+    if not nulls:
+        return merged
+    # json_patch is an RFC 7396 merge patch: a null there REMOVES the key, where PostgreSQL's
+    # `||` stores the null. So the null keys (removed by the patch) are appended to its compact
+    # text as `"key":null`. Not json_set: SQLite's JSON paths cannot name every key (one
+    # holding a `"` is unreachable), while the JSON text of the members can.
+    members = bindparam("attributes_nulls", json.dumps(dict.fromkeys(nulls))[1:-1], type_=String)
+    return case((merged == "{}", "{" + members + "}"),
+                else_=func.substr(merged, 1, func.length(merged) - 1) + "," + members + "}")
 
 
 def _apply_update(conn: Any, plan: Plan, node: Node, contact_ids: list[int], now: datetime) -> None:
