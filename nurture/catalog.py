@@ -24,6 +24,7 @@ from jinja2 import pass_context
 from jinja2.runtime import Context
 from sqlalchemy import select
 
+from nurture.file_cells import amount_cell, whole_number_cell
 from nurture.ingest import RowError, _records
 from nurture.runtime.sql import chunks
 from nurture.store.db import Store
@@ -41,6 +42,10 @@ class ProductImport:
     errors: list[RowError] = field(default_factory=list)
 
 
+def _price(value: Any) -> float:
+    return amount_cell(value, example="18.90", negative="a price is zero or more")
+
+
 def _clean(record: dict) -> tuple[dict, list[tuple[str, str]]]:
     errors: list[tuple[str, str]] = []
     row: dict[str, Any] = {"attributes": {}}
@@ -55,14 +60,14 @@ def _clean(record: dict) -> tuple[dict, list[tuple[str, str]]]:
     for key in ("sku", "name", "category", "price"):
         if key not in row:
             errors.append((key, "required"))
-    for key, kind in (("price", float), ("consumption_days", int), ("rank", int)):
+    # Checked here, not by the database: PostgreSQL refuses a rank over 2**31-1 that SQLite
+    # stores, and stores a NaN price that SQLite refuses — either would end the whole import.
+    for key, cell in (("price", _price), ("consumption_days", whole_number_cell), ("rank", whole_number_cell)):
         if key in row:
             try:
-                row[key] = kind(row[key])
-                if row[key] < 0:
-                    raise ValueError
-            except (TypeError, ValueError):
-                errors.append((key, f"'{row[key]}' is not a {'number' if kind is float else 'whole number'} ≥ 0"))
+                row[key] = cell(row[key])
+            except ValueError as problem:
+                errors.append((key, str(problem)))
     if "active" in row:
         text = str(row["active"]).lower()
         if text not in ("true", "false", "1", "0", "yes", "no"):

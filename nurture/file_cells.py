@@ -1,6 +1,7 @@
-"""The cells of an imported file (`import spend`, `import deals`, …): what a blank cell is, how a
-value is shown in an error, a text cell and a money amount — checked the same way in every
-import, each problem a ValueError whose message names what to write instead."""
+"""The cells of an imported file (`import spend`, `import deals`, `import products`, …): what a
+blank cell is, how a value is shown in an error, a text cell, a money amount and a whole number —
+checked the same way in every import, each problem a ValueError whose message names what to
+write instead."""
 from __future__ import annotations
 
 import math
@@ -12,6 +13,11 @@ from nurture.ingest import text_problem
 
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _COMMA_DECIMAL = re.compile(r"\d+,\d{1,2}")
+_WHOLE = re.compile(r"\+?\d+")
+
+# The largest value of an INTEGER column on PostgreSQL (int4); SQLite would store more, so a
+# larger one is refused in Python for both databases alike.
+MAX_INT4 = 2**31 - 1
 
 
 def blank(value: Any) -> bool:
@@ -71,3 +77,16 @@ def amount_cell(value: Any, *, example: str, negative: str, maximum: Optional[fl
     if maximum is not None and amount > maximum:
         raise ValueError(f"{shown} is over {maximum:,.0f}: {over}")
     return amount
+
+
+def whole_number_cell(value: Any, *, maximum: int = MAX_INT4) -> int:
+    """A whole number from 0 to `maximum` (written `12`, or 12 in JSON; 12.0 in JSON too)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and _WHOLE.fullmatch(value.strip()):
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"'{show(value)}' is not a whole number ≥ 0")
+    if value > maximum:
+        raise ValueError(f"'{value}' is over {maximum:,}, the largest number this field holds")
+    return value

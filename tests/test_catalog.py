@@ -23,7 +23,7 @@ def test_import_upserts_by_sku_and_reports_bad_rows(store, tmp_path):
                                        ",Nameless,coffee,3,,\n")
     result = import_products(store, first)
     assert (result.created, result.updated) == (1, 0)
-    assert [str(e) for e in result.errors] == ["p.csv:3: price: 'cheap' is not a number ≥ 0",
+    assert [str(e) for e in result.errors] == ["p.csv:3: price: 'cheap' is not a number (write it without a currency sign, e.g. 18.90)",
                                                "p.csv:4: sku: required"]
     again = _write(tmp_path / "p.jsonl", '{"sku": "A", "name": "Beans 1kg", "category": "coffee", "price": 21}\n'
                                          '{"sku": "C", "name": "Tea", "category": "tea", "price": 9.5, "rank": 1}\n')
@@ -33,6 +33,31 @@ def test_import_upserts_by_sku_and_reports_bad_rows(store, tmp_path):
         rows = conn.execute(select(product_t.c.sku, product_t.c.name, product_t.c.price, product_t.c.attributes)
                             .order_by(product_t.c.sku)).all()
     assert [tuple(r) for r in rows] == [("A", "Beans 1kg", 21.0, {}), ("C", "Tea", 9.5, {})]
+
+
+def test_a_rank_beyond_int4_or_a_nan_price_is_a_row_error_and_the_good_rows_are_kept(store, tmp_path):
+    # PostgreSQL refused rank 3000000000 (int4) and stored price NaN, SQLite the other way round:
+    # either way the whole file ended in an "internal error"
+    csv = _write(tmp_path / "p.csv", "sku,name,category,price,rank,consumption_days\n"
+                                     "big,Big,c,5,3000000000,\n"
+                                     "nan,NaN,c,nan,1,\n"
+                                     "long,Long,c,5,1,2147483648\n"
+                                     "ok,OK,c,5,2147483647,30\n")
+    jsonl = _write(tmp_path / "p.jsonl", '{"sku": "jnan", "name": "N", "category": "c", "price": NaN}\n'
+                                         '{"sku": "jinf", "name": "I", "category": "c", "price": 1, "rank": 1e400}\n'
+                                         '{"sku": "jok", "name": "J", "category": "c", "price": 2.5, "rank": 7.0}\n')
+    result = import_products(store, csv)
+    assert (result.created, [str(e) for e in result.errors]) == (1, [
+        "p.csv:2: rank: '3000000000' is over 2,147,483,647, the largest number this field holds",
+        "p.csv:3: price: 'nan' is not a number (write it without a currency sign, e.g. 18.90)",
+        "p.csv:4: consumption_days: '2147483648' is over 2,147,483,647, the largest number this field holds"])
+    result = import_products(store, jsonl)
+    assert (result.created, [str(e) for e in result.errors]) == (1, [
+        "p.jsonl:1: price: nan is not a finite number", "p.jsonl:2: rank: 'inf' is not a whole number ≥ 0"])
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(product_t.c.sku, product_t.c.price, product_t.c.rank, product_t.c.consumption_days)
+                            .order_by(product_t.c.sku)).all()
+    assert [tuple(r) for r in rows] == [("jok", 2.5, 7, None), ("ok", 5.0, 2147483647, 30)]
 
 
 def test_related_products_come_from_the_same_category_best_rank_first(store, tmp_path):
