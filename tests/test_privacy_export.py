@@ -116,3 +116,16 @@ def test_a_number_several_contacts_share_exports_no_one(phone_world):
     add_contact(phone_world.store, "sister@example.com", phone=NOAH_PHONE, first_name="Sister")
     with pytest.raises(ValueError, match="2 contacts are known by"):
         export_contact(phone_world.store, phone_world.rt.project, NOAH_PHONE)
+
+
+def test_the_attributes_export_the_same_from_sqlite_and_postgresql(store):
+    # PostgreSQL keeps attributes as JSONB (keys reordered, numbers as `numeric`): SQLite used to
+    # export them as written, so the same person's document differed between the two
+    attributes = {"zip_code": "10115", "vip": True, "ltv": 1e20, "a": 1, "big": 1e300, "tiny": 1.5e-10,
+                  "nested": {"z": [{"y": 2.0, "x": -2e16}], "b": 1.0}, "order_id": 1234567890123456789}
+    add_contact(store, "ann@example.com", attributes=attributes)
+    doc = export_contact(store, None, "ann@example.com", now=NOW)
+    assert json.dumps(doc["contact"]["attributes"]) == json.dumps({
+        "a": 1, "big": 10**300, "ltv": 10**20,
+        "nested": {"b": 1.0, "z": [{"x": -2 * 10**16, "y": 2.0}]},
+        "order_id": 1234567890123456789, "tiny": 1.5e-10, "vip": True, "zip_code": "10115"})

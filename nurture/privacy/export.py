@@ -28,7 +28,9 @@ here writes to the store.
 """
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -57,6 +59,20 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    return value
+
+
+def _as_jsonb(value: Any) -> Any:
+    """Attributes as PostgreSQL's JSONB gives them back, on SQLite too, so that one contact
+    exports the same document from both: keys sorted (Python's order, for both: JSONB's own is
+    shortest first), and a whole number written with an exponent (`1e+20`, a float here) as
+    the integer it denotes (JSONB keeps numbers as `numeric`, which reads back as digits)."""
+    if isinstance(value, dict):
+        return {k: _as_jsonb(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_as_jsonb(v) for v in value]
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and "e" in repr(value):
+        return int(Decimal(repr(value)))  # the written digits (1e+300 is 10**300, not the double's value)
     return value
 
 
@@ -119,6 +135,7 @@ def export_contact(store: Store, project: Optional[ProjectSpec], email: str, *, 
         if cid is None:
             return None
         contact = _rows(conn, contact_t, contact_t.c.id == cid)[0]
+        contact["attributes"] = _as_jsonb(contact["attributes"])
         consents = _rows(conn, consent_t, consent_t.c.contact_id == cid,
                          order=(consent_t.c.recorded_at, consent_t.c.id), drop=("contact_id", "subject_hash"))
         messages = _rows(conn, message_t, message_t.c.contact_id == cid, drop=("contact_id", "claim", "claimed_at"))
