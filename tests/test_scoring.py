@@ -2,7 +2,7 @@
 behaviour) with hand-computed answers on SQLite and PostgreSQL, lifecycle transitions."""
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import timedelta, timezone
 
 import pytest
 from sqlalchemy import select
@@ -110,6 +110,37 @@ def test_score_is_recomputed_not_accumulated(store, scoring_spec):
     score_contacts(store, scoring_spec, NOW + timedelta(days=14))
     with store.engine.connect() as conn:
         assert conn.execute(select(contact_t.c.score)).scalar() == pytest.approx(1.5)
+
+
+DECAY_AT_THE_THRESHOLD = """
+mql_threshold: 5
+behaviour:
+  half_life: 1d
+  window: 60d
+  events:
+    demo_request: 10
+"""
+
+
+@pytest.mark.parametrize("ago, now", [
+    (timedelta(hours=36, seconds=1), NOW),  # 3.5355055420956023 (SQLite said …22494477)
+    (timedelta(days=1, microseconds=1), NOW),  # 4.99999999996: a lead (SQLite said 5.0, an MQL)
+    (timedelta(days=1, microseconds=-1), NOW),  # 5.00000000004: an MQL
+    (timedelta(days=1, microseconds=1), NOW + timedelta(microseconds=999_999)),  # a .999999 on both sides
+    (timedelta(days=1, microseconds=1), (NOW + timedelta(microseconds=500)).astimezone(timezone(timedelta(hours=-5)))),
+])
+def test_decayed_points_are_exact_to_the_microsecond_on_both_databases(make_project, store, ago, now):
+    spec = load_project(make_project({"noop": JOURNEY, "scoring": DECAY_AT_THE_THRESHOLD})).extra["scoring"]
+    with store.engine.begin() as conn:
+        cid = _contact(conn, "ann@example.com")
+        conn.execute(event_t.insert().values(event_id="e1", contact_id=cid, name="demo_request", properties={},
+                                             occurred_at=now - ago, received_at=NOW))
+    score_contacts(store, spec, now)
+    with store.engine.connect() as conn:
+        score, stage = conn.execute(select(contact_t.c.score, contact_t.c.lifecycle_stage)).one()
+    expected = 10 * 0.5 ** (ago / timedelta(days=1))
+    assert score == pytest.approx(expected, rel=1e-13, abs=0)
+    assert stage == ("mql" if expected >= 5 else "lead")
 
 
 def test_an_erased_contact_is_not_scored_again_or_promoted(make_project, store):

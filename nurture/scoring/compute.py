@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, case, cast, func, literal, select, Float
+from sqlalchemy import and_, case, cast, func, literal, select, Float, Integer
 from sqlalchemy.exc import OperationalError
 
 from nurture.conditions import ConditionScope, compile_condition, properties_match
@@ -36,6 +36,8 @@ from nurture.store.tables import contact_t, event_t
 # 0.5 ^ 500 ≈ 3e-151: nothing a score shows, and far enough from a double's underflow that
 # points × decay cannot underflow either (PostgreSQL raises on that too).
 NEGLIGIBLE_HALF_LIVES = 500.0
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_JULIAN_DAY = 2440587.5  # julianday('1970-01-01')
 
 
 @dataclass
@@ -45,9 +47,20 @@ class ScoringResult:
 
 
 def _age_days(conn: Any, occurred: Any, now: datetime) -> Any:
+    """Days from `occurred` to `now`, to the microsecond on both databases (PostgreSQL's epoch
+    is exact). Not a difference of julianday()s on SQLite: two doubles near 2.46e6 keep only
+    ~40 µs, enough to move a score in its 10th digit and a contact across the MQL threshold.
+    There the stored `YYYY-MM-DD HH:MM:SS.ffffff` gives its whole epoch seconds (julianday(),
+    off by at most a millisecond and ~40 µs, rounded once its fraction is taken off) and its
+    microseconds (the digits after the dot) apart; both differences are then exact. (Cheaper
+    than strftime('%s'), which also rounds .999999 up to the next second.)"""
     if conn.dialect.name == "postgresql":
         return func.extract("epoch", literal(now) - occurred) / 86400.0
-    return func.julianday(literal(now.replace(tzinfo=None).isoformat(sep=" "))) - func.julianday(occurred)
+    now = now.astimezone(timezone.utc).replace(tzinfo=None) if now.tzinfo else now  # (naive: UTC already)
+    now_seconds = (now.replace(microsecond=0) - _EPOCH) // timedelta(seconds=1)
+    fraction = cast(func.substr(occurred, 21, 6), Integer) / 1e6
+    seconds = func.round((func.julianday(occurred) - _EPOCH_JULIAN_DAY) * 86400.0 - fraction)
+    return ((literal(now_seconds) - seconds) + (literal(now.microsecond / 1e6) - fraction)) / 86400.0
 
 
 def _ensure_power(conn: Any) -> None:
