@@ -224,6 +224,26 @@ def test_a_journey_without_a_holdout_shows_attributed_roi_marked_not_proof(make_
     assert "<code>holdout: 10%</code>" in page and "`" not in page
 
 
+def test_money_in_the_json_is_in_cents_and_ratios_keep_their_precision(make_project, store):
+    # a sum of doubles depends on the order the database adds rows in: 221.82 on SQLite was
+    # 221.82000000000002 on PostgreSQL. Here 0.1 + 0.2 + 0.4 (= 0.7000000000000001) on both.
+    spec = _spec(make_project, {"j": journey_yaml("j", MAIL, extra="goal: {event: purchase, within: 3d}")})
+    with store.engine.begin() as conn:
+        for cid, revenue in zip(_contacts(conn, 3), (0.1, 0.2, 0.4)):
+            eid = _enroll(conn, cid, converted_at=T0 + timedelta(hours=2), revenue=revenue)
+            _row(conn, eid, cid, "mail", "sent", T0 + timedelta(hours=1))
+    report = build_report(store, spec, T0 + timedelta(days=5))
+    r = report.journey("j")
+    assert r.attributed_revenue != 0.7 and r.attributed_revenue == pytest.approx(0.7)  # the double, unrounded
+    doc = report_json(report)
+    j = doc["journeys"][0]
+    assert (j["revenue"], j["attributed_revenue"], j["revenue_per_member"]["treated"], j["revenue_per_recipient"],
+            j["steps"][0]["revenue"], j["cost"], j["costs"]["total"]) == (0.7, 0.7, 0.23, 0.23, 0.7, 1.5, 1.5)
+    assert doc["totals"]["attributed_revenue"] == 0.7 and doc["daily"][0]["revenue"] == 0.7
+    assert j["roi"] == r.roi == (r.attributed_revenue - 1.5) / 1.5 != round(r.roi, 2)  # a ratio: every digit
+    assert '"revenue": 0.7,' in json.dumps(doc)
+
+
 # ---------------------------------------------------------------- costs
 
 
