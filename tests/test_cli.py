@@ -162,6 +162,7 @@ def test_run_ticks_through_prefect_and_messages_json_shows_every_outcome(project
     assert list((project / ".nurture" / "outbox" / "email" / "cart_nudge").glob("*.eml"))
 
 
+@pytest.mark.xdist_group("prefect")
 def test_the_tick_that_reconciles_a_crashed_runs_messages_says_what_it_recorded(tmp_path, prefect_api):
     """A run killed mid-delivery leaves its messages `sending`: one its channel has (the .eml
     written), one it never got. The tick 30 minutes later reconciles them — and says so, in
