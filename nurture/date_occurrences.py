@@ -64,14 +64,17 @@ class Occurrence:
 
 
 def due_occurrence(anchor: date, *, yearly: bool, offset: timedelta, at: time, tz: ZoneInfo,
-                   now: datetime, lookback: timedelta) -> Optional[Occurrence]:
+                   now: datetime, lookback: timedelta, anniversaries: bool = False) -> Optional[Occurrence]:
     """The latest occurrence of `anchor` whose moment is at or before `now` and not more than
-    `lookback` before it; None when there is none (not yet, or too long ago)."""
+    `lookback` before it; None when there is none (not yet, or too long ago). `anniversaries`
+    (a yearly date of a contact column: `created_at`, the day of a signup): the anchor's own
+    year is no occurrence — a signup day is not its own anniversary."""
     if yearly:
         # the occurrence belongs to the year of the date itself, whatever the offset
         spread = abs(offset.days) // 365 + 1
         year = now.astimezone(tz).year
-        days = [(str(y), on_year(anchor, y)) for y in range(year - spread, year + spread + 1)]
+        first = max(year - spread, anchor.year + 1) if anniversaries else year - spread
+        days = [(str(y), on_year(anchor, y)) for y in range(first, year + spread + 1)]
     else:
         days = [(anchor.isoformat(), anchor)]
     moments = [(local_moment(day, at, offset, tz), key) for key, day in days]

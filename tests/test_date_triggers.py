@@ -281,3 +281,18 @@ def test_merging_two_contacts_congratulated_for_the_same_birthday_keeps_one_key(
     assert [(e.contact_id, e.trigger_key) for e in enrollments(store)] == [(ann, "2027"), (ann, None)]
     run_tick(rt, "j", utc(2027, 3, 14, 11, 0))
     assert len(enrollments(store)) == 2
+
+
+def test_a_signup_day_is_not_its_own_anniversary_but_the_next_year_is(make_runtime, store):
+    """`date: created_at, every: year` is the anniversary of a signup (docs/triggers.md): a contact
+    who signs up at 09:30 must not enter the 09:00 anniversary journey that same day (entered
+    "before it existed"); one who signed up a year earlier enters with key 2027."""
+    rt = make_runtime({"j": journey_yaml("j", "- {id: pause, wait: 2d}",
+                                         trigger='{date: created_at, at: "09:00", every: year}')})
+    add_contact(store, "new@example.com", at=utc(2027, 3, 14, 9, 30))
+    old = add_contact(store, "old@example.com", at=utc(2026, 3, 14, 8, 0))
+    run_tick(rt, "j", utc(2027, 3, 14, 10, 0))
+    assert [(e.contact_id, e.trigger_key) for e in enrollments(store, journey="j")] == [(old, "2027")]
+    # an attribute's date still occurs in its own year (a renewal on that day)
+    assert due_occurrence(date(2027, 3, 14), yearly=True, offset=timedelta(0), at=time(9), tz=ZoneInfo("UTC"),
+                          now=utc(2027, 3, 14, 10, 0), lookback=timedelta(days=1)).key == "2027"

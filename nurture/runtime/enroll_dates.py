@@ -82,7 +82,8 @@ def enroll_on_dates(rt: Runtime, plan: Plan, now: datetime) -> DateEnrollment:
                 bad.append((contact_id, raw))
                 continue
             occurrence = due_occurrence(anchor, yearly=trigger.every == "year", offset=trigger.date_offset,
-                                        at=trigger.local_time, tz=tz, now=now, lookback=trigger.lookback)
+                                        at=trigger.local_time, tz=tz, now=now, lookback=trigger.lookback,
+                                        anniversaries=trigger.date in Trigger.DATE_COLUMNS)
             if occurrence is not None:
                 due[contact_id] = (occurrence.key, occurrence.moment, tz_name)
         if bad:
