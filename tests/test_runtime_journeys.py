@@ -680,3 +680,25 @@ def test_one_tick_carries_a_contact_through_every_instant_step(make_runtime, sto
     assert [e.status for e in enrollments(store)] == ["completed"]
     assert contact_row(store, cid).attributes == {"done": True}
     assert outcomes(store) == [("hello", "sent", None)]
+
+
+def test_the_then_path_of_a_wait_for_starts_at_the_event_not_at_the_tick_that_saw_it(make_runtime, store):
+    """Logical time (nurture.steps.transitions): a `wait: 1h` after a click at 10:10 ends at
+    11:10 whichever tick notices the click — here an hourly one, 45 minutes later."""
+    steps = """
+    - id: wf
+      wait_for:
+        event: email_click
+        within: 2d
+        then: [{id: after_click, wait: 1h}]
+        timeout: [{id: after_timeout, wait: 1h}]
+    """
+    rt = make_runtime({"j": journey_yaml("j", steps)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    run_tick(rt, "j", T0 + timedelta(minutes=1))
+    add_event(store, cid, "email_click", T0 + timedelta(minutes=10))
+    add_event(store, cid, "email_click", T0 + timedelta(minutes=40))  # a second click: the first counts
+    run_tick(rt, "j", T0 + timedelta(minutes=55))
+    [e] = enrollments(store, journey="j")
+    assert (e.step_id, e.next_due_at) == ("after_click", T0 + timedelta(minutes=70))
