@@ -175,3 +175,17 @@ def test_suppression_verdict(entries, channel, purpose, expected):
 ])
 def test_reachability(channel, email, phone, expected):
     assert unreachable_reason(channel, email, phone) == expected
+
+
+def test_wait_until_a_time_in_the_repeated_hour_takes_its_second_showing_that_night():
+    """Berlin, 2026-10-25, clocks go back 03:00 CEST -> 02:00 CET: arriving at 02:45 CEST, the
+    clock shows 02:30 again at 02:30 CET (01:30 UTC) — not a day later."""
+    from datetime import time
+    from zoneinfo import ZoneInfo
+
+    from nurture.send.guards.quiet_hours import next_local_time
+    berlin = ZoneInfo("Europe/Berlin")
+    assert next_local_time(utc(2026, 10, 25, 0, 45), berlin, time(2, 30)) == utc(2026, 10, 25, 1, 30)
+    assert next_local_time(utc(2026, 10, 25, 0, 15), berlin, time(2, 30)) == utc(2026, 10, 25, 0, 30)  # its first
+    assert next_local_time(utc(2026, 10, 25, 1, 45), berlin, time(2, 30)) == utc(2026, 10, 26, 1, 30)  # both past
+    assert next_local_time(utc(2026, 3, 29, 0, 45), berlin, time(2, 30)) == utc(2026, 3, 29, 1, 30)  # the gap: 03:30

@@ -65,13 +65,15 @@ def next_allowed_send(due_at: datetime, tz: ZoneInfo, window: QuietWindow | None
 
 def next_local_time(after: datetime, tz: ZoneInfo, wall: time, weekdays: frozenset[int] | None = None) -> datetime:
     """The first instant at or after `after` when the local clock shows `wall` on an allowed
-    weekday (0 = Monday): the `wait_until` step."""
+    weekday (0 = Monday): the `wait_until` step. A wall time the clock shows twice (the
+    repeated hour when clocks go back) is its first showing, else its second that night."""
     local = after.astimezone(tz)
     for offset in range(0, 8):
         day = local.date() + timedelta(days=offset)
         if weekdays is not None and day.weekday() not in weekdays:
             continue
-        candidate = _at(day, wall, tz)
-        if candidate >= after:
-            return candidate
+        for candidate in (_at(day, wall, tz),
+                          datetime.combine(day, wall, tzinfo=tz).replace(fold=1).astimezone(timezone.utc)):
+            if candidate >= after:
+                return candidate
     return _at(local.date() + timedelta(days=8), wall, tz)
