@@ -80,6 +80,14 @@ def make_token(secret: str, action: str, contact_id: int, purpose: str = "market
     return f"{body}.{_b64(mac.digest()[:18])}"
 
 
+def same_secret(given: str, expected: str) -> bool:
+    """Whether a secret a request carries (a header, a query parameter, a JSON field) is the
+    expected one, in constant time, compared as bytes: non-ASCII text or a lone surrogate a
+    hostile request sends compares unequal (hmac.compare_digest raises on such a str, and
+    str.encode on a surrogate — both were a 500 before any credential was checked)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
 def verify_token(secret: str, token: str, action: str, now: Optional[float] = None) -> Optional[TokenClaims]:
     try:
         body, sig = token.split(".", 1)

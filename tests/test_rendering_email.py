@@ -293,3 +293,19 @@ def test_shipped_last_call_and_b2b_intro_have_no_raw_tags_in_text_and_a_styled_c
     assert topic_line in intro.text.splitlines()
     assert "<strong>ROI &amp; you</strong>" in intro.html
     assert "<" not in last_call.text + intro.text
+
+
+def test_a_subject_with_a_long_run_without_spaces_keeps_every_header_line_under_998():
+    """RFC 5322 §2.1.1: a header line is at most 998 characters; folding happens only at white
+    space, so a subject from contact data without spaces (a URL, a list of SKUs) goes as
+    encoded-words, which split anywhere — and reads back the same."""
+    from datetime import datetime, timezone
+
+    from nurture.rendering.email_message import build_email_bytes
+    subject = "Your cart: " + "x" * 1200
+    raw = build_email_bytes(message_id="<nurture.1.j@example.com>", from_addr="shop@example.com", from_name="Shop",
+                            to_addr="ann@example.com", to_name="Ann", subject=subject,
+                            html="<p>hi</p>", text="hi", date=datetime(2026, 3, 2, tzinfo=timezone.utc))
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998
+    assert str(email.message_from_bytes(raw, policy=email.policy.default)["Subject"]) == subject

@@ -167,6 +167,10 @@ def test_a_multipart_one_click_post_is_recorded_as_one_click(site):
     assert form_fields("multipart/form-data; boundary=b", body) == {"List-Unsubscribe": "One-Click"}
     assert form_fields("multipart/form-data; boundary=b", b"garbage") == {}
     assert form_fields("", b"List-Unsubscribe=One-Click") == {"List-Unsubscribe": "One-Click"}
+    # a part in a charset no codec has (LookupError, a 500 that lost the unsubscribe): read as UTF-8
+    bogus = (b'--x\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n'
+             b"Content-Type: text/plain; charset=bogus\r\n\r\nOne-Click\r\n--x--\r\n")
+    assert form_fields("multipart/form-data; boundary=x", bogus) == {"List-Unsubscribe": "One-Click"}
 
 
 BAD_TOKENS = {

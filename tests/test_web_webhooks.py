@@ -268,3 +268,25 @@ def test_bounce_webhook_suppresses_hard_bounces_and_complaints(site):
     assert bad.json()["errors"][0].startswith("events[0].type") and bad.json()["errors"][1].startswith("events[1].email")
     assert site.http.post("/webhooks/bounces", json=payload).status_code == 401
     assert site.http.post("/webhooks/bounces", json=payload, headers={"Authorization": f"Bearer {INGEST}"}).status_code == 403
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # authentication: one backend is enough
+def test_a_credential_with_a_non_ascii_character_is_refused_not_a_500(make_runtime):
+    """hmac.compare_digest raises on a str holding non-ASCII text and str.encode on a lone
+    surrogate: a header byte 0xE9 (headers are latin-1) or a JSON "\\ud800" write key was a 500
+    for anyone, before any credential was checked."""
+    rt = make_runtime({})
+    env = {"NURTURE_TWILIO_AUTH_TOKEN": "twilio-auth-token-123", "NURTURE_HUBSPOT_CLIENT_SECRET": "hubspot-secret",
+           "NURTURE_WRITE_KEY": "segment-write-key", "NURTURE_INGEST_TOKEN": "ingest-token-0123456789"}
+    with running_site(rt, NOW, **env) as site:
+        twilio = site.http.post("/webhooks/twilio", data={"From": "+4915112345678", "Body": "STOP"},
+                                headers={"X-Twilio-Signature": "\xe9".encode("latin-1")})
+        hubspot = site.http.post("/webhooks/hubspot", content=b"[]", headers={
+            "X-HubSpot-Signature-v3": "\xe9".encode("latin-1"), "Content-Type": "application/json",
+            "X-HubSpot-Request-Timestamp": str(int(NOW.timestamp() * 1000))})
+        body = b'{"writeKey": "\\ud800", "type": "track", "event": "x", "userId": "u1"}'
+        segment = [site.http.post(path, content=body, headers={"Content-Type": "application/json"})
+                   for path in ("/v1/track", "/v1/batch")]
+        ingest = site.http.post("/events", json=[], headers={"Authorization": "Bearer \xe9".encode("latin-1")})
+    assert (twilio.status_code, hubspot.status_code, [r.status_code for r in segment], ingest.status_code) == \
+        (403, 401, [401, 401], 403)

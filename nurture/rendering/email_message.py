@@ -26,6 +26,9 @@ _GSM7 = set("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%
 _GSM7_EXT = set("^{}\\[~]|€\f")
 
 
+MAX_WORD = 900  # a header's longest unbroken run kept as it is: with its name, under the 998 of a line
+
+
 def fold_ascii(value: str, used: int = 0) -> str:
     """RFC 5322 folding of an ASCII header value at spaces (lines stay under 78 characters
     where the words allow it; a long URL is never split, as RFC 5322 permits)."""
@@ -80,8 +83,11 @@ def encode_header(value: str, name_length: int = 9) -> str:
     value = header_text(value)  # no raw line breaks in a header
     # Text that looks like an encoded-word (`=?utf-8?b?QUJD?=` as a contact's name) would be
     # decoded by the reader's mail client, and shown as something else: it is encoded itself.
-    if value.isascii() and "=?" not in value:
+    if value.isascii() and "=?" not in value and (len(value) <= MAX_WORD
+                                                   or max(map(len, value.split(" "))) <= MAX_WORD):
         return fold_ascii(value, name_length + 2)
+    # non-ASCII, or a run without spaces too long for one line (RFC 5322 §2.1.1: at most 998
+    # characters; folding happens only at white space): encoded-words split anywhere
     return encode_words(value, name_length + 2)
 
 

@@ -33,7 +33,6 @@ are never echoed. Bad input is a 4xx naming the event and field, never a 500.
 from __future__ import annotations
 
 import email.policy
-import hmac
 import json
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
@@ -54,7 +53,7 @@ from nurture.send.system_mail import SYSTEM_JOURNEY
 from nurture.settings import Settings, WebSettings
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
-from nurture.tokens import verify_token
+from nurture.tokens import same_secret, verify_token
 from nurture.web import pages
 from nurture.web.answers import JSONResponse
 from nurture.web.preferences import CONFIRMATION_SENT, apply_preferences, load_preferences, unsubscribe
@@ -113,7 +112,10 @@ def form_fields(content_type: str, body: bytes) -> dict[str, str]:
         name = part.get_param("name", header="content-disposition")
         if isinstance(name, str) and part.get_filename() is None:
             payload = part.get_payload(decode=True) or b""
-            fields[name] = payload.decode(part.get_content_charset() or "utf-8", "replace")
+            try:
+                fields[name] = payload.decode(part.get_content_charset() or "utf-8", "replace")
+            except LookupError:  # a charset no codec has: as UTF-8 (a one-click unsubscribe still counts)
+                fields[name] = payload.decode("utf-8", "replace")
     return fields
 
 def _bearer(request: Request, token: Optional[SecretStr]) -> None:
@@ -124,7 +126,7 @@ def _bearer(request: Request, token: Optional[SecretStr]) -> None:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+    if not same_secret(given.strip(), expected):
         raise HTTPException(403, "wrong token")
 
 

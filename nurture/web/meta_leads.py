@@ -73,6 +73,7 @@ from nurture.registry import IntegrationContext, IntegrationError, lookup
 from nurture.settings import WebSettings
 from nurture.spec.models import Policies
 from nurture.store.tables import contact_t, event_t
+from nurture.tokens import same_secret
 from nurture.web.answers import JSONResponse
 
 PATH = "/webhooks/meta/leads"
@@ -340,7 +341,7 @@ def meta_leads_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
             return _problem(403, f"this endpoint is disabled: {VERIFY_SETTING} is not set on the server")
         params = request.query_params
         given = params.get("hub.verify_token") or ""
-        if params.get("hub.mode") != "subscribe" or not hmac.compare_digest(given.encode(), expected.encode()):
+        if params.get("hub.mode") != "subscribe" or not same_secret(given, expected):
             return _problem(403, "hub.mode must be subscribe and hub.verify_token must match")
         challenge = params.get("hub.challenge") or ""
         if not challenge or len(challenge) > MAX_CHALLENGE or not challenge.isprintable():

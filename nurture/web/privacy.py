@@ -54,6 +54,7 @@ from nurture.ingest import normalize_phone
 from nurture.privacy.erase import ErasureResult, check_reason, contacts_for_crm_record, erase_contacts, erase_people
 from nurture.registry import IntegrationContext, IntegrationError
 from nurture.settings import Settings, WebSettings
+from nurture.tokens import same_secret
 from nurture.web.answers import JSONResponse
 
 # Read through WebSettings from the env mapping the app was created with (docs/settings.md).
@@ -152,7 +153,7 @@ def _authorized(request: Request, expected: str) -> Optional[JSONResponse]:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         return _problem(401, "missing bearer token", **{"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+    if not same_secret(given.strip(), expected):
         return _problem(401, "wrong token", **{"WWW-Authenticate": "Bearer"})
     return None
 
@@ -198,8 +199,7 @@ def privacy_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
             return _problem(401, "X-HubSpot-Request-Timestamp is more than 5 minutes off (a replayed request?)")
         body = await request.body()
         uri = rt.public_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        if not hmac.compare_digest(hubspot_signature_v3(secret, request.method, uri, body, timestamp),
-                                   signature.strip()):
+        if not same_secret(signature.strip(), hubspot_signature_v3(secret, request.method, uri, body, timestamp)):
             return _problem(401, "X-HubSpot-Signature-v3 does not match")
         payload, problem = _parse_json(body)
         if problem is not None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import uuid
 from datetime import datetime
@@ -43,6 +42,7 @@ from nurture.ingest import (TrackResult, _identifier_problem, _show, _triage_cor
 from nurture.privacy.tombstones import erased_among, erased_phones
 from nurture.settings import WebSettings
 from nurture.store.tables import contact_t
+from nurture.tokens import same_secret
 from nurture.web.answers import JSONResponse
 
 MAX_BATCH_BYTES = 500 * 1024  # Segment's limit for one batch
@@ -103,7 +103,7 @@ def _authorized(request: Request, payload: Any, env: dict) -> bool:
     given = _basic_user(request)
     if given is None and isinstance(payload, dict) and isinstance(payload.get("writeKey"), str):
         given = payload["writeKey"]
-    return bool(expected) and given is not None and hmac.compare_digest(given.encode(), expected.encode())
+    return bool(expected) and given is not None and same_secret(given, expected)
 
 
 # ---------------------------------------------------------------- reading one message

@@ -38,6 +38,7 @@ from nurture.ingest import normalize_email, parse_timestamp, write_events
 from nurture.send.guards.whatsapp import WHATSAPP_RECEIVED
 from nurture.store.models import FAILED, SENT
 from nurture.store.tables import contact_t, message_t, suppression_t
+from nurture.tokens import same_secret
 
 
 # Twilio's default opt-out / opt-in keywords (Advanced Opt-Out defaults), matched on the
@@ -61,7 +62,7 @@ def twilio_signature(auth_token: str, url: str, params: Sequence[tuple[str, str]
 def twilio_signature_valid(auth_token: str, url: str, params: Sequence[tuple[str, str]], signature: Optional[str]) -> bool:
     if not signature:
         return False
-    return hmac.compare_digest(twilio_signature(auth_token, url, params), signature)
+    return same_secret(signature, twilio_signature(auth_token, url, params))
 
 
 def _contacts_by_phone(conn: Any, phone: str) -> list[int]:
