@@ -14,7 +14,7 @@ the caller's transaction), leaves the anonymous row empty and records the merge 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
@@ -153,9 +153,20 @@ def resolve(conn: Any, who: Who, now: datetime, *, create: bool = True) -> tuple
         return created, merged
     # linked before filled: a concurrent call naming the same new e-mail or phone waits for
     # this transaction at the (kind, value) key and then finds the identifier taken
-    link(conn, known, who, now)
+    link(conn, known, _own_identifiers(conn, known, who), now)
     _fill_identifiers(conn, known, who, now)
     return known, merged
+
+
+def _own_identifiers(conn: Any, contact_id: int, who: Who) -> Who:
+    """The identifiers of `who` a known contact may be found by from now on: an e-mail or a
+    phone only where it is (or, the contact having none, becomes) the contact's own. A message
+    naming a contact together with another address records nothing for it: the public write
+    key would otherwise let a stranger claim anyone's address for a contact of their own —
+    whose sign-up, events and double opt-in confirmation the stranger's contact then got."""
+    row = conn.execute(select(contact_t.c.email, contact_t.c.phone).where(contact_t.c.id == contact_id)).one()
+    return replace(who, email=who.email if row.email in (None, who.email) else None,
+                   phone=who.phone if row.phone in (None, who.phone) else None)
 
 
 def _fill_identifiers(conn: Any, contact_id: int, who: Who, now: datetime) -> set[str]:

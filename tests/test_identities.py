@@ -13,7 +13,7 @@ import nurture.ingest as ingest
 from nurture.identities import MERGED, Who, merge_contacts, resolve
 from nurture.ingest import import_contacts, track_file, track_records
 from nurture.messages import message_log
-from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t, merge_t, message_t, touch_t
+from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t, identity_t, merge_t, message_t, touch_t
 from tests.conftest import utc, write_project
 from tests.engine_fixtures import add_contact, add_event, set_consent
 
@@ -179,17 +179,21 @@ def test_a_phone_only_row_joins_the_lowest_id_that_gets_its_phone_as_a_rerun_wou
 
 
 def _known_by_two_addresses(store) -> int:
-    """u1 identifies with work@, then with home@: home@ is recorded as a second address."""
+    """u1 is known by work@ and, as a second address, home@ — recorded by an older version or
+    a trusted source: an identify over the public write key no longer records one."""
     with store.engine.begin() as conn:
         cid, _ = resolve(conn, Who(external_id="u1", email="work@example.com"), NOW)
         assert resolve(conn, Who(external_id="u1", email="home@example.com"), NOW) == (cid, None)
+        conn.execute(identity_t.insert().values(contact_id=cid, kind="email", value="home@example.com",
+                                                first_seen_at=NOW))
     return cid
 
 
 def test_one_address_is_one_person_over_v1_and_events(make_runtime):
-    """/v1/* finds a contact by a second e-mail (contact_identity); POST /events looked at
-    contact.email only and made a second contact of the address, and later /v1 traffic of it
-    (the column is read first) followed there: the person, their journeys and revenue split."""
+    """An address goes to one contact whichever path brings it — /v1/*, POST /events. An
+    identify naming a known user with another address than its own records nothing for it
+    (a stranger holding the public write key could claim anyone's address that way): home@
+    is its own person, on both paths, and u1 keeps work@."""
     import base64
     from tests.test_web_site import running_site
     key, token = "wk_test_segment_write_key_1", "tok-0123456789abcdef-ingest"
@@ -207,8 +211,11 @@ def test_one_address_is_one_person_over_v1_and_events(make_runtime):
                            headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200, r.text
     owner = {e.event_id: e.contact_id for e in _rows(rt.store, event_t)}
-    [person] = [c.id for c in _rows(rt.store, contact_t) if c.email]
-    assert owner == {"v1-a": person, "ev-a": person}
+    people = {c.email: c.id for c in _rows(rt.store, contact_t) if c.email}
+    assert set(people) == {"work@example.com", "home@example.com"}
+    assert owner == {"v1-a": people["home@example.com"], "ev-a": people["home@example.com"]}
+    assert [(i.kind, i.contact_id) for i in _rows(rt.store, identity_t) if i.value == "home@example.com"] == \
+        [("email", people["home@example.com"])]
 
 
 def test_track_finds_a_contact_by_an_address_it_is_also_known_by(store, tmp_path):

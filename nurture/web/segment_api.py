@@ -313,10 +313,8 @@ def apply_messages(conn: Any, messages: list[tuple[int, dict]], now: datetime) -
             merged_into = {old: (contact_id if new == merged else new) for old, new in merged_into.items()}
             merged_into[merged] = contact_id
             owners = {pair: (contact_id if owner == merged else owner) for pair, owner in owners.items()}
-        if m["type"] == "identify":
+        if m["type"] == "identify":  # (a track's or page's traits only name the person)
             _write_traits(conn, contact_id, m["fields"], m["attributes"], now)
-        elif m["fields"].get("phone"):
-            _write_traits(conn, contact_id, {"phone": m["fields"]["phone"]}, {}, now)
         if m["type"] in ("track", "page"):
             events.append({"event_id": m["event_id"], "email": None, "contact_id": contact_id, "name": m["name"],
                            "properties": m["properties"], "occurred_at": m["occurred_at"], "line": line})
@@ -326,7 +324,10 @@ def apply_messages(conn: Any, messages: list[tuple[int, dict]], now: datetime) -
 
 
 def _write_traits(conn: Any, contact_id: int, fields: dict, attributes: dict, now: datetime) -> None:
-    values: dict[str, Any] = {k: v for k, v in fields.items() if k not in ("email",)}
+    """An identify's traits: names, time zone, locale, country, attributes. Never the e-mail or
+    the phone — resolve fills them only where the contact has none: a stranger holding the
+    public write key must not move a contact's messages (and its SMS consent) to their number."""
+    values: dict[str, Any] = {k: v for k, v in fields.items() if k not in ("email", "phone")}
     if attributes:
         current = conn.execute(select(contact_t.c.attributes).where(contact_t.c.id == contact_id)).scalar() or {}
         values["attributes"] = {**current, **attributes}
