@@ -702,3 +702,36 @@ def test_the_then_path_of_a_wait_for_starts_at_the_event_not_at_the_tick_that_sa
     run_tick(rt, "j", T0 + timedelta(minutes=55))
     [e] = enrollments(store, journey="j")
     assert (e.step_id, e.next_due_at) == ("after_click", T0 + timedelta(minutes=70))
+
+
+def test_the_event_that_ends_a_wait_for_does_not_end_the_next_wait_for_of_that_event(make_runtime, store):
+    """wait_for a purchase, then wait_for a second one: the then path arrives at the first
+    purchase's time (logical time), and "since arriving" is after that instant — one purchase
+    must not pass both waits and send the contact down the repeat-buyer path."""
+    steps = """
+    - id: first_buy
+      wait_for:
+        event: purchase
+        within: 2d
+        then:
+          - id: second_buy
+            wait_for:
+              event: purchase
+              within: 2d
+              then: [{id: repeat, wait: 1h}]
+              timeout: [{id: one_time, wait: 1h}]
+        timeout: [{id: never, wait: 1h}]
+    """
+    rt = make_runtime({"j": journey_yaml("j", steps)})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    run_tick(rt, "j", T0 + timedelta(minutes=1))
+    add_event(store, cid, "purchase", T0 + timedelta(minutes=10))
+    run_tick(rt, "j", T0 + timedelta(minutes=20))
+    run_tick(rt, "j", T0 + timedelta(minutes=25))
+    [e] = enrollments(store, journey="j")
+    assert e.step_id == "second_buy"
+    add_event(store, cid, "purchase", T0 + timedelta(minutes=30))
+    run_tick(rt, "j", T0 + timedelta(minutes=35))
+    [e] = enrollments(store, journey="j")
+    assert (e.step_id, e.next_due_at) == ("repeat", T0 + timedelta(minutes=90))

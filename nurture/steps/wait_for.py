@@ -4,7 +4,9 @@ on arrival to arrival + `within`), takes the `then` path; one still waiting when
 passed takes the `timeout` path — also when the event came later and a late tick sees both.
 The `then` path starts at the event's time (its first match), not at the tick that noticed it:
 a `wait: 1h` after a click at 10:10 ends at 11:10 whichever tick sees the click (the timeout
-path starts at the window's end, as every due step does)."""
+path starts at the window's end, as every due step does). An event counts when it happened
+after arriving here — strictly after: the event that ended a wait_for (whose time is the next
+step's arrival) never ends a following wait_for of the same event too."""
 from __future__ import annotations
 
 from collections import Counter
@@ -26,7 +28,7 @@ def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) 
     with step_batch(rt) as conn:
         ev = event_t.alias("ev_wait")
         matching = and_(ev.c.contact_id == enrollment_t.c.contact_id, ev.c.name == spec.event,
-                        ev.c.occurred_at >= enrollment_t.c.step_entered_at, ev.c.occurred_at <= now,
+                        ev.c.occurred_at > enrollment_t.c.step_entered_at, ev.c.occurred_at <= now,
                         ev.c.occurred_at <= enrollment_t.c.next_due_at,
                         properties_match(ev.c.properties, spec.where) if spec.where else and_(True))
         rows = due_rows(conn, plan, node, now, rt.batch_size, exists(select(ev.c.id).where(matching)), due_only=False)
