@@ -35,7 +35,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterable, Literal, Optional, Sequence
 
 from sqlalchemy import exists, func, or_, select
@@ -47,6 +47,7 @@ from nurture.lifecycle import STAGES, before, record_stage_changes
 from nurture.privacy.tombstones import erased_among, not_erased
 from nurture.runtime.sql import chunks, ids_in, insert_ignore
 from nurture.store.tables import contact_t, deal_address_t, deal_t, event_t, identity_t
+from nurture.store.times import aware
 
 Outcome = Literal["open", "won", "lost"]
 OUTCOMES: tuple[str, ...] = ("open", "won", "lost")
@@ -184,7 +185,7 @@ def check_snapshot(deal: DealSnapshot) -> tuple[Optional[DealSnapshot], Optional
         at = contact.stage_at if isinstance(contact.stage_at, datetime) and stage else None
         if at is not None and not MIN_YEAR <= at.year <= MAX_YEAR:
             at = None  # the move is kept, dated at the pull
-        contacts.append(CrmContact(email, stage, _aware(at) if at else None))
+        contacts.append(CrmContact(email, stage, aware(at) if at else None))
     times = {}
     for what in ("modified_at", "closed_at", "created_at"):
         moment = getattr(deal, what)
@@ -194,7 +195,7 @@ def check_snapshot(deal: DealSnapshot) -> tuple[Optional[DealSnapshot], Optional
             return None, f"deal {shown}: {what} is not a time"
         if moment is not None and not MIN_YEAR <= moment.year <= MAX_YEAR:
             return None, f"deal {shown}: {what} is outside the years {MIN_YEAR}–{MAX_YEAR}"
-        times[what] = None if moment is None else _aware(moment)
+        times[what] = None if moment is None else aware(moment)
     return replace(deal, name=name, currency=currency, amount=None if deal.amount is None else float(deal.amount),
                    contacts=tuple(contacts), **times), None
 
@@ -259,7 +260,7 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
     corrections: list[dict] = []  # won deals whose amount changed: their deal_won, as it should read now
     for deal in deals:
         row = stored.get(deal.deal_id)
-        if row is not None and deal.modified_at < _aware(row.modified_at):
+        if row is not None and deal.modified_at < aware(row.modified_at):
             result.stale += 1
             continue
         if row is not None and row.contact_id is None:
@@ -350,9 +351,6 @@ def _revenue_of(properties: dict) -> float:
     value = properties.get("value")
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
 
 
 def _events(crm: str, deal: DealSnapshot, contact_id: int, previous: Optional[str], currency: str,
@@ -520,10 +518,10 @@ def attach_waiting(conn: Any, crm: str, *, now: datetime, currency: str,
                                            .where(address.c.crm == crm, address.c.deal_id.in_(part))
                                            .order_by(address.c.deal_id, address.c.position)):
             named.setdefault(deal_id, []).append(CrmContact(email))
-    snapshots = [DealSnapshot(deal_id=r.deal_id, stage=r.stage, outcome=r.outcome, modified_at=_aware(r.modified_at),
+    snapshots = [DealSnapshot(deal_id=r.deal_id, stage=r.stage, outcome=r.outcome, modified_at=aware(r.modified_at),
                               contacts=tuple(named.get(r.deal_id, ())), name=r.name, pipeline=r.pipeline,
                               amount=r.amount, currency=r.currency,
-                              closed_at=_aware(r.closed_at) if r.closed_at else None)
+                              closed_at=aware(r.closed_at) if r.closed_at else None)
                  for r in rows]
     waiting = DealsResult()
     apply_deals(conn, crm, snapshots, now=now, currency=currency, result=waiting)

@@ -15,7 +15,7 @@ Every pull first attaches the deals that waited for their contact (`attach_waiti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Optional, Sequence
 
 from sqlalchemy import select
@@ -25,6 +25,7 @@ from nurture.crm.deals import DealsResult, apply_deals, attach_waiting
 from nurture.crm.source import CrmUnavailable, DealSource
 from nurture.store.db import Store
 from nurture.store.tables import crm_cursor_t
+from nurture.store.times import aware
 
 LOOKBACK = timedelta(days=90)
 MAX_LOOKBACK_DAYS = 3650
@@ -78,11 +79,8 @@ def read_cursor(conn: Any, crm: str) -> Optional[tuple[datetime, Optional[str]]]
                        .where(crm_cursor_t.c.crm == crm)).first()
     if row is None or row.modified_at is None:
         return None
-    return _aware(row.modified_at), row.deal_id
+    return aware(row.modified_at), row.deal_id
 
-
-def _aware(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
 
 
 def save_cursor(conn: Any, crm: str, position: tuple[datetime, str], now: datetime) -> None:

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from sqlalchemy import or_, select
 
 from nurture.conditions import properties_match
-from nurture.reporting._times import aware
+from nurture.store.times import aware
 from nurture.spec.models import Comparison, FixedCost, Offer
 from nurture.spec.project import ProjectSpec
 from nurture.store.models import SENT

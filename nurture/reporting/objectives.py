@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, case, exists, func, or_, select
 
-from nurture.reporting._times import aware
+from nurture.store.times import aware
 from nurture.reporting.converted import counted_conversion
 from nurture.reporting.costs import DAYS_PER
 from nurture.reporting.engagement import CLICK, step_of

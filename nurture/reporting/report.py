@@ -41,7 +41,7 @@ from sqlalchemy import and_, case, exists, func, or_, select
 
 from nurture.conditions import properties_match
 from nurture.durations import format_duration
-from nurture.reporting._times import aware
+from nurture.store.times import aware
 from nurture.reporting.attribution import MODELS, attribute, attribute_counts
 from nurture.reporting.converted import counted_conversion
 from nurture.reporting.costs import (SmsCount, charge_redemptions, charge_untracked, chunked, declared_offers,

@@ -28,7 +28,7 @@ from sqlalchemy import Float, Numeric, and_, case, cast, func, or_, select
 
 from nurture.conversions.event_fields import MAX_VALUE
 from nurture.lifecycle import STAGE_CHANGED, STAGES, at_or_beyond
-from nurture.reporting._times import aware
+from nurture.store.times import aware
 from nurture.store.json_values import NUMBER_PATTERN
 from nurture.store.json_values import json_number as stored_number
 from nurture.store.models import HOLDOUT, SENT

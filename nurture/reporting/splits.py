@@ -33,7 +33,7 @@ from typing import Any, Optional
 from sqlalchemy import and_, case, func, null, or_, select
 
 from nurture.compiler import Plan
-from nurture.reporting._times import aware
+from nurture.store.times import aware
 from nurture.reporting.converted import counted_conversion
 from nurture.reporting.incremental import Estimate, Sample
 from nurture.reporting.lift import lift

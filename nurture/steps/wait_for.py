@@ -10,8 +10,7 @@ step's arrival) never ends a following wait_for of the same event too."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timezone
-from typing import Optional
+from datetime import datetime
 
 from sqlalchemy import and_, exists, func, select
 
@@ -21,6 +20,7 @@ from nurture.runtime.context import Runtime
 from nurture.runtime.sql import ids_in
 from nurture.steps.transitions import due_rows, move, step_batch
 from nurture.store.tables import enrollment_t, event_t
+from nurture.store.times import aware
 
 
 def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) -> bool:
@@ -37,7 +37,7 @@ def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) 
             when = dict(conn.execute(select(enrollment_t.c.id, func.min(ev.c.occurred_at))
                                      .where(ids_in(enrollment_t.c.id, [r[0] for r in rows]), matching)
                                      .group_by(enrollment_t.c.id)).all())
-            move(conn, rt, plan, [(e, c, tz, _aware(when.get(e), now)) for e, c, tz, _ in rows], node.then_first, now)
+            move(conn, rt, plan, [(e, c, tz, aware(when.get(e)) or now) for e, c, tz, _ in rows], node.then_first, now)
             report[(node.id, "event_received", None)] += len(rows)
             return True
         rows = due_rows(conn, plan, node, now, rt.batch_size)
@@ -46,10 +46,3 @@ def handle(rt: Runtime, plan: Plan, node: Node, now: datetime, report: Counter) 
         move(conn, rt, plan, rows, node.else_first, now)
         report[(node.id, "timed_out", None)] += len(rows)
         return True
-
-
-def _aware(moment: Optional[datetime], now: datetime) -> datetime:
-    """An event time as read back (SQLite: naive UTC), else `now`."""
-    if moment is None:
-        return now
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment

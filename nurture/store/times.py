@@ -1,5 +1,5 @@
-"""Datetimes read back from either database: aggregates (min/max) can come back naive or, on
-SQLite, as text; the report compares them as aware UTC."""
+"""Datetimes read back from either database: SQLite gives them naive (they are UTC), an
+aggregate (min/max) on SQLite possibly as text; the engine compares them as aware UTC."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 
 def aware(value: Any) -> Optional[datetime]:
+    """`value` as an aware UTC datetime (None stays None)."""
     if value is None:
         return None
     if isinstance(value, str):
