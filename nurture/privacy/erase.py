@@ -32,7 +32,11 @@ row locked, so two erasures of the same person serialize):
   (`failed`, reason `erased`); sync_run error texts naming the address are scrubbed;
 - an `erasure` row (`in_progress`) naming who asked, when and why.
 
-Then, outside the transaction: the person's outbox files are deleted (`files`), every
+Then, outside the transaction: a message of the person that a tick had already handed to its
+channel (`sending`) is waited for (up to `AT_CHANNEL_WAIT`), its address and subject removed
+once it is recorded — the tick writes the rendered subject then — and its file with the rest; one
+still at the channel after that is reported pending, and the next `erase` finishes it. The
+person's outbox files are deleted (`files`), every
 acknowledged audience/CRM-list membership is removed through the sync's removal path
 (`nurture.segments.removal`) — at once, not at the next nightly sync — and every configured CRM
 with a GDPR delete is asked to delete the person (`crm`). The `erasure` row is completed with
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -70,7 +75,7 @@ from nurture.segments.removal import forget_members, remove_members, resolve_tar
 from nurture.segments.sync import default_factory
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
-from nurture.store.models import QUEUED, SUPPRESSED
+from nurture.store.models import QUEUED, SENDING, SUPPRESSED
 from nurture.store.tables import (consent_t, contact_t, deal_address_t, deal_t, enrollment_t, identity_t, event_t, handover_t, membership_t, message_t,
                                   suppression_t, sync_run_t, touch_t)
 
@@ -118,6 +123,7 @@ class _Subject:
     sms_messages: list[int] = field(default_factory=list)
     whatsapp_messages: list[int] = field(default_factory=list)
     handovers: list[int] = field(default_factory=list)
+    at_channel: list[int] = field(default_factory=list)  # messages `sending` at the erasure: a tick's channel has them
     retry_crm: set[str] = field(default_factory=set)  # CRMs whose GDPR delete is still pending
     aliases: list[str] = field(default_factory=list)  # the person's other addresses and numbers (contact_identity)
     removed: Counter = field(default_factory=Counter)
@@ -252,6 +258,7 @@ def _erase(store: Store, project: ProjectSpec, subjects: list[_Subject], *, cont
         with store.engine.begin() as conn:
             _in_store(conn, subject, now=now, actor=actor, reason=reason, policy_version=policy_version, codes=codes)
     active = [s for s in subjects if s.contact_id is not None and s.result.outcome != NOT_FOUND]
+    _after_the_channel(store, active)
     for subject in active:
         try:
             subject.removed.update(remove_outbox(context.data_dir, emails=subject.email_messages,
@@ -272,6 +279,44 @@ def _erase(store: Store, project: ProjectSpec, subjects: list[_Subject], *, cont
         for subject in subjects:
             subject.pending = [_scrub(item, _needles(subject)) for item in subject.pending]
             _record(conn, subject, now=now, actor=actor, reason=reason)
+
+
+AT_CHANNEL_WAIT = 60.0  # seconds an erasure waits for a tick's channel to give back the person's messages
+_POLL = 0.1
+
+
+def _pause(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _after_the_channel(store: Store, subjects: Sequence[_Subject]) -> None:
+    """Messages a tick had handed to its channel when the person was erased (`sending`): the
+    tick records them afterwards — with the rendered subject — and the file channel writes
+    their file then. Wait until they are recorded (at most AT_CHANNEL_WAIT), then remove
+    address and subject again; their files go with the person's others. Still at the channel
+    after that (a stalled tick): reported pending, and the next `erase` of the person does it."""
+    waiting = {mid: s for s in subjects for mid in s.at_channel}
+    if not waiting:
+        return
+    deadline = time.monotonic() + AT_CHANNEL_WAIT
+    while True:
+        with store.reading() as conn:
+            still = set(conn.execute(select(message_t.c.id).where(
+                message_t.c.id.in_(sorted(waiting)), message_t.c.status == SENDING)).scalars())
+        if not still or time.monotonic() >= deadline:
+            break
+        _pause(_POLL)
+    with store.engine.begin() as conn:  # their record may quote the address in its reason, too
+        for subject in subjects:
+            done = [mid for mid in subject.at_channel if mid not in still]
+            if done:
+                conn.execute(message_t.update().where(message_t.c.id.in_(done)).values(address=None, subject=None))
+                _scrub_column(conn, message_t, message_t.c.reason, message_t.c.id.in_(done), _needles(subject))
+    for mid in sorted(still):
+        subject = waiting[mid]
+        note = "messages: still at a tick's channel; run the erasure again once the tick is done"
+        if note not in subject.pending:
+            subject.pending.append(note)
 
 
 def _needles(subject: _Subject) -> list[str]:
@@ -470,11 +515,12 @@ def _deal_addresses(conn: Any, addresses: list[str], theirs: Any = None) -> int:
 
 
 def _collect_files(conn: Any, subject: _Subject) -> None:
-    rows = conn.execute(select(message_t.c.id, message_t.c.journey, message_t.c.channel).where(
+    rows = conn.execute(select(message_t.c.id, message_t.c.journey, message_t.c.channel, message_t.c.status).where(
         message_t.c.contact_id == subject.contact_id)).all()
     subject.email_messages = [(r.id, r.journey) for r in rows if r.channel == "email"]
     subject.sms_messages = [r.id for r in rows if r.channel == "sms"]
     subject.whatsapp_messages = [r.id for r in rows if r.channel == "whatsapp"]
+    subject.at_channel = [r.id for r in rows if r.status == SENDING]
     subject.handovers = list(conn.execute(select(handover_t.c.id).where(
         handover_t.c.contact_id == subject.contact_id)).scalars())
 
