@@ -42,8 +42,12 @@ class ProductImport:
     errors: list[RowError] = field(default_factory=list)
 
 
+MAX_PRICE = 1e12  # as a deal's amount and a spend row: more is a typo, not a price
+
+
 def _price(value: Any) -> float:
-    return amount_cell(value, example="18.90", negative="a price is zero or more")
+    return amount_cell(value, example="18.90", negative="a price is zero or more", maximum=MAX_PRICE,
+                       over="not a product's price", overflow_note=False)
 
 
 def _clean(record: dict) -> tuple[dict, list[tuple[str, str]]]:

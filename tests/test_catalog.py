@@ -60,6 +60,17 @@ def test_a_rank_beyond_int4_or_a_nan_price_is_a_row_error_and_the_good_rows_are_
     assert [tuple(r) for r in rows] == [("jok", 2.5, 7, None), ("ok", 5.0, 2147483647, 30)]
 
 
+def test_a_price_over_a_trillion_is_a_row_error_like_a_deals_amount(store, tmp_path):
+    # 1e26 was imported, and every buyer of the category then got cross_sell `failed`: the
+    # shipped template's `price | money` could not format it
+    csv = _write(tmp_path / "p.csv", "sku,name,category,price\n"
+                                     "big,Gold grinder,coffee,99999999999999999999999999\n"
+                                     "top,Top,coffee,1000000000000\n")
+    result = import_products(store, csv)
+    assert (result.created, [str(e) for e in result.errors]) == (1, [
+        "p.csv:2: price: 99999999999999999999999999 is over 1,000,000,000,000: not a product's price"])
+
+
 def test_related_products_come_from_the_same_category_best_rank_first(store, tmp_path):
     import_products(store, _write(tmp_path / "p.csv", "sku,name,category,price,rank,active\n"
                                                       "A,Beans,coffee,18.9,5,true\n"

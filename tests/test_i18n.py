@@ -55,6 +55,24 @@ def test_words_and_numbers_follow_the_contacts_locale(library, locale, expected)
     assert template.render(context) == expected
 
 
+@pytest.mark.parametrize("value, expected", [
+    (1e26, "€100,000,000,000,000,000,000,000,000.00"),
+    (10 ** 30, "€1,000,000,000,000,000,000,000,000,000,000.00"),
+    ("1e300", "€1" + ",000" * 100 + ".00"),  # a float's digits as they are written
+])
+def test_money_formats_any_finite_number_babel_rounds_at_28_digits(library, value, expected):
+    # decimal's default 28 digits: 1e26 with two decimals raised InvalidOperation, and the
+    # message failed with "render_error: [<class 'decimal.InvalidOperation'>]"
+    text = library.string("{{ v | money }}").render({"contact": {"locale": "en"}, "v": value})
+    assert text == expected
+    assert library.string("{{ v | number }}").render({"contact": {"locale": "en"}, "v": value}) == expected[1:-3]
+
+
+def test_a_whole_number_too_large_to_show_is_a_render_error_that_says_so(library):
+    with pytest.raises(RenderError, match="a whole number of more than 400 digits is too large to show"):
+        library.string("{{ v | money }}").render({"contact": {}, "v": 10 ** 500})
+
+
 def test_a_fuzzy_or_missing_translation_shows_the_source_and_no_name_means_no_stray_comma(library):
     subject = library.string('{{ _("Still thinking") }}{{ ", " ~ contact.first_name if contact.first_name }}?')
     assert subject.render({"contact": {"locale": "de", "first_name": None}}) == "Noch unentschlossen?"

@@ -26,6 +26,7 @@ day of a point in time where the recipient is: in `contact.timezone`, else the l
 from __future__ import annotations
 
 import contextlib
+import decimal
 import io
 import math
 import re
@@ -282,8 +283,10 @@ class Localizer:
             from babel.numbers import format_currency
             if value is None or value == "":
                 return ""
-            return format_currency(_number(value), currency or localizer.currency,
-                                   locale=_babel_locale(localizer.locale_of(context)))
+            number = _number(value)
+            with _digits_enough():
+                return format_currency(number, currency or localizer.currency,
+                                       locale=_babel_locale(localizer.locale_of(context)))
 
         @pass_context
         def number(context: Context, value: Any, digits: Optional[int] = None) -> str:
@@ -291,7 +294,9 @@ class Localizer:
             if value is None or value == "":
                 return ""
             pattern = None if digits is None else "#,##0" + ("." + "0" * digits if digits else "")
-            return format_decimal(_number(value), format=pattern, locale=_babel_locale(localizer.locale_of(context)))
+            number = _number(value)
+            with _digits_enough():
+                return format_decimal(number, format=pattern, locale=_babel_locale(localizer.locale_of(context)))
 
         @pass_context
         def date_filter(context: Context, value: Any, format: str = "medium") -> str:
@@ -321,8 +326,19 @@ def _fill_problem(message: str, text: str, exc: Exception, values: dict, source:
     return f"{what} cannot be filled in: {exc}"
 
 
+# Babel rounds in the current decimal context: at its default 28 digits, 1e26 with two
+# decimals raised decimal.InvalidOperation (a bare class name as the render error). Every float
+# has fewer than 310 digits before its point; a whole number with more is refused (_number).
+_FORMAT_DIGITS = 400
+
+
+def _digits_enough() -> Any:
+    return decimal.localcontext(prec=_FORMAT_DIGITS + 20)
+
+
 def _number(value: Any) -> Any:
-    """A finite number to format; ValueError for anything else (NaN and Infinity too: "nan €")."""
+    """A finite number to format; ValueError for anything else (NaN and Infinity too: "nan €";
+    a whole number of more than 400 digits)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         number = value
     else:
@@ -332,6 +348,8 @@ def _number(value: Any) -> Any:
             raise ValueError(f"'{value}' is not a number") from None
     if isinstance(number, float) and not math.isfinite(number):
         raise ValueError(f"'{value}' is not a finite number")
+    if isinstance(number, int) and abs(number) >= 10 ** _FORMAT_DIGITS:
+        raise ValueError(f"a whole number of more than {_FORMAT_DIGITS} digits is too large to show")
     return number
 
 
