@@ -237,6 +237,17 @@ def test_preview_renders_email_and_counts_sms_segments(project):
     assert "GSM-7, 1 segment(s)" in out.stdout
 
 
+@pytest.mark.parametrize("event, message", [
+    ("[" * 1000 + "]" * 1000, "--event is nested far too deep"),  # was RecursionError, "internal error", exit 70
+    ('{"value": ' + "9" * 5000 + "}", "--event is not JSON: Exceeds the limit"),
+    ("{oops", "--event is not JSON: Expecting property name"),
+    ("[1]", "--event must be a JSON object"),
+])
+def test_preview_refuses_an_event_it_cannot_read_by_name(project, event, message):
+    out = nurture(project, "preview", "cart_nudge", "--event", event)
+    assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr + out.stdout
+
+
 def test_outside_a_project_the_error_says_where_to_run(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

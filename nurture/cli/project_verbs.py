@@ -114,6 +114,10 @@ def preview(journey: str = typer.Argument(..., help="Journey name"),
             props = json.loads(event)
         except json.JSONDecodeError as exc:
             raise CliError(f"--event is not JSON: {exc.msg}") from None
+        except RecursionError:
+            raise CliError("--event is nested far too deep") from None
+        except ValueError as exc:  # an integer of more than 4300 digits
+            raise CliError(f"--event is not JSON: {str(exc)[:120]}") from None
         if not isinstance(props, dict):
             raise CliError("--event must be a JSON object")
     try:
