@@ -242,7 +242,7 @@ def test_preview_renders_email_and_counts_sms_segments(project):
     ('{"value": ' + "9" * 5000 + "}", "--event is not JSON: Exceeds the limit"),
     ("{oops", "--event is not JSON: Expecting property name"),
     ("[1]", "--event must be a JSON object"),
-])
+], ids=["deep", "long-integer", "broken", "a-list"])
 def test_preview_refuses_an_event_it_cannot_read_by_name(project, event, message):
     out = nurture(project, "preview", "cart_nudge", "--event", event)
     assert out.returncode == 1 and message in out.stderr and "Traceback" not in out.stderr + out.stdout
