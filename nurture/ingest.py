@@ -728,9 +728,12 @@ def _coerce(value: Any) -> Any:
     if len(digits) > 1 and digits[0] == "0" and digits[1].isdigit():
         return value  # 01234 is an identifier (ZIP code, customer number), not the number 1234
     try:
-        return int(value) if value.lstrip("-").isdigit() else float(value) if _is_float(value) else value
+        number = int(value) if value.lstrip("-").isdigit() else float(value) if _is_float(value) else value
     except ValueError:
         return value
+    if number == 0 and isinstance(number, float) and any(c in "123456789" for c in value.lower().split("e")[0]):
+        return value  # 1e-400 underflows to 0: kept as the text it is, not changed into another number
+    return number
 
 
 def _is_float(value: str) -> bool:

@@ -102,6 +102,16 @@ def test_a_number_with_a_leading_zero_stays_text(store, tmp_path):
     assert contacts_by_email(store)["ann@example.com"].attributes["zip"] == "01234"
 
 
+def test_a_number_too_small_for_a_float_stays_text_instead_of_becoming_zero(store, tmp_path):
+    # 1e-400 was stored as 0.0 without a word (1e400 is refused by line and field)
+    path = tmp_path / "c.csv"
+    path.write_text("email,ratio\nann@example.com,1e-400\nbob@example.com,-2.5e-999\ncy@example.com,0.0e5\n",
+                    encoding="utf-8")
+    assert import_contacts(store, path, now=NOW).errors == []
+    ratios = {email: c.attributes["ratio"] for email, c in contacts_by_email(store).items()}
+    assert ratios == {"ann@example.com": "1e-400", "bob@example.com": "-2.5e-999", "cy@example.com": 0.0}
+
+
 def test_consent_columns_go_to_the_ledger_with_the_import_as_source(store, tmp_path):
     path = tmp_path / "contacts.csv"
     path.write_text(CSV, encoding="utf-8")
