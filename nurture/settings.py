@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import os
 import re
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Optional
 from zoneinfo import available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_serializer, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_serializer, field_validator,
+                      model_validator)
 
 from nurture.redaction import secrets_in
 
@@ -186,6 +188,25 @@ class Settings(EnvSettings):
     def yes_turns_on(cls, value: Any) -> bool:
         """1, true, yes or on (any case) turn it on; anything else leaves it off."""
         return value if isinstance(value, bool) else str(value).strip().lower() in _TRUE
+
+    @model_validator(mode="before")
+    @classmethod
+    def sender_written_with_its_name(cls, data: Any) -> Any:
+        """`NURTURE_FROM_EMAIL=Shop <shop@example.com>`, the way a From header writes it: the
+        address is the sender address (From, Message-IDs, the List-Unsubscribe mailto) and the
+        name is the sender name unless NURTURE_FROM_NAME gives one. Used as it stood, it made
+        `From: Nurture <Shop <shop@example.com>>` and a Message-ID ending in `example.com>>`."""
+        if not isinstance(data, dict):
+            return data
+        key = next((k for k in ("from_email", "NURTURE_FROM_EMAIL") if isinstance(data.get(k), str)), None)
+        text = data[key].strip() if key else ""
+        if "<" in text and text.endswith(">"):
+            name, address = parseaddr(text)
+            if address.count("@") == 1 and " " not in address:
+                data = {**data, key: address}
+                if name and not data.get("from_name") and not data.get("NURTURE_FROM_NAME"):
+                    data["from_name"] = name
+        return data
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
