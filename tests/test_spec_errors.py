@@ -255,6 +255,28 @@ def test_template_variables_are_checked_a_fixed_key_is_an_error_a_contact_typo_a
         "'contact.first_name'? (only an attribute named 'frist_name' would fill it)"]
 
 
+def test_a_subjects_and_a_preheaders_variables_are_checked_at_their_place_in_the_journey(make_project, tmp_path):
+    """A typo in `subject:` was never warned, and every message of the step then failed with
+    render_error ('dict object' has no attribute 'frist_name')."""
+    from nurture.spec.project import load_project
+    root = make_project({"j": "name: j\ntrigger: {event: signup}\nsteps:\n  - id: a\n    send:\n"
+                              "      channel: email\n      template: hello\n"
+                              "      subject: \"Welcome, {{ contact.frist_name }}!\"\n"
+                              "      preheader: \"{{ links.unsubcribe }}\"\n"})
+    spec = load_project(root)
+    assert [str(e) for e in spec.errors] == [
+        "journeys/j.yaml:9:18: 'links.unsubcribe' does not exist: every render of this template would fail "
+        "(did you mean 'unsubscribe'?)"]
+    from tests.conftest import write_project
+    root = write_project(tmp_path / "other", {"k": "name: k\ntrigger: {event: signup}\nsteps:\n  - id: a\n    send:\n"
+                              "      channel: email\n      template: hello\n"
+                              "      subject: \"Welcome, {{ contact.frist_name }}!\"\n"})
+    spec = load_project(root)
+    assert spec.errors == [] and [str(w) for w in spec.warnings] == [
+        "journeys/k.yaml:8:16: warning: 'contact.frist_name' is not a contact field; did you mean "
+        "'contact.first_name'? (only an attribute named 'frist_name' would fill it)"]
+
+
 def test_a_goal_window_that_ends_before_the_first_message_is_a_warning(make_project):
     from nurture.spec.project import load_project
     root = make_project({"j": "name: j\ntrigger: {event: signup}\ngoal: {event: purchase, within: 2d}\nsteps:\n"

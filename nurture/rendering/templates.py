@@ -276,34 +276,26 @@ class TemplateLibrary:
         to exist and where that knowledge comes from (`event` → the trigger's documented
         properties; `contact` → its fields and the attributes in the database): any other name
         is a warning with a did-you-mean. Located in the template file."""
-        known = known or {}
         errors: list[SpecError] = []
         warnings: list[SpecError] = []
         for current, ast in self._parsed_tree(channel, name):
-            for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-                if not isinstance(node.node, nodes.Name):
-                    continue
-                key = node.attr if isinstance(node, nodes.Getattr) else \
-                    node.arg.value if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) else None
-                variable = node.node.name
-                if key is None or key in _DICT_METHODS:
-                    continue
-                where = (f"templates/{current}", node.lineno or 1, 1)
-                if variable in closed and key not in closed[variable]:
-                    hint = did_you_mean(key, closed[variable]) or f"it has: {', '.join(closed[variable])}"
-                    errors.append(SpecError(*where, f"'{variable}.{key}' does not exist: every render of this "
-                                                    "template would fail", hint))
-                elif variable in known and key not in known[variable][0]:
-                    names, source = known[variable]
-                    hint = did_you_mean(key, names)
-                    warnings.append(SpecError(*where, f"warning: '{variable}.{key}' is not {source}"
-                                                      + (f"; {hint}" if hint else "")))
-                elif variable in near and key not in near[variable]:
-                    close = difflib.get_close_matches(key, near[variable], n=1, cutoff=0.75)
-                    if close:
-                        warnings.append(SpecError(*where, f"warning: '{variable}.{key}' is not a {variable} field; "
-                                                          f"did you mean '{variable}.{close[0]}'? (only an attribute "
-                                                          f"named '{key}' would fill it)"))
+            e, w = _variable_findings(ast, lambda node: (f"templates/{current}", node.lineno or 1, 1),
+                                      closed, near, known or {})
+            errors += e
+            warnings += w
+        return sorted(set(errors)), sorted(set(warnings))
+
+    def string_variable_problems(self, source: str, where: tuple[str, int, int], closed: dict[str, tuple[str, ...]],
+                                 near: dict[str, tuple[str, ...]],
+                                 known: Optional[dict[str, tuple[tuple[str, ...], str]]] = None
+                                 ) -> tuple[list[SpecError], list[SpecError]]:
+        """`variable_problems` of a subject or preheader, located at `where` in the journey (a
+        template it includes is checked with the step's own templates, not here)."""
+        try:
+            ast = self.text_env.parse(source)
+        except TemplateSyntaxError:  # check_string reports it
+            return [], []
+        errors, warnings = _variable_findings(ast, lambda _node: where, closed, near, known or {})
         return sorted(set(errors)), sorted(set(warnings))
 
     def translatable(self, channel: str, name: str) -> dict[str, tuple[str, int]]:
@@ -470,6 +462,39 @@ class TemplateLibrary:
 
     def render_sms(self, name: str, context: dict[str, Any]) -> str:
         return self.sms(name).render(context).strip()
+
+
+def _variable_findings(ast: Any, where_of: Any, closed: dict[str, tuple[str, ...]], near: dict[str, tuple[str, ...]],
+                       known: dict[str, tuple[tuple[str, ...], str]]) -> tuple[list[SpecError], list[SpecError]]:
+    """(errors, warnings) of the `variable.key` reads in one parsed template (see
+    TemplateLibrary.variable_problems); `where_of(node)` locates a read."""
+    errors: list[SpecError] = []
+    warnings: list[SpecError] = []
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        if not isinstance(node.node, nodes.Name):
+            continue
+        key = node.attr if isinstance(node, nodes.Getattr) else \
+            node.arg.value if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) else None
+        variable = node.node.name
+        if key is None or key in _DICT_METHODS:
+            continue
+        where = where_of(node)
+        if variable in closed and key not in closed[variable]:
+            hint = did_you_mean(key, closed[variable]) or f"it has: {', '.join(closed[variable])}"
+            errors.append(SpecError(*where, f"'{variable}.{key}' does not exist: every render of this "
+                                            "template would fail", hint))
+        elif variable in known and key not in known[variable][0]:
+            names, source = known[variable]
+            hint = did_you_mean(key, names)
+            warnings.append(SpecError(*where, f"warning: '{variable}.{key}' is not {source}"
+                                              + (f"; {hint}" if hint else "")))
+        elif variable in near and key not in near[variable]:
+            close = difflib.get_close_matches(key, near[variable], n=1, cutoff=0.75)
+            if close:
+                warnings.append(SpecError(*where, f"warning: '{variable}.{key}' is not a {variable} field; "
+                                                  f"did you mean '{variable}.{close[0]}'? (only an attribute "
+                                                  f"named '{key}' would fill it)"))
+    return errors, warnings
 
 
 @dataclass(frozen=True)

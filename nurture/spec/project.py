@@ -211,7 +211,7 @@ def _check_journey(name: str, journey: Journey, locs: Locations, project: Projec
             names = [arm.name for arm in step.split]
             if len(set(names)) != len(names):
                 errors.append(locs.error(path + ("split",), "split arm names must be unique"))
-    errors.extend(template_variable_problems(journey, library)[0])
+    errors.extend(template_variable_problems(journey, locs, library)[0])
     for cond, path in journey_conditions(journey):
         if cond.segment is not None and cond.segment not in project.segments:
             hint = did_you_mean(cond.segment, project.segments)
@@ -325,10 +325,11 @@ def _mentions(data: Any, key: str) -> bool:
     return False
 
 
-def template_variable_problems(journey: Journey, library: TemplateLibrary,
+def template_variable_problems(journey: Journey, locs: Locations, library: TemplateLibrary,
                                attributes: Optional[Collection[str]] = None
                                ) -> tuple[list[SpecError], list[SpecError]]:
-    """(errors, warnings) about the variables the journey's templates read, each template once:
+    """(errors, warnings) about the variables the journey's templates, subjects and preheaders
+    read (a subject's located at it in the journey file), each template once:
     a key of a fixed namespace that does not exist (error); a property the trigger event does not
     document (docs/events.md); with `attributes` (the names contacts have in the database), a
     `contact.X` that is neither a field nor one of them — else a contact field name with a typo."""
@@ -344,7 +345,7 @@ def template_variable_problems(journey: Journey, library: TemplateLibrary,
     errors: list[SpecError] = []
     warnings: list[SpecError] = []
     seen: set[tuple[str, str]] = set()
-    for step, _ in iter_steps(journey.steps, ("steps",)):
+    for step, path in iter_steps(journey.steps, ("steps",)):
         if step.send is None:
             continue
         for channel in step.send.options:
@@ -355,6 +356,13 @@ def template_variable_problems(journey: Journey, library: TemplateLibrary,
                                              {"contact": CONTACT_FIELDS}, known)
             errors += e
             warnings += w
+        for key in ("subject", "preheader"):
+            source = getattr(step.send, key)
+            if source:
+                e, w = library.string_variable_problems(source, (locs.file, *locs.of(path + ("send", key))),
+                                                        CLOSED_NAMESPACES, {"contact": CONTACT_FIELDS}, known)
+                errors += e
+                warnings += w
     return errors, warnings
 
 
@@ -427,7 +435,7 @@ def _template_warnings(journey: Journey, locs: Locations, library: TemplateLibra
     """A marketing e-mail template (and its layout) without `links.unsubscribe`: every mail from
     it gets the standard legal footer appended at send time (nurture.rendering.legal_footer);
     and a contact field name with a typo (template_variable_problems)."""
-    warnings = template_variable_problems(journey, library, attributes)[1]
+    warnings = template_variable_problems(journey, locs, library, attributes)[1]
     for step, path in iter_steps(journey.steps, ("steps",)):
         send = step.send
         if send is None or "email" not in send.options or send.purpose != "marketing":
