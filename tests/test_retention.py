@@ -161,6 +161,35 @@ def test_a_never_confirmed_contact_with_a_deal_and_files_goes_entirely(make_runt
     assert "4915112345678" not in (rt.data_dir / "outbox" / "sms.jsonl").read_text()
 
 
+def test_whatsapp_lines_go_with_the_bodies_and_with_a_never_confirmed_phone_only_contact(make_runtime, store):
+    """whatsapp.jsonl lines stayed for good: `message_bodies` read only sms.jsonl, and the
+    pending-contact purge passed no WhatsApp messages; a phone-only lead whose SMS opt-in
+    stayed pending (docs/lead-ads.md) was never purged at all (the purge asked for an e-mail)."""
+    rt = make_runtime({})
+    old = add_contact(store, "old@example.com", at=NOW - 500 * DAY, phone="+4915100000001")
+    lead = add_contact(store, None, at=NOW - 60 * DAY, phone="+4915100000002")
+    set_consent(store, lead, channel="sms", status="pending", at=NOW - 60 * DAY, confirmed=False)
+    ids = {}
+    with store.engine.begin() as conn:
+        for who, phone, key in ((old, "+4915100000001", "old"), (lead, "+4915100000002", "lead")):
+            ids[key] = conn.execute(message_t.insert().values(
+                contact_id=who, journey="j", step_id="w", channel="whatsapp", template="t", purpose="marketing",
+                status="sent", address=f"whatsapp:{phone}", attempt_key=key, due_at=NOW - 100 * DAY,
+                created_at=NOW - 100 * DAY if key == "old" else NOW - 50 * DAY,
+                sent_at=NOW - 100 * DAY)).inserted_primary_key[0]
+    (rt.data_dir / "outbox").mkdir(parents=True, exist_ok=True)
+    outbox = rt.data_dir / "outbox" / "whatsapp.jsonl"
+    outbox.write_text("".join(json.dumps({"message_id": ids[k], "to": f"whatsapp:+491510000000{n}"}) + "\n"
+                              for k, n in (("old", 1), ("lead", 2))))
+    dry = purge(store, _policies(message_bodies="90d", pending_contacts="30d"), NOW, rt.data_dir, dry_run=True)
+    assert (dry.counts["message_bodies:outbox_whatsapp"], dry.counts["pending_contacts:contacts"]) == (1, 1)
+    assert outbox.read_text().count("\n") == 2
+    result = purge(store, _policies(message_bodies="90d", pending_contacts="30d"), NOW, rt.data_dir)
+    assert (result.counts["message_bodies:outbox_whatsapp"], result.counts["pending_contacts:contacts"]) == (1, 1)
+    assert outbox.read_text() == ""
+    assert _count(store, contact_t, contact_t.c.id == lead) == 0 and _count(store, contact_t, contact_t.c.id == old) == 1
+
+
 def test_sync_records_go_and_kinds_without_a_period_stay(make_runtime, store):
     rt = make_runtime({})
     with store.engine.begin() as conn:

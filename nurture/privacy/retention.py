@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from sqlalchemy import and_, delete, exists, func, not_, or_, select
 
-from nurture.privacy.files import EMAIL_OUTBOX, SMS_OUTBOX, drop_lines, eml_paths, remove_outbox
+from nurture.privacy.files import EMAIL_OUTBOX, SMS_OUTBOX, WHATSAPP_OUTBOX, drop_lines, eml_paths, remove_outbox
 from nurture.privacy.models import erasure_t
 from nurture.runtime.sql import chunks, ids_in
 from nurture.spec.models import Policies
@@ -91,34 +91,36 @@ def _left_journey() -> Any:
 
 
 def _bodies(conn: Any, cutoff: datetime, data_dir: Path, result: PurgeResult) -> None:
-    emails, sms = [], set()
+    emails, lines = [], {"sms": set(), "whatsapp": set()}
     for mid, journey, channel in conn.execute(select(message_t.c.id, message_t.c.journey, message_t.c.channel)
                                               .where(message_t.c.created_at < cutoff,
                                                      message_t.c.status.not_in(("queued", "sending")))):
         if channel == "email":
             emails.append((mid, journey))
-        else:
-            sms.add(mid)
+        elif channel in lines:
+            lines[channel].add(mid)
     files = eml_paths(data_dir, emails)
     files += _orphans(conn, data_dir, {p for p in files})
     for path in files:
         if not result.dry_run:
             path.unlink(missing_ok=True)
         result.counts["message_bodies:outbox_emails"] += 1
-    sms_file = data_dir.joinpath(*SMS_OUTBOX)
-    if sms and sms_file.is_file():
+    for channel, outbox in (("sms", SMS_OUTBOX), ("whatsapp", WHATSAPP_OUTBOX)):
+        ids, path = lines[channel], data_dir.joinpath(*outbox)
+        if not ids or not path.is_file():
+            continue
         if result.dry_run:
             import json
             n = 0
-            for line in sms_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
-                    n += json.loads(line).get("message_id") in sms
+                    n += json.loads(line).get("message_id") in ids
                 except (ValueError, AttributeError):
                     continue
         else:
-            n = drop_lines(sms_file, lambda r: r.get("message_id") in sms)
+            n = drop_lines(path, lambda r, ids=ids: r.get("message_id") in ids)
         if n:
-            result.counts["message_bodies:outbox_sms"] += n
+            result.counts[f"message_bodies:outbox_{channel}"] += n
 
 
 def _orphans(conn: Any, data_dir: Path, known: set[Path]) -> list[Path]:
@@ -135,8 +137,8 @@ def _orphans(conn: Any, data_dir: Path, known: set[Path]) -> list[Path]:
 
 
 def _pending_contacts(conn: Any, cutoff: datetime, data_dir: Path, result: PurgeResult) -> None:
-    never_granted = and_(
-        contact_t.c.created_at < cutoff, contact_t.c.email.is_not(None),
+    never_granted = and_(  # (an erased contact has neither address nor number left)
+        contact_t.c.created_at < cutoff, or_(contact_t.c.email.is_not(None), contact_t.c.phone.is_not(None)),
         exists().where(consent_t.c.contact_id == contact_t.c.id, consent_t.c.status == "pending"),
         not_(exists().where(consent_t.c.contact_id == contact_t.c.id, consent_t.c.status == "granted")))
     ids = list(conn.execute(select(contact_t.c.id).where(never_granted)).scalars())
@@ -147,7 +149,8 @@ def _pending_contacts(conn: Any, cutoff: datetime, data_dir: Path, result: Purge
                                 .where(ids_in(message_t.c.contact_id, part))).all()
             handovers = conn.execute(select(handover_t.c.id).where(ids_in(handover_t.c.contact_id, part))).scalars()
             remove_outbox(data_dir, emails=[(m, j) for m, j, c in sent if c == "email"],
-                          sms=[m for m, _, c in sent if c == "sms"], handovers=list(handovers))
+                          sms=[m for m, _, c in sent if c == "sms"], whatsapp=[m for m, _, c in sent if c == "whatsapp"],
+                          handovers=list(handovers))
             # a CRM deal keeps its amounts (pipeline and revenue still add up), not the person
             conn.execute(deal_t.update().where(ids_in(deal_t.c.contact_id, part)).values(contact_id=None, email=None))
         for name, table, where in (
