@@ -97,6 +97,32 @@ def test_nothing_is_measured_before_the_start():
     assert (no_run.start, no_run.current, no_run.on_track) == (None, None, None)
 
 
+@pytest.mark.parametrize("first_run, now", [
+    (utc(2026, 10, 25, 0, 0), utc(2026, 10, 25, 1, 0)),    # 02:00 CEST → 02:00 CET: no wall-clock time
+    (utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 1, 0)),   # 02:30 CEST → 02:00 CET: less than none
+])
+def test_in_the_hour_repeated_when_clocks_go_back_a_count_has_no_forecast_yet(first_run, now):
+    # the wall-clock span from the journey's first run to now was 0 (ZeroDivisionError: the
+    # journey's flow run failed in its report task, `nurture report` exited 70) or negative
+    # (a forecast of -3371 recipients)
+    berlin = ZoneInfo("Europe/Berlin")
+    o = evaluate(objective(metric="recipients", target=100, deadline="2026-12-31"), Measure(default=1.0), now,
+                 berlin, first_run)
+    assert (o.current, o.forecast, o.on_track) == (1.0, None, None)
+    later = evaluate(objective(metric="recipients", target=100, deadline="2026-12-31"), Measure(default=1.0),
+                     now + timedelta(hours=2), berlin, first_run)
+    assert later.forecast is not None and later.forecast > 1.0
+
+
+def test_a_baseline_measured_over_no_wall_clock_time_is_missing_not_a_division_by_zero():
+    # Cuba goes back from 01:00 to 00:00: the baseline's day start and `now` in the repeated hour
+    havana = ZoneInfo("America/Havana")
+    now = utc(2026, 11, 1, 5)  # 00:00 CST, midnight the second time
+    o = evaluate(objective(metric="conversions", target="+10%", deadline="2026-11-30",
+                           baseline={"from": "2026-11-01", "to": "2026-11-01"}), Measure(default=3.0), now, havana, None)
+    assert o.baseline is None and o.target is None
+
+
 def test_after_the_deadline_the_final_value_decides():
     measure = Measure(default=90.0)
     o = evaluate(objective(metric="conversions", target=100, start="2026-11-01", deadline="2026-11-30"),

@@ -131,7 +131,8 @@ def evaluate(objective: Objective, measure: Measure, now: datetime, tz: ZoneInfo
         b_start, b_end = day_start(period.from_, tz), min(day_start(period.to + timedelta(days=1), tz), now)
         value = measure(metric, b_start, b_end) if b_end > b_start else None
         if value is not None and metric in ADDITIVE:  # scaled pro rata to the objective's length
-            value = value * length / _span(b_start, b_end, tz) if length > 0 else None
+            measured = _span(b_start, b_end, tz)
+            value = value * length / measured if length > 0 and measured > 0 else None
         out.baseline = value
     if objective.relative is None:
         out.target = float(objective.target)
@@ -147,7 +148,10 @@ def evaluate(objective: Objective, measure: Measure, now: datetime, tz: ZoneInfo
         # What does not recur (a fixed cost `per: once`) is not extrapolated: only the rest.
         once = getattr(measure, "once", None)
         fixed = min(once(metric, start, measured_to), out.current) if once is not None else 0.0
-        out.forecast = fixed + (out.current - fixed) * length / _span(start, measured_to, tz)
+        elapsed = _span(start, measured_to, tz)
+        # no wall-clock time elapsed yet (or less than none: the hour repeated when clocks go
+        # back, after a start in the hour before): no rate to extrapolate — null, not a division by 0
+        out.forecast = fixed + (out.current - fixed) * length / elapsed if elapsed > 0 else None
     else:
         out.forecast = out.current
     return out
