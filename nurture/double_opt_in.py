@@ -27,6 +27,7 @@ from nurture.consent_ledger import (Proof, current_state, latest_rows, record_co
 from nurture.identities import erased_contacts
 from nurture.runtime.context import Runtime
 from nurture.send.deliver import deliver
+from nurture.send.guards.pipeline import lock_contacts
 from nurture.send.system_mail import SYSTEM_JOURNEY, TEMPLATES
 from nurture.spec.models import Policies
 from nurture.store.models import QUEUED
@@ -51,7 +52,13 @@ def request_opt_in(conn: Any, policies: Policies, contact_id: int, *, source: st
                    channel: str = "email", purpose: str = "marketing") -> str:
     """A signup for (channel, purpose). Returns what happened: `granted` (no double opt-in
     needed), `pending` (confirmation e-mail queued), `already_granted`, `already_pending`,
-    or `unreachable` (double opt-in needed but the contact has no e-mail address)."""
+    or `unreachable` (double opt-in needed but the contact has no e-mail address).
+
+    Two signups of one person at once (two `nurture web` processes, a form posted twice) take
+    turns: the contact row is locked before the ledger is read, so the second reads the
+    first's `pending` row and answers `already_pending` — one confirmation e-mail, not two
+    (PostgreSQL; SQLite's write transaction is exclusive already)."""
+    lock_contacts(conn, [contact_id])
     state = current_state(conn, contact_id, channel, purpose)
     needs_confirmation = policies.needs_double_opt_in(channel, purpose)
     if state and state.status == "granted" and (state.confirmed_at or not needs_confirmation):
@@ -117,9 +124,13 @@ def opt_ins_from_events(conn: Any, policies: Policies, event_ids: Iterable[str],
     rows = conn.execute(select(event_t.c.contact_id, event_t.c.name, event_t.c.properties)
                         .where(event_t.c.event_id.in_(ids), event_t.c.name.in_(SIGNUP_EVENTS))
                         .order_by(event_t.c.id)).all()
-    for contact_id, name, properties in rows:
-        if name == "signup" or (properties or {}).get("opt_in") is True:
-            outcomes[request_opt_in(conn, policies, contact_id, source=f"{source}:{name}", now=now)] += 1
+    signups = [(contact_id, name) for contact_id, name, properties in rows
+               if name == "signup" or (properties or {}).get("opt_in") is True]
+    # every signer-up locked at once, in id order (as the sends lock them), not one by one in
+    # event order: two batches naming the same two people the other way round cannot deadlock
+    lock_contacts(conn, [contact_id for contact_id, _ in signups])
+    for contact_id, name in signups:
+        outcomes[request_opt_in(conn, policies, contact_id, source=f"{source}:{name}", now=now)] += 1
     return outcomes
 
 

@@ -12,13 +12,15 @@ import time
 import pytest
 from sqlalchemy import select
 
-from nurture.double_opt_in import confirm_opt_in, hygiene, request_opt_in
+from nurture.double_opt_in import confirm_opt_in, hygiene, opt_ins_from_events, request_opt_in
+from nurture.ingest import track_records
 from nurture.runtime.tick import run_tick
 from nurture.send.system_mail import SYSTEM_JOURNEY
 from nurture.store.tables import consent_t
 from nurture.tokens import verify_token
 from tests.conftest import DEFAULT_POLICIES, utc
 from tests.engine_fixtures import add_contact, messages
+from tests.test_ingest_concurrency import in_transaction, race
 from tests.test_web_site import SECRET, SYSTEM_TEMPLATES, running_site
 from tests.test_web_unsubscribe import NEWS
 
@@ -216,6 +218,44 @@ def test_a_second_signup_while_pending_sends_no_second_confirmation(make_runtime
         second = request_opt_in(conn, rt.project.policies, cid, source="test:signup", now=T0 + dt.timedelta(hours=2))
     assert (first, second) == ("pending", "already_pending")
     assert len(messages(store, journey=SYSTEM_JOURNEY)) == 1
+
+
+
+def test_two_signups_of_one_person_at_once_queue_one_confirmation(make_runtime, store):
+    """Two `nurture web` processes store a signup of one person at the same moment: the first's
+    transaction is held open after its opt-in until the second waits for it (PostgreSQL: at the
+    contact row; SQLite: at the write lock). The second then reads the first's pending row."""
+    rt = make_runtime({}, templates=SYSTEM_TEMPLATES)
+    cid = add_contact(store, "both@example.com")
+    signups = [track_records(store, [(1, {"event_id": f"signup-{n}", "email": "both@example.com",
+                                          "event": "signup", "timestamp": T0.isoformat()})], now=T0)
+               for n in (1, 2)]
+    outcomes = {}
+
+    def first(conn):
+        outcomes["first"] = opt_ins_from_events(conn, rt.project.policies, signups[0].inserted_ids, now=T0)
+
+    outcomes["second"] = race(store, first, lambda: in_transaction(
+        store, lambda conn: opt_ins_from_events(conn, rt.project.policies, signups[1].inserted_ids, now=T0)))
+    assert outcomes == {"first": {"pending": 1}, "second": {"already_pending": 1}}
+    assert [r[0] for r in _ledger(store, cid)] == ["pending"]
+    assert [m.step_id for m in messages(store, journey=SYSTEM_JOURNEY)] == ["confirm"]
+
+
+def test_a_signup_posted_while_another_of_the_same_person_is_being_stored_answers_already_pending(make_runtime):
+    rt = make_runtime({"news": NEWS}, templates=SYSTEM_TEMPLATES)
+    with running_site(rt, T0, NURTURE_INGEST_TOKEN=INGEST) as site:
+        cid = add_contact(site.store, "both@example.com")
+        held = track_records(site.store, [(1, {"event_id": "form-1", "email": "both@example.com",
+                                               "event": "signup", "timestamp": T0.isoformat()})], now=T0)
+        posted = {"event_id": "form-2", "email": "both@example.com", "event": "signup", "timestamp": T0.isoformat()}
+        response = race(site.store, lambda conn: opt_ins_from_events(conn, rt.project.policies, held.inserted_ids,
+                                                                     now=T0),
+                        lambda: site.http.post("/events", json=posted, headers={"Authorization": f"Bearer {INGEST}"}))
+        assert response.status_code == 200, response.text
+        assert response.json()["opt_ins"] == {"already_pending": 1}
+        assert [r[0] for r in _ledger(site.store, cid)] == ["pending"]
+        assert [m.step_id for m in messages(site.store, journey=SYSTEM_JOURNEY)] == ["confirm"]
 
 
 @pytest.mark.prefect
