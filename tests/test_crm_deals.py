@@ -26,6 +26,7 @@ from tests.conftest import utc, write_project
 from tests.engine_fixtures import add_contact, add_event, contact_row, journey_yaml, subscriber
 from tests.fakes.http_server import Reply
 from tests.fakes.hubspot import FakeHubSpot, millis
+from tests.test_ingest_concurrency import in_transaction, race
 
 NOW = utc(2026, 3, 4, 10, 0)
 TOKEN = "pat-na1-test-token-0001"
@@ -772,3 +773,52 @@ def test_an_erasure_removes_every_address_a_waiting_deal_names(store, hubspot, t
     zoe = add_contact(store, "zoe@example.com")
     assert pull(store, hubspot, NOW + timedelta(hours=1)).deals.attached == 1
     assert (deal_rows(store)["25"].contact_id, deal_rows(store)["25"].email) == (zoe, "zoe@example.com")
+
+
+# ---------------------------------------------------------------- a webhook and a pull of one deal at once
+# Each test holds the first writer's transaction open until the second waits for it (PostgreSQL:
+# at the deal's row or its key; SQLite: at the write lock), then commits it: the second has
+# begun before the first committed, every time.
+
+def _snapshot(stage: str, outcome: str, minutes_ago: int) -> DealSnapshot:
+    modified = NOW - timedelta(minutes=minutes_ago)
+    return DealSnapshot(deal_id="D-1", stage=stage, outcome=outcome, modified_at=modified,
+                        contacts=(CrmContact("ada@example.com"),), name="Pilot", pipeline="sales", amount=800.0,
+                        currency="EUR", closed_at=modified if outcome == "won" else None,
+                        created_at=NOW - timedelta(days=3))
+
+
+def _apply(snapshot: DealSnapshot):
+    return lambda conn: apply_deals(conn, "hubspot", [snapshot], now=NOW, currency="EUR")
+
+
+def _stage_events(store) -> dict[str, str]:
+    """stage entered → the `from` of its deal_stage_changed event"""
+    return {p["to"]: p["from"] for _, _, name, p, _ in deal_events(store) if name == "deal_stage_changed"}
+
+
+@pytest.mark.parametrize("stored_before", [True, False], ids=["stored", "new"])
+def test_a_pulls_older_snapshot_that_waited_for_the_webhooks_newer_one_is_stale_and_changes_nothing(store,
+                                                                                                  stored_before):
+    add_contact(store, "ada@example.com")
+    if stored_before:  # stored by an earlier pull: qualified (else the deal is new to both)
+        in_transaction(store, _apply(_snapshot("qualified", "open", 60)))
+    webhook = _snapshot("closedwon", "won", 1)  # read by the webhook: won a minute ago
+    pulled = _snapshot("presentation", "open", 10)  # read by the pull a moment before it was won
+    result = race(store, _apply(webhook), lambda: in_transaction(store, _apply(pulled)))
+    deal = deal_rows(store)["D-1"]
+    assert (deal.stage, deal.outcome, deal.modified_at.replace(tzinfo=None)) == \
+        ("closedwon", "won", webhook.modified_at.replace(tzinfo=None))
+    assert (result.stale, result.new, result.changed, result.events, result.lifecycle) == (1, 0, 0, 0, {})
+    assert _stage_events(store) == ({"closedwon": "qualified"} if stored_before else {})
+
+
+def test_a_webhook_that_waited_for_an_older_pull_reads_the_pulls_stage_as_its_from(store):
+    add_contact(store, "ada@example.com")
+    in_transaction(store, _apply(_snapshot("qualified", "open", 60)))
+    pulled = _snapshot("presentation", "open", 10)
+    webhook = _snapshot("closedwon", "won", 1)
+    result = race(store, _apply(pulled), lambda: in_transaction(store, _apply(webhook)))
+    deal = deal_rows(store)["D-1"]
+    assert (deal.stage, deal.outcome, result.stale, result.changed, result.won) == ("closedwon", "won", 0, 1, 1)
+    assert _stage_events(store) == {"presentation": "qualified", "closedwon": "presentation"}

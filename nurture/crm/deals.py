@@ -45,7 +45,7 @@ from nurture.identities import Who, erased_contacts, linked_owners
 from nurture.ingest import MAX_YEAR, MIN_YEAR, clean_name, normalize_email, text_problem, write_events
 from nurture.lifecycle import STAGES, before, record_stage_changes
 from nurture.privacy.tombstones import erased_among, not_erased
-from nurture.runtime.sql import chunks, ids_in, insert_ignore
+from nurture.runtime.sql import chunks, for_update, ids_in, insert_ignore, prebuilt, write_many
 from nurture.store.tables import contact_t, deal_address_t, deal_t, event_t, identity_t
 from nurture.store.times import aware
 
@@ -252,19 +252,16 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
     keepers = _contacts_by_id(conn, {row.contact_id for row in stored.values() if row.contact_id is not None})
     gone = erased_contacts(conn, keepers)  # owners erased since: they keep their deals, get no events
 
+    # First the deal rows, written only where the snapshot is not older than the stored deal —
+    # checked again by the upsert itself (`_upsert`): another transaction may have stored a
+    # newer snapshot since `_stored` read. Everything else follows only for the rows written.
     rows: list[dict] = []
-    were_waiting: list[str] = []  # deals of the batch stored without a contact: their addresses are replaced
-    waiting: list[dict] = []  # the addresses of the deals still without a contact, in the CRM's order
-    records: list[dict] = []
-    targets: dict[int, tuple[str, datetime]] = {}  # contact id → (furthest stage, when)
-    corrections: list[dict] = []  # won deals whose amount changed: their deal_won, as it should read now
+    # deal id → its usable contacts, and (address, contact id) of the deal's contact
+    owners: dict[str, tuple[list[CrmContact], Optional[tuple[Optional[str], int]]]] = {}
     for deal in deals:
         row = stored.get(deal.deal_id)
         if row is not None and deal.modified_at < aware(row.modified_at):
-            result.stale += 1
             continue
-        if row is not None and row.contact_id is None:
-            were_waiting.append(deal.deal_id)
         usable = [c for c in deal.contacts if c.email not in erased]
         owner: Optional[tuple[Optional[str], int]]  # (address, contact id) of the deal's contact
         if row is not None and row.contact_id is not None:
@@ -273,7 +270,27 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
             owner = (keepers.get(row.contact_id), row.contact_id)
         else:
             owner = next(((c.email, contacts[c.email]) for c in usable if c.email in contacts), None)
+        owners[deal.deal_id] = (usable, owner)
         email = owner[0] if owner else (usable[0].email if usable else None)
+        rows.append({"crm": crm, "deal_id": deal.deal_id, "contact_id": owner[1] if owner else None, "email": email,
+                     "name": deal.name, "pipeline": deal.pipeline, "stage": deal.stage, "outcome": deal.outcome,
+                     "amount": deal.amount, "currency": deal.currency, "closed_at": deal.closed_at,
+                     "modified_at": deal.modified_at, "created_at": now, "updated_at": now})
+    written = _upsert(conn, crm, rows)
+
+    were_waiting: list[str] = []  # deals of the batch stored without a contact: their addresses are replaced
+    waiting: list[dict] = []  # the addresses of the deals still without a contact, in the CRM's order
+    records: list[dict] = []
+    targets: dict[int, tuple[str, datetime]] = {}  # contact id → (furthest stage, when)
+    corrections: list[dict] = []  # won deals whose amount changed: their deal_won, as it should read now
+    for deal in deals:
+        if deal.deal_id not in written:
+            result.stale += 1
+            continue
+        row = stored.get(deal.deal_id)
+        if row is not None and row.contact_id is None:
+            were_waiting.append(deal.deal_id)
+        usable, owner = owners[deal.deal_id]
         if owner is None:
             waiting.extend({"crm": crm, "deal_id": deal.deal_id, "position": i, "email": address}
                            for i, address in enumerate(dict.fromkeys(c.email for c in usable)))
@@ -282,17 +299,13 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
             else:
                 result.without_contact += 1
                 if len(result.examples) < EXAMPLES:
-                    result.examples.append((deal.deal_id, email))
+                    result.examples.append((deal.deal_id, usable[0].email if usable else None))
         if row is None:
             result.new += 1
         elif (row.stage, row.outcome, row.amount) != (deal.stage, deal.outcome, deal.amount):
             result.changed += 1
         if row is not None and row.contact_id is None and owner is not None:
             result.attached += 1
-        rows.append({"crm": crm, "deal_id": deal.deal_id, "contact_id": owner[1] if owner else None, "email": email,
-                     "name": deal.name, "pipeline": deal.pipeline, "stage": deal.stage, "outcome": deal.outcome,
-                     "amount": deal.amount, "currency": deal.currency, "closed_at": deal.closed_at,
-                     "modified_at": deal.modified_at, "created_at": now, "updated_at": now})
         if owner is None or owner[1] in gone:
             continue  # nothing is written about an erased person
         previous = row.stage if row is not None and row.contact_id is not None else None
@@ -310,7 +323,6 @@ def apply_deals(conn: Any, crm: str, snapshots: Sequence[DealSnapshot], *, now: 
         for contact in usable:
             if contact.lifecycle_stage and contact.email in contacts:
                 _aim(targets, contacts[contact.email], contact.lifecycle_stage, min(contact.stage_at or now, now))
-    _upsert(conn, rows)
     _keep_addresses(conn, crm, were_waiting, waiting)
     tracked = write_events(conn, records, source=f"crm:{crm}", now=now, create_contacts=False)
     _count_events(tracked.inserted_ids, records, result)
@@ -458,11 +470,15 @@ def _contacts_by_id(conn: Any, ids: set[int]) -> dict[int, Optional[str]]:
 
 
 def _stored(conn: Any, crm: str, deal_ids: list[str]) -> dict[str, Any]:
+    """The stored rows of these deals, locked on PostgreSQL (in id order: two batches naming the
+    same deals cannot deadlock): a webhook and a pull of one deal take turns, and the second
+    reads the first's row — its stage is the `from` of the second's stage event."""
     stored: dict[str, Any] = {}
-    for part in chunks(deal_ids, 1000):
-        for row in conn.execute(select(deal_t.c.deal_id, deal_t.c.contact_id, deal_t.c.stage, deal_t.c.outcome,
-                                       deal_t.c.amount, deal_t.c.currency, deal_t.c.modified_at)
-                                .where(deal_t.c.crm == crm, deal_t.c.deal_id.in_(part))):
+    for part in chunks(sorted(deal_ids), 1000):
+        for row in conn.execute(for_update(
+                select(deal_t.c.deal_id, deal_t.c.contact_id, deal_t.c.stage, deal_t.c.outcome,
+                       deal_t.c.amount, deal_t.c.currency, deal_t.c.modified_at)
+                .where(deal_t.c.crm == crm, deal_t.c.deal_id.in_(part)).order_by(deal_t.c.deal_id), conn)):
             stored[row.deal_id] = row
     return stored
 
@@ -471,16 +487,31 @@ _UPDATED = ("contact_id", "email", "name", "pipeline", "stage", "outcome", "amou
             "modified_at", "updated_at")
 
 
-def _upsert(conn: Any, rows: list[dict]) -> None:
-    """Insert or update deal rows by (crm, deal_id); `created_at` stays the first one's."""
+def _upsert(conn: Any, crm: str, rows: list[dict]) -> set[str]:
+    """Insert or update deal rows by (crm, deal_id); `created_at` stays the first one's. The
+    deal ids written: a stored deal modified later than the row is kept as stored — checked by
+    the statement itself, not only by `_stored`'s read: two writers of a deal new to both (a
+    webhook and a pull) both read nothing, and the second waits at the key for the first."""
     if not rows:
-        return
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(deal_t)
-    stmt = stmt.on_conflict_do_update(index_elements=["crm", "deal_id"],
-                                      set_={k: stmt.excluded[k] for k in _UPDATED})
-    for part in chunks(rows, 1000):
-        conn.execute(stmt, list(part))
+        return set()
+    postgres = conn.dialect.name == "postgresql"
+
+    def build() -> Any:
+        stmt = (postgresql.insert if postgres else sqlite.insert)(deal_t)
+        return stmt.on_conflict_do_update(index_elements=["crm", "deal_id"],
+                                          set_={k: stmt.excluded[k] for k in _UPDATED},
+                                          where=deal_t.c.modified_at <= stmt.excluded.modified_at)
+    stmt = prebuilt(("deal_upsert", postgres), build)
+    written = sum(write_many(conn, stmt, list(part)) for part in chunks(rows, 1000))
+    if written == len(rows):
+        return {row["deal_id"] for row in rows}
+    # (rare) A newer snapshot stored meanwhile: its row, locked by the upsert whether updated
+    # or not, is read back; the rows that lost are the ones whose stored deal is newer.
+    ours = {row["deal_id"]: row["modified_at"] for row in rows}
+    newer = {deal_id for part in chunks(sorted(ours), 1000) for deal_id, modified in conn.execute(
+        select(deal_t.c.deal_id, deal_t.c.modified_at).where(deal_t.c.crm == crm, deal_t.c.deal_id.in_(part)))
+        if aware(modified) > ours[deal_id]}
+    return set(ours) - newer
 
 
 def _keep_addresses(conn: Any, crm: str, were_waiting: list[str], addresses: list[dict]) -> None:
