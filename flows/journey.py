@@ -107,7 +107,8 @@ def report_task(project: Optional[str], journey: str, now: datetime, report: Tic
     if instant:
         get_run_logger().info("%s: since the last tick, instant triggers ran %s", journey, instant_text(instant))
     return {"journey": journey, "now": now.isoformat(), **stages, "queued": report.queued, "reconciled": reconciled,
-            "totals": dict(report.totals()), "outcomes": table, "stages_run": list(report.ran), "instant": instant}
+            "totals": dict(report.totals()), "outcomes": table, "stages_run": list(report.ran), "instant": instant,
+            **({"skipped": report.skipped} if report.skipped else {})}
 
 
 def instant_text(instant: dict) -> str:
@@ -146,6 +147,9 @@ def journey_tick(journey: str, project: Optional[str] = None, now: Optional[date
         report.merge(done)
         report.ran.append(stage.name)
         logger.info("%s: %s", stage.name, counts_text(done))
+        if report.skipped:  # (this process read the journey's files before a newer edit went live)
+            logger.warning("%s did not tick: %s", journey, report.skipped)
+            break
     return report_task(project, journey, clock, report)
 
 

@@ -92,6 +92,8 @@ def plan_journey(rt: Runtime, journey: str, now: datetime) -> JourneyPlan:
         for call in calls(stage, rt, journey, now, options):
             report.merge(stage.run(call))
         report.ran.append(stage.name)
+        if report.skipped:
+            break
     result = JourneyPlan(journey, now, would_enroll=report.stages["enrolled"], would_exit=report.stages["exited"],
                          would_convert=report.stages["converted"], would_migrate=report.stages["migrated"])
     steps: dict[str, StepPlan] = {}

@@ -215,6 +215,55 @@ def test_a_journey_with_a_channel_priority_list_can_be_edited_while_contacts_are
         ("again", "Again edited", "sent")] * 2 + [("hello", "Hi", "sent")] * 2
 
 
+def test_a_process_with_the_journey_as_it_was_before_an_edit_skips_its_ticks_and_moves_nobody_back(
+        make_runtime, store):
+    """A long-lived process (`nurture web`, a warm runner) that read the file before the edit
+    ticked its old version: its prepare moved every contact back onto it and its advance sent
+    the step the marketer had removed. It now skips the journey's tick, saying why."""
+    old_process, before = start_in_v1(make_runtime, store)
+    without_reminder = V1.replace("- id: reminder\n  send: {channel: email, template: hello, subject: Reminder}\n", "")
+    edited = make_runtime({"j": journey_yaml("j", without_reminder)})
+    assert run_tick(edited, "j", T0 + timedelta(hours=2)).stages["migrated"] == 1
+
+    due = T0 + timedelta(days=1, minutes=1)  # when the removed reminder fell due under v1
+    report = run_tick(old_process, "j", due)
+    (after,) = enrollments(store)
+    assert (after.version, after.step_id) == (edited.plan("j").version, "wait_1d")
+    assert messages(store) == []
+    from nurture.runtime.versions import SUPERSEDED
+    assert (report.skipped, report.ran) == (SUPERSEDED, ["prepare"])
+    run_tick(edited, "j", due)  # the live version goes on: wait_1d → wait_2d, no reminder
+    (after,) = enrollments(store)
+    assert (after.step_id, after.version, messages(store)) == ("wait_2d", edited.plan("j").version, [])
+
+
+def test_a_revert_to_the_earlier_text_is_live_again_and_then_the_edited_process_waits(make_runtime, store):
+    """A revert is a new edit: the version recorded first is recorded as live again (not
+    refused as older), contacts move back onto it, and the process holding the edit stops."""
+    from sqlalchemy import select
+
+    from nurture.store.tables import version_t
+    first, before = start_in_v1(make_runtime, store)
+    edited = make_runtime({"j": journey_yaml("j", V1.replace("subject: Reminder", "subject: New reminder"))})
+    run_tick(edited, "j", T0 + timedelta(hours=2))
+    reverted = make_runtime({"j": journey_yaml("j", V1)})  # the marketer undoes the edit
+    assert reverted.plan("j").version == before.version
+
+    due = T0 + timedelta(days=1, minutes=1)
+    report = run_tick(reverted, "j", due)
+    assert report.stages["migrated"] == 1
+    assert [(m.step_id, m.subject) for m in messages(store)] == [("reminder", "Reminder")]
+    with store.engine.connect() as conn:
+        order = conn.execute(select(version_t.c.version).where(version_t.c.journey == "j")
+                             .order_by(version_t.c.id)).scalars().all()
+    assert order == [edited.plan("j").version, before.version]  # the revert is the live version
+    stale = run_tick(edited, "j", due + timedelta(minutes=5))
+    (after,) = enrollments(store)
+    assert after.version == before.version  # not moved back onto the edit
+    run_tick(first, "j", due + timedelta(minutes=5))  # its text is the live one again: it ticks
+    assert "migrated" not in stale.stages and stale.ran == ["prepare"]
+
+
 def test_a_changed_trigger_reads_its_events_from_the_start_within_lookback(make_runtime, store):
     """The cursor was kept per journey name: after the trigger changed from signup to
     register, a register event tracked before the edit enrolled only if its id happened to be

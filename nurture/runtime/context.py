@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from sqlalchemy import func, select
+
 from nurture.compiler import Plan, compile_journey
 from nurture.rendering.templates import TemplateLibrary
 from nurture.runtime.effective_journey import effective_journey
@@ -19,6 +21,7 @@ from nurture.send.guards.quiet_hours import QuietWindow
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.models import QUEUED
+from nurture.store.tables import version_t
 from nurture.settings import Settings
 from nurture.tokens import link_settings_problem
 
@@ -30,10 +33,14 @@ class TickReport:
     stages: Counter = field(default_factory=Counter)  # enrolled, exited, converted, migrated …
     outcomes: Counter = field(default_factory=Counter)  # (step id, status, reason) → count
     ran: list = field(default_factory=list)  # the stages run, in order
+    # Why the tick stopped after a stage and ran no further ("" when it ran them all): a process
+    # whose files are older than the journey's live version (nurture.runtime.versions.SUPERSEDED).
+    skipped: str = ""
 
     def merge(self, other: "TickReport") -> "TickReport":
         self.stages.update(other.stages)
         self.outcomes.update(other.outcomes)
+        self.skipped = self.skipped or other.skipped
         return self
 
     def table(self, step_order: Sequence[str] = ()) -> list[dict]:
@@ -62,6 +69,12 @@ class TickReport:
         return out
 
 
+def newest_version_id(store: Store) -> int:
+    """The id of the journey version recorded last (0: none yet); ids only grow."""
+    with store.reading() as conn:
+        return conn.execute(select(func.max(version_t.c.id))).scalar() or 0
+
+
 @dataclass
 class Runtime:
     store: Store
@@ -77,6 +90,23 @@ class Runtime:
     # A pipelined tick's hand-off (nurture.send.handoff) while its advance stage runs: the send
     # transaction then claims the messages it queues, for the tick's delivery processes.
     handoff: Optional[Any] = None
+    # The newest journey version recorded when this Runtime took its project (None: read at
+    # construction). A version of other content recorded after that is a newer edit than this
+    # process's files: its ticks of that journey are skipped (nurture.runtime.versions.superseded).
+    versions_seen: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.versions_seen is None:
+            self.versions_seen = newest_version_id(self.store)
+
+    def use_project(self, project: ProjectSpec) -> None:
+        """Go on with `project`, loaded anew from the files (a long-lived process: `nurture web`):
+        plans and templates are compiled again on their next use; channels are kept."""
+        seen = newest_version_id(self.store)
+        self.project = project
+        self._plans = {}
+        self._templates = None
+        self.versions_seen = seen
 
     @property
     def templates(self) -> TemplateLibrary:

@@ -4,7 +4,8 @@ in-process callers) and the Prefect flow `journey-tick` (flows/journey.py wraps 
 task, with retries, logs and artifacts) — so the two can never disagree on order or counts.
 
     prepare (decide auto_winner splits, record the journey version, migrate in-flight contacts
-             of an edited or newly decided journey)
+             of an edited or newly decided journey — or stop the tick, `report.skipped`, when
+             this process's version of the journey is older than the live one)
     → enroll → exit/convert → advance (guards + outbox, one send transaction per batch)
     → deliver (claim with re-check, render, hand over, record; partitioned)
     → reconcile (sends a crashed worker left `sending`)
@@ -23,7 +24,7 @@ from nurture.runtime.context import Runtime, TickReport
 from nurture.runtime.enroll import enroll
 from nurture.runtime.outcomes import apply_exits, record_conversions
 from nurture.runtime.parallel import LARGE_TICK, due_enrollments, handed_in_process, pipelined
-from nurture.runtime.versions import migrate_enrollments, record_version
+from nurture.runtime.versions import SUPERSEDED, migrate_enrollments, record_version, superseded
 from nurture.send.deliver import channels_down, deliver
 from nurture.send.reconcile import reconcile_stuck
 from nurture.steps.advance import advance
@@ -79,12 +80,18 @@ def _report(call: StageCall) -> TickReport:
 
 def prepare(call: StageCall) -> TickReport:
     """Decide `auto_winner` splits (a decision re-plans: a new version), record the version the
-    tick runs, and move in-flight enrollments of older versions onto it."""
+    tick runs, and move in-flight enrollments of older versions onto it. A process that read its
+    files before a newer edit was recorded does none of that: the tick stops here, `skipped`
+    (every runner stops when a stage's report says so)."""
     report = _report(call)
     decided = decide_splits(call.rt, call.journey, call.now)
     if decided:  # a stage count only where auto_winner exists: other journeys' reports unchanged
         report.stages["decided"] += decided
     plan = call.rt.plan(call.journey)
+    with call.rt.store.reading() as conn:
+        if superseded(conn, call.rt, plan):  # this process's files are older than the live version
+            report.skipped = SUPERSEDED
+            return report
     record_version(call.rt, plan, call.now)
     report.stages["migrated"] += migrate_enrollments(call.rt, plan, call.now)
     return report
@@ -171,4 +178,6 @@ def run_tick(rt: Runtime, journey: str, now: Optional[datetime] = None, workers:
             for call in calls(stage, rt, journey, now, options, channels_down(report.outcomes)):
                 report.merge(stage.run(call))
             report.ran.append(stage.name)
+            if report.skipped:
+                break
     return report

@@ -5,6 +5,13 @@ The rule (also in the README): a contact continues at its step id if that id sti
 in the new version, keeping its scheduled time. If its step was removed, it moves forward
 along the *old* version's path to the first following step that still exists, arriving there
 now; if none does, it has finished the journey (completed).
+
+Which version is live is the one recorded last (by id: a sequence, not a clock). A process
+whose files are older than it — it read them before another process recorded a newer edit: a
+`nurture web` or a warm runner started before the edit — must neither tick its version nor move
+anyone back onto it: `superseded` says so and the tick stops after `prepare` (SUPERSEDED). A
+revert is a new edit: a process that read the reverted file after the edit was recorded
+records its content as live again (`record_version` moves a version seen before to the end).
 """
 from __future__ import annotations
 
@@ -12,12 +19,13 @@ from datetime import date, datetime, timedelta
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Connection
 
 from nurture.compiler import Plan, compile_journey
 from nurture.durations import format_duration
 from nurture.runtime.context import Runtime
 from nurture.spec.models import RECORDED, Journey
-from nurture.runtime.sql import chunks, for_update
+from nurture.runtime.sql import chunks, for_update, insert_ignore
 from nurture.store.tables import contact_t, enrollment_t, version_t
 
 
@@ -60,25 +68,53 @@ def load_recorded(spec: dict) -> Journey:
         return Journey.model_validate(_from_record(spec), context={RECORDED: True})
 
 
-_RECORDED = select(version_t.c.id).where(version_t.c.journey == bindparam("journey"),
-                                         version_t.c.version == bindparam("version"))
+_NEWEST = (select(version_t.c.id, version_t.c.version).where(version_t.c.journey == bindparam("journey"))
+           .order_by(version_t.c.id.desc()).limit(1))
 _OLD_VERSIONS = (select(enrollment_t.c.version).distinct()
                  .where(enrollment_t.c.journey == bindparam("journey"), enrollment_t.c.status == "active",
                         enrollment_t.c.version != bindparam("version")))
 
+SUPERSEDED = "a newer version of this journey is live; this process has an older one"
+
+
+def superseded(conn: Connection, rt: Runtime, plan: Plan) -> bool:
+    """True when the journey's live version (the one recorded last) is not `plan`'s and was
+    recorded after `rt` read its files (`Runtime.versions_seen`) and not by `rt` itself: the
+    file was edited since, and this process must not tick its older version until it loads the
+    files again."""
+    newest = conn.execute(_NEWEST, {"journey": plan.name}).first()
+    known = max(rt.versions_seen or 0, rt.memo.get(("version_live", plan.name), 0))
+    return newest is not None and newest.version != plan.version and newest.id > known
+
 
 def record_version(rt: Runtime, plan: Plan, now: datetime) -> None:
-    key = ("version_recorded", plan.name, plan.version)
-    if rt.memo.get(key):  # recorded versions are never deleted: once per Runtime is enough
+    """Record `plan` as the journey's live version: a new content is added; a content recorded
+    before (a file reverted to an earlier text) is moved to the end,
+    keeping the time it was first recorded — a revert is an edit like any other."""
+    # Once per Runtime and project it took (Runtime.use_project: the files read again may be a
+    # revert to a version this Runtime recorded before, to be moved to the end again).
+    key = ("version_recorded", plan.name, plan.version, rt.versions_seen)
+    if rt.memo.get(key):
         return
     with rt.store.engine.begin() as conn:
-        exists = conn.execute(_RECORDED, {"journey": plan.name, "version": plan.version}).first()
-        if exists is None:
-            from nurture.runtime.sql import insert_ignore
-            insert_ignore(conn, version_t, [dict(journey=plan.name, version=plan.version,
-                                                 step_order=list(plan.order),
-                                                 spec=_yaml_form(plan.journey.model_dump(by_alias=True, exclude_unset=True)),
-                                                 created_at=now)], ("journey", "version"))
+        newest = conn.execute(_NEWEST, {"journey": plan.name}).first()
+        if newest is None or newest.version != plan.version:
+            earlier = conn.execute(select(version_t).where(version_t.c.journey == plan.name,
+                                                           version_t.c.version == plan.version)).first()
+            if earlier is not None:  # a new id is a new place in the order: delete and insert again
+                conn.execute(version_t.delete().where(version_t.c.id == earlier.id))
+                row = dict(journey=plan.name, version=plan.version, step_order=earlier.step_order,
+                           spec=earlier.spec, created_at=earlier.created_at)
+            else:
+                row = dict(journey=plan.name, version=plan.version, step_order=list(plan.order),
+                           spec=_yaml_form(plan.journey.model_dump(by_alias=True, exclude_unset=True)),
+                           created_at=now)
+            insert_ignore(conn, version_t, [row], ("journey", "version"))
+            newest = conn.execute(_NEWEST, {"journey": plan.name}).first()
+        # This Runtime's own record is no newer edit than its files (a split decision it made
+        # re-plans: the version it recorded before must not make its new one look older).
+        if newest is not None and newest.version == plan.version:
+            rt.memo[("version_live", plan.name)] = newest.id
     rt.memo[key] = True
 
 
@@ -89,6 +125,8 @@ def migrate_enrollments(rt: Runtime, plan: Plan, now: datetime) -> int:
         if conn.execute(_OLD_VERSIONS, params).first() is None:
             return 0
     with rt.store.engine.begin() as conn:
+        if superseded(conn, rt, plan):  # never back onto an older version (the caller checked: a race)
+            return 0
         old_versions = [r[0] for r in conn.execute(_OLD_VERSIONS, params)]
         for old in old_versions:
             spec = conn.execute(select(version_t.c.spec).where(version_t.c.journey == plan.name,
