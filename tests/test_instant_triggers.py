@@ -232,6 +232,92 @@ def test_the_worker_survives_a_journey_that_raises(make_runtime, monkeypatch, ca
     assert "instant run of broken failed" in caplog.text
 
 
+# ---------------------------------------------------------------- a web process follows the project's files
+
+PROMO = journey_yaml("welcome", """
+- id: wait_1h
+  wait: 1h
+- id: promo
+  send: {channel: email, template: hello, subject: "Old promo - withdrawn"}
+""")
+NEWSLETTER = journey_yaml("welcome", """
+- id: wait_1h
+  wait: 1h
+- id: newsletter
+  send: {channel: email, template: other, subject: Newsletter}
+""")
+
+
+def signup(email: str, at) -> dict:
+    return {"event_id": f"signup-{email}", "email": email, "event": "signup", "timestamp": at.isoformat()}
+
+
+def test_a_web_process_started_before_an_edit_runs_the_new_version_not_the_removed_step(make_runtime):
+    """`nurture web` read the project once, at start: after the marketer removed `promo` and
+    the scheduled tick moved Ada onto the new version, the web process's first instant run
+    moved her back onto the old one and sent her the withdrawn promo (audit, concurrency §1)."""
+    from datetime import timedelta
+
+    from tests.engine_fixtures import add_event, enrollments
+    started = make_runtime({"welcome": PROMO})
+    store = started.store
+    ada = subscriber(store, "ada@example.com")
+    subscriber(store, "bob@example.com")
+    add_event(store, ada, "signup", NOW)
+    run_tick(started, "welcome", NOW)  # Ada waits in wait_1h under the first version
+    later = NOW + timedelta(hours=2)
+    with client(started, later) as http:  # started before the edit
+        (started.project.root / "journeys" / "welcome.yaml").write_text(NEWSLETTER)
+        ticker = Runtime(store, load_project(started.project.root), env=dict(started.env))
+        run_tick(ticker, "welcome", NOW + timedelta(minutes=30))  # the scheduled tick: Ada moves on
+        edited = ticker.plan("welcome").version
+        assert http.post("/events", json=signup("bob@example.com", later), headers=AUTH).status_code == 200
+        instant = http.app.state.instant
+        assert wait_for(lambda: instant.counts().get("welcome", {}).get("sent") == 1)
+        ticker.close()
+    assert [(m.step_id, m.subject) for m in messages(store, contact_id=ada)] == [("newsletter", "Newsletter")]
+    assert {e.version for e in enrollments(store)} == {edited}  # Ada, and Bob enrolled by the web
+
+
+def test_a_journey_deleted_after_the_web_process_started_no_longer_runs_there(make_runtime):
+    rt = make_runtime({"welcome": WELCOME, "other": WELCOME.replace("name: welcome", "name: other")})
+    subscriber(rt.store, "ada@example.com")
+    with client(rt, NOW) as http:
+        (rt.project.root / "journeys" / "welcome.yaml").unlink()
+        http.post("/events", json=lead("ada@example.com"), headers=AUTH)
+        instant = http.app.state.instant
+        assert wait_for(lambda: instant.counts().get("other", {}).get("sent") == 1)
+        counts = instant.counts()
+    assert "welcome" not in counts
+    assert [m.journey for m in messages(rt.store)] == ["other"]
+
+
+def test_a_file_broken_after_the_web_process_started_stops_its_journey_not_the_events(make_runtime, caplog):
+    """A typo in a journey file: its journey stops running here (as in the scheduled ticks) and
+    the error is logged with its location; a broken policies.yaml stops every journey here and
+    the events go on being stored under the last valid policies. No 500, no traceback."""
+    import logging
+    caplog.set_level(logging.INFO, logger="nurture.project")
+    rt = make_runtime({"welcome": WELCOME, "other": WELCOME.replace("name: welcome", "name: other")})
+    for name in ("ada", "bob"):
+        subscriber(rt.store, f"{name}@example.com")
+    journeys = rt.project.root / "journeys"
+    with client(rt, NOW) as http:
+        instant = http.app.state.instant
+        (journeys / "welcome.yaml").write_text(WELCOME.replace("template: hello", "tempalte: hello"))
+        assert http.post("/events", json=lead("ada@example.com"), headers=AUTH).json()["inserted"] == 1
+        assert wait_for(lambda: instant.counts().get("other", {}).get("sent") == 1)
+        (journeys / "policies.yaml").write_text("version: [unclosed\n")
+        answer = http.post("/events", json=lead("bob@example.com"), headers=AUTH)
+        time.sleep(0.5)
+        counts = instant.counts()
+    assert answer.status_code == 200 and answer.json()["inserted"] == 1
+    assert "welcome" not in counts and counts["other"]["sent"] == 1  # Bob: no journey ran
+    assert [(m.journey, m.address) for m in messages(rt.store)] == [("other", "ada@example.com")]
+    assert "welcome.yaml:" in caplog.text and "policies.yaml:" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
 # ---------------------------------------------------------------- speed to lead, per journey
 
 def test_speed_to_lead_per_journey_is_median_and_p90_from_the_trigger_event_to_the_first_message(make_project, store):

@@ -6,8 +6,12 @@ seconds) and, for each valid journey whose trigger is one of those events, runs 
 of a tick — `run_tick`, which iterates `STAGES` — for that journey at the app's clock. The
 guards (consent, suppression, reachability, quiet hours, caps) and the at-most-once rule hold
 by construction: it is a tick like any other, safe beside the scheduled ticks and the other web
-processes exactly as two ticking processes are. A journey whose first step is a wait simply
-enrolls. Errors are logged, never raised into the web process. What ran is visible in the
+processes exactly as two ticking processes are. Given the web process's `LiveProject`, the
+worker follows the project's files before each run (a fingerprint check: loaded again only when
+they changed), so an edited journey runs its new version here too and a deleted one stops; and
+should its version still be older than the live one (a tick recorded the edit first), the tick
+skips the journey (nurture.runtime.versions.superseded), moving nobody back. A journey whose
+first step is a wait simply enrolls. Errors are logged, never raised into the web process. What ran is visible in the
 message log (every message, as from a tick), in one `nurture.instant` log line per run that did
 something, in `counts` (runs and messages by outcome, per journey, for this process), and in the
 artifact of the journey's next tick: each run that did something leaves a row in `instant_run`,
@@ -26,6 +30,7 @@ from sqlalchemy import select
 from nurture.runtime.context import Runtime
 from nurture.runtime.sql import chunks
 from nurture.runtime.tick import run_tick
+from nurture.spec.live_project import LiveProject
 from nurture.store.tables import event_t, instant_run_t
 
 log = logging.getLogger("nurture.instant")
@@ -69,12 +74,14 @@ class InstantTriggers:
     """The background worker of one web process (`start` / `notify` / `stop`)."""
 
     def __init__(self, rt: Runtime, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                 coalesce: float = 0.1):
+                 coalesce: float = 0.1, live: Optional[LiveProject] = None):
         self.rt = rt  # its own Runtime: its channels are used by this thread only
+        self.live = live  # the project's files, followed before each run (None: rt's project as it is)
         self.clock = clock
         self.coalesce = coalesce
         self.runs: Counter = Counter()  # journey → instant runs
         self.failures: Counter = Counter()  # journey → runs that raised
+        self.superseded: Counter = Counter()  # journey → runs skipped: a newer version is live
         self.outcomes: Counter = Counter()  # (journey, message status) → count
         self._pending: set[str] = set()
         self._wake = threading.Condition()
@@ -128,8 +135,9 @@ class InstantTriggers:
 
     def counts(self) -> dict:
         """This process's instant runs so far, per journey (for operators and tests)."""
-        journeys = sorted(set(self.runs) | set(self.failures))
+        journeys = sorted(set(self.runs) | set(self.failures) | set(self.superseded))
         return {j: {"runs": self.runs[j], "failed": self.failures[j],
+                    **({"superseded": self.superseded[j]} if self.superseded[j] else {}),
                     **{status: n for (journey, status), n in sorted(self.outcomes.items()) if journey == j}}
                 for j in journeys}
 
@@ -151,12 +159,20 @@ class InstantTriggers:
             if names is None:
                 return
             try:
+                self.follow_files()
                 journeys = instant_journeys(self.rt, names)
             except Exception:  # noqa: BLE001 — the worker outlives any error
                 log.exception("instant triggers: could not read the journeys for %s", sorted(names))
                 continue
             for journey in journeys:
                 self.run_one(journey)
+
+    def follow_files(self) -> None:
+        """Go on with the project as its files are now, when they changed since the last run."""
+        if self.live is not None:
+            spec = self.live.refresh()
+            if spec is not self.rt.project:
+                self.rt.use_project(spec)
 
     def run_one(self, journey: str) -> None:
         """One tick of `journey` now; an error is logged and counted, never raised."""
@@ -165,6 +181,10 @@ class InstantTriggers:
         except Exception:  # noqa: BLE001 — a broken journey must not stop the others, nor the web
             self.failures[journey] += 1
             log.exception("instant run of %s failed; the next tick retries it", journey)
+            return
+        if report.skipped:
+            self.superseded[journey] += 1
+            log.warning("instant run of %s skipped: %s (its events are left to the next tick)", journey, report.skipped)
             return
         self.runs[journey] += 1
         totals = report.totals()

@@ -25,6 +25,12 @@ Routes:
 Instant triggers: the journeys an ingested event triggers run within a second in a background
 thread (nurture.runtime.instant; NURTURE_INSTANT=0 turns it off) — the answer does not wait.
 
+The project's files are followed, not read once (nurture.spec.live_project): an edited journey,
+template, policies or segments file is loaded again before the next request or instant run
+that comes after the change. Files with errors are logged (`path:line:col: message`); the
+journeys they concern do not run here, and the pages and event endpoints keep the last valid
+policies — an event is stored whatever the files say.
+
 Tokens are verified with NURTURE_SECRET_KEY; a tampered or expired one gets a 400 page and
 changes nothing. Bodies over NURTURE_WEB_MAX_BODY bytes (default 1 MiB) get 413, bodies that
 are not JSON (or nest absurdly deep) 400. Missing credentials get 401, wrong ones 403. Secrets
@@ -34,12 +40,15 @@ from __future__ import annotations
 
 import email.policy
 import json
+import logging
+import threading
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from email.parser import BytesParser
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qsl
 
+import anyio
 from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import SecretStr
@@ -51,6 +60,7 @@ from nurture.runtime.context import Runtime
 from nurture.runtime.instant import InstantTriggers
 from nurture.send.system_mail import SYSTEM_JOURNEY
 from nurture.settings import Settings, WebSettings
+from nurture.spec.live_project import LiveProject
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.tokens import same_secret, verify_token
@@ -63,6 +73,7 @@ from nurture.web.segment_api import segment_routes
 from nurture.web.webhooks import (apply_bounces, bounce_events, twilio_inbound, twilio_signature_valid,
                                   twilio_status)
 
+log = logging.getLogger("nurture.web")
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
@@ -94,6 +105,25 @@ class BodyLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class FollowProject:
+    """ASGI middleware: before a request, follow the project's files (`follow`: a fingerprint
+    check, a load only after a change), off the event loop. A failure is logged and the request
+    served with the project as it was: an event must never be refused for a file's sake."""
+
+    def __init__(self, app: Any, follow: Callable[[], None]):
+        self.app = app
+        self.follow = follow
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope.get("path") != "/healthz":
+            try:
+                await anyio.to_thread.run_sync(self.follow)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not read the project's files again (%s: %s); going on with them as they were",
+                            type(exc).__name__, exc)
+        await self.app(scope, receive, send)
 
 
 def form_fields(content_type: str, body: bytes) -> dict[str, str]:
@@ -162,11 +192,22 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
     rt = Runtime(store, project, env=env)
     secret = rt.secret_key
     public_url = rt.public_url
-    policy_version = project.policies.version
+    # The project's files are followed (nurture.spec.live_project): the routes read `rt.project`
+    # at each request, the last one whose policies.yaml is valid; the instant worker runs the
+    # files as they are. `FollowProject` checks them before each request.
+    live = LiveProject(project)
+    swapping = threading.Lock()
+
+    def follow_files() -> None:
+        live.refresh()
+        with swapping:
+            if rt.project is not live.usable:
+                rt.use_project(live.usable)
+
     # Instant triggers (nurture.runtime.instant): every ingest endpoint hands what it stored to
     # `app.state.instant.notify_events(event_ids)` (or `.notify(event_names)`) after its commit;
     # the worker thread runs with the app's lifespan, when NURTURE_INSTANT is on.
-    instant = InstantTriggers(Runtime(store, project, env=env), clock)
+    instant = InstantTriggers(Runtime(store, project, env=env), clock, live=live)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -203,7 +244,7 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         if claims is None:
             return bad_link("The link is damaged or has expired. Use the link in a newer e-mail from us.")
         with store.reading() as conn:
-            prefs = load_preferences(conn, project, claims.contact_id)
+            prefs = load_preferences(conn, rt.project, claims.contact_id)
         if prefs is None:
             return bad_link("We have no record of this address any more.")
         return HTMLResponse(pages.preferences_page(prefs, base_url=public_url, token=token, channel=claims.channel))
@@ -216,9 +257,9 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         form = form_fields(request.headers.get("content-type", ""), await request.body())
         source = "list-unsubscribe:one-click" if form.get("List-Unsubscribe") == "One-Click" else "web:unsubscribe"
         with store.engine.begin() as conn:
-            unsubscribe(conn, claims.contact_id, claims.channel, source=source, now=clock(), policy_version=policy_version,
+            unsubscribe(conn, claims.contact_id, claims.channel, source=source, now=clock(), policy_version=rt.project.policies.version,
                         proof=proof_from(request))
-            prefs = load_preferences(conn, project, claims.contact_id)
+            prefs = load_preferences(conn, rt.project, claims.contact_id)
         if prefs is None:
             return bad_link("We have no record of this address any more.")
         notice = f"You are unsubscribed from marketing {pages.CHANNEL_NAMES.get(claims.channel, claims.channel)}."
@@ -234,10 +275,10 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         channels = {v for k, v in pairs if k == "channel"}
         topics = {v for k, v in pairs if k == "topic"}
         with store.engine.begin() as conn:
-            changes = apply_preferences(conn, project, claims.contact_id, channels, topics,
+            changes = apply_preferences(conn, rt.project, claims.contact_id, channels, topics,
                                         source="web:preference_center", now=clock(), proof=proof_from(request),
                                         link_channel=claims.channel)
-            prefs = load_preferences(conn, project, claims.contact_id)
+            prefs = load_preferences(conn, rt.project, claims.contact_id)
         if prefs is None:
             return bad_link("We have no record of this address any more.")
         notice = "Your preferences are saved." if changes else "Nothing changed; your preferences are as before."
@@ -263,7 +304,7 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         if claims is None:
             return bad_link("The confirmation link is damaged or has expired. Sign up again to get a new one.")
         with store.engine.begin() as conn:
-            outcome = confirm_opt_in(conn, project.policies, claims, now=clock(), proof=proof_from(request))
+            outcome = confirm_opt_in(conn, rt.project.policies, claims, now=clock(), proof=proof_from(request))
         if outcome == "confirmed":
             return HTMLResponse(pages.message_page("Subscription confirmed", "Thank you: your subscription is confirmed."))
         if outcome == "already_confirmed":
@@ -280,7 +321,7 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         now = clock()
         result = track_records(store, list(enumerate(records, 1)), source="request", now=now)
         with store.engine.begin() as conn:
-            opt_ins = opt_ins_from_events(conn, project.policies, result.inserted_ids, now=now)
+            opt_ins = opt_ins_from_events(conn, rt.project.policies, result.inserted_ids, now=now)
         # after the consent the events carry; the answer does not wait for the send
         instant.notify_events(result.inserted_ids)
         if opt_ins.get("pending"):
@@ -310,8 +351,8 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         fields = dict(params)
         with store.engine.begin() as conn:
             if "Body" in fields and (fields.get("SmsStatus") or fields.get("MessageStatus") or "received") == "received":
-                twilio_inbound(conn, fields, now=clock(), policy_version=policy_version,
-                               pending_expires=project.policies.pending_consent_expires)
+                twilio_inbound(conn, fields, now=clock(), policy_version=rt.project.policies.version,
+                               pending_expires=rt.project.policies.pending_consent_expires)
             else:
                 twilio_status(conn, fields, now=clock())
         return Response(EMPTY_TWIML, media_type="text/xml")
@@ -321,7 +362,7 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         _bearer(request, WebSettings.from_env(env).bounce_token)
         events_, errors = bounce_events(await _json(request))
         with store.engine.begin() as conn:
-            outcome = apply_bounces(conn, events_, now=clock(), policy_version=policy_version)
+            outcome = apply_bounces(conn, events_, now=clock(), policy_version=rt.project.policies.version)
         body: dict[str, Any] = {"applied": dict(outcome.applied), "errors": errors}
         if outcome.duplicates:
             body["duplicates"] = dict(outcome.duplicates)
@@ -335,4 +376,5 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
     app.include_router(meta_leads_routes(rt, clock))  # GET|POST /webhooks/meta/leads (Meta Lead Ads)
     app.include_router(segment_routes(rt, clock))  # POST /v1/track, /v1/identify, /v1/page, /v1/batch
     app.add_middleware(BodyLimit, limit=WebSettings.from_env(env).web_max_body)
+    app.add_middleware(FollowProject, follow=follow_files)
     return app

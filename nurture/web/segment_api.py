@@ -351,7 +351,6 @@ def _cors(response: Response) -> Response:
 def segment_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
     router = APIRouter()
     env = rt.env
-    policies = rt.project.policies
 
     async def body_of(request: Request, limit: int) -> tuple[Any, Optional[Response]]:
         raw = await request.body()
@@ -373,7 +372,7 @@ def segment_routes(rt: Any, clock: Callable[[], datetime]) -> APIRouter:
                        background: BackgroundTasks) -> TrackResult:
         with rt.store.engine.begin() as conn:
             result = apply_messages(conn, messages, now)
-            opt_ins = opt_ins_from_events(conn, policies, result.inserted_ids, now=now, source="web:/v1")
+            opt_ins = opt_ins_from_events(conn, rt.project.policies, result.inserted_ids, now=now, source="web:/v1")
         if opt_ins.get("pending"):
             background.add_task(deliver_system_mail)
         instant = getattr(request.app.state, "instant", None)  # instant triggers (nurture.runtime.instant)
