@@ -11,11 +11,12 @@ worker follows the project's files before each run (a fingerprint check: loaded 
 they changed), so an edited journey runs its new version here too and a deleted one stops; and
 should its version still be older than the live one (a tick recorded the edit first), the tick
 skips the journey (nurture.runtime.versions.superseded), moving nobody back. A journey whose
-first step is a wait simply enrolls. Errors are logged, never raised into the web process. What ran is visible in the
-message log (every message, as from a tick), in one `nurture.instant` log line per run that did
-something, in `counts` (runs and messages by outcome, per journey, for this process), and in the
-artifact of the journey's next tick: each run that did something leaves a row in `instant_run`,
-which the tick's report takes (`take_instant_runs`: summed, then removed).
+first step is a wait simply enrolls. Errors are logged, never raised into the web process. What
+ran is visible in the message log (every message, as from a tick), in one `nurture.instant` log
+line per run that did something, in `counts` (runs and messages by outcome, per journey, for
+this process), and in the artifact of the journey's next tick: each run that did something
+leaves a row in `instant_run`, which the tick's report takes (`take_instant_runs`: summed, then
+removed).
 """
 from __future__ import annotations
 
