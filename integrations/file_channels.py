@@ -6,6 +6,7 @@ SMS counts only as a whole JSON line. (A write + rename per file would cost ~4x 
 here; the completeness check gives the same guarantee.)"""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from datetime import datetime, timezone
@@ -79,11 +80,10 @@ class FileEmailChannel(Channel):
             except ValueError as exc:  # (UnicodeError too) this message cannot be written: it alone fails
                 results.append(DeliveryResult(m.message_pk, "failed", reason=f"build_error: {type(exc).__name__}"))
                 continue
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
+            problem = _write_whole(path, data)
+            if problem:  # (a full disk, a file-size limit, no permission): nothing usable was left
+                results.append(DeliveryResult(m.message_pk, "retry", reason=f"outbox_write: {problem}"))
+                continue
             results.append(DeliveryResult(m.message_pk, "sent", provider_id=os.path.basename(path)))
         return results
 
@@ -97,6 +97,31 @@ class FileEmailChannel(Channel):
                 return True
             path.unlink()  # torn by the crash: never reached the recipient
         return False
+
+
+def _write_whole(path: str, data: bytes) -> Optional[str]:
+    """Write `data` as the file at `path`, every byte: os.write may write only part of it (a
+    disk that fills up, a file-size limit: the rest fails on the next call). None when it is
+    all there; else why not, and the partial file is removed — a cut-off .eml never counts as
+    sent."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    problem = None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as exc:
+        problem = exc.strerror or type(exc).__name__
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if problem:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return problem
 
 
 class FileSmsChannel(Channel):

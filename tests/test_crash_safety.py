@@ -285,3 +285,29 @@ def test_a_deliver_stage_that_fails_part_way_reports_exactly_the_batches_it_reco
         STAGE_BY_NAME["deliver"].run(StageCall(rt, "j", now, report=report))
     assert sorted(status for _, status, _ in outcomes(store)) == ["queued", "sending", "sent"]
     assert dict(report.outcomes) == {("hello", "sent", None): 1}
+
+
+def test_an_eml_the_disk_takes_only_part_of_is_not_sent_but_retried_and_leaves_no_cut_off_file(make_runtime, store):
+    """A disk that fills up (here: the file-size limit, RLIMIT_FSIZE — Python ignores SIGXFSZ,
+    so write(2) writes part of the file, then fails with EFBIG): the channel wrote once and
+    recorded `sent` for a .eml cut off in its body, never retried."""
+    import resource
+    big = 3_000_000
+    rt = make_runtime({"j": journey_yaml("j", "- id: hello\n  send: {channel: email, template: big, subject: Hi}")},
+                      templates={"email/big.html": "<p>Hello {{ contact.first_name }} " + "{{ 'x' * %d }}</p>" % big})
+    cid = subscriber(store, "ann@example.com", first_name="Ann")
+    add_event(store, cid, "signup", T0)
+    room = sum(p.stat().st_size for p in rt.data_dir.rglob("*") if p.is_file()) + 1_500_000
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (room, hard))
+    try:
+        run_tick(rt, "j", T0 + timedelta(minutes=1))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    (m,) = messages(store)
+    assert (m.status, m.reason) == ("queued", "outbox_write: File too large")
+    assert list((rt.data_dir / "outbox" / "email").rglob("*.eml")) == []
+    run_tick(rt, "j", T0 + timedelta(minutes=30))  # room again: the retry writes it whole
+    (m,) = messages(store)
+    (eml,) = (rt.data_dir / "outbox" / "email").rglob("*.eml")
+    assert m.status == "sent" and eml.read_bytes().rstrip().endswith(b"--") and eml.stat().st_size > big
