@@ -362,7 +362,7 @@ def test_a_send_step_replayed_for_the_same_enrollment_sends_nothing_twice(make_r
 def test_a_value_a_template_cannot_format_fails_its_message_alone_and_the_batch_is_sent(make_runtime, store):
     """`| money` of 1e300 raised babel's decimal.InvalidOperation, `/ 0` a ZeroDivisionError:
     neither was a render error, so the batch stopped after its rows were claimed, and no
-    thank-you of that tick (nor of any later one) was sent."""
+    thank-you of that tick (nor of any later one) was sent. (`money` now formats 1e300.)"""
     thanks = journey_yaml("thanks", "- {id: thank_you, send: {channel: email, template: thanks, subject: Thanks}}",
                           trigger="{event: purchase}")
     rt = make_runtime({"thanks": thanks}, templates={
@@ -375,5 +375,5 @@ def test_a_value_a_template_cannot_format_fails_its_message_alone_and_the_batch_
     run_tick(rt, "thanks", T0 + timedelta(minutes=1))
     got = {m.address: (m.status, (m.reason or "").split(":")[0]) for m in messages(store, journey="thanks")}
     assert got == {"good@example.com": ("sent", ""), "also@example.com": ("sent", ""),
-                   "huge@example.com": ("failed", "render_error"), "nan@example.com": ("failed", "render_error"),
+                   "huge@example.com": ("sent", ""), "nan@example.com": ("failed", "render_error"),
                    "zero@example.com": ("failed", "render_error")}
