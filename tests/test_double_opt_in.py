@@ -324,3 +324,19 @@ def test_validate_warns_when_email_double_opt_in_has_no_confirmation_template(tm
     assert len(warnings) == 2 and all("warning: double_opt_in needs it for the confirmation e-mail: template"
                                       in w and w.startswith("journeys/policies.yaml:") for w in warnings), warnings
     assert "expected templates/email/system/confirm.html" in warnings[0]
+
+
+def test_no_reminder_to_an_address_that_bounced_even_when_queued_and_delivered_in_one_run(make_runtime, store):
+    """The hygiene run queues the reminder and delivers it at its own time: delivery took it for
+    a message the send transaction had checked moments ago, and mailed a hard-bounced address."""
+    from tests.engine_fixtures import add_suppression
+    rt = make_runtime({}, templates=SYSTEM_TEMPLATES)
+    cid = add_contact(store, "bounced@example.com")
+    with store.engine.begin() as conn:
+        assert request_opt_in(conn, rt.project.policies, cid, source="test:signup", now=T0) == "pending"
+    assert hygiene(rt, T0 + dt.timedelta(minutes=1))["confirm:sent"] == 1
+    add_suppression(store, "hard_bounce", address="bounced@example.com", at=T0 + dt.timedelta(hours=2))
+    report = hygiene(rt, T0 + dt.timedelta(hours=25))
+    assert report["reminders_queued"] == 1 and report["reminder:sent"] == 0, report
+    assert [(m.step_id, m.status, m.reason) for m in messages(store, journey=SYSTEM_JOURNEY)][-1] == \
+        ("reminder", "suppressed", "hard_bounce")

@@ -160,7 +160,8 @@ def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter)
     passed: list[int] = []
     fresh: list = []
     for r in rows:
-        if r.attempts == 0 and r.claimed_at is None and r.created_at == now:
+        # (Nurture's own requests are queued without the checks — nurture.double_opt_in: they meet them here)
+        if r.attempts == 0 and r.claimed_at is None and r.created_at == now and r.journey not in SYSTEM_JOURNEYS:
             passed.append(r.id)
             fresh.append(r)
             continue
