@@ -1,17 +1,26 @@
 """Double opt-in: a signup for a purpose that policies.yaml marks `double_opt_in` records
-consent `pending` and queues a transactional confirmation e-mail; the signed confirm link
-grants the consent with `confirmed_at`; one reminder goes out after 24 h; a pending consent
-that is never confirmed expires (is revoked) after `policies.pending_consent_expires`.
+consent `pending` and queues a transactional confirmation request on the consent's own
+channel; the person's answer grants the consent with `confirmed_at`; a pending consent that is
+never confirmed expires (is revoked) after `policies.pending_consent_expires`.
 
-Confirmation and reminder e-mails are ordinary outbox rows (`message`) with no enrollment:
-journey `double_opt_in`, step `confirm` or `reminder`, purpose `transactional`, and the
-attempt key `consent:<ledger row id>` tying each to the pending consent it asks about (so a
-reminder is queued at most once per pending row). They are rendered and delivered by the send
-package like journey messages (nurture.send.system_mail, nurture.send.deliver).
+- e-mail: a confirmation e-mail whose signed confirm link confirms; one reminder after 24 h;
+- SMS: one text ("Reply START to confirm"); START / YES / UNSTOP texted back from the number
+  confirms (nurture.web.webhooks). No reminder: a second text nobody asked for is no request;
+- WhatsApp: no request (a business-initiated WhatsApp message needs an approved template and
+  the opt-in it would ask for): the pending consent waits for the person's START.
+
+`request_opt_in` is the one way a pending consent is asked for (signup events, the preference
+center, lead forms). Requests are ordinary outbox rows (`message`) with no enrollment: journey
+`double_opt_in`, step `confirm` or `reminder`, purpose `transactional`, and the attempt key
+`consent:<ledger row id>` tying each to the pending consent it asks about (so a pending row
+gets one request and at most one reminder). They are queued without the send checks and meet
+them all when delivered by the send package like journey messages (nurture.send.system_mail,
+nurture.send.deliver): suppression, reachability, quiet hours for a text, and whether their
+pending consent is still the latest row.
 
 Every change goes to the append-only consent ledger (nurture.consent_ledger, which also owns
 reading its latest row) with its source, the policies' version and the time.
-`hygiene(rt, now)` is the periodic part (reminders, expiry, delivery of queued system mail);
+`hygiene(rt, now)` is the periodic part (reminders, expiry, delivery of queued requests);
 the `hygiene` Prefect flow runs it.
 """
 from __future__ import annotations
@@ -28,7 +37,7 @@ from nurture.identities import erased_contacts
 from nurture.runtime.context import Runtime
 from nurture.send.deliver import deliver
 from nurture.send.guards.pipeline import lock_contacts
-from nurture.send.system_mail import SYSTEM_JOURNEY, TEMPLATES
+from nurture.send.system_mail import REQUEST_TEMPLATES, SYSTEM_JOURNEY
 from nurture.spec.models import Policies
 from nurture.store.models import QUEUED
 from nurture.store.tables import contact_t, event_t, message_t
@@ -41,18 +50,26 @@ REMINDER_AFTER = timedelta(hours=24)
 SIGNUP_EVENTS = ("signup", "form_submit")
 
 
-def _queue(conn: Any, contact_id: int, address: str, step: str, consent_id: int, now: datetime) -> None:
+def _queue(conn: Any, contact_id: int, address: str, step: str, consent_id: int, now: datetime,
+           channel: str = "email") -> None:
     conn.execute(message_t.insert().values(
         enrollment_id=None, contact_id=contact_id, journey=SYSTEM_JOURNEY, step_id=step,
-        attempt_key=f"consent:{consent_id}", channel="email", purpose="transactional",
-        template=TEMPLATES[step], address=address, status=QUEUED, due_at=now, created_at=now, attempts=0))
+        attempt_key=f"consent:{consent_id}", channel=channel, purpose="transactional",
+        template=REQUEST_TEMPLATES[channel][step], address=address, status=QUEUED, due_at=now, created_at=now,
+        attempts=0))
+
+
+_ADDRESS = {"email": contact_t.c.email, "sms": contact_t.c.phone, "whatsapp": contact_t.c.phone}
 
 
 def request_opt_in(conn: Any, policies: Policies, contact_id: int, *, source: str, now: datetime,
                    channel: str = "email", purpose: str = "marketing") -> str:
-    """A signup for (channel, purpose). Returns what happened: `granted` (no double opt-in
-    needed), `pending` (confirmation e-mail queued), `already_granted`, `already_pending`,
-    or `unreachable` (double opt-in needed but the contact has no e-mail address).
+    """A signup for (channel, purpose) — e-mail, SMS or WhatsApp. Returns what happened:
+    `granted` (no double opt-in needed), `pending` (the request queued — an e-mail, a text;
+    WhatsApp: none, START confirms), `already_granted`, `already_pending` (asked within
+    `pending_consent_expires`: nothing more is recorded or sent — a second signup, a second
+    lead form), or `unreachable` (double opt-in needed but the contact has no address on
+    the channel: nothing recorded).
 
     Two signups of one person at once (two `nurture web` processes, a form posted twice) take
     turns: the contact row is locked before the ledger is read, so the second reads the
@@ -69,15 +86,13 @@ def request_opt_in(conn: Any, policies: Policies, contact_id: int, *, source: st
         return "granted"
     if state and state.status == "pending" and state.recorded_at > now - policies.pending_consent_expires:
         return "already_pending"
-    if channel != "email":
-        raise ValueError(f"double opt-in by e-mail only; {channel} consent is confirmed on its own channel "
-                         "(for SMS: the START keyword)")
-    address = conn.execute(select(contact_t.c.email).where(contact_t.c.id == contact_id)).scalar()
+    address = conn.execute(select(_ADDRESS[channel]).where(contact_t.c.id == contact_id)).scalar()
     if not address:
         return "unreachable"
     consent_id = record_consent(conn, contact_id, channel, "pending", purpose=purpose, source=source, at=now,
                                 policy_version=policies.version)
-    _queue(conn, contact_id, address, "confirm", consent_id, now)
+    if channel in REQUEST_TEMPLATES:
+        _queue(conn, contact_id, address, "confirm", consent_id, now, channel)
     return "pending"
 
 
@@ -145,8 +160,8 @@ def expire_pending(conn: Any, policies: Policies, now: datetime) -> int:
 
 
 def queue_reminders(conn: Any, policies: Policies, now: datetime, wall: Optional[datetime] = None) -> int:
-    """One reminder per pending consent whose confirmation went out over 24 h ago — still the
-    latest row by the send checks' wall-clock rule: what was recorded up to the later of `now`
+    """One reminder per pending e-mail consent (SMS gets none) whose confirmation went out over
+    24 h ago — still the latest row by the send checks' wall-clock rule: what was recorded up to the later of `now`
     and the wall clock (`wall`, default: the real time). A hygiene run's logical time (its
     scheduled start) may lie before the wall clock; someone who revoked in between gets no
     reminder (it is queued and delivered at `now`, so delivery's own re-check does not see it)."""
@@ -172,7 +187,7 @@ def queue_reminders(conn: Any, policies: Policies, now: datetime, wall: Optional
 
 def hygiene(rt: Runtime, now: datetime) -> Counter:
     """The periodic part: expire stale pending consents, queue reminders, deliver queued
-    system mail. Returns counts for the flow's report."""
+    requests (e-mail and texts). Returns counts for the flow's report."""
     policies = rt.project.policies
     report: Counter = Counter()
     with rt.store.engine.begin() as conn:

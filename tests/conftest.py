@@ -293,6 +293,9 @@ DEFAULT_TEMPLATES = {
     # DEFAULT_POLICIES asks for e-mail double opt-in: its confirmation and reminder (validate warns without them)
     "email/system/confirm.html": '<p>Please confirm: <a href="{{ links.confirm }}">yes</a></p>',
     "email/system/confirm_reminder.html": '<p>Still interested? <a href="{{ links.confirm }}">yes</a></p>',
+    # and SMS double opt-in's one text, for the tests whose policies ask for it
+    "sms/system/confirm.txt": "{{ sender ~ ': ' if sender }}Reply START to confirm. Msg&data rates may apply. "
+                              "Reply STOP to opt out.",
 }
 
 

@@ -326,6 +326,129 @@ def test_validate_warns_when_email_double_opt_in_has_no_confirmation_template(tm
     assert "expected templates/email/system/confirm.html" in warnings[0]
 
 
+# ---------------------------------------------------------------- SMS double opt-in: the "Reply START" text
+
+SMS_DOI = DEFAULT_POLICIES.replace("double_opt_in: {email: [marketing]}",
+                                   "double_opt_in: {email: [marketing], sms: [marketing]}")
+PHONE = "+4915112345678"
+
+
+def _texts(rt) -> list[dict]:
+    import json
+    path = rt.data_dir / "outbox" / "sms.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_an_sms_request_goes_through_twilio_in_the_contacts_language_with_the_shipped_wording(make_runtime, store,
+                                                                                              tmp_path):
+    """The repo's own templates/sms/system/confirm.txt and its German, sent by the `sms.twilio`
+    channel (a local fake that checks the request) when the hygiene run delivers the requests."""
+    import shutil
+
+    from tests.conftest import REPO
+    from tests.fakes.twilio import FakeTwilio
+    from tests.test_twilio_channel import _env
+    (tmp_path / "project" / "translations").mkdir(parents=True)
+    shutil.copyfile(REPO / "translations" / "de.po", tmp_path / "project" / "translations" / "de.po")
+    shipped = (REPO / "templates" / "sms" / "system" / "confirm.txt").read_text(encoding="utf-8")
+    rt = make_runtime({}, policies=SMS_DOI, templates={**SYSTEM_TEMPLATES, "sms/system/confirm.txt": shipped})
+    twilio = FakeTwilio().start()
+    try:
+        rt.env.update(_env(twilio), NURTURE_FROM_NAME="Nurture Shop")
+        ann = add_contact(store, None, phone=PHONE)
+        jan = add_contact(store, None, phone="+4917612345678", locale="de")
+        with store.engine.begin() as conn:
+            for cid in (ann, jan):
+                assert request_opt_in(conn, rt.project.policies, cid, source="test:form", now=T0,
+                                      channel="sms") == "pending"
+        assert hygiene(rt, T0)["confirm:sent"] == 2
+        bodies = {r.form["To"]: r.form["Body"] for r in twilio.requests}
+    finally:
+        twilio.stop()
+    assert bodies == {
+        PHONE: "You asked for news and offers from Nurture Shop by SMS. Reply START to confirm. "
+               "Msg&data rates may apply. Reply STOP to opt out.",
+        "+4917612345678": "Neuigkeiten und Angebote von Nurture Shop per SMS? Antworten Sie START zur Bestätigung. "
+                          "Es können SMS-/Datenkosten anfallen. Abmelden mit STOP."}
+    assert all(len(body) <= 160 for body in bodies.values())  # one SMS segment each (GSM-7)
+    assert [(m.channel, m.purpose, m.status, m.provider_id is not None) for m in messages(store)] == \
+        [("sms", "transactional", "sent", True)] * 2
+
+
+def test_an_sms_request_waits_for_the_end_of_sms_quiet_hours_an_email_request_does_not(make_runtime, store):
+    """A text at 23:00 wakes its reader (and a lead can reach Nurture hours after the form was
+    sent): the SMS request is deferred to 09:00 in the contact's zone, the end of policies.yaml's
+    SMS quiet hours. The e-mail request, asked for at the same moment, goes at once."""
+    rt = make_runtime({}, policies=SMS_DOI, templates=SYSTEM_TEMPLATES)
+    cid = add_contact(store, "night@example.com", phone=PHONE, timezone="Europe/Berlin")
+    late = utc(2026, 3, 2, 22, 0)  # 23:00 in Berlin
+    with store.engine.begin() as conn:
+        for channel in ("email", "sms"):
+            assert request_opt_in(conn, rt.project.policies, cid, source="test:form", now=late,
+                                  channel=channel) == "pending"
+    report = hygiene(rt, late)
+    assert report["confirm:sent"] == 1 and report["confirm:deferred"] == 1, report
+    morning = utc(2026, 3, 3, 8, 0)  # 09:00 in Berlin
+    assert [(m.channel, m.status, m.reason, m.due_at.replace(tzinfo=None)) for m in messages(store)] == \
+        [("email", "sent", None, late.replace(tzinfo=None)),
+         ("sms", "queued", "quiet_hours", morning.replace(tzinfo=None))]
+    assert hygiene(rt, morning - dt.timedelta(minutes=1))["confirm:sent"] == 0 and _texts(rt) == []
+    assert hygiene(rt, morning)["confirm:sent"] == 1
+    [text] = _texts(rt)
+    assert text["to"] == PHONE and "Reply START to confirm" in text["body"]
+
+
+def test_an_sms_request_is_not_sent_to_a_stopped_number_nor_once_its_consent_was_revoked(make_runtime, store):
+    """Delivered in the same run that queued it (hygiene's time = the request's): the checks
+    still run. STOP suppresses every text; a request whose pending consent is no longer the
+    latest row asks about nothing."""
+    from nurture.consent_ledger import record_consent
+    from tests.engine_fixtures import add_suppression
+    rt = make_runtime({}, policies=SMS_DOI, templates=SYSTEM_TEMPLATES)
+    stopped = add_contact(store, None, phone=PHONE)
+    add_suppression(store, "sms_stop", address=PHONE, channel="sms")
+    revoked = add_contact(store, None, phone="+4917612345678")
+    with store.engine.begin() as conn:
+        for cid in (stopped, revoked):
+            assert request_opt_in(conn, rt.project.policies, cid, source="test:form", now=T0,
+                                  channel="sms") == "pending"
+        record_consent(conn, revoked, "sms", "revoked", source="web:preference_center", at=T0)
+    hygiene(rt, T0)
+    assert sorted((m.contact_id, m.status, m.reason) for m in messages(store)) == \
+        [(stopped, "suppressed", "sms_stop"), (revoked, "suppressed", "consent_revoked")]
+    assert _texts(rt) == []
+
+
+def test_sms_double_opt_in_without_a_number_records_nothing_and_whatsapp_sends_no_request(make_runtime, store):
+    """No number: nothing to confirm, nothing recorded (`unreachable`). WhatsApp double opt-in
+    records `pending` and sends nothing (a business-initiated WhatsApp message needs an
+    approved template and the very opt-in it would ask for): START from the number confirms."""
+    policies = SMS_DOI.replace("sms: [marketing]}", "sms: [marketing], whatsapp: [marketing]}")
+    rt = make_runtime({}, policies=policies, templates=SYSTEM_TEMPLATES)
+    mail_only = add_contact(store, "mail@example.com")
+    phone = add_contact(store, None, phone=PHONE)
+    with store.engine.begin() as conn:
+        assert request_opt_in(conn, rt.project.policies, mail_only, source="t", now=T0, channel="sms") == "unreachable"
+        assert request_opt_in(conn, rt.project.policies, phone, source="t", now=T0, channel="whatsapp") == "pending"
+        assert request_opt_in(conn, rt.project.policies, phone, source="t", now=T0,
+                              channel="whatsapp") == "already_pending"
+    assert _ledger(store, mail_only) == []
+    assert [r[0] for r in _ledger(store, phone)] == ["pending"]
+    assert messages(store) == []
+
+
+def test_one_sms_request_per_pending_consent_and_no_reminder(make_runtime, store):
+    rt = make_runtime({}, policies=SMS_DOI, templates=SYSTEM_TEMPLATES)
+    cid = add_contact(store, None, phone=PHONE)
+    with store.engine.begin() as conn:
+        assert request_opt_in(conn, rt.project.policies, cid, source="t", now=T0, channel="sms") == "pending"
+        assert request_opt_in(conn, rt.project.policies, cid, source="t", now=T0 + dt.timedelta(hours=1),
+                              channel="sms") == "already_pending"
+    assert hygiene(rt, T0)["confirm:sent"] == 1
+    assert hygiene(rt, T0 + dt.timedelta(hours=25))["reminders_queued"] == 0
+    assert [(m.step_id, m.status) for m in messages(store)] == [("confirm", "sent")] and len(_texts(rt)) == 1
+
+
 def test_no_reminder_to_an_address_that_bounced_even_when_queued_and_delivered_in_one_run(make_runtime, store):
     """The hygiene run queues the reminder and delivers it at its own time: delivery took it for
     a message the send transaction had checked moments ago, and mailed a hard-bounced address."""
@@ -340,3 +463,49 @@ def test_no_reminder_to_an_address_that_bounced_even_when_queued_and_delivered_i
     assert report["reminders_queued"] == 1 and report["reminder:sent"] == 0, report
     assert [(m.step_id, m.status, m.reason) for m in messages(store, journey=SYSTEM_JOURNEY)][-1] == \
         ("reminder", "suppressed", "hard_bounce")
+
+
+def test_validate_warns_when_sms_double_opt_in_has_no_confirmation_text(tmp_path):
+    from nurture.spec.project import load_project
+    from tests.conftest import write_project
+    root = write_project(tmp_path / "p", {}, policies=SMS_DOI)
+    assert load_project(root).warnings == []
+    (root / "templates" / "sms" / "system" / "confirm.txt").unlink()
+    [warning] = [str(w) for w in load_project(root).warnings]
+    assert warning.startswith("journeys/policies.yaml:") and \
+        "warning: double_opt_in needs it for the confirmation text: template 'system/confirm' not found: " \
+        "expected templates/sms/system/confirm.txt" in warning, warning
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the skeleton's files: one backend is enough
+def test_a_project_nurture_init_makes_texts_its_sms_confirmation_in_the_contacts_language(store, tmp_path):
+    """`nurture init` ships the SMS request's template and its German: a project that adds SMS
+    to double_opt_in validates without a warning and texts each lead in its language."""
+    import os
+
+    from nurture.runtime.context import Runtime
+    from nurture.spec.project import load_project
+    from tests.cli_inproc import run_cli
+    root = tmp_path / "shop"
+    assert run_cli(["init", str(root)], {**os.environ, "COLUMNS": "200"}).returncode == 0
+    policies = root / "journeys" / "policies.yaml"
+    policies.write_text(policies.read_text().replace("double_opt_in: {email: [marketing]}",
+                                                     "double_opt_in: {email: [marketing], sms: [marketing]}"))
+    spec = load_project(root)
+    assert spec.policies.needs_double_opt_in("sms", "marketing") and not spec.errors and not spec.warnings
+    rt = Runtime(store, spec, env={"NURTURE_DATA_DIR": str(root / ".nurture"), "NURTURE_INSTANT": "0",
+                                   "NURTURE_SECRET_KEY": SECRET, "NURTURE_PUBLIC_URL": "http://localhost:8000"})
+    ids = [add_contact(store, None, phone=PHONE), add_contact(store, None, phone="+4917612345678", locale="de")]
+    noon = utc(2026, 3, 2, 11, 0)  # 12:00 in Berlin, the skeleton's zone: outside SMS quiet hours
+    try:
+        with store.engine.begin() as conn:
+            for cid in ids:
+                assert request_opt_in(conn, spec.policies, cid, source="t", now=noon, channel="sms") == "pending"
+        assert hygiene(rt, noon)["confirm:sent"] == 2
+    finally:
+        rt.close()
+    assert sorted(t["body"] for t in _texts(rt)) == [  # (no sender name set: the words without one)
+        "Unsere Neuigkeiten und Angebote per SMS? Antworten Sie START zur Bestätigung. Es können SMS-/Datenkosten "
+        "anfallen. Abmelden mit STOP.",
+        "You asked for our news and offers by SMS. Reply START to confirm. Msg&data rates may apply. Reply STOP "
+        "to opt out."]

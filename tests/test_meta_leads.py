@@ -22,7 +22,7 @@ from nurture.web import create_app
 from nurture.web.meta_leads import meta_signature
 from nurture.web.webhooks import twilio_signature
 from tests.conftest import DEFAULT_POLICIES, REPO, utc
-from tests.engine_fixtures import enrollments, journey_yaml, messages
+from tests.engine_fixtures import add_suppression, enrollments, journey_yaml, messages
 from tests.fakes.http_server import Reply
 from tests.fakes.meta import FakeMeta
 
@@ -457,25 +457,74 @@ def test_form_names_must_be_digit_ids_with_a_name_each_a_located_error(make_proj
     assert spec.policies.lead_forms.forms == {"1234567890": "whitepaper", "88": "contact"}
 
 
+SMS_DOI = POLICIES.replace("double_opt_in: {email: [marketing]}", "double_opt_in: {sms: [marketing]}")
+
+
+def texts(rt) -> list[dict]:
+    """What the file SMS channel sent (.nurture/outbox/sms.jsonl), one dict a text."""
+    path = rt.data_dir / "outbox" / "sms.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def test_start_texted_from_the_leads_number_confirms_its_pending_sms_opt_in_and_the_sms_goes(make_runtime, graph):
     """docs/lead-ads.md: SMS is `pending` when double opt-in covers SMS, "the START keyword
     confirms it" — but START only lifted a STOP, so the lead's SMS journey stayed
-    `suppressed consent_pending` for good."""
-    sms_doi = POLICIES.replace("double_opt_in: {email: [marketing]}", "double_opt_in: {sms: [marketing]}")
+    `suppressed consent_pending` for good. The START answers the confirmation text the lead got."""
     journey = journey_yaml("hello", "- id: text\n  send: {channel: sms, template: hi}", trigger="{event: form_submit}")
-    rt = make_runtime({"hello": journey}, policies=sms_doi, templates={"sms/hi.txt": "Hi {{ contact.first_name }}"})
+    rt = make_runtime({"hello": journey}, policies=SMS_DOI, templates={"sms/hi.txt": "Hi {{ contact.first_name }}"})
     add_ada(graph, email_opt_in="no", sms_opt_in="yes")
-    start = {"AccountSid": "AC" + "0" * 32, "From": "+4915112345678", "To": "+15005550006", "Body": "START",
+    start = {"AccountSid": "AC" + "0" * 32, "From": ADA_PHONE, "To": "+15005550006", "Body": "START",
              "MessageSid": "SM" + "1" * 32, "SmsStatus": "received"}
     signature = twilio_signature(TWILIO_TOKEN, rt.env["NURTURE_PUBLIC_URL"] + "/webhooks/twilio", start)
     with client(rt, graph, NURTURE_TWILIO_AUTH_TOKEN=TWILIO_TOKEN) as http:
         assert post(http, notification(LEAD)).json()["stored"] == 1
         assert [(c.channel, c.status) for c in rows(rt.store, consent_t)] == [("sms", "pending")]
+        assert [(t["to"], t["journey"], t["step"]) for t in texts(rt)] == [(ADA_PHONE, "double_opt_in", "confirm")]
         assert http.post("/webhooks/twilio", data=start, headers={"X-Twilio-Signature": signature}).status_code == 200
     consents = [(c.channel, c.status, c.source, c.confirmed_at) for c in rows(rt.store, consent_t)]
     assert consents[-1][:3] == ("sms", "granted", "twilio:START") and consents[-1][3] is not None
     run_tick(rt, "hello", NOW)
-    assert [(m.channel, m.status) for m in messages(rt.store)] == [("sms", "sent")]
+    assert [(m.channel, m.status) for m in messages(rt.store, journey="hello")] == [("sms", "sent")]
+
+
+def test_an_sms_opt_in_under_sms_double_opt_in_texts_one_reply_start_request_at_once(make_runtime, graph):
+    """The lead ticked the SMS box; SMS double opt-in records it `pending` — and `nurture web`
+    texts the number its one transactional "Reply START to confirm" request right after the
+    webhook's answer. Meta's redelivery (up to 36 h) and a second form of the same person while
+    the request is pending text nothing more."""
+    rt = make_runtime({}, policies=SMS_DOI)
+    add_ada(graph, email_opt_in="no", sms_opt_in="yes")
+    with client(rt, graph, NURTURE_FROM_NAME="Nurture Shop") as http:
+        assert post(http, notification(LEAD)).json()["stored"] == 1
+        [pending] = rows(rt.store, consent_t)
+        [request] = messages(rt.store)
+        assert (request.journey, request.step_id, request.channel, request.purpose, request.status, request.address,
+                request.attempt_key, request.enrollment_id) == \
+            ("double_opt_in", "confirm", "sms", "transactional", "sent", ADA_PHONE, f"consent:{pending.id}", None)
+        [text] = texts(rt)
+        assert (text["to"], text["body"]) == \
+            (ADA_PHONE, "Nurture Shop: Reply START to confirm. Msg&data rates may apply. Reply STOP to opt out.")
+
+        again = post(http, notification(LEAD))
+        assert again.status_code == 200 and again.json()["duplicates"] == 1
+        graph.add_lead("987654321098766", "1234567890124", {"full_name": "Ada King Lovelace",
+                                                            "phone_number": "+49 151 12345678", "sms_opt_in": "yes"})
+        assert post(http, notification("987654321098766", form="1234567890124")).json()["stored"] == 1
+    assert [(c.channel, c.status) for c in rows(rt.store, consent_t)] == [("sms", "pending")]
+    assert len(messages(rt.store)) == 1 and len(texts(rt)) == 1
+
+
+def test_a_number_that_texted_stop_gets_no_confirmation_text(make_runtime, graph):
+    """The request is transactional — it needs no marketing consent — but a STOP ends every
+    text to the number: the request is recorded `suppressed sms_stop`, nothing is sent."""
+    rt = make_runtime({}, policies=SMS_DOI)
+    add_suppression(rt.store, "sms_stop", address=ADA_PHONE, channel="sms")
+    add_ada(graph, email_opt_in="no", sms_opt_in="yes")
+    with client(rt, graph) as http:
+        assert post(http, notification(LEAD)).json()["stored"] == 1
+    assert [(c.channel, c.status) for c in rows(rt.store, consent_t)] == [("sms", "pending")]
+    assert [(m.step_id, m.status, m.reason) for m in messages(rt.store)] == [("confirm", "suppressed", "sms_stop")]
+    assert texts(rt) == []
 
 
 def test_the_instant_trigger_sends_without_a_tick(make_runtime, graph):

@@ -40,7 +40,7 @@ from nurture.send.guards.whatsapp import whatsapp_sessions
 from nurture.send.handoff import HandedBatch
 from nurture.send.lease import Lease, Renewed
 from nurture.send.render import StepRemoved, render_message
-from nurture.send.system_mail import SYSTEM_JOURNEYS, outdated_requests
+from nurture.send.system_mail import SYSTEM_JOURNEYS, outdated_requests, request_rules
 from nurture.store.models import DEFERRED, FAILED, QUEUED, SENDING, SENT, SUPPRESSED
 from nurture.store.tables import contact_t, enrollment_t, event_t, message_t, suppression_t
 from nurture.store.write_turns import current_turns, taking_turns
@@ -182,7 +182,8 @@ def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter)
     readdress: list[dict] = []
     for (journey, step_id, channel, purpose), members in groups.items():
         plan = rt.plan(journey) if journey in rt.project.journeys else None
-        rules = rt.send_rules(plan, channel, purpose, step_id)
+        rules = request_rules(rt, channel) if journey in SYSTEM_JOURNEYS else rt.send_rules(plan, channel, purpose,
+                                                                                             step_id)
         # Attributes only matter for a journey's topic opt-out: read them only then (decoding
         # every contact's JSON per claim costs more than the rest of the re-check).
         attributes = _attributes(conn, [r.contact_id for r in members]) if rules.topic and rules.marketing else {}

@@ -15,7 +15,7 @@ from nurture.rendering.legal_footer import ensure_footer
 from nurture.rendering.links import tag_html, tag_text, utm_query
 from nurture.runtime.context import Runtime
 from nurture.send.context import imprint_of, recipient_links, template_context
-from nurture.send.system_mail import SYSTEM_JOURNEYS, render_system_email
+from nurture.send.system_mail import SYSTEM_JOURNEYS, render_system_message
 from nurture.settings import Settings
 
 
@@ -70,8 +70,8 @@ def render_message(rt: Runtime, row: Any, settings: Settings, cache: Optional[di
     is open (free text may go; else the step's approved template does). Raises a RenderError for
     a template that cannot be rendered, StepRemoved for a journey or step no longer in the project."""
     from_email = settings.from_email
-    if row.journey in SYSTEM_JOURNEYS:  # transactional system mail (double opt-in): no journey plan
-        return render_system_email(rt, row, rfc_message_id(row.id, row.journey, from_email))
+    if row.journey in SYSTEM_JOURNEYS:  # Nurture's own double opt-in requests: no journey plan
+        return render_system_message(rt, row, rfc_message_id(row.id, row.journey, from_email))
     step = _prepared(rt, row.journey, row.step_id, row.channel, {} if cache is None else cache)
     links = recipient_links(settings.links_url, settings.signing_secret, row.contact_id, row.purpose, row.channel)
     context = template_context(row, step.journey, links, step.imprint)

@@ -788,6 +788,9 @@ class LeadForms(Strict):
 # The e-mails double opt-in sends (nurture.send.system_mail), step -> template under
 # templates/email/: a policy that asks for e-mail double opt-in needs both.
 DOUBLE_OPT_IN_TEMPLATES = {"confirm": "system/confirm", "reminder": "system/confirm_reminder"}
+# The text SMS double opt-in sends ("Reply START to confirm"), step -> template under
+# templates/sms/: one request, no reminder (a second unanswered text is no longer a request).
+SMS_DOUBLE_OPT_IN_TEMPLATES = {"confirm": "system/confirm"}
 
 
 class Policies(Strict):

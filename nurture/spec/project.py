@@ -18,7 +18,8 @@ from nurture.scoring.spec import check_handover, load_scoring
 from nurture.spec.conversions import load_conversions
 from nurture.spec.errors import SpecError, did_you_mean
 from nurture.spec.model_errors import pydantic_errors
-from nurture.spec.models import CHANNELS, DOUBLE_OPT_IN_TEMPLATES, OBJECTIVE_METRICS, Condition, Journey, Objective, Policies, Step
+from nurture.spec.models import (CHANNELS, DOUBLE_OPT_IN_TEMPLATES, OBJECTIVE_METRICS, SMS_DOUBLE_OPT_IN_TEMPLATES,
+                                 Condition, Journey, Objective, Policies, Step)
 from nurture.spec.segments import Segment, SegmentsFile
 from nurture.spec.yaml_loader import Locations, load_located
 
@@ -396,14 +397,22 @@ def translation_warnings(journey: Journey, locs: Locations, library: TemplateLib
 
 
 def _system_mail_warnings(policies: Policies, locs: Optional[Locations], library: TemplateLibrary) -> list[SpecError]:
-    """E-mail double opt-in sends a confirmation and a reminder (nurture.send.system_mail):
-    without their templates every sign-up would stay pending — no marketing ever reaches it."""
-    if not policies.double_opt_in.get("email") or locs is None:
+    """E-mail double opt-in sends a confirmation and a reminder, SMS double opt-in a "Reply
+    START" text (nurture.send.system_mail): without their templates every sign-up would stay
+    pending — no marketing ever reaches it."""
+    if locs is None:
         return []
-    line, col = locs.of(("double_opt_in", "email"))
-    return [SpecError(e.path, e.line, e.col, f"warning: double_opt_in needs it for the confirmation e-mail: {e.message}"
-                      " (every sign-up stays pending until it exists)", e.hint)
-            for name in DOUBLE_OPT_IN_TEMPLATES.values() for e in library.check("email", name, (locs.file, line, col))]
+    warnings = []
+    for channel, templates, what, unless in (
+            ("email", DOUBLE_OPT_IN_TEMPLATES, "the confirmation e-mail", ""),
+            ("sms", SMS_DOUBLE_OPT_IN_TEMPLATES, "the confirmation text", ", or the person texts START unasked")):
+        if not policies.double_opt_in.get(channel):
+            continue
+        line, col = locs.of(("double_opt_in", channel))
+        warnings += [SpecError(e.path, e.line, e.col, f"warning: double_opt_in needs it for {what}: {e.message}"
+                               f" (every sign-up stays pending until it exists{unless})", e.hint)
+                     for name in templates.values() for e in library.check(channel, name, (locs.file, line, col))]
+    return warnings
 
 
 def _goal_warnings(journey: Journey, locs: Locations) -> list[SpecError]:

@@ -29,9 +29,11 @@ known: a redelivery costs no Graph call) — and stored in one transaction (`sto
   `meta_lead_id` (always: the offline conversions send it back as Meta's lead id);
 - the consent questions policies.yaml maps (`lead_forms: {consent: {email: [email_opt_in], sms:
   [sms_opt_in]}}`): a yes / true / checked answer asks for that channel's marketing consent with
-  source `meta_lead_ads:<form_id>` and the policies' version — granted, or pending with the
-  confirmation mail when `double_opt_in` covers the channel (Meta's form is no confirmation of
-  the address); any other answer, or none, records nothing (an unticked box revokes nothing);
+  source `meta_lead_ads:<form_id>` and the policies' version, through
+  nurture.double_opt_in.request_opt_in — granted, or pending with its confirmation request (an
+  e-mail; a "Reply START" text to the lead's number) when `double_opt_in` covers the channel
+  (Meta's form is no confirmation of the address); asked for already and still pending: nothing
+  more; any other answer, or none, records nothing (an unticked box revokes nothing);
 - a `form_submit` event `{form_id, form (the form's name from policies.yaml `lead_forms: {forms:
   {"<form_id>": whitepaper}}`; none for a form not named there), ad_id, lead_id, source:
   meta_lead_ads, utm_source: facebook | instagram, utm_medium: paid_social (social for an organic
@@ -308,14 +310,13 @@ def store_lead(conn: Any, policies: Policies, lead: dict, hint: Notification, *,
         given = [v.strip().lower() for q in questions for v in answers.get(q.lower(), [])]
         if not any(v in YES for v in given):
             continue
-        if channel == "email":
-            if email:  # a phone-only lead has no address to confirm
-                outcome.opt_ins[channel] = request_opt_in(conn, policies, row.id, source=source, now=at)
-        else:  # SMS is confirmed on its own channel (START); ads consent needs no confirmation
-            status = "pending" if policies.needs_double_opt_in(channel, "marketing") else "granted"
-            record_consent(conn, row.id, channel, status, purpose="marketing", source=source, at=at,
+        if channel == "ads":  # no confirmation: nothing is sent to the person on the strength of it
+            record_consent(conn, row.id, channel, "granted", purpose="marketing", source=source, at=at,
                            policy_version=policies.version)
-            outcome.opt_ins[channel] = status
+            outcome.opt_ins[channel] = "granted"
+        elif channel != "email" or email:  # (a phone-only lead has no e-mail address to confirm)
+            # granted, or pending with its request (e-mail, SMS) where double opt-in covers the channel
+            outcome.opt_ins[channel] = request_opt_in(conn, policies, row.id, source=source, now=at, channel=channel)
     return outcome
 
 

@@ -43,7 +43,7 @@ class SendRules:
     channel: str
     purpose: str
     caps: tuple[Cap, ...] = ()
-    window: Optional[QuietWindow] = None
+    window: Optional[QuietWindow] = None  # marketing; of transactional, only a text asking for consent
     on_cap: str = "defer"  # defer | skip
     double_opt_in: bool = False
     default_timezone: str = "UTC"
@@ -136,7 +136,7 @@ def check_batch(conn: Any, rules: SendRules, recipients: Sequence[Recipient], no
             history.setdefault(contact_id, []).extend(pending[contact_id])
     sessions = (whatsapp_sessions(conn, contact_ids, now)
                 if channel == "whatsapp" and not rules.whatsapp_template else None)
-    window = rules.window if marketing else None
+    window = rules.window  # (None for a transactional message, except a text asking for consent)
     allowed_by_zone: dict[Optional[str], datetime] = {}
     verdicts: list[Verdict] = []
     for r, address in zip(recipients, addresses):
