@@ -351,3 +351,89 @@ def test_a_deal_waiting_for_its_contact_keeps_its_address_on_upgrade_to_0027(emp
         assert [tuple(r) for r in rows] == [("hubspot", "W", 0, "zoe@example.com")]
     finally:
         store.dispose()
+
+
+def _engine_at(url: str, revision: str):
+    """A database at an older migration, as that version's code left it."""
+    from alembic import command
+    engine = make_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":  # as nurture.store.db.migrate: 0019 rebuilds tables
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        with conn.begin():
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    return engine
+
+
+@pytest.mark.parametrize("old_revision", ["0026", "0018"])
+def test_processes_opening_an_older_postgresql_database_at_once_take_turns(pg_server_url, monkeypatch, old_revision):
+    """After an upgrade the services restart at once and each first open migrates: the second
+    read the old revision while the first migrated, ran the same migration again and failed
+    (DuplicateTable; Alembic's "expected to match one row"), shown as an internal error."""
+    import threading
+    import time
+
+    import alembic.command
+
+    from nurture.store import db
+    from tests.conftest import _drop_pg_database, _fresh_pg_database
+    url = _fresh_pg_database(pg_server_url)
+    try:
+        _engine_at(url, old_revision).dispose()
+        real_upgrade = alembic.command.upgrade
+        first_migrated, release_first = threading.Event(), threading.Event()
+
+        def upgrade(cfg, revision, **kw):  # the first process is still inside its migration
+            real_upgrade(cfg, revision, **kw)
+            if threading.current_thread().name == "first":
+                first_migrated.set()
+                release_first.wait(10)
+
+        monkeypatch.setattr(alembic.command, "upgrade", upgrade)
+        errors: dict[str, str] = {}
+
+        def opener(name: str) -> None:
+            engine = db.make_engine(url)  # (migrate() itself: open_store's memo stands for one process)
+            try:
+                db.migrate(engine)
+            except Exception as exc:  # noqa: BLE001
+                errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            finally:
+                engine.dispose()
+
+        first = threading.Thread(target=opener, args=("first",), name="first")
+        second = threading.Thread(target=opener, args=("second",), name="second")
+        first.start()
+        assert first_migrated.wait(30)
+        second.start()
+        time.sleep(1.0)  # the second reads the old revision and waits for the first's lock
+        release_first.set()
+        first.join(30)
+        second.join(30)
+        assert errors == {}
+        engine = make_engine(url)
+        assert current_revision(engine) == head_revision()
+        engine.dispose()
+    finally:
+        _drop_pg_database(pg_server_url, url)
+
+
+def test_a_database_a_newer_nurture_upgraded_is_refused_by_name_and_left_alone(empty_db_url):
+    """A worker not yet upgraded opening the database the new `nurture web` migrated: Alembic's
+    "Can't locate revision" came through as "internal error … a bug in Nurture" (exit 70)."""
+    from nurture.store.db import DatabaseUnavailable, SchemaTooNew
+    store = open_store(empty_db_url)
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    store.dispose()
+    engine = make_engine(empty_db_url)
+    try:
+        with pytest.raises(SchemaTooNew, match=r"schema is at revision 9999, which a newer Nurture wrote; this "
+                                               r"Nurture knows revisions up to \d{4}: upgrade Nurture here"):
+            migrate(engine)
+        assert issubclass(SchemaTooNew, DatabaseUnavailable) and current_revision(engine) == "9999"
+    finally:
+        engine.dispose()

@@ -117,3 +117,29 @@ def test_no_runner_a_dead_one_or_a_refused_connection_runs_here(shop):
         closed = s.getsockname()[1]
     _record(root, closed)  # alive (this process) but nothing listens
     assert warm.delegate(["run"], env) is None
+
+
+def test_an_upgrade_that_changes_only_integrations_makes_the_runner_stale(tmp_path):
+    """The stamp read nurture/ and flows/ only: a `git pull` of an editable install that fixed
+    a channel (integrations/) left the runner delivering with the old channel code."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    main = Path(warm.__file__).resolve().parents[2]
+    tree = tmp_path / "tree"
+    for package in ("nurture", "flows", "integrations"):
+        shutil.copytree(main / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
+
+    def stamp() -> int:
+        out = subprocess.run([sys.executable, "-c", "from nurture.cli.warm import code_stamp; print(code_stamp())"],
+                             cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True,
+                             check=True)
+        return int(out.stdout)
+
+    before = stamp()
+    changed = tree / "integrations" / "file_channels.py"
+    changed.write_text(changed.read_text() + "\n# upgraded\n")
+    os.utime(changed, ns=(before + 10**9, before + 10**9))  # written by the upgrade, after every other file
+    assert stamp() == before + 10**9

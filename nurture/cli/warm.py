@@ -36,7 +36,7 @@ from typing import Optional
 RUNNER_FILE = "runner.json"
 HANDED_VERBS = frozenset({"run"})
 _GLOBAL_WITH_VALUE = frozenset({"--project", "-p"})
-_PACKAGES = ("nurture", "flows")
+_PACKAGES = ("nurture", "flows", "integrations")  # every package a run executes
 
 
 def code_stamp() -> int:

@@ -22,7 +22,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -50,6 +50,11 @@ class DriverMissing(DatabaseUnavailable):
 class UpgradeRefused(DatabaseUnavailable):
     """Migrating a SQLite database to this Nurture's schema would have left rows pointing at rows
     that do not exist; nothing was changed (store.db.migrate)."""
+
+
+class SchemaTooNew(DatabaseUnavailable):
+    """The database was upgraded by a newer Nurture than this one: its schema revision is none
+    this code knows. Nothing was changed; this machine's Nurture must be upgraded."""
 
 
 class DatabaseMissing(DatabaseUnavailable):
@@ -289,20 +294,58 @@ def head_revision() -> str:
     return head
 
 
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every migration revision this code has (read once per process, as head_revision)."""
+    from alembic.script import ScriptDirectory
+    return frozenset(script.revision for script in ScriptDirectory.from_config(_alembic_config()).walk_revisions())
+
+
+def _refuse_newer(current: Optional[str]) -> None:
+    if current is not None and current not in known_revisions():
+        raise SchemaTooNew(f"the database's schema is at revision {current}, which a newer Nurture wrote; this "
+                           f"Nurture knows revisions up to {head_revision()}: upgrade Nurture here (every process "
+                           "that uses the database — workers, `nurture web`, the CLI — must run the newer version)")
+
+
+# Nurture's key for the migration's pg_advisory_xact_lock (the ASCII of "nurt-mig").
+MIGRATION_LOCK = int.from_bytes(b"nurt-mig", "big") & ((1 << 63) - 1)
+
+
+def _upgrade(cfg: Any, conn: Any) -> None:
+    from alembic import command
+    from alembic.util import CommandError
+    cfg.attributes["connection"] = conn
+    try:
+        command.upgrade(cfg, "head")
+    except CommandError as exc:
+        raise DatabaseUnavailable(f"the schema could not be upgraded: {exc}") from None
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration (creating it on an empty database). A database
-    already at the newest version is left alone without running Alembic."""
-    from alembic import command
-
+    already at the newest version is left alone without running Alembic; one a newer Nurture
+    upgraded is refused (SchemaTooNew). On PostgreSQL the processes that open a database at
+    the same time after an upgrade take turns (an advisory lock held by the migrating
+    transaction): the first migrates, the others find the schema current — without it the
+    second ran the same migration again and failed (`relation … already exists`)."""
     cfg = _alembic_config()
     if engine.dialect.name != "sqlite":
-        with engine.begin() as conn:
+        current_sql = "SELECT version_num FROM alembic_version"
+        with engine.connect() as conn:  # the common case, without the lock: already current
             if conn.exec_driver_sql("SELECT to_regclass('alembic_version')").scalar() is not None:
-                current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+                current = conn.exec_driver_sql(current_sql).scalar()
+                _refuse_newer(current)
                 if current == head_revision():
                     return
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+            if conn.exec_driver_sql("SELECT to_regclass('alembic_version')").scalar() is not None:
+                current = conn.exec_driver_sql(current_sql).scalar()
+                _refuse_newer(current)
+                if current == head_revision():  # another process migrated it meanwhile
+                    return
+            _upgrade(cfg, conn)
         return
     # SQLite: foreign keys off while the schema changes — a migration that rebuilds a table
     # (0019) must not have SQLite rewrite or check the other tables' references to it
@@ -320,12 +363,12 @@ def migrate(engine: Engine) -> None:
             current = None
         if current is not None and current[0] == head:
             return
+        _refuse_newer(current[0] if current is not None else None)
         dbapi.execute("PRAGMA foreign_keys=OFF")
         try:
             with conn.begin():
                 dangling_before = set(conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall())
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                _upgrade(cfg, conn)
                 dangling = set(conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()) - dangling_before
                 if dangling:  # (table, rowid, referenced table, key): the first few
                     raise UpgradeRefused("upgrading the schema would leave rows whose references do not "
