@@ -437,6 +437,102 @@ def test_a_crm_whose_gdpr_delete_failed_is_asked_again_by_the_next_erase(world):
     assert world.hubspot.gdpr_deleted == [ALICE]
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL: the process ends right after the erasure's store transaction committed."""
+
+
+def _crash_after_the_store_part(world, monkeypatch) -> None:
+    import nurture.privacy.erase as erase_module
+
+    def killed(*args, **kwargs):
+        raise Killed()
+    with monkeypatch.context() as patch:
+        patch.setattr(erase_module, "_after_the_channel", killed)
+        with pytest.raises(Killed):
+            world.erase(ALICE)
+    [log] = rows(world.store, erasure_t)
+    assert (log.outcome, log.completed_at, log.pending) == ("in_progress", None, [])
+    assert world.hubspot.gdpr_deleted == [] and world.hubspot.members("45") == {ALICE, BOB}
+
+
+def test_erasing_again_after_a_crash_does_the_whole_downstream_part_and_completes_the_erasure(world, monkeypatch):
+    """docs/privacy.md: an `in_progress` row is an erasure interrupted after its store part —
+    erase the address again to finish it. The rerun did the files and audiences (re-read from
+    the store) but never the HubSpot GDPR delete (nothing was recorded pending), and left the
+    row `in_progress` for ever (retention never purges it: no completed_at)."""
+    _crash_after_the_store_part(world, monkeypatch)
+
+    [again] = world.erase(ALICE)
+
+    assert again.outcome == "already_erased" and again.pending == []
+    assert again.destinations == {"csv:fans": "removed", "hubspot:45": "removed", "crm:hubspot": "deleted"}
+    assert world.hubspot.gdpr_deleted == [ALICE] and world.hubspot.members("45") == {BOB}
+    assert world.csv_members() == {sha(BOB)}
+    assert mentions(world.store, world.rt.data_dir, ALICE, "Liddell", ALICE_PHONE) == []
+    first, log = rows(world.store, erasure_t)
+    assert (first.outcome, first.pending, log.outcome) == ("erased", [], "already_erased")
+    assert first.completed_at is not None and first.requested_at == T0 + timedelta(hours=2)
+    assert first.removed["contact"] == 1 and first.removed["consents"] >= 1  # the store part, as recorded
+    assert (first.removed["audience_memberships"], first.removed["crm_records"], first.removed["outbox_emails"]) == (
+        2, 1, 1)  # and the downstream part the rerun did
+    assert log.removed == again.removed
+    # finished: a third request asks nothing of HubSpot, and retention purges the completed rows
+    requests = len(world.hubspot.requests)
+    [third] = world.erase(ALICE)
+    assert third.outcome == "already_erased" and third.destinations == {} and third.pending == []
+    assert len(world.hubspot.requests) == requests
+    from nurture.privacy.retention import purge
+    from nurture.spec.models import Policies
+    purged = purge(world.store, Policies.model_validate({"retention": {"erasure_records": "1d"}}),
+                   utc(2099, 1, 1), world.rt.data_dir)
+    assert purged.counts["erasure_records:erasures"] == 3 and rows(world.store, erasure_t) == []
+
+
+def test_a_rerun_after_a_crash_whose_crm_delete_fails_leaves_it_pending_for_the_next_erase(world, monkeypatch):
+    _crash_after_the_store_part(world, monkeypatch)
+
+    def refuse(request):
+        if request.path.endswith("/gdpr-delete"):
+            from tests.fakes.http_server import Reply
+            return Reply(503, {"status": "error", "message": "try later"})
+        return original(request)
+    original, world.hubspot.handle = world.hubspot.handle, refuse
+    [again] = world.erase(ALICE)
+    assert again.outcome == "already_erased" and again.destinations["crm:hubspot"] == "pending"
+    assert [p.split(":")[:2] for p in again.pending] == [["crm", "hubspot"]]
+    first, _ = rows(world.store, erasure_t)
+    assert (first.outcome, first.pending) == ("erased", again.pending) and first.completed_at is not None
+
+    world.hubspot.handle = original
+    [third] = world.erase(ALICE)
+    assert third.destinations == {"crm:hubspot": "deleted"} and third.pending == []
+    assert ALICE in world.hubspot.gdpr_deleted
+
+
+def test_an_interrupted_erasure_of_an_address_only_deals_held_is_completed_by_the_rerun(world, monkeypatch):
+    """The rerun answered `already_erased` and left the first row `in_progress` for ever: a
+    query for unfinished erasures never came back empty, and retention never purged it."""
+    import nurture.privacy.erase as erase_module
+    carol = "carol.crm@example.com"
+    with world.store.engine.begin() as conn:
+        conn.execute(deal_t.insert().values(crm="hubspot", deal_id="77", email=carol, name="pilot",
+                                            pipeline="default", stage="s1", outcome="open", amount=1000.0,
+                                            currency="EUR", modified_at=T0, created_at=T0, updated_at=T0))
+
+    def killed(*args, **kwargs):
+        raise Killed()
+    with monkeypatch.context() as patch:
+        patch.setattr(erase_module, "_after_the_channel", killed)
+        with pytest.raises(Killed):
+            world.erase(carol)
+    assert [r.outcome for r in rows(world.store, erasure_t)] == ["in_progress"]
+
+    assert [r.outcome for r in world.erase(carol)] == ["already_erased"]
+    first, again = rows(world.store, erasure_t)
+    assert (first.outcome, first.removed, first.pending, again.outcome) == ("erased", {"deals": 1}, [], "already_erased")
+    assert first.completed_at is not None and first.subject_hash == again.subject_hash == sha(carol)
+
+
 def test_contacts_are_found_by_their_hubspot_record_id_and_erased_without_asking_hubspot_again(world):
     record = world.hubspot.contacts[ALICE]
     assert contacts_for_crm_record(world.store, "hubspot", record) == [world.alice]

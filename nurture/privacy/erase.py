@@ -45,7 +45,10 @@ stays, and the next nightly sync removes it, since an erased contact matches no 
 next `erase` of the same address retries it too).
 
 Erasing again changes nothing more: the answer is `already_erased` (only outstanding downstream
-work is retried), and the request is logged like any other. An address nothing is held about
+work is retried), and the request is logged like any other. An erasure a crash interrupted after
+its store transaction (its row still `in_progress`) owes its whole downstream part: the next
+`erase` of the person does it as the first request would have (files, audiences, every CRM's
+GDPR delete) and completes that row (`erased`, with the counts and what is still pending). An address nothing is held about
 is `not_found`, and nothing is stored about it but the log row (without the address).
 """
 from __future__ import annotations
@@ -125,9 +128,16 @@ class _Subject:
     handovers: list[int] = field(default_factory=list)
     at_channel: list[int] = field(default_factory=list)  # messages `sending` at the erasure: a tick's channel has them
     retry_crm: set[str] = field(default_factory=set)  # CRMs whose GDPR delete is still pending
+    interrupted: list[int] = field(default_factory=list)  # the person's `in_progress` erasure rows (a crash)
     aliases: list[str] = field(default_factory=list)  # the person's other addresses and numbers (contact_identity)
     removed: Counter = field(default_factory=Counter)
     pending: list[str] = field(default_factory=list)
+
+    @property
+    def owes_everything(self) -> bool:
+        """The whole downstream part is due: the person is erased by this request, or an
+        erasure of theirs was interrupted after its store part (a crash)."""
+        return self.first or bool(self.interrupted)
 
 
 def check_reason(reason: str) -> str:
@@ -384,6 +394,7 @@ def _in_store(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason
                 _collect_files(conn, subject)
                 _sweep(conn, subject, now=now, needles=_needles(subject), codes=codes)
                 _pending_crms(conn, subject)
+            subject.interrupted = _interrupted(conn, subject)
         elif subject.email is not None and not subject.by_id:
             _waiting_deals(conn, subject, now=now, actor=actor, reason=reason)
         return
@@ -534,6 +545,19 @@ def _pending_crms(conn: Any, subject: _Subject) -> None:
             subject.retry_crm.add(entry[4:].split(":", 1)[0])
 
 
+def _interrupted(conn: Any, subject: _Subject) -> list[int]:
+    """For an already erased person: their erasures still `in_progress` — the store part
+    committed, the downstream part was interrupted (a crash). This request does that part
+    whole, as the first one would have, and completes them (`_record`)."""
+    theirs = [erasure_t.c.contact_id == subject.contact_id] if subject.contact_id is not None else []
+    if subject.hashed:  # (an address only CRM deals held has no contact: `_waiting_deals`)
+        theirs.append(and_(erasure_t.c.contact_id.is_(None), erasure_t.c.subject_hash == subject.hashed))
+    if not theirs:
+        return []
+    return list(conn.execute(select(erasure_t.c.id).where(erasure_t.c.outcome == IN_PROGRESS, or_(*theirs))
+                             .order_by(erasure_t.c.id)).scalars())
+
+
 def _hashed_id(event_id: str) -> str:
     return "erased:" + hashlib.sha256(str(event_id).encode("utf-8")).hexdigest()[:40]
 
@@ -649,13 +673,14 @@ def _leave_audiences(store: Store, project: ProjectSpec, subjects: list[_Subject
 
 def _crm_delete(project: ProjectSpec, subjects: list[_Subject], context: IntegrationContext, make: Factory,
                 gone_from: set[str], secrets: Sequence[str]) -> None:
-    """Ask every configured CRM with a GDPR delete to delete the people erased now (and, for
-    people erased before, the CRMs that could not be reached then)."""
-    wanted = [s for s in subjects if s.email and (s.first or s.retry_crm)]
+    """Ask every configured CRM with a GDPR delete to delete the people erased now or whose
+    erasure was interrupted (and, for people erased before, the CRMs that could not be reached
+    then)."""
+    wanted = [s for s in subjects if s.email and (s.owes_everything or s.retry_crm)]
     if not wanted:
         return
     for name, crm, problem in crm_erasers(project, context, make, gone_from):
-        targets = [s for s in wanted if s.first or name in s.retry_crm]
+        targets = [s for s in wanted if s.owes_everything or name in s.retry_crm]
         if crm is None:
             for subject in targets:
                 subject.pending.append(f"crm:{name}: {redact(problem, secrets)}"[:300])
@@ -682,10 +707,18 @@ def _counts(removed: Counter) -> dict[str, int]:
 
 
 def _record(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason: str) -> None:
-    """Complete (or write) the `erasure` row of one request, and the result the caller sees."""
+    """Complete (or write) the `erasure` row of one request, and the result the caller sees; an
+    interrupted erasure of the person this request finished is completed too: `erased`, its
+    counts plus what this request removed, and what is still pending."""
     result = subject.result
     result.removed = _counts(subject.removed)
     result.pending = list(subject.pending)
+    interrupted = conn.execute(select(erasure_t.c.id, erasure_t.c.removed).where(
+        erasure_t.c.id.in_(subject.interrupted), erasure_t.c.outcome == IN_PROGRESS)).all() if subject.interrupted else []
+    for pk, removed in interrupted:
+        conn.execute(erasure_t.update().where(erasure_t.c.id == pk).values(
+            outcome=ERASED, removed=_counts(Counter(removed or {}) + subject.removed), pending=result.pending,
+            completed_at=datetime.now(timezone.utc)))
     if result.outcome == ERASED:
         conn.execute(erasure_t.update().where(erasure_t.c.id == result.erasure_id).values(
             outcome=ERASED, removed=result.removed, pending=result.pending, completed_at=datetime.now(timezone.utc)))
