@@ -17,7 +17,7 @@ from nurture.spec.models import Policies
 from nurture.store.tables import consent_t, contact_t, enrollment_t, event_t, message_t, sync_run_t
 from tests.conftest import DEFAULT_POLICIES, utc, write_project
 from tests.engine_fixtures import add_contact, add_event, journey_yaml, messages, set_consent, subscriber
-from tests.test_privacy_erase import nurture
+from tests.test_privacy_erase import hubspot, nurture  # noqa: F401  (fixtures)
 
 NOW = utc(2026, 6, 1, 12)
 DAY = timedelta(days=1)
@@ -159,6 +159,48 @@ def test_a_never_confirmed_contact_with_a_deal_and_files_goes_entirely(make_runt
     assert "maybe" not in (rt.data_dir / "handover" / "handovers.jsonl").read_text()
     assert "other@example.com" in (rt.data_dir / "handover" / "handovers.jsonl").read_text()
     assert "4915112345678" not in (rt.data_dir / "outbox" / "sms.jsonl").read_text()
+
+
+HUBSPOT_LIST = """
+segments:
+  - name: fans
+    when: {attribute: {fan: true}}
+    destinations:
+      - {destination: hubspot, list_id: "45"}
+"""
+
+
+def test_a_never_confirmed_contact_in_a_crm_list_leaves_it_at_the_next_sync(make_runtime, store, hubspot):
+    """A HubSpot list needs no consent, so an unconfirmed sign-up is synced into it. The purge
+    deleted its acknowledged membership row with the contact: no sync could ever remove the
+    person from the list any more."""
+    from nurture.registry import IntegrationContext
+    from nurture.segments.sync import sync_segments
+    from nurture.store.tables import membership_t
+    from tests.test_privacy_erase import TOKEN
+    rt = make_runtime({}, segments=HUBSPOT_LIST)
+    context = IntegrationContext(rt.project.root, rt.data_dir, {**rt.env, "NURTURE_HUBSPOT_TOKEN": TOKEN,
+                                                                 "NURTURE_HUBSPOT_BASE_URL": hubspot.url})
+    fan = subscriber(store, "fan@example.com", attributes={"fan": True})
+    maybe = add_contact(store, "maybe@example.com", at=NOW - 60 * DAY, attributes={"fan": True})
+    set_consent(store, maybe, status="pending", at=NOW - 60 * DAY, confirmed=False)
+    [report] = sync_segments(store, rt.project, NOW - 59 * DAY, context)
+    assert report.added == 2 and hubspot.members("45") == {"fan@example.com", "maybe@example.com"}
+
+    result = purge(store, _policies(pending_contacts="30d"), NOW, rt.data_dir)
+    assert result.counts["pending_contacts:contacts"] == 1 and _count(store, contact_t, contact_t.c.id == maybe) == 0
+    assert _count(store, membership_t, membership_t.c.contact_id == maybe) == 1  # left for the sync to remove
+    # a new sign-up meanwhile: on SQLite it takes the purged contact's id (the newest one's)
+    new = add_contact(store, "new@example.com", at=NOW, attributes={"fan": True})
+    set_consent(store, new, status="pending", at=NOW, confirmed=False)
+
+    [report] = sync_segments(store, rt.project, NOW, context)  # the nightly sync after the purge
+    assert (report.status, report.failed) == ("ok", 0)  # (a reused id: counted as one update)
+    assert hubspot.members("45") == {"fan@example.com", "new@example.com"}
+    with store.reading() as conn:
+        held = conn.execute(select(membership_t.c.contact_id, membership_t.c.payload["email"].as_string())
+                            .order_by(membership_t.c.contact_id)).all()
+    assert held == [(fan, "fan@example.com"), (new, "new@example.com")]
 
 
 def test_whatsapp_lines_go_with_the_bodies_and_with_a_never_confirmed_phone_only_contact(make_runtime, store):

@@ -6,7 +6,7 @@
 | `events` | tracked events (by `occurred_at`) — except the trigger event of an enrollment still in its journey (its templates read it) |
 | `messages` | message-log rows (by `created_at`) of enrollments that have left their journey (and system mail); never one still queued or sending, never one inside the longest frequency-cap window (caps count them) |
 | `message_bodies` | the rendered bodies: outbox `.eml` files and `sms.jsonl` lines of messages older than the period, and files of messages already purged |
-| `pending_contacts` | contacts created before the cutoff whose consent never got past `pending` (no `granted` row ever): the contact and everything about it (events, consent rows, enrollments, messages, lead source, audience memberships). No tombstone: they may sign up again |
+| `pending_contacts` | contacts created before the cutoff whose consent never got past `pending` (no `granted` row ever): the contact and everything about it (events, consent rows, enrollments, messages, lead source). No tombstone: they may sign up again. Their acknowledged audience/CRM-list memberships stay until the next segment sync removes them at the destination (a deleted contact leaves every segment) and forgets them: deleted here, nothing could ever take them out of a HubSpot list (which needs no consent) |
 | `sync_records` | audience/CRM sync runs (by `started_at`) |
 | `erasure_records` | completed erasure records (by `completed_at`) |
 
@@ -30,7 +30,7 @@ from nurture.privacy.models import erasure_t
 from nurture.runtime.sql import chunks, ids_in
 from nurture.spec.models import Policies
 from nurture.store.db import Store
-from nurture.store.tables import (consent_t, contact_t, deal_t, enrollment_t, event_t, handover_t, membership_t, message_t,
+from nurture.store.tables import (consent_t, contact_t, deal_t, enrollment_t, event_t, handover_t, message_t,
                                   identity_t, pending_t, suppression_t, sync_run_t, touch_t)
 
 KINDS = ("events", "messages", "message_bodies", "pending_contacts", "sync_records", "erasure_records")
@@ -161,8 +161,7 @@ def _pending_contacts(conn: Any, cutoff: datetime, data_dir: Path, result: Purge
                 ("consents", consent_t, ids_in(consent_t.c.contact_id, part)),
                 ("suppressions", suppression_t, ids_in(suppression_t.c.contact_id, part)),
                 ("lead_sources", touch_t, ids_in(touch_t.c.contact_id, part)),
-                ("identities", identity_t, ids_in(identity_t.c.contact_id, part)),
-                ("audience_memberships", membership_t, ids_in(membership_t.c.contact_id, part))):
+                ("identities", identity_t, ids_in(identity_t.c.contact_id, part))):
             _remove(conn, result, f"pending_contacts:{name}", table, where)
         _remove(conn, result, "pending_contacts:contacts", contact_t, mine)
 
