@@ -48,8 +48,9 @@ Erasing again changes nothing more: the answer is `already_erased` (only outstan
 work is retried), and the request is logged like any other. An erasure a crash interrupted after
 its store transaction (its row still `in_progress`) owes its whole downstream part: the next
 `erase` of the person does it as the first request would have (files, audiences, every CRM's
-GDPR delete) and completes that row (`erased`, with the counts and what is still pending). An address nothing is held about
-is `not_found`, and nothing is stored about it but the log row (without the address).
+GDPR delete) and completes that row (`erased`, with the counts and what is still pending). An
+address nothing is held about is `not_found`, and nothing is stored about it but the log row
+(without the address).
 """
 from __future__ import annotations
 
@@ -713,8 +714,9 @@ def _record(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason: 
     result = subject.result
     result.removed = _counts(subject.removed)
     result.pending = list(subject.pending)
-    interrupted = conn.execute(select(erasure_t.c.id, erasure_t.c.removed).where(
-        erasure_t.c.id.in_(subject.interrupted), erasure_t.c.outcome == IN_PROGRESS)).all() if subject.interrupted else []
+    interrupted = (conn.execute(select(erasure_t.c.id, erasure_t.c.removed).where(
+        erasure_t.c.id.in_(subject.interrupted), erasure_t.c.outcome == IN_PROGRESS)).all()
+        if subject.interrupted else [])
     for pk, removed in interrupted:
         conn.execute(erasure_t.update().where(erasure_t.c.id == pk).values(
             outcome=ERASED, removed=_counts(Counter(removed or {}) + subject.removed), pending=result.pending,
