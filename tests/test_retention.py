@@ -193,6 +193,13 @@ def test_a_never_confirmed_contact_in_a_crm_list_leaves_it_at_the_next_sync(make
     # a new sign-up meanwhile: on SQLite it takes the purged contact's id (the newest one's)
     new = add_contact(store, "new@example.com", at=NOW, attributes={"fan": True})
     set_consent(store, new, status="pending", at=NOW, confirmed=False)
+    # HubSpot's privacy-deletion webhook for the purged person's record names no one (on SQLite
+    # the lingering row's contact id is the new sign-up's: erasing them would be the wrong person)
+    from nurture.privacy.erase import contacts_for_crm_record
+    with store.reading() as conn:
+        record = conn.execute(select(membership_t.c.payload["record_id"].as_string())
+                              .where(membership_t.c.payload["email"].as_string() == "maybe@example.com")).scalar_one()
+    assert contacts_for_crm_record(store, "hubspot", record) == []
 
     [report] = sync_segments(store, rt.project, NOW, context)  # the nightly sync after the purge
     assert (report.status, report.failed) == ("ok", 0)  # (a reused id: counted as one update)

@@ -247,9 +247,15 @@ def contacts_for_crm_record(store: Store, destination: str, record_id: str) -> l
     (payload `record_id`) and from handovers delivered to it (`external_id` `contact:<id> …`)."""
     record_id = str(record_id)
     with store.reading() as conn:
-        ids = {cid for (cid,) in conn.execute(select(membership_t.c.contact_id).where(
-            membership_t.c.target.startswith(f"{destination}:", autoescape=True),
-            membership_t.c.payload["record_id"].as_string() == record_id))}
+        # A membership names its contact by id and by the e-mail the list acknowledged: a row
+        # whose contact is gone (a purged never-confirmed sign-up, left for the sync to remove)
+        # may see its id given to someone new on SQLite — who is not that record.
+        ids = {cid for cid, listed, email in conn.execute(
+            select(membership_t.c.contact_id, membership_t.c.payload["email"].as_string(), contact_t.c.email)
+            .join(contact_t, contact_t.c.id == membership_t.c.contact_id)
+            .where(membership_t.c.target.startswith(f"{destination}:", autoescape=True),
+                   membership_t.c.payload["record_id"].as_string() == record_id))
+            if not (listed and email) or listed.lower() == email.lower()}
         ids.update(cid for (cid,) in conn.execute(select(handover_t.c.contact_id).where(
             handover_t.c.destination == destination,
             or_(handover_t.c.external_id == f"contact:{record_id}",
