@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from nurture.privacy.retention import purge
@@ -243,3 +244,184 @@ def test_migration_0019_refuses_to_run_with_foreign_keys_on(tmp_path):
                 raise AssertionError("0019 ran with foreign keys on")
     finally:
         engine.dispose()
+
+
+# Every place the schema holds an id of an AUTOINCREMENT table, most without a foreign key:
+# the table whose id it is, and a row written before the upgrade that names id 40 there — the
+# id of a row deleted since (a purge), or never kept (a reference left dangling by a database
+# written with SQLite's foreign keys off).
+_AT = "'2026-05-31 12:00:00.000000'"
+HELD = {
+    "journey_cursor": ("event", f"INSERT INTO journeycursor (journey, last_event_pk, updated_at) VALUES ('pro', 40, {_AT})"),
+    "pending_trigger": ("event", "INSERT INTO journeypendingtrigger (journey, event_pk, occurred_at) "
+                                 f"VALUES ('pro', 40, {_AT})"),
+    "enrollment_trigger": ("event", "INSERT INTO enrollment (contact_id, journey, version, step_id, status, holdout, "
+                                    "entered_at, revenue, defer_count, state, trigger_event_pk) VALUES (:ann, 'pro', "
+                                    f"'v1', 'wait', 'active', 0, {_AT}, 0, 0, '{{}}', 40)"),
+    "lead_source_touch": ("event", "INSERT INTO contact_touch (contact_id, touch, source, event_pk, occurred_at) "
+                                   f"VALUES (:ann, 'first', 'google', 40, {_AT})"),
+    "delivered_conversion": ("event", "INSERT INTO conversion_delivery (target, destination, conversion, event_pk, "
+                                      "contact_id, status, attempts, created_at, updated_at) VALUES ('csv:buys', "
+                                      f"'csv', 'purchase', 40, :ann, 'sent', 1, {_AT}, {_AT})"),
+    "message_enrollment": ("enrollment", "INSERT INTO message (enrollment_id, contact_id, journey, step_id, "
+                                         "attempt_key, channel, purpose, template, status, due_at, attempts, "
+                                         "created_at) VALUES (40, :ann, 'pro', 'mail', 'send', 'email', 'marketing', "
+                                         f"'hello', 'sent', {_AT}, 1, {_AT})"),
+    "handover_enrollment": ("enrollment", "INSERT INTO handover (contact_id, enrollment_id, journey, step_id, stage, "
+                                          "score, note, destination, status, attempts, sla_due_at, created_at) "
+                                          f"VALUES (:ann, 40, 'pro', 'handover', 'mql', 50, '', 'file', 'delivered', "
+                                          f"1, {_AT}, {_AT})"),
+    "opt_in_request": ("consent", "INSERT INTO message (enrollment_id, contact_id, journey, step_id, attempt_key, "
+                                  "channel, purpose, template, status, due_at, attempts, created_at) VALUES (NULL, "
+                                  ":ann, 'double_opt_in', 'confirm', 'consent:40', 'email', 'transactional', "
+                                  f"'system/confirm', 'sent', {_AT}, 1, {_AT})"),
+}
+
+
+def _new_row(store, table: str, contact: int) -> int:
+    """The id a new row of `table` gets."""
+    from nurture.store.tables import consent_t
+    if table == "event":
+        return add_event(store, contact, "purchase", NOW)
+    with store.engine.begin() as conn:
+        if table == "enrollment":
+            stmt = enrollment_t.insert().values(contact_id=contact, journey="pro", version="v2", step_id="wait",
+                                                status="active", holdout=False, entered_at=NOW, revenue=0.0,
+                                                defer_count=0, state={})
+        else:
+            stmt = consent_t.insert().values(contact_id=contact, channel="email", purpose="marketing",
+                                             status="pending", source="test", recorded_at=NOW)
+        return conn.execute(stmt).inserted_primary_key[0]
+
+
+def _database_at_0018_holding(path, held: str) -> int:
+    """A SQLite database at 0018 (before ids only grew) holding one reference to id 40 of a
+    row that is gone; its contact's id."""
+    import sqlite3
+
+    from nurture.store.db import make_engine, open_store
+    from tests.engine_fixtures import add_contact
+    engine = make_engine(f"sqlite:///{path}")
+    _upgrade(engine, "0018")
+    engine.dispose()
+    store = open_store(f"sqlite:///{path}", auto_migrate=False)  # (the schema at 0018)
+    ann = add_contact(store, "ann@example.com")
+    store.dispose()
+    raw = sqlite3.connect(path)  # (SQLite's foreign keys off: a reference may dangle)
+    raw.execute(HELD[held][1], {"ann": ann})
+    raw.commit()
+    raw.close()
+    return ann
+
+
+@pytest.mark.parametrize("held", sorted(HELD))
+@pytest.mark.parametrize("upgraded", ["from_0018", "through_the_old_0019"])
+def test_an_id_another_table_holds_is_not_handed_out_again_after_the_upgrade(tmp_path, held, upgraded):
+    """Upgrading from 0018 (0019 starts each sequence above every held id) or a database whose
+    0019 ran before that fix, starting only the event sequence above the journey cursors
+    (0028 raises it): either way the next row's id is above the one held."""
+    from sqlalchemy import create_engine
+
+    from nurture.store.db import open_store
+    path = tmp_path / "old.db"
+    ann = _database_at_0018_holding(path, held)
+    if upgraded == "through_the_old_0019":
+        plain = create_engine(f"sqlite:///{path}")  # (SQLite's foreign keys off, as migrate runs 0019)
+        _upgrade(plain, "0027")
+        with plain.begin() as conn:  # what the 0019 before the fix left: the newest id copied (none here),
+            conn.exec_driver_sql(  # for events the furthest journey cursor
+                "UPDATE sqlite_sequence SET seq = CASE name WHEN 'event' THEN "
+                "(SELECT coalesce(max(last_event_pk), 0) FROM journeycursor) ELSE 0 END")
+        plain.dispose()
+    store = open_store(f"sqlite:///{path}")  # migrates to the head
+    try:
+        assert _new_row(store, HELD[held][0], ann) == 41
+    finally:
+        store.dispose()
+
+
+def test_a_purchase_after_the_upgrade_reaches_the_ad_platform_though_a_purged_purchase_held_its_id(tmp_path):
+    """The old code sent two purchases as offline conversions, then retention purged every
+    event. Purchases start no journey, so no cursor passed them: only their delivered
+    conversions (no foreign key: a purge must not be blocked) still hold their ids. Bob's first
+    purchase after the upgrade gets a new id, and is sent."""
+    import textwrap
+
+    from nurture.consent_ledger import record_consent
+    from nurture.conversions.send import send_conversions
+    from nurture.registry import IntegrationContext
+    from nurture.spec.project import load_project
+    from nurture.store.db import make_engine, open_store
+    from nurture.store.tables import conversion_delivery_t, event_t
+    from tests.conftest import write_project
+    from tests.engine_fixtures import add_contact
+    path = tmp_path / "old.db"
+    engine = make_engine(f"sqlite:///{path}")
+    _upgrade(engine, "0018")
+    engine.dispose()
+    old = open_store(f"sqlite:///{path}", auto_migrate=False)  # (the schema at 0018)
+    alice, bob = add_contact(old, "alice@example.com"), add_contact(old, "bob@example.com")
+    signup = add_event(old, alice, "signup", NOW - 90 * DAY)
+    bought = [add_event(old, alice, "purchase", NOW - 90 * DAY, {"value": v}) for v in (10, 20)]
+    with old.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO journeycursor (journey, last_event_pk, updated_at) "
+                             f"VALUES ('welcome', ?, {_AT})", (signup,))
+        for pk in bought:
+            conn.execute(conversion_delivery_t.insert().values(
+                target="csv:buys", destination="csv", conversion="purchase", event_pk=pk, contact_id=alice,
+                status="sent", attempts=1, created_at=NOW - 90 * DAY, updated_at=NOW - 90 * DAY,
+                sent_at=NOW - 90 * DAY))
+        conn.execute(event_t.delete())  # retention, before the upgrade
+    old.dispose()
+
+    store = open_store(f"sqlite:///{path}")  # the upgrade
+    try:
+        root = write_project(tmp_path / "p", {})
+        (root / "journeys" / "conversions.yaml").write_text(textwrap.dedent("""
+            conversions:
+              - {event: purchase, since: 2026-01-01, destinations: [{destination: csv, name: buys}]}
+            """))  # (`since`: this test's clock lies months before the real one)
+        with store.engine.begin() as conn:
+            record_consent(conn, bob, "ads", "granted", source="test", at=NOW - 2 * DAY)
+        new = add_event(store, bob, "purchase", NOW - DAY, {"value": 99})
+        ran = send_conversions(store, load_project(root), NOW, IntegrationContext(root, tmp_path / ".nurture", {}))
+        assert [(r.target, r.due, r.sent) for r in ran] == [("csv:buys", 1, 1)]
+        with store.reading() as conn:
+            held = conn.execute(select(conversion_delivery_t.c.contact_id, conversion_delivery_t.c.status)
+                                .where(conversion_delivery_t.c.event_pk == new)).all()
+        assert new > max(bought) and held == [(bob, "sent")]
+    finally:
+        store.dispose()
+
+
+def test_raising_the_floor_never_lowers_it(tmp_path):
+    """A sequence already above every held id (the newest rows deleted after the upgrade) stays
+    where it is when 0028 runs: it only ever raises a floor."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from nurture.store.db import open_store
+    from nurture.store.tables import conversion_delivery_t
+    from tests.engine_fixtures import add_contact
+    url = f"sqlite:///{tmp_path / 'db.db'}"
+    store = open_store(url)
+    ann = add_contact(store, "ann@example.com")
+    held = add_event(store, ann, "purchase", NOW)
+    top = max(add_event(store, ann, "page_view", NOW) for _ in range(3))
+    with store.engine.begin() as conn:
+        conn.execute(conversion_delivery_t.insert().values(
+            target="csv:buys", destination="csv", conversion="purchase", event_pk=held, contact_id=ann,
+            status="sent", attempts=1, created_at=NOW, updated_at=NOW))
+        conn.exec_driver_sql("DELETE FROM event")
+    store.dispose()
+    plain = create_engine(url)
+    cfg = _config()
+    with plain.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0027")
+    plain.dispose()
+    store = open_store(url)  # 0028 again
+    try:
+        assert add_event(store, ann, "purchase", NOW) == top + 1
+    finally:
+        store.dispose()

@@ -1,5 +1,5 @@
-"""Rebuilding a SQLite table with or without AUTOINCREMENT, for the migrations that make ids
-only grow (0019, 0020).
+"""Rebuilding a SQLite table with or without AUTOINCREMENT, and raising the floor of its ids,
+for the migrations that make ids only grow (0019, 0020, 0028).
 
 SQLite gives a new row of a plain `INTEGER PRIMARY KEY` table max(id) + 1, so once the newest
 rows are deleted their ids are handed out again; an AUTOINCREMENT table never hands an id out
@@ -9,6 +9,11 @@ they are (`legacy_alter_table` while the old table is renamed away); the caller 
 SQLite's foreign keys off (nurture.store.db.migrate does, and checks them before it commits),
 as SQLite's documented procedure for altering a table asks. PostgreSQL's sequences never go
 back: nothing to do there.
+
+An AUTOINCREMENT table hands out ids above its `sqlite_sequence` entry and its newest row. Rows
+deleted before it became one may have had higher ids that other tables still hold — many
+without a foreign key (a conversion's `event_pk`, a journey cursor): `raise_floor` puts the
+entry above every one of them, so none of those ids is handed out again.
 """
 from __future__ import annotations
 
@@ -52,3 +57,13 @@ def rebuild(conn: Any, table: str, autoincrement: bool, revision: str) -> None:
         conn.execute(sa.text("PRAGMA legacy_alter_table = OFF"))
     for sql in indexes:
         conn.execute(sa.text(sql))
+
+
+def raise_floor(conn: Any, table: str, references: tuple[str, ...]) -> None:
+    """`table`'s next id (an AUTOINCREMENT table) above every id that `references` — statements
+    of one value each, `SELECT max(event_pk) FROM conversion_delivery` — name; nothing when it
+    is so already. In SQL alone: no rows are loaded."""
+    highest = ", ".join(f"coalesce(({sql}), 0)" for sql in references)
+    conn.execute(sa.text("INSERT INTO sqlite_sequence (name, seq) SELECT :t, 0 "
+                         "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = :t)"), {"t": table})
+    conn.execute(sa.text(f"UPDATE sqlite_sequence SET seq = max(seq, {highest}) WHERE name = :t"), {"t": table})

@@ -11,16 +11,16 @@ its event never started a journey. PostgreSQL's sequences never go back: nothing
 SQLite cannot add AUTOINCREMENT to a table; each is rebuilt under its own name with its rows,
 ids and indexes (nurture.store.sqlite_rebuild; store.db.migrate turns SQLite's foreign keys
 off for a migration and checks them before it commits). `sqlite_sequence` starts
-at the newest id copied — for events at the furthest journey cursor if that is higher (events
-deleted before this upgrade).
+at the newest id copied, or above it at the highest id another table still holds (REFERENCES:
+rows deleted before this upgrade whose ids a journey cursor, a conversion or a message still
+names — most without a foreign key). Until 0028 only the journey cursors counted here.
 
 Revision ID: 0019
 Revises: 0018
 """
 from alembic import op
-import sqlalchemy as sa
 
-from nurture.store.sqlite_rebuild import rebuild
+from nurture.store.sqlite_rebuild import raise_floor, rebuild
 
 
 revision = '0019'
@@ -29,6 +29,22 @@ branch_labels = None
 depends_on = None
 
 TABLES = ("event", "enrollment", "consent", "contact_merge")
+
+# Where the schema of this revision holds ids of TABLES. A new row must not get one of them:
+# a conversion delivered for a purged event would hold its new namesake (never sent), a
+# cursor would already be past it, a double opt-in mail would already have asked its consent.
+# (The same list as 0028's: a migration keeps the schema of its own revision.)
+REFERENCES = {
+    "event": ("SELECT max(last_event_pk) FROM journeycursor",
+              "SELECT max(event_pk) FROM journeypendingtrigger",
+              "SELECT max(trigger_event_pk) FROM enrollment",
+              "SELECT max(event_pk) FROM contact_touch",
+              "SELECT max(event_pk) FROM conversion_delivery"),
+    "enrollment": ("SELECT max(enrollment_id) FROM message",
+                   "SELECT max(enrollment_id) FROM handover"),
+    "consent": ("SELECT max(CAST(substr(attempt_key, 9) AS INTEGER)) FROM message "
+                "WHERE attempt_key GLOB 'consent:[0-9]*'",),  # a double opt-in request's key
+}
 
 
 def _rebuild_all(autoincrement: bool):
@@ -45,14 +61,9 @@ def upgrade() -> None:
     conn = _rebuild_all(autoincrement=True)
     if conn is None:
         return
-    # Events deleted before this upgrade may have had ids a trigger's cursor already passed:
-    # the next event starts above every cursor.
-    seq = conn.execute(sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'event'")).scalar()
-    floor = conn.execute(sa.text("SELECT max(last_event_pk) FROM journeycursor")).scalar() or 0
-    if seq is None:
-        conn.execute(sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES ('event', :floor)"), {"floor": floor})
-    elif floor > seq:
-        conn.execute(sa.text("UPDATE sqlite_sequence SET seq = :floor WHERE name = 'event'"), {"floor": floor})
+    # Rows deleted before this upgrade may have had ids other tables still hold.
+    for table, references in REFERENCES.items():
+        raise_floor(conn, table, references)
 
 
 def downgrade() -> None:
