@@ -11,14 +11,14 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import create_engine, select, text, update
 
 from integrations.http_retry import RetryPolicy
 from nurture.consent_ledger import record_consent
 from nurture.privacy.erase import erase_emails
 from nurture.registry import IntegrationContext, SyncMember
 from nurture.segments.sync import default_factory, detached_targets, push_removals, sync_segments, sync_target, targets
-from nurture.segments.target_lock import TargetBusy, target_lock
+from nurture.segments.target_lock import TargetBusy, _digest, target_lock
 from nurture.spec.project import load_project
 from nurture.store.tables import contact_t, membership_t, sync_run_t
 from tests.conftest import utc, write_project
@@ -299,6 +299,153 @@ def test_a_contact_erased_or_revoked_after_the_diff_is_not_sent_by_a_later_batch
     destination.close()
     assert [who for r in server.requests for _, who in server.sent(r)] == [sha("ann@example.com")]
     assert (report.added, report.failed, report.members) == (1, 0, 1)
+
+
+# ---------------------------------------------------------------- the lock's session lost (PostgreSQL)
+
+
+def lock_session(store, key):
+    """A connection of another session, and the `pg_locks` halves of `key`'s advisory lock."""
+    other = create_engine(store.engine.url.render_as_string(hide_password=False))
+    unsigned = int.from_bytes(_digest(key)[:8], "big")
+    return other, {"hi": unsigned >> 32, "lo": unsigned & 0xFFFF_FFFF}
+
+
+def drop_lock_session(other, halves):
+    """End the session that holds the target's lock, as a server restart, a proxy or
+    `idle_session_timeout` would (waiting until it is gone)."""
+    with other.connect() as conn:
+        ended = conn.execute(text(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_locks "
+            "WHERE locktype = 'advisory' AND granted AND classid::bigint = :hi AND objid::bigint = :lo "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"), halves).scalar_one()
+        conn.commit()
+    assert ended == 1
+
+
+def lock_is_free(other, key):
+    lock_id = int.from_bytes(_digest(key)[:8], "big", signed=True)
+    with other.connect() as conn:
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_id}).scalar_one()
+        if got:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
+        conn.commit()
+    return got
+
+
+def runs(store):
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(sync_run_t.c.status, sync_run_t.c.added).order_by(sync_run_t.c.id)).all()
+        conn.rollback()
+    return [tuple(r) for r in rows]
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_run_whose_lock_session_is_dropped_takes_the_free_lock_again_and_finishes_ok(store, meta):
+    """The lock's session ends while a batch is at the provider: before the next batch the run
+    takes the (free) lock again on a new connection, holds it to its end, and its report and
+    sync_run row are the honest `ok` of a finished run — not a failure blamed on the destination."""
+    server, root, context = meta
+    spec = project(root, META_111)
+    for name in ("ann", "bob", "cy"):
+        add_contact(store, f"{name}@example.com")
+    (ref,) = targets(spec)
+    other, halves = lock_session(store, ref.key)
+    destination = make("meta", context)
+    destination.max_batch = 1
+    real_add = destination.add
+    free_while_running = []
+
+    def add(target, members, batch):
+        if batch.seq == 1:
+            drop_lock_session(other, halves)
+        else:
+            free_while_running.append(lock_is_free(other, ref.key))
+        return real_add(target, members, batch)
+    destination.add = add
+    try:
+        report = sync_target(store, spec, ref, destination, NOW)
+        free_after = lock_is_free(other, ref.key)
+    finally:
+        destination.close()
+        other.dispose()
+    assert free_while_running == [False, False]  # the run held the target again for batches 2 and 3
+    assert (report.status, report.added, report.failed, report.errors) == ("ok", 3, 0, [])
+    assert runs(store) == [("ok", 3)]
+    assert len(server.members("111")) == 3 and len(held(store)) == 3
+    assert free_after
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_run_that_lost_its_lock_to_another_run_stops_interrupted_with_what_it_acknowledged(store, meta):
+    """The lock's session ends and another run takes the target at once: the run sends no
+    further batch, records the batch the provider confirmed, and ends `interrupted` with the
+    reason; the next run diffs against that and adds the rest."""
+    server, root, context = meta
+    spec = project(root, META_111)
+    for name in ("ann", "bob", "cy"):
+        add_contact(store, f"{name}@example.com")
+    (ref,) = targets(spec)
+    other, halves = lock_session(store, ref.key)
+    lock_id = int.from_bytes(_digest(ref.key)[:8], "big", signed=True)
+    destination = make("meta", context)
+    destination.max_batch = 1
+    real_add = destination.add
+    rival = other.connect()
+
+    def add(target, members, batch):
+        if batch.seq == 1:  # the other run takes the target as soon as the lock's session is gone
+            drop_lock_session(other, halves)
+            assert rival.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": lock_id}).scalar_one()
+            rival.commit()
+        return real_add(target, members, batch)
+    destination.add = add
+    try:
+        report = sync_target(store, spec, ref, destination, NOW)
+    finally:
+        destination.close()
+        rival.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})  # the other run finishes
+        rival.commit()
+        rival.close()
+    try:
+        assert (report.status, report.added, report.failed) == ("interrupted", 1, 0)
+        assert "another run holds it now" in report.errors[0]["reason"]
+        assert runs(store) == [("interrupted", 1)]
+        assert len(server.requests) == 1 and len(server.members("111")) == 1 and len(held(store)) == 1
+        assert lock_is_free(other, ref.key)
+        (next_run,) = sync_segments(store, spec, NOW + timedelta(hours=1), context, factory=make)
+    finally:
+        other.dispose()
+    assert (next_run.status, next_run.added) == ("ok", 2)
+    assert len(server.members("111")) == 3 and len(held(store)) == 3
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_an_erasure_whose_lock_session_is_dropped_during_the_removal_still_reports_the_removal(store, meta):
+    server, root, context = meta
+    spec = project(root, META_111)
+    add_contact(store, "ann@example.com")
+    sync_segments(store, spec, NOW, context, factory=make)
+    (ref,) = targets(spec)
+    other, halves = lock_session(store, ref.key)
+
+    def dropping(name, ctx):
+        destination = make(name, ctx)
+        real_remove = destination.remove
+
+        def remove(target, members, batch):
+            drop_lock_session(other, halves)
+            return real_remove(target, members, batch)
+        destination.remove = remove
+        return destination
+    try:
+        (result,) = erase_emails(store, spec, ["ann@example.com"], context=context, actor="test",
+                                 now=NOW + timedelta(hours=1), factory=dropping)
+        assert lock_is_free(other, ref.key)
+    finally:
+        other.dispose()
+    assert result.outcome == "erased" and result.destinations == {ref.key: "removed"}
+    assert server.members("111") == set() and held(store) == []
 
 
 # ---------------------------------------------------------------- the logical clock

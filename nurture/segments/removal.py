@@ -16,7 +16,9 @@ removed from the configuration can still be taken out of it.
 
 A removal holds the target's lock like a sync (nurture.segments.target_lock); one that waited
 REMOVAL_LOCK_WAIT for a sync of the same target still running is a failed removal (its rows
-stay: that sync, or the next, removes an erased contact, who matches no segment).
+stay: that sync, or the next, removes an erased contact, who matches no segment). One that lost
+its lock to another run midway stops there, `interrupted`: the members not removed yet stay, as
+failed, for that run or the next.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from nurture.redaction import redact
 from nurture.registry import SyncDestination, SyncMember
 from nurture.segments.sync import (SyncTarget, TargetReport, _finish, _forget, _record_failure, _wall, push_removals,
                                    resolve_target)
-from nurture.segments.target_lock import TargetBusy, target_lock
+from nurture.segments.target_lock import Hold, TargetBusy, target_lock
 from nurture.store.db import Store
 from nurture.store.tables import membership_t, sync_run_t
 
@@ -46,8 +48,8 @@ def remove_members(store: Store, ref: SyncTarget, destination: SyncDestination, 
     """Remove `members` (their `payload` as acknowledged) from one target now; the report (also
     recorded as a `sync_run` row) and the contact ids the destination confirmed."""
     try:
-        with target_lock(store, ref.key, wait=REMOVAL_LOCK_WAIT):
-            return _remove_locked(store, ref, destination, members, secrets)
+        with target_lock(store, ref.key, wait=REMOVAL_LOCK_WAIT) as hold:
+            return _remove_locked(store, ref, destination, members, secrets, hold)
     except TargetBusy as exc:
         report = _record_failure(store, ref, str(exc))
         report.failed = len(members)
@@ -55,7 +57,7 @@ def remove_members(store: Store, ref: SyncTarget, destination: SyncDestination, 
 
 
 def _remove_locked(store: Store, ref: SyncTarget, destination: SyncDestination, members: Sequence[SyncMember],
-                   secrets: Sequence[str]) -> tuple[TargetReport, set[int]]:
+                   secrets: Sequence[str], hold: Hold) -> tuple[TargetReport, set[int]]:
     started = time.perf_counter()
     report = TargetReport(ref.segment, ref.destination, ref.key)
     requests_before = destination.requests_sent
@@ -68,7 +70,8 @@ def _remove_locked(store: Store, ref: SyncTarget, destination: SyncDestination, 
     removed: set[int] = set()
     session = random.getrandbits(62)
     try:
-        report.failed += push_removals(store, destination, ref, list(members), session, removed, reasons, secrets)
+        report.failed += push_removals(store, destination, ref, list(members), session, removed, reasons, secrets,
+                                       hold=hold)
     except Exception as exc:  # a bug in a plug-in: this target fails, the others still run
         reasons[redact(f"{type(exc).__name__} in {ref.destination}: {exc}", secrets)[:300]] += 1
         report.failed = len(members) - len(removed)
@@ -80,6 +83,10 @@ def _remove_locked(store: Store, ref: SyncTarget, destination: SyncDestination, 
     report.duration_ms = int((time.perf_counter() - started) * 1000)
     report.errors = [{"reason": reason, "count": n} for reason, n in reasons.most_common(20)]
     report.status = "ok" if not report.failed else ("partial" if removed else "failed")
+    if hold.lost is not None:  # the members not sent yet stay for the run that holds the target now
+        report.failed = len(members) - len(removed)
+        report.errors = [{"reason": hold.lost, "count": 1}] + report.errors[:19]
+        report.status = "interrupted"
     _finish(store, run_id, report)
     return report, removed
 

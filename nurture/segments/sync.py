@@ -20,6 +20,8 @@ is `segment_membership`: what the destination acknowledged. One run:
 One run at a time per target key: a run holds the target's lock (nurture.segments.target_lock)
 from its diff to its last acknowledgement, so a second run (a manual sync beside the nightly
 one, a retry, another segment feeding the same audience) diffs against what the first one left.
+The lock is confirmed before each batch: a run that lost it (PostgreSQL: its session ended) and
+finds another run holding it sends nothing more and ends `interrupted` with what it acknowledged.
 A removal forgets only the acknowledged row it removed (same fingerprint), and it is not sent
 when another acknowledged row of the same target key (another segment, or a contact whose
 identifiers normalize the same, e.g. Google's gmail rules) holds the same identifiers: the
@@ -59,7 +61,7 @@ from nurture.registry import (IntegrationContext, IntegrationError, MemberResult
                               SyncMember, lookup)
 from nurture.runtime.sql import ids_in, texts_in
 from nurture.segments.membership import desired
-from nurture.segments.target_lock import TargetBusy, target_lock
+from nurture.segments.target_lock import Hold, TargetBusy, target_lock
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.tables import contact_t, membership_t, sync_run_t
@@ -204,7 +206,8 @@ def _member(row: Any) -> SyncMember:
 
 
 def push_removals(store: Store, destination: Any, ref: Any, members: list, session: int, removed: set[int],
-                  reasons: Counter, secrets: Any, fingerprints: Optional[dict[int, str]] = None) -> int:
+                  reasons: Counter, secrets: Any, fingerprints: Optional[dict[int, str]] = None, *,
+                  hold: Optional[Hold] = None) -> int:
     """Remove `members` from the destination in its batches, forgetting each acknowledged
     removal at once (a crash loses nothing); acknowledged ids go into `removed`, failure
     reasons into `reasons`. The number of members the destination refused.
@@ -212,11 +215,14 @@ def push_removals(store: Store, destination: Any, ref: Any, members: list, sessi
     `fingerprints` (contact id → the fingerprint of the acknowledged row being removed; read from
     the rows when not given): only a row that still holds it is forgotten, and a member whose
     identifiers another acknowledged row of the same target key still holds is not sent — the
-    platform keeps one entry for both — only its own row is forgotten."""
+    platform keeps one entry for both — only its own row is forgotten.
+
+    `hold` (the target's lock) is confirmed before each batch: once it is lost to another run,
+    no further batch is sent (the caller reads why in `hold.lost`)."""
     failed = 0
     leaving = {m.contact_id for m in members}
     for seq, last, chunk in _chunks(members, destination.max_batch):
-        if not chunk:
+        if not chunk or (hold is not None and not hold.confirm()):
             break
         ids = [m.contact_id for m in chunk]
         with store.reading() as conn:
@@ -257,7 +263,8 @@ Wanted = Callable[[Any, Sequence[int]], set[int]]  # (connection, contact ids) -
 def push_members(store: Store, send: Callable[..., list[MemberResult]], max_batch: int, ref: SyncTarget,
                  members: list[tuple[SyncMember, datetime, str]], session: int, reasons: Counter,
                  secrets: Any, wanted: Optional[Wanted] = None,
-                 late: Optional[list[tuple[SyncMember, str]]] = None) -> tuple[set[int], int]:
+                 late: Optional[list[tuple[SyncMember, str]]] = None, *,
+                 hold: Optional[Hold] = None) -> tuple[set[int], int]:
     """Send `members` (member, contact version, fingerprint) through `send` (the destination's
     `add` or `update`) in batches of `max_batch`, acknowledging each batch's confirmed members at
     once in one short transaction; failure reasons go into `reasons`. The contact ids confirmed,
@@ -267,13 +274,19 @@ def push_members(store: Store, send: Callable[..., list[MemberResult]], max_batc
     out: not sent, not failed) and again in the acknowledging transaction: a confirmed member no
     longer wanted then (erased or revoked while its batch was at the provider) is acknowledged
     all the same — so its removal is never lost — and put on `late` (member with the payload
-    acknowledged, fingerprint) for the caller to remove at once; it is not among the confirmed."""
+    acknowledged, fingerprint) for the caller to remove at once; it is not among the confirmed.
+
+    `hold` (the target's lock) is confirmed before each batch: once it is lost to another run,
+    no further batch is sent (the caller reads why in `hold.lost`); a batch already at the
+    provider is acknowledged all the same (that is what the provider holds now)."""
     meta = {m.contact_id: (v, fp) for m, v, fp in members}
     confirmed: set[int] = set()
     failed = 0
     if not members:
         return confirmed, failed
     for seq, last, chunk in _chunks([m for m, _, _ in members], max_batch):
+        if hold is not None and not hold.confirm():
+            break
         if wanted is not None:
             with store.reading() as conn:
                 still = wanted(conn, [m.contact_id for m in chunk])
@@ -439,8 +452,8 @@ def sync_target(store: Store, project: ProjectSpec, ref: SyncTarget, destination
     """Push one target's changes, holding the target's lock (a run of the same target key
     under way is waited for); `secrets` are masked in every recorded reason."""
     try:
-        with target_lock(store, ref.key, wait=SYNC_LOCK_WAIT):
-            return _sync_locked(store, project, ref, destination, now, session_id, secrets)
+        with target_lock(store, ref.key, wait=SYNC_LOCK_WAIT) as hold:
+            return _sync_locked(store, project, ref, destination, now, session_id, secrets, hold)
     except TargetBusy as exc:
         return _record_failure(store, ref, str(exc))
 
@@ -480,7 +493,7 @@ def _wanted(project: ProjectSpec, ref: SyncTarget, destination: SyncDestination,
 
 
 def _sync_locked(store: Store, project: ProjectSpec, ref: SyncTarget, destination: SyncDestination,
-                 now: datetime, session_id: Optional[int], secrets: Sequence[str]) -> TargetReport:
+                 now: datetime, session_id: Optional[int], secrets: Sequence[str], hold: Hold) -> TargetReport:
     started = time.perf_counter()
     report = TargetReport(ref.segment, ref.destination, ref.key)
     requests_before = destination.requests_sent
@@ -503,7 +516,7 @@ def _sync_locked(store: Store, project: ProjectSpec, ref: SyncTarget, destinatio
         to_remove = diff.removes + [old for old, _, _, _ in diff.updates]
         removed_ok: set[int] = set()
         report.failed += push_removals(store, destination, ref, to_remove, session, removed_ok, reasons, secrets,
-                                       diff.fingerprints)
+                                       diff.fingerprints, hold=hold)
 
         wanted = _wanted(project, ref, destination, now)
         late: list[tuple[SyncMember, str]] = []  # sent, then found erased/revoked: removed again below
@@ -513,16 +526,16 @@ def _sync_locked(store: Store, project: ProjectSpec, ref: SyncTarget, destinatio
         if diff.in_place:  # only an UpdatesInPlace destination fills it
             update_members = destination.update  # type: ignore[attr-defined]
             changed_ok, failed = push_members(store, update_members, destination.max_batch, ref, diff.in_place,
-                                              session + 2, reasons, secrets, wanted, late)
+                                              session + 2, reasons, secrets, wanted, late, hold=hold)
             report.failed += failed
 
         to_add = diff.adds + [(new, v, fp) for old, new, v, fp in diff.updates if old.contact_id in removed_ok]
         added_ids, failed = push_members(store, destination.add, destination.max_batch, ref, to_add, session + 1,
-                                         reasons, secrets, wanted, late)
+                                         reasons, secrets, wanted, late, hold=hold)
         report.failed += failed
         if late:
             report.failed += push_removals(store, destination, ref, [m for m, _ in late], session + 3, set(),
-                                           reasons, secrets, {m.contact_id: fp for m, fp in late})
+                                           reasons, secrets, {m.contact_id: fp for m, fp in late}, hold=hold)
         report.added = len(added_ids - updated_ids)
         report.updated = len(added_ids & updated_ids) + len(changed_ok)
         # A replaced contact whose old identifiers went but whose new ones did not stay has left.
@@ -534,7 +547,7 @@ def _sync_locked(store: Store, project: ProjectSpec, ref: SyncTarget, destinatio
         _interrupted(store, run_id)
         raise
     return _close(store, run_id, report, destination.requests_sent - requests_before, started, reasons,
-                  partly=bool(succeeded or diff.touches))
+                  partly=bool(succeeded or diff.touches), stopped=hold.lost)
 
 
 def sync_detached(store: Store, ref: SyncTarget, destination: SyncDestination, *,
@@ -547,7 +560,7 @@ def sync_detached(store: Store, ref: SyncTarget, destination: SyncDestination, *
     requests_before = destination.requests_sent
     reasons: Counter = Counter()
     try:
-        with target_lock(store, ref.key, wait=SYNC_LOCK_WAIT):
+        with target_lock(store, ref.key, wait=SYNC_LOCK_WAIT) as hold:
             run_id = _start(store, ref)
             try:
                 with store.reading() as conn:
@@ -559,7 +572,8 @@ def sync_detached(store: Store, ref: SyncTarget, destination: SyncDestination, *
                 members = [SyncMember(r.contact_id, payload=dict(r.payload or {})) for r in rows]
                 removed: set[int] = set()
                 report.failed = push_removals(store, destination, ref, members, random.getrandbits(62), removed,
-                                              reasons, secrets, {r.contact_id: r.fingerprint for r in rows})
+                                              reasons, secrets, {r.contact_id: r.fingerprint for r in rows},
+                                              hold=hold)
                 report.removed = len(removed)
                 report.members = _held(store, ref)
             except BaseException:
@@ -568,7 +582,7 @@ def sync_detached(store: Store, ref: SyncTarget, destination: SyncDestination, *
     except TargetBusy as exc:
         return _record_failure(store, ref, str(exc))
     return _close(store, run_id, report, destination.requests_sent - requests_before, started, reasons,
-                  partly=bool(report.removed))
+                  partly=bool(report.removed), stopped=hold.lost)
 
 
 def _held(store: Store, ref: SyncTarget) -> int:
@@ -579,12 +593,17 @@ def _held(store: Store, ref: SyncTarget) -> int:
 
 
 def _close(store: Store, run_id: int, report: TargetReport, requests: int, started: float, reasons: Counter, *,
-           partly: bool) -> TargetReport:
-    """A finished run's report and `sync_run` row: `partly` — something succeeded beside the failures."""
+           partly: bool, stopped: Optional[str] = None) -> TargetReport:
+    """A finished run's report and `sync_run` row: `partly` — something succeeded beside the
+    failures; `stopped` — why the run stopped before its end (it lost its lock to another run):
+    `interrupted`, with what it acknowledged until then."""
     report.requests = requests
     report.duration_ms = int((time.perf_counter() - started) * 1000)
     report.errors = [{"reason": reason, "count": n} for reason, n in reasons.most_common(20)]
     report.status = "ok" if not report.failed else ("partial" if partly else "failed")
+    if stopped is not None:
+        report.errors = [{"reason": stopped, "count": 1}] + report.errors[:19]
+        report.status = "interrupted"
     _finish(store, run_id, report)
     return report
 
