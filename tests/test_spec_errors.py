@@ -277,6 +277,22 @@ def test_a_subjects_and_a_preheaders_variables_are_checked_at_their_place_in_the
         "'contact.first_name'? (only an attribute named 'frist_name' would fill it)"]
 
 
+def test_names_a_subject_binds_itself_are_not_checked_as_the_namespaces_they_shadow(tmp_path):
+    """`{% set journey = … %}{{ journey.title }}` was "'journey.title' does not exist" — an error
+    that stopped a journey whose subject renders fine."""
+    from nurture.spec.project import load_project
+    from tests.conftest import write_project
+    subjects = ["{% for step in event.items %}{{ step.name }}{% endfor %}",
+                "{% set journey = {'title': 'x'} %}{{ journey.title }}",
+                "{% with imprint = contact %}{{ imprint.first_name }}{% endwith %}",
+                "{% macro hi(links) %}{{ links.x }}{% endmacro %}{{ hi({'x': 1}) }}"]
+    journeys = {f"j{i}": f"name: j{i}\ntrigger: {{event: signup}}\nsteps:\n  - id: a\n    send:\n"
+                         f"      channel: email\n      template: hello\n      subject: \"{subject}\"\n"
+                for i, subject in enumerate(subjects)}
+    spec = load_project(write_project(tmp_path / "p", journeys))
+    assert spec.errors == [] and spec.warnings == [] and sorted(spec.journeys) == ["j0", "j1", "j2", "j3"]
+
+
 def test_a_goal_window_that_ends_before_the_first_message_is_a_warning(make_project):
     from nurture.spec.project import load_project
     root = make_project({"j": "name: j\ntrigger: {event: signup}\ngoal: {event: purchase, within: 2d}\nsteps:\n"

@@ -470,8 +470,11 @@ def _variable_findings(ast: Any, where_of: Any, closed: dict[str, tuple[str, ...
     TemplateLibrary.variable_problems); `where_of(node)` locates a read."""
     errors: list[SpecError] = []
     warnings: list[SpecError] = []
+    # names the template binds itself (`{% for step in … %}`, `{% set journey = … %}`, `{% with %}`,
+    # a macro's parameters) are its own, whatever namespace they shadow
+    bound = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        if not isinstance(node.node, nodes.Name):
+        if not isinstance(node.node, nodes.Name) or node.node.name in bound:
             continue
         key = node.attr if isinstance(node, nodes.Getattr) else \
             node.arg.value if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str) else None
