@@ -534,6 +534,28 @@ def test_an_interrupted_erasure_of_an_address_only_deals_held_is_completed_by_th
     assert first.completed_at is not None and first.subject_hash == again.subject_hash == sha(carol)
 
 
+def test_a_person_whose_address_changed_since_the_sync_is_still_found_by_their_hubspot_record(world):
+    record = world.hubspot.contacts[ALICE]
+    with world.store.engine.begin() as conn:  # Alice changes her address (an identify, an import)
+        conn.execute(contact_t.update().where(contact_t.c.id == world.alice).values(email="alice.new@example.com"))
+    assert contacts_for_crm_record(world.store, "hubspot", record) == [world.alice]
+
+
+def test_a_crashed_workers_sending_row_is_not_waited_for(world):
+    """An erasure waits for a message a tick's channel has now; one a crashed run left `sending`
+    days ago is reconcile's: waiting for it held every erasure (POST /privacy/erase, the HubSpot
+    webhook too) for a minute, then reported it pending."""
+    import time
+    with world.store.engine.begin() as conn:
+        conn.execute(message_t.insert().values(contact_id=world.alice, journey="welcome", step_id="late",
+                                               channel="email", template="hello", subject="Hi Alice", address=ALICE,
+                                               status="sending", due_at=T0 - timedelta(days=2),
+                                               created_at=T0 - timedelta(days=2), claimed_at=T0 - timedelta(days=2)))
+    started = time.monotonic()
+    [result] = world.erase(ALICE)
+    assert time.monotonic() - started < 10 and (result.outcome, result.pending) == ("erased", [])
+
+
 def test_contacts_are_found_by_their_hubspot_record_id_and_erased_without_asking_hubspot_again(world):
     record = world.hubspot.contacts[ALICE]
     assert contacts_for_crm_record(world.store, "hubspot", record) == [world.alice]

@@ -77,11 +77,13 @@ from nurture.registry import IntegrationContext, IntegrationError, SyncMember
 from nurture.runtime.sql import for_update
 from nurture.segments.removal import forget_members, remove_members, resolve_target
 from nurture.segments.sync import default_factory
+from nurture.send.reconcile import STUCK_AFTER
 from nurture.spec.project import ProjectSpec
 from nurture.store.db import Store
 from nurture.store.models import QUEUED, SENDING, SUPPRESSED
 from nurture.store.tables import (consent_t, contact_t, deal_address_t, deal_t, enrollment_t, identity_t, event_t, handover_t, membership_t, message_t,
                                   suppression_t, sync_run_t, touch_t)
+from nurture.store.times import aware
 
 INVALID = "invalid"  # an outcome of a request only: not an e-mail address or phone number, or a shared number
 EMAIL, PHONE = "email", "phone"
@@ -247,15 +249,15 @@ def contacts_for_crm_record(store: Store, destination: str, record_id: str) -> l
     (payload `record_id`) and from handovers delivered to it (`external_id` `contact:<id> …`)."""
     record_id = str(record_id)
     with store.reading() as conn:
-        # A membership names its contact by id and by the e-mail the list acknowledged: a row
-        # whose contact is gone (a purged never-confirmed sign-up, left for the sync to remove)
-        # may see its id given to someone new on SQLite — who is not that record.
-        ids = {cid for cid, listed, email in conn.execute(
-            select(membership_t.c.contact_id, membership_t.c.payload["email"].as_string(), contact_t.c.email)
-            .join(contact_t, contact_t.c.id == membership_t.c.contact_id)
+        # A membership acknowledged for a contact as it stood before this contact existed
+        # (`contact_version`: the contact's updated_at at the acknowledgement, on the contact's
+        # own clock) is another person's: a row whose contact is gone (a purged never-confirmed
+        # sign-up, left for the sync to remove) may see its id given to someone new on SQLite.
+        ids = {cid for (cid,) in conn.execute(
+            select(membership_t.c.contact_id).join(contact_t, contact_t.c.id == membership_t.c.contact_id)
             .where(membership_t.c.target.startswith(f"{destination}:", autoescape=True),
-                   membership_t.c.payload["record_id"].as_string() == record_id))
-            if not (listed and email) or listed.lower() == email.lower()}
+                   membership_t.c.payload["record_id"].as_string() == record_id,
+                   membership_t.c.contact_version >= contact_t.c.created_at))}
         ids.update(cid for (cid,) in conn.execute(select(handover_t.c.contact_id).where(
             handover_t.c.destination == destination,
             or_(handover_t.c.external_id == f"contact:{record_id}",
@@ -398,7 +400,7 @@ def _in_store(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason
             if subject.contact_id is not None:  # (None: an address only deals held, erased before)
                 conn.execute(for_update(select(contact_t.c.id).where(contact_t.c.id == subject.contact_id),
                                         conn)).first()
-                _collect_files(conn, subject)
+                _collect_files(conn, subject, now)
                 _sweep(conn, subject, now=now, needles=_needles(subject), codes=codes)
                 _pending_crms(conn, subject)
             subject.interrupted = _interrupted(conn, subject)
@@ -413,7 +415,7 @@ def _in_store(conn: Any, subject: _Subject, *, now: datetime, actor: str, reason
     if subject.email is None and row.email:
         subject.email, subject.hashed = row.email, subject_hash(row.email)
     removed = subject.removed
-    _collect_files(conn, subject)
+    _collect_files(conn, subject, now)
     # suppressions: hashed addresses (a phone another contact shares keeps its suppression) — read
     # before the sweep removes the phone from the contact row
     removed["suppressions"] = _hash_suppressions(conn, cid, subject.email, row.phone)
@@ -532,13 +534,16 @@ def _deal_addresses(conn: Any, addresses: list[str], theirs: Any = None) -> int:
     return len(held)
 
 
-def _collect_files(conn: Any, subject: _Subject) -> None:
-    rows = conn.execute(select(message_t.c.id, message_t.c.journey, message_t.c.channel, message_t.c.status).where(
-        message_t.c.contact_id == subject.contact_id)).all()
+def _collect_files(conn: Any, subject: _Subject, now: datetime) -> None:
+    rows = conn.execute(select(message_t.c.id, message_t.c.journey, message_t.c.channel, message_t.c.status,
+                               message_t.c.claimed_at).where(message_t.c.contact_id == subject.contact_id)).all()
     subject.email_messages = [(r.id, r.journey) for r in rows if r.channel == "email"]
     subject.sms_messages = [r.id for r in rows if r.channel == "sms"]
     subject.whatsapp_messages = [r.id for r in rows if r.channel == "whatsapp"]
-    subject.at_channel = [r.id for r in rows if r.status == SENDING]
+    # a channel has them now: claimed lately — one claimed longer ago is a crashed run's, which
+    # reconcile settles (STUCK_AFTER), not a tick to wait for
+    subject.at_channel = [r.id for r in rows if r.status == SENDING and r.claimed_at is not None
+                          and aware(r.claimed_at) > now - STUCK_AFTER]
     subject.handovers = list(conn.execute(select(handover_t.c.id).where(
         handover_t.c.contact_id == subject.contact_id)).scalars())
 
