@@ -365,3 +365,23 @@ def test_a_decision_applies_to_a_split_nested_in_a_branch_and_its_version_loads_
     assert "else" not in recorded["steps"][0]["branch"]  # untouched keys stay unset
     from nurture.runtime.versions import _yaml_form
     assert journey_version(load_recorded(_yaml_form(recorded))) == journey_version(decided)
+
+
+def test_a_process_with_current_files_is_not_superseded_by_the_undecided_version_another_recorded(
+        make_runtime, store):
+    """A's Runtime is built first (`nurture web`'s instant worker), B records v1 after it, then
+    the split is decided: A's plan is the decided version, the newest recorded one v1 — which A
+    took for a newer edit, so it skipped every tick of the journey until a restart."""
+    from nurture.runtime.versions import SUPERSEDED
+    from nurture.store.tables import decision_t
+    a = make_runtime({"ab": ab()})
+    b = make_runtime({"ab": ab()})
+    add_subscribers(store, 4, event="signup", at=T0)
+    run_tick(b, "ab", T0 + timedelta(minutes=1))
+    with store.engine.begin() as conn:
+        conn.execute(decision_t.insert().values(journey="ab", step_id="test", winner="b", metric="conversion_rate",
+                                                confidence=0.95, decided_at=T0 + timedelta(hours=1), version=None,
+                                                stats={}))
+    reports = [run_tick(a, "ab", T0 + timedelta(hours=h, minutes=1)) for h in (1, 2)]
+    assert [r.skipped for r in reports] == ["", ""] and SUPERSEDED not in [r.skipped for r in reports]
+    assert reports[0].stages["migrated"] == 4  # the members moved onto the decided version

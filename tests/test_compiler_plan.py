@@ -333,3 +333,36 @@ def test_a_version_recorded_as_a_full_json_dump_still_loads(make_project):
     plan = plan_of(make_project, journey_yaml("j", STEPS, extra="reentry: 7d\ngoal: {event: purchase, within: 72h}"))
     legacy = plan.journey.model_dump(mode="json", by_alias=True)
     assert compile_journey(load_recorded(legacy)).version == plan.version
+
+
+def test_a_process_that_checked_before_an_edit_was_recorded_does_not_record_its_older_version(
+        make_runtime, store, monkeypatch):
+    """Between a stale process's check in prepare and its record, the edited process recorded
+    v2: the stale one re-recorded v1 as live (a revert nobody made), moved the contact back,
+    and the process holding the marketer's edit was superseded from then on. record_version
+    checks again in its writing transaction (recorders of a journey take turns)."""
+    import nurture.runtime.tick as tick
+    from sqlalchemy import select
+
+    from nurture.runtime.versions import SUPERSEDED, record_version, superseded as real_superseded
+    from nurture.store.tables import version_t
+    _, before = start_in_v1(make_runtime, store)
+    stale = make_runtime({"j": journey_yaml("j", V1)})
+    edited = make_runtime({"j": journey_yaml("j", V1.replace("subject: Reminder", "subject: New reminder"))})
+    now = T0 + timedelta(hours=2)
+
+    def superseded(conn, rt, plan):
+        answer = real_superseded(conn, rt, plan)
+        if rt is stale:  # between its check and its record, the edited process records v2
+            record_version(edited, edited.plan("j"), now)
+        return answer
+    monkeypatch.setattr(tick, "superseded", superseded)
+    assert run_tick(stale, "j", now).skipped == SUPERSEDED
+    monkeypatch.setattr(tick, "superseded", real_superseded)
+    with store.reading() as conn:
+        order = conn.execute(select(version_t.c.version).where(version_t.c.journey == "j")
+                             .order_by(version_t.c.id)).scalars().all()
+    assert order[-1] == edited.plan("j").version
+    assert run_tick(edited, "j", now + timedelta(minutes=5)).skipped == ""
+    (e,) = enrollments(store)
+    assert e.version == edited.plan("j").version != before.version

@@ -92,7 +92,9 @@ def prepare(call: StageCall) -> TickReport:
         if superseded(conn, call.rt, plan):  # this process's files are older than the live version
             report.skipped = SUPERSEDED
             return report
-    record_version(call.rt, plan, call.now)
+    if not record_version(call.rt, plan, call.now):  # a newer edit was recorded meanwhile
+        report.skipped = SUPERSEDED
+        return report
     report.stages["migrated"] += migrate_enrollments(call.rt, plan, call.now)
     return report
 

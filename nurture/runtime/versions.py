@@ -15,15 +15,18 @@ records its content as live again (`record_version` moves a version seen before 
 """
 from __future__ import annotations
 
+import hashlib
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Connection
 
 from nurture.compiler import Plan, compile_journey
 from nurture.durations import format_duration
 from nurture.runtime.context import Runtime
+from nurture.runtime.effective_journey import walk_steps, with_winners
 from nurture.spec.models import RECORDED, Journey
 from nurture.runtime.sql import chunks, for_update, insert_ignore
 from nurture.store.tables import contact_t, enrollment_t, version_t
@@ -84,19 +87,46 @@ def superseded(conn: Connection, rt: Runtime, plan: Plan) -> bool:
     files again."""
     newest = conn.execute(_NEWEST, {"journey": plan.name}).first()
     known = max(rt.versions_seen or 0, rt.memo.get(("version_live", plan.name), 0))
-    return newest is not None and newest.version != plan.version and newest.id > known
+    if newest is None or newest.version == plan.version or newest.id <= known:
+        return False
+    return not _this_file_decided(conn, rt, plan.name, newest)
 
 
-def record_version(rt: Runtime, plan: Plan, now: datetime) -> None:
+def _this_file_decided(conn: Connection, rt: Runtime, journey: str, newest: Any) -> bool:
+    """Whether the newest recorded version is this process's own file with `auto_winner`
+    decisions applied (none, fewer or others than its plan has now): a decision re-plans — a new
+    version — but is no edit of the file, and another process recording the undecided version
+    after this one read its files makes this one no older (memoized per recorded row)."""
+    key = ("version_from_this_file", journey, newest.id)
+    if key not in rt.memo:
+        spec = conn.execute(select(version_t.c.spec).where(version_t.c.id == newest.id)).scalar()
+        own = rt.project.journeys.get(journey)
+        try:
+            recorded = load_recorded(spec)
+            winners = {s.id: s.auto_winner.decided for s in walk_steps(recorded.steps)
+                       if s.auto_winner is not None and s.auto_winner.decided is not None}
+            rt.memo[key] = own is not None and compile_journey(with_winners(own, winners)[0]).version == newest.version
+        except (ValidationError, ValueError, TypeError):  # a record this code cannot read: not its file
+            rt.memo[key] = False
+    return rt.memo[key]
+
+
+def record_version(rt: Runtime, plan: Plan, now: datetime) -> bool:
     """Record `plan` as the journey's live version: a new content is added; a content recorded
     before (a file reverted to an earlier text) is moved to the end,
-    keeping the time it was first recorded — a revert is an edit like any other."""
+    keeping the time it was first recorded — a revert is an edit like any other. False (nothing
+    recorded) when a newer edit was recorded since the caller's check (`superseded`, again here,
+    in the writing transaction: recorders of a journey take turns)."""
     # Once per Runtime and project it took (Runtime.use_project: the files read again may be a
     # revert to a version this Runtime recorded before, to be moved to the end again).
     key = ("version_recorded", plan.name, plan.version, rt.versions_seen)
     if rt.memo.get(key):
-        return
+        return True
     with rt.store.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # (SQLite: the write transaction is exclusive already)
+            conn.execute(select(func.pg_advisory_xact_lock(_journey_lock(plan.name)))).scalar()
+        if superseded(conn, rt, plan):
+            return False
         newest = conn.execute(_NEWEST, {"journey": plan.name}).first()
         if newest is None or newest.version != plan.version:
             earlier = conn.execute(select(version_t).where(version_t.c.journey == plan.name,
@@ -116,6 +146,13 @@ def record_version(rt: Runtime, plan: Plan, now: datetime) -> None:
         if newest is not None and newest.version == plan.version:
             rt.memo[("version_live", plan.name)] = newest.id
     rt.memo[key] = True
+    return True
+
+
+def _journey_lock(journey: str) -> int:
+    """The pg_advisory_xact_lock key of recording a journey's version ("nurt-ver" and the name)."""
+    digest = hashlib.sha256(f"nurt-ver:{journey}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def migrate_enrollments(rt: Runtime, plan: Plan, now: datetime) -> int:
