@@ -289,18 +289,8 @@ def test_json_reads_back_the_same_on_a_postgresql_database_not_in_utf8(pg_server
 def test_revenue_recorded_outside_0_to_1e12_becomes_0_on_upgrade(empty_db_url):
     """0022: "Infinity" and "-5" as a goal value were recorded as they were (NaN too, on
     PostgreSQL); a conversion's revenue is now an amount from 0 to 1e12, and so is the past."""
-    from alembic import command
-
     from nurture.store.tables import enrollment_t
-    engine = make_engine(empty_db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":  # as nurture.store.db.migrate: 0019 rebuilds tables
-            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
-        with conn.begin():
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0021")
+    engine = _engine_at(empty_db_url, "0021")
     values = [12.5, float("inf"), float("-inf"), -5.0, 1e13, 1e12, 0.0]
     if engine.dialect.name == "postgresql":
         values.append(float("nan"))  # SQLite has no NaN: it stores NULL (and the column refuses it)
@@ -326,17 +316,8 @@ def test_revenue_recorded_outside_0_to_1e12_becomes_0_on_upgrade(empty_db_url):
 def test_a_deal_waiting_for_its_contact_keeps_its_address_on_upgrade_to_0027(empty_db_url):
     """Before 0027 a deal waiting for its contact kept its first address in `deal.email` only;
     the upgrade copies it to `deal_address`, where attaching looks for it."""
-    from alembic import command
     from nurture.store.tables import deal_address_t, deal_t
-    engine = make_engine(empty_db_url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":  # as nurture.store.db.migrate: 0019 rebuilds tables
-            conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
-        with conn.begin():
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0026")
+    engine = _engine_at(empty_db_url, "0026")
     with engine.begin() as conn:
         for deal_id, contact, email in (("W", None, "zoe@example.com"), ("E", None, None)):
             conn.execute(deal_t.insert().values(crm="hubspot", deal_id=deal_id, contact_id=contact, email=email,
