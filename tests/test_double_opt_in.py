@@ -509,3 +509,28 @@ def test_a_project_nurture_init_makes_texts_its_sms_confirmation_in_the_contacts
         "anfallen. Abmelden mit STOP.",
         "You asked for our news and offers by SMS. Reply START to confirm. Msg&data rates may apply. Reply STOP "
         "to opt out."]
+
+
+def test_sms_ticked_on_an_emailed_preference_link_under_sms_double_opt_in_is_asked_for_by_text(make_runtime, store):
+    """The preference center granted SMS unconfirmed on a link that went to the mailbox: under
+    SMS double opt-in every marketing text was then refused (`not_double_opted_in`), for good,
+    and nobody was asked. Now it asks by text, as a lead's opt-in does; a link that went to the
+    phone itself proves the number and confirms at once."""
+    from nurture.tokens import make_token
+    rt = make_runtime({}, policies=SMS_DOI, templates=SYSTEM_TEMPLATES)
+    ann = add_contact(store, "ann@example.com", phone=PHONE)
+    bo = add_contact(store, "bo@example.com", phone="+4917612345678")
+    with running_site(rt, T0) as site:
+        by_mail = make_token(SECRET, "unsubscribe", ann, "marketing", "email")
+        response = site.http.post(f"/u/{by_mail}/preferences", data={"channel": ["email", "sms"]})
+        assert response.status_code == 200 and "reply START to the text we are sending" in response.text
+        _wait_for(lambda: len(_texts(rt)) == 1)
+        by_text = make_token(SECRET, "unsubscribe", bo, "marketing", "sms")
+        assert site.http.post(f"/u/{by_text}/preferences", data={"channel": "sms"}).status_code == 200
+    (text,) = _texts(rt)
+    assert text["to"] == PHONE and "Reply START to confirm" in text["body"]
+    with store.engine.connect() as conn:
+        sms = {cid: (status, confirmed is not None) for cid, status, confirmed in conn.execute(
+            select(consent_t.c.contact_id, consent_t.c.status, consent_t.c.confirmed_at)
+            .where(consent_t.c.channel == "sms").order_by(consent_t.c.id))}
+    assert sms == {ann: ("pending", False), bo: ("granted", True)}

@@ -66,7 +66,8 @@ from nurture.store.db import Store
 from nurture.tokens import same_secret, verify_token
 from nurture.web import pages
 from nurture.web.answers import JSONResponse
-from nurture.web.preferences import CONFIRMATION_SENT, apply_preferences, load_preferences, unsubscribe
+from nurture.web.preferences import (CONFIRMATION_SENT, TEXT_SENT, apply_preferences, load_preferences,
+                                     unsubscribe)
 from nurture.web.meta_leads import meta_leads_routes
 from nurture.web.privacy import privacy_routes
 from nurture.web.segment_api import segment_routes
@@ -282,9 +283,12 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         if prefs is None:
             return bad_link("We have no record of this address any more.")
         notice = "Your preferences are saved." if changes else "Nothing changed; your preferences are as before."
-        if CONFIRMATION_SENT in changes:  # e-mail asked for on a link that did not go to the mailbox
+        if CONFIRMATION_SENT in changes or TEXT_SENT in changes:  # asked for on a link sent elsewhere
             background.add_task(deliver_system_mail)
+        if CONFIRMATION_SENT in changes:
             notice += " To subscribe your e-mail address, follow the link in the e-mail we are sending to it."
+        if TEXT_SENT in changes:
+            notice += " To get our texts, reply START to the text we are sending to your phone."
         return HTMLResponse(pages.preferences_page(prefs, base_url=public_url, token=token, channel=claims.channel,
                                                    notice=notice))
 

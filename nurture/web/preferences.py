@@ -87,25 +87,28 @@ def unsubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: d
 def resubscribe(conn: Any, policies: Policies, contact_id: int, channel: str, *, link_channel: str, source: str,
                 now: datetime, proof: Proof = Proof()) -> Optional[str]:
     """Grant marketing consent again from the preference center; what changed (None: nothing).
-    The signed link proves control of the address it was sent to (`link_channel`), so e-mail
-    consent asked for on a link that went to the mailbox is recorded as confirmed. One that
-    went to a phone (an SMS's, a WhatsApp message's) proves nothing about the mailbox: e-mail
-    goes through `request_opt_in` — pending and a confirmation e-mail where double opt-in is
-    required. An SMS STOP is only lifted by the START keyword from the phone itself."""
+    The signed link proves control of the address it was sent to (`link_channel`), so consent
+    on that channel is recorded as confirmed. A link that went elsewhere proves nothing about
+    the channel asked for: it goes through `request_opt_in` — pending and a confirmation request
+    (an e-mail; a text for SMS; none for WhatsApp, whose START confirms) where double opt-in is
+    required, a grant where not. (An SMS ticked on an e-mailed link under SMS double opt-in was
+    granted unconfirmed: refused by every send, for good.) An SMS STOP is only lifted by the
+    START keyword from the phone itself."""
     state = current_state(conn, contact_id, channel, "marketing")
     unsubscribed = conn.execute(select(suppression_t.c.id).where(
         suppression_t.c.contact_id == contact_id, suppression_t.c.channel == channel,
         suppression_t.c.reason == "unsubscribed").limit(1)).first() is not None
     if state and state.status == "granted" and not unsubscribed:
         return None
-    if channel == "email" and link_channel != "email":
-        outcome = request_opt_in(conn, policies, contact_id, source=source, now=now)
+    if channel != link_channel:
+        outcome = request_opt_in(conn, policies, contact_id, channel=channel, source=source, now=now)
         if outcome == "unreachable":
             return None
-        change = "confirmation e-mail sent" if outcome in ("pending", "already_pending") else "subscribed"
+        change = _ASKED.get(channel, "confirmation pending") if outcome in ("pending", "already_pending") \
+            else "subscribed"
     else:
         record_consent(conn, contact_id, channel, "granted", purpose="marketing", source=source, at=now,
-                       policy_version=policies.version, confirmed=channel == "email", proof=proof)
+                       policy_version=policies.version, confirmed=True, proof=proof)
         change = "subscribed"
     conn.execute(delete(suppression_t).where(suppression_t.c.contact_id == contact_id,
                                              suppression_t.c.channel == channel,
@@ -113,7 +116,10 @@ def resubscribe(conn: Any, policies: Policies, contact_id: int, channel: str, *,
     return change
 
 
-CONFIRMATION_SENT = "email: confirmation e-mail sent"  # a change of apply_preferences: system mail to deliver
+_ASKED = {"email": "confirmation e-mail sent", "sms": "confirmation text sent"}
+# changes of apply_preferences that queued a confirmation request to deliver
+CONFIRMATION_SENT = "email: confirmation e-mail sent"
+TEXT_SENT = "sms: confirmation text sent"
 
 
 def apply_preferences(conn: Any, project: ProjectSpec, contact_id: int, wanted_channels: set[str],
