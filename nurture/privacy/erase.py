@@ -329,8 +329,7 @@ def _after_the_channel(store: Store, subjects: Sequence[_Subject]) -> None:
         for subject in subjects:
             done = [mid for mid in subject.at_channel if mid not in still]
             if done:
-                conn.execute(message_t.update().where(message_t.c.id.in_(done)).values(address=None, subject=None))
-                _scrub_column(conn, message_t, message_t.c.reason, message_t.c.id.in_(done), _needles(subject))
+                _pseudonymize_messages(conn, message_t.c.id.in_(done), _needles(subject))
     for mid in sorted(still):
         subject = waiting[mid]
         note = "messages: still at a tick's channel; run the erasure again once the tick is done"
@@ -448,14 +447,12 @@ def _sweep(conn: Any, subject: _Subject, *, now: datetime, needles: Sequence[str
     removed = subject.removed
 
     # messages: the log stays, pseudonymized (statuses, times, journeys and steps stay)
-    removed["messages"] += conn.execute(message_t.update().where(
-        message_t.c.contact_id == cid, or_(message_t.c.address.is_not(None), message_t.c.subject.is_not(None)))
-        .values(address=None, subject=None)).rowcount
     removed["messages_cancelled"] += conn.execute(message_t.update().where(
         message_t.c.contact_id == cid, message_t.c.status == QUEUED)
         .values(status=SUPPRESSED, reason=ERASED_REASON)).rowcount
-    removed["texts_scrubbed"] += _scrub_column(conn, message_t, message_t.c.reason, message_t.c.contact_id == cid,
-                                               needles)
+    messages, texts = _pseudonymize_messages(conn, message_t.c.contact_id == cid, needles)
+    removed["messages"] += messages
+    removed["texts_scrubbed"] += texts
 
     # events: names and times stay, and the amounts the reports read (kept_amounts); every other
     # property and the provider ids go
@@ -578,6 +575,15 @@ def _scrub(text: str, needles: Sequence[str]) -> str:
     for needle in needles:
         text = re.sub(re.escape(needle), SCRUBBED, text, flags=re.IGNORECASE)
     return text
+
+
+def _pseudonymize_messages(conn: Any, where: Any, needles: Sequence[str]) -> tuple[int, int]:
+    """The message log's rows `where` without the person: address and subject removed, a reason
+    text quoting an address or number scrubbed. (rows changed, texts scrubbed)."""
+    changed = conn.execute(message_t.update().where(
+        where, or_(message_t.c.address.is_not(None), message_t.c.subject.is_not(None)))
+        .values(address=None, subject=None)).rowcount
+    return changed, _scrub_column(conn, message_t, message_t.c.reason, where, needles)
 
 
 def _scrub_column(conn: Any, table: Any, column: Any, where: Any, needles: Sequence[str]) -> int:

@@ -283,12 +283,18 @@ def _alembic_config() -> Any:
 
 
 @functools.cache
-def head_revision() -> str:
-    """The newest migration's revision, read once per process: Alembic finds it by loading
-    every migration script (~12 ms on an idle machine), and each process opens many databases
-    (a test suite, `nurture web` over several projects) or one database many times over."""
+def _scripts() -> Any:
+    """The migration scripts, loaded once per process: Alembic finds them by loading every
+    migration file (~12 ms on an idle machine), and each process opens many databases (a test
+    suite, `nurture web` over several projects) or one database many times over."""
     from alembic.script import ScriptDirectory
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    return ScriptDirectory.from_config(_alembic_config())
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest migration's revision."""
+    head = _scripts().get_current_head()
     if head is None:  # (a package without its migrations)
         raise RuntimeError(f"no migrations found in {MIGRATIONS}")
     return head
@@ -296,9 +302,8 @@ def head_revision() -> str:
 
 @functools.cache
 def known_revisions() -> frozenset[str]:
-    """Every migration revision this code has (read once per process, as head_revision)."""
-    from alembic.script import ScriptDirectory
-    return frozenset(script.revision for script in ScriptDirectory.from_config(_alembic_config()).walk_revisions())
+    """Every migration revision this code has."""
+    return frozenset(script.revision for script in _scripts().walk_revisions())
 
 
 def _refuse_newer(current: Optional[str]) -> None:
@@ -335,16 +340,16 @@ def migrate(engine: Engine) -> None:
         with engine.connect() as conn:  # the common case, without the lock: already current
             if conn.exec_driver_sql("SELECT to_regclass('alembic_version')").scalar() is not None:
                 current = conn.exec_driver_sql(current_sql).scalar()
-                _refuse_newer(current)
                 if current == head_revision():
                     return
+                _refuse_newer(current)
         with engine.begin() as conn:
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             if conn.exec_driver_sql("SELECT to_regclass('alembic_version')").scalar() is not None:
                 current = conn.exec_driver_sql(current_sql).scalar()
-                _refuse_newer(current)
                 if current == head_revision():  # another process migrated it meanwhile
                     return
+                _refuse_newer(current)
             _upgrade(cfg, conn)
         return
     # SQLite: foreign keys off while the schema changes — a migration that rebuilds a table

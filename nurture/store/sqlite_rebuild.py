@@ -67,3 +67,21 @@ def raise_floor(conn: Any, table: str, references: tuple[str, ...]) -> None:
     conn.execute(sa.text("INSERT INTO sqlite_sequence (name, seq) SELECT :t, 0 "
                          "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = :t)"), {"t": table})
     conn.execute(sa.text(f"UPDATE sqlite_sequence SET seq = max(seq, {highest}) WHERE name = :t"), {"t": table})
+
+
+# Where the schema holds ids of the AUTOINCREMENT tables (from 0019 on; 0019 and 0028 raise the
+# floors by it). A new row must not get one of them: a conversion delivered for a purged event
+# would hold its new namesake (never sent), a cursor would already be past it, a double opt-in
+# mail would already have asked its consent. A column added later that holds such an id gets its own migration and list:
+# this one describes the schema those two migrations run on, and never changes.
+HELD_IDS = {
+    "event": ("SELECT max(last_event_pk) FROM journeycursor",
+              "SELECT max(event_pk) FROM journeypendingtrigger",
+              "SELECT max(trigger_event_pk) FROM enrollment",
+              "SELECT max(event_pk) FROM contact_touch",
+              "SELECT max(event_pk) FROM conversion_delivery"),
+    "enrollment": ("SELECT max(enrollment_id) FROM message",
+                   "SELECT max(enrollment_id) FROM handover"),
+    "consent": ("SELECT max(CAST(substr(attempt_key, 9) AS INTEGER)) FROM message "
+                "WHERE attempt_key GLOB 'consent:[0-9]*'",),  # a double opt-in request's key
+}

@@ -11,7 +11,7 @@ its event never started a journey. PostgreSQL's sequences never go back: nothing
 SQLite cannot add AUTOINCREMENT to a table; each is rebuilt under its own name with its rows,
 ids and indexes (nurture.store.sqlite_rebuild; store.db.migrate turns SQLite's foreign keys
 off for a migration and checks them before it commits). `sqlite_sequence` starts
-at the newest id copied, or above it at the highest id another table still holds (REFERENCES:
+at the newest id copied, or above it at the highest id another table still holds (HELD_IDS:
 rows deleted before this upgrade whose ids a journey cursor, a conversion or a message still
 names — most without a foreign key). Until 0028 only the journey cursors counted here.
 
@@ -20,7 +20,7 @@ Revises: 0018
 """
 from alembic import op
 
-from nurture.store.sqlite_rebuild import raise_floor, rebuild
+from nurture.store.sqlite_rebuild import HELD_IDS, raise_floor, rebuild
 
 
 revision = '0019'
@@ -30,21 +30,6 @@ depends_on = None
 
 TABLES = ("event", "enrollment", "consent", "contact_merge")
 
-# Where the schema of this revision holds ids of TABLES. A new row must not get one of them:
-# a conversion delivered for a purged event would hold its new namesake (never sent), a
-# cursor would already be past it, a double opt-in mail would already have asked its consent.
-# (The same list as 0028's: a migration keeps the schema of its own revision.)
-REFERENCES = {
-    "event": ("SELECT max(last_event_pk) FROM journeycursor",
-              "SELECT max(event_pk) FROM journeypendingtrigger",
-              "SELECT max(trigger_event_pk) FROM enrollment",
-              "SELECT max(event_pk) FROM contact_touch",
-              "SELECT max(event_pk) FROM conversion_delivery"),
-    "enrollment": ("SELECT max(enrollment_id) FROM message",
-                   "SELECT max(enrollment_id) FROM handover"),
-    "consent": ("SELECT max(CAST(substr(attempt_key, 9) AS INTEGER)) FROM message "
-                "WHERE attempt_key GLOB 'consent:[0-9]*'",),  # a double opt-in request's key
-}
 
 
 def _rebuild_all(autoincrement: bool):
@@ -62,7 +47,7 @@ def upgrade() -> None:
     if conn is None:
         return
     # Rows deleted before this upgrade may have had ids other tables still hold.
-    for table, references in REFERENCES.items():
+    for table, references in HELD_IDS.items():
         raise_floor(conn, table, references)
 
 

@@ -23,7 +23,7 @@ Revises: 0027
 """
 from alembic import op
 
-from nurture.store.sqlite_rebuild import raise_floor
+from nurture.store.sqlite_rebuild import HELD_IDS, raise_floor
 
 
 revision = '0028'
@@ -31,25 +31,13 @@ down_revision = '0027'
 branch_labels = None
 depends_on = None
 
-# Where the schema of this revision holds ids of the AUTOINCREMENT tables (as 0019's).
-REFERENCES = {
-    "event": ("SELECT max(last_event_pk) FROM journeycursor",
-              "SELECT max(event_pk) FROM journeypendingtrigger",
-              "SELECT max(trigger_event_pk) FROM enrollment",
-              "SELECT max(event_pk) FROM contact_touch",
-              "SELECT max(event_pk) FROM conversion_delivery"),
-    "enrollment": ("SELECT max(enrollment_id) FROM message",
-                   "SELECT max(enrollment_id) FROM handover"),
-    "consent": ("SELECT max(CAST(substr(attempt_key, 9) AS INTEGER)) FROM message "
-                "WHERE attempt_key GLOB 'consent:[0-9]*'",),  # a double opt-in request's key
-}
 
 
 def upgrade() -> None:
     conn = op.get_bind()
     if conn.dialect.name != "sqlite":
         return
-    for table, references in REFERENCES.items():
+    for table, references in HELD_IDS.items():
         raise_floor(conn, table, references)
 
 
