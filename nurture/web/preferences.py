@@ -118,8 +118,7 @@ def resubscribe(conn: Any, policies: Policies, contact_id: int, channel: str, *,
 
 _ASKED = {"email": "confirmation e-mail sent", "sms": "confirmation text sent"}
 # changes of apply_preferences that queued a confirmation request to deliver
-CONFIRMATION_SENT = "email: confirmation e-mail sent"
-TEXT_SENT = "sms: confirmation text sent"
+CONFIRMATION_SENT, TEXT_SENT = (f"{channel}: {_ASKED[channel]}" for channel in ("email", "sms"))
 
 
 def apply_preferences(conn: Any, project: ProjectSpec, contact_id: int, wanted_channels: set[str],
