@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, select, text, update
 
 from integrations.http_retry import RetryPolicy
+from nurture.cli.sync_verbs import sync_problem
 from nurture.consent_ledger import record_consent
 from nurture.privacy.erase import erase_emails
 from nurture.registry import IntegrationContext, SyncMember
@@ -410,6 +411,8 @@ def test_a_run_that_lost_its_lock_to_another_run_stops_interrupted_with_what_it_
     try:
         assert (report.status, report.added, report.failed) == ("interrupted", 1, 0)
         assert "another run holds it now" in report.errors[0]["reason"]
+        # `nurture sync` exits non-zero for it: a script alerting on the exit code hears of it
+        assert "1 target(s) stopped before the end" in sync_problem([report.row()])
         assert runs(store) == [("interrupted", 1)]
         assert len(server.requests) == 1 and len(server.members("111")) == 1 and len(held(store)) == 1
         assert lock_is_free(other, ref.key)

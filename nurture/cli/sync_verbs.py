@@ -58,14 +58,28 @@ def sync(segment: Optional[str] = typer.Option(None, "--segment", help="Only thi
     except ProjectInvalid as exc:
         raise CliError(str(exc)) from None
     print_sync_summary(rows)
+    problem = sync_problem(rows)
+    if problem:
+        raise CliError(problem)
+
+
+def sync_problem(rows: list[dict]) -> Optional[str]:
+    """Why a sync's exit is not 0, or None: failed records, a target that failed as a whole, or
+    one that stopped before its end (it lost its lock: what it acknowledged stays, the rest is
+    the next run's) — a script that alerts on the exit code must hear of each."""
     failed = sum(int(r.get("failed", 0)) for r in rows)
     broken = [r for r in rows if r.get("status") == "failed"]
+    stopped = [r for r in rows if r.get("status") == "interrupted"]
     if failed:
-        raise CliError(f"{failed} record(s) failed in {len(broken) or 'some'} target(s); they stay "
-                       "unacknowledged and the next sync retries exactly them")
+        return (f"{failed} record(s) failed in {len(broken) + len(stopped) or 'some'} target(s); they stay "
+                "unacknowledged and the next sync retries exactly them")
     if broken:  # the target itself failed (its error is above): none of its records was acknowledged
-        raise CliError(f"{len(broken)} target(s) failed; nothing of them was acknowledged and the next sync "
-                       "retries them")
+        return (f"{len(broken)} target(s) failed; nothing of them was acknowledged and the next sync "
+                "retries them")
+    if stopped:
+        return (f"{len(stopped)} target(s) stopped before the end (the reason is above); what they acknowledged "
+                "stays, and the next sync sends the rest")
+    return None
 
 
 def _detached(spec, segment: Optional[str]) -> bool:
