@@ -137,6 +137,19 @@ def import_contacts_cmd(file: Path = typer.Argument(..., help="CSV or JSONL file
         raise typer.Exit(1)
 
 
+def _project_currency() -> str:
+    """The project's currency (policies.yaml), which every imported amount is checked against;
+    policies.yaml with errors refuses the import before anything is read."""
+    spec = open_project(strict=False)
+    broken = spec.file_errors("policies")
+    if broken:
+        for error in broken:
+            err_console.print(str(error), markup=False)
+        raise CliError("policies.yaml has errors (its `currency` is what the amounts are checked against); "
+                       "nothing was imported")
+    return spec.policies.currency
+
+
 @import_app.command("spend")
 def import_spend_cmd(file: Path = typer.Argument(..., help="CSV or JSONL: date,source,medium,campaign,amount,currency"),
                      encoding: Optional[str] = typer.Option(None, "--encoding", help=ENCODING_HELP)) -> None:
@@ -148,14 +161,7 @@ def import_spend_cmd(file: Path = typer.Argument(..., help="CSV or JSONL: date,s
     and skipped; the good rows are kept and the exit code is 1."""
     from nurture.spend import import_spend
     codec = _encoding(encoding)
-    spec = open_project(strict=False)
-    broken = spec.file_errors("policies")
-    if broken:  # the currency every amount is checked against comes from policies.yaml
-        for error in broken:
-            err_console.print(str(error), markup=False)
-        raise CliError("policies.yaml has errors (its `currency` is what the amounts are checked against); "
-                       "nothing was imported")
-    currency = spec.policies.currency
+    currency = _project_currency()
     with _reading(file):
         result = import_spend(store(), _existing(file), currency=currency, encoding=codec)
     _report_errors(result.errors, result.imported)
@@ -182,14 +188,7 @@ def import_deals_cmd(file: Path = typer.Argument(..., help="CSV or JSONL: deal_i
     are kept and the exit code is 1."""
     from nurture.crm.deal_file import import_deals
     codec = _encoding(encoding)
-    spec = open_project(strict=False)
-    broken = spec.file_errors("policies")
-    if broken:  # the currency every amount is checked against comes from policies.yaml
-        for error in broken:
-            err_console.print(str(error), markup=False)
-        raise CliError("policies.yaml has errors (its `currency` is what the amounts are checked against); "
-                       "nothing was imported")
-    currency = spec.policies.currency
+    currency = _project_currency()
     with _reading(file):
         result = import_deals(store(), _existing(file), currency=currency, encoding=codec)
     _report_errors(result.errors, result.deals.read)
