@@ -35,10 +35,6 @@ from nurture.runtime.sql import ids_in, write_many
 from nurture.store.tables import consent_t, contact_t, suppression_t
 
 
-class UnknownContact(LookupError):
-    pass
-
-
 @dataclass(frozen=True)
 class ConsentState:
     id: int
@@ -292,13 +288,6 @@ def erase_consents(conn: Any, contact_id: int, *, subject_hash: Optional[str], r
         contact_id=contact_id, channel="*", purpose="*", status=ERASURE_TOMBSTONE, source=f"erasure:{reason}",
         policy_version=policy_version, recorded_at=at, confirmed_at=None, subject_hash=subject_hash))
     return len(rows)
-
-
-def contact_id_by_email(conn: Any, email: str) -> int:
-    cid = conn.execute(select(contact_t.c.id).where(contact_t.c.email == email.strip().lower())).scalar()
-    if cid is None:
-        raise UnknownContact(f"no contact with e-mail {email}")
-    return cid
 
 
 # ---------------------------------------------------------------- the suppression list

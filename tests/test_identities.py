@@ -439,3 +439,22 @@ def test_a_moved_enrollment_already_acted_on_keeps_its_holdout_group(make_runtim
     [moved] = enrollments(store, journey="welcome", contact_id=known)
     assert (moved.status, moved.step_id, bool(moved.holdout), counts.get("enrollments_regrouped", 0)) == (
         "active", "pause", False, 0)
+
+
+def test_every_verb_that_names_a_contact_finds_whom_the_import_of_the_same_address_made(tmp_path):
+    """An address as an SMTP log or bounce shows it (`xn--` domain) and as macOS types it (a
+    decomposed ä) is the contact the import stored — for `consent grant` and `preview --contact`
+    as for `export-contact`."""
+    from tests.test_cli import JOURNEY, nurture
+    project = write_project(tmp_path / "shop", {"cart_nudge": JOURNEY})
+    contacts = tmp_path / "c.csv"
+    contacts.write_text("email,first_name\nuser@bücher.de,Uwe\nänn@example.com,Änn\n", encoding="utf-8")
+    nurture(project, "import", "contacts", str(contacts), check=True)
+    decomposed = "a\u0308nn@example.com"
+    for address in ("user@xn--bcher-kva.de", decomposed):
+        out = nurture(project, "consent", "grant", address, "--channel", "email", "--at", "2026-01-01T00:00:00Z")
+        assert out.returncode == 0 and "consent granted" in out.stdout, out.stdout + out.stderr
+    shown = nurture(project, "preview", "cart_nudge", "--step", "reminder", "--contact", "USER@xn--bcher-kva.de")
+    assert shown.returncode == 0 and "Your cart, Uwe" in shown.stdout, shown.stdout + shown.stderr
+    unknown = nurture(project, "consent", "grant", "nobody@example.com", "--channel", "email")
+    assert unknown.returncode == 1 and "no contact with e-mail nobody@example.com" in unknown.stderr

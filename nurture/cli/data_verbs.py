@@ -227,7 +227,8 @@ def track(file: Path = typer.Argument(..., help='JSONL: {"event_id","email","eve
 def _consent(email: Optional[str], status: str, channel: Optional[ConsentChannel], purpose: Purpose,
              at: Optional[str], phone: Optional[str] = None, external_id: Optional[str] = None,
              file: Optional[Path] = None, encoding: Optional[str] = None) -> None:
-    from nurture.consent_ledger import UnknownContact, contact_id_by_email, record_consent
+    from nurture.consent_ledger import record_consent
+    from nurture.contact_lookup import contact_by_email
     from nurture.identities import find_by_identity
     from nurture.ingest import normalize_phone
     given = [name for name, value in (("EMAIL", email), ("--phone", phone), ("--external-id", external_id)) if value]
@@ -248,10 +249,9 @@ def _consent(email: Optional[str], status: str, channel: Optional[ConsentChannel
     when = _not_in_future("--at", at_time) if at_time is not None else utc_now()
     with store().engine.begin() as conn:
         if email:
-            try:
-                cid = contact_id_by_email(conn, email)
-            except UnknownContact as exc:
-                raise CliError(str(exc)) from None
+            cid = contact_by_email(conn, email)
+            if cid is None:
+                raise CliError(f"no contact with e-mail {email}")
             who = email
         else:
             if phone:

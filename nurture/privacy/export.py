@@ -37,7 +37,8 @@ from typing import Any, Optional
 from sqlalchemy import func, select
 
 from nurture.conditions import ConditionScope, compile_condition
-from nurture.identities import find_by_identity, phone_holders
+from nurture.contact_lookup import contact_by_email
+from nurture.identities import phone_holders
 from nurture.ingest import normalize_email, normalize_phone
 from nurture.privacy.files import eml_paths
 from nurture.privacy.models import erasure_t
@@ -102,15 +103,7 @@ def find_contact(conn: Any, email: str, default_country: Optional[str] = None) -
         if len(holders) > 1:
             raise ValueError(f"{len(holders)} contacts are known by {phone}: name the person by e-mail address")
         return holders[0] if holders else None
-    try:
-        normalized = normalize_email(email)
-    except ValueError:
-        normalized = email.strip().lower()
-    for address in dict.fromkeys((normalized, email.strip().lower())):
-        found = find_by_identity(conn, "email", address)
-        if found is not None:
-            return found
-    return None
+    return contact_by_email(conn, email)
 
 
 def erasure_of(store: Store, email: str, default_country: Optional[str] = None) -> Optional[datetime]:

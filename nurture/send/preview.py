@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from nurture.contact_lookup import contact_by_email
 from nurture.event_schema import SAMPLES
 from nurture.runtime.context import Runtime
 from nurture.send.context import ContextRow, imprint_of, recipient_links, template_context
@@ -69,7 +70,8 @@ def recipient(conn: Any, email: str, journey: str, trigger: Optional[str]) -> Op
     """The contact with `email` (None: there is none), with the trigger event delivery renders
     with: that of its latest enrollment in `journey`, else its latest event named like the
     journey's trigger. `nurture preview --contact` and `nurture test-send` show the same."""
-    contact = conn.execute(select(*_CONTACT_COLUMNS).where(contact_t.c.email == email.strip().lower())).first()
+    cid = contact_by_email(conn, email)
+    contact = conn.execute(select(*_CONTACT_COLUMNS).where(contact_t.c.id == cid)).first() if cid is not None else None
     if contact is None:
         return None
     columns = (event_t.c.name, event_t.c.properties, event_t.c.occurred_at)
