@@ -7,11 +7,15 @@ transaction per message, results per recipient:
   backoff and tries again on a later tick);
 - 5xx on RCPT: `failed` and a `hard_bounce` suppression for the address;
 - 5xx on DATA or MAIL: `failed` (the message, not the address, was refused);
+- MAIL or RCPT that smtplib cannot write from the message's addresses: `failed`
+  (`smtp_command_error`: nothing was handed over, and the same message would fail again);
 - the channel itself cannot be used — the connection cannot be made (refused, timeout, TLS
   certificate refused, a 421 greeting) or AUTH is refused (a wrong password): `unavailable`
   for every message of the batch not yet handed over, reason `smtp_connect_failed: …` or
-  `smtp_auth_failed: 535 …`. Those messages go back to the queue unchanged and the attempt
-  does not count against them: a wrong password must not use up their retries.
+  `smtp_auth_failed: 535 …` (or `smtputf8_unsupported: NURTURE_FROM_EMAIL …`: a sender with a
+  non-ASCII local part, and a server that does not offer SMTPUTF8). Those messages go back to
+  the queue unchanged and the attempt does not count against them: a wrong password must not
+  use up their retries.
 
 Settings come from the environment: NURTURE_SMTP_HOST, NURTURE_SMTP_PORT,
 NURTURE_SMTP_USERNAME, NURTURE_SMTP_PASSWORD, NURTURE_SMTP_SECURITY (none | starttls | ssl),
@@ -88,9 +92,10 @@ from typing import Iterable, Optional, Sequence
 
 from pydantic import SecretStr
 
+from nurture.email_address import ascii_address
 from nurture.redaction import redact, secrets_in
 from nurture.registry import Channel, DeliveryResult, IntegrationContext, IntegrationError, OutgoingMessage
-from nurture.rendering.email_message import ascii_address, build_email_bytes
+from nurture.rendering.email_message import build_email_bytes
 from nurture.send.lease import boot_id as current_boot_id  # (the journal names its files by it)
 from nurture.settings import EnvSettings, Settings, setting
 
@@ -143,6 +148,10 @@ def _reply(code: int, message: bytes | str, secrets: Sequence[str] = ()) -> str:
     text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
     text = redact(text, secrets) or ""
     return f"{code} {' '.join(text.split())}"[:300]
+
+
+_SENDER_NEEDS_SMTPUTF8 = ("smtputf8_unsupported: NURTURE_FROM_EMAIL has a non-ASCII local part, which only a server "
+                         "that offers SMTPUTF8 (RFC 6531) takes; this one does not")
 
 
 # ---------------------------------------------------------------- the hand-over journal
@@ -371,6 +380,11 @@ class SmtpChannel(Channel):
                         reason = self._connect_failure(exc)
                         return results + [DeliveryResult(x.message_pk, "unavailable", reason=reason)
                                           for x in messages[position:]]
+                    if not self.settings.from_email.isascii() and not client.has_extn("smtputf8"):
+                        # The sender itself needs SMTPUTF8: no message can go through this
+                        # server, and none is to blame (fix the setting or the relay).
+                        return results + [DeliveryResult(x.message_pk, "unavailable", reason=_SENDER_NEEDS_SMTPUTF8)
+                                          for x in messages[position:]]
                 try:
                     result, keep = self._send_one(client, m, batch)
                 except _JournalFailed as exc:
@@ -434,7 +448,7 @@ class SmtpChannel(Channel):
         final "." sent, its 250 lost; RFC 5321 §4.1.1.4), so that message is never sent again
         (`delivery_unknown`), while one lost before DATA is simply retried."""
         s = self.settings
-        options = [] if to.isascii() else ["SMTPUTF8"]
+        options = [] if to.isascii() and s.from_email.isascii() else ["SMTPUTF8"]
         if client.does_esmtp and client.has_extn("size"):
             options.append(f"SIZE={len(data)}")
         try:
@@ -457,6 +471,13 @@ class SmtpChannel(Channel):
             return DeliveryResult(m.message_pk, "retry", reason=reason), False, None
         except smtplib.SMTPException as exc:
             return DeliveryResult(m.message_pk, "retry", reason=f"smtp_error: {type(exc).__name__}"), False, None
+        except ValueError as exc:
+            # (UnicodeError too) MAIL or RCPT could not be written from this message's addresses:
+            # the command never left, nothing was handed over, and the same message would fail
+            # the same way again. It alone fails, for what it is — never `delivery_unknown`.
+            self._reset(client, 0)
+            reason = f"smtp_command_error: {type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+            return DeliveryResult(m.message_pk, "failed", reason=reason), True, REFUSED
         try:
             code, message = client.data(data)
         except smtplib.SMTPDataError as exc:  # DATA itself refused: nothing of the message was sent

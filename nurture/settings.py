@@ -24,6 +24,7 @@ from zoneinfo import available_timezones
 from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_serializer, field_validator,
                       model_validator)
 
+from nurture.email_address import ascii_address
 from nurture.redaction import secrets_in
 
 DATABASE_URL_ENV = "NURTURE_DATABASE_URL"
@@ -195,7 +196,14 @@ class Settings(EnvSettings):
         """`NURTURE_FROM_EMAIL=Shop <shop@example.com>`, the way a From header writes it: the
         address is the sender address (From, Message-IDs, the List-Unsubscribe mailto) and the
         name is the sender name unless NURTURE_FROM_NAME gives one. Used as it stood, it made
-        `From: Nurture <Shop <shop@example.com>>` and a Message-ID ending in `example.com>>`."""
+        `From: Nurture <Shop <shop@example.com>>` and a Message-ID ending in `example.com>>`.
+
+        The address's domain is kept in its ASCII form (IDNA A-labels: `news@bücher.example` →
+        `news@xn--bcher-kva.example`), so that everything built from it — MAIL FROM, the From
+        header, Message-IDs, the List-Unsubscribe mailto — is what every mail server takes. (As
+        it stood, MAIL FROM could not even be written, and the List-Unsubscribe header went out
+        RFC 2047-encoded, which no mailbox provider reads.) A domain IDNA refuses stays as it
+        is: `sender_problem` names it, and no e-mail channel sends with it."""
         if not isinstance(data, dict):
             return data
         key = next((k for k in ("from_email", "NURTURE_FROM_EMAIL") if isinstance(data.get(k), str)), None)
@@ -206,6 +214,8 @@ class Settings(EnvSettings):
                 data = {**data, key: address}
                 if name and not data.get("from_name") and not data.get("NURTURE_FROM_NAME"):
                     data["from_name"] = name
+        if key and not data[key].isascii():
+            data = {**data, key: ascii_address(data[key])}
         return data
 
     @classmethod
@@ -253,6 +263,23 @@ class Settings(EnvSettings):
             raise SettingsError(f"NURTURE_SYNC_TIMEZONE: unknown time zone {name!r} "
                                 "(an IANA name such as Europe/Berlin)")
         return name or None
+
+    def sender_problem(self) -> Optional[str]:
+        """Why NURTURE_FROM_EMAIL cannot be the sender of e-mail (None when it can): a domain
+        that has no IDNA A-label form (a typo, a character no domain may hold) can be written
+        neither in MAIL FROM nor in a Message-ID. Checked where e-mail is sent (the runtime
+        refuses every e-mail channel with it), not when the settings are read: no other command
+        stops over it. (A non-ASCII local part is an address: it needs a server that offers
+        SMTPUTF8, which the SMTP channel checks.)"""
+        try:
+            self.from_email.encode("utf-8")
+        except UnicodeEncodeError:  # bytes of another encoding in the environment (surrogate escapes)
+            return f"NURTURE_FROM_EMAIL: {self.from_email!r} is not UTF-8 text: write it again in UTF-8"
+        domain = self.from_email.rpartition("@")[2]
+        if domain.isascii():
+            return None
+        return (f"NURTURE_FROM_EMAIL: the domain of {self.from_email!r} has no IDNA A-label form (the ASCII form "
+                "mail servers take, such as xn--bcher-kva.example for bücher.example): check it for a typo")
 
     def channel_backend(self, channel: str) -> str:
         """NURTURE_EMAIL_BACKEND / NURTURE_SMS_BACKEND / NURTURE_WHATSAPP_BACKEND: `file` unless set."""

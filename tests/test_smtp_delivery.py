@@ -200,6 +200,103 @@ def test_international_addresses_go_in_ascii_form_and_one_no_server_can_take_fai
     assert got == expected
 
 
+def test_a_sender_on_an_international_domain_goes_as_a_labels_and_every_message_arrives(make_runtime, store,
+                                                                                        smtp_server):
+    """NURTURE_FROM_EMAIL=news@bücher.example: MAIL FROM, the From header, the Message-ID and the
+    List-Unsubscribe mailto carry the domain's A-labels (docs/delivery.md). Before, only the
+    recipient was converted: smtplib could not write MAIL FROM (UnicodeEncodeError), the error
+    escaped the channel, and every message of the batch became `failed / delivery_unknown`
+    although none had left — on every tick."""
+    recorder = Recorder()
+    rt = _runtime(make_runtime, smtp_server(recorder), NURTURE_FROM_EMAIL="Bücherei <news@bücher.example>")
+    _signups(store, "bob@example.com", "cy@example.com", "dee@example.com")
+
+    run_tick(rt, "promo", NOW)
+
+    assert [(m.status, m.reason) for m in messages(store, journey="promo")] == [("sent", None)] * 3
+    assert len(recorder.received) == 3
+    for mail_from, _, raw, _ in recorder.received:
+        assert mail_from == "news@xn--bcher-kva.example"
+        assert raw.isascii(), "no SMTPUTF8 was negotiated: the message must be 7-bit"
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        (sender,) = msg["From"].addresses
+        assert (sender.display_name, sender.addr_spec) == ("Shöp News", "news@xn--bcher-kva.example")
+        assert msg["Message-ID"].endswith("@xn--bcher-kva.example>")
+        raw_head = raw.split(b"\r\n\r\n")[0].decode()
+        unsubscribe = " ".join(raw_head.split("List-Unsubscribe: ", 1)[1].split("\r\nList-Unsubscribe-Post")[0].split())
+        assert "=?" not in unsubscribe, unsubscribe  # a structured header: URLs in <>, never encoded-words
+        assert unsubscribe.endswith(", <mailto:unsubscribe@xn--bcher-kva.example?subject=unsubscribe>"), unsubscribe
+
+
+@pytest.mark.parametrize("smtputf8", [True, False])
+def test_a_sender_with_a_non_ascii_local_part_goes_with_smtputf8_else_every_message_stays_queued(
+        make_runtime, store, smtp_server, smtputf8):
+    """jörg@bücher.example is an address only a server that offers SMTPUTF8 (RFC 6531) takes:
+    with one, MAIL FROM goes with SMTPUTF8 (the domain still as A-labels); without one, no
+    message can go, and none is to blame — they stay queued, no attempt counted, with a reason
+    naming the setting (before: `failed / delivery_unknown` for every message)."""
+    recorder = Recorder()
+    rt = _runtime(make_runtime, smtp_server(recorder, enable_SMTPUTF8=smtputf8),
+                  NURTURE_FROM_EMAIL="jörg@bücher.example")
+    _signups(store, "bob@example.com", "cy@example.com")
+
+    run_tick(rt, "promo", NOW)
+
+    rows = [(m.status, m.reason, m.attempts) for m in messages(store, journey="promo")]
+    if smtputf8:
+        assert [r[:2] for r in rows] == [("sent", None)] * 2
+        assert [mail_from for mail_from, _, _, _ in recorder.received] == ["jörg@xn--bcher-kva.example"] * 2
+    else:
+        assert rows == [("queued", rows[0][1], 0)] * 2
+        assert rows[0][1].startswith("smtputf8_unsupported: NURTURE_FROM_EMAIL"), rows[0][1]
+        assert recorder.received == []
+
+
+def test_a_sender_domain_without_an_ascii_form_keeps_every_email_queued_naming_the_setting(make_runtime, store,
+                                                                                           smtp_server):
+    """A domain IDNA refuses (an emoji, an underscore: a typo) fits in neither MAIL FROM nor a
+    Message-ID: the channel will not send, the messages stay queued, and the reason says which
+    setting to fix (before: every message `failed / delivery_unknown`)."""
+    recorder = Recorder()
+    rt = _runtime(make_runtime, smtp_server(recorder), NURTURE_FROM_EMAIL="news@bü_cher.example")
+    _signups(store, "bob@example.com", "cy@example.com")
+
+    run_tick(rt, "promo", NOW)
+
+    rows = [(m.status, m.attempts, m.reason) for m in messages(store, journey="promo")]
+    assert [r[:2] for r in rows] == [("queued", 0)] * 2
+    assert "NURTURE_FROM_EMAIL: the domain of 'news@bü_cher.example' has no IDNA A-label form" in rows[0][2]
+    assert recorder.received == []
+
+
+def test_an_address_smtp_cannot_write_fails_that_message_alone_and_is_never_in_doubt(smtp_server, tmp_path):
+    """smtplib refuses to write a command it cannot encode (UnicodeEncodeError) or one holding a
+    line break (ValueError: here an address parseaddr cannot read, which smtplib then passes on
+    as it is). Nothing of that message left, so it is `failed` for what it is and the journal
+    answers "not delivered"; the rest of the batch goes on the same connection. Before, the
+    error escaped the channel and every message of the batch was `delivery_unknown`."""
+    from integrations.smtp import HandoverJournal, SmtpChannel, SmtpSettings
+    from nurture.registry import OutgoingMessage
+    recorder = Recorder()
+    settings = SmtpSettings(host="127.0.0.1", port=smtp_server(recorder), security="none",
+                            from_email="news@shop.example", from_name="Shop")
+    channel = SmtpChannel(settings, HandoverJournal(tmp_path / "journal"))
+
+    def message(pk: int, to: str) -> OutgoingMessage:
+        return OutgoingMessage(message_pk=pk, rfc_message_id=rfc_message_id(pk, "promo", "news@shop.example"),
+                               contact_id=pk, channel="email", journey="promo", step_id="hello",
+                               purpose="marketing", to=to, subject="Hi", html="<p>Hi</p>", text="Hi")
+
+    batch = [message(1, "@\r\n"), message(2, "cy@example.com")]
+    results = channel.send_batch(batch)
+
+    assert [(r.message_pk, r.status) for r in results] == [(1, "failed"), (2, "sent")]
+    assert results[0].reason.startswith("smtp_command_error: ValueError: "), results[0].reason
+    assert "delivery_unknown" not in results[0].reason
+    assert channel.was_delivered(1, batch[0].rfc_message_id) is False
+    assert [rcpt_tos for _, rcpt_tos, _, _ in recorder.received] == [["cy@example.com"]]
+
+
 @dataclass
 class Dropping(Recorder):
     """Takes each message, then closes the connection instead of answering its final "." for

@@ -20,7 +20,8 @@ from email.utils import format_datetime
 from functools import lru_cache
 from typing import Mapping, Optional
 
-import idna
+from nurture.email_address import ascii_address
+
 
 _GSM7 = set("@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà")
 _GSM7_EXT = set("^{}\\[~]|€\f")
@@ -110,22 +111,6 @@ _QUOTED_SPECIALS = re.compile(r'["\\]')  # escaped inside a quoted-string
 @lru_cache(maxsize=64)
 def _address_cached(name: str, addr: str) -> str:
     return _address(name, addr)
-
-
-def ascii_address(addr: str) -> str:
-    """The address with an internationalised domain in its ASCII form (IDNA 2008 A-labels,
-    RFC 5891): `uni@exämple.com` → `uni@xn--exmple-cua.com`, as every mail server takes it.
-    A non-ASCII local part stays as it is: only a server that offers SMTPUTF8 (RFC 6531) can
-    take that address at all. A domain IDNA refuses is left as it is too (the server decides)."""
-    if addr.isascii():
-        return addr
-    local, at, domain = addr.rpartition("@")
-    if not at or domain.isascii():
-        return addr
-    try:
-        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
-    except idna.IDNAError:
-        return addr
 
 
 def _address(name: str, addr: str) -> str:

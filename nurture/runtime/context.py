@@ -140,18 +140,21 @@ class Runtime:
     def channel(self, name: str) -> Channel:
         """The configured integration of a channel. One that delivers beyond this machine
         (SMTP, Twilio …) is refused — IntegrationError — without a proper secret and public
-        URL: its links would otherwise be signed with the public development secret."""
+        URL: its links would otherwise be signed with the public development secret. Every
+        e-mail channel is refused with a NURTURE_FROM_EMAIL that has no ASCII form
+        (Settings.sender_problem)."""
         if name not in self._channels:
             if self.channel_factory is not None:
                 integration = self.channel_factory(name)
             else:
                 ctx = IntegrationContext(self.project.root, self.data_dir, self.env)
                 integration = channel_for(name, ctx)
-            if not getattr(integration, "local", False):
-                problem = link_settings_problem(self.env)
-                if problem:
-                    integration.close()
-                    raise IntegrationError(f"{integration.name} will not send: {problem}")
+            problem = link_settings_problem(self.env) if not getattr(integration, "local", False) else None
+            if not problem and name == "email":  # a sender no Message-ID or MAIL FROM can hold
+                problem = self.settings.sender_problem()
+            if problem:
+                integration.close()
+                raise IntegrationError(f"{integration.name} will not send: {problem}")
             self._channels[name] = integration
         return self._channels[name]
 
