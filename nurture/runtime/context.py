@@ -141,8 +141,8 @@ class Runtime:
         """The configured integration of a channel. One that delivers beyond this machine
         (SMTP, Twilio …) is refused — IntegrationError — without a proper secret and public
         URL: its links would otherwise be signed with the public development secret. Every
-        e-mail channel is refused with a NURTURE_FROM_EMAIL that has no ASCII form
-        (Settings.sender_problem)."""
+        e-mail channel is refused with a NURTURE_FROM_EMAIL no mail server could take
+        (Settings.sender_problem: a domain with no A-label form)."""
         if name not in self._channels:
             if self.channel_factory is not None:
                 integration = self.channel_factory(name)
