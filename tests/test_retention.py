@@ -190,11 +190,11 @@ def test_a_never_confirmed_contact_in_a_crm_list_leaves_it_at_the_next_sync(make
     result = purge(store, _policies(pending_contacts="30d"), NOW, rt.data_dir)
     assert result.counts["pending_contacts:contacts"] == 1 and _count(store, contact_t, contact_t.c.id == maybe) == 0
     assert _count(store, membership_t, membership_t.c.contact_id == maybe) == 1  # left for the sync to remove
-    # a new sign-up meanwhile: on SQLite it takes the purged contact's id (the newest one's)
+    # a new sign-up meanwhile (on SQLite before migration 0029 it took the purged contact's id)
     new = add_contact(store, "new@example.com", at=NOW, attributes={"fan": True})
     set_consent(store, new, status="pending", at=NOW, confirmed=False)
-    # HubSpot's privacy-deletion webhook for the purged person's record names no one (on SQLite
-    # the lingering row's contact id is the new sign-up's: erasing them would be the wrong person)
+    # HubSpot's privacy-deletion webhook for the purged person's record names no one (were the
+    # lingering row's contact id the new sign-up's, erasing them would be the wrong person)
     from nurture.privacy.erase import contacts_for_crm_record
     with store.reading() as conn:
         record = conn.execute(select(membership_t.c.payload["record_id"].as_string())
@@ -202,7 +202,7 @@ def test_a_never_confirmed_contact_in_a_crm_list_leaves_it_at_the_next_sync(make
     assert contacts_for_crm_record(store, "hubspot", record) == []
 
     [report] = sync_segments(store, rt.project, NOW, context)  # the nightly sync after the purge
-    assert (report.status, report.failed) == ("ok", 0)  # (a reused id: counted as one update)
+    assert (report.status, report.failed) == ("ok", 0)
     assert hubspot.members("45") == {"fan@example.com", "new@example.com"}
     with store.reading() as conn:
         held = conn.execute(select(membership_t.c.contact_id, membership_t.c.payload["email"].as_string())

@@ -252,7 +252,8 @@ def contacts_for_crm_record(store: Store, destination: str, record_id: str) -> l
         # A membership acknowledged for a contact as it stood before this contact existed
         # (`contact_version`: the contact's updated_at at the acknowledgement, on the contact's
         # own clock) is another person's: a row whose contact is gone (a purged never-confirmed
-        # sign-up, left for the sync to remove) may see its id given to someone new on SQLite.
+        # sign-up, left for the sync to remove) saw its id given to someone new on SQLite before
+        # migration 0029, and such a row may still be held.
         ids = {cid for (cid,) in conn.execute(
             select(membership_t.c.contact_id).join(contact_t, contact_t.c.id == membership_t.c.contact_id)
             .where(membership_t.c.target.startswith(f"{destination}:", autoescape=True),

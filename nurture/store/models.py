@@ -18,7 +18,16 @@ def _json_column() -> Any:
     return Field(default_factory=dict, sa_column=Column(JSON, nullable=False, default=dict))
 
 
+# The tables whose ids cursors read past (a journey trigger's `last_event_pk`, a Runtime's
+# incremental looks: nurture.store.event_order) or that outlive their rows (a contact's id in
+# the links of the mail it was sent and in the memberships left for the next sync; a message's
+# in its Message-ID): on SQLite AUTOINCREMENT, so an id is never handed out again after the
+# newest rows were deleted (migrations 0019, 0020, 0029).
+IDS_ONLY_GROW = {"sqlite_autoincrement": True}
+
+
 class Contact(SQLModel, table=True):
+    __table_args__ = (IDS_ONLY_GROW,)
     id: Optional[int] = Field(default=None, primary_key=True)
     email: Optional[str] = Field(default=None, unique=True, index=True)
     phone: Optional[str] = Field(default=None, index=True)
@@ -36,12 +45,6 @@ class Contact(SQLModel, table=True):
         JSON().with_variant(JSONB(), "postgresql"), nullable=False, default=dict))
     created_at: datetime
     updated_at: datetime
-
-
-# The tables whose ids cursors read past (a journey trigger's `last_event_pk`, a Runtime's
-# incremental looks: nurture.store.event_order): on SQLite AUTOINCREMENT, so an id is never
-# handed out again after the newest rows were deleted (migration 0019).
-IDS_ONLY_GROW = {"sqlite_autoincrement": True}
 
 
 class Event(SQLModel, table=True):

@@ -1,5 +1,5 @@
 """Rebuilding a SQLite table with or without AUTOINCREMENT, and raising the floor of its ids,
-for the migrations that make ids only grow (0019, 0020, 0028).
+for the migrations that make ids only grow (0019, 0020, 0028, 0029).
 
 SQLite gives a new row of a plain `INTEGER PRIMARY KEY` table max(id) + 1, so once the newest
 rows are deleted their ids are handed out again; an AUTOINCREMENT table never hands an id out
@@ -85,3 +85,18 @@ HELD_IDS = {
     "consent": ("SELECT max(CAST(substr(attempt_key, 9) AS INTEGER)) FROM message "
                 "WHERE attempt_key GLOB 'consent:[0-9]*'",),  # a double opt-in request's key
 }
+
+
+# Where the schema holds contact ids (migration 0029 raises `contact`'s floor by it; it
+# describes the schema 0029 runs on, and never changes — as HELD_IDS). Some columns have no
+# foreign key because their rows outlive the contact on purpose: a membership left for the next
+# sync to remove from the destination, a conversion delivery, an erasure record, a merge. The
+# others (with a foreign key) can still hold an id that is gone in a database written with
+# SQLite's foreign keys off. Each max() is one index seek (but a merge's `from_contact_id`:
+# merges are few).
+HELD_CONTACT_IDS = tuple(f"SELECT max({column}) FROM {table}" for table, column in (
+    ("segment_membership", "contact_id"), ("conversion_delivery", "contact_id"), ("erasure", "contact_id"),
+    ("contact_merge", "from_contact_id"), ("contact_merge", "into_contact_id"),
+    ("event", "contact_id"), ("consent", "contact_id"), ("suppression", "contact_id"), ("enrollment", "contact_id"),
+    ("message", "contact_id"), ("handover", "contact_id"), ("deal", "contact_id"), ("contact_touch", "contact_id"),
+    ("contact_identity", "contact_id")))
