@@ -1270,8 +1270,10 @@ def _written_ids(conn: Any, rows: dict[Key, _ImportRow], matched: dict[Key, int]
     id, and nothing is written about them.
     On SQLite the slice's transaction has held the write lock since its first statement
     (store.db: BEGIN IMMEDIATE), so nobody erased a matched contact since it was read, and the
-    new contacts are the ids above `before` — SQLite gives a new row the highest id plus one,
-    so when the highest is now `before` + len(inserted), the i-th insert has `before` + 1 + i."""
+    new contacts are the ids above `before` — SQLite gives a new row the highest id plus one
+    (an AUTOINCREMENT table, migration 0029: the highest ever handed out, above `before` when
+    the newest contacts were deleted — then they are read by id), so when the highest is now
+    `before` + len(inserted), the i-th insert has `before` + 1 + i."""
     if conn.dialect.name != "sqlite":
         # New contacts by the insert's RETURNING (nobody else sees them before the commit);
         # matched ones as matched, but for one erased meanwhile (read again: another

@@ -100,6 +100,26 @@ def test_a_purged_sign_ups_crm_membership_is_not_the_next_sign_ups(make_runtime,
     assert hubspot.members("45") == {"fan@example.com", "nina@example.com"}
 
 
+def test_an_import_after_the_newest_contacts_were_deleted_gives_each_row_its_own_contact(store, tmp_path):
+    """On SQLite a slice's new contacts are then not max(id) + 1 onwards: each consent still
+    goes to its own row's contact."""
+    from nurture.ingest import import_contacts
+    add_contact(store, "ann@example.com")
+    newest = add_contact(store, "bob@example.com")
+    with store.engine.begin() as conn:
+        conn.execute(contact_t.delete().where(contact_t.c.id == newest))
+    path = tmp_path / "list.csv"
+    path.write_text("email,consent_email\ncat@example.com,granted\ndan@example.com,revoked\n")
+    result = import_contacts(store, path, now=NOW)
+    assert result.errors == []
+    with store.reading() as conn:
+        held = conn.execute(select(contact_t.c.id, contact_t.c.email, consent_t.c.status)
+                            .join(consent_t, consent_t.c.contact_id == contact_t.c.id).order_by(contact_t.c.id)).all()
+    assert [(email, status) for _, email, status in held] == [("cat@example.com", "granted"),
+                                                               ("dan@example.com", "revoked")]
+    assert all(cid > newest for cid, _, _ in held)
+
+
 # ---------------------------------------------------------------- migration 0029
 
 
