@@ -239,6 +239,46 @@ def test_whatsapp_lines_go_with_the_bodies_and_with_a_never_confirmed_phone_only
     assert _count(store, contact_t, contact_t.c.id == lead) == 0 and _count(store, contact_t, contact_t.c.id == old) == 1
 
 
+def test_a_purge_works_from_the_bodies_kept_not_from_the_years_of_message_rows(make_runtime, store, monkeypatch):
+    """The hygiene flow purges every 15 minutes: each run looked for the .eml of every kept
+    message older than the body period — long gone — under every journey folder (a purge that
+    removed nothing took 16–37 s at 100,000 such rows). It now reads the outbox and asks the
+    database about the bodies there: the one due goes, a recent one and one still being sent
+    stay, and an SMS line whose row is gone goes like an .eml file whose row is gone."""
+    rt = make_runtime({})
+    cid = add_contact(store, "old@example.com", at=NOW - 800 * DAY)
+    kept_rows = []
+    for i in range(600):  # years of message rows kept, their bodies purged long ago
+        at = NOW - (100 + i) * DAY
+        kept_rows.append(dict(contact_id=cid, journey=f"j{i % 6}", step_id="s", attempt_key=f"k{i}", channel="email",
+                              purpose="marketing", template="t", status="sent", due_at=at, created_at=at, sent_at=at))
+    ids = {}
+    with store.engine.begin() as conn:
+        conn.execute(message_t.insert(), kept_rows)
+        for key, channel, status, age in (("due", "email", "sent", 95), ("recent", "email", "sent", 10),
+                                          ("sending", "email", "sending", 95), ("text", "sms", "sent", 10)):
+            at = NOW - age * DAY
+            ids[key] = conn.execute(message_t.insert().values(
+                contact_id=cid, journey="j0", step_id="s", attempt_key=key, channel=channel, purpose="marketing",
+                template="t", status=status, due_at=at, created_at=at)).inserted_primary_key[0]
+    outbox = rt.data_dir / "outbox"
+    for j in range(6):
+        (outbox / "email" / f"j{j}").mkdir(parents=True, exist_ok=True)
+    bodies = {key: outbox / "email" / "j0" / f"{ids[key]:09d}.eml" for key in ("due", "recent", "sending")}
+    for path in bodies.values():
+        path.write_text("body")
+    (outbox / "sms.jsonl").write_text("".join(json.dumps({"message_id": m, "to": "+4915100000001"}) + "\n"
+                                              for m in (ids["text"], 999999)))
+    looked_up = []
+    real_is_file = type(outbox).is_file
+    monkeypatch.setattr(type(outbox), "is_file", lambda self: looked_up.append(self) or real_is_file(self))
+    result = purge(store, _policies(message_bodies="90d"), NOW, rt.data_dir)
+    assert len(looked_up) < 10  # not one per kept row and journey folder (3,600 before)
+    assert (result.counts["message_bodies:outbox_emails"], result.counts["message_bodies:outbox_sms"]) == (1, 1)
+    assert not bodies["due"].exists() and bodies["recent"].exists() and bodies["sending"].exists()
+    assert [json.loads(line)["message_id"] for line in (outbox / "sms.jsonl").read_text().splitlines()] == [ids["text"]]
+
+
 def test_sync_records_go_and_kinds_without_a_period_stay(make_runtime, store):
     rt = make_runtime({})
     with store.engine.begin() as conn:

@@ -5,7 +5,7 @@
 |---|---|
 | `events` | tracked events (by `occurred_at`) — except the trigger event of an enrollment still in its journey (its templates read it) |
 | `messages` | message-log rows (by `created_at`) of enrollments that have left their journey (and system mail); never one still queued or sending, never one inside the longest frequency-cap window (caps count them) |
-| `message_bodies` | the rendered bodies: outbox `.eml` files and `sms.jsonl` lines of messages older than the period, and files of messages already purged |
+| `message_bodies` | the rendered bodies: outbox `.eml` files and `sms.jsonl` / `whatsapp.jsonl` lines of messages older than the period, and those of messages already purged (found from the files: a run's work is bounded by the bodies kept) |
 | `pending_contacts` | contacts created before the cutoff whose consent never got past `pending` (no `granted` row ever): the contact and everything about it (events, consent rows, enrollments, messages, lead source). No tombstone: they may sign up again. Their acknowledged audience/CRM-list memberships stay until the next segment sync removes them at the destination (a deleted contact leaves every segment) and forgets them: deleted here, nothing could ever take them out of a HubSpot list (which needs no consent) |
 | `sync_records` | audience/CRM sync runs (by `started_at`) |
 | `erasure_records` | completed erasure records (by `completed_at`) |
@@ -16,6 +16,7 @@ lose what is purged: a journey's figures then cover the kept period (docs/report
 """
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any, Callable
 
 from sqlalchemy import and_, delete, exists, func, not_, or_, select
 
-from nurture.privacy.files import EMAIL_OUTBOX, SMS_OUTBOX, WHATSAPP_OUTBOX, drop_lines, eml_paths, remove_outbox
+from nurture.privacy.files import EMAIL_OUTBOX, SMS_OUTBOX, WHATSAPP_OUTBOX, drop_lines, remove_outbox
 from nurture.privacy.models import erasure_t
 from nurture.runtime.sql import chunks, ids_in
 from nurture.spec.models import Policies
@@ -91,49 +92,66 @@ def _left_journey() -> Any:
 
 
 def _bodies(conn: Any, cutoff: datetime, data_dir: Path, result: PurgeResult) -> None:
-    emails, lines = [], {"sms": set(), "whatsapp": set()}
-    for mid, journey, channel in conn.execute(select(message_t.c.id, message_t.c.journey, message_t.c.channel)
-                                              .where(message_t.c.created_at < cutoff,
-                                                     message_t.c.status.not_in(("queued", "sending")))):
-        if channel == "email":
-            emails.append((mid, journey))
-        elif channel in lines:
-            lines[channel].add(mid)
-    files = eml_paths(data_dir, emails)
-    files += _orphans(conn, data_dir, {p for p in files})
-    for path in files:
-        if not result.dry_run:
-            path.unlink(missing_ok=True)
-        result.counts["message_bodies:outbox_emails"] += 1
-    for channel, outbox in (("sms", SMS_OUTBOX), ("whatsapp", WHATSAPP_OUTBOX)):
-        ids, path = lines[channel], data_dir.joinpath(*outbox)
-        if not ids or not path.is_file():
+    """The bodies the outbox holds — `.eml` files, `sms.jsonl` and `whatsapp.jsonl` lines — of
+    messages older than the cutoff (never one still queued or sending) or whose row is gone
+    (purged earlier, or the database was reset). Found from the files, so each run's work is
+    bounded by the bodies kept (the period's), not by the message rows kept for years: the
+    hygiene flow runs every 15 minutes."""
+    root = data_dir.joinpath(*EMAIL_OUTBOX)
+    emails: dict[int, list[Path]] = {}
+    if root.is_dir():
+        for folder in root.iterdir():
+            if folder.is_dir():
+                for path in folder.iterdir():
+                    if (m := _EML.match(path.name)) is not None:
+                        emails.setdefault(int(m.group(1)), []).append(path)
+    outboxes = {channel: data_dir.joinpath(*outbox) for channel, outbox in
+                (("sms", SMS_OUTBOX), ("whatsapp", WHATSAPP_OUTBOX))}
+    lines = {channel: _line_ids(path) for channel, path in outboxes.items()}
+    gone = _gone(conn, set(emails) | {mid for ids in lines.values() for mid in ids}, cutoff)
+    for mid in sorted(gone & set(emails)):
+        for path in emails[mid]:
+            if not result.dry_run:
+                path.unlink(missing_ok=True)
+            result.counts["message_bodies:outbox_emails"] += 1
+    for channel, path in outboxes.items():
+        if not gone.intersection(lines[channel]):
             continue
         if result.dry_run:
-            import json
-            n = 0
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    n += json.loads(line).get("message_id") in ids
-                except (ValueError, AttributeError):
-                    continue
+            n = sum(mid in gone for mid in lines[channel])
         else:
-            n = drop_lines(path, lambda r, ids=ids: r.get("message_id") in ids)
+            n = drop_lines(path, lambda r: r.get("message_id") in gone)
         if n:
             result.counts[f"message_bodies:outbox_{channel}"] += n
 
 
-def _orphans(conn: Any, data_dir: Path, known: set[Path]) -> list[Path]:
-    """Outbox files whose message row no longer exists (purged earlier, or the database was reset)."""
-    root = data_dir.joinpath(*EMAIL_OUTBOX)
-    if not root.is_dir():
+def _line_ids(path: Path) -> list[int]:
+    """The message id of each line of an outbox JSONL file (a line that is not one is kept)."""
+    if not path.is_file():
         return []
-    files = {int(m.group(1)): p for folder in root.iterdir() if folder.is_dir()
-             for p in folder.iterdir() if (m := _EML.match(p.name)) and p not in known}
+    ids = []
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            try:
+                mid = json.loads(line).get("message_id")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(mid, int) and not isinstance(mid, bool):
+                ids.append(mid)
+    return ids
+
+
+def _gone(conn: Any, ids: set[int], cutoff: datetime) -> set[int]:
+    """Of these message ids, those whose body goes: the row is older than the cutoff and no
+    longer queued or sending, or there is no row."""
     existing: set[int] = set()
-    for part in chunks(sorted(files)):
+    old: set[int] = set()
+    for part in chunks(sorted(ids)):
         existing.update(conn.execute(select(message_t.c.id).where(ids_in(message_t.c.id, part))).scalars())
-    return [p for pk, p in files.items() if pk not in existing]
+        old.update(conn.execute(select(message_t.c.id).where(
+            ids_in(message_t.c.id, part), message_t.c.created_at < cutoff,
+            message_t.c.status.not_in(("queued", "sending")))).scalars())
+    return old | (ids - existing)
 
 
 def _pending_contacts(conn: Any, cutoff: datetime, data_dir: Path, result: PurgeResult) -> None:
