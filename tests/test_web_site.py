@@ -110,3 +110,31 @@ def test_nurture_web_refuses_to_start_without_a_real_secret_and_public_url(make_
     assert message in result.stderr and "Traceback" not in result.stderr
     if "NURTURE_SECRET_KEY" in env:
         assert env["NURTURE_SECRET_KEY"] not in result.stderr + result.stdout
+
+
+def test_a_client_gone_in_the_middle_of_its_body_is_no_error_of_the_server(make_runtime):
+    """A phone losing its connection mid-upload made uvicorn log a 60-line `Exception in ASGI
+    application` per request (3,071 of 43,000 requests in a soak: a 13.7 MB log of nothing
+    else). It is nobody's error: nothing is logged above debug and the server goes on."""
+    import logging
+    rt = make_runtime({})
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+    handler = Keep(level=logging.WARNING)
+    with running_site(rt, datetime(2026, 3, 2, 12, 0), NURTURE_INGEST_TOKEN="ingest-token") as site:
+        logging.getLogger("uvicorn.error").addHandler(handler)
+        try:
+            port = int(site.url.rsplit(":", 1)[1])
+            for path, auth in (("/events", b"Authorization: Bearer ingest-token\r\n"), ("/v1/track", b"")):
+                with socket.create_connection(("127.0.0.1", port)) as client:
+                    client.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + auth +
+                                   b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"ev")
+                    time.sleep(0.3)
+            time.sleep(0.5)
+            assert site.http.get("/healthz").json() == {"ok": True}
+        finally:
+            logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert [r.getMessage() for r in records] == []

@@ -52,6 +52,7 @@ import anyio
 from fastapi import BackgroundTasks, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import SecretStr
+from starlette.requests import ClientDisconnect
 
 from nurture.consent_ledger import Proof, proof_of
 from nurture.double_opt_in import confirm_opt_in, opt_ins_from_events
@@ -223,6 +224,14 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
                   lifespan=lifespan)
     app.state.runtime = rt
     app.state.instant = instant
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        """A client that went away in the middle of its body (a phone losing its connection, a
+        tab closed during a sendBeacon): nothing was read, so nothing was stored, and nobody is
+        there to answer — not an error of the server (it logged a 60-line traceback each time)."""
+        log.debug("%s %s: the client went away before its body was read", request.method, request.url.path)
+        return Response(status_code=400)
 
     def proof_from(request: Request) -> Proof:
         """The proof of a consent given here: the client's address and browser."""
