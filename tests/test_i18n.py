@@ -81,6 +81,8 @@ def test_a_fuzzy_or_missing_translation_shows_the_source_and_no_name_means_no_st
 
 def test_the_project_locale_is_the_default_and_money_may_name_its_currency(tmp_path):
     (tmp_path / "templates").mkdir()
+    (tmp_path / "translations").mkdir()
+    (tmp_path / "translations" / "de.po").write_text(DE_PO, encoding="utf-8")  # de_CH: served by de.po
     library = TemplateLibrary(tmp_path / "templates", currency="CHF", locale="de_CH")
     text = library.string('{{ 12.5 | money }} / {{ 12.5 | money("USD") }} / {{ 2 | number(2) }}')
     assert text.render({"contact": {"locale": None}}) == "CHF\u00a012.50 / $\u00a012.50 / 2.00"  # Babel keeps amount and symbol together
@@ -246,14 +248,41 @@ def test_a_plural_entry_gives_the_form_its_catalogs_plural_rule_picks(tmp_path, 
 
 
 @pytest.mark.parametrize("default, contact_locale, expected", [
-    (None, "de_AT", "de-AT"), (None, None, "en"), ("de_CH", None, "de-CH"), ("de", "fr", "fr"),
+    (None, "de_AT", "de-AT"), (None, None, "en"), ("de_CH", None, "de-CH"),
+    ("de", "fr", "de"),  # no fr.po: the words are the project's German, and so is lang
+    ("fr", "pt-BR", "en"),  # no catalog serves either: the source text, English
+    ("de", "en-GB", "en-GB"),  # the source language needs no catalog
     ("de", '"><script>', "de"),  # an unusable locale of a contact: the project's
 ])
 def test_lang_gives_the_html_lang_of_the_locale_the_words_follow(tmp_path, default, contact_locale, expected):
     (tmp_path / "templates").mkdir()
+    (tmp_path / "translations").mkdir()
+    (tmp_path / "translations" / "de.po").write_text(DE_PO, encoding="utf-8")
     library = TemplateLibrary(tmp_path / "templates", locale=default)
     html = library.html_env.from_string('<html lang="{{ lang() }}">').render({"contact": {"locale": contact_locale}})
     assert html == f'<html lang="{expected}">'
+
+
+@pytest.mark.parametrize("locale", ["pt-BR", "fr", "es"])
+def test_a_locale_without_a_catalog_renders_one_language_words_lang_dates_and_money_in_english(library, locale):
+    """No catalog serves the contact's locale: the words are the source text, and `lang()`,
+    month and day names and number formats are English too — never "Your order of 8 de março"."""
+    html = library.html_env.from_string(
+        '<html lang="{{ lang() }}"><p>{{ _("Still thinking") }} {{ event.occurred_at | date("long") }}'
+        ' ({{ event.occurred_at | date("full") }}) {{ event.value | money }} {{ event.cart_value | number }}</p>').render(
+        {"contact": {"locale": locale, "first_name": "Ana"},
+         "event": {"occurred_at": datetime(2026, 3, 8, 12, tzinfo=timezone.utc), "value": 1234.5, "cart_value": 1234.5}})
+    assert html == ('<html lang="en"><p>Still thinking March 8, 2026 (Sunday, March 8, 2026) €1,234.50 1,234.5</p>')
+
+
+def test_a_contact_without_a_catalog_gets_the_projects_language_when_a_catalog_serves_it(library):
+    """policies.yaml `locale: de` with de.po: a `fr` contact (no fr.po) reads the German the
+    project writes — German words, `lang="de"`, German dates and money — one language again."""
+    library = TemplateLibrary(library.root, currency="EUR", locale="de")  # the fixture's de.po
+    html = library.html_env.from_string(
+        '<html lang="{{ lang() }}"><p>{{ _("Still thinking") }} {{ d | date("long") }} {{ 158 | money }}</p>').render(
+        {"contact": {"locale": "fr"}, "d": datetime(2026, 3, 8, 12, tzinfo=timezone.utc)})
+    assert html == '<html lang="de"><p>Noch unentschlossen 8. März 2026 158,00\u00a0€</p>'
 
 
 def test_the_shipped_layout_and_preview_follow_the_policies_locale_and_show_the_preheader(tmp_path):

@@ -18,10 +18,16 @@ so a translation may move them — but it must use the msgid's names: a translat
 the call does not pass fails that message (`render_error`, naming the catalog entry), and
 `nurture validate` warns about it, as about a message a catalog lacks.
 
-The locale of a message is the contact's (`contact.locale`), else policies.yaml `locale`; money
-is in policies.yaml `currency` unless the filter names another (`money("USD")`). `date` shows the
-day of a point in time where the recipient is: in `contact.timezone`, else the library's
-`timezone` (policies.yaml `timezone`), else UTC; a naive timestamp is UTC, a bare date is itself.
+A message is in one language, its *message locale* (`Localizer.message_locale`): the contact's
+`locale` if a catalog serves it (`de_AT` is served by `de_AT.po` or `de.po`; the source language,
+English, needs none), else policies.yaml `locale` if a catalog serves that, else `en`. Its
+words, `lang()`, dates, money and numbers all follow it — a `pt-BR` contact of a project without
+`pt.po` reads English words, `lang="en"`, "March 8, 2026" and "€158.00", never Portuguese month
+names in an English sentence; a `de-AT` contact of a project with `de.po` gets German words and
+Austrian formats (`€ 158,00`). Money is in policies.yaml `currency` unless the filter names
+another (`money("USD")`). `date` shows the day of a point in time where the recipient is: in
+`contact.timezone`, else the library's `timezone` (policies.yaml `timezone`), else UTC; a naive
+timestamp is UTC, a bare date is itself.
 """
 from __future__ import annotations
 
@@ -39,6 +45,9 @@ from typing import Any, Callable, Optional
 from jinja2 import pass_context
 from jinja2.runtime import Context
 from markupsafe import Markup
+
+
+SOURCE_LANGUAGE = "en"  # the language of the msgids: the source text needs no catalog
 
 
 def language_of(locale: Optional[str]) -> Optional[str]:
@@ -83,6 +92,12 @@ class Catalogs:
             else:
                 self._catalogs[locale], self._lines[locale], self._plurals[locale] = None, {}, _Plurals()
         return self._catalogs[locale]
+
+    def serves(self, locale: str) -> bool:
+        """Can a message be in `locale` (Babel's form): the source language, or a readable catalog
+        for the locale or its language (`de_AT`: de_AT.po, else de.po)."""
+        language = locale.split("_")[0]
+        return language == SOURCE_LANGUAGE or any(self.catalog(c) is not None for c in dict.fromkeys((locale, language)))
 
     def lookup_plural(self, locale: Optional[str], singular: str, plural: str, n: Any) -> str:
         """The form for `n` of a plural entry (`msgid` / `msgid_plural` / `msgstr[i]`, the form
@@ -225,7 +240,7 @@ def placeholders(text: str) -> set[str]:
 
 
 def _babel_locale(locale: Optional[str]) -> str:
-    return locale or "en"
+    return locale or SOURCE_LANGUAGE
 
 
 class Localizer:
@@ -237,6 +252,7 @@ class Localizer:
         self.currency = currency
         self.default_locale = language_of(default_locale)
         self.default_zone = _zone(timezone) or dt_timezone.utc
+        self._message_locales: dict[Optional[str], str] = {}  # a contact's locale → its message locale
 
     def zone_of(self, context: Context) -> Any:
         """The recipient's time zone: the contact's, else the default (an unknown name: the default)."""
@@ -244,10 +260,22 @@ class Localizer:
         own = contact.get("timezone") if isinstance(contact, dict) else None
         return _zone(own) or self.default_zone
 
-    def locale_of(self, context: Context) -> Optional[str]:
+    def message_locale(self, own: Any) -> str:
+        """The one locale of a message to a contact whose `locale` is `own` — its words, `lang()`,
+        dates, money and numbers: `own` if a catalog serves it, else policies.yaml `locale` if
+        one serves that, else `en` (so words, `lang` and formats never are two languages)."""
+        key = own[:64] if isinstance(own, str) else None
+        found = self._message_locales.get(key)
+        if found is None:  # every `_()` and filter asks: resolved once per distinct value
+            found = next((c for c in (language_of(key), self.default_locale) if c and self.catalogs.serves(c)),
+                         SOURCE_LANGUAGE)
+            if len(self._message_locales) < 1024:  # (a contact's value: no unbounded cache)
+                self._message_locales[key] = found
+        return found
+
+    def locale_of(self, context: Context) -> str:
         contact = context.get("contact")
-        own = contact.get("locale") if isinstance(contact, dict) else None
-        return language_of(own) or self.default_locale
+        return self.message_locale(contact.get("locale") if isinstance(contact, dict) else None)
 
     def install(self, env: Any, text_of: Optional[Callable[[str], str]] = None) -> None:
         """`text_of`: for the plain-text part derived from an e-mail's HTML — turns a message
@@ -308,9 +336,9 @@ class Localizer:
 
         @pass_context
         def lang(context: Context) -> str:
-            """The message's language as an HTML `lang` value (`de-AT`): the contact's locale, else
-            policies.yaml's, else `en` — the one `_()` and the filters use."""
-            return (localizer.locale_of(context) or "en").replace("_", "-")
+            """The message's language as an HTML `lang` value (`de-AT`): its message locale, the
+            one `_()` and the filters use."""
+            return localizer.locale_of(context).replace("_", "-")
 
         env.globals.update({"_": gettext, "gettext": gettext, "ngettext": ngettext, "lang": lang})
         env.filters.update({"money": money, "number": number, "date": date_filter})
