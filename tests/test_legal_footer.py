@@ -31,8 +31,17 @@ RECEIPT = journey_yaml("receipt", """
 - id: hello
   send: {channel: email, template: plain, subject: "Your receipt", purpose: transactional}
 """)
-TEMPLATES = {"email/plain.html": "<html><body><p>Our autumn sale, {{ contact.first_name }}!</p></body></html>",
-             "email/plain.txt": "Our autumn sale, {{ contact.first_name }}!"}
+TEMPLATES = {"email/plain.html": "<html><body><p>{{ _('Our autumn sale, %(name)s!', name=contact.first_name) }}</p>"
+                                  "</body></html>",
+             "email/plain.txt": "{{ _('Our autumn sale, %(name)s!', name=contact.first_name) }}"}
+DE_PO = 'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n\n' \
+        'msgid "Our autumn sale, %(name)s!"\nmsgstr "Unser Herbstverkauf, %(name)s!"\n'
+
+
+def _in_german(tmp_path):
+    """The project (make_runtime's, at tmp_path/project) translates its words into German."""
+    (tmp_path / "project" / "translations").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "project" / "translations" / "de.po").write_text(DE_PO, encoding="utf-8")
 
 
 def _smtp(make_runtime, port, journeys):
@@ -43,7 +52,8 @@ def _smtp(make_runtime, port, journeys):
     return rt
 
 
-def test_a_custom_template_without_a_link_gets_the_footer_over_real_smtp(make_runtime, store, smtp_server):
+def test_a_custom_template_without_a_link_gets_the_footer_over_real_smtp(make_runtime, store, smtp_server, tmp_path):
+    _in_german(tmp_path)
     recorder = Recorder()
     rt = _smtp(make_runtime, smtp_server(recorder), {"promo": PLAIN})
     cid = subscriber(store, "kim@example.de", first_name="Kim", locale="de")
@@ -54,7 +64,7 @@ def test_a_custom_template_without_a_link_gets_the_footer_over_real_smtp(make_ru
     html = mail.get_body(("html",)).get_content()
     text = mail.get_body(("plain",)).get_content()
     unsubscribe = mail["List-Unsubscribe"].split(">")[0].lstrip("<")
-    assert f'href="{unsubscribe}"' in html and ">Abmelden</a>" in html
+    assert "Unser Herbstverkauf, Kim!" in html and f'href="{unsubscribe}"' in html and ">Abmelden</a>" in html
     assert "Kaffee &amp; Co &lt;GmbH&gt; · Hauptstr. 1, 10115 Berlin · HRB 12345, AG Charlottenburg · " \
            "Vertreten durch Anna Meier · hallo@kaffee.example" in html
     assert html.index("nurture-legal-footer") < html.lower().index("</body>")
@@ -103,13 +113,50 @@ def test_a_marketing_mail_whose_own_txt_lacks_the_link_gets_the_text_footer_thou
     (None, "de"),   # no locale of its own: policies.yaml `locale` is the message's
     ("de-AT", None),
 ])
-def test_the_appended_footer_is_in_the_locale_the_templates_resolve(make_runtime, store, contact_locale,
+def test_the_appended_footer_is_in_the_locale_the_templates_resolve(make_runtime, store, tmp_path, contact_locale,
                                                                      policies_locale):
+    _in_german(tmp_path)
     policies = SENDER + (f"locale: {policies_locale}\n" if policies_locale else "")
     rt = make_runtime({"promo": PLAIN}, templates=TEMPLATES, policies=policies)
     _, html, text = _delivered(rt, store, "promo", contact_locale)
-    assert ">Abmelden</a>" in html and "Vertreten durch Anna Meier" in html
+    assert "Unser Herbstverkauf, Kim!" in html and ">Abmelden</a>" in html and "Vertreten durch Anna Meier" in html
     assert "Abmelden: " in text
+
+
+PL_PO = 'msgid ""\nmsgstr ""\n"Content-Type: text/plain; charset=UTF-8\\n"\n"Language: pl\\n"\n\n' \
+        'msgid "Our autumn sale, %(name)s!"\nmsgstr "Nasza jesienna wyprzedaż, %(name)s!"\n\n' \
+        'msgid "You receive this because you signed up with us."\n' \
+        'msgstr "Otrzymujesz tę wiadomość, ponieważ zapisałeś się u nas."\n\n' \
+        'msgid "Unsubscribe"\nmsgstr "Wypisz się"\n\nmsgid "Preferences"\nmsgstr "Ustawienia"\n\n' \
+        'msgid "Represented by %(name)s"\nmsgstr "Reprezentowana przez %(name)s"\n'
+
+
+def test_the_appended_footer_speaks_the_projects_catalog_a_polish_mail_gets_a_polish_footer(
+        make_runtime, store, tmp_path):
+    """The footer's words are the shipped layout's msgids, looked up in the project's catalogs
+    like the layout's own: a project that translates its layout into Polish needs nothing more."""
+    (tmp_path / "project" / "translations").mkdir(parents=True)
+    (tmp_path / "project" / "translations" / "pl.po").write_text(PL_PO, encoding="utf-8")
+    rt = make_runtime({"promo": PLAIN}, templates=TEMPLATES, policies=SENDER)
+    mail, html, text = _delivered(rt, store, "promo", "pl")
+    unsubscribe = mail["List-Unsubscribe"].split(">")[0].lstrip("<")
+    assert "Nasza jesienna wyprzedaż, Kim!" in html
+    assert "Otrzymujesz tę wiadomość, ponieważ zapisałeś się u nas." in html and ">Wypisz się</a>" in html \
+        and ">Ustawienia</a>" in html and "Reprezentowana przez Anna Meier" in html
+    assert "You receive" not in html and "Unsubscribe" not in html and "Represented" not in html
+    assert f"Wypisz się: {unsubscribe}" in text and "Unsubscribe" not in text
+
+
+def test_a_german_contact_of_a_project_without_german_gets_an_english_mail_with_an_english_footer(
+        make_runtime, store):
+    """No catalog serves `de`: the message is English (its words, the source text) — and so is
+    its footer, not German under an English mail."""
+    rt = make_runtime({"promo": PLAIN}, templates=TEMPLATES, policies=SENDER)
+    _, html, text = _delivered(rt, store, "promo", "de")
+    assert "Our autumn sale, Kim!" in html
+    assert "You receive this because you signed up with us." in html and ">Unsubscribe</a>" in html \
+        and "Represented by Anna Meier" in html
+    assert "Abmelden" not in html and "Vertreten" not in html and "Abmelden" not in text
 
 
 def test_transactional_mail_gets_no_marketing_footer(make_runtime, store):

@@ -28,6 +28,11 @@ Austrian formats (`€ 158,00`). Money is in policies.yaml `currency` unless the
 another (`money("USD")`). `date` shows the day of a point in time where the recipient is: in
 `contact.timezone`, else the library's `timezone` (policies.yaml `timezone`), else UTC; a naive
 timestamp is UTC, a bare date is itself.
+
+Nurture's own words — the legal footer appended to a template without one
+(nurture.rendering.legal_footer) — are in the message locale too, looked up
+by `nurture_words`: the project's catalog first (a project may reword them or add a language),
+then the built-in one shipped with Nurture (`nurture/rendering/translations/`: German).
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ from markupsafe import Markup
 
 
 SOURCE_LANGUAGE = "en"  # the language of the msgids: the source text needs no catalog
+_BUILT_IN = Path(__file__).parent / "translations"  # Nurture's own words (the legal footer)
 
 
 def language_of(locale: Optional[str]) -> Optional[str]:
@@ -241,6 +247,36 @@ def placeholders(text: str) -> set[str]:
 
 def _babel_locale(locale: Optional[str]) -> str:
     return locale or SOURCE_LANGUAGE
+
+
+@lru_cache(maxsize=1)
+def built_in_catalogs() -> Catalogs:
+    """The catalogs of Nurture's own words, shipped with it (read once per process)."""
+    return Catalogs(_BUILT_IN)
+
+
+def nurture_words(catalogs: Optional[Catalogs], locale: Optional[str]) -> Callable[..., str]:
+    """`words(message, **values)`: one of Nurture's own messages (the legal footer's) in
+    `locale` — a message locale (`Localizer.message_locale`) — from the project's `catalogs`,
+    else the built-in ones, else the source text; `%(name)s` values filled in. A
+    translation whose placeholders do not fit is passed over for the next one: a footer must
+    never fail a message for a catalog's typo (`nurture validate` warns about it)."""
+    layers = [c for c in (catalogs, built_in_catalogs()) if c is not None]
+
+    def words(message: str, **values: Any) -> str:
+        for layer in layers:
+            found = layer.lookup(locale, message)
+            if found == message:
+                continue
+            if not values:
+                return found
+            try:
+                return found % values
+            except (KeyError, ValueError, TypeError):  # this layer's typo: the next one's words
+                continue
+        return message % values if values else message
+
+    return words
 
 
 class Localizer:

@@ -10,7 +10,6 @@ from typing import Any, NamedTuple, Optional
 
 from nurture.registry import OutgoingMessage
 from nurture.rendering.email_message import rfc_message_id
-from nurture.rendering.i18n import language_of
 from nurture.rendering.legal_footer import ensure_footer
 from nurture.rendering.links import tag_html, tag_text, utm_query
 from nurture.runtime.context import Runtime
@@ -87,9 +86,10 @@ def render_message(rt: Runtime, row: Any, settings: Settings, cache: Optional[di
         msg.to_name = " ".join(p for p in (row.first_name, row.last_name) if p)
         if row.purpose == "marketing":
             # no marketing mail leaves without a visible way out (nurture.rendering.legal_footer)
-            # in the message's locale, resolved as the templates resolve it (the contact's, else policies')
-            locale = language_of(row.locale) or rt.templates.localizer.default_locale
-            msg.html, msg.text, _ = ensure_footer(msg.html, msg.text, links, step.imprint, locale)
+            # in the message's locale and through its catalogs, as the templates resolve them
+            localizer = rt.templates.localizer
+            msg.html, msg.text, _ = ensure_footer(msg.html, msg.text, links, step.imprint,
+                                                  localizer.message_locale(row.locale), localizer.catalogs)
             msg.headers = {"List-Unsubscribe": f"<{links['unsubscribe']}>, <mailto:unsubscribe@{from_email.rpartition('@')[2]}?subject=unsubscribe>",
                            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     else:
