@@ -29,8 +29,8 @@ another (`money("USD")`). `date` shows the day of a point in time where the reci
 `contact.timezone`, else the library's `timezone` (policies.yaml `timezone`), else UTC; a naive
 timestamp is UTC, a bare date is itself.
 
-Nurture's own words — the legal footer appended to a template without one
-(nurture.rendering.legal_footer) — are in the message locale too, looked up
+Nurture's own words — the recipient pages (nurture.web.pages) and the legal footer appended to a
+template without one (nurture.rendering.legal_footer) — are in the message locale too, looked up
 by `nurture_words`: the project's catalog first (a project may reword them or add a language),
 then the built-in one shipped with Nurture (`nurture/rendering/translations/`: German).
 """
@@ -53,7 +53,7 @@ from markupsafe import Markup
 
 
 SOURCE_LANGUAGE = "en"  # the language of the msgids: the source text needs no catalog
-_BUILT_IN = Path(__file__).parent / "translations"  # Nurture's own words (the legal footer)
+_BUILT_IN = Path(__file__).parent / "translations"  # Nurture's own words (pages, legal footer)
 
 
 def language_of(locale: Optional[str]) -> Optional[str]:
@@ -256,11 +256,11 @@ def built_in_catalogs() -> Catalogs:
 
 
 def nurture_words(catalogs: Optional[Catalogs], locale: Optional[str]) -> Callable[..., str]:
-    """`words(message, **values)`: one of Nurture's own messages (the legal footer's) in
-    `locale` — a message locale (`Localizer.message_locale`) — from the project's `catalogs`,
-    else the built-in ones, else the source text; `%(name)s` values filled in. A
-    translation whose placeholders do not fit is passed over for the next one: a footer must
-    never fail a message for a catalog's typo (`nurture validate` warns about it)."""
+    """`words(message, **values)`: one of Nurture's own messages (a recipient page's, the legal
+    footer's) in `locale` — a message locale (`Localizer.message_locale`) — from the project's
+    `catalogs`, else the built-in ones, else the source text; `%(name)s` values filled in. A
+    translation whose placeholders do not fit is passed over for the next one: an unsubscribe
+    page must never fail for a catalog's typo (`nurture validate` warns about it)."""
     layers = [c for c in (catalogs, built_in_catalogs()) if c is not None]
 
     def words(message: str, **values: Any) -> str:

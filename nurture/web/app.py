@@ -67,8 +67,8 @@ from nurture.store.db import Store
 from nurture.tokens import same_secret, verify_token
 from nurture.web import pages
 from nurture.web.answers import JSONResponse
-from nurture.web.preferences import (CONFIRMATION_SENT, TEXT_SENT, apply_preferences, load_preferences,
-                                     unsubscribe)
+from nurture.web.preferences import (CONFIRMATION_SENT, TEXT_SENT, apply_preferences, contact_locale,
+                                     load_preferences, unsubscribe)
 from nurture.web.meta_leads import meta_leads_routes
 from nurture.web.privacy import privacy_routes
 from nurture.web.segment_api import segment_routes
@@ -237,8 +237,13 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         """The proof of a consent given here: the client's address and browser."""
         return proof_of(request.client.host if request.client else None, request.headers.get("user-agent"))
 
-    def bad_link(text: str) -> HTMLResponse:
-        return HTMLResponse(pages.message_page("This link does not work", text, problem=True), status_code=400)
+    def language(locale: Optional[str] = None) -> pages.PageLanguage:
+        """A page's language: its contact's message locale (None: the policies', else English)."""
+        return pages.page_language(rt.templates.localizer, locale)
+
+    def bad_link(text: str, locale: Optional[str] = None) -> HTMLResponse:
+        return HTMLResponse(pages.message_page("This link does not work", text, problem=True,
+                                               language=language(locale)), status_code=400)
 
     def claims_or_none(token: str, action: str):
         return verify_token(secret, token, action)
@@ -257,7 +262,8 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
             prefs = load_preferences(conn, rt.project, claims.contact_id)
         if prefs is None:
             return bad_link("We have no record of this address any more.")
-        return HTMLResponse(pages.preferences_page(prefs, base_url=public_url, token=token, channel=claims.channel))
+        return HTMLResponse(pages.preferences_page(prefs, base_url=public_url, token=token, channel=claims.channel,
+                                                   language=language(prefs.locale)))
 
     @app.post("/u/{token}", response_class=HTMLResponse)
     async def one_click_unsubscribe(token: str, request: Request) -> Response:
@@ -272,9 +278,9 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
             prefs = load_preferences(conn, rt.project, claims.contact_id)
         if prefs is None:
             return bad_link("We have no record of this address any more.")
-        notice = f"You are unsubscribed from marketing {pages.CHANNEL_NAMES.get(claims.channel, claims.channel)}."
+        notice = pages.UNSUBSCRIBED.get(claims.channel, pages.UNSUBSCRIBED["email"])
         return HTMLResponse(pages.preferences_page(prefs, base_url=public_url, token=token, channel=claims.channel,
-                                                   notice=notice))
+                                                   notices=[notice], language=language(prefs.locale)))
 
     @app.post("/u/{token}/preferences", response_class=HTMLResponse)
     async def save_preferences(token: str, request: Request, background: BackgroundTasks) -> Response:
@@ -291,15 +297,15 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
             prefs = load_preferences(conn, rt.project, claims.contact_id)
         if prefs is None:
             return bad_link("We have no record of this address any more.")
-        notice = "Your preferences are saved." if changes else "Nothing changed; your preferences are as before."
+        notices = ["Your preferences are saved." if changes else "Nothing changed; your preferences are as before."]
         if CONFIRMATION_SENT in changes or TEXT_SENT in changes:  # asked for on a link sent elsewhere
             background.add_task(deliver_system_mail)
         if CONFIRMATION_SENT in changes:
-            notice += " To subscribe your e-mail address, follow the link in the e-mail we are sending to it."
+            notices.append("To subscribe your e-mail address, follow the link in the e-mail we are sending to it.")
         if TEXT_SENT in changes:
-            notice += " To get our texts, reply START to the text we are sending to your phone."
+            notices.append("To get our texts, reply START to the text we are sending to your phone.")
         return HTMLResponse(pages.preferences_page(prefs, base_url=public_url, token=token, channel=claims.channel,
-                                                   notice=notice))
+                                                   notices=notices, language=language(prefs.locale)))
 
     # ------------------------------------------------------------ double opt-in
     @app.get("/confirm/{token}", response_class=HTMLResponse)
@@ -309,7 +315,10 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
         claims = claims_or_none(token, "confirm")
         if claims is None:
             return bad_link("The confirmation link is damaged or has expired. Sign up again to get a new one.")
-        return HTMLResponse(pages.confirm_page(base_url=public_url, token=token, channel=claims.channel))
+        with store.reading() as conn:
+            locale = contact_locale(conn, claims.contact_id)
+        return HTMLResponse(pages.confirm_page(base_url=public_url, token=token, channel=claims.channel,
+                                               language=language(locale)))
 
     @app.post("/confirm/{token}", response_class=HTMLResponse)
     def confirm(token: str, request: Request) -> Response:
@@ -318,13 +327,17 @@ def create_app(store: Store, project: ProjectSpec, env: dict[str, str],
             return bad_link("The confirmation link is damaged or has expired. Sign up again to get a new one.")
         with store.engine.begin() as conn:
             outcome = confirm_opt_in(conn, rt.project.policies, claims, now=clock(), proof=proof_from(request))
+            locale = contact_locale(conn, claims.contact_id)
         if outcome == "confirmed":
-            return HTMLResponse(pages.message_page("Subscription confirmed", "Thank you: your subscription is confirmed."))
+            return HTMLResponse(pages.message_page("Subscription confirmed", "Thank you: your subscription is confirmed.",
+                                                   language=language(locale)))
         if outcome == "already_confirmed":
-            return HTMLResponse(pages.message_page("Already confirmed", "Your subscription was already confirmed."))
+            return HTMLResponse(pages.message_page("Already confirmed", "Your subscription was already confirmed.",
+                                                   language=language(locale)))
         if outcome == "expired":
-            return bad_link("This confirmation request has expired. Sign up again to get a new link.")
-        return bad_link("There is no subscription waiting for confirmation for this address; nothing was changed.")
+            return bad_link("This confirmation request has expired. Sign up again to get a new link.", locale)
+        return bad_link("There is no subscription waiting for confirmation for this address; nothing was changed.",
+                        locale)
 
     # ------------------------------------------------------------ tracking webhook
     @app.post("/events")

@@ -4,13 +4,21 @@ short message pages (confirmed, expired link, …).
 Plain HTML forms, no JavaScript, no cookies, no external assets; accessible: a `lang`
 attribute, one `h1` per page, every checkbox with its own `label`, groups in
 `fieldset`/`legend`, visible focus, status messages in a `role="status"` region.
+
+Every word is a message in the recipient's language (`PageLanguage`: the message locale of the
+contact the link is for — the language of the e-mail it came in — and Nurture's own words in it,
+nurture.rendering.i18n.nurture_words); the English msgids are written here and in
+nurture.web.app, and their German in nurture/rendering/translations/de.po.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
 
 from jinja2 import DictLoader, Environment, select_autoescape
+from markupsafe import Markup, escape
 
+from nurture.rendering.i18n import Localizer, nurture_words
 from nurture.web.preferences import Preferences
 
 _BASE = """<!DOCTYPE html>
@@ -19,7 +27,7 @@ _BASE = """<!DOCTYPE html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="robots" content="noindex">
-<title>{{ title }}</title>
+<title>{{ _(title) }}</title>
 <style>
   body { font-family: system-ui, Helvetica, Arial, sans-serif; color: #1f2933; background: #f4f5f7; margin: 0; }
   main { max-width: 560px; margin: 32px auto; background: #fff; padding: 24px 32px; border-radius: 8px; }
@@ -46,83 +54,134 @@ _BASE = """<!DOCTYPE html>
 
 _MESSAGE = """{% extends "base.html" %}
 {% block main %}
-<h1>{{ title }}</h1>
-<p class="{{ 'problem' if problem else 'status' }}" role="{{ 'alert' if problem else 'status' }}">{{ text }}</p>
+<h1>{{ _(title) }}</h1>
+<p class="{{ 'problem' if problem else 'status' }}" role="{{ 'alert' if problem else 'status' }}">{{ _(text) }}</p>
 {% endblock %}
 """
 
 _PREFERENCES = """{% extends "base.html" %}
 {% block main %}
-<h1>{{ title }}</h1>
-{% if notice %}<p class="status" role="status" id="notice">{{ notice }}</p>{% endif %}
-<p>Preferences for <strong>{{ prefs.email or prefs.phone }}</strong>.</p>
+<h1>{{ _(title) }}</h1>
+{% if notices %}<p class="status" role="status" id="notice">{% for n in notices %}{{ " " if not loop.first }}{{ _(n) }}{% endfor %}</p>{% endif %}
+<p>{{ _("Preferences for <strong>%(address)s</strong>.", address=prefs.email or prefs.phone) }}</p>
 {% if prefs.channels.get(channel) %}
 <form method="post" action="{{ action_unsubscribe }}">
-  <p><button type="submit" id="unsubscribe">Unsubscribe from all marketing {{ channel_names[channel] }}</button></p>
+  <p><button type="submit" id="unsubscribe">{{ _(UNSUBSCRIBE_ALL.get(channel, UNSUBSCRIBE_ALL["email"])) }}</button></p>
 </form>
 {% endif %}
 <form method="post" action="{{ action_preferences }}">
   <fieldset>
-    <legend>What we may send you</legend>
+    <legend>{{ _("What we may send you") }}</legend>
     {% for ch in channels %}
     <div class="option">
       <input type="checkbox" id="channel-{{ ch }}" name="channel" value="{{ ch }}"{% if prefs.channels.get(ch) %} checked{% endif %}>
-      <label for="channel-{{ ch }}">Marketing {{ channel_names[ch] }}</label>
-      {% if (ch == 'sms' and prefs.sms_stopped) or (ch == 'whatsapp' and prefs.whatsapp_stopped) %}<span class="hint">(you replied STOP; send START to resume)</span>{% endif %}
+      <label for="channel-{{ ch }}">{{ _(MARKETING[ch]) }}</label>
+      {% if (ch == 'sms' and prefs.sms_stopped) or (ch == 'whatsapp' and prefs.whatsapp_stopped) %}<span class="hint">{{ _("(you replied STOP; send START to resume)") }}</span>{% endif %}
     </div>
     {% endfor %}
   </fieldset>
   {% if prefs.topics %}
   <fieldset>
-    <legend>Topics</legend>
-    <p class="hint" id="topics-hint">Untick the topics you do not want to hear about.</p>
+    <legend>{{ _("Topics") }}</legend>
+    <p class="hint" id="topics-hint">{{ _("Untick the topics you do not want to hear about.") }}</p>
     {% for topic, wanted in prefs.topics.items() %}
     <div class="option">
       <input type="checkbox" id="topic-{{ loop.index }}" name="topic" value="{{ topic }}" aria-describedby="topics-hint"{% if wanted %} checked{% endif %}>
-      <label for="topic-{{ loop.index }}">{{ topic | replace('_', ' ') | capitalize }}</label>
+      <label for="topic-{{ loop.index }}">{{ word(topic | replace('_', ' ') | capitalize) }}</label>
     </div>
     {% endfor %}
   </fieldset>
   {% endif %}
-  <p><button type="submit" id="save" class="secondary">Save preferences</button></p>
+  <p><button type="submit" id="save" class="secondary">{{ _("Save preferences") }}</button></p>
 </form>
-<p class="hint">Service messages about your orders and account are not affected.</p>
+<p class="hint">{{ _("Service messages about your orders and account are not affected.") }}</p>
 {% endblock %}
 """
 
 _CONFIRM = """{% extends "base.html" %}
 {% block main %}
-<h1>{{ title }}</h1>
-<p>Press the button to confirm that you want to receive our {{ channel_name }}.</p>
+<h1>{{ _(title) }}</h1>
+<p>{{ _(CONFIRM_WHAT.get(channel, CONFIRM_WHAT["email"])) }}</p>
 <form method="post" action="{{ action }}">
-  <p><button type="submit" id="confirm">Yes, confirm my subscription</button></p>
+  <p><button type="submit" id="confirm">{{ _("Yes, confirm my subscription") }}</button></p>
 </form>
-<p class="hint">Nothing is subscribed until you press it; if you did not ask for this, ignore the e-mail.</p>
+<p class="hint">{{ _("Nothing is subscribed until you press it; if you did not ask for this, ignore the e-mail.") }}</p>
 {% endblock %}
 """
 
 _env = Environment(loader=DictLoader({"base.html": _BASE, "message.html": _MESSAGE, "preferences.html": _PREFERENCES,
                                       "confirm.html": _CONFIRM}),
                    autoescape=select_autoescape(default=True, default_for_string=True))
-CHANNEL_NAMES = {"email": "e-mail", "sms": "text messages (SMS)", "whatsapp": "WhatsApp messages"}
+# One whole sentence per channel (a translation cannot splice a channel's name into a sentence).
+MARKETING = {"email": "Marketing e-mail", "sms": "Marketing text messages (SMS)",
+             "whatsapp": "Marketing WhatsApp messages"}
+UNSUBSCRIBE_ALL = {"email": "Unsubscribe from all marketing e-mail",
+                   "sms": "Unsubscribe from all marketing text messages (SMS)",
+                   "whatsapp": "Unsubscribe from all marketing WhatsApp messages"}
+UNSUBSCRIBED = {"email": "You are unsubscribed from marketing e-mail.",
+                "sms": "You are unsubscribed from marketing text messages (SMS).",
+                "whatsapp": "You are unsubscribed from marketing WhatsApp messages."}
+CONFIRM_WHAT = {"email": "Press the button to confirm that you want to receive our marketing e-mail.",
+                "sms": "Press the button to confirm that you want to receive our marketing text messages (SMS).",
+                "whatsapp": "Press the button to confirm that you want to receive our marketing WhatsApp messages."}
 
 
-def message_page(title: str, text: str, *, problem: bool = False, lang: str = "en") -> str:
-    return _env.get_template("message.html").render(title=title, text=text, problem=problem, lang=lang)
+def _source_words(message: str, **values: Any) -> str:
+    return message % values if values else message
 
 
-def confirm_page(*, base_url: str, token: str, channel: str, lang: str = "en") -> str:
+@dataclass(frozen=True)
+class PageLanguage:
+    """The language of one page: its HTML `lang` (`de-AT`) and its words (`words(msgid,
+    **values)`, nurture.rendering.i18n.nurture_words). The default: the English source."""
+    lang: str = "en"
+    words: Callable[..., str] = field(default=_source_words)
+
+    def gettext(self, message: str, **values: Any) -> Markup:
+        """A page's `_()`: the catalog's text is markup (as in the templates), values are escaped."""
+        return Markup(self.words(str(message), **{k: escape(v) for k, v in values.items()}))
+
+    def word(self, text: str) -> str:
+        """A project's name for something (a journey's `topic:`) in this language, if a catalog
+        has it — text, escaped like any value."""
+        return self.words(str(text))
+
+
+ENGLISH = PageLanguage()
+
+
+def page_language(localizer: Localizer, contact_locale: Optional[str]) -> PageLanguage:
+    """The language of a page for a contact whose `locale` is `contact_locale` (None: a link that
+    names no known contact): the message locale its e-mails are in (`Localizer.message_locale`:
+    the contact's if a catalog serves it, else policies.yaml's, else English)."""
+    locale = localizer.message_locale(contact_locale)
+    return PageLanguage(locale.replace("_", "-"), nurture_words(localizer.catalogs, locale))
+
+
+def _render(template: str, language: PageLanguage, **values: Any) -> str:
+    return _env.get_template(template).render(_=language.gettext, word=language.word, lang=language.lang,
+                                                **values)
+
+
+def message_page(title: str, text: str, *, problem: bool = False, language: PageLanguage = ENGLISH) -> str:
+    """A short page: `title` and `text` are msgids (English), shown in `language`."""
+    return _render("message.html", language, title=title, text=text, problem=problem)
+
+
+def confirm_page(*, base_url: str, token: str, channel: str, language: PageLanguage = ENGLISH) -> str:
     """The double opt-in page a confirmation link opens: a button whose POST confirms (opening the
     link alone changes nothing — mail scanners open links)."""
-    return _env.get_template("confirm.html").render(
-        title="Confirm your subscription", channel_name=f"marketing {CHANNEL_NAMES.get(channel, channel)}", lang=lang,
-        action=f"{base_url}/confirm/{token}")
+    return _render("confirm.html", language, title="Confirm your subscription", channel=channel,
+                   CONFIRM_WHAT=CONFIRM_WHAT, action=f"{base_url}/confirm/{token}")
 
 
 def preferences_page(prefs: Preferences, *, base_url: str, token: str, channel: str,
-                     notice: Optional[str] = None, lang: str = "en") -> str:
+                     notices: Sequence[str] = (), language: PageLanguage = ENGLISH) -> str:
+    """The preference center; `notices`: msgids of what just happened, shown as one status line."""
     channels = ["email"] + (["sms", "whatsapp"] if prefs.phone else [])
-    return _env.get_template("preferences.html").render(
+    return _render(
+        "preferences.html", language,
         title="Your e-mail preferences" if channel == "email" else "Your message preferences",
-        prefs=prefs, channel=channel, channels=channels, channel_names=CHANNEL_NAMES, notice=notice, lang=lang,
-        action_unsubscribe=f"{base_url}/u/{token}", action_preferences=f"{base_url}/u/{token}/preferences")
+        prefs=prefs, channel=channel, channels=channels, MARKETING=MARKETING, UNSUBSCRIBE_ALL=UNSUBSCRIBE_ALL,
+        notices=list(notices), action_unsubscribe=f"{base_url}/u/{token}",
+        action_preferences=f"{base_url}/u/{token}/preferences")

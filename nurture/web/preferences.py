@@ -35,6 +35,7 @@ class Preferences:
     topics: dict[str, bool] = field(default_factory=dict)  # topic → still wanted
     sms_stopped: bool = False
     whatsapp_stopped: bool = False
+    locale: Optional[str] = None  # the contact's own (the page's language: nurture.web.pages.page_language)
 
 
 def topics_of(project: ProjectSpec) -> list[str]:
@@ -42,12 +43,12 @@ def topics_of(project: ProjectSpec) -> list[str]:
 
 
 def load_preferences(conn: Any, project: ProjectSpec, contact_id: int) -> Optional[Preferences]:
-    row = conn.execute(select(contact_t.c.email, contact_t.c.phone, contact_t.c.attributes)
+    row = conn.execute(select(contact_t.c.email, contact_t.c.phone, contact_t.c.attributes, contact_t.c.locale)
                        .where(contact_t.c.id == contact_id)).first()
     if row is None or erased_contacts(conn, [contact_id]):  # an erased person's old link: no record
         return None
-    email, phone, attributes = row
-    prefs = Preferences(contact_id, email, phone)
+    email, phone, attributes, locale = row
+    prefs = Preferences(contact_id, email, phone, locale=locale)
     reasons = {(ch, reason) for ch, reason in conn.execute(
         select(suppression_t.c.channel, suppression_t.c.reason).where(suppression_t.c.contact_id == contact_id))}
     for channel in CHANNELS:
@@ -59,6 +60,11 @@ def load_preferences(conn: Any, project: ProjectSpec, contact_id: int) -> Option
     opted_out = set((attributes or {}).get(TOPICS_OPTED_OUT) or ())
     prefs.topics = {topic: topic not in opted_out for topic in topics_of(project)}
     return prefs
+
+
+def contact_locale(conn: Any, contact_id: int) -> Optional[str]:
+    """The contact's own `locale` (None: none, or no such contact)."""
+    return conn.execute(select(contact_t.c.locale).where(contact_t.c.id == contact_id)).scalar()
 
 
 def unsubscribe(conn: Any, contact_id: int, channel: str, *, source: str, now: datetime, policy_version: str,
