@@ -250,7 +250,8 @@ def test_a_plural_entry_gives_the_form_its_catalogs_plural_rule_picks(tmp_path, 
 @pytest.mark.parametrize("default, contact_locale, expected", [
     (None, "de_AT", "de-AT"), (None, None, "en"), ("de_CH", None, "de-CH"),
     ("de", "fr", "de"),  # no fr.po: the words are the project's German, and so is lang
-    ("fr", "pt-BR", "en"),  # no catalog serves either: the source text, English
+    ("fr", "pt-BR", "fr"),  # no catalog serves pt-BR: the project's own language (it writes French)
+    (None, "pt-BR", "en"),  # … and without one, the source text's, English
     ("de", "en-GB", "en-GB"),  # the source language needs no catalog
     ("de", '"><script>', "de"),  # an unusable locale of a contact: the project's
 ])
@@ -283,6 +284,21 @@ def test_a_contact_without_a_catalog_gets_the_projects_language_when_a_catalog_s
         '<html lang="{{ lang() }}"><p>{{ _("Still thinking") }} {{ d | date("long") }} {{ 158 | money }}</p>').render(
         {"contact": {"locale": "fr"}, "d": datetime(2026, 3, 8, 12, tzinfo=timezone.utc)})
     assert html == '<html lang="de"><p>Noch unentschlossen 8. März 2026 158,00\u00a0€</p>'
+
+
+def test_a_shop_writing_its_templates_in_german_without_catalogs_keeps_german_formats(tmp_path):
+    """policies.yaml `locale: de` and no catalog at all: the templates are written in German, so
+    a German contact's message is German throughout — `lang`, dates, money — and one in a
+    language the shop does not write gets the shop's German, not English formats in German text."""
+    (tmp_path / "email").mkdir()
+    library = TemplateLibrary(tmp_path, currency="EUR", locale="de")
+    template = library.html_env.from_string(
+        '<html lang="{{ lang() }}"><p>Ihre Bestellung vom {{ d | date("long") }}: {{ 158 | money }}</p>')
+    day = datetime(2026, 3, 8, 12, tzinfo=timezone.utc)
+    assert template.render({"contact": {"locale": "de-AT"}, "d": day}) == \
+        '<html lang="de-AT"><p>Ihre Bestellung vom 8. März 2026: €\u00a0158,00</p>'
+    assert template.render({"contact": {"locale": "pt-BR"}, "d": day}) == \
+        '<html lang="de"><p>Ihre Bestellung vom 8. März 2026: 158,00\u00a0€</p>'
 
 
 def test_the_shipped_layout_and_preview_follow_the_policies_locale_and_show_the_preheader(tmp_path):

@@ -20,7 +20,9 @@ the call does not pass fails that message (`render_error`, naming the catalog en
 
 A message is in one language, its *message locale* (`Localizer.message_locale`): the contact's
 `locale` if a catalog serves it (`de_AT` is served by `de_AT.po` or `de.po`; the source language,
-English, needs none), else policies.yaml `locale` if a catalog serves that, else `en`. Its
+English, needs none) or it is in the project's own language (policies.yaml `locale`: a project
+whose templates are written in German, with no catalogs, has `locale: de`), else policies.yaml
+`locale`, else `en`. Its
 words, `lang()`, dates, money and numbers all follow it — a `pt-BR` contact of a project without
 `pt.po` reads English words, `lang="en"`, "March 8, 2026" and "€158.00", never Portuguese month
 names in an English sentence; a `de-AT` contact of a project with `de.po` gets German words and
@@ -298,16 +300,23 @@ class Localizer:
 
     def message_locale(self, own: Any) -> str:
         """The one locale of a message to a contact whose `locale` is `own` — its words, `lang()`,
-        dates, money and numbers: `own` if a catalog serves it, else policies.yaml `locale` if
-        one serves that, else `en` (so words, `lang` and formats never are two languages)."""
+        dates, money and numbers: `own` if a catalog serves it or it is in the project's own
+        language, else policies.yaml `locale`, else `en` (so words, `lang` and formats never are
+        two languages)."""
         key = own[:64] if isinstance(own, str) else None
         found = self._message_locales.get(key)
         if found is None:  # every `_()` and filter asks: resolved once per distinct value
-            found = next((c for c in (language_of(key), self.default_locale) if c and self.catalogs.serves(c)),
-                         SOURCE_LANGUAGE)
+            own_locale = language_of(key)
+            found = own_locale if own_locale and self._serves(own_locale) else (self.default_locale or SOURCE_LANGUAGE)
             if len(self._message_locales) < 1024:  # (a contact's value: no unbounded cache)
                 self._message_locales[key] = found
         return found
+
+    def _serves(self, locale: str) -> bool:
+        """A catalog serves `locale`, or it is the project's own language (policies.yaml `locale`:
+        the language its templates are written in when it has no catalogs at all)."""
+        project = self.default_locale.split("_")[0] if self.default_locale else None
+        return locale.split("_")[0] == project or self.catalogs.serves(locale)
 
     def locale_of(self, context: Context) -> str:
         contact = context.get("contact")
