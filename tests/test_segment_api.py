@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from nurture.store.tables import contact_t, event_t, identity_t, merge_t, touch_t
+from nurture.web.segment_api import Bad, read_message
 from tests.conftest import utc
 from tests.test_web_site import running_site
 
@@ -94,6 +95,80 @@ def test_time_without_sent_at_is_the_timestamp_and_without_timestamp_the_arrival
         "sentAt": "2026-03-01T07:00:00Z"})  # batch-level sentAt applies to t3 (and t1)
     times = {e.event_id: e.occurred_at for e in _rows(site.rt.store, event_t)}
     assert times == {"t1": utc(2026, 3, 2, 13, 0), "t2": NOW, "t3": utc(2026, 3, 2, 13, 0)}
+
+
+def test_a_message_relayed_by_a_segment_webhook_keeps_the_time_segment_corrected(site):
+    # The purchase happened at 09:00:00 and reached Segment at 09:00:05; Segment's webhook
+    # destination relays it (retried for three hours) and it reaches Nurture at 12:00.
+    relayed = {"type": "track", "userId": "u-relay", "event": "Order Completed", "messageId": "relay-1",
+               "originalTimestamp": "2026-03-02T09:00:00Z", "sentAt": "2026-03-02T09:00:05Z",
+               "receivedAt": "2026-03-02T09:00:05Z", "timestamp": "2026-03-02T09:00:00Z"}
+    assert site.http.post("/v1/track", json=relayed, headers=basic()).status_code == 200
+    [event] = _rows(site.rt.store, event_t)
+    assert event.occurred_at == utc(2026, 3, 2, 9, 0)  # was 11:59:55: the relay's delay corrected twice
+
+
+def _at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+
+
+# Nurture receives every message at NOW (12:00). ts = timestamp, orig = originalTimestamp,
+# sent = sentAt, recv = receivedAt (the relay's receipt: the message went through Segment or RudderStack).
+@pytest.mark.parametrize("times, happened", [
+    # relayed by a Segment / RudderStack webhook: the formula with the relay's receivedAt
+    ({"ts": "2026-03-02T09:00:00", "orig": "2026-03-02T09:00:00", "sent": "2026-03-02T09:00:05",
+      "recv": "2026-03-02T09:00:05"}, "2026-03-02T09:00:00"),
+    # ... device clock 1 h behind
+    ({"ts": "2026-03-02T09:00:00", "orig": "2026-03-02T08:00:00", "sent": "2026-03-02T08:00:05",
+      "recv": "2026-03-02T09:00:05"}, "2026-03-02T09:00:00"),
+    # ... device clock two days ahead (the device's times in the future)
+    ({"ts": "2026-03-02T09:00:00", "orig": "2026-03-04T09:00:00", "sent": "2026-03-04T09:00:05",
+      "recv": "2026-03-02T09:00:05"}, "2026-03-02T09:00:00"),
+    # ... from a phone's offline queue: happened the evening before, sent and relayed the morning after
+    ({"ts": "2026-03-01T20:00:01", "orig": "2026-03-01T20:00:00", "sent": "2026-03-02T08:00:00",
+      "recv": "2026-03-02T08:00:01"}, "2026-03-01T20:00:01"),
+    # ... without Segment's timestamp: the formula all the same
+    ({"orig": "2026-03-02T08:00:00", "sent": "2026-03-02T08:00:05", "recv": "2026-03-02T09:00:05"},
+     "2026-03-02T09:00:00"),
+    # ... without originalTimestamp: the relay's timestamp as is (corrected upstream already)
+    ({"ts": "2026-03-02T09:00:00", "sent": "2026-03-02T08:00:05", "recv": "2026-03-02T09:00:05"},
+     "2026-03-02T09:00:00"),
+    ({"ts": "2026-03-02T09:00:00", "recv": "2026-03-02T09:00:05"}, "2026-03-02T09:00:00"),
+    # a library posting to Nurture directly: Nurture's receipt stands in for receivedAt
+    ({"ts": "2026-03-02T11:00:00", "sent": "2026-03-02T11:30:00"}, "2026-03-02T11:30:00"),  # analytics.js
+    ({"orig": "2026-03-02T11:00:00", "sent": "2026-03-02T11:30:00"}, "2026-03-02T11:30:00"),  # RudderStack SDK
+    ({"ts": "2026-03-03T11:00:00", "sent": "2026-03-03T11:30:00"}, "2026-03-02T11:30:00"),  # clock a day ahead
+    ({"ts": "2026-03-02T10:00:00", "orig": "2026-03-02T11:00:00", "sent": "2026-03-02T11:30:00"},
+     "2026-03-02T11:30:00"),  # both: originalTimestamp is the device's
+    # no sentAt: no skew to correct, the time as sent (timestamp first); one in the future waits for its time
+    ({"ts": "2026-03-01T08:00:00"}, "2026-03-01T08:00:00"),
+    ({"ts": "2026-03-05T08:00:00"}, "2026-03-05T08:00:00"),
+    ({"orig": "2026-03-01T08:00:00"}, "2026-03-01T08:00:00"),
+    ({"ts": "2026-03-01T09:00:00", "orig": "2026-03-01T08:00:00", "recv": "2026-03-01T09:00:05"},
+     "2026-03-01T09:00:00"),
+    # no time of the event: when it was received, by the relay or else by Nurture
+    ({}, "2026-03-02T12:00:00"),
+    ({"recv": "2026-03-02T09:00:05"}, "2026-03-02T09:00:05"),
+    ({"sent": "2026-03-02T11:30:00"}, "2026-03-02T12:00:00"),
+    # a correction landing outside the years 1900–2999: the time as sent
+    ({"ts": "1950-01-01T00:00:00", "sent": "2990-01-01T00:00:00"}, "1950-01-01T00:00:00"),
+    ({"ts": "2026-03-02T09:00:00", "orig": "1950-01-01T00:00:00", "sent": "2990-01-01T00:00:00",
+      "recv": "2026-03-02T09:00:05"}, "2026-03-02T09:00:00"),
+])
+def test_the_time_of_a_message_follows_segments_clock_skew_rule(times, happened):
+    keys = {"ts": "timestamp", "orig": "originalTimestamp", "sent": "sentAt", "recv": "receivedAt"}
+    message = {"userId": "u", "event": "e", **{keys[k]: v + "Z" for k, v in times.items()}}
+    assert read_message(message, "track", NOW)["occurred_at"] == _at(happened)
+
+
+@pytest.mark.parametrize("field", ["timestamp", "originalTimestamp", "sentAt", "receivedAt"])
+def test_a_time_that_is_no_time_is_refused_naming_its_field(field):
+    message = {"userId": "u", "event": "e", "timestamp": "2026-03-02T09:00:00Z", "originalTimestamp":
+               "2026-03-02T09:00:00Z", "sentAt": "2026-03-02T09:00:05Z", "receivedAt": "2026-03-02T09:00:05Z",
+               field: "yesterday"}
+    with pytest.raises(Bad) as refused:
+        read_message(message, "track", NOW)
+    assert [f for f, _ in refused.value.problems] == [field]
 
 
 def test_identify_fills_the_contacts_fields_and_attributes(site):

@@ -149,19 +149,38 @@ def _time(message: dict, key: str, problems: list) -> Optional[datetime]:
         return None
 
 
-def occurred_at(timestamp: Optional[datetime], sent_at: Optional[datetime], received_at: datetime) -> datetime:
-    """Segment's clock-skew correction: the device's clock is off by (sentAt − receivedAt), so the
-    event happened at timestamp + (receivedAt − sentAt); without sentAt the timestamp as sent,
-    without a timestamp the time it was received."""
-    if timestamp is None:
-        return received_at
-    if sent_at is None:
-        return timestamp
+def occurred_at(*, timestamp: Optional[datetime] = None, original_timestamp: Optional[datetime] = None,
+                sent_at: Optional[datetime] = None, relay_received_at: Optional[datetime] = None,
+                received_at: datetime) -> datetime:
+    """When the event happened, by Segment's clock-skew rule (segment.com/docs/connections/spec/common/,
+    "Timestamps"): `timestamp` is "calculated by Segment to correct client-device clock skew using
+    the following formula: receivedAt - (sentAt - originalTimestamp)", and it is "the timestamp
+    that is passed to downstream destinations"; "the sentAt and receivedAt timestamps are assumed
+    to occur at the same time", so their difference is the device's skew.
+
+    A message relayed by a Segment or RudderStack "Webhook / HTTP" destination carries all four:
+    its `timestamp` is already corrected, and its `receivedAt` (`relay_received_at`) is when the
+    relay received it — the moment the device sent it. Nurture's own `received_at` is later by
+    the relay's delay (retries, queues), so it must not stand in for receivedAt there.
+
+    - originalTimestamp and sentAt: the formula, with the message's receivedAt, else Nurture's;
+    - else timestamp and sentAt, no receivedAt (analytics.js posting to Nurture directly sends
+      `timestamp`): the formula on timestamp with Nurture's receipt;
+    - else timestamp, else originalTimestamp, as sent (a receivedAt: corrected upstream already);
+    - neither: the message's receivedAt, else Nurture's receipt.
+    A corrected time outside the years 1900–2999 falls back to timestamp, else originalTimestamp."""
+    receipt = relay_received_at or received_at
+    if original_timestamp is not None and sent_at is not None:
+        device_time = original_timestamp
+    elif timestamp is not None and sent_at is not None and relay_received_at is None:
+        device_time = timestamp
+    else:
+        return timestamp or original_timestamp or receipt
     try:
-        corrected = timestamp + (received_at - sent_at)
+        corrected = receipt - (sent_at - device_time)
     except OverflowError:
-        return timestamp
-    return corrected if 1900 <= corrected.year <= 2999 else timestamp
+        corrected = None
+    return corrected if corrected is not None and 1900 <= corrected.year <= 2999 else timestamp or device_time
 
 
 def read_message(message: Any, kind: Optional[str], received_at: datetime,
@@ -185,8 +204,7 @@ def read_message(message: Any, kind: Optional[str], received_at: datetime,
     traits = _object(message, "traits", problems)
     context_traits = context.get("traits") if isinstance(context.get("traits"), dict) else {}
     properties = _object(message, "properties", problems)
-    timestamp = _time(message, "timestamp", problems) or _time(message, "originalTimestamp", problems)
-    sent_at = _time(message, "sentAt", problems) or batch_sent_at
+    times = {key: _time(message, key, problems) for key in ("timestamp", "originalTimestamp", "sentAt", "receivedAt")}
     fields, attributes, sent_as = _trait_fields(kind, traits, context_traits) if kind != "alias" else ({}, {}, {})
     refused, left_out = _triage_core(fields, named=True)
     problems += [(sent_as.get(f, f"traits.{f}"), m) for f, m in refused]
@@ -231,7 +249,10 @@ def read_message(message: Any, kind: Optional[str], received_at: datetime,
             else:
                 properties[key] = value
         read.update(event_id=message_id or f"segment-{uuid.uuid4()}", name=str(name) if name else None,
-                    properties=properties, occurred_at=occurred_at(timestamp, sent_at, received_at))
+                    properties=properties, occurred_at=occurred_at(
+                        timestamp=times["timestamp"], original_timestamp=times["originalTimestamp"],
+                        sent_at=times["sentAt"] or batch_sent_at, relay_received_at=times["receivedAt"],
+                        received_at=received_at))
     if problems:
         raise Bad(problems)
     return read
