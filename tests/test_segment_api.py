@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 
 import pytest
 from sqlalchemy import func, select
@@ -270,6 +271,34 @@ def test_not_json_is_400_and_a_too_large_batch_413(site):
     assert site.http.post("/v1/track", content=b"{nope", headers=basic()).status_code == 400
     big = {"batch": [{"type": "track", "userId": "u", "event": "e", "properties": {"pad": "x" * 1000}}] * 600}
     assert site.http.post("/v1/batch", json=big, headers=basic()).status_code == 413
+
+
+def _track_of_bytes(message_id: str, size: int, char: str = "x") -> dict:
+    """A track message whose JSON without whitespace is `size` bytes in UTF-8."""
+    message = {"type": "track", "userId": f"user-{message_id}", "event": "viewed", "messageId": message_id,
+               "properties": {"pad": ""}}
+    pad = size - len(json.dumps(message, separators=(",", ":")))
+    width = len(char.encode())
+    message["properties"]["pad"] = char * (pad // width) + "x" * (pad % width)
+    assert len(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()) == size
+    return message
+
+
+def test_a_message_over_32_kb_in_a_batch_is_refused_alone_as_on_its_own_path(site):
+    limit = 32 * 1024
+    too_big = _track_of_bytes("too-big", limit + 1)
+    assert site.http.post("/v1/track", json=too_big, headers=basic()).status_code == 413  # on its own
+    response = site.http.post("/v1/batch", headers=basic(), json={"batch": [
+        {"type": "track", "userId": "u1", "event": "ok", "messageId": "small"},
+        _track_of_bytes("at-limit", limit),
+        too_big,
+        _track_of_bytes("accents", limit + 2, char="é")]})  # counted in bytes, not characters
+    assert response.status_code == 400
+    assert [e["field"] for e in response.json()["errors"]] == ["batch[2]", "batch[3]"]
+    assert "32768 bytes" in response.json()["error"]
+    assert sorted(e.event_id for e in _rows(site.rt.store, event_t)) == ["at-limit", "small"]
+    # nothing of a refused message is stored: not even the contact its userId would have made
+    assert {c.external_id for c in _rows(site.rt.store, contact_t)} == {"u1", "user-at-limit"}
 
 
 def test_a_batch_keeps_its_good_messages_and_names_the_bad_ones(site):
