@@ -110,7 +110,7 @@ def test_a_message_relayed_by_a_segment_webhook_keeps_the_time_segment_corrected
 
 
 def _at(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.fromisoformat(text + "+00:00")
 
 
 # Nurture receives every message at NOW (12:00). ts = timestamp, orig = originalTimestamp,
