@@ -164,6 +164,25 @@ def _copy_tables(source_url: str, store: Store) -> None:
                 result = src.execution_options(stream_results=True, yield_per=COPY_BATCH).execute(table.select())
                 for rows in result.partitions(COPY_BATCH):
                     dst.execute(table.insert(), [dict(r._mapping) for r in rows])
+            _carry_id_positions(src, dst)
             src.rollback()
     finally:
         source.dispose()
+
+
+def _carry_id_positions(src, dst) -> None:
+    """The copy's ids go on where PostgreSQL's sequences stand. A sequence never goes back, so
+    an id handed out and deleted since (a purged event or contact) is never handed out again —
+    and other tables may still hold it (a delivered conversion's `event_pk`, a membership's
+    contact). The copy's AUTOINCREMENT tables would otherwise start above their highest row
+    only, and a simulated purchase could take the id of a purged one whose conversion was sent."""
+    for table in contact_t.metadata.sorted_tables:
+        if not table.dialect_options["sqlite"].get("autoincrement"):
+            continue
+        last = src.execute(text("SELECT pg_sequence_last_value(pg_get_serial_sequence(:t, 'id'))"),
+                           {"t": table.name}).scalar()
+        if last:
+            dst.execute(text("INSERT INTO sqlite_sequence (name, seq) SELECT :t, 0 "
+                             "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = :t)"), {"t": table.name})
+            dst.execute(text("UPDATE sqlite_sequence SET seq = max(seq, :last) WHERE name = :t"),
+                        {"t": table.name, "last": int(last)})

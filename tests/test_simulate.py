@@ -520,3 +520,30 @@ def test_simulating_two_shipped_journeys_does_what_5_minute_ticks_do(tmp_path, s
     for rt in (simulated, ticked):
         rt.close()
         rt.store.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_scratch_copy_of_postgresql_hands_out_no_id_the_source_handed_out_before(store, db_url):
+    """PostgreSQL never hands a deleted id out again (a purged event, a purged contact), and
+    other tables may still hold one; the SQLite copy a `plan` or `simulate` runs on went on from
+    its highest row instead, so a simulated purchase could take a purged one's id."""
+    from nurture.scratch import open_scratch
+    from nurture.store.tables import contact_t, event_t
+    from tests.engine_fixtures import add_contact, add_event
+    keep = add_contact(store, "keep@example.com")
+    gone = add_contact(store, "gone@example.com")
+    add_event(store, keep, "signup", utc(2026, 1, 1))
+    purged_event = add_event(store, gone, "purchase", utc(2026, 1, 2))
+    with store.engine.begin() as conn:
+        conn.execute(event_t.delete().where(event_t.c.contact_id == gone))
+        conn.execute(contact_t.delete().where(contact_t.c.id == gone))
+    scratch = open_scratch(db_url)
+    try:
+        with scratch.store.engine.begin() as conn:
+            new_contact = conn.execute(contact_t.insert().values(
+                email="new@example.com", created_at=utc(2026, 2, 1), updated_at=utc(2026, 2, 1),
+                attributes={})).inserted_primary_key[0]
+        new_event = add_event(scratch.store, new_contact, "purchase", utc(2026, 2, 1))
+    finally:
+        scratch.close()
+    assert new_contact > gone and new_event > purged_event
