@@ -28,14 +28,7 @@ JOURNEY = journey_yaml("welcome", """
     ({"NURTURE_FROM_EMAIL": "Shop <shop@example.com>", "NURTURE_FROM_NAME": "The Team"}, "The Team"),
 ])
 def test_a_sender_written_with_its_name_makes_well_formed_headers(make_runtime, env, name):
-    base = make_runtime({"welcome": JOURNEY})
-    rt = Runtime(base.store, base.project, env={**base.env, **env})
-    try:
-        ann = subscriber(rt.store, "ann@example.com")
-        add_event(rt.store, ann, "signup", T0)
-        run_tick(rt, "welcome", T0 + timedelta(minutes=5))
-    finally:
-        rt.close()
+    rt, ann = _tick_one(make_runtime, env)
     (m,) = messages(rt.store, contact_id=ann)
     assert m.status == "sent", m.reason
     (path,) = (rt.data_dir / "outbox" / "email").rglob("*.eml")
