@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -217,15 +217,28 @@ def forget_runtimes() -> None:
     _adopted.clear()
 
 
-def logical_now(now: Optional[datetime]) -> datetime:
-    """The tick's clock: `--now` when given, else the flow run's scheduled start time."""
+# How late a scheduled run may start and still tick at its scheduled time (a worker's poll, a
+# process starting under load). A later one is a backlog — runs a worker or a runner finds
+# waiting after an outage, oldest first — and ticks at the time it starts.
+LATE_AFTER = timedelta(minutes=2)
+
+
+def logical_now(now: Optional[datetime], wall: Optional[datetime] = None) -> datetime:
+    """The tick's clock: `--now` when given, else the flow run's scheduled start time — the
+    same instant for every run of one schedule (the partitions of a journey on several
+    workers) — unless the run starts more than LATE_AFTER after it. A late run ticking at its
+    past schedule would judge exits, quiet hours and caps at a time long gone while its mail
+    leaves now: a cart reminder to someone who bought during the outage, a mail at 23:00 the
+    recipient's time, a day of the backlog's sends replayed within seconds past every cap."""
     if now is not None:
         return now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now.astimezone(timezone.utc)
+    wall = wall or datetime.now(timezone.utc)
     try:
         from prefect.runtime import flow_run
         scheduled = flow_run.scheduled_start_time
         if scheduled is not None:
-            return datetime.fromtimestamp(scheduled.timestamp(), timezone.utc)
+            start = datetime.fromtimestamp(scheduled.timestamp(), timezone.utc)
+            return start if wall - start <= LATE_AFTER else wall
     except Exception:  # outside a flow run
         pass
-    return datetime.now(timezone.utc)
+    return wall

@@ -3,7 +3,7 @@ flow runs, stages as tasks, the logical clock, and the table artifact per run.""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -40,13 +40,13 @@ def harness(prefect_harness):
     return prefect_harness
 
 
-def _project(tmp_path, monkeypatch, url=None, journeys=None):
+def _project(tmp_path, monkeypatch, url=None, journeys=None, t0=None):
     root = write_project(tmp_path / "proj", journeys or {"welcome_series": JOURNEY, "sms_only": SECOND})
     url = url or f"sqlite:///{root / '.nurture' / 'nurture.db'}"
     monkeypatch.setenv("NURTURE_DATABASE_URL", url)
     monkeypatch.setenv("NURTURE_DATA_DIR", str(root / ".nurture"))
     store = open_store(url)
-    t0 = utc(2026, 11, 16, 10)
+    t0 = t0 or utc(2026, 11, 16, 10)
     track_records(store, [(i, {"event_id": f"s{i}", "email": f"p{i}@example.com", "event": "signup",
                                "properties": {}, "timestamp": t0.isoformat()}) for i in range(3)], now=t0)
     with store.engine.begin() as conn:
@@ -123,26 +123,37 @@ def test_tick_all_runs_each_journey_as_its_own_flow_with_stage_tasks_and_an_arti
     assert [a for a in artifacts if a.key == "journey-welcome-series-steps" and a.type == "table"]
 
 
-def test_logical_clock_is_the_scheduled_start_time_when_no_now_is_given(harness, project):
+def test_a_run_on_time_ticks_at_its_scheduled_start_and_a_late_one_at_the_time_it_starts(harness, tmp_path,
+                                                                                        monkeypatch):
+    """Every run of one schedule shares its instant (the partitions of a journey on several
+    workers); a run found waiting after an outage (oldest first, one after the other) ticks at
+    the time it starts — at its past schedule it judged exits, quiet hours and caps at a time long
+    gone while its mail left now."""
+    import anyio
     from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
     from prefect.states import Scheduled
 
     from flows.journey import journey_flow
-    root, store, t0 = project
-    # The first tick (via --now) sends 'hello'; a tick scheduled one day later sends 'nudge'.
-    journey_flow("welcome_series")(journey="welcome_series", project=str(root), now=t0 + timedelta(minutes=5))
-    import anyio
-    from prefect.flow_engine import run_flow
+    from flows.runtime import LATE_AFTER, forget_runtimes
+    on_time = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    root, store, _ = _project(tmp_path, monkeypatch, t0=on_time - timedelta(days=1))
     flow = journey_flow("welcome_series")
+    parameters = {"journey": "welcome_series", "project": str(root)}
 
-    async def scheduled_run():
+    async def scheduled_at(when):
         async with get_client() as client:
-            return await client.create_flow_run(flow, parameters={"journey": "welcome_series", "project": str(root)},
-                                                state=Scheduled(scheduled_time=t0 + timedelta(days=1, minutes=5)))
-    flow_run = anyio.run(scheduled_run)
-    result = run_flow(flow, flow_run=flow_run, parameters={"journey": "welcome_series", "project": str(root)})
-    assert result["now"].startswith((t0 + timedelta(days=1, minutes=5)).isoformat()[:16])
-    assert {"step": "nudge", "outcome": "sent", "reason": "", "count": 3} in result["outcomes"]
+            return await client.create_flow_run(flow, parameters=parameters, state=Scheduled(scheduled_time=when))
+    try:
+        result = run_flow(flow, flow_run=anyio.run(scheduled_at, on_time), parameters=parameters)
+        assert result["now"].startswith(on_time.isoformat()[:16])  # started within LATE_AFTER of it
+        late = on_time - 3 * LATE_AFTER
+        before = datetime.now(timezone.utc)
+        result = run_flow(flow, flow_run=anyio.run(scheduled_at, late), parameters=parameters)
+        assert datetime.fromisoformat(result["now"]) >= before  # not its schedule, 6 minutes back
+    finally:
+        forget_runtimes()
+        store.dispose()
 
 
 @pytest.mark.parametrize("asked,pipelined", [(2, True), (None, True), (1, False)],
