@@ -59,6 +59,10 @@ QUIET_CASES = [
      QuietWindow.parse("01:00", "02:30"), utc(2026, 10, 25, 0, 30)),
     ("new_york_overnight_window_ending_in_the_repeated_hour", utc(2026, 11, 1, 6, 10), "America/New_York",
      QuietWindow.parse("22:00", "01:30"), utc(2026, 11, 1, 6, 30)),
+    # The window is [start, end): due at the very instant of its first end (01:30 EDT), it has
+    # ended — the repeated hour makes it quiet again only from 01:00 EST on.
+    ("due_at_the_first_end_in_the_repeated_hour_goes_now", utc(2026, 11, 1, 5, 30), "America/New_York",
+     QuietWindow.parse("22:00", "01:30"), utc(2026, 11, 1, 5, 30)),
 ]
 
 
@@ -122,6 +126,13 @@ CAP_CASES = [
      [EMAIL_2_PER_DAY, ANY_3_PER_WEEK], NOW + timedelta(days=7) - timedelta(hours=23)),
     ("a_cap_of_zero_blocks_far_into_the_future", [], "sms", [Cap("sms", 0, timedelta(days=1))],
      NOW + timedelta(days=36500)),
+    # rolling: a message sent exactly one window ago has just left it (the time a deferral named)
+    ("a_message_exactly_one_window_old_no_longer_counts", [("email", ago(24)), ("email", ago(2))], "email",
+     [EMAIL_2_PER_DAY], None),
+    # already over the cap (a cap tightened since): room opens when enough have left, not the oldest
+    ("over_the_cap_waits_until_enough_have_left_not_just_the_oldest",
+     [("email", ago(20)), ("email", ago(10)), ("email", ago(2))], "email",
+     [EMAIL_2_PER_DAY], NOW + timedelta(hours=14)),
 ]
 
 
@@ -172,6 +183,10 @@ def test_suppression_verdict(entries, channel, purpose, expected):
     ("sms", "ann@example.com", None, "no_phone"),
     ("sms", None, "+4915112345678", None),
     ("sms", None, "015112345678", "invalid_phone"),
+    ("email", "ann@localhost", None, "invalid_email"),  # no domain a mailbox provider delivers to
+    ("sms", None, "+123456789012345", None),  # E.164's longest: 15 digits
+    ("sms", None, "+1234567890123456", "invalid_phone"),
+    ("whatsapp", None, "+123456789012345", None),
 ])
 def test_reachability(channel, email, phone, expected):
     assert unreachable_reason(channel, email, phone) == expected
