@@ -81,6 +81,34 @@ def test_consent_granted_after_a_revoke_allows_the_send_again(make_runtime, stor
     assert outcomes(store) == [("hello", "sent", None)]
 
 
+@pytest.mark.parametrize("first, then, expected", [
+    ("granted", "revoked", ("suppressed", "consent_revoked")),
+    ("revoked", "granted", ("sent", None)),
+])
+def test_of_two_consent_rows_recorded_in_the_same_instant_the_one_written_last_is_the_state(
+        make_runtime, store, first, then, expected):
+    """An import's grant and a STOP in the same second: "the latest row" is by time, then by
+    the order the ledger was written in."""
+    rt = make_runtime(one_send())
+    cid = add_contact(store, "ann@example.com")
+    at = T0 - timedelta(days=1)
+    set_consent(store, cid, "email", first, at=at)
+    set_consent(store, cid, "email", then, at=at)
+    enter(store, cid)
+    run_tick(rt, "j", T0 + timedelta(minutes=1))
+    assert [(m.status, m.reason) for m in messages(store)] == [expected]
+
+
+def test_consent_recorded_at_the_very_moment_of_the_tick_counts(make_runtime, store):
+    rt = make_runtime(one_send())
+    cid = add_contact(store, "ann@example.com")
+    now = T0 + timedelta(minutes=1)
+    set_consent(store, cid, "email", "granted", at=now)  # recorded at or before `now` is in force
+    enter(store, cid)
+    run_tick(rt, "j", now)
+    assert outcomes(store) == [("hello", "sent", None)]
+
+
 def test_sms_marketing_needs_no_double_opt_in_by_default_policy(make_runtime, store):
     rt = make_runtime(one_send(channel="sms"))
     cid = add_contact(store, "ann@example.com", phone="+4915112345678")
@@ -190,6 +218,22 @@ def test_a_message_due_in_quiet_hours_is_deferred_to_the_end_of_the_window_in_th
     assert len(eml_files(rt)) == 1
 
 
+def test_contacts_of_different_zones_in_one_batch_each_get_their_own_quiet_hours(make_runtime, store):
+    rt = make_runtime(one_send())
+    at = utc(2026, 3, 4, 19, 0)
+    zones = {"ny@example.com": "America/New_York",  # 14:00: goes now
+             "tokyo@example.com": "Asia/Tokyo",  # 04:00: waits until 08:00 Tokyo
+             "kolkata@example.com": "Asia/Kolkata",  # 00:30: waits until 08:00 Kolkata
+             "berlin@example.com": "Europe/Berlin"}  # 20:00: goes now
+    for address, tz in zones.items():
+        enter(store, subscriber(store, address, timezone=tz), at=at)
+    run_tick(rt, "j", at + timedelta(minutes=1))  # one tick, one batch
+    assert {m.address: (m.status, m.due_at) for m in messages(store)} == {
+        "ny@example.com": ("sent", at), "berlin@example.com": ("sent", at),
+        "tokyo@example.com": ("deferred", utc(2026, 3, 4, 23, 0)),
+        "kolkata@example.com": ("deferred", utc(2026, 3, 5, 2, 30))}
+
+
 def test_sms_has_its_own_quiet_hours(make_runtime, store):
     rt = make_runtime({"j": journey_yaml("j", send_step("mail") + "\n" + send_step("text", "sms"))})
     cid = subscriber(store, "ann@example.com", channels=("email", "sms"), phone="+4915112345678")
@@ -252,6 +296,20 @@ def test_frequency_caps_hold_across_journeys_per_channel_and_overall(make_runtim
                        "sms_2": ("deferred", "frequency_cap")}  # any channel: 3 per day
     (deferred,) = messages(store, step_id="mail_3")
     assert deferred.due_at == T0 + timedelta(days=1, minutes=1)  # when the first e-mail leaves the window
+
+
+def test_a_journeys_own_cap_adds_to_the_policy_caps_and_never_replaces_them(make_runtime, store):
+    """A journey's `frequency_cap` may only tighten: a cap of its own on SMS leaves the
+    policy's e-mail cap in force for its e-mails."""
+    rt = make_runtime({"one": journey_yaml("one", TWO_MAILS),
+                       "two": journey_yaml("two", send_step("mail_3"),
+                                           extra="frequency_cap: [{channel: sms, max: 1, per: 1d}]")},
+                      policies=CAPS % "defer")
+    cid = subscriber(store, "ann@example.com")
+    enter(store, cid)
+    run_tick(rt, "one", T0 + timedelta(minutes=1))
+    run_tick(rt, "two", T0 + timedelta(minutes=1))
+    assert outcomes(store, journey="two") == [("mail_3", "deferred", "frequency_cap")]  # e-mail: 2 per day
 
 
 def test_a_capped_message_goes_out_when_the_window_has_room(make_runtime, store):
