@@ -232,6 +232,44 @@ def test_two_messages_for_one_contact_claimed_together_do_not_both_pass_a_cap(ma
     assert [m.status for m in messages(store)] == ["sent", "sent"]
 
 
+def test_two_put_back_messages_of_one_step_for_a_contact_who_entered_twice_do_not_both_pass_a_cap(
+        make_runtime, store):
+    """One claim, one send step, the same contact twice (re-entry while the channel was down):
+    the first that passes counts against the cap of the second."""
+    journey = journey_yaml("promo", "- {id: hello, send: {channel: email, template: promo, subject: Hello}}",
+                           extra="reentry: always")
+    rt, channel = _scripted_runtime(make_runtime, ["unavailable", "unavailable"], journey=journey,
+                                    policies="frequency_caps:\n  - {channel: email, max: 1, per: 1h}\n")
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    run_tick(rt, "promo", T0 + timedelta(minutes=1))  # put back
+    add_event(store, cid, "signup", T0 + timedelta(hours=2))
+    run_tick(rt, "promo", T0 + timedelta(hours=2, minutes=1))  # entered again; put back (first counted > 1h ago)
+    assert [(m.step_id, m.status) for m in messages(store)] == [("hello", "queued"), ("hello", "queued")]
+    run_tick(rt, "promo", T0 + timedelta(hours=3))
+    assert sorted((m.status, m.reason) for m in messages(store)) == [("queued", "frequency_cap"), ("sent", None)]
+
+
+def test_a_message_queued_by_a_tick_that_died_before_delivering_meets_the_checks_again(make_runtime, store):
+    """Only a message queued at this very tick's logical time skips the second look; one a
+    previous tick queued and never delivered (its process stopped after the send transaction
+    committed) is checked again when a later tick claims it."""
+    from nurture.runtime.tick import STAGES, StageCall, TickOptions
+    rt, channel = _scripted_runtime(make_runtime, [])
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    died = T0 + timedelta(minutes=1)
+    for stage in STAGES:  # the stages of a tick with delivery partitions, up to its deliver stage
+        if stage.name == "deliver":
+            break
+        stage.run(StageCall(rt, "promo", died, TickOptions(partitions=2)))
+    assert [(m.status, m.attempts, m.claimed_at) for m in messages(store)] == [("queued", 0, None)]
+    set_consent(store, cid, "email", "revoked", at=T0 + timedelta(minutes=5))
+    run_tick(rt, "promo", T0 + timedelta(minutes=10))
+    assert outcomes(store) == [("hello", "suppressed", "consent_revoked")]
+    assert channel.batches == []
+
+
 def test_a_retry_pushed_to_the_morning_and_a_fresh_message_do_not_both_pass_a_cap(make_runtime, store):
     """With delivery partitions: the retry waited for the end of quiet hours while the second
     step's message was queued; at 08:00 the fresh message (not checked again) and the retry
