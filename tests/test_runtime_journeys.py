@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+from collections import Counter
 from datetime import timedelta, timezone
 
 import pytest
@@ -625,6 +626,28 @@ def test_split_follows_the_weights_and_is_stable_per_contact(make_runtime, store
     assert arm_of == {cid: "mail_" + pick_arm("j", "ab", cid, arms)[0] for cid in ids}
     share_a = sum(1 for s in arm_of.values() if s == "mail_a") / len(ids)
     assert 0.6 < share_a < 0.9  # weight 3:1
+
+
+def test_each_split_step_draws_its_own_arm_and_none_follows_the_holdout():
+    """Two 50/50 splits of one journey cross into all four combinations (an arm drawn per
+    contact only would send every "a" of the first split to "a" of the second), and the arms
+    split the treated members as weighted (a draw shared with the holdout would leave its
+    lowest slice of arm "a" to the holdout)."""
+    arms = (("a", 50.0, None), ("b", 50.0, None))
+    ids = range(1, 2001)
+    pairs = Counter((pick_arm("j", "first", cid, arms)[0], pick_arm("j", "second", cid, arms)[0]) for cid in ids)
+    assert set(pairs) == {("a", "a"), ("a", "b"), ("b", "a"), ("b", "b")}
+    assert all(400 < n < 600 for n in pairs.values()), pairs
+    treated = [cid for cid in ids if not in_holdout("j", cid, 0.3)]
+    share_a = sum(pick_arm("j", "first", cid, arms)[0] == "a" for cid in treated) / len(treated)
+    assert 0.45 < share_a < 0.55
+
+
+def test_a_holdout_share_holds_out_that_share_of_contacts():
+    for share in (0.1, 0.3):
+        held = sum(in_holdout("j", cid, share) for cid in range(1, 5001)) / 5000
+        assert share - 0.02 < held < share + 0.02, (share, held)
+    assert not any(in_holdout("j", cid, 0.0) for cid in range(1, 1001))
 
 
 def test_update_sets_attributes_and_lifecycle_stage(make_runtime, store):
