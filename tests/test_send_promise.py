@@ -487,3 +487,36 @@ def test_a_message_a_channel_gave_no_result_for_is_resent_only_when_the_channel_
                     ("p1@example.com", "queued", "no_result_from_channel"),  # retried by a later tick
                     ("p2@example.com", "failed", "delivery_unknown: no_result_from_channel")]
     assert len(channel.batches) == 1
+
+
+CART = journey_yaml("promo", """
+- id: reminder
+  send: {channel: email, template: promo, subject: "Still thinking?"}
+- {id: wait_1d, wait: 1d}
+- id: last_call
+  send: {channel: email, template: promo, subject: "Last call"}
+""", trigger="{event: add_to_cart}", extra="exit_when: [{event: purchase}]")
+CART_GOAL = journey_yaml("promo", """
+- id: reminder
+  send: {channel: email, template: promo, subject: "Still thinking?"}
+- {id: wait_1d, wait: 1d}
+- id: last_call
+  send: {channel: email, template: promo, subject: "Last call"}
+""", trigger="{event: add_to_cart}", extra="goal: {event: purchase, within: 3d}")
+
+
+@pytest.mark.parametrize("journey, left", [(CART, "exited"), (CART_GOAL, "converted")], ids=["exit_when", "goal"])
+def test_a_reminder_waiting_for_its_retry_never_reaches_someone_who_bought_meanwhile(
+        make_runtime, store, journey, left):
+    """The mail server deferred the cart reminder (a 4xx; or it was down: the message waits
+    queued); the contact bought and left the journey before the retry. The retry's claim sent it
+    anyway — a queued message's enrollment was never read again. It is now `skipped` with the
+    reason the contact left (`exited` / `converted`), as `exit_when` before the step would have."""
+    rt, channel = _scripted_runtime(make_runtime, ["retry"], journey=journey)
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "add_to_cart", utc(2026, 3, 4, 10, 0))
+    run_tick(rt, "promo", utc(2026, 3, 4, 10, 1))
+    assert [(m.status, m.reason) for m in messages(store)] == [("queued", "scripted_retry")]
+    add_event(store, cid, "purchase", utc(2026, 3, 4, 10, 3))
+    run_tick(rt, "promo", utc(2026, 3, 4, 11, 0))
+    assert outcomes(store) == [("reminder", "skipped", left)] and len(channel.batches) == 1

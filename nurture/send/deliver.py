@@ -41,7 +41,7 @@ from nurture.send.handoff import HandedBatch
 from nurture.send.lease import Lease, Renewed
 from nurture.send.render import StepRemoved, render_message
 from nurture.send.system_mail import SYSTEM_JOURNEYS, outdated_requests, request_rules
-from nurture.store.models import DEFERRED, FAILED, QUEUED, SENDING, SENT, SUPPRESSED
+from nurture.store.models import DEFERRED, FAILED, QUEUED, SENDING, SENT, SKIPPED, SUPPRESSED
 from nurture.store.tables import contact_t, enrollment_t, event_t, message_t, suppression_t
 from nurture.store.write_turns import current_turns, taking_turns
 
@@ -180,7 +180,17 @@ def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter)
     batch_ids = frozenset(r.id for r in rows)
     refusals: list[dict] = []
     readdress: list[dict] = []
+    left = _left_their_journey(conn, [r.id for (journey, _, _, purpose), members in groups.items()
+                                      if purpose == "marketing" and journey not in SYSTEM_JOURNEYS for r in members])
     for (journey, step_id, channel, purpose), members in groups.items():
+        gone = [r for r in members if r.id in left]
+        if gone:
+            for r in gone:
+                report[(step_id, SKIPPED, left[r.id])] += 1
+                refusals.append({"mid": r.id, "st": SKIPPED, "rs": left[r.id], "due": now})
+            members = [r for r in members if r.id not in left]
+            if not members:
+                continue
         plan = rt.plan(journey) if journey in rt.project.journeys else None
         rules = request_rules(rt, channel) if journey in SYSTEM_JOURNEYS else rt.send_rules(plan, channel, purpose,
                                                                                              step_id)
@@ -209,6 +219,23 @@ def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter)
     write_many(conn, _refuse, refusals)
     write_many(conn, _readdress, readdress)
     return sorted(passed)
+
+
+_LEFT = (select(message_t.c.id, enrollment_t.c.status)
+         .join(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id)
+         .where(ids_in(message_t.c.id, ()), enrollment_t.c.status.in_(("exited", "converted"))))
+
+
+def _left_their_journey(conn: Any, ids: list[int]) -> dict[int, str]:
+    """Of these marketing messages, those whose contact has left the journey since they were
+    queued — exited (`exit_when`) or converted (its goal) — and why. A cart reminder deferred to
+    the morning by quiet hours, or held back by a mail server that was down, must not reach
+    someone who bought during the night: `exit_when` is checked before every step, and a
+    message still waiting is that step, not yet taken."""
+    out: dict[int, str] = {}
+    for part in chunks(ids):
+        out.update(conn.execute(_LEFT, {"ids_id": list(part)}).all())
+    return out
 
 
 _LOAD_COLUMNS = (
