@@ -137,3 +137,20 @@ def test_a_topic_is_named_in_the_contacts_language_when_the_catalog_has_it_and_a
     with running_site(rt, NOW) as site:
         page = site.http.get(f"/u/{make_token(SECRET, 'unsubscribe', anna, 'marketing', 'email')}").text
     assert '">Kaffee-Tipps</label>' in page and "&lt;b&gt;beans&lt;/b&gt;</label>" in page and "<b>beans" not in page
+
+
+def _html_lang(page: str) -> str:
+    return re.search(r'<html lang="([^"]+)">', page).group(1)
+
+
+def test_a_page_no_catalog_has_in_the_projects_language_is_english_and_says_so(make_runtime, tmp_path):
+    """policies.yaml `locale: fr` and no catalogs (a shop writing French templates), or a fr.po
+    for the shop's own templates only: Nurture's page words exist in English (and German) only,
+    so the page is English — and `lang` says en, not fr over English words."""
+    rt = make_runtime({}, templates=SYSTEM_TEMPLATES, policies=DEFAULT_POLICIES + "locale: fr\n")
+    anna = subscriber(rt.store, "anna@example.com", locale="fr")
+    with running_site(rt, NOW) as site:
+        page = site.http.get(f"/u/{make_token(SECRET, 'unsubscribe', anna, 'marketing', 'email')}").text
+        damaged = site.http.get("/u/not-a-token").text
+    assert "<h1>Your e-mail preferences</h1>" in page and "<h1>This link does not work</h1>" in damaged
+    assert (_html_lang(page), _html_lang(damaged)) == ("en", "en")

@@ -159,6 +159,11 @@ def page_language(localizer: Localizer, contact_locale: Optional[str]) -> PageLa
 
 
 def _render(template: str, language: PageLanguage, **values: Any) -> str:
+    title = values.get("title")
+    if language.lang != "en" and title and language.words(title) == title:
+        # No catalog has this page in that language (a project writing French with no fr.po
+        # for Nurture's pages): all of it in the English source, and `lang` says so.
+        language = ENGLISH
     return _env.get_template(template).render(_=language.gettext, word=language.word, lang=language.lang,
                                                 **values)
 
