@@ -520,3 +520,29 @@ def test_a_reminder_waiting_for_its_retry_never_reaches_someone_who_bought_meanw
     add_event(store, cid, "purchase", utc(2026, 3, 4, 10, 3))
     run_tick(rt, "promo", utc(2026, 3, 4, 11, 0))
     assert outcomes(store) == [("reminder", "skipped", left)] and len(channel.batches) == 1
+
+
+VIP = journey_yaml("promo", """
+- id: vip
+  branch:
+    when: {attribute: {plan: vip}}
+    then:
+      - id: vip_offer
+        send: {channel: email, template: promo, subject: "Your VIP offer"}
+      - {id: vip_done, exit: vip}
+- id: regular
+  send: {channel: email, template: promo, subject: "Hello"}
+""")
+
+
+def test_an_offer_before_the_journeys_own_exit_step_is_sent_when_the_mail_server_is_back(make_runtime, store):
+    """`then: [send vip_offer, exit: vip]`: the exit step is taken in the tick of the send, so the
+    enrollment is `exited` while the offer waits for the server. That is no reason to drop it —
+    only `exit_when` and a goal, reached after it was queued, are."""
+    rt, channel = _scripted_runtime(make_runtime, ["unavailable", "sent"], journey=VIP)
+    cid = subscriber(store, "ann@example.com", attributes={"plan": "vip"})
+    add_event(store, cid, "signup", utc(2026, 3, 4, 10, 0))
+    run_tick(rt, "promo", utc(2026, 3, 4, 10, 1))  # the channel is down: the offer waits queued
+    assert [o[1] for o in outcomes(store)] == ["queued"]
+    run_tick(rt, "promo", utc(2026, 3, 4, 11, 0))
+    assert outcomes(store) == [("vip_offer", "sent", None)]

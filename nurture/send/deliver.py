@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Iterator, Optional
 
-from sqlalchemy import bindparam, case, select
+from sqlalchemy import and_, bindparam, case, or_, select
 
 from nurture.redaction import redact, secrets_in
 from nurture.registry import DeliveryResult, OutgoingMessage
@@ -223,12 +223,15 @@ def _recheck(conn: Any, rt: Runtime, rows: list, now: datetime, report: Counter)
 
 _LEFT = (select(message_t.c.id, enrollment_t.c.status)
          .join(enrollment_t, enrollment_t.c.id == message_t.c.enrollment_id)
-         .where(ids_in(message_t.c.id, ()), enrollment_t.c.status.in_(("exited", "converted"))))
+         .where(ids_in(message_t.c.id, ()), enrollment_t.c.left_at >= message_t.c.created_at,
+                or_(and_(enrollment_t.c.status == "exited", enrollment_t.c.exit_reason == "exit_when"),
+                    enrollment_t.c.status == "converted")))
 
 
 def _left_their_journey(conn: Any, ids: list[int]) -> dict[int, str]:
     """Of these marketing messages, those whose contact has left the journey since they were
-    queued — exited (`exit_when`) or converted (its goal) — and why. A cart reminder deferred to
+    queued — exited by `exit_when` or converted (its goal) — and why. (The journey's own `exit`
+    step, taken right after a send, and a merge are no reason: the message is the journey's.) A cart reminder deferred to
     the morning by quiet hours, or held back by a mail server that was down, must not reach
     someone who bought during the night: `exit_when` is checked before every step, and a
     message still waiting is that step, not yet taken."""
