@@ -307,3 +307,20 @@ def test_nurture_purge_prints_what_it_removed_and_a_dry_run_what_it_would(tmp_pa
     assert "removed nothing" in again.stdout
     none = nurture(write_project(tmp_path / "other", {}), "purge")
     assert none.returncode == 0 and "nothing is purged" in none.stdout
+
+
+def test_an_old_body_of_a_ten_digit_message_id_is_purged(make_runtime, store):
+    """The file channel names a body `{id:09d}.eml`: ten digits and more from id 10⁹ on."""
+    rt = make_runtime({})
+    cid = add_contact(store, "old@example.com", at=NOW - 800 * DAY)
+    at = NOW - 200 * DAY
+    big = 1_000_000_001
+    with store.engine.begin() as conn:
+        conn.execute(message_t.insert().values(
+            id=big, contact_id=cid, journey="j0", step_id="s", attempt_key="k", channel="email",
+            purpose="marketing", template="t", status="sent", due_at=at, created_at=at, sent_at=at))
+    body = rt.data_dir / "outbox" / "email" / "j0" / f"{big:09d}.eml"
+    body.parent.mkdir(parents=True, exist_ok=True)
+    body.write_text("a body older than the period")
+    result = purge(store, _policies(message_bodies="90d"), NOW, rt.data_dir)
+    assert not body.exists() and result.counts["message_bodies:outbox_emails"] == 1

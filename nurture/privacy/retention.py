@@ -35,7 +35,7 @@ from nurture.store.tables import (consent_t, contact_t, deal_t, enrollment_t, ev
                                   identity_t, pending_t, suppression_t, sync_run_t, touch_t)
 
 KINDS = ("events", "messages", "message_bodies", "pending_contacts", "sync_records", "erasure_records")
-_EML = re.compile(r"^(\d{9})\.eml$")
+_EML = re.compile(r"^(\d{9,})\.eml$")  # `{id:09d}`: ten digits and more from id 10⁹ on
 
 
 @dataclass
