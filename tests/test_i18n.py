@@ -299,6 +299,8 @@ def test_a_shop_writing_its_templates_in_german_without_catalogs_keeps_german_fo
         '<html lang="de-AT"><p>Ihre Bestellung vom 8. März 2026: €\u00a0158,00</p>'
     assert template.render({"contact": {"locale": "pt-BR"}, "d": day}) == \
         '<html lang="de"><p>Ihre Bestellung vom 8. März 2026: 158,00\u00a0€</p>'
+    assert template.render({"contact": {"locale": "en-GB"}, "d": day}) == \
+        '<html lang="de"><p>Ihre Bestellung vom 8. März 2026: 158,00\u00a0€</p>'  # the source text is German
 
 
 def test_the_shipped_layout_and_preview_follow_the_policies_locale_and_show_the_preheader(tmp_path):

@@ -21,8 +21,8 @@ the call does not pass fails that message (`render_error`, naming the catalog en
 A message is in one language, its *message locale* (`Localizer.message_locale`): the contact's
 `locale` if a catalog serves it (`de_AT` is served by `de_AT.po` or `de.po`; the source language,
 English, needs none) or it is in the project's own language (policies.yaml `locale`: a project
-whose templates are written in German, with no catalogs, has `locale: de`), else policies.yaml
-`locale`, else `en`. Its
+whose templates are written in German, with no catalogs, has `locale: de` — and then every
+message is German, an `en-GB` contact's too), else policies.yaml `locale`, else `en`. Its
 words, `lang()`, dates, money and numbers all follow it — a `pt-BR` contact of a project without
 `pt.po` reads English words, `lang="en"`, "March 8, 2026" and "€158.00", never Portuguese month
 names in an English sentence; a `de-AT` contact of a project with `de.po` gets German words and
@@ -291,6 +291,7 @@ class Localizer:
         self.default_locale = language_of(default_locale)
         self.default_zone = _zone(timezone) or dt_timezone.utc
         self._message_locales: dict[Optional[str], str] = {}  # a contact's locale → its message locale
+        self._without_catalogs: Optional[bool] = None
 
     def zone_of(self, context: Context) -> Any:
         """The recipient's time zone: the contact's, else the default (an unknown name: the default)."""
@@ -314,9 +315,19 @@ class Localizer:
 
     def _serves(self, locale: str) -> bool:
         """A catalog serves `locale`, or it is the project's own language (policies.yaml `locale`:
-        the language its templates are written in when it has no catalogs at all)."""
+        the language its templates are written in when it has no catalogs at all — then that
+        language is the source text's, and English is no more served than any other)."""
         project = self.default_locale.split("_")[0] if self.default_locale else None
-        return locale.split("_")[0] == project or self.catalogs.serves(locale)
+        if locale.split("_")[0] == project:
+            return True
+        if project not in (None, SOURCE_LANGUAGE) and self._no_catalogs():
+            return False
+        return self.catalogs.serves(locale)
+
+    def _no_catalogs(self) -> bool:
+        if self._without_catalogs is None:
+            self._without_catalogs = not self.catalogs.locales()
+        return self._without_catalogs
 
     def locale_of(self, context: Context) -> str:
         contact = context.get("contact")
