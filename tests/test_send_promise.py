@@ -489,20 +489,16 @@ def test_a_message_a_channel_gave_no_result_for_is_resent_only_when_the_channel_
     assert len(channel.batches) == 1
 
 
-CART = journey_yaml("promo", """
+CART_STEPS = """
 - id: reminder
   send: {channel: email, template: promo, subject: "Still thinking?"}
 - {id: wait_1d, wait: 1d}
 - id: last_call
   send: {channel: email, template: promo, subject: "Last call"}
-""", trigger="{event: add_to_cart}", extra="exit_when: [{event: purchase}]")
-CART_GOAL = journey_yaml("promo", """
-- id: reminder
-  send: {channel: email, template: promo, subject: "Still thinking?"}
-- {id: wait_1d, wait: 1d}
-- id: last_call
-  send: {channel: email, template: promo, subject: "Last call"}
-""", trigger="{event: add_to_cart}", extra="goal: {event: purchase, within: 3d}")
+"""
+CART = journey_yaml("promo", CART_STEPS, trigger="{event: add_to_cart}", extra="exit_when: [{event: purchase}]")
+CART_GOAL = journey_yaml("promo", CART_STEPS, trigger="{event: add_to_cart}",
+                         extra="goal: {event: purchase, within: 3d}")
 
 
 @pytest.mark.parametrize("journey, left", [(CART, "exited"), (CART_GOAL, "converted")], ids=["exit_when", "goal"])
