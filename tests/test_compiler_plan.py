@@ -366,3 +366,32 @@ def test_a_process_that_checked_before_an_edit_was_recorded_does_not_record_its_
     assert run_tick(edited, "j", now + timedelta(minutes=5)).skipped == ""
     (e,) = enrollments(store)
     assert e.version == edited.plan("j").version != before.version
+
+
+def test_a_journey_with_a_channels_send_and_nulls_loads_back_and_can_be_edited_live(make_runtime, store):
+    """A `channels:` send is recorded with the `channel` the model derives, so the record is read
+    back through the legacy path — which dropped every null: `coupon: null` (clear an attribute)
+    left an empty update, and every tick after an edit failed in prepare; the journey stopped."""
+    steps = """
+- id: hello
+  send: {channels: [sms, email], template: hello, subject: Hello}
+- id: clear
+  update: {attributes: {coupon: null}}
+- id: pause
+  branch:
+    when: {attribute: {country: {eq: null}}}
+    then: [{id: wait_more, wait: 1d}]
+- id: bye
+  send: {channel: email, template: other, subject: Bye}
+"""
+    from datetime import timedelta
+
+    from tests.engine_fixtures import add_event, enrollments, subscriber
+    rt = make_runtime({"j": journey_yaml("j", steps)}, templates={"email/other.html": "<p>Bye</p>"})
+    add_event(store, subscriber(store, "ann@example.com"), "signup", T0)
+    run_tick(rt, "j", T0 + timedelta(minutes=1))
+    assert [(e.status, e.step_id) for e in enrollments(store)] == [("active", "wait_more")]
+    edited = make_runtime({"j": journey_yaml("j", steps.replace("subject: Bye", "subject: Goodbye"))},
+                          templates={"email/other.html": "<p>Bye</p>"})
+    run_tick(edited, "j", T0 + timedelta(days=1, minutes=5))
+    assert [e.status for e in enrollments(store)] == ["completed"]

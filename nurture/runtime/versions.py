@@ -55,6 +55,8 @@ def _from_record(value: object, key: str = "") -> object:
     with the `channel` the model derives from it (which the language refuses beside
     `channels`: every later edit of such a journey failed its ticks reading it back)."""
     if isinstance(value, dict):
+        if key in _USER_MAPS:  # the marketer's own keys and values: a null there means "clear it"
+            return value
         derived = "channel" if value.get("channels") is not None else None
         return {k: _from_record(v, k) for k, v in value.items() if v is not None and k != derived}
     if isinstance(value, list):
@@ -64,10 +66,28 @@ def _from_record(value: object, key: str = "") -> object:
     return value
 
 
+_USER_MAPS = {"attributes", "handover"}  # (an `update` step's attributes, a handover's fields)
+
+
+def _without_derived_channel(value: object) -> object:
+    """The record with only the `channel` a `channels` send derives left out: a null the
+    marketer wrote (`coupon: null` clears an attribute, `{eq: null}` in a condition) stays."""
+    if isinstance(value, dict):
+        derived = "channel" if value.get("channels") is not None else None
+        return {k: _without_derived_channel(v) for k, v in value.items() if k != derived}
+    if isinstance(value, list):
+        return [_without_derived_channel(v) for v in value]
+    return value
+
+
 def load_recorded(spec: dict) -> Journey:
     try:
         return Journey.model_validate(spec, context={RECORDED: True})
     except ValidationError:
+        pass
+    try:
+        return Journey.model_validate(_without_derived_channel(spec), context={RECORDED: True})
+    except ValidationError:  # a full JSON dump of an earlier version of this module
         return Journey.model_validate(_from_record(spec), context={RECORDED: True})
 
 
