@@ -435,3 +435,19 @@ def test_a_value_a_template_cannot_format_fails_its_message_alone_and_the_batch_
     assert got == {"good@example.com": ("sent", ""), "also@example.com": ("sent", ""),
                    "huge@example.com": ("sent", ""), "nan@example.com": ("failed", "render_error"),
                    "zero@example.com": ("failed", "render_error")}
+
+
+def test_contacts_a_cap_of_zero_held_back_go_within_a_window_of_the_cap_being_lifted(make_runtime, store):
+    """`frequency_cap: max: 0` pauses a channel (validate takes it); its deferral named a time 100
+    years away, so lifting the pause by a live edit left the contacts waiting until 2126."""
+    steps = "- id: hello\n  send: {channel: email, template: hello, subject: Hello}"
+    paused = make_runtime({"j": journey_yaml("j", steps, extra="frequency_cap: [{channel: email, max: 0, per: 7d}]")})
+    cid = subscriber(store, "ann@example.com")
+    add_event(store, cid, "signup", T0)
+    run_tick(paused, "j", T0 + timedelta(minutes=1))
+    (held,) = enrollments(store)
+    assert held.next_due_at == T0 + timedelta(days=7, minutes=1)  # looked at again a window later
+    lifted = make_runtime({"j": journey_yaml("j", steps)})
+    run_tick(lifted, "j", T0 + timedelta(days=1))
+    run_tick(lifted, "j", T0 + timedelta(days=8))
+    assert [m.status for m in messages(store) if m.status == "sent"] == ["sent"]

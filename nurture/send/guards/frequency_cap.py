@@ -17,7 +17,7 @@ class Cap:
 def cap_blocks_until(history: Iterable[tuple[str, datetime]], channel: str, now: datetime,
                      caps: Iterable[Cap]) -> Optional[datetime]:
     """None when a message on `channel` may go out at `now`; else the earliest time every cap
-    has room again (`datetime.max`-like far future for a cap of 0)."""
+    has room again (for a cap of 0, which never has: one window later, to look again)."""
     history = list(history)
     blocked: Optional[datetime] = None
     for cap in caps:
@@ -28,8 +28,10 @@ def cap_blocks_until(history: Iterable[tuple[str, datetime]], channel: str, now:
         if len(inside) < cap.max:
             continue
         if cap.max == 0:
-            return now + timedelta(days=36500)
-        # Room opens when enough of the oldest messages have left the window.
-        opens = inside[len(inside) - cap.max] + cap.per
+            # The channel is paused: never room, but looked at again one window later, so that a
+            # deferred contact goes within a window of the pause being lifted (it was 100 years).
+            opens = now + cap.per
+        else:  # room opens when enough of the oldest messages have left the window
+            opens = inside[len(inside) - cap.max] + cap.per
         blocked = opens if blocked is None else max(blocked, opens)
     return blocked
