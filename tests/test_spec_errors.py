@@ -165,6 +165,16 @@ def test_quiet_hours_need_a_time_of_day(make_project):
     assert errors == ["journeys/policies.yaml:2:18: '25:00' is not a time of day: write it as \"HH:MM\", e.g. \"08:00\""]
 
 
+def test_quiet_hours_that_leave_no_time_to_send_are_refused_at_their_line(make_project):
+    """00:00–23:59 left one minute a day: a message deferred to 23:59 met the next tick at 00:00,
+    inside quiet hours again, and waited for ever. Equal start and end still mean none."""
+    errors = errors_of(make_project, {"j": journey_yaml("j", SEND, extra='quiet_hours: {start: "00:00", end: "23:59"}')})
+    assert len(errors) == 1 and errors[0].startswith("journeys/j.yaml:3:") and \
+        "quiet hours 00:00–23:59 leave 1 minute(s) a day to send in; leave at least 15" in errors[0]
+    assert errors_of(make_project, {"j": journey_yaml("j", SEND)},
+                     policies='quiet_hours:\n  email: {start: "08:00", end: "08:00"}\n') == []
+
+
 def test_built_in_policies_apply_when_policies_yaml_is_absent(make_project):
     spec = load_project(make_project({"j": journey_yaml("j", SEND)}, policies=None))
     assert spec.errors == []

@@ -573,11 +573,27 @@ class Goal(Strict):
     _within = field_validator("within", mode="before")(lambda cls, v: _duration(v))
 
 
+MIN_SENDING_MINUTES = 15  # three 5-minute ticks: a shorter open part of the day may be missed by every tick
+
+
 class QuietHours(Strict):
     start: str
     end: str
 
     _s = field_validator("start", "end", mode="before")(lambda cls, v: _hhmm(v))
+
+    @model_validator(mode="after")
+    def _room_to_send(self) -> "QuietHours":
+        """The day must keep some time to send in: a message deferred to the window's end is
+        picked up by the next tick, and with 23:59 of quiet hours that tick is quiet again —
+        the message waited for ever. (`start` equal to `end`: no quiet hours.)"""
+        start, end = (int(t[:-3]) * 60 + int(t[-2:]) for t in (self.start, self.end))
+        open_minutes = (start - end) % (24 * 60)
+        if start != end and open_minutes < MIN_SENDING_MINUTES:
+            raise ValueError(f"quiet hours {self.start}–{self.end} leave {open_minutes} minute(s) a day to send in; "
+                             f"leave at least {MIN_SENDING_MINUTES} (ticks run every few minutes), or set start "
+                             "and end equal for no quiet hours")
+        return self
 
 
 class FrequencyCap(Strict):
