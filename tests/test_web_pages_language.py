@@ -10,6 +10,8 @@ import re
 import shutil
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from nurture.double_opt_in import request_opt_in
 from nurture.send.system_mail import confirm_link
 from nurture.tokens import make_token
@@ -18,6 +20,10 @@ from tests.engine_fixtures import add_contact, journey_yaml, subscriber
 from tests.test_web_site import SECRET, SYSTEM_TEMPLATES, running_site
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
+# A page's language is the contact's locale read by one plain select: the same on both
+# databases, so these run on SQLite only (the pages themselves run on PostgreSQL in
+# test_web_unsubscribe and test_browser_preferences).
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 def _german_project(tmp_path, extra_po: str = "") -> None:

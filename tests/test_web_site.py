@@ -112,6 +112,7 @@ def test_nurture_web_refuses_to_start_without_a_real_secret_and_public_url(make_
         assert env["NURTURE_SECRET_KEY"] not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # (the web layer: no database in it)
 def test_a_client_gone_in_the_middle_of_its_body_is_no_error_of_the_server(make_runtime):
     """A phone losing its connection mid-upload made uvicorn log a 60-line `Exception in ASGI
     application` per request (3,071 of 43,000 requests in a soak: a 13.7 MB log of nothing
