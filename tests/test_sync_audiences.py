@@ -341,17 +341,23 @@ def runs(store):
     return [tuple(r) for r in rows]
 
 
-@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
-def test_a_run_whose_lock_session_is_dropped_takes_the_free_lock_again_and_finishes_ok(store, meta):
-    """The lock's session ends while a batch is at the provider: before the next batch the run
-    takes the (free) lock again on a new connection, holds it to its end, and its report and
-    sync_run row are the honest `ok` of a finished run — not a failure blamed on the destination."""
+def _three_to_add_under_a_held_lock(store, meta):
+    """Three contacts for one Meta audience, and a lock session holding the target's lock."""
     server, root, context = meta
     spec = project(root, META_111)
     for name in ("ann", "bob", "cy"):
         add_contact(store, f"{name}@example.com")
     (ref,) = targets(spec)
     other, halves = lock_session(store, ref.key)
+    return server, spec, ref, other, halves, context
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_run_whose_lock_session_is_dropped_takes_the_free_lock_again_and_finishes_ok(store, meta):
+    """The lock's session ends while a batch is at the provider: before the next batch the run
+    takes the (free) lock again on a new connection, holds it to its end, and its report and
+    sync_run row are the honest `ok` of a finished run — not a failure blamed on the destination."""
+    server, spec, ref, other, halves, context = _three_to_add_under_a_held_lock(store, meta)
     destination = make("meta", context)
     destination.max_batch = 1
     real_add = destination.add
@@ -382,12 +388,7 @@ def test_a_run_that_lost_its_lock_to_another_run_stops_interrupted_with_what_it_
     """The lock's session ends and another run takes the target at once: the run sends no
     further batch, records the batch the provider confirmed, and ends `interrupted` with the
     reason; the next run diffs against that and adds the rest."""
-    server, root, context = meta
-    spec = project(root, META_111)
-    for name in ("ann", "bob", "cy"):
-        add_contact(store, f"{name}@example.com")
-    (ref,) = targets(spec)
-    other, halves = lock_session(store, ref.key)
+    server, spec, ref, other, halves, context = _three_to_add_under_a_held_lock(store, meta)
     lock_id = int.from_bytes(_digest(ref.key)[:8], "big", signed=True)
     destination = make("meta", context)
     destination.max_batch = 1
