@@ -441,7 +441,8 @@ class Killed(BaseException):
     """Stands for SIGKILL: the process ends right after the erasure's store transaction committed."""
 
 
-def _crash_after_the_store_part(world, monkeypatch) -> None:
+def _killed_after_the_store_part(world, monkeypatch, who: str) -> None:
+    """Erase `who`, the process dying right after the erasure's store transaction committed."""
     import nurture.privacy.erase as erase_module
 
     def killed(*args, **kwargs):
@@ -449,7 +450,11 @@ def _crash_after_the_store_part(world, monkeypatch) -> None:
     with monkeypatch.context() as patch:
         patch.setattr(erase_module, "_after_the_channel", killed)
         with pytest.raises(Killed):
-            world.erase(ALICE)
+            world.erase(who)
+
+
+def _crash_after_the_store_part(world, monkeypatch) -> None:
+    _killed_after_the_store_part(world, monkeypatch, ALICE)
     [log] = rows(world.store, erasure_t)
     assert (log.outcome, log.completed_at, log.pending) == ("in_progress", None, [])
     assert world.hubspot.gdpr_deleted == [] and world.hubspot.members("45") == {ALICE, BOB}
@@ -512,19 +517,13 @@ def test_a_rerun_after_a_crash_whose_crm_delete_fails_leaves_it_pending_for_the_
 def test_an_interrupted_erasure_of_an_address_only_deals_held_is_completed_by_the_rerun(world, monkeypatch):
     """The rerun answered `already_erased` and left the first row `in_progress` for ever: a
     query for unfinished erasures never came back empty, and retention never purged it."""
-    import nurture.privacy.erase as erase_module
     carol = "carol.crm@example.com"
     with world.store.engine.begin() as conn:
         conn.execute(deal_t.insert().values(crm="hubspot", deal_id="77", email=carol, name="pilot",
                                             pipeline="default", stage="s1", outcome="open", amount=1000.0,
                                             currency="EUR", modified_at=T0, created_at=T0, updated_at=T0))
 
-    def killed(*args, **kwargs):
-        raise Killed()
-    with monkeypatch.context() as patch:
-        patch.setattr(erase_module, "_after_the_channel", killed)
-        with pytest.raises(Killed):
-            world.erase(carol)
+    _killed_after_the_store_part(world, monkeypatch, carol)
     assert [r.outcome for r in rows(world.store, erasure_t)] == ["in_progress"]
 
     assert [r.outcome for r in world.erase(carol)] == ["already_erased"]
