@@ -270,22 +270,15 @@ def test_migration_0029_rebuilds_contact_with_its_rows_indexes_and_references_ab
 
 
 def test_migration_0029_goes_down_again_with_the_rows_and_references(tmp_path):
-    from alembic import command
-    from sqlalchemy import create_engine
 
     from nurture.store.db import open_store
-    from tests.test_event_id_reuse import _config
+    from tests.test_event_id_reuse import _downgrade
     path = tmp_path / "db.db"
     store = open_store(f"sqlite:///{path}")
     ann = add_contact(store, "ann@example.com")
     set_consent(store, ann)
     store.dispose()
-    plain = create_engine(f"sqlite:///{path}")  # (as an author's alembic run: SQLite's foreign keys off)
-    cfg = _config()
-    with plain.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0028")
-    plain.dispose()
+    _downgrade(f"sqlite:///{path}", "0028")  # (as an author's alembic run: foreign keys off)
     assert "AUTOINCREMENT" not in _contact_ddl(path) and "PRIMARY KEY (id)" in _contact_ddl(path)
     raw = sqlite3.connect(path)
     assert raw.execute("SELECT id, email FROM contact").fetchall() == [(ann, "ann@example.com")]

@@ -79,6 +79,18 @@ def _upgrade(engine, revision):
         command.upgrade(cfg, revision)
 
 
+def _downgrade(url: str, revision: str) -> None:
+    """Back to `revision`, as an author's alembic run does it: a plain engine, SQLite's foreign keys off."""
+    from alembic import command
+    from sqlalchemy import create_engine
+    plain = create_engine(url)
+    cfg = _config()
+    with plain.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+    plain.dispose()
+
+
 def test_migrations_0019_and_0020_rebuild_a_sqlite_database_with_its_rows_ids_indexes_and_references(tmp_path):
     import sqlite3
 
@@ -201,8 +213,6 @@ def test_an_upgrade_that_would_leave_a_reference_dangling_is_refused_and_changes
 def test_migrations_0019_and_0020_go_down_again_with_the_rows_and_references(tmp_path):
     import sqlite3
 
-    from alembic import command
-    from sqlalchemy import create_engine
 
     from nurture.store.db import open_store
     from tests.engine_fixtures import add_contact
@@ -211,12 +221,7 @@ def test_migrations_0019_and_0020_go_down_again_with_the_rows_and_references(tmp
     ann = add_contact(store, "ann@example.com")
     event = add_event(store, ann, "signup", NOW)
     store.dispose()
-    plain = create_engine(f"sqlite:///{path}")  # (as an author's alembic run: SQLite's foreign keys off)
-    cfg = _config()
-    with plain.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0018")
-    plain.dispose()
+    _downgrade(f"sqlite:///{path}", "0018")
     raw = sqlite3.connect(path)
     tables = dict(raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
     assert not any("AUTOINCREMENT" in tables[t] for t in ("event", "enrollment", "consent", "contact_merge", "message"))
@@ -397,8 +402,6 @@ def test_a_purchase_after_the_upgrade_reaches_the_ad_platform_though_a_purged_pu
 def test_raising_the_floor_never_lowers_it(tmp_path):
     """A sequence already above every held id (the newest rows deleted after the upgrade) stays
     where it is when 0028 runs: it only ever raises a floor."""
-    from alembic import command
-    from sqlalchemy import create_engine
 
     from nurture.store.db import open_store
     from nurture.store.tables import conversion_delivery_t
@@ -414,12 +417,7 @@ def test_raising_the_floor_never_lowers_it(tmp_path):
             status="sent", attempts=1, created_at=NOW, updated_at=NOW))
         conn.exec_driver_sql("DELETE FROM event")
     store.dispose()
-    plain = create_engine(url)
-    cfg = _config()
-    with plain.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0027")
-    plain.dispose()
+    _downgrade(url, "0027")
     store = open_store(url)  # 0028 again
     try:
         assert add_event(store, ann, "purchase", NOW) == top + 1
